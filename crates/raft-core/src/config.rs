@@ -1,0 +1,135 @@
+//! Engine configuration: timeouts in ticks, replication limits and the seed
+//! of the election-timeout randomness. Every limit is explicit here.
+
+use crate::types::NodeId;
+
+/// Configuration of one [`Engine`](crate::Engine).
+///
+/// Time is counted in ticks: the driver calls [`Engine::tick`](crate::Engine::tick)
+/// at a fixed interval (the [`Raft`](crate::Raft) driver's default is 50 ms, so
+/// the defaults below give a 100 ms heartbeat and a 1 s election timeout, as etcd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; never 0.
+    pub id: NodeId,
+    /// Minimum election timeout in ticks. Each election waits a random number
+    /// of ticks in `[election_timeout_ticks, 2 * election_timeout_ticks)`
+    /// (paper §5.2).
+    pub election_timeout_ticks: u64,
+    /// Ticks between heartbeats from a leader; must be below the election timeout.
+    pub heartbeat_interval_ticks: u64,
+    /// Probe a campaign with a pre-vote round first (thesis §9.6), so a node
+    /// that was partitioned away cannot raise everyone's term on return.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an
+    /// election timeout, and followers that heard from a leader within the
+    /// minimum election timeout ignore vote requests (thesis §6.2, §9.6).
+    pub check_quorum: bool,
+    /// How long, in ticks from a heartbeat round's start, a quorum's answer
+    /// lets the leader serve lease reads without a round trip (thesis §6.4.1).
+    /// Must be at most `election_timeout_ticks - 2`, so that tick granularity
+    /// on both sides cannot stretch the lease past the voters' promise;
+    /// lower it further to allow for clock drift. Lease reads need `check_quorum`.
+    pub lease_ticks: u64,
+    /// Entries per AppendEntries message at most.
+    pub max_entries_per_message: usize,
+    /// Payload bytes per AppendEntries message at most (one entry is always
+    /// sent, however large, so that progress is possible).
+    pub max_bytes_per_message: u64,
+    /// AppendEntries messages in flight to one follower at most (pipelining).
+    pub max_inflight_messages: usize,
+    /// Payload bytes in flight to one follower at most.
+    pub max_inflight_bytes: u64,
+    /// Proposals accepted but not yet committed at most; more are refused with
+    /// [`ProposeError::TooManyPending`](crate::engine::ProposeError::TooManyPending).
+    pub max_uncommitted_entries: usize,
+    /// Pending linearizable reads at most.
+    pub max_pending_reads: usize,
+    /// Seed of the election-timeout randomness. Two engines with the same seed
+    /// and the same inputs behave identically; give each node its own seed.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with the defaults for node `id`, seeded from the id.
+    pub fn new(id: NodeId) -> Self {
+        Self {
+            id,
+            election_timeout_ticks: 20,
+            heartbeat_interval_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            lease_ticks: 14,
+            max_entries_per_message: 1024,
+            max_bytes_per_message: 1024 * 1024,
+            max_inflight_messages: 64,
+            max_inflight_bytes: 32 * 1024 * 1024,
+            max_uncommitted_entries: 65_536,
+            max_pending_reads: 65_536,
+            seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    /// Checks the settings against each other.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |setting: &'static str, reason: String| Err(ConfigError { setting, reason });
+        if self.id == 0 {
+            return bad("id", "node id 0 is reserved".into());
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return bad("heartbeat_interval_ticks", "must be at least 1".into());
+        }
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
+            return bad(
+                "election_timeout_ticks",
+                format!(
+                    "must exceed heartbeat_interval_ticks ({}), got {}",
+                    self.heartbeat_interval_ticks, self.election_timeout_ticks
+                ),
+            );
+        }
+        if self.lease_ticks + 2 > self.election_timeout_ticks {
+            return bad(
+                "lease_ticks",
+                format!(
+                    "must be at most election_timeout_ticks - 2 = {}, got {}",
+                    self.election_timeout_ticks.saturating_sub(2),
+                    self.lease_ticks
+                ),
+            );
+        }
+        for (setting, value) in [
+            (
+                "max_entries_per_message",
+                self.max_entries_per_message as u64,
+            ),
+            ("max_bytes_per_message", self.max_bytes_per_message),
+            ("max_inflight_messages", self.max_inflight_messages as u64),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            (
+                "max_uncommitted_entries",
+                self.max_uncommitted_entries as u64,
+            ),
+            ("max_pending_reads", self.max_pending_reads as u64),
+        ] {
+            if value == 0 {
+                return bad(setting, "must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid raft configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting's field name.
+    pub setting: &'static str,
+    /// Why it was refused.
+    pub reason: String,
+}

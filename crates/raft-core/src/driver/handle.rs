@@ -1,0 +1,325 @@
+//! The cloneable handle to a running [`Raft`](super::Raft) node, the requests
+//! it sends to the driver task, and the errors a caller gets back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{ProposeError as EngineProposeError, ReadError as EngineReadError, Status};
+use crate::message::Message;
+use crate::types::{Index, LogId, NodeId};
+
+/// Read consistency levels (thesis §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// ReadIndex: the leader confirms it still leads with a heartbeat round.
+    #[default]
+    Linearizable,
+    /// The leader lease: no round trip while the lease holds, otherwise
+    /// falls back to ReadIndex. Relies on bounded clock drift.
+    Lease,
+    /// Whatever this node has applied, possibly stale; works on any node.
+    Stale,
+}
+
+/// Why a proposal failed. [`may_have_committed`](Self::may_have_committed)
+/// tells whether the entry could still be (or have been) applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; nothing was appended.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, to retry there.
+        leader: Option<NodeId>,
+    },
+    /// A leadership transfer is in progress; nothing was appended.
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    /// Too many proposals in flight; nothing was appended.
+    #[error("too many pending proposals")]
+    Overloaded,
+    /// The entry was appended but overwritten by another leader's entry:
+    /// it will never be applied.
+    #[error("proposal superseded by another leader's entry at index {index}")]
+    Superseded {
+        /// The index the entry had.
+        index: Index,
+    },
+    /// No answer within the timeout after the entry was appended: it may
+    /// or may not be applied later.
+    #[error("proposal timed out; it may still be applied")]
+    Timeout,
+    /// The node is shutting down. `appended` tells whether the entry had
+    /// been appended (then it may still commit).
+    #[error("node shutting down")]
+    ShuttingDown {
+        /// Whether the entry was appended before shutdown.
+        appended: bool,
+    },
+    /// Storage or the state machine failed; the node stopped.
+    #[error("node failed: {0}")]
+    Fatal(String),
+}
+
+impl ProposeError {
+    /// Whether the entry might be applied despite this error (so a client
+    /// must treat the outcome as unknown).
+    pub fn may_have_committed(&self) -> bool {
+        match self {
+            ProposeError::Timeout | ProposeError::Fatal(_) => true,
+            ProposeError::ShuttingDown { appended } => *appended,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_engine(e: EngineProposeError) -> Self {
+        match e {
+            EngineProposeError::NotLeader { leader } => ProposeError::NotLeader { leader },
+            EngineProposeError::TransferInProgress(_) => ProposeError::TransferInProgress,
+            EngineProposeError::TooManyPending(_) => ProposeError::Overloaded,
+        }
+    }
+}
+
+/// Why a read failed. A failed read observed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// This node is not (or stopped being) the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// Too many reads pending.
+    #[error("too many pending reads")]
+    Overloaded,
+    /// Leadership was not confirmed within the timeout.
+    #[error("read timed out")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    ShuttingDown,
+}
+
+impl ReadError {
+    pub(crate) fn from_engine(e: EngineReadError) -> Self {
+        match e {
+            EngineReadError::NotLeader { leader } => ReadError::NotLeader { leader },
+            EngineReadError::TooManyPending(_) => ReadError::Overloaded,
+            // The driver falls back to ReadIndex, so a caller never sees this.
+            EngineReadError::LeaseNotHeld => ReadError::Timeout,
+        }
+    }
+}
+
+/// Why a leadership transfer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This node is not the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter, or there is no other voter to transfer to.
+    #[error("no eligible transfer target: {0}")]
+    NoTarget(String),
+    /// The target did not take over within an election timeout (thesis §3.10).
+    #[error("leadership transfer aborted")]
+    Aborted,
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    ShuttingDown,
+}
+
+/// A request from a handle to the driver task.
+#[derive(Debug)]
+pub(crate) enum Request<R> {
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<R, ProposeError>>,
+        appended: oneshot::Sender<LogId>,
+    },
+    Read {
+        consistency: ReadConsistency,
+        reply: oneshot::Sender<Result<Index, ReadError>>,
+    },
+    Transfer {
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, TransferError>>,
+    },
+    Status {
+        reply: oneshot::Sender<DriverStatus>,
+    },
+}
+
+/// The engine's status plus what the driver knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverStatus {
+    /// Role, term, leader, indexes and per-peer progress.
+    pub engine: Status,
+    /// Highest index the state machine has applied.
+    pub applied: Index,
+    /// Proposals waiting to be applied.
+    pub pending_proposals: usize,
+    /// Reads waiting for confirmation.
+    pub pending_reads: usize,
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Debug)]
+pub struct RaftHandle<R> {
+    pub(crate) id: NodeId,
+    pub(crate) requests: mpsc::Sender<Request<R>>,
+    pub(crate) inbound: mpsc::Sender<Message>,
+    pub(crate) applied: watch::Receiver<Index>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) done: watch::Receiver<bool>,
+    pub(crate) request_timeout: Duration,
+}
+
+impl<R> Clone for RaftHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            requests: self.requests.clone(),
+            inbound: self.inbound.clone(),
+            applied: self.applied.clone(),
+            shutdown: self.shutdown.clone(),
+            done: self.done.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+impl<R: Send + 'static> RaftHandle<R> {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes a command and waits until it is applied, returning the state
+    /// machine's response.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProposeError`]; [`ProposeError::may_have_committed`] says whether
+    /// the command may still take effect.
+    pub async fn propose(&self, data: Bytes) -> Result<R, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        let (appended_tx, mut appended_rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let req = Request::Propose {
+            data,
+            reply,
+            appended: appended_tx,
+        };
+        match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ProposeError::ShuttingDown { appended: false }),
+            // Never reached the driver: nothing was appended.
+            Err(_) => return Err(ProposeError::Overloaded),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown {
+                appended: appended_rx.try_recv().is_ok(),
+            }),
+            Err(_) => {
+                if appended_rx.try_recv().is_ok() {
+                    Err(ProposeError::Timeout)
+                } else {
+                    Err(ProposeError::Overloaded)
+                }
+            }
+        }
+    }
+
+    /// Waits until it is safe to read this node's state machine at the given
+    /// consistency, and returns the index the read reflects at least: once
+    /// this returns, the state machine has applied that index, so a read of
+    /// it now observes every write that completed before this call.
+    ///
+    /// # Errors
+    ///
+    /// A [`ReadError`].
+    pub async fn read(&self, consistency: ReadConsistency) -> Result<Index, ReadError> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(*self.applied.borrow());
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Read { consistency, reply };
+        match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ReadError::ShuttingDown),
+            Err(_) => return Err(ReadError::Overloaded),
+        }
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(ReadError::ShuttingDown),
+            Err(_) => return Err(ReadError::Timeout),
+        };
+        let mut applied = self.applied.clone();
+        let caught_up = async move { applied.wait_for(|a| *a >= index).await.is_ok() };
+        match tokio::time::timeout_at(deadline, caught_up).await {
+            Ok(true) => Ok(index),
+            Ok(false) => Err(ReadError::ShuttingDown),
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
+    /// Transfers leadership to `to`, or to the most up-to-date other voter
+    /// when `None`, and waits for the outcome. Returns the new leader.
+    ///
+    /// # Errors
+    ///
+    /// A [`TransferError`].
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Transfer { to, reply })
+            .await
+            .map_err(|_| TransferError::ShuttingDown)?;
+        rx.await.map_err(|_| TransferError::ShuttingDown)?
+    }
+
+    /// The node's current status, or `None` once it has stopped.
+    pub async fn status(&self) -> Option<DriverStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Hands a message from a peer to the node. Never waits: when the
+    /// inbound queue is full the message is dropped (Raft tolerates loss).
+    ///
+    /// # Errors
+    ///
+    /// Gives the message back when it was dropped.
+    pub fn receive(&self, msg: Message) -> Result<(), Message> {
+        self.inbound.try_send(msg).map_err(|e| {
+            metrics::counter!("raft_inbound_dropped_total").increment(1);
+            e.into_inner()
+        })
+    }
+
+    /// The highest index applied to the state machine.
+    pub fn applied_index(&self) -> Index {
+        *self.applied.borrow()
+    }
+
+    /// Stops the node: the driver stops taking requests, finishes the
+    /// storage writes it started, and exits. Waits until it has.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Whether the node has stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.done.borrow()
+    }
+}

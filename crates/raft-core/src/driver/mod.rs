@@ -1,0 +1,585 @@
+//! The tokio driver: one task owns the [`Engine`] and executes its output
+//! over a [`LogStorage`], a [`StateMachine`] and a [`Transport`].
+//!
+//! Four tasks, joined by bounded channels:
+//! - the **engine task** (this module's `run`) takes requests, inbound
+//!   messages and ticks, and turns each [`Ready`](crate::engine::Ready) into work;
+//! - the **storage task** performs writes strictly in order, merging every
+//!   write that queued up meanwhile into one durable batch (group commit),
+//!   then releases the messages that waited for it and reports the durable
+//!   position through a `watch` channel;
+//! - the **apply task** applies committed entries and answers proposers;
+//! - the **network task** hands outgoing messages to the transport.
+//!
+//! Results flow back through `watch` channels (latest value wins), so no
+//! task ever waits on a full queue of another that waits on it.
+
+mod handle;
+mod tasks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+
+use handle::Request;
+pub use handle::{
+    DriverStatus, ProposeError, RaftHandle, ReadConsistency, ReadError, TransferError,
+};
+use tasks::{ApplyJob, PersistJob, Waiter};
+
+use crate::config::{Config, ConfigError};
+use crate::engine::{Engine, InitialState, ReadId, Role, SoftState};
+use crate::membership::Membership;
+use crate::message::Message;
+use crate::state_machine::{StateMachine, StateMachineError};
+use crate::storage::{LogStorage, LogWrite, StorageError};
+use crate::transport::Transport;
+use crate::types::{Index, LogId, NodeId, Term};
+
+/// Settings of the driver around the engine. Every queue is bounded here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Wall-clock length of one engine tick.
+    pub tick_interval: Duration,
+    /// How long `propose` and `read` wait before answering `Timeout`.
+    pub request_timeout: Duration,
+    /// Capacity of the queue of client requests into the engine task.
+    pub request_queue_capacity: usize,
+    /// Capacity of the queue of inbound peer messages (full: dropped).
+    pub inbound_queue_capacity: usize,
+    /// Capacity of the queue of outbound message batches (full: dropped).
+    pub outbound_queue_capacity: usize,
+    /// Writes queued for the storage task at most (full: the engine task waits).
+    pub storage_queue_capacity: usize,
+    /// Apply batches queued for the state machine at most.
+    pub apply_queue_capacity: usize,
+    /// Requests or messages taken per loop turn before producing output, so
+    /// proposals that arrive together share one append.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            tick_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            request_queue_capacity: 8192,
+            inbound_queue_capacity: 8192,
+            outbound_queue_capacity: 4096,
+            storage_queue_capacity: 64,
+            apply_queue_capacity: 64,
+            max_batch_inputs: 4096,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid engine configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Invalid driver configuration.
+    #[error("invalid driver configuration: {0}")]
+    DriverConfig(String),
+    /// The log could not be loaded.
+    #[error("cannot load the log: {0}")]
+    Storage(#[from] StorageError),
+    /// The state machine could not report its applied index.
+    #[error("cannot open the state machine: {0}")]
+    StateMachine(#[from] StateMachineError),
+}
+
+/// A Raft node: the engine driven on tokio over storage `L`, state machine
+/// `S` and transport `T`. Start it with [`Raft::start`]; talk to it through
+/// the returned [`RaftHandle`].
+#[derive(Debug)]
+pub struct Raft<L, S, T> {
+    _marker: std::marker::PhantomData<(L, S, T)>,
+}
+
+/// What a waiting proposal is keyed by until its entry is applied.
+struct PendingProposal<R> {
+    term: Term,
+    reply: oneshot::Sender<Result<R, ProposeError>>,
+}
+
+/// A transfer waiting for its outcome.
+struct PendingTransfer {
+    target: NodeId,
+    reply: oneshot::Sender<Result<NodeId, TransferError>>,
+}
+
+impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
+    /// Loads the node's state from `log` and `state_machine`, spawns its
+    /// tasks on the current tokio runtime and returns its handle.
+    ///
+    /// `bootstrap` is the initial configuration of a new cluster; it is used
+    /// only when the log holds no configuration yet (a restarted node uses
+    /// its own).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] for an invalid configuration or unreadable storage.
+    pub async fn start(
+        config: Config,
+        driver: DriverConfig,
+        bootstrap: Membership,
+        log: L,
+        mut state_machine: S,
+        transport: T,
+    ) -> Result<RaftHandle<S::Response>, StartError> {
+        config.validate()?;
+        for (name, v) in [
+            ("request_queue_capacity", driver.request_queue_capacity),
+            ("inbound_queue_capacity", driver.inbound_queue_capacity),
+            ("outbound_queue_capacity", driver.outbound_queue_capacity),
+            ("storage_queue_capacity", driver.storage_queue_capacity),
+            ("apply_queue_capacity", driver.apply_queue_capacity),
+            ("max_batch_inputs", driver.max_batch_inputs),
+        ] {
+            if v == 0 {
+                return Err(StartError::DriverConfig(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
+        if driver.tick_interval.is_zero() {
+            return Err(StartError::DriverConfig(
+                "tick_interval must be positive".into(),
+            ));
+        }
+        let stored = log.stored_state().await?;
+        let first = stored
+            .snapshot
+            .as_ref()
+            .map_or(1, |s| s.last_log_id.index + 1)
+            .max(stored.first_log_id.map_or(1, |f| f.index));
+        let end = stored.last_log_id.map_or(first, |l| l.index + 1);
+        let mut entries = Vec::new();
+        let mut next = first;
+        while next < end {
+            let batch = log.entries(next, end, 64 * 1024 * 1024).await?;
+            let Some(last) = batch.last() else { break };
+            next = last.index + 1;
+            entries.extend(batch);
+        }
+        let applied = state_machine.applied_index().await?;
+        let id = config.id;
+        let initial = InitialState {
+            hard_state: stored.hard_state,
+            snapshot: stored.snapshot,
+            entries,
+            bootstrap,
+            applied,
+        };
+        let engine = Engine::new(config, initial)?;
+        tracing::info!(
+            id,
+            term = engine.term(),
+            last = %engine.last_log_id(),
+            commit = engine.commit_index(),
+            applied,
+            "raft node starting"
+        );
+
+        let (req_tx, req_rx) = mpsc::channel(driver.request_queue_capacity);
+        let (in_tx, in_rx) = mpsc::channel(driver.inbound_queue_capacity);
+        let (out_tx, out_rx) = mpsc::channel(driver.outbound_queue_capacity);
+        let (persist_tx, persist_rx) = mpsc::channel(driver.storage_queue_capacity);
+        let (apply_tx, apply_rx) = mpsc::channel(driver.apply_queue_capacity);
+        let (persisted_tx, persisted_rx) = watch::channel(engine.last_log_id());
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+
+        let log = Arc::new(log);
+        let storage_task = tokio::spawn(tasks::storage_task(
+            log,
+            persist_rx,
+            out_tx.clone(),
+            persisted_tx,
+            fatal_tx.clone(),
+        ));
+        let apply_task = tokio::spawn(tasks::apply_task(
+            state_machine,
+            apply_rx,
+            applied_tx,
+            fatal_tx,
+        ));
+        let network_task = tokio::spawn(tasks::network_task(transport, out_rx));
+
+        let handle = RaftHandle {
+            id,
+            requests: req_tx,
+            inbound: in_tx,
+            applied: applied_rx.clone(),
+            shutdown: shutdown_tx,
+            done: done_rx,
+            request_timeout: driver.request_timeout,
+        };
+        let mut driver_state = Driver {
+            engine,
+            cfg: driver,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_id: 1,
+            transfer: None,
+            out_tx,
+            persist_tx,
+            apply_tx,
+            applied: applied_rx,
+            last_soft: None,
+        };
+        tokio::spawn(async move {
+            driver_state
+                .run(req_rx, in_rx, persisted_rx, fatal_rx, shutdown_rx)
+                .await;
+            // Closing the queues lets the storage task finish what it holds.
+            drop(driver_state);
+            let _ = storage_task.await;
+            let _ = apply_task.await;
+            network_task.abort();
+            let _ = done_tx.send(true);
+            tracing::info!(id, "raft node stopped");
+        });
+        Ok(handle)
+    }
+}
+
+/// State of the engine task.
+struct Driver<R> {
+    engine: Engine,
+    cfg: DriverConfig,
+    /// Proposals appended but not yet handed to the apply task, by index.
+    proposals: BTreeMap<Index, PendingProposal<R>>,
+    /// Reads waiting for the engine to confirm them.
+    reads: HashMap<ReadId, (ReadConsistency, oneshot::Sender<Result<Index, ReadError>>)>,
+    next_read_id: ReadId,
+    transfer: Option<PendingTransfer>,
+    out_tx: mpsc::Sender<Vec<Message>>,
+    persist_tx: mpsc::Sender<PersistJob>,
+    apply_tx: mpsc::Sender<ApplyJob<R>>,
+    applied: watch::Receiver<Index>,
+    last_soft: Option<SoftState>,
+}
+
+impl<R: Send + 'static> Driver<R> {
+    async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<Request<R>>,
+        mut inbound: mpsc::Receiver<Message>,
+        mut persisted: watch::Receiver<LogId>,
+        mut fatal: watch::Receiver<Option<String>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(self.cfg.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut applied = self.applied.clone();
+        self.publish_metrics();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = fatal.changed() => {
+                    let reason = fatal.borrow().clone().unwrap_or_default();
+                    tracing::error!(%reason, "raft node failed; stopping");
+                    self.fail_all(ProposeError::Fatal(reason));
+                    break;
+                }
+                Ok(()) = persisted.changed() => {
+                    let id = *persisted.borrow_and_update();
+                    self.engine.on_persisted(id);
+                }
+                Ok(()) = applied.changed() => {
+                    let index = *applied.borrow_and_update();
+                    self.engine.on_applied(index);
+                    metrics::gauge!("raft_applied_index").set(index as f64);
+                }
+                _ = ticker.tick() => self.engine.tick(),
+                Some(msg) = inbound.recv() => {
+                    self.engine.step(msg);
+                    for _ in 1..self.cfg.max_batch_inputs {
+                        match inbound.try_recv() {
+                            Ok(msg) => self.engine.step(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(req) = requests.recv() => {
+                    self.handle_request(req);
+                    for _ in 1..self.cfg.max_batch_inputs {
+                        match requests.try_recv() {
+                            Ok(req) => self.handle_request(req),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                else => break,
+            }
+            if !self.process_ready().await {
+                break;
+            }
+        }
+        self.fail_all(ProposeError::ShuttingDown { appended: true });
+    }
+
+    fn handle_request(&mut self, req: Request<R>) {
+        match req {
+            Request::Propose {
+                data,
+                reply,
+                appended,
+            } => match self.engine.propose(data) {
+                Ok(id) => {
+                    metrics::counter!("raft_proposals_total").increment(1);
+                    let _ = appended.send(id);
+                    let pending = PendingProposal {
+                        term: id.term,
+                        reply,
+                    };
+                    if let Some(old) = self.proposals.insert(id.index, pending) {
+                        // The old entry at this index was overwritten, so it
+                        // was never committed.
+                        let _ = old
+                            .reply
+                            .send(Err(ProposeError::Superseded { index: id.index }));
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("raft_proposals_rejected_total").increment(1);
+                    let _ = reply.send(Err(ProposeError::from_engine(e)));
+                }
+            },
+            Request::Read { consistency, reply } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                let result = match consistency {
+                    ReadConsistency::Lease => match self.engine.read_lease(id) {
+                        Err(crate::engine::ReadError::LeaseNotHeld) => self.engine.read_index(id),
+                        other => other,
+                    },
+                    _ => self.engine.read_index(id),
+                };
+                match result {
+                    Ok(()) => {
+                        self.reads.insert(id, (consistency, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ReadError::from_engine(e)));
+                    }
+                }
+            }
+            Request::Transfer { to, reply } => self.start_transfer(to, reply),
+            Request::Status { reply } => {
+                let _ = reply.send(DriverStatus {
+                    engine: self.engine.status(),
+                    applied: *self.applied.borrow(),
+                    pending_proposals: self.proposals.len(),
+                    pending_reads: self.reads.len(),
+                });
+            }
+        }
+    }
+
+    fn start_transfer(
+        &mut self,
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, TransferError>>,
+    ) {
+        let status = self.engine.status();
+        if status.role != Role::Leader {
+            let _ = reply.send(Err(TransferError::NotLeader {
+                leader: status.leader,
+            }));
+            return;
+        }
+        let target = match to {
+            Some(t) => t,
+            None => {
+                // The most up-to-date other voter needs the least catching up.
+                let best = status
+                    .peers
+                    .iter()
+                    .filter(|p| status.membership.is_voter(p.id))
+                    .max_by_key(|p| (p.matched, std::cmp::Reverse(p.id)));
+                match best {
+                    Some(p) => p.id,
+                    None => {
+                        let _ = reply.send(Err(TransferError::NoTarget(
+                            "no other voter in the configuration".into(),
+                        )));
+                        return;
+                    }
+                }
+            }
+        };
+        if target == status.id {
+            let _ = reply.send(Ok(target));
+            return;
+        }
+        match self.engine.transfer_leader(target) {
+            Ok(()) => {
+                if let Some(old) = self.transfer.replace(PendingTransfer { target, reply }) {
+                    let _ = old.reply.send(Err(TransferError::Aborted));
+                }
+            }
+            Err(crate::engine::TransferError::NotLeader { leader }) => {
+                let _ = reply.send(Err(TransferError::NotLeader { leader }));
+            }
+            Err(crate::engine::TransferError::NotAVoter(id)) => {
+                let _ = reply.send(Err(TransferError::NoTarget(format!(
+                    "node {id} is not a voter"
+                ))));
+            }
+        }
+    }
+
+    /// Drains the engine's output. Returns false when the node must stop.
+    async fn process_ready(&mut self) -> bool {
+        while self.engine.has_ready() {
+            let ready = self.engine.ready();
+            if let Some(soft) = ready.soft_state {
+                self.on_soft_state(soft);
+            }
+            if !ready.messages.is_empty() {
+                send_messages(&self.out_tx, ready.messages);
+            }
+            let write = LogWrite {
+                hard_state: ready.hard_state,
+                truncate_from: ready.truncate_from,
+                entries: ready.entries,
+            };
+            if !write.is_empty() || !ready.persisted_messages.is_empty() {
+                let last = write.entries.last().map(|e| e.log_id());
+                let job = PersistJob {
+                    write,
+                    last,
+                    after: ready.persisted_messages,
+                };
+                if self.persist_tx.send(job).await.is_err() {
+                    return false;
+                }
+            }
+            if !ready.committed_entries.is_empty() {
+                let mut waiters = Vec::new();
+                let last = ready.committed_entries.last().map_or(0, |e| e.index);
+                let first = ready.committed_entries.first().map_or(0, |e| e.index);
+                let keys: Vec<Index> = self
+                    .proposals
+                    .range(first..=last)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for index in keys {
+                    if let Some(p) = self.proposals.remove(&index) {
+                        waiters.push(Waiter {
+                            index,
+                            term: p.term,
+                            reply: p.reply,
+                        });
+                    }
+                }
+                // Anything below `first` can no longer be applied by us.
+                let stale: Vec<Index> = self.proposals.range(..first).map(|(k, _)| *k).collect();
+                for index in stale {
+                    if let Some(p) = self.proposals.remove(&index) {
+                        let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                    }
+                }
+                metrics::gauge!("raft_commit_index").set(self.engine.commit_index() as f64);
+                let job = ApplyJob {
+                    entries: ready.committed_entries,
+                    waiters,
+                };
+                if self.apply_tx.send(job).await.is_err() {
+                    return false;
+                }
+            }
+            for rs in ready.read_states {
+                if let Some((_, reply)) = self.reads.remove(&rs.id) {
+                    let _ = reply.send(Ok(rs.index));
+                }
+            }
+            for (id, err) in ready.failed_reads {
+                if let Some((_, reply)) = self.reads.remove(&id) {
+                    let _ = reply.send(Err(ReadError::from_engine(err)));
+                }
+            }
+        }
+        true
+    }
+
+    fn on_soft_state(&mut self, soft: SoftState) {
+        let prev = self.last_soft.replace(soft);
+        if prev.is_none_or(|p| p.leader != soft.leader) {
+            metrics::counter!("raft_leader_changes_total").increment(1);
+            tracing::info!(leader = ?soft.leader, term = soft.term, role = soft.role.as_str(), "leader changed");
+        }
+        if matches!(soft.role, Role::PreCandidate | Role::Candidate)
+            && prev.is_none_or(|p| p.role != soft.role || p.term != soft.term)
+        {
+            metrics::counter!("raft_elections_started_total", "kind" => soft.role.as_str())
+                .increment(1);
+        }
+        self.publish_metrics();
+        if let Some(t) = &self.transfer {
+            let outcome = if soft.role != Role::Leader {
+                Some(Ok(soft.leader.unwrap_or(t.target)))
+            } else if soft.transferee.is_none() {
+                Some(Err(TransferError::Aborted))
+            } else {
+                None
+            };
+            if let Some(outcome) = outcome {
+                if let Some(t) = self.transfer.take() {
+                    let _ = t.reply.send(outcome);
+                }
+            }
+        }
+        if soft.role != Role::Leader {
+            // Reads the engine failed are answered from `failed_reads`.
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let status = self.engine.status();
+        metrics::gauge!("raft_term").set(status.term as f64);
+        metrics::gauge!("raft_is_leader").set(if status.role == Role::Leader {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("raft_role").set(match status.role {
+            Role::Follower => 0.0,
+            Role::PreCandidate => 1.0,
+            Role::Candidate => 2.0,
+            Role::Leader => 3.0,
+        });
+        metrics::gauge!("raft_commit_index").set(status.commit as f64);
+        metrics::gauge!("raft_last_log_index").set(status.last_index as f64);
+    }
+
+    fn fail_all(&mut self, err: ProposeError) {
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, (_, reply)) in self.reads.drain() {
+            let _ = reply.send(Err(ReadError::ShuttingDown));
+        }
+        if let Some(t) = self.transfer.take() {
+            let _ = t.reply.send(Err(TransferError::ShuttingDown));
+        }
+    }
+}
+
+/// Queues messages for the network task, dropping them when it is behind.
+fn send_messages(out: &mpsc::Sender<Vec<Message>>, msgs: Vec<Message>) {
+    let n = msgs.len() as u64;
+    if out.try_send(msgs).is_err() {
+        metrics::counter!("raft_outbound_dropped_total").increment(n);
+    }
+}

@@ -1,0 +1,380 @@
+//! The engine's in-memory view of the replicated log: every entry since the
+//! compacted prefix, plus the bookkeeping that tells the driver what still has
+//! to be made durable (`take_unpersisted`) and what can be applied
+//! (`take_committed`).
+//!
+//! Like etcd's raft, the engine keeps the uncompacted log in memory (payloads
+//! are reference-counted [`Bytes`](bytes::Bytes), so sending them is cheap);
+//! log compaction through snapshots bounds it.
+
+use std::collections::VecDeque;
+
+use crate::types::{Entry, Index, LogId, Term};
+
+/// In-memory log with persistence and apply cursors.
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    /// The last entry of the compacted prefix (index 0 term 0 when nothing is compacted).
+    offset: LogId,
+    /// `entries[i].index == offset.index + 1 + i`.
+    entries: VecDeque<Entry>,
+    /// Highest index known committed; never decreases.
+    committed: Index,
+    /// Highest index durable in local storage and still matching this log.
+    persisted: Index,
+    /// Highest index handed to the driver for persisting.
+    emitted: Index,
+    /// Lowest index written since the last `take_unpersisted`, if any.
+    dirty_from: Option<Index>,
+    /// Whether a handed-out entry was overwritten, so storage must truncate first.
+    truncate_from: Option<Index>,
+    /// Highest index handed to the driver for applying.
+    apply_emitted: Index,
+}
+
+/// Why an AppendEntries was refused by the consistency check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendRefusal {
+    /// The log does not contain `prev_log_id`; carries the backtracking hint.
+    Mismatch(LogId),
+    /// The request would overwrite a committed entry: only a broken or
+    /// malicious leader sends that, so the request is dropped.
+    ConflictsWithCommitted(Index),
+}
+
+impl RaftLog {
+    /// A log restored from storage: `entries` follow `offset` and are durable.
+    pub(crate) fn restore(offset: LogId, entries: Vec<Entry>, committed: Index) -> Self {
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(
+                e.index,
+                offset.index + 1 + i as u64,
+                "invariant: restored entries are consecutive after the compacted prefix"
+            );
+        }
+        let last = offset.index + entries.len() as u64;
+        let committed = committed.min(last).max(offset.index);
+        Self {
+            offset,
+            entries: entries.into(),
+            committed,
+            persisted: last,
+            emitted: last,
+            dirty_from: None,
+            truncate_from: None,
+            apply_emitted: offset.index,
+        }
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        self.offset.index + self.entries.len() as u64
+    }
+
+    pub(crate) fn last_log_id(&self) -> LogId {
+        self.entries.back().map_or(self.offset, Entry::log_id)
+    }
+
+    pub(crate) fn first_index(&self) -> Index {
+        self.offset.index + 1
+    }
+
+    pub(crate) fn committed(&self) -> Index {
+        self.committed
+    }
+
+    pub(crate) fn persisted(&self) -> Index {
+        self.persisted
+    }
+
+    pub(crate) fn apply_emitted(&self) -> Index {
+        self.apply_emitted
+    }
+
+    /// The term of the entry at `index`, or `None` when it is compacted away
+    /// (below the offset) or beyond the last entry.
+    pub(crate) fn term(&self, index: Index) -> Option<Term> {
+        if index == self.offset.index {
+            return Some(self.offset.term);
+        }
+        if index < self.offset.index {
+            return None;
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    pub(crate) fn get(&self, index: Index) -> Option<&Entry> {
+        if index <= self.offset.index {
+            return None;
+        }
+        self.entries.get((index - self.offset.index - 1) as usize)
+    }
+
+    /// Whether `id` names an entry of this log (or the compacted prefix's last).
+    pub(crate) fn matches(&self, id: LogId) -> bool {
+        self.term(id.index) == Some(id.term)
+    }
+
+    /// Entries from `start` up to `last_index`, at most `max_entries` and
+    /// `max_bytes` (at least one entry when any is in range).
+    pub(crate) fn slice(&self, start: Index, max_entries: usize, max_bytes: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut index = start.max(self.first_index());
+        while let Some(e) = self.get(index) {
+            let size = e.size_bytes();
+            if !out.is_empty() && (out.len() >= max_entries || bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            out.push(e.clone());
+            index += 1;
+        }
+        out
+    }
+
+    /// Appends entries created by this node as leader; they must continue the log.
+    pub(crate) fn append_own(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "invariant: a leader appends at the end of its log"
+        );
+        self.mark_dirty(entry.index);
+        self.entries.push_back(entry);
+    }
+
+    fn mark_dirty(&mut self, index: Index) {
+        self.dirty_from = Some(self.dirty_from.map_or(index, |d| d.min(index)));
+    }
+
+    /// Follower side of AppendEntries (paper §5.3): checks `prev`, skips entries
+    /// already present, truncates at the first conflict and appends the rest.
+    /// Returns the index of the last entry known to match the leader.
+    pub(crate) fn try_append(
+        &mut self,
+        prev: LogId,
+        entries: &[Entry],
+    ) -> Result<Index, AppendRefusal> {
+        if !self.matches(prev) {
+            return Err(AppendRefusal::Mismatch(self.conflict_hint(prev)));
+        }
+        let last_new = prev.index + entries.len() as u64;
+        // Find the first entry not already in the log with the same term.
+        let mut first_new = None;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != prev.index + 1 + i as u64 {
+                // Malformed request; treat as a mismatch with no useful hint.
+                return Err(AppendRefusal::Mismatch(self.conflict_hint(prev)));
+            }
+            if e.index <= self.offset.index {
+                continue; // covered by the compacted (hence committed) prefix
+            }
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                _ => {
+                    first_new = Some(i);
+                    break;
+                }
+            }
+        }
+        if let Some(i) = first_new {
+            let from = entries[i].index;
+            if from <= self.committed {
+                return Err(AppendRefusal::ConflictsWithCommitted(from));
+            }
+            self.truncate_suffix(from);
+            for e in &entries[i..] {
+                self.entries.push_back(e.clone());
+            }
+            self.mark_dirty(from);
+        }
+        Ok(last_new)
+    }
+
+    /// Removes entries at or above `from` (never committed ones).
+    fn truncate_suffix(&mut self, from: Index) {
+        assert!(
+            from > self.committed,
+            "invariant: committed entries are never truncated"
+        );
+        if from > self.last_index() {
+            return;
+        }
+        let keep = (from - self.offset.index - 1) as usize;
+        self.entries.truncate(keep);
+        self.persisted = self.persisted.min(from - 1);
+        if from <= self.emitted {
+            self.truncate_from = Some(self.truncate_from.map_or(from, |t| t.min(from)));
+            self.emitted = from - 1;
+        }
+    }
+
+    /// The largest index at or below `index` whose term is at most `term`,
+    /// with that term (the fast-backtracking hint, as in etcd's
+    /// `findConflictByTerm`). Stops at the compacted prefix.
+    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> LogId {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t <= term => return LogId::new(t, i),
+                Some(_) if i > self.offset.index => i -= 1,
+                _ => return self.offset,
+            }
+        }
+    }
+
+    fn conflict_hint(&self, prev: LogId) -> LogId {
+        self.find_conflict_by_term(prev.index, prev.term)
+    }
+
+    /// Raises the commit index; never lowers it. Returns whether it moved.
+    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// What the driver must write: `(truncate_from, entries)`.
+    pub(crate) fn take_unpersisted(&mut self) -> (Option<Index>, Vec<Entry>) {
+        let truncate = self.truncate_from.take();
+        let Some(from) = self.dirty_from.take() else {
+            return (truncate, Vec::new());
+        };
+        debug_assert!(
+            from > self.emitted,
+            "invariant: dirty entries were not handed out"
+        );
+        let entries = self.slice(from, usize::MAX, u64::MAX);
+        self.emitted = self.last_index();
+        (truncate, entries)
+    }
+
+    /// Whether `take_unpersisted` would return something.
+    pub(crate) fn has_unpersisted(&self) -> bool {
+        self.dirty_from.is_some() || self.truncate_from.is_some()
+    }
+
+    /// Records that storage made entries up to `id` durable. Ignored when `id`
+    /// no longer names an entry of this log (it was overwritten meanwhile) or
+    /// was never handed out.
+    pub(crate) fn on_persisted(&mut self, id: LogId) -> bool {
+        if id.index > self.emitted || id.index <= self.persisted || !self.matches(id) {
+            return false;
+        }
+        self.persisted = id.index;
+        true
+    }
+
+    /// Committed, locally durable entries not yet handed out for applying.
+    pub(crate) fn take_committed(&mut self, max_entries: usize) -> Vec<Entry> {
+        let upto = self.committed.min(self.persisted);
+        if upto <= self.apply_emitted {
+            return Vec::new();
+        }
+        let out = self.slice(self.apply_emitted + 1, max_entries, u64::MAX);
+        let out: Vec<Entry> = out.into_iter().take_while(|e| e.index <= upto).collect();
+        if let Some(last) = out.last() {
+            self.apply_emitted = last.index;
+        }
+        out
+    }
+
+    /// Whether `take_committed` would return something.
+    pub(crate) fn has_committed(&self) -> bool {
+        self.committed.min(self.persisted) > self.apply_emitted
+    }
+
+    /// Sets where applying resumes (the state machine's durable applied index).
+    pub(crate) fn set_applied(&mut self, applied: Index) {
+        self.apply_emitted = self.apply_emitted.max(applied.min(self.committed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn e(term: Term, index: Index) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn log_with(terms: &[Term]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| e(*t, i as u64 + 1))
+            .collect();
+        RaftLog::restore(LogId::default(), entries, 0)
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced_and_reported_for_truncation() {
+        let mut log = log_with(&[1, 1, 2, 2]);
+        let last = log.try_append(LogId::new(1, 2), &[e(3, 3)]).unwrap();
+        assert_eq!(last, 3);
+        assert_eq!(log.last_log_id(), LogId::new(3, 3));
+        assert_eq!(log.persisted(), 2);
+        let (truncate, entries) = log.take_unpersisted();
+        assert_eq!(truncate, Some(3));
+        assert_eq!(entries, vec![e(3, 3)]);
+    }
+
+    #[test]
+    fn present_entries_are_not_rewritten() {
+        let mut log = log_with(&[1, 1, 2]);
+        assert_eq!(log.try_append(LogId::new(1, 1), &[e(1, 2)]), Ok(2));
+        assert_eq!(
+            log.last_index(),
+            3,
+            "a stale request must not truncate matching entries"
+        );
+        assert!(!log.has_unpersisted());
+    }
+
+    #[test]
+    fn hint_skips_a_whole_term() {
+        let log = log_with(&[1, 1, 4, 4, 4]);
+        // Leader's prev is (index 6, term 5): follower is shorter.
+        assert_eq!(log.find_conflict_by_term(6, 5), LogId::new(4, 5));
+        // Leader's prev is (index 5, term 3): skip all of term 4.
+        assert_eq!(log.find_conflict_by_term(5, 3), LogId::new(1, 2));
+    }
+
+    #[test]
+    fn stale_persist_notifications_are_ignored() {
+        let mut log = log_with(&[1]);
+        log.append_own(e(1, 2));
+        let (_, out) = log.take_unpersisted();
+        assert_eq!(out.len(), 1);
+        log.try_append(LogId::new(1, 1), &[e(2, 2)]).unwrap();
+        assert!(
+            !log.on_persisted(LogId::new(1, 2)),
+            "entry 2@1 was overwritten"
+        );
+        let (truncate, out) = log.take_unpersisted();
+        assert_eq!((truncate, out), (Some(2), vec![e(2, 2)]));
+        assert!(log.on_persisted(LogId::new(2, 2)));
+        assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn only_durable_committed_entries_are_applied() {
+        let mut log = log_with(&[1]);
+        log.append_own(e(1, 2));
+        log.commit_to(2);
+        assert_eq!(log.take_committed(100), vec![e(1, 1)]);
+        let _ = log.take_unpersisted();
+        log.on_persisted(LogId::new(1, 2));
+        assert_eq!(log.take_committed(100), vec![e(1, 2)]);
+        assert!(!log.has_committed());
+    }
+}

@@ -1,0 +1,125 @@
+//! `MemNetwork`: an in-process [`Transport`] that delivers messages straight
+//! into other nodes' [`RaftHandle`]s, with switches to cut links for tests.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::driver::RaftHandle;
+use crate::message::Message;
+use crate::transport::{Transport, TransportError};
+use crate::types::NodeId;
+
+type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<NodeId, Deliver>,
+    /// Directed links that drop everything: (from, to).
+    blocked: HashSet<(NodeId, NodeId)>,
+}
+
+/// A set of in-process nodes that can message each other.
+#[derive(Clone, Default)]
+pub struct MemNetwork {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl fmt::Debug for MemNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        let mut nodes: Vec<_> = inner.nodes.keys().copied().collect();
+        nodes.sort_unstable();
+        f.debug_struct("MemNetwork")
+            .field("nodes", &nodes)
+            .field("blocked", &inner.blocked)
+            .finish()
+    }
+}
+
+impl MemNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing here can be left half-updated by a panic: recover the guard.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The transport node `id` sends through.
+    pub fn transport(&self, id: NodeId) -> MemTransport {
+        MemTransport {
+            id,
+            net: self.clone(),
+        }
+    }
+
+    /// Routes messages addressed to `handle`'s node into it (replacing an
+    /// earlier registration, as after a restart).
+    pub fn register<R: Send + 'static>(&self, handle: &RaftHandle<R>) {
+        let h = handle.clone();
+        self.lock().nodes.insert(
+            handle.id(),
+            Arc::new(move |m| {
+                let _ = h.receive(m);
+            }),
+        );
+    }
+
+    /// Stops routing to `id` (a crashed node).
+    pub fn unregister(&self, id: NodeId) {
+        self.lock().nodes.remove(&id);
+    }
+
+    /// Drops every message from `from` to `to` until healed.
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.insert((from, to));
+    }
+
+    /// Cuts `id` off from every other node, both ways.
+    pub fn isolate(&self, id: NodeId) {
+        let mut inner = self.lock();
+        let others: Vec<NodeId> = inner.nodes.keys().copied().filter(|n| *n != id).collect();
+        for o in others {
+            inner.blocked.insert((id, o));
+            inner.blocked.insert((o, id));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.lock().blocked.clear();
+    }
+}
+
+/// One node's end of a [`MemNetwork`].
+#[derive(Clone, Debug)]
+pub struct MemTransport {
+    id: NodeId,
+    net: MemNetwork,
+}
+
+#[async_trait]
+impl Transport for MemTransport {
+    async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), TransportError> {
+        let deliver = {
+            let inner = self.net.lock();
+            if inner.blocked.contains(&(self.id, to)) {
+                return Ok(()); // a cut link loses messages silently, like a network
+            }
+            inner
+                .nodes
+                .get(&to)
+                .cloned()
+                .ok_or(TransportError::UnknownPeer(to))?
+        };
+        for m in messages {
+            deliver(m);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! The `Transport` trait: how messages reach peers. Inbound messages are
+//! handed to the driver with [`RaftHandle::receive`](crate::RaftHandle::receive).
+
+use async_trait::async_trait;
+
+use crate::message::Message;
+use crate::types::NodeId;
+
+/// A send failure. Raft tolerates lost messages, so the driver only counts
+/// and logs these.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer is not known to the transport.
+    #[error("unknown peer {0}")]
+    UnknownPeer(NodeId),
+    /// The peer's send queue is full; the message was dropped.
+    #[error("send queue to peer {0} is full")]
+    QueueFull(NodeId),
+    /// The transport is closed.
+    #[error("transport closed")]
+    Closed,
+    /// Anything else, described.
+    #[error("transport error: {0}")]
+    Other(String),
+}
+
+/// Sends Raft messages to peers.
+///
+/// # Contract
+///
+/// `send` must not wait for the network: it enqueues and returns. Delivery is
+/// best effort (a message may be dropped, duplicated or delayed), but messages
+/// to one peer should keep their order when they do arrive, or replication
+/// falls back to slower probing.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Queues `messages`, all addressed to `to`, for delivery in order.
+    ///
+    /// # Errors
+    ///
+    /// A [`TransportError`]; the messages are then dropped.
+    async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), TransportError>;
+}

@@ -1,0 +1,311 @@
+//! End-to-end tests of the tokio driver (`Raft`) over the in-memory log,
+//! state machine and network, on paused tokio time so they run fast: a
+//! cluster elects a leader, applies proposals everywhere, answers reads at
+//! each consistency level, transfers leadership, replaces an isolated
+//! leader, survives a restart from its storage, and shuts down cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog, MemNetwork};
+use raft_core::{
+    Config, DriverConfig, Membership, NodeId, ProposeError, Raft, RaftHandle, ReadConsistency, Role,
+};
+
+type Handle = RaftHandle<KvResponse>;
+
+struct Node {
+    handle: Handle,
+    log: Arc<MemLog>,
+    reader: MemKvReader,
+}
+
+struct Cluster {
+    net: MemNetwork,
+    members: Vec<NodeId>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Self {
+        let mut c = Cluster {
+            net: MemNetwork::new(),
+            members: (1..=n).collect(),
+            nodes: Vec::new(),
+        };
+        for id in 1..=n {
+            let node = c
+                .start_node(id, Arc::new(MemLog::new()), MemKv::new())
+                .await;
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    async fn start_node(&self, id: NodeId, log: Arc<MemLog>, kv: MemKv) -> Node {
+        let reader = kv.reader();
+        let handle = Raft::start(
+            Config::new(id),
+            DriverConfig::default(),
+            Membership::new(self.members.clone()),
+            log.clone(),
+            kv,
+            self.net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        self.net.register(&handle);
+        Node {
+            handle,
+            log,
+            reader,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        self.nodes[(id - 1) as usize]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    async fn leader(&self) -> NodeId {
+        for _ in 0..400 {
+            for node in self.nodes.iter().flatten() {
+                if let Some(s) = node.handle.status().await {
+                    if s.engine.role == Role::Leader {
+                        return s.engine.id;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader elected within 20 s of virtual time");
+    }
+
+    async fn wait_applied(&self, id: NodeId, index: u64) {
+        for _ in 0..500 {
+            if self.node(id).handle.applied_index() >= index {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = self.node(id).handle.status().await;
+        panic!("node {id} did not apply index {index}: {s:#?}");
+    }
+}
+
+fn put(key: &str, value: &str) -> Bytes {
+    KvCommand::Put {
+        key: key.into(),
+        value: Bytes::from(value.to_owned()),
+    }
+    .encode()
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_nodes_elect_a_leader_and_apply_writes_everywhere() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let h = &cluster.node(leader).handle;
+    for i in 0..20 {
+        let r = h
+            .propose(put(&format!("k{i}"), "v"))
+            .await
+            .expect("write succeeds");
+        assert!(matches!(r, KvResponse::Written { .. }), "got {r:?}");
+    }
+    let applied = h.applied_index();
+    // Followers learn the commit index and apply the same data.
+    for id in 1..=3 {
+        cluster.wait_applied(id, applied).await;
+        let node = cluster.node(id);
+        assert_eq!(node.reader.len(), 20, "node {id} has every key");
+        assert_eq!(
+            node.reader.get("k7").map(|(v, _)| v),
+            Some(Bytes::from_static(b"v"))
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_proposals_are_all_applied_once() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let h = cluster.node(leader).handle.clone();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.propose(put(&format!("c{i}"), "v")).await })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(KvResponse::Written { revision }) => revisions.push(revision),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 200, "each proposal got its own log index");
+    assert_eq!(cluster.node(leader).reader.len(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_refuses_proposals_and_names_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    // Let the followers hear from the leader.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let err = cluster
+        .node(follower)
+        .handle
+        .propose(put("a", "b"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProposeError::NotLeader {
+            leader: Some(leader)
+        }
+    );
+    assert!(!err.may_have_committed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_see_completed_writes_at_every_consistency_level() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let node = cluster.node(leader);
+    node.handle.propose(put("x", "1")).await.expect("write");
+    for level in [
+        ReadConsistency::Linearizable,
+        ReadConsistency::Lease,
+        ReadConsistency::Stale,
+    ] {
+        let index = node
+            .handle
+            .read(level)
+            .await
+            .expect("read succeeds on the leader");
+        assert!(node.handle.applied_index() >= index);
+        let value = node.reader.get("x").map(|(v, _)| v);
+        assert_eq!(value, Some(Bytes::from_static(b"1")), "{level:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_voter_commits_on_its_own() {
+    let cluster = Cluster::start(1).await;
+    assert_eq!(cluster.leader().await, 1);
+    let r = cluster
+        .node(1)
+        .handle
+        .propose(put("solo", "yes"))
+        .await
+        .expect("write");
+    assert!(
+        matches!(r, KvResponse::Written { revision } if revision >= 2),
+        "got {r:?}"
+    );
+    assert!(
+        cluster.node(1).log.snapshot_entries().len() >= 2,
+        "entries are in the log"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn leadership_transfer_moves_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let target = (1..=3).find(|id| *id != leader).expect("a follower");
+    let new = cluster
+        .node(leader)
+        .handle
+        .transfer_leader(Some(target))
+        .await
+        .expect("transfer");
+    assert_eq!(new, target);
+    assert_eq!(cluster.leader().await, target);
+    cluster
+        .node(target)
+        .handle
+        .propose(put("after", "transfer"))
+        .await
+        .expect("new leader writes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_isolated_leader_is_replaced_and_writes_continue() {
+    let cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    cluster.net.isolate(old);
+    // Check-quorum makes the old leader step down; the others elect a new one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    cluster
+        .node(new)
+        .handle
+        .propose(put("k", "v"))
+        .await
+        .expect("write on the new leader");
+    let err = cluster
+        .node(old)
+        .handle
+        .propose(put("k", "stale"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProposeError::NotLeader { .. }), "got {err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_recovers_its_log_and_state() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    for i in 0..5 {
+        cluster
+            .node(leader)
+            .handle
+            .propose(put(&format!("k{i}"), "v"))
+            .await
+            .expect("write");
+    }
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    let node = cluster.nodes[(victim - 1) as usize]
+        .take()
+        .expect("running");
+    node.handle.shutdown().await;
+    cluster.net.unregister(victim);
+    cluster
+        .node(leader)
+        .handle
+        .propose(put("while-down", "v"))
+        .await
+        .expect("write");
+    // Restart on the same log with a fresh in-memory state machine: it
+    // re-applies the log and catches up on what it missed.
+    let restarted = cluster
+        .start_node(victim, node.log.clone(), MemKv::new())
+        .await;
+    cluster.nodes[(victim - 1) as usize] = Some(restarted);
+    let target = cluster.node(leader).handle.applied_index();
+    cluster.wait_applied(victim, target).await;
+    let r = &cluster.node(victim).reader;
+    assert_eq!(r.len(), 6, "restarted node has all keys");
+    assert!(r.get("while-down").is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_the_node_and_fails_new_requests() {
+    let cluster = Cluster::start(1).await;
+    cluster.leader().await;
+    let h = cluster.node(1).handle.clone();
+    h.shutdown().await;
+    assert!(h.is_stopped());
+    let err = h.propose(put("a", "b")).await.unwrap_err();
+    assert_eq!(err, ProposeError::ShuttingDown { appended: false });
+    assert!(h.status().await.is_none());
+}
