@@ -578,13 +578,13 @@ pub async fn check_membership_tracking<S: LogStorage>(store: &S) {
         Entry {
             term: 1,
             index: 2,
-            payload: EntryPayload::Membership(m1.clone()),
+            payload: EntryPayload::Membership(Box::new(m1.clone())),
         },
         entry(1, 3),
         Entry {
             term: 2,
             index: 4,
-            payload: EntryPayload::Membership(m2.clone()),
+            payload: EntryPayload::Membership(Box::new(m2.clone())),
         },
         entry(2, 5),
     ];
@@ -600,7 +600,7 @@ pub async fn check_membership_tracking<S: LogStorage>(store: &S) {
     let m3_entry = Entry {
         term: 3,
         index: 4,
-        payload: EntryPayload::Membership(m3.clone()),
+        payload: EntryPayload::Membership(Box::new(m3.clone())),
     };
     ok(CHECK, "append m3 at 4", store.append(vec![m3_entry]).await);
     assert_membership(CHECK, store, Some((4, &m3)), "after appending m3 at 4").await;

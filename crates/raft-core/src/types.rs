@@ -49,7 +49,7 @@ pub enum EntryPayload {
     Normal(Bytes),
     /// A cluster configuration. It takes effect as soon as it is appended
     /// (thesis §4.1), not when committed.
-    Membership(Membership),
+    Membership(Box<Membership>),
 }
 
 impl EntryPayload {

@@ -117,17 +117,34 @@ impl RaftLog {
     /// Entries from `start` up to `last_index`, at most `max_entries` and
     /// `max_bytes` (at least one entry when any is in range).
     pub(crate) fn slice(&self, start: Index, max_entries: usize, max_bytes: u64) -> Vec<Entry> {
-        let mut out = Vec::new();
+        self.slice_to(start, self.last_index(), max_entries, max_bytes)
+    }
+
+    /// Entries in `[start, end]` (clamped to the log), at most `max_entries`
+    /// and `max_bytes` (at least one entry when any is in range).
+    pub(crate) fn slice_to(
+        &self,
+        start: Index,
+        end: Index,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Vec<Entry> {
+        let start = start.max(self.first_index());
+        let end = end.min(self.last_index());
+        if start > end {
+            return Vec::new();
+        }
+        let from = (start - self.offset.index - 1) as usize;
+        let count = ((end - start + 1) as usize).min(max_entries.max(1));
+        let mut out = Vec::with_capacity(count);
         let mut bytes = 0u64;
-        let mut index = start.max(self.first_index());
-        while let Some(e) = self.get(index) {
+        for e in self.entries.range(from..from + count) {
             let size = e.size_bytes();
-            if !out.is_empty() && (out.len() >= max_entries || bytes + size > max_bytes) {
+            if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
             out.push(e.clone());
-            index += 1;
         }
         out
     }
@@ -275,8 +292,7 @@ impl RaftLog {
         if upto <= self.apply_emitted {
             return Vec::new();
         }
-        let out = self.slice(self.apply_emitted + 1, max_entries, u64::MAX);
-        let out: Vec<Entry> = out.into_iter().take_while(|e| e.index <= upto).collect();
+        let out = self.slice_to(self.apply_emitted + 1, upto, max_entries, u64::MAX);
         if let Some(last) = out.last() {
             self.apply_emitted = last.index;
         }

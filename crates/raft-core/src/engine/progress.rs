@@ -106,16 +106,21 @@ impl Progress {
         if moved {
             self.matched = index;
         }
-        self.next = self.next.max(index + 1);
+        if self.state == ReplicationState::Replicate {
+            self.next = self.next.max(index + 1);
+        }
         match self.state {
-            ReplicationState::Probe => {
-                // A probe was accepted: the position is known, start pipelining.
+            ReplicationState::Probe if index + 1 >= self.next => {
+                // The probe was accepted: the position is known, start pipelining.
                 self.state = ReplicationState::Replicate;
                 self.next = self.matched + 1;
                 self.probe_sent = false;
                 self.inflight.clear();
                 self.inflight_bytes = 0;
             }
+            // An answer to a heartbeat below the probe point says nothing
+            // about the probe: keep waiting for it.
+            ReplicationState::Probe => {}
             ReplicationState::Replicate => self.free_to(index),
         }
         moved

@@ -187,7 +187,7 @@ impl LogStorage for MemLog {
         // Scanning backwards is fine for an in-memory log used in tests; a
         // persistent store would index membership entries instead.
         let membership = state.entries.iter().rev().find_map(|e| match &e.payload {
-            EntryPayload::Membership(m) => Some((e.index, m.clone())),
+            EntryPayload::Membership(m) => Some((e.index, (**m).clone())),
             _ => None,
         });
         Ok(StoredState {
@@ -877,7 +877,7 @@ mod tests {
             Entry {
                 term: 1,
                 index: 4,
-                payload: EntryPayload::Membership(membership(&[1, 2])),
+                payload: EntryPayload::Membership(Box::new(membership(&[1, 2]))),
             },
             normal(
                 5,

@@ -1,0 +1,413 @@
+//! Elections: timeouts, pre-vote (thesis §9.6), votes (paper §5.2, §5.4.1),
+//! term handling for every incoming message (paper §5.1), role changes,
+//! check-quorum (thesis §6.2) and leadership transfer (thesis §3.10).
+
+use std::collections::BTreeSet;
+
+use rand::Rng;
+
+use super::{Campaign, Engine, Role, TransferError};
+use crate::message::{AppendResult, Message, MessageBody};
+use crate::types::{EntryPayload, LogId, NodeId, Term};
+
+impl Engine {
+    /// Advances logical time by one tick: drives election timeouts,
+    /// heartbeats, check-quorum and the leadership-transfer timeout.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.is_promotable() && self.election_elapsed >= self.randomized_election_timeout {
+                self.election_elapsed = 0;
+                let kind = if self.cfg.pre_vote {
+                    Campaign::PreVote
+                } else {
+                    Campaign::Election
+                };
+                self.campaign(kind);
+            }
+        }
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_timeout_ticks {
+                // Thesis §3.10: abort a transfer that did not finish within an
+                // election timeout, and accept proposals again.
+                tracing::info!(target = ?self.transferee, "leadership transfer timed out");
+                self.transferee = None;
+            }
+        }
+        if self.election_elapsed >= self.cfg.election_timeout_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let id = self.cfg.id;
+                let active = self.membership().is_quorum(|n| {
+                    n == id || self.progress.get(&n).is_some_and(|p| p.recent_active)
+                });
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+                if !active {
+                    tracing::info!(term = self.term, "check-quorum failed: stepping down");
+                    self.become_follower(self.term, None);
+                    return;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Starts a leadership transfer to `to` (thesis §3.10): the target is
+    /// caught up, then told to campaign at once with `TimeoutNow`. Proposals
+    /// are refused meanwhile; the transfer is abandoned after an election
+    /// timeout. Watch [`SoftState`] for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`TransferError`] when this node is not the leader or `to` is not a voter.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.cfg.id {
+            return Ok(());
+        }
+        if !self.membership().is_voter(to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        if self.transferee == Some(to) {
+            return Ok(());
+        }
+        self.transferee = Some(to);
+        self.transfer_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send_timeout_now(to);
+        }
+        Ok(())
+    }
+
+    /// Handles a message from a peer. Messages with stale terms, from unknown
+    /// nodes, or out of order are handled as the algorithm requires; none of
+    /// them panics.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from == 0 {
+            tracing::debug!(
+                from = msg.from,
+                to = msg.to,
+                "dropping misaddressed message"
+            );
+            return;
+        }
+        if let MessageBody::RequestVote { .. } = msg.body {
+            if !self.membership().is_voter(msg.from) {
+                tracing::debug!(from = msg.from, "ignoring vote request from a non-voter");
+                return;
+            }
+        }
+        if msg.term > self.term {
+            match &msg.body {
+                MessageBody::RequestVote {
+                    pre_vote,
+                    leadership_transfer,
+                    ..
+                } => {
+                    if !leadership_transfer && self.in_leader_lease() {
+                        // Thesis §4.2.3: a node that heard from a leader within
+                        // the minimum election timeout ignores vote requests,
+                        // so a removed or partitioned node cannot disrupt.
+                        tracing::debug!(from = msg.from, "ignoring vote request within lease");
+                        if *pre_vote {
+                            self.send(
+                                msg.from,
+                                MessageBody::RequestVoteResponse {
+                                    pre_vote: true,
+                                    granted: false,
+                                },
+                            );
+                        }
+                        return;
+                    }
+                    if !pre_vote {
+                        self.become_follower(msg.term, None);
+                    }
+                }
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {
+                    // Answered at the term we would campaign in; not a newer term.
+                }
+                MessageBody::AppendEntries { .. } => self.become_follower(msg.term, Some(msg.from)),
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            self.step_stale(msg);
+            return;
+        }
+
+        match msg.body {
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log_id,
+                ..
+            } => self.handle_vote_request(msg.from, msg.term, pre_vote, last_log_id),
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(msg.from, msg.term, pre_vote, granted)
+            }
+            MessageBody::AppendEntries {
+                prev_log_id,
+                entries,
+                leader_commit,
+                round,
+            } => self.handle_append(msg.from, prev_log_id, &entries, leader_commit, round),
+            MessageBody::AppendEntriesResponse { round, result } => {
+                self.handle_append_response(msg.from, round, result)
+            }
+            MessageBody::TimeoutNow => {
+                if self.role != Role::Leader && self.is_promotable() {
+                    tracing::info!(from = msg.from, "TimeoutNow: campaigning at once");
+                    self.campaign(Campaign::Transfer);
+                }
+            }
+        }
+    }
+
+    /// A message from an older term: answer so that a stale leader or
+    /// candidate learns the newer term (with pre-vote and check-quorum the
+    /// stale node would otherwise never hear it), otherwise drop.
+    pub(super) fn step_stale(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::AppendEntries {
+                prev_log_id, round, ..
+            } => {
+                self.send(
+                    msg.from,
+                    MessageBody::AppendEntriesResponse {
+                        round,
+                        result: AppendResult::Conflict {
+                            rejected_prev: prev_log_id.index,
+                            hint: LogId::default(),
+                        },
+                    },
+                );
+            }
+            MessageBody::RequestVote { pre_vote, .. } => {
+                self.send(
+                    msg.from,
+                    MessageBody::RequestVoteResponse {
+                        pre_vote,
+                        granted: false,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether this node heard from a live leader within the minimum election
+    /// timeout (only meaningful with check-quorum).
+    ///
+    /// A node that restarted with state counts as in a lease for its first
+    /// election timeout: it may have acknowledged a leader just before it
+    /// went down, and that leader may be serving lease reads on the strength
+    /// of it. (A brand-new node has acknowledged nobody.)
+    pub(super) fn in_leader_lease(&self) -> bool {
+        let timeout = self.cfg.election_timeout_ticks;
+        self.cfg.check_quorum
+            && ((self.leader.is_some() && self.election_elapsed < timeout)
+                || (self.restarted && self.now < timeout))
+    }
+
+    pub(super) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        last: LogId,
+    ) {
+        // Paper §5.4.1: grant only to a candidate whose log is at least as
+        // up-to-date as ours.
+        let up_to_date = last >= self.log.last_log_id();
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && term > self.term);
+        let granted = can_vote && up_to_date;
+        let reply_term = if granted && pre_vote { term } else { self.term };
+        let reply = Message {
+            from: self.cfg.id,
+            to: from,
+            term: reply_term,
+            body: MessageBody::RequestVoteResponse { pre_vote, granted },
+        };
+        if granted && !pre_vote {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+            // The grant is a promise about durable state: send after persisting.
+            self.persisted_msgs.push(reply);
+        } else {
+            self.msgs.push(reply);
+        }
+    }
+
+    pub(super) fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) {
+        let expected = match self.role {
+            // Grants come back at the term we would campaign in, refusals at
+            // the voter's own term.
+            Role::PreCandidate if pre_vote => {
+                term == self.term + 1 || (!granted && term == self.term)
+            }
+            Role::Candidate if !pre_vote => term == self.term,
+            _ => false,
+        };
+        if !expected || !self.membership().is_voter(from) {
+            return;
+        }
+        self.votes.insert(from, granted);
+        let votes = &self.votes;
+        if self
+            .membership()
+            .is_quorum(|n| votes.get(&n) == Some(&true))
+        {
+            if pre_vote {
+                self.campaign(Campaign::Election);
+            } else {
+                self.become_leader();
+            }
+        } else if self
+            .membership()
+            .is_quorum_lost(|n| votes.get(&n) == Some(&false))
+        {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    pub(super) fn send_timeout_now(&mut self, to: NodeId) {
+        self.timeout_now_sent = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let min = self.cfg.election_timeout_ticks;
+        self.randomized_election_timeout = self.rng.gen_range(min..2 * min);
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.role == Role::Leader {
+            self.fail_pending_reads(leader);
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.transferee = None;
+        self.commit_advanced = false;
+        self.reset_election_timer();
+    }
+
+    pub(super) fn campaign(&mut self, kind: Campaign) {
+        let (term, pre_vote) = match kind {
+            Campaign::PreVote => {
+                self.role = Role::PreCandidate;
+                (self.term + 1, true)
+            }
+            Campaign::Election | Campaign::Transfer => {
+                self.term += 1;
+                self.vote = Some(self.cfg.id);
+                self.role = Role::Candidate;
+                (self.term, false)
+            }
+        };
+        tracing::debug!(id = self.cfg.id, term, pre_vote, "campaigning");
+        self.leader = None;
+        self.votes.clear();
+        self.progress.clear();
+        self.reset_election_timer();
+        self.votes.insert(self.cfg.id, true);
+        let votes = &self.votes;
+        if self
+            .membership()
+            .is_quorum(|n| votes.get(&n) == Some(&true))
+        {
+            // A single-voter configuration wins at once.
+            if pre_vote {
+                self.campaign(Campaign::Election);
+            } else {
+                self.become_leader();
+            }
+            return;
+        }
+        let last_log_id = self.log.last_log_id();
+        let voters: Vec<NodeId> = {
+            let m = self.membership();
+            let mut v: BTreeSet<NodeId> = m.voters().clone();
+            if let Some(o) = m.voters_outgoing() {
+                v.extend(o.iter().copied());
+            }
+            v.into_iter().filter(|n| *n != self.cfg.id).collect()
+        };
+        for to in voters {
+            let msg = Message {
+                from: self.cfg.id,
+                to,
+                term,
+                body: MessageBody::RequestVote {
+                    pre_vote,
+                    last_log_id,
+                    leadership_transfer: kind == Campaign::Transfer,
+                },
+            };
+            if pre_vote {
+                self.msgs.push(msg);
+            } else {
+                // Our own vote must be durable before anyone can count on it.
+                self.persisted_msgs.push(msg);
+            }
+        }
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        tracing::info!(id = self.cfg.id, term = self.term, "became leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.votes.clear();
+        self.transferee = None;
+        self.timeout_now_sent = false;
+        self.round = 0;
+        self.round_started.clear();
+        self.reset_election_timer();
+        self.progress.clear();
+        self.sync_progress_with_membership();
+        // Paper §5.4.2 and §8: commit an entry of the new term, which also
+        // commits everything before it and enables reads.
+        self.append_entry(EntryPayload::Blank);
+        // Start the first round now so followers learn of the leader at once.
+        self.broadcast_heartbeat();
+    }
+}

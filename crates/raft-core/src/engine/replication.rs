@@ -1,0 +1,397 @@
+//! Log replication (paper §5.3): proposals, the follower's side of
+//! AppendEntries, the leader's flow control and hint-driven backtracking,
+//! and the commit rule (paper §5.4.2, Figure 8).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use super::log::AppendRefusal;
+use super::progress::{Progress, ReplicationState};
+use super::{Engine, ProposeError, Role};
+use crate::message::{AppendResult, Message, MessageBody};
+use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
+
+impl Engine {
+    /// Proposes `data` as a new log entry. Only a leader accepts proposals.
+    /// Returns the entry's id: the proposal succeeded if and only if an entry
+    /// with this id is later applied.
+    ///
+    /// # Errors
+    ///
+    /// [`ProposeError`]; nothing was appended.
+    pub fn propose(&mut self, data: Bytes) -> Result<LogId, ProposeError> {
+        self.propose_payload(EntryPayload::Normal(data))
+    }
+
+    pub(super) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(t) = self.transferee {
+            return Err(ProposeError::TransferInProgress(t));
+        }
+        let uncommitted = (self.log.last_index() - self.log.committed()) as usize;
+        if uncommitted >= self.cfg.max_uncommitted_entries {
+            return Err(ProposeError::TooManyPending(uncommitted));
+        }
+        Ok(self.append_entry(payload))
+    }
+
+    pub(super) fn append_entry(&mut self, payload: EntryPayload) -> LogId {
+        let id = LogId::new(self.term, self.log.last_index() + 1);
+        let membership = match &payload {
+            EntryPayload::Membership(m) => Some((**m).clone()),
+            _ => None,
+        };
+        self.log.append_own(Entry {
+            term: id.term,
+            index: id.index,
+            payload,
+        });
+        if let Some(m) = membership {
+            // Thesis §4.1: a configuration takes effect as soon as it is appended.
+            self.membership_log.push((id.index, m));
+            self.sync_progress_with_membership();
+        }
+        id
+    }
+
+    /// Tells the engine that storage made every entry up to `last` durable
+    /// (the last entry of a completed write). Stale notices, for entries
+    /// overwritten since, are ignored.
+    pub fn on_persisted(&mut self, last: LogId) {
+        if self.log.on_persisted(last) && self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// Tells the engine that the state machine applied entries up to `index`.
+    pub fn on_applied(&mut self, index: Index) {
+        // Applying is tracked by the driver; the engine only needs it once
+        // snapshots decide what can be compacted. Kept as an input so the
+        // driver contract does not change when they land.
+        let _ = index;
+    }
+
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev: LogId,
+        entries: &[Entry],
+        leader_commit: Index,
+        round: u64,
+    ) {
+        if self.role != Role::Follower {
+            // A candidate of the same term learns that a leader won (paper §5.2).
+            self.become_follower(self.term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+        match self.log.try_append(prev, entries) {
+            Ok(last_new) => {
+                self.track_membership_entries(entries);
+                self.log.commit_to(leader_commit.min(last_new));
+                let reply = Message {
+                    from: self.cfg.id,
+                    to: from,
+                    term: self.term,
+                    body: MessageBody::AppendEntriesResponse {
+                        round,
+                        result: AppendResult::Success {
+                            last_index: last_new,
+                        },
+                    },
+                };
+                // Acknowledges durable entries: send after persisting.
+                self.persisted_msgs.push(reply);
+            }
+            Err(AppendRefusal::Mismatch(hint)) => {
+                self.send(
+                    from,
+                    MessageBody::AppendEntriesResponse {
+                        round,
+                        result: AppendResult::Conflict {
+                            rejected_prev: prev.index,
+                            hint,
+                        },
+                    },
+                );
+            }
+            Err(AppendRefusal::ConflictsWithCommitted(index)) => {
+                tracing::error!(
+                    from,
+                    index,
+                    commit = self.log.committed(),
+                    "leader tried to overwrite a committed entry; request dropped"
+                );
+            }
+        }
+    }
+
+    /// Updates the membership history after a follower append: entries may
+    /// have replaced a suffix that held membership entries.
+    pub(super) fn track_membership_entries(&mut self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let before = self.membership_log.clone();
+        let log = &self.log;
+        self.membership_log.retain(|(i, m)| {
+            matches!(log.get(*i).map(|e| &e.payload), Some(EntryPayload::Membership(x)) if **x == *m)
+        });
+        for e in entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                if log.get(e.index).is_some_and(|x| x == e)
+                    && !self.membership_log.iter().any(|(i, _)| *i == e.index)
+                {
+                    self.membership_log.push((e.index, (**m).clone()));
+                }
+            }
+        }
+        self.membership_log.sort_by_key(|(i, _)| *i);
+        if before != self.membership_log {
+            self.sync_progress_with_membership();
+        }
+    }
+
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        result: AppendResult,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if round <= self.round {
+            pr.acked_round = pr.acked_round.max(round);
+        }
+        match result {
+            AppendResult::Success { last_index: acked } => {
+                if acked > last_index {
+                    tracing::warn!(from, acked, last_index, "ack beyond our log ignored");
+                    return;
+                }
+                let was_full = pr.inflight_full(max_msgs, max_bytes);
+                let moved = pr.on_success(acked);
+                if !moved && acked == pr.matched && pr.matched < last_index {
+                    // A heartbeat answer from a follower that is behind what
+                    // we think is in flight: a message may have been lost.
+                    if was_full {
+                        pr.free_first();
+                    }
+                    if pr.state == ReplicationState::Replicate {
+                        // An empty append at `next - 1` succeeds if the data
+                        // arrived and is rejected (moving to probe) if not.
+                        self.send_empty_append(from);
+                    }
+                }
+                if moved {
+                    self.maybe_commit();
+                }
+                if self.transferee == Some(from)
+                    && self
+                        .progress
+                        .get(&from)
+                        .is_some_and(|p| p.matched == last_index)
+                {
+                    self.send_timeout_now(from);
+                }
+            }
+            AppendResult::Conflict {
+                rejected_prev,
+                hint,
+            } => {
+                let next = if hint.term == 0 {
+                    hint.index + 1
+                } else {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index + 1
+                };
+                if let Some(pr) = self.progress.get_mut(&from) {
+                    pr.on_reject(rejected_prev, next);
+                }
+            }
+        }
+        self.release_confirmed_reads();
+    }
+
+    pub(super) fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed()) == Some(self.term)
+    }
+
+    /// Paper §5.3/§5.4.2 (Figure 8): commit the highest index replicated on a
+    /// quorum, but only by counting replicas of an entry of the current term.
+    /// The leader counts itself only for what is durable on its own disk.
+    pub(super) fn maybe_commit(&mut self) {
+        let id = self.cfg.id;
+        let persisted = self.log.persisted();
+        let progress = &self.progress;
+        let quorum_index = self.membership().quorum_value(|n| {
+            if n == id {
+                persisted
+            } else {
+                progress.get(&n).map_or(0, |p| p.matched)
+            }
+        });
+        if quorum_index > self.log.committed() && self.log.term(quorum_index) == Some(self.term) {
+            let first_in_term = !self.committed_in_current_term();
+            self.log.commit_to(quorum_index);
+            self.commit_advanced = true;
+            if first_in_term {
+                for id in std::mem::take(&mut self.reads_before_commit) {
+                    self.queue_read(id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        self.start_round();
+        for r in self.pending_reads.iter_mut().filter(|r| r.round == 0) {
+            r.round = self.round;
+        }
+        self.read_round_needed = false;
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            if let Some(pr) = self.progress.get_mut(&peer) {
+                if pr.state == ReplicationState::Probe {
+                    pr.probe_sent = false;
+                }
+            }
+            self.send_heartbeat(peer);
+        }
+    }
+
+    /// An empty AppendEntries at the follower's match index: it always passes
+    /// the consistency check, carries the commit index the follower can
+    /// safely learn, and echoes the round for reads and the lease.
+    pub(super) fn send_heartbeat(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        let Some(term) = self.log.term(pr.matched) else {
+            return;
+        };
+        let body = MessageBody::AppendEntries {
+            prev_log_id: LogId::new(term, pr.matched),
+            entries: Vec::new(),
+            leader_commit: self.log.committed().min(pr.matched),
+            round: self.round,
+        };
+        self.send(to, body);
+    }
+
+    /// An empty AppendEntries at `next - 1`: checks whether everything sent
+    /// so far arrived.
+    pub(super) fn send_empty_append(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        let prev_index = pr.next - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            return;
+        };
+        let body = MessageBody::AppendEntries {
+            prev_log_id: LogId::new(prev_term, prev_index),
+            entries: Vec::new(),
+            leader_commit: self.log.committed().min(prev_index),
+            round: self.round,
+        };
+        self.send(to, body);
+    }
+
+    /// Sends entries to `to` while its flow control allows.
+    pub(super) fn replicate_to(&mut self, to: NodeId) {
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
+        loop {
+            let Some(pr) = self.progress.get(&to) else {
+                return;
+            };
+            if pr.is_paused(max_msgs, max_bytes) || pr.next > self.log.last_index() {
+                return;
+            }
+            let prev_index = pr.next - 1;
+            let Some(prev_term) = self.log.term(prev_index) else {
+                // Needs a snapshot, which lands with log compaction.
+                tracing::warn!(to, prev_index, "follower needs compacted entries");
+                return;
+            };
+            let entries = self.log.slice(
+                pr.next,
+                self.cfg.max_entries_per_message,
+                self.cfg.max_bytes_per_message,
+            );
+            let Some(last) = entries.last().map(|e| e.index) else {
+                return;
+            };
+            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            let body = MessageBody::AppendEntries {
+                prev_log_id: LogId::new(prev_term, prev_index),
+                entries,
+                leader_commit: self.log.committed(),
+                round: self.round,
+            };
+            self.send(to, body);
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.sent(last, bytes);
+            }
+        }
+    }
+
+    pub(super) fn flush_leader(&mut self) {
+        if self.read_round_needed {
+            self.broadcast_heartbeat();
+        }
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let commit_advanced = std::mem::take(&mut self.commit_advanced);
+        for peer in peers {
+            let sent_before = self.msgs.len();
+            self.replicate_to(peer);
+            let sent = self.msgs.len() > sent_before;
+            if commit_advanced && !sent {
+                // Nothing new to send: tell the follower the commit index
+                // anyway, so it applies without waiting for a heartbeat.
+                if self.progress.get(&peer).is_some_and(|p| p.matched > 0) {
+                    self.send_heartbeat(peer);
+                }
+            }
+        }
+    }
+
+    pub(super) fn sync_progress_with_membership(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let members: BTreeSet<NodeId> = self
+            .membership()
+            .members()
+            .into_iter()
+            .filter(|n| *n != self.cfg.id)
+            .collect();
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index() + 1;
+        for id in members {
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next));
+        }
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+}
