@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p raft-bench --bench engine`.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -16,16 +18,20 @@ fn committed_proposals(c: &mut Criterion) {
     for proposers in [1usize, 64, 256] {
         let batch = 10_000u64.max(proposers as u64 * 40);
         group.throughput(Throughput::Elements(batch));
-        group.bench_with_input(BenchmarkId::from_parameter(proposers), &proposers, |b, &p| {
-            let mut cluster = EngineCluster::new(3);
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    cluster.run(p, batch);
-                }
-                start.elapsed()
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(proposers),
+            &proposers,
+            |b, &p| {
+                let mut cluster = EngineCluster::new(3);
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        cluster.run(p, batch);
+                    }
+                    start.elapsed()
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -46,14 +46,26 @@ impl EngineCluster {
         let membership = Membership::new(1..=voters);
         let nodes = (1..=voters)
             .map(|id| {
-                let cfg = Config { max_uncommitted_entries: 1 << 20, ..Config::new(id) };
+                let cfg = Config {
+                    max_uncommitted_entries: 1 << 20,
+                    ..Config::new(id)
+                };
                 let engine = Engine::new(cfg, InitialState::bootstrap(membership.clone()))
                     .expect("default configuration is valid");
-                Node { engine, applied: 0, log: Vec::new() }
+                Node {
+                    engine,
+                    applied: 0,
+                    log: Vec::new(),
+                }
             })
             .collect();
-        let mut cluster =
-            Self { nodes, queue: VecDeque::new(), leader: 1, outstanding: 0, committed: 0 };
+        let mut cluster = Self {
+            nodes,
+            queue: VecDeque::new(),
+            leader: 1,
+            outstanding: 0,
+            committed: 0,
+        };
         for _ in 0..1000 {
             if cluster.nodes[0].engine.role() == Role::Leader {
                 break;
@@ -61,7 +73,11 @@ impl EngineCluster {
             cluster.nodes[0].engine.tick();
             cluster.pump();
         }
-        assert_eq!(cluster.nodes[0].engine.role(), Role::Leader, "node 1 must win the election");
+        assert_eq!(
+            cluster.nodes[0].engine.role(),
+            Role::Leader,
+            "node 1 must win the election"
+        );
         cluster.pump();
         cluster.committed = 0;
         cluster
@@ -150,6 +166,9 @@ mod tests {
         let mut c = EngineCluster::new(3);
         assert_eq!(c.run(1, 100), 100);
         assert!(c.run(64, 1000) >= 1000);
-        assert!(c.nodes.iter().all(|n| n.applied > 1000), "followers apply too");
+        assert!(
+            c.nodes.iter().all(|n| n.applied > 1000),
+            "followers apply too"
+        );
     }
 }

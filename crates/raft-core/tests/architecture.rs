@@ -40,7 +40,10 @@ fn the_engine_uses_no_runtime_clock_io_or_unseeded_randomness() {
             }
         }
     }
-    assert!(checked >= 5, "expected the engine's modules, found {checked} files");
+    assert!(
+        checked >= 5,
+        "expected the engine's modules, found {checked} files"
+    );
 }
 
 #[test]
@@ -48,6 +51,9 @@ fn raft_core_depends_on_no_storage_or_network_backend() {
     let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .expect("Cargo.toml");
     for backend in ["rocksdb", "quinn", "rustls", "hyper", "axum"] {
-        assert!(!manifest.contains(backend), "raft-core must not depend on {backend}");
+        assert!(
+            !manifest.contains(backend),
+            "raft-core must not depend on {backend}"
+        );
     }
 }
