@@ -275,7 +275,7 @@ impl Engine {
             // Grants come back at the term we would campaign in, refusals at
             // the voter's own term.
             Role::PreCandidate if pre_vote => {
-                term == self.term + 1 || (!granted && term == self.term)
+                Some(term) == self.term.checked_add(1) || (!granted && term == self.term)
             }
             Role::Candidate if !pre_vote => term == self.term,
             _ => false,
@@ -332,6 +332,12 @@ impl Engine {
     }
 
     pub(super) fn campaign(&mut self, kind: Campaign) {
+        if self.term == Term::MAX {
+            // Only a corrupt or hostile message can have brought us here;
+            // refusing to campaign is better than wrapping the term.
+            tracing::error!(id = self.cfg.id, "term space exhausted; not campaigning");
+            return;
+        }
         let (term, pre_vote) = match kind {
             Campaign::PreVote => {
                 self.role = Role::PreCandidate;

@@ -37,6 +37,9 @@ pub(crate) struct RaftLog {
 pub(crate) enum AppendRefusal {
     /// The log does not contain `prev_log_id`; carries the backtracking hint.
     Mismatch(LogId),
+    /// The entries are not consecutive after `prev_log_id`, or their terms
+    /// decrease: no leader sends that, so the request is dropped.
+    Malformed,
     /// The request would overwrite a committed entry: only a broken or
     /// malicious leader sends that, so the request is dropped.
     ConflictsWithCommitted(Index),
@@ -172,6 +175,15 @@ impl RaftLog {
         prev: LogId,
         entries: &[Entry],
     ) -> Result<Index, AppendRefusal> {
+        // Check the whole request's shape before touching anything: indexes
+        // consecutive after `prev`, terms never decreasing.
+        let mut expected = prev;
+        for e in entries {
+            if Some(e.index) != expected.index.checked_add(1) || e.term < expected.term {
+                return Err(AppendRefusal::Malformed);
+            }
+            expected = e.log_id();
+        }
         if !self.matches(prev) {
             return Err(AppendRefusal::Mismatch(self.conflict_hint(prev)));
         }
@@ -179,10 +191,6 @@ impl RaftLog {
         // Find the first entry not already in the log with the same term.
         let mut first_new = None;
         for (i, e) in entries.iter().enumerate() {
-            if e.index != prev.index + 1 + i as u64 {
-                // Malformed request; treat as a mismatch with no useful hint.
-                return Err(AppendRefusal::Mismatch(self.conflict_hint(prev)));
-            }
             if e.index <= self.offset.index {
                 continue; // covered by the compacted (hence committed) prefix
             }

@@ -386,7 +386,10 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        let mut log = RaftLog::restore(offset, initial.entries, initial.hard_state.commit);
+        // Whatever the state machine applied was committed, even if the hard
+        // state's (lazily saved) commit index lags behind it.
+        let committed = initial.hard_state.commit.max(initial.applied);
+        let mut log = RaftLog::restore(offset, initial.entries, committed);
         log.set_applied(initial.applied.max(offset.index));
         let last_term = log.last_log_id().term;
         let (term, vote) = if last_term > initial.hard_state.term {

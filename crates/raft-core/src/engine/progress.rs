@@ -137,7 +137,7 @@ impl Progress {
                 }
             }
             ReplicationState::Probe => {
-                if rejected_prev + 1 != self.next {
+                if rejected_prev.checked_add(1) != Some(self.next) {
                     return false; // not the outstanding probe
                 }
             }

@@ -120,6 +120,9 @@ impl Engine {
                     },
                 );
             }
+            Err(AppendRefusal::Malformed) => {
+                tracing::warn!(from, %prev, "malformed AppendEntries dropped");
+            }
             Err(AppendRefusal::ConflictsWithCommitted(index)) => {
                 tracing::error!(
                     from,
@@ -211,10 +214,12 @@ impl Engine {
                 rejected_prev,
                 hint,
             } => {
+                // A hint past our log is out of range: clamp it.
+                let hint_index = hint.index.min(last_index);
                 let next = if hint.term == 0 {
-                    hint.index + 1
+                    hint_index + 1
                 } else {
-                    self.log.find_conflict_by_term(hint.index, hint.term).index + 1
+                    self.log.find_conflict_by_term(hint_index, hint.term).index + 1
                 };
                 if let Some(pr) = self.progress.get_mut(&from) {
                     pr.on_reject(rejected_prev, next);
