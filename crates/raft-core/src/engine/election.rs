@@ -292,7 +292,7 @@ impl Engine {
             if pre_vote {
                 self.campaign(Campaign::Election);
             } else {
-                self.become_leader();
+                self.become_leader(false);
             }
         } else if self
             .membership()
@@ -328,6 +328,7 @@ impl Engine {
         self.progress.clear();
         self.transferee = None;
         self.commit_advanced = false;
+        self.self_election = None;
         self.reset_election_timer();
     }
 
@@ -361,11 +362,18 @@ impl Engine {
             .membership()
             .is_quorum(|n| votes.get(&n) == Some(&true))
         {
-            // A single-voter configuration wins at once.
+            // This node alone is a quorum.
             if pre_vote {
                 self.campaign(Campaign::Election);
             } else {
-                self.become_leader();
+                // Its own vote is its whole election, and that vote is not
+                // durable yet: if it led now and crashed, it could lead this
+                // term again after a restart and give the same log id to two
+                // different entries. So it appends the new term's first entry
+                // as a candidate, in the same write as its vote, and takes
+                // office only once that write is durable (`on_persisted`).
+                let id = self.append_entry(EntryPayload::Blank);
+                self.self_election = Some(id);
             }
             return;
         }
@@ -398,8 +406,11 @@ impl Engine {
         }
     }
 
-    pub(super) fn become_leader(&mut self) {
+    /// Takes office. `first_entry_appended` is true when the new term's first
+    /// entry is already in the log (a single voter appends it as candidate).
+    pub(super) fn become_leader(&mut self, first_entry_appended: bool) {
         tracing::info!(id = self.cfg.id, term = self.term, "became leader");
+        self.self_election = None;
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.votes.clear();
@@ -412,7 +423,9 @@ impl Engine {
         self.sync_progress_with_membership();
         // Paper §5.4.2 and §8: commit an entry of the new term, which also
         // commits everything before it and enables reads.
-        self.append_entry(EntryPayload::Blank);
+        if !first_entry_appended {
+            self.append_entry(EntryPayload::Blank);
+        }
         // Start the first round now so followers learn of the leader at once.
         self.broadcast_heartbeat();
     }

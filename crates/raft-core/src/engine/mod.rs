@@ -38,34 +38,40 @@
 //! # Example
 //!
 //! A single-voter cluster elects itself and commits a proposal once its own
-//! append is durable:
+//! append is durable. `drive` is a minimal driver: it "persists" instantly.
 //!
 //! ```
 //! use bytes::Bytes;
 //! use raft_core::engine::{Engine, InitialState, Role};
-//! use raft_core::{Config, Membership};
+//! use raft_core::{Config, Index, Membership};
+//!
+//! /// Acts on every Ready in the order the engine requires.
+//! fn drive(node: &mut Engine, applied: &mut Vec<Index>) {
+//!     while node.has_ready() {
+//!         let ready = node.ready();
+//!         // 1. send ready.messages (none here: there are no peers)
+//!         // 2. write ready.hard_state, ready.truncate_from, ready.entries durably
+//!         // 3. then send ready.persisted_messages and report the write
+//!         if let Some(last) = ready.entries.last() {
+//!             node.on_persisted(last.log_id());
+//!         }
+//!         // 4. apply committed entries
+//!         for entry in &ready.committed_entries {
+//!             applied.push(entry.index);
+//!             node.on_applied(entry.index);
+//!         }
+//!     }
+//! }
 //!
 //! let mut node = Engine::new(Config::new(1), InitialState::bootstrap(Membership::new([1])))
 //!     .expect("valid configuration");
+//! let mut applied = Vec::new();
 //! while node.role() != Role::Leader {
 //!     node.tick();
+//!     drive(&mut node, &mut applied);
 //! }
 //! let id = node.propose(Bytes::from_static(b"x=1")).expect("leader accepts proposals");
-//! let mut applied = Vec::new();
-//! while node.has_ready() {
-//!     let ready = node.ready();
-//!     // 1. send ready.messages (none: no peers)
-//!     // 2. persist ready.hard_state / truncate_from / entries durably ...
-//!     if let Some(last) = ready.entries.last() {
-//!         // 3. ... then send ready.persisted_messages and report the write.
-//!         node.on_persisted(last.log_id());
-//!     }
-//!     // 4. apply
-//!     for entry in &ready.committed_entries {
-//!         applied.push(entry.index);
-//!         node.on_applied(entry.index);
-//!     }
-//! }
+//! drive(&mut node, &mut applied);
 //! assert!(applied.contains(&id.index), "the proposal was committed and applied");
 //! ```
 
@@ -341,6 +347,9 @@ pub struct Engine {
     /// campaign bypasses the voters' lease, so this leader's lease can no
     /// longer be trusted for the rest of the term.
     timeout_now_sent: bool,
+    /// A single voter's own election, waiting for its vote and first entry
+    /// (this id) to be durable before it takes office.
+    self_election: Option<LogId>,
     /// Whether the engine started from saved state rather than as a new node.
     restarted: bool,
     // Output buffers, drained by `ready`.
@@ -429,6 +438,7 @@ impl Engine {
             transferee: None,
             transfer_elapsed: 0,
             timeout_now_sent: false,
+            self_election: None,
             restarted: term > 0,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),

@@ -63,7 +63,19 @@ impl Engine {
     /// (the last entry of a completed write). Stale notices, for entries
     /// overwritten since, are ignored.
     pub fn on_persisted(&mut self, last: LogId) {
-        if self.log.on_persisted(last) && self.role == Role::Leader {
+        if !self.log.on_persisted(last) {
+            return;
+        }
+        if let Some(id) = self.self_election {
+            if self.role == Role::Candidate
+                && self.term == id.term
+                && self.log.persisted() >= id.index
+            {
+                // The vote and the term's first entry are durable together.
+                self.become_leader(true);
+            }
+        }
+        if self.role == Role::Leader {
             self.maybe_commit();
         }
     }

@@ -1,6 +1,6 @@
 //! Durability before promises: the driver contract's persistence ordering.
 
-use raft_core::engine::Role;
+use raft_core::engine::{ProposeError, Role};
 use raft_core::{AppendResult, LogId, MessageBody};
 
 use crate::network::{data, Network};
@@ -12,26 +12,47 @@ use crate::network::{data, Network};
 fn single_voter_commits_only_after_its_own_durable_append() {
     let mut net = Network::new(1);
     net.hold_persist(1);
-    net.elect(1);
+    // Its own vote wins the election, but it takes office only once that
+    // vote (and the term's first entry, written with it) is durable:
+    // otherwise a crash could let it lead term 1 twice.
+    for _ in 0..100 {
+        net.tick(1, 1);
+        if net.role(1) == Role::Candidate {
+            break;
+        }
+    }
+    assert_eq!(net.role(1), Role::Candidate);
     assert_eq!(net.term(1), 1);
-    let id = net.propose(1, "x").expect("the leader accepts proposals");
-    assert_eq!(id, LogId::new(1, 2), "after the leader's blank entry");
+    assert!(
+        matches!(net.propose(1, "early"), Err(ProposeError::NotLeader { .. })),
+        "no proposals before the election is durable"
+    );
     net.tick(1, 10);
     assert_eq!(
         net.engine(1).commit_index(),
         0,
         "nothing commits before it is durable"
     );
-    assert!(
-        net.node(1).applied.is_empty(),
-        "nothing applied before it is durable"
-    );
     assert!(net.node(1).log.is_empty());
 
-    // The first write (vote + blank entry) lands: only the blank commits.
+    // The first write (vote + blank entry) lands: it leads and the blank commits.
     assert!(net.persist_next(1));
+    assert_eq!(net.role(1), Role::Leader);
     assert_eq!(net.engine(1).commit_index(), 1);
     assert!(net.node(1).applied_data().is_empty());
+
+    let id = net.propose(1, "x").expect("the leader accepts proposals");
+    assert_eq!(id, LogId::new(1, 2), "after the leader's blank entry");
+    net.tick(1, 10);
+    assert_eq!(
+        net.engine(1).commit_index(),
+        1,
+        "the proposal waits for its write"
+    );
+    assert!(
+        net.node(1).applied_data().is_empty(),
+        "nothing applied before it is durable"
+    );
 
     // Then the proposal's write.
     net.release_persist(1);

@@ -1,0 +1,204 @@
+//! Running many seeds: the per-cluster-size parameters, environment
+//! overrides, worker threads, failure reports and the summary line.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::clients::ClientStats;
+use super::world::{Faults, Params, Report, World};
+
+/// Reads a numeric environment variable.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(v) => Some(v),
+        Err(_) => panic!("{name}={value:?} is not a number"),
+    }
+}
+
+/// The size of a run for a cluster of `nodes` (`SIM_STEPS` overrides the
+/// number of steps of the fault phase).
+pub fn params_for(nodes: usize) -> Params {
+    // Sized so the default suite takes about a minute in debug on 2 cores:
+    // a 3-node run covers ~550 ticks (~50 election timeouts), a 5-node
+    // run (more messages per tick) ~250.
+    let (clean_steps, chaos_steps) = match nodes {
+        1 => (300, 1500),
+        2..=3 => (800, 4000),
+        _ => (1000, 6000),
+    };
+    Params {
+        nodes,
+        clean_steps,
+        chaos_steps: env_u64("SIM_STEPS").unwrap_or(chaos_steps),
+        converge_steps: 20_000,
+    }
+}
+
+/// The command that replays one run, with its trace printed.
+pub fn replay_command(seed: u64, nodes: usize) -> String {
+    let steps = std::env::var("SIM_STEPS")
+        .map(|s| format!(" SIM_STEPS={s}"))
+        .unwrap_or_default();
+    format!(
+        "SIM_SEED={seed} SIM_NODES={nodes}{steps} cargo test -p raft-core --test simulation \
+         replay -- --nocapture"
+    )
+}
+
+/// Runs one seed. An engine panic is turned into an error with the seed.
+pub fn run_one(seed: u64, nodes: usize, verbose: bool) -> Result<Report, String> {
+    let params = params_for(nodes);
+    match catch_unwind(AssertUnwindSafe(|| World::new(seed, params, verbose))) {
+        Ok(world) => world.run(),
+        Err(panic) => Err(format!(
+            "simulation failed: seed {seed}, {nodes} nodes: panic while building the cluster: \
+             {}\nreplay: {}",
+            panic_message(&*panic),
+            replay_command(seed, nodes)
+        )),
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".into()
+    }
+}
+
+/// Totals over many runs.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Runs completed.
+    pub seeds: u64,
+    /// Steps over all runs.
+    pub steps: u64,
+    /// Ticks over all runs.
+    pub ticks: u64,
+    /// Terms with a leader over all runs.
+    pub elections: u64,
+    /// Client counters over all runs.
+    pub clients: ClientStats,
+    /// Fault counters over all runs.
+    pub faults: Faults,
+    /// Runs whose linearizability check ran out of budget.
+    pub lin_unknown: u64,
+    /// The smallest number of writes acknowledged in a fault-free phase.
+    pub min_clean_writes: u64,
+    /// The sum of the final commit indexes.
+    pub commits: u64,
+}
+
+impl Summary {
+    fn add(&mut self, r: &Report) {
+        if self.seeds == 0 || r.clean_writes_ok < self.min_clean_writes {
+            self.min_clean_writes = r.clean_writes_ok;
+        }
+        self.seeds += 1;
+        self.steps += r.steps;
+        self.ticks += r.ticks;
+        self.elections += r.elections;
+        self.commits += r.commit;
+        let c = &mut self.clients;
+        c.invoked += r.clients.invoked;
+        c.writes_ok += r.clients.writes_ok;
+        c.reads_ok += r.clients.reads_ok;
+        c.lease_reads += r.clients.lease_reads;
+        c.failed += r.clients.failed;
+        c.indeterminate += r.clients.indeterminate;
+        self.faults.add(&r.faults);
+        self.lin_unknown += u64::from(r.lin_unknown);
+    }
+
+    /// The one-line summary.
+    pub fn line(&self, name: &str, nodes: usize, secs: f64) -> String {
+        let f = &self.faults;
+        let c = &self.clients;
+        format!(
+            "{name}: {} seeds x {nodes} nodes in {secs:.1}s: {} steps, {} ticks; ops: {} \
+             invoked, {} writes + {} reads ({} by lease) acknowledged, {} failed, {} indeterminate \
+             (min {} writes acked per fault-free phase); {} elections; {} entries committed; \
+             faults injected: {} ({} crashes, {} partitions, {} drops, {} duplicates, {} \
+             delays, {} transfers); linearizability undecided: {}",
+            self.seeds,
+            self.steps,
+            self.ticks,
+            c.invoked,
+            c.writes_ok,
+            c.reads_ok,
+            c.lease_reads,
+            c.failed,
+            c.indeterminate,
+            self.min_clean_writes,
+            self.elections,
+            self.commits,
+            f.total(),
+            f.crashes,
+            f.partitions,
+            f.dropped,
+            f.duplicated,
+            f.delayed,
+            f.transfers,
+            self.lin_unknown
+        )
+    }
+}
+
+/// Runs `default_count` seeds (or `SIM_SEEDS`, from `SIM_SEED_START`) of a
+/// `nodes`-voter cluster on worker threads; panics with the report of the
+/// lowest failing seed. Returns the totals.
+pub fn run_seeds(name: &str, nodes: usize, default_count: u64) -> Summary {
+    let start = env_u64("SIM_SEED_START").unwrap_or(0);
+    let count = env_u64("SIM_SEEDS").unwrap_or(default_count);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let next = AtomicU64::new(start);
+    let stop = AtomicBool::new(false);
+    let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+    let summary = Mutex::new(Summary::default());
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= start + count {
+                    return;
+                }
+                match run_one(seed, nodes, false) {
+                    Ok(report) => summary.lock().unwrap().add(&report),
+                    Err(text) => {
+                        stop.store(true, Ordering::Relaxed);
+                        failures.lock().unwrap().push((seed, text));
+                    }
+                }
+            });
+        }
+    });
+    let summary = summary.into_inner().unwrap();
+    let line = summary.line(name, nodes, began.elapsed().as_secs_f64());
+    println!("{line}");
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|(seed, _)| *seed);
+    if let Some((_, text)) = failures.first() {
+        let others: Vec<u64> = failures[1..].iter().map(|(s, _)| *s).collect();
+        panic!("{text}\n(other failing seeds seen: {others:?})\n{line}");
+    }
+    // Progress: every run already required a write acknowledged in its
+    // fault-free phase; across the runs there must be real traffic too.
+    assert!(
+        summary.clients.writes_ok >= 5 * summary.seeds && summary.elections >= summary.seeds,
+        "too little progress across the runs: {line}"
+    );
+    summary
+}
