@@ -72,6 +72,7 @@ where
     check_write_batch(&factory().await).await;
     check_membership_tracking(&factory().await).await;
     check_large_payloads(&factory().await).await;
+    check_committed_entries_are_protected(&factory().await).await;
 }
 
 /// A new store is empty: zero hard state, no snapshot, no entries, no
@@ -498,7 +499,7 @@ pub async fn check_write_batch<S: LogStorage>(store: &S) {
     let hs2 = HardState {
         term: 2,
         vote: Some(3),
-        commit: 3,
+        commit: 2,
     };
     let write = LogWrite {
         hard_state: Some(hs2),
@@ -538,7 +539,7 @@ pub async fn check_write_batch<S: LogStorage>(store: &S) {
     let hs3 = HardState {
         term: 4,
         vote: None,
-        commit: 4,
+        commit: 3,
     };
     let write = LogWrite {
         hard_state: Some(hs3),
@@ -778,6 +779,62 @@ async fn assert_membership<S: LogStorage>(
     let state = ok(check, "stored_state", store.stored_state().await);
     let got = state.membership.as_ref().map(|(index, m)| (*index, m));
     assert_eq!(got, expected, "{check}: stored_state.membership {when}");
+}
+
+/// Entries at or below the saved commit index are never removed: a
+/// truncation or an overlapping append that would is `Invalid` and changes
+/// nothing (Raft's Leader Completeness: a committed entry is never undone).
+pub async fn check_committed_entries_are_protected<S: LogStorage>(store: &S) {
+    const CHECK: &str = "committed_entries_are_protected";
+    expect_empty(CHECK, store).await;
+    let hs = HardState {
+        term: 1,
+        vote: None,
+        commit: 3,
+    };
+    let write = LogWrite {
+        hard_state: Some(hs),
+        truncate_from: None,
+        entries: terms(1..=5, 1),
+    };
+    ok(CHECK, "write 1..=5 with commit 3", store.write(write).await);
+    let err = store.truncate(3).await;
+    assert!(
+        matches!(err, Err(StorageError::Invalid(_))),
+        "{CHECK}: truncate(3) with commit 3 must be Invalid, got {err:?}"
+    );
+    let err = store.append(terms(2..=2, 2)).await;
+    assert!(
+        matches!(err, Err(StorageError::Invalid(_))),
+        "{CHECK}: append at 2 with commit 3 must be Invalid, got {err:?}"
+    );
+    assert_log_ids(CHECK, store, Some((1, 1)), Some((1, 5))).await;
+    ok(
+        CHECK,
+        "truncate(4) above the commit index",
+        store.truncate(4).await,
+    );
+    assert_log_ids(CHECK, store, Some((1, 1)), Some((1, 3))).await;
+    // A follower's write replaces an uncommitted suffix and, in the same
+    // write, saves a commit index covering the new entries: the previous
+    // commit index is what protects entries.
+    let hs = HardState {
+        term: 2,
+        vote: None,
+        commit: 5,
+    };
+    let write = LogWrite {
+        hard_state: Some(hs),
+        truncate_from: Some(4),
+        entries: terms(4..=5, 2),
+    };
+    ok(
+        CHECK,
+        "write commit 5 + truncate(4) + append 4..=5",
+        store.write(write).await,
+    );
+    assert_log_ids(CHECK, store, Some((1, 1)), Some((2, 5))).await;
+    assert_hard_state(CHECK, store, hs).await;
 }
 
 #[cfg(test)]

@@ -87,6 +87,10 @@ pub enum StorageError {
 ///   return is either fully visible or not at all.
 /// - Entries are contiguous: the log holds every index from its first to its
 ///   last entry.
+/// - Committed entries are never removed: a truncation or an overlapping
+///   append reaching at or below the saved hard state's commit index is
+///   [`StorageError::Invalid`] and changes nothing (a committed entry is
+///   never undone, paper §5.4).
 #[async_trait]
 pub trait LogStorage: Send + Sync + 'static {
     /// Loads what a restarting node needs.

@@ -69,7 +69,7 @@ impl Engine {
     /// Starts a leadership transfer to `to` (thesis §3.10): the target is
     /// caught up, then told to campaign at once with `TimeoutNow`. Proposals
     /// are refused meanwhile; the transfer is abandoned after an election
-    /// timeout. Watch [`SoftState`] for the outcome.
+    /// timeout. Watch [`SoftState`](super::SoftState) for the outcome.
     ///
     /// # Errors
     ///

@@ -51,9 +51,9 @@ impl Engine {
 
     /// Serves a read from the leader lease (thesis §6.4.1) without a round
     /// trip: succeeds only while a quorum answered a heartbeat round that
-    /// started less than [`Config::lease_ticks`] ago, with check-quorum on, an
+    /// started less than [`Config::lease_ticks`](crate::Config::lease_ticks) ago, with check-quorum on, an
     /// entry of this term committed and no leadership transfer in progress.
-    /// The [`ReadState`] is in the next [`Ready`].
+    /// The [`ReadState`] is in the next [`Ready`](super::Ready).
     ///
     /// # Errors
     ///

@@ -77,7 +77,12 @@ impl LogState {
 
     /// Checks a truncation from `from` and returns the last index that
     /// remains after it.
-    fn check_truncate(&self, from: Index) -> Result<Index, StorageError> {
+    fn check_truncate(&self, from: Index, commit: Index) -> Result<Index, StorageError> {
+        if from <= commit && from <= self.last_index() {
+            return Err(StorageError::Invalid(format!(
+                "truncate from {from} would remove committed entries (commit index {commit})"
+            )));
+        }
         if from < self.first_index() {
             return Err(StorageError::Invalid(format!(
                 "truncate from {from}: at or below the purged prefix (first index {})",
@@ -89,10 +94,21 @@ impl LogState {
 
     /// Checks that `entries` are consecutive and may follow a log whose last
     /// index is `last_index`.
-    fn check_append(&self, entries: &[Entry], last_index: Index) -> Result<(), StorageError> {
+    fn check_append(
+        &self,
+        entries: &[Entry],
+        last_index: Index,
+        commit: Index,
+    ) -> Result<(), StorageError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
+        if first.index <= commit && first.index <= last_index {
+            return Err(StorageError::Invalid(format!(
+                "append at {} would replace committed entries (commit index {commit})",
+                first.index
+            )));
+        }
         if first.index > last_index.saturating_add(1) {
             return Err(StorageError::Invalid(format!(
                 "append at {}: gap after last index {last_index}",
@@ -202,14 +218,16 @@ impl LogStorage for MemLog {
     async fn append(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
         let last_index = state.last_index();
-        state.check_append(&entries, last_index)?;
+        let commit = state.hard_state.commit;
+        state.check_append(&entries, last_index, commit)?;
         state.append(entries);
         Ok(())
     }
 
     async fn truncate(&self, from: Index) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
-        state.check_truncate(from)?;
+        let commit = state.hard_state.commit;
+        state.check_truncate(from, commit)?;
         state.truncate(from);
         Ok(())
     }
@@ -291,11 +309,15 @@ impl LogStorage for MemLog {
         let mut state = lock(&self.state);
         // Validate the truncation and the append against the log as it will
         // be after the truncation, so that an invalid write changes nothing.
+        // Committed entries are protected by the commit index saved before
+        // this write: the write's own hard state may commit the very entries
+        // it appends after a truncation.
+        let commit = state.hard_state.commit;
         let last_index = match write.truncate_from {
-            Some(from) => state.check_truncate(from)?,
+            Some(from) => state.check_truncate(from, commit)?,
             None => state.last_index(),
         };
-        state.check_append(&write.entries, last_index)?;
+        state.check_append(&write.entries, last_index, commit)?;
         if let Some(hard_state) = write.hard_state {
             state.hard_state = hard_state;
         }
