@@ -130,12 +130,11 @@ impl EngineCluster {
         if let Some(from) = ready.truncate_from {
             node.log.retain(|e| e.index < from);
         }
-        let last = ready.entries.last().map(Entry::log_id);
         node.log.extend(ready.entries);
         // Storage is "durable" at once: release what waited for it.
         self.queue.extend(ready.persisted_messages);
-        if let Some(last) = last {
-            node.engine.on_persisted(last);
+        if let Some(write) = ready.write_id {
+            node.engine.on_persisted(write);
         }
         if let Some(e) = ready.committed_entries.last() {
             let normal = ready

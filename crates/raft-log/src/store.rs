@@ -105,6 +105,23 @@ fn storage_error(path: &Path, e: rocksdb::Error) -> StorageError {
     }
 }
 
+/// A copy of `e` for each caller of a failed group write, keeping its kind
+/// (`StorageError` is not `Clone` because `io::Error` is not).
+fn copy_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Corruption { index, reason } => StorageError::Corruption {
+            index: *index,
+            reason: reason.clone(),
+        },
+        StorageError::Invalid(m) => StorageError::Invalid(m.clone()),
+        StorageError::Compacted { first_index } => StorageError::Compacted {
+            first_index: *first_index,
+        },
+        StorageError::Io(io) => StorageError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        StorageError::Backend(m) => StorageError::Backend(m.clone()),
+    }
+}
+
 fn corruption(index: Index, reason: impl Into<String>) -> StorageError {
     metrics::counter!("raft_log_corruptions_total").increment(1);
     StorageError::Corruption {
@@ -409,7 +426,17 @@ impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Request>) {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync == SyncPolicy::Always);
+        // After a failed write the cache may no longer describe the disk
+        // (RocksDB may have kept part of the batch): refuse everything after.
+        let mut failed: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
+            if let Some(reason) = &failed {
+                let _ = first.reply.send(Err(StorageError::Backend(format!(
+                    "{}: the log refuses writes after an earlier failure: {reason}",
+                    self.path.display()
+                ))));
+                continue;
+            }
             let mut requests = vec![first];
             while requests.len() < self.max_requests {
                 match rx.try_recv() {
@@ -447,9 +474,9 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "raft log write failed");
-                    let msg = e.to_string();
+                    failed = Some(e.to_string());
                     for r in accepted {
-                        let _ = r.send(Err(StorageError::Backend(msg.clone())));
+                        let _ = r.send(Err(copy_error(&e)));
                     }
                 }
             }
@@ -570,9 +597,10 @@ fn truncate(
         )));
     }
     if from <= cache.last.index {
+        // Open-ended, so nothing past the cached end can survive either.
         ops.push(BatchOp::DeleteRange {
             from,
-            to: cache.last.index + 1,
+            to: Index::MAX,
         });
         cache.cut(from);
     }

@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{ProposeError as EngineProposeError, ReadError as EngineReadError, Status};
 use crate::message::Message;
-use crate::types::{Index, LogId, NodeId};
+use crate::types::{Index, NodeId};
 
 /// Read consistency levels (thesis §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,13 +136,44 @@ pub enum TransferError {
     ShuttingDown,
 }
 
+/// Decides, exactly once, whether a queued proposal is taken by the driver
+/// (and may commit) or abandoned by a caller that timed out first (and is
+/// then never proposed), so a timeout before the driver took it is a
+/// definite "not applied".
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ticket(Arc<AtomicU8>);
+
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Ticket {
+    /// The driver takes the proposal; false when the caller gave up on it.
+    pub(crate) fn take(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The caller gives up; false when the driver already took it.
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn taken(&self) -> bool {
+        self.0.load(Ordering::Acquire) == TAKEN
+    }
+}
+
 /// A request from a handle to the driver task.
 #[derive(Debug)]
 pub(crate) enum Request<R> {
     Propose {
         data: Bytes,
         reply: oneshot::Sender<Result<R, ProposeError>>,
-        appended: oneshot::Sender<LogId>,
+        ticket: Ticket,
     },
     Read {
         consistency: ReadConsistency,
@@ -208,12 +242,12 @@ impl<R: Send + 'static> RaftHandle<R> {
     /// the command may still take effect.
     pub async fn propose(&self, data: Bytes) -> Result<R, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        let (appended_tx, mut appended_rx) = oneshot::channel();
+        let ticket = Ticket::default();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let req = Request::Propose {
             data,
             reply,
-            appended: appended_tx,
+            ticket: ticket.clone(),
         };
         match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
             Ok(Ok(())) => {}
@@ -224,13 +258,14 @@ impl<R: Send + 'static> RaftHandle<R> {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ProposeError::ShuttingDown {
-                appended: appended_rx.try_recv().is_ok(),
+                appended: !ticket.abandon() && ticket.taken(),
             }),
             Err(_) => {
-                if appended_rx.try_recv().is_ok() {
-                    Err(ProposeError::Timeout)
-                } else {
+                if ticket.abandon() {
+                    // The driver never took it and now never will.
                     Err(ProposeError::Overloaded)
+                } else {
+                    Err(ProposeError::Timeout)
                 }
             }
         }
@@ -282,7 +317,12 @@ impl<R: Send + 'static> RaftHandle<R> {
             .send(Request::Transfer { to, reply })
             .await
             .map_err(|_| TransferError::ShuttingDown)?;
-        rx.await.map_err(|_| TransferError::ShuttingDown)?
+        // A follower that stepped down may never learn the new leader (if,
+        // say, it is cut off): bound the wait.
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(result) => result.map_err(|_| TransferError::ShuttingDown)?,
+            Err(_) => Err(TransferError::Aborted),
+        }
     }
 
     /// The node's current status, or `None` once it has stopped.

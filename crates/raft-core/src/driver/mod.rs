@@ -31,13 +31,13 @@ pub use handle::{
 use tasks::{ApplyJob, PersistJob, Waiter};
 
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, InitialState, ReadId, Role, SoftState};
+use crate::engine::{Engine, InitialState, ReadId, Role, SoftState, WriteId};
 use crate::membership::Membership;
 use crate::message::Message;
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStorage, LogWrite, StorageError};
 use crate::transport::Transport;
-use crate::types::{Index, LogId, NodeId, Term};
+use crate::types::{Index, NodeId, Term};
 
 /// Settings of the driver around the engine. Every queue is bounded here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,8 @@ struct PendingProposal<R> {
 /// A transfer waiting for its outcome.
 struct PendingTransfer {
     target: NodeId,
-    reply: oneshot::Sender<Result<NodeId, TransferError>>,
+    /// Every caller waiting for this transfer (a repeated request joins it).
+    replies: Vec<oneshot::Sender<Result<NodeId, TransferError>>>,
 }
 
 impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
@@ -153,6 +154,24 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             ));
         }
         let stored = log.stored_state().await?;
+        // The log must start right after the snapshot (or at 1): a gap means
+        // entries were purged that no snapshot covers.
+        let expected_first = stored
+            .snapshot
+            .as_ref()
+            .map_or(1, |s| s.last_log_id.index + 1);
+        if let Some(first) = stored.first_log_id {
+            if first.index != expected_first {
+                return Err(StartError::Storage(StorageError::Corruption {
+                    index: expected_first,
+                    reason: format!(
+                        "the log starts at {} but the snapshot covers only up to {}",
+                        first.index,
+                        expected_first - 1
+                    ),
+                }));
+            }
+        }
         let first = stored
             .snapshot
             .as_ref()
@@ -191,7 +210,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
         let (out_tx, out_rx) = mpsc::channel(driver.outbound_queue_capacity);
         let (persist_tx, persist_rx) = mpsc::channel(driver.storage_queue_capacity);
         let (apply_tx, apply_rx) = mpsc::channel(driver.apply_queue_capacity);
-        let (persisted_tx, persisted_rx) = watch::channel(engine.last_log_id());
+        let (persisted_tx, persisted_rx) = watch::channel(None);
         let (applied_tx, applied_rx) = watch::channel(applied);
         let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -273,7 +292,7 @@ impl<R: Send + 'static> Driver<R> {
         &mut self,
         mut requests: mpsc::Receiver<Request<R>>,
         mut inbound: mpsc::Receiver<Message>,
-        mut persisted: watch::Receiver<LogId>,
+        mut persisted: watch::Receiver<Option<WriteId>>,
         mut fatal: watch::Receiver<Option<String>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -292,8 +311,9 @@ impl<R: Send + 'static> Driver<R> {
                     break;
                 }
                 Ok(()) = persisted.changed() => {
-                    let id = *persisted.borrow_and_update();
-                    self.engine.on_persisted(id);
+                    if let Some(write) = *persisted.borrow_and_update() {
+                        self.engine.on_persisted(write);
+                    }
                 }
                 Ok(()) = applied.changed() => {
                     let index = *applied.borrow_and_update();
@@ -333,11 +353,12 @@ impl<R: Send + 'static> Driver<R> {
             Request::Propose {
                 data,
                 reply,
-                appended,
-            } => match self.engine.propose(data) {
-                Ok(id) => {
+                ticket,
+            } => match ticket.take().then(|| self.engine.propose(data)) {
+                // The caller timed out before this was taken: drop it.
+                None => {}
+                Some(Ok(id)) => {
                     metrics::counter!("raft_proposals_total").increment(1);
-                    let _ = appended.send(id);
                     let pending = PendingProposal {
                         term: id.term,
                         reply,
@@ -350,7 +371,7 @@ impl<R: Send + 'static> Driver<R> {
                             .send(Err(ProposeError::Superseded { index: id.index }));
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     metrics::counter!("raft_proposals_rejected_total").increment(1);
                     let _ = reply.send(Err(ProposeError::from_engine(e)));
                 }
@@ -423,11 +444,21 @@ impl<R: Send + 'static> Driver<R> {
             return;
         }
         match self.engine.transfer_leader(target) {
-            Ok(()) => {
-                if let Some(old) = self.transfer.replace(PendingTransfer { target, reply }) {
-                    let _ = old.reply.send(Err(TransferError::Aborted));
+            Ok(()) => match &mut self.transfer {
+                Some(t) if t.target == target => t.replies.push(reply),
+                _ => {
+                    let pending = PendingTransfer {
+                        target,
+                        replies: vec![reply],
+                    };
+                    if let Some(old) = self.transfer.replace(pending) {
+                        // The engine replaced the earlier target with this one.
+                        for r in old.replies {
+                            let _ = r.send(Err(TransferError::Aborted));
+                        }
+                    }
                 }
-            }
+            },
             Err(crate::engine::TransferError::NotLeader { leader }) => {
                 let _ = reply.send(Err(TransferError::NotLeader { leader }));
             }
@@ -455,10 +486,9 @@ impl<R: Send + 'static> Driver<R> {
                 entries: ready.entries,
             };
             if !write.is_empty() || !ready.persisted_messages.is_empty() {
-                let last = write.entries.last().map(|e| e.log_id());
                 let job = PersistJob {
                     write,
-                    last,
+                    id: ready.write_id,
                     after: ready.persisted_messages,
                 };
                 if self.persist_tx.send(job).await.is_err() {
@@ -527,21 +557,23 @@ impl<R: Send + 'static> Driver<R> {
         }
         self.publish_metrics();
         if let Some(t) = &self.transfer {
-            let outcome = if soft.role != Role::Leader {
-                Some(Ok(soft.leader.unwrap_or(t.target)))
-            } else if soft.transferee.is_none() {
-                Some(Err(TransferError::Aborted))
-            } else {
-                None
+            let outcome = match (soft.role, soft.leader) {
+                // Done only when the target is known to lead.
+                (_, Some(l)) if l == t.target => Some(Ok(l)),
+                // Still leading with no transfer in progress: it timed out.
+                (Role::Leader, _) if soft.transferee.is_none() => Some(Err(TransferError::Aborted)),
+                // Someone else leads: the transfer did not happen as asked.
+                (_, Some(other)) if other != self.engine.id() => Some(Err(TransferError::Aborted)),
+                // Stepped down, new leader not known yet: wait.
+                _ => None,
             };
             if let Some(outcome) = outcome {
                 if let Some(t) = self.transfer.take() {
-                    let _ = t.reply.send(outcome);
+                    for r in t.replies {
+                        let _ = r.send(outcome.clone());
+                    }
                 }
             }
-        }
-        if soft.role != Role::Leader {
-            // Reads the engine failed are answered from `failed_reads`.
         }
     }
 
@@ -571,7 +603,9 @@ impl<R: Send + 'static> Driver<R> {
             let _ = reply.send(Err(ReadError::ShuttingDown));
         }
         if let Some(t) = self.transfer.take() {
-            let _ = t.reply.send(Err(TransferError::ShuttingDown));
+            for r in t.replies {
+                let _ = r.send(Err(TransferError::ShuttingDown));
+            }
         }
     }
 }

@@ -8,18 +8,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::handle::ProposeError;
 use super::send_messages;
+use crate::engine::WriteId;
 use crate::message::Message;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, LogWrite};
 use crate::transport::Transport;
-use crate::types::{Entry, Index, LogId, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, Term};
 
 /// One engine `Ready`'s durable write and the messages that wait for it.
 #[derive(Debug)]
 pub(crate) struct PersistJob {
     pub(crate) write: LogWrite,
-    /// The last entry written, reported to the engine once durable.
-    pub(crate) last: Option<LogId>,
+    /// The engine's name for the write, reported once it is durable.
+    pub(crate) id: Option<WriteId>,
     /// Messages to send once the write is durable.
     pub(crate) after: Vec<Message>,
 }
@@ -59,17 +60,17 @@ pub(crate) async fn storage_task<L: LogStorage>(
     log: Arc<L>,
     mut jobs: mpsc::Receiver<PersistJob>,
     out: mpsc::Sender<Vec<Message>>,
-    persisted: watch::Sender<LogId>,
+    persisted: watch::Sender<Option<WriteId>>,
     fatal: watch::Sender<Option<String>>,
 ) {
     while let Some(first) = jobs.recv().await {
         let mut write = first.write;
-        let mut last = first.last;
+        let mut id = first.id;
         let mut after = first.after;
         while let Ok(job) = jobs.try_recv() {
             merge(&mut write, job.write);
-            if job.last.is_some() {
-                last = job.last;
+            if job.id.is_some() {
+                id = job.id;
             }
             after.extend(job.after);
         }
@@ -87,7 +88,7 @@ pub(crate) async fn storage_task<L: LogStorage>(
         if !after.is_empty() {
             send_messages(&out, after);
         }
-        if let Some(id) = last {
+        if id.is_some() {
             persisted.send_replace(id);
         }
     }

@@ -30,6 +30,12 @@ pub(crate) struct RaftLog {
     truncate_from: Option<Index>,
     /// Highest index handed to the driver for applying.
     apply_emitted: Index,
+    /// Writes handed out and not yet reported durable, in order: their
+    /// sequence number and the highest index of this log they make durable
+    /// (lowered when a later truncation overwrites part of what they wrote).
+    writes: VecDeque<(u64, Index)>,
+    /// Sequence number of the next write.
+    next_write: u64,
 }
 
 /// Why an AppendEntries was refused by the consistency check.
@@ -66,6 +72,8 @@ impl RaftLog {
             dirty_from: None,
             truncate_from: None,
             apply_emitted: offset.index,
+            writes: VecDeque::new(),
+            next_write: 1,
         }
     }
 
@@ -228,6 +236,11 @@ impl RaftLog {
         let keep = (from - self.offset.index - 1) as usize;
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(from - 1);
+        // Writes still in flight wrote entries that are now gone from this
+        // log: when they complete, they make durable only what precedes `from`.
+        for (_, valid_to) in self.writes.iter_mut() {
+            *valid_to = (*valid_to).min(from - 1);
+        }
         if from <= self.emitted {
             self.truncate_from = Some(self.truncate_from.map_or(from, |t| t.min(from)));
             self.emitted = from - 1;
@@ -283,15 +296,34 @@ impl RaftLog {
         self.dirty_from.is_some() || self.truncate_from.is_some()
     }
 
-    /// Records that storage made entries up to `id` durable. Ignored when `id`
-    /// no longer names an entry of this log (it was overwritten meanwhile) or
-    /// was never handed out.
-    pub(crate) fn on_persisted(&mut self, id: LogId) -> bool {
-        if id.index > self.emitted || id.index <= self.persisted || !self.matches(id) {
-            return false;
+    /// Registers a write handed to the driver (after `take_unpersisted`)
+    /// and returns its sequence number.
+    pub(crate) fn register_write(&mut self) -> u64 {
+        let seq = self.next_write;
+        self.next_write += 1;
+        self.writes.push_back((seq, self.last_index()));
+        seq
+    }
+
+    /// Records that the write `seq` (and so every earlier one) is durable.
+    /// Returns whether the durable index moved. Unknown or repeated
+    /// sequence numbers are ignored.
+    pub(crate) fn on_persisted(&mut self, seq: u64) -> bool {
+        let mut durable = None;
+        while let Some(&(s, valid_to)) = self.writes.front() {
+            if s > seq {
+                break;
+            }
+            self.writes.pop_front();
+            durable = Some(valid_to);
         }
-        self.persisted = id.index;
-        true
+        match durable {
+            Some(index) if index != self.persisted => {
+                self.persisted = index.min(self.last_index());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Committed, locally durable entries not yet handed out for applying.
@@ -379,15 +411,29 @@ mod tests {
         log.append_own(e(1, 2));
         let (_, out) = log.take_unpersisted();
         assert_eq!(out.len(), 1);
+        let w1 = log.register_write();
         log.try_append(LogId::new(1, 1), &[e(2, 2)]).unwrap();
-        assert!(
-            !log.on_persisted(LogId::new(1, 2)),
-            "entry 2@1 was overwritten"
-        );
         let (truncate, out) = log.take_unpersisted();
         assert_eq!((truncate, out), (Some(2), vec![e(2, 2)]));
-        assert!(log.on_persisted(LogId::new(2, 2)));
+        let w2 = log.register_write();
+        // The same entry as write 1 again, from a third leader: the log now
+        // looks as after write 1, but write 2 (which deleted it) is pending.
+        log.try_append(LogId::new(1, 1), &[e(3, 2)]).unwrap();
+        log.try_append(LogId::new(1, 1), &[e(1, 2)]).unwrap_or(0);
+        let _ = log.take_unpersisted();
+        let w3 = log.register_write();
+        assert!(
+            !log.on_persisted(w1),
+            "write 1's entry 2 was overwritten since"
+        );
+        assert_eq!(log.persisted(), 1);
+        assert!(
+            !log.on_persisted(w2),
+            "write 2's entry 2 was overwritten too"
+        );
+        assert!(log.on_persisted(w3));
         assert_eq!(log.persisted(), 2);
+        assert!(!log.on_persisted(w3), "a repeated notice changes nothing");
     }
 
     #[test]
@@ -397,7 +443,8 @@ mod tests {
         log.commit_to(2);
         assert_eq!(log.take_committed(100), vec![e(1, 1)]);
         let _ = log.take_unpersisted();
-        log.on_persisted(LogId::new(1, 2));
+        let w = log.register_write();
+        log.on_persisted(w);
         assert_eq!(log.take_committed(100), vec![e(1, 2)]);
         assert!(!log.has_committed());
     }

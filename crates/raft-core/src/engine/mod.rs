@@ -9,7 +9,7 @@
 //! - [`Engine::step`]: a message arrived from a peer;
 //! - [`Engine::propose`], [`Engine::read_index`], [`Engine::read_lease`],
 //!   [`Engine::transfer_leader`]: client requests;
-//! - [`Engine::on_persisted`]: storage made entries durable;
+//! - [`Engine::on_persisted`]: storage made a write durable;
 //! - [`Engine::on_applied`]: the state machine applied entries.
 //!
 //! The output is a [`Ready`], taken with [`Engine::ready`] whenever
@@ -26,7 +26,9 @@
 //! 3. Only when that write (and so every earlier one) is durable: send
 //!    [`Ready::persisted_messages`] (vote grants, a candidate's vote requests,
 //!    append acknowledgements: promises about what is on disk), then call
-//!    [`Engine::on_persisted`] with the id of the last entry written.
+//!    [`Engine::on_persisted`] with [`Ready::write_id`]. A `Ready` without a
+//!    write still holds its `persisted_messages` until every earlier write
+//!    is durable.
 //! 4. Apply [`Ready::committed_entries`] to the state machine in order, then
 //!    call [`Engine::on_applied`]. They are committed and durable locally.
 //! 5. Serve each [`ReadState`] once the state machine has applied its index;
@@ -52,8 +54,8 @@
 //!         // 1. send ready.messages (none here: there are no peers)
 //!         // 2. write ready.hard_state, ready.truncate_from, ready.entries durably
 //!         // 3. then send ready.persisted_messages and report the write
-//!         if let Some(last) = ready.entries.last() {
-//!             node.on_persisted(last.log_id());
+//!         if let Some(write) = ready.write_id {
+//!             node.on_persisted(write);
 //!         }
 //!         // 4. apply committed entries
 //!         for entry in &ready.committed_entries {
@@ -118,6 +120,11 @@ impl Role {
         }
     }
 }
+
+/// Names one durable write handed out in a [`Ready`]; see
+/// [`Engine::on_persisted`]. Ids increase with each write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteId(u64);
 
 /// Opaque identifier of a read request, chosen by the driver.
 pub type ReadId = u64;
@@ -232,6 +239,9 @@ pub struct Ready {
     pub truncate_from: Option<Index>,
     /// Entries to append durably.
     pub entries: Vec<Entry>,
+    /// Names this batch's write (hard state, truncation, entries) when it
+    /// has one: report it to [`Engine::on_persisted`] once it is durable.
+    pub write_id: Option<WriteId>,
     /// Messages that may be sent at once.
     pub messages: Vec<Message>,
     /// Messages that may be sent only after this batch's write is durable.
@@ -573,10 +583,13 @@ impl Engine {
             let (max_msgs, max_bytes) =
                 (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
             let last = self.log.last_index();
-            return self
-                .progress
-                .values()
-                .any(|p| !p.is_paused(max_msgs, max_bytes) && p.next <= last);
+            return self.progress.values().any(|p| {
+                // Same test as `replicate_to`: a follower that needs
+                // compacted entries cannot be sent any (snapshots will).
+                !p.is_paused(max_msgs, max_bytes)
+                    && p.next <= last
+                    && self.log.term(p.next - 1).is_some()
+            });
         }
         false
     }
@@ -598,11 +611,14 @@ impl Engine {
             soft
         });
         let (truncate_from, entries) = self.log.take_unpersisted();
+        let has_write = hard_state.is_some() || truncate_from.is_some() || !entries.is_empty();
+        let write_id = has_write.then(|| WriteId(self.log.register_write()));
         Ready {
             soft_state,
             hard_state,
             truncate_from,
             entries,
+            write_id,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed_entries: self.log.take_committed(usize::MAX),

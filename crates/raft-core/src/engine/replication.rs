@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::log::AppendRefusal;
 use super::progress::{Progress, ReplicationState};
-use super::{Engine, ProposeError, Role};
+use super::{Engine, ProposeError, Role, WriteId};
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
 
@@ -59,17 +59,23 @@ impl Engine {
         id
     }
 
-    /// Tells the engine that storage made every entry up to `last` durable
-    /// (the last entry of a completed write). Stale notices, for entries
-    /// overwritten since, are ignored.
-    pub fn on_persisted(&mut self, last: LogId) {
-        if !self.log.on_persisted(last) {
+    /// Tells the engine that the write [`Ready::write_id`](super::Ready::write_id)
+    /// named, and so every earlier write, is durable. Writes complete in the
+    /// order they were handed out; a driver may report only the latest of
+    /// several completed writes. Unknown or repeated ids are ignored.
+    ///
+    /// Writes are named by id rather than by their last entry because the
+    /// same entry id can be written twice (a suffix truncated by one leader
+    /// and sent again by the next): only the id says which write finished.
+    pub fn on_persisted(&mut self, write: WriteId) {
+        if !self.log.on_persisted(write.0) {
             return;
         }
         if let Some(id) = self.self_election {
             if self.role == Role::Candidate
                 && self.term == id.term
                 && self.log.persisted() >= id.index
+                && self.log.matches(id)
             {
                 // The vote and the term's first entry are durable together.
                 self.become_leader(true);
@@ -339,7 +345,7 @@ impl Engine {
             let prev_index = pr.next - 1;
             let Some(prev_term) = self.log.term(prev_index) else {
                 // Needs a snapshot, which lands with log compaction.
-                tracing::warn!(to, prev_index, "follower needs compacted entries");
+                tracing::debug!(to, prev_index, "follower needs compacted entries");
                 return;
             };
             let entries = self.log.slice(

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use raft_core::engine::{
     Engine, InitialState, ProposeError, ReadError, ReadId, ReadState, Ready, Role, SoftState,
-    TransferError,
+    TransferError, WriteId,
 };
 use raft_core::{
     Config, Entry, EntryPayload, HardState, Index, LogId, Membership, Message, MessageBody, NodeId,
@@ -50,6 +50,8 @@ pub const MAX_READY_LOOPS: usize = 10_000;
 /// One durable write waiting for storage (only while persistence is held).
 #[derive(Debug)]
 struct Write {
+    /// The engine's name for the write, reported when it is done.
+    write_id: Option<WriteId>,
     hard_state: Option<HardState>,
     truncate_from: Option<Index>,
     entries: Vec<Entry>,
@@ -294,6 +296,7 @@ impl Network {
             hard_state,
             truncate_from,
             entries,
+            write_id,
             messages,
             persisted_messages,
             committed_entries,
@@ -316,6 +319,7 @@ impl Network {
             (Vec::new(), committed_entries)
         };
         let write = Write {
+            write_id,
             hard_state,
             truncate_from,
             entries,
@@ -369,8 +373,8 @@ impl Network {
             assert_eq!(m.from, id, "node {id} sent a message as {}", m.from);
             self.send(m, true);
         }
-        if let Some(last) = w.entries.last() {
-            self.node_mut(id).engine.on_persisted(last.log_id());
+        if let Some(write_id) = w.write_id {
+            self.node_mut(id).engine.on_persisted(write_id);
         }
         if !w.committed.is_empty() {
             self.apply(id, w.committed);

@@ -46,7 +46,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use raft_core::engine::{Engine, InitialState, ReadError, ReadId, ReadState, Ready, Role};
+use raft_core::engine::{Engine, InitialState, ReadError, ReadId, ReadState, Ready, Role, WriteId};
 use raft_core::testing::linearizability::{check, CheckLimits, CheckResult, Op, OpId, Outcome};
 use raft_core::{
     AppendResult, Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId,
@@ -172,6 +172,8 @@ struct Node {
 
 #[derive(Debug)]
 struct PendingWrite {
+    /// The engine's name for the write, reported when it completes.
+    write_id: Option<WriteId>,
     hard_state: Option<HardState>,
     truncate_from: Option<Index>,
     entries: Vec<Entry>,
@@ -571,6 +573,7 @@ impl World {
             hard_state,
             truncate_from,
             entries,
+            write_id,
             messages,
             persisted_messages,
             committed_entries,
@@ -643,6 +646,7 @@ impl World {
             || !persisted_messages.is_empty()
         {
             node.writes.push_back(PendingWrite {
+                write_id,
                 hard_state,
                 truncate_from,
                 entries,
@@ -824,9 +828,9 @@ impl World {
         for msg in write.persisted_messages {
             self.send(i, msg, true)?;
         }
-        if let Some(last) = last {
+        if let Some(write_id) = write.write_id {
             if let Some(engine) = self.nodes[i].engine.as_mut() {
-                engine.on_persisted(last);
+                engine.on_persisted(write_id);
             }
         }
         self.drain(i)
