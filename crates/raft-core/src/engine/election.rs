@@ -284,21 +284,20 @@ impl Engine {
             return;
         }
         self.votes.insert(from, granted);
-        let votes = &self.votes;
-        if self
-            .membership()
-            .is_quorum(|n| votes.get(&n) == Some(&true))
-        {
+        if self.votes_won() {
             if pre_vote {
                 self.campaign(Campaign::Election);
             } else {
                 self.become_leader(false);
             }
-        } else if self
-            .membership()
-            .is_quorum_lost(|n| votes.get(&n) == Some(&false))
-        {
-            self.become_follower(self.term, None);
+        } else {
+            let votes = &self.votes;
+            if self
+                .membership()
+                .is_quorum_lost(|n| votes.get(&n) == Some(&false))
+            {
+                self.become_follower(self.term, None);
+            }
         }
     }
 
@@ -312,6 +311,13 @@ impl Engine {
         self.heartbeat_elapsed = 0;
         let min = self.cfg.election_timeout_ticks;
         self.randomized_election_timeout = self.rng.gen_range(min..2 * min);
+    }
+
+    /// Whether the votes granted so far form a quorum.
+    fn votes_won(&self) -> bool {
+        let votes = &self.votes;
+        self.membership()
+            .is_quorum(|n| votes.get(&n) == Some(&true))
     }
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -357,11 +363,7 @@ impl Engine {
         self.progress.clear();
         self.reset_election_timer();
         self.votes.insert(self.cfg.id, true);
-        let votes = &self.votes;
-        if self
-            .membership()
-            .is_quorum(|n| votes.get(&n) == Some(&true))
-        {
+        if self.votes_won() {
             // This node alone is a quorum.
             if pre_vote {
                 self.campaign(Campaign::Election);
