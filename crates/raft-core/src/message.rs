@@ -40,7 +40,7 @@ pub enum MessageBody {
         /// Whether the vote was granted.
         granted: bool,
     },
-    /// AppendEntries RPC (paper §5.3); a heartbeat when `entries` is empty.
+    /// AppendEntries RPC (paper §5.3); empty for heartbeats and probes.
     AppendEntries {
         /// The entry immediately preceding `entries`.
         prev_log_id: LogId,
@@ -51,6 +51,12 @@ pub enum MessageBody {
         /// The leader's heartbeat round, echoed in the response: it confirms
         /// leadership for reads (thesis §6.4) and dates the leader's lease.
         round: u64,
+        /// Set on heartbeats. A heartbeat is sent at the follower's match
+        /// index, so it passes the consistency check whatever arrived before
+        /// it: a transport may deliver it ahead of earlier AppendEntries
+        /// (on a separate, latency-first stream). Every other AppendEntries
+        /// must keep its order. The engine's handling does not depend on it.
+        heartbeat: bool,
     },
     /// The answer to `AppendEntries`.
     AppendEntriesResponse {
@@ -95,6 +101,9 @@ impl MessageBody {
             MessageBody::RequestVoteResponse {
                 pre_vote: false, ..
             } => "request_vote_response",
+            MessageBody::AppendEntries {
+                heartbeat: true, ..
+            } => "heartbeat",
             MessageBody::AppendEntries { .. } => "append_entries",
             MessageBody::AppendEntriesResponse { .. } => "append_entries_response",
             MessageBody::TimeoutNow => "timeout_now",

@@ -309,6 +309,7 @@ impl Engine {
             entries: Vec::new(),
             leader_commit: self.log.committed().min(pr.matched),
             round: self.round,
+            heartbeat: true,
         };
         self.send(to, body);
     }
@@ -328,6 +329,7 @@ impl Engine {
             entries: Vec::new(),
             leader_commit: self.log.committed().min(prev_index),
             round: self.round,
+            heartbeat: false,
         };
         self.send(to, body);
     }
@@ -362,6 +364,7 @@ impl Engine {
                 entries,
                 leader_commit: self.log.committed(),
                 round: self.round,
+                heartbeat: false,
             };
             self.send(to, body);
             if let Some(pr) = self.progress.get_mut(&to) {

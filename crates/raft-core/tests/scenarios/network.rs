@@ -689,6 +689,7 @@ pub mod msg {
                 entries,
                 leader_commit,
                 round: 0,
+                heartbeat: false,
             },
         )
     }

@@ -353,6 +353,7 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 entries: es,
                 leader_commit: c,
                 round: r,
+                heartbeat: r % 2 == 0,
             }
         }),
         (0u64..6, 0u64..10).prop_map(|(r, l)| MessageBody::AppendEntriesResponse {

@@ -78,6 +78,7 @@ impl MsgInfo {
                 entries,
                 leader_commit,
                 round,
+                ..
             } => [
                 prev_log_id.index,
                 prev_log_id.term,
@@ -125,7 +126,7 @@ impl fmt::Debug for MsgInfo {
             "pre_vote_response" | "request_vote_response" => {
                 write!(f, " {}", if d[0] == 1 { "granted" } else { "refused" })
             }
-            "append_entries" => write!(
+            "append_entries" | "heartbeat" => write!(
                 f,
                 " prev={}@{} n={} commit={} round={}",
                 d[0],
