@@ -1,0 +1,248 @@
+//! Development certificates (rcgen): a cluster CA and node certificates that
+//! name their node id, as PEM. Used by the tests, the benchmarks and
+//! `raft-node certs`. For production, issue certificates from your own CA
+//! with the same subject alternative name, `node-<id>.raft`
+//! ([`crate::tls::node_dns_name`]).
+//!
+//! ```
+//! use raft_net_quic::certs::DevCa;
+//! use raft_net_quic::NodeTls;
+//!
+//! let ca = DevCa::generate("example cluster").unwrap();
+//! let node1 = ca.issue_node(1, &["localhost".into()]).unwrap();
+//! let tls = NodeTls::from_pem(1, ca.cert_pem().as_bytes(), node1.cert_pem.as_bytes(),
+//!                             node1.key_pem.as_bytes()).unwrap();
+//! assert_eq!(tls.node(), 1);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use raft_core::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::tls::node_dns_name;
+
+/// Why certificates could not be created or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or key.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A development certificate authority.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
+
+/// A node certificate and its private key, as PEM.
+#[derive(Clone)]
+pub struct NodeCert {
+    /// The node it names.
+    pub node: NodeId,
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// The private key (PKCS#8 PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCert")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevCa {
+    /// Creates a new CA whose common name is `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::Generate`] if rcgen fails.
+    pub fn generate(name: &str) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            key_pem,
+        })
+    }
+
+    /// Loads a CA created earlier (its certificate and key PEM).
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::Generate`] if the PEM cannot be parsed.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+
+    /// The CA certificate (PEM): every node's trust root.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key (PEM). Keep it away from the nodes in production.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// Issues a certificate for node `node`, valid for mutual TLS in both
+    /// roles. It names `node-<id>.raft` and, in addition, `extra_names`
+    /// (host names or IP addresses, for the client API).
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::Generate`] if a name is not a valid DNS name or address.
+    pub fn issue_node(&self, node: NodeId, extra_names: &[String]) -> Result<NodeCert, CertError> {
+        let mut names = vec![node_dns_name(node)];
+        names.extend(extra_names.iter().cloned());
+        self.issue(node, names)
+    }
+
+    /// Issues a certificate for `node` that carries exactly `names` as subject
+    /// alternative names (no automatic `node-<id>.raft`): for tests of
+    /// certificates that name the wrong node.
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::Generate`] if a name is invalid.
+    pub fn issue_with_names(
+        &self,
+        node: NodeId,
+        names: Vec<String>,
+    ) -> Result<NodeCert, CertError> {
+        self.issue(node, names)
+    }
+
+    fn issue(&self, node: NodeId, names: Vec<String>) -> Result<NodeCert, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("raft node {node}"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(NodeCert {
+            node,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The files [`write_dev_certs`] created.
+#[derive(Debug, Clone)]
+pub struct DevCertFiles {
+    /// `ca.pem`.
+    pub ca_cert: PathBuf,
+    /// `ca.key`.
+    pub ca_key: PathBuf,
+    /// `(node, node-<id>.pem, node-<id>.key)` for each node.
+    pub nodes: Vec<(NodeId, PathBuf, PathBuf)>,
+}
+
+/// Creates `dir` if needed and writes a new CA (`ca.pem`, `ca.key`) and, for
+/// each node id, `node-<id>.pem` and `node-<id>.key`. When `ca.pem` and
+/// `ca.key` already exist, they are reused so that new nodes join the same
+/// cluster. Private keys are written with mode 0600.
+///
+/// # Errors
+///
+/// [`CertError::Io`] naming the file that failed, [`CertError::Generate`]
+/// for a bad name.
+pub fn write_dev_certs(
+    dir: &Path,
+    nodes: &[NodeId],
+    extra_names: &[String],
+) -> Result<DevCertFiles, CertError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CertError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca_cert = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        let cert = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+        let key = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        DevCa::from_pem(&cert, &key)?
+    } else {
+        let ca = DevCa::generate("raft development CA")?;
+        std::fs::write(&ca_cert, ca.cert_pem()).map_err(io(&ca_cert))?;
+        write_private(&ca_key, ca.key_pem()).map_err(io(&ca_key))?;
+        ca
+    };
+    let mut files = DevCertFiles {
+        ca_cert,
+        ca_key,
+        nodes: Vec::new(),
+    };
+    for &node in nodes {
+        let c = ca.issue_node(node, extra_names)?;
+        let cert = dir.join(format!("node-{node}.pem"));
+        let key = dir.join(format!("node-{node}.key"));
+        std::fs::write(&cert, &c.cert_pem).map_err(io(&cert))?;
+        write_private(&key, &c.key_pem).map_err(io(&key))?;
+        files.nodes.push((node, cert, key));
+    }
+    Ok(files)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}

@@ -1,0 +1,784 @@
+//! The wire codec: every frame that crosses a peer connection.
+//!
+//! # Frame layout
+//!
+//! ```text
+//! frame   = length:u32  version:u8  kind:u8  body
+//! length  = bytes after the length field (version + kind + body),
+//!           at most the configured `max_frame_bytes`
+//! version = PROTOCOL_VERSION (1)
+//! ```
+//!
+//! All integers are big-endian and fixed-width. Every decoder is strict: an
+//! unknown kind, an unknown flag bit, a count larger than the bytes left, or
+//! trailing bytes after the body are errors, never a panic or a guess.
+//!
+//! # Stream layout
+//!
+//! Each QUIC stream starts with one byte naming its role ([`StreamKind`]),
+//! then carries frames:
+//!
+//! - handshake (bidirectional, opened by the dialer): [`Frame::Hello`], then
+//!   [`Frame::Welcome`] back;
+//! - control (unidirectional): vote traffic, heartbeats, every response and
+//!   `TimeoutNow`; small and latency-critical;
+//! - replication (unidirectional): AppendEntries that carry entries, in order;
+//! - snapshot (bidirectional, one per transfer): [`Frame::SnapshotOffer`],
+//!   [`Frame::SnapshotResume`] back, [`Frame::SnapshotChunk`]s,
+//!   [`Frame::SnapshotDone`], and [`Frame::SnapshotResult`] back.
+//!
+//! The byte layout of each frame is pinned by golden vectors in the tests
+//! (`tests/codec.rs`): changing it is a protocol change and needs a new
+//! [`PROTOCOL_VERSION`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use raft_core::{AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody};
+
+/// The protocol version this crate speaks. A peer speaking another version is
+/// refused at connection time.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Bytes of the version and kind that follow the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 2;
+
+/// The role of a stream, sent as its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// The dialer's handshake (bidirectional).
+    Handshake = b'H',
+    /// Latency-critical messages (unidirectional).
+    Control = b'C',
+    /// AppendEntries with entries, in order (unidirectional).
+    Replication = b'R',
+    /// One snapshot transfer (bidirectional).
+    Snapshot = b'S',
+}
+
+impl StreamKind {
+    /// Parses a stream's first byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'H' => Some(Self::Handshake),
+            b'C' => Some(Self::Control),
+            b'R' => Some(Self::Replication),
+            b'S' => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// The dialer's first frame: who it is and whom it meant to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The dialer's node id; its certificate must name it.
+    pub from: u64,
+    /// The node id the dialer meant to reach.
+    pub to: u64,
+}
+
+/// Offers a snapshot to the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotOffer {
+    /// The sender's id for this transfer; a retry after a broken connection
+    /// reuses it so the receiver can resume.
+    pub transfer_id: u64,
+    /// Total bytes of snapshot data.
+    pub total_bytes: u64,
+    /// Opaque metadata for the receiver (for example the last included log
+    /// id and membership), at most [`SNAPSHOT_META_BYTES_MAX`].
+    pub meta: Bytes,
+}
+
+/// The largest snapshot metadata accepted.
+pub const SNAPSHOT_META_BYTES_MAX: usize = 1 << 20;
+
+/// One chunk of snapshot data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// CRC-32C of `data`.
+    pub crc32c: u32,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// Every frame kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Handshake request (dialer → acceptor).
+    Hello(Hello),
+    /// Handshake accepted; carries the acceptor's node id.
+    Welcome {
+        /// The acceptor's node id.
+        node: u64,
+    },
+    /// A Raft message.
+    Message(Message),
+    /// Snapshot transfer start (sender → receiver).
+    SnapshotOffer(SnapshotOffer),
+    /// Where to resume: bytes the receiver already holds (receiver → sender).
+    SnapshotResume {
+        /// The offset of the first byte the receiver still needs.
+        offset: u64,
+    },
+    /// Snapshot data (sender → receiver).
+    SnapshotChunk(SnapshotChunk),
+    /// End of the snapshot data (sender → receiver).
+    SnapshotDone {
+        /// Total bytes sent, which must equal the offer's.
+        total_bytes: u64,
+        /// CRC-32C of the whole snapshot.
+        crc32c: u32,
+    },
+    /// The receiver's verdict (receiver → sender).
+    SnapshotResult {
+        /// `None` when the snapshot was stored; otherwise why not.
+        error: Option<String>,
+    },
+}
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const MESSAGE: u8 = 0x10;
+    pub const SNAPSHOT_OFFER: u8 = 0x20;
+    pub const SNAPSHOT_RESUME: u8 = 0x21;
+    pub const SNAPSHOT_CHUNK: u8 = 0x22;
+    pub const SNAPSHOT_DONE: u8 = 0x23;
+    pub const SNAPSHOT_RESULT: u8 = 0x24;
+}
+
+mod body {
+    pub const REQUEST_VOTE: u8 = 1;
+    pub const REQUEST_VOTE_RESPONSE: u8 = 2;
+    pub const APPEND_ENTRIES: u8 = 3;
+    pub const APPEND_ENTRIES_RESPONSE: u8 = 4;
+    pub const TIMEOUT_NOW: u8 = 5;
+
+    pub const RESULT_SUCCESS: u8 = 1;
+    pub const RESULT_CONFLICT: u8 = 2;
+
+    pub const PAYLOAD_BLANK: u8 = 0;
+    pub const PAYLOAD_NORMAL: u8 = 1;
+    pub const PAYLOAD_MEMBERSHIP: u8 = 2;
+}
+
+/// Smallest encoded entry (term, index, blank tag): bounds a claimed count.
+const ENTRY_BYTES_MIN: usize = 17;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame ends before its content does.
+    #[error("frame truncated: {0}")]
+    Truncated(&'static str),
+    /// The frame's declared length exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Declared length.
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// The frame's length field is too small to hold a header.
+    #[error("frame length {0} is too small for a frame header")]
+    TooSmall(u32),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got} not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version in the frame.
+        got: u8,
+    },
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// A field holds a value the protocol does not allow.
+    #[error("invalid {field}: {detail}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Bytes left over after the frame's body.
+    #[error("{0} unexpected bytes after the frame body")]
+    TrailingBytes(usize),
+}
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid {
+        field,
+        detail: detail.into(),
+    }
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded frame would exceed the limit (for example one entry larger
+    /// than the frame limit); nothing was written.
+    #[error("encoded frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Encoded length (after the length prefix).
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// A field does not fit the wire format.
+    #[error("cannot encode {0}")]
+    Unrepresentable(&'static str),
+}
+
+/// Appends `frame`, length prefix included, to `out`.
+///
+/// # Errors
+///
+/// [`EncodeError::TooLarge`] when the frame would exceed `max_frame_bytes`
+/// (nothing is left in `out`), [`EncodeError::Unrepresentable`] for a field
+/// that does not fit (a payload over 4 GiB, say).
+pub fn encode_frame(
+    frame: &Frame,
+    max_frame_bytes: u32,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.put_u32(0); // patched below
+    out.put_u8(PROTOCOL_VERSION);
+    let result = encode_body(frame, out);
+    let len = (out.len() - start - LENGTH_PREFIX_BYTES) as u64;
+    if let Err(e) = result {
+        out.truncate(start);
+        return Err(e);
+    }
+    if len > u64::from(max_frame_bytes) {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge {
+            len,
+            max: u64::from(max_frame_bytes),
+        });
+    }
+    out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encodes one frame into a new buffer (convenience for tests and tools).
+///
+/// # Errors
+///
+/// As [`encode_frame`].
+pub fn encode_to_bytes(frame: &Frame, max_frame_bytes: u32) -> Result<Bytes, EncodeError> {
+    let mut out = BytesMut::new();
+    encode_frame(frame, max_frame_bytes, &mut out)?;
+    Ok(out.freeze())
+}
+
+fn put_len(out: &mut BytesMut, len: usize, what: &'static str) -> Result<(), EncodeError> {
+    let len = u32::try_from(len).map_err(|_| EncodeError::Unrepresentable(what))?;
+    out.put_u32(len);
+    Ok(())
+}
+
+fn encode_body(frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
+    match frame {
+        Frame::Hello(h) => {
+            out.put_u8(kind::HELLO);
+            out.put_u64(h.from);
+            out.put_u64(h.to);
+        }
+        Frame::Welcome { node } => {
+            out.put_u8(kind::WELCOME);
+            out.put_u64(*node);
+        }
+        Frame::Message(m) => {
+            out.put_u8(kind::MESSAGE);
+            encode_message(m, out)?;
+        }
+        Frame::SnapshotOffer(o) => {
+            if o.meta.len() > SNAPSHOT_META_BYTES_MAX {
+                return Err(EncodeError::Unrepresentable(
+                    "snapshot metadata over the limit",
+                ));
+            }
+            out.put_u8(kind::SNAPSHOT_OFFER);
+            out.put_u64(o.transfer_id);
+            out.put_u64(o.total_bytes);
+            put_len(out, o.meta.len(), "snapshot metadata")?;
+            out.put_slice(&o.meta);
+        }
+        Frame::SnapshotResume { offset } => {
+            out.put_u8(kind::SNAPSHOT_RESUME);
+            out.put_u64(*offset);
+        }
+        Frame::SnapshotChunk(c) => {
+            out.put_u8(kind::SNAPSHOT_CHUNK);
+            out.put_u64(c.offset);
+            out.put_u32(c.crc32c);
+            put_len(out, c.data.len(), "snapshot chunk")?;
+            out.put_slice(&c.data);
+        }
+        Frame::SnapshotDone {
+            total_bytes,
+            crc32c,
+        } => {
+            out.put_u8(kind::SNAPSHOT_DONE);
+            out.put_u64(*total_bytes);
+            out.put_u32(*crc32c);
+        }
+        Frame::SnapshotResult { error } => {
+            out.put_u8(kind::SNAPSHOT_RESULT);
+            match error {
+                None => out.put_u8(0),
+                Some(e) => {
+                    out.put_u8(1);
+                    put_len(out, e.len(), "snapshot error text")?;
+                    out.put_slice(e.as_bytes());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put_log_id(out: &mut BytesMut, id: LogId) {
+    out.put_u64(id.term);
+    out.put_u64(id.index);
+}
+
+/// Appends the body of a Raft message (without frame header) to `out`.
+fn encode_message(m: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
+    out.put_u64(m.from);
+    out.put_u64(m.to);
+    out.put_u64(m.term);
+    match &m.body {
+        MessageBody::RequestVote {
+            pre_vote,
+            last_log_id,
+            leadership_transfer,
+        } => {
+            out.put_u8(body::REQUEST_VOTE);
+            out.put_u8(u8::from(*pre_vote) | u8::from(*leadership_transfer) << 1);
+            put_log_id(out, *last_log_id);
+        }
+        MessageBody::RequestVoteResponse { pre_vote, granted } => {
+            out.put_u8(body::REQUEST_VOTE_RESPONSE);
+            out.put_u8(u8::from(*pre_vote) | u8::from(*granted) << 1);
+        }
+        MessageBody::AppendEntries {
+            prev_log_id,
+            entries,
+            leader_commit,
+            round,
+            heartbeat,
+        } => {
+            out.put_u8(body::APPEND_ENTRIES);
+            put_log_id(out, *prev_log_id);
+            out.put_u64(*leader_commit);
+            out.put_u64(*round);
+            out.put_u8(u8::from(*heartbeat));
+            put_len(out, entries.len(), "entry count")?;
+            for e in entries {
+                encode_entry(e, out)?;
+            }
+        }
+        MessageBody::AppendEntriesResponse { round, result } => {
+            out.put_u8(body::APPEND_ENTRIES_RESPONSE);
+            out.put_u64(*round);
+            match result {
+                AppendResult::Success { last_index } => {
+                    out.put_u8(body::RESULT_SUCCESS);
+                    out.put_u64(*last_index);
+                }
+                AppendResult::Conflict {
+                    rejected_prev,
+                    hint,
+                } => {
+                    out.put_u8(body::RESULT_CONFLICT);
+                    out.put_u64(*rejected_prev);
+                    put_log_id(out, *hint);
+                }
+            }
+        }
+        MessageBody::TimeoutNow => out.put_u8(body::TIMEOUT_NOW),
+    }
+    Ok(())
+}
+
+fn encode_entry(e: &Entry, out: &mut BytesMut) -> Result<(), EncodeError> {
+    out.put_u64(e.term);
+    out.put_u64(e.index);
+    match &e.payload {
+        EntryPayload::Blank => out.put_u8(body::PAYLOAD_BLANK),
+        EntryPayload::Normal(data) => {
+            out.put_u8(body::PAYLOAD_NORMAL);
+            put_len(out, data.len(), "entry payload")?;
+            out.put_slice(data);
+        }
+        EntryPayload::Membership(m) => {
+            out.put_u8(body::PAYLOAD_MEMBERSHIP);
+            encode_membership(m, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_set<'a>(
+    out: &mut BytesMut,
+    ids: impl ExactSizeIterator<Item = &'a u64>,
+) -> Result<(), EncodeError> {
+    put_len(out, ids.len(), "membership set")?;
+    for id in ids {
+        out.put_u64(*id);
+    }
+    Ok(())
+}
+
+fn encode_membership(m: &Membership, out: &mut BytesMut) -> Result<(), EncodeError> {
+    put_set(out, m.voters().iter())?;
+    match m.voters_outgoing() {
+        None => out.put_u8(0),
+        Some(old) => {
+            out.put_u8(1);
+            put_set(out, old.iter())?;
+        }
+    }
+    put_set(out, m.learners().iter())
+}
+
+/// Reads a frame's length prefix and checks it against the limit.
+///
+/// # Errors
+///
+/// [`DecodeError::TooLarge`] above `max_frame_bytes`, [`DecodeError::TooSmall`]
+/// below the header size.
+pub fn check_frame_length(
+    prefix: [u8; LENGTH_PREFIX_BYTES],
+    max_frame_bytes: u32,
+) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(prefix);
+    if len > max_frame_bytes {
+        return Err(DecodeError::TooLarge {
+            len: u64::from(len),
+            max: u64::from(max_frame_bytes),
+        });
+    }
+    if (len as usize) < FRAME_HEADER_BYTES {
+        return Err(DecodeError::TooSmall(len));
+    }
+    Ok(len as usize)
+}
+
+/// Decodes one whole frame, length prefix included, from `buf`, which must
+/// hold exactly that frame.
+///
+/// # Errors
+///
+/// A [`DecodeError`] naming what is wrong; never panics, whatever the bytes.
+pub fn decode_frame(mut buf: Bytes, max_frame_bytes: u32) -> Result<Frame, DecodeError> {
+    if buf.len() < LENGTH_PREFIX_BYTES {
+        return Err(DecodeError::Truncated("length prefix"));
+    }
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    buf.copy_to_slice(&mut prefix);
+    let len = check_frame_length(prefix, max_frame_bytes)?;
+    if buf.len() < len {
+        return Err(DecodeError::Truncated(
+            "frame shorter than its length prefix",
+        ));
+    }
+    if buf.len() > len {
+        return Err(DecodeError::TrailingBytes(buf.len() - len));
+    }
+    decode_frame_content(buf)
+}
+
+/// Decodes a frame's content: what follows the length prefix (version, kind,
+/// body), exactly.
+///
+/// # Errors
+///
+/// A [`DecodeError`] naming what is wrong; never panics, whatever the bytes.
+pub fn decode_frame_content(buf: Bytes) -> Result<Frame, DecodeError> {
+    let mut r = Reader(buf);
+    let version = r.u8("version")?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version { got: version });
+    }
+    let kind = r.u8("kind")?;
+    let frame = match kind {
+        kind::HELLO => Frame::Hello(Hello {
+            from: r.u64("hello from")?,
+            to: r.u64("hello to")?,
+        }),
+        kind::WELCOME => Frame::Welcome {
+            node: r.u64("welcome node")?,
+        },
+        kind::MESSAGE => Frame::Message(decode_message(&mut r)?),
+        kind::SNAPSHOT_OFFER => {
+            let transfer_id = r.u64("transfer id")?;
+            let total_bytes = r.u64("total bytes")?;
+            let len = r.len("metadata length")?;
+            if len > SNAPSHOT_META_BYTES_MAX {
+                return Err(invalid(
+                    "snapshot metadata",
+                    format!("{len} bytes exceeds {SNAPSHOT_META_BYTES_MAX}"),
+                ));
+            }
+            Frame::SnapshotOffer(SnapshotOffer {
+                transfer_id,
+                total_bytes,
+                meta: r.bytes(len, "snapshot metadata")?,
+            })
+        }
+        kind::SNAPSHOT_RESUME => Frame::SnapshotResume {
+            offset: r.u64("resume offset")?,
+        },
+        kind::SNAPSHOT_CHUNK => {
+            let offset = r.u64("chunk offset")?;
+            let crc32c = r.u32("chunk crc")?;
+            let len = r.len("chunk length")?;
+            Frame::SnapshotChunk(SnapshotChunk {
+                offset,
+                crc32c,
+                data: r.bytes(len, "chunk data")?,
+            })
+        }
+        kind::SNAPSHOT_DONE => Frame::SnapshotDone {
+            total_bytes: r.u64("total bytes")?,
+            crc32c: r.u32("snapshot crc")?,
+        },
+        kind::SNAPSHOT_RESULT => match r.u8("result tag")? {
+            0 => Frame::SnapshotResult { error: None },
+            1 => {
+                let len = r.len("error length")?;
+                let text = r.bytes(len, "error text")?;
+                let text = String::from_utf8(text.to_vec())
+                    .map_err(|_| invalid("error text", "not UTF-8"))?;
+                Frame::SnapshotResult { error: Some(text) }
+            }
+            t => return Err(invalid("result tag", format!("{t}"))),
+        },
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if r.0.has_remaining() {
+        return Err(DecodeError::TrailingBytes(r.0.remaining()));
+    }
+    Ok(frame)
+}
+
+/// A cursor that turns every short read into an error.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), DecodeError> {
+        if self.0.remaining() < n {
+            Err(DecodeError::Truncated(what))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, what)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, what)?;
+        Ok(self.0.get_u32())
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, what)?;
+        Ok(self.0.get_u64())
+    }
+
+    /// A u32 length, checked against the bytes left so a lying length
+    /// cannot make us allocate.
+    fn len(&mut self, what: &'static str) -> Result<usize, DecodeError> {
+        let n = self.u32(what)? as usize;
+        if n > self.0.remaining() {
+            return Err(DecodeError::Truncated(what));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, DecodeError> {
+        self.need(n, what)?;
+        Ok(self.0.split_to(n))
+    }
+
+    fn log_id(&mut self, what: &'static str) -> Result<LogId, DecodeError> {
+        let term = self.u64(what)?;
+        let index = self.u64(what)?;
+        Ok(LogId::new(term, index))
+    }
+
+    fn flags(&mut self, what: &'static str, allowed: u8) -> Result<u8, DecodeError> {
+        let f = self.u8(what)?;
+        if f & !allowed != 0 {
+            return Err(invalid(what, format!("unknown flag bits {f:#04x}")));
+        }
+        Ok(f)
+    }
+}
+
+fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
+    let from = r.u64("message from")?;
+    let to = r.u64("message to")?;
+    let term = r.u64("message term")?;
+    let body = match r.u8("message body tag")? {
+        body::REQUEST_VOTE => {
+            let f = r.flags("vote flags", 0b11)?;
+            MessageBody::RequestVote {
+                pre_vote: f & 1 != 0,
+                leadership_transfer: f & 2 != 0,
+                last_log_id: r.log_id("last log id")?,
+            }
+        }
+        body::REQUEST_VOTE_RESPONSE => {
+            let f = r.flags("vote response flags", 0b11)?;
+            MessageBody::RequestVoteResponse {
+                pre_vote: f & 1 != 0,
+                granted: f & 2 != 0,
+            }
+        }
+        body::APPEND_ENTRIES => {
+            let prev_log_id = r.log_id("prev log id")?;
+            let leader_commit = r.u64("leader commit")?;
+            let round = r.u64("round")?;
+            let heartbeat = r.flags("append flags", 0b1)? & 1 != 0;
+            let count = r.u32("entry count")? as usize;
+            if count > r.0.remaining() / ENTRY_BYTES_MIN {
+                return Err(DecodeError::Truncated("entries"));
+            }
+            let mut entries = Vec::with_capacity(count);
+            for i in 0..count {
+                let e = decode_entry(r)?;
+                let expected = prev_log_id.index.checked_add(i as u64 + 1);
+                if Some(e.index) != expected {
+                    return Err(invalid(
+                        "entry index",
+                        format!(
+                            "entry {i} has index {} but follows {} (entries must be consecutive)",
+                            e.index, prev_log_id.index
+                        ),
+                    ));
+                }
+                entries.push(e);
+            }
+            if heartbeat && !entries.is_empty() {
+                return Err(invalid("append flags", "a heartbeat carries no entries"));
+            }
+            MessageBody::AppendEntries {
+                prev_log_id,
+                entries,
+                leader_commit,
+                round,
+                heartbeat,
+            }
+        }
+        body::APPEND_ENTRIES_RESPONSE => {
+            let round = r.u64("round")?;
+            let result = match r.u8("append result tag")? {
+                body::RESULT_SUCCESS => AppendResult::Success {
+                    last_index: r.u64("last index")?,
+                },
+                body::RESULT_CONFLICT => AppendResult::Conflict {
+                    rejected_prev: r.u64("rejected prev")?,
+                    hint: r.log_id("hint")?,
+                },
+                t => return Err(invalid("append result tag", format!("{t}"))),
+            };
+            MessageBody::AppendEntriesResponse { round, result }
+        }
+        body::TIMEOUT_NOW => MessageBody::TimeoutNow,
+        t => return Err(invalid("message body tag", format!("{t}"))),
+    };
+    Ok(Message {
+        from,
+        to,
+        term,
+        body,
+    })
+}
+
+fn decode_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
+    let term = r.u64("entry term")?;
+    let index = r.u64("entry index")?;
+    let payload = match r.u8("payload tag")? {
+        body::PAYLOAD_BLANK => EntryPayload::Blank,
+        body::PAYLOAD_NORMAL => {
+            let len = r.len("payload length")?;
+            EntryPayload::Normal(r.bytes(len, "payload")?)
+        }
+        body::PAYLOAD_MEMBERSHIP => EntryPayload::Membership(Box::new(decode_membership(r)?)),
+        t => return Err(invalid("payload tag", format!("{t}"))),
+    };
+    Ok(Entry {
+        term,
+        index,
+        payload,
+    })
+}
+
+fn decode_set(r: &mut Reader, what: &'static str) -> Result<Vec<u64>, DecodeError> {
+    let n = r.u32(what)? as usize;
+    if n > r.0.remaining() / 8 {
+        return Err(DecodeError::Truncated(what));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.u64(what)?;
+        if ids.last().is_some_and(|last| *last >= id) {
+            return Err(invalid(what, "node ids must be strictly increasing"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn decode_membership(r: &mut Reader) -> Result<Membership, DecodeError> {
+    let voters = decode_set(r, "voters")?;
+    let outgoing = match r.u8("joint tag")? {
+        0 => None,
+        1 => Some(decode_set(r, "outgoing voters")?),
+        t => return Err(invalid("joint tag", format!("{t}"))),
+    };
+    let learners = decode_set(r, "learners")?;
+    // The sets are sorted (checked above): binary search keeps this
+    // O(n log n) for a frame full of ids. A learner must not be a voter of
+    // either half; the constructors would silently drop it.
+    let is_voter = |l: &u64| {
+        voters.binary_search(l).is_ok()
+            || outgoing
+                .as_ref()
+                .is_some_and(|o| o.binary_search(l).is_ok())
+    };
+    if let Some(l) = learners.iter().find(|l| is_voter(l)) {
+        return Err(invalid(
+            "learners",
+            format!("node {l} is both voter and learner"),
+        ));
+    }
+    Ok(match outgoing {
+        Some(old) => Membership::joint(old, voters, learners),
+        None => Membership::with_learners(voters, learners),
+    })
+}
+
+/// Which stream a message travels on: [`StreamKind::Replication`] for
+/// AppendEntries that must keep their order, [`StreamKind::Control`] for
+/// everything else (votes, heartbeats, responses, `TimeoutNow`).
+pub fn stream_for(m: &Message) -> StreamKind {
+    match &m.body {
+        MessageBody::AppendEntries {
+            heartbeat: false, ..
+        } => StreamKind::Replication,
+        _ => StreamKind::Control,
+    }
+}

@@ -1,0 +1,136 @@
+//! Transport settings: every limit, queue and timeout in one place.
+
+use std::time::Duration;
+
+/// Settings of a [`QuicTransport`](crate::QuicTransport). The defaults suit
+/// the driver's default election timeout of one second (20 ticks of 50 ms).
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// Largest frame accepted or sent (length field value). An outgoing
+    /// message above it is dropped and counted; an incoming one closes the
+    /// connection. Must exceed the engine's `max_bytes_per_message` plus
+    /// framing. Default 16 MiB.
+    pub max_frame_bytes: u32,
+    /// Messages queued per peer for the control stream (votes, heartbeats,
+    /// responses). When full, the newest message is dropped and `send`
+    /// returns `QueueFull`; Raft retries on its own. Default 1024.
+    pub control_queue_messages_max: usize,
+    /// Messages queued per peer for the replication stream. Default 256.
+    pub replication_queue_messages_max: usize,
+    /// Bytes (of entries) queued per peer for the replication stream; over
+    /// it, new AppendEntries are dropped like on a full queue. Default 64 MiB.
+    pub replication_queue_bytes_max: u64,
+    /// Messages written to a stream in one go (one encode buffer, one write).
+    /// Default 64.
+    pub write_batch_messages_max: usize,
+    /// QUIC keep-alive interval: a quiet connection still proves liveness.
+    /// Default 250 ms.
+    pub keep_alive_interval: Duration,
+    /// A connection with no packets from the peer for this long is dead.
+    /// Keep it at or below the election timeout so a dead peer is noticed
+    /// before an election. Default 1 s.
+    pub idle_timeout: Duration,
+    /// Time allowed for the QUIC/TLS handshake plus the `Hello`/`Welcome`
+    /// exchange. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay after a failed attempt; doubles per failure.
+    /// Default 50 ms.
+    pub reconnect_backoff_min: Duration,
+    /// Ceiling of the reconnect delay. Default 2 s.
+    pub reconnect_backoff_max: Duration,
+    /// Incoming connections allowed at once (all peers together); more are
+    /// refused. Default 256.
+    pub connections_max: usize,
+    /// Unidirectional streams a peer may open on one connection at once
+    /// (two are used: control and replication). Default 8.
+    pub inbound_uni_streams_max: u32,
+    /// Bidirectional streams a peer may open on one connection at once (the
+    /// handshake and one per snapshot transfer). Default 4.
+    pub inbound_bidi_streams_max: u32,
+    /// Bytes of snapshot data per chunk frame. Default 256 KiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Attempts for one snapshot transfer (each resumes where the last one
+    /// stopped) before `send_snapshot` gives up. Default 10.
+    pub snapshot_attempts_max: u32,
+    /// Messages buffered between the network and the application's inbound
+    /// receiver; when full, stream readers wait (QUIC flow control then
+    /// slows the peer). Default 4096.
+    pub inbound_queue_messages_max: usize,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 << 20,
+            control_queue_messages_max: 1024,
+            replication_queue_messages_max: 256,
+            replication_queue_bytes_max: 64 << 20,
+            write_batch_messages_max: 64,
+            keep_alive_interval: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(5),
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            connections_max: 256,
+            inbound_uni_streams_max: 8,
+            inbound_bidi_streams_max: 4,
+            snapshot_chunk_bytes: 256 << 10,
+            snapshot_attempts_max: 10,
+            inbound_queue_messages_max: 4096,
+        }
+    }
+}
+
+impl QuicConfig {
+    /// Defaults with the liveness settings derived from an election timeout:
+    /// idle timeout = `election_timeout`, keep-alive a quarter of it.
+    pub fn for_election_timeout(election_timeout: Duration) -> Self {
+        Self {
+            idle_timeout: election_timeout,
+            keep_alive_interval: election_timeout / 4,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the settings for values that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_frame_bytes < 1024 {
+            return Err("max_frame_bytes must be at least 1024".into());
+        }
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes as u64 + 64 > u64::from(self.max_frame_bytes)
+        {
+            return Err("snapshot_chunk_bytes must be positive and fit in max_frame_bytes".into());
+        }
+        if self.control_queue_messages_max == 0
+            || self.replication_queue_messages_max == 0
+            || self.inbound_queue_messages_max == 0
+            || self.write_batch_messages_max == 0
+        {
+            return Err("queue and batch sizes must be positive".into());
+        }
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
+            return Err("keep_alive_interval must be positive and below idle_timeout".into());
+        }
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_min > self.reconnect_backoff_max
+        {
+            return Err(
+                "reconnect_backoff_min must be positive and at most reconnect_backoff_max".into(),
+            );
+        }
+        if self.inbound_uni_streams_max < 2 || self.inbound_bidi_streams_max < 1 {
+            return Err(
+                "inbound_uni_streams_max must be >= 2 and inbound_bidi_streams_max >= 1".into(),
+            );
+        }
+        if self.connections_max == 0 || self.snapshot_attempts_max == 0 {
+            return Err("connections_max and snapshot_attempts_max must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! Snapshot streaming: what a sender reads from ([`SnapshotSource`]), what a
+//! receiver writes to ([`SnapshotSink`]), and a file-backed sink.
+//!
+//! A transfer runs on its own QUIC stream at a lower priority than the
+//! control and replication streams, so votes and heartbeats keep flowing. The
+//! sender offers `(transfer_id, total_bytes, meta)`; the receiver answers with
+//! the offset it already holds for that transfer (0 for a new one); the
+//! sender streams CRC-32C-checked chunks from there, then the total length
+//! and the CRC-32C of the whole snapshot; the receiver verifies both before
+//! it publishes the snapshot. When the connection breaks, the sender retries
+//! with the same `transfer_id` and the receiver resumes.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::NodeId;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::codec::SnapshotOffer;
+
+/// Where a sender reads snapshot bytes from. Reads must be repeatable: a
+/// resumed transfer reads again from an earlier offset.
+#[async_trait]
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// Total bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the snapshot is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads up to `max` bytes at `offset` (fewer only at the end).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error; the transfer fails with it.
+    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes>;
+}
+
+#[async_trait]
+impl SnapshotSource for Bytes {
+    fn len(&self) -> u64 {
+        Bytes::len(self) as u64
+    }
+
+    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|s| *s <= Bytes::len(self))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))?;
+        let end = start.saturating_add(max).min(Bytes::len(self));
+        Ok(self.slice(start..end))
+    }
+}
+
+/// A snapshot stored in a file.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    len: u64,
+}
+
+impl FileSource {
+    /// Opens `path` for sending.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of reading its metadata.
+    pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
+        let path = path.into();
+        let len = std::fs::metadata(&path)?.len();
+        Ok(Self { path, len })
+    }
+}
+
+#[async_trait]
+impl SnapshotSource for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(&self.path).await?;
+        f.seek(io::SeekFrom::Start(offset)).await?;
+        let want = max.min(self.len.saturating_sub(offset) as usize);
+        let mut buf = vec![0u8; want];
+        f.read_exact(&mut buf).await?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// Where a receiver stores incoming snapshots.
+///
+/// The transport calls `begin` once per attempt, then `write` for each chunk
+/// in order (already checked against its CRC and the expected offset), then
+/// `finish` with the sender's total length and whole-snapshot CRC.
+#[async_trait]
+pub trait SnapshotSink: Send + Sync + 'static {
+    /// A transfer starts or resumes. Returns how many bytes of it are already
+    /// stored (0 for a new transfer), where the sender will continue.
+    ///
+    /// # Errors
+    ///
+    /// Refuses the transfer; the sender sees the message.
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String>;
+
+    /// Stores `data` at `offset` of transfer `transfer_id` from `from`.
+    ///
+    /// # Errors
+    ///
+    /// Aborts this attempt; the sender retries.
+    async fn write(
+        &self,
+        from: NodeId,
+        transfer_id: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), String>;
+
+    /// All data arrived: verify length and checksum, then publish.
+    ///
+    /// # Errors
+    ///
+    /// The snapshot is discarded (the sender restarts it from zero).
+    async fn finish(
+        &self,
+        from: NodeId,
+        transfer_id: u64,
+        total_bytes: u64,
+        crc32c: u32,
+    ) -> Result<(), String>;
+}
+
+/// A snapshot that arrived complete and verified.
+#[derive(Debug, Clone)]
+pub struct ReceivedSnapshot {
+    /// The sender.
+    pub from: NodeId,
+    /// The sender's transfer id.
+    pub transfer_id: u64,
+    /// The sender's metadata.
+    pub meta: Bytes,
+    /// The file holding the data; the receiver owns it now.
+    pub path: PathBuf,
+    /// Its length.
+    pub bytes: u64,
+    /// How many attempts resumed a partial transfer (0 when it arrived in one).
+    pub resumes: u32,
+}
+
+struct Partial {
+    offer: SnapshotOffer,
+    file: tokio::fs::File,
+    path: PathBuf,
+    written: u64,
+    crc: u32,
+    resumes: u32,
+}
+
+/// A [`SnapshotSink`] that writes each transfer to a file in a directory and
+/// hands completed snapshots to a channel.
+///
+/// Partial transfers are kept (in memory bookkeeping plus the `.partial`
+/// file) so a retry resumes; a transfer with the same sender and id but a
+/// different size or metadata starts over. Completed files are renamed to
+/// `<from>-<transfer_id>.snap` and synced before they are announced.
+pub struct FileSnapshotSink {
+    dir: PathBuf,
+    partials: Mutex<HashMap<(NodeId, u64), Partial>>,
+    completed: mpsc::Sender<ReceivedSnapshot>,
+}
+
+impl std::fmt::Debug for FileSnapshotSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSnapshotSink")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileSnapshotSink {
+    /// A sink writing into `dir` (created if missing); completed snapshots
+    /// arrive on the returned receiver, which holds up to `queue` of them.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of creating `dir`.
+    pub fn new(
+        dir: impl AsRef<Path>,
+        queue: usize,
+    ) -> io::Result<(Self, mpsc::Receiver<ReceivedSnapshot>)> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Ok((
+            Self {
+                dir,
+                partials: Mutex::new(HashMap::new()),
+                completed: tx,
+            },
+            rx,
+        ))
+    }
+}
+
+#[async_trait]
+impl SnapshotSink for FileSnapshotSink {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String> {
+        let mut partials = self.partials.lock().await;
+        let key = (from, offer.transfer_id);
+        if let Some(p) = partials.get_mut(&key) {
+            if p.offer == *offer {
+                p.resumes += 1;
+                return Ok(p.written);
+            }
+            partials.remove(&key);
+        }
+        let path = self
+            .dir
+            .join(format!("{from}-{}.partial", offer.transfer_id));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        partials.insert(
+            key,
+            Partial {
+                offer: offer.clone(),
+                file,
+                path,
+                written: 0,
+                crc: 0,
+                resumes: 0,
+            },
+        );
+        Ok(0)
+    }
+
+    async fn write(
+        &self,
+        from: NodeId,
+        transfer_id: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), String> {
+        let mut partials = self.partials.lock().await;
+        let p = partials
+            .get_mut(&(from, transfer_id))
+            .ok_or("no such transfer")?;
+        if offset != p.written {
+            return Err(format!("chunk at {offset}, expected {}", p.written));
+        }
+        if let Err(e) = write_at(&mut p.file, offset, &data).await {
+            // Keep what is known to be written; the next attempt resumes there.
+            return Err(format!("write to {}: {e}", p.path.display()));
+        }
+        p.crc = crc32c::crc32c_append(p.crc, &data);
+        p.written += data.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        from: NodeId,
+        transfer_id: u64,
+        total_bytes: u64,
+        crc32c: u32,
+    ) -> Result<(), String> {
+        let mut partials = self.partials.lock().await;
+        let key = (from, transfer_id);
+        let p = partials.remove(&key).ok_or("no such transfer")?;
+        let fail = |detail: String| {
+            let path = p.path.clone();
+            async move {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(detail)
+            }
+        };
+        if p.written != total_bytes || total_bytes != p.offer.total_bytes {
+            return fail(format!(
+                "received {} bytes, sender says {total_bytes}, offer said {}",
+                p.written, p.offer.total_bytes
+            ))
+            .await;
+        }
+        if p.crc != crc32c {
+            return fail(format!(
+                "snapshot checksum mismatch: computed {:#010x}, sender says {crc32c:#010x}",
+                p.crc
+            ))
+            .await;
+        }
+        if let Err(e) = p.file.sync_all().await {
+            return fail(format!("sync {}: {e}", p.path.display())).await;
+        }
+        let done = self.dir.join(format!("{from}-{transfer_id}.snap"));
+        if let Err(e) = tokio::fs::rename(&p.path, &done).await {
+            return fail(format!("rename to {}: {e}", done.display())).await;
+        }
+        if let Ok(d) = tokio::fs::File::open(&self.dir).await {
+            let _ = d.sync_all().await;
+        }
+        let received = ReceivedSnapshot {
+            from,
+            transfer_id,
+            meta: p.offer.meta.clone(),
+            path: done,
+            bytes: total_bytes,
+            resumes: p.resumes,
+        };
+        drop(partials);
+        self.completed
+            .send(received)
+            .await
+            .map_err(|_| "snapshot receiver closed".to_string())
+    }
+}
+
+async fn write_at(file: &mut tokio::fs::File, offset: u64, data: &[u8]) -> io::Result<()> {
+    file.seek(io::SeekFrom::Start(offset)).await?;
+    file.write_all(data).await?;
+    file.flush().await
+}

@@ -1,0 +1,249 @@
+//! Mutual TLS: a node's identity (its certificate, key and the cluster CA),
+//! the rustls configurations built from it, and the check that binds a peer's
+//! claimed node id to its certificate.
+//!
+//! Every node certificate carries the DNS name [`node_dns_name`]`(id)` among
+//! its subject alternative names. A dialer verifies the acceptor's certificate
+//! against the cluster CA *for that name*, so reaching the wrong node (or an
+//! impostor) fails the TLS handshake; the acceptor verifies the dialer's
+//! certificate against the CA during the handshake and then checks that it
+//! names the node id the dialer claims in its `Hello`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft_core::NodeId;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::RootCertStore;
+
+/// The ALPN protocol name of the peer protocol. The protocol *version* is
+/// negotiated in the handshake frame, so a mismatch gets a clear error.
+pub const ALPN: &[u8] = b"raft-net";
+
+/// The DNS name a node's certificate must carry: `node-<id>.raft`.
+pub fn node_dns_name(id: NodeId) -> String {
+    format!("node-{id}.raft")
+}
+
+/// Why TLS material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("cannot load {what} from {path}: {detail}")]
+    Load {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        detail: String,
+    },
+    /// PEM text held nothing usable.
+    #[error("no {0} found in the PEM data")]
+    Missing(&'static str),
+    /// The node's own certificate does not fit the node id or the CA.
+    #[error("certificate for node {node} is not valid: {detail}")]
+    Invalid {
+        /// The node id the certificate was loaded for.
+        node: NodeId,
+        /// The verifier's verdict.
+        detail: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Config(String),
+}
+
+/// A node's TLS identity: its certificate chain and private key, and the
+/// cluster CA that every peer certificate must chain to.
+pub struct NodeTls {
+    node: NodeId,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("node", &self.node)
+            .field("chain_len", &self.chain.len())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl NodeTls {
+    /// Builds an identity from PEM text: the CA certificate(s), the node's
+    /// certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Missing`] when a part is absent, [`TlsError::Invalid`] when
+    /// the certificate does not chain to the CA or does not name `node`.
+    pub fn from_pem(
+        node: NodeId,
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, TlsError> {
+        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Missing("CA certificate"))?;
+        if cas.is_empty() {
+            return Err(TlsError::Missing("CA certificate"));
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Missing("certificate"))?;
+        if chain.is_empty() {
+            return Err(TlsError::Missing("certificate"));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::Missing("private key"))?;
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots.add(ca).map_err(|e| TlsError::Invalid {
+                node,
+                detail: format!("CA certificate rejected: {e}"),
+            })?;
+        }
+        let tls = Self {
+            node,
+            roots: Arc::new(roots),
+            chain,
+            key,
+        };
+        tls.check_own_certificate()?;
+        Ok(tls)
+    }
+
+    /// Loads an identity from PEM files.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Load`] naming the file that could not be read, otherwise as
+    /// [`NodeTls::from_pem`].
+    pub fn from_pem_files(
+        node: NodeId,
+        ca_path: impl AsRef<Path>,
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<Self, TlsError> {
+        let read = |what: &'static str, p: &Path| {
+            std::fs::read(p).map_err(|e| TlsError::Load {
+                what,
+                path: p.to_path_buf(),
+                detail: e.to_string(),
+            })
+        };
+        let ca = read("the CA certificate", ca_path.as_ref())?;
+        let cert = read("the node certificate", cert_path.as_ref())?;
+        let key = read("the private key", key_path.as_ref())?;
+        Self::from_pem(node, &ca, &cert, &key)
+    }
+
+    /// The node id this identity is for.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Fails fast, on the misconfigured node, when its certificate would be
+    /// refused by every peer.
+    fn check_own_certificate(&self) -> Result<(), TlsError> {
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let name = server_name(self.node)?;
+        verifier
+            .verify_server_cert(
+                &self.chain[0],
+                &self.chain[1..],
+                &name,
+                &[],
+                UnixTime::now(),
+            )
+            .map_err(|e| TlsError::Invalid {
+                node: self.node,
+                detail: format!(
+                    "{e} (it must be signed by the cluster CA and name {})",
+                    node_dns_name(self.node)
+                ),
+            })?;
+        Ok(())
+    }
+
+    /// The rustls server configuration: presents this node's certificate and
+    /// requires a client certificate signed by the cluster CA. Public for
+    /// tools that speak the protocol themselves (tests, probes).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Config`] if rustls refuses the key or certificates.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    /// The rustls client configuration: trusts only the cluster CA and
+    /// presents this node's certificate. Dial node `id` with the server name
+    /// [`node_dns_name`]`(id)`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Config`] if rustls refuses the key or certificates.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// The TLS server name under which node `id` is dialed.
+pub(crate) fn server_name(id: NodeId) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(node_dns_name(id)).map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// Checks that a peer's (already CA-verified) leaf certificate names `claimed`.
+pub(crate) fn certificate_names_node(
+    leaf: &CertificateDer<'_>,
+    claimed: NodeId,
+) -> Result<(), String> {
+    let cert =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("bad certificate: {e}"))?;
+    let name = server_name(claimed).map_err(|e| e.to_string())?;
+    cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        format!(
+            "certificate does not name node {claimed} ({})",
+            node_dns_name(claimed)
+        )
+    })
+}

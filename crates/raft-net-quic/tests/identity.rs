@@ -1,0 +1,173 @@
+//! Mutual TLS and node identity: certificates from another CA, certificates
+//! naming another node, a dialer that reaches the wrong node, a peer that
+//! lies about its id, and a protocol version mismatch are all refused with a
+//! clear reason, and nothing they send is delivered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use raft_core::Transport;
+use raft_net_quic::certs::DevCa;
+use raft_net_quic::codec::Frame;
+use raft_net_quic::{close_code, ConnectError, NodeTls, TlsError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_certificate_from_another_ca_is_refused_by_the_dialer() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let rogue = DevCa::generate("rogue").unwrap();
+    let a = start_node(&ca, 1, any_addr(), test_config());
+    let mut b = start_node(&rogue, 2, any_addr(), test_config());
+    a.transport.add_peer(2, b.addr);
+    let err = a.transport.connect(2).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ConnectError::Connect { .. }), "{text}");
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    // Messages queued for it never arrive.
+    let _ = a.transport.send(2, every_message(1, 2)).await;
+    assert!(recv(&mut b.inbound, Duration::from_millis(500))
+        .await
+        .is_none());
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_refused_by_the_server() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let rogue = DevCa::generate("rogue").unwrap();
+    let mut server = start_node(&ca, 1, any_addr(), test_config());
+    // The client trusts the cluster CA (so it accepts the server) but
+    // presents a certificate for node 2 issued by another CA.
+    let cert = rogue.issue_node(2, &[]).unwrap();
+    let both_cas = format!("{}{}", ca.cert_pem(), rogue.cert_pem());
+    let identity = NodeTls::from_pem(
+        2,
+        both_cas.as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let (endpoint, cfg) = raw_client_with(identity);
+    let outcome = match raw_connect(&endpoint, &cfg, 1, server.addr).await {
+        Err(e) => e.to_string(),
+        // TLS 1.3 lets the client finish before the server has judged its
+        // certificate; the server then closes the connection.
+        Ok(conn) => match raw_hello(&conn, 2, 1, 1).await {
+            Ok(frame) => panic!("server accepted a foreign client certificate: {frame:?}"),
+            Err(e) => e,
+        },
+    };
+    assert!(
+        outcome.to_lowercase().contains("certificate") || outcome.contains("UnknownIssuer"),
+        "{outcome}"
+    );
+    assert!(recv(&mut server.inbound, Duration::from_millis(300))
+        .await
+        .is_none());
+    server.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let mut server = start_node(&ca, 1, any_addr(), test_config());
+    // A valid certificate for node 3, used to claim to be node 2.
+    let (endpoint, cfg) = raw_client(&ca, 3);
+    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
+    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("code {}", close_code::IDENTITY)),
+        "{err}"
+    );
+    assert!(err.contains("does not name node 2"), "{err}");
+    assert!(recv(&mut server.inbound, Duration::from_millis(300))
+        .await
+        .is_none());
+    server.transport.shutdown().await;
+}
+
+#[test]
+fn a_certificate_for_another_node_cannot_be_loaded_as_this_nodes_identity() {
+    let ca = DevCa::generate("cluster").unwrap();
+    let cert = ca.issue_node(3, &[]).unwrap();
+    let err = NodeTls::from_pem(
+        2,
+        ca.cert_pem().as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
+    assert!(err.to_string().contains("node-2.raft"), "{err}");
+    // And one from another CA.
+    let rogue = DevCa::generate("rogue").unwrap();
+    let cert = rogue.issue_node(2, &[]).unwrap();
+    let err = NodeTls::from_pem(
+        2,
+        ca.cert_pem().as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_an_address_where_another_node_listens_fails_the_handshake() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let a = start_node(&ca, 1, any_addr(), test_config());
+    let c = start_node(&ca, 3, any_addr(), test_config());
+    // Node 1 believes node 2 lives where node 3 does.
+    a.transport.add_peer(2, c.addr);
+    let err = a.transport.connect(2).await.unwrap_err().to_string();
+    assert!(err.contains("node 2"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    a.transport.shutdown().await;
+    c.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_addressed_to_another_node_is_refused() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let server = start_node(&ca, 1, any_addr(), test_config());
+    let (endpoint, cfg) = raw_client(&ca, 2);
+    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
+    let err = raw_hello(&conn, 2, 5, 1).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("code {}", close_code::WRONG_NODE)),
+        "{err}"
+    );
+    assert!(err.contains("this is node 1, not node 5"), "{err}");
+    server.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let server = start_node(&ca, 1, any_addr(), test_config());
+    let (endpoint, cfg) = raw_client(&ca, 2);
+    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
+    let err = raw_hello(&conn, 2, 1, 2).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("code {}", close_code::VERSION)),
+        "{err}"
+    );
+    assert!(err.contains("protocol version 2 not supported"), "{err}");
+    assert!(err.contains("speaks version 1"), "{err}");
+
+    // The same handshake at version 1 is welcomed.
+    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
+    assert_eq!(
+        raw_hello(&conn, 2, 1, 1).await.unwrap(),
+        Frame::Welcome { node: 1 }
+    );
+    server.transport.shutdown().await;
+}

@@ -1,0 +1,441 @@
+//! Node settings: command-line flags, `RAFT_…` environment variables and a
+//! TOML file, in that order of precedence, over documented defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use raft_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// `raft-node run` settings as given (flags and environment; clap merges
+/// those two). Every field is optional here so the TOML file can fill in
+/// what neither gave; [`RunArgs::resolve`] applies the defaults.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunArgs {
+    /// TOML file with any of these settings (keys as the long flag names,
+    /// e.g. `data-dir = "/var/lib/raft"`). Flags and environment win over it.
+    #[arg(long, env = "RAFT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// This node's id (a positive integer, unique in the cluster). Required.
+    #[arg(long, env = "RAFT_ID")]
+    pub id: Option<NodeId>,
+
+    /// Directory of the node's RocksDB store (log and key-value data).
+    /// [default: data/node-ID]
+    #[arg(long, env = "RAFT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address the HTTP API listens on. [default: 127.0.0.1:8080]
+    #[arg(long, env = "RAFT_CLIENT_LISTEN", value_name = "ADDR")]
+    pub client_listen: Option<SocketAddr>,
+
+    /// Address the peer transport (QUIC, UDP) listens on. [default: 127.0.0.1:7000]
+    #[arg(long, env = "RAFT_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// The members of a new cluster: `ID=PEER_ADDR/CLIENT_ADDR,…`, e.g.
+    /// `1=10.0.0.1:7000/10.0.0.1:8080,2=…`. CLIENT_ADDR is where followers
+    /// forward requests to. Used only when the data directory is new; a
+    /// restarted node uses what it stored.
+    #[arg(long, env = "RAFT_INITIAL_CLUSTER", value_name = "LIST")]
+    pub initial_cluster: Option<String>,
+
+    /// PEM file of the cluster CA certificate (peer mutual TLS). Required.
+    #[arg(long, env = "RAFT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM file of this node's certificate (it must name `node-<id>.raft`).
+    /// Required.
+    #[arg(long, env = "RAFT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of this node's private key. Required.
+    #[arg(long, env = "RAFT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Length of one Raft tick in milliseconds. [default: 50]
+    #[arg(long, env = "RAFT_TICK_MS")]
+    pub tick_ms: Option<u64>,
+
+    /// Election timeout in ticks (randomized between it and twice it).
+    /// [default: 20]
+    #[arg(long, env = "RAFT_ELECTION_TICKS")]
+    pub election_ticks: Option<u64>,
+
+    /// Heartbeat interval in ticks. [default: 2]
+    #[arg(long, env = "RAFT_HEARTBEAT_TICKS")]
+    pub heartbeat_ticks: Option<u64>,
+
+    /// How long a write or read may wait for Raft before the client gets a
+    /// 504 (write outcome unknown) or 503. [default: 5000]
+    #[arg(long, env = "RAFT_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Largest key, in bytes (after percent-decoding); longer keys get 414.
+    /// [default: 1024]
+    #[arg(long, env = "RAFT_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+
+    /// Largest value, in bytes; larger bodies get 413. [default: 1048576]
+    #[arg(long, env = "RAFT_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+
+    /// Requests served at once by the HTTP API; more wait in line.
+    /// [default: 1024]
+    #[arg(long, env = "RAFT_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Largest `limit` of a range listing. [default: 1000]
+    #[arg(long, env = "RAFT_MAX_LIST_LIMIT")]
+    pub max_list_limit: Option<usize>,
+
+    /// Log entries an `Idempotency-Key` is remembered for. Must be equal on
+    /// every node. [default: 100000]
+    #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<u64>,
+
+    /// Log format: `human` or `json`. [default: human]
+    #[arg(long, env = "RAFT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Skip fsync of the Raft log. Loses acknowledged writes on power loss:
+    /// for benchmarks only. [default: false]
+    #[arg(long, env = "RAFT_UNSAFE_NO_FSYNC", num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_no_fsync: Option<bool>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Peer (QUIC) address.
+    pub peer_addr: SocketAddr,
+    /// HTTP address (`host:port`), where requests are forwarded to.
+    pub client_addr: String,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id.
+    pub id: NodeId,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub client_listen: SocketAddr,
+    /// QUIC listen address.
+    pub peer_listen: SocketAddr,
+    /// Initial cluster (empty when not given).
+    pub initial_cluster: Vec<Member>,
+    /// CA certificate file.
+    pub tls_ca: PathBuf,
+    /// Node certificate file.
+    pub tls_cert: PathBuf,
+    /// Node key file.
+    pub tls_key: PathBuf,
+    /// Tick length.
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_ticks: u64,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u64,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Key size limit.
+    pub max_key_bytes: usize,
+    /// Value size limit.
+    pub max_value_bytes: usize,
+    /// Concurrency limit of the HTTP API.
+    pub max_concurrent_requests: usize,
+    /// Range listing limit.
+    pub max_list_limit: usize,
+    /// Idempotency window in log entries.
+    pub idempotency_window: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Skip fsync.
+    pub unsafe_no_fsync: bool,
+}
+
+/// A setting that is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl RunArgs {
+    /// Fills unset fields from the TOML file named by `--config` (if any),
+    /// then applies defaults and checks the result.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the setting or the file.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Some(read_file(path)?),
+            None => None,
+        };
+        let merged = match file {
+            Some(file) => self.merge(file),
+            None => self,
+        };
+        merged.finish()
+    }
+
+    /// `self` over `file`: a field set here wins.
+    fn merge(self, file: RunArgs) -> RunArgs {
+        macro_rules! pick {
+            ($($f:ident),*) => { RunArgs { config: self.config, $($f: self.$f.or(file.$f)),* } };
+        }
+        pick!(
+            id,
+            data_dir,
+            client_listen,
+            peer_listen,
+            initial_cluster,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tick_ms,
+            election_ticks,
+            heartbeat_ticks,
+            request_timeout_ms,
+            max_key_bytes,
+            max_value_bytes,
+            max_concurrent_requests,
+            max_list_limit,
+            idempotency_window,
+            log_format,
+            unsafe_no_fsync
+        )
+    }
+
+    fn finish(self) -> Result<NodeConfig, ConfigError> {
+        let id = self
+            .id
+            .ok_or_else(|| ConfigError("--id (RAFT_ID) is required".into()))?;
+        if id == 0 {
+            return Err(ConfigError("--id must be a positive integer".into()));
+        }
+        let required = |v: Option<PathBuf>, flag: &str, env: &str| {
+            v.ok_or_else(|| {
+                ConfigError(format!(
+                    "{flag} ({env}) is required (see `raft-node certs`)"
+                ))
+            })
+        };
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => Vec::new(),
+        };
+        let cfg = NodeConfig {
+            id,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+            client_listen: self
+                .client_listen
+                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
+            peer_listen: self
+                .peer_listen
+                .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal")),
+            initial_cluster,
+            tls_ca: required(self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?,
+            tls_cert: required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?,
+            tls_key: required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?,
+            tick: Duration::from_millis(self.tick_ms.unwrap_or(50)),
+            election_ticks: self.election_ticks.unwrap_or(20),
+            heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(5000)),
+            max_key_bytes: self.max_key_bytes.unwrap_or(1024),
+            max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
+            max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
+            max_list_limit: self.max_list_limit.unwrap_or(1000),
+            idempotency_window: self.idempotency_window.unwrap_or(100_000),
+            log_format: self.log_format.unwrap_or_default(),
+            unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
+        };
+        if cfg.tick.is_zero() {
+            return Err(ConfigError("--tick-ms must be positive".into()));
+        }
+        if cfg.heartbeat_ticks == 0 || cfg.election_ticks <= cfg.heartbeat_ticks {
+            return Err(ConfigError(
+                "--election-ticks must exceed --heartbeat-ticks, which must be positive".into(),
+            ));
+        }
+        for (name, v) in [
+            ("--max-key-bytes", cfg.max_key_bytes),
+            ("--max-value-bytes", cfg.max_value_bytes),
+            ("--max-concurrent-requests", cfg.max_concurrent_requests),
+            ("--max-list-limit", cfg.max_list_limit),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("{name} must be positive")));
+            }
+        }
+        if !cfg.initial_cluster.is_empty() && !cfg.initial_cluster.iter().any(|m| m.id == id) {
+            return Err(ConfigError(format!(
+                "--initial-cluster does not list this node ({id})"
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+fn read_file(path: &Path) -> Result<RunArgs, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR,…`.
+///
+/// # Errors
+///
+/// [`ConfigError`] naming the bad item.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members: Vec<Member> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "--initial-cluster item {item:?}: {why} (expected ID=PEER_ADDR/CLIENT_ADDR)"
+            ))
+        };
+        let (id, addrs) = item.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        if id == 0 {
+            return Err(bad("ids are positive"));
+        }
+        let (peer, client) = addrs
+            .split_once('/')
+            .ok_or_else(|| bad("no '/' between the peer and client addresses"))?;
+        let peer_addr = peer
+            .trim()
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("peer address: {e}")))?
+            .next()
+            .ok_or_else(|| bad("the peer address resolves to nothing"))?;
+        let client_addr = client.trim().to_owned();
+        if client_addr.is_empty() || !client_addr.contains(':') {
+            return Err(bad("the client address needs host:port"));
+        }
+        if members.iter().any(|m| m.id == id) {
+            return Err(bad("the id appears twice"));
+        }
+        members.push(Member {
+            id,
+            peer_addr,
+            client_addr,
+        });
+    }
+    if members.is_empty() {
+        return Err(ConfigError("--initial-cluster lists no member".into()));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RunArgs {
+        RunArgs {
+            id: Some(1),
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("n.pem".into()),
+            tls_key: Some("n.key".into()),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/from/file\"\ntick-ms = 10\nmax-value-bytes = 99\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(file),
+            tick_ms: Some(25),
+            ..base()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.tick, Duration::from_millis(25)); // flag
+        assert_eq!(cfg.data_dir, PathBuf::from("/from/file")); // file
+        assert_eq!(cfg.max_value_bytes, 99); // file
+        assert_eq!(cfg.max_key_bytes, 1024); // default
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = RunArgs { id: None, ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--id"), "{err}");
+        let err = RunArgs {
+            tls_ca: None,
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--tls-ca"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "no-such-setting = 1\n").unwrap();
+        let err = RunArgs {
+            config: Some(file),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("no-such-setting"), "{err}");
+        let err = RunArgs {
+            initial_cluster: Some("2=127.0.0.1:7002/127.0.0.1:8002".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let m = parse_initial_cluster(
+            "1=127.0.0.1:7001/127.0.0.1:8001, 2=127.0.0.1:7002/localhost:8002",
+        )
+        .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].client_addr, "localhost:8002");
+        for bad in [
+            "",
+            "1",
+            "x=127.0.0.1:1/a:1",
+            "1=127.0.0.1:7001",
+            "1=nope/a:1",
+            "1=127.0.0.1:1/a:1,1=127.0.0.1:2/a:2",
+            "0=127.0.0.1:1/a:1",
+        ] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,701 @@
+//! The HTTP API (the contract is in ARCHITECTURE.md): key-value reads and
+//! writes with preconditions, listing, cluster status, leadership transfer,
+//! metrics and health. Any node serves any request: a follower forwards
+//! what needs the leader, once (a forwarded request is never forwarded again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use raft_core::{
+    NodeId, ProposeError, RaftHandle, ReadConsistency, ReadError, Role, TransferError,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::command::{Command, Op, Outcome, Precondition};
+use crate::config::{Member, NodeConfig};
+use crate::problem::Problem;
+use crate::store::KvReader;
+
+/// Marks a request forwarded by another node; it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-raft-forwarded-by";
+
+/// Characters kept literally when a key is shown percent-encoded.
+const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// What every handler needs.
+pub struct AppState {
+    /// This node.
+    pub id: NodeId,
+    /// The Raft handle.
+    pub raft: RaftHandle<Outcome>,
+    /// Reads of the key-value store.
+    pub reader: KvReader,
+    /// Settings.
+    pub cfg: Arc<NodeConfig>,
+    /// Known members and their addresses.
+    pub members: Arc<RwLock<HashMap<NodeId, Member>>>,
+    /// For forwarding to the leader.
+    pub client: reqwest::Client,
+    /// The Prometheus exporter, when installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// The API's routes, limits and request metrics.
+pub fn router(state: Shared) -> Router {
+    let body_limit = state.cfg.max_value_bytes;
+    let concurrency = state.cfg.max_concurrent_requests;
+    Router::new()
+        .route("/v1/kv", get(list))
+        .route("/v1/kv/", get(list))
+        .route(
+            "/v1/kv/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|uri: Uri| async move {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-such-route",
+                "No such route",
+                format!("{} is not an API path", uri.path()),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(record_metrics))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
+        .with_state(state)
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("raft_node_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("raft_node_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The key named by the request path, percent-decoded to bytes.
+fn key_of(state: &AppState, uri: &Uri) -> Result<Bytes, Problem> {
+    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
+    let key: Vec<u8> = percent_decode_str(raw).collect();
+    if key.is_empty() {
+        return Err(Problem::bad_request("the key is empty"));
+    }
+    if key.len() > state.cfg.max_key_bytes {
+        return Err(Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "key-too-long",
+            "Key too long",
+            format!(
+                "the key has {} bytes; the limit is {}",
+                key.len(),
+                state.cfg.max_key_bytes
+            ),
+        )
+        .with("limit", state.cfg.max_key_bytes));
+    }
+    Ok(Bytes::from(key))
+}
+
+fn show_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) => utf8_percent_encode(s, KEY_SAFE).to_string(),
+        Err(_) => percent_encoding::percent_encode(key, KEY_SAFE).to_string(),
+    }
+}
+
+fn etag(rev: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{rev}\"")).expect("digits and quotes")
+}
+
+fn precondition(headers: &HeaderMap) -> Result<Precondition, Problem> {
+    let if_match = headers.get(header::IF_MATCH);
+    let if_none = headers.get(header::IF_NONE_MATCH);
+    match (if_match, if_none) {
+        (Some(_), Some(_)) => Err(Problem::bad_request(
+            "If-Match and If-None-Match together are not supported",
+        )),
+        (Some(v), None) => {
+            let s = v.to_str().unwrap_or_default().trim();
+            let rev = s
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|r| *r > 0)
+                .ok_or_else(|| {
+                    Problem::bad_request(format!(
+                        "If-Match must be a quoted revision like \"42\", got {s:?}"
+                    ))
+                })?;
+            Ok(Precondition::IfMatch(rev))
+        }
+        (None, Some(v)) if v.as_bytes() == b"*" => Ok(Precondition::IfNoneMatch),
+        (None, Some(v)) => Err(Problem::bad_request(format!(
+            "only `If-None-Match: *` is supported, got {:?}",
+            v.to_str().unwrap_or("<binary>")
+        ))),
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if s.is_empty() || s.len() > 256 {
+                return Err(Problem::bad_request(
+                    "Idempotency-Key must have 1 to 256 characters",
+                ));
+            }
+            Ok(Some(s.to_owned()))
+        }
+    }
+}
+
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_HEADER)
+}
+
+/// Sends the request to the leader and relays its answer.
+async fn forward(
+    state: &AppState,
+    leader: Option<NodeId>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    is_write: bool,
+) -> Response {
+    let no_leader =
+        |detail: String| Problem::unavailable("no-leader", "No leader", detail).into_response();
+    let Some(leader) = leader.filter(|l| *l != state.id) else {
+        return no_leader("no leader is known right now; retry shortly".into());
+    };
+    if forwarded(headers) {
+        return no_leader(format!("this node is not the leader (leader: {leader}) and the request was already forwarded once"));
+    }
+    let addr = state
+        .members
+        .read()
+        .ok()
+        .and_then(|m| m.get(&leader).map(|m| m.client_addr.clone()));
+    let Some(addr) = addr else {
+        return no_leader(format!(
+            "the leader is node {leader}, whose client address is unknown here"
+        ));
+    };
+    let url = format!(
+        "http://{addr}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut req = state
+        .client
+        .request(method, &url)
+        .header(FORWARDED_HEADER, state.id.to_string())
+        .timeout(state.cfg.request_timeout + std::time::Duration::from_secs(1))
+        .body(body);
+    for name in [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::CONTENT_TYPE,
+        header::ACCEPT,
+        header::AUTHORIZATION,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    if let Some(v) = headers.get("idempotency-key") {
+        req = req.header("idempotency-key", v);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let mut out = Response::builder().status(status.as_u16());
+            for (name, value) in resp.headers() {
+                if matches!(
+                    name.as_str(),
+                    "content-type" | "etag" | "retry-after" | "x-raft-leader"
+                ) {
+                    out = out.header(name.as_str(), value.as_bytes());
+                }
+            }
+            match resp.bytes().await {
+                Ok(b) => out
+                    .body(axum::body::Body::from(b))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()),
+                Err(e) if is_write => {
+                    Problem::outcome_unknown(format!("the leader's answer was lost: {e}"))
+                        .into_response()
+                }
+                Err(e) => no_leader(format!("the leader's answer was lost: {e}")),
+            }
+        }
+        // Nothing reached the leader: the write did not happen.
+        Err(e) if e.is_connect() || e.is_builder() => no_leader(format!(
+            "cannot reach the leader (node {leader} at {addr}): {e}"
+        )),
+        Err(e) if is_write => Problem::outcome_unknown(format!(
+            "forwarded to the leader (node {leader}) but got no answer: {e}"
+        ))
+        .into_response(),
+        Err(e) => no_leader(format!(
+            "forwarded to the leader (node {leader}) but got no answer: {e}"
+        )),
+    }
+}
+
+fn propose_problem(e: &ProposeError) -> Problem {
+    match e {
+        ProposeError::NotLeader { .. } => {
+            Problem::unavailable("no-leader", "No leader", e.to_string())
+        }
+        ProposeError::TransferInProgress => Problem::unavailable(
+            "transfer-in-progress",
+            "Leadership transfer in progress",
+            e.to_string(),
+        ),
+        ProposeError::Overloaded => {
+            Problem::unavailable("overloaded", "Too many pending writes", e.to_string())
+        }
+        ProposeError::Superseded { .. } => {
+            Problem::unavailable("superseded", "Write lost to a leader change", e.to_string())
+        }
+        ProposeError::ShuttingDown { appended: false } => {
+            Problem::unavailable("shutting-down", "Node shutting down", e.to_string())
+        }
+        _ => Problem::outcome_unknown(e.to_string()),
+    }
+}
+
+fn read_problem(e: &ReadError) -> Problem {
+    match e {
+        ReadError::NotLeader { .. } => {
+            Problem::unavailable("no-leader", "No leader", e.to_string())
+        }
+        ReadError::Overloaded => {
+            Problem::unavailable("overloaded", "Too many pending reads", e.to_string())
+        }
+        ReadError::Timeout => Problem::unavailable(
+            "read-timeout",
+            "Leadership not confirmed in time",
+            e.to_string(),
+        ),
+        ReadError::ShuttingDown => {
+            Problem::unavailable("shutting-down", "Node shutting down", e.to_string())
+        }
+    }
+}
+
+async fn write(
+    state: Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    op: Op,
+) -> Response {
+    let key = match key_of(&state, &uri) {
+        Ok(k) => k,
+        Err(p) => return p.into_response(),
+    };
+    let precondition = match precondition(&headers) {
+        Ok(p) => p,
+        Err(p) => return p.into_response(),
+    };
+    let idem = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(p) => return p.into_response(),
+    };
+    let cmd = Command {
+        op,
+        key,
+        precondition,
+        idempotency_key: idem,
+    };
+    match state.raft.propose(cmd.encode()).await {
+        Ok(Outcome::Applied { rev }) => {
+            let mut resp = Json(json!({ "rev": rev })).into_response();
+            resp.headers_mut().insert(header::ETAG, etag(rev));
+            resp
+        }
+        Ok(Outcome::PreconditionFailed { current }) => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            match current {
+                Some(r) => format!("the key is at revision {r}"),
+                None => "the key does not exist".to_owned(),
+            },
+        )
+        .with("current_rev", current)
+        .into_response(),
+        Ok(Outcome::NotFound) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such key",
+            "the key does not exist",
+        )
+        .into_response(),
+        Ok(other) => Problem::storage(format!("unexpected outcome {other:?}")).into_response(),
+        Err(ProposeError::NotLeader { leader }) => {
+            forward(&state, leader, method, &uri, &headers, body, true).await
+        }
+        Err(e) => propose_problem(&e).into_response(),
+    }
+}
+
+async fn put_key(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value-too-large",
+                "Value too large",
+                format!(
+                    "the value exceeds the limit of {} bytes",
+                    state.cfg.max_value_bytes
+                ),
+            )
+            .with("limit", state.cfg.max_value_bytes)
+            .into_response()
+        }
+        Err(r) => {
+            return Problem::bad_request(format!("cannot read the body: {r}")).into_response()
+        }
+    };
+    let op = Op::Put(body.clone());
+    write(state, method, uri, headers, body, op).await
+}
+
+async fn delete_key(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    write(state, method, uri, headers, Bytes::new(), Op::Delete).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadParams {
+    consistency: Option<String>,
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+fn consistency(p: &ReadParams) -> Result<ReadConsistency, Problem> {
+    match p.consistency.as_deref() {
+        None | Some("linearizable") => Ok(ReadConsistency::Linearizable),
+        Some("lease") => Ok(ReadConsistency::Lease),
+        Some("stale") => Ok(ReadConsistency::Stale),
+        Some(other) => Err(Problem::bad_request(format!(
+            "consistency must be linearizable, lease or stale; got {other:?}"
+        ))),
+    }
+}
+
+/// Waits until this node may serve a read at `c`; `Err` is the response
+/// (forwarded answer or problem).
+async fn ready_to_read(
+    state: &AppState,
+    c: ReadConsistency,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    match state.raft.read(c).await {
+        Ok(_) => Ok(()),
+        Err(ReadError::NotLeader { leader }) => Err(forward(
+            state,
+            leader,
+            Method::GET,
+            uri,
+            headers,
+            Bytes::new(),
+            false,
+        )
+        .await),
+        Err(e) => Err(read_problem(&e).into_response()),
+    }
+}
+
+async fn get_key(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    params: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return Problem::bad_request("malformed query string").into_response();
+    };
+    let key = match key_of(&state, &uri) {
+        Ok(k) => k,
+        Err(p) => return p.into_response(),
+    };
+    let c = match consistency(&params) {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    if let Err(resp) = ready_to_read(&state, c, &uri, &headers).await {
+        return resp;
+    }
+    match state.reader.get(&key) {
+        Ok(Some(v)) => {
+            let mut resp = (StatusCode::OK, v.value).into_response();
+            resp.headers_mut().insert(header::ETAG, etag(v.rev));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Ok(None) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such key",
+            "the key does not exist",
+        )
+        .into_response(),
+        Err(e) => Problem::storage(e.to_string()).into_response(),
+    }
+}
+
+async fn list(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    params: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return Problem::bad_request("malformed query string").into_response();
+    };
+    let c = match consistency(&params) {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > state.cfg.max_list_limit {
+        return Problem::bad_request(format!(
+            "limit must be between 1 and {}",
+            state.cfg.max_list_limit
+        ))
+        .into_response();
+    }
+    let prefix = params.prefix.unwrap_or_default();
+    if prefix.len() > state.cfg.max_key_bytes {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "key-too-long",
+            "Prefix too long",
+            "the prefix is longer than the key limit",
+        )
+        .into_response();
+    }
+    if let Err(resp) = ready_to_read(&state, c, &uri, &headers).await {
+        return resp;
+    }
+    match state.reader.list(prefix.as_bytes(), limit) {
+        Ok((items, more)) => {
+            let items: Vec<serde_json::Value> = items
+                .into_iter()
+                .map(|(k, v)| {
+                    let mut o = json!({ "key": show_key(&k), "rev": v.rev });
+                    match std::str::from_utf8(&v.value) {
+                        Ok(s) => o["value"] = json!(s),
+                        Err(_) => {
+                            use base64::Engine;
+                            o["value_base64"] =
+                                json!(base64::engine::general_purpose::STANDARD.encode(&v.value));
+                        }
+                    }
+                    o
+                })
+                .collect();
+            Json(json!({ "items": items, "more": more })).into_response()
+        }
+        Err(e) => Problem::storage(e.to_string()).into_response(),
+    }
+}
+
+async fn cluster(State(state): State<Shared>) -> Response {
+    let Some(s) = state.raft.status().await else {
+        return Problem::unavailable(
+            "shutting-down",
+            "Node shutting down",
+            "the node has stopped",
+        )
+        .into_response();
+    };
+    let e = &s.engine;
+    let members = state.members.read().map(|m| m.clone()).unwrap_or_default();
+    let addr = |id: NodeId| {
+        members
+            .get(&id)
+            .map(|m| json!({ "peer": m.peer_addr.to_string(), "client": m.client_addr }))
+    };
+    let peers: Vec<serde_json::Value> = e
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "matched": p.matched,
+                "next": p.next,
+                "state": format!("{:?}", p.state).to_lowercase(),
+                "inflight": p.inflight,
+                "recent_active": p.recent_active,
+            })
+        })
+        .collect();
+    let digest = state.reader.digest().ok();
+    Json(json!({
+        "id": e.id,
+        "role": e.role.as_str(),
+        "term": e.term,
+        "leader": e.leader,
+        "commit": e.commit,
+        "applied": s.applied,
+        "last_index": e.last_index,
+        "membership": {
+            "voters": e.membership.voters(),
+            "learners": e.membership.learners(),
+            "outgoing_voters": e.membership.voters_outgoing(),
+            "joint": e.membership.is_joint(),
+        },
+        "members": e.membership.members().into_iter().map(|id| json!({ "id": id, "addresses": addr(id) })).collect::<Vec<_>>(),
+        "peers": peers,
+        "kv": digest.map(|(count, crc)| json!({ "keys": count, "digest": format!("{crc:08x}") })),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct TransferBody {
+    target: Option<NodeId>,
+}
+
+async fn transfer_leader(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<TransferBody>(&body) {
+            Ok(b) => b.target,
+            Err(e) => {
+                return Problem::bad_request(format!(
+                    "body must be {{\"target\": <node id>}} or empty: {e}"
+                ))
+                .into_response()
+            }
+        }
+    };
+    match state.raft.transfer_leader(target).await {
+        Ok(leader) => Json(json!({ "leader": leader })).into_response(),
+        Err(TransferError::NotLeader { leader }) => {
+            forward(&state, leader, Method::POST, &uri, &headers, body, false).await
+        }
+        Err(e @ TransferError::NoTarget(_)) => Problem::bad_request(e.to_string()).into_response(),
+        Err(e) => Problem::unavailable(
+            "transfer-failed",
+            "Leadership transfer failed",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-metrics",
+            "Metrics not installed",
+            "this process has no Prometheus exporter",
+        )
+        .into_response(),
+    }
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    let Some(s) = state.raft.status().await else {
+        return Problem::unavailable(
+            "shutting-down",
+            "Node shutting down",
+            "the node has stopped",
+        )
+        .into_response();
+    };
+    let e = &s.engine;
+    let has_leader = e.leader.is_some() || e.role == Role::Leader;
+    let caught_up = s.applied >= e.commit;
+    let body = json!({ "ready": has_leader && caught_up, "leader": e.leader, "commit": e.commit, "applied": s.applied });
+    if has_leader && caught_up {
+        Json(body).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,21 @@
+//! `raft-node`: the deployable node of the raft workspace, a replicated
+//! key-value store. Library and binary.
+//!
+//! - [`config`]: settings from flags, `RAFT_…` variables and a TOML file.
+//! - [`command`] and [`store`]: the key-value state machine on RocksDB, its
+//!   column families beside the Raft log in one database; the applied index,
+//!   the data and the idempotency table are written in one batch.
+//! - [`http`]: the HTTP API of ARCHITECTURE.md, with leader forwarding and
+//!   `application/problem+json` errors ([`problem`]).
+//! - [`node`]: start and graceful stop of a node.
+//! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
+//!   `raft-node ctl` client.
+
+pub mod command;
+pub mod config;
+pub mod ctl;
+pub mod dev;
+pub mod http;
+pub mod node;
+pub mod problem;
+pub mod store;

@@ -1,0 +1,117 @@
+//! The `raft-node` binary: `run` a node, start a local `dev` cluster,
+//! create development `certs`, or talk to a cluster with `ctl`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use raft_node::config::{LogFormat, RunArgs};
+use raft_node::{ctl, dev};
+
+/// A Raft-replicated key-value store: HTTP API, Prometheus metrics, QUIC
+/// with mutual TLS between nodes, RocksDB storage.
+#[derive(Debug, Parser)]
+#[command(name = "raft-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs one node. Settings come from flags, then RAFT_* environment
+    /// variables, then the --config TOML file, then defaults.
+    Run(Box<RunArgs>),
+    /// Starts a local cluster of node processes (certificates generated) and
+    /// runs it until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Creates a development CA and node certificates (PEM).
+    Certs(CertsArgs),
+    /// Talks to a running cluster.
+    Ctl(ctl::CtlArgs),
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Output directory (an existing ca.pem/ca.key there is reused).
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// Node ids to issue certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
+    /// Extra names (host names or IP addresses) each certificate carries.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    names: Vec<String>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve()?;
+    init_logging(cfg.log_format);
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ],
+        )
+        .context("configuring the metrics exporter")?
+        .install_recorder()
+        .context("installing the metrics exporter")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let node = raft_node::node::start(cfg, Some(handle)).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run_node(*args).await,
+        Cmd::Dev(a) => dev::run(a).await,
+        Cmd::Ctl(a) => ctl::run(a).await,
+        Cmd::Certs(a) => raft_net_quic::certs::write_dev_certs(&a.dir, &a.nodes, &a.names)
+            .map(|files| {
+                println!(
+                    "CA: {} (key {})",
+                    files.ca_cert.display(),
+                    files.ca_key.display()
+                );
+                for (id, cert, key) in files.nodes {
+                    println!("node {id}: {} (key {})", cert.display(), key.display());
+                }
+            })
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-node: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Multi-process tests of the `raft-node` binary: three real node processes
+//! on loopback (RocksDB, QUIC with mutual TLS), driven through the HTTP API
+//! the way a client would, through kill -9 of the leader, a restart and a
+//! graceful stop.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Proc {
+    id: u64,
+    args: Vec<String>,
+    child: Option<Child>,
+    http: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start raft-node");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not stop after SIGTERM; log:\n{}",
+                self.id,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
+    let ids: Vec<u64> = (1..=n).collect();
+    let certs = dir.join("certs");
+    raft_net_quic::certs::write_dev_certs(&certs, &ids, &[]).unwrap();
+    let addrs: Vec<(SocketAddr, SocketAddr)> =
+        ids.iter().map(|_| (free_udp(), free_tcp())).collect();
+    let initial: Vec<String> = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, (p, c))| format!("{id}={p}/{c}"))
+        .collect();
+    ids.iter()
+        .zip(&addrs)
+        .map(|(&id, (peer, client))| {
+            let args = vec![
+                "run".to_string(),
+                format!("--id={id}"),
+                format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
+                format!("--client-listen={client}"),
+                format!("--peer-listen={peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                format!("--tls-ca={}", certs.join("ca.pem").display()),
+                format!(
+                    "--tls-cert={}",
+                    certs.join(format!("node-{id}.pem")).display()
+                ),
+                format!(
+                    "--tls-key={}",
+                    certs.join(format!("node-{id}.key")).display()
+                ),
+                "--tick-ms=20".to_string(),
+                "--max-key-bytes=64".to_string(),
+                "--max-value-bytes=4096".to_string(),
+            ];
+            let mut p = Proc {
+                id,
+                args,
+                child: None,
+                http: format!("http://{client}"),
+                log: dir.join(format!("node-{id}.log")),
+            };
+            p.start();
+            p
+        })
+        .collect()
+}
+
+async fn status(client: &reqwest::Client, p: &Proc) -> Option<Value> {
+    let r = client
+        .get(format!("{}/v1/cluster", p.http))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until every running node agrees on a leader (not `except`).
+async fn leader(client: &reqwest::Client, procs: &[Proc], except: Option<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        for p in procs.iter().filter(|p| p.child.is_some()) {
+            seen.push(status(client, p).await.and_then(|s| s["leader"].as_u64()));
+        }
+        if let Some(Some(l)) = seen.first() {
+            if Some(*l) != except && seen.iter().all(|s| *s == Some(*l)) {
+                return *l;
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- node {}\n{}", p.id, p.log_text()))
+                .collect();
+            panic!(
+                "no agreed leader within 60 s: {seen:?}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> reqwest::Response {
+    client
+        .put(format!("{}/v1/kv/{key}", p.http))
+        .body(value.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(dir.path(), 3);
+    let client = reqwest::Client::new();
+    let first = leader(&client, &procs, None).await;
+    let follower = procs.iter().position(|p| p.id != first).unwrap();
+    let other = procs
+        .iter()
+        .position(|p| p.id != first && p.id != procs[follower].id)
+        .unwrap();
+
+    // A write through a follower is forwarded to the leader.
+    let r = put(&client, &procs[follower], "greeting", "hello").await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let rev: u64 = etag.trim_matches('"').parse().unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["rev"], rev);
+
+    // A linearizable read through the other follower sees it.
+    let r = client
+        .get(format!("{}/v1/kv/greeting", procs[other].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.text().await.unwrap(), "hello");
+
+    // Conditional writes.
+    let r = client
+        .put(format!("{}/v1/kv/greeting", procs[other].http))
+        .header("if-match", "\"999999\"")
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:raft-node:problem:precondition-failed");
+    assert_eq!(p["current_rev"], rev);
+    let r = client
+        .put(format!("{}/v1/kv/greeting", procs[other].http))
+        .header("if-none-match", "*")
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let r = client
+        .put(format!("{}/v1/kv/greeting", procs[other].http))
+        .header("if-match", etag.as_str())
+        .body("hello again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // An idempotent retry returns the first result and applies once.
+    let mut revs = Vec::new();
+    for p in [&procs[follower], &procs[other]] {
+        let r = client
+            .put(format!("{}/v1/kv/counter", p.http))
+            .header("idempotency-key", "client-7-op-1")
+            .body("1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        revs.push(r.json::<Value>().await.unwrap()["rev"].as_u64().unwrap());
+    }
+    assert_eq!(revs[0], revs[1]);
+
+    // Bad input is refused with the documented codes and changes nothing.
+    let long_key = "k".repeat(65);
+    assert_eq!(put(&client, &procs[0], &long_key, "v").await.status(), 414);
+    assert_eq!(
+        put(&client, &procs[0], "big", &"v".repeat(5000))
+            .await
+            .status(),
+        413
+    );
+    let r = client
+        .put(format!("{}/v1/kv/x", procs[0].http))
+        .header("if-match", "garbage")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .get(format!("{}/v1/kv/x?consistency=sometimes", procs[0].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .get(format!("{}/v1/kv/big", procs[0].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Delete, then listing by prefix.
+    let r = client
+        .delete(format!("{}/v1/kv/counter", procs[0].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .delete(format!("{}/v1/kv/counter", procs[0].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for i in 0..5 {
+        assert_eq!(
+            put(&client, &procs[0], &format!("list/{i}"), &format!("v{i}"))
+                .await
+                .status(),
+            200
+        );
+    }
+    let r: Value = client
+        .get(format!("{}/v1/kv?prefix=list/&limit=3", procs[1].http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["items"].as_array().unwrap().len(), 3);
+    assert_eq!(r["more"], true);
+    assert_eq!(r["items"][0]["key"], "list/0");
+    assert_eq!(r["items"][0]["value"], "v0");
+
+    // Kill -9 the leader: a new one is elected and every acknowledged write
+    // is still there.
+    let old = procs.iter().position(|p| p.id == first).unwrap();
+    procs[old].kill9();
+    let second = leader(&client, &procs, Some(first)).await;
+    assert_ne!(second, first);
+    let survivor = procs.iter().position(|p| p.child.is_some()).unwrap();
+    let r = client
+        .get(format!("{}/v1/kv/greeting", procs[survivor].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = put(&client, &procs[survivor], "after-failover", "yes").await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded after failover: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The killed node restarts from its data directory and catches up.
+    procs[old].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(format!(
+                "{}/v1/kv/after-failover?consistency=stale",
+                procs[old].http
+            ))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == 200 {
+                assert_eq!(r.text().await.unwrap(), "yes");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted node did not catch up:\n{}",
+            procs[old].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(procs[old]
+        .log_text()
+        .contains("--initial-cluster is ignored"));
+
+    // Metrics and health.
+    let m = client
+        .get(format!("{}/metrics", procs[survivor].http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "raft_node_http_requests_total",
+        "raft_net_messages_sent_total",
+        "raft_proposals_total",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+    }
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", procs[0].http))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Every replica ends with the same data.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut digests = Vec::new();
+        for p in &procs {
+            digests.push(status(&client, p).await.map(|s| s["kv"].clone()));
+        }
+        if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {digests:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGTERM stops each node cleanly.
+    for p in &mut procs {
+        let s = p.sigterm();
+        assert!(
+            s.success(),
+            "node {} exited with {s}; log:\n{}",
+            p.id,
+            p.log_text()
+        );
+    }
+}
+
+#[test]
+fn a_new_node_without_initial_cluster_or_certificates_explains_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(["run", "--id=1"])
+        .arg(format!("--data-dir={}", dir.path().join("d").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-ca"), "{err}");
+
+    let certs = dir.path().join("certs");
+    raft_net_quic::certs::write_dev_certs(&certs, &[1], &[]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(["run", "--id=1"])
+        .arg(format!("--data-dir={}", dir.path().join("d").display()))
+        .arg(format!("--tls-ca={}", certs.join("ca.pem").display()))
+        .arg(format!("--tls-cert={}", certs.join("node-1.pem").display()))
+        .arg(format!("--tls-key={}", certs.join("node-1.key").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--initial-cluster"), "{err}");
+}

@@ -1,0 +1,20 @@
+# Sourced by the scripts in this directory: installs the system packages the
+# build needs when they are missing (Debian/Ubuntu), and turns on ccache.
+need_apt=()
+# RocksDB's bindings (raft-log) need libclang.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  need_apt+=(libclang-dev)
+fi
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+# ccache makes a RocksDB rebuild (another profile or feature set) a cache hit.
+command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if command -v ccache >/dev/null 2>&1; then
+  export CC="${CC:-ccache gcc}" CXX="${CXX:-ccache g++}"
+  export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+fi
