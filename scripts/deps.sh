@@ -8,6 +8,8 @@ fi
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 # ccache makes a RocksDB rebuild (another profile or feature set) a cache hit.
 command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
+# raft-node's Prometheus scrape test runs its own prometheus on a free port.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

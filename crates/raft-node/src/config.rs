@@ -99,6 +99,29 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<u64>,
 
+    /// File holding the bearer token every `/v1/` request must carry
+    /// (`Authorization: Bearer <token>`); without it the API is open.
+    /// `/metrics`, `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "RAFT_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// File holding the bearer token of admin routes (leadership transfer,
+    /// membership, snapshots); without it they take the `--auth-token-file`
+    /// token.
+    #[arg(long, env = "RAFT_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the HTTP API over TLS (HTTPS) with this node's certificate
+    /// (`--tls-cert`, which `raft-node certs` issues for localhost and
+    /// 127.0.0.1 too). [default: false]
+    #[arg(long, env = "RAFT_CLIENT_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub client_tls: Option<bool>,
+
+    /// With `--client-tls`: require client certificates signed by this CA
+    /// (PEM) or by the cluster CA (so nodes can forward to each other).
+    #[arg(long, env = "RAFT_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -172,6 +195,14 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Skip fsync.
     pub unsafe_no_fsync: bool,
+    /// Bearer token of the API.
+    pub auth_token: Option<String>,
+    /// Bearer token of admin routes.
+    pub admin_token: Option<String>,
+    /// HTTPS on the client API.
+    pub client_tls: bool,
+    /// CA of client certificates (HTTPS only).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A setting that is missing or wrong.
@@ -222,7 +253,11 @@ impl RunArgs {
             max_list_limit,
             idempotency_window,
             log_format,
-            unsafe_no_fsync
+            unsafe_no_fsync,
+            auth_token_file,
+            admin_token_file,
+            client_tls,
+            client_ca
         )
     }
 
@@ -270,7 +305,22 @@ impl RunArgs {
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
             log_format: self.log_format.unwrap_or_default(),
             unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
+            auth_token: self
+                .auth_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            admin_token: self
+                .admin_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            client_tls: self.client_tls.unwrap_or(false),
+            client_ca: self.client_ca,
         };
+        if cfg.client_ca.is_some() && !cfg.client_tls {
+            return Err(ConfigError("--client-ca needs --client-tls".into()));
+        }
         if cfg.tick.is_zero() {
             return Err(ConfigError("--tick-ms must be positive".into()));
         }
@@ -296,6 +346,19 @@ impl RunArgs {
         }
         Ok(cfg)
     }
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read token file {}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError(format!(
+            "token file {} must hold one token of at least 16 visible ASCII characters",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 fn read_file(path: &Path) -> Result<RunArgs, ConfigError> {

@@ -92,6 +92,10 @@ pub fn router(state: Shared) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
         .with_state(state)
@@ -111,6 +115,87 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .increment(1);
     metrics::histogram!("raft_node_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Admin routes: they change the cluster rather than the data.
+fn is_admin(method: &Method, path: &str) -> bool {
+    path.starts_with("/v1/cluster/") && method != Method::GET
+}
+
+/// Bearer-token check of `/v1/` routes (when tokens are configured). A
+/// request without valid credentials gets 401 and reaches no handler.
+async fn authorize(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !path.starts_with("/v1/") && path != "/v1" {
+        return next.run(req).await;
+    }
+    let admin = is_admin(req.method(), path);
+    let cfg = &state.cfg;
+    let accepted: Vec<&str> = if admin {
+        match (&cfg.admin_token, &cfg.auth_token) {
+            (Some(a), _) => vec![a.as_str()],
+            (None, Some(t)) => vec![t.as_str()],
+            (None, None) => vec![],
+        }
+    } else {
+        cfg.auth_token
+            .iter()
+            .chain(cfg.admin_token.iter().filter(|_| cfg.auth_token.is_some()))
+            .map(String::as_str)
+            .collect()
+    };
+    if accepted.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return unauthorized("this API needs `Authorization: Bearer <token>`");
+    };
+    if accepted
+        .iter()
+        .any(|t| same_secret(t.as_bytes(), presented.as_bytes()))
+    {
+        return next.run(req).await;
+    }
+    let is_user_token = cfg
+        .auth_token
+        .as_deref()
+        .is_some_and(|t| same_secret(t.as_bytes(), presented.as_bytes()));
+    if admin && is_user_token {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-token-required",
+            "Admin token required",
+            "this route needs the admin token",
+        )
+        .into_response();
+    }
+    unauthorized("the bearer token is not valid")
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut resp = Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"raft-node\""),
+    );
     resp
 }
 
@@ -227,8 +312,13 @@ async fn forward(
             "the leader is node {leader}, whose client address is unknown here"
         ));
     };
+    let scheme = if state.cfg.client_tls {
+        "https"
+    } else {
+        "http"
+    };
     let url = format!(
-        "http://{addr}{}",
+        "{scheme}://{addr}{}",
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
     );
     let mut req = state

@@ -7,10 +7,12 @@
 //!   the data and the idempotency table are written in one batch.
 //! - [`http`]: the HTTP API of ARCHITECTURE.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
-//! - [`node`]: start and graceful stop of a node.
+//! - [`node`]: start and graceful stop of a node; [`client_tls`]: optional
+//!   HTTPS on the API.
 //! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
 //!   `raft-node ctl` client.
 
+pub mod client_tls;
 pub mod command;
 pub mod config;
 pub mod ctl;

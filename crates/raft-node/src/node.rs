@@ -195,23 +195,37 @@ pub async fn start(
                 .map(|m| (m.id, m))
                 .collect::<HashMap<_, _>>(),
         )),
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .context("building the HTTP client")?,
+        client: crate::client_tls::forwarding_client(&cfg)
+            .context("building the forwarding client")?,
         metrics,
     });
     let (http_stop, mut stop_rx) = watch::channel(false);
     let app = router(state);
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    tracing::info!(id, %client_addr, %peer_addr, "node started");
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let http = if cfg.client_tls {
+        let tls = crate::client_tls::server_config(&cfg).context("configuring HTTPS")?;
+        let listener = crate::client_tls::TlsListener::new(listener, tls)?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "HTTPS server failed");
+            }
+        })
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    tracing::info!(id, %client_addr, %peer_addr, https = cfg.client_tls, "node started");
     Ok(RunningNode {
         raft,
         reader,

@@ -3,181 +3,13 @@
 //! the way a client would, through kill -9 of the leader, a restart and a
 //! graceful stop.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{cluster, leader, put, status};
 use serde_json::Value;
-
-struct Proc {
-    id: u64,
-    args: Vec<String>,
-    child: Option<Child>,
-    http: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start raft-node");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn sigterm(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not stop after SIGTERM; log:\n{}",
-                self.id,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
-    let ids: Vec<u64> = (1..=n).collect();
-    let certs = dir.join("certs");
-    raft_net_quic::certs::write_dev_certs(&certs, &ids, &[]).unwrap();
-    let addrs: Vec<(SocketAddr, SocketAddr)> =
-        ids.iter().map(|_| (free_udp(), free_tcp())).collect();
-    let initial: Vec<String> = ids
-        .iter()
-        .zip(&addrs)
-        .map(|(id, (p, c))| format!("{id}={p}/{c}"))
-        .collect();
-    ids.iter()
-        .zip(&addrs)
-        .map(|(&id, (peer, client))| {
-            let args = vec![
-                "run".to_string(),
-                format!("--id={id}"),
-                format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
-                format!("--client-listen={client}"),
-                format!("--peer-listen={peer}"),
-                format!("--initial-cluster={}", initial.join(",")),
-                format!("--tls-ca={}", certs.join("ca.pem").display()),
-                format!(
-                    "--tls-cert={}",
-                    certs.join(format!("node-{id}.pem")).display()
-                ),
-                format!(
-                    "--tls-key={}",
-                    certs.join(format!("node-{id}.key")).display()
-                ),
-                "--tick-ms=20".to_string(),
-                "--max-key-bytes=64".to_string(),
-                "--max-value-bytes=4096".to_string(),
-            ];
-            let mut p = Proc {
-                id,
-                args,
-                child: None,
-                http: format!("http://{client}"),
-                log: dir.join(format!("node-{id}.log")),
-            };
-            p.start();
-            p
-        })
-        .collect()
-}
-
-async fn status(client: &reqwest::Client, p: &Proc) -> Option<Value> {
-    let r = client
-        .get(format!("{}/v1/cluster", p.http))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
-}
-
-/// Waits until every running node agrees on a leader (not `except`).
-async fn leader(client: &reqwest::Client, procs: &[Proc], except: Option<u64>) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut seen = Vec::new();
-        for p in procs.iter().filter(|p| p.child.is_some()) {
-            seen.push(status(client, p).await.and_then(|s| s["leader"].as_u64()));
-        }
-        if let Some(Some(l)) = seen.first() {
-            if Some(*l) != except && seen.iter().all(|s| *s == Some(*l)) {
-                return *l;
-            }
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs
-                .iter()
-                .map(|p| format!("--- node {}\n{}", p.id, p.log_text()))
-                .collect();
-            panic!(
-                "no agreed leader within 60 s: {seen:?}\n{}",
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> reqwest::Response {
-    client
-        .put(format!("{}/v1/kv/{key}", p.http))
-        .body(value.to_owned())
-        .send()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_killed() {
@@ -373,9 +205,10 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
         .log_text()
         .contains("--initial-cluster is ignored"));
 
-    // Metrics and health.
+    // Metrics and health (from the new leader, which has taken proposals).
+    let new_leader = procs.iter().position(|p| p.id == second).unwrap();
     let m = client
-        .get(format!("{}/metrics", procs[survivor].http))
+        .get(format!("{}/metrics", procs[new_leader].http))
         .send()
         .await
         .unwrap()

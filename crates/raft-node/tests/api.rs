@@ -1,0 +1,457 @@
+//! The HTTP API's edges on real node processes: bearer-token auth (401
+//! changes nothing, a separate admin token), HTTPS with forwarding between
+//! nodes, a paused (SIGSTOP) leader that the cluster moves past, bad input,
+//! and a node whose peers are all down.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{free_tcp, free_udp, leader, Proc};
+use serde_json::Value;
+
+/// Like `common::cluster`, with extra flags and certificate names.
+fn cluster_with(dir: &Path, n: u64, extra: &[String], names: &[String], scheme: &str) -> Vec<Proc> {
+    let ids: Vec<u64> = (1..=n).collect();
+    let certs = dir.join("certs");
+    raft_net_quic::certs::write_dev_certs(&certs, &ids, names).unwrap();
+    let addrs: Vec<_> = ids.iter().map(|_| (free_udp(), free_tcp())).collect();
+    let initial: Vec<String> = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, (p, c))| format!("{id}={p}/{c}"))
+        .collect();
+    ids.iter()
+        .zip(&addrs)
+        .map(|(&id, (peer, client))| {
+            let mut args = vec![
+                "run".to_string(),
+                format!("--id={id}"),
+                format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
+                format!("--client-listen={client}"),
+                format!("--peer-listen={peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                format!("--tls-ca={}", certs.join("ca.pem").display()),
+                format!(
+                    "--tls-cert={}",
+                    certs.join(format!("node-{id}.pem")).display()
+                ),
+                format!(
+                    "--tls-key={}",
+                    certs.join(format!("node-{id}.key")).display()
+                ),
+                "--tick-ms=20".to_string(),
+                "--request-timeout-ms=2000".to_string(),
+            ];
+            args.extend(extra.iter().cloned());
+            let mut p = Proc {
+                id,
+                args,
+                child: None,
+                http: format!("{scheme}://{client}"),
+                log: dir.join(format!("node-{id}.log")),
+            };
+            p.start();
+            p
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_guard_the_api_and_the_admin_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user.token");
+    let admin = dir.path().join("admin.token");
+    std::fs::write(&user, "user-token-0123456789abcdef\n").unwrap();
+    std::fs::write(&admin, "admin-token-0123456789abcdef\n").unwrap();
+    let extra = vec![
+        format!("--auth-token-file={}", user.display()),
+        format!("--admin-token-file={}", admin.display()),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    // /v1/cluster needs a token now; poll the leader with it.
+    let first = wait_leader_with_token(&client, &procs, "user-token-0123456789abcdef").await;
+    let follower = procs.iter().find(|p| p.id != first).unwrap();
+
+    let url = format!("{}/v1/kv/secret", follower.http);
+    let r = client.put(&url).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"raft-node\""
+    );
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = client
+        .put(&url)
+        .bearer_auth("wrong-token-0123456789")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing was written: a read with the token finds no key.
+    let r = client
+        .get(&url)
+        .bearer_auth("user-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // With the token, through a follower (forwarded with its credentials).
+    let r = client
+        .put(&url)
+        .bearer_auth("user-token-0123456789abcdef")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Admin routes need the admin token.
+    let t = format!("{}/v1/cluster/transfer-leader", follower.http);
+    assert_eq!(client.post(&t).send().await.unwrap().status(), 401);
+    let r = client
+        .post(&t)
+        .bearer_auth("user-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client
+        .post(&t)
+        .bearer_auth("admin-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // Health and metrics stay open.
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", follower.http))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/metrics", follower.http))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+async fn wait_leader_with_token(client: &reqwest::Client, procs: &[Proc], token: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for p in procs {
+            if let Ok(r) = client
+                .get(format!("{}/v1/cluster", p.http))
+                .bearer_auth(token)
+                .send()
+                .await
+            {
+                if let Ok(v) = r.json::<Value>().await {
+                    if let Some(l) = v["leader"].as_u64() {
+                        return l;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader; log:\n{}",
+            procs[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_client_certificates_serves_and_forwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let extra = vec![
+        "--client-tls".to_string(),
+        format!("--client-ca={}", dir.path().join("certs/ca.pem").display()),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &names, "https");
+    let certs = dir.path().join("certs");
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    // A client with a certificate from the CA (here: node 1's).
+    let mut pem = std::fs::read(certs.join("node-1.key")).unwrap();
+    pem.extend(std::fs::read(certs.join("node-1.pem")).unwrap());
+    let identity = reqwest::Identity::from_pem(&pem).unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca.clone())
+        .identity(identity)
+        .build()
+        .unwrap();
+    let first = leader(&client, &procs, None).await;
+    let follower = procs.iter().find(|p| p.id != first).unwrap();
+    let r = client
+        .put(format!("{}/v1/kv/tls", follower.http))
+        .body("yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = client
+        .get(format!("{}/v1/kv/tls", follower.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "yes");
+
+    // Without a client certificate the handshake is refused.
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    assert!(anonymous
+        .get(format!("{}/healthz", follower.http))
+        .send()
+        .await
+        .is_err());
+    // Plain HTTP is not served.
+    let plain = follower.http.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let first = leader(&client, &procs, None).await;
+    let old = procs.iter().position(|p| p.id == first).unwrap();
+    let put = |p: &Proc, v: &str| {
+        client
+            .put(format!("{}/v1/kv/k", p.http))
+            .body(v.to_owned())
+            .send()
+    };
+    assert_eq!(put(&procs[old], "before").await.unwrap().status(), 200);
+
+    let pid =
+        rustix::process::Pid::from_raw(procs[old].child.as_ref().unwrap().id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The others elect a new leader and take writes.
+    let survivors: Vec<usize> = (0..procs.len()).filter(|i| *i != old).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new_leader = loop {
+        let s = common::status(&client, &procs[survivors[0]]).await;
+        if let Some(l) = s.and_then(|s| s["leader"].as_u64()).filter(|l| *l != first) {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while node {first} is paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = put(&procs[survivors[0]], "after").await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted after the leader paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    // The old leader learns the new term and steps down; a linearizable read
+    // through it never returns the stale value.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = common::status(&client, &procs[old]).await;
+        if s.as_ref()
+            .is_some_and(|s| s["role"] == "follower" && s["leader"].as_u64() == Some(new_leader))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed leader did not step down: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client
+        .get(format!("{}/v1/kv/k", procs[old].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "after");
+    for p in &mut procs {
+        p.kill9();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let first = leader(&client, &procs, None).await;
+    let p = &procs[0];
+
+    // Invalid UTF-8 in a key is fine when percent-encoded; it lists encoded.
+    let r = client
+        .put(format!("{}/v1/kv/bin%FF%00key", p.http))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("{}/v1/kv/bin%FF%00key", p.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let listed: Value = client
+        .get(format!("{}/v1/kv?prefix=bin", p.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["key"], "bin%FF%00key");
+
+    // Malformed headers and parameters: 400, nothing applied.
+    for (name, value) in [
+        ("if-match", "42"),
+        ("if-match", "\"-1\""),
+        ("if-none-match", "\"3\""),
+    ] {
+        let r = client
+            .put(format!("{}/v1/kv/h", p.http))
+            .header(name, value)
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name}: {value}");
+    }
+    let r = client
+        .put(format!("{}/v1/kv/h", p.http))
+        .header("idempotency-key", "")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .get(format!("{}/v1/kv?limit=0", p.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        client
+            .get(format!("{}/v1/kv/h", p.http))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Unknown routes and methods.
+    let r = client
+        .get(format!("{}/v2/nothing", p.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = client
+        .post(format!("{}/v1/kv/x", p.http))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client
+        .post(format!("{}/v1/cluster/transfer-leader", p.http))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A node whose peers are all down: a write gets 503 (not applied) or,
+    // if it still believed itself leader, 504 (unknown) -- never a hang.
+    let lone = procs.iter().position(|q| q.id != first).unwrap();
+    for (i, q) in procs.iter_mut().enumerate() {
+        if i != lone {
+            q.kill9();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = client
+        .put(format!("{}/v1/kv/alone", procs[lone].http))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    assert!(r.headers().contains_key("retry-after"));
+    let r = client
+        .get(format!("{}/v1/kv/alone", procs[lone].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = client
+        .get(format!(
+            "{}/v1/kv/bin%FF%00key?consistency=stale",
+            procs[lone].http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Once its election timeout passes it knows it has no leader: not ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client
+            .get(format!("{}/readyz", procs[lone].http))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a node without peers stays ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
