@@ -167,7 +167,7 @@ struct Partial {
 /// hands completed snapshots to a channel.
 ///
 /// Partial transfers are kept (in memory bookkeeping plus the `.partial`
-/// file) so a retry resumes; a transfer with the same sender and id but a
+/// file) so a retry resumes, one per sender; a transfer with the same sender and id but a
 /// different size or metadata starts over. Completed files are renamed to
 /// `<from>-<transfer_id>.snap` and synced before they are announced.
 pub struct FileSnapshotSink {
@@ -220,6 +220,18 @@ impl SnapshotSink for FileSnapshotSink {
                 return Ok(p.written);
             }
             partials.remove(&key);
+        }
+        // One partial transfer per sender: a new one replaces older ones
+        // (their files are deleted), so a peer cannot pile up partials.
+        let stale: Vec<(NodeId, u64)> = partials
+            .keys()
+            .filter(|(f, _)| *f == from)
+            .copied()
+            .collect();
+        for k in stale {
+            if let Some(p) = partials.remove(&k) {
+                let _ = tokio::fs::remove_file(&p.path).await;
+            }
         }
         let path = self
             .dir

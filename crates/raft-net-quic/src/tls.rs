@@ -232,18 +232,30 @@ pub(crate) fn server_name(id: NodeId) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(node_dns_name(id)).map_err(|e| TlsError::Config(e.to_string()))
 }
 
-/// Checks that a peer's (already CA-verified) leaf certificate names `claimed`.
+/// Checks that a peer's (already CA-verified) leaf certificate names
+/// `claimed` exactly: a DNS subject alternative name equal to
+/// `node-<claimed>.raft`. Wildcard names do not count, so a certificate for
+/// `*.raft` cannot speak for every node.
 pub(crate) fn certificate_names_node(
     leaf: &CertificateDer<'_>,
     claimed: NodeId,
 ) -> Result<(), String> {
-    let cert =
-        webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("bad certificate: {e}"))?;
-    let name = server_name(claimed).map_err(|e| e.to_string())?;
-    cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
-        format!(
-            "certificate does not name node {claimed} ({})",
-            node_dns_name(claimed)
-        )
-    })
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("bad certificate: {e}"))?;
+    let want = node_dns_name(claimed);
+    let named = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subject alternative names: {e}"))?
+        .is_some_and(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, GeneralName::DNSName(d) if d.eq_ignore_ascii_case(&want)))
+        });
+    if named {
+        Ok(())
+    } else {
+        Err(format!("certificate does not name node {claimed} ({want})"))
+    }
 }

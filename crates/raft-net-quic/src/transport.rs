@@ -54,6 +54,10 @@ const PRIORITY_CONTROL: i32 = 10;
 const PRIORITY_REPLICATION: i32 = 0;
 const PRIORITY_SNAPSHOT: i32 = -10;
 
+/// Handshake frames are tiny; nothing larger is read before the peer's
+/// identity is checked.
+const HANDSHAKE_FRAME_BYTES_MAX: u32 = 1024;
+
 /// Two connections established within this window are a simultaneous dial,
 /// settled by node id; a later one replaces an older one (the peer restarted).
 const DIAL_RACE_WINDOW: Duration = Duration::from_secs(1);
@@ -705,7 +709,7 @@ async fn dial_peer(shared: &Arc<Shared>, peer: &Peer) -> Result<Connection, Conn
         encode_frame(&hello, shared.cfg.max_frame_bytes, &mut buf).map_err(|e| e.to_string())?;
         send.write_all(&buf).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
-        match read_frame(&mut recv, shared.cfg.max_frame_bytes).await {
+        match read_frame(&mut recv, HANDSHAKE_FRAME_BYTES_MAX).await {
             Ok(Some(Frame::Welcome { node })) if node == peer.id => Ok(()),
             Ok(Some(Frame::Welcome { node })) => Err(format!("answered as node {node}")),
             Ok(other) => Err(format!("unexpected handshake answer {other:?}")),
@@ -828,7 +832,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 format!("expected a handshake stream, got kind {:#04x}", kind[0]),
             ));
         }
-        match read_frame(&mut recv, shared.cfg.max_frame_bytes).await {
+        match read_frame(&mut recv, HANDSHAKE_FRAME_BYTES_MAX).await {
             Ok(Some(Frame::Hello(h))) => Ok((send, h)),
             Ok(other) => Err((close_code::PROTOCOL, format!("expected Hello, got {other:?}"))),
             Err(FrameError::Decode(DecodeError::Version { got })) => Err((
@@ -1109,7 +1113,10 @@ async fn receive_snapshot(
                     Some(format!("chunk at offset {offset}, expected {expected}"))
                 } else if crc32c::crc32c(&data) != crc32c {
                     Some(format!("chunk at offset {offset} fails its checksum"))
-                } else if offset + data.len() as u64 > offer.total_bytes {
+                } else if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|end| end > offer.total_bytes)
+                {
                     Some(format!(
                         "chunk at offset {offset} runs past the snapshot's {} bytes",
                         offer.total_bytes

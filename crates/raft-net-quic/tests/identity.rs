@@ -171,3 +171,19 @@ async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
     );
     server.transport.shutdown().await;
 }
+
+#[test]
+fn a_wildcard_certificate_does_not_speak_for_a_node() {
+    let ca = DevCa::generate("cluster").unwrap();
+    // Signed by the cluster CA, but naming `*.raft` rather than node-2.raft:
+    // refused when loaded (and by acceptors, which want the exact name).
+    let cert = ca.issue_with_names(2, vec!["*.raft".into()]).unwrap();
+    let err = NodeTls::from_pem(
+        2,
+        ca.cert_pem().as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+}

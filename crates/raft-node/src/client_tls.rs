@@ -126,7 +126,12 @@ impl TlsListener {
         let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    // The server dropped the listener: release the port.
+                    _ = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting an HTTPS connection failed");

@@ -62,6 +62,9 @@ pub enum Outcome {
     Malformed(String),
     /// An entry without a command (blank or membership).
     Noop,
+    /// The idempotency key was used (within the window) by a different
+    /// request; nothing changed.
+    IdempotencyConflict,
 }
 
 /// Why bytes are not a valid command.
@@ -100,6 +103,17 @@ fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, DecodeError> {
 }
 
 impl Command {
+    /// What an idempotency record remembers of the request: a checksum of
+    /// everything but the token, so reusing a token for another request is
+    /// detected instead of answered with the first request's result.
+    pub fn fingerprint(&self) -> u32 {
+        let anonymous = Command {
+            idempotency_key: None,
+            ..self.clone()
+        };
+        crc32c::crc32c(&anonymous.encode())
+    }
+
     /// Encodes the command as an entry payload.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(32 + self.key.len());
@@ -192,6 +206,7 @@ impl Outcome {
                 put_bytes(&mut out, m.as_bytes());
             }
             Outcome::Noop => out.put_u8(5),
+            Outcome::IdempotencyConflict => out.put_u8(6),
         }
         out.freeze()
     }
@@ -221,6 +236,7 @@ impl Outcome {
                 Outcome::Malformed(String::from_utf8_lossy(&m).into_owned())
             }
             5 => Outcome::Noop,
+            6 => Outcome::IdempotencyConflict,
             _ => return Err(DecodeError("outcome")),
         };
         Ok(o)
@@ -261,6 +277,7 @@ mod tests {
             Outcome::NotFound,
             Outcome::Malformed("x".into()),
             Outcome::Noop,
+            Outcome::IdempotencyConflict,
         ];
         for o in outcomes {
             assert_eq!(Outcome::decode(o.encode()), Ok(o));

@@ -205,6 +205,11 @@ pub struct NodeConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The largest key plus value a node accepts: an entry must fit, with
+/// room for framing, in one frame of the peer transport (16 MiB by default)
+/// and well within its per-peer replication queue.
+pub const ENTRY_BYTES_MAX: usize = 8 << 20;
+
 /// A setting that is missing or wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -321,8 +326,24 @@ impl RunArgs {
         if cfg.client_ca.is_some() && !cfg.client_tls {
             return Err(ConfigError("--client-ca needs --client-tls".into()));
         }
-        if cfg.tick.is_zero() {
-            return Err(ConfigError("--tick-ms must be positive".into()));
+        if cfg.tick.is_zero() || cfg.tick > Duration::from_secs(60) {
+            return Err(ConfigError("--tick-ms must be between 1 and 60000".into()));
+        }
+        if cfg.election_ticks > 100_000 {
+            return Err(ConfigError(
+                "--election-ticks must be at most 100000".into(),
+            ));
+        }
+        if cfg.request_timeout.is_zero() || cfg.request_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError(
+                "--request-timeout-ms must be between 1 and 3600000".into(),
+            ));
+        }
+        if cfg.max_key_bytes.saturating_add(cfg.max_value_bytes) > ENTRY_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "--max-key-bytes plus --max-value-bytes must be at most {ENTRY_BYTES_MAX} bytes: \
+                 one entry must fit in a peer transport frame"
+            )));
         }
         if cfg.heartbeat_ticks == 0 || cfg.election_ticks <= cfg.heartbeat_ticks {
             return Err(ConfigError(

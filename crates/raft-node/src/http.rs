@@ -97,7 +97,8 @@ pub fn router(state: Shared) -> Router {
             authorize,
         ))
         .layer(axum::middleware::from_fn(record_metrics))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
+        // One semaphore for the whole API (Router::layer wraps each route).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency))
         .with_state(state)
 }
 
@@ -107,11 +108,19 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // A fixed label set: clients cannot mint new series with odd methods.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("raft_node_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!("raft_node_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("raft_node_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
@@ -470,6 +479,13 @@ async fn write(
             "the key does not exist",
         )
         .into_response(),
+        Ok(Outcome::IdempotencyConflict) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used for a different request; nothing was applied",
+        )
+        .into_response(),
         Ok(other) => Problem::storage(format!("unexpected outcome {other:?}")).into_response(),
         Err(ProposeError::NotLeader { leader }) => {
             forward(&state, leader, method, &uri, &headers, body, true).await
@@ -657,14 +673,42 @@ async fn list(
     }
 }
 
-async fn cluster(State(state): State<Shared>) -> Response {
-    let Some(s) = state.raft.status().await else {
-        return Problem::unavailable(
+/// The driver's status, or the 503 a stopped node answers with.
+async fn driver_status(state: &AppState) -> Result<raft_core::DriverStatus, Response> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.raft.status()).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Problem::unavailable(
             "shutting-down",
             "Node shutting down",
             "the node has stopped",
         )
-        .into_response();
+        .into_response()),
+        Err(_) => Err(Problem::unavailable(
+            "busy",
+            "Node busy",
+            "the Raft driver did not answer within 2 s",
+        )
+        .into_response()),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ClusterParams {
+    /// Also compute a digest of the whole key-value store (a full scan).
+    digest: Option<bool>,
+}
+
+async fn cluster(
+    State(state): State<Shared>,
+    params: Result<Query<ClusterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let want_digest = match params {
+        Ok(Query(p)) => p.digest.unwrap_or(false),
+        Err(e) => return Problem::bad_request(format!("bad query: {e}")).into_response(),
+    };
+    let s = match driver_status(&state).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
     let e = &s.engine;
     let members = state.members.read().map(|m| m.clone()).unwrap_or_default();
@@ -687,7 +731,16 @@ async fn cluster(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
-    let digest = state.reader.digest().ok();
+    let digest = if want_digest {
+        // A full scan: off the async workers, opt-in.
+        let reader = state.reader.clone();
+        tokio::task::spawn_blocking(move || reader.digest().ok())
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
     Json(json!({
         "id": e.id,
         "role": e.role.as_str(),
@@ -766,13 +819,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
 }
 
 async fn readyz(State(state): State<Shared>) -> Response {
-    let Some(s) = state.raft.status().await else {
-        return Problem::unavailable(
-            "shutting-down",
-            "Node shutting down",
-            "the node has stopped",
-        )
-        .into_response();
+    let s = match driver_status(&state).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
     let e = &s.engine;
     let has_leader = e.leader.is_some() || e.role == Role::Leader;

@@ -24,6 +24,7 @@ use crate::store::{KvReader, KvStateMachine, KV_CF, KV_META_CF};
 /// addresses of the members.
 pub const NODE_META_CF: &str = "node_meta";
 const MEMBERS_KEY: &[u8] = b"members";
+const WINDOW_KEY: &[u8] = b"idempotency_window";
 
 /// A running node.
 pub struct RunningNode {
@@ -70,6 +71,33 @@ fn save_members(db: &rocksdb::DB, members: &[Member]) -> anyhow::Result<()> {
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
     db.put_cf_opt(&cf, MEMBERS_KEY, serde_json::to_vec(members)?, &opts)?;
+    Ok(())
+}
+
+/// Forgetting idempotency tokens is part of the replicated state, so the
+/// window must never change under a store: the first start records it.
+fn check_idempotency_window(db: &rocksdb::DB, window: u64) -> anyhow::Result<()> {
+    let cf = db
+        .cf_handle(NODE_META_CF)
+        .context("node_meta column family missing")?;
+    match db.get_cf(&cf, WINDOW_KEY)? {
+        Some(v) => {
+            let stored = <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| anyhow::anyhow!("stored idempotency window is corrupted"))?;
+            if stored != window {
+                bail!(
+                    "--idempotency-window is {window} but this store was created with {stored}; \
+                     every node must keep the value the cluster started with"
+                );
+            }
+        }
+        None => {
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(&cf, WINDOW_KEY, window.to_be_bytes(), &opts)?;
+        }
+    }
     Ok(())
 }
 
@@ -135,6 +163,7 @@ pub async fn start(
             cfg.initial_cluster.clone()
         }
     };
+    check_idempotency_window(&db, cfg.idempotency_window)?;
     let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
 
     let election_timeout = cfg.tick * cfg.election_ticks as u32;
@@ -259,7 +288,14 @@ impl RunningNode {
             }
         }
         let _ = self.http_stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
+        let abort = self.http.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP requests still running after 10 s; dropping them");
+            abort.abort();
+        }
         self.raft.shutdown().await;
         self.transport.shutdown().await;
         self.forwarder.abort();

@@ -91,6 +91,29 @@ fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreError> {
     })
 }
 
+/// `index:u64 | fingerprint:u32 | outcome`.
+fn encode_token_record(index: u64, fingerprint: u32, outcome: &Outcome) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(&fingerprint.to_be_bytes());
+    out.extend_from_slice(&outcome.encode());
+    out
+}
+
+fn decode_token_record(token: &str, rec: &[u8]) -> Result<(u64, u32, Outcome), StoreError> {
+    let corrupt = || StoreError::Corruption {
+        key: token.to_owned(),
+        detail: "idempotency record",
+    };
+    if rec.len() < 12 {
+        return Err(corrupt());
+    }
+    let index = u64::from_be_bytes(rec[..8].try_into().map_err(|_| corrupt())?);
+    let fp = u32::from_be_bytes(rec[8..12].try_into().map_err(|_| corrupt())?);
+    let outcome = Outcome::decode(Bytes::copy_from_slice(&rec[12..])).map_err(|_| corrupt())?;
+    Ok((index, fp, outcome))
+}
+
 /// Read access to the store, cheap to clone.
 #[derive(Clone)]
 pub struct KvReader {
@@ -266,7 +289,7 @@ impl KvStateMachine {
         let mut batch = WriteBatch::default();
         // Effects of earlier entries of this batch, not yet in the database.
         let mut revs: HashMap<Bytes, Option<u64>> = HashMap::new();
-        let mut tokens: HashMap<String, Outcome> = HashMap::new();
+        let mut tokens: HashMap<String, (u64, u32, Outcome)> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let cmd = match &e.payload {
@@ -282,20 +305,27 @@ impl KvStateMachine {
                     continue;
                 }
             };
+            let fingerprint = cmd.fingerprint();
             if let Some(token) = &cmd.idempotency_key {
-                if let Some(o) = tokens.get(token) {
-                    out.push(o.clone());
-                    continue;
-                }
-                if let Some(stored) = db.get_pinned_cf(meta, Self::idempotency_key(token))? {
-                    let o = Outcome::decode(Bytes::copy_from_slice(&stored)).map_err(|_| {
-                        StoreError::Corruption {
-                            key: token.clone(),
-                            detail: "idempotency record",
-                        }
-                    })?;
-                    out.push(o);
-                    continue;
+                let prior = match tokens.get(token) {
+                    Some(p) => Some(p.clone()),
+                    None => match db.get_pinned_cf(meta, Self::idempotency_key(token))? {
+                        Some(stored) => Some(decode_token_record(token, &stored)?),
+                        None => None,
+                    },
+                };
+                // Whether a token is remembered depends only on the two
+                // indexes, never on how entries were batched: every replica
+                // decides the same.
+                if let Some((index, fp, outcome)) = prior {
+                    if e.index.saturating_sub(index) <= self.idempotency_window_entries {
+                        out.push(if fp == fingerprint {
+                            outcome
+                        } else {
+                            Outcome::IdempotencyConflict
+                        });
+                        continue;
+                    }
                 }
             }
             let current = match revs.get(&cmd.key) {
@@ -325,9 +355,13 @@ impl KvStateMachine {
                 }
             };
             if let Some(token) = &cmd.idempotency_key {
-                batch.put_cf(meta, Self::idempotency_key(token), outcome.encode());
+                batch.put_cf(
+                    meta,
+                    Self::idempotency_key(token),
+                    encode_token_record(e.index, fingerprint, &outcome),
+                );
                 batch.put_cf(meta, Self::order_key(e.index, token), b"");
-                tokens.insert(token.clone(), outcome.clone());
+                tokens.insert(token.clone(), (e.index, fingerprint, outcome.clone()));
             }
             out.push(outcome);
         }
@@ -342,7 +376,12 @@ impl KvStateMachine {
                 if !k.starts_with(b"x/") || k.as_ref() >= end.as_slice() {
                     break;
                 }
-                let token = &k[10..];
+                let Some(token) = k.get(10..) else {
+                    return Err(StoreError::Corruption {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        detail: "idempotency order key too short",
+                    });
+                };
                 let mut ik = b"i/".to_vec();
                 ik.extend_from_slice(token);
                 batch.delete_cf(meta, ik);
@@ -420,7 +459,7 @@ mod tests {
                     entry(1, put("a", "1", Precondition::IfNoneMatch, None)),
                     entry(2, put("a", "2", Precondition::IfNoneMatch, None)),
                     entry(3, put("a", "3", Precondition::IfMatch(1), Some("t1"))),
-                    entry(4, put("a", "4", Precondition::IfMatch(1), Some("t1"))),
+                    entry(4, put("a", "3", Precondition::IfMatch(1), Some("t1"))),
                     Entry {
                         term: 1,
                         index: 5,
@@ -455,7 +494,10 @@ mod tests {
         );
         // The token is remembered across the restart...
         let out = sm
-            .apply(&[entry(7, put("a", "x", Precondition::None, Some("t1")))])
+            .apply(&[entry(
+                7,
+                put("a", "3", Precondition::IfMatch(1), Some("t1")),
+            )])
             .await
             .unwrap();
         assert_eq!(out[0], Outcome::Applied { rev: 3 });

@@ -8,54 +8,14 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp, free_udp, leader, Proc};
+use common::{leader, Proc};
 use serde_json::Value;
 
-/// Like `common::cluster`, with extra flags and certificate names.
+/// `common::cluster_with` with a shorter request timeout.
 fn cluster_with(dir: &Path, n: u64, extra: &[String], names: &[String], scheme: &str) -> Vec<Proc> {
-    let ids: Vec<u64> = (1..=n).collect();
-    let certs = dir.join("certs");
-    raft_net_quic::certs::write_dev_certs(&certs, &ids, names).unwrap();
-    let addrs: Vec<_> = ids.iter().map(|_| (free_udp(), free_tcp())).collect();
-    let initial: Vec<String> = ids
-        .iter()
-        .zip(&addrs)
-        .map(|(id, (p, c))| format!("{id}={p}/{c}"))
-        .collect();
-    ids.iter()
-        .zip(&addrs)
-        .map(|(&id, (peer, client))| {
-            let mut args = vec![
-                "run".to_string(),
-                format!("--id={id}"),
-                format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
-                format!("--client-listen={client}"),
-                format!("--peer-listen={peer}"),
-                format!("--initial-cluster={}", initial.join(",")),
-                format!("--tls-ca={}", certs.join("ca.pem").display()),
-                format!(
-                    "--tls-cert={}",
-                    certs.join(format!("node-{id}.pem")).display()
-                ),
-                format!(
-                    "--tls-key={}",
-                    certs.join(format!("node-{id}.key")).display()
-                ),
-                "--tick-ms=20".to_string(),
-                "--request-timeout-ms=2000".to_string(),
-            ];
-            args.extend(extra.iter().cloned());
-            let mut p = Proc {
-                id,
-                args,
-                child: None,
-                http: format!("{scheme}://{client}"),
-                log: dir.join(format!("node-{id}.log")),
-            };
-            p.start();
-            p
-        })
-        .collect()
+    let mut flags = vec!["--request-timeout-ms=2000".to_string()];
+    flags.extend(extra.iter().cloned());
+    common::cluster_with(dir, n, &flags, names, scheme)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

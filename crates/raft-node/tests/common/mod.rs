@@ -88,9 +88,26 @@ pub fn free_udp() -> SocketAddr {
 }
 
 pub fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
+    let limits = [
+        "--max-key-bytes=64".to_string(),
+        "--max-value-bytes=4096".to_string(),
+    ];
+    cluster_with(dir, n, &limits, &[], "http")
+}
+
+/// Starts `n` nodes (ids 1..=n) with development certificates that also
+/// name `names`, fast ticks, and the `extra` flags; `scheme` is `http` or
+/// `https` (for `--client-tls`).
+pub fn cluster_with(
+    dir: &Path,
+    n: u64,
+    extra: &[String],
+    names: &[String],
+    scheme: &str,
+) -> Vec<Proc> {
     let ids: Vec<u64> = (1..=n).collect();
     let certs = dir.join("certs");
-    raft_net_quic::certs::write_dev_certs(&certs, &ids, &[]).unwrap();
+    raft_net_quic::certs::write_dev_certs(&certs, &ids, names).unwrap();
     let addrs: Vec<(SocketAddr, SocketAddr)> =
         ids.iter().map(|_| (free_udp(), free_tcp())).collect();
     let initial: Vec<String> = ids
@@ -101,7 +118,7 @@ pub fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
     ids.iter()
         .zip(&addrs)
         .map(|(&id, (peer, client))| {
-            let args = vec![
+            let mut args = vec![
                 "run".to_string(),
                 format!("--id={id}"),
                 format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
@@ -118,14 +135,13 @@ pub fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
                     certs.join(format!("node-{id}.key")).display()
                 ),
                 "--tick-ms=20".to_string(),
-                "--max-key-bytes=64".to_string(),
-                "--max-value-bytes=4096".to_string(),
             ];
+            args.extend(extra.iter().cloned());
             let mut p = Proc {
                 id,
                 args,
                 child: None,
-                http: format!("http://{client}"),
+                http: format!("{scheme}://{client}"),
                 log: dir.join(format!("node-{id}.log")),
             };
             p.start();
@@ -136,7 +152,7 @@ pub fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
 
 pub async fn status(client: &reqwest::Client, p: &Proc) -> Option<Value> {
     let r = client
-        .get(format!("{}/v1/cluster", p.http))
+        .get(format!("{}/v1/cluster?digest=true", p.http))
         .timeout(Duration::from_secs(2))
         .send()
         .await
