@@ -38,6 +38,17 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_PEER_LISTEN", value_name = "ADDR")]
     pub peer_listen: Option<SocketAddr>,
 
+    /// The peer address other nodes reach this node at. [default: this
+    /// node's `--initial-cluster` entry, else `--peer-listen`]
+    #[arg(long, env = "RAFT_PEER_ADVERTISE", value_name = "ADDR")]
+    pub peer_advertise: Option<SocketAddr>,
+
+    /// The HTTP address (`host:port`) other nodes forward requests to and
+    /// clients are pointed at. [default: this node's `--initial-cluster`
+    /// entry, else `--client-listen`]
+    #[arg(long, env = "RAFT_CLIENT_ADVERTISE", value_name = "HOST:PORT")]
+    pub client_advertise: Option<String>,
+
     /// The members of a new cluster: `ID=PEER_ADDR/CLIENT_ADDR,…`, e.g.
     /// `1=10.0.0.1:7000/10.0.0.1:8080,2=…`. CLIENT_ADDR is where followers
     /// forward requests to. Used only when the data directory is new; a
@@ -167,6 +178,8 @@ pub struct NodeConfig {
     pub peer_listen: SocketAddr,
     /// Initial cluster (empty when not given).
     pub initial_cluster: Vec<Member>,
+    /// This node's addresses as others reach it.
+    pub advertise: Member,
     /// CA certificate file.
     pub tls_ca: PathBuf,
     /// Node certificate file.
@@ -244,6 +257,8 @@ impl RunArgs {
             data_dir,
             client_listen,
             peer_listen,
+            peer_advertise,
+            client_advertise,
             initial_cluster,
             tls_ca,
             tls_cert,
@@ -284,7 +299,47 @@ impl RunArgs {
             Some(s) => parse_initial_cluster(s)?,
             None => Vec::new(),
         };
+        let client_listen = self
+            .client_listen
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal"));
+        let peer_listen = self
+            .peer_listen
+            .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal"));
+        let listed = initial_cluster.iter().find(|m| m.id == id);
+        let advertise = Member {
+            id,
+            peer_addr: self
+                .peer_advertise
+                .or(listed.map(|m| m.peer_addr))
+                .unwrap_or(peer_listen),
+            client_addr: self
+                .client_advertise
+                .clone()
+                .or(listed.map(|m| m.client_addr.clone()))
+                .unwrap_or_else(|| client_listen.to_string()),
+        };
+        if let Some(m) = listed {
+            if *m != advertise {
+                return Err(ConfigError(format!(
+                    "--initial-cluster lists this node at {}/{} but it advertises {}/{}",
+                    m.peer_addr, m.client_addr, advertise.peer_addr, advertise.client_addr
+                )));
+            }
+        }
+        if advertise.peer_addr.ip().is_unspecified() {
+            return Err(ConfigError(
+                "listening on an unspecified address: give --peer-advertise (or list this node in --initial-cluster)".into(),
+            ));
+        }
+        if advertise.client_addr.starts_with("0.0.0.0:")
+            || advertise.client_addr.starts_with("[::]:")
+        {
+            return Err(ConfigError(
+                "listening on an unspecified address: give --client-advertise (or list this node in --initial-cluster)".into(),
+            ));
+        }
         let cfg = NodeConfig {
+            advertise,
             id,
             data_dir: self
                 .data_dir
@@ -500,6 +555,44 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.0.contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn advertised_addresses_default_to_the_cluster_entry_and_must_agree_with_it() {
+        let cluster = "1=127.0.0.1:7001/127.0.0.1:8001,2=127.0.0.1:7002/127.0.0.1:8002";
+        let cfg = RunArgs {
+            initial_cluster: Some(cluster.into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.advertise.peer_addr, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(cfg.advertise.client_addr, "127.0.0.1:8001");
+        let err = RunArgs {
+            initial_cluster: Some(cluster.into()),
+            peer_advertise: Some("127.0.0.1:9999".parse().unwrap()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("advertises"), "{err}");
+        let err = RunArgs {
+            peer_listen: Some("0.0.0.0:7000".parse().unwrap()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--peer-advertise"), "{err}");
+        let cfg = RunArgs {
+            peer_listen: Some("0.0.0.0:7000".parse().unwrap()),
+            client_listen: Some("0.0.0.0:8000".parse().unwrap()),
+            peer_advertise: Some("10.0.0.1:7000".parse().unwrap()),
+            client_advertise: Some("node1.example:8000".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.advertise.client_addr, "node1.example:8000");
     }
 
     #[test]

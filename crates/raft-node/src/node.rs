@@ -140,6 +140,15 @@ pub async fn start(
                     cfg.data_dir.display()
                 );
             }
+            if let Some(me) = stored.iter().find(|m| m.id == id) {
+                if *me != cfg.advertise {
+                    tracing::warn!(
+                        stored = %format!("{}/{}", me.peer_addr, me.client_addr),
+                        advertised = %format!("{}/{}", cfg.advertise.peer_addr, cfg.advertise.client_addr),
+                        "this node's addresses changed since the cluster was formed; peers keep the stored ones"
+                    );
+                }
+            }
             stored
         }
         None => {
