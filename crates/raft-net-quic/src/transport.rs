@@ -967,8 +967,9 @@ async fn read_messages(shared: Arc<Shared>, peer: NodeId, conn: Connection, mut 
     let p = peer.to_string();
     let messages = metrics::counter!("raft_net_messages_received_total", "peer" => p.clone(), "stream" => stream);
     let bytes = metrics::counter!("raft_net_bytes_received_total", "peer" => p, "stream" => stream);
+    let mut reader = FrameReader::new(shared.cfg.max_frame_bytes);
     loop {
-        let frame = match read_frame_sized(&mut recv, shared.cfg.max_frame_bytes).await {
+        let frame = match reader.next(&mut recv).await {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(FrameError::Stream(_)) => return, // the connection or stream went away
@@ -1358,6 +1359,58 @@ pub(crate) enum FrameError {
     /// The bytes are not a valid frame.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+}
+
+/// Reads frames from a long-lived message stream in large chunks: one
+/// stream read serves many small frames (two exact reads per frame cost a
+/// stream lock each). Each frame is copied into its own exact-size buffer,
+/// so decoded payloads never pin a whole read chunk in memory.
+struct FrameReader {
+    buf: BytesMut,
+    max: u32,
+}
+
+/// Bytes asked of the stream per read.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+impl FrameReader {
+    fn new(max: u32) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// The next frame and its size; `Ok(None)` when the stream ended
+    /// cleanly between frames.
+    async fn next(&mut self, recv: &mut RecvStream) -> Result<Option<(Frame, usize)>, FrameError> {
+        loop {
+            if self.buf.len() >= LENGTH_PREFIX_BYTES {
+                let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+                prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_BYTES]);
+                let len = check_frame_length(prefix, self.max)?;
+                let total = LENGTH_PREFIX_BYTES + len;
+                if self.buf.len() >= total {
+                    let content = Bytes::copy_from_slice(&self.buf[LENGTH_PREFIX_BYTES..total]);
+                    bytes::Buf::advance(&mut self.buf, total);
+                    return Ok(Some((decode_frame_content(content)?, total)));
+                }
+            }
+            match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) if self.buf.len() < LENGTH_PREFIX_BYTES => {
+                    return Err(DecodeError::Truncated("length prefix").into())
+                }
+                Ok(None) => {
+                    return Err(
+                        DecodeError::Truncated("frame shorter than its length prefix").into(),
+                    )
+                }
+                Err(e) => return Err(FrameError::Stream(e.to_string())),
+            }
+        }
+    }
 }
 
 async fn read_frame(recv: &mut RecvStream, max: u32) -> Result<Option<Frame>, FrameError> {
