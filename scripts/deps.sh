@@ -1,13 +1,11 @@
 # Sourced by the scripts in this directory: installs the system packages the
-# build needs when they are missing (Debian/Ubuntu), and turns on ccache.
+# build and the tests need when they are missing (Debian/Ubuntu).
 need_apt=()
 # RocksDB's bindings (raft-log) need libclang.
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
   need_apt+=(libclang-dev)
 fi
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
-# ccache makes a RocksDB rebuild (another profile or feature set) a cache hit.
-command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
 # raft-node's Prometheus scrape test runs its own prometheus on a free port.
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -16,7 +14,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if command -v ccache >/dev/null 2>&1; then
-  export CC="${CC:-ccache gcc}" CXX="${CXX:-ccache g++}"
-  export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
-fi
+# No CC/CXX override here: RocksDB's build script reruns when they change,
+# so the scripts and plain `cargo` commands must see the same environment
+# to share one RocksDB build.
