@@ -45,6 +45,21 @@ pub struct Config {
     pub max_uncommitted_entries: usize,
     /// Pending linearizable reads at most.
     pub max_pending_reads: usize,
+    /// A learner is promoted to voter only when its log is at most this many
+    /// entries behind the leader's, so the new voter does not stall commits
+    /// while it catches up (thesis §4.2.1).
+    pub max_promotion_lag: u64,
+    /// Ask the state machine for a snapshot once this many entries were
+    /// applied since the last one (0: never by count).
+    pub snapshot_threshold_entries: u64,
+    /// Ask the state machine for a snapshot once entries of this many bytes
+    /// ([`Entry::size_bytes`](crate::Entry::size_bytes)) were applied since
+    /// the last one (0: never by size).
+    pub snapshot_threshold_bytes: u64,
+    /// Entries kept in the log below a new snapshot, so a follower that is
+    /// only slightly behind catches up from the log instead of receiving a
+    /// whole snapshot (etcd keeps 5,000).
+    pub snapshot_keep_entries: u64,
     /// Seed of the election-timeout randomness. Two engines with the same seed
     /// and the same inputs behave identically; give each node its own seed.
     pub seed: u64,
@@ -66,6 +81,10 @@ impl Config {
             max_inflight_bytes: 32 * 1024 * 1024,
             max_uncommitted_entries: 65_536,
             max_pending_reads: 65_536,
+            max_promotion_lag: 1_000,
+            snapshot_threshold_entries: 100_000,
+            snapshot_threshold_bytes: 256 * 1024 * 1024,
+            snapshot_keep_entries: 5_000,
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         }
     }

@@ -8,7 +8,8 @@
 //! Crate map:
 //! - [`engine`]: the algorithm. No clock, no I/O, no runtime: time enters as
 //!   [`Engine::tick`], randomness from [`Config::seed`].
-//! - [`storage`], [`state_machine`], [`transport`]: the traits.
+//! - [`storage`], [`state_machine`], [`transport`]: the traits;
+//!   [`snapshot`]: snapshot data as they exchange it.
 //! - [`memory`]: in-memory implementations for tests and examples.
 //! - [`conformance`]: a test-suite any [`LogStorage`] must pass.
 //! - [`driver`]: the tokio driver and its cloneable [`RaftHandle`].
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod membership;
 pub mod memory;
 pub mod message;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod testing;
@@ -32,9 +34,10 @@ pub use driver::{
     DriverConfig, DriverStatus, ProposeError, Raft, RaftHandle, ReadConsistency, ReadError,
     StartError, TransferError,
 };
-pub use engine::{Engine, InitialState, Role};
+pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;
 pub use message::{AppendResult, Message, MessageBody};
+pub use snapshot::{FileSource, SnapshotData, SnapshotSource};
 pub use state_machine::{StateMachine, StateMachineError};
 pub use storage::{LogStorage, LogWrite, StorageError, StoredState};
 pub use transport::{Transport, TransportError};

@@ -4,7 +4,7 @@
 //! Every message carries the sender's term; the engine handles terms
 //! uniformly before it looks at the body (paper §5.1).
 
-use crate::types::{Entry, Index, LogId, NodeId, Term};
+use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta, Term};
 
 /// A message from one peer to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,20 @@ pub enum MessageBody {
     },
     /// Tells the recipient to start an election at once (leadership transfer, thesis §3.10).
     TimeoutNow,
+    /// InstallSnapshot (paper §7, thesis §5): the leader's log no longer
+    /// holds the entries the recipient needs, so it sends its snapshot.
+    ///
+    /// This message is the snapshot's header: the data travels beside it,
+    /// streamed by [`Transport::send_snapshot`](crate::Transport::send_snapshot),
+    /// and the receiving driver steps the message into its engine only once
+    /// the whole snapshot arrived and was verified
+    /// ([`RaftHandle::receive_snapshot`](crate::RaftHandle::receive_snapshot)).
+    /// The recipient answers with an `AppendEntriesResponse` once the
+    /// snapshot is installed and durable.
+    InstallSnapshot {
+        /// What the snapshot covers.
+        meta: SnapshotMeta,
+    },
 }
 
 /// The outcome of an AppendEntries on the follower.
@@ -107,6 +121,7 @@ impl MessageBody {
             MessageBody::AppendEntries { .. } => "append_entries",
             MessageBody::AppendEntriesResponse { .. } => "append_entries_response",
             MessageBody::TimeoutNow => "timeout_now",
+            MessageBody::InstallSnapshot { .. } => "install_snapshot",
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 
-use crate::types::{Entry, Index};
+use crate::snapshot::SnapshotData;
+use crate::types::{Entry, Index, SnapshotMeta};
 
 /// A state-machine failure. The driver stops applying and shuts down: a
 /// replica that cannot apply an entry must not go on serving.
@@ -37,4 +38,59 @@ pub trait StateMachine: Send + 'static {
     ///
     /// A [`StateMachineError`]; the driver then stops.
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Self::Response>, StateMachineError>;
+
+    /// Builds a snapshot of the state, which is at `meta.last_log_id` (the
+    /// driver calls this right after applying that entry). Before it
+    /// returns, the snapshot and the state it captures must be durable: the
+    /// log entries it covers are deleted next. It replaces the previous
+    /// snapshot as what [`latest_snapshot`](Self::latest_snapshot) returns.
+    ///
+    /// The default refuses: snapshots are then never taken and the log is
+    /// never compacted.
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`]; the driver logs it and tries again later.
+    async fn build_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotData, StateMachineError> {
+        Err(StateMachineError(format!(
+            "this state machine does not take snapshots (asked for one at {})",
+            meta.last_log_id
+        )))
+    }
+
+    /// The latest snapshot built or installed, with its metadata, if any
+    /// (the driver asks once at start, to serve followers that need it).
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`] when it cannot be read.
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<Option<(SnapshotMeta, SnapshotData)>, StateMachineError> {
+        Ok(None)
+    }
+
+    /// Replaces the whole state by the snapshot's, atomically and durably:
+    /// afterwards [`applied_index`](Self::applied_index) is
+    /// `meta.last_log_id.index` and [`latest_snapshot`](Self::latest_snapshot)
+    /// returns this snapshot. Data that fails its checks must be refused.
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`]; the driver then stops (the state may be
+    /// half-replaced only if the implementation is not atomic).
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        let _ = data;
+        Err(StateMachineError(format!(
+            "this state machine cannot install snapshots (got one at {})",
+            meta.last_log_id
+        )))
+    }
 }

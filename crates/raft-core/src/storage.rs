@@ -13,9 +13,12 @@ use crate::types::{Entry, HardState, Index, LogId, SnapshotMeta};
 pub struct StoredState {
     /// The last saved hard state (all zero on a new store).
     pub hard_state: HardState,
-    /// The metadata of the last snapshot the log was compacted to, if any.
-    /// Entries at or below `snapshot.last_log_id.index` are gone from the log.
+    /// The metadata of the latest snapshot recorded with
+    /// [`LogStorage::save_snapshot`] or [`LogStorage::install_snapshot`].
     pub snapshot: Option<SnapshotMeta>,
+    /// The last entry of the purged prefix (zero when nothing was purged).
+    /// The log resumes right after it; it is at most the snapshot's index.
+    pub purged: LogId,
     /// Id of the first entry in the log, or `None` when the log is empty.
     pub first_log_id: Option<LogId>,
     /// Id of the last entry in the log, or `None` when the log is empty.
@@ -149,6 +152,40 @@ pub trait LogStorage: Send + Sync + 'static {
     /// I/O failures.
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError>;
 
+    /// Records a snapshot the state machine took and purges the log up to
+    /// `purge_to` (at most the snapshot's index), in one durable write.
+    /// After a restart, [`stored_state`](Self::stored_state) reports the
+    /// snapshot and `purge_to` as the purge point.
+    ///
+    /// The default saves nothing and only purges: storage that cannot
+    /// record snapshots must not be used with a state machine that takes them.
+    ///
+    /// # Errors
+    ///
+    /// I/O failures.
+    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: Index) -> Result<(), StorageError> {
+        let _ = meta;
+        Err(StorageError::Backend(format!(
+            "this log storage cannot record snapshots (asked to purge to {purge_to})"
+        )))
+    }
+
+    /// Replaces the whole log by an installed snapshot, in one durable
+    /// write: every entry is deleted (even committed ones, which the
+    /// snapshot covers), the snapshot is recorded, and the purge point
+    /// becomes its last entry. The next append starts right after it.
+    ///
+    /// # Errors
+    ///
+    /// I/O failures; [`StorageError::Backend`] from storage that does not
+    /// support snapshots (the default).
+    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        Err(StorageError::Backend(format!(
+            "this log storage cannot install snapshots (asked to install {})",
+            meta.last_log_id
+        )))
+    }
+
     /// Performs one [`LogWrite`] durably. The default runs
     /// [`save_hard_state`](Self::save_hard_state), [`truncate`](Self::truncate)
     /// and [`append`](Self::append) in that order; implementations should
@@ -200,5 +237,11 @@ impl<L: LogStorage> LogStorage for std::sync::Arc<L> {
     }
     async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
         (**self).write(write).await
+    }
+    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: Index) -> Result<(), StorageError> {
+        (**self).save_snapshot(meta, purge_to).await
+    }
+    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        (**self).install_snapshot(meta).await
     }
 }

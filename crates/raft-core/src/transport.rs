@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 
 use crate::message::Message;
+use crate::snapshot::SnapshotData;
 use crate::types::NodeId;
 
 /// A send failure. Raft tolerates lost messages, so the driver only counts
@@ -40,4 +41,30 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// A [`TransportError`]; the messages are then dropped.
     async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), TransportError>;
+
+    /// Streams a snapshot to `to`: `header` is the engine's
+    /// [`InstallSnapshot`](crate::MessageBody::InstallSnapshot) message and
+    /// `data` its bytes. The receiving side hands both to its driver with
+    /// [`RaftHandle::receive_snapshot`](crate::RaftHandle::receive_snapshot)
+    /// once all the data arrived intact. Returns when the receiver has it
+    /// all, or the transfer failed; it runs on its own task and must not
+    /// hold up [`send`](Self::send).
+    ///
+    /// The default refuses: a leader on such a transport cannot bring a
+    /// follower back that needs compacted entries.
+    ///
+    /// # Errors
+    ///
+    /// A [`TransportError`]; the engine sends the snapshot again later.
+    async fn send_snapshot(
+        &self,
+        to: NodeId,
+        header: Message,
+        data: SnapshotData,
+    ) -> Result<(), TransportError> {
+        let _ = (header, data);
+        Err(TransportError::Other(format!(
+            "this transport cannot send snapshots (to node {to})"
+        )))
+    }
 }

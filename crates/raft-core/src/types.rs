@@ -105,9 +105,8 @@ pub struct HardState {
 }
 
 /// What a snapshot covers: everything up to and including `last_log_id`, and
-/// the membership in force at that point. Snapshots themselves are the next
-/// step of this crate; the engine already tracks a compacted prefix so that
-/// they fit without changing these types.
+/// the membership in force at that point (paper §7). The snapshot's data is
+/// the state machine's business; this is what Raft needs to know about it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SnapshotMeta {
     /// The last entry the snapshot includes.

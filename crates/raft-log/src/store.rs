@@ -46,6 +46,10 @@ enum Op {
     Write(LogWrite),
     Purge(Index),
     Snapshot(SnapshotMeta),
+    /// Record a snapshot, then purge up to the index.
+    SaveSnapshot(SnapshotMeta, Index),
+    /// Replace the whole log by an installed snapshot.
+    InstallSnapshot(SnapshotMeta),
 }
 
 struct Request {
@@ -573,6 +577,45 @@ fn stage(cache: &mut Cache, ops: &mut Vec<BatchOp>, op: Op) -> Result<(), Storag
             });
             cache.snapshot = Some(meta);
         }
+        Op::SaveSnapshot(meta, purge_to) => {
+            if purge_to > meta.last_log_id.index {
+                return Err(StorageError::Invalid(format!(
+                    "purge to {purge_to} past the snapshot's last index {}",
+                    meta.last_log_id.index
+                )));
+            }
+            stage(cache, ops, Op::Snapshot(meta))?;
+            stage(cache, ops, Op::Purge(purge_to))?;
+        }
+        Op::InstallSnapshot(meta) => {
+            let id = meta.last_log_id;
+            if !cache.is_empty() {
+                ops.push(BatchOp::DeleteRange {
+                    from: cache.first_index(),
+                    to: Index::MAX,
+                });
+            }
+            cache.runs.clear();
+            cache.memberships.clear();
+            cache.purged = id;
+            cache.last = id;
+            ops.push(BatchOp::Put {
+                meta: true,
+                key: KEY_PURGED.to_vec(),
+                value: record::encode_log_id(id),
+            });
+            if cache.hard_state.commit < id.index {
+                // The snapshot is committed: never let the saved commit
+                // index point below it.
+                cache.hard_state.commit = id.index;
+                ops.push(BatchOp::Put {
+                    meta: true,
+                    key: KEY_HARD_STATE.to_vec(),
+                    value: record::encode_hard_state(&cache.hard_state),
+                });
+            }
+            stage(cache, ops, Op::Snapshot(meta))?;
+        }
     }
     Ok(())
 }
@@ -671,6 +714,7 @@ impl LogStorage for RocksLog {
         Ok(StoredState {
             hard_state: c.hard_state,
             snapshot: c.snapshot.clone(),
+            purged: c.purged,
             first_log_id,
             last_log_id: (!c.is_empty()).then_some(c.last),
             membership: c
@@ -749,6 +793,14 @@ impl LogStorage for RocksLog {
             return Ok(());
         }
         self.submit(Op::Write(write)).await
+    }
+
+    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: Index) -> Result<(), StorageError> {
+        self.submit(Op::SaveSnapshot(meta, purge_to)).await
+    }
+
+    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        self.submit(Op::InstallSnapshot(meta)).await
     }
 }
 

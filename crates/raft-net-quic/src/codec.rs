@@ -32,7 +32,9 @@
 //! [`PROTOCOL_VERSION`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use raft_core::{AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody};
+use raft_core::{
+    AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody, SnapshotMeta,
+};
 
 /// The protocol version this crate speaks. A peer speaking another version is
 /// refused at connection time.
@@ -159,6 +161,7 @@ mod body {
     pub const APPEND_ENTRIES: u8 = 3;
     pub const APPEND_ENTRIES_RESPONSE: u8 = 4;
     pub const TIMEOUT_NOW: u8 = 5;
+    pub const INSTALL_SNAPSHOT: u8 = 6;
 
     pub const RESULT_SUCCESS: u8 = 1;
     pub const RESULT_CONFLICT: u8 = 2;
@@ -404,6 +407,11 @@ fn encode_message(m: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
             }
         }
         MessageBody::TimeoutNow => out.put_u8(body::TIMEOUT_NOW),
+        MessageBody::InstallSnapshot { meta } => {
+            out.put_u8(body::INSTALL_SNAPSHOT);
+            put_log_id(out, meta.last_log_id);
+            encode_membership(&meta.membership, out)?;
+        }
     }
     Ok(())
 }
@@ -697,6 +705,12 @@ fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
             MessageBody::AppendEntriesResponse { round, result }
         }
         body::TIMEOUT_NOW => MessageBody::TimeoutNow,
+        body::INSTALL_SNAPSHOT => MessageBody::InstallSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: r.log_id("snapshot last log id")?,
+                membership: decode_membership(r)?,
+            },
+        },
         t => return Err(invalid("message body tag", format!("{t}"))),
     };
     Ok(Message {
@@ -769,6 +783,35 @@ fn decode_membership(r: &mut Reader) -> Result<Membership, DecodeError> {
         Some(old) => Membership::joint(old, voters, learners),
         None => Membership::with_learners(voters, learners),
     })
+}
+
+/// Encodes a snapshot's header (the engine's `InstallSnapshot` message) for
+/// [`SnapshotOffer::meta`].
+///
+/// # Errors
+///
+/// [`EncodeError`] when it does not fit the frame limit.
+pub fn encode_snapshot_header(
+    header: &Message,
+    max_frame_bytes: u32,
+) -> Result<Bytes, EncodeError> {
+    encode_to_bytes(&Frame::Message(header.clone()), max_frame_bytes)
+}
+
+/// Decodes what [`encode_snapshot_header`] wrote, and checks it is an
+/// `InstallSnapshot` message.
+///
+/// # Errors
+///
+/// [`DecodeError`] for anything else.
+pub fn decode_snapshot_header(meta: Bytes, max_frame_bytes: u32) -> Result<Message, DecodeError> {
+    match decode_frame(meta, max_frame_bytes)? {
+        Frame::Message(m) if matches!(m.body, MessageBody::InstallSnapshot { .. }) => Ok(m),
+        _ => Err(invalid(
+            "snapshot header",
+            "not an InstallSnapshot message".to_string(),
+        )),
+    }
 }
 
 /// Which stream a message travels on: [`StreamKind::Replication`] for

@@ -50,7 +50,7 @@ pub struct QuicConfig {
     /// Bytes of snapshot data per chunk frame. Default 256 KiB.
     pub snapshot_chunk_bytes: usize,
     /// Attempts for one snapshot transfer (each resumes where the last one
-    /// stopped) before `send_snapshot` gives up. Default 10.
+    /// stopped) before a snapshot transfer (`stream_snapshot`, `Transport::send_snapshot`) gives up. Default 10.
     pub snapshot_attempts_max: u32,
     /// Messages buffered between the network and the application's inbound
     /// receiver; when full, stream readers wait (QUIC flow control then

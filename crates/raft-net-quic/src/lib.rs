@@ -80,7 +80,9 @@ pub mod tls;
 mod transport;
 
 pub use config::QuicConfig;
-pub use snapshot::{FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource};
+pub use snapshot::{
+    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource,
+};
 pub use tls::{NodeTls, TlsError};
 pub use transport::{
     close_code, BindError, ConnectError, QuicTransport, QuicTransportBuilder, SnapshotError,

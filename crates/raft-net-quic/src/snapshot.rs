@@ -22,78 +22,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::codec::SnapshotOffer;
 
-/// Where a sender reads snapshot bytes from. Reads must be repeatable: a
-/// resumed transfer reads again from an earlier offset.
-#[async_trait]
-pub trait SnapshotSource: Send + Sync + 'static {
-    /// Total bytes.
-    fn len(&self) -> u64;
-
-    /// Whether the snapshot is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Reads up to `max` bytes at `offset` (fewer only at the end).
-    ///
-    /// # Errors
-    ///
-    /// An I/O error; the transfer fails with it.
-    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes>;
-}
-
-#[async_trait]
-impl SnapshotSource for Bytes {
-    fn len(&self) -> u64 {
-        Bytes::len(self) as u64
-    }
-
-    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|s| *s <= Bytes::len(self))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))?;
-        let end = start.saturating_add(max).min(Bytes::len(self));
-        Ok(self.slice(start..end))
-    }
-}
-
-/// A snapshot stored in a file.
-#[derive(Debug)]
-pub struct FileSource {
-    path: PathBuf,
-    len: u64,
-}
-
-impl FileSource {
-    /// Opens `path` for sending.
-    ///
-    /// # Errors
-    ///
-    /// The I/O error of reading its metadata.
-    pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
-        let path = path.into();
-        let len = std::fs::metadata(&path)?.len();
-        Ok(Self { path, len })
-    }
-}
-
-#[async_trait]
-impl SnapshotSource for FileSource {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
-        use tokio::io::AsyncReadExt;
-        let mut f = tokio::fs::File::open(&self.path).await?;
-        f.seek(io::SeekFrom::Start(offset)).await?;
-        let want = max.min(self.len.saturating_sub(offset) as usize);
-        let mut buf = vec![0u8; want];
-        f.read_exact(&mut buf).await?;
-        Ok(Bytes::from(buf))
-    }
-}
+pub use raft_core::snapshot::{FileSource, SnapshotSource};
 
 /// Where a receiver stores incoming snapshots.
 ///
@@ -337,4 +266,57 @@ async fn write_at(file: &mut tokio::fs::File, offset: u64, data: &[u8]) -> io::R
     file.seek(io::SeekFrom::Start(offset)).await?;
     file.write_all(data).await?;
     file.flush().await
+}
+
+/// Hands every verified snapshot that arrives on `received` to the Raft node
+/// behind `handle` (decoding the leader's `InstallSnapshot` header from the
+/// offer's metadata), until either side closes. Spawn it next to a
+/// transport built with a [`FileSnapshotSink`]. A snapshot whose header does
+/// not decode, or that comes from another node than its header says, is
+/// deleted and logged.
+pub async fn forward_snapshots<R: Send + 'static>(
+    mut received: mpsc::Receiver<ReceivedSnapshot>,
+    handle: raft_core::RaftHandle<R>,
+    max_frame_bytes: u32,
+) {
+    while let Some(snap) = received.recv().await {
+        let header = match crate::codec::decode_snapshot_header(snap.meta.clone(), max_frame_bytes)
+        {
+            Ok(h) if h.from == snap.from && h.to == handle.id() => h,
+            Ok(h) => {
+                tracing::warn!(
+                    from = snap.from,
+                    header_from = h.from,
+                    to = h.to,
+                    "snapshot header names other nodes; dropped"
+                );
+                let _ = tokio::fs::remove_file(&snap.path).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(from = snap.from, error = %e, "snapshot header does not decode; dropped");
+                let _ = tokio::fs::remove_file(&snap.path).await;
+                continue;
+            }
+        };
+        let source = match FileSource::open(&snap.path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %snap.path.display(), error = %e, "received snapshot unreadable");
+                continue;
+            }
+        };
+        if handle
+            .receive_snapshot(header, std::sync::Arc::new(source))
+            .is_err()
+        {
+            tracing::warn!(
+                from = snap.from,
+                "node busy; snapshot dropped (the leader sends it again)"
+            );
+        }
+        if handle.is_stopped() {
+            break;
+        }
+    }
 }

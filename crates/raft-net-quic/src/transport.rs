@@ -484,7 +484,7 @@ impl QuicTransport {
     ///
     /// [`SnapshotError`] when the peer is unknown, the source fails, or every
     /// attempt failed.
-    pub async fn send_snapshot(
+    pub async fn stream_snapshot(
         &self,
         to: NodeId,
         transfer_id: u64,
@@ -570,6 +570,12 @@ impl Transport for QuicTransport {
         let peer = self.peer(to).ok_or(TransportError::UnknownPeer(to))?;
         let mut dropped = false;
         for m in messages {
+            if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                // Only `send_snapshot` carries these, with their data.
+                tracing::warn!(to, "InstallSnapshot without data dropped");
+                dropped = true;
+                continue;
+            }
             match codec::stream_for(&m) {
                 StreamKind::Replication => {
                     let bytes = entry_bytes(&m);
@@ -606,6 +612,36 @@ impl Transport for QuicTransport {
             Ok(())
         }
     }
+
+    async fn send_snapshot(
+        &self,
+        to: NodeId,
+        header: Message,
+        data: raft_core::SnapshotData,
+    ) -> Result<(), TransportError> {
+        let meta = codec::encode_snapshot_header(&header, self.shared.cfg.max_frame_bytes)
+            .map_err(|e| TransportError::Other(format!("snapshot header: {e}")))?;
+        let transfer_id = snapshot_transfer_id(&header);
+        match self.stream_snapshot(to, transfer_id, meta, data).await {
+            Ok(_) => Ok(()),
+            Err(SnapshotError::UnknownPeer(p)) => Err(TransportError::UnknownPeer(p)),
+            Err(SnapshotError::Closed) => Err(TransportError::Closed),
+            Err(e) => Err(TransportError::Other(e.to_string())),
+        }
+    }
+}
+
+/// A transfer id that is the same every time the same snapshot is sent in
+/// the same term, so the receiver resumes a transfer a broken connection
+/// cut short even when the engine sends it again.
+fn snapshot_transfer_id(header: &Message) -> u64 {
+    let index = match &header.body {
+        MessageBody::InstallSnapshot { meta } => {
+            meta.last_log_id.index ^ meta.last_log_id.term.rotate_left(40)
+        }
+        _ => 0,
+    };
+    index ^ header.term.rotate_left(20) ^ 0x5A17_0000_0000_0000
 }
 
 fn entry_bytes(m: &Message) -> u64 {
@@ -984,6 +1020,14 @@ async fn read_messages(shared: Arc<Shared>, peer: NodeId, conn: Connection, mut 
                 format!("{stream} stream: unexpected frame {frame:?}"),
             );
         };
+        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+            return protocol_error(
+                &shared,
+                peer,
+                &conn,
+                format!("{stream} stream: InstallSnapshot travels only with its data"),
+            );
+        }
         if m.from != peer || m.to != shared.id {
             return protocol_error(
                 &shared,

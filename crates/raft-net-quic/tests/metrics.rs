@@ -61,7 +61,7 @@ async fn traffic_shows_up_in_per_peer_metrics() {
             .expect("message");
     }
     a.transport
-        .send_snapshot(
+        .stream_snapshot(
             2,
             5,
             Bytes::new(),

@@ -102,7 +102,7 @@ async fn a_snapshot_transfer_survives_a_connection_drop_and_resumes() {
     });
     let t = sender.transport.clone();
     let transfer = tokio::spawn(async move {
-        t.send_snapshot(2, 42, Bytes::from_static(b"meta: last=100@3"), source)
+        t.stream_snapshot(2, 42, Bytes::from_static(b"meta: last=100@3"), source)
             .await
     });
     // Break the connection once part of the snapshot is stored.
@@ -155,7 +155,7 @@ async fn votes_and_heartbeats_keep_flowing_during_a_snapshot_transfer() {
         data: data.clone(),
         delay: Duration::from_millis(2),
     });
-    let transfer = tokio::spawn(async move { t.send_snapshot(2, 1, Bytes::new(), source).await });
+    let transfer = tokio::spawn(async move { t.stream_snapshot(2, 1, Bytes::new(), source).await });
     // While the snapshot streams, control traffic gets through.
     let mut delivered_during = 0;
     for _ in 0..20 {
@@ -317,7 +317,7 @@ async fn a_node_without_a_snapshot_sink_refuses_snapshots() {
     a.transport.add_peer(2, b.addr);
     let err = a
         .transport
-        .send_snapshot(2, 1, Bytes::new(), Arc::new(Bytes::from_static(b"data")))
+        .stream_snapshot(2, 1, Bytes::new(), Arc::new(Bytes::from_static(b"data")))
         .await
         .unwrap_err();
     assert!(

@@ -9,9 +9,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::{ProposeError as EngineProposeError, ReadError as EngineReadError, Status};
-use crate::message::Message;
-use crate::types::{Index, NodeId};
+use crate::engine::{
+    ChangeError, MembershipChange, ProposeError as EngineProposeError,
+    ReadError as EngineReadError, Status,
+};
+use crate::membership::Membership;
+use crate::message::{Message, MessageBody};
+use crate::snapshot::SnapshotData;
+use crate::types::{Index, NodeId, SnapshotMeta};
 
 /// Read consistency levels (thesis §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,6 +141,41 @@ pub enum TransferError {
     ShuttingDown,
 }
 
+/// Why a membership change failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// The engine refused the change; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] ChangeError),
+    /// This node lost leadership before the change completed: it may or may
+    /// not complete under the next leader (check the configuration).
+    #[error("leadership lost before the change completed; it may still complete")]
+    LeadershipLost,
+    /// The change did not complete within the timeout; it may still complete.
+    #[error("membership change timed out; it may still complete")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    ShuttingDown,
+}
+
+/// Why a requested snapshot failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state machine could not build it.
+    #[error("snapshot failed: {0}")]
+    Failed(String),
+    /// It did not finish within the timeout; it may still finish.
+    #[error("snapshot timed out")]
+    Timeout,
+    /// The node is installing a snapshot from the leader.
+    #[error("a snapshot is being installed")]
+    Installing,
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    ShuttingDown,
+}
+
 /// Decides, exactly once, whether a queued proposal is taken by the driver
 /// (and may commit) or abandoned by a caller that timed out first (and is
 /// then never proposed), so a timeout before the driver took it is a
@@ -186,6 +226,17 @@ pub(crate) enum Request<R> {
     Status {
         reply: oneshot::Sender<DriverStatus>,
     },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Membership, MembershipError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<SnapshotMeta, SnapshotError>>,
+    },
+    IncomingSnapshot {
+        header: Message,
+        data: SnapshotData,
+    },
 }
 
 /// The engine's status plus what the driver knows.
@@ -199,6 +250,10 @@ pub struct DriverStatus {
     pub pending_proposals: usize,
     /// Reads waiting for confirmation.
     pub pending_reads: usize,
+    /// The latest snapshot the driver can send to followers.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Followers a snapshot is being streamed to right now.
+    pub snapshots_sending: Vec<NodeId>,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -323,6 +378,70 @@ impl<R: Send + 'static> RaftHandle<R> {
             Ok(result) => result.map_err(|_| TransferError::ShuttingDown)?,
             Err(_) => Err(TransferError::Aborted),
         }
+    }
+
+    /// Changes the cluster's membership and waits until the change is
+    /// complete: for a voter change, until C_new is committed (thesis §4.3);
+    /// for a learner change, until its entry is committed. Returns the
+    /// resulting configuration. Must be called on the leader.
+    ///
+    /// # Errors
+    ///
+    /// A [`MembershipError`]: [`MembershipError::Rejected`] means nothing
+    /// changed; `Timeout` and `LeadershipLost` mean the outcome is unknown.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, MembershipError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::ChangeMembership { change, reply })
+            .await
+            .map_err(|_| MembershipError::ShuttingDown)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(result) => result.map_err(|_| MembershipError::ShuttingDown)?,
+            Err(_) => Err(MembershipError::Timeout),
+        }
+    }
+
+    /// Takes a snapshot of the state machine now (unless the latest one is
+    /// up to date) and compacts the log; returns what the snapshot covers.
+    ///
+    /// # Errors
+    ///
+    /// A [`SnapshotError`].
+    pub async fn snapshot(&self) -> Result<SnapshotMeta, SnapshotError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Snapshot { reply })
+            .await
+            .map_err(|_| SnapshotError::ShuttingDown)?;
+        // Building a large snapshot takes a while: allow more than a proposal.
+        match tokio::time::timeout(self.request_timeout * 12, rx).await {
+            Ok(result) => result.map_err(|_| SnapshotError::ShuttingDown)?,
+            Err(_) => Err(SnapshotError::Timeout),
+        }
+    }
+
+    /// Hands a complete, verified snapshot from a peer to the node: `header`
+    /// is the leader's `InstallSnapshot` message, `data` the snapshot's bytes
+    /// (a transport calls this once a transfer finished). Never waits.
+    ///
+    /// # Errors
+    ///
+    /// Gives the header back when it is not an `InstallSnapshot` message or
+    /// the node's request queue is full (the leader sends it again).
+    pub fn receive_snapshot(&self, header: Message, data: SnapshotData) -> Result<(), Message> {
+        if !matches!(header.body, MessageBody::InstallSnapshot { .. }) {
+            return Err(header);
+        }
+        let copy = header.clone();
+        self.requests
+            .try_send(Request::IncomingSnapshot { header, data })
+            .map_err(|_| {
+                metrics::counter!("raft_inbound_dropped_total").increment(1);
+                copy
+            })
     }
 
     /// The node's current status, or `None` once it has stopped.

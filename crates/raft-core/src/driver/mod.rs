@@ -17,7 +17,7 @@
 mod handle;
 mod tasks;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,18 +26,22 @@ use tokio::time::MissedTickBehavior;
 
 use handle::Request;
 pub use handle::{
-    DriverStatus, ProposeError, RaftHandle, ReadConsistency, ReadError, TransferError,
+    DriverStatus, MembershipError, ProposeError, RaftHandle, ReadConsistency, ReadError,
+    SnapshotError, TransferError,
 };
-use tasks::{ApplyJob, PersistJob, Waiter};
+use tasks::{ApplyJob, Event, PersistJob, StorageJob, Waiter};
 
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, InitialState, ReadId, Role, SoftState, WriteId};
+use crate::engine::{
+    Engine, InitialState, MembershipChange, ReadId, Role, SnapshotRequestError, SoftState, WriteId,
+};
 use crate::membership::Membership;
-use crate::message::Message;
+use crate::message::{Message, MessageBody};
+use crate::snapshot::SnapshotData;
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStorage, LogWrite, StorageError};
 use crate::transport::Transport;
-use crate::types::{Index, NodeId, Term};
+use crate::types::{Index, NodeId, SnapshotMeta, Term};
 
 /// Settings of the driver around the engine. Every queue is bounded here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,9 @@ pub enum StartError {
     /// The state machine could not report its applied index.
     #[error("cannot open the state machine: {0}")]
     StateMachine(#[from] StateMachineError),
+    /// The state machine and the log do not fit together.
+    #[error("state machine and log disagree: {0}")]
+    Inconsistent(String),
 }
 
 /// A Raft node: the engine driven on tokio over storage `L`, state machine
@@ -105,6 +112,15 @@ pub struct Raft<L, S, T> {
 struct PendingProposal<R> {
     term: Term,
     reply: oneshot::Sender<Result<R, ProposeError>>,
+}
+
+/// A membership change waiting to complete.
+struct PendingChange {
+    /// The index of the entry that started it.
+    index: Index,
+    /// The leader's term when it started.
+    term: Term,
+    reply: oneshot::Sender<Result<Membership, MembershipError>>,
 }
 
 /// A transfer waiting for its outcome.
@@ -153,30 +169,53 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
                 "tick_interval must be positive".into(),
             ));
         }
-        let stored = log.stored_state().await?;
-        // The log must start right after the snapshot (or at 1): a gap means
-        // entries were purged that no snapshot covers.
-        let expected_first = stored
-            .snapshot
-            .as_ref()
-            .map_or(1, |s| s.last_log_id.index + 1);
+        let mut stored = log.stored_state().await?;
+        let applied = state_machine.applied_index().await?;
+        let latest_snapshot = state_machine.latest_snapshot().await?;
+        let log_end = stored
+            .last_log_id
+            .map_or(stored.purged.index, |l| l.index)
+            .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index));
+        if applied > log_end {
+            // A snapshot install was interrupted after the state machine took
+            // it and before the log recorded it: finish it.
+            match &latest_snapshot {
+                Some((meta, _)) if meta.last_log_id.index == applied => {
+                    tracing::warn!(last = %meta.last_log_id, "completing an interrupted snapshot install");
+                    log.install_snapshot(meta.clone()).await?;
+                    stored = log.stored_state().await?;
+                }
+                _ => {
+                    return Err(StartError::Inconsistent(format!(
+                        "the state machine applied up to {applied} but the log ends at {log_end} \
+                         and no snapshot of the state machine explains it"
+                    )))
+                }
+            }
+        }
+        if applied < stored.purged.index {
+            return Err(StartError::Inconsistent(format!(
+                "the state machine applied only up to {applied} but the log was purged up to {}: \
+                 the entries in between are gone (was the state machine's data lost?)",
+                stored.purged.index
+            )));
+        }
+        // The log must resume right after the purged prefix: a gap means
+        // entries were lost.
+        let expected_first = stored.purged.index + 1;
         if let Some(first) = stored.first_log_id {
             if first.index != expected_first {
                 return Err(StartError::Storage(StorageError::Corruption {
                     index: expected_first,
                     reason: format!(
-                        "the log starts at {} but the snapshot covers only up to {}",
+                        "the log starts at {} but was purged only up to {}",
                         first.index,
                         expected_first - 1
                     ),
                 }));
             }
         }
-        let first = stored
-            .snapshot
-            .as_ref()
-            .map_or(1, |s| s.last_log_id.index + 1)
-            .max(stored.first_log_id.map_or(1, |f| f.index));
+        let first = expected_first.max(stored.first_log_id.map_or(1, |f| f.index));
         let end = stored.last_log_id.map_or(first, |l| l.index + 1);
         let mut entries = Vec::new();
         let mut next = first;
@@ -186,11 +225,11 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             next = last.index + 1;
             entries.extend(batch);
         }
-        let applied = state_machine.applied_index().await?;
         let id = config.id;
         let initial = InitialState {
             hard_state: stored.hard_state,
             snapshot: stored.snapshot,
+            purged: stored.purged,
             entries,
             bootstrap,
             applied,
@@ -215,22 +254,26 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
         let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
 
         let log = Arc::new(log);
+        let transport = Arc::new(transport);
         let storage_task = tokio::spawn(tasks::storage_task(
             log,
             persist_rx,
             out_tx.clone(),
             persisted_tx,
             fatal_tx.clone(),
+            events_tx.clone(),
         ));
         let apply_task = tokio::spawn(tasks::apply_task(
             state_machine,
             apply_rx,
             applied_tx,
             fatal_tx,
+            events_tx.clone(),
         ));
-        let network_task = tokio::spawn(tasks::network_task(transport, out_rx));
+        let network_task = tokio::spawn(tasks::network_task(Arc::clone(&transport), out_rx));
 
         let handle = RaftHandle {
             id,
@@ -253,10 +296,24 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             apply_tx,
             applied: applied_rx,
             last_soft: None,
+            transport,
+            events_tx,
+            snapshot: latest_snapshot,
+            snapshot_waiters: Vec::new(),
+            incoming: None,
+            sending: BTreeSet::new(),
+            changes: Vec::new(),
         };
         tokio::spawn(async move {
             driver_state
-                .run(req_rx, in_rx, persisted_rx, fatal_rx, shutdown_rx)
+                .run(
+                    req_rx,
+                    in_rx,
+                    events_rx,
+                    persisted_rx,
+                    fatal_rx,
+                    shutdown_rx,
+                )
                 .await;
             // Closing the queues lets the storage task finish what it holds.
             drop(driver_state);
@@ -271,7 +328,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
 }
 
 /// State of the engine task.
-struct Driver<R> {
+struct Driver<R, T> {
     engine: Engine,
     cfg: DriverConfig,
     /// Proposals appended but not yet handed to the apply task, by index.
@@ -281,17 +338,30 @@ struct Driver<R> {
     next_read_id: ReadId,
     transfer: Option<PendingTransfer>,
     out_tx: mpsc::Sender<Vec<Message>>,
-    persist_tx: mpsc::Sender<PersistJob>,
+    persist_tx: mpsc::Sender<StorageJob>,
     apply_tx: mpsc::Sender<ApplyJob<R>>,
     applied: watch::Receiver<Index>,
     last_soft: Option<SoftState>,
+    transport: Arc<T>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    /// The latest snapshot built or installed: what followers are sent.
+    snapshot: Option<(SnapshotMeta, SnapshotData)>,
+    /// Callers of `RaftHandle::snapshot` waiting for the next build.
+    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, SnapshotError>>>,
+    /// A received snapshot waiting for the engine's decision to install it.
+    incoming: Option<(SnapshotMeta, SnapshotData)>,
+    /// Followers a snapshot is being streamed to.
+    sending: BTreeSet<NodeId>,
+    /// Membership changes waiting to complete.
+    changes: Vec<PendingChange>,
 }
 
-impl<R: Send + 'static> Driver<R> {
+impl<R: Send + 'static, T: Transport> Driver<R, T> {
     async fn run(
         &mut self,
         mut requests: mpsc::Receiver<Request<R>>,
         mut inbound: mpsc::Receiver<Message>,
+        mut events: mpsc::UnboundedReceiver<Event>,
         mut persisted: watch::Receiver<Option<WriteId>>,
         mut fatal: watch::Receiver<Option<String>>,
         mut shutdown: watch::Receiver<bool>,
@@ -321,6 +391,11 @@ impl<R: Send + 'static> Driver<R> {
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
                 _ = ticker.tick() => self.engine.tick(),
+                Some(event) = events.recv() => {
+                    if !self.handle_event(event).await {
+                        break;
+                    }
+                }
                 Some(msg) = inbound.recv() => {
                     self.engine.step(msg);
                     for _ in 1..self.cfg.max_batch_inputs {
@@ -402,9 +477,173 @@ impl<R: Send + 'static> Driver<R> {
                     applied: *self.applied.borrow(),
                     pending_proposals: self.proposals.len(),
                     pending_reads: self.reads.len(),
+                    snapshot: self.snapshot.as_ref().map(|(m, _)| m.clone()),
+                    snapshots_sending: self.sending.iter().copied().collect(),
                 });
             }
+            Request::ChangeMembership { change, reply } => self.start_change(change, reply),
+            Request::Snapshot { reply } => match self.engine.request_snapshot() {
+                Ok(()) => self.snapshot_waiters.push(reply),
+                Err(SnapshotRequestError::InProgress) => {
+                    if self.engine.is_installing_snapshot() {
+                        let _ = reply.send(Err(SnapshotError::Installing));
+                    } else {
+                        self.snapshot_waiters.push(reply);
+                    }
+                }
+                Err(SnapshotRequestError::UpToDate(_)) => match &self.snapshot {
+                    Some((meta, _)) => {
+                        let _ = reply.send(Ok(meta.clone()));
+                    }
+                    None => {
+                        let _ = reply
+                            .send(Err(SnapshotError::Failed("nothing was applied yet".into())));
+                    }
+                },
+            },
+            Request::IncomingSnapshot { header, data } => {
+                if let MessageBody::InstallSnapshot { meta } = &header.body {
+                    if !self.engine.is_installing_snapshot() {
+                        self.incoming = Some((meta.clone(), data));
+                        self.engine.step(header);
+                    }
+                }
+            }
         }
+    }
+
+    fn start_change(
+        &mut self,
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Membership, MembershipError>>,
+    ) {
+        match self.engine.change_membership(change) {
+            Ok(id) => {
+                tracing::info!(index = id.index, membership = ?self.engine.membership(), "membership change started");
+                metrics::counter!("raft_membership_changes_total").increment(1);
+                self.changes.push(PendingChange {
+                    index: id.index,
+                    term: id.term,
+                    reply,
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(MembershipError::Rejected(e)));
+            }
+        }
+    }
+
+    /// Answers membership changes that completed or can no longer be tracked.
+    fn check_changes(&mut self) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let status = self.engine.status();
+        let done = !status.membership.is_joint() && status.membership_committed;
+        let lost = status.role != Role::Leader || status.term != self.changes[0].term;
+        let mut keep = Vec::new();
+        for c in std::mem::take(&mut self.changes) {
+            if done && status.membership_index >= c.index {
+                let _ = c.reply.send(Ok(status.membership.clone()));
+            } else if lost || c.term != status.term {
+                let _ = c.reply.send(Err(MembershipError::LeadershipLost));
+            } else {
+                keep.push(c);
+            }
+        }
+        self.changes = keep;
+    }
+
+    /// Acts on a background task's report. Returns false when the node must stop.
+    async fn handle_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Built(Ok((meta, data))) => {
+                self.engine.on_snapshot_built(meta.clone());
+                self.snapshot = Some((meta.clone(), data));
+                for w in self.snapshot_waiters.drain(..) {
+                    let _ = w.send(Ok(meta.clone()));
+                }
+            }
+            Event::Built(Err(e)) => {
+                self.engine.on_snapshot_build_failed();
+                for w in self.snapshot_waiters.drain(..) {
+                    let _ = w.send(Err(SnapshotError::Failed(e.clone())));
+                }
+            }
+            Event::StateMachineInstalled(meta, data) => {
+                if self
+                    .persist_tx
+                    .send(StorageJob::Install(meta, data))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            Event::LogInstalled(meta, data) => {
+                tracing::info!(last = %meta.last_log_id, "snapshot installed");
+                self.engine.on_snapshot_installed(meta.clone());
+                // Proposals below the snapshot can no longer be answered here.
+                let stale: Vec<Index> = self
+                    .proposals
+                    .range(..=meta.last_log_id.index)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for index in stale {
+                    if let Some(p) = self.proposals.remove(&index) {
+                        let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                    }
+                }
+                self.snapshot = Some((meta, data));
+            }
+            Event::SnapshotSent { to, delivered } => {
+                self.sending.remove(&to);
+                self.engine.report_snapshot(to, delivered);
+            }
+        }
+        true
+    }
+
+    /// Streams the latest snapshot to a follower on its own task.
+    fn send_snapshot(&mut self, mut header: Message) {
+        let to = header.to;
+        let Some((meta, data)) = self.snapshot.clone() else {
+            tracing::warn!(
+                to,
+                "a follower needs a snapshot but the state machine has none"
+            );
+            self.engine.report_snapshot(to, false);
+            return;
+        };
+        if !self.sending.insert(to) {
+            return; // one transfer per follower at a time
+        }
+        // The data's own metadata (the engine's may be older after a restart).
+        header.body = MessageBody::InstallSnapshot { meta: meta.clone() };
+        let transport = Arc::clone(&self.transport);
+        let events = self.events_tx.clone();
+        metrics::counter!("raft_snapshots_sent_total").increment(1);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let delivered = match transport.send_snapshot(to, header, data.clone()).await {
+                Ok(()) => {
+                    tracing::info!(
+                        to,
+                        last = %meta.last_log_id,
+                        bytes = data.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "snapshot sent"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(to, error = %e, "sending a snapshot failed");
+                    metrics::counter!("raft_snapshot_failures_total", "op" => "send").increment(1);
+                    false
+                }
+            };
+            let _ = events.send(Event::SnapshotSent { to, delivered });
+        });
     }
 
     fn start_transfer(
@@ -478,7 +717,16 @@ impl<R: Send + 'static> Driver<R> {
                 self.on_soft_state(soft);
             }
             if !ready.messages.is_empty() {
-                send_messages(&self.out_tx, ready.messages);
+                let (snapshots, messages): (Vec<Message>, Vec<Message>) = ready
+                    .messages
+                    .into_iter()
+                    .partition(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }));
+                if !messages.is_empty() {
+                    send_messages(&self.out_tx, messages);
+                }
+                for header in snapshots {
+                    self.send_snapshot(header);
+                }
             }
             let write = LogWrite {
                 hard_state: ready.hard_state,
@@ -491,7 +739,17 @@ impl<R: Send + 'static> Driver<R> {
                     id: ready.write_id,
                     after: ready.persisted_messages,
                 };
-                if self.persist_tx.send(job).await.is_err() {
+                if self.persist_tx.send(StorageJob::Write(job)).await.is_err() {
+                    return false;
+                }
+            }
+            if let Some(compaction) = ready.compact_log {
+                if self
+                    .persist_tx
+                    .send(StorageJob::Compact(compaction))
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
             }
@@ -521,12 +779,37 @@ impl<R: Send + 'static> Driver<R> {
                     }
                 }
                 metrics::gauge!("raft_commit_index").set(self.engine.commit_index() as f64);
-                let job = ApplyJob {
+                let job = ApplyJob::Entries {
                     entries: ready.committed_entries,
                     waiters,
                 };
                 if self.apply_tx.send(job).await.is_err() {
                     return false;
+                }
+            }
+            if let Some(meta) = ready.build_snapshot {
+                if self.apply_tx.send(ApplyJob::Build(meta)).await.is_err() {
+                    return false;
+                }
+            }
+            if let Some(meta) = ready.install_snapshot {
+                match self.incoming.take() {
+                    Some((m, data)) if m == meta => {
+                        if self
+                            .apply_tx
+                            .send(ApplyJob::Install(meta, data))
+                            .await
+                            .is_err()
+                        {
+                            return false;
+                        }
+                    }
+                    _ => {
+                        // Cannot happen: the engine asks to install only the
+                        // snapshot it was just given.
+                        tracing::error!(last = %meta.last_log_id, "asked to install a snapshot whose data is gone");
+                        return false;
+                    }
                 }
             }
             for rs in ready.read_states {
@@ -540,6 +823,7 @@ impl<R: Send + 'static> Driver<R> {
                 }
             }
         }
+        self.check_changes();
         true
     }
 
@@ -606,6 +890,12 @@ impl<R: Send + 'static> Driver<R> {
             for r in t.replies {
                 let _ = r.send(Err(TransferError::ShuttingDown));
             }
+        }
+        for c in self.changes.drain(..) {
+            let _ = c.reply.send(Err(MembershipError::ShuttingDown));
+        }
+        for w in self.snapshot_waiters.drain(..) {
+            let _ = w.send(Err(SnapshotError::ShuttingDown));
         }
     }
 }

@@ -8,12 +8,38 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::handle::ProposeError;
 use super::send_messages;
-use crate::engine::WriteId;
+use crate::engine::{LogCompaction, WriteId};
 use crate::message::Message;
+use crate::snapshot::SnapshotData;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, LogWrite};
 use crate::transport::Transport;
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
+
+/// Work for the storage task, done strictly in order.
+#[derive(Debug)]
+pub(crate) enum StorageJob {
+    /// A `Ready`'s write (merged with neighbours into one batch).
+    Write(PersistJob),
+    /// Record a snapshot and purge the log prefix.
+    Compact(LogCompaction),
+    /// Replace the log by an installed snapshot; reported as an event.
+    Install(SnapshotMeta, SnapshotData),
+}
+
+/// What the background tasks report to the engine task. At most one build,
+/// one install and one transfer per peer are outstanding at a time, so the
+/// unbounded channel that carries these stays small.
+pub(crate) enum Event {
+    /// The state machine built a snapshot (or failed to).
+    Built(Result<(SnapshotMeta, SnapshotData), String>),
+    /// The state machine installed a snapshot; storage is next.
+    StateMachineInstalled(SnapshotMeta, SnapshotData),
+    /// Storage recorded an installed snapshot: the install is complete.
+    LogInstalled(SnapshotMeta, SnapshotData),
+    /// A snapshot transfer to a follower ended.
+    SnapshotSent { to: NodeId, delivered: bool },
+}
 
 /// One engine `Ready`'s durable write and the messages that wait for it.
 #[derive(Debug)]
@@ -32,10 +58,17 @@ pub(crate) struct Waiter<R> {
     pub(crate) reply: oneshot::Sender<Result<R, ProposeError>>,
 }
 
-/// Committed entries to apply, with the proposers waiting on them.
-pub(crate) struct ApplyJob<R> {
-    pub(crate) entries: Vec<Entry>,
-    pub(crate) waiters: Vec<Waiter<R>>,
+/// Work for the apply task, done strictly in order.
+pub(crate) enum ApplyJob<R> {
+    /// Committed entries to apply, with the proposers waiting on them.
+    Entries {
+        entries: Vec<Entry>,
+        waiters: Vec<Waiter<R>>,
+    },
+    /// Build a snapshot at this metadata (everything before is applied).
+    Build(SnapshotMeta),
+    /// Replace the state by a received snapshot.
+    Install(SnapshotMeta, SnapshotData),
 }
 
 /// Merges `next` into `acc` as if written after it.
@@ -58,16 +91,59 @@ fn merge(acc: &mut LogWrite, next: LogWrite) {
 /// previous write was syncing.
 pub(crate) async fn storage_task<L: LogStorage>(
     log: Arc<L>,
-    mut jobs: mpsc::Receiver<PersistJob>,
+    mut jobs: mpsc::Receiver<StorageJob>,
     out: mpsc::Sender<Vec<Message>>,
     persisted: watch::Sender<Option<WriteId>>,
     fatal: watch::Sender<Option<String>>,
+    events: mpsc::UnboundedSender<Event>,
 ) {
-    while let Some(first) = jobs.recv().await {
+    let mut next: Option<StorageJob> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match jobs.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        let first = match job {
+            StorageJob::Write(w) => w,
+            StorageJob::Compact(c) => {
+                let purge_to = c.purge_to;
+                let index = c.snapshot.last_log_id.index;
+                if let Err(e) = log.save_snapshot(c.snapshot, purge_to).await {
+                    tracing::error!(error = %e, "recording a snapshot failed");
+                    let _ = fatal.send(Some(format!("recording a snapshot failed: {e}")));
+                    return;
+                }
+                tracing::debug!(index, purge_to, "log compacted");
+                metrics::gauge!("raft_log_first_index").set((purge_to + 1) as f64);
+                continue;
+            }
+            StorageJob::Install(meta, data) => {
+                if let Err(e) = log.install_snapshot(meta.clone()).await {
+                    tracing::error!(error = %e, "replacing the log by a snapshot failed");
+                    let _ = fatal.send(Some(format!(
+                        "installing a snapshot in the log failed: {e}"
+                    )));
+                    return;
+                }
+                let _ = events.send(Event::LogInstalled(meta, data));
+                continue;
+            }
+        };
         let mut write = first.write;
         let mut id = first.id;
         let mut after = first.after;
         while let Ok(job) = jobs.try_recv() {
+            let job = match job {
+                StorageJob::Write(j) => j,
+                other => {
+                    // Snapshot work is never merged: it runs after this batch.
+                    next = Some(other);
+                    break;
+                }
+            };
             merge(&mut write, job.write);
             if job.id.is_some() {
                 id = job.id;
@@ -100,12 +176,64 @@ pub(crate) async fn apply_task<S: StateMachine>(
     mut jobs: mpsc::Receiver<ApplyJob<S::Response>>,
     applied: watch::Sender<Index>,
     fatal: watch::Sender<Option<String>>,
+    events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(job) = jobs.recv().await {
-        let Some(last) = job.entries.last().map(|e| e.index) else {
+        let (entries, waiters) = match job {
+            ApplyJob::Entries { entries, waiters } => (entries, waiters),
+            ApplyJob::Build(meta) => {
+                let started = Instant::now();
+                let result = sm
+                    .build_snapshot(&meta)
+                    .await
+                    .map(|data| (meta, data))
+                    .map_err(|e| e.to_string());
+                match &result {
+                    Ok((meta, data)) => {
+                        tracing::info!(
+                            last = %meta.last_log_id,
+                            bytes = data.len(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "snapshot built"
+                        );
+                        metrics::counter!("raft_snapshots_built_total").increment(1);
+                        metrics::gauge!("raft_snapshot_bytes").set(data.len() as f64);
+                        metrics::histogram!("raft_snapshot_build_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "building a snapshot failed");
+                        metrics::counter!("raft_snapshot_failures_total", "op" => "build")
+                            .increment(1);
+                    }
+                }
+                let _ = events.send(Event::Built(result));
+                continue;
+            }
+            ApplyJob::Install(meta, data) => {
+                let started = Instant::now();
+                if let Err(e) = sm.install_snapshot(&meta, data.clone()).await {
+                    tracing::error!(error = %e, last = %meta.last_log_id, "installing a snapshot failed");
+                    let _ = fatal.send(Some(format!("installing a snapshot failed: {e}")));
+                    return;
+                }
+                tracing::info!(
+                    last = %meta.last_log_id,
+                    bytes = data.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "snapshot installed in the state machine"
+                );
+                metrics::counter!("raft_snapshots_installed_total").increment(1);
+                applied.send_replace(meta.last_log_id.index);
+                let _ = events.send(Event::StateMachineInstalled(meta, data));
+                continue;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.index) else {
             continue;
         };
-        let responses = match sm.apply(&job.entries).await {
+        let job_entries = entries;
+        let responses = match sm.apply(&job_entries).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "state machine failed");
@@ -113,23 +241,22 @@ pub(crate) async fn apply_task<S: StateMachine>(
                 return;
             }
         };
-        if responses.len() != job.entries.len() {
+        if responses.len() != job_entries.len() {
             let msg = format!(
                 "state machine returned {} responses for {} entries",
                 responses.len(),
-                job.entries.len()
+                job_entries.len()
             );
             let _ = fatal.send(Some(msg));
             return;
         }
-        metrics::histogram!("raft_apply_batch_entries").record(job.entries.len() as f64);
-        let mut by_index: BTreeMap<Index, (Term, S::Response)> = job
-            .entries
+        metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);
+        let mut by_index: BTreeMap<Index, (Term, S::Response)> = job_entries
             .iter()
             .zip(responses)
             .map(|(e, r)| (e.index, (e.term, r)))
             .collect();
-        for w in job.waiters {
+        for w in waiters {
             let result = match by_index.remove(&w.index) {
                 Some((term, response)) if term == w.term => Ok(response),
                 _ => Err(ProposeError::Superseded { index: w.index }),
@@ -142,7 +269,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
 
 /// Hands outgoing messages to the transport, grouped by recipient.
 pub(crate) async fn network_task<T: Transport>(
-    transport: T,
+    transport: Arc<T>,
     mut batches: mpsc::Receiver<Vec<Message>>,
 ) {
     while let Some(batch) = batches.recv().await {

@@ -19,7 +19,10 @@ impl Engine {
             self.tick_leader();
         } else {
             self.election_elapsed += 1;
-            if self.is_promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            if self.is_promotable()
+                && self.installing.is_none()
+                && self.election_elapsed >= self.randomized_election_timeout
+            {
                 self.election_elapsed = 0;
                 let kind = if self.cfg.pre_vote {
                     Campaign::PreVote
@@ -152,7 +155,9 @@ impl Engine {
                 } => {
                     // Answered at the term we would campaign in; not a newer term.
                 }
-                MessageBody::AppendEntries { .. } => self.become_follower(msg.term, Some(msg.from)),
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(msg.term, Some(msg.from))
+                }
                 _ => self.become_follower(msg.term, None),
             }
         } else if msg.term < self.term {
@@ -179,8 +184,9 @@ impl Engine {
             MessageBody::AppendEntriesResponse { round, result } => {
                 self.handle_append_response(msg.from, round, result)
             }
+            MessageBody::InstallSnapshot { meta } => self.handle_install_snapshot(msg.from, meta),
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader && self.is_promotable() {
+                if self.role != Role::Leader && self.is_promotable() && self.installing.is_none() {
                     tracing::info!(from = msg.from, "TimeoutNow: campaigning at once");
                     self.campaign(Campaign::Transfer);
                 }
@@ -213,6 +219,18 @@ impl Engine {
                     MessageBody::RequestVoteResponse {
                         pre_vote,
                         granted: false,
+                    },
+                );
+            }
+            MessageBody::InstallSnapshot { meta } => {
+                self.send(
+                    msg.from,
+                    MessageBody::AppendEntriesResponse {
+                        round: 0,
+                        result: AppendResult::Conflict {
+                            rejected_prev: meta.last_log_id.index,
+                            hint: LogId::default(),
+                        },
                     },
                 );
             }
@@ -424,6 +442,12 @@ impl Engine {
         self.reset_election_timer();
         self.progress.clear();
         self.sync_progress_with_membership();
+        // Followers most likely hold the whole log already (paper §5.3):
+        // probe after its end, so nothing is resent that they have.
+        let next = self.log.last_index() + u64::from(!first_entry_appended);
+        for p in self.progress.values_mut() {
+            p.next = next;
+        }
         // Paper §5.4.2 and §8: commit an entry of the new term, which also
         // commits everything before it and enables reads.
         if !first_entry_appended {

@@ -319,7 +319,7 @@ impl RaftLog {
         }
         match durable {
             Some(index) if index != self.persisted => {
-                self.persisted = index.min(self.last_index());
+                self.persisted = index.min(self.last_index()).max(self.offset.index);
                 true
             }
             _ => false,
@@ -347,6 +347,45 @@ impl RaftLog {
     /// Sets where applying resumes (the state machine's durable applied index).
     pub(crate) fn set_applied(&mut self, applied: Index) {
         self.apply_emitted = self.apply_emitted.max(applied.min(self.committed));
+    }
+
+    /// The compacted prefix's last entry.
+    pub(crate) fn offset(&self) -> LogId {
+        self.offset
+    }
+
+    /// Drops entries at or below `to` (log compaction after a snapshot,
+    /// paper §7). Only applied, durable entries are dropped: `to` is lowered
+    /// to what is both. Returns the new offset when it moved.
+    pub(crate) fn compact(&mut self, to: Index) -> Option<LogId> {
+        let to = to.min(self.apply_emitted).min(self.persisted);
+        if to <= self.offset.index {
+            return None;
+        }
+        let term = self.term(to)?;
+        let drop = (to - self.offset.index) as usize;
+        self.entries.drain(..drop);
+        self.offset = LogId::new(term, to);
+        Some(self.offset)
+    }
+
+    /// Replaces the whole log by an installed snapshot ending at `id`
+    /// (paper §7: the snapshot supersedes the log). Everything up to `id` is
+    /// committed, durable and applied.
+    pub(crate) fn install(&mut self, id: LogId) {
+        self.entries.clear();
+        self.offset = id;
+        self.committed = self.committed.max(id.index);
+        self.persisted = id.index;
+        self.emitted = id.index;
+        self.apply_emitted = id.index;
+        self.dirty_from = None;
+        self.truncate_from = None;
+        // Writes still in flight were ordered before the install: once they
+        // complete, the snapshot's end is what is durable.
+        for (_, valid_to) in self.writes.iter_mut() {
+            *valid_to = id.index;
+        }
     }
 }
 

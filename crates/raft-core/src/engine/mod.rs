@@ -77,6 +77,8 @@
 //! assert!(applied.contains(&id.index), "the proposal was committed and applied");
 //! ```
 
+mod change;
+mod compaction;
 mod election;
 mod log;
 mod progress;
@@ -92,6 +94,8 @@ use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
 use crate::message::Message;
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMeta, Term};
+pub use change::{ChangeError, MembershipChange};
+pub use compaction::{LogCompaction, SnapshotRequestError};
 use log::RaftLog;
 use progress::Progress;
 pub use progress::ReplicationState;
@@ -192,9 +196,13 @@ pub enum TransferError {
 pub struct InitialState {
     /// The saved hard state.
     pub hard_state: HardState,
-    /// The compacted prefix, if a snapshot was installed or taken.
+    /// The latest snapshot, if one was installed or taken.
     pub snapshot: Option<SnapshotMeta>,
-    /// Every log entry after the snapshot, consecutive, all durable.
+    /// The last entry of the purged prefix of the log (zero when nothing
+    /// was purged). It may be below the snapshot's index when entries were
+    /// kept for slow followers ([`Config::snapshot_keep_entries`]).
+    pub purged: LogId,
+    /// Every log entry after the purged prefix, consecutive, all durable.
     pub entries: Vec<Entry>,
     /// The configuration to use when neither the log nor the snapshot holds
     /// one: the initial cluster of a new deployment.
@@ -239,6 +247,9 @@ pub struct Ready {
     pub truncate_from: Option<Index>,
     /// Entries to append durably.
     pub entries: Vec<Entry>,
+    /// A snapshot was taken: record it and purge the log prefix (after this
+    /// batch's write; it needs no `on_persisted` report).
+    pub compact_log: Option<LogCompaction>,
     /// Names this batch's write (hard state, truncation, entries) when it
     /// has one: report it to [`Engine::on_persisted`] once it is durable.
     pub write_id: Option<WriteId>,
@@ -252,6 +263,15 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that can no longer complete.
     pub failed_reads: Vec<(ReadId, ReadError)>,
+    /// Build a snapshot of the state machine at this metadata's index, once
+    /// the committed entries up to it (handed out in this or an earlier
+    /// `Ready`) are applied; report [`Engine::on_snapshot_built`] or
+    /// [`Engine::on_snapshot_build_failed`].
+    pub build_snapshot: Option<SnapshotMeta>,
+    /// Install the snapshot received with this metadata: into the state
+    /// machine (after every earlier apply), then storage (after every
+    /// earlier write); then report [`Engine::on_snapshot_installed`].
+    pub install_snapshot: Option<SnapshotMeta>,
 }
 
 /// Per-peer replication status, for monitoring.
@@ -269,6 +289,8 @@ pub struct PeerStatus {
     pub inflight: usize,
     /// Whether the peer answered since the last check-quorum round.
     pub recent_active: bool,
+    /// The index of the snapshot being sent to it, in the snapshot state.
+    pub pending_snapshot: Option<Index>,
 }
 
 /// A snapshot of the engine's state, for monitoring.
@@ -294,6 +316,16 @@ pub struct Status {
     pub persisted: Index,
     /// The configuration in force.
     pub membership: Membership,
+    /// The index of the entry holding it (0 for the bootstrap configuration).
+    pub membership_index: Index,
+    /// Whether it is committed.
+    pub membership_committed: bool,
+    /// The latest snapshot taken or installed.
+    pub snapshot: Option<LogId>,
+    /// The first index of the in-memory log.
+    pub first_index: Index,
+    /// A snapshot being installed.
+    pub installing_snapshot: Option<LogId>,
     /// Replication progress of each peer (leader only).
     pub peers: Vec<PeerStatus>,
 }
@@ -328,6 +360,22 @@ pub struct Engine {
     log: RaftLog,
     /// The configuration from the snapshot or bootstrap, under any in the log.
     base_membership: Membership,
+    /// The index that configuration is from (0 for the bootstrap one).
+    base_membership_index: Index,
+    /// The latest snapshot taken or installed.
+    snapshot: Option<SnapshotMeta>,
+    /// A snapshot build was requested and not reported yet.
+    snapshot_building: bool,
+    /// A snapshot build to hand out in the next `Ready`.
+    build_request: Option<SnapshotMeta>,
+    /// Bytes of entries handed out for applying since the last snapshot request.
+    applied_bytes_since_snapshot: u64,
+    /// A compaction to hand out in the next `Ready`.
+    pending_compaction: Option<LogCompaction>,
+    /// Follower: the snapshot being installed.
+    installing: Option<SnapshotMeta>,
+    /// An install to hand out in the next `Ready`.
+    install_request: Option<SnapshotMeta>,
     /// Membership entries of the log, in index order; the last one is in force.
     membership_log: Vec<(Index, Membership)>,
     rng: ChaCha8Rng,
@@ -387,19 +435,30 @@ impl Engine {
     /// invariant of [`LogStorage`](crate::LogStorage)).
     pub fn new(cfg: Config, initial: InitialState) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let offset = initial
+        let snapshot_id = initial
             .snapshot
             .as_ref()
             .map(|s| s.last_log_id)
             .unwrap_or_default();
+        // The log follows the purged prefix; with nothing after it, the
+        // later of the purge point and the snapshot is where it resumes.
+        let offset = match initial.entries.first() {
+            Some(first) if first.index == snapshot_id.index + 1 => snapshot_id,
+            Some(_) => initial.purged,
+            None if initial.purged.index > snapshot_id.index => initial.purged,
+            None => snapshot_id,
+        };
         let base_membership = initial
             .snapshot
             .as_ref()
             .map(|s| s.membership.clone())
             .unwrap_or_else(|| initial.bootstrap.clone());
+        let base_membership_index = snapshot_id.index;
+        // Configurations at or below the snapshot are part of its membership.
         let membership_log = initial
             .entries
             .iter()
+            .filter(|e| e.index > snapshot_id.index)
             .filter_map(|e| match &e.payload {
                 EntryPayload::Membership(m) => Some((e.index, (**m).clone())),
                 _ => None,
@@ -431,6 +490,14 @@ impl Engine {
             role: Role::Follower,
             leader: None,
             base_membership,
+            base_membership_index,
+            snapshot: initial.snapshot.clone(),
+            snapshot_building: false,
+            build_request: None,
+            applied_bytes_since_snapshot: 0,
+            pending_compaction: None,
+            installing: None,
+            install_request: None,
             membership_log,
             rng,
             now: 0,
@@ -503,6 +570,7 @@ impl Engine {
     }
 
     /// The configuration in force (the latest one appended, thesis §4.1).
+    /// See [`Engine::change_membership`] to change it.
     pub fn membership(&self) -> &Membership {
         self.membership_log
             .last()
@@ -527,6 +595,11 @@ impl Engine {
             last_index: self.log.last_index(),
             persisted: self.log.persisted(),
             membership: self.membership().clone(),
+            membership_index: self.membership_entry().0,
+            membership_committed: self.membership_committed(),
+            snapshot: self.snapshot.as_ref().map(|s| s.last_log_id),
+            first_index: self.log.first_index(),
+            installing_snapshot: self.installing.as_ref().map(|s| s.last_log_id),
             peers: self
                 .progress
                 .iter()
@@ -537,6 +610,8 @@ impl Engine {
                     state: p.state,
                     inflight: p.inflight_count(),
                     recent_active: p.recent_active,
+                    pending_snapshot: (p.state == ReplicationState::Snapshot)
+                        .then_some(p.pending_snapshot),
                 })
                 .collect(),
         }
@@ -570,7 +645,10 @@ impl Engine {
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || self.log.has_unpersisted()
-            || self.log.has_committed()
+            || (self.log.has_committed() && self.installing.is_none())
+            || self.build_request.is_some()
+            || self.install_request.is_some()
+            || self.pending_compaction.is_some()
             || self.hard_state() != self.last_hard_state
             || self.soft_state() != self.last_soft_state
         {
@@ -585,10 +663,10 @@ impl Engine {
             let last = self.log.last_index();
             return self.progress.values().any(|p| {
                 // Same test as `replicate_to`: a follower that needs
-                // compacted entries cannot be sent any (snapshots will).
+                // compacted entries gets the snapshot, if there is one.
                 !p.is_paused(max_msgs, max_bytes)
                     && p.next <= last
-                    && self.log.term(p.next - 1).is_some()
+                    && (self.log.term(p.next - 1).is_some() || self.snapshot.is_some())
             });
         }
         false
@@ -613,6 +691,16 @@ impl Engine {
         let (truncate_from, entries) = self.log.take_unpersisted();
         let has_write = hard_state.is_some() || truncate_from.is_some() || !entries.is_empty();
         let write_id = has_write.then(|| WriteId(self.log.register_write()));
+        // Nothing is applied while a snapshot replaces the state machine.
+        let committed_entries = if self.installing.is_none() {
+            self.log.take_committed(usize::MAX)
+        } else {
+            Vec::new()
+        };
+        let applied_bytes = committed_entries.iter().map(Entry::size_bytes).sum();
+        if !committed_entries.is_empty() {
+            self.maybe_request_snapshot(applied_bytes);
+        }
         Ready {
             soft_state,
             hard_state,
@@ -621,9 +709,12 @@ impl Engine {
             write_id,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
-            committed_entries: self.log.take_committed(usize::MAX),
+            committed_entries,
             read_states: std::mem::take(&mut self.read_states),
             failed_reads: std::mem::take(&mut self.failed_reads),
+            compact_log: self.pending_compaction.take(),
+            build_snapshot: self.build_request.take(),
+            install_snapshot: self.install_request.take(),
         }
     }
 }

@@ -16,6 +16,20 @@ pub enum ReplicationState {
     /// The follower's position is known: entries are sent optimistically,
     /// pipelined up to the in-flight limits.
     Replicate,
+    /// The follower needs entries the leader compacted away: a snapshot is
+    /// on its way, and nothing else is sent until it is installed or fails.
+    Snapshot,
+}
+
+impl ReplicationState {
+    /// A lowercase name for logs, metrics and the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationState::Probe => "probe",
+            ReplicationState::Replicate => "replicate",
+            ReplicationState::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// The leader's view of one follower.
@@ -35,6 +49,8 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// The highest heartbeat round the follower answered in this term.
     pub(crate) acked_round: u64,
+    /// In Snapshot: the last index of the snapshot being sent.
+    pub(crate) pending_snapshot: Index,
 }
 
 impl Progress {
@@ -48,7 +64,36 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             acked_round: 0,
+            pending_snapshot: 0,
         }
+    }
+
+    /// A snapshot ending at `index` is being sent: pause until it lands.
+    pub(crate) fn become_snapshot(&mut self, index: Index) {
+        self.state = ReplicationState::Snapshot;
+        self.pending_snapshot = index;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.probe_sent = false;
+    }
+
+    /// The snapshot transfer ended: probe from after what it covers (when
+    /// it was delivered) or from the match index (when it failed, so a new
+    /// snapshot is sent after the next heartbeat).
+    pub(crate) fn snapshot_done(&mut self, delivered: bool) {
+        if self.state != ReplicationState::Snapshot {
+            return;
+        }
+        self.state = ReplicationState::Probe;
+        self.next = if delivered {
+            self.pending_snapshot.max(self.matched) + 1
+        } else {
+            self.matched + 1
+        };
+        self.pending_snapshot = 0;
+        // Wait for the next heartbeat before probing (a failing transfer is
+        // not retried in a tight loop).
+        self.probe_sent = !delivered;
     }
 
     pub(crate) fn is_paused(&self, max_msgs: usize, max_bytes: u64) -> bool {
@@ -57,6 +102,7 @@ impl Progress {
             ReplicationState::Replicate => {
                 self.inflight.len() >= max_msgs || self.inflight_bytes >= max_bytes
             }
+            ReplicationState::Snapshot => true,
         }
     }
 
@@ -72,6 +118,7 @@ impl Progress {
     pub(crate) fn sent(&mut self, last: Index, bytes: u64) {
         match self.state {
             ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Snapshot => {}
             ReplicationState::Replicate => {
                 self.next = last + 1;
                 self.inflight.push_back((last, bytes));
@@ -122,6 +169,14 @@ impl Progress {
             // about the probe: keep waiting for it.
             ReplicationState::Probe => {}
             ReplicationState::Replicate => self.free_to(index),
+            // The follower installed the snapshot (or already had what it
+            // covers): its position is known, start pipelining.
+            ReplicationState::Snapshot if index >= self.pending_snapshot => {
+                self.state = ReplicationState::Replicate;
+                self.next = self.matched + 1;
+                self.pending_snapshot = 0;
+            }
+            ReplicationState::Snapshot => {}
         }
         moved
     }
@@ -141,6 +196,9 @@ impl Progress {
                     return false; // not the outstanding probe
                 }
             }
+            // Heartbeats to a follower waiting for a snapshot are rejected;
+            // only the transfer's outcome moves it.
+            ReplicationState::Snapshot => return false,
         }
         self.state = ReplicationState::Probe;
         self.inflight.clear();

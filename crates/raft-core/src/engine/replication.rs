@@ -88,9 +88,10 @@ impl Engine {
 
     /// Tells the engine that the state machine applied entries up to `index`.
     pub fn on_applied(&mut self, index: Index) {
-        // Applying is tracked by the driver; the engine only needs it once
-        // snapshots decide what can be compacted. Kept as an input so the
-        // driver contract does not change when they land.
+        // The engine decides snapshots on what it handed out for applying
+        // (a snapshot request is queued behind those entries), so it only
+        // needs to know that applying keeps up. Kept as an input so drivers
+        // report it.
         let _ = index;
     }
 
@@ -108,6 +109,11 @@ impl Engine {
         }
         self.leader = Some(from);
         self.election_elapsed = 0;
+        if self.installing.is_some() && !entries.is_empty() {
+            // The log is about to be replaced by a snapshot: appending now
+            // would be undone. The leader sends again once it hears back.
+            return;
+        }
         match self.log.try_append(prev, entries) {
             Ok(last_new) => {
                 self.track_membership_entries(entries);
@@ -239,8 +245,19 @@ impl Engine {
                 } else {
                     self.log.find_conflict_by_term(hint_index, hint.term).index + 1
                 };
+                let offset = self.log.offset().index;
                 if let Some(pr) = self.progress.get_mut(&from) {
-                    pr.on_reject(rejected_prev, next);
+                    if !pr.on_reject(rejected_prev, next)
+                        && pr.state == ReplicationState::Probe
+                        && !pr.probe_sent
+                        && offset > 0
+                        && rejected_prev == offset
+                        && pr.matched < offset
+                    {
+                        // A heartbeat at the compacted prefix was refused:
+                        // the follower is behind it and needs the snapshot.
+                        pr.next = pr.matched + 1;
+                    }
                 }
             }
         }
@@ -274,6 +291,7 @@ impl Engine {
                     self.queue_read(id);
                 }
             }
+            self.advance_membership();
         }
     }
 
@@ -301,13 +319,20 @@ impl Engine {
         let Some(pr) = self.progress.get(&to) else {
             return;
         };
-        let Some(term) = self.log.term(pr.matched) else {
-            return;
+        // A follower behind the compacted prefix still needs heartbeats (its
+        // election timer must not fire while a snapshot is on its way): send
+        // one at the prefix, which it rejects, without a commit index.
+        let (prev_log_id, commit) = match self.log.term(pr.matched) {
+            Some(term) => (
+                LogId::new(term, pr.matched),
+                self.log.committed().min(pr.matched),
+            ),
+            None => (self.log.offset(), 0),
         };
         let body = MessageBody::AppendEntries {
-            prev_log_id: LogId::new(term, pr.matched),
+            prev_log_id,
             entries: Vec::new(),
-            leader_commit: self.log.committed().min(pr.matched),
+            leader_commit: commit,
             round: self.round,
             heartbeat: true,
         };
@@ -346,8 +371,8 @@ impl Engine {
             }
             let prev_index = pr.next - 1;
             let Some(prev_term) = self.log.term(prev_index) else {
-                // Needs a snapshot, which lands with log compaction.
-                tracing::debug!(to, prev_index, "follower needs compacted entries");
+                // The entries it needs were compacted: send the snapshot.
+                self.send_snapshot(to);
                 return;
             };
             let entries = self.log.slice(
@@ -404,7 +429,9 @@ impl Engine {
             .filter(|n| *n != self.cfg.id)
             .collect();
         self.progress.retain(|id, _| members.contains(id));
-        let next = self.log.last_index() + 1;
+        // Start a new member's probe at the last entry (not after it), so the
+        // first round of replication already finds its position.
+        let next = self.log.last_index().max(1);
         for id in members {
             self.progress
                 .entry(id)

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::snapshot::SnapshotData;
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStorage, LogWrite, StorageError, StoredState};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, SnapshotMeta, Term};
@@ -209,6 +210,7 @@ impl LogStorage for MemLog {
         Ok(StoredState {
             hard_state: state.hard_state,
             snapshot: state.snapshot.clone(),
+            purged: state.purged,
             first_log_id: state.entries.front().map(Entry::log_id),
             last_log_id: state.entries.back().map(Entry::log_id),
             membership,
@@ -302,6 +304,28 @@ impl LogStorage for MemLog {
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
         lock(&self.state).hard_state = hard_state;
+        Ok(())
+    }
+
+    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: Index) -> Result<(), StorageError> {
+        if purge_to > meta.last_log_id.index {
+            return Err(StorageError::Invalid(format!(
+                "purge to {purge_to} past the snapshot's last index {}",
+                meta.last_log_id.index
+            )));
+        }
+        lock(&self.state).snapshot = Some(meta);
+        self.purge(purge_to).await
+    }
+
+    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let mut state = lock(&self.state);
+        state.entries.clear();
+        state.purged = meta.last_log_id;
+        if state.hard_state.commit < meta.last_log_id.index {
+            state.hard_state.commit = meta.last_log_id.index;
+        }
+        state.snapshot = Some(meta);
         Ok(())
     }
 
@@ -551,6 +575,69 @@ struct KvState {
     data: BTreeMap<String, (Bytes, Index)>,
     /// The index of the last applied entry.
     applied: Index,
+    /// The latest snapshot built or installed.
+    snapshot: Option<(SnapshotMeta, Bytes)>,
+}
+
+/// Key to (value, revision).
+type KvData = BTreeMap<String, (Bytes, Index)>;
+
+/// Magic bytes that start a [`MemKv`] snapshot.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"MKV1";
+
+impl KvState {
+    /// Encodes the data: magic, applied index, key count, then each key,
+    /// value (u32-length-prefixed) and revision (u64), little-endian.
+    fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_slice(SNAPSHOT_MAGIC);
+        b.put_u64_le(self.applied);
+        b.put_u64_le(self.data.len() as u64);
+        for (k, (v, rev)) in &self.data {
+            b.put_u32_le(k.len() as u32);
+            b.put_slice(k.as_bytes());
+            b.put_u32_le(v.len() as u32);
+            b.put_slice(v);
+            b.put_u64_le(*rev);
+        }
+        b.freeze()
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote.
+    fn decode(mut b: Bytes) -> Result<(Index, KvData), String> {
+        use bytes::Buf;
+        fn need(b: &Bytes, n: usize) -> Result<(), String> {
+            if b.remaining() < n {
+                return Err("snapshot truncated".into());
+            }
+            Ok(())
+        }
+        need(&b, 20)?;
+        if &b[..4] != SNAPSHOT_MAGIC {
+            return Err("not a MemKv snapshot (bad magic)".into());
+        }
+        b.advance(4);
+        let applied = b.get_u64_le();
+        let count = b.get_u64_le();
+        let mut data = BTreeMap::new();
+        for _ in 0..count {
+            need(&b, 4)?;
+            let kl = b.get_u32_le() as usize;
+            need(&b, kl)?;
+            let key = String::from_utf8(b.split_to(kl).to_vec())
+                .map_err(|_| "snapshot key is not UTF-8".to_string())?;
+            need(&b, 4)?;
+            let vl = b.get_u32_le() as usize;
+            need(&b, vl + 8)?;
+            let value = b.split_to(vl);
+            let rev = b.get_u64_le();
+            data.insert(key, (value, rev));
+        }
+        if b.has_remaining() {
+            return Err("trailing bytes after the snapshot".into());
+        }
+        Ok((applied, data))
+    }
 }
 
 /// A key-value [`StateMachine`] held in memory, for examples and driver tests.
@@ -574,6 +661,15 @@ impl MemKv {
     pub fn reader(&self) -> MemKvReader {
         MemKvReader {
             state: Arc::clone(&self.state),
+        }
+    }
+
+    /// The machine behind `reader`, as if reopened after a restart: it keeps
+    /// its data, applied index and snapshot (a stand-in for a durable state
+    /// machine in tests that restart nodes).
+    pub fn reopen(reader: &MemKvReader) -> Self {
+        Self {
+            state: Arc::clone(&reader.state),
         }
     }
 }
@@ -603,6 +699,23 @@ impl MemKvReader {
     /// The index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> Index {
         lock(&self.state).applied
+    }
+
+    /// The last entry the latest snapshot covers, if one was built or installed.
+    pub fn snapshot(&self) -> Option<LogId> {
+        lock(&self.state)
+            .snapshot
+            .as_ref()
+            .map(|(m, _)| m.last_log_id)
+    }
+
+    /// Every key with its value and revision, in key order.
+    pub fn dump(&self) -> Vec<(String, Bytes, Index)> {
+        lock(&self.state)
+            .data
+            .iter()
+            .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+            .collect()
     }
 }
 
@@ -675,6 +788,53 @@ impl StateMachine for MemKv {
             state.applied = entry.index;
         }
         Ok(responses)
+    }
+
+    async fn build_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotData, StateMachineError> {
+        let mut state = lock(&self.state);
+        if state.applied != meta.last_log_id.index {
+            return Err(StateMachineError(format!(
+                "snapshot asked at {} but the applied index is {}",
+                meta.last_log_id, state.applied
+            )));
+        }
+        let data = state.encode();
+        state.snapshot = Some((meta.clone(), data.clone()));
+        Ok(Arc::new(data))
+    }
+
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<Option<(SnapshotMeta, SnapshotData)>, StateMachineError> {
+        Ok(lock(&self.state)
+            .snapshot
+            .clone()
+            .map(|(m, d)| (m, Arc::new(d) as SnapshotData)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        let bytes = crate::snapshot::read_all(data.as_ref(), 1 << 30)
+            .await
+            .map_err(|e| StateMachineError(format!("reading the snapshot: {e}")))?;
+        let (applied, map) = KvState::decode(bytes.clone()).map_err(StateMachineError)?;
+        if applied != meta.last_log_id.index {
+            return Err(StateMachineError(format!(
+                "snapshot data is at index {applied} but its metadata says {}",
+                meta.last_log_id
+            )));
+        }
+        let mut state = lock(&self.state);
+        state.data = map;
+        state.applied = applied;
+        state.snapshot = Some((meta.clone(), bytes));
+        Ok(())
     }
 }
 

@@ -9,14 +9,16 @@ use async_trait::async_trait;
 
 use crate::driver::RaftHandle;
 use crate::message::Message;
+use crate::snapshot::SnapshotData;
 use crate::transport::{Transport, TransportError};
 use crate::types::NodeId;
 
 type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+type DeliverSnapshot = Arc<dyn Fn(Message, SnapshotData) + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<NodeId, Deliver>,
+    nodes: HashMap<NodeId, (Deliver, DeliverSnapshot)>,
     /// Directed links that drop everything: (from, to).
     blocked: HashSet<(NodeId, NodeId)>,
 }
@@ -62,11 +64,17 @@ impl MemNetwork {
     /// earlier registration, as after a restart).
     pub fn register<R: Send + 'static>(&self, handle: &RaftHandle<R>) {
         let h = handle.clone();
+        let hs = handle.clone();
         self.lock().nodes.insert(
             handle.id(),
-            Arc::new(move |m| {
-                let _ = h.receive(m);
-            }),
+            (
+                Arc::new(move |m| {
+                    let _ = h.receive(m);
+                }),
+                Arc::new(move |m, data| {
+                    let _ = hs.receive_snapshot(m, data);
+                }),
+            ),
         );
     }
 
@@ -114,12 +122,33 @@ impl Transport for MemTransport {
             inner
                 .nodes
                 .get(&to)
-                .cloned()
+                .map(|(d, _)| d.clone())
                 .ok_or(TransportError::UnknownPeer(to))?
         };
         for m in messages {
             deliver(m);
         }
+        Ok(())
+    }
+
+    async fn send_snapshot(
+        &self,
+        to: NodeId,
+        header: Message,
+        data: SnapshotData,
+    ) -> Result<(), TransportError> {
+        let deliver = {
+            let inner = self.net.lock();
+            if inner.blocked.contains(&(self.id, to)) {
+                return Err(TransportError::Other(format!("link to {to} is cut")));
+            }
+            inner
+                .nodes
+                .get(&to)
+                .map(|(_, d)| d.clone())
+                .ok_or(TransportError::UnknownPeer(to))?
+        };
+        deliver(header, data);
         Ok(())
     }
 }

@@ -302,7 +302,16 @@ impl Network {
             committed_entries,
             read_states,
             failed_reads,
+            compact_log,
+            build_snapshot,
+            install_snapshot,
         } = ready;
+        // This harness keeps whole logs; snapshots are exercised by the
+        // simulation (tests/sim) and the driver tests.
+        assert!(
+            compact_log.is_none() && build_snapshot.is_none() && install_snapshot.is_none(),
+            "node {id}: snapshot work in the scenario harness (raise the thresholds)"
+        );
         if let Some(ss) = soft_state {
             self.node_mut(id).soft_states.push(ss);
         }
@@ -450,6 +459,7 @@ impl Network {
         let initial = InitialState {
             hard_state: node.hard_state,
             snapshot: None,
+            purged: Default::default(),
             entries: node.log.clone(),
             bootstrap: node.bootstrap.clone(),
             applied: node.applied.len() as u64,

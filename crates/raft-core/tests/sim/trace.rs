@@ -98,6 +98,9 @@ impl MsgInfo {
                 ],
             },
             MessageBody::TimeoutNow => [0; 4],
+            MessageBody::InstallSnapshot { meta } => {
+                [meta.last_log_id.index, meta.last_log_id.term, 0, 0]
+            }
         };
         Self {
             from: msg.from,

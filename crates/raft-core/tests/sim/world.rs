@@ -579,7 +579,15 @@ impl World {
             committed_entries,
             read_states,
             failed_reads,
+            compact_log,
+            build_snapshot,
+            install_snapshot,
         } = ready;
+        if compact_log.is_some() || build_snapshot.is_some() || install_snapshot.is_some() {
+            return Err(format!(
+                "node {id}: snapshot work, but the simulation sets no snapshot policy"
+            ));
+        }
         if let Some(s) = soft_state {
             self.record(Event::Role {
                 node: id,
@@ -1111,6 +1119,7 @@ impl World {
         let initial = InitialState {
             hard_state: node.hard_state,
             snapshot: None,
+            purged: Default::default(),
             entries: node.log.clone(),
             bootstrap: self.membership.clone(),
             applied: node.kv.applied,
