@@ -67,6 +67,34 @@ pub enum Outcome {
     IdempotencyConflict,
 }
 
+/// First byte of an entry that records a member's addresses (not a
+/// key-value command, whose first byte is the format version).
+pub const MEMBER_TAG: u8 = 0x80;
+
+/// Encodes a member's addresses as an entry payload. Replicating addresses
+/// through the log lets every node (and every snapshot) know how to reach
+/// members added later.
+pub fn encode_member(member: &crate::config::Member) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(MEMBER_TAG);
+    out.put_slice(&serde_json::to_vec(member).expect("a member serializes"));
+    out.freeze()
+}
+
+/// Decodes what [`encode_member`] wrote.
+///
+/// # Errors
+///
+/// [`DecodeError`] when it is not a member record.
+pub fn decode_member(data: &[u8]) -> Result<crate::config::Member, DecodeError> {
+    match data.split_first() {
+        Some((&MEMBER_TAG, json)) => {
+            serde_json::from_slice(json).map_err(|_| DecodeError("member record"))
+        }
+        _ => Err(DecodeError("member record tag")),
+    }
+}
+
 /// Why bytes are not a valid command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed command: {0}")]

@@ -110,6 +110,33 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<u64>,
 
+    /// Take a snapshot and compact the log after this many applied entries
+    /// (0: never by count). [default: 100000]
+    #[arg(long, env = "RAFT_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+
+    /// Take a snapshot and compact the log after this many MiB of applied
+    /// entries (0: never by size). [default: 256]
+    #[arg(long, env = "RAFT_SNAPSHOT_MIB")]
+    pub snapshot_mib: Option<u64>,
+
+    /// Entries kept in the log below a snapshot, for followers that are
+    /// only slightly behind. [default: 5000]
+    #[arg(long, env = "RAFT_SNAPSHOT_KEEP_ENTRIES")]
+    pub snapshot_keep_entries: Option<u64>,
+
+    /// A learner is promoted to voter only within this many entries of the
+    /// leader's log. [default: 1000]
+    #[arg(long, env = "RAFT_MAX_PROMOTION_LAG")]
+    pub max_promotion_lag: Option<u64>,
+
+    /// Join an existing cluster through this node's HTTP address
+    /// (`http://host:port` or `https://…`, any member): a node with an empty
+    /// data directory asks to be added as a learner and is brought up by a
+    /// snapshot. Ignored once the node has joined.
+    #[arg(long, env = "RAFT_JOIN", value_name = "URL")]
+    pub join: Option<String>,
+
     /// File holding the bearer token every `/v1/` request must carry
     /// (`Authorization: Bearer <token>`); without it the API is open.
     /// `/metrics`, `/healthz` and `/readyz` stay open.
@@ -204,6 +231,16 @@ pub struct NodeConfig {
     pub max_list_limit: usize,
     /// Idempotency window in log entries.
     pub idempotency_window: u64,
+    /// Snapshot after this many applied entries (0: never).
+    pub snapshot_entries: u64,
+    /// Snapshot after this many bytes of applied entries (0: never).
+    pub snapshot_bytes: u64,
+    /// Entries kept below a snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Promotion lag limit.
+    pub max_promotion_lag: u64,
+    /// A member's HTTP URL to join through, for a new node.
+    pub join: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Skip fsync.
@@ -272,6 +309,11 @@ impl RunArgs {
             max_concurrent_requests,
             max_list_limit,
             idempotency_window,
+            snapshot_entries,
+            snapshot_mib,
+            snapshot_keep_entries,
+            max_promotion_lag,
+            join,
             log_format,
             unsafe_no_fsync,
             auth_token_file,
@@ -363,6 +405,11 @@ impl RunArgs {
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
             max_list_limit: self.max_list_limit.unwrap_or(1000),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
+            snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
+            snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
+            snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
+            max_promotion_lag: self.max_promotion_lag.unwrap_or(1_000),
+            join: self.join,
             log_format: self.log_format.unwrap_or_default(),
             unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
             auth_token: self
@@ -378,6 +425,20 @@ impl RunArgs {
             client_tls: self.client_tls.unwrap_or(false),
             client_ca: self.client_ca,
         };
+        if let Some(url) = &cfg.join {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "--join must be an http:// or https:// URL of a member, got {url:?}"
+                )));
+            }
+            if !cfg.initial_cluster.is_empty() {
+                return Err(ConfigError(
+                    "--join and --initial-cluster exclude each other: a new cluster is \
+                     bootstrapped with --initial-cluster, a node joins an existing one with --join"
+                        .into(),
+                ));
+            }
+        }
         if cfg.client_ca.is_some() && !cfg.client_tls {
             return Err(ConfigError("--client-ca needs --client-tls".into()));
         }

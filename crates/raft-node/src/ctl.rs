@@ -1,5 +1,6 @@
 //! `raft-node ctl`: a small client for the HTTP API (put, get, delete,
-//! list, cluster status, leadership transfer) against any node.
+//! list, cluster status, leadership transfer, membership changes,
+//! snapshots) against any node.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -72,6 +73,29 @@ pub enum CtlOp {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Adds a node as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// The new node's id.
+        id: u64,
+        /// Its peer (QUIC) address, `ip:port`.
+        #[arg(long)]
+        peer_addr: String,
+        /// Its HTTP address, `host:port`.
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Promotes a caught-up learner to voter (joint consensus).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Removes a member (learner or voter; the leader too).
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+    /// Has the node take a snapshot and compact its log now.
+    Snapshot,
 }
 
 async fn finish(resp: reqwest::Response) -> anyhow::Result<()> {
@@ -140,6 +164,39 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 .await
         }
         CtlOp::Status => client.get(format!("{base}/v1/cluster")).send().await,
+        CtlOp::AddLearner {
+            id,
+            peer_addr,
+            client_addr,
+        } => {
+            client
+                .post(format!("{base}/v1/cluster/learners"))
+                .json(&serde_json::json!({
+                    "id": id,
+                    "peer_addr": peer_addr,
+                    "client_addr": client_addr,
+                }))
+                .send()
+                .await
+        }
+        CtlOp::Promote { id } => {
+            client
+                .post(format!("{base}/v1/cluster/voters/{id}"))
+                .send()
+                .await
+        }
+        CtlOp::Remove { id } => {
+            client
+                .delete(format!("{base}/v1/cluster/members/{id}"))
+                .send()
+                .await
+        }
+        CtlOp::Snapshot => {
+            client
+                .post(format!("{base}/v1/cluster/snapshot"))
+                .send()
+                .await
+        }
         CtlOp::TransferLeader { to } => {
             let body = to
                 .map(|t| serde_json::json!({ "target": t }).to_string())

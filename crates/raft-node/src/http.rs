@@ -17,8 +17,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use raft_core::driver::{MembershipError, SnapshotError};
 use raft_core::{
-    NodeId, ProposeError, RaftHandle, ReadConsistency, ReadError, Role, TransferError,
+    ChangeError, Membership, MembershipChange, NodeId, ProposeError, RaftHandle, ReadConsistency,
+    ReadError, Role, TransferError,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -80,6 +82,13 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/v1/cluster/learners", post(add_learner))
+        .route("/v1/cluster/voters/{id}", post(promote))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
+        .route("/v1/cluster/snapshot", post(take_snapshot))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -725,9 +734,13 @@ async fn cluster(
                 "id": p.id,
                 "matched": p.matched,
                 "next": p.next,
-                "state": format!("{:?}", p.state).to_lowercase(),
+                "state": p.state.as_str(),
                 "inflight": p.inflight,
                 "recent_active": p.recent_active,
+                "snapshot": p.pending_snapshot.map(|index| json!({
+                    "index": index,
+                    "sending": s.snapshots_sending.contains(&p.id),
+                })),
             })
         })
         .collect();
@@ -754,7 +767,15 @@ async fn cluster(
             "learners": e.membership.learners(),
             "outgoing_voters": e.membership.voters_outgoing(),
             "joint": e.membership.is_joint(),
+            "index": e.membership_index,
+            "committed": e.membership_committed,
         },
+        "snapshot": s.snapshot.as_ref().map(|m| json!({
+            "index": m.last_log_id.index,
+            "term": m.last_log_id.term,
+        })),
+        "first_index": e.first_index,
+        "installing_snapshot": e.installing_snapshot.map(|id| id.index),
         "members": e.membership.members().into_iter().map(|id| json!({ "id": id, "addresses": addr(id) })).collect::<Vec<_>>(),
         "peers": peers,
         "kv": digest.map(|(count, crc)| json!({ "keys": count, "digest": format!("{crc:08x}") })),
@@ -836,5 +857,284 @@ async fn readyz(State(state): State<Shared>) -> Response {
             Json(body),
         )
             .into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnerBody {
+    id: NodeId,
+    peer_addr: std::net::SocketAddr,
+    client_addr: String,
+}
+
+/// Maps a failed membership change to its response (forwarding to the
+/// leader when this node is not it).
+async fn membership_error(
+    state: &AppState,
+    err: MembershipError,
+    uri: &Uri,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let conflict = |kind: &'static str, title: &'static str, detail: String| {
+        Problem::new(StatusCode::CONFLICT, kind, title, detail).into_response()
+    };
+    match err {
+        MembershipError::Rejected(ChangeError::NotLeader { leader }) => {
+            forward(state, leader, method, uri, headers, body, false).await
+        }
+        MembershipError::Rejected(
+            e @ (ChangeError::InProgress { .. }
+            | ChangeError::LeaderNotReady
+            | ChangeError::TransferInProgress(_)),
+        ) => Problem::new(
+            StatusCode::CONFLICT,
+            "change-in-progress",
+            "Another change is in progress",
+            e.to_string(),
+        )
+        .retry_after(1)
+        .into_response(),
+        MembershipError::Rejected(e @ ChangeError::UnknownNode(_)) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-member",
+            "Not a member",
+            e.to_string(),
+        )
+        .into_response(),
+        MembershipError::Rejected(e @ ChangeError::Lagging { lag, max, .. }) => Problem::new(
+            StatusCode::CONFLICT,
+            "learner-lagging",
+            "Learner not caught up",
+            e.to_string(),
+        )
+        .with("lag", lag)
+        .with("max_lag", max)
+        .retry_after(1)
+        .into_response(),
+        MembershipError::Rejected(e @ ChangeError::NoVoters) => {
+            conflict("last-voter", "Would remove the last voter", e.to_string())
+        }
+        MembershipError::Rejected(e @ ChangeError::InvalidId) => {
+            Problem::bad_request(e.to_string()).into_response()
+        }
+        MembershipError::Rejected(e) => {
+            conflict("membership-conflict", "Membership conflict", e.to_string())
+        }
+        MembershipError::Timeout | MembershipError::LeadershipLost => {
+            Problem::outcome_unknown(format!("{err}; check GET /v1/cluster before retrying"))
+                .into_response()
+        }
+        MembershipError::ShuttingDown => {
+            Problem::unavailable("shutting-down", "Shutting down", err.to_string()).into_response()
+        }
+    }
+}
+
+fn membership_json(m: &Membership, members: &[Member]) -> serde_json::Value {
+    json!({
+        "membership": {
+            "voters": m.voters(),
+            "learners": m.learners(),
+            "outgoing_voters": m.voters_outgoing(),
+            "joint": m.is_joint(),
+        },
+        "members": members,
+    })
+}
+
+/// The member addresses this node knows (replicated records over the
+/// ones it started with).
+fn known_members(state: &AppState) -> Vec<Member> {
+    let mut all: HashMap<NodeId, Member> =
+        state.members.read().map(|m| m.clone()).unwrap_or_default();
+    if let Ok(replicated) = state.reader.members() {
+        for m in replicated {
+            all.insert(m.id, m);
+        }
+    }
+    let mut v: Vec<Member> = all.into_values().collect();
+    v.sort_by_key(|m| m.id);
+    v
+}
+
+/// `POST /v1/cluster/learners {"id", "peer_addr", "client_addr"}`: records
+/// the node's addresses through the log, then adds it as a learner.
+/// Repeating the request for a learner with the same addresses succeeds.
+async fn add_learner(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: LearnerBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return Problem::bad_request(format!(
+                "body must be {{\"id\": <node id>, \"peer_addr\": \"ip:port\", \"client_addr\": \"host:port\"}}: {e}"
+            ))
+            .into_response()
+        }
+    };
+    if req.id == 0 {
+        return Problem::bad_request("node id 0 is reserved").into_response();
+    }
+    if req.client_addr.is_empty() || req.client_addr.len() > 255 || req.client_addr.contains('/') {
+        return Problem::bad_request("client_addr must be host:port").into_response();
+    }
+    let s = match driver_status(&state).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    if s.engine.role != Role::Leader {
+        return forward(
+            &state,
+            s.engine.leader,
+            Method::POST,
+            &uri,
+            &headers,
+            body,
+            false,
+        )
+        .await;
+    }
+    if s.engine.membership.is_voter(req.id) {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "already-voter",
+            "Already a voter",
+            format!("node {} is already a voter", req.id),
+        )
+        .into_response();
+    }
+    let member = Member {
+        id: req.id,
+        peer_addr: req.peer_addr,
+        client_addr: req.client_addr,
+    };
+    let known = known_members(&state);
+    if !known.contains(&member) {
+        if let Some(other) = known.iter().find(|m| m.id == member.id) {
+            if s.engine.membership.contains(member.id) {
+                return Problem::new(
+                    StatusCode::CONFLICT,
+                    "address-conflict",
+                    "Member has other addresses",
+                    format!(
+                        "node {} is a member with addresses {}/{}; remove it first",
+                        other.id, other.peer_addr, other.client_addr
+                    ),
+                )
+                .into_response();
+            }
+        }
+        match state
+            .raft
+            .propose(crate::command::encode_member(&member))
+            .await
+        {
+            Ok(_) => {}
+            Err(ProposeError::NotLeader { leader }) => {
+                return forward(&state, leader, Method::POST, &uri, &headers, body, false).await
+            }
+            Err(e) => {
+                return Problem::unavailable(
+                    "propose-failed",
+                    "Could not record the addresses",
+                    e.to_string(),
+                )
+                .into_response()
+            }
+        }
+    }
+    let result = if s.engine.membership.learners().contains(&member.id) {
+        Ok(s.engine.membership.clone())
+    } else {
+        state
+            .raft
+            .change_membership(MembershipChange::AddLearner(member.id))
+            .await
+    };
+    match result {
+        Ok(m) => Json(membership_json(&m, &known_members(&state))).into_response(),
+        Err(e) => membership_error(&state, e, &uri, Method::POST, &headers, body).await,
+    }
+}
+
+fn parse_id(raw: &str) -> Result<NodeId, Box<Response>> {
+    raw.parse::<NodeId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            Box::new(Problem::bad_request(format!("{raw:?} is not a node id")).into_response())
+        })
+}
+
+/// `POST /v1/cluster/voters/{id}`: promotes a caught-up learner.
+async fn promote(
+    State(state): State<Shared>,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match state
+        .raft
+        .change_membership(MembershipChange::Promote(id))
+        .await
+    {
+        Ok(m) => Json(membership_json(&m, &known_members(&state))).into_response(),
+        Err(e) => membership_error(&state, e, &uri, Method::POST, &headers, Bytes::new()).await,
+    }
+}
+
+/// `DELETE /v1/cluster/members/{id}`: removes a learner or a voter (the
+/// leader too: it hands over and steps down).
+async fn remove_member(
+    State(state): State<Shared>,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match state
+        .raft
+        .change_membership(MembershipChange::Remove(id))
+        .await
+    {
+        Ok(m) => Json(membership_json(&m, &known_members(&state))).into_response(),
+        Err(e) => membership_error(&state, e, &uri, Method::DELETE, &headers, Bytes::new()).await,
+    }
+}
+
+/// `POST /v1/cluster/snapshot`: this node takes a snapshot now and compacts
+/// its log (every node snapshots on its own; this is not forwarded).
+async fn take_snapshot(State(state): State<Shared>) -> Response {
+    match state.raft.snapshot().await {
+        Ok(meta) => Json(json!({
+            "index": meta.last_log_id.index,
+            "term": meta.last_log_id.term,
+        }))
+        .into_response(),
+        Err(e @ (SnapshotError::Installing | SnapshotError::Timeout)) => {
+            Problem::unavailable("snapshot-busy", "Snapshot not taken", e.to_string())
+                .retry_after(1)
+                .into_response()
+        }
+        Err(e) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "snapshot-failed",
+            "Snapshot failed",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }

@@ -4,7 +4,8 @@
 //! - [`config`]: settings from flags, `RAFT_…` variables and a TOML file.
 //! - [`command`] and [`store`]: the key-value state machine on RocksDB, its
 //!   column families beside the Raft log in one database; the applied index,
-//!   the data and the idempotency table are written in one batch.
+//!   the data and the idempotency table are written in one batch;
+//!   [`snapshot`]: its snapshot files.
 //! - [`http`]: the HTTP API of ARCHITECTURE.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node; [`client_tls`]: optional
@@ -20,4 +21,5 @@ pub mod dev;
 pub mod http;
 pub mod node;
 pub mod problem;
+pub mod snapshot;
 pub mod store;

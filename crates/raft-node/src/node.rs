@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use metrics_exporter_prometheus::PrometheusHandle;
 use raft_core::{Config, DriverConfig, Membership, NodeId, RaftHandle, Role};
 use raft_log::{RocksLog, RocksLogOptions, SyncPolicy};
-use raft_net_quic::{NodeTls, QuicConfig, QuicTransport};
+use raft_net_quic::{forward_snapshots, FileSnapshotSink, NodeTls, QuicConfig, QuicTransport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -24,6 +24,8 @@ use crate::store::{KvReader, KvStateMachine, KV_CF, KV_META_CF};
 /// addresses of the members.
 pub const NODE_META_CF: &str = "node_meta";
 const MEMBERS_KEY: &[u8] = b"members";
+/// Set once a node started with `--join` was added to a cluster.
+const JOINED_KEY: &[u8] = b"joined";
 const WINDOW_KEY: &[u8] = b"idempotency_window";
 
 /// A running node.
@@ -40,6 +42,7 @@ pub struct RunningNode {
     http_stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     forwarder: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     log_db: Arc<rocksdb::DB>,
 }
 
@@ -132,6 +135,7 @@ pub async fn start(
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let db = log.db().clone();
 
+    let joining = load_flag(&db, JOINED_KEY)?.is_none() && cfg.join.is_some();
     let members = match load_members(&db)? {
         Some(stored) => {
             if !cfg.initial_cluster.is_empty() {
@@ -150,6 +154,16 @@ pub async fn start(
                 }
             }
             stored
+        }
+        None if cfg.join.is_some() => {
+            if log.last_index() > 0 {
+                bail!(
+                    "{} has a log but no member addresses: it was not created by raft-node",
+                    cfg.data_dir.display()
+                );
+            }
+            tracing::info!(join = ?cfg.join, "new node: joining an existing cluster");
+            vec![cfg.advertise.clone()]
         }
         None => {
             if cfg.initial_cluster.is_empty() {
@@ -173,11 +187,36 @@ pub async fn start(
         }
     };
     check_idempotency_window(&db, cfg.idempotency_window)?;
-    let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    // A node that joined (or is joining) starts with no configuration: it
+    // learns it from the leader and never campaigns on its own.
+    let joined = load_flag(&db, JOINED_KEY)?.is_some();
+    let bootstrap = if joined || joining {
+        Membership::default()
+    } else {
+        Membership::new(members.iter().map(|m| m.id))
+    };
+
+    let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?
+        .with_snapshot_dir(cfg.data_dir.join("snapshots"))?;
+    let reader = sm.reader();
+    let mut members_changed = sm.members_changed();
+    // Addresses replicated through the log win over the ones stored here.
+    let mut members = members;
+    for m in reader.members()? {
+        match members.iter_mut().find(|x| x.id == m.id) {
+            Some(x) => *x = m,
+            None => members.push(m),
+        }
+    }
 
     let election_timeout = cfg.tick * cfg.election_ticks as u32;
+    let quic = QuicConfig::for_election_timeout(election_timeout);
+    let max_frame = quic.max_frame_bytes;
+    let (sink, received_snapshots) = FileSnapshotSink::new(cfg.data_dir.join("incoming"), 2)
+        .context("creating the snapshot receive directory")?;
     let (transport, mut inbound) = QuicTransport::builder(id, tls)
-        .config(QuicConfig::for_election_timeout(election_timeout))
+        .config(quic)
+        .snapshot_sink(Arc::new(sink))
         .bind(cfg.peer_listen)
         .with_context(|| format!("binding the peer address {}", cfg.peer_listen))?;
     for m in &members {
@@ -185,9 +224,6 @@ pub async fn start(
             transport.add_peer(m.id, m.peer_addr);
         }
     }
-
-    let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?;
-    let reader = sm.reader();
     let mut config = Config::new(id);
     config.election_timeout_ticks = cfg.election_ticks;
     config.heartbeat_interval_ticks = cfg.heartbeat_ticks;
@@ -195,44 +231,80 @@ pub async fn start(
         .min(cfg.election_ticks.saturating_sub(2))
         .max(1);
     config.seed = rand::random();
+    config.snapshot_threshold_entries = cfg.snapshot_entries;
+    config.snapshot_threshold_bytes = cfg.snapshot_bytes;
+    config.snapshot_keep_entries = cfg.snapshot_keep_entries;
+    config.max_promotion_lag = cfg.max_promotion_lag;
     let driver = DriverConfig {
         tick_interval: cfg.tick,
         request_timeout: cfg.request_timeout,
         ..DriverConfig::default()
     };
-    let raft = raft_core::Raft::start(
-        config,
-        driver,
-        Membership::new(voters),
-        log,
-        sm,
-        transport.clone(),
-    )
-    .await
-    .context("starting Raft")?;
+    let raft = raft_core::Raft::start(config, driver, bootstrap, log, sm, transport.clone())
+        .await
+        .context("starting Raft")?;
     let h = raft.clone();
     let forwarder = tokio::spawn(async move {
         while let Some(m) = inbound.recv().await {
             let _ = h.receive(m);
         }
     });
+    let mut background = vec![tokio::spawn(forward_snapshots(
+        received_snapshots,
+        raft.clone(),
+        max_frame,
+    ))];
 
     let listener = tokio::net::TcpListener::bind(cfg.client_listen)
         .await
         .with_context(|| format!("binding the client address {}", cfg.client_listen))?;
     let client_addr = listener.local_addr()?;
     let peer_addr = transport.local_addr()?;
+    let member_map = Arc::new(RwLock::new(
+        members
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect::<HashMap<_, _>>(),
+    ));
+    // Follow the member addresses the log replicates: peers to dial, leaders
+    // to forward to, and what a restart starts from.
+    {
+        let reader = reader.clone();
+        let transport = transport.clone();
+        let member_map = member_map.clone();
+        let db = db.clone();
+        background.push(tokio::spawn(async move {
+            while members_changed.changed().await.is_ok() {
+                let Ok(replicated) = reader.members() else {
+                    continue;
+                };
+                let all = {
+                    let Ok(mut map) = member_map.write() else {
+                        break;
+                    };
+                    for m in replicated {
+                        if m.id != id && map.get(&m.id) != Some(&m) {
+                            tracing::info!(peer = m.id, addr = %m.peer_addr, "member address learned");
+                            transport.add_peer(m.id, m.peer_addr);
+                        }
+                        map.insert(m.id, m);
+                    }
+                    let mut all: Vec<Member> = map.values().cloned().collect();
+                    all.sort_by_key(|m| m.id);
+                    all
+                };
+                if let Err(e) = save_members(&db, &all) {
+                    tracing::warn!(error = %e, "saving member addresses failed");
+                }
+            }
+        }));
+    }
     let state = Arc::new(AppState {
         id,
         raft: raft.clone(),
         reader: reader.clone(),
         cfg: cfg.clone(),
-        members: Arc::new(RwLock::new(
-            members
-                .into_iter()
-                .map(|m| (m.id, m))
-                .collect::<HashMap<_, _>>(),
-        )),
+        members: member_map.clone(),
         client: crate::client_tls::forwarding_client(&cfg)
             .context("building the forwarding client")?,
         metrics,
@@ -264,6 +336,14 @@ pub async fn start(
         })
     };
     tracing::info!(id, %client_addr, %peer_addr, https = cfg.client_tls, "node started");
+    if joining {
+        if let Err(e) = join(&cfg, &transport, &member_map, &db).await {
+            let _ = http_stop.send(true);
+            raft.shutdown().await;
+            transport.shutdown().await;
+            return Err(e);
+        }
+    }
     Ok(RunningNode {
         raft,
         reader,
@@ -273,8 +353,95 @@ pub async fn start(
         http_stop,
         http,
         forwarder,
+        background,
         log_db: db,
     })
+}
+
+fn load_flag(db: &rocksdb::DB, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    let cf = db
+        .cf_handle(NODE_META_CF)
+        .context("node_meta column family missing")?;
+    Ok(db.get_cf(&cf, key)?)
+}
+
+/// Asks the cluster behind `--join` to add this node as a learner, retrying
+/// for up to a minute, then records the members it learned.
+async fn join(
+    cfg: &NodeConfig,
+    transport: &QuicTransport,
+    members: &Arc<RwLock<HashMap<NodeId, Member>>>,
+    db: &rocksdb::DB,
+) -> anyhow::Result<()> {
+    let base = cfg
+        .join
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let url = format!("{base}/v1/cluster/learners");
+    let client = crate::client_tls::forwarding_client(cfg).context("building the join client")?;
+    let body = serde_json::json!({
+        "id": cfg.id,
+        "peer_addr": cfg.advertise.peer_addr,
+        "client_addr": cfg.advertise.client_addr,
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0u32;
+    let reply: serde_json::Value = loop {
+        attempt += 1;
+        let mut req = client.post(&url).json(&body);
+        if let Some(t) = cfg.admin_token.as_ref().or(cfg.auth_token.as_ref()) {
+            req = req.bearer_auth(t);
+        }
+        let outcome = match req.send().await {
+            Ok(resp) if resp.status().is_success() => match resp.json().await {
+                Ok(v) => break v,
+                Err(e) => format!("unreadable answer: {e}"),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if status.is_client_error() && status != reqwest::StatusCode::CONFLICT {
+                    bail!("joining through {url} was refused ({status}): {text}");
+                }
+                format!("{status}: {text}")
+            }
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("could not join through {url} within 60 s; last error: {outcome}");
+        }
+        tracing::info!(attempt, error = %outcome, "join not accepted yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let learned: Vec<Member> = serde_json::from_value(reply["members"].clone())
+        .context("the join answer lists no members")?;
+    let all = {
+        let mut map = members
+            .write()
+            .map_err(|_| anyhow::anyhow!("member table poisoned"))?;
+        for m in learned {
+            if m.id != cfg.id {
+                transport.add_peer(m.id, m.peer_addr);
+            }
+            map.insert(m.id, m);
+        }
+        let mut all: Vec<Member> = map.values().cloned().collect();
+        all.sort_by_key(|m| m.id);
+        all
+    };
+    save_members(db, &all)?;
+    let cf = db
+        .cf_handle(NODE_META_CF)
+        .context("node_meta column family missing")?;
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(&cf, JOINED_KEY, b"1", &opts)?;
+    tracing::info!(
+        members = all.len(),
+        "joined the cluster as a learner; catching up"
+    );
+    Ok(())
 }
 
 impl RunningNode {
@@ -308,6 +475,9 @@ impl RunningNode {
         self.raft.shutdown().await;
         self.transport.shutdown().await;
         self.forwarder.abort();
+        for task in self.background {
+            task.abort();
+        }
         if let Err(e) = self.log_db.flush_wal(true) {
             tracing::warn!(error = %e, "flushing the store at shutdown failed");
         }

@@ -13,14 +13,20 @@
 //! power loss the lost tail is re-applied from it, deterministically.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
-use raft_core::{Entry, EntryPayload, Index, StateMachine, StateMachineError};
+use raft_core::{
+    Entry, EntryPayload, FileSource, Index, SnapshotData, SnapshotMeta, StateMachine,
+    StateMachineError,
+};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use tokio::sync::watch;
 
-use crate::command::{Command, Op, Outcome, Precondition};
+use crate::command::{Command, Op, Outcome, Precondition, MEMBER_TAG};
+use crate::config::Member;
 
 /// Column family of the data.
 pub const KV_CF: &str = "kv";
@@ -28,6 +34,24 @@ pub const KV_CF: &str = "kv";
 pub const KV_META_CF: &str = "kv_meta";
 
 const APPLIED_KEY: &[u8] = b"applied";
+/// The metadata of the latest snapshot (raft-log's record encoding).
+const SNAPSHOT_META_KEY: &[u8] = b"snapshot";
+/// Set while a snapshot install is in progress (the snapshot's metadata).
+const INSTALLING_KEY: &[u8] = b"installing";
+/// Prefix of the replicated member address records: `m/<id:u64>`.
+const MEMBER_PREFIX: &[u8] = b"m/";
+
+/// Whether a `kv_meta` key is replicated state (part of a snapshot), as
+/// opposed to this replica's bookkeeping.
+fn is_replicated_meta(key: &[u8]) -> bool {
+    key != APPLIED_KEY && key != SNAPSHOT_META_KEY && key != INSTALLING_KEY
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
 const RECORD_VERSION: u8 = 1;
 
 /// Why the store could not be read.
@@ -210,6 +234,54 @@ impl KvReader {
         }
     }
 
+    /// The member addresses replicated through the log, by id.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when RocksDB fails or a record is corrupted.
+    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let cf = self.cf(KV_META_CF)?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(MEMBER_PREFIX, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(MEMBER_PREFIX) {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&v).map_err(|_| StoreError::Corruption {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    detail: "member record",
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The metadata of the latest snapshot taken or installed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when RocksDB fails or the record is corrupted.
+    pub fn snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
+        self.meta_record(SNAPSHOT_META_KEY)
+    }
+
+    fn meta_record(&self, key: &'static [u8]) -> Result<Option<SnapshotMeta>, StoreError> {
+        let cf = self.cf(KV_META_CF)?;
+        match self.db.get_pinned_cf(cf, key)? {
+            None => Ok(None),
+            Some(v) => raft_log::record::decode_snapshot_meta(&v)
+                .map(Some)
+                .map_err(|_| StoreError::Corruption {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    detail: "snapshot metadata",
+                }),
+        }
+    }
+
     /// An order-independent digest of the data (key, revision, value), for
     /// comparing replicas.
     ///
@@ -236,6 +308,10 @@ pub struct KvStateMachine {
     reader: KvReader,
     /// Idempotency tokens are remembered for this many log entries.
     idempotency_window_entries: u64,
+    /// Where snapshot files live; snapshots are refused without one.
+    snapshot_dir: Option<PathBuf>,
+    /// Bumped whenever the replicated member addresses may have changed.
+    members_changed: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -261,12 +337,80 @@ impl KvStateMachine {
         Ok(Self {
             reader: KvReader::new(db)?,
             idempotency_window_entries,
+            snapshot_dir: None,
+            members_changed: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// Enables snapshots, kept in `dir` (created if missing), and finishes
+    /// an install that a crash interrupted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] or an I/O error, with context.
+    pub fn with_snapshot_dir(mut self, dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        self.snapshot_dir = Some(dir);
+        if let Some(meta) = self.reader.meta_record(INSTALLING_KEY)? {
+            tracing::warn!(last = %meta.last_log_id, "finishing a snapshot install interrupted by a crash");
+            self.finish_install(&meta)
+                .map_err(|e| anyhow::anyhow!("finishing the interrupted snapshot install: {e}"))?;
+        }
+        Ok(self)
+    }
+
+    /// A receiver that changes whenever the replicated member addresses may
+    /// have changed.
+    pub fn members_changed(&self) -> watch::Receiver<u64> {
+        self.members_changed.subscribe()
     }
 
     /// A reader of the same store.
     pub fn reader(&self) -> KvReader {
         self.reader.clone()
+    }
+
+    fn snapshot_path(dir: &Path, index: Index) -> PathBuf {
+        dir.join(format!("snap-{index:020}.snap"))
+    }
+
+    /// Deletes snapshot files other than `keep`.
+    fn remove_other_snapshots(dir: &Path, keep: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if p != keep && name.starts_with("snap-") {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+
+    /// Loads the snapshot file of `meta` into the store and records it.
+    fn finish_install(&self, meta: &SnapshotMeta) -> Result<(), String> {
+        let dir = self.snapshot_dir.as_ref().ok_or("no snapshot directory")?;
+        let path = Self::snapshot_path(dir, meta.last_log_id.index);
+        let db = &self.reader.db;
+        crate::snapshot::load(db, KV_CF, KV_META_CF, is_replicated_meta, &path)
+            .map_err(|e| e.to_string())?;
+        let cf = self.reader.cf(KV_META_CF).map_err(|e| e.to_string())?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, APPLIED_KEY, meta.last_log_id.index.to_be_bytes());
+        batch.put_cf(
+            cf,
+            SNAPSHOT_META_KEY,
+            raft_log::record::encode_snapshot_meta(meta),
+        );
+        batch.delete_cf(cf, INSTALLING_KEY);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
+        Self::remove_other_snapshots(dir, &path);
+        self.members_changed.send_modify(|v| *v += 1);
+        Ok(())
     }
 
     fn idempotency_key(token: &str) -> Vec<u8> {
@@ -291,8 +435,24 @@ impl KvStateMachine {
         let mut revs: HashMap<Bytes, Option<u64>> = HashMap::new();
         let mut tokens: HashMap<String, (u64, u32, Outcome)> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
+        let mut members_changed = false;
         for e in entries {
             let cmd = match &e.payload {
+                EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
+                    match crate::command::decode_member(data) {
+                        Ok(m) => {
+                            batch.put_cf(
+                                meta,
+                                member_key(m.id),
+                                serde_json::to_vec(&m).unwrap_or_default(),
+                            );
+                            members_changed = true;
+                            out.push(Outcome::Noop);
+                        }
+                        Err(err) => out.push(Outcome::Malformed(err.to_string())),
+                    }
+                    continue;
+                }
                 EntryPayload::Normal(data) => match Command::decode(data.clone()) {
                     Ok(c) => c,
                     Err(err) => {
@@ -392,6 +552,9 @@ impl KvStateMachine {
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         db.write_opt(batch, &opts)?;
+        if members_changed {
+            self.members_changed.send_modify(|v| *v += 1);
+        }
         Ok(out)
     }
 }
@@ -411,6 +574,151 @@ impl StateMachine for KvStateMachine {
         // apply task is the only caller, so running them inline is fine.
         self.apply_batch(entries)
             .map_err(|e| StateMachineError(e.to_string()))
+    }
+
+    async fn build_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotData, StateMachineError> {
+        let err = |e: String| StateMachineError(e);
+        let dir = self
+            .snapshot_dir
+            .clone()
+            .ok_or_else(|| err("snapshots are not enabled".into()))?;
+        let applied = self.reader.applied().map_err(|e| err(e.to_string()))?;
+        if applied != meta.last_log_id.index {
+            return Err(err(format!(
+                "snapshot asked at {} but the applied index is {applied}",
+                meta.last_log_id
+            )));
+        }
+        let db = self.reader.db.clone();
+        let meta = meta.clone();
+        let path = Self::snapshot_path(&dir, meta.last_log_id.index);
+        let written = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
+            // The snapshot covers log entries that are purged next: the
+            // state it captures must be durable first.
+            db.flush_wal(true).map_err(|e| e.to_string())?;
+            let w = crate::snapshot::write(&db, KV_CF, KV_META_CF, is_replicated_meta, &path)
+                .map_err(|e| e.to_string())?;
+            let cf = db
+                .cf_handle(KV_META_CF)
+                .ok_or_else(|| "kv_meta column family missing".to_string())?;
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(
+                &cf,
+                SNAPSHOT_META_KEY,
+                raft_log::record::encode_snapshot_meta(&meta),
+                &opts,
+            )
+            .map_err(|e| e.to_string())?;
+            tracing::debug!(records = w.records, bytes = w.bytes, path = %path.display(), "snapshot file written");
+            Self::remove_other_snapshots(&dir, &path);
+            Ok(path)
+        })
+        .await
+        .map_err(|e| err(format!("snapshot task failed: {e}")))?
+        .map_err(err)?;
+        let source = FileSource::open(&written).map_err(|e| err(e.to_string()))?;
+        Ok(Arc::new(source))
+    }
+
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<Option<(SnapshotMeta, SnapshotData)>, StateMachineError> {
+        let Some(dir) = &self.snapshot_dir else {
+            return Ok(None);
+        };
+        let Some(meta) = self
+            .reader
+            .snapshot_meta()
+            .map_err(|e| StateMachineError(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let path = Self::snapshot_path(dir, meta.last_log_id.index);
+        match FileSource::open(&path) {
+            Ok(source) => Ok(Some((meta, Arc::new(source)))),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the latest snapshot's file is missing");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        let err = |e: String| StateMachineError(e);
+        let dir = self
+            .snapshot_dir
+            .clone()
+            .ok_or_else(|| err("snapshots are not enabled".into()))?;
+        let path = Self::snapshot_path(&dir, meta.last_log_id.index);
+        // Take the received file over (or copy the data in).
+        let moved = match data.path() {
+            Some(src) => tokio::fs::rename(src, &path).await.is_ok(),
+            None => false,
+        };
+        if !moved {
+            let tmp = path.with_extension("recv");
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let chunk = data
+                    .read_at(offset, 1 << 20)
+                    .await
+                    .map_err(|e| err(format!("reading the snapshot: {e}")))?;
+                if chunk.is_empty() {
+                    return Err(err("the snapshot data ended early".into()));
+                }
+                tokio::io::AsyncWriteExt::write_all(&mut f, &chunk)
+                    .await
+                    .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+                offset += chunk.len() as u64;
+            }
+            f.sync_all()
+                .await
+                .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        }
+        let db = self.reader.db.clone();
+        let meta = meta.clone();
+        let this = KvStateMachine {
+            reader: self.reader.clone(),
+            idempotency_window_entries: self.idempotency_window_entries,
+            snapshot_dir: Some(dir),
+            members_changed: self.members_changed.clone(),
+        };
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            // Refuse a bad file before anything is deleted.
+            let records = crate::snapshot::verify(&path).map_err(|e| e.to_string())?;
+            let cf = db
+                .cf_handle(KV_META_CF)
+                .ok_or_else(|| "kv_meta column family missing".to_string())?;
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(
+                &cf,
+                INSTALLING_KEY,
+                raft_log::record::encode_snapshot_meta(&meta),
+                &opts,
+            )
+            .map_err(|e| e.to_string())?;
+            this.finish_install(&meta)?;
+            tracing::info!(records, last = %meta.last_log_id, "snapshot loaded into the store");
+            Ok(())
+        })
+        .await
+        .map_err(|e| err(format!("install task failed: {e}")))?
+        .map_err(err)
     }
 }
 
@@ -542,5 +850,88 @@ mod tests {
         assert_eq!(items[0].0, Bytes::from("p/1"));
         let (items, more) = r.list(b"p/", 10).unwrap();
         assert_eq!((items.len(), more), (5, false));
+    }
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: raft_core::LogId::new(1, index),
+            membership: raft_core::Membership::new([1, 2, 3]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_installs_on_another_store_and_a_corrupted_one_is_refused() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let a_log = open(a_dir.path());
+        let mut a = KvStateMachine::new(a_log.db().clone(), 100)
+            .unwrap()
+            .with_snapshot_dir(a_dir.path().join("snapshots"))
+            .unwrap();
+        for i in 1..=20 {
+            a.apply(&[entry(
+                i,
+                put(
+                    &format!("k{i}"),
+                    &format!("v{i}"),
+                    Precondition::None,
+                    Some(&format!("t{i}")),
+                ),
+            )])
+            .await
+            .unwrap();
+        }
+        let data = a.build_snapshot(&meta(20)).await.unwrap();
+        let (latest, _) = a.latest_snapshot().await.unwrap().expect("recorded");
+        assert_eq!(latest, meta(20));
+
+        // A store with other data takes the snapshot over completely.
+        let b_dir = tempfile::tempdir().unwrap();
+        let b_log = open(b_dir.path());
+        let mut b = KvStateMachine::new(b_log.db().clone(), 100)
+            .unwrap()
+            .with_snapshot_dir(b_dir.path().join("snapshots"))
+            .unwrap();
+        b.apply(&[entry(1, put("stale", "x", Precondition::None, None))])
+            .await
+            .unwrap();
+        let bytes = raft_core::snapshot::read_all(data.as_ref(), 1 << 30)
+            .await
+            .unwrap();
+        b.install_snapshot(&meta(20), Arc::new(bytes.clone()))
+            .await
+            .unwrap();
+        let r = b.reader();
+        assert_eq!(r.applied().unwrap(), 20);
+        assert!(r.get(b"stale").unwrap().is_none());
+        assert_eq!(r.get(b"k7").unwrap().unwrap().value, Bytes::from("v7"));
+        assert_eq!(r.digest().unwrap(), a.reader().digest().unwrap());
+        // Idempotency records travel with the snapshot: a retry gets the
+        // first outcome (revision 3), not a new write at 21.
+        let out = b
+            .apply(&[entry(21, put("k3", "v3", Precondition::None, Some("t3")))])
+            .await
+            .unwrap();
+        assert_eq!(out[0], Outcome::Applied { rev: 3 });
+
+        // A flipped byte is refused before anything is touched.
+        let c_dir = tempfile::tempdir().unwrap();
+        let c_log = open(c_dir.path());
+        let mut c = KvStateMachine::new(c_log.db().clone(), 100)
+            .unwrap()
+            .with_snapshot_dir(c_dir.path().join("snapshots"))
+            .unwrap();
+        c.apply(&[entry(1, put("mine", "x", Precondition::None, None))])
+            .await
+            .unwrap();
+        let mut bad = bytes.to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        let err = c
+            .install_snapshot(&meta(20), Arc::new(Bytes::from(bad)))
+            .await
+            .expect_err("corrupted snapshot refused");
+        assert!(err.0.contains("corrupted"), "{err}");
+        assert_eq!(c.reader().applied().unwrap(), 1);
+        assert!(c.reader().get(b"mine").unwrap().is_some());
     }
 }

@@ -107,7 +107,9 @@ pub fn cluster_with(
 ) -> Vec<Proc> {
     let ids: Vec<u64> = (1..=n).collect();
     let certs = dir.join("certs");
-    raft_net_quic::certs::write_dev_certs(&certs, &ids, names).unwrap();
+    // Certificates for three spare ids too, for nodes that join later.
+    let cert_ids: Vec<u64> = (1..=n + 3).collect();
+    raft_net_quic::certs::write_dev_certs(&certs, &cert_ids, names).unwrap();
     let addrs: Vec<(SocketAddr, SocketAddr)> =
         ids.iter().map(|_| (free_udp(), free_tcp())).collect();
     let initial: Vec<String> = ids
@@ -194,4 +196,71 @@ pub async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> 
         .send()
         .await
         .unwrap()
+}
+
+/// A new node `id` (whose certificate `cluster_with` wrote as a spare) that
+/// joins the cluster through `join_url`, with the `extra` flags. Started.
+pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
+    let certs = dir.join("certs");
+    let (peer, client) = (free_udp(), free_tcp());
+    let mut args = vec![
+        "run".to_string(),
+        format!("--id={id}"),
+        format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
+        format!("--client-listen={client}"),
+        format!("--peer-listen={peer}"),
+        format!("--join={join_url}"),
+        format!("--tls-ca={}", certs.join("ca.pem").display()),
+        format!(
+            "--tls-cert={}",
+            certs.join(format!("node-{id}.pem")).display()
+        ),
+        format!(
+            "--tls-key={}",
+            certs.join(format!("node-{id}.key")).display()
+        ),
+        "--tick-ms=20".to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let mut p = Proc {
+        id,
+        args,
+        child: None,
+        http: format!("http://{client}"),
+        log: dir.join(format!("node-{id}.log")),
+    };
+    p.start();
+    p
+}
+
+/// Polls `check` on `p`'s status until it holds, for up to `secs` seconds.
+pub async fn wait_status(
+    client: &reqwest::Client,
+    p: &Proc,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = status(client, p).await {
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {}: {what} not reached within {secs} s; status {s:#}\nlog:\n{}",
+                    p.id,
+                    p.log_text()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!(
+                "node {}: no status within {secs} s ({what}); log:\n{}",
+                p.id,
+                p.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

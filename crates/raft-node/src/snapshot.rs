@@ -1,0 +1,327 @@
+//! Snapshots of the key-value store: a file written from a consistent
+//! RocksDB view of the `kv` and `kv_meta` column families, streamed record
+//! by record (never loaded into memory whole), and installed the same way.
+//!
+//! File format (all integers big-endian):
+//!
+//! ```text
+//! magic     b"RKVSNAP1"
+//! record*   tag:u8 (1 = kv, 2 = kv_meta) | klen:u32 | vlen:u32 | key | value | crc32c:u32
+//! trailer   0xFF | records:u64 | crc32c:u32
+//! ```
+//!
+//! Each record's CRC-32C covers its tag, lengths, key and value; the
+//! trailer's covers its tag and count. A file that fails any check, ends
+//! early or has bytes after the trailer is refused before anything is
+//! written to the store.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+
+const MAGIC: &[u8; 8] = b"RKVSNAP1";
+const TAG_KV: u8 = 1;
+const TAG_META: u8 = 2;
+const TAG_END: u8 = 0xFF;
+/// Keys and values larger than this are refused when reading a file
+/// (the node's own limits are far below).
+const FIELD_MAX: u32 = 64 * 1024 * 1024;
+/// Bytes of records per write batch while installing.
+const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a snapshot file could not be written, read or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// Reading or writing the file failed.
+    #[error("snapshot file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file is not a valid snapshot.
+    #[error("snapshot file {path} is corrupted: {detail}")]
+    Corrupted {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A column family is missing.
+    #[error("column family {0} missing")]
+    MissingColumnFamily(&'static str),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotFileError + '_ {
+    move |source| SnapshotFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn record_crc(tag: u8, key: &[u8], value: &[u8]) -> u32 {
+    let mut crc = crc32c::crc32c(&[tag]);
+    crc = crc32c::crc32c_append(crc, &(key.len() as u32).to_be_bytes());
+    crc = crc32c::crc32c_append(crc, &(value.len() as u32).to_be_bytes());
+    crc = crc32c::crc32c_append(crc, key);
+    crc32c::crc32c_append(crc, value)
+}
+
+/// What a written snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenSnapshot {
+    /// Records written.
+    pub records: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// Writes the `kv` column family and the `kv_meta` records `keep_meta`
+/// accepts, as seen by one RocksDB snapshot, to `path` (through a temporary
+/// file, synced and renamed).
+///
+/// # Errors
+///
+/// [`SnapshotFileError`].
+pub fn write(
+    db: &DB,
+    kv_cf: &'static str,
+    meta_cf: &'static str,
+    keep_meta: impl Fn(&[u8]) -> bool,
+    path: &Path,
+) -> Result<WrittenSnapshot, SnapshotFileError> {
+    let kv = db
+        .cf_handle(kv_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(kv_cf))?;
+    let meta = db
+        .cf_handle(meta_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(meta_cf))?;
+    let tmp = path.with_extension("tmp");
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MAGIC).map_err(io_err(&tmp))?;
+    let view = db.snapshot();
+    let mut records = 0u64;
+    for (tag, cf) in [(TAG_KV, &kv), (TAG_META, &meta)] {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&view);
+        opts.fill_cache(false);
+        for item in db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
+            let (k, v) = item?;
+            if tag == TAG_META && !keep_meta(&k) {
+                continue;
+            }
+            let crc = record_crc(tag, &k, &v);
+            out.write_all(&[tag]).map_err(io_err(&tmp))?;
+            out.write_all(&(k.len() as u32).to_be_bytes())
+                .map_err(io_err(&tmp))?;
+            out.write_all(&(v.len() as u32).to_be_bytes())
+                .map_err(io_err(&tmp))?;
+            out.write_all(&k).map_err(io_err(&tmp))?;
+            out.write_all(&v).map_err(io_err(&tmp))?;
+            out.write_all(&crc.to_be_bytes()).map_err(io_err(&tmp))?;
+            records += 1;
+        }
+    }
+    let mut trailer = vec![TAG_END];
+    trailer.extend_from_slice(&records.to_be_bytes());
+    let crc = crc32c::crc32c(&trailer);
+    trailer.extend_from_slice(&crc.to_be_bytes());
+    out.write_all(&trailer).map_err(io_err(&tmp))?;
+    let file = out.into_inner().map_err(|e| SnapshotFileError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    let bytes = file.metadata().map_err(io_err(&tmp))?.len();
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_dir(path)?;
+    Ok(WrittenSnapshot { records, bytes })
+}
+
+fn sync_dir(path: &Path) -> Result<(), SnapshotFileError> {
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// One record: tag, key, value.
+type Record = (u8, Vec<u8>, Vec<u8>);
+
+/// Reads the records of a snapshot file in order, checking each.
+struct RecordReader {
+    path: PathBuf,
+    input: BufReader<File>,
+    records: u64,
+    done: bool,
+}
+
+impl RecordReader {
+    fn open(path: &Path) -> Result<Self, SnapshotFileError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 8];
+        input
+            .read_exact(&mut magic)
+            .map_err(|_| corrupted(path, "shorter than its header"))?;
+        if &magic != MAGIC {
+            return Err(corrupted(path, "not a raft-node snapshot (bad magic)"));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            input,
+            records: 0,
+            done: false,
+        })
+    }
+
+    fn exact(&mut self, n: usize, what: &str) -> Result<Vec<u8>, SnapshotFileError> {
+        let mut buf = vec![0u8; n];
+        self.input
+            .read_exact(&mut buf)
+            .map_err(|_| corrupted(&self.path, &format!("ends inside {what}")))?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, SnapshotFileError> {
+        let b = self.exact(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The next record, or `None` after a valid trailer.
+    fn next_record(&mut self) -> Result<Option<Record>, SnapshotFileError> {
+        if self.done {
+            return Ok(None);
+        }
+        let tag = self.exact(1, "a record tag")?[0];
+        match tag {
+            TAG_END => {
+                let count = self.exact(8, "the trailer")?;
+                let crc = self.u32("the trailer")?;
+                let mut t = vec![TAG_END];
+                t.extend_from_slice(&count);
+                if crc32c::crc32c(&t) != crc {
+                    return Err(corrupted(&self.path, "trailer checksum mismatch"));
+                }
+                let count = u64::from_be_bytes(count.try_into().unwrap_or([0; 8]));
+                if count != self.records {
+                    return Err(corrupted(
+                        &self.path,
+                        &format!("trailer says {count} records, found {}", self.records),
+                    ));
+                }
+                let mut rest = [0u8; 1];
+                if self.input.read(&mut rest).map_err(io_err(&self.path))? != 0 {
+                    return Err(corrupted(&self.path, "bytes after the trailer"));
+                }
+                self.done = true;
+                Ok(None)
+            }
+            TAG_KV | TAG_META => {
+                let klen = self.u32("a key length")?;
+                let vlen = self.u32("a value length")?;
+                if klen > FIELD_MAX || vlen > FIELD_MAX {
+                    return Err(corrupted(
+                        &self.path,
+                        "record larger than any the node writes",
+                    ));
+                }
+                let key = self.exact(klen as usize, "a key")?;
+                let value = self.exact(vlen as usize, "a value")?;
+                let crc = self.u32("a record checksum")?;
+                if record_crc(tag, &key, &value) != crc {
+                    return Err(corrupted(
+                        &self.path,
+                        &format!("checksum mismatch in record {}", self.records + 1),
+                    ));
+                }
+                self.records += 1;
+                Ok(Some((tag, key, value)))
+            }
+            t => Err(corrupted(&self.path, &format!("unknown record tag {t}"))),
+        }
+    }
+}
+
+fn corrupted(path: &Path, detail: &str) -> SnapshotFileError {
+    SnapshotFileError::Corrupted {
+        path: path.to_path_buf(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// Reads the whole file and checks every record and the trailer, without
+/// touching the store. Returns the number of records.
+///
+/// # Errors
+///
+/// [`SnapshotFileError`].
+pub fn verify(path: &Path) -> Result<u64, SnapshotFileError> {
+    let mut r = RecordReader::open(path)?;
+    while r.next_record()?.is_some() {}
+    Ok(r.records)
+}
+
+/// Replaces the contents of the two column families by the file's: deletes
+/// every `kv` record and every `kv_meta` record `replace_meta` accepts, then
+/// writes the file's records in batches. Not atomic by itself: the caller
+/// marks the install in progress first and redoes it after a crash.
+///
+/// # Errors
+///
+/// [`SnapshotFileError`]; verify the file first, so that a corrupted file is
+/// refused before anything is deleted.
+pub fn load(
+    db: &DB,
+    kv_cf: &'static str,
+    meta_cf: &'static str,
+    replace_meta: impl Fn(&[u8]) -> bool,
+    path: &Path,
+) -> Result<u64, SnapshotFileError> {
+    let kv = db
+        .cf_handle(kv_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(kv_cf))?;
+    let meta = db
+        .cf_handle(meta_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(meta_cf))?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(false);
+    // Clear what the snapshot replaces.
+    for (cf, all) in [(&kv, true), (&meta, false)] {
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item?;
+            if all || replace_meta(&k) {
+                batch.delete_cf(cf, &k);
+            }
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                db.write_opt(std::mem::take(&mut batch), &opts)?;
+            }
+        }
+        db.write_opt(batch, &opts)?;
+    }
+    let mut r = RecordReader::open(path)?;
+    let mut batch = WriteBatch::default();
+    while let Some((tag, k, v)) = r.next_record()? {
+        let cf = if tag == TAG_KV { &kv } else { &meta };
+        if tag == TAG_META && !replace_meta(&k) {
+            continue;
+        }
+        batch.put_cf(cf, &k, &v);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write_opt(std::mem::take(&mut batch), &opts)?;
+        }
+    }
+    db.write_opt(batch, &opts)?;
+    Ok(r.records)
+}

@@ -1,0 +1,349 @@
+//! Multi-process tests of membership changes and snapshots on the
+//! `raft-node` binary (real processes, RocksDB, QUIC with mutual TLS): a new
+//! node joins with `--join`, is brought up by a snapshot and promoted; the
+//! leader removes itself; a killed node is replaced; nodes restart after
+//! compaction; bad changes get clear errors. No acknowledged write is lost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cluster_with, joiner, leader, status, wait_status, Proc};
+use serde_json::Value;
+
+fn flags(extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--max-key-bytes=64".to_string(),
+        "--max-value-bytes=1048576".to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn by_id(procs: &[Proc], id: u64) -> &Proc {
+    procs.iter().find(|p| p.id == id).expect("known node")
+}
+
+/// Writes `count` values of `size` bytes under `prefix`, through `p`, and
+/// returns them (every write acknowledged).
+async fn write_values(
+    client: &reqwest::Client,
+    p: &Proc,
+    prefix: &str,
+    count: usize,
+    size: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}{i:05}");
+        let value: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect();
+        let r = client
+            .put(format!("{}/v1/kv/{key}", p.http))
+            .body(value.clone())
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(r.status(), 200, "write {key}: {:?}", r.text().await);
+        out.push((key, value));
+    }
+    out
+}
+
+async fn assert_values(client: &reqwest::Client, p: &Proc, values: &[(String, Vec<u8>)]) {
+    for (key, value) in values {
+        let r = client
+            .get(format!("{}/v1/kv/{key}", p.http))
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(r.status(), 200, "node {}: read {key}", p.id);
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            value.as_slice(),
+            "node {}: value of {key}",
+            p.id
+        );
+    }
+}
+
+/// Waits until every node reports the same key digest at the same applied index.
+async fn assert_same_digest(client: &reqwest::Client, procs: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        for p in procs {
+            seen.push(
+                status(client, p)
+                    .await
+                    .map(|s| (s["applied"].clone(), s["kv"].clone())),
+            );
+        }
+        if seen.iter().all(|s| s.is_some() && *s == seen[0]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts node `id` with `--join` through `leader`, waits until it caught
+/// up, promotes it and returns it.
+async fn join_and_promote(
+    client: &reqwest::Client,
+    dir: &std::path::Path,
+    procs: &[Proc],
+    leader: u64,
+    id: u64,
+    extra: &[String],
+) -> Proc {
+    let via = by_id(procs, leader).http.clone();
+    let new = joiner(dir, id, &via, extra);
+    let target = status(client, by_id(procs, leader)).await.unwrap()["commit"]
+        .as_u64()
+        .unwrap();
+    wait_status(client, &new, 60, "catch-up", |s| {
+        s["applied"].as_u64().unwrap_or(0) >= target
+    })
+    .await;
+    let (code, body) = post(client, format!("{via}/v1/cluster/voters/{id}")).await;
+    assert_eq!(code, 200, "{body:#}");
+    assert!(body["membership"]["voters"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from(id)));
+    new
+}
+
+async fn post(client: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = client.post(url).send().await.expect("reachable");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
+    // The data the new learner must catch up on (MB); the figure is
+    // 200, which `RAFT_TEST_LEARNER_MB` can ask for.
+    let mb: usize = std::env::var("RAFT_TEST_LEARNER_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = flags(&["--snapshot-entries=64", "--snapshot-keep-entries=8"]);
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    let l = leader(&client, &procs, None).await;
+    let started = Instant::now();
+    let values = write_values(&client, by_id(&procs, l), "big/", mb, 1 << 20).await;
+    eprintln!("wrote {mb} MiB in {:.1} s", started.elapsed().as_secs_f64());
+    let s = wait_status(&client, by_id(&procs, l), 30, "compaction", |s| {
+        s["first_index"].as_u64().unwrap_or(0) > 1
+    })
+    .await;
+    let target = s["commit"].as_u64().unwrap();
+
+    // Node 4 joins through a follower (forwarded to the leader).
+    let via = procs.iter().find(|p| p.id != l).unwrap().http.clone();
+    let started = Instant::now();
+    let new = joiner(dir.path(), 4, &via, &extra);
+    let s4 = wait_status(&client, &new, 300, "catch-up as a learner", |s| {
+        s["applied"].as_u64().unwrap_or(0) >= target
+    })
+    .await;
+    eprintln!(
+        "learner caught up on {mb} MiB in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        s4["snapshot"]["index"].as_u64().is_some(),
+        "the learner installed a snapshot: {s4:#}"
+    );
+    assert!(
+        s4["membership"]["learners"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(4)),
+        "{s4:#}"
+    );
+
+    // Promote it (through any node).
+    let (code, body) = post(&client, format!("{via}/v1/cluster/voters/4")).await;
+    assert_eq!(code, 200, "{body:#}");
+    assert_eq!(
+        body["membership"]["voters"],
+        serde_json::json!([1, 2, 3, 4])
+    );
+    assert_eq!(body["membership"]["joint"], false);
+    procs.push(new);
+    // The new voter serves linearizable reads of everything written.
+    let more = write_values(&client, by_id(&procs, 4), "after/", 5, 100).await;
+    assert_values(&client, by_id(&procs, 4), &values[values.len() - 3..]).await;
+    assert_values(&client, by_id(&procs, 4), &more).await;
+    assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_itself_and_a_killed_node_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = flags(&["--snapshot-entries=50", "--snapshot-keep-entries=5"]);
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    let l = leader(&client, &procs, None).await;
+    let mut written = write_values(&client, by_id(&procs, l), "a/", 80, 200).await;
+
+    // The leader removes itself: it commits C_new, hands over, steps down.
+    let r = client
+        .delete(format!("{}/v1/cluster/members/{l}", by_id(&procs, l).http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["membership"]["voters"].as_array().unwrap().len(), 2);
+    let idx = procs.iter().position(|p| p.id == l).unwrap();
+    let mut removed = procs.remove(idx);
+    let l2 = leader(&client, &procs, Some(l)).await;
+    written.extend(write_values(&client, by_id(&procs, l2), "b/", 20, 200).await);
+    // The removed node does not disrupt: the term stays put.
+    let term = status(&client, by_id(&procs, l2)).await.unwrap()["term"].clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(&client, by_id(&procs, l2)).await.unwrap();
+    assert_eq!(s["term"], term, "the removed node raised the term");
+    assert_eq!(s["role"], "leader");
+    removed.sigterm();
+
+    // Back to three voters: node 4 joins and is promoted.
+    let survivor = by_id(&procs, l2).http.clone();
+    let new = join_and_promote(&client, dir.path(), &procs, l2, 4, &extra).await;
+    procs.push(new);
+    written.extend(write_values(&client, by_id(&procs, 4), "c/", 20, 200).await);
+
+    // Kill a follower, remove it (the other two are a quorum of the three,
+    // and of the two left), and replace it by node 5.
+    let dead = procs.iter().position(|p| p.id != l2 && p.id != 4).unwrap();
+    let dead_id = procs[dead].id;
+    procs[dead].kill9();
+    procs.remove(dead);
+    let r = client
+        .delete(format!("{survivor}/v1/cluster/members/{dead_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let new = join_and_promote(&client, dir.path(), &procs, l2, 5, &extra).await;
+    procs.push(new);
+    written.extend(write_values(&client, by_id(&procs, 5), "d/", 20, 200).await);
+    for p in &procs {
+        assert_values(&client, p, &written).await;
+    }
+    assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_restart_after_compaction_without_losing_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = flags(&["--snapshot-entries=0", "--snapshot-keep-entries=3"]);
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    let l = leader(&client, &procs, None).await;
+    let written = write_values(&client, by_id(&procs, l), "k/", 60, 300).await;
+    // Every node takes a snapshot on demand and compacts its log.
+    for p in &procs {
+        wait_status(&client, p, 30, "apply", |s| {
+            s["applied"].as_u64() >= Some(60)
+        })
+        .await;
+        let (code, body) = post(&client, format!("{}/v1/cluster/snapshot", p.http)).await;
+        assert_eq!(code, 200, "{body:#}");
+        assert!(body["index"].as_u64().unwrap() >= 60, "{body:#}");
+        let s = status(&client, p).await.unwrap();
+        assert!(
+            s["first_index"].as_u64().unwrap() > 50,
+            "node {}: {s:#}",
+            p.id
+        );
+    }
+    // Restart all of them: they come back from snapshot plus kept entries.
+    for p in procs.iter_mut() {
+        let code = p.sigterm();
+        assert!(code.success(), "node {} exit {code:?}", p.id);
+    }
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let l = leader(&client, &procs, None).await;
+    let more = write_values(&client, by_id(&procs, l), "m/", 5, 300).await;
+    for p in &procs {
+        assert_values(&client, p, &written).await;
+        assert_values(&client, p, &more).await;
+    }
+    assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_membership_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = flags(&["--max-promotion-lag=10"]);
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    let l = leader(&client, &procs, None).await;
+    let base = by_id(&procs, l).http.clone();
+    let problem = |v: &Value| v["type"].as_str().unwrap_or("").to_owned();
+
+    let (code, body) = post(&client, format!("{base}/v1/cluster/voters/9")).await;
+    assert_eq!(code, 404, "{body:#}");
+    assert_eq!(problem(&body), "urn:raft-node:problem:unknown-member");
+    let (code, _) = post(&client, format!("{base}/v1/cluster/voters/zero")).await;
+    assert_eq!(code, 400);
+    for bad in [
+        "",
+        "{}",
+        "{\"id\": 0, \"peer_addr\": \"127.0.0.1:1\", \"client_addr\": \"127.0.0.1:2\"}",
+        "{\"id\": 5, \"peer_addr\": \"nowhere\", \"client_addr\": \"127.0.0.1:2\"}",
+        "[1, 2]",
+    ] {
+        let r = client
+            .post(format!("{base}/v1/cluster/learners"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "body {bad:?}: {:?}", r.text().await);
+    }
+    // A learner that never comes up is too far behind to be promoted.
+    let r = client
+        .post(format!("{base}/v1/cluster/learners"))
+        .json(
+            &serde_json::json!({"id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    write_values(&client, by_id(&procs, l), "x/", 20, 10).await;
+    let (code, body) = post(&client, format!("{base}/v1/cluster/voters/9")).await;
+    assert_eq!(code, 409, "{body:#}");
+    assert_eq!(problem(&body), "urn:raft-node:problem:learner-lagging");
+    assert!(body["lag"].as_u64().unwrap() > 10);
+    // Adding a voter as a learner is refused.
+    let r = client
+        .post(format!("{base}/v1/cluster/learners"))
+        .json(
+            &serde_json::json!({"id": l, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // The learner is removed; the cluster is unaffected throughout.
+    let r = client
+        .delete(format!("{base}/v1/cluster/members/9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let s = status(&client, by_id(&procs, l)).await.unwrap();
+    assert_eq!(s["membership"]["voters"], serde_json::json!([1, 2, 3]));
+    assert_eq!(s["membership"]["learners"], serde_json::json!([]));
+    assert_eq!(s["role"], "leader");
+}
