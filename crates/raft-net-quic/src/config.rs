@@ -52,6 +52,11 @@ pub struct QuicConfig {
     /// Attempts for one snapshot transfer (each resumes where the last one
     /// stopped) before a snapshot transfer (`stream_snapshot`, `Transport::send_snapshot`) gives up. Default 10.
     pub snapshot_attempts_max: u32,
+    /// Refuse inbound connections from nodes that are not in the peer table
+    /// ([`QuicTransport::add_peer`](crate::QuicTransport::add_peer)), even
+    /// with a valid certificate from the cluster CA: a removed or foreign
+    /// node cannot feed messages in. Default true.
+    pub refuse_unknown_peers: bool,
     /// Messages buffered between the network and the application's inbound
     /// receiver; when full, stream readers wait (QUIC flow control then
     /// slows the peer). Default 4096.
@@ -76,6 +81,7 @@ impl Default for QuicConfig {
             inbound_bidi_streams_max: 4,
             snapshot_chunk_bytes: 256 << 10,
             snapshot_attempts_max: 10,
+            refuse_unknown_peers: true,
             inbound_queue_messages_max: 4096,
         }
     }

@@ -47,6 +47,8 @@ pub mod close_code {
     pub const DUPLICATE: u32 = 5;
     /// Closed on request ([`QuicTransport::disconnect`](crate::QuicTransport::disconnect)).
     pub const REQUESTED: u32 = 6;
+    /// The peer is not in this node's peer table (not a member it knows).
+    pub const UNKNOWN_PEER: u32 = 7;
 }
 
 /// Stream priorities: control first, snapshots last.
@@ -914,6 +916,15 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
         return refuse(
             close_code::IDENTITY,
             format!("peer claims node {}: {e}", hello.from),
+        );
+    }
+    if shared.cfg.refuse_unknown_peers && !lock(&shared.peers).contains_key(&hello.from) {
+        return refuse(
+            close_code::UNKNOWN_PEER,
+            format!(
+                "node {} is not a peer of node {} (not a member it knows)",
+                hello.from, shared.id
+            ),
         );
     }
     let mut buf = BytesMut::new();

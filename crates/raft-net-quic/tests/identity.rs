@@ -11,7 +11,7 @@ use common::*;
 use raft_core::Transport;
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::Frame;
-use raft_net_quic::{close_code, ConnectError, NodeTls, TlsError};
+use raft_net_quic::{close_code, ConnectError, NodeTls, QuicConfig, TlsError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_certificate_from_another_ca_is_refused_by_the_dialer() {
@@ -165,6 +165,38 @@ async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
 
     // The same handshake at version 1 is welcomed.
     let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
+    assert_eq!(
+        raw_hello(&conn, 2, 1, 1).await.unwrap(),
+        Frame::Welcome { node: 1 }
+    );
+    server.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certified_node_that_is_not_a_peer_is_refused_by_default() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let cfg = QuicConfig {
+        refuse_unknown_peers: QuicConfig::default().refuse_unknown_peers,
+        ..test_config()
+    };
+    assert!(cfg.refuse_unknown_peers, "refusing is the default");
+    let server = start_node(&ca, 1, any_addr(), cfg);
+    let (endpoint, client_cfg) = raw_client(&ca, 2);
+    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
+        .await
+        .unwrap();
+    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("code {}", close_code::UNKNOWN_PEER)),
+        "{err}"
+    );
+    assert!(err.contains("node 2 is not a peer of node 1"), "{err}");
+    // Once node 1 knows node 2 (it was added to the cluster), it is welcomed.
+    server.transport.add_peer(2, "127.0.0.1:9".parse().unwrap());
+    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
+        .await
+        .unwrap();
     assert_eq!(
         raw_hello(&conn, 2, 1, 1).await.unwrap(),
         Frame::Welcome { node: 1 }

@@ -25,8 +25,11 @@ pub fn init_tracing() {
 }
 
 /// Settings for tests: quick reconnects, generous liveness on a busy CI box.
+/// Most tests wire peers in one direction only, so unknown peers are let in
+/// here; `tests/identity.rs` checks that the default refuses them.
 pub fn test_config() -> QuicConfig {
     QuicConfig {
+        refuse_unknown_peers: false,
         idle_timeout: Duration::from_secs(10),
         keep_alive_interval: Duration::from_millis(500),
         reconnect_backoff_min: Duration::from_millis(10),
