@@ -20,6 +20,8 @@
 //!   retransmission, flow control and batching;
 //! - `reads`: ReadIndex and lease reads;
 //! - `transfer`: leadership transfer;
+//! - `membership`: membership changes (learners, joint consensus, removed
+//!   servers);
 //! - `robustness`: malformed and hostile input, and property tests.
 
 #[path = "scenarios/network.rs"]
@@ -27,6 +29,8 @@ mod network;
 
 #[path = "scenarios/election.rs"]
 mod election;
+#[path = "scenarios/membership.rs"]
+mod membership;
 #[path = "scenarios/persistence.rs"]
 mod persistence;
 #[path = "scenarios/reads.rs"]

@@ -1,5 +1,5 @@
-//! Deterministic simulation of whole Raft clusters (1, 3 and 5 voters): the
-//! acceptance test of the engine.
+//! Deterministic simulation of whole Raft clusters (1, 3 and 5 initial
+//! voters, plus spare nodes): the acceptance test of the engine.
 //!
 //! # What a run does
 //!
@@ -7,17 +7,31 @@
 //! step picks one random event: a tick (every live node ticks once, so
 //! clocks never drift: leader leases rely on that), delivery of a random
 //! deliverable message (so messages are reordered), completion of a node's
-//! oldest pending disk write (or of several: group commit), applying some
-//! committed entries on a node, or a client request. In the fault phase,
-//! messages are also dropped, duplicated and delayed, and at each tick
+//! oldest pending disk write (or of several: group commit), some work of a
+//! node's state machine (applying entries, building or installing a
+//! snapshot), or a client request. In the fault phase, messages (snapshots
+//! included) are also dropped, duplicated and delayed, and at each tick
 //! nodes may crash (back at once or after up to 30 ticks), partitions
-//! (symmetric, or one-way) start and heal after 3-50 ticks, and leadership
-//! transfers start. Each node is driven exactly as the `Engine` docs
+//! (symmetric, or one-way) start and heal after 3-50 ticks, leadership
+//! transfers start, snapshots are asked for, and the leader is asked for
+//! membership changes (add a spare as learner, promote, demote, remove a
+//! voter or the leader itself, remove a learner, replace the voters, remove
+//! the last voter). Each node is driven exactly as the `Engine` docs
 //! require (messages at once; writes durable later, in order;
-//! `persisted_messages` and `on_persisted` only after the write; see
-//! `sim/world.rs`). The state machine is a key-value map kept *durable with
-//! its applied index*: it survives crashes and the node restarts with
-//! `InitialState::applied`. Clients (3-6, closed loop, on 3-5 keys) send
+//! `persisted_messages` and `on_persisted` only after the write; snapshots
+//! built after the entries before them are applied; an install goes to the
+//! state machine, then to the log; see `sim/world.rs`).
+//!
+//! Each run draws its own settings: heartbeat, lease, pre-vote,
+//! check-quorum, flow-control limits, the promotion lag, 0-2 spare nodes
+//! (outside the initial configuration, bootstrapped with an empty one) and
+//! a snapshot policy (every 5-40 entries or by size, keeping 0-10 entries;
+//! one run in ten never). Durable storage is modelled per node
+//! (`sim/storage.rs`: hard state, log after its purged prefix, snapshot
+//! record); the state machine is a key-value map kept *durable with its
+//! applied index* and its latest snapshot, and a node restarts like
+//! `Raft::start` (an install interrupted between the state machine and the
+//! log is completed first). Clients (3-6, closed loop, on 3-5 keys) send
 //! writes, deletes, compare-and-sets and reads (ReadIndex, or the lease)
 //! mostly to a node that believes it leads (possibly a stale leader),
 //! sometimes to any node.
@@ -31,34 +45,52 @@
 //! After every step: election safety (one leader per term over the whole
 //! run; a node leading a term again after a restart counts as a second
 //! leader), log matching (every `(index, term)` ever in any log, in memory
-//! or durable, always has the same payload and predecessor term), leader
-//! completeness, state machine safety (one entry per index over all nodes,
-//! applied exactly once and in order, only committed and locally durable
-//! entries), commit monotonicity (per incarnation, never below the durable
-//! commit), durable hard-state sanity (terms never go back, a vote never
-//! changes within a term), each read answered at most once, and the
-//! durability promises of messages (a vote grant or a vote request is sent
-//! only once the vote is durable, an append acknowledgement only for
-//! durable entries). At the end: every node applied the same entries and
-//! holds the same data, and the clients' history is linearizable
-//! (`raft_core::testing::linearizability`).
+//! or durable, always has the same payload and predecessor term; logs are
+//! compared from their compacted prefix on), leader completeness (entries
+//! a leader's snapshot covers excepted), state machine safety (one entry
+//! per index over all nodes, applied exactly once and in order, only
+//! committed and locally durable entries; every state machine, every
+//! snapshot built and every snapshot installed holds exactly the data of a
+//! reference state machine at its index), commit monotonicity (per
+//! incarnation, never below the durable commit), durable hard-state sanity
+//! (terms never go back, a vote never changes within a term), storage
+//! sanity (compactions purge only applied, durable entries; a restart finds
+//! a consistent log and state machine), each read answered at most once,
+//! and the durability promises of messages (a vote grant or a vote request
+//! is sent only once the vote is durable, an append acknowledgement only
+//! for durable entries). Membership: an accepted change appends one
+//! configuration that is in force at once (thesis §4.1) and a refused one
+//! changes nothing; a change that would leave no voter is refused; a leader
+//! holds at most one uncommitted configuration; a node removed by a
+//! committed configuration never leads again (unless brought back); a
+//! leader steps down once it committed a configuration without it (thesis
+//! §4.2.2); with pre-vote and check-quorum a removed node never raises a
+//! member's term (thesis §4.2.3). At the end: the members of the final
+//! configuration applied the same entries and hold the same data, and the
+//! clients' history is linearizable (`raft_core::testing::linearizability`).
+//! Summary lines count snapshots (built, sent, lost, installed, interrupted
+//! by crashes, completed at restart) and membership changes (started,
+//! committed, refused by reason).
 //!
 //! # Running
 //!
 //! - `cargo test -p raft-core --test simulation`: the default seeds (2,000
-//!   runs; about a minute in debug on two cores). Each test prints a
-//!   summary line (visible with `-- --nocapture`);
+//!   runs; about a minute and a half in debug on two cores). Each test
+//!   prints a summary (visible with `-- --nocapture`);
 //! - soak: `SIM_SEEDS=20000 SIM_SEED_START=100000 cargo test -p raft-core
 //!   --release --test simulation seeds_3 -- --nocapture` (`SIM_SEEDS` seeds
 //!   per test from `SIM_SEED_START`; `SIM_STEPS` changes the fault-phase
-//!   length, in steps);
+//!   length, in steps; `SIM_KEEP_GOING=1` lists every failing seed instead
+//!   of stopping at the first; `SIM_CHURN=0` runs without spare nodes and
+//!   membership changes, `SIM_SNAPSHOTS=0` without snapshots);
 //! - replay one run with its full event trace (a failure prints the exact
 //!   command):
 //!   `SIM_SEED=1234 SIM_NODES=3 cargo test -p raft-core --test simulation replay -- --nocapture`.
 
 mod sim;
 
-use sim::{env_u64, run_one, run_seeds};
+use raft_core::engine::MembershipChange;
+use sim::{env_u64, params_for, run_one, run_seeds, World};
 
 #[test]
 fn seeds_1_voter() {
@@ -110,4 +142,84 @@ fn same_seed_same_run() {
         4,
         "different seeds should give different runs"
     );
+}
+
+/// A scripted cluster of `voters` voters and `spares` spares that takes a
+/// snapshot every 5 applied entries and keeps no entry below it.
+fn snapshotting_cluster(test: &str, voters: usize, spares: usize) -> World {
+    let mut params = params_for(voters);
+    params.spares = Some(spares);
+    params.snapshot_policy = Some((5, 0));
+    World::scripted(test, 11, params)
+}
+
+/// Paper §7 / thesis §5.1: a follower that fell behind the leader's first
+/// log index (the entries it needs were compacted away) receives the
+/// leader's snapshot (`InstallSnapshot`), installs it, and catches up from
+/// the log after it.
+#[test]
+fn follower_behind_the_first_index_catches_up_through_a_snapshot() {
+    let test = "follower_behind_the_first_index_catches_up_through_a_snapshot";
+    let mut w = snapshotting_cluster(test, 3, 0);
+    w.run_until(5_000, "a leader with a compacted log", |w| {
+        w.leader_id()
+            .and_then(|l| w.engine(l))
+            .is_some_and(|e| e.first_index() > 1)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let leader = w.leader_id().expect("a leader");
+    let lagging = if leader == 3 { 2 } else { 3 };
+    w.isolate(lagging);
+    let behind = w.durable_last_index(lagging);
+    w.run_until(
+        20_000,
+        "the leader compacted past the isolated follower",
+        |w| {
+            w.engine(leader)
+                .is_some_and(|e| e.first_index() > behind + 1)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.installs_on(lagging), 0, "isolated: nothing installed yet");
+    w.heal();
+    w.finish_scripted().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        w.installs_on(lagging) >= 1,
+        "node {lagging} caught up without a snapshot: {:?}",
+        w.snapshot_stats()
+    );
+    assert_eq!(w.kv(lagging), w.kv(leader), "same data as the leader");
+    assert!(w.kv(lagging).applied > behind);
+}
+
+/// Paper §7 and thesis §4.2.1: a new server added as a learner to a cluster
+/// whose log was compacted starts from the leader's snapshot, then follows
+/// the log; the final checks compare it with every other member.
+#[test]
+fn new_learner_starts_from_a_snapshot() {
+    let test = "new_learner_starts_from_a_snapshot";
+    let mut w = snapshotting_cluster(test, 3, 1);
+    w.run_until(5_000, "a leader with a compacted log", |w| {
+        w.leader_id()
+            .and_then(|l| w.engine(l))
+            .is_some_and(|e| e.first_index() > 1)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut added = false;
+    for _ in 0..100 {
+        if let Some(Ok(_)) = w.change_membership(MembershipChange::AddLearner(4)) {
+            added = true;
+            break;
+        }
+        w.run_steps(50).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(added, "the leader never accepted the new learner");
+    w.run_steps(2_000).unwrap_or_else(|e| panic!("{e}"));
+    w.finish_scripted().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        w.installs_on(4) >= 1,
+        "the learner did not start from a snapshot"
+    );
+    let leader = w.leader_id().expect("converged");
+    assert_eq!(w.kv(4), w.kv(leader));
 }

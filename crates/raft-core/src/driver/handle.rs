@@ -54,6 +54,13 @@ pub enum ProposeError {
         /// The index the entry had.
         index: Index,
     },
+    /// A snapshot from the leader replaced this node's log while the entry
+    /// waited: it may or may not be part of the applied state.
+    #[error("the log was replaced by a snapshot; the proposal at index {index} may or may not be applied")]
+    OutcomeUnknown {
+        /// The index the entry had.
+        index: Index,
+    },
     /// No answer within the timeout after the entry was appended: it may
     /// or may not be applied later.
     #[error("proposal timed out; it may still be applied")]
@@ -75,7 +82,9 @@ impl ProposeError {
     /// must treat the outcome as unknown).
     pub fn may_have_committed(&self) -> bool {
         match self {
-            ProposeError::Timeout | ProposeError::Fatal(_) => true,
+            ProposeError::Timeout
+            | ProposeError::Fatal(_)
+            | ProposeError::OutcomeUnknown { .. } => true,
             ProposeError::ShuttingDown { appended } => *appended,
             _ => false,
         }

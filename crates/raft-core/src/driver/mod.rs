@@ -176,9 +176,20 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             .last_log_id
             .map_or(stored.purged.index, |l| l.index)
             .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index));
-        if applied > log_end {
-            // A snapshot install was interrupted after the state machine took
-            // it and before the log recorded it: finish it.
+        // A snapshot install interrupted after the state machine took it and
+        // before the log recorded it shows as a state machine ahead of the
+        // log, or as a log whose entry at the applied index is another one.
+        let mut log_disagrees = false;
+        if let Some((meta, _)) = &latest_snapshot {
+            let at = meta.last_log_id.index;
+            let in_log = stored.last_log_id.is_some_and(|l| at <= l.index);
+            if at == applied && at > stored.purged.index && in_log {
+                let entry = log.entries(at, at + 1, 1).await?;
+                log_disagrees = entry.first().map(|e| e.term) != Some(meta.last_log_id.term);
+            }
+        }
+        if applied > log_end || log_disagrees {
+            // Finish it.
             match &latest_snapshot {
                 Some((meta, _)) if meta.last_log_id.index == applied => {
                     tracing::warn!(last = %meta.last_log_id, "completing an interrupted snapshot install");
@@ -583,7 +594,8 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             Event::LogInstalled(meta, data) => {
                 tracing::info!(last = %meta.last_log_id, "snapshot installed");
                 self.engine.on_snapshot_installed(meta.clone());
-                // Proposals below the snapshot can no longer be answered here.
+                // Proposals below the snapshot can no longer be answered
+                // here: they may or may not be in the snapshot.
                 let stale: Vec<Index> = self
                     .proposals
                     .range(..=meta.last_log_id.index)
@@ -591,7 +603,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     .collect();
                 for index in stale {
                     if let Some(p) = self.proposals.remove(&index) {
-                        let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                        let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
                     }
                 }
                 self.snapshot = Some((meta, data));

@@ -210,6 +210,12 @@ impl Engine {
             return; // one at a time; the leader sends again if needed
         }
         let index = meta.last_log_id.index;
+        // Paper §7: a follower that already holds the snapshot's last entry
+        // keeps its log (and what it acknowledged beyond it); that entry
+        // is committed.
+        if self.log.matches(meta.last_log_id) {
+            self.log.commit_to(index);
+        }
         if index <= self.log.committed() {
             // We already hold everything it covers: say how far we are.
             let reply = crate::message::Message {

@@ -86,7 +86,8 @@ impl Engine {
         if to == self.cfg.id {
             return Ok(());
         }
-        if !self.membership().is_voter(to) {
+        // A voter of the outgoing half only is on its way out: refuse.
+        if !self.membership().voters().contains(&to) {
             return Err(TransferError::NotAVoter(to));
         }
         if self.transferee == Some(to) {
@@ -115,12 +116,6 @@ impl Engine {
                 "dropping misaddressed message"
             );
             return;
-        }
-        if let MessageBody::RequestVote { .. } = msg.body {
-            if !self.membership().is_voter(msg.from) {
-                tracing::debug!(from = msg.from, "ignoring vote request from a non-voter");
-                return;
-            }
         }
         if msg.term > self.term {
             match &msg.body {

@@ -192,7 +192,9 @@ impl RaftLog {
             }
             expected = e.log_id();
         }
-        if !self.matches(prev) {
+        // A `prev` below the compacted prefix matches: everything up to the
+        // prefix is committed, so it is the leader's too (Log Matching).
+        if prev.index >= self.offset.index && !self.matches(prev) {
             return Err(AppendRefusal::Mismatch(self.conflict_hint(prev)));
         }
         let last_new = prev.index + entries.len() as u64;

@@ -634,8 +634,18 @@ impl Engine {
         }
     }
 
+    /// Whether this node may campaign: it is a voter of the configuration in
+    /// force, or of the one before it while that one is not committed. (A
+    /// leader that appended a C_new without itself and lost office before
+    /// C_new committed may be the only node whose vote, and whose log, the
+    /// others need to finish the change.)
     fn is_promotable(&self) -> bool {
-        self.membership().is_voter(self.cfg.id)
+        let id = self.cfg.id;
+        if self.membership().is_voter(id) {
+            return true;
+        }
+        let (index, _) = self.membership_entry();
+        !self.membership_committed() && index > 0 && self.membership_at(index - 1).is_voter(id)
     }
 
     /// Whether [`ready`](Self::ready) has anything to return.

@@ -167,6 +167,10 @@ impl Progress {
             }
             // An answer to a heartbeat below the probe point says nothing
             // about the probe: keep waiting for it.
+            // No probe outstanding: resume from what the follower has (a
+            // snapshot it reported delivered but did not install leaves
+            // `next` past what it holds).
+            ReplicationState::Probe if !self.probe_sent => self.next = index + 1,
             ReplicationState::Probe => {}
             ReplicationState::Replicate => self.free_to(index),
             // The follower installed the snapshot (or already had what it

@@ -109,15 +109,18 @@ impl Engine {
         }
         self.leader = Some(from);
         self.election_elapsed = 0;
-        if self.installing.is_some() && !entries.is_empty() {
-            // The log is about to be replaced by a snapshot: appending now
+        if self.installing.is_some() {
+            // The log is about to be replaced by a snapshot: appending (or
+            // acknowledging, or learning a commit index for) entries now
             // would be undone. The leader sends again once it hears back.
             return;
         }
         match self.log.try_append(prev, entries) {
             Ok(last_new) => {
                 self.track_membership_entries(entries);
-                self.log.commit_to(leader_commit.min(last_new));
+                if self.installing.is_none() {
+                    self.log.commit_to(leader_commit.min(last_new));
+                }
                 let reply = Message {
                     from: self.cfg.id,
                     to: from,

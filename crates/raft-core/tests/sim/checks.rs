@@ -10,11 +10,15 @@
 //!   in the log of every leader of a term above `t`;
 //! - state machine safety: no two nodes apply different entries at one
 //!   index; every applied entry was known committed.
+//!
+//! Logs may start after a compacted prefix (a snapshot covers it): only the
+//! entries a log holds are compared. The configurations known committed are
+//! kept too, to tell which nodes were removed from the cluster.
 
 use std::collections::{BTreeMap, HashMap};
 
 use raft_core::engine::Engine;
-use raft_core::{Entry, EntryPayload, Index, LogId, NodeId, Term};
+use raft_core::{Entry, EntryPayload, Index, LogId, Membership, NodeId, Term};
 
 /// A violation, as a readable message.
 pub type Violation = String;
@@ -67,9 +71,27 @@ pub struct Observer {
     committed: Vec<Option<Committed>>,
     /// The entry first applied at each index (position `index - 1`), and by whom.
     applied: Vec<Option<(Term, NodeId)>>,
+    /// Configurations known committed, by index (0: the bootstrap one).
+    configs: BTreeMap<Index, Membership>,
 }
 
 impl Observer {
+    /// An observer of a cluster bootstrapped with `initial`.
+    pub fn new(initial: Membership) -> Self {
+        let mut obs = Self::default();
+        obs.configs.insert(0, initial);
+        obs
+    }
+
+    /// The latest configuration known committed, with its index.
+    pub fn committed_config(&self) -> (Index, &Membership) {
+        let (index, m) = self
+            .configs
+            .last_key_value()
+            .expect("the bootstrap configuration is always known");
+        (*index, m)
+    }
+
     /// Election safety: `node` is leader in `term`. A node that restarts is
     /// a new leader if it leads the same term again (its log may differ):
     /// that must not happen either, since its term was durable.
@@ -150,6 +172,17 @@ impl Observer {
         }
     }
 
+    /// The payload first seen at `id`, if any.
+    pub fn payload(&self, id: LogId) -> Option<&EntryPayload> {
+        self.positions.get(&id).map(|p| &p.payload)
+    }
+
+    /// How many configurations are known committed (not counting the
+    /// bootstrap one).
+    pub fn committed_configs(&self) -> u64 {
+        self.configs.len() as u64 - 1
+    }
+
     /// Whether `id` was ever seen in a log, with this payload.
     pub fn known_entry(&self, e: &Entry) -> bool {
         self.positions
@@ -163,8 +196,21 @@ impl Observer {
     pub fn check_log(&self, engine: &Engine) -> Result<(), Violation> {
         let node = engine.id();
         let last = engine.last_log_id().index;
-        let mut prev = 0;
-        for index in 1..=last {
+        // The log starts after its compacted prefix, whose last entry (the
+        // offset) must itself have been in some log.
+        let offset = engine.first_index() - 1;
+        let Some(mut prev) = engine.term_at(offset) else {
+            return Err(format!(
+                "node {node}: no term for the compacted prefix's last entry {offset}"
+            ));
+        };
+        if offset > 0 && !self.positions.contains_key(&LogId::new(prev, offset)) {
+            return Err(format!(
+                "LOG MATCHING: node {node}'s log starts after {offset}@{prev}, which was never \
+                 handed out in Ready::entries"
+            ));
+        }
+        for index in offset + 1..=last {
             let Some(term) = engine.term_at(index) else {
                 return Err(format!(
                     "node {node}: no term at index {index} <= last index {last}"
@@ -217,6 +263,11 @@ impl Observer {
                     observed_in: node_term,
                     observed_by: node,
                 });
+                if let Some(p) = self.positions.get(&LogId::new(term, index)) {
+                    if let EntryPayload::Membership(m) = &p.payload {
+                        self.configs.insert(index, (**m).clone());
+                    }
+                }
                 Ok(true)
             }
         }
@@ -237,7 +288,9 @@ impl Observer {
         let Some(c) = self.committed(index) else {
             return Ok(());
         };
-        if engine.term() <= c.observed_in {
+        // Entries below the leader's compacted prefix are covered by its
+        // snapshot (the prefix's last entry itself is still checked).
+        if engine.term() <= c.observed_in || index + 1 < engine.first_index() {
             return Ok(());
         }
         let have = engine.term_at(index);

@@ -173,6 +173,32 @@ impl Clients {
         gave_up
     }
 
+    /// Node `node` installed a snapshot through `index`: it will not apply
+    /// the entries it covers one by one, so writes proposed there for them
+    /// stay indeterminate (they may or may not be in the snapshot). Returns
+    /// the clients that gave up.
+    pub fn skipped(&mut self, node: usize, index: Index) -> Vec<usize> {
+        let keys: Vec<(usize, Index)> = self
+            .writes
+            .range((node, 0)..=(node, index))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut gave_up = Vec::new();
+        for key in keys {
+            for (id, client) in self.writes.remove(&key).unwrap_or_default() {
+                let still_waiting = self.list[client]
+                    .outstanding
+                    .as_ref()
+                    .is_some_and(|o| matches!(o.waiting, Waiting::Write(w) if w == id));
+                if still_waiting {
+                    self.give_up(client);
+                    gave_up.push(client);
+                }
+            }
+        }
+        gave_up
+    }
+
     /// Node `node` applied `entry_id` with `outcome` (for a client command):
     /// resolves the proposals made at that node for that index. Returns the
     /// clients answered, with their outcome.

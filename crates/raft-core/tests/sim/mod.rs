@@ -5,7 +5,10 @@ mod clients;
 mod model;
 mod network;
 mod runner;
+mod stats;
+mod storage;
 mod trace;
 mod world;
 
-pub use runner::{env_u64, run_one, run_seeds};
+pub use runner::{env_u64, params_for, run_one, run_seeds};
+pub use world::World;

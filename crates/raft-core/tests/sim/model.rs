@@ -2,6 +2,7 @@
 //! key-value state machine each simulated node applies them to.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 use raft_core::testing::linearizability::{Op, Outcome};
@@ -119,6 +120,67 @@ impl Kv {
     /// The current value of `key`.
     pub fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.data.get(key).cloned()
+    }
+
+    /// A digest of the data (not the applied index), to compare a replica's
+    /// state with the reference state at the same index cheaply.
+    pub fn digest(&self) -> u64 {
+        // `DefaultHasher::new` uses fixed keys: equal data, equal digests.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.data.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The state every replica must reach at each index: the committed entries
+/// applied in order, advanced by whichever node applies an index first. A
+/// snapshot built or installed at index `i`, and any state machine that
+/// applied through `i`, must hold the data it recorded for `i`.
+#[derive(Debug, Default)]
+pub struct Reference {
+    kv: Kv,
+    /// `digests[i]`: the digest of the data after applying index `i`.
+    digests: Vec<u64>,
+}
+
+impl Reference {
+    /// A reference at index 0 (no data).
+    pub fn new() -> Self {
+        Self {
+            kv: Kv::default(),
+            digests: vec![Kv::default().digest()],
+        }
+    }
+
+    /// Some replica applied `entry`: extends the reference when it is the
+    /// next index. An index beyond the next one means a replica applied an
+    /// entry whose predecessor no replica ever applied.
+    pub fn advance(&mut self, entry: &Entry) -> Result<(), String> {
+        if entry.index <= self.kv.applied {
+            return Ok(());
+        }
+        self.kv.apply(entry).map_err(|e| {
+            format!("STATE MACHINE SAFETY: the reference state machine cannot follow: {e}")
+        })?;
+        self.digests.push(self.kv.digest());
+        Ok(())
+    }
+
+    /// Checks that `kv` holds the reference data at its applied index.
+    pub fn check(&self, kv: &Kv, what: &str) -> Result<(), String> {
+        match self.digests.get(kv.applied as usize) {
+            Some(d) if *d == kv.digest() => Ok(()),
+            Some(_) => Err(format!(
+                "STATE MACHINE SAFETY: {what} at index {} differs from the data every replica \
+                 must hold at that index: {:?}",
+                kv.applied, kv.data
+            )),
+            None => Err(format!(
+                "STATE MACHINE SAFETY: {what} is at index {}, beyond anything any replica \
+                 applied ({})",
+                kv.applied, self.kv.applied
+            )),
+        }
     }
 }
 

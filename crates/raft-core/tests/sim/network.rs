@@ -1,13 +1,28 @@
 //! The simulated network: a bag of messages in flight, each deliverable from
 //! a virtual time on, delivered in random order (so reordered), plus a set
 //! of cut directed links (symmetric partitions cut both directions,
-//! asymmetric ones a single direction).
+//! asymmetric ones a single direction). A snapshot travels as its
+//! `InstallSnapshot` header with the data beside it (a real transport
+//! streams the data and hands the header over once all of it arrived).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use raft_core::{Message, NodeId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+use super::model::Kv;
+
+/// The data of a snapshot in flight, beside its `InstallSnapshot` header.
+#[derive(Debug, Clone)]
+pub struct SnapshotData {
+    /// The sender's state machine at the snapshot's index.
+    pub kv: Arc<Kv>,
+    /// The sender's incarnation: the outcome of the transfer is reported
+    /// to that process only (a restarted node forgot the transfer).
+    pub sender_incarnation: u32,
+}
 
 /// A message in flight.
 #[derive(Debug, Clone)]
@@ -16,6 +31,8 @@ pub struct Packet {
     pub msg: Message,
     /// The first tick at which it may be delivered.
     pub deliver_at: u64,
+    /// For an `InstallSnapshot` header: the data.
+    pub snapshot: Option<SnapshotData>,
 }
 
 /// Messages in flight and the link state.
@@ -66,7 +83,20 @@ impl Network {
 
     /// Puts a message in flight.
     pub fn push(&mut self, msg: Message, deliver_at: u64) {
-        self.queue.push(Packet { msg, deliver_at });
+        self.queue.push(Packet {
+            msg,
+            deliver_at,
+            snapshot: None,
+        });
+    }
+
+    /// Puts a snapshot (header and data) in flight.
+    pub fn push_snapshot(&mut self, msg: Message, deliver_at: u64, data: SnapshotData) {
+        self.queue.push(Packet {
+            msg,
+            deliver_at,
+            snapshot: Some(data),
+        });
     }
 
     /// Messages in flight.

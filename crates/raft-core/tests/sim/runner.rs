@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::clients::ClientStats;
-use super::world::{Faults, Params, Report, World};
+use super::stats::{ChangeStats, Faults, SnapshotStats};
+use super::world::{Params, Report, World};
 
 /// Reads a numeric environment variable.
 pub fn env_u64(name: &str) -> Option<u64> {
@@ -29,8 +30,15 @@ pub fn params_for(nodes: usize) -> Params {
         2..=3 => (800, 4000),
         _ => (1000, 6000),
     };
+    // `SIM_CHURN=0`: no spare nodes and no membership changes;
+    // `SIM_SNAPSHOTS=0`: no snapshots (to tell which feature a failure needs).
+    let churn = env_u64("SIM_CHURN") != Some(0);
+    let snapshots = env_u64("SIM_SNAPSHOTS") != Some(0);
     Params {
         nodes,
+        spares: (!churn).then_some(0),
+        snapshot_policy: (!snapshots).then_some((0, 0)),
+        churn,
         clean_steps,
         chaos_steps: env_u64("SIM_STEPS").unwrap_or(chaos_steps),
         converge_steps: 20_000,
@@ -39,9 +47,10 @@ pub fn params_for(nodes: usize) -> Params {
 
 /// The command that replays one run, with its trace printed.
 pub fn replay_command(seed: u64, nodes: usize) -> String {
-    let steps = std::env::var("SIM_STEPS")
-        .map(|s| format!(" SIM_STEPS={s}"))
-        .unwrap_or_default();
+    let steps: String = ["SIM_STEPS", "SIM_CHURN", "SIM_SNAPSHOTS"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok().map(|v| format!(" {var}={v}")))
+        .collect();
     format!(
         "SIM_SEED={seed} SIM_NODES={nodes}{steps} cargo test -p raft-core --test simulation \
          replay -- --nocapture"
@@ -88,6 +97,10 @@ pub struct Summary {
     pub clients: ClientStats,
     /// Fault counters over all runs.
     pub faults: Faults,
+    /// Snapshot counters over all runs.
+    pub snapshots: SnapshotStats,
+    /// Membership change counters over all runs.
+    pub changes: ChangeStats,
     /// Runs whose linearizability check ran out of budget.
     pub lin_unknown: u64,
     /// The smallest number of writes acknowledged in a fault-free phase.
@@ -114,6 +127,8 @@ impl Summary {
         c.failed += r.clients.failed;
         c.indeterminate += r.clients.indeterminate;
         self.faults.add(&r.faults);
+        self.snapshots.add(&r.snapshots);
+        self.changes.add(&r.changes);
         self.lin_unknown += u64::from(r.lin_unknown);
     }
 
@@ -126,7 +141,7 @@ impl Summary {
              invoked, {} writes + {} reads ({} by lease) acknowledged, {} failed, {} indeterminate \
              (min {} writes acked per fault-free phase); {} elections; {} entries committed; \
              faults injected: {} ({} crashes, {} partitions, {} drops, {} duplicates, {} \
-             delays, {} transfers); linearizability undecided: {}",
+             delays, {} transfers); linearizability undecided: {}\n  {}\n  {}",
             self.seeds,
             self.steps,
             self.ticks,
@@ -146,7 +161,9 @@ impl Summary {
             f.duplicated,
             f.delayed,
             f.transfers,
-            self.lin_unknown
+            self.lin_unknown,
+            self.snapshots.line(),
+            self.changes.line()
         )
     }
 }
@@ -160,6 +177,8 @@ pub fn run_seeds(name: &str, nodes: usize, default_count: u64) -> Summary {
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
+    // Soak runs can keep going past failures to list every failing seed.
+    let keep_going = env_u64("SIM_KEEP_GOING").is_some_and(|v| v != 0);
     let next = AtomicU64::new(start);
     let stop = AtomicBool::new(false);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
@@ -178,7 +197,7 @@ pub fn run_seeds(name: &str, nodes: usize, default_count: u64) -> Summary {
                 match run_one(seed, nodes, false) {
                     Ok(report) => summary.lock().unwrap().add(&report),
                     Err(text) => {
-                        stop.store(true, Ordering::Relaxed);
+                        stop.store(!keep_going, Ordering::Relaxed);
                         failures.lock().unwrap().push((seed, text));
                     }
                 }
@@ -190,6 +209,12 @@ pub fn run_seeds(name: &str, nodes: usize, default_count: u64) -> Summary {
     println!("{line}");
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|(seed, _)| *seed);
+    if keep_going {
+        for (seed, text) in &failures {
+            let what = text.lines().nth(1).unwrap_or_default();
+            println!("{name}: seed {seed} failed: {what}");
+        }
+    }
     if let Some((_, text)) = failures.first() {
         let others: Vec<u64> = failures[1..].iter().map(|(s, _)| *s).collect();
         panic!("{text}\n(other failing seeds seen: {others:?})\n{line}");
@@ -200,5 +225,37 @@ pub fn run_seeds(name: &str, nodes: usize, default_count: u64) -> Summary {
         summary.clients.writes_ok >= 5 * summary.seeds && summary.elections >= summary.seeds,
         "too little progress across the runs: {line}"
     );
+    // Coverage: enough runs must exercise snapshots and membership changes,
+    // or a change to the simulation (or the engine) silently stopped doing so.
+    if summary.seeds >= 100 {
+        let params = params_for(nodes);
+        let (s, c) = (&summary.snapshots, &summary.changes);
+        let snapshots = params.snapshot_policy.is_none();
+        // A lone voter without spares has nobody to send a snapshot to.
+        let installs = snapshots && (nodes > 1 || params.churn);
+        let missing: Vec<&str> = [
+            (snapshots, s.built, "snapshots built"),
+            (installs, s.installed, "snapshots installed"),
+            (installs, s.interrupted, "installs interrupted by a crash"),
+            (params.churn, c.started, "membership changes started"),
+            (params.churn, c.committed, "configurations committed"),
+            (params.churn, c.lagging, "promotions refused as lagging"),
+            (
+                params.churn,
+                c.no_voters,
+                "changes refused for leaving no voter",
+            ),
+            (
+                params.churn,
+                c.leaders_removed,
+                "leaders that removed themselves",
+            ),
+        ]
+        .into_iter()
+        .filter(|(on, n, _)| *on && *n == 0)
+        .map(|(_, _, what)| what)
+        .collect();
+        assert!(missing.is_empty(), "no {missing:?} across the runs: {line}");
+    }
     summary
 }

@@ -149,6 +149,7 @@ impl fmt::Debug for MsgInfo {
                 d[2] % 1_000_000,
                 d[3]
             ),
+            "install_snapshot" => write!(f, " last={}@{}", d[0], d[1]),
             _ => Ok(()),
         }
     }
@@ -224,6 +225,25 @@ pub enum Event {
     GiveUp { client: u64, why: &'static str },
     /// A phase of the run started.
     Phase(&'static str),
+    /// Snapshot work on a node: `what` happened at snapshot index `index`.
+    Snapshot {
+        node: NodeId,
+        what: &'static str,
+        index: u64,
+    },
+    /// A leader was told how a snapshot transfer to `to` ended.
+    SnapshotReport {
+        node: NodeId,
+        to: NodeId,
+        delivered: bool,
+    },
+    /// A membership change was asked of a leader (`result`: the log id of
+    /// the configuration entry appended, or why it was refused).
+    Change {
+        leader: NodeId,
+        change: String,
+        result: Result<(u64, u64), String>,
+    },
 }
 
 /// The digest, recent events and (optionally) the printed trace of a run.

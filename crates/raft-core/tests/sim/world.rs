@@ -5,24 +5,28 @@
 //! # The driver contract, per node
 //!
 //! After every input the node's `Ready`s are drained at once:
-//! 1. `messages` go to the network;
+//! 1. `messages` go to the network (an `InstallSnapshot` header leaves with
+//!    the data of the node's latest snapshot beside it, see `snapshots.rs`);
 //! 2. the write (`hard_state`, `truncate_from`, `entries`) is queued as a
 //!    pending durable write, together with `persisted_messages` (a write is
 //!    queued even when empty if it carries messages: they must wait for
-//!    every earlier write);
-//! 3. `committed_entries` are queued for applying;
+//!    every earlier write), then `compact_log` behind it;
+//! 3. `committed_entries` are queued for applying, then `build_snapshot`
+//!    and `install_snapshot` behind them (an install moves on to the write
+//!    queue once the state machine took it: state machine first, then log,
+//!    as the real driver does);
 //! 4. `read_states` wait for the state machine, `failed_reads` fail.
 //!
 //! Pending writes complete later, at random, in order (one at a time or
 //! several at once, like a group commit). Only then does the model's
-//! durable storage (hard state + log) change, the write's
-//! `persisted_messages` go out and `on_persisted(last entry id)` is called.
-//! Queued entries are applied later, at random, in order, then
+//! durable storage (`storage.rs`) change, the write's `persisted_messages`
+//! go out and `on_persisted` is called (`on_snapshot_installed` for an
+//! install). Queued entries are applied later, at random, in order, then
 //! `on_applied` is called. A crash drops every pending write (with its
-//! unsent messages), the apply queue and pending reads; the node restarts
-//! from its durable hard state, log and state machine (`InitialState::
-//! applied` = the state machine's applied index). Each write is atomic (the
-//! storage contract: a write is either fully visible or not at all).
+//! unsent messages), the apply queue, pending reads and snapshot transfers;
+//! the node restarts from its durable storage and state machine like
+//! `Raft::start` (an install the crash interrupted after the state machine
+//! took the snapshot is completed first). Each write is atomic.
 //!
 //! # Time
 //!
@@ -36,20 +40,30 @@
 //! # Faults (second phase only)
 //!
 //! Per message: 4% dropped, 4% duplicated, 8% delayed by 3-25 ticks (the
-//! others take 0-1 tick), plus random reordering. Per tick, scaled by a
-//! per-run intensity: crashes (back at once or after up to 30 ticks; at
-//! most a bare majority down), partitions lasting 3-50 ticks (a node
-//! isolated, a random split, a node that can only receive or only send, a
-//! single one-way link), leadership transfers.
+//! others take 0-1 tick), plus random reordering; snapshots are dropped or
+//! delayed too, never duplicated (they travel on a stream). Per tick,
+//! scaled by a per-run intensity: crashes (back at once or after up to 30
+//! ticks; at most a bare majority of all nodes down), partitions lasting
+//! 3-50 ticks (a node isolated, a random split, a node that can only
+//! receive or only send, a single one-way link), leadership transfers,
+//! membership changes asked of the leader (`churn.rs`) and snapshots asked
+//! of any node.
+
+mod churn;
+mod faults;
+mod invariants;
+mod snapshots;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
-use raft_core::engine::{Engine, InitialState, ReadError, ReadId, ReadState, Ready, Role, WriteId};
-use raft_core::testing::linearizability::{check, CheckLimits, CheckResult, Op, OpId, Outcome};
+use raft_core::engine::{
+    Engine, InitialState, LogCompaction, ReadError, ReadId, ReadState, Ready, Role, WriteId,
+};
+use raft_core::testing::linearizability::{Op, OpId, Outcome};
 use raft_core::{
     AppendResult, Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -57,10 +71,13 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checks::{Holder, Observer, Violation};
 use super::clients::{ClientStats, Clients, Outstanding, Waiting};
-use super::model::{encode, Kv};
+use super::model::{encode, Kv, Reference};
 use super::network::Network;
-use super::runner::{panic_message, replay_command};
+use super::runner::panic_message;
+use super::stats::{ChangeStats, Faults, SnapshotStats};
+use super::storage::Disk;
 use super::trace::{Event, Loss, MsgInfo, Trace};
+use snapshots::SnapshotReport;
 
 /// The outcome of a check: `Err` carries the violation.
 pub type Check = Result<(), Violation>;
@@ -68,53 +85,22 @@ pub type Check = Result<(), Violation>;
 /// The size of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
-    /// Voters in the cluster.
+    /// Voters of the initial configuration (ids `1..=nodes`).
     pub nodes: usize,
+    /// Spare nodes (the next ids), outside the initial configuration;
+    /// `None`: chosen per run.
+    pub spares: Option<usize>,
+    /// `(snapshot_threshold_entries, snapshot_keep_entries)`; `None`:
+    /// chosen per run (`(0, 0)`: no snapshots).
+    pub snapshot_policy: Option<(u64, u64)>,
+    /// Whether the leader is asked for membership changes in the fault phase.
+    pub churn: bool,
     /// Steps of the first phase, without faults.
     pub clean_steps: u64,
     /// Steps of the second phase, with faults.
     pub chaos_steps: u64,
     /// Steps allowed for the cluster to converge after healing.
     pub converge_steps: u64,
-}
-
-/// Fault counters.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Faults {
-    /// Node crashes.
-    pub crashes: u64,
-    /// Partition changes (each a new set of cut links).
-    pub partitions: u64,
-    /// Messages dropped at random.
-    pub dropped: u64,
-    /// Messages duplicated.
-    pub duplicated: u64,
-    /// Messages given a long delay.
-    pub delayed: u64,
-    /// Leadership transfers requested.
-    pub transfers: u64,
-}
-
-impl Faults {
-    /// Total faults injected.
-    pub fn total(&self) -> u64 {
-        self.crashes
-            + self.partitions
-            + self.dropped
-            + self.duplicated
-            + self.delayed
-            + self.transfers
-    }
-
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &Faults) {
-        self.crashes += other.crashes;
-        self.partitions += other.partitions;
-        self.dropped += other.dropped;
-        self.duplicated += other.duplicated;
-        self.delayed += other.delayed;
-        self.transfers += other.transfers;
-    }
 }
 
 /// What a successful run reports.
@@ -134,6 +120,10 @@ pub struct Report {
     pub clients: ClientStats,
     /// Fault counters.
     pub faults: Faults,
+    /// Snapshot counters.
+    pub snapshots: SnapshotStats,
+    /// Membership change counters.
+    pub changes: ChangeStats,
     /// The final commit index.
     pub commit: Index,
     /// Whether the linearizability check ran out of budget.
@@ -146,18 +136,28 @@ pub struct Report {
 struct Node {
     id: NodeId,
     cfg: Config,
+    /// The configuration a brand-new node starts with: the initial voters,
+    /// or none for a spare (which must then neither campaign nor vote).
+    bootstrap: Membership,
     engine: Option<Engine>,
     incarnation: u32,
-    /// Durable hard state.
-    hard_state: HardState,
-    /// Durable log; `log[i]` has index `i + 1`.
-    log: Vec<Entry>,
+    /// Durable log storage.
+    disk: Disk,
     /// The state machine, durable with its applied index.
     kv: Kv,
+    /// The state machine's latest snapshot (built or installed), durable
+    /// with it: what this node streams to followers that need one.
+    snapshot: Option<(SnapshotMeta, Arc<Kv>)>,
     /// Writes handed out and not yet durable, oldest first.
     writes: VecDeque<PendingWrite>,
-    /// Committed entries handed out and not yet applied.
-    to_apply: VecDeque<Entry>,
+    /// Work handed out to the state machine and not yet done, oldest first.
+    to_apply: VecDeque<ApplyJob>,
+    /// A received snapshot waiting for the engine's decision to install it.
+    incoming: Option<(SnapshotMeta, Arc<Kv>)>,
+    /// Followers a snapshot is being streamed to (one transfer each at a time).
+    sending: BTreeSet<NodeId>,
+    /// Snapshots this node installed completely.
+    installed: u64,
     /// Reads released by the engine, waiting for the state machine.
     reads_ready: Vec<(ReadState, usize, OpId)>,
     /// Read ids handed to this incarnation and not yet answered.
@@ -170,14 +170,47 @@ struct Node {
     restart_at: u64,
 }
 
+impl Node {
+    /// The index the next committed entry handed out must have.
+    fn next_to_apply(&self) -> Index {
+        for job in self.to_apply.iter().rev() {
+            match job {
+                ApplyJob::Entry(e) => return e.index + 1,
+                ApplyJob::Install(meta, _) => return meta.last_log_id.index + 1,
+                ApplyJob::Build(_) => {}
+            }
+        }
+        self.kv.applied + 1
+    }
+}
+
+/// A durable write handed out and not done yet.
 #[derive(Debug)]
-struct PendingWrite {
-    /// The engine's name for the write, reported when it completes.
-    write_id: Option<WriteId>,
-    hard_state: Option<HardState>,
-    truncate_from: Option<Index>,
-    entries: Vec<Entry>,
-    persisted_messages: Vec<Message>,
+enum PendingWrite {
+    /// A `Ready`'s write and the messages waiting for it.
+    Log {
+        /// The engine's name for the write, reported when it completes.
+        write_id: Option<WriteId>,
+        hard_state: Option<HardState>,
+        truncate_from: Option<Index>,
+        entries: Vec<Entry>,
+        persisted_messages: Vec<Message>,
+    },
+    /// Record a snapshot and purge the log prefix (`Ready::compact_log`).
+    Compact(LogCompaction),
+    /// Replace the log by a snapshot the state machine installed.
+    Install(SnapshotMeta),
+}
+
+/// Work for the state machine, done in order.
+#[derive(Debug)]
+enum ApplyJob {
+    /// Apply a committed entry.
+    Entry(Entry),
+    /// Build a snapshot at this index (`Ready::build_snapshot`).
+    Build(SnapshotMeta),
+    /// Replace the state by a received snapshot (`Ready::install_snapshot`).
+    Install(SnapshotMeta, Arc<Kv>),
 }
 
 /// What a step does.
@@ -209,25 +242,36 @@ pub struct World {
     net: Network,
     clients: Clients,
     obs: Observer,
+    /// The data every replica must hold at each index.
+    reference: Reference,
     faults: Faults,
+    snapshot_stats: SnapshotStats,
+    changes: ChangeStats,
     trace: Trace,
-    membership: Membership,
     faulty: bool,
     /// Scales the node-level fault rates of this run.
     intensity: f64,
     /// When the current partition heals.
     heal_at: Option<u64>,
     clients_active: bool,
+    /// Whether membership changes are asked for during the fault phase.
+    churn: bool,
+    /// A learner whose promotion was refused as lagging: asked again later.
+    retry_promotion: Option<NodeId>,
+    /// Outcomes of snapshot transfers, reported to their senders when due.
+    reports: Vec<SnapshotReport>,
     next_read: ReadId,
     choices: Vec<(u32, Action)>,
+    /// For a scripted scenario: the test that reproduces a failure.
+    scripted: Option<String>,
 }
 
 impl World {
     /// A new cluster for `seed`.
     pub fn new(seed: u64, params: Params, verbose: bool) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let n = params.nodes;
-        let membership = Membership::new(1..=n as NodeId);
+        let voters = params.nodes;
+        let initial = Membership::new(1..=voters as NodeId);
         // One configuration per run, varied across runs.
         let heartbeat = rng.gen_range(1..=3);
         let lease = rng.gen_range(4..=8);
@@ -236,6 +280,26 @@ impl World {
         let max_entries = *[1, 2, 8, 1024].choose(&mut rng).unwrap();
         let max_inflight = *[1, 2, 64].choose(&mut rng).unwrap();
         let max_uncommitted = *[4, 64, 65_536].choose(&mut rng).unwrap();
+        let max_promotion_lag = *[0, 2, 10, 1000].choose(&mut rng).unwrap();
+        // Snapshots often: every 5-40 entries (or by size), keeping up to 10
+        // entries below each; now and then never.
+        let (threshold_entries, keep_entries) = params.snapshot_policy.unwrap_or_else(|| {
+            let threshold = if rng.gen_bool(0.1) {
+                0
+            } else {
+                rng.gen_range(5..=40)
+            };
+            (threshold, rng.gen_range(0..=10))
+        });
+        let threshold_bytes = if params.snapshot_policy.is_none() && rng.gen_bool(0.2) {
+            rng.gen_range(300..=1500)
+        } else {
+            0
+        };
+        let spares = params
+            .spares
+            .unwrap_or_else(|| rng.gen_range(usize::from(voters > 1)..=2));
+        let n = voters + spares;
         let nodes = (1..=n as NodeId)
             .map(|id| {
                 let mut cfg = Config::new(id);
@@ -247,19 +311,32 @@ impl World {
                 cfg.max_entries_per_message = max_entries;
                 cfg.max_inflight_messages = max_inflight;
                 cfg.max_uncommitted_entries = max_uncommitted;
+                cfg.max_promotion_lag = max_promotion_lag;
+                cfg.snapshot_threshold_entries = threshold_entries;
+                cfg.snapshot_threshold_bytes = threshold_bytes;
+                cfg.snapshot_keep_entries = keep_entries;
                 cfg.seed = rng.gen();
-                let engine = Engine::new(cfg.clone(), InitialState::bootstrap(membership.clone()))
+                let bootstrap = if id as usize <= voters {
+                    initial.clone()
+                } else {
+                    Membership::default()
+                };
+                let engine = Engine::new(cfg.clone(), InitialState::bootstrap(bootstrap.clone()))
                     .expect("valid configuration");
                 Node {
                     id,
                     cfg,
+                    bootstrap,
                     engine: Some(engine),
                     incarnation: 0,
-                    hard_state: HardState::default(),
-                    log: Vec::new(),
+                    disk: Disk::default(),
                     kv: Kv::default(),
+                    snapshot: None,
                     writes: VecDeque::new(),
                     to_apply: VecDeque::new(),
+                    incoming: None,
+                    sending: BTreeSet::new(),
+                    installed: 0,
                     reads_ready: Vec::new(),
                     reads_asked: BTreeSet::new(),
                     seen_term: 0,
@@ -280,24 +357,31 @@ impl World {
             nodes,
             net: Network::default(),
             clients,
-            obs: Observer::default(),
+            obs: Observer::new(initial),
+            reference: Reference::new(),
             faults: Faults::default(),
+            snapshot_stats: SnapshotStats::default(),
+            changes: ChangeStats::default(),
             trace: Trace::new(verbose),
-            membership,
             faulty: false,
             intensity,
             heal_at: None,
             clients_active: true,
+            churn: params.churn,
+            retry_promotion: None,
+            reports: Vec::new(),
             next_read: 1,
             choices: Vec::new(),
+            scripted: None,
         };
         if verbose {
             let c = &world.nodes[0].cfg;
             println!(
-                "seed {seed}, {n} nodes: heartbeat {} ticks, election timeout {}, lease {}, \
-                 pre_vote {}, check_quorum {}, max_entries_per_message {}, \
-                 max_inflight_messages {}, max_uncommitted_entries {}, {} clients on {} keys, \
-                 fault intensity {intensity:.2}",
+                "seed {seed}, {voters} voters + {spares} spares: heartbeat {} ticks, election \
+                 timeout {}, lease {}, pre_vote {}, check_quorum {}, max_entries_per_message {}, \
+                 max_inflight_messages {}, max_uncommitted_entries {}, max_promotion_lag {}, \
+                 snapshots every {} entries / {} bytes keeping {}, {} clients on {} keys, fault \
+                 intensity {intensity:.2}",
                 c.heartbeat_interval_ticks,
                 c.election_timeout_ticks,
                 c.lease_ticks,
@@ -306,6 +390,10 @@ impl World {
                 c.max_entries_per_message,
                 c.max_inflight_messages,
                 c.max_uncommitted_entries,
+                c.max_promotion_lag,
+                c.snapshot_threshold_entries,
+                c.snapshot_threshold_bytes,
+                c.snapshot_keep_entries,
                 world.clients.list.len(),
                 world.clients.keys.len()
             );
@@ -317,13 +405,20 @@ impl World {
             check_quorum,
             max_entries,
             max_inflight,
+            (
+                max_promotion_lag,
+                threshold_entries,
+                threshold_bytes,
+                keep_entries,
+            ),
+            spares,
         ));
         world
     }
 
     /// Runs the three phases and the final checks.
     pub fn run(mut self) -> Result<Report, String> {
-        match catch_unwind(AssertUnwindSafe(|| self.run_phases())) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_phases())) {
             Ok(Ok(report)) => Ok(report),
             Ok(Err(violation)) => Err(self.failure_report(&violation)),
             Err(panic) => Err(self.failure_report(&format!(
@@ -353,6 +448,41 @@ impl World {
         for _ in 0..self.params.chaos_steps {
             self.step()?;
         }
+        self.finish()?;
+        let lin_unknown = self.check_history()?;
+        self.changes.committed = self.obs.committed_configs();
+        let commit = self.leader().map_or(0, |l| {
+            self.nodes[l]
+                .engine
+                .as_ref()
+                .map_or(0, Engine::commit_index)
+        });
+        for node in &self.nodes {
+            self.trace.mix((
+                node.id,
+                node.disk.hard_state.term,
+                node.disk.hard_state.commit,
+                node.kv.applied,
+            ));
+        }
+        Ok(Report {
+            digest: self.trace.digest(),
+            steps: self.step,
+            ticks: self.now,
+            elections: self.obs.leaders.len() as u64,
+            clean_writes_ok,
+            clients: self.clients.stats,
+            faults: self.faults,
+            snapshots: self.snapshot_stats,
+            changes: self.changes,
+            commit,
+            lin_unknown,
+        })
+    }
+
+    /// The last phase: heal everything, restart every node, let the
+    /// cluster converge, then check the final state.
+    fn finish(&mut self) -> Check {
         self.record(Event::Phase("converge"));
         self.faulty = false;
         self.clients_active = false;
@@ -365,35 +495,123 @@ impl World {
             }
         }
         self.converge()?;
-        self.final_checks()?;
-        let lin_unknown = self.check_history()?;
-        let commit = self.nodes[0]
-            .engine
-            .as_ref()
-            .map_or(0, Engine::commit_index);
-        for node in &self.nodes {
-            self.trace.mix((
-                node.id,
-                node.hard_state.term,
-                node.hard_state.commit,
-                node.kv.applied,
-            ));
-        }
-        Ok(Report {
-            digest: self.trace.digest(),
-            steps: self.step,
-            ticks: self.now,
-            elections: self.obs.leaders.len() as u64,
-            clean_writes_ok,
-            clients: self.clients.stats,
-            faults: self.faults,
-            commit,
-            lin_unknown,
-        })
+        self.final_checks()
     }
 
     fn record(&mut self, event: Event) {
         self.trace.record(self.step, self.now, event);
+    }
+
+    // ----- control, for scripted scenarios --------------------------------------
+
+    /// A cluster for the scripted scenario `test` (named in failure
+    /// reports): fault-free and without membership churn unless the script
+    /// does it.
+    pub fn scripted(test: &str, seed: u64, mut params: Params) -> Self {
+        params.churn = false;
+        let mut world = Self::new(seed, params, false);
+        world.scripted = Some(test.to_string());
+        world
+    }
+
+    /// Takes `steps` steps (fault-free unless the fault phase runs).
+    pub fn run_steps(&mut self, steps: u64) -> Result<(), String> {
+        for _ in 0..steps {
+            if let Err(v) = self.step() {
+                return Err(self.failure_report(&v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes steps until `done` holds; fails after `max_steps`.
+    pub fn run_until(
+        &mut self,
+        max_steps: u64,
+        what: &str,
+        done: impl Fn(&World) -> bool,
+    ) -> Result<(), String> {
+        for _ in 0..max_steps {
+            if done(self) {
+                return Ok(());
+            }
+            self.run_steps(1)?;
+        }
+        Err(self.failure_report(&format!("not reached within {max_steps} steps: {what}")))
+    }
+
+    /// Heals, restarts every node, converges and runs the final checks.
+    pub fn finish_scripted(&mut self) -> Result<(), String> {
+        match self.finish() {
+            Ok(()) => Ok(()),
+            Err(v) => Err(self.failure_report(&v)),
+        }
+    }
+
+    /// Cuts node `id` off from every other node, both ways, until
+    /// [`heal`](Self::heal).
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in 1..=self.nodes.len() as NodeId {
+            self.net.cut(id, other);
+            self.net.cut(other, id);
+        }
+        self.record(Event::Partition {
+            kind: "isolate (scripted)",
+            cuts: self.net.cut_mask(),
+        });
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.net.heal();
+        self.record(Event::Heal);
+    }
+
+    /// The node with the highest term among those that believe they lead.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader().map(|i| self.nodes[i].id)
+    }
+
+    /// Node `id`'s engine, when it is up.
+    pub fn engine(&self, id: NodeId) -> Option<&Engine> {
+        self.nodes.get(id as usize - 1)?.engine.as_ref()
+    }
+
+    /// The index of node `id`'s last durable log entry.
+    pub fn durable_last_index(&self, id: NodeId) -> Index {
+        self.nodes[id as usize - 1].disk.last_index()
+    }
+
+    /// Snapshots node `id` installed completely.
+    pub fn installs_on(&self, id: NodeId) -> u64 {
+        self.nodes[id as usize - 1].installed
+    }
+
+    /// Node `id`'s state machine.
+    pub fn kv(&self, id: NodeId) -> &Kv {
+        &self.nodes[id as usize - 1].kv
+    }
+
+    /// The snapshot counters so far.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.snapshot_stats
+    }
+
+    /// Asks the current leader for a membership change (and handles its
+    /// output). `None` when there is no leader.
+    pub fn change_membership(
+        &mut self,
+        change: raft_core::engine::MembershipChange,
+    ) -> Option<Result<raft_core::LogId, raft_core::engine::ChangeError>> {
+        let l = self.leader()?;
+        let result = self.request_change(l, change);
+        if let Err(v) = self.drain(l) {
+            panic!("{}", self.failure_report(&v));
+        }
+        match result {
+            Ok(r) => Some(r),
+            Err(v) => panic!("{}", self.failure_report(&v)),
+        }
     }
 
     // ----- the step loop ------------------------------------------------------
@@ -477,6 +695,7 @@ impl World {
         if self.faulty {
             self.inject_faults()?;
         }
+        self.deliver_reports()?;
         let mut order: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].engine.is_some())
             .collect();
@@ -507,6 +726,9 @@ impl World {
         let Some(packet) = self.net.take_random(self.now, &mut self.rng) else {
             return Ok(());
         };
+        if let Some(data) = packet.snapshot {
+            return self.deliver_snapshot(packet.msg, data);
+        }
         let msg = packet.msg;
         let info = MsgInfo::of(&msg);
         let to = msg.to as usize - 1;
@@ -539,8 +761,13 @@ impl World {
             self.net.push(msg.clone(), at);
         }
         self.record(Event::Deliver { msg: info, dup });
+        let from_removed = self.sender_if_removed(to, &msg);
+        let term_before = self.nodes[to].engine.as_ref().map_or(0, Engine::term);
         if let Some(engine) = self.nodes[to].engine.as_mut() {
             engine.step(msg);
+        }
+        if let Some(from) = from_removed {
+            self.check_not_disrupted(to, info, from, term_before)?;
         }
         self.drain(to)
     }
@@ -583,11 +810,6 @@ impl World {
             build_snapshot,
             install_snapshot,
         } = ready;
-        if compact_log.is_some() || build_snapshot.is_some() || install_snapshot.is_some() {
-            return Err(format!(
-                "node {id}: snapshot work, but the simulation sets no snapshot policy"
-            ));
-        }
         if let Some(s) = soft_state {
             self.record(Event::Role {
                 node: id,
@@ -618,48 +840,72 @@ impl World {
             self.obs.record_entries(holder, prev_term, &entries)?;
         }
         for msg in messages {
-            self.send(i, msg, false)?;
+            if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+                self.send_snapshot(i, msg)?;
+            } else {
+                self.send(i, msg, false)?;
+            }
         }
         // Committed entries: consecutive after what was handed out, and
         // already durable here ("committed and durable locally").
         let node = &mut self.nodes[i];
         for e in committed_entries {
-            let expected = node.to_apply.back().map_or(node.kv.applied, |x| x.index) + 1;
+            let expected = node.next_to_apply();
             if e.index != expected {
                 return Err(format!(
                     "node {id}: Ready::committed_entries hands out {} but the next entry to \
-                     apply is {expected} (state machine applied index {}, {} queued; \
+                     apply is {expected} (state machine applied index {}, {} jobs queued; \
                      durable hard state {:?}, incarnation {}). Entries must be applied exactly \
                      once: after a restart applying must resume after InitialState::applied",
                     e.log_id(),
                     node.kv.applied,
                     node.to_apply.len(),
-                    node.hard_state,
+                    node.disk.hard_state,
                     node.incarnation
                 ));
             }
-            if node.log.get(e.index as usize - 1) != Some(&e) {
+            if node.disk.get(e.index) != Some(&e) {
                 return Err(format!(
                     "node {id}: committed entry {} handed out for applying is not in the \
-                     durable log (durable last {:?})",
+                     durable log (durable log {}..={})",
                     e.log_id(),
-                    node.log.last().map(Entry::log_id)
+                    node.disk.purged.index + 1,
+                    node.disk.last_log_id()
                 ));
             }
-            node.to_apply.push_back(e);
+            node.to_apply.push_back(ApplyJob::Entry(e));
         }
         if hard_state.is_some()
             || truncate_from.is_some()
             || !entries.is_empty()
             || !persisted_messages.is_empty()
         {
-            node.writes.push_back(PendingWrite {
+            node.writes.push_back(PendingWrite::Log {
                 write_id,
                 hard_state,
                 truncate_from,
                 entries,
                 persisted_messages,
             });
+        }
+        if let Some(c) = compact_log {
+            node.writes.push_back(PendingWrite::Compact(c));
+        }
+        if let Some(meta) = build_snapshot {
+            node.to_apply.push_back(ApplyJob::Build(meta));
+        }
+        if let Some(meta) = install_snapshot {
+            match node.incoming.take() {
+                Some((m, kv)) if m == meta => node.to_apply.push_back(ApplyJob::Install(meta, kv)),
+                other => {
+                    return Err(format!(
+                        "node {id}: Ready::install_snapshot asks to install {} but the snapshot \
+                         received is {:?} (the engine must ask only for the one just stepped in)",
+                        meta.last_log_id,
+                        other.map(|(m, _)| m.last_log_id)
+                    ))
+                }
+            }
         }
         for rs in read_states {
             if !self.nodes[i].reads_asked.remove(&rs.id) {
@@ -699,7 +945,7 @@ impl World {
         if msg.from != id || msg.to == id || msg.to == 0 || msg.to > self.nodes.len() as NodeId {
             return Err(format!("node {id} sent a misaddressed message {msg:?}"));
         }
-        let durable = node.hard_state;
+        let durable = node.disk.hard_state;
         match &msg.body {
             MessageBody::RequestVote {
                 pre_vote: false, ..
@@ -723,12 +969,12 @@ impl World {
             MessageBody::AppendEntriesResponse {
                 result: AppendResult::Success { last_index },
                 ..
-            } if (node.log.len() as u64) < *last_index => {
+            } if node.disk.last_index() < *last_index => {
                 return Err(format!(
                     "DURABILITY: node {id} acknowledges entries up to {last_index} to {} but \
-                     only {} are durable (persisted_messages: {persisted})",
+                     only up to {} are durable (persisted_messages: {persisted})",
                     msg.to,
-                    node.log.len()
+                    node.disk.last_index()
                 ));
             }
             _ => {}
@@ -745,25 +991,59 @@ impl World {
             });
             return Ok(());
         }
-        let latency = if self.faulty && self.rng.gen_bool(0.08) {
-            self.faults.delayed += 1;
-            self.rng.gen_range(3..=25)
-        } else {
-            self.rng.gen_range(0..=1)
-        };
+        let latency = self.latency();
         self.net.push(msg, self.now + latency);
         Ok(())
     }
 
+    /// The delay of a message sent now, in ticks.
+    fn latency(&mut self) -> u64 {
+        if self.faulty && self.rng.gen_bool(0.08) {
+            self.faults.delayed += 1;
+            self.rng.gen_range(3..=25)
+        } else {
+            self.rng.gen_range(0..=1)
+        }
+    }
+
     /// The oldest pending write of node `i` becomes durable.
     fn complete_write(&mut self, i: usize) -> Check {
-        let node = &mut self.nodes[i];
-        let id = node.id;
-        let Some(write) = node.writes.pop_front() else {
+        let Some(write) = self.nodes[i].writes.pop_front() else {
             return Ok(());
         };
-        if let Some(hs) = write.hard_state {
-            let old = node.hard_state;
+        match write {
+            PendingWrite::Log {
+                write_id,
+                hard_state,
+                truncate_from,
+                entries,
+                persisted_messages,
+            } => self.complete_log_write(
+                i,
+                write_id,
+                hard_state,
+                truncate_from,
+                entries,
+                persisted_messages,
+            ),
+            PendingWrite::Compact(c) => self.complete_compaction(i, c),
+            PendingWrite::Install(meta) => self.complete_install(i, meta),
+        }
+    }
+
+    fn complete_log_write(
+        &mut self,
+        i: usize,
+        write_id: Option<WriteId>,
+        hard_state: Option<HardState>,
+        truncate_from: Option<Index>,
+        entries: Vec<Entry>,
+        persisted_messages: Vec<Message>,
+    ) -> Check {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        if let Some(hs) = hard_state {
+            let old = node.disk.hard_state;
             if hs.term < old.term {
                 return Err(format!(
                     "node {id}: durable term goes back: {old:?} -> {hs:?}"
@@ -780,13 +1060,13 @@ impl World {
                     "node {id}: durable commit goes back: {old:?} -> {hs:?}"
                 ));
             }
-            node.hard_state = hs;
+            node.disk.hard_state = hs;
         }
-        if let Some(from) = write.truncate_from {
+        if let Some(from) = truncate_from {
             if from == 0 {
                 return Err(format!("node {id}: truncate_from 0"));
             }
-            for e in node.log.iter().skip(from as usize - 1) {
+            for e in node.disk.entries_from(from) {
                 if self
                     .obs
                     .committed(e.index)
@@ -798,45 +1078,41 @@ impl World {
                     ));
                 }
             }
-            node.log.truncate(from as usize - 1);
+            node.disk
+                .truncate(from)
+                .map_err(|e| format!("node {id}: {e}"))?;
         }
-        if let Some(first) = write.entries.first() {
-            if first.index != node.log.len() as u64 + 1 {
-                return Err(format!(
-                    "node {id}: write appends from {} but the durable log ends at {} after \
-                     truncate_from {:?} (LogWrite: entries must directly follow the log)",
-                    first.log_id(),
-                    node.log.len(),
-                    write.truncate_from
-                ));
-            }
-            let prev_term = node.log.last().map_or(0, |e| e.term);
+        if !entries.is_empty() {
+            let prev_term = node.disk.last_log_id().term;
+            node.disk
+                .append(&entries)
+                .map_err(|e| format!("node {id}: {e} after truncate_from {truncate_from:?}"))?;
             let holder = Holder {
                 node: id,
                 incarnation: node.incarnation,
             };
-            self.obs.record_entries(holder, prev_term, &write.entries)?;
-            node.log.extend(write.entries.iter().cloned());
+            self.obs.record_entries(holder, prev_term, &entries)?;
         }
-        if node.hard_state.commit > node.log.len() as u64 {
+        let node = &self.nodes[i];
+        if node.disk.hard_state.commit > node.disk.last_index() {
             return Err(format!(
                 "node {id}: durable commit {} is beyond the durable log (last index {})",
-                node.hard_state.commit,
-                node.log.len()
+                node.disk.hard_state.commit,
+                node.disk.last_index()
             ));
         }
-        let last = write.entries.last().map(Entry::log_id);
+        let last = entries.last().map(Entry::log_id);
         self.record(Event::WriteDone {
             node: id,
-            hard_state: write.hard_state.map(|h| (h.term, h.vote, h.commit)),
-            truncate_from: write.truncate_from,
-            entries: last.map_or((0, 0), |l| (write.entries.len() as u64, l.index)),
-            messages: write.persisted_messages.len(),
+            hard_state: hard_state.map(|h| (h.term, h.vote, h.commit)),
+            truncate_from,
+            entries: last.map_or((0, 0), |l| (entries.len() as u64, l.index)),
+            messages: persisted_messages.len(),
         });
-        for msg in write.persisted_messages {
+        for msg in persisted_messages {
             self.send(i, msg, true)?;
         }
-        if let Some(write_id) = write.write_id {
+        if let Some(write_id) = write_id {
             if let Some(engine) = self.nodes[i].engine.as_mut() {
                 engine.on_persisted(write_id);
             }
@@ -844,18 +1120,27 @@ impl World {
         self.drain(i)
     }
 
-    /// Node `i` applies some of its queued committed entries.
+    /// Node `i`'s state machine does some of its queued work.
     fn apply(&mut self, i: usize) -> Check {
         let count = self.rng.gen_range(1..=4).min(self.nodes[i].to_apply.len());
-        if count == 0 {
-            return Ok(());
-        }
         let id = self.nodes[i].id;
         let mut first = 0;
         let mut last = 0;
         for _ in 0..count {
-            let e = self.nodes[i].to_apply.pop_front().expect("counted");
+            let job = self.nodes[i].to_apply.pop_front().expect("counted");
+            let e = match job {
+                ApplyJob::Entry(e) => e,
+                other => {
+                    // Snapshot work waits for the entries before it, and
+                    // the entries after it wait for it.
+                    self.report_applied(i, first, last)?;
+                    first = 0;
+                    self.snapshot_job(i, other)?;
+                    continue;
+                }
+            };
             self.obs.record_applied(id, &e)?;
+            self.reference.advance(&e)?;
             let outcome = self.nodes[i]
                 .kv
                 .apply(&e)
@@ -874,6 +1159,19 @@ impl World {
             }
             last = e.index;
         }
+        self.report_applied(i, first, last)?;
+        self.serve_reads(i);
+        self.drain(i)
+    }
+
+    /// Records that node `i` applied `first..=last` (nothing when `first` is 0).
+    fn report_applied(&mut self, i: usize, first: Index, last: Index) -> Check {
+        if first == 0 {
+            return Ok(());
+        }
+        let id = self.nodes[i].id;
+        self.reference
+            .check(&self.nodes[i].kv, &format!("node {id}'s state machine"))?;
         self.record(Event::Apply {
             node: id,
             first,
@@ -882,8 +1180,7 @@ impl World {
         if let Some(engine) = self.nodes[i].engine.as_mut() {
             engine.on_applied(last);
         }
-        self.serve_reads(i);
-        self.drain(i)
+        Ok(())
     }
 
     /// Answers the released reads of node `i` its state machine has caught up with.
@@ -1047,424 +1344,5 @@ impl World {
             Err(_) => self.clients.complete_now(op_id, time, Outcome::Failed),
         }
         self.drain(node)
-    }
-
-    // ----- faults -----------------------------------------------------------------
-
-    /// Node-level faults, in virtual time: crashes with a random downtime,
-    /// partitions that last a random number of ticks, leadership transfers.
-    fn inject_faults(&mut self) -> Check {
-        let n = self.nodes.len();
-        for i in 0..n {
-            if self.nodes[i].engine.is_none() && self.nodes[i].restart_at <= self.now {
-                self.restart(i)?;
-            }
-        }
-        if self.heal_at == Some(self.now) {
-            self.heal_at = None;
-            self.net.heal();
-            self.record(Event::Heal);
-        }
-        let down = self.nodes.iter().filter(|n| n.engine.is_none()).count();
-        // At most a bare majority down at once (all of a 1-node cluster).
-        if down < n / 2 + 1 && self.rng.gen_bool(self.intensity * 0.03) {
-            self.crash()?;
-        }
-        if n > 1 && self.heal_at.is_none() && self.rng.gen_bool(self.intensity * 0.05) {
-            self.partition();
-        }
-        if n > 1 && self.rng.gen_bool(self.intensity * 0.01) {
-            self.transfer()?;
-        }
-        Ok(())
-    }
-
-    fn crash(&mut self) -> Check {
-        let live: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].engine.is_some())
-            .collect();
-        let Some(&i) = live.choose(&mut self.rng) else {
-            return Ok(());
-        };
-        self.faults.crashes += 1;
-        let node = &mut self.nodes[i];
-        node.engine = None;
-        let writes = node.writes.len();
-        node.writes.clear();
-        node.to_apply.clear();
-        node.reads_ready.clear();
-        node.reads_asked.clear();
-        node.incarnation += 1;
-        let id = node.id;
-        self.record(Event::Crash { node: id, writes });
-        for client in self.clients.node_crashed(i) {
-            self.record(Event::GiveUp {
-                client: client as u64,
-                why: "node crashed",
-            });
-        }
-        // Back at once (a process restart) or after up to 30 ticks.
-        if self.rng.gen_bool(0.4) {
-            self.restart(i)?;
-        } else {
-            self.nodes[i].restart_at = self.now + self.rng.gen_range(1..=30);
-        }
-        Ok(())
-    }
-
-    fn restart(&mut self, i: usize) -> Check {
-        let node = &mut self.nodes[i];
-        let mut cfg = node.cfg.clone();
-        cfg.seed ^= u64::from(node.incarnation).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let initial = InitialState {
-            hard_state: node.hard_state,
-            snapshot: None,
-            purged: Default::default(),
-            entries: node.log.clone(),
-            bootstrap: self.membership.clone(),
-            applied: node.kv.applied,
-        };
-        let engine = Engine::new(cfg, initial)
-            .map_err(|e| format!("node {}: restart refused: {e}", node.id))?;
-        let id = node.id;
-        if engine.term() < node.hard_state.term {
-            return Err(format!(
-                "node {id} restarted in term {} below its durable term {}",
-                engine.term(),
-                node.hard_state.term
-            ));
-        }
-        if engine.commit_index() < node.hard_state.commit {
-            return Err(format!(
-                "node {id} restarted with commit {} below its durable commit {}",
-                engine.commit_index(),
-                node.hard_state.commit
-            ));
-        }
-        let event = Event::Restart {
-            node: id,
-            term: engine.term(),
-            commit: engine.commit_index(),
-            last: (engine.last_log_id().index, engine.last_log_id().term),
-            applied: node.kv.applied,
-        };
-        node.engine = Some(engine);
-        node.seen_term = 0;
-        node.seen_commit = 0;
-        node.seen_role = Role::Follower;
-        self.record(event);
-        self.drain(i)
-    }
-
-    fn partition(&mut self) {
-        let n = self.nodes.len() as NodeId;
-        let x = self.rng.gen_range(1..=n);
-        let kind = match self.rng.gen_range(0..5) {
-            0 => {
-                self.net.heal();
-                for y in 1..=n {
-                    self.net.cut(x, y);
-                    self.net.cut(y, x);
-                }
-                "isolate"
-            }
-            1 => {
-                self.net.heal();
-                let side: Vec<bool> = (0..n).map(|_| self.rng.gen_bool(0.5)).collect();
-                for a in 1..=n {
-                    for b in 1..=n {
-                        if side[a as usize - 1] != side[b as usize - 1] {
-                            self.net.cut(a, b);
-                        }
-                    }
-                }
-                "split"
-            }
-            2 => {
-                self.net.heal();
-                for y in 1..=n {
-                    self.net.cut(x, y);
-                }
-                "mute (one-way out)"
-            }
-            3 => {
-                self.net.heal();
-                for y in 1..=n {
-                    self.net.cut(y, x);
-                }
-                "deaf (one-way in)"
-            }
-            _ => {
-                let y = self.rng.gen_range(1..=n);
-                self.net.cut(x, y);
-                "one-way link"
-            }
-        };
-        self.faults.partitions += 1;
-        self.heal_at = Some(self.now + self.rng.gen_range(3..=50));
-        let cuts = self.net.cut_mask();
-        if self.trace.verbose() {
-            println!("    cut links: {}", self.net.describe_cuts());
-        }
-        self.record(Event::Partition { kind, cuts });
-    }
-
-    fn transfer(&mut self) -> Check {
-        let Some(l) = self.leader() else {
-            return Ok(());
-        };
-        let n = self.nodes.len() as NodeId;
-        let to = self.rng.gen_range(1..=n);
-        let from = self.nodes[l].id;
-        let Some(engine) = self.nodes[l].engine.as_mut() else {
-            return Ok(());
-        };
-        let ok = engine.transfer_leader(to).is_ok();
-        self.faults.transfers += 1;
-        self.record(Event::Transfer { from, to, ok });
-        self.drain(l)
-    }
-
-    // ----- invariants ---------------------------------------------------------------
-
-    /// Per-node invariants after any input: term and commit monotonic within
-    /// an incarnation, newly committed entries recorded, election safety and
-    /// leader completeness for leaders.
-    fn observe(&mut self, i: usize) -> Check {
-        let Some(engine) = self.nodes[i].engine.as_ref() else {
-            return Ok(());
-        };
-        let node = &self.nodes[i];
-        let id = node.id;
-        let term = engine.term();
-        let commit = engine.commit_index();
-        let role = engine.role();
-        let last = engine.last_log_id().index;
-        if term < node.seen_term {
-            return Err(format!(
-                "node {id}: term went back from {} to {term}",
-                node.seen_term
-            ));
-        }
-        if commit < node.seen_commit {
-            return Err(format!(
-                "COMMIT MONOTONICITY: node {id}: commit index went back from {} to {commit} \
-                 within one incarnation",
-                node.seen_commit
-            ));
-        }
-        if commit > last {
-            return Err(format!(
-                "node {id}: commit index {commit} beyond last index {last}"
-            ));
-        }
-        if commit < node.hard_state.commit {
-            return Err(format!(
-                "COMMIT MONOTONICITY: node {id}: commit index {commit} below its durable commit {}",
-                node.hard_state.commit
-            ));
-        }
-        for index in node.seen_commit + 1..=commit {
-            let Some(t) = engine.term_at(index) else {
-                return Err(format!("node {id}: committed index {index} has no term"));
-            };
-            if self.obs.record_commit(id, term, index, t)? {
-                for other in &self.nodes {
-                    if let Some(e) = other.engine.as_ref().filter(|e| e.role() == Role::Leader) {
-                        self.obs.check_leader_has(e, index)?;
-                    }
-                }
-            }
-        }
-        if role == Role::Leader {
-            let holder = Holder {
-                node: id,
-                incarnation: node.incarnation,
-            };
-            let new_term = self.obs.leader(term, holder)?;
-            if new_term || node.seen_role != Role::Leader {
-                self.obs.check_leader_complete(engine)?;
-            }
-        }
-        let node = &mut self.nodes[i];
-        node.seen_term = term;
-        node.seen_commit = commit;
-        node.seen_role = role;
-        Ok(())
-    }
-
-    fn check_all(&mut self) -> Check {
-        for i in 0..self.nodes.len() {
-            self.observe(i)?;
-        }
-        if self.step % FULL_CHECK_EVERY == 0 {
-            for node in &self.nodes {
-                if let Some(engine) = &node.engine {
-                    self.obs.check_log(engine)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    // ----- the end of a run -----------------------------------------------------------
-
-    fn converged(&self) -> bool {
-        let Some(l) = self.leader() else { return false };
-        let leader = self.nodes[l].engine.as_ref().expect("live");
-        let target = leader.last_log_id().index;
-        let max_term = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.engine.as_ref())
-            .map(Engine::term)
-            .max();
-        max_term == Some(leader.term())
-            && self.nodes.iter().all(|n| {
-                n.engine
-                    .as_ref()
-                    .is_some_and(|e| e.commit_index() == target)
-                    && n.kv.applied == target
-            })
-    }
-
-    fn converge(&mut self) -> Check {
-        for _ in 0..self.params.converge_steps {
-            self.step()?;
-            if self.converged() {
-                return Ok(());
-            }
-        }
-        Err(format!(
-            "LIVENESS: the cluster did not converge within {} steps after healing every \
-             partition and restarting every node (no faults meanwhile)\n{}",
-            self.params.converge_steps,
-            self.describe_nodes()
-        ))
-    }
-
-    fn final_checks(&mut self) -> Check {
-        for node in &self.nodes {
-            if let Some(engine) = &node.engine {
-                self.obs.check_log(engine)?;
-            }
-        }
-        let first = &self.nodes[0];
-        for node in &self.nodes[1..] {
-            if node.kv != first.kv {
-                return Err(format!(
-                    "STATE MACHINE SAFETY: after convergence nodes {} and {} differ:\n{:?}\n{:?}",
-                    first.id, node.id, first.kv, node.kv
-                ));
-            }
-            let upto = node.kv.applied as usize;
-            if node.log.len() < upto
-                || first.log.len() < upto
-                || node.log[..upto] != first.log[..upto]
-            {
-                return Err(format!(
-                    "LOG MATCHING: after convergence the durable logs of nodes {} and {} \
-                     differ in the committed prefix (up to {upto})",
-                    first.id, node.id
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks the client history; returns whether the checker gave up.
-    fn check_history(&mut self) -> Result<bool, Violation> {
-        let outstanding: Vec<usize> = (0..self.clients.list.len())
-            .filter(|c| self.clients.list[*c].outstanding.is_some())
-            .collect();
-        for c in outstanding {
-            self.clients.give_up(c);
-        }
-        match check(&self.clients.history, CheckLimits::default()) {
-            CheckResult::Ok => Ok(false),
-            CheckResult::Unknown { .. } => Ok(true),
-            CheckResult::Violation {
-                key,
-                explanation,
-                ops,
-            } => {
-                let mut text = format!(
-                    "LINEARIZABILITY: the client history of key {:?} is not linearizable \
-                     (times are simulation steps):\n{explanation}\nOperations on that key:\n",
-                    String::from_utf8_lossy(&key)
-                );
-                for (i, op) in ops.iter().enumerate() {
-                    let _ = writeln!(text, "  #{i} {op}");
-                }
-                Err(text)
-            }
-            other => Err(format!("the client history is malformed: {other}")),
-        }
-    }
-
-    // ----- reporting ------------------------------------------------------------------
-
-    fn describe_nodes(&self) -> String {
-        let mut out = String::new();
-        for node in &self.nodes {
-            match &node.engine {
-                Some(e) => {
-                    let s = e.status();
-                    let _ = writeln!(
-                        out,
-                        "  node {}: {:?} term {} vote {:?} leader {:?} commit {} last {} \
-                         persisted {} | durable {:?}, log last {:?} | applied {} | {} writes \
-                         pending, {} to apply, incarnation {}",
-                        node.id,
-                        s.role,
-                        s.term,
-                        s.vote,
-                        s.leader,
-                        s.commit,
-                        e.last_log_id(),
-                        s.persisted,
-                        node.hard_state,
-                        node.log.last().map(Entry::log_id),
-                        node.kv.applied,
-                        node.writes.len(),
-                        node.to_apply.len(),
-                        node.incarnation
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "  node {}: DOWN | durable {:?}, log last {:?} | applied {}",
-                        node.id,
-                        node.hard_state,
-                        node.log.last().map(Entry::log_id),
-                        node.kv.applied
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "  network: {} in flight, cut links: {}",
-            self.net.len(),
-            self.net.describe_cuts()
-        );
-        out
-    }
-
-    fn failure_report(&self, violation: &str) -> String {
-        let n = self.nodes.len();
-        format!(
-            "simulation failed: seed {seed}, {n} nodes, step {step}, tick {now}\n\
-             {violation}\n\
-             replay: {replay}\n\
-             nodes:\n{nodes}last events:\n{recent}",
-            seed = self.seed,
-            step = self.step,
-            now = self.now,
-            nodes = self.describe_nodes(),
-            recent = self.trace.recent(),
-            replay = replay_command(self.seed, n),
-        )
     }
 }

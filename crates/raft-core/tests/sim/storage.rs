@@ -1,0 +1,147 @@
+//! A simulated node's durable log storage: the hard state, the log after
+//! its purged prefix, and the metadata of the latest snapshot recorded.
+//! It changes only when a queued write completes (see `world.rs`), with
+//! the semantics of `raft_core::LogStorage` (`write`, `save_snapshot`,
+//! `install_snapshot`, as `MemLog` implements them): each operation is
+//! atomic, so a crash leaves either all of it or none.
+
+use raft_core::engine::{InitialState, LogCompaction};
+use raft_core::{Entry, HardState, Index, LogId, Membership, SnapshotMeta, Term};
+
+/// What survives a crash of the log storage.
+#[derive(Debug, Default)]
+pub struct Disk {
+    /// The hard state.
+    pub hard_state: HardState,
+    /// The last purged entry (zero when nothing was purged); `log` resumes
+    /// right after it.
+    pub purged: LogId,
+    /// The entries after the purged prefix: `log[i].index == purged.index + 1 + i`.
+    pub log: Vec<Entry>,
+    /// The latest snapshot recorded by a compaction or an install.
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+impl Disk {
+    /// The index of the last durable entry (the purge point when none is held).
+    pub fn last_index(&self) -> Index {
+        self.purged.index + self.log.len() as Index
+    }
+
+    /// The id of the last durable entry (the purge point when none is held).
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last().map_or(self.purged, Entry::log_id)
+    }
+
+    /// The durable entry at `index`, if held.
+    pub fn get(&self, index: Index) -> Option<&Entry> {
+        let offset = index.checked_sub(self.purged.index + 1)?;
+        self.log.get(offset as usize)
+    }
+
+    /// The term of the entry at `index`: held, or the purge point.
+    pub fn term(&self, index: Index) -> Option<Term> {
+        if index == self.purged.index {
+            return Some(self.purged.term);
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    /// The entries held at or after `from`.
+    pub fn entries_from(&self, from: Index) -> &[Entry] {
+        let skip = from.saturating_sub(self.purged.index + 1) as usize;
+        &self.log[skip.min(self.log.len())..]
+    }
+
+    /// Deletes the entries at or after `from` (part of a `LogWrite`).
+    pub fn truncate(&mut self, from: Index) -> Result<(), String> {
+        if from <= self.purged.index {
+            return Err(format!(
+                "truncate_from {from} reaches into the purged prefix (purged up to {})",
+                self.purged
+            ));
+        }
+        self.log.truncate((from - self.purged.index - 1) as usize);
+        Ok(())
+    }
+
+    /// Appends entries that must directly follow the log (part of a `LogWrite`).
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        if let Some(first) = entries.first() {
+            if first.index != self.last_index() + 1 {
+                return Err(format!(
+                    "write appends from {} but the durable log ends at {} (LogWrite: entries \
+                     must directly follow the log)",
+                    first.log_id(),
+                    self.last_log_id()
+                ));
+            }
+        }
+        self.log.extend(entries.iter().cloned());
+        Ok(())
+    }
+
+    /// `LogStorage::save_snapshot`: records the snapshot and purges the log
+    /// up to `purge_to` (kept entries stay).
+    pub fn compact(&mut self, c: &LogCompaction) -> Result<(), String> {
+        if c.purge_to > c.snapshot.last_log_id.index {
+            return Err(format!(
+                "compaction purges to {} past its snapshot {}",
+                c.purge_to, c.snapshot.last_log_id
+            ));
+        }
+        if c.purge_to > self.last_index() {
+            return Err(format!(
+                "compaction purges to {} but the durable log ends at {} (compact_log must \
+                 follow the write that made those entries durable)",
+                c.purge_to,
+                self.last_log_id()
+            ));
+        }
+        if let Some(s) = self.snapshot.as_ref() {
+            if s.last_log_id.index >= c.snapshot.last_log_id.index {
+                return Err(format!(
+                    "compaction records snapshot {} but storage already holds snapshot {}",
+                    c.snapshot.last_log_id, s.last_log_id
+                ));
+            }
+        }
+        self.snapshot = Some(c.snapshot.clone());
+        if c.purge_to > self.purged.index {
+            let term = self.term(c.purge_to).expect("held: checked above");
+            let drop = (c.purge_to - self.purged.index) as usize;
+            self.log.drain(..drop);
+            self.purged = LogId::new(term, c.purge_to);
+        }
+        Ok(())
+    }
+
+    /// `LogStorage::install_snapshot`: the snapshot replaces the whole log.
+    /// The hard state is left alone (the trait does not ask to raise its
+    /// commit index; the engine restarts from `max(commit, applied)`).
+    pub fn install(&mut self, meta: &SnapshotMeta) {
+        self.log.clear();
+        self.purged = meta.last_log_id;
+        self.snapshot = Some(meta.clone());
+    }
+
+    /// What a node restarts from, given its state machine's applied index.
+    pub fn initial_state(&self, bootstrap: &Membership, applied: Index) -> InitialState {
+        InitialState {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot.clone(),
+            purged: self.purged,
+            entries: self.log.clone(),
+            bootstrap: bootstrap.clone(),
+            applied,
+        }
+    }
+
+    /// Where the durable log ends for `Raft::start`'s consistency check:
+    /// the last entry, the purge point or the recorded snapshot, whichever
+    /// is highest.
+    pub fn end_index(&self) -> Index {
+        self.last_index()
+            .max(self.snapshot.as_ref().map_or(0, |s| s.last_log_id.index))
+    }
+}
