@@ -1063,13 +1063,24 @@ async fn add_learner(
     }
 }
 
-fn parse_id(raw: &str) -> Result<NodeId, Box<Response>> {
-    raw.parse::<NodeId>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            Box::new(Problem::bad_request(format!("{raw:?} is not a node id")).into_response())
-        })
+/// Parses `raw` as a node id, then runs the change `make(id)` and answers
+/// with the resulting configuration (or the error, forwarded to the leader
+/// when this node is not it).
+async fn change_by_id(
+    state: &AppState,
+    raw: &str,
+    make: fn(NodeId) -> MembershipChange,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(id) = raw.parse::<NodeId>().ok().filter(|id| *id > 0) else {
+        return Problem::bad_request(format!("{raw:?} is not a node id")).into_response();
+    };
+    match state.raft.change_membership(make(id)).await {
+        Ok(m) => Json(membership_json(&m, &known_members(state))).into_response(),
+        Err(e) => membership_error(state, e, uri, method, headers, Bytes::new()).await,
+    }
 }
 
 /// `POST /v1/cluster/voters/{id}`: promotes a caught-up learner.
@@ -1079,18 +1090,15 @@ async fn promote(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let id = match parse_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    match state
-        .raft
-        .change_membership(MembershipChange::Promote(id))
-        .await
-    {
-        Ok(m) => Json(membership_json(&m, &known_members(&state))).into_response(),
-        Err(e) => membership_error(&state, e, &uri, Method::POST, &headers, Bytes::new()).await,
-    }
+    change_by_id(
+        &state,
+        &raw,
+        MembershipChange::Promote,
+        Method::POST,
+        &uri,
+        &headers,
+    )
+    .await
 }
 
 /// `DELETE /v1/cluster/members/{id}`: removes a learner or a voter (the
@@ -1101,18 +1109,15 @@ async fn remove_member(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let id = match parse_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    match state
-        .raft
-        .change_membership(MembershipChange::Remove(id))
-        .await
-    {
-        Ok(m) => Json(membership_json(&m, &known_members(&state))).into_response(),
-        Err(e) => membership_error(&state, e, &uri, Method::DELETE, &headers, Bytes::new()).await,
-    }
+    change_by_id(
+        &state,
+        &raw,
+        MembershipChange::Remove,
+        Method::DELETE,
+        &uri,
+        &headers,
+    )
+    .await
 }
 
 /// `POST /v1/cluster/snapshot`: this node takes a snapshot now and compacts

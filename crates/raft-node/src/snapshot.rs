@@ -58,6 +58,22 @@ pub enum SnapshotFileError {
     MissingColumnFamily(&'static str),
 }
 
+type Cf<'a> = &'a rocksdb::ColumnFamily;
+
+fn column_families<'a>(
+    db: &'a DB,
+    kv_cf: &'static str,
+    meta_cf: &'static str,
+) -> Result<(Cf<'a>, Cf<'a>), SnapshotFileError> {
+    let kv = db
+        .cf_handle(kv_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(kv_cf))?;
+    let meta = db
+        .cf_handle(meta_cf)
+        .ok_or(SnapshotFileError::MissingColumnFamily(meta_cf))?;
+    Ok((kv, meta))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotFileError + '_ {
     move |source| SnapshotFileError::Io {
         path: path.to_path_buf(),
@@ -96,12 +112,7 @@ pub fn write(
     keep_meta: impl Fn(&[u8]) -> bool,
     path: &Path,
 ) -> Result<WrittenSnapshot, SnapshotFileError> {
-    let kv = db
-        .cf_handle(kv_cf)
-        .ok_or(SnapshotFileError::MissingColumnFamily(kv_cf))?;
-    let meta = db
-        .cf_handle(meta_cf)
-        .ok_or(SnapshotFileError::MissingColumnFamily(meta_cf))?;
+    let (kv, meta) = column_families(db, kv_cf, meta_cf)?;
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -288,12 +299,7 @@ pub fn load(
     replace_meta: impl Fn(&[u8]) -> bool,
     path: &Path,
 ) -> Result<u64, SnapshotFileError> {
-    let kv = db
-        .cf_handle(kv_cf)
-        .ok_or(SnapshotFileError::MissingColumnFamily(kv_cf))?;
-    let meta = db
-        .cf_handle(meta_cf)
-        .ok_or(SnapshotFileError::MissingColumnFamily(meta_cf))?;
+    let (kv, meta) = column_families(db, kv_cf, meta_cf)?;
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     // Clear what the snapshot replaces.

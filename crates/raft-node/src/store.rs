@@ -47,6 +47,22 @@ fn is_replicated_meta(key: &[u8]) -> bool {
     key != APPLIED_KEY && key != SNAPSHOT_META_KEY && key != INSTALLING_KEY
 }
 
+/// Writes snapshot metadata under `key` in `kv_meta`, synced.
+fn put_meta_synced(db: &DB, key: &[u8], meta: &SnapshotMeta) -> Result<(), String> {
+    let cf = db
+        .cf_handle(KV_META_CF)
+        .ok_or_else(|| "kv_meta column family missing".to_string())?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(
+        &cf,
+        key,
+        raft_log::record::encode_snapshot_meta(meta),
+        &opts,
+    )
+    .map_err(|e| e.to_string())
+}
+
 fn member_key(id: u64) -> Vec<u8> {
     let mut k = MEMBER_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
@@ -601,18 +617,7 @@ impl StateMachine for KvStateMachine {
             db.flush_wal(true).map_err(|e| e.to_string())?;
             let w = crate::snapshot::write(&db, KV_CF, KV_META_CF, is_replicated_meta, &path)
                 .map_err(|e| e.to_string())?;
-            let cf = db
-                .cf_handle(KV_META_CF)
-                .ok_or_else(|| "kv_meta column family missing".to_string())?;
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.put_cf_opt(
-                &cf,
-                SNAPSHOT_META_KEY,
-                raft_log::record::encode_snapshot_meta(&meta),
-                &opts,
-            )
-            .map_err(|e| e.to_string())?;
+            put_meta_synced(&db, SNAPSHOT_META_KEY, &meta)?;
             tracing::debug!(records = w.records, bytes = w.bytes, path = %path.display(), "snapshot file written");
             Self::remove_other_snapshots(&dir, &path);
             Ok(path)
@@ -700,18 +705,7 @@ impl StateMachine for KvStateMachine {
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Refuse a bad file before anything is deleted.
             let records = crate::snapshot::verify(&path).map_err(|e| e.to_string())?;
-            let cf = db
-                .cf_handle(KV_META_CF)
-                .ok_or_else(|| "kv_meta column family missing".to_string())?;
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.put_cf_opt(
-                &cf,
-                INSTALLING_KEY,
-                raft_log::record::encode_snapshot_meta(&meta),
-                &opts,
-            )
-            .map_err(|e| e.to_string())?;
+            put_meta_synced(&db, INSTALLING_KEY, &meta)?;
             this.finish_install(&meta)?;
             tracing::info!(records, last = %meta.last_log_id, "snapshot loaded into the store");
             Ok(())

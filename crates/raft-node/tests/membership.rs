@@ -68,15 +68,22 @@ async fn assert_values(client: &reqwest::Client, p: &Proc, values: &[(String, Ve
 
 /// Waits until every node reports the same key digest at the same applied index.
 async fn assert_same_digest(client: &reqwest::Client, procs: &[&Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut seen = Vec::new();
         for p in procs {
-            seen.push(
-                status(client, p)
-                    .await
-                    .map(|s| (s["applied"].clone(), s["kv"].clone())),
-            );
+            // The digest is a full scan: with 200 MiB on a debug build and
+            // a busy machine it takes longer than `status` waits.
+            let s: Option<Value> = match client
+                .get(format!("{}/v1/cluster?digest=true", p.http))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            seen.push(s.map(|s| (s["applied"].clone(), s["kv"].clone())));
         }
         if seen.iter().all(|s| s.is_some() && *s == seen[0]) {
             return;

@@ -120,24 +120,8 @@ pub fn cluster_with(
     ids.iter()
         .zip(&addrs)
         .map(|(&id, (peer, client))| {
-            let mut args = vec![
-                "run".to_string(),
-                format!("--id={id}"),
-                format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
-                format!("--client-listen={client}"),
-                format!("--peer-listen={peer}"),
-                format!("--initial-cluster={}", initial.join(",")),
-                format!("--tls-ca={}", certs.join("ca.pem").display()),
-                format!(
-                    "--tls-cert={}",
-                    certs.join(format!("node-{id}.pem")).display()
-                ),
-                format!(
-                    "--tls-key={}",
-                    certs.join(format!("node-{id}.key")).display()
-                ),
-                "--tick-ms=20".to_string(),
-            ];
+            let mut args = node_args(dir, id, *peer, *client);
+            args.push(format!("--initial-cluster={}", initial.join(",")));
             args.extend(extra.iter().cloned());
             let mut p = Proc {
                 id,
@@ -198,18 +182,16 @@ pub async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> 
         .unwrap()
 }
 
-/// A new node `id` (whose certificate `cluster_with` wrote as a spare) that
-/// joins the cluster through `join_url`, with the `extra` flags. Started.
-pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
+/// `raft-node run` arguments of node `id` under `dir` (data, certificates
+/// from `dir/certs`, fast ticks), without cluster flags.
+fn node_args(dir: &Path, id: u64, peer: SocketAddr, client: SocketAddr) -> Vec<String> {
     let certs = dir.join("certs");
-    let (peer, client) = (free_udp(), free_tcp());
-    let mut args = vec![
+    vec![
         "run".to_string(),
         format!("--id={id}"),
         format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
         format!("--client-listen={client}"),
         format!("--peer-listen={peer}"),
-        format!("--join={join_url}"),
         format!("--tls-ca={}", certs.join("ca.pem").display()),
         format!(
             "--tls-cert={}",
@@ -220,7 +202,15 @@ pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
             certs.join(format!("node-{id}.key")).display()
         ),
         "--tick-ms=20".to_string(),
-    ];
+    ]
+}
+
+/// A new node `id` (whose certificate `cluster_with` wrote as a spare) that
+/// joins the cluster through `join_url`, with the `extra` flags. Started.
+pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
+    let (peer, client) = (free_udp(), free_tcp());
+    let mut args = node_args(dir, id, peer, client);
+    args.push(format!("--join={join_url}"));
     args.extend(extra.iter().cloned());
     let mut p = Proc {
         id,
@@ -243,7 +233,17 @@ pub async fn wait_status(
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(s) = status(client, p).await {
+        // Without `digest=true`: polling must not scan the whole store.
+        let s = match client
+            .get(format!("{}/v1/cluster", p.http))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) => r.json::<Value>().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(s) = s {
             if check(&s) {
                 return s;
             }
