@@ -137,6 +137,24 @@ async fn malformed_truncated_and_oversized_frames_close_the_connection() {
     let r = send_raw(&server, &ca, with_kind(control, &forged), false).await;
     assert!(protocol_error(&r) && r.contains("message from 3"), "{r}");
 
+    // An InstallSnapshot without its data (only a snapshot offer carries one).
+    let bare = frame(&Frame::Message(raft_core::Message {
+        from: 2,
+        to: 1,
+        term: 3,
+        body: raft_core::MessageBody::InstallSnapshot {
+            meta: raft_core::SnapshotMeta {
+                last_log_id: raft_core::LogId::new(3, 100),
+                membership: raft_core::Membership::new([1, 2]),
+            },
+        },
+    }));
+    let r = send_raw(&server, &ca, with_kind(control, &bare), false).await;
+    assert!(
+        protocol_error(&r) && r.contains("InstallSnapshot travels only with its data"),
+        "{r}"
+    );
+
     // None of it reached the application, and the node still serves others.
     assert!(recv(&mut server.inbound, Duration::from_millis(200))
         .await

@@ -621,7 +621,7 @@ async fn get_key(
             "the key does not exist",
         )
         .into_response(),
-        Err(e) => Problem::storage(e.to_string()).into_response(),
+        Err(e) => store_problem(&e).into_response(),
     }
 }
 
@@ -678,7 +678,7 @@ async fn list(
                 .collect();
             Json(json!({ "items": items, "more": more })).into_response()
         }
-        Err(e) => Problem::storage(e.to_string()).into_response(),
+        Err(e) => store_problem(&e).into_response(),
     }
 }
 
@@ -1141,5 +1141,19 @@ async fn take_snapshot(State(state): State<Shared>) -> Response {
             e.to_string(),
         )
         .into_response(),
+    }
+}
+
+/// A store read error as a problem: 503 while a snapshot is installed, 500
+/// otherwise.
+fn store_problem(e: &crate::store::StoreError) -> Problem {
+    match e {
+        crate::store::StoreError::Installing => Problem::unavailable(
+            "installing-snapshot",
+            "Installing a snapshot",
+            e.to_string(),
+        )
+        .retry_after(1),
+        _ => Problem::storage(e.to_string()),
     }
 }

@@ -87,6 +87,10 @@ pub enum StoreError {
     /// A column family is missing (the database was not opened with them).
     #[error("column family {0} missing")]
     MissingColumnFamily(&'static str),
+    /// A snapshot from the leader is replacing the data; nothing can be
+    /// read consistently until it is done.
+    #[error("a snapshot from the leader is being installed; retry shortly")]
+    Installing,
 }
 
 /// A stored value and its revision.
@@ -158,6 +162,10 @@ fn decode_token_record(token: &str, rec: &[u8]) -> Result<(u64, u32, Outcome), S
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<DB>,
+    /// Odd while a snapshot install replaces the data (a sequence lock):
+    /// reads that overlap an install fail with [`StoreError::Installing`]
+    /// instead of seeing half-replaced data.
+    install_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for KvReader {
@@ -179,7 +187,25 @@ impl KvReader {
                 return Err(StoreError::MissingColumnFamily(cf));
             }
         }
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            install_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// Runs `read`, failing with [`StoreError::Installing`] when it overlaps
+    /// a snapshot install.
+    fn consistent<T>(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        let before = self.install_seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return Err(StoreError::Installing);
+        }
+        let out = read()?;
+        if self.install_seq.load(Ordering::Acquire) != before {
+            return Err(StoreError::Installing);
+        }
+        Ok(out)
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -194,6 +220,10 @@ impl KvReader {
     ///
     /// [`StoreError`] when RocksDB fails or the record is corrupted.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        self.consistent(|| self.get_unchecked(key))
+    }
+
+    fn get_unchecked(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         let cf = self.cf(KV_CF)?;
         match self.db.get_pinned_cf(cf, key)? {
             None => Ok(None),
@@ -208,6 +238,14 @@ impl KvReader {
     ///
     /// [`StoreError`] when RocksDB fails or a record is corrupted.
     pub fn list(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Bytes, Versioned)>, bool), StoreError> {
+        self.consistent(|| self.list_unchecked(prefix, limit))
+    }
+
+    fn list_unchecked(
         &self,
         prefix: &[u8],
         limit: usize,
@@ -410,6 +448,8 @@ impl KvStateMachine {
         let dir = self.snapshot_dir.as_ref().ok_or("no snapshot directory")?;
         let path = Self::snapshot_path(dir, meta.last_log_id.index);
         let db = &self.reader.db;
+        let seq = &self.reader.install_seq;
+        seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         crate::snapshot::load(db, KV_CF, KV_META_CF, is_replicated_meta, &path)
             .map_err(|e| e.to_string())?;
         let cf = self.reader.cf(KV_META_CF).map_err(|e| e.to_string())?;
@@ -424,6 +464,9 @@ impl KvStateMachine {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
+        // Even again: reads see the new data from here on. (After a failure
+        // it stays odd: the node stops, and reads are refused meanwhile.)
+        seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Self::remove_other_snapshots(dir, &path);
         self.members_changed.send_modify(|v| *v += 1);
         Ok(())
@@ -927,5 +970,24 @@ mod tests {
         assert!(err.0.contains("corrupted"), "{err}");
         assert_eq!(c.reader().applied().unwrap(), 1);
         assert!(c.reader().get(b"mine").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn reads_overlapping_a_snapshot_install_are_refused() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        sm.apply(&[entry(1, put("k", "v", Precondition::None, None))])
+            .await
+            .unwrap();
+        let r = sm.reader();
+        assert!(r.get(b"k").unwrap().is_some());
+        // What `finish_install` does around replacing the data.
+        r.install_seq.fetch_add(1, Ordering::AcqRel);
+        assert!(matches!(r.get(b"k"), Err(StoreError::Installing)));
+        assert!(matches!(r.list(b"", 10), Err(StoreError::Installing)));
+        r.install_seq.fetch_add(1, Ordering::AcqRel);
+        assert!(r.get(b"k").unwrap().is_some());
     }
 }
