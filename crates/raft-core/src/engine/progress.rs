@@ -51,9 +51,6 @@ pub(crate) struct Progress {
     pub(crate) acked_round: u64,
     /// In Snapshot: the last index of the snapshot being sent.
     pub(crate) pending_snapshot: Index,
-    /// In Replicate: the `prev` index of the last empty append sent to
-    /// check the pipeline (0 when none is outstanding).
-    pub(crate) gap_probe: Index,
 }
 
 impl Progress {
@@ -68,30 +65,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             pending_snapshot: 0,
-            gap_probe: 0,
         }
-    }
-
-    /// In Replicate, whether a rejection of the request after
-    /// `rejected_prev` only shows a gap in what has arrived so far: the
-    /// follower's log ends at `hint` (at or above what it acknowledged),
-    /// which the leader's log holds too, so nothing conflicts; an earlier
-    /// message of the pipeline is late or lost. Acting on it would restart
-    /// the pipeline while the rest is still in flight (a message storm on a
-    /// network that reorders); a lost message is found by the empty append
-    /// a heartbeat answer triggers instead, whose rejection counts.
-    pub(crate) fn is_pipeline_gap(
-        &self,
-        rejected_prev: Index,
-        hint_matches: bool,
-        hint: Index,
-    ) -> bool {
-        self.state == ReplicationState::Replicate
-            && rejected_prev > self.matched
-            && rejected_prev != self.gap_probe
-            && hint_matches
-            && hint >= self.matched
-            && hint < rejected_prev
     }
 
     /// A snapshot ending at `index` is being sent: pause until it lands.

@@ -241,15 +241,6 @@ impl Engine {
                 rejected_prev,
                 hint,
             } => {
-                let hint_matches = self.log.term(hint.index) == Some(hint.term);
-                if self
-                    .progress
-                    .get(&from)
-                    .is_some_and(|pr| pr.is_pipeline_gap(rejected_prev, hint_matches, hint.index))
-                {
-                    self.release_confirmed_reads();
-                    return;
-                }
                 // A hint past our log is out of range: clamp it.
                 let hint_index = hint.index.min(last_index);
                 let next = if hint.term == 0 {
@@ -369,10 +360,6 @@ impl Engine {
             heartbeat: false,
         };
         self.send(to, body);
-        if let Some(pr) = self.progress.get_mut(&to) {
-            // Its rejection is acted on even when it looks like a gap.
-            pr.gap_probe = prev_index;
-        }
     }
 
     /// Sends entries to `to` while its flow control allows.
