@@ -97,7 +97,20 @@ impl World {
         let node = &mut self.nodes[i];
         let id = node.id;
         let applied = node.kv.applied;
-        if applied > node.disk.end_index() {
+        // As `Raft::start`: the log holding another entry at the applied
+        // index than the state machine's snapshot also shows an install
+        // interrupted between its halves (the log kept a conflicting suffix).
+        let log_disagrees = match &node.snapshot {
+            Some((meta, _)) => {
+                let at = meta.last_log_id.index;
+                at == applied
+                    && at > node.disk.purged.index
+                    && node.disk.last_index() >= at
+                    && node.disk.term(at) != Some(meta.last_log_id.term)
+            }
+            None => false,
+        };
+        if applied > node.disk.end_index() || log_disagrees {
             // The state machine took a snapshot the log never recorded: an
             // install was interrupted between its two halves. Finish it.
             match &node.snapshot {
