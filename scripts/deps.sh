@@ -8,6 +8,9 @@ fi
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 # raft-node's Prometheus scrape test runs its own prometheus on a free port.
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# raft-chaos partitions its node namespaces with nftables and uses `ip` (iproute2).
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,7 +1,10 @@
 //! # raft-bench
 //!
 //! Benchmarks of the raft workspace. This library holds the harnesses the
-//! Criterion benchmarks (`cargo bench -p raft-bench`) share; see
-//! [`engine_cluster`] for the in-process engine cluster.
+//! Criterion benchmarks (`cargo bench -p raft-bench`) share (see
+//! [`engine_cluster`] for the in-process engine cluster) and the
+//! `raft-bench` command line ([`cli`]), which measures clusters of real
+//! `raft-node` processes side by side with etcd.
 
+pub mod cli;
 pub mod engine_cluster;

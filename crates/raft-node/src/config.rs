@@ -130,6 +130,16 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_PROMOTION_LAG")]
     pub max_promotion_lag: Option<u64>,
 
+    /// RocksDB memtable size per column family, MiB: a node's write memory
+    /// is about twice this times the five column families at the most.
+    /// [default: 16]
+    #[arg(long, env = "RAFT_WRITE_BUFFER_MIB")]
+    pub write_buffer_mib: Option<u64>,
+
+    /// RocksDB block cache for reads, MiB. [default: 64]
+    #[arg(long, env = "RAFT_BLOCK_CACHE_MIB")]
+    pub block_cache_mib: Option<u64>,
+
     /// Join an existing cluster through this node's HTTP address
     /// (`http://host:port` or `https://…`, any member): a node with an empty
     /// data directory asks to be added as a learner and is brought up by a
@@ -239,6 +249,10 @@ pub struct NodeConfig {
     pub snapshot_keep_entries: u64,
     /// Promotion lag limit.
     pub max_promotion_lag: u64,
+    /// RocksDB memtable size per column family, bytes.
+    pub write_buffer_bytes: usize,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
     /// A member's HTTP URL to join through, for a new node.
     pub join: Option<String>,
     /// Log format.
@@ -313,6 +327,8 @@ impl RunArgs {
             snapshot_mib,
             snapshot_keep_entries,
             max_promotion_lag,
+            write_buffer_mib,
+            block_cache_mib,
             join,
             log_format,
             unsafe_no_fsync,
@@ -409,6 +425,8 @@ impl RunArgs {
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
             max_promotion_lag: self.max_promotion_lag.unwrap_or(1_000),
+            write_buffer_bytes: mib_bytes("--write-buffer-mib", self.write_buffer_mib, 16)?,
+            block_cache_bytes: mib_bytes("--block-cache-mib", self.block_cache_mib, 64)?,
             join: self.join,
             log_format: self.log_format.unwrap_or_default(),
             unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
@@ -483,6 +501,15 @@ impl RunArgs {
         }
         Ok(cfg)
     }
+}
+
+/// A size in MiB between 1 and 65536, as bytes.
+fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigError> {
+    let mib = v.unwrap_or(default);
+    if !(1..=65_536).contains(&mib) {
+        return Err(ConfigError(format!("{name} must be between 1 and 65536")));
+    }
+    usize::try_from(mib << 20).map_err(|_| ConfigError(format!("{name} is too large here")))
 }
 
 fn read_token(path: &Path) -> Result<String, ConfigError> {
@@ -616,6 +643,33 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.0.contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn rocksdb_memory_sizes_default_and_are_bounded() {
+        let cfg = base().resolve().unwrap();
+        assert_eq!(cfg.write_buffer_bytes, 16 << 20);
+        assert_eq!(cfg.block_cache_bytes, 64 << 20);
+        let cfg = RunArgs {
+            write_buffer_mib: Some(4),
+            block_cache_mib: Some(8),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (cfg.write_buffer_bytes, cfg.block_cache_bytes),
+            (4 << 20, 8 << 20)
+        );
+        for bad in [0, 65_537] {
+            let err = RunArgs {
+                write_buffer_mib: Some(bad),
+                ..base()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.0.contains("--write-buffer-mib"), "{err}");
+        }
     }
 
     #[test]

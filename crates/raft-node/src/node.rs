@@ -129,6 +129,8 @@ pub async fn start(
                 SyncPolicy::Always
             },
             extra_column_families: vec![KV_CF.into(), KV_META_CF.into(), NODE_META_CF.into()],
+            write_buffer_bytes: cfg.write_buffer_bytes,
+            block_cache_bytes: cfg.block_cache_bytes,
             ..RocksLogOptions::default()
         },
     )

@@ -547,9 +547,18 @@ impl KvStateMachine {
                     }
                 }
             }
-            let current = match revs.get(&cmd.key) {
-                Some(r) => *r,
-                None => self.reader.get(&cmd.key)?.map(|v| v.rev),
+            // A plain put does not depend on the key's current revision, so
+            // it is not read (a point lookup per write otherwise).
+            let current = if matches!(
+                (&cmd.precondition, &cmd.op),
+                (Precondition::None, Op::Put(_))
+            ) {
+                None
+            } else {
+                match revs.get(&cmd.key) {
+                    Some(r) => *r,
+                    None => self.reader.get(&cmd.key)?.map(|v| v.rev),
+                }
             };
             let allowed = match cmd.precondition {
                 Precondition::None => true,

@@ -1107,6 +1107,37 @@ mod tests {
     }
 
     #[test]
+    fn indeterminate_writes_do_not_excuse_stale_lost_or_early_values() {
+        // A stale read: an indeterminate write of some other value does not
+        // bring the old one back.
+        assert_violation(vec![
+            w(1, "a", 0, 1),
+            w(1, "b", 2, 3),
+            w_indet(2, "c", 2),
+            r(3, Some("a"), 4, 5),
+        ]);
+        // A lost write: acknowledged "b", then a compare-and-set that still
+        // finds "a", with an indeterminate delete in between.
+        assert_violation(vec![
+            w(1, "a", 0, 1),
+            w(1, "b", 2, 3),
+            op(2, Op::Delete, 2, None, Outcome::Indeterminate),
+            cas(3, Some("a"), "c", 4, 5, true),
+        ]);
+        // A value visible before its write was invoked, also when that write
+        // timed out: an indeterminate operation takes effect after its
+        // invocation or never.
+        assert_violation(vec![r(1, Some("a"), 0, 1), w_indet(2, "a", 2)]);
+        assert_violation(vec![
+            cas(1, None, "b", 0, 1, true),
+            cas(2, Some("a"), "c", 2, 3, true),
+            w_indet(3, "a", 4),
+        ]);
+        // Overlapping, the timed-out write may explain the read.
+        assert_ok(vec![r(1, Some("a"), 2, 5), w_indet(2, "a", 3)]);
+    }
+
+    #[test]
     fn read_of_value_nobody_wrote_fails() {
         let explanation = assert_violation(vec![w(1, "a", 0, 1), r(2, Some("zz"), 0, 5)]);
         assert!(

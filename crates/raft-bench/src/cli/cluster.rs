@@ -1,0 +1,675 @@
+//! Local clusters of real server processes on loopback — `raft-node` or
+//! etcd — that the benchmarks start, load, and attack: find the leader,
+//! kill or pause a member and bring it back, transfer leadership, read each
+//! process's CPU time and peak memory.
+//!
+//! Both systems get the same timing (a 30 ms heartbeat, election timeouts
+//! randomized from 150 ms), data in a directory on the same disk, fsync on,
+//! and pre-vote on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::procstat::{self, ProcSample};
+use super::System;
+
+/// How a cluster is started.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Which server.
+    pub system: System,
+    /// Number of members (3 or 5).
+    pub nodes: usize,
+    /// Ports used: raft-node clients at `base`, peers at `base + 100`;
+    /// etcd clients at `base + 200`, peers at `base + 300` (plus the member
+    /// index).
+    pub base_port: u16,
+    /// The server binary.
+    pub binary: PathBuf,
+    /// Parent directory of the cluster's data directory (a temporary
+    /// directory is made in it and removed afterwards).
+    pub work_dir: PathBuf,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower end of the election timeout (randomized up to about twice it).
+    pub election_ms: u64,
+    /// Extra arguments for every member.
+    pub extra_args: Vec<String>,
+}
+
+/// One member process.
+#[derive(Debug)]
+struct Member {
+    /// 1-based index (raft-node's node id).
+    id: u64,
+    /// Base URL of its client API.
+    url: String,
+    /// Command-line arguments, kept for restarts.
+    args: Vec<String>,
+    /// Where its stdout and stderr go.
+    log: PathBuf,
+    /// The running process, if any.
+    child: Option<Child>,
+    /// Whether it was stopped with SIGSTOP.
+    paused: bool,
+    /// etcd's member id (raft-node's is `id`).
+    member_id: u64,
+}
+
+/// A running local cluster; dropping it kills every member.
+#[derive(Debug)]
+pub struct LocalCluster {
+    opts: ClusterOptions,
+    /// Owns the data directory; removed on drop.
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    http: reqwest::Client,
+}
+
+/// CPU and memory of one member over a measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeUsage {
+    /// 1-based member index.
+    pub node: u64,
+    /// Whether it was the leader when the measurement began.
+    pub leader: bool,
+    /// CPU seconds (user + system) spent during the measurement.
+    pub cpu_s: f64,
+    /// Peak resident set size during the measurement, MiB.
+    pub peak_rss_mib: f64,
+}
+
+const CONTROL_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl LocalCluster {
+    /// Starts the members and waits until they agree on a leader and accept
+    /// a write.
+    ///
+    /// # Errors
+    ///
+    /// When a process cannot start, exits, or no leader emerges in 30 s.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
+        if !(1..=9).contains(&opts.nodes) {
+            bail!("--nodes must be between 1 and 9");
+        }
+        std::fs::create_dir_all(&opts.work_dir)
+            .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(match opts.system {
+                System::Raft => "raft-bench-raft-",
+                System::Etcd => "raft-bench-etcd-",
+            })
+            .tempdir_in(&opts.work_dir)
+            .with_context(|| format!("creating a directory in {}", opts.work_dir.display()))?;
+        let members = match opts.system {
+            System::Raft => raft_members(&opts, dir.path())?,
+            System::Etcd => etcd_members(&opts, dir.path()),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(CONTROL_TIMEOUT)
+            .build()
+            .context("building an HTTP client")?;
+        let mut c = LocalCluster {
+            opts,
+            dir,
+            members,
+            http,
+        };
+        for i in 0..c.members.len() {
+            c.spawn(i)?;
+        }
+        c.wait_stable(Duration::from_secs(30)).await?;
+        if c.opts.system == System::Etcd {
+            for i in 0..c.members.len() {
+                let s = c.etcd_status(i).await?;
+                c.members[i].member_id = s.0;
+            }
+        }
+        Ok(c)
+    }
+
+    /// The system under test.
+    pub fn system(&self) -> System {
+        self.opts.system
+    }
+
+    /// Client base URLs, by member index.
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.url.clone()).collect()
+    }
+
+    /// Number of members.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The directory holding data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .with_context(|| format!("opening {}", m.log.display()))?;
+        let child = Command::new(&self.opts.binary)
+            .args(&m.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", self.opts.binary.display()))?;
+        m.child = Some(child);
+        m.paused = false;
+        Ok(())
+    }
+
+    /// Fails when a member that should be running has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for m in &mut self.members {
+            if let Some(c) = &mut m.child {
+                if let Some(status) = c.try_wait()? {
+                    m.child = None;
+                    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    bail!(
+                        "member {} exited ({status}); the end of its log:\n  {}",
+                        m.id,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to member `i`.
+    fn signal(&self, i: usize, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let child = self.members[i]
+            .child
+            .as_ref()
+            .ok_or_else(|| anyhow!("member {} is not running", i + 1))?;
+        let pid =
+            rustix::process::Pid::from_raw(child.id() as i32).ok_or_else(|| anyhow!("bad pid"))?;
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("signalling member {}", i + 1))
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, rustix::process::Signal::KILL)?;
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.wait();
+        }
+        self.members[i].paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOP of member `i`.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, rustix::process::Signal::STOP)?;
+        self.members[i].paused = true;
+        Ok(())
+    }
+
+    /// Brings member `i` back: SIGCONT if paused, a restart on the same
+    /// data if killed; then waits until it serves again.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot restart or is not ready within 30 s.
+    pub async fn recover(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.members[i].paused {
+            self.signal(i, rustix::process::Signal::CONT)?;
+            self.members[i].paused = false;
+        }
+        if self.members[i].child.is_none() {
+            self.spawn(i)?;
+        }
+        self.wait_stable(Duration::from_secs(30)).await
+    }
+
+    /// Waits until every member reports the same leader and is caught up
+    /// (raft-node's `/readyz`; etcd's `/health` and status).
+    ///
+    /// # Errors
+    ///
+    /// When a member exits or this takes longer than `limit`.
+    pub async fn wait_stable(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            if self.stable_now().await {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "the {} cluster did not settle on a leader within {:?}; logs in {}",
+                    self.opts.system,
+                    limit,
+                    self.dir().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stable_now(&self) -> bool {
+        let mut leader = None;
+        for i in 0..self.members.len() {
+            let l = match self.opts.system {
+                System::Raft => {
+                    let Ok(r) = self
+                        .http
+                        .get(format!("{}/readyz", self.members[i].url))
+                        .send()
+                        .await
+                    else {
+                        return false;
+                    };
+                    if !r.status().is_success() {
+                        return false;
+                    }
+                    match r.json::<Value>().await {
+                        Ok(v) => v["leader"].as_u64(),
+                        Err(_) => return false,
+                    }
+                }
+                System::Etcd => match self.etcd_status(i).await {
+                    Ok((_, l)) => Some(l),
+                    Err(_) => return false,
+                },
+            };
+            match (l, leader) {
+                (None, _) | (Some(0), _) => return false,
+                (Some(l), None) => leader = Some(l),
+                (Some(l), Some(prev)) if l != prev => return false,
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// etcd's `(member id, leader id)` as member `i` sees them.
+    async fn etcd_status(&self, i: usize) -> anyhow::Result<(u64, u64)> {
+        let v: Value = self
+            .http
+            .post(format!("{}/v3/maintenance/status", self.members[i].url))
+            .body("{}")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let num = |v: &Value| -> Option<u64> {
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| v.as_u64())
+        };
+        let me = num(&v["header"]["member_id"]).ok_or_else(|| anyhow!("no member_id"))?;
+        let leader = num(&v["leader"]).unwrap_or(0);
+        Ok((me, leader))
+    }
+
+    /// The leader as member `i` sees it, as a member index; `None` when it
+    /// knows none or does not answer within `timeout`.
+    pub async fn leader_seen_by(&self, i: usize, timeout: Duration) -> Option<usize> {
+        let fut = async {
+            match self.opts.system {
+                System::Raft => {
+                    let v: Value = self
+                        .http
+                        .get(format!("{}/v1/cluster", self.members[i].url))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    let id = v["leader"].as_u64()?;
+                    self.members.iter().position(|m| m.id == id)
+                }
+                System::Etcd => {
+                    let (_, l) = self.etcd_status(i).await.ok()?;
+                    self.members.iter().position(|m| m.member_id == l)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+
+    /// The current leader, asked of every member until one answers.
+    ///
+    /// # Errors
+    ///
+    /// When no member names a leader.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_some() && !self.members[i].paused {
+                if let Some(l) = self.leader_seen_by(i, CONTROL_TIMEOUT).await {
+                    return Ok(l);
+                }
+            }
+        }
+        bail!("no member names a leader")
+    }
+
+    /// Asks the leader (member `leader`) to hand leadership to another
+    /// member; returns without waiting for the outcome to be observed.
+    ///
+    /// # Errors
+    ///
+    /// When the request is refused.
+    pub async fn transfer(&self, leader: usize) -> anyhow::Result<()> {
+        let url = &self.members[leader].url;
+        let r = match self.opts.system {
+            System::Raft => {
+                self.http
+                    .post(format!("{url}/v1/cluster/transfer-leader"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await?
+            }
+            System::Etcd => {
+                let target = (leader + 1) % self.members.len();
+                self.http
+                    .post(format!("{url}/v3/maintenance/transfer-leadership"))
+                    .timeout(Duration::from_secs(5))
+                    .body(format!(
+                        "{{\"targetID\":\"{}\"}}",
+                        self.members[target].member_id
+                    ))
+                    .send()
+                    .await?
+            }
+        };
+        if !r.status().is_success() {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            bail!("leadership transfer refused: {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// Samples every running member's CPU time and resets its peak RSS
+    /// (`/proc/PID/clear_refs`), to begin a measurement.
+    pub fn usage_begin(&self) -> Vec<Option<ProcSample>> {
+        self.members
+            .iter()
+            .map(|m| {
+                let pid = m.child.as_ref()?.id();
+                procstat::reset_peak_rss(pid);
+                procstat::sample(pid).ok()
+            })
+            .collect()
+    }
+
+    /// CPU seconds and peak RSS of every member since `begin`.
+    pub fn usage_end(&self, begin: &[Option<ProcSample>], leader: usize) -> Vec<NodeUsage> {
+        self.members
+            .iter()
+            .zip(begin)
+            .enumerate()
+            .filter_map(|(i, (m, b))| {
+                let b = b.as_ref()?;
+                let e = procstat::sample(m.child.as_ref()?.id()).ok()?;
+                Some(NodeUsage {
+                    node: m.id,
+                    leader: i == leader,
+                    cpu_s: e.cpu_s - b.cpu_s,
+                    peak_rss_mib: e.peak_rss_kib as f64 / 1024.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops every member (SIGTERM, then SIGKILL after 5 s).
+    pub fn shutdown(&mut self) {
+        for m in &mut self.members {
+            if let Some(c) = &m.child {
+                if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+                    if m.paused {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+                    }
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                loop {
+                    match c.try_wait() {
+                        Ok(Some(_)) | Err(_) => break,
+                        Ok(None) if Instant::now() > deadline => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            break;
+                        }
+                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn raft_members(opts: &ClusterOptions, dir: &Path) -> anyhow::Result<Vec<Member>> {
+    let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
+    let certs = dir.join("certs");
+    let id_list: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let out = Command::new(&opts.binary)
+        .args(["certs", "--dir"])
+        .arg(&certs)
+        .args(["--nodes", &id_list.join(",")])
+        .output()
+        .with_context(|| format!("running {} certs", opts.binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} certs failed: {}",
+            opts.binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let client = |id: u64| opts.base_port as u64 + id - 1;
+    let peer = |id: u64| opts.base_port as u64 + 100 + id - 1;
+    let cluster: Vec<String> = ids
+        .iter()
+        .map(|&id| format!("{id}=127.0.0.1:{}/127.0.0.1:{}", peer(id), client(id)))
+        .collect();
+    let cluster = cluster.join(",");
+    // Ticks of 10 ms give the heartbeat and the election timeout a 10 ms
+    // resolution (raft-node randomizes the timeout in [E, 2E) ticks).
+    let tick_ms = 10;
+    let mut members = Vec::new();
+    for &id in &ids {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.join(format!("node-{id}")).display().to_string(),
+            "--client-listen".into(),
+            format!("127.0.0.1:{}", client(id)),
+            "--peer-listen".into(),
+            format!("127.0.0.1:{}", peer(id)),
+            "--initial-cluster".into(),
+            cluster.clone(),
+            "--tls-ca".into(),
+            certs.join("ca.pem").display().to_string(),
+            "--tls-cert".into(),
+            certs.join(format!("node-{id}.pem")).display().to_string(),
+            "--tls-key".into(),
+            certs.join(format!("node-{id}.key")).display().to_string(),
+            "--tick-ms".into(),
+            tick_ms.to_string(),
+            "--heartbeat-ticks".into(),
+            (opts.heartbeat_ms / tick_ms).max(1).to_string(),
+            "--election-ticks".into(),
+            (opts.election_ms / tick_ms).max(2).to_string(),
+        ];
+        args.extend(opts.extra_args.iter().cloned());
+        members.push(Member {
+            id,
+            url: format!("http://127.0.0.1:{}", client(id)),
+            args,
+            log: dir.join(format!("node-{id}.log")),
+            child: None,
+            paused: false,
+            member_id: id,
+        });
+    }
+    Ok(members)
+}
+
+fn etcd_members(opts: &ClusterOptions, dir: &Path) -> Vec<Member> {
+    let client = |id: u64| opts.base_port as u64 + 200 + id - 1;
+    let peer = |id: u64| opts.base_port as u64 + 300 + id - 1;
+    let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
+    let cluster: Vec<String> = ids
+        .iter()
+        .map(|&id| format!("e{id}=http://127.0.0.1:{}", peer(id)))
+        .collect();
+    let cluster = cluster.join(",");
+    ids.iter()
+        .map(|&id| {
+            let mut args: Vec<String> = vec![
+                "--name".into(),
+                format!("e{id}"),
+                "--data-dir".into(),
+                dir.join(format!("etcd-{id}")).display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://127.0.0.1:{}", client(id)),
+                "--advertise-client-urls".into(),
+                format!("http://127.0.0.1:{}", client(id)),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{}", peer(id)),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{}", peer(id)),
+                "--initial-cluster".into(),
+                cluster.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                "raft-bench".into(),
+                // etcd randomizes the election timeout in [E, 2E) with the
+                // heartbeat as its tick, like raft-node.
+                "--heartbeat-interval".into(),
+                opts.heartbeat_ms.to_string(),
+                "--election-timeout".into(),
+                opts.election_ms.to_string(),
+                "--pre-vote=true".into(),
+                "--logger=zap".into(),
+                "--log-outputs=stderr".into(),
+            ];
+            args.extend(opts.extra_args.iter().cloned());
+            Member {
+                id,
+                url: format!("http://127.0.0.1:{}", client(id)),
+                args,
+                log: dir.join(format!("etcd-{id}.log")),
+                child: None,
+                paused: false,
+                member_id: 0,
+            }
+        })
+        .collect()
+}
+
+/// Finds the server binary: the given path, else (for raft-node) next to
+/// this executable, else on `PATH`.
+///
+/// # Errors
+///
+/// When it is nowhere, with the command that builds or installs it.
+pub fn find_binary(system: System, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        if p.exists() {
+            return Ok(p.to_owned());
+        }
+        bail!("{} does not exist", p.display());
+    }
+    let name = match system {
+        System::Raft => "raft-node",
+        System::Etcd => "etcd",
+    };
+    if system == System::Raft {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned))
+        {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    match system {
+        System::Raft => bail!(
+            "raft-node not found next to raft-bench or on PATH; build both with \
+             `cargo build --release -p raft-node -p raft-bench` or pass --raft-node PATH"
+        ),
+        System::Etcd => bail!(
+            "etcd not found on PATH; install Debian's etcd-server \
+             (`apt-get install -y etcd-server`, or run with --install) or pass --etcd PATH"
+        ),
+    }
+}
+
+/// Installs Debian's etcd-server and stops the system service the package
+/// starts (the benchmark runs its own members).
+///
+/// # Errors
+///
+/// When apt-get fails.
+pub fn install_etcd() -> anyhow::Result<()> {
+    eprintln!("installing etcd-server with apt-get ...");
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let st = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (install etcd-server yourself, or pass --etcd PATH)")?;
+        if !st.success() {
+            bail!("apt-get {} failed ({st})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["install", "-y", "etcd-server"]).or_else(|_| {
+        run(&["update"])?;
+        run(&["install", "-y", "etcd-server"])
+    })?;
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "etcd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The `raft-bench` command line as a user runs it: against a real
+//! three-node raft-node cluster (the debug build), reading back the JSON
+//! report and the files it writes. Short runs: these check that the
+//! measurements happen and are reported, not how fast anything is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The raft-node binary of this build (`target/<profile>/raft-node`), built
+/// first when this test runs without it (`cargo test -p raft-bench`).
+fn raft_node() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/cli-HASH → target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let bin = dir.join("raft-node");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "raft-node", "--bin", "raft-node"])
+            .status()
+            .expect("running cargo build -p raft-node");
+        assert!(st.success(), "building raft-node failed");
+    }
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+fn run_json(args: &[&str], out: &Path, base_port: u16) -> Value {
+    let bin = raft_node();
+    let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
+        .args(args)
+        .args(["--json", "--raft-node"])
+        .arg(&bin)
+        .arg("--out")
+        .arg(out)
+        .args(["--base-port", &base_port.to_string()])
+        // Debug builds on a loaded CI machine: generous timeouts.
+        .args(["--heartbeat-ms", "50", "--election-ms", "300"])
+        .output()
+        .expect("running raft-bench");
+    assert!(
+        o.status.success(),
+        "raft-bench {args:?} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not the JSON report ({e}):\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+#[test]
+fn throughput_reports_writes_latency_and_per_node_usage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = run_json(
+        &[
+            "throughput",
+            "--clients",
+            "1,8",
+            "--warmup-s",
+            "1",
+            "--duration-s",
+            "2",
+            "--read-percent",
+            "20",
+        ],
+        dir.path(),
+        24100,
+    );
+    let t = r["throughput"].as_array().expect("throughput array");
+    assert_eq!(t.len(), 2, "one measurement per client count: {r:#}");
+    for (m, clients) in t.iter().zip([1, 8]) {
+        assert_eq!(m["system"], "raft");
+        assert_eq!(m["clients"], clients);
+        let ops = m["ops"].as_u64().expect("ops");
+        assert!(ops > 0, "no successful operations: {m:#}");
+        let rate = m["ops_per_s"].as_f64().expect("ops_per_s");
+        assert!(
+            (rate - ops as f64 / 2.0).abs() < 1e-6,
+            "ops/s is ops over the 2 s window"
+        );
+        assert!(
+            m["errors"].as_object().expect("errors").is_empty(),
+            "a healthy cluster gave errors: {m:#}"
+        );
+        let lat = &m["latency_ms"];
+        let (p50, p99, max) = (
+            lat["p50"].as_f64().unwrap(),
+            lat["p99"].as_f64().unwrap(),
+            lat["max"].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 < p50 && p50 <= p99 && p99 <= max,
+            "percentiles out of order: {lat}"
+        );
+        let nodes = m["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 3, "usage of every member: {m:#}");
+        assert_eq!(
+            nodes.iter().filter(|n| n["leader"] == true).count(),
+            1,
+            "exactly one leader: {m:#}"
+        );
+        for n in nodes {
+            assert!(
+                n["cpu_s"].as_f64().unwrap() > 0.0,
+                "a member used no CPU: {n}"
+            );
+            assert!(
+                n["peak_rss_mib"].as_f64().unwrap() > 1.0,
+                "no RSS read: {n}"
+            );
+        }
+    }
+    assert_eq!(r["settings"]["nodes"], 3);
+    assert!(r["settings"]["versions"]["raft"]
+        .as_str()
+        .unwrap()
+        .starts_with("raft-node"));
+    for f in ["report.json", "throughput.svg", "latency-cdf.svg"] {
+        let body = std::fs::read_to_string(dir.path().join(f))
+            .unwrap_or_else(|e| panic!("{f} not written: {e}"));
+        if f.ends_with(".svg") {
+            assert!(body.contains("<svg"), "{f} is not an SVG");
+            assert!(body.contains("raft"), "{f} has no raft series");
+        }
+    }
+}
+
+#[test]
+fn election_trials_measure_a_new_leader_after_each_fault() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = run_json(
+        &[
+            "election",
+            "--faults",
+            "transfer,kill,pause",
+            "--trials",
+            "2",
+        ],
+        dir.path(),
+        24600,
+    );
+    let e = r["elections"].as_array().expect("elections array");
+    assert_eq!(e.len(), 3, "one result per fault: {r:#}");
+    for (res, fault) in e.iter().zip(["transfer", "kill", "pause"]) {
+        assert_eq!(res["fault"], fault);
+        assert!(
+            res["failures"].as_array().unwrap().is_empty(),
+            "failed trials: {res:#}"
+        );
+        let trials = res["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 2, "{res:#}");
+        for t in trials {
+            assert_ne!(t["old_leader"], t["new_leader"], "leadership moved: {t}");
+            assert!(t["elected_ms"].as_f64().unwrap() > 0.0);
+            assert!(t["write_ms"].as_f64().unwrap() > 0.0);
+        }
+    }
+    assert!(dir.path().join("election-cdf.svg").exists());
+}
+
+#[test]
+fn impossible_settings_are_refused_before_anything_starts() {
+    for (args, msg) in [
+        (
+            &["throughput", "--clients", "0"][..],
+            "--clients values must be between 1",
+        ),
+        (
+            &["throughput", "--keys", "0"][..],
+            "--keys must be positive",
+        ),
+        (&["election", "--trials", "0"][..], "--trials"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
+            .args(args)
+            .output()
+            .expect("running raft-bench");
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(msg), "{args:?}: unclear error: {err}");
+    }
+}
+
+#[test]
+fn a_missing_binary_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
+        .args([
+            "throughput",
+            "--raft-node",
+            "/nonexistent/raft-node",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("running raft-bench");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/nonexistent/raft-node does not exist"),
+        "unclear error: {err}"
+    );
+}

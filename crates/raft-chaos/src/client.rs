@@ -1,0 +1,397 @@
+//! The clients: concurrent workers doing reads, writes, deletes and
+//! compare-and-sets on a small key set through different nodes, recording
+//! every operation (invocation and completion times from one monotonic
+//! clock, arguments, outcome) into a linearizability [`History`].
+//!
+//! How HTTP results map to outcomes (the API contract in ARCHITECTURE.md):
+//!
+//! | result | outcome |
+//! |---|---|
+//! | 2xx | success (a read's body is the value) |
+//! | 404 on a read | absent |
+//! | 404 on a delete | recorded as a read that saw the key absent |
+//! | 412 on a conditional write | [`Outcome::CasFailed`] |
+//! | 503 | [`Outcome::Failed`]: definitely not applied |
+//! | connection refused (nothing sent) | [`Outcome::Failed`] |
+//! | 504, a timeout, a lost connection, any other status | [`Outcome::Indeterminate`] |
+//!
+//! A compare-and-set is a read followed by `PUT` with `If-Match: "<rev>"`
+//! (or `If-None-Match: *` when the read found the key absent). Every write
+//! writes a value no other write writes, so a revision names exactly one
+//! value and the HTTP revision check is the checker's value comparison.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use raft_core::testing::linearizability::{History, Op, Operation, Outcome};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reqwest::StatusCode;
+
+use crate::error::ChaosError;
+
+/// The node URLs the workers pick from, updated when nodes are replaced.
+pub type SharedUrls = Arc<RwLock<Vec<String>>>;
+
+/// Settings of the client workers.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Number of concurrent workers.
+    pub workers: u64,
+    /// Keys per epoch.
+    pub keys: u64,
+    /// Every this many seconds the workers move to a fresh set of keys,
+    /// which bounds the operations per key the checker must order.
+    pub key_epoch_s: u64,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+    /// Pause between one worker's operations, at most.
+    pub think_ms_max: u64,
+    /// `consistency` of the workers' reads: `linearizable` (the contract
+    /// under test), or `stale`/`lease` to check that the checker catches
+    /// what those are allowed to return.
+    pub read_consistency: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            workers: 5,
+            keys: 5,
+            key_epoch_s: 10,
+            request_timeout: Duration::from_secs(5),
+            think_ms_max: 20,
+            read_consistency: "linearizable".into(),
+        }
+    }
+}
+
+/// The shared recording state of a run.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    /// Zero of the clock all times are taken from.
+    start: Instant,
+    /// The history being recorded.
+    history: Arc<Mutex<History>>,
+    /// HTTP results that the contract does not name, by description.
+    unexpected: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            history: Arc::default(),
+            unexpected: Arc::default(),
+        }
+    }
+
+    /// Microseconds since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Records a finished operation.
+    pub fn push(&self, op: Operation) {
+        if let Ok(mut h) = self.history.lock() {
+            h.push(op);
+        }
+    }
+
+    fn unexpected(&self, what: String) {
+        if let Ok(mut u) = self.unexpected.lock() {
+            *u.entry(what).or_default() += 1;
+        }
+    }
+
+    /// A copy of the history recorded so far.
+    pub fn history(&self) -> History {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Unexpected results seen so far.
+    pub fn unexpected_results(&self) -> BTreeMap<String, u64> {
+        self.unexpected
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The key `index` of epoch `epoch`.
+pub fn key_name(epoch: u64, index: u64) -> String {
+    format!("e{epoch}-k{index}")
+}
+
+/// What one HTTP request came back with.
+enum Reply {
+    /// A status, the `ETag` revision and the body (if it could be read).
+    Status(StatusCode, Option<u64>, Option<Vec<u8>>),
+    /// Nothing was sent: the connection was refused or could not be made.
+    NotSent,
+    /// Sent, no answer (timeout, reset): outcome unknown.
+    Lost,
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Reply {
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let rev = resp
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().trim_matches('"').parse::<u64>().ok());
+            let body = resp.bytes().await.ok().map(|b| b.to_vec());
+            Reply::Status(status, rev, body)
+        }
+        Err(e) if e.is_connect() => Reply::NotSent,
+        Err(_) => Reply::Lost,
+    }
+}
+
+/// One client worker.
+#[derive(Debug)]
+pub struct Worker {
+    /// The worker's id (client id in the history; 0 is the harness).
+    pub id: u64,
+    /// The nodes' base URLs (the nemesis replaces nodes).
+    pub urls: SharedUrls,
+    /// Its settings.
+    pub cfg: ClientConfig,
+    /// Its random choices.
+    pub rng: ChaCha8Rng,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// Where operations are recorded.
+    pub rec: Recorder,
+    /// Counter for unique values.
+    seq: u64,
+}
+
+impl Worker {
+    /// A worker whose choices follow from `seed`.
+    ///
+    /// # Errors
+    ///
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        id: u64,
+        seed: u64,
+        urls: SharedUrls,
+        cfg: ClientConfig,
+        rec: Recorder,
+    ) -> Result<Self, ChaosError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(4)
+            .build()?;
+        Ok(Self {
+            id,
+            urls,
+            cfg,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ (id.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+            http,
+            rec,
+            seq: 0,
+        })
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        format!("c{}-{}", self.id, self.seq).into_bytes()
+    }
+
+    /// Runs until `stop` is set.
+    pub async fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            let urls = self.urls.read().map(|u| u.clone()).unwrap_or_default();
+            if urls.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let url = urls[self.rng.gen_range(0..urls.len())].clone();
+            let epoch = self.rec.now_us() / 1_000_000 / self.cfg.key_epoch_s.max(1);
+            let key = key_name(epoch, self.rng.gen_range(0..self.cfg.keys.max(1)));
+            match self.rng.gen_range(0..100) {
+                0..=39 => {
+                    self.read(&url, &key).await;
+                }
+                40..=69 => self.write(&url, &key).await,
+                70..=77 => self.delete(&url, &key).await,
+                _ => {
+                    if let Some(seen) = self.read(&url, &key).await {
+                        self.cas(&url, &key, seen).await;
+                    }
+                }
+            }
+            let think = self.rng.gen_range(0..=self.cfg.think_ms_max);
+            tokio::time::sleep(Duration::from_millis(think)).await;
+        }
+    }
+
+    fn record(&self, key: &str, op: Op, invoke: u64, outcome: Outcome) {
+        let complete = self.rec.now_us();
+        self.rec.push(Operation {
+            client: self.id,
+            key: key.as_bytes().to_vec(),
+            op,
+            invoke,
+            complete: Some(complete.max(invoke)),
+            outcome,
+        });
+    }
+
+    /// A linearizable read; returns what it saw (value and revision) when it
+    /// got a definite answer.
+    async fn read(&mut self, url: &str, key: &str) -> Option<Option<(Vec<u8>, u64)>> {
+        let invoke = self.rec.now_us();
+        let reply = send(self.http.get(format!(
+            "{url}/v1/kv/{key}?consistency={}",
+            self.cfg.read_consistency
+        )))
+        .await;
+        let (outcome, seen) = match reply {
+            Reply::Status(s, Some(rev), Some(body)) if s == StatusCode::OK => {
+                (Outcome::ReadOk(Some(body.clone())), Some(Some((body, rev))))
+            }
+            Reply::Status(s, _, _) if s == StatusCode::NOT_FOUND => {
+                (Outcome::ReadOk(None), Some(None))
+            }
+            Reply::Status(s, _, _) if s == StatusCode::SERVICE_UNAVAILABLE => {
+                (Outcome::Failed, None)
+            }
+            Reply::Status(s, _, _) if s == StatusCode::GATEWAY_TIMEOUT => {
+                (Outcome::Indeterminate, None)
+            }
+            Reply::Status(s, rev, body) => {
+                self.rec.unexpected(format!(
+                    "read {s} (etag {}, body {})",
+                    rev.is_some(),
+                    body.is_some()
+                ));
+                (Outcome::Indeterminate, None)
+            }
+            Reply::NotSent => (Outcome::Failed, None),
+            Reply::Lost => (Outcome::Indeterminate, None),
+        };
+        self.record(key, Op::Read, invoke, outcome);
+        seen
+    }
+
+    /// Maps a write's reply to its outcome; `cas` tells whether 412 is
+    /// expected.
+    fn write_outcome(&self, reply: &Reply, ok: Outcome, cas: bool) -> Outcome {
+        match reply {
+            Reply::Status(s, _, _) if s.is_success() => ok,
+            Reply::Status(s, _, _) if cas && *s == StatusCode::PRECONDITION_FAILED => {
+                Outcome::CasFailed
+            }
+            Reply::Status(s, _, _) if *s == StatusCode::SERVICE_UNAVAILABLE => Outcome::Failed,
+            Reply::Status(s, _, _) if *s == StatusCode::GATEWAY_TIMEOUT => Outcome::Indeterminate,
+            Reply::Status(s, _, body) => {
+                let body = body
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
+                    .unwrap_or_default();
+                self.rec.unexpected(format!("write {s}: {body}"));
+                Outcome::Indeterminate
+            }
+            Reply::NotSent => Outcome::Failed,
+            Reply::Lost => Outcome::Indeterminate,
+        }
+    }
+
+    async fn write(&mut self, url: &str, key: &str) {
+        let value = self.value();
+        let invoke = self.rec.now_us();
+        let reply = send(
+            self.http
+                .put(format!("{url}/v1/kv/{key}"))
+                .body(value.clone()),
+        )
+        .await;
+        let outcome = self.write_outcome(&reply, Outcome::WriteOk, false);
+        self.record(key, Op::Write(value), invoke, outcome);
+    }
+
+    async fn delete(&mut self, url: &str, key: &str) {
+        let invoke = self.rec.now_us();
+        let reply = send(self.http.delete(format!("{url}/v1/kv/{key}"))).await;
+        if let Reply::Status(s, _, _) = &reply {
+            if *s == StatusCode::NOT_FOUND {
+                // Deleting an absent key changes nothing: it is a read that
+                // saw the key absent.
+                self.record(key, Op::Read, invoke, Outcome::ReadOk(None));
+                return;
+            }
+        }
+        let outcome = self.write_outcome(&reply, Outcome::DeleteOk, false);
+        self.record(key, Op::Delete, invoke, outcome);
+    }
+
+    async fn cas(&mut self, url: &str, key: &str, seen: Option<(Vec<u8>, u64)>) {
+        let new = self.value();
+        let mut req = self
+            .http
+            .put(format!("{url}/v1/kv/{key}"))
+            .body(new.clone());
+        let expected = match seen {
+            Some((value, rev)) => {
+                req = req.header(reqwest::header::IF_MATCH, format!("\"{rev}\""));
+                Some(value)
+            }
+            None => {
+                req = req.header(reqwest::header::IF_NONE_MATCH, "*");
+                None
+            }
+        };
+        let invoke = self.rec.now_us();
+        let reply = send(req).await;
+        let outcome = self.write_outcome(&reply, Outcome::CasOk, true);
+        self.record(key, Op::Cas { expected, new }, invoke, outcome);
+    }
+}
+
+/// A linearizable read by the harness (client 0) through `url`, recorded in
+/// the history; retried until it gets a definite answer or `timeout`.
+/// Returns the value seen.
+pub async fn final_read(
+    http: &reqwest::Client,
+    rec: &Recorder,
+    urls: &[String],
+    key: &str,
+    timeout: Duration,
+) -> Option<Option<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        let url = &urls[i % urls.len().max(1)];
+        i += 1;
+        let invoke = rec.now_us();
+        if let Reply::Status(s, _, body) = send(http.get(format!("{url}/v1/kv/{key}"))).await {
+            let seen = match (s, body) {
+                (StatusCode::OK, Some(b)) => Some(Some(b)),
+                (StatusCode::NOT_FOUND, _) => Some(None),
+                _ => None,
+            };
+            if let Some(v) = seen {
+                rec.push(Operation {
+                    client: 0,
+                    key: key.as_bytes().to_vec(),
+                    op: Op::Read,
+                    invoke,
+                    complete: Some(rec.now_us().max(invoke)),
+                    outcome: Outcome::ReadOk(v.clone()),
+                });
+                return Some(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}

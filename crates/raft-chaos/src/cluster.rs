@@ -1,0 +1,427 @@
+//! A cluster of real `raft-node` processes, one per network namespace, with
+//! development certificates and their own data directories; and the process
+//! faults (kill -9 and restart, SIGSTOP and SIGCONT) the nemesis uses.
+//!
+//! Every node process is started through `ip netns exec`, which execs the
+//! binary in place, so the child's pid is the node's pid and signals reach
+//! it directly. Dropping the [`Cluster`] kills every node (continuing paused
+//! ones first) before the network is torn down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::error::ChaosError;
+use crate::netns::Net;
+
+/// Port of the HTTP API in every namespace.
+pub const CLIENT_PORT: u16 = 8080;
+/// Port of the peer transport (QUIC) in every namespace.
+pub const PEER_PORT: u16 = 7000;
+/// Node ids certificates are made for: the initial nodes and those that
+/// replace removed ones.
+pub const CERT_IDS_MAX: u64 = 24;
+
+/// How a node process is expected to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Running (and expected to keep running).
+    Running,
+    /// SIGSTOPped by the nemesis.
+    Paused,
+    /// Killed by the nemesis (or the harness), not yet restarted.
+    Down,
+}
+
+/// One node process.
+#[derive(Debug)]
+pub struct NodeProc {
+    /// The node's Raft id.
+    pub id: u64,
+    /// The `raft-node run` arguments (restarts reuse them).
+    args: Vec<String>,
+    /// The namespace it runs in.
+    namespace: String,
+    /// The running process, if any.
+    child: Option<Child>,
+    /// What the harness did to it last.
+    pub state: NodeState,
+    /// Its HTTP base URL, reachable from the root namespace.
+    pub url: String,
+    /// Its log file (stdout and stderr, appended across restarts).
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    fn start(&mut self, raft_node: &Path) -> Result<(), ChaosError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(ChaosError::io(&self.log))?;
+        let log2 = log.try_clone().map_err(ChaosError::io(&self.log))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace])
+            .arg(raft_node)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(|e| ChaosError::Cluster(format!("starting node {}: {e}", self.id)))?;
+        self.child = Some(child);
+        self.state = NodeState::Running;
+        Ok(())
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| rustix::process::Pid::from_raw(c.id() as i32))
+        {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// SIGKILLs the node and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A stopped process dies on SIGKILL too, but continue it so no
+            // signal waits behind the stop.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.state = NodeState::Down;
+    }
+
+    /// SIGSTOPs the node.
+    pub fn pause(&mut self) {
+        if self.state == NodeState::Running {
+            self.signal(rustix::process::Signal::STOP);
+            self.state = NodeState::Paused;
+        }
+    }
+
+    /// SIGCONTs the node.
+    pub fn resume(&mut self) {
+        if self.state == NodeState::Paused {
+            self.signal(rustix::process::Signal::CONT);
+            self.state = NodeState::Running;
+        }
+    }
+
+    /// If the process exited although the harness did not kill it, how.
+    pub fn unexpected_exit(&mut self) -> Option<String> {
+        if self.state == NodeState::Down {
+            return None;
+        }
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                self.state = NodeState::Down;
+                Some(status.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+        self.kill9();
+    }
+}
+
+/// Timing and storage settings given to every node.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `--tick-ms`.
+    pub tick_ms: u64,
+    /// `--election-ticks`.
+    pub election_ticks: u64,
+    /// `--heartbeat-ticks`.
+    pub heartbeat_ticks: u64,
+    /// `--request-timeout-ms`.
+    pub request_timeout_ms: u64,
+    /// `--snapshot-entries`: small, so snapshots and their installs happen
+    /// during a run.
+    pub snapshot_entries: u64,
+    /// `--snapshot-keep-entries`.
+    pub snapshot_keep_entries: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            tick_ms: 25,
+            election_ticks: 20,
+            heartbeat_ticks: 2,
+            request_timeout_ms: 3000,
+            snapshot_entries: 400,
+            snapshot_keep_entries: 50,
+        }
+    }
+}
+
+/// The nodes of one run. Field order matters: nodes are dropped (killed)
+/// before the network.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The node processes by id.
+    pub nodes: BTreeMap<u64, NodeProc>,
+    /// The network they live in.
+    pub net: Net,
+    /// The `raft-node` binary.
+    raft_node: PathBuf,
+    /// The run's directory (certificates, data, logs).
+    dir: PathBuf,
+    /// Flags given to every node.
+    settings: NodeSettings,
+    /// The id the next joining node gets.
+    next_id: u64,
+}
+
+impl Cluster {
+    /// Creates the network, certificates and data directories under `dir`
+    /// and starts `n` nodes (ids 1..=n).
+    ///
+    /// # Errors
+    ///
+    /// When any of it fails; what was made is torn down.
+    pub fn start(
+        dir: &Path,
+        n: u64,
+        raft_node: &Path,
+        settings: &NodeSettings,
+    ) -> Result<Self, ChaosError> {
+        let ids: Vec<u64> = (1..=n).collect();
+        let net = Net::create(&ids)?;
+        let certs = dir.join("certs");
+        // Certificates for the ids of nodes that join later, too.
+        let cert_ids: Vec<u64> = (1..=CERT_IDS_MAX.max(n)).collect();
+        let names: Vec<String> = cert_ids
+            .iter()
+            .map(|id| net.node_ip(*id).to_string())
+            .collect();
+        raft_net_quic::certs::write_dev_certs(&certs, &cert_ids, &names)?;
+        let initial: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let ip = net.node_ip(*id);
+                format!("{id}={ip}:{PEER_PORT}/{ip}:{CLIENT_PORT}")
+            })
+            .collect();
+        let initial = initial.join(",");
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            net,
+            raft_node: raft_node.to_path_buf(),
+            dir: dir.to_path_buf(),
+            settings: settings.clone(),
+            next_id: n + 1,
+        };
+        for &id in &ids {
+            cluster.spawn(id, format!("--initial-cluster={initial}"))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts node `id` (its namespace must exist) with `cluster_flag`
+    /// (`--initial-cluster=…` or `--join=…`).
+    fn spawn(&mut self, id: u64, cluster_flag: String) -> Result<(), ChaosError> {
+        let ip = self.net.node_ip(id);
+        let certs = self.dir.join("certs");
+        let st = &self.settings;
+        let args = vec![
+            "run".to_string(),
+            format!("--id={id}"),
+            format!(
+                "--data-dir={}",
+                self.dir.join(format!("data/node-{id}")).display()
+            ),
+            format!("--client-listen={ip}:{CLIENT_PORT}"),
+            format!("--peer-listen={ip}:{PEER_PORT}"),
+            cluster_flag,
+            format!("--tls-ca={}", certs.join("ca.pem").display()),
+            format!(
+                "--tls-cert={}",
+                certs.join(format!("node-{id}.pem")).display()
+            ),
+            format!(
+                "--tls-key={}",
+                certs.join(format!("node-{id}.key")).display()
+            ),
+            format!("--tick-ms={}", st.tick_ms),
+            format!("--election-ticks={}", st.election_ticks),
+            format!("--heartbeat-ticks={}", st.heartbeat_ticks),
+            format!("--request-timeout-ms={}", st.request_timeout_ms),
+            format!("--snapshot-entries={}", st.snapshot_entries),
+            format!("--snapshot-keep-entries={}", st.snapshot_keep_entries),
+        ];
+        let mut node = NodeProc {
+            id,
+            args,
+            namespace: self.net.namespace(id),
+            child: None,
+            state: NodeState::Down,
+            url: format!("http://{ip}:{CLIENT_PORT}"),
+            log: self.dir.join(format!("node-{id}.log")),
+        };
+        node.start(&self.raft_node)?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Starts a fresh node with the next unused id in a new namespace,
+    /// joining through `via` (a member's URL); returns its id.
+    ///
+    /// # Errors
+    ///
+    /// When the ids are used up or the node cannot be started.
+    pub fn join_new(&mut self, via: &str) -> Result<u64, ChaosError> {
+        let id = self.next_id;
+        if id > CERT_IDS_MAX {
+            return Err(ChaosError::Cluster(format!(
+                "no ids left for new nodes (max {CERT_IDS_MAX})"
+            )));
+        }
+        self.next_id += 1;
+        self.net.add_node(id)?;
+        self.spawn(id, format!("--join={via}"))?;
+        Ok(id)
+    }
+
+    /// Kills node `id` and removes it and its namespace for good (after it
+    /// was removed from the membership).
+    pub fn remove(&mut self, id: u64) {
+        if let Some(mut n) = self.nodes.remove(&id) {
+            n.kill9();
+        }
+        self.net.remove_node(id);
+    }
+
+    /// The ids of the nodes.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The HTTP base URLs of the nodes, by id.
+    pub fn urls(&self) -> Vec<(u64, String)> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| (*id, n.url.clone()))
+            .collect()
+    }
+
+    /// Restarts node `id` after a kill (same data directory).
+    ///
+    /// # Errors
+    ///
+    /// When the process cannot be started.
+    pub fn restart(&mut self, id: u64) -> Result<(), ChaosError> {
+        let raft_node = self.raft_node.clone();
+        match self.nodes.get_mut(&id) {
+            Some(n) if n.state == NodeState::Down => n.start(&raft_node),
+            _ => Ok(()),
+        }
+    }
+
+    /// Continues paused nodes and restarts killed ones.
+    ///
+    /// # Errors
+    ///
+    /// When a node cannot be started.
+    pub fn revive_all(&mut self) -> Result<(), ChaosError> {
+        for id in self.ids() {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.resume();
+            }
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    /// Nodes that exited without the harness killing them: (id, status).
+    pub fn unexpected_exits(&mut self) -> Vec<(u64, String)> {
+        self.nodes
+            .values_mut()
+            .filter_map(|n| n.unexpected_exit().map(|s| (n.id, s)))
+            .collect()
+    }
+}
+
+/// `GET /v1/cluster` of one node (with the key-value digest when asked).
+pub async fn status(client: &reqwest::Client, url: &str, digest: bool) -> Option<Value> {
+    let r = client
+        .get(format!("{url}/v1/cluster?digest={digest}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// The leader most nodes report right now, if any.
+pub async fn current_leader(client: &reqwest::Client, urls: &[(u64, String)]) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, url) in urls {
+        if let Some(l) = status(client, url, false)
+            .await
+            .and_then(|s| s["leader"].as_u64())
+        {
+            *votes.entry(l).or_default() += 1;
+        }
+    }
+    votes.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
+}
+
+/// Waits until every node in `urls` reports the same leader.
+///
+/// # Errors
+///
+/// [`ChaosError::Cluster`] after `timeout`.
+pub async fn wait_for_leader(
+    client: &reqwest::Client,
+    urls: &[(u64, String)],
+    timeout: Duration,
+) -> Result<u64, ChaosError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut seen = Vec::new();
+        for (_, url) in urls {
+            seen.push(
+                status(client, url, false)
+                    .await
+                    .and_then(|s| s["leader"].as_u64()),
+            );
+        }
+        if let Some(Some(l)) = seen.first() {
+            if seen.iter().all(|s| *s == Some(*l)) {
+                return Ok(*l);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Cluster(format!(
+                "no leader all nodes agree on within {timeout:?}: {seen:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

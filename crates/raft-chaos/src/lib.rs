@@ -1,0 +1,28 @@
+//! Jepsen-style fault injection on real `raft-node` processes.
+//!
+//! A run ([`run::run_seed`]) starts a cluster of `raft-node` binaries, each
+//! in its own Linux network namespace ([`netns`], [`cluster`]) with RocksDB
+//! and QUIC with mutual TLS as in production; concurrent clients
+//! ([`client`]) read, write, delete and compare-and-set a small key set
+//! through different nodes and record a history; a nemesis ([`nemesis`])
+//! kills, pauses, partitions, drops packets and throttles bandwidth on a
+//! schedule drawn from a seed; after healing, the checks ([`check`]) decide
+//! whether the history is linearizable, whether an acknowledged write was
+//! lost, and whether all replicas hold the same data. What a failing run
+//! leaves (history JSON, node logs, an HTML timeline) is written by
+//! [`report`].
+//!
+//! It needs root (namespaces, nftables); [`netns::preflight`] says why not
+//! when it cannot run, and installs `nftables` through apt-get when `nft` is
+//! missing.
+
+pub mod check;
+pub mod client;
+pub mod cluster;
+pub mod error;
+pub mod nemesis;
+pub mod netns;
+pub mod report;
+pub mod run;
+
+pub use error::ChaosError;

@@ -1,0 +1,190 @@
+//! `raft-chaos`: runs seeded fault-injection runs against real `raft-node`
+//! processes and prints what each found, with the command that replays a
+//! failing seed. Needs root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use raft_chaos::client::ClientConfig;
+use raft_chaos::cluster::NodeSettings;
+use raft_chaos::nemesis::{NemesisConfig, FAULT_KINDS};
+use raft_chaos::netns;
+use raft_chaos::run::{replay_command, run_seed, RunConfig};
+
+/// Fault injection on real raft-node clusters with a linearizability check.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs seeds SEED..SEED+SEEDS one after the other.
+    Run(RunArgs),
+    /// Removes namespaces, links and processes that dead runs left behind.
+    Cleanup,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Number of nodes (1 to 32; 3 and 5 are the usual).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=32))]
+    nodes: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    seeds: u64,
+    /// Seconds of clients and faults per seed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration_s: u64,
+    /// Output directory (one `seed-N` directory per seed).
+    #[arg(long, default_value = "raft-chaos-out")]
+    out: PathBuf,
+    /// The raft-node binary [default: `raft-node` beside this executable].
+    #[arg(long)]
+    raft_node: Option<PathBuf>,
+    /// Concurrent client workers.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Keys per key epoch.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    keys: u64,
+    /// Consistency of the clients' reads. Only `linearizable` is expected
+    /// to pass; `stale` shows that the checks catch stale reads.
+    #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "lease", "stale"])]
+    read_consistency: String,
+    /// Probability that a fault is a membership change (a voter removed
+    /// and replaced by a fresh node that joins as a learner and is
+    /// promoted); 0 disables them.
+    #[arg(long, default_value_t = 0.08)]
+    replace_p: f64,
+    /// Only these fault kinds, comma-separated (kill, kill-leader, pause,
+    /// isolate-leader, split, bridge, one-way, loss, slow, replace), to find
+    /// which fault a failure needs [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(FAULT_KINDS))]
+    faults: Option<Vec<String>>,
+    /// Keep node logs and data directories of passing runs.
+    #[arg(long)]
+    keep: bool,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("raft-chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<bool> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Cleanup => {
+            for r in netns::cleanup_stale() {
+                println!("removed {r}");
+            }
+            Ok(true)
+        }
+        Cmd::Run(a) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(run(a))
+        }
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<bool> {
+    netns::preflight()?;
+    for r in netns::cleanup_stale() {
+        eprintln!("raft-chaos: removed stale {r}");
+    }
+    let raft_node = match a.raft_node {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("raft-node"),
+    };
+    let raft_node = raft_node
+        .canonicalize()
+        .with_context(|| format!("raft-node binary {}", raft_node.display()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let out = a.out.canonicalize()?;
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut passed = 0u64;
+    for seed in a.seed..a.seed.saturating_add(a.seeds) {
+        let cfg = RunConfig {
+            nodes: a.nodes,
+            seed,
+            duration: Duration::from_secs(a.duration_s),
+            out: out.clone(),
+            raft_node: raft_node.clone(),
+            clients: ClientConfig {
+                workers: a.workers,
+                keys: a.keys,
+                read_consistency: a.read_consistency.clone(),
+                ..ClientConfig::default()
+            },
+            nemesis: NemesisConfig {
+                replace_p: a.replace_p.clamp(0.0, 1.0),
+                kinds: a.faults.as_ref().map(|f| f.iter().cloned().collect()),
+                ..NemesisConfig::default()
+            },
+            node: NodeSettings::default(),
+            keep: a.keep,
+        };
+        let result = tokio::select! {
+            r = run_seed(&cfg) => r,
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the run tore the cluster and network down.
+                anyhow::bail!("interrupted during seed {seed}");
+            }
+        };
+        match result {
+            Ok(s) => {
+                println!("{}", s.render());
+                if s.passed() {
+                    passed += 1;
+                } else {
+                    println!("  replay: {}", replay_command(&cfg));
+                    failed.push(seed);
+                    if a.fail_fast {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                println!("seed {seed}: HARNESS ERROR: {e}");
+                println!("  replay: {}", replay_command(&cfg));
+                failed.push(seed);
+                if a.fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    println!(
+        "raft-chaos: {passed} passed, {} failed {:?} in {:.0} s; output in {}",
+        failed.len(),
+        failed,
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(failed.is_empty())
+}

@@ -1,0 +1,166 @@
+//! The bounded chaos configuration CI runs: 3 seeds of 30 s each on a
+//! 3-node cluster of real `raft-node` processes in network namespaces, with
+//! every fault the nemesis has; it passes only when no run finds a
+//! violation.
+//!
+//! It needs root and network namespaces. Without them it prints why and
+//! passes, unless `CI_REQUIRE_NETNS=1` (set by `scripts/test`), where it
+//! fails instead. `RAFT_CHAOS_SEEDS` / `RAFT_CHAOS_DURATION_S` /
+//! `RAFT_CHAOS_FIRST_SEED` override the configuration for local runs.
+//!
+//! The `raft-node` binary: cargo builds only the binaries of the package
+//! under test for its integration tests, so this test uses the binary beside
+//! the test executable's `deps` directory (`target/<profile>/raft-node`).
+//! `cargo test --workspace` has just built it for raft-node's own tests;
+//! when it is missing or older than the sources of raft-node and the crates
+//! it links (as after `cargo test -p raft-chaos` following an edit), the
+//! test runs `$CARGO build -p raft-node --bin raft-node` in the same profile
+//! first, so it never tests a stale binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use raft_chaos::client::ClientConfig;
+use raft_chaos::cluster::NodeSettings;
+use raft_chaos::nemesis::NemesisConfig;
+use raft_chaos::netns;
+use raft_chaos::run::{replay_command, run_seed, RunConfig};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            self::newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Returns the `raft-node` binary of this profile, building it first when
+/// it is missing or older than the sources it is built from.
+fn raft_node() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/bounded-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps")
+        .to_path_buf();
+    let bin = profile_dir.join("raft-node");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sources = ["raft-core", "raft-log", "raft-net-quic", "raft-node"]
+        .iter()
+        .filter_map(|c| newest(&workspace.join("crates").join(c)))
+        .chain(newest_file(&workspace.join("Cargo.lock")))
+        .max();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_none() || built < sources {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "raft-node", "--bin", "raft-node"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        eprintln!("building raft-node: {build:?}");
+        let status = build.status().expect("running cargo build for raft-node");
+        assert!(
+            status.success(),
+            "cargo build -p raft-node failed: {status}"
+        );
+    }
+    assert!(
+        bin.exists(),
+        "raft-node not found at {} after building it",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_file(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[test]
+fn bounded_chaos_runs_find_no_violation() {
+    if let Err(e) = netns::preflight() {
+        assert!(
+            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
+        );
+        eprintln!("SKIPPED bounded_chaos_runs_find_no_violation: {e}");
+        return;
+    }
+    for r in netns::cleanup_stale() {
+        eprintln!("removed stale {r}");
+    }
+    let raft_node = raft_node();
+    let seeds = env_u64("RAFT_CHAOS_SEEDS", 3);
+    let first = env_u64("RAFT_CHAOS_FIRST_SEED", 1);
+    let duration = Duration::from_secs(env_u64("RAFT_CHAOS_DURATION_S", 30));
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("raft-chaos-bounded");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for seed in first..first + seeds {
+        let cfg = RunConfig {
+            nodes: 3,
+            seed,
+            duration,
+            out: out.clone(),
+            raft_node: raft_node.clone(),
+            clients: ClientConfig::default(),
+            nemesis: NemesisConfig::default(),
+            node: NodeSettings::default(),
+            keep: false,
+        };
+        match runtime.block_on(run_seed(&cfg)) {
+            Ok(s) => {
+                eprintln!("{}", s.render());
+                let total: u64 = s.ops.values().sum();
+                let acked = s.ops.get("write-ok").copied().unwrap_or(0);
+                assert!(
+                    total > 0 && acked > 0,
+                    "seed {seed}: no operation succeeded: {}",
+                    s.render()
+                );
+                if !s.passed() {
+                    failures.push(format!(
+                        "seed {seed}: {}\n  replay: {}\n  or: RAFT_CHAOS_FIRST_SEED={seed} RAFT_CHAOS_SEEDS=1 \
+                         RAFT_CHAOS_DURATION_S={} cargo test -p raft-chaos --test bounded -- --nocapture",
+                        s.render(),
+                        replay_command(&cfg),
+                        duration.as_secs()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!(
+                "seed {seed}: harness error: {e}\n  replay: {}",
+                replay_command(&cfg)
+            )),
+        }
+    }
+    eprintln!(
+        "bounded chaos: {seeds} seeds in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
