@@ -186,3 +186,91 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
     still_serves(&ca, &mut server).await;
     server.transport.shutdown().await;
 }
+
+/// Random bytes from a peer with a valid certificate, after a correct
+/// handshake: on a control, replication or snapshot stream, or a stream of
+/// a random kind, sometimes behind a valid frame. The server must close the
+/// connection with a protocol error or keep it (when the bytes happen to
+/// form whole frames it accepts), never crash or stop serving others.
+/// Seeded: a failure prints the seed; `RAFT_FUZZ_SEED=<seed>` replays it,
+/// `RAFT_FUZZ_CASES` sets the count (default 60).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_from_an_authenticated_peer_break_nothing() {
+    use rand::{Rng, SeedableRng};
+    init_tracing();
+    let seed: u64 = std::env::var("RAFT_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let cases: usize = std::env::var("RAFT_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    eprintln!("random bytes: seed {seed}, {cases} connections (replay: RAFT_FUZZ_SEED={seed})");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let ca = DevCa::generate("cluster").unwrap();
+    let cfg = QuicConfig {
+        max_frame_bytes: 1 << 20,
+        ..test_config()
+    };
+    let mut server = start_node(&ca, 1, any_addr(), cfg);
+    let valid = frame(&Frame::Message(every_message(2, 1).remove(0)));
+    let kinds = [
+        StreamKind::Control as u8,
+        StreamKind::Replication as u8,
+        StreamKind::Snapshot as u8,
+    ];
+    let (mut closed, mut kept) = (0, 0);
+    for i in 0..cases {
+        let kind = if rng.gen_bool(0.9) {
+            kinds[rng.gen_range(0..kinds.len())]
+        } else {
+            rng.gen()
+        };
+        let mut bytes = vec![kind];
+        if rng.gen_bool(0.3) {
+            bytes.extend_from_slice(&valid);
+        }
+        let n = rng.gen_range(0..4096);
+        bytes.extend((0..n).map(|_| rng.gen::<u8>()));
+        let (endpoint, client_cfg) = raw_client(&ca, 2);
+        let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("seed {seed}, case {i}: the server refused a connection: {e}")
+            });
+        assert_eq!(
+            raw_hello(&conn, 2, 1, 1).await.unwrap(),
+            Frame::Welcome { node: 1 },
+            "seed {seed}, case {i}"
+        );
+        let mut s = conn.open_uni().await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let _ = s.finish();
+        match tokio::time::timeout(Duration::from_secs(2), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(
+                    c.error_code,
+                    quinn::VarInt::from_u32(close_code::PROTOCOL),
+                    "seed {seed}, case {i}: closed with {c:?}"
+                );
+                closed += 1;
+            }
+            Ok(other) => panic!("seed {seed}, case {i}: connection ended by {other:?}"),
+            Err(_) => {
+                kept += 1;
+                conn.close(0u32.into(), b"done");
+            }
+        }
+        endpoint.wait_idle().await;
+    }
+    eprintln!("random bytes: {closed} connections closed with a protocol error, {kept} kept");
+    assert!(closed > 0, "seed {seed}: no random input was refused");
+    // The valid frames sent before the garbage were delivered; drop them.
+    while recv(&mut server.inbound, Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+    still_serves(&ca, &mut server).await;
+    server.transport.shutdown().await;
+}
