@@ -100,8 +100,11 @@ pub fn preflight() -> Result<(), ChaosError> {
         run_cmd("apt-get", &["install", "-y", "-qq", "nftables"])
             .map_err(|e| ChaosError::Unsupported(format!("cannot install nftables: {e}")))?;
     }
-    // A throwaway namespace proves the kernel lets us create them.
-    let probe = format!("rc{}z-probe", std::process::id());
+    // A throwaway namespace proves the kernel lets us create them. Tests in
+    // one process call this concurrently: each call gets its own name.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("rc{}z{n}-probe", std::process::id());
     run_cmd("ip", &["netns", "add", &probe])
         .map_err(|e| ChaosError::Unsupported(format!("cannot create a namespace: {e}")))?;
     let _ = run_cmd("ip", &["netns", "del", &probe]);
