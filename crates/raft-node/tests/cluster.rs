@@ -222,6 +222,39 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
     ] {
         assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
     }
+    // The log-position gauges follow the log, not only role changes: after
+    // a quiet moment they agree with the node's own status.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = client
+            .get(format!("{}/metrics", procs[new_leader].http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let s = status(&client, &procs[new_leader]).await.unwrap();
+        let gauge = |name: &str| -> Option<u64> {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        let last = s["last_index"].as_u64().unwrap();
+        let seen = (
+            gauge("raft_last_log_index "),
+            gauge("raft_commit_index "),
+            gauge("raft_applied_index "),
+        );
+        if seen == (Some(last), Some(last), Some(last)) && last > 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log-position gauges {seen:?} do not match the status (last index {last}):\n{s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         client
             .get(format!("{}/healthz", procs[0].http))

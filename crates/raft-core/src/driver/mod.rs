@@ -607,6 +607,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     }
                 }
                 self.snapshot = Some((meta, data));
+                self.publish_metrics();
             }
             Event::SnapshotSent { to, delivered } => {
                 self.sending.remove(&to);
@@ -745,6 +746,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 truncate_from: ready.truncate_from,
                 entries: ready.entries,
             };
+            if !write.entries.is_empty() || write.truncate_from.is_some() {
+                // Appends and truncations move the end of the log; the
+                // soft-state path alone would leave this gauge at the value
+                // of the last role change.
+                metrics::gauge!("raft_last_log_index").set(self.engine.last_log_id().index as f64);
+            }
             if !write.is_empty() || !ready.persisted_messages.is_empty() {
                 let job = PersistJob {
                     write,
