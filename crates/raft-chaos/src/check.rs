@@ -122,6 +122,14 @@ pub fn lost_writes(
     finals: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> Vec<Violation> {
     let ops = history.ops();
+    // The writes of each key (a run has many keys: scanning only the key's
+    // own writes keeps this linear in the history per write).
+    let mut writes_of: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
+    for (j, o) in ops.iter().enumerate() {
+        if written(&o.op).is_some() {
+            writes_of.entry(o.key.as_slice()).or_default().push(j);
+        }
+    }
     let mut out = Vec::new();
     for (i, w) in ops.iter().enumerate() {
         let acked = matches!(
@@ -137,10 +145,11 @@ pub fn lost_writes(
         if fin.as_deref() == value {
             continue;
         }
-        let superseded = ops.iter().enumerate().any(|(j, o)| {
+        let same_key = writes_of
+            .get(w.key.as_slice())
+            .map_or(&[][..], Vec::as_slice);
+        let superseded = same_key.iter().map(|j| (*j, &ops[*j])).any(|(j, o)| {
             j != i
-                && o.key == w.key
-                && written(&o.op).is_some()
                 && matches!(
                     o.outcome,
                     Outcome::WriteOk | Outcome::DeleteOk | Outcome::CasOk | Outcome::Indeterminate

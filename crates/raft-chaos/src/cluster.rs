@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::error::ChaosError;
 use crate::netns::Net;
+use crate::relay::Relay;
 
 /// Port of the HTTP API in every namespace.
 pub const CLIENT_PORT: u16 = 8080;
@@ -53,6 +54,9 @@ pub struct NodeProc {
     pub url: String,
     /// Its log file (stdout and stderr, appended across restarts).
     pub log: PathBuf,
+    /// How it exited on its own, when the harness found that out while
+    /// killing it (reported once by [`NodeProc::unexpected_exit`]).
+    crash: Option<String>,
 }
 
 impl NodeProc {
@@ -91,6 +95,13 @@ impl NodeProc {
     /// SIGKILLs the node and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // It may have died on its own since the last poll: that is a
+            // crash, whatever the nemesis meant to do to it.
+            if self.state != NodeState::Down {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.crash = Some(status.to_string());
+                }
+            }
             // A stopped process dies on SIGKILL too, but continue it so no
             // signal waits behind the stop.
             let _ = c.kill();
@@ -117,6 +128,9 @@ impl NodeProc {
 
     /// If the process exited although the harness did not kill it, how.
     pub fn unexpected_exit(&mut self) -> Option<String> {
+        if let Some(crash) = self.crash.take() {
+            return Some(crash);
+        }
         if self.state == NodeState::Down {
             return None;
         }
@@ -185,6 +199,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     /// The network they live in.
     pub net: Net,
+    /// The delay relay, made by the first delay fault.
+    pub relay: Option<Relay>,
     /// The `raft-node` binary.
     raft_node: PathBuf,
     /// The run's directory (certificates, data, logs).
@@ -193,6 +209,8 @@ pub struct Cluster {
     settings: NodeSettings,
     /// The id the next joining node gets.
     next_id: u64,
+    /// Removed nodes found to have exited on their own, not yet reported.
+    removed_crashes: Vec<(u64, String)>,
 }
 
 impl Cluster {
@@ -229,10 +247,12 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             net,
+            relay: None,
             raft_node: raft_node.to_path_buf(),
             dir: dir.to_path_buf(),
             settings: settings.clone(),
             next_id: n + 1,
+            removed_crashes: Vec::new(),
         };
         for &id in &ids {
             cluster.spawn(id, format!("--initial-cluster={initial}"))?;
@@ -280,6 +300,7 @@ impl Cluster {
             state: NodeState::Down,
             url: format!("http://{ip}:{CLIENT_PORT}"),
             log: self.dir.join(format!("node-{id}.log")),
+            crash: None,
         };
         node.start(&self.raft_node)?;
         self.nodes.insert(id, node);
@@ -294,7 +315,7 @@ impl Cluster {
     /// When the ids are used up or the node cannot be started.
     pub fn join_new(&mut self, via: &str) -> Result<u64, ChaosError> {
         let id = self.next_id;
-        if id > CERT_IDS_MAX {
+        if !self.can_join() {
             return Err(ChaosError::Cluster(format!(
                 "no ids left for new nodes (max {CERT_IDS_MAX})"
             )));
@@ -305,13 +326,30 @@ impl Cluster {
         Ok(id)
     }
 
+    /// Whether [`Cluster::join_new`] has an id (and a certificate) left.
+    pub fn can_join(&self) -> bool {
+        self.next_id <= CERT_IDS_MAX
+    }
+
     /// Kills node `id` and removes it and its namespace for good (after it
-    /// was removed from the membership).
+    /// was removed from the membership). If it had exited on its own, the
+    /// next [`Cluster::unexpected_exits`] reports it.
     pub fn remove(&mut self, id: u64) {
         if let Some(mut n) = self.nodes.remove(&id) {
             n.kill9();
+            if let Some(crash) = n.unexpected_exit() {
+                self.removed_crashes.push((id, crash));
+            }
         }
         self.net.remove_node(id);
+    }
+
+    /// The log files of every node this run started, removed ones too.
+    pub fn logs(&self) -> Vec<(u64, PathBuf)> {
+        (1..self.next_id)
+            .map(|id| (id, self.dir.join(format!("node-{id}.log"))))
+            .filter(|(_, p)| p.exists())
+            .collect()
     }
 
     /// The ids of the nodes.
@@ -357,10 +395,13 @@ impl Cluster {
 
     /// Nodes that exited without the harness killing them: (id, status).
     pub fn unexpected_exits(&mut self) -> Vec<(u64, String)> {
-        self.nodes
-            .values_mut()
-            .filter_map(|n| n.unexpected_exit().map(|s| (n.id, s)))
-            .collect()
+        let mut out = std::mem::take(&mut self.removed_crashes);
+        out.extend(
+            self.nodes
+                .values_mut()
+                .filter_map(|n| n.unexpected_exit().map(|s| (n.id, s))),
+        );
+        out
     }
 }
 
@@ -423,5 +464,41 @@ pub async fn wait_for_leader(
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc_running(program: &str, args: &[&str]) -> NodeProc {
+        NodeProc {
+            id: 1,
+            args: Vec::new(),
+            namespace: String::new(),
+            child: Some(Command::new(program).args(args).spawn().expect("spawn")),
+            state: NodeState::Running,
+            url: String::new(),
+            log: PathBuf::new(),
+            crash: None,
+        }
+    }
+
+    #[test]
+    fn a_node_found_dead_when_the_nemesis_kills_it_is_reported_once() {
+        let mut n = proc_running("sh", &["-c", "exit 3"]);
+        std::thread::sleep(Duration::from_millis(300));
+        n.kill9();
+        let crash = n.unexpected_exit().expect("the earlier exit is reported");
+        assert!(crash.contains('3'), "{crash}");
+        assert_eq!(n.unexpected_exit(), None);
+    }
+
+    #[test]
+    fn a_node_killed_while_running_is_no_crash() {
+        let mut n = proc_running("sleep", &["30"]);
+        n.kill9();
+        assert_eq!(n.unexpected_exit(), None);
+        assert_eq!(n.state, NodeState::Down);
     }
 }

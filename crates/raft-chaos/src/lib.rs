@@ -5,8 +5,9 @@
 //! and QUIC with mutual TLS as in production; concurrent clients
 //! ([`client`]) read, write, delete and compare-and-set a small key set
 //! through different nodes and record a history; a nemesis ([`nemesis`])
-//! kills, pauses, partitions, drops packets and throttles bandwidth on a
-//! schedule drawn from a seed; after healing, the checks ([`check`]) decide
+//! kills, pauses, partitions, drops, delays ([`relay`]) and reorders
+//! packets, throttles bandwidth and replaces members on a schedule drawn
+//! from a seed; after healing, the checks ([`check`]) decide
 //! whether the history is linearizable, whether an acknowledged write was
 //! lost, and whether all replicas hold the same data. What a failing run
 //! leaves (history JSON, node logs, an HTML timeline) is written by
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod error;
 pub mod nemesis;
 pub mod netns;
+pub mod relay;
 pub mod report;
 pub mod run;
 

@@ -66,7 +66,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.08)]
     replace_p: f64,
     /// Only these fault kinds, comma-separated (kill, kill-leader, pause,
-    /// isolate-leader, split, bridge, one-way, loss, slow, replace), to find
+    /// isolate-leader, split, bridge, one-way, loss, slow, delay, replace), to find
     /// which fault a failure needs [default: all].
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(FAULT_KINDS))]
     faults: Option<Vec<String>>,

@@ -8,6 +8,7 @@
 //! leader", the node is whichever one the cluster reports at that moment.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
@@ -15,9 +16,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::cluster::{current_leader, status, Cluster};
+use crate::cluster::{current_leader, status, Cluster, PEER_PORT};
 use crate::error::ChaosError;
-use crate::netns::NodeFaults;
+use crate::netns::{NodeFaults, Redirect};
+use crate::relay::Relay;
 
 /// A fault, resolved to concrete nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,17 @@ pub enum Fault {
         /// kbit/s.
         kbit: u32,
     },
+    /// Every node-to-node datagram (QUIC) delayed by `base_ms` plus a
+    /// uniform draw from `0..=jitter_ms`, each on its own, so a jitter
+    /// reorders them; through the relay of [`crate::relay`].
+    Delay {
+        /// Fixed delay, ms, each way.
+        base_ms: u32,
+        /// Largest extra delay, ms.
+        jitter_ms: u32,
+        /// Seed of the per-datagram draws.
+        seed: u64,
+    },
     /// Remove a voter from the membership, stop it for good, and add a
     /// fresh node (new id, empty data) as a learner, then promote it.
     Replace {
@@ -88,6 +101,7 @@ impl Fault {
             Fault::OneWay { .. } => "one-way",
             Fault::Loss { .. } => "loss",
             Fault::Slow { .. } => "slow",
+            Fault::Delay { .. } => "delay",
             Fault::Replace { .. } => "replace",
         }
     }
@@ -110,6 +124,9 @@ impl Fault {
             Fault::OneWay { from, to } => format!("one-way: node {to} drops from {}", set(from)),
             Fault::Loss { pct } => format!("loss {pct}% between nodes"),
             Fault::Slow { kbit } => format!("slow {kbit} kbit/s egress"),
+            Fault::Delay {
+                base_ms, jitter_ms, ..
+            } => format!("delay {base_ms} ms + up to {jitter_ms} ms jitter between nodes"),
             Fault::Replace { node } => format!("replace node {node} by a fresh node"),
         }
     }
@@ -135,14 +152,16 @@ pub fn choose(rng: &mut ChaCha8Rng, ids: &[u64], leader: Option<u64>) -> Fault {
     let any = shuffled.first().copied().unwrap_or(1);
     let leader_or_any = leader.unwrap_or(any);
     let n = ids.len();
-    match rng.gen_range(0..100) {
+    match rng.gen_range(0..110) {
         0..=11 => Fault::Kill {
             node: any,
             leader: false,
         },
+        // The kind follows from the seed alone (so `--faults` filters the
+        // same draws on a replay); the node is the leader when one is known.
         12..=21 => Fault::Kill {
             node: leader_or_any,
-            leader: leader.is_some(),
+            leader: true,
         },
         22..=33 => Fault::Pause {
             node: if rng.gen_bool(0.5) {
@@ -192,9 +211,21 @@ pub fn choose(rng: &mut ChaCha8Rng, ids: &[u64], leader: Option<u64>) -> Fault {
         82..=91 => Fault::Loss {
             pct: *[10u8, 25, 40].choose(rng).unwrap_or(&10),
         },
-        _ => Fault::Slow {
+        92..=99 => Fault::Slow {
             kbit: *[128u32, 512, 2048].choose(rng).unwrap_or(&512),
         },
+        _ => {
+            // From a LAN's jitter to a WAN's latency; the election timeout
+            // the harness gives nodes is 500 ms.
+            let (base_ms, jitter_ms) = *[(1u32, 4u32), (5, 20), (30, 30), (80, 40)]
+                .choose(rng)
+                .unwrap_or(&(5, 20));
+            Fault::Delay {
+                base_ms,
+                jitter_ms,
+                seed: rng.gen(),
+            }
+        }
     }
 }
 
@@ -237,7 +268,8 @@ pub fn network_faults(fault: &Fault, ids: &[u64]) -> BTreeMap<u64, NodeFaults> {
         }
         Fault::Loss { pct } => out.values_mut().for_each(|f| f.loss_pct = *pct),
         Fault::Slow { kbit } => out.values_mut().for_each(|f| f.rate_kbit = Some(*kbit)),
-        Fault::Kill { .. } | Fault::Pause { .. } | Fault::Replace { .. } => {}
+        // Needs the relay's ports: see [`apply`].
+        Fault::Kill { .. } | Fault::Pause { .. } | Fault::Replace { .. } | Fault::Delay { .. } => {}
     }
     out
 }
@@ -261,6 +293,39 @@ pub fn apply(cluster: &mut Cluster, fault: &Fault) -> Result<(), ChaosError> {
         }
         // Asynchronous, with its own steps: see [`replace`].
         Fault::Replace { .. } => {}
+        Fault::Delay {
+            base_ms,
+            jitter_ms,
+            seed,
+        } => {
+            let ids = cluster.ids();
+            let relay = cluster
+                .relay
+                .get_or_insert_with(|| Relay::new(cluster.net.client_ip()));
+            relay.set_delay(
+                Duration::from_millis(u64::from(*base_ms)),
+                Duration::from_millis(u64::from(*jitter_ms)),
+                *seed,
+            );
+            for &from in &ids {
+                let mut redirect = Vec::new();
+                for &to in ids.iter().filter(|t| **t != from) {
+                    let dest = SocketAddrV4::new(cluster.net.node_ip(to), PEER_PORT);
+                    redirect.push(Redirect {
+                        to,
+                        port: PEER_PORT,
+                        via_port: relay.port_for(from, to, dest)?,
+                    });
+                }
+                cluster.net.set_faults(
+                    from,
+                    &NodeFaults {
+                        redirect,
+                        ..NodeFaults::default()
+                    },
+                )?;
+            }
+        }
         _ => {
             let ids = cluster.ids();
             for (id, f) in network_faults(fault, &ids) {
@@ -339,9 +404,10 @@ pub async fn next_faults(
     if is_network && rng.gen_bool(cfg.combine_p) {
         let node = ids[rng.gen_range(0..ids.len())];
         let extra = if rng.gen_bool(0.5) {
+            // A random node, the leader or not: a plain kill.
             Fault::Kill {
                 node,
-                leader: Some(node) == leader,
+                leader: false,
             }
         } else {
             Fault::Pause { node }
@@ -357,7 +423,7 @@ pub async fn next_faults(
 const FAULT_DRAWS_MAX: usize = 1000;
 
 /// Every fault kind, as [`Fault::kind`] names them.
-pub const FAULT_KINDS: [&str; 10] = [
+pub const FAULT_KINDS: [&str; 11] = [
     "kill",
     "kill-leader",
     "pause",
@@ -367,6 +433,7 @@ pub const FAULT_KINDS: [&str; 10] = [
     "one-way",
     "loss",
     "slow",
+    "delay",
     "replace",
 ];
 
@@ -408,6 +475,11 @@ pub async fn replace(
     node: u64,
     budget: Duration,
 ) -> Result<String, ChaosError> {
+    if !cluster.can_join() {
+        return Ok(format!(
+            "no ids left for a new node; node {node} was not replaced"
+        ));
+    }
     let deadline = Instant::now() + budget;
     let urls = cluster.urls();
     let others: Vec<(u64, String)> = urls.iter().filter(|(id, _)| *id != node).cloned().collect();

@@ -1,7 +1,9 @@
 //! The network: one Linux network namespace per node, each joined to a
 //! bridge in the root namespace by a veth pair, and the faults the nemesis
 //! injects into it (nftables drop rules for partitions and packet loss, a
-//! tc token bucket for bandwidth).
+//! tc token bucket for bandwidth, and nftables rules that rewrite
+//! node-to-node UDP addresses to send it through the delay relay of
+//! [`crate::relay`]).
 //!
 //! Layout of one run whose prefix is `rc<pid><letter>` (`rc4242a`):
 //!
@@ -34,6 +36,10 @@ pub const NODES_MAX: u64 = 32;
 
 /// The nftables table the harness owns in every node namespace.
 const TABLE: &str = "raftchaos";
+
+/// The nftables table that exists only while a node's UDP is redirected
+/// into the delay relay.
+const RELAY_TABLE: &str = "raftchaos_delay";
 
 /// Runs a command, returning its stdout, or an error with its stderr.
 pub(crate) fn run_cmd(program: &str, args: &[&str]) -> Result<String, ChaosError> {
@@ -180,6 +186,22 @@ pub struct NodeFaults {
     pub loss_pct: u8,
     /// Egress bandwidth limit in kbit/s, if any.
     pub rate_kbit: Option<u32>,
+    /// This node's UDP to these peers goes through the delay relay
+    /// ([`crate::relay`]).
+    pub redirect: Vec<Redirect>,
+}
+
+/// One peer whose UDP port a node reaches through a relay socket on the
+/// bridge address instead of directly (stateless address rewriting by
+/// nftables in the node's namespace, both ways).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirect {
+    /// The peer node.
+    pub to: u64,
+    /// The peer's UDP port whose traffic is redirected.
+    pub port: u16,
+    /// The relay's port on [`Net::client_ip`].
+    pub via_port: u16,
 }
 
 /// The network of one run. Dropping it removes everything it created.
@@ -348,6 +370,39 @@ impl Net {
                     ips(&others),
                 );
             }
+        }
+        // Adding before deleting makes the delete valid whether or not the
+        // table exists; the whole script is one transaction.
+        script += &format!("add table ip {RELAY_TABLE}\ndelete table ip {RELAY_TABLE}\n");
+        if !faults.redirect.is_empty() {
+            // Stateless rewriting, not `dnat`: QUIC sends both ways between
+            // the same two ports, so a conntrack entry made by the peer's
+            // first packet would claim this node's packets as replies and
+            // exempt them from NAT. A `route` chain re-routes the packet
+            // after its destination changed.
+            script += &format!(
+                "table ip {RELAY_TABLE} {{\n\tchain out {{\n\t\ttype route hook output priority -150; policy accept;\n"
+            );
+            for r in &faults.redirect {
+                script += &format!(
+                    "\t\tip daddr {} udp dport {} ip daddr set {} udp dport set {}\n",
+                    self.node_ip(r.to),
+                    r.port,
+                    self.client_ip(),
+                    r.via_port
+                );
+            }
+            script += "\t}\n\tchain in {\n\t\ttype filter hook prerouting priority -150; policy accept;\n";
+            for r in &faults.redirect {
+                script += &format!(
+                    "\t\tip saddr {} udp sport {} ip saddr set {} udp sport set {}\n",
+                    self.client_ip(),
+                    r.via_port,
+                    self.node_ip(r.to),
+                    r.port
+                );
+            }
+            script += "\t}\n}\n";
         }
         run_cmd_stdin(
             "ip",

@@ -127,7 +127,16 @@ pub fn write_timeline(
         .into_iter()
         .filter(|i| ops[*i].invoke <= hi && end_of(&ops[*i]) >= lo)
         .collect();
-    shown.truncate(TIMELINE_OPS_MAX);
+    if shown.len() > TIMELINE_OPS_MAX {
+        // Keep the focused operations, then those nearest to them.
+        let centre = (lo + hi) / 2;
+        shown.sort_by_key(|i| {
+            let o = &ops[*i];
+            (!focus.contains(i), o.invoke.abs_diff(centre))
+        });
+        shown.truncate(TIMELINE_OPS_MAX);
+        shown.sort_unstable();
+    }
     let clients: Vec<u64> = {
         let mut c: Vec<u64> = shown.iter().map(|i| ops[*i].client).collect();
         c.sort_unstable();

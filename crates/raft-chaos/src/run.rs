@@ -206,6 +206,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             }
         }
     };
+    let mut harness_error: Option<ChaosError> = None;
     while Instant::now() < run_end {
         let quiet = nemesis::pick_ms(&mut rng, cfg.nemesis.quiet_ms);
         sleep_watching(
@@ -231,7 +232,15 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             });
             if let Fault::Replace { node } = f {
                 let what =
-                    nemesis::replace(&mut cluster, &http, *node, Duration::from_secs(40)).await?;
+                    match nemesis::replace(&mut cluster, &http, *node, Duration::from_secs(40))
+                        .await
+                    {
+                        Ok(what) => what,
+                        Err(e) => {
+                            harness_error = Some(e);
+                            break;
+                        }
+                    };
                 notes.push(format!("membership: {what}"));
                 if let Some(e) = events.last_mut() {
                     e.detail = what;
@@ -240,9 +249,13 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
                 if let Ok(mut u) = shared_urls.write() {
                     *u = now;
                 }
-            } else {
-                nemesis::apply(&mut cluster, f)?;
+            } else if let Err(e) = nemesis::apply(&mut cluster, f) {
+                harness_error = Some(e);
+                break;
             }
+        }
+        if harness_error.is_some() {
+            break;
         }
         sleep_watching(
             hold,
@@ -252,7 +265,10 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             &mut check_exits,
         )
         .await;
-        nemesis::heal(&mut cluster)?;
+        if let Err(e) = nemesis::heal(&mut cluster) {
+            harness_error = Some(e);
+            break;
+        }
         let healed = rec.now_us();
         for e in &mut events[first..] {
             e.end_us = Some(healed);
@@ -262,12 +278,47 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     for w in workers {
         let _ = w.await;
     }
-    nemesis::heal(&mut cluster)?;
+    if let Err(e) = nemesis::heal(&mut cluster) {
+        harness_error.get_or_insert(e);
+    }
+    // A harness failure (a rule that cannot be written, a node that cannot
+    // be started) makes the run invalid, not the system wrong; the checks
+    // still run and the history and logs are kept to look at.
+    if let Some(e) = harness_error {
+        violations.push(Violation {
+            check: "harness-error",
+            detail: format!("the harness failed, so this run proves nothing: {e}"),
+            key: None,
+            focus: Vec::new(),
+        });
+    }
     check_exits(&mut cluster, &mut violations);
+    if let Some(relay) = &cluster.relay {
+        notes.push(format!(
+            "delay relay: {} node-to-node datagrams delayed, {} dropped for a full queue",
+            relay.relayed(),
+            relay.dropped()
+        ));
+    }
 
     // Convergence: a leader, then a final read of every key, then identical
-    // replicas (of the nodes there are now: replaced ones are gone).
-    let urls = cluster.urls();
+    // replicas (of the nodes there are now: replaced ones are gone, and a
+    // node whose removal the harness gave up on but which committed later
+    // is no replica either).
+    let mut urls = cluster.urls();
+    if let Some(members) = committed_members(&http, &urls, Duration::from_secs(30)).await {
+        let gone: Vec<u64> = urls
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !members.contains(id))
+            .collect();
+        if !gone.is_empty() {
+            notes.push(format!(
+                "nodes {gone:?} are no longer members: left out of the convergence checks"
+            ));
+            urls.retain(|(id, _)| members.contains(id));
+        }
+    }
     let node_urls: Vec<String> = urls.iter().map(|(_, u)| u.clone()).collect();
     if let Err(e) = wait_for_leader(&http, &urls, Duration::from_secs(60)).await {
         violations.push(Violation {
@@ -280,15 +331,29 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     let history_so_far = rec.history();
     let keys: BTreeSet<Vec<u8>> = history_so_far.ops().iter().map(|o| o.key.clone()).collect();
     let mut finals = BTreeMap::new();
+    // One budget for all keys: a cluster that cannot answer fails them all
+    // within it, instead of costing 30 s per key.
+    let reads_deadline = Instant::now() + FINAL_READS_BUDGET;
     for key in &keys {
         let key_s = String::from_utf8_lossy(key).into_owned();
-        match final_read(&http, &rec, &node_urls, &key_s, Duration::from_secs(30)).await {
+        let left = reads_deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(30));
+        let read = if left.is_zero() {
+            None
+        } else {
+            final_read(&http, &rec, &node_urls, &key_s, left).await
+        };
+        match read {
             Some(v) => {
                 finals.insert(key.clone(), v);
             }
             None => violations.push(Violation {
                 check: "no-convergence",
-                detail: format!("no node answered a read of {key_s} within 30 s after healing"),
+                detail: format!(
+                    "no node answered a read of {key_s} after healing (within {} s for all final reads)",
+                    FINAL_READS_BUDGET.as_secs()
+                ),
                 key: Some(key.clone()),
                 focus: Vec::new(),
             }),
@@ -313,10 +378,38 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             focus: Vec::new(),
         }),
     }
-    violations.extend(check::lost_writes(&history, &finals));
+    let lw_history = history.clone();
+    match tokio::task::spawn_blocking(move || check::lost_writes(&lw_history, &finals)).await {
+        Ok(found) => violations.extend(found),
+        Err(e) => violations.push(Violation {
+            check: "undecided",
+            detail: format!("the lost-write check panicked: {e}"),
+            key: None,
+            focus: Vec::new(),
+        }),
+    }
 
     // Stop the nodes before writing: their logs are complete then.
+    let logs = cluster.logs();
     drop(cluster);
+    // A panic is a bug even when the process survived it (or an older
+    // binary without the abort hook ran).
+    for (id, log) in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+            violations.push(Violation {
+                check: "node-panicked",
+                detail: format!(
+                    "node {id} panicked ({}):\n{}",
+                    log.display(),
+                    lines[at.saturating_sub(5)..(at + 15).min(lines.len())].join("\n")
+                ),
+                key: None,
+                focus: Vec::new(),
+            });
+        }
+    }
     let summary = summarize(
         cfg, started, &history, &events, &rec, violations, notes, dir,
     );
@@ -438,6 +531,37 @@ fn write_outputs(
 fn remove_quietly(p: &Path) {
     let _ = std::fs::remove_dir_all(p);
 }
+
+/// The members (voters and learners) of the configuration the leader
+/// reports as committed, asking each node in turn until one leads.
+async fn committed_members(
+    http: &reqwest::Client,
+    urls: &[(u64, String)],
+    timeout: Duration,
+) -> Option<BTreeSet<u64>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for (_, url) in urls {
+            let Some(s) = crate::cluster::status(http, url, false).await else {
+                continue;
+            };
+            if s["role"] == "leader" && s["membership"]["committed"] == true {
+                let mut members = BTreeSet::new();
+                for k in ["voters", "learners", "outgoing_voters"] {
+                    for v in s["membership"][k].as_array().into_iter().flatten() {
+                        members.extend(v.as_u64());
+                    }
+                }
+                return Some(members);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Time for the final reads of every key after healing, all keys together.
+const FINAL_READS_BUDGET: Duration = Duration::from_secs(60);
 
 /// The command that replays `cfg`'s seed.
 pub fn replay_command(cfg: &RunConfig) -> String {

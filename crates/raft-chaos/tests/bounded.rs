@@ -1,7 +1,8 @@
 //! The bounded chaos configuration CI runs: 3 seeds of 30 s each on a
 //! 3-node cluster of real `raft-node` processes in network namespaces, with
 //! every fault the nemesis has; it passes only when no run finds a
-//! violation.
+//! violation. A shorter run with only delay faults shows the delay relay
+//! carries the nodes' traffic.
 //!
 //! It needs root and network namespaces. Without them it prints why and
 //! passes, unless `CI_REQUIRE_NETNS=1` (set by `scripts/test`), where it
@@ -163,4 +164,73 @@ fn bounded_chaos_runs_find_no_violation() {
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
+    if let Err(e) = netns::preflight() {
+        assert!(
+            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let raft_node = raft_node();
+    let seed = env_u64("RAFT_CHAOS_DELAY_SEED", 11);
+    let cfg = RunConfig {
+        nodes: 3,
+        seed,
+        duration: Duration::from_secs(15),
+        out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("raft-chaos-delay"),
+        raft_node,
+        clients: ClientConfig::default(),
+        nemesis: NemesisConfig {
+            kinds: Some(["delay".to_string()].into()),
+            ..NemesisConfig::default()
+        },
+        node: NodeSettings::default(),
+        keep: false,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let s = runtime.block_on(run_seed(&cfg)).unwrap_or_else(|e| {
+        panic!(
+            "seed {seed}: harness error: {e}\n  replay: {}",
+            replay_command(&cfg)
+        )
+    });
+    eprintln!("{}", s.render());
+    assert!(
+        s.passed(),
+        "seed {seed}: {}\n  replay: {}",
+        s.render(),
+        replay_command(&cfg)
+    );
+    assert!(
+        s.faults.get("delay").copied().unwrap_or(0) > 0,
+        "{}",
+        s.render()
+    );
+    // The nodes' traffic really went through the relay.
+    let relayed: u64 = s
+        .notes
+        .iter()
+        .find_map(|n| n.strip_prefix("delay relay: "))
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        relayed > 100,
+        "seed {seed}: relayed {relayed}: {}",
+        s.render()
+    );
+    assert!(
+        s.ops.get("write-ok").copied().unwrap_or(0) > 0,
+        "{}",
+        s.render()
+    );
 }

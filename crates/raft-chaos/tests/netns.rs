@@ -1,6 +1,7 @@
 //! The network harness on its own: a partition really cuts node-to-node
 //! TCP while the clients in the root namespace still reach every node, loss
-//! and bandwidth rules apply and heal, and dropping the network leaves no
+//! and bandwidth rules apply and heal, a delay fault holds and reorders
+//! node-to-node UDP and heals, and dropping the network leaves no
 //! namespace or link behind.
 //!
 //! A listener runs inside a node namespace as this test binary itself
@@ -9,11 +10,12 @@
 //! namespace. Needs root; skips otherwise unless `CI_REQUIRE_NETNS=1`.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raft_chaos::netns::{self, Net, NodeFaults};
+use raft_chaos::netns::{self, Net, NodeFaults, Redirect};
+use raft_chaos::relay::Relay;
 
 /// Not a test on its own: the listener the other test starts in a
 /// namespace. Without `RC_HELPER_LISTEN` it does nothing.
@@ -189,4 +191,169 @@ fn stale_namespaces_and_links_of_dead_runs_are_removed() {
         "{removed:?}"
     );
     assert!(names_with(&prefix).is_empty(), "{:?}", names_with(&prefix));
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns`: made on a thread that
+/// joined the namespace; the socket stays in it wherever it is used.
+fn udp_socket_in(ns: &str, addr: SocketAddr) -> UdpSocket {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns");
+        let s = UdpSocket::bind(addr).expect("bind in the namespace");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Sends `msgs` from `sock` to `to`, all at once, and returns the replies in
+/// the order they came: (reply, where it came from), and the time until the
+/// last one.
+fn exchange(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    msgs: &[String],
+) -> (Vec<(String, SocketAddr)>, Duration) {
+    let start = Instant::now();
+    for m in msgs {
+        sock.send_to(m.as_bytes(), to).expect("send");
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while out.len() < msgs.len() {
+        let (n, from) = sock.recv_from(&mut buf).expect("a reply within 5 s");
+        out.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+    }
+    (out, start.elapsed())
+}
+
+#[test]
+fn a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals() {
+    if let Err(e) = netns::preflight() {
+        assert!(
+            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _in_rt = rt.enter();
+    let net = Net::create(&[1, 2]).expect("network");
+    let prefix = net.prefix().to_owned();
+    let peer = SocketAddr::new(net.node_ip(2).into(), 7000);
+    // Node 2 echoes each datagram with the source address it saw.
+    let echo = udp_socket_in(&net.namespace(2), peer);
+    let from2 = echo.try_clone().expect("clone");
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if &buf[..n] == b"stop" {
+                break;
+            }
+            let reply = format!("{} {}", String::from_utf8_lossy(&buf[..n]), from.ip());
+            let _ = echo.send_to(reply.as_bytes(), from);
+        }
+    });
+    // Node 1 sends from the port it also receives on, as QUIC endpoints do.
+    let node1 = udp_socket_in(
+        &net.namespace(1),
+        SocketAddr::new(net.node_ip(1).into(), 7000),
+    );
+    let from_node1 = net.node_ip(1).to_string();
+    let via_relay = net.client_ip().to_string();
+    let ping = |n: usize| -> Vec<String> { (0..n).map(|i| i.to_string()).collect() };
+
+    // Direct: node 2 sees node 1.
+    let (replies, _) = exchange(&node1, peer, &ping(3));
+    for (r, from) in &replies {
+        assert_eq!(*from, peer);
+        assert!(r.ends_with(&from_node1), "{r}");
+    }
+
+    // A 40 ms delay each way: the round trip takes at least 80 ms, node 2
+    // sees the relay, and node 1 still sees replies from node 2's address.
+    let mut relay = Relay::new(net.client_ip());
+    let dest = SocketAddrV4::new(net.node_ip(2), 7000);
+    let via_port = relay.port_for(1, 2, dest).expect("relay port");
+    relay.set_delay(Duration::from_millis(40), Duration::ZERO, 1);
+    let redirect = NodeFaults {
+        redirect: vec![Redirect {
+            to: 2,
+            port: 7000,
+            via_port,
+        }],
+        ..NodeFaults::default()
+    };
+    net.set_faults(1, &redirect).expect("redirect rules");
+    // Node 2 (not redirected) sends to node 1 first, between the same two
+    // ports: that must not exempt node 1's packets to node 2 from the
+    // redirect.
+    from2
+        .send_to(b"hello", SocketAddr::new(net.node_ip(1).into(), 7000))
+        .expect("send");
+    let mut buf = [0u8; 64];
+    let (_, seen) = node1.recv_from(&mut buf).expect("node 2's datagram");
+    assert_eq!(seen.ip(), std::net::IpAddr::from(net.node_ip(2)));
+    for i in 0..3 {
+        let (replies, rtt) = exchange(&node1, peer, &[format!("d{i}")]);
+        let (r, from) = &replies[0];
+        assert_eq!(*from, peer, "replies come from the peer's address");
+        assert!(r.ends_with(&via_relay), "node 2 saw {r}, not the relay");
+        assert!(
+            rtt >= Duration::from_millis(80),
+            "round trip {rtt:?} < 2 x 40 ms"
+        );
+    }
+    assert!(relay.relayed() >= 6, "relayed {}", relay.relayed());
+
+    // Jitter of up to 30 ms on each of 40 datagrams sent at once: all
+    // arrive, not in the order sent.
+    relay.set_delay(Duration::ZERO, Duration::from_millis(30), 7);
+    let msgs = ping(40);
+    let (replies, _) = exchange(&node1, peer, &msgs);
+    let order: Vec<usize> = replies
+        .iter()
+        .map(|(r, _)| {
+            r.split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("number")
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..40).collect::<Vec<_>>(),
+        "every datagram arrives once"
+    );
+    assert_ne!(order, sorted, "jitter reorders datagrams");
+
+    // Healed: direct again, and the rules set again on a node still apply.
+    net.heal_all().expect("heal");
+    let (replies, _) = exchange(&node1, peer, &ping(3));
+    for (r, from) in &replies {
+        assert_eq!(*from, peer);
+        assert!(r.ends_with(&from_node1), "after healing node 2 saw {r}");
+    }
+    net.set_faults(1, &redirect).expect("redirect again");
+    let (replies, _) = exchange(&node1, peer, &ping(1));
+    assert!(replies[0].0.ends_with(&via_relay), "{:?}", replies[0]);
+    net.heal_all().expect("heal");
+
+    // Stop the echo (a datagram straight to it) and tear down.
+    let _ = node1.send_to(b"stop", peer);
+    echo_thread.join().expect("echo thread");
+    drop(relay);
+    drop(net);
+    let left = names_with(&prefix);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

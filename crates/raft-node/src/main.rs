@@ -65,6 +65,7 @@ fn init_logging(format: LogFormat) {
 async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     init_logging(cfg.log_format);
+    abort_on_panic();
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -91,6 +92,20 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// A panic anywhere in a running node ends the process. Tokio would
+/// otherwise catch a panic in a task and end only that task, leaving a node
+/// that answers HTTP while its Raft driver, storage or transport is gone: a
+/// crash is what a supervisor (systemd, Kubernetes) can see and restart, and
+/// what a restart recovers from, since everything acknowledged is on disk.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic; aborting the process");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 #[tokio::main]
