@@ -194,10 +194,29 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
 /// form whole frames it accepts), never crash or stop serving others.
 /// Seeded: a failure prints the seed; `RAFT_FUZZ_SEED=<seed>` replays it,
 /// `RAFT_FUZZ_CASES` sets the count (default 60).
+/// Panics anywhere in this test process since [`count_panics`] was first
+/// called. A panic in one of the transport's tasks would end only that
+/// task (tokio catches it) and could leave the connection open, so a test
+/// that watches connections alone would not see it.
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     use rand::{Rng, SeedableRng};
     init_tracing();
+    count_panics();
+    let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
     let seed: u64 = std::env::var("RAFT_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -273,4 +292,9 @@ async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     {}
     still_serves(&ca, &mut server).await;
     server.transport.shutdown().await;
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        panics_before,
+        "seed {seed}: something panicked while the server read random bytes (see above)"
+    );
 }

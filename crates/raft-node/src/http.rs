@@ -92,6 +92,16 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // A problem body like every other error; axum keeps the `Allow`
+        // header listing the route's methods.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
         .fallback(|uri: Uri| async move {
             Problem::new(
                 StatusCode::NOT_FOUND,

@@ -357,6 +357,10 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["allow"], "GET,HEAD,PUT,DELETE");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:raft-node:problem:method-not-allowed");
     let r = client
         .post(format!("{}/v1/cluster/transfer-leader", p.http))
         .body("{not json")

@@ -7,8 +7,13 @@
 //!
 //! Every request must get an answer within 10 s (or, for bytes that are
 //! not HTTP at all, have its connection closed), with a status the API
-//! documents, never 500; afterwards every node is still running, logged no
-//! panic, and serves a normal write and read.
+//! documents, never 500. A third of the requests are valid but for one
+//! known defect (an oversized key or value, a malformed precondition,
+//! idempotency key, query or node id, an unknown method or route); those
+//! must get exactly the status the API specifies for it, as a problem
+//! document, and a write among them must not have been applied. Afterwards
+//! every node is still running, logged no panic, and serves a normal write
+//! and read.
 //!
 //! The campaign is seeded: a failure prints the seed, and
 //! `RAFT_FUZZ_SEED=<seed> cargo test -p raft-node --test fuzz_http` replays
@@ -195,10 +200,132 @@ fn request(rng: &mut ChaCha8Rng) -> (String, Vec<u8>) {
     (label, bytes)
 }
 
-/// Sends raw bytes and returns the response status, or `None` when the
-/// server closed the connection without one. With `end`, the client then
-/// closes its side (for input that is not a complete request).
-async fn send(addr: &str, bytes: &[u8], end: bool) -> Result<Option<u16>, String> {
+/// A request that is valid but for one defect, the status the API
+/// specifies for that defect, and the key it would have written (which must
+/// stay absent). The test cluster limits keys to 64 bytes and values to
+/// 4096.
+struct Defect {
+    label: String,
+    bytes: Vec<u8>,
+    expect: u16,
+    must_not_exist: Option<String>,
+}
+
+fn defect(rng: &mut ChaCha8Rng, i: usize) -> Defect {
+    let key = format!("defect-{i}");
+    let put = |key: &str, extra: &str, body: &[u8]| {
+        let mut b = format!(
+            "PUT /v1/kv/{key} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        b.extend_from_slice(body);
+        b
+    };
+    let bare = |method: &str, target: &str, extra: &str, body: &str| {
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let (label, bytes, expect, written) = match rng.gen_range(0..12) {
+        0 => {
+            let long = "d".repeat(rng.gen_range(65..300));
+            ("key over the limit", put(&long, "", b"v"), 414, false)
+        }
+        1 => {
+            let body = vec![b'v'; rng.gen_range(4097..9000)];
+            ("value over the limit", put(&key, "", &body), 413, true)
+        }
+        2 => {
+            let v = pick(
+                rng,
+                &[
+                    "junk",
+                    "1",
+                    "\"\"",
+                    "\"abc\"",
+                    "\"-5\"",
+                    "W/\"3\"",
+                    "*",
+                    "\"99999999999999999999999\"",
+                ],
+            );
+            let h = format!("If-Match: {v}\r\n");
+            ("malformed If-Match", put(&key, &h, b"v"), 400, true)
+        }
+        3 => {
+            let v = pick(rng, &["\"1\"", "junk", "W/\"1\""]);
+            let h = format!("If-None-Match: {v}\r\n");
+            ("If-None-Match other than *", put(&key, &h, b"v"), 400, true)
+        }
+        4 => {
+            let h = format!(
+                "Idempotency-Key: {}\r\n",
+                "i".repeat(rng.gen_range(257..600))
+            );
+            ("Idempotency-Key too long", put(&key, &h, b"v"), 400, true)
+        }
+        5 => {
+            let c = pick(rng, &["bogus", "", "LINEARIZABLE", "strong"]);
+            let t = format!("/v1/kv/{key}?consistency={c}");
+            ("unknown consistency", bare("GET", &t, "", ""), 400, false)
+        }
+        6 => {
+            let l = pick(rng, &["-1", "x", "99999999999999999999", "1.5"]);
+            let t = format!("/v1/kv?prefix=a&limit={l}");
+            ("malformed limit", bare("GET", &t, "", ""), 400, false)
+        }
+        7 => {
+            let m = pick(rng, &["BREW", "get", "PATCH", "POST", "TRACE"]);
+            let t = format!("/v1/kv/{key}");
+            ("method not allowed", bare(m, &t, "", "v"), 405, true)
+        }
+        8 => {
+            let t = pick(
+                rng,
+                &["/v2/kv/a", "/v1/kvx", "/v1/cluster/nope", "/index.html"],
+            );
+            ("unknown route", bare("GET", t, "", ""), 404, false)
+        }
+        9 => {
+            let id = pick(rng, &["abc", "-1", "1.0", "99999999999999999999999"]);
+            let (m, t) = if rng.gen_bool(0.5) {
+                ("POST", format!("/v1/cluster/voters/{id}"))
+            } else {
+                ("DELETE", format!("/v1/cluster/members/{id}"))
+            };
+            ("malformed node id", bare(m, &t, "", ""), 400, false)
+        }
+        10 => {
+            let body = pick(rng, &["{", "{\"id\":-1}", "null", "{\"id\":\"a\"}"]);
+            let h = "Content-Type: application/json\r\n";
+            (
+                "malformed learner",
+                bare("POST", "/v1/cluster/learners", h, body),
+                400,
+                false,
+            )
+        }
+        _ => {
+            let d = pick(rng, &["maybe", "1", "yes"]);
+            let t = format!("/v1/cluster?digest={d}");
+            ("malformed digest flag", bare("GET", &t, "", ""), 400, false)
+        }
+    };
+    Defect {
+        label: format!("defect: {label}"),
+        bytes,
+        expect,
+        must_not_exist: written.then_some(key),
+    }
+}
+
+/// Sends raw bytes and returns the response status and head, or `None`
+/// when the server closed the connection without one. With `end`, the
+/// client then closes its side (for input that is not a complete request).
+async fn send(addr: &str, bytes: &[u8], end: bool) -> Result<Option<(u16, String)>, String> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -214,7 +341,7 @@ async fn send(addr: &str, bytes: &[u8], end: bool) -> Result<Option<u16>, String
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > 64 {
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > 64 * 1024 {
                     break;
                 }
             }
@@ -229,7 +356,8 @@ async fn send(addr: &str, bytes: &[u8], end: bool) -> Result<Option<u16>, String
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
-    Ok(Some(status))
+    let head = line.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    Ok(Some((status, head)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,13 +373,55 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
     eprintln!("fuzz_http: seed {seed}, {cases} requests (replay: RAFT_FUZZ_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(dir.path(), 3);
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     leader(&client, &procs, None).await;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    let mut absent = Vec::new();
     for i in 0..cases {
-        let (label, bytes) = request(&mut rng);
         let node = rng.gen_range(0..procs.len());
+        if rng.gen_bool(0.33) {
+            let d = defect(&mut rng, i);
+            let addr = procs[node].http.trim_start_matches("http://").to_owned();
+            let got = tokio::time::timeout(Duration::from_secs(10), send(&addr, &d.bytes, false))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "seed {seed}, request {i} ({}) to node {}: no answer in 10 s",
+                        d.label,
+                        node + 1
+                    )
+                })
+                .unwrap_or_else(|e| panic!("seed {seed}, request {i} ({}): {e}", d.label));
+            let Some((status, head)) = got else {
+                panic!(
+                    "seed {seed}, request {i} ({}): closed without a response",
+                    d.label
+                )
+            };
+            assert_eq!(
+                status,
+                d.expect,
+                "seed {seed}, request {i} ({}) to node {}: {head}",
+                d.label,
+                node + 1
+            );
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/problem+json"),
+                "seed {seed}, request {i} ({}): not a problem document: {head}",
+                d.label
+            );
+            absent.extend(d.must_not_exist);
+            *by_status
+                .entry(format!("{status} ({})", d.label))
+                .or_default() += 1;
+            continue;
+        }
+        let (label, bytes) = request(&mut rng);
         let addr = procs[node].http.trim_start_matches("http://").to_owned();
         let incomplete = label == "<random bytes>"
             || bytes.windows(15).any(|w| w == b"X-Short-Body: 1")
@@ -269,7 +439,7 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
             ),
             Ok(Ok(s)) => s,
         };
-        match status {
+        match status.as_ref().map(|(s, _)| *s) {
             Some(s) => assert!(
                 ALLOWED.contains(&s),
                 "seed {seed}, request {i} ({label}) to node {}: status {s} is not one the API documents",
@@ -281,7 +451,7 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
             ),
         }
         *by_status
-            .entry(status.map_or("closed".into(), |s| s.to_string()))
+            .entry(status.map_or("closed".into(), |(s, _)| s.to_string()))
             .or_default() += 1;
     }
     eprintln!("fuzz_http: statuses {by_status:?}");
@@ -300,14 +470,25 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
             p.log_text()
         );
     }
-    // Still a working cluster, through every node.
+    // Still a working cluster, through every node. A random request may
+    // have moved the leadership: wait for a leader, and retry a write that
+    // was refused for want of one.
+    leader(&client, &procs, None).await;
     for (i, p) in procs.iter().enumerate() {
-        let r = put(&client, p, &format!("after-fuzz-{i}"), "ok").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let s = put(&client, p, &format!("after-fuzz-{i}"), "ok")
+                .await
+                .status();
+            if s != 503 || std::time::Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert!(
-            r.status().is_success(),
-            "seed {seed}: write via node {}: {}",
+            status.is_success(),
+            "seed {seed}: write via node {}: {status}",
             p.id,
-            r.status()
         );
         let v = client
             .get(format!("{}/v1/kv/after-fuzz-{i}", p.http))
@@ -317,4 +498,18 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
         assert_eq!(v.status(), 200, "seed {seed}");
         assert_eq!(v.text().await.unwrap(), "ok", "seed {seed}");
     }
+    // The defective writes applied nothing.
+    for key in &absent {
+        let r = client
+            .get(format!("{}/v1/kv/{key}", procs[0].http))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "seed {seed}: a refused write to {key} was applied"
+        );
+    }
+    eprintln!("fuzz_http: {} refused writes checked absent", absent.len());
 }
