@@ -1,6 +1,7 @@
 //! The network harness on its own: a partition really cuts node-to-node
-//! TCP while the clients in the root namespace still reach every node, loss
-//! and bandwidth rules apply and heal, a delay fault holds and reorders
+//! TCP while the clients in the root namespace still reach every node,
+//! partial loss drops some datagrams and a bandwidth limit slows a
+//! transfer, and both heal; a delay fault holds and reorders
 //! node-to-node UDP and heals, and dropping the network leaves no
 //! namespace or link behind.
 //!
@@ -193,9 +194,9 @@ fn stale_namespaces_and_links_of_dead_runs_are_removed() {
     assert!(names_with(&prefix).is_empty(), "{:?}", names_with(&prefix));
 }
 
-/// A UDP socket bound to `addr` inside namespace `ns`: made on a thread that
-/// joined the namespace; the socket stays in it wherever it is used.
-fn udp_socket_in(ns: &str, addr: SocketAddr) -> UdpSocket {
+/// Runs `f` on a thread that joined namespace `ns`. Sockets it makes stay
+/// in that namespace wherever they are used afterwards.
+fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open the namespace");
@@ -204,13 +205,20 @@ fn udp_socket_in(ns: &str, addr: SocketAddr) -> UdpSocket {
             Some(rustix::thread::LinkNameSpaceType::Network),
         )
         .expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns`.
+fn udp_socket_in(ns: &str, addr: SocketAddr) -> UdpSocket {
+    in_namespace(ns, move || {
         let s = UdpSocket::bind(addr).expect("bind in the namespace");
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         s
     })
-    .join()
-    .expect("namespace thread")
 }
 
 /// Sends `msgs` from `sock` to `to`, all at once, and returns the replies in
@@ -356,4 +364,84 @@ fn a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals() {
     drop(net);
     let left = names_with(&prefix);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn partial_loss_drops_some_packets_and_a_bandwidth_limit_slows_transfers() {
+    if let Err(e) = netns::preflight() {
+        assert!(
+            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let net = Net::create(&[1, 2]).expect("network");
+    let prefix = net.prefix().to_owned();
+
+    // 50% loss on node 2's input from node 1: of 400 datagrams, some but
+    // far from all arrive (binomial: outside 100..=300 has odds < 1e-20).
+    let at2 = SocketAddr::new(net.node_ip(2).into(), 7100);
+    let rx = udp_socket_in(&net.namespace(2), at2);
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let tx = udp_socket_in(&net.namespace(1), "0.0.0.0:0".parse().expect("addr"));
+    net.set_faults(
+        2,
+        &NodeFaults {
+            loss_pct: 50,
+            ..NodeFaults::default()
+        },
+    )
+    .expect("loss rule");
+    for i in 0..400u32 {
+        tx.send_to(&i.to_be_bytes(), at2).expect("send");
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 16];
+    while rx.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    assert!(
+        (100..=300).contains(&got),
+        "{got} of 400 arrived at 50% loss"
+    );
+
+    // 1 Mbit/s egress on node 1: 256 KiB over TCP takes at least ~2 s.
+    net.heal_all().expect("heal");
+    net.set_faults(
+        1,
+        &NodeFaults {
+            rate_kbit: Some(1024),
+            ..NodeFaults::default()
+        },
+    )
+    .expect("tbf");
+    let sink = SocketAddr::new(net.node_ip(2).into(), 7200);
+    let listener = in_namespace(&net.namespace(2), move || {
+        TcpListener::bind(sink).expect("bind sink")
+    });
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut all).expect("read");
+        all.len()
+    });
+    let start = Instant::now();
+    in_namespace(&net.namespace(1), move || {
+        let mut s = TcpStream::connect_timeout(&sink, Duration::from_secs(5)).expect("connect");
+        std::io::Write::write_all(&mut s, &vec![7u8; 256 * 1024]).expect("write");
+    });
+    assert_eq!(reader.join().expect("reader"), 256 * 1024);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "256 KiB at 1 Mbit/s took only {took:?}"
+    );
+    net.heal_all().expect("heal");
+    drop(net);
+    assert!(names_with(&prefix).is_empty());
 }
