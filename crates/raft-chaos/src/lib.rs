@@ -26,5 +26,6 @@ pub mod netns;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod summary;
 
 pub use error::ChaosError;

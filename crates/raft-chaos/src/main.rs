@@ -28,6 +28,17 @@ enum Cmd {
     Run(RunArgs),
     /// Removes namespaces, links and processes that dead runs left behind.
     Cleanup,
+    /// Adds up the seeds of an output directory: seeds, time, operations,
+    /// faults, violations (a soak's results). Exits non-zero when a seed
+    /// failed.
+    Summarize {
+        /// The `--out` directory of the runs.
+        #[arg(default_value = "raft-chaos-out")]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +108,18 @@ fn real_main() -> anyhow::Result<bool> {
                 println!("removed {r}");
             }
             Ok(true)
+        }
+        Cmd::Summarize { dir, json } => {
+            let t = raft_chaos::summary::summarize(&dir)?;
+            if t.seeds.is_empty() {
+                anyhow::bail!("no seed-N/summary.json under {}", dir.display());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("{}", t.render());
+            }
+            Ok(t.failed.is_empty())
         }
         Cmd::Run(a) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
