@@ -132,14 +132,8 @@ async fn run_once(mib: usize) -> (f64, f64) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
-    let mib: usize = std::env::var("CATCHUP_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let runs: usize = std::env::var("CATCHUP_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let mib: usize = raft_core::testing::env_or("CATCHUP_MIB", 200);
+    let runs: usize = raft_core::testing::env_or("CATCHUP_RUNS", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

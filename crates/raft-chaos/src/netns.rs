@@ -117,6 +117,27 @@ pub fn preflight() -> Result<(), ChaosError> {
     Ok(())
 }
 
+/// For tests: whether the harness can run here ([`preflight`]). When it
+/// cannot, prints why and returns `false` so the test can skip, unless
+/// `CI_REQUIRE_NETNS=1` is set, where it panics instead (CI must not skip).
+///
+/// # Panics
+///
+/// When the harness cannot run and `CI_REQUIRE_NETNS=1`.
+pub fn available_for_tests(test: &str) -> bool {
+    match preflight() {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
+                "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
+            );
+            eprintln!("SKIPPED {test}: {e}");
+            false
+        }
+    }
+}
+
 /// The process id in a harness name (`rc<pid>...`), if it is one.
 fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("rc")?;

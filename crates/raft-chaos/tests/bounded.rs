@@ -29,10 +29,7 @@ use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    raft_core::testing::env_or(name, default)
 }
 
 /// The newest modification time of the files under `dir`.
@@ -98,12 +95,7 @@ fn newest_file(path: &Path) -> Option<SystemTime> {
 
 #[test]
 fn bounded_chaos_runs_find_no_violation() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED bounded_chaos_runs_find_no_violation: {e}");
+    if !netns::available_for_tests("bounded_chaos_runs_find_no_violation") {
         return;
     }
     for r in netns::cleanup_stale() {
@@ -168,12 +160,9 @@ fn bounded_chaos_runs_find_no_violation() {
 
 #[test]
 fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
+    if !netns::available_for_tests(
+        "a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation",
+    ) {
         return;
     }
     let raft_node = raft_node();

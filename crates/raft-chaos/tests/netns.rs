@@ -78,12 +78,9 @@ fn names_with(prefix: &str) -> Vec<String> {
 
 #[test]
 fn partitions_cut_node_traffic_but_not_clients_and_teardown_is_complete() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
+    if !netns::available_for_tests(
+        "partitions_cut_node_traffic_but_not_clients_and_teardown_is_complete",
+    ) {
         return;
     }
     let net = Net::create(&[1, 2, 3]).expect("network");
@@ -164,12 +161,7 @@ fn partitions_cut_node_traffic_but_not_clients_and_teardown_is_complete() {
 
 #[test]
 fn stale_namespaces_and_links_of_dead_runs_are_removed() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
+    if !netns::available_for_tests("stale_namespaces_and_links_of_dead_runs_are_removed") {
         return;
     }
     // A pid no process has: what a run killed with SIGKILL leaves.
@@ -244,12 +236,7 @@ fn exchange(
 
 #[test]
 fn a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
+    if !netns::available_for_tests("a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -368,12 +355,9 @@ fn a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals() {
 
 #[test]
 fn partial_loss_drops_some_packets_and_a_bandwidth_limit_slows_transfers() {
-    if let Err(e) = netns::preflight() {
-        assert!(
-            std::env::var("CI_REQUIRE_NETNS").as_deref() != Ok("1"),
-            "CI_REQUIRE_NETNS=1 but the chaos harness cannot run here: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
+    if !netns::available_for_tests(
+        "partial_loss_drops_some_packets_and_a_bandwidth_limit_slows_transfers",
+    ) {
         return;
     }
     let net = Net::create(&[1, 2]).expect("network");

@@ -33,10 +33,7 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let seed: u64 = std::env::var("RAFT_LOG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seed: u64 = raft_core::testing::env_or("RAFT_LOG_CRASH_SEED", 0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,14 +86,9 @@ fn crash_child() {
 
 #[test]
 fn acknowledged_entries_survive_sigkill() {
-    let rounds: u32 = std::env::var("RAFT_LOG_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("RAFT_LOG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u32>() as u64);
+    let rounds: u32 = raft_core::testing::env_or("RAFT_LOG_CRASH_ROUNDS", 12);
+    let seed: u64 =
+        raft_core::testing::env_or("RAFT_LOG_CRASH_SEED", u64::from(rand::random::<u32>()));
     println!("crash test seed {seed} (replay with RAFT_LOG_CRASH_SEED={seed}), {rounds} rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -168,10 +168,7 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let mut server = start_node(&ca, 1, any_addr(), test_config());
-    let seed: u64 = std::env::var("MALFORMED_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
+    let seed: u64 = raft_core::testing::env_or("MALFORMED_SEED", 0x5eed);
     println!("MALFORMED_SEED={seed}");
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -217,14 +214,8 @@ async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     init_tracing();
     count_panics();
     let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
-    let seed: u64 = std::env::var("RAFT_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    let cases: usize = std::env::var("RAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let seed: u64 = raft_core::testing::seed_from_env("RAFT_FUZZ_SEED");
+    let cases: usize = raft_core::testing::env_or("RAFT_FUZZ_CASES", 60);
     eprintln!("random bytes: seed {seed}, {cases} connections (replay: RAFT_FUZZ_SEED={seed})");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let ca = DevCa::generate("cluster").unwrap();

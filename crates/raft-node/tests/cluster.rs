@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 use common::{cluster, leader, put, status};
 use serde_json::Value;
 
+async fn metrics_text(client: &reqwest::Client, p: &common::Proc) -> String {
+    client
+        .get(format!("{}/metrics", p.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,14 +218,7 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
 
     // Metrics and health (from the new leader, which has taken proposals).
     let new_leader = procs.iter().position(|p| p.id == second).unwrap();
-    let m = client
-        .get(format!("{}/metrics", procs[new_leader].http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&client, &procs[new_leader]).await;
     for name in [
         "raft_node_http_requests_total",
         "raft_net_messages_sent_total",
@@ -226,14 +230,7 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
     // a quiet moment they agree with the node's own status.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = client
-            .get(format!("{}/metrics", procs[new_leader].http))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics_text(&client, &procs[new_leader]).await;
         let s = status(&client, &procs[new_leader]).await.unwrap();
         let gauge = |name: &str| -> Option<u64> {
             m.lines()

@@ -362,14 +362,8 @@ async fn send(addr: &str, bytes: &[u8], end: bool) -> Result<Option<(u16, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_get_documented_statuses_and_break_nothing() {
-    let seed: u64 = std::env::var("RAFT_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    let cases: usize = std::env::var("RAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let seed: u64 = raft_core::testing::seed_from_env("RAFT_FUZZ_SEED");
+    let cases: usize = raft_core::testing::env_or("RAFT_FUZZ_CASES", 200);
     eprintln!("fuzz_http: seed {seed}, {cases} requests (replay: RAFT_FUZZ_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(dir.path(), 3);

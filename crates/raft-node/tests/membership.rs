@@ -131,10 +131,7 @@ async fn post(client: &reqwest::Client, url: String) -> (u16, Value) {
 async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
     // The data the new learner must catch up on (MB); the figure is
     // 200, which `RAFT_TEST_LEARNER_MB` can ask for.
-    let mb: usize = std::env::var("RAFT_TEST_LEARNER_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let mb: usize = raft_core::testing::env_or("RAFT_TEST_LEARNER_MB", 200);
     let dir = tempfile::tempdir().unwrap();
     let extra = flags(&["--snapshot-entries=64", "--snapshot-keep-entries=8"]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
