@@ -526,10 +526,18 @@ pub async fn replace(
         .map(|n| n.url.clone())
         .unwrap_or_default();
     // 3. Catch up: applied at least the commit index seen now.
-    let target = any_status(http, &others)
-        .await
-        .and_then(|s| s["commit"].as_u64())
-        .unwrap_or(0);
+    // (Until some member answers: with no target, an empty node would pass
+    // for caught up.)
+    let mut target = None;
+    while target.is_none() && Instant::now() < deadline {
+        target = any_status(http, &others)
+            .await
+            .and_then(|s| s["commit"].as_u64());
+        if target.is_none() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let target = target.unwrap_or(u64::MAX);
     let mut caught_up = false;
     while Instant::now() < deadline {
         if let Some(s) = status(http, &new_url, false).await {
