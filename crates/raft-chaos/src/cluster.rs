@@ -147,7 +147,7 @@ impl NodeProc {
 
     /// The last `lines` lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = read_log(&self.log);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -338,8 +338,22 @@ impl Cluster {
         if let Some(mut n) = self.nodes.remove(&id) {
             n.kill9();
             if let Some(crash) = n.unexpected_exit() {
-                self.removed_crashes.push((id, crash));
+                let tail = n.log_tail(30);
+                self.removed_crashes.push((
+                    id,
+                    format!("{crash}, found when it was removed; last log lines:\n{tail}"),
+                ));
             }
+        }
+        self.net.remove_node(id);
+    }
+
+    /// Like [`Cluster::remove`], for a node that may have exited on its own
+    /// by design (a joining node whose join was refused gives up and exits).
+    pub fn remove_expecting_exit(&mut self, id: u64) {
+        if let Some(mut n) = self.nodes.remove(&id) {
+            n.kill9();
+            let _ = n.unexpected_exit();
         }
         self.net.remove_node(id);
     }
@@ -384,13 +398,17 @@ impl Cluster {
     ///
     /// When a node cannot be started.
     pub fn revive_all(&mut self) -> Result<(), ChaosError> {
+        // Every node gets its chance; the first failure is returned.
+        let mut first = None;
         for id in self.ids() {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.resume();
             }
-            self.restart(id)?;
+            if let Err(e) = self.restart(id) {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Nodes that exited without the harness killing them: (id, status).
@@ -403,6 +421,14 @@ impl Cluster {
         );
         out
     }
+}
+
+/// A node's log as text; bytes that are not UTF-8 become U+FFFD instead of
+/// hiding the rest.
+pub fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// `GET /v1/cluster` of one node (with the key-value digest when asked).

@@ -342,8 +342,10 @@ pub fn apply(cluster: &mut Cluster, fault: &Fault) -> Result<(), ChaosError> {
 ///
 /// When a rule cannot be removed or a node cannot be restarted.
 pub fn heal(cluster: &mut Cluster) -> Result<(), ChaosError> {
-    cluster.net.heal_all()?;
-    cluster.revive_all()
+    // Revive the nodes even when a rule cannot be removed.
+    let net = cluster.net.heal_all();
+    let nodes = cluster.revive_all();
+    net.and(nodes)
 }
 
 /// Settings of the nemesis schedule.
@@ -555,7 +557,7 @@ pub async fn replace(
         if !joined {
             // Still trying to join (it gives up and exits after 60 s, which
             // is not a crash): the harness takes it away.
-            cluster.remove(new);
+            cluster.remove_expecting_exit(new);
             return Ok(format!(
                 "removed node {node}; node {new} did not get to join in {budget:?} and was stopped"
             ));

@@ -20,7 +20,12 @@
 //! The node that sends sees replies from the peer's real address; the peer
 //! sees the relay's address, which QUIC treats as a path migration. The
 //! rewriting is stateless (no conntrack), so it applies to connections that
-//! were open before the fault, whichever side opened them. Healing deletes
+//! were open before the fault, whichever side opened them. For such a
+//! connection, what the server sends goes through the opposite pair and
+//! arrives from that pair's address, which a QUIC client does not accept
+//! until the server has migrated to the path its client now uses: that
+//! direction stalls until the client's next packet (keep-alives are a
+//! fraction of the election timeout), and again after healing. Healing deletes
 //! the rules: new packets go directly again, and the relay only drains what
 //! it holds. Partitions and loss rules compare node addresses, so they are
 //! not combined with a delay (the nemesis never does).
@@ -39,8 +44,9 @@ use tokio::task::JoinSet;
 
 use crate::error::ChaosError;
 
-/// Sources one relay pair remembers (a node gets a new source port on each
-/// restart); past this the oldest mappings are dropped.
+/// Sources one relay pair remembers. Nodes send from their Raft port, so
+/// one is the rule; the bound keeps anything else (a stray sender on the
+/// bridge) from growing the table: past it, every mapping is forgotten.
 const SOURCES_MAX: usize = 64;
 
 /// Largest datagram relayed (QUIC keeps well below; IPv4 UDP cannot exceed).
@@ -59,6 +65,8 @@ struct Shaping {
     /// Draws the jitter (seeded, so a run's delays follow from its seed as
     /// far as the packets' arrival order does).
     rng: Mutex<ChaCha8Rng>,
+    /// Datagrams received from the nodes, both directions.
+    received: AtomicU64,
     /// Datagrams forwarded, both directions.
     relayed: AtomicU64,
     /// Datagrams held right now.
@@ -82,6 +90,7 @@ impl Shaping {
     /// Sends `data` from `socket` to `to` after a delay, in a task of its
     /// own so later datagrams may overtake it.
     fn send_later(self: &Arc<Self>, socket: Arc<UdpSocket>, data: Vec<u8>, to: SocketAddr) {
+        self.received.fetch_add(1, Ordering::Relaxed);
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= IN_FLIGHT_MAX {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -101,7 +110,8 @@ impl Shaping {
 }
 
 /// The relays of one run: one listening socket per ordered pair of nodes,
-/// made when a delay fault first needs it. Dropping it stops every task.
+/// made when a delay fault first needs it. Dropping it stops every receive
+/// loop; datagrams already held are still sent when their delay ends.
 #[derive(Debug)]
 pub struct Relay {
     /// The bridge address the relay sockets bind to.
@@ -125,6 +135,7 @@ impl Relay {
                 base_us: AtomicU64::new(0),
                 jitter_us: AtomicU64::new(0),
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
+                received: AtomicU64::new(0),
                 relayed: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
@@ -147,6 +158,12 @@ impl Relay {
     /// Datagrams forwarded so far, both directions.
     pub fn relayed(&self) -> u64 {
         self.shaping.relayed.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams that reached the relay so far, both directions (sent on
+    /// or not yet).
+    pub fn received(&self) -> u64 {
+        self.shaping.received.load(Ordering::Relaxed)
     }
 
     /// Datagrams dropped because too many were held at once.
@@ -192,8 +209,9 @@ async fn pair_loop(listen: Arc<UdpSocket>, dest: SocketAddr, ip: Ipv4Addr, shapi
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let Ok((n, src)) = listen.recv_from(&mut buf).await else {
-            // ICMP errors surface as receive errors on some kernels: go on.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // ICMP errors surface as receive errors on some kernels: go on
+            // (slowly, should an error persist).
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let up = match upstream.get(&src) {
@@ -204,10 +222,11 @@ async fn pair_loop(listen: Arc<UdpSocket>, dest: SocketAddr, ip: Ipv4Addr, shapi
                 };
                 let sock = Arc::new(sock);
                 if order.len() >= SOURCES_MAX {
-                    // Forget every mapping; the reply tasks go with them.
+                    // Forget every mapping; dropping the set aborts and
+                    // frees their reply tasks.
                     upstream.clear();
                     order.clear();
-                    replies.abort_all();
+                    replies = JoinSet::new();
                 }
                 replies.spawn(reply_loop(
                     Arc::clone(&sock),
@@ -235,7 +254,7 @@ async fn reply_loop(
     loop {
         match up.recv_from(&mut buf).await {
             Ok((n, _)) => shaping.send_later(Arc::clone(&listen), buf[..n].to_vec(), src),
-            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

@@ -192,14 +192,14 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             if crashed.insert(id) {
                 violations.push(Violation {
                     check: "node-crashed",
-                    detail: format!(
-                        "node {id} exited on its own ({status}); last log lines:\n{}",
-                        cluster
-                            .nodes
-                            .get(&id)
-                            .map(|n| n.log_tail(30))
-                            .unwrap_or_default()
-                    ),
+                    detail: match cluster.nodes.get(&id) {
+                        Some(n) => format!(
+                            "node {id} exited on its own ({status}); last log lines:\n{}",
+                            n.log_tail(30)
+                        ),
+                        // A removed node: the status carries its log tail.
+                        None => format!("node {id} exited on its own ({status})"),
+                    },
                     key: None,
                     focus: Vec::new(),
                 });
@@ -221,6 +221,10 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             break;
         }
         let faults = nemesis::next_faults(&mut rng, &cfg.nemesis, &http, &cluster).await;
+        // The relay's count when a delay fault started, to see that the
+        // nodes' traffic really went through it (a redirect that silently
+        // failed would make the fault a partition, or nothing).
+        let mut delay_from: Option<(u64, Instant)> = None;
         let hold = nemesis::pick_ms(&mut rng, cfg.nemesis.hold_ms);
         let first = events.len();
         for f in &faults {
@@ -252,6 +256,11 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             } else if let Err(e) = nemesis::apply(&mut cluster, f) {
                 harness_error = Some(e);
                 break;
+            } else if matches!(f, Fault::Delay { .. }) {
+                delay_from = cluster
+                    .relay
+                    .as_ref()
+                    .map(|r| (r.received(), Instant::now()));
             }
         }
         if harness_error.is_some() {
@@ -265,6 +274,22 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             &mut check_exits,
         )
         .await;
+        // (A fault the end of the run cut to less than a second proves
+        // little either way: nodes may have sent nothing in that time.)
+        if let (Some((from, at)), Some(relay)) = (delay_from, &cluster.relay) {
+            let held = at.elapsed();
+            if relay.received() == from && held >= Duration::from_secs(1) {
+                violations.push(Violation {
+                    check: "harness-error",
+                    detail: format!(
+                        "a delay fault held for {held:?} brought no datagram to the relay: \
+                         the redirect did not work, so this run proves nothing about delays"
+                    ),
+                    key: None,
+                    focus: Vec::new(),
+                });
+            }
+        }
         if let Err(e) = nemesis::heal(&mut cluster) {
             harness_error = Some(e);
             break;
@@ -280,6 +305,11 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     }
     if let Err(e) = nemesis::heal(&mut cluster) {
         harness_error.get_or_insert(e);
+    }
+    // Faults still open (a harness error cut their round short) end here.
+    let healed = rec.now_us();
+    for e in events.iter_mut().filter(|e| e.end_us.is_none()) {
+        e.end_us = Some(healed);
     }
     // A harness failure (a rule that cannot be written, a node that cannot
     // be started) makes the run invalid, not the system wrong; the checks
@@ -395,7 +425,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     // A panic is a bug even when the process survived it (or an older
     // binary without the abort hook ran).
     for (id, log) in logs {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = crate::cluster::read_log(&log);
         let lines: Vec<&str> = text.lines().collect();
         if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
             violations.push(Violation {
@@ -533,7 +563,7 @@ fn remove_quietly(p: &Path) {
 }
 
 /// The members (voters and learners) of the configuration the leader
-/// reports as committed, asking each node in turn until one leads.
+/// reports as committed, once a majority of the nodes follow that leader.
 async fn committed_members(
     http: &reqwest::Client,
     urls: &[(u64, String)],
@@ -541,14 +571,25 @@ async fn committed_members(
 ) -> Option<BTreeSet<u64>> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        let mut statuses = Vec::new();
         for (_, url) in urls {
-            let Some(s) = crate::cluster::status(http, url, false).await else {
-                continue;
-            };
-            if s["role"] == "leader" && s["membership"]["committed"] == true {
+            statuses.extend(crate::cluster::status(http, url, false).await);
+        }
+        // The leader of the highest term, and only once most nodes follow
+        // it: a leader that was just unpaused may not know it was deposed.
+        let leader = statuses
+            .iter()
+            .filter(|s| s["role"] == "leader" && s["membership"]["committed"] == true)
+            .max_by_key(|s| s["term"].as_u64());
+        if let Some(l) = leader {
+            let following = statuses
+                .iter()
+                .filter(|s| s["leader"] == l["id"] && s["term"] == l["term"])
+                .count();
+            if following * 2 > urls.len() {
                 let mut members = BTreeSet::new();
                 for k in ["voters", "learners", "outgoing_voters"] {
-                    for v in s["membership"][k].as_array().into_iter().flatten() {
+                    for v in l["membership"][k].as_array().into_iter().flatten() {
                         members.extend(v.as_u64());
                     }
                 }

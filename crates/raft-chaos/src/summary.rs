@@ -14,7 +14,9 @@ use crate::error::ChaosError;
 pub struct Totals {
     /// Seeds found, in order.
     pub seeds: Vec<u64>,
-    /// Seeds with at least one violation, and the checks that failed.
+    /// Seeds with at least one violation, and the checks that failed
+    /// (`no-summary` for a seed directory without its summary: still
+    /// running, or the harness failed before any check).
     pub failed: BTreeMap<u64, Vec<String>>,
     /// Node counts seen (seeds per count).
     pub nodes: BTreeMap<u64, u64>,
@@ -139,14 +141,18 @@ pub fn summarize(dir: &Path) -> Result<Totals, ChaosError> {
         let Some(seed) = name.strip_prefix("seed-").and_then(|n| n.parse().ok()) else {
             continue;
         };
-        let file = entry.path().join("summary.json");
-        if file.exists() {
-            files.push((seed, file));
-        }
+        files.push((seed, entry.path().join("summary.json")));
     }
     files.sort();
     let mut t = Totals::default();
     for (seed, file) in files {
+        if !file.exists() {
+            // Still running, or the harness failed before any check (no
+            // cluster, no first leader): not a pass either way.
+            t.seeds.push(seed);
+            t.failed.insert(seed, vec!["no-summary".to_owned()]);
+            continue;
+        }
         let text = std::fs::read_to_string(&file).map_err(ChaosError::io(&file))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| {
             ChaosError::Cluster(format!("{} is not a run summary: {e}", file.display()))
@@ -222,8 +228,10 @@ mod tests {
             }),
         );
         std::fs::create_dir_all(dir.path().join("not-a-seed")).unwrap();
+        std::fs::create_dir_all(dir.path().join("seed-9")).unwrap();
         let t = summarize(dir.path()).unwrap();
-        assert_eq!(t.seeds, vec![7, 8]);
+        assert_eq!(t.seeds, vec![7, 8, 9]);
+        assert_eq!(t.failed[&9], vec!["no-summary".to_string()]);
         assert_eq!(t.ops_total(), 18);
         assert_eq!(t.faults["kill"], 3);
         assert_eq!(t.faults_total(), 6);
@@ -232,7 +240,7 @@ mod tests {
         assert_eq!(t.failed[&8], vec!["lost-write".to_string()]);
         assert!((t.fault_s - 120.0).abs() < 1e-9);
         let r = t.render();
-        assert!(r.contains("2 seeds (7-8) on 5 nodes"), "{r}");
+        assert!(r.contains("3 seeds (7-9) on 5 nodes"), "{r}");
         assert!(r.contains("completed: 1 of 2"), "{r}");
         assert!(r.contains("seed 8: lost-write"), "{r}");
     }

@@ -166,6 +166,8 @@ async fn malformed_truncated_and_oversized_frames_close_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_on_a_stream_never_take_the_node_down() {
     init_tracing();
+    count_panics();
+    let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
     let ca = DevCa::generate("cluster").unwrap();
     let mut server = start_node(&ca, 1, any_addr(), test_config());
     let seed: u64 = raft_core::testing::env_or("MALFORMED_SEED", 0x5eed);
@@ -182,19 +184,18 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
     }
     still_serves(&ca, &mut server).await;
     server.transport.shutdown().await;
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        panics_before,
+        "seed {seed}: something panicked while the server read random bytes (see above)"
+    );
 }
 
-/// Random bytes from a peer with a valid certificate, after a correct
-/// handshake: on a control, replication or snapshot stream, or a stream of
-/// a random kind, sometimes behind a valid frame. The server must close the
-/// connection with a protocol error or keep it (when the bytes happen to
-/// form whole frames it accepts), never crash or stop serving others.
-/// Seeded: a failure prints the seed; `RAFT_FUZZ_SEED=<seed>` replays it,
-/// `RAFT_FUZZ_CASES` sets the count (default 60).
 /// Panics anywhere in this test process since [`count_panics`] was first
 /// called. A panic in one of the transport's tasks would end only that
 /// task (tokio catches it) and could leave the connection open, so a test
-/// that watches connections alone would not see it.
+/// that watches connections alone would not see it. The count is
+/// process-wide: a sibling test failing at the same time counts too.
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn count_panics() {
@@ -208,6 +209,13 @@ fn count_panics() {
     });
 }
 
+/// Random bytes from a peer with a valid certificate, after a correct
+/// handshake: on a control, replication or snapshot stream, or a stream of
+/// a random kind, sometimes behind a valid frame. The server must close the
+/// connection with a protocol error or keep it (when the bytes happen to
+/// form whole frames it accepts), never crash or stop serving others.
+/// Seeded: a failure prints the seed; `RAFT_FUZZ_SEED=<seed>` replays it,
+/// `RAFT_FUZZ_CASES` sets the count (default 60).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     use rand::{Rng, SeedableRng};

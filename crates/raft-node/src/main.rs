@@ -65,7 +65,6 @@ fn init_logging(format: LogFormat) {
 async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     init_logging(cfg.log_format);
-    abort_on_panic();
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -94,7 +93,8 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A panic anywhere in a running node ends the process. Tokio would
+/// A panic anywhere (in a running node, and in `dev`, `ctl` and `certs`)
+/// ends the process. Tokio would
 /// otherwise catch a panic in a task and end only that task, leaving a node
 /// that answers HTTP while its Raft driver, storage or transport is gone: a
 /// crash is what a supervisor (systemd, Kubernetes) can see and restart, and
@@ -110,6 +110,7 @@ fn abort_on_panic() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run_node(*args).await,
