@@ -202,6 +202,13 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             }
         }
     }
+    if a.seeds > 1 {
+        // The totals of this run's seeds (what `summarize` prints).
+        let range = a.seed..a.seed.saturating_add(a.seeds);
+        if let Ok(t) = raft_chaos::summary::summarize_seeds(&out, |s| range.contains(&s)) {
+            println!("totals:\n{}", t.render());
+        }
+    }
     println!(
         "raft-chaos: {passed} passed, {} failed {:?} in {:.0} s; output in {}",
         failed.len(),

@@ -134,11 +134,25 @@ fn add_counts(into: &mut BTreeMap<String, u64>, v: &Value) {
 ///
 /// When `dir` cannot be read, or a summary is not the JSON a run writes.
 pub fn summarize(dir: &Path) -> Result<Totals, ChaosError> {
+    summarize_seeds(dir, |_| true)
+}
+
+/// Like [`summarize`], for the seeds `keep` accepts only (one run's seeds
+/// in a directory that holds earlier ones too).
+///
+/// # Errors
+///
+/// As [`summarize`].
+pub fn summarize_seeds(dir: &Path, keep: impl Fn(u64) -> bool) -> Result<Totals, ChaosError> {
     let mut files: Vec<(u64, std::path::PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(ChaosError::io(dir))? {
         let entry = entry.map_err(ChaosError::io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(seed) = name.strip_prefix("seed-").and_then(|n| n.parse().ok()) else {
+        let Some(seed) = name
+            .strip_prefix("seed-")
+            .and_then(|n| n.parse().ok())
+            .filter(|s| keep(*s))
+        else {
             continue;
         };
         files.push((seed, entry.path().join("summary.json")));
@@ -239,6 +253,9 @@ mod tests {
         assert_eq!(t.relayed_datagrams, 1200);
         assert_eq!(t.failed[&8], vec!["lost-write".to_string()]);
         assert!((t.fault_s - 120.0).abs() < 1e-9);
+        let only_7 = summarize_seeds(dir.path(), |s| s == 7).unwrap();
+        assert_eq!(only_7.seeds, vec![7]);
+        assert!(only_7.failed.is_empty());
         let r = t.render();
         assert!(r.contains("3 seeds (7-9) on 5 nodes"), "{r}");
         assert!(r.contains("completed: 1 of 2"), "{r}");
