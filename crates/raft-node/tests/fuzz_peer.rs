@@ -1,0 +1,194 @@
+//! Random bytes on the peer port of a real `raft-node` process, from a peer
+//! with a valid certificate after a correct handshake: the node must close
+//! such a connection with a protocol error (or keep it, when the bytes
+//! happen to be whole frames it accepts), never crash, hang or stop serving.
+//!
+//! The peer is node 4: a learner added through the API that never runs, so
+//! its certificate (issued with the cluster's) is a member's and the
+//! garbage reaches the frame decoders, without taking a real member's
+//! connection away. Seeded: a failure prints the seed, `RAFT_FUZZ_SEED`
+//! replays it and `RAFT_FUZZ_CASES` sets the number of connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use raft_net_quic::codec::{self, Frame, Hello, StreamKind};
+use raft_net_quic::tls::node_dns_name;
+use raft_net_quic::{close_code, NodeTls};
+use rand::{Rng, SeedableRng};
+
+/// The raw peer: a QUIC client endpoint presenting node `id`'s certificate.
+fn raw_peer(certs: &std::path::Path, id: u64) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let tls = NodeTls::from_pem_files(
+        id,
+        certs.join("ca.pem"),
+        certs.join(format!("node-{id}.pem")),
+        certs.join(format!("node-{id}.key")),
+    )
+    .expect("node certificate");
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config().expect("client TLS"))
+            .expect("QUIC TLS");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    (endpoint, quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Opens a connection to node `to` at `addr` as `from` and runs the
+/// handshake; the answer must be a Welcome.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    cfg: &quinn::ClientConfig,
+    from: u64,
+    to: u64,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let conn = endpoint
+        .connect_with(cfg.clone(), addr, &node_dns_name(to))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut hello = vec![StreamKind::Handshake as u8];
+    hello.extend_from_slice(
+        &codec::encode_to_bytes(&Frame::Hello(Hello { from, to }), 1 << 20)
+            .map_err(|e| e.to_string())?,
+    );
+    send.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .map_err(|_| "no handshake answer in 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    match codec::decode_frame(answer.into(), 1 << 20) {
+        Ok(Frame::Welcome { node }) if node == to => Ok(conn),
+        other => Err(format!("handshake answered {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_on_the_peer_port_of_a_real_node_break_nothing() {
+    let seed = raft_core::testing::seed_from_env("RAFT_FUZZ_SEED");
+    let cases: usize = raft_core::testing::env_or("RAFT_FUZZ_CASES", 40);
+    eprintln!("fuzz_peer: seed {seed}, {cases} connections (replay: RAFT_FUZZ_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(dir.path(), 3);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    leader(&client, &procs, None).await;
+    // Node 4 becomes a member every node knows (a learner that never runs).
+    let r = client
+        .post(format!("{}/v1/cluster/learners", procs[0].http))
+        .json(
+            &serde_json::json!({"id": 4, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let target = &procs[0];
+    let peer_addr: SocketAddr = target
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix("--peer-listen="))
+        .expect("--peer-listen")
+        .parse()
+        .unwrap();
+    let (endpoint, cfg) = raw_peer(&dir.path().join("certs"), 4);
+    // Node 1 learns of node 4 when it applies the change: until then it
+    // refuses the handshake as an unknown peer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match handshake(&endpoint, &cfg, 4, target.id, peer_addr).await {
+            Ok(conn) => {
+                conn.close(0u32.into(), b"probe");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "node {} never accepted node 4: {e}",
+                target.id
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let kinds = [
+        StreamKind::Control as u8,
+        StreamKind::Replication as u8,
+        StreamKind::Snapshot as u8,
+    ];
+    let (mut closed, mut kept) = (0, 0);
+    for i in 0..cases {
+        let conn = handshake(&endpoint, &cfg, 4, target.id, peer_addr)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}, case {i}: {e}"));
+        let kind = if rng.gen_bool(0.9) {
+            kinds[rng.gen_range(0..kinds.len())]
+        } else {
+            rng.gen()
+        };
+        let mut bytes = vec![kind];
+        if rng.gen_bool(0.3) {
+            // A plausible frame head: this version and a small length.
+            bytes.extend_from_slice(&rng.gen_range(0u32..64).to_be_bytes());
+            bytes.push(codec::PROTOCOL_VERSION);
+        }
+        let n = rng.gen_range(0..4096);
+        bytes.extend((0..n).map(|_| rng.gen::<u8>()));
+        let mut s = conn.open_uni().await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let _ = s.finish();
+        match tokio::time::timeout(Duration::from_secs(2), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                assert_eq!(
+                    c.error_code,
+                    quinn::VarInt::from_u32(close_code::PROTOCOL),
+                    "seed {seed}, case {i}: closed with {c:?}"
+                );
+                closed += 1;
+            }
+            Ok(other) => panic!("seed {seed}, case {i}: connection ended by {other:?}"),
+            Err(_) => {
+                kept += 1;
+                conn.close(0u32.into(), b"done");
+            }
+        }
+    }
+    endpoint.wait_idle().await;
+    eprintln!("fuzz_peer: {closed} connections closed with a protocol error, {kept} kept");
+    assert!(closed > 0, "seed {seed}: no random input was refused");
+
+    for p in &mut procs {
+        let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "seed {seed}: node {} exited ({exited:?}); log:\n{}",
+            p.id,
+            p.log_text()
+        );
+        assert!(
+            !p.log_text().contains("panicked"),
+            "seed {seed}: node {} panicked; log:\n{}",
+            p.id,
+            p.log_text()
+        );
+    }
+    // The cluster still serves, through the node that took the garbage.
+    leader(&client, &procs, None).await;
+    let r = put(&client, &procs[0], "after-peer-fuzz", "ok").await;
+    assert!(r.status().is_success(), "seed {seed}: {}", r.status());
+    let v = client
+        .get(format!("{}/v1/kv/after-peer-fuzz", procs[1].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.status(), 200, "seed {seed}");
+    assert_eq!(v.text().await.unwrap(), "ok", "seed {seed}");
+}
