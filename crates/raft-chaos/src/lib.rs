@@ -11,7 +11,7 @@
 //! whether the history is linearizable, whether an acknowledged write was
 //! lost, and whether all replicas hold the same data. What a failing run
 //! leaves (history JSON, node logs, an HTML timeline) is written by
-//! [`report`].
+//! [`report`]; [`summary`] adds up the seeds of a soak.
 //!
 //! It needs root (namespaces, nftables); [`netns::preflight`] says why not
 //! when it cannot run, and installs `nftables` through apt-get when `nft` is
