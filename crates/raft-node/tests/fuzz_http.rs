@@ -449,21 +449,7 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
             .or_default() += 1;
     }
     eprintln!("fuzz_http: statuses {by_status:?}");
-    for p in &mut procs {
-        let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            exited.is_none(),
-            "seed {seed}: node {} exited ({exited:?}); log:\n{}",
-            p.id,
-            p.log_text()
-        );
-        assert!(
-            !p.log_text().contains("panicked"),
-            "seed {seed}: node {} panicked; log:\n{}",
-            p.id,
-            p.log_text()
-        );
-    }
+    assert_running_without_panic(&mut procs, &format!("seed {seed}"));
     // Still a working cluster, through every node. A random request may
     // have moved the leadership: wait for a leader, and retry a write that
     // was refused for want of one.

@@ -165,21 +165,7 @@ async fn random_bytes_on_the_peer_port_of_a_real_node_break_nothing() {
     eprintln!("fuzz_peer: {closed} connections closed with a protocol error, {kept} kept");
     assert!(closed > 0, "seed {seed}: no random input was refused");
 
-    for p in &mut procs {
-        let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            exited.is_none(),
-            "seed {seed}: node {} exited ({exited:?}); log:\n{}",
-            p.id,
-            p.log_text()
-        );
-        assert!(
-            !p.log_text().contains("panicked"),
-            "seed {seed}: node {} panicked; log:\n{}",
-            p.id,
-            p.log_text()
-        );
-    }
+    assert_running_without_panic(&mut procs, &format!("seed {seed}"));
     // The cluster still serves, through the node that took the garbage.
     leader(&client, &procs, None).await;
     let r = put(&client, &procs[0], "after-peer-fuzz", "ok").await;

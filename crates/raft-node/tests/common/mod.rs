@@ -264,3 +264,23 @@ pub async fn wait_status(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Every node is still running and its log shows no panic; `context` (the
+/// seed) starts each failure message.
+pub fn assert_running_without_panic(procs: &mut [Proc], context: &str) {
+    for p in procs {
+        let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "{context}: node {} exited ({exited:?}); log:\n{}",
+            p.id,
+            p.log_text()
+        );
+        assert!(
+            !p.log_text().contains("panicked"),
+            "{context}: node {} panicked; log:\n{}",
+            p.id,
+            p.log_text()
+        );
+    }
+}
