@@ -166,8 +166,7 @@ async fn malformed_truncated_and_oversized_frames_close_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_on_a_stream_never_take_the_node_down() {
     init_tracing();
-    count_panics();
-    let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    let panics_before = count_panics();
     let ca = DevCa::generate("cluster").unwrap();
     let mut server = start_node(&ca, 1, any_addr(), test_config());
     let seed: u64 = raft_core::testing::env_or("MALFORMED_SEED", 0x5eed);
@@ -184,11 +183,7 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
     }
     still_serves(&ca, &mut server).await;
     server.transport.shutdown().await;
-    assert_eq!(
-        PANICS.load(std::sync::atomic::Ordering::SeqCst),
-        panics_before,
-        "seed {seed}: something panicked while the server read random bytes (see above)"
-    );
+    assert_no_panic_since(panics_before, seed);
 }
 
 /// Panics anywhere in this test process since [`count_panics`] was first
@@ -198,7 +193,8 @@ async fn random_bytes_on_a_stream_never_take_the_node_down() {
 /// process-wide: a sibling test failing at the same time counts too.
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn count_panics() {
+/// Starts counting panics (once per process); returns the count so far.
+fn count_panics() -> usize {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
@@ -207,6 +203,16 @@ fn count_panics() {
             default(info);
         }));
     });
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Fails when anything panicked since [`count_panics`] returned `before`.
+fn assert_no_panic_since(before: usize, seed: u64) {
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "seed {seed}: something panicked while the server read random bytes (see above)"
+    );
 }
 
 /// Random bytes from a peer with a valid certificate, after a correct
@@ -220,8 +226,7 @@ fn count_panics() {
 async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     use rand::{Rng, SeedableRng};
     init_tracing();
-    count_panics();
-    let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    let panics_before = count_panics();
     let seed: u64 = raft_core::testing::seed_from_env("RAFT_FUZZ_SEED");
     let cases: usize = raft_core::testing::env_or("RAFT_FUZZ_CASES", 60);
     eprintln!("random bytes: seed {seed}, {cases} connections (replay: RAFT_FUZZ_SEED={seed})");
@@ -291,9 +296,5 @@ async fn random_bytes_from_an_authenticated_peer_break_nothing() {
     {}
     still_serves(&ca, &mut server).await;
     server.transport.shutdown().await;
-    assert_eq!(
-        PANICS.load(std::sync::atomic::Ordering::SeqCst),
-        panics_before,
-        "seed {seed}: something panicked while the server read random bytes (see above)"
-    );
+    assert_no_panic_since(panics_before, seed);
 }

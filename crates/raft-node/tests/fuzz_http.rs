@@ -455,16 +455,8 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
     // was refused for want of one.
     leader(&client, &procs, None).await;
     for (i, p) in procs.iter().enumerate() {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            let s = put(&client, p, &format!("after-fuzz-{i}"), "ok")
-                .await
-                .status();
-            if s != 503 || std::time::Instant::now() > deadline {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let key = format!("after-fuzz-{i}");
+        let status = status_past_503(|| put(&client, p, &key, "ok")).await;
         assert!(
             status.is_success(),
             "seed {seed}: write via node {}: {status}",
@@ -480,19 +472,8 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
     }
     // The defective writes applied nothing.
     for key in &absent {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            let s = client
-                .get(format!("{}/v1/kv/{key}", procs[0].http))
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if s != 503 || std::time::Instant::now() > deadline {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let url = format!("{}/v1/kv/{key}", procs[0].http);
+        let status = status_past_503(|| async { client.get(&url).send().await.unwrap() }).await;
         assert_eq!(
             status, 404,
             "seed {seed}: a refused write to {key} was applied"

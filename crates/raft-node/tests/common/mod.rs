@@ -284,3 +284,20 @@ pub fn assert_running_without_panic(procs: &mut [Proc], context: &str) {
         );
     }
 }
+
+/// The status of `request`, sent again while it is 503 (no leader for a
+/// moment, e.g. after a leadership transfer), for up to 20 s.
+pub async fn status_past_503<F, Fut>(mut request: F) -> reqwest::StatusCode
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = request().await.status();
+        if s != 503 || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
