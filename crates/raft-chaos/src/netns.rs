@@ -20,6 +20,11 @@
 //! (Raft over QUIC and request forwarding over HTTP) and never the clients'
 //! traffic, which comes from the bridge address.
 //!
+//! Where iptables is installed, the run also inserts a rule at the head of
+//! the host's `FORWARD` chain that accepts traffic across its own bridge:
+//! Docker sets that chain's policy to `DROP` and makes bridged frames pass
+//! through it (see [`Net::create`]).
+//!
 //! Everything is created by [`Net::create`] and removed by [`Drop`], also on
 //! panic; [`cleanup_stale`] removes what a run killed with SIGKILL left.
 
@@ -168,6 +173,14 @@ pub fn cleanup_stale() -> Vec<String> {
             }
         }
     }
+    if let Ok(rules) = run_cmd("iptables", &["-w", "-S", "FORWARD"]) {
+        for bridge in admitted_bridges(&rules) {
+            let stale = owner_pid(&bridge).is_some_and(|pid| pid != own && !pid_alive(pid));
+            if stale && run_cmd("iptables", &forward_rule("-D", &bridge)).is_ok() {
+                removed.push(format!("iptables FORWARD rule for {bridge}"));
+            }
+        }
+    }
     if let Ok(links) = run_cmd("ip", &["-o", "link", "show"]) {
         for line in links.lines() {
             // "12: rc4242abr: <BROADCAST,..." or "13: rc4242ah1@if2: ..."
@@ -236,12 +249,18 @@ pub struct Net {
     nodes: Vec<u64>,
     /// Whether the bridge exists (for teardown).
     bridge_made: bool,
+    /// Whether an iptables rule admits the bridge's forwarded traffic (for
+    /// teardown; see [`admit_bridge`]).
+    bridge_admitted: bool,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
 
 impl Net {
-    /// Creates the bridge and a namespace per node id.
+    /// Creates the bridge and a namespace per node id, and (where iptables
+    /// is installed) lets traffic across the bridge through the host's
+    /// `FORWARD` chain, which Docker's `DROP` policy would otherwise close
+    /// to bridged frames.
     ///
     /// # Errors
     ///
@@ -250,19 +269,29 @@ impl Net {
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let letter = char::from(b'a' + (run % 26) as u8);
         let prefix = format!("rc{}{letter}", std::process::id());
+        // Choosing a free subnet and taking it (the bridge's address) is one
+        // step for the threads of this process: two runs created at once
+        // must not both see the same subnet free.
+        static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let claim = CLAIM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let subnet = free_subnet(run)?;
         let mut net = Net {
             prefix,
             subnet,
             nodes: Vec::new(),
             bridge_made: false,
+            bridge_admitted: false,
         };
         let br = net.bridge();
         run_cmd("ip", &["link", "add", &br, "type", "bridge"])?;
         net.bridge_made = true;
+        net.bridge_admitted = admit_bridge(&br)?;
         let cidr = format!("{}/24", net.client_ip());
         run_cmd("ip", &["addr", "add", &cidr, "dev", &br])?;
         run_cmd("ip", &["link", "set", &br, "up"])?;
+        drop(claim);
         for &id in ids {
             net.add_node(id)?;
         }
@@ -475,10 +504,72 @@ impl Drop for Net {
         for id in self.nodes.clone() {
             self.remove_node(id);
         }
+        if self.bridge_admitted {
+            let _ = run_cmd("iptables", &forward_rule("-D", &self.bridge()));
+        }
         if self.bridge_made {
             let _ = run_cmd("ip", &["link", "del", &self.bridge()]);
         }
     }
+}
+
+/// The iptables arguments that add (`-I`) or delete (`-D`) the rule
+/// accepting forwarded traffic from `bridge` to `bridge`.
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["-w", op, "FORWARD"];
+    if op == "-I" {
+        args.push("1");
+    }
+    args.extend(["-i", bridge, "-o", bridge, "-j", "ACCEPT"]);
+    args
+}
+
+/// Lets the run's node-to-node traffic across its bridge through the
+/// host's iptables `FORWARD` chain; returns whether it added a rule.
+///
+/// With `br_netfilter` loaded and `net.bridge.bridge-nf-call-iptables=1`
+/// (Docker loads and sets both), frames that one bridge port sends to
+/// another pass through iptables' `FORWARD` chain, whose policy Docker
+/// sets to `DROP`: every datagram between two node namespaces would be
+/// dropped in silence, as if each node were partitioned from the others.
+/// A per-bridge setting cannot opt out (the kernel honours the global
+/// sysctl as well), and an accept in a table of the harness's own would
+/// not override another table's drop, so the run inserts an `ACCEPT` for
+/// its own bridge at the head of `FORWARD`, and removes it at teardown
+/// ([`cleanup_stale`] removes those of dead runs). Without `iptables` on
+/// the machine there is nothing that could drop the traffic, and nothing
+/// is added.
+///
+/// # Errors
+///
+/// When `iptables` is installed but refuses the rule.
+fn admit_bridge(bridge: &str) -> Result<bool, ChaosError> {
+    if run_cmd("iptables", &["--version"]).is_err() {
+        return Ok(false);
+    }
+    run_cmd("iptables", &forward_rule("-I", bridge)).map_err(|e| {
+        ChaosError::Unsupported(format!(
+            "cannot let the bridge's traffic through iptables' FORWARD chain: {e}"
+        ))
+    })?;
+    Ok(true)
+}
+
+/// The bridges named in `iptables -S FORWARD` output by rules of the form
+/// [`forward_rule`] adds.
+fn admitted_bridges(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["-A", "FORWARD", "-i", i, "-o", o, "-j", "ACCEPT"] if i == o => {
+                    Some((*i).to_owned())
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// A third octet for 10.77.S.0/24 that no interface uses yet.
@@ -494,6 +585,22 @@ fn free_subnet(run: u32) -> Result<u8, ChaosError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admitted_bridges_are_read_back_from_iptables_rules() {
+        let rules = "-P FORWARD DROP\n\
+                     -A FORWARD -i rc4242abr -o rc4242abr -j ACCEPT\n\
+                     -A FORWARD -j DOCKER-USER\n\
+                     -A FORWARD -i docker0 -o docker0 -j ACCEPT\n\
+                     -A FORWARD -i docker0 ! -o docker0 -j ACCEPT\n";
+        assert_eq!(admitted_bridges(rules), ["rc4242abr", "docker0"]);
+        // Only harness names are ever removed: docker0 has no owner pid.
+        assert_eq!(owner_pid("docker0"), None);
+        assert_eq!(
+            forward_rule("-I", "rc1abr"),
+            ["-w", "-I", "FORWARD", "1", "-i", "rc1abr", "-o", "rc1abr", "-j", "ACCEPT"]
+        );
+    }
 
     #[test]
     fn owner_pid_parses_harness_names_only() {
