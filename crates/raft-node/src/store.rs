@@ -545,6 +545,9 @@ impl KvStateMachine {
                         });
                         continue;
                     }
+                    // Past its window: the token is used anew below, and
+                    // its old order key goes with the old record.
+                    batch.delete_cf(meta, Self::order_key(index, token));
                 }
             }
             // A plain put does not depend on the key's current revision, so
@@ -610,9 +613,29 @@ impl KvStateMachine {
                         detail: "idempotency order key too short",
                     });
                 };
-                let mut ik = b"i/".to_vec();
-                ik.extend_from_slice(token);
-                batch.delete_cf(meta, ik);
+                let index = u64::from_be_bytes(k[2..10].try_into().expect("8 bytes"));
+                // The token's record goes only if it is still the one this
+                // order key was written for: a token used again (in this
+                // batch or an earlier one) holds a newer record, which
+                // must stay whatever the batch boundaries were.
+                let current = match std::str::from_utf8(token).ok().and_then(|t| tokens.get(t)) {
+                    Some((i, _, _)) => Some(*i),
+                    None => {
+                        let mut ik = b"i/".to_vec();
+                        ik.extend_from_slice(token);
+                        match db.get_pinned_cf(meta, &ik)? {
+                            Some(stored) => Some(
+                                decode_token_record(&String::from_utf8_lossy(token), &stored)?.0,
+                            ),
+                            None => None,
+                        }
+                    }
+                };
+                if current == Some(index) {
+                    let mut ik = b"i/".to_vec();
+                    ik.extend_from_slice(token);
+                    batch.delete_cf(meta, ik);
+                }
                 batch.delete_cf(meta, &k);
             }
         }
@@ -896,6 +919,55 @@ mod tests {
         assert_eq!(items[0].0, Bytes::from("p/1"));
         let (items, more) = r.list(b"p/", 10).unwrap();
         assert_eq!((items.len(), more), (5, false));
+    }
+
+    /// A token used at entry 1 and used again at 6 (past the window of
+    /// 3) and 7 (a retry of 6): every replica must answer entry 7 with the
+    /// outcome of 6, whether 6 was applied alone or in one batch with 5.
+    /// (The cleanup at the end of a batch once deleted the token's new
+    /// record along with its expired one when both fell in one batch.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_token_reused_past_its_window_is_remembered_whatever_the_batches() {
+        let cmd = |i: u64| match i {
+            1 => put("p/1", "a", Precondition::None, Some("t")),
+            6 | 7 => put("p/1", "c", Precondition::None, Some("t")),
+            _ => put(&format!("p/{i}"), "b", Precondition::None, None),
+        };
+        let mut outcomes = Vec::new();
+        let mut digests = Vec::new();
+        for batches in [
+            vec![
+                vec![1],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![5],
+                vec![6],
+                vec![7],
+            ],
+            vec![vec![1], vec![2], vec![3], vec![4], vec![5, 6], vec![7]],
+            vec![vec![1, 2, 3, 4, 5, 6, 7]],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path());
+            let mut sm = KvStateMachine::new(log.db().clone(), 3).unwrap();
+            let mut out = Vec::new();
+            for b in &batches {
+                let entries: Vec<Entry> = b.iter().map(|&i| entry(i, cmd(i))).collect();
+                out.extend(sm.apply(&entries).await.unwrap());
+            }
+            assert_eq!(out[5], Outcome::Applied { rev: 6 }, "{batches:?}");
+            assert_eq!(
+                out[6],
+                Outcome::Applied { rev: 6 },
+                "{batches:?}: the retry"
+            );
+            assert_eq!(sm.reader().get(b"p/1").unwrap().unwrap().rev, 6);
+            outcomes.push(out);
+            digests.push(sm.reader().digest().unwrap());
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     }
 
     fn meta(index: u64) -> SnapshotMeta {
