@@ -30,6 +30,25 @@ fn raft_node() -> PathBuf {
     bin
 }
 
+/// A `--base-port` whose ports (clients at `base..`, peers at
+/// `base + 100..`) are free now, from below the kernel's ephemeral range
+/// (nothing takes those without asking for them), and different in each
+/// test process, so two test runs at once do not collide. `slot` (0 or 1)
+/// keeps this file's two tests apart.
+fn base_port(slot: u16) -> u16 {
+    let free = |base: u16| {
+        (0..3).all(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", base + 100 + i)).is_ok()
+        })
+    };
+    let start = u16::try_from(std::process::id() % 20).expect("below 20");
+    (0..20u16)
+        .map(|k| 10_000 + ((start + k) % 20) * 1000 + slot * 500)
+        .find(|&b| free(b))
+        .expect("a free range of ports below 32768")
+}
+
 fn run_json(args: &[&str], out: &Path, base_port: u16) -> Value {
     let bin = raft_node();
     let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
@@ -39,8 +58,10 @@ fn run_json(args: &[&str], out: &Path, base_port: u16) -> Value {
         .arg("--out")
         .arg(out)
         .args(["--base-port", &base_port.to_string()])
-        // Debug builds on a loaded CI machine: generous timeouts.
-        .args(["--heartbeat-ms", "50", "--election-ms", "300"])
+        // Debug builds on a loaded 2-core machine, with both tests of this
+        // file running at once: an election timeout a stall cannot reach
+        // (raft-node's own default), so a healthy cluster keeps its leader.
+        .args(["--heartbeat-ms", "100", "--election-ms", "1500"])
         .output()
         .expect("running raft-bench");
     assert!(
@@ -73,7 +94,7 @@ fn throughput_reports_writes_latency_and_per_node_usage() {
             "20",
         ],
         dir.path(),
-        24100,
+        base_port(0),
     );
     let t = r["throughput"].as_array().expect("throughput array");
     assert_eq!(t.len(), 2, "one measurement per client count: {r:#}");
@@ -146,7 +167,7 @@ fn election_trials_measure_a_new_leader_after_each_fault() {
             "2",
         ],
         dir.path(),
-        24600,
+        base_port(1),
     );
     let e = r["elections"].as_array().expect("elections array");
     assert_eq!(e.len(), 3, "one result per fault: {r:#}");

@@ -513,7 +513,18 @@ mod tests {
     #[test]
     fn a_node_found_dead_when_the_nemesis_kills_it_is_reported_once() {
         let mut n = proc_running("sh", &["-c", "exit 3"]);
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait (without reaping it) until the process has exited: a zombie
+        // in /proc. A fixed sleep could end before a loaded machine ran it.
+        let pid = n.child.as_ref().expect("spawned").id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        }) {
+            assert!(std::time::Instant::now() < deadline, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         n.kill9();
         let crash = n.unexpected_exit().expect("the earlier exit is reported");
         assert!(crash.contains('3'), "{crash}");

@@ -13,6 +13,8 @@
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_chaos::netns::{self, Net, NodeFaults, Redirect};
@@ -45,24 +47,32 @@ impl Drop for Helper {
     }
 }
 
-/// Whether a TCP connection from namespace `ns` to `addr` succeeds in 1 s.
+/// Whether a TCP connection from namespace `ns` to `addr` succeeds in 5 s
+/// (generous: the time includes starting bash on a loaded machine; a
+/// dropped connection attempt takes the whole 5 s, so tests that expect
+/// one keep few such checks).
 fn connects_from(ns: &str, addr: SocketAddr) -> bool {
     let script = format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port());
     Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "1", "bash", "-c", &script])
+        .args(["netns", "exec", ns, "timeout", "5", "bash", "-c", &script])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
 fn connects_from_root(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok()
 }
 
 fn names_with(prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for args in [&["netns", "list"][..], &["-o", "link", "show"][..]] {
-        let text = Command::new("ip")
+    for (program, args) in [
+        ("ip", &["netns", "list"][..]),
+        ("ip", &["-o", "link", "show"][..]),
+        // The rule that admits a run's bridge traffic (where iptables is).
+        ("iptables", &["-w", "-S", "FORWARD"][..]),
+    ] {
+        let text = Command::new(program)
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -177,10 +187,30 @@ fn stale_namespaces_and_links_of_dead_runs_are_removed() {
     };
     run(&["netns", "add", &ns]);
     run(&["link", "add", &bridge, "type", "bridge"]);
-    assert_eq!(names_with(&prefix).len(), 2, "{:?}", names_with(&prefix));
+    let iptables = Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if iptables {
+        let rule = [
+            "-w", "-I", "FORWARD", "1", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ];
+        let s = Command::new("iptables")
+            .args(rule)
+            .status()
+            .expect("iptables");
+        assert!(s.success(), "iptables {rule:?}");
+    }
+    let made = 2 + usize::from(iptables);
+    assert_eq!(names_with(&prefix).len(), made, "{:?}", names_with(&prefix));
     let removed = netns::cleanup_stale();
     assert!(
         removed.iter().any(|r| r.contains(&ns)) && removed.iter().any(|r| r.contains(&bridge)),
+        "{removed:?}"
+    );
+    assert_eq!(
+        removed.iter().filter(|r| r.contains("iptables")).count(),
+        usize::from(iptables),
         "{removed:?}"
     );
     assert!(names_with(&prefix).is_empty(), "{:?}", names_with(&prefix));
@@ -307,6 +337,16 @@ fn a_delay_fault_holds_and_reorders_node_to_node_udp_and_heals() {
             "round trip {rtt:?} < 2 x 40 ms"
         );
     }
+    // Every datagram of the three round trips reached the relay before
+    // the reply it carried reached node 1, so the receive count is already
+    // final. The relay counts a datagram as forwarded only after its
+    // `send_to` returns, which may be after node 1 has the reply: wait for
+    // that count instead of reading it once.
+    assert!(relay.received() >= 6, "received {}", relay.received());
+    let relayed_by = Instant::now() + Duration::from_secs(5);
+    while relay.relayed() < 6 && Instant::now() < relayed_by {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(relay.relayed() >= 6, "relayed {}", relay.relayed());
 
     // Jitter of up to 30 ms on each of 40 datagrams sent at once: all
@@ -369,24 +409,39 @@ fn partial_loss_drops_some_packets_and_a_bandwidth_limit_slows_transfers() {
     // a pace the receive buffer keeps up with.
     let at2 = SocketAddr::new(net.node_ip(2).into(), 7100);
     let rx = udp_socket_in(&net.namespace(2), at2);
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let tx = udp_socket_in(&net.namespace(1), "0.0.0.0:0".parse().expect("addr"));
     let burst = |rx: UdpSocket| -> (UdpSocket, usize) {
+        // The receiver stops only once the sender is done and nothing came
+        // for 200 ms, so a sender or receiver that the scheduler holds back
+        // ends no count early; it counts distinct sequence numbers.
+        let sent_all = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&sent_all);
         let receiver = std::thread::spawn(move || {
-            let mut got = 0;
+            let mut seen = BTreeSet::new();
             let mut buf = [0u8; 16];
-            while rx.recv_from(&mut buf).is_ok() {
-                got += 1;
+            loop {
+                match rx.recv_from(&mut buf) {
+                    Ok((4, _)) => {
+                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                    }
+                    Ok(_) => {}
+                    Err(_) if done.load(Ordering::SeqCst) => break,
+                    Err(_) => {}
+                }
             }
-            (rx, got)
+            (rx, seen.len())
         });
         for i in 0..400u32 {
             tx.send_to(&i.to_be_bytes(), at2).expect("send");
-            if i % 20 == 0 {
+            // A pace the default receive buffer keeps up with even when
+            // the receiving thread waits for a core.
+            if i % 5 == 0 {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        sent_all.store(true, Ordering::SeqCst);
         receiver.join().expect("receiver")
     };
     let (rx, control) = burst(rx);

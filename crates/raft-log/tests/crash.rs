@@ -105,6 +105,7 @@ fn acknowledged_entries_survive_sigkill() {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("stdout");
+        let (first_ack, got_first_ack) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut acked = 0u64;
             for line in BufReader::new(stdout).lines() {
@@ -113,12 +114,30 @@ fn acknowledged_entries_survive_sigkill() {
                     .strip_prefix("ACK ")
                     .and_then(|n| n.trim().parse::<u64>().ok())
                 {
+                    if acked == 0 {
+                        let _ = first_ack.send(());
+                    }
                     acked = acked.max(n);
                 }
             }
             acked
         });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(150..600)));
+        // Odd rounds: the kill comes at a random time after the start, so
+        // it may hit the child while it opens and recovers the store.
+        // Even rounds: at a random time after the first acknowledgement,
+        // so every run kills writers mid-stream however slowly a loaded
+        // machine starts the child.
+        let delay = Duration::from_millis(rng.gen_range(150..600));
+        if round % 2 == 0 {
+            got_first_ack
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| {
+                    panic!("seed {seed} round {round}: no acknowledgement within 120 s")
+                });
+            std::thread::sleep(delay - Duration::from_millis(150));
+        } else {
+            std::thread::sleep(delay);
+        }
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap child");
         let acked = reader.join().expect("reader");

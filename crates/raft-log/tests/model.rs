@@ -139,7 +139,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(raft_core::testing::proptest_seed()),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn rocks_log_behaves_like_the_model(ops in proptest::collection::vec(op(), 1..30)) {

@@ -599,6 +599,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 512,
         failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(raft_core::testing::proptest_seed()),
         ..ProptestConfig::default()
     })]
 

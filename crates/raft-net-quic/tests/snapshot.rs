@@ -16,7 +16,7 @@ use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
 use raft_net_quic::{FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSink, SnapshotSource};
 use rand::{Rng, SeedableRng};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// A source that takes its time, so a test can act mid-transfer.
 struct SlowSource {
@@ -36,12 +36,15 @@ impl SnapshotSource for SlowSource {
     }
 }
 
-/// Wraps a sink: counts chunks and wakes the test after `trigger_after`.
+/// Wraps a sink: counts chunks, wakes the test after `trigger_after` and
+/// holds that chunk's write until the test adds a permit to `release`, so
+/// the transfer cannot finish before the test has acted on it.
 struct Watched {
     inner: FileSnapshotSink,
     chunks: AtomicU64,
     trigger_after: u64,
     triggered: Notify,
+    release: Semaphore,
 }
 
 #[async_trait]
@@ -54,6 +57,8 @@ impl SnapshotSink for Watched {
         self.inner.write(from, id, offset, data).await?;
         if self.chunks.fetch_add(1, Ordering::SeqCst) + 1 == self.trigger_after {
             self.triggered.notify_one();
+            let permit = self.release.acquire().await.map_err(|e| e.to_string())?;
+            permit.forget();
         }
         Ok(())
     }
@@ -86,6 +91,7 @@ async fn a_snapshot_transfer_survives_a_connection_drop_and_resumes() {
         chunks: AtomicU64::new(0),
         trigger_after: 8,
         triggered: Notify::new(),
+        release: Semaphore::new(0),
     });
     let sender = start_node(&ca, 1, any_addr(), snapshot_config());
     let (receiver, _inbound) = QuicTransport::builder(2, tls(&ca, 2))
@@ -110,6 +116,7 @@ async fn a_snapshot_transfer_survives_a_connection_drop_and_resumes() {
         .await
         .expect("transfer did not start");
     sender.transport.disconnect(2);
+    sink.release.add_permits(1);
 
     let sent = tokio::time::timeout(Duration::from_secs(60), transfer)
         .await

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster_with, joiner, leader, status, wait_status, Proc};
+use common::{cluster_with, joiner, leader, status_of, wait_status, Proc};
 use serde_json::Value;
 
 fn flags(extra: &[&str]) -> Vec<String> {
@@ -105,7 +105,7 @@ async fn join_and_promote(
 ) -> Proc {
     let via = by_id(procs, leader).http.clone();
     let new = joiner(dir, id, &via, extra);
-    let target = status(client, by_id(procs, leader)).await.unwrap()["commit"]
+    let target = status_of(client, by_id(procs, leader)).await["commit"]
         .as_u64()
         .unwrap();
     wait_status(client, &new, 60, "catch-up", |s| {
@@ -133,7 +133,13 @@ async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
     // 200, which `RAFT_TEST_LEARNER_MB` can ask for.
     let mb: usize = raft_core::testing::env_or("RAFT_TEST_LEARNER_MB", 200);
     let dir = tempfile::tempdir().unwrap();
-    let extra = flags(&["--snapshot-entries=64", "--snapshot-keep-entries=8"]);
+    // 1 MiB writes while 64-entry snapshots are built: on a loaded machine
+    // one may take longer than the default 5 s request timeout.
+    let extra = flags(&[
+        "--snapshot-entries=64",
+        "--snapshot-keep-entries=8",
+        "--request-timeout-ms=30000",
+    ]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::new();
     let l = leader(&client, &procs, None).await;
@@ -189,7 +195,14 @@ async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_removes_itself_and_a_killed_node_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = flags(&["--snapshot-entries=50", "--snapshot-keep-entries=5"]);
+    // Elections of 50 ticks (1–2 s): the term check below must not be
+    // tripped by an ordinary election after a scheduling stall of a loaded
+    // machine, which a 400 ms timeout invites.
+    let extra = flags(&[
+        "--snapshot-entries=50",
+        "--snapshot-keep-entries=5",
+        "--election-ticks=50",
+    ]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::new();
     let l = leader(&client, &procs, None).await;
@@ -209,9 +222,10 @@ async fn the_leader_removes_itself_and_a_killed_node_is_replaced() {
     let l2 = leader(&client, &procs, Some(l)).await;
     written.extend(write_values(&client, by_id(&procs, l2), "b/", 20, 200).await);
     // The removed node does not disrupt: the term stays put.
-    let term = status(&client, by_id(&procs, l2)).await.unwrap()["term"].clone();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let s = status(&client, by_id(&procs, l2)).await.unwrap();
+    let term = status_of(&client, by_id(&procs, l2)).await["term"].clone();
+    // Longer than the removed node's longest election timeout (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = status_of(&client, by_id(&procs, l2)).await;
     assert_eq!(s["term"], term, "the removed node raised the term");
     assert_eq!(s["role"], "leader");
     removed.sigterm();
@@ -260,7 +274,7 @@ async fn nodes_restart_after_compaction_without_losing_writes() {
         let (code, body) = post(&client, format!("{}/v1/cluster/snapshot", p.http)).await;
         assert_eq!(code, 200, "{body:#}");
         assert!(body["index"].as_u64().unwrap() >= 60, "{body:#}");
-        let s = status(&client, p).await.unwrap();
+        let s = status_of(&client, p).await;
         assert!(
             s["first_index"].as_u64().unwrap() > 50,
             "node {}: {s:#}",
@@ -346,7 +360,7 @@ async fn bad_membership_requests_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let s = status(&client, by_id(&procs, l)).await.unwrap();
+    let s = status_of(&client, by_id(&procs, l)).await;
     assert_eq!(s["membership"]["voters"], serde_json::json!([1, 2, 3]));
     assert_eq!(s["membership"]["learners"], serde_json::json!([]));
     assert_eq!(s["role"], "leader");

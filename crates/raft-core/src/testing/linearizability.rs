@@ -918,7 +918,6 @@ impl<'a> KeyChecker<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     fn v(s: &str) -> Vec<u8> {
         s.as_bytes().to_vec()
@@ -1696,12 +1695,12 @@ mod tests {
     }
 
     #[track_caller]
-    fn assert_generated_ok(h: &History) -> Duration {
-        let start = Instant::now();
+    /// Checks `h` within the default search budget: a verdict of `Ok`
+    /// (not `Unknown`) shows the search stays within its bound, which no
+    /// wall-clock limit on a loaded machine could show reliably.
+    fn assert_generated_ok(h: &History) {
         let result = check(h, CheckLimits::default());
-        let elapsed = start.elapsed();
         assert_eq!(result, CheckResult::Ok, "{result}");
-        elapsed
     }
 
     #[test]
@@ -1709,8 +1708,7 @@ mod tests {
         for seed in 0..20 {
             let h = generate(seed, 5, 150, &["k"], 0);
             assert_eq!(h.len(), 150);
-            let elapsed = assert_generated_ok(&h);
-            assert!(elapsed < Duration::from_secs(5), "seed {seed}: {elapsed:?}");
+            assert_generated_ok(&h);
         }
     }
 

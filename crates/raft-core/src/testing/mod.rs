@@ -16,12 +16,17 @@ pub mod linearizability;
 /// When the variable is set but does not parse: a typo in a replay command
 /// must not silently run another configuration.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
+    parse_or(name, std::env::var(name).ok(), default)
+}
+
+/// `value` (the variable `name`'s, if set) parsed as a `T`, else `default`.
+fn parse_or<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> T {
+    match value {
+        Some(v) => v
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
+        None => default,
     }
 }
 
@@ -36,17 +41,33 @@ pub fn seed_from_env(name: &str) -> u64 {
     env_or(name, rand::random())
 }
 
+/// [`seed_from_env`] for a property test's random generator, printed with
+/// how to replay it (the test harness shows the line when the test fails).
+/// With proptest:
+/// `rng_seed: RngSeed::Fixed(raft_core::testing::proptest_seed())`, so
+/// `PROPTEST_RNG_SEED=<seed>` replays the same cases.
+///
+/// # Panics
+///
+/// When `PROPTEST_RNG_SEED` is set but is not a number.
+pub fn proptest_seed() -> u64 {
+    let seed = seed_from_env("PROPTEST_RNG_SEED");
+    println!("property test seed {seed} (replay with PROPTEST_RNG_SEED={seed})");
+    seed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn env_or_parses_the_variable_or_falls_back() {
-        std::env::set_var("RAFT_CORE_TEST_ENV_OR", " 42 ");
-        assert_eq!(env_or::<u64>("RAFT_CORE_TEST_ENV_OR", 1), 42);
-        assert_eq!(env_or::<u64>("RAFT_CORE_TEST_ENV_OR_UNSET", 7), 7);
-        std::env::set_var("RAFT_CORE_TEST_ENV_OR_BAD", "x");
-        let r = std::panic::catch_unwind(|| env_or::<u64>("RAFT_CORE_TEST_ENV_OR_BAD", 1));
+        // Through `parse_or`: setting variables would race other tests'
+        // reads of the environment in this multi-threaded test binary.
+        assert_eq!(parse_or::<u64>("X", Some(" 42 ".into()), 1), 42);
+        assert_eq!(parse_or::<u64>("X", None, 7), 7);
+        let r = std::panic::catch_unwind(|| parse_or::<u64>("X", Some("x".into()), 1));
         assert!(r.is_err());
+        assert_eq!(env_or::<u64>("RAFT_CORE_TEST_ENV_OR_UNSET", 7), 7);
     }
 }

@@ -493,6 +493,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
         failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(raft_core::testing::proptest_seed()),
         ..ProptestConfig::default()
     })]
 

@@ -7,6 +7,7 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -73,18 +74,40 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback port for a node to bind later, free when this returns.
+///
+/// It comes from below the kernel's ephemeral range: a port the kernel
+/// hands out for `bind(0)` or `connect` (every HTTP client and QUIC
+/// endpoint of the tests running in parallel) could be taken between this
+/// check and the node's own bind, which happens hundreds of milliseconds
+/// later in a debug process. Ports below that range are taken only by
+/// explicit binds: this sequence, spread over processes by their id.
+fn free_port(bindable: impl Fn(SocketAddr) -> bool) -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(11_000, 65_535);
+    let (first, span) = (10_000u32, low - 10_000);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = u16::try_from(first + n % span).expect("below 65536");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if bindable(addr) {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {first}..{low}");
+}
+
 pub fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    free_port(|a| TcpListener::bind(a).is_ok())
 }
 
 pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    free_port(|a| UdpSocket::bind(a).is_ok())
 }
 
 pub fn cluster(dir: &Path, n: u64) -> Vec<Proc> {
@@ -144,6 +167,25 @@ pub async fn status(client: &reqwest::Client, p: &Proc) -> Option<Value> {
         .await
         .ok()?;
     r.json().await.ok()
+}
+
+/// `p`'s status with the store digest, asked again for up to 30 s while the
+/// node does not answer (a loaded machine may take longer than one
+/// request's 2 s); panics with the node's log after that.
+pub async fn status_of(client: &reqwest::Client, p: &Proc) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(client, p).await {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {}: no status within 30 s; log:\n{}",
+            p.id,
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until every running node agrees on a leader (not `except`).
