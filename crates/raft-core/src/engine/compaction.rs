@@ -204,8 +204,7 @@ impl Engine {
         if self.role != Role::Follower {
             self.become_follower(self.term, Some(from));
         }
-        self.leader = Some(from);
-        self.election_elapsed = 0;
+        self.heard_from_leader(from);
         if self.installing.is_some() {
             return; // one at a time; the leader sends again if needed
         }

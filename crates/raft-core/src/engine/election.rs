@@ -164,8 +164,14 @@ impl Engine {
             MessageBody::RequestVote {
                 pre_vote,
                 last_log_id,
-                ..
-            } => self.handle_vote_request(msg.from, msg.term, pre_vote, last_log_id),
+                leadership_transfer,
+            } => self.handle_vote_request(
+                msg.from,
+                msg.term,
+                pre_vote,
+                last_log_id,
+                leadership_transfer,
+            ),
             MessageBody::RequestVoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(msg.from, msg.term, pre_vote, granted)
             }
@@ -233,8 +239,23 @@ impl Engine {
         }
     }
 
-    /// Whether this node heard from a live leader within the minimum election
-    /// timeout (only meaningful with check-quorum).
+    /// Follower: `leader` spoke to this node (AppendEntries or a snapshot)
+    /// in the current term. Its answer may count toward `leader`'s lease,
+    /// so this node promises to help elect nobody else for an election
+    /// timeout from now.
+    pub(super) fn heard_from_leader(&mut self, leader: NodeId) {
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+        self.lease_until = self.now + self.cfg.election_timeout_ticks;
+    }
+
+    /// Whether this node must ignore ordinary vote requests (only with
+    /// check-quorum, thesis §4.2.3): as a leader within its election timeout
+    /// (its lease), or as a follower within the promise it made when it last
+    /// acknowledged a leader ([`heard_from_leader`](Self::heard_from_leader)),
+    /// which outlives any change of term: a message at a higher term may
+    /// clear the leader this node knows of, but that leader may still be
+    /// serving lease reads on the strength of the acknowledgement.
     ///
     /// A node that restarted with state counts as in a lease for its first
     /// election timeout: it may have acknowledged a leader just before it
@@ -243,7 +264,8 @@ impl Engine {
     pub(super) fn in_leader_lease(&self) -> bool {
         let timeout = self.cfg.election_timeout_ticks;
         self.cfg.check_quorum
-            && ((self.leader.is_some() && self.election_elapsed < timeout)
+            && ((self.role == Role::Leader && self.election_elapsed < timeout)
+                || self.now < self.lease_until
                 || (self.restarted && self.now < timeout))
     }
 
@@ -253,13 +275,18 @@ impl Engine {
         term: Term,
         pre_vote: bool,
         last: LogId,
+        leadership_transfer: bool,
     ) {
         // Paper §5.4.1: grant only to a candidate whose log is at least as
         // up-to-date as ours.
         let up_to_date = last >= self.log.last_log_id();
+        // A request at our own term reaches here without the lease check of
+        // `step` (a higher-term message may have moved us to the candidate's
+        // term and cleared our leader): the promise still holds.
+        let promised = !leadership_transfer && self.in_leader_lease();
         let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && term > self.term);
+            || (self.vote.is_none() && self.leader.is_none() && !promised)
+            || (pre_vote && term > self.term && !promised);
         let granted = can_vote && up_to_date;
         let reply_term = if granted && pre_vote { term } else { self.term };
         let reply = Message {

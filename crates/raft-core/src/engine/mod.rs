@@ -382,6 +382,11 @@ pub struct Engine {
     /// Logical clock: ticks since the engine was created.
     now: u64,
     election_elapsed: u64,
+    /// Follower: until this tick (exclusive) it keeps its promise to the
+    /// leader it last heard from to help elect nobody else (thesis §4.2.3,
+    /// §6.4.1): that leader counts its acknowledgement toward a lease. No
+    /// term change clears it; only time ends it.
+    lease_until: u64,
     heartbeat_elapsed: u64,
     randomized_election_timeout: u64,
     /// Votes received in the current (pre-)campaign.
@@ -502,6 +507,7 @@ impl Engine {
             rng,
             now: 0,
             election_elapsed: 0,
+            lease_until: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_timeout_ticks,
             votes: BTreeMap::new(),

@@ -107,8 +107,7 @@ impl Engine {
             // A candidate of the same term learns that a leader won (paper §5.2).
             self.become_follower(self.term, Some(from));
         }
-        self.leader = Some(from);
-        self.election_elapsed = 0;
+        self.heard_from_leader(from);
         if self.installing.is_some() {
             // The log is about to be replaced by a snapshot: appending (or
             // acknowledging, or learning a commit index for) entries now

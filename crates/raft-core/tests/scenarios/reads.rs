@@ -3,7 +3,7 @@
 use raft_core::engine::{ReadError, ReadState, Role};
 use raft_core::MessageBody;
 
-use crate::network::Network;
+use crate::network::{msg, Network};
 
 /// Thesis §6.4 (ReadIndex), step 3: the leader records its commit index
 /// and releases the read only after a heartbeat round answered by a quorum
@@ -263,4 +263,64 @@ fn lease_is_given_up_during_a_leadership_transfer() {
     assert_eq!(net.role(2), Role::Leader, "the target won at once");
     assert_eq!(net.role(1), Role::Leader, "1 has not heard of it");
     assert_eq!(net.read_lease(1, 1), Err(ReadError::LeaseNotHeld));
+}
+
+/// Thesis §6.4.1 with §4.2.3: the leader's lease rests on its followers'
+/// promise that, for an election timeout after they acknowledged it, they
+/// help elect nobody else. No message at a higher term ends that promise.
+/// Here a follower acknowledges leader 1, then receives two late messages
+/// of another node's candidacy at term T+1 (delivered out of order by the
+/// network): the refusal of a pre-vote it had sent, which moves it to T+1
+/// and clears its leader, and that candidate's vote request. While leader
+/// 1 still holds its lease the follower must not grant the vote: with 3's
+/// own vote it would elect 3, which could commit newer writes while 1
+/// still serves lease reads. Once its election timeout has passed without
+/// a leader, the promise has ended and the same request is granted.
+#[test]
+fn a_followers_lease_promise_survives_a_term_change() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.tick_all(3);
+    heartbeat_round(&mut net, 1);
+    assert!(net.engine(1).lease_valid());
+    let t = net.term(2);
+    for id in [1, 2, 3] {
+        net.isolate(id);
+    }
+    let last = net.engine(3).last_log_id();
+    net.clear_sent();
+    // The late refusal at T+1 moves node 2 to T+1 without a leader.
+    net.step(msg::new(
+        3,
+        2,
+        t + 1,
+        MessageBody::RequestVoteResponse {
+            pre_vote: true,
+            granted: false,
+        },
+    ));
+    assert_eq!(net.term(2), t + 1);
+    net.step(msg::vote(3, 2, t + 1, last));
+    let granted = |net: &Network| {
+        net.sent_between(2, 3).iter().any(|s| {
+            matches!(
+                s.msg.body,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true
+                }
+            )
+        })
+    };
+    assert!(net.engine(1).lease_valid(), "1 still holds its lease");
+    assert!(
+        !granted(&net),
+        "node 2 voted for 3 while leader 1 counts on its acknowledgement"
+    );
+    // An election timeout later the promise has ended.
+    let timeout = net.engine(2).config().election_timeout_ticks;
+    net.tick(2, timeout);
+    net.clear_sent();
+    net.step(msg::vote(3, 2, t + 1, last));
+    assert!(granted(&net), "the promise outlived its election timeout");
 }
