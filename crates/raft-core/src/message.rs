@@ -101,6 +101,11 @@ pub enum AppendResult {
         /// term is at most the leader's `prev_log_id.term`.
         hint: LogId,
     },
+    /// The follower is installing a snapshot and appended nothing. The
+    /// answer says only that it follows this leader in this term: the
+    /// leader counts it for check-quorum and for confirming reads and its
+    /// lease, and learns nothing about the follower's log from it.
+    Installing,
 }
 
 impl MessageBody {

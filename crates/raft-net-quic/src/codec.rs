@@ -165,6 +165,9 @@ mod body {
 
     pub const RESULT_SUCCESS: u8 = 1;
     pub const RESULT_CONFLICT: u8 = 2;
+    /// Added after the first release of protocol version 1: a node from
+    /// before it refuses the frame (and the connection) as malformed.
+    pub const RESULT_INSTALLING: u8 = 3;
 
     pub const PAYLOAD_BLANK: u8 = 0;
     pub const PAYLOAD_NORMAL: u8 = 1;
@@ -404,6 +407,7 @@ fn encode_message(m: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
                     out.put_u64(*rejected_prev);
                     put_log_id(out, *hint);
                 }
+                AppendResult::Installing => out.put_u8(body::RESULT_INSTALLING),
             }
         }
         MessageBody::TimeoutNow => out.put_u8(body::TIMEOUT_NOW),
@@ -700,6 +704,7 @@ fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
                     rejected_prev: r.u64("rejected prev")?,
                     hint: r.log_id("hint")?,
                 },
+                body::RESULT_INSTALLING => AppendResult::Installing,
                 t => return Err(invalid("append result tag", format!("{t}"))),
             };
             MessageBody::AppendEntriesResponse { round, result }

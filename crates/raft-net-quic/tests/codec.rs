@@ -278,6 +278,14 @@ fn golden_append_entries_response() {
         "0000003c 01 10  0000000000000001 0000000000000002 0000000000000005
          04  0000000000000007  02 000000000000000a  0000000000000002 0000000000000008",
     );
+    golden(
+        &msg(MessageBody::AppendEntriesResponse {
+            round: 7,
+            result: AppendResult::Installing,
+        }),
+        "00000024 01 10  0000000000000001 0000000000000002 0000000000000005
+         04  0000000000000007  03",
+    );
 }
 
 #[test]
@@ -513,6 +521,7 @@ fn append_entries() -> impl Strategy<Value = MessageBody> {
 fn append_result() -> impl Strategy<Value = AppendResult> {
     prop_oneof![
         any::<u64>().prop_map(|last_index| AppendResult::Success { last_index }),
+        Just(AppendResult::Installing),
         (any::<u64>(), log_id()).prop_map(|(rejected_prev, hint)| AppendResult::Conflict {
             rejected_prev,
             hint
@@ -933,9 +942,13 @@ fn unknown_tags_are_rejected() {
         assert_invalid(&format!("01 10 {HDR} {tag}"), "message body tag");
     }
     assert_invalid(
-        &format!("01 10 {HDR} 04 0000000000000007 03 000000000000000d"),
+        &format!("01 10 {HDR} 04 0000000000000007 04 000000000000000d"),
         "append result tag",
     );
+    // `Installing` (tag 03) has no body: bytes after it are trailing bytes.
+    decode_err(&format!(
+        "01 10 {HDR} 04 0000000000000007 03 000000000000000d"
+    ));
     assert_invalid(
         &format!(
             "{} 00000001  0000000000000003 000000000000000b 03",

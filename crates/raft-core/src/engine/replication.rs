@@ -112,6 +112,16 @@ impl Engine {
             // The log is about to be replaced by a snapshot: appending (or
             // acknowledging, or learning a commit index for) entries now
             // would be undone. The leader sends again once it hears back.
+            // The answer still tells it that this node follows it, or it
+            // would take this node for dead while the install runs (check-
+            // quorum, reads).
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    round,
+                    result: AppendResult::Installing,
+                },
+            );
             return;
         }
         match self.log.try_append(prev, entries) {
@@ -236,6 +246,8 @@ impl Engine {
                     self.send_timeout_now(from);
                 }
             }
+            // Liveness and the round only, recorded above.
+            AppendResult::Installing => {}
             AppendResult::Conflict {
                 rejected_prev,
                 hint,

@@ -39,7 +39,7 @@ use raft_core::engine::{
 };
 use raft_core::{
     Config, Entry, EntryPayload, HardState, Index, LogId, Membership, Message, MessageBody, NodeId,
-    Term,
+    SnapshotMeta, Term,
 };
 
 /// Upper bound on messages delivered by one [`Network::deliver_all`].
@@ -81,6 +81,9 @@ pub struct Node {
     pub failed_reads: Vec<(ReadId, ReadError)>,
     /// Every soft state reported, in order.
     pub soft_states: Vec<SoftState>,
+    /// A snapshot install the engine asked for. The harness never finishes
+    /// one: it models an install still in progress.
+    pub installing: Option<SnapshotMeta>,
     cfg: Config,
     bootstrap: Membership,
 }
@@ -186,6 +189,7 @@ impl Network {
                     read_states: Vec::new(),
                     failed_reads: Vec::new(),
                     soft_states: Vec::new(),
+                    installing: None,
                     cfg,
                     bootstrap: membership.clone(),
                 },
@@ -307,11 +311,15 @@ impl Network {
             install_snapshot,
         } = ready;
         // This harness keeps whole logs; snapshots are exercised by the
-        // simulation (tests/sim) and the driver tests.
+        // simulation (tests/sim) and the driver tests. An install a test
+        // provokes is recorded and left in progress.
         assert!(
-            compact_log.is_none() && build_snapshot.is_none() && install_snapshot.is_none(),
+            compact_log.is_none() && build_snapshot.is_none(),
             "node {id}: snapshot work in the scenario harness (raise the thresholds)"
         );
+        if let Some(meta) = install_snapshot {
+            self.node_mut(id).installing = Some(meta);
+        }
         if let Some(ss) = soft_state {
             self.node_mut(id).soft_states.push(ss);
         }
@@ -456,6 +464,7 @@ impl Network {
         let node = self.node_mut(id);
         node.pending.clear();
         node.hold_persist = false;
+        node.installing = None;
         let initial = InitialState {
             hard_state: node.hard_state,
             snapshot: None,

@@ -4,7 +4,7 @@
 use raft_core::engine::Role;
 use raft_core::{AppendResult, Entry, LogId, Message, MessageBody};
 
-use crate::network::{data, Network};
+use crate::network::{data, msg, Network};
 
 fn entries_of(m: &Message) -> Option<&[Entry]> {
     match &m.body {
@@ -440,4 +440,57 @@ fn entries_are_batched_by_max_entries_per_message() {
     for id in net.ids() {
         assert_eq!(net.node(id).applied_data().len(), 10, "node {id}");
     }
+}
+
+/// Paper §7 with thesis §6.2 (check-quorum) and §6.4 (ReadIndex): a
+/// follower that is installing a snapshot appends nothing, but it still
+/// answers the leader's heartbeats. Otherwise, while its install runs, it
+/// looks dead to the leader: here it is the leader's only partner in a
+/// quorum, so the leader would step down at its next check-quorum and no
+/// read could be confirmed.
+#[test]
+fn a_follower_installing_a_snapshot_answers_heartbeats() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.tick_all(3);
+    // Node 2 falls behind while 1 and 3 commit more entries.
+    net.cut(1, 2);
+    for i in 0..5 {
+        net.propose(1, &format!("x{i}")).unwrap();
+    }
+    net.tick_all(3);
+    let term = net.term(1);
+    let last = net.engine(1).last_log_id();
+    assert_eq!(net.engine(1).commit_index(), last.index);
+    // The leader's snapshot of everything reaches node 2, whose install
+    // then takes a long time; meanwhile node 3 is cut off.
+    net.recover();
+    net.cut(1, 3);
+    net.step(msg::new(
+        1,
+        2,
+        term,
+        MessageBody::InstallSnapshot {
+            meta: raft_core::SnapshotMeta {
+                last_log_id: last,
+                membership: net.engine(1).membership().clone(),
+            },
+        },
+    ));
+    assert!(net.node(2).installing.is_some(), "node 2 is installing");
+    net.read_index(1, 1).unwrap();
+    let timeout = net.engine(1).config().election_timeout_ticks;
+    for _ in 0..3 * timeout {
+        net.tick(1, 1);
+        net.tick(2, 1);
+        net.deliver_all();
+    }
+    assert_eq!(net.role(1), Role::Leader, "1 kept its quorum with node 2");
+    assert_eq!(net.term(1), term, "in the same term");
+    assert!(
+        net.node(1).read_states.iter().any(|r| r.id == 1),
+        "the read was confirmed by node 2's answers"
+    );
+    assert!(net.node(2).installing.is_some(), "still installing");
+    assert_eq!(net.term(2), term, "node 2 did not campaign");
 }

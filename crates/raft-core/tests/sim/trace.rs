@@ -87,6 +87,7 @@ impl MsgInfo {
             ],
             MessageBody::AppendEntriesResponse { round, result } => match result {
                 AppendResult::Success { last_index } => [1, *last_index, 0, *round],
+                AppendResult::Installing => [2, 0, 0, *round],
                 AppendResult::Conflict {
                     rejected_prev,
                     hint,
