@@ -239,6 +239,16 @@ impl Engine {
         }
     }
 
+    /// Whether this node now ignores ordinary vote requests and keeps its
+    /// term when one arrives from a higher term (thesis §4.2.3): with
+    /// check-quorum, a leader within its election timeout, a follower within
+    /// an election timeout of hearing from its leader (whatever term
+    /// changes came since), or a node in its first election timeout after
+    /// a restart. A leadership transfer's campaign is not ignored.
+    pub fn ignores_vote_requests(&self) -> bool {
+        self.in_leader_lease()
+    }
+
     /// Follower: `leader` spoke to this node (AppendEntries or a snapshot)
     /// in the current term. Its answer may count toward `leader`'s lease,
     /// so this node promises to help elect nobody else for an election

@@ -25,6 +25,9 @@ use crate::sim::trace::MsgInfo;
 pub(super) struct FromRemoved {
     /// Whether the sender's term is above every other node's.
     ahead: bool,
+    /// Whether the receiver believed, as the message arrived, that a
+    /// current leader exists ([`Engine::ignores_vote_requests`]).
+    receiver_follows_a_leader: bool,
 }
 
 impl World {
@@ -154,12 +157,24 @@ impl World {
             .unwrap_or(0);
         Some(FromRemoved {
             ahead: msg.term > others,
+            receiver_follows_a_leader: engine.ignores_vote_requests(),
         })
     }
 
     /// Node `to` took a message from a removed node (see
     /// [`sender_if_removed`](Self::sender_if_removed)): its term must not
-    /// have risen because of it.
+    /// have risen because of it if it believed a current leader exists.
+    ///
+    /// That is what thesis §4.2.3 promises, and all it can: a member that
+    /// heard from no leader for an election timeout (a leader that removed
+    /// itself has stepped down, say, and the members have not elected the
+    /// next) treats a vote request from outside its configuration like any
+    /// other. It cannot refuse it: its own configuration may be behind, and
+    /// the candidate a voter of a newer one that this member has not seen
+    /// yet, whose vote the cluster needs (a member refusing would then
+    /// block every election until it catches up, which it cannot without a
+    /// leader). The removed node raises the term of a cluster without a
+    /// leader at most; it cannot depose one.
     pub(super) fn check_not_disrupted(
         &self,
         to: usize,
@@ -174,7 +189,7 @@ impl World {
             return Ok(());
         }
         let cfg = engine.config();
-        if cfg.pre_vote && cfg.check_quorum && from.ahead {
+        if cfg.pre_vote && cfg.check_quorum && from.ahead && from.receiver_follows_a_leader {
             return Err(format!(
                 "DISRUPTION: node {} went from term {term_before} to {} on {msg:?} from a node \
                  that a committed configuration removed and that its own configuration {:?} \
