@@ -27,6 +27,9 @@ const MEMBERS_KEY: &[u8] = b"members";
 /// Set once a node started with `--join` was added to a cluster.
 const JOINED_KEY: &[u8] = b"joined";
 const WINDOW_KEY: &[u8] = b"idempotency_window";
+/// The voters the cluster was created with (`--initial-cluster`), written
+/// once at creation: the configuration of a log that holds none yet.
+const INITIAL_VOTERS_KEY: &[u8] = b"initial_voters";
 
 /// A running node.
 pub struct RunningNode {
@@ -65,6 +68,28 @@ fn load_members(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<Member>>> {
             serde_json::from_slice(&v).context("stored member addresses are corrupted")?,
         )),
     }
+}
+
+fn load_initial_voters(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<NodeId>>> {
+    let cf = db
+        .cf_handle(NODE_META_CF)
+        .context("node_meta column family missing")?;
+    match db.get_cf(&cf, INITIAL_VOTERS_KEY)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(
+            serde_json::from_slice(&v).context("the stored initial voter set is corrupted")?,
+        )),
+    }
+}
+
+fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow::Result<()> {
+    let cf = db
+        .cf_handle(NODE_META_CF)
+        .context("node_meta column family missing")?;
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(&cf, INITIAL_VOTERS_KEY, serde_json::to_vec(voters)?, &opts)?;
+    Ok(())
 }
 
 fn save_members(db: &rocksdb::DB, members: &[Member]) -> anyhow::Result<()> {
@@ -180,6 +205,10 @@ pub async fn start(
                     cfg.data_dir.display()
                 );
             }
+            // The voter set first: a crash between the two writes leaves a
+            // store without addresses, which the next start bootstraps anew.
+            let voters: Vec<NodeId> = cfg.initial_cluster.iter().map(|m| m.id).collect();
+            save_initial_voters(&db, &voters)?;
             save_members(&db, &cfg.initial_cluster)?;
             tracing::info!(
                 members = cfg.initial_cluster.len(),
@@ -192,10 +221,30 @@ pub async fn start(
     // A node that joined (or is joining) starts with no configuration: it
     // learns it from the leader and never campaigns on its own.
     let joined = load_flag(&db, JOINED_KEY)?.is_some();
+    // The configuration of a log without one (an original member whose
+    // log holds no configuration entry and no snapshot) is the voter set
+    // the cluster was created with. Never the address book: it also holds
+    // nodes whose addresses arrived before their `AddLearner` entry, and
+    // counting those as voters could elect this node with their votes.
     let bootstrap = if joined || joining {
         Membership::default()
     } else {
-        Membership::new(members.iter().map(|m| m.id))
+        match load_initial_voters(&db)? {
+            Some(voters) => Membership::new(voters),
+            None => {
+                // A store created before the voter set was recorded: its
+                // address book is all there is. Record what it says now, so
+                // that addresses learned from here on cannot change it.
+                let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+                tracing::warn!(
+                    ?voters,
+                    "this store does not record the cluster's initial voters (created by an \
+                     older raft-node); taking them from its member addresses once"
+                );
+                save_initial_voters(&db, &voters)?;
+                Membership::new(voters)
+            }
+        }
     };
 
     let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?

@@ -314,3 +314,57 @@ fn a_new_node_without_initial_cluster_or_certificates_explains_what_is_missing()
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--initial-cluster"), "{err}");
 }
+
+/// A restarted member takes its configuration from its log (or snapshot),
+/// and without one from the voter set the cluster was created with, never
+/// from the addresses it knows. Addresses of nodes that are joining arrive
+/// (through the log) before their `AddLearner` entry; a member that
+/// restarted in between and counted them as voters could be elected with
+/// their votes alone. Here node 1 is stopped and its address book is given
+/// two such joiners (ids 4 and 5); after the restart it must still count
+/// exactly 1, 2 and 3 as voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_never_takes_addresses_for_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(dir.path(), 3);
+    let client = reqwest::Client::new();
+    leader(&client, &procs, None).await;
+    for p in &mut procs {
+        p.sigterm();
+    }
+    {
+        let log = raft_log::RocksLog::open(
+            dir.path().join("node-1"),
+            raft_log::RocksLogOptions {
+                extra_column_families: vec![
+                    "kv".into(),
+                    "kv_meta".into(),
+                    raft_node::node::NODE_META_CF.into(),
+                ],
+                ..raft_log::RocksLogOptions::default()
+            },
+        )
+        .expect("open node 1's store");
+        let db = log.db();
+        let cf = db.cf_handle(raft_node::node::NODE_META_CF).expect("cf");
+        let stored = db.get_cf(&cf, b"members").unwrap().expect("address book");
+        let mut book: Vec<Value> = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(book.len(), 3, "{book:?}");
+        for id in [4, 5] {
+            book.push(serde_json::json!({
+                "id": id,
+                "peer_addr": "127.0.0.1:9",
+                "client_addr": "127.0.0.1:9",
+            }));
+        }
+        db.put_cf(&cf, b"members", serde_json::to_vec(&book).unwrap())
+            .unwrap();
+    }
+    procs[0].start();
+    let s = common::wait_status(&client, &procs[0], 60, "restart", |_| true).await;
+    assert_eq!(
+        s["membership"]["voters"],
+        serde_json::json!([1, 2, 3]),
+        "{s:#}"
+    );
+}
