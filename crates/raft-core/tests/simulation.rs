@@ -92,6 +92,20 @@ mod sim;
 use raft_core::engine::MembershipChange;
 use sim::{env_u64, params_for, run_one, run_seeds, World};
 
+/// A history the linearizability checker cannot decide within its budget
+/// fails the run ("inconclusive"); it is never counted as a pass.
+#[test]
+fn an_undecided_history_fails_the_run() {
+    use raft_core::testing::linearizability::CheckResult;
+    let verdict = sim::history_verdict(CheckResult::Unknown {
+        key: b"k".to_vec(),
+        reason: "budget of 1 step exhausted".into(),
+    });
+    let err = verdict.expect_err("an undecided history must fail the run");
+    assert!(err.starts_with("INCONCLUSIVE"), "{err}");
+    assert!(sim::history_verdict(CheckResult::Ok).is_ok());
+}
+
 #[test]
 fn seeds_1_voter() {
     run_seeds("seeds_1_voter", 1, 400);

@@ -11,4 +11,4 @@ mod trace;
 mod world;
 
 pub use runner::{env_u64, params_for, run_one, run_seeds};
-pub use world::World;
+pub use world::{history_verdict, World};

@@ -52,6 +52,7 @@
 mod churn;
 mod faults;
 mod invariants;
+pub use invariants::history_verdict;
 mod snapshots;
 
 use std::collections::{BTreeSet, VecDeque};

@@ -334,7 +334,10 @@ impl World {
         Ok(())
     }
 
-    /// Checks the client history; returns whether the checker gave up.
+    /// Checks the client history. A history the checker cannot decide
+    /// within its budget fails the run as inconclusive: a seed never passes
+    /// because its check gave up. (Returns `false`, "decided", otherwise;
+    /// kept as a value for the run's report.)
     pub(super) fn check_history(&mut self) -> Result<bool, Violation> {
         let outstanding: Vec<usize> = (0..self.clients.list.len())
             .filter(|c| self.clients.list[*c].outstanding.is_some())
@@ -342,26 +345,7 @@ impl World {
         for c in outstanding {
             self.clients.give_up(c);
         }
-        match check(&self.clients.history, CheckLimits::default()) {
-            CheckResult::Ok => Ok(false),
-            CheckResult::Unknown { .. } => Ok(true),
-            CheckResult::Violation {
-                key,
-                explanation,
-                ops,
-            } => {
-                let mut text = format!(
-                    "LINEARIZABILITY: the client history of key {:?} is not linearizable \
-                     (times are simulation steps):\n{explanation}\nOperations on that key:\n",
-                    String::from_utf8_lossy(&key)
-                );
-                for (i, op) in ops.iter().enumerate() {
-                    let _ = writeln!(text, "  #{i} {op}");
-                }
-                Err(text)
-            }
-            other => Err(format!("the client history is malformed: {other}")),
-        }
+        history_verdict(check(&self.clients.history, CheckLimits::default())).map(|()| false)
     }
 
     // ----- reporting ------------------------------------------------------------------
@@ -445,5 +429,37 @@ impl World {
                 None => replay_command(self.seed, n),
             },
         )
+    }
+}
+
+/// A run's verdict from the checker's result on its client history: a
+/// violation or a malformed history fails it, and so does a history the
+/// checker could not decide within its budget (a run never passes because
+/// its check gave up).
+pub fn history_verdict(result: CheckResult) -> Result<(), Violation> {
+    match result {
+        CheckResult::Ok => Ok(()),
+        CheckResult::Unknown { key, reason } => Err(format!(
+            "INCONCLUSIVE: the linearizability checker could not decide the history of key \
+             {:?} within its budget ({reason}); a run whose check gives up proves nothing, \
+             so it fails (shorten the run or spread the clients over more keys)",
+            String::from_utf8_lossy(&key)
+        )),
+        CheckResult::Violation {
+            key,
+            explanation,
+            ops,
+        } => {
+            let mut text = format!(
+                "LINEARIZABILITY: the client history of key {:?} is not linearizable \
+                 (times are simulation steps):\n{explanation}\nOperations on that key:\n",
+                String::from_utf8_lossy(&key)
+            );
+            for (i, op) in ops.iter().enumerate() {
+                let _ = writeln!(text, "  #{i} {op}");
+            }
+            Err(text)
+        }
+        other => Err(format!("the client history is malformed: {other}")),
     }
 }
