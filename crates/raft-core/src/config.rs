@@ -30,6 +30,14 @@ pub struct Config {
     /// Must be at most `election_timeout_ticks - 2`, so that tick granularity
     /// on both sides cannot stretch the lease past the voters' promise;
     /// lower it further to allow for clock drift. Lease reads need `check_quorum`.
+    ///
+    /// The clock-drift bound: with `lease_ticks` = L and
+    /// `election_timeout_ticks` = E, a lease stays inside the promise of the
+    /// followers that granted it while any two nodes' clocks run at rates
+    /// within a factor (E − 1) / (L + 1) of each other. For the defaults
+    /// (E = 20, L = 14) that is 19/15: each clock within about ±11% of true
+    /// time. A driver must also give the engine every tick that passed, even
+    /// while it was held up ([`Raft`](crate::Raft) replays missed ticks).
     pub lease_ticks: u64,
     /// Entries per AppendEntries message at most.
     pub max_entries_per_message: usize,
@@ -115,7 +123,9 @@ impl Config {
             return bad(
                 "lease_ticks",
                 format!(
-                    "must be at most election_timeout_ticks - 2 = {}, got {}",
+                    "must be at most election_timeout_ticks - 2 = {}, got {} (leases assume \
+                     clock rates within a factor (election_timeout_ticks - 1) / (lease_ticks + 1) \
+                     of each other)",
                     self.election_timeout_ticks.saturating_sub(2),
                     self.lease_ticks
                 ),

@@ -433,3 +433,79 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Thesis §6.4.1: a lease is time, and a paused process does not notice
+/// time passing. A leader stopped with SIGSTOP for longer than its lease,
+/// while the others elect a new leader that commits a newer value, must not
+/// answer a lease read with the old value when it resumes: the reads sent
+/// to it while it was stopped are waiting in its socket the moment it runs
+/// again. (They may fail, or be served after it learns the truth; never
+/// with the value the new leader has replaced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_leader_never_serves_a_stale_lease_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let first = leader(&client, &procs, None).await;
+    let old = procs.iter().position(|p| p.id == first).unwrap();
+    let put = |p: &Proc, v: &str| {
+        client
+            .put(format!("{}/v1/kv/k", p.http))
+            .body(v.to_owned())
+            .send()
+    };
+    assert_eq!(put(&procs[old], "old").await.unwrap().status(), 200);
+    // A lease read works on the healthy leader.
+    let r = client
+        .get(format!("{}/v1/kv/k?consistency=lease", procs[old].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "old");
+
+    let pid =
+        rustix::process::Pid::from_raw(procs[old].child.as_ref().unwrap().id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let survivors: Vec<usize> = (0..procs.len()).filter(|i| *i != old).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = put(&procs[survivors[0]], "new").await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted after the leader paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Lease reads reach the stopped leader's socket, then it resumes.
+    let reads: Vec<_> = (0..5)
+        .map(|_| {
+            let c = client.clone();
+            let url = format!("{}/v1/kv/k?consistency=lease", procs[old].http);
+            tokio::spawn(async move {
+                match c.get(&url).send().await {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    for r in reads {
+        let (code, body) = r.await.unwrap();
+        assert!(
+            !(code == 200 && body == "old"),
+            "a lease read on the resumed leader returned the overwritten value"
+        );
+    }
+    for p in &mut procs {
+        p.kill9();
+    }
+}

@@ -13,6 +13,26 @@
 //!
 //! Results flow back through `watch` channels (latest value wins), so no
 //! task ever waits on a full queue of another that waits on it.
+//!
+//! # Time
+//!
+//! The engine counts time in ticks; the driver derives them from the
+//! monotonic clock, not from how often its timer fired. Before it hands
+//! the engine a request, a message or a timer wake-up, it ticks the engine
+//! once for every tick interval that passed since the last one it counted.
+//! So an engine task that was held up (waiting on a full storage or apply
+//! queue, starved of CPU, or the whole process stopped with SIGSTOP)
+//! learns how much time went by before it does anything else: a leader
+//! stopped for longer than its lease runs its check-quorum and finds its
+//! lease expired before it can answer a lease read. A stall longer than
+//! three election timeouts replays only that many ticks, which is enough
+//! for every timeout to fire.
+//!
+//! A lease read relies on this, and on clocks that agree on rates: with
+//! `lease_ticks` = L and `election_timeout_ticks` = E, the lease stays inside
+//! the followers' promise while any two nodes' clocks run at rates within a
+//! factor (E − 1) / (L + 1) of each other ([`Config::lease_ticks`]); for the
+//! defaults (E = 20, L = 14) that is 19/15, or about ±11% each.
 
 mod handle;
 mod tasks;
@@ -367,6 +387,42 @@ struct Driver<R, T> {
     changes: Vec<PendingChange>,
 }
 
+/// Engine ticks from the monotonic clock: how many tick intervals passed
+/// since the ones already given to the engine.
+#[derive(Debug)]
+struct TickClock {
+    /// When tick 0 was due.
+    start: tokio::time::Instant,
+    /// Length of one tick.
+    interval: Duration,
+    /// Ticks accounted for so far (given to the engine or skipped).
+    done: u64,
+    /// Most ticks replayed at once; the rest of a longer stall is skipped.
+    replay_max: u64,
+}
+
+impl TickClock {
+    fn new(interval: Duration, replay_max: u64) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            interval,
+            done: 0,
+            replay_max,
+        }
+    }
+
+    /// The ticks due at `now` and not given yet, as (ticks to give, ticks
+    /// skipped beyond `replay_max`). Both are accounted for.
+    fn due(&mut self, now: tokio::time::Instant) -> (u64, u64) {
+        let elapsed = now.saturating_duration_since(self.start).as_nanos();
+        let total = u64::try_from(elapsed / self.interval.as_nanos().max(1)).unwrap_or(u64::MAX);
+        let missing = total.saturating_sub(self.done);
+        self.done = self.done.max(total);
+        let ticks = missing.min(self.replay_max);
+        (ticks, missing - ticks)
+    }
+}
+
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     async fn run(
         &mut self,
@@ -379,6 +435,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     ) {
         let mut ticker = tokio::time::interval(self.cfg.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut clock = TickClock::new(
+            self.cfg.tick_interval,
+            3 * self.engine.config().election_timeout_ticks,
+        );
         let mut applied = self.applied.clone();
         self.publish_metrics();
         loop {
@@ -401,13 +461,14 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     self.engine.on_applied(index);
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
-                _ = ticker.tick() => self.engine.tick(),
+                _ = ticker.tick() => self.catch_up(&mut clock),
                 Some(event) = events.recv() => {
                     if !self.handle_event(event).await {
                         break;
                     }
                 }
                 Some(msg) = inbound.recv() => {
+                    self.catch_up(&mut clock);
                     self.engine.step(msg);
                     for _ in 1..self.cfg.max_batch_inputs {
                         match inbound.try_recv() {
@@ -417,6 +478,9 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     }
                 }
                 Some(req) = requests.recv() => {
+                    // Before any request: a lease read must see the time
+                    // that passed while this task was held up.
+                    self.catch_up(&mut clock);
                     self.handle_request(req);
                     for _ in 1..self.cfg.max_batch_inputs {
                         match requests.try_recv() {
@@ -432,6 +496,24 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             }
         }
         self.fail_all(ProposeError::ShuttingDown { appended: true });
+    }
+
+    /// Ticks the engine for every tick interval that passed since the last
+    /// one it was given (see the module docs on time).
+    fn catch_up(&mut self, clock: &mut TickClock) {
+        let (ticks, skipped) = clock.due(tokio::time::Instant::now());
+        if ticks > 1 {
+            metrics::counter!("raft_ticks_late_total").increment(ticks - 1);
+        }
+        if skipped > 0 || ticks > self.engine.config().election_timeout_ticks {
+            tracing::warn!(
+                ticks = ticks + skipped,
+                "the engine task was held up for more than an election timeout"
+            );
+        }
+        for _ in 0..ticks {
+            self.engine.tick();
+        }
     }
 
     fn handle_request(&mut self, req: Request<R>) {
@@ -924,5 +1006,32 @@ fn send_messages(out: &mpsc::Sender<Vec<Message>>, msgs: Vec<Message>) {
     let n = msgs.len() as u64;
     if out.try_send(msgs).is_err() {
         metrics::counter!("raft_outbound_dropped_total").increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TickClock;
+    use std::time::Duration;
+
+    #[test]
+    fn the_tick_clock_counts_every_interval_and_caps_a_long_stall() {
+        let mut c = TickClock::new(Duration::from_millis(50), 60);
+        let t0 = c.start;
+        assert_eq!(c.due(t0), (0, 0));
+        assert_eq!(c.due(t0 + Duration::from_millis(49)), (0, 0));
+        assert_eq!(c.due(t0 + Duration::from_millis(50)), (1, 0));
+        assert_eq!(
+            c.due(t0 + Duration::from_millis(60)),
+            (0, 0),
+            "counted once"
+        );
+        // A stall of 1 s: 19 more ticks, all replayed.
+        assert_eq!(c.due(t0 + Duration::from_millis(1000)), (19, 0));
+        // A stall of 10 s: 200 ticks due, 60 replayed, 140 skipped.
+        assert_eq!(c.due(t0 + Duration::from_millis(11_000)), (60, 140));
+        assert_eq!(c.due(t0 + Duration::from_millis(11_049)), (0, 0));
+        // Time that runs backwards (it cannot, but) gives nothing.
+        assert_eq!(c.due(t0), (0, 0));
     }
 }
