@@ -49,9 +49,11 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Pause between one worker's operations, at most.
     pub think_ms_max: u64,
-    /// `consistency` of the workers' reads: `linearizable` (the contract
-    /// under test), or `stale`/`lease` to check that the checker catches
-    /// what those are allowed to return.
+    /// `consistency` of the workers' reads: `mixed` (each read is
+    /// `linearizable` or `lease` at random: both are linearizable by
+    /// contract, the lease within its clock-drift bound), `linearizable`
+    /// or `lease` alone, or `stale` to check that the checker catches what
+    /// stale reads are allowed to return.
     pub read_consistency: String,
 }
 
@@ -63,7 +65,7 @@ impl Default for ClientConfig {
             key_epoch_s: 10,
             request_timeout: Duration::from_secs(5),
             think_ms_max: 20,
-            read_consistency: "linearizable".into(),
+            read_consistency: "mixed".into(),
         }
     }
 }
@@ -249,11 +251,16 @@ impl Worker {
     /// A linearizable read; returns what it saw (value and revision) when it
     /// got a definite answer.
     async fn read(&mut self, url: &str, key: &str) -> Option<Option<(Vec<u8>, u64)>> {
+        let consistency = match self.cfg.read_consistency.as_str() {
+            "mixed" if self.rng.gen_bool(0.5) => "lease",
+            "mixed" => "linearizable",
+            other => other,
+        };
         let invoke = self.rec.now_us();
-        let reply = send(self.http.get(format!(
-            "{url}/v1/kv/{key}?consistency={}",
-            self.cfg.read_consistency
-        )))
+        let reply = send(
+            self.http
+                .get(format!("{url}/v1/kv/{key}?consistency={consistency}")),
+        )
         .await;
         let (outcome, seen) = match reply {
             Reply::Status(s, Some(rev), Some(body)) if s == StatusCode::OK => {

@@ -67,9 +67,10 @@ struct RunArgs {
     /// Keys per key epoch.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     keys: u64,
-    /// Consistency of the clients' reads. Only `linearizable` is expected
-    /// to pass; `stale` shows that the checks catch stale reads.
-    #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "lease", "stale"])]
+    /// Consistency of the clients' reads: `mixed` (each read linearizable
+    /// or lease at random), `linearizable` or `lease` alone are expected to
+    /// pass; `stale` shows that the checks catch stale reads.
+    #[arg(long, default_value = "mixed", value_parser = ["mixed", "linearizable", "lease", "stale"])]
     read_consistency: String,
     /// Probability that a fault is a membership change (a voter removed
     /// and replaced by a fresh node that joins as a learner and is
