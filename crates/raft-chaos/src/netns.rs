@@ -173,7 +173,7 @@ pub fn cleanup_stale() -> Vec<String> {
             }
         }
     }
-    if let Ok(rules) = run_cmd("iptables", &["-w", "-S", "FORWARD"]) {
+    if let Ok(rules) = run_cmd("iptables", &["-w", "10", "-S", "FORWARD"]) {
         for bridge in admitted_bridges(&rules) {
             let stale = owner_pid(&bridge).is_some_and(|pid| pid != own && !pid_alive(pid));
             if stale && run_cmd("iptables", &forward_rule("-D", &bridge)).is_ok() {
@@ -516,7 +516,8 @@ impl Drop for Net {
 /// The iptables arguments that add (`-I`) or delete (`-D`) the rule
 /// accepting forwarded traffic from `bridge` to `bridge`.
 fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> Vec<&'a str> {
-    let mut args = vec!["-w", op, "FORWARD"];
+    // `-w 10`: wait for the xtables lock, but not forever.
+    let mut args = vec!["-w", "10", op, "FORWARD"];
     if op == "-I" {
         args.push("1");
     }
@@ -536,15 +537,18 @@ fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> Vec<&'a str> {
 /// sysctl as well), and an accept in a table of the harness's own would
 /// not override another table's drop, so the run inserts an `ACCEPT` for
 /// its own bridge at the head of `FORWARD`, and removes it at teardown
-/// ([`cleanup_stale`] removes those of dead runs). Without `iptables` on
-/// the machine there is nothing that could drop the traffic, and nothing
-/// is added.
+/// ([`cleanup_stale`] removes those of dead runs). Where bridged frames do
+/// not pass through iptables (`br_netfilter` not loaded, or the sysctl
+/// off), or `iptables` is not installed, nothing could drop the traffic,
+/// and nothing is added.
 ///
 /// # Errors
 ///
-/// When `iptables` is installed but refuses the rule.
+/// When bridged frames do pass through iptables but it refuses the rule.
 fn admit_bridge(bridge: &str) -> Result<bool, ChaosError> {
-    if run_cmd("iptables", &["--version"]).is_err() {
+    let filtered = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1");
+    if !filtered || run_cmd("iptables", &["--version"]).is_err() {
         return Ok(false);
     }
     run_cmd("iptables", &forward_rule("-I", bridge)).map_err(|e| {
@@ -598,7 +602,7 @@ mod tests {
         assert_eq!(owner_pid("docker0"), None);
         assert_eq!(
             forward_rule("-I", "rc1abr"),
-            ["-w", "-I", "FORWARD", "1", "-i", "rc1abr", "-o", "rc1abr", "-j", "ACCEPT"]
+            ["-w", "10", "-I", "FORWARD", "1", "-i", "rc1abr", "-o", "rc1abr", "-j", "ACCEPT"]
         );
     }
 

@@ -70,7 +70,7 @@ fn names_with(prefix: &str) -> Vec<String> {
         ("ip", &["netns", "list"][..]),
         ("ip", &["-o", "link", "show"][..]),
         // The rule that admits a run's bridge traffic (where iptables is).
-        ("iptables", &["-w", "-S", "FORWARD"][..]),
+        ("iptables", &["-w", "10", "-S", "FORWARD"][..]),
     ] {
         let text = Command::new(program)
             .args(args)
@@ -193,7 +193,7 @@ fn stale_namespaces_and_links_of_dead_runs_are_removed() {
         .is_ok_and(|o| o.status.success());
     if iptables {
         let rule = [
-            "-w", "-I", "FORWARD", "1", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+            "-w", "10", "-I", "FORWARD", "1", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
         ];
         let s = Command::new("iptables")
             .args(rule)
@@ -411,6 +411,10 @@ fn partial_loss_drops_some_packets_and_a_bandwidth_limit_slows_transfers() {
     let rx = udp_socket_in(&net.namespace(2), at2);
     rx.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
+    // Room for the whole burst even if the receiving thread waits for a
+    // core the whole time (the kernel may cap it at rmem_max; the pacing
+    // below covers that case).
+    rustix::net::sockopt::set_socket_recv_buffer_size(&rx, 4 << 20).expect("SO_RCVBUF");
     let tx = udp_socket_in(&net.namespace(1), "0.0.0.0:0".parse().expect("addr"));
     let burst = |rx: UdpSocket| -> (UdpSocket, usize) {
         // The receiver stops only once the sender is done and nothing came

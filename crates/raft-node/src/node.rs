@@ -232,10 +232,16 @@ pub async fn start(
         match load_initial_voters(&db)? {
             Some(voters) => Membership::new(voters),
             None => {
-                // A store created before the voter set was recorded: its
-                // address book is all there is. Record what it says now, so
-                // that addresses learned from here on cannot change it.
-                let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+                // A store created before the voter set was recorded. The
+                // --initial-cluster it is started with, when given, names
+                // the voters; otherwise its address book is all there is.
+                // Record the set now, so that addresses learned from here
+                // on cannot change it.
+                let voters: Vec<NodeId> = if cfg.initial_cluster.is_empty() {
+                    members.iter().map(|m| m.id).collect()
+                } else {
+                    cfg.initial_cluster.iter().map(|m| m.id).collect()
+                };
                 tracing::warn!(
                     ?voters,
                     "this store does not record the cluster's initial voters (created by an \

@@ -433,12 +433,14 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         mut fatal: watch::Receiver<Option<String>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(self.cfg.tick_interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut clock = TickClock::new(
             self.cfg.tick_interval,
             3 * self.engine.config().election_timeout_ticks,
         );
+        // The timer only wakes the task, in phase with the clock's ticks.
+        let mut ticker =
+            tokio::time::interval_at(clock.start + self.cfg.tick_interval, self.cfg.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut applied = self.applied.clone();
         self.publish_metrics();
         loop {
@@ -467,24 +469,33 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                         break;
                     }
                 }
+                // Time is caught up before every input, also those taken
+                // in a batch: the task may have been held up (SIGSTOP, a
+                // starved CPU) between two of them, and a lease read or a
+                // heartbeat (which starts a follower's promise) must be
+                // judged at the time it is handled.
                 Some(msg) = inbound.recv() => {
                     self.catch_up(&mut clock);
                     self.engine.step(msg);
                     for _ in 1..self.cfg.max_batch_inputs {
                         match inbound.try_recv() {
-                            Ok(msg) => self.engine.step(msg),
+                            Ok(msg) => {
+                                self.catch_up(&mut clock);
+                                self.engine.step(msg);
+                            }
                             Err(_) => break,
                         }
                     }
                 }
                 Some(req) = requests.recv() => {
-                    // Before any request: a lease read must see the time
-                    // that passed while this task was held up.
                     self.catch_up(&mut clock);
                     self.handle_request(req);
                     for _ in 1..self.cfg.max_batch_inputs {
                         match requests.try_recv() {
-                            Ok(req) => self.handle_request(req),
+                            Ok(req) => {
+                                self.catch_up(&mut clock);
+                                self.handle_request(req);
+                            }
                             Err(_) => break,
                         }
                     }

@@ -124,7 +124,7 @@ impl Engine {
                     leadership_transfer,
                     ..
                 } => {
-                    if !leadership_transfer && self.in_leader_lease() {
+                    if !leadership_transfer && self.in_leader_lease_against(msg.from) {
                         // Thesis §4.2.3: a node that heard from a leader within
                         // the minimum election timeout ignores vote requests,
                         // so a removed or partitioned node cannot disrupt.
@@ -257,6 +257,7 @@ impl Engine {
         self.leader = Some(leader);
         self.election_elapsed = 0;
         self.lease_until = self.now + self.cfg.election_timeout_ticks;
+        self.lease_leader = Some(leader);
     }
 
     /// Whether this node must ignore ordinary vote requests (only with
@@ -279,6 +280,19 @@ impl Engine {
                 || (self.restarted && self.now < timeout))
     }
 
+    /// [`in_leader_lease`](Self::in_leader_lease) as it applies to a vote
+    /// request from `candidate`: a follower's promise protects the lease of
+    /// the leader it was made to from other candidates, not from that
+    /// leader's own new campaign (it campaigns only once it has stepped
+    /// down, which ends its lease), so that leader may be voted for at once.
+    pub(super) fn in_leader_lease_against(&self, candidate: NodeId) -> bool {
+        let timeout = self.cfg.election_timeout_ticks;
+        self.cfg.check_quorum
+            && ((self.role == Role::Leader && self.election_elapsed < timeout)
+                || (self.now < self.lease_until && self.lease_leader != Some(candidate))
+                || (self.restarted && self.now < timeout))
+    }
+
     pub(super) fn handle_vote_request(
         &mut self,
         from: NodeId,
@@ -293,7 +307,7 @@ impl Engine {
         // A request at our own term reaches here without the lease check of
         // `step` (a higher-term message may have moved us to the candidate's
         // term and cleared our leader): the promise still holds.
-        let promised = !leadership_transfer && self.in_leader_lease();
+        let promised = !leadership_transfer && self.in_leader_lease_against(from);
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none() && !promised)
             || (pre_vote && term > self.term && !promised);

@@ -387,6 +387,9 @@ pub struct Engine {
     /// §6.4.1): that leader counts its acknowledgement toward a lease. No
     /// term change clears it; only time ends it.
     lease_until: u64,
+    /// The leader `lease_until` was promised to: the promise protects its
+    /// lease from other candidates, not from its own new campaign.
+    lease_leader: Option<NodeId>,
     heartbeat_elapsed: u64,
     randomized_election_timeout: u64,
     /// Votes received in the current (pre-)campaign.
@@ -508,6 +511,7 @@ impl Engine {
             now: 0,
             election_elapsed: 0,
             lease_until: 0,
+            lease_leader: None,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_timeout_ticks,
             votes: BTreeMap::new(),

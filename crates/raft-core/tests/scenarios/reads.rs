@@ -317,10 +317,26 @@ fn a_followers_lease_promise_survives_a_term_change() {
         !granted(&net),
         "node 2 voted for 3 while leader 1 counts on its acknowledgement"
     );
-    // An election timeout later the promise has ended.
+    // The promise protects leader 1's lease from others, not from leader
+    // 1's own new campaign (it campaigns only after stepping down, which
+    // ends its lease): node 2 votes for it at once.
+    let last1 = net.engine(1).last_log_id();
+    net.clear_sent();
+    net.step(msg::vote(1, 2, t + 2, last1));
+    assert!(
+        net.sent_between(2, 1).iter().any(|s| matches!(
+            s.msg.body,
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true
+            }
+        )),
+        "node 2 refused the leader it promised to"
+    );
+    // Another candidate, an election timeout later: the promise has ended.
     let timeout = net.engine(2).config().election_timeout_ticks;
     net.tick(2, timeout);
     net.clear_sent();
-    net.step(msg::vote(3, 2, t + 1, last));
+    net.step(msg::vote(3, 2, t + 3, last));
     assert!(granted(&net), "the promise outlived its election timeout");
 }
