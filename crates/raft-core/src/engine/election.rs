@@ -284,12 +284,16 @@ impl Engine {
     /// request from `candidate`: a follower's promise protects the lease of
     /// the leader it was made to from other candidates, not from that
     /// leader's own new campaign (it campaigns only once it has stepped
-    /// down, which ends its lease), so that leader may be voted for at once.
+    /// down, which ends its lease), so that leader may be voted for at once
+    /// while it is still a voter here. A leader that removed itself is not:
+    /// its campaign must not disrupt the members it left (thesis §4.2.3).
     pub(super) fn in_leader_lease_against(&self, candidate: NodeId) -> bool {
         let timeout = self.cfg.election_timeout_ticks;
+        let own_leader =
+            self.lease_leader == Some(candidate) && self.membership().is_voter(candidate);
         self.cfg.check_quorum
             && ((self.role == Role::Leader && self.election_elapsed < timeout)
-                || (self.now < self.lease_until && self.lease_leader != Some(candidate))
+                || (self.now < self.lease_until && !own_leader)
                 || (self.restarted && self.now < timeout))
     }
 
