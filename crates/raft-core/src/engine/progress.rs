@@ -2,6 +2,61 @@
 //! `nextIndex`/`matchIndex`) and the flow control around it: a follower is
 //! probed one message at a time until its log position is found, then
 //! entries are pipelined to it, bounded by in-flight messages and bytes.
+//!
+//! # The flow-control rule
+//!
+//! The network may lose, duplicate, delay and reorder messages without
+//! bound, and a follower keeps no entry that does not extend its log: an
+//! append that overtakes an earlier one is rejected, and what it carried
+//! must be sent again. The rule: the leader sends a bounded number of
+//! messages per entry the follower gains, plus a constant number per
+//! heartbeat round, and once messages get through, within two rounds the
+//! follower's match index moves or the pipeline restarts where the follower
+//! needs entries.
+//!
+//! A rejection carries the `prev` index of the request it refuses
+//! (`rejected_prev`), a hint, and the leader's heartbeat `round` when the
+//! request was sent. From the hint the leader derives the `hole`, the first
+//! index the follower lacked (at most `rejected_prev`).
+//!
+//! - **Stale**: `hole <= matched` (so also `rejected_prev <= matched`). The
+//!   follower answered before it held what it has since acknowledged as
+//!   durable. Ignored in every state.
+//! - **Probe**: one probe is outstanding. Another is sent after each
+//!   heartbeat (at most one a round), or at once when a rejection of the
+//!   outstanding probe (`rejected_prev == next - 1`) moves `next` back to
+//!   the hole, which strictly lowers `next`. Other rejections are ignored.
+//!   An acknowledgement at or past `next - 1` starts a pipeline.
+//! - **Replicate**: the pipeline started at `pipeline_from` (`matched + 1`
+//!   then) in round `pipeline_round`, and every entry from there to
+//!   `next - 1` has been sent since. A rejection that is not stale restarts
+//!   the pipeline (Probe at the hole) only if it is news:
+//!   - `hole > pipeline_from`: the follower got past the pipeline's start,
+//!     then missed an entry. The next pipeline starts after an
+//!     acknowledgement at or past the hole, so each such restart moves
+//!     `pipeline_from` forward: at most one per entry gained;
+//!   - or `round > pipeline_round`: a request sent at least a round after
+//!     the pipeline started found its first entry still missing: it was
+//!     lost (or is that late). The restarted pipeline starts in the current
+//!     round, so this happens at most once a round.
+//!
+//!   Any other rejection (`hole == pipeline_from`, same round) shows only
+//!   that the pipeline's first message has not arrived yet. It, its
+//!   duplicates and the rejections of older pipelines' messages change
+//!   nothing: restarting on them is what piled burst upon burst onto a
+//!   reordering network.
+//! - **Window**: a restart allows one message in flight; each message
+//!   acknowledged allows one more (doubling every round trip) up to
+//!   `max_inflight_messages` and `max_inflight_bytes`. On a network that
+//!   keeps order the window stays wide; on one that reorders, messages that
+//!   overtake others are wasted, and the window keeps them to about the
+//!   number of entries gained.
+//! - **Loss** (a lost message gets no answer, and the rejections of what
+//!   followed it may all be old news): the first answer of each round that
+//!   shows the follower at `matched`, behind our log, makes the leader send
+//!   one empty append at `next - 1` (and give up on the oldest message in
+//!   flight when the window is full). Its rejection is news by its round
+//!   unless the pipeline started in that very round.
 
 use std::collections::VecDeque;
 
@@ -51,6 +106,14 @@ pub(crate) struct Progress {
     pub(crate) acked_round: u64,
     /// In Snapshot: the last index of the snapshot being sent.
     pub(crate) pending_snapshot: Index,
+    /// In Replicate: the first index of the current pipeline and the
+    /// leader's round when it started (see the module docs).
+    pipeline_from: Index,
+    pipeline_round: u64,
+    /// In Replicate: how many messages may be in flight, besides the
+    /// configured limits: one after a restart, widened by one for each
+    /// message acknowledged.
+    window: usize,
 }
 
 impl Progress {
@@ -65,7 +128,22 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             pending_snapshot: 0,
+            pipeline_from: 0,
+            pipeline_round: 0,
+            window: usize::MAX,
         }
+    }
+
+    /// The follower's position (`matched`) is known: pipeline from after it.
+    fn become_replicate(&mut self, round: u64) {
+        self.state = ReplicationState::Replicate;
+        self.next = self.matched + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.pending_snapshot = 0;
+        self.pipeline_from = self.next;
+        self.pipeline_round = round;
     }
 
     /// A snapshot ending at `index` is being sent: pause until it lands.
@@ -99,15 +177,13 @@ impl Progress {
     pub(crate) fn is_paused(&self, max_msgs: usize, max_bytes: u64) -> bool {
         match self.state {
             ReplicationState::Probe => self.probe_sent,
-            ReplicationState::Replicate => {
-                self.inflight.len() >= max_msgs || self.inflight_bytes >= max_bytes
-            }
+            ReplicationState::Replicate => self.inflight_full(max_msgs, max_bytes),
             ReplicationState::Snapshot => true,
         }
     }
 
     pub(crate) fn inflight_full(&self, max_msgs: usize, max_bytes: u64) -> bool {
-        self.inflight.len() >= max_msgs || self.inflight_bytes >= max_bytes
+        self.inflight.len() >= max_msgs.min(self.window) || self.inflight_bytes >= max_bytes
     }
 
     pub(crate) fn inflight_count(&self) -> usize {
@@ -127,7 +203,8 @@ impl Progress {
         }
     }
 
-    /// Frees in-flight slots for messages up to `index`.
+    /// Frees in-flight slots for messages up to `index`, widening the
+    /// window by one for each.
     pub(crate) fn free_to(&mut self, index: Index) {
         while let Some(&(last, bytes)) = self.inflight.front() {
             if last > index {
@@ -135,6 +212,7 @@ impl Progress {
             }
             self.inflight.pop_front();
             self.inflight_bytes -= bytes;
+            self.window = self.window.saturating_add(1);
         }
     }
 
@@ -147,8 +225,9 @@ impl Progress {
         }
     }
 
-    /// Handles a successful append up to `index`. Returns whether `matched` moved.
-    pub(crate) fn on_success(&mut self, index: Index) -> bool {
+    /// Handles a successful append up to `index`; `round` is the leader's
+    /// current round. Returns whether `matched` moved.
+    pub(crate) fn on_success(&mut self, index: Index, round: u64) -> bool {
         let moved = index > self.matched;
         if moved {
             self.matched = index;
@@ -159,11 +238,7 @@ impl Progress {
         match self.state {
             ReplicationState::Probe if index + 1 >= self.next => {
                 // The probe was accepted: the position is known, start pipelining.
-                self.state = ReplicationState::Replicate;
-                self.next = self.matched + 1;
-                self.probe_sent = false;
-                self.inflight.clear();
-                self.inflight_bytes = 0;
+                self.become_replicate(round);
             }
             // An answer to a heartbeat below the probe point says nothing
             // about the probe: keep waiting for it.
@@ -176,9 +251,7 @@ impl Progress {
             // The follower installed the snapshot (or already had what it
             // covers): its position is known, start pipelining.
             ReplicationState::Snapshot if index >= self.pending_snapshot => {
-                self.state = ReplicationState::Replicate;
-                self.next = self.matched + 1;
-                self.pending_snapshot = 0;
+                self.become_replicate(round);
             }
             ReplicationState::Snapshot => {}
         }
@@ -186,13 +259,27 @@ impl Progress {
     }
 
     /// Handles a rejection of the request whose previous index was
-    /// `rejected_prev`; `next_hint` is where the leader's hint arithmetic
-    /// says to resume. Returns false for a stale rejection that changes nothing.
-    pub(crate) fn on_reject(&mut self, rejected_prev: Index, next_hint: Index) -> bool {
+    /// `rejected_prev`, sent in the leader's round `request_round`;
+    /// `next_hint` is where the leader's hint arithmetic says to resume.
+    /// Returns false for a rejection that changes nothing: stale, or no news
+    /// to the pipeline (see the module docs).
+    pub(crate) fn on_reject(
+        &mut self,
+        rejected_prev: Index,
+        next_hint: Index,
+        request_round: u64,
+    ) -> bool {
+        let hole = next_hint.min(rejected_prev);
+        if hole <= self.matched {
+            // The follower answered before it held what it has since
+            // acknowledged (`hole <= rejected_prev`): an older request.
+            return false;
+        }
         match self.state {
             ReplicationState::Replicate => {
-                if rejected_prev <= self.matched {
-                    return false; // answers an older request, already superseded
+                if hole <= self.pipeline_from && request_round <= self.pipeline_round {
+                    // This pipeline's first message is still on its way.
+                    return false;
                 }
             }
             ReplicationState::Probe => {
@@ -208,8 +295,9 @@ impl Progress {
         self.inflight.clear();
         self.inflight_bytes = 0;
         self.probe_sent = false;
-        // Move back at least one, never at or below what is known to match.
-        self.next = next_hint.min(rejected_prev).max(self.matched + 1);
+        self.window = 1;
+        // Back at least one (`hole <= rejected_prev`), above what matches.
+        self.next = hole;
         true
     }
 }
@@ -223,7 +311,7 @@ mod tests {
         let mut p = Progress::new(11);
         p.sent(12, 10);
         assert!(p.is_paused(4, 1000));
-        p.on_success(10);
+        p.on_success(10, 0);
         assert_eq!(p.state, ReplicationState::Replicate);
         assert_eq!(p.next, 11);
         for last in [12, 14, 16, 18] {
@@ -234,7 +322,7 @@ mod tests {
             p.is_paused(4, 1000),
             "four messages in flight fill the window"
         );
-        p.on_success(14);
+        p.on_success(14, 0);
         assert_eq!(p.inflight_count(), 2);
         assert_eq!(p.next, 19);
     }
@@ -242,15 +330,72 @@ mod tests {
     #[test]
     fn stale_rejections_are_ignored() {
         let mut p = Progress::new(5);
-        p.on_success(8);
+        p.on_success(8, 0);
         p.sent(12, 1);
-        assert!(!p.on_reject(7, 3), "rejected_prev below match is stale");
-        assert!(p.on_reject(10, 9));
+        assert!(!p.on_reject(7, 3, 0), "rejected_prev below match is stale");
+        assert!(
+            !p.on_reject(10, 8, 1),
+            "a hint below what the follower acknowledged is stale"
+        );
+        assert!(p.on_reject(10, 10, 0), "a hole past the pipeline's start");
         assert_eq!(p.state, ReplicationState::Probe);
+        assert_eq!(p.next, 10);
+        assert!(!p.on_reject(11, 9, 0), "not the outstanding probe");
+        assert!(!p.on_reject(9, 1, 0), "stale, even for the probe's prev");
+        assert!(p.on_reject(9, 9, 0));
         assert_eq!(p.next, 9);
-        assert!(!p.on_reject(4, 2), "not the outstanding probe");
-        // A hint below the match index is clamped.
-        assert!(p.on_reject(8, 1));
-        assert_eq!(p.next, 9);
+    }
+
+    #[test]
+    fn a_rejection_restarts_the_pipeline_only_with_news() {
+        let mut p = Progress::new(5);
+        p.on_success(8, 3); // pipelining from 9, started in round 3
+        for last in 9..=20 {
+            p.sent(last, 1);
+        }
+        // Overtaken by later messages: the follower still lacks 9, which
+        // this pipeline sent in this round.
+        assert!(!p.on_reject(15, 9, 3));
+        assert!(!p.on_reject(12, 9, 2), "older pipelines' rejections too");
+        assert_eq!(p.state, ReplicationState::Replicate);
+        // The follower got past 9 and misses 11: restart there.
+        assert!(p.on_reject(14, 11, 3));
+        assert_eq!((p.state, p.next), (ReplicationState::Probe, 11));
+        // Its duplicate (and the rest of that pipeline) changes nothing.
+        assert!(!p.on_reject(14, 11, 3));
+        p.on_success(11, 4);
+        assert_eq!((p.state, p.next), (ReplicationState::Replicate, 12));
+        assert!(!p.on_reject(14, 11, 3), "stale: 11 is acknowledged");
+        assert!(!p.on_reject(16, 12, 4), "12 is on its way");
+        // A request sent a round after the pipeline started finds 12 still
+        // missing: lost, send it again.
+        assert!(p.on_reject(19, 12, 5));
+        assert_eq!((p.state, p.next), (ReplicationState::Probe, 12));
+    }
+
+    #[test]
+    fn a_restart_closes_the_window_and_acknowledgements_widen_it() {
+        let mut p = Progress::new(5);
+        p.on_success(8, 0);
+        for last in 9..=12 {
+            assert!(!p.is_paused(4, 1000));
+            p.sent(last, 1);
+        }
+        assert!(p.is_paused(4, 1000), "the configured limit");
+        assert!(p.on_reject(11, 10, 1));
+        p.on_success(10, 1);
+        assert_eq!(p.state, ReplicationState::Replicate);
+        p.sent(11, 1);
+        assert!(p.is_paused(4, 1000), "one message after a restart");
+        p.on_success(11, 1);
+        p.sent(12, 1);
+        p.sent(13, 1);
+        assert!(p.is_paused(4, 1000), "two after one acknowledgement");
+        p.on_success(13, 1);
+        for last in 14..=17 {
+            assert!(!p.is_paused(4, 1000));
+            p.sent(last, 1);
+        }
+        assert!(p.is_paused(4, 1000), "then the configured limit again");
     }
 }

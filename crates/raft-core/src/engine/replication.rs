@@ -211,6 +211,9 @@ impl Engine {
             return;
         };
         pr.recent_active = true;
+        // The first answer of a round (usually to its heartbeat) checks the
+        // pipeline; later ones do not (see the progress module docs).
+        let first_of_round = round <= self.round && round > pr.acked_round;
         if round <= self.round {
             pr.acked_round = pr.acked_round.max(round);
         }
@@ -221,8 +224,8 @@ impl Engine {
                     return;
                 }
                 let was_full = pr.inflight_full(max_msgs, max_bytes);
-                let moved = pr.on_success(acked);
-                if !moved && acked == pr.matched && pr.matched < last_index {
+                let moved = pr.on_success(acked, self.round);
+                if first_of_round && !moved && acked == pr.matched && pr.matched < last_index {
                     // A heartbeat answer from a follower that is behind what
                     // we think is in flight: a message may have been lost.
                     if was_full {
@@ -230,7 +233,8 @@ impl Engine {
                     }
                     if pr.state == ReplicationState::Replicate {
                         // An empty append at `next - 1` succeeds if the data
-                        // arrived and is rejected (moving to probe) if not.
+                        // arrived and is rejected (news by its round: moving
+                        // to probe) if not.
                         self.send_empty_append(from);
                     }
                 }
@@ -261,7 +265,7 @@ impl Engine {
                 };
                 let offset = self.log.offset().index;
                 if let Some(pr) = self.progress.get_mut(&from) {
-                    if !pr.on_reject(rejected_prev, next)
+                    if !pr.on_reject(rejected_prev, next, round)
                         && pr.state == ReplicationState::Probe
                         && !pr.probe_sent
                         && offset > 0
