@@ -58,48 +58,54 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
-fn load_members(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<Member>>> {
+/// A JSON value of this node's own metadata (`what` names it in errors).
+fn load_meta<T: serde::de::DeserializeOwned>(
+    db: &rocksdb::DB,
+    key: &[u8],
+    what: &str,
+) -> anyhow::Result<Option<T>> {
     let cf = db
         .cf_handle(NODE_META_CF)
         .context("node_meta column family missing")?;
-    match db.get_cf(&cf, MEMBERS_KEY)? {
+    match db.get_cf(&cf, key)? {
         None => Ok(None),
-        Some(v) => Ok(Some(
-            serde_json::from_slice(&v).context("stored member addresses are corrupted")?,
-        )),
+        Some(v) => {
+            Ok(Some(serde_json::from_slice(&v).with_context(|| {
+                format!("the stored {what} are corrupted")
+            })?))
+        }
     }
 }
 
-fn load_initial_voters(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<NodeId>>> {
-    let cf = db
-        .cf_handle(NODE_META_CF)
-        .context("node_meta column family missing")?;
-    match db.get_cf(&cf, INITIAL_VOTERS_KEY)? {
-        None => Ok(None),
-        Some(v) => Ok(Some(
-            serde_json::from_slice(&v).context("the stored initial voter set is corrupted")?,
-        )),
-    }
-}
-
-fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow::Result<()> {
+/// Writes a JSON value of this node's own metadata, synced.
+fn save_meta<T: serde::Serialize + ?Sized>(
+    db: &rocksdb::DB,
+    key: &[u8],
+    value: &T,
+) -> anyhow::Result<()> {
     let cf = db
         .cf_handle(NODE_META_CF)
         .context("node_meta column family missing")?;
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
-    db.put_cf_opt(&cf, INITIAL_VOTERS_KEY, serde_json::to_vec(voters)?, &opts)?;
+    db.put_cf_opt(&cf, key, serde_json::to_vec(value)?, &opts)?;
     Ok(())
+}
+
+fn load_members(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<Member>>> {
+    load_meta(db, MEMBERS_KEY, "member addresses")
 }
 
 fn save_members(db: &rocksdb::DB, members: &[Member]) -> anyhow::Result<()> {
-    let cf = db
-        .cf_handle(NODE_META_CF)
-        .context("node_meta column family missing")?;
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.put_cf_opt(&cf, MEMBERS_KEY, serde_json::to_vec(members)?, &opts)?;
-    Ok(())
+    save_meta(db, MEMBERS_KEY, members)
+}
+
+fn load_initial_voters(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<NodeId>>> {
+    load_meta(db, INITIAL_VOTERS_KEY, "initial voters")
+}
+
+fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow::Result<()> {
+    save_meta(db, INITIAL_VOTERS_KEY, voters)
 }
 
 /// Forgetting idempotency tokens is part of the replicated state, so the

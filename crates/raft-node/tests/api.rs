@@ -203,24 +203,12 @@ async fn https_with_client_certificates_serves_and_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut procs = cluster_with(dir.path(), 3, &[], &[], "http");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let first = leader(&client, &procs, None).await;
-    let old = procs.iter().position(|p| p.id == first).unwrap();
-    let put = |p: &Proc, v: &str| {
-        client
-            .put(format!("{}/v1/kv/k", p.http))
-            .body(v.to_owned())
-            .send()
-    };
-    assert_eq!(put(&procs[old], "before").await.unwrap().status(), 200);
-
-    let pid =
-        rustix::process::Pid::from_raw(procs[old].child.as_ref().unwrap().id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let (mut procs, first, old) = cluster_with_k(dir.path(), &client, "before").await;
+    signal(&procs[old], rustix::process::Signal::STOP);
     // The others elect a new leader and take writes.
     let survivors: Vec<usize> = (0..procs.len()).filter(|i| *i != old).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -235,21 +223,9 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = put(&procs[survivors[0]], "after").await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write accepted after the leader paused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    put_until_accepted(&client, &procs[survivors[0]], "after").await;
 
-    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    signal(&procs[old], rustix::process::Signal::CONT);
     // The old leader learns the new term and steps down; a linearizable read
     // through it never returns the stale value.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -444,20 +420,11 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_leader_never_serves_a_stale_lease_read() {
     let dir = tempfile::tempdir().unwrap();
-    let mut procs = cluster_with(dir.path(), 3, &[], &[], "http");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let first = leader(&client, &procs, None).await;
-    let old = procs.iter().position(|p| p.id == first).unwrap();
-    let put = |p: &Proc, v: &str| {
-        client
-            .put(format!("{}/v1/kv/k", p.http))
-            .body(v.to_owned())
-            .send()
-    };
-    assert_eq!(put(&procs[old], "old").await.unwrap().status(), 200);
+    let (mut procs, _, old) = cluster_with_k(dir.path(), &client, "old").await;
     // A lease read works on the healthy leader.
     let r = client
         .get(format!("{}/v1/kv/k?consistency=lease", procs[old].http))
@@ -466,23 +433,9 @@ async fn a_resumed_leader_never_serves_a_stale_lease_read() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "old");
 
-    let pid =
-        rustix::process::Pid::from_raw(procs[old].child.as_ref().unwrap().id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
-    let survivors: Vec<usize> = (0..procs.len()).filter(|i| *i != old).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = put(&procs[survivors[0]], "new").await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write accepted after the leader paused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    signal(&procs[old], rustix::process::Signal::STOP);
+    let survivor = (0..procs.len()).find(|i| *i != old).unwrap();
+    put_until_accepted(&client, &procs[survivor], "new").await;
     // Lease reads reach the stopped leader's socket, then it resumes.
     let reads: Vec<_> = (0..5)
         .map(|_| {
@@ -497,7 +450,7 @@ async fn a_resumed_leader_never_serves_a_stale_lease_read() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    signal(&procs[old], rustix::process::Signal::CONT);
     for r in reads {
         let (code, body) = r.await.unwrap();
         assert!(
@@ -507,5 +460,53 @@ async fn a_resumed_leader_never_serves_a_stale_lease_read() {
     }
     for p in &mut procs {
         p.kill9();
+    }
+}
+
+/// A 3-node cluster with `k` = `value` written through its leader: the
+/// processes, the leader's id and its position in them.
+async fn cluster_with_k(
+    dir: &std::path::Path,
+    client: &reqwest::Client,
+    value: &str,
+) -> (Vec<Proc>, u64, usize) {
+    let procs = cluster_with(dir, 3, &[], &[], "http");
+    let first = leader(client, &procs, None).await;
+    let at = procs.iter().position(|p| p.id == first).unwrap();
+    let r = client
+        .put(format!("{}/v1/kv/k", procs[at].http))
+        .body(value.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    (procs, first, at)
+}
+
+/// Sends `sig` to `p`'s process.
+fn signal(p: &Proc, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(p.child.as_ref().unwrap().id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// PUTs `k` = `value` through `p` until one is accepted (the cluster may be
+/// electing a leader), for up to 60 s.
+async fn put_until_accepted(client: &reqwest::Client, p: &Proc, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = client
+            .put(format!("{}/v1/kv/k", p.http))
+            .body(value.to_owned())
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted through node {}",
+            p.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
