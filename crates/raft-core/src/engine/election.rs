@@ -117,6 +117,24 @@ impl Engine {
             );
             return;
         }
+        if msg.term > self.term
+            && matches!(
+                msg.body,
+                MessageBody::AppendEntriesResponse { .. } | MessageBody::RequestVoteResponse { .. }
+            )
+            && !self.membership().contains(msg.from)
+        {
+            // A response from outside our configuration (a node removed
+            // since we wrote to it) cannot count toward anything we do, and
+            // its higher term must not depose us (thesis §4.2.3). A newer
+            // leader, should there be one, reaches us itself.
+            tracing::debug!(
+                from = msg.from,
+                term = msg.term,
+                "higher-term response from a non-member ignored"
+            );
+            return;
+        }
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::RequestVote {
@@ -124,7 +142,9 @@ impl Engine {
                     leadership_transfer,
                     ..
                 } => {
-                    if !leadership_transfer && self.in_leader_lease_against(msg.from) {
+                    if !self.transfer_bypasses_lease(*leadership_transfer, msg.from)
+                        && self.in_leader_lease_against(msg.from)
+                    {
                         // Thesis §4.2.3: a node that heard from a leader within
                         // the minimum election timeout ignores vote requests,
                         // so a removed or partitioned node cannot disrupt.
@@ -280,6 +300,16 @@ impl Engine {
                 || (self.restarted && self.now < timeout))
     }
 
+    /// Whether a vote request may bypass this node's lease as a leadership
+    /// transfer's campaign (thesis §3.10): only from a voter of this node's
+    /// configuration. A node that a configuration this node has seen
+    /// removed may still hold a `TimeoutNow` sent before its removal; its
+    /// campaign is an ordinary one here, which a member that follows a
+    /// leader ignores (thesis §4.2.3).
+    fn transfer_bypasses_lease(&self, leadership_transfer: bool, candidate: NodeId) -> bool {
+        leadership_transfer && self.membership().is_voter(candidate)
+    }
+
     /// [`in_leader_lease`](Self::in_leader_lease) as it applies to a vote
     /// request from `candidate`: a follower's promise protects the lease of
     /// the leader it was made to from other candidates, not from that
@@ -311,7 +341,8 @@ impl Engine {
         // A request at our own term reaches here without the lease check of
         // `step` (a higher-term message may have moved us to the candidate's
         // term and cleared our leader): the promise still holds.
-        let promised = !leadership_transfer && self.in_leader_lease_against(from);
+        let promised = !self.transfer_bypasses_lease(leadership_transfer, from)
+            && self.in_leader_lease_against(from);
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none() && !promised)
             || (pre_vote && term > self.term && !promised);
