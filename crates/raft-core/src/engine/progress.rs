@@ -19,7 +19,7 @@
 //! request was sent. From the hint the leader derives the `hole`, the first
 //! index the follower lacked (at most `rejected_prev`).
 //!
-//! - **Stale**: `hole <= matched` (so also `rejected_prev <= matched`). The
+//! - **Stale**: `hole <= matched` (which includes `rejected_prev <= matched`). The
 //!   follower answered before it held what it has since acknowledged as
 //!   durable. Ignored in every state.
 //! - **Probe**: one probe is outstanding. Another is sent after each
@@ -45,7 +45,8 @@
 //!   duplicates and the rejections of older pipelines' messages change
 //!   nothing: restarting on them is what piled burst upon burst onto a
 //!   reordering network.
-//! - **Window**: a restart allows one message in flight; each message
+//! - **Window**: a restart of a pipeline (not a probe backing off) allows
+//!   one message in flight; each message
 //!   acknowledged allows one more (doubling every round trip) up to
 //!   `max_inflight_messages` and `max_inflight_bytes`. On a network that
 //!   keeps order the window stays wide; on one that reorders, messages that
@@ -291,11 +292,16 @@ impl Progress {
             // only the transfer's outcome moves it.
             ReplicationState::Snapshot => return false,
         }
+        // Only a pipeline that broke closes the window: a probe that backs
+        // off to where a lagging follower is (a new leader's first probe,
+        // say) is ordinary backtracking, after which the whole window goes.
+        if self.state == ReplicationState::Replicate {
+            self.window = 1;
+        }
         self.state = ReplicationState::Probe;
         self.inflight.clear();
         self.inflight_bytes = 0;
         self.probe_sent = false;
-        self.window = 1;
         // Back at least one (`hole <= rejected_prev`), above what matches.
         self.next = hole;
         true
@@ -371,6 +377,19 @@ mod tests {
         // missing: lost, send it again.
         assert!(p.on_reject(19, 12, 5));
         assert_eq!((p.state, p.next), (ReplicationState::Probe, 12));
+    }
+
+    #[test]
+    fn probe_backtracking_keeps_the_window_open() {
+        let mut p = Progress::new(11);
+        p.sent(12, 1); // the probe at prev 10
+        assert!(p.on_reject(10, 6, 0)); // the follower holds up to 5
+        p.sent(6, 1);
+        p.on_success(6, 0); // pipelining from 7
+        for last in 7..=10 {
+            assert!(!p.is_paused(4, 1000), "the whole window after a probe");
+            p.sent(last, 1);
+        }
     }
 
     #[test]
