@@ -176,6 +176,12 @@ impl RocksLog {
         }
 
         let mut db_opts = Options::default();
+        // A record cut short at the end of the WAL is a write a crash tore
+        // before its sync returned: never acknowledged, dropped whole. A
+        // damaged record anywhere else is acknowledged data: refuse to open
+        // rather than replay up to it and silently lose it and everything
+        // after it (RocksDB's default, point-in-time recovery, does that).
+        db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         let mut cf_names: Vec<String> = vec![LOG_CF.into(), META_CF.into()];

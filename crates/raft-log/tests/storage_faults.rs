@@ -1,0 +1,261 @@
+//! Storage faults under a real RocksDB: a flush (`fdatasync`) that fails, a
+//! torn last write at a crash, and a damaged write-ahead log.
+//!
+//! - A failed fsync fails the write that needed it, and the store refuses
+//!   every write after it, even once the disk works again: after a failed
+//!   flush the kernel may have dropped the dirty pages, so retrying the
+//!   flush and calling the data safe would acknowledge what may be lost.
+//!   The failure comes from a preload library (`support/failsync.c`) in a
+//!   child process, so RocksDB sees a real `EIO` from the C library.
+//! - A write torn at a crash (the tail of the WAL cut anywhere inside its
+//!   last record) was never acknowledged: the store opens with everything
+//!   written before it, and none of the torn batch.
+//! - A damaged record before the tail is data that was acknowledged: the
+//!   store refuses to open rather than silently drop it and what follows.
+
+#[path = "support/failsync.rs"]
+mod failsync;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, HardState, LogStorage, LogWrite};
+use raft_log::{RocksLog, RocksLogOptions};
+use rand::{Rng, SeedableRng};
+
+const CHILD_ENV: &str = "RAFT_LOG_FAILSYNC_CHILD";
+
+fn entry(index: u64) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(Bytes::from(format!("entry {index} ").repeat(8))),
+    }
+}
+
+fn write_of(range: std::ops::RangeInclusive<u64>) -> LogWrite {
+    LogWrite {
+        hard_state: Some(HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        }),
+        truncate_from: None,
+        entries: range.map(entry).collect(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The child's body, run by `a_failed_fsync_...` with the preload library:
+/// it trips the fault itself between its steps and prints what it saw.
+#[test]
+fn failsync_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let trigger = PathBuf::from(std::env::var("FAILSYNC_TRIGGER").expect("trigger path"));
+    runtime().block_on(async move {
+        let log = RocksLog::open(&dir, RocksLogOptions::default()).expect("child opens the store");
+        log.write(write_of(1..=10)).await.expect("healthy write");
+        println!("ACK 10");
+        std::fs::write(&trigger, b"").expect("trip the fault");
+        match log.write(write_of(11..=12)).await {
+            Ok(()) => println!("ACKED-DESPITE-FAILED-FSYNC"),
+            Err(e) => println!("FAILED {e}"),
+        }
+        std::fs::remove_file(&trigger).expect("heal the disk");
+        for attempt in [11..=12, 11..=11] {
+            match log.write(write_of(attempt)).await {
+                Ok(()) => println!("ACKED-AFTER-FAILURE"),
+                Err(e) => println!("REFUSED {e}"),
+            }
+        }
+        assert_eq!(
+            log.last_index(),
+            10,
+            "the store still reports only acknowledged entries"
+        );
+        println!("DONE");
+    });
+}
+
+#[test]
+fn a_failed_fsync_fails_the_write_and_the_store_refuses_every_write_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = failsync::FailSync::build(dir.path());
+    let db = dir.path().join("db");
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "failsync_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &db)
+        .envs(lib.env(&dir.path().join("fail-flushes")))
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("DONE"),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("ACK 10"), "{stdout}");
+    assert!(
+        !stdout.contains("ACKED"),
+        "a write whose fsync failed, or any write after it, was acknowledged:\n{stdout}"
+    );
+    let failed = stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED "))
+        .unwrap_or_else(|| panic!("no failed write in:\n{stdout}"));
+    assert!(
+        failed.contains("I/O error") || failed.contains("IO error") || failed.contains("EIO"),
+        "the error names the I/O failure: {failed}"
+    );
+    let refused: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("REFUSED "))
+        .collect();
+    assert_eq!(refused.len(), 2, "{stdout}");
+    for line in refused {
+        assert!(
+            line.contains("refuses writes after an earlier failure"),
+            "a write after the failure says why it is refused: {line}"
+        );
+    }
+
+    // Reopened on a healthy disk: the acknowledged entries are there and
+    // intact; the failed write left all of its entries or none.
+    runtime().block_on(async {
+        let log = RocksLog::open(&db, RocksLogOptions::default()).expect("reopen");
+        let last = log.last_index();
+        assert!(
+            last == 10 || last == 12,
+            "the failed write is all there or not at all, last index {last}"
+        );
+        let got = log.entries(1, last + 1, u64::MAX).await.expect("read back");
+        let want: Vec<Entry> = (1..=last).map(entry).collect();
+        assert_eq!(got, want);
+    });
+}
+
+/// The write-ahead log files of the store at `db`, oldest first.
+fn wal_files(db: &Path) -> Vec<PathBuf> {
+    let mut wals: Vec<PathBuf> = std::fs::read_dir(db)
+        .expect("read the store directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".log") && name[..name.len() - 4].bytes().all(|b| b.is_ascii_digit())
+        })
+        .collect();
+    wals.sort();
+    wals
+}
+
+/// Writes `batches` synced writes of 1..=8 entries each and closes the
+/// store (RocksDB keeps them in its WAL: nothing is flushed on close).
+/// Returns the last index of every batch and the WAL's length after each.
+fn store_in_wal(db: &Path, batches: usize, rng: &mut rand::rngs::StdRng) -> Vec<(u64, u64)> {
+    runtime().block_on(async {
+        let log = RocksLog::open(db, RocksLogOptions::default()).expect("open");
+        let mut next = 1;
+        let mut ends = Vec::new();
+        for _ in 0..batches {
+            let n = rng.gen_range(1..=8u64);
+            log.write(write_of(next..=next + n - 1))
+                .await
+                .expect("write");
+            next += n;
+            let wal = wal_files(db).pop().expect("a WAL file");
+            ends.push((next - 1, std::fs::metadata(&wal).expect("wal").len()));
+        }
+        ends
+    })
+}
+
+#[test]
+fn a_write_torn_at_a_crash_is_dropped_whole_and_everything_before_survives() {
+    let seed: u64 =
+        raft_core::testing::env_or("RAFT_LOG_TORN_SEED", u64::from(rand::random::<u32>()));
+    println!("torn-write seed {seed} (replay with RAFT_LOG_TORN_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..8 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db");
+        let ends = store_in_wal(&db, 12, &mut rng);
+        let wal = wal_files(&db).pop().expect("a WAL file");
+        let (before_last, start_of_last) = ends[ends.len() - 2];
+        let (_, end_of_last) = ends[ends.len() - 1];
+        assert_eq!(
+            std::fs::metadata(&wal).expect("wal").len(),
+            end_of_last,
+            "the WAL ends with the last write"
+        );
+        // Cut anywhere inside the last record: its header, its payload, or
+        // just its final byte.
+        let cut = rng.gen_range(start_of_last..end_of_last);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .expect("open the WAL")
+            .set_len(cut)
+            .expect("tear the tail");
+        let log = RocksLog::open(&db, RocksLogOptions::default()).unwrap_or_else(|e| {
+            panic!("seed {seed} round {round}: a torn tail must not stop the store: {e}")
+        });
+        assert_eq!(
+            log.last_index(),
+            before_last,
+            "seed {seed} round {round}: cut at {cut} in {start_of_last}..{end_of_last}: the \
+             torn write is gone whole, every earlier one is there"
+        );
+        let got = runtime()
+            .block_on(log.entries(1, before_last + 1, u64::MAX))
+            .expect("read back");
+        assert_eq!(got, (1..=before_last).map(entry).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_damaged_record_before_the_tail_of_the_wal_is_refused() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let ends = store_in_wal(&db, 12, &mut rng);
+    let wal = wal_files(&db).pop().expect("a WAL file");
+    // A byte inside the third write's record: acknowledged data, with nine
+    // acknowledged writes after it.
+    let (_, start) = ends[1];
+    let (_, end) = ends[2];
+    let mut bytes = std::fs::read(&wal).expect("read the WAL");
+    let at = ((start + end) / 2) as usize;
+    bytes[at] ^= 0x5A;
+    std::fs::write(&wal, bytes).expect("write the WAL");
+    match RocksLog::open(&db, RocksLogOptions::default()) {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.to_lowercase().contains("corrupt"),
+                "the error says the store is corrupted: {text}"
+            );
+        }
+        Ok(log) => panic!(
+            "a damaged WAL record was accepted: the store opened with last index {} of {}, \
+             silently dropping acknowledged entries",
+            log.last_index(),
+            ends.last().expect("ends").0
+        ),
+    }
+}
