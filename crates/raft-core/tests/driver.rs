@@ -309,3 +309,195 @@ async fn shutdown_stops_the_node_and_fails_new_requests() {
     assert_eq!(err, ProposeError::ShuttingDown { appended: false });
     assert!(h.status().await.is_none());
 }
+
+/// A log whose writes start failing when told to, as a disk whose fsync
+/// returns an error does.
+struct FailingLog {
+    inner: Arc<MemLog>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FailingLog {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: Arc::new(MemLog::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn fail_from_now_on(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), raft_core::StorageError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(raft_core::StorageError::Backend(
+                "fsync: Input/output error (os error 5)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl raft_core::LogStorage for FailingLog {
+    async fn stored_state(&self) -> Result<raft_core::StoredState, raft_core::StorageError> {
+        self.inner.stored_state().await
+    }
+    async fn append(&self, entries: Vec<raft_core::Entry>) -> Result<(), raft_core::StorageError> {
+        self.check()?;
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: u64) -> Result<(), raft_core::StorageError> {
+        self.check()?;
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, up_to: u64) -> Result<(), raft_core::StorageError> {
+        self.check()?;
+        self.inner.purge(up_to).await
+    }
+    async fn entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
+        self.inner.entries(start, end, max_bytes).await
+    }
+    async fn save_hard_state(
+        &self,
+        hard_state: raft_core::HardState,
+    ) -> Result<(), raft_core::StorageError> {
+        self.check()?;
+        self.inner.save_hard_state(hard_state).await
+    }
+    async fn write(&self, write: raft_core::LogWrite) -> Result<(), raft_core::StorageError> {
+        self.check()?;
+        self.inner.write(write).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_log_write_stops_the_node_and_says_why() {
+    let log = FailingLog::new();
+    let net = MemNetwork::new();
+    let handle: Handle = Raft::start(
+        Config::new(1),
+        DriverConfig::default(),
+        Membership::new(vec![1]),
+        log.clone(),
+        MemKv::new(),
+        net.transport(1),
+    )
+    .await
+    .expect("node starts");
+    while !handle
+        .status()
+        .await
+        .is_some_and(|s| s.engine.role == Role::Leader)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle
+        .propose(put("a", "1"))
+        .await
+        .expect("a healthy write");
+    assert_eq!(handle.failure(), None, "a healthy node reports no failure");
+    let held = log.inner.snapshot_entries().len();
+
+    log.fail_from_now_on();
+    let err = handle.propose(put("a", "2")).await.unwrap_err();
+    assert!(
+        matches!(&err, ProposeError::Fatal(why) if why.contains("log write failed")),
+        "the proposer learns the node failed, got {err:?}"
+    );
+    assert!(
+        err.may_have_committed(),
+        "the outcome of a failed write is unknown"
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(1), handle.failed())
+        .await
+        .expect("failed() returns once the node has failed");
+    assert!(reason.contains("Input/output error"), "reason: {reason}");
+    assert_eq!(handle.failure().as_deref(), Some(reason.as_str()));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !handle.is_stopped() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the driver stops after a failed write");
+    assert_eq!(
+        log.inner.snapshot_entries().len(),
+        held,
+        "nothing reached the log after the failure"
+    );
+    let after = handle.propose(put("a", "3")).await.unwrap_err();
+    assert!(
+        matches!(after, ProposeError::ShuttingDown { appended: false }),
+        "a stopped node takes nothing, got {after:?}"
+    );
+    assert_eq!(handle.status().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_whose_log_fails_stops_while_the_others_go_on() {
+    let net = MemNetwork::new();
+    let members = vec![1, 2, 3];
+    let mut handles = Vec::new();
+    let mut logs = Vec::new();
+    for id in 1..=3 {
+        let log = FailingLog::new();
+        let handle: Handle = Raft::start(
+            Config::new(id),
+            DriverConfig::default(),
+            Membership::new(members.clone()),
+            log.clone(),
+            MemKv::new(),
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&handle);
+        handles.push(handle);
+        logs.push(log);
+    }
+    let leader = loop {
+        let mut found = None;
+        for h in &handles {
+            if h.status()
+                .await
+                .is_some_and(|s| s.engine.role == Role::Leader)
+            {
+                found = Some(h.id());
+            }
+        }
+        if let Some(l) = found {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let follower = if leader == 1 { 2 } else { 1 };
+    let f = (follower - 1) as usize;
+    handles[(leader - 1) as usize]
+        .propose(put("k", "0"))
+        .await
+        .expect("write before the fault");
+    logs[f].fail_from_now_on();
+    for i in 1..=5 {
+        handles[(leader - 1) as usize]
+            .propose(put("k", &i.to_string()))
+            .await
+            .expect("two healthy voters of three still commit");
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), handles[f].failed())
+        .await
+        .expect("the failing follower reports its failure");
+    assert!(reason.contains("log write failed"), "reason: {reason}");
+    assert!(handles
+        .iter()
+        .filter(|h| h.id() != follower)
+        .all(|h| h.failure().is_none()));
+}

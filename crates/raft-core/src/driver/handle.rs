@@ -274,6 +274,7 @@ pub struct RaftHandle<R> {
     pub(crate) applied: watch::Receiver<Index>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) done: watch::Receiver<bool>,
+    pub(crate) failure: watch::Receiver<Option<String>>,
     pub(crate) request_timeout: Duration,
 }
 
@@ -286,6 +287,7 @@ impl<R> Clone for RaftHandle<R> {
             applied: self.applied.clone(),
             shutdown: self.shutdown.clone(),
             done: self.done.clone(),
+            failure: self.failure.clone(),
             request_timeout: self.request_timeout,
         }
     }
@@ -489,5 +491,29 @@ impl<R: Send + 'static> RaftHandle<R> {
     /// Whether the node has stopped.
     pub fn is_stopped(&self) -> bool {
         *self.done.borrow()
+    }
+
+    /// Why the node stopped on its own, set the moment its storage or state
+    /// machine failed (the driver is then stopping, and never acknowledges
+    /// anything again). `None` while it runs and after a requested
+    /// [`shutdown`](Self::shutdown).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until the node fails, and returns why (see
+    /// [`failure`](Self::failure)). Never returns for a node that stops
+    /// because it was asked to: select it against your own shutdown signal.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        loop {
+            if let Some(reason) = failure.borrow_and_update().clone() {
+                return reason;
+            }
+            if failure.changed().await.is_err() {
+                // The driver is gone without a failure: wait forever.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

@@ -313,6 +313,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             applied: applied_rx.clone(),
             shutdown: shutdown_tx,
             done: done_rx,
+            failure: fatal_rx.clone(),
             request_timeout: driver.request_timeout,
         };
         let mut driver_state = Driver {

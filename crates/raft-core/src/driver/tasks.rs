@@ -288,3 +288,148 @@ pub(crate) async fn network_task<T: Transport>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+    use crate::storage::LogWrite;
+    use crate::types::{Entry, EntryPayload, HardState, Index};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn entry(term: u64, index: Index) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: EntryPayload::Normal(Bytes::from(format!("{term}/{index}"))),
+        }
+    }
+
+    /// A model of durable storage applying writes one at a time, as
+    /// `LogStorage::write` specifies (hard state, truncate, append).
+    #[derive(Debug, Default, PartialEq)]
+    struct Model {
+        hard_state: HardState,
+        log: Vec<Entry>,
+    }
+
+    impl Model {
+        fn apply(&mut self, w: &LogWrite) {
+            if let Some(hs) = w.hard_state {
+                self.hard_state = hs;
+            }
+            if let Some(from) = w.truncate_from {
+                self.log.retain(|e| e.index < from);
+            }
+            if let Some(first) = w.entries.first() {
+                assert_eq!(
+                    first.index,
+                    self.log.len() as Index + 1,
+                    "a write appends right after the log: {w:?} on {:?}",
+                    self.log
+                );
+            }
+            self.log.extend(w.entries.iter().cloned());
+        }
+    }
+
+    /// A valid write for a log of `len` entries: maybe a hard state, maybe
+    /// a truncation to some index, then entries of term `term` that follow.
+    fn write_for(len: Index, term: u64, cut: Option<Index>, n: u64, hs: bool) -> LogWrite {
+        let truncate_from = cut.map(|c| 1 + c % (len + 1));
+        let end = truncate_from.map_or(len, |t| t - 1).min(len);
+        LogWrite {
+            hard_state: hs.then_some(HardState {
+                term,
+                vote: Some(term % 3 + 1),
+                commit: end.min(term),
+            }),
+            truncate_from,
+            entries: (end + 1..end + 1 + n).map(|i| entry(term, i)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_truncation_in_a_later_write_drops_what_earlier_ones_appended() {
+        let mut acc = LogWrite {
+            hard_state: None,
+            truncate_from: None,
+            entries: (5..=7).map(|i| entry(1, i)).collect(),
+        };
+        merge(
+            &mut acc,
+            LogWrite {
+                hard_state: Some(HardState {
+                    term: 2,
+                    vote: Some(2),
+                    commit: 4,
+                }),
+                truncate_from: Some(6),
+                entries: vec![entry(2, 6)],
+            },
+        );
+        assert_eq!(acc.entries, vec![entry(1, 5), entry(2, 6)]);
+        assert_eq!(acc.truncate_from, Some(6));
+        assert_eq!(acc.hard_state.map(|h| h.term), Some(2));
+    }
+
+    #[test]
+    fn the_lowest_truncation_wins_and_a_later_hard_state_replaces_an_earlier_one() {
+        let mut acc = LogWrite {
+            hard_state: Some(HardState {
+                term: 3,
+                vote: Some(1),
+                commit: 2,
+            }),
+            truncate_from: Some(4),
+            entries: vec![entry(3, 4)],
+        };
+        merge(
+            &mut acc,
+            LogWrite {
+                hard_state: None,
+                truncate_from: Some(2),
+                entries: vec![entry(3, 2), entry(3, 3)],
+            },
+        );
+        assert_eq!(acc.truncate_from, Some(2));
+        assert_eq!(acc.entries, vec![entry(3, 2), entry(3, 3)]);
+        assert_eq!(
+            acc.hard_state.map(|h| h.term),
+            Some(3),
+            "kept when the next has none"
+        );
+    }
+
+    proptest! {
+        /// Group commit is invisible: any run of valid writes merged into
+        /// one leaves storage exactly as the writes one by one would.
+        #[test]
+        fn merged_writes_leave_storage_as_the_writes_one_by_one(
+            start in 0u64..6,
+            steps in proptest::collection::vec(
+                (proptest::option::weighted(0.3, 0u64..20), 0u64..4, any::<bool>()),
+                1..12,
+            ),
+        ) {
+            let mut base = Model::default();
+            base.apply(&write_for(0, 1, None, start, true));
+            let mut one_by_one = Model {
+                hard_state: base.hard_state,
+                log: base.log.clone(),
+            };
+            let mut acc: Option<LogWrite> = None;
+            for (k, (cut, n, hs)) in steps.into_iter().enumerate() {
+                let w = write_for(one_by_one.log.len() as Index, 2 + k as u64, cut, n, hs);
+                one_by_one.apply(&w);
+                match acc.as_mut() {
+                    None => acc = Some(w),
+                    Some(a) => merge(a, w),
+                }
+            }
+            let mut merged = base;
+            merged.apply(&acc.expect("at least one write"));
+            prop_assert_eq!(merged, one_by_one);
+        }
+    }
+}
