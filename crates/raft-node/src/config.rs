@@ -87,6 +87,13 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
 
+    /// After its log storage or state machine fails, how long the node keeps
+    /// answering `/healthz` (503, naming the failure) before it exits with a
+    /// non-zero status, so a load balancer or orchestrator sees it.
+    /// [default: 1000]
+    #[arg(long, env = "RAFT_FAILURE_EXIT_DELAY_MS")]
+    pub failure_exit_delay_ms: Option<u64>,
+
     /// Largest key, in bytes (after percent-decoding); longer keys get 414.
     /// [default: 1024]
     #[arg(long, env = "RAFT_MAX_KEY_BYTES")]
@@ -231,6 +238,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u64,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// How long a failed node answers `/healthz` with 503 before exiting.
+    pub failure_exit_delay: Duration,
     /// Key size limit.
     pub max_key_bytes: usize,
     /// Value size limit.
@@ -318,6 +327,7 @@ impl RunArgs {
             election_ticks,
             heartbeat_ticks,
             request_timeout_ms,
+            failure_exit_delay_ms,
             max_key_bytes,
             max_value_bytes,
             max_concurrent_requests,
@@ -416,6 +426,7 @@ impl RunArgs {
             election_ticks: self.election_ticks.unwrap_or(20),
             heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
             request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(5000)),
+            failure_exit_delay: Duration::from_millis(self.failure_exit_delay_ms.unwrap_or(1000)),
             max_key_bytes: self.max_key_bytes.unwrap_or(1024),
             max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
@@ -471,6 +482,11 @@ impl RunArgs {
         if cfg.request_timeout.is_zero() || cfg.request_timeout > Duration::from_secs(3600) {
             return Err(ConfigError(
                 "--request-timeout-ms must be between 1 and 3600000".into(),
+            ));
+        }
+        if cfg.failure_exit_delay > Duration::from_secs(600) {
+            return Err(ConfigError(
+                "--failure-exit-delay-ms must be at most 600000".into(),
             ));
         }
         if cfg.max_key_bytes.saturating_add(cfg.max_value_bytes) > ENTRY_BYTES_MAX {

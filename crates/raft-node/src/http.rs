@@ -90,7 +90,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/cluster/snapshot", post(take_snapshot))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // A problem body like every other error; axum keeps the `Allow`
         // header listing the route's methods.
@@ -847,6 +847,31 @@ async fn metrics(State(state): State<Shared>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// Liveness: `ok` while the Raft driver runs; 503 naming the failure once
+/// the log storage or the state machine failed (the process then exits),
+/// and 503 once the driver has stopped for any other reason.
+async fn healthz(State(state): State<Shared>) -> Response {
+    if let Some(reason) = state.raft.failure() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node-failed",
+            "Node failed",
+            format!("raft stopped because its storage or state machine failed: {reason}; the process is exiting"),
+        )
+        .into_response();
+    }
+    if state.raft.is_stopped() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node-stopped",
+            "Node stopped",
+            "raft has stopped; the process is shutting down".to_string(),
+        )
+        .into_response();
+    }
+    "ok\n".into_response()
 }
 
 async fn readyz(State(state): State<Shared>) -> Response {

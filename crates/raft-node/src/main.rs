@@ -83,11 +83,35 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
+    let exit_delay = cfg.failure_exit_delay;
     let node = raft_node::node::start(cfg, Some(handle)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    let raft = node.raft.clone();
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: shutting down");
+            None
+        }
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            None
+        }
+        reason = raft.failed() => Some(reason),
+    };
+    if let Some(reason) = failure {
+        // Nothing is acknowledged from here on. /healthz answers 503 for a
+        // while so that whatever watches the node sees why, then the
+        // process exits non-zero for its supervisor to restart it (a
+        // restart recovers from what is on disk, or refuses to start and
+        // says why).
+        tracing::error!(
+            %reason,
+            exit_in_ms = exit_delay.as_millis() as u64,
+            "raft stopped: the log storage or the state machine failed; exiting"
+        );
+        tokio::time::sleep(exit_delay).await;
+        node.shutdown().await;
+        anyhow::bail!("raft stopped: {reason}");
     }
     node.shutdown().await;
     Ok(())

@@ -18,6 +18,8 @@ pub struct Proc {
     pub child: Option<Child>,
     pub http: String,
     pub log: PathBuf,
+    /// Environment variables the process starts with.
+    pub env: Vec<(String, PathBuf)>,
 }
 
 impl Proc {
@@ -30,6 +32,7 @@ impl Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -128,6 +131,18 @@ pub fn cluster_with(
     names: &[String],
     scheme: &str,
 ) -> Vec<Proc> {
+    cluster_with_env(dir, n, extra, names, scheme, |_| Vec::new())
+}
+
+/// `cluster_with`, each node started with the environment `env(id)`.
+pub fn cluster_with_env(
+    dir: &Path,
+    n: u64,
+    extra: &[String],
+    names: &[String],
+    scheme: &str,
+    env: impl Fn(u64) -> Vec<(String, PathBuf)>,
+) -> Vec<Proc> {
     let ids: Vec<u64> = (1..=n).collect();
     let certs = dir.join("certs");
     // Certificates for three spare ids too, for nodes that join later.
@@ -152,6 +167,7 @@ pub fn cluster_with(
                 child: None,
                 http: format!("{scheme}://{client}"),
                 log: dir.join(format!("node-{id}.log")),
+                env: env(id),
             };
             p.start();
             p
@@ -260,6 +276,7 @@ pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
         child: None,
         http: format!("http://{client}"),
         log: dir.join(format!("node-{id}.log")),
+        env: Vec::new(),
     };
     p.start();
     p

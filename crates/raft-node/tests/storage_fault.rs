@@ -1,0 +1,170 @@
+//! A node whose disk fails: every flush (`fsync`, `fdatasync`) of one
+//! node's process returns EIO from the moment a trigger file appears (a
+//! preload library, `raft-log/tests/support/failsync.c`). The node never
+//! acknowledges a write it could not make durable, `/healthz` answers 503
+//! naming the failure, the process exits non-zero with a clear log line,
+//! the rest of the cluster goes on, and the node comes back from its disk
+//! once the disk works again.
+
+#[path = "../../raft-log/tests/support/failsync.rs"]
+mod failsync;
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{leader, Proc};
+use serde_json::Value;
+
+fn by_id(procs: &[Proc], id: u64) -> &Proc {
+    procs.iter().find(|p| p.id == id).expect("node")
+}
+
+/// Writes `value` at `key` through `p`, asking again while the answer is
+/// not a success (elections under way), for up to 60 s.
+async fn put_until_accepted(client: &reqwest::Client, p: &Proc, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .put(format!("{}/v1/kv/{key}", p.http))
+            .body(value.to_owned())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {}: write {key}={value} not accepted within 60 s (last: {r:?}); log:\n{}",
+            p.id,
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = failsync::FailSync::build(dir.path());
+    let trigger_of = |id: u64| dir.path().join(format!("fail-node-{id}"));
+    let extra = vec![
+        "--failure-exit-delay-ms=3000".to_string(),
+        "--request-timeout-ms=3000".to_string(),
+    ];
+    let mut procs = common::cluster_with_env(dir.path(), 3, &extra, &[], "http", |id| {
+        lib.env(&trigger_of(id))
+    });
+    let client = reqwest::Client::new();
+    let first = leader(&client, &procs, None).await;
+    put_until_accepted(&client, by_id(&procs, first), "k", "before").await;
+    let r = client
+        .get(format!("{}/healthz", by_id(&procs, first).http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a healthy node is live");
+
+    // The leader's disk fails: the write that needs its next fsync is not
+    // acknowledged (its outcome is unknown: 504, or the connection drops).
+    std::fs::write(trigger_of(first), b"").unwrap();
+    let victim = by_id(&procs, first);
+    let r = client
+        .put(format!("{}/v1/kv/k", victim.http))
+        .body("during")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    if let Ok(r) = &r {
+        assert!(
+            !r.status().is_success(),
+            "a write whose fsync failed was acknowledged ({}); log:\n{}",
+            r.status(),
+            victim.log_text()
+        );
+    }
+
+    // /healthz turns unhealthy and says why, then the process exits non-zero.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem: Value = loop {
+        let r = client
+            .get(format!("{}/healthz", victim.http))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == 503 {
+                break r.json().await.expect("a problem body");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz of the failed node never answered 503; log:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        problem["type"].as_str().map(|t| t.ends_with("node-failed")),
+        Some(true),
+        "{problem:#}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("log write failed"), "{problem:#}");
+
+    let victim = procs.iter_mut().find(|p| p.id == first).unwrap();
+    let mut child = victim.child.take().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed node did not exit; log:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = victim.log_text();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "a failed node exits with a non-zero status, not a signal: {status}; log:\n{log}"
+    );
+    assert!(
+        log.contains("raft stopped: the log storage or the state machine failed"),
+        "the log says why the node stopped:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The other two go on.
+    let next = leader(&client, &procs, Some(first)).await;
+    put_until_accepted(&client, by_id(&procs, next), "k", "after").await;
+
+    // The disk works again: the node restarts from what it holds and
+    // catches up.
+    std::fs::remove_file(trigger_of(first)).unwrap();
+    let victim = procs.iter_mut().find(|p| p.id == first).unwrap();
+    victim.start();
+    let victim = by_id(&procs, first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .get(format!("{}/v1/kv/k?consistency=linearizable", victim.http))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == 200 && r.text().await.unwrap_or_default() == "after" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up; log:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
