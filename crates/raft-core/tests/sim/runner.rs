@@ -140,8 +140,9 @@ impl Summary {
             "{name}: {} seeds x {nodes} nodes in {secs:.1}s: {} steps, {} ticks; ops: {} \
              invoked, {} writes + {} reads ({} by lease) acknowledged, {} failed, {} indeterminate \
              (min {} writes acked per fault-free phase); {} elections; {} entries committed; \
-             faults injected: {} ({} crashes, {} partitions, {} drops, {} duplicates, {} \
-             delays, {} transfers); linearizability undecided: {}\n  {}\n  {}",
+             faults injected: {} ({} crashes, {} failed flushes, {} failed restarts, {} \
+             partitions, {} drops, {} duplicates, {} delays, {} transfers); linearizability \
+             undecided: {}\n  {}\n  {}",
             self.seeds,
             self.steps,
             self.ticks,
@@ -156,6 +157,8 @@ impl Summary {
             self.commits,
             f.total(),
             f.crashes,
+            f.disk_failures,
+            f.read_errors,
             f.partitions,
             f.dropped,
             f.duplicated,

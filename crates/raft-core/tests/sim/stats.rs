@@ -17,6 +17,10 @@ pub struct Faults {
     pub delayed: u64,
     /// Leadership transfers requested.
     pub transfers: u64,
+    /// Failed disk flushes (the node stops; the write landed or not).
+    pub disk_failures: u64,
+    /// Restarts that failed to read the disk (the node stays down longer).
+    pub read_errors: u64,
 }
 
 impl Faults {
@@ -28,6 +32,8 @@ impl Faults {
             + self.duplicated
             + self.delayed
             + self.transfers
+            + self.disk_failures
+            + self.read_errors
     }
 
     /// Adds `other` into `self`.
@@ -38,6 +44,8 @@ impl Faults {
         self.duplicated += other.duplicated;
         self.delayed += other.delayed;
         self.transfers += other.transfers;
+        self.disk_failures += other.disk_failures;
+        self.read_errors += other.read_errors;
     }
 }
 

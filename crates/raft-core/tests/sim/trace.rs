@@ -197,6 +197,11 @@ pub enum Event {
     Apply { node: NodeId, first: u64, last: u64 },
     /// A node crashed, losing `writes` pending writes.
     Crash { node: NodeId, writes: usize },
+    /// A flush of a node's disk failed and the node stopped; `landed`:
+    /// the failed write reached the disk anyway.
+    DiskFailed { node: NodeId, landed: bool },
+    /// A restart failed to read the node's disk; it stays down.
+    RestartFailed { node: NodeId },
     /// A node restarted from its durable state.
     Restart {
         node: NodeId,

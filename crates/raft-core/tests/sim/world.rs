@@ -43,7 +43,11 @@
 //! others take 0-1 tick), plus random reordering; snapshots are dropped or
 //! delayed too, never duplicated (they travel on a stream). Per tick,
 //! scaled by a per-run intensity: crashes (back at once or after up to 30
-//! ticks; at most a bare majority of all nodes down), partitions lasting
+//! ticks; at most a bare majority of all nodes down), failed disk flushes
+//! (the node stops as the driver does on a storage error; the failed write
+//! landed whole or not at all, its messages never sent; back after 5-40
+//! ticks), restarts that fail to read the disk (10% of delayed restarts;
+//! the node stays down up to 20 more ticks), partitions lasting
 //! 3-50 ticks (a node isolated, a random split, a node that can only
 //! receive or only send, a single one-way link), leadership transfers,
 //! membership changes asked of the leader (`churn.rs`) and snapshots asked

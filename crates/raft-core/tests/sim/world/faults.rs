@@ -1,7 +1,8 @@
 //! Node-level faults of the fault phase, in virtual time: crashes with a
-//! random downtime and the restart that follows, partitions that last a
-//! random number of ticks, leadership transfers, snapshots asked for out of
-//! turn, and membership changes (`churn.rs`).
+//! random downtime and the restart that follows, disks whose flush fails,
+//! restarts that fail to read the disk, partitions that last a random
+//! number of ticks, leadership transfers, snapshots asked for out of turn,
+//! and membership changes (`churn.rs`).
 
 use raft_core::engine::{Engine, Role};
 use raft_core::NodeId;
@@ -17,6 +18,16 @@ impl World {
         let n = self.nodes.len();
         for i in 0..n {
             if self.nodes[i].engine.is_none() && self.nodes[i].restart_at <= self.now {
+                if self.rng.gen_bool(0.1) {
+                    // Reading the disk fails (`Raft::start` returns
+                    // `StartError::Storage`): the node stays down until
+                    // its operator tries again.
+                    self.faults.read_errors += 1;
+                    let id = self.nodes[i].id;
+                    self.nodes[i].restart_at = self.now + self.rng.gen_range(1..=20);
+                    self.record(Event::RestartFailed { node: id });
+                    continue;
+                }
                 self.restart(i)?;
             }
         }
@@ -29,6 +40,10 @@ impl World {
         // At most a bare majority down at once (all of a 1-node cluster).
         if down < n / 2 + 1 && self.rng.gen_bool(self.intensity * 0.03) {
             self.crash()?;
+        }
+        let down = self.nodes.iter().filter(|n| n.engine.is_none()).count();
+        if down < n / 2 + 1 && self.rng.gen_bool(self.intensity * 0.01) {
+            self.disk_fails()?;
         }
         if n > 1 && self.heal_at.is_none() && self.rng.gen_bool(self.intensity * 0.05) {
             self.partition();
@@ -53,6 +68,64 @@ impl World {
             return Ok(());
         };
         self.faults.crashes += 1;
+        self.take_down(i);
+        // Back at once (a process restart) or after up to 30 ticks.
+        if self.rng.gen_bool(0.4) {
+            self.restart(i)?;
+        } else {
+            self.nodes[i].restart_at = self.now + self.rng.gen_range(1..=30);
+        }
+        Ok(())
+    }
+
+    /// A flush of a node's disk fails. The storage task reports the error
+    /// for the oldest pending log write and stops; the driver stops with
+    /// it: nothing more is sent, acknowledged or reported as durable (the
+    /// messages waiting for that write are never sent), and the process
+    /// exits. The failed write may have reached the disk whole or not at
+    /// all: a batch is atomic, and a failed flush says nothing about which.
+    /// The node comes back when its operator restarts it.
+    fn disk_fails(&mut self) -> Check {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes[*i].engine.is_some()
+                    && matches!(
+                        self.nodes[*i].writes.front(),
+                        Some(PendingWrite::Log { .. })
+                    )
+            })
+            .collect();
+        let Some(&i) = candidates.choose(&mut self.rng) else {
+            return Ok(());
+        };
+        self.faults.disk_failures += 1;
+        let failed = self.nodes[i].writes.pop_front().expect("checked above");
+        let landed = self.rng.gen_bool(0.5);
+        self.take_down(i);
+        self.record(Event::DiskFailed {
+            node: self.nodes[i].id,
+            landed,
+        });
+        if landed {
+            if let PendingWrite::Log {
+                hard_state,
+                truncate_from,
+                entries,
+                ..
+            } = failed
+            {
+                // Durable, but never reported: no message goes out and the
+                // engine (gone) never learns it.
+                self.complete_log_write(i, None, hard_state, truncate_from, entries, Vec::new())?;
+            }
+        }
+        self.nodes[i].restart_at = self.now + self.rng.gen_range(5..=40);
+        Ok(())
+    }
+
+    /// Node `i`'s process ends: everything not on its disk or in its state
+    /// machine is gone.
+    fn take_down(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let installing = node
             .to_apply
@@ -82,13 +155,6 @@ impl World {
                 why: "node crashed",
             });
         }
-        // Back at once (a process restart) or after up to 30 ticks.
-        if self.rng.gen_bool(0.4) {
-            self.restart(i)?;
-        } else {
-            self.nodes[i].restart_at = self.now + self.rng.gen_range(1..=30);
-        }
-        Ok(())
     }
 
     /// Restarts node `i` from what survived: its log storage and its state
