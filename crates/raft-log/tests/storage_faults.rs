@@ -1,5 +1,5 @@
-//! Storage faults under a real RocksDB: a flush (`fdatasync`) that fails, a
-//! torn last write at a crash, and a damaged write-ahead log.
+//! Storage faults under a real RocksDB: a flush (`fdatasync`) that fails,
+//! and a write torn at a crash.
 //!
 //! - A failed fsync fails the write that needed it, and the store refuses
 //!   every write after it, even once the disk works again: after a failed
@@ -7,11 +7,12 @@
 //!   flush and calling the data safe would acknowledge what may be lost.
 //!   The failure comes from a preload library (`support/failsync.c`) in a
 //!   child process, so RocksDB sees a real `EIO` from the C library.
-//! - A write torn at a crash (the tail of the WAL cut anywhere inside its
-//!   last record) was never acknowledged: the store opens with everything
-//!   written before it, and none of the torn batch.
-//! - A damaged record before the tail is data that was acknowledged: the
-//!   store refuses to open rather than silently drop it and what follows.
+//! - A write torn at a crash was never acknowledged, and whatever shape
+//!   the tear takes (the WAL cut short, its last pages left as zeros by a
+//!   preallocated file, unsynced writes of other column families after the
+//!   last synced one damaged in the middle) the store opens with every
+//!   synced write and none of the torn one: a crash must never stop a node
+//!   from starting.
 
 #[path = "support/failsync.rs"]
 mod failsync;
@@ -228,34 +229,112 @@ fn a_write_torn_at_a_crash_is_dropped_whole_and_everything_before_survives() {
     }
 }
 
+/// Zeroes `range` of `file`, keeping its length (pages a crash left
+/// unwritten in a preallocated file).
+fn zero(file: &Path, range: std::ops::Range<u64>) {
+    let mut bytes = std::fs::read(file).expect("read the WAL");
+    for b in &mut bytes[range.start as usize..range.end as usize] {
+        *b = 0;
+    }
+    std::fs::write(file, bytes).expect("write the WAL");
+}
+
+fn assert_opens_with(db: &Path, last: u64, context: &str) {
+    let log = RocksLog::open(db, RocksLogOptions::default())
+        .unwrap_or_else(|e| panic!("{context}: a torn tail must not stop the store: {e}"));
+    assert_eq!(
+        log.last_index(),
+        last,
+        "{context}: every synced write survives"
+    );
+    let got = runtime()
+        .block_on(log.entries(1, last + 1, u64::MAX))
+        .expect("read back");
+    assert_eq!(got, (1..=last).map(entry).collect::<Vec<_>>(), "{context}");
+}
+
 #[test]
-fn a_damaged_record_before_the_tail_of_the_wal_is_refused() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+fn a_last_write_left_as_zeros_is_dropped_and_everything_before_survives() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
     let ends = store_in_wal(&db, 12, &mut rng);
     let wal = wal_files(&db).pop().expect("a WAL file");
-    // A byte inside the third write's record: acknowledged data, with nine
-    // acknowledged writes after it.
-    let (_, start) = ends[1];
-    let (_, end) = ends[2];
-    let mut bytes = std::fs::read(&wal).expect("read the WAL");
-    let at = ((start + end) / 2) as usize;
-    bytes[at] ^= 0x5A;
-    std::fs::write(&wal, bytes).expect("write the WAL");
-    match RocksLog::open(&db, RocksLogOptions::default()) {
-        Err(e) => {
-            let text = e.to_string();
-            assert!(
-                text.to_lowercase().contains("corrupt"),
-                "the error says the store is corrupted: {text}"
-            );
+    let (before_last, start_of_last) = ends[ends.len() - 2];
+    let (_, end_of_last) = ends[ends.len() - 1];
+    // The last 50 bytes of the last record, the file length kept.
+    zero(
+        &wal,
+        end_of_last.saturating_sub(50).max(start_of_last)..end_of_last,
+    );
+    assert_opens_with(&db, before_last, "last record's end zeroed");
+}
+
+#[test]
+fn a_large_last_write_with_a_block_left_as_zeros_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let start_of_last = runtime().block_on(async {
+        let log = RocksLog::open(&db, RocksLogOptions::default()).expect("open");
+        log.write(write_of(1..=10)).await.expect("write");
+        let wal = wal_files(&db).pop().expect("a WAL file");
+        let start = std::fs::metadata(&wal).expect("wal").len();
+        // One 40 KB entry: its record spans two 32 KiB WAL blocks.
+        let big = Entry {
+            term: 1,
+            index: 11,
+            payload: EntryPayload::Normal(Bytes::from(vec![0xAB; 40_000])),
+        };
+        log.write(LogWrite {
+            hard_state: None,
+            truncate_from: None,
+            entries: vec![big],
+        })
+        .await
+        .expect("write");
+        start
+    });
+    let wal = wal_files(&db).pop().expect("a WAL file");
+    let len = std::fs::metadata(&wal).expect("wal").len();
+    assert!(
+        len > 32_768 && start_of_last < 32_768,
+        "the record spans two blocks"
+    );
+    // Its second block never reached the disk.
+    zero(&wal, 32_768..len);
+    assert_opens_with(&db, 10, "second block of the last record zeroed");
+}
+
+#[test]
+fn unsynced_writes_after_the_last_synced_one_may_be_torn_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let options = || RocksLogOptions {
+        extra_column_families: vec!["state".into()],
+        ..RocksLogOptions::default()
+    };
+    // A state machine sharing the store writes without sync (as
+    // raft-node's does): three batches after the last synced log write.
+    let (synced_end, ends) = runtime().block_on(async {
+        let log = RocksLog::open(&db, options()).expect("open");
+        log.write(write_of(1..=10)).await.expect("write");
+        let wal = wal_files(&db).pop().expect("a WAL file");
+        let synced_end = std::fs::metadata(&wal).expect("wal").len();
+        let cf = log.db().cf_handle("state").expect("state cf");
+        let mut ends = Vec::new();
+        for k in 0..3u8 {
+            log.db()
+                .put_cf(cf, [k], vec![k; 3000])
+                .expect("unsynced write");
+            ends.push(std::fs::metadata(&wal).expect("wal").len());
         }
-        Ok(log) => panic!(
-            "a damaged WAL record was accepted: the store opened with last index {} of {}, \
-             silently dropping acknowledged entries",
-            log.last_index(),
-            ends.last().expect("ends").0
-        ),
-    }
+        (synced_end, ends)
+    });
+    assert!(synced_end < ends[0] && ends[0] < ends[1] && ends[1] < ends[2]);
+    let wal = wal_files(&db).pop().expect("a WAL file");
+    // The middle batch's pages never reached the disk; the last one did.
+    zero(&wal, ends[0]..ends[1]);
+    let log = RocksLog::open(&db, options())
+        .unwrap_or_else(|e| panic!("a torn unsynced tail must not stop the store: {e}"));
+    assert_eq!(log.last_index(), 10, "every synced write survives");
 }

@@ -502,17 +502,38 @@ impl<R: Send + 'static> RaftHandle<R> {
     }
 
     /// Waits until the node fails, and returns why (see
-    /// [`failure`](Self::failure)). Never returns for a node that stops
-    /// because it was asked to: select it against your own shutdown signal.
+    /// [`failure`](Self::failure)); also when the driver stops without
+    /// having been asked to and without a reason (one of its tasks ended
+    /// unexpectedly). Never returns for a node that stops because it was
+    /// asked to ([`shutdown`](Self::shutdown)): select it against your own
+    /// shutdown signal.
     pub async fn failed(&self) -> String {
         let mut failure = self.failure.clone();
+        let mut done = self.done.clone();
+        // Whether a task can still raise a failure.
+        let mut raisable = true;
         loop {
             if let Some(reason) = failure.borrow_and_update().clone() {
                 return reason;
             }
-            if failure.changed().await.is_err() {
-                // The driver is gone without a failure: wait forever.
+            // The driver sets `done` when it stops; a driver task that
+            // panicked drops it unset.
+            let ended = match done.has_changed() {
+                Err(_) => true,
+                Ok(_) => *done.borrow_and_update(),
+            };
+            if ended {
+                if let Some(reason) = self.failure.borrow().clone() {
+                    return reason;
+                }
+                if !*self.shutdown.borrow() {
+                    return "the raft driver stopped unexpectedly".to_string();
+                }
                 std::future::pending::<()>().await;
+            }
+            tokio::select! {
+                changed = failure.changed(), if raisable => raisable = changed.is_ok(),
+                _ = done.changed() => {}
             }
         }
     }

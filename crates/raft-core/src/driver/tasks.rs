@@ -71,6 +71,19 @@ pub(crate) enum ApplyJob<R> {
     Install(SnapshotMeta, SnapshotData),
 }
 
+/// Records why the node fails, keeping the first reason: a failed disk
+/// usually fails the storage task and then the apply task, and the first
+/// error is the cause.
+fn raise(fatal: &watch::Sender<Option<String>>, reason: String) {
+    fatal.send_if_modified(|current| {
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(reason);
+        true
+    });
+}
+
 /// Merges `next` into `acc` as if written after it.
 fn merge(acc: &mut LogWrite, next: LogWrite) {
     if next.hard_state.is_some() {
@@ -113,7 +126,7 @@ pub(crate) async fn storage_task<L: LogStorage>(
                 let index = c.snapshot.last_log_id.index;
                 if let Err(e) = log.save_snapshot(c.snapshot, purge_to).await {
                     tracing::error!(error = %e, "recording a snapshot failed");
-                    let _ = fatal.send(Some(format!("recording a snapshot failed: {e}")));
+                    raise(&fatal, format!("recording a snapshot failed: {e}"));
                     return;
                 }
                 tracing::debug!(index, purge_to, "log compacted");
@@ -123,9 +136,10 @@ pub(crate) async fn storage_task<L: LogStorage>(
             StorageJob::Install(meta, data) => {
                 if let Err(e) = log.install_snapshot(meta.clone()).await {
                     tracing::error!(error = %e, "replacing the log by a snapshot failed");
-                    let _ = fatal.send(Some(format!(
-                        "installing a snapshot in the log failed: {e}"
-                    )));
+                    raise(
+                        &fatal,
+                        format!("installing a snapshot in the log failed: {e}"),
+                    );
                     return;
                 }
                 let _ = events.send(Event::LogInstalled(meta, data));
@@ -155,7 +169,7 @@ pub(crate) async fn storage_task<L: LogStorage>(
             let started = Instant::now();
             if let Err(e) = log.write(write).await {
                 tracing::error!(error = %e, "log write failed");
-                let _ = fatal.send(Some(format!("log write failed: {e}")));
+                raise(&fatal, format!("log write failed: {e}"));
                 return;
             }
             metrics::histogram!("raft_append_seconds").record(started.elapsed().as_secs_f64());
@@ -214,7 +228,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
                 let started = Instant::now();
                 if let Err(e) = sm.install_snapshot(&meta, data.clone()).await {
                     tracing::error!(error = %e, last = %meta.last_log_id, "installing a snapshot failed");
-                    let _ = fatal.send(Some(format!("installing a snapshot failed: {e}")));
+                    raise(&fatal, format!("installing a snapshot failed: {e}"));
                     return;
                 }
                 tracing::info!(
@@ -237,7 +251,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "state machine failed");
-                let _ = fatal.send(Some(e.to_string()));
+                raise(&fatal, format!("state machine failed: {e}"));
                 return;
             }
         };
@@ -247,7 +261,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
                 responses.len(),
                 job_entries.len()
             );
-            let _ = fatal.send(Some(msg));
+            raise(&fatal, msg);
             return;
         }
         metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);
