@@ -4,8 +4,9 @@
 //! # What a run does
 //!
 //! One seeded RNG (`ChaCha8Rng`) drives everything in virtual time. Each
-//! step picks one random event: a tick (every live node ticks once, so
-//! clocks never drift: leader leases rely on that), delivery of a random
+//! step picks one random event: a tick (true time advances by one unit and
+//! every live node's clock by its own rate, drifting within the bound the
+//! leader lease assumes), delivery of a random
 //! deliverable message (so messages are reordered), completion of a node's
 //! oldest pending disk write (or of several: group commit), some work of a
 //! node's state machine (applying entries, building or installing a
@@ -236,4 +237,143 @@ fn new_learner_starts_from_a_snapshot() {
     );
     let leader = w.leader_id().expect("converged");
     assert_eq!(w.kv(4), w.kv(leader));
+}
+
+/// One schedule of `lease_reads_hold_within_the_drift_bound_and_break_beyond_it`:
+/// a 3-voter cluster (heartbeat every tick, lease 8 of the election
+/// timeout's 10, check-quorum) elects a leader and takes writes, then the
+/// leader is isolated with its clock running at `leader_rate` ticks per
+/// 1000 units of true time while its followers' clocks keep true time:
+/// they elect a new leader and commit, while the old one, still reachable
+/// by clients, serves lease reads until its lease runs out by its clock.
+fn isolated_leader_with_a_slow_clock(seed: u64, leader_rate: u64) -> Result<(), String> {
+    let test = "lease_reads_hold_within_the_drift_bound_and_break_beyond_it";
+    let mut params = params_for(3);
+    params.spares = Some(0);
+    params.snapshot_policy = Some((0, 0));
+    let mut w = World::scripted(test, seed, params);
+    w.configure(|c| {
+        c.lease_ticks = 8;
+        c.heartbeat_interval_ticks = 1;
+        c.check_quorum = true;
+        c.pre_vote = true;
+    });
+    for id in 1..=3 {
+        w.set_clock_rate(id, 1000);
+    }
+    w.run_until(5_000, "a leader", |w| w.leader_id().is_some())?;
+    w.run_steps(300)?;
+    let leader = w.leader_id().ok_or("no leader after 300 more steps")?;
+    w.set_clock_rate(leader, leader_rate);
+    // Clients give up on the isolated leader's writes soon and go on.
+    w.set_client_timeout(2);
+    w.isolate(leader);
+    w.run_steps(800)?;
+    w.heal();
+    w.finish_scripted()
+}
+
+/// Thesis §6.4.1: a lease is safe only while clocks drift within a bound,
+/// here (E - 1) / (L + 1) = 9 / 9: no drift at all for a lease of 8 ticks
+/// of a 10-tick election timeout. The same 40 schedules run twice: with
+/// every clock at the same rate none may fail; with the isolated leader's
+/// clock ten times slower than its followers', the linearizability checker
+/// must catch a stale lease read in some. This is the negative control that
+/// shows the simulation can see a lease break. (The bound is conservative:
+/// a new leader needs its followers' randomized election timeouts, a
+/// pre-vote and a vote round, and a commit before a read can be stale;
+/// with these schedules, none fails at 4 times beyond it, and about half
+/// at 10 times.)
+#[test]
+fn lease_reads_hold_within_the_drift_bound_and_break_beyond_it() {
+    let mut beyond = Vec::new();
+    for seed in 0..40 {
+        if let Err(e) = isolated_leader_with_a_slow_clock(seed, 1000) {
+            panic!("seed {seed}: leases failed with every clock at the same rate:\n{e}");
+        }
+        if let Err(e) = isolated_leader_with_a_slow_clock(seed, 100) {
+            beyond.push((seed, e));
+        }
+    }
+    println!(
+        "leader clock at 0.1: {} of 40 schedules failed (seeds {:?})",
+        beyond.len(),
+        beyond.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    assert!(
+        !beyond.is_empty(),
+        "with the leader's clock at 0.1 times its followers', no stale lease read was caught \
+         in 40 schedules: the simulation cannot see a lease break"
+    );
+    for (seed, e) in &beyond {
+        assert!(
+            e.contains("LINEARIZABILITY"),
+            "seed {seed}: beyond the bound, the failure must be a stale read:\n{e}"
+        );
+    }
+}
+
+/// One schedule of `a_stalled_leader_resumes_without_serving_a_stale_lease_read`:
+/// a 3-voter cluster (lease 8 of the election timeout's 10, check-quorum)
+/// takes writes, then its leader stalls for 30 ticks (SIGSTOP, a blocked
+/// engine task) while the others elect a new leader and commit; as it
+/// resumes, clients that waited for it send it requests first.
+fn stalled_leader(seed: u64, replay_missed_ticks: bool) -> Result<(), String> {
+    let test = "a_stalled_leader_resumes_without_serving_a_stale_lease_read";
+    let mut params = params_for(3);
+    params.spares = Some(0);
+    params.snapshot_policy = Some((0, 0));
+    params.replay_missed_ticks = replay_missed_ticks;
+    let mut w = World::scripted(test, seed, params);
+    w.configure(|c| {
+        c.lease_ticks = 8;
+        c.heartbeat_interval_ticks = 1;
+        c.check_quorum = true;
+        c.pre_vote = true;
+    });
+    for id in 1..=3 {
+        w.set_clock_rate(id, 1000);
+    }
+    w.run_until(5_000, "a leader", |w| w.leader_id().is_some())?;
+    w.run_steps(300)?;
+    let leader = w.leader_id().ok_or("no leader after 300 more steps")?;
+    w.stall_node(leader, 30);
+    w.run_steps(800)?;
+    w.finish_scripted()
+}
+
+/// Bug 2 of the safety review: a leader whose engine takes no input for a
+/// while must not resume believing its lease. The same 200 schedules run
+/// twice: with the missed ticks replayed before any input (what the
+/// driver's tick clock does) none may fail; with them lost (the driver
+/// before it), the checker must catch a stale lease read in some.
+#[test]
+fn a_stalled_leader_resumes_without_serving_a_stale_lease_read() {
+    let mut lost = Vec::new();
+    for seed in 0..200 {
+        if let Err(e) = stalled_leader(seed, true) {
+            panic!(
+                "seed {seed}: a resumed leader served a stale read with its ticks replayed:\n{e}"
+            );
+        }
+        if let Err(e) = stalled_leader(seed, false) {
+            lost.push((seed, e));
+        }
+    }
+    println!(
+        "missed ticks lost: {} of 200 schedules failed (seeds {:?})",
+        lost.len(),
+        lost.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
+    assert!(
+        !lost.is_empty(),
+        "with the missed ticks lost, no stale lease read was caught in 200 schedules: the \
+         simulation cannot see the bug the tick replay fixed"
+    );
+    for (seed, e) in &lost {
+        assert!(
+            e.contains("LINEARIZABILITY"),
+            "seed {seed}: the failure must be a stale read:\n{e}"
+        );
+    }
 }

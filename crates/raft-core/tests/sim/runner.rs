@@ -36,6 +36,13 @@ pub fn params_for(nodes: usize) -> Params {
     let snapshots = env_u64("SIM_SNAPSHOTS") != Some(0);
     Params {
         nodes,
+        // `SIM_DRIFT_PERMILLE`: clock rates spread over this share of the
+        // drift bound (1000: up to the bound; more is a negative control
+        // that must fail); `SIM_STALL_REPLAY=0`: a node resuming from a
+        // stall loses the ticks it missed (the bug the driver's tick replay
+        // fixed; a negative control).
+        drift_permille: env_u64("SIM_DRIFT_PERMILLE").unwrap_or(1000),
+        replay_missed_ticks: env_u64("SIM_STALL_REPLAY") != Some(0),
         spares: (!churn).then_some(0),
         snapshot_policy: (!snapshots).then_some((0, 0)),
         churn,
@@ -47,10 +54,16 @@ pub fn params_for(nodes: usize) -> Params {
 
 /// The command that replays one run, with its trace printed.
 pub fn replay_command(seed: u64, nodes: usize) -> String {
-    let steps: String = ["SIM_STEPS", "SIM_CHURN", "SIM_SNAPSHOTS"]
-        .iter()
-        .filter_map(|var| std::env::var(var).ok().map(|v| format!(" {var}={v}")))
-        .collect();
+    let steps: String = [
+        "SIM_STEPS",
+        "SIM_CHURN",
+        "SIM_SNAPSHOTS",
+        "SIM_DRIFT_PERMILLE",
+        "SIM_STALL_REPLAY",
+    ]
+    .iter()
+    .filter_map(|var| std::env::var(var).ok().map(|v| format!(" {var}={v}")))
+    .collect();
     format!(
         "SIM_SEED={seed} SIM_NODES={nodes}{steps} cargo test -p raft-core --test simulation \
          replay -- --nocapture"
@@ -141,8 +154,8 @@ impl Summary {
              invoked, {} writes + {} reads ({} by lease) acknowledged, {} failed, {} indeterminate \
              (min {} writes acked per fault-free phase); {} elections; {} entries committed; \
              faults injected: {} ({} crashes, {} failed flushes, {} failed restarts, {} \
-             partitions, {} drops, {} duplicates, {} delays, {} transfers); linearizability \
-             undecided: {}\n  {}\n  {}",
+             stalls, {} partitions, {} drops, {} duplicates, {} delays, {} transfers); \
+             linearizability undecided: {}\n  {}\n  {}",
             self.seeds,
             self.steps,
             self.ticks,
@@ -159,6 +172,7 @@ impl Summary {
             f.crashes,
             f.disk_failures,
             f.read_errors,
+            f.stalls,
             f.partitions,
             f.dropped,
             f.duplicated,

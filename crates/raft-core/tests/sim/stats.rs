@@ -21,6 +21,8 @@ pub struct Faults {
     pub disk_failures: u64,
     /// Restarts that failed to read the disk (the node stays down longer).
     pub read_errors: u64,
+    /// Nodes stalled (no input at all for a while, then resumed).
+    pub stalls: u64,
 }
 
 impl Faults {
@@ -34,6 +36,7 @@ impl Faults {
             + self.transfers
             + self.disk_failures
             + self.read_errors
+            + self.stalls
     }
 
     /// Adds `other` into `self`.
@@ -46,6 +49,7 @@ impl Faults {
         self.transfers += other.transfers;
         self.disk_failures += other.disk_failures;
         self.read_errors += other.read_errors;
+        self.stalls += other.stalls;
     }
 }
 

@@ -202,6 +202,15 @@ pub enum Event {
     DiskFailed { node: NodeId, landed: bool },
     /// A restart failed to read the node's disk; it stays down.
     RestartFailed { node: NodeId },
+    /// A node stalls: no input for `ticks` ticks of true time.
+    Stall { node: NodeId, ticks: u64 },
+    /// A stalled node resumes; its clock counted `missed` ticks meanwhile,
+    /// of which `replayed` are given to it first.
+    Resume {
+        node: NodeId,
+        missed: u64,
+        replayed: u64,
+    },
     /// A node restarted from its durable state.
     Restart {
         node: NodeId,

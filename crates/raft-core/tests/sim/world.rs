@@ -30,13 +30,19 @@
 //!
 //! # Time
 //!
-//! One virtual clock: a tick event ticks every live node once (in random
-//! order). Nodes never drift apart, which leader leases need (thesis
-//! §6.4.1: leases assume bounded clock drift); everything else (message
-//! delivery, disk writes, applying, client requests) is randomly
-//! interleaved between ticks, and ticks get rarer while messages and writes
-//! are pending (networks and disks are much faster than a tick).
-//!
+//! One true clock: a tick event advances it by one unit, and every live
+//! node's own clock by its rate (ticks per 1000 units, fixed per node for
+//! a run): equal for all in half the runs, in the others spread over
+//! [1, B] with B = (E - 1) / (L + 1), the drift bound the lease assumes
+//! (`Config::lease_ticks`; `SIM_DRIFT_PERMILLE` scales B, and beyond 1000
+//! breaks it on purpose). Everything else (message delivery, disk writes,
+//! applying, client requests) is randomly interleaved between tick events,
+//! and those get rarer while messages and writes are pending (networks and
+//! disks are much faster than a tick). A stalled node (a fault) takes no
+//! input while its clock goes on; when it resumes, the ticks it missed come
+//! first, up to three election timeouts, as the driver's tick clock replays
+//! them (`SIM_STALL_REPLAY=0` loses them instead: a negative control).
+
 //! # Faults (second phase only)
 //!
 //! Per message: 4% dropped, 4% duplicated, 8% delayed by 3-25 ticks (the
@@ -50,8 +56,8 @@
 //! the node stays down up to 20 more ticks), partitions lasting
 //! 3-50 ticks (a node isolated, a random split, a node that can only
 //! receive or only send, a single one-way link), leadership transfers,
-//! membership changes asked of the leader (`churn.rs`) and snapshots asked
-//! of any node.
+//! membership changes asked of the leader (`churn.rs`), snapshots asked
+//! of any node, and stalls of 1-40 ticks (half the time of the leader).
 
 mod churn;
 mod faults;
@@ -106,6 +112,13 @@ pub struct Params {
     pub chaos_steps: u64,
     /// Steps allowed for the cluster to converge after healing.
     pub converge_steps: u64,
+    /// How far apart clock rates may be, in thousandths of the drift bound
+    /// the lease assumes (`Config::lease_ticks`): 1000 is the bound.
+    pub drift_permille: u64,
+    /// Whether a node resuming from a stall is given the ticks it missed
+    /// first (as the driver's tick clock does, up to three election
+    /// timeouts); `false` reproduces a driver that loses them.
+    pub replay_missed_ticks: bool,
 }
 
 /// What a successful run reports.
@@ -173,6 +186,16 @@ struct Node {
     seen_role: Role,
     /// While down: the tick to restart at.
     restart_at: u64,
+    /// This node's clock rate, in ticks per 1000 units of true time.
+    clock_rate: u64,
+    /// Thousandths of a tick accumulated towards the next one.
+    clock_acc: u64,
+    /// While stalled (its process paused, its engine task held up): the
+    /// true time it resumes at; it takes no input before.
+    stalled_until: u64,
+    /// Ticks its clock counted while it was stalled, given to it first
+    /// when it resumes.
+    missed_ticks: u64,
 }
 
 impl Node {
@@ -230,6 +253,9 @@ enum Action {
 
 /// Client timeout, in ticks.
 const CLIENT_TIMEOUT: u64 = 40;
+
+/// Every node's election timeout, in ticks.
+const ELECTION_TIMEOUT: u64 = 10;
 /// Steps between full log checks of every node.
 const FULL_CHECK_EVERY: u64 = 50;
 
@@ -269,6 +295,8 @@ pub struct World {
     choices: Vec<(u32, Action)>,
     /// For a scripted scenario: the test that reproduces a failure.
     scripted: Option<String>,
+    /// Ticks a client waits for an answer before it gives up.
+    client_timeout: u64,
 }
 
 impl World {
@@ -279,7 +307,7 @@ impl World {
         let initial = Membership::new(1..=voters as NodeId);
         // One configuration per run, varied across runs.
         let heartbeat = rng.gen_range(1..=3);
-        let lease = rng.gen_range(4..=8);
+        let lease = rng.gen_range(2..=8);
         let pre_vote = rng.gen_bool(0.8);
         let check_quorum = rng.gen_bool(0.8);
         let max_entries = *[1, 2, 8, 1024].choose(&mut rng).unwrap();
@@ -305,10 +333,26 @@ impl World {
             .spares
             .unwrap_or_else(|| rng.gen_range(usize::from(voters > 1)..=2));
         let n = voters + spares;
+        // Clock rates: in half the runs all equal, in the others spread
+        // over [1, B] times true time, B the drift bound (E - 1) / (L + 1)
+        // the lease assumes, but at most 1.5 (`drift_permille` scales B:
+        // beyond 1000 the rates break the bound, a negative control).
+        // Clocks 2-3 times apart are not what a lease has to survive, and
+        // they break liveness without pre-vote: a node with a stale log
+        // whose clock runs twice as fast campaigns (in vain) before any
+        // other times out, and every campaign resets the others' election
+        // timers (seed 2157 with 5 voters did that with B = 3).
+        let fastest = if rng.gen_bool(0.5) {
+            let bound = 1000 * (ELECTION_TIMEOUT - 1) / (lease + 1);
+            (bound * params.drift_permille / 1000).clamp(1000, 1500)
+        } else {
+            1000
+        };
+        let rates: Vec<u64> = (0..n).map(|_| rng.gen_range(1000..=fastest)).collect();
         let nodes = (1..=n as NodeId)
             .map(|id| {
                 let mut cfg = Config::new(id);
-                cfg.election_timeout_ticks = 10;
+                cfg.election_timeout_ticks = ELECTION_TIMEOUT;
                 cfg.heartbeat_interval_ticks = heartbeat;
                 cfg.lease_ticks = lease;
                 cfg.pre_vote = pre_vote;
@@ -348,6 +392,10 @@ impl World {
                     seen_commit: 0,
                     seen_role: Role::Follower,
                     restart_at: 0,
+                    clock_rate: rates[id as usize - 1],
+                    clock_acc: 0,
+                    stalled_until: 0,
+                    missed_ticks: 0,
                 }
             })
             .collect();
@@ -378,6 +426,7 @@ impl World {
             next_read: 1,
             choices: Vec::new(),
             scripted: None,
+            client_timeout: CLIENT_TIMEOUT,
         };
         if verbose {
             let c = &world.nodes[0].cfg;
@@ -386,7 +435,7 @@ impl World {
                  timeout {}, lease {}, pre_vote {}, check_quorum {}, max_entries_per_message {}, \
                  max_inflight_messages {}, max_uncommitted_entries {}, max_promotion_lag {}, \
                  snapshots every {} entries / {} bytes keeping {}, {} clients on {} keys, fault \
-                 intensity {intensity:.2}",
+                 intensity {intensity:.2}, clock rates (ticks per 1000) {:?}",
                 c.heartbeat_interval_ticks,
                 c.election_timeout_ticks,
                 c.lease_ticks,
@@ -400,8 +449,12 @@ impl World {
                 c.snapshot_threshold_bytes,
                 c.snapshot_keep_entries,
                 world.clients.list.len(),
-                world.clients.keys.len()
+                world.clients.keys.len(),
+                world.nodes.iter().map(|n| n.clock_rate).collect::<Vec<_>>()
             );
+        }
+        for node in &world.nodes {
+            world.trace.mix(node.clock_rate);
         }
         world.trace.mix((
             heartbeat,
@@ -545,9 +598,13 @@ impl World {
         Err(self.failure_report(&format!("not reached within {max_steps} steps: {what}")))
     }
 
-    /// Heals, restarts every node, converges and runs the final checks.
+    /// Heals, restarts every node, converges and runs the final checks,
+    /// the linearizability of the client histories included.
     pub fn finish_scripted(&mut self) -> Result<(), String> {
-        match self.finish() {
+        match self
+            .finish()
+            .and_then(|()| self.check_history().map(|_| ()))
+        {
             Ok(()) => Ok(()),
             Err(v) => Err(self.failure_report(&v)),
         }
@@ -564,6 +621,39 @@ impl World {
             kind: "isolate (scripted)",
             cuts: self.net.cut_mask(),
         });
+    }
+
+    /// Changes every node's configuration before the run starts (the
+    /// engines are built again from it).
+    pub fn configure(&mut self, f: impl Fn(&mut Config)) {
+        assert_eq!(self.step, 0, "configure before the first step");
+        for node in &mut self.nodes {
+            f(&mut node.cfg);
+            let engine = Engine::new(
+                node.cfg.clone(),
+                InitialState::bootstrap(node.bootstrap.clone()),
+            )
+            .expect("valid configuration");
+            node.engine = Some(engine);
+        }
+    }
+
+    /// Sets how many ticks a client waits for an answer before giving up.
+    pub fn set_client_timeout(&mut self, ticks: u64) {
+        self.client_timeout = ticks;
+    }
+
+    /// Stalls node `id` for `ticks` ticks of true time (see the stall
+    /// fault).
+    pub fn stall_node(&mut self, id: NodeId, ticks: u64) {
+        let i = id as usize - 1;
+        self.nodes[i].stalled_until = self.now + ticks;
+        self.record(Event::Stall { node: id, ticks });
+    }
+
+    /// Sets node `id`'s clock rate, in ticks per 1000 units of true time.
+    pub fn set_clock_rate(&mut self, id: NodeId, rate: u64) {
+        self.nodes[id as usize - 1].clock_rate = rate;
     }
 
     /// Restores every link.
@@ -640,7 +730,7 @@ impl World {
                 }
             }
             Action::Apply(i) => self.apply(i)?,
-            Action::Client => self.client_request()?,
+            Action::Client => self.client_request(None)?,
         }
         self.check_all()
     }
@@ -664,7 +754,7 @@ impl World {
             choices.push((100 + 60 * deliverable, Action::Deliver));
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.engine.is_none() {
+            if node.engine.is_none() || node.stalled_until != 0 {
                 continue;
             }
             if !node.writes.is_empty() {
@@ -705,17 +795,62 @@ impl World {
             .filter(|i| self.nodes[*i].engine.is_some())
             .collect();
         order.shuffle(&mut self.rng);
+        let replay = self.params.replay_missed_ticks;
+        let mut resumed = Vec::new();
         for i in order {
+            let now = self.now;
+            let node = &mut self.nodes[i];
+            // Each node's clock runs at its own rate.
+            node.clock_acc += node.clock_rate;
+            let mut due = node.clock_acc / 1000;
+            node.clock_acc %= 1000;
+            if node.stalled_until > now {
+                node.missed_ticks += due;
+                continue;
+            }
+            if node.stalled_until > 0 {
+                // Resuming: the ticks that passed come first, before any
+                // input, as the driver's tick clock replays them (up to
+                // three election timeouts).
+                node.stalled_until = 0;
+                let missed = std::mem::take(&mut node.missed_ticks);
+                let replayed = if replay {
+                    missed.min(3 * ELECTION_TIMEOUT)
+                } else {
+                    0
+                };
+                due += replayed;
+                let id = node.id;
+                self.record(Event::Resume {
+                    node: id,
+                    missed,
+                    replayed,
+                });
+                resumed.push(i);
+            }
             if let Some(engine) = self.nodes[i].engine.as_mut() {
-                engine.tick();
+                for _ in 0..due {
+                    engine.tick();
+                }
             }
             self.drain(i)?;
+        }
+        // Requests that waited for a stalled node (clients retrying the
+        // leader they knew) reach it as it resumes, before what its peers
+        // sent meanwhile: where a resumed leader with a stale clock would
+        // serve a stale lease read.
+        for i in resumed {
+            for _ in 0..3 {
+                if self.clients_active && self.rng.gen_bool(0.7) {
+                    self.client_request(Some(i))?;
+                }
+            }
         }
         for c in 0..self.clients.list.len() {
             let expired = self.clients.list[c]
                 .outstanding
                 .as_ref()
-                .is_some_and(|o| o.since + CLIENT_TIMEOUT < self.now);
+                .is_some_and(|o| o.since + self.client_timeout < self.now);
             if expired {
                 self.clients.give_up(c);
                 self.record(Event::GiveUp {
@@ -731,12 +866,21 @@ impl World {
         let Some(packet) = self.net.take_random(self.now, &mut self.rng) else {
             return Ok(());
         };
+        let to = packet.msg.to as usize - 1;
+        if self.nodes[to].engine.is_some() && self.nodes[to].stalled_until != 0 {
+            // Waits in the stalled node's queue until it resumes.
+            let at = self.nodes[to].stalled_until;
+            match packet.snapshot {
+                Some(data) => self.net.push_snapshot(packet.msg, at, data),
+                None => self.net.push(packet.msg, at),
+            }
+            return Ok(());
+        }
         if let Some(data) = packet.snapshot {
             return self.deliver_snapshot(packet.msg, data);
         }
         let msg = packet.msg;
         let info = MsgInfo::of(&msg);
-        let to = msg.to as usize - 1;
         if self.net.is_cut(msg.from, msg.to) {
             self.record(Event::Lost {
                 msg: info,
@@ -951,10 +1095,17 @@ impl World {
             return Err(format!("node {id} sent a misaddressed message {msg:?}"));
         }
         let durable = node.disk.hard_state;
+        // A vote (its own, or one granted) in term T is promised durable
+        // when the durable hard state holds it, or a later term: a node
+        // never acts in an earlier term again. (Several ticks handed over at
+        // once, as after a stall, can campaign twice in one `Ready`; the
+        // first campaign's requests then leave behind the second's write.)
         match &msg.body {
             MessageBody::RequestVote {
                 pre_vote: false, ..
-            } if durable.term != msg.term || durable.vote != Some(id) => {
+            } if durable.term < msg.term
+                || (durable.term == msg.term && durable.vote != Some(id)) =>
+            {
                 return Err(format!(
                     "DURABILITY: node {id} asks for votes in term {} before its own vote is \
                      durable (durable hard state {durable:?}; persisted_messages: {persisted})",
@@ -964,7 +1115,9 @@ impl World {
             MessageBody::RequestVoteResponse {
                 pre_vote: false,
                 granted: true,
-            } if durable.term != msg.term || durable.vote != Some(msg.to) => {
+            } if durable.term < msg.term
+                || (durable.term == msg.term && durable.vote != Some(msg.to)) =>
+            {
                 return Err(format!(
                     "DURABILITY: node {id} grants its vote to {} in term {} before the vote is \
                      durable (durable hard state {durable:?}; persisted_messages: {persisted})",
@@ -1228,7 +1381,8 @@ impl World {
             .max_by_key(|i| self.nodes[*i].engine.as_ref().map_or(0, Engine::term))
     }
 
-    fn client_request(&mut self) -> Check {
+    /// A client invokes an operation: at `to`, or at a node it picks.
+    fn client_request(&mut self, to: Option<usize>) -> Check {
         let idle = self.clients.idle();
         let Some(&c) = idle.choose(&mut self.rng) else {
             return Ok(());
@@ -1236,19 +1390,35 @@ impl World {
         let key = self.rng.gen_range(0..self.clients.keys.len());
         // Mostly a node that believes it leads (possibly a stale leader of
         // an older term: where stale reads would show), sometimes any node.
+        // A stalled node takes requests only once it resumes: clients
+        // pick among the others.
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
-                self.nodes[*i]
-                    .engine
-                    .as_ref()
-                    .is_some_and(|e| e.role() == Role::Leader)
+                self.nodes[*i].stalled_until == 0
+                    && self.nodes[*i]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| e.role() == Role::Leader)
             })
             .collect();
-        let node = match leaders.choose(&mut self.rng) {
-            Some(&l) if self.rng.gen_bool(0.85) => l,
-            _ => self.rng.gen_range(0..self.nodes.len()),
+        let others: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].stalled_until == 0)
+            .collect();
+        let node = match (to, leaders.choose(&mut self.rng)) {
+            (Some(to), _) => to,
+            (None, Some(&l)) if self.rng.gen_bool(0.85) => l,
+            _ => match others.choose(&mut self.rng) {
+                Some(&n) => n,
+                None => return Ok(()),
+            },
         };
-        let roll = self.rng.gen_range(0..100);
+        // A request that waited for a stalled node is a read half the time
+        // (the case a stale clock would get wrong).
+        let roll = if to.is_some() && self.rng.gen_bool(0.5) {
+            0
+        } else {
+            self.rng.gen_range(0..100)
+        };
         self.clients.list[c].seq += 1;
         let value = format!("c{c}.{}", self.clients.list[c].seq).into_bytes();
         let (op, name) = match roll {
@@ -1288,7 +1458,8 @@ impl World {
         let result = if op == Op::Read {
             let read = self.next_read;
             self.next_read += 1;
-            let lease = lease_ok && self.rng.gen_bool(0.5);
+            // A read that waited for a stalled node asks for its lease.
+            let lease = lease_ok && (to.is_some() || self.rng.gen_bool(0.5));
             let r = if lease {
                 match engine.read_lease(read) {
                     Ok(()) => {

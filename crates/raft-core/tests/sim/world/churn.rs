@@ -38,7 +38,7 @@ impl World {
         if !ask && !retry {
             return Ok(());
         }
-        let Some(l) = self.leader() else {
+        let Some(l) = self.leader().filter(|l| self.nodes[*l].stalled_until == 0) else {
             return Ok(());
         };
         let change = match self.retry_promotion.take() {

@@ -51,6 +51,9 @@ impl World {
         if n > 1 && self.rng.gen_bool(self.intensity * 0.01) {
             self.transfer()?;
         }
+        if self.rng.gen_bool(self.intensity * 0.01) {
+            self.stall();
+        }
         if self.rng.gen_bool(0.01) {
             self.request_snapshot()?;
         }
@@ -123,10 +126,35 @@ impl World {
         Ok(())
     }
 
+    /// A node stops taking any input for 1-40 ticks of true time (its
+    /// process paused by SIGSTOP, its engine task held up, its host
+    /// starved), half the time the leader: no ticks, no messages (they wait
+    /// in its queue), no storage or apply work, no client requests. Its
+    /// clock goes on counting; when it resumes, the ticks it missed come
+    /// first (see `tick`).
+    fn stall(&mut self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].engine.is_some() && self.nodes[*i].stalled_until == 0)
+            .collect();
+        let leader = self
+            .leader()
+            .filter(|l| running.contains(l) && self.rng.gen_bool(0.5));
+        let Some(i) = leader.or_else(|| running.choose(&mut self.rng).copied()) else {
+            return;
+        };
+        let ticks = self.rng.gen_range(1..=40);
+        self.faults.stalls += 1;
+        self.nodes[i].stalled_until = self.now + ticks;
+        let id = self.nodes[i].id;
+        self.record(Event::Stall { node: id, ticks });
+    }
+
     /// Node `i`'s process ends: everything not on its disk or in its state
     /// machine is gone.
     fn take_down(&mut self, i: usize) {
         let node = &mut self.nodes[i];
+        node.stalled_until = 0;
+        node.missed_ticks = 0;
         let installing = node
             .to_apply
             .iter()
@@ -295,7 +323,7 @@ impl World {
     }
 
     fn transfer(&mut self) -> Check {
-        let Some(l) = self.leader() else {
+        let Some(l) = self.leader().filter(|l| self.nodes[*l].stalled_until == 0) else {
             return Ok(());
         };
         let n = self.nodes.len() as NodeId;
@@ -320,7 +348,7 @@ impl World {
     /// (`Engine::request_snapshot`).
     fn request_snapshot(&mut self) -> Check {
         let live: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].engine.is_some())
+            .filter(|i| self.nodes[*i].engine.is_some() && self.nodes[*i].stalled_until == 0)
             .collect();
         let Some(&i) = live.choose(&mut self.rng) else {
             return Ok(());

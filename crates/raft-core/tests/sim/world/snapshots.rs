@@ -178,10 +178,16 @@ impl World {
             .into_iter()
             .partition(|r| r.at <= now);
         self.reports = later;
-        for r in due {
+        for mut r in due {
             let node = &mut self.nodes[r.node];
             if node.incarnation != r.incarnation {
                 continue; // the process that sent it is gone
+            }
+            if node.stalled_until != 0 {
+                // Handled once the node resumes.
+                r.at = node.stalled_until.max(now + 1);
+                self.reports.push(r);
+                continue;
             }
             let Some(engine) = node.engine.as_mut() else {
                 continue;
