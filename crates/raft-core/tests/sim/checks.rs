@@ -47,6 +47,10 @@ struct Position {
     payload: EntryPayload,
     /// The node that first held it.
     first_seen_on: Holder,
+    /// Whether it ever left that process's memory: made durable, or sent
+    /// in an AppendEntries. A position only ever handed out by a process
+    /// that then crashed is gone with it (see `forget_lost`).
+    kept: bool,
 }
 
 /// A committed entry as first reported.
@@ -149,6 +153,7 @@ impl Observer {
                         prev_term,
                         payload: e.payload.clone(),
                         first_seen_on: node,
+                        kept: false,
                     },
                 );
                 Ok(())
@@ -181,6 +186,26 @@ impl Observer {
     /// bootstrap one).
     pub fn committed_configs(&self) -> u64 {
         self.configs.len() as u64 - 1
+    }
+
+    /// The positions of `entries` left the memory of the process that made
+    /// them: they were made durable or sent.
+    pub fn keep(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if let Some(p) = self.positions.get_mut(&e.log_id()) {
+                p.kept = true;
+            }
+        }
+    }
+
+    /// `holder` crashed: the positions only it ever held, in memory, are
+    /// gone (a single voter appends its term's first entry as candidate and
+    /// may crash before that write is durable; after the restart it may
+    /// campaign for the same term again and give the same log id to a
+    /// different entry, which nothing ever saw).
+    pub fn forget_lost(&mut self, holder: Holder) {
+        self.positions
+            .retain(|_, p| p.kept || p.first_seen_on != holder);
     }
 
     /// Whether `id` was ever seen in a log, with this payload.

@@ -344,7 +344,13 @@ impl World {
         // timers (seed 2157 with 5 voters did that with B = 3).
         let fastest = if rng.gen_bool(0.5) {
             let bound = 1000 * (ELECTION_TIMEOUT - 1) / (lease + 1);
-            (bound * params.drift_permille / 1000).clamp(1000, 1500)
+            // The negative control may go to 3 times apart.
+            let cap = if params.drift_permille <= 1000 {
+                1500
+            } else {
+                3000
+            };
+            (bound * params.drift_permille / 1000).clamp(1000, cap)
         } else {
             1000
         };
@@ -1095,11 +1101,14 @@ impl World {
             return Err(format!("node {id} sent a misaddressed message {msg:?}"));
         }
         let durable = node.disk.hard_state;
-        // A vote (its own, or one granted) in term T is promised durable
-        // when the durable hard state holds it, or a later term: a node
-        // never acts in an earlier term again. (Several ticks handed over at
-        // once, as after a stall, can campaign twice in one `Ready`; the
-        // first campaign's requests then leave behind the second's write.)
+        // A candidate's own vote in term T is promised durable when the
+        // durable hard state holds it, or a later term: a node never acts in
+        // an earlier term again. (Several ticks handed over at once, as
+        // after a stall, can campaign twice in one `Ready`; the first
+        // campaign's requests then leave behind the second's write.) A vote
+        // granted must be durable exactly as sent: the simulation never
+        // produces a grant behind a later term, and the strict check keeps
+        // a double grant in one term visible.
         match &msg.body {
             MessageBody::RequestVote {
                 pre_vote: false, ..
@@ -1115,9 +1124,7 @@ impl World {
             MessageBody::RequestVoteResponse {
                 pre_vote: false,
                 granted: true,
-            } if durable.term < msg.term
-                || (durable.term == msg.term && durable.vote != Some(msg.to)) =>
-            {
+            } if durable.term != msg.term || durable.vote != Some(msg.to) => {
                 return Err(format!(
                     "DURABILITY: node {id} grants its vote to {} in term {} before the vote is \
                      durable (durable hard state {durable:?}; persisted_messages: {persisted})",
@@ -1136,6 +1143,9 @@ impl World {
                 ));
             }
             _ => {}
+        }
+        if let MessageBody::AppendEntries { entries, .. } = &msg.body {
+            self.obs.keep(entries);
         }
         let info = MsgInfo::of(&msg);
         self.record(Event::Send {
@@ -1250,6 +1260,7 @@ impl World {
                 incarnation: node.incarnation,
             };
             self.obs.record_entries(holder, prev_term, &entries)?;
+            self.obs.keep(&entries);
         }
         let node = &self.nodes[i];
         if node.disk.hard_state.commit > node.disk.last_index() {

@@ -9,7 +9,7 @@ use raft_core::NodeId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::{ApplyJob, Check, PendingWrite, World};
+use super::{ApplyJob, Check, Holder, PendingWrite, World};
 use crate::sim::trace::Event;
 
 impl World {
@@ -171,8 +171,13 @@ impl World {
         node.reads_asked.clear();
         node.incoming = None;
         node.sending.clear();
+        let lost = Holder {
+            node: node.id,
+            incarnation: node.incarnation,
+        };
         node.incarnation += 1;
         let id = node.id;
+        self.obs.forget_lost(lost);
         if installing {
             self.snapshot_stats.interrupted += 1;
         }
