@@ -636,3 +636,106 @@ async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
         assert!(result.is_err(), "the write was acknowledged: {result:?}");
     }
 }
+
+/// A log whose writes block while `hold` is set, as a disk that hangs.
+struct HangingLog {
+    inner: Arc<MemLog>,
+    hold: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl raft_core::LogStorage for HangingLog {
+    async fn stored_state(&self) -> Result<raft_core::StoredState, raft_core::StorageError> {
+        self.inner.stored_state().await
+    }
+    async fn append(&self, entries: Vec<raft_core::Entry>) -> Result<(), raft_core::StorageError> {
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: u64) -> Result<(), raft_core::StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, up_to: u64) -> Result<(), raft_core::StorageError> {
+        self.inner.purge(up_to).await
+    }
+    async fn entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
+        self.inner.entries(start, end, max_bytes).await
+    }
+    async fn save_hard_state(
+        &self,
+        hard_state: raft_core::HardState,
+    ) -> Result<(), raft_core::StorageError> {
+        self.inner.save_hard_state(hard_state).await
+    }
+    async fn write(&self, write: raft_core::LogWrite) -> Result<(), raft_core::StorageError> {
+        while self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        self.inner.write(write).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
+    let log = Arc::new(HangingLog {
+        inner: Arc::new(MemLog::new()),
+        hold: std::sync::atomic::AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
+    });
+    let handle: Handle = Raft::start(
+        Config::new(1),
+        DriverConfig::default(),
+        Membership::new(vec![1]),
+        log.clone(),
+        MemKv::new(),
+        MemNetwork::new().transport(1),
+    )
+    .await
+    .expect("node starts");
+    while !handle
+        .status()
+        .await
+        .is_some_and(|s| s.engine.role == Role::Leader)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle
+        .propose(put("a", "1"))
+        .await
+        .expect("a healthy write");
+    assert_eq!(handle.storage_busy_for(), None, "idle storage");
+
+    log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let proposer = handle.clone();
+    let pending = tokio::spawn(async move { proposer.propose(put("a", "2")).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let busy = handle.storage_busy_for().expect("a write is in progress");
+    assert!(
+        busy >= Duration::from_millis(2900),
+        "the hanging write has run for about 3 s: {busy:?}"
+    );
+    assert!(
+        !pending.is_finished(),
+        "nothing is acknowledged while it hangs"
+    );
+
+    log.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.release.notify_waiters();
+    pending
+        .await
+        .expect("join")
+        .expect("the write completes once the disk answers");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        handle
+            .storage_busy_for()
+            .is_none_or(|d| d < Duration::from_secs(1)),
+        "the storage is idle again: {:?}",
+        handle.storage_busy_for()
+    );
+}

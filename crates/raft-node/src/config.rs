@@ -94,6 +94,13 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_FAILURE_EXIT_DELAY_MS")]
     pub failure_exit_delay_ms: Option<u64>,
 
+    /// A log write (an fsync) still running after this long makes
+    /// `/healthz` answer 503 `storage-stalled` until it returns: a disk that
+    /// hangs acknowledges nothing and never fails. 0 turns the check off.
+    /// [default: 10000]
+    #[arg(long, env = "RAFT_STORAGE_STALL_TIMEOUT_MS")]
+    pub storage_stall_timeout_ms: Option<u64>,
+
     /// Largest key, in bytes (after percent-decoding); longer keys get 414.
     /// [default: 1024]
     #[arg(long, env = "RAFT_MAX_KEY_BYTES")]
@@ -240,6 +247,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How long a failed node answers `/healthz` with 503 before exiting.
     pub failure_exit_delay: Duration,
+    /// How long a log write may run before `/healthz` calls the node
+    /// unhealthy (`None`: never).
+    pub storage_stall_timeout: Option<Duration>,
     /// Key size limit.
     pub max_key_bytes: usize,
     /// Value size limit.
@@ -328,6 +338,7 @@ impl RunArgs {
             heartbeat_ticks,
             request_timeout_ms,
             failure_exit_delay_ms,
+            storage_stall_timeout_ms,
             max_key_bytes,
             max_value_bytes,
             max_concurrent_requests,
@@ -427,6 +438,10 @@ impl RunArgs {
             heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
             request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(5000)),
             failure_exit_delay: Duration::from_millis(self.failure_exit_delay_ms.unwrap_or(1000)),
+            storage_stall_timeout: match self.storage_stall_timeout_ms.unwrap_or(10_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             max_key_bytes: self.max_key_bytes.unwrap_or(1024),
             max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),

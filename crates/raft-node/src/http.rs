@@ -851,7 +851,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
 
 /// Liveness: `ok` while the Raft driver runs; 503 naming the failure once
 /// the log storage or the state machine failed (the process then exits),
-/// and 503 once the driver has stopped for any other reason.
+/// 503 `storage-stalled` while a log write has run longer than
+/// `--storage-stall-timeout-ms`, and 503 once the driver has stopped for
+/// any other reason.
 async fn healthz(State(state): State<Shared>) -> Response {
     if let Some(reason) = state.raft.failure() {
         return Problem::new(
@@ -861,6 +863,25 @@ async fn healthz(State(state): State<Shared>) -> Response {
             format!("raft stopped because its storage or state machine failed: {reason}; the process is exiting"),
         )
         .into_response();
+    }
+    if let (Some(limit), Some(busy)) = (
+        state.cfg.storage_stall_timeout,
+        state.raft.storage_busy_for(),
+    ) {
+        if busy > limit {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-stalled",
+                "Storage stalled",
+                format!(
+                    "a log write has been running for {:.1} s (limit {:.1} s): the disk is not \
+                     answering, and nothing is acknowledged until it does",
+                    busy.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
     }
     if state.raft.is_stopped() {
         return Problem::new(

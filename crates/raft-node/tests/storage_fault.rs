@@ -169,3 +169,79 @@ async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_hangs_turns_unhealthy_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = failsync::FailSync::build(dir.path());
+    let trigger_of = |id: u64| dir.path().join(format!("hang-node-{id}"));
+    let extra = vec![
+        "--storage-stall-timeout-ms=1500".to_string(),
+        "--request-timeout-ms=3000".to_string(),
+    ];
+    let procs = common::cluster_with_env(dir.path(), 3, &extra, &[], "http", |id| {
+        lib.env_hang(&trigger_of(id))
+    });
+    let client = reqwest::Client::new();
+    let first = leader(&client, &procs, None).await;
+    put_until_accepted(&client, by_id(&procs, first), "k", "before").await;
+    let victim = by_id(&procs, first);
+    let healthz = |c: &reqwest::Client| {
+        c.get(format!("{}/healthz", victim.http))
+            .timeout(Duration::from_secs(2))
+            .send()
+    };
+    assert_eq!(healthz(&client).await.unwrap().status(), 200);
+
+    // The leader's disk stops answering: a write that needs it hangs.
+    std::fs::write(trigger_of(first), b"").unwrap();
+    let url = format!("{}/v1/kv/k", victim.http);
+    let writer = client.clone();
+    let write = tokio::spawn(async move {
+        writer
+            .put(url)
+            .body("during")
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem: Value = loop {
+        if let Ok(r) = healthz(&client).await {
+            if r.status() == 503 {
+                break r.json().await.expect("a problem body");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never reported the hanging disk; log:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        problem["type"]
+            .as_str()
+            .map(|t| t.ends_with("storage-stalled")),
+        Some(true),
+        "{problem:#}"
+    );
+
+    // The disk answers again: the node is healthy again and serves.
+    std::fs::remove_file(trigger_of(first)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if healthz(&client).await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz stayed unhealthy after the disk came back; log:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = write.await;
+    let next = leader(&client, &procs, None).await;
+    put_until_accepted(&client, by_id(&procs, next), "k", "after").await;
+}

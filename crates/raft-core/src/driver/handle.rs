@@ -275,6 +275,7 @@ pub struct RaftHandle<R> {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) done: watch::Receiver<bool>,
     pub(crate) failure: watch::Receiver<Option<String>>,
+    pub(crate) storage_clock: std::sync::Arc<super::tasks::StorageClock>,
     pub(crate) request_timeout: Duration,
 }
 
@@ -288,6 +289,7 @@ impl<R> Clone for RaftHandle<R> {
             shutdown: self.shutdown.clone(),
             done: self.done.clone(),
             failure: self.failure.clone(),
+            storage_clock: self.storage_clock.clone(),
             request_timeout: self.request_timeout,
         }
     }
@@ -491,6 +493,15 @@ impl<R: Send + 'static> RaftHandle<R> {
     /// Whether the node has stopped.
     pub fn is_stopped(&self) -> bool {
         *self.done.borrow()
+    }
+
+    /// How long the log storage's current operation (a write, recording or
+    /// installing a snapshot) has been running, or `None` while it is idle.
+    /// A disk that blocks instead of failing shows here as a duration that
+    /// keeps growing, while nothing is acknowledged: a health check can
+    /// call that unhealthy.
+    pub fn storage_busy_for(&self) -> Option<Duration> {
+        self.storage_clock.busy_for()
     }
 
     /// Why the node stopped on its own, set the moment its storage or state

@@ -289,6 +289,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
 
         let log = Arc::new(log);
         let transport = Arc::new(transport);
+        let storage_clock = Arc::new(tasks::StorageClock::new());
         let storage_task = tokio::spawn(tasks::storage_task(
             log,
             persist_rx,
@@ -296,6 +297,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             persisted_tx,
             fatal_tx.clone(),
             events_tx.clone(),
+            storage_clock.clone(),
         ));
         let apply_task = tokio::spawn(tasks::apply_task(
             state_machine,
@@ -314,6 +316,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             shutdown: shutdown_tx,
             done: done_rx,
             failure: fatal_rx.clone(),
+            storage_clock,
             request_timeout: driver.request_timeout,
         };
         let mut driver_state = Driver {

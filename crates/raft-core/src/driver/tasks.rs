@@ -71,6 +71,46 @@ pub(crate) enum ApplyJob<R> {
     Install(SnapshotMeta, SnapshotData),
 }
 
+/// When the storage task's current operation started, so that a write
+/// that hangs (a disk that blocks instead of failing) can be seen from
+/// outside: [`RaftHandle::storage_busy_for`](super::RaftHandle::storage_busy_for).
+#[derive(Debug)]
+pub(crate) struct StorageClock {
+    origin: tokio::time::Instant,
+    /// Milliseconds from `origin` to the start of the operation in
+    /// progress, plus one; zero while idle.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl StorageClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.since
+            .store(ms + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the operation in progress has taken so far.
+    pub(crate) fn busy_for(&self) -> Option<std::time::Duration> {
+        let since = self.since.load(std::sync::atomic::Ordering::Relaxed);
+        let started = since.checked_sub(1)?;
+        let now = self.origin.elapsed().as_millis() as u64;
+        Some(std::time::Duration::from_millis(
+            now.saturating_sub(started),
+        ))
+    }
+}
+
 /// Records why the node fails, keeping the first reason: a failed disk
 /// usually fails the storage task and then the apply task, and the first
 /// error is the cause.
@@ -109,6 +149,7 @@ pub(crate) async fn storage_task<L: LogStorage>(
     persisted: watch::Sender<Option<WriteId>>,
     fatal: watch::Sender<Option<String>>,
     events: mpsc::UnboundedSender<Event>,
+    clock: Arc<StorageClock>,
 ) {
     let mut next: Option<StorageJob> = None;
     loop {
@@ -124,7 +165,10 @@ pub(crate) async fn storage_task<L: LogStorage>(
             StorageJob::Compact(c) => {
                 let purge_to = c.purge_to;
                 let index = c.snapshot.last_log_id.index;
-                if let Err(e) = log.save_snapshot(c.snapshot, purge_to).await {
+                clock.begin();
+                let result = log.save_snapshot(c.snapshot, purge_to).await;
+                clock.end();
+                if let Err(e) = result {
                     tracing::error!(error = %e, "recording a snapshot failed");
                     raise(&fatal, format!("recording a snapshot failed: {e}"));
                     return;
@@ -134,7 +178,10 @@ pub(crate) async fn storage_task<L: LogStorage>(
                 continue;
             }
             StorageJob::Install(meta, data) => {
-                if let Err(e) = log.install_snapshot(meta.clone()).await {
+                clock.begin();
+                let result = log.install_snapshot(meta.clone()).await;
+                clock.end();
+                if let Err(e) = result {
                     tracing::error!(error = %e, "replacing the log by a snapshot failed");
                     raise(
                         &fatal,
@@ -167,7 +214,10 @@ pub(crate) async fn storage_task<L: LogStorage>(
         if !write.is_empty() {
             let entries = write.entries.len();
             let started = Instant::now();
-            if let Err(e) = log.write(write).await {
+            clock.begin();
+            let result = log.write(write).await;
+            clock.end();
+            if let Err(e) = result {
                 tracing::error!(error = %e, "log write failed");
                 raise(&fatal, format!("log write failed: {e}"));
                 return;

@@ -4,17 +4,30 @@
  * with EIO while the file named by FAILSYNC_TRIGGER exists, and behave
  * normally otherwise. Data written before a failing flush may or may not
  * have reached the disk, as on a real device that reports an I/O error.
+ * With FAILSYNC_MODE=hang, a flush blocks while the trigger exists instead
+ * (a disk that stops answering), then goes on normally.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-static int tripped(void) {
+static int triggered(void) {
     const char *trigger = getenv("FAILSYNC_TRIGGER");
     return trigger != NULL && access(trigger, F_OK) == 0;
+}
+
+/* Whether this flush must fail; in hang mode, waits out the trigger. */
+static int tripped(void) {
+    const char *mode = getenv("FAILSYNC_MODE");
+    if (mode != NULL && strcmp(mode, "hang") == 0) {
+        while (triggered()) usleep(50000);
+        return 0;
+    }
+    return triggered();
 }
 
 int fsync(int fd) {

@@ -56,4 +56,13 @@ impl FailSync {
             ("FAILSYNC_TRIGGER".to_string(), trigger.to_path_buf()),
         ]
     }
+
+    /// The environment of a child process whose flushes block while
+    /// `trigger` exists (a disk that hangs), and go on once it is removed.
+    #[allow(dead_code)] // raft-log's tests use only `env`
+    pub fn env_hang(&self, trigger: &Path) -> Vec<(String, PathBuf)> {
+        let mut env = self.env(trigger);
+        env.push(("FAILSYNC_MODE".to_string(), PathBuf::from("hang")));
+        env
+    }
 }
