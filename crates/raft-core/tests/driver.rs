@@ -379,6 +379,42 @@ impl raft_core::LogStorage for FailingLog {
     }
 }
 
+/// Three nodes on `FailingLog`s, once one of them leads: the network, the
+/// handles and logs (by id - 1) and the leader's id.
+async fn failing_log_cluster() -> (MemNetwork, Vec<Handle>, Vec<Arc<FailingLog>>, NodeId) {
+    let net = MemNetwork::new();
+    let mut handles = Vec::new();
+    let mut logs = Vec::new();
+    for id in 1..=3 {
+        let log = FailingLog::new();
+        let handle: Handle = Raft::start(
+            Config::new(id),
+            DriverConfig::default(),
+            Membership::new(vec![1, 2, 3]),
+            log.clone(),
+            MemKv::new(),
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&handle);
+        handles.push(handle);
+        logs.push(log);
+    }
+    loop {
+        for h in &handles {
+            if h.status()
+                .await
+                .is_some_and(|s| s.engine.role == Role::Leader)
+            {
+                let leader = h.id();
+                return (net, handles, logs, leader);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_log_write_stops_the_node_and_says_why() {
     let log = FailingLog::new();
@@ -438,41 +474,7 @@ async fn a_failed_log_write_stops_the_node_and_says_why() {
 
 #[tokio::test(start_paused = true)]
 async fn a_follower_whose_log_fails_stops_while_the_others_go_on() {
-    let net = MemNetwork::new();
-    let members = vec![1, 2, 3];
-    let mut handles = Vec::new();
-    let mut logs = Vec::new();
-    for id in 1..=3 {
-        let log = FailingLog::new();
-        let handle: Handle = Raft::start(
-            Config::new(id),
-            DriverConfig::default(),
-            Membership::new(members.clone()),
-            log.clone(),
-            MemKv::new(),
-            net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        net.register(&handle);
-        handles.push(handle);
-        logs.push(log);
-    }
-    let leader = loop {
-        let mut found = None;
-        for h in &handles {
-            if h.status()
-                .await
-                .is_some_and(|s| s.engine.role == Role::Leader)
-            {
-                found = Some(h.id());
-            }
-        }
-        if let Some(l) = found {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_net, handles, logs, leader) = failing_log_cluster().await;
     let follower = if leader == 1 { 2 } else { 1 };
     let f = (follower - 1) as usize;
     handles[(leader - 1) as usize]
@@ -566,40 +568,7 @@ async fn a_requested_shutdown_is_not_a_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
-    let net = MemNetwork::new();
-    let mut handles = Vec::new();
-    let mut logs = Vec::new();
-    for id in 1..=3 {
-        let log = FailingLog::new();
-        let handle: Handle = Raft::start(
-            Config::new(id),
-            DriverConfig::default(),
-            Membership::new(vec![1, 2, 3]),
-            log.clone(),
-            MemKv::new(),
-            net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        net.register(&handle);
-        handles.push(handle);
-        logs.push(log);
-    }
-    let leader = loop {
-        let mut found = None;
-        for h in &handles {
-            if h.status()
-                .await
-                .is_some_and(|s| s.engine.role == Role::Leader)
-            {
-                found = Some(h.id());
-            }
-        }
-        if let Some(l) = found {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (net, handles, logs, leader) = failing_log_cluster().await;
     let l = (leader - 1) as usize;
     handles[l]
         .propose(put("k", "0"))

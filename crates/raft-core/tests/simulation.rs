@@ -239,18 +239,19 @@ fn new_learner_starts_from_a_snapshot() {
     assert_eq!(w.kv(4), w.kv(leader));
 }
 
-/// One schedule of `lease_reads_hold_within_the_drift_bound_and_break_beyond_it`:
-/// a 3-voter cluster (heartbeat every tick, lease 8 of the election
-/// timeout's 10, check-quorum) elects a leader and takes writes, then the
-/// leader is isolated with its clock running at `leader_rate` ticks per
-/// 1000 units of true time while its followers' clocks keep true time:
-/// they elect a new leader and commit, while the old one, still reachable
-/// by clients, serves lease reads until its lease runs out by its clock.
-fn isolated_leader_with_a_slow_clock(seed: u64, leader_rate: u64) -> Result<(), String> {
-    let test = "lease_reads_hold_within_the_drift_bound_and_break_beyond_it";
+/// The cluster of the lease scenarios: 3 voters, no spares or snapshots,
+/// heartbeat every tick, lease 8 of the election timeout's 10,
+/// check-quorum and pre-vote, every clock at true time; run until a leader
+/// has taken writes for 300 steps. Returns it and the leader.
+fn lease_cluster(
+    test: &str,
+    seed: u64,
+    replay_missed_ticks: bool,
+) -> Result<(World, raft_core::NodeId), String> {
     let mut params = params_for(3);
     params.spares = Some(0);
     params.snapshot_policy = Some((0, 0));
+    params.replay_missed_ticks = replay_missed_ticks;
     let mut w = World::scripted(test, seed, params);
     w.configure(|c| {
         c.lease_ticks = 8;
@@ -264,6 +265,19 @@ fn isolated_leader_with_a_slow_clock(seed: u64, leader_rate: u64) -> Result<(), 
     w.run_until(5_000, "a leader", |w| w.leader_id().is_some())?;
     w.run_steps(300)?;
     let leader = w.leader_id().ok_or("no leader after 300 more steps")?;
+    Ok((w, leader))
+}
+
+/// One schedule of `lease_reads_hold_within_the_drift_bound_and_break_beyond_it`:
+/// a 3-voter cluster (heartbeat every tick, lease 8 of the election
+/// timeout's 10, check-quorum) elects a leader and takes writes, then the
+/// leader is isolated with its clock running at `leader_rate` ticks per
+/// 1000 units of true time while its followers' clocks keep true time:
+/// they elect a new leader and commit, while the old one, still reachable
+/// by clients, serves lease reads until its lease runs out by its clock.
+fn isolated_leader_with_a_slow_clock(seed: u64, leader_rate: u64) -> Result<(), String> {
+    let test = "lease_reads_hold_within_the_drift_bound_and_break_beyond_it";
+    let (mut w, leader) = lease_cluster(test, seed, true)?;
     w.set_clock_rate(leader, leader_rate);
     // Clients give up on the isolated leader's writes soon and go on.
     w.set_client_timeout(2);
@@ -320,23 +334,7 @@ fn lease_reads_hold_within_the_drift_bound_and_break_beyond_it() {
 /// resumes, clients that waited for it send it requests first.
 fn stalled_leader(seed: u64, replay_missed_ticks: bool) -> Result<(), String> {
     let test = "a_stalled_leader_resumes_without_serving_a_stale_lease_read";
-    let mut params = params_for(3);
-    params.spares = Some(0);
-    params.snapshot_policy = Some((0, 0));
-    params.replay_missed_ticks = replay_missed_ticks;
-    let mut w = World::scripted(test, seed, params);
-    w.configure(|c| {
-        c.lease_ticks = 8;
-        c.heartbeat_interval_ticks = 1;
-        c.check_quorum = true;
-        c.pre_vote = true;
-    });
-    for id in 1..=3 {
-        w.set_clock_rate(id, 1000);
-    }
-    w.run_until(5_000, "a leader", |w| w.leader_id().is_some())?;
-    w.run_steps(300)?;
-    let leader = w.leader_id().ok_or("no leader after 300 more steps")?;
+    let (mut w, leader) = lease_cluster(test, seed, replay_missed_ticks)?;
     w.stall_node(leader, 30);
     w.run_steps(800)?;
     w.finish_scripted()
