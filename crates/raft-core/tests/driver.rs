@@ -311,10 +311,13 @@ async fn shutdown_stops_the_node_and_fails_new_requests() {
 }
 
 /// A log whose writes start failing when told to, as a disk whose fsync
-/// returns an error does.
+/// returns an error does, or block while `hold` is set, as a disk that
+/// hangs.
 struct FailingLog {
     inner: Arc<MemLog>,
     failing: std::sync::atomic::AtomicBool,
+    hold: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
 }
 
 impl FailingLog {
@@ -322,6 +325,8 @@ impl FailingLog {
         Arc::new(Self {
             inner: Arc::new(MemLog::new()),
             failing: std::sync::atomic::AtomicBool::new(false),
+            hold: std::sync::atomic::AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
         })
     }
 
@@ -374,6 +379,9 @@ impl raft_core::LogStorage for FailingLog {
         self.inner.save_hard_state(hard_state).await
     }
     async fn write(&self, write: raft_core::LogWrite) -> Result<(), raft_core::StorageError> {
+        while self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.notified().await;
+        }
         self.check()?;
         self.inner.write(write).await
     }
@@ -606,56 +614,9 @@ async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
     }
 }
 
-/// A log whose writes block while `hold` is set, as a disk that hangs.
-struct HangingLog {
-    inner: Arc<MemLog>,
-    hold: std::sync::atomic::AtomicBool,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl raft_core::LogStorage for HangingLog {
-    async fn stored_state(&self) -> Result<raft_core::StoredState, raft_core::StorageError> {
-        self.inner.stored_state().await
-    }
-    async fn append(&self, entries: Vec<raft_core::Entry>) -> Result<(), raft_core::StorageError> {
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: u64) -> Result<(), raft_core::StorageError> {
-        self.inner.truncate(from).await
-    }
-    async fn purge(&self, up_to: u64) -> Result<(), raft_core::StorageError> {
-        self.inner.purge(up_to).await
-    }
-    async fn entries(
-        &self,
-        start: u64,
-        end: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
-        self.inner.entries(start, end, max_bytes).await
-    }
-    async fn save_hard_state(
-        &self,
-        hard_state: raft_core::HardState,
-    ) -> Result<(), raft_core::StorageError> {
-        self.inner.save_hard_state(hard_state).await
-    }
-    async fn write(&self, write: raft_core::LogWrite) -> Result<(), raft_core::StorageError> {
-        while self.hold.load(std::sync::atomic::Ordering::SeqCst) {
-            self.release.notified().await;
-        }
-        self.inner.write(write).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
-    let log = Arc::new(HangingLog {
-        inner: Arc::new(MemLog::new()),
-        hold: std::sync::atomic::AtomicBool::new(false),
-        release: tokio::sync::Notify::new(),
-    });
+    let log = FailingLog::new();
     let handle: Handle = Raft::start(
         Config::new(1),
         DriverConfig::default(),
