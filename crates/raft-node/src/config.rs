@@ -499,6 +499,16 @@ impl RunArgs {
                 "--request-timeout-ms must be between 1 and 3600000".into(),
             ));
         }
+        if cfg
+            .storage_stall_timeout
+            .is_some_and(|t| t < Duration::from_millis(100))
+        {
+            return Err(ConfigError(
+                "--storage-stall-timeout-ms must be 0 (off) or at least 100: a healthy fsync \
+                 can take tens of milliseconds"
+                    .into(),
+            ));
+        }
         if cfg.failure_exit_delay > Duration::from_secs(600) {
             return Err(ConfigError(
                 "--failure-exit-delay-ms must be at most 600000".into(),

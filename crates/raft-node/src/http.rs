@@ -832,7 +832,23 @@ async fn transfer_leader(
     }
 }
 
+/// How long the log's current write has run, with the limit, when it has
+/// run longer than `--storage-stall-timeout-ms`.
+fn storage_stall(state: &AppState) -> Option<(std::time::Duration, std::time::Duration)> {
+    let limit = state.cfg.storage_stall_timeout?;
+    let busy = state.raft.storage_busy_for()?;
+    (busy > limit).then_some((busy, limit))
+}
+
 async fn metrics(State(state): State<Shared>) -> Response {
+    // A write that hangs never records its duration: expose the one in
+    // progress.
+    metrics::gauge!("raft_storage_busy_seconds").set(
+        state
+            .raft
+            .storage_busy_for()
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
     match &state.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -864,24 +880,19 @@ async fn healthz(State(state): State<Shared>) -> Response {
         )
         .into_response();
     }
-    if let (Some(limit), Some(busy)) = (
-        state.cfg.storage_stall_timeout,
-        state.raft.storage_busy_for(),
-    ) {
-        if busy > limit {
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage-stalled",
-                "Storage stalled",
-                format!(
-                    "a log write has been running for {:.1} s (limit {:.1} s): the disk is not \
-                     answering, and nothing is acknowledged until it does",
-                    busy.as_secs_f64(),
-                    limit.as_secs_f64()
-                ),
-            )
-            .into_response();
-        }
+    if let Some((busy, limit)) = storage_stall(&state) {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-stalled",
+            "Storage stalled",
+            format!(
+                "a log write has been running for {:.1} s (limit {:.1} s): the disk is not \
+                 answering, and this node makes nothing durable until it does",
+                busy.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+        )
+        .into_response();
     }
     if state.raft.is_stopped() {
         return Problem::new(
@@ -901,6 +912,15 @@ async fn readyz(State(state): State<Shared>) -> Response {
         Err(resp) => return resp,
     };
     let e = &s.engine;
+    if let Some((busy, _)) = storage_stall(&state) {
+        let body = json!({ "ready": false, "storage_stalled_seconds": busy.as_secs_f64(), "leader": e.leader, "commit": e.commit, "applied": s.applied });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response();
+    }
     let has_leader = e.leader.is_some() || e.role == Role::Leader;
     let caught_up = s.applied >= e.commit;
     let body = json!({ "ready": has_leader && caught_up, "leader": e.leader, "commit": e.commit, "applied": s.applied });

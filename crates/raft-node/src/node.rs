@@ -329,6 +329,35 @@ pub async fn start(
             .map(|m| (m.id, m))
             .collect::<HashMap<_, _>>(),
     ));
+    // Say in the log when a log write runs past --storage-stall-timeout-ms
+    // and when it returns: a write that hangs records no duration anywhere
+    // else, and a restart by a liveness probe should leave a reason.
+    if let Some(limit) = cfg.storage_stall_timeout {
+        let raft = raft.clone();
+        background.push(tokio::spawn(async move {
+            let mut stalled = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let busy = raft.storage_busy_for();
+                match (stalled, busy) {
+                    (false, Some(b)) if b > limit => {
+                        stalled = true;
+                        tracing::warn!(
+                            busy_seconds = b.as_secs_f64(),
+                            "a log write is still running: the disk is not answering; \
+                             /healthz and /readyz answer 503 until it returns"
+                        );
+                    }
+                    (true, b) if b.is_none_or(|b| b <= limit) => {
+                        stalled = false;
+                        tracing::info!("the stalled log write returned; storage answers again");
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
     // Follow the member addresses the log replicates: peers to dial, leaders
     // to forward to, and what a restart starts from.
     {
