@@ -387,6 +387,32 @@ impl raft_core::LogStorage for FailingLog {
     }
 }
 
+/// A single voter on `log`, once it leads and has applied one write.
+async fn single_voter_after_one_write(log: Arc<FailingLog>) -> Handle {
+    let handle: Handle = Raft::start(
+        Config::new(1),
+        DriverConfig::default(),
+        Membership::new(vec![1]),
+        log,
+        MemKv::new(),
+        MemNetwork::new().transport(1),
+    )
+    .await
+    .expect("node starts");
+    while !handle
+        .status()
+        .await
+        .is_some_and(|s| s.engine.role == Role::Leader)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle
+        .propose(put("a", "1"))
+        .await
+        .expect("a healthy write");
+    handle
+}
+
 /// Three nodes on `FailingLog`s, once one of them leads: the network, the
 /// handles and logs (by id - 1) and the leader's id.
 async fn failing_log_cluster() -> (MemNetwork, Vec<Handle>, Vec<Arc<FailingLog>>, NodeId) {
@@ -426,28 +452,7 @@ async fn failing_log_cluster() -> (MemNetwork, Vec<Handle>, Vec<Arc<FailingLog>>
 #[tokio::test(start_paused = true)]
 async fn a_failed_log_write_stops_the_node_and_says_why() {
     let log = FailingLog::new();
-    let net = MemNetwork::new();
-    let handle: Handle = Raft::start(
-        Config::new(1),
-        DriverConfig::default(),
-        Membership::new(vec![1]),
-        log.clone(),
-        MemKv::new(),
-        net.transport(1),
-    )
-    .await
-    .expect("node starts");
-    while !handle
-        .status()
-        .await
-        .is_some_and(|s| s.engine.role == Role::Leader)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    handle
-        .propose(put("a", "1"))
-        .await
-        .expect("a healthy write");
+    let handle = single_voter_after_one_write(log.clone()).await;
     assert_eq!(handle.failure(), None, "a healthy node reports no failure");
 
     log.fail_from_now_on();
@@ -617,27 +622,7 @@ async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
 #[tokio::test(start_paused = true)]
 async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
     let log = FailingLog::new();
-    let handle: Handle = Raft::start(
-        Config::new(1),
-        DriverConfig::default(),
-        Membership::new(vec![1]),
-        log.clone(),
-        MemKv::new(),
-        MemNetwork::new().transport(1),
-    )
-    .await
-    .expect("node starts");
-    while !handle
-        .status()
-        .await
-        .is_some_and(|s| s.engine.role == Role::Leader)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    handle
-        .propose(put("a", "1"))
-        .await
-        .expect("a healthy write");
+    let handle = single_voter_after_one_write(log.clone()).await;
     assert_eq!(handle.storage_busy_for(), None, "idle storage");
 
     log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
