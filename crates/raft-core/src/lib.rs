@@ -38,7 +38,7 @@ pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;
 pub use message::{AppendResult, Message, MessageBody};
 pub use snapshot::{FileSource, SnapshotData, SnapshotSource};
-pub use state_machine::{StateMachine, StateMachineError};
+pub use state_machine::{SnapshotBuild, StateMachine, StateMachineError};
 pub use storage::{LogStorage, LogWrite, StorageError, StoredState};
 pub use transport::{Transport, TransportError};
 pub use types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMeta, Term};

@@ -1,6 +1,9 @@
 //! The `StateMachine` trait: the application that committed entries are
 //! applied to, in log order, exactly once across restarts.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 
 use crate::snapshot::SnapshotData;
@@ -11,6 +14,11 @@ use crate::types::{Entry, Index, SnapshotMeta};
 #[derive(Debug, thiserror::Error)]
 #[error("state machine error: {0}")]
 pub struct StateMachineError(pub String);
+
+/// A snapshot being built off the apply task: see
+/// [`StateMachine::begin_snapshot`].
+pub type SnapshotBuild =
+    Pin<Box<dyn Future<Output = Result<SnapshotData, StateMachineError>> + Send + 'static>>;
 
 /// The replicated application.
 ///
@@ -59,6 +67,35 @@ pub trait StateMachine: Send + 'static {
             "this state machine does not take snapshots (asked for one at {})",
             meta.last_log_id
         )))
+    }
+
+    /// Starts a snapshot of the state, which is at `meta.last_log_id`, and
+    /// returns the rest of the work as a future that the driver runs on a
+    /// task of its own while [`apply`](Self::apply) goes on. Whatever this
+    /// method does before it returns holds up applying (and so every
+    /// proposer): it should only capture a point-in-time view of the state
+    /// (a storage engine's snapshot, a copy-on-write clone) and leave the
+    /// walk, the encoding and the writing to the future. The future's
+    /// result must capture the state exactly at `meta.last_log_id`, however
+    /// many entries are applied meanwhile, and be durable when it
+    /// completes, as [`build_snapshot`](Self::build_snapshot) says.
+    ///
+    /// The driver runs at most one build at a time and lets it finish
+    /// before it installs a snapshot from the leader.
+    ///
+    /// The default calls [`build_snapshot`](Self::build_snapshot) here, so
+    /// applying waits for the whole build.
+    ///
+    /// # Errors
+    ///
+    /// A [`StateMachineError`] from either part; the driver logs it and
+    /// tries again later.
+    async fn begin_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotBuild, StateMachineError> {
+        let built = self.build_snapshot(meta).await;
+        Ok(Box::pin(std::future::ready(built)))
     }
 
     /// The latest snapshot built or installed, with its metadata, if any

@@ -654,3 +654,302 @@ async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
         handle.storage_busy_for()
     );
 }
+
+/// A [`MemKv`] whose applies wait while its gate is closed (`false`), and
+/// whose snapshot build (on the apply task, the trait's default) takes
+/// `build_time`.
+struct SlowKv {
+    inner: MemKv,
+    gate: tokio::sync::watch::Receiver<bool>,
+    build_time: Duration,
+}
+
+#[async_trait::async_trait]
+impl raft_core::StateMachine for SlowKv {
+    type Response = KvResponse;
+    async fn applied_index(&mut self) -> Result<u64, raft_core::StateMachineError> {
+        raft_core::StateMachine::applied_index(&mut self.inner).await
+    }
+    async fn apply(
+        &mut self,
+        entries: &[raft_core::Entry],
+    ) -> Result<Vec<KvResponse>, raft_core::StateMachineError> {
+        while !*self.gate.borrow_and_update() {
+            if self.gate.changed().await.is_err() {
+                break;
+            }
+        }
+        raft_core::StateMachine::apply(&mut self.inner, entries).await
+    }
+    async fn build_snapshot(
+        &mut self,
+        meta: &raft_core::SnapshotMeta,
+    ) -> Result<raft_core::SnapshotData, raft_core::StateMachineError> {
+        tokio::time::sleep(self.build_time).await;
+        raft_core::StateMachine::build_snapshot(&mut self.inner, meta).await
+    }
+}
+
+/// Three nodes over [`SlowKv`] state machines, open gates, with `config`
+/// applied to each node's engine settings.
+async fn slow_cluster(
+    build_time: Duration,
+    config: impl Fn(&mut Config),
+) -> (
+    MemNetwork,
+    Vec<Handle>,
+    Vec<MemKvReader>,
+    Vec<tokio::sync::watch::Sender<bool>>,
+) {
+    let net = MemNetwork::new();
+    let (mut handles, mut readers, mut gates) = (Vec::new(), Vec::new(), Vec::new());
+    for id in 1..=3 {
+        let (gate, rx) = tokio::sync::watch::channel(true);
+        let inner = MemKv::new();
+        readers.push(inner.reader());
+        let mut cfg = Config::new(id);
+        config(&mut cfg);
+        let handle = Raft::start(
+            cfg,
+            DriverConfig::default(),
+            Membership::new(vec![1, 2, 3]),
+            Arc::new(MemLog::new()),
+            SlowKv {
+                inner,
+                gate: rx,
+                build_time,
+            },
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&handle);
+        handles.push(handle);
+        gates.push(gate);
+    }
+    (net, handles, readers, gates)
+}
+
+async fn leader_of(handles: &[Handle]) -> (NodeId, u64) {
+    for _ in 0..400 {
+        for h in handles {
+            if let Some(s) = h.status().await {
+                if s.engine.role == Role::Leader {
+                    return (s.engine.id, s.engine.term);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader elected within 20 s of virtual time");
+}
+
+/// Sends `n` proposals to `h`, one every millisecond, each on its own
+/// task: many separate apply batches, more than the apply queue holds.
+async fn load(
+    h: &Handle,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<KvResponse, ProposeError>>> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.propose(put(&format!("load{i}"), "v")).await
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tasks
+}
+
+/// Every node's (role, term, leader) as it reports it; `None` for a node
+/// whose engine task did not answer within a second.
+async fn views(handles: &[Handle]) -> Vec<Option<(Role, u64, Option<NodeId>)>> {
+    let mut out = Vec::new();
+    for h in handles {
+        let s = tokio::time::timeout(Duration::from_secs(1), h.status()).await;
+        out.push(
+            s.ok()
+                .flatten()
+                .map(|s| (s.engine.role, s.engine.term, s.engine.leader)),
+        );
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_state_machine_is_stuck_keeps_leading() {
+    // The engine task must not wait for the state machine: a leader whose
+    // applies are held up (a slow disk under the state machine, a long
+    // snapshot) keeps sending heartbeats, so nobody campaigns.
+    let (_net, handles, readers, gates) = slow_cluster(Duration::ZERO, |_| {}).await;
+    let (leader, term) = leader_of(&handles).await;
+    let h = &handles[(leader - 1) as usize];
+    h.propose(put("x", "1")).await.expect("first write");
+    gates[(leader - 1) as usize].send_replace(false);
+    let pending = load(h, 300).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = views(&handles).await;
+    let expected: Vec<_> = (1..=3)
+        .map(|id| {
+            let role = if id == leader {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
+            Some((role, term, Some(leader)))
+        })
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "the cluster moved on (or the leader stopped answering) while its applies were held up"
+    );
+    gates[(leader - 1) as usize].send_replace(true);
+    for p in pending {
+        // Held up past the request timeout, a write's outcome is unknown
+        // to its proposer; it was committed all the same.
+        match p.await.expect("task") {
+            Ok(KvResponse::Written { .. }) | Err(ProposeError::Timeout) => {}
+            other => panic!("a held-up write ended with {other:?}"),
+        }
+    }
+    let last = h.status().await.expect("runs").engine.commit;
+    for _ in 0..100 {
+        if h.applied_index() >= last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.applied_index() >= last, "the held-up writes were applied");
+    assert_eq!(
+        readers[(leader - 1) as usize].len(),
+        301,
+        "x and every load key"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_build_on_the_apply_task_does_not_stop_heartbeats() {
+    // Building a snapshot the slow way (on the apply task, as the trait's
+    // default does) holds up applies for 5 s; the leader goes on leading.
+    let (_net, handles, _readers, _gates) = slow_cluster(Duration::from_secs(5), |c| {
+        c.snapshot_threshold_entries = 50;
+        c.snapshot_keep_entries = 10;
+    })
+    .await;
+    let (leader, term) = leader_of(&handles).await;
+    let h = &handles[(leader - 1) as usize];
+    let pending = load(h, 400).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = views(&handles).await;
+    assert!(
+        seen.iter()
+            .all(|v| matches!(v, Some((_, t, l)) if (*t, *l) == (term, Some(leader)))),
+        "an election happened during the snapshot build: {seen:?}"
+    );
+    for p in pending {
+        p.await.expect("task").expect("every write completes");
+    }
+    let s = h.status().await.expect("runs");
+    assert!(s.snapshot.is_some(), "a snapshot was built: {s:#?}");
+    assert_eq!(s.engine.term, term, "no election: {s:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_held_up_by_its_state_machine_serves_no_stale_lease_read() {
+    // The schedule of the lease bug: the old leader's engine task waited on
+    // a full apply queue while the others elected a new leader and
+    // overwrote x; released, it answered a lease read with the old value.
+    // Where the stall falls in the leader's check-quorum cycle decides
+    // whether it steps down before the read, so it is tried at several.
+    for phase_ms in [0, 150, 300, 450, 600, 750, 900] {
+        held_up_leader_lease_read(Duration::from_millis(phase_ms)).await;
+    }
+}
+
+async fn held_up_leader_lease_read(phase: Duration) {
+    let (net, handles, readers, gates) = slow_cluster(Duration::ZERO, |_| {}).await;
+    let (old, _) = leader_of(&handles).await;
+    let h_old = handles[(old - 1) as usize].clone();
+    h_old.propose(put("x", "1")).await.expect("x=1");
+    tokio::time::sleep(phase).await;
+    gates[(old - 1) as usize].send_replace(false);
+    // 100 apply batches in 100 ms: the old code's engine task waited on
+    // the full apply queue well before any follower's election timeout.
+    let _pending = load(&h_old, 100).await;
+    net.isolate(old);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let others: Vec<Handle> = handles.iter().filter(|h| h.id() != old).cloned().collect();
+    let (new, _) = leader_of(&others).await;
+    handles[(new - 1) as usize]
+        .propose(put("x", "2"))
+        .await
+        .expect("x=2 through the new leader");
+    gates[(old - 1) as usize].send_replace(true);
+    if let Ok(index) = h_old.read(ReadConsistency::Lease).await {
+        while h_old.applied_index() < index {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let x = readers[(old - 1) as usize].get("x").map(|(v, _)| v);
+        assert_eq!(
+            x,
+            Some(Bytes::from_static(b"2")),
+            "the old leader served a stale lease read at index {index} (stall at +{phase:?})"
+        );
+    }
+    for h in &handles {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
+    let (gate, rx) = tokio::sync::watch::channel(true);
+    let h: Handle = Raft::start(
+        Config::new(1),
+        DriverConfig {
+            max_unapplied_entries: 10,
+            ..DriverConfig::default()
+        },
+        Membership::new(vec![1]),
+        Arc::new(MemLog::new()),
+        SlowKv {
+            inner: MemKv::new(),
+            gate: rx,
+            build_time: Duration::ZERO,
+        },
+        MemNetwork::new().transport(1),
+    )
+    .await
+    .expect("node starts");
+    leader_of(std::slice::from_ref(&h)).await;
+    h.propose(put("a", "1")).await.expect("first write");
+    gate.send_replace(false);
+    let held = load(&h, 30).await;
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for p in held {
+        if p.is_finished() {
+            match p.await.expect("task") {
+                Err(ProposeError::Overloaded) => refused += 1,
+                other => panic!("a write ended while applies were held up: {other:?}"),
+            }
+        } else {
+            waiting.push(p);
+        }
+    }
+    // Up to 10 committed entries wait for the state machine (plus the one
+    // it holds); everything beyond is refused at once, nothing appended.
+    assert!(
+        (18..=20).contains(&refused),
+        "{refused} of 30 proposals refused"
+    );
+    gate.send_replace(true);
+    for p in waiting {
+        p.await
+            .expect("task")
+            .expect("a write taken before the limit completes");
+    }
+    h.propose(put("b", "1"))
+        .await
+        .expect("writes are taken again");
+}

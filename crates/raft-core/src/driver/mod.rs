@@ -9,10 +9,20 @@
 //!   then releases the messages that waited for it and reports the durable
 //!   position through a `watch` channel;
 //! - the **apply task** applies committed entries and answers proposers;
+//!   a snapshot is built beside it ([`StateMachine::begin_snapshot`]);
 //! - the **network task** hands outgoing messages to the transport.
 //!
 //! Results flow back through `watch` channels (latest value wins), so no
 //! task ever waits on a full queue of another that waits on it.
+//!
+//! The engine task never waits for the state machine: apply work that
+//! does not fit in the apply queue waits in the engine task's own backlog,
+//! so a slow apply, a long snapshot build or an install keeps neither
+//! heartbeats nor elections nor answers to peers from going on. What
+//! bounds that backlog is [`DriverConfig::max_unapplied_entries`]: beyond
+//! it, new proposals are refused as [`ProposeError::Overloaded`]. The
+//! engine task does wait on a full storage queue: a leader whose disk
+//! stops must not go on heartbeating as if it could still append.
 //!
 //! # Time
 //!
@@ -20,8 +30,8 @@
 //! monotonic clock, not from how often its timer fired. Before it hands
 //! the engine a request, a message or a timer wake-up, it ticks the engine
 //! once for every tick interval that passed since the last one it counted.
-//! So an engine task that was held up (waiting on a full storage or apply
-//! queue, starved of CPU, or the whole process stopped with SIGSTOP)
+//! So an engine task that was held up (waiting on a full storage queue,
+//! starved of CPU, or the whole process stopped with SIGSTOP)
 //! learns how much time went by before it does anything else: a leader
 //! stopped for longer than its lease runs its check-quorum and finds its
 //! lease expired before it can answer a lease read. A stall longer than
@@ -37,7 +47,7 @@
 mod handle;
 mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,8 +88,16 @@ pub struct DriverConfig {
     pub outbound_queue_capacity: usize,
     /// Writes queued for the storage task at most (full: the engine task waits).
     pub storage_queue_capacity: usize,
-    /// Apply batches queued for the state machine at most.
+    /// Apply batches queued for the state machine task at most. Batches
+    /// beyond it wait in the engine task's own backlog: the engine task
+    /// never waits for the state machine, so it keeps ticking, answering
+    /// heartbeats and sending them while applies are slow or a snapshot is
+    /// built or installed.
     pub apply_queue_capacity: usize,
+    /// Committed entries not yet applied at most before new proposals are
+    /// refused with [`ProposeError::Overloaded`]: the bound on what a
+    /// leader whose state machine lags keeps taking.
+    pub max_unapplied_entries: u64,
     /// Requests or messages taken per loop turn before producing output, so
     /// proposals that arrive together share one append.
     pub max_batch_inputs: usize,
@@ -95,6 +113,7 @@ impl Default for DriverConfig {
             outbound_queue_capacity: 4096,
             storage_queue_capacity: 64,
             apply_queue_capacity: 64,
+            max_unapplied_entries: 50_000,
             max_batch_inputs: 4096,
         }
     }
@@ -329,6 +348,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             out_tx,
             persist_tx,
             apply_tx,
+            apply_backlog: VecDeque::new(),
             applied: applied_rx,
             last_soft: None,
             transport,
@@ -375,6 +395,8 @@ struct Driver<R, T> {
     out_tx: mpsc::Sender<Vec<Message>>,
     persist_tx: mpsc::Sender<StorageJob>,
     apply_tx: mpsc::Sender<ApplyJob<R>>,
+    /// Apply work that did not fit in the apply queue, in order.
+    apply_backlog: VecDeque<ApplyJob<R>>,
     applied: watch::Receiver<Index>,
     last_soft: Option<SoftState>,
     transport: Arc<T>,
@@ -446,6 +468,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             tokio::time::interval_at(clock.start + self.cfg.tick_interval, self.cfg.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut applied = self.applied.clone();
+        let apply_tx = self.apply_tx.clone();
         self.publish_metrics();
         loop {
             tokio::select! {
@@ -468,6 +491,15 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
                 _ = ticker.tick() => self.catch_up(&mut clock),
+                permit = apply_tx.reserve(), if !self.apply_backlog.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(job) = self.apply_backlog.pop_front() {
+                        permit.send(job);
+                    }
+                    if !self.flush_apply_backlog() {
+                        break;
+                    }
+                }
                 Some(event) = events.recv() => {
                     if !self.handle_event(event).await {
                         break;
@@ -531,15 +563,32 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         }
     }
 
+    /// Proposes `data` unless the state machine lags too far behind
+    /// (`Err(None)`: [`DriverConfig::max_unapplied_entries`]).
+    fn propose(
+        &mut self,
+        data: bytes::Bytes,
+    ) -> Result<crate::types::LogId, Option<crate::engine::ProposeError>> {
+        let applied = *self.applied.borrow();
+        if self.engine.commit_index().saturating_sub(applied) > self.cfg.max_unapplied_entries {
+            return Err(None);
+        }
+        self.engine.propose(data).map_err(Some)
+    }
+
     fn handle_request(&mut self, req: Request<R>) {
         match req {
             Request::Propose {
                 data,
                 reply,
                 ticket,
-            } => match ticket.take().then(|| self.engine.propose(data)) {
+            } => match ticket.take().then(|| self.propose(data)) {
                 // The caller timed out before this was taken: drop it.
                 None => {}
+                Some(Err(None)) => {
+                    metrics::counter!("raft_proposals_rejected_total").increment(1);
+                    let _ = reply.send(Err(ProposeError::Overloaded));
+                }
                 Some(Ok(id)) => {
                     metrics::counter!("raft_proposals_total").increment(1);
                     let pending = PendingProposal {
@@ -554,7 +603,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                             .send(Err(ProposeError::Superseded { index: id.index }));
                     }
                 }
-                Some(Err(e)) => {
+                Some(Err(Some(e))) => {
                     metrics::counter!("raft_proposals_rejected_total").increment(1);
                     let _ = reply.send(Err(ProposeError::from_engine(e)));
                 }
@@ -819,6 +868,30 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         }
     }
 
+    /// Hands `job` to the apply task, or to the backlog behind the jobs
+    /// already waiting. Returns false when the apply task is gone.
+    fn queue_apply(&mut self, job: ApplyJob<R>) -> bool {
+        self.apply_backlog.push_back(job);
+        self.flush_apply_backlog()
+    }
+
+    /// Moves backlog jobs to the apply queue while it has room. Returns
+    /// false when the apply task is gone.
+    fn flush_apply_backlog(&mut self) -> bool {
+        while let Some(job) = self.apply_backlog.pop_front() {
+            match self.apply_tx.try_send(job) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    self.apply_backlog.push_front(job);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        metrics::gauge!("raft_apply_backlog_jobs").set(self.apply_backlog.len() as f64);
+        true
+    }
+
     /// Drains the engine's output. Returns false when the node must stop.
     async fn process_ready(&mut self) -> bool {
         while self.engine.has_ready() {
@@ -899,24 +972,19 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     entries: ready.committed_entries,
                     waiters,
                 };
-                if self.apply_tx.send(job).await.is_err() {
+                if !self.queue_apply(job) {
                     return false;
                 }
             }
             if let Some(meta) = ready.build_snapshot {
-                if self.apply_tx.send(ApplyJob::Build(meta)).await.is_err() {
+                if !self.queue_apply(ApplyJob::Build(meta)) {
                     return false;
                 }
             }
             if let Some(meta) = ready.install_snapshot {
                 match self.incoming.take() {
                     Some((m, data)) if m == meta => {
-                        if self
-                            .apply_tx
-                            .send(ApplyJob::Install(meta, data))
-                            .await
-                            .is_err()
-                        {
+                        if !self.queue_apply(ApplyJob::Install(meta, data)) {
                             return false;
                         }
                     }

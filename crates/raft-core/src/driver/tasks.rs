@@ -242,43 +242,86 @@ pub(crate) async fn apply_task<S: StateMachine>(
     fatal: watch::Sender<Option<String>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    // The snapshot build running beside the applies, if any.
+    let mut building: Option<tokio::task::JoinHandle<()>> = None;
+    apply_jobs(&mut sm, &mut jobs, &applied, &fatal, &events, &mut building).await;
+    if let Some(build) = building {
+        // Shutting down or failed: the build's result has no taker.
+        build.abort();
+    }
+}
+
+/// Logs and counts a finished snapshot build.
+fn report_build(result: &Result<(SnapshotMeta, SnapshotData), String>, started: Instant) {
+    match result {
+        Ok((meta, data)) => {
+            tracing::info!(
+                last = %meta.last_log_id,
+                bytes = data.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "snapshot built"
+            );
+            metrics::counter!("raft_snapshots_built_total").increment(1);
+            metrics::gauge!("raft_snapshot_bytes").set(data.len() as f64);
+            metrics::histogram!("raft_snapshot_build_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "building a snapshot failed");
+            metrics::counter!("raft_snapshot_failures_total", "op" => "build").increment(1);
+        }
+    }
+}
+
+/// The apply task's loop; returns when the queue closes or applying fails.
+async fn apply_jobs<S: StateMachine>(
+    sm: &mut S,
+    jobs: &mut mpsc::Receiver<ApplyJob<S::Response>>,
+    applied: &watch::Sender<Index>,
+    fatal: &watch::Sender<Option<String>>,
+    events: &mpsc::UnboundedSender<Event>,
+    building: &mut Option<tokio::task::JoinHandle<()>>,
+) {
     while let Some(job) = jobs.recv().await {
         let (entries, waiters) = match job {
             ApplyJob::Entries { entries, waiters } => (entries, waiters),
             ApplyJob::Build(meta) => {
+                // The engine asks for one build at a time; never run two.
+                if let Some(previous) = building.take() {
+                    let _ = previous.await;
+                }
                 let started = Instant::now();
-                let result = sm
-                    .build_snapshot(&meta)
-                    .await
-                    .map(|data| (meta, data))
-                    .map_err(|e| e.to_string());
-                match &result {
-                    Ok((meta, data)) => {
-                        tracing::info!(
-                            last = %meta.last_log_id,
-                            bytes = data.len(),
-                            seconds = started.elapsed().as_secs_f64(),
-                            "snapshot built"
-                        );
-                        metrics::counter!("raft_snapshots_built_total").increment(1);
-                        metrics::gauge!("raft_snapshot_bytes").set(data.len() as f64);
-                        metrics::histogram!("raft_snapshot_build_seconds")
-                            .record(started.elapsed().as_secs_f64());
+                match sm.begin_snapshot(&meta).await {
+                    Ok(build) => {
+                        // The walk and the write run beside the applies.
+                        let events = events.clone();
+                        *building = Some(tokio::spawn(async move {
+                            let result = build
+                                .await
+                                .map(|data| (meta, data))
+                                .map_err(|e| e.to_string());
+                            report_build(&result, started);
+                            let _ = events.send(Event::Built(result));
+                        }));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "building a snapshot failed");
-                        metrics::counter!("raft_snapshot_failures_total", "op" => "build")
-                            .increment(1);
+                        let result = Err(e.to_string());
+                        report_build(&result, started);
+                        let _ = events.send(Event::Built(result));
                     }
                 }
-                let _ = events.send(Event::Built(result));
                 continue;
             }
             ApplyJob::Install(meta, data) => {
+                // A build still writing its file must not race the install
+                // that replaces the state and the latest snapshot.
+                if let Some(previous) = building.take() {
+                    let _ = previous.await;
+                }
                 let started = Instant::now();
                 if let Err(e) = sm.install_snapshot(&meta, data.clone()).await {
                     tracing::error!(error = %e, last = %meta.last_log_id, "installing a snapshot failed");
-                    raise(&fatal, format!("installing a snapshot failed: {e}"));
+                    raise(fatal, format!("installing a snapshot failed: {e}"));
                     return;
                 }
                 tracing::info!(
@@ -301,7 +344,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "state machine failed");
-                raise(&fatal, format!("state machine failed: {e}"));
+                raise(fatal, format!("state machine failed: {e}"));
                 return;
             }
         };
@@ -311,7 +354,7 @@ pub(crate) async fn apply_task<S: StateMachine>(
                 responses.len(),
                 job_entries.len()
             );
-            raise(&fatal, msg);
+            raise(fatal, msg);
             return;
         }
         metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);

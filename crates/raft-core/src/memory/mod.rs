@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::snapshot::SnapshotData;
-use crate::state_machine::{StateMachine, StateMachineError};
+use crate::state_machine::{SnapshotBuild, StateMachine, StateMachineError};
 use crate::storage::{LogStorage, LogWrite, StorageError, StoredState};
 use crate::types::{Entry, EntryPayload, HardState, Index, LogId, SnapshotMeta, Term};
 
@@ -804,6 +804,36 @@ impl StateMachine for MemKv {
         let data = state.encode();
         state.snapshot = Some((meta.clone(), data.clone()));
         Ok(Arc::new(data))
+    }
+
+    /// Copies the data (the view) and encodes the copy off the apply task.
+    async fn begin_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotBuild, StateMachineError> {
+        let view = {
+            let state = lock(&self.state);
+            if state.applied != meta.last_log_id.index {
+                return Err(StateMachineError(format!(
+                    "snapshot asked at {} but the applied index is {}",
+                    meta.last_log_id, state.applied
+                )));
+            }
+            KvState {
+                data: state.data.clone(),
+                applied: state.applied,
+                snapshot: None,
+            }
+        };
+        let shared = Arc::clone(&self.state);
+        let meta = meta.clone();
+        Ok(Box::pin(async move {
+            // Applies go on first; the encoding sees only the copy.
+            tokio::task::yield_now().await;
+            let data = view.encode();
+            lock(&shared).snapshot = Some((meta, data.clone()));
+            Ok(Arc::new(data) as SnapshotData)
+        }))
     }
 
     async fn latest_snapshot(
