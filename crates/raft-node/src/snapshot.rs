@@ -100,7 +100,8 @@ pub struct WrittenSnapshot {
 
 /// Writes the `kv` column family and the `kv_meta` records `keep_meta`
 /// accepts, as seen by one RocksDB snapshot, to `path` (through a temporary
-/// file, synced and renamed).
+/// file, synced and renamed). `on_view` runs as soon as that snapshot is
+/// taken: writes to the store after it do not change the file.
 ///
 /// # Errors
 ///
@@ -111,13 +112,16 @@ pub fn write(
     meta_cf: &'static str,
     keep_meta: impl Fn(&[u8]) -> bool,
     path: &Path,
+    on_view: impl FnOnce(),
 ) -> Result<WrittenSnapshot, SnapshotFileError> {
     let (kv, meta) = column_families(db, kv_cf, meta_cf)?;
+    let view = db.snapshot();
+    // From here on, writes to the store do not change what is written.
+    on_view();
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(MAGIC).map_err(io_err(&tmp))?;
-    let view = db.snapshot();
     let mut records = 0u64;
     for (tag, cf) in [(TAG_KV, &kv), (TAG_META, &meta)] {
         let mut opts = ReadOptions::default();
