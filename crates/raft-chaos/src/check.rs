@@ -14,7 +14,7 @@ use crate::cluster::status;
 #[derive(Debug, Clone)]
 pub struct Violation {
     /// Which check: `linearizability`, `lost-write`, `replicas-differ`,
-    /// `node-crashed`, `no-convergence`, `undecided`.
+    /// `node-crashed`, `no-convergence`, `undecided`, `idempotency`.
     pub check: &'static str,
     /// What was found, readable.
     pub detail: String,

@@ -19,6 +19,18 @@
 //! (or `If-None-Match: *` when the read found the key absent). Every write
 //! writes a value no other write writes, so a revision names exactly one
 //! value and the HTTP revision check is the checker's value comparison.
+//!
+//! With [`ClientConfig::idempotency_window`] set, every write carries an
+//! `Idempotency-Key`, and some successful writes are sent again, token and
+//! body unchanged: some at once (well inside the window), some an epoch
+//! later, when no worker uses their keys any more (so the repeated value
+//! stays unambiguous for the checks). The answer tells which way the node
+//! went: the first write's
+//! revision means it recognised the retry, and nothing is recorded; a new
+//! revision means it applied the write again, which is recorded as a write
+//! of that value and is allowed only when the two revisions are more than
+//! the window apart; anything else is recorded as a write whose outcome is
+//! unknown.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +67,9 @@ pub struct ClientConfig {
     /// or `lease` alone, or `stale` to check that the checker catches what
     /// stale reads are allowed to return.
     pub read_consistency: String,
+    /// The nodes' `--idempotency-window`: when set, writes carry tokens and
+    /// are sent again later (see the module docs).
+    pub idempotency_window: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +81,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(5),
             think_ms_max: 20,
             read_consistency: "mixed".into(),
+            idempotency_window: None,
         }
     }
 }
@@ -79,6 +95,10 @@ pub struct Recorder {
     history: Arc<Mutex<History>>,
     /// HTTP results that the contract does not name, by description.
     unexpected: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Repeated writes by what the node did: `recognised`, `applied again`.
+    repeats: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Repeated writes applied again inside the idempotency window.
+    repeat_violations: Arc<Mutex<Vec<String>>>,
 }
 
 impl Recorder {
@@ -88,6 +108,8 @@ impl Recorder {
             start,
             history: Arc::default(),
             unexpected: Arc::default(),
+            repeats: Arc::default(),
+            repeat_violations: Arc::default(),
         }
     }
 
@@ -107,6 +129,26 @@ impl Recorder {
         if let Ok(mut u) = self.unexpected.lock() {
             *u.entry(what).or_default() += 1;
         }
+    }
+
+    fn repeat(&self, what: &'static str) {
+        if let Ok(mut r) = self.repeats.lock() {
+            *r.entry(what).or_default() += 1;
+        }
+    }
+
+    /// Repeated writes (same token and body) by what the node did with them.
+    pub fn repeats(&self) -> BTreeMap<&'static str, u64> {
+        self.repeats.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Repeated writes that a node applied again although their first
+    /// application was within the idempotency window.
+    pub fn repeat_violations(&self) -> Vec<String> {
+        self.repeat_violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// A copy of the history recorded so far.
@@ -172,6 +214,9 @@ pub struct Worker {
     pub rec: Recorder,
     /// Counter for unique values.
     seq: u64,
+    /// Successful writes with a token, to send again: (epoch, key, value,
+    /// token, revision), oldest first.
+    sent: std::collections::VecDeque<(u64, String, Vec<u8>, String, u64)>,
 }
 
 impl Worker {
@@ -200,6 +245,7 @@ impl Worker {
             http,
             rec,
             seq: 0,
+            sent: std::collections::VecDeque::new(),
         })
     }
 
@@ -219,15 +265,26 @@ impl Worker {
             let url = urls[self.rng.gen_range(0..urls.len())].clone();
             let epoch = self.rec.now_us() / 1_000_000 / self.cfg.key_epoch_s.max(1);
             let key = key_name(epoch, self.rng.gen_range(0..self.cfg.keys.max(1)));
-            match self.rng.gen_range(0..100) {
-                0..=39 => {
-                    self.read(&url, &key).await;
+            let old = self
+                .sent
+                .iter()
+                .position(|(e, ..)| *e + 1 < epoch)
+                .filter(|_| self.rng.gen_bool(0.1));
+            if let Some(i) = old {
+                if let Some(earlier) = self.sent.remove(i) {
+                    self.repeat(&url, earlier).await;
                 }
-                40..=69 => self.write(&url, &key).await,
-                70..=77 => self.delete(&url, &key).await,
-                _ => {
-                    if let Some(seen) = self.read(&url, &key).await {
-                        self.cas(&url, &key, seen).await;
+            } else {
+                match self.rng.gen_range(0..100) {
+                    0..=39 => {
+                        self.read(&url, &key).await;
+                    }
+                    40..=69 => self.write(&url, &key, epoch).await,
+                    70..=77 => self.delete(&url, &key).await,
+                    _ => {
+                        if let Some(seen) = self.read(&url, &key).await {
+                            self.cas(&url, &key, seen).await;
+                        }
                     }
                 }
             }
@@ -313,17 +370,77 @@ impl Worker {
         }
     }
 
-    async fn write(&mut self, url: &str, key: &str) {
+    async fn write(&mut self, url: &str, key: &str, epoch: u64) {
         let value = self.value();
+        let mut req = self
+            .http
+            .put(format!("{url}/v1/kv/{key}"))
+            .body(value.clone());
+        let token = self
+            .cfg
+            .idempotency_window
+            .map(|_| format!("w{}-{}", self.id, self.seq));
+        if let Some(t) = &token {
+            req = req.header("idempotency-key", t.as_str());
+        }
+        let invoke = self.rec.now_us();
+        let reply = send(req).await;
+        let outcome = self.write_outcome(&reply, Outcome::WriteOk, false);
+        self.record(key, Op::Write(value.clone()), invoke, outcome);
+        if let (Some(t), Reply::Status(s, Some(rev), _)) = (&token, &reply) {
+            if s.is_success() {
+                let sent = (epoch, key.to_owned(), value, t.clone(), *rev);
+                if self.rng.gen_bool(0.1) {
+                    // At once: well inside the window, it must be recognised.
+                    self.repeat(url, sent.clone()).await;
+                }
+                self.sent.push_back(sent);
+                if self.sent.len() > 256 {
+                    self.sent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Sends an earlier successful write again, token and body unchanged
+    /// (see the module docs).
+    async fn repeat(&mut self, url: &str, earlier: (u64, String, Vec<u8>, String, u64)) {
+        let (_, key, value, token, first_rev) = earlier;
+        let Some(window) = self.cfg.idempotency_window else {
+            return;
+        };
         let invoke = self.rec.now_us();
         let reply = send(
             self.http
                 .put(format!("{url}/v1/kv/{key}"))
+                .header("idempotency-key", token.as_str())
                 .body(value.clone()),
         )
         .await;
-        let outcome = self.write_outcome(&reply, Outcome::WriteOk, false);
-        self.record(key, Op::Write(value), invoke, outcome);
+        let outcome = match &reply {
+            Reply::Status(s, Some(rev), _) if s.is_success() && *rev == first_rev => {
+                // Recognised: the first write's answer, no new effect.
+                self.rec.repeat("recognised");
+                return;
+            }
+            Reply::Status(s, Some(rev), _) if s.is_success() => {
+                self.rec.repeat("applied again");
+                if rev.saturating_sub(first_rev) <= window {
+                    if let Ok(mut v) = self.rec.repeat_violations.lock() {
+                        v.push(format!(
+                            "client {} sent {key}={} again with token {token}: applied at {rev}, \
+                             although its first application at {first_rev} is within the \
+                             window of {window} entries",
+                            self.id,
+                            String::from_utf8_lossy(&value)
+                        ));
+                    }
+                }
+                Outcome::WriteOk
+            }
+            other => self.write_outcome(other, Outcome::WriteOk, false),
+        };
+        self.record(&key, Op::Write(value), invoke, outcome);
     }
 
     async fn delete(&mut self, url: &str, key: &str) {

@@ -176,6 +176,8 @@ pub struct NodeSettings {
     pub snapshot_entries: u64,
     /// `--snapshot-keep-entries`.
     pub snapshot_keep_entries: u64,
+    /// `--idempotency-window` (the node's default when `None`).
+    pub idempotency_window: Option<u64>,
 }
 
 impl Default for NodeSettings {
@@ -187,6 +189,7 @@ impl Default for NodeSettings {
             request_timeout_ms: 3000,
             snapshot_entries: 400,
             snapshot_keep_entries: 50,
+            idempotency_window: None,
         }
     }
 }
@@ -292,6 +295,10 @@ impl Cluster {
             format!("--snapshot-entries={}", st.snapshot_entries),
             format!("--snapshot-keep-entries={}", st.snapshot_keep_entries),
         ];
+        let mut args = args;
+        if let Some(w) = st.idempotency_window {
+            args.push(format!("--idempotency-window={w}"));
+        }
         let mut node = NodeProc {
             id,
             args,

@@ -85,6 +85,14 @@ struct RunArgs {
     /// Keep node logs and data directories of passing runs.
     #[arg(long)]
     keep: bool,
+    /// Start the nodes with this `--idempotency-window` (log entries), give
+    /// every write an `Idempotency-Key`, and send some earlier writes again
+    /// with their token: a node must recognise those within the window,
+    /// and the replicas' digests (which cover the idempotency records)
+    /// must still agree. A small window (say 50) makes most repeats fall
+    /// past it [default: off, the node's default window].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_window: Option<u64>,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -163,6 +171,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 workers: a.workers,
                 keys: a.keys,
                 read_consistency: a.read_consistency.clone(),
+                idempotency_window: a.idempotency_window,
                 ..ClientConfig::default()
             },
             nemesis: NemesisConfig {
@@ -170,7 +179,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 kinds: a.faults.as_ref().map(|f| f.iter().cloned().collect()),
                 ..NemesisConfig::default()
             },
-            node: NodeSettings::default(),
+            node: NodeSettings {
+                idempotency_window: a.idempotency_window,
+                ..NodeSettings::default()
+            },
             keep: a.keep,
         };
         let result = tokio::select! {

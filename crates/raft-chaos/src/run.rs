@@ -419,6 +419,23 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
         }),
     }
 
+    if cfg.clients.idempotency_window.is_some() {
+        let repeats = rec.repeats();
+        notes.push(format!(
+            "writes sent again with their token: {} recognised, {} applied again past the window",
+            repeats.get("recognised").copied().unwrap_or(0),
+            repeats.get("applied again").copied().unwrap_or(0)
+        ));
+        for detail in rec.repeat_violations() {
+            violations.push(Violation {
+                check: "idempotency",
+                detail,
+                key: None,
+                focus: Vec::new(),
+            });
+        }
+    }
+
     // Stop the nodes before writing: their logs are complete then.
     let logs = cluster.logs();
     drop(cluster);
@@ -617,8 +634,13 @@ pub fn replay_command(cfg: &RunConfig) -> String {
             )
         })
         .unwrap_or_default();
+    let window = cfg
+        .clients
+        .idempotency_window
+        .map(|w| format!(" --idempotency-window {w}"))
+        .unwrap_or_default();
     format!(
-        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults} --out {} --raft-node {}",
+        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --out {} --raft-node {}",
         cfg.nodes,
         cfg.seed,
         cfg.duration.as_secs(),
