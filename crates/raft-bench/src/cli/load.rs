@@ -69,7 +69,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Bytes of a random-looking printable value.
-fn value(len: usize, rng: &mut ChaCha8Rng) -> Bytes {
+pub(crate) fn value(len: usize, rng: &mut ChaCha8Rng) -> Bytes {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..len)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
@@ -78,7 +78,7 @@ fn value(len: usize, rng: &mut ChaCha8Rng) -> Bytes {
 }
 
 /// `host:port` of an `http://host:port` URL.
-fn authority(url: &str) -> anyhow::Result<String> {
+pub(crate) fn authority(url: &str) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("only http:// endpoints are supported: {url}"))?;
@@ -86,7 +86,7 @@ fn authority(url: &str) -> anyhow::Result<String> {
 }
 
 /// One request to send, built for the target system.
-fn build_request(
+pub(crate) fn build_request(
     system: System,
     host: &str,
     key: &str,
@@ -124,7 +124,7 @@ fn build_request(
     built.expect("a request from valid parts")
 }
 
-async fn connect(host: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(host: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = tokio::net::TcpStream::connect(host)
         .await
         .with_context(|| format!("connecting to {host}"))?;

@@ -11,6 +11,7 @@ pub mod load;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,33 @@ enum Cmd {
     /// Both benchmarks on raft-node and etcd in one run, alternating, with
     /// the ratios.
     Compare(CompareArgs),
+    /// Write latency before and while every member takes a snapshot of a
+    /// large store, and whether it costs an election (raft-node only).
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Data to fill the store with, MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    store_mib: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    value_bytes: u64,
+    /// Writers while filling.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    fill_clients: u64,
+    /// Writers measured.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    clients: u64,
+    /// Seconds measured before the snapshots are asked for.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    baseline_s: u64,
+    /// Longest wait for every member's snapshot, seconds.
+    #[arg(long, default_value_t = 600)]
+    snapshot_timeout_s: u64,
 }
 
 /// Settings every command shares.
@@ -254,6 +282,46 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             finish(&r, &a.common)
+        }
+        Cmd::Snapshot(a) => {
+            let mut common = a.common.clone();
+            // Snapshots only when asked, so the baseline has none.
+            common.raft_arg.extend([
+                "--snapshot-entries=0".to_owned(),
+                "--snapshot-mib=0".to_owned(),
+            ]);
+            let mut c = start(&common, System::Raft).await?;
+            let b = snapshot::SnapshotBench {
+                store_bytes: a.store_mib << 20,
+                value_bytes: a.value_bytes as usize,
+                fill_clients: a.fill_clients as usize,
+                clients: a.clients as usize,
+                baseline: Duration::from_secs(a.baseline_s),
+                snapshot_timeout: Duration::from_secs(a.snapshot_timeout_s),
+                seed: a.common.seed,
+            };
+            let r = snapshot::run(&c, &b).await;
+            c.shutdown();
+            let r = r?;
+            let text = snapshot::table(&r);
+            std::fs::create_dir_all(&a.common.out)
+                .with_context(|| format!("creating {}", a.common.out.display()))?;
+            let json = serde_json::json!({
+                "command": command,
+                "machine": Machine::read(),
+                "snapshot": r,
+            });
+            let path = a.common.out.join("snapshot.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            if a.common.json {
+                eprint!("{text}");
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                print!("{text}");
+            }
+            eprintln!("report: {}", path.display());
+            Ok(())
         }
         Cmd::Election(a) => {
             let mut r = new_report(command, &a.common, &[a.target])?;
