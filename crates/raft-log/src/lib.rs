@@ -52,6 +52,7 @@ mod error;
 mod options;
 pub mod record;
 mod store;
+mod wal_check;
 
 pub use error::OpenError;
 pub use options::{Compression, RocksLogOptions, SyncPolicy};

@@ -181,10 +181,12 @@ impl RocksLog {
         // in any shape (cut short, zeroed pages of a preallocated file,
         // pages written out of order), and that must never stop a node from
         // starting. `TolerateCorruptedTailRecords` would refuse most of those
-        // shapes (tests/storage_faults.rs opens each one). The cost: a
-        // damaged record before the tail (bit rot in synced data) also ends
-        // the replay, silently; telling the two apart needs a torn-write
-        // check of our own over the WAL (not done yet).
+        // shapes (tests/storage_faults.rs opens each one). A damaged record
+        // before a synced write (bit rot in synced data) would also end the
+        // replay, silently: `wal_check` refuses such a store first.
+        if existed {
+            crate::wal_check::check(&path)?;
+        }
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         let mut cf_names: Vec<String> = vec![LOG_CF.into(), META_CF.into()];
@@ -426,6 +428,10 @@ impl Drop for RocksLog {
     }
 }
 
+fn wo_syncs(sync: SyncPolicy) -> bool {
+    sync == SyncPolicy::Always
+}
+
 /// The group-commit writer thread.
 struct Writer {
     db: Arc<DB>,
@@ -525,6 +531,10 @@ impl Writer {
                     batch.delete_range_cf(log, record::entry_key(from), record::entry_key(to));
                 }
             }
+        }
+        if wo_syncs(self.sync) {
+            // Marks the WAL record as synced, for the torn-write check.
+            batch.put_cf(meta, crate::wal_check::SYNCED_MARK_KEY, b"");
         }
         let started = Instant::now();
         self.db

@@ -1,5 +1,5 @@
 //! Storage faults under a real RocksDB: a flush (`fdatasync`) that fails,
-//! and a write torn at a crash.
+//! a write torn at a crash, and a record damaged on disk.
 //!
 //! - A failed fsync fails the write that needed it, and the store refuses
 //!   every write after it, even once the disk works again: after a failed
@@ -13,6 +13,10 @@
 //!   last synced one damaged in the middle) the store opens with every
 //!   synced write and none of the torn one: a crash must never stop a node
 //!   from starting.
+//! - A record damaged before a synced write (bit rot, a misdirected write)
+//!   is not a torn write: the store refuses to open, naming the WAL file,
+//!   instead of replaying up to the damage and dropping acknowledged
+//!   writes after it.
 
 #[path = "support/failsync.rs"]
 mod failsync;
@@ -337,4 +341,44 @@ fn unsynced_writes_after_the_last_synced_one_may_be_torn_anywhere() {
     let log = RocksLog::open(&db, options())
         .unwrap_or_else(|e| panic!("a torn unsynced tail must not stop the store: {e}"));
     assert_eq!(log.last_index(), 10, "every synced write survives");
+}
+
+#[test]
+fn a_record_damaged_before_a_synced_write_is_refused_not_dropped() {
+    // Bit rot in the middle of the WAL is not a torn write: the synced
+    // writes after it were acknowledged, and replaying up to the damage
+    // (RocksDB's point-in-time recovery) would drop them without a word.
+    let seed: u64 =
+        raft_core::testing::env_or("RAFT_LOG_ROT_SEED", u64::from(rand::random::<u32>()));
+    println!("damaged-record seed {seed} (replay with RAFT_LOG_ROT_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..6 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db");
+        let ends = store_in_wal(&db, 12, &mut rng);
+        let wal = wal_files(&db).pop().expect("a WAL file");
+        // A byte inside one of the records before the last.
+        let k = rng.gen_range(1..ends.len() - 1);
+        let (start, end) = (ends[k - 1].1, ends[k].1);
+        let at = rng.gen_range(start + 8..end);
+        let mut bytes = std::fs::read(&wal).expect("read the WAL");
+        bytes[at as usize] ^= 1 << rng.gen_range(0..8);
+        std::fs::write(&wal, bytes).expect("write the WAL");
+        match RocksLog::open(&db, RocksLogOptions::default()) {
+            Err(e @ raft_log::OpenError::Corruption { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(".log") && text.contains("synced write"),
+                    "seed {seed} round {round}: the error names the WAL and why: {text}"
+                );
+            }
+            Err(e) => panic!("seed {seed} round {round}: refused, but not as corruption: {e}"),
+            Ok(log) => panic!(
+                "seed {seed} round {round}: a byte flipped at {at} (record {k} of 12) and the \
+                 store opened with {} of {} entries",
+                log.last_index(),
+                ends[ends.len() - 1].0
+            ),
+        }
+    }
 }
