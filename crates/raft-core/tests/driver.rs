@@ -953,3 +953,242 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
         .await
         .expect("writes are taken again");
 }
+
+/// A follower whose state machine is stuck takes no more than
+/// `max_unapplied_entries` committed entries; proposals sent to it are
+/// answered NotLeader (so they are forwarded), not Overloaded.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_followers_apply_backlog_is_bounded() {
+    let net = MemNetwork::new();
+    let (mut handles, mut gates) = (Vec::new(), Vec::new());
+    for id in 1..=3 {
+        let (gate, rx) = tokio::sync::watch::channel(true);
+        let h: Handle = Raft::start(
+            Config::new(id),
+            DriverConfig {
+                max_unapplied_entries: 10,
+                ..DriverConfig::default()
+            },
+            Membership::new(vec![1, 2, 3]),
+            Arc::new(MemLog::new()),
+            SlowKv {
+                inner: MemKv::new(),
+                gate: rx,
+                build_time: Duration::ZERO,
+            },
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&h);
+        handles.push(h);
+        gates.push(gate);
+    }
+    let (leader, _) = leader_of(&handles).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let h = &handles[(leader - 1) as usize];
+    h.propose(put("x", "1")).await.expect("first write");
+    gates[(follower - 1) as usize].send_replace(false);
+    let pending = load(h, 2000).await;
+    let mut ok = 0;
+    for p in pending {
+        if p.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 2000, "the other two members take every write");
+    let r = handles[(follower - 1) as usize]
+        .propose(put("z", "1"))
+        .await;
+    assert!(
+        matches!(r, Err(ProposeError::NotLeader { leader: Some(l) }) if l == leader),
+        "a proposal on the lagging follower: {r:?}"
+    );
+    let s = handles[(follower - 1) as usize].status().await.unwrap();
+    // The limit, plus what one append may carry past it.
+    assert!(
+        s.engine.last_index - s.applied <= 10 + 64,
+        "follower {follower} holds {} entries it has not applied (limit 10): {s:#?}",
+        s.engine.last_index - s.applied
+    );
+    // Released, it catches up with everything.
+    gates[(follower - 1) as usize].send_replace(true);
+    let last = h.status().await.unwrap().engine.commit;
+    for _ in 0..500 {
+        if handles[(follower - 1) as usize].applied_index() >= last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(handles[(follower - 1) as usize].applied_index() >= last);
+}
+
+/// A leadership transfer to a member whose state machine is stuck does
+/// not leave the cluster refusing every write.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
+    let net = MemNetwork::new();
+    let (mut handles, mut gates) = (Vec::new(), Vec::new());
+    for id in 1..=3 {
+        let (gate, rx) = tokio::sync::watch::channel(true);
+        let h: Handle = Raft::start(
+            Config::new(id),
+            DriverConfig {
+                max_unapplied_entries: 10,
+                ..DriverConfig::default()
+            },
+            Membership::new(vec![1, 2, 3]),
+            Arc::new(MemLog::new()),
+            SlowKv {
+                inner: MemKv::new(),
+                gate: rx,
+                build_time: Duration::ZERO,
+            },
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&h);
+        handles.push(h);
+        gates.push(gate);
+    }
+    let (leader, _) = leader_of(&handles).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let h = &handles[(leader - 1) as usize];
+    h.propose(put("x", "1")).await.expect("first write");
+    gates[(follower - 1) as usize].send_replace(false);
+    for p in load(h, 200).await {
+        let _ = p.await;
+    }
+    let t = h.transfer_leader(Some(follower)).await;
+    eprintln!("transfer to stuck follower {follower}: {t:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let others: Vec<Handle> = handles
+        .iter()
+        .filter(|h| h.id() != follower)
+        .cloned()
+        .collect();
+    let (now, _) = leader_of(&handles).await;
+    let target = if now == follower {
+        leader_of(&others).await.0
+    } else {
+        now
+    };
+    let r = handles[(target - 1) as usize].propose(put("y", "1")).await;
+    assert!(
+        r.is_ok(),
+        "the cluster refuses writes after the transfer: {r:?}"
+    );
+}
+
+/// A [`MemKv`] whose background build takes `build_time` after the view
+/// is taken.
+struct BgSlowKv {
+    inner: MemKv,
+    build_time: Duration,
+}
+
+#[async_trait::async_trait]
+impl raft_core::StateMachine for BgSlowKv {
+    type Response = KvResponse;
+    async fn applied_index(&mut self) -> Result<u64, raft_core::StateMachineError> {
+        raft_core::StateMachine::applied_index(&mut self.inner).await
+    }
+    async fn apply(
+        &mut self,
+        e: &[raft_core::Entry],
+    ) -> Result<Vec<KvResponse>, raft_core::StateMachineError> {
+        raft_core::StateMachine::apply(&mut self.inner, e).await
+    }
+    async fn build_snapshot(
+        &mut self,
+        m: &raft_core::SnapshotMeta,
+    ) -> Result<raft_core::SnapshotData, raft_core::StateMachineError> {
+        raft_core::StateMachine::build_snapshot(&mut self.inner, m).await
+    }
+    async fn begin_snapshot(
+        &mut self,
+        m: &raft_core::SnapshotMeta,
+    ) -> Result<raft_core::SnapshotBuild, raft_core::StateMachineError> {
+        let b = raft_core::StateMachine::begin_snapshot(&mut self.inner, m).await?;
+        let t = self.build_time;
+        Ok(Box::pin(async move {
+            tokio::time::sleep(t).await;
+            b.await
+        }))
+    }
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<
+        Option<(raft_core::SnapshotMeta, raft_core::SnapshotData)>,
+        raft_core::StateMachineError,
+    > {
+        raft_core::StateMachine::latest_snapshot(&mut self.inner).await
+    }
+    async fn install_snapshot(
+        &mut self,
+        m: &raft_core::SnapshotMeta,
+        d: raft_core::SnapshotData,
+    ) -> Result<(), raft_core::StateMachineError> {
+        raft_core::StateMachine::install_snapshot(&mut self.inner, m, d).await
+    }
+}
+
+/// An install that arrives while a background build runs waits for it;
+/// the member ends equal to the leader.
+#[tokio::test(start_paused = true)]
+async fn an_install_that_arrives_during_a_background_build() {
+    let net = MemNetwork::new();
+    let (mut handles, mut readers) = (Vec::new(), Vec::new());
+    for id in 1..=3u64 {
+        let inner = MemKv::new();
+        readers.push(inner.reader());
+        let mut cfg = Config::new(id);
+        cfg.snapshot_threshold_entries = 50;
+        cfg.snapshot_keep_entries = 10;
+        let h: Handle = Raft::start(
+            cfg,
+            DriverConfig::default(),
+            Membership::new(vec![1, 2, 3]),
+            Arc::new(MemLog::new()),
+            BgSlowKv {
+                inner,
+                build_time: Duration::from_secs(if id == 3 { 60 } else { 0 }),
+            },
+            net.transport(id),
+        )
+        .await
+        .expect("node starts");
+        net.register(&h);
+        handles.push(h);
+    }
+    // Make 3 a follower with a slow build in progress.
+    let (leader, _) = leader_of(&handles).await;
+    if leader == 3 {
+        handles[2].transfer_leader(Some(1)).await.expect("transfer");
+    }
+    let (leader, _) = leader_of(&handles).await;
+    let h = handles[(leader - 1) as usize].clone();
+    for p in load(&h, 60).await {
+        p.await.unwrap().expect("write");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.isolate(3);
+    for p in load(&h, 300).await {
+        p.await.unwrap().expect("write");
+    }
+    net.heal();
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let s1 = h.status().await.unwrap();
+    let s3 = handles[2].status().await.unwrap();
+    eprintln!(
+        "leader: {:?} applied {}; node3 applied {} snapshot {:?}, memkv snapshot {:?}",
+        s1.snapshot.as_ref().map(|m| m.last_log_id),
+        s1.applied,
+        s3.applied,
+        s3.snapshot.as_ref().map(|m| m.last_log_id),
+        readers[2].snapshot()
+    );
+    assert_eq!(readers[2].dump(), readers[(leader - 1) as usize].dump());
+    assert_eq!(s3.applied, s1.applied);
+}

@@ -20,7 +20,8 @@
 //! so a slow apply, a long snapshot build or an install keeps neither
 //! heartbeats nor elections nor answers to peers from going on. What
 //! bounds that backlog is [`DriverConfig::max_unapplied_entries`]: beyond
-//! it, new proposals are refused as [`ProposeError::Overloaded`]. The
+//! it, a leader refuses new proposals as [`ProposeError::Overloaded`] and
+//! a follower takes heartbeats but no new entries. The
 //! engine task does wait on a full storage queue: a leader whose disk
 //! stops must not go on heartbeating as if it could still append.
 //!
@@ -94,9 +95,10 @@ pub struct DriverConfig {
     /// heartbeats and sending them while applies are slow or a snapshot is
     /// built or installed.
     pub apply_queue_capacity: usize,
-    /// Committed entries not yet applied at most before new proposals are
-    /// refused with [`ProposeError::Overloaded`]: the bound on what a
-    /// leader whose state machine lags keeps taking.
+    /// Committed entries not yet applied at most. Beyond it a leader
+    /// refuses new proposals with [`ProposeError::Overloaded`] and a
+    /// follower takes no new entries (heartbeats still), so what waits for
+    /// a lagging state machine stays bounded on every node.
     pub max_unapplied_entries: u64,
     /// Requests or messages taken per loop turn before producing output, so
     /// proposals that arrive together share one append.
@@ -512,12 +514,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 // judged at the time it is handled.
                 Some(msg) = inbound.recv() => {
                     self.catch_up(&mut clock);
-                    self.engine.step(msg);
+                    self.step_inbound(msg);
                     for _ in 1..self.cfg.max_batch_inputs {
                         match inbound.try_recv() {
                             Ok(msg) => {
                                 self.catch_up(&mut clock);
-                                self.engine.step(msg);
+                                self.step_inbound(msg);
                             }
                             Err(_) => break,
                         }
@@ -569,11 +571,33 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         &mut self,
         data: bytes::Bytes,
     ) -> Result<crate::types::LogId, Option<crate::engine::ProposeError>> {
-        let applied = *self.applied.borrow();
-        if self.engine.commit_index().saturating_sub(applied) > self.cfg.max_unapplied_entries {
+        // A follower answers NotLeader, so the caller goes to the leader.
+        if self.engine.role() == Role::Leader && self.apply_lags() {
             return Err(None);
         }
         self.engine.propose(data).map_err(Some)
+    }
+
+    /// Whether more than [`DriverConfig::max_unapplied_entries`] committed
+    /// entries wait for the state machine.
+    fn apply_lags(&self) -> bool {
+        let applied = *self.applied.borrow();
+        self.engine.commit_index().saturating_sub(applied) > self.cfg.max_unapplied_entries
+    }
+
+    /// Steps an inbound message, except new entries while the state
+    /// machine lags too far behind: a follower then takes heartbeats (so it
+    /// neither campaigns nor looks gone) but not entries, which the leader
+    /// sends again later, as after a loss. That bounds what it holds for
+    /// the state machine, as the leader's refusal of proposals does.
+    fn step_inbound(&mut self, msg: Message) {
+        if let MessageBody::AppendEntries { entries, .. } = &msg.body {
+            if !entries.is_empty() && self.engine.role() != Role::Leader && self.apply_lags() {
+                metrics::counter!("raft_appends_deferred_total").increment(1);
+                return;
+            }
+        }
+        self.engine.step(msg);
     }
 
     fn handle_request(&mut self, req: Request<R>) {
