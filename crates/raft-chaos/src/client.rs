@@ -22,10 +22,11 @@
 //!
 //! With [`ClientConfig::idempotency_window`] set, every write carries an
 //! `Idempotency-Key`, and some successful writes are sent again, token and
-//! body unchanged: some at once (well inside the window), some an epoch
-//! later, when no worker uses their keys any more (so the repeated value
-//! stays unambiguous for the checks). The answer tells which way the node
-//! went: the first write's
+//! body unchanged: two key epochs later, when no operation on their keys
+//! can still be in flight (so a value written twice cannot confuse a
+//! compare-and-set's check); and, on keys of a worker's own outside the
+//! checked history, at once (well inside the window: the node must answer
+//! with the first revision). The answer tells which way the node went: the first write's
 //! revision means it recognised the retry, and nothing is recorded; a new
 //! revision means it applied the write again, which is recorded as a write
 //! of that value and is allowed only when the two revisions are more than
@@ -134,6 +135,32 @@ impl Recorder {
     fn repeat(&self, what: &'static str) {
         if let Ok(mut r) = self.repeats.lock() {
             *r.entry(what).or_default() += 1;
+        }
+    }
+
+    /// Records a violation when a repeat applied again at `rev` was within
+    /// `window` entries of its first application at `first`.
+    #[allow(clippy::too_many_arguments)]
+    fn repeat_violation(
+        &self,
+        key: &str,
+        token: &str,
+        value: &[u8],
+        first: u64,
+        rev: u64,
+        window: u64,
+        client: u64,
+    ) {
+        if rev.saturating_sub(first) > window {
+            return;
+        }
+        if let Ok(mut v) = self.repeat_violations.lock() {
+            v.push(format!(
+                "client {client} sent {key}={} again with token {token}: applied at {rev}, \
+                 although its first application at {first} is within the window of \
+                 {window} entries",
+                String::from_utf8_lossy(value)
+            ));
         }
     }
 
@@ -268,7 +295,8 @@ impl Worker {
             let old = self
                 .sent
                 .iter()
-                .position(|(e, ..)| *e + 1 < epoch)
+                // Two epochs on: no operation on those keys is in flight.
+                .position(|(e, ..)| *e + 2 < epoch)
                 .filter(|_| self.rng.gen_bool(0.1));
             if let Some(i) = old {
                 if let Some(earlier) = self.sent.remove(i) {
@@ -389,16 +417,51 @@ impl Worker {
         self.record(key, Op::Write(value.clone()), invoke, outcome);
         if let (Some(t), Reply::Status(s, Some(rev), _)) = (&token, &reply) {
             if s.is_success() {
-                let sent = (epoch, key.to_owned(), value, t.clone(), *rev);
-                if self.rng.gen_bool(0.1) {
-                    // At once: well inside the window, it must be recognised.
-                    self.repeat(url, sent.clone()).await;
-                }
-                self.sent.push_back(sent);
+                self.sent
+                    .push_back((epoch, key.to_owned(), value, t.clone(), *rev));
                 if self.sent.len() > 256 {
                     self.sent.pop_front();
                 }
+                if self.rng.gen_bool(0.1) {
+                    self.private_repeat(url).await;
+                }
             }
+        }
+    }
+
+    /// Writes a key of this worker's own (no other operation touches it,
+    /// and it is not part of the checked history) with a token and sends
+    /// the same write again at once: well inside the window, the node must
+    /// recognise it.
+    async fn private_repeat(&mut self, url: &str) {
+        let Some(window) = self.cfg.idempotency_window else {
+            return;
+        };
+        let value = self.value();
+        let key = format!("r{}-{}", self.id, self.seq);
+        let token = format!("p{}-{}", self.id, self.seq);
+        let put = || {
+            self.http
+                .put(format!("{url}/v1/kv/{key}"))
+                .header("idempotency-key", token.as_str())
+                .body(value.clone())
+        };
+        let Reply::Status(s, Some(first), _) = send(put()).await else {
+            return;
+        };
+        if !s.is_success() {
+            return;
+        }
+        match send(put()).await {
+            Reply::Status(s, Some(rev), _) if s.is_success() && rev == first => {
+                self.rec.repeat("recognised");
+            }
+            Reply::Status(s, Some(rev), _) if s.is_success() => {
+                self.rec.repeat("applied again");
+                self.rec
+                    .repeat_violation(&key, &token, &value, first, rev, window, self.id);
+            }
+            _ => {}
         }
     }
 
@@ -425,17 +488,8 @@ impl Worker {
             }
             Reply::Status(s, Some(rev), _) if s.is_success() => {
                 self.rec.repeat("applied again");
-                if rev.saturating_sub(first_rev) <= window {
-                    if let Ok(mut v) = self.rec.repeat_violations.lock() {
-                        v.push(format!(
-                            "client {} sent {key}={} again with token {token}: applied at {rev}, \
-                             although its first application at {first_rev} is within the \
-                             window of {window} entries",
-                            self.id,
-                            String::from_utf8_lossy(&value)
-                        ));
-                    }
-                }
+                self.rec
+                    .repeat_violation(&key, &token, &value, first_rev, *rev, window, self.id);
                 Outcome::WriteOk
             }
             other => self.write_outcome(other, Outcome::WriteOk, false),

@@ -253,9 +253,9 @@ fn a_run_whose_writes_outlive_a_small_idempotency_window_keeps_replicas_equal() 
     let cfg = RunConfig {
         nodes: 3,
         seed,
-        // Writes are sent again an epoch (10 s) after theirs ended: the
-        // third epoch repeats the first's.
-        duration: Duration::from_secs(30),
+        // Writes are sent again two key epochs (10 s each) after theirs:
+        // from 30 s on, the fourth epoch repeats the first's.
+        duration: Duration::from_secs(40),
         out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("raft-chaos-idempotency"),
         raft_node,
         clients: ClientConfig {

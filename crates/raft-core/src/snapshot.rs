@@ -64,10 +64,13 @@ impl SnapshotSource for Bytes {
     }
 }
 
-/// A snapshot stored in a file.
+/// A snapshot stored in a file, read through the descriptor opened by
+/// [`open`](Self::open): a newer snapshot that replaces (deletes) the
+/// file does not cut short a transfer of this one.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
+    file: std::sync::Arc<std::fs::File>,
     len: u64,
 }
 
@@ -76,11 +79,16 @@ impl FileSource {
     ///
     /// # Errors
     ///
-    /// The I/O error of reading its metadata.
+    /// The I/O error of opening it or reading its metadata.
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
-        let len = std::fs::metadata(&path)?.len();
-        Ok(Self { path, len })
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            path,
+            file: std::sync::Arc::new(file),
+            len,
+        })
     }
 }
 
@@ -91,19 +99,22 @@ impl SnapshotSource for FileSource {
     }
 
     async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        use std::os::unix::fs::FileExt;
         if offset > self.len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "offset past the end",
             ));
         }
-        let mut f = tokio::fs::File::open(&self.path).await?;
-        f.seek(io::SeekFrom::Start(offset)).await?;
         let want = max.min((self.len - offset) as usize);
-        let mut buf = vec![0u8; want];
-        f.read_exact(&mut buf).await?;
-        Ok(Bytes::from(buf))
+        let file = std::sync::Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     fn path(&self) -> Option<&Path> {
@@ -135,4 +146,26 @@ pub async fn read_all(source: &dyn SnapshotSource, limit: u64) -> io::Result<Byt
         out.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_source_reads_on_after_its_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("raft-core-filesource-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snap");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let source = FileSource::open(&path).unwrap();
+        let head = source.read_at(0, 4096).await.unwrap();
+        // A newer snapshot takes the name, the old file is deleted.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"newer").unwrap();
+        let rest = source.read_at(4096, 1 << 20).await.unwrap();
+        assert_eq!([head, rest].concat(), data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

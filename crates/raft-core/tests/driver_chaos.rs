@@ -29,8 +29,8 @@ use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog};
 use raft_core::testing::linearizability::{check, CheckLimits, History, Op, OpId, Outcome};
 use raft_core::{
     Config, DriverConfig, Entry, HardState, LogStorage, LogWrite, Membership, Message, NodeId,
-    Raft, RaftHandle, ReadConsistency, StateMachine, StateMachineError, StorageError, StoredState,
-    Transport, TransportError,
+    Raft, RaftHandle, ReadConsistency, SnapshotBuild, SnapshotData, SnapshotMeta, StateMachine,
+    StateMachineError, StorageError, StoredState, Transport, TransportError,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +86,27 @@ impl Transport for ChaosTransport {
             });
         }
         Ok(())
+    }
+    async fn send_snapshot(
+        &self,
+        to: NodeId,
+        header: Message,
+        data: SnapshotData,
+    ) -> Result<(), TransportError> {
+        if self.net.cut.lock().expect("cut").contains(&(self.id, to)) {
+            return Err(TransportError::Other(format!("link to {to} is cut")));
+        }
+        let Some(handle) = self.net.handles.lock().expect("handles").get(&to).cloned() else {
+            return Err(TransportError::UnknownPeer(to));
+        };
+        // A transfer takes a while; the receiver may crash meanwhile.
+        let ms = roll(&self.net.dice, |r| {
+            r.gen_range(0..=self.net.max_delay_ms * 4)
+        });
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        handle
+            .receive_snapshot(header, data)
+            .map_err(|_| TransportError::Other(format!("node {to} did not take the snapshot")))
     }
 }
 
@@ -147,12 +168,22 @@ impl LogStorage for ChaosLog {
         self.fsync().await?;
         self.inner.write(write).await
     }
+    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: u64) -> Result<(), StorageError> {
+        self.fsync().await?;
+        self.inner.save_snapshot(meta, purge_to).await
+    }
+    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        self.fsync().await?;
+        self.inner.install_snapshot(meta).await
+    }
 }
 
 // ----- the state machine ----------------------------------------------------------
 
 /// `MemKv` with applies that sometimes take a while (a busy disk, a big
-/// batch), so the apply queue fills and the engine task waits on it.
+/// batch), so the apply queue fills and work waits in the engine task's
+/// backlog, and snapshots whose background build sometimes takes seconds
+/// (so crashes, installs and shutdowns land during builds).
 struct SlowKv {
     inner: MemKv,
     dice: Dice,
@@ -176,6 +207,41 @@ impl StateMachine for SlowKv {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         StateMachine::apply(&mut self.inner, entries).await
+    }
+    async fn build_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotData, StateMachineError> {
+        StateMachine::build_snapshot(&mut self.inner, meta).await
+    }
+    async fn begin_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotBuild, StateMachineError> {
+        let build = StateMachine::begin_snapshot(&mut self.inner, meta).await?;
+        let ms = roll(&self.dice, |r| {
+            if r.gen_bool(0.3) {
+                r.gen_range(100..=3000)
+            } else {
+                0
+            }
+        });
+        Ok(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            build.await
+        }))
+    }
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<Option<(SnapshotMeta, SnapshotData)>, StateMachineError> {
+        StateMachine::latest_snapshot(&mut self.inner).await
+    }
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<(), StateMachineError> {
+        StateMachine::install_snapshot(&mut self.inner, meta, data).await
     }
 }
 
@@ -209,6 +275,10 @@ impl Cluster {
         });
         let mut cfg = Config::new(id);
         cfg.seed = roll(&self.dice, |r| r.gen());
+        // Snapshots and log compaction during a run, so followers that
+        // fall behind get installs.
+        cfg.snapshot_threshold_entries = roll(&self.dice, |r| r.gen_range(30..=200));
+        cfg.snapshot_keep_entries = 10;
         let handle = Raft::start(
             cfg,
             DriverConfig::default(),
@@ -502,6 +572,7 @@ async fn run(seed: u64) -> Result<Stats, String> {
 
     // Every replica converges to the same data.
     let mut converged = false;
+    let mut last_seen = String::new();
     for _ in 0..300 {
         let live = cluster.live();
         let dumps: Vec<_> = live.iter().map(|(_, r)| r.dump()).collect();
@@ -510,6 +581,10 @@ async fn run(seed: u64) -> Result<Stats, String> {
             converged = true;
             break;
         }
+        last_seen = format!(
+            "applied {applied:?}, keys {:?}",
+            dumps.iter().map(Vec::len).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (h, _) in cluster.live() {
@@ -533,7 +608,8 @@ async fn run(seed: u64) -> Result<Stats, String> {
     }
     if !converged {
         return Err(format!(
-            "seed {seed} ({voters} voters): the replicas did not converge within 30 s after healing"
+            "seed {seed} ({voters} voters): the replicas did not converge within 30 s after \
+             healing ({last_seen})"
         ));
     }
     Ok(stats)

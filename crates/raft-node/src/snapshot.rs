@@ -56,6 +56,9 @@ pub enum SnapshotFileError {
     /// A column family is missing.
     #[error("column family {0} missing")]
     MissingColumnFamily(&'static str),
+    /// The write was stopped before it finished (the node is stopping).
+    #[error("snapshot file {0}: cancelled")]
+    Cancelled(PathBuf),
 }
 
 type Cf<'a> = &'a rocksdb::ColumnFamily;
@@ -101,7 +104,8 @@ pub struct WrittenSnapshot {
 /// Writes the `kv` column family and the `kv_meta` records `keep_meta`
 /// accepts, as seen by one RocksDB snapshot, to `path` (through a temporary
 /// file, synced and renamed). `on_view` runs as soon as that snapshot is
-/// taken: writes to the store after it do not change the file.
+/// taken: writes to the store after it do not change the file. Setting
+/// `cancel` stops the write (the temporary file is removed).
 ///
 /// # Errors
 ///
@@ -113,6 +117,7 @@ pub fn write(
     keep_meta: impl Fn(&[u8]) -> bool,
     path: &Path,
     on_view: impl FnOnce(),
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<WrittenSnapshot, SnapshotFileError> {
     let (kv, meta) = column_families(db, kv_cf, meta_cf)?;
     let view = db.snapshot();
@@ -129,6 +134,11 @@ pub fn write(
         opts.fill_cache(false);
         for item in db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
             let (k, v) = item?;
+            if records % 1024 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(SnapshotFileError::Cancelled(path.to_path_buf()));
+            }
             if tag == TAG_META && !keep_meta(&k) {
                 continue;
             }

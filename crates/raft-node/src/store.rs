@@ -375,6 +375,23 @@ impl KvReader {
     }
 }
 
+/// Stops a snapshot file's write when the build is dropped unfinished, and
+/// waits (a moment: the write checks the flag every 1,024 records) until
+/// its thread has let go of the database, so a stopped node holds no
+/// handle on it.
+struct CancelOnDrop {
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    exited: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.exited.recv_timeout(std::time::Duration::from_secs(30));
+    }
+}
+
 /// The state machine: applies commands to the store.
 pub struct KvStateMachine {
     reader: KvReader,
@@ -724,12 +741,24 @@ impl StateMachine for KvStateMachine {
         let meta = meta.clone();
         let path = Self::snapshot_path(&dir, meta.last_log_id.index);
         let (viewed_tx, viewed_rx) = tokio::sync::oneshot::channel();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (exited_tx, exited_rx) = std::sync::mpsc::channel::<()>();
+        let stop = cancel.clone();
         let writing = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
-            let w =
-                crate::snapshot::write(&db, KV_CF, KV_META_CF, is_replicated_meta, &path, || {
+            // Dropped when this thread is done with the database.
+            let _exited = exited_tx;
+            let w = crate::snapshot::write(
+                &db,
+                KV_CF,
+                KV_META_CF,
+                is_replicated_meta,
+                &path,
+                || {
                     let _ = viewed_tx.send(());
-                })
-                .map_err(|e| e.to_string())?;
+                },
+                &stop,
+            )
+            .map_err(|e| e.to_string())?;
             // The snapshot covers log entries that are purged next: the
             // state it captures must be durable first. Syncing the WAL now
             // also syncs everything applied up to the view.
@@ -742,7 +771,14 @@ impl StateMachine for KvStateMachine {
         // Applying waits only until the view is taken (or the write failed
         // before taking it: the error comes from the build below).
         let _ = viewed_rx.await;
+        let guard = CancelOnDrop {
+            cancel,
+            exited: exited_rx,
+        };
         Ok(Box::pin(async move {
+            // A build dropped unfinished (the node stopping) stops its
+            // thread and waits for it to let go of the database.
+            let _guard = guard;
             let written = writing
                 .await
                 .map_err(|e| err(format!("snapshot task failed: {e}")))?
@@ -1066,6 +1102,49 @@ mod tests {
         assert_eq!(r.applied().unwrap(), 20);
         assert_eq!(r.get(b"k7").unwrap().unwrap().value, Bytes::from("old"));
         assert_eq!(r.digest().unwrap(), at_20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_dropped_unfinished_stops_and_lets_go_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        {
+            let log = open(dir.path());
+            let mut sm = KvStateMachine::new(log.db().clone(), 100)
+                .unwrap()
+                .with_snapshot_dir(&snapshots)
+                .unwrap();
+            sm.apply(&[entry(1, put("a", "1", Precondition::None, None))])
+                .await
+                .unwrap();
+            // A store large enough that writing its snapshot takes a while.
+            let kv = log.db().cf_handle(KV_CF).unwrap();
+            for chunk in 0..40u32 {
+                let mut batch = WriteBatch::default();
+                for i in 0..5_000u32 {
+                    batch.put_cf(kv, format!("bulk-{chunk:03}-{i:05}"), [7u8; 64]);
+                }
+                log.db().write(batch).unwrap();
+            }
+            let build = sm.begin_snapshot(&meta(1)).await.unwrap();
+            // The node stops: the build is dropped before it finished.
+            drop(build);
+            drop(sm);
+            drop(log);
+        }
+        // Nothing holds the database any more: it opens again at once.
+        let log = open(dir.path());
+        let sm = KvStateMachine::new(log.db().clone(), 100)
+            .unwrap()
+            .with_snapshot_dir(&snapshots)
+            .unwrap();
+        assert_eq!(
+            sm.reader().snapshot_meta().unwrap(),
+            None,
+            "no snapshot recorded"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&snapshots).unwrap().collect();
+        assert!(leftovers.is_empty(), "no partial file left: {leftovers:?}");
     }
 
     #[tokio::test]

@@ -246,8 +246,11 @@ pub(crate) async fn apply_task<S: StateMachine>(
     let mut building: Option<tokio::task::JoinHandle<()>> = None;
     apply_jobs(&mut sm, &mut jobs, &applied, &fatal, &events, &mut building).await;
     if let Some(build) = building {
-        // Shutting down or failed: the build's result has no taker.
+        // Stopping or failed: the build's result has no taker. Dropping it
+        // tells the state machine to stop; waiting for the task means the
+        // node reports itself stopped only once the build let go.
         build.abort();
+        let _ = build.await;
     }
 }
 
