@@ -28,6 +28,8 @@ const TAG_END: u8 = 0xFF;
 /// Keys and values larger than this are refused when reading a file
 /// (the node's own limits are far below).
 const FIELD_MAX: u32 = 64 * 1024 * 1024;
+/// Bytes of a snapshot file written between two syncs while writing it.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 /// Bytes of records per write batch while installing.
 const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -126,6 +128,7 @@ pub fn write(
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut written = 0u64;
     out.write_all(MAGIC).map_err(io_err(&tmp))?;
     let mut records = 0u64;
     for (tag, cf) in [(TAG_KV, &kv), (TAG_META, &meta)] {
@@ -152,6 +155,15 @@ pub fn write(
             out.write_all(&v).map_err(io_err(&tmp))?;
             out.write_all(&crc.to_be_bytes()).map_err(io_err(&tmp))?;
             records += 1;
+            written += 21 + k.len() as u64 + v.len() as u64;
+            if written >= SYNC_EVERY_BYTES {
+                // Write back as we go: one sync of a whole large file at
+                // the end would queue the log's own fsyncs behind it for
+                // seconds (and the leader's heartbeats behind those).
+                written = 0;
+                out.flush().map_err(io_err(&tmp))?;
+                out.get_ref().sync_data().map_err(io_err(&tmp))?;
+            }
         }
     }
     let mut trailer = vec![TAG_END];
