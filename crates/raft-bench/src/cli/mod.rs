@@ -98,6 +98,9 @@ struct SnapshotArgs {
     /// Longest wait for every member's snapshot, seconds.
     #[arg(long, default_value_t = 600)]
     snapshot_timeout_s: u64,
+    /// Only the leader takes a snapshot (else every member at once).
+    #[arg(long)]
+    leader_only: bool,
 }
 
 /// Settings every command shares.
@@ -298,6 +301,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 clients: a.clients as usize,
                 baseline: Duration::from_secs(a.baseline_s),
                 snapshot_timeout: Duration::from_secs(a.snapshot_timeout_s),
+                leader_only: a.leader_only,
                 seed: a.common.seed,
             };
             let r = snapshot::run(&c, &b).await;

@@ -6,9 +6,9 @@
 //!    store with `--store-mib` of data (`--value-bytes` per key, every key
 //!    written once).
 //! 2. Runs `--clients` closed-loop writers on random keys of that store,
-//!    and after `--baseline-s` asks every member to take a snapshot
-//!    (`POST /v1/cluster/snapshot`), then waits until each has one at or
-//!    above the index it was asked at.
+//!    and after `--baseline-s` asks every member (or with `--leader-only`
+//!    the leader) to take a snapshot (`POST /v1/cluster/snapshot`), then
+//!    waits until each has one above the one it had.
 //! 3. Reports latency percentiles of the writes that completed in the
 //!    baseline window and of those that completed while the snapshots
 //!    were being built, how long each member's build took, and each
@@ -48,6 +48,8 @@ pub struct SnapshotBench {
     pub baseline: Duration,
     /// Longest wait for the snapshots.
     pub snapshot_timeout: Duration,
+    /// Only the leader snapshots (else every member at once).
+    pub leader_only: bool,
     /// Seeds the writers' key choices and values.
     pub seed: u64,
 }
@@ -330,10 +332,21 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
     let warmup = Duration::from_secs(1);
     tokio::time::sleep(warmup + b.baseline).await;
     let asked_us = t0.elapsed().as_micros() as u64;
-    eprintln!("asking every member for a snapshot");
+    eprintln!(
+        "asking {} for a snapshot",
+        if b.leader_only {
+            "the leader"
+        } else {
+            "every member"
+        }
+    );
     let asked_at = Instant::now();
     let mut asks = Vec::new();
     for (i, url) in urls.iter().enumerate() {
+        if b.leader_only && i != leader {
+            asks.push(tokio::spawn(async { Some((None, 0.0)) }));
+            continue;
+        }
         let http = http.clone();
         let url = url.clone();
         let floor = before[i].snapshot.unwrap_or(0);
