@@ -28,7 +28,7 @@ use raft_chaos::client::ClientConfig;
 use raft_chaos::cluster::NodeSettings;
 use raft_chaos::nemesis::NemesisConfig;
 use raft_chaos::netns;
-use raft_chaos::run::{replay_command, run_seed, RunConfig};
+use raft_chaos::run::{replay_command, run_seed, RunConfig, RunSummary};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     raft_core::testing::env_or(name, default)
@@ -104,6 +104,30 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs one seed; panics with its replay command unless it passes.
+fn run_passing(cfg: &RunConfig) -> RunSummary {
+    let seed = cfg.seed;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let s = runtime.block_on(run_seed(cfg)).unwrap_or_else(|e| {
+        panic!(
+            "seed {seed}: harness error: {e}\n  replay: {}",
+            replay_command(cfg)
+        )
+    });
+    eprintln!("{}", s.render());
+    assert!(
+        s.passed(),
+        "seed {seed}: {}\n  replay: {}",
+        s.render(),
+        replay_command(cfg)
+    );
+    s
 }
 
 #[test]
@@ -196,24 +220,7 @@ fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
         node: NodeSettings::default(),
         keep: false,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let s = runtime.block_on(run_seed(&cfg)).unwrap_or_else(|e| {
-        panic!(
-            "seed {seed}: harness error: {e}\n  replay: {}",
-            replay_command(&cfg)
-        )
-    });
-    eprintln!("{}", s.render());
-    assert!(
-        s.passed(),
-        "seed {seed}: {}\n  replay: {}",
-        s.render(),
-        replay_command(&cfg)
-    );
+    let s = run_passing(&cfg);
     assert!(
         s.faults.get("delay").copied().unwrap_or(0) > 0,
         "{}",
@@ -269,24 +276,7 @@ fn a_run_whose_writes_outlive_a_small_idempotency_window_keeps_replicas_equal() 
         },
         keep: false,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let s = runtime.block_on(run_seed(&cfg)).unwrap_or_else(|e| {
-        panic!(
-            "seed {seed}: harness error: {e}\n  replay: {}",
-            replay_command(&cfg)
-        )
-    });
-    eprintln!("{}", s.render());
-    assert!(
-        s.passed(),
-        "seed {seed}: {}\n  replay: {}",
-        s.render(),
-        replay_command(&cfg)
-    );
+    let s = run_passing(&cfg);
     // Both ways were taken: repeats recognised inside the window, and
     // repeats applied again past it (the digests, which cover the
     // idempotency records, agreed all the same).

@@ -692,15 +692,23 @@ impl raft_core::StateMachine for SlowKv {
 
 /// Three nodes over [`SlowKv`] state machines, open gates, with `config`
 /// applied to each node's engine settings.
-async fn slow_cluster(
-    build_time: Duration,
-    config: impl Fn(&mut Config),
-) -> (
+async fn slow_cluster(build_time: Duration, config: impl Fn(&mut Config)) -> SlowCluster {
+    slow_cluster_with(build_time, config, DriverConfig::default()).await
+}
+
+type SlowCluster = (
     MemNetwork,
     Vec<Handle>,
     Vec<MemKvReader>,
     Vec<tokio::sync::watch::Sender<bool>>,
-) {
+);
+
+/// [`slow_cluster`] with `driver` settings for every node.
+async fn slow_cluster_with(
+    build_time: Duration,
+    config: impl Fn(&mut Config),
+    driver: DriverConfig,
+) -> SlowCluster {
     let net = MemNetwork::new();
     let (mut handles, mut readers, mut gates) = (Vec::new(), Vec::new(), Vec::new());
     for id in 1..=3 {
@@ -711,7 +719,7 @@ async fn slow_cluster(
         config(&mut cfg);
         let handle = Raft::start(
             cfg,
-            DriverConfig::default(),
+            driver.clone(),
             Membership::new(vec![1, 2, 3]),
             Arc::new(MemLog::new()),
             SlowKv {
@@ -966,31 +974,11 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
 /// answered NotLeader (so they are forwarded), not Overloaded.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_followers_apply_backlog_is_bounded() {
-    let net = MemNetwork::new();
-    let (mut handles, mut gates) = (Vec::new(), Vec::new());
-    for id in 1..=3 {
-        let (gate, rx) = tokio::sync::watch::channel(true);
-        let h: Handle = Raft::start(
-            Config::new(id),
-            DriverConfig {
-                max_unapplied_entries: 10,
-                ..DriverConfig::default()
-            },
-            Membership::new(vec![1, 2, 3]),
-            Arc::new(MemLog::new()),
-            SlowKv {
-                inner: MemKv::new(),
-                gate: rx,
-                build_time: Duration::ZERO,
-            },
-            net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        net.register(&h);
-        handles.push(h);
-        gates.push(gate);
-    }
+    let driver = DriverConfig {
+        max_unapplied_entries: 10,
+        ..DriverConfig::default()
+    };
+    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
     let (leader, _) = leader_of(&handles).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let h = &handles[(leader - 1) as usize];
@@ -1034,31 +1022,11 @@ async fn a_stuck_followers_apply_backlog_is_bounded() {
 /// not leave the cluster refusing every write.
 #[tokio::test(start_paused = true)]
 async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
-    let net = MemNetwork::new();
-    let (mut handles, mut gates) = (Vec::new(), Vec::new());
-    for id in 1..=3 {
-        let (gate, rx) = tokio::sync::watch::channel(true);
-        let h: Handle = Raft::start(
-            Config::new(id),
-            DriverConfig {
-                max_unapplied_entries: 10,
-                ..DriverConfig::default()
-            },
-            Membership::new(vec![1, 2, 3]),
-            Arc::new(MemLog::new()),
-            SlowKv {
-                inner: MemKv::new(),
-                gate: rx,
-                build_time: Duration::ZERO,
-            },
-            net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        net.register(&h);
-        handles.push(h);
-        gates.push(gate);
-    }
+    let driver = DriverConfig {
+        max_unapplied_entries: 10,
+        ..DriverConfig::default()
+    };
+    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
     let (leader, _) = leader_of(&handles).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let h = &handles[(leader - 1) as usize];

@@ -892,6 +892,16 @@ mod tests {
         .unwrap()
     }
 
+    /// A store in `dir` and its state machine, with snapshots enabled.
+    fn snapshotting(dir: &std::path::Path, window: u64) -> (RocksLog, KvStateMachine) {
+        let log = open(dir);
+        let sm = KvStateMachine::new(log.db().clone(), window)
+            .unwrap()
+            .with_snapshot_dir(dir.join("snapshots"))
+            .unwrap();
+        (log, sm)
+    }
+
     fn entry(index: u64, cmd: Command) -> Entry {
         Entry {
             term: 1,
@@ -1065,11 +1075,7 @@ mod tests {
     #[tokio::test]
     async fn applies_go_on_while_a_snapshot_is_written_and_it_holds_its_own_point() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        let mut sm = KvStateMachine::new(log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(dir.path().join("snapshots"))
-            .unwrap();
+        let (_log, mut sm) = snapshotting(dir.path(), 100);
         for i in 1..=20 {
             let cmd = put(
                 &format!("k{i}"),
@@ -1092,11 +1098,7 @@ mod tests {
 
         // Installed elsewhere, it is the state at 20, none of 21..=40.
         let b_dir = tempfile::tempdir().unwrap();
-        let b_log = open(b_dir.path());
-        let mut b = KvStateMachine::new(b_log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(b_dir.path().join("snapshots"))
-            .unwrap();
+        let (_b_log, mut b) = snapshotting(b_dir.path(), 100);
         b.install_snapshot(&meta(20), data).await.unwrap();
         let r = b.reader();
         assert_eq!(r.applied().unwrap(), 20);
@@ -1150,11 +1152,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_installs_on_another_store_and_a_corrupted_one_is_refused() {
         let a_dir = tempfile::tempdir().unwrap();
-        let a_log = open(a_dir.path());
-        let mut a = KvStateMachine::new(a_log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(a_dir.path().join("snapshots"))
-            .unwrap();
+        let (_a_log, mut a) = snapshotting(a_dir.path(), 100);
         for i in 1..=20 {
             a.apply(&[entry(
                 i,
@@ -1174,11 +1172,7 @@ mod tests {
 
         // A store with other data takes the snapshot over completely.
         let b_dir = tempfile::tempdir().unwrap();
-        let b_log = open(b_dir.path());
-        let mut b = KvStateMachine::new(b_log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(b_dir.path().join("snapshots"))
-            .unwrap();
+        let (_b_log, mut b) = snapshotting(b_dir.path(), 100);
         b.apply(&[entry(1, put("stale", "x", Precondition::None, None))])
             .await
             .unwrap();
@@ -1203,11 +1197,7 @@ mod tests {
 
         // A flipped byte is refused before anything is touched.
         let c_dir = tempfile::tempdir().unwrap();
-        let c_log = open(c_dir.path());
-        let mut c = KvStateMachine::new(c_log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(c_dir.path().join("snapshots"))
-            .unwrap();
+        let (_c_log, mut c) = snapshotting(c_dir.path(), 100);
         c.apply(&[entry(1, put("mine", "x", Precondition::None, None))])
             .await
             .unwrap();
@@ -1371,21 +1361,13 @@ mod tests {
         // then applies the rest in random batches.
         let k = rng.gen_range(1..=len);
         let d_dir = tempfile::tempdir().unwrap();
-        let d_log = open(d_dir.path());
-        let mut d = KvStateMachine::new(d_log.db().clone(), window)
-            .unwrap()
-            .with_snapshot_dir(d_dir.path().join("snapshots"))
-            .unwrap();
+        let (_d_log, mut d) = snapshotting(d_dir.path(), window);
         for (from, to) in random_batches(&mut rng, 1, k) {
             d.apply(slice(&log, from, to)).await.unwrap();
         }
         let data = d.build_snapshot(&meta(k)).await.unwrap();
         let c_dir = tempfile::tempdir().unwrap();
-        let c_log = open(c_dir.path());
-        let mut c = KvStateMachine::new(c_log.db().clone(), window)
-            .unwrap()
-            .with_snapshot_dir(c_dir.path().join("snapshots"))
-            .unwrap();
+        let (_c_log, mut c) = snapshotting(c_dir.path(), window);
         c.install_snapshot(&meta(k), data).await.unwrap();
         assert_eq!(
             c.reader().digest().unwrap(),
