@@ -3,7 +3,7 @@
 //! every operation (invocation and completion times from one monotonic
 //! clock, arguments, outcome) into a linearizability [`History`].
 //!
-//! How HTTP results map to outcomes (the API contract in ARCHITECTURE.md):
+//! How HTTP results map to outcomes (the API contract in docs/architecture.md):
 //!
 //! | result | outcome |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! Guards of the crate's architecture (ARCHITECTURE.md, STYLE.md habit 1):
+//! Guards of the crate's architecture (docs/architecture.md, "Crates and layers"):
 //! the engine module stays sans-IO, and raft-core depends on no storage or
 //! network backend. These read the sources, so a change that breaks the
 //! rule fails here with the offending file and line.

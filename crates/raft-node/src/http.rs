@@ -1,4 +1,4 @@
-//! The HTTP API (the contract is in ARCHITECTURE.md): key-value reads and
+//! The HTTP API (the contract is in docs/architecture.md): key-value reads and
 //! writes with preconditions, listing, cluster status, leadership transfer,
 //! metrics and health. Any node serves any request: a follower forwards
 //! what needs the leader, once (a forwarded request is never forwarded again).

@@ -6,7 +6,7 @@
 //!   column families beside the Raft log in one database; the applied index,
 //!   the data and the idempotency table are written in one batch;
 //!   [`snapshot`]: its snapshot files.
-//! - [`http`]: the HTTP API of ARCHITECTURE.md, with leader forwarding and
+//! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node; [`client_tls`]: optional
 //!   HTTPS on the API.
