@@ -74,6 +74,92 @@ enum Cmd {
     /// Write latency before and while every member takes a snapshot of a
     /// large store, and whether it costs an election (raft-node only).
     Snapshot(SnapshotArgs),
+    /// Committed proposals per second and latency of the whole in-memory
+    /// stack in this process: three `Raft<MemLog, MemKv, MemNetwork>`
+    /// nodes on a tokio runtime, closed-loop clients proposing on the
+    /// leader (no processes, no disk, no network).
+    Driver(DriverArgs),
+}
+
+#[derive(Debug, Args)]
+struct DriverArgs {
+    /// Concurrent clients, one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,256,1024")]
+    clients: Vec<usize>,
+    /// Seconds measured per client count (after one second of warm-up).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration_s: u64,
+    /// Bytes per proposal (the state machine answers each; 0 is an empty
+    /// command).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    payload_bytes: u64,
+    /// Worker threads of the tokio runtime the nodes and clients share.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: u64,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `raft-bench driver`: runs on a runtime of its own (`--workers`
+/// threads), in a thread of its own, one fresh cluster per client count.
+fn driver_bench(a: DriverArgs) -> anyhow::Result<()> {
+    if let Some(c) = a.clients.iter().find(|&&c| c == 0 || c > CLIENTS_MAX) {
+        anyhow::bail!("--clients values must be between 1 and {CLIENTS_MAX}, got {c}");
+    }
+    let thread = std::thread::spawn(move || -> anyhow::Result<Vec<serde_json::Value>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.workers as usize)
+            .enable_all()
+            .build()?;
+        let payload = bytes::Bytes::from(vec![7u8; a.payload_bytes as usize]);
+        let mut rows = Vec::new();
+        for &clients in &a.clients {
+            let r = rt.block_on(async {
+                let c = crate::driver_cluster::DriverCluster::start().await;
+                let _ = c
+                    .run_for(clients, Duration::from_secs(1), payload.clone())
+                    .await;
+                let r = c
+                    .run_for(clients, Duration::from_secs(a.duration_s), payload.clone())
+                    .await;
+                c.shutdown().await;
+                r
+            });
+            let us = |q: f64| r.latency_ns.value_at_quantile(q) as f64 / 1e3;
+            eprintln!(
+                "{clients:>5} clients: {:>10.0} committed/s, p50 {:>8.1} µs, p99 {:>8.1} µs ({} failed)",
+                r.per_second(),
+                us(0.5),
+                us(0.99),
+                r.failed
+            );
+            rows.push(serde_json::json!({
+                "clients": clients,
+                "committed_per_s": r.per_second(),
+                "p50_us": us(0.5),
+                "p99_us": us(0.99),
+                "failed": r.failed,
+                "seconds": r.elapsed.as_secs_f64(),
+            }));
+        }
+        Ok(rows)
+    });
+    let rows = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))??;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": Machine::read(),
+                "workers": a.workers,
+                "payload_bytes": a.payload_bytes,
+                "results": rows,
+            }))?
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +372,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             }
             finish(&r, &a.common)
         }
+        Cmd::Driver(a) => tokio::task::spawn_blocking(move || driver_bench(a)).await?,
         Cmd::Snapshot(a) => {
             let mut common = a.common.clone();
             // Snapshots only when asked, so the baseline has none.
