@@ -1,6 +1,6 @@
 //! `raft-bench`: replication throughput and election latency of real
 //! raft-node clusters, side by side with etcd. See `raft-bench --help` and
-//! the README's Performance section.
+//! raft-bench's README.
 
 use clap::Parser;
 

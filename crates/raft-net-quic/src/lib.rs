@@ -21,7 +21,7 @@
 //! - **Liveness.** QUIC keep-alives and an idle timeout at the election
 //!   timeout; reconnects with exponential backoff and jitter.
 //! - **Metrics** through the `metrics` facade, per peer: messages and bytes
-//!   sent and received, drops, connects, RTT (see the workspace README).
+//!   sent and received, drops, connects, RTT (see the crate README).
 //!
 //! # Certificates
 //!

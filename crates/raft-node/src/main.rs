@@ -11,8 +11,8 @@ use raft_node::config::{LogFormat, RunArgs};
 use raft_node::{ctl, dev};
 
 /// mimalloc instead of the system allocator: allocation is a tenth of a
-/// node's CPU under load with glibc's malloc (see the README's Performance
-/// section for the measurement).
+/// node's CPU under load with glibc's malloc (raft-bench's README has the
+/// measurement).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
