@@ -656,12 +656,26 @@ async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
 }
 
 /// A [`MemKv`] whose applies wait while its gate is closed (`false`), and
-/// whose snapshot build (on the apply task, the trait's default) takes
-/// `build_time`.
+/// whose snapshot build takes `build_time`: on the apply task (the trait's
+/// default way) or, with `background`, after the view is taken, beside the
+/// applies.
 struct SlowKv {
     inner: MemKv,
     gate: tokio::sync::watch::Receiver<bool>,
     build_time: Duration,
+    background: bool,
+}
+
+impl SlowKv {
+    /// Gate open, builds in place taking `build_time`.
+    fn new(inner: MemKv, gate: tokio::sync::watch::Receiver<bool>, build_time: Duration) -> Self {
+        Self {
+            inner,
+            gate,
+            build_time,
+            background: false,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -687,6 +701,37 @@ impl raft_core::StateMachine for SlowKv {
     ) -> Result<raft_core::SnapshotData, raft_core::StateMachineError> {
         tokio::time::sleep(self.build_time).await;
         raft_core::StateMachine::build_snapshot(&mut self.inner, meta).await
+    }
+    async fn begin_snapshot(
+        &mut self,
+        meta: &raft_core::SnapshotMeta,
+    ) -> Result<raft_core::SnapshotBuild, raft_core::StateMachineError> {
+        if !self.background {
+            // The trait's default: the whole build on the apply task.
+            let built = raft_core::StateMachine::build_snapshot(self, meta).await;
+            return Ok(Box::pin(std::future::ready(built)));
+        }
+        let build = raft_core::StateMachine::begin_snapshot(&mut self.inner, meta).await?;
+        let t = self.build_time;
+        Ok(Box::pin(async move {
+            tokio::time::sleep(t).await;
+            build.await
+        }))
+    }
+    async fn latest_snapshot(
+        &mut self,
+    ) -> Result<
+        Option<(raft_core::SnapshotMeta, raft_core::SnapshotData)>,
+        raft_core::StateMachineError,
+    > {
+        raft_core::StateMachine::latest_snapshot(&mut self.inner).await
+    }
+    async fn install_snapshot(
+        &mut self,
+        m: &raft_core::SnapshotMeta,
+        d: raft_core::SnapshotData,
+    ) -> Result<(), raft_core::StateMachineError> {
+        raft_core::StateMachine::install_snapshot(&mut self.inner, m, d).await
     }
 }
 
@@ -722,11 +767,7 @@ async fn slow_cluster_with(
             driver.clone(),
             Membership::new(vec![1, 2, 3]),
             Arc::new(MemLog::new()),
-            SlowKv {
-                inner,
-                gate: rx,
-                build_time,
-            },
+            SlowKv::new(inner, rx, build_time),
             net.transport(id),
         )
         .await
@@ -927,11 +968,7 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
         },
         Membership::new(vec![1]),
         Arc::new(MemLog::new()),
-        SlowKv {
-            inner: MemKv::new(),
-            gate: rx,
-            build_time: Duration::ZERO,
-        },
+        SlowKv::new(MemKv::new(), rx, Duration::ZERO),
         MemNetwork::new().transport(1),
     )
     .await
@@ -1056,59 +1093,6 @@ async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
     );
 }
 
-/// A [`MemKv`] whose background build takes `build_time` after the view
-/// is taken.
-struct BgSlowKv {
-    inner: MemKv,
-    build_time: Duration,
-}
-
-#[async_trait::async_trait]
-impl raft_core::StateMachine for BgSlowKv {
-    type Response = KvResponse;
-    async fn applied_index(&mut self) -> Result<u64, raft_core::StateMachineError> {
-        raft_core::StateMachine::applied_index(&mut self.inner).await
-    }
-    async fn apply(
-        &mut self,
-        e: &[raft_core::Entry],
-    ) -> Result<Vec<KvResponse>, raft_core::StateMachineError> {
-        raft_core::StateMachine::apply(&mut self.inner, e).await
-    }
-    async fn build_snapshot(
-        &mut self,
-        m: &raft_core::SnapshotMeta,
-    ) -> Result<raft_core::SnapshotData, raft_core::StateMachineError> {
-        raft_core::StateMachine::build_snapshot(&mut self.inner, m).await
-    }
-    async fn begin_snapshot(
-        &mut self,
-        m: &raft_core::SnapshotMeta,
-    ) -> Result<raft_core::SnapshotBuild, raft_core::StateMachineError> {
-        let b = raft_core::StateMachine::begin_snapshot(&mut self.inner, m).await?;
-        let t = self.build_time;
-        Ok(Box::pin(async move {
-            tokio::time::sleep(t).await;
-            b.await
-        }))
-    }
-    async fn latest_snapshot(
-        &mut self,
-    ) -> Result<
-        Option<(raft_core::SnapshotMeta, raft_core::SnapshotData)>,
-        raft_core::StateMachineError,
-    > {
-        raft_core::StateMachine::latest_snapshot(&mut self.inner).await
-    }
-    async fn install_snapshot(
-        &mut self,
-        m: &raft_core::SnapshotMeta,
-        d: raft_core::SnapshotData,
-    ) -> Result<(), raft_core::StateMachineError> {
-        raft_core::StateMachine::install_snapshot(&mut self.inner, m, d).await
-    }
-}
-
 /// An install that arrives while a background build runs waits for it;
 /// the member ends equal to the leader.
 #[tokio::test(start_paused = true)]
@@ -1126,9 +1110,13 @@ async fn an_install_that_arrives_during_a_background_build() {
             DriverConfig::default(),
             Membership::new(vec![1, 2, 3]),
             Arc::new(MemLog::new()),
-            BgSlowKv {
-                inner,
-                build_time: Duration::from_secs(if id == 3 { 60 } else { 0 }),
+            SlowKv {
+                background: true,
+                ..SlowKv::new(
+                    inner,
+                    tokio::sync::watch::channel(true).1,
+                    Duration::from_secs(if id == 3 { 60 } else { 0 }),
+                )
             },
             net.transport(id),
         )
