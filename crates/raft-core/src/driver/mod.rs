@@ -351,6 +351,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             persist_tx,
             apply_tx,
             apply_backlog: VecDeque::new(),
+            backlog_reported: 0,
             applied: applied_rx,
             last_soft: None,
             transport,
@@ -399,6 +400,8 @@ struct Driver<R, T> {
     apply_tx: mpsc::Sender<ApplyJob<R>>,
     /// Apply work that did not fit in the apply queue, in order.
     apply_backlog: VecDeque<ApplyJob<R>>,
+    /// The backlog length last set on `raft_apply_backlog_jobs`.
+    backlog_reported: usize,
     applied: watch::Receiver<Index>,
     last_soft: Option<SoftState>,
     transport: Arc<T>,
@@ -912,7 +915,11 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 Err(mpsc::error::TrySendError::Closed(_)) => return false,
             }
         }
-        metrics::gauge!("raft_apply_backlog_jobs").set(self.apply_backlog.len() as f64);
+        // Set only on change: this runs for every apply batch.
+        if self.apply_backlog.len() != self.backlog_reported {
+            self.backlog_reported = self.apply_backlog.len();
+            metrics::gauge!("raft_apply_backlog_jobs").set(self.backlog_reported as f64);
+        }
         true
     }
 
