@@ -110,14 +110,51 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
 
-    /// Requests served at once by the HTTP API; more wait in line.
-    /// [default: 1024]
+    /// API requests (`/v1/...`) served at once; one more is answered 503
+    /// with `Retry-After` at once instead of waiting in line. Health,
+    /// readiness and metrics are outside this limit. [default: 1024]
     #[arg(long, env = "RAFT_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
 
     /// Largest `limit` of a range listing. [default: 1000]
     #[arg(long, env = "RAFT_MAX_LIST_LIMIT")]
     pub max_list_limit: Option<usize>,
+
+    /// Largest range-listing answer, in bytes of JSON: a listing stops after
+    /// the item that reaches it and gives a `next` cursor. [default: 8388608]
+    #[arg(long, env = "RAFT_MAX_LIST_BYTES")]
+    pub max_list_bytes: Option<usize>,
+
+    /// Client connections open at once (HTTP or HTTPS). At the cap a new
+    /// connection replaces the one idle the longest; when every connection
+    /// is serving a request it gets 503. [default: 4096]
+    #[arg(long, env = "RAFT_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+
+    /// Time a client has to finish a request head once its first byte
+    /// arrived. [default: 10000]
+    #[arg(long, env = "RAFT_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+
+    /// Time a connection may stay open with no request running and nothing
+    /// received (new, or between keep-alive requests). [default: 60000]
+    #[arg(long, env = "RAFT_HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+
+    /// Time a client has to send a request's whole body; past it the answer
+    /// is 408. [default: 30000]
+    #[arg(long, env = "RAFT_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+
+    /// Longest an API request may run once its body is read; past it the
+    /// answer is 503, or 504 for a write whose outcome is unknown.
+    /// [default: 30000]
+    #[arg(long, env = "RAFT_HTTP_REQUEST_DEADLINE_MS")]
+    pub http_request_deadline_ms: Option<u64>,
+
+    /// Time an HTTPS client has to finish its TLS handshake. [default: 5000]
+    #[arg(long, env = "RAFT_HTTP_TLS_HANDSHAKE_TIMEOUT_MS")]
+    pub http_tls_handshake_timeout_ms: Option<u64>,
 
     /// Log entries an `Idempotency-Key` is remembered for. Must be equal on
     /// every node. [default: 100000]
@@ -258,6 +295,20 @@ pub struct NodeConfig {
     pub max_concurrent_requests: usize,
     /// Range listing limit.
     pub max_list_limit: usize,
+    /// Largest range-listing answer in bytes.
+    pub max_list_bytes: usize,
+    /// Client connections open at once.
+    pub http_max_connections: usize,
+    /// From a request head's first byte to its end.
+    pub http_header_timeout: Duration,
+    /// Idle connections close after this.
+    pub http_idle_timeout: Duration,
+    /// Time to send a request body.
+    pub http_body_timeout: Duration,
+    /// Longest an API request runs once its body is read.
+    pub http_request_deadline: Duration,
+    /// Time for an HTTPS client's TLS handshake.
+    pub http_tls_handshake_timeout: Duration,
     /// Idempotency window in log entries.
     pub idempotency_window: u64,
     /// Snapshot after this many applied entries (0: never).
@@ -343,6 +394,13 @@ impl RunArgs {
             max_value_bytes,
             max_concurrent_requests,
             max_list_limit,
+            max_list_bytes,
+            http_max_connections,
+            http_header_timeout_ms,
+            http_idle_timeout_ms,
+            http_body_timeout_ms,
+            http_request_deadline_ms,
+            http_tls_handshake_timeout_ms,
             idempotency_window,
             snapshot_entries,
             snapshot_mib,
@@ -446,6 +504,13 @@ impl RunArgs {
             max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
             max_list_limit: self.max_list_limit.unwrap_or(1000),
+            max_list_bytes: self.max_list_bytes.unwrap_or(8 << 20),
+            http_max_connections: self.http_max_connections.unwrap_or(4096),
+            http_header_timeout: ms(self.http_header_timeout_ms, 10_000),
+            http_idle_timeout: ms(self.http_idle_timeout_ms, 60_000),
+            http_body_timeout: ms(self.http_body_timeout_ms, 30_000),
+            http_request_deadline: ms(self.http_request_deadline_ms, 30_000),
+            http_tls_handshake_timeout: ms(self.http_tls_handshake_timeout_ms, 5_000),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
             snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
@@ -514,6 +579,35 @@ impl RunArgs {
                 "--failure-exit-delay-ms must be at most 600000".into(),
             ));
         }
+        for (name, value) in [
+            ("--http-header-timeout-ms", cfg.http_header_timeout),
+            ("--http-idle-timeout-ms", cfg.http_idle_timeout),
+            ("--http-body-timeout-ms", cfg.http_body_timeout),
+            ("--http-request-deadline-ms", cfg.http_request_deadline),
+            (
+                "--http-tls-handshake-timeout-ms",
+                cfg.http_tls_handshake_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+                return Err(ConfigError(format!(
+                    "{name} must be between 100 and 3600000"
+                )));
+            }
+        }
+        if cfg.http_max_connections == 0 || cfg.http_max_connections > 1_000_000 {
+            return Err(ConfigError(
+                "--http-max-connections must be between 1 and 1000000".into(),
+            ));
+        }
+        if cfg.max_concurrent_requests == 0 {
+            return Err(ConfigError(
+                "--max-concurrent-requests must be at least 1".into(),
+            ));
+        }
+        if cfg.max_list_bytes < 1024 {
+            return Err(ConfigError("--max-list-bytes must be at least 1024".into()));
+        }
         if cfg.max_key_bytes.saturating_add(cfg.max_value_bytes) > ENTRY_BYTES_MAX {
             return Err(ConfigError(format!(
                 "--max-key-bytes plus --max-value-bytes must be at most {ENTRY_BYTES_MAX} bytes: \
@@ -545,6 +639,10 @@ impl RunArgs {
 }
 
 /// A size in MiB between 1 and 65536, as bytes.
+fn ms(v: Option<u64>, default_ms: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default_ms))
+}
+
 fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigError> {
     let mib = v.unwrap_or(default);
     if !(1..=65_536).contains(&mib) {

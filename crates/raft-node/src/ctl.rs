@@ -64,6 +64,12 @@ pub enum CtlOp {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Go on from a previous answer's `next`.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Keys and revisions only, no values.
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Shows the cluster status.
     Status,
@@ -156,10 +162,22 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
             }
             r.send().await
         }
-        CtlOp::List { prefix, limit } => {
+        CtlOp::List {
+            prefix,
+            limit,
+            cursor,
+            keys_only,
+        } => {
+            let mut query = vec![("prefix", prefix), ("limit", limit.to_string())];
+            if let Some(c) = cursor {
+                query.push(("cursor", c));
+            }
+            if keys_only {
+                query.push(("keys_only", "true".to_string()));
+            }
             client
                 .get(format!("{base}/v1/kv"))
-                .query(&[("prefix", prefix), ("limit", limit.to_string())])
+                .query(&query)
                 .send()
                 .await
         }

@@ -70,10 +70,21 @@ impl std::fmt::Debug for AppState {
 type Shared = Arc<AppState>;
 
 /// The API's routes, limits and request metrics.
+///
+/// `/v1/...` requests pass, outermost first: the request deadline
+/// (`--http-request-deadline-ms`), the token check, the body read (refused
+/// at once from `Content-Length` above `--max-value-bytes`, bounded by
+/// `--http-body-timeout-ms`), and the concurrency limit
+/// (`--max-concurrent-requests`, shedding with 503 beyond it), which a
+/// request holds only while its handler runs. `/healthz`, `/readyz` and
+/// `/metrics` are outside all of these, so a flooded node still answers its
+/// probes.
 pub fn router(state: Shared) -> Router {
     let body_limit = state.cfg.max_value_bytes;
-    let concurrency = state.cfg.max_concurrent_requests;
-    Router::new()
+    let shed = Arc::new(tokio::sync::Semaphore::new(
+        state.cfg.max_concurrent_requests,
+    ));
+    let api = Router::new()
         .route("/v1/kv", get(list))
         .route("/v1/kv/", get(list))
         .route(
@@ -89,9 +100,6 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(remove_member),
         )
         .route("/v1/cluster/snapshot", post(take_snapshot))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         // A problem body like every other error; axum keeps the `Allow`
         // header listing the route's methods.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
@@ -111,14 +119,146 @@ pub fn router(state: Shared) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(shed, shed_load))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
         .layer(axum::middleware::from_fn(record_metrics))
-        // One semaphore for the whole API (Router::layer wraps each route).
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency))
         .with_state(state)
+}
+
+/// A write: its outcome is unknown when it runs out of time.
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Bounds a request's run once its head arrived
+/// (`--http-request-deadline-ms`).
+async fn request_deadline(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let write = is_write(req.method());
+    let limit = state.cfg.http_request_deadline;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!("raft_node_http_deadline_exceeded_total").increment(1);
+            let detail = format!(
+                "the request ran past the deadline of {} ms",
+                limit.as_millis()
+            );
+            if write {
+                Problem::outcome_unknown(detail).into_response()
+            } else {
+                Problem::unavailable("request-deadline", "Request deadline exceeded", detail)
+                    .into_response()
+            }
+        }
+    }
+}
+
+fn value_too_large(limit: usize) -> Response {
+    let mut resp = Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "value-too-large",
+        "Value too large",
+        format!("the value exceeds the limit of {limit} bytes"),
+    )
+    .with("limit", limit)
+    .into_response();
+    // The body was not read: the connection cannot carry another request.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Reads the whole body before the handler runs and before the request
+/// takes a concurrency slot: a body announced above `--max-value-bytes`
+/// gets 413 from `Content-Length` alone, and a body that does not arrive
+/// within `--http-body-timeout-ms` gets 408.
+async fn read_body(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limit = state.cfg.max_value_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "too_large")
+            .increment(1);
+        return value_too_large(limit);
+    }
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if !chunked && declared.unwrap_or(0) == 0 {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(state.cfg.http_body_timeout, collect).await {
+        Ok(Ok(collected)) => {
+            let req = Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()));
+            next.run(req).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "too_large")
+                .increment(1);
+            value_too_large(limit)
+        }
+        Ok(Err(e)) => Problem::bad_request(format!("cannot read the body: {e}")).into_response(),
+        Err(_) => {
+            metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "timeout")
+                .increment(1);
+            let mut resp = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                format!(
+                    "the body did not arrive within {} ms",
+                    state.cfg.http_body_timeout.as_millis()
+                ),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
+/// Serves at most `--max-concurrent-requests` API requests at once and
+/// answers 503 with `Retry-After` beyond, instead of queueing without
+/// bound.
+async fn shed_load(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            metrics::counter!("raft_node_http_requests_shed_total").increment(1);
+            Problem::unavailable(
+                "overloaded",
+                "Overloaded",
+                "this node is serving as many requests as --max-concurrent-requests allows; \
+                 retry shortly",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -381,6 +521,13 @@ async fn forward(
                     out = out.header(name.as_str(), value.as_bytes());
                 }
             }
+            if !is_write {
+                // Reads are relayed as they arrive (a listing can be
+                // megabytes); an answer cut short ends the response early.
+                return out
+                    .body(axum::body::Body::from_stream(resp.bytes_stream()))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+            }
             match resp.bytes().await {
                 Ok(b) => out
                     .body(axum::body::Body::from(b))
@@ -557,6 +704,76 @@ struct ReadParams {
     consistency: Option<String>,
     prefix: Option<String>,
     limit: Option<usize>,
+    /// Where a listing goes on: the `next` of the previous page.
+    cursor: Option<String>,
+    /// A listing without values.
+    keys_only: Option<bool>,
+}
+
+/// One item of a listing, as JSON.
+#[derive(serde::Serialize)]
+struct ListItem<'a> {
+    key: String,
+    rev: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+}
+
+/// A listing page encoded as JSON chunks, built on a blocking thread.
+struct ListPage {
+    chunks: Vec<Bytes>,
+}
+
+/// Reads and encodes one page: at most `limit` items, stopping after the
+/// item that brings the answer to `max_bytes`.
+fn list_page(
+    reader: &KvReader,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    max_bytes: usize,
+    keys_only: bool,
+) -> Result<ListPage, crate::store::StoreError> {
+    use base64::Engine;
+    let mut chunks = vec![Bytes::from_static(b"{\"items\":[")];
+    let mut bytes = 0usize;
+    let mut count = 0usize;
+    let mut last: Option<Vec<u8>> = None;
+    let more = reader.scan(prefix, after, |k, v| {
+        let text = if keys_only {
+            None
+        } else {
+            std::str::from_utf8(&v.value).ok()
+        };
+        let item = ListItem {
+            key: show_key(k),
+            rev: v.rev,
+            value: text,
+            value_base64: (!keys_only && text.is_none())
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&v.value)),
+        };
+        let mut out = Vec::with_capacity(64 + if keys_only { 0 } else { v.value.len() + 2 });
+        if count > 0 {
+            out.push(b',');
+        }
+        // Serializing plain strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut out, &item);
+        bytes += out.len();
+        count += 1;
+        chunks.push(Bytes::from(out));
+        last = Some(k.to_vec());
+        count < limit && bytes < max_bytes
+    })?;
+    let mut tail = format!("],\"more\":{more}");
+    if let (true, Some(last)) = (more, last) {
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
+        tail.push_str(&format!(",\"next\":\"{cursor}\""));
+    }
+    tail.push('}');
+    chunks.push(Bytes::from(tail));
+    Ok(ListPage { chunks })
 }
 
 fn consistency(p: &ReadParams) -> Result<ReadConsistency, Problem> {
@@ -666,29 +883,52 @@ async fn list(
         )
         .into_response();
     }
+    let after = match params.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            use base64::Engine;
+            match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c) {
+                Ok(k) if k.len() <= state.cfg.max_key_bytes => Some(k),
+                _ => {
+                    return Problem::bad_request("cursor must be the `next` of a previous listing")
+                        .into_response()
+                }
+            }
+        }
+    };
     if let Err(resp) = ready_to_read(&state, c, &uri, &headers).await {
         return resp;
     }
-    match state.reader.list(prefix.as_bytes(), limit) {
-        Ok((items, more)) => {
-            let items: Vec<serde_json::Value> = items
-                .into_iter()
-                .map(|(k, v)| {
-                    let mut o = json!({ "key": show_key(&k), "rev": v.rev });
-                    match std::str::from_utf8(&v.value) {
-                        Ok(s) => o["value"] = json!(s),
-                        Err(_) => {
-                            use base64::Engine;
-                            o["value_base64"] =
-                                json!(base64::engine::general_purpose::STANDARD.encode(&v.value));
-                        }
-                    }
-                    o
-                })
-                .collect();
-            Json(json!({ "items": items, "more": more })).into_response()
+    let reader = state.reader.clone();
+    let max_bytes = state.cfg.max_list_bytes;
+    let keys_only = params.keys_only.unwrap_or(false);
+    let page = tokio::task::spawn_blocking(move || {
+        list_page(
+            &reader,
+            prefix.as_bytes(),
+            after.as_deref(),
+            limit,
+            max_bytes,
+            keys_only,
+        )
+    })
+    .await;
+    match page {
+        Ok(Ok(page)) => {
+            let stream = futures::stream::iter(
+                page.chunks
+                    .into_iter()
+                    .map(Ok::<_, std::convert::Infallible>),
+            );
+            let mut resp = axum::body::Body::from_stream(stream).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
         }
-        Err(e) => store_problem(&e).into_response(),
+        Ok(Err(e)) => store_problem(&e).into_response(),
+        Err(e) => Problem::storage(format!("the listing task failed: {e}")).into_response(),
     }
 }
 

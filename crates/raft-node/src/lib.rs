@@ -21,5 +21,6 @@ pub mod dev;
 pub mod http;
 pub mod node;
 pub mod problem;
+pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -135,6 +135,9 @@ fn check_idempotency_window(db: &rocksdb::DB, window: u64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How long a graceful stop lets running client requests finish.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Opens the store, joins the cluster and serves the API until
 /// [`RunningNode::shutdown`].
 ///
@@ -401,32 +404,22 @@ pub async fn start(
             .context("building the forwarding client")?,
         metrics,
     });
-    let (http_stop, mut stop_rx) = watch::channel(false);
+    let (http_stop, stop_rx) = watch::channel(false);
     let app = router(state);
-    let stopped = async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    };
-    let http = if cfg.client_tls {
-        let tls = crate::client_tls::server_config(&cfg).context("configuring HTTPS")?;
-        let listener = crate::client_tls::TlsListener::new(listener, tls)?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(error = %e, "HTTPS server failed");
-            }
-        })
+    let tls = if cfg.client_tls {
+        let config = crate::client_tls::server_config(&cfg).context("configuring HTTPS")?;
+        Some(tokio_rustls::TlsAcceptor::from(config))
     } else {
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
+        None
     };
+    let limits = crate::server::ConnectionLimits {
+        max_connections: cfg.http_max_connections,
+        header_timeout: cfg.http_header_timeout,
+        idle_timeout: cfg.http_idle_timeout,
+        tls_handshake_timeout: cfg.http_tls_handshake_timeout,
+        shutdown_grace: HTTP_SHUTDOWN_GRACE,
+    };
+    let http = tokio::spawn(crate::server::serve(listener, app, tls, limits, stop_rx));
     tracing::info!(id, %client_addr, %peer_addr, https = cfg.client_tls, "node started");
     if joining {
         if let Err(e) = join(&cfg, &transport, &member_map, &db).await {
@@ -555,15 +548,10 @@ impl RunningNode {
                 }
             }
         }
+        // The server lets running requests finish for HTTP_SHUTDOWN_GRACE,
+        // then drops them.
         let _ = self.http_stop.send(true);
-        let abort = self.http.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(10), self.http)
-            .await
-            .is_err()
-        {
-            tracing::warn!("HTTP requests still running after 10 s; dropping them");
-            abort.abort();
-        }
+        let _ = self.http.await;
         self.raft.shutdown().await;
         self.transport.shutdown().await;
         self.forwarder.abort();

@@ -269,6 +269,54 @@ impl KvReader {
         Ok((out, false))
     }
 
+    /// Visits the keys starting with `prefix` in key order, from the first
+    /// key after `after` (from the first key when `None`), until `visit`
+    /// returns `false`; answers whether more keys with the prefix follow
+    /// the last one visited. The whole scan sees one state: a scan that
+    /// overlaps a snapshot install fails with [`StoreError::Installing`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when RocksDB fails or a record is corrupted.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], Versioned) -> bool,
+    ) -> Result<bool, StoreError> {
+        self.consistent(|| {
+            let cf = self.cf(KV_CF)?;
+            let start = match after {
+                // The smallest key greater than `after`.
+                Some(a) if a >= prefix => {
+                    let mut s = a.to_vec();
+                    s.push(0);
+                    s
+                }
+                _ => prefix.to_vec(),
+            };
+            let snapshot = self.db.snapshot();
+            let mut opts = rocksdb::ReadOptions::default();
+            opts.set_snapshot(&snapshot);
+            let mut stopped = false;
+            for item in
+                self.db
+                    .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+            {
+                let (k, v) = item?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                if stopped {
+                    return Ok(true);
+                }
+                let rec = decode_record(&k, &v)?;
+                stopped = !visit(&k, rec);
+            }
+            Ok(false)
+        })
+    }
+
     /// The applied index stored with the data.
     ///
     /// # Errors

@@ -481,3 +481,513 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
     }
     eprintln!("fuzz_http: {} refused writes checked absent", absent.len());
 }
+
+// ---------------------------------------------------------------------
+// Resource exhaustion: slow headers, stalled bodies, connection floods and
+// huge listings. These run one at a time (they measure file descriptors
+// and memory of the nodes) and beside the random campaign above.
+
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Lets this test process open as many sockets as its hard limit allows.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    let _ = setrlimit(Resource::Nofile, l);
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+fn open_fds(p: &Proc) -> usize {
+    let pid = p.child.as_ref().expect("running").id();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn status_line(p: &Proc, field: &str) -> u64 {
+    let pid = p.child.as_ref().expect("running").id();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Opens `n` connections to `addr` that each send `bytes` and then
+/// nothing; they stay open until dropped.
+async fn stalled(addr: &str, n: usize, bytes: &[u8]) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => panic!("opening stalled connection {i} of {n}: {e}"),
+        };
+        if !bytes.is_empty() {
+            // A refused connection is closed by the node: that is fine.
+            let _ = s.write_all(bytes).await;
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// A plain request on a new connection; the status and how long it took.
+async fn timed_get(addr: &str, path: &str) -> (Option<u16>, Duration) {
+    let started = std::time::Instant::now();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let got = tokio::time::timeout(Duration::from_secs(10), send(addr, req.as_bytes(), false))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+        .map(|(s, _)| s);
+    (got, started.elapsed())
+}
+
+async fn wait_fds_below(p: &Proc, bound: usize, within: Duration) -> usize {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = open_fds(p);
+        if n <= bound || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// 5,000 connections that sent half a request line and 1,024 that
+/// announced a 1 MB body and sent none of it, all held open, against one
+/// node capped at 2,048 connections (so the cap is reached and idle
+/// connections are evicted to make room): meanwhile that node answers
+/// `/healthz` within 100 ms and a well-behaved `PUT` within 1 s, its open
+/// files stay under the cap, and once the header and body timeouts pass its
+/// open files fall back although the attacker keeps its sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
+    let _heavy = HEAVY.lock().await;
+    let fd_limit = raise_fd_limit();
+    assert!(
+        fd_limit >= 7_000,
+        "this test opens 6,024 sockets; the open-files limit is {fd_limit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "--http-header-timeout-ms=4000".to_string(),
+        "--http-idle-timeout-ms=4000".to_string(),
+        "--http-body-timeout-ms=6000".to_string(),
+        "--http-max-connections=2048".to_string(),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    leader(&client, &procs, None).await;
+    let target = &procs[0];
+    let addr = target.http.trim_start_matches("http://").to_owned();
+    let before = open_fds(target);
+
+    let bodies = stalled(
+        &addr,
+        1024,
+        b"PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n",
+    )
+    .await;
+    let halves = stalled(&addr, 5000, b"GET /v1/kv/a HTT").await;
+    let during = open_fds(target);
+
+    let (health, took) = timed_get(&addr, "/healthz").await;
+    assert_eq!(
+        health,
+        Some(200),
+        "/healthz under the flood (took {took:?})"
+    );
+    assert!(
+        took < Duration::from_millis(100),
+        "/healthz took {took:?} under the flood"
+    );
+    let started = std::time::Instant::now();
+    let put = client
+        .put(format!("{}/v1/kv/well-behaved", target.http))
+        .body("yes")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    let put_took = started.elapsed();
+    let put =
+        put.unwrap_or_else(|e| panic!("a PUT under the flood failed after {put_took:?}: {e}"));
+    assert_eq!(put.status(), 200, "{:?}", put.text().await);
+    assert!(
+        put_took < Duration::from_secs(1),
+        "a PUT under the flood took {put_took:?}"
+    );
+    assert!(
+        during <= before + 2048 + 64,
+        "the node held {during} files during the flood ({before} before); the cap is 2048 connections"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", target.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let evicted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("raft_node_http_connections_closed_total{reason=\"evicted\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        evicted > 0.0,
+        "no connection was evicted at the cap:\n{metrics}"
+    );
+
+    // The attacker keeps every socket; the node's timeouts close them.
+    let after = wait_fds_below(target, before + 32, Duration::from_secs(20)).await;
+    eprintln!(
+        "flood: /healthz {took:?}, PUT {put_took:?}; node files {before} before, {during} during, {after} after; {evicted} evicted"
+    );
+    assert!(
+        after <= before + 32,
+        "the node still holds {after} files 20 s after the flood ({before} before)"
+    );
+    // A stalled body got 408 before its connection closed.
+    let mut first = bodies.into_iter().next().unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body's answer: {answer:?}"
+    );
+    // A body announced above the limit is refused from its head alone.
+    let started = std::time::Instant::now();
+    let got = send(
+        &addr,
+        b"PUT /v1/kv/huge HTTP/1.1\r\nhost: x\r\ncontent-length: 67108864\r\n\r\n",
+        false,
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.map(|(s, _)| s), Some(413), "a 64 MiB body announced");
+    assert!(took < Duration::from_secs(1), "413 took {took:?}");
+    drop(halves);
+    assert_running_without_panic(&mut { procs }, "after the connection flood");
+}
+
+/// Over HTTPS: 1,000 connections that never send a ClientHello and 1,000
+/// that send half of one do not delay new HTTPS clients (the accept loop
+/// used to wait for a handshake slot), and the handshake timeout closes
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_handshakes_do_not_block_new_https_clients() {
+    let _heavy = HEAVY.lock().await;
+    let fd_limit = raise_fd_limit();
+    assert!(
+        fd_limit >= 3_000,
+        "this test opens 2,000 sockets; the open-files limit is {fd_limit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let extra = vec![
+        "--client-tls".to_string(),
+        "--http-tls-handshake-timeout-ms=3000".to_string(),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &names, "https");
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("certs/ca.pem")).unwrap())
+            .unwrap();
+    let https = || {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.clone())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    leader(&https(), &procs, None).await;
+    let target = &procs[0];
+    let addr = target.http.trim_start_matches("https://").to_owned();
+    let before = open_fds(target);
+    let silent = stalled(&addr, 1000, b"").await;
+    // The first bytes of a TLS record header and a ClientHello, no more.
+    let halves = stalled(&addr, 1000, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+
+    for (what, path) in [("/healthz", "/healthz"), ("a read", "/v1/kv/absent")] {
+        // A new client each time: a new connection and handshake.
+        let started = std::time::Instant::now();
+        let r = https().get(format!("{}{path}", target.http)).send().await;
+        let took = started.elapsed();
+        let r = r.unwrap_or_else(|e| panic!("{what} over HTTPS failed after {took:?}: {e}"));
+        assert!(
+            r.status() == 200 || r.status() == 404,
+            "{what}: {}",
+            r.status()
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{what} over HTTPS took {took:?} beside 2,000 stalled handshakes"
+        );
+    }
+    let after = wait_fds_below(target, before + 32, Duration::from_secs(15)).await;
+    assert!(
+        after <= before + 32,
+        "the node still holds {after} files after the handshake timeout ({before} before)"
+    );
+    drop((silent, halves));
+    assert_running_without_panic(&mut { procs }, "after the stalled handshakes");
+}
+
+/// Samples a process's resident memory every 20 ms until stopped; the
+/// peak, in bytes.
+fn sample_rss(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+            peak = peak.max(rss);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+/// The `next` cursor and the item count of a listing page, read without
+/// decoding its values.
+fn page_summary(body: &[u8]) -> (Option<String>, usize, Vec<String>) {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        key: String,
+        #[allow(dead_code)]
+        value: Option<serde::de::IgnoredAny>,
+        #[allow(dead_code)]
+        value_base64: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Page {
+        items: Vec<Item>,
+        more: bool,
+        next: Option<String>,
+    }
+    let page: Page = serde_json::from_slice(body).expect("a listing page is JSON");
+    assert_eq!(
+        page.more,
+        page.next.is_some(),
+        "`next` is given exactly when more follow"
+    );
+    let keys: Vec<String> = page.items.into_iter().map(|i| i.key).collect();
+    (page.next, keys.len(), keys)
+}
+
+/// 1,000 values of 1 MiB of 0x01 (which JSON escapes sixfold), listed by
+/// three clients at once through a follower with the largest `limit`:
+/// every answer is bounded by `--max-list-bytes` (plus one item) and says
+/// where to go on, the follower's and the leader's memory grow by less than
+/// 256 MiB, and no election happens. A keys-only walk with the cursor then
+/// visits every key once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
+    let _heavy = HEAVY.lock().await;
+    let values: usize = raft_core::testing::env_or("RAFT_LISTING_VALUES", 1000);
+    let pages: usize = raft_core::testing::env_or("RAFT_LISTING_PAGES", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let lead = leader(&client, &procs, None).await;
+    let leader_proc = procs.iter().find(|p| p.id == lead).unwrap();
+    let follower = procs.iter().find(|p| p.id != lead).unwrap();
+    let value = vec![0x01u8; 1 << 20];
+    let started = std::time::Instant::now();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = client.clone();
+            let url = leader_proc.http.clone();
+            let value = value.clone();
+            tokio::spawn(async move {
+                for i in (w..values).step_by(8) {
+                    let r = client
+                        .put(format!("{url}/v1/kv/big/{i:04}"))
+                        .body(value.clone())
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("PUT big/{i:04}: {e}"));
+                    assert_eq!(r.status(), 200, "PUT big/{i:04}: {:?}", r.text().await);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    eprintln!("wrote {values} values of 1 MiB in {:?}", started.elapsed());
+    // The follower has applied them all.
+    let commit = status_of(&client, leader_proc).await["commit"]
+        .as_u64()
+        .unwrap();
+    wait_status(
+        &client,
+        follower,
+        120,
+        "the follower applied the writes",
+        |s| s["applied"].as_u64().is_some_and(|a| a >= commit),
+    )
+    .await;
+    let term_before = status_of(&client, follower).await["term"].as_u64();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rss_of = |p: &Proc| status_line(p, "VmRSS:");
+    let (f_before, l_before) = (rss_of(follower), rss_of(leader_proc));
+    let f_peak = sample_rss(follower.child.as_ref().unwrap().id(), stop.clone());
+    let l_peak = sample_rss(leader_proc.child.as_ref().unwrap().id(), stop.clone());
+    let listers: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            let url = follower.http.clone();
+            tokio::spawn(async move {
+                let mut cursor: Option<String> = None;
+                let mut largest = 0usize;
+                for _ in 0..pages {
+                    let mut u = format!("{url}/v1/kv?prefix=big/&limit=1000");
+                    if let Some(c) = &cursor {
+                        u.push_str(&format!("&cursor={c}"));
+                    }
+                    let r = client.get(u).send().await.expect("listing");
+                    assert_eq!(r.status(), 200);
+                    let body = r.bytes().await.expect("listing body");
+                    largest = largest.max(body.len());
+                    let (next, n, _) = page_summary(&body);
+                    assert!(n >= 1, "a page holds at least one item");
+                    cursor = next;
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                largest
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    for l in listers {
+        largest = largest.max(l.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (f_peak, l_peak) = (f_peak.join().unwrap(), l_peak.join().unwrap());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "listings: largest answer {:.1} MiB; follower RSS {:.0} -> peak {:.0} MiB, leader {:.0} -> {:.0} MiB",
+        mib(largest as u64),
+        mib(f_before),
+        mib(f_peak),
+        mib(l_before),
+        mib(l_peak)
+    );
+    // 8 MiB (the default --max-list-bytes) plus one item: 1 MiB of \u0001.
+    let bound = (8 << 20) + 6 * (1 << 20) + 4096;
+    assert!(
+        largest <= bound,
+        "a listing answer of {largest} bytes; bound {bound}"
+    );
+    for (who, before, peak) in [("follower", f_before, f_peak), ("leader", l_before, l_peak)] {
+        assert!(
+            peak.saturating_sub(before) < 256 << 20,
+            "the {who}'s memory grew from {:.0} to {:.0} MiB during three listings",
+            mib(before),
+            mib(peak)
+        );
+    }
+    assert_eq!(
+        status_of(&client, follower).await["term"].as_u64(),
+        term_before,
+        "an election happened during the listings"
+    );
+
+    // Every key once, in order, page by page.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut u = format!(
+            "{}/v1/kv?prefix=big/&limit=100&keys_only=true",
+            follower.http
+        );
+        if let Some(c) = &cursor {
+            u.push_str(&format!("&cursor={c}"));
+        }
+        let body = client.get(u).send().await.unwrap().bytes().await.unwrap();
+        let (next, _, keys) = page_summary(&body);
+        seen.extend(keys);
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..values).map(|i| format!("big/{i:04}")).collect();
+    assert_eq!(
+        seen, expected,
+        "a keys-only walk visits every key once, in order"
+    );
+    assert_running_without_panic(&mut { procs }, "after the listings");
+}
+
+/// At the connection cap with every connection serving a request (here:
+/// waiting for a body), a new connection is answered 503
+/// `too-many-connections` with `Retry-After` at once, and served again once
+/// a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_connection_table_refuses_with_503_and_recovers() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "--http-max-connections=64".to_string(),
+        "--http-body-timeout-ms=3000".to_string(),
+    ];
+    let procs = cluster_with(dir.path(), 1, &extra, &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    leader(&client, &procs, None).await;
+    let addr = procs[0].http.trim_start_matches("http://").to_owned();
+    let bodies = stalled(
+        &addr,
+        64,
+        b"PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+    )
+    .await;
+    // Let the node accept them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let got = send(&addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let (status, head) = got.expect("an answer, not a silent close");
+    assert_eq!(status, 503, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
+    // The stalled bodies time out (408) and free their slots.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (status, _) = timed_get(&addr, "/healthz").await;
+    assert_eq!(status, Some(200), "after the bodies timed out");
+    drop(bodies);
+    assert_running_without_panic(&mut { procs }, "after the full connection table");
+}
