@@ -71,10 +71,10 @@ type Shared = Arc<AppState>;
 
 /// The API's routes, limits and request metrics.
 ///
-/// `/v1/...` requests pass, outermost first: the request deadline
-/// (`--http-request-deadline-ms`), the token check, the body read (refused
-/// at once from `Content-Length` above `--max-value-bytes`, bounded by
-/// `--http-body-timeout-ms`), and the concurrency limit
+/// `/v1/...` requests pass, outermost first: the token check, the body
+/// read (refused at once from `Content-Length` above `--max-value-bytes`,
+/// bounded by `--http-body-timeout-ms`), the request deadline
+/// (`--http-request-deadline-ms`), and the concurrency limit
 /// (`--max-concurrent-requests`, shedding with 503 beyond it), which a
 /// request holds only while its handler runs. `/healthz`, `/readyz` and
 /// `/metrics` are outside all of these, so a flooded node still answers its
@@ -122,15 +122,15 @@ pub fn router(state: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(shed, shed_load))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             read_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_deadline,
         ));
     Router::new()
         .route("/metrics", get(metrics))
@@ -146,7 +146,7 @@ fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Bounds a request's run once its head arrived
+/// Bounds a request's run once its body arrived
 /// (`--http-request-deadline-ms`).
 async fn request_deadline(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let write = is_write(req.method());

@@ -20,6 +20,8 @@
 //! it. `RAFT_FUZZ_CASES` sets the number of requests (default 200).
 
 mod common;
+#[path = "../../raft-log/tests/support/failsync.rs"]
+mod failsync;
 
 use std::time::Duration;
 
@@ -990,4 +992,80 @@ async fn a_full_connection_table_refuses_with_503_and_recovers() {
     assert_eq!(status, Some(200), "after the bodies timed out");
     drop(bodies);
     assert_running_without_panic(&mut { procs }, "after the full connection table");
+}
+
+/// A node whose disk hangs (every flush blocks): writes cannot finish, so
+/// they end at `--http-request-deadline-ms` with 504 (outcome unknown)
+/// although `--request-timeout-ms` is a minute; beyond
+/// `--max-concurrent-requests` running requests a new one gets 503
+/// `overloaded` at once instead of waiting; `/healthz` keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_requests_meet_the_deadline_and_extra_ones_are_shed() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = failsync::FailSync::build(dir.path());
+    let trigger = dir.path().join("hang");
+    let extra = [
+        "--request-timeout-ms=60000".to_string(),
+        "--http-request-deadline-ms=2000".to_string(),
+        "--max-concurrent-requests=4".to_string(),
+        "--storage-stall-timeout-ms=0".to_string(),
+    ];
+    let env = lib.env_hang(&trigger);
+    let procs = common::cluster_with_env(dir.path(), 1, &extra, &[], "http", |_| env.clone());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    leader(&client, &procs, None).await;
+    let url = procs[0].http.clone();
+    std::fs::write(&trigger, b"").unwrap();
+    let hung: Vec<_> = (0..4)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let r = client
+                    .put(format!("{url}/v1/kv/hung-{i}"))
+                    .body("x")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap();
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let r = client
+        .put(format!("{url}/v1/kv/one-more"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503, "a fifth request beside four hung ones");
+    assert_eq!(
+        r.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(r.text().await.unwrap().contains("overloaded"));
+    assert!(took < Duration::from_secs(1), "the 503 took {took:?}");
+    let (health, took) = timed_get(url.trim_start_matches("http://"), "/healthz").await;
+    assert_eq!(health, Some(200), "/healthz beside hung requests");
+    assert!(took < Duration::from_millis(500), "/healthz took {took:?}");
+    for h in hung {
+        let (status, body, took) = h.await.unwrap();
+        assert_eq!(status, 504, "a write that hung: {body}");
+        assert!(body.contains("outcome-unknown"), "{body}");
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+            "the deadline is 2 s; the write ended after {took:?}"
+        );
+    }
+    std::fs::remove_file(&trigger).unwrap();
+    assert_running_without_panic(&mut { procs }, "after the hung disk");
 }
