@@ -71,7 +71,11 @@ pub fn server_config(cfg: &NodeConfig) -> anyhow::Result<Arc<rustls::ServerConfi
 ///
 /// Unreadable PEM files or a client reqwest cannot build.
 pub fn forwarding_client(cfg: &NodeConfig) -> anyhow::Result<reqwest::Client> {
-    let builder = reqwest::Client::builder().pool_max_idle_per_host(64);
+    // Idle pooled connections are let go well before the leader's idle
+    // timeout closes them, so a forwarded write rarely races a close.
+    let builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(cfg.http_idle_timeout / 2);
     if !cfg.client_tls {
         return Ok(builder.build()?);
     }

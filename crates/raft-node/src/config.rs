@@ -156,6 +156,34 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_HTTP_TLS_HANDSHAKE_TIMEOUT_MS")]
     pub http_tls_handshake_timeout_ms: Option<u64>,
 
+    /// An answer the client takes no byte of for this long is dropped with
+    /// its connection. [default: 30000]
+    #[arg(long, env = "RAFT_HTTP_SEND_TIMEOUT_MS")]
+    pub http_send_timeout_ms: Option<u64>,
+
+    /// Largest request head (request line and headers), in bytes; larger
+    /// heads get 431. At least 8192. [default: 65536]
+    #[arg(long, env = "RAFT_HTTP_MAX_HEADER_BYTES")]
+    pub http_max_header_bytes: Option<usize>,
+
+    /// Requests whose body is being received at once; one more gets 503.
+    /// Together with --max-concurrent-requests it must stay below
+    /// --http-max-connections, so that a probe always finds a slot.
+    /// [default: 1024]
+    #[arg(long, env = "RAFT_HTTP_MAX_RECEIVING_BODIES")]
+    pub http_max_receiving_bodies: Option<usize>,
+
+    /// Memory for request bodies being received, listing answers being
+    /// sent and answers relayed from the leader, in MiB; a request that
+    /// would pass it gets 503. [default: 128]
+    #[arg(long, env = "RAFT_HTTP_BUFFER_MIB")]
+    pub http_buffer_mib: Option<u64>,
+
+    /// Listings read at once (each scans the store on a blocking thread);
+    /// one more gets 503. [default: 8]
+    #[arg(long, env = "RAFT_MAX_CONCURRENT_LISTINGS")]
+    pub max_concurrent_listings: Option<usize>,
+
     /// Log entries an `Idempotency-Key` is remembered for. Must be equal on
     /// every node. [default: 100000]
     #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
@@ -309,6 +337,16 @@ pub struct NodeConfig {
     pub http_request_deadline: Duration,
     /// Time for an HTTPS client's TLS handshake.
     pub http_tls_handshake_timeout: Duration,
+    /// An answer not taken for this long is dropped.
+    pub http_send_timeout: Duration,
+    /// Largest request head.
+    pub http_max_header_bytes: usize,
+    /// Requests receiving their body at once.
+    pub http_max_receiving_bodies: usize,
+    /// Memory for buffered bodies and answers, in bytes.
+    pub http_buffer_bytes: usize,
+    /// Listings at once.
+    pub max_concurrent_listings: usize,
     /// Idempotency window in log entries.
     pub idempotency_window: u64,
     /// Snapshot after this many applied entries (0: never).
@@ -401,6 +439,11 @@ impl RunArgs {
             http_body_timeout_ms,
             http_request_deadline_ms,
             http_tls_handshake_timeout_ms,
+            http_send_timeout_ms,
+            http_max_header_bytes,
+            http_max_receiving_bodies,
+            http_buffer_mib,
+            max_concurrent_listings,
             idempotency_window,
             snapshot_entries,
             snapshot_mib,
@@ -511,6 +554,11 @@ impl RunArgs {
             http_body_timeout: ms(self.http_body_timeout_ms, 30_000),
             http_request_deadline: ms(self.http_request_deadline_ms, 30_000),
             http_tls_handshake_timeout: ms(self.http_tls_handshake_timeout_ms, 5_000),
+            http_send_timeout: ms(self.http_send_timeout_ms, 30_000),
+            http_max_header_bytes: self.http_max_header_bytes.unwrap_or(64 << 10),
+            http_max_receiving_bodies: self.http_max_receiving_bodies.unwrap_or(1024),
+            http_buffer_bytes: mib_bytes("--http-buffer-mib", self.http_buffer_mib, 128)?,
+            max_concurrent_listings: self.max_concurrent_listings.unwrap_or(8),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
             snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),

@@ -57,6 +57,95 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// The Prometheus exporter, when installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Slots and memory of the API's limits.
+    pub limits: Arc<HttpLimits>,
+}
+
+/// The API's shared limits: slots for running requests, bodies being
+/// received and listings being read, and the memory budget (one permit per
+/// byte) of bodies and answers held in memory.
+#[derive(Debug)]
+pub struct HttpLimits {
+    requests: Arc<tokio::sync::Semaphore>,
+    bodies: Arc<tokio::sync::Semaphore>,
+    listings: Arc<tokio::sync::Semaphore>,
+    buffer: Arc<tokio::sync::Semaphore>,
+}
+
+impl HttpLimits {
+    /// The limits `cfg` sets.
+    pub fn new(cfg: &NodeConfig) -> Self {
+        let sem = |n: usize| Arc::new(tokio::sync::Semaphore::new(n));
+        Self {
+            requests: sem(cfg.max_concurrent_requests),
+            bodies: sem(cfg.http_max_receiving_bodies),
+            listings: sem(cfg.max_concurrent_listings),
+            buffer: sem(cfg
+                .http_buffer_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS)),
+        }
+    }
+
+    /// `n` bytes of the memory budget, now or never.
+    fn reserve(&self, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = u32::try_from(n.max(1)).ok()?;
+        self.buffer.clone().try_acquire_many_owned(n).ok()
+    }
+}
+
+/// 503 for a request turned away by one of the API's limits.
+fn overloaded(what: &str) -> Response {
+    metrics::counter!("raft_node_http_requests_shed_total").increment(1);
+    Problem::unavailable(
+        "overloaded",
+        "Overloaded",
+        format!("this node is at its limit of {what}; retry shortly"),
+    )
+    .into_response()
+}
+
+/// A response body of chunks already in memory, with its exact length
+/// (so the answer carries `Content-Length`), holding `guard` until sent or
+/// dropped.
+struct ChunksBody<G> {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+    _guard: G,
+}
+
+impl<G> ChunksBody<G> {
+    fn new(chunks: Vec<Bytes>, guard: G) -> Self {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into(),
+            remaining,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> http_body::Body for ChunksBody<G> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.remaining -= c.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,9 +170,7 @@ type Shared = Arc<AppState>;
 /// probes.
 pub fn router(state: Shared) -> Router {
     let body_limit = state.cfg.max_value_bytes;
-    let shed = Arc::new(tokio::sync::Semaphore::new(
-        state.cfg.max_concurrent_requests,
-    ));
+    let shed = state.limits.requests.clone();
     let api = Router::new()
         .route("/v1/kv", get(list))
         .route("/v1/kv/", get(list))
@@ -137,6 +224,15 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
+        // The operator routes too answer a wrong method with a problem.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state)
 }
@@ -187,7 +283,10 @@ fn value_too_large(limit: usize) -> Response {
 /// Reads the whole body before the handler runs and before the request
 /// takes a concurrency slot: a body announced above `--max-value-bytes`
 /// gets 413 from `Content-Length` alone, and a body that does not arrive
-/// within `--http-body-timeout-ms` gets 408.
+/// within `--http-body-timeout-ms` gets 408. At most
+/// `--http-max-receiving-bodies` bodies arrive at once, and their bytes
+/// come out of the memory budget (`--http-buffer-mib`), held until the
+/// handler is done; beyond either, 503.
 async fn read_body(State(state): State<Shared>, req: Request, next: Next) -> Response {
     use http_body_util::BodyExt;
     let limit = state.cfg.max_value_bytes;
@@ -205,19 +304,49 @@ async fn read_body(State(state): State<Shared>, req: Request, next: Next) -> Res
     if !chunked && declared.unwrap_or(0) == 0 {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
-    let collect = http_body_util::Limited::new(body, limit).collect();
-    match tokio::time::timeout(state.cfg.http_body_timeout, collect).await {
-        Ok(Ok(collected)) => {
-            let req = Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()));
-            next.run(req).await
+    let Ok(slot) = state.limits.bodies.clone().try_acquire_owned() else {
+        return overloaded("request bodies being received (--http-max-receiving-bodies)");
+    };
+    // A declared length is reserved whole, a chunked body as it arrives.
+    let mut budget = match declared {
+        Some(n) => match state.limits.reserve(n as usize) {
+            Some(p) => Some(p),
+            None => return overloaded("memory for request bodies (--http-buffer-mib)"),
+        },
+        None => None,
+    };
+    let (parts, mut body) = req.into_parts();
+    let limits = state.limits.clone();
+    let collect = async {
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Problem::bad_request(format!("cannot read the body: {e}")).into_response()
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > limit {
+                metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "too_large")
+                    .increment(1);
+                return Err(value_too_large(limit));
+            }
+            if declared.is_none() {
+                let Some(p) = limits.reserve(data.len()) else {
+                    return Err(overloaded("memory for request bodies (--http-buffer-mib)"));
+                };
+                match &mut budget {
+                    Some(b) => b.merge(p),
+                    None => budget = Some(p),
+                }
+            }
+            buf.extend_from_slice(&data);
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "too_large")
-                .increment(1);
-            value_too_large(limit)
-        }
-        Ok(Err(e)) => Problem::bad_request(format!("cannot read the body: {e}")).into_response(),
+        Ok(buf)
+    };
+    let buf = match tokio::time::timeout(state.cfg.http_body_timeout, collect).await {
+        Ok(Ok(buf)) => buf,
+        Ok(Err(resp)) => return resp,
         Err(_) => {
             metrics::counter!("raft_node_http_bodies_refused_total", "reason" => "timeout")
                 .increment(1);
@@ -233,31 +362,30 @@ async fn read_body(State(state): State<Shared>, req: Request, next: Next) -> Res
             .into_response();
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            resp
+            return resp;
         }
-    }
+    };
+    drop(slot);
+    let req = Request::from_parts(parts, axum::body::Body::from(buf));
+    let resp = next.run(req).await;
+    drop(budget);
+    resp
 }
 
 /// Serves at most `--max-concurrent-requests` API requests at once and
 /// answers 503 with `Retry-After` beyond, instead of queueing without
-/// bound.
+/// bound. A request holds its slot until its answer is sent.
 async fn shed_load(
     State(slots): State<Arc<tokio::sync::Semaphore>>,
     req: Request,
     next: Next,
 ) -> Response {
-    match slots.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            metrics::counter!("raft_node_http_requests_shed_total").increment(1);
-            Problem::unavailable(
-                "overloaded",
-                "Overloaded",
-                "this node is serving as many requests as --max-concurrent-requests allows; \
-                 retry shortly",
-            )
-            .into_response()
-        }
+    match slots.try_acquire_owned() {
+        Ok(permit) => next
+            .run(req)
+            .await
+            .map(|b| axum::body::Body::new(crate::server::GuardedBody::new(b, permit))),
+        Err(_) => overloaded("requests served at once (--max-concurrent-requests)"),
     }
 }
 
@@ -522,11 +650,10 @@ async fn forward(
                 }
             }
             if !is_write {
-                // Reads are relayed as they arrive (a listing can be
-                // megabytes); an answer cut short ends the response early.
-                return out
-                    .body(axum::body::Body::from_stream(resp.bytes_stream()))
-                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+                // Reads (a listing can be megabytes) are taken whole from
+                // the leader, out of the memory budget, and sent on with
+                // their length; a slow client does not hold the leader.
+                return relay_read(state, out, resp).await;
             }
             match resp.bytes().await {
                 Ok(b) => out
@@ -551,6 +678,42 @@ async fn forward(
             "forwarded to the leader (node {leader}) but got no answer: {e}"
         )),
     }
+}
+
+/// The leader's answer to a forwarded read, read whole under the memory
+/// budget, sent on with its exact length.
+async fn relay_read(
+    state: &AppState,
+    out: axum::http::response::Builder,
+    mut resp: reqwest::Response,
+) -> Response {
+    let mut budget: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut chunks = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                let Some(p) = state.limits.reserve(c.len()) else {
+                    return overloaded("memory for answers being sent (--http-buffer-mib)");
+                };
+                match &mut budget {
+                    Some(b) => b.merge(p),
+                    None => budget = Some(p),
+                }
+                chunks.push(c);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Problem::unavailable(
+                    "no-leader",
+                    "No leader",
+                    format!("the leader's answer was lost: {e}"),
+                )
+                .into_response()
+            }
+        }
+    }
+    out.body(axum::body::Body::new(ChunksBody::new(chunks, budget)))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 fn propose_problem(e: &ProposeError) -> Problem {
@@ -721,51 +884,92 @@ struct ListItem<'a> {
     value_base64: Option<String>,
 }
 
-/// A listing page encoded as JSON chunks, built on a blocking thread.
+/// A listing page encoded as JSON chunks, built on a blocking thread, and
+/// the memory budget it holds until sent.
 struct ListPage {
     chunks: Vec<Bytes>,
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Why a listing page could not be built.
+enum ListFailure {
+    Store(crate::store::StoreError),
+    /// Not even one item fits the memory budget.
+    NoMemory,
+    /// The request went away.
+    Cancelled,
 }
 
 /// Reads and encodes one page: at most `limit` items, stopping after the
-/// item that brings the answer to `max_bytes`.
+/// item that brings the answer, or the bytes read from the store (values
+/// included, with `keys_only` too), to `max_bytes`, and before an item the
+/// memory budget cannot hold.
+#[allow(clippy::too_many_arguments)]
 fn list_page(
     reader: &KvReader,
+    limits: &HttpLimits,
+    cancel: &std::sync::atomic::AtomicBool,
     prefix: &[u8],
     after: Option<&[u8]>,
     limit: usize,
     max_bytes: usize,
     keys_only: bool,
-) -> Result<ListPage, crate::store::StoreError> {
+) -> Result<ListPage, ListFailure> {
     use base64::Engine;
+    use std::sync::atomic::Ordering;
     let mut chunks = vec![Bytes::from_static(b"{\"items\":[")];
-    let mut bytes = 0usize;
-    let mut count = 0usize;
+    let mut budget: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let (mut encoded, mut read, mut count) = (0usize, 0usize, 0usize);
     let mut last: Option<Vec<u8>> = None;
-    let more = reader.scan(prefix, after, |k, v| {
-        let text = if keys_only {
-            None
-        } else {
-            std::str::from_utf8(&v.value).ok()
-        };
-        let item = ListItem {
-            key: show_key(k),
-            rev: v.rev,
-            value: text,
-            value_base64: (!keys_only && text.is_none())
-                .then(|| base64::engine::general_purpose::STANDARD.encode(&v.value)),
-        };
-        let mut out = Vec::with_capacity(64 + if keys_only { 0 } else { v.value.len() + 2 });
-        if count > 0 {
-            out.push(b',');
-        }
-        // Serializing plain strings and numbers cannot fail.
-        let _ = serde_json::to_writer(&mut out, &item);
-        bytes += out.len();
-        count += 1;
-        chunks.push(Bytes::from(out));
-        last = Some(k.to_vec());
-        count < limit && bytes < max_bytes
-    })?;
+    let mut failure = None;
+    let mut cut_short = false;
+    let more = reader
+        .scan(prefix, after, |k, v| {
+            if cancel.load(Ordering::Relaxed) {
+                failure = Some(ListFailure::Cancelled);
+                return false;
+            }
+            let text = if keys_only {
+                None
+            } else {
+                std::str::from_utf8(&v.value).ok()
+            };
+            let item = ListItem {
+                key: show_key(k),
+                rev: v.rev,
+                value: text,
+                value_base64: (!keys_only && text.is_none())
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&v.value)),
+            };
+            let mut out = Vec::with_capacity(64 + if keys_only { 0 } else { v.value.len() + 2 });
+            if count > 0 {
+                out.push(b',');
+            }
+            // Serializing plain strings and numbers cannot fail.
+            let _ = serde_json::to_writer(&mut out, &item);
+            let Some(p) = limits.reserve(out.len()) else {
+                if count == 0 {
+                    failure = Some(ListFailure::NoMemory);
+                }
+                cut_short = true;
+                return false;
+            };
+            match &mut budget {
+                Some(b) => b.merge(p),
+                None => budget = Some(p),
+            }
+            encoded += out.len();
+            read += k.len() + v.value.len();
+            count += 1;
+            chunks.push(Bytes::from(out));
+            last = Some(k.to_vec());
+            count < limit && encoded < max_bytes && read < max_bytes
+        })
+        .map_err(ListFailure::Store)?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let more = more || cut_short;
     let mut tail = format!("],\"more\":{more}");
     if let (true, Some(last)) = (more, last) {
         let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
@@ -773,7 +977,16 @@ fn list_page(
     }
     tail.push('}');
     chunks.push(Bytes::from(tail));
-    Ok(ListPage { chunks })
+    Ok(ListPage { chunks, budget })
+}
+
+/// Sets its flag when dropped: tells a blocking task its request is gone.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn consistency(p: &ReadParams) -> Result<ReadConsistency, Problem> {
@@ -899,35 +1112,48 @@ async fn list(
     if let Err(resp) = ready_to_read(&state, c, &uri, &headers).await {
         return resp;
     }
+    let Ok(slot) = state.limits.listings.clone().try_acquire_owned() else {
+        return overloaded("listings read at once (--max-concurrent-listings)");
+    };
     let reader = state.reader.clone();
+    let limits = state.limits.clone();
     let max_bytes = state.cfg.max_list_bytes;
     let keys_only = params.keys_only.unwrap_or(false);
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let page = tokio::task::spawn_blocking(move || {
-        list_page(
+        let page = list_page(
             &reader,
+            &limits,
+            &cancel,
             prefix.as_bytes(),
             after.as_deref(),
             limit,
             max_bytes,
             keys_only,
-        )
+        );
+        drop(slot);
+        page
     })
     .await;
     match page {
         Ok(Ok(page)) => {
-            let stream = futures::stream::iter(
-                page.chunks
-                    .into_iter()
-                    .map(Ok::<_, std::convert::Infallible>),
-            );
-            let mut resp = axum::body::Body::from_stream(stream).into_response();
+            let body = ChunksBody::new(page.chunks, page.budget);
+            let mut resp = axum::body::Body::new(body).into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
             resp
         }
-        Ok(Err(e)) => store_problem(&e).into_response(),
+        Ok(Err(ListFailure::Store(e))) => store_problem(&e).into_response(),
+        Ok(Err(ListFailure::NoMemory)) => {
+            overloaded("memory for answers being sent (--http-buffer-mib)")
+        }
+        Ok(Err(ListFailure::Cancelled)) => {
+            Problem::unavailable("cancelled", "Cancelled", "the request was cancelled")
+                .into_response()
+        }
         Err(e) => Problem::storage(format!("the listing task failed: {e}")).into_response(),
     }
 }

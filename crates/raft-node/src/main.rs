@@ -83,7 +83,8 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    raft_node::server::raise_open_files_limit(cfg.http_max_connections);
+    let mut cfg = cfg;
+    cfg.http_max_connections = raft_node::server::raise_open_files_limit(cfg.http_max_connections);
     let exit_delay = cfg.failure_exit_delay;
     let node = raft_node::node::start(cfg, Some(handle)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

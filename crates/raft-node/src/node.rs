@@ -403,6 +403,7 @@ pub async fn start(
         client: crate::client_tls::forwarding_client(&cfg)
             .context("building the forwarding client")?,
         metrics,
+        limits: Arc::new(crate::http::HttpLimits::new(&cfg)),
     });
     let (http_stop, stop_rx) = watch::channel(false);
     let app = router(state);
@@ -416,7 +417,9 @@ pub async fn start(
         max_connections: cfg.http_max_connections,
         header_timeout: cfg.http_header_timeout,
         idle_timeout: cfg.http_idle_timeout,
+        send_timeout: cfg.http_send_timeout,
         tls_handshake_timeout: cfg.http_tls_handshake_timeout,
+        max_header_bytes: cfg.http_max_header_bytes,
         shutdown_grace: HTTP_SHUTDOWN_GRACE,
     };
     let http = tokio::spawn(crate::server::serve(listener, app, tls, limits, stop_rx));

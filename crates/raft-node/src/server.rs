@@ -20,7 +20,7 @@
 //! A request that is running is bounded by the API's own layers (body
 //! timeout, request deadline, see `http.rs`), not here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -46,28 +47,53 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// A connection with no request running and nothing received.
     pub idle_timeout: Duration,
+    /// An answer that the client takes none of for this long is dropped
+    /// with its connection.
+    pub send_timeout: Duration,
     /// An HTTPS connection's TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Largest request head (hyper's read buffer), at least 8 KiB.
+    pub max_header_bytes: usize,
     /// How long a graceful stop waits for running requests.
     pub shutdown_grace: Duration,
 }
+
+/// `Conn::state` of a connection chosen to make room.
+const EVICTED: usize = usize::MAX;
 
 /// What the cap and the watchdog know of one connection.
 #[derive(Debug)]
 struct Conn {
     id: u64,
-    /// Requests running (0 or 1 for HTTP/1.1).
-    busy: AtomicUsize,
+    /// Requests running, from the head's arrival until the answer is sent
+    /// (0 or 1 for HTTP/1.1), or [`EVICTED`]. Eviction swaps 0 for
+    /// `EVICTED`, so a connection that starts a request cannot be chosen.
+    state: AtomicUsize,
     /// When the connection last became idle (opened or answered), in ms
     /// since the registry's start.
     idle_since: AtomicU64,
     /// When the first byte of the next request head arrived while idle, in
     /// ms since the registry's start plus one; 0 when none has.
     head_started: AtomicU64,
+    /// Set once the handler answered: the answer is being sent.
+    responding: std::sync::atomic::AtomicBool,
+    /// When bytes were last written to the client, in ms since the
+    /// registry's start.
+    last_write: AtomicU64,
     /// Wakes the watchdog to look again (its state changed).
     rearm: Notify,
     /// Tells the connection to close: it was chosen to make room.
     evict: Notify,
+}
+
+/// The open connections and, oldest first, when each became idle.
+#[derive(Debug, Default)]
+struct Table {
+    open: HashMap<u64, Arc<Conn>>,
+    /// `(id, idle_since)` in the order connections became idle; entries
+    /// whose connection closed or has been busy since are stale and
+    /// skipped.
+    idle: VecDeque<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -75,7 +101,7 @@ struct Registry {
     start: Instant,
     limits: ConnectionLimits,
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    table: Mutex<Table>,
 }
 
 enum Admission {
@@ -88,65 +114,112 @@ impl Registry {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // The table holds no invariant a panic could break halfway.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Room for a new connection: below the cap, or by evicting the
     /// connection idle the longest.
     fn admit(&self) -> Admission {
         let now = self.now_ms();
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            busy: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
             idle_since: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
+            responding: std::sync::atomic::AtomicBool::new(false),
+            last_write: AtomicU64::new(now),
             rearm: Notify::new(),
             evict: Notify::new(),
         });
-        let Ok(mut open) = self.open.lock() else {
+        let mut table = self.lock();
+        if table.open.len() >= self.limits.max_connections && !Self::evict_oldest(&mut table) {
             return Admission::Refused;
-        };
-        if open.len() >= self.limits.max_connections {
-            let victim = open
-                .values()
-                .filter(|c| c.busy.load(Ordering::Acquire) == 0)
-                .min_by_key(|c| c.idle_since.load(Ordering::Acquire))
-                .map(|c| c.id);
-            let Some(victim) = victim else {
-                return Admission::Refused;
-            };
-            if let Some(v) = open.remove(&victim) {
-                v.evict.notify_one();
-                metrics::counter!("raft_node_http_connections_closed_total", "reason" => "evicted")
-                    .increment(1);
-            }
         }
-        open.insert(conn.id, conn.clone());
-        metrics::gauge!("raft_node_http_connections_open").set(open.len() as f64);
+        table.open.insert(conn.id, conn.clone());
+        table.idle.push_back((conn.id, now));
+        metrics::gauge!("raft_node_http_connections_open").set(table.open.len() as f64);
         Admission::Admitted(conn)
     }
 
-    fn remove(&self, id: u64) {
-        if let Ok(mut open) = self.open.lock() {
-            open.remove(&id);
-            metrics::gauge!("raft_node_http_connections_open").set(open.len() as f64);
+    /// Closes the connection idle the longest; `false` when every open
+    /// connection is running a request.
+    fn evict_oldest(table: &mut Table) -> bool {
+        while let Some((id, since)) = table.idle.pop_front() {
+            let Some(c) = table.open.get(&id) else {
+                continue;
+            };
+            if c.idle_since.load(Ordering::Acquire) != since {
+                continue;
+            }
+            if c.state
+                .compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // Busy now; it queues itself again when idle.
+                continue;
+            }
+            c.evict.notify_one();
+            table.open.remove(&id);
+            metrics::counter!("raft_node_http_connections_closed_total", "reason" => "evicted")
+                .increment(1);
+            metrics::gauge!("raft_node_http_connections_open").set(table.open.len() as f64);
+            return true;
+        }
+        false
+    }
+
+    /// Notes that `c` became idle at `now`.
+    fn idle(&self, c: &Conn, now: u64) {
+        let mut table = self.lock();
+        c.idle_since.store(now, Ordering::Release);
+        table.idle.push_back((c.id, now));
+        // Drop stale entries when they outnumber the connections.
+        if table.idle.len() > 2 * table.open.len() + 64 {
+            let Table { open, idle } = &mut *table;
+            idle.retain(|(id, since)| {
+                open.get(id).is_some_and(|c| {
+                    c.state.load(Ordering::Acquire) == 0
+                        && c.idle_since.load(Ordering::Acquire) == *since
+                })
+            });
         }
     }
 
-    /// When the connection's watchdog must act, or `None` while a request
-    /// runs.
+    fn remove(&self, id: u64) {
+        let mut table = self.lock();
+        table.open.remove(&id);
+        metrics::gauge!("raft_node_http_connections_open").set(table.open.len() as f64);
+    }
+
+    /// When the connection's watchdog must act: the head or idle deadline
+    /// of an idle connection, the send deadline of an answer being sent,
+    /// `None` while a handler runs (the API's own timeouts bound it).
     fn deadline(&self, c: &Conn) -> Option<Instant> {
-        if c.busy.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let head = c.head_started.load(Ordering::Acquire);
-        let at = if head > 0 {
-            Duration::from_millis(head - 1) + self.limits.header_timeout
-        } else {
-            Duration::from_millis(c.idle_since.load(Ordering::Acquire)) + self.limits.idle_timeout
+        let at = match c.state.load(Ordering::Acquire) {
+            0 => {
+                let head = c.head_started.load(Ordering::Acquire);
+                if head > 0 {
+                    Duration::from_millis(head - 1) + self.limits.header_timeout
+                } else {
+                    Duration::from_millis(c.idle_since.load(Ordering::Acquire))
+                        + self.limits.idle_timeout
+                }
+            }
+            EVICTED => return Some(self.start),
+            _ if c.responding.load(Ordering::Acquire) => {
+                Duration::from_millis(c.last_write.load(Ordering::Acquire))
+                    + self.limits.send_timeout
+            }
+            _ => return None,
         };
         Some(self.start + at)
     }
 }
 
-/// The socket, noting when a new request head starts arriving.
+/// The socket, noting when a new request head starts arriving and when
+/// the client takes bytes of an answer.
 struct Tracked<IO> {
     io: IO,
     conn: Arc<Conn>,
@@ -162,7 +235,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let before = buf.filled().len();
         let out = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before
-            && self.conn.busy.load(Ordering::Acquire) == 0
+            && self.conn.state.load(Ordering::Acquire) == 0
             && self.conn.head_started.load(Ordering::Acquire) == 0
         {
             let now = self.registry.now_ms() + 1;
@@ -173,13 +246,25 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
+impl<IO: AsyncWrite + Unpin> Tracked<IO> {
+    fn wrote(&self, out: &Poll<io::Result<usize>>) {
+        if matches!(out, Poll::Ready(Ok(n)) if *n > 0) {
+            self.conn
+                .last_write
+                .store(self.registry.now_ms(), Ordering::Release);
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let out = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&out);
+        out
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -195,7 +280,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let out = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&out);
+        out
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -203,28 +290,88 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 }
 
-/// Marks a request running on its connection until dropped.
+/// Marks a request running on its connection, from its head to the end of
+/// its answer (or the answer's drop), until dropped.
 struct Busy {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
 }
 
 impl Busy {
-    fn new(conn: Arc<Conn>, registry: Arc<Registry>) -> Self {
-        conn.busy.fetch_add(1, Ordering::AcqRel);
+    /// `None` when the connection was evicted.
+    fn new(conn: Arc<Conn>, registry: Arc<Registry>) -> Option<Self> {
+        conn.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != EVICTED).then_some(s + 1)
+            })
+            .ok()?;
         conn.head_started.store(0, Ordering::Release);
-        Self { conn, registry }
+        conn.responding.store(false, Ordering::Release);
+        Some(Self { conn, registry })
+    }
+
+    /// The handler answered: from now on the client must take the answer.
+    fn responding(&self) {
+        self.conn
+            .last_write
+            .store(self.registry.now_ms(), Ordering::Release);
+        self.conn.responding.store(true, Ordering::Release);
+        self.conn.rearm.notify_one();
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.conn
-            .idle_since
-            .store(self.registry.now_ms(), Ordering::Release);
         self.conn.head_started.store(0, Ordering::Release);
-        self.conn.busy.fetch_sub(1, Ordering::AcqRel);
+        self.conn.responding.store(false, Ordering::Release);
+        if self.conn.state.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.registry.idle(&self.conn, self.registry.now_ms());
+        }
         self.conn.rearm.notify_one();
+    }
+}
+
+/// A response body that holds `guard` until the body has been sent or
+/// dropped: a request's connection stays busy and its slots stay taken
+/// while its answer is on the way.
+pub struct GuardedBody<G> {
+    inner: axum::body::Body,
+    _guard: G,
+}
+
+impl<G> std::fmt::Debug for GuardedBody<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedBody").finish_non_exhaustive()
+    }
+}
+
+impl<G> GuardedBody<G> {
+    /// `inner`, holding `guard`.
+    pub fn new(inner: axum::body::Body, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -259,9 +406,11 @@ pub async fn serve(
         start: Instant::now(),
         limits,
         next_id: AtomicU64::new(1),
-        open: Mutex::new(HashMap::new()),
+        table: Mutex::new(Table::default()),
     });
     let mut tasks = JoinSet::new();
+    let mut accept_errors = 0u64;
+    let mut last_warned: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -272,10 +421,32 @@ pub async fn serve(
         let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // Out of file descriptors, most likely: wait a little
-                // rather than spin, and keep serving the open connections.
-                tracing::warn!(error = %e, "accepting a client connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_errors += 1;
+                // Out of file descriptors: make room by closing the
+                // connection idle the longest, as the cap would.
+                let out_of_files = matches!(e.raw_os_error(), Some(23 | 24));
+                let evicted = out_of_files && {
+                    // A few at once: connections wait in the backlog.
+                    let mut table = registry.lock();
+                    (0..8)
+                        .filter(|_| Registry::evict_oldest(&mut table))
+                        .count()
+                        > 0
+                };
+                if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        error = %e,
+                        failures = accept_errors,
+                        evicted_an_idle_connection = evicted,
+                        "accepting a client connection failed (repeats are counted, not \
+                         logged, for 10 s); when the process is out of file descriptors, \
+                         raise its limit or lower --http-max-connections"
+                    );
+                    last_warned = Some(Instant::now());
+                    accept_errors = 0;
+                }
+                let pause = if evicted { 1 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
         };
@@ -322,6 +493,7 @@ enum Closed {
     Evicted,
     IdleTimeout,
     HeaderTimeout,
+    SendTimeout,
     Handshake,
 }
 
@@ -332,6 +504,7 @@ impl Closed {
             Closed::Evicted => None, // counted when chosen
             Closed::IdleTimeout => Some("idle_timeout"),
             Closed::HeaderTimeout => Some("header_timeout"),
+            Closed::SendTimeout => Some("send_timeout"),
             Closed::Handshake => Some("tls_handshake"),
         }
     }
@@ -364,7 +537,7 @@ async fn connection(
                 None => Closed::Evicted,
                 Some(Ok(Ok(stream))) => {
                     conn.head_started.store(0, Ordering::Release);
-                    conn.idle_since.store(registry.now_ms(), Ordering::Release);
+                    registry.idle(&conn, registry.now_ms());
                     http(stream, conn, registry.clone(), app, stop).await
                 }
                 Some(Ok(Err(e))) => {
@@ -380,6 +553,21 @@ async fn connection(
             .increment(1);
     }
     registry.remove(id);
+}
+
+/// What a request on a connection chosen for eviction gets.
+fn closing_response() -> axum::response::Response {
+    let mut resp = crate::problem::Problem::unavailable(
+        "too-many-connections",
+        "Too many connections",
+        "this connection was closed to make room for another; retry on a new one",
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 async fn http<IO>(
@@ -399,14 +587,18 @@ where
             let busy = Busy::new(conn.clone(), registry.clone());
             let app = app.clone();
             async move {
-                let resp = tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await;
-                drop(busy);
-                resp
+                let Some(busy) = busy else {
+                    return Ok::<_, std::convert::Infallible>(closing_response());
+                };
+                let resp = tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await?;
+                busy.responding();
+                Ok(resp.map(|body| axum::body::Body::new(GuardedBody::new(body, busy))))
             }
         })
     };
     let served = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .max_buf_size(registry.limits.max_header_bytes)
         // The watchdog below times heads; hyper's own timer is not set.
         .header_read_timeout(None)
         .serve_connection(TokioIo::new(io), service);
@@ -433,10 +625,13 @@ where
                 // Look again: the state may have changed since.
                 if let Some(at) = registry.deadline(&conn) {
                     if Instant::now() >= at {
-                        return if conn.head_started.load(Ordering::Acquire) > 0 {
-                            Closed::HeaderTimeout
-                        } else {
-                            Closed::IdleTimeout
+                        return match conn.state.load(Ordering::Acquire) {
+                            EVICTED => Closed::Evicted,
+                            0 if conn.head_started.load(Ordering::Acquire) > 0 => {
+                                Closed::HeaderTimeout
+                            }
+                            0 => Closed::IdleTimeout,
+                            _ => Closed::SendTimeout,
                         };
                     }
                 }
@@ -449,11 +644,15 @@ where
     }
 }
 
+/// Descriptors kept for RocksDB's files, the peer transport and the rest
+/// of the process beside client connections.
+pub const RESERVED_FILES: u64 = 1024;
+
 /// Raises this process's soft limit on open files to its hard limit (as Go
-/// programs do at start), and warns when the result leaves too little room
-/// for `max_connections` client connections beside the store's files and
-/// the peer transport. Answers the soft limit in force.
-pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
+/// programs do at start) and answers how many client connections fit
+/// beside [`RESERVED_FILES`]: `max_connections`, or fewer (with a warning)
+/// when the limit is lower.
+pub fn raise_open_files_limit(max_connections: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
@@ -464,19 +663,21 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
             }
         }
     }
-    let soft = getrlimit(Resource::Nofile).current;
-    // RocksDB's files, the peer transport and the rest of the process.
-    const RESERVE: u64 = 1024;
-    if let Some(soft) = soft {
-        if soft < max_connections as u64 + RESERVE {
-            tracing::warn!(
-                open_files_limit = soft,
-                http_max_connections = max_connections,
-                "the open-files limit leaves less than {RESERVE} files beside \
-                 --http-max-connections client connections; raise the limit \
-                 (ulimit -n, LimitNOFILE=) or lower --http-max-connections"
-            );
-        }
+    let Some(soft) = getrlimit(Resource::Nofile).current else {
+        return max_connections;
+    };
+    let room = usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    if room < max_connections {
+        let lowered = room.max(16);
+        tracing::warn!(
+            open_files_limit = soft,
+            http_max_connections = max_connections,
+            lowered_to = lowered,
+            "the open-files limit leaves room for fewer client connections than \
+             --http-max-connections beside {RESERVED_FILES} descriptors for the store and \
+             the peers; the cap is lowered (raise the limit with ulimit -n or LimitNOFILE=)"
+        );
+        return lowered;
     }
-    soft
+    max_connections
 }

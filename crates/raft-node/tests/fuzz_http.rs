@@ -559,13 +559,52 @@ async fn wait_fds_below(p: &Proc, bound: usize, within: Duration) -> usize {
     }
 }
 
-/// 5,000 connections that sent half a request line and 1,024 that
-/// announced a 1 MB body and sent none of it, all held open, against one
-/// node capped at 2,048 connections (so the cap is reached and idle
-/// connections are evicted to make room): meanwhile that node answers
-/// `/healthz` within 100 ms and a well-behaved `PUT` within 1 s, its open
-/// files stay under the cap, and once the header and body timeouts pass its
-/// open files fall back although the attacker keeps its sockets.
+/// Samples a process's open files every 20 ms until stopped; the peak.
+fn sample_fds(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let n = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            peak = peak.max(n);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+/// The sum of a counter's series in a node's `/metrics`.
+async fn counter(client: &reqwest::Client, p: &Proc, prefix: &str) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", p.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 5,000 connections that sent half a request line, 512 that announced a
+/// 1 MB body and sent none of it and 512 that sent all of it but one byte,
+/// all held open, against one node capped at 3,000 connections (so the cap
+/// is reached and idle connections are evicted to make room): meanwhile
+/// that node answers `/healthz` within 100 ms and a well-behaved `PUT`
+/// within 1 s, its open files stay under the cap and its memory grows by
+/// less than 256 MiB (bodies come out of a 64 MiB budget; beyond it,
+/// 503), and once the header and body timeouts pass its open files fall
+/// back although the attacker keeps its sockets. Then: a head larger than
+/// `--http-max-header-bytes` gets 431, a chunked body above the value limit
+/// 413, a stalled chunked body 408, and the node stops on SIGTERM within
+/// its grace period while fresh stalled connections are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
     let _heavy = HEAVY.lock().await;
@@ -579,26 +618,33 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
         "--http-header-timeout-ms=4000".to_string(),
         "--http-idle-timeout-ms=4000".to_string(),
         "--http-body-timeout-ms=6000".to_string(),
-        "--http-max-connections=2048".to_string(),
+        "--http-max-connections=3000".to_string(),
+        "--max-concurrent-requests=512".to_string(),
+        // Bodies held in memory: 64 MiB; the rest of the growth is the
+        // connections' own buffers.
+        "--http-buffer-mib=64".to_string(),
     ];
-    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     leader(&client, &procs, None).await;
     let target = &procs[0];
+    let pid = target.child.as_ref().unwrap().id();
     let addr = target.http.trim_start_matches("http://").to_owned();
     let before = open_fds(target);
+    let rss_before = status_line(target, "VmRSS:");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fd_peak = sample_fds(pid, stop.clone());
+    let rss_peak = sample_rss(pid, stop.clone());
 
-    let bodies = stalled(
-        &addr,
-        1024,
-        b"PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n",
-    )
-    .await;
+    let head = b"PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n";
+    let mut bodies = stalled(&addr, 512, head).await;
+    let mut most = head.to_vec();
+    most.extend(std::iter::repeat_n(b'v', 999_999));
+    bodies.extend(stalled(&addr, 512, &most).await);
     let halves = stalled(&addr, 5000, b"GET /v1/kv/a HTT").await;
-    let during = open_fds(target);
 
     let (health, took) = timed_get(&addr, "/healthz").await;
     assert_eq!(
@@ -625,46 +671,55 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
         put_took < Duration::from_secs(1),
         "a PUT under the flood took {put_took:?}"
     );
-    assert!(
-        during <= before + 2048 + 64,
-        "the node held {during} files during the flood ({before} before); the cap is 2048 connections"
-    );
-    let metrics = client
-        .get(format!("{}/metrics", target.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let evicted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("raft_node_http_connections_closed_total{reason=\"evicted\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(
-        evicted > 0.0,
-        "no connection was evicted at the cap:\n{metrics}"
-    );
+    let evicted = counter(
+        &client,
+        target,
+        "raft_node_http_connections_closed_total{reason=\"evicted\"}",
+    )
+    .await;
+    assert!(evicted > 0.0, "no connection was evicted at the cap");
 
     // The attacker keeps every socket; the node's timeouts close them.
     let after = wait_fds_below(target, before + 32, Duration::from_secs(20)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (fd_peak, rss_peak) = (fd_peak.join().unwrap(), rss_peak.join().unwrap());
     eprintln!(
-        "flood: /healthz {took:?}, PUT {put_took:?}; node files {before} before, {during} during, {after} after; {evicted} evicted"
+        "flood: /healthz {took:?}, PUT {put_took:?}; node files {before} before, peak {fd_peak}, \
+         {after} after; {evicted} evicted; RSS {} -> peak {} MiB",
+        rss_before >> 20,
+        rss_peak >> 20
     );
     assert!(
         after <= before + 32,
         "the node still holds {after} files 20 s after the flood ({before} before)"
     );
-    // A stalled body got 408 before its connection closed.
-    let mut first = bodies.into_iter().next().unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
     assert!(
-        answer.starts_with("HTTP/1.1 408"),
-        "a stalled body's answer: {answer:?}"
+        fd_peak <= before + 3000 + 64,
+        "the node held {fd_peak} files during the flood ({before} before); the cap is 3000"
     );
+    assert!(
+        rss_peak.saturating_sub(rss_before) < 256 << 20,
+        "the node's memory grew from {} to {} MiB under the stalled bodies",
+        rss_before >> 20,
+        rss_peak >> 20
+    );
+    // A stalled body that got a slot got 408 before its connection closed.
+    let mut timed_out = 0;
+    for mut b in bodies.into_iter().take(64) {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), b.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 408") {
+            timed_out += 1;
+        } else {
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 503") && answer.contains("overloaded"),
+                "a stalled body's answer: {answer:?}"
+            );
+        }
+    }
+    assert!(timed_out > 0, "no stalled body got 408");
+
     // A body announced above the limit is refused from its head alone.
     let started = std::time::Instant::now();
     let got = send(
@@ -677,8 +732,60 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
     let took = started.elapsed();
     assert_eq!(got.map(|(s, _)| s), Some(413), "a 64 MiB body announced");
     assert!(took < Duration::from_secs(1), "413 took {took:?}");
+    // A head larger than --http-max-header-bytes (64 KiB).
+    let mut big_head = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    big_head.extend(std::iter::repeat_n(b'h', 100_000));
+    let got = send(&addr, &big_head, false).await.unwrap();
+    assert_eq!(got.map(|(s, _)| s), Some(431), "a 100 KB head");
+    // A chunked body above the 1 MiB value limit.
+    let mut chunked =
+        b"PUT /v1/kv/chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        chunked.extend(format!("{:x}\r\n", 300_000).as_bytes());
+        chunked.extend(std::iter::repeat_n(b'c', 300_000));
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let got = send(&addr, &chunked, false).await.unwrap();
+    assert_eq!(got.map(|(s, _)| s), Some(413), "a 1.5 MB chunked body");
+    // A chunked body that stalls.
+    let started = std::time::Instant::now();
+    let got = send(
+        &addr,
+        b"PUT /v1/kv/chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabc",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.map(|(s, _)| s), Some(408), "a stalled chunked body");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(
+        client
+            .get(format!("{}/v1/kv/chunked", target.http))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 404,
+        "nothing of the refused bodies was written"
+    );
+
+    // A stop while fresh stalled connections are open ends within the
+    // grace period (10 s) plus the leadership handover.
+    let _late_bodies = stalled(
+        &addr,
+        100,
+        b"PUT /v1/kv/late HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+    )
+    .await;
+    let _late_halves = stalled(&addr, 100, b"GET /v1/kv/a HTT").await;
     drop(halves);
-    assert_running_without_panic(&mut { procs }, "after the connection flood");
+    let started = std::time::Instant::now();
+    let status = procs[0].sigterm();
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(15), "the stop took {took:?}");
+    assert_running_without_panic(&mut procs[1..], "after the connection flood");
 }
 
 /// Over HTTPS: 1,000 connections that never send a ClientHello and 1,000
@@ -695,9 +802,14 @@ async fn silent_tls_handshakes_do_not_block_new_https_clients() {
     );
     let dir = tempfile::tempdir().unwrap();
     let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    // Capped at 1,024 connections: the 2,000 stalled handshakes reach the
+    // cap and are evicted to make room.
     let extra = vec![
         "--client-tls".to_string(),
         "--http-tls-handshake-timeout-ms=3000".to_string(),
+        "--http-max-connections=1024".to_string(),
+        "--max-concurrent-requests=256".to_string(),
+        "--http-max-receiving-bodies=256".to_string(),
     ];
     let procs = cluster_with(dir.path(), 3, &extra, &names, "https");
     let ca =
@@ -740,6 +852,16 @@ async fn silent_tls_handshakes_do_not_block_new_https_clients() {
     assert!(
         after <= before + 32,
         "the node still holds {after} files after the handshake timeout ({before} before)"
+    );
+    let evicted = counter(
+        &https(),
+        target,
+        "raft_node_http_connections_closed_total{reason=\"evicted\"}",
+    )
+    .await;
+    assert!(
+        evicted > 0.0,
+        "no handshaking connection was evicted at the cap"
     );
     drop((silent, halves));
     assert_running_without_panic(&mut { procs }, "after the stalled handshakes");
@@ -914,11 +1036,48 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
             mib(peak)
         );
     }
-    assert_eq!(
-        status_of(&client, follower).await["term"].as_u64(),
-        term_before,
-        "an election happened during the listings"
+    for p in &procs {
+        assert_eq!(
+            status_of(&client, p).await["term"].as_u64(),
+            term_before,
+            "an election happened during the listings (node {})",
+            p.id
+        );
+    }
+
+    // 100 clients that ask for the largest page and never read it: the
+    // pages held for them come out of the memory budget (128 MiB).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let l_before = rss_of(leader_proc);
+    let l_peak = sample_rss(leader_proc.child.as_ref().unwrap().id(), stop.clone());
+    let addr = leader_proc.http.trim_start_matches("http://").to_owned();
+    let readers = stalled(
+        &addr,
+        100,
+        b"GET /v1/kv?prefix=big/&limit=1000 HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (health, took) = timed_get(&addr, "/healthz").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let l_peak = l_peak.join().unwrap();
+    eprintln!(
+        "100 listings never read: leader RSS {:.0} -> peak {:.0} MiB",
+        mib(l_before),
+        mib(l_peak)
     );
+    assert_eq!(
+        health,
+        Some(200),
+        "/healthz beside unread listings ({took:?})"
+    );
+    assert!(
+        l_peak.saturating_sub(l_before) < 256 << 20,
+        "the leader's memory grew from {:.0} to {:.0} MiB with 100 unread listings",
+        mib(l_before),
+        mib(l_peak)
+    );
+    drop(readers);
 
     // Every key once, in order, page by page.
     let mut seen = Vec::new();
@@ -947,16 +1106,19 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     assert_running_without_panic(&mut { procs }, "after the listings");
 }
 
-/// At the connection cap with every connection serving a request (here:
-/// waiting for a body), a new connection is answered 503
-/// `too-many-connections` with `Retry-After` at once, and served again once
-/// a slot frees.
+/// Stalled bodies beyond `--http-max-receiving-bodies` get 503
+/// `overloaded` at once, so they never fill the connection table: with 64
+/// of them against a cap of 64 connections, `/healthz` still answers, and
+/// the 16 that got a slot time out with 408. `POST /healthz` gets a problem
+/// document like any other wrong method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_connection_table_refuses_with_503_and_recovers() {
+async fn stalled_bodies_beyond_their_slots_get_503_and_probes_still_answer() {
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = [
         "--http-max-connections=64".to_string(),
+        "--max-concurrent-requests=16".to_string(),
+        "--http-max-receiving-bodies=16".to_string(),
         "--http-body-timeout-ms=3000".to_string(),
     ];
     let procs = cluster_with(dir.path(), 1, &extra, &[], "http");
@@ -973,25 +1135,88 @@ async fn a_full_connection_table_refuses_with_503_and_recovers() {
         b"PUT /v1/kv/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
     )
     .await;
-    // Let the node accept them all.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = std::time::Instant::now();
-    let got = send(&addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", false)
-        .await
+    let (status, took) = timed_get(&addr, "/healthz").await;
+    assert_eq!(status, Some(200), "/healthz beside 64 stalled bodies");
+    assert!(took < Duration::from_millis(500), "/healthz took {took:?}");
+    let (mut got408, mut got503) = (0, 0);
+    for mut b in bodies {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), b.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        if answer.starts_with("http/1.1 408") {
+            got408 += 1;
+        } else if answer.starts_with("http/1.1 503") {
+            assert!(answer.contains("retry-after: 1"), "{answer}");
+            assert!(answer.contains("overloaded"), "{answer}");
+            got503 += 1;
+        } else {
+            panic!("a stalled body's answer: {answer:?}");
+        }
+    }
+    assert_eq!(
+        (got408, got503),
+        (16, 48),
+        "408s and 503s of 64 stalled bodies"
+    );
+    let got = send(
+        &addr,
+        b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .await
+    .unwrap();
+    let (status, head) = got.expect("an answer");
+    assert_eq!(status, 405);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("application/problem+json"),
+        "{head}"
+    );
+    assert_running_without_panic(&mut { procs }, "after the stalled bodies");
+}
+
+/// Out of file descriptors (the node's limit lowered to 256 after it
+/// started, so its connection cap of 4,096 cannot help), 600 silent
+/// connections do not lock probes out: the accept loop closes the
+/// connections idle the longest when `accept` fails for lack of
+/// descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_longest_idle_connections_make_room() {
+    let _heavy = HEAVY.lock().await;
+    raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let procs = cluster_with(dir.path(), 1, &[], &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
         .unwrap();
-    let took = started.elapsed();
-    let (status, head) = got.expect("an answer, not a silent close");
-    assert_eq!(status, 503, "{head}");
-    let head = head.to_ascii_lowercase();
-    assert!(head.contains("retry-after: 1"), "{head}");
-    assert!(head.contains("application/problem+json"), "{head}");
-    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
-    // The stalled bodies time out (408) and free their slots.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let (status, _) = timed_get(&addr, "/healthz").await;
-    assert_eq!(status, Some(200), "after the bodies timed out");
-    drop(bodies);
-    assert_running_without_panic(&mut { procs }, "after the full connection table");
+    leader(&client, &procs, None).await;
+    let pid = procs[0].child.as_ref().unwrap().id();
+    let low = rustix::process::Rlimit {
+        current: Some(256),
+        maximum: Some(256),
+    };
+    rustix::process::prlimit(
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::Resource::Nofile,
+        low,
+    )
+    .expect("lowering the node's open-files limit");
+    let addr = procs[0].http.trim_start_matches("http://").to_owned();
+    let silent = stalled(&addr, 600, b"").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        let (status, took) = timed_get(&addr, "/healthz").await;
+        assert_eq!(
+            status,
+            Some(200),
+            "probe {i} with the descriptors exhausted (took {took:?})"
+        );
+        assert!(took < Duration::from_secs(2), "probe {i} took {took:?}");
+    }
+    drop(silent);
+    assert_running_without_panic(&mut { procs }, "after running out of descriptors");
 }
 
 /// A node whose disk hangs (every flush blocks): writes cannot finish, so
@@ -1068,4 +1293,84 @@ async fn hung_requests_meet_the_deadline_and_extra_ones_are_shed() {
     }
     std::fs::remove_file(&trigger).unwrap();
     assert_running_without_panic(&mut { procs }, "after the hung disk");
+}
+
+/// A client that reads a listing slowly, through a follower: the follower
+/// takes the leader's answer whole (its own deadline to the leader is one
+/// second) and sends it on at the client's pace, with its length, and the
+/// client's connection is not evicted while its answer is on the way,
+/// although new connections keep arriving at a follower capped at 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_its_whole_listing_through_a_follower() {
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "--request-timeout-ms=1000".to_string(),
+        "--http-max-connections=8".to_string(),
+        "--max-concurrent-requests=2".to_string(),
+        "--http-max-receiving-bodies=2".to_string(),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let lead = leader(&client, &procs, None).await;
+    let leader_proc = procs.iter().find(|p| p.id == lead).unwrap();
+    let follower = procs.iter().find(|p| p.id != lead).unwrap();
+    for i in 0..10 {
+        let r = client
+            .put(format!("{}/v1/kv/slow/{i}", leader_proc.http))
+            .body(vec![0x01u8; 1 << 20])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let addr = follower.http.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /v1/kv?prefix=slow/&limit=1000&consistency=linearizable HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let addr2 = addr.clone();
+    let crowd = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            if let Ok(c) = tokio::net::TcpStream::connect(&addr2).await {
+                held.push(c);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        held
+    });
+    // About 4 s to read the whole answer, 64 KiB at a time.
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => panic!("reading the listing after {} bytes: {e}", answer.len()),
+            Err(_) => panic!("the listing stalled after {} bytes", answer.len()),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(crowd.await.unwrap());
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let body = &answer[split + 4..];
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    assert_eq!(body.len(), length, "the whole answer arrived");
+    let (_, n, _) = page_summary(body);
+    assert!(n >= 1);
+    assert_running_without_panic(&mut { procs }, "after the slow reader");
 }
