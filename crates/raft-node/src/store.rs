@@ -439,7 +439,7 @@ impl KvStateMachine {
     /// [`StoreError`] or an I/O error, with context.
     pub fn with_snapshot_dir(mut self, dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
+        crate::snapshot::create_private_dir(&dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         self.snapshot_dir = Some(dir);
         if let Some(meta) = self.reader.meta_record(INSTALLING_KEY)? {
@@ -823,9 +823,27 @@ impl StateMachine for KvStateMachine {
             .clone()
             .ok_or_else(|| err("snapshots are not enabled".into()))?;
         let path = Self::snapshot_path(&dir, meta.last_log_id.index);
-        // Take the received file over (or copy the data in).
+        // Take the received file over (or copy the data in). The rename is
+        // made durable in both directories before the install goes on: a
+        // power loss must not lose the file the store is switched to.
         let moved = match data.path() {
-            Some(src) => tokio::fs::rename(src, &path).await.is_ok(),
+            Some(src) => match tokio::fs::rename(src, &path).await {
+                Ok(()) => {
+                    let (from, to) = (src.parent().map(Path::to_path_buf), dir.clone());
+                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        crate::snapshot::sync_directory(&to)?;
+                        if let Some(from) = from {
+                            crate::snapshot::sync_directory(&from)?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| err(format!("syncing the snapshot directory: {e}")))?
+                    .map_err(|e| err(format!("syncing {}: {e}", dir.display())))?;
+                    true
+                }
+                Err(_) => false,
+            },
             None => false,
         };
         if !moved {
@@ -853,6 +871,11 @@ impl StateMachine for KvStateMachine {
             tokio::fs::rename(&tmp, &path)
                 .await
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let to = dir.clone();
+            tokio::task::spawn_blocking(move || crate::snapshot::sync_directory(&to))
+                .await
+                .map_err(|e| err(format!("syncing the snapshot directory: {e}")))?
+                .map_err(|e| err(format!("syncing {}: {e}", dir.display())))?;
         }
         let db = self.reader.db.clone();
         let meta = meta.clone();
@@ -1211,6 +1234,62 @@ mod tests {
         assert!(err.0.contains("corrupted"), "{err}");
         assert_eq!(c.reader().applied().unwrap(), 1);
         assert!(c.reader().get(b"mine").unwrap().is_some());
+    }
+
+    /// A received snapshot moved into place survives a power loss: the
+    /// rename is followed by a sync of both directories it touched, and
+    /// the snapshot directory is the node's alone (0700).
+    #[tokio::test]
+    async fn a_snapshot_install_syncs_the_directories_of_its_rename_and_they_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let a_dir = tempfile::tempdir().unwrap();
+        let (_a_log, mut a) = snapshotting(a_dir.path(), 100);
+        for i in 1..=5 {
+            a.apply(&[entry(
+                i,
+                put(&format!("k{i}"), "v", Precondition::None, None),
+            )])
+            .await
+            .unwrap();
+        }
+        let data = a.build_snapshot(&meta(5)).await.unwrap();
+        let bytes = raft_core::snapshot::read_all(data.as_ref(), 1 << 30)
+            .await
+            .unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let (_b_log, mut b) = snapshotting(b_dir.path(), 100);
+        let snapshots = b_dir.path().join("snapshots");
+        let mode = std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            format!("{mode:04o}"),
+            "0700",
+            "the snapshot directory is created 0700"
+        );
+        // As the transport leaves a received snapshot: a file in another
+        // directory, taken over by a rename.
+        let incoming = b_dir.path().join("incoming");
+        std::fs::create_dir(&incoming).unwrap();
+        let received = incoming.join("received.snap");
+        std::fs::write(&received, &bytes).unwrap();
+        let source = FileSource::open(&received).unwrap();
+        let (before_in, before_snap) = (
+            crate::snapshot::synced::count(&incoming),
+            crate::snapshot::synced::count(&snapshots),
+        );
+        b.install_snapshot(&meta(5), Arc::new(source))
+            .await
+            .unwrap();
+        assert!(!received.exists(), "the received file was moved");
+        assert!(KvStateMachine::snapshot_path(&snapshots, 5).exists());
+        assert!(
+            crate::snapshot::synced::count(&incoming) > before_in,
+            "the directory the snapshot left was not synced"
+        );
+        assert!(
+            crate::snapshot::synced::count(&snapshots) > before_snap,
+            "the directory the snapshot entered was not synced"
+        );
+        assert_eq!(b.reader().digest().unwrap(), a.reader().digest().unwrap());
     }
 
     #[tokio::test]
