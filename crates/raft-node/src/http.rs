@@ -151,6 +151,29 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The principal a request authenticated as, by the bearer token it
+/// presents: `user` (`--auth-token-file`) or `admin`
+/// (`--admin-token-file`); `None` without a valid token. It scopes
+/// idempotency keys (carried in the proposed command).
+pub(crate) fn principal(cfg: &NodeConfig, headers: &HeaderMap) -> Option<String> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    let matches = |t: &Option<String>| {
+        t.as_deref()
+            .is_some_and(|t| same_secret(t.as_bytes(), presented.as_bytes()))
+    };
+    if matches(&cfg.auth_token) {
+        Some("user".to_owned())
+    } else if matches(&cfg.admin_token) {
+        Some("admin".to_owned())
+    } else {
+        None
+    }
+}
+
 /// Admin routes: they change the cluster rather than the data.
 fn is_admin(method: &Method, path: &str) -> bool {
     path.starts_with("/v1/cluster/") && method != Method::GET
@@ -472,6 +495,7 @@ async fn write(
         op,
         key,
         precondition,
+        principal: idem.as_ref().and_then(|_| principal(&state.cfg, &headers)),
         idempotency_key: idem,
     };
     match state.raft.propose(cmd.encode()).await {
