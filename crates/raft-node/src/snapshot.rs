@@ -244,32 +244,6 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Test hook: the directories [`sync_directory`] synced, so tests can check
-/// that a rename was followed by a sync of its directory.
-#[cfg(test)]
-pub(crate) mod synced {
-    use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-
-    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    pub(super) fn record(dir: &Path) {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        SYNCED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
-    }
-
-    /// How many times `dir` was synced so far.
-    pub(crate) fn count(dir: &Path) -> usize {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        SYNCED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|d| **d == dir)
-            .count()
-    }
-}
-
 /// One record: tag, key, value.
 type Record = (u8, Vec<u8>, Vec<u8>);
 
@@ -434,4 +408,30 @@ pub fn load(
     }
     db.write_opt(batch, &opts)?;
     Ok(r.records)
+}
+
+/// Test hook: the directories [`sync_directory`] synced, so tests can check
+/// that a rename was followed by a sync of its directory.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn record(dir: &Path) {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        SYNCED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    }
+
+    /// How many times `dir` was synced so far.
+    pub(crate) fn count(dir: &Path) -> usize {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        SYNCED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|d| **d == dir)
+            .count()
+    }
 }
