@@ -149,6 +149,9 @@ pub async fn start(
 ) -> anyhow::Result<RunningNode> {
     let cfg = Arc::new(cfg);
     let id = cfg.id;
+    for warning in cfg.security_warnings() {
+        tracing::warn!("SECURITY: {warning}");
+    }
     let tls = NodeTls::from_pem_files(id, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)
         .context("loading the peer TLS identity")?;
     // The store, snapshots and received snapshots are this node's alone.

@@ -1,11 +1,14 @@
-//! The client API's security on real node processes: idempotency keys
-//! scoped per principal and told apart by a cryptographic fingerprint.
+//! The client API's security on real node processes: `raft-node ctl`
+//! against a node that requires a bearer token and HTTPS with client
+//! certificates; idempotency keys scoped per principal and told apart by
+//! a cryptographic fingerprint; private directories.
 
 mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,6 +20,112 @@ const ADMIN: &str = "admin-token-0123456789abcdef";
 fn token_file(path: &Path, token: &str) {
     std::fs::write(path, format!("{token}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs `raft-node ctl` with `args`; returns (success, stdout, stderr).
+fn ctl(args: &[String]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run raft-node ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_talks_to_a_node_that_requires_a_token_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("user.token");
+    token_file(&token, USER);
+    let certs = dir.path().join("certs");
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let extra = vec![
+        "--client-tls".to_string(),
+        format!("--client-ca={}", certs.join("ca.pem").display()),
+        format!("--auth-token-file={}", token.display()),
+    ];
+    let procs = common::cluster_with(dir.path(), 1, &extra, &names, "https");
+    let endpoint = procs[0].http.clone();
+    let tls = vec![
+        format!("--endpoint={endpoint}"),
+        format!("--cacert={}", certs.join("ca.pem").display()),
+        format!("--cert={}", certs.join("node-2.pem").display()),
+        format!("--key={}", certs.join("node-2.key").display()),
+        "--timeout-ms=5000".to_string(),
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut a = tls.clone();
+        a.push(format!("--token-file={}", token.display()));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // The node elects itself; ctl retries its first write until it does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = ctl(&with(&["put", "greeting", "hello"]));
+        if ok {
+            assert!(out.contains("\"rev\""), "{out}");
+            break;
+        }
+        assert!(
+            (err.contains("503") || err.contains("Connection refused"))
+                && Instant::now() < deadline,
+            "ctl put through HTTPS with a token and a client certificate failed: {err}; \
+             node log:\n{}",
+            procs[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out, err) = ctl(&with(&["get", "greeting"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "hello");
+    let (ok, out, err) = ctl(&with(&["status"]));
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["leader"], 1, "{status:#}");
+
+    // Without the token: the node says 401, and ctl exits non-zero.
+    let (ok, _, err) = ctl(&[tls.clone(), vec!["get".into(), "greeting".into()]].concat());
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+    // Without a client certificate: the handshake is refused.
+    let (ok, _, err) = ctl(&[
+        format!("--endpoint={endpoint}"),
+        format!("--cacert={}", certs.join("ca.pem").display()),
+        format!("--token-file={}", token.display()),
+        "get".into(),
+        "greeting".into(),
+    ]);
+    assert!(!ok, "a client without a certificate was served");
+    assert!(err.contains("cannot reach"), "{err}");
+    // A token file others can read is refused, naming the fix.
+    let loose = dir.path().join("loose.token");
+    std::fs::write(&loose, USER).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = ctl(&[
+        tls.clone(),
+        vec![format!("--token-file={}", loose.display()), "status".into()],
+    ]
+    .concat());
+    assert!(!ok);
+    assert!(
+        err.contains("loose.token") && err.contains("0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // The node's directories are its own (0700).
+    let data = dir.path().join("node-1");
+    for d in [data.clone(), data.join("snapshots"), data.join("incoming")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
 }
 
 /// The command encoding (format version 1) that the previous fingerprint,
