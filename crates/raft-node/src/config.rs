@@ -378,12 +378,14 @@ impl NodeConfig {
         let tokens = self.auth_token.is_some() || self.admin_token.is_some();
         if exposed && !tokens && !self.client_tls {
             out.push(format!(
-                "the HTTP API listens on {} with no bearer token and no TLS (--insecure): anyone who can reach it can read and write every key and change the cluster",
+                "the HTTP API listens on {} with no bearer token and no TLS (--insecure): anyone \
+                who can reach it can read and write every key and change the cluster",
                 self.client_listen
             ));
         } else if exposed && !self.api_authenticated() {
             out.push(format!(
-                "the HTTP API listens on {} without authentication (--insecure): anyone who can reach it can read and write every key and change the cluster",
+                "the HTTP API listens on {} without authentication (--insecure): anyone who can \
+                reach it can read and write every key and change the cluster",
                 self.client_listen
             ));
         }
@@ -395,20 +397,24 @@ impl NodeConfig {
                 .any(|m| !is_loopback_host(host_of(&m.client_addr)));
         if tokens && !self.client_tls && members_remote {
             out.push(
-                "bearer tokens without --client-tls: clients send them, and followers forward them to the leader in the Authorization header, over plain HTTP, where anyone on the network path can read them; use --client-tls"
+                "bearer tokens without --client-tls: clients send them, and followers forward \
+                them to the leader in the Authorization header, over plain HTTP, where anyone on \
+                the network path can read them; use --client-tls"
                     .to_string(),
             );
         }
         if let Some(join) = &self.join {
             if tokens && join.starts_with("http://") {
                 out.push(format!(
-                    "--join {join} sends the admin token in clear (plain HTTP); join through an https:// URL"
+                    "--join {join} sends the admin token in clear (plain HTTP); join through an \
+                    https:// URL"
                 ));
             }
         }
         if self.admin_token.is_some() && self.auth_token.is_none() {
             out.push(
-                "only --admin-token-file is set: the admin routes need its token, but /v1/kv and GET /v1/cluster are open to anyone; set --auth-token-file too"
+                "only --admin-token-file is set: the admin routes need its token, but /v1/kv and \
+                GET /v1/cluster are open to anyone; set --auth-token-file too"
                     .to_string(),
             );
         }
@@ -618,7 +624,10 @@ impl RunArgs {
         }
         if !cfg.client_listen.ip().is_loopback() && !cfg.api_authenticated() && !cfg.insecure {
             return Err(ConfigError(format!(
-                "--client-listen {} is reachable beyond this machine but the API has no authentication: give --auth-token-file (and --client-tls, so tokens do not travel in clear) or --client-tls with --client-ca, or pass --insecure to serve it open anyway",
+                "--client-listen {} is reachable beyond this machine but the API has no \
+                authentication: give --auth-token-file (and --client-tls, so tokens do not \
+                travel in clear) or --client-tls with --client-ca, or pass --insecure to serve \
+                it open anyway",
                 cfg.client_listen
             )));
         }
@@ -704,7 +713,8 @@ pub fn read_token(path: &Path) -> Result<String, ConfigError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ConfigError(format!(
-            "token file {} has mode {mode:04o}: other users can read or change it; make it readable by its owner only (`chmod 600 {}`)",
+            "token file {} has mode {mode:04o}: other users can read or change it; make it \
+            readable by its owner only (`chmod 600 {}`)",
             path.display(),
             path.display()
         )));
