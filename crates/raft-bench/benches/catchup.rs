@@ -109,6 +109,7 @@ async fn run_once(mib: usize) -> (f64, f64) {
             key: Bytes::from(format!("big/{i:06}")),
             precondition: Precondition::None,
             idempotency_key: None,
+            principal: None,
         };
         leader.propose(cmd.encode()).await.expect("write");
     }

@@ -233,16 +233,90 @@ pub fn write_dev_certs(
     Ok(files)
 }
 
+/// Writes a private key so that it is never readable by anyone but its
+/// owner, whatever the file held before: the text goes to a new temporary
+/// file created with mode 0600 beside `path`, is synced, and replaces
+/// `path` by a rename (the directory synced after it). A key file that
+/// existed with a looser mode (0644, say) ends up 0600 like a new one, and
+/// no reader ever sees a partly written key.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("a key file needs a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        // The mode given at creation is masked by the umask; set it
+        // explicitly so that it is exactly 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn octal(mode: u32) -> String {
+        format!("{mode:04o}")
+    }
+
+    #[test]
+    fn private_keys_are_0600_even_when_the_file_existed_with_another_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("node-1.key");
+        let ca_key = dir.path().join("ca.key");
+        // A key file left world-readable (by an older version, a copy, an
+        // editor): issuing the node again rewrites it 0600.
+        std::fs::write(&key, "old key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let files = write_dev_certs(dir.path(), &[1, 2], &[]).unwrap();
+        for (_, _, k) in &files.nodes {
+            assert_eq!(octal(mode(k)), "0600", "{}", k.display());
+        }
+        assert_eq!(octal(mode(&ca_key)), "0600");
+        assert_ne!(std::fs::read_to_string(&key).unwrap(), "old key");
+        // Again, over keys made 0666: every write fixes the mode.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_dev_certs(dir.path(), &[1], &[]).unwrap();
+        assert_eq!(octal(mode(&key)), "0600");
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    }
 }

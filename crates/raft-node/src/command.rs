@@ -2,11 +2,28 @@
 //! results. A command is proposed as the payload of a normal entry; every
 //! replica decodes and applies it the same way, so the encoding is strict
 //! and versioned.
+//!
+//! Two command layouts are read: version 1, written by every earlier
+//! release (and still written for a command without a principal, so its
+//! bytes are unchanged), and version 2, which adds the principal that
+//! scopes the idempotency key.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 
-/// Format version of encoded commands and results.
+/// Format version of a command without a principal (the original layout)
+/// and of encoded results.
 const VERSION: u8 = 1;
+/// Format version of a command that carries a principal.
+const VERSION_SCOPED: u8 = 2;
+/// Largest principal name, in bytes.
+pub const PRINCIPAL_MAX_BYTES: usize = 64;
+/// Bytes of SHA-256 kept in an idempotency fingerprint (128 bits).
+pub const FINGERPRINT_BYTES: usize = 16;
+
+/// What an idempotency record remembers of a request: the first
+/// [`FINGERPRINT_BYTES`] bytes of a SHA-256 of everything but its token.
+pub type Fingerprint = [u8; FINGERPRINT_BYTES];
 
 /// A write's precondition on the key's current revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +48,12 @@ pub struct Command {
     /// `Idempotency-Key`: a retry with the same token returns the first
     /// result instead of applying again.
     pub idempotency_key: Option<String>,
+    /// Who sent the request, as authenticated by the node that proposed it
+    /// (`user` or `admin`, by the bearer token it presented; `None` when
+    /// the API is open). Idempotency keys are scoped by it: the same key
+    /// from two principals names two requests. Carried in the command so
+    /// that every replica scopes identically.
+    pub principal: Option<String>,
 }
 
 /// The write operation.
@@ -131,21 +154,66 @@ fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, DecodeError> {
 }
 
 impl Command {
-    /// What an idempotency record remembers of the request: a checksum of
-    /// everything but the token, so reusing a token for another request is
-    /// detected instead of answered with the first request's result.
-    pub fn fingerprint(&self) -> u32 {
-        let anonymous = Command {
+    /// What an idempotency record remembers of the request: the first 128
+    /// bits of a SHA-256 over everything but the token and the principal
+    /// (operation, key, value, precondition), so that reusing a token for
+    /// another request is detected instead of answered with the first
+    /// request's result. A cryptographic hash: two different requests
+    /// cannot be made to look alike, as they could under a CRC.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut h = Sha256::new();
+        h.update(b"raft-node idempotency fingerprint v2\0");
+        h.update(self.anonymous().encode());
+        let digest = h.finalize();
+        let mut fp = [0u8; FINGERPRINT_BYTES];
+        fp.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
+        fp
+    }
+
+    /// The fingerprint idempotency records written by earlier releases hold:
+    /// a CRC-32C of the same bytes. Only compared against those records,
+    /// until they leave the idempotency window.
+    pub fn legacy_fingerprint(&self) -> u32 {
+        crc32c::crc32c(&self.anonymous().encode())
+    }
+
+    /// The command without its token and principal (version 1 layout).
+    fn anonymous(&self) -> Command {
+        Command {
             idempotency_key: None,
+            principal: None,
             ..self.clone()
-        };
-        crc32c::crc32c(&anonymous.encode())
+        }
+    }
+
+    /// The name of this command's idempotency record in its principal's
+    /// namespace, `None` without a token. Without a principal it is the
+    /// token itself (as earlier releases named every record); with one,
+    /// `0x00 | len:u8 | principal | token`, which no token (visible ASCII)
+    /// can spell.
+    pub fn idempotency_slot(&self) -> Option<Vec<u8>> {
+        let token = self.idempotency_key.as_ref()?;
+        Some(match &self.principal {
+            None => token.as_bytes().to_vec(),
+            Some(p) => {
+                let mut slot = Vec::with_capacity(2 + p.len() + token.len());
+                slot.push(0);
+                slot.push(u8::try_from(p.len()).expect("principals are bounded"));
+                slot.extend_from_slice(p.as_bytes());
+                slot.extend_from_slice(token.as_bytes());
+                slot
+            }
+        })
     }
 
     /// Encodes the command as an entry payload.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(32 + self.key.len());
-        out.put_u8(VERSION);
+        out.put_u8(if self.principal.is_some() {
+            VERSION_SCOPED
+        } else {
+            VERSION
+        });
         match &self.op {
             Op::Put(_) => out.put_u8(1),
             Op::Delete => out.put_u8(2),
@@ -157,6 +225,9 @@ impl Command {
                 out.put_u64(rev);
             }
             Precondition::IfNoneMatch => out.put_u8(2),
+        }
+        if let Some(p) = &self.principal {
+            put_bytes(&mut out, p.as_bytes());
         }
         match &self.idempotency_key {
             None => out.put_u8(0),
@@ -178,15 +249,27 @@ impl Command {
     ///
     /// [`DecodeError`] naming the field that is wrong.
     pub fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
-        if get_u8(&mut buf, "version")? != VERSION {
-            return Err(DecodeError("unknown version"));
-        }
+        let scoped = match get_u8(&mut buf, "version")? {
+            VERSION => false,
+            VERSION_SCOPED => true,
+            _ => return Err(DecodeError("unknown version")),
+        };
         let op = get_u8(&mut buf, "op")?;
         let precondition = match get_u8(&mut buf, "precondition")? {
             0 => Precondition::None,
             1 => Precondition::IfMatch(get_u64(&mut buf, "revision")?),
             2 => Precondition::IfNoneMatch,
             _ => return Err(DecodeError("precondition")),
+        };
+        let principal = if scoped {
+            let p = get_bytes(&mut buf, "principal")?;
+            if p.is_empty() || p.len() > PRINCIPAL_MAX_BYTES || !p.iter().all(u8::is_ascii_graphic)
+            {
+                return Err(DecodeError("principal"));
+            }
+            Some(String::from_utf8(p.to_vec()).map_err(|_| DecodeError("principal"))?)
+        } else {
+            None
         };
         let idempotency_key = match get_u8(&mut buf, "idempotency flag")? {
             0 => None,
@@ -210,6 +293,7 @@ impl Command {
             key,
             precondition,
             idempotency_key,
+            principal,
         })
     }
 }
@@ -283,12 +367,21 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 precondition: Precondition::IfMatch(7),
                 idempotency_key: Some("abc".into()),
+                principal: None,
             },
             Command {
                 op: Op::Delete,
                 key: Bytes::from_static(b"\xff\x00"),
                 precondition: Precondition::IfNoneMatch,
                 idempotency_key: None,
+                principal: None,
+            },
+            Command {
+                op: Op::Put(Bytes::from_static(b"v")),
+                key: Bytes::from_static(b"k"),
+                precondition: Precondition::None,
+                idempotency_key: Some("abc".into()),
+                principal: Some("admin".into()),
             },
         ];
         for c in cmds {
@@ -309,6 +402,60 @@ mod tests {
         ];
         for o in outcomes {
             assert_eq!(Outcome::decode(o.encode()), Ok(o));
+        }
+    }
+
+    /// Commands written by earlier releases (format version 1, pinned
+    /// bytes) still decode, and a command without a principal is still
+    /// written in that layout byte for byte.
+    #[test]
+    fn version_1_commands_still_decode_and_are_still_written() {
+        let v1: &[u8] = b"\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x07\x01\x00\x00\x00\x03abc\
+                          \x00\x00\x00\x01k\x00\x00\x00\x01v";
+        let cmd = Command::decode(Bytes::from_static(v1)).unwrap();
+        assert_eq!(
+            cmd,
+            Command {
+                op: Op::Put(Bytes::from_static(b"v")),
+                key: Bytes::from_static(b"k"),
+                precondition: Precondition::IfMatch(7),
+                idempotency_key: Some("abc".into()),
+                principal: None,
+            }
+        );
+        assert_eq!(cmd.encode().as_ref(), v1);
+        assert_eq!(cmd.idempotency_slot().unwrap(), b"abc");
+    }
+
+    #[test]
+    fn fingerprints_and_slots_tell_requests_and_principals_apart() {
+        let put = |v: &'static [u8], principal: Option<&str>| Command {
+            op: Op::Put(Bytes::from_static(v)),
+            key: Bytes::from_static(b"k"),
+            precondition: Precondition::None,
+            idempotency_key: Some("t".into()),
+            principal: principal.map(str::to_owned),
+        };
+        // The token and the principal are not part of the fingerprint; the
+        // request is.
+        assert_eq!(
+            put(b"a", None).fingerprint(),
+            put(b"a", Some("user")).fingerprint()
+        );
+        assert_ne!(put(b"a", None).fingerprint(), put(b"b", None).fingerprint());
+        // Each principal has its own namespace of tokens.
+        let slots = [
+            put(b"a", None).idempotency_slot(),
+            put(b"a", Some("user")).idempotency_slot(),
+            put(b"a", Some("admin")).idempotency_slot(),
+        ];
+        assert_ne!(slots[0], slots[1]);
+        assert_ne!(slots[1], slots[2]);
+        assert_ne!(slots[0], slots[2]);
+        // A principal that is empty, too long or not visible ASCII is refused.
+        for bad in ["", " x", &"p".repeat(PRINCIPAL_MAX_BYTES + 1)] {
+            let enc = put(b"a", Some(bad)).encode();
+            assert!(Command::decode(enc).is_err(), "{bad:?}");
         }
     }
 }

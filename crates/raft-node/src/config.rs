@@ -257,6 +257,15 @@ pub struct RunArgs {
     /// for benchmarks only. [default: false]
     #[arg(long, env = "RAFT_UNSAFE_NO_FSYNC", num_args = 0..=1, default_missing_value = "true")]
     pub unsafe_no_fsync: Option<bool>,
+
+    // Security settings (issue 16 item 6).
+    /// Allow the HTTP API on a non-loopback address without any
+    /// authentication (no `--auth-token-file`, `--admin-token-file` or
+    /// `--client-ca`): anyone who reaches it can read, write and change the
+    /// cluster. Without this flag such a node refuses to start.
+    /// [default: false]
+    #[arg(long, env = "RAFT_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 /// Log output format.
@@ -281,8 +290,8 @@ pub struct Member {
     pub client_addr: String,
 }
 
-/// Fully resolved settings.
-#[derive(Debug, Clone)]
+/// Fully resolved settings. Its `Debug` output never shows the tokens.
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Node id.
     pub id: NodeId,
@@ -375,6 +384,143 @@ pub struct NodeConfig {
     pub client_tls: bool,
     /// CA of client certificates (HTTPS only).
     pub client_ca: Option<PathBuf>,
+    /// The API may listen beyond loopback without authentication.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("client_listen", &self.client_listen)
+            .field("peer_listen", &self.peer_listen)
+            .field("initial_cluster", &self.initial_cluster)
+            .field("advertise", &self.advertise)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tick", &self.tick)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("request_timeout", &self.request_timeout)
+            .field("failure_exit_delay", &self.failure_exit_delay)
+            .field("storage_stall_timeout", &self.storage_stall_timeout)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_list_limit", &self.max_list_limit)
+            .field("max_list_bytes", &self.max_list_bytes)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_idle_timeout", &self.http_idle_timeout)
+            .field("http_body_timeout", &self.http_body_timeout)
+            .field("http_request_deadline", &self.http_request_deadline)
+            .field("http_tls_handshake_timeout", &self.http_tls_handshake_timeout)
+            .field("http_send_timeout", &self.http_send_timeout)
+            .field("http_max_header_bytes", &self.http_max_header_bytes)
+            .field("http_max_receiving_bodies", &self.http_max_receiving_bodies)
+            .field("http_buffer_bytes", &self.http_buffer_bytes)
+            .field("max_concurrent_listings", &self.max_concurrent_listings)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("snapshot_entries", &self.snapshot_entries)
+            .field("snapshot_bytes", &self.snapshot_bytes)
+            .field("snapshot_keep_entries", &self.snapshot_keep_entries)
+            .field("max_promotion_lag", &self.max_promotion_lag)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("join", &self.join)
+            .field("log_format", &self.log_format)
+            .field("unsafe_no_fsync", &self.unsafe_no_fsync)
+            .field("auth_token", &secret(&self.auth_token))
+            .field("admin_token", &secret(&self.admin_token))
+            .field("client_tls", &self.client_tls)
+            .field("client_ca", &self.client_ca)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `host` (a host name or address, without port) names this
+/// machine only.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of `host:port` (IPv6 in brackets).
+fn host_of(addr: &str) -> &str {
+    match addr.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => addr,
+    }
+}
+
+impl NodeConfig {
+    /// Whether the HTTP API authenticates its callers at all: a bearer
+    /// token or client certificates.
+    pub fn api_authenticated(&self) -> bool {
+        self.auth_token.is_some()
+            || self.admin_token.is_some()
+            || (self.client_tls && self.client_ca.is_some())
+    }
+
+    /// What is unsafe about these settings, one sentence each, for the log
+    /// at start (empty when nothing is): an API exposed with no token and
+    /// no TLS, tokens that travel in clear between nodes or to `--join`,
+    /// and a data API left open beside an admin token.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let exposed = !self.client_listen.ip().is_loopback();
+        let tokens = self.auth_token.is_some() || self.admin_token.is_some();
+        if exposed && !tokens && !self.client_tls {
+            out.push(format!(
+                "the HTTP API listens on {} with no bearer token and no TLS (--insecure): anyone \
+                who can reach it can read and write every key and change the cluster",
+                self.client_listen
+            ));
+        } else if exposed && !self.api_authenticated() {
+            out.push(format!(
+                "the HTTP API listens on {} without authentication (--insecure): anyone who can \
+                reach it can read and write every key and change the cluster",
+                self.client_listen
+            ));
+        }
+        let members_remote = exposed
+            || !is_loopback_host(host_of(&self.advertise.client_addr))
+            || self
+                .initial_cluster
+                .iter()
+                .any(|m| !is_loopback_host(host_of(&m.client_addr)));
+        if tokens && !self.client_tls && members_remote {
+            out.push(
+                "bearer tokens without --client-tls: clients send them, and followers forward \
+                them to the leader in the Authorization header, over plain HTTP, where anyone on \
+                the network path can read them; use --client-tls"
+                    .to_string(),
+            );
+        }
+        if let Some(join) = &self.join {
+            if tokens && join.starts_with("http://") {
+                out.push(format!(
+                    "--join {join} sends the admin token in clear (plain HTTP); join through an \
+                    https:// URL"
+                ));
+            }
+        }
+        if self.admin_token.is_some() && self.auth_token.is_none() {
+            out.push(
+                "only --admin-token-file is set: the admin routes need its token, but /v1/kv and \
+                GET /v1/cluster are open to anyone; set --auth-token-file too"
+                    .to_string(),
+            );
+        }
+        out
+    }
 }
 
 /// The largest key plus value a node accepts: an entry must fit, with
@@ -457,7 +603,8 @@ impl RunArgs {
             auth_token_file,
             admin_token_file,
             client_tls,
-            client_ca
+            client_ca,
+            insecure
         )
     }
 
@@ -581,6 +728,7 @@ impl RunArgs {
                 .transpose()?,
             client_tls: self.client_tls.unwrap_or(false),
             client_ca: self.client_ca,
+            insecure: self.insecure.unwrap_or(false),
         };
         if let Some(url) = &cfg.join {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -598,6 +746,15 @@ impl RunArgs {
         }
         if cfg.client_ca.is_some() && !cfg.client_tls {
             return Err(ConfigError("--client-ca needs --client-tls".into()));
+        }
+        if !cfg.client_listen.ip().is_loopback() && !cfg.api_authenticated() && !cfg.insecure {
+            return Err(ConfigError(format!(
+                "--client-listen {} is reachable beyond this machine but the API has no \
+                authentication: give --auth-token-file (and --client-tls, so tokens do not \
+                travel in clear) or --client-tls with --client-ca, or pass --insecure to serve \
+                it open anyway",
+                cfg.client_listen
+            )));
         }
         if cfg.tick.is_zero() || cfg.tick > Duration::from_secs(60) {
             return Err(ConfigError("--tick-ms must be between 1 and 60000".into()));
@@ -699,7 +856,27 @@ fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigEr
     usize::try_from(mib << 20).map_err(|_| ConfigError(format!("{name} is too large here")))
 }
 
-fn read_token(path: &Path) -> Result<String, ConfigError> {
+/// Reads a bearer token file: one token of at least 16 visible ASCII
+/// characters, in a file that only its owner can read (a mode that lets
+/// the group or others read it is refused, naming the fix).
+///
+/// # Errors
+///
+/// [`ConfigError`] naming the file: unreadable, readable by others, or
+/// not holding a valid token.
+pub fn read_token(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError(format!("cannot read token file {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError(format!(
+            "token file {} has mode {mode:04o}: other users can read or change it; make it \
+            readable by its owner only (`chmod 600 {}`)",
+            path.display(),
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read token file {}: {e}", path.display())))?;
     let token = text.trim().to_owned();
@@ -890,11 +1067,150 @@ mod tests {
             client_listen: Some("0.0.0.0:8000".parse().unwrap()),
             peer_advertise: Some("10.0.0.1:7000".parse().unwrap()),
             client_advertise: Some("node1.example:8000".into()),
+            insecure: Some(true),
             ..base()
         }
         .resolve()
         .unwrap();
         assert_eq!(cfg.advertise.client_addr, "node1.example:8000");
+    }
+
+    fn private_token(dir: &Path, name: &str, token: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// Listening beyond loopback, as a node of a real cluster does.
+    fn exposed() -> RunArgs {
+        RunArgs {
+            client_listen: Some("0.0.0.0:8080".parse().unwrap()),
+            client_advertise: Some("10.0.0.1:8080".into()),
+            peer_advertise: Some("10.0.0.1:7000".parse().unwrap()),
+            ..base()
+        }
+    }
+
+    #[test]
+    fn an_api_exposed_beyond_loopback_without_auth_is_refused_unless_insecure() {
+        let err = exposed().resolve().unwrap_err();
+        assert!(
+            err.0.contains("--insecure") && err.0.contains("--auth-token-file"),
+            "{err}"
+        );
+        // TLS alone authenticates nobody.
+        let err = RunArgs {
+            client_tls: Some(true),
+            ..exposed()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--insecure"), "{err}");
+        // Said explicitly: it starts, with a loud warning.
+        let cfg = RunArgs {
+            insecure: Some(true),
+            ..exposed()
+        }
+        .resolve()
+        .unwrap();
+        let warnings = cfg.security_warnings().join("\n");
+        assert!(
+            warnings.contains("no bearer token and no TLS"),
+            "{warnings}"
+        );
+        // A token or client certificates are enough.
+        let dir = tempfile::tempdir().unwrap();
+        let token = private_token(dir.path(), "t", "a-token-of-enough-length");
+        let cfg = RunArgs {
+            auth_token_file: Some(token),
+            ..exposed()
+        }
+        .resolve()
+        .unwrap();
+        let warnings = cfg.security_warnings().join("\n");
+        assert!(
+            warnings.contains("Authorization") && warnings.contains("plain HTTP"),
+            "followers forward the token in clear: {warnings}"
+        );
+        RunArgs {
+            client_tls: Some(true),
+            client_ca: Some("ca.pem".into()),
+            ..exposed()
+        }
+        .resolve()
+        .unwrap();
+        // Loopback needs nothing and warns of nothing.
+        let cfg = base().resolve().unwrap();
+        assert!(!cfg.insecure);
+        assert_eq!(cfg.security_warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cleartext_tokens_and_an_open_data_api_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = private_token(dir.path(), "admin", "an-admin-token-0123456789");
+        // Only the admin token: /v1/kv stays open.
+        let cfg = RunArgs {
+            admin_token_file: Some(admin.clone()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        let warnings = cfg.security_warnings().join("\n");
+        assert!(
+            warnings.contains("/v1/kv") && warnings.contains("--auth-token-file"),
+            "{warnings}"
+        );
+        // --join over http:// sends the admin token in clear.
+        let cfg = RunArgs {
+            admin_token_file: Some(admin),
+            join: Some("http://10.0.0.1:8080".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        let warnings = cfg.security_warnings().join("\n");
+        assert!(
+            warnings.contains("--join") && warnings.contains("in clear"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn token_files_others_can_read_are_refused_and_tokens_never_printed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_token(dir.path(), "user.token", "secret-token-0123456789");
+        for loose in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+            let err = RunArgs {
+                auth_token_file: Some(path.clone()),
+                ..base()
+            }
+            .resolve()
+            .unwrap_err();
+            let mode = format!("{loose:04o}");
+            assert!(
+                err.0.contains("user.token")
+                    && err.0.contains(&mode)
+                    && err.0.contains("chmod 600"),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let cfg = RunArgs {
+            auth_token_file: Some(path.clone()),
+            admin_token_file: Some(path),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert!(cfg.auth_token.is_some() && cfg.admin_token.is_some());
+        let shown = format!("{cfg:?} {cfg:#?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(shown.contains("auth_token"), "{shown}");
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! list, cluster status, leadership transfer, membership changes,
 //! snapshots) against any node.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -19,6 +22,25 @@ pub struct CtlArgs {
     /// The node to talk to (any node; followers forward to the leader).
     #[arg(long, env = "RAFT_ENDPOINT", default_value = "http://127.0.0.1:8081")]
     pub endpoint: String,
+    /// File holding the bearer token to send (`Authorization: Bearer`);
+    /// like the node's, it must be readable by its owner only.
+    #[arg(long, env = "RAFT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the node's HTTPS certificate (for an
+    /// `https://` endpoint; the cluster CA, `ca.pem`).
+    #[arg(long, env = "RAFT_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// PEM file of a client certificate to present (for a node started
+    /// with `--client-ca`); needs `--key`.
+    #[arg(long, env = "RAFT_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM file of the private key of `--cert`.
+    #[arg(long, env = "RAFT_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// How long to wait for an answer, connecting included, in
+    /// milliseconds.
+    #[arg(long, env = "RAFT_CTL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
     /// What to do.
     #[command(subcommand)]
     pub op: CtlOp,
@@ -123,13 +145,62 @@ async fn finish(resp: reqwest::Response) -> anyhow::Result<()> {
     }
 }
 
+/// The HTTP client of `ctl`: its timeout, the CA to trust and the client
+/// certificate to present.
+fn client(a: &CtlArgs) -> anyhow::Result<reqwest::Client> {
+    if a.timeout_ms == 0 {
+        bail!("--timeout-ms must be positive");
+    }
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .use_rustls_tls();
+    if let Some(path) = &a.cacert {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("no CA certificate in {}", path.display()))?;
+        if certs.is_empty() {
+            bail!("no CA certificate in {}", path.display());
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    } else if a.endpoint.starts_with("https://") {
+        bail!("an https:// endpoint needs --cacert (the CA that signed the node's certificate)");
+    }
+    if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
+        let mut pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?);
+        let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "{} and {} are not a certificate and its private key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().context("building the HTTP client")
+}
+
 /// Runs one `ctl` operation and prints the answer.
 ///
 /// # Errors
 ///
-/// When the node cannot be reached or answers with an error status.
+/// When the node cannot be reached or answers with an error status, or a
+/// file given (token, CA, certificate, key) cannot be used.
 pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let token = match &a.token_file {
+        Some(path) => Some(crate::config::read_token(path)?),
+        None => None,
+    };
+    let client = client(&a)?;
+    let with_token = |r: reqwest::RequestBuilder| match &token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
     let base = a.endpoint.trim_end_matches('/');
     let key_url = |k: &str| format!("{base}/v1/kv/{}", utf8_percent_encode(k, PATH_SAFE));
     let resp = match a.op {
@@ -139,7 +210,7 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
             if_match,
             if_absent,
         } => {
-            let mut r = client.put(key_url(&key)).body(value);
+            let mut r = with_token(client.put(key_url(&key))).body(value);
             if let Some(rev) = if_match {
                 r = r.header("if-match", format!("\"{rev}\""));
             }
@@ -149,14 +220,13 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
             r.send().await
         }
         CtlOp::Get { key, consistency } => {
-            client
-                .get(key_url(&key))
+            with_token(client.get(key_url(&key)))
                 .query(&[("consistency", consistency)])
                 .send()
                 .await
         }
         CtlOp::Delete { key, if_match } => {
-            let mut r = client.delete(key_url(&key));
+            let mut r = with_token(client.delete(key_url(&key)));
             if let Some(rev) = if_match {
                 r = r.header("if-match", format!("\"{rev}\""));
             }
@@ -175,20 +245,22 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
             if keys_only {
                 query.push(("keys_only", "true".to_string()));
             }
-            client
-                .get(format!("{base}/v1/kv"))
+            with_token(client.get(format!("{base}/v1/kv")))
                 .query(&query)
                 .send()
                 .await
         }
-        CtlOp::Status => client.get(format!("{base}/v1/cluster")).send().await,
+        CtlOp::Status => {
+            with_token(client.get(format!("{base}/v1/cluster")))
+                .send()
+                .await
+        }
         CtlOp::AddLearner {
             id,
             peer_addr,
             client_addr,
         } => {
-            client
-                .post(format!("{base}/v1/cluster/learners"))
+            with_token(client.post(format!("{base}/v1/cluster/learners")))
                 .json(&serde_json::json!({
                     "id": id,
                     "peer_addr": peer_addr,
@@ -198,20 +270,17 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 .await
         }
         CtlOp::Promote { id } => {
-            client
-                .post(format!("{base}/v1/cluster/voters/{id}"))
+            with_token(client.post(format!("{base}/v1/cluster/voters/{id}")))
                 .send()
                 .await
         }
         CtlOp::Remove { id } => {
-            client
-                .delete(format!("{base}/v1/cluster/members/{id}"))
+            with_token(client.delete(format!("{base}/v1/cluster/members/{id}")))
                 .send()
                 .await
         }
         CtlOp::Snapshot => {
-            client
-                .post(format!("{base}/v1/cluster/snapshot"))
+            with_token(client.post(format!("{base}/v1/cluster/snapshot")))
                 .send()
                 .await
         }
@@ -219,8 +288,7 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
             let body = to
                 .map(|t| serde_json::json!({ "target": t }).to_string())
                 .unwrap_or_default();
-            client
-                .post(format!("{base}/v1/cluster/transfer-leader"))
+            with_token(client.post(format!("{base}/v1/cluster/transfer-leader")))
                 .body(body)
                 .send()
                 .await

@@ -414,9 +414,38 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Compares in time independent of where the inputs differ.
+/// Compares two secrets in constant time without revealing their lengths:
+/// the SHA-256 digests of both (32 bytes whatever the inputs) are compared
+/// with `subtle`, so neither where they differ nor how long the expected
+/// token is shows in the time taken.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.as_slice().ct_eq(b.as_slice()).into()
+}
+
+/// The principal a request authenticated as, by the bearer token it
+/// presents: `user` (`--auth-token-file`) or `admin`
+/// (`--admin-token-file`); `None` without a valid token. It scopes
+/// idempotency keys (carried in the proposed command).
+pub(crate) fn principal(cfg: &NodeConfig, headers: &HeaderMap) -> Option<String> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    let matches = |t: &Option<String>| {
+        t.as_deref()
+            .is_some_and(|t| same_secret(t.as_bytes(), presented.as_bytes()))
+    };
+    if matches(&cfg.auth_token) {
+        Some("user".to_owned())
+    } else if matches(&cfg.admin_token) {
+        Some("admin".to_owned())
+    } else {
+        None
+    }
 }
 
 /// Admin routes: they change the cluster rather than the data.
@@ -782,6 +811,7 @@ async fn write(
         op,
         key,
         precondition,
+        principal: idem.as_ref().and_then(|_| principal(&state.cfg, &headers)),
         idempotency_key: idem,
     };
     match state.raft.propose(cmd.encode()).await {

@@ -152,8 +152,14 @@ pub async fn start(
 ) -> anyhow::Result<RunningNode> {
     let cfg = Arc::new(cfg);
     let id = cfg.id;
+    for warning in cfg.security_warnings() {
+        tracing::warn!("SECURITY: {warning}");
+    }
     let tls = NodeTls::from_pem_files(id, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)
         .context("loading the peer TLS identity")?;
+    // The store, snapshots and received snapshots are this node's alone.
+    crate::snapshot::create_private_dir(&cfg.data_dir)
+        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
     let log = RocksLog::open(
         &cfg.data_dir,
         RocksLogOptions {
@@ -278,8 +284,11 @@ pub async fn start(
     let election_timeout = cfg.tick * cfg.election_ticks as u32;
     let quic = QuicConfig::for_election_timeout(election_timeout);
     let max_frame = quic.max_frame_bytes;
-    let (sink, received_snapshots) = FileSnapshotSink::new(cfg.data_dir.join("incoming"), 2)
-        .context("creating the snapshot receive directory")?;
+    let incoming = cfg.data_dir.join("incoming");
+    crate::snapshot::create_private_dir(&incoming)
+        .with_context(|| format!("creating {}", incoming.display()))?;
+    let (sink, received_snapshots) =
+        FileSnapshotSink::new(incoming, 2).context("creating the snapshot receive directory")?;
     let (transport, mut inbound) = QuicTransport::builder(id, tls)
         .config(quic)
         .snapshot_sink(Arc::new(sink))

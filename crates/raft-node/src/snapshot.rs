@@ -185,9 +185,61 @@ pub fn write(
 
 fn sync_dir(path: &Path) -> Result<(), SnapshotFileError> {
     if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
+        sync_directory(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable (fsync of the directory itself): a
+/// rename, creation or removal in it survives a power loss only once its
+/// directory is synced. Every rename that matters (a snapshot file taking
+/// its final name, a received snapshot moved into place) is followed by
+/// this, on the directory of each name.
+///
+/// # Errors
+///
+/// When the directory cannot be opened or synced.
+pub fn sync_directory(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    synced::record(dir);
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700: a node's data,
+/// snapshots and received snapshots are for the node's own user only,
+/// whatever the umask. An existing directory is left as it is; one that
+/// others can read or enter gets a warning in the log.
+///
+/// # Errors
+///
+/// When the directory cannot be created.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = %format!("{mode:04o}"),
+                "this node's directory is accessible to other users; `chmod 700` it"
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // The mode given is masked by the umask; make it exactly 0700.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(parent) = dir.parent() {
+        let _ = sync_directory(parent);
     }
     Ok(())
 }
@@ -356,4 +408,30 @@ pub fn load(
     }
     db.write_opt(batch, &opts)?;
     Ok(r.records)
+}
+
+/// Test hook: the directories [`sync_directory`] synced, so tests can check
+/// that a rename was followed by a sync of its directory.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn record(dir: &Path) {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        SYNCED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    }
+
+    /// How many times `dir` was synced so far.
+    pub(crate) fn count(dir: &Path) -> usize {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        SYNCED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|d| **d == dir)
+            .count()
+    }
 }

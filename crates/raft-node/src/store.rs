@@ -5,9 +5,10 @@
 //!
 //! - `kv`: key → record `version:u8 | crc32c:u32 | rev:u64 | value`; the CRC
 //!   covers rev and value, so a corrupted value is refused, not served.
-//! - `kv_meta`: `applied` → u64; `i/<token>` → the outcome of the first write
-//!   with that idempotency key; `x/<index:u64><token>` → ordering index used
-//!   to forget tokens older than the idempotency window.
+//! - `kv_meta`: `applied` → u64; `i/<slot>` → the outcome of the first write
+//!   with that idempotency key; `x/<index:u64><slot>` → ordering index used
+//!   to forget tokens older than the idempotency window. The slot is the
+//!   token in its principal's namespace ([`Command::idempotency_slot`]).
 //!
 //! The batch is written without fsync: the Raft log is durable, and after a
 //! power loss the lost tail is re-applied from it, deterministically.
@@ -25,7 +26,7 @@ use raft_core::{
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use tokio::sync::watch;
 
-use crate::command::{Command, Op, Outcome, Precondition, MEMBER_TAG};
+use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, MEMBER_TAG};
 use crate::config::Member;
 
 /// Column family of the data.
@@ -135,27 +136,77 @@ fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreError> {
     })
 }
 
-/// `index:u64 | fingerprint:u32 | outcome`.
-fn encode_token_record(index: u64, fingerprint: u32, outcome: &Outcome) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24);
+/// First byte of an idempotency record of version 2 and later. Records of
+/// version 1 (earlier releases) start with their index, big-endian, whose
+/// first byte is 0 below index 2^56: they never start with this.
+const TOKEN_RECORD_TAG: u8 = 0xFF;
+/// Version of the idempotency records written now.
+const TOKEN_RECORD_VERSION: u8 = 2;
+
+/// What an idempotency record remembers of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remembered {
+    /// A version-1 record (earlier releases): the CRC-32C of the request.
+    Crc(u32),
+    /// 128 bits of the request's SHA-256 ([`Command::fingerprint`]).
+    Sha(Fingerprint),
+}
+
+impl Remembered {
+    /// Whether `cmd` is the request the record was written for.
+    fn matches(&self, cmd: &Command, fingerprint: &Fingerprint) -> bool {
+        match self {
+            Remembered::Crc(crc) => *crc == cmd.legacy_fingerprint(),
+            Remembered::Sha(fp) => fp == fingerprint,
+        }
+    }
+}
+
+/// Version 2: `0xFF | 2 | index:u64 | fingerprint:[u8; 16] | outcome`.
+/// (Version 1 was `index:u64 | crc32c:u32 | outcome`.)
+fn encode_token_record(index: u64, fingerprint: &Fingerprint, outcome: &Outcome) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 8 + fingerprint.len() + 16);
+    out.push(TOKEN_RECORD_TAG);
+    out.push(TOKEN_RECORD_VERSION);
     out.extend_from_slice(&index.to_be_bytes());
-    out.extend_from_slice(&fingerprint.to_be_bytes());
+    out.extend_from_slice(fingerprint);
     out.extend_from_slice(&outcome.encode());
     out
 }
 
-fn decode_token_record(token: &str, rec: &[u8]) -> Result<(u64, u32, Outcome), StoreError> {
+/// Reads an idempotency record of either version.
+fn decode_token_record(slot: &[u8], rec: &[u8]) -> Result<(u64, Remembered, Outcome), StoreError> {
     let corrupt = || StoreError::Corruption {
-        key: token.to_owned(),
+        key: String::from_utf8_lossy(slot).into_owned(),
         detail: "idempotency record",
     };
-    if rec.len() < 12 {
-        return Err(corrupt());
-    }
-    let index = u64::from_be_bytes(rec[..8].try_into().map_err(|_| corrupt())?);
-    let fp = u32::from_be_bytes(rec[8..12].try_into().map_err(|_| corrupt())?);
-    let outcome = Outcome::decode(Bytes::copy_from_slice(&rec[12..])).map_err(|_| corrupt())?;
-    Ok((index, fp, outcome))
+    let (index, remembered, outcome) = match rec {
+        [TOKEN_RECORD_TAG, TOKEN_RECORD_VERSION, rest @ ..] => {
+            if rest.len() < 8 + crate::command::FINGERPRINT_BYTES {
+                return Err(corrupt());
+            }
+            let (index, rest) = rest.split_at(8);
+            let (fp, outcome) = rest.split_at(crate::command::FINGERPRINT_BYTES);
+            (
+                index,
+                Remembered::Sha(fp.try_into().map_err(|_| corrupt())?),
+                outcome,
+            )
+        }
+        [TOKEN_RECORD_TAG, ..] => return Err(corrupt()),
+        _ => {
+            if rec.len() < 12 {
+                return Err(corrupt());
+            }
+            let (index, rest) = rec.split_at(8);
+            let (crc, outcome) = rest.split_at(4);
+            let crc = u32::from_be_bytes(crc.try_into().map_err(|_| corrupt())?);
+            (index, Remembered::Crc(crc), outcome)
+        }
+    };
+    let index = u64::from_be_bytes(index.try_into().map_err(|_| corrupt())?);
+    let outcome = Outcome::decode(Bytes::copy_from_slice(outcome)).map_err(|_| corrupt())?;
+    Ok((index, remembered, outcome))
 }
 
 /// Read access to the store, cheap to clone.
@@ -487,7 +538,7 @@ impl KvStateMachine {
     /// [`StoreError`] or an I/O error, with context.
     pub fn with_snapshot_dir(mut self, dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
+        crate::snapshot::create_private_dir(&dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         self.snapshot_dir = Some(dir);
         if let Some(meta) = self.reader.meta_record(INSTALLING_KEY)? {
@@ -555,16 +606,16 @@ impl KvStateMachine {
         Ok(())
     }
 
-    fn idempotency_key(token: &str) -> Vec<u8> {
+    fn idempotency_key(slot: &[u8]) -> Vec<u8> {
         let mut k = b"i/".to_vec();
-        k.extend_from_slice(token.as_bytes());
+        k.extend_from_slice(slot);
         k
     }
 
-    fn order_key(index: u64, token: &str) -> Vec<u8> {
+    fn order_key(index: u64, slot: &[u8]) -> Vec<u8> {
         let mut k = b"x/".to_vec();
         k.extend_from_slice(&index.to_be_bytes());
-        k.extend_from_slice(token.as_bytes());
+        k.extend_from_slice(slot);
         k
     }
 
@@ -575,7 +626,7 @@ impl KvStateMachine {
         let mut batch = WriteBatch::default();
         // Effects of earlier entries of this batch, not yet in the database.
         let mut revs: HashMap<Bytes, Option<u64>> = HashMap::new();
-        let mut tokens: HashMap<String, (u64, u32, Outcome)> = HashMap::new();
+        let mut tokens: HashMap<Vec<u8>, (u64, Remembered, Outcome)> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
         let mut members_changed = false;
         for e in entries {
@@ -608,7 +659,8 @@ impl KvStateMachine {
                 }
             };
             let fingerprint = cmd.fingerprint();
-            if let Some(token) = &cmd.idempotency_key {
+            let slot = cmd.idempotency_slot();
+            if let Some(token) = &slot {
                 let prior = match tokens.get(token) {
                     Some(p) => Some(p.clone()),
                     None => match db.get_pinned_cf(meta, Self::idempotency_key(token))? {
@@ -619,9 +671,9 @@ impl KvStateMachine {
                 // Whether a token is remembered depends only on the two
                 // indexes, never on how entries were batched: every replica
                 // decides the same.
-                if let Some((index, fp, outcome)) = prior {
+                if let Some((index, remembered, outcome)) = prior {
                     if e.index.saturating_sub(index) <= self.idempotency_window_entries {
-                        out.push(if fp == fingerprint {
+                        out.push(if remembered.matches(&cmd, &fingerprint) {
                             outcome
                         } else {
                             Outcome::IdempotencyConflict
@@ -668,14 +720,17 @@ impl KvStateMachine {
                     }
                 }
             };
-            if let Some(token) = &cmd.idempotency_key {
+            if let Some(token) = slot {
                 batch.put_cf(
                     meta,
-                    Self::idempotency_key(token),
-                    encode_token_record(e.index, fingerprint, &outcome),
+                    Self::idempotency_key(&token),
+                    encode_token_record(e.index, &fingerprint, &outcome),
                 );
-                batch.put_cf(meta, Self::order_key(e.index, token), b"");
-                tokens.insert(token.clone(), (e.index, fingerprint, outcome.clone()));
+                batch.put_cf(meta, Self::order_key(e.index, &token), b"");
+                tokens.insert(
+                    token,
+                    (e.index, Remembered::Sha(fingerprint), outcome.clone()),
+                );
             }
             out.push(outcome);
         }
@@ -684,7 +739,7 @@ impl KvStateMachine {
         };
         // Forget tokens that fell out of the window (deterministic: by index).
         if let Some(horizon) = last.index.checked_sub(self.idempotency_window_entries) {
-            let end = Self::order_key(horizon, "");
+            let end = Self::order_key(horizon, b"");
             for item in db.iterator_cf(meta, IteratorMode::From(b"x/", Direction::Forward)) {
                 let (k, _) = item?;
                 if !k.starts_with(b"x/") || k.as_ref() >= end.as_slice() {
@@ -701,23 +756,15 @@ impl KvStateMachine {
                 // order key was written for: a token used again (in this
                 // batch or an earlier one) holds a newer record, which
                 // must stay whatever the batch boundaries were.
-                let current = match std::str::from_utf8(token).ok().and_then(|t| tokens.get(t)) {
+                let current = match tokens.get(token) {
                     Some((i, _, _)) => Some(*i),
-                    None => {
-                        let mut ik = b"i/".to_vec();
-                        ik.extend_from_slice(token);
-                        match db.get_pinned_cf(meta, &ik)? {
-                            Some(stored) => Some(
-                                decode_token_record(&String::from_utf8_lossy(token), &stored)?.0,
-                            ),
-                            None => None,
-                        }
-                    }
+                    None => match db.get_pinned_cf(meta, Self::idempotency_key(token))? {
+                        Some(stored) => Some(decode_token_record(token, &stored)?.0),
+                        None => None,
+                    },
                 };
                 if current == Some(index) {
-                    let mut ik = b"i/".to_vec();
-                    ik.extend_from_slice(token);
-                    batch.delete_cf(meta, ik);
+                    batch.delete_cf(meta, Self::idempotency_key(token));
                 }
                 batch.delete_cf(meta, &k);
             }
@@ -871,9 +918,27 @@ impl StateMachine for KvStateMachine {
             .clone()
             .ok_or_else(|| err("snapshots are not enabled".into()))?;
         let path = Self::snapshot_path(&dir, meta.last_log_id.index);
-        // Take the received file over (or copy the data in).
+        // Take the received file over (or copy the data in). The rename is
+        // made durable in both directories before the install goes on: a
+        // power loss must not lose the file the store is switched to.
         let moved = match data.path() {
-            Some(src) => tokio::fs::rename(src, &path).await.is_ok(),
+            Some(src) => match tokio::fs::rename(src, &path).await {
+                Ok(()) => {
+                    let (from, to) = (src.parent().map(Path::to_path_buf), dir.clone());
+                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        crate::snapshot::sync_directory(&to)?;
+                        if let Some(from) = from {
+                            crate::snapshot::sync_directory(&from)?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| err(format!("syncing the snapshot directory: {e}")))?
+                    .map_err(|e| err(format!("syncing {}: {e}", dir.display())))?;
+                    true
+                }
+                Err(_) => false,
+            },
             None => false,
         };
         if !moved {
@@ -901,6 +966,11 @@ impl StateMachine for KvStateMachine {
             tokio::fs::rename(&tmp, &path)
                 .await
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let to = dir.clone();
+            tokio::task::spawn_blocking(move || crate::snapshot::sync_directory(&to))
+                .await
+                .map_err(|e| err(format!("syncing the snapshot directory: {e}")))?
+                .map_err(|e| err(format!("syncing {}: {e}", dir.display())))?;
         }
         let db = self.reader.db.clone();
         let meta = meta.clone();
@@ -964,6 +1034,7 @@ mod tests {
             key: Bytes::from(key.to_owned()),
             precondition: pre,
             idempotency_key: token.map(str::to_owned),
+            principal: None,
         }
     }
 
@@ -1026,6 +1097,7 @@ mod tests {
             key: Bytes::from_static(b"missing"),
             precondition: Precondition::None,
             idempotency_key: None,
+            principal: None,
         };
         assert_eq!(
             sm.apply(&[entry(8, del)]).await.unwrap()[0],
@@ -1261,6 +1333,127 @@ mod tests {
         assert!(c.reader().get(b"mine").unwrap().is_some());
     }
 
+    /// A received snapshot moved into place survives a power loss: the
+    /// rename is followed by a sync of both directories it touched, and
+    /// the snapshot directory is the node's alone (0700).
+    #[tokio::test]
+    async fn a_snapshot_install_syncs_the_directories_of_its_rename_and_they_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let a_dir = tempfile::tempdir().unwrap();
+        let (_a_log, mut a) = snapshotting(a_dir.path(), 100);
+        for i in 1..=5 {
+            a.apply(&[entry(
+                i,
+                put(&format!("k{i}"), "v", Precondition::None, None),
+            )])
+            .await
+            .unwrap();
+        }
+        let data = a.build_snapshot(&meta(5)).await.unwrap();
+        let bytes = raft_core::snapshot::read_all(data.as_ref(), 1 << 30)
+            .await
+            .unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let (_b_log, mut b) = snapshotting(b_dir.path(), 100);
+        let snapshots = b_dir.path().join("snapshots");
+        let mode = std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            format!("{mode:04o}"),
+            "0700",
+            "the snapshot directory is created 0700"
+        );
+        // As the transport leaves a received snapshot: a file in another
+        // directory, taken over by a rename.
+        let incoming = b_dir.path().join("incoming");
+        std::fs::create_dir(&incoming).unwrap();
+        let received = incoming.join("received.snap");
+        std::fs::write(&received, &bytes).unwrap();
+        let source = FileSource::open(&received).unwrap();
+        let (before_in, before_snap) = (
+            crate::snapshot::synced::count(&incoming),
+            crate::snapshot::synced::count(&snapshots),
+        );
+        b.install_snapshot(&meta(5), Arc::new(source))
+            .await
+            .unwrap();
+        assert!(!received.exists(), "the received file was moved");
+        assert!(KvStateMachine::snapshot_path(&snapshots, 5).exists());
+        assert!(
+            crate::snapshot::synced::count(&incoming) > before_in,
+            "the directory the snapshot left was not synced"
+        );
+        assert!(
+            crate::snapshot::synced::count(&snapshots) > before_snap,
+            "the directory the snapshot entered was not synced"
+        );
+        assert_eq!(b.reader().digest().unwrap(), a.reader().digest().unwrap());
+    }
+
+    /// Idempotency records written by the previous release (version 1:
+    /// `index | crc32c | outcome` under `i/<token>`, and their order keys)
+    /// still read: a retry within the window gets the first outcome, another
+    /// request with that token is refused, and the window still forgets
+    /// them. The same token from a principal is another request.
+    #[tokio::test]
+    async fn idempotency_records_of_the_previous_version_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let mut sm = KvStateMachine::new(log.db().clone(), 10).unwrap();
+        let first = put("k", "v1", Precondition::None, Some("old"));
+        // The previous release's fingerprint: a CRC-32C of the request
+        // without its token.
+        let anonymous = Command {
+            idempotency_key: None,
+            ..first.clone()
+        };
+        {
+            // What the previous release left after applying `first` at 3.
+            let db = log.db();
+            let kv = db.cf_handle(KV_CF).unwrap();
+            let meta = db.cf_handle(KV_META_CF).unwrap();
+            db.put_cf(&kv, b"k", encode_record(3, b"v1")).unwrap();
+            let mut rec = 3u64.to_be_bytes().to_vec();
+            rec.extend_from_slice(&crc32c::crc32c(&anonymous.encode()).to_be_bytes());
+            rec.extend_from_slice(&Outcome::Applied { rev: 3 }.encode());
+            db.put_cf(&meta, b"i/old", &rec).unwrap();
+            let mut order = b"x/".to_vec();
+            order.extend_from_slice(&3u64.to_be_bytes());
+            order.extend_from_slice(b"old");
+            db.put_cf(&meta, &order, b"").unwrap();
+            db.put_cf(&meta, APPLIED_KEY, 3u64.to_be_bytes()).unwrap();
+        }
+        let out = sm
+            .apply(&[
+                entry(4, first.clone()),
+                entry(5, put("k", "other", Precondition::None, Some("old"))),
+                entry(
+                    6,
+                    Command {
+                        principal: Some("user".into()),
+                        ..put("k", "scoped", Precondition::None, Some("old"))
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Applied { rev: 3 },
+                Outcome::IdempotencyConflict,
+                Outcome::Applied { rev: 6 },
+            ]
+        );
+        // Past the window, the old record is forgotten with its order key.
+        sm.apply(&[entry(20, put("z", "z", Precondition::None, None))])
+            .await
+            .unwrap();
+        let meta = log.db().cf_handle(KV_META_CF).unwrap();
+        assert!(log.db().get_cf(&meta, b"i/old").unwrap().is_none());
+        let out = sm.apply(&[entry(21, first)]).await.unwrap();
+        assert_eq!(out, vec![Outcome::Applied { rev: 21 }]);
+    }
+
     #[tokio::test]
     async fn reads_overlapping_a_snapshot_install_are_refused() {
         use std::sync::atomic::Ordering;
@@ -1321,12 +1514,19 @@ mod tests {
                     let token = rng
                         .gen_bool(0.6)
                         .then(|| format!("t{}", rng.gen_range(0..5)));
+                    // The same tokens from up to two principals, and none.
+                    let principal = match rng.gen_range(0..3) {
+                        0 => None,
+                        1 => Some("user".to_owned()),
+                        _ => Some("admin".to_owned()),
+                    };
                     EntryPayload::Normal(
                         Command {
                             op,
                             key: Bytes::from(key),
                             precondition,
                             idempotency_key: token,
+                            principal,
                         }
                         .encode(),
                     )

@@ -25,6 +25,11 @@ async fn bearer_tokens_guard_the_api_and_the_admin_routes() {
     let admin = dir.path().join("admin.token");
     std::fs::write(&user, "user-token-0123456789abcdef\n").unwrap();
     std::fs::write(&admin, "admin-token-0123456789abcdef\n").unwrap();
+    // Token files must be readable by their owner only.
+    for f in [&user, &admin] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let extra = vec![
         format!("--auth-token-file={}", user.display()),
         format!("--admin-token-file={}", admin.display()),

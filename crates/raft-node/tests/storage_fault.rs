@@ -245,3 +245,159 @@ async fn a_node_whose_disk_hangs_turns_unhealthy_until_it_answers() {
     let next = leader(&client, &procs, None).await;
     put_until_accepted(&client, by_id(&procs, next), "k", "after").await;
 }
+
+/// A tmpfs mounted at `dir` (size `mib` MiB, mode 0700), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts it, or fails the test saying why: this test needs root (or
+    /// CAP_SYS_ADMIN) to make a disk that fills up, and must not pass
+    /// without having run.
+    fn mount(dir: &std::path::Path, mib: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={mib}m,mode=0700"))
+            .arg("tmpfs")
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Tmpfs(dir.to_path_buf()),
+            Ok(o) => panic!(
+                "this test mounts a small tmpfs as a node's data directory and needs root \
+                 (CAP_SYS_ADMIN) for it: `mount -t tmpfs` failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!(
+                "this test mounts a small tmpfs as a node's data directory: cannot run \
+                 `mount` ({e})"
+            ),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` with a file until it is full.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0xA5u8; 64 << 10];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the tmpfs: {e}"),
+        }
+    }
+    // What the page cache still held is written (or refused) too.
+    let _ = f.sync_all();
+    // Bytes that fit in a smaller write.
+    let mut small = vec![0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    small.clear();
+}
+
+/// The node's data directory is a small tmpfs that fills up: the write that
+/// needed the full disk is not acknowledged, `/healthz` answers 503 naming
+/// the failure until the process exits, and it exits with a non-zero
+/// status (for systemd, Docker or Kubernetes to restart it) after a log
+/// line that says why, naming the full disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_up_exits_non_zero_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-1");
+    let _tmpfs = Tmpfs::mount(&data, 48);
+    let extra = vec![
+        "--failure-exit-delay-ms=3000".to_string(),
+        "--request-timeout-ms=3000".to_string(),
+        "--write-buffer-mib=1".to_string(),
+        "--block-cache-mib=8".to_string(),
+    ];
+    let mut procs = common::cluster_with(dir.path(), 1, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    leader(&client, &procs, None).await;
+    put_until_accepted(&client, &procs[0], "k", "before").await;
+
+    fill(&data);
+    // Writes until one is refused: the disk has no room for the log.
+    let value = "x".repeat(32 << 10);
+    let mut refused = false;
+    for i in 0..200 {
+        let r = client
+            .put(format!("{}/v1/kv/big{i}", procs[0].http))
+            .body(value.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "200 writes of 32 KiB were acknowledged on a full disk; log:\n{}",
+        procs[0].log_text()
+    );
+
+    // /healthz says why until the process exits; then it exits non-zero.
+    let p = &mut procs[0];
+    let mut child = p.child.take().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut problem: Option<Value> = None;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if problem.is_none() {
+            if let Ok(r) = client
+                .get(format!("{}/healthz", p.http))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status() == 503 {
+                    problem = r.json().await.ok();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node on a full disk did not exit within 60 s (a zombie that answers 503); \
+             log:\n{}",
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = p.log_text();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "a node whose disk is full exits with a non-zero status, not a signal: {status}; \
+         log:\n{log}"
+    );
+    let problem = problem
+        .unwrap_or_else(|| panic!("/healthz never answered 503 before the exit; log:\n{log}"));
+    assert_eq!(
+        problem["type"].as_str().map(|t| t.ends_with("node-failed")),
+        Some(true),
+        "{problem:#}"
+    );
+    let why = log
+        .lines()
+        .find(|l| l.contains("raft stopped"))
+        .unwrap_or_else(|| panic!("no log line says why the node stopped:\n{log}"));
+    assert!(
+        why.to_lowercase().contains("no space left on device"),
+        "the log line that says why the node stopped names the full disk: {why}\nlog:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
