@@ -192,6 +192,30 @@ pub struct RunArgs {
     /// for benchmarks only. [default: false]
     #[arg(long, env = "RAFT_UNSAFE_NO_FSYNC", num_args = 0..=1, default_missing_value = "true")]
     pub unsafe_no_fsync: Option<bool>,
+
+    // Peer transport hardening (issue 16 items 8 to 10).
+    /// PEM file of certificate revocation lists of the cluster CA: peers
+    /// (in both directions) whose certificate it revokes are refused. The
+    /// file is polled every 5 s and reloaded when its modification time or
+    /// length changes; connections of peers it now revokes are closed.
+    /// [default: none]
+    #[arg(long, env = "RAFT_TLS_CRL", value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
+
+    /// Largest snapshot accepted from a peer, in MiB; larger offers (and
+    /// offers beyond the data directory's free space) are refused before
+    /// anything is written. [default: 4096]
+    #[arg(long, env = "RAFT_MAX_SNAPSHOT_RECEIVE_MIB")]
+    pub max_snapshot_receive_mib: Option<u64>,
+
+    /// Inbound peer connections one node may hold at once. [default: 4]
+    #[arg(long, env = "RAFT_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// Peer handshakes in progress beyond which a new one from an address
+    /// not yet validated is sent a QUIC Retry (0: always). [default: 32]
+    #[arg(long, env = "RAFT_PEER_RETRY_AFTER_HANDSHAKES")]
+    pub peer_retry_after_handshakes: Option<usize>,
 }
 
 /// Log output format.
@@ -286,6 +310,16 @@ pub struct NodeConfig {
     pub client_tls: bool,
     /// CA of client certificates (HTTPS only).
     pub client_ca: Option<PathBuf>,
+
+    // Peer transport hardening (issue 16 items 8 to 10).
+    /// Certificate revocation lists checked for peers, reloaded on change.
+    pub tls_crl: Option<PathBuf>,
+    /// Largest snapshot accepted from a peer, bytes.
+    pub max_snapshot_receive_bytes: u64,
+    /// Inbound peer connections one node may hold at once.
+    pub max_connections_per_peer: usize,
+    /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
+    pub peer_retry_after_handshakes: usize,
 }
 
 /// The largest key plus value a node accepts: an entry must fit, with
@@ -356,7 +390,11 @@ impl RunArgs {
             auth_token_file,
             admin_token_file,
             client_tls,
-            client_ca
+            client_ca,
+            tls_crl,
+            max_snapshot_receive_mib,
+            max_connections_per_peer,
+            peer_retry_after_handshakes
         )
     }
 
@@ -468,6 +506,13 @@ impl RunArgs {
                 .transpose()?,
             client_tls: self.client_tls.unwrap_or(false),
             client_ca: self.client_ca,
+            tls_crl: self.tls_crl,
+            max_snapshot_receive_bytes: self
+                .max_snapshot_receive_mib
+                .unwrap_or(4096)
+                .saturating_mul(1 << 20),
+            max_connections_per_peer: self.max_connections_per_peer.unwrap_or(4),
+            peer_retry_after_handshakes: self.peer_retry_after_handshakes.unwrap_or(32),
         };
         if let Some(url) = &cfg.join {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -482,6 +527,16 @@ impl RunArgs {
                         .into(),
                 ));
             }
+        }
+        if cfg.max_snapshot_receive_bytes == 0 {
+            return Err(ConfigError(
+                "--max-snapshot-receive-mib must be positive".into(),
+            ));
+        }
+        if cfg.max_connections_per_peer > 256 {
+            return Err(ConfigError(
+                "--max-connections-per-peer must be at most 256 (the connection limit)".into(),
+            ));
         }
         if cfg.client_ca.is_some() && !cfg.client_tls {
             return Err(ConfigError("--client-ca needs --client-tls".into()));
@@ -530,6 +585,7 @@ impl RunArgs {
             ("--max-value-bytes", cfg.max_value_bytes),
             ("--max-concurrent-requests", cfg.max_concurrent_requests),
             ("--max-list-limit", cfg.max_list_limit),
+            ("--max-connections-per-peer", cfg.max_connections_per_peer),
         ] {
             if v == 0 {
                 return Err(ConfigError(format!("{name} must be positive")));
