@@ -743,6 +743,54 @@ mod tests {
     }
 
     #[test]
+    fn peer_hardening_limits_default_and_are_checked() {
+        let cfg = base().resolve().unwrap();
+        assert_eq!(cfg.tls_crl, None);
+        assert_eq!(cfg.max_snapshot_receive_bytes, 4 << 30);
+        assert_eq!(cfg.max_connections_per_peer, 4);
+        assert_eq!(cfg.peer_retry_after_handshakes, 32);
+        let cfg = RunArgs {
+            tls_crl: Some("crl.pem".into()),
+            max_snapshot_receive_mib: Some(10),
+            max_connections_per_peer: Some(2),
+            peer_retry_after_handshakes: Some(0),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.tls_crl, Some("crl.pem".into()));
+        assert_eq!(cfg.max_snapshot_receive_bytes, 10 << 20);
+        assert_eq!(cfg.max_connections_per_peer, 2);
+        assert_eq!(cfg.peer_retry_after_handshakes, 0);
+        for (args, flag) in [
+            (
+                RunArgs {
+                    max_snapshot_receive_mib: Some(0),
+                    ..base()
+                },
+                "--max-snapshot-receive-mib",
+            ),
+            (
+                RunArgs {
+                    max_connections_per_peer: Some(0),
+                    ..base()
+                },
+                "--max-connections-per-peer",
+            ),
+            (
+                RunArgs {
+                    max_connections_per_peer: Some(257),
+                    ..base()
+                },
+                "--max-connections-per-peer",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(err.0.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
     fn rocksdb_memory_sizes_default_and_are_bounded() {
         let cfg = base().resolve().unwrap();
         assert_eq!(cfg.write_buffer_bytes, 16 << 20);
