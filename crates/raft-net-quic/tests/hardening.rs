@@ -149,6 +149,7 @@ async fn a_flood_of_unanswered_handshakes_does_not_keep_members_out() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let flood_started = Instant::now();
     let flood = flood_initials(
         n1.addr,
         1000,
@@ -169,11 +170,16 @@ async fn a_flood_of_unanswered_handshakes_does_not_keep_members_out() {
     // A restarted member normally reconnects within its first dial attempts;
     // 3 s leave room for a loaded machine.
     let ok = delivered(&n2.transport, &mut n1.inbound, 2, 1, Duration::from_secs(3)).await;
+    // The flood runs for at least 2 s in all.
+    if let Some(rest) = Duration::from_secs(2).checked_sub(flood_started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let flood_secs = flood_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
     let sent = sent.load(Ordering::Relaxed);
     eprintln!(
-        "flood: {sent} Initial packets; node 1 holds {} connections",
+        "flood: {sent} Initial packets in {flood_secs:.1} s; node 1 holds {} connections",
         n1.transport.open_connections()
     );
     assert!(sent >= 1000, "the flood sent only {sent} packets");

@@ -522,16 +522,25 @@ fn follow_membership(
         transport.set_allowed_peers(None);
         return;
     }
+    let Ok(mut map) = member_map.write() else {
+        return;
+    };
+    // While the configuration is not committed it may still be undone, and
+    // the nodes of the one before still count (an original member removed
+    // by it has no address record): everyone in the address book stays.
+    let keep_known = if committed {
+        Vec::new()
+    } else {
+        map.keys().copied().collect()
+    };
     let allowed: std::collections::HashSet<NodeId> = config
         .iter()
         .copied()
         .chain(recorded.iter().map(|m| m.id))
+        .chain(keep_known)
         .filter(|p| *p != id)
         .collect();
     transport.set_allowed_peers(Some(allowed.clone()));
-    let Ok(mut map) = member_map.write() else {
-        return;
-    };
     let mut changed = false;
     if committed {
         // Removed for good: no configuration holds it and its address
