@@ -261,3 +261,61 @@ async fn an_absurd_term_from_a_member_changes_nothing() {
     assert!(status.is_success(), "{status}");
     drop(conns);
 }
+
+/// Item 8: `--tls-crl`. The cluster starts with an empty revocation list;
+/// the list is then rewritten to revoke a follower's certificate. After
+/// the reload (the file is polled every 5 s) the other members refuse that
+/// certificate, and the two of them keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_through_tls_crl_is_refused_after_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let files = raft_net_quic::certs::write_dev_certs(&certs, &[], &[]).unwrap();
+    let ca = raft_net_quic::certs::DevCa::from_pem(
+        &std::fs::read_to_string(&files.ca_cert).unwrap(),
+        &std::fs::read_to_string(&files.ca_key).unwrap(),
+    )
+    .unwrap();
+    let crl = dir.path().join("cluster.crl");
+    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let extra = vec![
+        "--max-key-bytes=64".to_string(),
+        format!("--tls-crl={}", crl.display()),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let l = leader(&client, &procs, None).await;
+    let revoked = procs.iter().find(|p| p.id != l).unwrap().id;
+    let cert = std::fs::read_to_string(certs.join(format!("node-{revoked}.pem"))).unwrap();
+    let (endpoint, cfg) = raw_peer(&certs, revoked);
+    let target = procs.iter().find(|p| p.id == l).unwrap();
+    let conn = handshake(&endpoint, &cfg, revoked, l, peer_addr(target))
+        .await
+        .expect("welcomed before the revocation");
+    conn.close(0u32.into(), b"probe");
+
+    std::fs::write(&crl, ca.revocation_list(&[&cert]).unwrap()).unwrap();
+    for p in procs.iter().filter(|p| p.id != revoked) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match handshake(&endpoint, &cfg, revoked, p.id, peer_addr(p)).await {
+                Ok(conn) => {
+                    conn.close(0u32.into(), b"probe");
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} still welcomes revoked node {revoked}",
+                        p.id
+                    );
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let writer = procs.iter().find(|p| p.id == l).unwrap();
+    let status = status_past_503(|| put(&client, writer, "after-revocation", "ok")).await;
+    assert!(status.is_success(), "{status}");
+}
