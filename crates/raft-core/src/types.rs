@@ -12,6 +12,16 @@ pub type NodeId = u64;
 /// election moves the cluster to term 1.
 pub type Term = u64;
 
+/// The highest term a node accepts from a peer: 2^62. A message carrying a
+/// higher term is refused by [`Engine::step`](crate::Engine::step) (logged,
+/// and counted in [`Status::invalid_term_messages`](crate::engine::Status))
+/// and changes nothing. Raft cannot follow a term it adopted with an
+/// election unless `term + 1` exists, so a peer (buggy, or holding a stolen
+/// certificate) sending `u64::MAX` would otherwise leave every receiver
+/// unable to ever campaign again. Below the limit there remain 2^62
+/// elections of room: at one election per millisecond, 146 million years.
+pub const MAX_TERM: Term = 1 << 62;
+
 /// A position in the replicated log. The first entry has index 1; index 0 means
 /// "before the first entry".
 pub type Index = u64;

@@ -23,6 +23,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
+use rustls::pki_types::pem::PemObject;
+
 use crate::tls::node_dns_name;
 
 /// Why certificates could not be created or written.
@@ -149,6 +151,39 @@ impl DevCa {
         names: Vec<String>,
     ) -> Result<NodeCert, CertError> {
         self.issue(node, names)
+    }
+
+    /// A certificate revocation list (PEM) signed by this CA that revokes the
+    /// given node certificates (PEM); an empty slice gives an empty list.
+    /// Load it with `--tls-crl` ([`NodeTls::with_crl_pem`](crate::NodeTls::with_crl_pem)).
+    ///
+    /// # Errors
+    ///
+    /// [`CertError::Generate`] if a certificate does not parse or rcgen
+    /// fails.
+    pub fn revocation_list(&self, revoked_cert_pems: &[&str]) -> Result<String, CertError> {
+        let mut revoked = Vec::new();
+        for pem in revoked_cert_pems {
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(rand::random::<u32>() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     fn issue(&self, node: NodeId, names: Vec<String>) -> Result<NodeCert, CertError> {

@@ -38,8 +38,9 @@ pub struct QuicConfig {
     pub reconnect_backoff_min: Duration,
     /// Ceiling of the reconnect delay. Default 2 s.
     pub reconnect_backoff_max: Duration,
-    /// Incoming connections allowed at once (all peers together); more are
-    /// refused. Default 256.
+    /// Incoming connections allowed at once (all peers together), counted
+    /// from the first packet: connections still in their handshake hold a
+    /// slot. More are refused. Default 256.
     pub connections_max: usize,
     /// Unidirectional streams a peer may open on one connection at once
     /// (two are used: control and replication). Default 8.
@@ -61,6 +62,29 @@ pub struct QuicConfig {
     /// receiver; when full, stream readers wait (QUIC flow control then
     /// slows the peer). Default 4096.
     pub inbound_queue_messages_max: usize,
+
+    // Hardening against hostile peers (issue 16 items 8 to 10).
+    /// Inbound connections one authenticated peer may hold at once; more
+    /// are refused (close code 8), so one peer cannot take every slot of
+    /// `connections_max`. A restarting peer briefly holds two (the old one
+    /// until it times out). Default 4.
+    pub connections_per_peer_max: usize,
+    /// Inbound handshakes in progress beyond which a new connection from an
+    /// address not yet validated is answered with a QUIC Retry (the client
+    /// must echo a token, proving it owns its address, before this node
+    /// keeps any state for it). Real peers pass the Retry transparently;
+    /// floods of spoofed or one-shot Initial packets stop consuming slots.
+    /// 0 sends a Retry to every new connection. Default 32.
+    pub retry_handshakes_threshold: usize,
+    /// Largest snapshot accepted from a peer (its announced `total_bytes`);
+    /// a larger offer is refused before anything is written. The
+    /// [`FileSnapshotSink`](crate::FileSnapshotSink) also refuses offers that
+    /// do not fit the free space of its directory. Default 4 GiB.
+    pub snapshot_bytes_max: u64,
+    /// How often the certificate revocation list file given to
+    /// [`QuicTransportBuilder::crl_file`](crate::QuicTransportBuilder::crl_file)
+    /// is checked for changes (its modification time and length). Default 5 s.
+    pub crl_poll_interval: Duration,
 }
 
 impl Default for QuicConfig {
@@ -83,6 +107,10 @@ impl Default for QuicConfig {
             snapshot_attempts_max: 10,
             refuse_unknown_peers: true,
             inbound_queue_messages_max: 4096,
+            connections_per_peer_max: 4,
+            retry_handshakes_threshold: 32,
+            snapshot_bytes_max: 4 << 30,
+            crl_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -136,6 +164,16 @@ impl QuicConfig {
         }
         if self.connections_max == 0 || self.snapshot_attempts_max == 0 {
             return Err("connections_max and snapshot_attempts_max must be positive".into());
+        }
+        if self.connections_per_peer_max == 0
+            || self.connections_per_peer_max > self.connections_max
+        {
+            return Err(
+                "connections_per_peer_max must be positive and at most connections_max".into(),
+            );
+        }
+        if self.crl_poll_interval.is_zero() {
+            return Err("crl_poll_interval must be positive".into());
         }
         Ok(())
     }

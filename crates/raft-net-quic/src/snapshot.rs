@@ -98,9 +98,19 @@ struct Partial {
 /// Partial transfers are kept (in memory bookkeeping plus the `.partial`
 /// file) so a retry resumes, one per sender; a transfer with the same sender and id but a
 /// different size or metadata starts over. Completed files are renamed to
-/// `<from>-<transfer_id>.snap` and synced before they are announced.
+/// `<from>-<transfer_id>-<n>.snap` and synced before they are announced.
+///
+/// The directory belongs to the sink: everything in it is deleted when the
+/// sink is created (partial transfers and undelivered snapshots of an
+/// earlier run, which the leader sends again), and an offer larger than the
+/// free space of the directory's filesystem is refused before anything is
+/// written. A delivered snapshot's file is deleted by
+/// [`forward_snapshots`] once the node is done with it (installed, refused
+/// or dropped).
 pub struct FileSnapshotSink {
     dir: PathBuf,
+    /// Makes every completed file name unique.
+    completed_seq: std::sync::atomic::AtomicU64,
     partials: Mutex<HashMap<(NodeId, u64), Partial>>,
     completed: mpsc::Sender<ReceivedSnapshot>,
 }
@@ -114,22 +124,38 @@ impl std::fmt::Debug for FileSnapshotSink {
 }
 
 impl FileSnapshotSink {
-    /// A sink writing into `dir` (created if missing); completed snapshots
-    /// arrive on the returned receiver, which holds up to `queue` of them.
+    /// A sink writing into `dir` (created if missing, emptied if not: the
+    /// directory must be the sink's own); completed snapshots arrive on the
+    /// returned receiver, which holds up to `queue` of them.
     ///
     /// # Errors
     ///
-    /// The I/O error of creating `dir`.
+    /// The I/O error of creating `dir` or of deleting what it holds.
     pub fn new(
         dir: impl AsRef<Path>,
         queue: usize,
     ) -> io::Result<(Self, mpsc::Receiver<ReceivedSnapshot>)> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
+        let mut removed = 0u64;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "deleted partial and undelivered snapshots of an earlier run");
+        }
         let (tx, rx) = mpsc::channel(queue.max(1));
         Ok((
             Self {
                 dir,
+                completed_seq: std::sync::atomic::AtomicU64::new(0),
                 partials: Mutex::new(HashMap::new()),
                 completed: tx,
             },
@@ -145,11 +171,23 @@ impl SnapshotSink for FileSnapshotSink {
         let key = (from, offer.transfer_id);
         if let Some(p) = partials.get_mut(&key) {
             if p.offer == *offer {
+                let remaining = offer.total_bytes.saturating_sub(p.written);
+                check_free_space(&self.dir, remaining)?;
                 p.resumes += 1;
                 return Ok(p.written);
             }
-            partials.remove(&key);
+            if let Some(p) = partials.remove(&key) {
+                let _ = tokio::fs::remove_file(&p.path).await;
+            }
         }
+        // Before anything is written (the older partials of this sender
+        // count as free: they are deleted below).
+        let stale_bytes: u64 = partials
+            .iter()
+            .filter(|((f, _), _)| *f == from)
+            .map(|(_, p)| p.written)
+            .sum();
+        check_free_space(&self.dir, offer.total_bytes.saturating_sub(stale_bytes))?;
         // One partial transfer per sender: a new one replaces older ones
         // (their files are deleted), so a peer cannot pile up partials.
         let stale: Vec<(NodeId, u64)> = partials
@@ -239,7 +277,10 @@ impl SnapshotSink for FileSnapshotSink {
         if let Err(e) = p.file.sync_all().await {
             return fail(format!("sync {}: {e}", p.path.display())).await;
         }
-        let done = self.dir.join(format!("{from}-{transfer_id}.snap"));
+        let seq = self
+            .completed_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let done = self.dir.join(format!("{from}-{transfer_id}-{seq}.snap"));
         if let Err(e) = tokio::fs::rename(&p.path, &done).await {
             return fail(format!("rename to {}: {e}", done.display())).await;
         }
@@ -262,6 +303,62 @@ impl SnapshotSink for FileSnapshotSink {
     }
 }
 
+/// Refuses `needed` bytes that the filesystem of `dir` cannot hold (the
+/// space available to unprivileged users, `f_bavail`).
+fn check_free_space(dir: &Path, needed: u64) -> Result<(), String> {
+    let available = free_bytes(dir)
+        .map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))?;
+    if needed > available {
+        return Err(format!(
+            "snapshot needs {needed} bytes but {} has {available} bytes free",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to unprivileged users on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// A received snapshot file handed to the node: deleted when the node drops
+/// it (after an install moved it away, this finds nothing to delete).
+struct ReceivedFile {
+    source: FileSource,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl SnapshotSource for ReceivedFile {
+    fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+        self.source.read_at(offset, max).await
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+}
+
+impl Drop for ReceivedFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {
+                tracing::debug!(path = %self.path.display(), "received snapshot file deleted")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete a received snapshot file")
+            }
+        }
+    }
+}
+
 async fn write_at(file: &mut tokio::fs::File, offset: u64, data: &[u8]) -> io::Result<()> {
     file.seek(io::SeekFrom::Start(offset)).await?;
     file.write_all(data).await?;
@@ -273,7 +370,9 @@ async fn write_at(file: &mut tokio::fs::File, offset: u64, data: &[u8]) -> io::R
 /// offer's metadata), until either side closes. Spawn it next to a
 /// transport built with a [`FileSnapshotSink`]. A snapshot whose header does
 /// not decode, or that comes from another node than its header says, is
-/// deleted and logged.
+/// deleted and logged; so is one the node is too busy to take. A snapshot
+/// handed over is deleted when the node drops it (installed snapshots are
+/// moved away by the state machine first).
 pub async fn forward_snapshots<R: Send + 'static>(
     mut received: mpsc::Receiver<ReceivedSnapshot>,
     handle: raft_core::RaftHandle<R>,
@@ -300,12 +399,17 @@ pub async fn forward_snapshots<R: Send + 'static>(
             }
         };
         let source = match FileSource::open(&snap.path) {
-            Ok(s) => s,
+            Ok(s) => ReceivedFile {
+                source: s,
+                path: snap.path.clone(),
+            },
             Err(e) => {
                 tracing::warn!(path = %snap.path.display(), error = %e, "received snapshot unreadable");
+                let _ = tokio::fs::remove_file(&snap.path).await;
                 continue;
             }
         };
+        // Dropped (and its file deleted) if the node refuses it.
         if handle
             .receive_snapshot(header, std::sync::Arc::new(source))
             .is_err()

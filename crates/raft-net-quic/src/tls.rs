@@ -16,7 +16,9 @@ use raft_core::NodeId;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::RootCertStore;
 
 /// The ALPN protocol name of the peer protocol. The protocol *version* is
@@ -64,6 +66,8 @@ pub struct NodeTls {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// Certificate revocation lists checked for every peer (both roles).
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for NodeTls {
             .field("node", &self.node)
             .field("chain_len", &self.chain.len())
             .field("roots", &self.roots.len())
+            .field("crls", &self.crls.len())
             .finish_non_exhaustive()
     }
 }
@@ -121,9 +126,124 @@ impl NodeTls {
             roots: Arc::new(roots),
             chain,
             key,
+            crls: Vec::new(),
         };
         tls.check_own_certificate()?;
         Ok(tls)
+    }
+
+    /// The same identity checking peers against the certificate revocation
+    /// lists in `crl_pem` (one or more PEM `X509 CRL` blocks, signed by the
+    /// cluster CA), in both roles: a dialer refuses a revoked acceptor, an
+    /// acceptor a revoked dialer. Only the peer's own (end-entity)
+    /// certificate is checked; a CRL must be present for its issuer, or the
+    /// peer is refused (unknown revocation status). Replaces any earlier
+    /// lists; an empty `crl_pem` is an error (use no CRL instead).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Missing`] when `crl_pem` holds no CRL,
+    /// [`TlsError::Invalid`] when this node's own certificate is revoked or
+    /// the lists are not from its issuer.
+    pub fn with_crl_pem(&self, crl_pem: &[u8]) -> Result<Self, TlsError> {
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(crl_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| TlsError::Missing("certificate revocation list"))?;
+        if crls.is_empty() {
+            return Err(TlsError::Missing("certificate revocation list"));
+        }
+        let tls = Self {
+            node: self.node,
+            roots: self.roots.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            crls,
+        };
+        tls.check_own_certificate()?;
+        Ok(tls)
+    }
+
+    /// [`NodeTls::with_crl_pem`] with the lists read from a file.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Load`] naming the file, otherwise as
+    /// [`NodeTls::with_crl_pem`].
+    pub fn with_crl_file(&self, path: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| TlsError::Load {
+            what: "the certificate revocation list",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        self.with_crl_pem(&pem).map_err(|e| TlsError::Load {
+            what: "the certificate revocation list",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// How many revocation lists are checked.
+    pub fn crl_count(&self) -> usize {
+        self.crls.len()
+    }
+
+    fn server_verifier(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, TlsError> {
+        let mut b = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        );
+        if !self.crls.is_empty() {
+            b = b
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation();
+        }
+        b.build().map_err(|e| TlsError::Config(e.to_string()))
+    }
+
+    fn client_verifier(
+        &self,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        );
+        if !self.crls.is_empty() {
+            b = b
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation();
+        }
+        b.build().map_err(|e| TlsError::Config(e.to_string()))
+    }
+
+    /// Checks a peer's certificate chain (leaf first) again, with the
+    /// current revocation lists: as an acceptor would (`inbound`, the peer
+    /// dialed us) or as a dialer of node `peer` would. Used after the lists
+    /// change, to close connections of peers revoked since they connected.
+    pub(crate) fn recheck_peer(
+        &self,
+        chain: &[CertificateDer<'static>],
+        peer: NodeId,
+        inbound: bool,
+    ) -> Result<(), String> {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err("no certificate".into());
+        };
+        if inbound {
+            self.client_verifier()
+                .map_err(|e| e.to_string())?
+                .verify_client_cert(leaf, rest, UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            let name = server_name(peer).map_err(|e| e.to_string())?;
+            self.server_verifier()
+                .map_err(|e| e.to_string())?
+                .verify_server_cert(leaf, rest, &name, &[], UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     }
 
     /// Loads an identity from PEM files.
@@ -159,12 +279,7 @@ impl NodeTls {
     /// Fails fast, on the misconfigured node, when its certificate would be
     /// refused by every peer.
     fn check_own_certificate(&self) -> Result<(), TlsError> {
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            self.roots.clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = self.server_verifier()?;
         let name = server_name(self.node)?;
         verifier
             .verify_server_cert(
@@ -177,7 +292,7 @@ impl NodeTls {
             .map_err(|e| TlsError::Invalid {
                 node: self.node,
                 detail: format!(
-                    "{e} (it must be signed by the cluster CA and name {})",
+                    "{e} (it must be signed by the cluster CA, name {} and not be revoked)",
                     node_dns_name(self.node)
                 ),
             })?;
@@ -185,19 +300,15 @@ impl NodeTls {
     }
 
     /// The rustls server configuration: presents this node's certificate and
-    /// requires a client certificate signed by the cluster CA. Public for
+    /// requires a client certificate signed by the cluster CA (and not
+    /// revoked, when revocation lists are loaded). Public for
     /// tools that speak the protocol themselves (tests, probes).
     ///
     /// # Errors
     ///
     /// [`TlsError::Config`] if rustls refuses the key or certificates.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = self.client_verifier()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -219,7 +330,7 @@ impl NodeTls {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(self.roots.clone())
+            .with_webpki_verifier(self.server_verifier()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];

@@ -9,10 +9,11 @@
 //! those streams; `send` only enqueues, so the engine never waits for the
 //! network.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,8 +48,14 @@ pub mod close_code {
     pub const DUPLICATE: u32 = 5;
     /// Closed on request ([`QuicTransport::disconnect`](crate::QuicTransport::disconnect)).
     pub const REQUESTED: u32 = 6;
-    /// The peer is not in this node's peer table (not a member it knows).
+    /// The peer is not in this node's peer table (not a member it knows),
+    /// or not in the allowed set
+    /// ([`QuicTransport::set_allowed_peers`](crate::QuicTransport::set_allowed_peers)).
     pub const UNKNOWN_PEER: u32 = 7;
+    /// The peer already holds `connections_per_peer_max` connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 8;
+    /// The peer's certificate is revoked (a reloaded revocation list).
+    pub const REVOKED: u32 = 9;
 }
 
 /// Stream priorities: control first, snapshots last.
@@ -210,11 +217,78 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A connection being served, for closing it when its peer is removed,
+/// no longer allowed or revoked.
+struct ConnEntry {
+    peer: NodeId,
+    conn: Connection,
+    /// The peer dialed it (we checked its certificate as a client's).
+    inbound: bool,
+}
+
+/// Decrements a counter when dropped: a held slot.
+struct CountGuard(Arc<AtomicUsize>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One of a peer's inbound connection slots (`connections_per_peer_max`).
+struct PeerSlot {
+    shared: Arc<Shared>,
+    peer: NodeId,
+}
+
+impl PeerSlot {
+    fn acquire(shared: &Arc<Shared>, peer: NodeId) -> Option<Self> {
+        let mut per = lock(&shared.per_peer);
+        let n = per.entry(peer).or_insert(0);
+        if *n >= shared.cfg.connections_per_peer_max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut per = lock(&self.shared.per_peer);
+        if let Some(n) = per.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.peer);
+            }
+        }
+    }
+}
+
 struct Shared {
     id: NodeId,
     cfg: QuicConfig,
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    client_config: Mutex<quinn::ClientConfig>,
+    /// The TLS identity in force (with the revocation lists last loaded).
+    tls: Mutex<Arc<NodeTls>>,
+    transport_config: Arc<quinn::TransportConfig>,
+    crl_path: Option<PathBuf>,
+    /// Peers allowed to connect and send; `None` allows every peer (the
+    /// peer table alone decides, see `refuse_unknown_peers`).
+    allowed: RwLock<Option<Arc<HashSet<NodeId>>>>,
+    /// Connections being served, by `stable_id`.
+    conns: Mutex<HashMap<usize, ConnEntry>>,
+    /// Inbound connections holding a slot (handshaking or established).
+    inbound_slots: Arc<AtomicUsize>,
+    /// Inbound connections still in their handshake.
+    handshaking: Arc<AtomicUsize>,
+    /// Inbound connections per authenticated peer.
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    retries: Counter,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     inbound: mpsc::Sender<Message>,
     sink: Option<Arc<dyn SnapshotSink>>,
@@ -229,6 +303,7 @@ pub struct QuicTransportBuilder {
     tls: Arc<NodeTls>,
     cfg: QuicConfig,
     sink: Option<Arc<dyn SnapshotSink>>,
+    crl_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for QuicTransportBuilder {
@@ -244,6 +319,19 @@ impl QuicTransportBuilder {
     /// Replaces the default settings.
     pub fn config(mut self, cfg: QuicConfig) -> Self {
         self.cfg = cfg;
+        self
+    }
+
+    /// Checks every peer certificate (both roles) against the certificate
+    /// revocation list(s) in the PEM file at `path`, and reloads the file
+    /// when it changes: its modification time and length are polled every
+    /// [`QuicConfig::crl_poll_interval`]. After a reload, connections whose
+    /// peer certificate is now revoked are closed (close code 9) and new
+    /// handshakes use the new lists. A file that fails to load at
+    /// [`bind`](Self::bind) is an error; one that fails on a reload is
+    /// logged and the lists in force are kept.
+    pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crl_path = Some(path.into());
         self
     }
 
@@ -282,16 +370,11 @@ impl QuicTransportBuilder {
             .max_concurrent_bidi_streams(VarInt::from_u32(cfg.inbound_bidi_streams_max));
         let transport = Arc::new(transport);
 
-        let server_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(self.tls.server_config()?)
-                .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport.clone());
-        let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.client_config()?)
-                .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport);
+        let tls = match &self.crl_path {
+            Some(path) => Arc::new(self.tls.with_crl_file(path)?),
+            None => self.tls,
+        };
+        let (server_config, client_config) = endpoint_configs(&tls, &transport)?;
 
         let endpoint = quinn::Endpoint::server(server_config, addr)
             .map_err(|source| BindError::Bind { addr, source })?;
@@ -301,7 +384,16 @@ impl QuicTransportBuilder {
             id: self.id,
             cfg,
             endpoint,
-            client_config,
+            client_config: Mutex::new(client_config),
+            tls: Mutex::new(tls),
+            transport_config: transport,
+            crl_path: self.crl_path,
+            allowed: RwLock::new(None),
+            conns: Mutex::new(HashMap::new()),
+            inbound_slots: Arc::new(AtomicUsize::new(0)),
+            handshaking: Arc::new(AtomicUsize::new(0)),
+            per_peer: Mutex::new(HashMap::new()),
+            retries: metrics::counter!("raft_net_retries_sent_total"),
             peers: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
             sink: self.sink,
@@ -310,8 +402,94 @@ impl QuicTransportBuilder {
             refused_connections: metrics::counter!("raft_net_connections_refused_total"),
         });
         tokio::spawn(accept_loop(shared.clone()));
+        if shared.crl_path.is_some() {
+            tokio::spawn(crl_poller(shared.clone()));
+        }
         Ok((QuicTransport { shared }, inbound_rx))
     }
+}
+
+/// The quinn server and client configurations of a TLS identity.
+fn endpoint_configs(
+    tls: &NodeTls,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), BindError> {
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
+        .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport.clone());
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
+        .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport.clone());
+    Ok((server_config, client_config))
+}
+
+/// The modification time and length of a file, to notice changes.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads the revocation list file when it changes.
+async fn crl_poller(shared: Arc<Shared>) {
+    let Some(path) = shared.crl_path.clone() else {
+        return;
+    };
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut stamp = file_stamp(&path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.cfg.crl_poll_interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let now = file_stamp(&path);
+        if now == stamp {
+            continue;
+        }
+        stamp = now;
+        if let Err(e) = reload_crl(&shared) {
+            tracing::error!(path = %path.display(), error = %e, "reloading the certificate revocation list failed; keeping the lists in force");
+        }
+    }
+}
+
+/// Loads the revocation list file again, installs it for new handshakes and
+/// closes connections whose peer is now revoked.
+fn reload_crl(shared: &Shared) -> Result<(), BindError> {
+    let Some(path) = &shared.crl_path else {
+        return Ok(());
+    };
+    let current = lock(&shared.tls).clone();
+    let tls = Arc::new(current.with_crl_file(path)?);
+    let (server_config, client_config) = endpoint_configs(&tls, &shared.transport_config)?;
+    shared.endpoint.set_server_config(Some(server_config));
+    *lock(&shared.client_config) = client_config;
+    *lock(&shared.tls) = tls.clone();
+    tracing::info!(path = %path.display(), lists = tls.crl_count(), "certificate revocation list reloaded");
+    let conns: Vec<(NodeId, Connection, bool)> = lock(&shared.conns)
+        .values()
+        .map(|e| (e.peer, e.conn.clone(), e.inbound))
+        .collect();
+    for (peer, conn, inbound) in conns {
+        let chain = conn
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|c| *c)
+            .unwrap_or_default();
+        if let Err(e) = tls.recheck_peer(&chain, peer, inbound) {
+            tracing::warn!(peer, error = %e, "closing the connection of a peer whose certificate no longer passes");
+            shared.refused_connections.increment(1);
+            conn.close(
+                VarInt::from_u32(close_code::REVOKED),
+                format!("certificate refused: {e}").as_bytes(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// raft-core's [`Transport`] over QUIC with mutual TLS. Cheap to clone.
@@ -351,6 +529,7 @@ impl QuicTransport {
             tls: Arc::new(tls),
             cfg: QuicConfig::default(),
             sink: None,
+            crl_path: None,
         }
     }
 
@@ -426,6 +605,64 @@ impl QuicTransport {
                     .close(VarInt::from_u32(close_code::REQUESTED), b"peer removed");
             }
             peer.connected.set(0.0);
+        }
+        // Every other connection with it too (duplicates, inbound ones).
+        self.close_connections_where(|p| p == id, close_code::REQUESTED, "peer removed");
+    }
+
+    /// Restricts which peers may connect and send: only `allowed` (the
+    /// members of the current or joint configuration plus the learners
+    /// being added), or every peer when `None` (the default: the peer
+    /// table and [`QuicConfig::refuse_unknown_peers`] alone decide). The
+    /// authenticated node id of every inbound connection, every message and
+    /// every snapshot offer is checked against it; connections of peers no
+    /// longer allowed are closed at once (close code 7).
+    pub fn set_allowed_peers(&self, allowed: Option<HashSet<NodeId>>) {
+        let allowed = allowed.map(Arc::new);
+        *self
+            .shared
+            .allowed
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = allowed.clone();
+        if let Some(set) = allowed {
+            self.close_connections_where(
+                |p| !set.contains(&p),
+                close_code::UNKNOWN_PEER,
+                "not a member of the configuration",
+            );
+        }
+    }
+
+    /// The allowed-peer set in force (`None`: no restriction).
+    pub fn allowed_peers(&self) -> Option<HashSet<NodeId>> {
+        self.shared
+            .allowed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .cloned()
+    }
+
+    /// Loads the revocation list file given to
+    /// [`QuicTransportBuilder::crl_file`] now (it is also reloaded on its
+    /// own when it changes), and closes connections of peers it revokes.
+    ///
+    /// # Errors
+    ///
+    /// Why the file could not be loaded; the lists in force stay.
+    pub fn reload_crl(&self) -> Result<(), BindError> {
+        reload_crl(&self.shared)
+    }
+
+    fn close_connections_where(&self, doomed: impl Fn(NodeId) -> bool, code: u32, reason: &str) {
+        let conns: Vec<(NodeId, Connection)> = lock(&self.shared.conns)
+            .values()
+            .filter(|e| doomed(e.peer))
+            .map(|e| (e.peer, e.conn.clone()))
+            .collect();
+        for (peer, conn) in conns {
+            tracing::info!(peer, reason, "closing peer connection");
+            conn.close(VarInt::from_u32(code), reason.as_bytes());
         }
     }
 
@@ -697,7 +934,7 @@ async fn connection(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<Connection
             dial.failures = 0;
             dial.next_attempt = None;
             let kept = install(shared, peer, conn.clone(), shared.id);
-            tokio::spawn(serve_connection(shared.clone(), peer.id, conn));
+            tokio::spawn(serve_connection(shared.clone(), peer.id, conn, false));
             Ok(kept)
         }
         Err(e) => {
@@ -722,7 +959,11 @@ async fn dial_peer(shared: &Arc<Shared>, peer: &Peer) -> Result<Connection, Conn
     };
     let connecting = shared
         .endpoint
-        .connect_with(shared.client_config.clone(), addr, &node_dns_name(peer.id))
+        .connect_with(
+            lock(&shared.client_config).clone(),
+            addr,
+            &node_dns_name(peer.id),
+        )
         .map_err(|e| fail(e.to_string()))?;
     let timeout = shared.cfg.handshake_timeout;
     let conn = tokio::time::timeout(timeout, connecting)
@@ -822,20 +1063,59 @@ async fn accept_loop(shared: Arc<Shared>) {
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
-        if shared.endpoint.open_connections() > shared.cfg.connections_max {
-            tracing::warn!(remote = %incoming.remote_address(), limit = shared.cfg.connections_max, "connection limit reached; refusing");
+        // Address validation under load: past the threshold, a client
+        // must prove it receives at its address before it costs any state.
+        if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && shared.handshaking.load(Ordering::SeqCst) >= shared.cfg.retry_handshakes_threshold
+        {
+            shared.retries.increment(1);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        // A slot is taken from the first packet on (handshaking connections
+        // count), and never beyond the limit.
+        let max = shared.cfg.connections_max;
+        if shared
+            .inbound_slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            tracing::warn!(remote = %incoming.remote_address(), limit = max, "connection limit reached; refusing");
             shared.refused_connections.increment(1);
             incoming.refuse();
             continue;
         }
-        tokio::spawn(accept_one(shared.clone(), incoming));
+        let slot = CountGuard(shared.inbound_slots.clone());
+        shared.handshaking.fetch_add(1, Ordering::SeqCst);
+        let handshaking = CountGuard(shared.handshaking.clone());
+        tokio::spawn(accept_one(shared.clone(), incoming, slot, handshaking));
+    }
+}
+
+impl Shared {
+    /// Whether `peer` may connect and send (the allowed set, when one is set).
+    fn peer_allowed(&self, peer: NodeId) -> bool {
+        match &*self.allowed.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(set) => set.contains(&peer),
+            None => true,
+        }
     }
 }
 
 /// Completes an inbound connection: TLS (the client certificate is checked
 /// against the CA by rustls), then the `Hello`, whose claimed node id must be
 /// named by that certificate.
-async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn accept_one(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    _slot: CountGuard,
+    handshaking: CountGuard,
+) {
     let remote = incoming.remote_address();
     let timeout = shared.cfg.handshake_timeout;
     let conn = match tokio::time::timeout(timeout, async { incoming.accept()?.await }).await {
@@ -927,6 +1207,24 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             ),
         );
     }
+    if !shared.peer_allowed(hello.from) {
+        return refuse(
+            close_code::UNKNOWN_PEER,
+            format!(
+                "node {} is not a member of node {}'s configuration",
+                hello.from, shared.id
+            ),
+        );
+    }
+    let Some(_peer_slot) = PeerSlot::acquire(&shared, hello.from) else {
+        return refuse(
+            close_code::TOO_MANY_CONNECTIONS,
+            format!(
+                "node {} already holds {} connections to node {}",
+                hello.from, shared.cfg.connections_per_peer_max, shared.id
+            ),
+        );
+    };
     let mut buf = BytesMut::new();
     if encode_frame(
         &Frame::Welcome { node: shared.id },
@@ -941,6 +1239,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
         return;
     }
     let _ = send.finish();
+    drop(handshaking);
     let peer = lock(&shared.peers).get(&hello.from).cloned();
     if let Some(peer) = &peer {
         let _ = install(&shared, peer, conn.clone(), hello.from);
@@ -950,11 +1249,26 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             "inbound connection from a peer not (yet) configured"
         );
     }
-    serve_connection(shared, hello.from, conn).await;
+    serve_connection(shared, hello.from, conn, true).await;
 }
 
 /// Accepts the streams a peer opens on `conn` until it closes.
-async fn serve_connection(shared: Arc<Shared>, peer_id: NodeId, conn: Connection) {
+async fn serve_connection(shared: Arc<Shared>, peer_id: NodeId, conn: Connection, inbound: bool) {
+    lock(&shared.conns).insert(
+        conn.stable_id(),
+        ConnEntry {
+            peer: peer_id,
+            conn: conn.clone(),
+            inbound,
+        },
+    );
+    // Allowed when the handshake ran; the set may have changed since.
+    if !shared.peer_allowed(peer_id) {
+        conn.close(
+            VarInt::from_u32(close_code::UNKNOWN_PEER),
+            b"not a member of the configuration",
+        );
+    }
     let mut shutdown = shared.shutdown.subscribe();
     let mut rtt_tick = tokio::time::interval(Duration::from_secs(1));
     let rtt = metrics::gauge!("raft_net_peer_rtt_seconds", "peer" => peer_id.to_string());
@@ -972,6 +1286,7 @@ async fn serve_connection(shared: Arc<Shared>, peer_id: NodeId, conn: Connection
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
+    lock(&shared.conns).remove(&conn.stable_id());
     let reason = conn.close_reason();
     tracing::debug!(peer = peer_id, ?reason, "connection closed");
     if let Some(peer) = lock(&shared.peers).get(&peer_id) {
@@ -1050,6 +1365,18 @@ async fn read_messages(shared: Arc<Shared>, peer: NodeId, conn: Connection, mut 
                 ),
             );
         }
+        if !shared.peer_allowed(peer) {
+            tracing::warn!(
+                peer,
+                "message from a node outside the configuration; closing"
+            );
+            shared.refused_connections.increment(1);
+            conn.close(
+                VarInt::from_u32(close_code::UNKNOWN_PEER),
+                b"not a member of the configuration",
+            );
+            return;
+        }
         messages.increment(1);
         bytes.increment(size as u64);
         if shared.inbound.send(m).await.is_err() {
@@ -1109,6 +1436,26 @@ async fn receive_snapshot(
         Err(e) => return protocol_error(&shared, peer, &conn, format!("snapshot stream: {e}")),
     };
     let reply = |error: Option<String>| Frame::SnapshotResult { error };
+    let refusal = if !shared.peer_allowed(peer) {
+        Some(format!(
+            "node {peer} is not a member of node {}'s configuration",
+            shared.id
+        ))
+    } else if offer.total_bytes > shared.cfg.snapshot_bytes_max {
+        Some(format!(
+            "snapshot of {} bytes exceeds this node's limit of {} bytes (snapshot_bytes_max)",
+            offer.total_bytes, shared.cfg.snapshot_bytes_max
+        ))
+    } else {
+        None
+    };
+    if let Some(e) = refusal {
+        tracing::warn!(peer, transfer_id = offer.transfer_id, total_bytes = offer.total_bytes, error = %e, "snapshot refused");
+        let _ = write_frame(&mut send, &reply(Some(e)), max).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        return;
+    }
     let Some(sink) = shared.sink.clone() else {
         let _ = write_frame(
             &mut send,
@@ -1487,14 +1834,18 @@ async fn read_frame_sized(
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e.to_string())),
     }
     let len = check_frame_length(prefix, max)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(_)) => {
-            return Err(DecodeError::Truncated("frame shorter than its length prefix").into())
+    // The buffer grows as data arrives: a length prefix alone (up to
+    // `max_frame_bytes`) allocates at most one read chunk.
+    let mut body = BytesMut::with_capacity(len.min(READ_CHUNK_BYTES));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(DecodeError::Truncated("frame shorter than its length prefix").into())
+            }
+            Err(e) => return Err(FrameError::Stream(e.to_string())),
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e.to_string())),
     }
-    let frame = decode_frame_content(Bytes::from(body))?;
+    let frame = decode_frame_content(body.freeze())?;
     Ok(Some((frame, len + LENGTH_PREFIX_BYTES)))
 }

@@ -139,6 +139,40 @@ async fn a_learner_is_brought_up_by_a_snapshot_over_quic() {
         Some(value.clone())
     );
     assert_eq!(learner.reader.get("k119").map(|(v, _)| v), Some(value));
+    // Issue 16 item 9: once the driver is done with the received file it
+    // is deleted. It keeps it as its latest snapshot (to send on) until it
+    // takes one of its own: 60 more entries (threshold 40).
+    for i in 120..180 {
+        let cmd = KvCommand::Put {
+            key: format!("k{i}"),
+            value: Bytes::from_static(b"more"),
+        };
+        leader.propose(cmd.encode()).await.unwrap();
+    }
+    let target = leader.applied_index();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while learner.handle.applied_index() < target {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("learner did not catch up to {target}"));
+    let incoming = dir.path().join("snap-4");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&incoming)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received snapshot files left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for n in nodes.iter().chain([&learner]) {
         n.handle.shutdown().await;
         n.transport.shutdown().await;

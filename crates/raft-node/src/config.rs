@@ -266,6 +266,30 @@ pub struct RunArgs {
     /// [default: false]
     #[arg(long, env = "RAFT_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
+
+    // Peer transport hardening (issue 16 items 8 to 10).
+    /// PEM file of certificate revocation lists of the cluster CA: peers
+    /// (in both directions) whose certificate it revokes are refused. The
+    /// file is polled every 5 s and reloaded when its modification time or
+    /// length changes; connections of peers it now revokes are closed.
+    /// [default: none]
+    #[arg(long, env = "RAFT_TLS_CRL", value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
+
+    /// Largest snapshot accepted from a peer, in MiB; larger offers (and
+    /// offers beyond the data directory's free space) are refused before
+    /// anything is written. [default: 4096]
+    #[arg(long, env = "RAFT_MAX_SNAPSHOT_RECEIVE_MIB")]
+    pub max_snapshot_receive_mib: Option<u64>,
+
+    /// Inbound peer connections one node may hold at once. [default: 4]
+    #[arg(long, env = "RAFT_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// Peer handshakes in progress beyond which a new one from an address
+    /// not yet validated is sent a QUIC Retry (0: always). [default: 32]
+    #[arg(long, env = "RAFT_PEER_RETRY_AFTER_HANDSHAKES")]
+    pub peer_retry_after_handshakes: Option<usize>,
 }
 
 /// Log output format.
@@ -386,6 +410,16 @@ pub struct NodeConfig {
     pub client_ca: Option<PathBuf>,
     /// The API may listen beyond loopback without authentication.
     pub insecure: bool,
+
+    // Peer transport hardening (issue 16 items 8 to 10).
+    /// Certificate revocation lists checked for peers, reloaded on change.
+    pub tls_crl: Option<PathBuf>,
+    /// Largest snapshot accepted from a peer, bytes.
+    pub max_snapshot_receive_bytes: u64,
+    /// Inbound peer connections one node may hold at once.
+    pub max_connections_per_peer: usize,
+    /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
+    pub peer_retry_after_handshakes: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -417,7 +451,10 @@ impl std::fmt::Debug for NodeConfig {
             .field("http_idle_timeout", &self.http_idle_timeout)
             .field("http_body_timeout", &self.http_body_timeout)
             .field("http_request_deadline", &self.http_request_deadline)
-            .field("http_tls_handshake_timeout", &self.http_tls_handshake_timeout)
+            .field(
+                "http_tls_handshake_timeout",
+                &self.http_tls_handshake_timeout,
+            )
             .field("http_send_timeout", &self.http_send_timeout)
             .field("http_max_header_bytes", &self.http_max_header_bytes)
             .field("http_max_receiving_bodies", &self.http_max_receiving_bodies)
@@ -438,6 +475,16 @@ impl std::fmt::Debug for NodeConfig {
             .field("client_tls", &self.client_tls)
             .field("client_ca", &self.client_ca)
             .field("insecure", &self.insecure)
+            .field("tls_crl", &self.tls_crl)
+            .field(
+                "max_snapshot_receive_bytes",
+                &self.max_snapshot_receive_bytes,
+            )
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field(
+                "peer_retry_after_handshakes",
+                &self.peer_retry_after_handshakes,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -604,7 +651,11 @@ impl RunArgs {
             admin_token_file,
             client_tls,
             client_ca,
-            insecure
+            insecure,
+            tls_crl,
+            max_snapshot_receive_mib,
+            max_connections_per_peer,
+            peer_retry_after_handshakes
         )
     }
 
@@ -729,6 +780,13 @@ impl RunArgs {
             client_tls: self.client_tls.unwrap_or(false),
             client_ca: self.client_ca,
             insecure: self.insecure.unwrap_or(false),
+            tls_crl: self.tls_crl,
+            max_snapshot_receive_bytes: self
+                .max_snapshot_receive_mib
+                .unwrap_or(4096)
+                .saturating_mul(1 << 20),
+            max_connections_per_peer: self.max_connections_per_peer.unwrap_or(4),
+            peer_retry_after_handshakes: self.peer_retry_after_handshakes.unwrap_or(32),
         };
         if let Some(url) = &cfg.join {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -743,6 +801,16 @@ impl RunArgs {
                         .into(),
                 ));
             }
+        }
+        if cfg.max_snapshot_receive_bytes == 0 {
+            return Err(ConfigError(
+                "--max-snapshot-receive-mib must be positive".into(),
+            ));
+        }
+        if cfg.max_connections_per_peer > 256 {
+            return Err(ConfigError(
+                "--max-connections-per-peer must be at most 256 (the connection limit)".into(),
+            ));
         }
         if cfg.client_ca.is_some() && !cfg.client_tls {
             return Err(ConfigError("--client-ca needs --client-tls".into()));
@@ -829,6 +897,7 @@ impl RunArgs {
             ("--max-value-bytes", cfg.max_value_bytes),
             ("--max-concurrent-requests", cfg.max_concurrent_requests),
             ("--max-list-limit", cfg.max_list_limit),
+            ("--max-connections-per-peer", cfg.max_connections_per_peer),
         ] {
             if v == 0 {
                 return Err(ConfigError(format!("{name} must be positive")));
@@ -1007,6 +1076,54 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.0.contains("does not list this node"), "{err}");
+    }
+
+    #[test]
+    fn peer_hardening_limits_default_and_are_checked() {
+        let cfg = base().resolve().unwrap();
+        assert_eq!(cfg.tls_crl, None);
+        assert_eq!(cfg.max_snapshot_receive_bytes, 4 << 30);
+        assert_eq!(cfg.max_connections_per_peer, 4);
+        assert_eq!(cfg.peer_retry_after_handshakes, 32);
+        let cfg = RunArgs {
+            tls_crl: Some("crl.pem".into()),
+            max_snapshot_receive_mib: Some(10),
+            max_connections_per_peer: Some(2),
+            peer_retry_after_handshakes: Some(0),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.tls_crl, Some("crl.pem".into()));
+        assert_eq!(cfg.max_snapshot_receive_bytes, 10 << 20);
+        assert_eq!(cfg.max_connections_per_peer, 2);
+        assert_eq!(cfg.peer_retry_after_handshakes, 0);
+        for (args, flag) in [
+            (
+                RunArgs {
+                    max_snapshot_receive_mib: Some(0),
+                    ..base()
+                },
+                "--max-snapshot-receive-mib",
+            ),
+            (
+                RunArgs {
+                    max_connections_per_peer: Some(0),
+                    ..base()
+                },
+                "--max-connections-per-peer",
+            ),
+            (
+                RunArgs {
+                    max_connections_per_peer: Some(257),
+                    ..base()
+                },
+                "--max-connections-per-peer",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(err.0.contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -282,16 +282,26 @@ pub async fn start(
     }
 
     let election_timeout = cfg.tick * cfg.election_ticks as u32;
-    let quic = QuicConfig::for_election_timeout(election_timeout);
+    let quic = QuicConfig {
+        snapshot_bytes_max: cfg.max_snapshot_receive_bytes,
+        connections_per_peer_max: cfg.max_connections_per_peer,
+        retry_handshakes_threshold: cfg.peer_retry_after_handshakes,
+        ..QuicConfig::for_election_timeout(election_timeout)
+    };
     let max_frame = quic.max_frame_bytes;
     let incoming = cfg.data_dir.join("incoming");
     crate::snapshot::create_private_dir(&incoming)
         .with_context(|| format!("creating {}", incoming.display()))?;
+    // Partial and undelivered snapshots of an earlier run are deleted here.
     let (sink, received_snapshots) =
         FileSnapshotSink::new(incoming, 2).context("creating the snapshot receive directory")?;
-    let (transport, mut inbound) = QuicTransport::builder(id, tls)
+    let mut builder = QuicTransport::builder(id, tls)
         .config(quic)
-        .snapshot_sink(Arc::new(sink))
+        .snapshot_sink(Arc::new(sink));
+    if let Some(crl) = &cfg.tls_crl {
+        builder = builder.crl_file(crl);
+    }
+    let (transport, mut inbound) = builder
         .bind(cfg.peer_listen)
         .with_context(|| format!("binding the peer address {}", cfg.peer_listen))?;
     for m in &members {
@@ -403,6 +413,48 @@ pub async fn start(
             }
         }));
     }
+    // Follow the configuration: only its members, and nodes whose addresses
+    // were recorded to be added, may connect and send; a node removed by a
+    // committed configuration loses its peer entry, its connections and
+    // its address record here (the replicated record is deleted when the
+    // configuration is applied).
+    {
+        let raft = raft.clone();
+        let reader = reader.clone();
+        let transport = transport.clone();
+        let member_map = member_map.clone();
+        let db = db.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MEMBERSHIP_POLL);
+            let mut last = None;
+            loop {
+                tick.tick().await;
+                let Some(s) = raft.status().await else { break };
+                let Ok(recorded) = reader.members() else {
+                    continue;
+                };
+                let config = s.engine.membership.members();
+                let seen = (
+                    config.clone(),
+                    s.engine.membership_committed,
+                    recorded.clone(),
+                );
+                if last.as_ref() == Some(&seen) {
+                    continue;
+                }
+                last = Some(seen);
+                follow_membership(
+                    id,
+                    &config,
+                    s.engine.membership_committed,
+                    &recorded,
+                    &transport,
+                    &member_map,
+                    &db,
+                );
+            }
+        }));
+    }
     let state = Arc::new(AppState {
         id,
         raft: raft.clone(),
@@ -453,6 +505,86 @@ pub async fn start(
         background,
         log_db: db,
     })
+}
+
+/// How often the configuration in force is checked for changes.
+const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// Applies the configuration in force (`config`, whether `committed`) and
+/// the replicated address records to the transport and the address book.
+fn follow_membership(
+    id: NodeId,
+    config: &std::collections::BTreeSet<NodeId>,
+    committed: bool,
+    recorded: &[Member],
+    transport: &QuicTransport,
+    member_map: &RwLock<HashMap<NodeId, Member>>,
+    db: &rocksdb::DB,
+) {
+    if config.is_empty() {
+        // A joining node that has not heard its configuration yet: its peer
+        // table (the members it joined through) decides.
+        transport.set_allowed_peers(None);
+        return;
+    }
+    let Ok(mut map) = member_map.write() else {
+        return;
+    };
+    // While the configuration is not committed it may still be undone, and
+    // the nodes of the one before still count (an original member removed
+    // by it has no address record): everyone in the address book stays.
+    let keep_known = if committed {
+        Vec::new()
+    } else {
+        map.keys().copied().collect()
+    };
+    let allowed: std::collections::HashSet<NodeId> = config
+        .iter()
+        .copied()
+        .chain(recorded.iter().map(|m| m.id))
+        .chain(keep_known)
+        .filter(|p| *p != id)
+        .collect();
+    transport.set_allowed_peers(Some(allowed.clone()));
+    let mut changed = false;
+    if committed {
+        // Removed for good: no configuration holds it and its address
+        // record is gone. (Before the commit the removal may still be
+        // undone, and the address would be needed again.)
+        let gone: Vec<NodeId> = map
+            .keys()
+            .copied()
+            .chain(transport.peers().into_iter().map(|(p, _)| p))
+            .filter(|p| *p != id && !allowed.contains(p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for p in gone {
+            tracing::info!(
+                peer = p,
+                "member removed: dropping its address and connections"
+            );
+            transport.remove_peer(p);
+            changed |= map.remove(&p).is_some();
+        }
+    }
+    // A member the transport lost (a removal that was undone): dial it again.
+    let known: std::collections::HashSet<NodeId> =
+        transport.peers().into_iter().map(|(p, _)| p).collect();
+    for p in config {
+        if *p != id && !known.contains(p) {
+            if let Some(m) = map.get(p) {
+                transport.add_peer(*p, m.peer_addr);
+            }
+        }
+    }
+    if changed {
+        let mut all: Vec<Member> = map.values().cloned().collect();
+        all.sort_by_key(|m| m.id);
+        if let Err(e) = save_members(db, &all) {
+            tracing::warn!(error = %e, "saving member addresses failed");
+        }
+    }
 }
 
 fn load_flag(db: &rocksdb::DB, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {

@@ -41,6 +41,9 @@ const SNAPSHOT_META_KEY: &[u8] = b"snapshot";
 const INSTALLING_KEY: &[u8] = b"installing";
 /// Prefix of the replicated member address records: `m/<id:u64>`.
 const MEMBER_PREFIX: &[u8] = b"m/";
+/// The members (ids) of the last configuration entry applied, as JSON: a
+/// later configuration deletes the address records of the nodes it drops.
+const APPLIED_MEMBERS_KEY: &[u8] = b"applied_members";
 
 /// Whether a `kv_meta` key is replicated state (part of a snapshot), as
 /// opposed to this replica's bookkeeping.
@@ -629,6 +632,9 @@ impl KvStateMachine {
         let mut tokens: HashMap<Vec<u8>, (u64, Remembered, Outcome)> = HashMap::new();
         let mut out = Vec::with_capacity(entries.len());
         let mut members_changed = false;
+        // The members of the configuration last applied (this batch's own
+        // entries first, then the stored record).
+        let mut applied_members: Option<Option<std::collections::BTreeSet<u64>>> = None;
         for e in entries {
             let cmd = match &e.payload {
                 EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
@@ -653,6 +659,32 @@ impl KvStateMachine {
                         continue;
                     }
                 },
+                EntryPayload::Membership(m) => {
+                    // A node dropped from the configuration loses its
+                    // address record on every replica, at the same index:
+                    // no member dials it or lets it in again.
+                    let now = m.members();
+                    let prev = match applied_members.take() {
+                        Some(p) => p,
+                        None => db
+                            .get_cf(meta, APPLIED_MEMBERS_KEY)?
+                            .and_then(|v| serde_json::from_slice(&v).ok()),
+                    };
+                    if let Some(prev) = prev {
+                        for gone in prev.difference(&now) {
+                            batch.delete_cf(meta, member_key(*gone));
+                            members_changed = true;
+                        }
+                    }
+                    batch.put_cf(
+                        meta,
+                        APPLIED_MEMBERS_KEY,
+                        serde_json::to_vec(&now).unwrap_or_default(),
+                    );
+                    applied_members = Some(Some(now));
+                    out.push(Outcome::Noop);
+                    continue;
+                }
                 _ => {
                     out.push(Outcome::Noop);
                     continue;

@@ -594,6 +594,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// sends again later, as after a loss. That bounds what it holds for
     /// the state machine, as the leader's refusal of proposals does.
     fn step_inbound(&mut self, msg: Message) {
+        if msg.term > crate::types::MAX_TERM {
+            // The engine refuses it (and logs); count it for operators.
+            metrics::counter!("raft_messages_invalid_term_total").increment(1);
+        }
         if let MessageBody::AppendEntries { entries, .. } = &msg.body {
             if !entries.is_empty() && self.engine.role() != Role::Leader && self.apply_lags() {
                 metrics::counter!("raft_appends_deferred_total").increment(1);

@@ -107,7 +107,9 @@ impl Engine {
 
     /// Handles a message from a peer. Messages with stale terms, from unknown
     /// nodes, or out of order are handled as the algorithm requires; none of
-    /// them panics.
+    /// them panics. A message whose term exceeds
+    /// [`MAX_TERM`](crate::types::MAX_TERM) is refused and counted
+    /// ([`Status::invalid_term_messages`](super::Status::invalid_term_messages)): it changes nothing.
     pub fn step(&mut self, msg: Message) {
         if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from == 0 {
             tracing::debug!(
@@ -115,6 +117,21 @@ impl Engine {
                 to = msg.to,
                 "dropping misaddressed message"
             );
+            return;
+        }
+        if msg.term > crate::types::MAX_TERM {
+            // No election could ever follow such a term: adopting it would
+            // end this node's ability to campaign. Refuse it whole.
+            self.invalid_term_messages += 1;
+            if self.invalid_term_messages.is_power_of_two() {
+                tracing::warn!(
+                    from = msg.from,
+                    term = msg.term,
+                    max_term = crate::types::MAX_TERM,
+                    refused = self.invalid_term_messages,
+                    "refusing a message whose term exceeds the maximum"
+                );
+            }
             return;
         }
         if msg.term > self.term

@@ -328,6 +328,9 @@ pub struct Status {
     pub installing_snapshot: Option<LogId>,
     /// Replication progress of each peer (leader only).
     pub peers: Vec<PeerStatus>,
+    /// Messages refused because their term exceeds
+    /// [`MAX_TERM`](crate::types::MAX_TERM), since the engine started.
+    pub invalid_term_messages: u64,
 }
 
 /// A pending ReadIndex read.
@@ -418,6 +421,8 @@ pub struct Engine {
     self_election: Option<LogId>,
     /// Whether the engine started from saved state rather than as a new node.
     restarted: bool,
+    /// Messages refused for a term above [`crate::types::MAX_TERM`].
+    invalid_term_messages: u64,
     // Output buffers, drained by `ready`.
     msgs: Vec<Message>,
     persisted_msgs: Vec<Message>,
@@ -527,6 +532,7 @@ impl Engine {
             timeout_now_sent: false,
             self_election: None,
             restarted: term > 0,
+            invalid_term_messages: 0,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
@@ -624,6 +630,7 @@ impl Engine {
                         .then_some(p.pending_snapshot),
                 })
                 .collect(),
+            invalid_term_messages: self.invalid_term_messages,
         }
     }
 

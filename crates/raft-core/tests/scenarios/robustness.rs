@@ -535,3 +535,80 @@ proptest! {
         }
     }
 }
+
+/// Issue 16 item 8: an authenticated peer that sends a term no election
+/// could ever follow (`u64::MAX`, or anything above
+/// [`raft_core::types::MAX_TERM`]) changes nothing on the receiver: not its
+/// term, not its vote, not its role. Every message kind is tried, on the
+/// leader and on a follower; the refusals are counted, and the cluster
+/// still elects and commits afterwards.
+#[test]
+fn an_absurd_term_from_a_peer_changes_nothing() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.propose(1, "a").unwrap();
+    net.tick_all(3);
+    let last = net.engine(1).last_log_id();
+    let before: Vec<_> = net
+        .ids()
+        .iter()
+        .map(|i| {
+            let s = net.engine(*i).status();
+            (s.term, s.vote, s.role)
+        })
+        .collect();
+    for term in [u64::MAX, u64::MAX - 1, raft_core::types::MAX_TERM + 1] {
+        for (from, to) in [(2, 1), (3, 2), (1, 3)] {
+            let bodies = vec![
+                MessageBody::RequestVote {
+                    pre_vote: false,
+                    last_log_id: LogId::new(u64::MAX, u64::MAX),
+                    leadership_transfer: true,
+                },
+                MessageBody::RequestVote {
+                    pre_vote: true,
+                    last_log_id: LogId::new(u64::MAX, u64::MAX),
+                    leadership_transfer: false,
+                },
+                MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                },
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                },
+                MessageBody::AppendEntries {
+                    prev_log_id: last,
+                    entries: vec![],
+                    leader_commit: last.index,
+                    round: 0,
+                    heartbeat: true,
+                },
+                success(last.index),
+                conflict(1, LogId::default()),
+                MessageBody::TimeoutNow,
+            ];
+            for body in bodies {
+                net.step(msg::new(from, to, term, body));
+            }
+        }
+    }
+    let after: Vec<_> = net
+        .ids()
+        .iter()
+        .map(|i| {
+            let s = net.engine(*i).status();
+            (s.term, s.vote, s.role)
+        })
+        .collect();
+    assert_eq!(before, after, "an absurd term changed (term, vote, role)");
+    for i in net.ids() {
+        assert!(
+            net.engine(i).status().invalid_term_messages > 0,
+            "node {i} did not count the refused messages"
+        );
+    }
+    cluster_still_commits(&mut net, "after absurd terms");
+    assert!(net.term(1) < 1000);
+}

@@ -1,0 +1,321 @@
+//! Hostile peers against real `raft-node` processes (issue 16 item 8): a
+//! removed node that keeps its certificate is refused by every member and
+//! its address record is gone, while the cluster keeps serving; a member
+//! sending a term no election could follow (`u64::MAX`) changes nothing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use raft_core::{LogId, Message, MessageBody};
+use raft_net_quic::codec::{self, Frame, Hello, StreamKind};
+use raft_net_quic::tls::node_dns_name;
+use raft_net_quic::NodeTls;
+use serde_json::Value;
+
+/// A QUIC client endpoint presenting node `id`'s certificate.
+fn raw_peer(certs: &std::path::Path, id: u64) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let tls = NodeTls::from_pem_files(
+        id,
+        certs.join("ca.pem"),
+        certs.join(format!("node-{id}.pem")),
+        certs.join(format!("node-{id}.key")),
+    )
+    .expect("node certificate");
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config().expect("client TLS"))
+            .expect("QUIC TLS");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    (endpoint, quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Connects as `from` to node `to` and runs the handshake: the connection
+/// when welcomed, else how it was refused.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    cfg: &quinn::ClientConfig,
+    from: u64,
+    to: u64,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let conn = endpoint
+        .connect_with(cfg.clone(), addr, &node_dns_name(to))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut hello = vec![StreamKind::Handshake as u8];
+    hello.extend_from_slice(
+        &codec::encode_to_bytes(&Frame::Hello(Hello { from, to }), 1 << 20)
+            .map_err(|e| e.to_string())?,
+    );
+    send.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .map_err(|_| "no handshake answer in 10 s".to_string())?;
+    match answer {
+        Ok(bytes) => match codec::decode_frame(bytes.into(), 1 << 20) {
+            Ok(Frame::Welcome { node }) if node == to => Ok(conn),
+            other => Err(format!("handshake answered {other:?}")),
+        },
+        Err(_) => match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => Err(format!(
+                "closed with code {}: {}",
+                c.error_code,
+                String::from_utf8_lossy(&c.reason)
+            )),
+            Ok(other) => Err(other.to_string()),
+            Err(_) => Err("stream failed, connection open".into()),
+        },
+    }
+}
+
+fn peer_addr(p: &Proc) -> SocketAddr {
+    p.args
+        .iter()
+        .find_map(|a| a.strip_prefix("--peer-listen="))
+        .expect("--peer-listen")
+        .parse()
+        .unwrap()
+}
+
+/// Item 8: a follower is removed but keeps running with its certificate.
+/// Every remaining member refuses its connections (as soon as the removal
+/// is committed), its address record disappears, and the cluster keeps
+/// serving reads and writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_that_keeps_its_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(dir.path(), 3);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let l = leader(&client, &procs, None).await;
+    let leader_http = procs.iter().find(|p| p.id == l).unwrap().http.clone();
+    let removed = procs.iter().find(|p| p.id != l).unwrap().id;
+    // It keeps running (and holding its certificate) to the end.
+    let idx = procs.iter().position(|p| p.id == removed).unwrap();
+    let _removed_proc = procs.remove(idx);
+    let r = client
+        .delete(format!("{leader_http}/v1/cluster/members/{removed}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    let (endpoint, cfg) = raw_peer(&dir.path().join("certs"), removed);
+    for p in &procs {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let refusal = loop {
+            match handshake(&endpoint, &cfg, removed, p.id, peer_addr(p)).await {
+                Ok(conn) => {
+                    conn.close(0u32.into(), b"probe");
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} still welcomes removed node {removed}",
+                        p.id
+                    );
+                }
+                Err(e) => break e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            refusal.contains("not a member") || refusal.contains("not a peer"),
+            "node {} refused removed node {removed} for another reason: {refusal}",
+            p.id
+        );
+    }
+
+    // The cluster keeps serving, with the removed node still running.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let l = leader(&client, &procs, None).await;
+    let writer = procs.iter().find(|p| p.id == l).unwrap();
+    let status = status_past_503(|| put(&client, writer, "after-removal", "ok")).await;
+    assert!(status.is_success(), "{status}");
+    let reader = procs.iter().find(|p| p.id != l).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = client
+            .get(format!("{}/v1/kv/after-removal", reader.http))
+            .send()
+            .await
+            .unwrap();
+        if v.status() == 200 {
+            assert_eq!(v.text().await.unwrap(), "ok");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached node {}",
+            reader.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Its address record is gone: the members listed with the next change
+    // do not include it.
+    let r = client
+        .post(format!("{}/v1/cluster/learners", writer.http))
+        .json(
+            &serde_json::json!({"id": 5, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let body: Value = r.json().await.unwrap();
+    let ids: Vec<u64> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&removed),
+        "the address record of removed node {removed} is still listed: {ids:?}"
+    );
+}
+
+/// Item 8: a member (node 4, a learner that never runs, whose certificate
+/// the test holds) sends vote requests and heartbeats at term `u64::MAX`
+/// to every node: no node adopts the term, and the cluster keeps electing
+/// and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_term_from_a_member_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = cluster(dir.path(), 3);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let l = leader(&client, &procs, None).await;
+    let leader_http = procs.iter().find(|p| p.id == l).unwrap().http.clone();
+    let r = client
+        .post(format!("{leader_http}/v1/cluster/learners"))
+        .json(
+            &serde_json::json!({"id": 4, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (endpoint, cfg) = raw_peer(&dir.path().join("certs"), 4);
+    let mut conns = Vec::new();
+    for p in &procs {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let conn = loop {
+            match handshake(&endpoint, &cfg, 4, p.id, peer_addr(p)).await {
+                Ok(c) => break c,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "node {} never accepted node 4: {e}",
+                    p.id
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut bytes = vec![StreamKind::Control as u8];
+        for body in [
+            MessageBody::RequestVote {
+                pre_vote: false,
+                last_log_id: LogId::new(u64::MAX, u64::MAX),
+                leadership_transfer: true,
+            },
+            MessageBody::AppendEntries {
+                prev_log_id: LogId::default(),
+                entries: Vec::new(),
+                leader_commit: 0,
+                round: 1,
+                heartbeat: true,
+            },
+            MessageBody::TimeoutNow,
+        ] {
+            let m = Message {
+                from: 4,
+                to: p.id,
+                term: u64::MAX,
+                body,
+            };
+            bytes.extend_from_slice(&codec::encode_to_bytes(&Frame::Message(m), 1 << 20).unwrap());
+        }
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let _ = s.finish();
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in &procs {
+        let s = status_of(&client, p).await;
+        let term = s["term"].as_u64().unwrap();
+        assert!(term < 1 << 62, "node {} adopted term {term}", p.id);
+    }
+    let l = leader(&client, &procs, None).await;
+    let writer = procs.iter().find(|p| p.id == l).unwrap();
+    let status = status_past_503(|| put(&client, writer, "after-absurd-term", "ok")).await;
+    assert!(status.is_success(), "{status}");
+    drop(conns);
+}
+
+/// Item 8: `--tls-crl`. The cluster starts with an empty revocation list;
+/// the list is then rewritten to revoke a follower's certificate. After
+/// the reload (the file is polled every 5 s) the other members refuse that
+/// certificate, and the two of them keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_through_tls_crl_is_refused_after_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let files = raft_net_quic::certs::write_dev_certs(&certs, &[], &[]).unwrap();
+    let ca = raft_net_quic::certs::DevCa::from_pem(
+        &std::fs::read_to_string(&files.ca_cert).unwrap(),
+        &std::fs::read_to_string(&files.ca_key).unwrap(),
+    )
+    .unwrap();
+    let crl = dir.path().join("cluster.crl");
+    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let extra = vec![
+        "--max-key-bytes=64".to_string(),
+        format!("--tls-crl={}", crl.display()),
+    ];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let l = leader(&client, &procs, None).await;
+    let revoked = procs.iter().find(|p| p.id != l).unwrap().id;
+    let cert = std::fs::read_to_string(certs.join(format!("node-{revoked}.pem"))).unwrap();
+    let (endpoint, cfg) = raw_peer(&certs, revoked);
+    let target = procs.iter().find(|p| p.id == l).unwrap();
+    let conn = handshake(&endpoint, &cfg, revoked, l, peer_addr(target))
+        .await
+        .expect("welcomed before the revocation");
+    conn.close(0u32.into(), b"probe");
+
+    std::fs::write(&crl, ca.revocation_list(&[&cert]).unwrap()).unwrap();
+    for p in procs.iter().filter(|p| p.id != revoked) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match handshake(&endpoint, &cfg, revoked, p.id, peer_addr(p)).await {
+                Ok(conn) => {
+                    conn.close(0u32.into(), b"probe");
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} still welcomes revoked node {revoked}",
+                        p.id
+                    );
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let writer = procs.iter().find(|p| p.id == l).unwrap();
+    let status = status_past_503(|| put(&client, writer, "after-revocation", "ok")).await;
+    assert!(status.is_success(), "{status}");
+}
