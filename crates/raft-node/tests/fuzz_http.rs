@@ -15,6 +15,11 @@
 //! every node is still running, logged no panic, and serves a normal write
 //! and read.
 //!
+//! Beside the campaign, resource exhaustion: slow heads, stalled bodies
+//! and TLS handshakes, connection floods, descriptors exhausted, a hung
+//! disk, huge listings and clients that never read, each with the bounds
+//! the raft-node README states (see the tests below).
+//!
 //! The campaign is seeded: a failure prints the seed, and
 //! `RAFT_FUZZ_SEED=<seed> cargo test -p raft-node --test fuzz_http` replays
 //! it. `RAFT_FUZZ_CASES` sets the number of requests (default 200).
