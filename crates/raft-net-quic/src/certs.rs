@@ -245,6 +245,13 @@ pub fn write_dev_certs(
     let ca = if ca_cert.exists() && ca_key.exists() {
         let cert = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
         let key = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        // The key that mints every certificate is reused, not rewritten:
+        // close it to others too.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&ca_key))?;
+        }
         DevCa::from_pem(&cert, &key)?
     } else {
         let ca = DevCa::generate("raft development CA")?;
@@ -343,10 +350,13 @@ mod tests {
         }
         assert_eq!(octal(mode(&ca_key)), "0600");
         assert_ne!(std::fs::read_to_string(&key).unwrap(), "old key");
-        // Again, over keys made 0666: every write fixes the mode.
+        // Again, over keys made 0666: every write fixes the mode, and the
+        // reused CA key is closed too.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_dev_certs(dir.path(), &[1], &[]).unwrap();
         assert_eq!(octal(mode(&key)), "0600");
+        assert_eq!(octal(mode(&ca_key)), "0600", "the reused CA key");
         // No temporary file is left behind.
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -508,12 +508,11 @@ fn host_of(addr: &str) -> &str {
 }
 
 impl NodeConfig {
-    /// Whether the HTTP API authenticates its callers at all: a bearer
-    /// token or client certificates.
+    /// Whether the HTTP API authenticates the callers of its data routes:
+    /// a user bearer token or client certificates. An admin token alone
+    /// guards only the admin routes and leaves `/v1/kv` open.
     pub fn api_authenticated(&self) -> bool {
-        self.auth_token.is_some()
-            || self.admin_token.is_some()
-            || (self.client_tls && self.client_ca.is_some())
+        self.auth_token.is_some() || (self.client_tls && self.client_ca.is_some())
     }
 
     /// What is unsafe about these settings, one sentence each, for the log
@@ -934,20 +933,35 @@ fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigEr
 /// [`ConfigError`] naming the file: unreadable, readable by others, or
 /// not holding a valid token.
 pub fn read_token(path: &Path) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError(format!("cannot read token file {}: {e}", path.display())))?;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cannot =
+        |e: std::io::Error| ConfigError(format!("cannot read token file {}: {e}", path.display()));
+    // One open file for the checks and the read: the path cannot be
+    // swapped in between.
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ConfigError(format!(
             "token file {} has mode {mode:04o}: other users can read or change it; make it \
-            readable by its owner only (`chmod 600 {}`)",
+            readable by its owner only (`chmod 600 {}`; in Kubernetes, `defaultMode: 0400` \
+            on the secret volume)",
             path.display(),
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read token file {}: {e}", path.display())))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(ConfigError(format!(
+            "token file {} belongs to user {}, not to this process's user ({me}) or root: \
+            whoever owns it can change the token",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot)?;
     let token = text.trim().to_owned();
     if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError(format!(
@@ -1192,6 +1206,22 @@ mod tests {
         assert_eq!(cfg.advertise.client_addr, "node1.example:8000");
     }
 
+    #[test]
+    fn review_an_exposed_node_whose_data_api_is_open_needs_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = private_token(dir.path(), "admin", "an-admin-token-0123456789");
+        let r = RunArgs {
+            admin_token_file: Some(admin),
+            ..exposed()
+        }
+        .resolve();
+        assert!(
+            r.is_err(),
+            "0.0.0.0 with only --admin-token-file (every key readable and writable by anyone) \
+             started without --insecure"
+        );
+    }
+
     fn private_token(dir: &Path, name: &str, token: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join(name);
@@ -1293,6 +1323,17 @@ mod tests {
             warnings.contains("--join") && warnings.contains("in clear"),
             "{warnings}"
         );
+    }
+
+    #[test]
+    fn token_files_owned_by_another_user_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_token(dir.path(), "other", "a-token-of-another-user-0123");
+        // Needs root (the tests run as root in CI): give the file away.
+        std::os::unix::fs::chown(&path, Some(65534), None)
+            .expect("changing the token file's owner (run the tests as root)");
+        let err = read_token(&path).unwrap_err();
+        assert!(err.0.contains("belongs to user 65534"), "{err}");
     }
 
     #[test]

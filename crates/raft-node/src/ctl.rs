@@ -196,6 +196,20 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
         Some(path) => Some(crate::config::read_token(path)?),
         None => None,
     };
+    if token.is_some() && a.endpoint.starts_with("http://") {
+        let rest = a.endpoint.trim_start_matches("http://");
+        let loopback = ["localhost:", "localhost/", "127.", "[::1]"]
+            .iter()
+            .any(|p| rest.starts_with(p))
+            || rest == "localhost";
+        if !loopback {
+            eprintln!(
+                "warning: the token goes to {} over plain HTTP, where anyone on the network \
+                 path can read it; use an https:// endpoint",
+                a.endpoint
+            );
+        }
+    }
     let client = client(&a)?;
     let with_token = |r: reqwest::RequestBuilder| match &token {
         Some(t) => r.bearer_auth(t),

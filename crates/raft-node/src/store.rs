@@ -45,6 +45,13 @@ const MEMBER_PREFIX: &[u8] = b"m/";
 /// later configuration deletes the address records of the nodes it drops.
 const APPLIED_MEMBERS_KEY: &[u8] = b"applied_members";
 
+/// The index of the first command applied with a principal (a scoped
+/// idempotency key), u64: unscoped records older than it were written
+/// before scoping existed, so a scoped retry of the same token finds them
+/// (a write retried across the upgrade is not applied twice). Replicated:
+/// a function of the log.
+const SCOPED_SINCE_KEY: &[u8] = b"idempotency_scoped_since";
+
 /// Whether a `kv_meta` key is replicated state (part of a snapshot), as
 /// opposed to this replica's bookkeeping.
 fn is_replicated_meta(key: &[u8]) -> bool {
@@ -635,6 +642,7 @@ impl KvStateMachine {
         // The members of the configuration last applied (this batch's own
         // entries first, then the stored record).
         let mut applied_members: Option<Option<std::collections::BTreeSet<u64>>> = None;
+        let mut scoped_since: Option<Option<u64>> = None;
         for e in entries {
             let cmd = match &e.payload {
                 EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
@@ -690,16 +698,46 @@ impl KvStateMachine {
                     continue;
                 }
             };
-            let fingerprint = cmd.fingerprint();
             let slot = cmd.idempotency_slot();
-            if let Some(token) = &slot {
-                let prior = match tokens.get(token) {
-                    Some(p) => Some(p.clone()),
-                    None => match db.get_pinned_cf(meta, Self::idempotency_key(token))? {
-                        Some(stored) => Some(decode_token_record(token, &stored)?),
-                        None => None,
-                    },
+            let fingerprint = if slot.is_some() {
+                cmd.fingerprint()
+            } else {
+                [0; 16]
+            };
+            if cmd.principal.is_some() && cmd.idempotency_key.is_some() {
+                let since = match scoped_since {
+                    Some(s) => s,
+                    None => db
+                        .get_pinned_cf(meta, SCOPED_SINCE_KEY)?
+                        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)),
                 };
+                if since.is_none() {
+                    batch.put_cf(meta, SCOPED_SINCE_KEY, e.index.to_be_bytes());
+                }
+                scoped_since = Some(Some(since.unwrap_or(e.index)));
+            }
+            if let Some(token) = &slot {
+                let lookup = |slot: &[u8]| -> Result<_, StoreError> {
+                    Ok(match tokens.get(slot) {
+                        Some(p) => Some(p.clone()),
+                        None => match db.get_pinned_cf(meta, Self::idempotency_key(slot))? {
+                            Some(stored) => Some(decode_token_record(slot, &stored)?),
+                            None => None,
+                        },
+                    })
+                };
+                let mut prior = lookup(token)?;
+                // A scoped retry of a write made before scoping existed.
+                if prior.is_none() && cmd.principal.is_some() {
+                    if let (Some(raw), Some(Some(since))) = (&cmd.idempotency_key, scoped_since) {
+                        // Only within its window: past it, it is simply
+                        // forgotten (its own order key removes it).
+                        let window = self.idempotency_window_entries;
+                        prior = lookup(raw.as_bytes())?.filter(|(index, _, _)| {
+                            *index < since && e.index.saturating_sub(*index) <= window
+                        });
+                    }
+                }
                 // Whether a token is remembered depends only on the two
                 // indexes, never on how entries were batched: every replica
                 // decides the same.
@@ -1468,12 +1506,15 @@ mod tests {
             ])
             .await
             .unwrap();
+        // The scoped request finds the record written before scoping
+        // existed (a retry across the upgrade must not apply twice), and
+        // it is another request: 422.
         assert_eq!(
             out,
             vec![
                 Outcome::Applied { rev: 3 },
                 Outcome::IdempotencyConflict,
-                Outcome::Applied { rev: 6 },
+                Outcome::IdempotencyConflict,
             ]
         );
         // Past the window, the old record is forgotten with its order key.
@@ -1484,6 +1525,55 @@ mod tests {
         assert!(log.db().get_cf(&meta, b"i/old").unwrap().is_none());
         let out = sm.apply(&[entry(21, first)]).await.unwrap();
         assert_eq!(out, vec![Outcome::Applied { rev: 21 }]);
+    }
+
+    /// An authenticated client's write made through the previous release
+    /// (no principal in the command: record under `i/<token>`), retried
+    /// after the upgrade (now carried with principal `user`): the retry
+    /// must get the first outcome, not be applied again over a later write.
+    #[tokio::test]
+    async fn review_a_retry_across_the_upgrade_is_not_applied_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let first = put("k", "v1", Precondition::None, Some("t"));
+        {
+            // What the previous release left after applying `first` at 3.
+            let db = log.db();
+            let kv = db.cf_handle(KV_CF).unwrap();
+            let meta = db.cf_handle(KV_META_CF).unwrap();
+            db.put_cf(&kv, b"k", encode_record(3, b"v1")).unwrap();
+            let mut rec = 3u64.to_be_bytes().to_vec();
+            rec.extend_from_slice(&first.legacy_fingerprint().to_be_bytes());
+            rec.extend_from_slice(&Outcome::Applied { rev: 3 }.encode());
+            db.put_cf(&meta, b"i/t", &rec).unwrap();
+            let mut order = b"x/".to_vec();
+            order.extend_from_slice(&3u64.to_be_bytes());
+            order.extend_from_slice(b"t");
+            db.put_cf(&meta, &order, b"").unwrap();
+            db.put_cf(&meta, APPLIED_KEY, 3u64.to_be_bytes()).unwrap();
+        }
+        // Another client writes after it; then the first client's retry
+        // arrives at an upgraded leader.
+        let out = sm
+            .apply(&[
+                entry(4, put("k", "v2", Precondition::None, None)),
+                entry(
+                    5,
+                    Command {
+                        principal: Some("user".into()),
+                        ..first.clone()
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[1],
+            Outcome::Applied { rev: 3 },
+            "the retry was applied again"
+        );
+        assert_eq!(&sm.reader().get(b"k").unwrap().unwrap().value[..], b"v2");
     }
 
     #[tokio::test]

