@@ -74,6 +74,7 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
                 // 64 keys, rewritten: the store stays small, the log does not.
                 let key = format!("k{}", i % 64);
                 let deadline = Instant::now() + Duration::from_secs(120);
+                let mut last_outcome: String;
                 loop {
                     // Every node in turn: followers forward to the leader.
                     let url = &urls[((i + c) % urls.len() as u64) as usize];
@@ -82,27 +83,30 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
                         .body(value.clone())
                         .send()
                         .await;
-                    match r.as_ref().map(reqwest::Response::status) {
-                        Ok(s) if s == 200 => break,
-                        Ok(s) if s == 503 => {
+                    match r {
+                        Ok(r) if r.status() == 200 => break,
+                        Ok(r) if r.status() == 503 => {
                             refused.fetch_add(1, Ordering::Relaxed);
                             assert!(
-                                r.unwrap().headers().contains_key("retry-after"),
+                                r.headers().contains_key("retry-after"),
                                 "a 503 carries Retry-After"
                             );
+                            last_outcome = format!("503 {}", r.text().await.unwrap_or_default());
                         }
-                        Ok(s) if s == 504 => {
+                        Ok(r) if r.status() == 504 => {
                             unknown.fetch_add(1, Ordering::Relaxed);
+                            last_outcome = format!("504 {}", r.text().await.unwrap_or_default());
                         }
-                        Ok(s) => panic!("PUT {key}: unexpected status {s}"),
+                        Ok(r) => panic!("PUT {key}: unexpected status {}", r.status()),
                         Err(e) => {
                             unknown.fetch_add(1, Ordering::Relaxed);
                             eprintln!("PUT {key}: {e}");
+                            last_outcome = format!("{e:?}");
                         }
                     }
                     assert!(
                         Instant::now() < deadline,
-                        "PUT {key} not accepted within 120 s"
+                        "PUT {key} (#{i}) to {url} not accepted within 120 s; last answer: {last_outcome}"
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -111,6 +115,13 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
     }
     for t in tasks {
         if let Err(e) = t.await {
+            for p in &procs {
+                eprintln!(
+                    "node {} status: {:?}",
+                    p.id,
+                    common::status(&client, p).await
+                );
+            }
             let logs: Vec<String> = procs
                 .iter()
                 .map(|p| {
