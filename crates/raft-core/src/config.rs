@@ -51,6 +51,22 @@ pub struct Config {
     /// Proposals accepted but not yet committed at most; more are refused with
     /// [`ProposeError::TooManyPending`](crate::engine::ProposeError::TooManyPending).
     pub max_uncommitted_entries: usize,
+    /// Bytes ([`Entry::size_bytes`](crate::Entry::size_bytes)) of proposals
+    /// accepted but not yet committed at most; a proposal that would go
+    /// beyond is refused with
+    /// [`ProposeError::TooManyBytesPending`](crate::engine::ProposeError::TooManyBytesPending)
+    /// (one proposal is always accepted when nothing is pending, however
+    /// large, so progress is possible). Default: 64 MiB.
+    pub max_uncommitted_bytes: u64,
+    /// Payload bytes of applied, durable entries the in-memory log keeps at
+    /// most (a cache for followers slightly behind). Beyond it the oldest
+    /// payloads are dropped from memory and a leader reads them back from
+    /// storage ([`Ready::fetch_entries`](crate::engine::Ready::fetch_entries))
+    /// when a follower needs them. Entries not yet applied or not yet
+    /// durable are held whatever this says (bounded by
+    /// `max_uncommitted_bytes`, the driver's `max_unapplied_bytes` and the
+    /// in-flight limits). Default: 64 MiB.
+    pub max_log_cache_bytes: u64,
     /// Pending linearizable reads at most.
     pub max_pending_reads: usize,
     /// A learner is promoted to voter only when its log is at most this many
@@ -88,6 +104,8 @@ impl Config {
             max_inflight_messages: 64,
             max_inflight_bytes: 32 * 1024 * 1024,
             max_uncommitted_entries: 65_536,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            max_log_cache_bytes: 64 * 1024 * 1024,
             max_pending_reads: 65_536,
             max_promotion_lag: 1_000,
             snapshot_threshold_entries: 100_000,
@@ -144,6 +162,7 @@ impl Config {
                 self.max_uncommitted_entries as u64,
             ),
             ("max_pending_reads", self.max_pending_reads as u64),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
         ] {
             if value == 0 {
                 return bad(setting, "must be at least 1".into());

@@ -279,6 +279,11 @@ impl Cluster {
         // fall behind get installs.
         cfg.snapshot_threshold_entries = roll(&self.dice, |r| r.gen_range(30..=200));
         cfg.snapshot_keep_entries = 10;
+        // The in-memory log's payload budget, from the seed just drawn (no
+        // draw of its own, so every seed's schedule stays as it was): none
+        // in a third of the nodes, so followers that fall behind get their
+        // entries read back from the log; a few entries' worth in another.
+        cfg.max_log_cache_bytes = [0, 2_000, 64 << 20][(cfg.seed % 3) as usize];
         let handle = Raft::start(
             cfg,
             DriverConfig::default(),

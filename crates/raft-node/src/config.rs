@@ -209,6 +209,24 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_PROMOTION_LAG")]
     pub max_promotion_lag: Option<u64>,
 
+    // Memory bounds of the Raft log (issue 16, item 4).
+    /// Payloads of applied log entries kept in memory for followers, MiB;
+    /// older ones are read back from the store when a follower needs them
+    /// (0: keep none). [default: 64]
+    #[arg(long, env = "RAFT_LOG_CACHE_MIB")]
+    pub log_cache_mib: Option<u64>,
+
+    /// Bytes of writes the leader holds uncommitted, MiB; writes beyond get
+    /// 503 with `Retry-After`. [default: 64]
+    #[arg(long, env = "RAFT_MAX_UNCOMMITTED_MIB")]
+    pub max_uncommitted_mib: Option<u64>,
+
+    /// Bytes of committed entries waiting for the key-value store, MiB;
+    /// beyond, the leader answers writes with 503 and `Retry-After` and a
+    /// follower takes no new entries until it catches up. [default: 64]
+    #[arg(long, env = "RAFT_MAX_UNAPPLIED_MIB")]
+    pub max_unapplied_mib: Option<u64>,
+
     /// RocksDB memtable size per column family, MiB: a node's write memory
     /// is about twice this times the five column families at the most.
     /// [default: 16]
@@ -390,6 +408,13 @@ pub struct NodeConfig {
     pub snapshot_keep_entries: u64,
     /// Promotion lag limit.
     pub max_promotion_lag: u64,
+    // Memory bounds of the Raft log (issue 16, item 4).
+    /// Payload bytes of applied entries the in-memory log keeps.
+    pub log_cache_bytes: u64,
+    /// Bytes of uncommitted entries a leader takes.
+    pub max_uncommitted_bytes: u64,
+    /// Bytes of committed entries waiting to be applied.
+    pub max_unapplied_bytes: u64,
     /// RocksDB memtable size per column family, bytes.
     pub write_buffer_bytes: usize,
     /// RocksDB block cache, bytes.
@@ -476,6 +501,9 @@ impl std::fmt::Debug for NodeConfig {
             .field("client_ca", &self.client_ca)
             .field("insecure", &self.insecure)
             .field("tls_crl", &self.tls_crl)
+            .field("log_cache_bytes", &self.log_cache_bytes)
+            .field("max_uncommitted_bytes", &self.max_uncommitted_bytes)
+            .field("max_unapplied_bytes", &self.max_unapplied_bytes)
             .field(
                 "max_snapshot_receive_bytes",
                 &self.max_snapshot_receive_bytes,
@@ -641,6 +669,9 @@ impl RunArgs {
             snapshot_mib,
             snapshot_keep_entries,
             max_promotion_lag,
+            log_cache_mib,
+            max_uncommitted_mib,
+            max_unapplied_mib,
             write_buffer_mib,
             block_cache_mib,
             join,
@@ -761,6 +792,11 @@ impl RunArgs {
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
             max_promotion_lag: self.max_promotion_lag.unwrap_or(1_000),
+            log_cache_bytes: mib_bytes_or_zero("--log-cache-mib", self.log_cache_mib, 64)?,
+            max_uncommitted_bytes: mib_bytes("--max-uncommitted-mib", self.max_uncommitted_mib, 64)?
+                as u64,
+            max_unapplied_bytes: mib_bytes("--max-unapplied-mib", self.max_unapplied_mib, 64)?
+                as u64,
             write_buffer_bytes: mib_bytes("--write-buffer-mib", self.write_buffer_mib, 16)?,
             block_cache_bytes: mib_bytes("--block-cache-mib", self.block_cache_mib, 64)?,
             join: self.join,
@@ -922,6 +958,15 @@ fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigEr
         return Err(ConfigError(format!("{name} must be between 1 and 65536")));
     }
     usize::try_from(mib << 20).map_err(|_| ConfigError(format!("{name} is too large here")))
+}
+
+/// A size in MiB between 0 and 65536, as bytes.
+fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    let mib = v.unwrap_or(default);
+    if mib > 65_536 {
+        return Err(ConfigError(format!("{name} must be between 0 and 65536")));
+    }
+    Ok(mib << 20)
 }
 
 /// Reads a bearer token file: one token of at least 16 visible ASCII

@@ -94,7 +94,9 @@ impl ProposeError {
         match e {
             EngineProposeError::NotLeader { leader } => ProposeError::NotLeader { leader },
             EngineProposeError::TransferInProgress(_) => ProposeError::TransferInProgress,
-            EngineProposeError::TooManyPending(_) => ProposeError::Overloaded,
+            EngineProposeError::TooManyPending(_) | EngineProposeError::TooManyBytesPending(_) => {
+                ProposeError::Overloaded
+            }
         }
     }
 }

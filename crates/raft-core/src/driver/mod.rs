@@ -19,8 +19,9 @@
 //! does not fit in the apply queue waits in the engine task's own backlog,
 //! so a slow apply, a long snapshot build or an install keeps neither
 //! heartbeats nor elections nor answers to peers from going on. What
-//! bounds that backlog is [`DriverConfig::max_unapplied_entries`]: beyond
-//! it, a leader refuses new proposals as [`ProposeError::Overloaded`] and
+//! bounds that backlog is [`DriverConfig::max_unapplied_entries`] and
+//! [`DriverConfig::max_unapplied_bytes`]: beyond
+//! either, a leader refuses new proposals as [`ProposeError::Overloaded`] and
 //! a follower takes heartbeats but no new entries. The
 //! engine task does wait on a full storage queue: a leader whose disk
 //! stops must not go on heartbeating as if it could still append.
@@ -100,6 +101,12 @@ pub struct DriverConfig {
     /// follower takes no new entries (heartbeats still), so what waits for
     /// a lagging state machine stays bounded on every node.
     pub max_unapplied_entries: u64,
+    /// Bytes ([`Entry::size_bytes`](crate::Entry::size_bytes)) of entries
+    /// handed out for applying and not yet applied at most: beyond it, as
+    /// beyond `max_unapplied_entries`, a leader refuses new proposals with
+    /// [`ProposeError::Overloaded`] and a follower takes no new entries.
+    /// Default: 64 MiB.
+    pub max_unapplied_bytes: u64,
     /// Requests or messages taken per loop turn before producing output, so
     /// proposals that arrive together share one append.
     pub max_batch_inputs: usize,
@@ -116,6 +123,7 @@ impl Default for DriverConfig {
             storage_queue_capacity: 64,
             apply_queue_capacity: 64,
             max_unapplied_entries: 50_000,
+            max_unapplied_bytes: 64 * 1024 * 1024,
             max_batch_inputs: 4096,
         }
     }
@@ -198,6 +206,10 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             ("storage_queue_capacity", driver.storage_queue_capacity),
             ("apply_queue_capacity", driver.apply_queue_capacity),
             ("max_batch_inputs", driver.max_batch_inputs),
+            (
+                "max_unapplied_bytes",
+                usize::try_from(driver.max_unapplied_bytes).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(StartError::DriverConfig(format!(
@@ -269,13 +281,37 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
         }
         let first = expected_first.max(stored.first_log_id.map_or(1, |f| f.index));
         let end = stored.last_log_id.map_or(first, |l| l.index + 1);
-        let mut entries = Vec::new();
+        // Payloads of applied entries beyond the log cache's budget are
+        // dropped as they load (oldest first), so a restart holds no more
+        // than a running node would: the engine reads them back when a
+        // follower needs them.
+        let mut entries: Vec<crate::types::Entry> = Vec::new();
         let mut next = first;
+        let mut held = 0u64;
+        let mut dropped = 0usize;
+        let mut payloads_dropped_to = 0;
         while next < end {
-            let batch = log.entries(next, end, 64 * 1024 * 1024).await?;
+            let batch = log.entries(next, end, 16 * 1024 * 1024).await?;
             let Some(last) = batch.last() else { break };
             next = last.index + 1;
+            held += batch
+                .iter()
+                .filter(|e| matches!(e.payload, crate::types::EntryPayload::Normal(_)))
+                .map(crate::types::Entry::size_bytes)
+                .sum::<u64>();
             entries.extend(batch);
+            while held > config.max_log_cache_bytes
+                && dropped < entries.len()
+                && entries[dropped].index <= applied
+            {
+                let e = &mut entries[dropped];
+                if let crate::types::EntryPayload::Normal(data) = &e.payload {
+                    held -= crate::types::Entry::OVERHEAD_BYTES + data.len() as u64;
+                    e.payload = crate::types::EntryPayload::Normal(bytes::Bytes::new());
+                }
+                payloads_dropped_to = e.index;
+                dropped += 1;
+            }
         }
         let id = config.id;
         let initial = InitialState {
@@ -285,6 +321,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             entries,
             bootstrap,
             applied,
+            payloads_dropped_to,
         };
         let engine = Engine::new(config, initial)?;
         tracing::info!(
@@ -309,6 +346,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
 
         let log = Arc::new(log);
+        let reader: Arc<dyn LogStorage> = log.clone();
         let transport = Arc::new(transport);
         let storage_clock = Arc::new(tasks::StorageClock::new());
         let storage_task = tokio::spawn(tasks::storage_task(
@@ -352,6 +390,9 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
             apply_tx,
             apply_backlog: VecDeque::new(),
             backlog_reported: 0,
+            unapplied: VecDeque::new(),
+            unapplied_bytes: 0,
+            reader,
             applied: applied_rx,
             last_soft: None,
             transport,
@@ -402,6 +443,13 @@ struct Driver<R, T> {
     apply_backlog: VecDeque<ApplyJob<R>>,
     /// The backlog length last set on `raft_apply_backlog_jobs`.
     backlog_reported: usize,
+    /// Batches handed out for applying and not known applied: their last
+    /// index and their bytes, in order.
+    unapplied: VecDeque<(Index, u64)>,
+    /// The sum of the bytes in `unapplied`.
+    unapplied_bytes: u64,
+    /// The log storage, to read entries back for followers.
+    reader: Arc<dyn LogStorage>,
     applied: watch::Receiver<Index>,
     last_soft: Option<SoftState>,
     transport: Arc<T>,
@@ -582,10 +630,19 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     }
 
     /// Whether more than [`DriverConfig::max_unapplied_entries`] committed
-    /// entries wait for the state machine.
-    fn apply_lags(&self) -> bool {
+    /// entries, or more than [`DriverConfig::max_unapplied_bytes`] bytes of
+    /// entries handed out for applying, wait for the state machine.
+    fn apply_lags(&mut self) -> bool {
         let applied = *self.applied.borrow();
+        while let Some(&(last, bytes)) = self.unapplied.front() {
+            if last > applied {
+                break;
+            }
+            self.unapplied.pop_front();
+            self.unapplied_bytes -= bytes;
+        }
         self.engine.commit_index().saturating_sub(applied) > self.cfg.max_unapplied_entries
+            || self.unapplied_bytes > self.cfg.max_unapplied_bytes
     }
 
     /// Steps an inbound message, except new entries while the state
@@ -790,8 +847,36 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 self.sending.remove(&to);
                 self.engine.report_snapshot(to, delivered);
             }
+            Event::Fetched(fetch, entries) => {
+                metrics::counter!("raft_entries_read_back_total").increment(entries.len() as u64);
+                self.engine.on_entries_fetched(fetch, entries);
+            }
         }
         true
+    }
+
+    /// Reads entries back from storage for a follower, on a task of its
+    /// own (the engine dropped their payloads from memory); the result
+    /// comes back as [`Event::Fetched`].
+    fn fetch_entries(&self, fetch: crate::engine::EntryFetch) {
+        let reader = Arc::clone(&self.reader);
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let entries = match reader
+                .entries(fetch.start, fetch.end, fetch.max_bytes)
+                .await
+            {
+                Ok(mut entries) => {
+                    entries.truncate(fetch.max_entries.max(1));
+                    entries
+                }
+                Err(e) => {
+                    tracing::warn!(to = fetch.to, start = fetch.start, error = %e, "reading entries back from storage failed");
+                    Vec::new()
+                }
+            };
+            let _ = events.send(Event::Fetched(fetch, entries));
+        });
     }
 
     /// Streams the latest snapshot to a follower on its own task.
@@ -1003,6 +1088,13 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     }
                 }
                 metrics::gauge!("raft_commit_index").set(self.engine.commit_index() as f64);
+                let bytes: u64 = ready
+                    .committed_entries
+                    .iter()
+                    .map(crate::types::Entry::size_bytes)
+                    .sum();
+                self.unapplied.push_back((last, bytes));
+                self.unapplied_bytes += bytes;
                 let job = ApplyJob::Entries {
                     entries: ready.committed_entries,
                     waiters,
@@ -1030,6 +1122,9 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                         return false;
                     }
                 }
+            }
+            for fetch in ready.fetch_entries {
+                self.fetch_entries(fetch);
             }
             for rs in ready.read_states {
                 if let Some((_, reply)) = self.reads.remove(&rs.id) {

@@ -39,6 +39,9 @@ pub(crate) enum Event {
     LogInstalled(SnapshotMeta, SnapshotData),
     /// A snapshot transfer to a follower ended.
     SnapshotSent { to: NodeId, delivered: bool },
+    /// Entries read back from storage for a follower (empty: the read
+    /// failed). At most one read per follower is outstanding.
+    Fetched(crate::engine::EntryFetch, Vec<Entry>),
 }
 
 /// One engine `Ready`'s durable write and the messages that wait for it.

@@ -5,7 +5,13 @@
 //!
 //! Like etcd's raft, the engine keeps the uncompacted log in memory (payloads
 //! are reference-counted [`Bytes`](bytes::Bytes), so sending them is cheap);
-//! log compaction through snapshots bounds it.
+//! log compaction through snapshots bounds its length. Its size in bytes is
+//! bounded apart from that: once the payloads held exceed a budget
+//! ([`Config::max_log_cache_bytes`](crate::Config::max_log_cache_bytes)),
+//! the payloads of the oldest entries that are applied and durable are
+//! dropped (`evict`): their index and term stay, so terms, matching and
+//! backtracking work as before, and a leader reads their payloads back from
+//! storage when a lagging follower needs them.
 
 use std::collections::VecDeque;
 
@@ -36,6 +42,31 @@ pub(crate) struct RaftLog {
     writes: VecDeque<(u64, Index)>,
     /// Sequence number of the next write.
     next_write: u64,
+    /// Entries at or below this index (and above `offset`) have their
+    /// payloads dropped from memory, except blank and membership entries,
+    /// which are kept whole (they are small and the engine reads them).
+    evicted_to: Index,
+    /// Bytes ([`Entry::size_bytes`]) of the normal entries whose payloads
+    /// are held (blank and membership entries are not counted).
+    cached_bytes: u64,
+    /// Bytes ([`Entry::size_bytes`]) of the entries above the commit index.
+    uncommitted_bytes: u64,
+}
+
+/// Whether evicting `e` frees its payload (blank and membership entries are
+/// kept whole).
+fn evictable(e: &Entry) -> bool {
+    matches!(e.payload, crate::types::EntryPayload::Normal(_))
+}
+
+/// What `e` counts toward `cached_bytes` while held whole: its size when
+/// its payload can be dropped, nothing for the small entries kept whole.
+fn cached_size(e: &Entry) -> u64 {
+    if evictable(e) {
+        e.size_bytes()
+    } else {
+        0
+    }
 }
 
 /// Why an AppendEntries was refused by the consistency check.
@@ -63,8 +94,17 @@ impl RaftLog {
         }
         let last = offset.index + entries.len() as u64;
         let committed = committed.min(last).max(offset.index);
+        let cached_bytes = entries.iter().map(cached_size).sum();
+        let uncommitted_bytes = entries
+            .iter()
+            .filter(|e| e.index > committed)
+            .map(Entry::size_bytes)
+            .sum();
         Self {
             offset,
+            evicted_to: offset.index,
+            cached_bytes,
+            uncommitted_bytes,
             entries: entries.into(),
             committed,
             persisted: last,
@@ -145,6 +185,11 @@ impl RaftLog {
         if start > end {
             return Vec::new();
         }
+        debug_assert!(
+            start > self.evicted_to,
+            "invariant: evicted payloads are never handed out (start {start}, evicted to {})",
+            self.evicted_to
+        );
         let from = (start - self.offset.index - 1) as usize;
         let count = ((end - start + 1) as usize).min(max_entries.max(1));
         let mut out = Vec::with_capacity(count);
@@ -168,6 +213,10 @@ impl RaftLog {
             "invariant: a leader appends at the end of its log"
         );
         self.mark_dirty(entry.index);
+        self.cached_bytes += cached_size(&entry);
+        if entry.index > self.committed {
+            self.uncommitted_bytes += entry.size_bytes();
+        }
         self.entries.push_back(entry);
     }
 
@@ -219,6 +268,10 @@ impl RaftLog {
             }
             self.truncate_suffix(from);
             for e in &entries[i..] {
+                self.cached_bytes += cached_size(e);
+                if e.index > self.committed {
+                    self.uncommitted_bytes += e.size_bytes();
+                }
                 self.entries.push_back(e.clone());
             }
             self.mark_dirty(from);
@@ -236,6 +289,11 @@ impl RaftLog {
             return;
         }
         let keep = (from - self.offset.index - 1) as usize;
+        for e in self.entries.range(keep..) {
+            // Above the commit index, so never evicted.
+            self.cached_bytes -= cached_size(e);
+            self.uncommitted_bytes -= e.size_bytes();
+        }
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(from - 1);
         // Writes still in flight wrote entries that are now gone from this
@@ -271,6 +329,11 @@ impl RaftLog {
     pub(crate) fn commit_to(&mut self, index: Index) -> bool {
         let index = index.min(self.last_index());
         if index > self.committed {
+            let from = (self.committed.max(self.offset.index) - self.offset.index) as usize;
+            let to = (index - self.offset.index) as usize;
+            for e in self.entries.range(from..to) {
+                self.uncommitted_bytes -= e.size_bytes();
+            }
             self.committed = index;
             true
         } else {
@@ -351,6 +414,57 @@ impl RaftLog {
         self.apply_emitted = self.apply_emitted.max(applied.min(self.committed));
     }
 
+    /// Payload bytes held in memory.
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.cached_bytes
+    }
+
+    /// Bytes of the entries above the commit index.
+    pub(crate) fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
+    }
+
+    /// The highest index whose payload may have been dropped from memory
+    /// (the offset when none was).
+    pub(crate) fn evicted_to(&self) -> Index {
+        self.evicted_to
+    }
+
+    /// Records that the normal entries up to `to` were restored without
+    /// their payloads (the driver loaded them so; `to` is at most the
+    /// applied index, and every restored entry is durable).
+    pub(crate) fn restored_without_payloads(&mut self, to: Index) {
+        let to = to.min(self.apply_emitted).min(self.last_index());
+        while self.evicted_to < to {
+            let pos = (self.evicted_to - self.offset.index) as usize;
+            self.cached_bytes -= cached_size(&self.entries[pos]);
+            self.evicted_to += 1;
+        }
+    }
+
+    /// Drops the payloads of the oldest entries that are applied (handed
+    /// out for applying) and durable while more than `budget` payload bytes
+    /// are held. Entries not yet applied or not yet durable are never
+    /// evicted: the driver still needs them, so those may exceed `budget`
+    /// (the uncommitted and unapplied bounds limit them).
+    pub(crate) fn evict(&mut self, budget: u64) {
+        let limit = self
+            .apply_emitted
+            .min(self.persisted)
+            .min(self.last_index());
+        while self.cached_bytes > budget && self.evicted_to < limit {
+            let pos = (self.evicted_to - self.offset.index) as usize;
+            let e = &mut self.entries[pos];
+            if evictable(e) {
+                self.cached_bytes -= cached_size(e);
+                // The payload's bytes are freed once no message or apply
+                // job shares them; the entry keeps its index and term.
+                e.payload = crate::types::EntryPayload::Normal(bytes::Bytes::new());
+            }
+            self.evicted_to += 1;
+        }
+    }
+
     /// The compacted prefix's last entry.
     pub(crate) fn offset(&self) -> LogId {
         self.offset
@@ -366,8 +480,13 @@ impl RaftLog {
         }
         let term = self.term(to)?;
         let drop = (to - self.offset.index) as usize;
-        self.entries.drain(..drop);
+        for e in self.entries.drain(..drop) {
+            if e.index > self.evicted_to {
+                self.cached_bytes -= cached_size(&e);
+            }
+        }
         self.offset = LogId::new(term, to);
+        self.evicted_to = self.evicted_to.max(to);
         Some(self.offset)
     }
 
@@ -376,6 +495,9 @@ impl RaftLog {
     /// committed, durable and applied.
     pub(crate) fn install(&mut self, id: LogId) {
         self.entries.clear();
+        self.cached_bytes = 0;
+        self.uncommitted_bytes = 0;
+        self.evicted_to = id.index;
         self.offset = id;
         self.committed = self.committed.max(id.index);
         self.persisted = id.index;
@@ -475,6 +597,113 @@ mod tests {
         assert!(log.on_persisted(w3));
         assert_eq!(log.persisted(), 2);
         assert!(!log.on_persisted(w3), "a repeated notice changes nothing");
+    }
+
+    /// Recomputes what `cached_bytes` and `uncommitted_bytes` must be.
+    fn recount(log: &RaftLog) -> (u64, u64) {
+        let cached = log
+            .entries
+            .iter()
+            .filter(|e| e.index > log.evicted_to)
+            .map(cached_size)
+            .sum();
+        let uncommitted = log
+            .entries
+            .iter()
+            .filter(|e| e.index > log.committed)
+            .map(Entry::size_bytes)
+            .sum();
+        (cached, uncommitted)
+    }
+
+    fn sized(term: Term, index: Index, len: usize) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: crate::types::EntryPayload::Normal(bytes::Bytes::from(vec![7u8; len])),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever happens to the log (leader appends, follower appends
+        /// that truncate a conflicting suffix, commits, writes made durable,
+        /// applies, evictions, compactions, installs), its byte counters
+        /// match a recount, evicted payloads are never handed out, and
+        /// after an eviction no more than the budget of applied, durable
+        /// payloads is held.
+        #[test]
+        fn byte_counters_match_a_recount(
+            ops in proptest::collection::vec((0u8..9, 0u64..6, 0usize..500), 1..200),
+            budget in 0u64..3_000,
+        ) {
+            let mut log = log_with(&[]);
+            let mut term = 1;
+            for (op, n, len) in ops {
+                match op {
+                    0 | 1 => {
+                        let index = log.last_index() + 1;
+                        log.append_own(sized(term, index, len));
+                    }
+                    2 => {
+                        // A follower append from a newer leader, at or after
+                        // the commit index.
+                        term += 1;
+                        let base = log.committed().max(log.offset().index);
+                        let prev_index = (base + n).min(log.last_index());
+                        let prev = LogId::new(log.term(prev_index).unwrap(), prev_index);
+                        let entries: Vec<Entry> = (1..=n + 1)
+                            .map(|k| sized(term, prev_index + k, len / (k as usize + 1)))
+                            .collect();
+                        let _ = log.try_append(prev, &entries);
+                    }
+                    3 => {
+                        let to = log.committed() + n + 1;
+                        log.commit_to(to);
+                    }
+                    4 => {
+                        let (_, _) = log.take_unpersisted();
+                        let w = log.register_write();
+                        log.on_persisted(w);
+                    }
+                    5 => {
+                        for e in log.take_committed(n as usize + 1) {
+                            proptest::prop_assert!(
+                                e.index > log.evicted_to(),
+                                "an evicted entry was handed out"
+                            );
+                        }
+                    }
+                    6 => {
+                        log.evict(budget);
+                        let limit = log.apply_emitted().min(log.persisted());
+                        let pinned: u64 = log
+                            .entries
+                            .iter()
+                            .filter(|e| e.index > limit)
+                            .map(cached_size)
+                            .sum();
+                        proptest::prop_assert!(log.cached_bytes() <= budget + pinned);
+                    }
+                    7 => {
+                        let to = log.offset().index + n;
+                        log.compact(to);
+                    }
+                    _ => {
+                        if n == 0 && log.writes.is_empty() {
+                            let id = LogId::new(term, log.last_index() + 2);
+                            log.install(id);
+                        }
+                    }
+                }
+                let (cached, uncommitted) = recount(&log);
+                proptest::prop_assert_eq!(log.cached_bytes(), cached, "cached bytes after op {}", op);
+                proptest::prop_assert_eq!(
+                    log.uncommitted_bytes(), uncommitted, "uncommitted bytes after op {}", op
+                );
+            }
+        }
     }
 
     #[test]

@@ -157,6 +157,36 @@ pub enum ProposeError {
     /// Too many entries are waiting to commit ([`Config::max_uncommitted_entries`]).
     #[error("too many uncommitted entries ({0})")]
     TooManyPending(usize),
+    /// Too many bytes are waiting to commit ([`Config::max_uncommitted_bytes`]):
+    /// the bytes pending, which with this proposal would exceed the limit.
+    #[error("too many uncommitted bytes ({0})")]
+    TooManyBytesPending(u64),
+}
+
+/// A leader's request to read entries back from storage: a follower needs
+/// entries whose payloads the in-memory log no longer holds
+/// ([`Config::max_log_cache_bytes`]). The driver reads
+/// `[start, end)` from its log storage, at most `max_bytes` of them (at
+/// least one entry), and hands the result to [`Engine::on_entries_fetched`]
+/// with this request; an empty result says the read failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFetch {
+    /// Names this request (increasing).
+    pub id: u64,
+    /// The follower the entries are for.
+    pub to: NodeId,
+    /// The leader's term when it asked.
+    pub term: Term,
+    /// The entry before `start`, which the follower must hold.
+    pub prev: LogId,
+    /// The first index to read.
+    pub start: Index,
+    /// One past the last index to read.
+    pub end: Index,
+    /// Entries to read at most.
+    pub max_entries: usize,
+    /// Bytes ([`Entry::size_bytes`]) to read at most.
+    pub max_bytes: u64,
 }
 
 /// Why a read could not be started or completed. The read observed nothing.
@@ -209,6 +239,12 @@ pub struct InitialState {
     pub bootstrap: Membership,
     /// The state machine's durable applied index; applying resumes after it.
     pub applied: Index,
+    /// Normal entries at or below this index (and at or below `applied`)
+    /// in `entries` were loaded without their payloads (empty ones), to
+    /// keep a restart within [`Config::max_log_cache_bytes`]: the engine
+    /// reads them back from storage when a follower needs them. 0: every
+    /// payload was loaded.
+    pub payloads_dropped_to: Index,
 }
 
 impl InitialState {
@@ -272,6 +308,9 @@ pub struct Ready {
     /// machine (after every earlier apply), then storage (after every
     /// earlier write); then report [`Engine::on_snapshot_installed`].
     pub install_snapshot: Option<SnapshotMeta>,
+    /// Entries to read back from storage for followers; answer each with
+    /// [`Engine::on_entries_fetched`].
+    pub fetch_entries: Vec<EntryFetch>,
 }
 
 /// Per-peer replication status, for monitoring.
@@ -326,6 +365,12 @@ pub struct Status {
     pub first_index: Index,
     /// A snapshot being installed.
     pub installing_snapshot: Option<LogId>,
+    /// Payload bytes the in-memory log holds ([`Config::max_log_cache_bytes`]
+    /// bounds those of applied, durable entries).
+    pub log_cached_bytes: u64,
+    /// Bytes of the entries above the commit index
+    /// ([`Config::max_uncommitted_bytes`] bounds a leader's proposals).
+    pub uncommitted_bytes: u64,
     /// Replication progress of each peer (leader only).
     pub peers: Vec<PeerStatus>,
     /// Messages refused because their term exceeds
@@ -426,6 +471,10 @@ pub struct Engine {
     // Output buffers, drained by `ready`.
     msgs: Vec<Message>,
     persisted_msgs: Vec<Message>,
+    /// Read-backs from storage for the next `Ready`.
+    fetches: Vec<EntryFetch>,
+    /// Id of the next read-back.
+    next_fetch: u64,
     read_states: Vec<ReadState>,
     failed_reads: Vec<(ReadId, ReadError)>,
     last_hard_state: HardState,
@@ -482,6 +531,7 @@ impl Engine {
         let committed = initial.hard_state.commit.max(initial.applied);
         let mut log = RaftLog::restore(offset, initial.entries, committed);
         log.set_applied(initial.applied.max(offset.index));
+        log.restored_without_payloads(initial.payloads_dropped_to.min(initial.applied));
         let last_term = log.last_log_id().term;
         let (term, vote) = if last_term > initial.hard_state.term {
             // The log's write landed but the hard state's did not: never go
@@ -535,6 +585,8 @@ impl Engine {
             invalid_term_messages: 0,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
+            fetches: Vec::new(),
+            next_fetch: 1,
             read_states: Vec::new(),
             failed_reads: Vec::new(),
             last_hard_state: HardState {
@@ -616,6 +668,8 @@ impl Engine {
             snapshot: self.snapshot.as_ref().map(|s| s.last_log_id),
             first_index: self.log.first_index(),
             installing_snapshot: self.installing.as_ref().map(|s| s.last_log_id),
+            log_cached_bytes: self.log.cached_bytes(),
+            uncommitted_bytes: self.log.uncommitted_bytes(),
             peers: self
                 .progress
                 .iter()
@@ -669,6 +723,7 @@ impl Engine {
     pub fn has_ready(&self) -> bool {
         if !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
+            || !self.fetches.is_empty()
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || self.log.has_unpersisted()
@@ -692,6 +747,7 @@ impl Engine {
                 // Same test as `replicate_to`: a follower that needs
                 // compacted entries gets the snapshot, if there is one.
                 !p.is_paused(max_msgs, max_bytes)
+                    && p.fetching.is_none()
                     && p.next <= last
                     && (self.log.term(p.next - 1).is_some() || self.snapshot.is_some())
             });
@@ -728,6 +784,8 @@ impl Engine {
         if !committed_entries.is_empty() {
             self.maybe_request_snapshot(applied_bytes);
         }
+        // What was applied and is durable may leave memory now.
+        self.log.evict(self.cfg.max_log_cache_bytes);
         Ready {
             soft_state,
             hard_state,
@@ -742,6 +800,7 @@ impl Engine {
             compact_log: self.pending_compaction.take(),
             build_snapshot: self.build_request.take(),
             install_snapshot: self.install_request.take(),
+            fetch_entries: std::mem::take(&mut self.fetches),
         }
     }
 }

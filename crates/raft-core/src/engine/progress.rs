@@ -115,6 +115,10 @@ pub(crate) struct Progress {
     /// configured limits: one after a restart, widened by one for each
     /// message acknowledged.
     window: usize,
+    /// The read-back from storage outstanding for this follower, if any
+    /// ([`EntryFetch::id`](super::EntryFetch::id)): nothing else is sent
+    /// to it (but heartbeats) until it is answered.
+    pub(crate) fetching: Option<u64>,
 }
 
 impl Progress {
@@ -132,7 +136,21 @@ impl Progress {
             pipeline_from: 0,
             pipeline_round: 0,
             window: usize::MAX,
+            fetching: None,
         }
+    }
+
+    /// A read-back from storage failed: probe from the match index after
+    /// the next heartbeat.
+    pub(crate) fn fetch_failed(&mut self) {
+        if self.state == ReplicationState::Snapshot {
+            return;
+        }
+        self.state = ReplicationState::Probe;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.next = self.matched + 1;
+        self.probe_sent = true;
     }
 
     /// The follower's position (`matched`) is known: pipeline from after it.

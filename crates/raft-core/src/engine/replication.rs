@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::log::AppendRefusal;
 use super::progress::{Progress, ReplicationState};
-use super::{Engine, ProposeError, Role, WriteId};
+use super::{Engine, EntryFetch, ProposeError, Role, WriteId};
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
 
@@ -36,6 +36,13 @@ impl Engine {
         let uncommitted = (self.log.last_index() - self.log.committed()) as usize;
         if uncommitted >= self.cfg.max_uncommitted_entries {
             return Err(ProposeError::TooManyPending(uncommitted));
+        }
+        // One entry is always accepted when nothing is pending, however
+        // large: otherwise an entry above the limit could never commit.
+        let pending = self.log.uncommitted_bytes();
+        let size = Entry::OVERHEAD_BYTES + payload.size_bytes();
+        if pending > 0 && pending.saturating_add(size) > self.cfg.max_uncommitted_bytes {
+            return Err(ProposeError::TooManyBytesPending(pending));
         }
         Ok(self.append_entry(payload))
     }
@@ -393,6 +400,28 @@ impl Engine {
                 self.send_snapshot(to);
                 return;
             };
+            if pr.fetching.is_some() {
+                return; // entries are being read back from storage
+            }
+            if pr.next <= self.log.evicted_to() {
+                // Their payloads are no longer in memory: read them back.
+                let fetch = EntryFetch {
+                    id: self.next_fetch,
+                    to,
+                    term: self.term,
+                    prev: LogId::new(prev_term, prev_index),
+                    start: pr.next,
+                    end: self.log.evicted_to() + 1,
+                    max_entries: self.cfg.max_entries_per_message,
+                    max_bytes: self.cfg.max_bytes_per_message,
+                };
+                self.next_fetch += 1;
+                if let Some(pr) = self.progress.get_mut(&to) {
+                    pr.fetching = Some(fetch.id);
+                }
+                self.fetches.push(fetch);
+                return;
+            }
             let entries = self.log.slice(
                 pr.next,
                 self.cfg.max_entries_per_message,
@@ -414,6 +443,63 @@ impl Engine {
                 pr.sent(last, bytes);
             }
         }
+    }
+
+    /// Hands the engine the entries the driver read back from storage for
+    /// `fetch` (a request from [`Ready::fetch_entries`](super::Ready::fetch_entries));
+    /// an empty `entries` says the read failed. A leader sends them to the
+    /// follower when it still needs them (and reads further entries the same
+    /// way); a failed or outdated read is dropped, and replication to that
+    /// follower resumes with its next probe.
+    pub fn on_entries_fetched(&mut self, fetch: EntryFetch, entries: Vec<Entry>) {
+        if self.role != Role::Leader || self.term != fetch.term {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&fetch.to) else {
+            return;
+        };
+        if pr.fetching != Some(fetch.id) {
+            return;
+        }
+        pr.fetching = None;
+        let log = &self.log;
+        let valid = entries.first().is_some_and(|e| e.index == fetch.start)
+            && entries.len() <= fetch.max_entries.max(1)
+            && entries.iter().enumerate().all(|(i, e)| {
+                e.index == fetch.start + i as u64 && log.term(e.index) == Some(e.term)
+            })
+            && log.matches(fetch.prev);
+        if !valid {
+            if !entries.is_empty() {
+                tracing::warn!(
+                    to = fetch.to,
+                    start = fetch.start,
+                    "entries read back from storage do not match the log; dropped"
+                );
+            }
+            // Wait for the next heartbeat before trying again (a failing
+            // read is not retried in a tight loop).
+            pr.fetch_failed();
+            return;
+        }
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
+        if pr.is_paused(max_msgs, max_bytes) || pr.next != fetch.start {
+            return; // the follower's position moved meanwhile; replicate anew
+        }
+        let last = entries.last().map_or(0, |e| e.index);
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let body = MessageBody::AppendEntries {
+            prev_log_id: fetch.prev,
+            entries,
+            leader_commit: self.log.committed(),
+            round: self.round,
+            heartbeat: false,
+        };
+        self.send(fetch.to, body);
+        if let Some(pr) = self.progress.get_mut(&fetch.to) {
+            pr.sent(last, bytes);
+        }
+        self.replicate_to(fetch.to);
     }
 
     pub(super) fn flush_leader(&mut self) {

@@ -309,7 +309,14 @@ impl Network {
             compact_log,
             build_snapshot,
             install_snapshot,
+            fetch_entries,
         } = ready;
+        // The log cache is large enough here that no payload leaves memory
+        // (the simulation reads them back).
+        assert!(
+            fetch_entries.is_empty(),
+            "node {id}: entries read back from storage in the scenario harness"
+        );
         // This harness keeps whole logs; snapshots are exercised by the
         // simulation (tests/sim) and the driver tests. An install a test
         // provokes is recorded and left in progress.
@@ -472,6 +479,7 @@ impl Network {
             entries: node.log.clone(),
             bootstrap: node.bootstrap.clone(),
             applied: node.applied.len() as u64,
+            payloads_dropped_to: 0,
         };
         node.engine = Engine::new(node.cfg.clone(), initial).expect("valid test configuration");
         self.process(id);

@@ -75,6 +75,9 @@ pub struct SnapshotStats {
     /// Restarts that completed an interrupted install (the log replaced by
     /// the state machine's snapshot, as `Raft::start` does).
     pub repaired: u64,
+    /// Entries leaders read back from disk for followers, their payloads
+    /// dropped from memory (`Ready::fetch_entries`).
+    pub read_back: u64,
 }
 
 impl SnapshotStats {
@@ -89,6 +92,7 @@ impl SnapshotStats {
         self.installed += o.installed;
         self.interrupted += o.interrupted;
         self.repaired += o.repaired;
+        self.read_back += o.read_back;
     }
 
     /// One readable line.
@@ -96,7 +100,7 @@ impl SnapshotStats {
         format!(
             "snapshots: {} built ({} builds failed on purpose, {} on request), {} compactions, \
              {} sent, {} lost in transit, {} installed, {} installs interrupted by a crash, {} \
-             completed at restart",
+             completed at restart; {} entries read back from disk for followers",
             self.built,
             self.build_failed,
             self.requested,
@@ -105,7 +109,8 @@ impl SnapshotStats {
             self.lost,
             self.installed,
             self.interrupted,
-            self.repaired
+            self.repaired,
+            self.read_back
         )
     }
 }

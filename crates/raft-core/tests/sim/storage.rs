@@ -6,7 +6,7 @@
 //! atomic, so a crash leaves either all of it or none.
 
 use raft_core::engine::{InitialState, LogCompaction};
-use raft_core::{Entry, HardState, Index, LogId, Membership, SnapshotMeta, Term};
+use raft_core::{Entry, EntryPayload, HardState, Index, LogId, Membership, SnapshotMeta, Term};
 
 /// What survives a crash of the log storage.
 #[derive(Debug, Default)]
@@ -126,14 +126,40 @@ impl Disk {
     }
 
     /// What a node restarts from, given its state machine's applied index.
-    pub fn initial_state(&self, bootstrap: &Membership, applied: Index) -> InitialState {
+    ///
+    /// Payloads of applied entries beyond `cache_bytes` are left out, oldest
+    /// first, as `Raft::start` loads them.
+    pub fn initial_state(
+        &self,
+        bootstrap: &Membership,
+        applied: Index,
+        cache_bytes: u64,
+    ) -> InitialState {
+        let mut entries = self.log.clone();
+        let mut held: u64 = entries
+            .iter()
+            .filter(|e| matches!(e.payload, EntryPayload::Normal(_)))
+            .map(Entry::size_bytes)
+            .sum();
+        let mut payloads_dropped_to = 0;
+        for e in entries.iter_mut() {
+            if held <= cache_bytes || e.index > applied {
+                break;
+            }
+            if let EntryPayload::Normal(data) = &e.payload {
+                held -= Entry::OVERHEAD_BYTES + data.len() as u64;
+                e.payload = EntryPayload::Normal(bytes::Bytes::new());
+            }
+            payloads_dropped_to = e.index;
+        }
         InitialState {
             hard_state: self.hard_state,
             snapshot: self.snapshot.clone(),
             purged: self.purged,
-            entries: self.log.clone(),
+            entries,
             bootstrap: bootstrap.clone(),
             applied,
+            payloads_dropped_to,
         }
     }
 

@@ -174,6 +174,8 @@ struct Node {
     incoming: Option<(SnapshotMeta, Arc<Kv>)>,
     /// Followers a snapshot is being streamed to (one transfer each at a time).
     sending: BTreeSet<NodeId>,
+    /// Read-backs of entries from the disk the engine asked for.
+    fetches: Vec<raft_core::engine::EntryFetch>,
     /// Snapshots this node installed completely.
     installed: u64,
     /// Reads released by the engine, waiting for the state machine.
@@ -329,6 +331,16 @@ impl World {
         } else {
             0
         };
+        // The in-memory log's payload budget, from a stream of its own so
+        // the schedules the other draws give each seed stay as they were:
+        // often none at all (every applied payload is read back from the
+        // disk when a follower needs it), sometimes a few entries' worth.
+        // The uncommitted bytes a leader takes: a few entries' worth or plenty.
+        let (log_cache_bytes, max_uncommitted_bytes) = {
+            let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x6c6f_6762_7974_6573);
+            let cache = *[0, 0, 100, 1_000, 64 << 20].choose(&mut r).unwrap();
+            (cache, *[200, 2_000, 64 << 20].choose(&mut r).unwrap())
+        };
         let spares = params
             .spares
             .unwrap_or_else(|| rng.gen_range(usize::from(voters > 1)..=2));
@@ -370,6 +382,8 @@ impl World {
                 cfg.snapshot_threshold_entries = threshold_entries;
                 cfg.snapshot_threshold_bytes = threshold_bytes;
                 cfg.snapshot_keep_entries = keep_entries;
+                cfg.max_log_cache_bytes = log_cache_bytes;
+                cfg.max_uncommitted_bytes = max_uncommitted_bytes;
                 cfg.seed = rng.gen();
                 let bootstrap = if id as usize <= voters {
                     initial.clone()
@@ -391,6 +405,7 @@ impl World {
                     to_apply: VecDeque::new(),
                     incoming: None,
                     sending: BTreeSet::new(),
+                    fetches: Vec::new(),
                     installed: 0,
                     reads_ready: Vec::new(),
                     reads_asked: BTreeSet::new(),
@@ -440,7 +455,8 @@ impl World {
                 "seed {seed}, {voters} voters + {spares} spares: heartbeat {} ticks, election \
                  timeout {}, lease {}, pre_vote {}, check_quorum {}, max_entries_per_message {}, \
                  max_inflight_messages {}, max_uncommitted_entries {}, max_promotion_lag {}, \
-                 snapshots every {} entries / {} bytes keeping {}, {} clients on {} keys, fault \
+                 snapshots every {} entries / {} bytes keeping {}, log cache {} bytes, \
+                 max_uncommitted_bytes {}, {} clients on {} keys, fault \
                  intensity {intensity:.2}, clock rates (ticks per 1000) {:?}",
                 c.heartbeat_interval_ticks,
                 c.election_timeout_ticks,
@@ -454,6 +470,8 @@ impl World {
                 c.snapshot_threshold_entries,
                 c.snapshot_threshold_bytes,
                 c.snapshot_keep_entries,
+                c.max_log_cache_bytes,
+                c.max_uncommitted_bytes,
                 world.clients.list.len(),
                 world.clients.keys.len(),
                 world.nodes.iter().map(|n| n.clock_rate).collect::<Vec<_>>()
@@ -941,11 +959,54 @@ impl World {
             }
             let ready = engine.ready();
             self.handle_ready(i, ready)?;
+            self.serve_fetches(i)?;
         }
         Err(format!(
             "node {}: has_ready() still true after 1000 Readys",
             i + 1
         ))
+    }
+
+    /// Answers the engine's read-backs from what node `i`'s disk holds
+    /// (the payloads it dropped from memory), as the driver does.
+    fn serve_fetches(&mut self, i: usize) -> Check {
+        let id = self.nodes[i].id;
+        for fetch in std::mem::take(&mut self.nodes[i].fetches) {
+            let node = &mut self.nodes[i];
+            if fetch.start <= node.disk.purged.index || fetch.end > node.disk.last_index() + 1 {
+                // Purged meanwhile (or not durable, which the engine never asks):
+                // a failed read.
+                if fetch.end > node.disk.last_index() + 1 {
+                    return Err(format!(
+                        "node {id}: asked to read back {}..{} but the disk ends at {}",
+                        fetch.start,
+                        fetch.end,
+                        node.disk.last_index()
+                    ));
+                }
+                if let Some(engine) = node.engine.as_mut() {
+                    engine.on_entries_fetched(fetch, Vec::new());
+                }
+                continue;
+            }
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for e in node.disk.entries_from(fetch.start) {
+                if e.index >= fetch.end
+                    || out.len() >= fetch.max_entries.max(1)
+                    || (!out.is_empty() && bytes + e.size_bytes() > fetch.max_bytes)
+                {
+                    break;
+                }
+                bytes += e.size_bytes();
+                out.push(e.clone());
+            }
+            self.snapshot_stats.read_back += out.len() as u64;
+            if let Some(engine) = self.nodes[i].engine.as_mut() {
+                engine.on_entries_fetched(fetch, out);
+            }
+        }
+        Ok(())
     }
 
     fn handle_ready(&mut self, i: usize, ready: Ready) -> Check {
@@ -964,6 +1025,7 @@ impl World {
             compact_log,
             build_snapshot,
             install_snapshot,
+            fetch_entries,
         } = ready;
         if let Some(s) = soft_state {
             self.record(Event::Role {
@@ -1062,6 +1124,7 @@ impl World {
                 }
             }
         }
+        self.nodes[i].fetches.extend(fetch_entries);
         for rs in read_states {
             if !self.nodes[i].reads_asked.remove(&rs.id) {
                 return Err(format!(
@@ -1506,6 +1569,9 @@ impl World {
                     raft_core::engine::ProposeError::NotLeader { .. } => "not leader",
                     raft_core::engine::ProposeError::TransferInProgress(_) => "transfer",
                     raft_core::engine::ProposeError::TooManyPending(_) => "too many pending",
+                    raft_core::engine::ProposeError::TooManyBytesPending(_) => {
+                        "too many bytes pending"
+                    }
                 }),
             }
         };

@@ -241,7 +241,9 @@ impl World {
         }
         let mut cfg = node.cfg.clone();
         cfg.seed ^= u64::from(node.incarnation).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let initial = node.disk.initial_state(&node.bootstrap, applied);
+        let initial =
+            node.disk
+                .initial_state(&node.bootstrap, applied, node.cfg.max_log_cache_bytes);
         let engine =
             Engine::new(cfg, initial).map_err(|e| format!("node {id}: restart refused: {e}"))?;
         let durable = node.disk.hard_state;
