@@ -12,8 +12,8 @@ pub type NodeId = u64;
 /// election moves the cluster to term 1.
 pub type Term = u64;
 
-/// The highest term a node accepts from a peer: 2^62. A message carrying a
-/// higher term is refused by [`Engine::step`](crate::Engine::step) (logged,
+/// The highest term a node accepts from a peer is just below 2^62. A
+/// message carrying this term or a higher one is refused by [`Engine::step`](crate::Engine::step) (logged,
 /// and counted in [`Status::invalid_term_messages`](crate::engine::Status))
 /// and changes nothing. Raft cannot follow a term it adopted with an
 /// election unless `term + 1` exists, so a peer (buggy, or holding a stolen
@@ -21,6 +21,13 @@ pub type Term = u64;
 /// unable to ever campaign again. Below the limit there remain 2^62
 /// elections of room: at one election per millisecond, 146 million years.
 pub const MAX_TERM: Term = 1 << 62;
+
+/// The largest step above its own term a node accepts from a peer: 2^32.
+/// A correct cluster raises its term by one per election (pre-vote keeps
+/// partitioned nodes from raising it at all), so 2^32 elections at one per
+/// 100 ms take 13 years; a peer sending ever larger terms needs 2^30
+/// messages to reach [`MAX_TERM`] instead of one.
+pub const MAX_TERM_JUMP: Term = 1 << 32;
 
 /// A position in the replicated log. The first entry has index 1; index 0 means
 /// "before the first entry".

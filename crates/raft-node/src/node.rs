@@ -441,6 +441,7 @@ pub async fn start(
                     config.clone(),
                     s.engine.membership_committed,
                     recorded.clone(),
+                    s.engine.leader,
                 );
                 if last.as_ref() == Some(&seen) {
                     continue;
@@ -449,6 +450,7 @@ pub async fn start(
                 follow_membership(
                     id,
                     &config,
+                    s.engine.leader,
                     s.engine.membership_committed,
                     &recorded,
                     &transport,
@@ -515,18 +517,22 @@ const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 
 /// Applies the configuration in force (`config`, whether `committed`) and
 /// the replicated address records to the transport and the address book.
+#[allow(clippy::too_many_arguments)]
 fn follow_membership(
     id: NodeId,
     config: &std::collections::BTreeSet<NodeId>,
+    leader: Option<NodeId>,
     committed: bool,
     recorded: &[Member],
     transport: &QuicTransport,
     member_map: &RwLock<HashMap<NodeId, Member>>,
     db: &rocksdb::DB,
 ) {
-    if config.is_empty() {
-        // A joining node that has not heard its configuration yet: its peer
-        // table (the members it joined through) decides.
+    if config.is_empty() || !config.contains(&id) {
+        // A joining node that has not yet applied the configuration adding
+        // it: what it holds (an old snapshot's, or an entry replayed on the
+        // way) may predate the leader that is bringing it up, so it narrows
+        // nothing; its peer table (the members it joined through) decides.
         transport.set_allowed_peers(None);
         return;
     }
@@ -541,11 +547,14 @@ fn follow_membership(
     } else {
         map.keys().copied().collect()
     };
+    // The leader this node follows is never cut off: its configuration
+    // may be newer than what this node has applied.
     let allowed: std::collections::HashSet<NodeId> = config
         .iter()
         .copied()
         .chain(recorded.iter().map(|m| m.id))
         .chain(keep_known)
+        .chain(leader)
         .filter(|p| *p != id)
         .collect();
     transport.set_allowed_peers(Some(allowed.clone()));

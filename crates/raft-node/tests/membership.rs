@@ -365,3 +365,70 @@ async fn bad_membership_requests_get_clear_errors() {
     assert_eq!(s["membership"]["learners"], serde_json::json!([]));
     assert_eq!(s["role"], "leader");
 }
+
+/// A node that joins through a leader which itself joined after the
+/// cluster's last snapshot: the joiner installs that snapshot, whose
+/// configuration does not hold the leader, and must still take the
+/// leader's entries (the allowed-peer set follows only a configuration
+/// that already holds the node itself, and never shuts out the leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_through_a_leader_newer_than_the_snapshot_it_installs() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = flags(&[
+        "--snapshot-entries=200",
+        "--snapshot-keep-entries=5",
+        "--election-ticks=50",
+    ]);
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = reqwest::Client::new();
+    let l = leader(&client, &procs, None).await;
+    write_values(&client, by_id(&procs, l), "small/", 200, 10).await;
+    wait_status(&client, by_id(&procs, l), 60, "compaction", |s| {
+        s["first_index"].as_u64().unwrap_or(0) > 1
+    })
+    .await;
+    // Entries after the snapshot, too few for another one.
+    write_values(&client, by_id(&procs, l), "mid/", 150, 64 << 10).await;
+    let four = join_and_promote(&client, dir.path(), &procs, l, 4, &extra).await;
+    procs.push(four);
+    let (code, body) = post(
+        &client,
+        format!("{}/v1/cluster/transfer-leader", by_id(&procs, l).http),
+    )
+    .await;
+    assert_eq!(code, 200, "{body:#}");
+    // Move leadership to node 4 (the transfer picks the most up-to-date
+    // voter; ask until it is node 4).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = leader(&client, &procs, None).await;
+        if now == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leadership never reached node 4");
+        let r = client
+            .post(format!(
+                "{}/v1/cluster/transfer-leader",
+                by_id(&procs, now).http
+            ))
+            .json(&serde_json::json!({ "target": 4 }))
+            .send()
+            .await
+            .expect("reachable");
+        assert!(
+            r.status().is_success() || r.status() == 503,
+            "{:?}",
+            r.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let five = join_and_promote(&client, dir.path(), &procs, 4, 5, &extra).await;
+    let s5 = status_of(&client, &five).await;
+    assert!(
+        s5["snapshot"]["index"].as_u64().is_some(),
+        "node 5 caught up through the snapshot: {s5:#}"
+    );
+    procs.push(five);
+    let more = write_values(&client, by_id(&procs, 5), "after/", 5, 100).await;
+    assert_values(&client, by_id(&procs, 5), &more).await;
+}

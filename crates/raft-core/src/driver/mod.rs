@@ -651,7 +651,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// sends again later, as after a loss. That bounds what it holds for
     /// the state machine, as the leader's refusal of proposals does.
     fn step_inbound(&mut self, msg: Message) {
-        if msg.term > crate::types::MAX_TERM {
+        if self.engine.refuses_term(&msg) {
             // The engine refuses it (and logs); count it for operators.
             metrics::counter!("raft_messages_invalid_term_total").increment(1);
         }

@@ -119,17 +119,19 @@ impl Engine {
             );
             return;
         }
-        if msg.term > crate::types::MAX_TERM {
-            // No election could ever follow such a term: adopting it would
-            // end this node's ability to campaign. Refuse it whole.
+        if self.refuses_term(&msg) {
+            // No election could ever follow such a term (or an entry of
+            // it): adopting it would end this node's ability to campaign.
+            // Refuse it whole.
             self.invalid_term_messages += 1;
             if self.invalid_term_messages.is_power_of_two() {
                 tracing::warn!(
                     from = msg.from,
                     term = msg.term,
+                    own_term = self.term,
                     max_term = crate::types::MAX_TERM,
                     refused = self.invalid_term_messages,
-                    "refusing a message whose term exceeds the maximum"
+                    "refusing a message whose term (or an entry's) no election could follow"
                 );
             }
             return;
@@ -455,8 +457,29 @@ impl Engine {
         self.reset_election_timer();
     }
 
+    /// Whether `msg` carries a term this node refuses: at or above
+    /// [`MAX_TERM`](crate::types::MAX_TERM), more than
+    /// [`MAX_TERM_JUMP`](crate::types::MAX_TERM_JUMP) above its own, or
+    /// entries (or a snapshot) of a term above the message's own, which no
+    /// correct leader sends.
+    pub fn refuses_term(&self, msg: &Message) -> bool {
+        use crate::types::{MAX_TERM, MAX_TERM_JUMP};
+        if msg.term >= MAX_TERM || msg.term > self.term.saturating_add(MAX_TERM_JUMP) {
+            return true;
+        }
+        match &msg.body {
+            MessageBody::AppendEntries {
+                entries,
+                prev_log_id,
+                ..
+            } => prev_log_id.term > msg.term || entries.iter().any(|e| e.term > msg.term),
+            MessageBody::InstallSnapshot { meta } => meta.last_log_id.term > msg.term,
+            _ => false,
+        }
+    }
+
     pub(super) fn campaign(&mut self, kind: Campaign) {
-        if self.term == Term::MAX {
+        if self.term.saturating_add(1) >= crate::types::MAX_TERM {
             // Only a corrupt or hostile message can have brought us here;
             // refusing to campaign is better than wrapping the term.
             tracing::error!(id = self.cfg.id, "term space exhausted; not campaigning");

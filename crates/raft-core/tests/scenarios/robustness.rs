@@ -557,7 +557,14 @@ fn an_absurd_term_from_a_peer_changes_nothing() {
             (s.term, s.vote, s.role)
         })
         .collect();
-    for term in [u64::MAX, u64::MAX - 1, raft_core::types::MAX_TERM + 1] {
+    for term in [
+        u64::MAX,
+        u64::MAX - 1,
+        raft_core::types::MAX_TERM + 1,
+        raft_core::types::MAX_TERM,
+        raft_core::types::MAX_TERM - 1,
+        raft_core::types::MAX_TERM_JUMP + 10,
+    ] {
         for (from, to) in [(2, 1), (3, 2), (1, 3)] {
             let bodies = vec![
                 MessageBody::RequestVote {
@@ -611,4 +618,71 @@ fn an_absurd_term_from_a_peer_changes_nothing() {
     }
     cluster_still_commits(&mut net, "after absurd terms");
     assert!(net.term(1) < 1000);
+}
+
+/// A heartbeat at exactly `MAX_TERM` (or just below it, or far above the
+/// receivers' own term) to a majority changes nothing: the cluster still
+/// elects and commits.
+#[test]
+fn a_term_at_or_near_the_maximum_changes_nothing() {
+    for term in [
+        raft_core::types::MAX_TERM,
+        raft_core::types::MAX_TERM - 1,
+        raft_core::types::MAX_TERM_JUMP + 5,
+    ] {
+        let mut net = Network::new(3);
+        net.elect(1);
+        net.propose(1, "a").unwrap();
+        net.tick_all(3);
+        let last = net.engine(1).last_log_id();
+        for to in [1, 3] {
+            net.step(msg::new(
+                2,
+                to,
+                term,
+                MessageBody::AppendEntries {
+                    prev_log_id: last,
+                    entries: vec![],
+                    leader_commit: last.index,
+                    round: 0,
+                    heartbeat: true,
+                },
+            ));
+        }
+        cluster_still_commits(&mut net, &format!("after a message at term {term}"));
+        assert!(net.term(1) < 1000, "term {term} was adopted");
+    }
+}
+
+/// A peer claiming leadership at an ordinary term but appending an entry
+/// of term `u64::MAX` (no correct leader sends an entry newer than itself)
+/// to a majority is refused, and so is a snapshot of such a term: the
+/// cluster still commits.
+#[test]
+fn entries_or_snapshots_newer_than_their_message_are_refused() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.propose(1, "a").unwrap();
+    net.tick_all(3);
+    let last = net.engine(1).last_log_id();
+    let t = net.term(1);
+    for to in [1, 3] {
+        net.step(msg::append(
+            2,
+            to,
+            t + 1,
+            last,
+            vec![normal(u64::MAX, last.index + 1)],
+            last.index,
+        ));
+    }
+    for i in [1, 3] {
+        assert_eq!(
+            net.engine(i).last_log_id(),
+            last,
+            "node {i} appended an entry of term u64::MAX"
+        );
+        assert!(net.engine(i).status().invalid_term_messages > 0);
+    }
+    cluster_still_commits(&mut net, "after an entry at term u64::MAX");
 }
