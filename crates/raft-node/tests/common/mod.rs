@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod raw_peer;
+
 pub struct Proc {
     pub id: u64,
     pub args: Vec<String>,
