@@ -28,9 +28,9 @@ fn ping(from: NodeId, to: NodeId, term: u64) -> Message {
     }
 }
 
-/// Sends `from -> to` every 100 ms until the receiver gets one, for up to
-/// `within`. True when one arrived.
-async fn delivered(
+/// Sends `from -> to` every 100 ms for up to `within`, stopping at the
+/// first message from `from` that arrives: whether one did.
+async fn arrives_within(
     sender: &QuicTransport,
     receiver: &mut tokio::sync::mpsc::Receiver<raft_core::Message>,
     from: NodeId,
@@ -49,6 +49,18 @@ async fn delivered(
     false
 }
 
+/// Sends `from -> to` every 100 ms until the receiver gets one, for up to
+/// `within`. True when one arrived.
+async fn delivered(
+    sender: &QuicTransport,
+    receiver: &mut tokio::sync::mpsc::Receiver<raft_core::Message>,
+    from: NodeId,
+    to: NodeId,
+    within: Duration,
+) -> bool {
+    arrives_within(sender, receiver, from, to, within).await
+}
+
 /// Nothing arrives from `from` for `quiet` while it keeps sending.
 async fn refused(
     sender: &QuicTransport,
@@ -57,16 +69,7 @@ async fn refused(
     to: NodeId,
     quiet: Duration,
 ) -> bool {
-    let deadline = Instant::now() + quiet;
-    while Instant::now() < deadline {
-        let _ = sender.send(to, vec![ping(from, to, 7)]).await;
-        if let Some(m) = recv(receiver, Duration::from_millis(100)).await {
-            if m.from == from {
-                return false;
-            }
-        }
-    }
-    true
+    !arrives_within(sender, receiver, from, to, quiet).await
 }
 
 /// Sends QUIC Initial packets, each opening a new connection, to `target`
