@@ -63,6 +63,15 @@ async fn announced_frame_lengths_allocate_nothing_before_the_data() {
         recv.read_exact(&mut prefix).await.unwrap();
         let mut rest = vec![0u8; u32::from_be_bytes(prefix) as usize];
         recv.read_exact(&mut rest).await.unwrap();
+        // The offer must be taken (a refusal, say for lack of disk space,
+        // would leave nothing to measure).
+        let mut answer = BytesMut::from(&prefix[..]);
+        answer.extend_from_slice(&rest);
+        assert_eq!(
+            codec::decode_frame(answer.freeze(), max_frame).unwrap(),
+            Frame::SnapshotResume { offset: 0 },
+            "snapshot offer {id} was not taken"
+        );
         // A chunk frame announcing the largest length, then 100 bytes.
         let mut head = BytesMut::new();
         head.put_u32(max_frame);
