@@ -38,7 +38,7 @@ impl StateMachine for Ledger {
     type Response = Reply;
 
     // In memory: 0 after a restart, and the driver re-applies the log. A state machine with data
-    // on disk must persist the applied index atomically with it (crates/raft-node/src/store.rs
+    // on disk must persist the applied index atomically with it (raft-node/src/store.rs
     // writes both in one RocksDB batch), or a restart would apply entries twice or skip some.
     async fn applied_index(&mut self) -> Result<Index, StateMachineError> {
         Ok(self.0.lock().expect("ledger lock").1)

@@ -60,7 +60,7 @@ fn raft_node() -> PathBuf {
         .expect("test executable in target/<profile>/deps")
         .to_path_buf();
     let bin = profile_dir.join("raft-node");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sources = ["raft-core", "raft-log", "raft-net-quic", "raft-node"]
         .iter()
         .filter_map(|c| newest(&workspace.join("crates").join(c)))
