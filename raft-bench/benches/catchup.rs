@@ -7,7 +7,7 @@
 //! index (snapshot streamed, verified, installed into RocksDB, then the
 //! remaining entries).
 //!
-//! Run with `cargo bench -p raft-bench --bench catchup` (set
+//! Run with `cargo bench -p raftkv-bench --bench catchup` (set
 //! `CATCHUP_MIB` to change the size). Not a Criterion benchmark: one
 //! catch-up takes seconds and needs a fresh node each time; it runs
 //! `CATCHUP_RUNS` times (default 3) and prints each run.

@@ -7,7 +7,7 @@
 //! engine benchmark (`--bench engine`) is the algorithm alone. For
 //! latency percentiles, run `raft-bench driver`.
 //!
-//! Run: `cargo bench -p raft-bench --bench driver`.
+//! Run: `cargo bench -p raftkv-bench --bench driver`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 

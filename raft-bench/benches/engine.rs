@@ -3,7 +3,7 @@
 //! 1, 64 and 256 closed-loop proposers. Measures the algorithm's own CPU
 //! cost: no fsync, no network, no serialization.
 //!
-//! Run: `cargo bench -p raft-bench --bench engine`.
+//! Run: `cargo bench -p raftkv-bench --bench engine`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 

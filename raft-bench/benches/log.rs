@@ -3,7 +3,7 @@
 //! wrapper's overhead reads as a ratio. Batches of 1, 16, 256 and 1024
 //! entries of 128 B and 4 KiB; every batch is one fsync.
 //!
-//! Run: `cargo bench -p raft-bench --bench log`. Throughput is reported in
+//! Run: `cargo bench -p raftkv-bench --bench log`. Throughput is reported in
 //! bytes of payload; divide by the entry size for entries per second.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions

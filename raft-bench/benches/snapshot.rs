@@ -7,7 +7,7 @@
 //! Baseline: writing the same 64 MiB to a file and fsyncing it, which the
 //! receiver has to do anyway: the transfer cannot beat it.
 //!
-//! Run with `cargo bench -p raft-bench --bench snapshot`.
+//! Run with `cargo bench -p raftkv-bench --bench snapshot`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 

@@ -24,7 +24,7 @@
 //! `transport_bytes` the same runs in bytes of encoded frames (length prefix
 //! included) per second.
 //!
-//! Run: `cargo bench -p raft-bench --bench transport`.
+//! Run: `cargo bench -p raftkv-bench --bench transport`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 

@@ -1,7 +1,7 @@
 //! # raft-bench
 //!
 //! Benchmarks of the raft workspace. This library holds the harnesses the
-//! Criterion benchmarks (`cargo bench -p raft-bench`) share (see
+//! Criterion benchmarks (`cargo bench -p raftkv-bench`) share (see
 //! [`engine_cluster`] for the in-process engine cluster, [`driver_cluster`]
 //! for the whole in-memory stack on tokio) and the
 //! `raft-bench` command line ([`cli`]), which measures clusters of real

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// The raft-node binary of this build (`target/<profile>/raft-node`), built
-/// first when this test runs without it (`cargo test -p raft-bench`).
+/// first when this test runs without it (`cargo test -p raftkv-bench`).
 fn raft_node() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/cli-HASH → target/<profile>
@@ -21,9 +21,9 @@ fn raft_node() -> PathBuf {
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "-p", "raft-node", "--bin", "raft-node"])
+            .args(["build", "-p", "raftkv-node", "--bin", "raft-node"])
             .status()
-            .expect("running cargo build -p raft-node");
+            .expect("running cargo build -p raftkv-node");
         assert!(st.success(), "building raft-node failed");
     }
     assert!(bin.exists(), "{} missing after the build", bin.display());

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use raft_core::testing::linearizability::{self, CheckLimits, CheckResult, History, Op, Outcome};
+use raft_linearizability::{CheckLimits, CheckResult, History, Op, Outcome};
 use serde_json::Value;
 
 use crate::cluster::status;
@@ -29,7 +29,7 @@ pub fn linearizable(history: &History) -> Option<Violation> {
     let limits = CheckLimits {
         max_steps_per_key: 5_000_000,
     };
-    match linearizability::check(history, limits) {
+    match raft_linearizability::check(history, limits) {
         CheckResult::Ok => None,
         CheckResult::Violation {
             key,
@@ -243,7 +243,7 @@ pub async fn replicas_converge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_core::testing::linearizability::Operation;
+    use raft_linearizability::Operation;
 
     fn op(client: u64, op: Op, invoke: u64, complete: u64, outcome: Outcome) -> Operation {
         Operation {

@@ -16,7 +16,7 @@ use raft_chaos::run::{replay_command, run_seed, RunConfig};
 
 /// Fault injection on real raft-node clusters with a linearizability check.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "raft-chaos", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use raft_core::testing::linearizability::{History, Op, Operation, Outcome};
+use raft_linearizability::{History, Op, Operation, Outcome};
 use serde_json::{json, Value};
 
 use crate::check::Violation;

@@ -16,8 +16,8 @@
 //! the test executable's `deps` directory (`target/<profile>/raft-node`).
 //! `cargo test --workspace` has just built it for raft-node's own tests;
 //! when it is missing or older than the sources of raft-node and the crates
-//! it links (as after `cargo test -p raft-chaos` following an edit), the
-//! test runs `$CARGO build -p raft-node --bin raft-node` in the same profile
+//! it links (as after `cargo test -p raftkv-chaos` following an edit), the
+//! test runs `$CARGO build -p raftkv-node --bin raft-node` in the same profile
 //! first, so it never tests a stale binary.
 
 use std::path::{Path, PathBuf};
@@ -30,8 +30,16 @@ use raft_chaos::nemesis::NemesisConfig;
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig, RunSummary};
 
+/// The variable `name` as a number, or `default` when it is not set; a
+/// value that does not parse is a mistake in the command, not a default.
 fn env_u64(name: &str, default: u64) -> u64 {
-    raft_core::testing::env_or(name, default)
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
 }
 
 /// The newest modification time of the files under `dir`.
@@ -63,7 +71,7 @@ fn raft_node() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sources = ["raft-core", "raft-log", "raft-net-quic", "raft-node"]
         .iter()
-        .filter_map(|c| newest(&workspace.join("crates").join(c)))
+        .filter_map(|c| newest(&workspace.join(c)))
         .chain(newest_file(&workspace.join("Cargo.lock")))
         .max();
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
@@ -71,7 +79,7 @@ fn raft_node() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build
-            .args(["build", "-p", "raft-node", "--bin", "raft-node"])
+            .args(["build", "-p", "raftkv-node", "--bin", "raft-node"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
@@ -80,7 +88,7 @@ fn raft_node() -> PathBuf {
         let status = build.status().expect("running cargo build for raft-node");
         assert!(
             status.success(),
-            "cargo build -p raft-node failed: {status}"
+            "cargo build -p raftkv-node failed: {status}"
         );
     }
     assert!(
@@ -176,7 +184,7 @@ fn bounded_chaos_runs_find_no_violation() {
                 if !s.passed() {
                     failures.push(format!(
                         "seed {seed}: {}\n  replay: {}\n  or: RAFT_CHAOS_FIRST_SEED={seed} RAFT_CHAOS_SEEDS=1 \
-                         RAFT_CHAOS_DURATION_S={} cargo test -p raft-chaos --test bounded -- --nocapture",
+                         RAFT_CHAOS_DURATION_S={} cargo test -p raftkv-chaos --test bounded -- --nocapture",
                         s.render(),
                         replay_command(&cfg),
                         duration.as_secs()

@@ -2,7 +2,7 @@
 //! and network: writes through the leader, cuts the leader off, watches a new
 //! one take over, and shows that every write survived.
 //!
-//! Run it with `cargo run -p raft-core --example cluster`.
+//! Run it with `cargo run -p raftkv-core --example cluster`.
 
 use std::time::{Duration, Instant};
 

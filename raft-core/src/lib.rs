@@ -10,21 +10,45 @@
 //!   [`Engine::tick`], randomness from [`Config::seed`].
 //! - [`storage`], [`state_machine`], [`transport`]: the traits;
 //!   [`snapshot`]: snapshot data as they exchange it.
-//! - [`memory`]: in-memory implementations for tests and examples.
-//! - [`conformance`]: a test-suite any [`LogStorage`] must pass.
 //! - [`driver`]: the tokio driver and its cloneable [`RaftHandle`].
-//! - [`testing`]: a linearizability checker for client histories.
+//!
+//! Test support, behind the `test-util` feature (off by default):
+//! - `memory`: in-memory implementations of the traits, for tests and
+//!   examples.
+//! - `conformance`: a test-suite any [`LogStorage`] must pass.
+//! - `testing`: seeds and sizes of tests from the environment.
+//!
+//! The linearizability checker of client histories is a crate of its own,
+//! `raftkv-linearizability`.
+//!
+//! ```toml
+//! [dependencies]
+//! raftkv-core = "0.1"
+//!
+//! [dev-dependencies]
+//! raftkv-core = { version = "0.1", features = ["test-util"] }
+//! ```
+//!
+//! The package is `raftkv-core`; the library is `raft_core`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 pub mod driver;
 pub mod engine;
 pub mod membership;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod memory;
 pub mod message;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 pub mod transport;
 pub mod types;

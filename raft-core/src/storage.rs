@@ -1,7 +1,7 @@
 //! The `LogStorage` trait: where the replicated log and the hard state live
-//! durably. `raft-log` implements it on RocksDB; [`MemLog`](crate::memory::MemLog)
-//! implements it in memory for tests; [`conformance`](crate::conformance) checks
-//! any implementation against the contract written here.
+//! durably. `raft-log` implements it on RocksDB; `memory::MemLog` implements
+//! it in memory for tests, and `conformance` checks any implementation
+//! against the contract written here (both with the `test-util` feature).
 
 use async_trait::async_trait;
 

@@ -26,12 +26,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog};
-use raft_core::testing::linearizability::{check, CheckLimits, History, Op, OpId, Outcome};
 use raft_core::{
     Config, DriverConfig, Entry, HardState, LogStorage, LogWrite, Membership, Message, NodeId,
     Raft, RaftHandle, ReadConsistency, SnapshotBuild, SnapshotData, SnapshotMeta, StateMachine,
     StateMachineError, StorageError, StoredState, Transport, TransportError,
 };
+use raft_linearizability::{check, CheckLimits, History, Op, OpId, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -654,7 +654,7 @@ fn randomized_clusters_stay_linearizable_through_the_driver() {
         match outcome {
             Ok(s) => total.add(s),
             Err(e) => {
-                println!("FAILED {e}\n  replay: DRIVER_SEED={seed} cargo test -p raft-core --test driver_chaos -- --nocapture");
+                println!("FAILED {e}\n  replay: DRIVER_SEED={seed} cargo test -p raftkv-core --test driver_chaos -- --nocapture");
                 failures.push(*seed);
             }
         }

@@ -68,17 +68,17 @@
 //! §4.2.2); with pre-vote and check-quorum a removed node never raises a
 //! member's term (thesis §4.2.3). At the end: the members of the final
 //! configuration applied the same entries and hold the same data, and the
-//! clients' history is linearizable (`raft_core::testing::linearizability`).
+//! clients' history is linearizable (`raft_linearizability`).
 //! Summary lines count snapshots (built, sent, lost, installed, interrupted
 //! by crashes, completed at restart) and membership changes (started,
 //! committed, refused by reason).
 //!
 //! # Running
 //!
-//! - `cargo test -p raft-core --test simulation`: the default seeds (2,000
+//! - `cargo test -p raftkv-core --test simulation`: the default seeds (2,000
 //!   runs; about a minute and a half in debug on two cores). Each test
 //!   prints a summary (visible with `-- --nocapture`);
-//! - soak: `SIM_SEEDS=20000 SIM_SEED_START=100000 cargo test -p raft-core
+//! - soak: `SIM_SEEDS=20000 SIM_SEED_START=100000 cargo test -p raftkv-core
 //!   --release --test simulation seeds_3 -- --nocapture` (`SIM_SEEDS` seeds
 //!   per test from `SIM_SEED_START`; `SIM_STEPS` changes the fault-phase
 //!   length, in steps; `SIM_KEEP_GOING=1` lists every failing seed instead
@@ -86,7 +86,7 @@
 //!   membership changes, `SIM_SNAPSHOTS=0` without snapshots);
 //! - replay one run with its full event trace (a failure prints the exact
 //!   command):
-//!   `SIM_SEED=1234 SIM_NODES=3 cargo test -p raft-core --test simulation replay -- --nocapture`.
+//!   `SIM_SEED=1234 SIM_NODES=3 cargo test -p raftkv-core --test simulation replay -- --nocapture`.
 
 mod sim;
 
@@ -97,7 +97,7 @@ use sim::{env_u64, params_for, run_one, run_seeds, World};
 /// fails the run ("inconclusive"); it is never counted as a pass.
 #[test]
 fn an_undecided_history_fails_the_run() {
-    use raft_core::testing::linearizability::CheckResult;
+    use raft_linearizability::CheckResult;
     let verdict = sim::history_verdict(CheckResult::Unknown {
         key: b"k".to_vec(),
         reason: "budget of 1 step exhausted".into(),

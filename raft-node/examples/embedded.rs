@@ -2,7 +2,7 @@
 //! way an application embeds them: raft-core's driver, a RocksDB log per node (raft-log), QUIC
 //! with mutual TLS between the nodes (raft-net-quic) and a state machine of its own. It writes,
 //! refuses an overdraft, reads linearizably, stops the leader, writes through the new one and
-//! checks that the survivors agree. Run it with `cargo run -p raft-node --example embedded`.
+//! checks that the survivors agree. Run it with `cargo run -p raftkv-node --example embedded`.
 
 use std::{error::Error, path::Path, sync::Arc, sync::Mutex, time::Duration};
 

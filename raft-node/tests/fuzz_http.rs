@@ -21,7 +21,7 @@
 //! the raft-node README states (see the tests below).
 //!
 //! The campaign is seeded: a failure prints the seed, and
-//! `RAFT_FUZZ_SEED=<seed> cargo test -p raft-node --test fuzz_http` replays
+//! `RAFT_FUZZ_SEED=<seed> cargo test -p raftkv-node --test fuzz_http` replays
 //! it. `RAFT_FUZZ_CASES` sets the number of requests (default 200).
 
 mod common;

@@ -634,7 +634,7 @@ pub fn find_binary(system: System, given: Option<&Path>) -> anyhow::Result<PathB
     match system {
         System::Raft => bail!(
             "raft-node not found next to raft-bench or on PATH; build both with \
-             `cargo build --release -p raft-node -p raft-bench` or pass --raft-node PATH"
+             `cargo build --release -p raftkv-node -p raftkv-bench` or pass --raft-node PATH"
         ),
         System::Etcd => bail!(
             "etcd not found on PATH; install Debian's etcd-server \

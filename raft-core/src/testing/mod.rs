@@ -1,7 +1,6 @@
-//! Tools for testing Raft systems: a linearizability checker for client
-//! histories against a key-value register model.
-
-pub mod linearizability;
+//! Helpers of tests and benchmarks: seeds and sizes from the environment,
+//! printed so a failure can be replayed. (The linearizability checker is
+//! the `raftkv-linearizability` crate.)
 
 /// The environment variable `name` parsed as a `T`, or `default` when it is
 /// not set: how tests and benchmarks take their seeds, counts and sizes.

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use raft_core::engine::ReadId;
-use raft_core::testing::linearizability::{History, Op, OpId, Outcome};
 use raft_core::{Index, LogId};
+use raft_linearizability::{History, Op, OpId, Outcome};
 
 /// What an outstanding operation waits for.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
-use raft_core::testing::linearizability::{Op, Outcome};
 use raft_core::{Entry, EntryPayload, Index};
+use raft_linearizability::{Op, Outcome};
 
 /// Stands for "absent" in the expected value of an encoded compare-and-set.
 /// Client values never contain it (nor the separator `|`).

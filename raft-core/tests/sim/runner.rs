@@ -65,7 +65,7 @@ pub fn replay_command(seed: u64, nodes: usize) -> String {
     .filter_map(|var| std::env::var(var).ok().map(|v| format!(" {var}={v}")))
     .collect();
     format!(
-        "SIM_SEED={seed} SIM_NODES={nodes}{steps} cargo test -p raft-core --test simulation \
+        "SIM_SEED={seed} SIM_NODES={nodes}{steps} cargo test -p raftkv-core --test simulation \
          replay -- --nocapture"
     )
 }

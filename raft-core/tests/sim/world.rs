@@ -71,11 +71,11 @@ use std::sync::Arc;
 use raft_core::engine::{
     Engine, InitialState, LogCompaction, ReadError, ReadId, ReadState, Ready, Role, WriteId,
 };
-use raft_core::testing::linearizability::{Op, OpId, Outcome};
 use raft_core::{
     AppendResult, Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId,
     SnapshotMeta,
 };
+use raft_linearizability::{Op, OpId, Outcome};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

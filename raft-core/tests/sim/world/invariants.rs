@@ -12,8 +12,8 @@
 use std::fmt::Write as _;
 
 use raft_core::engine::{Engine, Role};
-use raft_core::testing::linearizability::{check, CheckLimits, CheckResult};
 use raft_core::{EntryPayload, LogId, Message, Term};
+use raft_linearizability::{check, CheckLimits, CheckResult};
 
 use super::{Check, World, FULL_CHECK_EVERY};
 use crate::sim::checks::{Holder, Violation};
@@ -425,7 +425,7 @@ impl World {
             recent = self.trace.recent(),
             replay = match &self.scripted {
                 Some(test) =>
-                    format!("cargo test -p raft-core --test simulation {test} -- --nocapture"),
+                    format!("cargo test -p raftkv-core --test simulation {test} -- --nocapture"),
                 None => replay_command(self.seed, n),
             },
         )
