@@ -1,6 +1,8 @@
 //! The cloneable handle to a running [`Raft`](super::Raft) node, the requests
 //! it sends to the driver task, and the errors a caller gets back.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -544,10 +546,20 @@ impl<R: Send + 'static> RaftHandle<R> {
                 }
                 std::future::pending::<()>().await;
             }
-            tokio::select! {
-                changed = failure.changed(), if raisable => raisable = changed.is_ok(),
-                _ = done.changed() => {}
-            }
+            // Whichever comes first: a failure raised, or the driver done.
+            let raised = raisable.then(|| failure.changed());
+            let mut raised = std::pin::pin!(raised);
+            let mut done_changed = std::pin::pin!(done.changed());
+            std::future::poll_fn(|cx| {
+                if let Some(raised) = raised.as_mut().as_pin_mut() {
+                    if let Poll::Ready(changed) = raised.poll(cx) {
+                        raisable = changed.is_ok();
+                        return Poll::Ready(());
+                    }
+                }
+                done_changed.as_mut().poll(cx).map(|_| ())
+            })
+            .await;
         }
     }
 }

@@ -48,6 +48,7 @@
 
 mod handle;
 mod tasks;
+mod wake;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub use handle::{
     SnapshotError, TransferError,
 };
 use tasks::{ApplyJob, Event, PersistJob, StorageJob, Waiter};
+use wake::{Inputs, Wake};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{
@@ -524,27 +526,37 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let apply_tx = self.apply_tx.clone();
         self.publish_metrics();
         loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                _ = fatal.changed() => {
+            let inputs = Inputs {
+                shutdown: &mut shutdown,
+                fatal: &mut fatal,
+                persisted: &mut persisted,
+                applied: &mut applied,
+                ticker: &mut ticker,
+                events: &mut events,
+                inbound: &mut inbound,
+                requests: &mut requests,
+            };
+            let apply_slot = (!self.apply_backlog.is_empty()).then(|| apply_tx.reserve());
+            match inputs.next(apply_slot).await {
+                Wake::Shutdown => break,
+                Wake::Fatal => {
                     let reason = fatal.borrow().clone().unwrap_or_default();
                     tracing::error!(%reason, "raft node failed; stopping");
                     self.fail_all(ProposeError::Fatal(reason));
                     break;
                 }
-                Ok(()) = persisted.changed() => {
+                Wake::Persisted => {
                     if let Some(write) = *persisted.borrow_and_update() {
                         self.engine.on_persisted(write);
                     }
                 }
-                Ok(()) = applied.changed() => {
+                Wake::Applied => {
                     let index = *applied.borrow_and_update();
                     self.engine.on_applied(index);
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
-                _ = ticker.tick() => self.catch_up(&mut clock),
-                permit = apply_tx.reserve(), if !self.apply_backlog.is_empty() => {
+                Wake::Tick => self.catch_up(&mut clock),
+                Wake::ApplySlot(permit) => {
                     let Ok(permit) = permit else { break };
                     if let Some(job) = self.apply_backlog.pop_front() {
                         permit.send(job);
@@ -553,49 +565,45 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                         break;
                     }
                 }
-                Some(event) = events.recv() => {
+                Wake::Event(event) => {
                     if !self.handle_event(event).await {
                         break;
                     }
                 }
-                // Time is caught up before every input, also those taken
-                // in a batch: the task may have been held up (SIGSTOP, a
-                // starved CPU) between two of them, and a lease read or a
-                // heartbeat (which starts a follower's promise) must be
-                // judged at the time it is handled.
-                Some(msg) = inbound.recv() => {
-                    self.catch_up(&mut clock);
-                    self.step_inbound(msg);
-                    for _ in 1..self.cfg.max_batch_inputs {
-                        match inbound.try_recv() {
-                            Ok(msg) => {
-                                self.catch_up(&mut clock);
-                                self.step_inbound(msg);
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                Wake::Inbound(msg) => {
+                    self.take_batch(msg, &mut inbound, &mut clock, Self::step_inbound);
                 }
-                Some(req) = requests.recv() => {
-                    self.catch_up(&mut clock);
-                    self.handle_request(req);
-                    for _ in 1..self.cfg.max_batch_inputs {
-                        match requests.try_recv() {
-                            Ok(req) => {
-                                self.catch_up(&mut clock);
-                                self.handle_request(req);
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                Wake::Request(req) => {
+                    self.take_batch(req, &mut requests, &mut clock, Self::handle_request);
                 }
-                else => break,
             }
             if !self.process_ready().await {
                 break;
             }
         }
         self.fail_all(ProposeError::ShuttingDown { appended: true });
+    }
+
+    /// Handles `first`, then up to `max_batch_inputs - 1` more inputs
+    /// already queued in `queue`. Time is caught up before every input, also
+    /// those taken in a batch: the task may have been held up (SIGSTOP, a
+    /// starved CPU) between two of them, and a lease read or a heartbeat
+    /// (which starts a follower's promise) must be judged at the time it is
+    /// handled.
+    fn take_batch<I>(
+        &mut self,
+        first: I,
+        queue: &mut mpsc::Receiver<I>,
+        clock: &mut TickClock,
+        handle: fn(&mut Self, I),
+    ) {
+        self.catch_up(clock);
+        handle(self, first);
+        for _ in 1..self.cfg.max_batch_inputs {
+            let Ok(input) = queue.try_recv() else { break };
+            self.catch_up(clock);
+            handle(self, input);
+        }
     }
 
     /// Ticks the engine for every tick interval that passed since the last
