@@ -1,7 +1,12 @@
 //! Tools for testing Raft systems: a linearizability checker for client
-//! histories against a key-value register model.
+//! histories against a key-value register model, the engine test
+//! [`network`] and the durable-log model it shares with the simulation.
 
+mod durable;
 pub mod linearizability;
+pub mod network;
+
+pub use durable::DurableLog;
 
 /// The environment variable `name` parsed as a `T`, or `default` when it is
 /// not set: how tests and benchmarks take their seeds, counts and sizes.
