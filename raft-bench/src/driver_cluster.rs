@@ -63,12 +63,11 @@ impl DriverCluster {
             // The benchmark measures replication, not log compaction.
             cfg.snapshot_threshold_entries = 0;
             cfg.snapshot_threshold_bytes = 0;
+            let mut driver = DriverConfig::default();
+            driver.tick_interval = Duration::from_millis(10);
             let h = Raft::start(
                 cfg,
-                DriverConfig {
-                    tick_interval: Duration::from_millis(10),
-                    ..DriverConfig::default()
-                },
+                driver,
                 Membership::new(vec![1, 2, 3]),
                 Arc::new(MemLog::new()),
                 MemKv::new(),

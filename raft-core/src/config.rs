@@ -8,7 +8,14 @@ use crate::types::NodeId;
 /// Time is counted in ticks: the driver calls [`Engine::tick`](crate::Engine::tick)
 /// at a fixed interval (the [`Raft`](crate::Raft) driver's default is 50 ms, so
 /// the defaults below give a 100 ms heartbeat and a 1 s election timeout, as etcd).
+///
+/// Build it with [`Config::new`] and set the fields to change (the struct
+/// is `#[non_exhaustive]`: new settings come with defaults).
+///
+/// Limits are named `max_*` with the unit last (`max_message_bytes`,
+/// `max_uncommitted_entries`), as every limit of the workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// This node's id; never 0.
     pub id: NodeId,
@@ -40,21 +47,21 @@ pub struct Config {
     /// while it was held up ([`Raft`](crate::Raft) replays missed ticks).
     pub lease_ticks: u64,
     /// Entries per AppendEntries message at most.
-    pub max_entries_per_message: usize,
+    pub max_message_entries: usize,
     /// Payload bytes per AppendEntries message at most (one entry is always
     /// sent, however large, so that progress is possible).
-    pub max_bytes_per_message: u64,
+    pub max_message_bytes: u64,
     /// AppendEntries messages in flight to one follower at most (pipelining).
     pub max_inflight_messages: usize,
     /// Payload bytes in flight to one follower at most.
     pub max_inflight_bytes: u64,
     /// Proposals accepted but not yet committed at most; more are refused with
-    /// [`ProposeError::TooManyPending`](crate::engine::ProposeError::TooManyPending).
+    /// [`ProposalRefused::TooManyPending`](crate::engine::ProposalRefused::TooManyPending).
     pub max_uncommitted_entries: usize,
     /// Bytes ([`Entry::size_bytes`](crate::Entry::size_bytes)) of proposals
     /// accepted but not yet committed at most; a proposal that would go
     /// beyond is refused with
-    /// [`ProposeError::TooManyBytesPending`](crate::engine::ProposeError::TooManyBytesPending)
+    /// [`ProposalRefused::TooManyBytesPending`](crate::engine::ProposalRefused::TooManyBytesPending)
     /// (one proposal is always accepted when nothing is pending, however
     /// large, so progress is possible). Default: 64 MiB.
     pub max_uncommitted_bytes: u64,
@@ -72,7 +79,7 @@ pub struct Config {
     /// A learner is promoted to voter only when its log is at most this many
     /// entries behind the leader's, so the new voter does not stall commits
     /// while it catches up (thesis §4.2.1).
-    pub max_promotion_lag: u64,
+    pub max_promotion_lag_entries: u64,
     /// Ask the state machine for a snapshot once this many entries were
     /// applied since the last one (0: never by count).
     pub snapshot_threshold_entries: u64,
@@ -99,15 +106,15 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_ticks: 14,
-            max_entries_per_message: 1024,
-            max_bytes_per_message: 1024 * 1024,
+            max_message_entries: 1024,
+            max_message_bytes: 1024 * 1024,
             max_inflight_messages: 64,
             max_inflight_bytes: 32 * 1024 * 1024,
             max_uncommitted_entries: 65_536,
             max_uncommitted_bytes: 64 * 1024 * 1024,
             max_log_cache_bytes: 64 * 1024 * 1024,
             max_pending_reads: 65_536,
-            max_promotion_lag: 1_000,
+            max_promotion_lag_entries: 1_000,
             snapshot_threshold_entries: 100_000,
             snapshot_threshold_bytes: 256 * 1024 * 1024,
             snapshot_keep_entries: 5_000,
@@ -150,11 +157,8 @@ impl Config {
             );
         }
         for (setting, value) in [
-            (
-                "max_entries_per_message",
-                self.max_entries_per_message as u64,
-            ),
-            ("max_bytes_per_message", self.max_bytes_per_message),
+            ("max_message_entries", self.max_message_entries as u64),
+            ("max_message_bytes", self.max_message_bytes),
             ("max_inflight_messages", self.max_inflight_messages as u64),
             ("max_inflight_bytes", self.max_inflight_bytes),
             (
@@ -175,6 +179,7 @@ impl Config {
 /// A configuration setting out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid raft configuration: {setting}: {reason}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The setting's field name.
     pub setting: &'static str,

@@ -12,8 +12,31 @@ use crate::types::{Entry, Index, SnapshotMeta};
 /// A state-machine failure. The driver stops applying and shuts down: a
 /// replica that cannot apply an entry must not go on serving.
 #[derive(Debug, thiserror::Error)]
-#[error("state machine error: {0}")]
-pub struct StateMachineError(pub String);
+#[non_exhaustive]
+pub enum StateMachineError {
+    /// Data handed to the state machine (a command, a snapshot) failed its
+    /// checks; names what and why.
+    #[error("state machine error: invalid input: {0}")]
+    Invalid(String),
+    /// The state machine does not support the operation (the trait's
+    /// default snapshot methods).
+    #[error("state machine error: {0}")]
+    Unsupported(String),
+    /// An I/O error of the state machine's own files.
+    #[error("state machine I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A failure of the state machine's backend: the cause is the source.
+    #[error("state machine error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StateMachineError {
+    /// A [`Backend`](Self::Backend) error from any cause (an error, or a
+    /// message as a `String` or `&str`).
+    pub fn backend<E: Into<Box<dyn std::error::Error + Send + Sync>>>(cause: E) -> Self {
+        Self::Backend(cause.into())
+    }
+}
 
 /// A snapshot being built off the apply task: see
 /// [`StateMachine::begin_snapshot`].
@@ -63,7 +86,7 @@ pub trait StateMachine: Send + 'static {
         &mut self,
         meta: &SnapshotMeta,
     ) -> Result<SnapshotData, StateMachineError> {
-        Err(StateMachineError(format!(
+        Err(StateMachineError::Unsupported(format!(
             "this state machine does not take snapshots (asked for one at {})",
             meta.last_log_id
         )))
@@ -125,7 +148,7 @@ pub trait StateMachine: Send + 'static {
         data: SnapshotData,
     ) -> Result<(), StateMachineError> {
         let _ = data;
-        Err(StateMachineError(format!(
+        Err(StateMachineError::Unsupported(format!(
             "this state machine cannot install snapshots (got one at {})",
             meta.last_log_id
         )))

@@ -49,6 +49,7 @@ impl LogWrite {
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// A stored record failed its integrity check. The node must stop
     /// serving rather than use it.
@@ -72,9 +73,21 @@ pub enum StorageError {
     /// An I/O error from the medium.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// Any other failure of the backend, described.
+    /// The storage does not support the operation (the trait's default
+    /// snapshot methods).
+    #[error("unsupported log operation: {0}")]
+    Unsupported(String),
+    /// Any other failure of the backend: the cause is the source.
     #[error("storage backend error: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// A [`Backend`](Self::Backend) error from any cause (an error, or a
+    /// message as a `String` or `&str`).
+    pub fn backend<E: Into<Box<dyn std::error::Error + Send + Sync>>>(cause: E) -> Self {
+        Self::Backend(cause.into())
+    }
 }
 
 /// Durable storage of the Raft log and hard state.
@@ -165,7 +178,7 @@ pub trait LogStorage: Send + Sync + 'static {
     /// I/O failures.
     async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: Index) -> Result<(), StorageError> {
         let _ = meta;
-        Err(StorageError::Backend(format!(
+        Err(StorageError::Unsupported(format!(
             "this log storage cannot record snapshots (asked to purge to {purge_to})"
         )))
     }
@@ -177,10 +190,10 @@ pub trait LogStorage: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// I/O failures; [`StorageError::Backend`] from storage that does not
+    /// I/O failures; [`StorageError::Unsupported`] from storage that does not
     /// support snapshots (the default).
     async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        Err(StorageError::Backend(format!(
+        Err(StorageError::Unsupported(format!(
             "this log storage cannot install snapshots (asked to install {})",
             meta.last_log_id
         )))

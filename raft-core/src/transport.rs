@@ -10,6 +10,7 @@ use crate::types::NodeId;
 /// A send failure. Raft tolerates lost messages, so the driver only counts
 /// and logs these.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The peer is not known to the transport.
     #[error("unknown peer {0}")]

@@ -20,12 +20,25 @@ const FORBIDDEN_IN_ENGINE: &[&str] = &[
     ".await",
 ];
 
+/// Every `.rs` file under `dir`, in subdirectories too.
+fn sources(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).expect("readable source directory") {
+        let path = entry.expect("readable dir entry").path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn the_engine_uses_no_runtime_clock_io_or_unseeded_randomness() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
     let mut checked = 0;
-    for entry in fs::read_dir(&dir).expect("src/engine exists") {
-        let path = entry.expect("readable dir entry").path();
+    for path in sources(&dir) {
         let text = fs::read_to_string(&path).expect("readable source file");
         checked += 1;
         for (n, line) in text.lines().enumerate() {

@@ -957,15 +957,19 @@ async fn held_up_leader_lease_read(phase: Duration) {
     }
 }
 
+/// A driver that lets at most 10 committed entries wait for the state machine.
+fn lagging_driver() -> DriverConfig {
+    let mut driver = DriverConfig::default();
+    driver.max_unapplied_entries = 10;
+    driver
+}
+
 #[tokio::test(start_paused = true)]
 async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
     let (gate, rx) = tokio::sync::watch::channel(true);
     let h: Handle = Raft::start(
         Config::new(1),
-        DriverConfig {
-            max_unapplied_entries: 10,
-            ..DriverConfig::default()
-        },
+        lagging_driver(),
         Membership::new(vec![1]),
         Arc::new(MemLog::new()),
         SlowKv::new(MemKv::new(), rx, Duration::ZERO),
@@ -1011,10 +1015,7 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
 /// answered NotLeader (so they are forwarded), not Overloaded.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_followers_apply_backlog_is_bounded() {
-    let driver = DriverConfig {
-        max_unapplied_entries: 10,
-        ..DriverConfig::default()
-    };
+    let driver = lagging_driver();
     let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
     let (leader, _) = leader_of(&handles).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
@@ -1059,10 +1060,7 @@ async fn a_stuck_followers_apply_backlog_is_bounded() {
 /// not leave the cluster refusing every write.
 #[tokio::test(start_paused = true)]
 async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
-    let driver = DriverConfig {
-        max_unapplied_entries: 10,
-        ..DriverConfig::default()
-    };
+    let driver = lagging_driver();
     let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
     let (leader, _) = leader_of(&handles).await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();

@@ -4,172 +4,37 @@
 //! durable payloads, and a follower that needs payloads no longer in memory
 //! gets them read back from storage (`Ready::fetch_entries`), intact.
 //!
-//! A minimal synchronous driver: every write is durable at once, messages
-//! are delivered in order unless a node is cut off.
-
-use std::collections::{BTreeSet, VecDeque};
+//! They run on the engine test network (`raft_core::testing::network`):
+//! every write is durable at once unless held, messages are delivered in
+//! order unless a node is cut off.
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raft_core::engine::{Engine, InitialState, ProposeError, Role};
-use raft_core::message::Message;
-use raft_core::{Config, Entry, EntryPayload, Index, Membership, NodeId};
+use raft_core::engine::{ProposalRefused, Role};
+use raft_core::testing::network::Network;
+use raft_core::{Config, Entry, EntryPayload, Membership, NodeId};
 
-struct Node {
-    engine: Engine,
-    /// The durable log, from index 1.
-    disk: Vec<Entry>,
-    /// Entries applied, in order.
-    applied: Vec<Entry>,
-    /// Whether writes are reported durable (false: held back).
-    persist: bool,
-    held: Vec<raft_core::engine::Ready>,
-    /// Entries read back from `disk` for followers.
-    read_back: u64,
-}
-
-struct Cluster {
-    nodes: Vec<Node>,
-    queue: VecDeque<Message>,
-    cut: BTreeSet<NodeId>,
-}
-
-fn config(id: NodeId, cache: u64, uncommitted: u64) -> Config {
-    let mut c = Config::new(id);
+fn config(c: &mut Config, cache: u64, uncommitted: u64) {
     c.max_log_cache_bytes = cache;
     c.max_uncommitted_bytes = uncommitted;
     c.snapshot_threshold_entries = 0;
     c.snapshot_threshold_bytes = 0;
-    c.max_entries_per_message = 4;
-    c
+    c.max_message_entries = 4;
 }
 
-impl Cluster {
-    fn new(n: u64, cache: u64, uncommitted: u64) -> Self {
-        let members = Membership::new(1..=n);
-        let nodes = (1..=n)
-            .map(|id| Node {
-                engine: Engine::new(
-                    config(id, cache, uncommitted),
-                    InitialState::bootstrap(members.clone()),
-                )
-                .unwrap(),
-                disk: Vec::new(),
-                applied: Vec::new(),
-                persist: true,
-                held: Vec::new(),
-                read_back: 0,
-            })
-            .collect();
-        Self {
-            nodes,
-            queue: VecDeque::new(),
-            cut: BTreeSet::new(),
-        }
-    }
+/// `n` voters on the engine test network with these byte bounds.
+fn cluster(n: u64, cache: u64, uncommitted: u64) -> Network {
+    Network::with_config(n, |c| config(c, cache, uncommitted))
+}
 
-    fn node(&mut self, id: NodeId) -> &mut Node {
-        &mut self.nodes[id as usize - 1]
-    }
+/// Proposes `data` on node `id`.
+fn propose(c: &mut Network, id: NodeId, data: Bytes) -> Result<(), ProposalRefused> {
+    c.propose_bytes(id, data).map(|_| ())
+}
 
-    /// Handles every `Ready` of every node and delivers every message.
-    fn settle(&mut self) {
-        for _ in 0..100_000 {
-            let mut busy = false;
-            for i in 0..self.nodes.len() {
-                while self.nodes[i].engine.has_ready() {
-                    busy = true;
-                    let ready = self.nodes[i].engine.ready();
-                    self.handle(i, ready);
-                }
-            }
-            if let Some(m) = self.queue.pop_front() {
-                busy = true;
-                if !self.cut.contains(&m.from) && !self.cut.contains(&m.to) {
-                    self.node(m.to).engine.step(m);
-                }
-            }
-            if !busy {
-                return;
-            }
-        }
-        panic!("the cluster did not settle");
-    }
-
-    fn handle(&mut self, i: usize, ready: raft_core::engine::Ready) {
-        let node = &mut self.nodes[i];
-        self.queue.extend(ready.messages.iter().cloned());
-        if !node.persist {
-            // Messages go out; the write and what waits for it are held.
-            let mut ready = ready;
-            ready.messages.clear();
-            node.held.push(ready);
-            return;
-        }
-        Self::persist(node, &mut self.queue, ready);
-    }
-
-    fn persist(node: &mut Node, queue: &mut VecDeque<Message>, ready: raft_core::engine::Ready) {
-        if let Some(from) = ready.truncate_from {
-            node.disk.truncate(from as usize - 1);
-        }
-        for e in &ready.entries {
-            node.disk.truncate(e.index as usize - 1);
-            node.disk.push(e.clone());
-        }
-        queue.extend(ready.persisted_messages);
-        if let Some(w) = ready.write_id {
-            node.engine.on_persisted(w);
-        }
-        for e in ready.committed_entries {
-            assert_eq!(
-                e.index,
-                node.applied.len() as Index + 1,
-                "applied in order, once"
-            );
-            node.engine.on_applied(e.index);
-            node.applied.push(e);
-        }
-        for fetch in ready.fetch_entries {
-            let mut out = Vec::new();
-            let mut bytes = 0;
-            for e in &node.disk[fetch.start as usize - 1..fetch.end as usize - 1] {
-                if out.len() >= fetch.max_entries
-                    || (!out.is_empty() && bytes + e.size_bytes() > fetch.max_bytes)
-                {
-                    break;
-                }
-                bytes += e.size_bytes();
-                out.push(e.clone());
-            }
-            node.read_back += out.len() as u64;
-            node.engine.on_entries_fetched(fetch, out);
-        }
-    }
-
-    /// Reports every held write of node `id` durable.
-    fn release(&mut self, id: NodeId) {
-        let node = &mut self.nodes[id as usize - 1];
-        node.persist = true;
-        for ready in std::mem::take(&mut node.held) {
-            Self::persist(node, &mut self.queue, ready);
-        }
-    }
-
-    fn elect(&mut self, id: NodeId) {
-        for _ in 0..1000 {
-            if self.node(id).engine.role() == Role::Leader {
-                return;
-            }
-            self.node(id).engine.tick();
-            self.settle();
-        }
-        panic!("node {id} did not become leader");
-    }
-
-    fn propose(&mut self, id: NodeId, data: Bytes) -> Result<(), ProposeError> {
-        self.node(id).engine.propose(data).map(|_| ())
-    }
+/// Ticks every node once and delivers everything.
+fn tick_all(c: &mut Network) {
+    c.tick_all(1);
 }
 
 fn payload(i: usize, len: usize) -> Bytes {
@@ -179,44 +44,43 @@ fn payload(i: usize, len: usize) -> Bytes {
 #[test]
 fn proposals_beyond_the_uncommitted_bytes_bound_are_refused_with_nothing_appended() {
     // A single voter whose writes are held back: nothing commits.
-    let mut c = Cluster::new(1, 64 << 20, 10_000);
+    let mut c = cluster(1, 64 << 20, 10_000);
     c.elect(1);
-    c.node(1).persist = false;
+    c.hold_persist(1);
     let mut accepted = 0;
     let refused = loop {
-        match c.propose(1, payload(accepted, 1_000)) {
+        match propose(&mut c, 1, payload(accepted, 1_000)) {
             Ok(()) => accepted += 1,
             Err(e) => break e,
         }
-        c.settle();
+        c.deliver_all();
         assert!(accepted < 100, "no proposal refused");
     };
     let status = c.node(1).engine.status();
     println!("accepted {accepted} proposals of 1,000 bytes, then: {refused}");
-    assert!(matches!(refused, ProposeError::TooManyBytesPending(_)));
+    assert!(matches!(refused, ProposalRefused::TooManyBytesPending(_)));
     assert!(
         status.uncommitted_bytes <= 10_000,
         "uncommitted bytes {} beyond the bound",
         status.uncommitted_bytes
     );
     let last = status.last_index;
-    assert!(c.propose(1, payload(0, 1_000)).is_err());
+    assert!(propose(&mut c, 1, payload(0, 1_000)).is_err());
     assert_eq!(
         c.node(1).engine.last_log_id().index,
         last,
         "a refused proposal appends nothing"
     );
     // Once they commit, proposals are accepted again.
-    c.release(1);
-    c.settle();
+    c.release_persist(1);
+    c.deliver_all();
     assert_eq!(c.node(1).engine.status().uncommitted_bytes, 0);
-    c.propose(1, payload(0, 1_000))
-        .expect("accepted once the backlog committed");
-    c.settle();
+    propose(&mut c, 1, payload(0, 1_000)).expect("accepted once the backlog committed");
+    c.deliver_all();
     // A single proposal larger than the bound is accepted when nothing waits.
-    c.propose(1, payload(1, 50_000))
+    propose(&mut c, 1, payload(1, 50_000))
         .expect("one proposal is always accepted when nothing is pending");
-    c.settle();
+    c.deliver_all();
     assert_eq!(
         c.node(1).applied.last().unwrap().payload.size_bytes(),
         50_000
@@ -226,11 +90,11 @@ fn proposals_beyond_the_uncommitted_bytes_bound_are_refused_with_nothing_appende
 #[test]
 fn the_in_memory_log_holds_at_most_the_cache_budget_of_applied_payloads() {
     let budget = 8_000;
-    let mut c = Cluster::new(3, budget, 64 << 20);
+    let mut c = cluster(3, budget, 64 << 20);
     c.elect(1);
     for i in 0..300 {
-        c.propose(1, payload(i, 1_000)).unwrap();
-        c.settle();
+        propose(&mut c, 1, payload(i, 1_000)).unwrap();
+        c.deliver_all();
         for id in 1..=3 {
             let s = c.node(id).engine.status();
             assert!(
@@ -243,8 +107,8 @@ fn the_in_memory_log_holds_at_most_the_cache_budget_of_applied_payloads() {
     }
     // A heartbeat tells the followers the last commit index.
     for _ in 0..5 {
-        c.node(1).engine.tick();
-        c.settle();
+        c.tick(1, 1);
+        c.deliver_all();
     }
     for id in 1..=3 {
         let node = c.node(id);
@@ -260,24 +124,21 @@ fn the_in_memory_log_holds_at_most_the_cache_budget_of_applied_payloads() {
 
 #[test]
 fn a_lagging_follower_catches_up_from_payloads_read_back_from_storage() {
-    let mut c = Cluster::new(3, 2_000, 64 << 20);
+    let mut c = cluster(3, 2_000, 64 << 20);
     c.elect(1);
-    c.cut.insert(3);
+    c.isolate(3);
     for i in 0..100 {
-        c.propose(1, payload(i, 500)).unwrap();
-        c.settle();
+        propose(&mut c, 1, payload(i, 500)).unwrap();
+        c.deliver_all();
     }
     assert!(c.node(1).engine.status().log_cached_bytes <= 2_000);
     assert!(c.node(3).applied.len() <= 1, "node 3 was cut off");
-    c.cut.clear();
+    c.recover();
     for _ in 0..200 {
         if c.node(3).applied.len() == 101 {
             break;
         }
-        for id in 1..=3 {
-            c.node(id).engine.tick();
-        }
-        c.settle();
+        tick_all(&mut c);
     }
     let leader_applied = c.node(1).applied.clone();
     let node3 = c.node(3);
@@ -308,15 +169,15 @@ proptest! {
         cut_at in 0usize..120,
         heal_at in 0usize..160,
     ) {
-        let mut c = Cluster::new(3, cache, uncommitted);
+        let mut c = cluster(3, cache, uncommitted);
         c.elect(1);
         let mut accepted = 0;
         for (i, size) in sizes.iter().enumerate() {
-            if i == cut_at { c.cut.insert(3); }
-            if i == heal_at { c.cut.clear(); }
-            match c.propose(1, payload(i, *size)) {
+            if i == cut_at { c.isolate(3); }
+            if i == heal_at { c.recover(); }
+            match propose(&mut c, 1, payload(i, *size)) {
                 Ok(()) => accepted += 1,
-                Err(ProposeError::TooManyBytesPending(p)) => {
+                Err(ProposalRefused::TooManyBytesPending(p)) => {
                     prop_assert!(p > 0 && p + *size as u64 + Entry::OVERHEAD_BYTES > uncommitted);
                 }
                 Err(e) => prop_assert!(false, "unexpected refusal {e}"),
@@ -326,12 +187,12 @@ proptest! {
                 s.uncommitted_bytes <= uncommitted.max(*size as u64 + Entry::OVERHEAD_BYTES),
                 "uncommitted {} beyond {uncommitted}", s.uncommitted_bytes
             );
-            c.settle();
+            c.deliver_all();
             for id in 1..=3 {
                 let node = c.node(id);
                 let s = node.engine.status();
                 // Entries not yet applied are held whatever the budget.
-                let unapplied: u64 = node.disk[(s.applied as usize).min(node.disk.len())..]
+                let unapplied: u64 = node.disk.log[(s.applied as usize).min(node.disk.log.len())..]
                     .iter()
                     .map(Entry::size_bytes)
                     .sum();
@@ -340,11 +201,10 @@ proptest! {
                     s.log_cached_bytes);
             }
         }
-        c.cut.clear();
+        c.recover();
         for _ in 0..300 {
-            if c.nodes.iter().all(|n| n.applied.len() == accepted + 1) { break; }
-            for id in 1..=3 { c.node(id).engine.tick(); }
-            c.settle();
+            if c.nodes.values().all(|n| n.applied.len() == accepted + 1) { break; }
+            tick_all(&mut c);
         }
         let reference = c.node(1).applied.clone();
         prop_assert_eq!(reference.len(), accepted + 1);

@@ -32,7 +32,7 @@ fn config(id: NodeId) -> Config {
     let mut c = Config::new(id);
     c.snapshot_threshold_entries = 50;
     c.snapshot_keep_entries = 10;
-    c.max_promotion_lag = 20;
+    c.max_promotion_lag_entries = 20;
     c
 }
 

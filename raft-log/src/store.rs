@@ -105,7 +105,7 @@ fn storage_error(path: &Path, e: rocksdb::Error) -> StorageError {
         rocksdb::ErrorKind::IOError => {
             StorageError::Io(std::io::Error::other(format!("{}: {msg}", path.display())))
         }
-        _ => StorageError::Backend(format!("{}: {msg}", path.display())),
+        _ => StorageError::backend(format!("{}: {msg}", path.display())),
     }
 }
 
@@ -122,7 +122,9 @@ fn copy_error(e: &StorageError) -> StorageError {
             first_index: *first_index,
         },
         StorageError::Io(io) => StorageError::Io(std::io::Error::new(io.kind(), io.to_string())),
-        StorageError::Backend(m) => StorageError::Backend(m.clone()),
+        StorageError::Unsupported(m) => StorageError::Unsupported(m.clone()),
+        // The cause is not `Clone`: each copy keeps its description.
+        other => StorageError::backend(other.to_string()),
     }
 }
 
@@ -405,14 +407,14 @@ impl RocksLog {
         let writer = self
             .writer
             .as_ref()
-            .ok_or_else(|| StorageError::Backend("store closed".into()))?;
+            .ok_or_else(|| StorageError::backend("store closed"))?;
         let (reply, rx) = oneshot::channel();
         writer
             .send(Request { op, reply })
             .await
-            .map_err(|_| StorageError::Backend("log writer stopped".into()))?;
+            .map_err(|_| StorageError::backend("log writer stopped"))?;
         rx.await
-            .map_err(|_| StorageError::Backend("log writer stopped".into()))?
+            .map_err(|_| StorageError::backend("log writer stopped"))?
     }
 }
 
@@ -450,7 +452,7 @@ impl Writer {
         let mut failed: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
             if let Some(reason) = &failed {
-                let _ = first.reply.send(Err(StorageError::Backend(format!(
+                let _ = first.reply.send(Err(StorageError::backend(format!(
                     "{}: the log refuses writes after an earlier failure: {reason}",
                     self.path.display()
                 ))));
@@ -505,7 +507,7 @@ impl Writer {
     fn write(&self, ops: Vec<BatchOp>, wo: &WriteOptions) -> Result<(), StorageError> {
         let (Some(log), Some(meta)) = (self.db.cf_handle(LOG_CF), self.db.cf_handle(META_CF))
         else {
-            return Err(StorageError::Backend("column family missing".into()));
+            return Err(StorageError::backend("column family missing"));
         };
         let mut batch = WriteBatch::default();
         let mut bytes = 0usize;
@@ -796,7 +798,7 @@ impl LogStorage for RocksLog {
         let db = self.db.clone();
         let task = tokio::task::spawn_blocking(move || read_range(&db, start, end, max_bytes));
         task.await
-            .map_err(|e| StorageError::Backend(format!("read task failed: {e}")))?
+            .map_err(|e| StorageError::backend(format!("read task failed: {e}")))?
     }
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
@@ -831,7 +833,7 @@ fn read_range(
 ) -> Result<Vec<Entry>, StorageError> {
     let log = db
         .cf_handle(LOG_CF)
-        .ok_or_else(|| StorageError::Backend("log column family missing".into()))?;
+        .ok_or_else(|| StorageError::backend("log column family missing"))?;
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(record::entry_key(end).to_vec());
     let start_key = record::entry_key(start);

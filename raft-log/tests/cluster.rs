@@ -17,10 +17,8 @@ async fn start(net: &MemNetwork, dir: &Path, id: NodeId) -> (Handle, MemKvReader
         .expect("open log");
     let kv = MemKv::new();
     let reader = kv.reader();
-    let driver = DriverConfig {
-        tick_interval: Duration::from_millis(25),
-        ..DriverConfig::default()
-    };
+    let mut driver = DriverConfig::default();
+    driver.tick_interval = Duration::from_millis(25);
     let h = Raft::start(
         Config::new(id),
         driver,

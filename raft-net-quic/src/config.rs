@@ -8,7 +8,7 @@ use std::time::Duration;
 pub struct QuicConfig {
     /// Largest frame accepted or sent (length field value). An outgoing
     /// message above it is dropped and counted; an incoming one closes the
-    /// connection. Must exceed the engine's `max_bytes_per_message` plus
+    /// connection. Must exceed the engine's `max_message_bytes` plus
     /// framing. Default 16 MiB.
     pub max_frame_bytes: u32,
     /// Messages queued per peer for the control stream (votes, heartbeats,

@@ -81,7 +81,8 @@ mod transport;
 
 pub use config::QuicConfig;
 pub use snapshot::{
-    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource,
+    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink,
+    SnapshotSinkError, SnapshotSource,
 };
 pub use tls::{NodeTls, TlsError};
 pub use transport::{

@@ -24,6 +24,37 @@ use crate::codec::SnapshotOffer;
 
 pub use raft_core::snapshot::{FileSource, SnapshotSource};
 
+/// Why a [`SnapshotSink`] refused a transfer or a chunk. The transport
+/// sends its text to the sender, which retries or starts over.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotSinkError {
+    /// The transfer does not fit what the sink holds or allows (an unknown
+    /// transfer, a chunk at the wrong offset, a length or checksum that
+    /// does not match, not enough free space); says why.
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or writing the sink's files failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the sink was doing, and on which file.
+        context: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Whoever takes completed snapshots stopped taking them.
+    #[error("snapshot receiver closed")]
+    Closed,
+}
+
+impl SnapshotSinkError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
 /// Where a receiver stores incoming snapshots.
 ///
 /// The transport calls `begin` once per attempt, then `write` for each chunk
@@ -37,7 +68,7 @@ pub trait SnapshotSink: Send + Sync + 'static {
     /// # Errors
     ///
     /// Refuses the transfer; the sender sees the message.
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String>;
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError>;
 
     /// Stores `data` at `offset` of transfer `transfer_id` from `from`.
     ///
@@ -50,7 +81,7 @@ pub trait SnapshotSink: Send + Sync + 'static {
         transfer_id: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), String>;
+    ) -> Result<(), SnapshotSinkError>;
 
     /// All data arrived: verify length and checksum, then publish.
     ///
@@ -63,7 +94,7 @@ pub trait SnapshotSink: Send + Sync + 'static {
         transfer_id: u64,
         total_bytes: u64,
         crc32c: u32,
-    ) -> Result<(), String>;
+    ) -> Result<(), SnapshotSinkError>;
 }
 
 /// A snapshot that arrived complete and verified.
@@ -166,7 +197,7 @@ impl FileSnapshotSink {
 
 #[async_trait]
 impl SnapshotSink for FileSnapshotSink {
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String> {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError> {
         let mut partials = self.partials.lock().await;
         let key = (from, offer.transfer_id);
         if let Some(p) = partials.get_mut(&key) {
@@ -205,7 +236,10 @@ impl SnapshotSink for FileSnapshotSink {
             .join(format!("{from}-{}.partial", offer.transfer_id));
         let file = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            .map_err(SnapshotSinkError::io(format!(
+                "cannot create {}",
+                path.display()
+            )))?;
         partials.insert(
             key,
             Partial {
@@ -226,17 +260,23 @@ impl SnapshotSink for FileSnapshotSink {
         transfer_id: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), SnapshotSinkError> {
         let mut partials = self.partials.lock().await;
         let p = partials
             .get_mut(&(from, transfer_id))
-            .ok_or("no such transfer")?;
+            .ok_or_else(|| SnapshotSinkError::Refused("no such transfer".into()))?;
         if offset != p.written {
-            return Err(format!("chunk at {offset}, expected {}", p.written));
+            return Err(SnapshotSinkError::Refused(format!(
+                "chunk at {offset}, expected {}",
+                p.written
+            )));
         }
         if let Err(e) = write_at(&mut p.file, offset, &data).await {
             // Keep what is known to be written; the next attempt resumes there.
-            return Err(format!("write to {}: {e}", p.path.display()));
+            return Err(SnapshotSinkError::io(format!(
+                "write to {}",
+                p.path.display()
+            ))(e));
         }
         p.crc = crc32c::crc32c_append(p.crc, &data);
         p.written += data.len() as u64;
@@ -249,11 +289,13 @@ impl SnapshotSink for FileSnapshotSink {
         transfer_id: u64,
         total_bytes: u64,
         crc32c: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), SnapshotSinkError> {
         let mut partials = self.partials.lock().await;
         let key = (from, transfer_id);
-        let p = partials.remove(&key).ok_or("no such transfer")?;
-        let fail = |detail: String| {
+        let p = partials
+            .remove(&key)
+            .ok_or_else(|| SnapshotSinkError::Refused("no such transfer".into()))?;
+        let fail = |detail: SnapshotSinkError| {
             let path = p.path.clone();
             async move {
                 let _ = tokio::fs::remove_file(&path).await;
@@ -261,28 +303,35 @@ impl SnapshotSink for FileSnapshotSink {
             }
         };
         if p.written != total_bytes || total_bytes != p.offer.total_bytes {
-            return fail(format!(
+            return fail(SnapshotSinkError::Refused(format!(
                 "received {} bytes, sender says {total_bytes}, offer said {}",
                 p.written, p.offer.total_bytes
-            ))
+            )))
             .await;
         }
         if p.crc != crc32c {
-            return fail(format!(
+            return fail(SnapshotSinkError::Refused(format!(
                 "snapshot checksum mismatch: computed {:#010x}, sender says {crc32c:#010x}",
                 p.crc
-            ))
+            )))
             .await;
         }
         if let Err(e) = p.file.sync_all().await {
-            return fail(format!("sync {}: {e}", p.path.display())).await;
+            return fail(SnapshotSinkError::io(format!("sync {}", p.path.display()))(
+                e,
+            ))
+            .await;
         }
         let seq = self
             .completed_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = self.dir.join(format!("{from}-{transfer_id}-{seq}.snap"));
         if let Err(e) = tokio::fs::rename(&p.path, &done).await {
-            return fail(format!("rename to {}: {e}", done.display())).await;
+            return fail(SnapshotSinkError::io(format!(
+                "rename to {}",
+                done.display()
+            ))(e))
+            .await;
         }
         if let Ok(d) = tokio::fs::File::open(&self.dir).await {
             let _ = d.sync_all().await;
@@ -299,20 +348,22 @@ impl SnapshotSink for FileSnapshotSink {
         self.completed
             .send(received)
             .await
-            .map_err(|_| "snapshot receiver closed".to_string())
+            .map_err(|_| SnapshotSinkError::Closed)
     }
 }
 
 /// Refuses `needed` bytes that the filesystem of `dir` cannot hold (the
 /// space available to unprivileged users, `f_bavail`).
-fn check_free_space(dir: &Path, needed: u64) -> Result<(), String> {
-    let available = free_bytes(dir)
-        .map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))?;
+fn check_free_space(dir: &Path, needed: u64) -> Result<(), SnapshotSinkError> {
+    let available = free_bytes(dir).map_err(SnapshotSinkError::io(format!(
+        "cannot read the free space of {}",
+        dir.display()
+    )))?;
     if needed > available {
-        return Err(format!(
+        return Err(SnapshotSinkError::Refused(format!(
             "snapshot needs {needed} bytes but {} has {available} bytes free",
             dir.display()
-        ));
+        )));
     }
     Ok(())
 }

@@ -1479,7 +1479,7 @@ async fn receive_snapshot(
             return;
         }
         Err(e) => {
-            let _ = write_frame(&mut send, &reply(Some(e)), max).await;
+            let _ = write_frame(&mut send, &reply(Some(e.to_string())), max).await;
             let _ = send.finish();
             return;
         }
@@ -1532,7 +1532,7 @@ async fn receive_snapshot(
                             received.increment(len);
                             None
                         }
-                        Err(e) => Some(e),
+                        Err(e) => Some(e.to_string()),
                     }
                 };
                 match err {
@@ -1543,7 +1543,11 @@ async fn receive_snapshot(
             Frame::SnapshotDone {
                 total_bytes,
                 crc32c,
-            } => sink.finish(peer, id, total_bytes, crc32c).await.err(),
+            } => sink
+                .finish(peer, id, total_bytes, crc32c)
+                .await
+                .err()
+                .map(|e| e.to_string()),
             other => {
                 return protocol_error(
                     &shared,

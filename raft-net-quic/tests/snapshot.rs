@@ -14,7 +14,9 @@ use common::*;
 use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
-use raft_net_quic::{FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSink, SnapshotSource};
+use raft_net_quic::{
+    FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSink, SnapshotSinkError, SnapshotSource,
+};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, Semaphore};
 
@@ -49,21 +51,37 @@ struct Watched {
 
 #[async_trait]
 impl SnapshotSink for Watched {
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String> {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError> {
         self.inner.begin(from, offer).await
     }
 
-    async fn write(&self, from: NodeId, id: u64, offset: u64, data: Bytes) -> Result<(), String> {
+    async fn write(
+        &self,
+        from: NodeId,
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), SnapshotSinkError> {
         self.inner.write(from, id, offset, data).await?;
         if self.chunks.fetch_add(1, Ordering::SeqCst) + 1 == self.trigger_after {
             self.triggered.notify_one();
-            let permit = self.release.acquire().await.map_err(|e| e.to_string())?;
+            let permit = self
+                .release
+                .acquire()
+                .await
+                .map_err(|_| SnapshotSinkError::Closed)?;
             permit.forget();
         }
         Ok(())
     }
 
-    async fn finish(&self, from: NodeId, id: u64, total: u64, crc: u32) -> Result<(), String> {
+    async fn finish(
+        &self,
+        from: NodeId,
+        id: u64,
+        total: u64,
+        crc: u32,
+    ) -> Result<(), SnapshotSinkError> {
         self.inner.finish(from, id, total, crc).await
     }
 }

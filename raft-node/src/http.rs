@@ -784,6 +784,8 @@ fn read_problem(e: &ReadError) -> Problem {
         ReadError::ShuttingDown => {
             Problem::unavailable("shutting-down", "Node shutting down", e.to_string())
         }
+        // A failed read observed nothing: retrying is safe.
+        _ => Problem::unavailable("read-failed", "Read failed", e.to_string()),
     }
 }
 
@@ -1502,6 +1504,9 @@ async fn membership_error(
         MembershipError::ShuttingDown => {
             Problem::unavailable("shutting-down", "Shutting down", err.to_string()).into_response()
         }
+        // A failure the driver may add later: assume the worst.
+        _ => Problem::outcome_unknown(format!("{err}; check GET /v1/cluster before retrying"))
+            .into_response(),
     }
 }
 

@@ -319,15 +319,13 @@ pub async fn start(
     config.snapshot_threshold_entries = cfg.snapshot_entries;
     config.snapshot_threshold_bytes = cfg.snapshot_bytes;
     config.snapshot_keep_entries = cfg.snapshot_keep_entries;
-    config.max_promotion_lag = cfg.max_promotion_lag;
+    config.max_promotion_lag_entries = cfg.max_promotion_lag;
     config.max_log_cache_bytes = cfg.log_cache_bytes;
     config.max_uncommitted_bytes = cfg.max_uncommitted_bytes;
-    let driver = DriverConfig {
-        tick_interval: cfg.tick,
-        request_timeout: cfg.request_timeout,
-        max_unapplied_bytes: cfg.max_unapplied_bytes,
-        ..DriverConfig::default()
-    };
+    let mut driver = DriverConfig::default();
+    driver.tick_interval = cfg.tick;
+    driver.request_timeout = cfg.request_timeout;
+    driver.max_unapplied_bytes = cfg.max_unapplied_bytes;
     let raft = raft_core::Raft::start(config, driver, bootstrap, log, sm, transport.clone())
         .await
         .context("starting Raft")?;

@@ -864,16 +864,14 @@ impl StateMachine for KvStateMachine {
     type Response = Outcome;
 
     async fn applied_index(&mut self) -> Result<Index, StateMachineError> {
-        self.reader
-            .applied()
-            .map_err(|e| StateMachineError(e.to_string()))
+        self.reader.applied().map_err(StateMachineError::backend)
     }
 
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Outcome>, StateMachineError> {
         // Unsynced RocksDB writes and point reads take microseconds; the
         // apply task is the only caller, so running them inline is fine.
         self.apply_batch(entries)
-            .map_err(|e| StateMachineError(e.to_string()))
+            .map_err(StateMachineError::backend)
     }
 
     async fn build_snapshot(
@@ -890,7 +888,7 @@ impl StateMachine for KvStateMachine {
         &mut self,
         meta: &SnapshotMeta,
     ) -> Result<SnapshotBuild, StateMachineError> {
-        let err = |e: String| StateMachineError(e);
+        let err = StateMachineError::backend::<String>;
         let dir = self
             .snapshot_dir
             .clone()
@@ -963,7 +961,7 @@ impl StateMachine for KvStateMachine {
         let Some(meta) = self
             .reader
             .snapshot_meta()
-            .map_err(|e| StateMachineError(e.to_string()))?
+            .map_err(StateMachineError::backend)?
         else {
             return Ok(None);
         };
@@ -982,7 +980,7 @@ impl StateMachine for KvStateMachine {
         meta: &SnapshotMeta,
         data: SnapshotData,
     ) -> Result<(), StateMachineError> {
-        let err = |e: String| StateMachineError(e);
+        let err = StateMachineError::backend::<String>;
         let dir = self
             .snapshot_dir
             .clone()
@@ -1398,7 +1396,7 @@ mod tests {
             .install_snapshot(&meta(20), Arc::new(Bytes::from(bad)))
             .await
             .expect_err("corrupted snapshot refused");
-        assert!(err.0.contains("corrupted"), "{err}");
+        assert!(err.to_string().contains("corrupted"), "{err}");
         assert_eq!(c.reader().applied().unwrap(), 1);
         assert!(c.reader().get(b"mine").unwrap().is_some());
     }

@@ -1,5 +1,6 @@
-//! The cloneable handle to a running [`Raft`](super::Raft) node, the requests
-//! it sends to the driver task, and the errors a caller gets back.
+//! The cloneable handle to a running [`Raft`](super::Raft) node and the
+//! requests it sends to the driver task (the errors it answers with are in
+//! `error.rs`).
 
 use std::future::Future;
 use std::task::Poll;
@@ -11,10 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::{
-    ChangeError, MembershipChange, ProposeError as EngineProposeError,
-    ReadError as EngineReadError, Status,
-};
+use super::{MembershipError, ProposeError, ReadError, SnapshotError, TransferError};
+use crate::engine::{MembershipChange, Status};
 use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::snapshot::SnapshotData;
@@ -31,162 +30,6 @@ pub enum ReadConsistency {
     Lease,
     /// Whatever this node has applied, possibly stale; works on any node.
     Stale,
-}
-
-/// Why a proposal failed. [`may_have_committed`](Self::may_have_committed)
-/// tells whether the entry could still be (or have been) applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
-    /// This node is not the leader; nothing was appended.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The leader this node knows of, to retry there.
-        leader: Option<NodeId>,
-    },
-    /// A leadership transfer is in progress; nothing was appended.
-    #[error("leadership transfer in progress")]
-    TransferInProgress,
-    /// Too many proposals in flight; nothing was appended.
-    #[error("too many pending proposals")]
-    Overloaded,
-    /// The entry was appended but overwritten by another leader's entry:
-    /// it will never be applied.
-    #[error("proposal superseded by another leader's entry at index {index}")]
-    Superseded {
-        /// The index the entry had.
-        index: Index,
-    },
-    /// A snapshot from the leader replaced this node's log while the entry
-    /// waited: it may or may not be part of the applied state.
-    #[error("the log was replaced by a snapshot; the proposal at index {index} may or may not be applied")]
-    OutcomeUnknown {
-        /// The index the entry had.
-        index: Index,
-    },
-    /// No answer within the timeout after the entry was appended: it may
-    /// or may not be applied later.
-    #[error("proposal timed out; it may still be applied")]
-    Timeout,
-    /// The node is shutting down. `appended` tells whether the entry had
-    /// been appended (then it may still commit).
-    #[error("node shutting down")]
-    ShuttingDown {
-        /// Whether the entry was appended before shutdown.
-        appended: bool,
-    },
-    /// Storage or the state machine failed; the node stopped.
-    #[error("node failed: {0}")]
-    Fatal(String),
-}
-
-impl ProposeError {
-    /// Whether the entry might be applied despite this error (so a client
-    /// must treat the outcome as unknown).
-    pub fn may_have_committed(&self) -> bool {
-        match self {
-            ProposeError::Timeout
-            | ProposeError::Fatal(_)
-            | ProposeError::OutcomeUnknown { .. } => true,
-            ProposeError::ShuttingDown { appended } => *appended,
-            _ => false,
-        }
-    }
-
-    pub(crate) fn from_engine(e: EngineProposeError) -> Self {
-        match e {
-            EngineProposeError::NotLeader { leader } => ProposeError::NotLeader { leader },
-            EngineProposeError::TransferInProgress(_) => ProposeError::TransferInProgress,
-            EngineProposeError::TooManyPending(_) | EngineProposeError::TooManyBytesPending(_) => {
-                ProposeError::Overloaded
-            }
-        }
-    }
-}
-
-/// Why a read failed. A failed read observed nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    /// This node is not (or stopped being) the leader.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-    },
-    /// Too many reads pending.
-    #[error("too many pending reads")]
-    Overloaded,
-    /// Leadership was not confirmed within the timeout.
-    #[error("read timed out")]
-    Timeout,
-    /// The node is shutting down.
-    #[error("node shutting down")]
-    ShuttingDown,
-}
-
-impl ReadError {
-    pub(crate) fn from_engine(e: EngineReadError) -> Self {
-        match e {
-            EngineReadError::NotLeader { leader } => ReadError::NotLeader { leader },
-            EngineReadError::TooManyPending(_) => ReadError::Overloaded,
-            // The driver falls back to ReadIndex, so a caller never sees this.
-            EngineReadError::LeaseNotHeld => ReadError::Timeout,
-        }
-    }
-}
-
-/// Why a leadership transfer failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
-    /// This node is not the leader.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: Option<NodeId>,
-    },
-    /// The target is not a voter, or there is no other voter to transfer to.
-    #[error("no eligible transfer target: {0}")]
-    NoTarget(String),
-    /// The target did not take over within an election timeout (thesis §3.10).
-    #[error("leadership transfer aborted")]
-    Aborted,
-    /// The node is shutting down.
-    #[error("node shutting down")]
-    ShuttingDown,
-}
-
-/// Why a membership change failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MembershipError {
-    /// The engine refused the change; nothing changed.
-    #[error(transparent)]
-    Rejected(#[from] ChangeError),
-    /// This node lost leadership before the change completed: it may or may
-    /// not complete under the next leader (check the configuration).
-    #[error("leadership lost before the change completed; it may still complete")]
-    LeadershipLost,
-    /// The change did not complete within the timeout; it may still complete.
-    #[error("membership change timed out; it may still complete")]
-    Timeout,
-    /// The node is shutting down.
-    #[error("node shutting down")]
-    ShuttingDown,
-}
-
-/// Why a requested snapshot failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// The state machine could not build it.
-    #[error("snapshot failed: {0}")]
-    Failed(String),
-    /// It did not finish within the timeout; it may still finish.
-    #[error("snapshot timed out")]
-    Timeout,
-    /// The node is installing a snapshot from the leader.
-    #[error("a snapshot is being installed")]
-    Installing,
-    /// The node is shutting down.
-    #[error("node shutting down")]
-    ShuttingDown,
 }
 
 /// Decides, exactly once, whether a queued proposal is taken by the driver
@@ -254,6 +97,7 @@ pub(crate) enum Request<R> {
 
 /// The engine's status plus what the driver knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DriverStatus {
     /// Role, term, leader, indexes and per-peer progress.
     pub engine: Status,

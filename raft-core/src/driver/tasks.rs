@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::handle::ProposeError;
 use super::send_messages;
+use super::ProposeError;
 use crate::engine::{LogCompaction, WriteId};
 use crate::message::Message;
 use crate::snapshot::SnapshotData;

@@ -19,7 +19,7 @@
 //!   down (thesis §4.2.2).
 //! - Learners are added and removed with a single entry: they count in no
 //!   quorum. A learner is promoted only once it is within
-//!   [`Config::max_promotion_lag`](crate::Config::max_promotion_lag) entries
+//!   [`Config::max_promotion_lag_entries`](crate::Config::max_promotion_lag_entries) entries
 //!   of the leader (thesis §4.2.1), so it cannot stall commits.
 
 use std::collections::BTreeSet;
@@ -52,6 +52,7 @@ pub enum MembershipChange {
 
 /// Why a membership change was refused. Nothing was appended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChangeError {
     /// This node is not the leader.
     #[error("not the leader (leader: {leader:?})")]
@@ -89,7 +90,7 @@ pub enum ChangeError {
         id: NodeId,
         /// Entries it is behind.
         lag: u64,
-        /// [`Config::max_promotion_lag`](crate::Config::max_promotion_lag).
+        /// [`Config::max_promotion_lag_entries`](crate::Config::max_promotion_lag_entries).
         max: u64,
     },
     /// The change would leave no voter.
@@ -236,7 +237,7 @@ impl Engine {
     fn check_caught_up(&self, id: NodeId) -> Result<(), ChangeError> {
         let matched = self.progress.get(&id).map_or(0, |p| p.matched);
         let lag = self.log.last_index().saturating_sub(matched);
-        let max = self.cfg.max_promotion_lag;
+        let max = self.cfg.max_promotion_lag_entries;
         if lag > max {
             return Err(ChangeError::Lagging { id, lag, max });
         }

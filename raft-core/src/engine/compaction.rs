@@ -43,6 +43,7 @@ pub struct LogCompaction {
 
 /// Why [`Engine::request_snapshot`] did not start a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotRequestError {
     /// A snapshot is being built or installed.
     #[error("a snapshot is already being built or installed")]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use rand::Rng;
 
-use super::{Campaign, Engine, Role, TransferError};
+use super::{Campaign, Engine, Role, TransferRefused};
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::types::{EntryPayload, LogId, NodeId, Term};
 
@@ -76,10 +76,10 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`TransferError`] when this node is not the leader or `to` is not a voter.
-    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+    /// [`TransferRefused`] when this node is not the leader or `to` is not a voter.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferRefused> {
         if self.role != Role::Leader {
-            return Err(TransferError::NotLeader {
+            return Err(TransferRefused::NotLeader {
                 leader: self.leader,
             });
         }
@@ -88,7 +88,7 @@ impl Engine {
         }
         // A voter of the outgoing half only is on its way out: refuse.
         if !self.membership().voters().contains(&to) {
-            return Err(TransferError::NotAVoter(to));
+            return Err(TransferRefused::NotAVoter(to));
         }
         if self.transferee == Some(to) {
             return Ok(());
@@ -111,47 +111,7 @@ impl Engine {
     /// [`MAX_TERM`](crate::types::MAX_TERM) is refused and counted
     /// ([`Status::invalid_term_messages`](super::Status::invalid_term_messages)): it changes nothing.
     pub fn step(&mut self, msg: Message) {
-        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from == 0 {
-            tracing::debug!(
-                from = msg.from,
-                to = msg.to,
-                "dropping misaddressed message"
-            );
-            return;
-        }
-        if self.refuses_term(&msg) {
-            // No election could ever follow such a term (or an entry of
-            // it): adopting it would end this node's ability to campaign.
-            // Refuse it whole.
-            self.invalid_term_messages += 1;
-            if self.invalid_term_messages.is_power_of_two() {
-                tracing::warn!(
-                    from = msg.from,
-                    term = msg.term,
-                    own_term = self.term,
-                    max_term = crate::types::MAX_TERM,
-                    refused = self.invalid_term_messages,
-                    "refusing a message whose term (or an entry's) no election could follow"
-                );
-            }
-            return;
-        }
-        if msg.term > self.term
-            && matches!(
-                msg.body,
-                MessageBody::AppendEntriesResponse { .. } | MessageBody::RequestVoteResponse { .. }
-            )
-            && !self.membership().contains(msg.from)
-        {
-            // A response from outside our configuration (a node removed
-            // since we wrote to it) cannot count toward anything we do, and
-            // its higher term must not depose us (thesis §4.2.3). A newer
-            // leader, should there be one, reaches us itself.
-            tracing::debug!(
-                from = msg.from,
-                term = msg.term,
-                "higher-term response from a non-member ignored"
-            );
+        if !self.admits(&msg) {
             return;
         }
         if msg.term > self.term {
@@ -232,6 +192,57 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether `msg` may be stepped at all: it is addressed to this node
+    /// from another, its term (and its entries') is one an election could
+    /// follow, and a higher-term response comes from a member. Counts and
+    /// logs what it refuses.
+    fn admits(&mut self, msg: &Message) -> bool {
+        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from == 0 {
+            tracing::debug!(
+                from = msg.from,
+                to = msg.to,
+                "dropping misaddressed message"
+            );
+            return false;
+        }
+        if self.refuses_term(msg) {
+            // No election could ever follow such a term (or an entry of
+            // it): adopting it would end this node's ability to campaign.
+            // Refuse it whole.
+            self.invalid_term_messages += 1;
+            if self.invalid_term_messages.is_power_of_two() {
+                tracing::warn!(
+                    from = msg.from,
+                    term = msg.term,
+                    own_term = self.term,
+                    max_term = crate::types::MAX_TERM,
+                    refused = self.invalid_term_messages,
+                    "refusing a message whose term (or an entry's) no election could follow"
+                );
+            }
+            return false;
+        }
+        if msg.term > self.term
+            && matches!(
+                msg.body,
+                MessageBody::AppendEntriesResponse { .. } | MessageBody::RequestVoteResponse { .. }
+            )
+            && !self.membership().contains(msg.from)
+        {
+            // A response from outside our configuration (a node removed
+            // since we wrote to it) cannot count toward anything we do, and
+            // its higher term must not depose us (thesis §4.2.3). A newer
+            // leader, should there be one, reaches us itself.
+            tracing::debug!(
+                from = msg.from,
+                term = msg.term,
+                "higher-term response from a non-member ignored"
+            );
+            return false;
+        }
+        true
     }
 
     /// A message from an older term: answer so that a stale leader or

@@ -80,25 +80,32 @@
 mod change;
 mod compaction;
 mod election;
+mod error;
 mod log;
+mod output;
 mod progress;
 mod read;
 mod replication;
+mod restore;
+mod status;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::Message;
-use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, Index, LogId, NodeId, SnapshotMeta, Term};
 pub use change::{ChangeError, MembershipChange};
 pub use compaction::{LogCompaction, SnapshotRequestError};
+pub use error::{ProposalRefused, ReadRefused, TransferRefused};
 use log::RaftLog;
+pub use output::{EntryFetch, ReadId, ReadState, Ready, SoftState, WriteId};
 use progress::Progress;
 pub use progress::ReplicationState;
+pub use restore::InitialState;
+pub use status::{PeerStatus, Status};
 
 /// A node's role (paper §5.1; pre-candidate from thesis §9.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,259 +130,6 @@ impl Role {
             Role::Leader => "leader",
         }
     }
-}
-
-/// Names one durable write handed out in a [`Ready`]; see
-/// [`Engine::on_persisted`]. Ids increase with each write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WriteId(u64);
-
-/// Opaque identifier of a read request, chosen by the driver.
-pub type ReadId = u64;
-
-/// A read that is now safe: serve it once the state machine has applied `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadState {
-    /// The request it answers.
-    pub id: ReadId,
-    /// The commit index at the time of the request (thesis §6.4).
-    pub index: Index,
-}
-
-/// Why a proposal was refused. A refused proposal was never appended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
-    /// This node is not the leader; `leader` is the one it knows of.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The current leader, if known.
-        leader: Option<NodeId>,
-    },
-    /// A leadership transfer is in progress; retry on the new leader.
-    #[error("leadership transfer to {0} in progress")]
-    TransferInProgress(NodeId),
-    /// Too many entries are waiting to commit ([`Config::max_uncommitted_entries`]).
-    #[error("too many uncommitted entries ({0})")]
-    TooManyPending(usize),
-    /// Too many bytes are waiting to commit ([`Config::max_uncommitted_bytes`]):
-    /// the bytes pending, which with this proposal would exceed the limit.
-    #[error("too many uncommitted bytes ({0})")]
-    TooManyBytesPending(u64),
-}
-
-/// A leader's request to read entries back from storage: a follower needs
-/// entries whose payloads the in-memory log no longer holds
-/// ([`Config::max_log_cache_bytes`]). The driver reads
-/// `[start, end)` from its log storage, at most `max_bytes` of them (at
-/// least one entry), and hands the result to [`Engine::on_entries_fetched`]
-/// with this request; an empty result says the read failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryFetch {
-    /// Names this request (increasing).
-    pub id: u64,
-    /// The follower the entries are for.
-    pub to: NodeId,
-    /// The leader's term when it asked.
-    pub term: Term,
-    /// The entry before `start`, which the follower must hold.
-    pub prev: LogId,
-    /// The first index to read.
-    pub start: Index,
-    /// One past the last index to read.
-    pub end: Index,
-    /// Entries to read at most.
-    pub max_entries: usize,
-    /// Bytes ([`Entry::size_bytes`]) to read at most.
-    pub max_bytes: u64,
-}
-
-/// Why a read could not be started or completed. The read observed nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    /// This node is not (or no longer) the leader.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The current leader, if known.
-        leader: Option<NodeId>,
-    },
-    /// The leader lease is not held (or lease reads are disabled); use a
-    /// ReadIndex read instead.
-    #[error("leader lease not held")]
-    LeaseNotHeld,
-    /// Too many reads pending ([`Config::max_pending_reads`]).
-    #[error("too many pending reads ({0})")]
-    TooManyPending(usize),
-}
-
-/// Why a leadership transfer could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
-    /// This node is not the leader.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader {
-        /// The current leader, if known.
-        leader: Option<NodeId>,
-    },
-    /// The target is not a voter of the current configuration.
-    #[error("node {0} is not a voter")]
-    NotAVoter(NodeId),
-}
-
-/// What a node restarts from (or starts with, for a new cluster).
-#[derive(Debug, Clone, Default)]
-pub struct InitialState {
-    /// The saved hard state.
-    pub hard_state: HardState,
-    /// The latest snapshot, if one was installed or taken.
-    pub snapshot: Option<SnapshotMeta>,
-    /// The last entry of the purged prefix of the log (zero when nothing
-    /// was purged). It may be below the snapshot's index when entries were
-    /// kept for slow followers ([`Config::snapshot_keep_entries`]).
-    pub purged: LogId,
-    /// Every log entry after the purged prefix, consecutive, all durable.
-    pub entries: Vec<Entry>,
-    /// The configuration to use when neither the log nor the snapshot holds
-    /// one: the initial cluster of a new deployment.
-    pub bootstrap: Membership,
-    /// The state machine's durable applied index; applying resumes after it.
-    pub applied: Index,
-    /// Normal entries at or below this index (and at or below `applied`)
-    /// in `entries` were loaded without their payloads (empty ones), to
-    /// keep a restart within [`Config::max_log_cache_bytes`]: the engine
-    /// reads them back from storage when a follower needs them. 0: every
-    /// payload was loaded.
-    pub payloads_dropped_to: Index,
-}
-
-impl InitialState {
-    /// The state of a brand-new node of a new cluster with these members.
-    pub fn bootstrap(membership: Membership) -> Self {
-        Self {
-            bootstrap: membership,
-            ..Self::default()
-        }
-    }
-}
-
-/// Role, leader and term, reported when one of them changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SoftState {
-    /// This node's role.
-    pub role: Role,
-    /// The leader this node knows of in `term`.
-    pub leader: Option<NodeId>,
-    /// The current term.
-    pub term: Term,
-    /// The target of a leadership transfer in progress on this leader.
-    pub transferee: Option<NodeId>,
-}
-
-/// One batch of engine output. See the [module docs](self) for what a driver
-/// must do with each field and in which order.
-#[derive(Debug, Default)]
-#[must_use = "a Ready holds work the driver must do"]
-pub struct Ready {
-    /// Role/leader/term after this batch, when it changed.
-    pub soft_state: Option<SoftState>,
-    /// Hard state to persist, when it changed.
-    pub hard_state: Option<HardState>,
-    /// Storage must delete entries at or above this index before appending.
-    pub truncate_from: Option<Index>,
-    /// Entries to append durably.
-    pub entries: Vec<Entry>,
-    /// A snapshot was taken: record it and purge the log prefix (after this
-    /// batch's write; it needs no `on_persisted` report).
-    pub compact_log: Option<LogCompaction>,
-    /// Names this batch's write (hard state, truncation, entries) when it
-    /// has one: report it to [`Engine::on_persisted`] once it is durable.
-    pub write_id: Option<WriteId>,
-    /// Messages that may be sent at once.
-    pub messages: Vec<Message>,
-    /// Messages that may be sent only after this batch's write is durable.
-    pub persisted_messages: Vec<Message>,
-    /// Entries to apply, in order.
-    pub committed_entries: Vec<Entry>,
-    /// Reads that became safe.
-    pub read_states: Vec<ReadState>,
-    /// Reads that can no longer complete.
-    pub failed_reads: Vec<(ReadId, ReadError)>,
-    /// Build a snapshot of the state machine at this metadata's index, once
-    /// the committed entries up to it (handed out in this or an earlier
-    /// `Ready`) are applied; report [`Engine::on_snapshot_built`] or
-    /// [`Engine::on_snapshot_build_failed`].
-    pub build_snapshot: Option<SnapshotMeta>,
-    /// Install the snapshot received with this metadata: into the state
-    /// machine (after every earlier apply), then storage (after every
-    /// earlier write); then report [`Engine::on_snapshot_installed`].
-    pub install_snapshot: Option<SnapshotMeta>,
-    /// Entries to read back from storage for followers; answer each with
-    /// [`Engine::on_entries_fetched`].
-    pub fetch_entries: Vec<EntryFetch>,
-}
-
-/// Per-peer replication status, for monitoring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// The peer.
-    pub id: NodeId,
-    /// Highest index known replicated and durable on the peer.
-    pub matched: Index,
-    /// Next index the leader will send.
-    pub next: Index,
-    /// Probe or pipelined replication.
-    pub state: ReplicationState,
-    /// AppendEntries messages in flight.
-    pub inflight: usize,
-    /// Whether the peer answered since the last check-quorum round.
-    pub recent_active: bool,
-    /// The index of the snapshot being sent to it, in the snapshot state.
-    pub pending_snapshot: Option<Index>,
-}
-
-/// A snapshot of the engine's state, for monitoring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// This node.
-    pub id: NodeId,
-    /// Its role.
-    pub role: Role,
-    /// Its term.
-    pub term: Term,
-    /// Its vote in `term`.
-    pub vote: Option<NodeId>,
-    /// The leader it knows of.
-    pub leader: Option<NodeId>,
-    /// Commit index.
-    pub commit: Index,
-    /// Highest index handed out for applying.
-    pub applied: Index,
-    /// Last log index.
-    pub last_index: Index,
-    /// Highest locally durable index.
-    pub persisted: Index,
-    /// The configuration in force.
-    pub membership: Membership,
-    /// The index of the entry holding it (0 for the bootstrap configuration).
-    pub membership_index: Index,
-    /// Whether it is committed.
-    pub membership_committed: bool,
-    /// The latest snapshot taken or installed.
-    pub snapshot: Option<LogId>,
-    /// The first index of the in-memory log.
-    pub first_index: Index,
-    /// A snapshot being installed.
-    pub installing_snapshot: Option<LogId>,
-    /// Payload bytes the in-memory log holds ([`Config::max_log_cache_bytes`]
-    /// bounds those of applied, durable entries).
-    pub log_cached_bytes: u64,
-    /// Bytes of the entries above the commit index
-    /// ([`Config::max_uncommitted_bytes`] bounds a leader's proposals).
-    pub uncommitted_bytes: u64,
-    /// Replication progress of each peer (leader only).
-    pub peers: Vec<PeerStatus>,
-    /// Messages refused because their term exceeds
-    /// [`MAX_TERM`](crate::types::MAX_TERM), since the engine started.
-    pub invalid_term_messages: u64,
 }
 
 /// A pending ReadIndex read.
@@ -476,132 +230,15 @@ pub struct Engine {
     /// Id of the next read-back.
     next_fetch: u64,
     read_states: Vec<ReadState>,
-    failed_reads: Vec<(ReadId, ReadError)>,
+    failed_reads: Vec<(ReadId, ReadRefused)>,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
 
 /// How many recent heartbeat rounds keep their start time for lease checks.
-pub(super) const ROUND_HISTORY_MAX: usize = 1024;
+pub(super) const MAX_ROUND_HISTORY: usize = 1024;
 
 impl Engine {
-    /// Creates an engine from its configuration and restored state.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] when the configuration is inconsistent.
-    ///
-    /// # Panics
-    ///
-    /// When `initial.entries` are not consecutive after the snapshot (an
-    /// invariant of [`LogStorage`](crate::LogStorage)).
-    pub fn new(cfg: Config, initial: InitialState) -> Result<Self, ConfigError> {
-        cfg.validate()?;
-        let snapshot_id = initial
-            .snapshot
-            .as_ref()
-            .map(|s| s.last_log_id)
-            .unwrap_or_default();
-        // The log follows the purged prefix; with nothing after it, the
-        // later of the purge point and the snapshot is where it resumes.
-        let offset = match initial.entries.first() {
-            Some(first) if first.index == snapshot_id.index + 1 => snapshot_id,
-            Some(_) => initial.purged,
-            None if initial.purged.index > snapshot_id.index => initial.purged,
-            None => snapshot_id,
-        };
-        let base_membership = initial
-            .snapshot
-            .as_ref()
-            .map(|s| s.membership.clone())
-            .unwrap_or_else(|| initial.bootstrap.clone());
-        let base_membership_index = snapshot_id.index;
-        // Configurations at or below the snapshot are part of its membership.
-        let membership_log = initial
-            .entries
-            .iter()
-            .filter(|e| e.index > snapshot_id.index)
-            .filter_map(|e| match &e.payload {
-                EntryPayload::Membership(m) => Some((e.index, (**m).clone())),
-                _ => None,
-            })
-            .collect();
-        // Whatever the state machine applied was committed, even if the hard
-        // state's (lazily saved) commit index lags behind it.
-        let committed = initial.hard_state.commit.max(initial.applied);
-        let mut log = RaftLog::restore(offset, initial.entries, committed);
-        log.set_applied(initial.applied.max(offset.index));
-        log.restored_without_payloads(initial.payloads_dropped_to.min(initial.applied));
-        let last_term = log.last_log_id().term;
-        let (term, vote) = if last_term > initial.hard_state.term {
-            // The log's write landed but the hard state's did not: never go
-            // back to a term the log has already seen.
-            (last_term, None)
-        } else {
-            (initial.hard_state.term, initial.hard_state.vote)
-        };
-        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let soft = SoftState {
-            role: Role::Follower,
-            leader: None,
-            term,
-            transferee: None,
-        };
-        let mut engine = Self {
-            term,
-            vote,
-            role: Role::Follower,
-            leader: None,
-            base_membership,
-            base_membership_index,
-            snapshot: initial.snapshot.clone(),
-            snapshot_building: false,
-            build_request: None,
-            applied_bytes_since_snapshot: 0,
-            pending_compaction: None,
-            installing: None,
-            install_request: None,
-            membership_log,
-            rng,
-            now: 0,
-            election_elapsed: 0,
-            lease_until: 0,
-            lease_leader: None,
-            heartbeat_elapsed: 0,
-            randomized_election_timeout: cfg.election_timeout_ticks,
-            votes: BTreeMap::new(),
-            progress: BTreeMap::new(),
-            round: 0,
-            round_started: VecDeque::new(),
-            pending_reads: VecDeque::new(),
-            reads_before_commit: Vec::new(),
-            read_round_needed: false,
-            commit_advanced: false,
-            transferee: None,
-            transfer_elapsed: 0,
-            timeout_now_sent: false,
-            self_election: None,
-            restarted: term > 0,
-            invalid_term_messages: 0,
-            msgs: Vec::new(),
-            persisted_msgs: Vec::new(),
-            fetches: Vec::new(),
-            next_fetch: 1,
-            read_states: Vec::new(),
-            failed_reads: Vec::new(),
-            last_hard_state: HardState {
-                term,
-                vote,
-                commit: log.committed(),
-            },
-            last_soft_state: soft,
-            log,
-            cfg,
-        };
-        engine.reset_election_timer();
-        Ok(engine)
-    }
-
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.cfg.id
@@ -648,44 +285,6 @@ impl Engine {
     /// The term of the entry at `index`, when it is in the in-memory log.
     pub fn term_at(&self, index: Index) -> Option<Term> {
         self.log.term(index)
-    }
-
-    /// A monitoring snapshot of the engine.
-    pub fn status(&self) -> Status {
-        Status {
-            id: self.cfg.id,
-            role: self.role,
-            term: self.term,
-            vote: self.vote,
-            leader: self.leader,
-            commit: self.log.committed(),
-            applied: self.log.apply_emitted(),
-            last_index: self.log.last_index(),
-            persisted: self.log.persisted(),
-            membership: self.membership().clone(),
-            membership_index: self.membership_entry().0,
-            membership_committed: self.membership_committed(),
-            snapshot: self.snapshot.as_ref().map(|s| s.last_log_id),
-            first_index: self.log.first_index(),
-            installing_snapshot: self.installing.as_ref().map(|s| s.last_log_id),
-            log_cached_bytes: self.log.cached_bytes(),
-            uncommitted_bytes: self.log.uncommitted_bytes(),
-            peers: self
-                .progress
-                .iter()
-                .map(|(id, p)| PeerStatus {
-                    id: *id,
-                    matched: p.matched,
-                    next: p.next,
-                    state: p.state,
-                    inflight: p.inflight_count(),
-                    recent_active: p.recent_active,
-                    pending_snapshot: (p.state == ReplicationState::Snapshot)
-                        .then_some(p.pending_snapshot),
-                })
-                .collect(),
-            invalid_term_messages: self.invalid_term_messages,
-        }
     }
 
     fn hard_state(&self) -> HardState {

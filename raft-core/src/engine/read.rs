@@ -1,7 +1,7 @@
 //! Linearizable reads (thesis §6.4): ReadIndex confirmed by a quorum's
 //! answer to a heartbeat round, and the leader lease (thesis §6.4.1).
 
-use super::{Engine, PendingRead, ReadError, ReadId, ReadState, Role, ROUND_HISTORY_MAX};
+use super::{Engine, PendingRead, ReadId, ReadRefused, ReadState, Role, MAX_ROUND_HISTORY};
 use crate::types::NodeId;
 
 impl Engine {
@@ -12,16 +12,16 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`ReadError::NotLeader`] or [`ReadError::TooManyPending`].
-    pub fn read_index(&mut self, id: ReadId) -> Result<(), ReadError> {
+    /// [`ReadRefused::NotLeader`] or [`ReadRefused::TooManyPending`].
+    pub fn read_index(&mut self, id: ReadId) -> Result<(), ReadRefused> {
         if self.role != Role::Leader {
-            return Err(ReadError::NotLeader {
+            return Err(ReadRefused::NotLeader {
                 leader: self.leader,
             });
         }
         let pending = self.pending_reads.len() + self.reads_before_commit.len();
         if pending >= self.cfg.max_pending_reads {
-            return Err(ReadError::TooManyPending(pending));
+            return Err(ReadRefused::TooManyPending(pending));
         }
         if !self.committed_in_current_term() {
             self.reads_before_commit.push(id);
@@ -57,16 +57,16 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`ReadError::NotLeader`] or [`ReadError::LeaseNotHeld`] (fall back to
+    /// [`ReadRefused::NotLeader`] or [`ReadRefused::LeaseNotHeld`] (fall back to
     /// [`read_index`](Self::read_index)).
-    pub fn read_lease(&mut self, id: ReadId) -> Result<(), ReadError> {
+    pub fn read_lease(&mut self, id: ReadId) -> Result<(), ReadRefused> {
         if self.role != Role::Leader {
-            return Err(ReadError::NotLeader {
+            return Err(ReadRefused::NotLeader {
                 leader: self.leader,
             });
         }
         if !self.lease_valid() {
-            return Err(ReadError::LeaseNotHeld);
+            return Err(ReadRefused::LeaseNotHeld);
         }
         self.read_states.push(ReadState {
             id,
@@ -134,13 +134,13 @@ impl Engine {
     pub(super) fn start_round(&mut self) {
         self.round += 1;
         self.round_started.push_back((self.round, self.now));
-        if self.round_started.len() > ROUND_HISTORY_MAX {
+        if self.round_started.len() > MAX_ROUND_HISTORY {
             self.round_started.pop_front();
         }
     }
 
     pub(super) fn fail_pending_reads(&mut self, leader: Option<NodeId>) {
-        let err = ReadError::NotLeader { leader };
+        let err = ReadRefused::NotLeader { leader };
         for r in self.pending_reads.drain(..) {
             self.failed_reads.push((r.id, err.clone()));
         }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::log::AppendRefusal;
 use super::progress::{Progress, ReplicationState};
-use super::{Engine, EntryFetch, ProposeError, Role, WriteId};
+use super::{Engine, EntryFetch, ProposalRefused, Role, WriteId};
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
 
@@ -19,30 +19,33 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`ProposeError`]; nothing was appended.
-    pub fn propose(&mut self, data: Bytes) -> Result<LogId, ProposeError> {
+    /// [`ProposalRefused`]; nothing was appended.
+    pub fn propose(&mut self, data: Bytes) -> Result<LogId, ProposalRefused> {
         self.propose_payload(EntryPayload::Normal(data))
     }
 
-    pub(super) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
+    pub(super) fn propose_payload(
+        &mut self,
+        payload: EntryPayload,
+    ) -> Result<LogId, ProposalRefused> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
+            return Err(ProposalRefused::NotLeader {
                 leader: self.leader,
             });
         }
         if let Some(t) = self.transferee {
-            return Err(ProposeError::TransferInProgress(t));
+            return Err(ProposalRefused::TransferInProgress(t));
         }
         let uncommitted = (self.log.last_index() - self.log.committed()) as usize;
         if uncommitted >= self.cfg.max_uncommitted_entries {
-            return Err(ProposeError::TooManyPending(uncommitted));
+            return Err(ProposalRefused::TooManyPending(uncommitted));
         }
         // One entry is always accepted when nothing is pending, however
         // large: otherwise an entry above the limit could never commit.
         let pending = self.log.uncommitted_bytes();
         let size = Entry::OVERHEAD_BYTES + payload.size_bytes();
         if pending > 0 && pending.saturating_add(size) > self.cfg.max_uncommitted_bytes {
-            return Err(ProposeError::TooManyBytesPending(pending));
+            return Err(ProposalRefused::TooManyBytesPending(pending));
         }
         Ok(self.append_entry(payload))
     }
@@ -412,8 +415,8 @@ impl Engine {
                     prev: LogId::new(prev_term, prev_index),
                     start: pr.next,
                     end: self.log.evicted_to() + 1,
-                    max_entries: self.cfg.max_entries_per_message,
-                    max_bytes: self.cfg.max_bytes_per_message,
+                    max_entries: self.cfg.max_message_entries,
+                    max_bytes: self.cfg.max_message_bytes,
                 };
                 self.next_fetch += 1;
                 if let Some(pr) = self.progress.get_mut(&to) {
@@ -424,8 +427,8 @@ impl Engine {
             }
             let entries = self.log.slice(
                 pr.next,
-                self.cfg.max_entries_per_message,
-                self.cfg.max_bytes_per_message,
+                self.cfg.max_message_entries,
+                self.cfg.max_message_bytes,
             );
             let Some(last) = entries.last().map(|e| e.index) else {
                 return;

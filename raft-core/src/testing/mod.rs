@@ -1,6 +1,12 @@
 //! Helpers of tests and benchmarks: seeds and sizes from the environment,
-//! printed so a failure can be replayed. (The linearizability checker is
-//! the `raftkv-linearizability` crate.)
+//! printed so a failure can be replayed; the engine test [`network`] and the
+//! durable-log model it shares with the simulation. (The linearizability
+//! checker is the `raftkv-linearizability` crate.)
+
+mod durable;
+pub mod network;
+
+pub use durable::DurableLog;
 
 /// The environment variable `name` parsed as a `T`, or `default` when it is
 /// not set: how tests and benchmarks take their seeds, counts and sizes.

@@ -121,7 +121,11 @@ fn leader_reverts_to_follower_on_any_higher_term_message() {
     assert_eq!(e.role(), Role::Follower);
     assert_eq!(e.term(), 7);
     assert_eq!(e.status().vote, None);
-    assert_eq!(net.node(1).hard_state.term, 7, "the new term is persisted");
+    assert_eq!(
+        net.node(1).disk.hard_state.term,
+        7,
+        "the new term is persisted"
+    );
 }
 
 /// Paper §5.1 ("if a server receives a request with a stale term number, it
@@ -296,7 +300,7 @@ fn check_quorum_leader_steps_down_when_cut_off() {
     assert_eq!(net.term(1), 1, "stepping down does not need a new term");
     assert_eq!(
         net.propose(1, "x"),
-        Err(raft_core::engine::ProposeError::NotLeader { leader: None }),
+        Err(raft_core::engine::ProposalRefused::NotLeader { leader: None }),
         "clients are redirected instead of waiting"
     );
 }
@@ -346,7 +350,7 @@ fn candidate_with_a_stale_log_cannot_win() {
     assert!(net
         .ids()
         .iter()
-        .all(|id| net.node(*id).log.len() <= 2 || *id != 3));
+        .all(|id| net.node(*id).disk.log.len() <= 2 || *id != 3));
 }
 
 /// Paper Figure 2 ("votedFor ... persistent") and §5.2 ("each server will
@@ -361,7 +365,7 @@ fn a_vote_survives_a_restart() {
     });
     net.step(msg::vote(1, 3, 1, LogId::default()));
     net.deliver_all();
-    assert_eq!(net.node(3).hard_state.vote, Some(1));
+    assert_eq!(net.node(3).disk.hard_state.vote, Some(1));
     net.restart(3);
     net.clear_sent();
     net.step(msg::vote(2, 3, 1, LogId::default()));

@@ -331,11 +331,11 @@ fn one_change_at_a_time() {
 }
 
 /// Thesis §4.2.1: a learner becomes a voter only once it caught up (within
-/// `max_promotion_lag` entries of the leader), so the new voter does not
+/// `max_promotion_lag_entries` entries of the leader), so the new voter does not
 /// stall commits; until then the promotion is refused and changes nothing.
 #[test]
 fn promotion_is_refused_while_the_learner_lags() {
-    let mut net = cluster(3, 1, |c| c.max_promotion_lag = 2);
+    let mut net = cluster(3, 1, |c| c.max_promotion_lag_entries = 2);
     net.elect(1);
     net.deliver_all();
     change_and_commit(&mut net, 1, MembershipChange::AddLearner(4));

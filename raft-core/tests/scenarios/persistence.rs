@@ -1,6 +1,6 @@
 //! Durability before promises: the driver contract's persistence ordering.
 
-use raft_core::engine::{ProposeError, Role};
+use raft_core::engine::{ProposalRefused, Role};
 use raft_core::{AppendResult, LogId, MessageBody};
 
 use crate::network::{data, Network};
@@ -24,7 +24,10 @@ fn single_voter_commits_only_after_its_own_durable_append() {
     assert_eq!(net.role(1), Role::Candidate);
     assert_eq!(net.term(1), 1);
     assert!(
-        matches!(net.propose(1, "early"), Err(ProposeError::NotLeader { .. })),
+        matches!(
+            net.propose(1, "early"),
+            Err(ProposalRefused::NotLeader { .. })
+        ),
         "no proposals before the election is durable"
     );
     net.tick(1, 10);
@@ -33,7 +36,7 @@ fn single_voter_commits_only_after_its_own_durable_append() {
         0,
         "nothing commits before it is durable"
     );
-    assert!(net.node(1).log.is_empty());
+    assert!(net.node(1).disk.log.is_empty());
 
     // The first write (vote + blank entry) lands: it leads and the blank commits.
     assert!(net.persist_next(1));
@@ -159,7 +162,7 @@ fn vote_grants_wait_for_the_voters_write() {
         "2 decided to vote for 1..."
     );
     assert_eq!(
-        net.node(2).hard_state.vote,
+        net.node(2).disk.hard_state.vote,
         None,
         "...but has not persisted it"
     );
@@ -174,7 +177,7 @@ fn vote_grants_wait_for_the_voters_write() {
         "a grant left before it was durable"
     );
     net.release_persist(2);
-    assert_eq!(net.node(2).hard_state.vote, Some(1));
+    assert_eq!(net.node(2).disk.hard_state.vote, Some(1));
     net.deliver_all();
     assert_eq!(net.role(1), Role::Leader);
 }
@@ -285,14 +288,14 @@ fn restart_resumes_applying_after_the_state_machine_index() {
     while net.engine(1).commit_index() < id.index {
         assert!(net.deliver_one(), "x did not commit");
     }
-    assert_eq!(net.node(2).log.last().map(|e| e.log_id()), Some(id));
+    assert_eq!(net.node(2).disk.log.last().map(|e| e.log_id()), Some(id));
     // 2 learns the commit, applies x, and its hard-state write stalls.
     net.hold_persist(2);
     net.deliver_all();
     net.tick_all(3);
     assert_eq!(net.node(2).applied_data(), vec![data("x")]);
     assert!(
-        net.node(2).hard_state.commit < id.index,
+        net.node(2).disk.hard_state.commit < id.index,
         "the commit index is not durable yet"
     );
 

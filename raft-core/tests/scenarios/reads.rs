@@ -1,6 +1,6 @@
 //! Linearizable reads: ReadIndex and lease reads.
 
-use raft_core::engine::{ReadError, ReadState, Role};
+use raft_core::engine::{ReadRefused, ReadState, Role};
 use raft_core::MessageBody;
 
 use crate::network::{msg, Network};
@@ -75,7 +75,7 @@ fn read_index_on_a_deposed_leader_is_never_served() {
         if net.role(1) == Role::Leader {
             assert_eq!(
                 net.read_lease(1, 41),
-                Err(ReadError::LeaseNotHeld),
+                Err(ReadRefused::LeaseNotHeld),
                 "a deposed leader still held its lease after a new leader was elected"
             );
             assert_eq!(net.read_index(1, 42), Ok(()), "it still thinks it leads");
@@ -87,7 +87,7 @@ fn read_index_on_a_deposed_leader_is_never_served() {
             assert!(
                 matches!(
                     net.node(1).failed_reads.as_slice(),
-                    [(42, ReadError::NotLeader { .. })]
+                    [(42, ReadRefused::NotLeader { .. })]
                 ),
                 "the read fails when the node steps down: {:?}",
                 net.node(1).failed_reads
@@ -96,11 +96,11 @@ fn read_index_on_a_deposed_leader_is_never_served() {
             assert!(check_quorum, "only check-quorum deposes an isolated leader");
             assert_eq!(
                 net.read_index(1, 42),
-                Err(ReadError::NotLeader { leader: None })
+                Err(ReadRefused::NotLeader { leader: None })
             );
             assert_eq!(
                 net.read_lease(1, 43),
-                Err(ReadError::NotLeader { leader: None })
+                Err(ReadRefused::NotLeader { leader: None })
             );
         }
         assert!(
@@ -190,7 +190,7 @@ fn lease_read_is_served_only_while_the_lease_holds() {
         Role::Leader,
         "still leader (check-quorum has not fired)"
     );
-    assert_eq!(net.read_lease(1, 3), Err(ReadError::LeaseNotHeld));
+    assert_eq!(net.read_lease(1, 3), Err(ReadRefused::LeaseNotHeld));
     assert!(!net.engine(1).lease_valid());
     assert!(!net.node(1).read_states.iter().any(|r| r.id == 3));
 
@@ -204,7 +204,7 @@ fn lease_read_is_served_only_while_the_lease_holds() {
     net.elect(1);
     net.tick_all(3);
     heartbeat_round(&mut net, 1);
-    assert_eq!(net.read_lease(1, 1), Err(ReadError::LeaseNotHeld));
+    assert_eq!(net.read_lease(1, 1), Err(ReadRefused::LeaseNotHeld));
     assert!(net.node(1).read_states.is_empty());
 }
 
@@ -262,7 +262,7 @@ fn lease_is_given_up_during_a_leadership_transfer() {
     net.deliver_all();
     assert_eq!(net.role(2), Role::Leader, "the target won at once");
     assert_eq!(net.role(1), Role::Leader, "1 has not heard of it");
-    assert_eq!(net.read_lease(1, 1), Err(ReadError::LeaseNotHeld));
+    assert_eq!(net.read_lease(1, 1), Err(ReadRefused::LeaseNotHeld));
 }
 
 /// Thesis §6.4.1 with §4.2.3: the leader's lease rests on its followers'

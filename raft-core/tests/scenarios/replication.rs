@@ -143,7 +143,10 @@ fn new_leader_does_not_resend_the_whole_log() {
         net.propose(1, &format!("v{i}")).unwrap();
     }
     net.tick_all(3);
-    assert!(net.ids().iter().all(|id| net.node(*id).log.len() == 51));
+    assert!(net
+        .ids()
+        .iter()
+        .all(|id| net.node(*id).disk.log.len() == 51));
     net.clear_sent();
     net.transfer_leader(1, 2).unwrap();
     net.deliver_all();
@@ -174,7 +177,7 @@ fn figure8_step_c() -> Network {
     let mut net = Network::with_config(5, |c| {
         c.pre_vote = false;
         c.check_quorum = false;
-        c.max_entries_per_message = 1;
+        c.max_message_entries = 1;
     });
     net.elect(1);
     net.tick_all(2);
@@ -217,7 +220,7 @@ fn figure8_step_c() -> Network {
     // that lacks index 2 and so refuses it: 2@1 spreads, 3@3 does not.
     for _ in 0..5 {
         net.tick(1, 2);
-        net.deliver_all_except(|n, m| carries_index(m, 3) && n.node(m.to).log.len() >= 2);
+        net.deliver_all_except(|n, m| carries_index(m, 3) && n.node(m.to).disk.log.len() >= 2);
     }
     assert_eq!(net.engine(1).last_log_id(), LogId::new(3, 3));
     for id in [2, 3, 4] {
@@ -412,11 +415,11 @@ fn inflight_window_limits_appends_to_a_slow_follower() {
 }
 
 /// Batching (paper §5.3 lets one AppendEntries carry several entries;
-/// `max_entries_per_message` bounds it): 10 entries proposed at once go to a
+/// `max_message_entries` bounds it): 10 entries proposed at once go to a
 /// follower as 3 + 3 + 3 + 1.
 #[test]
 fn entries_are_batched_by_max_entries_per_message() {
-    let mut net = Network::with_config(3, |c| c.max_entries_per_message = 3);
+    let mut net = Network::with_config(3, |c| c.max_message_entries = 3);
     net.elect(1);
     net.tick_all(3);
     net.clear_sent();

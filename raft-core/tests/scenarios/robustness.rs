@@ -175,7 +175,7 @@ fn non_consecutive_entries_are_refused() {
     net.step(msg::append(1, 2, term, last, gap, 0));
     let e = net.engine(2);
     assert_eq!(e.last_log_id(), last, "node 2 stored a malformed append");
-    for (i, entry) in net.node(2).log.iter().enumerate() {
+    for (i, entry) in net.node(2).disk.log.iter().enumerate() {
         assert_eq!(entry.index, i as u64 + 1, "node 2's durable log has a gap");
     }
     cluster_still_commits(&mut net, "after-gap");

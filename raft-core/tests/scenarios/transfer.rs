@@ -1,6 +1,6 @@
 //! Leadership transfer (thesis §3.10).
 
-use raft_core::engine::{ProposeError, Role};
+use raft_core::engine::{ProposalRefused, Role};
 use raft_core::MessageBody;
 
 use crate::network::{data, Network};
@@ -55,7 +55,7 @@ fn transfer_to_a_lagging_follower_catches_it_up_first() {
     }
     net.deliver_all();
     assert_eq!(net.engine(1).commit_index(), 6, "committed through 2");
-    assert!(net.node(3).log.is_empty(), "3 lags behind");
+    assert!(net.node(3).disk.log.is_empty(), "3 lags behind");
 
     net.recover();
     net.clear_sent();
@@ -66,7 +66,7 @@ fn transfer_to_a_lagging_follower_catches_it_up_first() {
     );
     assert_eq!(
         net.propose(1, "refused"),
-        Err(ProposeError::TransferInProgress(3))
+        Err(ProposalRefused::TransferInProgress(3))
     );
     assert!(net
         .node(1)
@@ -102,13 +102,13 @@ fn transfer_to_an_unreachable_target_aborts_after_an_election_timeout() {
     net.transfer_leader(1, 3).unwrap();
     assert_eq!(
         net.propose(1, "b"),
-        Err(ProposeError::TransferInProgress(3))
+        Err(ProposalRefused::TransferInProgress(3))
     );
     let timeout = net.engine(1).config().election_timeout_ticks;
     net.tick_all(timeout - 1);
     assert_eq!(
         net.propose(1, "c"),
-        Err(ProposeError::TransferInProgress(3)),
+        Err(ProposalRefused::TransferInProgress(3)),
         "aborted early"
     );
     net.tick_all(1);

@@ -6,7 +6,6 @@ mod model;
 mod network;
 mod runner;
 mod stats;
-mod storage;
 mod trace;
 mod world;
 

@@ -19,7 +19,7 @@
 //!
 //! Pending writes complete later, at random, in order (one at a time or
 //! several at once, like a group commit). Only then does the model's
-//! durable storage (`storage.rs`) change, the write's `persisted_messages`
+//! durable storage (`raft_core::testing::DurableLog`) change, the write's `persisted_messages`
 //! go out and `on_persisted` is called (`on_snapshot_installed` for an
 //! install). Queued entries are applied later, at random, in order, then
 //! `on_applied` is called. A crash drops every pending write (with its
@@ -69,7 +69,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use raft_core::engine::{
-    Engine, InitialState, LogCompaction, ReadError, ReadId, ReadState, Ready, Role, WriteId,
+    Engine, InitialState, LogCompaction, ReadId, ReadRefused, ReadState, Ready, Role, WriteId,
 };
 use raft_core::{
     AppendResult, Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId,
@@ -86,8 +86,8 @@ use super::model::{encode, Kv, Reference};
 use super::network::Network;
 use super::runner::panic_message;
 use super::stats::{ChangeStats, Faults, SnapshotStats};
-use super::storage::Disk;
 use super::trace::{Event, Loss, MsgInfo, Trace};
+use raft_core::testing::DurableLog as Disk;
 use snapshots::SnapshotReport;
 
 /// The outcome of a check: `Err` carries the violation.
@@ -315,7 +315,7 @@ impl World {
         let max_entries = *[1, 2, 8, 1024].choose(&mut rng).unwrap();
         let max_inflight = *[1, 2, 64].choose(&mut rng).unwrap();
         let max_uncommitted = *[4, 64, 65_536].choose(&mut rng).unwrap();
-        let max_promotion_lag = *[0, 2, 10, 1000].choose(&mut rng).unwrap();
+        let max_promotion_lag_entries = *[0, 2, 10, 1000].choose(&mut rng).unwrap();
         // Snapshots often: every 5-40 entries (or by size), keeping up to 10
         // entries below each; now and then never.
         let (threshold_entries, keep_entries) = params.snapshot_policy.unwrap_or_else(|| {
@@ -375,10 +375,10 @@ impl World {
                 cfg.lease_ticks = lease;
                 cfg.pre_vote = pre_vote;
                 cfg.check_quorum = check_quorum;
-                cfg.max_entries_per_message = max_entries;
+                cfg.max_message_entries = max_entries;
                 cfg.max_inflight_messages = max_inflight;
                 cfg.max_uncommitted_entries = max_uncommitted;
-                cfg.max_promotion_lag = max_promotion_lag;
+                cfg.max_promotion_lag_entries = max_promotion_lag_entries;
                 cfg.snapshot_threshold_entries = threshold_entries;
                 cfg.snapshot_threshold_bytes = threshold_bytes;
                 cfg.snapshot_keep_entries = keep_entries;
@@ -453,8 +453,8 @@ impl World {
             let c = &world.nodes[0].cfg;
             println!(
                 "seed {seed}, {voters} voters + {spares} spares: heartbeat {} ticks, election \
-                 timeout {}, lease {}, pre_vote {}, check_quorum {}, max_entries_per_message {}, \
-                 max_inflight_messages {}, max_uncommitted_entries {}, max_promotion_lag {}, \
+                 timeout {}, lease {}, pre_vote {}, check_quorum {}, max_message_entries {}, \
+                 max_inflight_messages {}, max_uncommitted_entries {}, max_promotion_lag_entries {}, \
                  snapshots every {} entries / {} bytes keeping {}, log cache {} bytes, \
                  max_uncommitted_bytes {}, {} clients on {} keys, fault \
                  intensity {intensity:.2}, clock rates (ticks per 1000) {:?}",
@@ -463,10 +463,10 @@ impl World {
                 c.lease_ticks,
                 c.pre_vote,
                 c.check_quorum,
-                c.max_entries_per_message,
+                c.max_message_entries,
                 c.max_inflight_messages,
                 c.max_uncommitted_entries,
-                c.max_promotion_lag,
+                c.max_promotion_lag_entries,
                 c.snapshot_threshold_entries,
                 c.snapshot_threshold_bytes,
                 c.snapshot_keep_entries,
@@ -488,7 +488,7 @@ impl World {
             max_entries,
             max_inflight,
             (
-                max_promotion_lag,
+                max_promotion_lag_entries,
                 threshold_entries,
                 threshold_bytes,
                 keep_entries,
@@ -1540,7 +1540,7 @@ impl World {
                         self.clients.stats.lease_reads += 1;
                         Ok(())
                     }
-                    Err(ReadError::LeaseNotHeld) => engine.read_index(read),
+                    Err(ReadRefused::LeaseNotHeld) => engine.read_index(read),
                     Err(e) => Err(e),
                 }
             } else {
@@ -1551,9 +1551,10 @@ impl World {
                     self.nodes[node].reads_asked.insert(read);
                     Ok((Waiting::Read(read), (0, read)))
                 }
-                Err(ReadError::NotLeader { .. }) => Err("not leader"),
-                Err(ReadError::LeaseNotHeld) => Err("lease not held"),
-                Err(ReadError::TooManyPending(_)) => Err("too many reads"),
+                Err(ReadRefused::NotLeader { .. }) => Err("not leader"),
+                Err(ReadRefused::LeaseNotHeld) => Err("lease not held"),
+                Err(ReadRefused::TooManyPending(_)) => Err("too many reads"),
+                Err(_) => Err("read refused"),
             }
         } else {
             let key_bytes = self.clients.keys[key].clone();
@@ -1566,12 +1567,13 @@ impl World {
                     Ok((Waiting::Write(log_id), (log_id.term, log_id.index)))
                 }
                 Err(e) => Err(match e {
-                    raft_core::engine::ProposeError::NotLeader { .. } => "not leader",
-                    raft_core::engine::ProposeError::TransferInProgress(_) => "transfer",
-                    raft_core::engine::ProposeError::TooManyPending(_) => "too many pending",
-                    raft_core::engine::ProposeError::TooManyBytesPending(_) => {
+                    raft_core::engine::ProposalRefused::NotLeader { .. } => "not leader",
+                    raft_core::engine::ProposalRefused::TransferInProgress(_) => "transfer",
+                    raft_core::engine::ProposalRefused::TooManyPending(_) => "too many pending",
+                    raft_core::engine::ProposalRefused::TooManyBytesPending(_) => {
                         "too many bytes pending"
                     }
+                    _ => "refused",
                 }),
             }
         };

@@ -1,16 +1,17 @@
-//! A simulated node's durable log storage: the hard state, the log after
-//! its purged prefix, and the metadata of the latest snapshot recorded.
-//! It changes only when a queued write completes (see `world.rs`), with
-//! the semantics of `raft_core::LogStorage` (`write`, `save_snapshot`,
-//! `install_snapshot`, as `MemLog` implements them): each operation is
-//! atomic, so a crash leaves either all of it or none.
+//! [`DurableLog`]: a harness's model of a node's durable log storage, the
+//! hard state, the log after its purged prefix, and the metadata of the
+//! latest snapshot recorded. A harness changes it when a write completes,
+//! with the semantics of [`LogStorage`](crate::LogStorage) (`write`,
+//! `save_snapshot`, `install_snapshot`, as [`MemLog`](crate::memory::MemLog)
+//! implements them): each operation is atomic, so a crash leaves either
+//! all of it or none. The engine test network and the simulation share it.
 
-use raft_core::engine::{InitialState, LogCompaction};
-use raft_core::{Entry, EntryPayload, HardState, Index, LogId, Membership, SnapshotMeta, Term};
+use crate::engine::{EntryFetch, InitialState, LogCompaction};
+use crate::{Entry, EntryPayload, HardState, Index, LogId, Membership, SnapshotMeta, Term};
 
-/// What survives a crash of the log storage.
-#[derive(Debug, Default)]
-pub struct Disk {
+/// What survives a crash of a node's log storage.
+#[derive(Debug, Default, Clone)]
+pub struct DurableLog {
     /// The hard state.
     pub hard_state: HardState,
     /// The last purged entry (zero when nothing was purged); `log` resumes
@@ -22,7 +23,7 @@ pub struct Disk {
     pub snapshot: Option<SnapshotMeta>,
 }
 
-impl Disk {
+impl DurableLog {
     /// The index of the last durable entry (the purge point when none is held).
     pub fn last_index(&self) -> Index {
         self.purged.index + self.log.len() as Index
@@ -169,5 +170,37 @@ impl Disk {
     pub fn end_index(&self) -> Index {
         self.last_index()
             .max(self.snapshot.as_ref().map_or(0, |s| s.last_log_id.index))
+    }
+
+    /// The entries a leader asked to read back ([`EntryFetch`]), as a
+    /// [`LogStorage::entries`](crate::LogStorage::entries) read of
+    /// `[start, end)` returns them: at most `max_entries`, stopping before
+    /// `max_bytes` except for the first; empty when they are not held.
+    pub fn read_back(&self, fetch: &EntryFetch) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in fetch.start..fetch.end {
+            let Some(e) = self.get(index) else {
+                return Vec::new();
+            };
+            if out.len() >= fetch.max_entries
+                || (!out.is_empty() && bytes + e.size_bytes() > fetch.max_bytes)
+            {
+                break;
+            }
+            bytes += e.size_bytes();
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// Forgets the oldest `count` durable entries as a purge would, so a
+    /// long-running harness (a benchmark) keeps its memory flat.
+    pub fn forget_oldest(&mut self, count: usize) {
+        let count = count.min(self.log.len());
+        if let Some(last) = self.log[..count].last() {
+            self.purged = last.log_id();
+            self.log.drain(..count);
+        }
     }
 }

@@ -1,0 +1,100 @@
+//! The driver's settings: every queue and backlog bound.
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// Settings of the driver around the engine. Every queue is bounded here.
+///
+/// Build it from [`DriverConfig::default`] and set the fields to change
+/// (the struct is `#[non_exhaustive]`: new settings come with defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// Wall-clock length of one engine tick.
+    pub tick_interval: Duration,
+    /// How long `propose` and `read` wait before answering `Timeout`.
+    pub request_timeout: Duration,
+    /// Capacity of the queue of client requests into the engine task.
+    pub request_queue_capacity: usize,
+    /// Capacity of the queue of inbound peer messages (full: dropped).
+    pub inbound_queue_capacity: usize,
+    /// Capacity of the queue of outbound message batches (full: dropped).
+    pub outbound_queue_capacity: usize,
+    /// Writes queued for the storage task at most (full: the engine task waits).
+    pub storage_queue_capacity: usize,
+    /// Apply batches queued for the state machine task at most. Batches
+    /// beyond it wait in the engine task's own backlog: the engine task
+    /// never waits for the state machine, so it keeps ticking, answering
+    /// heartbeats and sending them while applies are slow or a snapshot is
+    /// built or installed.
+    pub apply_queue_capacity: usize,
+    /// Committed entries not yet applied at most. Beyond it a leader
+    /// refuses new proposals with [`ProposeError::Overloaded`](super::ProposeError::Overloaded) and a
+    /// follower takes no new entries (heartbeats still), so what waits for
+    /// a lagging state machine stays bounded on every node.
+    pub max_unapplied_entries: u64,
+    /// Bytes ([`Entry::size_bytes`](crate::Entry::size_bytes)) of entries
+    /// handed out for applying and not yet applied at most: beyond it, as
+    /// beyond `max_unapplied_entries`, a leader refuses new proposals with
+    /// [`ProposeError::Overloaded`](super::ProposeError::Overloaded) and a follower takes no new entries.
+    /// Default: 64 MiB.
+    pub max_unapplied_bytes: u64,
+    /// Requests or messages taken per loop turn before producing output, so
+    /// proposals that arrive together share one append.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            tick_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            request_queue_capacity: 8192,
+            inbound_queue_capacity: 8192,
+            outbound_queue_capacity: 4096,
+            storage_queue_capacity: 64,
+            apply_queue_capacity: 64,
+            max_unapplied_entries: 50_000,
+            max_unapplied_bytes: 64 * 1024 * 1024,
+            max_batch_inputs: 4096,
+        }
+    }
+}
+
+impl DriverConfig {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that is out of range:
+    /// a capacity or bound of 0, or a zero tick interval.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (setting, value) in [
+            ("request_queue_capacity", self.request_queue_capacity),
+            ("inbound_queue_capacity", self.inbound_queue_capacity),
+            ("outbound_queue_capacity", self.outbound_queue_capacity),
+            ("storage_queue_capacity", self.storage_queue_capacity),
+            ("apply_queue_capacity", self.apply_queue_capacity),
+            ("max_batch_inputs", self.max_batch_inputs),
+            (
+                "max_unapplied_bytes",
+                usize::try_from(self.max_unapplied_bytes).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.tick_interval.is_zero() {
+            return Err(ConfigError {
+                setting: "tick_interval",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}

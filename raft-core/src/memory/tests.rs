@@ -1,0 +1,315 @@
+//! Tests of the in-memory implementations.
+
+use bytes::Bytes;
+
+use super::command::{TAG_CAS, TAG_DELETE, TAG_PUT};
+use super::*;
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStorage, LogWrite, StorageError};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, SnapshotMeta, Term};
+
+use crate::membership::Membership;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn membership(voters: &[u64]) -> Membership {
+    Membership::new(voters.iter().copied())
+}
+
+fn entry(term: Term, index: Index) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: EntryPayload::Normal(Bytes::from(format!("{term}/{index}"))),
+    }
+}
+
+fn run(entries: impl IntoIterator<Item = (Term, Index)>) -> Vec<Entry> {
+    entries.into_iter().map(|(t, i)| entry(t, i)).collect()
+}
+
+fn normal(index: Index, command: &KvCommand) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(command.encode()),
+    }
+}
+
+fn put(key: &str, value: &'static [u8]) -> KvCommand {
+    KvCommand::Put {
+        key: key.to_owned(),
+        value: Bytes::from_static(value),
+    }
+}
+
+#[tokio::test]
+async fn append_below_purged_prefix_is_invalid() {
+    let log = MemLog::new();
+    log.append(run((1..=5).map(|i| (1, i)))).await.unwrap();
+    log.purge(3).await.unwrap();
+    let err = log.append(run([(2, 3), (2, 4)])).await.unwrap_err();
+    assert!(matches!(err, StorageError::Invalid(_)), "{err}");
+    assert_eq!(log.snapshot_entries(), run([(1, 4), (1, 5)]));
+    assert_eq!(log.last_purged_log_id(), Some(LogId::new(1, 3)));
+}
+
+#[tokio::test]
+async fn purge_past_end_keeps_the_resume_point() {
+    let log = MemLog::new();
+    assert_eq!(log.last_purged_log_id(), None);
+    log.append(run([(1, 1), (2, 2)])).await.unwrap();
+    log.set_snapshot(SnapshotMeta {
+        last_log_id: LogId::new(3, 7),
+        membership: membership(&[1, 2, 3]),
+    });
+    log.purge(7).await.unwrap();
+    assert_eq!(log.last_purged_log_id(), Some(LogId::new(3, 7)));
+    let state = log.stored_state().await.unwrap();
+    assert_eq!(state.first_log_id, None);
+    assert_eq!(state.last_log_id, None);
+    assert_eq!(
+        state.snapshot.map(|s| s.last_log_id),
+        Some(LogId::new(3, 7))
+    );
+    // The log resumes right after the purge point, not at index 1.
+    assert!(matches!(
+        log.append(run([(3, 2)])).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.append(run([(3, 9)])).await,
+        Err(StorageError::Invalid(_))
+    ));
+    log.append(run([(3, 8)])).await.unwrap();
+    assert!(matches!(
+        log.entries(7, 9, u64::MAX).await,
+        Err(StorageError::Compacted { first_index: 8 })
+    ));
+    assert_eq!(log.entries(8, 9, u64::MAX).await.unwrap(), run([(3, 8)]));
+    // Without a snapshot for the bound, the last removed entry's term is kept.
+    log.purge(20).await.unwrap();
+    assert_eq!(log.last_purged_log_id(), Some(LogId::new(3, 20)));
+}
+
+#[tokio::test]
+async fn reappending_a_matching_prefix_drops_the_rest() {
+    let log = MemLog::new();
+    log.append(run((1..=4).map(|i| (1, i)))).await.unwrap();
+    log.append(run([(1, 2)])).await.unwrap();
+    assert_eq!(log.snapshot_entries(), run([(1, 1), (1, 2)]));
+}
+
+#[tokio::test]
+async fn invalid_write_changes_nothing() {
+    let log = MemLog::new();
+    log.append(run((1..=4).map(|i| (1, i)))).await.unwrap();
+    let hs = HardState {
+        term: 9,
+        vote: Some(1),
+        commit: 2,
+    };
+    // Truncating from 3 leaves index 2 last, so an append at 4 is a gap.
+    let write = LogWrite {
+        hard_state: Some(hs),
+        truncate_from: Some(3),
+        entries: run([(2, 4)]),
+    };
+    assert!(matches!(
+        log.write(write).await,
+        Err(StorageError::Invalid(_))
+    ));
+    let state = log.stored_state().await.unwrap();
+    assert_eq!(state.hard_state, HardState::default());
+    assert_eq!(log.snapshot_entries(), run((1..=4).map(|i| (1, i))));
+}
+
+#[tokio::test]
+async fn index_zero_is_rejected() {
+    let log = MemLog::new();
+    assert!(matches!(
+        log.append(run([(1, 0)])).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.truncate(0).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.entries(0, 1, 10).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.entries(2, 1, 10).await,
+        Err(StorageError::Invalid(_))
+    ));
+}
+
+#[test]
+fn commands_round_trip() {
+    let commands = [
+        put("a", b"1"),
+        put("", b""),
+        KvCommand::Delete {
+            key: "ключ".to_owned(),
+        },
+        KvCommand::CompareAndSet {
+            key: "k".to_owned(),
+            expected: None,
+            value: Bytes::from_static(b"v"),
+        },
+        KvCommand::CompareAndSet {
+            key: "k".to_owned(),
+            expected: Some(Bytes::from(vec![0u8; 300])),
+            value: Bytes::new(),
+        },
+    ];
+    for command in commands {
+        assert_eq!(KvCommand::decode(&command.encode()).unwrap(), command);
+    }
+}
+
+#[test]
+fn decode_rejects_truncated_and_garbage_input_without_panicking() {
+    let valid = KvCommand::CompareAndSet {
+        key: "key".to_owned(),
+        expected: Some(Bytes::from_static(b"old")),
+        value: Bytes::from_static(b"new"),
+    }
+    .encode();
+    for len in 0..valid.len() {
+        assert!(
+            KvCommand::decode(&valid[..len]).is_err(),
+            "prefix of {len} bytes decoded"
+        );
+    }
+    let mut trailing = valid.to_vec();
+    trailing.push(0);
+    assert!(KvCommand::decode(&trailing).is_err());
+    // A length prefix far larger than the input.
+    assert!(KvCommand::decode(&[TAG_PUT, 0xff, 0xff, 0xff, 0xff, b'k']).is_err());
+    // A key that is not UTF-8.
+    assert!(KvCommand::decode(&[TAG_DELETE, 1, 0, 0, 0, 0xff]).is_err());
+    assert!(KvCommand::decode(&[TAG_CAS, 0, 0, 0, 0, 2]).is_err());
+    assert!(KvCommand::decode(&[0]).is_err());
+
+    let mut rng = ChaCha8Rng::seed_from_u64(0x6b76);
+    for _ in 0..20_000 {
+        let len = rng.gen_range(0..24);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        // Bias towards well-formed headers so decoding gets past the tag.
+        if let Some(tag) = bytes.first_mut() {
+            *tag = rng.gen_range(0..5);
+        }
+        if let Ok(command) = KvCommand::decode(&bytes) {
+            assert_eq!(command.encode(), bytes);
+        }
+    }
+}
+
+#[tokio::test]
+async fn kv_applies_commands_and_reader_sees_them() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    assert_eq!(kv.applied_index().await.unwrap(), 0);
+    assert!(reader.is_empty());
+
+    let entries = vec![
+        Entry {
+            term: 1,
+            index: 1,
+            payload: EntryPayload::Blank,
+        },
+        normal(2, &put("a", b"1")),
+        normal(3, &put("b", b"2")),
+        Entry {
+            term: 1,
+            index: 4,
+            payload: EntryPayload::Membership(Box::new(membership(&[1, 2]))),
+        },
+        normal(
+            5,
+            &KvCommand::CompareAndSet {
+                key: "a".to_owned(),
+                expected: Some(Bytes::from_static(b"0")),
+                value: Bytes::from_static(b"x"),
+            },
+        ),
+        normal(
+            6,
+            &KvCommand::CompareAndSet {
+                key: "a".to_owned(),
+                expected: Some(Bytes::from_static(b"1")),
+                value: Bytes::from_static(b"x"),
+            },
+        ),
+        normal(
+            7,
+            &KvCommand::CompareAndSet {
+                key: "c".to_owned(),
+                expected: None,
+                value: Bytes::from_static(b"new"),
+            },
+        ),
+        normal(
+            8,
+            &KvCommand::Delete {
+                key: "b".to_owned(),
+            },
+        ),
+        normal(
+            9,
+            &KvCommand::Delete {
+                key: "b".to_owned(),
+            },
+        ),
+        Entry {
+            term: 1,
+            index: 10,
+            payload: EntryPayload::Normal(Bytes::from_static(b"?")),
+        },
+    ];
+    let responses = kv.apply(&entries).await.unwrap();
+    assert_eq!(responses.len(), entries.len());
+    assert_eq!(responses[0], KvResponse::Done);
+    assert_eq!(responses[1], KvResponse::Written { revision: 2 });
+    assert_eq!(responses[2], KvResponse::Written { revision: 3 });
+    assert_eq!(responses[3], KvResponse::Done);
+    assert_eq!(
+        responses[4],
+        KvResponse::CasFailed {
+            current: Some(Bytes::from_static(b"1"))
+        }
+    );
+    assert_eq!(responses[5], KvResponse::Written { revision: 6 });
+    assert_eq!(responses[6], KvResponse::Written { revision: 7 });
+    assert_eq!(responses[7], KvResponse::Deleted { existed: true });
+    assert_eq!(responses[8], KvResponse::Deleted { existed: false });
+    assert!(
+        matches!(&responses[9], KvResponse::Invalid(_)),
+        "{:?}",
+        responses[9]
+    );
+
+    assert_eq!(kv.applied_index().await.unwrap(), 10);
+    assert_eq!(reader.applied_index(), 10);
+    assert_eq!(reader.len(), 2);
+    assert_eq!(reader.get("a"), Some((Bytes::from_static(b"x"), 6)));
+    assert_eq!(reader.get("c"), Some((Bytes::from_static(b"new"), 7)));
+    assert_eq!(reader.get("b"), None);
+    assert_eq!(reader.clone().get("a").map(|(_, rev)| rev), Some(6));
+}
+
+#[tokio::test]
+async fn kv_rejects_out_of_order_entries_and_applies_none() {
+    let mut kv = MemKv::new();
+    kv.apply(&[normal(1, &put("a", b"1"))]).await.unwrap();
+    let batch = [normal(2, &put("b", b"2")), normal(4, &put("c", b"3"))];
+    assert!(kv.apply(&batch).await.is_err());
+    assert!(kv.apply(&[normal(1, &put("a", b"2"))]).await.is_err());
+    assert_eq!(kv.applied_index().await.unwrap(), 1);
+    let reader = kv.reader();
+    assert_eq!(reader.len(), 1);
+    assert_eq!(reader.get("a"), Some((Bytes::from_static(b"1"), 1)));
+    assert!(kv.apply(&[]).await.unwrap().is_empty());
+}

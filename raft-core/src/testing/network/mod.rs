@@ -1,0 +1,404 @@
+//! The engine test network: a simulated cluster of [`Engine`]s, shared by
+//! raft-core's scenario tests, its byte-bound tests and the engine
+//! benchmark (the simulation shares its [`DurableLog`]; its own network
+//! reorders and delays on purpose).
+//!
+//! Every node is driven exactly as the engine's driver contract says
+//! (`raft_core::engine` module docs): for each `Ready` the harness sends
+//! `messages`, writes hard state / truncation / entries to the node's
+//! "durable" log, sends `persisted_messages` only once that write is done,
+//! reports the write with `on_persisted`, applies `committed_entries` and
+//! reports them with `on_applied`.
+//!
+//! Each node's durable storage is a [`DurableLog`]; entries a leader asks
+//! to read back ([`Ready::fetch_entries`](crate::engine::Ready::fetch_entries)) are read from it. Storage is
+//! instant by default. [`Network::hold_persist`] queues a node's
+//! writes (and so its `persisted_messages`) until
+//! [`Network::release_persist`], which lets tests watch what a node does
+//! before its state is durable. A `Ready`'s committed entries are applied
+//! when its write is done; [`Network::apply_before_persist`] applies them
+//! at once instead (the contract lets steps 2–5 overlap).
+//! [`Network::restart`] rebuilds a node from its durable state only.
+//!
+//! Messages go through one FIFO queue. Links can be dropped one way
+//! ([`Network::drop_link`]), cut both ways ([`Network::cut`]), a node can be
+//! isolated, a message kind ignored, or an arbitrary predicate installed
+//! ([`Network::drop_if`]); [`Network::recover`] heals everything. Filters are
+//! checked both when a message is sent and when it is delivered, so a cut
+//! also loses the messages already in flight on it.
+//!
+//! The harness checks invariants on every step and panics when one breaks:
+//! - election safety (paper §5.2, Figure 3): at most one leader per term;
+//! - state machine safety (paper §5.4.3): every node applies the same entry
+//!   at a given index (can be switched off for tests that forge messages);
+//! - the driver contract itself: writes continue the durable log, applied
+//!   entries are durable locally and applied in order, the persisted commit
+//!   index never exceeds the durable log.
+//!
+//! A benchmark switches off what costs memory per message or entry:
+//! [`Network::record_sent`], [`Network::keep_applied`] and
+//! [`Network::check_applied_agreement`].
+
+mod driver;
+mod links;
+pub mod msg;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::DurableLog;
+use crate::engine::{
+    Engine, EntryFetch, InitialState, LogCompaction, ProposalRefused, ReadId, ReadRefused,
+    ReadState, Role, SoftState, TransferRefused, WriteId,
+};
+use crate::{
+    Config, Entry, EntryPayload, HardState, Index, LogId, Membership, Message, NodeId,
+    SnapshotMeta, Term,
+};
+
+/// Upper bound on messages delivered by one [`Network::deliver_all`].
+pub const MAX_DELIVERIES: usize = 100_000;
+/// Upper bound on `Ready`s handled in a row for one node by [`Network::process`].
+pub const MAX_READY_LOOPS: usize = 10_000;
+
+/// One durable write waiting for storage (only while persistence is held).
+#[derive(Debug)]
+struct Write {
+    /// The engine's name for the write, reported when it is done.
+    write_id: Option<WriteId>,
+    hard_state: Option<HardState>,
+    truncate_from: Option<Index>,
+    entries: Vec<Entry>,
+    persisted_messages: Vec<Message>,
+    /// Committed entries of the same `Ready`, applied once the write is
+    /// done (unless [`Network::apply_before_persist`]).
+    committed: Vec<Entry>,
+    /// A compaction to record after the write.
+    compact_log: Option<LogCompaction>,
+    /// Entries to read back once the write is done.
+    fetch_entries: Vec<EntryFetch>,
+}
+
+/// A node: its engine, its durable storage and its state machine.
+#[derive(Debug)]
+pub struct Node {
+    /// The engine under test.
+    pub engine: Engine,
+    /// The durable log and hard state.
+    pub disk: DurableLog,
+    /// The state machine: every entry applied, in order (unless
+    /// [`Network::keep_applied`] is off).
+    pub applied: Vec<Entry>,
+    /// The index of the last entry applied.
+    pub applied_index: Index,
+    /// Normal (client) entries applied.
+    pub applied_normal: u64,
+    /// Entries read back from `disk` for followers.
+    pub read_back: u64,
+    /// Snapshot builds the engine asked for (only with
+    /// [`Network::allow_snapshot_requests`]; never completed).
+    pub snapshot_requests: Vec<SnapshotMeta>,
+    /// Whether writes are queued instead of done at once.
+    pub hold_persist: bool,
+    pending: VecDeque<Write>,
+    /// Reads released by the engine.
+    pub read_states: Vec<ReadState>,
+    /// Reads failed by the engine.
+    pub failed_reads: Vec<(ReadId, ReadRefused)>,
+    /// Every soft state reported, in order.
+    pub soft_states: Vec<SoftState>,
+    /// A snapshot install the engine asked for. The harness never finishes
+    /// one: it models an install still in progress.
+    pub installing: Option<SnapshotMeta>,
+    cfg: Config,
+    bootstrap: Membership,
+}
+
+impl Node {
+    /// The data of every applied normal entry, in order.
+    pub fn applied_data(&self) -> Vec<Bytes> {
+        self.applied
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The durable log's (term, index) pairs.
+    pub fn log_ids(&self) -> Vec<LogId> {
+        self.disk.log.iter().map(Entry::log_id).collect()
+    }
+
+    /// Number of writes waiting while persistence is held.
+    pub fn pending_writes(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// A message as it left a node, with the `Ready` field it came from.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The message.
+    pub msg: Message,
+    /// Whether it came from `persisted_messages` (sent only after a write).
+    pub after_persist: bool,
+}
+
+/// A predicate on messages: true drops the message.
+type Filter = Box<dyn Fn(&Message) -> bool>;
+
+/// The simulated cluster. See the [module docs](self).
+pub struct Network {
+    /// The nodes, by id.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Messages in flight, delivered front first.
+    pub queue: VecDeque<Message>,
+    /// Every message any node sent, in order (filtered or not).
+    pub sent: Vec<Sent>,
+    dropped_links: BTreeSet<(NodeId, NodeId)>,
+    ignored_kinds: BTreeSet<&'static str>,
+    filters: Vec<Filter>,
+    /// The leader of each term seen so far (election safety).
+    pub leaders: BTreeMap<Term, NodeId>,
+    /// The entry applied at each index by anyone (state machine safety).
+    applied_anywhere: BTreeMap<Index, Entry>,
+    /// Whether to check state machine safety across nodes.
+    pub check_applied_agreement: bool,
+    /// Whether to apply a `Ready`'s committed entries at once, before its
+    /// own write is durable (the contract lets steps 2–5 overlap). By
+    /// default they are applied once that write is done.
+    pub apply_before_persist: bool,
+    /// Whether to keep every sent message in [`sent`](Self::sent) (on by
+    /// default).
+    pub record_sent: bool,
+    /// Whether nodes keep their applied entries in [`Node::applied`] (on by
+    /// default; the counters are kept either way).
+    pub keep_applied: bool,
+    /// Whether the engines may ask for snapshots and compact their logs
+    /// (off by default: a request then fails the test, whose thresholds
+    /// should be raised). Requests are recorded and never completed.
+    pub allow_snapshot_requests: bool,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
+            .field("queue", &self.queue.len())
+            .field("dropped_links", &self.dropped_links)
+            .field("ignored_kinds", &self.ignored_kinds)
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
+
+/// Payload bytes from a string.
+pub fn data(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+impl Network {
+    /// `n` voters with ids `1..=n` and default configurations.
+    pub fn new(n: u64) -> Self {
+        Self::with_config(n, |_| {})
+    }
+
+    /// `n` voters with ids `1..=n`; `tweak` adjusts each default configuration.
+    pub fn with_config(n: u64, tweak: impl Fn(&mut Config)) -> Self {
+        let membership = Membership::new(1..=n);
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let mut cfg = Config::new(id);
+            tweak(&mut cfg);
+            let engine = Engine::new(cfg.clone(), InitialState::bootstrap(membership.clone()))
+                .expect("valid test configuration");
+            nodes.insert(
+                id,
+                Node {
+                    engine,
+                    disk: DurableLog::default(),
+                    applied: Vec::new(),
+                    applied_index: 0,
+                    applied_normal: 0,
+                    read_back: 0,
+                    snapshot_requests: Vec::new(),
+                    hold_persist: false,
+                    pending: VecDeque::new(),
+                    read_states: Vec::new(),
+                    failed_reads: Vec::new(),
+                    soft_states: Vec::new(),
+                    installing: None,
+                    cfg,
+                    bootstrap: membership.clone(),
+                },
+            );
+        }
+        Self {
+            nodes,
+            queue: VecDeque::new(),
+            sent: Vec::new(),
+            dropped_links: BTreeSet::new(),
+            ignored_kinds: BTreeSet::new(),
+            filters: Vec::new(),
+            leaders: BTreeMap::new(),
+            applied_anywhere: BTreeMap::new(),
+            check_applied_agreement: true,
+            apply_before_persist: false,
+            record_sent: true,
+            keep_applied: true,
+            allow_snapshot_requests: false,
+        }
+    }
+
+    // ----- access ------------------------------------------------------------
+
+    /// A node.
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// A node, mutably.
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// A node's engine.
+    pub fn engine(&self, id: NodeId) -> &Engine {
+        &self.node(id).engine
+    }
+
+    /// A node's role.
+    pub fn role(&self, id: NodeId) -> Role {
+        self.engine(id).role()
+    }
+
+    /// A node's term.
+    pub fn term(&self, id: NodeId) -> Term {
+        self.engine(id).term()
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The leader with the highest term, if any node is a leader.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.engine.role() == Role::Leader)
+            .max_by_key(|n| n.engine.term())
+            .map(|n| n.engine.id())
+    }
+
+    /// Messages sent from `from` to `to` so far.
+    pub fn sent_between(&self, from: NodeId, to: NodeId) -> Vec<&Sent> {
+        self.sent
+            .iter()
+            .filter(|s| s.msg.from == from && s.msg.to == to)
+            .collect()
+    }
+
+    /// Forgets the record of sent messages.
+    pub fn clear_sent(&mut self) {
+        self.sent.clear();
+    }
+
+    /// Ticks node `id` `n` times, handling its output but delivering nothing.
+    pub fn tick(&mut self, id: NodeId, n: u64) {
+        for _ in 0..n {
+            self.node_mut(id).engine.tick();
+            self.process(id);
+        }
+    }
+
+    /// `n` rounds of: tick every node once, then deliver everything.
+    pub fn tick_all(&mut self, n: u64) {
+        for _ in 0..n {
+            for id in self.ids() {
+                self.tick(id, 1);
+            }
+            self.deliver_all();
+        }
+    }
+
+    /// Ticks every node (delivering after each round) until `done` holds;
+    /// returns the number of rounds.
+    ///
+    /// # Panics
+    ///
+    /// When `done` does not hold after `max` rounds.
+    pub fn tick_all_until(&mut self, max: u64, done: impl Fn(&Network) -> bool) -> u64 {
+        for round in 0..=max {
+            if done(self) {
+                return round;
+            }
+            self.tick_all(1);
+        }
+        panic!("condition not reached after {max} rounds of tick_all");
+    }
+
+    /// Ticks only node `id` until it campaigns, then delivers everything;
+    /// repeats until it is leader.
+    ///
+    /// Followers that heard from a leader within the election timeout refuse
+    /// (check-quorum, thesis §4.2.3): let their lease lapse first, or disable
+    /// `check_quorum`.
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not leader after 10 maximal election timeouts.
+    pub fn elect(&mut self, id: NodeId) {
+        let bound = 10 * 2 * self.node(id).cfg.election_timeout_ticks;
+        for _ in 0..bound {
+            self.tick(id, 1);
+            if self.role(id) != Role::Follower {
+                self.deliver_all();
+            }
+            if self.role(id) == Role::Leader {
+                return;
+            }
+        }
+        panic!("elect: node {id} did not become leader within {bound} ticks");
+    }
+
+    /// Proposes `d` on node `id` and handles its output (delivers nothing).
+    pub fn propose(&mut self, id: NodeId, d: &str) -> Result<LogId, ProposalRefused> {
+        self.propose_bytes(id, data(d))
+    }
+
+    /// Proposes `payload` on node `id` and handles its output (delivers nothing).
+    pub fn propose_bytes(&mut self, id: NodeId, payload: Bytes) -> Result<LogId, ProposalRefused> {
+        let r = self.node_mut(id).engine.propose(payload);
+        self.process(id);
+        r
+    }
+
+    /// Starts a ReadIndex read on node `id` and handles its output.
+    pub fn read_index(&mut self, id: NodeId, rid: ReadId) -> Result<(), ReadRefused> {
+        let r = self.node_mut(id).engine.read_index(rid);
+        self.process(id);
+        r
+    }
+
+    /// Tries a lease read on node `id` and handles its output.
+    pub fn read_lease(&mut self, id: NodeId, rid: ReadId) -> Result<(), ReadRefused> {
+        let r = self.node_mut(id).engine.read_lease(rid);
+        self.process(id);
+        r
+    }
+
+    /// Asks leader `id` to transfer leadership to `to` and handles its output.
+    pub fn transfer_leader(&mut self, id: NodeId, to: NodeId) -> Result<(), TransferRefused> {
+        let r = self.node_mut(id).engine.transfer_leader(to);
+        self.process(id);
+        r
+    }
+}
