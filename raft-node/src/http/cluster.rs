@@ -3,8 +3,6 @@
 //! `POST /v1/cluster/transfer-leader`. Each is forwarded to the leader when
 //! this node is not it.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -107,16 +105,7 @@ fn membership_json(m: &Membership, members: &[Member]) -> serde_json::Value {
 /// The member addresses this node knows (replicated records over the
 /// ones it started with).
 fn known_members(state: &AppState) -> Vec<Member> {
-    let mut all: HashMap<NodeId, Member> =
-        state.members.read().map(|m| m.clone()).unwrap_or_default();
-    if let Ok(replicated) = state.reader.members() {
-        for m in replicated {
-            all.insert(m.id, m);
-        }
-    }
-    let mut v: Vec<Member> = all.into_values().collect();
-    v.sort_by_key(|m| m.id);
-    v
+    state.members.with_replicated()
 }
 
 /// The learner a request describes, or 400.

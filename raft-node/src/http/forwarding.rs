@@ -69,12 +69,7 @@ fn leader_address(
     if headers.contains_key(FORWARDED_HEADER) {
         return Err(no_leader(format!("this node is not the leader (leader: {leader}) and the request was already forwarded once")));
     }
-    let addr = state
-        .members
-        .read()
-        .ok()
-        .and_then(|m| m.get(&leader).map(|m| m.client_addr.clone()));
-    let Some(addr) = addr else {
+    let Some(addr) = state.members.client_addr(leader) else {
         return Err(no_leader(format!(
             "the leader is node {leader}, whose client address is unknown here"
         )));

@@ -19,8 +19,7 @@ mod limits;
 mod listing;
 mod ops;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
@@ -30,7 +29,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use raft_core::{NodeId, RaftHandle};
 
 use crate::command::Outcome;
-use crate::config::{Member, NodeConfig};
+use crate::config::NodeConfig;
+use crate::members::MemberDirectory;
 use crate::problem::Problem;
 use crate::store::KvReader;
 
@@ -53,7 +53,7 @@ pub struct AppState {
     /// Settings.
     pub cfg: Arc<NodeConfig>,
     /// Known members and their addresses.
-    pub members: Arc<RwLock<HashMap<NodeId, Member>>>,
+    pub members: MemberDirectory,
     /// For forwarding to the leader.
     pub client: reqwest::Client,
     /// The Prometheus exporter, when installed.

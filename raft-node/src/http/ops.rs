@@ -74,10 +74,10 @@ pub(super) async fn cluster(
     };
     let s = driver_status(&state).await?;
     let e = &s.engine;
-    let members = state.members.read().map(|m| m.clone()).unwrap_or_default();
     let addr = |id: NodeId| {
-        members
-            .get(&id)
+        state
+            .members
+            .get(id)
             .map(|m| json!({ "peer": m.peer_addr.to_string(), "client": m.client_addr }))
     };
     let digest = if want_digest {
