@@ -3,11 +3,11 @@
 //! metrics and health. Any node serves any request: a follower forwards
 //! what needs the leader, once (a forwarded request is never forwarded again).
 //!
-//! One file per resource: [`kv`] (one key), [`listing`] (`GET /v1/kv`),
-//! [`cluster`] (membership and leadership), [`ops`] (status, health,
-//! metrics, snapshots); and the layers around them: [`auth`] (bearer
-//! tokens), [`limits`] (bodies, deadlines, load shedding, request metrics)
-//! and [`forwarding`] (relaying to the leader). Handlers return
+//! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
+//! `cluster` (membership and leadership), `ops` (status, health,
+//! metrics, snapshots); and the layers around them: `auth` (bearer
+//! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
+//! and `forwarding` (relaying to the leader). Handlers return
 //! `Result<_, Problem>`; each error type's response is in
 //! [`crate::problem`].
 

@@ -3,9 +3,9 @@
 //! and the HTTP API.
 //!
 //! [`start`] runs named phases, in order: validate the configuration, open
-//! the store, resolve the members ([`resolve`]), bind the transport, start
+//! the store, resolve the members (`resolve`), bind the transport, start
 //! the driver, serve the API, and join a cluster when `--join` asks to
-//! ([`join`]). [`tasks`] holds what runs beside them; [`meta`] the node's
+//! (`join`). `tasks` holds what runs beside them; `meta` the node's
 //! own metadata.
 
 mod join;
