@@ -8,7 +8,8 @@
 //!   [`snapshot`]: its snapshot files.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
-//! - [`node`]: start and graceful stop of a node; [`client_tls`]: optional
+//! - [`node`]: start and graceful stop of a node, in named phases;
+//!   [`members`]: the member addresses it knows; [`client_tls`]: optional
 //!   HTTPS on the API.
 //! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
 //!   `raft-node ctl` client.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod ctl;
 pub mod dev;
 pub mod http;
+pub mod members;
 pub mod node;
 pub mod problem;
 pub mod server;

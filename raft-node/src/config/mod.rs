@@ -1,0 +1,241 @@
+//! Node settings: command-line flags, `RAFT_…` environment variables and a
+//! TOML file, in that order of precedence, over documented defaults.
+//!
+//! [`flags`] holds the settings as given ([`RunArgs`]) and their merge with
+//! the file; `validate.rs` applies the defaults and checks the result into
+//! a [`NodeConfig`]; `security.rs` reads token files and names what is
+//! unsafe in a configuration.
+
+pub mod flags;
+mod security;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raft_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+pub use flags::RunArgs;
+pub use security::read_token;
+pub use validate::parse_initial_cluster;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: NodeId,
+    /// Peer (QUIC) address.
+    pub peer_addr: SocketAddr,
+    /// HTTP address (`host:port`), where requests are forwarded to.
+    pub client_addr: String,
+}
+
+/// Fully resolved settings. Its `Debug` output never shows the tokens.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Node id.
+    pub id: NodeId,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub client_listen: SocketAddr,
+    /// QUIC listen address.
+    pub peer_listen: SocketAddr,
+    /// Initial cluster (empty when not given).
+    pub initial_cluster: Vec<Member>,
+    /// This node's addresses as others reach it.
+    pub advertise: Member,
+    /// CA certificate file.
+    pub tls_ca: PathBuf,
+    /// Node certificate file.
+    pub tls_cert: PathBuf,
+    /// Node key file.
+    pub tls_key: PathBuf,
+    /// Tick length.
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_ticks: u64,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u64,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// How long a failed node answers `/healthz` with 503 before exiting.
+    pub failure_exit_delay: Duration,
+    /// How long a log write may run before `/healthz` calls the node
+    /// unhealthy (`None`: never).
+    pub storage_stall_timeout: Option<Duration>,
+    /// Key size limit.
+    pub max_key_bytes: usize,
+    /// Value size limit.
+    pub max_value_bytes: usize,
+    /// Concurrency limit of the HTTP API.
+    pub max_concurrent_requests: usize,
+    /// Range listing limit.
+    pub max_list_limit: usize,
+    /// Largest range-listing answer in bytes.
+    pub max_list_bytes: usize,
+    /// Client connections open at once.
+    pub http_max_connections: usize,
+    /// From a request head's first byte to its end.
+    pub http_header_timeout: Duration,
+    /// Idle connections close after this.
+    pub http_idle_timeout: Duration,
+    /// Time to send a request body.
+    pub http_body_timeout: Duration,
+    /// Longest an API request runs once its body is read.
+    pub http_request_deadline: Duration,
+    /// Time for an HTTPS client's TLS handshake.
+    pub http_tls_handshake_timeout: Duration,
+    /// An answer not taken for this long is dropped.
+    pub http_send_timeout: Duration,
+    /// Largest request head.
+    pub http_max_header_bytes: usize,
+    /// Requests receiving their body at once.
+    pub http_max_receiving_bodies: usize,
+    /// Memory for buffered bodies and answers, in bytes.
+    pub http_buffer_bytes: usize,
+    /// Listings at once.
+    pub max_concurrent_listings: usize,
+    /// Idempotency window in log entries.
+    pub idempotency_window: u64,
+    /// Snapshot after this many applied entries (0: never).
+    pub snapshot_entries: u64,
+    /// Snapshot after this many bytes of applied entries (0: never).
+    pub snapshot_bytes: u64,
+    /// Entries kept below a snapshot.
+    pub snapshot_keep_entries: u64,
+    /// Promotion lag limit.
+    pub max_promotion_lag: u64,
+    // Memory bounds of the Raft log (issue 16, item 4).
+    /// Payload bytes of applied entries the in-memory log keeps.
+    pub log_cache_bytes: u64,
+    /// Bytes of uncommitted entries a leader takes.
+    pub max_uncommitted_bytes: u64,
+    /// Bytes of committed entries waiting to be applied.
+    pub max_unapplied_bytes: u64,
+    /// RocksDB memtable size per column family, bytes.
+    pub write_buffer_bytes: usize,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+    /// A member's HTTP URL to join through, for a new node.
+    pub join: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Skip fsync.
+    pub unsafe_no_fsync: bool,
+    /// Bearer token of the API.
+    pub auth_token: Option<String>,
+    /// Bearer token of admin routes.
+    pub admin_token: Option<String>,
+    /// HTTPS on the client API.
+    pub client_tls: bool,
+    /// CA of client certificates (HTTPS only).
+    pub client_ca: Option<PathBuf>,
+    /// The API may listen beyond loopback without authentication.
+    pub insecure: bool,
+
+    // Peer transport hardening (issue 16 items 8 to 10).
+    /// Certificate revocation lists checked for peers, reloaded on change.
+    pub tls_crl: Option<PathBuf>,
+    /// Largest snapshot accepted from a peer, bytes.
+    pub max_snapshot_receive_bytes: u64,
+    /// Inbound peer connections one node may hold at once.
+    pub max_connections_per_peer: usize,
+    /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
+    pub peer_retry_after_handshakes: usize,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("client_listen", &self.client_listen)
+            .field("peer_listen", &self.peer_listen)
+            .field("initial_cluster", &self.initial_cluster)
+            .field("advertise", &self.advertise)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tick", &self.tick)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("request_timeout", &self.request_timeout)
+            .field("failure_exit_delay", &self.failure_exit_delay)
+            .field("storage_stall_timeout", &self.storage_stall_timeout)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_list_limit", &self.max_list_limit)
+            .field("max_list_bytes", &self.max_list_bytes)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_idle_timeout", &self.http_idle_timeout)
+            .field("http_body_timeout", &self.http_body_timeout)
+            .field("http_request_deadline", &self.http_request_deadline)
+            .field(
+                "http_tls_handshake_timeout",
+                &self.http_tls_handshake_timeout,
+            )
+            .field("http_send_timeout", &self.http_send_timeout)
+            .field("http_max_header_bytes", &self.http_max_header_bytes)
+            .field("http_max_receiving_bodies", &self.http_max_receiving_bodies)
+            .field("http_buffer_bytes", &self.http_buffer_bytes)
+            .field("max_concurrent_listings", &self.max_concurrent_listings)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("snapshot_entries", &self.snapshot_entries)
+            .field("snapshot_bytes", &self.snapshot_bytes)
+            .field("snapshot_keep_entries", &self.snapshot_keep_entries)
+            .field("max_promotion_lag", &self.max_promotion_lag)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("join", &self.join)
+            .field("log_format", &self.log_format)
+            .field("unsafe_no_fsync", &self.unsafe_no_fsync)
+            .field("auth_token", &secret(&self.auth_token))
+            .field("admin_token", &secret(&self.admin_token))
+            .field("client_tls", &self.client_tls)
+            .field("client_ca", &self.client_ca)
+            .field("insecure", &self.insecure)
+            .field("tls_crl", &self.tls_crl)
+            .field("log_cache_bytes", &self.log_cache_bytes)
+            .field("max_uncommitted_bytes", &self.max_uncommitted_bytes)
+            .field("max_unapplied_bytes", &self.max_unapplied_bytes)
+            .field(
+                "max_snapshot_receive_bytes",
+                &self.max_snapshot_receive_bytes,
+            )
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field(
+                "peer_retry_after_handshakes",
+                &self.peer_retry_after_handshakes,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest key plus value a node accepts: an entry must fit, with
+/// room for framing, in one frame of the peer transport (16 MiB by default)
+/// and well within its per-peer replication queue.
+pub const ENTRY_BYTES_MAX: usize = 8 << 20;
+
+/// A setting that is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);

@@ -1,0 +1,381 @@
+//! From the settings as given to a [`NodeConfig`]: defaults, this node's
+//! advertised addresses, and the checks that name a bad setting.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raft_core::NodeId;
+
+use super::security::read_token;
+use super::{ConfigError, Member, NodeConfig, RunArgs, ENTRY_BYTES_MAX};
+
+impl RunArgs {
+    /// Applies the defaults and checks the result.
+    pub(super) fn finish(self) -> Result<NodeConfig, ConfigError> {
+        let id = self
+            .id
+            .ok_or_else(|| ConfigError("--id (RAFT_ID) is required".into()))?;
+        if id == 0 {
+            return Err(ConfigError("--id must be a positive integer".into()));
+        }
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => Vec::new(),
+        };
+        let advertise = self.advertise(id, &initial_cluster)?;
+        let cfg = self.into_config(id, initial_cluster, advertise)?;
+        check_access(&cfg)?;
+        check_timing(&cfg)?;
+        check_limits(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// This node's addresses as others reach it: the flags, else its
+    /// `--initial-cluster` entry, else the listen addresses; never an
+    /// unspecified address.
+    fn advertise(&self, id: NodeId, initial_cluster: &[Member]) -> Result<Member, ConfigError> {
+        let client_listen = self
+            .client_listen
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal"));
+        let peer_listen = self
+            .peer_listen
+            .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal"));
+        let listed = initial_cluster.iter().find(|m| m.id == id);
+        let advertise = Member {
+            id,
+            peer_addr: self
+                .peer_advertise
+                .or(listed.map(|m| m.peer_addr))
+                .unwrap_or(peer_listen),
+            client_addr: self
+                .client_advertise
+                .clone()
+                .or(listed.map(|m| m.client_addr.clone()))
+                .unwrap_or_else(|| client_listen.to_string()),
+        };
+        if let Some(m) = listed {
+            if *m != advertise {
+                return Err(ConfigError(format!(
+                    "--initial-cluster lists this node at {}/{} but it advertises {}/{}",
+                    m.peer_addr, m.client_addr, advertise.peer_addr, advertise.client_addr
+                )));
+            }
+        }
+        if advertise.peer_addr.ip().is_unspecified() {
+            return Err(ConfigError(
+                "listening on an unspecified address: give --peer-advertise (or list this node in --initial-cluster)".into(),
+            ));
+        }
+        if advertise.client_addr.starts_with("0.0.0.0:")
+            || advertise.client_addr.starts_with("[::]:")
+        {
+            return Err(ConfigError(
+                "listening on an unspecified address: give --client-advertise (or list this node in --initial-cluster)".into(),
+            ));
+        }
+        Ok(advertise)
+    }
+
+    /// The settings with their defaults, file sizes in bytes and tokens
+    /// read.
+    fn into_config(
+        self,
+        id: NodeId,
+        initial_cluster: Vec<Member>,
+        advertise: Member,
+    ) -> Result<NodeConfig, ConfigError> {
+        let required = |v: Option<PathBuf>, flag: &str, env: &str| {
+            v.ok_or_else(|| {
+                ConfigError(format!(
+                    "{flag} ({env}) is required (see `raft-node certs`)"
+                ))
+            })
+        };
+        Ok(NodeConfig {
+            advertise,
+            id,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+            client_listen: self
+                .client_listen
+                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
+            peer_listen: self
+                .peer_listen
+                .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal")),
+            initial_cluster,
+            tls_ca: required(self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?,
+            tls_cert: required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?,
+            tls_key: required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?,
+            tick: Duration::from_millis(self.tick_ms.unwrap_or(50)),
+            election_ticks: self.election_ticks.unwrap_or(20),
+            heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(5000)),
+            failure_exit_delay: Duration::from_millis(self.failure_exit_delay_ms.unwrap_or(1000)),
+            storage_stall_timeout: match self.storage_stall_timeout_ms.unwrap_or(10_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            max_key_bytes: self.max_key_bytes.unwrap_or(1024),
+            max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
+            max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
+            max_list_limit: self.max_list_limit.unwrap_or(1000),
+            max_list_bytes: self.max_list_bytes.unwrap_or(8 << 20),
+            http_max_connections: self.http_max_connections.unwrap_or(4096),
+            http_header_timeout: ms(self.http_header_timeout_ms, 10_000),
+            http_idle_timeout: ms(self.http_idle_timeout_ms, 60_000),
+            http_body_timeout: ms(self.http_body_timeout_ms, 30_000),
+            http_request_deadline: ms(self.http_request_deadline_ms, 30_000),
+            http_tls_handshake_timeout: ms(self.http_tls_handshake_timeout_ms, 5_000),
+            http_send_timeout: ms(self.http_send_timeout_ms, 30_000),
+            http_max_header_bytes: self.http_max_header_bytes.unwrap_or(64 << 10),
+            http_max_receiving_bodies: self.http_max_receiving_bodies.unwrap_or(1024),
+            http_buffer_bytes: mib_bytes("--http-buffer-mib", self.http_buffer_mib, 128)?,
+            max_concurrent_listings: self.max_concurrent_listings.unwrap_or(8),
+            idempotency_window: self.idempotency_window.unwrap_or(100_000),
+            snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
+            snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
+            snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
+            max_promotion_lag: self.max_promotion_lag.unwrap_or(1_000),
+            log_cache_bytes: mib_bytes_or_zero("--log-cache-mib", self.log_cache_mib, 64)?,
+            max_uncommitted_bytes: mib_bytes("--max-uncommitted-mib", self.max_uncommitted_mib, 64)?
+                as u64,
+            max_unapplied_bytes: mib_bytes("--max-unapplied-mib", self.max_unapplied_mib, 64)?
+                as u64,
+            write_buffer_bytes: mib_bytes("--write-buffer-mib", self.write_buffer_mib, 16)?,
+            block_cache_bytes: mib_bytes("--block-cache-mib", self.block_cache_mib, 64)?,
+            join: self.join,
+            log_format: self.log_format.unwrap_or_default(),
+            unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
+            auth_token: self
+                .auth_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            admin_token: self
+                .admin_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+            client_tls: self.client_tls.unwrap_or(false),
+            client_ca: self.client_ca,
+            insecure: self.insecure.unwrap_or(false),
+            tls_crl: self.tls_crl,
+            max_snapshot_receive_bytes: self
+                .max_snapshot_receive_mib
+                .unwrap_or(4096)
+                .saturating_mul(1 << 20),
+            max_connections_per_peer: self.max_connections_per_peer.unwrap_or(4),
+            peer_retry_after_handshakes: self.peer_retry_after_handshakes.unwrap_or(32),
+        })
+    }
+}
+
+/// `--join`, the peer limits, and who may reach the API.
+fn check_access(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    if let Some(url) = &cfg.join {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "--join must be an http:// or https:// URL of a member, got {url:?}"
+            )));
+        }
+        if !cfg.initial_cluster.is_empty() {
+            return Err(ConfigError(
+                "--join and --initial-cluster exclude each other: a new cluster is \
+                 bootstrapped with --initial-cluster, a node joins an existing one with --join"
+                    .into(),
+            ));
+        }
+    }
+    if cfg.max_snapshot_receive_bytes == 0 {
+        return Err(ConfigError(
+            "--max-snapshot-receive-mib must be positive".into(),
+        ));
+    }
+    if cfg.max_connections_per_peer > 256 {
+        return Err(ConfigError(
+            "--max-connections-per-peer must be at most 256 (the connection limit)".into(),
+        ));
+    }
+    if cfg.client_ca.is_some() && !cfg.client_tls {
+        return Err(ConfigError("--client-ca needs --client-tls".into()));
+    }
+    if !cfg.client_listen.ip().is_loopback() && !cfg.api_authenticated() && !cfg.insecure {
+        return Err(ConfigError(format!(
+            "--client-listen {} is reachable beyond this machine but the API has no \
+            authentication: give --auth-token-file (and --client-tls, so tokens do not \
+            travel in clear) or --client-tls with --client-ca, or pass --insecure to serve \
+            it open anyway",
+            cfg.client_listen
+        )));
+    }
+    Ok(())
+}
+
+/// Ticks, timeouts and deadlines.
+fn check_timing(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    if cfg.tick.is_zero() || cfg.tick > Duration::from_secs(60) {
+        return Err(ConfigError("--tick-ms must be between 1 and 60000".into()));
+    }
+    if cfg.election_ticks > 100_000 {
+        return Err(ConfigError(
+            "--election-ticks must be at most 100000".into(),
+        ));
+    }
+    if cfg.request_timeout.is_zero() || cfg.request_timeout > Duration::from_secs(3600) {
+        return Err(ConfigError(
+            "--request-timeout-ms must be between 1 and 3600000".into(),
+        ));
+    }
+    if cfg
+        .storage_stall_timeout
+        .is_some_and(|t| t < Duration::from_millis(100))
+    {
+        return Err(ConfigError(
+            "--storage-stall-timeout-ms must be 0 (off) or at least 100: a healthy fsync \
+             can take tens of milliseconds"
+                .into(),
+        ));
+    }
+    if cfg.failure_exit_delay > Duration::from_secs(600) {
+        return Err(ConfigError(
+            "--failure-exit-delay-ms must be at most 600000".into(),
+        ));
+    }
+    for (name, value) in [
+        ("--http-header-timeout-ms", cfg.http_header_timeout),
+        ("--http-idle-timeout-ms", cfg.http_idle_timeout),
+        ("--http-body-timeout-ms", cfg.http_body_timeout),
+        ("--http-request-deadline-ms", cfg.http_request_deadline),
+        (
+            "--http-tls-handshake-timeout-ms",
+            cfg.http_tls_handshake_timeout,
+        ),
+    ] {
+        if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+            return Err(ConfigError(format!(
+                "{name} must be between 100 and 3600000"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sizes and counts.
+fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    if cfg.http_max_connections == 0 || cfg.http_max_connections > 1_000_000 {
+        return Err(ConfigError(
+            "--http-max-connections must be between 1 and 1000000".into(),
+        ));
+    }
+    if cfg.max_concurrent_requests == 0 {
+        return Err(ConfigError(
+            "--max-concurrent-requests must be at least 1".into(),
+        ));
+    }
+    if cfg.max_list_bytes < 1024 {
+        return Err(ConfigError("--max-list-bytes must be at least 1024".into()));
+    }
+    if cfg.max_key_bytes.saturating_add(cfg.max_value_bytes) > ENTRY_BYTES_MAX {
+        return Err(ConfigError(format!(
+            "--max-key-bytes plus --max-value-bytes must be at most {ENTRY_BYTES_MAX} bytes: \
+             one entry must fit in a peer transport frame"
+        )));
+    }
+    if cfg.heartbeat_ticks == 0 || cfg.election_ticks <= cfg.heartbeat_ticks {
+        return Err(ConfigError(
+            "--election-ticks must exceed --heartbeat-ticks, which must be positive".into(),
+        ));
+    }
+    for (name, v) in [
+        ("--max-key-bytes", cfg.max_key_bytes),
+        ("--max-value-bytes", cfg.max_value_bytes),
+        ("--max-concurrent-requests", cfg.max_concurrent_requests),
+        ("--max-list-limit", cfg.max_list_limit),
+        ("--max-connections-per-peer", cfg.max_connections_per_peer),
+    ] {
+        if v == 0 {
+            return Err(ConfigError(format!("{name} must be positive")));
+        }
+    }
+    if !cfg.initial_cluster.is_empty() && !cfg.initial_cluster.iter().any(|m| m.id == cfg.id) {
+        return Err(ConfigError(format!(
+            "--initial-cluster does not list this node ({})",
+            cfg.id
+        )));
+    }
+    Ok(())
+}
+
+/// A duration in milliseconds, or its default.
+fn ms(v: Option<u64>, default_ms: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default_ms))
+}
+
+/// A size in MiB between 1 and 65536, as bytes.
+fn mib_bytes(name: &str, v: Option<u64>, default: u64) -> Result<usize, ConfigError> {
+    let mib = v.unwrap_or(default);
+    if !(1..=65_536).contains(&mib) {
+        return Err(ConfigError(format!("{name} must be between 1 and 65536")));
+    }
+    usize::try_from(mib << 20).map_err(|_| ConfigError(format!("{name} is too large here")))
+}
+
+/// A size in MiB between 0 and 65536, as bytes.
+fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    let mib = v.unwrap_or(default);
+    if mib > 65_536 {
+        return Err(ConfigError(format!("{name} must be between 0 and 65536")));
+    }
+    Ok(mib << 20)
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR,…`.
+///
+/// # Errors
+///
+/// [`ConfigError`] naming the bad item.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members: Vec<Member> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "--initial-cluster item {item:?}: {why} (expected ID=PEER_ADDR/CLIENT_ADDR)"
+            ))
+        };
+        let (id, addrs) = item.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        if id == 0 {
+            return Err(bad("ids are positive"));
+        }
+        let (peer, client) = addrs
+            .split_once('/')
+            .ok_or_else(|| bad("no '/' between the peer and client addresses"))?;
+        let peer_addr = peer
+            .trim()
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("peer address: {e}")))?
+            .next()
+            .ok_or_else(|| bad("the peer address resolves to nothing"))?;
+        let client_addr = client.trim().to_owned();
+        if client_addr.is_empty() || !client_addr.contains(':') {
+            return Err(bad("the client address needs host:port"));
+        }
+        if members.iter().any(|m| m.id == id) {
+            return Err(bad("the id appears twice"));
+        }
+        members.push(Member {
+            id,
+            peer_addr,
+            client_addr,
+        });
+    }
+    if members.is_empty() {
+        return Err(ConfigError("--initial-cluster lists no member".into()));
+    }
+    Ok(members)
+}

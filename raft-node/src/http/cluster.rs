@@ -1,0 +1,245 @@
+//! Membership and leadership: `POST /v1/cluster/learners`,
+//! `POST /v1/cluster/voters/{id}`, `DELETE /v1/cluster/members/{id}` and
+//! `POST /v1/cluster/transfer-leader`. Each is forwarded to the leader when
+//! this node is not it.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Json;
+use raft_core::driver::MembershipError;
+use raft_core::{
+    ChangeError, DriverStatus, Membership, MembershipChange, NodeId, ProposeError, Role,
+    TransferError,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::forwarding::{forward, Relay};
+use super::ops::driver_status;
+use super::{Answer, AppState, Shared};
+use crate::config::Member;
+use crate::problem::Problem;
+
+#[derive(Debug, Deserialize, Default)]
+struct TransferBody {
+    target: Option<NodeId>,
+}
+
+/// `POST /v1/cluster/transfer-leader [{"target": id}]`: hands leadership to
+/// `target` (or the most caught-up voter).
+pub(super) async fn transfer_leader(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let target = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<TransferBody>(&body)
+            .map_err(|e| {
+                Problem::bad_request(format!(
+                    "body must be {{\"target\": <node id>}} or empty: {e}"
+                ))
+            })?
+            .target
+    };
+    match state.raft.transfer_leader(target).await {
+        Ok(leader) => Ok(Json(json!({ "leader": leader })).into_response()),
+        Err(TransferError::NotLeader { leader }) => {
+            forward(&state, leader, post(&uri, &headers, body)).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An admin request to relay as it came.
+fn post<'a>(uri: &'a Uri, headers: &'a HeaderMap, body: Bytes) -> Relay<'a> {
+    Relay {
+        method: Method::POST,
+        uri,
+        headers,
+        body,
+        is_write: false,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnerBody {
+    id: NodeId,
+    peer_addr: std::net::SocketAddr,
+    client_addr: String,
+}
+
+/// The answer to a membership change: the resulting configuration, the
+/// leader's answer when this node is not it, or the problem.
+async fn membership_answer(
+    state: &AppState,
+    result: Result<Membership, MembershipError>,
+    relay: Relay<'_>,
+) -> Answer {
+    match result {
+        Ok(m) => Ok(Json(membership_json(&m, &known_members(state))).into_response()),
+        Err(MembershipError::Rejected(ChangeError::NotLeader { leader })) => {
+            forward(state, leader, relay).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn membership_json(m: &Membership, members: &[Member]) -> serde_json::Value {
+    json!({
+        "membership": {
+            "voters": m.voters(),
+            "learners": m.learners(),
+            "outgoing_voters": m.voters_outgoing(),
+            "joint": m.is_joint(),
+        },
+        "members": members,
+    })
+}
+
+/// The member addresses this node knows (replicated records over the
+/// ones it started with).
+fn known_members(state: &AppState) -> Vec<Member> {
+    state.members.with_replicated()
+}
+
+/// The learner a request describes, or 400.
+fn learner(body: &[u8]) -> Result<Member, Problem> {
+    let req: LearnerBody = serde_json::from_slice(body).map_err(|e| {
+        Problem::bad_request(format!(
+            "body must be {{\"id\": <node id>, \"peer_addr\": \"ip:port\", \"client_addr\": \"host:port\"}}: {e}"
+        ))
+    })?;
+    if req.id == 0 {
+        return Err(Problem::bad_request("node id 0 is reserved"));
+    }
+    if req.client_addr.is_empty() || req.client_addr.len() > 255 || req.client_addr.contains('/') {
+        return Err(Problem::bad_request("client_addr must be host:port"));
+    }
+    Ok(Member {
+        id: req.id,
+        peer_addr: req.peer_addr,
+        client_addr: req.client_addr,
+    })
+}
+
+/// 409 when `member` is a voter already, or a member known under other
+/// addresses (it must be removed first).
+fn check_new_learner(s: &DriverStatus, member: &Member, known: &[Member]) -> Result<(), Problem> {
+    if s.engine.membership.is_voter(member.id) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already-voter",
+            "Already a voter",
+            format!("node {} is already a voter", member.id),
+        ));
+    }
+    if known.contains(member) || !s.engine.membership.contains(member.id) {
+        return Ok(());
+    }
+    match known.iter().find(|m| m.id == member.id) {
+        Some(other) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "address-conflict",
+            "Member has other addresses",
+            format!(
+                "node {} is a member with addresses {}/{}; remove it first",
+                other.id, other.peer_addr, other.client_addr
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/cluster/learners {"id", "peer_addr", "client_addr"}`: records
+/// the node's addresses through the log, then adds it as a learner.
+/// Repeating the request for a learner with the same addresses succeeds.
+pub(super) async fn add_learner(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let member = learner(&body)?;
+    let s = driver_status(&state).await?;
+    if s.engine.role != Role::Leader {
+        return forward(&state, s.engine.leader, post(&uri, &headers, body)).await;
+    }
+    let known = known_members(&state);
+    check_new_learner(&s, &member, &known)?;
+    if !known.contains(&member) {
+        match state
+            .raft
+            .propose(crate::command::encode_member(&member))
+            .await
+        {
+            Ok(_) => {}
+            Err(ProposeError::NotLeader { leader }) => {
+                return forward(&state, leader, post(&uri, &headers, body)).await
+            }
+            Err(e) => {
+                return Err(Problem::unavailable(
+                    "propose-failed",
+                    "Could not record the addresses",
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+    let result = if s.engine.membership.learners().contains(&member.id) {
+        Ok(s.engine.membership.clone())
+    } else {
+        state
+            .raft
+            .change_membership(MembershipChange::AddLearner(member.id))
+            .await
+    };
+    membership_answer(&state, result, post(&uri, &headers, body)).await
+}
+
+/// Parses `raw` as a node id, then runs the change `make(id)` and answers
+/// with the resulting configuration (or the error, forwarded to the leader
+/// when this node is not it).
+async fn change_by_id(
+    state: &AppState,
+    raw: &str,
+    make: fn(NodeId) -> MembershipChange,
+    relay: Relay<'_>,
+) -> Answer {
+    let Some(id) = raw.parse::<NodeId>().ok().filter(|id| *id > 0) else {
+        return Err(Problem::bad_request(format!("{raw:?} is not a node id")));
+    };
+    let result = state.raft.change_membership(make(id)).await;
+    membership_answer(state, result, relay).await
+}
+
+/// `POST /v1/cluster/voters/{id}`: promotes a caught-up learner.
+pub(super) async fn promote(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Answer {
+    let relay = post(&uri, &headers, Bytes::new());
+    change_by_id(&state, &raw, MembershipChange::Promote, relay).await
+}
+
+/// `DELETE /v1/cluster/members/{id}`: removes a learner or a voter (the
+/// leader too: it hands over and steps down).
+pub(super) async fn remove_member(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Answer {
+    let relay = Relay {
+        method: Method::DELETE,
+        ..post(&uri, &headers, Bytes::new())
+    };
+    change_by_id(&state, &raw, MembershipChange::Remove, relay).await
+}

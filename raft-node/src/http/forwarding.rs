@@ -1,0 +1,175 @@
+//! Relaying a request to the leader, once: a follower sends what needs the
+//! leader on, marked with [`FORWARDED_HEADER`], and relays the answer; a
+//! forwarded request is never forwarded again. What reached the leader
+//! decides the error: nothing sent is 503 (not applied), a write without
+//! an answer is 504 (outcome unknown).
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use raft_core::NodeId;
+
+use super::limits::{overloaded, ChunksBody};
+use super::{Answer, AppState};
+use crate::problem::Problem;
+
+/// Marks a request forwarded by another node; it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-raft-forwarded-by";
+
+/// The request headers the leader is sent.
+const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 5] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::AUTHORIZATION,
+];
+
+/// The answer headers relayed back to the client.
+const RELAYED_ANSWER_HEADERS: [&str; 4] = ["content-type", "etag", "retry-after", "x-raft-leader"];
+
+/// A request to send on to the leader.
+pub(super) struct Relay<'a> {
+    pub(super) method: Method,
+    pub(super) uri: &'a Uri,
+    pub(super) headers: &'a HeaderMap,
+    pub(super) body: Bytes,
+    /// A write: an answer lost on the way makes its outcome unknown.
+    pub(super) is_write: bool,
+}
+
+impl<'a> Relay<'a> {
+    /// A request without a body that changes nothing.
+    pub(super) fn read(uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        Self {
+            method: Method::GET,
+            uri,
+            headers,
+            body: Bytes::new(),
+            is_write: false,
+        }
+    }
+}
+
+fn no_leader(detail: String) -> Problem {
+    Problem::unavailable("no-leader", "No leader", detail)
+}
+
+/// The leader's client address, or why the request cannot go there.
+fn leader_address(
+    state: &AppState,
+    leader: Option<NodeId>,
+    headers: &HeaderMap,
+) -> Result<(NodeId, String), Problem> {
+    let Some(leader) = leader.filter(|l| *l != state.id) else {
+        return Err(no_leader(
+            "no leader is known right now; retry shortly".into(),
+        ));
+    };
+    if headers.contains_key(FORWARDED_HEADER) {
+        return Err(no_leader(format!("this node is not the leader (leader: {leader}) and the request was already forwarded once")));
+    }
+    let Some(addr) = state.members.client_addr(leader) else {
+        return Err(no_leader(format!(
+            "the leader is node {leader}, whose client address is unknown here"
+        )));
+    };
+    Ok((leader, addr))
+}
+
+/// Sends the request to the leader and relays its answer.
+pub(super) async fn forward(state: &AppState, leader: Option<NodeId>, relay: Relay<'_>) -> Answer {
+    let (leader, addr) = leader_address(state, leader, relay.headers)?;
+    let scheme = if state.cfg.client_tls {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!(
+        "{scheme}://{addr}{}",
+        relay
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut req = state
+        .client
+        .request(relay.method, &url)
+        .header(FORWARDED_HEADER, state.id.to_string())
+        .timeout(state.cfg.request_timeout + std::time::Duration::from_secs(1))
+        .body(relay.body);
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = relay.headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    if let Some(v) = relay.headers.get("idempotency-key") {
+        req = req.header("idempotency-key", v);
+    }
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        // Nothing reached the leader: the write did not happen.
+        Err(e) if e.is_connect() || e.is_builder() => {
+            return Err(no_leader(format!(
+                "cannot reach the leader (node {leader} at {addr}): {e}"
+            )))
+        }
+        Err(e) => {
+            let detail = format!("forwarded to the leader (node {leader}) but got no answer: {e}");
+            return Err(if relay.is_write {
+                Problem::outcome_unknown(detail)
+            } else {
+                no_leader(detail)
+            });
+        }
+    };
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (name, value) in resp.headers() {
+        if RELAYED_ANSWER_HEADERS.contains(&name.as_str()) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    if !relay.is_write {
+        // Reads (a listing can be megabytes) are taken whole from the
+        // leader, out of the memory budget, and sent on with their length;
+        // a slow client does not hold the leader.
+        return relay_read(state, out, resp).await;
+    }
+    match resp.bytes().await {
+        Ok(b) => Ok(out
+            .body(axum::body::Body::from(b))
+            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())),
+        Err(e) => Err(Problem::outcome_unknown(format!(
+            "the leader's answer was lost: {e}"
+        ))),
+    }
+}
+
+/// The leader's answer to a forwarded read, read whole under the memory
+/// budget, sent on with its exact length.
+async fn relay_read(
+    state: &AppState,
+    out: axum::http::response::Builder,
+    mut resp: reqwest::Response,
+) -> Answer {
+    let mut budget = None;
+    let mut chunks = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if !state.limits.reserve_more(&mut budget, c.len()) {
+                    return Err(overloaded(
+                        "memory for answers being sent (--http-buffer-mib)",
+                    ));
+                }
+                chunks.push(c);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(no_leader(format!("the leader's answer was lost: {e}"))),
+        }
+    }
+    Ok(out
+        .body(axum::body::Body::new(ChunksBody::new(chunks, budget)))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
+}

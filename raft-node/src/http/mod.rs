@@ -1,0 +1,155 @@
+//! The HTTP API (the contract is in docs/architecture.md): key-value reads and
+//! writes with preconditions, listing, cluster status, leadership transfer,
+//! metrics and health. Any node serves any request: a follower forwards
+//! what needs the leader, once (a forwarded request is never forwarded again).
+//!
+//! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
+//! `cluster` (membership and leadership), `ops` (status, health,
+//! metrics, snapshots); and the layers around them: `auth` (bearer
+//! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
+//! and `forwarding` (relaying to the leader). Handlers return
+//! `Result<_, Problem>`; each error type's response is in
+//! [`crate::problem`].
+
+mod auth;
+mod cluster;
+mod forwarding;
+mod kv;
+mod limits;
+mod listing;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use raft_core::{NodeId, RaftHandle};
+
+use crate::command::Outcome;
+use crate::config::NodeConfig;
+use crate::members::MemberDirectory;
+use crate::problem::Problem;
+use crate::store::KvReader;
+
+pub(crate) use auth::principal;
+pub use forwarding::FORWARDED_HEADER;
+pub use limits::HttpLimits;
+
+/// A handler's answer: its response (or the leader's, when forwarded), or
+/// the problem that stopped it.
+type Answer = Result<Response, Problem>;
+
+/// What every handler needs.
+pub struct AppState {
+    /// This node.
+    pub id: NodeId,
+    /// The Raft handle.
+    pub raft: RaftHandle<Outcome>,
+    /// Reads of the key-value store.
+    pub reader: KvReader,
+    /// Settings.
+    pub cfg: Arc<NodeConfig>,
+    /// Known members and their addresses.
+    pub members: MemberDirectory,
+    /// For forwarding to the leader.
+    pub client: reqwest::Client,
+    /// The Prometheus exporter, when installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Slots and memory of the API's limits.
+    pub limits: Arc<HttpLimits>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// 405 with a problem body; axum keeps the `Allow` header listing the
+/// route's methods.
+async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn no_such_route(uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-such-route",
+        "No such route",
+        format!("{} is not an API path", uri.path()),
+    )
+}
+
+/// The API's routes, limits and request metrics.
+///
+/// `/v1/...` requests pass, outermost first: the token check, the body
+/// read (refused at once from `Content-Length` above `--max-value-bytes`,
+/// bounded by `--http-body-timeout-ms`), the request deadline
+/// (`--http-request-deadline-ms`), and the concurrency limit
+/// (`--max-concurrent-requests`, shedding with 503 beyond it), which a
+/// request holds only while its handler runs. `/healthz`, `/readyz` and
+/// `/metrics` are outside all of these, so a flooded node still answers its
+/// probes.
+pub fn router(state: Shared) -> Router {
+    let body_limit = state.cfg.max_value_bytes;
+    let shed = state.limits.request_slots();
+    let api = Router::new()
+        .route("/v1/kv", get(listing::list))
+        .route("/v1/kv/", get(listing::list))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route("/v1/cluster", get(ops::cluster))
+        .route(
+            "/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader),
+        )
+        .route("/v1/cluster/learners", post(cluster::add_learner))
+        .route("/v1/cluster/voters/{id}", post(cluster::promote))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member),
+        )
+        .route("/v1/cluster/snapshot", post(ops::take_snapshot))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_such_route)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shed,
+            limits::shed_load,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .merge(api)
+        // The operator routes too answer a wrong method with a problem.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(limits::record_metrics))
+        .with_state(state)
+}

@@ -1,0 +1,204 @@
+//! The node's background tasks: the storage stall watch, and following the
+//! member addresses and the configuration the log replicates (peers to
+//! dial, peers allowed in, and the member directory).
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use raft_core::{NodeId, RaftHandle};
+use raft_net_quic::QuicTransport;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::command::Outcome;
+use crate::config::Member;
+use crate::members::MemberDirectory;
+use crate::store::KvReader;
+
+/// How often the configuration in force is checked for changes.
+const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// How often the storage stall watch looks.
+const STALL_POLL: Duration = Duration::from_millis(500);
+
+/// Says in the log when a log write runs past `limit`
+/// (`--storage-stall-timeout-ms`) and when it returns: a write that hangs
+/// records no duration anywhere else, and a restart by a liveness probe
+/// should leave a reason.
+pub(super) fn watch_storage_stalls(raft: RaftHandle<Outcome>, limit: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stalled = false;
+        let mut tick = tokio::time::interval(STALL_POLL);
+        loop {
+            tick.tick().await;
+            let busy = raft.storage_busy_for();
+            match (stalled, busy) {
+                (false, Some(b)) if b > limit => {
+                    stalled = true;
+                    tracing::warn!(
+                        busy_seconds = b.as_secs_f64(),
+                        "a log write is still running: the disk is not answering; \
+                         /healthz and /readyz answer 503 until it returns"
+                    );
+                }
+                (true, b) if b.is_none_or(|b| b <= limit) => {
+                    stalled = false;
+                    tracing::info!("the stalled log write returned; storage answers again");
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Follows the member addresses the log replicates: peers to dial, leaders
+/// to forward to, and what a restart starts from.
+pub(super) fn follow_addresses(
+    id: NodeId,
+    mut changed: watch::Receiver<u64>,
+    reader: KvReader,
+    transport: QuicTransport,
+    directory: MemberDirectory,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            let Ok(replicated) = reader.members() else {
+                continue;
+            };
+            match directory.learn(replicated) {
+                Ok(new) => {
+                    for m in new.into_iter().filter(|m| m.id != id) {
+                        tracing::info!(peer = m.id, addr = %m.peer_addr, "member address learned");
+                        transport.add_peer(m.id, m.peer_addr);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "saving member addresses failed"),
+            }
+        }
+    })
+}
+
+/// Follows the configuration: only its members, and nodes whose addresses
+/// were recorded to be added, may connect and send; a node removed by a
+/// committed configuration loses its peer entry, its connections and its
+/// address record here (the replicated record is deleted when the
+/// configuration is applied).
+pub(super) fn follow_configuration(
+    id: NodeId,
+    raft: RaftHandle<Outcome>,
+    reader: KvReader,
+    transport: QuicTransport,
+    directory: MemberDirectory,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MEMBERSHIP_POLL);
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let Some(s) = raft.status().await else { break };
+            let Ok(recorded) = reader.members() else {
+                continue;
+            };
+            let config = s.engine.membership.members();
+            let seen = (
+                config.clone(),
+                s.engine.membership_committed,
+                recorded.clone(),
+                s.engine.leader,
+            );
+            if last.as_ref() == Some(&seen) {
+                continue;
+            }
+            last = Some(seen);
+            let view = ConfigView {
+                config: &config,
+                leader: s.engine.leader,
+                committed: s.engine.membership_committed,
+                recorded: &recorded,
+            };
+            follow_membership(id, &view, &transport, &directory);
+        }
+    })
+}
+
+/// The configuration in force, as [`follow_membership`] applies it.
+struct ConfigView<'a> {
+    /// Its members.
+    config: &'a BTreeSet<NodeId>,
+    /// The leader this node follows.
+    leader: Option<NodeId>,
+    /// Whether it is committed (before, it may still be undone).
+    committed: bool,
+    /// The replicated address records.
+    recorded: &'a [Member],
+}
+
+/// Applies the configuration in force and the replicated address records
+/// to the transport and the member directory.
+fn follow_membership(
+    id: NodeId,
+    view: &ConfigView<'_>,
+    transport: &QuicTransport,
+    directory: &MemberDirectory,
+) {
+    let config = view.config;
+    if config.is_empty() || !config.contains(&id) {
+        // A joining node that has not yet applied the configuration adding
+        // it: what it holds (an old snapshot's, or an entry replayed on the
+        // way) may predate the leader that is bringing it up, so it narrows
+        // nothing; its peer table (the members it joined through) decides.
+        transport.set_allowed_peers(None);
+        return;
+    }
+    let known = directory.ids();
+    // While the configuration is not committed it may still be undone, and
+    // the nodes of the one before still count (an original member removed
+    // by it has no address record): everyone in the directory stays.
+    let keep_known = if view.committed {
+        Vec::new()
+    } else {
+        known.clone()
+    };
+    // The leader this node follows is never cut off: its configuration
+    // may be newer than what this node has applied.
+    let allowed: HashSet<NodeId> = config
+        .iter()
+        .copied()
+        .chain(view.recorded.iter().map(|m| m.id))
+        .chain(keep_known)
+        .chain(view.leader)
+        .filter(|p| *p != id)
+        .collect();
+    transport.set_allowed_peers(Some(allowed.clone()));
+    if view.committed {
+        // Removed for good: no configuration holds it and its address
+        // record is gone. (Before the commit the removal may still be
+        // undone, and the address would be needed again.)
+        let gone: Vec<NodeId> = known
+            .into_iter()
+            .chain(transport.peers().into_iter().map(|(p, _)| p))
+            .filter(|p| *p != id && !allowed.contains(p))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for p in &gone {
+            tracing::info!(
+                peer = p,
+                "member removed: dropping its address and connections"
+            );
+            transport.remove_peer(*p);
+        }
+        if let Err(e) = directory.forget(&gone) {
+            tracing::warn!(error = %e, "saving member addresses failed");
+        }
+    }
+    // A member the transport lost (a removal that was undone): dial it again.
+    let dialed: HashSet<NodeId> = transport.peers().into_iter().map(|(p, _)| p).collect();
+    for p in config {
+        if *p != id && !dialed.contains(p) {
+            if let Some(m) = directory.get(*p) {
+                transport.add_peer(*p, m.peer_addr);
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The rules of applying, with no RocksDB in them: preconditions,
+//! revisions, idempotency records and their window, member address
+//! records. [`apply`] reads the state before a batch through a
+//! [`StoreView`] and answers the outcomes and the [`Write`]s that one
+//! atomic batch must make; `rocks.rs` writes them.
+//!
+//! The result is a function of the entries and the state alone, never of
+//! how entries were split into batches: every replica stores and answers
+//! the same (the `replicas_are_a_function_of_the_log...` test checks it).
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, Membership};
+
+use super::records::{
+    decode_order_key, decode_record, decode_token_record, decode_u64, encode_record,
+    encode_token_record, member_key, order_key, token_key, Remembered, TokenRecord, APPLIED_KEY,
+    APPLIED_MEMBERS_KEY, ORDER_PREFIX, SCOPED_SINCE_KEY,
+};
+use super::StoreError;
+use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, MEMBER_TAG};
+
+/// The column family a write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Cf {
+    /// The data (`kv`).
+    Kv,
+    /// The applied index and the replicated bookkeeping (`kv_meta`).
+    Meta,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Write {
+    /// Sets `key` to the value.
+    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Deletes `key`.
+    Delete(Cf, Vec<u8>),
+}
+
+/// The state before a batch, as the rules read it.
+pub(super) trait StoreView {
+    /// The stored value of `key`.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The keys of `cf` from `start` (inclusive) to `end` (exclusive), in
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+/// What a batch of entries does.
+#[derive(Debug)]
+pub(super) struct Applied {
+    /// One outcome per entry, in order.
+    pub(super) outcomes: Vec<Outcome>,
+    /// The writes, to make in one atomic batch, in order.
+    pub(super) writes: Vec<Write>,
+    /// Whether the replicated member addresses may have changed.
+    pub(super) members_changed: bool,
+}
+
+/// Applies `entries` to the state `view` shows; idempotency records are
+/// remembered for `window` entries.
+///
+/// # Errors
+///
+/// The store cannot be read, or a record in it is corrupted.
+pub(super) fn apply(
+    view: &impl StoreView,
+    window: u64,
+    entries: &[Entry],
+) -> Result<Applied, StoreError> {
+    let mut batch = Batch {
+        view,
+        window,
+        writes: Vec::new(),
+        revs: HashMap::new(),
+        tokens: HashMap::new(),
+        applied_members: None,
+        scoped_since: None,
+        members_changed: false,
+    };
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for e in entries {
+        let outcome = match &e.payload {
+            EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
+                batch.member_record(data)
+            }
+            EntryPayload::Normal(data) => match Command::decode(data.clone()) {
+                Ok(cmd) => batch.command(e.index, &cmd)?,
+                Err(err) => Outcome::Malformed(err.to_string()),
+            },
+            EntryPayload::Membership(m) => batch.configuration(m)?,
+            _ => Outcome::Noop,
+        };
+        outcomes.push(outcome);
+    }
+    if let Some(last) = entries.last() {
+        batch.forget_expired_tokens(last.index)?;
+        batch.put(
+            Cf::Meta,
+            APPLIED_KEY.to_vec(),
+            last.index.to_be_bytes().to_vec(),
+        );
+    }
+    Ok(Applied {
+        outcomes,
+        writes: batch.writes,
+        members_changed: batch.members_changed,
+    })
+}
+
+/// A batch being decided: the writes so far, and the effects of its
+/// earlier entries, which the view does not show yet.
+struct Batch<'v, V> {
+    view: &'v V,
+    window: u64,
+    writes: Vec<Write>,
+    /// Revisions set (or deleted: `None`) by this batch, by key.
+    revs: HashMap<Bytes, Option<u64>>,
+    /// Idempotency records written by this batch, by slot.
+    tokens: HashMap<Vec<u8>, TokenRecord>,
+    /// The members of the configuration last applied (this batch's own
+    /// entries first, then the stored record); `None` until read.
+    applied_members: Option<Option<BTreeSet<u64>>>,
+    /// The index of the first scoped token; `None` until read.
+    scoped_since: Option<Option<u64>>,
+    members_changed: bool,
+}
+
+impl<V: StoreView> Batch<'_, V> {
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push(Write::Put(cf, key, value));
+    }
+
+    fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.writes.push(Write::Delete(cf, key));
+    }
+
+    /// A member's address record (`POST /v1/cluster/learners`).
+    fn member_record(&mut self, data: &Bytes) -> Outcome {
+        match crate::command::decode_member(data) {
+            Ok(m) => {
+                let record = serde_json::to_vec(&m).unwrap_or_default();
+                self.put(Cf::Meta, member_key(m.id), record);
+                self.members_changed = true;
+                Outcome::Noop
+            }
+            Err(err) => Outcome::Malformed(err.to_string()),
+        }
+    }
+
+    /// A configuration entry: a node dropped from the configuration loses
+    /// its address record on every replica, at the same index, so no member
+    /// dials it or lets it in again.
+    fn configuration(&mut self, m: &Membership) -> Result<Outcome, StoreError> {
+        let now = m.members();
+        let prev = match self.applied_members.take() {
+            Some(p) => p,
+            None => self
+                .view
+                .get(Cf::Meta, APPLIED_MEMBERS_KEY)?
+                .and_then(|v| serde_json::from_slice(&v).ok()),
+        };
+        if let Some(prev) = prev {
+            for gone in prev.difference(&now) {
+                self.delete(Cf::Meta, member_key(*gone));
+                self.members_changed = true;
+            }
+        }
+        let record = serde_json::to_vec(&now).unwrap_or_default();
+        self.put(Cf::Meta, APPLIED_MEMBERS_KEY.to_vec(), record);
+        self.applied_members = Some(Some(now));
+        Ok(Outcome::Noop)
+    }
+
+    /// The idempotency record of `slot`: this batch's, else the stored one.
+    fn token(&self, slot: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        if let Some(p) = self.tokens.get(slot) {
+            return Ok(Some(p.clone()));
+        }
+        match self.view.get(Cf::Meta, &token_key(slot))? {
+            Some(stored) => decode_token_record(slot, &stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the index of the first scoped token, once; the index it is.
+    fn note_scoped(&mut self, index: u64) -> Result<u64, StoreError> {
+        let since = match self.scoped_since {
+            Some(s) => s,
+            None => self
+                .view
+                .get(Cf::Meta, SCOPED_SINCE_KEY)?
+                .and_then(|v| decode_u64(&v)),
+        };
+        if since.is_none() {
+            self.put(
+                Cf::Meta,
+                SCOPED_SINCE_KEY.to_vec(),
+                index.to_be_bytes().to_vec(),
+            );
+        }
+        let since = since.unwrap_or(index);
+        self.scoped_since = Some(Some(since));
+        Ok(since)
+    }
+
+    /// The outcome remembered for `cmd`'s token at `index`, when its record
+    /// is within the window. A record past its window loses its order key:
+    /// the token is used anew.
+    fn remembered(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+        slot: &[u8],
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let mut prior = self.token(slot)?;
+        // A scoped retry of a write made before scoping existed.
+        if prior.is_none() && cmd.principal.is_some() {
+            if let (Some(raw), Some(Some(since))) = (&cmd.idempotency_key, self.scoped_since) {
+                // Only within its window: past it, it is simply forgotten
+                // (its own order key removes it).
+                let window = self.window;
+                prior = self
+                    .token(raw.as_bytes())?
+                    .filter(|(at, _, _)| *at < since && index.saturating_sub(*at) <= window);
+            }
+        }
+        // Whether a token is remembered depends only on the two indexes,
+        // never on how entries were batched: every replica decides the same.
+        let Some((at, remembered, outcome)) = prior else {
+            return Ok(None);
+        };
+        if index.saturating_sub(at) <= self.window {
+            return Ok(Some(if remembered.matches(cmd, fingerprint) {
+                outcome
+            } else {
+                Outcome::IdempotencyConflict
+            }));
+        }
+        self.delete(Cf::Meta, order_key(at, slot));
+        Ok(None)
+    }
+
+    /// The revision of `key` before `cmd`, when `cmd` depends on it.
+    fn current_rev(&self, cmd: &Command) -> Result<Option<u64>, StoreError> {
+        // A plain put does not depend on the key's current revision, so it
+        // is not read (a point lookup per write otherwise).
+        if matches!(
+            (&cmd.precondition, &cmd.op),
+            (Precondition::None, Op::Put(_))
+        ) {
+            return Ok(None);
+        }
+        if let Some(r) = self.revs.get(&cmd.key) {
+            return Ok(*r);
+        }
+        match self.view.get(Cf::Kv, &cmd.key)? {
+            Some(rec) => Ok(Some(decode_record(&cmd.key, &rec)?.rev)),
+            None => Ok(None),
+        }
+    }
+
+    /// A key-value command at `index`.
+    fn command(&mut self, index: u64, cmd: &Command) -> Result<Outcome, StoreError> {
+        let slot = cmd.idempotency_slot();
+        let fingerprint = if slot.is_some() {
+            cmd.fingerprint()
+        } else {
+            [0; 16]
+        };
+        if cmd.principal.is_some() && cmd.idempotency_key.is_some() {
+            self.note_scoped(index)?;
+        }
+        if let Some(slot) = &slot {
+            if let Some(outcome) = self.remembered(index, cmd, slot, &fingerprint)? {
+                return Ok(outcome);
+            }
+        }
+        let current = self.current_rev(cmd)?;
+        let allowed = match cmd.precondition {
+            Precondition::None => true,
+            Precondition::IfMatch(rev) => current == Some(rev),
+            Precondition::IfNoneMatch => current.is_none(),
+        };
+        let outcome = if !allowed {
+            Outcome::PreconditionFailed { current }
+        } else {
+            match &cmd.op {
+                Op::Put(value) => {
+                    self.put(Cf::Kv, cmd.key.to_vec(), encode_record(index, value));
+                    self.revs.insert(cmd.key.clone(), Some(index));
+                    Outcome::Applied { rev: index }
+                }
+                Op::Delete if current.is_none() => Outcome::NotFound,
+                Op::Delete => {
+                    self.delete(Cf::Kv, cmd.key.to_vec());
+                    self.revs.insert(cmd.key.clone(), None);
+                    Outcome::Applied { rev: index }
+                }
+            }
+        };
+        if let Some(slot) = slot {
+            let record = encode_token_record(index, &fingerprint, &outcome);
+            self.put(Cf::Meta, token_key(&slot), record);
+            self.put(Cf::Meta, order_key(index, &slot), Vec::new());
+            self.tokens
+                .insert(slot, (index, Remembered::Sha(fingerprint), outcome.clone()));
+        }
+        Ok(outcome)
+    }
+
+    /// Forgets the tokens that fell out of the window by `last` (by index,
+    /// so deterministically).
+    fn forget_expired_tokens(&mut self, last: u64) -> Result<(), StoreError> {
+        let Some(horizon) = last.checked_sub(self.window) else {
+            return Ok(());
+        };
+        let end = order_key(horizon, b"");
+        for k in self.view.keys_between(Cf::Meta, ORDER_PREFIX, &end)? {
+            let (index, slot) = decode_order_key(&k)?;
+            // The token's record goes only if it is still the one this
+            // order key was written for: a token used again (in this batch
+            // or an earlier one) holds a newer record, which must stay
+            // whatever the batch boundaries were.
+            if self.token(slot)?.map(|(at, _, _)| at) == Some(index) {
+                self.delete(Cf::Meta, token_key(slot));
+            }
+            self.delete(Cf::Meta, k);
+        }
+        // Tokens recorded by this batch's own entries are not in the view
+        // yet; those already out of the window go too, as they would have
+        // had their entries come in smaller batches.
+        let expired: Vec<(Vec<u8>, u64)> = self
+            .tokens
+            .iter()
+            .filter(|(_, (at, _, _))| *at < horizon)
+            .map(|(slot, (at, _, _))| (slot.clone(), *at))
+            .collect();
+        for (slot, at) in expired {
+            self.delete(Cf::Meta, token_key(&slot));
+            self.delete(Cf::Meta, order_key(at, &slot));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on an in-memory store: no RocksDB.
+
+    use std::collections::BTreeMap;
+
+    use raft_core::{Entry, EntryPayload, Membership};
+
+    use super::*;
+
+    /// Both column families in memory; a batch's writes go in in order.
+    #[derive(Default)]
+    struct Memory(BTreeMap<(Cf, Vec<u8>), Vec<u8>>);
+
+    impl StoreView for Memory {
+        fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.get(&(cf, key.to_vec())).cloned())
+        }
+
+        fn keys_between(
+            &self,
+            cf: Cf,
+            start: &[u8],
+            end: &[u8],
+        ) -> Result<Vec<Vec<u8>>, StoreError> {
+            Ok(self
+                .0
+                .range((cf, start.to_vec())..(cf, end.to_vec()))
+                .map(|((_, k), _)| k.clone())
+                .collect())
+        }
+    }
+
+    impl Memory {
+        /// Applies `entries` as one batch and makes its writes.
+        fn apply(&mut self, window: u64, entries: &[Entry]) -> Vec<Outcome> {
+            let applied = apply(self, window, entries).expect("in memory");
+            for w in applied.writes {
+                match w {
+                    Write::Put(cf, k, v) => self.0.insert((cf, k), v),
+                    Write::Delete(cf, k) => self.0.remove(&(cf, k)),
+                };
+            }
+            applied.outcomes
+        }
+
+        fn rev(&self, key: &str) -> Option<u64> {
+            let rec = self.get(Cf::Kv, key.as_bytes()).expect("in memory")?;
+            Some(decode_record(key.as_bytes(), &rec).expect("a record").rev)
+        }
+
+        fn tokens(&self) -> usize {
+            self.0
+                .keys()
+                .filter(|(cf, k)| *cf == Cf::Meta && k.starts_with(b"i/"))
+                .count()
+        }
+    }
+
+    fn entry(
+        index: u64,
+        op: Op,
+        key: &str,
+        precondition: Precondition,
+        token: Option<&str>,
+    ) -> Entry {
+        let cmd = Command {
+            op,
+            key: Bytes::from(key.to_owned()),
+            precondition,
+            idempotency_key: token.map(str::to_owned),
+            principal: None,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(cmd.encode()),
+        }
+    }
+
+    fn put(index: u64, key: &str, pre: Precondition, token: Option<&str>) -> Entry {
+        entry(index, Op::Put(Bytes::from_static(b"v")), key, pre, token)
+    }
+
+    #[test]
+    fn preconditions_see_the_writes_of_the_same_batch() {
+        let mut m = Memory::default();
+        let out = m.apply(
+            100,
+            &[
+                put(1, "a", Precondition::IfNoneMatch, None),
+                put(2, "a", Precondition::IfNoneMatch, None),
+                put(3, "a", Precondition::IfMatch(1), None),
+                entry(4, Op::Delete, "a", Precondition::IfMatch(1), None),
+                entry(5, Op::Delete, "a", Precondition::IfMatch(3), None),
+                entry(6, Op::Delete, "a", Precondition::None, None),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Applied { rev: 1 },
+                Outcome::PreconditionFailed { current: Some(1) },
+                Outcome::Applied { rev: 3 },
+                Outcome::PreconditionFailed { current: Some(3) },
+                Outcome::Applied { rev: 5 },
+                Outcome::NotFound,
+            ]
+        );
+        assert_eq!(m.rev("a"), None);
+        assert_eq!(
+            m.get(Cf::Meta, APPLIED_KEY).unwrap(),
+            Some(6u64.to_be_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn a_retry_gets_the_first_outcome_and_another_request_with_its_key_a_conflict() {
+        let mut m = Memory::default();
+        let first = m.apply(100, &[put(1, "a", Precondition::IfNoneMatch, Some("t"))]);
+        assert_eq!(first, vec![Outcome::Applied { rev: 1 }]);
+        // The same request again, in a later batch: the first outcome, and
+        // nothing written.
+        let again = m.apply(100, &[put(2, "a", Precondition::IfNoneMatch, Some("t"))]);
+        assert_eq!(again, vec![Outcome::Applied { rev: 1 }]);
+        assert_eq!(m.rev("a"), Some(1));
+        let other = m.apply(100, &[put(3, "b", Precondition::None, Some("t"))]);
+        assert_eq!(other, vec![Outcome::IdempotencyConflict]);
+        assert_eq!(m.rev("b"), None);
+    }
+
+    #[test]
+    fn tokens_past_the_window_are_forgotten_whatever_the_batches() {
+        // One entry per batch, and all in one batch: the same records.
+        let log: Vec<Entry> = (1..=6)
+            .map(|i| put(i, "k", Precondition::None, Some(&format!("t{i}"))))
+            .collect();
+        let mut one_by_one = Memory::default();
+        for e in &log {
+            one_by_one.apply(2, std::slice::from_ref(e));
+        }
+        let mut together = Memory::default();
+        together.apply(2, &log);
+        assert_eq!(one_by_one.0, together.0);
+        // Tokens at indexes 4 to 6 are within 2 entries of 6; the rest went
+        // with their order keys.
+        assert_eq!(together.tokens(), 3);
+        // A token past its window is used anew.
+        let out = together.apply(2, &[put(7, "k", Precondition::IfMatch(6), Some("t1"))]);
+        assert_eq!(out, vec![Outcome::Applied { rev: 7 }]);
+    }
+
+    #[test]
+    fn a_configuration_drops_the_address_records_of_the_nodes_it_removes() {
+        let mut m = Memory::default();
+        let member = |id: u64| crate::config::Member {
+            id,
+            peer_addr: "127.0.0.1:7000".parse().unwrap(),
+            client_addr: "127.0.0.1:8080".into(),
+        };
+        let record = |index: u64, id: u64| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(crate::command::encode_member(&member(id))),
+        };
+        let config = |index: u64, voters: Vec<u64>| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Membership(Box::new(Membership::new(voters))),
+        };
+        let applied = apply(&m, 10, &[record(1, 2), record(2, 3)]).unwrap();
+        assert!(applied.members_changed);
+        m.apply(10, &[record(1, 2), record(2, 3), config(3, vec![1, 2, 3])]);
+        assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_some());
+        let applied = apply(&m, 10, &[config(4, vec![1, 2])]).unwrap();
+        assert!(applied.members_changed);
+        m.apply(10, &[config(4, vec![1, 2])]);
+        assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_none());
+        assert!(m.get(Cf::Meta, &member_key(2)).unwrap().is_some());
+    }
+
+    #[test]
+    fn malformed_entries_are_answered_and_change_nothing_but_the_applied_index() {
+        let mut m = Memory::default();
+        let junk = Entry {
+            term: 1,
+            index: 1,
+            payload: EntryPayload::Normal(Bytes::from_static(b"junk")),
+        };
+        let out = m.apply(10, &[junk]);
+        assert!(matches!(out[..], [Outcome::Malformed(_)]));
+        assert_eq!(m.0.len(), 1);
+    }
+}
