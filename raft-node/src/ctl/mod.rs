@@ -1,27 +1,35 @@
-//! `raft-node ctl`: a small client for the HTTP API (put, get, delete,
-//! list, cluster status, leadership transfer, membership changes,
-//! snapshots) against any node.
+//! `raft-node ctl`: the command-line client of the HTTP API (put, get,
+//! delete, list, cluster status, leadership transfer, membership changes,
+//! snapshots) on [`raft_client`], against any nodes of a cluster.
 
-use std::path::PathBuf;
+mod output;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use clap::{Args, Subcommand, ValueEnum};
+use raft_client::{Client, ListOptions, Precondition, ReadConsistency, RetryPolicy, WriteOptions};
 
-const PATH_SAFE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
+/// Largest value `put --from-file` reads (the node refuses values above
+/// its `--max-value-bytes`, at most 8 MiB).
+pub const VALUE_READ_MAX: u64 = 16 << 20;
 
 /// `raft-node ctl` settings.
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
-    /// The node to talk to (any node; followers forward to the leader).
-    #[arg(long, env = "RAFT_ENDPOINT", default_value = "http://127.0.0.1:8081")]
-    pub endpoint: String,
+    /// The nodes to talk to, comma-separated (any nodes of the cluster;
+    /// followers forward to the leader, and the next one is tried when one
+    /// fails).
+    #[arg(
+        long = "endpoints",
+        visible_alias = "endpoint",
+        env = "RAFT_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub endpoints: Vec<String>,
     /// File holding the bearer token to send (`Authorization: Bearer`);
     /// like the node's, it must be readable by its owner only.
     #[arg(long, env = "RAFT_TOKEN_FILE", value_name = "FILE")]
@@ -37,32 +45,55 @@ pub struct CtlArgs {
     /// PEM file of the private key of `--cert`.
     #[arg(long, env = "RAFT_KEY", value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// How long to wait for an answer, connecting included, in
-    /// milliseconds.
+    /// How long to wait for one answer, connecting included, in
+    /// milliseconds; also how long requests that got no definite answer
+    /// are retried.
     #[arg(long, env = "RAFT_CTL_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Output: `json` (the node's answers) or `table` (for people). Without
+    /// it, `get` writes the value's bytes as they are and the rest JSON.
+    #[arg(short = 'w', long = "write-out", value_enum)]
+    pub write_out: Option<Format>,
     /// What to do.
     #[command(subcommand)]
     pub op: CtlOp,
 }
 
+/// How `ctl` prints answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// JSON documents.
+    Json,
+    /// Aligned columns.
+    Table,
+}
+
 /// A `ctl` operation.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CtlOp {
-    /// Writes a value.
+    /// Writes a value (given, or read from a file or stdin).
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value (or use `--from-file`).
+        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+        value: Option<String>,
+        /// Read the value from this file, byte for byte (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
         /// Only if the key is at this revision.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_absent")]
         if_match: Option<u64>,
         /// Only if the key does not exist.
         #[arg(long)]
         if_absent: bool,
+        /// The idempotency key (default: a random one, so a write whose
+        /// answer was lost is retried safely).
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
-    /// Reads a value.
+    /// Reads a value; without `-w`, writes its bytes to stdout as they are
+    /// (and the revision to stderr).
     Get {
         /// The key.
         key: String,
@@ -83,7 +114,7 @@ pub enum CtlOp {
         /// The prefix.
         #[arg(long, default_value = "")]
         prefix: String,
-        /// At most this many.
+        /// At most this many per page.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Go on from a previous answer's `next`.
@@ -92,9 +123,20 @@ pub enum CtlOp {
         /// Keys and revisions only, no values.
         #[arg(long)]
         keys_only: bool,
+        /// Follow `next` until the end, up to `--max-pages` pages.
+        #[arg(long)]
+        all: bool,
+        /// Most pages `--all` reads.
+        #[arg(long, default_value_t = 1000)]
+        max_pages: usize,
     },
     /// Shows the cluster status.
-    Status,
+    Status {
+        /// Include the key count and digest of the replicated state (a
+        /// full scan of the node's store).
+        #[arg(long)]
+        digest: bool,
+    },
     /// Moves leadership (to a node, or to the most up-to-date one).
     TransferLeader {
         /// The new leader.
@@ -122,192 +164,229 @@ pub enum CtlOp {
         /// The member's id.
         id: u64,
     },
-    /// Has the node take a snapshot and compact its log now.
+    /// Has the (first) node take a snapshot and compact its log now.
     Snapshot,
 }
 
-async fn finish(resp: reqwest::Response) -> anyhow::Result<()> {
-    let status = resp.status();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp.text().await.context("reading the answer")?;
-    if status.is_success() {
-        if let Some(e) = etag {
-            eprintln!("revision {}", e.trim_matches('"'));
-        }
-        println!("{body}");
-        Ok(())
-    } else {
-        bail!("{status}: {body}")
-    }
-}
-
-/// The HTTP client of `ctl`: its timeout, the CA to trust and the client
-/// certificate to present.
-fn client(a: &CtlArgs) -> anyhow::Result<reqwest::Client> {
+/// The client of `ctl`: endpoints, timeout, CA, client certificate, token.
+fn client(a: &CtlArgs) -> anyhow::Result<Client> {
     if a.timeout_ms == 0 {
         bail!("--timeout-ms must be positive");
     }
     let timeout = Duration::from_millis(a.timeout_ms);
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
+    let mut b = Client::builder(a.endpoints.iter().cloned())
         .connect_timeout(timeout)
-        .use_rustls_tls();
+        .request_timeout(timeout)
+        .retry(RetryPolicy::default().budget(timeout));
     if let Some(path) = &a.cacert {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("no CA certificate in {}", path.display()))?;
-        if certs.is_empty() {
-            bail!("no CA certificate in {}", path.display());
-        }
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
-    } else if a.endpoint.starts_with("https://") {
-        bail!("an https:// endpoint needs --cacert (the CA that signed the node's certificate)");
+        b = b.ca_file(path)?;
     }
     if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
-        let mut pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        pem.push(b'\n');
-        pem.extend(std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?);
-        let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
-            format!(
-                "{} and {} are not a certificate and its private key",
-                cert.display(),
-                key.display()
-            )
-        })?;
-        builder = builder.identity(identity);
+        b = b.identity_files(cert, key)?;
     }
-    builder.build().context("building the HTTP client")
+    if let Some(path) = &a.token_file {
+        b = b.token_file(path)?;
+        for e in &a.endpoints {
+            if plain_beyond_loopback(e) {
+                eprintln!(
+                    "warning: the token goes to {e} over plain HTTP, where anyone on the \
+                     network path can read it; use an https:// endpoint"
+                );
+            }
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// Whether `endpoint` is `http://` to a host other than this one.
+fn plain_beyond_loopback(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.trim().strip_prefix("http://") else {
+        return false;
+    };
+    let loopback = ["localhost:", "localhost/", "127.", "[::1]"]
+        .iter()
+        .any(|p| rest.starts_with(p))
+        || rest == "localhost";
+    !loopback
+}
+
+/// Reads a value file (`-`: stdin), at most [`VALUE_READ_MAX`] bytes.
+fn read_value(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut value = Vec::new();
+    let limit = VALUE_READ_MAX + 1;
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut value)
+            .context("reading the value from stdin")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut value))
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    if value.len() as u64 > VALUE_READ_MAX {
+        bail!("the value is larger than {VALUE_READ_MAX} bytes");
+    }
+    Ok(value)
+}
+
+/// What a transport failure means to someone at a terminal.
+fn reach(e: raft_client::Error, c: &Client) -> anyhow::Error {
+    match &e {
+        raft_client::Error::Connect { .. }
+        | raft_client::Error::OutcomeUnknown { problem: None, .. } => {
+            anyhow::Error::new(e).context(format!("cannot reach {}", c.endpoints().join(", ")))
+        }
+        _ => e.into(),
+    }
 }
 
 /// Runs one `ctl` operation and prints the answer.
 ///
 /// # Errors
 ///
-/// When the node cannot be reached or answers with an error status, or a
-/// file given (token, CA, certificate, key) cannot be used.
+/// When no node can be reached or the node answers with an error, or a
+/// file given (token, CA, certificate, key, value) cannot be used.
 pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
-    let token = match &a.token_file {
-        Some(path) => Some(crate::config::read_token(path)?),
-        None => None,
-    };
-    if token.is_some() && a.endpoint.starts_with("http://") {
-        let rest = a.endpoint.trim_start_matches("http://");
-        let loopback = ["localhost:", "localhost/", "127.", "[::1]"]
-            .iter()
-            .any(|p| rest.starts_with(p))
-            || rest == "localhost";
-        if !loopback {
-            eprintln!(
-                "warning: the token goes to {} over plain HTTP, where anyone on the network \
-                 path can read it; use an https:// endpoint",
-                a.endpoint
-            );
-        }
-    }
-    let client = client(&a)?;
-    let with_token = |r: reqwest::RequestBuilder| match &token {
-        Some(t) => r.bearer_auth(t),
-        None => r,
-    };
-    let base = a.endpoint.trim_end_matches('/');
-    let key_url = |k: &str| format!("{base}/v1/kv/{}", utf8_percent_encode(k, PATH_SAFE));
-    let resp = match a.op {
+    let c = client(&a)?;
+    let out = output::Printer::new(a.write_out);
+    match a.op {
         CtlOp::Put {
             key,
             value,
+            from_file,
             if_match,
             if_absent,
+            idempotency_key,
         } => {
-            let mut r = with_token(client.put(key_url(&key))).body(value);
-            if let Some(rev) = if_match {
-                r = r.header("if-match", format!("\"{rev}\""));
+            let value = match (value, from_file) {
+                (_, Some(path)) => read_value(&path)?,
+                (Some(v), None) => v.into_bytes(),
+                (None, None) => bail!("give a value or --from-file"),
+            };
+            let precondition = match (if_match, if_absent) {
+                (Some(rev), _) => Precondition::Revision(rev),
+                (None, true) => Precondition::Absent,
+                (None, false) => Precondition::None,
+            };
+            let mut opts = WriteOptions::default().precondition(precondition);
+            if let Some(k) = idempotency_key {
+                opts = opts.idempotency_key(k);
             }
-            if if_absent {
-                r = r.header("if-none-match", "*");
-            }
-            r.send().await
+            let rev = c.put_with(key.as_bytes(), value, &opts).await;
+            out.revision(rev.map_err(|e| reach(e, &c))?)
         }
         CtlOp::Get { key, consistency } => {
-            with_token(client.get(key_url(&key)))
-                .query(&[("consistency", consistency)])
-                .send()
-                .await
+            let consistency: ReadConsistency = consistency.parse()?;
+            match c.get_with(key.as_bytes(), consistency).await {
+                Ok(Some(entry)) => out.entry(&key, &entry),
+                Ok(None) => bail!("404 not-found: no key {key:?}"),
+                Err(e) => Err(reach(e, &c)),
+            }
         }
         CtlOp::Delete { key, if_match } => {
-            let mut r = with_token(client.delete(key_url(&key)));
-            if let Some(rev) = if_match {
-                r = r.header("if-match", format!("\"{rev}\""));
+            let precondition = if_match.map_or(Precondition::None, Precondition::Revision);
+            let opts = WriteOptions::default().precondition(precondition);
+            match c.delete_with(key.as_bytes(), &opts).await {
+                Ok(Some(rev)) => out.revision(rev),
+                Ok(None) => bail!("404 not-found: no key {key:?}"),
+                Err(e) => Err(reach(e, &c)),
             }
-            r.send().await
         }
         CtlOp::List {
             prefix,
             limit,
             cursor,
             keys_only,
+            all,
+            max_pages,
         } => {
-            let mut query = vec![("prefix", prefix), ("limit", limit.to_string())];
-            if let Some(c) = cursor {
-                query.push(("cursor", c));
-            }
-            if keys_only {
-                query.push(("keys_only", "true".to_string()));
-            }
-            with_token(client.get(format!("{base}/v1/kv")))
-                .query(&query)
-                .send()
-                .await
+            let mut opts = ListOptions::prefix(prefix)
+                .limit(limit)
+                .keys_only(keys_only);
+            opts.cursor = cursor;
+            list(&c, &out, opts, all, max_pages).await
         }
-        CtlOp::Status => {
-            with_token(client.get(format!("{base}/v1/cluster")))
-                .send()
-                .await
+        op => cluster_op(&c, &out, op).await,
+    }
+}
+
+async fn list(
+    c: &Client,
+    out: &output::Printer,
+    opts: ListOptions,
+    all: bool,
+    max_pages: usize,
+) -> anyhow::Result<()> {
+    if !all {
+        let page = c.list(&opts).await.map_err(|e| reach(e, c))?;
+        return out.page(&page);
+    }
+    let mut pages = c.lister(opts);
+    let mut n = 0;
+    while let Some(page) = pages.next_page().await.map_err(|e| reach(e, c))? {
+        out.page(&page)?;
+        n += 1;
+        if n >= max_pages && page.more {
+            bail!("stopped after --max-pages {max_pages} pages; more keys follow");
         }
+    }
+    Ok(())
+}
+
+async fn cluster_op(c: &Client, out: &output::Printer, op: CtlOp) -> anyhow::Result<()> {
+    let e = |err| reach(err, c);
+    match op {
+        CtlOp::Status { digest } => {
+            let s = if digest {
+                c.status_with_digest().await
+            } else {
+                c.status().await
+            };
+            out.status(&s.map_err(e)?)
+        }
+        CtlOp::TransferLeader { to } => out.leader(c.transfer_leader(to).await.map_err(e)?),
         CtlOp::AddLearner {
             id,
             peer_addr,
             client_addr,
-        } => {
-            with_token(client.post(format!("{base}/v1/cluster/learners")))
-                .json(&serde_json::json!({
-                    "id": id,
-                    "peer_addr": peer_addr,
-                    "client_addr": client_addr,
-                }))
-                .send()
+        } => out.membership(
+            &c.add_learner(id, &peer_addr, &client_addr)
                 .await
-        }
-        CtlOp::Promote { id } => {
-            with_token(client.post(format!("{base}/v1/cluster/voters/{id}")))
-                .send()
-                .await
-        }
-        CtlOp::Remove { id } => {
-            with_token(client.delete(format!("{base}/v1/cluster/members/{id}")))
-                .send()
-                .await
-        }
-        CtlOp::Snapshot => {
-            with_token(client.post(format!("{base}/v1/cluster/snapshot")))
-                .send()
-                .await
-        }
-        CtlOp::TransferLeader { to } => {
-            let body = to
-                .map(|t| serde_json::json!({ "target": t }).to_string())
-                .unwrap_or_default();
-            with_token(client.post(format!("{base}/v1/cluster/transfer-leader")))
-                .body(body)
-                .send()
-                .await
+                .map_err(e)?,
+        ),
+        CtlOp::Promote { id } => out.membership(&c.promote(id).await.map_err(e)?),
+        CtlOp::Remove { id } => out.membership(&c.remove(id).await.map_err(e)?),
+        CtlOp::Snapshot => out.snapshot(c.snapshot().await.map_err(e)?),
+        CtlOp::Put { .. } | CtlOp::Get { .. } | CtlOp::Delete { .. } | CtlOp::List { .. } => {
+            bail!("not a cluster operation")
         }
     }
-    .with_context(|| format!("cannot reach {base}"))?;
-    finish(resp).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_over_plain_http_beyond_this_host_is_flagged() {
+        assert!(plain_beyond_loopback("http://10.0.0.1:8080"));
+        assert!(!plain_beyond_loopback("http://127.0.0.1:8080"));
+        assert!(!plain_beyond_loopback("http://localhost:8080"));
+        assert!(!plain_beyond_loopback("https://10.0.0.1:8080"));
+    }
+
+    #[test]
+    fn a_value_file_is_read_byte_for_byte_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::write(&path, [0u8, 0xff, b'\n']).unwrap();
+        assert_eq!(read_value(&path).unwrap(), vec![0u8, 0xff, b'\n']);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(VALUE_READ_MAX + 1).unwrap();
+        assert!(read_value(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("larger"));
+    }
 }
