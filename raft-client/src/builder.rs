@@ -153,7 +153,7 @@ impl ClientBuilder {
     /// [`Error::Config`] naming the file: unreadable, open to others, or
     /// not one token of at least 16 visible ASCII characters.
     pub fn token_file(self, path: impl AsRef<Path>) -> Result<Self> {
-        let token = read_token(path.as_ref())?;
+        let token = read_token_file(path.as_ref())?;
         Ok(self.token(token))
     }
 
@@ -334,10 +334,16 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))
 }
 
-/// Reads a token file the way the node does: one open file for the checks
-/// and the read, owner-only mode, owned by this user or root, one token of
-/// at least 16 visible ASCII characters.
-fn read_token(path: &Path) -> Result<String> {
+/// Reads a bearer token file the way raft-node does: one open file for the
+/// checks and the read, a mode that gives the group and others no access,
+/// owned by this user or root, one token of at least 16 visible ASCII
+/// characters (surrounding white space ignored).
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the file and, for a loose mode, the fix
+/// (`chmod 600`).
+pub fn read_token_file(path: &Path) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let cannot = |e: std::io::Error| {
@@ -405,12 +411,12 @@ mod tests {
         let path = dir.path().join("t");
         std::fs::write(&path, "0123456789abcdef0123").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_token(&path).unwrap_err().to_string();
+        let err = read_token_file(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600") && err.contains("0644"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token(&path).unwrap(), "0123456789abcdef0123");
+        assert_eq!(read_token_file(&path).unwrap(), "0123456789abcdef0123");
         std::fs::write(&path, "short").unwrap();
-        assert!(read_token(&path).is_err());
+        assert!(read_token_file(&path).is_err());
     }
 
     #[test]

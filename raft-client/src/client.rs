@@ -190,7 +190,7 @@ impl Answer {
 
     /// The answer as an error, for statuses the caller does not expect.
     pub(crate) fn into_error(self) -> Error {
-        let problem = self.problem();
+        let problem = Box::new(self.problem());
         match self.status.as_u16() {
             412 => Error::PreconditionFailed {
                 current_rev: problem.number("current_rev"),
@@ -285,33 +285,25 @@ impl Client {
     /// [`Error::Config`] for a malformed endpoint.
     pub fn at(&self, endpoint: &str) -> Result<Client> {
         let url = crate::builder::normalize_endpoint(endpoint)?;
-        Ok(Self::from_parts(
-            self.inner.http.clone(),
-            Endpoints::new(vec![url]),
-            self.inner.authorization.clone(),
-            self.inner.retry.clone(),
-            self.inner.idempotency,
-            self.inner.max_answer_bytes,
-        ))
+        Ok(self.derive(vec![url], self.inner.retry.clone()))
     }
 
     /// A client of endpoint `i` alone, sharing connections.
     pub(crate) fn pinned(&self, i: usize) -> Client {
-        Self::from_parts(
-            self.inner.http.clone(),
-            Endpoints::new(vec![self.inner.endpoints.urls[i].clone()]),
-            self.inner.authorization.clone(),
-            self.inner.retry.clone(),
-            self.inner.idempotency,
-            self.inner.max_answer_bytes,
-        )
+        let url = self.inner.endpoints.urls[i].clone();
+        self.derive(vec![url], self.inner.retry.clone())
     }
 
     /// The same client with another retry policy (sharing connections).
     pub fn with_retry(&self, retry: RetryPolicy) -> Client {
+        self.derive(self.inner.endpoints.urls.clone(), retry)
+    }
+
+    /// A client of `urls` with this one's settings and connections.
+    fn derive(&self, urls: Vec<String>, retry: RetryPolicy) -> Client {
         Self::from_parts(
             self.inner.http.clone(),
-            Endpoints::new(self.inner.endpoints.urls.clone()),
+            Endpoints::new(urls),
             self.inner.authorization.clone(),
             retry,
             self.inner.idempotency,
@@ -344,25 +336,24 @@ impl Client {
                     }
                     self.inner.endpoints.failed(i, leader_hint(&a));
                     let wait = retry_after(&a.headers).unwrap_or_default();
-                    let err = match a.into_error() {
+                    match a.into_error() {
                         Error::Unavailable {
                             problem,
                             retry_after,
                             ..
-                        } => Error::Unavailable {
-                            problem,
-                            retry_after,
-                            attempts,
-                        },
-                        Error::OutcomeUnknown { problem, detail } => {
-                            if req.safety == Safety::Write {
-                                return Err(Error::OutcomeUnknown { problem, detail });
-                            }
-                            Error::OutcomeUnknown { problem, detail }
+                        } => (
+                            Error::Unavailable {
+                                problem,
+                                retry_after,
+                                attempts,
+                            },
+                            wait,
+                        ),
+                        e @ Error::OutcomeUnknown { .. } if req.safety == Safety::Write => {
+                            return Err(e)
                         }
-                        other => other,
-                    };
-                    (err, wait)
+                        other => (other, wait),
+                    }
                 }
                 Attempt::NotSent(detail) => {
                     self.inner.endpoints.failed(i, None);
@@ -405,9 +396,8 @@ impl Client {
         }
         let mut resp = match b.send().await {
             Ok(r) => r,
-            Err(e) if e.is_connect() => return Attempt::NotSent(format!("{url}: {e}")),
-            Err(e) if e.is_builder() => return Attempt::NotSent(format!("{url}: {e}")),
-            Err(e) => return Attempt::Lost(format!("{url}: {e}")),
+            Err(e) if e.is_connect() || e.is_builder() => return Attempt::NotSent(chain(&e)),
+            Err(e) => return Attempt::Lost(chain(&e)),
         };
         let status = resp.status();
         let headers = std::mem::take(resp.headers_mut());
@@ -424,7 +414,7 @@ impl Client {
                     body.extend_from_slice(&c);
                 }
                 Ok(None) => break,
-                Err(e) => return Attempt::Lost(format!("{url}: reading the answer: {e}")),
+                Err(e) => return Attempt::Lost(format!("reading the answer: {}", chain(&e))),
             }
         }
         Attempt::Answer(Answer {
@@ -434,6 +424,19 @@ impl Client {
             endpoint: i,
         })
     }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own message leaves
+/// out why: refused, reset, certificate unknown).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Whether an answer means "nothing applied, try again": 503, or 409 with

@@ -106,7 +106,7 @@ pub enum Error {
     #[error("unavailable after {attempts} attempts: {problem}")]
     Unavailable {
         /// The last answer.
-        problem: Problem,
+        problem: Box<Problem>,
         /// Its `Retry-After`.
         retry_after: Option<Duration>,
         /// Requests tried.
@@ -118,7 +118,7 @@ pub enum Error {
     #[error("outcome unknown: {detail}")]
     OutcomeUnknown {
         /// The 504 problem, when the node answered.
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
         /// What happened.
         detail: String,
     },
@@ -134,7 +134,7 @@ pub enum Error {
     #[error("{problem}")]
     Api {
         /// What the node said.
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The node's answer could not be understood.
     #[error("malformed answer: {0}")]
@@ -172,7 +172,7 @@ impl Error {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Error::Unavailable { problem, .. } | Error::Api { problem } => Some(problem),
-            Error::OutcomeUnknown { problem, .. } => problem.as_ref(),
+            Error::OutcomeUnknown { problem, .. } => problem.as_deref(),
             _ => None,
         }
     }
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn outcomes_follow_the_contract() {
         let api = |status| Error::Api {
-            problem: Problem::parse(status, b""),
+            problem: Box::new(Problem::parse(status, b"")),
         };
         assert_eq!(api(400).outcome(), Outcome::NotApplied);
         assert_eq!(api(500).outcome(), Outcome::Unknown);

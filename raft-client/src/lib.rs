@@ -56,7 +56,7 @@ mod kv;
 #[cfg(feature = "launcher")]
 pub mod launcher;
 
-pub use builder::{ClientBuilder, IdempotencyKeys, RetryPolicy};
+pub use builder::{read_token_file, ClientBuilder, IdempotencyKeys, RetryPolicy};
 pub use client::Client;
 pub use cluster::{
     Addresses, ClusterStatus, Digest, MemberStatus, Membership, MembershipChange, Readiness,

@@ -74,6 +74,15 @@ fn policy() -> RetryPolicy {
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
 }
 
+/// A client of `endpoints` that generates no idempotency keys.
+fn keyless<I: IntoIterator<Item = String>>(endpoints: I) -> Client {
+    Client::builder(endpoints)
+        .retry(policy())
+        .idempotency_keys(IdempotencyKeys::Off)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_503_is_retried_after_its_retry_after() {
     let (url, seen) = server(vec![
@@ -116,11 +125,7 @@ async fn a_write_without_a_key_is_never_sent_twice_after_a_504() {
         Reply::Answer(200, "etag: \"1\"\r\n", r#"{"rev":1}"#),
     ])
     .await;
-    let c = Client::builder([url])
-        .retry(policy())
-        .idempotency_keys(IdempotencyKeys::Off)
-        .build()
-        .unwrap();
+    let c = keyless([url]);
     let err = c.put("k", "v").await.unwrap_err();
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert_eq!(err.status(), Some(504));
@@ -134,11 +139,7 @@ async fn a_write_without_a_key_whose_answer_is_lost_is_not_sent_again() {
         Reply::Answer(200, "etag: \"1\"\r\n", r#"{"rev":1}"#),
     ])
     .await;
-    let c = Client::builder([url])
-        .retry(policy())
-        .idempotency_keys(IdempotencyKeys::Off)
-        .build()
-        .unwrap();
+    let c = keyless([url]);
     let err = c.delete("k").await.unwrap_err();
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert_eq!(seen.lock().unwrap().len(), 1);
@@ -182,11 +183,7 @@ async fn a_refused_endpoint_passes_the_request_to_the_next() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let (url, seen) = server(vec![Reply::Answer(404, "", "{}")]).await;
-    let c = Client::builder([dead, url])
-        .retry(policy())
-        .idempotency_keys(IdempotencyKeys::Off)
-        .build()
-        .unwrap();
+    let c = keyless([dead, url]);
     // A refused connection sent nothing: even a write without a key moves on.
     assert_eq!(c.delete("k").await.unwrap(), None);
     assert_eq!(seen.lock().unwrap().len(), 1);

@@ -71,19 +71,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the raft-node binary")?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for &id in &ids {
-        let log_path = dir.join(format!("node-{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::from(node_command(&a, &dir, id, &cluster).command(&exe))
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a node process")?;
-        children.push((id, child));
+        children.push((
+            id,
+            spawn(&node_command(&a, &dir, id, &cluster), &exe, &dir)?,
+        ));
     }
     println!(
         "raft-node dev: {} nodes, data, certificates and logs in {}",
@@ -91,27 +82,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         dir.display()
     );
     let first = format!("http://127.0.0.1:{}", a.client_port);
-    let client = Client::builder([first.as_str()])
-        .retry(RetryPolicy::none())
-        .build()?;
     let started = Instant::now();
-    let leader = loop {
-        if let Ok(Some(l)) = client.status().await.map(|s| s.leader) {
-            break l;
-        }
-        for (id, c) in &mut children {
-            if let Some(status) = c.try_wait()? {
-                bail!(
-                    "node {id} exited ({status}); see {}",
-                    dir.join(format!("node-{id}.log")).display()
-                );
-            }
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("no leader after 30 s; see the logs in {}", dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let leader = wait_for_leader(&first, &mut children, &dir).await?;
     println!(
         "leader: node {leader} (elected in {:.1} s)\n",
         started.elapsed().as_secs_f64()
@@ -161,6 +133,52 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts one node, its output appended to `dir/node-<id>.log`.
+fn spawn(cmd: &NodeCommand, exe: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log_path = dir.join(format!("node-{}.log", cmd.id()));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    Command::from(cmd.command(exe))
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a node process")
+}
+
+/// Asks `first` for the leader until it names one (30 s at most), failing
+/// when a node exits meanwhile.
+async fn wait_for_leader(
+    first: &str,
+    children: &mut [(u64, Child)],
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    let client = Client::builder([first])
+        .retry(RetryPolicy::none())
+        .build()?;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(l)) = client.status().await.map(|s| s.leader) {
+            return Ok(l);
+        }
+        for (id, c) in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "node {id} exited ({status}); see {}",
+                    dir.join(format!("node-{id}.log")).display()
+                );
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no leader after 30 s; see the logs in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_any(children: &mut [(u64, Child)]) -> (u64, String) {
