@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use raft_client::launcher::{initial_cluster, NodeCommand};
 use raft_node::command::{Command, Op, Precondition};
 use raft_node::config::RunArgs;
 use raft_node::node::{start, RunningNode};
@@ -41,30 +42,18 @@ fn free_udp() -> SocketAddr {
         .unwrap()
 }
 
-fn args(dir: &std::path::Path, id: u64, peer: SocketAddr, client: SocketAddr) -> Vec<String> {
-    let certs = dir.join("certs");
-    vec![
-        "node".into(),
-        format!("--id={id}"),
-        format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
-        format!("--client-listen={client}"),
-        format!("--peer-listen={peer}"),
-        format!("--tls-ca={}", certs.join("ca.pem").display()),
-        format!(
-            "--tls-cert={}",
-            certs.join(format!("node-{id}.pem")).display()
-        ),
-        format!(
-            "--tls-key={}",
-            certs.join(format!("node-{id}.key")).display()
-        ),
-        "--max-value-bytes=1048576".into(),
-        "--snapshot-entries=64".into(),
-        "--snapshot-keep-entries=8".into(),
-    ]
+fn command(dir: &std::path::Path, id: u64, peer: SocketAddr, client: SocketAddr) -> NodeCommand {
+    NodeCommand::new(id, dir.join(format!("node-{id}")))
+        .listen(client, peer)
+        .dev_certs(dir.join("certs"))
+        .flag("max-value-bytes", 1_048_576)
+        .flag("snapshot-entries", 64)
+        .flag("snapshot-keep-entries", 8)
 }
 
-async fn node(argv: Vec<String>) -> RunningNode {
+async fn node(cmd: NodeCommand) -> RunningNode {
+    // The flags of `raft-node run`, parsed in this process.
+    let argv = std::iter::once("node".to_string()).chain(cmd.flags());
     let cfg = Wrapper::parse_from(argv).run.resolve().expect("settings");
     start(cfg, None).await.expect("node starts")
 }
@@ -74,18 +63,14 @@ async fn run_once(mib: usize) -> (f64, f64) {
     raft_net_quic::certs::write_dev_certs(&dir.path().join("certs"), &[1, 2, 3, 4], &[])
         .expect("certificates");
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..4).map(|_| (free_udp(), free_tcp())).collect();
-    let initial: Vec<String> = (1..=3)
-        .map(|id| {
-            let (p, c) = addrs[id - 1];
-            format!("{id}={p}/{c}")
-        })
-        .collect();
+    let initial = initial_cluster((1..=3u64).map(|id| {
+        let (p, c) = addrs[id as usize - 1];
+        (id, p, c)
+    }));
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let (p, c) = addrs[id as usize - 1];
-        let mut a = args(dir.path(), id, p, c);
-        a.push(format!("--initial-cluster={}", initial.join(",")));
-        nodes.push(node(a).await);
+        nodes.push(node(command(dir.path(), id, p, c).initial_cluster(initial.clone())).await);
     }
     let leader = loop {
         let mut found = None;
@@ -116,10 +101,9 @@ async fn run_once(mib: usize) -> (f64, f64) {
     let write_s = started.elapsed().as_secs_f64();
     let target = leader.status().await.expect("running").engine.commit;
     let (p, c) = addrs[3];
-    let mut a = args(dir.path(), 4, p, c);
-    a.push(format!("--join=http://{}", addrs[0].1));
+    let joiner = command(dir.path(), 4, p, c).join(format!("http://{}", addrs[0].1));
     let started = Instant::now();
-    let new = node(a).await;
+    let new = node(joiner).await;
     while new.raft.applied_index() < target {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -26,14 +26,7 @@ use tokio::sync::mpsc;
 const SIZE: usize = 64 << 20;
 
 fn identity(ca: &DevCa, id: NodeId) -> NodeTls {
-    let c = ca.issue_node(id, &[]).expect("issue certificate");
-    NodeTls::from_pem(
-        id,
-        ca.cert_pem().as_bytes(),
-        c.cert_pem.as_bytes(),
-        c.key_pem.as_bytes(),
-    )
-    .expect("load identity")
+    ca.node_tls(id).expect("node identity")
 }
 
 fn loopback() -> SocketAddr {

@@ -131,14 +131,7 @@ fn bench_config() -> QuicConfig {
 }
 
 fn identity(ca: &DevCa, id: NodeId) -> NodeTls {
-    let c = ca.issue_node(id, &[]).expect("issue certificate");
-    NodeTls::from_pem(
-        id,
-        ca.cert_pem().as_bytes(),
-        c.cert_pem.as_bytes(),
-        c.key_pem.as_bytes(),
-    )
-    .expect("load identity")
+    ca.node_tls(id).expect("node identity")
 }
 
 fn loopback() -> SocketAddr {

@@ -3,17 +3,20 @@
 //! every operation (invocation and completion times from one monotonic
 //! clock, arguments, outcome) into a linearizability [`History`].
 //!
-//! How HTTP results map to outcomes (the API contract in docs/architecture.md):
+//! Requests go through [`raft_client`], one attempt each (the workers
+//! choose the node; a retry inside the client would hide what the node
+//! answered), no generated idempotency keys. How its results map to
+//! outcomes (the API contract in docs/architecture.md):
 //!
 //! | result | outcome |
 //! |---|---|
-//! | 2xx | success (a read's body is the value) |
+//! | success | success (a read's value) |
 //! | 404 on a read | absent |
 //! | 404 on a delete | recorded as a read that saw the key absent |
-//! | 412 on a conditional write | [`Outcome::CasFailed`] |
-//! | 503 | [`Outcome::Failed`]: definitely not applied |
-//! | connection refused (nothing sent) | [`Outcome::Failed`] |
-//! | 504, a timeout, a lost connection, any other status | [`Outcome::Indeterminate`] |
+//! | 412 on a conditional write ([`CasResult::Mismatch`]) | [`Outcome::CasFailed`] |
+//! | [`Error::Unavailable`] (503) | [`Outcome::Failed`]: definitely not applied |
+//! | [`Error::Connect`] (nothing sent) | [`Outcome::Failed`] |
+//! | [`Error::OutcomeUnknown`] (504, a timeout, a lost connection), any other error | [`Outcome::Indeterminate`] |
 //!
 //! A compare-and-set is a read followed by `PUT` with `If-Match: "<rev>"`
 //! (or `If-None-Match: *` when the read found the key absent). Every write
@@ -38,10 +41,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use raft_client::{
+    CasResult, Client, Error, IdempotencyKeys, ReadConsistency, RetryPolicy, WriteOptions,
+};
 use raft_linearizability::{History, Op, Operation, Outcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reqwest::StatusCode;
 
 use crate::error::ChaosError;
 
@@ -197,30 +202,38 @@ pub fn key_name(epoch: u64, index: u64) -> String {
     format!("e{epoch}-k{index}")
 }
 
-/// What one HTTP request came back with.
-enum Reply {
-    /// A status, the `ETag` revision and the body (if it could be read).
-    Status(StatusCode, Option<u64>, Option<Vec<u8>>),
-    /// Nothing was sent: the connection was refused or could not be made.
-    NotSent,
-    /// Sent, no answer (timeout, reset): outcome unknown.
-    Lost,
+/// A client of the node at `url`: one attempt per request, no generated
+/// idempotency keys.
+///
+/// # Errors
+///
+/// When the URL is malformed.
+pub fn node_client(
+    url: &str,
+    request_timeout: Duration,
+    idle_per_host: usize,
+) -> Result<Client, ChaosError> {
+    Client::builder([url])
+        .request_timeout(request_timeout)
+        .connect_timeout(Duration::from_secs(1))
+        .pool_max_idle_per_host(idle_per_host)
+        .retry(RetryPolicy::none())
+        .idempotency_keys(IdempotencyKeys::Off)
+        .build()
+        .map_err(|e| ChaosError::Cluster(format!("client of {url}: {e}")))
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Reply {
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let rev = resp
-                .headers()
-                .get(reqwest::header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.trim().trim_matches('"').parse::<u64>().ok());
-            let body = resp.bytes().await.ok().map(|b| b.to_vec());
-            Reply::Status(status, rev, body)
+/// The outcome of a failed request; `what` names it for the unexpected
+/// results, which are counted.
+fn failure_outcome(rec: &Recorder, what: &str, e: &Error) -> Outcome {
+    match e {
+        Error::Unavailable { .. } | Error::Connect { .. } => Outcome::Failed,
+        Error::OutcomeUnknown { .. } => Outcome::Indeterminate,
+        other => {
+            let text: String = other.to_string().chars().take(200).collect();
+            rec.unexpected(format!("{what} {text}"));
+            Outcome::Indeterminate
         }
-        Err(e) if e.is_connect() => Reply::NotSent,
-        Err(_) => Reply::Lost,
     }
 }
 
@@ -235,8 +248,8 @@ pub struct Worker {
     pub cfg: ClientConfig,
     /// Its random choices.
     pub rng: ChaCha8Rng,
-    /// The HTTP client.
-    pub http: reqwest::Client,
+    /// A client per node URL, made when first used.
+    clients: BTreeMap<String, Client>,
     /// Where operations are recorded.
     pub rec: Recorder,
     /// Counter for unique values.
@@ -251,7 +264,7 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// When the HTTP client cannot be built.
+    /// None today; kept for clients that need building.
     pub fn new(
         id: u64,
         seed: u64,
@@ -259,17 +272,12 @@ impl Worker {
         cfg: ClientConfig,
         rec: Recorder,
     ) -> Result<Self, ChaosError> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .pool_max_idle_per_host(4)
-            .build()?;
         Ok(Self {
             id,
             urls,
             cfg,
             rng: ChaCha8Rng::seed_from_u64(seed ^ (id.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
-            http,
+            clients: BTreeMap::new(),
             rec,
             seq: 0,
             sent: std::collections::VecDeque::new(),
@@ -281,15 +289,33 @@ impl Worker {
         format!("c{}-{}", self.id, self.seq).into_bytes()
     }
 
+    /// The client of `url`; `None` (counted as unexpected) when the URL is
+    /// malformed.
+    fn client(&mut self, url: &str) -> Option<Client> {
+        if let Some(c) = self.clients.get(url) {
+            return Some(c.clone());
+        }
+        match node_client(url, self.cfg.request_timeout, 4) {
+            Ok(c) => {
+                self.clients.insert(url.to_owned(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                self.rec.unexpected(e.to_string());
+                None
+            }
+        }
+    }
+
     /// Runs until `stop` is set.
     pub async fn run(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             let urls = self.urls.read().map(|u| u.clone()).unwrap_or_default();
-            if urls.is_empty() {
+            let url = (!urls.is_empty()).then(|| urls[self.rng.gen_range(0..urls.len())].clone());
+            let Some(c) = url.and_then(|u| self.client(&u)) else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
-            }
-            let url = urls[self.rng.gen_range(0..urls.len())].clone();
+            };
             let epoch = self.rec.now_us() / 1_000_000 / self.cfg.key_epoch_s.max(1);
             let key = key_name(epoch, self.rng.gen_range(0..self.cfg.keys.max(1)));
             let old = self
@@ -300,18 +326,18 @@ impl Worker {
                 .filter(|_| self.rng.gen_bool(0.1));
             if let Some(i) = old {
                 if let Some(earlier) = self.sent.remove(i) {
-                    self.repeat(&url, earlier).await;
+                    self.repeat(&c, earlier).await;
                 }
             } else {
                 match self.rng.gen_range(0..100) {
                     0..=39 => {
-                        self.read(&url, &key).await;
+                        self.read(&c, &key).await;
                     }
-                    40..=69 => self.write(&url, &key, epoch).await,
-                    70..=77 => self.delete(&url, &key).await,
+                    40..=69 => self.write(&c, &key, epoch).await,
+                    70..=77 => self.delete(&c, &key).await,
                     _ => {
-                        if let Some(seen) = self.read(&url, &key).await {
-                            self.cas(&url, &key, seen).await;
+                        if let Some(seen) = self.read(&c, &key).await {
+                            self.cas(&c, &key, seen).await;
                         }
                     }
                 }
@@ -335,96 +361,49 @@ impl Worker {
 
     /// A linearizable read; returns what it saw (value and revision) when it
     /// got a definite answer.
-    async fn read(&mut self, url: &str, key: &str) -> Option<Option<(Vec<u8>, u64)>> {
+    async fn read(&mut self, c: &Client, key: &str) -> Option<Option<(Vec<u8>, u64)>> {
         let consistency = match self.cfg.read_consistency.as_str() {
-            "mixed" if self.rng.gen_bool(0.5) => "lease",
-            "mixed" => "linearizable",
-            other => other,
+            "mixed" if self.rng.gen_bool(0.5) => ReadConsistency::Lease,
+            "mixed" => ReadConsistency::Linearizable,
+            other => other.parse().unwrap_or_default(),
         };
         let invoke = self.rec.now_us();
-        let reply = send(
-            self.http
-                .get(format!("{url}/v1/kv/{key}?consistency={consistency}")),
-        )
-        .await;
-        let (outcome, seen) = match reply {
-            Reply::Status(s, Some(rev), Some(body)) if s == StatusCode::OK => {
-                (Outcome::ReadOk(Some(body.clone())), Some(Some((body, rev))))
+        let (outcome, seen) = match c.get_with(key, consistency).await {
+            Ok(Some(e)) => {
+                let v = e.value.to_vec();
+                (Outcome::ReadOk(Some(v.clone())), Some(Some((v, e.rev))))
             }
-            Reply::Status(s, _, _) if s == StatusCode::NOT_FOUND => {
-                (Outcome::ReadOk(None), Some(None))
-            }
-            Reply::Status(s, _, _) if s == StatusCode::SERVICE_UNAVAILABLE => {
-                (Outcome::Failed, None)
-            }
-            Reply::Status(s, _, _) if s == StatusCode::GATEWAY_TIMEOUT => {
-                (Outcome::Indeterminate, None)
-            }
-            Reply::Status(s, rev, body) => {
-                self.rec.unexpected(format!(
-                    "read {s} (etag {}, body {})",
-                    rev.is_some(),
-                    body.is_some()
-                ));
-                (Outcome::Indeterminate, None)
-            }
-            Reply::NotSent => (Outcome::Failed, None),
-            Reply::Lost => (Outcome::Indeterminate, None),
+            Ok(None) => (Outcome::ReadOk(None), Some(None)),
+            Err(e) => (failure_outcome(&self.rec, "read", &e), None),
         };
         self.record(key, Op::Read, invoke, outcome);
         seen
     }
 
-    /// Maps a write's reply to its outcome; `cas` tells whether 412 is
-    /// expected.
-    fn write_outcome(&self, reply: &Reply, ok: Outcome, cas: bool) -> Outcome {
-        match reply {
-            Reply::Status(s, _, _) if s.is_success() => ok,
-            Reply::Status(s, _, _) if cas && *s == StatusCode::PRECONDITION_FAILED => {
-                Outcome::CasFailed
-            }
-            Reply::Status(s, _, _) if *s == StatusCode::SERVICE_UNAVAILABLE => Outcome::Failed,
-            Reply::Status(s, _, _) if *s == StatusCode::GATEWAY_TIMEOUT => Outcome::Indeterminate,
-            Reply::Status(s, _, body) => {
-                let body = body
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned())
-                    .unwrap_or_default();
-                self.rec.unexpected(format!("write {s}: {body}"));
-                Outcome::Indeterminate
-            }
-            Reply::NotSent => Outcome::Failed,
-            Reply::Lost => Outcome::Indeterminate,
-        }
-    }
-
-    async fn write(&mut self, url: &str, key: &str, epoch: u64) {
+    async fn write(&mut self, c: &Client, key: &str, epoch: u64) {
         let value = self.value();
-        let mut req = self
-            .http
-            .put(format!("{url}/v1/kv/{key}"))
-            .body(value.clone());
         let token = self
             .cfg
             .idempotency_window
             .map(|_| format!("w{}-{}", self.id, self.seq));
+        let mut opts = WriteOptions::default();
         if let Some(t) = &token {
-            req = req.header("idempotency-key", t.as_str());
+            opts = opts.idempotency_key(t.clone());
         }
         let invoke = self.rec.now_us();
-        let reply = send(req).await;
-        let outcome = self.write_outcome(&reply, Outcome::WriteOk, false);
+        let result = c.put_with(key, value.clone(), &opts).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::WriteOk,
+            Err(e) => failure_outcome(&self.rec, "write", e),
+        };
         self.record(key, Op::Write(value.clone()), invoke, outcome);
-        if let (Some(t), Reply::Status(s, Some(rev), _)) = (&token, &reply) {
-            if s.is_success() {
-                self.sent
-                    .push_back((epoch, key.to_owned(), value, t.clone(), *rev));
-                if self.sent.len() > 256 {
-                    self.sent.pop_front();
-                }
-                if self.rng.gen_bool(0.1) {
-                    self.private_repeat(url).await;
-                }
+        if let (Some(t), Ok(rev)) = (token, result) {
+            self.sent.push_back((epoch, key.to_owned(), value, t, rev));
+            if self.sent.len() > 256 {
+                self.sent.pop_front();
+            }
+            if self.rng.gen_bool(0.1) {
+                self.private_repeat(c).await;
             }
         }
     }
@@ -433,113 +412,90 @@ impl Worker {
     /// and it is not part of the checked history) with a token and sends
     /// the same write again at once: well inside the window, the node must
     /// recognise it.
-    async fn private_repeat(&mut self, url: &str) {
+    async fn private_repeat(&mut self, c: &Client) {
         let Some(window) = self.cfg.idempotency_window else {
             return;
         };
         let value = self.value();
         let key = format!("r{}-{}", self.id, self.seq);
         let token = format!("p{}-{}", self.id, self.seq);
-        let put = || {
-            self.http
-                .put(format!("{url}/v1/kv/{key}"))
-                .header("idempotency-key", token.as_str())
-                .body(value.clone())
-        };
-        let Reply::Status(s, Some(first), _) = send(put()).await else {
+        let opts = WriteOptions::default().idempotency_key(token.clone());
+        let Ok(first) = c.put_with(&key, value.clone(), &opts).await else {
             return;
         };
-        if !s.is_success() {
-            return;
-        }
-        match send(put()).await {
-            Reply::Status(s, Some(rev), _) if s.is_success() && rev == first => {
-                self.rec.repeat("recognised");
-            }
-            Reply::Status(s, Some(rev), _) if s.is_success() => {
+        match c.put_with(&key, value.clone(), &opts).await {
+            Ok(rev) if rev == first => self.rec.repeat("recognised"),
+            Ok(rev) => {
                 self.rec.repeat("applied again");
                 self.rec
                     .repeat_violation(&key, &token, &value, first, rev, window, self.id);
             }
-            _ => {}
+            Err(_) => {}
         }
     }
 
     /// Sends an earlier successful write again, token and body unchanged
     /// (see the module docs).
-    async fn repeat(&mut self, url: &str, earlier: (u64, String, Vec<u8>, String, u64)) {
+    async fn repeat(&mut self, c: &Client, earlier: (u64, String, Vec<u8>, String, u64)) {
         let (_, key, value, token, first_rev) = earlier;
         let Some(window) = self.cfg.idempotency_window else {
             return;
         };
         let invoke = self.rec.now_us();
-        let reply = send(
-            self.http
-                .put(format!("{url}/v1/kv/{key}"))
-                .header("idempotency-key", token.as_str())
-                .body(value.clone()),
-        )
-        .await;
-        let outcome = match &reply {
-            Reply::Status(s, Some(rev), _) if s.is_success() && *rev == first_rev => {
+        let opts = WriteOptions::default().idempotency_key(token.clone());
+        let outcome = match c.put_with(&key, value.clone(), &opts).await {
+            Ok(rev) if rev == first_rev => {
                 // Recognised: the first write's answer, no new effect.
                 self.rec.repeat("recognised");
                 return;
             }
-            Reply::Status(s, Some(rev), _) if s.is_success() => {
+            Ok(rev) => {
                 self.rec.repeat("applied again");
                 self.rec
-                    .repeat_violation(&key, &token, &value, first_rev, *rev, window, self.id);
+                    .repeat_violation(&key, &token, &value, first_rev, rev, window, self.id);
                 Outcome::WriteOk
             }
-            other => self.write_outcome(other, Outcome::WriteOk, false),
+            Err(e) => failure_outcome(&self.rec, "write", &e),
         };
         self.record(&key, Op::Write(value), invoke, outcome);
     }
 
-    async fn delete(&mut self, url: &str, key: &str) {
+    async fn delete(&mut self, c: &Client, key: &str) {
         let invoke = self.rec.now_us();
-        let reply = send(self.http.delete(format!("{url}/v1/kv/{key}"))).await;
-        if let Reply::Status(s, _, _) = &reply {
-            if *s == StatusCode::NOT_FOUND {
-                // Deleting an absent key changes nothing: it is a read that
-                // saw the key absent.
+        let outcome = match c.delete(key).await {
+            // Deleting an absent key changes nothing: it is a read that saw
+            // the key absent.
+            Ok(None) => {
                 self.record(key, Op::Read, invoke, Outcome::ReadOk(None));
                 return;
             }
-        }
-        let outcome = self.write_outcome(&reply, Outcome::DeleteOk, false);
+            Ok(Some(_)) => Outcome::DeleteOk,
+            Err(e) => failure_outcome(&self.rec, "write", &e),
+        };
         self.record(key, Op::Delete, invoke, outcome);
     }
 
-    async fn cas(&mut self, url: &str, key: &str, seen: Option<(Vec<u8>, u64)>) {
+    async fn cas(&mut self, c: &Client, key: &str, seen: Option<(Vec<u8>, u64)>) {
         let new = self.value();
-        let mut req = self
-            .http
-            .put(format!("{url}/v1/kv/{key}"))
-            .body(new.clone());
-        let expected = match seen {
-            Some((value, rev)) => {
-                req = req.header(reqwest::header::IF_MATCH, format!("\"{rev}\""));
-                Some(value)
-            }
-            None => {
-                req = req.header(reqwest::header::IF_NONE_MATCH, "*");
-                None
-            }
+        let (expected, rev) = match seen {
+            Some((value, rev)) => (Some(value), Some(rev)),
+            None => (None, None),
         };
         let invoke = self.rec.now_us();
-        let reply = send(req).await;
-        let outcome = self.write_outcome(&reply, Outcome::CasOk, true);
+        let outcome = match c.compare_and_set(key, rev, new.clone()).await {
+            Ok(CasResult::Swapped(_)) => Outcome::CasOk,
+            Ok(CasResult::Mismatch(_)) => Outcome::CasFailed,
+            Err(e) => failure_outcome(&self.rec, "write", &e),
+        };
         self.record(key, Op::Cas { expected, new }, invoke, outcome);
     }
 }
 
-/// A linearizable read by the harness (client 0) through `url`, recorded in
-/// the history; retried until it gets a definite answer or `timeout`.
-/// Returns the value seen.
+/// A linearizable read by the harness (client 0) through `urls` in turn
+/// (clients of `base`'s settings), recorded in the history; retried until
+/// it gets a definite answer or `timeout`. Returns the value seen.
 pub async fn final_read(
-    http: &reqwest::Client,
+    base: &Client,
     rec: &Recorder,
     urls: &[String],
     key: &str,
@@ -551,23 +507,23 @@ pub async fn final_read(
         let url = &urls[i % urls.len().max(1)];
         i += 1;
         let invoke = rec.now_us();
-        if let Reply::Status(s, _, body) = send(http.get(format!("{url}/v1/kv/{key}"))).await {
-            let seen = match (s, body) {
-                (StatusCode::OK, Some(b)) => Some(Some(b)),
-                (StatusCode::NOT_FOUND, _) => Some(None),
-                _ => None,
-            };
-            if let Some(v) = seen {
-                rec.push(Operation {
-                    client: 0,
-                    key: key.as_bytes().to_vec(),
-                    op: Op::Read,
-                    invoke,
-                    complete: Some(rec.now_us().max(invoke)),
-                    outcome: Outcome::ReadOk(v.clone()),
-                });
-                return Some(v);
-            }
+        let seen = match base.at(url) {
+            Ok(c) => match c.get(key).await {
+                Ok(v) => Some(v.map(|e| e.value.to_vec())),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(v) = seen {
+            rec.push(Operation {
+                client: 0,
+                key: key.as_bytes().to_vec(),
+                op: Op::Read,
+                invoke,
+                complete: Some(rec.now_us().max(invoke)),
+                outcome: Outcome::ReadOk(v.clone()),
+            });
+            return Some(v);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raft_client::launcher::{initial_cluster, NodeCommand};
 use serde_json::Value;
 
 use crate::error::ChaosError;
@@ -239,14 +240,14 @@ impl Cluster {
             .map(|id| net.node_ip(*id).to_string())
             .collect();
         raft_net_quic::certs::write_dev_certs(&certs, &cert_ids, &names)?;
-        let initial: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                let ip = net.node_ip(*id);
-                format!("{id}={ip}:{PEER_PORT}/{ip}:{CLIENT_PORT}")
-            })
-            .collect();
-        let initial = initial.join(",");
+        let initial = initial_cluster(ids.iter().map(|id| {
+            let ip = net.node_ip(*id);
+            (
+                *id,
+                format!("{ip}:{PEER_PORT}"),
+                format!("{ip}:{CLIENT_PORT}"),
+            )
+        }));
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             net,
@@ -258,54 +259,40 @@ impl Cluster {
             removed_crashes: Vec::new(),
         };
         for &id in &ids {
-            cluster.spawn(id, format!("--initial-cluster={initial}"))?;
+            cluster.spawn(id, |c| c.initial_cluster(initial.clone()))?;
         }
         Ok(cluster)
     }
 
-    /// Starts node `id` (its namespace must exist) with `cluster_flag`
-    /// (`--initial-cluster=…` or `--join=…`).
-    fn spawn(&mut self, id: u64, cluster_flag: String) -> Result<(), ChaosError> {
+    /// Starts node `id` (its namespace must exist) with the cluster flag
+    /// `bootstrap` adds (`--initial-cluster=…` or `--join=…`).
+    fn spawn(
+        &mut self,
+        id: u64,
+        bootstrap: impl FnOnce(NodeCommand) -> NodeCommand,
+    ) -> Result<(), ChaosError> {
         let ip = self.net.node_ip(id);
-        let certs = self.dir.join("certs");
         let st = &self.settings;
-        let args = vec![
-            "run".to_string(),
-            format!("--id={id}"),
-            format!(
-                "--data-dir={}",
-                self.dir.join(format!("data/node-{id}")).display()
-            ),
-            format!("--client-listen={ip}:{CLIENT_PORT}"),
-            format!("--peer-listen={ip}:{PEER_PORT}"),
-            cluster_flag,
-            format!("--tls-ca={}", certs.join("ca.pem").display()),
-            format!(
-                "--tls-cert={}",
-                certs.join(format!("node-{id}.pem")).display()
-            ),
-            format!(
-                "--tls-key={}",
-                certs.join(format!("node-{id}.key")).display()
-            ),
-            format!("--tick-ms={}", st.tick_ms),
-            format!("--election-ticks={}", st.election_ticks),
-            format!("--heartbeat-ticks={}", st.heartbeat_ticks),
-            format!("--request-timeout-ms={}", st.request_timeout_ms),
-            format!("--snapshot-entries={}", st.snapshot_entries),
-            format!("--snapshot-keep-entries={}", st.snapshot_keep_entries),
+        let mut cmd = NodeCommand::new(id, self.dir.join(format!("data/node-{id}")))
+            .listen(format!("{ip}:{CLIENT_PORT}"), format!("{ip}:{PEER_PORT}"))
+            .dev_certs(self.dir.join("certs"))
+            .tick_ms(st.tick_ms)
+            .election_ticks(st.election_ticks)
+            .heartbeat_ticks(st.heartbeat_ticks)
+            .flag("request-timeout-ms", st.request_timeout_ms)
+            .flag("snapshot-entries", st.snapshot_entries)
+            .flag("snapshot-keep-entries", st.snapshot_keep_entries)
             // The API listens on the namespace's 10.x address, open: the
             // test network is this machine's own, and the checker's
             // clients carry no token.
-            "--insecure".to_string(),
-        ];
-        let mut args = args;
+            .arg("--insecure");
         if let Some(w) = st.idempotency_window {
-            args.push(format!("--idempotency-window={w}"));
+            cmd = cmd.flag("idempotency-window", w);
         }
+        let cmd = bootstrap(cmd);
         let mut node = NodeProc {
             id,
-            args,
+            args: cmd.to_args(),
             namespace: self.net.namespace(id),
             child: None,
             state: NodeState::Down,
@@ -333,7 +320,8 @@ impl Cluster {
         }
         self.next_id += 1;
         self.net.add_node(id)?;
-        self.spawn(id, format!("--join={via}"))?;
+        let via = via.to_owned();
+        self.spawn(id, |c| c.join(via))?;
         Ok(id)
     }
 

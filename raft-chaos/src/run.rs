@@ -364,15 +364,19 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     // One budget for all keys: a cluster that cannot answer fails them all
     // within it, instead of costing 30 s per key.
     let reads_deadline = Instant::now() + FINAL_READS_BUDGET;
+    // Its settings are those of the harness's other requests.
+    let reader = node_urls
+        .first()
+        .map(|u| crate::client::node_client(u, Duration::from_secs(5), 4))
+        .transpose()?;
     for key in &keys {
         let key_s = String::from_utf8_lossy(key).into_owned();
         let left = reads_deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(30));
-        let read = if left.is_zero() {
-            None
-        } else {
-            final_read(&http, &rec, &node_urls, &key_s, left).await
+        let read = match &reader {
+            Some(r) if !left.is_zero() => final_read(r, &rec, &node_urls, &key_s, left).await,
+            _ => None,
         };
         match read {
             Some(v) => {

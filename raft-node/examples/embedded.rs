@@ -11,7 +11,7 @@ use raft_core::{Config, DriverConfig, Entry, EntryPayload, Index, Membership, No
 use raft_core::{ProposeError, Raft, RaftHandle, ReadConsistency::Linearizable, Role};
 use raft_core::{StateMachine, StateMachineError};
 use raft_log::{RocksLog, RocksLogOptions};
-use raft_net_quic::{certs::DevCa, NodeTls, QuicTransport};
+use raft_net_quic::{certs::DevCa, QuicTransport};
 use tokio::time::sleep;
 
 /// The new balance, or why the command was refused (a refusal is replicated like any outcome).
@@ -82,9 +82,7 @@ async fn start_cluster(dir: &Path) -> Result<Vec<Node>, Box<dyn Error>> {
     let ca = DevCa::generate("embedded example")?;
     let mut nodes: Vec<Node> = Vec::new();
     for id in 1..=3 {
-        let cert = ca.issue_node(id, &[])?;
-        let (ca_pem, key_pem) = (ca.cert_pem().as_bytes(), cert.key_pem.as_bytes());
-        let tls = NodeTls::from_pem(id, ca_pem, cert.cert_pem.as_bytes(), key_pem)?;
+        let tls = ca.node_tls(id)?;
         let (transport, mut inbound) =
             QuicTransport::builder(id, tls).bind(([127, 0, 0, 1], 0).into())?;
         let addr = transport.local_addr()?;

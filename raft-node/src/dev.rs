@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use raft_client::launcher::{initial_cluster, NodeCommand};
+use raft_client::{Client, RetryPolicy};
 use tokio::process::{Child, Command};
 
 /// `raft-node dev` settings.
@@ -27,27 +29,14 @@ pub struct DevArgs {
     pub peer_port: u16,
 }
 
-fn node_args(a: &DevArgs, dir: &Path, id: u64, cluster: &str) -> Vec<String> {
-    let certs = dir.join("certs");
-    vec![
-        "run".into(),
-        "--id".into(),
-        id.to_string(),
-        "--data-dir".into(),
-        dir.join(format!("node-{id}")).display().to_string(),
-        "--client-listen".into(),
-        format!("127.0.0.1:{}", a.client_port as u64 + id - 1),
-        "--peer-listen".into(),
-        format!("127.0.0.1:{}", a.peer_port as u64 + id - 1),
-        "--initial-cluster".into(),
-        cluster.to_owned(),
-        "--tls-ca".into(),
-        certs.join("ca.pem").display().to_string(),
-        "--tls-cert".into(),
-        certs.join(format!("node-{id}.pem")).display().to_string(),
-        "--tls-key".into(),
-        certs.join(format!("node-{id}.key")).display().to_string(),
-    ]
+fn node_command(a: &DevArgs, dir: &Path, id: u64, cluster: &str) -> NodeCommand {
+    NodeCommand::new(id, dir.join(format!("node-{id}")))
+        .listen(
+            format!("127.0.0.1:{}", a.client_port as u64 + id - 1),
+            format!("127.0.0.1:{}", a.peer_port as u64 + id - 1),
+        )
+        .initial_cluster(cluster)
+        .dev_certs(dir.join("certs"))
 }
 
 /// Runs the dev cluster until Ctrl-C.
@@ -72,64 +61,29 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         )
         .context("creating development certificates")?;
     }
-    let cluster: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            format!(
-                "{id}=127.0.0.1:{}/127.0.0.1:{}",
-                a.peer_port as u64 + id - 1,
-                a.client_port as u64 + id - 1
-            )
-        })
-        .collect();
-    let cluster = cluster.join(",");
+    let cluster = initial_cluster(ids.iter().map(|&id| {
+        (
+            id,
+            format!("127.0.0.1:{}", a.peer_port as u64 + id - 1),
+            format!("127.0.0.1:{}", a.client_port as u64 + id - 1),
+        )
+    }));
     let exe = std::env::current_exe().context("locating the raft-node binary")?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for &id in &ids {
-        let log_path = dir.join(format!("node-{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .args(node_args(&a, &dir, id, &cluster))
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a node process")?;
-        children.push((id, child));
+        children.push((
+            id,
+            spawn(&node_command(&a, &dir, id, &cluster), &exe, &dir)?,
+        ));
     }
     println!(
         "raft-node dev: {} nodes, data, certificates and logs in {}",
         a.nodes,
         dir.display()
     );
-    let client = reqwest::Client::new();
     let first = format!("http://127.0.0.1:{}", a.client_port);
     let started = Instant::now();
-    let leader = loop {
-        if let Ok(r) = client.get(format!("{first}/v1/cluster")).send().await {
-            if let Ok(v) = r.json::<serde_json::Value>().await {
-                if let Some(l) = v["leader"].as_u64() {
-                    break l;
-                }
-            }
-        }
-        for (id, c) in &mut children {
-            if let Some(status) = c.try_wait()? {
-                bail!(
-                    "node {id} exited ({status}); see {}",
-                    dir.join(format!("node-{id}.log")).display()
-                );
-            }
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("no leader after 30 s; see the logs in {}", dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let leader = wait_for_leader(&first, &mut children, &dir).await?;
     println!(
         "leader: node {leader} (elected in {:.1} s)\n",
         started.elapsed().as_secs_f64()
@@ -179,6 +133,52 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts one node, its output appended to `dir/node-<id>.log`.
+fn spawn(cmd: &NodeCommand, exe: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log_path = dir.join(format!("node-{}.log", cmd.id()));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    Command::from(cmd.command(exe))
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a node process")
+}
+
+/// Asks `first` for the leader until it names one (30 s at most), failing
+/// when a node exits meanwhile.
+async fn wait_for_leader(
+    first: &str,
+    children: &mut [(u64, Child)],
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    let client = Client::builder([first])
+        .retry(RetryPolicy::none())
+        .build()?;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(l)) = client.status().await.map(|s| s.leader) {
+            return Ok(l);
+        }
+        for (id, c) in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "node {id} exited ({status}); see {}",
+                    dir.join(format!("node-{id}.log")).display()
+                );
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("no leader after 30 s; see the logs in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_any(children: &mut [(u64, Child)]) -> (u64, String) {

@@ -9,9 +9,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+pub use super::binaries::{find_binary, install_etcd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use raft_client::launcher::{initial_cluster, NodeCommand};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -68,7 +71,11 @@ pub struct LocalCluster {
     /// Owns the data directory; removed on drop.
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// etcd's control requests.
     http: reqwest::Client,
+    /// raft-node's control requests, one client per member (one attempt
+    /// each: the benchmark times what each member answers).
+    raft: Vec<raft_client::Client>,
 }
 
 /// CPU and memory of one member over a measurement.
@@ -85,6 +92,8 @@ pub struct NodeUsage {
 }
 
 const CONTROL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a leadership transfer may take to be answered.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl LocalCluster {
     /// Starts the members and waits until they agree on a leader and accept
@@ -114,11 +123,23 @@ impl LocalCluster {
             .timeout(CONTROL_TIMEOUT)
             .build()
             .context("building an HTTP client")?;
+        let mut raft = Vec::new();
+        if opts.system == System::Raft {
+            for m in &members {
+                raft.push(
+                    raft_client::Client::builder([m.url.as_str()])
+                        .request_timeout(TRANSFER_TIMEOUT)
+                        .retry(raft_client::RetryPolicy::none())
+                        .build()?,
+                );
+            }
+        }
         let mut c = LocalCluster {
             opts,
             dir,
             members,
             http,
+            raft,
         };
         for i in 0..c.members.len() {
             c.spawn(i)?;
@@ -267,20 +288,9 @@ impl LocalCluster {
         for i in 0..self.members.len() {
             let l = match self.opts.system {
                 System::Raft => {
-                    let Ok(r) = self
-                        .http
-                        .get(format!("{}/readyz", self.members[i].url))
-                        .send()
-                        .await
-                    else {
-                        return false;
-                    };
-                    if !r.status().is_success() {
-                        return false;
-                    }
-                    match r.json::<Value>().await {
-                        Ok(v) => v["leader"].as_u64(),
-                        Err(_) => return false,
+                    match tokio::time::timeout(CONTROL_TIMEOUT, self.raft[i].ready()).await {
+                        Ok(Ok(r)) if r.ready => r.leader,
+                        _ => return false,
                     }
                 }
                 System::Etcd => match self.etcd_status(i).await {
@@ -325,16 +335,7 @@ impl LocalCluster {
         let fut = async {
             match self.opts.system {
                 System::Raft => {
-                    let v: Value = self
-                        .http
-                        .get(format!("{}/v1/cluster", self.members[i].url))
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
-                    let id = v["leader"].as_u64()?;
+                    let id = self.raft[i].status().await.ok()?.leader?;
                     self.members.iter().position(|m| m.id == id)
                 }
                 System::Etcd => {
@@ -372,17 +373,16 @@ impl LocalCluster {
         let url = &self.members[leader].url;
         let r = match self.opts.system {
             System::Raft => {
-                self.http
-                    .post(format!("{url}/v1/cluster/transfer-leader"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await?
+                return match self.raft[leader].transfer_leader(None).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => bail!("leadership transfer refused: {e}"),
+                };
             }
             System::Etcd => {
                 let target = (leader + 1) % self.members.len();
                 self.http
                     .post(format!("{url}/v3/maintenance/transfer-leadership"))
-                    .timeout(Duration::from_secs(5))
+                    .timeout(TRANSFER_TIMEOUT)
                     .body(format!(
                         "{{\"targetID\":\"{}\"}}",
                         self.members[target].member_id
@@ -492,42 +492,30 @@ fn raft_members(opts: &ClusterOptions, dir: &Path) -> anyhow::Result<Vec<Member>
     }
     let client = |id: u64| opts.base_port as u64 + id - 1;
     let peer = |id: u64| opts.base_port as u64 + 100 + id - 1;
-    let cluster: Vec<String> = ids
-        .iter()
-        .map(|&id| format!("{id}=127.0.0.1:{}/127.0.0.1:{}", peer(id), client(id)))
-        .collect();
-    let cluster = cluster.join(",");
+    let cluster = initial_cluster(ids.iter().map(|&id| {
+        (
+            id,
+            format!("127.0.0.1:{}", peer(id)),
+            format!("127.0.0.1:{}", client(id)),
+        )
+    }));
     // Ticks of 10 ms give the heartbeat and the election timeout a 10 ms
     // resolution (raft-node randomizes the timeout in [E, 2E) ticks).
     let tick_ms = 10;
     let mut members = Vec::new();
     for &id in &ids {
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            dir.join(format!("node-{id}")).display().to_string(),
-            "--client-listen".into(),
-            format!("127.0.0.1:{}", client(id)),
-            "--peer-listen".into(),
-            format!("127.0.0.1:{}", peer(id)),
-            "--initial-cluster".into(),
-            cluster.clone(),
-            "--tls-ca".into(),
-            certs.join("ca.pem").display().to_string(),
-            "--tls-cert".into(),
-            certs.join(format!("node-{id}.pem")).display().to_string(),
-            "--tls-key".into(),
-            certs.join(format!("node-{id}.key")).display().to_string(),
-            "--tick-ms".into(),
-            tick_ms.to_string(),
-            "--heartbeat-ticks".into(),
-            (opts.heartbeat_ms / tick_ms).max(1).to_string(),
-            "--election-ticks".into(),
-            (opts.election_ms / tick_ms).max(2).to_string(),
-        ];
-        args.extend(opts.extra_args.iter().cloned());
+        let args = NodeCommand::new(id, dir.join(format!("node-{id}")))
+            .listen(
+                format!("127.0.0.1:{}", client(id)),
+                format!("127.0.0.1:{}", peer(id)),
+            )
+            .initial_cluster(cluster.clone())
+            .dev_certs(&certs)
+            .tick_ms(tick_ms)
+            .heartbeat_ticks((opts.heartbeat_ms / tick_ms).max(1))
+            .election_ticks((opts.election_ms / tick_ms).max(2))
+            .args(opts.extra_args.iter().cloned())
+            .to_args();
         members.push(Member {
             id,
             url: format!("http://127.0.0.1:{}", client(id)),
@@ -593,83 +581,4 @@ fn etcd_members(opts: &ClusterOptions, dir: &Path) -> Vec<Member> {
             }
         })
         .collect()
-}
-
-/// Finds the server binary: the given path, else (for raft-node) next to
-/// this executable, else on `PATH`.
-///
-/// # Errors
-///
-/// When it is nowhere, with the command that builds or installs it.
-pub fn find_binary(system: System, given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        if p.exists() {
-            return Ok(p.to_owned());
-        }
-        bail!("{} does not exist", p.display());
-    }
-    let name = match system {
-        System::Raft => "raft-node",
-        System::Etcd => "etcd",
-    };
-    if system == System::Raft {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_owned))
-        {
-            let p = dir.join(name);
-            if p.exists() {
-                return Ok(p);
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.exists() {
-                return Ok(p);
-            }
-        }
-    }
-    match system {
-        System::Raft => bail!(
-            "raft-node not found next to raft-bench or on PATH; build both with \
-             `cargo build --release -p raftkv-node -p raftkv-bench` or pass --raft-node PATH"
-        ),
-        System::Etcd => bail!(
-            "etcd not found on PATH; install Debian's etcd-server \
-             (`apt-get install -y etcd-server`, or run with --install) or pass --etcd PATH"
-        ),
-    }
-}
-
-/// Installs Debian's etcd-server and stops the system service the package
-/// starts (the benchmark runs its own members).
-///
-/// # Errors
-///
-/// When apt-get fails.
-pub fn install_etcd() -> anyhow::Result<()> {
-    eprintln!("installing etcd-server with apt-get ...");
-    let run = |args: &[&str]| -> anyhow::Result<()> {
-        let st = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get (install etcd-server yourself, or pass --etcd PATH)")?;
-        if !st.success() {
-            bail!("apt-get {} failed ({st})", args.join(" "));
-        }
-        Ok(())
-    };
-    run(&["install", "-y", "etcd-server"]).or_else(|_| {
-        run(&["update"])?;
-        run(&["install", "-y", "etcd-server"])
-    })?;
-    let _ = Command::new("systemctl")
-        .args(["disable", "--now", "etcd"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    Ok(())
 }

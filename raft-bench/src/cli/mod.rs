@@ -5,6 +5,7 @@
 //! running endpoints), measures, prints a table, and writes `report.json`
 //! and SVG plots into the output directory.
 
+mod binaries;
 pub mod cluster;
 pub mod election;
 pub mod load;

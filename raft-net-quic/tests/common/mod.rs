@@ -41,14 +41,7 @@ pub fn test_config() -> QuicConfig {
 
 /// A node's TLS identity issued by `ca`.
 pub fn tls(ca: &DevCa, id: NodeId) -> NodeTls {
-    let c = ca.issue_node(id, &[]).expect("issue certificate");
-    NodeTls::from_pem(
-        id,
-        ca.cert_pem().as_bytes(),
-        c.cert_pem.as_bytes(),
-        c.key_pem.as_bytes(),
-    )
-    .expect("load identity")
+    ca.node_tls(id).expect("node identity")
 }
 
 /// A bound transport and its inbound messages.

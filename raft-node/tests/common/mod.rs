@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use raft_client::launcher::{initial_cluster, NodeCommand};
 use serde_json::Value;
 
 pub mod raw_peer;
@@ -152,20 +153,16 @@ pub fn cluster_with_env(
     raft_net_quic::certs::write_dev_certs(&certs, &cert_ids, names).unwrap();
     let addrs: Vec<(SocketAddr, SocketAddr)> =
         ids.iter().map(|_| (free_udp(), free_tcp())).collect();
-    let initial: Vec<String> = ids
-        .iter()
-        .zip(&addrs)
-        .map(|(id, (p, c))| format!("{id}={p}/{c}"))
-        .collect();
+    let initial = initial_cluster(ids.iter().zip(&addrs).map(|(id, (p, c))| (*id, p, c)));
     ids.iter()
         .zip(&addrs)
         .map(|(&id, (peer, client))| {
-            let mut args = node_args(dir, id, *peer, *client);
-            args.push(format!("--initial-cluster={}", initial.join(",")));
-            args.extend(extra.iter().cloned());
+            let cmd = node_command(dir, id, *peer, *client)
+                .initial_cluster(initial.clone())
+                .args(extra.iter().cloned());
             let mut p = Proc {
                 id,
-                args,
+                args: cmd.to_args(),
                 child: None,
                 http: format!("{scheme}://{client}"),
                 log: dir.join(format!("node-{id}.log")),
@@ -242,39 +239,25 @@ pub async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> 
         .unwrap()
 }
 
-/// `raft-node run` arguments of node `id` under `dir` (data, certificates
-/// from `dir/certs`, fast ticks), without cluster flags.
-fn node_args(dir: &Path, id: u64, peer: SocketAddr, client: SocketAddr) -> Vec<String> {
-    let certs = dir.join("certs");
-    vec![
-        "run".to_string(),
-        format!("--id={id}"),
-        format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
-        format!("--client-listen={client}"),
-        format!("--peer-listen={peer}"),
-        format!("--tls-ca={}", certs.join("ca.pem").display()),
-        format!(
-            "--tls-cert={}",
-            certs.join(format!("node-{id}.pem")).display()
-        ),
-        format!(
-            "--tls-key={}",
-            certs.join(format!("node-{id}.key")).display()
-        ),
-        "--tick-ms=20".to_string(),
-    ]
+/// The `raft-node run` command of node `id` under `dir` (data,
+/// certificates from `dir/certs`, fast ticks), without cluster flags.
+fn node_command(dir: &Path, id: u64, peer: SocketAddr, client: SocketAddr) -> NodeCommand {
+    NodeCommand::new(id, dir.join(format!("node-{id}")))
+        .listen(client, peer)
+        .dev_certs(dir.join("certs"))
+        .tick_ms(20)
 }
 
 /// A new node `id` (whose certificate `cluster_with` wrote as a spare) that
 /// joins the cluster through `join_url`, with the `extra` flags. Started.
 pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
     let (peer, client) = (free_udp(), free_tcp());
-    let mut args = node_args(dir, id, peer, client);
-    args.push(format!("--join={join_url}"));
-    args.extend(extra.iter().cloned());
+    let cmd = node_command(dir, id, peer, client)
+        .join(join_url)
+        .args(extra.iter().cloned());
     let mut p = Proc {
         id,
-        args,
+        args: cmd.to_args(),
         child: None,
         http: format!("http://{client}"),
         log: dir.join(format!("node-{id}.log")),
