@@ -258,3 +258,24 @@ impl<L: LogStorage> LogStorage for std::sync::Arc<L> {
         (**self).install_snapshot(meta).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StorageError;
+    use crate::state_machine::StateMachineError;
+    use std::error::Error;
+
+    #[test]
+    fn backend_errors_keep_their_cause_as_the_source() {
+        let io = std::io::Error::other("disk on fire");
+        let e = StorageError::backend(io);
+        assert_eq!(e.to_string(), "storage backend error: disk on fire");
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("disk on fire")
+        );
+        let e = StateMachineError::backend("store closed");
+        assert_eq!(e.to_string(), "state machine error: store closed");
+        assert!(e.source().is_some());
+    }
+}

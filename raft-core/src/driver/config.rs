@@ -98,3 +98,24 @@ impl DriverConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_accepts_the_defaults_and_names_a_setting_out_of_range() {
+        assert_eq!(DriverConfig::default().validate(), Ok(()));
+        let zero_queue = DriverConfig {
+            storage_queue_capacity: 0,
+            ..DriverConfig::default()
+        };
+        let err = zero_queue.validate().unwrap_err();
+        assert_eq!(err.setting, "storage_queue_capacity");
+        let no_tick = DriverConfig {
+            tick_interval: Duration::ZERO,
+            ..DriverConfig::default()
+        };
+        assert_eq!(no_tick.validate().unwrap_err().setting, "tick_interval");
+    }
+}
