@@ -285,8 +285,13 @@ impl Progress {
             // about the probe: keep waiting for it.
             // No probe outstanding: resume from what the follower has (a
             // snapshot it reported delivered but did not install leaves
-            // `next` past what it holds).
-            ReplicationState::Probe if !self.probe_sent => self.next = index + 1,
+            // `next` past what it holds). Not while the probe waits for a
+            // read-back: `index` may be a new leader's 0, and the probe's
+            // position (found by backtracking) would be lost, so the
+            // follower's whole log would be sent again.
+            ReplicationState::Probe if !self.probe_sent && self.fetching.is_none() => {
+                self.next = index + 1
+            }
             ReplicationState::Probe => {}
             ReplicationState::Replicate => self.free_to(index),
             // The follower installed the snapshot (or already had what it
