@@ -7,7 +7,8 @@
 //! `RAFT_MEM_PUTS` sets the number of PUTs (default 1,500, enough to hold
 //! more than a GiB per node before the byte bounds existed; the issue's
 //! full run is `RAFT_MEM_PUTS=10000`), `RAFT_MEM_CLIENTS` the number of
-//! concurrent clients (default 8).
+//! concurrent clients (default 8). `RAFT_MEM_RUST_LOG` sets the nodes'
+//! `RUST_LOG` (default `info`), to trace a run that stalls.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cluster_with, leader, status_of};
+use common::{cluster_with_env, leader, status_of};
 
 /// The documented bound on a node's peak RSS with default settings
 /// (raft-node README, "Limits").
@@ -47,7 +48,10 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
     let clients = env_u64("RAFT_MEM_CLIENTS", 8).max(1);
     let dir = tempfile::tempdir().unwrap();
     // Default settings: no limit flag is passed.
-    let procs = cluster_with(dir.path(), 3, &[], &[], "http");
+    let log_filter = std::env::var("RAFT_MEM_RUST_LOG").unwrap_or_else(|_| "info".into());
+    let procs = cluster_with_env(dir.path(), 3, &[], &[], "http", |_| {
+        vec![("RUST_LOG".into(), log_filter.clone().into())]
+    });
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

@@ -117,8 +117,11 @@ pub(crate) struct Progress {
     window: usize,
     /// The read-back from storage outstanding for this follower, if any
     /// ([`EntryFetch::id`](super::EntryFetch::id)): nothing else is sent
-    /// to it (but heartbeats) until it is answered.
+    /// to it (but heartbeats) until it is answered, or given up on after
+    /// an election timeout ([`Progress::fetch_expired`]).
     pub(crate) fetching: Option<u64>,
+    /// The leader's tick when `fetching` was asked for.
+    pub(crate) fetch_asked_at: u64,
 }
 
 impl Progress {
@@ -137,7 +140,26 @@ impl Progress {
             pipeline_round: 0,
             window: usize::MAX,
             fetching: None,
+            fetch_asked_at: 0,
         }
+    }
+
+    /// Records the read-back `id`, asked for at tick `now`.
+    pub(crate) fn fetch_started(&mut self, id: u64, now: u64) {
+        self.fetching = Some(id);
+        self.fetch_asked_at = now;
+    }
+
+    /// Gives up on a read-back outstanding for `timeout` ticks or more at
+    /// tick `now`: a read that hangs, or whose answer was lost, must not
+    /// stop replication to this follower for good. Replication asks again
+    /// (a late answer is still used if it fits). Returns whether it gave up.
+    pub(crate) fn fetch_expired(&mut self, now: u64, timeout: u64) -> bool {
+        if self.fetching.is_some() && now.saturating_sub(self.fetch_asked_at) >= timeout {
+            self.fetching = None;
+            return true;
+        }
+        false
     }
 
     /// A read-back from storage failed: probe from the match index after
@@ -263,8 +285,13 @@ impl Progress {
             // about the probe: keep waiting for it.
             // No probe outstanding: resume from what the follower has (a
             // snapshot it reported delivered but did not install leaves
-            // `next` past what it holds).
-            ReplicationState::Probe if !self.probe_sent => self.next = index + 1,
+            // `next` past what it holds). Not while the probe waits for a
+            // read-back: `index` may be a new leader's 0, and the probe's
+            // position (found by backtracking) would be lost, so the
+            // follower's whole log would be sent again.
+            ReplicationState::Probe if !self.probe_sent && self.fetching.is_none() => {
+                self.next = index + 1
+            }
             ReplicationState::Probe => {}
             ReplicationState::Replicate => self.free_to(index),
             // The follower installed the snapshot (or already had what it

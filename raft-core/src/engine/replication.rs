@@ -330,10 +330,18 @@ impl Engine {
         }
         self.read_round_needed = false;
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let (now, fetch_timeout) = (self.now, self.cfg.election_timeout_ticks);
         for peer in peers {
             if let Some(pr) = self.progress.get_mut(&peer) {
                 if pr.state == ReplicationState::Probe {
                     pr.probe_sent = false;
+                }
+                if pr.fetch_expired(now, fetch_timeout) {
+                    tracing::warn!(
+                        to = peer,
+                        ticks = fetch_timeout,
+                        "no answer to a read-back from storage; asking again"
+                    );
                 }
             }
             self.send_heartbeat(peer);
@@ -419,8 +427,9 @@ impl Engine {
                     max_bytes: self.cfg.max_message_bytes,
                 };
                 self.next_fetch += 1;
+                let now = self.now;
                 if let Some(pr) = self.progress.get_mut(&to) {
-                    pr.fetching = Some(fetch.id);
+                    pr.fetch_started(fetch.id, now);
                 }
                 self.fetches.push(fetch);
                 return;
@@ -453,7 +462,9 @@ impl Engine {
     /// an empty `entries` says the read failed. A leader sends them to the
     /// follower when it still needs them (and reads further entries the same
     /// way); a failed or outdated read is dropped, and replication to that
-    /// follower resumes with its next probe.
+    /// follower resumes with its next probe. A read the leader gave up on
+    /// (outstanding for an election timeout) is still used when it arrives
+    /// while the follower needs exactly those entries.
     pub fn on_entries_fetched(&mut self, fetch: EntryFetch, entries: Vec<Entry>) {
         if self.role != Role::Leader || self.term != fetch.term {
             return;
@@ -461,10 +472,10 @@ impl Engine {
         let Some(pr) = self.progress.get_mut(&fetch.to) else {
             return;
         };
-        if pr.fetching != Some(fetch.id) {
-            return;
+        let current = pr.fetching == Some(fetch.id);
+        if current {
+            pr.fetching = None;
         }
-        pr.fetching = None;
         let log = &self.log;
         let valid = entries.first().is_some_and(|e| e.index == fetch.start)
             && entries.len() <= fetch.max_entries.max(1)
@@ -480,15 +491,20 @@ impl Engine {
                     "entries read back from storage do not match the log; dropped"
                 );
             }
-            // Wait for the next heartbeat before trying again (a failing
-            // read is not retried in a tight loop).
-            pr.fetch_failed();
+            if current {
+                // Wait for the next heartbeat before trying again (a
+                // failing read is not retried in a tight loop).
+                pr.fetch_failed();
+            }
             return;
         }
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
         if pr.is_paused(max_msgs, max_bytes) || pr.next != fetch.start {
             return; // the follower's position moved meanwhile; replicate anew
         }
+        // A late answer to a read given up on: it is what the follower
+        // needs now, so the read asked again instead is not waited for.
+        pr.fetching = None;
         let last = entries.last().map_or(0, |e| e.index);
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let body = MessageBody::AppendEntries {
