@@ -84,8 +84,8 @@ impl Cluster {
         let nodes = (1..=3)
             .map(|id| {
                 let mut cfg = Config::new(id);
-                cfg.max_entries_per_message = 4;
-                cfg.max_bytes_per_message = 2_000;
+                cfg.max_message_entries = 4;
+                cfg.max_message_bytes = 2_000;
                 cfg.max_log_cache_bytes = 2_000;
                 cfg.snapshot_threshold_entries = 0;
                 cfg.snapshot_threshold_bytes = 0;
