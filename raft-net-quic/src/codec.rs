@@ -36,6 +36,8 @@ use raft_core::{
     AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody, SnapshotMeta,
 };
 
+pub use crate::refusal::{RefusalReason, SnapshotRefusal};
+
 /// The protocol version this crate speaks. A peer speaking another version is
 /// refused at connection time.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -140,7 +142,7 @@ pub enum Frame {
     /// The receiver's verdict (receiver → sender).
     SnapshotResult {
         /// `None` when the snapshot was stored; otherwise why not.
-        error: Option<String>,
+        error: Option<SnapshotRefusal>,
     },
 }
 
@@ -154,6 +156,15 @@ mod kind {
     pub const SNAPSHOT_DONE: u8 = 0x23;
     pub const SNAPSHOT_RESULT: u8 = 0x24;
 }
+
+/// `SnapshotResult` tags: stored; refused with text only (every reason
+/// before typed ones, and [`RefusalReason::Other`]); refused with a reason
+/// code, then the text. The typed tag was added within protocol version 1:
+/// a node from before it fails to decode the answer and counts the transfer
+/// failed, which is what a refusal means anyway (see `docs/architecture.md`).
+const RESULT_STORED: u8 = 0;
+const RESULT_REFUSED_TEXT: u8 = 1;
+const RESULT_REFUSED_TYPED: u8 = 2;
 
 mod body {
     pub const REQUEST_VOTE: u8 = 1;
@@ -338,11 +349,17 @@ fn encode_body(frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
         Frame::SnapshotResult { error } => {
             out.put_u8(kind::SNAPSHOT_RESULT);
             match error {
-                None => out.put_u8(0),
+                None => out.put_u8(RESULT_STORED),
                 Some(e) => {
-                    out.put_u8(1);
-                    put_len(out, e.len(), "snapshot error text")?;
-                    out.put_slice(e.as_bytes());
+                    match e.reason.code() {
+                        None => out.put_u8(RESULT_REFUSED_TEXT),
+                        Some(code) => {
+                            out.put_u8(RESULT_REFUSED_TYPED);
+                            out.put_u8(code);
+                        }
+                    }
+                    put_len(out, e.detail.len(), "snapshot error text")?;
+                    out.put_slice(e.detail.as_bytes());
                 }
             }
         }
@@ -564,13 +581,22 @@ pub fn decode_frame_content(buf: Bytes) -> Result<Frame, DecodeError> {
             crc32c: r.u32("snapshot crc")?,
         },
         kind::SNAPSHOT_RESULT => match r.u8("result tag")? {
-            0 => Frame::SnapshotResult { error: None },
-            1 => {
+            RESULT_STORED => Frame::SnapshotResult { error: None },
+            tag @ (RESULT_REFUSED_TEXT | RESULT_REFUSED_TYPED) => {
+                let reason = if tag == RESULT_REFUSED_TYPED {
+                    let code = r.u8("refusal reason")?;
+                    RefusalReason::from_code(code)
+                        .ok_or_else(|| invalid("refusal reason", format!("{code}")))?
+                } else {
+                    RefusalReason::Other
+                };
                 let len = r.len("error length")?;
                 let text = r.bytes(len, "error text")?;
                 let text = String::from_utf8(text.to_vec())
                     .map_err(|_| invalid("error text", "not UTF-8"))?;
-                Frame::SnapshotResult { error: Some(text) }
+                Frame::SnapshotResult {
+                    error: Some(SnapshotRefusal::new(reason, text)),
+                }
             }
             t => return Err(invalid("result tag", format!("{t}"))),
         },

@@ -75,11 +75,13 @@
 pub mod certs;
 pub mod codec;
 pub mod config;
+mod refusal;
 pub mod snapshot;
 pub mod tls;
 mod transport;
 
 pub use config::QuicConfig;
+pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{
     forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource,
 };

@@ -10,7 +10,7 @@
 //! network.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +29,7 @@ use crate::codec::{
     SnapshotChunk, SnapshotOffer, StreamKind, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION,
 };
 use crate::config::QuicConfig;
+use crate::refusal::{RefusalReason, SnapshotRefusal};
 use crate::snapshot::{SnapshotSink, SnapshotSource};
 use crate::tls::{certificate_names_node, node_dns_name, NodeTls, TlsError};
 
@@ -134,6 +135,15 @@ pub enum SnapshotError {
         attempts: u32,
         /// The last failure.
         last: String,
+    },
+    /// The receiver refused the snapshot for a reason that another attempt
+    /// cannot change (too large for its limit, not a member, no sink).
+    #[error("node {peer} refused the snapshot: {refusal}")]
+    Refused {
+        /// The peer.
+        peer: NodeId,
+        /// Its reason.
+        refusal: SnapshotRefusal,
     },
     /// The transport is shutting down.
     #[error("transport closed")]
@@ -288,6 +298,8 @@ struct Shared {
     handshaking: Arc<AtomicUsize>,
     /// Inbound connections per authenticated peer.
     per_peer: Mutex<HashMap<NodeId, usize>>,
+    /// Handshakes in progress per source IP (sources that are not a peer's).
+    handshakes_by_ip: Mutex<HashMap<IpAddr, usize>>,
     retries: Counter,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     inbound: mpsc::Sender<Message>,
@@ -295,6 +307,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     protocol_errors: Counter,
     refused_connections: Counter,
+    /// When each refusal reason was last logged, and how many since.
+    refusal_log: Mutex<HashMap<RefusalReason, (Instant, u64)>>,
 }
 
 /// Builds a [`QuicTransport`].
@@ -393,6 +407,7 @@ impl QuicTransportBuilder {
             inbound_slots: Arc::new(AtomicUsize::new(0)),
             handshaking: Arc::new(AtomicUsize::new(0)),
             per_peer: Mutex::new(HashMap::new()),
+            handshakes_by_ip: Mutex::new(HashMap::new()),
             retries: metrics::counter!("raft_net_retries_sent_total"),
             peers: Mutex::new(HashMap::new()),
             inbound: inbound_tx,
@@ -400,6 +415,7 @@ impl QuicTransportBuilder {
             shutdown,
             protocol_errors: metrics::counter!("raft_net_protocol_errors_total"),
             refused_connections: metrics::counter!("raft_net_connections_refused_total"),
+            refusal_log: Mutex::new(HashMap::new()),
         });
         tokio::spawn(accept_loop(shared.clone()));
         if shared.crl_path.is_some() {
@@ -425,48 +441,116 @@ fn endpoint_configs(
     Ok((server_config, client_config))
 }
 
-/// The modification time and length of a file, to notice changes.
-fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+/// What the revocation list file held when last looked at: a hash of its
+/// content, or why it could not be read. A change of either is a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CrlSeen {
+    Content(u64),
+    Unreadable(String),
 }
 
-/// Reloads the revocation list file when it changes.
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Reloads the revocation list file when its content changes (by content
+/// hash: a rewrite within the same second and of the same length counts).
+/// A file that cannot be read or parsed keeps the lists in force, warns
+/// once per distinct content and counts `raft_net_crl_reload_failures_total`.
 async fn crl_poller(shared: Arc<Shared>) {
     let Some(path) = shared.crl_path.clone() else {
         return;
     };
     let mut shutdown = shared.shutdown.subscribe();
-    let mut stamp = file_stamp(&path);
+    let mut seen = std::fs::read(&path)
+        .map(|b| CrlSeen::Content(content_hash(&b)))
+        .ok();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.cfg.crl_poll_interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let now = file_stamp(&path);
-        if now == stamp {
+        let read = std::fs::read(&path);
+        let now = match &read {
+            Ok(b) => CrlSeen::Content(content_hash(b)),
+            Err(e) => CrlSeen::Unreadable(e.to_string()),
+        };
+        if seen.as_ref() == Some(&now) {
             continue;
         }
-        stamp = now;
-        if let Err(e) = reload_crl(&shared) {
-            tracing::error!(path = %path.display(), error = %e, "reloading the certificate revocation list failed; keeping the lists in force");
+        seen = Some(now);
+        let result = match read {
+            Ok(pem) => install_crl(&shared, &pem),
+            Err(e) => Err(BindError::Tls(TlsError::Load {
+                what: "the certificate revocation list",
+                path: path.clone(),
+                detail: e.to_string(),
+            })),
+        };
+        if let Err(e) = result {
+            crl_reload_failed(&path, &e);
         }
     }
 }
 
-/// Loads the revocation list file again, installs it for new handshakes and
-/// closes connections whose peer is now revoked.
+fn crl_reload_failed(path: &std::path::Path, e: &BindError) {
+    metrics::counter!("raft_net_crl_reload_failures_total").increment(1);
+    tracing::warn!(path = %path.display(), error = %e, "reloading the certificate revocation list failed (half written or not a CRL from the cluster CA?); keeping the lists in force");
+}
+
+/// Loads the revocation list file again (see [`install_crl`]).
 fn reload_crl(shared: &Shared) -> Result<(), BindError> {
     let Some(path) = &shared.crl_path else {
         return Ok(());
     };
+    let pem = std::fs::read(path).map_err(|e| {
+        BindError::Tls(TlsError::Load {
+            what: "the certificate revocation list",
+            path: path.clone(),
+            detail: e.to_string(),
+        })
+    });
+    let result = pem.and_then(|pem| install_crl(shared, &pem));
+    if let Err(e) = &result {
+        crl_reload_failed(path, e);
+    }
+    result
+}
+
+/// Installs the revocation lists in `pem` for new handshakes and closes
+/// connections whose peer they revoke. Lists that revoke this node's own
+/// certificate are installed too (they still say which peers are revoked),
+/// with a loud warning and `raft_net_crl_own_certificate_revoked` at 1:
+/// peers that load them refuse this node until it gets a new certificate.
+fn install_crl(shared: &Shared, pem: &[u8]) -> Result<(), BindError> {
     let current = lock(&shared.tls).clone();
-    let tls = Arc::new(current.with_crl_file(path)?);
+    let (tls, own_revoked) = current.with_crl_pem_for_reload(pem)?;
+    let tls = Arc::new(tls);
     let (server_config, client_config) = endpoint_configs(&tls, &shared.transport_config)?;
     shared.endpoint.set_server_config(Some(server_config));
     *lock(&shared.client_config) = client_config;
     *lock(&shared.tls) = tls.clone();
-    tracing::info!(path = %path.display(), lists = tls.crl_count(), "certificate revocation list reloaded");
+    metrics::gauge!("raft_net_crl_own_certificate_revoked").set(if own_revoked {
+        1.0
+    } else {
+        0.0
+    });
+    if own_revoked {
+        tracing::error!(
+            node = shared.id,
+            "THE NEW REVOCATION LIST REVOKES THIS NODE'S OWN CERTIFICATE: peers that load it \
+             refuse this node; issue it a new certificate and restart it (the list is in force \
+             for checking peers)"
+        );
+    }
+    tracing::info!(
+        lists = tls.crl_count(),
+        own_revoked,
+        "certificate revocation list reloaded"
+    );
     let conns: Vec<(NodeId, Connection, bool)> = lock(&shared.conns)
         .values()
         .map(|e| (e.peer, e.conn.clone(), e.inbound))
@@ -761,6 +845,20 @@ impl QuicTransport {
             {
                 Ok(()) => return Ok(stats),
                 Err(AttemptError::Source(e)) => return Err(SnapshotError::Source(e)),
+                Err(AttemptError::Refused(e)) => {
+                    metrics::counter!("raft_snapshot_offers_refused_by_peer_total",
+                        "peer" => to.to_string(), "reason" => e.reason.as_str())
+                    .increment(1);
+                    tracing::warn!(peer = to, transfer_id, attempt = stats.attempts, reason = %e.reason, detail = %e.detail, "the peer refused the snapshot");
+                    if e.reason.is_permanent() {
+                        return Err(SnapshotError::Refused {
+                            peer: to,
+                            refusal: e,
+                        });
+                    }
+                    last = format!("refused: {e}");
+                    tokio::time::sleep(backoff(&shared.cfg, stats.attempts)).await;
+                }
                 Err(AttemptError::Failed(e)) => {
                     tracing::info!(peer = to, transfer_id, attempt = stats.attempts, error = %e, "snapshot attempt failed; retrying");
                     last = e;
@@ -1063,41 +1161,163 @@ async fn accept_loop(shared: Arc<Shared>) {
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
-        // Address validation under load: past the threshold, a client
-        // must prove it receives at its address before it costs any state.
-        if !incoming.remote_address_validated()
-            && incoming.may_retry()
-            && shared.handshaking.load(Ordering::SeqCst) >= shared.cfg.retry_handshakes_threshold
-        {
-            shared.retries.increment(1);
-            if let Err(e) = incoming.retry() {
-                e.into_incoming().ignore();
-            }
-            continue;
-        }
-        // A slot is taken from the first packet on (handshaking connections
-        // count), and never beyond the limit.
-        let max = shared.cfg.connections_max;
-        if shared
-            .inbound_slots
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
-            tracing::warn!(remote = %incoming.remote_address(), limit = max, "connection limit reached; refusing");
-            shared.refused_connections.increment(1);
-            incoming.refuse();
-            continue;
-        }
-        let slot = CountGuard(shared.inbound_slots.clone());
-        shared.handshaking.fetch_add(1, Ordering::SeqCst);
-        let handshaking = CountGuard(shared.handshaking.clone());
-        tokio::spawn(accept_one(shared.clone(), incoming, slot, handshaking));
+        admit(&shared, incoming);
     }
 }
 
+/// Decides on a new inbound connection without waiting: a Retry, a
+/// refusal, or a slot and a task that runs its handshake.
+fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let validated = incoming.remote_address_validated();
+    let known = shared.is_peer_address(remote);
+    let max = shared.cfg.connections_max;
+    let general = max - shared.cfg.connections_reserved_for_peers;
+    // Address validation under load: past the threshold, a client must
+    // prove it receives at its address before it costs any state. A
+    // member's address must be proven too before it takes a reserved slot
+    // (a spoofed packet cannot take the member's place).
+    let busy = shared.handshaking.load(Ordering::SeqCst) >= shared.cfg.retry_handshakes_threshold;
+    let general_full = shared.inbound_slots.load(Ordering::SeqCst) >= general;
+    if !validated && incoming.may_retry() && (busy || (known && general_full)) {
+        shared.retries.increment(1);
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().ignore();
+        }
+        return;
+    }
+    // A slot is taken from the first packet on (handshaking connections
+    // count), and never beyond the limit; the reserved ones only by the
+    // validated address of a peer.
+    let limit = if known && validated { max } else { general };
+    if shared
+        .inbound_slots
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_err()
+    {
+        tracing::warn!(%remote, limit, known, "connection limit reached; refusing");
+        shared.refused_connections.increment(1);
+        incoming.refuse();
+        return;
+    }
+    let slot = CountGuard(shared.inbound_slots.clone());
+    // Handshakes per source IP, for sources that are not a peer's address.
+    let per_ip = if known {
+        None
+    } else {
+        match IpSlot::acquire(shared, remote.ip()) {
+            Some(s) => Some(s),
+            None => {
+                tracing::warn!(%remote, limit = shared.cfg.handshakes_per_ip_max, "too many handshakes from one address; refusing");
+                shared.refused_connections.increment(1);
+                incoming.refuse();
+                return;
+            }
+        }
+    };
+    shared.handshaking.fetch_add(1, Ordering::SeqCst);
+    let handshaking = Handshaking {
+        _count: CountGuard(shared.handshaking.clone()),
+        _per_ip: per_ip,
+    };
+    tokio::spawn(accept_one(shared.clone(), incoming, slot, handshaking));
+}
+
+/// A handshake in progress: counted globally and per source IP until the
+/// peer is welcomed or the attempt ends.
+struct Handshaking {
+    _count: CountGuard,
+    _per_ip: Option<IpSlot>,
+}
+
+/// One of an IP address's handshake slots (`handshakes_per_ip_max`).
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let ip = ip.to_canonical();
+        let mut per = lock(&shared.handshakes_by_ip);
+        let n = per.entry(ip).or_insert(0);
+        if *n >= shared.cfg.handshakes_per_ip_max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per = lock(&self.shared.handshakes_by_ip);
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One warning per refusal reason per this interval; the others are counted.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Shared {
+    /// Whether `addr` is the address of a peer in the peer table that is
+    /// allowed (a member, or a learner being added).
+    fn is_peer_address(&self, addr: SocketAddr) -> bool {
+        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+        let addr = canonical(addr);
+        let peers: Vec<(NodeId, SocketAddr)> = lock(&self.peers)
+            .values()
+            .map(|p| (p.id, *lock(&p.addr)))
+            .collect();
+        peers
+            .into_iter()
+            .any(|(id, a)| canonical(a) == addr && self.peer_allowed(id))
+    }
+
+    /// Counts a snapshot this node refused (`raft_snapshot_offers_refused_total`)
+    /// and warns, at most once per [`REFUSAL_LOG_INTERVAL`] per reason.
+    fn note_refusal(&self, peer: NodeId, transfer_id: u64, total_bytes: u64, e: &SnapshotRefusal) {
+        metrics::counter!("raft_snapshot_offers_refused_total", "reason" => e.reason.as_str())
+            .increment(1);
+        let suppressed = {
+            let mut log = lock(&self.refusal_log);
+            match log.get_mut(&e.reason) {
+                Some((at, n)) if at.elapsed() < REFUSAL_LOG_INTERVAL => {
+                    *n += 1;
+                    return;
+                }
+                Some((at, n)) => {
+                    *at = Instant::now();
+                    std::mem::take(n)
+                }
+                None => {
+                    log.insert(e.reason, (Instant::now(), 0));
+                    0
+                }
+            }
+        };
+        tracing::warn!(
+            peer,
+            transfer_id,
+            total_bytes,
+            limit = self.cfg.snapshot_bytes_max,
+            reason = %e.reason,
+            detail = %e.detail,
+            suppressed,
+            "snapshot refused; the sender cannot complete it until this is fixed"
+        );
+    }
+
     /// Whether `peer` may connect and send (the allowed set, when one is set).
     fn peer_allowed(&self, peer: NodeId) -> bool {
         match &*self.allowed.read().unwrap_or_else(|p| p.into_inner()) {
@@ -1114,7 +1334,7 @@ async fn accept_one(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
     _slot: CountGuard,
-    handshaking: CountGuard,
+    handshaking: Handshaking,
 ) {
     let remote = incoming.remote_address();
     let timeout = shared.cfg.handshake_timeout;
@@ -1435,50 +1655,56 @@ async fn receive_snapshot(
         }
         Err(e) => return protocol_error(&shared, peer, &conn, format!("snapshot stream: {e}")),
     };
-    let reply = |error: Option<String>| Frame::SnapshotResult { error };
+    let reply = |error: Option<SnapshotRefusal>| Frame::SnapshotResult { error };
     let refusal = if !shared.peer_allowed(peer) {
-        Some(format!(
-            "node {peer} is not a member of node {}'s configuration",
-            shared.id
+        Some(SnapshotRefusal::new(
+            RefusalReason::NotAllowed,
+            format!(
+                "node {peer} is not a member of node {}'s configuration",
+                shared.id
+            ),
         ))
     } else if offer.total_bytes > shared.cfg.snapshot_bytes_max {
-        Some(format!(
-            "snapshot of {} bytes exceeds this node's limit of {} bytes (snapshot_bytes_max)",
-            offer.total_bytes, shared.cfg.snapshot_bytes_max
+        Some(SnapshotRefusal::new(
+            RefusalReason::TooLarge,
+            format!(
+                "snapshot of {} bytes exceeds node {}'s limit of {} bytes \
+                 (snapshot_bytes_max; raft-node: --max-snapshot-receive-mib)",
+                offer.total_bytes, shared.id, shared.cfg.snapshot_bytes_max
+            ),
+        ))
+    } else if shared.sink.is_none() {
+        Some(SnapshotRefusal::new(
+            RefusalReason::NotAccepting,
+            "this node does not accept snapshots",
         ))
     } else {
         None
     };
     if let Some(e) = refusal {
-        tracing::warn!(peer, transfer_id = offer.transfer_id, total_bytes = offer.total_bytes, error = %e, "snapshot refused");
+        shared.note_refusal(peer, offer.transfer_id, offer.total_bytes, &e);
         let _ = write_frame(&mut send, &reply(Some(e)), max).await;
         let _ = send.finish();
         let _ = send.stopped().await;
         return;
     }
     let Some(sink) = shared.sink.clone() else {
-        let _ = write_frame(
-            &mut send,
-            &reply(Some("this node does not accept snapshots".into())),
-            max,
-        )
-        .await;
-        let _ = send.finish();
         return;
     };
     let id = offer.transfer_id;
     let mut expected = match sink.begin(peer, &offer).await {
         Ok(offset) if offset <= offer.total_bytes => offset,
         Ok(offset) => {
-            let _ = write_frame(
-                &mut send,
-                &reply(Some(format!("sink resumes at {offset}, past the end"))),
-                max,
-            )
-            .await;
+            let e = SnapshotRefusal::new(
+                RefusalReason::Other,
+                format!("sink resumes at {offset}, past the end"),
+            );
+            shared.note_refusal(peer, id, offer.total_bytes, &e);
+            let _ = write_frame(&mut send, &reply(Some(e)), max).await;
             return;
         }
         Err(e) => {
+            shared.note_refusal(peer, id, offer.total_bytes, &e);
             let _ = write_frame(&mut send, &reply(Some(e)), max).await;
             let _ = send.finish();
             return;
@@ -1512,15 +1738,17 @@ async fn receive_snapshot(
                 crc32c,
                 data,
             }) => {
+                let bad =
+                    |detail: String| Some(SnapshotRefusal::new(RefusalReason::Invalid, detail));
                 let err = if offset != expected {
-                    Some(format!("chunk at offset {offset}, expected {expected}"))
+                    bad(format!("chunk at offset {offset}, expected {expected}"))
                 } else if crc32c::crc32c(&data) != crc32c {
-                    Some(format!("chunk at offset {offset} fails its checksum"))
+                    bad(format!("chunk at offset {offset} fails its checksum"))
                 } else if offset
                     .checked_add(data.len() as u64)
                     .is_none_or(|end| end > offer.total_bytes)
                 {
-                    Some(format!(
+                    bad(format!(
                         "chunk at offset {offset} runs past the snapshot's {} bytes",
                         offer.total_bytes
                     ))
@@ -1554,7 +1782,7 @@ async fn receive_snapshot(
             }
         };
         if let Some(e) = &verdict {
-            tracing::warn!(peer, transfer_id = id, error = %e, "snapshot refused");
+            shared.note_refusal(peer, id, offer.total_bytes, e);
         } else {
             tracing::info!(
                 peer,
@@ -1573,6 +1801,7 @@ async fn receive_snapshot(
 enum AttemptError {
     Source(std::io::Error),
     Failed(String),
+    Refused(SnapshotRefusal),
 }
 
 async fn snapshot_attempt(
@@ -1595,9 +1824,7 @@ async fn snapshot_attempt(
         .map_err(failed)?;
     let start = match read_frame(&mut recv, max).await {
         Ok(Some(Frame::SnapshotResume { offset })) if offset <= offer.total_bytes => offset,
-        Ok(Some(Frame::SnapshotResult { error: Some(e) })) => {
-            return Err(failed(format!("refused: {e}")))
-        }
+        Ok(Some(Frame::SnapshotResult { error: Some(e) })) => return Err(AttemptError::Refused(e)),
         Ok(other) => return Err(failed(format!("unexpected answer to the offer: {other:?}"))),
         Err(e) => return Err(failed(e.to_string())),
     };
@@ -1661,9 +1888,7 @@ async fn snapshot_attempt(
     let _ = send.finish();
     match read_frame(&mut recv, max).await {
         Ok(Some(Frame::SnapshotResult { error: None })) => Ok(()),
-        Ok(Some(Frame::SnapshotResult { error: Some(e) })) => {
-            Err(failed(format!("receiver refused: {e}")))
-        }
+        Ok(Some(Frame::SnapshotResult { error: Some(e) })) => Err(AttemptError::Refused(e)),
         Ok(other) => Err(failed(format!("unexpected answer: {other:?}"))),
         Err(e) => Err(failed(e.to_string())),
     }

@@ -14,7 +14,10 @@ use common::*;
 use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
-use raft_net_quic::{FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSink, SnapshotSource};
+use raft_net_quic::{
+    FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink,
+    SnapshotSource,
+};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, Semaphore};
 
@@ -49,21 +52,37 @@ struct Watched {
 
 #[async_trait]
 impl SnapshotSink for Watched {
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, String> {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotRefusal> {
         self.inner.begin(from, offer).await
     }
 
-    async fn write(&self, from: NodeId, id: u64, offset: u64, data: Bytes) -> Result<(), String> {
+    async fn write(
+        &self,
+        from: NodeId,
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), SnapshotRefusal> {
         self.inner.write(from, id, offset, data).await?;
         if self.chunks.fetch_add(1, Ordering::SeqCst) + 1 == self.trigger_after {
             self.triggered.notify_one();
-            let permit = self.release.acquire().await.map_err(|e| e.to_string())?;
+            let permit = self
+                .release
+                .acquire()
+                .await
+                .map_err(|e| SnapshotRefusal::new(RefusalReason::Other, e.to_string()))?;
             permit.forget();
         }
         Ok(())
     }
 
-    async fn finish(&self, from: NodeId, id: u64, total: u64, crc: u32) -> Result<(), String> {
+    async fn finish(
+        &self,
+        from: NodeId,
+        id: u64,
+        total: u64,
+        crc: u32,
+    ) -> Result<(), SnapshotRefusal> {
         self.inner.finish(from, id, total, crc).await
     }
 }
@@ -253,7 +272,7 @@ async fn chunks_with_a_bad_checksum_or_out_of_order_are_refused() {
         })
     };
     let result = |answers: &[Frame]| match answers.last() {
-        Some(Frame::SnapshotResult { error }) => error.clone(),
+        Some(Frame::SnapshotResult { error }) => error.as_ref().map(|e| e.detail.clone()),
         other => panic!("no result: {other:?}"),
     };
 
