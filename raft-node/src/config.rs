@@ -288,8 +288,11 @@ pub struct RunArgs {
     // Peer transport hardening (issue 16 items 8 to 10).
     /// PEM file of certificate revocation lists of the cluster CA: peers
     /// (in both directions) whose certificate it revokes are refused. The
-    /// file is polled every 5 s and reloaded when its modification time or
-    /// length changes; connections of peers it now revokes are closed.
+    /// file is polled every 5 s and reloaded when its content changes;
+    /// connections of peers it now revokes are closed. A file that does not
+    /// load (half written, not a CRL of the CA) keeps the lists in force.
+    /// A list revoking this node's own certificate is used for peers, with
+    /// a loud warning.
     /// [default: none]
     #[arg(long, env = "RAFT_TLS_CRL", value_name = "FILE")]
     pub tls_crl: Option<PathBuf>,
@@ -308,6 +311,23 @@ pub struct RunArgs {
     /// not yet validated is sent a QUIC Retry (0: always). [default: 32]
     #[arg(long, env = "RAFT_PEER_RETRY_AFTER_HANDSHAKES")]
     pub peer_retry_after_handshakes: Option<usize>,
+
+    /// Peer handshakes in progress from one IP address that is not a
+    /// member's; more are refused. [default: 8]
+    #[arg(long, env = "RAFT_PEER_HANDSHAKES_PER_IP")]
+    pub peer_handshakes_per_ip: Option<usize>,
+
+    /// Of the 256 inbound peer connection slots, how many only the
+    /// (validated) addresses of members and learners being added may take,
+    /// so a flood from elsewhere cannot keep a member out. [default: 16]
+    #[arg(long, env = "RAFT_PEER_RESERVED_CONNECTIONS")]
+    pub peer_reserved_connections: Option<usize>,
+
+    /// Seconds a joining node's recorded address lets it connect before it
+    /// is a learner; a join that failed stops being let in after this.
+    /// [default: 300]
+    #[arg(long, env = "RAFT_JOIN_ADMISSION_SECS")]
+    pub join_admission_secs: Option<u64>,
 }
 
 /// Log output format.
@@ -445,6 +465,13 @@ pub struct NodeConfig {
     pub max_connections_per_peer: usize,
     /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
     pub peer_retry_after_handshakes: usize,
+    /// Peer handshakes in progress from one non-member IP address.
+    pub peer_handshakes_per_ip: usize,
+    /// Inbound peer connection slots reserved for members' addresses.
+    pub peer_reserved_connections: usize,
+    /// How long a recorded address of a node not (yet) in the
+    /// configuration admits it.
+    pub join_admission: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -513,6 +540,9 @@ impl std::fmt::Debug for NodeConfig {
                 "peer_retry_after_handshakes",
                 &self.peer_retry_after_handshakes,
             )
+            .field("peer_handshakes_per_ip", &self.peer_handshakes_per_ip)
+            .field("peer_reserved_connections", &self.peer_reserved_connections)
+            .field("join_admission", &self.join_admission)
             .finish_non_exhaustive()
     }
 }
@@ -685,7 +715,10 @@ impl RunArgs {
             tls_crl,
             max_snapshot_receive_mib,
             max_connections_per_peer,
-            peer_retry_after_handshakes
+            peer_retry_after_handshakes,
+            peer_handshakes_per_ip,
+            peer_reserved_connections,
+            join_admission_secs
         )
     }
 
@@ -822,6 +855,9 @@ impl RunArgs {
                 .saturating_mul(1 << 20),
             max_connections_per_peer: self.max_connections_per_peer.unwrap_or(4),
             peer_retry_after_handshakes: self.peer_retry_after_handshakes.unwrap_or(32),
+            peer_handshakes_per_ip: self.peer_handshakes_per_ip.unwrap_or(8),
+            peer_reserved_connections: self.peer_reserved_connections.unwrap_or(16),
+            join_admission: Duration::from_secs(self.join_admission_secs.unwrap_or(300)),
         };
         if let Some(url) = &cfg.join {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -841,6 +877,14 @@ impl RunArgs {
             return Err(ConfigError(
                 "--max-snapshot-receive-mib must be positive".into(),
             ));
+        }
+        if cfg.peer_reserved_connections >= 256 {
+            return Err(ConfigError(
+                "--peer-reserved-connections must be below 256 (the connection limit)".into(),
+            ));
+        }
+        if cfg.join_admission.is_zero() {
+            return Err(ConfigError("--join-admission-secs must be positive".into()));
         }
         if cfg.max_connections_per_peer > 256 {
             return Err(ConfigError(
@@ -933,6 +977,7 @@ impl RunArgs {
             ("--max-concurrent-requests", cfg.max_concurrent_requests),
             ("--max-list-limit", cfg.max_list_limit),
             ("--max-connections-per-peer", cfg.max_connections_per_peer),
+            ("--peer-handshakes-per-ip", cfg.peer_handshakes_per_ip),
         ] {
             if v == 0 {
                 return Err(ConfigError(format!("{name} must be positive")));
@@ -1144,15 +1189,24 @@ mod tests {
         assert_eq!(cfg.max_snapshot_receive_bytes, 4 << 30);
         assert_eq!(cfg.max_connections_per_peer, 4);
         assert_eq!(cfg.peer_retry_after_handshakes, 32);
+        assert_eq!(cfg.peer_handshakes_per_ip, 8);
+        assert_eq!(cfg.peer_reserved_connections, 16);
+        assert_eq!(cfg.join_admission, Duration::from_secs(300));
         let cfg = RunArgs {
             tls_crl: Some("crl.pem".into()),
             max_snapshot_receive_mib: Some(10),
             max_connections_per_peer: Some(2),
             peer_retry_after_handshakes: Some(0),
+            peer_handshakes_per_ip: Some(2),
+            peer_reserved_connections: Some(4),
+            join_admission_secs: Some(7),
             ..base()
         }
         .resolve()
         .unwrap();
+        assert_eq!(cfg.peer_handshakes_per_ip, 2);
+        assert_eq!(cfg.peer_reserved_connections, 4);
+        assert_eq!(cfg.join_admission, Duration::from_secs(7));
         assert_eq!(cfg.tls_crl, Some("crl.pem".into()));
         assert_eq!(cfg.max_snapshot_receive_bytes, 10 << 20);
         assert_eq!(cfg.max_connections_per_peer, 2);
@@ -1178,6 +1232,27 @@ mod tests {
                     ..base()
                 },
                 "--max-connections-per-peer",
+            ),
+            (
+                RunArgs {
+                    peer_handshakes_per_ip: Some(0),
+                    ..base()
+                },
+                "--peer-handshakes-per-ip",
+            ),
+            (
+                RunArgs {
+                    peer_reserved_connections: Some(256),
+                    ..base()
+                },
+                "--peer-reserved-connections",
+            ),
+            (
+                RunArgs {
+                    join_admission_secs: Some(0),
+                    ..base()
+                },
+                "--join-admission-secs",
             ),
         ] {
             let err = args.resolve().unwrap_err();

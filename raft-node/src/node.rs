@@ -286,6 +286,8 @@ pub async fn start(
         snapshot_bytes_max: cfg.max_snapshot_receive_bytes,
         connections_per_peer_max: cfg.max_connections_per_peer,
         retry_handshakes_threshold: cfg.peer_retry_after_handshakes,
+        handshakes_per_ip_max: cfg.peer_handshakes_per_ip,
+        connections_reserved_for_peers: cfg.peer_reserved_connections,
         ..QuicConfig::for_election_timeout(election_timeout)
     };
     let max_frame = quic.max_frame_bytes;
@@ -427,6 +429,7 @@ pub async fn start(
         let transport = transport.clone();
         let member_map = member_map.clone();
         let db = db.clone();
+        let mut admission = crate::admission::JoinAdmission::new(cfg.join_admission);
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(MEMBERSHIP_POLL);
             let mut last = None;
@@ -437,11 +440,17 @@ pub async fn start(
                     continue;
                 };
                 let config = s.engine.membership.members();
+                let expired = admission.expired(
+                    &config,
+                    recorded.iter().map(|m| m.id),
+                    std::time::Instant::now(),
+                );
                 let seen = (
                     config.clone(),
                     s.engine.membership_committed,
                     recorded.clone(),
                     s.engine.leader,
+                    expired.clone(),
                 );
                 if last.as_ref() == Some(&seen) {
                     continue;
@@ -453,6 +462,7 @@ pub async fn start(
                     s.engine.leader,
                     s.engine.membership_committed,
                     &recorded,
+                    &expired,
                     &transport,
                     &member_map,
                     &db,
@@ -524,6 +534,7 @@ fn follow_membership(
     leader: Option<NodeId>,
     committed: bool,
     recorded: &[Member],
+    expired: &std::collections::BTreeSet<NodeId>,
     transport: &QuicTransport,
     member_map: &RwLock<HashMap<NodeId, Member>>,
     db: &rocksdb::DB,
@@ -548,11 +559,18 @@ fn follow_membership(
         map.keys().copied().collect()
     };
     // The leader this node follows is never cut off: its configuration
-    // may be newer than what this node has applied.
+    // may be newer than what this node has applied. A recorded node not in
+    // the configuration past `--join-admission-secs` (a failed join) is
+    // no longer let in; its record and address stay for a later join.
     let allowed: std::collections::HashSet<NodeId> = config
         .iter()
         .copied()
-        .chain(recorded.iter().map(|m| m.id))
+        .chain(
+            recorded
+                .iter()
+                .map(|m| m.id)
+                .filter(|p| !expired.contains(p)),
+        )
         .chain(keep_known)
         .chain(leader)
         .filter(|p| *p != id)
@@ -567,7 +585,7 @@ fn follow_membership(
             .keys()
             .copied()
             .chain(transport.peers().into_iter().map(|(p, _)| p))
-            .filter(|p| *p != id && !allowed.contains(p))
+            .filter(|p| *p != id && !allowed.contains(p) && !expired.contains(p))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
