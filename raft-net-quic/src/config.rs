@@ -85,6 +85,19 @@ pub struct QuicConfig {
     /// [`QuicTransportBuilder::crl_file`](crate::QuicTransportBuilder::crl_file)
     /// is checked for changes (its modification time and length). Default 5 s.
     pub crl_poll_interval: Duration,
+    /// Inbound handshakes in progress from one IP address (sources that
+    /// are not the address of an allowed peer in the peer table); more are
+    /// refused. With QUIC Retry a flood must come from real addresses that
+    /// answer; this keeps one such address from holding every slot.
+    /// Default 8.
+    pub handshakes_per_ip_max: usize,
+    /// Slots of `connections_max` that only connections from the address
+    /// of an allowed peer in the peer table (a member or a learner being
+    /// added) may take, once their address is validated (a QUIC Retry is
+    /// sent first when needed): a flood from elsewhere, however many
+    /// addresses it uses, cannot stop a member from reconnecting. Must be
+    /// below `connections_max`. Default 16.
+    pub connections_reserved_for_peers: usize,
 }
 
 impl Default for QuicConfig {
@@ -111,6 +124,8 @@ impl Default for QuicConfig {
             retry_handshakes_threshold: 32,
             snapshot_bytes_max: 4 << 30,
             crl_poll_interval: Duration::from_secs(5),
+            handshakes_per_ip_max: 8,
+            connections_reserved_for_peers: 16,
         }
     }
 }
@@ -171,6 +186,12 @@ impl QuicConfig {
             return Err(
                 "connections_per_peer_max must be positive and at most connections_max".into(),
             );
+        }
+        if self.handshakes_per_ip_max == 0 {
+            return Err("handshakes_per_ip_max must be positive".into());
+        }
+        if self.connections_reserved_for_peers >= self.connections_max {
+            return Err("connections_reserved_for_peers must be below connections_max".into());
         }
         if self.crl_poll_interval.is_zero() {
             return Err("crl_poll_interval must be positive".into());

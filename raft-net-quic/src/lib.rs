@@ -75,14 +75,16 @@
 pub mod certs;
 pub mod codec;
 pub mod config;
+mod refusal;
 pub mod snapshot;
 pub mod tls;
 mod transport;
 
 pub use config::QuicConfig;
+pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{
     forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink,
-    SnapshotSinkError, SnapshotSource,
+    SnapshotSource,
 };
 pub use tls::{NodeTls, TlsError};
 pub use transport::{

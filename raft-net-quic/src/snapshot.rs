@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,39 +22,9 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::codec::SnapshotOffer;
+use crate::refusal::{RefusalReason, SnapshotRefusal};
 
 pub use raft_core::snapshot::{FileSource, SnapshotSource};
-
-/// Why a [`SnapshotSink`] refused a transfer or a chunk. The transport
-/// sends its text to the sender, which retries or starts over.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SnapshotSinkError {
-    /// The transfer does not fit what the sink holds or allows (an unknown
-    /// transfer, a chunk at the wrong offset, a length or checksum that
-    /// does not match, not enough free space); says why.
-    #[error("{0}")]
-    Refused(String),
-    /// Reading or writing the sink's files failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What the sink was doing, and on which file.
-        context: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// Whoever takes completed snapshots stopped taking them.
-    #[error("snapshot receiver closed")]
-    Closed,
-}
-
-impl SnapshotSinkError {
-    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
-        let context = context.into();
-        move |source| Self::Io { context, source }
-    }
-}
 
 /// Where a receiver stores incoming snapshots.
 ///
@@ -67,8 +38,8 @@ pub trait SnapshotSink: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// Refuses the transfer; the sender sees the message.
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError>;
+    /// Refuses the transfer; the sender sees the reason and the detail.
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotRefusal>;
 
     /// Stores `data` at `offset` of transfer `transfer_id` from `from`.
     ///
@@ -81,7 +52,7 @@ pub trait SnapshotSink: Send + Sync + 'static {
         transfer_id: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), SnapshotSinkError>;
+    ) -> Result<(), SnapshotRefusal>;
 
     /// All data arrived: verify length and checksum, then publish.
     ///
@@ -94,7 +65,7 @@ pub trait SnapshotSink: Send + Sync + 'static {
         transfer_id: u64,
         total_bytes: u64,
         crc32c: u32,
-    ) -> Result<(), SnapshotSinkError>;
+    ) -> Result<(), SnapshotRefusal>;
 }
 
 /// A snapshot that arrived complete and verified.
@@ -121,7 +92,23 @@ struct Partial {
     written: u64,
     crc: u32,
     resumes: u32,
+    /// Last `begin` or `write`: an idle partial stops reserving space.
+    touched: Instant,
 }
+
+impl Partial {
+    /// Bytes this transfer still has to write.
+    fn remaining(&self) -> u64 {
+        self.offer.total_bytes.saturating_sub(self.written)
+    }
+}
+
+/// Free space kept beyond every accepted snapshot by default: 64 MiB.
+pub const FREE_SPACE_MARGIN_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// How long a partial transfer with no activity keeps its space reserved
+/// by default: 60 s.
+pub const RESERVATION_IDLE_DEFAULT: Duration = Duration::from_secs(60);
 
 /// A [`SnapshotSink`] that writes each transfer to a file in a directory and
 /// hands completed snapshots to a channel.
@@ -133,23 +120,31 @@ struct Partial {
 ///
 /// The directory belongs to the sink: everything in it is deleted when the
 /// sink is created (partial transfers and undelivered snapshots of an
-/// earlier run, which the leader sends again), and an offer larger than the
-/// free space of the directory's filesystem is refused before anything is
-/// written. A delivered snapshot's file is deleted by
-/// [`forward_snapshots`] once the node is done with it (installed, refused
-/// or dropped).
+/// earlier run, which the leader sends again). An offer is accepted only if
+/// the free space of the directory's filesystem, minus what the other
+/// transfers in progress still have to write (their reservations), holds it
+/// plus a margin ([`FREE_SPACE_MARGIN_BYTES_DEFAULT`]): two offers that each
+/// fit alone are not both accepted when together they do not. A partial
+/// transfer idle for [`RESERVATION_IDLE_DEFAULT`] stops reserving (its
+/// sender vanished; its bytes on disk still count, as used space). A
+/// delivered snapshot's file is deleted by [`forward_snapshots`] once the
+/// node is done with it (installed, refused or dropped).
 pub struct FileSnapshotSink {
     dir: PathBuf,
     /// Makes every completed file name unique.
     completed_seq: std::sync::atomic::AtomicU64,
     partials: Mutex<HashMap<(NodeId, u64), Partial>>,
     completed: mpsc::Sender<ReceivedSnapshot>,
+    free_space_margin_bytes: u64,
+    reservation_idle: Duration,
 }
 
 impl std::fmt::Debug for FileSnapshotSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileSnapshotSink")
             .field("dir", &self.dir)
+            .field("free_space_margin_bytes", &self.free_space_margin_bytes)
+            .field("reservation_idle", &self.reservation_idle)
             .finish_non_exhaustive()
     }
 }
@@ -189,36 +184,90 @@ impl FileSnapshotSink {
                 completed_seq: std::sync::atomic::AtomicU64::new(0),
                 partials: Mutex::new(HashMap::new()),
                 completed: tx,
+                free_space_margin_bytes: FREE_SPACE_MARGIN_BYTES_DEFAULT,
+                reservation_idle: RESERVATION_IDLE_DEFAULT,
             },
             rx,
         ))
     }
+
+    /// Free space that must remain after an accepted snapshot (default
+    /// [`FREE_SPACE_MARGIN_BYTES_DEFAULT`]).
+    pub fn with_free_space_margin(mut self, bytes: u64) -> Self {
+        self.free_space_margin_bytes = bytes;
+        self
+    }
+
+    /// How long an idle partial transfer keeps its space reserved (default
+    /// [`RESERVATION_IDLE_DEFAULT`]).
+    pub fn with_reservation_idle(mut self, idle: Duration) -> Self {
+        self.reservation_idle = idle;
+        self
+    }
+
+    /// Refuses `needed` bytes that the filesystem cannot hold beyond the
+    /// reservations of other transfers and the margin.
+    fn check_space(&self, needed: u64, reserved: u64) -> Result<(), SnapshotRefusal> {
+        let available = free_bytes(&self.dir).map_err(|e| {
+            SnapshotRefusal::new(
+                RefusalReason::Storage,
+                format!("cannot read the free space of {}: {e}", self.dir.display()),
+            )
+        })?;
+        let usable = available
+            .saturating_sub(reserved)
+            .saturating_sub(self.free_space_margin_bytes);
+        if needed > usable {
+            return Err(SnapshotRefusal::new(
+                RefusalReason::NoSpace,
+                format!(
+                    "snapshot needs {needed} bytes but {} has {available} bytes free, \
+                     {reserved} of them reserved by transfers in progress and {} kept as a margin",
+                    self.dir.display(),
+                    self.free_space_margin_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn storage(detail: String) -> SnapshotRefusal {
+    SnapshotRefusal::new(RefusalReason::Storage, detail)
+}
+
+fn invalid(detail: String) -> SnapshotRefusal {
+    SnapshotRefusal::new(RefusalReason::Invalid, detail)
 }
 
 #[async_trait]
 impl SnapshotSink for FileSnapshotSink {
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError> {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotRefusal> {
         let mut partials = self.partials.lock().await;
         let key = (from, offer.transfer_id);
-        if let Some(p) = partials.get_mut(&key) {
-            if p.offer == *offer {
-                let remaining = offer.total_bytes.saturating_sub(p.written);
-                check_free_space(&self.dir, remaining)?;
-                p.resumes += 1;
-                return Ok(p.written);
-            }
-            if let Some(p) = partials.remove(&key) {
-                let _ = tokio::fs::remove_file(&p.path).await;
-            }
+        // What the other senders' live transfers still have to write.
+        let reserved: u64 = partials
+            .iter()
+            .filter(|((f, _), p)| *f != from && p.touched.elapsed() < self.reservation_idle)
+            .map(|(_, p)| p.remaining())
+            .sum();
+        if let Some(p) = partials.get(&key).filter(|p| p.offer == *offer) {
+            self.check_space(p.remaining(), reserved)?;
+            let p = partials
+                .get_mut(&key)
+                .ok_or_else(|| invalid("no such transfer".into()))?;
+            p.resumes += 1;
+            p.touched = Instant::now();
+            return Ok(p.written);
         }
-        // Before anything is written (the older partials of this sender
-        // count as free: they are deleted below).
+        // Before anything is written (this sender's older partials count
+        // as free: they are deleted below).
         let stale_bytes: u64 = partials
             .iter()
             .filter(|((f, _), _)| *f == from)
             .map(|(_, p)| p.written)
             .sum();
-        check_free_space(&self.dir, offer.total_bytes.saturating_sub(stale_bytes))?;
+        self.check_space(offer.total_bytes.saturating_sub(stale_bytes), reserved)?;
         // One partial transfer per sender: a new one replaces older ones
         // (their files are deleted), so a peer cannot pile up partials.
         let stale: Vec<(NodeId, u64)> = partials
@@ -236,10 +285,7 @@ impl SnapshotSink for FileSnapshotSink {
             .join(format!("{from}-{}.partial", offer.transfer_id));
         let file = tokio::fs::File::create(&path)
             .await
-            .map_err(SnapshotSinkError::io(format!(
-                "cannot create {}",
-                path.display()
-            )))?;
+            .map_err(|e| storage(format!("cannot create {}: {e}", path.display())))?;
         partials.insert(
             key,
             Partial {
@@ -249,6 +295,7 @@ impl SnapshotSink for FileSnapshotSink {
                 written: 0,
                 crc: 0,
                 resumes: 0,
+                touched: Instant::now(),
             },
         );
         Ok(0)
@@ -260,23 +307,21 @@ impl SnapshotSink for FileSnapshotSink {
         transfer_id: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), SnapshotSinkError> {
+    ) -> Result<(), SnapshotRefusal> {
         let mut partials = self.partials.lock().await;
         let p = partials
             .get_mut(&(from, transfer_id))
-            .ok_or_else(|| SnapshotSinkError::Refused("no such transfer".into()))?;
+            .ok_or_else(|| invalid("no such transfer".into()))?;
         if offset != p.written {
-            return Err(SnapshotSinkError::Refused(format!(
+            return Err(invalid(format!(
                 "chunk at {offset}, expected {}",
                 p.written
             )));
         }
+        p.touched = Instant::now();
         if let Err(e) = write_at(&mut p.file, offset, &data).await {
             // Keep what is known to be written; the next attempt resumes there.
-            return Err(SnapshotSinkError::io(format!(
-                "write to {}",
-                p.path.display()
-            ))(e));
+            return Err(storage(format!("write to {}: {e}", p.path.display())));
         }
         p.crc = crc32c::crc32c_append(p.crc, &data);
         p.written += data.len() as u64;
@@ -289,49 +334,42 @@ impl SnapshotSink for FileSnapshotSink {
         transfer_id: u64,
         total_bytes: u64,
         crc32c: u32,
-    ) -> Result<(), SnapshotSinkError> {
+    ) -> Result<(), SnapshotRefusal> {
         let mut partials = self.partials.lock().await;
         let key = (from, transfer_id);
         let p = partials
             .remove(&key)
-            .ok_or_else(|| SnapshotSinkError::Refused("no such transfer".into()))?;
-        let fail = |detail: SnapshotSinkError| {
+            .ok_or_else(|| invalid("no such transfer".into()))?;
+        let fail = |refusal: SnapshotRefusal| {
             let path = p.path.clone();
             async move {
                 let _ = tokio::fs::remove_file(&path).await;
-                Err(detail)
+                Err(refusal)
             }
         };
         if p.written != total_bytes || total_bytes != p.offer.total_bytes {
-            return fail(SnapshotSinkError::Refused(format!(
+            return fail(invalid(format!(
                 "received {} bytes, sender says {total_bytes}, offer said {}",
                 p.written, p.offer.total_bytes
             )))
             .await;
         }
         if p.crc != crc32c {
-            return fail(SnapshotSinkError::Refused(format!(
+            return fail(invalid(format!(
                 "snapshot checksum mismatch: computed {:#010x}, sender says {crc32c:#010x}",
                 p.crc
             )))
             .await;
         }
         if let Err(e) = p.file.sync_all().await {
-            return fail(SnapshotSinkError::io(format!("sync {}", p.path.display()))(
-                e,
-            ))
-            .await;
+            return fail(storage(format!("sync {}: {e}", p.path.display()))).await;
         }
         let seq = self
             .completed_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = self.dir.join(format!("{from}-{transfer_id}-{seq}.snap"));
         if let Err(e) = tokio::fs::rename(&p.path, &done).await {
-            return fail(SnapshotSinkError::io(format!(
-                "rename to {}",
-                done.display()
-            ))(e))
-            .await;
+            return fail(storage(format!("rename to {}: {e}", done.display()))).await;
         }
         if let Ok(d) = tokio::fs::File::open(&self.dir).await {
             let _ = d.sync_all().await;
@@ -348,27 +386,12 @@ impl SnapshotSink for FileSnapshotSink {
         self.completed
             .send(received)
             .await
-            .map_err(|_| SnapshotSinkError::Closed)
+            .map_err(|_| SnapshotRefusal::new(RefusalReason::Other, "snapshot receiver closed"))
     }
 }
 
-/// Refuses `needed` bytes that the filesystem of `dir` cannot hold (the
-/// space available to unprivileged users, `f_bavail`).
-fn check_free_space(dir: &Path, needed: u64) -> Result<(), SnapshotSinkError> {
-    let available = free_bytes(dir).map_err(SnapshotSinkError::io(format!(
-        "cannot read the free space of {}",
-        dir.display()
-    )))?;
-    if needed > available {
-        return Err(SnapshotSinkError::Refused(format!(
-            "snapshot needs {needed} bytes but {} has {available} bytes free",
-            dir.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Bytes available to unprivileged users on the filesystem of `dir`.
+/// Bytes available to unprivileged users on the filesystem of `dir`
+/// (`f_bavail`).
 fn free_bytes(dir: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))

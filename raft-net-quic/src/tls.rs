@@ -146,6 +146,30 @@ impl NodeTls {
     /// [`TlsError::Invalid`] when this node's own certificate is revoked or
     /// the lists are not from its issuer.
     pub fn with_crl_pem(&self, crl_pem: &[u8]) -> Result<Self, TlsError> {
+        let tls = self.with_crls_unchecked(crl_pem)?;
+        tls.check_own_certificate()?;
+        Ok(tls)
+    }
+
+    /// For a reload: the identity with the lists in `crl_pem`, and whether
+    /// they revoke this node's own certificate (then they are still good
+    /// for checking peers; the caller warns). Lists that are not from the
+    /// CA, or that do not parse, are an error.
+    pub(crate) fn with_crl_pem_for_reload(&self, crl_pem: &[u8]) -> Result<(Self, bool), TlsError> {
+        let tls = self.with_crls_unchecked(crl_pem)?;
+        match tls.own_certificate_status() {
+            Ok(()) => Ok((tls, false)),
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                Ok((tls, true))
+            }
+            Err(e) => Err(TlsError::Invalid {
+                node: self.node,
+                detail: format!("the revocation lists cannot check this node's certificate: {e}"),
+            }),
+        }
+    }
+
+    fn with_crls_unchecked(&self, crl_pem: &[u8]) -> Result<Self, TlsError> {
         let crls: Vec<CertificateRevocationListDer<'static>> =
             CertificateRevocationListDer::pem_slice_iter(crl_pem)
                 .collect::<Result<_, _>>()
@@ -160,7 +184,8 @@ impl NodeTls {
             key: self.key.clone_key(),
             crls,
         };
-        tls.check_own_certificate()?;
+        // Builds the verifiers: a list that does not parse fails here.
+        tls.server_verifier()?;
         Ok(tls)
     }
 
@@ -279,16 +304,7 @@ impl NodeTls {
     /// Fails fast, on the misconfigured node, when its certificate would be
     /// refused by every peer.
     fn check_own_certificate(&self) -> Result<(), TlsError> {
-        let verifier = self.server_verifier()?;
-        let name = server_name(self.node)?;
-        verifier
-            .verify_server_cert(
-                &self.chain[0],
-                &self.chain[1..],
-                &name,
-                &[],
-                UnixTime::now(),
-            )
+        self.own_certificate_status()
             .map_err(|e| TlsError::Invalid {
                 node: self.node,
                 detail: format!(
@@ -297,6 +313,23 @@ impl NodeTls {
                 ),
             })?;
         Ok(())
+    }
+
+    /// This node's certificate checked as a peer would check it.
+    fn own_certificate_status(&self) -> Result<(), rustls::Error> {
+        let verifier = self
+            .server_verifier()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let name = server_name(self.node).map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier
+            .verify_server_cert(
+                &self.chain[0],
+                &self.chain[1..],
+                &name,
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
     }
 
     /// The rustls server configuration: presents this node's certificate and

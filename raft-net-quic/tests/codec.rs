@@ -9,8 +9,9 @@ use proptest::prelude::*;
 use raft_core::{AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody};
 use raft_net_quic::codec::{
     self, check_frame_length, decode_frame, decode_frame_content, encode_frame, encode_to_bytes,
-    DecodeError, EncodeError, Frame, Hello, SnapshotChunk, SnapshotOffer, StreamKind,
-    FRAME_HEADER_BYTES, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION, SNAPSHOT_META_BYTES_MAX,
+    DecodeError, EncodeError, Frame, Hello, RefusalReason, SnapshotChunk, SnapshotOffer,
+    SnapshotRefusal, StreamKind, FRAME_HEADER_BYTES, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION,
+    SNAPSHOT_META_BYTES_MAX,
 };
 
 /// The frame limit used throughout (the fuzz target uses the same).
@@ -366,10 +367,33 @@ fn golden_snapshot_frames() {
     golden(&Frame::SnapshotResult { error: None }, "00000003 01 24  00");
     golden(
         &Frame::SnapshotResult {
-            error: Some("disk full".into()),
+            error: Some(SnapshotRefusal::new(RefusalReason::Other, "disk full")),
         },
         "00000010 01 24  01 00000009 6469736b2066756c6c",
     );
+    // Typed refusals (tag 2, then the reason code): too_large 1, no_space 2,
+    // not_allowed 3, not_accepting 4, invalid 5, storage 6.
+    golden(
+        &Frame::SnapshotResult {
+            error: Some(SnapshotRefusal::new(RefusalReason::NoSpace, "disk full")),
+        },
+        "00000011 01 24  02 02 00000009 6469736b2066756c6c",
+    );
+    for (reason, code) in [
+        (RefusalReason::TooLarge, "01"),
+        (RefusalReason::NoSpace, "02"),
+        (RefusalReason::NotAllowed, "03"),
+        (RefusalReason::NotAccepting, "04"),
+        (RefusalReason::Invalid, "05"),
+        (RefusalReason::Storage, "06"),
+    ] {
+        golden(
+            &Frame::SnapshotResult {
+                error: Some(SnapshotRefusal::new(reason, "")),
+            },
+            &format!("00000008 01 24  02 {code} 00000000"),
+        );
+    }
 }
 
 #[test]
@@ -384,7 +408,7 @@ fn golden_empty_snapshot_payloads() {
     );
     golden(
         &Frame::SnapshotResult {
-            error: Some(String::new()),
+            error: Some(SnapshotRefusal::new(RefusalReason::Other, "")),
         },
         "00000007 01 24  01 00000000",
     );
@@ -584,7 +608,11 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         1 => (any::<u64>(), any::<u32>())
             .prop_map(|(total_bytes, crc32c)| Frame::SnapshotDone { total_bytes, crc32c }),
-        1 => prop::option::of(any::<String>()).prop_map(|error| Frame::SnapshotResult { error }),
+        1 => prop::option::of((0..RefusalReason::ALL.len(), any::<String>())).prop_map(|error| {
+            Frame::SnapshotResult {
+                error: error.map(|(r, text)| SnapshotRefusal::new(RefusalReason::ALL[r], text)),
+            }
+        }),
     ]
 }
 
@@ -963,7 +991,10 @@ fn unknown_tags_are_rejected() {
         ),
         "joint tag",
     );
-    assert_invalid("01 24 02", "result tag");
+    assert_invalid("01 24 03", "result tag");
+    // A typed refusal with a reason code this version does not know.
+    assert_invalid("01 24 02 00 00000000", "refusal reason");
+    assert_invalid("01 24 02 07 00000000", "refusal reason");
 }
 
 #[test]

@@ -17,7 +17,9 @@ use common::*;
 use raft_core::{Message, MessageBody, NodeId, Transport};
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
-use raft_net_quic::{close_code, FileSnapshotSink, NodeTls, QuicConfig, QuicTransport};
+use raft_net_quic::{
+    close_code, FileSnapshotSink, NodeTls, QuicConfig, QuicTransport, RefusalReason,
+};
 
 fn ping(from: NodeId, to: NodeId, term: u64) -> Message {
     Message {
@@ -224,6 +226,7 @@ async fn the_connection_limit_lets_exactly_connections_max_in() {
     let cfg = QuicConfig {
         connections_max: 3,
         connections_per_peer_max: 3,
+        connections_reserved_for_peers: 0,
         ..test_config()
     };
     let n1 = start_node(&ca, 1, any_addr(), cfg);
@@ -250,6 +253,7 @@ async fn one_peer_cannot_hold_every_connection_slot() {
     let cfg = QuicConfig {
         connections_max: 6,
         connections_per_peer_max: 2,
+        connections_reserved_for_peers: 0,
         ..test_config()
     };
     let n1 = start_node(&ca, 1, any_addr(), cfg);
@@ -283,10 +287,20 @@ async fn raw_snapshot_answer(
     addr: SocketAddr,
     frames: Vec<Frame>,
 ) -> (quinn::Endpoint, quinn::Connection, Option<Frame>) {
-    let (endpoint, cfg) = raw_client(ca, 2);
+    raw_snapshot_answer_as(ca, 2, addr, frames).await
+}
+
+/// [`raw_snapshot_answer`] as node `from`.
+async fn raw_snapshot_answer_as(
+    ca: &DevCa,
+    from: NodeId,
+    addr: SocketAddr,
+    frames: Vec<Frame>,
+) -> (quinn::Endpoint, quinn::Connection, Option<Frame>) {
+    let (endpoint, cfg) = raw_client(ca, from);
     let conn = raw_connect(&endpoint, &cfg, 1, addr).await.unwrap();
     assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
+        raw_hello(&conn, from, 1, 1).await.unwrap(),
         Frame::Welcome { node: 1 }
     );
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -360,7 +374,10 @@ async fn oversized_snapshot_offers_are_refused_before_anything_is_written() {
         let (_ep, _conn, answer) = raw_snapshot_answer(&ca, addr, vec![offer(total)]).await;
         match answer {
             Some(Frame::SnapshotResult { error: Some(e) }) => {
-                assert!(e.contains(want), "refusal {e:?} does not mention {want}")
+                assert!(
+                    e.detail.contains(want),
+                    "refusal {e:?} does not mention {want}"
+                )
             }
             other => panic!("an offer of {total} bytes was answered with {other:?}"),
         }
@@ -557,6 +574,198 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
         .bind(any_addr())
         .unwrap_err();
     assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
+    t1.shutdown().await;
+    t2.shutdown().await;
+    n3.transport.shutdown().await;
+}
+
+/// Finding c: two offers that each fit the free space alone are not both
+/// accepted when together they do not: the first one reserves what it
+/// still has to write, and the second is refused (`no_space`) while the
+/// first is in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_offers_reserve_their_space() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let incoming = dir.path().join("incoming");
+    let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
+    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
+        .config(QuicConfig {
+            snapshot_bytes_max: u64::MAX,
+            ..test_config()
+        })
+        .snapshot_sink(Arc::new(sink))
+        .bind(any_addr())
+        .unwrap();
+    let addr = receiver.local_addr().unwrap();
+    let st = rustix::fs::statvfs(&incoming).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    // Each fits alone (with room for the margin and other writers on this
+    // disk); the two do not.
+    let size = free / 10 * 6;
+    let (_ep2, _conn2, first) = raw_snapshot_answer_as(&ca, 2, addr, vec![offer(size)]).await;
+    assert_eq!(
+        first,
+        Some(Frame::SnapshotResume { offset: 0 }),
+        "an offer of {size} bytes of {free} free"
+    );
+    let (_ep3, _conn3, second) = raw_snapshot_answer_as(&ca, 3, addr, vec![offer(size)]).await;
+    match second {
+        Some(Frame::SnapshotResult { error: Some(e) }) => {
+            assert_eq!(e.reason, RefusalReason::NoSpace, "{e:?}");
+            assert!(e.detail.contains("reserved"), "{e:?}");
+        }
+        other => {
+            panic!("the second offer of {size} bytes ({free} free) was answered with {other:?}")
+        }
+    }
+    receiver.shutdown().await;
+}
+
+/// Finding b: an offer above `snapshot_bytes_max` is refused with a typed
+/// reason the sender sees, and the sender stops at once (another attempt
+/// cannot change the limit) instead of retrying `snapshot_attempts_max`
+/// times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_too_large_for_the_receiver_fails_at_once_with_the_reason() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _completed) = FileSnapshotSink::new(dir.path().join("in"), 2).unwrap();
+    let (receiver, _inbound) = QuicTransport::builder(2, tls(&ca, 2))
+        .config(QuicConfig {
+            snapshot_bytes_max: 1000,
+            ..test_config()
+        })
+        .snapshot_sink(Arc::new(sink))
+        .bind(any_addr())
+        .unwrap();
+    let sender = start_node(&ca, 1, any_addr(), test_config());
+    sender.transport.add_peer(2, receiver.local_addr().unwrap());
+    let data: Arc<dyn raft_net_quic::SnapshotSource> = Arc::new(Bytes::from(vec![5u8; 4096]));
+    let started = Instant::now();
+    let err = sender
+        .transport
+        .stream_snapshot(2, 9, Bytes::new(), data)
+        .await
+        .unwrap_err();
+    match &err {
+        raft_net_quic::SnapshotError::Refused { peer: 2, refusal } => {
+            assert_eq!(refusal.reason, RefusalReason::TooLarge);
+            assert!(
+                refusal.detail.contains("4096") && refusal.detail.contains("1000"),
+                "{refusal:?}"
+            );
+            assert!(
+                refusal.detail.contains("--max-snapshot-receive-mib"),
+                "{refusal:?}"
+            );
+        }
+        other => panic!("expected a typed refusal, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gave up only after {:?}",
+        started.elapsed()
+    );
+    sender.transport.shutdown().await;
+    receiver.shutdown().await;
+}
+
+/// PEM text padded with trailing newlines (outside any block) to `len`.
+fn padded(pem: &str, len: usize) -> Vec<u8> {
+    let mut b = pem.as_bytes().to_vec();
+    assert!(b.len() <= len);
+    b.resize(len, b'\n');
+    b
+}
+
+/// Finding d: a revocation list rewritten with the same length and the
+/// same modification time is still noticed (by content); a half-written
+/// file keeps the lists in force; a list that revokes this node's own
+/// certificate is used for the peers it revokes, and this node keeps
+/// talking to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_reloads_follow_the_content_and_survive_bad_files() {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let crl = dir.path().join("cluster.crl");
+    let cert1 = ca.issue_node(1, &[]).unwrap();
+    let cert2 = ca.issue_node(2, &[]).unwrap();
+    let cert9 = ca.issue_node(9, &[]).unwrap();
+    let revoking_9 = ca.revocation_list(&[&cert9.cert_pem]).unwrap();
+    let revoking_2 = ca.revocation_list(&[&cert2.cert_pem]).unwrap();
+    let len = revoking_9.len().max(revoking_2.len()) + 16;
+    std::fs::write(&crl, padded(&revoking_9, len)).unwrap();
+    let mtime = std::fs::metadata(&crl).unwrap().modified().unwrap();
+    let tls_of = |id: NodeId, c: &raft_net_quic::certs::NodeCert| {
+        NodeTls::from_pem(
+            id,
+            ca.cert_pem().as_bytes(),
+            c.cert_pem.as_bytes(),
+            c.key_pem.as_bytes(),
+        )
+        .unwrap()
+    };
+    let cfg = QuicConfig {
+        crl_poll_interval: Duration::from_millis(100),
+        ..test_config()
+    };
+    let (t1, mut in1) = QuicTransport::builder(1, tls_of(1, &cert1))
+        .config(cfg.clone())
+        .crl_file(&crl)
+        .bind(any_addr())
+        .unwrap();
+    let (t2, _in2) = QuicTransport::builder(2, tls_of(2, &cert2))
+        .config(cfg.clone())
+        .bind(any_addr())
+        .unwrap();
+    let n3 = start_node(&ca, 3, any_addr(), cfg.clone());
+    let a1 = t1.local_addr().unwrap();
+    t1.add_peer(2, t2.local_addr().unwrap());
+    t1.add_peer(3, n3.addr);
+    t2.add_peer(1, a1);
+    n3.transport.add_peer(1, a1);
+    assert!(delivered(&t2, &mut in1, 2, 1, Duration::from_secs(10)).await);
+
+    // Same length, same modification time, other content: node 2 revoked.
+    let f = std::fs::OpenOptions::new().write(true).open(&crl).unwrap();
+    std::io::Write::write_all(&mut &f, &padded(&revoking_2, len)).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&crl).unwrap().len(), len as u64);
+    assert_eq!(std::fs::metadata(&crl).unwrap().modified().unwrap(), mtime);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        refused(&t2, &mut in1, 2, 1, Duration::from_secs(2)).await,
+        "a list rewritten with the same length and time was not reloaded"
+    );
+
+    // Half of a list that revokes nothing: not loaded, node 2 stays out.
+    let revoking_none = ca.revocation_list(&[]).unwrap();
+    std::fs::write(&crl, &revoking_none.as_bytes()[..revoking_none.len() / 2]).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        refused(&t2, &mut in1, 2, 1, Duration::from_secs(2)).await,
+        "a half-written list replaced the lists in force"
+    );
+    assert!(t1.reload_crl().is_err(), "a half-written list loaded");
+
+    // A list revoking node 1 itself and node 2: in force for node 2, node 1
+    // keeps running and talking to node 3.
+    std::fs::write(
+        &crl,
+        ca.revocation_list(&[&cert1.cert_pem, &cert2.cert_pem])
+            .unwrap(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    t1.reload_crl()
+        .expect("a list revoking this node's own certificate is still installed");
+    assert!(refused(&t2, &mut in1, 2, 1, Duration::from_secs(2)).await);
+    assert!(delivered(&n3.transport, &mut in1, 3, 1, Duration::from_secs(10)).await);
     t1.shutdown().await;
     t2.shutdown().await;
     n3.transport.shutdown().await;

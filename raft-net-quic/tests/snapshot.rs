@@ -15,7 +15,8 @@ use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
 use raft_net_quic::{
-    FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSink, SnapshotSinkError, SnapshotSource,
+    FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink,
+    SnapshotSource,
 };
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, Semaphore};
@@ -51,7 +52,7 @@ struct Watched {
 
 #[async_trait]
 impl SnapshotSink for Watched {
-    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotSinkError> {
+    async fn begin(&self, from: NodeId, offer: &SnapshotOffer) -> Result<u64, SnapshotRefusal> {
         self.inner.begin(from, offer).await
     }
 
@@ -61,7 +62,7 @@ impl SnapshotSink for Watched {
         id: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), SnapshotSinkError> {
+    ) -> Result<(), SnapshotRefusal> {
         self.inner.write(from, id, offset, data).await?;
         if self.chunks.fetch_add(1, Ordering::SeqCst) + 1 == self.trigger_after {
             self.triggered.notify_one();
@@ -69,7 +70,7 @@ impl SnapshotSink for Watched {
                 .release
                 .acquire()
                 .await
-                .map_err(|_| SnapshotSinkError::Closed)?;
+                .map_err(|e| SnapshotRefusal::new(RefusalReason::Other, e.to_string()))?;
             permit.forget();
         }
         Ok(())
@@ -81,7 +82,7 @@ impl SnapshotSink for Watched {
         id: u64,
         total: u64,
         crc: u32,
-    ) -> Result<(), SnapshotSinkError> {
+    ) -> Result<(), SnapshotRefusal> {
         self.inner.finish(from, id, total, crc).await
     }
 }
@@ -271,7 +272,7 @@ async fn chunks_with_a_bad_checksum_or_out_of_order_are_refused() {
         })
     };
     let result = |answers: &[Frame]| match answers.last() {
-        Some(Frame::SnapshotResult { error }) => error.clone(),
+        Some(Frame::SnapshotResult { error }) => error.as_ref().map(|e| e.detail.clone()),
         other => panic!("no result: {other:?}"),
     };
 

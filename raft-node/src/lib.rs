@@ -14,6 +14,7 @@
 //! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
 //!   `raft-node ctl` client.
 
+mod admission;
 pub mod client_tls;
 pub mod command;
 pub mod config;

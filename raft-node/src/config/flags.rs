@@ -290,8 +290,11 @@ pub struct RunArgs {
     // Peer transport hardening (issue 16 items 8 to 10).
     /// PEM file of certificate revocation lists of the cluster CA: peers
     /// (in both directions) whose certificate it revokes are refused. The
-    /// file is polled every 5 s and reloaded when its modification time or
-    /// length changes; connections of peers it now revokes are closed.
+    /// file is polled every 5 s and reloaded when its content changes;
+    /// connections of peers it now revokes are closed. A file that does not
+    /// load (half written, not a CRL of the CA) keeps the lists in force.
+    /// A list revoking this node's own certificate is used for peers, with
+    /// a loud warning.
     /// [default: none]
     #[arg(long, env = "RAFT_TLS_CRL", value_name = "FILE")]
     pub tls_crl: Option<PathBuf>,
@@ -310,6 +313,23 @@ pub struct RunArgs {
     /// not yet validated is sent a QUIC Retry (0: always). [default: 32]
     #[arg(long, env = "RAFT_PEER_RETRY_AFTER_HANDSHAKES")]
     pub peer_retry_after_handshakes: Option<usize>,
+
+    /// Peer handshakes in progress from one IP address that is not a
+    /// member's; more are refused. [default: 8]
+    #[arg(long, env = "RAFT_PEER_HANDSHAKES_PER_IP")]
+    pub peer_handshakes_per_ip: Option<usize>,
+
+    /// Of the 256 inbound peer connection slots, how many only the
+    /// (validated) addresses of members and learners being added may take,
+    /// so a flood from elsewhere cannot keep a member out. [default: 16]
+    #[arg(long, env = "RAFT_PEER_RESERVED_CONNECTIONS")]
+    pub peer_reserved_connections: Option<usize>,
+
+    /// Seconds a joining node's recorded address lets it connect before it
+    /// is a learner; a join that failed stops being let in after this.
+    /// [default: 300]
+    #[arg(long, env = "RAFT_JOIN_ADMISSION_SECS")]
+    pub join_admission_secs: Option<u64>,
 }
 
 impl RunArgs {
@@ -390,7 +410,10 @@ impl RunArgs {
             tls_crl,
             max_snapshot_receive_mib,
             max_connections_per_peer,
-            peer_retry_after_handshakes
+            peer_retry_after_handshakes,
+            peer_handshakes_per_ip,
+            peer_reserved_connections,
+            join_admission_secs
         )
     }
 }

@@ -158,6 +158,13 @@ pub struct NodeConfig {
     pub max_connections_per_peer: usize,
     /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
     pub peer_retry_after_handshakes: usize,
+    /// Peer handshakes in progress from one non-member IP address.
+    pub peer_handshakes_per_ip: usize,
+    /// Inbound peer connection slots reserved for members' addresses.
+    pub peer_reserved_connections: usize,
+    /// How long a recorded address of a node not (yet) in the
+    /// configuration admits it.
+    pub join_admission: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -226,6 +233,9 @@ impl std::fmt::Debug for NodeConfig {
                 "peer_retry_after_handshakes",
                 &self.peer_retry_after_handshakes,
             )
+            .field("peer_handshakes_per_ip", &self.peer_handshakes_per_ip)
+            .field("peer_reserved_connections", &self.peer_reserved_connections)
+            .field("join_admission", &self.join_admission)
             .finish_non_exhaustive()
     }
 }

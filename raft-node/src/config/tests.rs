@@ -71,15 +71,24 @@ fn peer_hardening_limits_default_and_are_checked() {
     assert_eq!(cfg.max_snapshot_receive_bytes, 4 << 30);
     assert_eq!(cfg.max_connections_per_peer, 4);
     assert_eq!(cfg.peer_retry_after_handshakes, 32);
+    assert_eq!(cfg.peer_handshakes_per_ip, 8);
+    assert_eq!(cfg.peer_reserved_connections, 16);
+    assert_eq!(cfg.join_admission, Duration::from_secs(300));
     let cfg = RunArgs {
         tls_crl: Some("crl.pem".into()),
         max_snapshot_receive_mib: Some(10),
         max_connections_per_peer: Some(2),
         peer_retry_after_handshakes: Some(0),
+        peer_handshakes_per_ip: Some(2),
+        peer_reserved_connections: Some(4),
+        join_admission_secs: Some(7),
         ..base()
     }
     .resolve()
     .unwrap();
+    assert_eq!(cfg.peer_handshakes_per_ip, 2);
+    assert_eq!(cfg.peer_reserved_connections, 4);
+    assert_eq!(cfg.join_admission, Duration::from_secs(7));
     assert_eq!(cfg.tls_crl, Some("crl.pem".into()));
     assert_eq!(cfg.max_snapshot_receive_bytes, 10 << 20);
     assert_eq!(cfg.max_connections_per_peer, 2);
@@ -105,6 +114,27 @@ fn peer_hardening_limits_default_and_are_checked() {
                 ..base()
             },
             "--max-connections-per-peer",
+        ),
+        (
+            RunArgs {
+                peer_handshakes_per_ip: Some(0),
+                ..base()
+            },
+            "--peer-handshakes-per-ip",
+        ),
+        (
+            RunArgs {
+                peer_reserved_connections: Some(256),
+                ..base()
+            },
+            "--peer-reserved-connections",
+        ),
+        (
+            RunArgs {
+                join_admission_secs: Some(0),
+                ..base()
+            },
+            "--join-admission-secs",
         ),
     ] {
         let err = args.resolve().unwrap_err();

@@ -168,6 +168,9 @@ impl RunArgs {
                 .saturating_mul(1 << 20),
             max_connections_per_peer: self.max_connections_per_peer.unwrap_or(4),
             peer_retry_after_handshakes: self.peer_retry_after_handshakes.unwrap_or(32),
+            peer_handshakes_per_ip: self.peer_handshakes_per_ip.unwrap_or(8),
+            peer_reserved_connections: self.peer_reserved_connections.unwrap_or(16),
+            join_admission: Duration::from_secs(self.join_admission_secs.unwrap_or(300)),
         })
     }
 }
@@ -192,6 +195,14 @@ fn check_access(cfg: &NodeConfig) -> Result<(), ConfigError> {
         return Err(ConfigError(
             "--max-snapshot-receive-mib must be positive".into(),
         ));
+    }
+    if cfg.peer_reserved_connections >= 256 {
+        return Err(ConfigError(
+            "--peer-reserved-connections must be below 256 (the connection limit)".into(),
+        ));
+    }
+    if cfg.join_admission.is_zero() {
+        return Err(ConfigError("--join-admission-secs must be positive".into()));
     }
     if cfg.max_connections_per_peer > 256 {
         return Err(ConfigError(
@@ -294,6 +305,7 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
         ("--max-concurrent-requests", cfg.max_concurrent_requests),
         ("--max-list-limit", cfg.max_list_limit),
         ("--max-connections-per-peer", cfg.max_connections_per_peer),
+        ("--peer-handshakes-per-ip", cfg.peer_handshakes_per_ip),
     ] {
         if v == 0 {
             return Err(ConfigError(format!("{name} must be positive")));

@@ -118,6 +118,8 @@ fn bind_transport(
         snapshot_bytes_max: cfg.max_snapshot_receive_bytes,
         connections_per_peer_max: cfg.max_connections_per_peer,
         retry_handshakes_threshold: cfg.peer_retry_after_handshakes,
+        handshakes_per_ip_max: cfg.peer_handshakes_per_ip,
+        connections_reserved_for_peers: cfg.peer_reserved_connections,
         ..QuicConfig::for_election_timeout(election_timeout)
     };
     let frame_bytes_max = quic.max_frame_bytes;
@@ -300,6 +302,7 @@ pub async fn start(
         reader.clone(),
         transport.clone(),
         directory.clone(),
+        cfg.join_admission,
     ));
     let state = AppState {
         id,

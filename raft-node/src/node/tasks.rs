@@ -89,7 +89,9 @@ pub(super) fn follow_configuration(
     reader: KvReader,
     transport: QuicTransport,
     directory: MemberDirectory,
+    join_admission: Duration,
 ) -> JoinHandle<()> {
+    let mut admission = crate::admission::JoinAdmission::new(join_admission);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(MEMBERSHIP_POLL);
         let mut last = None;
@@ -100,11 +102,17 @@ pub(super) fn follow_configuration(
                 continue;
             };
             let config = s.engine.membership.members();
+            let expired = admission.expired(
+                &config,
+                recorded.iter().map(|m| m.id),
+                std::time::Instant::now(),
+            );
             let seen = (
                 config.clone(),
                 s.engine.membership_committed,
                 recorded.clone(),
                 s.engine.leader,
+                expired.clone(),
             );
             if last.as_ref() == Some(&seen) {
                 continue;
@@ -115,6 +123,7 @@ pub(super) fn follow_configuration(
                 leader: s.engine.leader,
                 committed: s.engine.membership_committed,
                 recorded: &recorded,
+                expired: &expired,
             };
             follow_membership(id, &view, &transport, &directory);
         }
@@ -131,6 +140,9 @@ struct ConfigView<'a> {
     committed: bool,
     /// The replicated address records.
     recorded: &'a [Member],
+    /// Recorded nodes not in the configuration past
+    /// `--join-admission-secs`: failed joins, no longer let in.
+    expired: &'a BTreeSet<NodeId>,
 }
 
 /// Applies the configuration in force and the replicated address records
@@ -160,11 +172,18 @@ fn follow_membership(
         known.clone()
     };
     // The leader this node follows is never cut off: its configuration
-    // may be newer than what this node has applied.
+    // may be newer than what this node has applied. A recorded node not in
+    // the configuration past `--join-admission-secs` (a failed join) is
+    // no longer let in; its record and address stay for a later join.
     let allowed: HashSet<NodeId> = config
         .iter()
         .copied()
-        .chain(view.recorded.iter().map(|m| m.id))
+        .chain(
+            view.recorded
+                .iter()
+                .map(|m| m.id)
+                .filter(|p| !view.expired.contains(p)),
+        )
         .chain(keep_known)
         .chain(view.leader)
         .filter(|p| *p != id)
@@ -177,7 +196,7 @@ fn follow_membership(
         let gone: Vec<NodeId> = known
             .into_iter()
             .chain(transport.peers().into_iter().map(|(p, _)| p))
-            .filter(|p| *p != id && !allowed.contains(p))
+            .filter(|p| *p != id && !allowed.contains(p) && !view.expired.contains(p))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();

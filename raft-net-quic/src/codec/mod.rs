@@ -36,6 +36,11 @@ use raft_core::{
     AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody, SnapshotMeta,
 };
 
+pub use crate::refusal::{RefusalReason, SnapshotRefusal};
+
+mod message;
+use message::{decode_message, encode_message};
+
 /// The protocol version this crate speaks. A peer speaking another version is
 /// refused at connection time.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -140,7 +145,7 @@ pub enum Frame {
     /// The receiver's verdict (receiver → sender).
     SnapshotResult {
         /// `None` when the snapshot was stored; otherwise why not.
-        error: Option<String>,
+        error: Option<SnapshotRefusal>,
     },
 }
 
@@ -155,27 +160,14 @@ mod kind {
     pub const SNAPSHOT_RESULT: u8 = 0x24;
 }
 
-mod body {
-    pub const REQUEST_VOTE: u8 = 1;
-    pub const REQUEST_VOTE_RESPONSE: u8 = 2;
-    pub const APPEND_ENTRIES: u8 = 3;
-    pub const APPEND_ENTRIES_RESPONSE: u8 = 4;
-    pub const TIMEOUT_NOW: u8 = 5;
-    pub const INSTALL_SNAPSHOT: u8 = 6;
-
-    pub const RESULT_SUCCESS: u8 = 1;
-    pub const RESULT_CONFLICT: u8 = 2;
-    /// Added after the first release of protocol version 1: a node from
-    /// before it refuses the frame (and the connection) as malformed.
-    pub const RESULT_INSTALLING: u8 = 3;
-
-    pub const PAYLOAD_BLANK: u8 = 0;
-    pub const PAYLOAD_NORMAL: u8 = 1;
-    pub const PAYLOAD_MEMBERSHIP: u8 = 2;
-}
-
-/// Smallest encoded entry (term, index, blank tag): bounds a claimed count.
-const ENTRY_BYTES_MIN: usize = 17;
+/// `SnapshotResult` tags: stored; refused with text only (every reason
+/// before typed ones, and [`RefusalReason::Other`]); refused with a reason
+/// code, then the text. The typed tag was added within protocol version 1:
+/// a node from before it fails to decode the answer and counts the transfer
+/// failed, which is what a refusal means anyway (see `docs/architecture.md`).
+const RESULT_STORED: u8 = 0;
+const RESULT_REFUSED_TEXT: u8 = 1;
+const RESULT_REFUSED_TYPED: u8 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -338,127 +330,22 @@ fn encode_body(frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
         Frame::SnapshotResult { error } => {
             out.put_u8(kind::SNAPSHOT_RESULT);
             match error {
-                None => out.put_u8(0),
+                None => out.put_u8(RESULT_STORED),
                 Some(e) => {
-                    out.put_u8(1);
-                    put_len(out, e.len(), "snapshot error text")?;
-                    out.put_slice(e.as_bytes());
+                    match e.reason.code() {
+                        None => out.put_u8(RESULT_REFUSED_TEXT),
+                        Some(code) => {
+                            out.put_u8(RESULT_REFUSED_TYPED);
+                            out.put_u8(code);
+                        }
+                    }
+                    put_len(out, e.detail.len(), "snapshot error text")?;
+                    out.put_slice(e.detail.as_bytes());
                 }
             }
         }
     }
     Ok(())
-}
-
-fn put_log_id(out: &mut BytesMut, id: LogId) {
-    out.put_u64(id.term);
-    out.put_u64(id.index);
-}
-
-/// Appends the body of a Raft message (without frame header) to `out`.
-fn encode_message(m: &Message, out: &mut BytesMut) -> Result<(), EncodeError> {
-    out.put_u64(m.from);
-    out.put_u64(m.to);
-    out.put_u64(m.term);
-    match &m.body {
-        MessageBody::RequestVote {
-            pre_vote,
-            last_log_id,
-            leadership_transfer,
-        } => {
-            out.put_u8(body::REQUEST_VOTE);
-            out.put_u8(u8::from(*pre_vote) | u8::from(*leadership_transfer) << 1);
-            put_log_id(out, *last_log_id);
-        }
-        MessageBody::RequestVoteResponse { pre_vote, granted } => {
-            out.put_u8(body::REQUEST_VOTE_RESPONSE);
-            out.put_u8(u8::from(*pre_vote) | u8::from(*granted) << 1);
-        }
-        MessageBody::AppendEntries {
-            prev_log_id,
-            entries,
-            leader_commit,
-            round,
-            heartbeat,
-        } => {
-            out.put_u8(body::APPEND_ENTRIES);
-            put_log_id(out, *prev_log_id);
-            out.put_u64(*leader_commit);
-            out.put_u64(*round);
-            out.put_u8(u8::from(*heartbeat));
-            put_len(out, entries.len(), "entry count")?;
-            for e in entries {
-                encode_entry(e, out)?;
-            }
-        }
-        MessageBody::AppendEntriesResponse { round, result } => {
-            out.put_u8(body::APPEND_ENTRIES_RESPONSE);
-            out.put_u64(*round);
-            match result {
-                AppendResult::Success { last_index } => {
-                    out.put_u8(body::RESULT_SUCCESS);
-                    out.put_u64(*last_index);
-                }
-                AppendResult::Conflict {
-                    rejected_prev,
-                    hint,
-                } => {
-                    out.put_u8(body::RESULT_CONFLICT);
-                    out.put_u64(*rejected_prev);
-                    put_log_id(out, *hint);
-                }
-                AppendResult::Installing => out.put_u8(body::RESULT_INSTALLING),
-            }
-        }
-        MessageBody::TimeoutNow => out.put_u8(body::TIMEOUT_NOW),
-        MessageBody::InstallSnapshot { meta } => {
-            out.put_u8(body::INSTALL_SNAPSHOT);
-            put_log_id(out, meta.last_log_id);
-            encode_membership(&meta.membership, out)?;
-        }
-    }
-    Ok(())
-}
-
-fn encode_entry(e: &Entry, out: &mut BytesMut) -> Result<(), EncodeError> {
-    out.put_u64(e.term);
-    out.put_u64(e.index);
-    match &e.payload {
-        EntryPayload::Blank => out.put_u8(body::PAYLOAD_BLANK),
-        EntryPayload::Normal(data) => {
-            out.put_u8(body::PAYLOAD_NORMAL);
-            put_len(out, data.len(), "entry payload")?;
-            out.put_slice(data);
-        }
-        EntryPayload::Membership(m) => {
-            out.put_u8(body::PAYLOAD_MEMBERSHIP);
-            encode_membership(m, out)?;
-        }
-    }
-    Ok(())
-}
-
-fn put_set<'a>(
-    out: &mut BytesMut,
-    ids: impl ExactSizeIterator<Item = &'a u64>,
-) -> Result<(), EncodeError> {
-    put_len(out, ids.len(), "membership set")?;
-    for id in ids {
-        out.put_u64(*id);
-    }
-    Ok(())
-}
-
-fn encode_membership(m: &Membership, out: &mut BytesMut) -> Result<(), EncodeError> {
-    put_set(out, m.voters().iter())?;
-    match m.voters_outgoing() {
-        None => out.put_u8(0),
-        Some(old) => {
-            out.put_u8(1);
-            put_set(out, old.iter())?;
-        }
-    }
-    put_set(out, m.learners().iter())
 }
 
 /// Reads a frame's length prefix and checks it against the limit.
@@ -564,13 +451,22 @@ pub fn decode_frame_content(buf: Bytes) -> Result<Frame, DecodeError> {
             crc32c: r.u32("snapshot crc")?,
         },
         kind::SNAPSHOT_RESULT => match r.u8("result tag")? {
-            0 => Frame::SnapshotResult { error: None },
-            1 => {
+            RESULT_STORED => Frame::SnapshotResult { error: None },
+            tag @ (RESULT_REFUSED_TEXT | RESULT_REFUSED_TYPED) => {
+                let reason = if tag == RESULT_REFUSED_TYPED {
+                    let code = r.u8("refusal reason")?;
+                    RefusalReason::from_code(code)
+                        .ok_or_else(|| invalid("refusal reason", format!("{code}")))?
+                } else {
+                    RefusalReason::Other
+                };
                 let len = r.len("error length")?;
                 let text = r.bytes(len, "error text")?;
                 let text = String::from_utf8(text.to_vec())
                     .map_err(|_| invalid("error text", "not UTF-8"))?;
-                Frame::SnapshotResult { error: Some(text) }
+                Frame::SnapshotResult {
+                    error: Some(SnapshotRefusal::new(reason, text)),
+                }
             }
             t => return Err(invalid("result tag", format!("{t}"))),
         },
@@ -637,157 +533,6 @@ impl Reader {
         }
         Ok(f)
     }
-}
-
-fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
-    let from = r.u64("message from")?;
-    let to = r.u64("message to")?;
-    let term = r.u64("message term")?;
-    let body = match r.u8("message body tag")? {
-        body::REQUEST_VOTE => {
-            let f = r.flags("vote flags", 0b11)?;
-            MessageBody::RequestVote {
-                pre_vote: f & 1 != 0,
-                leadership_transfer: f & 2 != 0,
-                last_log_id: r.log_id("last log id")?,
-            }
-        }
-        body::REQUEST_VOTE_RESPONSE => {
-            let f = r.flags("vote response flags", 0b11)?;
-            MessageBody::RequestVoteResponse {
-                pre_vote: f & 1 != 0,
-                granted: f & 2 != 0,
-            }
-        }
-        body::APPEND_ENTRIES => {
-            let prev_log_id = r.log_id("prev log id")?;
-            let leader_commit = r.u64("leader commit")?;
-            let round = r.u64("round")?;
-            let heartbeat = r.flags("append flags", 0b1)? & 1 != 0;
-            let count = r.u32("entry count")? as usize;
-            if count > r.0.remaining() / ENTRY_BYTES_MIN {
-                return Err(DecodeError::Truncated("entries"));
-            }
-            let mut entries = Vec::with_capacity(count);
-            for i in 0..count {
-                let e = decode_entry(r)?;
-                let expected = prev_log_id.index.checked_add(i as u64 + 1);
-                if Some(e.index) != expected {
-                    return Err(invalid(
-                        "entry index",
-                        format!(
-                            "entry {i} has index {} but follows {} (entries must be consecutive)",
-                            e.index, prev_log_id.index
-                        ),
-                    ));
-                }
-                entries.push(e);
-            }
-            if heartbeat && !entries.is_empty() {
-                return Err(invalid("append flags", "a heartbeat carries no entries"));
-            }
-            MessageBody::AppendEntries {
-                prev_log_id,
-                entries,
-                leader_commit,
-                round,
-                heartbeat,
-            }
-        }
-        body::APPEND_ENTRIES_RESPONSE => {
-            let round = r.u64("round")?;
-            let result = match r.u8("append result tag")? {
-                body::RESULT_SUCCESS => AppendResult::Success {
-                    last_index: r.u64("last index")?,
-                },
-                body::RESULT_CONFLICT => AppendResult::Conflict {
-                    rejected_prev: r.u64("rejected prev")?,
-                    hint: r.log_id("hint")?,
-                },
-                body::RESULT_INSTALLING => AppendResult::Installing,
-                t => return Err(invalid("append result tag", format!("{t}"))),
-            };
-            MessageBody::AppendEntriesResponse { round, result }
-        }
-        body::TIMEOUT_NOW => MessageBody::TimeoutNow,
-        body::INSTALL_SNAPSHOT => MessageBody::InstallSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: r.log_id("snapshot last log id")?,
-                membership: decode_membership(r)?,
-            },
-        },
-        t => return Err(invalid("message body tag", format!("{t}"))),
-    };
-    Ok(Message {
-        from,
-        to,
-        term,
-        body,
-    })
-}
-
-fn decode_entry(r: &mut Reader) -> Result<Entry, DecodeError> {
-    let term = r.u64("entry term")?;
-    let index = r.u64("entry index")?;
-    let payload = match r.u8("payload tag")? {
-        body::PAYLOAD_BLANK => EntryPayload::Blank,
-        body::PAYLOAD_NORMAL => {
-            let len = r.len("payload length")?;
-            EntryPayload::Normal(r.bytes(len, "payload")?)
-        }
-        body::PAYLOAD_MEMBERSHIP => EntryPayload::Membership(Box::new(decode_membership(r)?)),
-        t => return Err(invalid("payload tag", format!("{t}"))),
-    };
-    Ok(Entry {
-        term,
-        index,
-        payload,
-    })
-}
-
-fn decode_set(r: &mut Reader, what: &'static str) -> Result<Vec<u64>, DecodeError> {
-    let n = r.u32(what)? as usize;
-    if n > r.0.remaining() / 8 {
-        return Err(DecodeError::Truncated(what));
-    }
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = r.u64(what)?;
-        if ids.last().is_some_and(|last| *last >= id) {
-            return Err(invalid(what, "node ids must be strictly increasing"));
-        }
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
-fn decode_membership(r: &mut Reader) -> Result<Membership, DecodeError> {
-    let voters = decode_set(r, "voters")?;
-    let outgoing = match r.u8("joint tag")? {
-        0 => None,
-        1 => Some(decode_set(r, "outgoing voters")?),
-        t => return Err(invalid("joint tag", format!("{t}"))),
-    };
-    let learners = decode_set(r, "learners")?;
-    // The sets are sorted (checked above): binary search keeps this
-    // O(n log n) for a frame full of ids. A learner must not be a voter of
-    // either half; the constructors would silently drop it.
-    let is_voter = |l: &u64| {
-        voters.binary_search(l).is_ok()
-            || outgoing
-                .as_ref()
-                .is_some_and(|o| o.binary_search(l).is_ok())
-    };
-    if let Some(l) = learners.iter().find(|l| is_voter(l)) {
-        return Err(invalid(
-            "learners",
-            format!("node {l} is both voter and learner"),
-        ));
-    }
-    Ok(match outgoing {
-        Some(old) => Membership::joint(old, voters, learners),
-        None => Membership::with_learners(voters, learners),
-    })
 }
 
 /// Encodes a snapshot's header (the engine's `InstallSnapshot` message) for

@@ -1,0 +1,133 @@
+//! [`QuicTransportBuilder`]: settings, TLS and the UDP socket.
+
+use super::*;
+
+/// Builds a [`QuicTransport`].
+pub struct QuicTransportBuilder {
+    pub(super) id: NodeId,
+    pub(super) tls: Arc<NodeTls>,
+    pub(super) cfg: QuicConfig,
+    pub(super) sink: Option<Arc<dyn SnapshotSink>>,
+    pub(super) crl_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for QuicTransportBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransportBuilder")
+            .field("id", &self.id)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicTransportBuilder {
+    /// Replaces the default settings.
+    pub fn config(mut self, cfg: QuicConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Checks every peer certificate (both roles) against the certificate
+    /// revocation list(s) in the PEM file at `path`, and reloads the file
+    /// when it changes: its modification time and length are polled every
+    /// [`QuicConfig::crl_poll_interval`]. After a reload, connections whose
+    /// peer certificate is now revoked are closed (close code 9) and new
+    /// handshakes use the new lists. A file that fails to load at
+    /// [`bind`](Self::bind) is an error; one that fails on a reload is
+    /// logged and the lists in force are kept.
+    pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crl_path = Some(path.into());
+        self
+    }
+
+    /// Accepts snapshots into `sink`. Without one, offered snapshots are
+    /// refused.
+    pub fn snapshot_sink(mut self, sink: Arc<dyn SnapshotSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Binds the UDP socket at `addr` (port 0 picks a free port) and starts
+    /// accepting. Returns the transport and the receiver of inbound Raft
+    /// messages, to be forwarded to the driver
+    /// ([`RaftHandle::receive`](raft_core::RaftHandle::receive)).
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`] for bad settings, TLS material rustls refuses, or a
+    /// socket that cannot be bound.
+    pub fn bind(
+        self,
+        addr: SocketAddr,
+    ) -> Result<(QuicTransport, mpsc::Receiver<Message>), BindError> {
+        self.cfg.validate().map_err(BindError::Config)?;
+        let cfg = self.cfg;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(cfg.idle_timeout)
+                    .map_err(|e| BindError::Config(format!("idle_timeout: {e}")))?,
+            ))
+            .keep_alive_interval(Some(cfg.keep_alive_interval))
+            .max_concurrent_uni_streams(VarInt::from_u32(cfg.inbound_uni_streams_max))
+            .max_concurrent_bidi_streams(VarInt::from_u32(cfg.inbound_bidi_streams_max));
+        let transport = Arc::new(transport);
+
+        let tls = match &self.crl_path {
+            Some(path) => Arc::new(self.tls.with_crl_file(path)?),
+            None => self.tls,
+        };
+        let (server_config, client_config) = endpoint_configs(&tls, &transport)?;
+
+        let endpoint = quinn::Endpoint::server(server_config, addr)
+            .map_err(|source| BindError::Bind { addr, source })?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue_messages_max);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            id: self.id,
+            cfg,
+            endpoint,
+            client_config: Mutex::new(client_config),
+            tls: Mutex::new(tls),
+            transport_config: transport,
+            crl_path: self.crl_path,
+            allowed: RwLock::new(None),
+            conns: Mutex::new(HashMap::new()),
+            inbound_slots: Arc::new(AtomicUsize::new(0)),
+            handshaking: Arc::new(AtomicUsize::new(0)),
+            per_peer: Mutex::new(HashMap::new()),
+            handshakes_by_ip: Mutex::new(HashMap::new()),
+            retries: metrics::counter!("raft_net_retries_sent_total"),
+            peers: Mutex::new(HashMap::new()),
+            inbound: inbound_tx,
+            sink: self.sink,
+            shutdown,
+            protocol_errors: metrics::counter!("raft_net_protocol_errors_total"),
+            refused_connections: metrics::counter!("raft_net_connections_refused_total"),
+            refusal_log: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(accept_loop(shared.clone()));
+        if shared.crl_path.is_some() {
+            tokio::spawn(crl_poller(shared.clone()));
+        }
+        Ok((QuicTransport { shared }, inbound_rx))
+    }
+}
+
+/// The quinn server and client configurations of a TLS identity.
+pub(super) fn endpoint_configs(
+    tls: &NodeTls,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), BindError> {
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
+        .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport.clone());
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
+        .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport.clone());
+    Ok((server_config, client_config))
+}

@@ -1,0 +1,179 @@
+//! Dialing a peer, its handshake, and settling duplicate connections.
+
+use super::*;
+
+/// Exponential backoff with full jitter: a random delay in
+/// `[min, min * 2^failures]`, capped at `max`.
+pub(super) fn backoff(cfg: &QuicConfig, failures: u32) -> Duration {
+    let ceiling = cfg
+        .reconnect_backoff_min
+        .saturating_mul(1u32 << failures.min(16))
+        .min(cfg.reconnect_backoff_max);
+    let lo = cfg.reconnect_backoff_min.as_micros() as u64;
+    let hi = (ceiling.as_micros() as u64).max(lo);
+    Duration::from_micros(rand::thread_rng().gen_range(lo..=hi))
+}
+
+/// The live connection to `peer`, dialing (after any backoff) if there is none.
+pub(super) async fn connection(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+) -> Result<Connection, ConnectError> {
+    if let Some(c) = peer.live() {
+        return Ok(c);
+    }
+    let mut dial = peer.dial.lock().await;
+    if let Some(c) = peer.live() {
+        return Ok(c);
+    }
+    let mut shutdown = shared.shutdown.subscribe();
+    if *shutdown.borrow() {
+        return Err(ConnectError::Closed);
+    }
+    if let Some(at) = dial.next_attempt {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = shutdown.wait_for(|s| *s) => return Err(ConnectError::Closed),
+        }
+        // An inbound connection may have arrived while we waited.
+        if let Some(c) = peer.live() {
+            return Ok(c);
+        }
+    }
+    let result = tokio::select! {
+        r = dial_peer(shared, peer) => r,
+        _ = shutdown.wait_for(|s| *s) => return Err(ConnectError::Closed),
+    };
+    match result {
+        Ok(conn) => {
+            dial.failures = 0;
+            dial.next_attempt = None;
+            let kept = install(shared, peer, conn.clone(), shared.id);
+            tokio::spawn(serve_connection(shared.clone(), peer.id, conn, false));
+            Ok(kept)
+        }
+        Err(e) => {
+            dial.failures += 1;
+            dial.next_attempt = Some(Instant::now() + backoff(&shared.cfg, dial.failures));
+            peer.connect_failures.increment(1);
+            if dial.failures == 1 || dial.failures.is_power_of_two() {
+                tracing::warn!(peer = peer.id, failures = dial.failures, error = %e, "cannot connect to peer");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Dials `peer` and runs the handshake.
+pub(super) async fn dial_peer(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+) -> Result<Connection, ConnectError> {
+    let addr = *lock(&peer.addr);
+    let fail = |detail: String| ConnectError::Connect {
+        peer: peer.id,
+        addr,
+        detail,
+    };
+    let connecting = shared
+        .endpoint
+        .connect_with(
+            lock(&shared.client_config).clone(),
+            addr,
+            &node_dns_name(peer.id),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    let timeout = shared.cfg.handshake_timeout;
+    let conn = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| fail(format!("no handshake within {timeout:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
+    let refused = |conn: &Connection, fallback: String| match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => ConnectError::Refused {
+            peer: peer.id,
+            reason: String::from_utf8_lossy(&c.reason).into_owned(),
+        },
+        _ => fail(fallback),
+    };
+    let handshake = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[StreamKind::Handshake as u8]);
+        let hello = Frame::Hello(Hello {
+            from: shared.id,
+            to: peer.id,
+        });
+        encode_frame(&hello, shared.cfg.max_frame_bytes, &mut buf).map_err(|e| e.to_string())?;
+        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_frame(&mut recv, HANDSHAKE_FRAME_BYTES_MAX).await {
+            Ok(Some(Frame::Welcome { node })) if node == peer.id => Ok(()),
+            Ok(Some(Frame::Welcome { node })) => Err(format!("answered as node {node}")),
+            Ok(other) => Err(format!("unexpected handshake answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(e)) => {
+            // Give a close frame from the peer a moment to arrive: it carries
+            // the reason (version, identity) we want to report.
+            let _ = tokio::time::timeout(Duration::from_millis(200), conn.closed()).await;
+            Err(refused(&conn, e))
+        }
+        Err(_) => {
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL),
+                b"handshake timed out",
+            );
+            Err(fail(format!("no handshake answer within {timeout:?}")))
+        }
+    }
+}
+
+/// Makes `conn` the connection to `peer` unless a preferred one exists.
+/// Returns the connection to use.
+///
+/// The connection that loses is not closed at once: messages already
+/// written to it are still in flight, and the peer reads them. It is closed
+/// after [`DUPLICATE_GRACE`], when they have landed.
+pub(super) fn install(
+    shared: &Shared,
+    peer: &Peer,
+    conn: Connection,
+    dialed_by: NodeId,
+) -> Connection {
+    let preferred = shared.id.min(peer.id);
+    let mut cur = lock(&peer.current);
+    if let Some(old) = cur.as_ref() {
+        let old_alive = old.conn.close_reason().is_none();
+        if old_alive && old.conn.stable_id() != conn.stable_id() {
+            let race = old.since.elapsed() < DIAL_RACE_WINDOW;
+            if race && old.dialed_by == preferred && dialed_by != preferred {
+                close_later(conn, "duplicate connection");
+                return old.conn.clone();
+            }
+            close_later(old.conn.clone(), "replaced by a newer connection");
+        }
+    }
+    *cur = Some(Link {
+        conn: conn.clone(),
+        dialed_by,
+        since: Instant::now(),
+    });
+    peer.connects.increment(1);
+    peer.connected.set(1.0);
+    tracing::debug!(peer = peer.id, dialed_by, "connected");
+    conn
+}
+
+/// How long a superseded connection stays open so that what was already
+/// written to it arrives.
+pub(super) const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) fn close_later(conn: Connection, reason: &'static str) {
+    tokio::spawn(async move {
+        tokio::time::sleep(DUPLICATE_GRACE).await;
+        conn.close(VarInt::from_u32(close_code::DUPLICATE), reason.as_bytes());
+    });
+}
