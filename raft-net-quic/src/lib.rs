@@ -83,8 +83,7 @@ mod transport;
 pub use config::QuicConfig;
 pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{
-    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink,
-    SnapshotSource,
+    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource,
 };
 pub use tls::{NodeTls, TlsError};
 pub use transport::{

@@ -167,9 +167,7 @@ impl StateMachine for KvStateMachine {
     type Response = Outcome;
 
     async fn applied_index(&mut self) -> Result<Index, StateMachineError> {
-        self.reader
-            .applied()
-            .map_err(StateMachineError::backend)
+        self.reader.applied().map_err(StateMachineError::backend)
     }
 
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Outcome>, StateMachineError> {
