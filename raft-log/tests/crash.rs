@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -101,7 +102,7 @@ fn acknowledged_entries_survive_sigkill() {
             .env(CHILD_ENV, &path)
             .env("RAFT_LOG_CRASH_SEED", (seed + round as u64).to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("child.stderr")).expect("stderr file"))
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("stdout");
@@ -129,11 +130,22 @@ fn acknowledged_entries_survive_sigkill() {
         // machine starts the child.
         let delay = Duration::from_millis(rng.gen_range(150..600));
         if round % 2 == 0 {
-            got_first_ack
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| {
-                    panic!("seed {seed} round {round}: no acknowledgement within 120 s")
-                });
+            if let Err(e) = got_first_ack.recv_timeout(Duration::from_secs(120)) {
+                let what = match e {
+                    RecvTimeoutError::Timeout => "no acknowledgement within 120 s",
+                    RecvTimeoutError::Disconnected => "the child stopped before acknowledging",
+                };
+                let _ = child.kill();
+                let status = child.wait().map(|s| s.to_string());
+                let stderr =
+                    std::fs::read_to_string(dir.path().join("child.stderr")).unwrap_or_default();
+                let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "seed {seed} round {round}: {what} (child: {status:?}); its stderr:\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(delay - Duration::from_millis(150));
         } else {
             std::thread::sleep(delay);
