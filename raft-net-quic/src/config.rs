@@ -87,7 +87,8 @@ pub struct QuicConfig {
     pub crl_poll_interval: Duration,
     /// Inbound handshakes in progress from one IP address (sources that
     /// are not the address of an allowed peer in the peer table); more are
-    /// refused. With QUIC Retry a flood must come from real addresses that
+    /// refused. IPv6 sources count per /64 prefix (one host usually has a
+    /// whole /64); an IPv4-mapped IPv6 address counts as its IPv4 address. With QUIC Retry a flood must come from real addresses that
     /// answer; this keeps one such address from holding every slot.
     /// Default 8.
     pub handshakes_per_ip_max: usize,
@@ -98,6 +99,17 @@ pub struct QuicConfig {
     /// addresses it uses, cannot stop a member from reconnecting. Must be
     /// below `connections_max`. Default 16.
     pub connections_reserved_for_peers: usize,
+    /// After a peer refuses a snapshot for good (too large, not allowed,
+    /// not accepting: [`RefusalReason::is_permanent`](crate::RefusalReason::is_permanent)),
+    /// the same snapshot is not offered to it again before this delay,
+    /// doubled at each further refusal up to `snapshot_refused_backoff_max`
+    /// (the transfer waits; the engine does not start another one to that
+    /// peer meanwhile). A new snapshot, a change of the allowed set or of
+    /// the peer's address ends the wait. Default 10 s.
+    pub snapshot_refused_backoff_min: Duration,
+    /// The longest wait before offering a refused snapshot again. Default
+    /// 5 minutes.
+    pub snapshot_refused_backoff_max: Duration,
 }
 
 impl Default for QuicConfig {
@@ -126,6 +138,8 @@ impl Default for QuicConfig {
             crl_poll_interval: Duration::from_secs(5),
             handshakes_per_ip_max: 8,
             connections_reserved_for_peers: 16,
+            snapshot_refused_backoff_min: Duration::from_secs(10),
+            snapshot_refused_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -195,6 +209,13 @@ impl QuicConfig {
         }
         if self.crl_poll_interval.is_zero() {
             return Err("crl_poll_interval must be positive".into());
+        }
+        if self.snapshot_refused_backoff_min.is_zero()
+            || self.snapshot_refused_backoff_min > self.snapshot_refused_backoff_max
+        {
+            return Err("snapshot_refused_backoff_min must be positive and at most \
+                 snapshot_refused_backoff_max"
+                .into());
         }
         Ok(())
     }

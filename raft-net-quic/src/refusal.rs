@@ -24,10 +24,15 @@ pub enum RefusalReason {
     Invalid,
     /// The receiver could not store the data (an I/O error).
     Storage,
+    /// A reason code this version does not know: one a newer peer added
+    /// within protocol version 1. The refusal's text is kept; it is not
+    /// treated as permanent (the sender retries with backoff).
+    Unknown(u8),
 }
 
 impl RefusalReason {
-    /// Every reason, for tests and for registering metrics.
+    /// Every known reason, for tests and for registering metrics
+    /// ([`Unknown`](Self::Unknown) codes are counted under `unknown`).
     pub const ALL: [RefusalReason; 7] = [
         Self::Other,
         Self::TooLarge,
@@ -48,6 +53,7 @@ impl RefusalReason {
             Self::NotAccepting => "not_accepting",
             Self::Invalid => "invalid",
             Self::Storage => "storage",
+            Self::Unknown(_) => "unknown",
         }
     }
 
@@ -68,19 +74,26 @@ impl RefusalReason {
             Self::NotAccepting => Some(4),
             Self::Invalid => Some(5),
             Self::Storage => Some(6),
+            Self::Unknown(code) => Some(code),
         }
     }
 
-    /// The reason of a wire code; `None` for a code this version does not
-    /// know (a decoding error: decoders are strict).
-    pub(crate) fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.code() == Some(code))
+    /// The reason of a wire code: [`Unknown`](Self::Unknown) for a code this
+    /// version does not know (the refusal still decodes with its text).
+    pub(crate) fn from_code(code: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.code() == Some(code))
+            .unwrap_or(Self::Unknown(code))
     }
 }
 
 impl std::fmt::Display for RefusalReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Self::Unknown(code) => write!(f, "unknown ({code})"),
+            _ => f.write_str(self.as_str()),
+        }
     }
 }
 
@@ -116,12 +129,17 @@ mod tests {
             match r.code() {
                 Some(c) => {
                     assert!(seen.insert(c), "code {c} used twice");
-                    assert_eq!(RefusalReason::from_code(c), Some(r));
+                    assert_eq!(RefusalReason::from_code(c), r);
                 }
                 None => assert_eq!(r, RefusalReason::Other),
             }
         }
-        assert_eq!(RefusalReason::from_code(0), None);
-        assert_eq!(RefusalReason::from_code(200), None);
+        for c in [0, 7, 200] {
+            let r = RefusalReason::from_code(c);
+            assert_eq!(r, RefusalReason::Unknown(c));
+            assert_eq!(r.code(), Some(c), "an unknown code is sent on as it came");
+            assert!(!r.is_permanent());
+            assert_eq!(r.as_str(), "unknown");
+        }
     }
 }

@@ -394,6 +394,17 @@ fn golden_snapshot_frames() {
             &format!("00000008 01 24  02 {code} 00000000"),
         );
     }
+    // A code this version does not know (a newer peer's): decoded with its
+    // text, and sent on unchanged.
+    golden(
+        &Frame::SnapshotResult {
+            error: Some(SnapshotRefusal::new(
+                RefusalReason::Unknown(99),
+                "disk full",
+            )),
+        },
+        "00000011 01 24  02 63 00000009 6469736b2066756c6c",
+    );
 }
 
 #[test]
@@ -992,9 +1003,21 @@ fn unknown_tags_are_rejected() {
         "joint tag",
     );
     assert_invalid("01 24 03", "result tag");
-    // A typed refusal with a reason code this version does not know.
-    assert_invalid("01 24 02 00 00000000", "refusal reason");
-    assert_invalid("01 24 02 07 00000000", "refusal reason");
+    // A typed refusal with a reason code this version does not know is not
+    // invalid: it decodes as `Unknown` (see golden_snapshot_frames).
+    for code in [0u8, 7] {
+        assert_eq!(
+            decode_frame(framed(&format!("01 24 02 {code:02x} 00000000")), MAX),
+            Ok(Frame::SnapshotResult {
+                error: Some(SnapshotRefusal::new(RefusalReason::Unknown(code), "")),
+            })
+        );
+    }
+    // A typed refusal cut off before its code is still truncated.
+    assert!(matches!(
+        decode_frame(framed("01 24 02"), MAX),
+        Err(DecodeError::Truncated(_))
+    ));
 }
 
 #[test]

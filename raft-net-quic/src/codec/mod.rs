@@ -162,7 +162,8 @@ mod kind {
 
 /// `SnapshotResult` tags: stored; refused with text only (every reason
 /// before typed ones, and [`RefusalReason::Other`]); refused with a reason
-/// code, then the text. The typed tag was added within protocol version 1:
+/// code, then the text (a code this version does not know decodes as
+/// [`RefusalReason::Unknown`], text kept). The typed tag was added within protocol version 1:
 /// a node from before it fails to decode the answer and counts the transfer
 /// failed, which is what a refusal means anyway (see `docs/architecture.md`).
 const RESULT_STORED: u8 = 0;
@@ -454,9 +455,7 @@ pub fn decode_frame_content(buf: Bytes) -> Result<Frame, DecodeError> {
             RESULT_STORED => Frame::SnapshotResult { error: None },
             tag @ (RESULT_REFUSED_TEXT | RESULT_REFUSED_TYPED) => {
                 let reason = if tag == RESULT_REFUSED_TYPED {
-                    let code = r.u8("refusal reason")?;
-                    RefusalReason::from_code(code)
-                        .ok_or_else(|| invalid("refusal reason", format!("{code}")))?
+                    RefusalReason::from_code(r.u8("refusal reason")?)
                 } else {
                     RefusalReason::Other
                 };

@@ -113,22 +113,21 @@ pub(super) async fn accept_one(
             )
         }
     };
-    let leaf = conn
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().cloned());
+    let chain = peer_chain(&conn);
+    let leaf = chain.first();
     let ctx = HelloContext {
         this: shared.id,
-        leaf: leaf.as_ref(),
+        leaf,
         refuse_unknown_peers: shared.cfg.refuse_unknown_peers,
         in_peer_table: lock(&shared.peers).contains_key(&hello.from),
         allowed: shared.peer_allowed(hello.from),
     };
     if let Err(e) = verify_hello(&hello, &ctx) {
         return refuse(e.close_code(), e.to_string());
+    }
+    // The lists may have been reloaded since TLS checked the certificate.
+    if let Err(e) = recheck_connection(&shared, &conn, hello.from, true) {
+        return refuse(close_code::REVOKED, format!("certificate refused: {e}"));
     }
     let Some(_peer_slot) = PeerSlot::acquire(&shared, hello.from) else {
         let e = HelloRefusal::TooManyConnections {
@@ -212,6 +211,11 @@ pub(super) async fn serve_connection(
             inbound,
         },
     );
+    // A reload that read the table before this entry was in it did not
+    // check this connection: check it against the lists in force now.
+    if let Err(e) = recheck_connection(&shared, &conn, peer_id, inbound) {
+        close_revoked(&shared, &conn, peer_id, &e);
+    }
     // Allowed when the handshake ran; the set may have changed since.
     if !shared.peer_allowed(peer_id) {
         conn.close(

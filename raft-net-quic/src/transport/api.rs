@@ -44,7 +44,10 @@ impl QuicTransport {
         let shared = &self.shared;
         let mut peers = lock(&shared.peers);
         if let Some(p) = peers.get(&id) {
-            *lock(&p.addr) = addr;
+            if *lock(&p.addr) != addr {
+                *lock(&p.addr) = addr;
+                p.forget_refusal();
+            }
             return;
         }
         let (ctx, crx) = mpsc::channel(shared.cfg.control_queue_messages_max);
@@ -67,6 +70,8 @@ impl QuicTransport {
             connect_failures: metrics::counter!("raft_net_connect_failures_total", "peer" => p.clone()),
             connected: metrics::gauge!("raft_net_peer_connected", "peer" => p.clone()),
             snapshot_bytes_sent: metrics::counter!("raft_net_snapshot_bytes_sent_total", "peer" => p),
+            snapshot_refused: Mutex::new(None),
+            snapshot_reset: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
         });
         let t1 = tokio::spawn(writer(
@@ -89,6 +94,7 @@ impl QuicTransport {
     pub fn remove_peer(&self, id: NodeId) {
         let peer = lock(&self.shared.peers).remove(&id);
         if let Some(peer) = peer {
+            peer.forget_refusal();
             for t in lock(&peer.tasks).drain(..) {
                 t.abort();
             }
@@ -111,11 +117,20 @@ impl QuicTransport {
     /// longer allowed are closed at once (close code 7).
     pub fn set_allowed_peers(&self, allowed: Option<HashSet<NodeId>>) {
         let allowed = allowed.map(Arc::new);
-        *self
-            .shared
-            .allowed
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = allowed.clone();
+        let previous = std::mem::replace(
+            &mut *self
+                .shared
+                .allowed
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+            allowed.clone(),
+        );
+        if previous != allowed {
+            // A membership change: a refused snapshot may be taken now.
+            for peer in lock(&self.shared.peers).values() {
+                peer.forget_refusal();
+            }
+        }
         if let Some(set) = allowed {
             self.close_connections_where(
                 |p| !set.contains(&p),

@@ -75,9 +75,24 @@ impl QuicTransportBuilder {
             .max_concurrent_bidi_streams(VarInt::from_u32(cfg.inbound_bidi_streams_max));
         let transport = Arc::new(transport);
 
-        let tls = match &self.crl_path {
-            Some(path) => Arc::new(self.tls.with_crl_file(path)?),
-            None => self.tls,
+        // The file's content as loaded now is what the poller compares
+        // against: a change right after `bind` is a reload, however soon the
+        // poller first runs.
+        let (tls, crl_seen) = match &self.crl_path {
+            Some(path) => {
+                let load = |detail: String| TlsError::Load {
+                    what: "the certificate revocation list",
+                    path: path.clone(),
+                    detail,
+                };
+                let pem = std::fs::read(path).map_err(|e| load(e.to_string()))?;
+                let tls = self
+                    .tls
+                    .with_crl_pem(&pem)
+                    .map_err(|e| load(e.to_string()))?;
+                (Arc::new(tls), Some(CrlSeen::Content(content_hash(&pem))))
+            }
+            None => (self.tls, None),
         };
         let (server_config, client_config) = endpoint_configs(&tls, &transport)?;
 
@@ -110,7 +125,7 @@ impl QuicTransportBuilder {
         });
         tokio::spawn(accept_loop(shared.clone()));
         if shared.crl_path.is_some() {
-            tokio::spawn(crl_poller(shared.clone()));
+            tokio::spawn(crl_poller(shared.clone(), crl_seen));
         }
         Ok((QuicTransport { shared }, inbound_rx))
     }

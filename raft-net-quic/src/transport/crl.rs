@@ -22,14 +22,12 @@ pub(super) fn content_hash(bytes: &[u8]) -> u64 {
 /// hash: a rewrite within the same second and of the same length counts).
 /// A file that cannot be read or parsed keeps the lists in force, warns
 /// once per distinct content and counts `raft_net_crl_reload_failures_total`.
-pub(super) async fn crl_poller(shared: Arc<Shared>) {
+/// `seen` is the content loaded at `bind`.
+pub(super) async fn crl_poller(shared: Arc<Shared>, mut seen: Option<CrlSeen>) {
     let Some(path) = shared.crl_path.clone() else {
         return;
     };
     let mut shutdown = shared.shutdown.subscribe();
-    let mut seen = std::fs::read(&path)
-        .map(|b| CrlSeen::Content(content_hash(&b)))
-        .ok();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.cfg.crl_poll_interval) => {}
@@ -113,27 +111,69 @@ pub(super) fn install_crl(shared: &Shared, pem: &[u8]) -> Result<(), BindError> 
         own_revoked,
         "certificate revocation list reloaded"
     );
+    // The lists are in force (above) before the table is read: a connection
+    // that enters the table after this read re-checks itself against them
+    // (`serve_connection`), one already in it is re-checked here.
     let conns: Vec<(NodeId, Connection, bool)> = lock(&shared.conns)
         .values()
         .map(|e| (e.peer, e.conn.clone(), e.inbound))
         .collect();
     for (peer, conn, inbound) in conns {
-        let chain = conn
-            .peer_identity()
-            .and_then(|any| {
-                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .map(|c| *c)
-            .unwrap_or_default();
-        if let Err(e) = tls.recheck_peer(&chain, peer, inbound) {
-            tracing::warn!(peer, error = %e, "closing the connection of a peer whose certificate no longer passes");
-            shared.refused_connections.increment(1);
-            conn.close(
-                VarInt::from_u32(close_code::REVOKED),
-                format!("certificate refused: {e}").as_bytes(),
-            );
+        if let Err(e) = recheck_with(&tls, &conn, peer, inbound) {
+            close_revoked(shared, &conn, peer, &e);
         }
     }
     Ok(())
+}
+
+/// The peer's certificate chain on `conn` (leaf first; empty without one).
+pub(super) fn peer_chain(conn: &Connection) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|c| *c)
+        .unwrap_or_default()
+}
+
+fn recheck_with(
+    tls: &NodeTls,
+    conn: &Connection,
+    peer: NodeId,
+    inbound: bool,
+) -> Result<(), String> {
+    tls.recheck_peer(&peer_chain(conn), peer, inbound)
+}
+
+/// Checks the peer's certificate on `conn` against the revocation lists in
+/// force now. TLS checked it against the lists of when the handshake
+/// began; a reload since (while the `Hello` was awaited, or before the
+/// connection entered the table) must not let a revoked peer in. Without
+/// lists there is nothing new to check.
+pub(super) fn recheck_connection(
+    shared: &Shared,
+    conn: &Connection,
+    peer: NodeId,
+    inbound: bool,
+) -> Result<(), String> {
+    let tls = lock(&shared.tls).clone();
+    if tls.crl_count() == 0 {
+        return Ok(());
+    }
+    recheck_with(&tls, conn, peer, inbound)
+}
+
+/// Closes `conn` because its peer's certificate no longer passes.
+pub(super) fn close_revoked(shared: &Shared, conn: &Connection, peer: NodeId, error: &str) {
+    tracing::warn!(
+        peer,
+        error,
+        "closing the connection of a peer whose certificate no longer passes"
+    );
+    shared.refused_connections.increment(1);
+    conn.close(
+        VarInt::from_u32(close_code::REVOKED),
+        format!("certificate refused: {error}").as_bytes(),
+    );
 }

@@ -114,7 +114,17 @@ pub(super) async fn dial_peer(
         }
     };
     match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(())) => Ok(conn),
+        Ok(Ok(())) => match recheck_connection(shared, &conn, peer.id, false) {
+            // The lists may have been reloaded since TLS checked the peer.
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                close_revoked(shared, &conn, peer.id, &e);
+                Err(ConnectError::Refused {
+                    peer: peer.id,
+                    reason: format!("its certificate no longer passes: {e}"),
+                })
+            }
+        },
         Ok(Err(e)) => {
             // Give a close frame from the peer a moment to arrive: it carries
             // the reason (version, identity) we want to report.

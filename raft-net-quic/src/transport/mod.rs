@@ -145,6 +145,10 @@ struct Peer {
     connect_failures: Counter,
     connected: Gauge,
     snapshot_bytes_sent: Counter,
+    /// The last permanent refusal of a snapshot by this peer, if any.
+    snapshot_refused: Mutex<Option<RefusedSnapshot>>,
+    /// Woken when a remembered refusal is forgotten (see `forget_refusal`).
+    snapshot_reset: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -234,7 +238,8 @@ struct Shared {
     handshaking: Arc<AtomicUsize>,
     /// Inbound connections per authenticated peer.
     per_peer: Mutex<HashMap<NodeId, usize>>,
-    /// Handshakes in progress per source IP (sources that are not a peer's).
+    /// Handshakes in progress per source (an IPv4 address or an IPv6 /64,
+    /// see `handshake_source`; sources that are not a peer's).
     handshakes_by_ip: Mutex<HashMap<IpAddr, usize>>,
     retries: Counter,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
@@ -260,9 +265,23 @@ struct IpSlot {
     ip: IpAddr,
 }
 
+/// The source that `handshakes_per_ip_max` counts for `ip`: an IPv4
+/// address itself (an IPv4-mapped IPv6 address counts as its IPv4), an
+/// IPv6 address's /64 prefix (the rest zeroed). One host usually holds a
+/// whole /64, so counting single IPv6 addresses would not limit it.
+pub(super) fn handshake_source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 impl IpSlot {
     fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
-        let ip = ip.to_canonical();
+        let ip = handshake_source(ip);
         let mut per = lock(&shared.handshakes_by_ip);
         let n = per.entry(ip).or_insert(0);
         if *n >= shared.cfg.handshakes_per_ip_max {
@@ -364,5 +383,39 @@ impl Shared {
             Some(set) => set.contains(&peer),
             None => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_source;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        // Two addresses of one /64 share a count; another /64 does not.
+        assert_eq!(
+            handshake_source(ip("2001:db8:1:2::1")),
+            handshake_source(ip("2001:db8:1:2:ffff:ffff:ffff:fffe"))
+        );
+        assert_eq!(
+            handshake_source(ip("2001:db8:1:2::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            handshake_source(ip("2001:db8:1:2::1")),
+            handshake_source(ip("2001:db8:1:3::1"))
+        );
+        // An IPv4-mapped address counts as its IPv4 address, which is its own.
+        assert_eq!(handshake_source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(handshake_source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(
+            handshake_source(ip("192.0.2.7")),
+            handshake_source(ip("192.0.2.8"))
+        );
     }
 }

@@ -26,6 +26,9 @@ impl QuicTransport {
     ) -> Result<SnapshotSent, SnapshotError> {
         let peer = self.peer(to).ok_or(SnapshotError::UnknownPeer(to))?;
         let shared = &self.shared;
+        wait_out_refusal(shared, &peer, transfer_id).await?;
+        // The peer may have been removed while we waited.
+        let peer = self.peer(to).ok_or(SnapshotError::UnknownPeer(to))?;
         let offer = SnapshotOffer {
             transfer_id,
             total_bytes: source.len(),
@@ -59,13 +62,16 @@ impl QuicTransport {
                     metrics::counter!("raft_snapshot_offers_refused_by_peer_total",
                         "peer" => to.to_string(), "reason" => e.reason.as_str())
                     .increment(1);
-                    tracing::warn!(peer = to, transfer_id, attempt = stats.attempts, reason = %e.reason, detail = %e.detail, "the peer refused the snapshot");
                     if e.reason.is_permanent() {
+                        let (refusals, wait) = peer.remember_refusal(&shared.cfg, transfer_id);
+                        tracing::warn!(peer = to, transfer_id, refusals, reason = %e.reason, detail = %e.detail,
+                            next_offer_in = ?wait, "the peer refused the snapshot for good; not offering it again before the delay");
                         return Err(SnapshotError::Refused {
                             peer: to,
                             refusal: e,
                         });
                     }
+                    tracing::warn!(peer = to, transfer_id, attempt = stats.attempts, reason = %e.reason, detail = %e.detail, "the peer refused the snapshot; retrying");
                     last = format!("refused: {e}");
                     tokio::time::sleep(backoff(&shared.cfg, stats.attempts)).await;
                 }
@@ -82,6 +88,76 @@ impl QuicTransport {
             attempts: stats.attempts,
             last,
         })
+    }
+}
+
+/// A permanent refusal of a snapshot by a peer, remembered so that the
+/// same snapshot is not offered again before `until`.
+#[derive(Debug)]
+pub(super) struct RefusedSnapshot {
+    transfer_id: u64,
+    refusals: u32,
+    until: Instant,
+}
+
+/// The wait before offering a snapshot refused `refusals` times in a row:
+/// `snapshot_refused_backoff_min` doubled per further refusal, capped.
+pub(super) fn refused_backoff(cfg: &QuicConfig, refusals: u32) -> Duration {
+    cfg.snapshot_refused_backoff_min
+        .saturating_mul(1u32 << refusals.saturating_sub(1).min(20))
+        .min(cfg.snapshot_refused_backoff_max)
+}
+
+impl Peer {
+    /// Remembers a permanent refusal of `transfer_id`; returns how many in
+    /// a row (the same snapshot) and the wait before it is offered again.
+    fn remember_refusal(&self, cfg: &QuicConfig, transfer_id: u64) -> (u32, Duration) {
+        let mut slot = lock(&self.snapshot_refused);
+        let refusals = match slot.as_ref() {
+            Some(r) if r.transfer_id == transfer_id => r.refusals.saturating_add(1),
+            _ => 1,
+        };
+        let wait = refused_backoff(cfg, refusals);
+        *slot = Some(RefusedSnapshot {
+            transfer_id,
+            refusals,
+            until: Instant::now() + wait,
+        });
+        (refusals, wait)
+    }
+
+    /// Forgets a remembered refusal (the membership or the peer's address
+    /// changed) and ends a transfer's wait for it.
+    pub(super) fn forget_refusal(&self) {
+        *lock(&self.snapshot_refused) = None;
+        self.snapshot_reset.notify_waiters();
+    }
+}
+
+/// Waits until the same snapshot (`transfer_id`) may be offered to `peer`
+/// again after a permanent refusal; returns at once for another snapshot.
+async fn wait_out_refusal(
+    shared: &Shared,
+    peer: &Peer,
+    transfer_id: u64,
+) -> Result<(), SnapshotError> {
+    let reset = peer.snapshot_reset.notified();
+    tokio::pin!(reset);
+    reset.as_mut().enable();
+    let until = match lock(&peer.snapshot_refused).as_ref() {
+        Some(r) if r.transfer_id == transfer_id && r.until > Instant::now() => r.until,
+        _ => return Ok(()),
+    };
+    tracing::debug!(
+        peer = peer.id,
+        transfer_id,
+        "holding back a snapshot the peer refused"
+    );
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep_until(until.into()) => Ok(()),
+        _ = &mut reset => Ok(()),
+        _ = shutdown.wait_for(|s| *s) => Err(SnapshotError::Closed),
     }
 }
 
@@ -291,4 +367,23 @@ pub(super) async fn snapshot_attempt(
     let _ = send.finish();
     on_result(read_answer(&mut recv, max).await?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_snapshot_waits_longer_each_time_up_to_the_cap() {
+        let cfg = QuicConfig {
+            snapshot_refused_backoff_min: Duration::from_secs(10),
+            snapshot_refused_backoff_max: Duration::from_secs(300),
+            ..QuicConfig::default()
+        };
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| refused_backoff(&cfg, n).as_secs())
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(refused_backoff(&cfg, u32::MAX).as_secs(), 300);
+    }
 }

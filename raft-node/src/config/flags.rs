@@ -315,7 +315,7 @@ pub struct RunArgs {
     pub peer_retry_after_handshakes: Option<usize>,
 
     /// Peer handshakes in progress from one IP address that is not a
-    /// member's; more are refused. [default: 8]
+    /// member's (IPv6 addresses count per /64); more are refused. [default: 8]
     #[arg(long, env = "RAFT_PEER_HANDSHAKES_PER_IP")]
     pub peer_handshakes_per_ip: Option<usize>,
 

@@ -158,7 +158,7 @@ pub struct NodeConfig {
     pub max_connections_per_peer: usize,
     /// Peer handshakes in progress before unvalidated ones get a QUIC Retry.
     pub peer_retry_after_handshakes: usize,
-    /// Peer handshakes in progress from one non-member IP address.
+    /// Peer handshakes in progress from one non-member IP address (IPv6: one /64).
     pub peer_handshakes_per_ip: usize,
     /// Inbound peer connection slots reserved for members' addresses.
     pub peer_reserved_connections: usize,
