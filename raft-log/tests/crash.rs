@@ -6,6 +6,7 @@
 //! `RAFT_LOG_CRASH_ROUNDS` sets the number of kills (default 12; raise it for
 //! a soak), `RAFT_LOG_CRASH_SEED` replays a run (the seed is printed).
 
+use std::future::Future as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
@@ -48,8 +49,12 @@ fn crash_child() {
         let mut next = log.last_index() + 1;
         let term = log.hard_state().term + 1;
         loop {
-            // Several writers at once, to exercise group commit.
-            let mut tasks = Vec::new();
+            // Several writes in flight at once, to exercise group commit.
+            // They are submitted in log order (each write is handed to the
+            // store when it is first polled, and they are first polled in
+            // order): spawned as tasks, a loaded runtime could submit a
+            // later range first, which the store rightly refuses as a gap.
+            let mut writes = Vec::new();
             for _ in 0..rng.gen_range(1..4) {
                 let n = rng.gen_range(1..64u64);
                 let entries: Vec<Entry> = (next..next + n)
@@ -67,7 +72,7 @@ fn crash_child() {
                     commit: 0,
                 };
                 let log = log.clone();
-                tasks.push(tokio::spawn(async move {
+                writes.push(Box::pin(async move {
                     log.write(LogWrite {
                         hard_state: Some(hs),
                         truncate_from: None,
@@ -77,8 +82,23 @@ fn crash_child() {
                     .map(|_| last)
                 }));
             }
-            for t in tasks {
-                let last = t.await.expect("join").expect("write");
+            let mut done: Vec<Option<u64>> = vec![None; writes.len()];
+            std::future::poll_fn(|cx| {
+                for (w, d) in writes.iter_mut().zip(done.iter_mut()) {
+                    if d.is_none() {
+                        if let std::task::Poll::Ready(r) = w.as_mut().poll(cx) {
+                            *d = Some(r.expect("write"));
+                        }
+                    }
+                }
+                if done.iter().all(Option::is_some) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            for last in done.into_iter().flatten() {
                 println!("ACK {last}");
             }
         }
@@ -139,11 +159,11 @@ fn acknowledged_entries_survive_sigkill() {
                 let status = child.wait().map(|s| s.to_string());
                 let stderr =
                     std::fs::read_to_string(dir.path().join("child.stderr")).unwrap_or_default();
-                let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                // The head: a panic's message comes before its backtrace.
+                let head: Vec<&str> = stderr.lines().take(40).collect();
                 panic!(
                     "seed {seed} round {round}: {what} (child: {status:?}); its stderr:\n{}",
-                    tail.join("\n")
+                    head.join("\n")
                 );
             }
             std::thread::sleep(delay - Duration::from_millis(150));
