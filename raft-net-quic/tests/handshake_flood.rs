@@ -16,38 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
-use raft_core::{Message, MessageBody, NodeId, Transport};
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::{QuicConfig, QuicTransport};
-
-fn ping(from: NodeId, to: NodeId) -> Message {
-    Message {
-        from,
-        to,
-        term: 7,
-        body: MessageBody::TimeoutNow,
-    }
-}
-
-/// Sends `from -> to` every 100 ms until one arrives, for up to `within`.
-async fn delivered(
-    sender: &QuicTransport,
-    receiver: &mut tokio::sync::mpsc::Receiver<Message>,
-    from: NodeId,
-    to: NodeId,
-    within: Duration,
-) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let _ = sender.send(to, vec![ping(from, to)]).await;
-        if let Some(m) = recv(receiver, Duration::from_millis(100)).await {
-            if m.from == from {
-                return true;
-            }
-        }
-    }
-    false
-}
+use raft_net_quic::QuicConfig;
 
 /// Whether a QUIC v1 long-header datagram is a Retry packet.
 fn is_retry(datagram: &[u8]) -> bool {
@@ -67,21 +37,7 @@ fn flood_from(
     retried: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![raft_net_quic::tls::ALPN.to_vec()];
-        let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let client = quinn_proto::ClientConfig::new(Arc::new(crypto));
-        let mut endpoint = quinn_proto::Endpoint::new(
-            Arc::new(quinn_proto::EndpointConfig::default()),
-            None,
-            false,
-            None,
-        );
+        let (mut endpoint, client) = unvalidated_quic_client();
         let socket = UdpSocket::bind((from_ip, 0)).unwrap();
         socket.set_nonblocking(true).unwrap();
         let mut conns: HashMap<quinn_proto::ConnectionHandle, (quinn_proto::Connection, bool)> =
@@ -138,20 +94,7 @@ fn flood_from(
 async fn member_reconnects_during_flood(cfg: QuicConfig, flood_ips: &[&'static str]) -> bool {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
-    let mut n1 = start_node(&ca, 1, any_addr(), cfg.clone());
-    let n2 = start_node(&ca, 2, any_addr(), cfg.clone());
-    n1.transport.add_peer(2, n2.addr);
-    n2.transport.add_peer(1, n1.addr);
-    assert!(
-        delivered(
-            &n2.transport,
-            &mut n1.inbound,
-            2,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
+    let (mut n1, n2) = connected_pair(&ca, &cfg).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let retried = Arc::new(AtomicU64::new(0));
@@ -162,11 +105,7 @@ async fn member_reconnects_during_flood(cfg: QuicConfig, flood_ips: &[&'static s
     // Let the flood fill whatever it can fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let addr2 = n2.addr;
-    n2.transport.shutdown().await;
-    drop(n2);
-    let n2 = restart_node(&ca, 2, addr2, cfg.clone()).await;
-    n2.transport.add_peer(1, n1.addr);
+    let n2 = restart_knowing(&ca, n2, &cfg, 1, n1.addr).await;
     let ok = delivered(&n2.transport, &mut n1.inbound, 2, 1, Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     for f in floods {

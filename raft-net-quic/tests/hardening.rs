@@ -14,65 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use raft_core::{Message, MessageBody, NodeId, Transport};
+use raft_core::NodeId;
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
-use raft_net_quic::{
-    close_code, FileSnapshotSink, NodeTls, QuicConfig, QuicTransport, RefusalReason,
-};
-
-fn ping(from: NodeId, to: NodeId, term: u64) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body: MessageBody::TimeoutNow,
-    }
-}
-
-/// Sends `from -> to` every 100 ms for up to `within`, stopping at the
-/// first message from `from` that arrives: whether one did.
-async fn arrives_within(
-    sender: &QuicTransport,
-    receiver: &mut tokio::sync::mpsc::Receiver<raft_core::Message>,
-    from: NodeId,
-    to: NodeId,
-    within: Duration,
-) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let _ = sender.send(to, vec![ping(from, to, 7)]).await;
-        if let Some(m) = recv(receiver, Duration::from_millis(100)).await {
-            if m.from == from {
-                return true;
-            }
-        }
-    }
-    false
-}
-
-/// Sends `from -> to` every 100 ms until the receiver gets one, for up to
-/// `within`. True when one arrived.
-async fn delivered(
-    sender: &QuicTransport,
-    receiver: &mut tokio::sync::mpsc::Receiver<raft_core::Message>,
-    from: NodeId,
-    to: NodeId,
-    within: Duration,
-) -> bool {
-    arrives_within(sender, receiver, from, to, within).await
-}
-
-/// Nothing arrives from `from` for `quiet` while it keeps sending.
-async fn refused(
-    sender: &QuicTransport,
-    receiver: &mut tokio::sync::mpsc::Receiver<raft_core::Message>,
-    from: NodeId,
-    to: NodeId,
-    quiet: Duration,
-) -> bool {
-    !arrives_within(sender, receiver, from, to, quiet).await
-}
+use raft_net_quic::{close_code, FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason};
 
 /// Sends QUIC Initial packets, each opening a new connection, to `target`
 /// from one UDP socket at `per_second`, and never answers anything: a
@@ -86,21 +31,7 @@ fn flood_initials(
     sent: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![raft_net_quic::tls::ALPN.to_vec()];
-        let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let client = quinn_proto::ClientConfig::new(Arc::new(crypto));
-        let mut endpoint = quinn_proto::Endpoint::new(
-            Arc::new(quinn_proto::EndpointConfig::default()),
-            None,
-            false,
-            None,
-        );
+        let (mut endpoint, client) = unvalidated_quic_client();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let start = Instant::now();
         let mut buf = Vec::new();
@@ -137,20 +68,7 @@ async fn a_flood_of_unanswered_handshakes_does_not_keep_members_out() {
         refuse_unknown_peers: true,
         ..test_config()
     };
-    let mut n1 = start_node(&ca, 1, any_addr(), cfg.clone());
-    let n2 = start_node(&ca, 2, any_addr(), cfg.clone());
-    n1.transport.add_peer(2, n2.addr);
-    n2.transport.add_peer(1, n1.addr);
-    assert!(
-        delivered(
-            &n2.transport,
-            &mut n1.inbound,
-            2,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
+    let (mut n1, n2) = connected_pair(&ca, &cfg).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -167,11 +85,7 @@ async fn a_flood_of_unanswered_handshakes_does_not_keep_members_out() {
 
     // Node 2 restarts; only it dials (node 1 sends nothing), so its
     // messages need a new inbound connection at node 1.
-    let addr2 = n2.addr;
-    n2.transport.shutdown().await;
-    drop(n2);
-    let n2 = restart_node(&ca, 2, addr2, cfg.clone()).await;
-    n2.transport.add_peer(1, n1.addr);
+    let n2 = restart_knowing(&ca, n2, &cfg, 1, n1.addr).await;
     // A restarted member normally reconnects within its first dial attempts;
     // 3 s leave room for a loaded machine.
     let ok = delivered(&n2.transport, &mut n1.inbound, 2, 1, Duration::from_secs(3)).await;
@@ -453,54 +367,18 @@ async fn peers_outside_the_allowed_set_are_cut_off() {
     let n3 = nodes.pop().unwrap();
     let n2 = nodes.pop().unwrap();
     let mut n1 = nodes.pop().unwrap();
-    assert!(
-        delivered(
-            &n2.transport,
-            &mut n1.inbound,
-            2,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
-    assert!(
-        delivered(
-            &n3.transport,
-            &mut n1.inbound,
-            3,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
+    assert!(delivered(&n2.transport, &mut n1.inbound, 2, 1, DELIVERY_WAIT).await);
+    assert!(delivered(&n3.transport, &mut n1.inbound, 3, 1, DELIVERY_WAIT).await);
 
     n1.transport.set_allowed_peers(Some(HashSet::from([2])));
     assert!(
         refused(&n3.transport, &mut n1.inbound, 3, 1, Duration::from_secs(2)).await,
         "node 3 still reaches node 1"
     );
-    assert!(
-        delivered(
-            &n2.transport,
-            &mut n1.inbound,
-            2,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
+    assert!(delivered(&n2.transport, &mut n1.inbound, 2, 1, DELIVERY_WAIT).await);
 
     n1.transport.set_allowed_peers(Some(HashSet::from([2, 3])));
-    assert!(
-        delivered(
-            &n3.transport,
-            &mut n1.inbound,
-            3,
-            1,
-            Duration::from_secs(10)
-        )
-        .await
-    );
+    assert!(delivered(&n3.transport, &mut n1.inbound, 3, 1, DELIVERY_WAIT).await);
     for n in [n1, n2, n3] {
         n.transport.shutdown().await;
     }
@@ -515,20 +393,10 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let crl = dir.path().join("cluster.crl");
-    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let crl = empty_crl_file(&ca, dir.path());
     let cert2 = ca.issue_node(2, &[]).unwrap();
-    let tls2 = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert2.cert_pem.as_bytes(),
-        cert2.key_pem.as_bytes(),
-    )
-    .unwrap();
-    let cfg = QuicConfig {
-        crl_poll_interval: Duration::from_millis(100),
-        ..test_config()
-    };
+    let tls2 = tls_from_cert(&ca, 2, &cert2);
+    let cfg = crl_test_config();
     let (t1, mut in1) = QuicTransport::builder(1, tls(&ca, 1))
         .config(cfg.clone())
         .crl_file(&crl)
@@ -544,8 +412,8 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
     t1.add_peer(3, n3.addr);
     t2.add_peer(1, a1);
     n3.transport.add_peer(1, a1);
-    assert!(delivered(&t2, &mut in1, 2, 1, Duration::from_secs(10)).await);
-    assert!(delivered(&n3.transport, &mut in1, 3, 1, Duration::from_secs(10)).await);
+    assert!(delivered(&t2, &mut in1, 2, 1, DELIVERY_WAIT).await);
+    assert!(delivered(&n3.transport, &mut in1, 3, 1, DELIVERY_WAIT).await);
 
     // Revoke node 2's certificate: a new file (the poller sees it change).
     std::fs::write(&crl, ca.revocation_list(&[&cert2.cert_pem]).unwrap()).unwrap();
@@ -558,17 +426,11 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
         refused(&t1, &mut in2, 1, 2, Duration::from_secs(2)).await,
         "node 1 still talks to revoked node 2"
     );
-    assert!(delivered(&n3.transport, &mut in1, 3, 1, Duration::from_secs(10)).await);
-    assert!(delivered(&t1, &mut n3.inbound, 1, 3, Duration::from_secs(10)).await);
+    assert!(delivered(&n3.transport, &mut in1, 3, 1, DELIVERY_WAIT).await);
+    assert!(delivered(&t1, &mut n3.inbound, 1, 3, DELIVERY_WAIT).await);
 
     // A node whose own certificate the list revokes does not start.
-    let own = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert2.cert_pem.as_bytes(),
-        cert2.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let own = tls_from_cert(&ca, 2, &cert2);
     let err = QuicTransport::builder(2, own)
         .crl_file(&crl)
         .bind(any_addr())
@@ -632,17 +494,8 @@ async fn a_snapshot_too_large_for_the_receiver_fails_at_once_with_the_reason() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (sink, _completed) = FileSnapshotSink::new(dir.path().join("in"), 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(2, tls(&ca, 2))
-        .config(QuicConfig {
-            snapshot_bytes_max: 1000,
-            ..test_config()
-        })
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
-    let sender = start_node(&ca, 1, any_addr(), test_config());
-    sender.transport.add_peer(2, receiver.local_addr().unwrap());
+    let pair = snapshot_limit_pair(&ca, dir.path(), 1000);
+    let (sender, receiver) = (&pair.sender, &pair.receiver);
     let data: Arc<dyn raft_net_quic::SnapshotSource> = Arc::new(Bytes::from(vec![5u8; 4096]));
     let started = Instant::now();
     let err = sender
@@ -700,19 +553,8 @@ async fn crl_reloads_follow_the_content_and_survive_bad_files() {
     let len = revoking_9.len().max(revoking_2.len()) + 16;
     std::fs::write(&crl, padded(&revoking_9, len)).unwrap();
     let mtime = std::fs::metadata(&crl).unwrap().modified().unwrap();
-    let tls_of = |id: NodeId, c: &raft_net_quic::certs::NodeCert| {
-        NodeTls::from_pem(
-            id,
-            ca.cert_pem().as_bytes(),
-            c.cert_pem.as_bytes(),
-            c.key_pem.as_bytes(),
-        )
-        .unwrap()
-    };
-    let cfg = QuicConfig {
-        crl_poll_interval: Duration::from_millis(100),
-        ..test_config()
-    };
+    let tls_of = |id, c: &raft_net_quic::certs::NodeCert| tls_from_cert(&ca, id, c);
+    let cfg = crl_test_config();
     let (t1, mut in1) = QuicTransport::builder(1, tls_of(1, &cert1))
         .config(cfg.clone())
         .crl_file(&crl)
@@ -728,7 +570,7 @@ async fn crl_reloads_follow_the_content_and_survive_bad_files() {
     t1.add_peer(3, n3.addr);
     t2.add_peer(1, a1);
     n3.transport.add_peer(1, a1);
-    assert!(delivered(&t2, &mut in1, 2, 1, Duration::from_secs(10)).await);
+    assert!(delivered(&t2, &mut in1, 2, 1, DELIVERY_WAIT).await);
 
     // Same length, same modification time, other content: node 2 revoked.
     let f = std::fs::OpenOptions::new().write(true).open(&crl).unwrap();
@@ -765,7 +607,7 @@ async fn crl_reloads_follow_the_content_and_survive_bad_files() {
     t1.reload_crl()
         .expect("a list revoking this node's own certificate is still installed");
     assert!(refused(&t2, &mut in1, 2, 1, Duration::from_secs(2)).await);
-    assert!(delivered(&n3.transport, &mut in1, 3, 1, Duration::from_secs(10)).await);
+    assert!(delivered(&n3.transport, &mut in1, 3, 1, DELIVERY_WAIT).await);
     t1.shutdown().await;
     t2.shutdown().await;
     n3.transport.shutdown().await;

@@ -4,43 +4,19 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use raft_core::Transport;
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::{FileSnapshotSink, QuicTransport};
 
-fn values(snapshotter: &Snapshotter) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        out.insert(name, v);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shows_up_in_per_peer_metrics() {
     init_tracing();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().expect("install recorder");
+    let snapshotter = install_debug_recorder();
 
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +55,7 @@ async fn traffic_shows_up_in_per_peer_metrics() {
     // The RTT gauge is sampled once a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    let v = values(&snapshotter);
+    let v = metric_values(&snapshotter);
     let get = |k: &str| {
         *v.get(k)
             .unwrap_or_else(|| panic!("metric {k} missing; have {:#?}", v.keys()))

@@ -5,57 +5,24 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::{FileSnapshotSink, QuicConfig, QuicTransport, SnapshotSource};
-
-fn values(snapshotter: &Snapshotter) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let v = match value {
-            DebugValue::Counter(c) => c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        out.insert(name, v);
-    }
-    out
-}
+use raft_net_quic::{QuicConfig, QuicTransport, SnapshotSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_snapshots_and_failed_crl_reloads_are_counted() {
     init_tracing();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().expect("install recorder");
+    let snapshotter = install_debug_recorder();
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     // Finding b: an offer over the receiver's limit, twice.
-    let (sink, _completed) = FileSnapshotSink::new(dir.path().join("in"), 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(2, tls(&ca, 2))
-        .config(QuicConfig {
-            snapshot_bytes_max: 1000,
-            ..test_config()
-        })
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
-    let sender = start_node(&ca, 1, any_addr(), test_config());
-    sender.transport.add_peer(2, receiver.local_addr().unwrap());
+    let pair = snapshot_limit_pair(&ca, dir.path(), 1000);
+    let (sender, receiver) = (&pair.sender, &pair.receiver);
     for id in [1, 2] {
         let data: Arc<dyn SnapshotSource> = Arc::new(Bytes::from(vec![1u8; 4096]));
         assert!(sender
@@ -64,7 +31,7 @@ async fn refused_snapshots_and_failed_crl_reloads_are_counted() {
             .await
             .is_err());
     }
-    let v = values(&snapshotter);
+    let v = metric_values(&snapshotter);
     assert_eq!(
         v.get("raft_snapshot_offers_refused_total{reason=too_large}"),
         Some(&2.0),
@@ -77,8 +44,7 @@ async fn refused_snapshots_and_failed_crl_reloads_are_counted() {
     );
 
     // Finding d: a revocation list file that stops parsing is counted.
-    let crl = dir.path().join("cluster.crl");
-    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let crl = empty_crl_file(&ca, dir.path());
     let (t3, _in3) = QuicTransport::builder(3, tls(&ca, 3))
         .config(QuicConfig {
             crl_poll_interval: Duration::from_millis(50),
@@ -90,7 +56,7 @@ async fn refused_snapshots_and_failed_crl_reloads_are_counted() {
     std::fs::write(&crl, b"-----BEGIN X509 CRL-----\nMIIB").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let failures = loop {
-        let v = values(&snapshotter);
+        let v = metric_values(&snapshotter);
         let n = v
             .get("raft_net_crl_reload_failures_total{}")
             .copied()
@@ -105,7 +71,7 @@ async fn refused_snapshots_and_failed_crl_reloads_are_counted() {
     // recorder reports counts since the last snapshot).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        values(&snapshotter)
+        metric_values(&snapshotter)
             .get("raft_net_crl_reload_failures_total{}")
             .copied()
             .unwrap_or(0.0),

@@ -17,9 +17,7 @@ use raft_core::{
 };
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, decode_frame, Frame, SnapshotOffer, StreamKind};
-use raft_net_quic::{
-    NodeTls, QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink,
-};
+use raft_net_quic::{QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink};
 
 /// Wire compatibility: a refusal whose reason code this version does not
 /// know (one a newer peer added within protocol version 1, as the typed
@@ -51,23 +49,11 @@ async fn review_a_handshake_in_flight_at_a_crl_reload_is_not_let_in_with_a_revok
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let crl = dir.path().join("cluster.crl");
-    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let crl = empty_crl_file(&ca, dir.path());
     let cert1 = ca.issue_node(1, &[]).unwrap();
     let cert2 = ca.issue_node(2, &[]).unwrap();
-    let tls_of = |id, c: &raft_net_quic::certs::NodeCert| {
-        NodeTls::from_pem(
-            id,
-            ca.cert_pem().as_bytes(),
-            c.cert_pem.as_bytes(),
-            c.key_pem.as_bytes(),
-        )
-        .unwrap()
-    };
-    let cfg = QuicConfig {
-        crl_poll_interval: Duration::from_millis(100),
-        ..test_config()
-    };
+    let tls_of = |id, c: &raft_net_quic::certs::NodeCert| tls_from_cert(&ca, id, c);
+    let cfg = crl_test_config();
     let (t1, mut in1) = QuicTransport::builder(1, tls_of(1, &cert1))
         .config(cfg)
         .crl_file(&crl)
@@ -239,16 +225,9 @@ async fn a_dial_in_flight_at_a_crl_reload_does_not_keep_a_revoked_peer() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let crl = dir.path().join("cluster.crl");
-    std::fs::write(&crl, ca.revocation_list(&[]).unwrap()).unwrap();
+    let crl = empty_crl_file(&ca, dir.path());
     let cert2 = ca.issue_node(2, &[]).unwrap();
-    let tls2 = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert2.cert_pem.as_bytes(),
-        cert2.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let tls2 = tls_from_cert(&ca, 2, &cert2);
     // Node 2 by hand: it reads the Hello, then answers only when told.
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();

@@ -16,6 +16,14 @@ use raft_net_quic::tls::node_dns_name;
 use raft_net_quic::{NodeTls, QuicConfig, QuicTransport};
 use tokio::sync::mpsc;
 
+mod peers;
+mod recorder;
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use peers::*;
+#[allow(unused_imports)]
+pub use recorder::*;
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
