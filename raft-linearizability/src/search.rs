@@ -30,6 +30,9 @@ type ValueId = u32;
 
 const ABSENT: ValueId = 0;
 
+/// Operations a violation's explanation lists at most, per list.
+const SHOWN: usize = 30;
+
 /// An operation's effect on the register, given its outcome.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -359,7 +362,6 @@ impl<'a> KeyChecker<'a> {
     /// Explains a violation from the longest linearizable prefix found.
     fn explain(&self, best_path: &[usize]) -> String {
         use fmt::Write as _;
-        const SHOWN: usize = 30;
         let mut out = String::new();
         let indeterminate = self.entries.len() - self.definite;
         let _ = writeln!(
@@ -369,6 +371,16 @@ impl<'a> KeyChecker<'a> {
             Val(Some(self.key)),
             self.entries.len(),
         );
+        let (bits, state) = self.explain_prefix(best_path, &mut out);
+        self.explain_next(&bits, state, &mut out);
+        out
+    }
+
+    /// Lists the longest linearizable prefix (its last [`SHOWN`]
+    /// operations) and the value after it; returns the prefix's entries
+    /// (as search bits) and that value.
+    fn explain_prefix(&self, best_path: &[usize], out: &mut String) -> (Vec<u64>, ValueId) {
+        use fmt::Write as _;
         let mut bits = vec![0u64; self.words + 1];
         let mut state = ABSENT;
         let placed = best_path
@@ -403,40 +415,29 @@ impl<'a> KeyChecker<'a> {
             }
         }
         let _ = writeln!(out, "Value after this prefix: {}.", self.value(state));
-        let min_complete = self.min_complete(&bits);
+        (bits, state)
+    }
+
+    /// Why each definite operation outside the prefix cannot come next
+    /// after it (value `state`), and which could not because they were
+    /// invoked after another completed.
+    fn explain_next(&self, bits: &[u64], state: ValueId, out: &mut String) {
+        use fmt::Write as _;
+        let min_complete = self.min_complete(bits);
         let _ = writeln!(out, "None of the operations that could come next fits it:");
         let mut blocked = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
-            if Self::is_set(&bits, i) || !e.definite {
+            if Self::is_set(bits, i) || !e.definite {
                 continue;
             }
             if e.invoke > min_complete {
                 blocked.push(e.op);
                 continue;
             }
-            let why = match e.kind {
-                _ if e.kind.apply(state).is_some() => {
-                    "fits, but no linearization continues from there".to_string()
-                }
-                Kind::Read(v) => format!(
-                    "read {}, but the value is {}",
-                    self.value(v),
-                    self.value(state)
-                ),
-                Kind::Cas { expected, .. } => format!(
-                    "cas succeeded expecting {}, but the value is {}",
-                    self.value(expected),
-                    self.value(state)
-                ),
-                Kind::CasFailed { expected } => format!(
-                    "cas failed, but the value is {}, the expected one",
-                    self.value(expected)
-                ),
-                Kind::Write(_) => unreachable!("writes always fit"),
-            };
+            let why = self.why_not_next(e.kind, state);
             let _ = writeln!(out, "  #{} {}: {why}", e.op, self.ops[e.op]);
         }
-        if indeterminate > 0 {
+        if self.entries.len() > self.definite {
             let _ = writeln!(
                 out,
                 "(Indeterminate operations were tried at every point, and left out.)"
@@ -457,6 +458,30 @@ impl<'a> KeyChecker<'a> {
             }
             let _ = writeln!(out);
         }
-        out
+    }
+
+    /// Why an operation of `kind` cannot follow a prefix that leaves the
+    /// value `state`.
+    fn why_not_next(&self, kind: Kind, state: ValueId) -> String {
+        match kind {
+            _ if kind.apply(state).is_some() => {
+                "fits, but no linearization continues from there".to_string()
+            }
+            Kind::Read(v) => format!(
+                "read {}, but the value is {}",
+                self.value(v),
+                self.value(state)
+            ),
+            Kind::Cas { expected, .. } => format!(
+                "cas succeeded expecting {}, but the value is {}",
+                self.value(expected),
+                self.value(state)
+            ),
+            Kind::CasFailed { expected } => format!(
+                "cas failed, but the value is {}, the expected one",
+                self.value(expected)
+            ),
+            Kind::Write(_) => unreachable!("writes always fit"),
+        }
     }
 }
