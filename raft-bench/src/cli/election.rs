@@ -7,6 +7,16 @@
 //! a 1 s timeout, at most 200 outstanding), so the second clock is not
 //! quantized by one request's timeout: an attempt stuck behind a dead or
 //! paused leader does not hide a later one that succeeds.
+//!
+//! raft-node's probe writes go through [`raft_client`], one client per
+//! survivor, each attempt sent once: `RetryPolicy::none()`, no idempotency
+//! key, the 1 s attempt timeout as the request timeout. The client's
+//! retries would send an attempt again (after a backoff, or to the member
+//! it learns is the leader) inside what the second clock counts as one
+//! attempt, and its leader tracking would stop the attempts alternating
+//! over the survivors: the clock would then measure the client's retry
+//! policy rather than the time to the first write a survivor accepts.
+//! etcd's probe writes stay plain requests to its v3 JSON gateway.
 
 use std::time::{Duration, Instant};
 
@@ -66,16 +76,12 @@ pub async fn trial(cluster: &mut LocalCluster, fault: Fault, seq: u64) -> anyhow
     cluster.wait_stable(Duration::from_secs(30)).await?;
     let old = cluster.leader().await?;
     let survivors: Vec<usize> = (0..cluster.members()).filter(|&i| i != old).collect();
-    let http = reqwest::Client::builder()
-        .timeout(ATTEMPT_TIMEOUT)
-        .pool_max_idle_per_host(64)
-        .build()?;
     let urls = cluster.urls();
-    let system = cluster.system();
+    let targets = probe_targets(cluster.system(), &urls, &survivors)?;
     // Warm the probe's connections so the first attempts after the fault
     // do not pay for TCP setup.
-    for &s in &survivors {
-        let _ = write(&http, system, &urls[s], seq, 0).await;
+    for t in &targets {
+        let _ = write(t, seq, 0).await;
     }
     let t0 = Instant::now();
     match fault {
@@ -122,10 +128,10 @@ pub async fn trial(cluster: &mut LocalCluster, fault: Fault, seq: u64) -> anyhow
                     }
                     let Ok(permit) = outstanding.clone().try_acquire_owned() else { continue };
                     n += 1;
-                    let url = urls[survivors[(n as usize) % survivors.len()]].clone();
-                    let (http, tx) = (http.clone(), tx.clone());
+                    let target = targets[(n as usize) % targets.len()].clone();
+                    let tx = tx.clone();
                     tokio::spawn(async move {
-                        if write(&http, system, &url, seq, n).await {
+                        if write(&target, seq, n).await {
                             let _ = tx.try_send(Instant::now());
                         }
                         drop(permit);
@@ -158,27 +164,75 @@ pub async fn trial(cluster: &mut LocalCluster, fault: Fault, seq: u64) -> anyhow
     })
 }
 
-/// One write through `url`; true when it succeeded.
-async fn write(http: &reqwest::Client, system: System, url: &str, seq: u64, n: u64) -> bool {
-    let r = match system {
+/// Where the probe writes: one survivor, with the client that sends each
+/// attempt once.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A raft-node member, through [`raft_client`] (one attempt, no
+    /// idempotency key).
+    Raft(raft_client::Client),
+    /// An etcd member's v3 JSON gateway.
+    Etcd {
+        /// The probe's HTTP client (1 s timeout).
+        http: reqwest::Client,
+        /// The member's client URL.
+        url: String,
+    },
+}
+
+/// A probe target for each survivor, in `survivors`' order; the clients
+/// share one connection pool.
+fn probe_targets(
+    system: System,
+    urls: &[String],
+    survivors: &[usize],
+) -> anyhow::Result<Vec<Target>> {
+    let survivor_urls = survivors.iter().map(|&s| urls[s].clone());
+    match system {
         System::Raft => {
-            http.put(format!("{url}/v1/kv/election-probe"))
-                .body(format!("trial {seq} attempt {n}"))
-                .send()
-                .await
+            let all = raft_client::Client::builder(survivor_urls.clone())
+                .request_timeout(ATTEMPT_TIMEOUT)
+                .retry(raft_client::RetryPolicy::none())
+                .idempotency_keys(raft_client::IdempotencyKeys::Off)
+                .pool_max_idle_per_host(64)
+                .build()?;
+            survivor_urls
+                .map(|u| Ok(Target::Raft(all.at(&u)?)))
+                .collect()
         }
         System::Etcd => {
+            let http = reqwest::Client::builder()
+                .timeout(ATTEMPT_TIMEOUT)
+                .pool_max_idle_per_host(64)
+                .build()?;
+            Ok(survivor_urls
+                .map(|url| Target::Etcd {
+                    http: http.clone(),
+                    url,
+                })
+                .collect())
+        }
+    }
+}
+
+/// One write through `target`, sent once; true when it succeeded.
+async fn write(target: &Target, seq: u64, n: u64) -> bool {
+    let value = format!("trial {seq} attempt {n}");
+    match target {
+        Target::Raft(node) => node.put("election-probe", value).await.is_ok(),
+        Target::Etcd { http, url } => {
             use base64::Engine as _;
             let b64 = base64::engine::general_purpose::STANDARD;
-            http.post(format!("{url}/v3/kv/put"))
+            let r = http
+                .post(format!("{url}/v3/kv/put"))
                 .body(format!(
                     "{{\"key\":\"{}\",\"value\":\"{}\"}}",
                     b64.encode("election-probe"),
-                    b64.encode(format!("trial {seq} attempt {n}"))
+                    b64.encode(value)
                 ))
                 .send()
-                .await
+                .await;
+            matches!(r, Ok(r) if r.status().is_success())
         }
-    };
-    matches!(r, Ok(r) if r.status().is_success())
+    }
 }

@@ -7,6 +7,16 @@
 //! raft-node takes `PUT /v1/kv/{key}` with the raw value and `GET
 //! /v1/kv/{key}` (linearizable); etcd takes `POST /v3/kv/put` and `POST
 //! /v3/kv/range` (linearizable) with base64 in JSON.
+//!
+//! It is the measuring instrument, so it talks HTTP itself, on hyper, for
+//! both systems, and does not use [`raft_client`] for raft-node: one code
+//! path gives every request the same cost on either side. The typed
+//! client's retries, backoff, idempotency keys and leader tracking exist
+//! on the raft-node side only; with them a failed request would be sent
+//! again unseen, counted as one slower success, and requests would move
+//! to the leader whatever `--via` asks, so the two systems would no longer
+//! be measured alike. Each request here is sent once; a failure is counted
+//! by kind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

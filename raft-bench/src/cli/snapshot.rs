@@ -14,6 +14,11 @@
 //!    were being built, how long each member's build took, and each
 //!    member's term and leader before and after (a term change is an
 //!    election).
+//!
+//! The writers are the load generator's (hyper, one connection each, each
+//! write sent once: see [`load`](super::load)); the control requests, each
+//! member's `/v1/cluster` view and the snapshot requests, go through
+//! [`raft_client`], one attempt each with a 10 s timeout.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +31,6 @@ use http_body_util::BodyExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::cluster::LocalCluster;
 use super::load::{authority, build_request, connect, new_histogram, value};
@@ -115,19 +119,37 @@ struct View {
     snapshot: Option<u64>,
 }
 
-async fn view(http: &reqwest::Client, url: &str) -> anyhow::Result<View> {
-    let v: Value = http
-        .get(format!("{url}/v1/cluster"))
-        .send()
+/// Member `node`'s view (one attempt, through [`raft_client`]).
+async fn view(node: &raft_client::Client) -> anyhow::Result<View> {
+    let s = node
+        .status()
         .await
-        .with_context(|| format!("GET {url}/v1/cluster"))?
-        .json()
-        .await?;
+        .with_context(|| format!("GET {}/v1/cluster", node.endpoints()[0]))?;
     Ok(View {
-        term: v["term"].as_u64().unwrap_or(0),
-        leader: v["leader"].as_u64(),
-        snapshot: v["snapshot"]["index"].as_u64(),
+        term: s.term,
+        leader: s.leader,
+        snapshot: s.raw["snapshot"]["index"].as_u64(),
     })
+}
+
+/// Every member's view, one after the other.
+async fn views(nodes: &[raft_client::Client]) -> anyhow::Result<Vec<View>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        out.push(view(node).await?);
+    }
+    Ok(out)
+}
+
+/// A client of each member alone (sharing connections), for the control
+/// requests: one attempt each, 10 s per request, no idempotency keys.
+fn member_clients(urls: &[String]) -> anyhow::Result<Vec<raft_client::Client>> {
+    let base = raft_client::Client::builder(urls.iter().cloned())
+        .request_timeout(Duration::from_secs(10))
+        .retry(raft_client::RetryPolicy::none())
+        .idempotency_keys(raft_client::IdempotencyKeys::Off)
+        .build()?;
+    Ok(urls.iter().map(|u| base.at(u)).collect::<Result<_, _>>()?)
 }
 
 fn key(i: u64) -> String {
@@ -262,12 +284,15 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
         .map(|u| authority(u))
         .collect::<Result<_, _>>()?;
     let leader = cluster.leader().await?;
-    let leader_host = hosts[leader].clone();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let nodes = member_clients(&urls)?;
+    let fill_s = fill(&hosts[leader], b, keys).await?;
+    let m = measure(&hosts, &nodes, leader, b, keys).await?;
+    Ok(summarize(&m, b, keys, fill_s))
+}
 
-    // Fill: every key once, through the leader.
+/// Fills the store: every key once, through the leader at `leader_host`;
+/// returns the seconds it took.
+async fn fill(leader_host: &str, b: &SnapshotBench, keys: u64) -> anyhow::Result<f64> {
     eprintln!(
         "filling the store: {keys} keys of {} bytes ({:.0} MiB) with {} writers",
         b.value_bytes,
@@ -280,7 +305,7 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
     let mut tasks = Vec::new();
     for c in 0..b.fill_clients {
         tasks.push(tokio::spawn(writer(
-            leader_host.clone(),
+            leader_host.to_owned(),
             c as u64,
             b.clone(),
             keys,
@@ -311,9 +336,37 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
     progress.abort();
     let fill_s = t0.elapsed().as_secs_f64();
     eprintln!("filled in {fill_s:.0} s ({fill_failed} retried writes)");
+    Ok(fill_s)
+}
 
-    // Measure: baseline, then snapshots on every member.
-    let before: Vec<View> = futures_join(&http, &urls).await?;
+/// A member's snapshot once built: its index and the seconds from the
+/// request (`Some((None, 0.0))` for a member not asked).
+type Built = Option<(Option<u64>, f64)>;
+
+/// What the measured run saw.
+struct Measured {
+    before: Vec<View>,
+    after: Vec<View>,
+    built: Vec<Built>,
+    /// (completion µs since the writers started, latency µs) per success.
+    done: Vec<(u64, u64)>,
+    /// (µs since the writers started, kind) per failure.
+    failed: Vec<(u64, String)>,
+    /// When the baseline window began and the snapshots were asked for,
+    /// and when the last was built, µs since the writers started.
+    window_us: (u64, u64, u64),
+}
+
+/// The measured run: writers on every member, one second to get going,
+/// the baseline window, then the snapshots asked for and awaited.
+async fn measure(
+    hosts: &[String],
+    nodes: &[raft_client::Client],
+    leader: usize,
+    b: &SnapshotBench,
+    keys: u64,
+) -> anyhow::Result<Measured> {
+    let before = views(nodes).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -328,10 +381,44 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
             t0,
         )));
     }
-    // One second to get going, then the baseline window.
     let warmup = Duration::from_secs(1);
     tokio::time::sleep(warmup + b.baseline).await;
     let asked_us = t0.elapsed().as_micros() as u64;
+    let built = ask_snapshots(nodes, &before, leader, b).await;
+    let done_us = t0.elapsed().as_micros() as u64;
+    stop.store(true, Ordering::Relaxed);
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for t in tasks {
+        let (d, f) = t.await.context("a writer failed")?;
+        done.extend(d);
+        failed.extend(f);
+    }
+    let after = views(nodes).await?;
+    if built.iter().any(Option::is_none) {
+        bail!(
+            "not every member built its snapshot within {:?}",
+            b.snapshot_timeout
+        );
+    }
+    Ok(Measured {
+        before,
+        after,
+        built,
+        done,
+        failed,
+        window_us: (warmup.as_micros() as u64, asked_us, done_us),
+    })
+}
+
+/// Asks every member (or the leader) for a snapshot and waits, up to the
+/// timeout, until each has one above the one it had `before`.
+async fn ask_snapshots(
+    nodes: &[raft_client::Client],
+    before: &[View],
+    leader: usize,
+    b: &SnapshotBench,
+) -> Vec<Built> {
     eprintln!(
         "asking {} for a snapshot",
         if b.leader_only {
@@ -342,19 +429,18 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
     );
     let asked_at = Instant::now();
     let mut asks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         if b.leader_only && i != leader {
             asks.push(tokio::spawn(async { Some((None, 0.0)) }));
             continue;
         }
-        let http = http.clone();
-        let url = url.clone();
+        let node = node.clone();
         let floor = before[i].snapshot.unwrap_or(0);
         asks.push(tokio::spawn(async move {
             // The request may time out on a large store; the build goes on.
-            let _ = http.post(format!("{url}/v1/cluster/snapshot")).send().await;
+            let _ = node.snapshot().await;
             loop {
-                if let Ok(v) = view(&http, &url).await {
+                if let Ok(v) = view(&node).await {
                     if v.snapshot.is_some_and(|s| s > floor) {
                         return Some((v.snapshot, asked_at.elapsed().as_secs_f64()));
                     }
@@ -374,38 +460,32 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
             .and_then(|r| r.ok().flatten());
         built.push(r);
     }
-    let done_us = t0.elapsed().as_micros() as u64;
-    stop.store(true, Ordering::Relaxed);
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for t in tasks {
-        let (d, f) = t.await.context("a writer failed")?;
-        done.extend(d);
-        failed.extend(f);
-    }
-    let after: Vec<View> = futures_join(&http, &urls).await?;
-    if built.iter().any(Option::is_none) {
-        bail!(
-            "not every member built its snapshot within {:?}",
-            b.snapshot_timeout
-        );
-    }
-    let base_from = warmup.as_micros() as u64;
-    let baseline = window(&done, &failed, base_from, asked_us);
+    built
+}
+
+/// The windows' statistics and each member's outcome.
+fn summarize(m: &Measured, b: &SnapshotBench, keys: u64, fill_s: f64) -> SnapshotResult {
+    let (base_from, asked_us, done_us) = m.window_us;
+    let baseline = window(&m.done, &m.failed, base_from, asked_us);
     // At least a second, so a fast build still has writes to measure.
-    let during = window(&done, &failed, asked_us, done_us.max(asked_us + 1_000_000));
-    let members: Vec<MemberResult> = (0..urls.len())
+    let during = window(
+        &m.done,
+        &m.failed,
+        asked_us,
+        done_us.max(asked_us + 1_000_000),
+    );
+    let members: Vec<MemberResult> = (0..m.before.len())
         .map(|i| MemberResult {
             id: i + 1,
-            before: (before[i].term, before[i].leader),
-            after: (after[i].term, after[i].leader),
-            snapshot_index: built[i].and_then(|b| b.0),
-            build_s: built[i].map(|b| b.1),
+            before: (m.before[i].term, m.before[i].leader),
+            after: (m.after[i].term, m.after[i].leader),
+            snapshot_index: m.built[i].and_then(|b| b.0),
+            build_s: m.built[i].map(|b| b.1),
         })
         .collect();
-    let election = members.iter().any(|m| m.before.0 != m.after.0);
+    let election = members.iter().any(|r| r.before.0 != r.after.0);
     let p99_ratio = during.latency_ms.p99 / baseline.latency_ms.p99.max(1e-9);
-    Ok(SnapshotResult {
+    SnapshotResult {
         keys,
         store_bytes: keys * b.value_bytes as u64,
         fill_s,
@@ -415,15 +495,7 @@ pub async fn run(cluster: &LocalCluster, b: &SnapshotBench) -> anyhow::Result<Sn
         members,
         election,
         p99_ratio,
-    })
-}
-
-async fn futures_join(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<Vec<View>> {
-    let mut out = Vec::new();
-    for u in urls {
-        out.push(view(http, u).await?);
     }
-    Ok(out)
 }
 
 /// The result as a readable table.
