@@ -16,9 +16,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::cluster::{current_leader, status, Cluster, PEER_PORT};
+use crate::cluster::{Cluster, PEER_PORT};
 use crate::error::ChaosError;
 use crate::netns::{NodeFaults, Redirect};
+use crate::probe::{is_member, Probe};
 use crate::relay::Relay;
 
 /// A fault, resolved to concrete nodes.
@@ -378,15 +379,15 @@ impl Default for NemesisConfig {
 }
 
 /// Chooses the next faults (one, or a network fault plus a process fault),
-/// asking the cluster for its leader.
+/// asking the nodes for their leader.
 pub async fn next_faults(
     rng: &mut ChaCha8Rng,
     cfg: &NemesisConfig,
-    http: &reqwest::Client,
+    probe: &Probe,
     cluster: &Cluster,
 ) -> Vec<Fault> {
     let ids = cluster.ids();
-    let leader = current_leader(http, &cluster.urls()).await;
+    let leader = probe.current_leader(&cluster.urls()).await;
     let allowed = |kind: &str| cfg.kinds.as_ref().is_none_or(|k| k.contains(kind));
     if rng.gen_bool(cfg.replace_p) && allowed("replace") {
         return vec![Fault::Replace {
@@ -444,36 +445,19 @@ pub fn pick_ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
     Duration::from_millis(rng.gen_range(range.0..=range.1.max(range.0)))
 }
 
-/// `GET /v1/cluster` of the first node in `urls` that answers.
-async fn any_status(http: &reqwest::Client, urls: &[(u64, String)]) -> Option<serde_json::Value> {
-    for (_, url) in urls {
-        if let Some(s) = status(http, url, false).await {
-            return Some(s);
-        }
-    }
-    None
-}
-
-fn is_member(status: &serde_json::Value, id: u64) -> bool {
-    ["voters", "learners", "outgoing_voters"].iter().any(|k| {
-        status["membership"][k]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(id)))
-    })
-}
-
-/// Runs [`Fault::Replace`]: removes `node` through the cluster's API, stops
-/// it for good, starts a fresh node that joins as a learner, waits for it to
-/// catch up and promotes it. Returns what happened; a step that the cluster
-/// refuses (no leader, a change in progress) ends it early, which is not a
-/// violation: the cluster must stay correct either way.
+/// Runs [`Fault::Replace`]: removes `node` through
+/// the cluster's API, stops it for good, starts a fresh node that joins as
+/// a learner, waits for it to catch up and promotes it. Returns what
+/// happened; a step that the cluster refuses (no leader, a change in
+/// progress) ends it early, which is not a violation: the cluster must stay
+/// correct either way.
 ///
 /// # Errors
 ///
 /// When the harness cannot start the new node.
 pub async fn replace(
     cluster: &mut Cluster,
-    http: &reqwest::Client,
+    probe: &Probe,
     node: u64,
     budget: Duration,
 ) -> Result<String, ChaosError> {
@@ -483,33 +467,13 @@ pub async fn replace(
         ));
     }
     let deadline = Instant::now() + budget;
-    let urls = cluster.urls();
-    let others: Vec<(u64, String)> = urls.iter().filter(|(id, _)| *id != node).cloned().collect();
-    // 1. Remove it (any node forwards to the leader), until the membership
-    //    no longer has it.
-    let mut removed = false;
-    let mut attempt = 0usize;
-    while !removed && Instant::now() < deadline {
-        // Another member each attempt: one may be restarting.
-        attempt += 1;
-        if let Some((_, via)) = others.get(attempt % others.len().max(1)) {
-            let _ = http
-                .delete(format!("{via}/v1/cluster/members/{node}"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-        }
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(s) = any_status(http, &others).await {
-                if !is_member(&s, node) && s["membership"]["committed"].as_bool() != Some(false) {
-                    removed = true;
-                    break;
-                }
-            }
-        }
-    }
-    if !removed {
+    let others: Vec<(u64, String)> = cluster
+        .urls()
+        .into_iter()
+        .filter(|(id, _)| *id != node)
+        .collect();
+    // 1. Remove it, until the membership no longer has it.
+    if !remove_member(probe, &others, node, deadline).await {
         return Ok(format!(
             "node {node} could not be removed in {budget:?}; left as it was"
         ));
@@ -528,30 +492,10 @@ pub async fn replace(
         .map(|n| n.url.clone())
         .unwrap_or_default();
     // 3. Catch up: applied at least the commit index seen now.
-    // (Until some member answers: with no target, an empty node would pass
-    // for caught up.)
-    let mut target = None;
-    while target.is_none() && Instant::now() < deadline {
-        target = any_status(http, &others)
-            .await
-            .and_then(|s| s["commit"].as_u64());
-        if target.is_none() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let target = target.unwrap_or(u64::MAX);
-    let mut caught_up = false;
-    while Instant::now() < deadline {
-        if let Some(s) = status(http, &new_url, false).await {
-            if s["applied"].as_u64().unwrap_or(0) >= target {
-                caught_up = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if !caught_up {
-        let joined = any_status(http, &others)
+    let target = commit_index(probe, &others, deadline).await;
+    if !applied_up_to(probe, &new_url, target, deadline).await {
+        let joined = probe
+            .any_status(&others)
             .await
             .is_some_and(|s| is_member(&s, new));
         if !joined {
@@ -567,29 +511,86 @@ pub async fn replace(
         ));
     }
     // 4. Promote it.
-    while Instant::now() < deadline {
-        let r = http
-            .post(format!("{via}/v1/cluster/voters/{new}"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if let Some(s) = any_status(http, &others).await {
-            let voter = s["membership"]["voters"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(new)));
-            if voter {
-                return Ok(format!("replaced node {node} by node {new}"));
-            }
-        }
-        if r.is_err() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        } else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    if promote_to_voter(probe, &via, &others, new, deadline).await {
+        return Ok(format!("replaced node {node} by node {new}"));
     }
     Ok(format!(
         "removed node {node}; node {new} joined but was not promoted in time; left a learner"
     ))
+}
+
+/// Asks the `others` in turn (any node forwards to the leader) to remove
+/// `node` until one of them reports a committed configuration without it;
+/// whether that happened before `deadline`.
+async fn remove_member(
+    probe: &Probe,
+    others: &[(u64, String)],
+    node: u64,
+    deadline: Instant,
+) -> bool {
+    let mut attempt = 0usize;
+    while Instant::now() < deadline {
+        // Another member each attempt: one may be restarting.
+        attempt += 1;
+        if let Some((_, via)) = others.get(attempt % others.len().max(1)) {
+            probe.remove(via, node).await;
+        }
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(s) = probe.any_status(others).await {
+                if !is_member(&s, node) && s.membership.committed != Some(false) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The commit index the first of `others` to answer reports, asking until
+/// one does; `u64::MAX` when none does before `deadline` (with no target,
+/// an empty node would pass for caught up).
+async fn commit_index(probe: &Probe, others: &[(u64, String)], deadline: Instant) -> u64 {
+    while Instant::now() < deadline {
+        if let Some(s) = probe.any_status(others).await {
+            return s.commit;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    u64::MAX
+}
+
+/// Whether the node at `url` applied `target` before `deadline`.
+async fn applied_up_to(probe: &Probe, url: &str, target: u64, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if probe.status(url).await.is_some_and(|s| s.applied >= target) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Asks the node at `via` to promote `new` until one of the `others`
+/// reports it a voter; whether that happened before `deadline`.
+async fn promote_to_voter(
+    probe: &Probe,
+    via: &str,
+    others: &[(u64, String)],
+    new: u64,
+    deadline: Instant,
+) -> bool {
+    while Instant::now() < deadline {
+        let answered = probe.promote(via, new).await;
+        if let Some(s) = probe.any_status(others).await {
+            if s.membership.voters.contains(&new) {
+                return true;
+            }
+        }
+        let pause = if answered { 200 } else { 300 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use serde_json::json;
 
 use crate::check::{self, Violation};
 use crate::client::{final_read, ClientConfig, Recorder, SharedUrls, Worker};
-use crate::cluster::{wait_for_leader, Cluster, NodeSettings};
+use crate::cluster::{Cluster, NodeSettings};
 use crate::error::ChaosError;
 use crate::nemesis::{self, Fault, FaultEvent, NemesisConfig};
+use crate::probe::Probe;
 use crate::report;
 
 /// Lines of one violation's explanation printed in the summary (the whole
@@ -150,12 +151,10 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     let dir = dir.canonicalize().map_err(ChaosError::io(&dir))?;
     let mut cluster = Cluster::start(&dir, cfg.nodes, &cfg.raft_node, &cfg.node)?;
     let urls = cluster.urls();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let probe = Probe::new(urls.first().map_or("", |(_, u)| u.as_str()))?;
     let mut violations = Vec::new();
     let mut notes = Vec::new();
-    if let Err(e) = wait_for_leader(&http, &urls, Duration::from_secs(60)).await {
+    if let Err(e) = probe.wait_for_leader(&urls, Duration::from_secs(60)).await {
         let exits = cluster.unexpected_exits();
         return Err(ChaosError::Cluster(format!(
             "{e}; exited: {exits:?}; logs in {}",
@@ -220,7 +219,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
         if Instant::now() >= run_end {
             break;
         }
-        let faults = nemesis::next_faults(&mut rng, &cfg.nemesis, &http, &cluster).await;
+        let faults = nemesis::next_faults(&mut rng, &cfg.nemesis, &probe, &cluster).await;
         // The relay's count when a delay fault started, to see that the
         // nodes' traffic really went through it (a redirect that silently
         // failed would make the fault a partition, or nothing).
@@ -236,7 +235,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             });
             if let Fault::Replace { node } = f {
                 let what =
-                    match nemesis::replace(&mut cluster, &http, *node, Duration::from_secs(40))
+                    match nemesis::replace(&mut cluster, &probe, *node, Duration::from_secs(40))
                         .await
                     {
                         Ok(what) => what,
@@ -336,7 +335,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     // node whose removal the harness gave up on but which committed later
     // is no replica either).
     let mut urls = cluster.urls();
-    if let Some(members) = committed_members(&http, &urls, Duration::from_secs(30)).await {
+    if let Some(members) = committed_members(&probe, &urls, Duration::from_secs(30)).await {
         let gone: Vec<u64> = urls
             .iter()
             .map(|(id, _)| *id)
@@ -350,7 +349,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
         }
     }
     let node_urls: Vec<String> = urls.iter().map(|(_, u)| u.clone()).collect();
-    if let Err(e) = wait_for_leader(&http, &urls, Duration::from_secs(60)).await {
+    if let Err(e) = probe.wait_for_leader(&urls, Duration::from_secs(60)).await {
         violations.push(Violation {
             check: "no-convergence",
             detail: format!("after healing: {e}"),
@@ -393,7 +392,7 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
             }),
         }
     }
-    match check::replicas_converge(&http, &urls, Duration::from_secs(60)).await {
+    match check::replicas_converge(&probe, &urls, Duration::from_secs(60)).await {
         Ok(note) => notes.push(note),
         Err(v) => violations.push(v),
     }
@@ -586,7 +585,7 @@ fn remove_quietly(p: &Path) {
 /// The members (voters and learners) of the configuration the leader
 /// reports as committed, once a majority of the nodes follow that leader.
 async fn committed_members(
-    http: &reqwest::Client,
+    probe: &Probe,
     urls: &[(u64, String)],
     timeout: Duration,
 ) -> Option<BTreeSet<u64>> {
@@ -594,27 +593,29 @@ async fn committed_members(
     while Instant::now() < deadline {
         let mut statuses = Vec::new();
         for (_, url) in urls {
-            statuses.extend(crate::cluster::status(http, url, false).await);
+            statuses.extend(probe.status(url).await);
         }
         // The leader of the highest term, and only once most nodes follow
         // it: a leader that was just unpaused may not know it was deposed.
         let leader = statuses
             .iter()
-            .filter(|s| s["role"] == "leader" && s["membership"]["committed"] == true)
-            .max_by_key(|s| s["term"].as_u64());
+            .filter(|s| s.role == "leader" && s.membership.committed == Some(true))
+            .max_by_key(|s| s.term);
         if let Some(l) = leader {
             let following = statuses
                 .iter()
-                .filter(|s| s["leader"] == l["id"] && s["term"] == l["term"])
+                .filter(|s| s.leader == Some(l.id) && s.term == l.term)
                 .count();
             if following * 2 > urls.len() {
-                let mut members = BTreeSet::new();
-                for k in ["voters", "learners", "outgoing_voters"] {
-                    for v in l["membership"][k].as_array().into_iter().flatten() {
-                        members.extend(v.as_u64());
-                    }
-                }
-                return Some(members);
+                let m = &l.membership;
+                return Some(
+                    m.voters
+                        .iter()
+                        .chain(&m.learners)
+                        .chain(&m.outgoing_voters)
+                        .copied()
+                        .collect(),
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
