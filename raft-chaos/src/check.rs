@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use raft_client::ClusterStatus;
 use raft_linearizability::{CheckLimits, CheckResult, History, Op, Outcome};
-use serde_json::Value;
 
-use crate::cluster::status;
+use crate::probe::Probe;
 
 /// A finding about the system under test.
 #[derive(Debug, Clone)]
@@ -176,25 +176,25 @@ pub fn lost_writes(
 /// Waits until every node reports the same applied index and the same
 /// key-value digest; a violation when they do not within `timeout`.
 pub async fn replicas_converge(
-    http: &reqwest::Client,
+    probe: &Probe,
     urls: &[(u64, String)],
     timeout: Duration,
 ) -> Result<String, Violation> {
     let deadline = Instant::now() + timeout;
-    let mut last: Vec<(u64, Option<Value>)> = Vec::new();
+    let mut last: Vec<(u64, Option<ClusterStatus>)> = Vec::new();
     loop {
         last.clear();
         for (id, url) in urls {
-            last.push((*id, status(http, url, true).await));
+            last.push((*id, probe.status_with_digest(url).await));
         }
         let summary: Vec<(u64, Option<u64>, Option<String>)> = last
             .iter()
             .map(|(id, s)| {
                 (
                     *id,
-                    s.as_ref().and_then(|s| s["applied"].as_u64()),
+                    s.as_ref().map(|s| s.applied),
                     s.as_ref()
-                        .and_then(|s| s["kv"]["digest"].as_str().map(str::to_owned)),
+                        .and_then(|s| s.kv.as_ref().map(|kv| kv.digest.clone())),
                 )
             })
             .collect();
@@ -213,13 +213,7 @@ pub async fn replicas_converge(
         if Instant::now() > deadline {
             let lines: Vec<String> = last
                 .iter()
-                .map(|(id, s)| match s {
-                    Some(s) => format!(
-                        "node {id}: leader {} term {} commit {} applied {} kv {}",
-                        s["leader"], s["term"], s["commit"], s["applied"], s["kv"]
-                    ),
-                    None => format!("node {id}: no answer"),
-                })
+                .map(|(id, s)| replica_line(*id, s.as_ref()))
                 .collect();
             let same_applied = summary.iter().all(|s| s.1.is_some() && s.1 == first.1);
             return Err(Violation {
@@ -238,6 +232,25 @@ pub async fn replicas_converge(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// One node's status in a convergence failure: `null` for what it does not
+/// know (a leader) or did not send (a digest).
+fn replica_line(id: u64, status: Option<&ClusterStatus>) -> String {
+    let Some(s) = status else {
+        return format!("node {id}: no answer");
+    };
+    let leader = s
+        .leader
+        .map_or_else(|| "null".to_owned(), |l| l.to_string());
+    let kv = s.kv.as_ref().map_or_else(
+        || "null".to_owned(),
+        |kv| format!("{} keys, digest {}", kv.keys, kv.digest),
+    );
+    format!(
+        "node {id}: leader {leader} term {} commit {} applied {} kv {kv}",
+        s.term, s.commit, s.applied
+    )
 }
 
 #[cfg(test)]

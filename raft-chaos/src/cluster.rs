@@ -10,10 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use raft_client::launcher::{initial_cluster, NodeCommand};
-use serde_json::Value;
 
 use crate::error::ChaosError;
 use crate::netns::Net;
@@ -430,70 +428,10 @@ pub fn read_log(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// `GET /v1/cluster` of one node (with the key-value digest when asked).
-pub async fn status(client: &reqwest::Client, url: &str, digest: bool) -> Option<Value> {
-    let r = client
-        .get(format!("{url}/v1/cluster?digest={digest}"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
-}
-
-/// The leader most nodes report right now, if any.
-pub async fn current_leader(client: &reqwest::Client, urls: &[(u64, String)]) -> Option<u64> {
-    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for (_, url) in urls {
-        if let Some(l) = status(client, url, false)
-            .await
-            .and_then(|s| s["leader"].as_u64())
-        {
-            *votes.entry(l).or_default() += 1;
-        }
-    }
-    votes.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
-}
-
-/// Waits until every node in `urls` reports the same leader.
-///
-/// # Errors
-///
-/// [`ChaosError::Cluster`] after `timeout`.
-pub async fn wait_for_leader(
-    client: &reqwest::Client,
-    urls: &[(u64, String)],
-    timeout: Duration,
-) -> Result<u64, ChaosError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut seen = Vec::new();
-        for (_, url) in urls {
-            seen.push(
-                status(client, url, false)
-                    .await
-                    .and_then(|s| s["leader"].as_u64()),
-            );
-        }
-        if let Some(Some(l)) = seen.first() {
-            if seen.iter().all(|s| *s == Some(*l)) {
-                return Ok(*l);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(ChaosError::Cluster(format!(
-                "no leader all nodes agree on within {timeout:?}: {seen:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn proc_running(program: &str, args: &[&str]) -> NodeProc {

@@ -36,9 +36,6 @@ pub enum ChaosError {
     /// convergence) in time, or a node process could not be started.
     #[error("cluster: {0}")]
     Cluster(String),
-    /// An HTTP client could not be built.
-    #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
     /// A JSON document could not be written.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

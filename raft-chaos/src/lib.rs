@@ -7,7 +7,8 @@
 //! through different nodes and record a history; a nemesis ([`nemesis`])
 //! kills, pauses, partitions, drops, delays ([`relay`]) and reorders
 //! packets, throttles bandwidth and replaces members on a schedule drawn
-//! from a seed; after healing, the checks ([`check`]) decide
+//! from a seed, asking the nodes for their status and changing the
+//! membership through [`probe`]; after healing, the checks ([`check`]) decide
 //! whether the history is linearizable, whether an acknowledged write was
 //! lost, and whether all replicas hold the same data. What a failing run
 //! leaves (history JSON, node logs, an HTML timeline) is written by
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod error;
 pub mod nemesis;
 pub mod netns;
+pub mod probe;
 pub mod relay;
 pub mod report;
 pub mod run;

@@ -109,40 +109,109 @@ pub fn write_timeline(
     violation: &Violation,
 ) -> Result<(), ChaosError> {
     let ops = history.ops();
-    let end_of = |o: &Operation| o.complete.unwrap_or(o.invoke);
-    // The window: the focused operations (or the last operations of the
-    // key) with a margin of 2 s on each side.
-    let on_key: Vec<usize> = (0..ops.len())
-        .filter(|i| violation.key.as_ref().is_none_or(|k| &ops[*i].key == k))
-        .collect();
-    let focus: Vec<usize> = if violation.focus.is_empty() {
-        on_key.iter().rev().take(20).copied().collect()
-    } else {
-        violation.focus.clone()
-    };
-    let lo = focus.iter().map(|i| ops[*i].invoke).min().unwrap_or(0);
-    let hi = focus.iter().map(|i| end_of(&ops[*i])).max().unwrap_or(lo);
-    let (lo, hi) = (lo.saturating_sub(2_000_000), hi + 2_000_000);
-    let mut shown: Vec<usize> = on_key
-        .into_iter()
-        .filter(|i| ops[*i].invoke <= hi && end_of(&ops[*i]) >= lo)
-        .collect();
-    if shown.len() > TIMELINE_OPS_MAX {
-        // Keep the focused operations, then those nearest to them.
-        let centre = (lo + hi) / 2;
-        shown.sort_by_key(|i| {
-            let o = &ops[*i];
-            (!focus.contains(i), o.invoke.abs_diff(centre))
-        });
-        shown.truncate(TIMELINE_OPS_MAX);
-        shown.sort_unstable();
+    let window = Window::around(ops, violation);
+    let svg = timeline_svg(ops, faults, violation, &window);
+    let mut rows = String::new();
+    for &i in &window.shown {
+        let o = &ops[i];
+        let mark = if violation.focus.contains(&i) {
+            " style=\"color:#d00\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            rows,
+            "<tr{mark}><td>#{i}</td><td>{}</td></tr>",
+            escape(&o.to_string())
+        );
     }
-    let clients: Vec<u64> = {
-        let mut c: Vec<u64> = shown.iter().map(|i| ops[*i].client).collect();
-        c.sort_unstable();
-        c.dedup();
-        c
-    };
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>raft-chaos: {check}</title></head>\n\
+         <body style=\"font-family:sans-serif\">\n<h1>{check}</h1>\n<pre>{detail}</pre>\n\
+         <p>Operations on key {key} between {lo_s:.3} s and {hi_s:.3} s (hover a bar for details; red outline: \
+         operations the check names; grey: indeterminate, drawn to the end; shaded: faults). \
+         Numbers are positions in history.json.</p>\n{svg}\n<table>{rows}</table>\n</body></html>\n",
+        check = violation.check,
+        detail = escape(&violation.detail),
+        key = escape(&violation.key.as_deref().map(show).unwrap_or_else(|| "(all)".into())),
+        lo_s = window.lo as f64 / 1e6,
+        hi_s = window.hi as f64 / 1e6,
+    );
+    std::fs::write(path, html).map_err(ChaosError::io(path))
+}
+
+/// When an operation ended, or began when it never completed.
+fn end_of(o: &Operation) -> u64 {
+    o.complete.unwrap_or(o.invoke)
+}
+
+/// What a timeline shows: a time window (µs since the start of the run),
+/// the operations in it, and their clients (one lane each).
+struct Window {
+    lo: u64,
+    hi: u64,
+    /// Positions in the history, in order.
+    shown: Vec<usize>,
+    /// Clients of the shown operations, in order.
+    clients: Vec<u64>,
+}
+
+impl Window {
+    /// The focused operations of `violation` (or the last operations of its
+    /// key) with a margin of 2 s on each side, and at most
+    /// [`TIMELINE_OPS_MAX`] operations of the key in that time: the
+    /// focused ones, then those nearest to them.
+    fn around(ops: &[Operation], violation: &Violation) -> Self {
+        let on_key: Vec<usize> = (0..ops.len())
+            .filter(|i| violation.key.as_ref().is_none_or(|k| &ops[*i].key == k))
+            .collect();
+        let focus: Vec<usize> = if violation.focus.is_empty() {
+            on_key.iter().rev().take(20).copied().collect()
+        } else {
+            violation.focus.clone()
+        };
+        let lo = focus.iter().map(|i| ops[*i].invoke).min().unwrap_or(0);
+        let hi = focus.iter().map(|i| end_of(&ops[*i])).max().unwrap_or(lo);
+        let (lo, hi) = (lo.saturating_sub(2_000_000), hi + 2_000_000);
+        let mut shown: Vec<usize> = on_key
+            .into_iter()
+            .filter(|i| ops[*i].invoke <= hi && end_of(&ops[*i]) >= lo)
+            .collect();
+        if shown.len() > TIMELINE_OPS_MAX {
+            let centre = (lo + hi) / 2;
+            shown.sort_by_key(|i| {
+                let o = &ops[*i];
+                (!focus.contains(i), o.invoke.abs_diff(centre))
+            });
+            shown.truncate(TIMELINE_OPS_MAX);
+            shown.sort_unstable();
+        }
+        let mut clients: Vec<u64> = shown.iter().map(|i| ops[*i].client).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        Self {
+            lo,
+            hi,
+            shown,
+            clients,
+        }
+    }
+}
+
+/// The SVG timeline of `window`: faults as shaded bands, a lane per
+/// client, a bar per operation (red outline: those `violation` names).
+fn timeline_svg(
+    ops: &[Operation],
+    faults: &[FaultEvent],
+    violation: &Violation,
+    window: &Window,
+) -> String {
+    let Window {
+        lo,
+        hi,
+        ref shown,
+        ref clients,
+    } = *window;
     let (width, lane, left) = (1400.0_f64, 26.0_f64, 90.0_f64);
     let span = (hi - lo).max(1) as f64;
     let x = |t: u64| left + (t.clamp(lo, hi) - lo) as f64 / span * (width - left - 10.0);
@@ -170,17 +239,10 @@ pub fn write_timeline(
         let y = 24.0 + lane * lane_i as f64;
         let _ = writeln!(svg, "<text x=\"4\" y=\"{:.1}\">client {c}</text>", y + 14.0);
     }
-    for &i in &shown {
+    for &i in shown {
         let o = &ops[i];
         let lane_i = clients.iter().position(|c| *c == o.client).unwrap_or(0);
         let y = 24.0 + lane * lane_i as f64;
-        let color = match o.outcome {
-            Outcome::Indeterminate => "#bbbbbb",
-            Outcome::Failed => "#eeeeee",
-            Outcome::ReadOk(_) => "#9ecae1",
-            Outcome::CasFailed => "#fdd0a2",
-            _ => "#a1d99b",
-        };
         let end = match o.outcome {
             Outcome::Indeterminate => hi,
             _ => end_of(o),
@@ -190,47 +252,33 @@ pub fn write_timeline(
         } else {
             "stroke=\"#555\" stroke-width=\"0.5\""
         };
-        let label = escape(&format!("#{i} {o}"));
-        let short = escape(&short_label(o));
         let _ = writeln!(
             svg,
-            "<g><title>{label}</title><rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"20\" fill=\"{color}\" {stroke}/>\
-             <text x=\"{:.1}\" y=\"{:.1}\">{short}</text></g>",
+            "<g><title>{}</title><rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"20\" fill=\"{}\" {stroke}/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text></g>",
+            escape(&format!("#{i} {o}")),
             x(o.invoke),
             y,
             (x(end) - x(o.invoke)).max(2.0),
+            bar_colour(&o.outcome),
             x(o.invoke) + 2.0,
-            y + 14.0
+            y + 14.0,
+            escape(&short_label(o)),
         );
     }
     svg += "</svg>\n";
-    let mut rows = String::new();
-    for &i in &shown {
-        let o = &ops[i];
-        let mark = if violation.focus.contains(&i) {
-            " style=\"color:#d00\""
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            rows,
-            "<tr{mark}><td>#{i}</td><td>{}</td></tr>",
-            escape(&o.to_string())
-        );
+    svg
+}
+
+/// The fill of an operation's bar, by outcome.
+fn bar_colour(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Indeterminate => "#bbbbbb",
+        Outcome::Failed => "#eeeeee",
+        Outcome::ReadOk(_) => "#9ecae1",
+        Outcome::CasFailed => "#fdd0a2",
+        _ => "#a1d99b",
     }
-    let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>raft-chaos: {check}</title></head>\n\
-         <body style=\"font-family:sans-serif\">\n<h1>{check}</h1>\n<pre>{detail}</pre>\n\
-         <p>Operations on key {key} between {lo_s:.3} s and {hi_s:.3} s (hover a bar for details; red outline: \
-         operations the check names; grey: indeterminate, drawn to the end; shaded: faults). \
-         Numbers are positions in history.json.</p>\n{svg}\n<table>{rows}</table>\n</body></html>\n",
-        check = violation.check,
-        detail = escape(&violation.detail),
-        key = escape(&violation.key.as_deref().map(show).unwrap_or_else(|| "(all)".into())),
-        lo_s = lo as f64 / 1e6,
-        hi_s = hi as f64 / 1e6,
-    );
-    std::fs::write(path, html).map_err(ChaosError::io(path))
 }
 
 fn short_label(o: &Operation) -> String {

@@ -56,6 +56,16 @@ pub struct Membership {
     /// Whether a joint change is in progress.
     #[serde(default)]
     pub joint: bool,
+    /// The log index of the entry that made this configuration: in a
+    /// status answer; `None` in a membership change's answer, which does
+    /// not carry it.
+    #[serde(default)]
+    pub index: Option<u64>,
+    /// Whether that entry is committed (a configuration is in force from
+    /// the moment it is appended, before it commits): in a status answer;
+    /// `None` in a membership change's answer, which does not carry it.
+    #[serde(default)]
+    pub committed: Option<bool>,
 }
 
 /// A member in a status answer.
@@ -306,5 +316,18 @@ mod tests {
             (1, Some(1), vec![1, 2])
         );
         assert!(s.membership.outgoing_voters.is_empty() && s.kv.is_none());
+        assert_eq!(
+            (s.membership.index, s.membership.committed),
+            (Some(1), Some(true))
+        );
+    }
+
+    #[test]
+    fn a_membership_change_answer_has_no_index_nor_commit_state() {
+        let raw = r#"{"membership":{"voters":[1,2,3],"learners":[4],"outgoing_voters":[],
+            "joint":false},"members":[]}"#;
+        let m: MembershipChange = serde_json::from_str(raw).unwrap();
+        assert_eq!(m.membership.learners, vec![4]);
+        assert_eq!((m.membership.index, m.membership.committed), (None, None));
     }
 }

@@ -1,7 +1,8 @@
 //! The nemesis: faults chosen from a seeded RNG, applied to the cluster for a
 //! while, then healed. Network faults are nftables rules and tc qdiscs in
 //! the node namespaces ([`crate::netns`]); process faults are signals
-//! ([`crate::cluster`]).
+//! ([`crate::cluster`]); a membership replacement is a sequence of API
+//! calls and a new node ([`replace()`]).
 //!
 //! The schedule (which fault, on which nodes, for how long, after how long a
 //! quiet period) follows from the seed alone; where a fault targets "the
@@ -9,17 +10,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::cluster::{current_leader, status, Cluster, PEER_PORT};
+use crate::cluster::{Cluster, PEER_PORT};
 use crate::error::ChaosError;
 use crate::netns::{NodeFaults, Redirect};
+use crate::probe::Probe;
 use crate::relay::Relay;
+
+mod replace;
+
+pub use replace::replace;
 
 /// A fault, resolved to concrete nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,15 +384,15 @@ impl Default for NemesisConfig {
 }
 
 /// Chooses the next faults (one, or a network fault plus a process fault),
-/// asking the cluster for its leader.
+/// asking the nodes for their leader.
 pub async fn next_faults(
     rng: &mut ChaCha8Rng,
     cfg: &NemesisConfig,
-    http: &reqwest::Client,
+    probe: &Probe,
     cluster: &Cluster,
 ) -> Vec<Fault> {
     let ids = cluster.ids();
-    let leader = current_leader(http, &cluster.urls()).await;
+    let leader = probe.current_leader(&cluster.urls()).await;
     let allowed = |kind: &str| cfg.kinds.as_ref().is_none_or(|k| k.contains(kind));
     if rng.gen_bool(cfg.replace_p) && allowed("replace") {
         return vec![Fault::Replace {
@@ -442,154 +448,6 @@ pub const FAULT_KINDS: [&str; 11] = [
 /// A duration in `range` (milliseconds), from the RNG.
 pub fn pick_ms(rng: &mut ChaCha8Rng, range: (u64, u64)) -> Duration {
     Duration::from_millis(rng.gen_range(range.0..=range.1.max(range.0)))
-}
-
-/// `GET /v1/cluster` of the first node in `urls` that answers.
-async fn any_status(http: &reqwest::Client, urls: &[(u64, String)]) -> Option<serde_json::Value> {
-    for (_, url) in urls {
-        if let Some(s) = status(http, url, false).await {
-            return Some(s);
-        }
-    }
-    None
-}
-
-fn is_member(status: &serde_json::Value, id: u64) -> bool {
-    ["voters", "learners", "outgoing_voters"].iter().any(|k| {
-        status["membership"][k]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(id)))
-    })
-}
-
-/// Runs [`Fault::Replace`]: removes `node` through the cluster's API, stops
-/// it for good, starts a fresh node that joins as a learner, waits for it to
-/// catch up and promotes it. Returns what happened; a step that the cluster
-/// refuses (no leader, a change in progress) ends it early, which is not a
-/// violation: the cluster must stay correct either way.
-///
-/// # Errors
-///
-/// When the harness cannot start the new node.
-pub async fn replace(
-    cluster: &mut Cluster,
-    http: &reqwest::Client,
-    node: u64,
-    budget: Duration,
-) -> Result<String, ChaosError> {
-    if !cluster.can_join() {
-        return Ok(format!(
-            "no ids left for a new node; node {node} was not replaced"
-        ));
-    }
-    let deadline = Instant::now() + budget;
-    let urls = cluster.urls();
-    let others: Vec<(u64, String)> = urls.iter().filter(|(id, _)| *id != node).cloned().collect();
-    // 1. Remove it (any node forwards to the leader), until the membership
-    //    no longer has it.
-    let mut removed = false;
-    let mut attempt = 0usize;
-    while !removed && Instant::now() < deadline {
-        // Another member each attempt: one may be restarting.
-        attempt += 1;
-        if let Some((_, via)) = others.get(attempt % others.len().max(1)) {
-            let _ = http
-                .delete(format!("{via}/v1/cluster/members/{node}"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-        }
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(s) = any_status(http, &others).await {
-                if !is_member(&s, node) && s["membership"]["committed"].as_bool() != Some(false) {
-                    removed = true;
-                    break;
-                }
-            }
-        }
-    }
-    if !removed {
-        return Ok(format!(
-            "node {node} could not be removed in {budget:?}; left as it was"
-        ));
-    }
-    cluster.remove(node);
-    // 2. A fresh node joins through a remaining member.
-    let Some((_, via)) = others.first().cloned() else {
-        return Ok(format!(
-            "removed node {node}; no member left to join through"
-        ));
-    };
-    let new = cluster.join_new(&via)?;
-    let new_url = cluster
-        .nodes
-        .get(&new)
-        .map(|n| n.url.clone())
-        .unwrap_or_default();
-    // 3. Catch up: applied at least the commit index seen now.
-    // (Until some member answers: with no target, an empty node would pass
-    // for caught up.)
-    let mut target = None;
-    while target.is_none() && Instant::now() < deadline {
-        target = any_status(http, &others)
-            .await
-            .and_then(|s| s["commit"].as_u64());
-        if target.is_none() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let target = target.unwrap_or(u64::MAX);
-    let mut caught_up = false;
-    while Instant::now() < deadline {
-        if let Some(s) = status(http, &new_url, false).await {
-            if s["applied"].as_u64().unwrap_or(0) >= target {
-                caught_up = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if !caught_up {
-        let joined = any_status(http, &others)
-            .await
-            .is_some_and(|s| is_member(&s, new));
-        if !joined {
-            // Still trying to join (it gives up and exits after 60 s, which
-            // is not a crash): the harness takes it away.
-            cluster.remove_expecting_exit(new);
-            return Ok(format!(
-                "removed node {node}; node {new} did not get to join in {budget:?} and was stopped"
-            ));
-        }
-        return Ok(format!(
-            "removed node {node}; node {new} joined but did not catch up to {target}; left a learner"
-        ));
-    }
-    // 4. Promote it.
-    while Instant::now() < deadline {
-        let r = http
-            .post(format!("{via}/v1/cluster/voters/{new}"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if let Some(s) = any_status(http, &others).await {
-            let voter = s["membership"]["voters"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|v| v.as_u64() == Some(new)));
-            if voter {
-                return Ok(format!("replaced node {node} by node {new}"));
-            }
-        }
-        if r.is_err() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        } else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(format!(
-        "removed node {node}; node {new} joined but was not promoted in time; left a learner"
-    ))
 }
 
 #[cfg(test)]
