@@ -11,6 +11,10 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # raft-chaos partitions its node namespaces with nftables and uses `ip` (iproute2).
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# deploy/check verifies the systemd unit offline; the DNS-name tests give
+# nodes a private /etc/hosts with unshare (util-linux).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

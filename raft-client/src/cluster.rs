@@ -225,8 +225,8 @@ impl Client {
         Ok(a.json::<Leader>()?.leader)
     }
 
-    /// Adds node `id` as a learner with its peer (`ip:port`) and client
-    /// (`host:port`) addresses. Asking again for the same learner succeeds,
+    /// Adds node `id` as a learner with its peer (`ip:port` or
+    /// `name:port`) and client (`host:port`) addresses. Asking again for the same learner succeeds,
     /// so this is sent again after a lost answer.
     ///
     /// # Errors
@@ -244,6 +244,32 @@ impl Client {
             "client_addr": client_addr,
         });
         let req = Request::new(Method::POST, "/v1/cluster/learners".into(), Safety::Read)
+            .header("content-type", "application/json")?
+            .body(body.to_string());
+        self.membership(req).await
+    }
+
+    /// Records new addresses of member `id` (a voter or a learner) through
+    /// the log, without removing it: every node dials the new peer address
+    /// (`ip:port` or `name:port`) from then on. Asking again with the same
+    /// addresses succeeds.
+    ///
+    /// # Errors
+    ///
+    /// See [`Error`]; 404 when `id` is not a member, 400 for a malformed
+    /// address.
+    pub async fn update_member(
+        &self,
+        id: u64,
+        peer_addr: &str,
+        client_addr: &str,
+    ) -> Result<MembershipChange> {
+        let body = serde_json::json!({
+            "peer_addr": peer_addr,
+            "client_addr": client_addr,
+        });
+        let path = format!("/v1/cluster/members/{id}");
+        let req = Request::new(Method::PUT, path, Safety::Read)
             .header("content-type", "application/json")?
             .body(body.to_string());
         self.membership(req).await

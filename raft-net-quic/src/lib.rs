@@ -55,7 +55,7 @@
 //!                             cert.key_pem.as_bytes())?;
 //! let (transport, mut inbound) =
 //!     QuicTransport::builder(1, tls).bind("127.0.0.1:0".parse()?)?;
-//! // transport.add_peer(2, "10.0.0.2:7000".parse()?); ...
+//! // transport.add_peer(2, "10.0.0.2:7000".parse::<raft_net_quic::PeerAddr>()?); ...
 //!
 //! let raft = Raft::start(Config::new(1), DriverConfig::default(), Membership::new([1]),
 //!                        MemLog::new(), MemKv::new(), transport.clone()).await?;
@@ -72,6 +72,7 @@
 //! # }
 //! ```
 
+mod addr;
 pub mod certs;
 pub mod codec;
 pub mod config;
@@ -80,6 +81,7 @@ pub mod snapshot;
 pub mod tls;
 mod transport;
 
+pub use addr::{PeerAddr, PeerAddrError, HOST_NAME_BYTES_MAX};
 pub use config::QuicConfig;
 pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{

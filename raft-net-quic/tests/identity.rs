@@ -193,7 +193,9 @@ async fn a_certified_node_that_is_not_a_peer_is_refused_by_default() {
     );
     assert!(err.contains("node 2 is not a peer of node 1"), "{err}");
     // Once node 1 knows node 2 (it was added to the cluster), it is welcomed.
-    server.transport.add_peer(2, "127.0.0.1:9".parse().unwrap());
+    server
+        .transport
+        .add_peer(2, "127.0.0.1:9".parse::<raft_net_quic::PeerAddr>().unwrap());
     let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
         .await
         .unwrap();

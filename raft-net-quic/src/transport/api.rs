@@ -40,7 +40,11 @@ impl QuicTransport {
     }
 
     /// Adds a peer, or changes its address (the next connection uses it).
-    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+    /// A DNS name is kept as given and looked up again at every connection
+    /// attempt, so a peer that comes back under the same name at another
+    /// IP address is found again.
+    pub fn add_peer(&self, id: NodeId, addr: impl Into<PeerAddr>) {
+        let addr = addr.into();
         let shared = &self.shared;
         let mut peers = lock(&shared.peers);
         if let Some(p) = peers.get(&id) {
@@ -56,6 +60,7 @@ impl QuicTransport {
         let peer = Arc::new(Peer {
             id,
             addr: Mutex::new(addr),
+            resolved: Mutex::new(Vec::new()),
             control: ctx,
             replication: rtx,
             replication_bytes: AtomicU64::new(0),
@@ -178,11 +183,11 @@ impl QuicTransport {
         }
     }
 
-    /// The peers and their addresses.
-    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+    /// The peers and their addresses, as given.
+    pub fn peers(&self) -> Vec<(NodeId, PeerAddr)> {
         let mut v: Vec<_> = lock(&self.shared.peers)
             .values()
-            .map(|p| (p.id, *lock(&p.addr)))
+            .map(|p| (p.id, lock(&p.addr).clone()))
             .collect();
         v.sort();
         v
@@ -220,7 +225,7 @@ impl QuicTransport {
     pub async fn connect(&self, peer: NodeId) -> Result<(), ConnectError> {
         let p = self.peer(peer).ok_or(ConnectError::Connect {
             peer,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
             detail: "unknown peer".into(),
         })?;
         connection(&self.shared, &p).await.map(|_| ())

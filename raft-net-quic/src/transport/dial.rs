@@ -69,21 +69,28 @@ pub(super) async fn dial_peer(
     shared: &Arc<Shared>,
     peer: &Peer,
 ) -> Result<Connection, ConnectError> {
-    let addr = *lock(&peer.addr);
+    let addr = lock(&peer.addr).clone();
     let fail = |detail: String| ConnectError::Connect {
         peer: peer.id,
-        addr,
+        addr: addr.clone(),
         detail,
+    };
+    let timeout = shared.cfg.handshake_timeout;
+    let target = resolve(shared, peer, &addr, timeout).await.map_err(fail)?;
+    let fail = |detail: String| {
+        fail(match addr.ip() {
+            Some(_) => detail,
+            None => format!("{detail} (resolved to {target})"),
+        })
     };
     let connecting = shared
         .endpoint
         .connect_with(
             lock(&shared.client_config).clone(),
-            addr,
+            target,
             &node_dns_name(peer.id),
         )
         .map_err(|e| fail(e.to_string()))?;
-    let timeout = shared.cfg.handshake_timeout;
     let conn = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| fail(format!("no handshake within {timeout:?}")))?
@@ -186,4 +193,40 @@ pub(super) fn close_later(conn: Connection, reason: &'static str) {
         tokio::time::sleep(DUPLICATE_GRACE).await;
         conn.close(VarInt::from_u32(close_code::DUPLICATE), reason.as_bytes());
     });
+}
+
+/// Looks `addr` up (a name, at every attempt: the peer may have moved) and
+/// picks the address to dial: the first one of the local socket's family
+/// (an IPv4 socket cannot reach an IPv6 address). Remembers what it found
+/// for the reserved-slot check of inbound connections.
+async fn resolve(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    addr: &PeerAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
+    let found = match tokio::time::timeout(timeout, addr.resolve()).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return Err(format!("cannot resolve {}: {e}", addr.host())),
+        Err(_) => {
+            return Err(format!(
+                "no answer resolving {} within {timeout:?}",
+                addr.host()
+            ))
+        }
+    };
+    let v4_only = shared.endpoint.local_addr().is_ok_and(|l| l.is_ipv4());
+    let target = found
+        .iter()
+        .copied()
+        .find(|a| !v4_only || a.is_ipv4())
+        .ok_or_else(|| format!("{} resolves only to IPv6 addresses: {found:?}", addr.host()))?;
+    if addr.ip().is_none() {
+        let mut known = lock(&peer.resolved);
+        if *known != found {
+            tracing::info!(peer = peer.id, name = %addr.host(), addresses = ?found, "peer name resolved");
+            *known = found;
+        }
+    }
+    Ok(target)
 }

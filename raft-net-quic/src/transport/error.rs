@@ -29,8 +29,8 @@ pub enum ConnectError {
     Connect {
         /// The peer.
         peer: NodeId,
-        /// Its address.
-        addr: SocketAddr,
+        /// Its address, as given (a name is resolved at every attempt).
+        addr: PeerAddr,
         /// What went wrong.
         detail: String,
     },

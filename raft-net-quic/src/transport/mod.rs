@@ -24,6 +24,7 @@ use raft_core::{Message, MessageBody, NodeId, Transport, TransportError};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::addr::PeerAddr;
 use crate::codec::{
     self, check_frame_length, decode_frame_content, encode_frame, DecodeError, Frame, Hello,
     SnapshotOffer, StreamKind, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION,
@@ -132,7 +133,11 @@ impl StreamMetrics {
 
 struct Peer {
     id: NodeId,
-    addr: Mutex<SocketAddr>,
+    /// Where to dial it, as given (a name is resolved at every attempt).
+    addr: Mutex<PeerAddr>,
+    /// What `addr` resolved to at the last attempt: an inbound connection
+    /// from one of these may take a reserved slot.
+    resolved: Mutex<Vec<SocketAddr>>,
     control: mpsc::Sender<Message>,
     replication: mpsc::Sender<Message>,
     /// Entry bytes waiting in `replication`, for `replication_queue_bytes_max`.
@@ -334,13 +339,17 @@ impl Shared {
     fn is_peer_address(&self, addr: SocketAddr) -> bool {
         let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
         let addr = canonical(addr);
-        let peers: Vec<(NodeId, SocketAddr)> = lock(&self.peers)
+        let peers: Vec<(NodeId, Vec<SocketAddr>)> = lock(&self.peers)
             .values()
-            .map(|p| (p.id, *lock(&p.addr)))
+            .map(|p| {
+                let mut known = lock(&p.resolved).clone();
+                known.extend(lock(&p.addr).socket_addr());
+                (p.id, known)
+            })
             .collect();
-        peers
-            .into_iter()
-            .any(|(id, a)| canonical(a) == addr && self.peer_allowed(id))
+        peers.into_iter().any(|(id, known)| {
+            known.into_iter().any(|a| canonical(a) == addr) && self.peer_allowed(id)
+        })
     }
 
     /// Counts a snapshot this node refused (`raft_snapshot_offers_refused_total`)

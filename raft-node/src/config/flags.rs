@@ -40,10 +40,11 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_PEER_LISTEN", value_name = "ADDR")]
     pub peer_listen: Option<SocketAddr>,
 
-    /// The peer address other nodes reach this node at. [default: this
-    /// node's `--initial-cluster` entry, else `--peer-listen`]
-    #[arg(long, env = "RAFT_PEER_ADVERTISE", value_name = "ADDR")]
-    pub peer_advertise: Option<SocketAddr>,
+    /// The peer address other nodes reach this node at: `ip:port` or
+    /// `name:port` (a DNS name is looked up at every connection attempt).
+    /// [default: this node's `--initial-cluster` entry, else `--peer-listen`]
+    #[arg(long, env = "RAFT_PEER_ADVERTISE", value_name = "HOST:PORT")]
+    pub peer_advertise: Option<raft_net_quic::PeerAddr>,
 
     /// The HTTP address (`host:port`) other nodes forward requests to and
     /// clients are pointed at. [default: this node's `--initial-cluster`

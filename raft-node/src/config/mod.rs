@@ -13,6 +13,8 @@ mod tests;
 mod validate;
 
 use std::net::SocketAddr;
+
+use raft_net_quic::PeerAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,8 +41,9 @@ pub enum LogFormat {
 pub struct Member {
     /// Node id.
     pub id: NodeId,
-    /// Peer (QUIC) address.
-    pub peer_addr: SocketAddr,
+    /// Peer (QUIC) address: an IP address or a DNS name (looked up at every
+    /// connection attempt), and a port.
+    pub peer_addr: PeerAddr,
     /// HTTP address (`host:port`), where requests are forwarded to.
     pub client_addr: String,
 }

@@ -386,7 +386,39 @@ fn initial_cluster_parses_and_rejects_garbage() {
         "1=nope/a:1",
         "1=127.0.0.1:1/a:1,1=127.0.0.1:2/a:2",
         "0=127.0.0.1:1/a:1",
+        "1=bad_name:1/a:1",
+        "1=name:0/a:1",
     ] {
         assert!(parse_initial_cluster(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn peer_names_are_kept_as_written_and_not_looked_up_at_start() {
+    // `.invalid` never resolves (RFC 6761): a name is stored as given, so a
+    // node starts even while a peer's name does not resolve yet (a pod
+    // whose DNS record appears once it runs), and dials it when it does.
+    let m = parse_initial_cluster(
+        "1=raft-0.raft.default.svc:7000/raft-0.raft:8080,2=Node-2.invalid:7000/b:1,3=[::1]:7003/c:1",
+    )
+    .unwrap();
+    assert_eq!(m[0].peer_addr.to_string(), "raft-0.raft.default.svc:7000");
+    assert_eq!(m[1].peer_addr.to_string(), "node-2.invalid:7000");
+    assert_eq!(m[2].peer_addr.to_string(), "[::1]:7003");
+    let e = parse_initial_cluster("1=raft_0:7000/a:1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--initial-cluster item") && e.contains("letters, digits"),
+        "{e}"
+    );
+    // Stored records written before names were accepted ("ip:port") read back.
+    let old: Member =
+        serde_json::from_str(r#"{"id":1,"peer_addr":"127.0.0.1:7000","client_addr":"a:1"}"#)
+            .unwrap();
+    assert_eq!(old.peer_addr, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        serde_json::to_string(&m[0]).unwrap(),
+        r#"{"id":1,"peer_addr":"raft-0.raft.default.svc:7000","client_addr":"raft-0.raft:8080"}"#
+    );
 }

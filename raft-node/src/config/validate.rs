@@ -1,11 +1,11 @@
 //! From the settings as given to a [`NodeConfig`]: defaults, this node's
 //! advertised addresses, and the checks that name a bad setting.
 
-use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use raft_core::NodeId;
+use raft_net_quic::PeerAddr;
 
 use super::security::read_token;
 use super::{ConfigError, Member, NodeConfig, RunArgs, ENTRY_BYTES_MAX};
@@ -46,8 +46,9 @@ impl RunArgs {
             id,
             peer_addr: self
                 .peer_advertise
-                .or(listed.map(|m| m.peer_addr))
-                .unwrap_or(peer_listen),
+                .clone()
+                .or(listed.map(|m| m.peer_addr.clone()))
+                .unwrap_or(peer_listen.into()),
             client_addr: self
                 .client_advertise
                 .clone()
@@ -62,7 +63,7 @@ impl RunArgs {
                 )));
             }
         }
-        if advertise.peer_addr.ip().is_unspecified() {
+        if advertise.peer_addr.is_unspecified() {
             return Err(ConfigError(
                 "listening on an unspecified address: give --peer-advertise (or list this node in --initial-cluster)".into(),
             ));
@@ -343,7 +344,8 @@ fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, Co
     Ok(mib << 20)
 }
 
-/// Parses `ID=PEER_ADDR/CLIENT_ADDR,…`.
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR,…`; a peer address is `ip:port`,
+/// `[ipv6]:port` or `name:port`, kept as written (not looked up here).
 ///
 /// # Errors
 ///
@@ -367,12 +369,8 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
         let (peer, client) = addrs
             .split_once('/')
             .ok_or_else(|| bad("no '/' between the peer and client addresses"))?;
-        let peer_addr = peer
-            .trim()
-            .to_socket_addrs()
-            .map_err(|e| bad(&format!("peer address: {e}")))?
-            .next()
-            .ok_or_else(|| bad("the peer address resolves to nothing"))?;
+        // Kept as written: a name is looked up at every connection attempt.
+        let peer_addr: PeerAddr = peer.trim().parse().map_err(|e| bad(&format!("{e}")))?;
         let client_addr = client.trim().to_owned();
         if client_addr.is_empty() || !client_addr.contains(':') {
             return Err(bad("the client address needs host:port"));

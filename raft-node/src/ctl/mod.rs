@@ -147,10 +147,21 @@ pub enum CtlOp {
     AddLearner {
         /// The new node's id.
         id: u64,
-        /// Its peer (QUIC) address, `ip:port`.
+        /// Its peer (QUIC) address, `ip:port` or `name:port`.
         #[arg(long)]
         peer_addr: String,
         /// Its HTTP address, `host:port`.
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Records new addresses of a member (it moved), without removing it.
+    UpdateMember {
+        /// The member's id.
+        id: u64,
+        /// Its new peer (QUIC) address, `ip:port` or `name:port`.
+        #[arg(long)]
+        peer_addr: String,
+        /// Its new HTTP address, `host:port`.
         #[arg(long)]
         client_addr: String,
     },
@@ -352,6 +363,15 @@ async fn cluster_op(c: &Client, out: &output::Printer, op: CtlOp) -> anyhow::Res
             client_addr,
         } => out.membership(
             &c.add_learner(id, &peer_addr, &client_addr)
+                .await
+                .map_err(e)?,
+        ),
+        CtlOp::UpdateMember {
+            id,
+            peer_addr,
+            client_addr,
+        } => out.membership(
+            &c.update_member(id, &peer_addr, &client_addr)
                 .await
                 .map_err(e)?,
         ),

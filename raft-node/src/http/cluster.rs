@@ -1,5 +1,6 @@
 //! Membership and leadership: `POST /v1/cluster/learners`,
-//! `POST /v1/cluster/voters/{id}`, `DELETE /v1/cluster/members/{id}` and
+//! `POST /v1/cluster/voters/{id}`, `PUT /v1/cluster/members/{id}` (new
+//! addresses), `DELETE /v1/cluster/members/{id}` and
 //! `POST /v1/cluster/transfer-leader`. Each is forwarded to the leader when
 //! this node is not it.
 
@@ -70,7 +71,14 @@ fn post<'a>(uri: &'a Uri, headers: &'a HeaderMap, body: Bytes) -> Relay<'a> {
 #[serde(deny_unknown_fields)]
 struct LearnerBody {
     id: NodeId,
-    peer_addr: std::net::SocketAddr,
+    peer_addr: raft_net_quic::PeerAddr,
+    client_addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressBody {
+    peer_addr: raft_net_quic::PeerAddr,
     client_addr: String,
 }
 
@@ -112,20 +120,60 @@ fn known_members(state: &AppState) -> Vec<Member> {
 fn learner(body: &[u8]) -> Result<Member, Problem> {
     let req: LearnerBody = serde_json::from_slice(body).map_err(|e| {
         Problem::bad_request(format!(
-            "body must be {{\"id\": <node id>, \"peer_addr\": \"ip:port\", \"client_addr\": \"host:port\"}}: {e}"
+            "body must be {{\"id\": <node id>, \"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"}}: {e}"
         ))
     })?;
     if req.id == 0 {
         return Err(Problem::bad_request("node id 0 is reserved"));
     }
-    if req.client_addr.is_empty() || req.client_addr.len() > 255 || req.client_addr.contains('/') {
+    member(req.id, req.peer_addr, req.client_addr)
+}
+
+/// The member `id` at these addresses, or 400.
+fn member(
+    id: NodeId,
+    peer_addr: raft_net_quic::PeerAddr,
+    client_addr: String,
+) -> Result<Member, Problem> {
+    if client_addr.is_empty() || client_addr.len() > 255 || client_addr.contains('/') {
         return Err(Problem::bad_request("client_addr must be host:port"));
     }
+    if peer_addr.is_unspecified() {
+        return Err(Problem::bad_request(
+            "peer_addr is an unspecified address (0.0.0.0 or ::), which no peer can dial",
+        ));
+    }
     Ok(Member {
-        id: req.id,
-        peer_addr: req.peer_addr,
-        client_addr: req.client_addr,
+        id,
+        peer_addr,
+        client_addr,
     })
+}
+
+/// Records `member`'s addresses through the log, unless `known` holds
+/// them already.
+async fn record_addresses(
+    state: &AppState,
+    member: &Member,
+    known: &[Member],
+    relay: Relay<'_>,
+) -> Result<Option<axum::response::Response>, Problem> {
+    if known.contains(member) {
+        return Ok(None);
+    }
+    match state
+        .raft
+        .propose(crate::command::encode_member(member))
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(ProposeError::NotLeader { leader }) => forward(state, leader, relay).await.map(Some),
+        Err(e) => Err(Problem::unavailable(
+            "propose-failed",
+            "Could not record the addresses",
+            e.to_string(),
+        )),
+    }
 }
 
 /// 409 when `member` is a voter already, or a member known under other
@@ -172,24 +220,9 @@ pub(super) async fn add_learner(
     }
     let known = known_members(&state);
     check_new_learner(&s, &member, &known)?;
-    if !known.contains(&member) {
-        match state
-            .raft
-            .propose(crate::command::encode_member(&member))
-            .await
-        {
-            Ok(_) => {}
-            Err(ProposeError::NotLeader { leader }) => {
-                return forward(&state, leader, post(&uri, &headers, body)).await
-            }
-            Err(e) => {
-                return Err(Problem::unavailable(
-                    "propose-failed",
-                    "Could not record the addresses",
-                    e.to_string(),
-                ))
-            }
-        }
+    let relay = post(&uri, &headers, body.clone());
+    if let Some(forwarded) = record_addresses(&state, &member, &known, relay).await? {
+        return Ok(forwarded);
     }
     let result = if s.engine.membership.learners().contains(&member.id) {
         Ok(s.engine.membership.clone())
@@ -227,6 +260,55 @@ pub(super) async fn promote(
 ) -> Answer {
     let relay = post(&uri, &headers, Bytes::new());
     change_by_id(&state, &raw, MembershipChange::Promote, relay).await
+}
+
+/// `PUT /v1/cluster/members/{id} {"peer_addr", "client_addr"}`: records
+/// new addresses of a member (voter or learner) through the log, without
+/// removing it: every node dials the new peer address from then on.
+/// Repeating it with the same addresses succeeds; 404 for a node that is
+/// not a member.
+pub(super) async fn update_member(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let Some(id) = raw.parse::<NodeId>().ok().filter(|id| *id > 0) else {
+        return Err(Problem::bad_request(format!("{raw:?} is not a node id")));
+    };
+    let req: AddressBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(format!(
+            "body must be {{\"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"}}: {e}"
+        ))
+    })?;
+    let member = member(id, req.peer_addr, req.client_addr)?;
+    let relay = || Relay {
+        method: Method::PUT,
+        ..post(&uri, &headers, body.clone())
+    };
+    let s = driver_status(&state).await?;
+    if s.engine.role != Role::Leader {
+        return forward(&state, s.engine.leader, relay()).await;
+    }
+    if !s.engine.membership.contains(id) {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-a-member",
+            "Not a member",
+            format!("node {id} is not a member; add it with POST /v1/cluster/learners"),
+        ));
+    }
+    let known = known_members(&state);
+    if let Some(forwarded) = record_addresses(&state, &member, &known, relay()).await? {
+        return Ok(forwarded);
+    }
+    tracing::info!(id, peer = %member.peer_addr, client = %member.client_addr, "member addresses updated");
+    let mut members = known_members(&state);
+    if let Some(m) = members.iter_mut().find(|m| m.id == id) {
+        *m = member;
+    }
+    Ok(Json(membership_json(&s.engine.membership, &members)).into_response())
 }
 
 /// `DELETE /v1/cluster/members/{id}`: removes a learner or a voter (the

@@ -121,7 +121,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/cluster/voters/{id}", post(cluster::promote))
         .route(
             "/v1/cluster/members/{id}",
-            axum::routing::delete(cluster::remove_member),
+            axum::routing::delete(cluster::remove_member).put(cluster::update_member),
         )
         .route("/v1/cluster/snapshot", post(ops::take_snapshot))
         .method_not_allowed_fallback(method_not_allowed)

@@ -74,7 +74,7 @@ pub(super) async fn join(
     let learned: Vec<Member> = serde_json::from_value(reply["members"].clone())
         .context("the join answer lists no members")?;
     for m in learned.iter().filter(|m| m.id != cfg.id) {
-        transport.add_peer(m.id, m.peer_addr);
+        transport.add_peer(m.id, m.peer_addr.clone());
     }
     directory.learn(learned)?;
     meta::set_flag(db, meta::JOINED_KEY)?;
