@@ -8,8 +8,11 @@
 //! figures are noisy; the CPU time per proposal is not.
 //!
 //! Run it with `cargo run --release -p raftkv-core --features test-util
-//! --example driver_load -- [CLIENTS,...] [SECONDS]` (defaults:
-//! `1,64,256,1024 3`; one second of warm-up comes before each measurement).
+//! --example driver_load -- [CLIENTS,...] [SECONDS] [SNAPSHOT_EVERY]`
+//! (defaults: `1,64,256,1024 3 0`; one second of warm-up comes before each
+//! measurement). Like `raft-bench driver`, it takes no snapshots unless
+//! `SNAPSHOT_EVERY` (entries applied between two) is set, so the in-memory
+//! logs grow for the whole run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -88,12 +91,14 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-async fn start() -> (MemNetwork, Vec<RaftHandle<KvResponse>>) {
+/// Starts three nodes; `snapshot_every` entries applied make a snapshot
+/// (0: never, so the logs only grow, as in `raft-bench driver`).
+async fn start(snapshot_every: u64) -> (MemNetwork, Vec<RaftHandle<KvResponse>>) {
     let net = MemNetwork::new();
     let mut handles = Vec::new();
     for id in 1..=3 {
         let mut cfg = Config::new(id);
-        cfg.snapshot_threshold_entries = 0;
+        cfg.snapshot_threshold_entries = snapshot_every;
         cfg.snapshot_threshold_bytes = 0;
         let mut driver = DriverConfig::default();
         driver.tick_interval = Duration::from_millis(10);
@@ -179,6 +184,9 @@ fn main() {
         .map(|c| c.parse().expect("a client count"))
         .collect();
     let seconds: f64 = args.next().map_or(3.0, |s| s.parse().expect("seconds"));
+    let snapshot_every: u64 = args
+        .next()
+        .map_or(0, |s| s.parse().expect("entries between snapshots"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,7 +194,7 @@ fn main() {
         .expect("tokio runtime");
     for n in clients {
         rt.block_on(async {
-            let (_net, handles) = start().await;
+            let (_net, handles) = start(snapshot_every).await;
             let l = leader(&handles).await;
             let _ = run(&l, n, Duration::from_secs(1)).await;
             let cpu0 = cpu_time();
