@@ -25,14 +25,20 @@ struct Cluster {
     net: MemNetwork,
     members: Vec<NodeId>,
     nodes: Vec<Option<Node>>,
+    driver: DriverConfig,
 }
 
 impl Cluster {
     async fn start(n: u64) -> Self {
+        Self::start_with(n, DriverConfig::default()).await
+    }
+
+    async fn start_with(n: u64, driver: DriverConfig) -> Self {
         let mut c = Cluster {
             net: MemNetwork::new(),
             members: (1..=n).collect(),
             nodes: Vec::new(),
+            driver,
         };
         for id in 1..=n {
             let node = c
@@ -47,7 +53,7 @@ impl Cluster {
         let reader = kv.reader();
         let handle = Raft::start(
             Config::new(id),
-            DriverConfig::default(),
+            self.driver.clone(),
             Membership::new(self.members.clone()),
             log.clone(),
             kv,
@@ -150,6 +156,52 @@ async fn concurrent_proposals_are_all_applied_once() {
     revisions.dedup();
     assert_eq!(revisions.len(), 200, "each proposal got its own log index");
     assert_eq!(cluster.node(leader).reader.len(), 200);
+}
+
+/// Many proposers at once, as the driver takes them in batches (several
+/// per turn, answered together): each is answered only once its own entry
+/// is applied, with that entry's response, and none is lost, also when the
+/// request queue is far smaller than the number of proposers.
+#[tokio::test(start_paused = true)]
+async fn batched_proposals_are_answered_after_their_own_entry_is_applied() {
+    let mut small_queue = DriverConfig::default();
+    small_queue.request_queue_capacity = 4;
+    small_queue.max_batch_inputs = 3;
+    for driver in [DriverConfig::default(), small_queue] {
+        let queue = driver.request_queue_capacity;
+        let cluster = Cluster::start_with(3, driver).await;
+        let leader = cluster.leader().await;
+        let node = cluster.node(leader);
+        let tasks: Vec<_> = (0..100)
+            .map(|c| {
+                let (h, reader) = (node.handle.clone(), node.reader.clone());
+                tokio::spawn(async move {
+                    for i in 0..5 {
+                        let key = format!("c{c}-{i}");
+                        let r = h.propose(put(&key, &key)).await;
+                        let Ok(KvResponse::Written { revision }) = r else {
+                            panic!("{key}: {r:?} (request queue of {queue})");
+                        };
+                        // Applied before answered, and the answer is the
+                        // response to this proposal's own entry.
+                        assert!(
+                            reader.applied_index() >= revision,
+                            "{key} answered before applied"
+                        );
+                        assert_eq!(
+                            reader.get(&key),
+                            Some((Bytes::from(key.clone()), revision)),
+                            "{key} got the answer of another entry"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("proposer");
+        }
+        assert_eq!(node.reader.len(), 500, "every proposal applied once");
+    }
 }
 
 #[tokio::test(start_paused = true)]

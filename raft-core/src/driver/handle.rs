@@ -165,11 +165,21 @@ impl<R: Send + 'static> RaftHandle<R> {
             reply,
             ticket: ticket.clone(),
         };
-        match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ProposeError::ShuttingDown { appended: false }),
-            // Never reached the driver: nothing was appended.
-            Err(_) => return Err(ProposeError::Overloaded),
+        // A queue with room takes it without a timer; a full one is waited
+        // on until the deadline.
+        match self.requests.try_send(req) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ProposeError::ShuttingDown { appended: false })
+            }
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(ProposeError::ShuttingDown { appended: false }),
+                    // Never reached the driver: nothing was appended.
+                    Err(_) => return Err(ProposeError::Overloaded),
+                }
+            }
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,

@@ -11,7 +11,7 @@ use crate::engine::{EntryFetch, Role, SoftState};
 use crate::message::{Message, MessageBody};
 use crate::storage::LogWrite;
 use crate::transport::Transport;
-use crate::types::{Entry, Index};
+use crate::types::Entry;
 
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// Drains the engine's output. Returns false when the node must stop.
@@ -111,27 +111,27 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// wait for them; answers proposals below them as superseded. Returns
     /// false when the apply task is gone.
     pub(super) fn hand_out_committed(&mut self, entries: Vec<Entry>) -> bool {
-        let mut waiters = Vec::new();
         let last = entries.last().map_or(0, |e| e.index);
         let first = entries.first().map_or(0, |e| e.index);
-        let keys: Vec<Index> = self
+        let mut waiters = Vec::new();
+        if self
             .proposals
-            .range(first..=last)
-            .map(|(k, _)| *k)
-            .collect();
-        for index in keys {
-            if let Some(p) = self.proposals.remove(&index) {
-                waiters.push(Waiter {
-                    index,
-                    term: p.term,
-                    reply: p.reply,
-                });
-            }
-        }
-        // Anything below `first` can no longer be applied by us.
-        let stale: Vec<Index> = self.proposals.range(..first).map(|(k, _)| *k).collect();
-        for index in stale {
-            if let Some(p) = self.proposals.remove(&index) {
+            .first_key_value()
+            .is_some_and(|(&lowest, _)| lowest <= last)
+        {
+            // Split the map instead of removing key by key: the proposals up
+            // to `last` leave it in one go, those above stay.
+            let above = self.proposals.split_off(&(last + 1));
+            let mut upto = std::mem::replace(&mut self.proposals, above);
+            let in_range = upto.split_off(&first);
+            // In increasing index order, as the apply task expects.
+            waiters.extend(in_range.into_iter().map(|(index, p)| Waiter {
+                index,
+                term: p.term,
+                reply: p.reply,
+            }));
+            // Anything below `first` can no longer be applied by us.
+            for (index, p) in upto {
                 let _ = p.reply.send(Err(ProposeError::Superseded { index }));
             }
         }

@@ -15,6 +15,10 @@ use crate::message::{Message, MessageBody};
 use crate::transport::Transport;
 use crate::types::{Index, LogId};
 
+/// Batches of a single input in a row after which the engine task stops
+/// yielding before it takes a batch (see `Driver::run`).
+const CALM: u32 = 4;
+
 /// Engine ticks from the monotonic clock: how many tick intervals passed
 /// since the ones already given to the engine.
 #[derive(Debug)]
@@ -72,6 +76,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let mut applied = self.applied.clone();
         let apply_tx = self.apply_tx.clone();
         self.publish_metrics();
+        // How many batches of requests, and of messages, in a row held a
+        // single input (counted up to CALM): the loop yields before taking
+        // a batch unless the last CALM of its kind were single.
+        let (mut single_requests, mut single_inbound) = (CALM, CALM);
         loop {
             let inputs = Inputs {
                 shutdown: &mut shutdown,
@@ -84,7 +92,24 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 requests: &mut requests,
             };
             let apply_slot = (!self.apply_backlog.is_empty()).then(|| apply_tx.reserve());
-            match inputs.next(apply_slot).await {
+            let wake = inputs.next(apply_slot).await;
+            let busy = match wake {
+                Wake::Request(_) => single_requests < CALM,
+                Wake::Inbound(_) => single_inbound < CALM,
+                _ => false,
+            };
+            if busy {
+                // Under load, let the tasks already woken run first (the
+                // proposers just answered, the network task) so that what
+                // they queue is taken in this turn's batch: the first of
+                // them woke this task, and tokio runs a task woken that way
+                // next, which would otherwise make one append, one write
+                // and one message per follower for each proposal. Not when
+                // the last batches were single inputs: a lone proposer
+                // would only wait longer.
+                tokio::task::yield_now().await;
+            }
+            match wake {
                 Wake::Shutdown => break,
                 Wake::Fatal => {
                     let reason = fatal.borrow().clone().unwrap_or_default();
@@ -118,10 +143,21 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     }
                 }
                 Wake::Inbound(msg) => {
-                    self.take_batch(msg, &mut inbound, &mut clock, Self::step_inbound);
+                    let taken = self.take_batch(msg, &mut inbound, &mut clock, Self::step_inbound);
+                    single_inbound = if taken > 1 {
+                        0
+                    } else {
+                        (single_inbound + 1).min(CALM)
+                    };
                 }
                 Wake::Request(req) => {
-                    self.take_batch(req, &mut requests, &mut clock, Self::handle_request);
+                    let taken =
+                        self.take_batch(req, &mut requests, &mut clock, Self::handle_request);
+                    single_requests = if taken > 1 {
+                        0
+                    } else {
+                        (single_requests + 1).min(CALM)
+                    };
                 }
             }
             if !self.process_ready().await {
@@ -132,25 +168,28 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     }
 
     /// Handles `first`, then up to `max_batch_inputs - 1` more inputs
-    /// already queued in `queue`. Time is caught up before every input, also
-    /// those taken in a batch: the task may have been held up (SIGSTOP, a
-    /// starved CPU) between two of them, and a lease read or a heartbeat
-    /// (which starts a follower's promise) must be judged at the time it is
-    /// handled.
+    /// already queued in `queue`; returns how many it handled. Time is
+    /// caught up before every input, also those taken in a batch: the task
+    /// may have been held up (SIGSTOP, a starved CPU) between two of them,
+    /// and a lease read or a heartbeat (which starts a follower's promise)
+    /// must be judged at the time it is handled.
     fn take_batch<I>(
         &mut self,
         first: I,
         queue: &mut mpsc::Receiver<I>,
         clock: &mut TickClock,
         handle: fn(&mut Self, I),
-    ) {
+    ) -> usize {
         self.catch_up(clock);
         handle(self, first);
-        for _ in 1..self.cfg.max_batch_inputs {
+        let mut taken = 1;
+        while taken < self.cfg.max_batch_inputs {
             let Ok(input) = queue.try_recv() else { break };
             self.catch_up(clock);
             handle(self, input);
+            taken += 1;
         }
+        taken
     }
 
     /// Ticks the engine for every tick interval that passed since the last

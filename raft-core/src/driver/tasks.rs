@@ -54,7 +54,8 @@ pub(crate) struct PersistJob {
     pub(crate) after: Vec<Message>,
 }
 
-/// A proposer waiting for the entry at `index` to be applied.
+/// A proposer waiting for the entry at `index` to be applied. The waiters
+/// of an [`ApplyJob::Entries`] are in increasing index order.
 pub(crate) struct Waiter<R> {
     pub(crate) index: Index,
     pub(crate) term: Term,
@@ -364,17 +365,28 @@ async fn apply_jobs<S: StateMachine>(
             return;
         }
         metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);
-        let mut by_index: BTreeMap<Index, (Term, S::Response)> = job_entries
-            .iter()
-            .zip(responses)
-            .map(|(e, r)| (e.index, (e.term, r)))
-            .collect();
+        // Waiters come in increasing index order, as the entries do: walk
+        // both together.
+        let mut waiters = waiters.into_iter().peekable();
+        for (e, response) in job_entries.iter().zip(responses) {
+            while let Some(w) = waiters.next_if(|w| w.index < e.index) {
+                let _ = w
+                    .reply
+                    .send(Err(ProposeError::Superseded { index: w.index }));
+            }
+            if let Some(w) = waiters.next_if(|w| w.index == e.index) {
+                let result = if w.term == e.term {
+                    Ok(response)
+                } else {
+                    Err(ProposeError::Superseded { index: w.index })
+                };
+                let _ = w.reply.send(result);
+            }
+        }
         for w in waiters {
-            let result = match by_index.remove(&w.index) {
-                Some((term, response)) if term == w.term => Ok(response),
-                _ => Err(ProposeError::Superseded { index: w.index }),
-            };
-            let _ = w.reply.send(result);
+            let _ = w
+                .reply
+                .send(Err(ProposeError::Superseded { index: w.index }));
         }
         applied.send_replace(last);
     }
@@ -416,6 +428,71 @@ mod tests {
             index,
             payload: EntryPayload::Normal(Bytes::from(format!("{term}/{index}"))),
         }
+    }
+
+    /// The apply task answers each waiter with the response to its own
+    /// entry, and as superseded a waiter whose entry is not in the batch
+    /// or has another term (walking waiters and entries together).
+    #[tokio::test]
+    async fn the_apply_task_answers_each_waiter_with_its_own_entrys_response() {
+        use super::{apply_task, ApplyJob, Waiter};
+        use crate::driver::ProposeError;
+        use crate::memory::{KvCommand, KvResponse, MemKv};
+        use tokio::sync::{mpsc, oneshot, watch};
+
+        let put = |term, index: Index| Entry {
+            term,
+            index,
+            payload: EntryPayload::Normal(
+                KvCommand::Put {
+                    key: format!("k{index}"),
+                    value: Bytes::new(),
+                }
+                .encode(),
+            ),
+        };
+        let (jobs_tx, jobs) = mpsc::channel(4);
+        let (applied_tx, mut applied) = watch::channel(0);
+        let (fatal, _fatal_rx) = watch::channel(None);
+        let (events, _events_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(apply_task(MemKv::new(), jobs, applied_tx, fatal, events));
+        let mut answers = Vec::new();
+        let mut wait = |index, term| {
+            let (reply, rx) = oneshot::channel();
+            answers.push((index, rx));
+            Waiter { index, term, reply }
+        };
+        let first = ApplyJob::Entries {
+            entries: vec![put(1, 1), put(1, 2)],
+            waiters: vec![wait(1, 1)],
+        };
+        // 2 was in the previous batch, 5 was overwritten by another term,
+        // 7 is beyond this batch.
+        let waiters = vec![wait(2, 1), wait(3, 1), wait(5, 1), wait(6, 2), wait(7, 2)];
+        let second = ApplyJob::Entries {
+            entries: vec![put(1, 3), put(1, 4), put(2, 5), put(2, 6)],
+            waiters,
+        };
+        jobs_tx.send(first).await.unwrap();
+        jobs_tx.send(second).await.unwrap();
+        let mut got = Vec::new();
+        for (index, rx) in answers {
+            got.push((index, rx.await.expect("answered")));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (1, Ok(KvResponse::Written { revision: 1 })),
+                (2, Err(ProposeError::Superseded { index: 2 })),
+                (3, Ok(KvResponse::Written { revision: 3 })),
+                (5, Err(ProposeError::Superseded { index: 5 })),
+                (6, Ok(KvResponse::Written { revision: 6 })),
+                (7, Err(ProposeError::Superseded { index: 7 })),
+            ]
+        );
+        applied.wait_for(|a| *a == 6).await.unwrap();
+        drop(jobs_tx);
+        task.await.unwrap();
     }
 
     /// A model of durable storage applying writes one at a time, as

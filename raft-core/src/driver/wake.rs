@@ -62,14 +62,59 @@ impl<R> Inputs<'_, R> {
     /// a fatal failure and the timer always wake the loop, so the wait
     /// cannot find every source closed.
     pub(super) async fn next<A: Future>(self, apply_slot: Option<A>) -> Wake<A::Output, R> {
-        let mut shutdown = pin!(self.shutdown.changed());
-        let mut fatal = pin!(self.fatal.changed());
-        let mut persisted = pin!(self.persisted.changed());
-        let mut applied = pin!(self.applied.changed());
         let mut apply_slot = pin!(apply_slot);
+        let mut open = Open::default();
         let (ticker, events, inbound, requests) =
             (self.ticker, self.events, self.inbound, self.requests);
-        let mut open = Open::default();
+        // First, without waiting: a loaded driver finds an input ready on
+        // almost every turn, and a `watch` checked for a change costs an
+        // atomic load where waiting on it registers with (and then leaves)
+        // the channel's list of waiters under its lock. Same order; a
+        // closed watch leaves the decision to the wait below.
+        let (shutdown, fatal, persisted, applied) =
+            (self.shutdown, self.fatal, self.persisted, self.applied);
+        let ready = poll_fn(|cx| {
+            let (Ok(stop), Ok(failed), Ok(wrote), Ok(moved)) = (
+                shutdown.has_changed(),
+                fatal.has_changed(),
+                persisted.has_changed(),
+                applied.has_changed(),
+            ) else {
+                return Poll::Ready(None);
+            };
+            let wake = if stop {
+                Wake::Shutdown
+            } else if failed {
+                Wake::Fatal
+            } else if wrote {
+                Wake::Persisted
+            } else if moved {
+                Wake::Applied
+            } else if ticker.poll_tick(cx).is_ready() {
+                Wake::Tick
+            } else if let Some(Poll::Ready(slot)) =
+                apply_slot.as_mut().as_pin_mut().map(|s| s.poll(cx))
+            {
+                Wake::ApplySlot(slot)
+            } else if let Some(event) = recv(&mut open.events, |cx| events.poll_recv(cx), cx) {
+                Wake::Event(event)
+            } else if let Some(msg) = recv(&mut open.inbound, |cx| inbound.poll_recv(cx), cx) {
+                Wake::Inbound(msg)
+            } else if let Some(req) = recv(&mut open.requests, |cx| requests.poll_recv(cx), cx) {
+                Wake::Request(req)
+            } else {
+                return Poll::Ready(None);
+            };
+            Poll::Ready(Some(wake))
+        })
+        .await;
+        if let Some(wake) = ready {
+            return wake;
+        }
+        let mut shutdown = pin!(shutdown.changed());
+        let mut fatal = pin!(fatal.changed());
+        let mut persisted = pin!(persisted.changed());
+        let mut applied = pin!(applied.changed());
         poll_fn(|cx| {
             if shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Shutdown);
