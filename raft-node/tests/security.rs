@@ -294,15 +294,7 @@ async fn review_the_principal_survives_forwarding_through_a_follower() {
         format!("--admin-token-file={}", admin.display()),
     ];
     let procs = common::cluster_with(dir.path(), 3, &extra, &[], "http");
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {USER}").parse().unwrap(),
-    );
-    let authed = reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap();
+    let authed = common::builder_of(&procs).token(USER).build().unwrap();
     let l = common::leader(&authed, &procs, None).await;
     let f = procs.iter().find(|p| p.id != l).unwrap();
     let ld = procs.iter().find(|p| p.id == l).unwrap();
