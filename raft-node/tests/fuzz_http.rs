@@ -995,6 +995,7 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
                     // written: retry what was refused or went unanswered
                     // (the same value again changes nothing).
                     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    let mut last: String;
                     loop {
                         let r = client
                             .put(format!("{url}/v1/kv/big/{i:04}"))
@@ -1003,13 +1004,16 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
                             .await;
                         match r {
                             Ok(r) if r.status() == 200 => break,
-                            Ok(r) if r.status() == 503 || r.status() == 504 => {}
+                            Ok(r) if r.status() == 503 || r.status() == 504 => {
+                                let status = r.status();
+                                last = format!("{status} {}", r.text().await.unwrap_or_default());
+                            }
                             Ok(r) => panic!("PUT big/{i:04}: {} {:?}", r.status(), r.text().await),
-                            Err(_) => {}
+                            Err(e) => last = format!("{e:?}"),
                         }
                         assert!(
                             std::time::Instant::now() < deadline,
-                            "PUT big/{i:04} not accepted within 60 s"
+                            "PUT big/{i:04} not accepted within 60 s; last answer: {last}"
                         );
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
