@@ -334,15 +334,19 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))
 }
 
-/// Reads a bearer token file the way raft-node does: one open file for the
-/// checks and the read, a mode that gives the group and others no access,
-/// owned by this user or root, one token of at least 16 visible ASCII
-/// characters (surrounding white space ignored).
+/// Reads a bearer token file: one open file for the checks and the read
+/// (the path cannot be swapped in between), a mode that gives the group
+/// and others no access, owned by this user or root, one token of at
+/// least 16 visible ASCII characters (surrounding white space ignored).
+/// raft-node reads its `--auth-token-file` and `--admin-token-file` with
+/// this function, so the client and the node accept the same files and
+/// say the same about the others.
 ///
 /// # Errors
 ///
-/// [`Error::Config`] naming the file and, for a loose mode, the fix
-/// (`chmod 600`).
+/// [`Error::Config`] naming the file and what is wrong: it cannot be opened
+/// or read (the system's reason), its mode lets others in (with the fix,
+/// `chmod 600`), another user owns it, or it holds no valid token.
 pub fn read_token_file(path: &Path) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -355,7 +359,8 @@ pub fn read_token_file(path: &Path) -> Result<String> {
     if mode & 0o077 != 0 {
         return Err(Error::Config(format!(
             "token file {} has mode {mode:04o}: other users can read or change it; make it \
-             readable by its owner only (`chmod 600 {}`)",
+             readable by its owner only (`chmod 600 {}`; in Kubernetes, `defaultMode: 0400` \
+             on the secret volume)",
             path.display(),
             path.display()
         )));
@@ -363,7 +368,8 @@ pub fn read_token_file(path: &Path) -> Result<String> {
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(Error::Config(format!(
-            "token file {} belongs to user {}, not to this process's user ({me}) or root",
+            "token file {} belongs to user {}, not to this process's user ({me}) or root: \
+             whoever owns it can change the token",
             path.display(),
             meta.uid()
         )));

@@ -31,6 +31,8 @@ struct Inner {
     retry: RetryPolicy,
     idempotency: IdempotencyKeys,
     max_answer_bytes: usize,
+    /// Replaces the builder's request timeout, for this client only.
+    request_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Client {
@@ -267,6 +269,7 @@ impl Client {
                 retry,
                 idempotency,
                 max_answer_bytes,
+                request_timeout: None,
             }),
         }
     }
@@ -299,16 +302,40 @@ impl Client {
         self.derive(self.inner.endpoints.urls.clone(), retry)
     }
 
+    /// The same client with another longest wait for one attempt's whole
+    /// answer ([`ClientBuilder::request_timeout`]), sharing connections:
+    /// for a call that must answer quickly (a health poll) or may take
+    /// long (a status with the digest of a large store).
+    pub fn with_request_timeout(&self, timeout: Duration) -> Client {
+        self.derive_with(
+            self.inner.endpoints.urls.clone(),
+            self.inner.retry.clone(),
+            Some(timeout),
+        )
+    }
+
     /// A client of `urls` with this one's settings and connections.
     fn derive(&self, urls: Vec<String>, retry: RetryPolicy) -> Client {
-        Self::from_parts(
-            self.inner.http.clone(),
-            Endpoints::new(urls),
-            self.inner.authorization.clone(),
-            retry,
-            self.inner.idempotency,
-            self.inner.max_answer_bytes,
-        )
+        self.derive_with(urls, retry, self.inner.request_timeout)
+    }
+
+    fn derive_with(
+        &self,
+        urls: Vec<String>,
+        retry: RetryPolicy,
+        request_timeout: Option<Duration>,
+    ) -> Client {
+        Self {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                endpoints: Endpoints::new(urls),
+                authorization: self.inner.authorization.clone(),
+                retry,
+                idempotency: self.inner.idempotency,
+                max_answer_bytes: self.inner.max_answer_bytes,
+                request_timeout,
+            }),
+        }
     }
 
     pub(crate) fn idempotency(&self) -> IdempotencyKeys {
@@ -390,6 +417,9 @@ impl Client {
             .headers(req.headers.clone());
         if let Some(a) = &self.inner.authorization {
             b = b.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(t) = self.inner.request_timeout {
+            b = b.timeout(t);
         }
         if !req.body.is_empty() || req.method == Method::PUT {
             b = b.body(req.body.clone());

@@ -25,6 +25,16 @@ pub struct ClusterStatus {
     pub commit: u64,
     /// The index its key-value store applied.
     pub applied: u64,
+    /// The first index still in its log (after a compaction, the one
+    /// after its snapshot's).
+    #[serde(default)]
+    pub first_index: u64,
+    /// The last index in its log.
+    #[serde(default)]
+    pub last_index: u64,
+    /// The latest snapshot it holds (taken or installed), if any.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotTaken>,
     /// The configuration in force.
     pub membership: Membership,
     /// Every member with its addresses (when known).
@@ -105,9 +115,25 @@ pub struct Digest {
 pub struct MembershipChange {
     /// The configuration.
     pub membership: Membership,
+    /// The address records the node holds after the change (a removed
+    /// member's is gone).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub members: Vec<MemberRecord>,
     /// The whole answer.
     #[serde(skip)]
     pub raw: serde_json::Value,
+}
+
+/// A member's address record, as a membership change's answer lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct MemberRecord {
+    /// Its id.
+    pub id: u64,
+    /// Peer (QUIC) address, `ip:port`.
+    pub peer_addr: String,
+    /// HTTP address, `host:port`.
+    pub client_addr: String,
 }
 
 /// A node's readiness (`/readyz`): ready once a leader is known and it
@@ -125,7 +151,8 @@ pub struct Readiness {
     pub applied: u64,
 }
 
-/// A snapshot a node took.
+/// A snapshot a node took ([`Client::snapshot`]) or holds
+/// ([`ClusterStatus::snapshot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[non_exhaustive]
 pub struct SnapshotTaken {
@@ -346,6 +373,7 @@ mod tests {
             (s.membership.index, s.membership.committed),
             (Some(1), Some(true))
         );
+        assert_eq!((s.first_index, s.last_index, s.snapshot), (0, 5, None));
     }
 
     #[test]
@@ -355,5 +383,32 @@ mod tests {
         let m: MembershipChange = serde_json::from_str(raw).unwrap();
         assert_eq!(m.membership.learners, vec![4]);
         assert_eq!((m.membership.index, m.membership.committed), (None, None));
+    }
+
+    #[test]
+    fn a_status_answer_names_the_log_bounds_and_the_snapshot() {
+        let raw = r#"{"id":2,"role":"follower","term":3,"leader":1,"commit":90,"applied":90,
+            "last_index":91,"first_index":61,"snapshot":{"index":60,"term":3},
+            "membership":{"voters":[1,2,3]},"members":null}"#;
+        let s: ClusterStatus = serde_json::from_str(raw).unwrap();
+        assert_eq!((s.first_index, s.last_index), (61, 91));
+        assert_eq!(s.snapshot, Some(SnapshotTaken { index: 60, term: 3 }));
+    }
+
+    #[test]
+    fn a_membership_answer_lists_the_address_records() {
+        let raw = r#"{"membership":{"voters":[1,2],"learners":[5],"outgoing_voters":[],
+            "joint":false},"members":[{"id":5,"peer_addr":"127.0.0.1:9",
+            "client_addr":"localhost:9"}]}"#;
+        let m: MembershipChange = serde_json::from_str(raw).unwrap();
+        assert_eq!(m.membership.learners, vec![5]);
+        assert_eq!(
+            m.members,
+            vec![MemberRecord {
+                id: 5,
+                peer_addr: "127.0.0.1:9".into(),
+                client_addr: "localhost:9".into(),
+            }]
+        );
     }
 }

@@ -59,8 +59,8 @@ pub mod launcher;
 pub use builder::{read_token_file, ClientBuilder, IdempotencyKeys, RetryPolicy};
 pub use client::Client;
 pub use cluster::{
-    Addresses, ClusterStatus, Digest, MemberStatus, Membership, MembershipChange, Readiness,
-    SnapshotTaken,
+    Addresses, ClusterStatus, Digest, MemberRecord, MemberStatus, Membership, MembershipChange,
+    Readiness, SnapshotTaken,
 };
 pub use error::{Error, Outcome, Problem, Result, PROBLEM_TYPE_PREFIX};
 pub use kv::{

@@ -214,3 +214,31 @@ async fn an_answer_above_the_limit_is_refused() {
     let err = c.get("k").await.unwrap_err();
     assert!(matches!(err, Error::InvalidAnswer(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_shorter_request_timeout_ends_a_silent_attempt_early() {
+    // The kernel accepts the connection; nobody ever answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let c = Client::builder([url.clone()])
+        .request_timeout(Duration::from_secs(60))
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let quick = c.with_request_timeout(Duration::from_millis(300));
+    // The setting carries over to a client of one chosen endpoint.
+    for client in [quick.clone(), quick.at(&url).unwrap()] {
+        let started = Instant::now();
+        let err = client.get("k").await.unwrap_err();
+        assert!(
+            matches!(err, Error::OutcomeUnknown { .. }),
+            "a timed-out read: {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the attempt waited {:?}",
+            started.elapsed()
+        );
+    }
+    drop(silent);
+}

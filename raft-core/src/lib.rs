@@ -8,9 +8,19 @@
 //! Crate map:
 //! - [`engine`]: the algorithm. No clock, no I/O, no runtime: time enters as
 //!   [`Engine::tick`], randomness from [`Config::seed`].
-//! - [`storage`], [`state_machine`], [`transport`]: the traits;
+//! - [`LogStorage`], [`StateMachine`], [`Transport`]: the traits, with their
+//!   errors and the types they exchange ([`Entry`], [`Message`],
+//!   [`Membership`], [`SnapshotMeta`], ...), all at the crate root;
 //!   [`snapshot`]: snapshot data as they exchange it.
 //! - [`driver`]: the tokio driver and its cloneable [`RaftHandle`].
+//!
+//! Every item a user needs is at the crate root. Three modules stay public
+//! as namespaces, for what a root name would say too little about:
+//! [`engine`] (the sans-IO engine's own API: `Ready`, `Status`,
+//! `ProposalRefused`, ... for those who drive it themselves), [`driver`]
+//! (the driver's status and handle types beside the root's [`Raft`]) and
+//! [`snapshot`] (`snapshot::read_all`, besides the root's
+//! [`SnapshotSource`] and [`FileSource`]).
 //!
 //! Test support, behind the `test-util` feature (off by default):
 //! - `memory`: in-memory implementations of the traits, for tests and
@@ -33,25 +43,25 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod config;
+mod config;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 pub mod driver;
 pub mod engine;
-pub mod membership;
+mod membership;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod memory;
-pub mod message;
+mod message;
 pub mod snapshot;
-pub mod state_machine;
-pub mod storage;
+mod state_machine;
+mod storage;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
-pub mod transport;
-pub mod types;
+mod transport;
+mod types;
 
 pub use config::{Config, ConfigError};
 pub use driver::{
@@ -65,4 +75,7 @@ pub use snapshot::{FileSource, SnapshotData, SnapshotSource};
 pub use state_machine::{SnapshotBuild, StateMachine, StateMachineError};
 pub use storage::{LogStorage, LogWrite, StorageError, StoredState};
 pub use transport::{Transport, TransportError};
-pub use types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMeta, Term};
+pub use types::{
+    Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMeta, Term, MAX_TERM,
+    MAX_TERM_JUMP,
+};

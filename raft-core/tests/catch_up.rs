@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::engine::{Engine, EntryFetch, InitialState, Ready, Role};
-use raft_core::message::{Message, MessageBody};
 use raft_core::{Config, Entry, Index, Membership, NodeId, SnapshotMeta};
+use raft_core::{Message, MessageBody};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -17,6 +17,12 @@
 //!   [`META_CF`]. Other column families can live in the same database
 //!   ([`RocksLogOptions::extra_column_families`], [`RocksLog::db`]).
 //!
+//! Everything else a user needs is at the crate root. The [`record`]
+//! module stays public as a namespace: the encode and decode functions of
+//! each record kind of the on-disk format (`record::encode_snapshot_meta`,
+//! ...), for a program that keeps such records in its own column families,
+//! as raft-node does with snapshot metadata.
+//!
 //! # Example: open a store and run a node on it
 //!
 //! ```no_run

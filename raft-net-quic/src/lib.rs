@@ -23,6 +23,16 @@
 //! - **Metrics** through the `metrics` facade, per peer: messages and bytes
 //!   sent and received, drops, connects, RTT (see the crate README).
 //!
+//! # Modules
+//!
+//! Every item of the transport, its configuration and snapshot sinks is at
+//! the crate root. Three modules stay public as namespaces of their own:
+//! [`certs`] (development certificates: a CA and node certificates, what
+//! `raft-node certs` writes), [`codec`] (the wire format: frames, stream
+//! kinds, encode and decode, for tools and tests that speak it raw) and
+//! [`tls`] (a node's TLS identity, and what a raw peer needs to present
+//! one: `tls::ALPN`, `tls::node_dns_name`).
+//!
 //! # Certificates
 //!
 //! For development, [`certs`] creates a CA and node certificates (this is what
@@ -75,9 +85,9 @@
 mod addr;
 pub mod certs;
 pub mod codec;
-pub mod config;
+mod config;
 mod refusal;
-pub mod snapshot;
+mod snapshot;
 pub mod tls;
 mod transport;
 
@@ -85,7 +95,8 @@ pub use addr::{PeerAddr, PeerAddrError, HOST_NAME_BYTES_MAX};
 pub use config::QuicConfig;
 pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{
-    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink, SnapshotSource,
+    forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink,
+    SnapshotSource, FREE_SPACE_MARGIN_BYTES_DEFAULT, RESERVATION_IDLE_DEFAULT,
 };
 pub use tls::{NodeTls, TlsError};
 pub use transport::{

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::codec::SnapshotOffer;
 use crate::refusal::{RefusalReason, SnapshotRefusal};
 
-pub use raft_core::snapshot::{FileSource, SnapshotSource};
+pub use raft_core::{FileSource, SnapshotSource};
 
 /// Where a receiver stores incoming snapshots.
 ///

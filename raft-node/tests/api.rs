@@ -2,13 +2,18 @@
 //! changes nothing, a separate admin token), HTTPS with forwarding between
 //! nodes, a paused (SIGSTOP) leader that the cluster moves past, bad input,
 //! and a node whose peers are all down.
+//!
+//! The contract itself (status codes, headers, malformed input) is checked
+//! on raw HTTP; waiting for a leader, and what a client observes of a
+//! paused leader, go through `raft_client`.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{leader, Proc};
+use common::{builder_of, client_of, leader, via, Proc};
+use raft_client::{Client, ReadConsistency, RetryPolicy};
 use serde_json::Value;
 
 /// `common::cluster_with` with a shorter request timeout.
@@ -37,7 +42,11 @@ async fn bearer_tokens_guard_the_api_and_the_admin_routes() {
     let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::new();
     // /v1/cluster needs a token now; poll the leader with it.
-    let first = wait_leader_with_token(&client, &procs, "user-token-0123456789abcdef").await;
+    let with_token = builder_of(&procs)
+        .token("user-token-0123456789abcdef")
+        .build()
+        .unwrap();
+    let first = leader(&with_token, &procs, None).await;
     let follower = procs.iter().find(|p| p.id != first).unwrap();
 
     let url = format!("{}/v1/kv/secret", follower.http);
@@ -114,42 +123,6 @@ async fn bearer_tokens_guard_the_api_and_the_admin_routes() {
     );
 }
 
-async fn wait_leader_with_token(client: &reqwest::Client, procs: &[Proc], token: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // Every node must name the same leader: a follower that has not
-        // heard its first heartbeat yet would answer 503 "no leader".
-        let mut seen = Vec::new();
-        for p in procs {
-            let leader = match client
-                .get(format!("{}/v1/cluster", p.http))
-                .bearer_auth(token)
-                .send()
-                .await
-            {
-                Ok(r) => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["leader"].as_u64()),
-                Err(_) => None,
-            };
-            seen.push(leader);
-        }
-        if let Some(Some(l)) = seen.first() {
-            if seen.iter().all(|s| *s == Some(*l)) {
-                return *l;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreed leader: {seen:?}; log:\n{}",
-            procs[0].log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_client_certificates_serves_and_forwards() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +145,14 @@ async fn https_with_client_certificates_serves_and_forwards() {
         .identity(identity)
         .build()
         .unwrap();
-    let first = leader(&client, &procs, None).await;
+    let nodes = builder_of(&procs)
+        .ca_file(certs.join("ca.pem"))
+        .unwrap()
+        .identity_files(certs.join("node-1.pem"), certs.join("node-1.key"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let first = leader(&nodes, &procs, None).await;
     let follower = procs.iter().find(|p| p.id != first).unwrap();
     let r = client
         .put(format!("{}/v1/kv/tls", follower.http))
@@ -208,18 +188,14 @@ async fn https_with_client_certificates_serves_and_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let (mut procs, first, old) = cluster_with_k(dir.path(), &client, "before").await;
+    let (mut procs, client, first, old) = cluster_with_k(dir.path(), "before").await;
     signal(&procs[old], rustix::process::Signal::STOP);
     // The others elect a new leader and take writes.
     let survivors: Vec<usize> = (0..procs.len()).filter(|i| *i != old).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let new_leader = loop {
         let s = common::status(&client, &procs[survivors[0]]).await;
-        if let Some(l) = s.and_then(|s| s["leader"].as_u64()).filter(|l| *l != first) {
+        if let Some(l) = s.and_then(|s| s.leader).filter(|l| *l != first) {
             break l;
         }
         assert!(
@@ -237,23 +213,19 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
     loop {
         let s = common::status(&client, &procs[old]).await;
         if s.as_ref()
-            .is_some_and(|s| s["role"] == "follower" && s["leader"].as_u64() == Some(new_leader))
+            .is_some_and(|s| s.role == "follower" && s.leader == Some(new_leader))
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the resumed leader did not step down: {s:?}"
+            "the resumed leader did not step down: {:?}",
+            s.map(|s| s.raw)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = client
-        .get(format!("{}/v1/kv/k", procs[old].http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "after");
+    let e = via(&client, &procs[old]).get("k").await.unwrap();
+    assert_eq!(e.map(|e| e.value), Some("after".into()));
     for p in &mut procs {
         p.kill9();
     }
@@ -267,7 +239,7 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let first = leader(&client, &procs, None).await;
+    let first = leader(&client_of(&procs), &procs, None).await;
     let p = &procs[0];
 
     // Invalid UTF-8 in a key is fine when percent-encoded; it lists encoded.
@@ -425,18 +397,17 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_leader_never_serves_a_stale_lease_read() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let (mut procs, _, old) = cluster_with_k(dir.path(), &client, "old").await;
+    let (mut procs, client, _, old) = cluster_with_k(dir.path(), "old").await;
+    // One attempt each, waiting up to 20 s for the answer.
+    let lease_read = via(&client, &procs[old])
+        .with_retry(RetryPolicy::none())
+        .with_request_timeout(Duration::from_secs(20));
     // A lease read works on the healthy leader.
-    let r = client
-        .get(format!("{}/v1/kv/k?consistency=lease", procs[old].http))
-        .send()
+    let e = lease_read
+        .get_with("k", ReadConsistency::Lease)
         .await
         .unwrap();
-    assert_eq!(r.text().await.unwrap(), "old");
+    assert_eq!(e.map(|e| e.value), Some("old".into()));
 
     signal(&procs[old], rustix::process::Signal::STOP);
     let survivor = (0..procs.len()).find(|i| *i != old).unwrap();
@@ -444,22 +415,16 @@ async fn a_resumed_leader_never_serves_a_stale_lease_read() {
     // Lease reads reach the stopped leader's socket, then it resumes.
     let reads: Vec<_> = (0..5)
         .map(|_| {
-            let c = client.clone();
-            let url = format!("{}/v1/kv/k?consistency=lease", procs[old].http);
-            tokio::spawn(async move {
-                match c.get(&url).send().await {
-                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-                    Err(e) => (0, e.to_string()),
-                }
-            })
+            let c = lease_read.clone();
+            tokio::spawn(async move { c.get_with("k", ReadConsistency::Lease).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&procs[old], rustix::process::Signal::CONT);
     for r in reads {
-        let (code, body) = r.await.unwrap();
+        let read = r.await.unwrap();
         assert!(
-            !(code == 200 && body == "old"),
+            !read.is_ok_and(|e| e.is_some_and(|e| &e.value[..] == b"old")),
             "a lease read on the resumed leader returned the overwritten value"
         );
     }
@@ -469,23 +434,17 @@ async fn a_resumed_leader_never_serves_a_stale_lease_read() {
 }
 
 /// A 3-node cluster with `k` = `value` written through its leader: the
-/// processes, the leader's id and its position in them.
-async fn cluster_with_k(
-    dir: &std::path::Path,
-    client: &reqwest::Client,
-    value: &str,
-) -> (Vec<Proc>, u64, usize) {
+/// processes, a client of them, the leader's id and its position in them.
+async fn cluster_with_k(dir: &std::path::Path, value: &str) -> (Vec<Proc>, Client, u64, usize) {
     let procs = cluster_with(dir, 3, &[], &[], "http");
-    let first = leader(client, &procs, None).await;
+    let client = client_of(&procs);
+    let first = leader(&client, &procs, None).await;
     let at = procs.iter().position(|p| p.id == first).unwrap();
-    let r = client
-        .put(format!("{}/v1/kv/k", procs[at].http))
-        .body(value.to_owned())
-        .send()
+    via(&client, &procs[at])
+        .put("k", value.to_owned())
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    (procs, first, at)
+    (procs, client, first, at)
 }
 
 /// Sends `sig` to `p`'s process.
@@ -496,20 +455,17 @@ fn signal(p: &Proc, sig: rustix::process::Signal) {
 
 /// PUTs `k` = `value` through `p` until one is accepted (the cluster may be
 /// electing a leader), for up to 60 s.
-async fn put_until_accepted(client: &reqwest::Client, p: &Proc, value: &str) {
+async fn put_until_accepted(client: &Client, p: &Proc, value: &str) {
+    let node = via(client, p).with_request_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sent = client
-            .put(format!("{}/v1/kv/k", p.http))
-            .body(value.to_owned())
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status() == 200) {
+        let sent = node.put("k", value.to_owned()).await;
+        if sent.is_ok() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "no write accepted through node {}",
+            "no write accepted through node {} ({sent:?})",
             p.id
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

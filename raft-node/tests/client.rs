@@ -13,13 +13,6 @@ use raft_client::{
     RetryPolicy, WriteOptions,
 };
 
-fn client_of(procs: &[Proc]) -> Client {
-    Client::builder(procs.iter().map(|p| p.http.clone()))
-        .retry(RetryPolicy::default().budget(Duration::from_secs(60)))
-        .build()
-        .unwrap()
-}
-
 /// A node's status through the client, once it names a leader.
 async fn wait_leader(c: &Client) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);

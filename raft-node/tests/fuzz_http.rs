@@ -378,7 +378,7 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    leader(&client, &procs, None).await;
+    leader(&client_of(&procs), &procs, None).await;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut by_status = std::collections::BTreeMap::<String, usize>::new();
     let mut absent = Vec::new();
@@ -460,22 +460,16 @@ async fn random_requests_get_documented_statuses_and_break_nothing() {
     // Still a working cluster, through every node. A random request may
     // have moved the leadership: wait for a leader, and retry a write that
     // was refused for want of one.
-    leader(&client, &procs, None).await;
+    let nodes = client_of(&procs);
+    leader(&nodes, &procs, None).await;
     for (i, p) in procs.iter().enumerate() {
         let key = format!("after-fuzz-{i}");
-        let status = status_past_503(|| put(&client, p, &key, "ok")).await;
-        assert!(
-            status.is_success(),
-            "seed {seed}: write via node {}: {status}",
-            p.id,
-        );
-        let v = client
-            .get(format!("{}/v1/kv/after-fuzz-{i}", p.http))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(v.status(), 200, "seed {seed}");
-        assert_eq!(v.text().await.unwrap(), "ok", "seed {seed}");
+        if let Err(e) = put(&nodes, p, &key, "ok").await {
+            panic!("seed {seed}: write via node {}: {e}", p.id);
+        }
+        let v = via(&nodes, p).get(&key).await;
+        let v = v.unwrap_or_else(|e| panic!("seed {seed}: read via node {}: {e}", p.id));
+        assert_eq!(v.map(|e| e.value), Some("ok".into()), "seed {seed}");
     }
     // The defective writes applied nothing.
     for key in &absent {
@@ -542,14 +536,43 @@ async fn stalled(addr: &str, n: usize, bytes: &[u8]) -> Vec<tokio::net::TcpStrea
 
 /// A plain request on a new connection; the status and how long it took.
 async fn timed_get(addr: &str, path: &str) -> (Option<u16>, Duration) {
+    let (got, took) = probe(addr, path).await;
+    (got.ok(), took)
+}
+
+/// [`timed_get`] that says why there was no status: the connection was
+/// refused, reset or closed without an answer, or nothing came within
+/// 10 s.
+async fn probe(addr: &str, path: &str) -> (Result<u16, String>, Duration) {
     let started = std::time::Instant::now();
     let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let got = tokio::time::timeout(Duration::from_secs(10), send(addr, req.as_bytes(), false))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten()
-        .map(|(s, _)| s);
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("sending the request: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) if buf.is_empty() => return Err("closed without an answer".to_string()),
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading the answer ({} bytes in): {e}", buf.len())),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf);
+        head.strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP response: {head:?}"))
+    };
+    let got = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer within 10 s".to_string()),
+    };
     (got, started.elapsed())
 }
 
@@ -636,7 +659,7 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    leader(&client, &procs, None).await;
+    leader(&client_of(&procs), &procs, None).await;
     let target = &procs[0];
     let pid = target.child.as_ref().unwrap().id();
     let addr = target.http.trim_start_matches("http://").to_owned();
@@ -833,7 +856,12 @@ async fn silent_tls_handshakes_do_not_block_new_https_clients() {
             .build()
             .unwrap()
     };
-    leader(&https(), &procs, None).await;
+    let nodes = builder_of(&procs)
+        .ca_file(dir.path().join("certs/ca.pem"))
+        .unwrap()
+        .build()
+        .unwrap();
+    leader(&nodes, &procs, None).await;
     let target = &procs[0];
     let addr = target.http.trim_start_matches("https://").to_owned();
     let before = open_fds(target);
@@ -942,12 +970,16 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     // defaults, not the tests' usual 0.4 s: a loaded debug build can miss
     // a few heartbeats, and the test asserts that no election happens.
     let extra = ["--election-ticks=50".to_string()];
-    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let lead = leader(&client, &procs, None).await;
+    let nodes = builder_of(&procs)
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let lead = leader(&nodes, &procs, None).await;
     let leader_proc = procs.iter().find(|p| p.id == lead).unwrap();
     let follower = procs.iter().find(|p| p.id != lead).unwrap();
     let value = vec![0x01u8; 1 << 20];
@@ -963,6 +995,7 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
                     // written: retry what was refused or went unanswered
                     // (the same value again changes nothing).
                     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    let mut last: String;
                     loop {
                         let r = client
                             .put(format!("{url}/v1/kv/big/{i:04}"))
@@ -971,13 +1004,16 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
                             .await;
                         match r {
                             Ok(r) if r.status() == 200 => break,
-                            Ok(r) if r.status() == 503 || r.status() == 504 => {}
+                            Ok(r) if r.status() == 503 || r.status() == 504 => {
+                                let status = r.status();
+                                last = format!("{status} {}", r.text().await.unwrap_or_default());
+                            }
                             Ok(r) => panic!("PUT big/{i:04}: {} {:?}", r.status(), r.text().await),
-                            Err(_) => {}
+                            Err(e) => last = format!("{e:?}"),
                         }
                         assert!(
                             std::time::Instant::now() < deadline,
-                            "PUT big/{i:04} not accepted within 60 s"
+                            "PUT big/{i:04} not accepted within 60 s; last answer: {last}"
                         );
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -990,18 +1026,16 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     }
     eprintln!("wrote {values} values of 1 MiB in {:?}", started.elapsed());
     // The follower has applied them all.
-    let commit = status_of(&client, leader_proc).await["commit"]
-        .as_u64()
-        .unwrap();
+    let commit = status_of(&nodes, leader_proc).await.commit;
     wait_status(
-        &client,
+        &nodes,
         follower,
         120,
         "the follower applied the writes",
-        |s| s["applied"].as_u64().is_some_and(|a| a >= commit),
+        |s| s.applied >= commit,
     )
     .await;
-    let term_before = status_of(&client, follower).await["term"].as_u64();
+    let term_before = status_of(&nodes, follower).await.term;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rss_of = |p: &Proc| status_line(p, "VmRSS:");
@@ -1066,7 +1100,7 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     }
     for p in &procs {
         assert_eq!(
-            status_of(&client, p).await["term"].as_u64(),
+            status_of(&nodes, p).await.term,
             term_before,
             "an election happened during the listings (node {})",
             p.id
@@ -1086,7 +1120,7 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (health, took) = timed_get(&addr, "/healthz").await;
+    let (health, took) = probe(&addr, "/healthz").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let l_peak = l_peak.join().unwrap();
     eprintln!(
@@ -1094,11 +1128,16 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
         mib(l_before),
         mib(l_peak)
     );
-    assert_eq!(
-        health,
-        Some(200),
-        "/healthz beside unread listings ({took:?})"
-    );
+    if health != Ok(200) {
+        let leader_id = leader_proc.id;
+        let fds = open_fds(leader_proc);
+        panic!(
+            "/healthz of the leader (node {leader_id}) beside unread listings: {health:?} after \
+             {took:?}; the leader has {fds} open files, RSS peak {:.0} MiB\n{}",
+            mib(l_peak),
+            nodes_report(&mut procs, 60)
+        );
+    }
     assert!(
         l_peak.saturating_sub(l_before) < 256 << 20,
         "the leader's memory grew from {:.0} to {:.0} MiB with 100 unread listings",
@@ -1131,7 +1170,7 @@ async fn huge_listings_are_bounded_paged_and_keep_the_cluster_up() {
         seen, expected,
         "a keys-only walk visits every key once, in order"
     );
-    assert_running_without_panic(&mut { procs }, "after the listings");
+    assert_running_without_panic(&mut procs, "after the listings");
 }
 
 /// Stalled bodies beyond `--http-max-receiving-bodies` get 503
@@ -1150,12 +1189,7 @@ async fn stalled_bodies_beyond_their_slots_get_503_and_probes_still_answer() {
         "--http-body-timeout-ms=3000".to_string(),
     ];
     let procs = cluster_with(dir.path(), 1, &extra, &[], "http");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    leader(&client, &procs, None).await;
+    leader(&client_of(&procs), &procs, None).await;
     let addr = procs[0].http.trim_start_matches("http://").to_owned();
     let bodies = stalled(
         &addr,
@@ -1215,11 +1249,7 @@ async fn out_of_file_descriptors_the_longest_idle_connections_make_room() {
     raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
     let procs = cluster_with(dir.path(), 1, &[], &[], "http");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    leader(&client, &procs, None).await;
+    leader(&client_of(&procs), &procs, None).await;
     let pid = procs[0].child.as_ref().unwrap().id();
     let low = rustix::process::Rlimit {
         current: Some(256),
@@ -1270,7 +1300,7 @@ async fn hung_requests_meet_the_deadline_and_extra_ones_are_shed() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    leader(&client, &procs, None).await;
+    leader(&client_of(&procs), &procs, None).await;
     let url = procs[0].http.clone();
     std::fs::write(&trigger, b"").unwrap();
     let hung: Vec<_> = (0..4)
@@ -1344,7 +1374,7 @@ async fn a_slow_reader_gets_its_whole_listing_through_a_follower() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let lead = leader(&client, &procs, None).await;
+    let lead = leader(&client_of(&procs), &procs, None).await;
     let leader_proc = procs.iter().find(|p| p.id == lead).unwrap();
     let follower = procs.iter().find(|p| p.id != lead).unwrap();
     for i in 0..10 {

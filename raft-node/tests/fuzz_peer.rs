@@ -27,21 +27,13 @@ async fn random_bytes_on_the_peer_port_of_a_real_node_break_nothing() {
     eprintln!("fuzz_peer: seed {seed}, {cases} connections (replay: RAFT_FUZZ_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(dir.path(), 3);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client_of(&procs);
     leader(&client, &procs, None).await;
     // Node 4 becomes a member every node knows (a learner that never runs).
-    let r = client
-        .post(format!("{}/v1/cluster/learners", procs[0].http))
-        .json(
-            &serde_json::json!({"id": 4, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
-        )
-        .send()
+    via(&client, &procs[0])
+        .add_learner(4, "127.0.0.1:9", "127.0.0.1:9")
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let target = &procs[0];
     let peer_addr: SocketAddr = target
         .args
@@ -119,13 +111,10 @@ async fn random_bytes_on_the_peer_port_of_a_real_node_break_nothing() {
     assert_running_without_panic(&mut procs, &format!("seed {seed}"));
     // The cluster still serves, through the node that took the garbage.
     leader(&client, &procs, None).await;
-    let status = status_past_503(|| put(&client, &procs[0], "after-peer-fuzz", "ok")).await;
-    assert!(status.is_success(), "seed {seed}: {status}");
-    let v = client
-        .get(format!("{}/v1/kv/after-peer-fuzz", procs[1].http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(v.status(), 200, "seed {seed}");
-    assert_eq!(v.text().await.unwrap(), "ok", "seed {seed}");
+    if let Err(e) = put(&client, &procs[0], "after-peer-fuzz", "ok").await {
+        panic!("seed {seed}: {e}");
+    }
+    let v = via(&client, &procs[1]).get("after-peer-fuzz").await;
+    let v = v.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    assert_eq!(v.map(|e| e.value), Some("ok".into()), "seed {seed}");
 }

@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster_with, joiner, leader, status_of, wait_status, Proc};
-use serde_json::Value;
+use common::{builder_of, cluster_with, joiner, leader, status_of, via, wait_status, Proc};
+use raft_client::{Client, RetryPolicy};
 
 fn flags(extra: &[&str]) -> Vec<String> {
     let mut v = vec![
@@ -20,6 +20,15 @@ fn flags(extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// A client of the cluster whose attempts may take a minute: 1 MiB writes
+/// while snapshots are built can take long on a loaded machine.
+fn client_of(procs: &[Proc]) -> Client {
+    builder_of(procs)
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 fn by_id(procs: &[Proc], id: u64) -> &Proc {
     procs.iter().find(|p| p.id == id).expect("known node")
 }
@@ -27,39 +36,34 @@ fn by_id(procs: &[Proc], id: u64) -> &Proc {
 /// Writes `count` values of `size` bytes under `prefix`, through `p`, and
 /// returns them (every write acknowledged).
 async fn write_values(
-    client: &reqwest::Client,
+    client: &Client,
     p: &Proc,
     prefix: &str,
     count: usize,
     size: usize,
 ) -> Vec<(String, Vec<u8>)> {
+    let node = via(client, p);
     let mut out = Vec::new();
     for i in 0..count {
         let key = format!("{prefix}{i:05}");
         let value: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect();
-        let r = client
-            .put(format!("{}/v1/kv/{key}", p.http))
-            .body(value.clone())
-            .send()
-            .await
-            .expect("reachable");
-        assert_eq!(r.status(), 200, "write {key}: {:?}", r.text().await);
+        if let Err(e) = node.put(&key, value.clone()).await {
+            panic!("write {key} through node {}: {e}", p.id);
+        }
         out.push((key, value));
     }
     out
 }
 
-async fn assert_values(client: &reqwest::Client, p: &Proc, values: &[(String, Vec<u8>)]) {
+async fn assert_values(client: &Client, p: &Proc, values: &[(String, Vec<u8>)]) {
+    let node = via(client, p);
     for (key, value) in values {
-        let r = client
-            .get(format!("{}/v1/kv/{key}", p.http))
-            .send()
-            .await
-            .expect("reachable");
-        assert_eq!(r.status(), 200, "node {}: read {key}", p.id);
+        let e = node.get(key).await.unwrap_or_else(|e| {
+            panic!("node {}: read {key}: {e}", p.id);
+        });
         assert_eq!(
-            r.bytes().await.unwrap().as_ref(),
-            value.as_slice(),
+            e.map(|e| e.value).as_deref(),
+            Some(value.as_slice()),
             "node {}: value of {key}",
             p.id
         );
@@ -67,23 +71,19 @@ async fn assert_values(client: &reqwest::Client, p: &Proc, values: &[(String, Ve
 }
 
 /// Waits until every node reports the same key digest at the same applied index.
-async fn assert_same_digest(client: &reqwest::Client, procs: &[&Proc]) {
+async fn assert_same_digest(client: &Client, procs: &[&Proc]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut seen = Vec::new();
         for p in procs {
             // The digest is a full scan: with 200 MiB on a debug build and
             // a busy machine it takes longer than `status` waits.
-            let s: Option<Value> = match client
-                .get(format!("{}/v1/cluster?digest=true", p.http))
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
-            seen.push(s.map(|s| (s["applied"].clone(), s["kv"].clone())));
+            let s = via(client, p)
+                .with_retry(RetryPolicy::none())
+                .with_request_timeout(Duration::from_secs(60))
+                .status_with_digest()
+                .await;
+            seen.push(s.ok().map(|s| (s.applied, s.kv)));
         }
         if seen.iter().all(|s| s.is_some() && *s == seen[0]) {
             return;
@@ -96,35 +96,23 @@ async fn assert_same_digest(client: &reqwest::Client, procs: &[&Proc]) {
 /// Starts node `id` with `--join` through `leader`, waits until it caught
 /// up, promotes it and returns it.
 async fn join_and_promote(
-    client: &reqwest::Client,
+    client: &Client,
     dir: &std::path::Path,
     procs: &[Proc],
     leader: u64,
     id: u64,
     extra: &[String],
 ) -> Proc {
-    let via = by_id(procs, leader).http.clone();
-    let new = joiner(dir, id, &via, extra);
-    let target = status_of(client, by_id(procs, leader)).await["commit"]
-        .as_u64()
-        .unwrap();
-    wait_status(client, &new, 60, "catch-up", |s| {
-        s["applied"].as_u64().unwrap_or(0) >= target
-    })
-    .await;
-    let (code, body) = post(client, format!("{via}/v1/cluster/voters/{id}")).await;
-    assert_eq!(code, 200, "{body:#}");
-    assert!(body["membership"]["voters"]
-        .as_array()
-        .unwrap()
-        .contains(&Value::from(id)));
+    let via_leader = by_id(procs, leader);
+    let new = joiner(dir, id, &via_leader.http, extra);
+    let target = status_of(client, via_leader).await.commit;
+    wait_status(client, &new, 60, "catch-up", |s| s.applied >= target).await;
+    let m = via(client, via_leader)
+        .promote(id)
+        .await
+        .unwrap_or_else(|e| panic!("promote {id}: {e}"));
+    assert!(m.membership.voters.contains(&id), "{:#}", m.raw);
     new
-}
-
-async fn post(client: &reqwest::Client, url: String) -> (u16, Value) {
-    let r = client.post(url).send().await.expect("reachable");
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,23 +129,23 @@ async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
         "--request-timeout-ms=30000",
     ]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
     let started = Instant::now();
     let values = write_values(&client, by_id(&procs, l), "big/", mb, 1 << 20).await;
     eprintln!("wrote {mb} MiB in {:.1} s", started.elapsed().as_secs_f64());
     let s = wait_status(&client, by_id(&procs, l), 30, "compaction", |s| {
-        s["first_index"].as_u64().unwrap_or(0) > 1
+        s.first_index > 1
     })
     .await;
-    let target = s["commit"].as_u64().unwrap();
+    let target = s.commit;
 
     // Node 4 joins through a follower (forwarded to the leader).
-    let via = procs.iter().find(|p| p.id != l).unwrap().http.clone();
+    let follower = procs.iter().find(|p| p.id != l).unwrap();
     let started = Instant::now();
-    let new = joiner(dir.path(), 4, &via, &extra);
+    let new = joiner(dir.path(), 4, &follower.http, &extra);
     let s4 = wait_status(&client, &new, 300, "catch-up as a learner", |s| {
-        s["applied"].as_u64().unwrap_or(0) >= target
+        s.applied >= target
     })
     .await;
     eprintln!(
@@ -165,25 +153,16 @@ async fn a_joining_node_is_brought_up_by_a_snapshot_and_promoted() {
         started.elapsed().as_secs_f64()
     );
     assert!(
-        s4["snapshot"]["index"].as_u64().is_some(),
-        "the learner installed a snapshot: {s4:#}"
+        s4.snapshot.is_some(),
+        "the learner installed a snapshot: {:#}",
+        s4.raw
     );
-    assert!(
-        s4["membership"]["learners"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from(4)),
-        "{s4:#}"
-    );
+    assert!(s4.membership.learners.contains(&4), "{:#}", s4.raw);
 
     // Promote it (through any node).
-    let (code, body) = post(&client, format!("{via}/v1/cluster/voters/4")).await;
-    assert_eq!(code, 200, "{body:#}");
-    assert_eq!(
-        body["membership"]["voters"],
-        serde_json::json!([1, 2, 3, 4])
-    );
-    assert_eq!(body["membership"]["joint"], false);
+    let m = via(&client, follower).promote(4).await.unwrap();
+    assert_eq!(m.membership.voters, [1, 2, 3, 4], "{:#}", m.raw);
+    assert!(!m.membership.joint, "{:#}", m.raw);
     procs.push(new);
     // The new voter serves linearizable reads of everything written.
     let more = write_values(&client, by_id(&procs, 4), "after/", 5, 100).await;
@@ -204,34 +183,28 @@ async fn the_leader_removes_itself_and_a_killed_node_is_replaced() {
         "--election-ticks=50",
     ]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
     let mut written = write_values(&client, by_id(&procs, l), "a/", 80, 200).await;
 
     // The leader removes itself: it commits C_new, hands over, steps down.
-    let r = client
-        .delete(format!("{}/v1/cluster/members/{l}", by_id(&procs, l).http))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["membership"]["voters"].as_array().unwrap().len(), 2);
+    let m = via(&client, by_id(&procs, l)).remove(l).await.unwrap();
+    assert_eq!(m.membership.voters.len(), 2, "{:#}", m.raw);
     let idx = procs.iter().position(|p| p.id == l).unwrap();
     let mut removed = procs.remove(idx);
     let l2 = leader(&client, &procs, Some(l)).await;
     written.extend(write_values(&client, by_id(&procs, l2), "b/", 20, 200).await);
     // The removed node does not disrupt: the term stays put.
-    let term = status_of(&client, by_id(&procs, l2)).await["term"].clone();
+    let term = status_of(&client, by_id(&procs, l2)).await.term;
     // Longer than the removed node's longest election timeout (2 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = status_of(&client, by_id(&procs, l2)).await;
-    assert_eq!(s["term"], term, "the removed node raised the term");
-    assert_eq!(s["role"], "leader");
+    assert_eq!(s.term, term, "the removed node raised the term");
+    assert_eq!(s.role, "leader");
     removed.sigterm();
 
     // Back to three voters: node 4 joins and is promoted.
-    let survivor = by_id(&procs, l2).http.clone();
+    let survivor = via(&client, by_id(&procs, l2));
     let new = join_and_promote(&client, dir.path(), &procs, l2, 4, &extra).await;
     procs.push(new);
     written.extend(write_values(&client, by_id(&procs, 4), "c/", 20, 200).await);
@@ -242,12 +215,7 @@ async fn the_leader_removes_itself_and_a_killed_node_is_replaced() {
     let dead_id = procs[dead].id;
     procs[dead].kill9();
     procs.remove(dead);
-    let r = client
-        .delete(format!("{survivor}/v1/cluster/members/{dead_id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    survivor.remove(dead_id).await.unwrap();
     let new = join_and_promote(&client, dir.path(), &procs, l2, 5, &extra).await;
     procs.push(new);
     written.extend(write_values(&client, by_id(&procs, 5), "d/", 20, 200).await);
@@ -262,24 +230,16 @@ async fn nodes_restart_after_compaction_without_losing_writes() {
     let dir = tempfile::tempdir().unwrap();
     let extra = flags(&["--snapshot-entries=0", "--snapshot-keep-entries=3"]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
     let written = write_values(&client, by_id(&procs, l), "k/", 60, 300).await;
     // Every node takes a snapshot on demand and compacts its log.
     for p in &procs {
-        wait_status(&client, p, 30, "apply", |s| {
-            s["applied"].as_u64() >= Some(60)
-        })
-        .await;
-        let (code, body) = post(&client, format!("{}/v1/cluster/snapshot", p.http)).await;
-        assert_eq!(code, 200, "{body:#}");
-        assert!(body["index"].as_u64().unwrap() >= 60, "{body:#}");
+        wait_status(&client, p, 30, "apply", |s| s.applied >= 60).await;
+        let taken = via(&client, p).snapshot().await.unwrap();
+        assert!(taken.index >= 60, "{taken:?}");
         let s = status_of(&client, p).await;
-        assert!(
-            s["first_index"].as_u64().unwrap() > 50,
-            "node {}: {s:#}",
-            p.id
-        );
+        assert!(s.first_index > 50, "node {}: {:#}", p.id, s.raw);
     }
     // Restart all of them: they come back from snapshot plus kept entries.
     for p in procs.iter_mut() {
@@ -303,16 +263,24 @@ async fn bad_membership_requests_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let extra = flags(&["--max-promotion-lag=10"]);
     let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
-    let base = by_id(&procs, l).http.clone();
-    let problem = |v: &Value| v["type"].as_str().unwrap_or("").to_owned();
+    // Answered once: a lagging learner's 409 asks to be retried.
+    let at_leader = via(&client, by_id(&procs, l)).with_retry(RetryPolicy::none());
+    let problem = |e: &raft_client::Error| e.problem().map(|p| p.kind.clone());
 
-    let (code, body) = post(&client, format!("{base}/v1/cluster/voters/9")).await;
-    assert_eq!(code, 404, "{body:#}");
-    assert_eq!(problem(&body), "urn:raft-node:problem:unknown-member");
-    let (code, _) = post(&client, format!("{base}/v1/cluster/voters/zero")).await;
-    assert_eq!(code, 400);
+    let err = at_leader.promote(9).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(problem(&err).as_deref(), Some("unknown-member"));
+    // Malformed requests no client call sends: raw HTTP.
+    let http = reqwest::Client::new();
+    let base = by_id(&procs, l).http.clone();
+    let r = http
+        .post(format!("{base}/v1/cluster/voters/zero"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     for bad in [
         "",
         "{}",
@@ -320,7 +288,7 @@ async fn bad_membership_requests_get_clear_errors() {
         "{\"id\": 5, \"peer_addr\": \"nowhere\", \"client_addr\": \"127.0.0.1:2\"}",
         "[1, 2]",
     ] {
-        let r = client
+        let r = http
             .post(format!("{base}/v1/cluster/learners"))
             .body(bad)
             .send()
@@ -329,41 +297,28 @@ async fn bad_membership_requests_get_clear_errors() {
         assert_eq!(r.status(), 400, "body {bad:?}: {:?}", r.text().await);
     }
     // A learner that never comes up is too far behind to be promoted.
-    let r = client
-        .post(format!("{base}/v1/cluster/learners"))
-        .json(
-            &serde_json::json!({"id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
-        )
-        .send()
+    at_leader
+        .add_learner(9, "127.0.0.1:9", "127.0.0.1:9")
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     write_values(&client, by_id(&procs, l), "x/", 20, 10).await;
-    let (code, body) = post(&client, format!("{base}/v1/cluster/voters/9")).await;
-    assert_eq!(code, 409, "{body:#}");
-    assert_eq!(problem(&body), "urn:raft-node:problem:learner-lagging");
-    assert!(body["lag"].as_u64().unwrap() > 10);
+    let err = at_leader.promote(9).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(problem(&err).as_deref(), Some("learner-lagging"));
+    let lag = err.problem().and_then(|p| p.number("lag"));
+    assert!(lag > Some(10), "{err}: lag {lag:?}");
     // Adding a voter as a learner is refused.
-    let r = client
-        .post(format!("{base}/v1/cluster/learners"))
-        .json(
-            &serde_json::json!({"id": l, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
-        )
-        .send()
+    let err = at_leader
+        .add_learner(l, "127.0.0.1:9", "127.0.0.1:9")
         .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
     // The learner is removed; the cluster is unaffected throughout.
-    let r = client
-        .delete(format!("{base}/v1/cluster/members/9"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    at_leader.remove(9).await.unwrap();
     let s = status_of(&client, by_id(&procs, l)).await;
-    assert_eq!(s["membership"]["voters"], serde_json::json!([1, 2, 3]));
-    assert_eq!(s["membership"]["learners"], serde_json::json!([]));
-    assert_eq!(s["role"], "leader");
+    assert_eq!(s.membership.voters, [1, 2, 3]);
+    assert_eq!(s.membership.learners, Vec::<u64>::new());
+    assert_eq!(s.role, "leader");
 }
 
 /// A node that joins through a leader which itself joined after the
@@ -380,23 +335,21 @@ async fn a_node_joins_through_a_leader_newer_than_the_snapshot_it_installs() {
         "--election-ticks=50",
     ]);
     let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
     write_values(&client, by_id(&procs, l), "small/", 200, 10).await;
     wait_status(&client, by_id(&procs, l), 60, "compaction", |s| {
-        s["first_index"].as_u64().unwrap_or(0) > 1
+        s.first_index > 1
     })
     .await;
     // Entries after the snapshot, too few for another one.
     write_values(&client, by_id(&procs, l), "mid/", 150, 64 << 10).await;
     let four = join_and_promote(&client, dir.path(), &procs, l, 4, &extra).await;
     procs.push(four);
-    let (code, body) = post(
-        &client,
-        format!("{}/v1/cluster/transfer-leader", by_id(&procs, l).http),
-    )
-    .await;
-    assert_eq!(code, 200, "{body:#}");
+    via(&client, by_id(&procs, l))
+        .transfer_leader(None)
+        .await
+        .unwrap();
     // Move leadership to node 4 (the transfer picks the most up-to-date
     // voter; ask until it is node 4).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -406,27 +359,21 @@ async fn a_node_joins_through_a_leader_newer_than_the_snapshot_it_installs() {
             break;
         }
         assert!(Instant::now() < deadline, "leadership never reached node 4");
-        let r = client
-            .post(format!(
-                "{}/v1/cluster/transfer-leader",
-                by_id(&procs, now).http
-            ))
-            .json(&serde_json::json!({ "target": 4 }))
-            .send()
-            .await
-            .expect("reachable");
-        assert!(
-            r.status().is_success() || r.status() == 503,
-            "{:?}",
-            r.text().await
-        );
+        let asked = via(&client, by_id(&procs, now))
+            .with_retry(RetryPolicy::none())
+            .transfer_leader(Some(4))
+            .await;
+        if let Err(e) = asked {
+            assert_eq!(e.status(), Some(503), "{e}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let five = join_and_promote(&client, dir.path(), &procs, 4, 5, &extra).await;
     let s5 = status_of(&client, &five).await;
     assert!(
-        s5["snapshot"]["index"].as_u64().is_some(),
-        "node 5 caught up through the snapshot: {s5:#}"
+        s5.snapshot.is_some(),
+        "node 5 caught up through the snapshot: {:#}",
+        s5.raw
     );
     procs.push(five);
     let more = write_values(&client, by_id(&procs, 5), "after/", 5, 100).await;

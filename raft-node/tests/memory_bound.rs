@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cluster_with_env, leader, status_of};
+use common::{builder_of, cluster_with_env, leader, status_of, via};
+use raft_client::{Error, IdempotencyKeys, RetryPolicy};
 
 /// The documented bound on a node's peak RSS with default settings
 /// (raft-node README, "Limits").
@@ -52,12 +53,16 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
     let procs = cluster_with_env(dir.path(), 3, &[], &[], "http", |_| {
         vec![("RUST_LOG".into(), log_filter.clone().into())]
     });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
+    // One attempt per request, so that the test counts the 503s; no
+    // idempotency keys, whose records would add to what is measured.
+    let client = builder_of(&procs)
+        .request_timeout(Duration::from_secs(60))
+        .retry(RetryPolicy::none())
+        .idempotency_keys(IdempotencyKeys::Off)
         .build()
         .unwrap();
     leader(&client, &procs, None).await;
-    let urls: Arc<Vec<String>> = Arc::new(procs.iter().map(|p| p.http.clone()).collect());
+    let nodes: Arc<Vec<_>> = Arc::new(procs.iter().map(|p| via(&client, p)).collect());
 
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -65,7 +70,7 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, urls, next) = (client.clone(), urls.clone(), next.clone());
+        let (nodes, next) = (nodes.clone(), next.clone());
         let (refused, unknown) = (refused.clone(), unknown.clone());
         tasks.push(tokio::spawn(async move {
             // Each client has a value of its own: 1 MiB, the default limit.
@@ -81,36 +86,31 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
                 let mut last_outcome: String;
                 loop {
                     // Every node in turn: followers forward to the leader.
-                    let url = &urls[((i + c) % urls.len() as u64) as usize];
-                    let r = client
-                        .put(format!("{url}/v1/kv/{key}"))
-                        .body(value.clone())
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 200 => break,
-                        Ok(r) if r.status() == 503 => {
+                    let node = &nodes[((i + c) % nodes.len() as u64) as usize];
+                    match node.put(&key, value.clone()).await {
+                        Ok(_) => break,
+                        Err(e @ Error::Unavailable { .. }) => {
                             refused.fetch_add(1, Ordering::Relaxed);
                             assert!(
-                                r.headers().contains_key("retry-after"),
-                                "a 503 carries Retry-After"
+                                matches!(e, Error::Unavailable { retry_after: Some(_), .. }),
+                                "a 503 carries Retry-After: {e:?}"
                             );
-                            last_outcome = format!("503 {}", r.text().await.unwrap_or_default());
+                            last_outcome = e.to_string();
                         }
-                        Ok(r) if r.status() == 504 => {
+                        // 504, or a timeout or lost connection.
+                        Err(e @ Error::OutcomeUnknown { .. }) => {
                             unknown.fetch_add(1, Ordering::Relaxed);
-                            last_outcome = format!("504 {}", r.text().await.unwrap_or_default());
+                            if e.status().is_none() {
+                                eprintln!("PUT {key}: {e}");
+                            }
+                            last_outcome = e.to_string();
                         }
-                        Ok(r) => panic!("PUT {key}: unexpected status {}", r.status()),
-                        Err(e) => {
-                            unknown.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("PUT {key}: {e}");
-                            last_outcome = format!("{e:?}");
-                        }
+                        Err(e) => panic!("PUT {key}: unexpected answer {e}"),
                     }
                     assert!(
                         Instant::now() < deadline,
-                        "PUT {key} (#{i}) to {url} not accepted within 120 s; last answer: {last_outcome}"
+                        "PUT {key} (#{i}) to {} not accepted within 120 s; last answer: {last_outcome}",
+                        node.endpoints()[0]
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -146,7 +146,7 @@ async fn many_puts_of_one_mib_keep_every_nodes_peak_rss_under_the_documented_bou
         let mut seen = Vec::new();
         for p in &procs {
             let s = status_of(&client, p).await;
-            seen.push((s["applied"].clone(), s["kv"].clone()));
+            seen.push((s.applied, s.kv));
         }
         if seen.iter().all(|s| *s == seen[0]) {
             break;

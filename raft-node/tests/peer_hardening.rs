@@ -12,7 +12,6 @@ use common::raw_peer::{handshake, raw_peer};
 use common::*;
 use raft_core::{LogId, Message, MessageBody};
 use raft_net_quic::codec::{self, Frame, StreamKind};
-use serde_json::Value;
 
 fn peer_addr(p: &Proc) -> SocketAddr {
     p.args
@@ -31,22 +30,14 @@ fn peer_addr(p: &Proc) -> SocketAddr {
 async fn a_removed_node_that_keeps_its_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(dir.path(), 3);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
-    let leader_http = procs.iter().find(|p| p.id == l).unwrap().http.clone();
+    let at_leader = via(&client, procs.iter().find(|p| p.id == l).unwrap());
     let removed = procs.iter().find(|p| p.id != l).unwrap().id;
     // It keeps running (and holding its certificate) to the end.
     let idx = procs.iter().position(|p| p.id == removed).unwrap();
     let _removed_proc = procs.remove(idx);
-    let r = client
-        .delete(format!("{leader_http}/v1/cluster/members/{removed}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    at_leader.remove(removed).await.unwrap();
 
     let (endpoint, cfg) = raw_peer(&dir.path().join("certs"), removed);
     for p in &procs {
@@ -76,18 +67,12 @@ async fn a_removed_node_that_keeps_its_certificate_is_refused() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let l = leader(&client, &procs, None).await;
     let writer = procs.iter().find(|p| p.id == l).unwrap();
-    let status = status_past_503(|| put(&client, writer, "after-removal", "ok")).await;
-    assert!(status.is_success(), "{status}");
+    put(&client, writer, "after-removal", "ok").await.unwrap();
     let reader = procs.iter().find(|p| p.id != l).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = client
-            .get(format!("{}/v1/kv/after-removal", reader.http))
-            .send()
-            .await
-            .unwrap();
-        if v.status() == 200 {
-            assert_eq!(v.text().await.unwrap(), "ok");
+        if let Some(v) = via(&client, reader).get("after-removal").await.unwrap() {
+            assert_eq!(&v.value[..], b"ok");
             break;
         }
         assert!(
@@ -100,22 +85,11 @@ async fn a_removed_node_that_keeps_its_certificate_is_refused() {
 
     // Its address record is gone: the members listed with the next change
     // do not include it.
-    let r = client
-        .post(format!("{}/v1/cluster/learners", writer.http))
-        .json(
-            &serde_json::json!({"id": 5, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
-        )
-        .send()
+    let change = via(&client, writer)
+        .add_learner(5, "127.0.0.1:9", "127.0.0.1:9")
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let body: Value = r.json().await.unwrap();
-    let ids: Vec<u64> = body["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = change.members.iter().map(|m| m.id).collect();
     assert!(
         !ids.contains(&removed),
         "the address record of removed node {removed} is still listed: {ids:?}"
@@ -130,21 +104,12 @@ async fn a_removed_node_that_keeps_its_certificate_is_refused() {
 async fn an_absurd_term_from_a_member_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let procs = cluster(dir.path(), 3);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
-    let leader_http = procs.iter().find(|p| p.id == l).unwrap().http.clone();
-    let r = client
-        .post(format!("{leader_http}/v1/cluster/learners"))
-        .json(
-            &serde_json::json!({"id": 4, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9"}),
-        )
-        .send()
+    via(&client, procs.iter().find(|p| p.id == l).unwrap())
+        .add_learner(4, "127.0.0.1:9", "127.0.0.1:9")
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let (endpoint, cfg) = raw_peer(&dir.path().join("certs"), 4);
     let mut conns = Vec::new();
     for p in &procs {
@@ -191,14 +156,14 @@ async fn an_absurd_term_from_a_member_changes_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for p in &procs {
-        let s = status_of(&client, p).await;
-        let term = s["term"].as_u64().unwrap();
+        let term = status_of(&client, p).await.term;
         assert!(term < 1 << 62, "node {} adopted term {term}", p.id);
     }
     let l = leader(&client, &procs, None).await;
     let writer = procs.iter().find(|p| p.id == l).unwrap();
-    let status = status_past_503(|| put(&client, writer, "after-absurd-term", "ok")).await;
-    assert!(status.is_success(), "{status}");
+    put(&client, writer, "after-absurd-term", "ok")
+        .await
+        .unwrap();
     drop(conns);
 }
 
@@ -223,10 +188,7 @@ async fn a_certificate_revoked_through_tls_crl_is_refused_after_the_reload() {
         format!("--tls-crl={}", crl.display()),
     ];
     let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = client_of(&procs);
     let l = leader(&client, &procs, None).await;
     let revoked = procs.iter().find(|p| p.id != l).unwrap().id;
     let cert = std::fs::read_to_string(certs.join(format!("node-{revoked}.pem"))).unwrap();
@@ -256,6 +218,7 @@ async fn a_certificate_revoked_through_tls_crl_is_refused_after_the_reload() {
         }
     }
     let writer = procs.iter().find(|p| p.id == l).unwrap();
-    let status = status_past_503(|| put(&client, writer, "after-revocation", "ok")).await;
-    assert!(status.is_success(), "{status}");
+    put(&client, writer, "after-revocation", "ok")
+        .await
+        .unwrap();
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cluster, free_tcp, leader, put};
+use common::{client_of, cluster, free_tcp, leader, put};
 use serde_json::Value;
 
 /// A `prometheus` process, killed when dropped (also when the test panics).
@@ -124,12 +124,13 @@ async fn prometheus_scrapes_every_node_of_a_three_node_cluster() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let procs = cluster(dir.path(), 3);
-    let client = reqwest::Client::new();
-    leader(&client, &procs, None).await;
+    let nodes = client_of(&procs);
+    leader(&nodes, &procs, None).await;
     for (i, p) in procs.iter().enumerate() {
-        let r = put(&client, p, &format!("scrape/{i}"), "v").await;
-        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        put(&nodes, p, &format!("scrape/{i}"), "v").await.unwrap();
     }
+    // Prometheus's own HTTP API.
+    let client = reqwest::Client::new();
 
     let instances: BTreeSet<String> = procs
         .iter()

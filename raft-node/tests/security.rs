@@ -294,15 +294,7 @@ async fn review_the_principal_survives_forwarding_through_a_follower() {
         format!("--admin-token-file={}", admin.display()),
     ];
     let procs = common::cluster_with(dir.path(), 3, &extra, &[], "http");
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {USER}").parse().unwrap(),
-    );
-    let authed = reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap();
+    let authed = common::builder_of(&procs).token(USER).build().unwrap();
     let l = common::leader(&authed, &procs, None).await;
     let f = procs.iter().find(|p| p.id != l).unwrap();
     let ld = procs.iter().find(|p| p.id == l).unwrap();
@@ -317,4 +309,67 @@ async fn review_the_principal_survives_forwarding_through_a_follower() {
     assert_eq!(s, 200, "admin scope through the follower: {other}");
     let (s, other) = put(&client, &format!("{}/v1/kv/g", f.http), USER, "fw", "two").await;
     assert_eq!(s, 422, "user scope, other request: {other}");
+}
+
+/// A token file the node cannot use stops it at start, before it binds
+/// anything, with one line naming the file and the reason.
+#[test]
+fn a_token_file_the_node_cannot_use_stops_it_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    raft_net_quic::certs::write_dev_certs(&certs, &[1], &[]).unwrap();
+    let missing = dir.path().join("missing.token");
+    let empty = dir.path().join("empty.token");
+    token_file(&empty, "");
+    let unreadable = dir.path().join("dir.token");
+    std::fs::create_dir(&unreadable).unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cases = [
+        (
+            &missing,
+            "cannot read token file {}: No such file or directory (os error 2)",
+        ),
+        (
+            &empty,
+            "token file {} must hold one token of at least 16 visible ASCII characters",
+        ),
+        (
+            &unreadable,
+            "cannot read token file {}: Is a directory (os error 21)",
+        ),
+    ];
+    for (path, expected) in cases {
+        let (peer, client) = (common::free_udp(), common::free_tcp());
+        let cmd = raft_client::launcher::NodeCommand::new(1, dir.path().join("node-1"))
+            .listen(client, peer)
+            .dev_certs(&certs)
+            .initial_cluster(raft_client::launcher::initial_cluster([(1, peer, client)]))
+            .arg(format!("--auth-token-file={}", path.display()));
+        let mut child = cmd
+            .command(env!("CARGO_BIN_EXE_raft-node"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the node started with {}", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let expected = expected.replace("{}", &path.display().to_string());
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "the node's message for {}: {stderr}\nexpected: {expected}",
+            path.display()
+        );
+    }
 }

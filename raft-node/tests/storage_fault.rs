@@ -13,7 +13,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{leader, Proc};
+use common::{client_of, leader, via, Proc};
+use raft_client::{Client, ReadConsistency, RetryPolicy};
 use serde_json::Value;
 
 fn by_id(procs: &[Proc], id: u64) -> &Proc {
@@ -22,16 +23,12 @@ fn by_id(procs: &[Proc], id: u64) -> &Proc {
 
 /// Writes `value` at `key` through `p`, asking again while the answer is
 /// not a success (elections under way), for up to 60 s.
-async fn put_until_accepted(client: &reqwest::Client, p: &Proc, key: &str, value: &str) {
+async fn put_until_accepted(client: &Client, p: &Proc, key: &str, value: &str) {
+    let node = via(client, p).with_request_timeout(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = client
-            .put(format!("{}/v1/kv/{key}", p.http))
-            .body(value.to_owned())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
+        let r = node.put(key, value.to_owned()).await;
+        if r.is_ok() {
             return;
         }
         assert!(
@@ -42,6 +39,13 @@ async fn put_until_accepted(client: &reqwest::Client, p: &Proc, key: &str, value
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `client` on node `p`, one attempt of at most `secs` seconds.
+fn once(client: &Client, p: &Proc, secs: u64) -> Client {
+    via(client, p)
+        .with_retry(RetryPolicy::none())
+        .with_request_timeout(Duration::from_secs(secs))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +60,12 @@ async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits
     let mut procs = common::cluster_with_env(dir.path(), 3, &extra, &[], "http", |id| {
         lib.env(&trigger_of(id))
     });
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
+    // Raw HTTP for /healthz, whose problem document the test reads.
+    let http = reqwest::Client::new();
     let first = leader(&client, &procs, None).await;
     put_until_accepted(&client, by_id(&procs, first), "k", "before").await;
-    let r = client
+    let r = http
         .get(format!("{}/healthz", by_id(&procs, first).http))
         .send()
         .await
@@ -70,17 +76,10 @@ async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits
     // acknowledged (its outcome is unknown: 504, or the connection drops).
     std::fs::write(trigger_of(first), b"").unwrap();
     let victim = by_id(&procs, first);
-    let r = client
-        .put(format!("{}/v1/kv/k", victim.http))
-        .body("during")
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await;
-    if let Ok(r) = &r {
-        assert!(
-            !r.status().is_success(),
-            "a write whose fsync failed was acknowledged ({}); log:\n{}",
-            r.status(),
+    let r = once(&client, victim, 20).put("k", "during").await;
+    if let Ok(rev) = r {
+        panic!(
+            "a write whose fsync failed was acknowledged (revision {rev}); log:\n{}",
             victim.log_text()
         );
     }
@@ -88,7 +87,7 @@ async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits
     // /healthz turns unhealthy and says why, then the process exits non-zero.
     let deadline = Instant::now() + Duration::from_secs(30);
     let problem: Value = loop {
-        let r = client
+        let r = http
             .get(format!("{}/healthz", victim.http))
             .timeout(Duration::from_secs(2))
             .send()
@@ -151,15 +150,11 @@ async fn a_node_whose_fsync_fails_acknowledges_nothing_turns_unhealthy_and_exits
     let victim = by_id(&procs, first);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = client
-            .get(format!("{}/v1/kv/k?consistency=stale", victim.http))
-            .timeout(Duration::from_secs(5))
-            .send()
+        let r = once(&client, victim, 5)
+            .get_with("k", ReadConsistency::Stale)
             .await;
-        if let Ok(r) = r {
-            if r.status() == 200 && r.text().await.unwrap_or_default() == "after" {
-                break;
-            }
+        if r.is_ok_and(|e| e.is_some_and(|e| &e.value[..] == b"after")) {
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -182,7 +177,8 @@ async fn a_node_whose_disk_hangs_turns_unhealthy_until_it_answers() {
     let procs = common::cluster_with_env(dir.path(), 3, &extra, &[], "http", |id| {
         lib.env_hang(&trigger_of(id))
     });
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
+    let http = reqwest::Client::new();
     let first = leader(&client, &procs, None).await;
     put_until_accepted(&client, by_id(&procs, first), "k", "before").await;
     let victim = by_id(&procs, first);
@@ -191,23 +187,15 @@ async fn a_node_whose_disk_hangs_turns_unhealthy_until_it_answers() {
             .timeout(Duration::from_secs(2))
             .send()
     };
-    assert_eq!(healthz(&client).await.unwrap().status(), 200);
+    assert_eq!(healthz(&http).await.unwrap().status(), 200);
 
     // The leader's disk stops answering: a write that needs it hangs.
     std::fs::write(trigger_of(first), b"").unwrap();
-    let url = format!("{}/v1/kv/k", victim.http);
-    let writer = client.clone();
-    let write = tokio::spawn(async move {
-        writer
-            .put(url)
-            .body("during")
-            .timeout(Duration::from_secs(20))
-            .send()
-            .await
-    });
+    let writer = once(&client, victim, 20);
+    let write = tokio::spawn(async move { writer.put("k", "during").await });
     let deadline = Instant::now() + Duration::from_secs(30);
     let problem: Value = loop {
-        if let Ok(r) = healthz(&client).await {
+        if let Ok(r) = healthz(&http).await {
             if r.status() == 503 {
                 break r.json().await.expect("a problem body");
             }
@@ -231,7 +219,7 @@ async fn a_node_whose_disk_hangs_turns_unhealthy_until_it_answers() {
     std::fs::remove_file(trigger_of(first)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if healthz(&client).await.is_ok_and(|r| r.status() == 200) {
+        if healthz(&http).await.is_ok_and(|r| r.status() == 200) {
             break;
         }
         assert!(
@@ -323,7 +311,8 @@ async fn a_node_whose_disk_fills_up_exits_non_zero_and_says_why() {
         "--block-cache-mib=8".to_string(),
     ];
     let mut procs = common::cluster_with(dir.path(), 1, &extra, &[], "http");
-    let client = reqwest::Client::new();
+    let client = client_of(&procs);
+    let http = reqwest::Client::new();
     leader(&client, &procs, None).await;
     put_until_accepted(&client, &procs[0], "k", "before").await;
 
@@ -331,14 +320,9 @@ async fn a_node_whose_disk_fills_up_exits_non_zero_and_says_why() {
     // Writes until one is refused: the disk has no room for the log.
     let value = "x".repeat(32 << 10);
     let mut refused = false;
+    let node = once(&client, &procs[0], 10);
     for i in 0..200 {
-        let r = client
-            .put(format!("{}/v1/kv/big{i}", procs[0].http))
-            .body(value.clone())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
+        if node.put(format!("big{i}"), value.clone()).await.is_err() {
             refused = true;
             break;
         }
@@ -359,7 +343,7 @@ async fn a_node_whose_disk_fills_up_exits_non_zero_and_says_why() {
             break s;
         }
         if problem.is_none() {
-            if let Ok(r) = client
+            if let Ok(r) = http
                 .get(format!("{}/healthz", p.http))
                 .timeout(Duration::from_secs(2))
                 .send()

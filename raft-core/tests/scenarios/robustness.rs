@@ -538,7 +538,7 @@ proptest! {
 
 /// Issue 16 item 8: an authenticated peer that sends a term no election
 /// could ever follow (`u64::MAX`, or anything above
-/// [`raft_core::types::MAX_TERM`]) changes nothing on the receiver: not its
+/// [`raft_core::MAX_TERM`]) changes nothing on the receiver: not its
 /// term, not its vote, not its role. Every message kind is tried, on the
 /// leader and on a follower; the refusals are counted, and the cluster
 /// still elects and commits afterwards.
@@ -560,10 +560,10 @@ fn an_absurd_term_from_a_peer_changes_nothing() {
     for term in [
         u64::MAX,
         u64::MAX - 1,
-        raft_core::types::MAX_TERM + 1,
-        raft_core::types::MAX_TERM,
-        raft_core::types::MAX_TERM - 1,
-        raft_core::types::MAX_TERM_JUMP + 10,
+        raft_core::MAX_TERM + 1,
+        raft_core::MAX_TERM,
+        raft_core::MAX_TERM - 1,
+        raft_core::MAX_TERM_JUMP + 10,
     ] {
         for (from, to) in [(2, 1), (3, 2), (1, 3)] {
             let bodies = vec![
@@ -626,9 +626,9 @@ fn an_absurd_term_from_a_peer_changes_nothing() {
 #[test]
 fn a_term_at_or_near_the_maximum_changes_nothing() {
     for term in [
-        raft_core::types::MAX_TERM,
-        raft_core::types::MAX_TERM - 1,
-        raft_core::types::MAX_TERM_JUMP + 5,
+        raft_core::MAX_TERM,
+        raft_core::MAX_TERM - 1,
+        raft_core::MAX_TERM_JUMP + 5,
     ] {
         let mut net = Network::new(3);
         net.elect(1);

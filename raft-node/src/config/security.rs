@@ -87,48 +87,18 @@ impl NodeConfig {
 
 /// Reads a bearer token file: one token of at least 16 visible ASCII
 /// characters, in a file that only its owner can read (a mode that lets
-/// the group or others read it is refused, naming the fix).
+/// the group or others read it is refused, naming the fix). The checks are
+/// raftkv-client's [`raft_client::read_token_file`], so `raft-node ctl`
+/// and the node accept the same files.
 ///
 /// # Errors
 ///
-/// [`ConfigError`] naming the file: unreadable, readable by others, or
-/// not holding a valid token.
+/// [`ConfigError`] naming the file: unreadable, readable by others, owned
+/// by another user, or not holding a valid token.
 pub fn read_token(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let cannot =
-        |e: std::io::Error| ConfigError(format!("cannot read token file {}: {e}", path.display()));
-    // One open file for the checks and the read: the path cannot be
-    // swapped in between.
-    let mut file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ConfigError(format!(
-            "token file {} has mode {mode:04o}: other users can read or change it; make it \
-            readable by its owner only (`chmod 600 {}`; in Kubernetes, `defaultMode: 0400` \
-            on the secret volume)",
-            path.display(),
-            path.display()
-        )));
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(ConfigError(format!(
-            "token file {} belongs to user {}, not to this process's user ({me}) or root: \
-            whoever owns it can change the token",
-            path.display(),
-            meta.uid()
-        )));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(cannot)?;
-    let token = text.trim().to_owned();
-    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError(format!(
-            "token file {} must hold one token of at least 16 visible ASCII characters",
-            path.display()
-        )));
-    }
-    Ok(token)
+    raft_client::read_token_file(path).map_err(|e| match e {
+        // The message alone: the node prints it as a configuration error.
+        raft_client::Error::Config(message) => ConfigError(message),
+        other => ConfigError(other.to_string()),
+    })
 }

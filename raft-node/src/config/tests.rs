@@ -422,3 +422,47 @@ fn peer_names_are_kept_as_written_and_not_looked_up_at_start() {
         r#"{"id":1,"peer_addr":"raft-0.raft.default.svc:7000","client_addr":"raft-0.raft:8080"}"#
     );
 }
+
+#[test]
+fn token_files_that_are_missing_empty_or_unreadable_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.token");
+    let empty = private_token(dir.path(), "empty.token", "");
+    // A directory opens, but cannot be read as a file.
+    let unreadable = dir.path().join("dir.token");
+    std::fs::create_dir(&unreadable).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let message = |path: &Path| {
+        RunArgs {
+            admin_token_file: Some(path.to_path_buf()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .0
+    };
+    assert_eq!(
+        message(&missing),
+        format!(
+            "cannot read token file {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+    assert_eq!(
+        message(&empty),
+        format!(
+            "token file {} must hold one token of at least 16 visible ASCII characters",
+            empty.display()
+        )
+    );
+    assert_eq!(
+        message(&unreadable),
+        format!(
+            "cannot read token file {}: Is a directory (os error 21)",
+            unreadable.display()
+        )
+    );
+}

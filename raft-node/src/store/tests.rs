@@ -22,14 +22,53 @@ fn open(dir: &std::path::Path) -> RocksLog {
     .unwrap()
 }
 
+/// A store in `dir` and its state machine, which remembers idempotency
+/// tokens for `window` entries.
+fn store(dir: &std::path::Path, window: u64) -> (RocksLog, KvStateMachine) {
+    let log = open(dir);
+    let sm = KvStateMachine::new(log.db().clone(), window).unwrap();
+    (log, sm)
+}
+
+/// [`store`] with snapshots enabled, in `snapshots`.
+fn snapshotting_in(
+    dir: &std::path::Path,
+    window: u64,
+    snapshots: &std::path::Path,
+) -> (RocksLog, KvStateMachine) {
+    let (log, sm) = store(dir, window);
+    (log, sm.with_snapshot_dir(snapshots).unwrap())
+}
+
 /// A store in `dir` and its state machine, with snapshots enabled.
 fn snapshotting(dir: &std::path::Path, window: u64) -> (RocksLog, KvStateMachine) {
-    let log = open(dir);
-    let sm = KvStateMachine::new(log.db().clone(), window)
-        .unwrap()
-        .with_snapshot_dir(dir.join("snapshots"))
-        .unwrap();
-    (log, sm)
+    snapshotting_in(dir, window, &dir.join("snapshots"))
+}
+
+/// What the previous release (idempotency records of version 1) left after
+/// applying a put of `value` at `key` with `token` as entry `index`: the
+/// value, the record `index | fingerprint | outcome` under `i/<token>`,
+/// its order key and the applied index.
+fn leave_version_1_put(
+    log: &RocksLog,
+    (key, value): (&[u8], &[u8]),
+    index: u64,
+    token: &str,
+    fingerprint: u32,
+) {
+    let db = log.db();
+    let kv = db.cf_handle(KV_CF).unwrap();
+    let meta = db.cf_handle(KV_META_CF).unwrap();
+    db.put_cf(&kv, key, encode_record(index, value)).unwrap();
+    let mut rec = index.to_be_bytes().to_vec();
+    rec.extend_from_slice(&fingerprint.to_be_bytes());
+    rec.extend_from_slice(&Outcome::Applied { rev: index }.encode());
+    db.put_cf(&meta, format!("i/{token}"), &rec).unwrap();
+    let mut order = b"x/".to_vec();
+    order.extend_from_slice(&index.to_be_bytes());
+    order.extend_from_slice(token.as_bytes());
+    db.put_cf(&meta, &order, b"").unwrap();
+    db.put_cf(&meta, APPLIED_KEY, index.to_be_bytes()).unwrap();
 }
 
 fn entry(index: u64, cmd: Command) -> Entry {
@@ -54,8 +93,7 @@ fn put(key: &str, value: &str, pre: Precondition, token: Option<&str>) -> Comman
 async fn preconditions_idempotency_and_the_applied_index_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = open(dir.path());
-        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let (_log, mut sm) = store(dir.path(), 100);
         assert_eq!(sm.applied_index().await.unwrap(), 0);
         let out = sm
             .apply(&[
@@ -84,8 +122,7 @@ async fn preconditions_idempotency_and_the_applied_index_survive_a_reopen() {
         assert_eq!(out[4], Outcome::Noop);
         assert!(matches!(out[5], Outcome::Malformed(_)));
     }
-    let log = open(dir.path());
-    let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+    let (_log, mut sm) = store(dir.path(), 100);
     assert_eq!(sm.applied_index().await.unwrap(), 6);
     let r = sm.reader();
     assert_eq!(
@@ -120,8 +157,7 @@ async fn preconditions_idempotency_and_the_applied_index_survive_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn tokens_are_forgotten_after_the_window_and_listing_is_by_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut sm = KvStateMachine::new(log.db().clone(), 3).unwrap();
+    let (_log, mut sm) = store(dir.path(), 3);
     sm.apply(&[entry(1, put("p/1", "a", Precondition::None, Some("t")))])
         .await
         .unwrap();
@@ -176,8 +212,7 @@ async fn a_token_reused_past_its_window_is_remembered_whatever_the_batches() {
         vec![vec![1, 2, 3, 4, 5, 6, 7]],
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        let mut sm = KvStateMachine::new(log.db().clone(), 3).unwrap();
+        let (_log, mut sm) = store(dir.path(), 3);
         let mut out = Vec::new();
         for b in &batches {
             let entries: Vec<Entry> = b.iter().map(|&i| entry(i, cmd(i))).collect();
@@ -243,11 +278,7 @@ async fn a_build_dropped_unfinished_stops_and_lets_go_of_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let snapshots = dir.path().join("snapshots");
     {
-        let log = open(dir.path());
-        let mut sm = KvStateMachine::new(log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(&snapshots)
-            .unwrap();
+        let (log, mut sm) = snapshotting_in(dir.path(), 100, &snapshots);
         sm.apply(&[entry(1, put("a", "1", Precondition::None, None))])
             .await
             .unwrap();
@@ -267,11 +298,7 @@ async fn a_build_dropped_unfinished_stops_and_lets_go_of_the_store() {
         drop(log);
     }
     // Nothing holds the database any more: it opens again at once.
-    let log = open(dir.path());
-    let sm = KvStateMachine::new(log.db().clone(), 100)
-        .unwrap()
-        .with_snapshot_dir(&snapshots)
-        .unwrap();
+    let (_log, sm) = snapshotting_in(dir.path(), 100, &snapshots);
     assert_eq!(
         sm.reader().snapshot_meta().unwrap(),
         None,
@@ -409,8 +436,7 @@ async fn a_snapshot_install_syncs_the_directories_of_its_rename_and_they_are_pri
 #[tokio::test]
 async fn idempotency_records_of_the_previous_version_still_read() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut sm = KvStateMachine::new(log.db().clone(), 10).unwrap();
+    let (log, mut sm) = store(dir.path(), 10);
     let first = put("k", "v1", Precondition::None, Some("old"));
     // The previous release's fingerprint: a CRC-32C of the request
     // without its token.
@@ -418,22 +444,9 @@ async fn idempotency_records_of_the_previous_version_still_read() {
         idempotency_key: None,
         ..first.clone()
     };
-    {
-        // What the previous release left after applying `first` at 3.
-        let db = log.db();
-        let kv = db.cf_handle(KV_CF).unwrap();
-        let meta = db.cf_handle(KV_META_CF).unwrap();
-        db.put_cf(&kv, b"k", encode_record(3, b"v1")).unwrap();
-        let mut rec = 3u64.to_be_bytes().to_vec();
-        rec.extend_from_slice(&crc32c::crc32c(&anonymous.encode()).to_be_bytes());
-        rec.extend_from_slice(&Outcome::Applied { rev: 3 }.encode());
-        db.put_cf(&meta, b"i/old", &rec).unwrap();
-        let mut order = b"x/".to_vec();
-        order.extend_from_slice(&3u64.to_be_bytes());
-        order.extend_from_slice(b"old");
-        db.put_cf(&meta, &order, b"").unwrap();
-        db.put_cf(&meta, APPLIED_KEY, 3u64.to_be_bytes()).unwrap();
-    }
+    // What the previous release left after applying `first` at 3.
+    let fingerprint = crc32c::crc32c(&anonymous.encode());
+    leave_version_1_put(&log, (b"k", b"v1"), 3, "old", fingerprint);
     let out = sm
         .apply(&[
             entry(4, first.clone()),
@@ -476,25 +489,10 @@ async fn idempotency_records_of_the_previous_version_still_read() {
 #[tokio::test]
 async fn review_a_retry_across_the_upgrade_is_not_applied_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+    let (log, mut sm) = store(dir.path(), 100);
     let first = put("k", "v1", Precondition::None, Some("t"));
-    {
-        // What the previous release left after applying `first` at 3.
-        let db = log.db();
-        let kv = db.cf_handle(KV_CF).unwrap();
-        let meta = db.cf_handle(KV_META_CF).unwrap();
-        db.put_cf(&kv, b"k", encode_record(3, b"v1")).unwrap();
-        let mut rec = 3u64.to_be_bytes().to_vec();
-        rec.extend_from_slice(&first.legacy_fingerprint().to_be_bytes());
-        rec.extend_from_slice(&Outcome::Applied { rev: 3 }.encode());
-        db.put_cf(&meta, b"i/t", &rec).unwrap();
-        let mut order = b"x/".to_vec();
-        order.extend_from_slice(&3u64.to_be_bytes());
-        order.extend_from_slice(b"t");
-        db.put_cf(&meta, &order, b"").unwrap();
-        db.put_cf(&meta, APPLIED_KEY, 3u64.to_be_bytes()).unwrap();
-    }
+    // What the previous release left after applying `first` at 3.
+    leave_version_1_put(&log, (b"k", b"v1"), 3, "t", first.legacy_fingerprint());
     // Another client writes after it; then the first client's retry
     // arrives at an upgraded leader.
     let out = sm
@@ -522,8 +520,7 @@ async fn review_a_retry_across_the_upgrade_is_not_applied_twice() {
 async fn reads_overlapping_a_snapshot_install_are_refused() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+    let (_log, mut sm) = store(dir.path(), 100);
     sm.apply(&[entry(1, put("k", "v", Precondition::None, None))])
         .await
         .unwrap();
@@ -630,8 +627,7 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
 
     // Replica A applies one entry at a time: the reference.
     let a_dir = tempfile::tempdir().unwrap();
-    let a_log = open(a_dir.path());
-    let mut a = KvStateMachine::new(a_log.db().clone(), window).unwrap();
+    let (_a_log, mut a) = store(a_dir.path(), window);
     let mut outcomes = Vec::new();
     let mut digests = vec![a.reader().digest().unwrap()];
     for e in &log {
@@ -642,8 +638,7 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
     // Replica B: random batches, and restarts (the store closed and
     // reopened, resuming after its applied index).
     let b_dir = tempfile::tempdir().unwrap();
-    let mut b_log = open(b_dir.path());
-    let mut b = KvStateMachine::new(b_log.db().clone(), window).unwrap();
+    let (mut b_log, mut b) = store(b_dir.path(), window);
     for (from, to) in random_batches(&mut rng, 1, len) {
         let got = b.apply(slice(&log, from, to)).await.unwrap();
         assert_eq!(
@@ -659,8 +654,7 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
         if rng.gen_bool(0.15) {
             drop(b);
             drop(b_log);
-            b_log = open(b_dir.path());
-            b = KvStateMachine::new(b_log.db().clone(), window).unwrap();
+            (b_log, b) = store(b_dir.path(), window);
             assert_eq!(b.applied_index().await.unwrap(), to, "{ctx}");
         }
     }

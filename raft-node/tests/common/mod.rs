@@ -1,5 +1,13 @@
 //! Helpers shared by the multi-process tests: real `raft-node` processes on
 //! loopback with free ports and development certificates.
+//!
+//! The tests talk to the nodes the way an application does: through
+//! `raft_client`, the workspace's typed client ([`client_of`], [`via`],
+//! [`status`], [`leader`], [`put`], [`wait_status`]). Raw HTTP (reqwest and
+//! `serde_json::Value`) is kept only in tests whose point is the raw HTTP:
+//! status codes, headers and malformed input (`fuzz_http.rs`,
+//! `security.rs`, `api.rs` and the contract checks in `cluster.rs`);
+//! [`status_past_503`] is theirs.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -11,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use raft_client::launcher::{initial_cluster, NodeCommand};
-use serde_json::Value;
+use raft_client::{Client, ClientBuilder, ClusterStatus, RetryPolicy};
 
 pub mod raw_peer;
 
@@ -174,28 +182,56 @@ pub fn cluster_with_env(
         .collect()
 }
 
-pub async fn status(client: &reqwest::Client, p: &Proc) -> Option<Value> {
-    let r = client
-        .get(format!("{}/v1/cluster?digest=true", p.http))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
+/// A client of every node in `procs`, the way an application would build
+/// one ([`builder_of`] with nothing added).
+pub fn client_of(procs: &[Proc]) -> Client {
+    builder_of(procs).build().expect("a client of the cluster")
+}
+
+/// The builder of [`client_of`], for a test to add a CA, a client
+/// certificate or a token. Requests that changed nothing (refused
+/// connection, 503) are sent again for up to 30 s, long enough to ride out
+/// an election on a loaded machine.
+pub fn builder_of(procs: &[Proc]) -> ClientBuilder {
+    Client::builder(procs.iter().map(|p| p.http.clone())).retry(
+        RetryPolicy::default()
+            .max_attempts(200)
+            .budget(Duration::from_secs(30)),
+    )
+}
+
+/// `client`, sending to node `p` only (a write through a follower is
+/// forwarded by that node, not by the client).
+pub fn via(client: &Client, p: &Proc) -> Client {
+    client.at(&p.http).expect("a node's URL")
+}
+
+/// `client` on node `p`, one attempt of at most `secs` seconds: for polls.
+fn poll(client: &Client, p: &Proc, secs: u64) -> Client {
+    via(client, p)
+        .with_retry(RetryPolicy::none())
+        .with_request_timeout(Duration::from_secs(secs))
+}
+
+/// `p`'s status with the store digest, or `None` when it does not answer
+/// within 2 s.
+pub async fn status(client: &Client, p: &Proc) -> Option<ClusterStatus> {
+    poll(client, p, 2).status_with_digest().await.ok()
 }
 
 /// `p`'s status with the store digest, asked again for up to 30 s while the
 /// node does not answer (a loaded machine may take longer than one
 /// request's 2 s); panics with the node's log after that.
-pub async fn status_of(client: &reqwest::Client, p: &Proc) -> Value {
+pub async fn status_of(client: &Client, p: &Proc) -> ClusterStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(s) = status(client, p).await {
-            return s;
-        }
+        let err = match poll(client, p, 2).status_with_digest().await {
+            Ok(s) => return s,
+            Err(e) => e,
+        };
         assert!(
             Instant::now() < deadline,
-            "node {}: no status within 30 s; log:\n{}",
+            "node {}: no status within 30 s ({err}); log:\n{}",
             p.id,
             p.log_text()
         );
@@ -204,12 +240,14 @@ pub async fn status_of(client: &reqwest::Client, p: &Proc) -> Value {
 }
 
 /// Waits until every running node agrees on a leader (not `except`).
-pub async fn leader(client: &reqwest::Client, procs: &[Proc], except: Option<u64>) -> u64 {
+pub async fn leader(client: &Client, procs: &[Proc], except: Option<u64>) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut seen = Vec::new();
         for p in procs.iter().filter(|p| p.child.is_some()) {
-            seen.push(status(client, p).await.and_then(|s| s["leader"].as_u64()));
+            // Without the digest: polling must not scan the whole store.
+            let s = poll(client, p, 2).status().await;
+            seen.push(s.ok().and_then(|s| s.leader));
         }
         if let Some(Some(l)) = seen.first() {
             if Some(*l) != except && seen.iter().all(|s| *s == Some(*l)) {
@@ -230,13 +268,10 @@ pub async fn leader(client: &reqwest::Client, procs: &[Proc], except: Option<u64
     }
 }
 
-pub async fn put(client: &reqwest::Client, p: &Proc, key: &str, value: &str) -> reqwest::Response {
-    client
-        .put(format!("{}/v1/kv/{key}", p.http))
-        .body(value.to_owned())
-        .send()
-        .await
-        .unwrap()
+/// Writes `value` at `key` through node `p` (sent again while nothing was
+/// applied, as `client`'s retry policy allows); its revision.
+pub async fn put(client: &Client, p: &Proc, key: &str, value: &str) -> raft_client::Result<u64> {
+    via(client, p).put(key, value.to_owned()).await
 }
 
 /// The `raft-node run` command of node `id` under `dir` (data,
@@ -269,44 +304,67 @@ pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
 
 /// Polls `check` on `p`'s status until it holds, for up to `secs` seconds.
 pub async fn wait_status(
-    client: &reqwest::Client,
+    client: &Client,
     p: &Proc,
     secs: u64,
     what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        // Without `digest=true`: polling must not scan the whole store.
-        let s = match client
-            .get(format!("{}/v1/cluster", p.http))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        {
-            Ok(r) => r.json::<Value>().await.ok(),
-            Err(_) => None,
-        };
-        if let Some(s) = s {
-            if check(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "node {}: {what} not reached within {secs} s; status {s:#}\nlog:\n{}",
-                    p.id,
-                    p.log_text()
-                );
-            }
-        } else if Instant::now() > deadline {
-            panic!(
-                "node {}: no status within {secs} s ({what}); log:\n{}",
+        // Without the digest: polling must not scan the whole store.
+        match poll(client, p, 5).status().await {
+            Ok(s) if check(&s) => return s,
+            Ok(s) if Instant::now() > deadline => panic!(
+                "node {}: {what} not reached within {secs} s; status {:#}\nlog:\n{}",
+                p.id,
+                s.raw,
+                p.log_text()
+            ),
+            Err(e) if Instant::now() > deadline => panic!(
+                "node {}: no status within {secs} s ({what}): {e}; log:\n{}",
                 p.id,
                 p.log_text()
-            );
+            ),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What a failure needs to say about each node: its process (running,
+/// with its scheduler state from `/proc`, or its exit status) and the
+/// last `lines` lines of its log.
+pub fn nodes_report(procs: &mut [Proc], lines: usize) -> String {
+    let mut out = String::new();
+    for p in procs {
+        let state = match p.child.as_mut() {
+            None => "not running (stopped by the test)".to_string(),
+            Some(c) => match c.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                Ok(None) => {
+                    let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id()))
+                        .unwrap_or_default();
+                    // The state follows the command name, which is in
+                    // parentheses.
+                    let state = stat
+                        .rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split(' ').next())
+                        .unwrap_or("?");
+                    format!("running (pid {}, state {state})", c.id())
+                }
+                Err(e) => format!("unknown: {e}"),
+            },
+        };
+        let text = p.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        out.push_str(&format!(
+            "--- node {} at {}: {state}; last {lines} log lines:\n{tail}\n",
+            p.id, p.http
+        ));
+    }
+    out
 }
 
 /// Every node is still running and its log shows no panic; `context` (the
@@ -329,7 +387,7 @@ pub fn assert_running_without_panic(procs: &mut [Proc], context: &str) {
     }
 }
 
-/// The status of `request`, sent again while it is 503 (no leader for a
+/// Raw HTTP: the status of `request`, sent again while it is 503 (no leader for a
 /// moment, e.g. after a leadership transfer), for up to 20 s.
 pub async fn status_past_503<F, Fut>(mut request: F) -> reqwest::StatusCode
 where
