@@ -13,7 +13,10 @@ pub const HOST_NAME_BYTES_MAX: usize = 253;
 
 /// A peer's address: `ip:port`, `[ipv6]:port` or `name:port`.
 ///
-/// Parsing checks the form only (a name is not looked up):
+/// Parsing checks the form only (a name is not looked up). A name is
+/// lower-cased; a trailing dot is kept, since `raft-0.raft.` (absolute) and
+/// `raft-0.raft` (searched in the resolver's domains) may resolve
+/// differently, so the two are different addresses.
 ///
 /// ```
 /// use raft_net_quic::PeerAddr;
@@ -139,6 +142,11 @@ impl FromStr for PeerAddr {
             why,
         };
         if let Ok(a) = s.parse::<SocketAddr>() {
+            if let SocketAddr::V6(v6) = a {
+                if v6.scope_id() != 0 {
+                    return Err(bad("an IPv6 scope id (%…) is not supported"));
+                }
+            }
             return Ok(a.into());
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no ':port'"))?;
@@ -190,8 +198,14 @@ fn check_name(name: &str) -> Result<(), &'static str> {
             return Err("a host name label starts or ends with '-'");
         }
     }
-    if name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err("not a valid IPv4 address");
+    // The last label starts with a letter (RFC 3696, 2): anything else is
+    // a number, which resolvers read as an IPv4 address in a form this type
+    // does not know ("0x7f.1", "2130706433", "300.1.1.1").
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if !last.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(
+            "not a valid IPv4 address, nor a host name (whose last label starts with a letter)",
+        );
     }
     Ok(())
 }
@@ -257,6 +271,10 @@ mod tests {
             ("::1:7000", "IPv6"),
             ("[::1]x:7000", "IPv6"),
             ("300.1.1.1:7000", "IPv4"),
+            ("0x0:7000", "IPv4"),
+            ("0x7f.1:7000", "IPv4"),
+            ("2130706433:7000", "IPv4"),
+            ("[fe80::1%2]:7000", "scope id"),
             ("node 1:7000", "letters, digits"),
         ] {
             let e = input.parse::<PeerAddr>().unwrap_err().to_string();

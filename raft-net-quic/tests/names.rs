@@ -61,13 +61,24 @@ fn run_in_private_hosts(name: &str) -> bool {
     true
 }
 
-/// Points `NAME` at `ip` in the (private) `/etc/hosts`, rewriting the file
-/// in place (a bind mount follows the inode, not the path).
-fn map_name(ip: &str) {
+/// Points `NAME` at `ips`, in this order, in the (private) `/etc/hosts`,
+/// rewriting the file in place (a bind mount follows the inode, not the
+/// path).
+fn map_name_to(ips: &[&str]) {
     let original = std::fs::read_to_string("/etc/hosts").unwrap();
-    let kept: Vec<&str> = original.lines().filter(|l| !l.contains(NAME)).collect();
-    let text = format!("{}\n{ip} {NAME}\n", kept.join("\n"));
+    let mut text: String = original
+        .lines()
+        .filter(|l| !l.contains(NAME))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for ip in ips {
+        text.push_str(&format!("{ip} {NAME}\n"));
+    }
     std::fs::write("/etc/hosts", text).unwrap();
+}
+
+fn map_name(ip: &str) {
+    map_name_to(&[ip]);
 }
 
 #[test]
@@ -147,4 +158,36 @@ async fn a_name_that_does_not_resolve_is_an_error_that_names_it() {
     .expect("send does not hang on a name that does not resolve");
     assert!(sent.is_ok(), "{sent:?}");
     a.transport.shutdown().await;
+}
+
+#[test]
+fn a_name_with_a_dead_address_first_is_reached_at_the_next_one() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        run_in_private_hosts("a_name_with_a_dead_address_first_is_reached_at_the_next_one");
+        return;
+    }
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ca = DevCa::generate("test").unwrap();
+        let a = start_node(&ca, 1, any_addr(), test_config());
+        let mut b = start_node(&ca, 2, "127.0.0.2:0".parse().unwrap(), test_config());
+        let port = b.addr.port();
+        // A stale record first: nothing listens at 127.0.0.3 (as close to
+        // the source address as 127.0.0.2, so the resolver keeps the order).
+        map_name_to(&["127.0.0.3", "127.0.0.2"]);
+        a.transport
+            .add_peer(2, format!("{NAME}:{port}").parse::<PeerAddr>().unwrap());
+        a.transport
+            .connect(2)
+            .await
+            .expect("node 2 is reached at the name's second address");
+        assert!(delivered(&a.transport, &mut b.inbound, 1, 2, DELIVERY_WAIT).await);
+        a.transport.shutdown().await;
+        b.transport.shutdown().await;
+    });
 }

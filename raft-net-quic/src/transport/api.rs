@@ -50,6 +50,8 @@ impl QuicTransport {
         if let Some(p) = peers.get(&id) {
             if *lock(&p.addr) != addr {
                 *lock(&p.addr) = addr;
+                // What the old address resolved to no longer names this peer.
+                lock(&p.resolved).clear();
                 p.forget_refusal();
             }
             return;

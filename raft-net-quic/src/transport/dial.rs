@@ -64,24 +64,62 @@ pub(super) async fn connection(
     }
 }
 
-/// Dials `peer` and runs the handshake.
+/// Addresses of one name tried per connection attempt, in the resolver's
+/// order (a stale record among them does not make the peer unreachable).
+pub(super) const DIAL_ADDRESSES_MAX: usize = 3;
+
+/// Dials `peer` and runs the handshake: at its address, or for a name at
+/// each address it resolves to now (up to [`DIAL_ADDRESSES_MAX`]) until one
+/// answers. A peer that refuses is not tried at its other addresses.
 pub(super) async fn dial_peer(
     shared: &Arc<Shared>,
     peer: &Peer,
 ) -> Result<Connection, ConnectError> {
     let addr = lock(&peer.addr).clone();
+    let timeout = shared.cfg.handshake_timeout;
+    let targets =
+        resolve(shared, &addr, timeout)
+            .await
+            .map_err(|detail| ConnectError::Connect {
+                peer: peer.id,
+                addr: addr.clone(),
+                detail,
+            })?;
+    let mut last = None;
+    for target in targets {
+        match dial_at(shared, peer, &addr, target).await {
+            Ok(conn) => {
+                if addr.ip().is_none() {
+                    let mut known = lock(&peer.resolved);
+                    if *known != [target] {
+                        tracing::info!(peer = peer.id, name = %addr.host(), address = %target, "peer name resolved");
+                        *known = vec![target];
+                    }
+                }
+                return Ok(conn);
+            }
+            Err(e @ (ConnectError::Refused { .. } | ConnectError::Closed)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("resolve returns at least one address"))
+}
+
+/// Dials `peer` at `target` (what `addr` resolved to) and runs the handshake.
+async fn dial_at(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    addr: &PeerAddr,
+    target: SocketAddr,
+) -> Result<Connection, ConnectError> {
+    let timeout = shared.cfg.handshake_timeout;
     let fail = |detail: String| ConnectError::Connect {
         peer: peer.id,
         addr: addr.clone(),
-        detail,
-    };
-    let timeout = shared.cfg.handshake_timeout;
-    let target = resolve(shared, peer, &addr, timeout).await.map_err(fail)?;
-    let fail = |detail: String| {
-        fail(match addr.ip() {
+        detail: match addr.ip() {
             Some(_) => detail,
             None => format!("{detail} (resolved to {target})"),
-        })
+        },
     };
     let connecting = shared
         .endpoint
@@ -196,15 +234,14 @@ pub(super) fn close_later(conn: Connection, reason: &'static str) {
 }
 
 /// Looks `addr` up (a name, at every attempt: the peer may have moved) and
-/// picks the address to dial: the first one of the local socket's family
-/// (an IPv4 socket cannot reach an IPv6 address). Remembers what it found
-/// for the reserved-slot check of inbound connections.
+/// returns the addresses to dial, in the resolver's order: those of the
+/// local socket's family (an IPv4 socket cannot reach an IPv6 address), at
+/// most [`DIAL_ADDRESSES_MAX`], at least one.
 async fn resolve(
     shared: &Arc<Shared>,
-    peer: &Peer,
     addr: &PeerAddr,
     timeout: Duration,
-) -> Result<SocketAddr, String> {
+) -> Result<Vec<SocketAddr>, String> {
     let found = match tokio::time::timeout(timeout, addr.resolve()).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => return Err(format!("cannot resolve {}: {e}", addr.host())),
@@ -216,17 +253,17 @@ async fn resolve(
         }
     };
     let v4_only = shared.endpoint.local_addr().is_ok_and(|l| l.is_ipv4());
-    let target = found
+    let targets: Vec<SocketAddr> = found
         .iter()
         .copied()
-        .find(|a| !v4_only || a.is_ipv4())
-        .ok_or_else(|| format!("{} resolves only to IPv6 addresses: {found:?}", addr.host()))?;
-    if addr.ip().is_none() {
-        let mut known = lock(&peer.resolved);
-        if *known != found {
-            tracing::info!(peer = peer.id, name = %addr.host(), addresses = ?found, "peer name resolved");
-            *known = found;
-        }
+        .filter(|a| !v4_only || a.is_ipv4())
+        .take(DIAL_ADDRESSES_MAX)
+        .collect();
+    if targets.is_empty() {
+        return Err(format!(
+            "{} resolves only to IPv6 addresses: {found:?}",
+            addr.host()
+        ));
     }
-    Ok(target)
+    Ok(targets)
 }

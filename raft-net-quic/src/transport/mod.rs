@@ -135,8 +135,10 @@ struct Peer {
     id: NodeId,
     /// Where to dial it, as given (a name is resolved at every attempt).
     addr: Mutex<PeerAddr>,
-    /// What `addr` resolved to at the last attempt: an inbound connection
-    /// from one of these may take a reserved slot.
+    /// For a name: the address it resolved to that answered as this peer
+    /// (TLS and handshake passed) at the last successful dial. An inbound
+    /// connection from it may take a reserved slot; other addresses in a
+    /// DNS answer may not (whoever controls an answer must not gain slots).
     resolved: Mutex<Vec<SocketAddr>>,
     control: mpsc::Sender<Message>,
     replication: mpsc::Sender<Message>,

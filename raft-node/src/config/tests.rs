@@ -188,6 +188,33 @@ fn advertised_addresses_default_to_the_cluster_entry_and_must_agree_with_it() {
     .resolve()
     .unwrap_err();
     assert!(err.0.contains("advertises"), "{err}");
+    // A name in the cluster entry and its address in --peer-advertise (or
+    // the other way round) name the same place: accepted, as before names
+    // were kept as written (the entry's name was resolved at start then).
+    for (entry, advertised) in [
+        ("localhost:7001", "127.0.0.1:7001"),
+        ("127.0.0.1:7001", "localhost:7001"),
+    ] {
+        let cfg = RunArgs {
+            initial_cluster: Some(format!(
+                "1={entry}/127.0.0.1:8001,2=127.0.0.1:7002/127.0.0.1:8002"
+            )),
+            peer_advertise: Some(advertised.parse().unwrap()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_or_else(|e| panic!("{entry} vs {advertised}: {e}"));
+        assert_eq!(cfg.advertise.peer_addr.to_string(), advertised);
+    }
+    // A name that resolves elsewhere still disagrees.
+    let err = RunArgs {
+        initial_cluster: Some("1=localhost:7001/127.0.0.1:8001".into()),
+        peer_advertise: Some("127.0.0.1:7009".parse().unwrap()),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(err.0.contains("advertises"), "{err}");
     let err = RunArgs {
         peer_listen: Some("0.0.0.0:7000".parse().unwrap()),
         ..base()

@@ -56,7 +56,9 @@ impl RunArgs {
                 .unwrap_or_else(|| client_listen.to_string()),
         };
         if let Some(m) = listed {
-            if *m != advertise {
+            let same = m.client_addr == advertise.client_addr
+                && same_place(&m.peer_addr, &advertise.peer_addr);
+            if !same {
                 return Err(ConfigError(format!(
                     "--initial-cluster lists this node at {}/{} but it advertises {}/{}",
                     m.peer_addr, m.client_addr, advertise.peer_addr, advertise.client_addr
@@ -342,6 +344,27 @@ fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, Co
         return Err(ConfigError(format!("{name} must be between 0 and 65536")));
     }
     Ok(mib << 20)
+}
+
+/// Whether two peer addresses name the same place: equal, or a name and
+/// an IP address the name resolves to now (the one lookup at start: an
+/// `--initial-cluster` entry by name with `--peer-advertise` by IP, or the
+/// other way round, was accepted when names were resolved at start).
+fn same_place(a: &PeerAddr, b: &PeerAddr) -> bool {
+    use std::net::ToSocketAddrs;
+    if a == b {
+        return true;
+    }
+    let (name, ip) = match (a.ip(), b.socket_addr()) {
+        (None, Some(ip)) => (a, ip),
+        (Some(_), None) => (b, a.socket_addr().expect("an IP address")),
+        _ => return false,
+    };
+    (name.host().as_str(), name.port())
+        .to_socket_addrs()
+        .is_ok_and(|mut found| {
+            found.any(|f| f.ip().to_canonical() == ip.ip() && f.port() == ip.port())
+        })
 }
 
 /// Parses `ID=PEER_ADDR/CLIENT_ADDR,…`; a peer address is `ip:port`,
