@@ -342,6 +342,12 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// this function, so the client and the node accept the same files and
 /// say the same about the others.
 ///
+/// One exception for systemd: a file in the service's credentials directory
+/// (`$CREDENTIALS_DIRECTORY`, from `LoadCredential=`) may also be readable
+/// by its group. systemd 254 and later give a `DynamicUser=` service its
+/// credentials as root's files of mode 0440 with an ACL for the service's
+/// user, in a directory only that service can enter.
+///
 /// # Errors
 ///
 /// [`Error::Config`] naming the file and what is wrong: it cannot be opened
@@ -356,7 +362,9 @@ pub fn read_token_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_some_and(|dir| in_directory(path, Path::new(&dir)));
+    if !mode_allowed(mode, credential) {
         return Err(Error::Config(format!(
             "token file {} has mode {mode:04o}: other users can read or change it; make it \
              readable by its owner only (`chmod 600 {}`; in Kubernetes, `defaultMode: 0400` \
@@ -386,9 +394,59 @@ pub fn read_token_file(path: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// Whether a token file of `mode` may be used: no access for the group or
+/// others; for a systemd credential (`credential`), read access for the
+/// group too.
+fn mode_allowed(mode: u32, credential: bool) -> bool {
+    let forbidden = if credential { 0o037 } else { 0o077 };
+    mode & forbidden == 0
+}
+
+/// Whether `path` is a file directly in `dir` (both resolved).
+fn in_directory(path: &Path, dir: &Path) -> bool {
+    match (
+        path.canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        dir.canonicalize(),
+    ) {
+        (Some(parent), Ok(dir)) => parent == dir,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_systemd_credential_may_be_group_readable_and_nothing_else_may() {
+        // systemd 254+: root-owned, mode 0440 plus an ACL for the service.
+        assert!(mode_allowed(0o440, true));
+        assert!(mode_allowed(0o400, true) && mode_allowed(0o600, false));
+        for (mode, credential) in [
+            (0o440, false),
+            (0o640, false),
+            (0o460, true),
+            (0o444, true),
+            (0o404, false),
+        ] {
+            assert!(
+                !mode_allowed(mode, credential),
+                "{mode:o} credential={credential}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth-token");
+        std::fs::write(&file, "x").unwrap();
+        assert!(in_directory(&file, dir.path()));
+        let other = tempfile::tempdir().unwrap();
+        assert!(!in_directory(&file, other.path()));
+        let nested = dir.path().join("sub");
+        std::fs::create_dir(&nested).unwrap();
+        std::fs::write(nested.join("t"), "x").unwrap();
+        assert!(!in_directory(&nested.join("t"), dir.path()));
+    }
 
     #[test]
     fn endpoints_must_be_http_urls() {
