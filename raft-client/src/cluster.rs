@@ -253,8 +253,8 @@ impl Client {
     }
 
     /// Adds node `id` as a learner with its peer (`ip:port` or
-    /// `name:port`) and client (`host:port`) addresses. Asking again for the same learner succeeds,
-    /// so this is sent again after a lost answer.
+    /// `name:port`) and client (`host:port`) addresses. Asking again for
+    /// the same learner succeeds, so this is sent again after a lost answer.
     ///
     /// # Errors
     ///
@@ -270,10 +270,8 @@ impl Client {
             "peer_addr": peer_addr,
             "client_addr": client_addr,
         });
-        let req = Request::new(Method::POST, "/v1/cluster/learners".into(), Safety::Read)
-            .header("content-type", "application/json")?
-            .body(body.to_string());
-        self.membership(req).await
+        self.membership_json(Method::POST, "/v1/cluster/learners".into(), body)
+            .await
     }
 
     /// Records new addresses of member `id` (a voter or a learner) through
@@ -295,8 +293,19 @@ impl Client {
             "peer_addr": peer_addr,
             "client_addr": client_addr,
         });
-        let path = format!("/v1/cluster/members/{id}");
-        let req = Request::new(Method::PUT, path, Safety::Read)
+        self.membership_json(Method::PUT, format!("/v1/cluster/members/{id}"), body)
+            .await
+    }
+
+    /// A membership request with a JSON body; sent again after a lost
+    /// answer (repeating it changes nothing).
+    async fn membership_json(
+        &self,
+        method: Method,
+        path: String,
+        body: serde_json::Value,
+    ) -> Result<MembershipChange> {
+        let req = Request::new(method, path, Safety::Read)
             .header("content-type", "application/json")?
             .body(body.to_string());
         self.membership(req).await

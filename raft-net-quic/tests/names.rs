@@ -81,10 +81,16 @@ fn map_name(ip: &str) {
     map_name_to(&[ip]);
 }
 
-#[test]
-fn a_peer_that_moves_to_another_address_is_found_again_under_its_name() {
+/// Runs `body` with node 1 (on 127.0.0.1) and node 2 (on 127.0.0.2, any
+/// port) in test `test`'s own mount namespace (see
+/// [`run_in_private_hosts`]); in the parent, runs the test there.
+fn with_two_nodes<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(DevCa, Node, Node) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     if std::env::var_os(CHILD_ENV).is_none() {
-        run_in_private_hosts("a_peer_that_moves_to_another_address_is_found_again_under_its_name");
+        run_in_private_hosts(test);
         return;
     }
     init_tracing();
@@ -96,7 +102,15 @@ fn a_peer_that_moves_to_another_address_is_found_again_under_its_name() {
     rt.block_on(async {
         let ca = DevCa::generate("test").unwrap();
         let a = start_node(&ca, 1, any_addr(), test_config());
-        let mut b = start_node(&ca, 2, "127.0.0.2:0".parse().unwrap(), test_config());
+        let b = start_node(&ca, 2, "127.0.0.2:0".parse().unwrap(), test_config());
+        body(ca, a, b).await;
+    });
+}
+
+#[test]
+fn a_peer_that_moves_to_another_address_is_found_again_under_its_name() {
+    let test = "a_peer_that_moves_to_another_address_is_found_again_under_its_name";
+    with_two_nodes(test, |ca, a, mut b| async move {
         let port = b.addr.port();
         map_name("127.0.0.2");
         let by_name: PeerAddr = format!("{NAME}:{port}").parse().unwrap();
@@ -162,20 +176,8 @@ async fn a_name_that_does_not_resolve_is_an_error_that_names_it() {
 
 #[test]
 fn a_name_with_a_dead_address_first_is_reached_at_the_next_one() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        run_in_private_hosts("a_name_with_a_dead_address_first_is_reached_at_the_next_one");
-        return;
-    }
-    init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ca = DevCa::generate("test").unwrap();
-        let a = start_node(&ca, 1, any_addr(), test_config());
-        let mut b = start_node(&ca, 2, "127.0.0.2:0".parse().unwrap(), test_config());
+    let test = "a_name_with_a_dead_address_first_is_reached_at_the_next_one";
+    with_two_nodes(test, |_ca, a, mut b| async move {
         let port = b.addr.port();
         // A stale record first: nothing listens at 127.0.0.3 (as close to
         // the source address as 127.0.0.2, so the resolver keeps the order).

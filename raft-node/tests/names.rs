@@ -10,8 +10,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp, free_udp, Proc};
-use raft_client::launcher::{initial_cluster, NodeCommand};
+use common::{free_tcp, free_udp, node_command, proc_for, Proc};
+use raft_client::launcher::initial_cluster;
 use raft_client::{Client, Error, ReadConsistency, RetryPolicy};
 
 /// Starts node `id` of `initial`, listening on `peer` / `client`.
@@ -22,19 +22,8 @@ fn start(
     peer: SocketAddr,
     client: SocketAddr,
 ) -> Proc {
-    let cmd = NodeCommand::new(id, dir.join(format!("node-{id}")))
-        .listen(client, peer)
-        .dev_certs(dir.join("certs"))
-        .tick_ms(20)
-        .initial_cluster(initial);
-    let mut p = Proc {
-        id,
-        args: cmd.to_args(),
-        child: None,
-        http: format!("http://{client}"),
-        log: dir.join(format!("node-{id}.log")),
-        env: Vec::new(),
-    };
+    let cmd = node_command(dir, id, peer, client).initial_cluster(initial);
+    let mut p = proc_for(dir, &cmd, format!("http://{client}"));
     p.start();
     p
 }
@@ -261,22 +250,12 @@ async fn a_member_that_comes_back_at_another_ip_under_its_name_rejoins_without_a
     let command = |id: u64, gen: u64| {
         let (peer_port, client) = ports[id as usize - 1];
         let peer: SocketAddr = format!("{}:{peer_port}", ip(id, gen)).parse().unwrap();
-        NodeCommand::new(id, dir.path().join(format!("node-{id}")))
-            .listen(client, peer)
-            .dev_certs(dir.path().join("certs"))
-            .tick_ms(20)
-            .initial_cluster(initial.clone())
+        node_command(dir.path(), id, peer, client).initial_cluster(initial.clone())
     };
     let mut procs: Vec<Proc> = (1..=3u64)
         .map(|id| {
-            let mut p = Proc {
-                id,
-                args: command(id, 0).to_args(),
-                child: None,
-                http: format!("http://{}", ports[id as usize - 1].1),
-                log: dir.path().join(format!("node-{id}.log")),
-                env: Vec::new(),
-            };
+            let http = format!("http://{}", ports[id as usize - 1].1);
+            let mut p = proc_for(dir.path(), &command(id, 0), http);
             start_with_hosts(&mut p, &hosts);
             p
         })

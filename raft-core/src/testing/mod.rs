@@ -1,8 +1,10 @@
 //! Helpers of tests and benchmarks: seeds and sizes from the environment,
 //! printed so a failure can be replayed; the engine test [`network`] and the
-//! durable-log model it shares with the simulation. (The linearizability
+//! durable-log model it shares with the simulation; the
+//! [`driver_cluster`] the driver benchmarks load. (The linearizability
 //! checker is the `raftkv-linearizability` crate.)
 
+pub mod driver_cluster;
 mod durable;
 pub mod network;
 

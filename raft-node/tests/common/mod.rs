@@ -168,18 +168,25 @@ pub fn cluster_with_env(
             let cmd = node_command(dir, id, *peer, *client)
                 .initial_cluster(initial.clone())
                 .args(extra.iter().cloned());
-            let mut p = Proc {
-                id,
-                args: cmd.to_args(),
-                child: None,
-                http: format!("{scheme}://{client}"),
-                log: dir.join(format!("node-{id}.log")),
-                env: env(id),
-            };
+            let mut p = proc_for(dir, &cmd, format!("{scheme}://{client}"));
+            p.env = env(id);
             p.start();
             p
         })
         .collect()
+}
+
+/// The process of `cmd` (not started), logging to `dir/node-ID.log`, whose
+/// HTTP API is at `http`.
+pub fn proc_for(dir: &Path, cmd: &NodeCommand, http: String) -> Proc {
+    Proc {
+        id: cmd.id(),
+        args: cmd.to_args(),
+        child: None,
+        http,
+        log: dir.join(format!("node-{}.log", cmd.id())),
+        env: Vec::new(),
+    }
 }
 
 /// A client of every node in `procs`, the way an application would build
@@ -276,7 +283,9 @@ pub async fn put(client: &Client, p: &Proc, key: &str, value: &str) -> raft_clie
 
 /// The `raft-node run` command of node `id` under `dir` (data,
 /// certificates from `dir/certs`, fast ticks), without cluster flags.
-fn node_command(dir: &Path, id: u64, peer: SocketAddr, client: SocketAddr) -> NodeCommand {
+/// Node `id`'s command line: listening on `peer` / `client`, with the
+/// development certificates in `dir/certs`, 20 ms ticks.
+pub fn node_command(dir: &Path, id: u64, peer: SocketAddr, client: SocketAddr) -> NodeCommand {
     NodeCommand::new(id, dir.join(format!("node-{id}")))
         .listen(client, peer)
         .dev_certs(dir.join("certs"))
@@ -290,14 +299,7 @@ pub fn joiner(dir: &Path, id: u64, join_url: &str, extra: &[String]) -> Proc {
     let cmd = node_command(dir, id, peer, client)
         .join(join_url)
         .args(extra.iter().cloned());
-    let mut p = Proc {
-        id,
-        args: cmd.to_args(),
-        child: None,
-        http: format!("http://{client}"),
-        log: dir.join(format!("node-{id}.log")),
-        env: Vec::new(),
-    };
+    let mut p = proc_for(dir, &cmd, format!("http://{client}"));
     p.start();
     p
 }
