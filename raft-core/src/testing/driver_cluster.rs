@@ -74,8 +74,10 @@ impl DriverCluster {
             let mut cfg = Config::new(id);
             cfg.snapshot_threshold_entries = snapshot_every;
             cfg.snapshot_threshold_bytes = 0;
-            let mut driver = DriverConfig::default();
-            driver.tick_interval = Duration::from_millis(10);
+            let driver = DriverConfig {
+                tick_interval: Duration::from_millis(10),
+                ..DriverConfig::default()
+            };
             let h = Raft::start(
                 cfg,
                 driver,
