@@ -55,6 +55,53 @@ impl TickClock {
     }
 }
 
+/// How many batches of requests, and of messages, in a row held a single
+/// input (counted up to [`CALM`]): the loop yields before taking a batch
+/// unless the last [`CALM`] of its kind were single.
+#[derive(Debug, Clone, Copy)]
+struct Calm {
+    requests: u32,
+    inbound: u32,
+}
+
+impl Default for Calm {
+    fn default() -> Self {
+        Self {
+            requests: CALM,
+            inbound: CALM,
+        }
+    }
+}
+
+impl Calm {
+    /// Under load, lets the tasks already woken run first (the proposers
+    /// just answered, the network task) so that what they queue is taken in
+    /// this turn's batch: the first of them woke this task, and tokio runs a
+    /// task woken that way next, which would otherwise make one append, one
+    /// write and one message per follower for each proposal. Not when the
+    /// last batches were single inputs: a lone proposer would only wait
+    /// longer.
+    async fn settle<S, Q>(&self, wake: &Wake<S, Q>) {
+        let busy = match wake {
+            Wake::Request(_) => self.requests < CALM,
+            Wake::Inbound(_) => self.inbound < CALM,
+            _ => false,
+        };
+        if busy {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Counts a batch of `taken` inputs into `singles`.
+    fn count(singles: &mut u32, taken: usize) {
+        *singles = if taken > 1 {
+            0
+        } else {
+            (*singles + 1).min(CALM)
+        };
+    }
+}
+
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     pub(super) async fn run(
         &mut self,
@@ -76,10 +123,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let mut applied = self.applied.clone();
         let apply_tx = self.apply_tx.clone();
         self.publish_metrics();
-        // How many batches of requests, and of messages, in a row held a
-        // single input (counted up to CALM): the loop yields before taking
-        // a batch unless the last CALM of its kind were single.
-        let (mut single_requests, mut single_inbound) = (CALM, CALM);
+        let mut calm = Calm::default();
         loop {
             let inputs = Inputs {
                 shutdown: &mut shutdown,
@@ -93,22 +137,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             };
             let apply_slot = (!self.apply_backlog.is_empty()).then(|| apply_tx.reserve());
             let wake = inputs.next(apply_slot).await;
-            let busy = match wake {
-                Wake::Request(_) => single_requests < CALM,
-                Wake::Inbound(_) => single_inbound < CALM,
-                _ => false,
-            };
-            if busy {
-                // Under load, let the tasks already woken run first (the
-                // proposers just answered, the network task) so that what
-                // they queue is taken in this turn's batch: the first of
-                // them woke this task, and tokio runs a task woken that way
-                // next, which would otherwise make one append, one write
-                // and one message per follower for each proposal. Not when
-                // the last batches were single inputs: a lone proposer
-                // would only wait longer.
-                tokio::task::yield_now().await;
-            }
+            calm.settle(&wake).await;
             match wake {
                 Wake::Shutdown => break,
                 Wake::Fatal => {
@@ -144,20 +173,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 }
                 Wake::Inbound(msg) => {
                     let taken = self.take_batch(msg, &mut inbound, &mut clock, Self::step_inbound);
-                    single_inbound = if taken > 1 {
-                        0
-                    } else {
-                        (single_inbound + 1).min(CALM)
-                    };
+                    Calm::count(&mut calm.inbound, taken);
                 }
                 Wake::Request(req) => {
                     let taken =
                         self.take_batch(req, &mut requests, &mut clock, Self::handle_request);
-                    single_requests = if taken > 1 {
-                        0
-                    } else {
-                        (single_requests + 1).min(CALM)
-                    };
+                    Calm::count(&mut calm.requests, taken);
                 }
             }
             if !self.process_ready().await {

@@ -365,30 +365,37 @@ async fn apply_jobs<S: StateMachine>(
             return;
         }
         metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);
-        // Waiters come in increasing index order, as the entries do: walk
-        // both together.
-        let mut waiters = waiters.into_iter().peekable();
-        for (e, response) in job_entries.iter().zip(responses) {
-            while let Some(w) = waiters.next_if(|w| w.index < e.index) {
-                let _ = w
-                    .reply
-                    .send(Err(ProposeError::Superseded { index: w.index }));
-            }
-            if let Some(w) = waiters.next_if(|w| w.index == e.index) {
-                let result = if w.term == e.term {
-                    Ok(response)
-                } else {
-                    Err(ProposeError::Superseded { index: w.index })
-                };
-                let _ = w.reply.send(result);
-            }
-        }
-        for w in waiters {
+        answer(&job_entries, responses, waiters);
+        applied.send_replace(last);
+    }
+}
+
+/// Answers the proposers of `entries` with their entries' `responses`, or
+/// `Superseded` when their entry was replaced by another term's (or is
+/// missing from the batch).
+fn answer<R>(entries: &[Entry], responses: Vec<R>, waiters: Vec<Waiter<R>>) {
+    // Waiters come in increasing index order, as the entries do: walk
+    // both together.
+    let mut waiters = waiters.into_iter().peekable();
+    for (e, response) in entries.iter().zip(responses) {
+        while let Some(w) = waiters.next_if(|w| w.index < e.index) {
             let _ = w
                 .reply
                 .send(Err(ProposeError::Superseded { index: w.index }));
         }
-        applied.send_replace(last);
+        if let Some(w) = waiters.next_if(|w| w.index == e.index) {
+            let result = if w.term == e.term {
+                Ok(response)
+            } else {
+                Err(ProposeError::Superseded { index: w.index })
+            };
+            let _ = w.reply.send(result);
+        }
+    }
+    for w in waiters {
+        let _ = w
+            .reply
+            .send(Err(ProposeError::Superseded { index: w.index }));
     }
 }
 
