@@ -277,24 +277,33 @@ impl Client {
     /// Records new addresses of member `id` (a voter or a learner) through
     /// the log, without removing it: every node dials the new peer address
     /// (`ip:port` or `name:port`) from then on. Asking again with the same
-    /// addresses succeeds.
+    /// addresses succeeds. The leader first checks that the node answers as
+    /// itself at a new peer address; `force` skips that check (for a node
+    /// that is down and will start there).
     ///
     /// # Errors
     ///
     /// See [`Error`]; 404 when `id` is not a member, 400 for a malformed
-    /// address.
+    /// address, 422 `peer-unreachable` when the node does not answer at the
+    /// new peer address.
     pub async fn update_member(
         &self,
         id: u64,
         peer_addr: &str,
         client_addr: &str,
+        force: bool,
     ) -> Result<MembershipChange> {
         let body = serde_json::json!({
             "peer_addr": peer_addr,
             "client_addr": client_addr,
         });
-        self.membership_json(Method::PUT, format!("/v1/cluster/members/{id}"), body)
-            .await
+        let query = if force { "?force=true" } else { "" };
+        self.membership_json(
+            Method::PUT,
+            format!("/v1/cluster/members/{id}{query}"),
+            body,
+        )
+        .await
     }
 
     /// A membership request with a JSON body; sent again after a lost

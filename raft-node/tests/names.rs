@@ -128,8 +128,51 @@ async fn a_cluster_named_by_host_names_replicates_and_takes_new_addresses() {
     // and every node dials it there.
     let (peer3, client3) = addrs[2];
     let any = client_of(follower);
+    // The leader checks the new peer address first: nothing answers at a
+    // name that does not resolve, and node 2 answers at its own address
+    // (its certificate names node 2). Neither is recorded.
+    let nowhere = format!("node-3.invalid:{}", peer3.port());
+    for wrong in [nowhere.clone(), addrs[1].0.to_string()] {
+        let e = any
+            .update_member(3, &wrong, &client3.to_string(), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Api { problem } if problem.status == 422 && problem.kind == "peer-unreachable"),
+            "{wrong}: {e:?}"
+        );
+    }
+    // The leader's own new address is checked too (it dials itself there).
+    let leader_client = addrs[leader as usize - 1].1.to_string();
+    let e = any
+        .update_member(leader, "node-x.invalid:7000", &leader_client, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Api { problem } if problem.status == 422),
+        "the leader's own address: {e:?}"
+    );
+    let s = any.status().await.unwrap();
+    let m3 = s.members.iter().find(|m| m.id == 3).unwrap();
+    assert_eq!(
+        m3.addresses.as_ref().unwrap().peer,
+        format!("localhost:{}", peer3.port()),
+        "nothing recorded: {:#}",
+        s.raw
+    );
+    // The leader's own address where it does answer (written as an IP).
+    let leader_peer = addrs[leader as usize - 1].0.to_string();
+    any.update_member(leader, &leader_peer, &leader_client, false)
+        .await
+        .expect("the leader answers at its own address");
+    // `force` records an address nobody answers at (a node that will
+    // start there later) ...
+    any.update_member(3, &nowhere, &client3.to_string(), true)
+        .await
+        .unwrap();
+    // ... and the right address, where node 3 answers, puts it back.
     let changed = any
-        .update_member(3, &peer3.to_string(), &client3.to_string())
+        .update_member(3, &peer3.to_string(), &client3.to_string(), false)
         .await
         .unwrap();
     assert!(changed.membership.voters.contains(&3), "{:#}", changed.raw);
@@ -161,13 +204,13 @@ async fn a_cluster_named_by_host_names_replicates_and_takes_new_addresses() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Asking again with the same addresses succeeds.
-    any.update_member(3, &peer3.to_string(), &client3.to_string())
+    any.update_member(3, &peer3.to_string(), &client3.to_string(), false)
         .await
         .unwrap();
 
     // Refusals a user sees: not a member, a malformed address.
     let e = any
-        .update_member(9, "localhost:1", "localhost:2")
+        .update_member(9, "localhost:1", "localhost:2", false)
         .await
         .unwrap_err();
     assert!(
@@ -175,7 +218,10 @@ async fn a_cluster_named_by_host_names_replicates_and_takes_new_addresses() {
         "{e:?}"
     );
     for bad in ["no_underscores:7000", "localhost", "0.0.0.0:7000"] {
-        let e = any.update_member(3, bad, "localhost:2").await.unwrap_err();
+        let e = any
+            .update_member(3, bad, "localhost:2", false)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, Error::Api { problem } if problem.status == 400),
             "{bad}: {e:?}"

@@ -185,6 +185,48 @@ impl QuicTransport {
         }
     }
 
+    /// Checks that node `id` answers at `addr` now, before its address is
+    /// changed to it: resolves `addr` (up to 3 addresses of a name, as a dial
+    /// does), connects, and verifies that the certificate presented names
+    /// `id` (TLS, as every dial does). Closes the connection right after,
+    /// before the peer handshake, so the peer never takes it as its
+    /// connection to this node. Returns the address that answered.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Connect`] saying why: the name does not resolve,
+    /// nothing answers, or the node there is not `id` (its certificate is
+    /// refused).
+    pub async fn probe(&self, id: NodeId, addr: &PeerAddr) -> Result<SocketAddr, ConnectError> {
+        let shared = &self.shared;
+        let timeout = shared.cfg.handshake_timeout;
+        let fail = |detail: String| ConnectError::Connect {
+            peer: id,
+            addr: addr.clone(),
+            detail,
+        };
+        let mut last = String::new();
+        for target in resolve(shared, addr, timeout).await.map_err(fail)? {
+            let connecting = shared
+                .endpoint
+                .connect_with(
+                    lock(&shared.client_config).clone(),
+                    target,
+                    &node_dns_name(id),
+                )
+                .map_err(|e| fail(e.to_string()))?;
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => {
+                    conn.close(VarInt::from_u32(close_code::REQUESTED), b"probe");
+                    return Ok(target);
+                }
+                Ok(Err(e)) => last = format!("{target}: {e}"),
+                Err(_) => last = format!("{target}: no answer within {timeout:?}"),
+            }
+        }
+        Err(fail(last))
+    }
+
     /// The peers and their addresses, as given.
     pub fn peers(&self) -> Vec<(NodeId, PeerAddr)> {
         let mut v: Vec<_> = lock(&self.shared.peers)

@@ -237,7 +237,7 @@ pub(super) fn close_later(conn: Connection, reason: &'static str) {
 /// returns the addresses to dial, in the resolver's order: those of the
 /// local socket's family (an IPv4 socket cannot reach an IPv6 address), at
 /// most [`DIAL_ADDRESSES_MAX`], at least one.
-async fn resolve(
+pub(super) async fn resolve(
     shared: &Arc<Shared>,
     addr: &PeerAddr,
     timeout: Duration,

@@ -75,7 +75,8 @@ pub mod close_code {
     pub const WRONG_NODE: u32 = 4;
     /// A second connection between the same pair; the other one is kept.
     pub const DUPLICATE: u32 = 5;
-    /// Closed on request ([`QuicTransport::disconnect`](crate::QuicTransport::disconnect)).
+    /// Closed on request ([`QuicTransport::disconnect`](crate::QuicTransport::disconnect)),
+    /// or after a [`QuicTransport::probe`](crate::QuicTransport::probe).
     pub const REQUESTED: u32 = 6;
     /// The peer is not in this node's peer table (not a member it knows),
     /// or not in the allowed set

@@ -164,6 +164,9 @@ pub enum CtlOp {
         /// Its new HTTP address, `host:port`.
         #[arg(long)]
         client_addr: String,
+        /// Record the addresses even if the node does not answer there now.
+        #[arg(long)]
+        force: bool,
     },
     /// Promotes a caught-up learner to voter (joint consensus).
     Promote {
@@ -370,8 +373,9 @@ async fn cluster_op(c: &Client, out: &output::Printer, op: CtlOp) -> anyhow::Res
             id,
             peer_addr,
             client_addr,
+            force,
         } => out.membership(
-            &c.update_member(id, &peer_addr, &client_addr)
+            &c.update_member(id, &peer_addr, &client_addr, force)
                 .await
                 .map_err(e)?,
         ),

@@ -266,7 +266,8 @@ pub(super) async fn promote(
 /// new addresses of a member (voter or learner) through the log, without
 /// removing it: every node dials the new peer address from then on.
 /// Repeating it with the same addresses succeeds; 404 for a node that is
-/// not a member.
+/// not a member; 422 `peer-unreachable` when the node does not answer as
+/// itself at a new peer address (`?force=true` records it anyway).
 pub(super) async fn update_member(
     State(state): State<Shared>,
     Path(raw): Path<String>,
@@ -300,6 +301,15 @@ pub(super) async fn update_member(
         ));
     }
     let known = known_members(&state);
+    let force = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "force=true"));
+    let moved = !known
+        .iter()
+        .any(|m| m.id == id && m.peer_addr == member.peer_addr);
+    if moved && !force {
+        check_reachable(&state, &member).await?;
+    }
     if let Some(forwarded) = record_addresses(&state, &member, &known, relay()).await? {
         return Ok(forwarded);
     }
@@ -309,6 +319,29 @@ pub(super) async fn update_member(
         *m = member;
     }
     Ok(Json(membership_json(&s.engine.membership, &members)).into_response())
+}
+
+/// 422 `peer-unreachable` unless `member` answers at its new peer address
+/// as itself (its certificate names it): a record of an address nobody
+/// answers at would, after every node restarted from its stored
+/// addresses, leave the cluster unable to reconnect.
+async fn check_reachable(state: &AppState, member: &Member) -> Result<(), Problem> {
+    match state.transport.probe(member.id, &member.peer_addr).await {
+        Ok(found) => {
+            tracing::info!(id = member.id, peer = %member.peer_addr, %found, "new member address answers");
+            Ok(())
+        }
+        Err(e) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "peer-unreachable",
+            "Node not reachable at the new address",
+            format!(
+                "node {} does not answer as itself at {}: {e}; start it there first, or add \
+                 ?force=true to record the address anyway",
+                member.id, member.peer_addr
+            ),
+        )),
+    }
 }
 
 /// `DELETE /v1/cluster/members/{id}`: removes a learner or a voter (the

@@ -54,6 +54,9 @@ pub struct AppState {
     pub cfg: Arc<NodeConfig>,
     /// Known members and their addresses.
     pub members: MemberDirectory,
+    /// The peer transport (to check a member's new address before it is
+    /// recorded).
+    pub transport: raft_net_quic::QuicTransport,
     /// For forwarding to the leader.
     pub client: reqwest::Client,
     /// The Prometheus exporter, when installed.

@@ -310,6 +310,7 @@ pub async fn start(
         reader: reader.clone(),
         cfg: cfg.clone(),
         members: directory.clone(),
+        transport: transport.clone(),
         client: crate::client_tls::forwarding_client(&cfg)
             .context("building the forwarding client")?,
         metrics,
