@@ -1205,3 +1205,36 @@ async fn an_install_that_arrives_during_a_background_build() {
     assert_eq!(readers[2].dump(), readers[(leader - 1) as usize].dump());
     assert_eq!(s3.applied, s1.applied);
 }
+
+/// A caller that retries `propose` in a loop after the driver stopped gets
+/// `ShuttingDown` every time and still lets the other tasks of a
+/// single-threaded runtime run (the refusal counts against its cooperative
+/// budget): a benchmark or an application loop must not freeze the runtime.
+#[tokio::test]
+async fn proposals_refused_after_shutdown_do_not_starve_other_tasks() {
+    let handle: Handle = Raft::start(
+        Config::new(1),
+        DriverConfig::default(),
+        Membership::new(vec![1]),
+        Arc::new(MemLog::new()),
+        MemKv::new(),
+        MemNetwork::new().transport(1),
+    )
+    .await
+    .expect("node starts");
+    handle.shutdown().await;
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+    for _ in 0..1000 {
+        let e = handle.propose(put("a", "1")).await.unwrap_err();
+        assert!(
+            matches!(e, ProposeError::ShuttingDown { appended: false }),
+            "{e:?}"
+        );
+    }
+    assert!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        "1000 refused proposals in a row never let another task run"
+    );
+}

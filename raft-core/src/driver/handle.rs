@@ -170,7 +170,11 @@ impl<R: Send + 'static> RaftHandle<R> {
         match self.requests.try_send(req) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(ProposeError::ShuttingDown { appended: false })
+                // Counts against the task's cooperative budget, as waiting on
+                // the queue did: a caller that retries in a loop after the
+                // driver stopped still lets the runtime's other tasks run.
+                tokio::task::consume_budget().await;
+                return Err(ProposeError::ShuttingDown { appended: false });
             }
             Err(mpsc::error::TrySendError::Full(req)) => {
                 match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
