@@ -134,11 +134,40 @@ fn abort_on_panic() {
     }));
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// How long the runtime waits, once the command is done, for blocking
+/// work still running. A host name lookup (the system resolver, which
+/// cannot be cancelled) can hang for minutes when a name server does not
+/// answer; without a bound the process would outlive its SIGTERM by that
+/// long. Everything a node must finish (its store, its log) is awaited
+/// before this point.
+const BLOCKING_WORK_GRACE: Duration = Duration::from_secs(2);
+
+fn main() -> std::process::ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raft-node: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-node: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Cmd::Run(args) => run_node(*args).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Ctl(a) => ctl::run(a).await,
@@ -154,12 +183,5 @@ async fn main() -> std::process::ExitCode {
                 }
             })
             .map_err(Into::into),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raft-node: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }

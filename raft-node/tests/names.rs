@@ -236,16 +236,30 @@ const REQUIRE_ROOT_ENV: &str = "CI_REQUIRE_NETNS";
 /// A node process that sees `hosts` as its `/etc/hosts` (a private mount
 /// namespace: `unshare --mount`, then a bind mount).
 fn start_with_hosts(p: &mut Proc, hosts: &std::path::Path) {
+    start_with_mounts(p, &[(hosts, "/etc/hosts")]);
+}
+
+/// A node process that sees each file `from` at path `to` (a private mount
+/// namespace: `unshare --mount`, then bind mounts).
+fn start_with_mounts(p: &mut Proc, mounts: &[(&std::path::Path, &str)]) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&p.log)
         .unwrap();
-    let child = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#)
-        .arg("sh")
-        .arg(hosts)
+    let script = mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, to))| format!("mount --bind \"${}\" {to} && ", i + 1))
+        .collect::<String>();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{script}shift {} && exec \"$@\"", mounts.len()))
+        .arg("sh");
+    for (from, _) in mounts {
+        cmd.arg(from);
+    }
+    let child = cmd
         .arg(env!("CARGO_BIN_EXE_raft-node"))
         .args(&p.args)
         .env("RUST_LOG", "info")
@@ -326,4 +340,73 @@ async fn a_member_that_comes_back_at_another_ip_under_its_name_rejoins_without_a
     for p in &procs {
         replicated(p, "after", "2").await;
     }
+}
+
+/// A peer named by a host name whose lookup hangs (a name server that
+/// takes the query and never answers) does not keep a node from stopping:
+/// SIGTERM ends the process in seconds, not when the lookup gives up
+/// (here 5 attempts of 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_on_sigterm_while_a_peer_name_lookup_hangs() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os(REQUIRE_ROOT_ENV).is_none(),
+            "this test needs root (a private /etc/resolv.conf); {REQUIRE_ROOT_ENV} is set"
+        );
+        eprintln!("skipped: needs root for a private /etc/resolv.conf");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    raft_net_quic::certs::write_dev_certs(&dir.path().join("certs"), &[1, 2], &[]).unwrap();
+    // The name server: takes queries, never answers.
+    let server = std::net::UdpSocket::bind("127.0.0.77:53").expect("bind 127.0.0.77:53");
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:30 attempts:5\n",
+    )
+    .unwrap();
+    let hosts = dir.path().join("hosts");
+    write_hosts(&hosts, &[]);
+    let (peer, client) = (free_udp(), free_tcp());
+    let initial = initial_cluster([
+        (1, peer.to_string(), client),
+        (2, "hangs.raftkv.test:7000".to_string(), free_tcp()),
+    ]);
+    let cmd = node_command(dir.path(), 1, peer, client).initial_cluster(initial);
+    let mut p = proc_for(dir.path(), &cmd, format!("http://{client}"));
+    start_with_mounts(
+        &mut p,
+        &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+    );
+    // The node asks for node 2's address: the lookup is under way.
+    let mut buf = [0u8; 512];
+    let asked = server.recv_from(&mut buf);
+    assert!(
+        asked.is_ok(),
+        "the node never looked node 2's name up: {asked:?}; log:\n{}",
+        p.log_text()
+    );
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = p.sigterm();
+        (status, p.log_text())
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the node took {took:?} to stop after SIGTERM; log:\n{}",
+        status.1
+    );
+    assert!(
+        status.0.success(),
+        "exit: {:?}; log:\n{}",
+        status.0,
+        status.1
+    );
 }
