@@ -94,22 +94,56 @@ pub enum Outcome {
 /// key-value command, whose first byte is the format version).
 pub const MEMBER_TAG: u8 = 0x80;
 
+/// A member's addresses as the log records them.
+///
+/// `only_if_member` marks an update of a member's addresses
+/// (`PUT /v1/cluster/members/{id}`): it is applied only while the node is
+/// in the configuration last applied, so an update that commits after the
+/// member's removal does not bring its record back. A record without it
+/// (adding a learner, and every record an earlier release wrote) is
+/// applied as it is. Earlier releases ignore the field and apply the
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberRecord {
+    /// The member and its addresses.
+    #[serde(flatten)]
+    pub member: crate::config::Member,
+    /// Applied only if the node is still a member when the entry applies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_if_member: bool,
+}
+
 /// Encodes a member's addresses as an entry payload. Replicating addresses
 /// through the log lets every node (and every snapshot) know how to reach
 /// members added later.
 pub fn encode_member(member: &crate::config::Member) -> Bytes {
+    encode_member_record(&MemberRecord {
+        member: member.clone(),
+        only_if_member: false,
+    })
+}
+
+/// Encodes a new address of an existing member (see [`MemberRecord`]).
+pub fn encode_member_update(member: &crate::config::Member) -> Bytes {
+    encode_member_record(&MemberRecord {
+        member: member.clone(),
+        only_if_member: true,
+    })
+}
+
+fn encode_member_record(record: &MemberRecord) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u8(MEMBER_TAG);
-    out.put_slice(&serde_json::to_vec(member).expect("a member serializes"));
+    out.put_slice(&serde_json::to_vec(record).expect("a member serializes"));
     out.freeze()
 }
 
-/// Decodes what [`encode_member`] wrote.
+/// Decodes what [`encode_member`] or [`encode_member_update`] wrote.
 ///
 /// # Errors
 ///
 /// [`DecodeError`] when it is not a member record.
-pub fn decode_member(data: &[u8]) -> Result<crate::config::Member, DecodeError> {
+pub fn decode_member(data: &[u8]) -> Result<MemberRecord, DecodeError> {
     match data.split_first() {
         Some((&MEMBER_TAG, json)) => {
             serde_json::from_slice(json).map_err(|_| DecodeError("member record"))

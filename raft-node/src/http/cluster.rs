@@ -20,6 +20,7 @@ use serde_json::json;
 use super::forwarding::{forward, Relay};
 use super::ops::driver_status;
 use super::{Answer, AppState, Shared};
+use crate::command::Outcome;
 use crate::config::Member;
 use crate::problem::Problem;
 
@@ -150,22 +151,37 @@ fn member(
     })
 }
 
+/// How a member's addresses are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// A node about to become a learner: recorded as it is.
+    New,
+    /// New addresses of a member: recorded only if it is still a member
+    /// when the entry applies (a removal may commit first).
+    Update,
+}
+
 /// Records `member`'s addresses through the log, unless `known` holds
 /// them already.
 async fn record_addresses(
     state: &AppState,
     member: &Member,
     known: &[Member],
+    kind: Record,
     relay: Relay<'_>,
 ) -> Result<Option<axum::response::Response>, Problem> {
     if known.contains(member) {
         return Ok(None);
     }
-    match state
-        .raft
-        .propose(crate::command::encode_member(member))
-        .await
-    {
+    let entry = match kind {
+        Record::New => crate::command::encode_member(member),
+        Record::Update => crate::command::encode_member_update(member),
+    };
+    match state.raft.propose(entry).await {
+        Ok(Outcome::NotFound) => Err(not_a_member(
+            member.id,
+            "it was removed before its new addresses were recorded",
+        )),
         Ok(_) => Ok(None),
         Err(ProposeError::NotLeader { leader }) => forward(state, leader, relay).await.map(Some),
         Err(e) => Err(Problem::unavailable(
@@ -174,6 +190,16 @@ async fn record_addresses(
             e.to_string(),
         )),
     }
+}
+
+/// 404 `not-a-member`.
+fn not_a_member(id: NodeId, why: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-a-member",
+        "Not a member",
+        format!("node {id} is not a member ({why}); add it with POST /v1/cluster/learners"),
+    )
 }
 
 /// 409 when `member` is a voter already, or a member known under other
@@ -221,7 +247,7 @@ pub(super) async fn add_learner(
     let known = known_members(&state);
     check_new_learner(&s, &member, &known)?;
     let relay = post(&uri, &headers, body.clone());
-    if let Some(forwarded) = record_addresses(&state, &member, &known, relay).await? {
+    if let Some(forwarded) = record_addresses(&state, &member, &known, Record::New, relay).await? {
         return Ok(forwarded);
     }
     let result = if s.engine.membership.learners().contains(&member.id) {
@@ -293,12 +319,7 @@ pub(super) async fn update_member(
         return forward(&state, s.engine.leader, relay()).await;
     }
     if !s.engine.membership.contains(id) {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-a-member",
-            "Not a member",
-            format!("node {id} is not a member; add it with POST /v1/cluster/learners"),
-        ));
+        return Err(not_a_member(id, "not in the configuration"));
     }
     let known = known_members(&state);
     let force = uri
@@ -310,7 +331,9 @@ pub(super) async fn update_member(
     if moved && !force {
         check_reachable(&state, &member).await?;
     }
-    if let Some(forwarded) = record_addresses(&state, &member, &known, relay()).await? {
+    if let Some(forwarded) =
+        record_addresses(&state, &member, &known, Record::Update, relay()).await?
+    {
         return Ok(forwarded);
     }
     tracing::info!(id, peer = %member.peer_addr, client = %member.client_addr, "member addresses updated");

@@ -93,7 +93,7 @@ pub(super) fn apply(
     for e in entries {
         let outcome = match &e.payload {
             EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
-                batch.member_record(data)
+                batch.member_record(data)?
             }
             EntryPayload::Normal(data) => match Command::decode(data.clone()) {
                 Ok(cmd) => batch.command(e.index, &cmd)?,
@@ -146,17 +146,38 @@ impl<V: StoreView> Batch<'_, V> {
         self.writes.push(Write::Delete(cf, key));
     }
 
-    /// A member's address record (`POST /v1/cluster/learners`).
-    fn member_record(&mut self, data: &Bytes) -> Outcome {
-        match crate::command::decode_member(data) {
-            Ok(m) => {
-                let record = serde_json::to_vec(&m).unwrap_or_default();
-                self.put(Cf::Meta, member_key(m.id), record);
-                self.members_changed = true;
-                Outcome::Noop
+    /// A member's address record (`POST /v1/cluster/learners`, and
+    /// `PUT /v1/cluster/members/{id}`, which only applies to a member).
+    fn member_record(&mut self, data: &Bytes) -> Result<Outcome, StoreError> {
+        let rec = match crate::command::decode_member(data) {
+            Ok(rec) => rec,
+            Err(err) => return Ok(Outcome::Malformed(err.to_string())),
+        };
+        if rec.only_if_member {
+            let members = self.applied_members()?;
+            // No configuration applied yet means none removed anyone: every
+            // removal is a configuration entry, which records its members.
+            if members.is_some_and(|m| !m.contains(&rec.member.id)) {
+                return Ok(Outcome::NotFound);
             }
-            Err(err) => Outcome::Malformed(err.to_string()),
         }
+        let record = serde_json::to_vec(&rec.member).unwrap_or_default();
+        self.put(Cf::Meta, member_key(rec.member.id), record);
+        self.members_changed = true;
+        Ok(Outcome::Noop)
+    }
+
+    /// The members of the configuration last applied: this batch's own
+    /// configuration entries first, then the stored record.
+    fn applied_members(&mut self) -> Result<Option<&BTreeSet<u64>>, StoreError> {
+        if self.applied_members.is_none() {
+            let stored = self
+                .view
+                .get(Cf::Meta, APPLIED_MEMBERS_KEY)?
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            self.applied_members = Some(stored);
+        }
+        Ok(self.applied_members.as_ref().and_then(Option::as_ref))
     }
 
     /// A configuration entry: a node dropped from the configuration loses
@@ -164,18 +185,13 @@ impl<V: StoreView> Batch<'_, V> {
     /// dials it or lets it in again.
     fn configuration(&mut self, m: &Membership) -> Result<Outcome, StoreError> {
         let now = m.members();
-        let prev = match self.applied_members.take() {
-            Some(p) => p,
-            None => self
-                .view
-                .get(Cf::Meta, APPLIED_MEMBERS_KEY)?
-                .and_then(|v| serde_json::from_slice(&v).ok()),
+        let gone: Vec<u64> = match self.applied_members()? {
+            Some(prev) => prev.difference(&now).copied().collect(),
+            None => Vec::new(),
         };
-        if let Some(prev) = prev {
-            for gone in prev.difference(&now) {
-                self.delete(Cf::Meta, member_key(*gone));
-                self.members_changed = true;
-            }
+        for id in gone {
+            self.delete(Cf::Meta, member_key(id));
+            self.members_changed = true;
         }
         let record = serde_json::to_vec(&now).unwrap_or_default();
         self.put(Cf::Meta, APPLIED_MEMBERS_KEY.to_vec(), record);
@@ -535,6 +551,75 @@ mod tests {
         m.apply(10, &[config(4, vec![1, 2])]);
         assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_none());
         assert!(m.get(Cf::Meta, &member_key(2)).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_address_update_that_commits_after_the_removal_brings_no_record_back() {
+        let mut m = Memory::default();
+        let member = |id: u64, port: u16| crate::config::Member {
+            id,
+            peer_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            client_addr: "127.0.0.1:8080".into(),
+        };
+        let entry = |index: u64, payload: Bytes| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(payload),
+        };
+        let config = |index: u64, voters: Vec<u64>| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Membership(Box::new(Membership::new(voters))),
+        };
+        let add = |index, id| entry(index, crate::command::encode_member(&member(id, 7000)));
+        let update = |index, id, port| {
+            entry(
+                index,
+                crate::command::encode_member_update(&member(id, port)),
+            )
+        };
+        m.apply(10, &[add(1, 2), add(2, 3), config(3, vec![1, 2, 3])]);
+        // An update of a member is recorded.
+        assert_eq!(m.apply(10, &[update(4, 3, 7001)]), vec![Outcome::Noop]);
+        let stored = m.get(Cf::Meta, &member_key(3)).unwrap().unwrap();
+        let stored: crate::config::Member = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(stored, member(3, 7001));
+        // Node 3 is removed, then an update proposed before the removal
+        // commits: it is refused and node 3 has no record.
+        let out = m.apply(10, &[config(5, vec![1, 2]), update(6, 3, 7002)]);
+        assert_eq!(out, vec![Outcome::Noop, Outcome::NotFound]);
+        assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_none());
+        // The same in separate batches (the removal read from the store).
+        let mut m2 = Memory::default();
+        m2.apply(10, &[add(1, 2), add(2, 3), config(3, vec![1, 2, 3])]);
+        m2.apply(10, &[config(4, vec![1, 2])]);
+        assert_eq!(m2.apply(10, &[update(5, 3, 7002)]), vec![Outcome::NotFound]);
+        assert!(m2.get(Cf::Meta, &member_key(3)).unwrap().is_none());
+        // A learner's record, added before its configuration, still is.
+        assert_eq!(m2.apply(10, &[add(6, 4)]), vec![Outcome::Noop]);
+        assert!(m2.get(Cf::Meta, &member_key(4)).unwrap().is_some());
+    }
+
+    #[test]
+    fn member_records_read_both_ways_across_releases() {
+        let member = crate::config::Member {
+            id: 3,
+            peer_addr: "raft-2.raft:7000".parse().unwrap(),
+            client_addr: "raft-2.raft:8080".into(),
+        };
+        // A record written by an earlier release (the member alone) is a
+        // plain record.
+        let mut old = vec![crate::command::MEMBER_TAG];
+        old.extend(serde_json::to_vec(&member).unwrap());
+        let rec = crate::command::decode_member(&old).unwrap();
+        assert_eq!((rec.member, rec.only_if_member), (member.clone(), false));
+        // An update reads as the member for a release that knows no
+        // updates (it ignores the extra field).
+        let new = crate::command::encode_member_update(&member);
+        let rec = crate::command::decode_member(&new).unwrap();
+        assert!(rec.only_if_member);
+        let as_old: crate::config::Member = serde_json::from_slice(&new[1..]).unwrap();
+        assert_eq!(as_old, member);
     }
 
     #[test]
