@@ -1238,3 +1238,154 @@ async fn proposals_refused_after_shutdown_do_not_starve_other_tasks() {
         "1000 refused proposals in a row never let another task run"
     );
 }
+
+/// While the engine task cannot take requests (its storage hangs and the
+/// storage queue is full), proposals beyond the request queue wait for
+/// room until the request timeout, not longer and not less, and are then
+/// refused as `Overloaded`: never appended, so never applied, even once
+/// the storage answers again. Proposals the engine took time out instead
+/// (their outcome is unknown).
+#[tokio::test(start_paused = true)]
+async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
+    let log = FailingLog::new();
+    let kv = MemKv::new();
+    let reader = kv.reader();
+    let mut driver = DriverConfig::default();
+    driver.request_queue_capacity = 4;
+    driver.storage_queue_capacity = 1;
+    driver.max_batch_inputs = 2;
+    driver.request_timeout = Duration::from_secs(2);
+    let handle: Handle = Raft::start(
+        Config::new(1),
+        driver.clone(),
+        Membership::new(vec![1]),
+        log.clone(),
+        kv,
+        MemNetwork::new().transport(1),
+    )
+    .await
+    .expect("node starts");
+    leader_of(std::slice::from_ref(&handle)).await;
+    handle.propose(put("first", "1")).await.expect("a healthy write");
+
+    log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let proposers: Vec<_> = (0..32)
+        .map(|i| {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                let result = h.propose(put(&format!("k{i}"), "v")).await;
+                (i, result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut overloaded = Vec::new();
+    let mut timed_out = 0;
+    for p in proposers {
+        let (i, result, took) = p.await.expect("task");
+        match result {
+            Err(ProposeError::Overloaded) => {
+                assert_eq!(
+                    took, driver.request_timeout,
+                    "proposal {i} refused after {took:?}: a full queue is waited on until \
+                     the request timeout"
+                );
+                overloaded.push(i);
+            }
+            Err(ProposeError::Timeout) => timed_out += 1,
+            other => panic!("proposal {i} ended while the storage hung: {other:?}"),
+        }
+    }
+    // At most the request queue, two batches and the writes the storage
+    // holds were taken; every other proposal found the queue full.
+    assert!(
+        overloaded.len() >= 32 - 16,
+        "{} of 32 refused as Overloaded, {timed_out} timed out",
+        overloaded.len()
+    );
+
+    log.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.release.notify_waiters();
+    handle
+        .propose(put("after", "1"))
+        .await
+        .expect("writes are taken again once the storage answers");
+    for i in overloaded {
+        assert_eq!(
+            reader.get(&format!("k{i}")),
+            None,
+            "proposal {i} was refused as Overloaded but applied"
+        );
+    }
+}
+
+/// A leader cut off while 64 closed-loop proposers keep its engine task
+/// taking batches (and so yielding before each: the batching path) serves
+/// no lease read that misses a write the new leader acknowledged before
+/// the read began.
+#[tokio::test(start_paused = true)]
+async fn a_cut_off_leader_under_proposal_load_serves_no_stale_lease_read() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (net, handles, readers, _gates) = slow_cluster(Duration::ZERO, |_| {}).await;
+    let (old, _) = leader_of(&handles).await;
+    let h_old = handles[(old - 1) as usize].clone();
+    h_old.propose(put("x", "1")).await.expect("x=1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let proposers: Vec<_> = (0..64)
+        .map(|i| {
+            let (h, stop) = (h_old.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = h.propose(put(&format!("p{i}"), "v")).await;
+                }
+            })
+        })
+        .collect();
+    // Lease readers on the old leader, before, during and after the cut.
+    let x2_acked = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let old_reader = readers[(old - 1) as usize].clone();
+    let lease_readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (h, stop, acked) = (h_old.clone(), stop.clone(), x2_acked.clone());
+            let (reader, served) = (old_reader.clone(), served.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let after_x2 = acked.load(Ordering::SeqCst);
+                    if let Ok(index) = h.read(ReadConsistency::Lease).await {
+                        let x = reader.get("x").map(|(v, _)| v);
+                        assert!(
+                            !(after_x2 && x.as_deref() == Some(&b"1"[..])),
+                            "a lease read at index {index} begun after x=2 was acknowledged \
+                             returned x=1"
+                        );
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        served.load(Ordering::SeqCst) > 0,
+        "the leader served lease reads under load"
+    );
+    net.isolate(old);
+    let others: Vec<Handle> = handles.iter().filter(|h| h.id() != old).cloned().collect();
+    let (new, _) = leader_of(&others).await;
+    handles[(new - 1) as usize]
+        .propose(put("x", "2"))
+        .await
+        .expect("x=2 through the new leader");
+    x2_acked.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in lease_readers {
+        t.await.expect("a lease read saw a stale value");
+    }
+    net.heal();
+    for p in proposers {
+        p.await.expect("proposer");
+    }
+}
