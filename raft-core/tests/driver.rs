@@ -1266,7 +1266,10 @@ async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
     .await
     .expect("node starts");
     leader_of(std::slice::from_ref(&handle)).await;
-    handle.propose(put("first", "1")).await.expect("a healthy write");
+    handle
+        .propose(put("first", "1"))
+        .await
+        .expect("a healthy write");
 
     log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
     let started = tokio::time::Instant::now();
@@ -1319,8 +1322,8 @@ async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
     }
 }
 
-/// A leader cut off while 64 closed-loop proposers keep its engine task
-/// taking batches (and so yielding before each: the batching path) serves
+/// A leader cut off while 64 proposers (each proposing again 1 ms after
+/// its last answer) keep its engine task taking batches (and so yielding before each: the batching path) serves
 /// no lease read that misses a write the new leader acknowledged before
 /// the read began.
 #[tokio::test(start_paused = true)]
@@ -1337,6 +1340,9 @@ async fn a_cut_off_leader_under_proposal_load_serves_no_stale_lease_read() {
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     let _ = h.propose(put(&format!("p{i}"), "v")).await;
+                    // The in-memory network takes no time: without a pause
+                    // paused time would never move on.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             })
         })
