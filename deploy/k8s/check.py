@@ -114,7 +114,7 @@ def build(directory):
     """The objects `kubectl kustomize DIRECTORY` gives."""
     kfile = os.path.join(directory, "kustomization.yaml")
     k = load_docs(kfile)[0]
-    unknown = set(k) - {"apiVersion", "kind", "resources", "images", "patches"}
+    unknown = set(k) - {"apiVersion", "kind", "resources", "images", "patches", "nameSuffix"}
     if unknown:
         raise SystemExit(f"{kfile}: {sorted(unknown)} not emulated by check.py")
     docs = []
@@ -122,6 +122,7 @@ def build(directory):
         path = os.path.normpath(os.path.join(directory, r))
         docs += build(path) if os.path.isdir(path) else load_docs(path)
     set_images(docs, k.get("images", []))
+    suffix = k.get("nameSuffix", "")
     for p in k.get("patches", []):
         target = p["target"]
         ops = load_docs(os.path.join(directory, p["path"]))[0]
@@ -133,6 +134,8 @@ def build(directory):
         if len(hits) != 1:
             raise SystemExit(f"{kfile}: patch target {target} matches {len(hits)} objects")
         apply_json_patch(hits[0], ops, f"{kfile}: {p['path']}")
+    for d in docs:
+        d["metadata"]["name"] += suffix
     return docs
 
 
@@ -375,6 +378,43 @@ def check_certificates(by, given, replicas, peer_domain):
         check(given.get(f"node-{i}.key") == (secret, "tls.key"), f"node-{i}.key from {secret}")
 
 
+def check_added(base, added):
+    """deploy/k8s/added: the StatefulSet raft, joining instead of bootstrapping."""
+    sts1 = next(d for d in base if d["kind"] == "StatefulSet")
+    (sts2,) = added
+    check(key(sts2) == ("StatefulSet", "raft-added"), f"added: {key(sts2)}")
+    s1, s2 = sts1["spec"], sts2["spec"]
+    check(s2.get("ordinals", {}).get("start") == s1["replicas"],
+          "added: ordinals start after the initial voters' (ids go on from theirs)")
+    l1, l2 = s1["template"]["metadata"]["labels"], s2["template"]["metadata"]["labels"]
+    check(subset(s2["selector"]["matchLabels"], l2), "added: selector vs pod labels")
+    check(not subset(s1["selector"]["matchLabels"], l2)
+          and not subset(s2["selector"]["matchLabels"], l1),
+          "the two StatefulSets' selectors do not overlap")
+    for d in base:
+        if d["kind"] in ("Service", "PodDisruptionBudget"):
+            sel = d["spec"]["selector"]
+            check(subset(sel.get("matchLabels", sel), l2), f"{key(d)[1]} selects the added pods")
+    check(s2["serviceName"] == s1["serviceName"], "added: the same headless Service")
+    c1 = s1["template"]["spec"]["containers"][0]
+    c2 = s2["template"]["spec"]["containers"][0]
+    e1 = {e["name"]: e for e in c1["env"]}
+    e2 = {e["name"]: e for e in c2["env"]}
+    check(set(e1) - set(e2) == {"RAFT_INITIAL_CLUSTER"} and set(e2) - set(e1) == {"RAFT_JOIN"},
+          "added: RAFT_JOIN instead of RAFT_INITIAL_CLUSTER, every other setting the same")
+    check(all(e1[n] == e2[n] for n in set(e1) & set(e2)), "added: the same values")
+    same = {k: v for k, v in c2.items() if k != "env"} == {k: v for k, v in c1.items() if k != "env"}
+    check(same, "added: the same container but for the environment")
+    pod = f"raft-added-{s1['replicas']}"
+    env = container_env(c2, pod)
+    client = next(d for d in base if key(d) == ("Service", "raft-client"))
+    port = client["spec"]["ports"][0]["port"]
+    want = f"https://raft-client.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{port}"
+    check(env.get("RAFT_JOIN") == want, f"added: RAFT_JOIN {env.get('RAFT_JOIN')!r} != {want!r}")
+    peer = f"{pod}.{s1['serviceName']}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}"
+    check(env["RAFT_PEER_ADVERTISE"].startswith(peer + ":"), f"added: {pod} advertises {peer}")
+
+
 # --- the binary --------------------------------------------------------------
 
 
@@ -386,7 +426,11 @@ def help_vars(binary, *args):
 
 
 def check_binary(docs, binary):
-    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    for sts in (d for d in docs if d["kind"] == "StatefulSet"):
+        check_binary_settings(sts, binary)
+
+
+def check_binary_settings(sts, binary):
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     before = len(failures)
     check(c["args"] == ["run"], "the container runs `raft-node run`, settings in RAFT_* variables")
@@ -400,7 +444,7 @@ def check_binary(docs, binary):
         which = "ctl" if name in CTL_VARS else "run"
         check(name in known, f"{name} is not a variable of `raft-node {which}` ({binary})")
     if len(failures) == before:
-        print(f"  RAFT_* variables: each one known to {binary} run/ctl --help")
+        print(f"  {key(sts)[1]}: each RAFT_* variable known to {binary} run/ctl --help")
 
 
 # --- the validator refuses what it should -----------------------------------
@@ -434,15 +478,20 @@ def main():
     base = build(HERE)
     overlay_dir = os.path.join(HERE, "cert-manager")
     overlay = build(overlay_dir)
-    for d in (os.path.join(HERE, "base"), overlay_dir):
-        listed_files(d)
+    added_dir = os.path.join(HERE, "added")
+    added = build(added_dir)
+    for d in ("base", "base/statefulset", "cert-manager", "added"):
+        listed_files(os.path.join(HERE, d))
     compare_with_kubectl(HERE, base)
     compare_with_kubectl(overlay_dir, overlay)
+    compare_with_kubectl(added_dir, added)
     validate(base, "deploy/k8s")
     validate(overlay, "deploy/k8s/cert-manager")
+    validate(added, "deploy/k8s/added")
     check_objects(base, overlay=False)
     check_objects(overlay, overlay=True)
-    check_binary(base, binary)
+    check_added(base, added)
+    check_binary(base + added, binary)
     check_validator_refuses(base)
     if failures:
         sys.exit(f"deploy/k8s: {len(failures)} check(s) failed")
