@@ -253,7 +253,6 @@ def check_objects(docs, overlay):
     labels = spec["template"]["metadata"]["labels"]
     (c,) = pod["containers"]
     ports = {p["name"]: p for p in c["ports"]}
-    replicas = spec["replicas"]
 
     check(subset(spec["selector"]["matchLabels"], labels), "StatefulSet selector vs pod labels")
     headless = by.get(("Service", spec["serviceName"]))
@@ -295,6 +294,13 @@ def check_objects(docs, overlay):
     check(c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"],
           "memory requests and limits")
 
+    check_settings(spec, c, ports, overlay, by)
+
+
+def check_settings(spec, c, ports, overlay, by):
+    """The RAFT_* settings against the pods' names, ports and mounts."""
+    pod = spec["template"]["spec"]
+    replicas = spec["replicas"]
     env0 = container_env(c, "raft-0")
     for var in ("RAFT_INITIAL_CLUSTER", "RAFT_PEER_ADVERTISE", "RAFT_CLIENT_ADVERTISE",
                 "RAFT_PEER_LISTEN", "RAFT_CLIENT_LISTEN", "RAFT_DATA_DIR", "RAFT_TLS_CA",
