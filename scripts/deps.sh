@@ -21,6 +21,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# deploy/check validates the Kubernetes manifests offline against the
+# schemas kubernetes-validate ships (pinned: the schemas it has, up to
+# Kubernetes 1.34, come with the version).
+KUBERNETES_VALIDATE_VERSION=1.34.1
+if ! python3 -c "import sys, kubernetes_validate.version as v; sys.exit(v.__version__ != '$KUBERNETES_VALIDATE_VERSION')" 2>/dev/null; then
+  echo "==> installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" ||
+    echo "deps.sh: pip could not install kubernetes-validate; deploy/check will fail" >&2
+fi
 # No CC/CXX override here: RocksDB's build script reruns when they change,
 # so the scripts and plain `cargo` commands must see the same environment
 # to share one RocksDB build.
