@@ -12,7 +12,8 @@
 //!   [`members`]: the member addresses it knows; [`client_tls`]: optional
 //!   HTTPS on the API.
 //! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
-//!   `raft-node ctl` client.
+//!   `raft-node ctl` client; [`health`]: the `raft-node health` probe of a
+//!   container's `HEALTHCHECK`.
 
 mod admission;
 pub mod client_tls;
@@ -20,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod health;
 pub mod http;
 pub mod members;
 pub mod node;

@@ -1,5 +1,6 @@
 //! The `raft-node` binary: `run` a node, start a local `dev` cluster,
-//! create development `certs`, or talk to a cluster with `ctl`.
+//! create development `certs`, talk to a cluster with `ctl`, or probe the
+//! local node with `health`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use raft_node::config::{LogFormat, RunArgs};
-use raft_node::{ctl, dev};
+use raft_node::{ctl, dev, health};
 
 /// mimalloc instead of the system allocator: allocation is a tenth of a
 /// node's CPU under load with glibc's malloc (raft-bench's README has the
@@ -37,6 +38,9 @@ enum Cmd {
     Certs(CertsArgs),
     /// Talks to a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Asks the local node's /healthz (or /readyz): exit status 0 on 200,
+    /// 1 otherwise with the reason on stderr (a container HEALTHCHECK).
+    Health(health::HealthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run(args) => run_node(*args).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Ctl(a) => ctl::run(a).await,
+        Cmd::Health(a) => health::run(a).await,
         Cmd::Certs(a) => raft_net_quic::certs::write_dev_certs(&a.dir, &a.nodes, &a.names)
             .map(|files| {
                 println!(

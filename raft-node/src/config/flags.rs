@@ -23,12 +23,20 @@ pub struct RunArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// This node's id (a positive integer, unique in the cluster). Required.
+    /// This node's id (a positive integer, unique in the cluster). Required,
+    /// unless --id-from-hostname is given.
     #[arg(long, env = "RAFT_ID")]
     pub id: Option<NodeId>,
 
+    /// Take the id from the host name instead of --id: the number the host
+    /// name (its first label) ends with, plus one (`raft-0` → 1, `node-2`
+    /// → 3), for the pods of a Kubernetes StatefulSet. [default: false]
+    #[arg(long, env = "RAFT_ID_FROM_HOSTNAME", num_args = 0..=1, default_missing_value = "true")]
+    pub id_from_hostname: Option<bool>,
+
     /// Directory of the node's RocksDB store (log and key-value data).
-    /// [default: data/node-ID]
+    /// `{id}` in it is replaced by the node id, as in --tls-cert and
+    /// --tls-key. [default: data/node-ID]
     #[arg(long, env = "RAFT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -64,11 +72,13 @@ pub struct RunArgs {
     pub tls_ca: Option<PathBuf>,
 
     /// PEM file of this node's certificate (it must name `node-<id>.raft`).
-    /// Required.
+    /// `{id}` in it is replaced by the node id (`/certs/node-{id}.pem`), so
+    /// one setting serves every node. Required.
     #[arg(long, env = "RAFT_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM file of this node's private key. Required.
+    /// PEM file of this node's private key (`{id}` is replaced by the node
+    /// id). Required.
     #[arg(long, env = "RAFT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
@@ -359,6 +369,7 @@ impl RunArgs {
         }
         pick!(
             id,
+            id_from_hostname,
             data_dir,
             client_listen,
             peer_listen,

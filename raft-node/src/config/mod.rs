@@ -7,6 +7,7 @@
 //! unsafe in a configuration.
 
 pub mod flags;
+pub mod identity;
 mod security;
 #[cfg(test)]
 mod tests;

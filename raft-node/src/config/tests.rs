@@ -493,3 +493,53 @@ fn token_files_that_are_missing_empty_or_unreadable_are_named_with_the_reason() 
         )
     );
 }
+
+#[test]
+fn the_id_placeholder_is_replaced_in_the_data_dir_and_node_certificate_paths() {
+    let cfg = RunArgs {
+        id: Some(3),
+        data_dir: Some("/data/node-{id}".into()),
+        tls_cert: Some("/certs/node-{id}.pem".into()),
+        tls_key: Some("/certs/node-{id}.key".into()),
+        ..base()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(cfg.data_dir, Path::new("/data/node-3"));
+    assert_eq!(cfg.tls_cert, Path::new("/certs/node-3.pem"));
+    assert_eq!(cfg.tls_key, Path::new("/certs/node-3.key"));
+    assert_eq!(cfg.tls_ca, Path::new("ca.pem"));
+}
+
+#[test]
+fn the_id_comes_from_the_host_name_on_request_and_not_with_an_id() {
+    let err = RunArgs {
+        id_from_hostname: Some(true),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(err.0.contains("exclude each other"), "{err}");
+    // This machine's name decides which answer is right.
+    let host = identity::hostname().unwrap();
+    let got = RunArgs {
+        id: None,
+        id_from_hostname: Some(true),
+        tls_cert: Some("/certs/node-{id}.pem".into()),
+        ..base()
+    }
+    .resolve();
+    match identity::id_from_hostname(&host) {
+        Ok(id) => {
+            let cfg = got.unwrap();
+            assert_eq!(cfg.id, id);
+            assert_eq!(cfg.tls_cert, PathBuf::from(format!("/certs/node-{id}.pem")));
+        }
+        Err(_) => {
+            let err = got.unwrap_err();
+            assert!(err.0.contains(&format!("{host:?}")), "{err}");
+        }
+    }
+    let err = RunArgs { id: None, ..base() }.resolve().unwrap_err();
+    assert!(err.0.contains("--id-from-hostname"), "{err}");
+}

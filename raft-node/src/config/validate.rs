@@ -7,18 +7,14 @@ use std::time::Duration;
 use raft_core::NodeId;
 use raft_net_quic::PeerAddr;
 
+use super::identity::{hostname, resolve_id, substitute_id};
 use super::security::read_token;
 use super::{ConfigError, Member, NodeConfig, RunArgs, ENTRY_BYTES_MAX};
 
 impl RunArgs {
     /// Applies the defaults and checks the result.
     pub(super) fn finish(self) -> Result<NodeConfig, ConfigError> {
-        let id = self
-            .id
-            .ok_or_else(|| ConfigError("--id (RAFT_ID) is required".into()))?;
-        if id == 0 {
-            return Err(ConfigError("--id must be a positive integer".into()));
-        }
+        let id = resolve_id(self.id, self.id_from_hostname.unwrap_or(false), hostname)?;
         let initial_cluster = match &self.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
             None => Vec::new(),
@@ -98,9 +94,10 @@ impl RunArgs {
         Ok(NodeConfig {
             advertise,
             id,
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+            data_dir: self.data_dir.map_or_else(
+                || PathBuf::from(format!("data/node-{id}")),
+                |d| substitute_id(&d, id),
+            ),
             client_listen: self
                 .client_listen
                 .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
@@ -109,8 +106,8 @@ impl RunArgs {
                 .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal")),
             initial_cluster,
             tls_ca: required(self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?,
-            tls_cert: required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?,
-            tls_key: required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?,
+            tls_cert: substitute_id(&required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?, id),
+            tls_key: substitute_id(&required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?, id),
             tick: Duration::from_millis(self.tick_ms.unwrap_or(50)),
             election_ticks: self.election_ticks.unwrap_or(20),
             heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),

@@ -1,0 +1,221 @@
+//! `raft-node health` (the image's HEALTHCHECK) against real nodes, over
+//! HTTP and HTTPS with client certificates; and a node whose id comes from
+//! its host name and whose paths carry `{id}` (a StatefulSet pod).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `raft-node health ARGS` with only the `env` variables of the node
+/// (the test's own environment is cleared of `RAFT_*`).
+fn health(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raft-node"));
+    cmd.arg("health").args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAFT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.output().expect("run raft-node health")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `health ARGS` until it exits 0 (30 s at most).
+fn wait_healthy(args: &[&str], env: &[(&str, String)]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = health(args, env);
+        if out.status.success() || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn listen_of(p: &Proc) -> String {
+    p.http
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string()
+}
+
+#[test]
+fn health_exits_zero_on_a_live_node_and_one_with_a_reason_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = cluster(dir.path(), 1);
+    let env = [("RAFT_CLIENT_LISTEN", listen_of(&procs[0]))];
+    let out = wait_healthy(&["--ready"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ready\":true"));
+    let out = health(&[], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let out = health(&["--endpoint", &procs[0].http], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Nobody listens: exit status 1, one line naming the URL.
+    let closed = free_tcp();
+    let out = health(
+        &["--timeout-ms", "500"],
+        &[("RAFT_CLIENT_LISTEN", format!("0.0.0.0:{}", closed.port()))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{}/healthz", closed.port())),
+        "{err}"
+    );
+    // A route that answers something else than 200: the status is named.
+    let out = health(&["--endpoint", &format!("{}/nowhere", procs[0].http)], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // A bad variable of the node is a failed check, not a usage error.
+    let out = health(&[], &[("RAFT_CLIENT_LISTEN", "8080".into())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("RAFT_CLIENT_LISTEN"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn health_speaks_https_with_the_node_certificate_when_the_api_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let extra = [
+        "--client-tls".to_string(),
+        format!("--client-ca={}", certs.join("ca.pem").display()),
+    ];
+    // The certificate names 127.0.0.1, the address the probe asks.
+    let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let procs = cluster_with(dir.path(), 1, &extra, &names, "https");
+    let mut env = vec![
+        ("RAFT_CLIENT_LISTEN", listen_of(&procs[0])),
+        ("RAFT_CLIENT_TLS", "true".to_string()),
+        ("RAFT_TLS_CA", certs.join("ca.pem").display().to_string()),
+        (
+            "RAFT_TLS_CERT",
+            certs.join("node-{id}.pem").display().to_string(),
+        ),
+        (
+            "RAFT_TLS_KEY",
+            certs.join("node-{id}.key").display().to_string(),
+        ),
+        ("RAFT_ID", "1".to_string()),
+    ];
+    let out = wait_healthy(&["--ready"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Without a client certificate the node refuses the handshake.
+    let no_cert: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("RAFT_TLS_CERT") && !k.starts_with("RAFT_TLS_KEY"))
+        .cloned()
+        .collect();
+    let out = health(&[], &no_cert);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // `{id}` in the paths without a node id: named.
+    env.retain(|(k, _)| *k != "RAFT_ID");
+    let out = health(&[], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("RAFT_ID"), "{}", stderr(&out));
+}
+
+/// The environment variable CI sets to turn a skip for lack of root into a
+/// failure.
+const REQUIRE_ROOT_ENV: &str = "CI_REQUIRE_NETNS";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_named_raft_1_is_node_2_and_finds_its_files_by_id() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os(REQUIRE_ROOT_ENV).is_none(),
+            "this test needs root (a host name of its own: unshare --uts); {REQUIRE_ROOT_ENV} is set"
+        );
+        eprintln!("skipped: needs root for a host name of its own (unshare --uts)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    raft_net_quic::certs::write_dev_certs(&certs, &[2], &["localhost".to_string()]).unwrap();
+    let (peer, client) = (free_udp(), free_tcp());
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--uts", "sh", "-c", r#"hostname raft-1 && exec "$@""#, "sh"])
+        .arg(env!("CARGO_BIN_EXE_raft-node"))
+        .arg("run")
+        .env("RAFT_ID_FROM_HOSTNAME", "true")
+        .env("RAFT_DATA_DIR", dir.path().join("data-{id}"))
+        .env("RAFT_CLIENT_LISTEN", client.to_string())
+        .env("RAFT_PEER_LISTEN", peer.to_string())
+        .env("RAFT_INITIAL_CLUSTER", format!("2={peer}/{client}"))
+        .env("RAFT_TLS_CA", certs.join("ca.pem"))
+        .env("RAFT_TLS_CERT", certs.join("node-{id}.pem"))
+        .env("RAFT_TLS_KEY", certs.join("node-{id}.key"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let out = wait_healthy(&["--ready"], &[("RAFT_CLIENT_LISTEN", client.to_string())]);
+    let status: Option<serde_json::Value> =
+        match reqwest::get(format!("http://{client}/v1/cluster")).await {
+            Ok(answer) => answer.json().await.ok(),
+            Err(_) => None,
+        };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\nnode log:\n{text}", stderr(&out));
+    let status = status.expect("the node's status");
+    assert_eq!(status["id"], 2, "{status}");
+    assert!(dir.path().join("data-2").is_dir(), "node log:\n{text}");
+    assert!(!dir.path().join("data-{id}").exists());
+}
+
+#[test]
+fn a_host_name_without_a_number_is_named_when_the_node_starts() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for a host name of its own (unshare --uts)");
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["--uts", "sh", "-c", r#"hostname web && exec "$@""#, "sh"])
+        .arg(env!("CARGO_BIN_EXE_raft-node"))
+        .args([
+            "run",
+            "--id-from-hostname",
+            "--tls-ca=a",
+            "--tls-cert=b",
+            "--tls-key=c",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("\"web\""), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args([
+            "run",
+            "--id=1",
+            "--id-from-hostname",
+            "--tls-ca=a",
+            "--tls-cert=b",
+            "--tls-key=c",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("exclude each other"),
+        "{}",
+        stderr(&out)
+    );
+}
