@@ -99,6 +99,9 @@ pub struct Raft<L, S, T> {
 /// What a waiting proposal is keyed by until its entry is applied.
 struct PendingProposal<R> {
     term: Term,
+    /// When the driver took it: `raft_proposal_commit_seconds` measures
+    /// from here to the commit.
+    proposed: std::time::Instant,
     reply: oneshot::Sender<Result<R, ProposeError>>,
 }
 
