@@ -1,7 +1,7 @@
 //! The Prometheus exporter of a node and the metrics only the node knows:
 //! build information, process figures (read from `/proc` at each scrape),
 //! and what a background sampler measures every
-//! [`NodeConfig::metrics_sample_interval`]: the data directory's size and
+//! [`crate::config::NodeConfig::metrics_sample_interval`]: the data directory's size and
 //! its filesystem's free space, the certificates' expiry, the followers'
 //! lag and the requests waiting on Raft.
 //!
