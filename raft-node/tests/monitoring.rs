@@ -451,3 +451,59 @@ async fn dashboard_and_rules_name_only_exported_metrics() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Polls node `p`'s `/metrics` until `want` holds for the value of the
+/// series `series` (the whole name with its labels), for up to 20 s.
+async fn wait_metric(http: &reqwest::Client, p: &Proc, series: &str, want: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(http, p).await;
+        if value(&text, &format!("{series} ")).is_some_and(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} of node {} did not reach the expected value within 20 s:\n{text}",
+            p.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The gauges follow the cluster: a follower that is down lags by the
+/// entries written since, on the leader; once the leader has lost its
+/// majority it knows no leader, and it reports no lag any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_lag_gauges_follow_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--metrics-sample-interval-ms=100".to_string()];
+    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
+    let client = client_of(&procs);
+    let lead = leader(&client, &procs, None).await;
+    let l = procs.iter().position(|p| p.id == lead).unwrap();
+    let followers: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let http = reqwest::Client::new();
+    let lag = |peer: u64| format!("raft_follower_lag_entries{{node=\"{lead}\",peer=\"{peer}\"}}");
+    let (down, up) = (procs[followers[0]].id, procs[followers[1]].id);
+    procs[followers[0]].kill9();
+    for i in 0..25 {
+        put(&client, &procs[l], &format!("lag/{i}"), "v")
+            .await
+            .unwrap();
+    }
+    wait_metric(&http, &procs[l], &lag(down), |v| v >= 25.0).await;
+    wait_metric(&http, &procs[l], &lag(up), |v| v == 0.0).await;
+    let has_leader = format!("raft_has_leader{{node=\"{lead}\"}}");
+    wait_metric(&http, &procs[l], &has_leader, |v| v == 1.0).await;
+    // Without its majority the leader steps down and knows no leader.
+    procs[followers[1]].kill9();
+    wait_metric(&http, &procs[l], &has_leader, |v| v == 0.0).await;
+    wait_metric(
+        &http,
+        &procs[l],
+        &format!("raft_is_leader{{node=\"{lead}\"}}"),
+        |v| v == 0.0,
+    )
+    .await;
+    wait_metric(&http, &procs[l], &lag(down), |v| v == 0.0).await;
+}
