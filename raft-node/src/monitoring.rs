@@ -329,7 +329,10 @@ pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandl
             tick.tick().await;
             let files = cfg.clone();
             let _ = tokio::task::spawn_blocking(move || sample_files(&files)).await;
-            if let Some(status) = raft.status().await {
+            // A driver that does not answer within the interval leaves the
+            // Raft gauges as they were; the file ones go on.
+            let status = tokio::time::timeout(cfg.interval, raft.status()).await;
+            if let Ok(Some(status)) = status {
                 metrics::gauge!("raft_reads_pending").set(status.pending_reads as f64);
                 let e = &status.engine;
                 let mut now = BTreeSet::new();
