@@ -159,6 +159,11 @@ struct Driver<R, T> {
     sending: BTreeSet<NodeId>,
     /// Membership changes waiting to complete.
     changes: Vec<PendingChange>,
+    /// `raft_proposals_pending`, set at every proposal: the handle, not a
+    /// registry lookup each time.
+    pending_gauge: metrics::Gauge,
+    /// `raft_proposal_commit_seconds`, recorded for every proposal.
+    commit_latency: metrics::Histogram,
 }
 
 /// Queues messages for the network task, dropping them when it is behind.

@@ -126,7 +126,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             let in_range = upto.split_off(&first);
             // In increasing index order, as the apply task expects.
             let committed = std::time::Instant::now();
-            let latency = metrics::histogram!("raft_proposal_commit_seconds");
+            let latency = &self.commit_latency;
             waiters.extend(in_range.into_iter().map(|(index, p)| {
                 latency.record(
                     committed
@@ -305,6 +305,6 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// `raft_proposals_pending`: proposals appended and not yet committed
     /// (or answered otherwise).
     pub(super) fn report_pending_proposals(&self) {
-        metrics::gauge!("raft_proposals_pending").set(self.proposals.len() as f64);
+        self.pending_gauge.set(self.proposals.len() as f64);
     }
 }
