@@ -19,6 +19,12 @@ pub fn describe_metrics() {
     for kind in [Role::PreCandidate, Role::Candidate] {
         metrics::counter!("raft_elections_started_total", "kind" => kind.as_str()).increment(0);
     }
+    describe_gauges();
+    describe_counters();
+    describe_histograms();
+}
+
+fn describe_gauges() {
     describe_gauge!("raft_term", Unit::Count, "Current Raft term of this node.");
     describe_gauge!(
         "raft_role",
@@ -70,6 +76,9 @@ pub fn describe_metrics() {
         Unit::Bytes,
         "Size of the latest snapshot built, in bytes."
     );
+}
+
+fn describe_counters() {
     describe_counter!(
         "raft_elections_started_total",
         Unit::Count,
@@ -155,6 +164,9 @@ pub fn describe_metrics() {
         Unit::Count,
         "Snapshot failures, by op (build or send)."
     );
+}
+
+fn describe_histograms() {
     describe_histogram!(
         "raft_append_seconds",
         Unit::Seconds,
