@@ -54,6 +54,7 @@ mod membership;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod memory;
 mod message;
+mod metrics_help;
 pub mod snapshot;
 mod state_machine;
 mod storage;
@@ -71,6 +72,7 @@ pub use driver::{
 pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;
 pub use message::{AppendResult, Message, MessageBody};
+pub use metrics_help::describe_metrics;
 pub use snapshot::{FileSource, SnapshotData, SnapshotSource};
 pub use state_machine::{SnapshotBuild, StateMachine, StateMachineError};
 pub use storage::{LogStorage, LogWrite, StorageError, StoredState};

@@ -55,11 +55,13 @@
 
 mod cache;
 mod error;
+mod metrics_help;
 mod options;
 pub mod record;
 mod store;
 mod wal_check;
 
 pub use error::OpenError;
+pub use metrics_help::describe_metrics;
 pub use options::{Compression, RocksLogOptions, SyncPolicy};
 pub use store::{RocksLog, FORMAT, LOG_CF, META_CF};

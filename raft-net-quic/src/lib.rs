@@ -86,6 +86,7 @@ mod addr;
 pub mod certs;
 pub mod codec;
 mod config;
+mod metrics_help;
 mod refusal;
 mod snapshot;
 pub mod tls;
@@ -93,6 +94,7 @@ mod transport;
 
 pub use addr::{PeerAddr, PeerAddrError, HOST_NAME_BYTES_MAX};
 pub use config::QuicConfig;
+pub use metrics_help::describe_metrics;
 pub use refusal::{RefusalReason, SnapshotRefusal};
 pub use snapshot::{
     forward_snapshots, FileSnapshotSink, FileSource, ReceivedSnapshot, SnapshotSink,

@@ -376,6 +376,24 @@ pub(crate) fn server_name(id: NodeId) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(node_dns_name(id)).map_err(|e| TlsError::Config(e.to_string()))
 }
 
+/// The end of the validity period (`notAfter`) of the first certificate in
+/// `pem` (a node's own, leaf first), in seconds since the Unix epoch: what
+/// `raft_tls_cert_expiry_timestamp_seconds` exports.
+///
+/// # Errors
+///
+/// [`TlsError::Missing`] when `pem` holds no certificate,
+/// [`TlsError::Config`] when it does not parse.
+pub fn certificate_not_after(pem: &[u8]) -> Result<i64, TlsError> {
+    let leaf = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or(TlsError::Missing("certificate"))?
+        .map_err(|_| TlsError::Missing("certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| TlsError::Config(format!("bad certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Checks that a peer's (already CA-verified) leaf certificate names
 /// `claimed` exactly: a DNS subject alternative name equal to
 /// `node-<claimed>.raft`. Wildcard names do not count, so a certificate for

@@ -11,6 +11,8 @@
 //! - [`node`]: start and graceful stop of a node, in named phases;
 //!   [`members`]: the member addresses it knows; [`client_tls`]: optional
 //!   HTTPS on the API.
+//! - [`monitoring`]: the Prometheus exporter and the metrics only the node
+//!   knows (build, process, disk, certificates, follower lag).
 //! - [`dev`] and [`ctl`]: the `raft-node dev` local cluster and the
 //!   `raft-node ctl` client; [`health`]: the `raft-node health` probe of a
 //!   container's `HEALTHCHECK`.
@@ -24,6 +26,7 @@ pub mod dev;
 pub mod health;
 pub mod http;
 pub mod members;
+pub mod monitoring;
 pub mod node;
 pub mod problem;
 pub mod server;

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use raft_node::config::{LogFormat, RunArgs};
 use raft_node::{ctl, dev, health};
 
@@ -69,17 +67,7 @@ fn init_logging(format: LogFormat) {
 async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     init_logging(cfg.log_format);
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ],
-        )
-        .context("configuring the metrics exporter")?
-        .install_recorder()
-        .context("installing the metrics exporter")?;
+    let handle = raft_node::monitoring::install(cfg.id)?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {

@@ -196,16 +196,18 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
     loop {
         let m = metrics_text(&http, &procs[new_leader]).await;
         let s = status(&client, &procs[new_leader]).await.unwrap();
+        // Every series carries the node's id as a label.
         let gauge = |name: &str| -> Option<u64> {
+            let prefix = format!("{name}{{node=\"{}\"}} ", procs[new_leader].id);
             m.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
                 .map(|v| v as u64)
         };
         let last = s.last_index;
         let seen = (
-            gauge("raft_last_log_index "),
-            gauge("raft_commit_index "),
-            gauge("raft_applied_index "),
+            gauge("raft_last_log_index"),
+            gauge("raft_commit_index"),
+            gauge("raft_applied_index"),
         );
         if seen == (Some(last), Some(last), Some(last)) && last > 3 {
             break;

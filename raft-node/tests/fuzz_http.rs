@@ -605,8 +605,9 @@ fn sample_fds(
     })
 }
 
-/// The sum of a counter's series in a node's `/metrics`.
-async fn counter(client: &reqwest::Client, p: &Proc, prefix: &str) -> f64 {
+/// The sum of the series of counter `name` in a node's `/metrics` whose
+/// labels include `label` (`key="value"`; every series carries `node` too).
+async fn counter(client: &reqwest::Client, p: &Proc, name: &str, label: &str) -> f64 {
     let text = client
         .get(format!("{}/metrics", p.http))
         .send()
@@ -616,7 +617,7 @@ async fn counter(client: &reqwest::Client, p: &Proc, prefix: &str) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| l.starts_with(prefix))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -704,7 +705,8 @@ async fn slow_headers_and_stalled_bodies_do_not_starve_probes_or_writes() {
     let evicted = counter(
         &client,
         target,
-        "raft_node_http_connections_closed_total{reason=\"evicted\"}",
+        "raft_node_http_connections_closed_total",
+        "reason=\"evicted\"",
     )
     .await;
     assert!(evicted > 0.0, "no connection was evicted at the cap");
@@ -893,7 +895,8 @@ async fn silent_tls_handshakes_do_not_block_new_https_clients() {
     let evicted = counter(
         &https(),
         target,
-        "raft_node_http_connections_closed_total{reason=\"evicted\"}",
+        "raft_node_http_connections_closed_total",
+        "reason=\"evicted\"",
     )
     .await;
     assert!(

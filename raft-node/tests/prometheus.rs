@@ -1,6 +1,8 @@
 //! A real Prometheus scrapes a three-node `raft-node` cluster: its own
 //! `prometheus` process on a free port, and the query API shows `raft_term`,
-//! `raft_node_http_requests_total` and `up` for every node.
+//! `raft_node_http_requests_total` and `up` for every node, and the
+//! recording rules of `deploy/prometheus/rules.yml`, which it loads,
+//! computed from them (one leader, every node's free-space ratio).
 
 mod common;
 
@@ -22,16 +24,19 @@ struct Prometheus {
 impl Prometheus {
     /// Starts `bin` with its own configuration and data directory under
     /// `dir`, listening on a free loopback port, scraping `targets` every
-    /// second.
+    /// second and evaluating deploy/prometheus/rules.yml every second.
     fn start(bin: &Path, dir: &Path, targets: &[String]) -> Prometheus {
         let config = dir.join("prometheus.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: ['{}']\n\
                  scrape_configs:\n  - job_name: raft-node\n    metrics_path: /metrics\n    \
                  static_configs:\n      - targets: [{}]\n",
+                rules.display(),
                 targets.join(", ")
             ),
         )
@@ -74,6 +79,16 @@ impl Prometheus {
 
     /// The instant vector of `query`: `instance` label → value.
     async fn query(&self, client: &reqwest::Client, query: &str) -> Vec<(String, f64)> {
+        self.query_by(client, query, "instance").await
+    }
+
+    /// The instant vector of `query`: `label` → value.
+    async fn query_by(
+        &self,
+        client: &reqwest::Client,
+        query: &str,
+        label: &str,
+    ) -> Vec<(String, f64)> {
         let Some(v) = self
             .get(client, &format!("/api/v1/query?query={query}"))
             .await
@@ -86,7 +101,7 @@ impl Prometheus {
                 results
                     .iter()
                     .filter_map(|r| {
-                        let instance = r["metric"]["instance"].as_str()?.to_owned();
+                        let instance = r["metric"][label].as_str()?.to_owned();
                         let value = r["value"][1].as_str()?.parse().ok()?;
                         Some((instance, value))
                     })
@@ -185,6 +200,35 @@ async fn prometheus_scrapes_every_node_of_a_three_node_cluster() {
     };
     for (instance, t) in &term {
         assert!(*t >= 1.0, "raft_term of {instance} is {t}: {term:?}");
+    }
+    // The shipped recording rules, evaluated over what the nodes export:
+    // one leader in the job, a free-space ratio for each node (`node` is
+    // the label the nodes set themselves).
+    let nodes: BTreeSet<String> = procs.iter().map(|p| p.id.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = prom.query_by(&client, "job:raft_leaders:sum", "job").await;
+        let ratio = prom
+            .query_by(
+                &client,
+                "job_node:raft_node_data_fs_available:ratio",
+                "node",
+            )
+            .await;
+        let seen: BTreeSet<String> = ratio.iter().map(|(n, _)| n.clone()).collect();
+        if leaders == [("raft-node".to_owned(), 1.0)]
+            && seen == nodes
+            && ratio.iter().all(|(_, r)| *r > 0.0 && *r <= 1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recording rules gave job:raft_leaders:sum {leaders:?} and free-space ratios \
+             {ratio:?} (nodes {nodes:?}) within 30 s; prometheus stderr:\n{}",
+            prom.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!(
         "prometheus scraped {} nodes after {:.1} s: up {up:?}, raft_term {term:?}, \

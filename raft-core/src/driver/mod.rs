@@ -99,6 +99,9 @@ pub struct Raft<L, S, T> {
 /// What a waiting proposal is keyed by until its entry is applied.
 struct PendingProposal<R> {
     term: Term,
+    /// When the driver took it: `raft_proposal_commit_seconds` measures
+    /// from here to the commit.
+    proposed: std::time::Instant,
     reply: oneshot::Sender<Result<R, ProposeError>>,
 }
 
@@ -156,6 +159,11 @@ struct Driver<R, T> {
     sending: BTreeSet<NodeId>,
     /// Membership changes waiting to complete.
     changes: Vec<PendingChange>,
+    /// `raft_proposals_pending`, set at every proposal: the handle, not a
+    /// registry lookup each time.
+    pending_gauge: metrics::Gauge,
+    /// `raft_proposal_commit_seconds`, recorded for every proposal.
+    commit_latency: metrics::Histogram,
 }
 
 /// Queues messages for the network task, dropping them when it is behind.

@@ -125,15 +125,25 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             let mut upto = std::mem::replace(&mut self.proposals, above);
             let in_range = upto.split_off(&first);
             // In increasing index order, as the apply task expects.
-            waiters.extend(in_range.into_iter().map(|(index, p)| Waiter {
-                index,
-                term: p.term,
-                reply: p.reply,
+            let committed = std::time::Instant::now();
+            let latency = &self.commit_latency;
+            waiters.extend(in_range.into_iter().map(|(index, p)| {
+                latency.record(
+                    committed
+                        .saturating_duration_since(p.proposed)
+                        .as_secs_f64(),
+                );
+                Waiter {
+                    index,
+                    term: p.term,
+                    reply: p.reply,
+                }
             }));
             // Anything below `first` can no longer be applied by us.
             for (index, p) in upto {
                 let _ = p.reply.send(Err(ProposeError::Superseded { index }));
             }
+            self.report_pending_proposals();
         }
         metrics::gauge!("raft_commit_index").set(self.engine.commit_index() as f64);
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
@@ -279,6 +289,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         } else {
             0.0
         });
+        metrics::gauge!("raft_has_leader").set(if status.leader.is_some() { 1.0 } else { 0.0 });
         metrics::gauge!("raft_role").set(match status.role {
             Role::Follower => 0.0,
             Role::PreCandidate => 1.0,
@@ -287,5 +298,13 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         });
         metrics::gauge!("raft_commit_index").set(status.commit as f64);
         metrics::gauge!("raft_last_log_index").set(status.last_index as f64);
+        metrics::gauge!("raft_apply_backlog_jobs").set(self.backlog_reported as f64);
+        self.report_pending_proposals();
+    }
+
+    /// `raft_proposals_pending`: proposals appended and not yet committed
+    /// (or answered otherwise).
+    pub(super) fn report_pending_proposals(&self) {
+        self.pending_gauge.set(self.proposals.len() as f64);
     }
 }

@@ -32,6 +32,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     metrics::counter!("raft_proposals_total").increment(1);
                     let pending = PendingProposal {
                         term: id.term,
+                        proposed: std::time::Instant::now(),
                         reply,
                     };
                     if let Some(old) = self.proposals.insert(id.index, pending) {
@@ -41,6 +42,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                             .reply
                             .send(Err(ProposeError::Superseded { index: id.index }));
                     }
+                    self.report_pending_proposals();
                 }
                 Some(Err(Some(e))) => {
                     metrics::counter!("raft_proposals_rejected_total").increment(1);
@@ -217,6 +219,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(err.clone()));
         }
+        self.report_pending_proposals();
         for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Err(ReadError::ShuttingDown));
         }

@@ -212,6 +212,8 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             incoming: None,
             sending: BTreeSet::new(),
             changes: Vec::new(),
+            pending_gauge: metrics::gauge!("raft_proposals_pending"),
+            commit_latency: metrics::histogram!("raft_proposal_commit_seconds"),
         };
         tokio::spawn(async move {
             driver_state

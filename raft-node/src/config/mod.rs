@@ -83,6 +83,9 @@ pub struct NodeConfig {
     /// How long a log write may run before `/healthz` calls the node
     /// unhealthy (`None`: never).
     pub storage_stall_timeout: Option<Duration>,
+    /// How often the sampled metrics (data directory size, free space,
+    /// certificate expiry, follower lag) are refreshed.
+    pub metrics_sample_interval: Duration,
     /// Key size limit.
     pub max_key_bytes: usize,
     /// Value size limit.
@@ -190,6 +193,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("request_timeout", &self.request_timeout)
             .field("failure_exit_delay", &self.failure_exit_delay)
             .field("storage_stall_timeout", &self.storage_stall_timeout)
+            .field("metrics_sample_interval", &self.metrics_sample_interval)
             .field("max_key_bytes", &self.max_key_bytes)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("max_concurrent_requests", &self.max_concurrent_requests)

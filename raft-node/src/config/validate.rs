@@ -117,6 +117,7 @@ impl RunArgs {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            metrics_sample_interval: ms(self.metrics_sample_interval_ms, 5000),
             max_key_bytes: self.max_key_bytes.unwrap_or(1024),
             max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
@@ -247,6 +248,13 @@ fn check_timing(cfg: &NodeConfig) -> Result<(), ConfigError> {
             "--storage-stall-timeout-ms must be 0 (off) or at least 100: a healthy fsync \
              can take tens of milliseconds"
                 .into(),
+        ));
+    }
+    if cfg.metrics_sample_interval < Duration::from_millis(100)
+        || cfg.metrics_sample_interval > Duration::from_secs(3600)
+    {
+        return Err(ConfigError(
+            "--metrics-sample-interval-ms must be between 100 and 3600000".into(),
         ));
     }
     if cfg.failure_exit_delay > Duration::from_secs(600) {

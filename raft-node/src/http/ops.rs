@@ -137,6 +137,7 @@ pub(super) async fn metrics(State(state): State<Shared>) -> Answer {
             .storage_busy_for()
             .map_or(0.0, |d| d.as_secs_f64()),
     );
+    crate::monitoring::update_process_metrics();
     let Some(h) = &state.metrics else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,

@@ -286,6 +286,16 @@ pub async fn start(
     let driver = start_driver(&cfg, resolved.bootstrap, log, sm, peers).await?;
     let raft = driver.raft.clone();
     let mut background = vec![driver.snapshots];
+    background.push(crate::monitoring::spawn_sampler(
+        crate::monitoring::SamplerConfig {
+            id,
+            data_dir: cfg.data_dir.clone(),
+            tls_cert: cfg.tls_cert.clone(),
+            tls_ca: cfg.tls_ca.clone(),
+            interval: cfg.metrics_sample_interval,
+        },
+        raft.clone(),
+    ));
     if let Some(limit) = cfg.storage_stall_timeout {
         background.push(tasks::watch_storage_stalls(raft.clone(), limit));
     }
