@@ -1,5 +1,6 @@
 //! The `raft-node` binary: `run` a node, start a local `dev` cluster,
-//! create development `certs`, or talk to a cluster with `ctl`.
+//! create development `certs`, talk to a cluster with `ctl`, `restore` a
+//! backup or `recover` from a lost quorum.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use raft_node::config::{LogFormat, RunArgs};
-use raft_node::{ctl, dev};
+use raft_node::{ctl, dev, restore};
 
 /// mimalloc instead of the system allocator: allocation is a tenth of a
 /// node's CPU under load with glibc's malloc (raft-bench's README has the
@@ -37,6 +38,12 @@ enum Cmd {
     Certs(CertsArgs),
     /// Talks to a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Seeds a new node's data directory from a backup file (`ctl snapshot
+    /// save`); every node of the new cluster is restored from the same file.
+    Restore(restore::RestoreArgs),
+    /// After losing quorum for good: makes this stopped node the single
+    /// voter of its cluster, keeping its data (needs --force-new-cluster).
+    Recover(restore::RecoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +149,14 @@ async fn main() -> std::process::ExitCode {
         Cmd::Run(args) => run_node(*args).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Ctl(a) => ctl::run(a).await,
+        Cmd::Restore(a) => {
+            init_logging(LogFormat::Human);
+            restore::restore(a).await
+        }
+        Cmd::Recover(a) => {
+            init_logging(LogFormat::Human);
+            restore::recover(a).await
+        }
         Cmd::Certs(a) => raft_net_quic::certs::write_dev_certs(&a.dir, &a.nodes, &a.names)
             .map(|files| {
                 println!(
