@@ -57,16 +57,16 @@ async fn everything(client: &Client, prefix: &str) -> BTreeMap<String, (String, 
     all
 }
 
+/// Acknowledged writes: when the answer came, key, value.
+type Acked = Arc<Mutex<Vec<(Instant, String, String)>>>;
+
 /// Writers putting unique keys until `stop`; each acknowledged write is
 /// recorded with the moment its answer came.
 fn start_writers(
     client: &Client,
     n: usize,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (
-    Arc<Mutex<Vec<(Instant, String, String)>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
+) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let tasks = (0..n)
         .map(|w| {
