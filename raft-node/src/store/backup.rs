@@ -221,8 +221,10 @@ impl super::KvStateMachine {
     /// Seeds an empty store from the snapshot file of `meta` (already at
     /// [`snapshot_file`]): checks it, loads it as an install from a
     /// leader would, then replaces the replicated member addresses by
-    /// `members` (the new cluster's), on every restored node alike.
-    /// Returns the records loaded.
+    /// `members` (the new cluster's), on every restored node alike, and
+    /// writes the snapshot file again from the store, so that a member
+    /// that joins later installs the same state. Returns the records
+    /// loaded.
     ///
     /// # Errors
     ///
@@ -254,6 +256,19 @@ impl super::KvStateMachine {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
         db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
+        // The snapshot file is what members that join later install: it
+        // must hold the new addresses too, so it is written again from
+        // the store.
+        crate::snapshot::write(
+            db,
+            KV_CF,
+            KV_META_CF,
+            is_replicated_meta,
+            &path,
+            || {},
+            &AtomicBool::new(false),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(records)
     }
 }
