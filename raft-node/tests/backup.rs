@@ -135,7 +135,24 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let (mut procs, user, admin) = cluster_with_tokens(&dir);
     let client = common::builder_of(&procs).token(USER).build().unwrap();
-    common::leader(&client, &procs, None).await;
+    let leader = common::leader(&client, &procs, None).await;
+
+    // A linearizable backup is the leader's: a follower names it.
+    let follower = procs.iter().find(|p| p.id != leader).unwrap();
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/cluster/backup", follower.http))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 421);
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    let leader_http = &procs.iter().find(|p| p.id == leader).unwrap().http;
+    assert_eq!(problem["leader"], leader);
+    assert_eq!(
+        format!("http://{}", problem["leader_client_addr"].as_str().unwrap()),
+        *leader_http
+    );
 
     // The route is the admin's: no token 401, the user token 403.
     assert_eq!(backup_status(&procs[0].http, None).await, 401);
@@ -166,6 +183,7 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     let saved: serde_json::Value = serde_json::from_str(out.trim()).expect("ctl's JSON");
     let index = saved["index"].as_u64().unwrap();
     assert_eq!(saved["consistency"], "linearizable");
+    assert!(saved["read_index"].as_u64().unwrap() <= index, "{saved}");
     assert_eq!(
         saved["bytes"].as_u64().unwrap(),
         std::fs::metadata(&file).unwrap().len()
@@ -181,6 +199,12 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
         before.len() > 50,
         "only {} writes before the backup",
         before.len()
+    );
+    eprintln!(
+        "backup at index {index}: {} bytes; {} writes acknowledged before it, {} in all",
+        saved["bytes"],
+        before.len(),
+        acked.lock().unwrap().len()
     );
     // Keys are written once: the state at the backup's index is every key
     // of revision at most that index.
