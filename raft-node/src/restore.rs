@@ -220,8 +220,17 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
              give --force-new-cluster to confirm"
         );
     }
+    if !a.data_dir.join("CURRENT").is_file() {
+        bail!("{} holds no raft-node store", a.data_dir.display());
+    }
     let log = open(&a.data_dir)?;
     let db = log.db().clone();
+    if MemberDirectory::load_saved(&db)?.is_none() {
+        bail!(
+            "{} holds no cluster (no member addresses): nothing to recover",
+            a.data_dir.display()
+        );
+    }
     let stored = log.stored_state().await.context("reading the log")?;
     let current = match (&stored.membership, &stored.snapshot) {
         (Some((_, m)), _) => m.clone(),

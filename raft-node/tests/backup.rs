@@ -158,6 +158,26 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     assert_eq!(backup_status(&procs[0].http, None).await, 401);
     assert_eq!(backup_status(&procs[0].http, Some(USER)).await, 403);
     assert_eq!(backup_status(&procs[0].http, Some(ADMIN)).await, 200);
+    // A stale backup of one node's applied state, fetched by hand, is a
+    // valid file.
+    let body = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/cluster/backup?consistency=stale",
+            procs[0].http
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stale = tmp.path().join("stale.bak");
+    std::fs::write(&stale, &body).unwrap();
+    let v = raft_node::backup::verify(&stale).expect("a valid backup");
+    assert_eq!(v.header.consistency, "stale");
+    assert_eq!(v.header.node, procs[0].id);
+    assert_eq!(v.header.voters, vec![1, 2, 3]);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acked, writers) = start_writers(&client, 4, stop.clone());

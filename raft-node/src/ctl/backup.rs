@@ -52,6 +52,18 @@ fn http(a: &CtlArgs) -> anyhow::Result<Http> {
     })
 }
 
+/// An error with its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Where one attempt ended.
 enum Attempt {
     /// Saved: what the node said about it.
@@ -94,7 +106,7 @@ async fn attempt(h: &Http, base: &str, stale: bool, part: &Path) -> anyhow::Resu
     }
     let resp = match tokio::time::timeout(h.idle, req.send()).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Ok(Attempt::Next(format!("{url}: {e}"))),
+        Ok(Err(e)) => return Ok(Attempt::Next(format!("{url}: {}", chain(&e)))),
         Err(_) => return Ok(Attempt::Next(format!("{url}: no answer in time"))),
     };
     let status = resp.status();
