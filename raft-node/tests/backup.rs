@@ -94,7 +94,8 @@ fn cluster_with_tokens(dir: &Path) -> (Vec<Proc>, PathBuf, PathBuf) {
     let extra = [
         format!("--auth-token-file={}", user.display()),
         format!("--admin-token-file={}", admin.display()),
-        "--snapshot-entries=300".to_string(),
+        "--snapshot-entries=40".to_string(),
+        "--snapshot-keep-entries=5".to_string(),
     ];
     let procs = common::cluster_with(dir, 3, &extra, &[], "http");
     (procs, user, admin)
@@ -128,16 +129,33 @@ fn restore(file: &Path, dir: &Path, id: u64, cluster: &str) -> (bool, String, St
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("old");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut procs, user, admin) = cluster_with_tokens(&dir);
-    let client = common::builder_of(&procs).token(USER).build().unwrap();
-    let leader = common::leader(&client, &procs, None).await;
+/// The files and tokens of the backup test.
+struct Setup {
+    tmp: PathBuf,
+    user: PathBuf,
+    admin: PathBuf,
+}
 
-    // A linearizable backup is the leader's: a follower names it.
+impl Setup {
+    fn token_flags(&self) -> [String; 2] {
+        [
+            format!("--auth-token-file={}", self.user.display()),
+            format!("--admin-token-file={}", self.admin.display()),
+        ]
+    }
+}
+
+/// What the backup holds: its index, the writes acknowledged before it
+/// was asked for, and the state at its index.
+struct Saved {
+    index: u64,
+    before: Vec<(String, String)>,
+    expected: BTreeMap<String, (String, u64)>,
+}
+
+/// The route: a follower names the leader (421), 401 without a token,
+/// 403 with the user token, and a stale backup fetched by hand verifies.
+async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
     let follower = procs.iter().find(|p| p.id != leader).unwrap();
     let answer = reqwest::Client::new()
         .get(format!("{}/v1/cluster/backup", follower.http))
@@ -153,13 +171,9 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
         format!("http://{}", problem["leader_client_addr"].as_str().unwrap()),
         *leader_http
     );
-
-    // The route is the admin's: no token 401, the user token 403.
     assert_eq!(backup_status(&procs[0].http, None).await, 401);
     assert_eq!(backup_status(&procs[0].http, Some(USER)).await, 403);
     assert_eq!(backup_status(&procs[0].http, Some(ADMIN)).await, 200);
-    // A stale backup of one node's applied state, fetched by hand, is a
-    // valid file.
     let body = reqwest::Client::new()
         .get(format!(
             "{}/v1/cluster/backup?consistency=stale",
@@ -172,17 +186,24 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
         .bytes()
         .await
         .unwrap();
-    let stale = tmp.path().join("stale.bak");
+    let stale = tmp.join("stale.bak");
     std::fs::write(&stale, &body).unwrap();
     let v = raft_node::backup::verify(&stale).expect("a valid backup");
     assert_eq!(v.header.consistency, "stale");
     assert_eq!(v.header.node, procs[0].id);
     assert_eq!(v.header.voters, vec![1, 2, 3]);
+}
 
+/// `ctl snapshot save` to `file` while 4 writers write.
+async fn save_under_load(client: &Client, procs: &[Proc], admin: &Path, file: &Path) -> Saved {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (acked, writers) = start_writers(&client, 4, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let file = tmp.path().join("cluster.bak");
+    let (acked, writers) = start_writers(client, 4, stop.clone());
+    // A load under way: at least 100 acknowledged writes first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "fewer than 100 writes in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let endpoints: Vec<String> = procs.iter().map(|p| p.http.clone()).collect();
     let started = Instant::now();
     // The first endpoint may be a follower: ctl follows it to the leader.
@@ -204,62 +225,150 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     let index = saved["index"].as_u64().unwrap();
     assert_eq!(saved["consistency"], "linearizable");
     assert!(saved["read_index"].as_u64().unwrap() <= index, "{saved}");
-    assert_eq!(
-        saved["bytes"].as_u64().unwrap(),
-        std::fs::metadata(&file).unwrap().len()
-    );
+    let size = std::fs::metadata(file).unwrap().len();
+    assert_eq!(saved["bytes"].as_u64().unwrap(), size);
+    let acked = acked.lock().unwrap().clone();
     let before: Vec<(String, String)> = acked
-        .lock()
-        .unwrap()
         .iter()
         .filter(|(at, _, _)| *at < started)
         .map(|(_, k, v)| (k.clone(), v.clone()))
         .collect();
     assert!(
         before.len() > 50,
-        "only {} writes before the backup",
+        "{} writes before the backup",
         before.len()
     );
     eprintln!(
-        "backup at index {index}: {} bytes; {} writes acknowledged before it, {} in all",
-        saved["bytes"],
+        "backup at index {index}: {size} bytes; {} writes acknowledged before it, {} in all",
         before.len(),
-        acked.lock().unwrap().len()
+        acked.len()
     );
     // Keys are written once: the state at the backup's index is every key
     // of revision at most that index.
-    let original = everything(&client, "k/").await;
-    let expected: BTreeMap<_, _> = original
+    let expected = everything(client, "k/")
+        .await
         .into_iter()
         .filter(|(_, (_, rev))| *rev <= index)
         .collect();
+    Saved {
+        index,
+        before,
+        expected,
+    }
+}
 
-    // Refused: a truncated file, a flipped bit, a non-empty directory.
-    let new_dir = tmp.path().join("new");
-    std::fs::create_dir_all(&new_dir).unwrap();
-    let bytes = std::fs::read(&file).unwrap();
-    let cut = tmp.path().join("cut.bak");
+/// Refused: a truncated file, a flipped bit, a non-empty directory.
+fn check_refusals(tmp: &Path, file: &Path, new_dir: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let cut = tmp.join("cut.bak");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let one = "1=127.0.0.1:1/127.0.0.1:2";
-    let (ok, _, err) = restore(&cut, &new_dir, 1, one);
+    let (ok, _, err) = restore(&cut, new_dir, 1, one);
     assert!(!ok && err.contains("truncated"), "{err}");
-    let flipped = tmp.path().join("flipped.bak");
+    let flipped = tmp.join("flipped.bak");
     let mut bad = bytes.clone();
     let at = bad.len() / 2;
     bad[at] ^= 0x04;
     std::fs::write(&flipped, &bad).unwrap();
-    let (ok, _, err) = restore(&flipped, &new_dir, 1, one);
+    let (ok, _, err) = restore(&flipped, new_dir, 1, one);
     assert!(!ok && err.contains("corrupted"), "{err}");
-    assert!(
-        !new_dir.join("node-1").exists(),
-        "a refused restore left a directory"
-    );
-    std::fs::create_dir_all(new_dir.join("node-1")).unwrap();
-    std::fs::write(new_dir.join("node-1/x"), b"x").unwrap();
-    let (ok, _, err) = restore(&file, &new_dir, 1, one);
+    let target = new_dir.join("node-1");
+    assert!(!target.exists(), "a refused restore left a directory");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("x"), b"x").unwrap();
+    let (ok, _, err) = restore(file, new_dir, 1, one);
     assert!(!ok && err.contains("not empty"), "{err}");
-    std::fs::remove_dir_all(new_dir.join("node-1")).unwrap();
+    std::fs::remove_dir_all(&target).unwrap();
+}
 
+/// Every node of a new cluster (new addresses) restored from `file` into
+/// `new_dir`: the store is the state at the backup's index on each.
+async fn restore_cluster(setup: &Setup, file: &Path, new_dir: &Path, saved: &Saved) {
+    let index = saved.index;
+    let addrs: Vec<_> = (1..=3u64).map(|id| (id, free_udp(), free_tcp())).collect();
+    let cluster = initial_cluster(addrs.iter().map(|(id, p, c)| (*id, p, c)));
+    let mut restored: Vec<Proc> = Vec::new();
+    for (id, peer, http) in &addrs {
+        let (ok, out, err) = restore(file, new_dir, *id, &cluster);
+        assert!(ok, "restore of node {id} failed: {err}");
+        assert!(out.contains(&format!("index {index}")), "{out}");
+        let cmd = node_command(new_dir, *id, *peer, *http).args(setup.token_flags());
+        let mut p = proc_for(new_dir, &cmd, format!("http://{http}"));
+        p.start();
+        restored.push(p);
+    }
+    let client = common::builder_of(&restored).token(USER).build().unwrap();
+    common::leader(&client, &restored, None).await;
+    let now = everything(&client, "k/").await;
+    for (k, v) in &saved.before {
+        let got = now.get(k).map(|(v, _)| v);
+        assert_eq!(got, Some(v), "acknowledged write {k} lost");
+    }
+    assert_eq!(now, saved.expected, "not the state at index {index}");
+    // It takes writes, after the backup's index.
+    let rev = client.put("after-restore", "yes").await.unwrap();
+    assert!(rev > index, "revision {rev} not after the index {index}");
+    // Every restored node holds the same state.
+    let mut digests = Vec::new();
+    for p in &restored {
+        common::wait_status(&client, p, 30, "caught up", |s| s.applied >= rev).await;
+        digests.push(common::status_of(&client, p).await.kv.unwrap());
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    assert_eq!(digests[0].keys as usize, saved.expected.len() + 1);
+    common::assert_running_without_panic(&mut restored, "after the restore");
+}
+
+/// One node restored alone, a second one joining it: it catches up from
+/// the restored node's snapshot and holds the same state.
+async fn restore_one_and_join(setup: &Setup, file: &Path, solo_dir: &Path, saved: &Saved) {
+    let (peer, http) = (free_udp(), free_tcp());
+    let (ok, _, err) = restore(file, solo_dir, 1, &initial_cluster([(1, peer, http)]));
+    assert!(ok, "restore of a single node failed: {err}");
+    let cmd = node_command(solo_dir, 1, peer, http).args(setup.token_flags());
+    let mut solo = vec![proc_for(solo_dir, &cmd, format!("http://{http}"))];
+    solo[0].start();
+    let client = common::builder_of(&solo).token(ADMIN).build().unwrap();
+    common::leader(&client, &solo, None).await;
+    let url = solo[0].http.clone();
+    solo.push(common::joiner(solo_dir, 2, &url, &setup.token_flags()));
+    common::wait_status(&client, &solo[0], 60, "learner added", |st| {
+        st.membership.learners.contains(&2)
+    })
+    .await;
+    let rev = client.put("after-join", "1").await.unwrap();
+    common::wait_status(&client, &solo[1], 60, "joiner caught up", |st| {
+        st.applied >= rev
+    })
+    .await;
+    let (d0, d1) = (
+        common::status_of(&client, &solo[0]).await.kv.unwrap(),
+        common::status_of(&client, &solo[1]).await.kv.unwrap(),
+    );
+    assert_eq!(d0, d1);
+    assert_eq!(d0.keys as usize, saved.expected.len() + 1);
+    common::assert_running_without_panic(&mut solo, "after a node joined a restored one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("old");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut procs, user, admin) = cluster_with_tokens(&dir);
+    let setup = Setup {
+        tmp: tmp.path().to_path_buf(),
+        user,
+        admin,
+    };
+    let client = common::builder_of(&procs).token(USER).build().unwrap();
+    let leader = common::leader(&client, &procs, None).await;
+    check_route(&procs, leader, &setup.tmp).await;
+    let file = setup.tmp.join("cluster.bak");
+    let saved = save_under_load(&client, &procs, &setup.admin, &file).await;
+    let new_dir = setup.tmp.join("new");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    check_refusals(&setup.tmp, &file, &new_dir);
     // Destroy the cluster.
     for p in &mut procs {
         p.kill9();
@@ -267,93 +376,11 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     for id in 1..=3 {
         std::fs::remove_dir_all(dir.join(format!("node-{id}"))).unwrap();
     }
-
-    // Restore every node of a new cluster (new addresses) from the file.
     copy_certs(&dir, &new_dir);
-    let addrs: Vec<_> = (1..=3u64).map(|id| (id, free_udp(), free_tcp())).collect();
-    let cluster = initial_cluster(addrs.iter().map(|(id, p, c)| (*id, p, c)));
-    let mut restored: Vec<Proc> = Vec::new();
-    for (id, peer, http) in &addrs {
-        let (ok, out, err) = restore(&file, &new_dir, *id, &cluster);
-        assert!(ok, "restore of node {id} failed: {err}");
-        assert!(out.contains(&format!("index {index}")), "{out}");
-        let cmd = node_command(&new_dir, *id, *peer, *http).args([
-            format!("--auth-token-file={}", user.display()),
-            format!("--admin-token-file={}", admin.display()),
-        ]);
-        let mut p = proc_for(&new_dir, &cmd, format!("http://{http}"));
-        p.start();
-        restored.push(p);
-    }
-    let client = common::builder_of(&restored).token(USER).build().unwrap();
-    common::leader(&client, &restored, None).await;
-    let now = everything(&client, "k/").await;
-    for (k, v) in &before {
-        assert_eq!(
-            now.get(k).map(|(v, _)| v),
-            Some(v),
-            "acknowledged write {k} lost"
-        );
-    }
-    assert_eq!(
-        now, expected,
-        "the restored store is not the state at index {index}"
-    );
-    // It takes writes, after the backup's index.
-    let rev = client.put("after-restore", "yes").await.unwrap();
-    assert!(
-        rev > index,
-        "revision {rev} not after the backup's index {index}"
-    );
-    // Every restored node holds the same state.
-    let mut digests = Vec::new();
-    for p in &restored {
-        let s = common::wait_status(&client, p, 30, "caught up", |s| s.applied >= rev).await;
-        let _ = s;
-        digests.push(common::status_of(&client, p).await.kv.unwrap());
-    }
-    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
-    assert_eq!(digests[0].keys as usize, expected.len() + 1);
-    common::assert_running_without_panic(&mut restored, "after the restore");
-    for p in &mut restored {
-        p.kill9();
-    }
-
-    // One node restored alone, a second one joining it: it catches up from
-    // the restored node's snapshot.
-    let solo_dir = tmp.path().join("solo");
+    restore_cluster(&setup, &file, &new_dir, &saved).await;
+    let solo_dir = setup.tmp.join("solo");
     copy_certs(&dir, &solo_dir);
-    let (peer, http) = (free_udp(), free_tcp());
-    let tokens = [
-        format!("--auth-token-file={}", user.display()),
-        format!("--admin-token-file={}", admin.display()),
-    ];
-    let (ok, _, err) = restore(&file, &solo_dir, 1, &initial_cluster([(1, peer, http)]));
-    assert!(ok, "restore of a single node failed: {err}");
-    let cmd = node_command(&solo_dir, 1, peer, http).args(tokens.iter().cloned());
-    let mut solo = vec![proc_for(&solo_dir, &cmd, format!("http://{http}"))];
-    solo[0].start();
-    let client = common::builder_of(&solo).token(ADMIN).build().unwrap();
-    common::leader(&client, &solo, None).await;
-    solo.push(common::joiner(&solo_dir, 2, &solo[0].http.clone(), &tokens));
-    let st = common::wait_status(&client, &solo[0], 60, "learner caught up", |st| {
-        st.membership.learners.contains(&2)
-    })
-    .await;
-    let _ = st;
-    let rev = client.put("after-join", "1").await.unwrap();
-    let a = common::wait_status(&client, &solo[1], 60, "joiner caught up", |st| {
-        st.applied >= rev
-    })
-    .await;
-    let _ = a;
-    let (d0, d1) = (
-        common::status_of(&client, &solo[0]).await.kv.unwrap(),
-        common::status_of(&client, &solo[1]).await.kv.unwrap(),
-    );
-    assert_eq!(d0, d1);
-    assert_eq!(d0.keys as usize, expected.len() + 1);
-    common::assert_running_without_panic(&mut solo, "after a node joined a restored one");
+    restore_one_and_join(&setup, &file, &solo_dir, &saved).await;
 }
 
 async fn via_stale(client: &Client, p: &Proc, key: &str) -> Option<String> {
@@ -365,20 +392,19 @@ async fn via_stale(client: &Client, p: &Proc, key: &str) -> Option<String> {
         .map(|e| String::from_utf8(e.value.to_vec()).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejoin() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Writes 200 keys; kills every node but a follower holding them all,
+/// deleting their directories; the survivor, stopped, and what was written.
+async fn lose_quorum(dir: &Path) -> (Proc, Vec<u64>, Vec<(String, String)>) {
     let mut procs = common::cluster(dir, 3);
     let client = common::client_of(&procs);
     let leader = common::leader(&client, &procs, None).await;
     let mut acked = Vec::new();
+    let mut last = 0;
     for i in 0..200 {
         let (k, v) = (format!("q/{i:04}"), format!("v{i}"));
-        let rev = client.put(&k, v.clone()).await.unwrap();
-        acked.push((k, v, rev));
+        last = client.put(&k, v.clone()).await.unwrap();
+        acked.push((k, v));
     }
-    let last = acked.last().unwrap().2;
     // The survivor: a follower holding every acknowledged write (the
     // operator picks the member with the highest applied index).
     let survivor = procs.iter().position(|p| p.id != leader).unwrap();
@@ -386,81 +412,83 @@ async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejo
         s.applied >= last
     })
     .await;
-    let lost: Vec<u64> = procs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != survivor)
-        .map(|(_, p)| p.id)
-        .collect();
+    let mut lost = Vec::new();
     for (i, p) in procs.iter_mut().enumerate() {
         if i != survivor {
             p.kill9();
             std::fs::remove_dir_all(dir.join(format!("node-{}", p.id))).unwrap();
+            lost.push(p.id);
         }
     }
     let mut node = procs.swap_remove(survivor);
-    let sid = node.id;
     // Alone it cannot commit.
     let alone = common::via(&client, &node).with_retry(raft_client::RetryPolicy::none());
     assert!(alone.put("lost", "x").await.is_err());
     node.sigterm();
+    (node, lost, acked)
+}
 
-    let data = dir.join(format!("node-{sid}"));
-    let args = |force: bool| {
-        let mut a = vec![
-            s("recover"),
-            format!("--data-dir={}", data.display()),
-            format!("--id={sid}"),
-        ];
-        if force {
-            a.push(s("--force-new-cluster"));
+/// Promotes learner `id` through `leader`, until the configuration says
+/// it is a voter (a promotion whose answer was lost may have happened).
+async fn promote(client: &Client, leader: &Proc, learner: &Proc) {
+    let id = learner.id;
+    common::wait_status(client, leader, 60, "learner added", |st| {
+        st.membership.learners.contains(&id)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = common::status_of(client, leader).await;
+        if st.membership.voters.contains(&id) {
+            return;
         }
-        a
-    };
-    let (ok, _, err) = raft_node(&args(false));
+        assert!(
+            Instant::now() < deadline,
+            "node {id} not promoted: {:#}\nlog:\n{}",
+            st.raw,
+            learner.log_text()
+        );
+        if let Err(e) = client.promote(id).await {
+            eprintln!("promote {id}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejoin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut node, lost, acked) = lose_quorum(dir).await;
+    let sid = node.id;
+    let data = dir.join(format!("node-{sid}"));
+    let mut args = vec![
+        s("recover"),
+        format!("--data-dir={}", data.display()),
+        format!("--id={sid}"),
+    ];
+    let (ok, _, err) = raft_node(&args);
     assert!(!ok && err.contains("--force-new-cluster"), "{err}");
-    let (ok, _, err) = raft_node(&args(true));
+    args.push(s("--force-new-cluster"));
+    let (ok, _, err) = raft_node(&args);
     assert!(ok && err.contains("ONLY voter"), "{err}");
 
     node.start();
-    let single = common::wait_status(&client, &node, 60, "leader alone", |st| {
+    let client = common::client_of(std::slice::from_ref(&node));
+    common::wait_status(&client, &node, 60, "leader alone", |st| {
         st.leader == Some(sid) && st.membership.voters == vec![sid]
     })
     .await;
     assert!(node.log_text().contains("force-new-cluster"));
-    let _ = single;
-    let client = common::client_of(std::slice::from_ref(&node));
     client.put("after-recovery", "1").await.unwrap();
 
-    // Two fresh members join and are promoted.
+    // Two members join and are promoted: one takes a lost member's id, the
+    // other a new one.
     let mut all = vec![node];
-    // One takes a lost member's id, the other a new one.
     let (reused, fresh) = (lost[0], 4u64);
     for id in [reused, fresh] {
         let p = common::joiner(dir, id, &all[0].http.clone(), &[]);
-        common::wait_status(&client, &all[0], 60, "learner added", |st| {
-            st.membership.learners.contains(&id)
-        })
-        .await;
-        // A promotion whose answer was lost may have happened: the
-        // configuration says.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = common::status_of(&client, &all[0]).await;
-            if st.membership.voters.contains(&id) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id} not promoted: {:#}\nlog:\n{}",
-                st.raw,
-                p.log_text()
-            );
-            if let Err(e) = client.promote(id).await {
-                eprintln!("promote {id}: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        promote(&client, &all[0], &p).await;
         all.push(p);
     }
     let st = common::wait_status(&client, &all[0], 60, "three voters", |st| {
@@ -476,23 +504,16 @@ async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejo
     for p in &all {
         common::wait_status(&client, p, 60, "caught up", |st| st.applied >= rev).await;
         digests.push(common::status_of(&client, p).await.kv.unwrap());
-        for (k, v, _) in acked.iter().step_by(17) {
-            assert_eq!(
-                via_stale(&client, p, k).await.as_deref(),
-                Some(v.as_str()),
-                "node {}",
-                p.id
-            );
+        for (k, v) in acked.iter().step_by(17) {
+            let got = via_stale(&client, p, k).await;
+            assert_eq!(got.as_deref(), Some(v.as_str()), "node {}", p.id);
         }
     }
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     let now = everything(&client, "q/").await;
-    for (k, v, _) in &acked {
-        assert_eq!(
-            now.get(k).map(|(v, _)| v),
-            Some(v),
-            "acknowledged write {k} lost"
-        );
+    for (k, v) in &acked {
+        let got = now.get(k).map(|(v, _)| v);
+        assert_eq!(got, Some(v), "acknowledged write {k} lost");
     }
     common::assert_running_without_panic(&mut all, "after the recovery");
 }
