@@ -5,7 +5,8 @@
 //! - [`command`] and [`store`]: the key-value state machine on RocksDB, its
 //!   column families beside the Raft log in one database; the applied index,
 //!   the data and the idempotency table are written in one batch;
-//!   [`snapshot`]: its snapshot files.
+//!   [`snapshot`]: its snapshot files; [`backup`]: backup files, and
+//!   [`restore`]: `raft-node restore` and `recover --force-new-cluster`.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;
@@ -18,6 +19,7 @@
 //!   container's `HEALTHCHECK`.
 
 mod admission;
+pub mod backup;
 pub mod client_tls;
 pub mod command;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod members;
 pub mod monitoring;
 pub mod node;
 pub mod problem;
+pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod store;

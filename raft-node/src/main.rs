@@ -1,13 +1,14 @@
 //! The `raft-node` binary: `run` a node, start a local `dev` cluster,
-//! create development `certs`, talk to a cluster with `ctl`, or probe the
-//! local node with `health`.
+//! create development `certs`, talk to a cluster with `ctl`, probe the
+//! local node with `health`, `restore` a backup or `recover` from a lost
+//! quorum.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use raft_node::config::{LogFormat, RunArgs};
-use raft_node::{ctl, dev, health};
+use raft_node::{ctl, dev, health, restore};
 
 /// mimalloc instead of the system allocator: allocation is a tenth of a
 /// node's CPU under load with glibc's malloc (raft-bench's README has the
@@ -39,6 +40,12 @@ enum Cmd {
     /// Asks the local node's /healthz (or /readyz): exit status 0 on 200,
     /// 1 otherwise with the reason on stderr (a container HEALTHCHECK).
     Health(health::HealthArgs),
+    /// Seeds a new node's data directory from a backup file (`ctl snapshot
+    /// save`); every node of the new cluster is restored from the same file.
+    Restore(restore::RestoreArgs),
+    /// After losing quorum for good: makes this stopped node the single
+    /// voter of its cluster, keeping its data (needs --force-new-cluster).
+    Recover(restore::RecoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +171,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Ctl(a) => ctl::run(a).await,
         Cmd::Health(a) => health::run(a).await,
+        Cmd::Restore(a) => {
+            init_logging(LogFormat::Human);
+            restore::restore(a).await
+        }
+        Cmd::Recover(a) => {
+            init_logging(LogFormat::Human);
+            restore::recover(a).await
+        }
         Cmd::Certs(a) => raft_net_quic::certs::write_dev_certs(&a.dir, &a.nodes, &a.names)
             .map(|files| {
                 println!(

@@ -121,57 +121,33 @@ pub fn write(
     on_view: impl FnOnce(),
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<WrittenSnapshot, SnapshotFileError> {
-    let (kv, meta) = column_families(db, kv_cf, meta_cf)?;
     let view = db.snapshot();
     // From here on, writes to the store do not change what is written.
     on_view();
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut written = 0u64;
-    out.write_all(MAGIC).map_err(io_err(&tmp))?;
-    let mut records = 0u64;
-    for (tag, cf) in [(TAG_KV, &kv), (TAG_META, &meta)] {
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&view);
-        opts.fill_cache(false);
-        for item in db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
-            let (k, v) = item?;
-            if records % 1024 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                drop(out);
-                let _ = std::fs::remove_file(&tmp);
-                return Err(SnapshotFileError::Cancelled(path.to_path_buf()));
-            }
-            if tag == TAG_META && !keep_meta(&k) {
-                continue;
-            }
-            let crc = record_crc(tag, &k, &v);
-            out.write_all(&[tag]).map_err(io_err(&tmp))?;
-            out.write_all(&(k.len() as u32).to_be_bytes())
-                .map_err(io_err(&tmp))?;
-            out.write_all(&(v.len() as u32).to_be_bytes())
-                .map_err(io_err(&tmp))?;
-            out.write_all(&k).map_err(io_err(&tmp))?;
-            out.write_all(&v).map_err(io_err(&tmp))?;
-            out.write_all(&crc.to_be_bytes()).map_err(io_err(&tmp))?;
-            records += 1;
-            written += 21 + k.len() as u64 + v.len() as u64;
-            if written >= SYNC_EVERY_BYTES {
-                // Write back as we go: one sync of a whole large file at
-                // the end would queue the log's own fsyncs behind it for
-                // seconds (and the leader's heartbeats behind those).
-                written = 0;
-                out.flush().map_err(io_err(&tmp))?;
-                out.get_ref().sync_data().map_err(io_err(&tmp))?;
-            }
+    let mut out = SyncEvery {
+        out: BufWriter::with_capacity(1 << 20, file),
+        since_sync: 0,
+    };
+    let source = RecordSource {
+        db,
+        view: &view,
+        kv_cf,
+        meta_cf,
+    };
+    let records = match write_records(&source, keep_meta, &mut out, &tmp, cancel) {
+        Ok(n) => n,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(match e {
+                SnapshotFileError::Cancelled(_) => SnapshotFileError::Cancelled(path.to_path_buf()),
+                e => e,
+            });
         }
-    }
-    let mut trailer = vec![TAG_END];
-    trailer.extend_from_slice(&records.to_be_bytes());
-    let crc = crc32c::crc32c(&trailer);
-    trailer.extend_from_slice(&crc.to_be_bytes());
-    out.write_all(&trailer).map_err(io_err(&tmp))?;
-    let file = out.into_inner().map_err(|e| SnapshotFileError::Io {
+    };
+    let file = out.out.into_inner().map_err(|e| SnapshotFileError::Io {
         path: tmp.clone(),
         source: e.into_error(),
     })?;
@@ -181,6 +157,96 @@ pub fn write(
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     sync_dir(path)?;
     Ok(WrittenSnapshot { records, bytes })
+}
+
+/// A file writer that writes back every [`SYNC_EVERY_BYTES`]: one sync of a
+/// whole large file at the end would queue the log's own fsyncs behind it
+/// for seconds (and the leader's heartbeats behind those).
+struct SyncEvery {
+    out: BufWriter<File>,
+    since_sync: u64,
+}
+
+impl Write for SyncEvery {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.since_sync += n as u64;
+        if self.since_sync >= SYNC_EVERY_BYTES {
+            self.since_sync = 0;
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Where [`write_records`] reads: two column families of `db` as one
+/// RocksDB snapshot (`view`) sees them.
+#[allow(missing_debug_implementations)]
+pub struct RecordSource<'a> {
+    /// The database.
+    pub db: &'a DB,
+    /// The consistent view to read.
+    pub view: &'a rocksdb::SnapshotWithThreadMode<'a, DB>,
+    /// The data's column family.
+    pub kv_cf: &'static str,
+    /// The bookkeeping's column family.
+    pub meta_cf: &'static str,
+}
+
+/// Writes a whole snapshot stream (magic, records, trailer) of `source` to
+/// `out`: every `kv` record and the `kv_meta` records `keep_meta` accepts.
+/// `label` names the destination in errors. Returns the number of records.
+/// Setting `cancel` stops it with [`SnapshotFileError::Cancelled`].
+///
+/// # Errors
+///
+/// [`SnapshotFileError`].
+pub fn write_records(
+    source: &RecordSource<'_>,
+    keep_meta: impl Fn(&[u8]) -> bool,
+    out: &mut impl Write,
+    label: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<u64, SnapshotFileError> {
+    let db = source.db;
+    let (kv, meta) = column_families(db, source.kv_cf, source.meta_cf)?;
+    out.write_all(MAGIC).map_err(io_err(label))?;
+    let mut records = 0u64;
+    for (tag, cf) in [(TAG_KV, &kv), (TAG_META, &meta)] {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(source.view);
+        opts.fill_cache(false);
+        for item in db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
+            let (k, v) = item?;
+            if records % 1024 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(SnapshotFileError::Cancelled(label.to_path_buf()));
+            }
+            if tag == TAG_META && !keep_meta(&k) {
+                continue;
+            }
+            let crc = record_crc(tag, &k, &v);
+            let mut head = [0u8; 9];
+            head[0] = tag;
+            head[1..5].copy_from_slice(&(k.len() as u32).to_be_bytes());
+            head[5..9].copy_from_slice(&(v.len() as u32).to_be_bytes());
+            out.write_all(&head).map_err(io_err(label))?;
+            out.write_all(&k).map_err(io_err(label))?;
+            out.write_all(&v).map_err(io_err(label))?;
+            out.write_all(&crc.to_be_bytes()).map_err(io_err(label))?;
+            records += 1;
+        }
+    }
+    let mut trailer = vec![TAG_END];
+    trailer.extend_from_slice(&records.to_be_bytes());
+    let crc = crc32c::crc32c(&trailer);
+    trailer.extend_from_slice(&crc.to_be_bytes());
+    out.write_all(&trailer).map_err(io_err(label))?;
+    Ok(records)
 }
 
 fn sync_dir(path: &Path) -> Result<(), SnapshotFileError> {
@@ -248,17 +314,23 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 type Record = (u8, Vec<u8>, Vec<u8>);
 
 /// Reads the records of a snapshot file in order, checking each.
-struct RecordReader {
+struct RecordReader<R> {
     path: PathBuf,
-    input: BufReader<File>,
+    input: R,
     records: u64,
     done: bool,
 }
 
-impl RecordReader {
+impl RecordReader<BufReader<File>> {
     fn open(path: &Path) -> Result<Self, SnapshotFileError> {
         let file = File::open(path).map_err(io_err(path))?;
-        let mut input = BufReader::with_capacity(1 << 20, file);
+        Self::new(BufReader::with_capacity(1 << 20, file), path)
+    }
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Reads the stream `input` (named `path` in errors) from its magic.
+    fn new(mut input: R, path: &Path) -> Result<Self, SnapshotFileError> {
         let mut magic = [0u8; 8];
         input
             .read_exact(&mut magic)
@@ -357,6 +429,19 @@ fn corrupted(path: &Path, detail: &str) -> SnapshotFileError {
 /// [`SnapshotFileError`].
 pub fn verify(path: &Path) -> Result<u64, SnapshotFileError> {
     let mut r = RecordReader::open(path)?;
+    while r.next_record()?.is_some() {}
+    Ok(r.records)
+}
+
+/// [`verify`] of a stream: reads `input` to its end (a snapshot stream and
+/// nothing after it), checking every record and the trailer; `label` names
+/// it in errors. Returns the number of records.
+///
+/// # Errors
+///
+/// [`SnapshotFileError`].
+pub fn verify_stream(input: impl Read, label: &Path) -> Result<u64, SnapshotFileError> {
+    let mut r = RecordReader::new(input, label)?;
     while r.next_record()?.is_some() {}
     Ok(r.records)
 }

@@ -2,6 +2,7 @@
 //! delete, list, cluster status, leadership transfer, membership changes,
 //! snapshots) on [`raft_client`], against any nodes of a cluster.
 
+mod backup;
 mod output;
 
 use std::io::Read;
@@ -178,8 +179,29 @@ pub enum CtlOp {
         /// The member's id.
         id: u64,
     },
-    /// Has the (first) node take a snapshot and compact its log now.
-    Snapshot,
+    /// Without a subcommand: has the (first) node take a snapshot and
+    /// compact its log now. `snapshot save FILE`: saves a backup.
+    Snapshot {
+        /// `save FILE`: a backup of the whole store to FILE.
+        #[command(subcommand)]
+        action: Option<SnapshotAction>,
+    },
+}
+
+/// What `ctl snapshot` does besides compacting.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotAction {
+    /// Saves a consistent backup of the store to FILE (through FILE.part,
+    /// verified, synced, renamed), for `raft-node restore`; prints its
+    /// index, term, size and SHA-256. Needs the admin token.
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
+        /// Back up the first node's own applied state instead of asking
+        /// the leader for a linearizable one.
+        #[arg(long)]
+        stale: bool,
+    },
 }
 
 /// The client of `ctl`: endpoints, timeout, CA, client certificate, token.
@@ -262,6 +284,12 @@ fn reach(e: raft_client::Error, c: &Client) -> anyhow::Error {
 /// When no node can be reached or the node answers with an error, or a
 /// file given (token, CA, certificate, key, value) cannot be used.
 pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
+    if let CtlOp::Snapshot {
+        action: Some(SnapshotAction::Save { file, stale }),
+    } = &a.op
+    {
+        return backup::save(&a, file, *stale).await;
+    }
     let c = client(&a)?;
     let out = output::Printer::new(a.write_out);
     match a.op {
@@ -381,8 +409,12 @@ async fn cluster_op(c: &Client, out: &output::Printer, op: CtlOp) -> anyhow::Res
         ),
         CtlOp::Promote { id } => out.membership(&c.promote(id).await.map_err(e)?),
         CtlOp::Remove { id } => out.membership(&c.remove(id).await.map_err(e)?),
-        CtlOp::Snapshot => out.snapshot(c.snapshot().await.map_err(e)?),
-        CtlOp::Put { .. } | CtlOp::Get { .. } | CtlOp::Delete { .. } | CtlOp::List { .. } => {
+        CtlOp::Snapshot { action: None } => out.snapshot(c.snapshot().await.map_err(e)?),
+        CtlOp::Put { .. }
+        | CtlOp::Get { .. }
+        | CtlOp::Delete { .. }
+        | CtlOp::List { .. }
+        | CtlOp::Snapshot { action: Some(_) } => {
             bail!("not a cluster operation")
         }
     }

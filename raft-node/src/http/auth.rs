@@ -49,9 +49,10 @@ pub(crate) fn principal(cfg: &NodeConfig, headers: &HeaderMap) -> Option<String>
     }
 }
 
-/// Admin routes: they change the cluster rather than the data.
+/// Admin routes: they change the cluster rather than the data, or (the
+/// backup) read all of it at once.
 fn is_admin(method: &Method, path: &str) -> bool {
-    path.starts_with("/v1/cluster/") && method != Method::GET
+    path.starts_with("/v1/cluster/") && (method != Method::GET || path == "/v1/cluster/backup")
 }
 
 /// The tokens a route accepts: an admin route the admin token (the user

@@ -5,13 +5,14 @@
 //!
 //! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
 //! `cluster` (membership and leadership), `ops` (status, health,
-//! metrics, snapshots); and the layers around them: `auth` (bearer
+//! metrics, snapshots), `backup` (`GET /v1/cluster/backup`); and the layers around them: `auth` (bearer
 //! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
 //! and `forwarding` (relaying to the leader). Handlers return
 //! `Result<_, Problem>`; each error type's response is in
 //! [`crate::problem`].
 
 mod auth;
+mod backup;
 mod cluster;
 mod forwarding;
 mod kv;
@@ -127,6 +128,7 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(cluster::remove_member).put(cluster::update_member),
         )
         .route("/v1/cluster/snapshot", post(ops::take_snapshot))
+        .route("/v1/cluster/backup", get(backup::backup))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_route)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -65,11 +65,11 @@ pub(super) fn set_flag(db: &rocksdb::DB, key: &[u8]) -> anyhow::Result<()> {
     put_synced(db, key, b"1")
 }
 
-pub(super) fn load_initial_voters(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<NodeId>>> {
+pub(crate) fn load_initial_voters(db: &rocksdb::DB) -> anyhow::Result<Option<Vec<NodeId>>> {
     load(db, INITIAL_VOTERS_KEY, "initial voters")
 }
 
-pub(super) fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow::Result<()> {
+pub(crate) fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow::Result<()> {
     save(db, INITIAL_VOTERS_KEY, voters)
 }
 

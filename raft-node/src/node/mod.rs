@@ -273,6 +273,9 @@ pub async fn start(
     let tls = validate(&cfg)?;
     let log = open_store(&cfg)?;
     let db = log.db().clone();
+    if let Some(record) = crate::restore::forced_record(&db)? {
+        tracing::warn!(%record, "this store was recovered with `raft-node recover --force-new-cluster`: its cluster was rebuilt around this node alone");
+    }
     let resolved = resolve::resolve_members(&cfg, &log)?;
     let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?
         .with_snapshot_dir(cfg.data_dir.join("snapshots"))?;

@@ -22,6 +22,7 @@
 //! [`Command::idempotency_slot`]: crate::command::Command::idempotency_slot
 
 mod apply;
+mod backup;
 mod records;
 mod rocks;
 mod snapshots;
@@ -42,6 +43,7 @@ use tokio::sync::watch;
 use crate::command::Outcome;
 use records::INSTALLING_KEY;
 
+pub use backup::{snapshot_file, ExportRequest};
 pub use rocks::KvReader;
 
 /// Column family of the data.

@@ -1,0 +1,394 @@
+//! Backup files: a consistent snapshot of the store at one applied index,
+//! self-describing and checksummed, written by `GET /v1/cluster/backup`
+//! (`raft-node ctl snapshot save FILE`) and read by `raft-node restore`.
+//!
+//! Format (integers big-endian):
+//!
+//! ```text
+//! magic     b"RKVBKUP1"
+//! header    len:u32 | JSON of BackupHeader (at most 1 MiB) | crc32c:u32 of the JSON
+//! snapshot  the snapshot stream of crate::snapshot (b"RKVSNAP1", records
+//!           each with its CRC-32C, trailer with the record count)
+//! footer    b"RKVBKEND" | SHA-256 of every byte before the footer (32 bytes)
+//! ```
+//!
+//! A file whose footer is missing (a download cut short), whose SHA-256,
+//! header or any record fails its check, is refused by [`verify`] before
+//! anything is written anywhere.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use raft_core::{Index, NodeId, Term};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Member;
+use crate::snapshot::SnapshotFileError;
+
+/// First bytes of a backup file.
+pub const MAGIC: &[u8; 8] = b"RKVBKUP1";
+/// First bytes of the footer.
+const FOOTER_MAGIC: &[u8; 8] = b"RKVBKEND";
+/// Footer length: its magic and the SHA-256.
+pub const FOOTER_BYTES: u64 = 8 + 32;
+/// Largest header accepted.
+const HEADER_MAX: u32 = 1 << 20;
+/// The format version written.
+pub const FORMAT: u32 = 1;
+
+/// What a backup holds, at the start of the file (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHeader {
+    /// The format version ([`FORMAT`]).
+    pub format: u32,
+    /// The applied index the data is exactly at.
+    pub index: Index,
+    /// The term of the entry at `index`.
+    pub term: Term,
+    /// The voters of the configuration in force at `index`.
+    pub voters: Vec<NodeId>,
+    /// Its learners.
+    pub learners: Vec<NodeId>,
+    /// The member addresses replicated at `index`.
+    pub members: Vec<Member>,
+    /// The node that served it.
+    pub node: NodeId,
+    /// `linearizable` (every write acknowledged before the request is in
+    /// it) or `stale` (the serving node's applied state).
+    pub consistency: String,
+    /// The read index confirmed with a quorum before the snapshot was
+    /// taken (linearizable backups); `index` is at least this.
+    pub read_index: Option<Index>,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The raft-node version that wrote it.
+    pub version: String,
+}
+
+/// Why a backup file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Reading or writing failed.
+    #[error("backup {path}: {source}")]
+    Io {
+        /// The file (or stream).
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file is not a valid, complete backup.
+    #[error("backup {path} is corrupted or incomplete: {detail}")]
+    Corrupted {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The embedded snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotFileError),
+}
+
+fn corrupted(path: &Path, detail: impl Into<String>) -> BackupError {
+    BackupError::Corrupted {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A writer that hashes and counts what goes through it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hash: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What [`finish`] wrote in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupWritten {
+    /// Bytes, footer included.
+    pub bytes: u64,
+    /// SHA-256 of the file before its footer, hex.
+    pub sha256: String,
+}
+
+/// Writes the magic and the header to a fresh [`HashingWriter`].
+///
+/// # Errors
+///
+/// [`BackupError::Io`].
+pub fn start<W: Write>(
+    out: W,
+    header: &BackupHeader,
+    label: &Path,
+) -> Result<HashingWriter<W>, BackupError> {
+    let json = serde_json::to_vec(header).map_err(|e| BackupError::Io {
+        path: label.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    let mut w = HashingWriter::new(out);
+    w.write_all(MAGIC).map_err(io_err(label))?;
+    w.write_all(&(json.len() as u32).to_be_bytes())
+        .map_err(io_err(label))?;
+    w.write_all(&json).map_err(io_err(label))?;
+    w.write_all(&crc32c::crc32c(&json).to_be_bytes())
+        .map_err(io_err(label))?;
+    Ok(w)
+}
+
+/// Writes the footer after the snapshot stream and flushes.
+///
+/// # Errors
+///
+/// [`BackupError::Io`].
+pub fn finish<W: Write>(w: HashingWriter<W>, label: &Path) -> Result<BackupWritten, BackupError> {
+    let HashingWriter {
+        mut inner,
+        hash,
+        bytes,
+    } = w;
+    let digest = hash.finalize();
+    inner.write_all(FOOTER_MAGIC).map_err(io_err(label))?;
+    inner.write_all(&digest).map_err(io_err(label))?;
+    inner.flush().map_err(io_err(label))?;
+    Ok(BackupWritten {
+        bytes: bytes + FOOTER_BYTES,
+        sha256: hex(&digest),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A reader that hashes what goes through it.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A verified backup file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBackup {
+    /// Its header.
+    pub header: BackupHeader,
+    /// Records in its snapshot.
+    pub records: u64,
+    /// File size.
+    pub bytes: u64,
+    /// SHA-256 before the footer, hex (what `ctl snapshot save` printed).
+    pub sha256: String,
+    /// Where the snapshot stream starts in the file.
+    snapshot_offset: u64,
+}
+
+impl VerifiedBackup {
+    /// Length of the embedded snapshot stream.
+    fn snapshot_len(&self) -> u64 {
+        self.bytes - FOOTER_BYTES - self.snapshot_offset
+    }
+}
+
+/// Reads the header after the magic.
+fn read_header(r: &mut impl Read, path: &Path) -> Result<(BackupHeader, u64), BackupError> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|_| corrupted(path, "shorter than its header"))?;
+    if &magic != MAGIC {
+        return Err(corrupted(path, "not a raft-node backup (bad magic)"));
+    }
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .map_err(|_| corrupted(path, "ends inside its header"))?;
+    let len = u32::from_be_bytes(len);
+    if len > HEADER_MAX {
+        return Err(corrupted(
+            path,
+            format!("header of {len} bytes (at most {HEADER_MAX})"),
+        ));
+    }
+    let mut json = vec![0u8; len as usize];
+    r.read_exact(&mut json)
+        .map_err(|_| corrupted(path, "ends inside its header"))?;
+    let mut crc = [0u8; 4];
+    r.read_exact(&mut crc)
+        .map_err(|_| corrupted(path, "ends inside its header"))?;
+    if crc32c::crc32c(&json) != u32::from_be_bytes(crc) {
+        return Err(corrupted(path, "header checksum mismatch"));
+    }
+    let header: BackupHeader = serde_json::from_slice(&json)
+        .map_err(|e| corrupted(path, format!("unreadable header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(corrupted(
+            path,
+            format!("format {} (this raft-node reads {FORMAT})", header.format),
+        ));
+    }
+    Ok((header, 8 + 4 + u64::from(len) + 4))
+}
+
+/// Checks the whole file: footer, header, every record of the snapshot and
+/// its trailer, and the SHA-256. Nothing is written.
+///
+/// # Errors
+///
+/// [`BackupError`], naming what is wrong.
+pub fn verify(path: &Path) -> Result<VerifiedBackup, BackupError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let bytes = file.metadata().map_err(io_err(path))?.len();
+    let min = 8 + 4 + 4 + FOOTER_BYTES;
+    if bytes < min {
+        return Err(corrupted(path, format!("only {bytes} bytes: truncated")));
+    }
+    let mut footer = [0u8; FOOTER_BYTES as usize];
+    file.seek(SeekFrom::Start(bytes - FOOTER_BYTES))
+        .and_then(|_| file.read_exact(&mut footer))
+        .map_err(io_err(path))?;
+    if &footer[..8] != FOOTER_MAGIC {
+        return Err(corrupted(
+            path,
+            "no end marker: the file is truncated (an interrupted download?) or not a backup",
+        ));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let mut r = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, file).take(bytes - FOOTER_BYTES),
+        hash: Sha256::new(),
+    };
+    let (header, snapshot_offset) = read_header(&mut r, path)?;
+    let records = crate::snapshot::verify_stream(&mut r, path)?;
+    let digest = r.hash.finalize();
+    if digest.as_slice() != &footer[8..] {
+        return Err(corrupted(path, "SHA-256 mismatch"));
+    }
+    Ok(VerifiedBackup {
+        header,
+        records,
+        bytes,
+        sha256: hex(&digest),
+        snapshot_offset,
+    })
+}
+
+/// Copies the snapshot stream of a verified backup to `dest` (synced);
+/// the file is read again, so `dest` is checked once more by whoever loads
+/// it.
+///
+/// # Errors
+///
+/// [`BackupError::Io`].
+pub fn extract_snapshot(
+    path: &Path,
+    verified: &VerifiedBackup,
+    dest: &Path,
+) -> Result<(), BackupError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    file.seek(SeekFrom::Start(verified.snapshot_offset))
+        .map_err(io_err(path))?;
+    let mut out = File::create(dest).map_err(io_err(dest))?;
+    let copied =
+        io::copy(&mut file.take(verified.snapshot_len()), &mut out).map_err(io_err(dest))?;
+    if copied != verified.snapshot_len() {
+        return Err(corrupted(path, "changed while it was being restored"));
+    }
+    out.sync_all().map_err(io_err(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> BackupHeader {
+        BackupHeader {
+            format: FORMAT,
+            index: 42,
+            term: 3,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            members: vec![],
+            node: 1,
+            consistency: "linearizable".into(),
+            read_index: Some(41),
+            created_unix_ms: 1,
+            version: "test".into(),
+        }
+    }
+
+    /// A backup of an empty store: header, empty snapshot stream, footer.
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("b.bak");
+        let mut w = start(File::create(&path).unwrap(), &header(), &path).unwrap();
+        w.write_all(b"RKVSNAP1").unwrap();
+        let mut trailer = vec![0xFF];
+        trailer.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_be_bytes());
+        w.write_all(&trailer).unwrap();
+        finish(w, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_written_backup_verifies_and_any_flipped_bit_or_cut_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let v = verify(&path).unwrap();
+        assert_eq!(v.header, header());
+        assert_eq!(v.records, 0);
+        let good = std::fs::read(&path).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let e = verify(&path).unwrap_err().to_string();
+            assert!(e.contains("corrupted"), "byte {i}: {e}");
+        }
+        for cut in 0..good.len() {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            let e = verify(&path).unwrap_err().to_string();
+            assert!(e.contains("corrupted"), "cut at {cut}: {e}");
+        }
+    }
+}

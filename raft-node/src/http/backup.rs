@@ -1,0 +1,241 @@
+//! `GET /v1/cluster/backup`: a consistent snapshot of the store, streamed
+//! as a backup file ([`crate::backup`]). Admin token.
+//!
+//! By default the backup is linearizable: the leader confirms with a
+//! quorum that it still leads (ReadIndex), waits until it applied that
+//! index, then takes one RocksDB view of the store, so the file holds
+//! every write acknowledged before the request arrived. A follower answers
+//! 421 `not-leader` naming the leader's client address (`ctl snapshot
+//! save` follows it). `?consistency=stale` backs up any node's applied
+//! state without asking the leader.
+//!
+//! The file is written from the view while it is sent, in chunks of
+//! [`CHUNK_BYTES`], at most [`CHUNKS_QUEUED`] of them waiting for the
+//! client: memory stays bounded whatever the store's size, and there is no
+//! size limit. At most [`BACKUPS_AT_ONCE`] backups run on a node at once
+//! (503 `overloaded` beyond). A client that stops reading for
+//! `--http-send-timeout-ms` is disconnected, which stops the backup.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use raft_core::{NodeId, ReadConsistency, ReadError};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::limits::overloaded;
+use super::{Answer, AppState, Shared};
+use crate::backup::BackupHeader;
+use crate::problem::Problem;
+use crate::store::ExportRequest;
+
+/// Backups one node serves at once.
+pub const BACKUPS_AT_ONCE: usize = 2;
+/// Bytes of one chunk of the answer.
+pub const CHUNK_BYTES: usize = 256 << 10;
+/// Chunks written and not yet taken by the connection.
+pub const CHUNKS_QUEUED: usize = 8;
+
+static BACKUPS: Semaphore = Semaphore::const_new(BACKUPS_AT_ONCE);
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct BackupParams {
+    consistency: Option<String>,
+}
+
+/// 421: a linearizable backup is the leader's to serve.
+fn not_leader(state: &AppState, leader: Option<NodeId>) -> Problem {
+    let addr = leader.and_then(|l| state.members.client_addr(l));
+    let detail = match (leader, &addr) {
+        (Some(l), Some(a)) => format!(
+            "a linearizable backup is served by the leader: ask node {l} at {a} \
+             (or ask this node with ?consistency=stale for its own applied state)"
+        ),
+        _ => "no leader is known right now; retry shortly".to_owned(),
+    };
+    let mut p = Problem::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not-leader",
+        "Not the leader",
+        detail,
+    );
+    if let (Some(l), Some(a)) = (leader, addr) {
+        p = p.with("leader", l).with("leader_client_addr", a.clone());
+        if let Ok(v) = HeaderValue::from_str(&l.to_string()) {
+            p = p.header(header::HeaderName::from_static("x-raft-leader"), v);
+        }
+    }
+    p
+}
+
+/// Sends what is written in chunks down a bounded channel; the send blocks
+/// while the connection is behind, and fails once it is gone.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK_BYTES),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// The answer's body: the chunks as the channel delivers them; an error
+/// sent down it aborts the answer (the client sees a cut-off stream).
+struct ChannelBody(mpsc::Receiver<io::Result<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
+fn consistency(params: Result<Query<BackupParams>, QueryRejection>) -> Result<bool, Problem> {
+    let p = params
+        .map_err(|e| Problem::bad_request(format!("bad query: {e}")))?
+        .0;
+    match p.consistency.as_deref() {
+        None | Some("linearizable") => Ok(true),
+        Some("stale") => Ok(false),
+        Some(other) => Err(Problem::bad_request(format!(
+            "consistency must be linearizable or stale; got {other:?}"
+        ))),
+    }
+}
+
+/// The response head: what the backup is, before its bytes.
+fn head(h: &BackupHeader, body: ChannelBody) -> Response {
+    let mut resp = Response::new(axum::body::Body::new(body));
+    let hs = resp.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            hs.insert(header::HeaderName::from_static(name), v);
+        }
+    };
+    set("content-type", "application/octet-stream".into());
+    set("cache-control", "no-store".into());
+    set(
+        "content-disposition",
+        format!("attachment; filename=\"raft-backup-{}.bak\"", h.index),
+    );
+    set("x-raft-backup-index", h.index.to_string());
+    set("x-raft-backup-term", h.term.to_string());
+    set("x-raft-backup-node", h.node.to_string());
+    set("x-raft-backup-consistency", h.consistency.clone());
+    if let Some(r) = h.read_index {
+        set("x-raft-backup-read-index", r.to_string());
+    }
+    resp
+}
+
+/// `GET /v1/cluster/backup[?consistency=stale]`.
+pub(super) async fn backup(
+    State(state): State<Shared>,
+    params: Result<Query<BackupParams>, QueryRejection>,
+) -> Answer {
+    let linearizable = consistency(params)?;
+    let permit = BACKUPS
+        .try_acquire()
+        .map_err(|_| overloaded("backups at once (2)"))?;
+    let read_index = if linearizable {
+        match state.raft.read(ReadConsistency::Linearizable).await {
+            Ok(index) => Some(index),
+            Err(ReadError::NotLeader { leader }) => return Err(not_leader(&state, leader)),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let req = ExportRequest {
+        node: state.id,
+        consistency: if linearizable {
+            "linearizable"
+        } else {
+            "stale"
+        }
+        .to_owned(),
+        read_index,
+    };
+    let reader = state.reader.clone();
+    let (tx, rx) = mpsc::channel(CHUNKS_QUEUED);
+    let (head_tx, head_rx) = oneshot::channel::<BackupHeader>();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let label = Path::new("(answer to GET /v1/cluster/backup)");
+        let errors = tx.clone();
+        let begin = |h: &BackupHeader| {
+            head_tx.send(h.clone()).ok()?;
+            Some(ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK_BYTES),
+            })
+        };
+        let result = reader.export(&req, label, begin, &AtomicBool::new(false));
+        match &result {
+            Ok(Some(w)) => {
+                tracing::info!(bytes = w.bytes, sha256 = %w.sha256, "backup sent");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed");
+                let _ = errors.blocking_send(Err(io::Error::other(e.to_string())));
+            }
+        }
+        result
+    });
+    match head_rx.await {
+        Ok(h) => {
+            tracing::info!(index = h.index, term = h.term, consistency = %h.consistency, "sending a backup");
+            Ok(head(&h, ChannelBody(rx)))
+        }
+        Err(_) => {
+            let why = match task.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "the backup stopped before it started".to_owned(),
+                Err(e) => format!("the backup task failed: {e}"),
+            };
+            Err(Problem::unavailable("backup-failed", "Backup failed", why))
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Offline commands on a data directory (the node stopped):
+//!
+//! - `raft-node restore`: seeds a NEW node's data directory from a backup
+//!   file ([`crate::backup`]). Every node of the new cluster is restored
+//!   from the same file with the same `--initial-cluster`; they start with
+//!   the backup's data at its index and term, as a cluster of the voters
+//!   named there (the backup's own configuration and member addresses are
+//!   replaced by the new cluster's).
+//! - `raft-node recover --force-new-cluster`: after losing quorum for
+//!   good, makes one survivor the single voter of its cluster, keeping its
+//!   log and data; members are then added back through the membership API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raft_core::{Entry, EntryPayload, LogId, LogStorage, Membership, NodeId, SnapshotMeta};
+use raft_log::{RocksLog, RocksLogOptions};
+
+use crate::config::Member;
+use crate::members::MemberDirectory;
+use crate::node::{meta, NODE_META_CF};
+use crate::store::{KvStateMachine, KV_CF, KV_META_CF};
+
+/// `raft-node restore` settings.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file (`raft-node ctl snapshot save FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The new node's data directory; it must not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// This node's id in the new cluster.
+    #[arg(long)]
+    pub id: NodeId,
+    /// The new cluster, `ID=PEER_ADDR/CLIENT_ADDR,…`, as `run` takes it:
+    /// every node of it is restored from the same file with the same value.
+    #[arg(long)]
+    pub initial_cluster: String,
+}
+
+/// `raft-node recover` settings.
+#[derive(Debug, Clone, Args)]
+pub struct RecoverArgs {
+    /// The survivor's data directory (the node must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The survivor's node id.
+    #[arg(long)]
+    pub id: NodeId,
+    /// Required: makes this node the single voter of its cluster. Every
+    /// other member's copy of the data must never run again.
+    #[arg(long)]
+    pub force_new_cluster: bool,
+}
+
+/// Marks a store recovered with `--force-new-cluster` (when, at which
+/// index, the voters before), in `node_meta`.
+const FORCED_KEY: &[u8] = b"forced_new_cluster";
+
+/// Opens a stopped node's store with its column families.
+fn open(dir: &Path) -> anyhow::Result<RocksLog> {
+    RocksLog::open(
+        dir,
+        RocksLogOptions {
+            extra_column_families: vec![KV_CF.into(), KV_META_CF.into(), NODE_META_CF.into()],
+            ..RocksLogOptions::default()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "opening the store in {} (is a node still running on it? stop it first)",
+            dir.display()
+        )
+    })
+}
+
+/// Refuses a data directory that holds anything.
+fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "refusing to restore into {}: it is not empty (a restore seeds a new \
+                     node's directory; move the old one away first)",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// `raft-node restore`: checks the file, builds the store in a temporary
+/// directory beside `--data-dir` and renames it into place once complete.
+///
+/// # Errors
+///
+/// A corrupted or truncated file, a non-empty data directory, this id not
+/// in `--initial-cluster`, or a store that cannot be written.
+pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
+    let members =
+        crate::config::parse_initial_cluster(&a.initial_cluster).context("--initial-cluster")?;
+    if !members.iter().any(|m| m.id == a.id) {
+        bail!("--id {} is not in --initial-cluster", a.id);
+    }
+    refuse_non_empty(&a.data_dir)?;
+    let verified = crate::backup::verify(&a.from)
+        .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
+    let h = &verified.header;
+    let name = a
+        .data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let tmp = a.data_dir.with_file_name(format!(".{name}.restoring"));
+    if tmp.exists() {
+        bail!(
+            "{} exists (left by an interrupted restore?); delete it and retry",
+            tmp.display()
+        );
+    }
+    let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    let meta = SnapshotMeta {
+        last_log_id: LogId {
+            term: h.term,
+            index: h.index,
+        },
+        membership: Membership::new(voters.iter().copied()),
+    };
+    let records = seed(&tmp, &a.from, &verified, &meta, &members)
+        .await
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tmp);
+        })?;
+    if a.data_dir.exists() {
+        std::fs::remove_dir(&a.data_dir)
+            .with_context(|| format!("replacing the empty {}", a.data_dir.display()))?;
+    }
+    std::fs::rename(&tmp, &a.data_dir)
+        .with_context(|| format!("moving the restored store to {}", a.data_dir.display()))?;
+    if let Some(parent) = a.data_dir.parent() {
+        crate::snapshot::sync_directory(parent)
+            .with_context(|| format!("syncing {}", parent.display()))?;
+    }
+    println!(
+        "restored {} ({} bytes, sha256 {}) into {}: index {}, term {}, {records} records; \
+         node {} of a new cluster of voters {voters:?}. Start it with `raft-node run --id {} \
+         --data-dir {}` and its usual flags (--initial-cluster is no longer read)",
+        a.from.display(),
+        verified.bytes,
+        verified.sha256,
+        a.data_dir.display(),
+        h.index,
+        h.term,
+        a.id,
+        a.id,
+        a.data_dir.display()
+    );
+    Ok(())
+}
+
+/// Builds the restored store in `dir`: the snapshot file in its place,
+/// loaded, the log starting after it, the new cluster's voters and
+/// addresses recorded.
+async fn seed(
+    dir: &Path,
+    from: &Path,
+    verified: &crate::backup::VerifiedBackup,
+    meta: &SnapshotMeta,
+    members: &[Member],
+) -> anyhow::Result<u64> {
+    crate::snapshot::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let log = open(dir)?;
+    let db = log.db().clone();
+    let snapshots = dir.join("snapshots");
+    let sm = KvStateMachine::new(db.clone(), 1)?.with_snapshot_dir(&snapshots)?;
+    let file = crate::store::snapshot_file(&snapshots, meta.last_log_id.index);
+    crate::backup::extract_snapshot(from, verified, &file)?;
+    crate::snapshot::sync_directory(&snapshots)?;
+    let records = sm
+        .seed(meta, members)
+        .map_err(|e| anyhow::anyhow!("loading the backup into the store: {e}"))?;
+    log.install_snapshot(meta.clone())
+        .await
+        .context("recording the snapshot in the log")?;
+    let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    meta::save_initial_voters(&db, &voters)?;
+    MemberDirectory::save_initial(&db, members)?;
+    db.flush_wal(true).context("syncing the store")?;
+    drop(sm);
+    drop(db);
+    drop(log);
+    Ok(records)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `raft-node recover --force-new-cluster`: appends a configuration entry
+/// naming this node the only voter to its log (its log and data are kept;
+/// entries not yet committed are committed by it alone once it leads).
+///
+/// # Errors
+///
+/// Without `--force-new-cluster`; a store that cannot be opened (a node
+/// running on it); this node not a voter of the store's configuration.
+pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
+    if !a.force_new_cluster {
+        bail!(
+            "recover rewrites this node's cluster to itself alone: use it only when a majority \
+             of the voters is lost for good, on the survivor with the most recent data, and \
+             give --force-new-cluster to confirm"
+        );
+    }
+    if !a.data_dir.join("CURRENT").is_file() {
+        bail!("{} holds no raft-node store", a.data_dir.display());
+    }
+    let log = open(&a.data_dir)?;
+    let db = log.db().clone();
+    if MemberDirectory::load_saved(&db)?.is_none() {
+        bail!(
+            "{} holds no cluster (no member addresses): nothing to recover",
+            a.data_dir.display()
+        );
+    }
+    let stored = log.stored_state().await.context("reading the log")?;
+    let current = match (&stored.membership, &stored.snapshot) {
+        (Some((_, m)), _) => m.clone(),
+        (None, Some(s)) => s.membership.clone(),
+        (None, None) => Membership::new(meta::load_initial_voters(&db)?.unwrap_or_default()),
+    };
+    let was_voter = current.voters().contains(&a.id)
+        || current.voters_outgoing().is_some_and(|v| v.contains(&a.id));
+    if !was_voter {
+        bail!(
+            "node {} is not a voter of this store's configuration (voters {:?}, learners {:?}): \
+             recover a node that was a voter",
+            a.id,
+            current.voters(),
+            current.learners()
+        );
+    }
+    let last = stored
+        .last_log_id
+        .map_or(stored.purged.index, |l| l.index)
+        .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index));
+    let last_term = stored.last_log_id.map_or(0, |l| l.term);
+    let entry = Entry {
+        term: stored.hard_state.term.max(last_term),
+        index: last + 1,
+        payload: EntryPayload::Membership(Box::new(Membership::new([a.id]))),
+    };
+    let (index, term) = (entry.index, entry.term);
+    log.append(vec![entry])
+        .await
+        .context("appending the new configuration")?;
+    let record = serde_json::json!({
+        "at_unix_ms": now_ms(),
+        "index": index,
+        "voters_before": current.voters(),
+        "learners_before": current.learners(),
+    });
+    meta::save(&db, FORCED_KEY, &record)?;
+    db.flush_wal(true).context("syncing the store")?;
+    tracing::warn!(
+        id = a.id,
+        index,
+        term,
+        "FORCED NEW CLUSTER: this node is now the only voter"
+    );
+    eprintln!(
+        "WARNING: forced a new cluster: node {} is now the ONLY voter (configuration entry at \
+         index {index}, term {term}; voters before: {:?}, learners before: {:?}). Its log and \
+         data are kept. Never start the other members on their old data directories: wipe \
+         them, then add them back as new members (`--join`, `ctl promote`). Start this node \
+         with `raft-node run` and its usual flags.",
+        a.id,
+        current.voters(),
+        current.learners()
+    );
+    Ok(())
+}
+
+/// The record [`recover`] left in `node_meta`, if it ran on this store.
+///
+/// # Errors
+///
+/// The store cannot be read.
+pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Value>> {
+    meta::load(db, FORCED_KEY, "forced-new-cluster record")
+}

@@ -1,0 +1,519 @@
+//! Backup, restore and recovery from a lost quorum, on real processes:
+//! `ctl snapshot save` under a steady write load, the cluster destroyed and
+//! restored from the file into fresh directories with every write
+//! acknowledged before the backup there; corrupted files refused; the
+//! backup route closed without the admin token; and a survivor of a lost
+//! quorum recovered as a single-voter cluster that members rejoin.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_tcp, free_udp, node_command, proc_for, Proc};
+use raft_client::launcher::initial_cluster;
+use raft_client::{Client, ListOptions, ReadConsistency};
+
+const USER: &str = "user-token-0123456789abcdef";
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+fn token_file(path: &Path, token: &str) {
+    std::fs::write(path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Runs `raft-node` with `args`; (success, stdout, stderr).
+fn raft_node(args: &[String]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(args)
+        .output()
+        .expect("run raft-node");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+/// Every key under `prefix` with its value and revision, read through the
+/// leader.
+async fn everything(client: &Client, prefix: &str) -> BTreeMap<String, (String, u64)> {
+    let mut pages = client.lister(ListOptions::prefix(prefix).limit(1000));
+    let mut all = BTreeMap::new();
+    while let Some(page) = pages.next_page().await.expect("a listing") {
+        for item in page.items {
+            let key = String::from_utf8(item.key.to_vec()).unwrap();
+            let value = String::from_utf8(item.value.unwrap_or_default().to_vec()).unwrap();
+            all.insert(key, (value, item.rev));
+        }
+    }
+    all
+}
+
+/// Acknowledged writes: when the answer came, key, value.
+type Acked = Arc<Mutex<Vec<(Instant, String, String)>>>;
+
+/// Writers putting unique keys until `stop`; each acknowledged write is
+/// recorded with the moment its answer came.
+fn start_writers(
+    client: &Client,
+    n: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..n)
+        .map(|w| {
+            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (key, value) = (format!("k/{w}/{i:06}"), format!("v{w}-{i}"));
+                    if client.put(&key, value.clone()).await.is_ok() {
+                        acked.lock().unwrap().push((Instant::now(), key, value));
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    (acked, tasks)
+}
+
+/// A token-protected three-node cluster in `dir` (ids 1..=3).
+fn cluster_with_tokens(dir: &Path) -> (Vec<Proc>, PathBuf, PathBuf) {
+    let (user, admin) = (dir.join("user.token"), dir.join("admin.token"));
+    token_file(&user, USER);
+    token_file(&admin, ADMIN);
+    let extra = [
+        format!("--auth-token-file={}", user.display()),
+        format!("--admin-token-file={}", admin.display()),
+        "--snapshot-entries=40".to_string(),
+        "--snapshot-keep-entries=5".to_string(),
+    ];
+    let procs = common::cluster_with(dir, 3, &extra, &[], "http");
+    (procs, user, admin)
+}
+
+async fn backup_status(url: &str, token: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new().get(format!("{url}/v1/cluster/backup?consistency=stale"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("an answer").status().as_u16()
+}
+
+/// The development certificates of `from` in `to` too.
+fn copy_certs(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("certs")).unwrap();
+    for e in std::fs::read_dir(from.join("certs")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("certs").join(e.file_name())).unwrap();
+    }
+}
+
+/// `raft-node restore` of node `id` into `dir/node-<id>`.
+fn restore(file: &Path, dir: &Path, id: u64, cluster: &str) -> (bool, String, String) {
+    raft_node(&[
+        s("restore"),
+        format!("--from={}", file.display()),
+        format!("--data-dir={}", dir.join(format!("node-{id}")).display()),
+        format!("--id={id}"),
+        format!("--initial-cluster={cluster}"),
+    ])
+}
+
+/// The files and tokens of the backup test.
+struct Setup {
+    tmp: PathBuf,
+    user: PathBuf,
+    admin: PathBuf,
+}
+
+impl Setup {
+    fn token_flags(&self) -> [String; 2] {
+        [
+            format!("--auth-token-file={}", self.user.display()),
+            format!("--admin-token-file={}", self.admin.display()),
+        ]
+    }
+}
+
+/// What the backup holds: its index, the writes acknowledged before it
+/// was asked for, and the state at its index.
+struct Saved {
+    index: u64,
+    before: Vec<(String, String)>,
+    expected: BTreeMap<String, (String, u64)>,
+}
+
+/// The route: a follower names the leader (421), 401 without a token,
+/// 403 with the user token, and a stale backup fetched by hand verifies.
+async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
+    let follower = procs.iter().find(|p| p.id != leader).unwrap();
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/cluster/backup", follower.http))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 421);
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    let leader_http = &procs.iter().find(|p| p.id == leader).unwrap().http;
+    assert_eq!(problem["leader"], leader);
+    assert_eq!(
+        format!("http://{}", problem["leader_client_addr"].as_str().unwrap()),
+        *leader_http
+    );
+    assert_eq!(backup_status(&procs[0].http, None).await, 401);
+    assert_eq!(backup_status(&procs[0].http, Some(USER)).await, 403);
+    assert_eq!(backup_status(&procs[0].http, Some(ADMIN)).await, 200);
+    let body = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/cluster/backup?consistency=stale",
+            procs[0].http
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stale = tmp.join("stale.bak");
+    std::fs::write(&stale, &body).unwrap();
+    let v = raft_node::backup::verify(&stale).expect("a valid backup");
+    assert_eq!(v.header.consistency, "stale");
+    assert_eq!(v.header.node, procs[0].id);
+    assert_eq!(v.header.voters, vec![1, 2, 3]);
+}
+
+/// `ctl snapshot save` to `file` while 4 writers write.
+async fn save_under_load(client: &Client, procs: &[Proc], admin: &Path, file: &Path) -> Saved {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (acked, writers) = start_writers(client, 4, stop.clone());
+    // A load under way: at least 100 acknowledged writes first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "fewer than 100 writes in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let endpoints: Vec<String> = procs.iter().map(|p| p.http.clone()).collect();
+    let started = Instant::now();
+    // The first endpoint may be a follower: ctl follows it to the leader.
+    let (ok, out, err) = raft_node(&[
+        s("ctl"),
+        format!("--endpoints={}", endpoints.join(",")),
+        format!("--token-file={}", admin.display()),
+        s("snapshot"),
+        s("save"),
+        file.display().to_string(),
+    ]);
+    assert!(ok, "ctl snapshot save failed: {err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let saved: serde_json::Value = serde_json::from_str(out.trim()).expect("ctl's JSON");
+    let index = saved["index"].as_u64().unwrap();
+    assert_eq!(saved["consistency"], "linearizable");
+    assert!(saved["read_index"].as_u64().unwrap() <= index, "{saved}");
+    let size = std::fs::metadata(file).unwrap().len();
+    assert_eq!(saved["bytes"].as_u64().unwrap(), size);
+    let acked = acked.lock().unwrap().clone();
+    let before: Vec<(String, String)> = acked
+        .iter()
+        .filter(|(at, _, _)| *at < started)
+        .map(|(_, k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(
+        before.len() > 50,
+        "{} writes before the backup",
+        before.len()
+    );
+    eprintln!(
+        "backup at index {index}: {size} bytes; {} writes acknowledged before it, {} in all",
+        before.len(),
+        acked.len()
+    );
+    // Keys are written once: the state at the backup's index is every key
+    // of revision at most that index.
+    let expected = everything(client, "k/")
+        .await
+        .into_iter()
+        .filter(|(_, (_, rev))| *rev <= index)
+        .collect();
+    Saved {
+        index,
+        before,
+        expected,
+    }
+}
+
+/// Refused: a truncated file, a flipped bit, a non-empty directory.
+fn check_refusals(tmp: &Path, file: &Path, new_dir: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let cut = tmp.join("cut.bak");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let one = "1=127.0.0.1:1/127.0.0.1:2";
+    let (ok, _, err) = restore(&cut, new_dir, 1, one);
+    assert!(!ok && err.contains("truncated"), "{err}");
+    let flipped = tmp.join("flipped.bak");
+    let mut bad = bytes.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x04;
+    std::fs::write(&flipped, &bad).unwrap();
+    let (ok, _, err) = restore(&flipped, new_dir, 1, one);
+    assert!(!ok && err.contains("corrupted"), "{err}");
+    let target = new_dir.join("node-1");
+    assert!(!target.exists(), "a refused restore left a directory");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("x"), b"x").unwrap();
+    let (ok, _, err) = restore(file, new_dir, 1, one);
+    assert!(!ok && err.contains("not empty"), "{err}");
+    std::fs::remove_dir_all(&target).unwrap();
+}
+
+/// Every node of a new cluster (new addresses) restored from `file` into
+/// `new_dir`: the store is the state at the backup's index on each.
+async fn restore_cluster(setup: &Setup, file: &Path, new_dir: &Path, saved: &Saved) {
+    let index = saved.index;
+    let addrs: Vec<_> = (1..=3u64).map(|id| (id, free_udp(), free_tcp())).collect();
+    let cluster = initial_cluster(addrs.iter().map(|(id, p, c)| (*id, p, c)));
+    let mut restored: Vec<Proc> = Vec::new();
+    for (id, peer, http) in &addrs {
+        let (ok, out, err) = restore(file, new_dir, *id, &cluster);
+        assert!(ok, "restore of node {id} failed: {err}");
+        assert!(out.contains(&format!("index {index}")), "{out}");
+        let cmd = node_command(new_dir, *id, *peer, *http).args(setup.token_flags());
+        let mut p = proc_for(new_dir, &cmd, format!("http://{http}"));
+        p.start();
+        restored.push(p);
+    }
+    let client = common::builder_of(&restored).token(USER).build().unwrap();
+    common::leader(&client, &restored, None).await;
+    let now = everything(&client, "k/").await;
+    for (k, v) in &saved.before {
+        let got = now.get(k).map(|(v, _)| v);
+        assert_eq!(got, Some(v), "acknowledged write {k} lost");
+    }
+    assert_eq!(now, saved.expected, "not the state at index {index}");
+    // It takes writes, after the backup's index.
+    let rev = client.put("after-restore", "yes").await.unwrap();
+    assert!(rev > index, "revision {rev} not after the index {index}");
+    // Every restored node holds the same state.
+    let mut digests = Vec::new();
+    for p in &restored {
+        common::wait_status(&client, p, 30, "caught up", |s| s.applied >= rev).await;
+        digests.push(common::status_of(&client, p).await.kv.unwrap());
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    assert_eq!(digests[0].keys as usize, saved.expected.len() + 1);
+    common::assert_running_without_panic(&mut restored, "after the restore");
+}
+
+/// One node restored alone, a second one joining it: it catches up from
+/// the restored node's snapshot and holds the same state.
+async fn restore_one_and_join(setup: &Setup, file: &Path, solo_dir: &Path, saved: &Saved) {
+    let (peer, http) = (free_udp(), free_tcp());
+    let (ok, _, err) = restore(file, solo_dir, 1, &initial_cluster([(1, peer, http)]));
+    assert!(ok, "restore of a single node failed: {err}");
+    let cmd = node_command(solo_dir, 1, peer, http).args(setup.token_flags());
+    let mut solo = vec![proc_for(solo_dir, &cmd, format!("http://{http}"))];
+    solo[0].start();
+    let client = common::builder_of(&solo).token(ADMIN).build().unwrap();
+    common::leader(&client, &solo, None).await;
+    let url = solo[0].http.clone();
+    solo.push(common::joiner(solo_dir, 2, &url, &setup.token_flags()));
+    common::wait_status(&client, &solo[0], 60, "learner added", |st| {
+        st.membership.learners.contains(&2)
+    })
+    .await;
+    let rev = client.put("after-join", "1").await.unwrap();
+    common::wait_status(&client, &solo[1], 60, "joiner caught up", |st| {
+        st.applied >= rev
+    })
+    .await;
+    let (d0, d1) = (
+        common::status_of(&client, &solo[0]).await.kv.unwrap(),
+        common::status_of(&client, &solo[1]).await.kv.unwrap(),
+    );
+    assert_eq!(d0, d1);
+    assert_eq!(d0.keys as usize, saved.expected.len() + 1);
+    common::assert_running_without_panic(&mut solo, "after a node joined a restored one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("old");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut procs, user, admin) = cluster_with_tokens(&dir);
+    let setup = Setup {
+        tmp: tmp.path().to_path_buf(),
+        user,
+        admin,
+    };
+    let client = common::builder_of(&procs).token(USER).build().unwrap();
+    let leader = common::leader(&client, &procs, None).await;
+    check_route(&procs, leader, &setup.tmp).await;
+    let file = setup.tmp.join("cluster.bak");
+    let saved = save_under_load(&client, &procs, &setup.admin, &file).await;
+    let new_dir = setup.tmp.join("new");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    check_refusals(&setup.tmp, &file, &new_dir);
+    // Destroy the cluster.
+    for p in &mut procs {
+        p.kill9();
+    }
+    for id in 1..=3 {
+        std::fs::remove_dir_all(dir.join(format!("node-{id}"))).unwrap();
+    }
+    copy_certs(&dir, &new_dir);
+    restore_cluster(&setup, &file, &new_dir, &saved).await;
+    let solo_dir = setup.tmp.join("solo");
+    copy_certs(&dir, &solo_dir);
+    restore_one_and_join(&setup, &file, &solo_dir, &saved).await;
+}
+
+async fn via_stale(client: &Client, p: &Proc, key: &str) -> Option<String> {
+    common::via(client, p)
+        .get_with(key, ReadConsistency::Stale)
+        .await
+        .ok()
+        .flatten()
+        .map(|e| String::from_utf8(e.value.to_vec()).unwrap())
+}
+
+/// Writes 200 keys; kills every node but a follower holding them all,
+/// deleting their directories; the survivor, stopped, and what was written.
+async fn lose_quorum(dir: &Path) -> (Proc, Vec<u64>, Vec<(String, String)>) {
+    let mut procs = common::cluster(dir, 3);
+    let client = common::client_of(&procs);
+    let leader = common::leader(&client, &procs, None).await;
+    let mut acked = Vec::new();
+    let mut last = 0;
+    for i in 0..200 {
+        let (k, v) = (format!("q/{i:04}"), format!("v{i}"));
+        last = client.put(&k, v.clone()).await.unwrap();
+        acked.push((k, v));
+    }
+    // The survivor: a follower holding every acknowledged write (the
+    // operator picks the member with the highest applied index).
+    let survivor = procs.iter().position(|p| p.id != leader).unwrap();
+    common::wait_status(&client, &procs[survivor], 30, "applied all", |s| {
+        s.applied >= last
+    })
+    .await;
+    let mut lost = Vec::new();
+    for (i, p) in procs.iter_mut().enumerate() {
+        if i != survivor {
+            p.kill9();
+            std::fs::remove_dir_all(dir.join(format!("node-{}", p.id))).unwrap();
+            lost.push(p.id);
+        }
+    }
+    let mut node = procs.swap_remove(survivor);
+    // Alone it cannot commit.
+    let alone = common::via(&client, &node).with_retry(raft_client::RetryPolicy::none());
+    assert!(alone.put("lost", "x").await.is_err());
+    node.sigterm();
+    (node, lost, acked)
+}
+
+/// Promotes learner `id` through `leader`, until the configuration says
+/// it is a voter (a promotion whose answer was lost may have happened).
+async fn promote(client: &Client, leader: &Proc, learner: &Proc) {
+    let id = learner.id;
+    common::wait_status(client, leader, 60, "learner added", |st| {
+        st.membership.learners.contains(&id)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = common::status_of(client, leader).await;
+        if st.membership.voters.contains(&id) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} not promoted: {:#}\nlog:\n{}",
+            st.raw,
+            learner.log_text()
+        );
+        if let Err(e) = client.promote(id).await {
+            eprintln!("promote {id}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejoin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut node, lost, acked) = lose_quorum(dir).await;
+    let sid = node.id;
+    let data = dir.join(format!("node-{sid}"));
+    let mut args = vec![
+        s("recover"),
+        format!("--data-dir={}", data.display()),
+        format!("--id={sid}"),
+    ];
+    let (ok, _, err) = raft_node(&args);
+    assert!(!ok && err.contains("--force-new-cluster"), "{err}");
+    args.push(s("--force-new-cluster"));
+    let (ok, _, err) = raft_node(&args);
+    assert!(ok && err.contains("ONLY voter"), "{err}");
+
+    node.start();
+    let client = common::client_of(std::slice::from_ref(&node));
+    common::wait_status(&client, &node, 60, "leader alone", |st| {
+        st.leader == Some(sid) && st.membership.voters == vec![sid]
+    })
+    .await;
+    assert!(node.log_text().contains("force-new-cluster"));
+    client.put("after-recovery", "1").await.unwrap();
+
+    // Two members join and are promoted: one takes a lost member's id, the
+    // other a new one.
+    let mut all = vec![node];
+    let (reused, fresh) = (lost[0], 4u64);
+    for id in [reused, fresh] {
+        let p = common::joiner(dir, id, &all[0].http.clone(), &[]);
+        promote(&client, &all[0], &p).await;
+        all.push(p);
+    }
+    let st = common::wait_status(&client, &all[0], 60, "three voters", |st| {
+        st.membership.voters.len() == 3 && !st.membership.joint
+    })
+    .await;
+    let mut voters = vec![sid, reused, fresh];
+    voters.sort_unstable();
+    assert_eq!(st.membership.voters, voters);
+    let client = common::client_of(&all);
+    let rev = client.put("after-rejoin", "1").await.unwrap();
+    let mut digests = Vec::new();
+    for p in &all {
+        common::wait_status(&client, p, 60, "caught up", |st| st.applied >= rev).await;
+        digests.push(common::status_of(&client, p).await.kv.unwrap());
+        for (k, v) in acked.iter().step_by(17) {
+            let got = via_stale(&client, p, k).await;
+            assert_eq!(got.as_deref(), Some(v.as_str()), "node {}", p.id);
+        }
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    let now = everything(&client, "q/").await;
+    for (k, v) in &acked {
+        let got = now.get(k).map(|(v, _)| v);
+        assert_eq!(got, Some(v), "acknowledged write {k} lost");
+    }
+    common::assert_running_without_panic(&mut all, "after the recovery");
+}
