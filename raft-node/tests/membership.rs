@@ -379,3 +379,51 @@ async fn a_node_joins_through_a_leader_newer_than_the_snapshot_it_installs() {
     let more = write_values(&client, by_id(&procs, 5), "after/", 5, 100).await;
     assert_values(&client, by_id(&procs, 5), &more).await;
 }
+
+/// Members created with `--initial-cluster` and started again with
+/// `--join` (a deployment template switched to joining, as one that adds
+/// members later is) come back as the voters they were: no node tries to
+/// join again, the cluster elects a leader and every node has every
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_members_restarted_with_join_come_back_as_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster_with(dir.path(), 3, &flags(&[]), &[], "http");
+    let client = client_of(&procs);
+    let l = leader(&client, &procs, None).await;
+    let written = write_values(&client, by_id(&procs, l), "k/", 10, 100).await;
+    let join_url = procs[0].http.clone();
+    for p in procs.iter_mut() {
+        let code = p.sigterm();
+        assert!(code.success(), "node {} exit {code:?}", p.id);
+        p.args = p
+            .args
+            .iter()
+            .map(|a| {
+                if a.starts_with("--initial-cluster=") {
+                    format!("--join={join_url}")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+    }
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let l = leader(&client, &procs, None).await;
+    let more = write_values(&client, by_id(&procs, l), "m/", 5, 100).await;
+    for p in &procs {
+        assert_values(&client, p, &written).await;
+        assert_values(&client, p, &more).await;
+        let s = status_of(&client, p).await;
+        assert_eq!(
+            s.membership.voters,
+            vec![1, 2, 3],
+            "node {} after its restart with --join: {:#}",
+            p.id,
+            s.raw
+        );
+    }
+    assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
+}

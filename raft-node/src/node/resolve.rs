@@ -114,7 +114,19 @@ fn initial_voters(
 /// log without one.
 pub(super) fn resolve_members(cfg: &NodeConfig, log: &RocksLog) -> anyhow::Result<Resolved> {
     let db = log.db();
-    let joining = !meta::flag(db, meta::JOINED_KEY)? && cfg.join.is_some();
+    // An original member (its store records the voters it was created
+    // with) started with --join, as a deployment template switched to
+    // joining starts it, is a member already: it must not join again. A
+    // node that crashed half-way through joining has no such record.
+    let original = meta::load_initial_voters(db)?.is_some();
+    if original && cfg.join.is_some() {
+        tracing::info!(
+            join = ?cfg.join,
+            "this node was created with --initial-cluster: --join is ignored, it restarts as \
+             the member it is"
+        );
+    }
+    let joining = !original && !meta::flag(db, meta::JOINED_KEY)? && cfg.join.is_some();
     let members = match MemberDirectory::load_saved(db)? {
         Some(stored) => restarted(cfg, stored),
         None if cfg.join.is_some() => {
