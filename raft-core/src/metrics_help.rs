@@ -87,7 +87,8 @@ fn describe_counters() {
     describe_counter!(
         "raft_leader_changes_total",
         Unit::Count,
-        "Times the known leader changed."
+        "New leaders (another node, or the same one in a later term) this node learned of since \
+         it started; the first leader after the start does not count."
     );
     describe_counter!(
         "raft_proposals_total",

@@ -2,8 +2,9 @@
 //! build information, process figures (read from `/proc` at each scrape),
 //! and what a background sampler measures every
 //! [`crate::config::NodeConfig::metrics_sample_interval`]: the data directory's size and
-//! its filesystem's free space, the certificates' expiry, the followers'
-//! lag and the requests waiting on Raft.
+//! its filesystem's free space, the followers' lag and the requests
+//! waiting on Raft; and, once at start, the expiry of the certificates the
+//! node loaded.
 //!
 //! Every series carries a `node` label naming the node (a global label of
 //! the exporter), every metric has a `# HELP` line (the `describe_metrics`
@@ -161,7 +162,7 @@ fn describe_sampled() {
         "raft_tls_cert_expiry_timestamp_seconds",
         Unit::Seconds,
         "End of validity (notAfter) of the node's certificate (file=cert) and of the CA's \
-         (file=ca), in seconds since the Unix epoch."
+         (file=ca) as loaded at the node's start, in seconds since the Unix epoch."
     );
     describe_gauge!(
         "raft_follower_lag_entries",
@@ -315,13 +316,15 @@ pub struct SamplerConfig {
     pub interval: Duration,
 }
 
-/// Samples, every `cfg.interval`: the data directory's size and its
-/// filesystem's space, the certificates' expiry (re-read, so a rotated
-/// file shows), and from the driver's status the followers' lag and the
-/// reads waiting. The directory walk and the file reads run on a blocking
-/// thread.
+/// Sets the certificates' expiry once ([`publish_cert_expiry`]: the
+/// certificates the node loaded at its start), then samples, every
+/// `cfg.interval`: the data directory's size and its filesystem's space,
+/// and from the driver's status the followers' lag and the reads waiting.
+/// The directory walk and the file reads run on a blocking thread.
 pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let certs = cfg.clone();
+        let _ = tokio::task::spawn_blocking(move || publish_cert_expiry(&certs)).await;
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lagging: BTreeSet<NodeId> = BTreeSet::new();
@@ -356,6 +359,7 @@ pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandl
     })
 }
 
+/// The data directory's size and its filesystem's space.
 fn sample_files(cfg: &SamplerConfig) {
     metrics::gauge!("raft_node_data_dir_bytes").set(dir_bytes(&cfg.data_dir) as f64);
     if let Ok(st) = rustix::fs::statvfs(&cfg.data_dir) {
@@ -364,6 +368,14 @@ fn sample_files(cfg: &SamplerConfig) {
         metrics::gauge!("raft_node_data_fs_size_bytes").set(size as f64);
         metrics::gauge!("raft_node_data_fs_available_bytes").set(available as f64);
     }
+}
+
+/// Sets `raft_tls_cert_expiry_timestamp_seconds` from the certificate
+/// files as they are when the node starts, which is when it loads them:
+/// the node serves those certificates until it restarts, so a file
+/// renewed on disk later (cert-manager renews before expiry) must not
+/// hide the expiry of the one in use. Called once, at start.
+pub fn publish_cert_expiry(cfg: &SamplerConfig) {
     for (file, path) in [("cert", &cfg.tls_cert), ("ca", &cfg.tls_ca)] {
         let expiry = std::fs::read(path)
             .ok()
@@ -377,6 +389,7 @@ fn sample_files(cfg: &SamplerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn proc_stat_parses_fields_after_the_command_name() {
@@ -409,5 +422,73 @@ mod tests {
         std::fs::write(dir.path().join("sub/b"), [0u8; 28]).unwrap();
         assert_eq!(dir_bytes(dir.path()), 128);
         assert_eq!(dir_bytes(&dir.path().join("missing")), 0);
+    }
+
+    /// A self-signed certificate valid until the start of `year`.
+    fn cert_until(year: i32) -> (String, f64) {
+        let mut params = rcgen::CertificateParams::new(vec!["node".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let not_after = raft_net_quic::tls::certificate_not_after(pem.as_bytes()).unwrap();
+        (pem, not_after as f64)
+    }
+
+    /// The expiry gauges by `file` label, from one snapshot (taking a
+    /// snapshot resets the debugging recorder's values).
+    fn cert_expiry_gauges(
+        snapshotter: &metrics_util::debugging::Snapshotter,
+    ) -> BTreeMap<String, f64> {
+        use metrics_util::debugging::DebugValue;
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "raft_tls_cert_expiry_timestamp_seconds")
+            .map(|(key, _, _, value)| {
+                let file = key.key().labels().find(|l| l.key() == "file").unwrap();
+                let DebugValue::Gauge(g) = value else {
+                    panic!("not a gauge: {value:?}")
+                };
+                (file.value().to_string(), g.into_inner())
+            })
+            .collect()
+    }
+
+    /// The node loads its certificate at start and serves it until it
+    /// restarts: a file renewed on disk (cert-manager renews 15 days
+    /// before expiry, the alert warns at 14) must not hide the expiry of
+    /// the certificate in use.
+    #[test]
+    fn the_cert_expiry_is_the_loaded_certificates_not_the_renewed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (loaded, loaded_expiry) = cert_until(2031);
+        let (renewed, renewed_expiry) = cert_until(2040);
+        assert_ne!(loaded_expiry, renewed_expiry);
+        let cfg = SamplerConfig {
+            id: 1,
+            data_dir: dir.path().to_owned(),
+            tls_cert: dir.path().join("node.pem"),
+            tls_ca: dir.path().join("ca.pem"),
+            interval: Duration::from_secs(5),
+        };
+        std::fs::write(&cfg.tls_cert, &loaded).unwrap();
+        std::fs::write(&cfg.tls_ca, &loaded).unwrap();
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            // The node starts with `loaded`, then the files are renewed
+            // and the sampler goes on.
+            publish_cert_expiry(&cfg);
+            sample_files(&cfg);
+            std::fs::write(&cfg.tls_cert, &renewed).unwrap();
+            std::fs::write(&cfg.tls_ca, &renewed).unwrap();
+            sample_files(&cfg);
+        });
+        let want = BTreeMap::from([
+            ("ca".to_string(), loaded_expiry),
+            ("cert".to_string(), loaded_expiry),
+        ]);
+        assert_eq!(cert_expiry_gauges(&snapshotter), want);
     }
 }

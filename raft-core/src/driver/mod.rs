@@ -147,6 +147,11 @@ struct Driver<R, T> {
     reader: Arc<dyn LogStorage>,
     applied: watch::Receiver<Index>,
     last_soft: Option<SoftState>,
+    /// The last leader this process learned of, and its term:
+    /// `raft_leader_changes_total` counts a leader of another term (or
+    /// another node), never the first one after the start nor the time
+    /// between two leaders when none is known.
+    known_leader: Option<(NodeId, Term)>,
     transport: Arc<T>,
     events_tx: mpsc::UnboundedSender<Event>,
     /// The latest snapshot built or installed: what followers are sent.

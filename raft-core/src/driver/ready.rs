@@ -250,8 +250,13 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     pub(super) fn on_soft_state(&mut self, soft: SoftState) {
         let prev = self.last_soft.replace(soft);
         if prev.is_none_or(|p| p.leader != soft.leader) {
-            metrics::counter!("raft_leader_changes_total").increment(1);
             tracing::info!(leader = ?soft.leader, term = soft.term, role = soft.role.as_str(), "leader changed");
+        }
+        if let Some(leader) = soft.leader {
+            let now = (leader, soft.term);
+            if self.known_leader.replace(now).is_some_and(|k| k != now) {
+                metrics::counter!("raft_leader_changes_total").increment(1);
+            }
         }
         if matches!(soft.role, Role::PreCandidate | Role::Candidate)
             && prev.is_none_or(|p| p.role != soft.role || p.term != soft.term)

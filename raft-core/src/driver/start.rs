@@ -205,6 +205,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             reader,
             applied: applied_rx,
             last_soft: None,
+            known_leader: None,
             transport,
             events_tx,
             snapshot: self.latest_snapshot,
