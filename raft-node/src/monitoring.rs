@@ -167,7 +167,7 @@ fn describe_sampled() {
     describe_gauge!(
         "raft_follower_lag_entries",
         Unit::Count,
-        "On the leader: entries of its log a follower has not confirmed, by peer (0 elsewhere)."
+        "On the leader: entries of its log a follower has not confirmed, by peer (NaN for a follower that has not answered since this node became leader; 0 elsewhere)."
     );
     describe_gauge!(
         "raft_reads_pending",
@@ -341,9 +341,8 @@ pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandl
                 let mut now = BTreeSet::new();
                 if e.role == Role::Leader {
                     for p in e.peers.iter().filter(|p| p.id != cfg.id) {
-                        let lag = e.last_index.saturating_sub(p.matched);
                         metrics::gauge!("raft_follower_lag_entries", "peer" => p.id.to_string())
-                            .set(lag as f64);
+                            .set(follower_lag(e.last_index, p));
                         now.insert(p.id);
                     }
                 }
@@ -357,6 +356,18 @@ pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandl
             }
         }
     })
+}
+
+/// A follower's lag in entries, as its leader knows it; NaN (unknown) for
+/// one that has not answered since this node became leader: a new leader
+/// starts with nothing known of its followers (matched 0), and reporting
+/// the whole log as their lag would be a made-up number.
+fn follower_lag(last_index: u64, p: &raft_core::engine::PeerStatus) -> f64 {
+    if p.matched == 0 && !p.recent_active {
+        f64::NAN
+    } else {
+        last_index.saturating_sub(p.matched) as f64
+    }
 }
 
 /// The data directory's size and its filesystem's space.

@@ -507,3 +507,44 @@ async fn leader_and_lag_gauges_follow_the_cluster() {
     .await;
     wait_metric(&http, &procs[l], &lag(down), |v| v == 0.0).await;
 }
+
+/// A leader reports the lag of a follower it has not heard from since it
+/// took over as unknown (NaN), not as the whole log: a follower that was
+/// down during the election (a rolling restart) does not show millions of
+/// entries behind and fire the lag alert with a made-up number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_reports_an_unheard_followers_lag_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--metrics-sample-interval-ms=100".to_string()];
+    let mut procs = cluster_with(dir.path(), 5, &extra, &[], "http");
+    let client = client_of(&procs);
+    let first = leader(&client, &procs, None).await;
+    for i in 0..40 {
+        put(&client, &procs[0], &format!("lag/{i}"), "v")
+            .await
+            .unwrap();
+    }
+    let down = procs.iter().position(|p| p.id != first).unwrap();
+    let down_id = procs[down].id;
+    procs[down].kill9();
+    let l = procs.iter().position(|p| p.id == first).unwrap();
+    procs[l].kill9();
+    let new = leader(&client, &procs, Some(first)).await;
+    let n = procs.iter().position(|p| p.id == new).unwrap();
+    let up = procs
+        .iter()
+        .find(|p| ![first, down_id, new].contains(&p.id))
+        .unwrap()
+        .id;
+    let http = reqwest::Client::new();
+    let lag = |peer: u64| format!("raft_follower_lag_entries{{node=\"{new}\",peer=\"{peer}\"}}");
+    // A follower that answers: its lag is known (and small).
+    wait_metric(&http, &procs[n], &lag(up), |v| v < 40.0).await;
+    let text = scrape(&http, &procs[n]).await;
+    let unheard = value(&text, &format!("{} ", lag(down_id)));
+    assert!(
+        unheard.is_none_or(f64::is_nan),
+        "the new leader reports node {down_id}, down since before the election, {unheard:?} \
+         entries behind:\n{text}"
+    );
+}
