@@ -252,7 +252,14 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         .last_log_id
         .map_or(stored.purged.index, |l| l.index)
         .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index));
-    let last_term = stored.last_log_id.map_or(0, |l| l.term);
+    // Terms never go down along a log: a log that holds no entry (a store
+    // restored from a backup, or purged up to its snapshot) is at the
+    // snapshot's term, which its hard state may not have reached.
+    let last_term = stored
+        .last_log_id
+        .map_or(0, |l| l.term)
+        .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.term))
+        .max(stored.purged.term);
     let entry = Entry {
         term: stored.hard_state.term.max(last_term),
         index: last + 1,
@@ -296,4 +303,102 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
 /// The store cannot be read.
 pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Value>> {
     meta::load(db, FORCED_KEY, "forced-new-cluster record")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::Write;
+
+    use super::*;
+    use crate::backup::{BackupHeader, FORMAT};
+
+    /// A backup of an empty store whose header says `index` and `term`.
+    fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
+        let path = dir.join(format!("b-{index}-{term}.bak"));
+        let header = BackupHeader {
+            format: FORMAT,
+            index,
+            term,
+            voters: vec![1],
+            learners: vec![],
+            members: vec![],
+            node: 1,
+            consistency: "linearizable".into(),
+            read_index: Some(index),
+            created_unix_ms: 1,
+            version: "test".into(),
+        };
+        let mut w = crate::backup::start(File::create(&path).unwrap(), &header, &path).unwrap();
+        w.write_all(b"RKVSNAP1").unwrap();
+        let mut trailer = vec![0xFF];
+        trailer.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_be_bytes());
+        w.write_all(&trailer).unwrap();
+        crate::backup::finish(w, &path).unwrap();
+        path
+    }
+
+    fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
+        RestoreArgs {
+            from: from.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            id: 1,
+            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+        }
+    }
+
+    /// A well-formed file (checksums and SHA-256 right) whose header names
+    /// an index or term no log can hold, or a term of 0 at an index above
+    /// 0, is refused with an error, not a panic, and nothing is created.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_backup_with_an_impossible_index_or_term_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (index, term) in [(u64::MAX, 3), (u64::MAX - 1, 3), (5, u64::MAX), (5, 0)] {
+            let from = backup(dir.path(), index, term);
+            let data = dir.path().join(format!("data-{index}-{term}"));
+            let task = tokio::spawn(restore(args(&from, &data)));
+            let result = task
+                .await
+                .unwrap_or_else(|e| panic!("index {index} term {term}: restore panicked: {e}"));
+            let e = result.expect_err("an impossible header must be refused");
+            assert!(
+                format!("{e:#}").contains("corrupted"),
+                "index {index} term {term}: {e:#}"
+            );
+            assert!(
+                !data.exists(),
+                "index {index} term {term}: nothing is created"
+            );
+        }
+    }
+
+    /// A store restored from a backup of term 7 and then recovered with
+    /// `--force-new-cluster` (its log holds no entry, only the snapshot)
+    /// gets its configuration entry at a term no lower than 7: terms never
+    /// go down along a log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn recover_after_restore_appends_at_a_term_no_lower_than_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let data = dir.path().join("data");
+        restore(args(&from, &data)).await.unwrap();
+        recover(RecoverArgs {
+            data_dir: data.clone(),
+            id: 1,
+            force_new_cluster: true,
+        })
+        .await
+        .unwrap();
+        let log = open(&data).unwrap();
+        let stored = log.stored_state().await.unwrap();
+        let last = stored.last_log_id.expect("the configuration entry");
+        assert_eq!(last.index, 41);
+        assert!(
+            last.term >= 7,
+            "entry 41 at term {} after term 7",
+            last.term
+        );
+    }
 }
