@@ -49,7 +49,8 @@ pub struct RecoverArgs {
     /// The survivor's node id.
     #[arg(long)]
     pub id: NodeId,
-    /// Required: makes this node the single voter of its cluster. Every
+    /// Required: makes this node the single voter of its cluster. Run it
+    /// on ONE survivor only (two make two clusters: split brain); every
     /// other member's copy of the data must never run again.
     #[arg(long)]
     pub force_new_cluster: bool,
@@ -286,8 +287,9 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     eprintln!(
         "WARNING: forced a new cluster: node {} is now the ONLY voter (configuration entry at \
          index {index}, term {term}; voters before: {:?}, learners before: {:?}). Its log and \
-         data are kept. Never start the other members on their old data directories: wipe \
-         them, then add them back as new members (`--join`, `ctl promote`). Start this node \
+         data are kept. Never run recover on another survivor (split brain), never start the \
+         other members on their old data directories: wipe them, then add them back as new \
+         members (`--join`, `ctl promote`). Start this node \
          with `raft-node run` and its usual flags.",
         a.id,
         current.voters(),
