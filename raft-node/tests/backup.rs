@@ -597,3 +597,28 @@ async fn a_backup_read_too_slowly_is_cut_off_and_the_backup_limit_holds() {
     let v = raft_node::backup::verify(&file).expect("a complete backup");
     assert!(v.records >= 1, "{} records", v.records);
 }
+
+/// A backup holds every key and value of the store: `ctl snapshot save`
+/// writes it (and its `.part`) readable and writable by its owner only,
+/// whatever the umask, as the node keeps its own data directory (0700).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_backup_is_readable_by_its_owner_only() {
+    // The usual umask, whatever the test runner's: files are 0644 by default.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let tmp = tempfile::tempdir().unwrap();
+    let procs = common::cluster_with(tmp.path(), 1, &[], &[], "http");
+    let client = common::client_of(&procs);
+    common::leader(&client, &procs, None).await;
+    client.put("secret", "s3cr3t").await.unwrap();
+    let file = tmp.path().join("cluster.bak");
+    let (ok, _, err) = raft_node(&[
+        s("ctl"),
+        format!("--endpoints={}", procs[0].http),
+        s("snapshot"),
+        s("save"),
+        file.display().to_string(),
+    ]);
+    assert!(ok, "ctl snapshot save failed: {err}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup's mode is {mode:04o}");
+}
