@@ -109,15 +109,22 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         bail!("--id {} is not in --initial-cluster", a.id);
     }
     refuse_non_empty(&a.data_dir)?;
+    // A symlink (a disk mounted elsewhere) is restored through: the store
+    // is built beside the directory it names, on the same filesystem, and
+    // renamed over it.
+    let data_dir = match std::fs::canonicalize(&a.data_dir) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => a.data_dir.clone(),
+        Err(e) => return Err(e).with_context(|| format!("resolving {}", a.data_dir.display())),
+    };
     let verified = crate::backup::verify(&a.from)
         .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
     let h = &verified.header;
-    let name = a
-        .data_dir
+    let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
-    let tmp = a.data_dir.with_file_name(format!(".{name}.restoring"));
+    let tmp = data_dir.with_file_name(format!(".{name}.restoring"));
     if tmp.exists() {
         bail!(
             "{} exists (left by an interrupted restore?); delete it and retry",
@@ -132,18 +139,17 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         },
         membership: Membership::new(voters.iter().copied()),
     };
-    let records = seed(&tmp, &a.from, &verified, &meta, &members)
-        .await
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&tmp);
-        })?;
-    if a.data_dir.exists() {
-        std::fs::remove_dir(&a.data_dir)
-            .with_context(|| format!("replacing the empty {}", a.data_dir.display()))?;
+    let records = match seed(&tmp, &a.from, &verified, &meta, &members).await {
+        // rename(2) replaces an empty directory atomically.
+        Ok(records) => std::fs::rename(&tmp, &data_dir)
+            .with_context(|| format!("moving the restored store to {}", data_dir.display()))
+            .map(|()| records),
+        Err(e) => Err(e),
     }
-    std::fs::rename(&tmp, &a.data_dir)
-        .with_context(|| format!("moving the restored store to {}", a.data_dir.display()))?;
-    if let Some(parent) = a.data_dir.parent() {
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    if let Some(parent) = data_dir.parent() {
         crate::snapshot::sync_directory(parent)
             .with_context(|| format!("syncing {}", parent.display()))?;
     }
@@ -309,38 +315,8 @@ pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Valu
 
 #[cfg(test)]
 mod tests {
-    use std::fs::File;
-    use std::io::Write;
-
+    use super::tests_support::backup;
     use super::*;
-    use crate::backup::{BackupHeader, FORMAT};
-
-    /// A backup of an empty store whose header says `index` and `term`.
-    fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
-        let path = dir.join(format!("b-{index}-{term}.bak"));
-        let header = BackupHeader {
-            format: FORMAT,
-            index,
-            term,
-            voters: vec![1],
-            learners: vec![],
-            members: vec![],
-            node: 1,
-            consistency: "linearizable".into(),
-            read_index: Some(index),
-            created_unix_ms: 1,
-            version: "test".into(),
-        };
-        let mut w = crate::backup::start(File::create(&path).unwrap(), &header, &path).unwrap();
-        w.write_all(b"RKVSNAP1").unwrap();
-        let mut trailer = vec![0xFF];
-        trailer.extend_from_slice(&0u64.to_be_bytes());
-        let crc = crc32c::crc32c(&trailer);
-        trailer.extend_from_slice(&crc.to_be_bytes());
-        w.write_all(&trailer).unwrap();
-        crate::backup::finish(w, &path).unwrap();
-        path
-    }
 
     fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
         RestoreArgs {
@@ -402,5 +378,81 @@ mod tests {
             "entry 41 at term {} after term 7",
             last.term
         );
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::tests_support::backup;
+    use super::*;
+
+    /// A data directory that is a symlink to an empty directory elsewhere
+    /// (a disk mounted away from /var/lib) is restored into, through the
+    /// link, and nothing is left behind beside either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_symlinked_empty_data_dir_is_restored_through_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let (disk, link_dir) = (dir.path().join("disk"), dir.path().join("etc"));
+        std::fs::create_dir_all(disk.join("data")).unwrap();
+        std::fs::create_dir_all(&link_dir).unwrap();
+        let link = link_dir.join("data");
+        std::os::unix::fs::symlink(disk.join("data"), &link).unwrap();
+        restore(RestoreArgs {
+            from,
+            data_dir: link.clone(),
+            id: 1,
+            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+        })
+        .await
+        .expect("restore through a symlink");
+        assert!(
+            link.join("CURRENT").is_file(),
+            "the store is behind the link"
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        for d in [&disk, &link_dir] {
+            let names: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["data"], "left in {}", d.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use std::fs::File;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use crate::backup::{BackupHeader, FORMAT};
+
+    /// A backup of an empty store whose header says `index` and `term`.
+    pub(super) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
+        let path = dir.join(format!("b-{index}-{term}.bak"));
+        let header = BackupHeader {
+            format: FORMAT,
+            index,
+            term,
+            voters: vec![1],
+            learners: vec![],
+            members: vec![],
+            node: 1,
+            consistency: "linearizable".into(),
+            read_index: Some(index),
+            created_unix_ms: 1,
+            version: "test".into(),
+        };
+        let mut w = crate::backup::start(File::create(&path).unwrap(), &header, &path).unwrap();
+        w.write_all(b"RKVSNAP1").unwrap();
+        let mut trailer = vec![0xFF];
+        trailer.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_be_bytes());
+        w.write_all(&trailer).unwrap();
+        crate::backup::finish(w, &path).unwrap();
+        path
     }
 }
