@@ -38,7 +38,7 @@ pub struct HealthArgs {
     pub ready: bool,
     /// The node's base URL. [default: http://127.0.0.1:PORT, or https://…
     /// when RAFT_CLIENT_TLS=true; PORT and address from RAFT_CLIENT_LISTEN
-    /// (a 0.0.0.0 or [::] address is reached on loopback), else 8080]
+    /// (a `0.0.0.0` or `[::]` address is reached on loopback), else 8080]
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
     /// How long to wait for the answer, connecting included, in
@@ -181,7 +181,7 @@ fn node_path(path: &Path, env: &NodeEnv) -> anyhow::Result<PathBuf> {
     Ok(substitute_id(path, id))
 }
 
-/// One line of at most [`REASON_BODY_CHARS`] characters of an answer.
+/// One line of at most 300 (`REASON_BODY_CHARS`) characters of an answer.
 pub fn one_line(body: &str) -> String {
     let line: String = body
         .split_whitespace()
