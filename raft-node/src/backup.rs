@@ -35,6 +35,9 @@ const FOOTER_MAGIC: &[u8; 8] = b"RKVBKEND";
 pub const FOOTER_BYTES: u64 = 8 + 32;
 /// Largest header accepted.
 const HEADER_MAX: u32 = 1 << 20;
+/// Largest index or term a header may name: a restored log counts up from
+/// them.
+const POSITION_MAX: u64 = i64::MAX as u64;
 /// The format version written.
 pub const FORMAT: u32 = 1;
 
@@ -264,6 +267,18 @@ fn read_header(r: &mut impl Read, path: &Path) -> Result<(BackupHeader, u64), Ba
         return Err(corrupted(
             path,
             format!("format {} (this raft-node reads {FORMAT})", header.format),
+        ));
+    }
+    if header.index > POSITION_MAX
+        || header.term > POSITION_MAX
+        || (header.index > 0 && header.term == 0)
+    {
+        return Err(corrupted(
+            path,
+            format!(
+                "index {} at term {}: no log holds that position",
+                header.index, header.term
+            ),
         ));
     }
     Ok((header, 8 + 4 + u64::from(len) + 4))

@@ -49,7 +49,8 @@ pub struct RecoverArgs {
     /// The survivor's node id.
     #[arg(long)]
     pub id: NodeId,
-    /// Required: makes this node the single voter of its cluster. Every
+    /// Required: makes this node the single voter of its cluster. Run it
+    /// on ONE survivor only (two make two clusters: split brain); every
     /// other member's copy of the data must never run again.
     #[arg(long)]
     pub force_new_cluster: bool,
@@ -108,15 +109,22 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         bail!("--id {} is not in --initial-cluster", a.id);
     }
     refuse_non_empty(&a.data_dir)?;
+    // A symlink (a disk mounted elsewhere) is restored through: the store
+    // is built beside the directory it names, on the same filesystem, and
+    // renamed over it.
+    let data_dir = match std::fs::canonicalize(&a.data_dir) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => a.data_dir.clone(),
+        Err(e) => return Err(e).with_context(|| format!("resolving {}", a.data_dir.display())),
+    };
     let verified = crate::backup::verify(&a.from)
         .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
     let h = &verified.header;
-    let name = a
-        .data_dir
+    let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
-    let tmp = a.data_dir.with_file_name(format!(".{name}.restoring"));
+    let tmp = data_dir.with_file_name(format!(".{name}.restoring"));
     if tmp.exists() {
         bail!(
             "{} exists (left by an interrupted restore?); delete it and retry",
@@ -131,18 +139,17 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         },
         membership: Membership::new(voters.iter().copied()),
     };
-    let records = seed(&tmp, &a.from, &verified, &meta, &members)
-        .await
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&tmp);
-        })?;
-    if a.data_dir.exists() {
-        std::fs::remove_dir(&a.data_dir)
-            .with_context(|| format!("replacing the empty {}", a.data_dir.display()))?;
+    let records = match seed(&tmp, &a.from, &verified, &meta, &members).await {
+        // rename(2) replaces an empty directory atomically.
+        Ok(records) => std::fs::rename(&tmp, &data_dir)
+            .with_context(|| format!("moving the restored store to {}", data_dir.display()))
+            .map(|()| records),
+        Err(e) => Err(e),
     }
-    std::fs::rename(&tmp, &a.data_dir)
-        .with_context(|| format!("moving the restored store to {}", a.data_dir.display()))?;
-    if let Some(parent) = a.data_dir.parent() {
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    if let Some(parent) = data_dir.parent() {
         crate::snapshot::sync_directory(parent)
             .with_context(|| format!("syncing {}", parent.display()))?;
     }
@@ -252,7 +259,14 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         .last_log_id
         .map_or(stored.purged.index, |l| l.index)
         .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index));
-    let last_term = stored.last_log_id.map_or(0, |l| l.term);
+    // Terms never go down along a log: a log that holds no entry (a store
+    // restored from a backup, or purged up to its snapshot) is at the
+    // snapshot's term, which its hard state may not have reached.
+    let last_term = stored
+        .last_log_id
+        .map_or(0, |l| l.term)
+        .max(stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.term))
+        .max(stored.purged.term);
     let entry = Entry {
         term: stored.hard_state.term.max(last_term),
         index: last + 1,
@@ -279,8 +293,9 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     eprintln!(
         "WARNING: forced a new cluster: node {} is now the ONLY voter (configuration entry at \
          index {index}, term {term}; voters before: {:?}, learners before: {:?}). Its log and \
-         data are kept. Never start the other members on their old data directories: wipe \
-         them, then add them back as new members (`--join`, `ctl promote`). Start this node \
+         data are kept. Never run recover on another survivor (split brain), never start the \
+         other members on their old data directories: wipe them, then add them back as new \
+         members (`--join`, `ctl promote`). Start this node \
          with `raft-node run` and its usual flags.",
         a.id,
         current.voters(),
@@ -296,4 +311,148 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
 /// The store cannot be read.
 pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Value>> {
     meta::load(db, FORCED_KEY, "forced-new-cluster record")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::backup;
+    use super::*;
+
+    fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
+        RestoreArgs {
+            from: from.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            id: 1,
+            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+        }
+    }
+
+    /// A well-formed file (checksums and SHA-256 right) whose header names
+    /// an index or term no log can hold, or a term of 0 at an index above
+    /// 0, is refused with an error, not a panic, and nothing is created.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_backup_with_an_impossible_index_or_term_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (index, term) in [(u64::MAX, 3), (u64::MAX - 1, 3), (5, u64::MAX), (5, 0)] {
+            let from = backup(dir.path(), index, term);
+            let data = dir.path().join(format!("data-{index}-{term}"));
+            let task = tokio::spawn(restore(args(&from, &data)));
+            let result = task
+                .await
+                .unwrap_or_else(|e| panic!("index {index} term {term}: restore panicked: {e}"));
+            let e = result.expect_err("an impossible header must be refused");
+            assert!(
+                format!("{e:#}").contains("corrupted"),
+                "index {index} term {term}: {e:#}"
+            );
+            assert!(
+                !data.exists(),
+                "index {index} term {term}: nothing is created"
+            );
+        }
+    }
+
+    /// A store restored from a backup of term 7 and then recovered with
+    /// `--force-new-cluster` (its log holds no entry, only the snapshot)
+    /// gets its configuration entry at a term no lower than 7: terms never
+    /// go down along a log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn recover_after_restore_appends_at_a_term_no_lower_than_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let data = dir.path().join("data");
+        restore(args(&from, &data)).await.unwrap();
+        recover(RecoverArgs {
+            data_dir: data.clone(),
+            id: 1,
+            force_new_cluster: true,
+        })
+        .await
+        .unwrap();
+        let log = open(&data).unwrap();
+        let stored = log.stored_state().await.unwrap();
+        let last = stored.last_log_id.expect("the configuration entry");
+        assert_eq!(last.index, 41);
+        assert!(
+            last.term >= 7,
+            "entry 41 at term {} after term 7",
+            last.term
+        );
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::tests_support::backup;
+    use super::*;
+
+    /// A data directory that is a symlink to an empty directory elsewhere
+    /// (a disk mounted away from /var/lib) is restored into, through the
+    /// link, and nothing is left behind beside either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_symlinked_empty_data_dir_is_restored_through_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let (disk, link_dir) = (dir.path().join("disk"), dir.path().join("etc"));
+        std::fs::create_dir_all(disk.join("data")).unwrap();
+        std::fs::create_dir_all(&link_dir).unwrap();
+        let link = link_dir.join("data");
+        std::os::unix::fs::symlink(disk.join("data"), &link).unwrap();
+        restore(RestoreArgs {
+            from,
+            data_dir: link.clone(),
+            id: 1,
+            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+        })
+        .await
+        .expect("restore through a symlink");
+        assert!(
+            link.join("CURRENT").is_file(),
+            "the store is behind the link"
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        for d in [&disk, &link_dir] {
+            let names: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["data"], "left in {}", d.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use std::fs::File;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use crate::backup::{BackupHeader, FORMAT};
+
+    /// A backup of an empty store whose header says `index` and `term`.
+    pub(super) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
+        let path = dir.join(format!("b-{index}-{term}.bak"));
+        let header = BackupHeader {
+            format: FORMAT,
+            index,
+            term,
+            voters: vec![1],
+            learners: vec![],
+            members: vec![],
+            node: 1,
+            consistency: "linearizable".into(),
+            read_index: Some(index),
+            created_unix_ms: 1,
+            version: "test".into(),
+        };
+        let mut w = crate::backup::start(File::create(&path).unwrap(), &header, &path).unwrap();
+        w.write_all(b"RKVSNAP1").unwrap();
+        let mut trailer = vec![0xFF];
+        trailer.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_be_bytes());
+        w.write_all(&trailer).unwrap();
+        crate::backup::finish(w, &path).unwrap();
+        path
+    }
 }

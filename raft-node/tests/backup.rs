@@ -517,3 +517,112 @@ async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejo
     }
     common::assert_running_without_panic(&mut all, "after the recovery");
 }
+
+/// Reads the answer to `GET /v1/cluster/backup` one chunk per `pause`:
+/// (bytes received, whether the body ended cleanly). Gives up after 60 s.
+async fn read_slowly(resp: reqwest::Response, pause: Duration) -> (Vec<u8>, bool) {
+    let mut resp = resp;
+    let mut body = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            Ok(None) => return (body, true),
+            Err(_) => return (body, false),
+        }
+        tokio::time::sleep(pause).await;
+    }
+    (body, false)
+}
+
+/// `--max-concurrent-backups 1`: a second backup while one is being sent
+/// gets 503 `overloaded`. `--backup-max-duration-ms`: a client reading the
+/// backup too slowly is cut off (the RocksDB view it pinned is let go), and
+/// the slot is free again for the next backup, which verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_read_too_slowly_is_cut_off_and_the_backup_limit_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = [
+        "--max-concurrent-backups=1".to_string(),
+        "--backup-max-duration-ms=500".to_string(),
+    ];
+    let procs = common::cluster_with(tmp.path(), 1, &extra, &[], "http");
+    let client = common::client_of(&procs);
+    common::leader(&client, &procs, None).await;
+    // 32 MiB: more than the answer's queue and the sockets' buffers hold.
+    let value = vec![b'x'; 512 << 10];
+    for i in 0..64 {
+        client
+            .put(format!("big/{i:03}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let url = format!("{}/v1/cluster/backup", procs[0].http);
+    let http = reqwest::Client::new();
+    let slow = http.get(&url).send().await.unwrap();
+    assert_eq!(slow.status().as_u16(), 200);
+    let second = http.get(&url).send().await.unwrap();
+    assert_eq!(second.status().as_u16(), 503, "one backup at a time");
+    let started = Instant::now();
+    let (body, clean) = read_slowly(slow, Duration::from_millis(100)).await;
+    println!(
+        "slow reader: {} bytes in {:?}, ended cleanly: {clean}",
+        body.len(),
+        started.elapsed()
+    );
+    assert!(
+        !clean && body.len() < 32 << 20,
+        "a backup read for {:?} past --backup-max-duration-ms was not cut off ({} bytes)",
+        started.elapsed(),
+        body.len()
+    );
+    // The slot is free again: a backup read at full speed completes (of a
+    // small store, well within the 500 ms even in a debug build).
+    for i in 0..64 {
+        client.delete(format!("big/{i:03}")).await.unwrap();
+    }
+    client.put("small", "v").await.unwrap();
+    // (Retried: on a loaded machine even a small backup may take 500 ms.)
+    let file = tmp.path().join("fast.bak");
+    let mut verified = None;
+    for _ in 0..50 {
+        let resp = http.get(&url).send().await.unwrap();
+        if resp.status().as_u16() == 200 {
+            if let Ok(bytes) = resp.bytes().await {
+                std::fs::write(&file, &bytes).unwrap();
+                verified = raft_node::backup::verify(&file).ok();
+                if verified.is_some() {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = verified.expect("the next backup is served once the slow one is cut off");
+    assert!(v.records >= 1, "{} records", v.records);
+}
+
+/// A backup holds every key and value of the store: `ctl snapshot save`
+/// writes it (and its `.part`) readable and writable by its owner only,
+/// whatever the umask, as the node keeps its own data directory (0700).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_backup_is_readable_by_its_owner_only() {
+    // The usual umask, whatever the test runner's: files are 0644 by default.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let tmp = tempfile::tempdir().unwrap();
+    let procs = common::cluster_with(tmp.path(), 1, &[], &[], "http");
+    let client = common::client_of(&procs);
+    common::leader(&client, &procs, None).await;
+    client.put("secret", "s3cr3t").await.unwrap();
+    let file = tmp.path().join("cluster.bak");
+    let (ok, _, err) = raft_node(&[
+        s("ctl"),
+        format!("--endpoints={}", procs[0].http),
+        s("snapshot"),
+        s("save"),
+        file.display().to_string(),
+    ]);
+    assert!(ok, "ctl snapshot save failed: {err}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup's mode is {mode:04o}");
+}

@@ -204,6 +204,17 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_CONCURRENT_LISTINGS")]
     pub max_concurrent_listings: Option<usize>,
 
+    /// Backups (`GET /v1/cluster/backup`) served at once; one more gets
+    /// 503. Each holds a blocking thread and a RocksDB view of the store
+    /// (which keeps the data it sees on disk while it runs). [default: 2]
+    #[arg(long, env = "RAFT_MAX_CONCURRENT_BACKUPS")]
+    pub max_concurrent_backups: Option<usize>,
+
+    /// Longest a backup may run, in ms: a client that reads it slower is
+    /// cut off, which lets go of the store view it holds. [default: 3600000]
+    #[arg(long, env = "RAFT_BACKUP_MAX_DURATION_MS")]
+    pub backup_max_duration_ms: Option<u64>,
+
     /// Log entries an `Idempotency-Key` is remembered for. Must be equal on
     /// every node. [default: 100000]
     #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
@@ -409,6 +420,8 @@ impl RunArgs {
             http_max_receiving_bodies,
             http_buffer_mib,
             max_concurrent_listings,
+            max_concurrent_backups,
+            backup_max_duration_ms,
             idempotency_window,
             snapshot_entries,
             snapshot_mib,

@@ -118,6 +118,10 @@ pub struct NodeConfig {
     pub http_buffer_bytes: usize,
     /// Listings at once.
     pub max_concurrent_listings: usize,
+    /// Backups served at once.
+    pub max_concurrent_backups: usize,
+    /// Longest a backup may run.
+    pub backup_max_duration: Duration,
     /// Idempotency window in log entries.
     pub idempotency_window: u64,
     /// Snapshot after this many applied entries (0: never).
@@ -213,6 +217,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("http_max_receiving_bodies", &self.http_max_receiving_bodies)
             .field("http_buffer_bytes", &self.http_buffer_bytes)
             .field("max_concurrent_listings", &self.max_concurrent_listings)
+            .field("max_concurrent_backups", &self.max_concurrent_backups)
+            .field("backup_max_duration", &self.backup_max_duration)
             .field("idempotency_window", &self.idempotency_window)
             .field("snapshot_entries", &self.snapshot_entries)
             .field("snapshot_bytes", &self.snapshot_bytes)

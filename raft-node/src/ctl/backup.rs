@@ -74,12 +74,26 @@ enum Attempt {
     Next(String),
 }
 
+/// Creates (or truncates) `path` readable and writable by its owner only,
+/// whatever the umask: a backup holds every key and value of the store.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // An existing file keeps its mode through open: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    Ok(file)
+}
+
 /// The answer's bytes into `part`, each wait bounded by `idle`.
 async fn download(mut resp: reqwest::Response, part: &Path, idle: Duration) -> anyhow::Result<()> {
-    let mut out = std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(part).with_context(|| format!("creating {}", part.display()))?,
-    );
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, create_private(part)?);
     loop {
         let chunk = tokio::time::timeout(idle, resp.chunk())
             .await

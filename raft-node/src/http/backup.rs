@@ -12,15 +12,18 @@
 //! The file is written from the view while it is sent, in chunks of
 //! [`CHUNK_BYTES`], at most [`CHUNKS_QUEUED`] of them waiting for the
 //! client: memory stays bounded whatever the store's size, and there is no
-//! size limit. At most [`BACKUPS_AT_ONCE`] backups run on a node at once
-//! (503 `overloaded` beyond). A client that stops reading for
-//! `--http-send-timeout-ms` is disconnected, which stops the backup.
+//! size limit. At most `--max-concurrent-backups` backups run on a node at
+//! once (503 `overloaded` beyond). A client that stops reading for
+//! `--http-send-timeout-ms` is disconnected, and one still reading after
+//! `--backup-max-duration-ms` is cut off: either stops the backup and lets
+//! go of the RocksDB view it holds.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -29,7 +32,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use raft_core::{NodeId, ReadConsistency, ReadError};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::limits::overloaded;
 use super::{Answer, AppState, Shared};
@@ -37,14 +40,10 @@ use crate::backup::BackupHeader;
 use crate::problem::Problem;
 use crate::store::ExportRequest;
 
-/// Backups one node serves at once.
-pub const BACKUPS_AT_ONCE: usize = 2;
 /// Bytes of one chunk of the answer.
 pub const CHUNK_BYTES: usize = 256 << 10;
 /// Chunks written and not yet taken by the connection.
 pub const CHUNKS_QUEUED: usize = 8;
-
-static BACKUPS: Semaphore = Semaphore::const_new(BACKUPS_AT_ONCE);
 
 #[derive(Debug, Deserialize, Default)]
 pub(super) struct BackupParams {
@@ -77,16 +76,24 @@ fn not_leader(state: &AppState, leader: Option<NodeId>) -> Problem {
 }
 
 /// Sends what is written in chunks down a bounded channel; the send blocks
-/// while the connection is behind, and fails once it is gone.
+/// while the connection is behind, and fails once it is gone or once the
+/// deadline (`None`: none) has passed.
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    deadline: Option<Instant>,
 }
 
 impl ChannelWriter {
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the backup took longer than --backup-max-duration-ms",
+            ));
         }
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buf,
@@ -175,9 +182,11 @@ pub(super) async fn backup(
     params: Result<Query<BackupParams>, QueryRejection>,
 ) -> Answer {
     let linearizable = consistency(params)?;
-    let permit = BACKUPS
-        .try_acquire()
-        .map_err(|_| overloaded("backups at once (2)"))?;
+    let permit = state
+        .limits
+        .backup_slot()
+        .ok_or_else(|| overloaded("backups at once (--max-concurrent-backups)"))?;
+    let deadline = Instant::now().checked_add(state.cfg.backup_max_duration);
     let read_index = if linearizable {
         match state.raft.read(ReadConsistency::Linearizable).await {
             Ok(index) => Some(index),
@@ -201,7 +210,6 @@ pub(super) async fn backup(
     let (tx, rx) = mpsc::channel(CHUNKS_QUEUED);
     let (head_tx, head_rx) = oneshot::channel::<BackupHeader>();
     let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let label = Path::new("(answer to GET /v1/cluster/backup)");
         let errors = tx.clone();
         let begin = |h: &BackupHeader| {
@@ -209,9 +217,12 @@ pub(super) async fn backup(
             Some(ChannelWriter {
                 tx,
                 buf: Vec::with_capacity(CHUNK_BYTES),
+                deadline,
             })
         };
         let result = reader.export(&req, label, begin, &AtomicBool::new(false));
+        // The view is gone: another backup may start.
+        drop(permit);
         match &result {
             Ok(Some(w)) => {
                 tracing::info!(bytes = w.bytes, sha256 = %w.sha256, "backup sent");

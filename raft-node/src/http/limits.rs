@@ -24,6 +24,7 @@ pub struct HttpLimits {
     requests: Arc<Semaphore>,
     bodies: Arc<Semaphore>,
     listings: Arc<Semaphore>,
+    backups: Arc<Semaphore>,
     buffer: Arc<Semaphore>,
 }
 
@@ -35,6 +36,7 @@ impl HttpLimits {
             requests: sem(cfg.max_concurrent_requests),
             bodies: sem(cfg.http_max_receiving_bodies),
             listings: sem(cfg.max_concurrent_listings),
+            backups: sem(cfg.max_concurrent_backups),
             buffer: sem(cfg.http_buffer_bytes.min(Semaphore::MAX_PERMITS)),
         }
     }
@@ -66,6 +68,11 @@ impl HttpLimits {
     /// A slot for a listing being read, now or never.
     pub(super) fn listing_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.listings.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for a backup being sent, now or never.
+    pub(super) fn backup_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.backups.clone().try_acquire_owned().ok()
     }
 }
 
