@@ -278,6 +278,7 @@ impl ClientBuilder {
             self.retry,
             self.idempotency,
             self.max_answer_bytes,
+            self.request_timeout,
         ))
     }
 

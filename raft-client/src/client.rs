@@ -1,7 +1,7 @@
 //! The [`Client`] and its one request path: endpoint choice, attempts,
 //! retries.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use crate::builder::{ClientBuilder, IdempotencyKeys, RetryPolicy};
+pub(crate) use crate::endpoints::Endpoints;
 use crate::error::{Error, Problem, Result};
 
 /// A client of a raft-node cluster. Cheap to clone (clones share the
@@ -31,8 +32,9 @@ struct Inner {
     retry: RetryPolicy,
     idempotency: IdempotencyKeys,
     max_answer_bytes: usize,
-    /// Replaces the builder's request timeout, for this client only.
-    request_timeout: Option<Duration>,
+    /// Longest wait for one attempt's whole answer; for a streamed answer,
+    /// for its head and then for each chunk.
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -42,72 +44,6 @@ impl std::fmt::Debug for Client {
             .field("retry", &self.inner.retry)
             .field("idempotency", &self.inner.idempotency)
             .finish_non_exhaustive()
-    }
-}
-
-/// The endpoints and what is known of them.
-pub(crate) struct Endpoints {
-    urls: Vec<String>,
-    state: Mutex<EndpointState>,
-}
-
-#[derive(Default)]
-struct EndpointState {
-    /// The endpoint to try next when no leader is known.
-    current: usize,
-    /// Node id of each endpoint, once a status answer named it.
-    ids: Vec<Option<u64>>,
-    /// The leader, as last heard.
-    leader: Option<u64>,
-}
-
-impl Endpoints {
-    pub(crate) fn new(urls: Vec<String>) -> Self {
-        let ids = vec![None; urls.len()];
-        Self {
-            urls,
-            state: Mutex::new(EndpointState {
-                current: 0,
-                ids,
-                leader: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, EndpointState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The endpoint to send to: the leader's when known, else the current.
-    fn pick(&self) -> usize {
-        let s = self.lock();
-        s.leader
-            .and_then(|l| s.ids.iter().position(|id| *id == Some(l)))
-            .unwrap_or(s.current % self.urls.len())
-    }
-
-    /// Endpoint `i` failed: the next one is tried, and the leader is
-    /// forgotten unless `hint` names it.
-    fn failed(&self, i: usize, hint: Option<u64>) {
-        let mut s = self.lock();
-        s.current = (i + 1) % self.urls.len();
-        s.leader = hint;
-    }
-
-    fn learned(&self, i: usize, id: Option<u64>, leader: Option<u64>) {
-        let mut s = self.lock();
-        if let Some(id) = id {
-            // Another endpoint that claimed this id was reassigned.
-            for other in s.ids.iter_mut() {
-                if *other == Some(id) {
-                    *other = None;
-                }
-            }
-            s.ids[i] = Some(id);
-        }
-        if leader.is_some() {
-            s.leader = leader;
-        }
     }
 }
 
@@ -132,6 +68,10 @@ pub(crate) struct Request {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) safety: Safety,
+    /// A success's body is left unread, for the caller to stream
+    /// ([`Answer::stream`]); each wait for bytes is bounded by the request
+    /// timeout, the whole answer by nothing.
+    pub(crate) stream: bool,
 }
 
 impl Request {
@@ -142,7 +82,14 @@ impl Request {
             headers: HeaderMap::new(),
             body: Bytes::new(),
             safety,
+            stream: false,
         }
+    }
+
+    /// Leaves a success's body unread: see [`Request::stream`].
+    pub(crate) fn streamed(mut self) -> Self {
+        self.stream = true;
+        self
     }
 
     pub(crate) fn header(mut self, name: &'static str, value: &str) -> Result<Self> {
@@ -164,8 +111,13 @@ pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
-    /// Which endpoint answered.
-    pub(crate) endpoint: usize,
+    /// Which endpoint answered (`None`: an address a 421 named, not one of
+    /// the client's endpoints).
+    pub(crate) endpoint: Option<usize>,
+    /// The base URL of the node that answered (`http://host:port`).
+    pub(crate) from: String,
+    /// A streamed request's success, its body unread (`body` is empty).
+    pub(crate) stream: Option<reqwest::Response>,
 }
 
 impl Answer {
@@ -230,6 +182,50 @@ fn leader_hint(a: &Answer) -> Option<u64> {
         .or_else(|| a.problem().number("leader"))
 }
 
+/// A streamed answer has no overall time limit (a backup takes as long as
+/// the store is large): only each wait for bytes is bounded. (tokio caps
+/// any sleep at about 30 years.)
+const NO_TOTAL_LIMIT: Duration = Duration::from_secs(365 * 86_400);
+
+/// Where an attempt goes.
+#[derive(Debug, Clone)]
+enum Target {
+    /// One of the client's endpoints.
+    Endpoint(usize),
+    /// The leader's address a 421 named (`http://host:port`), not one of
+    /// the client's endpoints.
+    Url(String),
+}
+
+/// What an answer came to.
+enum Step {
+    /// Returned to the caller.
+    Done(Result<Answer>),
+    /// Sent again.
+    Again(Retry),
+}
+
+/// Why and how a request is sent again.
+struct Retry {
+    /// Returned if no attempt is left.
+    err: Error,
+    /// Least wait before the next attempt (the answer's `Retry-After`).
+    wait: Duration,
+    /// Where the next attempt goes at once (`None`: the endpoint the
+    /// client picks, after the backoff).
+    to: Option<Target>,
+}
+
+impl Retry {
+    fn after(err: Error, wait: Duration) -> Self {
+        Self {
+            err,
+            wait,
+            to: None,
+        }
+    }
+}
+
 /// What one attempt came to.
 enum Attempt {
     Answer(Answer),
@@ -260,6 +256,7 @@ impl Client {
         retry: RetryPolicy,
         idempotency: IdempotencyKeys,
         max_answer_bytes: usize,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -269,7 +266,7 @@ impl Client {
                 retry,
                 idempotency,
                 max_answer_bytes,
-                request_timeout: None,
+                request_timeout,
             }),
         }
     }
@@ -310,7 +307,7 @@ impl Client {
         self.derive_with(
             self.inner.endpoints.urls.clone(),
             self.inner.retry.clone(),
-            Some(timeout),
+            timeout,
         )
     }
 
@@ -323,7 +320,7 @@ impl Client {
         &self,
         urls: Vec<String>,
         retry: RetryPolicy,
-        request_timeout: Option<Duration>,
+        request_timeout: Duration,
     ) -> Client {
         Self {
             inner: Arc::new(Inner {
@@ -338,6 +335,12 @@ impl Client {
         }
     }
 
+    /// The longest wait for one attempt's answer (for a streamed one, for
+    /// each chunk).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
     pub(crate) fn idempotency(&self) -> IdempotencyKeys {
         self.inner.idempotency
     }
@@ -347,48 +350,32 @@ impl Client {
     }
 
     /// Sends `req`, retrying as the policy allows, and returns the first
-    /// answer that is not retried (any status).
+    /// answer that is not retried (any status). A 421 `not-leader` naming
+    /// the leader's address sends the request there at once (a node
+    /// answers 421 when only the leader may serve the request).
     pub(crate) async fn execute(&self, req: &Request) -> Result<Answer> {
         let policy = &self.inner.retry;
         let started = Instant::now();
         let mut backoff = policy.initial_backoff;
         let mut attempts = 0u32;
+        let mut next: Option<Target> = None;
         loop {
             attempts += 1;
-            let i = self.inner.endpoints.pick();
-            let (err, wait) = match self.attempt(i, req).await {
-                Attempt::Answer(a) => {
-                    if !retryable(&a) {
-                        return Ok(a);
-                    }
-                    self.inner.endpoints.failed(i, leader_hint(&a));
-                    let wait = retry_after(&a.headers).unwrap_or_default();
-                    match a.into_error() {
-                        Error::Unavailable {
-                            problem,
-                            retry_after,
-                            ..
-                        } => (
-                            Error::Unavailable {
-                                problem,
-                                retry_after,
-                                attempts,
-                            },
-                            wait,
-                        ),
-                        e @ Error::OutcomeUnknown { .. } if req.safety == Safety::Write => {
-                            return Err(e)
-                        }
-                        other => (other, wait),
-                    }
-                }
+            let target = next
+                .take()
+                .unwrap_or_else(|| Target::Endpoint(self.inner.endpoints.pick()));
+            let retry = match self.attempt(&target, req).await {
+                Attempt::Answer(a) => match self.judge(&target, a, attempts, req.safety) {
+                    Step::Done(result) => return result,
+                    Step::Again(retry) => retry,
+                },
                 Attempt::NotSent(detail) => {
-                    self.inner.endpoints.failed(i, None);
-                    (Error::Connect { attempts, detail }, Duration::ZERO)
+                    self.failed(&target, None);
+                    Retry::after(Error::Connect { attempts, detail }, Duration::ZERO)
                 }
                 Attempt::Refused(e) => return Err(e),
                 Attempt::Lost(detail) => {
-                    self.inner.endpoints.failed(i, None);
+                    self.failed(&target, None);
                     let err = Error::OutcomeUnknown {
                         problem: None,
                         detail,
@@ -396,69 +383,181 @@ impl Client {
                     if req.safety == Safety::Write {
                         return Err(err);
                     }
-                    (err, Duration::ZERO)
+                    Retry::after(err, Duration::ZERO)
                 }
             };
-            let wait = wait.max(backoff);
+            // To the leader at once; anything else after the backoff.
+            let wait = match retry.to {
+                Some(_) => Duration::ZERO,
+                None => retry.wait.max(backoff),
+            };
             if attempts >= policy.max_attempts || started.elapsed() + wait > policy.budget {
-                return Err(err);
+                return Err(retry.err);
             }
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(policy.max_backoff);
+            if retry.to.is_none() {
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+            next = retry.to;
         }
     }
 
-    async fn attempt(&self, i: usize, req: &Request) -> Attempt {
-        let url = format!("{}{}", self.inner.endpoints.urls[i], req.path);
+    /// What an answer means: final, or try again (where, after how long).
+    fn judge(&self, target: &Target, a: Answer, attempts: u32, safety: Safety) -> Step {
+        if a.status == StatusCode::MISDIRECTED_REQUEST {
+            // Nothing was done: any request may go to the leader.
+            let hint = leader_hint(&a);
+            let to = self.leader_target(&a, hint);
+            self.failed(target, hint);
+            return Step::Again(Retry {
+                err: a.into_error(),
+                wait: Duration::ZERO,
+                to,
+            });
+        }
+        if !retryable(&a) {
+            return Step::Done(Ok(a));
+        }
+        self.failed(target, leader_hint(&a));
+        let wait = retry_after(&a.headers).unwrap_or_default();
+        let err = match a.into_error() {
+            Error::Unavailable {
+                problem,
+                retry_after,
+                ..
+            } => Error::Unavailable {
+                problem,
+                retry_after,
+                attempts,
+            },
+            e @ Error::OutcomeUnknown { .. } if safety == Safety::Write => {
+                return Step::Done(Err(e))
+            }
+            other => other,
+        };
+        Step::Again(Retry::after(err, wait))
+    }
+
+    /// Where a 421 says the leader is (its `leader_client_addr`): one of
+    /// the endpoints, then known as the leader's, or else that address
+    /// with the scheme of the node that answered.
+    fn leader_target(&self, a: &Answer, leader: Option<u64>) -> Option<Target> {
+        let problem = a.problem();
+        let addr = problem.body.get("leader_client_addr")?.as_str()?;
+        let urls = &self.inner.endpoints.urls;
+        let host = |u: &str| u.split_once("://").map(|(_, h)| h.to_owned());
+        if let Some(j) = urls.iter().position(|u| host(u).as_deref() == Some(addr)) {
+            if leader.is_some() {
+                self.inner.endpoints.learned(j, leader, leader);
+            }
+            return Some(Target::Endpoint(j));
+        }
+        let scheme = a.from.split_once("://").map_or("http", |(s, _)| s);
+        crate::builder::normalize_endpoint(&format!("{scheme}://{addr}"))
+            .ok()
+            .map(Target::Url)
+    }
+
+    /// An attempt at `target` failed: the next endpoint is tried, and the
+    /// leader is forgotten unless `hint` names it.
+    fn failed(&self, target: &Target, hint: Option<u64>) {
+        if let Target::Endpoint(i) = target {
+            self.inner.endpoints.failed(*i, hint);
+        }
+    }
+
+    async fn attempt(&self, target: &Target, req: &Request) -> Attempt {
+        let (endpoint, base) = match target {
+            Target::Endpoint(i) => (Some(*i), self.inner.endpoints.urls[*i].as_str()),
+            Target::Url(u) => (None, u.as_str()),
+        };
+        let url = format!("{base}{}", req.path);
+        let timeout = self.inner.request_timeout;
         let mut b = self
             .inner
             .http
             .request(req.method.clone(), &url)
-            .headers(req.headers.clone());
+            .headers(req.headers.clone())
+            .timeout(if req.stream { NO_TOTAL_LIMIT } else { timeout });
         if let Some(a) = &self.inner.authorization {
             b = b.header(reqwest::header::AUTHORIZATION, a);
-        }
-        if let Some(t) = self.inner.request_timeout {
-            b = b.timeout(t);
         }
         if !req.body.is_empty() || req.method == Method::PUT {
             b = b.body(req.body.clone());
         }
-        let mut resp = match b.send().await {
+        let sent = if req.stream {
+            match tokio::time::timeout(timeout, b.send()).await {
+                Ok(sent) => sent,
+                Err(_) => return Attempt::Lost(no_answer(&url, timeout)),
+            }
+        } else {
+            b.send().await
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_builder() => return Attempt::NotSent(chain(&e)),
             Err(e) => return Attempt::Lost(chain(&e)),
         };
         let status = resp.status();
         let headers = std::mem::take(resp.headers_mut());
+        let answer = |body: Bytes, stream| {
+            Attempt::Answer(Answer {
+                status,
+                headers,
+                body,
+                endpoint,
+                from: base.to_owned(),
+                stream,
+            })
+        };
+        if req.stream && status.is_success() {
+            return answer(Bytes::new(), Some(resp));
+        }
+        let body = if req.stream {
+            tokio::time::timeout(timeout, self.read_body(resp, &url))
+                .await
+                .unwrap_or_else(|_| Err(Attempt::Lost(no_answer(&url, timeout))))
+        } else {
+            self.read_body(resp, &url).await
+        };
+        match body {
+            Ok(body) => answer(body, None),
+            Err(failed) => failed,
+        }
+    }
+
+    /// An answer's whole body, at most `max_answer_bytes`.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        url: &str,
+    ) -> std::result::Result<Bytes, Attempt> {
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if body.len() + c.len() > self.inner.max_answer_bytes {
-                        return Attempt::Refused(Error::InvalidAnswer(format!(
+                        return Err(Attempt::Refused(Error::InvalidAnswer(format!(
                             "{url}: the answer is larger than max_answer_bytes ({})",
                             self.inner.max_answer_bytes
-                        )));
+                        ))));
                     }
                     body.extend_from_slice(&c);
                 }
-                Ok(None) => break,
-                Err(e) => return Attempt::Lost(format!("reading the answer: {}", chain(&e))),
+                Ok(None) => return Ok(body.into()),
+                Err(e) => return Err(Attempt::Lost(format!("reading the answer: {}", chain(&e)))),
             }
         }
-        Attempt::Answer(Answer {
-            status,
-            headers,
-            body: body.into(),
-            endpoint: i,
-        })
     }
+}
+
+fn no_answer(url: &str, timeout: Duration) -> String {
+    format!("{url}: no answer within {} ms", timeout.as_millis())
 }
 
 /// An error and its sources, `: `-separated (reqwest's own message leaves
 /// out why: refused, reset, certificate unknown).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -209,7 +209,9 @@ impl Client {
         let mut s: ClusterStatus = serde_json::from_value(raw.clone())
             .map_err(|e| Error::InvalidAnswer(format!("cluster status: {e}")))?;
         s.raw = raw;
-        self.learned(a.endpoint, Some(s.id), s.leader);
+        if let Some(i) = a.endpoint {
+            self.learned(i, Some(s.id), s.leader);
+        }
         Ok(s)
     }
 

@@ -139,6 +139,17 @@ pub enum Error {
     /// The node's answer could not be understood.
     #[error("malformed answer: {0}")]
     InvalidAnswer(String),
+    /// A streamed answer ([`Client::backup`](crate::Client::backup)) was
+    /// cut off: the connection failed, or no bytes came for the request
+    /// timeout. What was received is incomplete. Streaming reads change
+    /// nothing on the node (outcome [`Outcome::NotApplied`]).
+    #[error("the answer was cut off after {received} bytes: {detail}")]
+    Interrupted {
+        /// Bytes of the body received before it stopped.
+        received: u64,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl Error {

@@ -48,14 +48,17 @@
 //!
 //! This crate does not link raft-node (nor RocksDB): it speaks HTTP only.
 
+mod backup;
 mod builder;
 mod client;
 mod cluster;
+mod endpoints;
 mod error;
 mod kv;
 #[cfg(feature = "launcher")]
 pub mod launcher;
 
+pub use backup::{Backup, BackupConsistency};
 pub use builder::{read_token_file, ClientBuilder, IdempotencyKeys, RetryPolicy};
 pub use client::Client;
 pub use cluster::{
