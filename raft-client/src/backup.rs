@@ -180,7 +180,7 @@ impl Client {
             consistency,
             read_index,
             endpoint: a.from,
-            response,
+            response: *response,
             idle: self.request_timeout(),
             received: 0,
             end: None,

@@ -117,7 +117,7 @@ pub(crate) struct Answer {
     /// The base URL of the node that answered (`http://host:port`).
     pub(crate) from: String,
     /// A streamed request's success, its body unread (`body` is empty).
-    pub(crate) stream: Option<reqwest::Response>,
+    pub(crate) stream: Option<Box<reqwest::Response>>,
 }
 
 impl Answer {
@@ -203,6 +203,14 @@ enum Step {
     Done(Result<Answer>),
     /// Sent again.
     Again(Retry),
+}
+
+/// Why an answer's body was not read whole.
+enum Unread {
+    /// The connection failed, or the body did not come in time.
+    Lost(String),
+    /// Larger than `max_answer_bytes`.
+    TooLarge(String),
 }
 
 /// Why and how a request is sent again.
@@ -511,18 +519,19 @@ impl Client {
             })
         };
         if req.stream && status.is_success() {
-            return answer(Bytes::new(), Some(resp));
+            return answer(Bytes::new(), Some(Box::new(resp)));
         }
         let body = if req.stream {
             tokio::time::timeout(timeout, self.read_body(resp, &url))
                 .await
-                .unwrap_or_else(|_| Err(Attempt::Lost(no_answer(&url, timeout))))
+                .unwrap_or_else(|_| Err(Unread::Lost(no_answer(&url, timeout))))
         } else {
             self.read_body(resp, &url).await
         };
         match body {
             Ok(body) => answer(body, None),
-            Err(failed) => failed,
+            Err(Unread::Lost(detail)) => Attempt::Lost(detail),
+            Err(Unread::TooLarge(detail)) => Attempt::Refused(Error::InvalidAnswer(detail)),
         }
     }
 
@@ -531,21 +540,21 @@ impl Client {
         &self,
         mut resp: reqwest::Response,
         url: &str,
-    ) -> std::result::Result<Bytes, Attempt> {
+    ) -> std::result::Result<Bytes, Unread> {
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if body.len() + c.len() > self.inner.max_answer_bytes {
-                        return Err(Attempt::Refused(Error::InvalidAnswer(format!(
+                        return Err(Unread::TooLarge(format!(
                             "{url}: the answer is larger than max_answer_bytes ({})",
                             self.inner.max_answer_bytes
-                        ))));
+                        )));
                     }
                     body.extend_from_slice(&c);
                 }
                 Ok(None) => return Ok(body.into()),
-                Err(e) => return Err(Attempt::Lost(format!("reading the answer: {}", chain(&e)))),
+                Err(e) => return Err(Unread::Lost(format!("reading the answer: {}", chain(&e)))),
             }
         }
     }

@@ -1,7 +1,8 @@
 //! A typed client of raft-node's HTTP API: keys and values (binary-safe),
 //! compare-and-set by revision, paged listings, cluster status, leadership
-//! transfer, membership changes and snapshots, over HTTP or HTTPS with a
-//! bearer token and client certificates.
+//! transfer, membership changes, snapshots and streamed backups
+//! ([`Client::backup`]), over HTTP or HTTPS with a bearer token and client
+//! certificates.
 //!
 //! ```no_run
 //! use raft_client::{CasResult, Client, ListOptions};

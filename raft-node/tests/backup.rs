@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_tcp, free_udp, node_command, proc_for, Proc};
 use raft_client::launcher::initial_cluster;
-use raft_client::{Client, ListOptions, ReadConsistency};
+use raft_client::{Backup, BackupConsistency, Client, Error, ListOptions, ReadConsistency};
 
 const USER: &str = "user-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -154,7 +154,9 @@ struct Saved {
 }
 
 /// The route: a follower names the leader (421), 401 without a token,
-/// 403 with the user token, and a stale backup fetched by hand verifies.
+/// 403 with the user token; through raft_client, a backup asked of the
+/// follower comes from the leader, and one without a token is a typed
+/// 401; a stale backup of one node verifies.
 async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
     let follower = procs.iter().find(|p| p.id != leader).unwrap();
     let answer = reqwest::Client::new()
@@ -174,28 +176,53 @@ async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
     assert_eq!(backup_status(&procs[0].http, None).await, 401);
     assert_eq!(backup_status(&procs[0].http, Some(USER)).await, 403);
     assert_eq!(backup_status(&procs[0].http, Some(ADMIN)).await, 200);
-    let body = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/cluster/backup?consistency=stale",
-            procs[0].http
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
+
+    let admin = Client::builder([follower.http.clone()])
+        .token(ADMIN)
+        .build()
         .unwrap();
+    let file = tmp.join("via-follower.bak");
+    let b = fetch(&admin, BackupConsistency::Linearizable, &file).await;
+    assert_eq!((b.node, &b.endpoint), (leader, leader_http));
+    let v = raft_node::backup::verify(&file).expect("a valid backup");
+    assert_eq!((v.header.index, v.header.node), (b.index, leader));
+    assert_eq!(v.header.read_index, b.read_index);
+    let anonymous = Client::builder([follower.http.clone()]).build().unwrap();
+    match anonymous.backup(BackupConsistency::Linearizable).await {
+        Err(Error::Api { problem }) => assert_eq!(problem.status, 401, "{problem}"),
+        other => panic!("a backup without a token: {other:?}"),
+    }
+
     let stale = tmp.join("stale.bak");
-    std::fs::write(&stale, &body).unwrap();
+    let one = admin.at(&procs[0].http).unwrap();
+    let b = fetch(&one, BackupConsistency::Stale, &stale).await;
+    assert_eq!(b.consistency, BackupConsistency::Stale);
     let v = raft_node::backup::verify(&stale).expect("a valid backup");
     assert_eq!(v.header.consistency, "stale");
     assert_eq!(v.header.node, procs[0].id);
     assert_eq!(v.header.voters, vec![1, 2, 3]);
 }
 
+/// A backup through `client` into `file`.
+async fn fetch(client: &Client, consistency: BackupConsistency, file: &Path) -> Backup {
+    let mut b = client.backup(consistency).await.expect("a backup");
+    let mut bytes = Vec::new();
+    while let Some(chunk) = b.chunk().await.expect("the whole backup") {
+        bytes.extend_from_slice(&chunk);
+    }
+    assert_eq!(b.received(), bytes.len() as u64);
+    std::fs::write(file, &bytes).unwrap();
+    b
+}
+
 /// `ctl snapshot save` to `file` while 4 writers write.
-async fn save_under_load(client: &Client, procs: &[Proc], admin: &Path, file: &Path) -> Saved {
+async fn save_under_load(
+    client: &Client,
+    procs: &[Proc],
+    leader: u64,
+    admin: &Path,
+    file: &Path,
+) -> Saved {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acked, writers) = start_writers(client, 4, stop.clone());
     // A load under way: at least 100 acknowledged writes first.
@@ -204,9 +231,11 @@ async fn save_under_load(client: &Client, procs: &[Proc], admin: &Path, file: &P
         assert!(Instant::now() < deadline, "fewer than 100 writes in 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let endpoints: Vec<String> = procs.iter().map(|p| p.http.clone()).collect();
+    // Followers first: ctl follows the first one's 421 to the leader.
+    let mut endpoints: Vec<&Proc> = procs.iter().collect();
+    endpoints.sort_by_key(|p| p.id == leader);
+    let endpoints: Vec<String> = endpoints.iter().map(|p| p.http.clone()).collect();
     let started = Instant::now();
-    // The first endpoint may be a follower: ctl follows it to the leader.
     let (ok, out, err) = raft_node(&[
         s("ctl"),
         format!("--endpoints={}", endpoints.join(",")),
@@ -365,7 +394,7 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     let leader = common::leader(&client, &procs, None).await;
     check_route(&procs, leader, &setup.tmp).await;
     let file = setup.tmp.join("cluster.bak");
-    let saved = save_under_load(&client, &procs, &setup.admin, &file).await;
+    let saved = save_under_load(&client, &procs, leader, &setup.admin, &file).await;
     let new_dir = setup.tmp.join("new");
     std::fs::create_dir_all(&new_dir).unwrap();
     check_refusals(&setup.tmp, &file, &new_dir);

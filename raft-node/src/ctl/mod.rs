@@ -48,7 +48,8 @@ pub struct CtlArgs {
     pub key: Option<PathBuf>,
     /// How long to wait for one answer, connecting included, in
     /// milliseconds; also how long requests that got no definite answer
-    /// are retried.
+    /// are retried. `snapshot save`: how long to wait for each piece of
+    /// the backup (the whole download has no limit).
     #[arg(long, env = "RAFT_CTL_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
     /// Output: `json` (the node's answers) or `table` (for people). Without
@@ -288,7 +289,7 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<()> {
         action: Some(SnapshotAction::Save { file, stale }),
     } = &a.op
     {
-        return backup::save(&a, file, *stale).await;
+        return backup::save(&a, &client(&a)?, file, *stale).await;
     }
     let c = client(&a)?;
     let out = output::Printer::new(a.write_out);
