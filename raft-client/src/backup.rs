@@ -141,8 +141,10 @@ impl Client {
     /// [`BackupConsistency::Stale`] one comes from the first node that
     /// answers (the known leader's endpoint first); [`Client::at`] picks
     /// the node. Until the headers come, the request is retried like a
-    /// read (a refused connection, 503 — at most 2 backups run on a node
-    /// at once —, a timeout); once the body flows, never.
+    /// read (a refused connection, a timeout, 503: a node runs at most
+    /// `--max-concurrent-backups` at once); once the body flows, never. A
+    /// node also cuts a backup that lasts past its
+    /// `--backup-max-duration-ms`: [`Backup::chunk`] says so.
     ///
     /// # Errors
     ///
