@@ -20,7 +20,7 @@ use crate::client_tls::{certs, key, provider};
 use crate::config::identity::{hostname, resolve_id, substitute_id, ID_PLACEHOLDER};
 
 /// Most characters of the node's answer quoted in the one-line reason.
-const REASON_BODY_CHARS: usize = 300;
+pub const REASON_BODY_CHARS: usize = 300;
 
 /// `raft-node health` settings. Exit status 0 when the node answers 200,
 /// 1 otherwise, with a one-line reason on stderr.
@@ -38,7 +38,7 @@ pub struct HealthArgs {
     pub ready: bool,
     /// The node's base URL. [default: http://127.0.0.1:PORT, or https://…
     /// when RAFT_CLIENT_TLS=true; PORT and address from RAFT_CLIENT_LISTEN
-    /// (a 0.0.0.0 or [::] address is reached on loopback), else 8080]
+    /// (a `0.0.0.0` or `[::]` address is reached on loopback), else 8080]
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
     /// How long to wait for the answer, connecting included, in
