@@ -15,6 +15,11 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # nodes a private /etc/hosts with unshare (util-linux).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+# scripts/build-static checks its binary with `file`; deploy/test reads
+# answers with jq and curl.
+command -v file >/dev/null 2>&1 || need_apt+=(file)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -39,6 +39,12 @@ enum Cmd {
     Ctl(ctl::CtlArgs),
     /// Asks the local node's /healthz (or /readyz): exit status 0 on 200,
     /// 1 otherwise with the reason on stderr (a container HEALTHCHECK).
+    ///
+    /// The node is found from its own RAFT_* variables (not its --config
+    /// file): RAFT_CLIENT_LISTEN, and HTTPS when RAFT_CLIENT_TLS=true. Over
+    /// HTTPS the node's certificate is checked against --cacert, and
+    /// --cert/--key are presented when both are set (for a node started
+    /// with --client-ca). No token is sent: /healthz and /readyz are open.
     Health(health::HealthArgs),
     /// Seeds a new node's data directory from a backup file (`ctl snapshot
     /// save`); every node of the new cluster is restored from the same file.
