@@ -83,11 +83,12 @@ use rand_chacha::ChaCha8Rng;
 use super::checks::{Holder, Observer, Violation};
 use super::clients::{ClientStats, Clients, Outstanding, Waiting};
 use super::model::{encode, Kv, Reference};
-use super::network::Network;
+use super::network::{Network, Packet};
 use super::runner::panic_message;
 use super::stats::{ChangeStats, Faults, SnapshotStats};
 use super::trace::{Event, Loss, MsgInfo, Trace};
 use raft_core::testing::DurableLog as Disk;
+use raft_core::testing::{ReadySteps, ReadyWrite};
 use snapshots::SnapshotReport;
 
 /// The outcome of a check: `Err` carries the violation.
@@ -894,10 +895,7 @@ impl World {
         if self.nodes[to].engine.is_some() && self.nodes[to].stalled_until != 0 {
             // Waits in the stalled node's queue until it resumes.
             let at = self.nodes[to].stalled_until;
-            match packet.snapshot {
-                Some(data) => self.net.push_snapshot(packet.msg, at, data),
-                None => self.net.push(packet.msg, at),
-            }
+            self.net.push(packet, at);
             return Ok(());
         }
         if let Some(data) = packet.snapshot {
@@ -931,7 +929,7 @@ impl World {
         if dup {
             self.faults.duplicated += 1;
             let at = self.now + self.rng.gen_range(0..=6);
-            self.net.push(msg.clone(), at);
+            self.net.push(Packet::message(msg.clone()), at);
         }
         self.record(Event::Deliver { msg: info, dup });
         let from_removed = self.sender_if_removed(to, &msg);
@@ -1011,14 +1009,10 @@ impl World {
 
     fn handle_ready(&mut self, i: usize, ready: Ready) -> Check {
         let id = self.nodes[i].id;
-        let Ready {
+        let ReadySteps {
             soft_state,
-            hard_state,
-            truncate_from,
-            entries,
-            write_id,
             messages,
-            persisted_messages,
+            write,
             committed_entries,
             read_states,
             failed_reads,
@@ -1026,7 +1020,14 @@ impl World {
             build_snapshot,
             install_snapshot,
             fetch_entries,
-        } = ready;
+        } = ready.into();
+        let ReadyWrite {
+            write_id,
+            hard_state,
+            truncate_from,
+            entries,
+            persisted_messages,
+        } = write;
         if let Some(s) = soft_state {
             self.record(Event::Role {
                 node: id,
@@ -1223,7 +1224,7 @@ impl World {
             return Ok(());
         }
         let latency = self.latency();
-        self.net.push(msg, self.now + latency);
+        self.net.push(Packet::message(msg), self.now + latency);
         Ok(())
     }
 
