@@ -275,15 +275,11 @@ async fn oversized_snapshot_offers_are_refused_before_anything_is_written() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let incoming = dir.path().join("incoming");
-        let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-        let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-            .config(QuicConfig {
-                snapshot_bytes_max: limit,
-                ..test_config()
-            })
-            .snapshot_sink(Arc::new(sink))
-            .bind(any_addr())
-            .unwrap();
+        let cfg = QuicConfig {
+            snapshot_bytes_max: limit,
+            ..test_config()
+        };
+        let (receiver, _inbound, _completed) = start_snapshot_receiver(&ca, 1, cfg, &incoming, 2);
         let addr = receiver.local_addr().unwrap();
         let (_ep, _conn, answer) = raw_snapshot_answer(&ca, addr, vec![offer(total)]).await;
         match answer {
@@ -309,16 +305,10 @@ async fn oversized_snapshot_offers_are_refused_before_anything_is_written() {
 /// the same directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_cut_mid_way_leaves_nothing_after_a_restart() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let incoming = dir.path().join("incoming");
-    let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(test_config())
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let (receiver, _inbound, _completed) =
+        start_snapshot_receiver(&ca, 1, test_config(), &incoming, 2);
     let addr = receiver.local_addr().unwrap();
     let data = Bytes::from(vec![7u8; 64 << 10]);
     let (ep, conn, answer) = raw_snapshot_answer(
@@ -390,9 +380,7 @@ async fn peers_outside_the_allowed_set_are_cut_off() {
 /// certificate is revoked refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = empty_crl_file(&ca, dir.path());
     let cert2 = ca.issue_node(2, &[]).unwrap();
     let tls2 = tls_from_cert(&ca, 2, &cert2);
@@ -447,19 +435,13 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
 /// first is in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_offers_reserve_their_space() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let incoming = dir.path().join("incoming");
-    let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(QuicConfig {
-            snapshot_bytes_max: u64::MAX,
-            ..test_config()
-        })
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let cfg = QuicConfig {
+        snapshot_bytes_max: u64::MAX,
+        ..test_config()
+    };
+    let (receiver, _inbound, _completed) = start_snapshot_receiver(&ca, 1, cfg, &incoming, 2);
     let addr = receiver.local_addr().unwrap();
     let st = rustix::fs::statvfs(&incoming).unwrap();
     let free = st.f_bavail * st.f_frsize;
@@ -491,9 +473,7 @@ async fn concurrent_offers_reserve_their_space() {
 /// times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_too_large_for_the_receiver_fails_at_once_with_the_reason() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let pair = snapshot_limit_pair(&ca, dir.path(), 1000);
     let (sender, receiver) = (&pair.sender, &pair.receiver);
     let data: Arc<dyn raft_net_quic::SnapshotSource> = Arc::new(Bytes::from(vec![5u8; 4096]));
@@ -541,9 +521,7 @@ fn padded(pem: &str, len: usize) -> Vec<u8> {
 /// talking to the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crl_reloads_follow_the_content_and_survive_bad_files() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = dir.path().join("cluster.crl");
     let cert1 = ca.issue_node(1, &[]).unwrap();
     let cert2 = ca.issue_node(2, &[]).unwrap();

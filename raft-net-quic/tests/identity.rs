@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use raft_core::Transport;
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::Frame;
 use raft_net_quic::{close_code, ConnectError, NodeTls, QuicConfig, TlsError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +76,15 @@ async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
     let ca = DevCa::generate("cluster").unwrap();
     let mut server = start_node(&ca, 1, any_addr(), test_config());
     // A valid certificate for node 3, used to claim to be node 2.
-    let (endpoint, cfg) = raw_client(&ca, 3);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::IDENTITY)),
-        "{err}"
-    );
-    assert!(err.contains("does not name node 2"), "{err}");
+    let client = raw_client(&ca, 3);
+    assert_hello_refused(
+        &client,
+        (1, server.addr),
+        (2, 1, 1),
+        close_code::IDENTITY,
+        &["does not name node 2"],
+    )
+    .await;
     assert!(recv(&mut server.inbound, Duration::from_millis(300))
         .await
         .is_none());
@@ -137,14 +137,15 @@ async fn a_hello_addressed_to_another_node_is_refused() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let server = start_node(&ca, 1, any_addr(), test_config());
-    let (endpoint, cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 5, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::WRONG_NODE)),
-        "{err}"
-    );
-    assert!(err.contains("this is node 1, not node 5"), "{err}");
+    let client = raw_client(&ca, 2);
+    assert_hello_refused(
+        &client,
+        (1, server.addr),
+        (2, 5, 1),
+        close_code::WRONG_NODE,
+        &["this is node 1, not node 5"],
+    )
+    .await;
     server.transport.shutdown().await;
 }
 
@@ -153,22 +154,17 @@ async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
     let server = start_node(&ca, 1, any_addr(), test_config());
-    let (endpoint, cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 1, 2).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::VERSION)),
-        "{err}"
-    );
-    assert!(err.contains("protocol version 2 not supported"), "{err}");
-    assert!(err.contains("speaks version 1"), "{err}");
-
+    let client = raw_client(&ca, 2);
+    assert_hello_refused(
+        &client,
+        (1, server.addr),
+        (2, 1, 2),
+        close_code::VERSION,
+        &["protocol version 2 not supported", "speaks version 1"],
+    )
+    .await;
     // The same handshake at version 1 is welcomed.
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
+    assert_hello_welcomed(&client, (1, server.addr), 2).await;
     server.transport.shutdown().await;
 }
 
@@ -182,27 +178,20 @@ async fn a_certified_node_that_is_not_a_peer_is_refused_by_default() {
     };
     assert!(cfg.refuse_unknown_peers, "refusing is the default");
     let server = start_node(&ca, 1, any_addr(), cfg);
-    let (endpoint, client_cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
-        .await
-        .unwrap();
-    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::UNKNOWN_PEER)),
-        "{err}"
-    );
-    assert!(err.contains("node 2 is not a peer of node 1"), "{err}");
+    let client = raw_client(&ca, 2);
+    assert_hello_refused(
+        &client,
+        (1, server.addr),
+        (2, 1, 1),
+        close_code::UNKNOWN_PEER,
+        &["node 2 is not a peer of node 1"],
+    )
+    .await;
     // Once node 1 knows node 2 (it was added to the cluster), it is welcomed.
     server
         .transport
         .add_peer(2, "127.0.0.1:9".parse::<raft_net_quic::PeerAddr>().unwrap());
-    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
-        .await
-        .unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
+    assert_hello_welcomed(&client, (1, server.addr), 2).await;
     server.transport.shutdown().await;
 }
 
