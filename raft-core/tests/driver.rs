@@ -45,23 +45,9 @@ impl Cluster {
     }
 
     async fn start_node(&self, id: NodeId, log: Arc<MemLog>, kv: MemKv) -> Node {
-        let reader = kv.reader();
-        let handle = Raft::start(
-            Config::new(id),
-            self.driver.clone(),
-            Membership::new(self.members.clone()),
-            log.clone(),
-            kv,
-            self.net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        self.net.register(&handle);
-        Node {
-            handle,
-            log,
-            reader,
-        }
+        let bootstrap = Membership::new(self.members.clone());
+        let driver = self.driver.clone();
+        Node::start(&self.net, Config::new(id), driver, bootstrap, log, kv).await
     }
 
     fn node(&self, id: NodeId) -> &Node {
@@ -990,18 +976,35 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
         .expect("writes are taken again");
 }
 
+/// Three nodes on [`lagging_driver`] settings; after a first write through
+/// the leader, one follower's state machine is stuck (its gate closed):
+/// the network, the handles, the gates, the leader and that follower.
+async fn a_stuck_follower() -> (
+    MemNetwork,
+    Vec<Handle>,
+    Vec<tokio::sync::watch::Sender<bool>>,
+    NodeId,
+    NodeId,
+) {
+    let (net, handles, _readers, gates) =
+        slow_cluster_with(Duration::ZERO, |_| {}, lagging_driver()).await;
+    let (leader, _) = leader_of(&handles).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    handles[(leader - 1) as usize]
+        .propose(put("x", "1"))
+        .await
+        .expect("first write");
+    gates[(follower - 1) as usize].send_replace(false);
+    (net, handles, gates, leader, follower)
+}
+
 /// A follower whose state machine is stuck takes no more than
 /// `max_unapplied_entries` committed entries; proposals sent to it are
 /// answered NotLeader (so they are forwarded), not Overloaded.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_followers_apply_backlog_is_bounded() {
-    let driver = lagging_driver();
-    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
-    let (leader, _) = leader_of(&handles).await;
-    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let (_net, handles, gates, leader, follower) = a_stuck_follower().await;
     let h = &handles[(leader - 1) as usize];
-    h.propose(put("x", "1")).await.expect("first write");
-    gates[(follower - 1) as usize].send_replace(false);
     let pending = load(h, 2000).await;
     let mut ok = 0;
     for p in pending {
@@ -1027,26 +1030,15 @@ async fn a_stuck_followers_apply_backlog_is_bounded() {
     // Released, it catches up with everything.
     gates[(follower - 1) as usize].send_replace(true);
     let last = h.status().await.unwrap().engine.commit;
-    for _ in 0..500 {
-        if handles[(follower - 1) as usize].applied_index() >= last {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(handles[(follower - 1) as usize].applied_index() >= last);
+    wait_applied(&handles[(follower - 1) as usize], follower, last, 500).await;
 }
 
 /// A leadership transfer to a member whose state machine is stuck does
 /// not leave the cluster refusing every write.
 #[tokio::test(start_paused = true)]
 async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
-    let driver = lagging_driver();
-    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
-    let (leader, _) = leader_of(&handles).await;
-    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let (_net, handles, _gates, leader, follower) = a_stuck_follower().await;
     let h = &handles[(leader - 1) as usize];
-    h.propose(put("x", "1")).await.expect("first write");
-    gates[(follower - 1) as usize].send_replace(false);
     for p in load(h, 200).await {
         let _ = p.await;
     }

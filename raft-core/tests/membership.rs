@@ -14,7 +14,7 @@ use common::{put, wait_applied, wait_leader, Node};
 use raft_core::driver::MembershipError;
 use raft_core::memory::{KvResponse, MemKv, MemLog, MemNetwork};
 use raft_core::{
-    ChangeError, Config, DriverConfig, LogStorage, Membership, MembershipChange, NodeId, Raft, Role,
+    ChangeError, Config, DriverConfig, LogStorage, Membership, MembershipChange, NodeId, Role,
 };
 
 struct Cluster {
@@ -57,23 +57,8 @@ impl Cluster {
         log: Arc<MemLog>,
         kv: MemKv,
     ) -> Node {
-        let reader = kv.reader();
-        let handle = Raft::start(
-            config(id),
-            DriverConfig::default(),
-            bootstrap,
-            log.clone(),
-            kv,
-            self.net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        self.net.register(&handle);
-        Node {
-            handle,
-            log,
-            reader,
-        }
+        let driver = DriverConfig::default();
+        Node::start(&self.net, config(id), driver, bootstrap, log, kv).await
     }
 
     fn node(&self, id: NodeId) -> &Node {

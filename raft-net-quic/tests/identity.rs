@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use raft_core::Transport;
+use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::{close_code, ConnectError, NodeTls, QuicConfig, TlsError};
 
@@ -70,16 +70,31 @@ async fn a_client_certificate_from_another_ca_is_refused_by_the_server() {
     server.transport.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
+/// Node 1 (with `cfg`) and a raw client presenting node `cert`'s
+/// certificate, whose handshake `hello` (from, to, version) node 1 refuses
+/// with `code`, naming each of `reasons`. Returns both, for what a test
+/// checks next.
+async fn node_1_refuses(
+    cfg: QuicConfig,
+    cert: NodeId,
+    hello: (NodeId, NodeId, u8),
+    code: u32,
+    reasons: &[&str],
+) -> (Node, (quinn::Endpoint, quinn::ClientConfig)) {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
-    let mut server = start_node(&ca, 1, any_addr(), test_config());
+    let server = start_node(&ca, 1, any_addr(), cfg);
+    let client = raw_client(&ca, cert);
+    assert_hello_refused(&client, (1, server.addr), hello, code, reasons).await;
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
     // A valid certificate for node 3, used to claim to be node 2.
-    let client = raw_client(&ca, 3);
-    assert_hello_refused(
-        &client,
-        (1, server.addr),
+    let (mut server, _client) = node_1_refuses(
+        test_config(),
+        3,
         (2, 1, 1),
         close_code::IDENTITY,
         &["does not name node 2"],
@@ -134,13 +149,9 @@ async fn dialing_an_address_where_another_node_listens_fails_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_addressed_to_another_node_is_refused() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let server = start_node(&ca, 1, any_addr(), test_config());
-    let client = raw_client(&ca, 2);
-    assert_hello_refused(
-        &client,
-        (1, server.addr),
+    let (server, _client) = node_1_refuses(
+        test_config(),
+        2,
         (2, 5, 1),
         close_code::WRONG_NODE,
         &["this is node 1, not node 5"],
@@ -151,13 +162,9 @@ async fn a_hello_addressed_to_another_node_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let server = start_node(&ca, 1, any_addr(), test_config());
-    let client = raw_client(&ca, 2);
-    assert_hello_refused(
-        &client,
-        (1, server.addr),
+    let (server, client) = node_1_refuses(
+        test_config(),
+        2,
         (2, 1, 2),
         close_code::VERSION,
         &["protocol version 2 not supported", "speaks version 1"],
@@ -170,18 +177,14 @@ async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certified_node_that_is_not_a_peer_is_refused_by_default() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
     let cfg = QuicConfig {
         refuse_unknown_peers: QuicConfig::default().refuse_unknown_peers,
         ..test_config()
     };
     assert!(cfg.refuse_unknown_peers, "refusing is the default");
-    let server = start_node(&ca, 1, any_addr(), cfg);
-    let client = raw_client(&ca, 2);
-    assert_hello_refused(
-        &client,
-        (1, server.addr),
+    let (server, client) = node_1_refuses(
+        cfg,
+        2,
         (2, 1, 1),
         close_code::UNKNOWN_PEER,
         &["node 2 is not a peer of node 1"],

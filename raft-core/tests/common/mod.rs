@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::memory::{KvCommand, KvResponse, MemKvReader, MemLog};
+use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog, MemNetwork};
 use raft_core::{
-    Entry, HardState, LogStorage, LogWrite, NodeId, RaftHandle, Role, SnapshotMeta, StorageError,
-    StoredState,
+    Config, DriverConfig, Entry, HardState, LogStorage, LogWrite, Membership, NodeId, Raft,
+    RaftHandle, Role, SnapshotMeta, StorageError, StoredState,
 };
 
 /// A handle to a node over `MemKv`.
@@ -23,6 +23,30 @@ pub struct Node {
     pub handle: Handle,
     pub log: Arc<MemLog>,
     pub reader: MemKvReader,
+}
+
+impl Node {
+    /// Starts node `cfg.id` on `log` and `kv`, reachable on `net`.
+    pub async fn start(
+        net: &MemNetwork,
+        cfg: Config,
+        driver: DriverConfig,
+        bootstrap: Membership,
+        log: Arc<MemLog>,
+        kv: MemKv,
+    ) -> Self {
+        let reader = kv.reader();
+        let id = cfg.id;
+        let handle = Raft::start(cfg, driver, bootstrap, log.clone(), kv, net.transport(id))
+            .await
+            .expect("node starts");
+        net.register(&handle);
+        Self {
+            handle,
+            log,
+            reader,
+        }
+    }
 }
 
 /// A `Put` command.
