@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use raft_core::{NodeId, Transport};
-use raft_net_quic::certs::DevCa;
+use raft_net_quic::certs::{DevCa, NodeCert};
 use raft_net_quic::{close_code, ConnectError, NodeTls, QuicConfig, TlsError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,26 +109,21 @@ async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
 #[test]
 fn a_certificate_for_another_node_cannot_be_loaded_as_this_nodes_identity() {
     let ca = DevCa::generate("cluster").unwrap();
-    let cert = ca.issue_node(3, &[]).unwrap();
-    let err = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert.cert_pem.as_bytes(),
-        cert.key_pem.as_bytes(),
-    )
-    .unwrap_err();
+    let load_as_node_2 = |cert: NodeCert| {
+        NodeTls::from_pem(
+            2,
+            ca.cert_pem().as_bytes(),
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )
+        .unwrap_err()
+    };
+    let err = load_as_node_2(ca.issue_node(3, &[]).unwrap());
     assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
     assert!(err.to_string().contains("node-2.raft"), "{err}");
     // And one from another CA.
     let rogue = DevCa::generate("rogue").unwrap();
-    let cert = rogue.issue_node(2, &[]).unwrap();
-    let err = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert.cert_pem.as_bytes(),
-        cert.key_pem.as_bytes(),
-    )
-    .unwrap_err();
+    let err = load_as_node_2(rogue.issue_node(2, &[]).unwrap());
     assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
 }
 
