@@ -25,7 +25,17 @@ struct InFlight<P> {
     deliver_at: u64,
 }
 
-/// Packets in flight and the cut directed links. See the [module docs](self).
+/// Packets in flight and the cut directed links, shared by the engine test
+/// [`Network`](super::Network) and raft-core's deterministic simulation.
+///
+/// A packet is anything that carries a message (the engine network sends
+/// bare [`Message`]s; the simulation adds a snapshot's data beside its
+/// header), deliverable from a virtual time on (`0`: at once). Packets are
+/// taken in the order they were put in flight ([`Links::pop_front`]) or at
+/// random among the deliverable ones ([`Links::take_random`], drawn from
+/// the caller's generator, so a seed replays the same order). Directed
+/// links can be cut and healed; the owner decides what a cut loses
+/// (checking [`Links::is_cut`] when it sends and when it delivers).
 #[derive(Debug, Clone)]
 pub struct Links<P = Message> {
     in_flight: VecDeque<InFlight<P>>,
