@@ -130,20 +130,27 @@ async fn hello_as(
     (endpoint, Some(conn), answer)
 }
 
+/// A cluster CA and node 1 with `max` connection slots, at most `per_peer`
+/// of them for one peer, none reserved for peers.
+fn node_1_with_slots(max: usize, per_peer: usize) -> (DevCa, Node) {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let cfg = QuicConfig {
+        connections_max: max,
+        connections_per_peer_max: per_peer,
+        connections_reserved_for_peers: 0,
+        ..test_config()
+    };
+    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    (ca, n1)
+}
+
 /// Item 10: the global limit is exact. With `connections_max = 3`, three
 /// peers get in and the fourth and fifth are refused (the old check let one
 /// extra through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_lets_exactly_connections_max_in() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let cfg = QuicConfig {
-        connections_max: 3,
-        connections_per_peer_max: 3,
-        connections_reserved_for_peers: 0,
-        ..test_config()
-    };
-    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    let (ca, n1) = node_1_with_slots(3, 3);
     let mut held = Vec::new();
     let mut welcomed = 0;
     for peer in 2..=6 {
@@ -162,15 +169,7 @@ async fn the_connection_limit_lets_exactly_connections_max_in() {
 /// and another peer still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_cannot_hold_every_connection_slot() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let cfg = QuicConfig {
-        connections_max: 6,
-        connections_per_peer_max: 2,
-        connections_reserved_for_peers: 0,
-        ..test_config()
-    };
-    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    let (ca, n1) = node_1_with_slots(6, 2);
     let mut held = Vec::new();
     let mut answers = Vec::new();
     for _ in 0..6 {
