@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use raft_core::NodeId;
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
+use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer};
 use raft_net_quic::{close_code, FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason};
 
 /// Sends QUIC Initial packets, each opening a new connection, to `target`
@@ -210,19 +210,7 @@ async fn raw_snapshot_answer_as(
     addr: SocketAddr,
     frames: Vec<Frame>,
 ) -> (quinn::Endpoint, quinn::Connection, Option<Frame>) {
-    let (endpoint, cfg) = raw_client(ca, from);
-    let conn = raw_connect(&endpoint, &cfg, 1, addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, from, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
-    for f in &frames {
-        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
-    }
-    send.write_all(&buf).await.unwrap();
+    let (endpoint, conn, send, mut recv) = raw_snapshot_stream(ca, from, (1, addr), &frames).await;
     let mut prefix = [0u8; 4];
     let answer =
         match tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut prefix)).await {

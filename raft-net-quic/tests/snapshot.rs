@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
+use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer};
 use raft_net_quic::{
     FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink,
     SnapshotSource,
@@ -209,19 +209,8 @@ async fn raw_snapshot(
     ca: &DevCa,
     frames: Vec<Frame>,
 ) -> Vec<Frame> {
-    let (endpoint, cfg) = raw_client(ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server_addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
-    for f in &frames {
-        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
-    }
-    send.write_all(&buf).await.unwrap();
+    let (_endpoint, _conn, mut send, mut recv) =
+        raw_snapshot_stream(ca, 2, (1, server_addr), &frames).await;
     let _ = send.finish();
     let data = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
         .await

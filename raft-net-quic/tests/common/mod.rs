@@ -354,6 +354,37 @@ pub async fn assert_hello_welcomed(
     );
 }
 
+/// Connects a raw client certified as `from` to node `server` at `addr`,
+/// runs the handshake (which must be welcomed), opens a snapshot stream
+/// and writes `frames` on it: the endpoint, the connection and the
+/// stream's two halves.
+pub async fn raw_snapshot_stream(
+    ca: &DevCa,
+    from: NodeId,
+    (server, addr): (NodeId, SocketAddr),
+    frames: &[Frame],
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let (endpoint, cfg) = raw_client(ca, from);
+    let conn = raw_connect(&endpoint, &cfg, server, addr).await.unwrap();
+    assert_eq!(
+        raw_hello(&conn, from, server, 1).await.unwrap(),
+        Frame::Welcome { node: server }
+    );
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
+    for f in frames {
+        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
+    }
+    send.write_all(&buf).await.unwrap();
+    (endpoint, conn, send, recv)
+}
+
 /// Waits for the connection to close and describes how.
 pub async fn closed_reason(conn: &quinn::Connection) -> String {
     match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
