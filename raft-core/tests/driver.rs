@@ -7,19 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
-use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog, MemNetwork};
+use common::{put, wait_applied, wait_leader, GatedLog, Handle, LogOp, Node, WriteGate};
+use raft_core::memory::{KvResponse, MemKv, MemKvReader, MemLog, MemNetwork};
 use raft_core::{
-    Config, DriverConfig, Membership, NodeId, ProposeError, Raft, RaftHandle, ReadConsistency, Role,
+    Config, DriverConfig, Membership, NodeId, ProposeError, Raft, ReadConsistency, Role,
 };
-
-type Handle = RaftHandle<KvResponse>;
-
-struct Node {
-    handle: Handle,
-    log: Arc<MemLog>,
-    reader: MemKvReader,
-}
 
 struct Cluster {
     net: MemNetwork,
@@ -50,23 +45,9 @@ impl Cluster {
     }
 
     async fn start_node(&self, id: NodeId, log: Arc<MemLog>, kv: MemKv) -> Node {
-        let reader = kv.reader();
-        let handle = Raft::start(
-            Config::new(id),
-            self.driver.clone(),
-            Membership::new(self.members.clone()),
-            log.clone(),
-            kv,
-            self.net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        self.net.register(&handle);
-        Node {
-            handle,
-            log,
-            reader,
-        }
+        let bootstrap = Membership::new(self.members.clone());
+        let driver = self.driver.clone();
+        Node::start(&self.net, Config::new(id), driver, bootstrap, log, kv).await
     }
 
     fn node(&self, id: NodeId) -> &Node {
@@ -76,37 +57,13 @@ impl Cluster {
     }
 
     async fn leader(&self) -> NodeId {
-        for _ in 0..400 {
-            for node in self.nodes.iter().flatten() {
-                if let Some(s) = node.handle.status().await {
-                    if s.engine.role == Role::Leader {
-                        return s.engine.id;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader elected within 20 s of virtual time");
+        let handles: Vec<_> = self.nodes.iter().flatten().map(|n| &n.handle).collect();
+        wait_leader(&handles).await
     }
 
     async fn wait_applied(&self, id: NodeId, index: u64) {
-        for _ in 0..500 {
-            if self.node(id).handle.applied_index() >= index {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let s = self.node(id).handle.status().await;
-        panic!("node {id} did not apply index {index}: {s:#?}");
+        wait_applied(&self.node(id).handle, id, index, 500).await;
     }
-}
-
-fn put(key: &str, value: &str) -> Bytes {
-    KvCommand::Put {
-        key: key.into(),
-        value: Bytes::from(value.to_owned()),
-    }
-    .encode()
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,32 +319,39 @@ async fn shutdown_stops_the_node_and_fails_new_requests() {
     assert!(h.status().await.is_none());
 }
 
-/// A log whose writes start failing when told to, as a disk whose fsync
-/// returns an error does, or block while `hold` is set, as a disk that
-/// hangs.
-struct FailingLog {
-    inner: Arc<MemLog>,
+/// A disk whose writes start failing when told to, as a disk whose fsync
+/// returns an error does, or whose `LogWrite`s block while `hold` is set,
+/// as a disk that hangs.
+struct Failing {
     failing: std::sync::atomic::AtomicBool,
     hold: std::sync::atomic::AtomicBool,
     release: tokio::sync::Notify,
 }
 
-impl FailingLog {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            inner: Arc::new(MemLog::new()),
-            failing: std::sync::atomic::AtomicBool::new(false),
-            hold: std::sync::atomic::AtomicBool::new(false),
-            release: tokio::sync::Notify::new(),
-        })
-    }
+type FailingLog = GatedLog<Failing>;
 
+/// A healthy [`FailingLog`].
+fn failing_log() -> Arc<FailingLog> {
+    Arc::new(GatedLog::new(Failing {
+        failing: std::sync::atomic::AtomicBool::new(false),
+        hold: std::sync::atomic::AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
+    }))
+}
+
+impl Failing {
     fn fail_from_now_on(&self) {
         self.failing
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
 
-    fn check(&self) -> Result<(), raft_core::StorageError> {
+#[async_trait::async_trait]
+impl WriteGate for Failing {
+    async fn before(&self, op: LogOp) -> Result<(), raft_core::StorageError> {
+        while op == LogOp::Write && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.notified().await;
+        }
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             Err(raft_core::StorageError::Backend(
                 "fsync: Input/output error (os error 5)".into(),
@@ -395,47 +359,6 @@ impl FailingLog {
         } else {
             Ok(())
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl raft_core::LogStorage for FailingLog {
-    async fn stored_state(&self) -> Result<raft_core::StoredState, raft_core::StorageError> {
-        self.inner.stored_state().await
-    }
-    async fn append(&self, entries: Vec<raft_core::Entry>) -> Result<(), raft_core::StorageError> {
-        self.check()?;
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: u64) -> Result<(), raft_core::StorageError> {
-        self.check()?;
-        self.inner.truncate(from).await
-    }
-    async fn purge(&self, up_to: u64) -> Result<(), raft_core::StorageError> {
-        self.check()?;
-        self.inner.purge(up_to).await
-    }
-    async fn entries(
-        &self,
-        start: u64,
-        end: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<raft_core::Entry>, raft_core::StorageError> {
-        self.inner.entries(start, end, max_bytes).await
-    }
-    async fn save_hard_state(
-        &self,
-        hard_state: raft_core::HardState,
-    ) -> Result<(), raft_core::StorageError> {
-        self.check()?;
-        self.inner.save_hard_state(hard_state).await
-    }
-    async fn write(&self, write: raft_core::LogWrite) -> Result<(), raft_core::StorageError> {
-        while self.hold.load(std::sync::atomic::Ordering::SeqCst) {
-            self.release.notified().await;
-        }
-        self.check()?;
-        self.inner.write(write).await
     }
 }
 
@@ -472,7 +395,7 @@ async fn failing_log_cluster() -> (MemNetwork, Vec<Handle>, Vec<Arc<FailingLog>>
     let mut handles = Vec::new();
     let mut logs = Vec::new();
     for id in 1..=3 {
-        let log = FailingLog::new();
+        let log = failing_log();
         let handle: Handle = Raft::start(
             Config::new(id),
             DriverConfig::default(),
@@ -503,11 +426,11 @@ async fn failing_log_cluster() -> (MemNetwork, Vec<Handle>, Vec<Arc<FailingLog>>
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_log_write_stops_the_node_and_says_why() {
-    let log = FailingLog::new();
+    let log = failing_log();
     let handle = single_voter_after_one_write(log.clone()).await;
     assert_eq!(handle.failure(), None, "a healthy node reports no failure");
 
-    log.fail_from_now_on();
+    log.gate.fail_from_now_on();
     let err = handle.propose(put("a", "2")).await.unwrap_err();
     assert!(
         matches!(&err, ProposeError::Fatal(why) if why.contains("log write failed")),
@@ -546,7 +469,7 @@ async fn a_follower_whose_log_fails_stops_while_the_others_go_on() {
         .propose(put("k", "0"))
         .await
         .expect("write before the fault");
-    logs[f].fail_from_now_on();
+    logs[f].gate.fail_from_now_on();
     for i in 1..=5 {
         handles[(leader - 1) as usize]
             .propose(put("k", &i.to_string()))
@@ -563,29 +486,6 @@ async fn a_follower_whose_log_fails_stops_while_the_others_go_on() {
         .all(|h| h.failure().is_none()));
 }
 
-/// A state machine that panics when it applies anything after the first
-/// `healthy` entries.
-struct PanickingKv {
-    inner: MemKv,
-    healthy: usize,
-}
-
-#[async_trait::async_trait]
-impl raft_core::StateMachine for PanickingKv {
-    type Response = KvResponse;
-    async fn applied_index(&mut self) -> Result<u64, raft_core::StateMachineError> {
-        raft_core::StateMachine::applied_index(&mut self.inner).await
-    }
-    async fn apply(
-        &mut self,
-        entries: &[raft_core::Entry],
-    ) -> Result<Vec<KvResponse>, raft_core::StateMachineError> {
-        assert!(entries.len() <= self.healthy, "the state machine broke");
-        self.healthy -= entries.len();
-        raft_core::StateMachine::apply(&mut self.inner, entries).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_driver_task_that_dies_without_a_reason_still_ends_failed() {
     let handle: Handle = Raft::start(
@@ -593,9 +493,9 @@ async fn a_driver_task_that_dies_without_a_reason_still_ends_failed() {
         DriverConfig::default(),
         Membership::new(vec![1]),
         Arc::new(MemLog::new()),
-        PanickingKv {
-            inner: MemKv::new(),
+        SlowKv {
             healthy: 1,
+            ..SlowKv::new(MemKv::new(), open_gate(), Duration::ZERO)
         },
         MemNetwork::new().transport(1),
     )
@@ -652,7 +552,7 @@ async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
     // may commit, since its acknowledgement would promise what it could
     // not write.
     net.isolate(cut);
-    logs[(failing - 1) as usize].fail_from_now_on();
+    logs[(failing - 1) as usize].gate.fail_from_now_on();
     let proposer = handles[l].clone();
     let pending = tokio::spawn(async move { proposer.propose(put("k", "1")).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -673,11 +573,13 @@ async fn a_follower_whose_log_failed_never_counts_toward_a_commit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
-    let log = FailingLog::new();
+    let log = failing_log();
     let handle = single_voter_after_one_write(log.clone()).await;
     assert_eq!(handle.storage_busy_for(), None, "idle storage");
 
-    log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    log.gate
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let proposer = handle.clone();
     let pending = tokio::spawn(async move { proposer.propose(put("a", "2")).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -691,8 +593,10 @@ async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
         "nothing is acknowledged while it hangs"
     );
 
-    log.hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    log.release.notify_waiters();
+    log.gate
+        .hold
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    log.gate.release.notify_waiters();
     pending
         .await
         .expect("join")
@@ -710,12 +614,19 @@ async fn a_hanging_log_write_shows_as_storage_busy_until_it_returns() {
 /// A [`MemKv`] whose applies wait while its gate is closed (`false`), and
 /// whose snapshot build takes `build_time`: on the apply task (the trait's
 /// default way) or, with `background`, after the view is taken, beside the
-/// applies.
+/// applies. It panics when it applies anything after the first `healthy`
+/// entries.
 struct SlowKv {
     inner: MemKv,
     gate: tokio::sync::watch::Receiver<bool>,
     build_time: Duration,
     background: bool,
+    healthy: usize,
+}
+
+/// A gate that stays open.
+fn open_gate() -> tokio::sync::watch::Receiver<bool> {
+    tokio::sync::watch::channel(true).1
 }
 
 impl SlowKv {
@@ -726,6 +637,7 @@ impl SlowKv {
             gate,
             build_time,
             background: false,
+            healthy: usize::MAX,
         }
     }
 }
@@ -745,6 +657,8 @@ impl raft_core::StateMachine for SlowKv {
                 break;
             }
         }
+        assert!(entries.len() <= self.healthy, "the state machine broke");
+        self.healthy -= entries.len();
         raft_core::StateMachine::apply(&mut self.inner, entries).await
     }
     async fn build_snapshot(
@@ -1062,18 +976,35 @@ async fn proposals_are_refused_while_the_state_machine_lags_too_far() {
         .expect("writes are taken again");
 }
 
+/// Three nodes on [`lagging_driver`] settings; after a first write through
+/// the leader, one follower's state machine is stuck (its gate closed):
+/// the network, the handles, the gates, the leader and that follower.
+async fn a_stuck_follower() -> (
+    MemNetwork,
+    Vec<Handle>,
+    Vec<tokio::sync::watch::Sender<bool>>,
+    NodeId,
+    NodeId,
+) {
+    let (net, handles, _readers, gates) =
+        slow_cluster_with(Duration::ZERO, |_| {}, lagging_driver()).await;
+    let (leader, _) = leader_of(&handles).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    handles[(leader - 1) as usize]
+        .propose(put("x", "1"))
+        .await
+        .expect("first write");
+    gates[(follower - 1) as usize].send_replace(false);
+    (net, handles, gates, leader, follower)
+}
+
 /// A follower whose state machine is stuck takes no more than
 /// `max_unapplied_entries` committed entries; proposals sent to it are
 /// answered NotLeader (so they are forwarded), not Overloaded.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_followers_apply_backlog_is_bounded() {
-    let driver = lagging_driver();
-    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
-    let (leader, _) = leader_of(&handles).await;
-    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let (_net, handles, gates, leader, follower) = a_stuck_follower().await;
     let h = &handles[(leader - 1) as usize];
-    h.propose(put("x", "1")).await.expect("first write");
-    gates[(follower - 1) as usize].send_replace(false);
     let pending = load(h, 2000).await;
     let mut ok = 0;
     for p in pending {
@@ -1099,26 +1030,15 @@ async fn a_stuck_followers_apply_backlog_is_bounded() {
     // Released, it catches up with everything.
     gates[(follower - 1) as usize].send_replace(true);
     let last = h.status().await.unwrap().engine.commit;
-    for _ in 0..500 {
-        if handles[(follower - 1) as usize].applied_index() >= last {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(handles[(follower - 1) as usize].applied_index() >= last);
+    wait_applied(&handles[(follower - 1) as usize], follower, last, 500).await;
 }
 
 /// A leadership transfer to a member whose state machine is stuck does
 /// not leave the cluster refusing every write.
 #[tokio::test(start_paused = true)]
 async fn a_transfer_to_a_stuck_member_does_not_stop_writes() {
-    let driver = lagging_driver();
-    let (_net, handles, _readers, gates) = slow_cluster_with(Duration::ZERO, |_| {}, driver).await;
-    let (leader, _) = leader_of(&handles).await;
-    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let (_net, handles, _gates, leader, follower) = a_stuck_follower().await;
     let h = &handles[(leader - 1) as usize];
-    h.propose(put("x", "1")).await.expect("first write");
-    gates[(follower - 1) as usize].send_replace(false);
     for p in load(h, 200).await {
         let _ = p.await;
     }
@@ -1164,7 +1084,7 @@ async fn an_install_that_arrives_during_a_background_build() {
                 background: true,
                 ..SlowKv::new(
                     inner,
-                    tokio::sync::watch::channel(true).1,
+                    open_gate(),
                     Duration::from_secs(if id == 3 { 60 } else { 0 }),
                 )
             },
@@ -1247,7 +1167,7 @@ async fn proposals_refused_after_shutdown_do_not_starve_other_tasks() {
 /// (their outcome is unknown).
 #[tokio::test(start_paused = true)]
 async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
-    let log = FailingLog::new();
+    let log = failing_log();
     let kv = MemKv::new();
     let reader = kv.reader();
     let mut driver = DriverConfig::default();
@@ -1271,7 +1191,9 @@ async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
         .await
         .expect("a healthy write");
 
-    log.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    log.gate
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let started = tokio::time::Instant::now();
     let proposers: Vec<_> = (0..32)
         .map(|i| {
@@ -1307,8 +1229,10 @@ async fn a_full_request_queue_refuses_proposals_at_the_request_timeout() {
         overloaded.len()
     );
 
-    log.hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    log.release.notify_waiters();
+    log.gate
+        .hold
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    log.gate.release.notify_waiters();
     handle
         .propose(put("after", "1"))
         .await

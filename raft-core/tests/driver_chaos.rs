@@ -18,6 +18,8 @@
 //! 300 in release), `DRIVER_SEED_START` the first; a failure prints its
 //! seed and `DRIVER_SEED=<seed>` replays it alone.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +27,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::{GatedLog, LogOp, WriteGate};
 use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog};
 use raft_core::{
-    Config, DriverConfig, Entry, HardState, LogStorage, LogWrite, Membership, Message, NodeId,
-    Raft, RaftHandle, ReadConsistency, SnapshotBuild, SnapshotData, SnapshotMeta, StateMachine,
-    StateMachineError, StorageError, StoredState, Transport, TransportError,
+    Config, DriverConfig, Entry, Membership, Message, NodeId, Raft, RaftHandle, ReadConsistency,
+    SnapshotBuild, SnapshotData, SnapshotMeta, StateMachine, StateMachineError, StorageError,
+    Transport, TransportError,
 };
 use raft_linearizability::{check, CheckLimits, History, Op, OpId, Outcome};
 use rand::rngs::StdRng;
@@ -112,18 +115,20 @@ impl Transport for ChaosTransport {
 
 // ----- the log --------------------------------------------------------------------
 
-/// A log whose writes take a random time to become durable, and that loses
-/// every write still in flight when its node crashes (the write then fails,
-/// which stops the driver: nothing of it was acknowledged).
-struct ChaosLog {
-    inner: Arc<MemLog>,
+/// A disk whose writes take a random time to become durable, and that
+/// loses every write still in flight when its node crashes (the write then
+/// fails, which stops the driver: nothing of it was acknowledged).
+struct ChaosDisk {
     crashed: AtomicBool,
     dice: Dice,
     max_fsync_ms: u64,
 }
 
-impl ChaosLog {
-    async fn fsync(&self) -> Result<(), StorageError> {
+type ChaosLog = GatedLog<ChaosDisk>;
+
+#[async_trait]
+impl WriteGate for ChaosDisk {
+    async fn before(&self, _: LogOp) -> Result<(), StorageError> {
         let ms = roll(&self.dice, |r| r.gen_range(0..=self.max_fsync_ms));
         tokio::time::sleep(Duration::from_millis(ms)).await;
         if self.crashed.load(Ordering::SeqCst) {
@@ -132,49 +137,6 @@ impl ChaosLog {
             ));
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl LogStorage for ChaosLog {
-    async fn stored_state(&self) -> Result<StoredState, StorageError> {
-        self.inner.stored_state().await
-    }
-    async fn append(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: u64) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.truncate(from).await
-    }
-    async fn purge(&self, up_to: u64) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.purge(up_to).await
-    }
-    async fn entries(
-        &self,
-        start: u64,
-        end: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(start, end, max_bytes).await
-    }
-    async fn save_hard_state(&self, hard_state: HardState) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.save_hard_state(hard_state).await
-    }
-    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.write(write).await
-    }
-    async fn save_snapshot(&self, meta: SnapshotMeta, purge_to: u64) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.save_snapshot(meta, purge_to).await
-    }
-    async fn install_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        self.fsync().await?;
-        self.inner.install_snapshot(meta).await
     }
 }
 
@@ -269,9 +231,11 @@ impl Cluster {
         let kv = fresh.unwrap_or_else(|| MemKv::reopen(reader));
         let log = Arc::new(ChaosLog {
             inner: inner.clone(),
-            crashed: AtomicBool::new(false),
-            dice: self.dice.clone(),
-            max_fsync_ms: self.max_fsync_ms,
+            gate: ChaosDisk {
+                crashed: AtomicBool::new(false),
+                dice: self.dice.clone(),
+                max_fsync_ms: self.max_fsync_ms,
+            },
         });
         let mut cfg = Config::new(id);
         cfg.seed = roll(&self.dice, |r| r.gen());
@@ -327,7 +291,7 @@ impl Cluster {
     async fn crash(&self, id: NodeId) {
         let node = self.nodes.lock().expect("nodes")[(id - 1) as usize].take();
         let Some(node) = node else { return };
-        node.log.crashed.store(true, Ordering::SeqCst);
+        node.log.gate.crashed.store(true, Ordering::SeqCst);
         self.net.handles.lock().expect("handles").remove(&id);
         node.handle.shutdown().await;
     }

@@ -7,21 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
+use common::{put, wait_applied, wait_leader, Node};
 use raft_core::driver::MembershipError;
-use raft_core::memory::{KvCommand, KvResponse, MemKv, MemKvReader, MemLog, MemNetwork};
+use raft_core::memory::{KvResponse, MemKv, MemLog, MemNetwork};
 use raft_core::{
-    ChangeError, Config, DriverConfig, LogStorage, Membership, MembershipChange, NodeId, Raft,
-    RaftHandle, Role,
+    ChangeError, Config, DriverConfig, LogStorage, Membership, MembershipChange, NodeId, Role,
 };
-
-type Handle = RaftHandle<KvResponse>;
-
-struct Node {
-    handle: Handle,
-    log: Arc<MemLog>,
-    reader: MemKvReader,
-}
 
 struct Cluster {
     net: MemNetwork,
@@ -63,23 +57,8 @@ impl Cluster {
         log: Arc<MemLog>,
         kv: MemKv,
     ) -> Node {
-        let reader = kv.reader();
-        let handle = Raft::start(
-            config(id),
-            DriverConfig::default(),
-            bootstrap,
-            log.clone(),
-            kv,
-            self.net.transport(id),
-        )
-        .await
-        .expect("node starts");
-        self.net.register(&handle);
-        Node {
-            handle,
-            log,
-            reader,
-        }
+        let driver = DriverConfig::default();
+        Node::start(&self.net, config(id), driver, bootstrap, log, kv).await
     }
 
     fn node(&self, id: NodeId) -> &Node {
@@ -87,28 +66,12 @@ impl Cluster {
     }
 
     async fn leader(&self) -> NodeId {
-        for _ in 0..400 {
-            for node in self.nodes.values() {
-                if let Some(s) = node.handle.status().await {
-                    if s.engine.role == Role::Leader {
-                        return s.engine.id;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader elected within 20 s of virtual time");
+        let handles: Vec<_> = self.nodes.values().map(|n| &n.handle).collect();
+        wait_leader(&handles).await
     }
 
     async fn wait_applied(&self, id: NodeId, index: u64) {
-        for _ in 0..1000 {
-            if self.node(id).handle.applied_index() >= index {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let s = self.node(id).handle.status().await;
-        panic!("node {id} did not apply index {index}: {s:#?}");
+        wait_applied(&self.node(id).handle, id, index, 1000).await;
     }
 
     async fn write_many(&self, leader: NodeId, from: usize, n: usize) -> u64 {
@@ -122,14 +85,6 @@ impl Cluster {
         }
         last
     }
-}
-
-fn put(key: &str, value: &str) -> Bytes {
-    KvCommand::Put {
-        key: key.into(),
-        value: Bytes::from(value.to_owned()),
-    }
-    .encode()
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,14 +6,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
-use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, SnapshotOffer, StreamKind};
-use raft_net_quic::{FileSnapshotSink, QuicTransport};
 
 /// Counts the bytes the process holds (the `cap` crate wraps the system
 /// allocator).
@@ -26,17 +23,11 @@ fn held() -> isize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announced_frame_lengths_allocate_nothing_before_the_data() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, _completed) = FileSnapshotSink::new(dir.path().join("incoming"), 2).unwrap();
+    let (ca, dir) = ca_and_dir();
     let cfg = test_config();
     let max_frame = cfg.max_frame_bytes;
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(cfg)
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let (receiver, _inbound, _completed) =
+        start_snapshot_receiver(&ca, 1, cfg, &dir.path().join("incoming"), 2);
     let addr = receiver.local_addr().unwrap();
     let (endpoint, ccfg) = raw_client(&ca, 2);
     let conn = raw_connect(&endpoint, &ccfg, 1, addr).await.unwrap();

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use raft_core::NodeId;
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
+use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer};
 use raft_net_quic::{close_code, FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason};
 
 /// Sends QUIC Initial packets, each opening a new connection, to `target`
@@ -130,20 +130,27 @@ async fn hello_as(
     (endpoint, Some(conn), answer)
 }
 
+/// A cluster CA and node 1 with `max` connection slots, at most `per_peer`
+/// of them for one peer, none reserved for peers.
+fn node_1_with_slots(max: usize, per_peer: usize) -> (DevCa, Node) {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    let cfg = QuicConfig {
+        connections_max: max,
+        connections_per_peer_max: per_peer,
+        connections_reserved_for_peers: 0,
+        ..test_config()
+    };
+    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    (ca, n1)
+}
+
 /// Item 10: the global limit is exact. With `connections_max = 3`, three
 /// peers get in and the fourth and fifth are refused (the old check let one
 /// extra through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_lets_exactly_connections_max_in() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let cfg = QuicConfig {
-        connections_max: 3,
-        connections_per_peer_max: 3,
-        connections_reserved_for_peers: 0,
-        ..test_config()
-    };
-    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    let (ca, n1) = node_1_with_slots(3, 3);
     let mut held = Vec::new();
     let mut welcomed = 0;
     for peer in 2..=6 {
@@ -162,15 +169,7 @@ async fn the_connection_limit_lets_exactly_connections_max_in() {
 /// and another peer still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_cannot_hold_every_connection_slot() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let cfg = QuicConfig {
-        connections_max: 6,
-        connections_per_peer_max: 2,
-        connections_reserved_for_peers: 0,
-        ..test_config()
-    };
-    let n1 = start_node(&ca, 1, any_addr(), cfg);
+    let (ca, n1) = node_1_with_slots(6, 2);
     let mut held = Vec::new();
     let mut answers = Vec::new();
     for _ in 0..6 {
@@ -211,19 +210,7 @@ async fn raw_snapshot_answer_as(
     addr: SocketAddr,
     frames: Vec<Frame>,
 ) -> (quinn::Endpoint, quinn::Connection, Option<Frame>) {
-    let (endpoint, cfg) = raw_client(ca, from);
-    let conn = raw_connect(&endpoint, &cfg, 1, addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, from, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
-    for f in &frames {
-        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
-    }
-    send.write_all(&buf).await.unwrap();
+    let (endpoint, conn, send, mut recv) = raw_snapshot_stream(ca, from, (1, addr), &frames).await;
     let mut prefix = [0u8; 4];
     let answer =
         match tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut prefix)).await {
@@ -275,15 +262,11 @@ async fn oversized_snapshot_offers_are_refused_before_anything_is_written() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let incoming = dir.path().join("incoming");
-        let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-        let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-            .config(QuicConfig {
-                snapshot_bytes_max: limit,
-                ..test_config()
-            })
-            .snapshot_sink(Arc::new(sink))
-            .bind(any_addr())
-            .unwrap();
+        let cfg = QuicConfig {
+            snapshot_bytes_max: limit,
+            ..test_config()
+        };
+        let (receiver, _inbound, _completed) = start_snapshot_receiver(&ca, 1, cfg, &incoming, 2);
         let addr = receiver.local_addr().unwrap();
         let (_ep, _conn, answer) = raw_snapshot_answer(&ca, addr, vec![offer(total)]).await;
         match answer {
@@ -309,16 +292,10 @@ async fn oversized_snapshot_offers_are_refused_before_anything_is_written() {
 /// the same directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_cut_mid_way_leaves_nothing_after_a_restart() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let incoming = dir.path().join("incoming");
-    let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(test_config())
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let (receiver, _inbound, _completed) =
+        start_snapshot_receiver(&ca, 1, test_config(), &incoming, 2);
     let addr = receiver.local_addr().unwrap();
     let data = Bytes::from(vec![7u8; 64 << 10]);
     let (ep, conn, answer) = raw_snapshot_answer(
@@ -390,9 +367,7 @@ async fn peers_outside_the_allowed_set_are_cut_off() {
 /// certificate is revoked refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = empty_crl_file(&ca, dir.path());
     let cert2 = ca.issue_node(2, &[]).unwrap();
     let tls2 = tls_from_cert(&ca, 2, &cert2);
@@ -447,19 +422,13 @@ async fn a_revoked_certificate_is_refused_after_a_crl_reload() {
 /// first is in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_offers_reserve_their_space() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let incoming = dir.path().join("incoming");
-    let (sink, _completed) = FileSnapshotSink::new(&incoming, 2).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(QuicConfig {
-            snapshot_bytes_max: u64::MAX,
-            ..test_config()
-        })
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let cfg = QuicConfig {
+        snapshot_bytes_max: u64::MAX,
+        ..test_config()
+    };
+    let (receiver, _inbound, _completed) = start_snapshot_receiver(&ca, 1, cfg, &incoming, 2);
     let addr = receiver.local_addr().unwrap();
     let st = rustix::fs::statvfs(&incoming).unwrap();
     let free = st.f_bavail * st.f_frsize;
@@ -491,9 +460,7 @@ async fn concurrent_offers_reserve_their_space() {
 /// times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_too_large_for_the_receiver_fails_at_once_with_the_reason() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let pair = snapshot_limit_pair(&ca, dir.path(), 1000);
     let (sender, receiver) = (&pair.sender, &pair.receiver);
     let data: Arc<dyn raft_net_quic::SnapshotSource> = Arc::new(Bytes::from(vec![5u8; 4096]));
@@ -541,9 +508,7 @@ fn padded(pem: &str, len: usize) -> Vec<u8> {
 /// talking to the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crl_reloads_follow_the_content_and_survive_bad_files() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = dir.path().join("cluster.crl");
     let cert1 = ca.issue_node(1, &[]).unwrap();
     let cert2 = ca.issue_node(2, &[]).unwrap();

@@ -8,9 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use raft_core::Transport;
-use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::Frame;
+use raft_core::{NodeId, Transport};
+use raft_net_quic::certs::{DevCa, NodeCert};
 use raft_net_quic::{close_code, ConnectError, NodeTls, QuicConfig, TlsError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,20 +70,36 @@ async fn a_client_certificate_from_another_ca_is_refused_by_the_server() {
     server.transport.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
+/// Node 1 (with `cfg`) and a raw client presenting node `cert`'s
+/// certificate, whose handshake `hello` (from, to, version) node 1 refuses
+/// with `code`, naming each of `reasons`. Returns both, for what a test
+/// checks next.
+async fn node_1_refuses(
+    cfg: QuicConfig,
+    cert: NodeId,
+    hello: (NodeId, NodeId, u8),
+    code: u32,
+    reasons: &[&str],
+) -> (Node, (quinn::Endpoint, quinn::ClientConfig)) {
     init_tracing();
     let ca = DevCa::generate("cluster").unwrap();
-    let mut server = start_node(&ca, 1, any_addr(), test_config());
+    let server = start_node(&ca, 1, any_addr(), cfg);
+    let client = raw_client(&ca, cert);
+    assert_hello_refused(&client, (1, server.addr), hello, code, reasons).await;
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
     // A valid certificate for node 3, used to claim to be node 2.
-    let (endpoint, cfg) = raw_client(&ca, 3);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::IDENTITY)),
-        "{err}"
-    );
-    assert!(err.contains("does not name node 2"), "{err}");
+    let (mut server, _client) = node_1_refuses(
+        test_config(),
+        3,
+        (2, 1, 1),
+        close_code::IDENTITY,
+        &["does not name node 2"],
+    )
+    .await;
     assert!(recv(&mut server.inbound, Duration::from_millis(300))
         .await
         .is_none());
@@ -94,26 +109,21 @@ async fn a_peer_claiming_a_node_id_its_certificate_does_not_name_is_refused() {
 #[test]
 fn a_certificate_for_another_node_cannot_be_loaded_as_this_nodes_identity() {
     let ca = DevCa::generate("cluster").unwrap();
-    let cert = ca.issue_node(3, &[]).unwrap();
-    let err = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert.cert_pem.as_bytes(),
-        cert.key_pem.as_bytes(),
-    )
-    .unwrap_err();
+    let load_as_node_2 = |cert: NodeCert| {
+        NodeTls::from_pem(
+            2,
+            ca.cert_pem().as_bytes(),
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )
+        .unwrap_err()
+    };
+    let err = load_as_node_2(ca.issue_node(3, &[]).unwrap());
     assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
     assert!(err.to_string().contains("node-2.raft"), "{err}");
     // And one from another CA.
     let rogue = DevCa::generate("rogue").unwrap();
-    let cert = rogue.issue_node(2, &[]).unwrap();
-    let err = NodeTls::from_pem(
-        2,
-        ca.cert_pem().as_bytes(),
-        cert.cert_pem.as_bytes(),
-        cert.key_pem.as_bytes(),
-    )
-    .unwrap_err();
+    let err = load_as_node_2(rogue.issue_node(2, &[]).unwrap());
     assert!(matches!(err, TlsError::Invalid { node: 2, .. }), "{err}");
 }
 
@@ -134,75 +144,52 @@ async fn dialing_an_address_where_another_node_listens_fails_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_addressed_to_another_node_is_refused() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let server = start_node(&ca, 1, any_addr(), test_config());
-    let (endpoint, cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 5, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::WRONG_NODE)),
-        "{err}"
-    );
-    assert!(err.contains("this is node 1, not node 5"), "{err}");
+    let (server, _client) = node_1_refuses(
+        test_config(),
+        2,
+        (2, 5, 1),
+        close_code::WRONG_NODE,
+        &["this is node 1, not node 5"],
+    )
+    .await;
     server.transport.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_version_mismatch_is_refused_at_connection_time() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let server = start_node(&ca, 1, any_addr(), test_config());
-    let (endpoint, cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    let err = raw_hello(&conn, 2, 1, 2).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::VERSION)),
-        "{err}"
-    );
-    assert!(err.contains("protocol version 2 not supported"), "{err}");
-    assert!(err.contains("speaks version 1"), "{err}");
-
+    let (server, client) = node_1_refuses(
+        test_config(),
+        2,
+        (2, 1, 2),
+        close_code::VERSION,
+        &["protocol version 2 not supported", "speaks version 1"],
+    )
+    .await;
     // The same handshake at version 1 is welcomed.
-    let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
+    assert_hello_welcomed(&client, (1, server.addr), 2).await;
     server.transport.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certified_node_that_is_not_a_peer_is_refused_by_default() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
     let cfg = QuicConfig {
         refuse_unknown_peers: QuicConfig::default().refuse_unknown_peers,
         ..test_config()
     };
     assert!(cfg.refuse_unknown_peers, "refusing is the default");
-    let server = start_node(&ca, 1, any_addr(), cfg);
-    let (endpoint, client_cfg) = raw_client(&ca, 2);
-    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
-        .await
-        .unwrap();
-    let err = raw_hello(&conn, 2, 1, 1).await.unwrap_err();
-    assert!(
-        err.starts_with(&format!("code {}", close_code::UNKNOWN_PEER)),
-        "{err}"
-    );
-    assert!(err.contains("node 2 is not a peer of node 1"), "{err}");
+    let (server, client) = node_1_refuses(
+        cfg,
+        2,
+        (2, 1, 1),
+        close_code::UNKNOWN_PEER,
+        &["node 2 is not a peer of node 1"],
+    )
+    .await;
     // Once node 1 knows node 2 (it was added to the cluster), it is welcomed.
     server
         .transport
         .add_peer(2, "127.0.0.1:9".parse::<raft_net_quic::PeerAddr>().unwrap());
-    let conn = raw_connect(&endpoint, &client_cfg, 1, server.addr)
-        .await
-        .unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
+    assert_hello_welcomed(&client, (1, server.addr), 2).await;
     server.transport.shutdown().await;
 }
 

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use raft_core::Transport;
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::{FileSnapshotSink, QuicTransport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shows_up_in_per_peer_metrics() {
@@ -20,13 +19,9 @@ async fn traffic_shows_up_in_per_peer_metrics() {
 
     let ca = DevCa::generate("cluster").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (sink, mut completed) = FileSnapshotSink::new(dir.path(), 1).unwrap();
+    let (b, mut inbound, mut completed) =
+        start_snapshot_receiver(&ca, 2, test_config(), dir.path(), 1);
     let a = start_node(&ca, 1, any_addr(), test_config());
-    let (b, mut inbound) = QuicTransport::builder(2, tls(&ca, 2))
-        .config(test_config())
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
     a.transport.add_peer(2, b.local_addr().unwrap());
     let msgs = every_message(1, 2);
     let n = msgs.len();

@@ -46,9 +46,7 @@ fn review_an_unknown_refusal_reason_code_decodes_with_its_text() {
 /// often as it likes) and stays in after the revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_handshake_in_flight_at_a_crl_reload_is_not_let_in_with_a_revoked_certificate() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = empty_crl_file(&ca, dir.path());
     let cert1 = ca.issue_node(1, &[]).unwrap();
     let cert2 = ca.issue_node(2, &[]).unwrap();
@@ -222,9 +220,7 @@ async fn review_a_permanently_refused_snapshot_is_not_offered_again_every_heartb
 /// `connect` fails and node 2 sees it closed as revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_in_flight_at_a_crl_reload_does_not_keep_a_revoked_peer() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let crl = empty_crl_file(&ca, dir.path());
     let cert2 = ca.issue_node(2, &[]).unwrap();
     let tls2 = tls_from_cert(&ca, 2, &cert2);

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use raft_core::{NodeId, Transport};
 use raft_net_quic::certs::DevCa;
-use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer, StreamKind};
+use raft_net_quic::codec::{self, Frame, SnapshotChunk, SnapshotOffer};
 use raft_net_quic::{
     FileSnapshotSink, QuicConfig, QuicTransport, RefusalReason, SnapshotRefusal, SnapshotSink,
     SnapshotSource,
@@ -101,9 +101,7 @@ fn snapshot_config() -> QuicConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_transfer_survives_a_connection_drop_and_resumes() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ca, dir) = ca_and_dir();
     let (file_sink, mut completed) = FileSnapshotSink::new(dir.path(), 4).unwrap();
     let sink = Arc::new(Watched {
         inner: file_sink,
@@ -164,16 +162,10 @@ async fn a_snapshot_transfer_survives_a_connection_drop_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_and_heartbeats_keep_flowing_during_a_snapshot_transfer() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, mut completed) = FileSnapshotSink::new(dir.path(), 4).unwrap();
+    let (ca, dir) = ca_and_dir();
+    let (receiver, mut inbound, mut completed) =
+        start_snapshot_receiver(&ca, 2, snapshot_config(), dir.path(), 4);
     let sender = start_node(&ca, 1, any_addr(), snapshot_config());
-    let (receiver, mut inbound) = QuicTransport::builder(2, tls(&ca, 2))
-        .config(snapshot_config())
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
     sender.transport.add_peer(2, receiver.local_addr().unwrap());
     let data = random_bytes(8 << 20, 9);
     let t = sender.transport.clone();
@@ -217,19 +209,8 @@ async fn raw_snapshot(
     ca: &DevCa,
     frames: Vec<Frame>,
 ) -> Vec<Frame> {
-    let (endpoint, cfg) = raw_client(ca, 2);
-    let conn = raw_connect(&endpoint, &cfg, 1, server_addr).await.unwrap();
-    assert_eq!(
-        raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
-    );
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
-    for f in &frames {
-        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
-    }
-    send.write_all(&buf).await.unwrap();
+    let (_endpoint, _conn, mut send, mut recv) =
+        raw_snapshot_stream(ca, 2, (1, server_addr), &frames).await;
     let _ = send.finish();
     let data = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
         .await
@@ -247,15 +228,9 @@ async fn raw_snapshot(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_with_a_bad_checksum_or_out_of_order_are_refused() {
-    init_tracing();
-    let ca = DevCa::generate("cluster").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, mut completed) = FileSnapshotSink::new(dir.path(), 4).unwrap();
-    let (receiver, _inbound) = QuicTransport::builder(1, tls(&ca, 1))
-        .config(snapshot_config())
-        .snapshot_sink(Arc::new(sink))
-        .bind(any_addr())
-        .unwrap();
+    let (ca, dir) = ca_and_dir();
+    let (receiver, _inbound, mut completed) =
+        start_snapshot_receiver(&ca, 1, snapshot_config(), dir.path(), 4);
     let addr = receiver.local_addr().unwrap();
     let offer = |id| {
         Frame::SnapshotOffer(SnapshotOffer {

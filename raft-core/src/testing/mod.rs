@@ -1,14 +1,17 @@
 //! Helpers of tests and benchmarks: seeds and sizes from the environment,
 //! printed so a failure can be replayed; the engine test [`network`] and the
-//! durable-log model it shares with the simulation; the
+//! durable-log model and the [`ReadySteps`] split of a `Ready` it shares
+//! with the simulation; the
 //! [`driver_cluster`] the driver benchmarks load. (The linearizability
 //! checker is the `raftkv-linearizability` crate.)
 
 pub mod driver_cluster;
 mod durable;
 pub mod network;
+mod ready;
 
 pub use durable::DurableLog;
+pub use ready::{ReadySteps, ReadyWrite};
 
 /// The environment variable `name` parsed as a `T`, or `default` when it is
 /// not set: how tests and benchmarks take their seeds, counts and sizes.

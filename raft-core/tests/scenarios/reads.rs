@@ -24,7 +24,7 @@ fn read_index_waits_for_a_quorum_heartbeat_round() {
         "released before any heartbeat answer"
     );
     assert!(
-        net.queue
+        net.links
             .iter()
             .any(|m| m.from == 1 && matches!(m.body, MessageBody::AppendEntries { .. })),
         "the read starts a heartbeat round at once"

@@ -27,6 +27,18 @@ fn cluster_still_commits(net: &mut Network, d: &str) {
     }
 }
 
+/// Three nodes led by node 1, which committed `proposal` if given, after
+/// three rounds of ticks.
+fn led_cluster(proposal: Option<&str>) -> Network {
+    let mut net = Network::new(3);
+    net.elect(1);
+    if let Some(d) = proposal {
+        net.propose(1, d).unwrap();
+    }
+    net.tick_all(3);
+    net
+}
+
 fn conflict(rejected_prev: u64, hint: LogId) -> MessageBody {
     MessageBody::AppendEntriesResponse {
         round: 0,
@@ -59,10 +71,7 @@ fn normal(term: u64, index: u64) -> Entry {
 /// log are all absorbed; afterwards the cluster still commits proposals.
 #[test]
 fn bad_input_never_panics_and_the_cluster_keeps_working() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.propose(1, "a").unwrap();
-    net.tick_all(3);
+    let mut net = led_cluster(Some("a"));
     let last = net.engine(1).last_log_id();
     let term = net.term(1);
 
@@ -166,9 +175,7 @@ fn bad_input_never_panics_and_the_cluster_keeps_working() {
 /// first new entry.
 #[test]
 fn non_consecutive_entries_are_refused() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.tick_all(3);
+    let mut net = led_cluster(None);
     let last = net.engine(2).last_log_id();
     let term = net.term(1);
     let gap = vec![normal(term, last.index + 1), normal(term, last.index + 3)];
@@ -187,28 +194,15 @@ fn non_consecutive_entries_are_refused() {
 /// §5.3: the leader just keeps probing), not overflow.
 #[test]
 fn rejections_with_maximal_indexes_do_not_panic() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.tick_all(3);
+    let mut net = led_cluster(None);
     let term = net.term(1);
-    net.step(msg::new(
-        2,
-        1,
-        term,
-        conflict(u64::MAX, LogId::new(term, u64::MAX)),
-    ));
-    net.step(msg::new(
-        2,
-        1,
-        term,
-        conflict(u64::MAX, LogId::new(term, u64::MAX)),
-    ));
-    net.step(msg::new(
-        3,
-        1,
-        term,
-        conflict(u64::MAX - 1, LogId::new(0, u64::MAX)),
-    ));
+    for (from, rejected_prev, hint) in [
+        (2, u64::MAX, LogId::new(term, u64::MAX)),
+        (2, u64::MAX, LogId::new(term, u64::MAX)),
+        (3, u64::MAX - 1, LogId::new(0, u64::MAX)),
+    ] {
+        net.step(msg::new(from, 1, term, conflict(rejected_prev, hint)));
+    }
     net.deliver_all();
     cluster_still_commits(&mut net, "after-max");
 }
@@ -218,9 +212,7 @@ fn rejections_with_maximal_indexes_do_not_panic() {
 /// order, leaves the logs consistent and the cluster working.
 #[test]
 fn duplicated_and_reordered_messages_are_harmless() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.tick_all(3);
+    let mut net = led_cluster(None);
     for round in 0..6 {
         for i in 0..3 {
             net.node_mut(1)
@@ -231,7 +223,7 @@ fn duplicated_and_reordered_messages_are_harmless() {
         }
         // Let one hop of traffic happen, then scramble what is in flight.
         for _ in 0..3 {
-            let mut batch: Vec<Message> = net.queue.drain(..).collect();
+            let mut batch: Vec<Message> = net.links.drain().collect();
             let dup = batch.clone();
             batch.extend(dup);
             batch.reverse();
@@ -461,16 +453,16 @@ fn run(actions: Vec<Action>, check_applied_agreement: bool) -> Network {
             }
             Action::DeliverAll => net.deliver_all(),
             Action::DropOne => {
-                net.queue.pop_front();
+                net.links.pop_front();
             }
             Action::Duplicate => {
-                if let Some(m) = net.queue.front().cloned() {
+                if let Some(m) = net.links.front().cloned() {
                     net.inject(m);
                 }
             }
             Action::Delay => {
-                if let Some(m) = net.queue.pop_front() {
-                    net.queue.push_back(m);
+                if let Some(m) = net.links.pop_front() {
+                    net.links.push_back(m);
                 }
             }
             Action::Propose(id) => {
@@ -544,10 +536,7 @@ proptest! {
 /// still elects and commits afterwards.
 #[test]
 fn an_absurd_term_from_a_peer_changes_nothing() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.propose(1, "a").unwrap();
-    net.tick_all(3);
+    let mut net = led_cluster(Some("a"));
     let last = net.engine(1).last_log_id();
     let before: Vec<_> = net
         .ids()
@@ -630,10 +619,7 @@ fn a_term_at_or_near_the_maximum_changes_nothing() {
         raft_core::MAX_TERM - 1,
         raft_core::MAX_TERM_JUMP + 5,
     ] {
-        let mut net = Network::new(3);
-        net.elect(1);
-        net.propose(1, "a").unwrap();
-        net.tick_all(3);
+        let mut net = led_cluster(Some("a"));
         let last = net.engine(1).last_log_id();
         for to in [1, 3] {
             net.step(msg::new(
@@ -660,10 +646,7 @@ fn a_term_at_or_near_the_maximum_changes_nothing() {
 /// cluster still commits.
 #[test]
 fn entries_or_snapshots_newer_than_their_message_are_refused() {
-    let mut net = Network::new(3);
-    net.elect(1);
-    net.propose(1, "a").unwrap();
-    net.tick_all(3);
+    let mut net = led_cluster(Some("a"));
     let last = net.engine(1).last_log_id();
     let t = net.term(1);
     for to in [1, 3] {

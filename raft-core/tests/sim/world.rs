@@ -83,11 +83,12 @@ use rand_chacha::ChaCha8Rng;
 use super::checks::{Holder, Observer, Violation};
 use super::clients::{ClientStats, Clients, Outstanding, Waiting};
 use super::model::{encode, Kv, Reference};
-use super::network::Network;
+use super::network::{Network, Packet};
 use super::runner::panic_message;
 use super::stats::{ChangeStats, Faults, SnapshotStats};
 use super::trace::{Event, Loss, MsgInfo, Trace};
 use raft_core::testing::DurableLog as Disk;
+use raft_core::testing::{ReadySteps, ReadyWrite};
 use snapshots::SnapshotReport;
 
 /// The outcome of a check: `Err` carries the violation.
@@ -218,14 +219,7 @@ impl Node {
 #[derive(Debug)]
 enum PendingWrite {
     /// A `Ready`'s write and the messages waiting for it.
-    Log {
-        /// The engine's name for the write, reported when it completes.
-        write_id: Option<WriteId>,
-        hard_state: Option<HardState>,
-        truncate_from: Option<Index>,
-        entries: Vec<Entry>,
-        persisted_messages: Vec<Message>,
-    },
+    Log(ReadyWrite),
     /// Record a snapshot and purge the log prefix (`Ready::compact_log`).
     Compact(LogCompaction),
     /// Replace the log by a snapshot the state machine installed.
@@ -894,10 +888,7 @@ impl World {
         if self.nodes[to].engine.is_some() && self.nodes[to].stalled_until != 0 {
             // Waits in the stalled node's queue until it resumes.
             let at = self.nodes[to].stalled_until;
-            match packet.snapshot {
-                Some(data) => self.net.push_snapshot(packet.msg, at, data),
-                None => self.net.push(packet.msg, at),
-            }
+            self.net.push(packet, at);
             return Ok(());
         }
         if let Some(data) = packet.snapshot {
@@ -931,7 +922,7 @@ impl World {
         if dup {
             self.faults.duplicated += 1;
             let at = self.now + self.rng.gen_range(0..=6);
-            self.net.push(msg.clone(), at);
+            self.net.push(Packet::message(msg.clone()), at);
         }
         self.record(Event::Deliver { msg: info, dup });
         let from_removed = self.sender_if_removed(to, &msg);
@@ -1011,23 +1002,9 @@ impl World {
 
     fn handle_ready(&mut self, i: usize, ready: Ready) -> Check {
         let id = self.nodes[i].id;
-        let Ready {
-            soft_state,
-            hard_state,
-            truncate_from,
-            entries,
-            write_id,
-            messages,
-            persisted_messages,
-            committed_entries,
-            read_states,
-            failed_reads,
-            compact_log,
-            build_snapshot,
-            install_snapshot,
-            fetch_entries,
-        } = ready;
-        if let Some(s) = soft_state {
+        let steps = ReadySteps::from(ready);
+        let write = steps.write;
+        if let Some(s) = steps.soft_state {
             self.record(Event::Role {
                 node: id,
                 role: s.role,
@@ -1035,7 +1012,7 @@ impl World {
                 leader: s.leader,
             });
         }
-        if let Some(first) = entries.first() {
+        if let Some(first) = write.entries.first() {
             let engine = self.nodes[i].engine.as_ref().expect("live");
             let Some(prev_term) = engine.term_at(first.index - 1) else {
                 return Err(format!(
@@ -1043,10 +1020,11 @@ impl World {
                     first.log_id()
                 ));
             };
-            for (k, e) in entries.iter().enumerate() {
+            for (k, e) in write.entries.iter().enumerate() {
                 if e.index != first.index + k as u64 {
                     return Err(format!(
-                        "node {id}: Ready::entries not consecutive: {entries:?}"
+                        "node {id}: Ready::entries not consecutive: {:?}",
+                        write.entries
                     ));
                 }
             }
@@ -1054,9 +1032,9 @@ impl World {
                 node: id,
                 incarnation: self.nodes[i].incarnation,
             };
-            self.obs.record_entries(holder, prev_term, &entries)?;
+            self.obs.record_entries(holder, prev_term, &write.entries)?;
         }
-        for msg in messages {
+        for msg in steps.messages {
             if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
                 self.send_snapshot(i, msg)?;
             } else {
@@ -1066,7 +1044,7 @@ impl World {
         // Committed entries: consecutive after what was handed out, and
         // already durable here ("committed and durable locally").
         let node = &mut self.nodes[i];
-        for e in committed_entries {
+        for e in steps.committed_entries {
             let expected = node.next_to_apply();
             if e.index != expected {
                 return Err(format!(
@@ -1092,26 +1070,20 @@ impl World {
             }
             node.to_apply.push_back(ApplyJob::Entry(e));
         }
-        if hard_state.is_some()
-            || truncate_from.is_some()
-            || !entries.is_empty()
-            || !persisted_messages.is_empty()
+        if write.hard_state.is_some()
+            || write.truncate_from.is_some()
+            || !write.entries.is_empty()
+            || !write.persisted_messages.is_empty()
         {
-            node.writes.push_back(PendingWrite::Log {
-                write_id,
-                hard_state,
-                truncate_from,
-                entries,
-                persisted_messages,
-            });
+            node.writes.push_back(PendingWrite::Log(write));
         }
-        if let Some(c) = compact_log {
+        if let Some(c) = steps.compact_log {
             node.writes.push_back(PendingWrite::Compact(c));
         }
-        if let Some(meta) = build_snapshot {
+        if let Some(meta) = steps.build_snapshot {
             node.to_apply.push_back(ApplyJob::Build(meta));
         }
-        if let Some(meta) = install_snapshot {
+        if let Some(meta) = steps.install_snapshot {
             match node.incoming.take() {
                 Some((m, kv)) if m == meta => node.to_apply.push_back(ApplyJob::Install(meta, kv)),
                 other => {
@@ -1124,8 +1096,8 @@ impl World {
                 }
             }
         }
-        self.nodes[i].fetches.extend(fetch_entries);
-        for rs in read_states {
+        self.nodes[i].fetches.extend(steps.fetch_entries);
+        for rs in steps.read_states {
             if !self.nodes[i].reads_asked.remove(&rs.id) {
                 return Err(format!(
                     "node {id}: ReadState for read {} that is not pending (answered twice?)",
@@ -1137,7 +1109,7 @@ impl World {
                 self.nodes[i].reads_ready.push((rs, client, op));
             }
         }
-        for (read, err) in failed_reads {
+        for (read, err) in steps.failed_reads {
             if !self.nodes[i].reads_asked.remove(&read) {
                 return Err(format!(
                     "node {id}: failed read {read} ({err}) that is not pending (answered twice?)"
@@ -1223,7 +1195,7 @@ impl World {
             return Ok(());
         }
         let latency = self.latency();
-        self.net.push(msg, self.now + latency);
+        self.net.push(Packet::message(msg), self.now + latency);
         Ok(())
     }
 
@@ -1243,19 +1215,13 @@ impl World {
             return Ok(());
         };
         match write {
-            PendingWrite::Log {
-                write_id,
-                hard_state,
-                truncate_from,
-                entries,
-                persisted_messages,
-            } => self.complete_log_write(
+            PendingWrite::Log(w) => self.complete_log_write(
                 i,
-                write_id,
-                hard_state,
-                truncate_from,
-                entries,
-                persisted_messages,
+                w.write_id,
+                w.hard_state,
+                w.truncate_from,
+                w.entries,
+                w.persisted_messages,
             ),
             PendingWrite::Compact(c) => self.complete_compaction(i, c),
             PendingWrite::Install(meta) => self.complete_install(i, meta),

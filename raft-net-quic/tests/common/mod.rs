@@ -13,7 +13,7 @@ use raft_core::{
 use raft_net_quic::certs::DevCa;
 use raft_net_quic::codec::{self, Frame, Hello, StreamKind};
 use raft_net_quic::tls::node_dns_name;
-use raft_net_quic::{NodeTls, QuicConfig, QuicTransport};
+use raft_net_quic::{FileSnapshotSink, NodeTls, QuicConfig, QuicTransport, ReceivedSnapshot};
 use tokio::sync::mpsc;
 
 mod peers;
@@ -93,6 +93,37 @@ pub async fn restart_node(ca: &DevCa, id: NodeId, addr: SocketAddr, cfg: QuicCon
         }
     }
     panic!("cannot bind {addr} again within 5 s");
+}
+
+/// The start of the tests that write files: tracing, a cluster CA and a
+/// scratch directory (deleted when dropped).
+pub fn ca_and_dir() -> (DevCa, tempfile::TempDir) {
+    init_tracing();
+    let ca = DevCa::generate("cluster").unwrap();
+    (ca, tempfile::tempdir().unwrap())
+}
+
+/// A node that receives snapshots: node `id` with `cfg`, bound to any
+/// loopback port, whose [`FileSnapshotSink`] writes into `dir` and queues
+/// up to `queue` completed snapshots on the returned receiver.
+pub fn start_snapshot_receiver(
+    ca: &DevCa,
+    id: NodeId,
+    cfg: QuicConfig,
+    dir: &std::path::Path,
+    queue: usize,
+) -> (
+    QuicTransport,
+    mpsc::Receiver<Message>,
+    mpsc::Receiver<ReceivedSnapshot>,
+) {
+    let (sink, completed) = FileSnapshotSink::new(dir, queue).unwrap();
+    let (transport, inbound) = QuicTransport::builder(id, tls(ca, id))
+        .config(cfg)
+        .snapshot_sink(Arc::new(sink))
+        .bind(any_addr())
+        .unwrap();
+    (transport, inbound, completed)
 }
 
 pub fn any_addr() -> SocketAddr {
@@ -287,6 +318,71 @@ pub async fn raw_hello(
         Ok(()) => codec::decode_frame(Bytes::from(data), 1 << 20).map_err(|e| e.to_string()),
         Err(_) => Err(closed_reason(conn).await),
     }
+}
+
+/// Runs a hello by hand over a new raw connection from `client` to node
+/// `server` at `addr`, claiming to be `from`, addressed to `to` and at
+/// `version`; asserts that it is refused with close `code` and a reason
+/// naming each of `reasons`.
+pub async fn assert_hello_refused(
+    (endpoint, cfg): &(quinn::Endpoint, quinn::ClientConfig),
+    (server, addr): (NodeId, SocketAddr),
+    (from, to, version): (NodeId, NodeId, u8),
+    code: u32,
+    reasons: &[&str],
+) {
+    let conn = raw_connect(endpoint, cfg, server, addr).await.unwrap();
+    let err = raw_hello(&conn, from, to, version).await.unwrap_err();
+    assert!(err.starts_with(&format!("code {code}")), "{err}");
+    for reason in reasons {
+        assert!(err.contains(reason), "{err}");
+    }
+}
+
+/// Runs a hello by hand over a new raw connection from `client` to node
+/// `server` at `addr`, as node `from` to node `server` at version 1;
+/// asserts that it is welcomed.
+pub async fn assert_hello_welcomed(
+    (endpoint, cfg): &(quinn::Endpoint, quinn::ClientConfig),
+    (server, addr): (NodeId, SocketAddr),
+    from: NodeId,
+) {
+    let conn = raw_connect(endpoint, cfg, server, addr).await.unwrap();
+    assert_eq!(
+        raw_hello(&conn, from, server, 1).await.unwrap(),
+        Frame::Welcome { node: server }
+    );
+}
+
+/// Connects a raw client certified as `from` to node `server` at `addr`,
+/// runs the handshake (which must be welcomed), opens a snapshot stream
+/// and writes `frames` on it: the endpoint, the connection and the
+/// stream's two halves.
+pub async fn raw_snapshot_stream(
+    ca: &DevCa,
+    from: NodeId,
+    (server, addr): (NodeId, SocketAddr),
+    frames: &[Frame],
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let (endpoint, cfg) = raw_client(ca, from);
+    let conn = raw_connect(&endpoint, &cfg, server, addr).await.unwrap();
+    assert_eq!(
+        raw_hello(&conn, from, server, 1).await.unwrap(),
+        Frame::Welcome { node: server }
+    );
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[StreamKind::Snapshot as u8]);
+    for f in frames {
+        codec::encode_frame(f, 1 << 24, &mut buf).unwrap();
+    }
+    send.write_all(&buf).await.unwrap();
+    (endpoint, conn, send, recv)
 }
 
 /// Waits for the connection to close and describes how.

@@ -3,12 +3,16 @@
 
 use super::{Network, Write, MAX_READY_LOOPS};
 use crate::engine::{Engine, Ready, Role};
+use crate::testing::ReadySteps;
 use crate::{Entry, EntryPayload, NodeId};
 
 impl Network {
     /// Handles every `Ready` of node `id` until it has none.
     pub fn process(&mut self, id: NodeId) {
         for _ in 0..MAX_READY_LOOPS {
+            if self.complete_snapshots {
+                self.finish_builds(id);
+            }
             if !self.node(id).engine.has_ready() {
                 self.check_election_safety(id);
                 return;
@@ -32,60 +36,47 @@ impl Network {
     }
 
     fn handle_ready(&mut self, id: NodeId, ready: Ready) {
-        let Ready {
-            soft_state,
-            hard_state,
-            truncate_from,
-            entries,
-            write_id,
-            messages,
-            persisted_messages,
-            committed_entries,
-            read_states,
-            failed_reads,
-            compact_log,
-            build_snapshot,
-            install_snapshot,
-            fetch_entries,
-        } = ready;
-        // This harness has no state machine snapshots; they are exercised
-        // by the simulation and the driver tests. Builds are recorded when
-        // allowed and never completed; an install a test provokes is
-        // recorded and left in progress.
+        let steps = ReadySteps::from(ready);
+        // Snapshot builds are recorded, and completed once their entries
+        // are applied with `complete_snapshots`; without it they never
+        // are, and an install a test provokes is left in progress.
         assert!(
-            self.allow_snapshot_requests || (compact_log.is_none() && build_snapshot.is_none()),
+            self.allow_snapshot_requests
+                || self.complete_snapshots
+                || (steps.compact_log.is_none() && steps.build_snapshot.is_none()),
             "node {id}: snapshot work in the engine test network (raise the thresholds)"
         );
-        if let Some(meta) = build_snapshot {
+        if let Some(meta) = steps.build_snapshot {
             self.node_mut(id).snapshot_requests.push(meta);
         }
-        if let Some(meta) = install_snapshot {
-            self.node_mut(id).installing = Some(meta);
-        }
-        if let Some(ss) = soft_state {
+        let install = if self.complete_snapshots {
+            steps.install_snapshot
+        } else {
+            if let Some(meta) = steps.install_snapshot {
+                self.node_mut(id).installing = Some(meta);
+            }
+            None
+        };
+        if let Some(ss) = steps.soft_state {
             self.node_mut(id).soft_states.push(ss);
         }
         // 1. Messages that depend on nothing unpersisted.
-        for m in messages {
+        for m in steps.messages {
             assert_eq!(m.from, id, "node {id} sent a message as {}", m.from);
             self.send(m, false);
         }
         // 2./3. The write, then what waited for it; 4. apply, after the
         // write by default, or at once when the test asks for overlap.
         let (apply_now, committed) = if self.apply_before_persist {
-            (committed_entries, Vec::new())
+            (steps.committed_entries, Vec::new())
         } else {
-            (Vec::new(), committed_entries)
+            (Vec::new(), steps.committed_entries)
         };
         let write = Write {
-            write_id,
-            hard_state,
-            truncate_from,
-            entries,
-            persisted_messages,
+            log: steps.write,
             committed,
-            compact_log,
-            fetch_entries,
+            compact_log: steps.compact_log,
+            fetch_entries: steps.fetch_entries,
         };
         let node = self.node_mut(id);
         if node.hold_persist || !node.pending.is_empty() {
@@ -98,18 +89,21 @@ impl Network {
         }
         // 5. Reads.
         let node = self.node_mut(id);
-        node.read_states.extend(read_states);
-        node.failed_reads.extend(failed_reads);
+        node.read_states.extend(steps.read_states);
+        node.failed_reads.extend(steps.failed_reads);
+        if let Some(meta) = install {
+            self.install(id, meta);
+        }
     }
 
     fn do_write(&mut self, id: NodeId, w: Write) {
         let node = self.node_mut(id);
         let disk = &mut node.disk;
         let durable_commit = disk.hard_state.commit;
-        if let Some(hs) = w.hard_state {
+        if let Some(hs) = w.log.hard_state {
             disk.hard_state = hs;
         }
-        if let Some(from) = w.truncate_from {
+        if let Some(from) = w.log.truncate_from {
             assert!(from >= 1, "node {id}: truncate_from 0");
             assert!(
                 from > durable_commit,
@@ -118,7 +112,7 @@ impl Network {
             disk.truncate(from)
                 .unwrap_or_else(|e| panic!("node {id}: {e}"));
         }
-        disk.append(&w.entries).unwrap_or_else(|e| {
+        disk.append(&w.log.entries).unwrap_or_else(|e| {
             panic!("node {id}: written entries do not continue the durable log consecutively: {e}")
         });
         assert!(
@@ -130,16 +124,12 @@ impl Network {
         if let Some(c) = &w.compact_log {
             disk.compact(c).unwrap_or_else(|e| panic!("node {id}: {e}"));
         }
-        for fetch in w.fetch_entries {
-            let entries = node.disk.read_back(&fetch);
-            node.read_back += entries.len() as u64;
-            node.engine.on_entries_fetched(fetch, entries);
-        }
-        for m in w.persisted_messages {
+        self.fetch(id, w.fetch_entries);
+        for m in w.log.persisted_messages {
             assert_eq!(m.from, id, "node {id} sent a message as {}", m.from);
             self.send(m, true);
         }
-        if let Some(write_id) = w.write_id {
+        if let Some(write_id) = w.log.write_id {
             self.node_mut(id).engine.on_persisted(write_id);
         }
         if !w.committed.is_empty() {
@@ -215,10 +205,16 @@ impl Network {
     /// Restarts node `id` from its durable log, hard state and state
     /// machine; queued (non-durable) writes are lost.
     pub fn restart(&mut self, id: NodeId) {
+        let complete = self.complete_snapshots;
         let node = self.node_mut(id);
         node.pending.clear();
         node.hold_persist = false;
         node.installing = None;
+        node.incoming = None;
+        node.fetches.clear();
+        if complete {
+            node.snapshot_requests.clear();
+        }
         let initial = node
             .disk
             .initial_state(&node.bootstrap, node.applied_index, u64::MAX);

@@ -1,7 +1,16 @@
-//! The engine test network: a simulated cluster of [`Engine`]s, shared by
-//! raft-core's scenario tests, its byte-bound tests and the engine
-//! benchmark (the simulation shares its [`DurableLog`]; its own network
-//! reorders and delays on purpose).
+//! The engine test network: a simulated cluster of [`Engine`]s. One network
+//! serves every engine-level test that drives whole clusters: raft-core's
+//! scenario tests (`tests/scenarios/`), its catch-up tests
+//! (`tests/catch_up.rs`: random order, losses, slow and failing storage,
+//! snapshots), its byte-bound tests (`tests/log_bytes.rs`) and the engine
+//! benchmark (`raftkv-bench`'s `EngineCluster`). The deterministic
+//! simulation (`tests/sim/`) shares its message queue and link state
+//! ([`Links`]) and its durable-log model ([`DurableLog`]); its world (nodes
+//! that crash and restart, disks that complete writes one by one, state
+//! machines that apply later, clients, and checks that report a violation
+//! with a replayable trace instead of panicking) stays its own: it decides
+//! per step what happens next from one seeded generator, where this network
+//! settles synchronously.
 //!
 //! Every node is driven exactly as the engine's driver contract says
 //! (`raft_core::engine` module docs): for each `Ready` the harness sends
@@ -9,6 +18,8 @@
 //! "durable" log, sends `persisted_messages` only once that write is done,
 //! reports the write with `on_persisted`, applies `committed_entries` and
 //! reports them with `on_applied`.
+//!
+//! # Storage
 //!
 //! Each node's durable storage is a [`DurableLog`]; entries a leader asks
 //! to read back ([`Ready::fetch_entries`](crate::engine::Ready::fetch_entries)) are read from it. Storage is
@@ -20,12 +31,39 @@
 //! at once instead (the contract lets steps 2–5 overlap).
 //! [`Network::restart`] rebuilds a node from its durable state only.
 //!
-//! Messages go through one FIFO queue. Links can be dropped one way
+//! Read-backs are answered as soon as their write is done, unless a node's
+//! [`fetch_policy`](Node::fetch_policy) says otherwise ([`FetchFate`]):
+//! late by a number of ticks of virtual time ([`Network::now`], advanced by
+//! [`Network::tick_all`]), failed (an empty answer), or lost (never
+//! answered); [`FetchPolicy::Draw`] draws each read-back's fate.
+//! [`Node::refuse_entries`] makes a follower drop every AppendEntries that
+//! carries entries, as the driver does while its state machine lags.
+//!
+//! # Messages
+//!
+//! Messages in flight are a [`Links`] queue, delivered in the order they
+//! were sent, or in a random order drawn from a seed
+//! ([`Network::random_delivery`], which also loses each message with a
+//! given probability). Links can be dropped one way
 //! ([`Network::drop_link`]), cut both ways ([`Network::cut`]), a node can be
 //! isolated, a message kind ignored, or an arbitrary predicate installed
 //! ([`Network::drop_if`]); [`Network::recover`] heals everything. Filters are
 //! checked both when a message is sent and when it is delivered, so a cut
 //! also loses the messages already in flight on it.
+//!
+//! # Snapshots
+//!
+//! By default a snapshot build fails the test (raise the thresholds);
+//! [`Network::allow_snapshot_requests`] records builds and never completes
+//! them, and leaves an install in progress ([`Node::installing`]).
+//! [`Network::complete_snapshots`] does them for real: a build completes
+//! once its entries are applied (its data: the entries applied through its
+//! index, kept in [`Network::snapshot_data`]), the leader's
+//! `InstallSnapshot` carries it, the sender hears how the transfer ended
+//! (`report_snapshot`: delivered, or lost), and the receiver installs it at
+//! once (state machine, then log).
+//!
+//! # Checks
 //!
 //! The harness checks invariants on every step and panics when one breaks:
 //! - election safety (paper §5.2, Figure 3): at most one leader per term;
@@ -33,28 +71,36 @@
 //!   at a given index (can be switched off for tests that forge messages);
 //! - the driver contract itself: writes continue the durable log, applied
 //!   entries are durable locally and applied in order, the persisted commit
-//!   index never exceeds the durable log.
+//!   index never exceeds the durable log, a leader sends its latest
+//!   snapshot.
 //!
 //! A benchmark switches off what costs memory per message or entry:
 //! [`Network::record_sent`], [`Network::keep_applied`] and
 //! [`Network::check_applied_agreement`].
 
 mod driver;
+mod faults;
 mod links;
 pub mod msg;
+mod snapshots;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use super::DurableLog;
+pub use faults::{FetchFate, FetchPolicy};
+pub use wire::Links;
+
+use super::{DurableLog, ReadyWrite};
 use crate::engine::{
     Engine, EntryFetch, InitialState, LogCompaction, ProposalRefused, ReadId, ReadRefused,
-    ReadState, Role, SoftState, TransferRefused, WriteId,
+    ReadState, Role, SoftState, TransferRefused,
 };
 use crate::{
-    Config, Entry, EntryPayload, HardState, Index, LogId, Membership, Message, NodeId,
-    SnapshotMeta, Term,
+    Config, Entry, EntryPayload, Index, LogId, Membership, Message, NodeId, SnapshotMeta, Term,
 };
 
 /// Upper bound on messages delivered by one [`Network::deliver_all`].
@@ -65,12 +111,8 @@ pub const MAX_READY_LOOPS: usize = 10_000;
 /// One durable write waiting for storage (only while persistence is held).
 #[derive(Debug)]
 struct Write {
-    /// The engine's name for the write, reported when it is done.
-    write_id: Option<WriteId>,
-    hard_state: Option<HardState>,
-    truncate_from: Option<Index>,
-    entries: Vec<Entry>,
-    persisted_messages: Vec<Message>,
+    /// The write and the messages waiting for it.
+    log: ReadyWrite,
     /// Committed entries of the same `Ready`, applied once the write is
     /// done (unless [`Network::apply_before_persist`]).
     committed: Vec<Entry>,
@@ -96,9 +138,28 @@ pub struct Node {
     pub applied_normal: u64,
     /// Entries read back from `disk` for followers.
     pub read_back: u64,
-    /// Snapshot builds the engine asked for (only with
-    /// [`Network::allow_snapshot_requests`]; never completed).
+    /// Snapshot builds the engine asked for and not completed (only with
+    /// [`Network::allow_snapshot_requests`], which never completes them,
+    /// or [`Network::complete_snapshots`], until the entries are applied).
     pub snapshot_requests: Vec<SnapshotMeta>,
+    /// The latest snapshot of the state machine, built or installed (with
+    /// [`Network::complete_snapshots`]); its data is
+    /// [`Network::snapshot_data`].
+    pub snapshot: Option<SnapshotMeta>,
+    /// Snapshots installed (with [`Network::complete_snapshots`]).
+    pub snapshots_installed: u64,
+    /// A snapshot delivered and not yet installed.
+    incoming: Option<SnapshotMeta>,
+    /// How this node's storage answers read-backs
+    /// ([`Ready::fetch_entries`](crate::engine::Ready::fetch_entries)).
+    pub fetch_policy: FetchPolicy,
+    /// Read-backs waiting for their answer: the fetch, the virtual time it
+    /// is due at ([`Network::now`]) and whether it fails.
+    fetches: Vec<(EntryFetch, u64, bool)>,
+    /// Whether the node drops every AppendEntries that carries entries
+    /// while it is not leader, as the driver does while its state machine
+    /// lags behind `max_unapplied_bytes`.
+    pub refuse_entries: bool,
     /// Whether writes are queued instead of done at once.
     pub hold_persist: bool,
     pending: VecDeque<Write>,
@@ -108,8 +169,8 @@ pub struct Node {
     pub failed_reads: Vec<(ReadId, ReadRefused)>,
     /// Every soft state reported, in order.
     pub soft_states: Vec<SoftState>,
-    /// A snapshot install the engine asked for. The harness never finishes
-    /// one: it models an install still in progress.
+    /// A snapshot install the engine asked for and the harness left in
+    /// progress (always, unless [`Network::complete_snapshots`]).
     pub installing: Option<SnapshotMeta>,
     cfg: Config,
     bootstrap: Membership,
@@ -136,6 +197,12 @@ impl Node {
     pub fn pending_writes(&self) -> usize {
         self.pending.len()
     }
+
+    /// Number of read-backs asked for and not answered yet (lost ones
+    /// excluded: they are never answered).
+    pub fn pending_fetches(&self) -> usize {
+        self.fetches.len()
+    }
 }
 
 /// A message as it left a node, with the `Ready` field it came from.
@@ -150,15 +217,36 @@ pub struct Sent {
 /// A predicate on messages: true drops the message.
 type Filter = Box<dyn Fn(&Message) -> bool>;
 
+/// The order messages in flight are delivered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The order they were sent in (the default).
+    Fifo,
+    /// A message picked at random among those in flight each time, drawn
+    /// from [`Network::rng`] (so a seed replays the same order).
+    Random,
+}
+
 /// The simulated cluster. See the [module docs](self).
 pub struct Network {
     /// The nodes, by id.
     pub nodes: BTreeMap<NodeId, Node>,
-    /// Messages in flight, delivered front first.
-    pub queue: VecDeque<Message>,
+    /// Messages in flight and the cut links (see [`Network::cut`]).
+    pub links: Links<Message>,
+    /// The order messages are delivered in ([`Delivery::Fifo`] by default).
+    pub delivery: Delivery,
+    /// The probability that a message in flight is lost instead of
+    /// delivered (0 by default; drawn from [`rng`](Self::rng)).
+    pub drop_rate: f64,
+    /// The network's random generator (random delivery order, losses and
+    /// [`FetchPolicy::Draw`]); seeded with 0 unless
+    /// [`random_delivery`](Self::random_delivery) seeds it.
+    pub rng: ChaCha8Rng,
+    /// Virtual time: rounds of [`tick_all`](Self::tick_all) so far. Late
+    /// read-backs ([`FetchFate::Late`]) are due in it.
+    pub now: u64,
     /// Every message any node sent, in order (filtered or not).
     pub sent: Vec<Sent>,
-    dropped_links: BTreeSet<(NodeId, NodeId)>,
     ignored_kinds: BTreeSet<&'static str>,
     filters: Vec<Filter>,
     /// The leader of each term seen so far (election safety).
@@ -181,14 +269,24 @@ pub struct Network {
     /// (off by default: a request then fails the test, whose thresholds
     /// should be raised). Requests are recorded and never completed.
     pub allow_snapshot_requests: bool,
+    /// Whether snapshots are built, sent and installed for real (off by
+    /// default; implies [`allow_snapshot_requests`](Self::allow_snapshot_requests)
+    /// and needs [`keep_applied`](Self::keep_applied)). See the
+    /// [module docs](self#snapshots).
+    pub complete_snapshots: bool,
+    /// The data of every snapshot built, by index: the entries applied
+    /// through it (the same on every node, by state machine safety).
+    pub snapshot_data: BTreeMap<Index, Vec<Entry>>,
 }
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
             .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
-            .field("queue", &self.queue.len())
-            .field("dropped_links", &self.dropped_links)
+            .field("in_flight", &self.links.len())
+            .field("cut", &self.links.describe_cuts())
+            .field("delivery", &self.delivery)
+            .field("now", &self.now)
             .field("ignored_kinds", &self.ignored_kinds)
             .field("filters", &self.filters.len())
             .finish()
@@ -225,6 +323,12 @@ impl Network {
                     applied_normal: 0,
                     read_back: 0,
                     snapshot_requests: Vec::new(),
+                    snapshot: None,
+                    snapshots_installed: 0,
+                    incoming: None,
+                    fetch_policy: FetchPolicy::Always(FetchFate::Prompt),
+                    fetches: Vec::new(),
+                    refuse_entries: false,
                     hold_persist: false,
                     pending: VecDeque::new(),
                     read_states: Vec::new(),
@@ -238,9 +342,12 @@ impl Network {
         }
         Self {
             nodes,
-            queue: VecDeque::new(),
+            links: Links::new(),
+            delivery: Delivery::Fifo,
+            drop_rate: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(0),
+            now: 0,
             sent: Vec::new(),
-            dropped_links: BTreeSet::new(),
             ignored_kinds: BTreeSet::new(),
             filters: Vec::new(),
             leaders: BTreeMap::new(),
@@ -250,6 +357,8 @@ impl Network {
             record_sent: true,
             keep_applied: true,
             allow_snapshot_requests: false,
+            complete_snapshots: false,
+            snapshot_data: BTreeMap::new(),
         }
     }
 
@@ -319,9 +428,11 @@ impl Network {
         }
     }
 
-    /// `n` rounds of: tick every node once, then deliver everything.
+    /// `n` rounds of: advance [`now`](Self::now), tick every node once,
+    /// then deliver everything (answering the read-backs that fall due).
     pub fn tick_all(&mut self, n: u64) {
         for _ in 0..n {
+            self.now += 1;
             for id in self.ids() {
                 self.tick(id, 1);
             }

@@ -92,10 +92,7 @@ impl World {
         let candidates: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 self.nodes[*i].engine.is_some()
-                    && matches!(
-                        self.nodes[*i].writes.front(),
-                        Some(PendingWrite::Log { .. })
-                    )
+                    && matches!(self.nodes[*i].writes.front(), Some(PendingWrite::Log(_)))
             })
             .collect();
         let Some(&i) = candidates.choose(&mut self.rng) else {
@@ -110,16 +107,17 @@ impl World {
             landed,
         });
         if landed {
-            if let PendingWrite::Log {
-                hard_state,
-                truncate_from,
-                entries,
-                ..
-            } = failed
-            {
+            if let PendingWrite::Log(w) = failed {
                 // Durable, but never reported: no message goes out and the
                 // engine (gone) never learns it.
-                self.complete_log_write(i, None, hard_state, truncate_from, entries, Vec::new())?;
+                self.complete_log_write(
+                    i,
+                    None,
+                    w.hard_state,
+                    w.truncate_from,
+                    w.entries,
+                    Vec::new(),
+                )?;
             }
         }
         self.nodes[i].restart_at = self.now + self.rng.gen_range(5..=40);

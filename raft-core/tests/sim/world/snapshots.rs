@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::{ApplyJob, Check, PendingWrite, World};
 use crate::sim::model::Kv;
-use crate::sim::network::SnapshotData;
+use crate::sim::network::{Packet, SnapshotData};
 use crate::sim::trace::{Event, Loss, MsgInfo};
 
 /// The outcome of a snapshot transfer, due at its sender.
@@ -82,13 +82,15 @@ impl World {
             return Ok(());
         }
         let at = self.now + self.latency();
-        self.net.push_snapshot(
-            header,
+        self.net.push(
+            Packet::snapshot(
+                header,
+                SnapshotData {
+                    kv,
+                    sender_incarnation: incarnation,
+                },
+            ),
             at,
-            SnapshotData {
-                kv,
-                sender_incarnation: incarnation,
-            },
         );
         Ok(())
     }
