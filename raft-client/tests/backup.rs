@@ -4,11 +4,13 @@
 //! retried; a slow body that keeps coming is not cut by the request
 //! timeout.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_client::{BackupConsistency, Client, Error, RetryPolicy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
@@ -65,17 +67,8 @@ fn serve(listener: TcpListener, script: Vec<Reply>) -> Seen {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            log.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf).to_lowercase());
+            let head = common::read_head(&mut sock).await;
+            log.lock().unwrap().push(head);
             // Each answer on its own task: a stalled one holds no other.
             tokio::spawn(answer(sock, reply));
         }

@@ -1,11 +1,13 @@
 //! The retry rules against a scripted HTTP server: what is sent again,
 //! where, after how long, and what is never sent twice.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_client::{Client, Error, IdempotencyKeys, Outcome, RetryPolicy, WriteOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// One scripted answer.
@@ -32,17 +34,8 @@ async fn server(script: Vec<Reply>) -> (String, Seen) {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            log.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf).to_lowercase());
+            let head = common::read_head(&mut sock).await;
+            log.lock().unwrap().push(head);
             match reply {
                 Reply::Hangup => drop(sock),
                 Reply::Answer(status, headers, body) => {

@@ -351,6 +351,19 @@ pub fn extract_snapshot(
     out.sync_all().map_err(io_err(dest))
 }
 
+/// Writes at `path` a backup of an empty store under `header` (tests).
+#[cfg(test)]
+pub(crate) fn write_empty_backup(path: &Path, header: &BackupHeader) {
+    let mut w = start(File::create(path).unwrap(), header, path).unwrap();
+    w.write_all(b"RKVSNAP1").unwrap();
+    let mut trailer = vec![0xFF];
+    trailer.extend_from_slice(&0u64.to_be_bytes());
+    let crc = crc32c::crc32c(&trailer);
+    trailer.extend_from_slice(&crc.to_be_bytes());
+    w.write_all(&trailer).unwrap();
+    finish(w, path).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,14 +387,7 @@ mod tests {
     /// A backup of an empty store: header, empty snapshot stream, footer.
     fn sample(dir: &Path) -> PathBuf {
         let path = dir.join("b.bak");
-        let mut w = start(File::create(&path).unwrap(), &header(), &path).unwrap();
-        w.write_all(b"RKVSNAP1").unwrap();
-        let mut trailer = vec![0xFF];
-        trailer.extend_from_slice(&0u64.to_be_bytes());
-        let crc = crc32c::crc32c(&trailer);
-        trailer.extend_from_slice(&crc.to_be_bytes());
-        w.write_all(&trailer).unwrap();
-        finish(w, &path).unwrap();
+        write_empty_backup(&path, &header());
         path
     }
 

@@ -423,8 +423,6 @@ mod symlink_tests {
 
 #[cfg(test)]
 mod tests_support {
-    use std::fs::File;
-    use std::io::Write;
     use std::path::{Path, PathBuf};
 
     use crate::backup::{BackupHeader, FORMAT};
@@ -445,14 +443,7 @@ mod tests_support {
             created_unix_ms: 1,
             version: "test".into(),
         };
-        let mut w = crate::backup::start(File::create(&path).unwrap(), &header, &path).unwrap();
-        w.write_all(b"RKVSNAP1").unwrap();
-        let mut trailer = vec![0xFF];
-        trailer.extend_from_slice(&0u64.to_be_bytes());
-        let crc = crc32c::crc32c(&trailer);
-        trailer.extend_from_slice(&crc.to_be_bytes());
-        w.write_all(&trailer).unwrap();
-        crate::backup::finish(w, &path).unwrap();
+        crate::backup::write_empty_backup(&path, &header);
         path
     }
 }
