@@ -54,6 +54,10 @@ pub struct RecoverArgs {
     /// other member's copy of the data must never run again.
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Required to recover a store that was recovered before and has
+    /// gained other voters since: they may still run (see the message).
+    #[arg(long)]
+    pub again: bool,
 }
 
 /// Marks a store recovered with `--force-new-cluster` (when, at which
@@ -255,6 +259,7 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
             current.learners()
         );
     }
+    refuse_second_recovery(&db, &a, &current)?;
     let last = stored
         .last_log_id
         .map_or(stored.purged.index, |l| l.index)
@@ -302,6 +307,40 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
         current.learners()
     );
     Ok(())
+}
+
+/// Refuses, without `--again`, a second recovery of a store whose
+/// configuration gained voters since the first: those members joined the
+/// recovered cluster, and if any of them still runs, they and this node
+/// would each go on as a cluster of their own.
+fn refuse_second_recovery(
+    db: &rocksdb::DB,
+    a: &RecoverArgs,
+    current: &Membership,
+) -> anyhow::Result<()> {
+    let Some(previous) = forced_record(db)? else {
+        return Ok(());
+    };
+    let others: Vec<NodeId> = current
+        .voters()
+        .iter()
+        .copied()
+        .filter(|v| *v != a.id)
+        .collect();
+    if others.is_empty() || a.again {
+        return Ok(());
+    }
+    bail!(
+        "this store was recovered with --force-new-cluster before (configuration entry at \
+         index {}), and its cluster has gained the voters {others:?} since: if any of them \
+         still runs, recovering this node again makes two clusters (split brain). Stop those \
+         members for good and wipe their data directories, then run recover again with \
+         --again",
+        previous
+            .get("index")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    )
 }
 
 /// The record [`recover`] left in `node_meta`, if it ran on this store.
@@ -362,13 +401,7 @@ mod tests {
         let from = backup(dir.path(), 40, 7);
         let data = dir.path().join("data");
         restore(args(&from, &data)).await.unwrap();
-        recover(RecoverArgs {
-            data_dir: data.clone(),
-            id: 1,
-            force_new_cluster: true,
-        })
-        .await
-        .unwrap();
+        recover(recover_args(&data, false)).await.unwrap();
         let log = open(&data).unwrap();
         let stored = log.stored_state().await.unwrap();
         let last = stored.last_log_id.expect("the configuration entry");
@@ -378,6 +411,52 @@ mod tests {
             "entry 41 at term {} after term 7",
             last.term
         );
+    }
+
+    fn recover_args(data: &Path, again: bool) -> RecoverArgs {
+        RecoverArgs {
+            data_dir: data.to_path_buf(),
+            id: 1,
+            force_new_cluster: true,
+            again,
+        }
+    }
+
+    /// A store recovered once whose cluster then gained voters (members
+    /// that rejoined) is not recovered again without `--again`: those
+    /// members may still run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_second_recovery_after_members_rejoined_needs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let data = dir.path().join("data");
+        restore(args(&from, &data)).await.unwrap();
+        recover(recover_args(&data, false)).await.unwrap();
+        // Recovering again while it is still alone is harmless.
+        recover(recover_args(&data, false)).await.unwrap();
+        // Members 4 and 5 join and are promoted.
+        {
+            let log = open(&data).unwrap();
+            let last = log.stored_state().await.unwrap().last_log_id.unwrap();
+            log.append(vec![Entry {
+                term: last.term,
+                index: last.index + 1,
+                payload: EntryPayload::Membership(Box::new(Membership::new([1, 4, 5]))),
+            }])
+            .await
+            .unwrap();
+        }
+        let err = recover(recover_args(&data, false)).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("[4, 5]") && text.contains("--again"),
+            "{text}"
+        );
+        recover(recover_args(&data, true)).await.unwrap();
+        let log = open(&data).unwrap();
+        let stored = log.stored_state().await.unwrap();
+        let (_, m) = stored.membership.expect("a configuration");
+        assert_eq!(m.voters().iter().copied().collect::<Vec<_>>(), vec![1]);
     }
 }
 
