@@ -177,6 +177,33 @@ mod tests {
         }
     }
 
+    /// Without losses the order alone must depend on the seed (a random
+    /// mode that delivered in FIFO order passed every other test), and a
+    /// drop rate of 1 must lose everything (one that never dropped did too).
+    #[test]
+    fn random_delivery_reorders_and_loses() {
+        let run = |seed, drop_rate| {
+            let mut net = Network::new(3);
+            net.elect(1);
+            let applied = net.node(2).applied_index;
+            net.random_delivery(seed, drop_rate);
+            for i in 0..20 {
+                let _ = net.propose(1, &format!("e{i}"));
+                net.tick_all(1);
+            }
+            let sent: Vec<_> = net
+                .sent
+                .iter()
+                .map(|s| (s.msg.from, s.msg.to, s.msg.body.kind()))
+                .collect();
+            (sent, applied, net.node(2).applied_index)
+        };
+        let orders: std::collections::BTreeSet<_> = (0..6).map(|s| run(s, 0.0).0).collect();
+        assert!(orders.len() > 1, "the delivery order depends on the seed");
+        let (_, before, after) = run(3, 1.0);
+        assert_eq!(before, after, "every message is lost at a drop rate of 1");
+    }
+
     #[test]
     fn random_delivery_with_losses_replays_per_seed() {
         let run = |seed| {
