@@ -106,12 +106,16 @@ def readme():
 
 
 def readme_certs_blocks():
-    """The shell blocks of deploy/README.md that run `raft-node certs`: the
-    first cluster's certificates, then those of the nodes added."""
-    blocks = readme().split("```")
+    """The shell blocks of deploy/README.md's Kubernetes section that run
+    `raft-node certs`: the first cluster's certificates, then those of the
+    nodes added."""
+    text = readme()
+    start = text.index("\n## Kubernetes\n")
+    end = text.find("\n## ", start + 1)
+    blocks = text[start : end if end >= 0 else len(text)].split("```")
     found = [b.split("\n", 1)[1] for b in blocks[1::2] if "raft-node certs" in b]
     if len(found) != 2:
-        raise SystemExit(f"deploy/README.md: {len(found)} blocks run raft-node certs, not 2")
+        raise SystemExit(f"deploy/README.md: {len(found)} blocks of the Kubernetes section run raft-node certs, not 2")
     return found
 
 
