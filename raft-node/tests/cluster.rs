@@ -31,6 +31,17 @@ async fn a_three_node_cluster_serves_the_api_and_survives_the_leader_being_kille
     // headers and queries, the problem document's content type, metrics.
     let http = reqwest::Client::new();
     let first = leader(&client, &procs, None).await;
+    // Logs that go to a file or a pipe (a container's, journald's) carry
+    // no terminal colour codes.
+    for p in &procs {
+        let log = p.log_text();
+        assert!(log.contains("node started"), "node {}: log:\n{log}", p.id);
+        assert!(
+            !log.contains('\x1b'),
+            "node {}: escape codes in a log file:\n{log}",
+            p.id
+        );
+    }
     let follower = procs.iter().position(|p| p.id != first).unwrap();
     let other = procs
         .iter()
