@@ -310,6 +310,45 @@ fn check_refusals(tmp: &Path, file: &Path, new_dir: &Path) {
     std::fs::remove_dir_all(&target).unwrap();
 }
 
+/// A data directory that is a mount point (the image's /data volume, a
+/// disk mounted at the data directory): restored into in place, nothing
+/// written beside it. Runs in a user and mount namespace (`unshare -Urm`)
+/// with a tmpfs mounted on the directory; skipped, saying so, where such
+/// namespaces cannot be made.
+fn restore_into_a_mount_point(tmp: &Path, file: &Path) {
+    let probe = std::process::Command::new("unshare")
+        .args(["-Urm", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED restore into a mount point: `unshare -Urm` is not available here");
+        return;
+    }
+    let parent = tmp.join("mounts");
+    let data = parent.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let script = r#"mount -t tmpfs tmpfs "$1"
+"$2" restore --from="$3" --data-dir="$1" --id=1 --initial-cluster=1=127.0.0.1:1/127.0.0.1:2
+test -f "$1/CURRENT" || { echo "no store in $1"; ls -la "$1"; exit 1; }"#;
+    let out = std::process::Command::new("unshare")
+        .args(["-Urm", "sh", "-ec", script, "sh"])
+        .arg(&data)
+        .arg(env!("CARGO_BIN_EXE_raft-node"))
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "restore into a mount point: {text}");
+    let beside: Vec<_> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["data"], "written beside the mount point");
+}
+
 /// Every node of a new cluster (new addresses) restored from `file` into
 /// `new_dir`: the store is the state at the backup's index on each.
 async fn restore_cluster(setup: &Setup, file: &Path, new_dir: &Path, saved: &Saved) {
@@ -398,6 +437,7 @@ async fn a_backup_under_load_restores_every_write_acknowledged_before_it() {
     let new_dir = setup.tmp.join("new");
     std::fs::create_dir_all(&new_dir).unwrap();
     check_refusals(&setup.tmp, &file, &new_dir);
+    restore_into_a_mount_point(&setup.tmp, &file);
     // Destroy the cluster.
     for p in &mut procs {
         p.kill9();

@@ -227,6 +227,25 @@ async fn a_cluster_named_by_host_names_replicates_and_takes_new_addresses() {
             "{bad}: {e:?}"
         );
     }
+    // A client address goes into the URLs followers forward to (with the
+    // caller's token): one without a port, or that a URL would read as
+    // another host, is refused too.
+    let peer3 = peer3.to_string();
+    for bad in [
+        "localhost",
+        "localhost:0",
+        "attacker.example@localhost:2",
+        "localhost:2@attacker.example",
+        "attacker.example:80#",
+        "attacker.example:80?",
+        "local host:2",
+    ] {
+        let e = any.update_member(3, &peer3, bad, false).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Api { problem } if problem.status == 400),
+            "client address {bad:?}: {e:?}"
+        );
+    }
 }
 
 /// The environment variable CI sets to turn a skip for lack of root into a

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use flags::RunArgs;
 pub use security::read_token;
-pub use validate::parse_initial_cluster;
+pub use validate::{check_client_addr, parse_initial_cluster};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]

@@ -415,6 +415,12 @@ fn initial_cluster_parses_and_rejects_garbage() {
         "0=127.0.0.1:1/a:1",
         "1=bad_name:1/a:1",
         "1=name:0/a:1",
+        // Client addresses: into URLs, they must not name another host.
+        "1=127.0.0.1:1/a:0",
+        "1=127.0.0.1:1/a:1@attacker.example",
+        "1=127.0.0.1:1/attacker.example@a:1",
+        "1=127.0.0.1:1/attacker.example:80#",
+        "1=127.0.0.1:1/:80",
     ] {
         assert!(parse_initial_cluster(bad).is_err(), "{bad}");
     }

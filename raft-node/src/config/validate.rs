@@ -51,6 +51,8 @@ impl RunArgs {
                 .or(listed.map(|m| m.client_addr.clone()))
                 .unwrap_or_else(|| client_listen.to_string()),
         };
+        check_client_addr(&advertise.client_addr)
+            .map_err(|e| ConfigError(format!("--client-advertise: {e}")))?;
         if let Some(m) = listed {
             let same = m.client_addr == advertise.client_addr
                 && same_place(&m.peer_addr, &advertise.peer_addr);
@@ -362,6 +364,22 @@ fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, Co
 /// an IP address the name resolves to now (the one lookup at start: an
 /// `--initial-cluster` entry by name with `--peer-advertise` by IP, or the
 /// other way round, was accepted when names were resolved at start).
+/// Checks a client address, kept as written: `host:port` as a peer
+/// address is written (a host name, an IPv4 address or a bracketed IPv6
+/// one, a port from 1 to 65535). It goes into URLs (a follower forwards to
+/// `http(s)://CLIENT_ADDR/...`, a 421 names it), where anything else would
+/// send the request, and its bearer token, elsewhere (`user@host:port`,
+/// `host:port#`) or to port 80 (`host`).
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_client_addr(addr: &str) -> Result<(), String> {
+    addr.parse::<PeerAddr>()
+        .map(|_| ())
+        .map_err(|e| e.to_string().replacen("peer address", "client address", 1))
+}
+
 fn same_place(a: &PeerAddr, b: &PeerAddr) -> bool {
     use std::net::ToSocketAddrs;
     if a == b {
@@ -407,9 +425,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
         // Kept as written: a name is looked up at every connection attempt.
         let peer_addr: PeerAddr = peer.trim().parse().map_err(|e| bad(&format!("{e}")))?;
         let client_addr = client.trim().to_owned();
-        if client_addr.is_empty() || !client_addr.contains(':') {
-            return Err(bad("the client address needs host:port"));
-        }
+        check_client_addr(&client_addr).map_err(|e| bad(&e))?;
         if members.iter().any(|m| m.id == id) {
             return Err(bad("the id appears twice"));
         }

@@ -12,18 +12,29 @@ use serde_json::json;
 
 use super::{CtlArgs, Format};
 
-/// Creates (or truncates) `path` readable and writable by its owner only,
+/// Creates `path` afresh, readable and writable by its owner only,
 /// whatever the umask: a backup holds every key and value of the store.
+/// Whatever is at `path` already is removed first, never opened: a
+/// symbolic link planted there would have the backup written through it,
+/// and another user's file would stay theirs to read. (`O_EXCL` and
+/// `O_NOFOLLOW`: one planted between the removal and the creation makes
+/// it fail.)
 fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the old {}", path.display()))
+        }
+        _ => {}
+    }
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    // An existing file keeps its mode through open: set it.
+    // The mode given is masked by the umask: set it.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} private", path.display()))?;
     Ok(file)
@@ -139,4 +150,45 @@ fn finish(
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A `FILE.part` planted before the download (a symbolic link to a file
+    /// the operator can write, in a backup directory others can write to)
+    /// is replaced, never written through: the file it points to keeps its
+    /// bytes, and the backup goes into a new file of its own.
+    #[test]
+    fn a_planted_part_file_link_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let part = dir.path().join("raft.bak.part");
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        let mut f = create_private(&part).unwrap();
+        f.write_all(b"backup bytes").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&part).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&part).unwrap(), b"backup bytes");
+    }
+
+    /// A `FILE.part` left by someone else (another user's file, which it
+    /// could go on reading through a descriptor it holds, or as its
+    /// owner) is not reused: the backup goes into a new file owned by the
+    /// user saving it.
+    #[test]
+    fn a_planted_part_file_of_another_owner_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("raft.bak.part");
+        let planted = std::fs::File::create(&part).unwrap();
+        let planted_inode = planted.metadata().unwrap().ino();
+        let mut f = create_private(&part).unwrap();
+        f.write_all(b"backup bytes").unwrap();
+        let now = std::fs::metadata(&part).unwrap();
+        assert_ne!(now.ino(), planted_inode, "the planted file was reused");
+        assert_eq!(planted.metadata().unwrap().len(), 0, "written into it");
+    }
 }

@@ -136,8 +136,8 @@ fn member(
     peer_addr: raft_net_quic::PeerAddr,
     client_addr: String,
 ) -> Result<Member, Problem> {
-    if client_addr.is_empty() || client_addr.len() > 255 || client_addr.contains('/') {
-        return Err(Problem::bad_request("client_addr must be host:port"));
+    if let Err(e) = crate::config::check_client_addr(&client_addr) {
+        return Err(Problem::bad_request(format!("client_addr: {e}")));
     }
     if peer_addr.is_unspecified() {
         return Err(Problem::bad_request(

@@ -81,6 +81,7 @@ fn open_store(cfg: &NodeConfig) -> anyhow::Result<RocksLog> {
     // The store, snapshots and received snapshots are this node's alone.
     crate::snapshot::create_private_dir(&cfg.data_dir)
         .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    crate::restore::refuse_unfinished_restore(&cfg.data_dir)?;
     RocksLog::open(
         &cfg.data_dir,
         RocksLogOptions {

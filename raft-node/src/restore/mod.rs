@@ -81,8 +81,15 @@ fn open(dir: &Path) -> anyhow::Result<RocksLog> {
     })
 }
 
-/// Refuses a data directory that holds anything.
-fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
+/// A file in a data directory whose restore has not finished: `run` and
+/// `recover` refuse the directory while it is there. A restore builds the
+/// store in place (the data directory may be a mount point, which nothing
+/// can be renamed over), so a crash mid-way leaves a partial store that no
+/// node may start on.
+pub const RESTORING_MARKER: &str = "RESTORE-IN-PROGRESS";
+
+/// Refuses a data directory that holds anything; whether it exists.
+fn refuse_non_empty(dir: &Path) -> anyhow::Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -92,15 +99,76 @@ fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            Ok(())
+            Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
     }
 }
 
-/// `raft-node restore`: checks the file, builds the store in a temporary
-/// directory beside `--data-dir` and renames it into place once complete.
+/// Refuses a data directory a restore did not finish in.
+///
+/// # Errors
+///
+/// [`RESTORING_MARKER`] is in `dir`.
+pub fn refuse_unfinished_restore(dir: &Path) -> anyhow::Result<()> {
+    if dir.join(RESTORING_MARKER).exists() {
+        bail!(
+            "{} holds a restore that did not finish ({RESTORING_MARKER} is there): empty the \
+             directory and run raft-node restore again",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Undoes a failed restore: the data directory is removed if the restore
+/// created it, else emptied.
+fn undo(dir: &Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    let marker = dir.join(RESTORING_MARKER);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p == marker {
+            continue;
+        }
+        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+    // Last: a directory that could not be emptied stays refused.
+    let _ = std::fs::remove_file(marker);
+}
+
+/// `dir` created, or made, private (0700): the store holds every key and
+/// value.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let made = if dir.is_dir() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    } else {
+        crate::snapshot::create_private_dir(dir)
+    };
+    made.with_context(|| format!("making {} a private directory", dir.display()))
+}
+
+/// Creates `dir`'s marker file, durably.
+fn mark(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(RESTORING_MARKER);
+    std::fs::File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("creating {}", marker.display()))?;
+    crate::snapshot::sync_directory(dir).with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// `raft-node restore`: checks the file, then builds the store in
+/// `--data-dir` itself (created, or empty: it may be a mount point),
+/// marked by [`RESTORING_MARKER`] until the store is complete.
 ///
 /// # Errors
 ///
@@ -112,29 +180,10 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     if !members.iter().any(|m| m.id == a.id) {
         bail!("--id {} is not in --initial-cluster", a.id);
     }
-    refuse_non_empty(&a.data_dir)?;
-    // A symlink (a disk mounted elsewhere) is restored through: the store
-    // is built beside the directory it names, on the same filesystem, and
-    // renamed over it.
-    let data_dir = match std::fs::canonicalize(&a.data_dir) {
-        Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => a.data_dir.clone(),
-        Err(e) => return Err(e).with_context(|| format!("resolving {}", a.data_dir.display())),
-    };
+    let existed = refuse_non_empty(&a.data_dir)?;
     let verified = crate::backup::verify(&a.from)
         .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
     let h = &verified.header;
-    let name = data_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    let tmp = data_dir.with_file_name(format!(".{name}.restoring"));
-    if tmp.exists() {
-        bail!(
-            "{} exists (left by an interrupted restore?); delete it and retry",
-            tmp.display()
-        );
-    }
     let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
     let meta = SnapshotMeta {
         last_log_id: LogId {
@@ -143,20 +192,21 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         },
         membership: Membership::new(voters.iter().copied()),
     };
-    let records = match seed(&tmp, &a.from, &verified, &meta, &members).await {
-        // rename(2) replaces an empty directory atomically.
-        Ok(records) => std::fs::rename(&tmp, &data_dir)
-            .with_context(|| format!("moving the restored store to {}", data_dir.display()))
-            .map(|()| records),
-        Err(e) => Err(e),
-    }
-    .inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
-    })?;
-    if let Some(parent) = data_dir.parent() {
-        crate::snapshot::sync_directory(parent)
-            .with_context(|| format!("syncing {}", parent.display()))?;
-    }
+    let dir = &a.data_dir;
+    private_dir(dir)?;
+    let built = async {
+        // The store first (RocksDB opens no directory that holds anything
+        // else), then the marker: a crash in between leaves an empty
+        // store, which `run` takes for a new node.
+        let log = open(dir)?;
+        mark(dir)?;
+        let records = seed(log, dir, &a.from, &verified, &meta, &members).await?;
+        std::fs::remove_file(dir.join(RESTORING_MARKER))
+            .and_then(|()| crate::snapshot::sync_directory(dir))
+            .with_context(|| format!("finishing the restore in {}", dir.display()))?;
+        anyhow::Ok(records)
+    };
+    let records = built.await.inspect_err(|_| undo(dir, existed))?;
     println!(
         "restored {} ({} bytes, sha256 {}) into {}: index {}, term {}, {records} records; \
          node {} of a new cluster of voters {voters:?}. Start it with `raft-node run --id {} \
@@ -178,15 +228,13 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
 /// loaded, the log starting after it, the new cluster's voters and
 /// addresses recorded.
 async fn seed(
+    log: RocksLog,
     dir: &Path,
     from: &Path,
     verified: &crate::backup::VerifiedBackup,
     meta: &SnapshotMeta,
     members: &[Member],
 ) -> anyhow::Result<u64> {
-    crate::snapshot::create_private_dir(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let log = open(dir)?;
     let db = log.db().clone();
     let snapshots = dir.join("snapshots");
     let sm = KvStateMachine::new(db.clone(), 1)?.with_snapshot_dir(&snapshots)?;
@@ -231,6 +279,7 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
              give --force-new-cluster to confirm"
         );
     }
+    refuse_unfinished_restore(&a.data_dir)?;
     if !a.data_dir.join("CURRENT").is_file() {
         bail!("{} holds no raft-node store", a.data_dir.display());
     }
@@ -353,176 +402,4 @@ pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Valu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::tests_support::backup;
-    use super::*;
-
-    fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
-        RestoreArgs {
-            from: from.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            id: 1,
-            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
-        }
-    }
-
-    /// A well-formed file (checksums and SHA-256 right) whose header names
-    /// an index or term no log can hold, or a term of 0 at an index above
-    /// 0, is refused with an error, not a panic, and nothing is created.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_backup_with_an_impossible_index_or_term_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        for (index, term) in [(u64::MAX, 3), (u64::MAX - 1, 3), (5, u64::MAX), (5, 0)] {
-            let from = backup(dir.path(), index, term);
-            let data = dir.path().join(format!("data-{index}-{term}"));
-            let task = tokio::spawn(restore(args(&from, &data)));
-            let result = task
-                .await
-                .unwrap_or_else(|e| panic!("index {index} term {term}: restore panicked: {e}"));
-            let e = result.expect_err("an impossible header must be refused");
-            assert!(
-                format!("{e:#}").contains("corrupted"),
-                "index {index} term {term}: {e:#}"
-            );
-            assert!(
-                !data.exists(),
-                "index {index} term {term}: nothing is created"
-            );
-        }
-    }
-
-    /// A store restored from a backup of term 7 and then recovered with
-    /// `--force-new-cluster` (its log holds no entry, only the snapshot)
-    /// gets its configuration entry at a term no lower than 7: terms never
-    /// go down along a log.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn recover_after_restore_appends_at_a_term_no_lower_than_the_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = backup(dir.path(), 40, 7);
-        let data = dir.path().join("data");
-        restore(args(&from, &data)).await.unwrap();
-        recover(recover_args(&data, false)).await.unwrap();
-        let log = open(&data).unwrap();
-        let stored = log.stored_state().await.unwrap();
-        let last = stored.last_log_id.expect("the configuration entry");
-        assert_eq!(last.index, 41);
-        assert!(
-            last.term >= 7,
-            "entry 41 at term {} after term 7",
-            last.term
-        );
-    }
-
-    fn recover_args(data: &Path, again: bool) -> RecoverArgs {
-        RecoverArgs {
-            data_dir: data.to_path_buf(),
-            id: 1,
-            force_new_cluster: true,
-            again,
-        }
-    }
-
-    /// A store recovered once whose cluster then gained voters (members
-    /// that rejoined) is not recovered again without `--again`: those
-    /// members may still run.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_second_recovery_after_members_rejoined_needs_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = backup(dir.path(), 40, 7);
-        let data = dir.path().join("data");
-        restore(args(&from, &data)).await.unwrap();
-        recover(recover_args(&data, false)).await.unwrap();
-        // Recovering again while it is still alone is harmless.
-        recover(recover_args(&data, false)).await.unwrap();
-        // Members 4 and 5 join and are promoted.
-        {
-            let log = open(&data).unwrap();
-            let last = log.stored_state().await.unwrap().last_log_id.unwrap();
-            log.append(vec![Entry {
-                term: last.term,
-                index: last.index + 1,
-                payload: EntryPayload::Membership(Box::new(Membership::new([1, 4, 5]))),
-            }])
-            .await
-            .unwrap();
-        }
-        let err = recover(recover_args(&data, false)).await.unwrap_err();
-        let text = format!("{err:#}");
-        assert!(
-            text.contains("[4, 5]") && text.contains("--again"),
-            "{text}"
-        );
-        recover(recover_args(&data, true)).await.unwrap();
-        let log = open(&data).unwrap();
-        let stored = log.stored_state().await.unwrap();
-        let (_, m) = stored.membership.expect("a configuration");
-        assert_eq!(m.voters().iter().copied().collect::<Vec<_>>(), vec![1]);
-    }
-}
-
-#[cfg(test)]
-mod symlink_tests {
-    use super::tests_support::backup;
-    use super::*;
-
-    /// A data directory that is a symlink to an empty directory elsewhere
-    /// (a disk mounted away from /var/lib) is restored into, through the
-    /// link, and nothing is left behind beside either.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_symlinked_empty_data_dir_is_restored_through_the_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = backup(dir.path(), 40, 7);
-        let (disk, link_dir) = (dir.path().join("disk"), dir.path().join("etc"));
-        std::fs::create_dir_all(disk.join("data")).unwrap();
-        std::fs::create_dir_all(&link_dir).unwrap();
-        let link = link_dir.join("data");
-        std::os::unix::fs::symlink(disk.join("data"), &link).unwrap();
-        restore(RestoreArgs {
-            from,
-            data_dir: link.clone(),
-            id: 1,
-            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
-        })
-        .await
-        .expect("restore through a symlink");
-        assert!(
-            link.join("CURRENT").is_file(),
-            "the store is behind the link"
-        );
-        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-        for d in [&disk, &link_dir] {
-            let names: Vec<_> = std::fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names, ["data"], "left in {}", d.display());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests_support {
-    use std::path::{Path, PathBuf};
-
-    use crate::backup::{BackupHeader, FORMAT};
-
-    /// A backup of an empty store whose header says `index` and `term`.
-    pub(super) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
-        let path = dir.join(format!("b-{index}-{term}.bak"));
-        let header = BackupHeader {
-            format: FORMAT,
-            index,
-            term,
-            voters: vec![1],
-            learners: vec![],
-            members: vec![],
-            node: 1,
-            consistency: "linearizable".into(),
-            read_index: Some(index),
-            created_unix_ms: 1,
-            version: "test".into(),
-        };
-        crate::backup::write_empty_backup(&path, &header);
-        path
-    }
-}
+mod tests;
