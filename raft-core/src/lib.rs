@@ -66,8 +66,8 @@ mod types;
 
 pub use config::{Config, ConfigError};
 pub use driver::{
-    DriverConfig, DriverStatus, ProposeError, Raft, RaftHandle, ReadConsistency, ReadError,
-    StartError, TransferError,
+    complete_interrupted_install, DriverConfig, DriverStatus, ProposeError, Raft, RaftHandle,
+    ReadConsistency, ReadError, StartError, TransferError,
 };
 pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;

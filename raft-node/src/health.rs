@@ -214,6 +214,13 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
         }
         let what = if e.is_timeout() {
             format!("no answer within {} ms", args.timeout_ms)
+        } else if cause.contains("CertificateRequired")
+            && (args.cert.is_none() || args.key.is_none())
+        {
+            format!(
+                "{cause} (the node requires a client certificate, --client-ca: give --cert and \
+                 --key, or RAFT_TLS_CERT and RAFT_TLS_KEY as the node has them)"
+            )
         } else {
             cause
         };

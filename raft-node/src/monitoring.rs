@@ -14,14 +14,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_core::{NodeId, RaftHandle, Role};
 use tokio::task::JoinHandle;
-
-use crate::command::Outcome;
 
 /// Buckets of durations, in seconds (`*_seconds` histograms): 100 µs to
 /// 10 s.
@@ -320,42 +319,93 @@ pub struct SamplerConfig {
 /// certificates the node loaded at its start), then samples, every
 /// `cfg.interval`: the data directory's size and its filesystem's space,
 /// and from the driver's status the followers' lag and the reads waiting.
-/// The directory walk and the file reads run on a blocking thread.
-pub fn spawn_sampler(cfg: SamplerConfig, raft: RaftHandle<Outcome>) -> JoinHandle<()> {
+/// The directory walk and the file reads run on a blocking thread of their
+/// own, which the status gauges do not wait for: a hung filesystem freezes
+/// the file gauges only, and one walk at most is in flight.
+pub fn spawn_sampler<R: Send + 'static>(cfg: SamplerConfig, raft: RaftHandle<R>) -> JoinHandle<()> {
+    spawn_sampler_with(cfg, raft, Arc::new(sample_files))
+}
+
+/// How the sampler reads the files (a test replaces it by a walk that
+/// hangs).
+pub(crate) type FileSampler = Arc<dyn Fn(&SamplerConfig) + Send + Sync>;
+
+/// [`spawn_sampler`] with `files` as the file sampling.
+pub(crate) fn spawn_sampler_with<R: Send + 'static>(
+    cfg: SamplerConfig,
+    raft: RaftHandle<R>,
+    files: FileSampler,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let certs = cfg.clone();
         let _ = tokio::task::spawn_blocking(move || publish_cert_expiry(&certs)).await;
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lagging: BTreeSet<NodeId> = BTreeSet::new();
+        let mut walk = Walk::default();
         loop {
             tick.tick().await;
-            let files = cfg.clone();
-            let _ = tokio::task::spawn_blocking(move || sample_files(&files)).await;
+            walk.next(&cfg, &files);
             // A driver that does not answer within the interval leaves the
             // Raft gauges as they were; the file ones go on.
             let status = tokio::time::timeout(cfg.interval, raft.status()).await;
             if let Ok(Some(status)) = status {
                 metrics::gauge!("raft_reads_pending").set(status.pending_reads as f64);
-                let e = &status.engine;
-                let mut now = BTreeSet::new();
-                if e.role == Role::Leader {
-                    for p in e.peers.iter().filter(|p| p.id != cfg.id) {
-                        metrics::gauge!("raft_follower_lag_entries", "peer" => p.id.to_string())
-                            .set(follower_lag(e.last_index, p));
-                        now.insert(p.id);
-                    }
-                }
-                // Peers this node no longer leads (or that left): 0, not
-                // a stale lag.
-                for gone in lagging.difference(&now) {
-                    metrics::gauge!("raft_follower_lag_entries", "peer" => gone.to_string())
-                        .set(0.0);
-                }
-                lagging = now;
+                lagging = publish_lag(&cfg, &status.engine, lagging);
             }
         }
     })
+}
+
+/// The file sampling in flight, on a blocking thread of its own.
+#[derive(Default)]
+struct Walk {
+    task: Option<JoinHandle<()>>,
+    /// Whether the log said it is stuck since it started.
+    warned: bool,
+}
+
+impl Walk {
+    /// Starts a file sampling unless the last one still runs (a hung
+    /// filesystem: it is waited for, not piled up, and logged once).
+    fn next(&mut self, cfg: &SamplerConfig, files: &FileSampler) {
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            if !std::mem::replace(&mut self.warned, true) {
+                tracing::warn!(
+                    dir = %cfg.data_dir.display(),
+                    "the data directory's size is still being read since the last sample; \
+                     its gauges are stale until it returns"
+                );
+            }
+            return;
+        }
+        let (cfg, files) = (cfg.clone(), files.clone());
+        self.task = Some(tokio::task::spawn_blocking(move || files(&cfg)));
+        self.warned = false;
+    }
+}
+
+/// Sets `raft_follower_lag_entries` of the peers this node leads, and 0
+/// for those it led at the last sample and no longer does. Returns the
+/// peers it leads.
+fn publish_lag(
+    cfg: &SamplerConfig,
+    e: &raft_core::engine::Status,
+    lagging: BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let mut now = BTreeSet::new();
+    if e.role == Role::Leader {
+        for p in e.peers.iter().filter(|p| p.id != cfg.id) {
+            metrics::gauge!("raft_follower_lag_entries", "peer" => p.id.to_string())
+                .set(follower_lag(e.last_index, p));
+            now.insert(p.id);
+        }
+    }
+    // Peers this node no longer leads (or that left): 0, not a stale lag.
+    for gone in lagging.difference(&now) {
+        metrics::gauge!("raft_follower_lag_entries", "peer" => gone.to_string()).set(0.0);
+    }
+    now
 }
 
 /// A follower's lag in entries, as its leader knows it; NaN (unknown) for
@@ -503,3 +553,7 @@ mod tests {
         assert_eq!(cert_expiry_gauges(&snapshotter), want);
     }
 }
+
+#[cfg(test)]
+#[path = "monitoring_sampler_tests.rs"]
+mod sampler_tests;

@@ -28,6 +28,9 @@ const TAG_END: u8 = 0xFF;
 /// Keys and values larger than this are refused when reading a file
 /// (the node's own limits are far below).
 const FIELD_MAX: u32 = 64 * 1024 * 1024;
+/// Bytes a field's buffer starts with while reading; it grows as its
+/// bytes arrive.
+const FIRST_READ_BYTES: usize = 64 * 1024;
 /// Bytes of a snapshot file written between two syncs while writing it.
 const SYNC_EVERY_BYTES: u64 = 8 << 20;
 /// Bytes of records per write batch while installing.
@@ -346,11 +349,18 @@ impl<R: Read> RecordReader<R> {
         })
     }
 
+    /// The next `n` bytes. The buffer grows with the bytes read, not to the
+    /// length a record declares: a file of a few bytes declaring a field
+    /// of 64 MiB must not make the reader allocate 64 MiB.
     fn exact(&mut self, n: usize, what: &str) -> Result<Vec<u8>, SnapshotFileError> {
-        let mut buf = vec![0u8; n];
-        self.input
-            .read_exact(&mut buf)
+        let mut buf = Vec::with_capacity(n.min(FIRST_READ_BYTES));
+        let got = (&mut self.input)
+            .take(n as u64)
+            .read_to_end(&mut buf)
             .map_err(|_| corrupted(&self.path, &format!("ends inside {what}")))?;
+        if got != n {
+            return Err(corrupted(&self.path, &format!("ends inside {what}")));
+        }
         Ok(buf)
     }
 

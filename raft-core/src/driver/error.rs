@@ -52,9 +52,11 @@ pub enum ProposeError {
         /// The index the entry had.
         index: Index,
     },
-    /// A snapshot from the leader replaced this node's log while the entry
-    /// waited: it may or may not be part of the applied state.
-    #[error("the log was replaced by a snapshot; the proposal at index {index} may or may not be applied")]
+    /// The entry left this node's log while it waited: a snapshot from the
+    /// leader replaced the log, or a new leader's entries overwrote it
+    /// after this node stepped down. It may or may not be applied (another
+    /// node may still hold it and commit it).
+    #[error("the proposal's entry at index {index} left this node's log (replaced by a snapshot or a new leader's entries); it may or may not be applied")]
     OutcomeUnknown {
         /// The index the entry had.
         index: Index,

@@ -79,6 +79,7 @@ pub use error::{
     MembershipError, ProposeError, ReadError, SnapshotError, StartError, TransferError,
 };
 pub use handle::{DriverStatus, RaftHandle, ReadConsistency};
+pub use recover::complete_interrupted_install;
 use tasks::{ApplyJob, Event, StorageJob};
 
 use crate::engine::{Engine, ReadId, SoftState};

@@ -11,7 +11,7 @@ use crate::engine::{EntryFetch, Role, SoftState};
 use crate::message::{Message, MessageBody};
 use crate::storage::LogWrite;
 use crate::transport::Transport;
-use crate::types::Entry;
+use crate::types::{Entry, Index};
 
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// Drains the engine's output. Returns false when the node must stop.
@@ -32,6 +32,9 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 for header in snapshots {
                     self.send_snapshot(header);
                 }
+            }
+            if let Some(from) = ready.truncate_from {
+                self.answer_overwritten(from);
             }
             let write = LogWrite {
                 hard_state: ready.hard_state,
@@ -304,6 +307,22 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         metrics::gauge!("raft_commit_index").set(status.commit as f64);
         metrics::gauge!("raft_last_log_index").set(status.last_index as f64);
         metrics::gauge!("raft_apply_backlog_jobs").set(self.backlog_reported as f64);
+        self.report_pending_proposals();
+    }
+
+    /// Answers the proposals at `from` and above: a new leader's entries
+    /// overwrote them in this node's log after it stepped down. Nothing in
+    /// this log would ever answer them (the count of pending proposals
+    /// would stay up on an idle cluster), yet another node may still hold
+    /// them and commit them: their outcome is unknown.
+    fn answer_overwritten(&mut self, from: Index) {
+        let gone = self.proposals.split_off(&from);
+        if gone.is_empty() {
+            return;
+        }
+        for (index, p) in gone {
+            let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
+        }
         self.report_pending_proposals();
     }
 

@@ -7,6 +7,29 @@ use crate::storage::{LogStorage, StorageError, StoredState};
 use crate::types::{Index, SnapshotMeta};
 
 /// Finishes a snapshot install that a crash interrupted after the state
+/// machine took the snapshot (applied up to `applied`, latest snapshot
+/// `latest`) and before the log recorded it, as [`Raft::start`](super::Raft::start)
+/// does first; returns the log's state after it.
+///
+/// For offline tools that append to a stopped node's log (`raft-node
+/// recover`): finishing the install replaces the whole log by the
+/// snapshot, so an entry appended before it would be lost at the node's
+/// next start. Run this first, then append after the returned state.
+///
+/// # Errors
+///
+/// As [`Raft::start`](super::Raft::start): [`StartError::Inconsistent`] or
+/// [`StartError::Storage`].
+pub async fn complete_interrupted_install<L: LogStorage>(
+    log: &L,
+    applied: Index,
+    latest: Option<&SnapshotMeta>,
+) -> Result<StoredState, StartError> {
+    let stored = log.stored_state().await?;
+    recover(log, stored, applied, latest).await
+}
+
+/// Finishes a snapshot install that a crash interrupted after the state
 /// machine took the snapshot and before the log recorded it, then checks
 /// that the state machine (applied up to `applied`, latest snapshot
 /// `latest`) and the log (`stored`) fit together. Returns the log's state

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use raft_core::{Entry, EntryPayload, LogId, LogStorage, Membership, NodeId, SnapshotMeta};
+use raft_core::{
+    Entry, EntryPayload, LogId, LogStorage, Membership, NodeId, SnapshotMeta, StateMachine,
+};
 use raft_log::{RocksLog, RocksLogOptions};
 
 use crate::config::Member;
@@ -291,7 +293,10 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
             a.data_dir.display()
         );
     }
-    let stored = log.stored_state().await.context("reading the log")?;
+    // A snapshot install a crash interrupted is finished first, as the
+    // node's start would finish it: that replaces the whole log by the
+    // snapshot, the configuration entry appended here included.
+    let stored = finish_interrupted_install(&a.data_dir, &log).await?;
     let current = match (&stored.membership, &stored.snapshot) {
         (Some((_, m)), _) => m.clone(),
         (None, Some(s)) => s.membership.clone(),
@@ -358,6 +363,28 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Finishes a snapshot install that a crash interrupted (the state
+/// machine took the snapshot, the log did not record it), as the node's
+/// start does; returns the log's state after it.
+async fn finish_interrupted_install(
+    dir: &Path,
+    log: &RocksLog,
+) -> anyhow::Result<raft_core::StoredState> {
+    let mut sm =
+        KvStateMachine::new(log.db().clone(), 1)?.with_snapshot_dir(dir.join("snapshots"))?;
+    let applied = sm
+        .applied_index()
+        .await
+        .context("reading the state machine's applied index")?;
+    let latest = sm
+        .latest_snapshot()
+        .await
+        .context("reading the state machine's latest snapshot")?;
+    raft_core::complete_interrupted_install(log, applied, latest.as_ref().map(|(m, _)| m))
+        .await
+        .context("finishing a snapshot install a crash interrupted")
+}
+
 /// Refuses, without `--again`, a second recovery of a store whose
 /// configuration gained voters since the first: those members joined the
 /// recovered cluster, and if any of them still runs, they and this node
@@ -403,3 +430,6 @@ pub fn forced_record(db: &rocksdb::DB) -> anyhow::Result<Option<serde_json::Valu
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod interrupted_tests;

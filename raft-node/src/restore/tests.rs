@@ -184,13 +184,13 @@ mod in_place {
     }
 }
 
-mod support {
+pub(super) mod support {
     use std::path::{Path, PathBuf};
 
     use crate::backup::{BackupHeader, FORMAT};
 
     /// A backup of an empty store whose header says `index` and `term`.
-    pub(super) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
+    pub(in crate::restore) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
         let path = dir.join(format!("b-{index}-{term}.bak"));
         let header = BackupHeader {
             format: FORMAT,
