@@ -153,15 +153,38 @@ struct Saved {
     expected: BTreeMap<String, (String, u64)>,
 }
 
-/// The route: a follower names the leader (421), 401 without a token,
-/// 403 with the user token; through raft_client, a backup asked of the
-/// follower comes from the leader, and one without a token is a typed
-/// 401; a stale backup of one node verifies.
+/// The route: a follower relays the leader's backup (a client that cannot
+/// reach the leader's address, or does not follow redirections, gets it
+/// all the same), a request already relayed once gets the 421 naming the
+/// leader, 401 without a token, 403 with the user token; through
+/// raft_client, a backup asked of the follower comes from the leader, and
+/// one without a token is a typed 401; a stale backup of one node
+/// verifies.
 async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
     let follower = procs.iter().find(|p| p.id != leader).unwrap();
-    let answer = reqwest::Client::new()
-        .get(format!("{}/v1/cluster/backup", follower.http))
+    let url = format!("{}/v1/cluster/backup", follower.http);
+    let relayed = reqwest::Client::new()
+        .get(&url)
         .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relayed.status().as_u16(), 200);
+    let header = |name: &str| relayed.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-raft-backup-node"), leader.to_string());
+    assert_eq!(header("x-raft-backup-consistency"), "linearizable");
+    let relayed_file = tmp.join("relayed.bak");
+    std::fs::write(&relayed_file, relayed.bytes().await.unwrap()).unwrap();
+    let v = raft_node::backup::verify(&relayed_file).expect("a valid relayed backup");
+    assert_eq!(
+        (v.header.node, v.header.consistency.as_str()),
+        (leader, "linearizable")
+    );
+
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .header("x-raft-forwarded-by", "9")
         .send()
         .await
         .unwrap();
@@ -183,7 +206,7 @@ async fn check_route(procs: &[Proc], leader: u64, tmp: &Path) {
         .unwrap();
     let file = tmp.join("via-follower.bak");
     let b = fetch(&admin, BackupConsistency::Linearizable, &file).await;
-    assert_eq!((b.node, &b.endpoint), (leader, leader_http));
+    assert_eq!((b.node, &b.endpoint), (leader, &follower.http));
     let v = raft_node::backup::verify(&file).expect("a valid backup");
     assert_eq!((v.header.index, v.header.node), (b.index, leader));
     assert_eq!(v.header.read_index, b.read_index);
@@ -231,7 +254,7 @@ async fn save_under_load(
         assert!(Instant::now() < deadline, "fewer than 100 writes in 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Followers first: ctl follows the first one's 421 to the leader.
+    // Followers first: the first one relays the leader's backup.
     let mut endpoints: Vec<&Proc> = procs.iter().collect();
     endpoints.sort_by_key(|p| p.id == leader);
     let endpoints: Vec<String> = endpoints.iter().map(|p| p.http.clone()).collect();

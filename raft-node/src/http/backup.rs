@@ -4,10 +4,15 @@
 //! By default the backup is linearizable: the leader confirms with a
 //! quorum that it still leads (ReadIndex), waits until it applied that
 //! index, then takes one RocksDB view of the store, so the file holds
-//! every write acknowledged before the request arrived. A follower answers
-//! 421 `not-leader` naming the leader's client address (`ctl snapshot
-//! save` follows it). `?consistency=stale` backs up any node's applied
-//! state without asking the leader.
+//! every write acknowledged before the request arrived. A follower relays
+//! the leader's backup, streamed as it arrives (it takes one of its own
+//! backup slots meanwhile), so any node's address serves, including one
+//! whose clients cannot reach the leader's advertised address (a published
+//! container port, a load-balanced Service). A request that was already
+//! relayed once, or one that finds no leader, gets 421 `not-leader` naming
+//! the leader's client address when it is known (`ctl snapshot save`
+//! follows it). `?consistency=stale` backs up any node's applied state
+//! without asking the leader.
 //!
 //! The file is written from the view while it is sent, in chunks of
 //! [`CHUNK_BYTES`], at most [`CHUNKS_QUEUED`] of them waiting for the
@@ -28,12 +33,13 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use raft_core::{NodeId, ReadConsistency, ReadError};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::forwarding::{leader_address, leader_url, FORWARDED_HEADER};
 use super::limits::overloaded;
 use super::{Answer, AppState, Shared};
 use crate::backup::BackupHeader;
@@ -176,9 +182,83 @@ fn head(h: &BackupHeader, body: ChannelBody) -> Response {
     resp
 }
 
+/// The leader's answer headers a relayed backup carries on.
+const RELAYED_BACKUP_HEADERS: [&str; 9] = [
+    "content-type",
+    "content-disposition",
+    "cache-control",
+    "retry-after",
+    "x-raft-backup-index",
+    "x-raft-backup-term",
+    "x-raft-backup-node",
+    "x-raft-backup-consistency",
+    "x-raft-backup-read-index",
+];
+
+/// A follower's answer to a linearizable backup: the leader's, relayed as
+/// it arrives through a queue of [`CHUNKS_QUEUED`] chunks (the connection
+/// to the leader waits while this node's client is behind). `slot` is this
+/// node's backup slot, held until the relay ends. A request already
+/// relayed once, or with no leader known, gets the 421 naming the leader.
+async fn relay_from_leader<T: Send + 'static>(
+    state: &AppState,
+    leader: Option<NodeId>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    slot: T,
+) -> Answer {
+    if leader.is_none() || headers.contains_key(FORWARDED_HEADER) {
+        return Err(not_leader(state, leader));
+    }
+    let (leader, addr) = leader_address(state, leader, headers)?;
+    let mut req = state
+        .client
+        .get(leader_url(state, &addr, uri))
+        .header(FORWARDED_HEADER, state.id.to_string())
+        .timeout(state.cfg.backup_max_duration + state.cfg.request_timeout);
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, v);
+    }
+    let mut resp = req.send().await.map_err(|e| {
+        Problem::unavailable(
+            "no-leader",
+            "No leader",
+            format!("cannot get the backup from the leader (node {leader} at {addr}): {e}"),
+        )
+    })?;
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (name, value) in resp.headers() {
+        if RELAYED_BACKUP_HEADERS.contains(&name.as_str()) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let (tx, rx) = mpsc::channel(CHUNKS_QUEUED);
+    tokio::spawn(async move {
+        let _slot = slot;
+        loop {
+            let next = match resp.chunk().await {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(e) => Err(io::Error::other(format!(
+                    "the leader's backup was cut off: {e}"
+                ))),
+            };
+            let failed = next.is_err();
+            // The client went away: dropping `resp` ends the leader's backup.
+            if tx.send(next).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    out.body(axum::body::Body::new(ChannelBody(rx)))
+        .map_err(|e| Problem::unavailable("backup-failed", "Backup failed", e.to_string()))
+}
+
 /// `GET /v1/cluster/backup[?consistency=stale]`.
 pub(super) async fn backup(
     State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
     params: Result<Query<BackupParams>, QueryRejection>,
 ) -> Answer {
     let linearizable = consistency(params)?;
@@ -190,7 +270,9 @@ pub(super) async fn backup(
     let read_index = if linearizable {
         match state.raft.read(ReadConsistency::Linearizable).await {
             Ok(index) => Some(index),
-            Err(ReadError::NotLeader { leader }) => return Err(not_leader(&state, leader)),
+            Err(ReadError::NotLeader { leader }) => {
+                return relay_from_leader(&state, leader, &uri, &headers, permit).await
+            }
             Err(e) => return Err(e.into()),
         }
     } else {

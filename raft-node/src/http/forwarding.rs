@@ -56,7 +56,7 @@ fn no_leader(detail: String) -> Problem {
 }
 
 /// The leader's client address, or why the request cannot go there.
-fn leader_address(
+pub(super) fn leader_address(
     state: &AppState,
     leader: Option<NodeId>,
     headers: &HeaderMap,
@@ -77,22 +77,21 @@ fn leader_address(
     Ok((leader, addr))
 }
 
-/// Sends the request to the leader and relays its answer.
-pub(super) async fn forward(state: &AppState, leader: Option<NodeId>, relay: Relay<'_>) -> Answer {
-    let (leader, addr) = leader_address(state, leader, relay.headers)?;
+/// The URL of `uri` at the leader's client address `addr`.
+pub(super) fn leader_url(state: &AppState, addr: &str, uri: &Uri) -> String {
     let scheme = if state.cfg.client_tls {
         "https"
     } else {
         "http"
     };
-    let url = format!(
-        "{scheme}://{addr}{}",
-        relay
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("{scheme}://{addr}{path}")
+}
+
+/// Sends the request to the leader and relays its answer.
+pub(super) async fn forward(state: &AppState, leader: Option<NodeId>, relay: Relay<'_>) -> Answer {
+    let (leader, addr) = leader_address(state, leader, relay.headers)?;
+    let url = leader_url(state, &addr, relay.uri);
     let mut req = state
         .client
         .request(relay.method, &url)
