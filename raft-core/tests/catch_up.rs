@@ -11,8 +11,8 @@
 //! The cluster is raft-core's engine test network
 //! (`raft_core::testing::network`) with its faults switched on: messages
 //! delivered in a random order and some lost, snapshots built, sent and
-//! installed for real, read-backs answered at once, later, never or failing
-//! as each node's fetch policy says, and a follower refusing entries
+//! installed for real, read-backs answered at the next step, later, never
+//! or failing as each node's fetch policy says, and a follower refusing entries
 //! (`Node::refuse_entries`). Writes are durable at once.
 
 use std::time::Duration;
