@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_client::{BackupConsistency, Client, Error, RetryPolicy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+
+use common::{bind, Seen};
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
@@ -47,43 +48,15 @@ fn body(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-/// Request heads a server received, lowercased.
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// A listener and its URL, bound before its script is known (a 421 names
-/// another server's address).
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url)
-}
-
 /// Serves `script` in order, one connection per request.
 fn serve(listener: TcpListener, script: Vec<Reply>) -> Seen {
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        for reply in script {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let head = common::read_head(&mut sock).await;
-            log.lock().unwrap().push(head);
-            // Each answer on its own task: a stalled one holds no other.
-            tokio::spawn(answer(sock, reply));
-        }
-    });
-    seen
+    common::serve(listener, script, answer)
 }
 
 async fn answer(mut sock: tokio::net::TcpStream, reply: Reply) {
     match reply {
         Reply::Answer(status, headers, body) => {
-            let text = format!(
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(text.as_bytes()).await;
+            common::write_answer(&mut sock, status, &headers, &body).await;
         }
         Reply::Backup {
             chunks,

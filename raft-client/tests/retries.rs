@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft_client::{Client, Error, IdempotencyKeys, Outcome, RetryPolicy, WriteOptions};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+
+use common::Seen;
 
 /// One scripted answer.
 #[derive(Clone)]
@@ -19,36 +19,20 @@ enum Reply {
     Hangup,
 }
 
-/// A request the server received: the head's lines, lowercased.
-type Seen = Arc<Mutex<Vec<String>>>;
-
 /// Serves `script` in order, one connection per request (answers close the
 /// connection); returns its URL and what it received.
 async fn server(script: Vec<Reply>) -> (String, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        for reply in script {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let head = common::read_head(&mut sock).await;
-            log.lock().unwrap().push(head);
-            match reply {
-                Reply::Hangup => drop(sock),
-                Reply::Answer(status, headers, body) => {
-                    let text = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(text.as_bytes()).await;
-                }
-            }
+    let (listener, url) = common::bind().await;
+    (url, common::serve(listener, script, answer))
+}
+
+async fn answer(mut sock: TcpStream, reply: Reply) {
+    match reply {
+        Reply::Hangup => drop(sock),
+        Reply::Answer(status, headers, body) => {
+            common::write_answer(&mut sock, status, headers, body).await;
         }
-    });
-    (url, seen)
+    }
 }
 
 fn idempotency_key(head: &str) -> Option<String> {
@@ -211,8 +195,7 @@ async fn an_answer_above_the_limit_is_refused() {
 #[tokio::test]
 async fn a_shorter_request_timeout_ends_a_silent_attempt_early() {
     // The kernel accepts the connection; nobody ever answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (silent, url) = common::bind().await;
     let c = Client::builder([url.clone()])
         .request_timeout(Duration::from_secs(60))
         .retry(RetryPolicy::none())

@@ -11,12 +11,15 @@
 //! The cluster is raft-core's engine test network
 //! (`raft_core::testing::network`) with its faults switched on: messages
 //! delivered in a random order and some lost, snapshots built, sent and
-//! installed for real, read-backs answered at once, later, never or failing
-//! as each node's fetch policy says, and a follower refusing entries
+//! installed for real, read-backs answered at the next step, later, never
+//! or failing as each node's fetch policy says, and a follower refusing entries
 //! (`Node::refuse_entries`). Writes are durable at once.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use raft_core::testing::bounded;
 use raft_core::testing::network::{FetchFate, FetchPolicy, Network};
 use raft_core::Config;
 use rand::Rng;
@@ -224,48 +227,60 @@ fn faulty_reads(rng: &mut rand_chacha::ChaCha8Rng) -> FetchFate {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
-
-    /// Random faults for a while (lost, reordered messages; read-backs
-    /// that fail or come late; a follower refusing entries for spells;
-    /// snapshots lost), then a healthy network: every node catches up with
-    /// the leader within a bound, and all applied the same entries.
-    #[test]
-    fn every_follower_catches_up_once_faults_stop(
-        seed in any::<u64>(),
-        inflight in 1usize..8,
-        cache in prop_oneof![Just(0u64), 500u64..5_000],
-        snapshots in prop_oneof![Just(0u64), 10u64..40],
-        keep in 0u64..10,
-    ) {
-        println!("seed {seed}");
-        let mut net = cluster(seed, |cfg| {
-            cfg.max_inflight_messages = inflight;
-            cfg.max_inflight_bytes = 4_000;
-            cfg.max_log_cache_bytes = cache;
-            cfg.snapshot_threshold_entries = snapshots;
-            cfg.snapshot_keep_entries = keep;
+/// Random faults for a while (lost, reordered messages; read-backs
+/// that fail or come late; a follower refusing entries for spells;
+/// snapshots lost), then a healthy network: every node catches up with
+/// the leader within a bound, and all applied the same entries. Bounded
+/// in time: a run that no longer settles fails naming this test.
+#[test]
+fn every_follower_catches_up_once_faults_stop() {
+    let config = ProptestConfig {
+        cases: 96,
+        max_shrink_time: 30_000,
+        ..ProptestConfig::default()
+    };
+    let hang = "runs that no longer settle, or a failing case still being shrunk";
+    bounded(Duration::from_secs(120), hang, move || {
+        proptest!(config, |(
+            seed in any::<u64>(),
+            inflight in 1usize..8,
+            cache in prop_oneof![Just(0u64), 500u64..5_000],
+            snapshots in prop_oneof![Just(0u64), 10u64..40],
+            keep in 0u64..10
+        )| {
+            catches_up_after_faults(seed, inflight, cache, snapshots, keep);
         });
-        net.elect(1);
-        net.drop_rate = 0.1;
-        net.set_fetch_policy(FetchPolicy::Draw(faulty_reads));
-        for i in 0..300 {
-            if net.rng.gen_bool(0.05) {
-                let id = net.rng.gen_range(1..=3);
-                let node = net.node_mut(id);
-                node.refuse_entries = !node.refuse_entries;
-            }
-            let len = net.rng.gen_range(1..1_500);
-            propose(&mut net, i, len);
-            net.tick_all(1);
+    });
+}
+
+/// One case of [`every_follower_catches_up_once_faults_stop`].
+fn catches_up_after_faults(seed: u64, inflight: usize, cache: u64, snapshots: u64, keep: u64) {
+    println!("seed {seed}");
+    let mut net = cluster(seed, |cfg| {
+        cfg.max_inflight_messages = inflight;
+        cfg.max_inflight_bytes = 4_000;
+        cfg.max_log_cache_bytes = cache;
+        cfg.snapshot_threshold_entries = snapshots;
+        cfg.snapshot_keep_entries = keep;
+    });
+    net.elect(1);
+    net.drop_rate = 0.1;
+    net.set_fetch_policy(FetchPolicy::Draw(faulty_reads));
+    for i in 0..300 {
+        if net.rng.gen_bool(0.05) {
+            let id = net.rng.gen_range(1..=3);
+            let node = net.node_mut(id);
+            node.refuse_entries = !node.refuse_entries;
         }
-        net.drop_rate = 0.0;
-        fetches(&mut net, FetchFate::Prompt);
-        for id in 1..=3 {
-            net.node_mut(id).refuse_entries = false;
-        }
-        converge(&mut net, 2_000);
-        assert_agree(&net);
+        let len = net.rng.gen_range(1..1_500);
+        propose(&mut net, i, len);
+        net.tick_all(1);
     }
+    net.drop_rate = 0.0;
+    fetches(&mut net, FetchFate::Prompt);
+    for id in 1..=3 {
+        net.node_mut(id).refuse_entries = false;
+    }
+    converge(&mut net, 2_000);
+    assert_agree(&net);
 }

@@ -869,6 +869,17 @@ async fn a_snapshot_build_on_the_apply_task_does_not_stop_heartbeats() {
     assert_eq!(s.engine.term, term, "no election: {s:#?}");
 }
 
+/// Waits for the nodes other than `old` (the isolated former leader) to
+/// agree on a new leader, and writes x=2 through it.
+async fn write_x2_through_a_new_leader(handles: &[Handle], old: NodeId) {
+    let others: Vec<Handle> = handles.iter().filter(|h| h.id() != old).cloned().collect();
+    let (new, _) = leader_of(&others).await;
+    handles[(new - 1) as usize]
+        .propose(put("x", "2"))
+        .await
+        .expect("x=2 through the new leader");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_leader_held_up_by_its_state_machine_serves_no_stale_lease_read() {
     // The schedule of the lease bug: the old leader's engine task waited on
@@ -893,12 +904,7 @@ async fn held_up_leader_lease_read(phase: Duration) {
     let _pending = load(&h_old, 100).await;
     net.isolate(old);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let others: Vec<Handle> = handles.iter().filter(|h| h.id() != old).cloned().collect();
-    let (new, _) = leader_of(&others).await;
-    handles[(new - 1) as usize]
-        .propose(put("x", "2"))
-        .await
-        .expect("x=2 through the new leader");
+    write_x2_through_a_new_leader(&handles, old).await;
     gates[(old - 1) as usize].send_replace(true);
     // Cut off from the others, the old leader can confirm no read: it must
     // refuse (its lease is gone, and a read index needs a quorum) within
@@ -1302,12 +1308,7 @@ async fn a_cut_off_leader_under_proposal_load_serves_no_stale_lease_read() {
         "the leader served lease reads under load"
     );
     net.isolate(old);
-    let others: Vec<Handle> = handles.iter().filter(|h| h.id() != old).cloned().collect();
-    let (new, _) = leader_of(&others).await;
-    handles[(new - 1) as usize]
-        .propose(put("x", "2"))
-        .await
-        .expect("x=2 through the new leader");
+    write_x2_through_a_new_leader(&handles, old).await;
     x2_acked.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::SeqCst);

@@ -328,12 +328,14 @@ async fn a_refused_snapshot_waits_unless_the_snapshot_or_the_membership_changes(
         .unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
     assert_eq!(offers.load(Ordering::SeqCst), 2);
-    // Another snapshot is offered at once.
-    tokio::time::timeout(Duration::from_secs(10), offer(8))
+    // Another snapshot is offered at once (and refused by the sink, not
+    // held back).
+    let e = tokio::time::timeout(Duration::from_secs(10), offer(8))
         .await
         .expect("a new snapshot waited")
         .unwrap()
         .unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
     assert_eq!(offers.load(Ordering::SeqCst), 3);
     t1.shutdown().await;
     t4.shutdown().await;

@@ -23,10 +23,6 @@ fn health(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("run raft-node health")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// `health ARGS` until it exits 0 (30 s at most).
 fn wait_healthy(args: &[&str], env: &[(&str, String)]) -> Output {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,25 +62,15 @@ fn health_exits_zero_on_a_live_node_and_one_with_a_reason_otherwise() {
         &["--timeout-ms", "500"],
         &[("RAFT_CLIENT_LISTEN", format!("0.0.0.0:{}", closed.port()))],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_fails_naming(&out, &format!("http://127.0.0.1:{}/healthz", closed.port()));
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains(&format!("http://127.0.0.1:{}/healthz", closed.port())),
-        "{err}"
-    );
     // A route that answers something else than 200: the status is named.
     let out = health(&["--endpoint", &format!("{}/nowhere", procs[0].http)], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert_fails_naming(&out, "404");
     // A bad variable of the node is a failed check, not a usage error.
     let out = health(&[], &[("RAFT_CLIENT_LISTEN", "8080".into())]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("RAFT_CLIENT_LISTEN"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_naming(&out, "RAFT_CLIENT_LISTEN");
 }
 
 #[test]
@@ -136,54 +122,45 @@ fn health_speaks_https_with_the_node_certificate_when_the_api_requires_one() {
     // `{id}` in the paths without a node id: named.
     env.retain(|(k, _)| *k != "RAFT_ID");
     let out = health(&[], &env);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("RAFT_ID"), "{}", stderr(&out));
+    assert_fails_naming(&out, "RAFT_ID");
 }
-
-/// The environment variable CI sets to turn a skip for lack of root into a
-/// failure.
-const REQUIRE_ROOT_ENV: &str = "CI_REQUIRE_NETNS";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_named_raft_1_is_node_2_and_finds_its_files_by_id() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os(REQUIRE_ROOT_ENV).is_none(),
-            "this test needs root (a host name of its own: unshare --uts); {REQUIRE_ROOT_ENV} is set"
-        );
-        eprintln!("skipped: needs root for a host name of its own (unshare --uts)");
+    if !has_root_for("a host name of its own: unshare --uts") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     raft_net_quic::certs::write_dev_certs(&certs, &[2], &["localhost".to_string()]).unwrap();
     let (peer, client) = (free_udp(), free_tcp());
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let mut child = Command::new("unshare")
-        .args(["--uts", "sh", "-c", r#"hostname raft-1 && exec "$@""#, "sh"])
-        .arg(env!("CARGO_BIN_EXE_raft-node"))
-        .arg("run")
-        .env("RAFT_ID_FROM_HOSTNAME", "true")
-        .env("RAFT_DATA_DIR", dir.path().join("data-{id}"))
-        .env("RAFT_CLIENT_LISTEN", client.to_string())
-        .env("RAFT_PEER_LISTEN", peer.to_string())
-        .env("RAFT_INITIAL_CLUSTER", format!("2={peer}/{client}"))
-        .env("RAFT_TLS_CA", certs.join("ca.pem"))
-        .env("RAFT_TLS_CERT", certs.join("node-{id}.pem"))
-        .env("RAFT_TLS_KEY", certs.join("node-{id}.key"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("run unshare (util-linux)");
+    let env = [
+        ("RAFT_ID_FROM_HOSTNAME", "true".into()),
+        ("RAFT_DATA_DIR", dir.path().join("data-{id}")),
+        ("RAFT_CLIENT_LISTEN", client.to_string().into()),
+        ("RAFT_PEER_LISTEN", peer.to_string().into()),
+        ("RAFT_INITIAL_CLUSTER", format!("2={peer}/{client}").into()),
+        ("RAFT_TLS_CA", certs.join("ca.pem")),
+        ("RAFT_TLS_CERT", certs.join("node-{id}.pem")),
+        ("RAFT_TLS_KEY", certs.join("node-{id}.key")),
+    ];
+    let mut node = Proc {
+        id: 2,
+        args: vec!["run".to_string()],
+        child: None,
+        http: format!("http://{client}"),
+        log: dir.path().join("node.log"),
+        env: env.map(|(k, v)| (k.to_string(), v)).to_vec(),
+    };
+    start_in_namespace(&mut node, &["--uts"], "hostname raft-1", &[]);
     let out = wait_healthy(&["--ready"], &[("RAFT_CLIENT_LISTEN", client.to_string())]);
     let status: Option<serde_json::Value> =
         match reqwest::get(format!("http://{client}/v1/cluster")).await {
             Ok(answer) => answer.json().await.ok(),
             Err(_) => None,
         };
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    node.kill9();
+    let text = node.log_text();
     assert!(out.status.success(), "{}\nnode log:\n{text}", stderr(&out));
     let status = status.expect("the node's status");
     assert_eq!(status["id"], 2, "{status}");
@@ -191,42 +168,30 @@ async fn a_node_named_raft_1_is_node_2_and_finds_its_files_by_id() {
     assert!(!dir.path().join("data-{id}").exists());
 }
 
+/// `run` flags for a node whose id comes from its host name (the TLS files
+/// are never read: the id is refused first).
+const ID_FROM_HOSTNAME: [&str; 4] = [
+    "--id-from-hostname",
+    "--tls-ca=a",
+    "--tls-cert=b",
+    "--tls-key=c",
+];
+
 #[test]
 fn a_host_name_without_a_number_is_named_when_the_node_starts() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root for a host name of its own (unshare --uts)");
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(["run", "--id=1"])
+        .args(ID_FROM_HOSTNAME)
+        .output()
+        .unwrap();
+    assert_fails_naming(&out, "exclude each other");
+    if !has_root_for("a host name of its own: unshare --uts") {
         return;
     }
-    let out = Command::new("unshare")
-        .args(["--uts", "sh", "-c", r#"hostname web && exec "$@""#, "sh"])
-        .arg(env!("CARGO_BIN_EXE_raft-node"))
-        .args([
-            "run",
-            "--id-from-hostname",
-            "--tls-ca=a",
-            "--tls-cert=b",
-            "--tls-key=c",
-        ])
+    let out = namespace_command(&["--uts"], "hostname web", &[])
+        .arg("run")
+        .args(ID_FROM_HOSTNAME)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(err.contains("\"web\""), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
-        .args([
-            "run",
-            "--id=1",
-            "--id-from-hostname",
-            "--tls-ca=a",
-            "--tls-cert=b",
-            "--tls-key=c",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("exclude each other"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_naming(&out, "\"web\"");
 }

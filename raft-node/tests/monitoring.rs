@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{client_of, cluster_with, leader, put, Proc};
+use common::{leader, led_cluster, put, Proc};
 
-/// Names PromQL gives meaning to that are not metric names.
+/// Names PromQL gives meaning to that are not metric names (with
+/// [`LABEL_LISTS`]).
 const KEYWORDS: &[&str] = &[
     "sum",
     "min",
@@ -29,12 +30,6 @@ const KEYWORDS: &[&str] = &[
     "quantile",
     "count_values",
     "group",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "and",
     "or",
     "unless",
@@ -53,6 +48,12 @@ const LABEL_LISTS: &[&str] = &[
     "group_left",
     "group_right",
 ];
+
+/// Whether `word` is a PromQL keyword (any case).
+fn is_keyword(word: &str) -> bool {
+    let word = word.to_lowercase();
+    KEYWORDS.contains(&word.as_str()) || LABEL_LISTS.contains(&word.as_str())
+}
 
 /// Series Prometheus makes itself for each target.
 const SYNTHETIC: &[&str] = &["up"];
@@ -115,8 +116,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                         j += 1;
                     }
                     i = j + 1;
-                } else if braces == 0 && !call && !KEYWORDS.contains(&word.to_lowercase().as_str())
-                {
+                } else if braces == 0 && !call && !is_keyword(&word) {
                     names.insert(word);
                 }
             }
@@ -373,9 +373,7 @@ async fn dashboard_and_rules_name_only_exported_metrics() {
         // A snapshot after 20 entries, so the snapshot metrics exist.
         "--snapshot-entries=20".to_string(),
     ];
-    let procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = client_of(&procs);
-    let lead = leader(&client, &procs, None).await;
+    let (procs, client, lead) = led_cluster(dir.path(), 3, &extra).await;
     for i in 0..40 {
         let p = &procs[i % procs.len()];
         put(&client, p, &format!("monitoring/{i}"), "v")
@@ -452,6 +450,14 @@ async fn dashboard_and_rules_name_only_exported_metrics() {
     );
 }
 
+/// Gauges sampled every 100 ms, for tests that wait for them to change.
+const FAST_SAMPLES: &str = "--metrics-sample-interval-ms=100";
+
+/// The series of `leader`'s gauge of `peer`'s lag (name and labels).
+fn lag_series(leader: u64, peer: u64) -> String {
+    format!("raft_follower_lag_entries{{node=\"{leader}\",peer=\"{peer}\"}}")
+}
+
 /// Polls node `p`'s `/metrics` until `want` holds for the value of the
 /// series `series` (the whole name with its labels), for up to 20 s.
 async fn wait_metric(http: &reqwest::Client, p: &Proc, series: &str, want: impl Fn(f64) -> bool) {
@@ -476,14 +482,11 @@ async fn wait_metric(http: &reqwest::Client, p: &Proc, series: &str, want: impl 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_and_lag_gauges_follow_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--metrics-sample-interval-ms=100".to_string()];
-    let mut procs = cluster_with(dir.path(), 3, &extra, &[], "http");
-    let client = client_of(&procs);
-    let lead = leader(&client, &procs, None).await;
+    let (mut procs, client, lead) = led_cluster(dir.path(), 3, &[FAST_SAMPLES.into()]).await;
     let l = procs.iter().position(|p| p.id == lead).unwrap();
     let followers: Vec<usize> = (0..3).filter(|&i| i != l).collect();
     let http = reqwest::Client::new();
-    let lag = |peer: u64| format!("raft_follower_lag_entries{{node=\"{lead}\",peer=\"{peer}\"}}");
+    let lag = |peer| lag_series(lead, peer);
     let (down, up) = (procs[followers[0]].id, procs[followers[1]].id);
     procs[followers[0]].kill9();
     for i in 0..25 {
@@ -515,10 +518,7 @@ async fn leader_and_lag_gauges_follow_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_reports_an_unheard_followers_lag_as_unknown() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--metrics-sample-interval-ms=100".to_string()];
-    let mut procs = cluster_with(dir.path(), 5, &extra, &[], "http");
-    let client = client_of(&procs);
-    let first = leader(&client, &procs, None).await;
+    let (mut procs, client, first) = led_cluster(dir.path(), 5, &[FAST_SAMPLES.into()]).await;
     for i in 0..40 {
         put(&client, &procs[0], &format!("lag/{i}"), "v")
             .await
@@ -537,7 +537,7 @@ async fn a_new_leader_reports_an_unheard_followers_lag_as_unknown() {
         .unwrap()
         .id;
     let http = reqwest::Client::new();
-    let lag = |peer: u64| format!("raft_follower_lag_entries{{node=\"{new}\",peer=\"{peer}\"}}");
+    let lag = |peer| lag_series(new, peer);
     // A follower that answers: its lag is known (and small).
     wait_metric(&http, &procs[n], &lag(up), |v| v < 40.0).await;
     let text = scrape(&http, &procs[n]).await;

@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{free_tcp, free_udp, node_command, proc_for, Proc};
+use common::{free_tcp, free_udp, has_root_for, node_command, proc_for, start_in_namespace, Proc};
 use raft_client::launcher::initial_cluster;
 use raft_client::{Client, Error, ReadConsistency, RetryPolicy};
 
@@ -248,10 +248,6 @@ async fn a_cluster_named_by_host_names_replicates_and_takes_new_addresses() {
     }
 }
 
-/// The environment variable CI sets to turn a skip for lack of root into a
-/// failure.
-const REQUIRE_ROOT_ENV: &str = "CI_REQUIRE_NETNS";
-
 /// A node process that sees `hosts` as its `/etc/hosts` (a private mount
 /// namespace: `unshare --mount`, then a bind mount).
 fn start_with_hosts(p: &mut Proc, hosts: &std::path::Path) {
@@ -261,32 +257,14 @@ fn start_with_hosts(p: &mut Proc, hosts: &std::path::Path) {
 /// A node process that sees each file `from` at path `to` (a private mount
 /// namespace: `unshare --mount`, then bind mounts).
 fn start_with_mounts(p: &mut Proc, mounts: &[(&std::path::Path, &str)]) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p.log)
-        .unwrap();
-    let script = mounts
+    let setup = mounts
         .iter()
         .enumerate()
-        .map(|(i, (_, to))| format!("mount --bind \"${}\" {to} && ", i + 1))
-        .collect::<String>();
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{script}shift {} && exec \"$@\"", mounts.len()))
-        .arg("sh");
-    for (from, _) in mounts {
-        cmd.arg(from);
-    }
-    let child = cmd
-        .arg(env!("CARGO_BIN_EXE_raft-node"))
-        .args(&p.args)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-        .stderr(std::process::Stdio::from(log))
-        .spawn()
-        .expect("run unshare (util-linux)");
-    p.child = Some(child);
+        .map(|(i, (_, to))| format!("mount --bind \"${}\" {to}", i + 1))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let from: Vec<&std::ffi::OsStr> = mounts.iter().map(|(from, _)| from.as_os_str()).collect();
+    start_in_namespace(p, &["--mount", "--propagation", "private"], &setup, &from);
 }
 
 /// Writes `hosts` in place (the bind mounts follow the inode): `name` of
@@ -302,12 +280,7 @@ fn write_hosts(hosts: &std::path::Path, names: &[(String, String)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_comes_back_at_another_ip_under_its_name_rejoins_without_an_api_call() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os(REQUIRE_ROOT_ENV).is_none(),
-            "this test needs root (a private /etc/hosts per node); {REQUIRE_ROOT_ENV} is set"
-        );
-        eprintln!("skipped: needs root for a private /etc/hosts per node");
+    if !has_root_for("a private /etc/hosts per node") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -367,12 +340,7 @@ async fn a_member_that_comes_back_at_another_ip_under_its_name_rejoins_without_a
 /// (here 5 attempts of 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stops_on_sigterm_while_a_peer_name_lookup_hangs() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os(REQUIRE_ROOT_ENV).is_none(),
-            "this test needs root (a private /etc/resolv.conf); {REQUIRE_ROOT_ENV} is set"
-        );
-        eprintln!("skipped: needs root for a private /etc/resolv.conf");
+    if !has_root_for("a private /etc/resolv.conf") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,15 +1,18 @@
 //! Helpers of tests and benchmarks: seeds and sizes from the environment,
-//! printed so a failure can be replayed; the engine test [`network`] and the
+//! printed so a failure can be replayed; a time limit for tests that could
+//! loop forever ([`bounded`]); the engine test [`network`] and the
 //! durable-log model and the [`ReadySteps`] split of a `Ready` it shares
 //! with the simulation; the
 //! [`driver_cluster`] the driver benchmarks load. (The linearizability
 //! checker is the `raftkv-linearizability` crate.)
 
+mod bounded;
 pub mod driver_cluster;
 mod durable;
 pub mod network;
 mod ready;
 
+pub use bounded::bounded;
 pub use durable::DurableLog;
 pub use ready::{ReadySteps, ReadyWrite};
 

@@ -137,10 +137,19 @@ fn vote_grants_wait_for_the_voters_write() {
     let mut net = Network::new(3);
     // The candidate's own vote must be durable before it asks others.
     net.hold_persist(1);
-    while net.role(1) != Role::Candidate {
+    for _ in 0..1_000 {
+        if net.role(1) == Role::Candidate {
+            break;
+        }
         net.tick(1, 1);
         net.deliver_all(); // pre-votes are promises about nothing: they flow
     }
+    assert_eq!(
+        net.role(1),
+        Role::Candidate,
+        "node 1 after up to 1,000 ticks, its own vote not durable (a leader took office on \
+         a vote it could still forget)"
+    );
     assert!(
         !net.sent.iter().any(|s| matches!(
             s.msg.body,

@@ -153,9 +153,16 @@ fn read_index_on_a_new_leader_waits_for_its_first_commit() {
 /// everything; returns after the round was answered.
 fn heartbeat_round(net: &mut Network, leader: u64) {
     net.clear_sent();
-    while !net.sent.iter().any(|s| s.msg.from == leader) {
+    for _ in 0..1_000 {
+        if net.sent.iter().any(|s| s.msg.from == leader) {
+            break;
+        }
         net.tick(leader, 1);
     }
+    assert!(
+        net.sent.iter().any(|s| s.msg.from == leader),
+        "leader {leader} sent nothing in 1,000 ticks"
+    );
     net.deliver_all();
 }
 

@@ -1,8 +1,11 @@
 //! Malformed, misaddressed, stale, duplicated and reordered input, and a
 //! property test feeding arbitrary messages to a cluster.
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 use raft_core::engine::Role;
+use raft_core::testing::bounded;
 use raft_core::{AppendResult, Entry, EntryPayload, LogId, Message, MessageBody, NodeId};
 
 use crate::network::{data, msg, Network};
@@ -481,51 +484,65 @@ fn run(actions: Vec<Action>, check_applied_agreement: bool) -> Network {
     net
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
+/// How long each property test may run: they take seconds; a loaded CI
+/// machine in the debug profile may take ten times that.
+const BOUND: Duration = Duration::from_secs(120);
+
+/// What a property test still running at [`BOUND`] means.
+const HANG: &str = "its schedules no longer settle, or a failing case is still being shrunk";
+
+/// The property tests' settings: 256 cases from the printed seed, a
+/// failing case shrunk for at most 30 s (then reported as it is).
+fn config() -> ProptestConfig {
+    ProptestConfig {
         cases: 256,
         failure_persistence: None,
         rng_seed: proptest::test_runner::RngSeed::Fixed(raft_core::testing::proptest_seed()),
+        max_shrink_time: 30_000,
         ..ProptestConfig::default()
-    })]
+    }
+}
 
-    /// Paper §5.2 / Figure 3 (election safety: at most one leader per term)
-    /// under arbitrary input: random schedules of ticks, deliveries, losses,
-    /// duplicates, restarts and stalled storage, mixed with arbitrary
-    /// messages (random sender, recipient, term and body with small
-    /// indexes). Nothing may panic; the harness checks election safety and
-    /// the driver contract on every step. State machine safety is not
-    /// checked: forged AppendEntries are Byzantine input Raft does not
-    /// claim to survive.
-    #[test]
-    fn arbitrary_messages_never_panic_and_keep_election_safety(
-        actions in prop::collection::vec(action(), 1..250)
-    ) {
-        let net = run(actions, false);
-        let mut by_term = std::collections::BTreeMap::new();
-        for id in net.ids() {
-            if net.role(id) == Role::Leader {
-                let prev = by_term.insert(net.term(id), id);
-                prop_assert!(prev.is_none(), "two leaders in term {}", net.term(id));
+/// Paper §5.2 / Figure 3 (election safety: at most one leader per term)
+/// under arbitrary input: random schedules of ticks, deliveries, losses,
+/// duplicates, restarts and stalled storage, mixed with arbitrary
+/// messages (random sender, recipient, term and body with small
+/// indexes). Nothing may panic; the harness checks election safety and
+/// the driver contract on every step. State machine safety is not
+/// checked: forged AppendEntries are Byzantine input Raft does not
+/// claim to survive.
+#[test]
+fn arbitrary_messages_never_panic_and_keep_election_safety() {
+    bounded(BOUND, HANG, || {
+        proptest!(config(), |(actions in prop::collection::vec(action(), 1..250))| {
+            let net = run(actions, false);
+            let mut by_term = std::collections::BTreeMap::new();
+            for id in net.ids() {
+                if net.role(id) == Role::Leader {
+                    let prev = by_term.insert(net.term(id), id);
+                    prop_assert!(prev.is_none(), "two leaders in term {}", net.term(id));
+                }
             }
-        }
-    }
+        });
+    });
+}
 
-    /// Paper §5.4.3 (state machine safety) and Figure 3 under the faults
-    /// Raft is designed for (§5.5, §8 of the thesis' fault model): loss,
-    /// duplication, reordering, crashes with restart from durable state and
-    /// slow storage, but no forged messages. Every node applies the same
-    /// entry at each index (checked by the harness on every apply).
-    #[test]
-    fn network_and_crash_faults_keep_state_machine_safety(
-        actions in prop::collection::vec(faults(), 1..300)
-    ) {
-        let net = run(actions, true);
-        for id in net.ids() {
-            let n = net.node(id);
-            prop_assert!(n.applied.len() as u64 <= net.engine(id).commit_index());
-        }
-    }
+/// Paper §5.4.3 (state machine safety) and Figure 3 under the faults
+/// Raft is designed for (§5.5, §8 of the thesis' fault model): loss,
+/// duplication, reordering, crashes with restart from durable state and
+/// slow storage, but no forged messages. Every node applies the same
+/// entry at each index (checked by the harness on every apply).
+#[test]
+fn network_and_crash_faults_keep_state_machine_safety() {
+    bounded(BOUND, HANG, || {
+        proptest!(config(), |(actions in prop::collection::vec(faults(), 1..300))| {
+            let net = run(actions, true);
+            for id in net.ids() {
+                let n = net.node(id);
+                prop_assert!(n.applied.len() as u64 <= net.engine(id).commit_index());
+            }
+        });
+    });
 }
 
 /// Issue 16 item 8: an authenticated peer that sends a term no election

@@ -12,9 +12,10 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,19 +36,26 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(&mut self) {
+        self.spawn(Command::new(env!("CARGO_BIN_EXE_raft-node")));
+    }
+
+    /// Starts `program` (`raft-node`, or a command that ends by running
+    /// it, as [`namespace_command`]'s) with this process's arguments and
+    /// environment, logging to its log.
+    pub fn spawn(&mut self, mut program: Command) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        let child = program
             .args(&self.args)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("start raft-node");
+            .expect("start raft-node (unshare: util-linux)");
         self.child = Some(child);
     }
 
@@ -275,6 +283,15 @@ pub async fn leader(client: &Client, procs: &[Proc], except: Option<u64>) -> u64
     }
 }
 
+/// `n` nodes over HTTP with the `extra` flags ([`cluster_with`]), a client
+/// of them ([`client_of`]) and the leader they agree on.
+pub async fn led_cluster(dir: &Path, n: u64, extra: &[String]) -> (Vec<Proc>, Client, u64) {
+    let procs = cluster_with(dir, n, extra, &[], "http");
+    let client = client_of(&procs);
+    let lead = leader(&client, &procs, None).await;
+    (procs, client, lead)
+}
+
 /// Writes `value` at `key` through node `p` (sent again while nothing was
 /// applied, as `client`'s retry policy allows); its revision.
 pub async fn put(client: &Client, p: &Proc, key: &str, value: &str) -> raft_client::Result<u64> {
@@ -404,4 +421,65 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The environment variable CI sets to turn a skip for lack of root into a
+/// failure.
+pub const REQUIRE_ROOT_ENV: &str = "CI_REQUIRE_NETNS";
+
+/// Skips a test that cannot run here for `reason` (a missing privilege or
+/// tool): a line on stderr. Where CI requires it to run (`require_env` is
+/// set), fails instead.
+pub fn skip_unless_required(require_env: &str, reason: &str) {
+    assert!(
+        std::env::var_os(require_env).is_none(),
+        "this test {reason}; {require_env} is set"
+    );
+    eprintln!("skipped: this test {reason}");
+}
+
+/// Whether this test runs as root, which it needs for `what` (namespaces
+/// of its own); if not, it is skipped ([`skip_unless_required`] with
+/// [`REQUIRE_ROOT_ENV`]).
+pub fn has_root_for(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    skip_unless_required(REQUIRE_ROOT_ENV, &format!("needs root ({what})"));
+    false
+}
+
+/// A command that runs `raft-node` in new namespaces: `unshare` with
+/// `unshare_args`, then the shell line `setup` (its `$1`, `$2`, ... are
+/// `setup_args`), then `raft-node` with the arguments the caller adds.
+pub fn namespace_command(unshare_args: &[&str], setup: &str, setup_args: &[&OsStr]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(unshare_args)
+        .args(["sh", "-c"])
+        .arg(format!(
+            "{setup} && shift {} && exec \"$@\"",
+            setup_args.len()
+        ))
+        .arg("sh")
+        .args(setup_args)
+        .arg(env!("CARGO_BIN_EXE_raft-node"));
+    cmd
+}
+
+/// Starts `p` in new namespaces, after `setup` ([`namespace_command`]).
+pub fn start_in_namespace(p: &mut Proc, unshare_args: &[&str], setup: &str, setup_args: &[&OsStr]) {
+    p.spawn(namespace_command(unshare_args, setup, setup_args));
+}
+
+/// What a finished process wrote to stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that a `raft-node` command failed with exit status 1 and that
+/// its stderr names `what` (the reason a user reads).
+pub fn assert_fails_naming(out: &Output, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(what), "stderr does not name {what:?}: {err}");
 }

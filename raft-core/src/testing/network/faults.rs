@@ -12,7 +12,9 @@ use crate::NodeId;
 /// ([`Ready::fetch_entries`](crate::engine::Ready::fetch_entries)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchFate {
-    /// Answered as soon as the write before it is done (the default).
+    /// Answered at the next delivery step after the write before it is
+    /// done, as a driver's storage task answers after the `Ready` that
+    /// asked (the default).
     Prompt,
     /// Answered by the first delivery round once [`Network::now`] has
     /// advanced this many ticks.
@@ -59,8 +61,9 @@ impl Network {
         }
     }
 
-    /// Answers (now) or queues (later, or never) node `id`'s read-backs,
-    /// once the write before them is done.
+    /// Queues node `id`'s read-backs, once the write before them is done:
+    /// due now (answered by the next delivery step, never inside this
+    /// `Ready`), later, or never.
     pub(super) fn fetch(&mut self, id: NodeId, fetches: Vec<EntryFetch>) {
         for fetch in fetches {
             let fate = match self.node(id).fetch_policy {
@@ -70,11 +73,7 @@ impl Network {
             let now = self.now;
             let node = self.node_mut(id);
             match fate {
-                FetchFate::Prompt => {
-                    let entries = node.disk.read_back(&fetch);
-                    node.read_back += entries.len() as u64;
-                    node.engine.on_entries_fetched(fetch, entries);
-                }
+                FetchFate::Prompt => node.fetches.push((fetch, now, false)),
                 FetchFate::Late(ticks) => node.fetches.push((fetch, now + ticks, false)),
                 FetchFate::Fail => node.fetches.push((fetch, now, true)),
                 FetchFate::Lost => {}
@@ -144,6 +143,40 @@ mod tests {
         assert!(
             net.node(1).read_back > before,
             "the leader read entries back"
+        );
+    }
+
+    /// A prompt read-back is not answered inside the `Ready` that asked for
+    /// it (the driver's storage task answers after the engine has moved
+    /// on): it waits, queued, for the next delivery step, which answers it.
+    #[test]
+    fn a_prompt_read_back_waits_for_the_next_step() {
+        let mut net = lagging_follower(10);
+        let before = net.node(1).read_back;
+        // The first read-back seen queued, before any was answered.
+        let queued = |n: &Network| n.node(1).pending_fetches() > 0 && n.node(1).read_back == before;
+        let mut waited = false;
+        for _ in 0..50 {
+            net.now += 1;
+            for id in net.ids() {
+                net.tick(id, 1);
+                waited |= queued(&net);
+            }
+            while net.deliver_one() {
+                waited |= queued(&net);
+            }
+            if net.node(3).applied_index == net.node(1).applied_index {
+                break;
+            }
+        }
+        assert_eq!(net.node(3).applied_index, net.node(1).applied_index);
+        assert!(
+            net.node(1).read_back > before,
+            "the leader read entries back"
+        );
+        assert!(
+            waited,
+            "the read-back was answered inside the write that asked for it"
         );
     }
 

@@ -125,11 +125,13 @@ impl Network {
         }
     }
 
-    /// Delivers the next message (see [`delivery`](Self::delivery)).
-    /// Returns false when none is in flight.
+    /// Answers the read-backs that are due, then delivers the next message
+    /// (see [`delivery`](Self::delivery)). Returns false when there was
+    /// nothing to do: no read-back due and no message in flight.
     pub fn deliver_one(&mut self) -> bool {
+        let served = self.serve_fetches();
         let Some(msg) = self.next_message() else {
-            return false;
+            return served;
         };
         self.deliver(msg, &|_, _| false);
         true

@@ -31,8 +31,11 @@
 //! at once instead (the contract lets steps 2–5 overlap).
 //! [`Network::restart`] rebuilds a node from its durable state only.
 //!
-//! Read-backs are answered as soon as their write is done, unless a node's
-//! [`fetch_policy`](Node::fetch_policy) says otherwise ([`FetchFate`]):
+//! Read-backs are answered by the next delivery step after their write is
+//! done ([`Network::deliver_one`], each round of [`Network::deliver_all`]),
+//! never inside the `Ready` that asked for them: in the driver the storage
+//! task answers later, after the engine has moved on. A node's
+//! [`fetch_policy`](Node::fetch_policy) can make them later still ([`FetchFate`]):
 //! late by a number of ticks of virtual time ([`Network::now`], advanced by
 //! [`Network::tick_all`]), failed (an empty answer), or lost (never
 //! answered); [`FetchPolicy::Draw`] draws each read-back's fate.
