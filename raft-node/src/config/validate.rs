@@ -360,10 +360,6 @@ fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, Co
     Ok(mib << 20)
 }
 
-/// Whether two peer addresses name the same place: equal, or a name and
-/// an IP address the name resolves to now (the one lookup at start: an
-/// `--initial-cluster` entry by name with `--peer-advertise` by IP, or the
-/// other way round, was accepted when names were resolved at start).
 /// Checks a client address, kept as written: `host:port` as a peer
 /// address is written (a host name, an IPv4 address or a bracketed IPv6
 /// one, a port from 1 to 65535). It goes into URLs (a follower forwards to
@@ -380,6 +376,10 @@ pub fn check_client_addr(addr: &str) -> Result<(), String> {
         .map_err(|e| e.to_string().replacen("peer address", "client address", 1))
 }
 
+/// Whether two peer addresses name the same place: equal, or a name and
+/// an IP address the name resolves to now (the one lookup at start: an
+/// `--initial-cluster` entry by name with `--peer-advertise` by IP, or the
+/// other way round, was accepted when names were resolved at start).
 fn same_place(a: &PeerAddr, b: &PeerAddr) -> bool {
     use std::net::ToSocketAddrs;
     if a == b {
