@@ -13,7 +13,7 @@ use super::{Driver, ProposeError, SnapshotError};
 use crate::engine::{ProposalRefused, Role, WriteId};
 use crate::message::{Message, MessageBody};
 use crate::transport::Transport;
-use crate::types::{Index, LogId};
+use crate::types::LogId;
 
 /// Batches of a single input in a row after which the engine task stops
 /// yielding before it takes a batch (see `Driver::run`).
@@ -305,18 +305,15 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             Event::LogInstalled(meta, data) => {
                 tracing::info!(last = %meta.last_log_id, "snapshot installed");
                 self.engine.on_snapshot_installed(meta.clone());
-                // Proposals below the snapshot can no longer be answered
-                // here: they may or may not be in the snapshot.
-                let stale: Vec<Index> = self
-                    .proposals
-                    .range(..=meta.last_log_id.index)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for index in stale {
-                    if let Some(p) = self.proposals.remove(&index) {
-                        let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
-                    }
+                // The snapshot replaced the whole log: no proposal can be
+                // answered from it any more. Those below the snapshot may
+                // or may not be in it; those above may still be committed
+                // by a leader that holds their entries (nothing here would
+                // answer them on an idle cluster).
+                for (index, p) in std::mem::take(&mut self.proposals) {
+                    let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
                 }
+                self.report_pending_proposals();
                 self.snapshot = Some((meta, data));
                 self.publish_metrics();
             }
