@@ -694,6 +694,74 @@ async fn a_backup_read_too_slowly_is_cut_off_and_the_backup_limit_holds() {
     assert!(v.records >= 1, "{} records", v.records);
 }
 
+/// A follower relays the leader's backup: when the leader cuts it off
+/// mid-stream (here its `--backup-max-duration-ms` passes while the client
+/// reads slowly), the follower's client sees a cut-off body, never one that
+/// ends cleanly, and the follower's backup slot is free again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_backup_the_leader_cuts_off_is_cut_off_at_the_follower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = [
+        "--max-concurrent-backups=1".to_string(),
+        "--backup-max-duration-ms=500".to_string(),
+    ];
+    let procs = common::cluster_with(tmp.path(), 3, &extra, &[], "http");
+    let client = common::client_of(&procs);
+    let leader = common::leader(&client, &procs, None).await;
+    // 32 MiB: more than the relay's queue, the leader's and the sockets'
+    // buffers hold.
+    let value = vec![b'x'; 512 << 10];
+    for i in 0..64 {
+        client
+            .put(format!("big/{i:03}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let follower = procs.iter().find(|p| p.id != leader).unwrap();
+    let url = format!("{}/v1/cluster/backup", follower.http);
+    let http = reqwest::Client::new();
+    let slow = http.get(&url).send().await.unwrap();
+    assert_eq!(slow.status().as_u16(), 200);
+    assert_eq!(
+        slow.headers()["x-raft-backup-node"].to_str().unwrap(),
+        leader.to_string(),
+        "relayed from the leader"
+    );
+    let (body, clean) = read_slowly(slow, Duration::from_millis(100)).await;
+    println!(
+        "slow reader through node {}: {} bytes, ended cleanly: {clean}",
+        follower.id,
+        body.len()
+    );
+    assert!(
+        !clean && body.len() < 32 << 20,
+        "a relayed backup the leader cut off ended cleanly ({} bytes)",
+        body.len()
+    );
+    // The follower's slot (and the leader's) are free again.
+    for i in 0..64 {
+        client.delete(format!("big/{i:03}")).await.unwrap();
+    }
+    client.put("small", "v").await.unwrap();
+    let file = tmp.path().join("relayed.bak");
+    let mut verified = None;
+    for _ in 0..50 {
+        let resp = http.get(&url).send().await.unwrap();
+        if resp.status().as_u16() == 200 {
+            if let Ok(bytes) = resp.bytes().await {
+                std::fs::write(&file, &bytes).unwrap();
+                verified = raft_node::backup::verify(&file).ok();
+                if verified.is_some() {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = verified.expect("a relayed backup is served once the cut-off one ended");
+    assert_eq!(v.header.node, leader);
+}
+
 /// A backup holds every key and value of the store: `ctl snapshot save`
 /// writes it (and its `.part`) readable and writable by its owner only,
 /// whatever the umask, as the node keeps its own data directory (0700).
