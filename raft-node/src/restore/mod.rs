@@ -184,6 +184,9 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let verified = crate::backup::verify(&a.from)
         .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
     let h = &verified.header;
+    if let Some(w) = consistency_warning(h) {
+        eprintln!("{w}");
+    }
     let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
     let meta = SnapshotMeta {
         last_log_id: LogId {
@@ -255,6 +258,22 @@ async fn seed(
     drop(db);
     drop(log);
     Ok(records)
+}
+
+/// The warning `restore` prints for a backup that is not linearizable
+/// (`ctl snapshot save --stale`, `?consistency=stale`): it is the serving
+/// node's applied state, which may be behind the leader's.
+fn consistency_warning(h: &crate::backup::BackupHeader) -> Option<String> {
+    if h.consistency == "linearizable" {
+        return None;
+    }
+    Some(format!(
+        "WARNING: this backup is not linearizable (consistency: {}): it is node {}'s applied \
+         state at index {}, which may have been behind the leader's, so it may miss writes \
+         acknowledged before it was taken. Restore from a linearizable backup (`raft-node ctl \
+         snapshot save FILE` without --stale, served by the leader) unless that is acceptable.",
+        h.consistency, h.node, h.index
+    ))
 }
 
 fn now_ms() -> u64 {
