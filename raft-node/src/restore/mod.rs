@@ -19,7 +19,7 @@ use raft_log::{RocksLog, RocksLogOptions};
 
 use crate::config::Member;
 use crate::members::MemberDirectory;
-use crate::node::{meta, NODE_META_CF};
+use crate::node::{cluster_id, meta, NODE_META_CF};
 use crate::store::{KvStateMachine, KV_CF, KV_META_CF};
 
 /// `raft-node restore` settings.
@@ -38,6 +38,10 @@ pub struct RestoreArgs {
     /// every node of it is restored from the same file with the same value.
     #[arg(long)]
     pub initial_cluster: String,
+    /// Part of the new cluster's id, with the backup's SHA-256 and
+    /// `--initial-cluster` (the same on every node of it).
+    #[arg(long, default_value = crate::node::cluster_id::DEFAULT_TOKEN)]
+    pub initial_cluster_token: String,
 }
 
 /// `raft-node recover` settings.
@@ -195,6 +199,8 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         },
         membership: Membership::new(voters.iter().copied()),
     };
+    // Nodes restored from other files, or into another cluster, differ.
+    let cluster = cluster_id::for_restore(&verified.sha256, &members, &a.initial_cluster_token);
     let dir = &a.data_dir;
     private_dir(dir)?;
     let built = async {
@@ -204,6 +210,11 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         let log = open(dir)?;
         mark(dir)?;
         let records = seed(log, dir, &a.from, &verified, &meta, &members).await?;
+        // Before the marker goes: a finished restore has its id.
+        let log = open(dir)?;
+        cluster_id::save(log.db(), cluster)?;
+        log.db().flush_wal(true).context("syncing the store")?;
+        drop(log);
         std::fs::remove_file(dir.join(RESTORING_MARKER))
             .and_then(|()| crate::snapshot::sync_directory(dir))
             .with_context(|| format!("finishing the restore in {}", dir.display()))?;
@@ -212,7 +223,7 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let records = built.await.inspect_err(|_| undo(dir, existed))?;
     println!(
         "restored {} ({} bytes, sha256 {}) into {}: index {}, term {}, {records} records; \
-         node {} of a new cluster of voters {voters:?}. Start it with `raft-node run --id {} \
+         node {} of a new cluster of voters {voters:?}, cluster id {}. Start it with `raft-node run --id {} \
          --data-dir {}` and its usual flags (--initial-cluster is no longer read)",
         a.from.display(),
         verified.bytes,
@@ -221,6 +232,7 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         h.index,
         h.term,
         a.id,
+        cluster_id::to_hex(cluster),
         a.id,
         a.data_dir.display()
     );
