@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 pub struct ClusterStatus {
     /// The answering node's id.
     pub id: u64,
+    /// Its cluster id (32 hex digits); `None` from a node without one (a
+    /// data directory written before cluster ids) or of an older release.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     /// `leader`, `follower`, `candidate`, `pre-candidate` or `learner`.
     pub role: String,
     /// Its current term.

@@ -110,15 +110,67 @@ fn golden_hello() {
         &Frame::Hello(Hello {
             from: 0x0102_0304_0506_0708,
             to: 2,
+            cluster: None,
         }),
         "00000012 01 01  0102030405060708 0000000000000002",
     );
 }
 
+/// The cluster id is an optional trailing field: the previous release's
+/// `Hello` and `Welcome` (the vectors above) still decode, with none.
+#[test]
+fn golden_hello_and_welcome_with_a_cluster_id() {
+    golden(
+        &Frame::Hello(Hello {
+            from: 1,
+            to: 2,
+            cluster: Some(0x00112233_44556677_8899aabb_ccddeeff),
+        }),
+        "00000022 01 01  0000000000000001 0000000000000002 00112233445566778899aabbccddeeff",
+    );
+    golden(
+        &Frame::Welcome {
+            node: 3,
+            cluster: Some(7),
+        },
+        "0000001a 01 02  0000000000000003 00000000000000000000000000000007",
+    );
+    // Anything but nothing or exactly 16 bytes after the ids is refused.
+    assert!(matches!(
+        decode_err("01 01  0000000000000001 0000000000000002 00"),
+        DecodeError::Truncated(_)
+    ));
+    assert!(matches!(
+        decode_err("01 02  0000000000000001 00112233445566778899aabbccddee"),
+        DecodeError::Truncated(_)
+    ));
+    assert!(matches!(
+        decode_err("01 01  0000000000000001 0000000000000002 00112233445566778899aabbccddeeff 00"),
+        DecodeError::TrailingBytes(1)
+    ));
+}
+
+/// A `Hello` or `Welcome` (which may end with a cluster id).
+fn takes_cluster_id(frame: &Frame) -> bool {
+    matches!(frame, Frame::Hello(_) | Frame::Welcome { .. })
+}
+
+/// A `Hello` or `Welcome` that ends with a cluster id.
+fn has_cluster_id(frame: &Frame) -> bool {
+    match frame {
+        Frame::Hello(h) => h.cluster.is_some(),
+        Frame::Welcome { cluster, .. } => cluster.is_some(),
+        _ => false,
+    }
+}
+
 #[test]
 fn golden_welcome() {
     golden(
-        &Frame::Welcome { node: 3 },
+        &Frame::Welcome {
+            node: 3,
+            cluster: None,
+        },
         "0000000a 01 02  0000000000000003",
     );
 }
@@ -599,8 +651,10 @@ fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        1 => (any::<u64>(), any::<u64>()).prop_map(|(from, to)| Frame::Hello(Hello { from, to })),
-        1 => any::<u64>().prop_map(|node| Frame::Welcome { node }),
+        1 => (any::<u64>(), any::<u64>(), any::<Option<u128>>())
+            .prop_map(|(from, to, cluster)| Frame::Hello(Hello { from, to, cluster })),
+        1 => (any::<u64>(), any::<Option<u128>>())
+            .prop_map(|(node, cluster)| Frame::Welcome { node, cluster }),
         4 => message().prop_map(Frame::Message),
         1 => (any::<u64>(), any::<u64>(), bytes_up_to(300)).prop_map(
             |(transfer_id, total_bytes, meta)| Frame::SnapshotOffer(SnapshotOffer {
@@ -726,12 +780,21 @@ proptest! {
     #[test]
     fn strict_prefixes_are_truncation_errors(frame in frame()) {
         let bytes = encode(&frame);
+        let content = bytes.slice(LENGTH_PREFIX_BYTES..);
+        // The handshake's optional cluster id: without it, the same frame
+        // minus the id (the previous release's), checked in the golden test.
+        let optional = has_cluster_id(&frame).then(|| content.len() - 16);
         for i in 0..bytes.len() {
+            if optional.is_some_and(|o| i == o + LENGTH_PREFIX_BYTES) {
+                continue;
+            }
             let r = decode_frame(bytes.slice(..i), MAX);
             prop_assert!(matches!(r, Err(DecodeError::Truncated(_))), "prefix {}: {:?}", i, r);
         }
-        let content = bytes.slice(LENGTH_PREFIX_BYTES..);
         for j in 0..content.len() {
+            if optional == Some(j) {
+                continue;
+            }
             let r = decode_frame_content(content.slice(..j));
             prop_assert!(matches!(r, Err(DecodeError::Truncated(_))), "content {}: {:?}", j, r);
             let r = decode_frame(with_prefix(&content[..j]), MAX);
@@ -786,6 +849,9 @@ proptest! {
         frame in frame(),
         extra in prop::collection::vec(any::<u8>(), 1..64),
     ) {
+        // Bytes after a handshake frame without a cluster id are one (see
+        // golden_hello_and_welcome_with_a_cluster_id).
+        prop_assume!(!takes_cluster_id(&frame) || has_cluster_id(&frame));
         let bytes = encode(&frame);
         let mut outside = bytes.to_vec();
         outside.extend_from_slice(&extra);
@@ -840,7 +906,10 @@ fn length_prefix_below_the_header_is_too_small() {
 
 #[test]
 fn frame_exactly_at_the_limit() {
-    let frame = Frame::Welcome { node: 7 };
+    let frame = Frame::Welcome {
+        node: 7,
+        cluster: None,
+    };
     let len = 10; // version, kind, node
     assert_eq!(encode_to_bytes(&frame, len).map(|b| b.len()), Ok(14));
     assert_eq!(

@@ -33,7 +33,10 @@ async fn announced_frame_lengths_allocate_nothing_before_the_data() {
     let conn = raw_connect(&endpoint, &ccfg, 1, addr).await.unwrap();
     assert_eq!(
         raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
+        Frame::Welcome {
+            node: 1,
+            cluster: None
+        }
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = held();

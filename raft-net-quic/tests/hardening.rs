@@ -155,7 +155,12 @@ async fn the_connection_limit_lets_exactly_connections_max_in() {
     let mut welcomed = 0;
     for peer in 2..=6 {
         let (ep, conn, answer) = hello_as(&ca, peer, n1.addr).await;
-        if answer == Ok(Frame::Welcome { node: 1 }) {
+        if answer
+            == Ok(Frame::Welcome {
+                node: 1,
+                cluster: None,
+            })
+        {
             welcomed += 1;
         }
         held.push((ep, conn));
@@ -179,7 +184,12 @@ async fn one_peer_cannot_hold_every_connection_slot() {
     }
     let welcomed = answers
         .iter()
-        .filter(|a| **a == Ok(Frame::Welcome { node: 1 }))
+        .filter(|a| {
+            **a == Ok(Frame::Welcome {
+                node: 1,
+                cluster: None,
+            })
+        })
         .count();
     assert_eq!(welcomed, 2, "answers: {answers:?}");
     assert!(
@@ -189,7 +199,13 @@ async fn one_peer_cannot_hold_every_connection_slot() {
         "answers: {answers:?}"
     );
     let (_ep, _conn, answer) = hello_as(&ca, 3, n1.addr).await;
-    assert_eq!(answer, Ok(Frame::Welcome { node: 1 }));
+    assert_eq!(
+        answer,
+        Ok(Frame::Welcome {
+            node: 1,
+            cluster: None
+        })
+    );
     n1.transport.shutdown().await;
 }
 

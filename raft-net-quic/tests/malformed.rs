@@ -22,7 +22,10 @@ async fn send_raw(server: &Node, ca: &DevCa, bytes: Vec<u8>, finish: bool) -> St
     let conn = raw_connect(&endpoint, &cfg, 1, server.addr).await.unwrap();
     assert_eq!(
         raw_hello(&conn, 2, 1, 1).await.unwrap(),
-        Frame::Welcome { node: 1 }
+        Frame::Welcome {
+            node: 1,
+            cluster: None
+        }
     );
     let mut s = conn.open_uni().await.unwrap();
     let _ = s.write_all(&bytes).await;
@@ -264,7 +267,10 @@ async fn random_bytes_from_an_authenticated_peer_break_nothing() {
             });
         assert_eq!(
             raw_hello(&conn, 2, 1, 1).await.unwrap(),
-            Frame::Welcome { node: 1 },
+            Frame::Welcome {
+                node: 1,
+                cluster: None
+            },
             "seed {seed}, case {i}"
         );
         let mut s = conn.open_uni().await.unwrap();

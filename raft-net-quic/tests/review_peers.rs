@@ -244,7 +244,15 @@ async fn a_dial_in_flight_at_a_crl_reload_does_not_keep_a_revoked_peer() {
         let _ = hello_tx.send(());
         let _ = go_rx.await;
         let mut buf = BytesMut::new();
-        codec::encode_frame(&Frame::Welcome { node: 2 }, 1 << 20, &mut buf).unwrap();
+        codec::encode_frame(
+            &Frame::Welcome {
+                node: 2,
+                cluster: None,
+            },
+            1 << 20,
+            &mut buf,
+        )
+        .unwrap();
         let _ = send.write_all(&buf).await;
         let _ = send.finish();
         closed_reason(&conn).await

@@ -220,4 +220,12 @@ async fn ctl_uses_several_endpoints_tables_and_values_from_files() {
         status.contains("LEADER") && status.contains("MEMBER"),
         "{status}"
     );
+    // The cluster id, in the table and in the JSON, the same.
+    let json: serde_json::Value = serde_json::from_slice(&ctl(&["status"])).unwrap();
+    let id = json["cluster_id"]
+        .as_str()
+        .expect("a cluster id")
+        .to_owned();
+    assert_eq!(id.len(), 32, "{json}");
+    assert!(status.contains(&format!("cluster id {id}")), "{status}");
 }

@@ -39,7 +39,9 @@ use raft_core::{
 pub use crate::refusal::{RefusalReason, SnapshotRefusal};
 
 mod message;
+mod stream;
 use message::{decode_message, encode_message};
+pub use stream::StreamKind;
 
 /// The protocol version this crate speaks. A peer speaking another version is
 /// refused at connection time.
@@ -51,40 +53,18 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Bytes of the version and kind that follow the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 2;
 
-/// The role of a stream, sent as its first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum StreamKind {
-    /// The dialer's handshake (bidirectional).
-    Handshake = b'H',
-    /// Latency-critical messages (unidirectional).
-    Control = b'C',
-    /// AppendEntries with entries, in order (unidirectional).
-    Replication = b'R',
-    /// One snapshot transfer (bidirectional).
-    Snapshot = b'S',
-}
-
-impl StreamKind {
-    /// Parses a stream's first byte.
-    pub fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            b'H' => Some(Self::Handshake),
-            b'C' => Some(Self::Control),
-            b'R' => Some(Self::Replication),
-            b'S' => Some(Self::Snapshot),
-            _ => None,
-        }
-    }
-}
-
-/// The dialer's first frame: who it is and whom it meant to reach.
+/// The dialer's first frame: who it is, whom it meant to reach, and the
+/// cluster it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// The dialer's node id; its certificate must name it.
     pub from: u64,
     /// The node id the dialer meant to reach.
     pub to: u64,
+    /// The dialer's cluster id: an optional trailing field (16 bytes),
+    /// absent from the previous release's `Hello` and from a node that
+    /// has none.
+    pub cluster: Option<u128>,
 }
 
 /// Offers a snapshot to the receiver.
@@ -123,6 +103,10 @@ pub enum Frame {
     Welcome {
         /// The acceptor's node id.
         node: u64,
+        /// The acceptor's cluster id: an optional trailing field (16
+        /// bytes), sent only to a dialer whose `Hello` carried one (the
+        /// previous release refuses trailing bytes).
+        cluster: Option<u128>,
     },
     /// A Raft message.
     Message(Message),
@@ -288,10 +272,16 @@ fn encode_body(frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
             out.put_u8(kind::HELLO);
             out.put_u64(h.from);
             out.put_u64(h.to);
+            if let Some(c) = h.cluster {
+                out.put_u128(c);
+            }
         }
-        Frame::Welcome { node } => {
+        Frame::Welcome { node, cluster } => {
             out.put_u8(kind::WELCOME);
             out.put_u64(*node);
+            if let Some(c) = cluster {
+                out.put_u128(*c);
+            }
         }
         Frame::Message(m) => {
             out.put_u8(kind::MESSAGE);
@@ -413,9 +403,11 @@ pub fn decode_frame_content(buf: Bytes) -> Result<Frame, DecodeError> {
         kind::HELLO => Frame::Hello(Hello {
             from: r.u64("hello from")?,
             to: r.u64("hello to")?,
+            cluster: r.trailing_cluster("hello cluster id")?,
         }),
         kind::WELCOME => Frame::Welcome {
             node: r.u64("welcome node")?,
+            cluster: r.trailing_cluster("welcome cluster id")?,
         },
         kind::MESSAGE => Frame::Message(decode_message(&mut r)?),
         kind::SNAPSHOT_OFFER => {
@@ -502,6 +494,16 @@ impl Reader {
     fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         self.need(8, what)?;
         Ok(self.0.get_u64())
+    }
+
+    /// An optional trailing cluster id: nothing left, or 16 bytes (fewer
+    /// are truncated; more are left for the trailing-bytes check).
+    fn trailing_cluster(&mut self, what: &'static str) -> Result<Option<u128>, DecodeError> {
+        if !self.0.has_remaining() {
+            return Ok(None);
+        }
+        self.need(16, what)?;
+        Ok(Some(self.0.get_u128()))
     }
 
     /// A u32 length, checked against the bytes left so a lying length

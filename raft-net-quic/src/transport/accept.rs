@@ -121,6 +121,7 @@ pub(super) async fn accept_one(
         refuse_unknown_peers: shared.cfg.refuse_unknown_peers,
         in_peer_table: lock(&shared.peers).contains_key(&hello.from),
         allowed: shared.peer_allowed(hello.from),
+        cluster: *lock(&shared.cluster),
     };
     if let Err(e) = verify_hello(&hello, &ctx) {
         return refuse(e.close_code(), e.to_string());
@@ -138,7 +139,12 @@ pub(super) async fn accept_one(
         return refuse(e.close_code(), e.to_string());
     };
     let mut buf = BytesMut::new();
-    let welcome = Frame::Welcome { node: shared.id };
+    // The previous release refuses a Welcome with trailing bytes: a dialer
+    // that sent no cluster id gets none.
+    let welcome = Frame::Welcome {
+        node: shared.id,
+        cluster: hello.cluster.and(ctx.cluster),
+    };
     if encode_frame(&welcome, shared.cfg.max_frame_bytes, &mut buf).is_err() {
         return;
     }

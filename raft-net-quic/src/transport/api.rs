@@ -22,7 +22,20 @@ impl QuicTransport {
             cfg: QuicConfig::default(),
             sink: None,
             crl_path: None,
+            cluster: None,
         }
+    }
+
+    /// Sets this node's cluster id (a node that joined learns it from the
+    /// leader): handshakes from here on send and check it. Connections
+    /// already established are kept.
+    pub fn set_cluster_id(&self, id: u128) {
+        *lock(&self.shared.cluster) = Some(id);
+    }
+
+    /// This node's cluster id, if it has one.
+    pub fn cluster_id(&self) -> Option<u128> {
+        *lock(&self.shared.cluster)
     }
 
     /// This node's id.

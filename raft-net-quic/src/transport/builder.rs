@@ -9,6 +9,7 @@ pub struct QuicTransportBuilder {
     pub(super) cfg: QuicConfig,
     pub(super) sink: Option<Arc<dyn SnapshotSink>>,
     pub(super) crl_path: Option<PathBuf>,
+    pub(super) cluster: Option<u128>,
 }
 
 impl std::fmt::Debug for QuicTransportBuilder {
@@ -37,6 +38,15 @@ impl QuicTransportBuilder {
     /// logged and the lists in force are kept.
     pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.crl_path = Some(path.into());
+        self
+    }
+
+    /// This node's cluster id: sent in every handshake, and a peer that
+    /// sends another is refused (close code 10, `WRONG_CLUSTER`). A peer
+    /// that sends none (the previous release, a node without one) is
+    /// accepted. Without it (the default), nothing is checked.
+    pub fn cluster_id(mut self, id: Option<u128>) -> Self {
+        self.cluster = id;
         self
     }
 
@@ -122,6 +132,7 @@ impl QuicTransportBuilder {
             protocol_errors: metrics::counter!("raft_net_protocol_errors_total"),
             refused_connections: metrics::counter!("raft_net_connections_refused_total"),
             refusal_log: Mutex::new(HashMap::new()),
+            cluster: Mutex::new(self.cluster),
         });
         tokio::spawn(accept_loop(shared.clone()));
         if shared.crl_path.is_some() {

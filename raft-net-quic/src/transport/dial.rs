@@ -1,5 +1,6 @@
 //! Dialing a peer, its handshake, and settling duplicate connections.
 
+use super::handshake::{check_cluster, HelloRefusal};
 use super::*;
 
 /// Exponential backoff with full jitter: a random delay in
@@ -105,12 +106,90 @@ pub(super) async fn dial_peer(
     Err(last.expect("resolve returns at least one address"))
 }
 
-/// Dials `peer` at `target` (what `addr` resolved to) and runs the handshake.
+/// Dials `peer` at `target` (what `addr` resolved to) and runs the
+/// handshake, with this node's cluster id if it has one. A peer of the
+/// previous release refuses a `Hello` with one (trailing bytes): it is
+/// dialed again without.
 async fn dial_at(
     shared: &Arc<Shared>,
     peer: &Peer,
     addr: &PeerAddr,
     target: SocketAddr,
+) -> Result<Connection, ConnectError> {
+    let cluster = *lock(&shared.cluster);
+    match dial_at_with(shared, peer, addr, target, cluster).await {
+        Err(ConnectError::Refused { reason, .. })
+            if cluster.is_some() && is_old_hello_refusal(&reason) =>
+        {
+            tracing::info!(
+                peer = peer.id,
+                "the peer speaks the previous handshake (no cluster id): connecting without it"
+            );
+            dial_at_with(shared, peer, addr, target, None).await
+        }
+        other => other,
+    }
+}
+
+/// Whether `reason` is the previous release's refusal of a `Hello` that
+/// carries a cluster id: its strict decoder calls the id trailing bytes.
+fn is_old_hello_refusal(reason: &str) -> bool {
+    reason.starts_with("bad Hello") && reason.contains("unexpected bytes after the frame body")
+}
+
+/// Why a handshake failed.
+enum HandshakeError {
+    /// The acceptor's `Welcome` names another cluster.
+    WrongCluster(HelloRefusal),
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl From<String> for HandshakeError {
+    fn from(e: String) -> Self {
+        Self::Other(e)
+    }
+}
+
+/// The dialer's side of the handshake on `conn`: its `Hello` (with
+/// `cluster`, if any), the acceptor's `Welcome` checked.
+async fn handshake(
+    shared: &Shared,
+    peer: NodeId,
+    conn: &Connection,
+    cluster: Option<u128>,
+) -> Result<(), HandshakeError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[StreamKind::Handshake as u8]);
+    let hello = Frame::Hello(Hello {
+        from: shared.id,
+        to: peer,
+        cluster,
+    });
+    encode_frame(&hello, shared.cfg.max_frame_bytes, &mut buf).map_err(|e| e.to_string())?;
+    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame(&mut recv, HANDSHAKE_FRAME_BYTES_MAX).await {
+        Ok(Some(Frame::Welcome {
+            node,
+            cluster: theirs,
+        })) if node == peer => {
+            check_cluster(peer, theirs, shared.id, cluster).map_err(HandshakeError::WrongCluster)
+        }
+        Ok(Some(Frame::Welcome { node, .. })) => Err(format!("answered as node {node}").into()),
+        Ok(other) => Err(format!("unexpected handshake answer {other:?}").into()),
+        Err(e) => Err(e.to_string().into()),
+    }
+}
+
+/// [`dial_at`], sending `cluster` in the `Hello`.
+async fn dial_at_with(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    addr: &PeerAddr,
+    target: SocketAddr,
+    cluster: Option<u128>,
 ) -> Result<Connection, ConnectError> {
     let timeout = shared.cfg.handshake_timeout;
     let fail = |detail: String| ConnectError::Connect {
@@ -140,24 +219,7 @@ async fn dial_at(
         },
         _ => fail(fallback),
     };
-    let handshake = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[StreamKind::Handshake as u8]);
-        let hello = Frame::Hello(Hello {
-            from: shared.id,
-            to: peer.id,
-        });
-        encode_frame(&hello, shared.cfg.max_frame_bytes, &mut buf).map_err(|e| e.to_string())?;
-        send.write_all(&buf).await.map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match read_frame(&mut recv, HANDSHAKE_FRAME_BYTES_MAX).await {
-            Ok(Some(Frame::Welcome { node })) if node == peer.id => Ok(()),
-            Ok(Some(Frame::Welcome { node })) => Err(format!("answered as node {node}")),
-            Ok(other) => Err(format!("unexpected handshake answer {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
-    };
+    let handshake = handshake(shared, peer.id, &conn, cluster);
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(())) => match recheck_connection(shared, &conn, peer.id, false) {
             // The lists may have been reloaded since TLS checked the peer.
@@ -170,7 +232,15 @@ async fn dial_at(
                 })
             }
         },
-        Ok(Err(e)) => {
+        Ok(Err(HandshakeError::WrongCluster(e))) => {
+            tracing::warn!(peer = peer.id, reason = %e, "refusing a peer of another cluster");
+            conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
+            Err(ConnectError::Refused {
+                peer: peer.id,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Err(HandshakeError::Other(e))) => {
             // Give a close frame from the peer a moment to arrive: it carries
             // the reason (version, identity) we want to report.
             let _ = tokio::time::timeout(Duration::from_millis(200), conn.closed()).await;

@@ -26,6 +26,8 @@ pub(crate) struct HelloContext<'a> {
     pub in_peer_table: bool,
     /// Whether the claimed node is in the allowed set (true without one).
     pub allowed: bool,
+    /// This node's cluster id, if it has one.
+    pub cluster: Option<u128>,
 }
 
 /// Why a `Hello` is refused.
@@ -49,6 +51,14 @@ pub(crate) enum HelloRefusal {
         this: NodeId,
         max: usize,
     },
+    /// The peer belongs to another cluster (both sides have an id, and
+    /// they differ).
+    WrongCluster {
+        peer: NodeId,
+        peer_cluster: u128,
+        this: NodeId,
+        this_cluster: u128,
+    },
 }
 
 impl HelloRefusal {
@@ -61,6 +71,7 @@ impl HelloRefusal {
             }
             Self::UnknownPeer { .. } | Self::NotAllowed { .. } => close_code::UNKNOWN_PEER,
             Self::TooManyConnections { .. } => close_code::TOO_MANY_CONNECTIONS,
+            Self::WrongCluster { .. } => close_code::WRONG_CLUSTER,
         }
     }
 }
@@ -84,6 +95,16 @@ impl std::fmt::Display for HelloRefusal {
                 f,
                 "node {peer} already holds {max} connections to node {this}"
             ),
+            Self::WrongCluster {
+                peer,
+                peer_cluster,
+                this,
+                this_cluster,
+            } => write!(
+                f,
+                "wrong cluster: node {peer} is of cluster {peer_cluster:032x}, node {this} of \
+                 cluster {this_cluster:032x}"
+            ),
         }
     }
 }
@@ -105,6 +126,7 @@ pub(crate) fn verify_hello(hello: &Hello, ctx: &HelloContext<'_>) -> Result<(), 
         claimed: hello.from,
         detail,
     })?;
+    check_cluster(hello.from, hello.cluster, ctx.this, ctx.cluster)?;
     if ctx.refuse_unknown_peers && !ctx.in_peer_table {
         return Err(HelloRefusal::UnknownPeer {
             peer: hello.from,
@@ -118,6 +140,27 @@ pub(crate) fn verify_hello(hello: &Hello, ctx: &HelloContext<'_>) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// Refuses a peer of another cluster: both sides name a cluster id and
+/// they differ. A side without one (a node of the previous release, a
+/// data directory written before cluster ids, a node still joining) is
+/// accepted as before.
+pub(crate) fn check_cluster(
+    peer: NodeId,
+    peer_cluster: Option<u128>,
+    this: NodeId,
+    this_cluster: Option<u128>,
+) -> Result<(), HelloRefusal> {
+    match (peer_cluster, this_cluster) {
+        (Some(p), Some(t)) if p != t => Err(HelloRefusal::WrongCluster {
+            peer,
+            peer_cluster: p,
+            this,
+            this_cluster: t,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -137,7 +180,52 @@ mod tests {
             refuse_unknown_peers: true,
             in_peer_table: true,
             allowed: true,
+            cluster: Some(0xaa),
         }
+    }
+
+    fn hello(from: NodeId, to: NodeId) -> Hello {
+        Hello {
+            from,
+            to,
+            cluster: Some(0xaa),
+        }
+    }
+
+    /// Same cluster: welcome. Another cluster: refused with close code
+    /// WRONG_CLUSTER and both ids named. No id on either side (a peer of
+    /// the previous release, a node without one): welcome, as before.
+    #[test]
+    fn a_peer_of_another_cluster_is_refused_and_one_without_an_id_is_not() {
+        let ca = DevCa::generate("t").unwrap();
+        let cert = leaf(&ca, 2);
+        assert_eq!(verify_hello(&hello(2, 1), &ctx(Some(&cert))), Ok(()));
+        let other = Hello {
+            cluster: Some(0xbb),
+            ..hello(2, 1)
+        };
+        let e = verify_hello(&other, &ctx(Some(&cert))).unwrap_err();
+        assert_eq!(e.close_code(), close_code::WRONG_CLUSTER, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("wrong cluster"), "{text}");
+        assert!(text.contains(&format!("{:032x}", 0xbb)), "{text}");
+        assert!(text.contains(&format!("{:032x}", 0xaa)), "{text}");
+        assert!(text.contains("node 2") && text.contains("node 1"), "{text}");
+        let previous_release = Hello {
+            cluster: None,
+            ..hello(2, 1)
+        };
+        assert_eq!(verify_hello(&previous_release, &ctx(Some(&cert))), Ok(()));
+        let without = HelloContext {
+            cluster: None,
+            ..ctx(Some(&cert))
+        };
+        assert_eq!(verify_hello(&other, &without), Ok(()));
+        assert_eq!(check_cluster(2, None, 1, None), Ok(()));
+        // The dialer's check of the acceptor's Welcome is the same rule.
+        let e = check_cluster(1, Some(0xbb), 2, Some(0xaa)).unwrap_err();
+        assert_eq!(e.close_code(), close_code::WRONG_CLUSTER);
+        assert_eq!(check_cluster(1, Some(0xaa), 2, Some(0xaa)), Ok(()));
     }
 
     use rustls::pki_types::pem::PemObject;
@@ -146,44 +234,41 @@ mod tests {
     fn a_member_with_its_own_certificate_is_welcome() {
         let ca = DevCa::generate("t").unwrap();
         let cert = leaf(&ca, 2);
-        assert_eq!(
-            verify_hello(&Hello { from: 2, to: 1 }, &ctx(Some(&cert))),
-            Ok(())
-        );
+        assert_eq!(verify_hello(&hello(2, 1), &ctx(Some(&cert))), Ok(()));
     }
 
     #[test]
     fn each_refusal_has_its_reason_and_close_code() {
         let ca = DevCa::generate("t").unwrap();
         let cert2 = leaf(&ca, 2);
-        let hello = Hello { from: 2, to: 1 };
+        let hello_2_1 = hello(2, 1);
         let cases: Vec<(Hello, HelloContext<'_>, u32, &str)> = vec![
             (
-                Hello { from: 2, to: 3 },
+                hello(2, 3),
                 ctx(Some(&cert2)),
                 close_code::WRONG_NODE,
                 "not node 3",
             ),
             (
-                Hello { from: 1, to: 1 },
+                hello(1, 1),
                 ctx(Some(&cert2)),
                 close_code::IDENTITY,
                 "own id",
             ),
             (
-                hello,
+                hello_2_1,
                 ctx(None),
                 close_code::IDENTITY,
                 "no client certificate",
             ),
             (
-                Hello { from: 3, to: 1 },
+                hello(3, 1),
                 ctx(Some(&cert2)),
                 close_code::IDENTITY,
                 "claims node 3",
             ),
             (
-                hello,
+                hello_2_1,
                 HelloContext {
                     in_peer_table: false,
                     ..ctx(Some(&cert2))
@@ -192,7 +277,7 @@ mod tests {
                 "not a peer",
             ),
             (
-                hello,
+                hello_2_1,
                 HelloContext {
                     allowed: false,
                     ..ctx(Some(&cert2))
@@ -201,8 +286,8 @@ mod tests {
                 "configuration",
             ),
         ];
-        for (hello, ctx, code, text) in cases {
-            let e = verify_hello(&hello, &ctx).unwrap_err();
+        for (h, ctx, code, text) in cases {
+            let e = verify_hello(&h, &ctx).unwrap_err();
             assert_eq!(e.close_code(), code, "{e}");
             assert!(e.to_string().contains(text), "{e} lacks {text:?}");
         }
@@ -212,7 +297,7 @@ mod tests {
             refuse_unknown_peers: false,
             ..ctx(Some(&cert2))
         };
-        assert_eq!(verify_hello(&hello, &open), Ok(()));
+        assert_eq!(verify_hello(&hello_2_1, &open), Ok(()));
         let full = HelloRefusal::TooManyConnections {
             peer: 2,
             this: 1,

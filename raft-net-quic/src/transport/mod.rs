@@ -86,6 +86,9 @@ pub mod close_code {
     pub const TOO_MANY_CONNECTIONS: u32 = 8;
     /// The peer's certificate is revoked (a reloaded revocation list).
     pub const REVOKED: u32 = 9;
+    /// The peer belongs to another cluster: both sides have a cluster id
+    /// and they differ.
+    pub const WRONG_CLUSTER: u32 = 10;
 }
 
 /// Stream priorities: control first, snapshots last.
@@ -258,6 +261,9 @@ struct Shared {
     refused_connections: Counter,
     /// When each refusal reason was last logged, and how many since.
     refusal_log: Mutex<HashMap<RefusalReason, (Instant, u64)>>,
+    /// This node's cluster id, sent in the handshake and checked against
+    /// the peer's; `None` checks nothing (see `handshake::check_cluster`).
+    cluster: Mutex<Option<u128>>,
 }
 
 /// A handshake in progress: counted globally and per source IP until the

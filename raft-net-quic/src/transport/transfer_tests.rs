@@ -121,7 +121,10 @@ fn bad_chunks_are_refused_as_invalid() {
         }
     }
     assert!(matches!(
-        rx.on_frame(Frame::Welcome { node: 1 }),
+        rx.on_frame(Frame::Welcome {
+            node: 1,
+            cluster: None
+        }),
         ReceiverStep::Protocol(_)
     ));
     assert_eq!(

@@ -283,7 +283,16 @@ pub async fn raw_connect(
 pub fn hello_bytes(from: NodeId, to: NodeId, version: u8) -> Vec<u8> {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&[StreamKind::Handshake as u8]);
-    codec::encode_frame(&Frame::Hello(Hello { from, to }), 1 << 20, &mut buf).unwrap();
+    codec::encode_frame(
+        &Frame::Hello(Hello {
+            from,
+            to,
+            cluster: None,
+        }),
+        1 << 20,
+        &mut buf,
+    )
+    .unwrap();
     buf[1 + codec::LENGTH_PREFIX_BYTES] = version;
     buf.to_vec()
 }
@@ -350,7 +359,10 @@ pub async fn assert_hello_welcomed(
     let conn = raw_connect(endpoint, cfg, server, addr).await.unwrap();
     assert_eq!(
         raw_hello(&conn, from, server, 1).await.unwrap(),
-        Frame::Welcome { node: server }
+        Frame::Welcome {
+            node: server,
+            cluster: None
+        }
     );
 }
 
@@ -373,7 +385,10 @@ pub async fn raw_snapshot_stream(
     let conn = raw_connect(&endpoint, &cfg, server, addr).await.unwrap();
     assert_eq!(
         raw_hello(&conn, from, server, 1).await.unwrap(),
-        Frame::Welcome { node: server }
+        Frame::Welcome {
+            node: server,
+            cluster: None
+        }
     );
     let (mut send, recv) = conn.open_bi().await.unwrap();
     let mut buf = BytesMut::new();

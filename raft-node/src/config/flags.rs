@@ -67,6 +67,13 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_INITIAL_CLUSTER", value_name = "LIST")]
     pub initial_cluster: Option<String>,
 
+    /// Part of the cluster id a new cluster derives from its members
+    /// (with `--initial-cluster`; `restore` takes it too): give each
+    /// cluster that could share members' addresses its own (staging,
+    /// production). [default: raftkv-cluster]
+    #[arg(long, env = "RAFT_INITIAL_CLUSTER_TOKEN", value_name = "TOKEN")]
+    pub initial_cluster_token: Option<String>,
+
     /// PEM file of the cluster CA certificate (peer mutual TLS). Required.
     #[arg(long, env = "RAFT_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -394,6 +401,7 @@ impl RunArgs {
             peer_advertise,
             client_advertise,
             initial_cluster,
+            initial_cluster_token,
             tls_ca,
             tls_cert,
             tls_key,

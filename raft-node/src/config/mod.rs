@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub peer_listen: SocketAddr,
     /// Initial cluster (empty when not given).
     pub initial_cluster: Vec<Member>,
+    /// Part of a new cluster's id (`--initial-cluster-token`).
+    pub initial_cluster_token: String,
     /// This node's addresses as others reach it.
     pub advertise: Member,
     /// CA certificate file.
@@ -187,6 +189,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("client_listen", &self.client_listen)
             .field("peer_listen", &self.peer_listen)
             .field("initial_cluster", &self.initial_cluster)
+            .field("initial_cluster_token", &self.initial_cluster_token)
             .field("advertise", &self.advertise)
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)

@@ -107,6 +107,10 @@ impl RunArgs {
                 .peer_listen
                 .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal")),
             initial_cluster,
+            initial_cluster_token: self
+                .initial_cluster_token
+                .clone()
+                .unwrap_or_else(|| crate::node::cluster_id::DEFAULT_TOKEN.to_owned()),
             tls_ca: required(self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?,
             tls_cert: substitute_id(&required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?, id),
             tls_key: substitute_id(&required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?, id),

@@ -180,6 +180,12 @@ impl Printer {
                 ids(&s.membership.outgoing_voters)
             );
         }
+        println!(
+            "cluster id {}",
+            s.cluster_id
+                .as_deref()
+                .unwrap_or("none (written before cluster ids)")
+        );
         if let Some(kv) = &s.kv {
             println!("keys {} digest {}", kv.keys, kv.digest);
         }

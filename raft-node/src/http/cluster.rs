@@ -91,7 +91,7 @@ async fn membership_answer(
     relay: Relay<'_>,
 ) -> Answer {
     match result {
-        Ok(m) => Ok(Json(membership_json(&m, &known_members(state))).into_response()),
+        Ok(m) => Ok(Json(membership_json(state, &m, &known_members(state))).into_response()),
         Err(MembershipError::Rejected(ChangeError::NotLeader { leader })) => {
             forward(state, leader, relay).await
         }
@@ -99,8 +99,11 @@ async fn membership_answer(
     }
 }
 
-fn membership_json(m: &Membership, members: &[Member]) -> serde_json::Value {
+/// A configuration, the member addresses and the cluster id (which a
+/// node joining with `--join` learns from the answer to its request).
+fn membership_json(state: &AppState, m: &Membership, members: &[Member]) -> serde_json::Value {
     json!({
+        "cluster_id": state.transport.cluster_id().map(crate::node::cluster_id::to_hex),
         "membership": {
             "voters": m.voters(),
             "learners": m.learners(),
@@ -341,7 +344,7 @@ pub(super) async fn update_member(
     if let Some(m) = members.iter_mut().find(|m| m.id == id) {
         *m = member;
     }
-    Ok(Json(membership_json(&s.engine.membership, &members)).into_response())
+    Ok(Json(membership_json(&state, &s.engine.membership, &members)).into_response())
 }
 
 /// 422 `peer-unreachable` unless `member` answers at its new peer address

@@ -92,6 +92,7 @@ pub(super) async fn cluster(
     };
     Ok(Json(json!({
         "id": e.id,
+        "cluster_id": state.transport.cluster_id().map(crate::node::cluster_id::to_hex),
         "role": e.role.as_str(),
         "term": e.term,
         "leader": e.leader,

@@ -71,6 +71,15 @@ pub(super) async fn join(
     db: &rocksdb::DB,
 ) -> anyhow::Result<()> {
     let reply = ask_to_join(cfg).await?;
+    // The cluster id first: this node dials the members from here on.
+    if let Some(hex) = reply.get("cluster_id").and_then(|v| v.as_str()) {
+        let id = super::cluster_id::parse(hex).with_context(|| {
+            format!("the join answer's cluster_id {hex:?} is not 32 hex digits")
+        })?;
+        super::cluster_id::save(db, id)?;
+        transport.set_cluster_id(id);
+        tracing::info!(cluster_id = %hex, "learned the cluster id");
+    }
     let learned: Vec<Member> = serde_json::from_value(reply["members"].clone())
         .context("the join answer lists no members")?;
     for m in learned.iter().filter(|m| m.id != cfg.id) {

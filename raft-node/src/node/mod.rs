@@ -8,6 +8,7 @@
 //! (`join`). `tasks` holds what runs beside them; `meta` the node's
 //! own metadata.
 
+pub mod cluster_id;
 mod join;
 pub(crate) mod meta;
 mod resolve;
@@ -113,6 +114,7 @@ fn bind_transport(
     cfg: &NodeConfig,
     tls: NodeTls,
     directory: &MemberDirectory,
+    cluster: Option<u128>,
 ) -> anyhow::Result<Peers> {
     let election_timeout = cfg.tick * cfg.election_ticks as u32;
     let quic = QuicConfig {
@@ -132,6 +134,7 @@ fn bind_transport(
         .context("creating the snapshot receive directory")?;
     let mut builder = QuicTransport::builder(cfg.id, tls)
         .config(quic)
+        .cluster_id(cluster)
         .snapshot_sink(Arc::new(sink));
     if let Some(crl) = &cfg.tls_crl {
         builder = builder.crl_file(crl);
@@ -284,7 +287,8 @@ pub async fn start(
     let members_changed = sm.members_changed();
     // Addresses replicated through the log win over the ones stored here.
     let directory = MemberDirectory::new(db.clone(), reader.clone(), resolved.members)?;
-    let peers = bind_transport(&cfg, tls, &directory)?;
+    let cluster = cluster_id::load_at_start(&db, resolved.joining)?;
+    let peers = bind_transport(&cfg, tls, &directory, cluster)?;
     let transport = peers.transport.clone();
     let peer_addr = transport.local_addr()?;
     let driver = start_driver(&cfg, resolved.bootstrap, log, sm, peers).await?;

@@ -71,9 +71,13 @@ fn bootstrap_new(
     // without addresses, which the next start bootstraps anew.
     let voters: Vec<NodeId> = cfg.initial_cluster.iter().map(|m| m.id).collect();
     meta::save_initial_voters(db, &voters)?;
+    let cluster =
+        super::cluster_id::for_bootstrap(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    super::cluster_id::save(db, cluster)?;
     MemberDirectory::save_initial(db, &cfg.initial_cluster)?;
     tracing::info!(
         members = cfg.initial_cluster.len(),
+        cluster_id = %super::cluster_id::to_hex(cluster),
         "bootstrapping a new cluster"
     );
     Ok(cfg.initial_cluster.clone())

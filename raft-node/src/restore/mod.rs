@@ -21,7 +21,7 @@ use raft_log::{RocksLog, RocksLogOptions};
 
 use crate::config::Member;
 use crate::members::MemberDirectory;
-use crate::node::{meta, NODE_META_CF};
+use crate::node::{cluster_id, meta, NODE_META_CF};
 use crate::store::{KvStateMachine, KV_CF, KV_META_CF};
 
 /// `raft-node restore` settings.
@@ -40,6 +40,10 @@ pub struct RestoreArgs {
     /// every node of it is restored from the same file with the same value.
     #[arg(long)]
     pub initial_cluster: String,
+    /// Part of the new cluster's id, with the backup's SHA-256 and
+    /// `--initial-cluster` (the same on every node of it).
+    #[arg(long, default_value = crate::node::cluster_id::DEFAULT_TOKEN)]
+    pub initial_cluster_token: String,
 }
 
 /// `raft-node recover` settings.
@@ -186,6 +190,9 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let verified = crate::backup::verify(&a.from)
         .with_context(|| format!("refusing to restore from {}", a.from.display()))?;
     let h = &verified.header;
+    if let Some(w) = consistency_warning(h) {
+        eprintln!("{w}");
+    }
     let voters: Vec<NodeId> = members.iter().map(|m| m.id).collect();
     let meta = SnapshotMeta {
         last_log_id: LogId {
@@ -194,6 +201,8 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         },
         membership: Membership::new(voters.iter().copied()),
     };
+    // Nodes restored from other files, or into another cluster, differ.
+    let cluster = cluster_id::for_restore(&verified.sha256, &members, &a.initial_cluster_token);
     let dir = &a.data_dir;
     private_dir(dir)?;
     let built = async {
@@ -203,6 +212,11 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         let log = open(dir)?;
         mark(dir)?;
         let records = seed(log, dir, &a.from, &verified, &meta, &members).await?;
+        // Before the marker goes: a finished restore has its id.
+        let log = open(dir)?;
+        cluster_id::save(log.db(), cluster)?;
+        log.db().flush_wal(true).context("syncing the store")?;
+        drop(log);
         std::fs::remove_file(dir.join(RESTORING_MARKER))
             .and_then(|()| crate::snapshot::sync_directory(dir))
             .with_context(|| format!("finishing the restore in {}", dir.display()))?;
@@ -211,7 +225,7 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let records = built.await.inspect_err(|_| undo(dir, existed))?;
     println!(
         "restored {} ({} bytes, sha256 {}) into {}: index {}, term {}, {records} records; \
-         node {} of a new cluster of voters {voters:?}. Start it with `raft-node run --id {} \
+         node {} of a new cluster of voters {voters:?}, cluster id {}. Start it with `raft-node run --id {} \
          --data-dir {}` and its usual flags (--initial-cluster is no longer read)",
         a.from.display(),
         verified.bytes,
@@ -220,6 +234,7 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         h.index,
         h.term,
         a.id,
+        cluster_id::to_hex(cluster),
         a.id,
         a.data_dir.display()
     );
@@ -257,6 +272,22 @@ async fn seed(
     drop(db);
     drop(log);
     Ok(records)
+}
+
+/// The warning `restore` prints for a backup that is not linearizable
+/// (`ctl snapshot save --stale`, `?consistency=stale`): it is the serving
+/// node's applied state, which may be behind the leader's.
+fn consistency_warning(h: &crate::backup::BackupHeader) -> Option<String> {
+    if h.consistency == "linearizable" {
+        return None;
+    }
+    Some(format!(
+        "WARNING: this backup is not linearizable (consistency: {}): it is node {}'s applied \
+         state at index {}, which may have been behind the leader's, so it may miss writes \
+         acknowledged before it was taken. Restore from a linearizable backup (`raft-node ctl \
+         snapshot save FILE` without --stale, served by the leader) unless that is acceptable.",
+        h.consistency, h.node, h.index
+    ))
 }
 
 fn now_ms() -> u64 {

@@ -10,6 +10,7 @@ mod recovery {
             data_dir: data_dir.to_path_buf(),
             id: 1,
             initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+            initial_cluster_token: "t".into(),
         }
     }
 
@@ -58,6 +59,34 @@ mod recovery {
             "entry 41 at term {} after term 7",
             last.term
         );
+    }
+
+    fn stored_cluster_id(data: &Path) -> Option<u128> {
+        let log = open(data).unwrap();
+        cluster_id::load(log.db()).unwrap()
+    }
+
+    /// Every node restored from one file with one `--initial-cluster` gets
+    /// the same cluster id; another file gives another; `recover
+    /// --force-new-cluster` keeps it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn restored_nodes_share_a_cluster_id_per_file_and_recover_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = backup(dir.path(), 40, 7);
+        let other = backup(dir.path(), 41, 7);
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        restore(args(&one, &a)).await.unwrap();
+        restore(args(&one, &b)).await.unwrap();
+        restore(args(&other, &c)).await.unwrap();
+        let id = stored_cluster_id(&a).expect("a restored node has a cluster id");
+        assert_eq!(stored_cluster_id(&b), Some(id));
+        assert_ne!(stored_cluster_id(&c), Some(id));
+        recover(recover_args(&a, false)).await.unwrap();
+        assert_eq!(stored_cluster_id(&a), Some(id));
     }
 
     fn recover_args(data: &Path, again: bool) -> RecoverArgs {
@@ -128,6 +157,7 @@ mod symlink {
             data_dir: link.clone(),
             id: 1,
             initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+            initial_cluster_token: "t".into(),
         })
         .await
         .expect("restore through a symlink");
@@ -156,6 +186,7 @@ mod in_place {
             data_dir: data_dir.to_path_buf(),
             id: 1,
             initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+            initial_cluster_token: "t".into(),
         }
     }
 
@@ -181,6 +212,31 @@ mod in_place {
         assert!(e.contains("did not finish"), "{e}");
         let e = format!("{:#}", restore(args(&from, &data)).await.unwrap_err());
         assert!(e.contains("not empty"), "{e}");
+    }
+
+    /// A backup taken with `consistency=stale` (any node's applied state)
+    /// gets a warning saying it may miss acknowledged writes; so does one
+    /// whose header names no consistency this release knows; a
+    /// linearizable one gets none.
+    #[test]
+    fn a_stale_backup_is_restored_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let mut h = crate::backup::verify(&from).unwrap().header;
+        assert_eq!(consistency_warning(&h), None);
+        h.consistency = "stale".into();
+        h.node = 3;
+        let w = consistency_warning(&h).expect("a warning for a stale backup");
+        assert!(w.starts_with("WARNING:"), "{w}");
+        assert!(w.contains("consistency: stale"), "{w}");
+        assert!(w.contains("node 3"), "{w}");
+        assert!(
+            w.contains("may miss writes acknowledged before it was taken"),
+            "{w}"
+        );
+        h.consistency = "eventual".into();
+        let w = consistency_warning(&h).expect("a warning for an unknown consistency");
+        assert!(w.contains("consistency: eventual"), "{w}");
     }
 }
 

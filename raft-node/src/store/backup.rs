@@ -60,14 +60,22 @@ fn snapshot_meta_in(
     }
 }
 
-/// The term of entry `index` and the configuration in force there: the
-/// latest configuration entry at or below it in the log, else the one of
-/// the log's snapshot, else the voters the cluster was created with.
+/// The term of entry `index` and the configuration in force there: those
+/// of the state machine's snapshot when `index` is its index (a follower
+/// that has installed a leader's snapshot may not have recorded it in its
+/// log yet, whose entries at and below it, an old leader's, may name
+/// another term and an uncommitted configuration); else the latest
+/// configuration entry at or below it in the log, else the one of the
+/// log's snapshot, else the voters the cluster was created with.
 fn term_and_membership(
     db: &DB,
     view: &View<'_>,
     index: Index,
 ) -> Result<(Term, Option<Membership>), String> {
+    let sm_snapshot = snapshot_meta_in(db, view, KV_META_CF, SNAPSHOT_META_KEY)?;
+    if let Some(meta) = sm_snapshot.filter(|m| m.last_log_id.index == index && index > 0) {
+        return Ok((meta.last_log_id.term, Some(meta.membership)));
+    }
     let log_cf = db
         .cf_handle(raft_log::LOG_CF)
         .ok_or("log column family missing")?;
@@ -89,9 +97,8 @@ fn term_and_membership(
         }
     }
     let log_snapshot = snapshot_meta_in(db, view, raft_log::META_CF, b"snapshot")?;
-    let sm_snapshot = snapshot_meta_in(db, view, KV_META_CF, SNAPSHOT_META_KEY)?;
-    for meta in [&log_snapshot, &sm_snapshot].into_iter().flatten() {
-        if term.is_none() && meta.last_log_id.index == index {
+    if let Some(meta) = log_snapshot.as_ref().filter(|_| term.is_none()) {
+        if meta.last_log_id.index == index {
             term = Some(meta.last_log_id.term);
         }
     }

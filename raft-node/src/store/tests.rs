@@ -711,3 +711,66 @@ async fn replicas_are_a_function_of_the_log_whatever_the_batches() {
         replicas_agree_whatever_the_batches(start.wrapping_add(i)).await;
     }
 }
+
+/// A follower's backup in the window between the key-value install of a
+/// leader's snapshot and the log's record of it: its log still holds
+/// entries at and below the snapshot's index from an old leader, one of
+/// them an uncommitted configuration. The header names the snapshot's
+/// term and configuration, not theirs.
+#[tokio::test]
+async fn a_backup_between_the_install_and_the_logs_record_names_the_snapshots_configuration() {
+    use crate::store::ExportRequest;
+    use raft_core::LogStorage;
+    let a_dir = tempfile::tempdir().unwrap();
+    let (_a_log, mut a) = snapshotting(a_dir.path(), 100);
+    for i in 1..=20 {
+        let cmd = put(&format!("k{i}"), "v", Precondition::None, None);
+        a.apply(&[entry(i, cmd)]).await.unwrap();
+    }
+    let leaders = SnapshotMeta {
+        last_log_id: raft_core::LogId::new(3, 20),
+        membership: raft_core::Membership::new([1, 2, 3]),
+    };
+    let data = a.build_snapshot(&leaders).await.unwrap();
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let (b_log, mut b) = snapshotting(b_dir.path(), 100);
+    // An old leader's entries, never committed: a configuration at 18.
+    let stale: Vec<Entry> = (1..=20)
+        .map(|i| Entry {
+            term: 2,
+            index: i,
+            payload: if i == 18 {
+                EntryPayload::Membership(Box::new(raft_core::Membership::new([1, 2, 4])))
+            } else {
+                EntryPayload::Blank
+            },
+        })
+        .collect();
+    b_log.append(stale).await.unwrap();
+    b.install_snapshot(&leaders, data).await.unwrap();
+
+    let req = ExportRequest {
+        node: 2,
+        consistency: "stale".into(),
+        read_index: None,
+    };
+    let mut seen = None;
+    let begin = |h: &crate::backup::BackupHeader| {
+        seen = Some(h.clone());
+        None::<Vec<u8>>
+    };
+    let label = std::path::Path::new("test");
+    b.reader()
+        .export(
+            &req,
+            label,
+            begin,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    let h = seen.expect("the header");
+    assert_eq!((h.index, h.term), (20, 3), "{h:?}");
+    assert_eq!(h.voters, vec![1, 2, 3], "{h:?}");
+    assert!(h.learners.is_empty(), "{h:?}");
+}

@@ -42,8 +42,15 @@ pub async fn handshake(
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut hello = vec![StreamKind::Handshake as u8];
     hello.extend_from_slice(
-        &codec::encode_to_bytes(&Frame::Hello(Hello { from, to }), 1 << 20)
-            .map_err(|e| e.to_string())?,
+        &codec::encode_to_bytes(
+            &Frame::Hello(Hello {
+                from,
+                to,
+                cluster: None,
+            }),
+            1 << 20,
+        )
+        .map_err(|e| e.to_string())?,
     );
     send.write_all(&hello).await.map_err(|e| e.to_string())?;
     let _ = send.finish();
@@ -52,7 +59,7 @@ pub async fn handshake(
         .map_err(|_| "no handshake answer in 10 s".to_string())?;
     match answer {
         Ok(bytes) => match codec::decode_frame(bytes.into(), 1 << 20) {
-            Ok(Frame::Welcome { node }) if node == to => Ok(conn),
+            Ok(Frame::Welcome { node, .. }) if node == to => Ok(conn),
             other => Err(format!("handshake answered {other:?}")),
         },
         Err(_) => match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {

@@ -1,0 +1,137 @@
+//! The cluster id in the handshake, between transports: the same id
+//! connects, another is refused on both sides (close code 10, both ids in
+//! the reason), no id on either side connects as before; and a node with
+//! an id still reaches a peer of the previous release, whose strict
+//! decoder refuses the id as trailing bytes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use raft_core::NodeId;
+use raft_net_quic::certs::DevCa;
+use raft_net_quic::codec::{self, Frame};
+use raft_net_quic::{close_code, ConnectError, QuicTransport};
+
+const A: u128 = 0xaaaa_0000_0000_0000_0000_0000_0000_0001;
+const B: u128 = 0xbbbb_0000_0000_0000_0000_0000_0000_0002;
+
+fn node(ca: &DevCa, id: NodeId, cluster: Option<u128>) -> QuicTransport {
+    let (t, _inbound) = QuicTransport::builder(id, tls(ca, id))
+        .config(test_config())
+        .cluster_id(cluster)
+        .bind(any_addr())
+        .unwrap();
+    t
+}
+
+async fn connect(from: &QuicTransport, to: &QuicTransport) -> Result<(), ConnectError> {
+    from.add_peer(to.id(), to.local_addr().unwrap());
+    tokio::time::timeout(Duration::from_secs(10), from.connect(to.id()))
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_cluster_connects_another_is_refused_and_no_id_checks_nothing() {
+    init_tracing();
+    let (ca, _dir) = ca_and_dir();
+    let (a1, a2, b3, none4) = (
+        node(&ca, 1, Some(A)),
+        node(&ca, 2, Some(A)),
+        node(&ca, 3, Some(B)),
+        node(&ca, 4, None),
+    );
+    connect(&a1, &a2).await.expect("same cluster");
+    for (from, to) in [(&a1, &b3), (&b3, &a2)] {
+        let e = connect(from, to).await.expect_err("another cluster");
+        let text = e.to_string();
+        assert!(matches!(e, ConnectError::Refused { .. }), "{text}");
+        assert!(text.contains("wrong cluster"), "{text}");
+        assert!(text.contains(&format!("{A:032x}")), "{text}");
+        assert!(text.contains(&format!("{B:032x}")), "{text}");
+    }
+    connect(&a1, &none4)
+        .await
+        .expect("an acceptor without an id");
+    connect(&none4, &b3).await.expect("a dialer without an id");
+    // Learning the id later (a node that joined) makes it count.
+    none4.set_cluster_id(A);
+    assert_eq!(none4.cluster_id(), Some(A));
+    none4.disconnect(3);
+    assert!(
+        connect(&none4, &b3).await.is_err(),
+        "node 4 is of cluster A now"
+    );
+    for t in [a1, a2, b3, none4] {
+        t.shutdown().await;
+    }
+}
+
+/// Node 2 as the previous release answers: a `Hello` longer than 18 bytes
+/// (version, kind, two ids) is refused as the strict decoder did; one
+/// without an id is welcomed. Returns the Hello lengths it read.
+async fn previous_release_node(server: quinn::Endpoint, connections: usize) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for _ in 0..connections {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut head = [0u8; 5];
+        recv.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut content = vec![0u8; len];
+        recv.read_exact(&mut content).await.unwrap();
+        seen.push(len);
+        if len > 18 {
+            let reason = format!(
+                "bad Hello: {} unexpected bytes after the frame body",
+                len - 18
+            );
+            conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+            continue;
+        }
+        let mut buf = BytesMut::new();
+        let welcome = Frame::Welcome {
+            node: 2,
+            cluster: None,
+        };
+        codec::encode_frame(&welcome, 1 << 20, &mut buf).unwrap();
+        send.write_all(&buf).await.unwrap();
+        let _ = send.finish();
+        // Keep it open until the dialer is done.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_id_still_reaches_a_peer_of_the_previous_release() {
+    init_tracing();
+    let (ca, _dir) = ca_and_dir();
+    let tls2 = tls(&ca, 2);
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        any_addr(),
+    )
+    .unwrap();
+    let addr2 = server.local_addr().unwrap();
+    let old = tokio::spawn(previous_release_node(server.clone(), 2));
+    let t1 = node(&ca, 1, Some(A));
+    t1.add_peer(2, addr2);
+    tokio::time::timeout(Duration::from_secs(10), t1.connect(2))
+        .await
+        .expect("an answer within 10 s")
+        .expect("connected without the id");
+    t1.shutdown().await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), old)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, vec![34, 18], "with the id, then without");
+    server.close(0u32.into(), b"done");
+}
