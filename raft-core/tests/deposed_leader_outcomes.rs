@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{put, wait_applied, wait_leader, Handle, Node};
+use common::{leader_after_first_write, put, wait_applied, wait_leader, Handle, Node};
 use raft_core::memory::{MemKv, MemLog, MemNetwork};
 use raft_core::{Config, DriverConfig, Membership, NodeId, ProposeError};
 use tokio::task::JoinHandle;
@@ -48,13 +48,7 @@ async fn start(net: &MemNetwork, cfg: impl Fn(NodeId) -> Config) -> Vec<Node> {
 async fn a_deposed_leaders_proposals_the_new_leader_holds_are_applied_and_answered() {
     let net = MemNetwork::new();
     let nodes = start(&net, Config::new).await;
-    let handles: Vec<_> = nodes.iter().map(|n| &n.handle).collect();
-    let old = wait_leader(&handles).await;
-    let old_handle = nodes[(old - 1) as usize].handle.clone();
-    old_handle
-        .propose(put("k", "v"))
-        .await
-        .expect("first write");
+    let (old, old_handle) = leader_after_first_write(&nodes).await;
     let base = old_handle.status().await.expect("status").engine.last_index;
     let (keep, lost) = match old {
         1 => (2, 3),
@@ -136,13 +130,7 @@ async fn a_snapshot_that_replaces_a_deposed_leaders_log_answers_all_its_proposal
         c
     })
     .await;
-    let handles: Vec<_> = nodes.iter().map(|n| &n.handle).collect();
-    let old = wait_leader(&handles).await;
-    let old_handle = nodes[(old - 1) as usize].handle.clone();
-    old_handle
-        .propose(put("k", "v"))
-        .await
-        .expect("first write");
+    let (old, old_handle) = leader_after_first_write(&nodes).await;
     let base = old_handle.status().await.expect("status").engine.last_index;
 
     // Cut off, the leader appends 8 proposals no one else gets.

@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{put, wait_applied, wait_leader, Node};
+use common::{leader_after_first_write, put, wait_applied, wait_leader, Node};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use raft_core::memory::{MemKv, MemLog, MemNetwork};
 use raft_core::{Config, DriverConfig, Membership, NodeId};
@@ -49,13 +49,7 @@ async fn proposals_overwritten_after_a_leader_change_leave_nothing_pending() {
         .await;
         nodes.push(node);
     }
-    let handles: Vec<_> = nodes.iter().map(|n| &n.handle).collect();
-    let old = wait_leader(&handles).await;
-    let old_handle = nodes[(old - 1) as usize].handle.clone();
-    old_handle
-        .propose(put("k", "v"))
-        .await
-        .expect("first write");
+    let (old, old_handle) = leader_after_first_write(&nodes).await;
 
     // Cut off, the leader still appends what it is given.
     net.isolate(old);

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -112,14 +111,7 @@ async fn a_node_with_an_id_still_reaches_a_peer_of_the_previous_release() {
     init_tracing();
     let (ca, _dir) = ca_and_dir();
     let tls2 = tls(&ca, 2);
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();
-    let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        any_addr(),
-    )
-    .unwrap();
-    let addr2 = server.local_addr().unwrap();
+    let (server, addr2) = raw_server(&tls2);
     let old = tokio::spawn(previous_release_node(server.clone(), 2));
     let t1 = node(&ca, 1, Some(A));
     t1.add_peer(2, addr2);

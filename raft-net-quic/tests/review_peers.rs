@@ -225,14 +225,7 @@ async fn a_dial_in_flight_at_a_crl_reload_does_not_keep_a_revoked_peer() {
     let cert2 = ca.issue_node(2, &[]).unwrap();
     let tls2 = tls_from_cert(&ca, 2, &cert2);
     // Node 2 by hand: it reads the Hello, then answers only when told.
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();
-    let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        any_addr(),
-    )
-    .unwrap();
-    let addr2 = server.local_addr().unwrap();
+    let (server, addr2) = raw_server(&tls2);
     let (hello_tx, hello_rx) = tokio::sync::oneshot::channel::<()>();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let accepting = server.clone();

@@ -610,6 +610,29 @@ async fn a_survivor_of_a_lost_quorum_recovers_as_a_single_voter_and_members_rejo
     common::assert_running_without_panic(&mut all, "after the recovery");
 }
 
+/// The first backup `url` serves whole and valid within 5 s (retried: on a
+/// loaded machine a backup slot may take that long to come free), saved in
+/// `file`.
+async fn next_backup(
+    http: &reqwest::Client,
+    url: &str,
+    file: &Path,
+) -> Option<raft_node::backup::VerifiedBackup> {
+    for _ in 0..50 {
+        let resp = http.get(url).send().await.unwrap();
+        if resp.status().as_u16() == 200 {
+            if let Ok(bytes) = resp.bytes().await {
+                std::fs::write(file, &bytes).unwrap();
+                if let Ok(v) = raft_node::backup::verify(file) {
+                    return Some(v);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// Reads the answer to `GET /v1/cluster/backup` one chunk per `pause`:
 /// (bytes received, whether the body ended cleanly). Gives up after 60 s.
 async fn read_slowly(resp: reqwest::Response, pause: Duration) -> (Vec<u8>, bool) {
@@ -675,22 +698,9 @@ async fn a_backup_read_too_slowly_is_cut_off_and_the_backup_limit_holds() {
     }
     client.put("small", "v").await.unwrap();
     // (Retried: on a loaded machine even a small backup may take 500 ms.)
-    let file = tmp.path().join("fast.bak");
-    let mut verified = None;
-    for _ in 0..50 {
-        let resp = http.get(&url).send().await.unwrap();
-        if resp.status().as_u16() == 200 {
-            if let Ok(bytes) = resp.bytes().await {
-                std::fs::write(&file, &bytes).unwrap();
-                verified = raft_node::backup::verify(&file).ok();
-                if verified.is_some() {
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let v = verified.expect("the next backup is served once the slow one is cut off");
+    let v = next_backup(&http, &url, &tmp.path().join("fast.bak"))
+        .await
+        .expect("the next backup is served once the slow one is cut off");
     assert!(v.records >= 1, "{} records", v.records);
 }
 
@@ -743,22 +753,9 @@ async fn a_relayed_backup_the_leader_cuts_off_is_cut_off_at_the_follower() {
         client.delete(format!("big/{i:03}")).await.unwrap();
     }
     client.put("small", "v").await.unwrap();
-    let file = tmp.path().join("relayed.bak");
-    let mut verified = None;
-    for _ in 0..50 {
-        let resp = http.get(&url).send().await.unwrap();
-        if resp.status().as_u16() == 200 {
-            if let Ok(bytes) = resp.bytes().await {
-                std::fs::write(&file, &bytes).unwrap();
-                verified = raft_node::backup::verify(&file).ok();
-                if verified.is_some() {
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let v = verified.expect("a relayed backup is served once the cut-off one ended");
+    let v = next_backup(&http, &url, &tmp.path().join("relayed.bak"))
+        .await
+        .expect("a relayed backup is served once the cut-off one ended");
     assert_eq!(v.header.node, leader);
 }
 

@@ -78,6 +78,21 @@ pub async fn wait_leader(handles: &[&Handle]) -> NodeId {
     panic!("no leader elected within 20 s of virtual time");
 }
 
+/// The leader of `nodes` (node `i + 1` at index `i`) once one is elected,
+/// and its handle, after a first write (`k` = `v`) through it was
+/// answered.
+///
+/// # Panics
+///
+/// When no leader is elected (see [`wait_leader`]) or the write fails.
+pub async fn leader_after_first_write(nodes: &[Node]) -> (NodeId, Handle) {
+    let handles: Vec<_> = nodes.iter().map(|n| &n.handle).collect();
+    let leader = wait_leader(&handles).await;
+    let handle = nodes[(leader - 1) as usize].handle.clone();
+    handle.propose(put("k", "v")).await.expect("first write");
+    (leader, handle)
+}
+
 /// Waits until node `id` (`handle`) has applied `index`, polling every
 /// 20 ms.
 ///

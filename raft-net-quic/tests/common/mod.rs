@@ -265,6 +265,22 @@ pub fn raw_client_with(identity: NodeTls) -> (quinn::Endpoint, quinn::ClientConf
     (endpoint, cfg)
 }
 
+/// A raw QUIC server endpoint on a free loopback port presenting
+/// `identity`: a node a test writes by hand (it accepts and answers
+/// itself).
+pub fn raw_server(identity: &NodeTls) -> (quinn::Endpoint, SocketAddr) {
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config().unwrap())
+            .unwrap();
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        any_addr(),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    (server, addr)
+}
+
 /// Connects the raw client to node `server` at `addr` (TLS only).
 pub async fn raw_connect(
     endpoint: &quinn::Endpoint,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use raft_core::memory::MemNetwork;
 use raft_core::{Config, DriverConfig, LogId, Membership, Raft, Role, SnapshotMeta};
 
-use super::tests::support::backup;
+use super::tests::support::{args, backup};
 use super::*;
 
 const CLUSTER: &str = "1=127.0.0.1:7000/127.0.0.1:8080,2=127.0.0.1:7001/127.0.0.1:8081,\
@@ -22,10 +22,8 @@ const CLUSTER: &str = "1=127.0.0.1:7000/127.0.0.1:8080,2=127.0.0.1:7001/127.0.0.
 async fn interrupted_install(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     restore(RestoreArgs {
-        from: backup(dir, 40, 7),
-        data_dir: data.clone(),
-        id: 1,
         initial_cluster: CLUSTER.into(),
+        ..args(&backup(dir, 40, 7), &data)
     })
     .await
     .unwrap();

@@ -2,17 +2,7 @@
 
 mod recovery {
     use super::super::*;
-    use super::support::backup;
-
-    fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
-        RestoreArgs {
-            from: from.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            id: 1,
-            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
-            initial_cluster_token: "t".into(),
-        }
-    }
+    use super::support::{args, backup};
 
     /// A well-formed file (checksums and SHA-256 right) whose header names
     /// an index or term no log can hold, or a term of 0 at an index above
@@ -178,17 +168,7 @@ mod symlink {
 
 mod in_place {
     use super::super::*;
-    use super::support::backup;
-
-    fn args(from: &Path, data_dir: &Path) -> RestoreArgs {
-        RestoreArgs {
-            from: from.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            id: 1,
-            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
-            initial_cluster_token: "t".into(),
-        }
-    }
+    use super::support::{args, backup};
 
     /// A restore that stopped half-way leaves its marker: the directory is
     /// refused by `run`'s check, by `recover` and by another restore.
@@ -244,6 +224,17 @@ pub(super) mod support {
     use std::path::{Path, PathBuf};
 
     use crate::backup::{BackupHeader, FORMAT};
+
+    /// Restore `from` into `data_dir` as node 1 of a one-node cluster.
+    pub(in crate::restore) fn args(from: &Path, data_dir: &Path) -> crate::restore::RestoreArgs {
+        crate::restore::RestoreArgs {
+            from: from.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            id: 1,
+            initial_cluster: "1=127.0.0.1:7000/127.0.0.1:8080".into(),
+            initial_cluster_token: "t".into(),
+        }
+    }
 
     /// A backup of an empty store whose header says `index` and `term`.
     pub(in crate::restore) fn backup(dir: &Path, index: u64, term: u64) -> PathBuf {
