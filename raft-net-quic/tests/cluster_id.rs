@@ -135,3 +135,49 @@ async fn a_node_with_an_id_still_reaches_a_peer_of_the_previous_release() {
     assert_eq!(seen, vec![34, 18], "with the id, then without");
     server.close(0u32.into(), b"done");
 }
+
+/// A `Hello` whose bytes after the two ids are neither nothing nor exactly
+/// 16 (a cluster id cut short, or followed by more) is refused with a
+/// protocol error that says which, never read as an id and never a panic;
+/// the node then still welcomes its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_a_cut_or_overlong_cluster_id_is_refused() {
+    init_tracing();
+    let (ca, _dir) = ca_and_dir();
+    let (a1, a2) = (node(&ca, 1, Some(A)), node(&ca, 2, Some(A)));
+    let (endpoint, cfg) = raw_client(&ca, 2);
+    for extra in [1usize, 8, 15, 17, 24, 32, 40] {
+        let mut bytes = vec![codec::StreamKind::Handshake as u8];
+        bytes.extend_from_slice(&(18 + extra as u32).to_be_bytes());
+        bytes.extend_from_slice(&[codec::PROTOCOL_VERSION, 0x01]);
+        bytes.extend_from_slice(&2u64.to_be_bytes());
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend((0..extra).map(|i| 0xa0 ^ i as u8));
+        let conn = raw_connect(&endpoint, &cfg, 1, a1.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let _ = send.finish();
+        let reason = closed_reason(&conn).await;
+        let expected = if extra < 16 {
+            "bad Hello: frame truncated: hello cluster id".to_string()
+        } else {
+            format!(
+                "bad Hello: {} unexpected bytes after the frame body",
+                extra - 16
+            )
+        };
+        assert_eq!(
+            reason,
+            format!("code {}: {expected}", close_code::PROTOCOL),
+            "{extra} bytes after the ids"
+        );
+    }
+    connect(&a2, &a1)
+        .await
+        .expect("its own cluster, after all that");
+    for t in [a1, a2] {
+        t.shutdown().await;
+    }
+}
