@@ -127,3 +127,109 @@ async fn a_node_with_an_id_still_reaches_a_peer_of_the_previous_release() {
     assert_eq!(seen, vec![34, 18], "with the id, then without");
     server.close(0u32.into(), b"done");
 }
+
+/// A `Hello` whose bytes after the two ids are neither nothing nor exactly
+/// 16 (a cluster id cut short, or followed by more) is refused with a
+/// protocol error that says which, never read as an id and never a panic;
+/// the node then still welcomes its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_a_cut_or_overlong_cluster_id_is_refused() {
+    init_tracing();
+    let (ca, _dir) = ca_and_dir();
+    let (a1, a2) = (node(&ca, 1, Some(A)), node(&ca, 2, Some(A)));
+    let (endpoint, cfg) = raw_client(&ca, 2);
+    for extra in [1usize, 8, 15, 17, 24, 32, 40] {
+        let mut bytes = vec![codec::StreamKind::Handshake as u8];
+        bytes.extend_from_slice(&(18 + extra as u32).to_be_bytes());
+        bytes.extend_from_slice(&[codec::PROTOCOL_VERSION, 0x01]);
+        bytes.extend_from_slice(&2u64.to_be_bytes());
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend((0..extra).map(|i| 0xa0 ^ i as u8));
+        let conn = raw_connect(&endpoint, &cfg, 1, a1.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let _ = send.finish();
+        let reason = closed_reason(&conn).await;
+        let expected = if extra < 16 {
+            "bad Hello: frame truncated: hello cluster id".to_string()
+        } else {
+            format!(
+                "bad Hello: {} unexpected bytes after the frame body",
+                extra - 16
+            )
+        };
+        assert_eq!(
+            reason,
+            format!("code {}: {expected}", close_code::PROTOCOL),
+            "{extra} bytes after the ids"
+        );
+    }
+    connect(&a2, &a1)
+        .await
+        .expect("its own cluster, after all that");
+    for t in [a1, a2] {
+        t.shutdown().await;
+    }
+}
+
+/// Node 2 answering its i-th `Hello` with a `Welcome` followed by
+/// `extra[i]` bytes (16 would be a cluster id).
+async fn bad_welcome_node(server: quinn::Endpoint, extra: Vec<usize>) {
+    for n in extra {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut head = [0u8; 5];
+        recv.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        recv.read_exact(&mut vec![0u8; len]).await.unwrap();
+        let mut welcome = (10 + n as u32).to_be_bytes().to_vec();
+        welcome.extend_from_slice(&[codec::PROTOCOL_VERSION, 0x02]);
+        welcome.extend_from_slice(&2u64.to_be_bytes());
+        welcome.extend((0..n).map(|i| 0xaa ^ i as u8));
+        send.write_all(&welcome).await.unwrap();
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+}
+
+/// A `Welcome` with 1..15 bytes after the node id (a cluster id cut
+/// short) or 17+ (an id followed by more) fails the dial with an error
+/// that says which; it is never read as an id, nor retried without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_with_a_cut_or_overlong_cluster_id_fails_the_dial() {
+    init_tracing();
+    let (ca, _dir) = ca_and_dir();
+    let tls2 = tls(&ca, 2);
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        any_addr(),
+    )
+    .unwrap();
+    let extra = vec![1usize, 15, 17, 33];
+    let fake = tokio::spawn(bad_welcome_node(server.clone(), extra.clone()));
+    let t1 = node(&ca, 1, Some(A));
+    t1.add_peer(2, server.local_addr().unwrap());
+    for n in extra {
+        let e = tokio::time::timeout(Duration::from_secs(10), t1.connect(2))
+            .await
+            .expect("an answer within 10 s")
+            .expect_err("a malformed Welcome");
+        let text = e.to_string();
+        let expected = if n < 16 {
+            "frame truncated: welcome cluster id".to_string()
+        } else {
+            format!("{} unexpected bytes after the frame body", n - 16)
+        };
+        assert!(text.contains(&expected), "{n} bytes: {text}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), fake)
+        .await
+        .expect("one dial per Welcome, none again without the id")
+        .unwrap();
+    t1.shutdown().await;
+    server.close(0u32.into(), b"done");
+}

@@ -2,7 +2,8 @@
 //! same CA that name each other in `--initial-cluster`, and nodes of one
 //! cluster restored from two different backup files, refuse each other as
 //! peers ("wrong cluster" in both logs) and elect no leader together; a
-//! node that joins learns its cluster's id.
+//! node that joins learns its cluster's id; after `recover
+//! --force-new-cluster`, a survivor started on its old data is refused.
 
 mod common;
 
@@ -171,4 +172,77 @@ async fn a_joiner_learns_the_id_and_nodes_restored_from_different_files_refuse_e
         .collect();
     let client = common::client_of(&procs);
     refuse_each_other(&client, &procs, 4).await;
+}
+
+/// Copies the certificates under `from` to `to`.
+fn copy_certs(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("certs")).unwrap();
+    for e in std::fs::read_dir(from.join("certs")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("certs").join(e.file_name())).unwrap();
+    }
+}
+
+/// A cluster of three loses nodes 2 and 3; node 1 is recovered with
+/// `--force-new-cluster` and a new node takes id 2. Node 2's old data
+/// directory, which should have been wiped, is started anyway: it still
+/// counts {1, 2, 3} as voters and id 2 is in the recovered configuration,
+/// so only the cluster id tells them apart. Recovery gives a new id, and
+/// node 1 refuses the old node 2 ("wrong cluster" with both ids); with the
+/// id kept, it was let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_started_on_its_old_data_after_a_recovery_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut procs = common::cluster(dir, 3);
+    let client = common::client_of(&procs);
+    common::leader(&client, &procs, None).await;
+    client.put("k", "1").await.unwrap();
+    let before = common::status_of(&client, &procs[0]).await.cluster_id;
+    let before = before.expect("a bootstrapped node has an id");
+    for p in &mut procs {
+        p.kill9();
+    }
+    std::fs::remove_dir_all(dir.join("node-3")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .arg("recover")
+        .arg(format!("--data-dir={}", dir.join("node-1").display()))
+        .arg("--id=1")
+        .arg("--force-new-cluster")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut old2 = procs.remove(1);
+    let mut all = vec![procs.remove(0)];
+    all[0].start();
+    let client = common::client_of(&all);
+    let recovered = common::wait_status(&client, &all[0], 60, "leader alone", |s| {
+        s.leader == Some(1) && s.membership.voters == vec![1]
+    })
+    .await;
+    let after = recovered.cluster_id.expect("a recovered node has an id");
+    assert_ne!(after, before, "recover kept the old cluster's id");
+    let new = dir.join("new");
+    copy_certs(dir, &new);
+    all.push(common::joiner(&new, 2, &all[0].http.clone(), &[]));
+    common::wait_status(&client, &all[0], 60, "node 2 added", |s| {
+        s.membership.learners.contains(&2) || s.membership.voters.contains(&2)
+    })
+    .await;
+    old2.start();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        if let Some(s) = common::status(&client, &old2).await {
+            assert_eq!(
+                s.leader, None,
+                "the old node 2 follows the recovered leader"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = all[0].log_text();
+    assert!(
+        log.contains("wrong cluster") && log.contains(&before) && log.contains(&after),
+        "node 1 did not refuse the old node 2 as of another cluster:\n{log}"
+    );
 }

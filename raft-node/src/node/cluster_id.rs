@@ -11,8 +11,12 @@
 //!   members and the token: nodes restored from different files differ.
 //! - `--join`: learned from the join answer, stored before the node dials
 //!   any peer.
-//! - `recover --force-new-cluster`: kept (the members added back join and
-//!   learn it; the old members are refused by the configuration anyway).
+//! - `recover --force-new-cluster`: a new one, derived from the old one,
+//!   this node and the configuration entry's index and term and time (the
+//!   members added back join and learn it). A survivor started on its old
+//!   data still counts the lost members as voters: once new members take
+//!   their ids, the configuration alone does not refuse it; the old id
+//!   does.
 //! - A data directory written before cluster ids has none: it checks
 //!   nothing, as before, until it is restored from a backup.
 
@@ -66,6 +70,32 @@ pub fn for_restore(backup_sha256: &str, members: &[Member], token: &str) -> u128
     let mut parts = vec![format!("backup={backup_sha256}"), format!("token={token}")];
     parts.extend(member_lines(members));
     derive("restore", parts)
+}
+
+/// The id of a cluster that node `node` forced anew (`recover
+/// --force-new-cluster`) from the cluster `previous` (none for a store
+/// written before cluster ids) with its configuration entry at `index`,
+/// `term`, at `at_unix_ms`: another id at every recovery.
+pub fn for_recover(
+    previous: Option<u128>,
+    node: u64,
+    index: u64,
+    term: u64,
+    at_unix_ms: u64,
+) -> u128 {
+    derive(
+        "recover",
+        [
+            format!(
+                "previous={}",
+                previous.map_or_else(|| "none".into(), to_hex)
+            ),
+            format!("node={node}"),
+            format!("index={index}"),
+            format!("term={term}"),
+            format!("at_unix_ms={at_unix_ms}"),
+        ],
+    )
 }
 
 /// The id as shown and stored: 32 lowercase hex digits.

@@ -366,30 +366,37 @@ pub async fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     log.append(vec![entry])
         .await
         .context("appending the new configuration")?;
+    let at_unix_ms = now_ms();
     let record = serde_json::json!({
-        "at_unix_ms": now_ms(),
+        "at_unix_ms": at_unix_ms,
         "index": index,
         "voters_before": current.voters(),
         "learners_before": current.learners(),
     });
     meta::save(&db, FORCED_KEY, &record)?;
+    // A new id: survivors started on their old data are refused.
+    let previous = cluster_id::load(&db)?;
+    let cluster = cluster_id::for_recover(previous, a.id, index, term, at_unix_ms);
+    cluster_id::save(&db, cluster)?;
     db.flush_wal(true).context("syncing the store")?;
     tracing::warn!(
         id = a.id,
         index,
         term,
+        cluster_id = %cluster_id::to_hex(cluster),
         "FORCED NEW CLUSTER: this node is now the only voter"
     );
     eprintln!(
         "WARNING: forced a new cluster: node {} is now the ONLY voter (configuration entry at \
-         index {index}, term {term}; voters before: {:?}, learners before: {:?}). Its log and \
-         data are kept. Never run recover on another survivor (split brain), never start the \
+         index {index}, term {term}; voters before: {:?}, learners before: {:?}), new cluster id {}. Its \
+         log and data are kept. Never run recover on another survivor (split brain), never start the \
          other members on their old data directories: wipe them, then add them back as new \
          members (`--join`, `ctl promote`). Start this node \
          with `raft-node run` and its usual flags.",
         a.id,
         current.voters(),
-        current.learners()
+        current.learners(),
+        cluster_id::to_hex(cluster)
     );
     Ok(())
 }

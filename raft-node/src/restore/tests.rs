@@ -58,9 +58,12 @@ mod recovery {
 
     /// Every node restored from one file with one `--initial-cluster` gets
     /// the same cluster id; another file gives another; `recover
-    /// --force-new-cluster` keeps it.
+    /// --force-new-cluster` gives a new one, so that a survivor started on
+    /// its old data (it still counts the lost members as voters) is
+    /// refused by the recovered node and by members that take the lost
+    /// members' ids; a second recovery another again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn restored_nodes_share_a_cluster_id_per_file_and_recover_keeps_it() {
+    async fn restored_nodes_share_a_cluster_id_per_file_and_recover_makes_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let one = backup(dir.path(), 40, 7);
         let other = backup(dir.path(), 41, 7);
@@ -76,7 +79,11 @@ mod recovery {
         assert_eq!(stored_cluster_id(&b), Some(id));
         assert_ne!(stored_cluster_id(&c), Some(id));
         recover(recover_args(&a, false)).await.unwrap();
-        assert_eq!(stored_cluster_id(&a), Some(id));
+        let recovered = stored_cluster_id(&a).expect("a recovered node has a cluster id");
+        assert_ne!(recovered, id, "the old members' id still admits them");
+        recover(recover_args(&a, false)).await.unwrap();
+        let again = stored_cluster_id(&a).expect("a recovered node has a cluster id");
+        assert!(again != recovered && again != id, "a second recovery");
     }
 
     fn recover_args(data: &Path, again: bool) -> RecoverArgs {
