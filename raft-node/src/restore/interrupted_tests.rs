@@ -26,6 +26,7 @@ async fn interrupted_install(dir: &Path) -> PathBuf {
         data_dir: data.clone(),
         id: 1,
         initial_cluster: CLUSTER.into(),
+        initial_cluster_token: "t".into(),
     })
     .await
     .unwrap();
