@@ -45,6 +45,10 @@ pub struct RocksLogOptions {
     /// More column families to create and open in the same database (the
     /// node keeps its key-value data beside the log this way).
     pub extra_column_families: Vec<String>,
+    /// Names of files a directory without a database may hold: a new store
+    /// is created beside them (a caller's own marker, written first).
+    /// Anything else there is refused as before. Default: none.
+    pub new_store_beside: Vec<String>,
 }
 
 impl Default for RocksLogOptions {
@@ -58,6 +62,7 @@ impl Default for RocksLogOptions {
             max_group_commit_requests: 4096,
             write_queue_capacity: 4096,
             extra_column_families: Vec::new(),
+            new_store_beside: Vec::new(),
         }
     }
 }

@@ -136,6 +136,37 @@ fn bad_directories_give_clear_errors() {
 }
 
 #[test]
+fn a_new_store_is_created_beside_the_files_the_options_name_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let beside = || RocksLogOptions {
+        new_store_beside: vec!["MARKER".into()],
+        ..RocksLogOptions::default()
+    };
+    let path = dir.path().join("db");
+    std::fs::create_dir(&path).expect("mkdir");
+    std::fs::write(path.join("MARKER"), b"").expect("write");
+    let err = RocksLog::open(&path, RocksLogOptions::default()).unwrap_err();
+    assert!(matches!(err, OpenError::NotAStore { .. }), "{err}");
+    drop(RocksLog::open(&path, beside()).expect("a new store beside the marker"));
+    assert!(path.join("MARKER").exists(), "the marker is kept");
+    drop(RocksLog::open(&path, RocksLogOptions::default()).expect("the store reopens"));
+
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::fs::write(other.join("MARKER"), b"").expect("write");
+    std::fs::write(other.join("notes.txt"), b"hello").expect("write");
+    let err = RocksLog::open(&other, beside()).unwrap_err();
+    assert!(matches!(err, OpenError::NotAStore { .. }), "{err}");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir_all(sub.join("MARKER")).expect("mkdir");
+    let err = RocksLog::open(&sub, beside()).unwrap_err();
+    assert!(
+        matches!(err, OpenError::NotAStore { .. }),
+        "a directory named so: {err}"
+    );
+}
+
+#[test]
 fn a_rocksdb_database_of_another_kind_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("db");

@@ -6,8 +6,8 @@
 //! node's own metadata, so a restart starts from it; the transport dials
 //! what it holds and the API forwards to the leader's client address in it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
 use raft_core::NodeId;
@@ -26,6 +26,8 @@ pub struct MemberDirectory {
     reader: KvReader,
     /// Where the directory is saved (`node_meta`).
     db: Arc<rocksdb::DB>,
+    /// The invalid client addresses already warned about, by member.
+    warned: Arc<Mutex<HashSet<(NodeId, String)>>>,
 }
 
 impl std::fmt::Debug for MemberDirectory {
@@ -61,6 +63,7 @@ impl MemberDirectory {
             known: Arc::new(RwLock::new(known)),
             reader,
             db,
+            warned: Arc::default(),
         })
     }
 
@@ -90,6 +93,23 @@ impl MemberDirectory {
     /// The client (HTTP) address of member `id`: where requests for it go.
     pub fn client_addr(&self, id: NodeId) -> Option<String> {
         self.get(id).map(|m| m.client_addr)
+    }
+
+    /// Logs, once per member and reason, that member `id`'s recorded client
+    /// address is invalid (`why`), so requests are not forwarded to it.
+    pub fn warn_invalid_client_addr(&self, id: NodeId, why: &str) {
+        let first = self
+            .warned
+            .lock()
+            .is_ok_and(|mut w| w.insert((id, why.to_owned())));
+        if first {
+            tracing::warn!(
+                member = id,
+                "the recorded client address of node {id} is invalid ({why}); requests are not \
+                 forwarded to it. Record a valid one: `raft-node ctl update-member {id} \
+                 --peer-addr PEER_ADDR --client-addr HOST:PORT`"
+            );
+        }
     }
 
     /// The ids in the directory.

@@ -316,29 +316,39 @@ pub struct SamplerConfig {
 }
 
 /// Sets the certificates' expiry once ([`publish_cert_expiry`]: the
-/// certificates the node loaded at its start), then samples, every
+/// certificates the node loaded at its start), and samples, every
 /// `cfg.interval`: the data directory's size and its filesystem's space,
 /// and from the driver's status the followers' lag and the reads waiting.
-/// The directory walk and the file reads run on a blocking thread of their
-/// own, which the status gauges do not wait for: a hung filesystem freezes
-/// the file gauges only, and one walk at most is in flight.
+/// The certificates' read, the directory walk and the file reads run on
+/// blocking threads of their own, which the sampling does not wait for: a
+/// hung filesystem freezes the file gauges only, and one walk at most is
+/// in flight.
 pub fn spawn_sampler<R: Send + 'static>(cfg: SamplerConfig, raft: RaftHandle<R>) -> JoinHandle<()> {
-    spawn_sampler_with(cfg, raft, Arc::new(sample_files))
+    spawn_sampler_with(
+        cfg,
+        raft,
+        Arc::new(sample_files),
+        Arc::new(publish_cert_expiry),
+    )
 }
 
 /// How the sampler reads the files (a test replaces it by a walk that
 /// hangs).
 pub(crate) type FileSampler = Arc<dyn Fn(&SamplerConfig) + Send + Sync>;
 
-/// [`spawn_sampler`] with `files` as the file sampling.
+/// [`spawn_sampler`] with `files` as the file sampling and `certs` as the
+/// read of the certificates' expiry.
 pub(crate) fn spawn_sampler_with<R: Send + 'static>(
     cfg: SamplerConfig,
     raft: RaftHandle<R>,
     files: FileSampler,
+    certs: FileSampler,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let certs = cfg.clone();
-        let _ = tokio::task::spawn_blocking(move || publish_cert_expiry(&certs)).await;
+        // Read once, on a blocking thread of its own that nothing waits
+        // for: a hung read leaves the expiry gauges unset, nothing else.
+        let certs_cfg = cfg.clone();
+        drop(tokio::task::spawn_blocking(move || certs(&certs_cfg)));
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lagging: BTreeSet<NodeId> = BTreeSet::new();

@@ -1,6 +1,7 @@
 //! The sampler's status gauges do not wait for the walk of the data
-//! directory: a hung filesystem (a `stat` that never returns) freezes the
-//! file gauges only, and no second walk piles up behind the hung one.
+//! directory nor for the read of the certificates' expiry: a hung
+//! filesystem (a `stat` or `read` that never returns) freezes the file
+//! gauges only, and no second walk piles up behind the hung one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,16 +21,89 @@ fn has_gauge(snapshotter: &Snapshotter, name: &str) -> bool {
         .any(|(key, ..)| key.key().name() == name)
 }
 
+fn config(dir: &std::path::Path) -> SamplerConfig {
+    SamplerConfig {
+        id: 1,
+        data_dir: dir.to_owned(),
+        tls_cert: dir.join("none.pem"),
+        tls_ca: dir.join("none.pem"),
+        interval: Duration::from_millis(50),
+    }
+}
+
+/// A one-node cluster of raft-core's in-memory parts, on one thread whose
+/// tasks (every one but the blocking reads) `recorder` sees, running `f`.
+fn with_one_node<F, Fut>(recorder: &DebuggingRecorder, f: F)
+where
+    F: FnOnce(raft_core::RaftHandle<raft_core::memory::KvResponse>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(recorder, || {
+        rt.block_on(async {
+            let net = MemNetwork::new();
+            let raft = Raft::start(
+                Config::new(1),
+                DriverConfig::default(),
+                Membership::new([1]),
+                Arc::new(MemLog::new()),
+                MemKv::new(),
+                net.transport(1),
+            )
+            .await
+            .unwrap();
+            f(raft.clone()).await;
+            raft.shutdown().await;
+        });
+    });
+}
+
+#[test]
+fn a_hung_read_of_the_certificates_does_not_freeze_the_sampled_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // The certificates' read hangs until `release` is dropped.
+    let (release, hang) = std::sync::mpsc::channel::<()>();
+    let hang = Arc::new(Mutex::new(hang));
+    let certs: FileSampler = Arc::new(move |_: &SamplerConfig| {
+        let _ = hang.lock().unwrap().recv();
+    });
+    let walks = Arc::new(AtomicUsize::new(0));
+    let files: FileSampler = {
+        let walks = walks.clone();
+        Arc::new(move |_: &SamplerConfig| {
+            walks.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    with_one_node(&recorder, |raft| async move {
+        let sampler = spawn_sampler_with(cfg, raft, files, certs);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let set = has_gauge(&snapshotter, "raft_reads_pending");
+        let started = walks.load(Ordering::SeqCst);
+        eprintln!("certificate read hung: raft_reads_pending set {set}, walks started {started}");
+        // Released before the runtime, which waits for its blocking threads.
+        drop(release);
+        sampler.abort();
+        assert!(
+            set,
+            "raft_reads_pending was never set while the certificates' read hung"
+        );
+        assert!(
+            started > 1,
+            "the data directory was not sampled while the certificates' read hung"
+        );
+    });
+}
+
 #[test]
 fn a_hung_walk_of_the_data_directory_does_not_freeze_the_status_gauges() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SamplerConfig {
-        id: 1,
-        data_dir: dir.path().to_owned(),
-        tls_cert: dir.path().join("none.pem"),
-        tls_ca: dir.path().join("none.pem"),
-        interval: Duration::from_millis(50),
-    };
+    let cfg = config(dir.path());
     // The walk hangs until `release` is dropped.
     let (release, hang) = std::sync::mpsc::channel::<()>();
     let hang = Arc::new(Mutex::new(hang));
@@ -62,7 +136,7 @@ fn a_hung_walk_of_the_data_directory_does_not_freeze_the_status_gauges() {
             )
             .await
             .unwrap();
-            let sampler = spawn_sampler_with(cfg, raft.clone(), files);
+            let sampler = spawn_sampler_with(cfg, raft.clone(), files, Arc::new(|_: &_| {}));
             tokio::time::sleep(Duration::from_millis(500)).await;
             let set = has_gauge(&snapshotter, "raft_reads_pending");
             let started = walks.load(Ordering::SeqCst);

@@ -102,8 +102,8 @@ fn check_options(options: &RocksLogOptions) -> Result<(), OpenError> {
 }
 
 /// Checks that `path` is a directory (creating it when missing and
-/// allowed) holding a RocksDB database or nothing; returns whether a
-/// database was there.
+/// allowed) holding a RocksDB database or nothing (but the files
+/// `new_store_beside` names); returns whether a database was there.
 fn prepare_directory(path: &Path, options: &RocksLogOptions) -> Result<bool, OpenError> {
     let io = |source| OpenError::Io {
         path: path.to_path_buf(),
@@ -127,7 +127,18 @@ fn prepare_directory(path: &Path, options: &RocksLogOptions) -> Result<bool, Ope
         Err(e) => return Err(io(e)),
     }
     let existed = path.join("CURRENT").exists();
-    if !existed && std::fs::read_dir(path).map_err(io)?.next().is_some() {
+    let foreign = |e: &std::fs::DirEntry| {
+        !e.file_type().is_ok_and(|t| t.is_file())
+            || !options
+                .new_store_beside
+                .iter()
+                .any(|n| e.file_name() == n.as_str())
+    };
+    if !existed
+        && std::fs::read_dir(path)
+            .map_err(io)?
+            .any(|e| e.map_or(true, |e| foreign(&e)))
+    {
         return Err(OpenError::NotAStore {
             path: path.to_path_buf(),
             reason: "the directory is not empty and holds no RocksDB database".into(),

@@ -69,12 +69,44 @@ pub(super) fn leader_address(
     if headers.contains_key(FORWARDED_HEADER) {
         return Err(no_leader(format!("this node is not the leader (leader: {leader}) and the request was already forwarded once")));
     }
-    let Some(addr) = state.members.client_addr(leader) else {
-        return Err(no_leader(format!(
-            "the leader is node {leader}, whose client address is unknown here"
-        )));
-    };
+    let addr = recorded_leader_address(leader, state.members.client_addr(leader))
+        .inspect_err(|(_, why)| {
+            if let Some(why) = why {
+                state.members.warn_invalid_client_addr(leader, why);
+            }
+        })
+        .map_err(|(p, _)| p)?;
     Ok((leader, addr))
+}
+
+/// The leader's recorded client address `addr` if a request (and its bearer
+/// token) may be sent there: one recorded before addresses were checked
+/// (`localhost`, `user@host:port`, `host:port#`) would send it to port 80
+/// or to another host. Else the 503 and, for an invalid one, why.
+fn recorded_leader_address(
+    leader: NodeId,
+    addr: Option<String>,
+) -> Result<String, (Problem, Option<String>)> {
+    let Some(addr) = addr else {
+        return Err((
+            no_leader(format!(
+                "the leader is node {leader}, whose client address is unknown here"
+            )),
+            None,
+        ));
+    };
+    match crate::config::check_client_addr(&addr) {
+        Ok(()) => Ok(addr),
+        Err(e) => Err((
+            no_leader(format!(
+                "the leader is node {leader}, whose recorded client address {addr:?} is invalid \
+                 ({e}), so the request is not forwarded there; send it to the leader directly \
+                 and correct the record with `raft-node ctl update-member {leader} \
+                 --peer-addr PEER_ADDR --client-addr HOST:PORT`"
+            )),
+            Some(format!("{addr:?}: {e}")),
+        )),
+    }
 }
 
 /// The URL of `uri` at the leader's client address `addr`.
@@ -171,4 +203,51 @@ async fn relay_read(
     Ok(out
         .body(axum::body::Body::new(ChunksBody::new(chunks, budget)))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(p: Problem) -> serde_json::Value {
+        let resp = p.into_response();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("the body");
+        serde_json::from_slice(&bytes).expect("a JSON problem")
+    }
+
+    #[tokio::test]
+    async fn a_recorded_client_address_that_fails_the_check_is_not_forwarded_to() {
+        for bad in ["localhost", "a@b:1", "b:1#", "b:1/x"] {
+            let Err((p, why)) = recorded_leader_address(2, Some(bad.to_owned())) else {
+                panic!("{bad:?} was accepted as a forwarding address");
+            };
+            assert_eq!(p.status(), StatusCode::SERVICE_UNAVAILABLE, "{bad:?}");
+            let body = body_of(p).await;
+            assert_eq!(
+                body["type"].as_str().map(|t| t.ends_with("no-leader")),
+                Some(true),
+                "{body}"
+            );
+            let detail = body["detail"].as_str().expect("a detail");
+            assert!(detail.contains("invalid"), "{detail}");
+            assert!(detail.contains(&format!("{bad:?}")), "{detail}");
+            assert!(detail.contains("ctl update-member 2"), "{detail}");
+            assert!(why.is_some_and(|w| w.contains(bad)), "{bad:?}: no warning");
+        }
+    }
+
+    #[test]
+    fn a_valid_recorded_client_address_is_forwarded_to() {
+        for good in ["raft-2.example:8080", "10.0.0.2:8080", "[::1]:8080"] {
+            assert_eq!(
+                recorded_leader_address(2, Some(good.to_owned()))
+                    .ok()
+                    .as_deref(),
+                Some(good)
+            );
+        }
+        assert!(matches!(recorded_leader_address(2, None), Err((_, None))));
+    }
 }

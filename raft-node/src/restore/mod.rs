@@ -72,10 +72,20 @@ const FORCED_KEY: &[u8] = b"forced_new_cluster";
 
 /// Opens a stopped node's store with its column families.
 fn open(dir: &Path) -> anyhow::Result<RocksLog> {
+    open_with(dir, Vec::new())
+}
+
+/// [`open`], creating the store beside a restore's [`RESTORING_MARKER`].
+fn open_beside_marker(dir: &Path) -> anyhow::Result<RocksLog> {
+    open_with(dir, vec![RESTORING_MARKER.into()])
+}
+
+fn open_with(dir: &Path, new_store_beside: Vec<String>) -> anyhow::Result<RocksLog> {
     RocksLog::open(
         dir,
         RocksLogOptions {
             extra_column_families: vec![KV_CF.into(), KV_META_CF.into(), NODE_META_CF.into()],
+            new_store_beside,
             ..RocksLogOptions::default()
         },
     )
@@ -163,6 +173,21 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     made.with_context(|| format!("making {} a private directory", dir.display()))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by a test: the restore on this thread panics (a crash: nothing
+    /// is undone) once the first of the marker and the store is written.
+    static CRASH_AFTER_FIRST_WRITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where a test makes the restore crash.
+fn crash_point() {
+    #[cfg(test)]
+    if CRASH_AFTER_FIRST_WRITE.get() {
+        panic!("crash after the first write of the restore");
+    }
+}
+
 /// Creates `dir`'s marker file, durably.
 fn mark(dir: &Path) -> anyhow::Result<()> {
     let marker = dir.join(RESTORING_MARKER);
@@ -206,11 +231,12 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let dir = &a.data_dir;
     private_dir(dir)?;
     let built = async {
-        // The store first (RocksDB opens no directory that holds anything
-        // else), then the marker: a crash in between leaves an empty
-        // store, which `run` takes for a new node.
-        let log = open(dir)?;
+        // The marker first, then the store beside it: a crash at any point
+        // leaves the marker, and `run` and `recover` refuse the directory
+        // (an empty store without it was taken for a new node).
         mark(dir)?;
+        crash_point();
+        let log = open_beside_marker(dir)?;
         let records = seed(log, dir, &a.from, &verified, &meta, &members).await?;
         // Before the marker goes: a finished restore has its id.
         let log = open(dir)?;

@@ -201,6 +201,49 @@ mod in_place {
         assert!(e.contains("not empty"), "{e}");
     }
 
+    /// A restore that crashes after its first write (the marker, written
+    /// before any store file) leaves a directory `run` and `recover` refuse
+    /// with the marker's message; emptied as that says, it is restored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_crash_after_the_first_write_of_a_restore_leaves_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = backup(dir.path(), 40, 7);
+        let data = dir.path().join("data");
+        let crashed = {
+            let (from, data) = (from.clone(), data.clone());
+            std::thread::spawn(move || {
+                CRASH_AFTER_FIRST_WRITE.set(true);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(restore(args(&from, &data)))
+            })
+            .join()
+        };
+        assert!(
+            crashed.is_err(),
+            "the restore did not reach its crash point"
+        );
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [RESTORING_MARKER], "left by the crash");
+        let run = refuse_unfinished_restore(&data).unwrap_err().to_string();
+        assert!(run.contains("did not finish"), "run: {run}");
+        let again = RecoverArgs {
+            data_dir: data.clone(),
+            id: 1,
+            force_new_cluster: true,
+            again: false,
+        };
+        let e = format!("{:#}", recover(again).await.unwrap_err());
+        assert!(e.contains("did not finish"), "recover: {e}");
+        std::fs::remove_file(data.join(RESTORING_MARKER)).unwrap();
+        restore(args(&from, &data)).await.unwrap();
+        refuse_unfinished_restore(&data).expect("the restore finished");
+    }
+
     /// A backup taken with `consistency=stale` (any node's applied state)
     /// gets a warning saying it may miss acknowledged writes; so does one
     /// whose header names no consistency this release knows; a
