@@ -202,17 +202,11 @@ async fn a_welcome_with_a_cut_or_overlong_cluster_id_fails_the_dial() {
     init_tracing();
     let (ca, _dir) = ca_and_dir();
     let tls2 = tls(&ca, 2);
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls2.server_config().unwrap()).unwrap();
-    let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        any_addr(),
-    )
-    .unwrap();
+    let (server, addr2) = raw_server(&tls2);
     let extra = vec![1usize, 15, 17, 33];
     let fake = tokio::spawn(bad_welcome_node(server.clone(), extra.clone()));
     let t1 = node(&ca, 1, Some(A));
-    t1.add_peer(2, server.local_addr().unwrap());
+    t1.add_peer(2, addr2);
     for n in extra {
         let e = tokio::time::timeout(Duration::from_secs(10), t1.connect(2))
             .await

@@ -157,16 +157,8 @@ impl RunArgs {
             join: self.join,
             log_format: self.log_format.unwrap_or_default(),
             unsafe_no_fsync: self.unsafe_no_fsync.unwrap_or(false),
-            auth_token: self
-                .auth_token_file
-                .as_deref()
-                .map(read_token)
-                .transpose()?,
-            admin_token: self
-                .admin_token_file
-                .as_deref()
-                .map(read_token)
-                .transpose()?,
+            auth_token: read_token_file(&self.auth_token_file)?,
+            admin_token: read_token_file(&self.admin_token_file)?,
             client_tls: self.client_tls.unwrap_or(false),
             client_ca: self.client_ca,
             insecure: self.insecure.unwrap_or(false),
@@ -443,4 +435,9 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
         return Err(ConfigError("--initial-cluster lists no member".into()));
     }
     Ok(members)
+}
+
+/// The token in `path`'s file, when a path is given.
+fn read_token_file(path: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    path.as_deref().map(read_token).transpose()
 }
