@@ -33,7 +33,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raft_core::{
-    AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody, SnapshotMeta,
+    AppendResult, Entry, EntryPayload, ForwardProposeResult, ForwardReadResult, ForwardRefusal,
+    LogId, Membership, Message, MessageBody, SnapshotMeta,
 };
 
 pub use crate::refusal::{RefusalReason, SnapshotRefusal};
