@@ -210,7 +210,7 @@ fn describe_histograms() {
     describe_histogram!(
         "raft_proposal_commit_seconds",
         Unit::Seconds,
-        "Time from a proposal reaching the leader's driver to its commit, in seconds."
+        "Time from a proposal reaching this node's driver (the leader's, or the follower's that forwarded it) to its commit, in seconds."
     );
     describe_histogram!(
         "raft_forward_seconds",

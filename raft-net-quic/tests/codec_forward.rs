@@ -149,12 +149,30 @@ fn corrupt_forwarding_fields_are_errors() {
     ));
 }
 
+/// A forwarded command (as large as an entry may be) counts against the
+/// replication stream's byte bound; the small messages go on the control
+/// stream.
 #[test]
-fn forwarding_messages_travel_on_the_control_stream() {
-    let Frame::Message(m) = msg(MessageBody::ReadIndexRequest { request_id: 1 }) else {
-        unreachable!()
+fn forwarded_commands_travel_on_the_replication_stream_the_rest_on_control() {
+    let stream = |body| {
+        let Frame::Message(m) = msg(body) else {
+            unreachable!()
+        };
+        raft_net_quic::codec::stream_for(&m)
     };
-    assert_eq!(raft_net_quic::codec::stream_for(&m), StreamKind::Control);
+    let command = Bytes::from_static(b"x");
+    let propose = MessageBody::ForwardPropose {
+        request_id: 1,
+        command,
+    };
+    assert_eq!(stream(propose), StreamKind::Replication);
+    let read = MessageBody::ReadIndexRequest { request_id: 1 };
+    assert_eq!(stream(read), StreamKind::Control);
+    let answer = MessageBody::ReadIndexResponse {
+        request_id: 1,
+        result: ForwardReadResult::Index(3),
+    };
+    assert_eq!(stream(answer), StreamKind::Control);
 }
 
 fn refusal() -> impl Strategy<Value = ForwardRefusal> {

@@ -53,6 +53,13 @@ pub struct DriverConfig {
     /// most; beyond it a follower answers [`ProposeError::Overloaded`](super::ProposeError::Overloaded)
     /// / [`ReadError::Overloaded`](super::ReadError::Overloaded) without forwarding.
     pub max_pending_forwards: usize,
+    /// Bytes of the commands of forwarded proposals waiting for the
+    /// leader's answer at most (one is always taken when none waits):
+    /// beyond it a follower answers [`ProposeError::Overloaded`](super::ProposeError::Overloaded)
+    /// without forwarding. This bounds what a follower puts in flight to
+    /// its leader, and so what a leader receives from each follower.
+    /// Default: 64 MiB.
+    pub max_pending_forward_bytes: u64,
     /// How long a follower waits for the leader's answer to a forwarded
     /// request before it gives up on it: a proposal then answers
     /// [`ProposeError::Timeout`](super::ProposeError::Timeout) (it may
@@ -81,6 +88,7 @@ impl Default for DriverConfig {
             max_batch_inputs: 4096,
             forward_to_leader: true,
             max_pending_forwards: 8192,
+            max_pending_forward_bytes: 64 * 1024 * 1024,
             forward_timeout: Duration::from_secs(5),
             max_retained_outputs: 65_536,
         }
@@ -104,6 +112,10 @@ impl DriverConfig {
             ("max_batch_inputs", self.max_batch_inputs),
             ("max_pending_forwards", self.max_pending_forwards),
             ("max_retained_outputs", self.max_retained_outputs),
+            (
+                "max_pending_forward_bytes",
+                usize::try_from(self.max_pending_forward_bytes).unwrap_or(usize::MAX),
+            ),
             (
                 "max_unapplied_bytes",
                 usize::try_from(self.max_unapplied_bytes).unwrap_or(usize::MAX),

@@ -61,6 +61,8 @@ pub(super) struct Forwards<R> {
     retaining: bool,
     /// When expired requests were last looked for.
     last_expiry: Instant,
+    /// Bytes of the commands of forwarded proposals not yet answered.
+    pending_bytes: u64,
 }
 
 /// One forwarded request.
@@ -68,6 +70,8 @@ struct Sent<T> {
     to: NodeId,
     at: Instant,
     reply: T,
+    /// The command's bytes (0 for a read).
+    bytes: u64,
 }
 
 impl<R> Default for Forwards<R> {
@@ -78,6 +82,7 @@ impl<R> Default for Forwards<R> {
             reads: HashMap::new(),
             retaining: false,
             last_expiry: Instant::now(),
+            pending_bytes: 0,
         }
     }
 }
@@ -153,7 +158,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
 
     fn forward_proposal(&mut self, data: Bytes, reply: ProposeReply<R>) {
         self.expire_forwards();
-        if self.forwards.pending() >= self.cfg.max_pending_forwards {
+        let bytes = data.len() as u64;
+        let pending_bytes = self.forwards.pending_bytes;
+        // One command is always taken when none waits, however large.
+        let too_many_bytes = pending_bytes > 0
+            && pending_bytes.saturating_add(bytes) > self.cfg.max_pending_forward_bytes;
+        if self.forwards.pending() >= self.cfg.max_pending_forwards || too_many_bytes {
             metrics::counter!("raft_forward_refused_total", "kind" => "propose").increment(1);
             let _ = reply.send(Err(ProposeError::Overloaded));
             return;
@@ -165,7 +175,14 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             Ok(to) => {
                 self.forwards.next_id += 1;
                 let at = Instant::now();
-                self.forwards.proposals.insert(id, Sent { to, at, reply });
+                let sent = Sent {
+                    to,
+                    at,
+                    reply,
+                    bytes,
+                };
+                self.forwards.proposals.insert(id, sent);
+                self.forwards.pending_bytes += bytes;
                 metrics::counter!("raft_forwarded_total", "kind" => "propose").increment(1);
             }
             Err(e) => {
@@ -187,7 +204,13 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             Ok(to) => {
                 self.forwards.next_id += 1;
                 let at = Instant::now();
-                self.forwards.reads.insert(id, Sent { to, at, reply });
+                let sent = Sent {
+                    to,
+                    at,
+                    reply,
+                    bytes: 0,
+                };
+                self.forwards.reads.insert(id, sent);
                 metrics::counter!("raft_forwarded_total", "kind" => "read").increment(1);
             }
             Err(e) => {
@@ -218,6 +241,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             metrics::counter!("raft_forward_ignored_total").increment(1);
             return;
         };
+        self.forwards.pending_bytes -= sent.bytes;
         record_latency("propose", sent.at);
         match result {
             ForwardProposeResult::Refused(reason) => {
@@ -239,6 +263,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             }
             ForwardProposeResult::Appended(id) => {
                 // Already handed to the state machine: claim its output.
+                self.commit_latency.record(sent.at.elapsed().as_secs_f64());
                 let waiter = Waiter {
                     index: id.index,
                     term: id.term,
@@ -279,6 +304,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let proposals = &mut self.forwards.proposals;
         for id in keys_where(proposals, |s| expired(&s.at)) {
             if let Some(s) = proposals.remove(&id) {
+                self.forwards.pending_bytes -= s.bytes;
                 let _ = s.reply.send(Err(ProposeError::Timeout));
             }
         }
@@ -322,6 +348,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
 
     /// Answers every forwarded request on shutdown.
     pub(super) fn fail_forwards(&mut self) {
+        self.forwards.pending_bytes = 0;
         for (_, s) in self.forwards.proposals.drain() {
             let _ = s
                 .reply

@@ -413,6 +413,7 @@ pub(super) fn snapshot_transfer_id(header: &Message) -> u64 {
 pub(super) fn entry_bytes(m: &Message) -> u64 {
     match &m.body {
         MessageBody::AppendEntries { entries, .. } => entries.iter().map(|e| e.size_bytes()).sum(),
+        MessageBody::ForwardPropose { command, .. } => command.len() as u64,
         _ => 0,
     }
 }
