@@ -71,7 +71,9 @@ pub use driver::{
 };
 pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;
-pub use message::{AppendResult, Message, MessageBody};
+pub use message::{
+    AppendResult, ForwardProposeResult, ForwardReadResult, ForwardRefusal, Message, MessageBody,
+};
 pub use metrics_help::describe_metrics;
 pub use snapshot::{FileSource, SnapshotData, SnapshotSource};
 pub use state_machine::{SnapshotBuild, StateMachine, StateMachineError};

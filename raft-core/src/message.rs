@@ -4,6 +4,8 @@
 //! Every message carries the sender's term; the engine handles terms
 //! uniformly before it looks at the body (paper §5.1).
 
+use bytes::Bytes;
+
 use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta, Term};
 
 /// A message from one peer to another.
@@ -81,6 +83,75 @@ pub enum MessageBody {
         /// What the snapshot covers.
         meta: SnapshotMeta,
     },
+    /// A follower forwards a client's command to the leader it knows of,
+    /// which appends it as if proposed locally (same admission limits) and
+    /// answers with [`ForwardProposeResponse`](Self::ForwardProposeResponse).
+    /// Handled whatever the terms of sender and receiver: it changes no
+    /// term and no vote.
+    ForwardPropose {
+        /// The follower's id for this request, echoed in the answer.
+        request_id: u64,
+        /// The command, as for [`Engine::propose`](crate::engine::Engine::propose).
+        command: Bytes,
+    },
+    /// The leader's answer to `ForwardPropose`.
+    ForwardProposeResponse {
+        /// The request it answers.
+        request_id: u64,
+        /// Where the command was appended, or why it was not.
+        result: ForwardProposeResult,
+    },
+    /// A follower asks the leader for a read index (thesis §6.4): the
+    /// leader runs its own ReadIndex (first commit of its term, then a
+    /// heartbeat round a quorum answers) and answers with
+    /// [`ReadIndexResponse`](Self::ReadIndexResponse). The follower serves
+    /// the read once it has applied that index.
+    ReadIndexRequest {
+        /// The follower's id for this request, echoed in the answer.
+        request_id: u64,
+    },
+    /// The leader's answer to `ReadIndexRequest`.
+    ReadIndexResponse {
+        /// The request it answers.
+        request_id: u64,
+        /// The read index, or why there is none.
+        result: ForwardReadResult,
+    },
+}
+
+/// Why a leader refused a forwarded request. Nothing was appended and
+/// nothing was read: the request may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardRefusal {
+    /// The receiver is not the leader; `leader` is the one it knows of.
+    NotLeader {
+        /// The leader the receiver knows of.
+        leader: Option<NodeId>,
+    },
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// The leader's admission limits refused it (uncommitted entries or
+    /// bytes, a lagging state machine, too many pending reads).
+    Overloaded,
+}
+
+/// The answer to [`MessageBody::ForwardPropose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardProposeResult {
+    /// Appended at this log position (not yet committed): it is applied
+    /// if and only if the entry applied at `index` has this `term`.
+    Appended(LogId),
+    /// Not appended.
+    Refused(ForwardRefusal),
+}
+
+/// The answer to [`MessageBody::ReadIndexRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardReadResult {
+    /// A read that waits until this index is applied is linearizable.
+    Index(Index),
+    /// No read index.
+    Refused(ForwardRefusal),
 }
 
 /// The outcome of an AppendEntries on the follower.
@@ -127,6 +198,10 @@ impl MessageBody {
             MessageBody::AppendEntriesResponse { .. } => "append_entries_response",
             MessageBody::TimeoutNow => "timeout_now",
             MessageBody::InstallSnapshot { .. } => "install_snapshot",
+            MessageBody::ForwardPropose { .. } => "forward_propose",
+            MessageBody::ForwardProposeResponse { .. } => "forward_propose_response",
+            MessageBody::ReadIndexRequest { .. } => "read_index_request",
+            MessageBody::ReadIndexResponse { .. } => "read_index_response",
         }
     }
 }

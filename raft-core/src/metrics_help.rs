@@ -19,6 +19,10 @@ pub fn describe_metrics() {
     for kind in [Role::PreCandidate, Role::Candidate] {
         metrics::counter!("raft_elections_started_total", "kind" => kind.as_str()).increment(0);
     }
+    for kind in ["propose", "read"] {
+        metrics::counter!("raft_forwarded_total", "kind" => kind).increment(0);
+        metrics::counter!("raft_forward_refused_total", "kind" => kind).increment(0);
+    }
     describe_gauges();
     describe_counters();
     describe_histograms();
@@ -99,6 +103,26 @@ fn describe_counters() {
         "raft_proposals_rejected_total",
         Unit::Count,
         "Proposals refused (not the leader, overloaded, too large)."
+    );
+    describe_counter!(
+        "raft_forwarded_total",
+        Unit::Count,
+        "Client requests this follower forwarded to its leader over the transport, by kind (propose, read)."
+    );
+    describe_counter!(
+        "raft_forward_refused_total",
+        Unit::Count,
+        "Client requests not forwarded: too many forwarded requests waiting, by kind."
+    );
+    describe_counter!(
+        "raft_forward_ignored_total",
+        Unit::Count,
+        "Leader answers to forwarded requests no longer waited for (answered, timed out, or from another node)."
+    );
+    describe_counter!(
+        "raft_forward_timeouts_total",
+        Unit::Count,
+        "Forwarded requests given up after the forward timeout without the leader's answer."
     );
     describe_counter!(
         "raft_membership_changes_total",
@@ -186,7 +210,12 @@ fn describe_histograms() {
     describe_histogram!(
         "raft_proposal_commit_seconds",
         Unit::Seconds,
-        "Time from a proposal reaching the leader's driver to its commit, in seconds."
+        "Time from a proposal reaching this node's driver (the leader's, or the follower's that forwarded it) to its commit, in seconds."
+    );
+    describe_histogram!(
+        "raft_forward_seconds",
+        Unit::Seconds,
+        "Time from forwarding a request to the leader to its answer, by kind, in seconds."
     );
     describe_histogram!(
         "raft_snapshot_build_seconds",
@@ -214,4 +243,6 @@ const COUNTERS: &[&str] = &[
     "raft_snapshots_built_total",
     "raft_snapshots_installed_total",
     "raft_snapshots_sent_total",
+    "raft_forward_ignored_total",
+    "raft_forward_timeouts_total",
 ];

@@ -43,6 +43,20 @@ pub trait Transport: Send + Sync + 'static {
     /// A [`TransportError`]; the messages are then dropped.
     async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), TransportError>;
 
+    /// Whether messages to `to` can carry the forwarding kinds
+    /// ([`ForwardPropose`](crate::MessageBody::ForwardPropose),
+    /// [`ReadIndexRequest`](crate::MessageBody::ReadIndexRequest) and
+    /// their answers) right now: the peer understands them and is
+    /// reachable. A follower forwards a client's request to its leader
+    /// only when this holds; otherwise it answers `NotLeader`, so the
+    /// caller can reach the leader another way.
+    ///
+    /// The default says no (a transport from before forwarding existed).
+    fn can_forward(&self, to: NodeId) -> bool {
+        let _ = to;
+        false
+    }
+
     /// Streams a snapshot to `to`: `header` is the engine's
     /// [`InstallSnapshot`](crate::MessageBody::InstallSnapshot) message and
     /// `data` its bytes. The receiving side hands both to its driver with

@@ -168,6 +168,8 @@ async fn a_follower_refuses_proposals_and_names_the_leader() {
     // Let the followers hear from the leader.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    // A transport that cannot forward (see tests/forward.rs for one that can).
+    cluster.net.set_forwarding(false);
     let err = cluster
         .node(follower)
         .handle

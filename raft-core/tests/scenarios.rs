@@ -19,6 +19,7 @@
 //! - `replication`: log matching, conflicts, Figure 8, stale leaders,
 //!   retransmission, flow control and batching;
 //! - `reads`: ReadIndex and lease reads;
+//! - `forward`: proposals and reads a follower forwards to its leader;
 //! - `transfer`: leadership transfer;
 //! - `membership`: membership changes (learners, joint consensus, removed
 //!   servers);
@@ -29,6 +30,8 @@ mod network;
 
 #[path = "scenarios/election.rs"]
 mod election;
+#[path = "scenarios/forward.rs"]
+mod forward;
 #[path = "scenarios/membership.rs"]
 mod membership;
 #[path = "scenarios/persistence.rs"]

@@ -110,6 +110,16 @@ pub struct QuicConfig {
     /// The longest wait before offering a refused snapshot again. Default
     /// 5 minutes.
     pub snapshot_refused_backoff_max: Duration,
+    /// Whether this node offers the forwarding messages (a follower's
+    /// proposals and read-index requests to its leader, and their
+    /// answers). Offered as the ALPN protocol [`ALPN_FORWARD`](crate::tls::ALPN_FORWARD)
+    /// ahead of the base one: a connection where both ends offer it
+    /// carries them; with a node from before them (or one with this off)
+    /// the base protocol is chosen, the forwarding messages are never sent
+    /// on it, and [`Transport::can_forward`](raft_core::Transport::can_forward)
+    /// says no, so followers fall back to whatever the application does
+    /// without it. Default on.
+    pub forwarding: bool,
 }
 
 impl Default for QuicConfig {
@@ -140,6 +150,7 @@ impl Default for QuicConfig {
             connections_reserved_for_peers: 16,
             snapshot_refused_backoff_min: Duration::from_secs(10),
             snapshot_refused_backoff_max: Duration::from_secs(300),
+            forwarding: true,
         }
     }
 }

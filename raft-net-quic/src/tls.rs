@@ -25,6 +25,13 @@ use rustls::RootCertStore;
 /// negotiated in the handshake frame, so a mismatch gets a clear error.
 pub const ALPN: &[u8] = b"raft-net";
 
+/// The ALPN protocol name of the peer protocol with the forwarding
+/// messages (`ForwardPropose`, `ReadIndexRequest` and their answers).
+/// A node that speaks them offers it ahead of [`ALPN`]; the acceptor picks
+/// the first of its own list the dialer offered, so two such nodes agree
+/// on it and a node from before it agrees on [`ALPN`].
+pub const ALPN_FORWARD: &[u8] = b"raft-net/forward";
+
 /// The DNS name a node's certificate must carry: `node-<id>.raft`.
 pub fn node_dns_name(id: NodeId) -> String {
     format!("node-{id}.raft")

@@ -631,6 +631,25 @@ fn message_body() -> impl Strategy<Value = MessageBody> {
         (any::<u64>(), append_result())
             .prop_map(|(round, result)| MessageBody::AppendEntriesResponse { round, result }),
         Just(MessageBody::TimeoutNow),
+        (any::<u64>(), bytes_up_to(64)).prop_map(|(request_id, command)| {
+            MessageBody::ForwardPropose {
+                request_id,
+                command,
+            }
+        }),
+        (any::<u64>(), log_id()).prop_map(|(request_id, id)| {
+            MessageBody::ForwardProposeResponse {
+                request_id,
+                result: raft_core::ForwardProposeResult::Appended(id),
+            }
+        }),
+        any::<u64>().prop_map(|request_id| MessageBody::ReadIndexRequest { request_id }),
+        (any::<u64>(), any::<u64>()).prop_map(|(request_id, index)| {
+            MessageBody::ReadIndexResponse {
+                request_id,
+                result: raft_core::ForwardReadResult::Index(index),
+            }
+        }),
     ]
 }
 
@@ -1046,7 +1065,8 @@ fn unknown_flag_bits_are_rejected() {
 
 #[test]
 fn unknown_tags_are_rejected() {
-    for tag in ["00", "07", "ff"] {
+    // 07..0a are the forwarding kinds (tests/codec_forward.rs).
+    for tag in ["00", "0b", "ff"] {
         assert_invalid(&format!("01 10 {HDR} {tag}"), "message body tag");
     }
     assert_invalid(

@@ -128,6 +128,14 @@ pub fn describe_node_metrics() {
         metrics::counter!(name).increment(0);
     }
     describe_counter!(
+        "raft_node_http_forwarded_total",
+        Unit::Count,
+        "Requests this node relayed to the leader over HTTP (the transport could not carry them), by kind (write, read)."
+    );
+    for kind in ["write", "read"] {
+        metrics::counter!("raft_node_http_forwarded_total", "kind" => kind).increment(0);
+    }
+    describe_counter!(
         "raft_node_http_bodies_refused_total",
         Unit::Count,
         "HTTP request bodies refused, by reason (too_large, timeout)."

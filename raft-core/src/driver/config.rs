@@ -43,6 +43,34 @@ pub struct DriverConfig {
     /// Requests or messages taken per loop turn before producing output, so
     /// proposals that arrive together share one append.
     pub max_batch_inputs: usize,
+    /// Whether a follower forwards proposals and linearizable reads to its
+    /// leader over the peer transport (`ForwardPropose`, `ReadIndexRequest`)
+    /// when the transport can carry them to it
+    /// ([`Transport::can_forward`](crate::Transport::can_forward)).
+    /// Off, or when it cannot, a follower answers `NotLeader` as before.
+    pub forward_to_leader: bool,
+    /// Forwarded proposals and reads waiting for the leader's answer at
+    /// most; beyond it a follower answers [`ProposeError::Overloaded`](super::ProposeError::Overloaded)
+    /// / [`ReadError::Overloaded`](super::ReadError::Overloaded) without forwarding.
+    pub max_pending_forwards: usize,
+    /// Bytes of the commands of forwarded proposals waiting for the
+    /// leader's answer at most (one is always taken when none waits):
+    /// beyond it a follower answers [`ProposeError::Overloaded`](super::ProposeError::Overloaded)
+    /// without forwarding. This bounds what a follower puts in flight to
+    /// its leader, and so what a leader receives from each follower.
+    /// Default: 64 MiB.
+    pub max_pending_forward_bytes: u64,
+    /// How long a follower waits for the leader's answer to a forwarded
+    /// request before it gives up on it: a proposal then answers
+    /// [`ProposeError::Timeout`](super::ProposeError::Timeout) (it may
+    /// still be applied), a read [`ReadError::Timeout`](super::ReadError::Timeout).
+    pub forward_timeout: Duration,
+    /// Outputs of applied entries the state machine task keeps, while
+    /// forwarded proposals wait for their answer, for an answer that
+    /// arrives after its entry was applied here. Beyond it the oldest go;
+    /// a forwarded proposal whose output went answers
+    /// [`ProposeError::OutcomeUnknown`](super::ProposeError::OutcomeUnknown).
+    pub max_retained_outputs: usize,
 }
 
 impl Default for DriverConfig {
@@ -58,6 +86,11 @@ impl Default for DriverConfig {
             max_unapplied_entries: 50_000,
             max_unapplied_bytes: 64 * 1024 * 1024,
             max_batch_inputs: 4096,
+            forward_to_leader: true,
+            max_pending_forwards: 8192,
+            max_pending_forward_bytes: 64 * 1024 * 1024,
+            forward_timeout: Duration::from_secs(5),
+            max_retained_outputs: 65_536,
         }
     }
 }
@@ -77,6 +110,12 @@ impl DriverConfig {
             ("storage_queue_capacity", self.storage_queue_capacity),
             ("apply_queue_capacity", self.apply_queue_capacity),
             ("max_batch_inputs", self.max_batch_inputs),
+            ("max_pending_forwards", self.max_pending_forwards),
+            ("max_retained_outputs", self.max_retained_outputs),
+            (
+                "max_pending_forward_bytes",
+                usize::try_from(self.max_pending_forward_bytes).unwrap_or(usize::MAX),
+            ),
             (
                 "max_unapplied_bytes",
                 usize::try_from(self.max_unapplied_bytes).unwrap_or(usize::MAX),
@@ -89,11 +128,16 @@ impl DriverConfig {
                 });
             }
         }
-        if self.tick_interval.is_zero() {
-            return Err(ConfigError {
-                setting: "tick_interval",
-                reason: "must be positive".into(),
-            });
+        for (setting, d) in [
+            ("tick_interval", self.tick_interval),
+            ("forward_timeout", self.forward_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be positive".into(),
+                });
+            }
         }
         Ok(())
     }

@@ -56,10 +56,13 @@
 //! - `run.rs`: the engine task's loop, its clock and background events;
 //!   `requests.rs`: client requests; `ready.rs`: acting on each `Ready`;
 //! - `tasks.rs`: the storage, apply and network tasks;
-//! - `handle.rs`: [`RaftHandle`].
+//! - `handle.rs`: [`RaftHandle`];
+//! - `forward.rs`: a follower forwarding proposals and reads to its
+//!   leader over the transport, and the outputs kept for their answers.
 
 mod config;
 mod error;
+mod forward;
 mod handle;
 mod ready;
 mod recover;
@@ -170,6 +173,8 @@ struct Driver<R, T> {
     pending_gauge: metrics::Gauge,
     /// `raft_proposal_commit_seconds`, recorded for every proposal.
     commit_latency: metrics::Histogram,
+    /// Requests forwarded to the leader, waiting for its answer.
+    forwards: forward::Forwards<R>,
 }
 
 /// Queues messages for the network task, dropping them when it is behind.

@@ -105,6 +105,8 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     let _ = reply.send(Err(ReadError::from(err)));
                 }
             }
+            // After the committed entries were handed out (see forward.rs).
+            self.on_forward_responses(ready.forward_responses);
         }
         self.check_changes();
         true
@@ -320,7 +322,14 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         if gone.is_empty() {
             return;
         }
+        // An entry of the current term is never overwritten (Log Matching):
+        // a forwarded proposal the leader appended in this term still waits.
+        let term = self.engine.term();
         for (index, p) in gone {
+            if p.term == term {
+                self.proposals.insert(index, p);
+                continue;
+            }
             let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
         }
         self.report_pending_proposals();

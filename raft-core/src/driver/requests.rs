@@ -16,6 +16,9 @@ use crate::types::NodeId;
 
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     pub(super) fn handle_request(&mut self, req: Request<R>) {
+        let Some(req) = self.forward_request(req) else {
+            return;
+        };
         match req {
             Request::Propose {
                 data,
@@ -216,6 +219,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     }
 
     pub(super) fn fail_all(&mut self, err: ProposeError) {
+        self.fail_forwards();
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(err.clone()));
         }

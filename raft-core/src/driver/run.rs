@@ -267,6 +267,9 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             // The engine refuses it (and logs); count it for operators.
             metrics::counter!("raft_messages_invalid_term_total").increment(1);
         }
+        if self.refuse_forwarded(&msg) {
+            return;
+        }
         if let MessageBody::AppendEntries { entries, .. } = &msg.body {
             if !entries.is_empty() && self.engine.role() != Role::Leader && self.apply_lags() {
                 metrics::counter!("raft_appends_deferred_total").increment(1);

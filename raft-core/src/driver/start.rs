@@ -215,6 +215,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             changes: Vec::new(),
             pending_gauge: metrics::gauge!("raft_proposals_pending"),
             commit_latency: metrics::histogram!("raft_proposal_commit_seconds"),
+            forwards: Default::default(),
         };
         tokio::spawn(async move {
             driver_state

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::forward::Retained;
 use super::send_messages;
 use super::ProposeError;
 use crate::engine::{LogCompaction, WriteId};
@@ -73,6 +74,11 @@ pub(crate) enum ApplyJob<R> {
     Build(SnapshotMeta),
     /// Replace the state by a received snapshot.
     Install(SnapshotMeta, SnapshotData),
+    /// Keep at most this many outputs of applied entries from now on, for
+    /// forwarded proposals' answers (0: keep none). See `forward.rs`.
+    Retain(usize),
+    /// Answer a forwarded proposal from the kept output of its entry.
+    Claim(Waiter<R>),
 }
 
 /// When the storage task's current operation started, so that a write
@@ -246,10 +252,12 @@ pub(crate) async fn apply_task<S: StateMachine>(
     fatal: watch::Sender<Option<String>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    // The snapshot build running beside the applies, if any.
-    let mut building: Option<tokio::task::JoinHandle<()>> = None;
-    apply_jobs(&mut sm, &mut jobs, &applied, &fatal, &events, &mut building).await;
-    if let Some(build) = building {
+    let mut tasks = ApplyTasks {
+        building: None,
+        retained: Retained::default(),
+    };
+    apply_jobs(&mut sm, &mut jobs, &applied, &fatal, &events, &mut tasks).await;
+    if let Some(build) = tasks.building {
         // Stopping or failed: the build's result has no taker. Dropping it
         // tells the state machine to stop; waiting for the task means the
         // node reports itself stopped only once the build let go.
@@ -280,6 +288,14 @@ fn report_build(result: &Result<(SnapshotMeta, SnapshotData), String>, started: 
     }
 }
 
+/// What the apply task holds beside the state machine.
+struct ApplyTasks<R> {
+    /// The snapshot build running beside the applies, if any.
+    building: Option<tokio::task::JoinHandle<()>>,
+    /// Outputs kept for forwarded proposals.
+    retained: Retained<R>,
+}
+
 /// The apply task's loop; returns when the queue closes or applying fails.
 async fn apply_jobs<S: StateMachine>(
     sm: &mut S,
@@ -287,11 +303,21 @@ async fn apply_jobs<S: StateMachine>(
     applied: &watch::Sender<Index>,
     fatal: &watch::Sender<Option<String>>,
     events: &mpsc::UnboundedSender<Event>,
-    building: &mut Option<tokio::task::JoinHandle<()>>,
+    tasks: &mut ApplyTasks<S::Response>,
 ) {
+    let building = &mut tasks.building;
+    let retained = &mut tasks.retained;
     while let Some(job) = jobs.recv().await {
         let (entries, waiters) = match job {
             ApplyJob::Entries { entries, waiters } => (entries, waiters),
+            ApplyJob::Retain(cap) => {
+                retained.set_cap(cap);
+                continue;
+            }
+            ApplyJob::Claim(waiter) => {
+                retained.claim(waiter);
+                continue;
+            }
             ApplyJob::Build(meta) => {
                 // The engine asks for one build at a time; never run two.
                 if let Some(previous) = building.take() {
@@ -365,7 +391,7 @@ async fn apply_jobs<S: StateMachine>(
             return;
         }
         metrics::histogram!("raft_apply_batch_entries").record(job_entries.len() as f64);
-        answer(&job_entries, responses, waiters);
+        answer(&job_entries, responses, waiters, retained);
         applied.send_replace(last);
     }
 }
@@ -373,7 +399,13 @@ async fn apply_jobs<S: StateMachine>(
 /// Answers the proposers of `entries` with their entries' `responses`, or
 /// `Superseded` when their entry was replaced by another term's (or is
 /// missing from the batch).
-fn answer<R>(entries: &[Entry], responses: Vec<R>, waiters: Vec<Waiter<R>>) {
+/// An output no proposer here took is kept in `retained` while it is on.
+fn answer<R>(
+    entries: &[Entry],
+    responses: Vec<R>,
+    waiters: Vec<Waiter<R>>,
+    retained: &mut Retained<R>,
+) {
     // Waiters come in increasing index order, as the entries do: walk
     // both together.
     let mut waiters = waiters.into_iter().peekable();
@@ -383,13 +415,18 @@ fn answer<R>(entries: &[Entry], responses: Vec<R>, waiters: Vec<Waiter<R>>) {
                 .reply
                 .send(Err(ProposeError::Superseded { index: w.index }));
         }
+        let mut left = Some(response);
         if let Some(w) = waiters.next_if(|w| w.index == e.index) {
             let result = if w.term == e.term {
-                Ok(response)
+                left.take()
+                    .ok_or(ProposeError::Superseded { index: w.index })
             } else {
                 Err(ProposeError::Superseded { index: w.index })
             };
             let _ = w.reply.send(result);
+        }
+        if retained.is_on() {
+            retained.keep(e.index, e.term, left);
         }
     }
     for w in waiters {

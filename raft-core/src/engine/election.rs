@@ -114,6 +114,9 @@ impl Engine {
         if !self.admits(&msg) {
             return;
         }
+        let Some(msg) = self.step_forward(msg) else {
+            return;
+        };
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::RequestVote {
@@ -191,6 +194,11 @@ impl Engine {
                     self.campaign(Campaign::Transfer);
                 }
             }
+            // Handled by `step_forward` above.
+            MessageBody::ForwardPropose { .. }
+            | MessageBody::ForwardProposeResponse { .. }
+            | MessageBody::ReadIndexRequest { .. }
+            | MessageBody::ReadIndexResponse { .. } => {}
         }
     }
 

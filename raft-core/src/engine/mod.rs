@@ -9,6 +9,8 @@
 //! - [`Engine::step`]: a message arrived from a peer;
 //! - [`Engine::propose`], [`Engine::read_index`], [`Engine::read_lease`],
 //!   [`Engine::transfer_leader`]: client requests;
+//! - [`Engine::forward_propose`], [`Engine::forward_read_index`]: client
+//!   requests a follower forwards to its leader (`forward.rs`);
 //! - [`Engine::on_persisted`]: storage made a write durable;
 //! - [`Engine::on_applied`]: the state machine applied entries.
 //!
@@ -33,6 +35,8 @@
 //!    call [`Engine::on_applied`]. They are committed and durable locally.
 //! 5. Serve each [`ReadState`] once the state machine has applied its index;
 //!    answer each of [`Ready::failed_reads`] with its error.
+//! 6. Match each of [`Ready::forward_responses`] to the request this node
+//!    forwarded (ignore it when no request waits for it).
 //!
 //! Steps 2–5 may overlap with new inputs and new `Ready`s (pipelining), as
 //! long as writes stay in order and step 3 waits for its write.
@@ -81,6 +85,7 @@ mod change;
 mod compaction;
 mod election;
 mod error;
+mod forward;
 mod log;
 mod output;
 mod progress;
@@ -100,6 +105,7 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, SnapshotMeta, Term};
 pub use change::{ChangeError, MembershipChange};
 pub use compaction::{LogCompaction, SnapshotRequestError};
 pub use error::{ProposalRefused, ReadRefused, TransferRefused};
+pub use forward::{ForwardResponse, ForwardResult, REMOTE_READ_ID_BASE};
 use log::RaftLog;
 pub use output::{EntryFetch, ReadId, ReadState, Ready, SoftState, WriteId};
 use progress::Progress;
@@ -231,6 +237,13 @@ pub struct Engine {
     next_fetch: u64,
     read_states: Vec<ReadState>,
     failed_reads: Vec<(ReadId, ReadRefused)>,
+    /// Leader only: reads forwarded by followers, by the engine's own read
+    /// id, with the follower and its request id.
+    remote_reads: BTreeMap<ReadId, (NodeId, u64)>,
+    /// The next id for a forwarded read (from [`REMOTE_READ_ID_BASE`]).
+    next_remote_read: ReadId,
+    /// Answers to requests this node forwarded, for the next `Ready`.
+    forward_responses: Vec<ForwardResponse>,
     last_hard_state: HardState,
     last_soft_state: SoftState,
 }
@@ -325,6 +338,7 @@ impl Engine {
             || !self.fetches.is_empty()
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
+            || !self.forward_responses.is_empty()
             || self.log.has_unpersisted()
             || (self.log.has_committed() && self.installing.is_none())
             || self.build_request.is_some()
@@ -360,6 +374,7 @@ impl Engine {
         if self.role == Role::Leader {
             self.flush_leader();
         }
+        self.route_remote_reads();
         let hard_state = self.hard_state();
         let hard_state = (hard_state != self.last_hard_state).then(|| {
             self.last_hard_state = hard_state;
@@ -396,6 +411,7 @@ impl Engine {
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
             failed_reads: std::mem::take(&mut self.failed_reads),
+            forward_responses: std::mem::take(&mut self.forward_responses),
             compact_log: self.pending_compaction.take(),
             build_snapshot: self.build_request.take(),
             install_snapshot: self.install_request.take(),

@@ -91,6 +91,10 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that can no longer complete.
     pub failed_reads: Vec<(ReadId, ReadRefused)>,
+    /// Answers from the leader to requests this node forwarded
+    /// ([`Engine::forward_propose`](super::Engine::forward_propose),
+    /// [`Engine::forward_read_index`](super::Engine::forward_read_index)).
+    pub forward_responses: Vec<super::ForwardResponse>,
     /// Build a snapshot of the state machine at this metadata's index, once
     /// the committed entries up to it (handed out in this or an earlier
     /// `Ready`) are applied; report [`Engine::on_snapshot_built`](super::Engine::on_snapshot_built) or

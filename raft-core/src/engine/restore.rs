@@ -137,6 +137,9 @@ impl Engine {
             next_fetch: 1,
             read_states: Vec::new(),
             failed_reads: Vec::new(),
+            remote_reads: BTreeMap::new(),
+            next_remote_read: super::REMOTE_READ_ID_BASE,
+            forward_responses: Vec::new(),
             last_hard_state: HardState {
                 term,
                 vote,

@@ -21,6 +21,13 @@ struct Inner {
     nodes: HashMap<NodeId, (Deliver, DeliverSnapshot)>,
     /// Directed links that drop everything: (from, to).
     blocked: HashSet<(NodeId, NodeId)>,
+    /// Message kinds ([`MessageBody::kind`](crate::MessageBody::kind))
+    /// held back until [`MemNetwork::release`].
+    held_kinds: HashSet<&'static str>,
+    /// Messages held back, in order.
+    held: Vec<Message>,
+    /// Whether [`Transport::can_forward`] says no.
+    no_forwarding: bool,
 }
 
 /// A set of in-process nodes that can message each other.
@@ -102,6 +109,34 @@ impl MemNetwork {
     pub fn heal(&self) {
         self.lock().blocked.clear();
     }
+
+    /// Holds back every message of this kind
+    /// ([`MessageBody::kind`](crate::MessageBody::kind)) until [`release`](Self::release).
+    pub fn hold(&self, kind: &'static str) {
+        self.lock().held_kinds.insert(kind);
+    }
+
+    /// Stops holding messages back and delivers those held, in order.
+    pub fn release(&self) {
+        let (held, nodes) = {
+            let mut inner = self.lock();
+            inner.held_kinds.clear();
+            let nodes = inner.nodes.clone();
+            (std::mem::take(&mut inner.held), nodes)
+        };
+        for m in held {
+            if let Some((deliver, _)) = nodes.get(&m.to) {
+                deliver(m);
+            }
+        }
+    }
+
+    /// Whether the transports say they can forward requests to a leader
+    /// ([`Transport::can_forward`]; yes by default, like a transport that
+    /// speaks the forwarding messages).
+    pub fn set_forwarding(&self, on: bool) {
+        self.lock().no_forwarding = !on;
+    }
 }
 
 /// One node's end of a [`MemNetwork`].
@@ -114,21 +149,31 @@ pub struct MemTransport {
 #[async_trait]
 impl Transport for MemTransport {
     async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), TransportError> {
-        let deliver = {
-            let inner = self.net.lock();
+        let (deliver, messages) = {
+            let mut inner = self.net.lock();
             if inner.blocked.contains(&(self.id, to)) {
                 return Ok(()); // a cut link loses messages silently, like a network
             }
-            inner
+            let (held, messages): (Vec<Message>, Vec<Message>) = messages
+                .into_iter()
+                .partition(|m| inner.held_kinds.contains(m.body.kind()));
+            inner.held.extend(held);
+            let deliver = inner
                 .nodes
                 .get(&to)
                 .map(|(d, _)| d.clone())
-                .ok_or(TransportError::UnknownPeer(to))?
+                .ok_or(TransportError::UnknownPeer(to))?;
+            (deliver, messages)
         };
         for m in messages {
             deliver(m);
         }
         Ok(())
+    }
+
+    fn can_forward(&self, to: NodeId) -> bool {
+        let inner = self.net.lock();
+        !inner.no_forwarding && inner.nodes.contains_key(&to)
     }
 
     async fn send_snapshot(

@@ -3,7 +3,8 @@
 //! [`network`](super::network) and the simulation).
 
 use crate::engine::{
-    EntryFetch, LogCompaction, ReadId, ReadRefused, ReadState, Ready, SoftState, WriteId,
+    EntryFetch, ForwardResponse, LogCompaction, ReadId, ReadRefused, ReadState, Ready, SoftState,
+    WriteId,
 };
 use crate::{Entry, HardState, Index, Message, SnapshotMeta};
 
@@ -25,6 +26,8 @@ pub struct ReadySteps {
     pub read_states: Vec<ReadState>,
     /// Step 5: reads that can no longer complete.
     pub failed_reads: Vec<(ReadId, ReadRefused)>,
+    /// Step 6: answers to requests this node forwarded to its leader.
+    pub forward_responses: Vec<ForwardResponse>,
     /// A compaction to record after the write.
     pub compact_log: Option<LogCompaction>,
     /// A snapshot to build once its entries are applied.
@@ -63,6 +66,7 @@ impl From<Ready> for ReadySteps {
             committed_entries,
             read_states,
             failed_reads,
+            forward_responses,
             compact_log,
             build_snapshot,
             install_snapshot,
@@ -81,6 +85,7 @@ impl From<Ready> for ReadySteps {
             committed_entries,
             read_states,
             failed_reads,
+            forward_responses,
             compact_log,
             build_snapshot,
             install_snapshot,

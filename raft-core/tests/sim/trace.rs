@@ -102,6 +102,11 @@ impl MsgInfo {
             MessageBody::InstallSnapshot { meta } => {
                 [meta.last_log_id.index, meta.last_log_id.term, 0, 0]
             }
+            // The simulation's clients do not forward.
+            MessageBody::ForwardPropose { request_id, .. }
+            | MessageBody::ForwardProposeResponse { request_id, .. }
+            | MessageBody::ReadIndexRequest { request_id }
+            | MessageBody::ReadIndexResponse { request_id, .. } => [*request_id, 0, 0, 0],
         };
         Self {
             from: msg.from,

@@ -10,6 +10,20 @@ pub(super) mod body {
     pub const APPEND_ENTRIES_RESPONSE: u8 = 4;
     pub const TIMEOUT_NOW: u8 = 5;
     pub const INSTALL_SNAPSHOT: u8 = 6;
+    /// The forwarding kinds: sent only on a connection whose ALPN is
+    /// `tls::ALPN_FORWARD` (a node from before them refuses the frame).
+    pub const FORWARD_PROPOSE: u8 = 7;
+    pub const FORWARD_PROPOSE_RESPONSE: u8 = 8;
+    pub const READ_INDEX_REQUEST: u8 = 9;
+    pub const READ_INDEX_RESPONSE: u8 = 10;
+
+    /// `ForwardProposeResult` / `ForwardReadResult` tags.
+    pub const FORWARD_OK: u8 = 1;
+    pub const FORWARD_REFUSED: u8 = 2;
+    /// `ForwardRefusal` codes.
+    pub const REFUSED_NOT_LEADER: u8 = 1;
+    pub const REFUSED_TRANSFER: u8 = 2;
+    pub const REFUSED_OVERLOADED: u8 = 3;
 
     pub const RESULT_SUCCESS: u8 = 1;
     pub const RESULT_CONFLICT: u8 = 2;
@@ -91,8 +105,130 @@ pub(super) fn encode_message(m: &Message, out: &mut BytesMut) -> Result<(), Enco
             put_log_id(out, meta.last_log_id);
             encode_membership(&meta.membership, out)?;
         }
+        forward => encode_forward(forward, out)?,
     }
     Ok(())
+}
+
+/// The forwarding kinds:
+///
+/// ```text
+/// ForwardPropose         = 7  request_id:u64 len:u32 command
+/// ForwardProposeResponse = 8  request_id:u64 (1 term:u64 index:u64 | 2 refusal)
+/// ReadIndexRequest       = 9  request_id:u64
+/// ReadIndexResponse      = 10 request_id:u64 (1 index:u64 | 2 refusal)
+/// refusal = 1 has_leader:u8 [leader:u64] | 2 (transfer) | 3 (overloaded)
+/// ```
+fn encode_forward(m: &MessageBody, out: &mut BytesMut) -> Result<(), EncodeError> {
+    match m {
+        MessageBody::ForwardPropose {
+            request_id,
+            command,
+        } => {
+            out.put_u8(body::FORWARD_PROPOSE);
+            out.put_u64(*request_id);
+            put_len(out, command.len(), "forwarded command")?;
+            out.put_slice(command);
+        }
+        MessageBody::ForwardProposeResponse { request_id, result } => {
+            out.put_u8(body::FORWARD_PROPOSE_RESPONSE);
+            out.put_u64(*request_id);
+            match result {
+                ForwardProposeResult::Appended(id) => {
+                    out.put_u8(body::FORWARD_OK);
+                    put_log_id(out, *id);
+                }
+                ForwardProposeResult::Refused(r) => put_refusal(out, *r),
+            }
+        }
+        MessageBody::ReadIndexRequest { request_id } => {
+            out.put_u8(body::READ_INDEX_REQUEST);
+            out.put_u64(*request_id);
+        }
+        MessageBody::ReadIndexResponse { request_id, result } => {
+            out.put_u8(body::READ_INDEX_RESPONSE);
+            out.put_u64(*request_id);
+            match result {
+                ForwardReadResult::Index(index) => {
+                    out.put_u8(body::FORWARD_OK);
+                    out.put_u64(*index);
+                }
+                ForwardReadResult::Refused(r) => put_refusal(out, *r),
+            }
+        }
+        _ => return Err(EncodeError::Unrepresentable("message kind")),
+    }
+    Ok(())
+}
+
+fn put_refusal(out: &mut BytesMut, r: ForwardRefusal) {
+    out.put_u8(body::FORWARD_REFUSED);
+    match r {
+        ForwardRefusal::NotLeader { leader } => {
+            out.put_u8(body::REFUSED_NOT_LEADER);
+            match leader {
+                None => out.put_u8(0),
+                Some(l) => {
+                    out.put_u8(1);
+                    out.put_u64(l);
+                }
+            }
+        }
+        ForwardRefusal::TransferInProgress => out.put_u8(body::REFUSED_TRANSFER),
+        ForwardRefusal::Overloaded => out.put_u8(body::REFUSED_OVERLOADED),
+    }
+}
+
+fn decode_refusal(r: &mut Reader) -> Result<ForwardRefusal, DecodeError> {
+    Ok(match r.u8("refusal code")? {
+        body::REFUSED_NOT_LEADER => ForwardRefusal::NotLeader {
+            leader: match r.u8("leader flag")? {
+                0 => None,
+                1 => Some(r.u64("leader")?),
+                t => return Err(invalid("leader flag", format!("{t}"))),
+            },
+        },
+        body::REFUSED_TRANSFER => ForwardRefusal::TransferInProgress,
+        body::REFUSED_OVERLOADED => ForwardRefusal::Overloaded,
+        t => return Err(invalid("refusal code", format!("{t}"))),
+    })
+}
+
+/// Decodes the body of a forwarding kind `tag`; `None` for another tag.
+fn decode_forward(tag: u8, r: &mut Reader) -> Result<Option<MessageBody>, DecodeError> {
+    let result_tag = |r: &mut Reader| r.u8("forward result tag");
+    Ok(Some(match tag {
+        body::FORWARD_PROPOSE => {
+            let request_id = r.u64("request id")?;
+            let len = r.len("forwarded command length")?;
+            MessageBody::ForwardPropose {
+                request_id,
+                command: r.bytes(len, "forwarded command")?,
+            }
+        }
+        body::FORWARD_PROPOSE_RESPONSE => {
+            let request_id = r.u64("request id")?;
+            let result = match result_tag(r)? {
+                body::FORWARD_OK => ForwardProposeResult::Appended(r.log_id("appended at")?),
+                body::FORWARD_REFUSED => ForwardProposeResult::Refused(decode_refusal(r)?),
+                t => return Err(invalid("forward result tag", format!("{t}"))),
+            };
+            MessageBody::ForwardProposeResponse { request_id, result }
+        }
+        body::READ_INDEX_REQUEST => MessageBody::ReadIndexRequest {
+            request_id: r.u64("request id")?,
+        },
+        body::READ_INDEX_RESPONSE => {
+            let request_id = r.u64("request id")?;
+            let result = match result_tag(r)? {
+                body::FORWARD_OK => ForwardReadResult::Index(r.u64("read index")?),
+                body::FORWARD_REFUSED => ForwardReadResult::Refused(decode_refusal(r)?),
+                t => return Err(invalid("forward result tag", format!("{t}"))),
+            };
+            MessageBody::ReadIndexResponse { request_id, result }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 pub(super) fn encode_entry(e: &Entry, out: &mut BytesMut) -> Result<(), EncodeError> {
@@ -213,7 +349,10 @@ pub(super) fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
                 membership: decode_membership(r)?,
             },
         },
-        t => return Err(invalid("message body tag", format!("{t}"))),
+        t => match decode_forward(t, r)? {
+            Some(body) => body,
+            None => return Err(invalid("message body tag", format!("{t}"))),
+        },
     };
     Ok(Message {
         from,

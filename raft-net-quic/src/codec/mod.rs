@@ -33,7 +33,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raft_core::{
-    AppendResult, Entry, EntryPayload, LogId, Membership, Message, MessageBody, SnapshotMeta,
+    AppendResult, Entry, EntryPayload, ForwardProposeResult, ForwardReadResult, ForwardRefusal,
+    LogId, Membership, Message, MessageBody, SnapshotMeta,
 };
 
 pub use crate::refusal::{RefusalReason, SnapshotRefusal};
@@ -573,6 +574,9 @@ pub fn stream_for(m: &Message) -> StreamKind {
         MessageBody::AppendEntries {
             heartbeat: false, ..
         } => StreamKind::Replication,
+        // A forwarded command may be as large as an entry: it counts
+        // against the replication queue's byte bound, not the control one.
+        MessageBody::ForwardPropose { .. } => StreamKind::Replication,
         _ => StreamKind::Control,
     }
 }

@@ -320,7 +320,18 @@ impl Transport for QuicTransport {
         }
         let peer = self.peer(to).ok_or(TransportError::UnknownPeer(to))?;
         let mut dropped = false;
+        let mut forwards: Option<bool> = None;
         for m in messages {
+            if is_forwarding(&m.body) && !*forwards.get_or_insert_with(|| peer.forwards()) {
+                // The peer would refuse the frame (and the connection).
+                tracing::debug!(
+                    to,
+                    kind = m.body.kind(),
+                    "peer does not speak forwarding: dropped"
+                );
+                dropped = true;
+                continue;
+            }
             if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
                 // Only `send_snapshot` carries these, with their data.
                 tracing::warn!(to, "InstallSnapshot without data dropped");
@@ -364,6 +375,10 @@ impl Transport for QuicTransport {
         }
     }
 
+    fn can_forward(&self, to: NodeId) -> bool {
+        self.peer(to).is_some_and(|p| p.forwards())
+    }
+
     async fn send_snapshot(
         &self,
         to: NodeId,
@@ -398,6 +413,7 @@ pub(super) fn snapshot_transfer_id(header: &Message) -> u64 {
 pub(super) fn entry_bytes(m: &Message) -> u64 {
     match &m.body {
         MessageBody::AppendEntries { entries, .. } => entries.iter().map(|e| e.size_bytes()).sum(),
+        MessageBody::ForwardPropose { command, .. } => command.len() as u64,
         _ => 0,
     }
 }

@@ -104,7 +104,7 @@ impl QuicTransportBuilder {
             }
             None => (self.tls, None),
         };
-        let (server_config, client_config) = endpoint_configs(&tls, &transport)?;
+        let (server_config, client_config) = endpoint_configs(&tls, &transport, cfg.forwarding)?;
 
         let endpoint = quinn::Endpoint::server(server_config, addr)
             .map_err(|source| BindError::Bind { addr, source })?;
@@ -143,15 +143,27 @@ impl QuicTransportBuilder {
 }
 
 /// The quinn server and client configurations of a TLS identity.
+/// With `forwarding`, [`ALPN_FORWARD`](crate::tls::ALPN_FORWARD) is offered first.
 pub(super) fn endpoint_configs(
     tls: &NodeTls,
     transport: &Arc<quinn::TransportConfig>,
+    forwarding: bool,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), BindError> {
-    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
+    let mut server_tls = tls.server_config()?;
+    let mut client_tls = tls.client_config()?;
+    if forwarding {
+        server_tls
+            .alpn_protocols
+            .insert(0, crate::tls::ALPN_FORWARD.to_vec());
+        client_tls
+            .alpn_protocols
+            .insert(0, crate::tls::ALPN_FORWARD.to_vec());
+    }
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server_config.transport_config(transport.clone());
-    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
         .map_err(|e| BindError::Tls(TlsError::Config(e.to_string())))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
     client_config.transport_config(transport.clone());

@@ -89,7 +89,8 @@ pub(super) fn install_crl(shared: &Shared, pem: &[u8]) -> Result<(), BindError> 
     let current = lock(&shared.tls).clone();
     let (tls, own_revoked) = current.with_crl_pem_for_reload(pem)?;
     let tls = Arc::new(tls);
-    let (server_config, client_config) = endpoint_configs(&tls, &shared.transport_config)?;
+    let (server_config, client_config) =
+        endpoint_configs(&tls, &shared.transport_config, shared.cfg.forwarding)?;
     shared.endpoint.set_server_config(Some(server_config));
     *lock(&shared.client_config) = client_config;
     *lock(&shared.tls) = tls.clone();

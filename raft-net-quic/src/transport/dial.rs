@@ -282,6 +282,7 @@ pub(super) fn install(
         }
     }
     *cur = Some(Link {
+        forwarding: speaks_forwarding(&conn),
         conn: conn.clone(),
         dialed_by,
         since: Instant::now(),

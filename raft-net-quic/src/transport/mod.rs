@@ -110,6 +110,28 @@ struct Link {
     conn: Connection,
     dialed_by: NodeId,
     since: Instant,
+    /// Whether both ends agreed on [`ALPN_FORWARD`](crate::tls::ALPN_FORWARD):
+    /// the connection may carry the forwarding messages.
+    forwarding: bool,
+}
+
+/// Whether `conn`'s handshake chose [`ALPN_FORWARD`](crate::tls::ALPN_FORWARD).
+fn speaks_forwarding(conn: &Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == crate::tls::ALPN_FORWARD)
+}
+
+/// Whether `body` is one of the forwarding kinds.
+fn is_forwarding(body: &MessageBody) -> bool {
+    matches!(
+        body,
+        MessageBody::ForwardPropose { .. }
+            | MessageBody::ForwardProposeResponse { .. }
+            | MessageBody::ReadIndexRequest { .. }
+            | MessageBody::ReadIndexResponse { .. }
+    )
 }
 
 /// Dial bookkeeping, behind an async mutex so only one dial runs per peer.
@@ -164,6 +186,13 @@ struct Peer {
 }
 
 impl Peer {
+    /// Whether the live connection carries the forwarding messages.
+    fn forwards(&self) -> bool {
+        lock(&self.current)
+            .as_ref()
+            .is_some_and(|l| l.forwarding && l.conn.close_reason().is_none())
+    }
+
     fn live(&self) -> Option<Connection> {
         let cur = lock(&self.current);
         cur.as_ref()

@@ -35,7 +35,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
-use raft_core::{NodeId, ReadConsistency, ReadError};
+use raft_core::{NodeId, ReadConsistency, ReadError, Role};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -268,6 +268,13 @@ pub(super) async fn backup(
         .ok_or_else(|| overloaded("backups at once (--max-concurrent-backups)"))?;
     let deadline = Instant::now().checked_add(state.cfg.backup_max_duration);
     let read_index = if linearizable {
+        // The leader's backup, relayed over HTTP: a stream of its store is
+        // not something the peer transport carries (a follower's
+        // linearizable reads of single keys go through it).
+        let status = state.raft.status().await;
+        if let Some(s) = status.filter(|s| s.engine.role != Role::Leader) {
+            return relay_from_leader(&state, s.engine.leader, &uri, &headers, permit).await;
+        }
         match state.raft.read(ReadConsistency::Linearizable).await {
             Ok(index) => Some(index),
             Err(ReadError::NotLeader { leader }) => {

@@ -123,6 +123,8 @@ pub(super) fn leader_url(state: &AppState, addr: &str, uri: &Uri) -> String {
 /// Sends the request to the leader and relays its answer.
 pub(super) async fn forward(state: &AppState, leader: Option<NodeId>, relay: Relay<'_>) -> Answer {
     let (leader, addr) = leader_address(state, leader, relay.headers)?;
+    let kind = if relay.is_write { "write" } else { "read" };
+    metrics::counter!("raft_node_http_forwarded_total", "kind" => kind).increment(1);
     let url = leader_url(state, &addr, relay.uri);
     let mut req = state
         .client

@@ -91,6 +91,7 @@ impl Network {
         let node = self.node_mut(id);
         node.read_states.extend(steps.read_states);
         node.failed_reads.extend(steps.failed_reads);
+        node.forward_responses.extend(steps.forward_responses);
         if let Some(meta) = install {
             self.install(id, meta);
         }

@@ -170,6 +170,8 @@ pub struct Node {
     pub read_states: Vec<ReadState>,
     /// Reads failed by the engine.
     pub failed_reads: Vec<(ReadId, ReadRefused)>,
+    /// Answers to requests this node forwarded to its leader.
+    pub forward_responses: Vec<crate::engine::ForwardResponse>,
     /// Every soft state reported, in order.
     pub soft_states: Vec<SoftState>,
     /// A snapshot install the engine asked for and the harness left in
@@ -336,6 +338,7 @@ impl Network {
                     pending: VecDeque::new(),
                     read_states: Vec::new(),
                     failed_reads: Vec::new(),
+                    forward_responses: Vec::new(),
                     soft_states: Vec::new(),
                     installing: None,
                     cfg,
