@@ -86,6 +86,41 @@ impl AtView<'_> {
         }
     }
 
+    /// The current value of `key`.
+    fn value_now(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        match self.get(Cf::Kv, key)? {
+            Some(rec) => decode_record(key, &rec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`KvReader::scan`] in this view: the current keys only, no history.
+    fn scan_now(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], Versioned) -> bool,
+    ) -> Result<bool, StoreError> {
+        let kv = self
+            .db
+            .cf_handle(KV_CF)
+            .ok_or(StoreError::MissingColumnFamily(KV_CF))?;
+        let start = kv_start(prefix, after);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut stopped = false;
+        for item in self.db.iterator_cf_opt(kv, self.opts(), mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if stopped {
+                return Ok(true);
+            }
+            stopped = !visit(&k, decode_record(&k, &v)?);
+        }
+        Ok(false)
+    }
+
     /// `key` as of revision `n`.
     fn value_at(&self, key: &[u8], n: u64) -> Result<Option<Versioned>, StoreError> {
         if let Some(rec) = self.get(Cf::Kv, key)? {
@@ -125,13 +160,10 @@ impl AtView<'_> {
             .db
             .cf_handle(KV_META_CF)
             .ok_or(StoreError::MissingColumnFamily(KV_META_CF))?;
-        let (kv_start, hist_start) = match after {
-            Some(a) if a >= prefix => {
-                let mut s = a.to_vec();
-                s.push(0);
-                (s, history_key(a, u64::MAX))
-            }
-            _ => (prefix.to_vec(), history_prefix(prefix)),
+        let kv_start = kv_start(prefix, after);
+        let hist_start = match after {
+            Some(a) if a >= prefix => history_key(a, u64::MAX),
+            _ => history_prefix(prefix),
         };
         let hist_range = history_prefix(prefix);
         let keys = self
@@ -178,6 +210,19 @@ impl AtView<'_> {
     }
 }
 
+/// Where a scan of `prefix` after `after` starts in `kv`: the smallest key
+/// greater than `after`, or the prefix.
+fn kv_start(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
+    match after {
+        Some(a) if a >= prefix => {
+            let mut s = a.to_vec();
+            s.push(0);
+            s
+        }
+        _ => prefix.to_vec(),
+    }
+}
+
 impl KvReader {
     fn at_view(&self) -> AtView<'_> {
         AtView {
@@ -210,7 +255,11 @@ impl KvReader {
         self.consistent(|| {
             let v = self.at_view();
             let (n, _) = v.check(at)?;
-            Ok((v.value_at(key, n)?, n))
+            let value = match at {
+                None => v.value_now(key)?,
+                Some(_) => v.value_at(key, n)?,
+            };
+            Ok((value, n))
         })
     }
 
@@ -231,6 +280,9 @@ impl KvReader {
         self.consistent(|| {
             let v = self.at_view();
             let (n, _) = v.check(at)?;
+            if at.is_none() {
+                return Ok((v.scan_now(prefix, after, &mut visit)?, n));
+            }
             let mut stopped = false;
             for key in v.candidates(prefix, after)? {
                 let key = key?;
