@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::apply::{Batch, Cf, StoreView};
 use super::history::{
     encode_history, garbage_bound, garbage_key, history_key, history_of_garbage, COMPACTED_KEY,
-    GARBAGE_PREFIX, REVISION_KEY,
+    REVISION_KEY,
 };
 use super::records::{decode_record, decode_u64, encode_record};
 use super::{StoreError, Versioned};
@@ -160,8 +160,12 @@ impl<V: StoreView> Batch<'_, V> {
 
     /// Forgets the history no read at `rev` or later needs.
     fn compact(&mut self, rev: u64) -> Result<(), StoreError> {
+        // Records needed until the compacted revision or before are gone
+        // already: the scan starts past them, not over their deletions.
+        let before = self.revisions()?.compacted;
+        let start = garbage_bound(before.saturating_add(1));
         let end = garbage_bound(rev.saturating_add(1));
-        for g in self.view.keys_between(Cf::Meta, GARBAGE_PREFIX, &end)? {
+        for g in self.view.keys_between(Cf::Meta, &start, &end)? {
             let hk = history_of_garbage(&g)?;
             self.delete(Cf::Meta, hk);
             self.delete(Cf::Meta, g);
