@@ -100,6 +100,11 @@ async fn revisions_over_http_on_every_member_and_after_a_snapshot() {
     // The current value: create/mod revisions, version started over.
     let (s, v, h) = get(&c, l, "k", "").await;
     assert_eq!((s, v.as_str(), h), (200, "three", [r3, r3, r3, 1]));
+    // Through a follower (forwarded to the leader), the same headers.
+    assert_eq!(
+        get(&c, f, "k", "").await,
+        (200, "three".into(), [r3, r3, r3, 1])
+    );
     // Past values, from the leader and (stale) from every member once
     // it has caught up.
     for p in &procs {
