@@ -38,8 +38,13 @@ const HEADER_MAX: u32 = 1 << 20;
 /// Largest index or term a header may name: a restored log counts up from
 /// them.
 const POSITION_MAX: u64 = i64::MAX as u64;
-/// The format version written.
-pub const FORMAT: u32 = 1;
+/// The format version written: 2 since revisions (its snapshot holds the
+/// revision history and the compacted revision).
+pub const FORMAT: u32 = 2;
+/// The format of releases before revisions, still restored: the restored
+/// store's history starts at the backup's index (reads below it answer
+/// 410 Gone), as a store of those releases gets when it is upgraded.
+pub const FORMAT_V1: u32 = 1;
 
 /// What a backup holds, at the start of the file (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,10 +268,13 @@ fn read_header(r: &mut impl Read, path: &Path) -> Result<(BackupHeader, u64), Ba
     }
     let header: BackupHeader = serde_json::from_slice(&json)
         .map_err(|e| corrupted(path, format!("unreadable header: {e}")))?;
-    if header.format != FORMAT {
+    if header.format != FORMAT && header.format != FORMAT_V1 {
         return Err(corrupted(
             path,
-            format!("format {} (this raft-node reads {FORMAT})", header.format),
+            format!(
+                "format {} (this raft-node reads {FORMAT_V1} and {FORMAT})",
+                header.format
+            ),
         ));
     }
     if header.index > POSITION_MAX

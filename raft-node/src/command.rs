@@ -88,11 +88,51 @@ pub enum Outcome {
     /// The idempotency key was used (within the window) by a different
     /// request; nothing changed.
     IdempotencyConflict,
+    /// A compaction happened: history before `revision` is gone.
+    Compacted {
+        /// The new compacted revision.
+        revision: u64,
+    },
+    /// A compaction was refused (its revision is already compacted, or
+    /// above the current revision); nothing changed.
+    CompactRefused {
+        /// The compacted revision.
+        compacted: u64,
+        /// The store's current revision.
+        current: u64,
+    },
 }
 
 /// First byte of an entry that records a member's addresses (not a
 /// key-value command, whose first byte is the format version).
 pub const MEMBER_TAG: u8 = 0x80;
+
+/// First byte of an entry that compacts the revision history
+/// (`COMPACT_TAG | revision:u64`).
+pub const COMPACT_TAG: u8 = 0x81;
+
+/// Encodes a compaction of the history up to `revision` as an entry
+/// payload: every replica compacts at the same index.
+pub fn encode_compact(revision: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(9);
+    out.put_u8(COMPACT_TAG);
+    out.put_u64(revision);
+    out.freeze()
+}
+
+/// Decodes what [`encode_compact`] wrote.
+///
+/// # Errors
+///
+/// [`DecodeError`] when it is not a compaction.
+pub fn decode_compact(data: &[u8]) -> Result<u64, DecodeError> {
+    match data {
+        [COMPACT_TAG, rev @ ..] => <[u8; 8]>::try_from(rev)
+            .map(u64::from_be_bytes)
+            .map_err(|_| DecodeError("compaction revision")),
+        _ => Err(DecodeError("compaction tag")),
+    }
+}
 
 /// A member's addresses as the log records them.
 ///
@@ -353,6 +393,15 @@ impl Outcome {
             }
             Outcome::Noop => out.put_u8(5),
             Outcome::IdempotencyConflict => out.put_u8(6),
+            Outcome::Compacted { revision } => {
+                out.put_u8(7);
+                out.put_u64(*revision);
+            }
+            Outcome::CompactRefused { compacted, current } => {
+                out.put_u8(8);
+                out.put_u64(*compacted);
+                out.put_u64(*current);
+            }
         }
         out.freeze()
     }
@@ -383,6 +432,13 @@ impl Outcome {
             }
             5 => Outcome::Noop,
             6 => Outcome::IdempotencyConflict,
+            7 => Outcome::Compacted {
+                revision: get_u64(&mut buf, "revision")?,
+            },
+            8 => Outcome::CompactRefused {
+                compacted: get_u64(&mut buf, "revision")?,
+                current: get_u64(&mut buf, "revision")?,
+            },
             _ => return Err(DecodeError("outcome")),
         };
         Ok(o)
@@ -433,7 +489,14 @@ mod tests {
             Outcome::Malformed("x".into()),
             Outcome::Noop,
             Outcome::IdempotencyConflict,
+            Outcome::Compacted { revision: 9 },
+            Outcome::CompactRefused {
+                compacted: 4,
+                current: 8,
+            },
         ];
+        assert_eq!(decode_compact(&encode_compact(42)), Ok(42));
+        assert!(decode_compact(&encode_compact(42)[..8]).is_err());
         for o in outcomes {
             assert_eq!(Outcome::decode(o.encode()), Ok(o));
         }

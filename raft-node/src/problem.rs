@@ -209,8 +209,43 @@ impl From<StoreError> for Problem {
                 e.to_string(),
             )
             .retry_after(1),
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => Problem::compacted(requested, compacted),
+            StoreError::FutureRevision { requested, current } => {
+                Problem::future_revision(requested, current)
+            }
             _ => Problem::storage(e.to_string()),
         }
+    }
+}
+
+impl Problem {
+    /// 410 Gone, `revision-compacted`: a read (or compaction) at a revision
+    /// whose history is compacted. Names the oldest revision still kept.
+    pub fn compacted(requested: u64, compacted: u64) -> Self {
+        Problem::new(
+            StatusCode::GONE,
+            "revision-compacted",
+            "Revision compacted",
+            format!("revision {requested} is compacted: history is kept from revision {compacted}"),
+        )
+        .with("requested_revision", requested)
+        .with("compacted_revision", compacted)
+    }
+
+    /// 400, `future-revision`: a read (or compaction) above the store's
+    /// current revision.
+    pub fn future_revision(requested: u64, current: u64) -> Self {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "future-revision",
+            "Future revision",
+            format!("revision {requested} is in the future: the current revision is {current}"),
+        )
+        .with("requested_revision", requested)
+        .with("current_revision", current)
     }
 }
 

@@ -5,7 +5,7 @@
 //! File format (all integers big-endian):
 //!
 //! ```text
-//! magic     b"RKVSNAP1"
+//! magic     b"RKVSNAP2" (b"RKVSNAP1" before revisions: still read)
 //! record*   tag:u8 (1 = kv, 2 = kv_meta) | klen:u32 | vlen:u32 | key | value | crc32c:u32
 //! trailer   0xFF | records:u64 | crc32c:u32
 //! ```
@@ -21,7 +21,12 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
-const MAGIC: &[u8; 8] = b"RKVSNAP1";
+/// The magic written: format 2, whose records hold revisions and history.
+const MAGIC: &[u8; 8] = b"RKVSNAP2";
+/// The magic of format 1 (releases before revisions). Its records are
+/// read as they are: key-value records of version 1 stay readable, and
+/// the install gives the store revisions at the snapshot's index.
+const MAGIC_V1: &[u8; 8] = b"RKVSNAP1";
 const TAG_KV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_END: u8 = 0xFF;
@@ -338,7 +343,7 @@ impl<R: Read> RecordReader<R> {
         input
             .read_exact(&mut magic)
             .map_err(|_| corrupted(path, "shorter than its header"))?;
-        if &magic != MAGIC {
+        if &magic != MAGIC && &magic != MAGIC_V1 {
             return Err(corrupted(path, "not a raft-node snapshot (bad magic)"));
         }
         Ok(Self {

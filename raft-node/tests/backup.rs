@@ -57,6 +57,49 @@ async fn everything(client: &Client, prefix: &str) -> BTreeMap<String, (String, 
     all
 }
 
+/// Every key under `prefix` as of revision `rev`, with its value and
+/// `mod_revision`, read from node `url` itself (stale), page by page.
+async fn everything_at(url: &str, prefix: &str, rev: u64) -> BTreeMap<String, (String, u64)> {
+    let http = reqwest::Client::new();
+    let mut all = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let page: serde_json::Value = http
+            .get(format!(
+                "{url}/v1/kv?prefix={prefix}&revision={rev}&consistency=stale&limit=1000{cursor}"
+            ))
+            .bearer_auth(USER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["revision"], rev, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            let key = item["key"].as_str().unwrap().replace("%2F", "/");
+            let value = item["value"].as_str().unwrap().to_owned();
+            all.insert(key, (value, item["mod_revision"].as_u64().unwrap()));
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return all,
+        }
+    }
+}
+
+/// Compacts the revision history up to `rev` through node `url`: the
+/// values deleted before are gone from the store, and from backups.
+async fn compact_history(url: &str, rev: u64) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/cluster/compact"))
+        .json(&serde_json::json!({ "revision": rev }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+}
+
 /// Acknowledged writes: when the answer came, key, value.
 type Acked = Arc<Mutex<Vec<(Instant, String, String)>>>;
 
@@ -407,6 +450,20 @@ async fn restore_cluster(setup: &Setup, file: &Path, new_dir: &Path, saved: &Sav
     }
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     assert_eq!(digests[0].keys as usize, saved.expected.len() + 1);
+    // The backup carried the revisions: every restored node reads the
+    // state at the backup's index as of that revision, also after a key
+    // of it is overwritten.
+    let (key, _) = saved.expected.iter().next().expect("keys were backed up");
+    let over = client.put(key.as_str(), "overwritten").await.unwrap();
+    for p in &restored {
+        common::wait_status(&client, p, 30, "caught up", |s| s.applied >= over).await;
+        assert_eq!(
+            everything_at(&p.http, "k/", index).await,
+            saved.expected,
+            "node {} as of revision {index}",
+            p.id
+        );
+    }
     common::assert_running_without_panic(&mut restored, "after the restore");
 }
 
@@ -692,11 +749,13 @@ async fn a_backup_read_too_slowly_is_cut_off_and_the_backup_limit_holds() {
         body.len()
     );
     // The slot is free again: a backup read at full speed completes (of a
-    // small store, well within the 500 ms even in a debug build).
+    // small store, well within the 500 ms even in a debug build: the big
+    // values are deleted and their history compacted).
     for i in 0..64 {
         client.delete(format!("big/{i:03}")).await.unwrap();
     }
-    client.put("small", "v").await.unwrap();
+    let rev = client.put("small", "v").await.unwrap();
+    compact_history(&procs[0].http, rev).await;
     // (Retried: on a loaded machine even a small backup may take 500 ms.)
     let v = next_backup(&http, &url, &tmp.path().join("fast.bak"))
         .await
@@ -752,7 +811,8 @@ async fn a_relayed_backup_the_leader_cuts_off_is_cut_off_at_the_follower() {
     for i in 0..64 {
         client.delete(format!("big/{i:03}")).await.unwrap();
     }
-    client.put("small", "v").await.unwrap();
+    let rev = client.put("small", "v").await.unwrap();
+    compact_history(&follower.http, rev).await;
     let v = next_backup(&http, &url, &tmp.path().join("relayed.bak"))
         .await
         .expect("a relayed backup is served once the cut-off one ended");

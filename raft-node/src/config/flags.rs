@@ -227,6 +227,14 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<u64>,
 
+    /// Log entries of revision history kept: past values stay readable
+    /// (`?revision=`) down to this many entries below the last applied,
+    /// older history is compacted (0: only `POST /v1/kv/compact`
+    /// compacts, and history grows until it does). Must be equal on every
+    /// node. [default: 100000]
+    #[arg(long, env = "RAFT_HISTORY_RETENTION")]
+    pub history_retention: Option<u64>,
+
     /// Take a snapshot and compact the log after this many applied entries
     /// (0: never by count). [default: 100000]
     #[arg(long, env = "RAFT_SNAPSHOT_ENTRIES")]
@@ -431,6 +439,7 @@ impl RunArgs {
             max_concurrent_backups,
             backup_max_duration_ms,
             idempotency_window,
+            history_retention,
             snapshot_entries,
             snapshot_mib,
             snapshot_keep_entries,

@@ -126,6 +126,9 @@ pub struct NodeConfig {
     pub backup_max_duration: Duration,
     /// Idempotency window in log entries.
     pub idempotency_window: u64,
+    /// Revision history kept, in log entries below the last applied (0:
+    /// compacted only by command).
+    pub history_retention: u64,
     /// Snapshot after this many applied entries (0: never).
     pub snapshot_entries: u64,
     /// Snapshot after this many bytes of applied entries (0: never).
@@ -223,6 +226,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_concurrent_backups", &self.max_concurrent_backups)
             .field("backup_max_duration", &self.backup_max_duration)
             .field("idempotency_window", &self.idempotency_window)
+            .field("history_retention", &self.history_retention)
             .field("snapshot_entries", &self.snapshot_entries)
             .field("snapshot_bytes", &self.snapshot_bytes)
             .field("snapshot_keep_entries", &self.snapshot_keep_entries)

@@ -143,6 +143,7 @@ impl RunArgs {
             max_concurrent_backups: self.max_concurrent_backups.unwrap_or(2),
             backup_max_duration: ms(self.backup_max_duration_ms, 3_600_000),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
+            history_retention: self.history_retention.unwrap_or(100_000),
             snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),

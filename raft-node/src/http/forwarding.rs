@@ -26,7 +26,16 @@ const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 5] = [
 ];
 
 /// The answer headers relayed back to the client.
-const RELAYED_ANSWER_HEADERS: [&str; 4] = ["content-type", "etag", "retry-after", "x-raft-leader"];
+const RELAYED_ANSWER_HEADERS: [&str; 8] = [
+    "content-type",
+    "etag",
+    "retry-after",
+    "x-raft-leader",
+    "raft-revision",
+    "raft-create-revision",
+    "raft-mod-revision",
+    "raft-version",
+];
 
 /// A request to send on to the leader.
 pub(super) struct Relay<'a> {

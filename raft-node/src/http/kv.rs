@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::forwarding::{forward, Relay};
+use super::revisions::{problem_at, revision_param, with_key_revisions, with_revision};
 use super::{Answer, AppState, Shared};
 use crate::command::{Command, Op, Outcome, Precondition};
 use crate::problem::Problem;
@@ -36,6 +37,8 @@ pub(super) struct ReadParams {
     pub(super) cursor: Option<String>,
     /// A listing without values.
     pub(super) keys_only: Option<bool>,
+    /// Read as of this revision (`None`: the current one).
+    pub(super) revision: Option<String>,
 }
 
 /// The read's parameters, or 400 for a malformed query string.
@@ -188,7 +191,14 @@ async fn write(
         idempotency_key: idem,
     };
     match state.raft.propose(cmd.encode()).await {
-        Ok(outcome) => write_answer(outcome),
+        Ok(Outcome::Applied { rev }) => write_answer(Outcome::Applied { rev }).map(|mut r| {
+            with_revision(&mut r, rev);
+            r
+        }),
+        Ok(outcome) => {
+            let current = state.reader.revisions().map(|r| r.current).ok();
+            write_answer(outcome).map_err(|p| problem_at(p, current))
+        }
         Err(ProposeError::NotLeader { leader }) => {
             let relay = Relay {
                 method,
@@ -268,7 +278,8 @@ pub(super) async fn ready_to_read(
     }
 }
 
-/// `GET /v1/kv/{key}`: the value, its revision as `ETag`.
+/// `GET /v1/kv/{key}[?revision=N]`: the value (as of revision `N`), its
+/// `mod_revision` as `ETag`, its revisions and the store's as headers.
 pub(super) async fn get_key(
     State(state): State<Shared>,
     uri: Uri,
@@ -278,12 +289,16 @@ pub(super) async fn get_key(
     let params = read_params(params)?;
     let key = key_of(&state, &uri)?;
     let c = consistency(&params)?;
+    let at = revision_param(params.revision.as_deref())?;
     if let Some(leaders_answer) = ready_to_read(&state, c, &uri, &headers).await? {
         return Ok(leaders_answer);
     }
-    let v = state.reader.get(&key)?.ok_or_else(no_such_key)?;
-    let mut resp = (StatusCode::OK, v.value).into_response();
+    let (v, read_at) = state.reader.get_at(&key, at)?;
+    let v = v.ok_or_else(|| problem_at(no_such_key(), Some(read_at)))?;
+    let mut resp = (StatusCode::OK, v.value.clone()).into_response();
     resp.headers_mut().insert(header::ETAG, etag(v.rev));
+    with_key_revisions(&mut resp, &v);
+    with_revision(&mut resp, read_at);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

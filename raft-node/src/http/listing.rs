@@ -1,6 +1,8 @@
-//! `GET /v1/kv?prefix=&limit=&cursor=&keys_only=`: a page of keys in key
-//! order, built on a blocking thread under the memory budget and the
-//! listing slots, with a cursor to go on from.
+//! `GET /v1/kv?prefix=&limit=&cursor=&keys_only=&revision=`: a page of
+//! keys in key order (as of `revision`, now by default), built on a
+//! blocking thread under the memory budget and the listing slots, with a
+//! cursor to go on from and the revision read (pass it back as
+//! `revision` to page through one revision).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,15 +17,20 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::kv::{consistency, read_params, ready_to_read, show_key, ReadParams};
 use super::limits::{overloaded, ChunksBody, HttpLimits};
+use super::revisions::{revision_param, with_revision};
 use super::{Answer, Shared};
 use crate::problem::Problem;
-use crate::store::{KvReader, StoreError};
+use crate::store::{KvReader, StoreError, Versioned};
 
 /// One item of a listing, as JSON.
 #[derive(serde::Serialize)]
 struct ListItem<'a> {
     key: String,
+    /// `mod_revision` (the `ETag`), under its original name.
     rev: u64,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,6 +42,8 @@ struct ListItem<'a> {
 struct ListPage {
     chunks: Vec<Bytes>,
     budget: Option<OwnedSemaphorePermit>,
+    /// The revision the page was read at.
+    revision: u64,
 }
 
 /// Why a listing page could not be built.
@@ -68,10 +77,13 @@ struct PageRequest {
     limit: usize,
     max_bytes: usize,
     keys_only: bool,
+    /// As of this revision (`None`: the current one).
+    at: Option<u64>,
 }
 
 /// One item encoded, with a leading comma when it is not the first.
-fn encode_item(key: &[u8], rev: u64, value: &[u8], keys_only: bool, first: bool) -> Vec<u8> {
+fn encode_item(key: &[u8], v: &Versioned, keys_only: bool, first: bool) -> Vec<u8> {
+    let value = &v.value[..];
     let text = if keys_only {
         None
     } else {
@@ -79,7 +91,10 @@ fn encode_item(key: &[u8], rev: u64, value: &[u8], keys_only: bool, first: bool)
     };
     let item = ListItem {
         key: show_key(key),
-        rev,
+        rev: v.rev,
+        create_revision: v.create_rev,
+        mod_revision: v.rev,
+        version: v.version,
         value: text,
         value_base64: (!keys_only && text.is_none())
             .then(|| base64::engine::general_purpose::STANDARD.encode(value)),
@@ -109,40 +124,49 @@ fn list_page(
     let mut last: Option<Vec<u8>> = None;
     let mut failure = None;
     let mut cut_short = false;
-    let more = reader
-        .scan(page.prefix.as_bytes(), page.after.as_deref(), |k, v| {
-            if cancel.load(Ordering::Relaxed) {
-                failure = Some(ListFailure::Cancelled);
-                return false;
-            }
-            let out = encode_item(k, v.rev, &v.value, page.keys_only, count == 0);
-            if !limits.reserve_more(&mut budget, out.len()) {
-                if count == 0 {
-                    failure = Some(ListFailure::NoMemory);
+    let (more, revision) = reader
+        .scan_at(
+            page.prefix.as_bytes(),
+            page.after.as_deref(),
+            page.at,
+            |k, v| {
+                if cancel.load(Ordering::Relaxed) {
+                    failure = Some(ListFailure::Cancelled);
+                    return false;
                 }
-                cut_short = true;
-                return false;
-            }
-            encoded += out.len();
-            read += k.len() + v.value.len();
-            count += 1;
-            chunks.push(Bytes::from(out));
-            last = Some(k.to_vec());
-            count < page.limit && encoded < page.max_bytes && read < page.max_bytes
-        })
+                let out = encode_item(k, &v, page.keys_only, count == 0);
+                if !limits.reserve_more(&mut budget, out.len()) {
+                    if count == 0 {
+                        failure = Some(ListFailure::NoMemory);
+                    }
+                    cut_short = true;
+                    return false;
+                }
+                encoded += out.len();
+                read += k.len() + v.value.len();
+                count += 1;
+                chunks.push(Bytes::from(out));
+                last = Some(k.to_vec());
+                count < page.limit && encoded < page.max_bytes && read < page.max_bytes
+            },
+        )
         .map_err(ListFailure::Store)?;
     if let Some(f) = failure {
         return Err(f);
     }
     let more = more || cut_short;
-    let mut tail = format!("],\"more\":{more}");
+    let mut tail = format!("],\"revision\":{revision},\"more\":{more}");
     if let (true, Some(last)) = (more, last) {
         let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
         tail.push_str(&format!(",\"next\":\"{cursor}\""));
     }
     tail.push('}');
     chunks.push(Bytes::from(tail));
-    Ok(ListPage { chunks, budget })
+    Ok(ListPage {
+        chunks,
+        budget,
+        revision,
+    })
 }
 
 /// Sets its flag when dropped: tells a blocking task its request is gone.
@@ -185,6 +209,7 @@ fn page_request(state: &Shared, params: ReadParams) -> Result<PageRequest, Probl
         },
     };
     Ok(PageRequest {
+        at: revision_param(params.revision.as_deref())?,
         prefix,
         after,
         limit,
@@ -221,8 +246,10 @@ pub(super) async fn list(
     })
     .await
     .map_err(|e| Problem::storage(format!("the listing task failed: {e}")))??;
+    let revision = built.revision;
     let body = ChunksBody::new(built.chunks, built.budget);
     let mut resp = axum::body::Body::new(body).into_response();
+    with_revision(&mut resp, revision);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -4,7 +4,8 @@
 //! what needs the leader, once (a forwarded request is never forwarded again).
 //!
 //! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
-//! `cluster` (membership and leadership), `ops` (status, health,
+//! `cluster` (membership and leadership), `revisions` (revision headers,
+//! `?revision=`, `POST /v1/cluster/compact`), `ops` (status, health,
 //! metrics, snapshots), `backup` (`GET /v1/cluster/backup`); and the layers around them: `auth` (bearer
 //! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
 //! and `forwarding` (relaying to the leader). Handlers return
@@ -19,6 +20,7 @@ mod kv;
 mod limits;
 mod listing;
 mod ops;
+mod revisions;
 
 use std::sync::Arc;
 
@@ -128,6 +130,7 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(cluster::remove_member).put(cluster::update_member),
         )
         .route("/v1/cluster/snapshot", post(ops::take_snapshot))
+        .route("/v1/cluster/compact", post(revisions::compact))
         .route("/v1/cluster/backup", get(backup::backup))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_such_route)

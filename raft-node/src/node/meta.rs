@@ -14,6 +14,7 @@ pub(crate) const MEMBERS_KEY: &[u8] = b"members";
 /// Set once a node started with `--join` was added to a cluster.
 pub(super) const JOINED_KEY: &[u8] = b"joined";
 const WINDOW_KEY: &[u8] = b"idempotency_window";
+const RETENTION_KEY: &[u8] = b"history_retention";
 /// The voters the cluster was created with (`--initial-cluster`), written
 /// once at creation: the configuration of a log that holds none yet.
 const INITIAL_VOTERS_KEY: &[u8] = b"initial_voters";
@@ -76,15 +77,26 @@ pub(crate) fn save_initial_voters(db: &rocksdb::DB, voters: &[NodeId]) -> anyhow
 /// Forgetting idempotency tokens is part of the replicated state, so the
 /// window must never change under a store: the first start records it.
 pub(super) fn check_idempotency_window(db: &rocksdb::DB, window: u64) -> anyhow::Result<()> {
-    let Some(v) = db.get_cf(cf(db)?, WINDOW_KEY)? else {
-        return put_synced(db, WINDOW_KEY, window.to_be_bytes());
+    check_fixed(db, WINDOW_KEY, "--idempotency-window", window)
+}
+
+/// Automatic compaction is part of the replicated state too: the history
+/// retention never changes under a store either.
+pub(super) fn check_history_retention(db: &rocksdb::DB, entries: u64) -> anyhow::Result<()> {
+    check_fixed(db, RETENTION_KEY, "--history-retention", entries)
+}
+
+/// Records `value` of `flag` at the first start; refuses another later.
+fn check_fixed(db: &rocksdb::DB, key: &[u8], flag: &str, value: u64) -> anyhow::Result<()> {
+    let Some(v) = db.get_cf(cf(db)?, key)? else {
+        return put_synced(db, key, value.to_be_bytes());
     };
     let stored = <[u8; 8]>::try_from(v.as_slice())
         .map(u64::from_be_bytes)
-        .map_err(|_| anyhow::anyhow!("stored idempotency window is corrupted"))?;
-    if stored != window {
+        .map_err(|_| anyhow::anyhow!("stored {flag} is corrupted"))?;
+    if stored != value {
         bail!(
-            "--idempotency-window is {window} but this store was created with {stored}; \
+            "{flag} is {value} but this store was created with {stored}; \
              every node must keep the value the cluster started with"
         );
     }

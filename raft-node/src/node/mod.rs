@@ -282,6 +282,7 @@ pub async fn start(
     }
     let resolved = resolve::resolve_members(&cfg, &log)?;
     let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?
+        .with_history_retention(cfg.history_retention)
         .with_snapshot_dir(cfg.data_dir.join("snapshots"))?;
     let reader = sm.reader();
     let members_changed = sm.members_changed();

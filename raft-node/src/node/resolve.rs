@@ -141,6 +141,7 @@ pub(super) fn resolve_members(cfg: &NodeConfig, log: &RocksLog) -> anyhow::Resul
         None => bootstrap_new(cfg, db, log)?,
     };
     meta::check_idempotency_window(db, cfg.idempotency_window)?;
+    meta::check_history_retention(db, cfg.history_retention)?;
     // A node that joined (or is joining) starts with no configuration: it
     // learns it from the leader and never campaigns on its own.
     let joined = meta::flag(db, meta::JOINED_KEY)?;

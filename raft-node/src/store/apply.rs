@@ -13,13 +13,14 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Membership};
 
+use super::mvcc::Revisions;
 use super::records::{
-    decode_order_key, decode_record, decode_token_record, decode_u64, encode_record,
-    encode_token_record, member_key, order_key, token_key, Remembered, TokenRecord, APPLIED_KEY,
-    APPLIED_MEMBERS_KEY, ORDER_PREFIX, SCOPED_SINCE_KEY,
+    decode_order_key, decode_token_record, decode_u64, encode_token_record, member_key, order_key,
+    token_key, Remembered, TokenRecord, APPLIED_KEY, APPLIED_MEMBERS_KEY, ORDER_PREFIX,
+    SCOPED_SINCE_KEY,
 };
-use super::StoreError;
-use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, MEMBER_TAG};
+use super::{StoreError, Versioned};
+use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, COMPACT_TAG, MEMBER_TAG};
 
 /// The column family a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,7 +70,8 @@ pub(super) struct Applied {
 }
 
 /// Applies `entries` to the state `view` shows; idempotency records are
-/// remembered for `window` entries.
+/// remembered for `window` entries, history for `retention` entries
+/// (0: until compacted by command).
 ///
 /// # Errors
 ///
@@ -77,13 +79,17 @@ pub(super) struct Applied {
 pub(super) fn apply(
     view: &impl StoreView,
     window: u64,
+    retention: u64,
     entries: &[Entry],
 ) -> Result<Applied, StoreError> {
     let mut batch = Batch {
         view,
         window,
+        retention,
         writes: Vec::new(),
-        revs: HashMap::new(),
+        keys: HashMap::new(),
+        revisions: None,
+        garbage: Vec::new(),
         tokens: HashMap::new(),
         applied_members: None,
         scoped_since: None,
@@ -94,6 +100,9 @@ pub(super) fn apply(
         let outcome = match &e.payload {
             EntryPayload::Normal(data) if data.first() == Some(&MEMBER_TAG) => {
                 batch.member_record(data)?
+            }
+            EntryPayload::Normal(data) if data.first() == Some(&COMPACT_TAG) => {
+                batch.compact_command(e.index, data)?
             }
             EntryPayload::Normal(data) => match Command::decode(data.clone()) {
                 Ok(cmd) => batch.command(e.index, &cmd)?,
@@ -106,6 +115,7 @@ pub(super) fn apply(
     }
     if let Some(last) = entries.last() {
         batch.forget_expired_tokens(last.index)?;
+        batch.finish_revisions(last.index)?;
         batch.put(
             Cf::Meta,
             APPLIED_KEY.to_vec(),
@@ -121,12 +131,19 @@ pub(super) fn apply(
 
 /// A batch being decided: the writes so far, and the effects of its
 /// earlier entries, which the view does not show yet.
-struct Batch<'v, V> {
-    view: &'v V,
+pub(super) struct Batch<'v, V> {
+    pub(super) view: &'v V,
     window: u64,
+    /// History is compacted to this many entries below the last applied.
+    pub(super) retention: u64,
     writes: Vec<Write>,
-    /// Revisions set (or deleted: `None`) by this batch, by key.
-    revs: HashMap<Bytes, Option<u64>>,
+    /// Records set (or deleted: `None`) by this batch, by key.
+    pub(super) keys: HashMap<Bytes, Option<Versioned>>,
+    /// The store's revisions, as this batch changed them; `None` until read.
+    pub(super) revisions: Option<Revisions>,
+    /// History records written by this batch, by the revision they are
+    /// needed until (not in the view yet, for a compaction in the batch).
+    pub(super) garbage: Vec<(u64, Vec<u8>)>,
     /// Idempotency records written by this batch, by slot.
     tokens: HashMap<Vec<u8>, TokenRecord>,
     /// The members of the configuration last applied (this batch's own
@@ -138,11 +155,11 @@ struct Batch<'v, V> {
 }
 
 impl<V: StoreView> Batch<'_, V> {
-    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+    pub(super) fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         self.writes.push(Write::Put(cf, key, value));
     }
 
-    fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+    pub(super) fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         self.writes.push(Write::Delete(cf, key));
     }
 
@@ -269,25 +286,6 @@ impl<V: StoreView> Batch<'_, V> {
         Ok(None)
     }
 
-    /// The revision of `key` before `cmd`, when `cmd` depends on it.
-    fn current_rev(&self, cmd: &Command) -> Result<Option<u64>, StoreError> {
-        // A plain put does not depend on the key's current revision, so it
-        // is not read (a point lookup per write otherwise).
-        if matches!(
-            (&cmd.precondition, &cmd.op),
-            (Precondition::None, Op::Put(_))
-        ) {
-            return Ok(None);
-        }
-        if let Some(r) = self.revs.get(&cmd.key) {
-            return Ok(*r);
-        }
-        match self.view.get(Cf::Kv, &cmd.key)? {
-            Some(rec) => Ok(Some(decode_record(&cmd.key, &rec)?.rev)),
-            None => Ok(None),
-        }
-    }
-
     /// A key-value command at `index`.
     fn command(&mut self, index: u64, cmd: &Command) -> Result<Outcome, StoreError> {
         let slot = cmd.idempotency_slot();
@@ -304,7 +302,8 @@ impl<V: StoreView> Batch<'_, V> {
                 return Ok(outcome);
             }
         }
-        let current = self.current_rev(cmd)?;
+        let old = self.current(&cmd.key)?;
+        let current = old.as_ref().map(|v| v.rev);
         let allowed = match cmd.precondition {
             Precondition::None => true,
             Precondition::IfMatch(rev) => current == Some(rev),
@@ -313,16 +312,14 @@ impl<V: StoreView> Batch<'_, V> {
         let outcome = if !allowed {
             Outcome::PreconditionFailed { current }
         } else {
-            match &cmd.op {
-                Op::Put(value) => {
-                    self.put(Cf::Kv, cmd.key.to_vec(), encode_record(index, value));
-                    self.revs.insert(cmd.key.clone(), Some(index));
+            match (&cmd.op, old) {
+                (Op::Put(value), old) => {
+                    self.put_value(index, &cmd.key, old, value)?;
                     Outcome::Applied { rev: index }
                 }
-                Op::Delete if current.is_none() => Outcome::NotFound,
-                Op::Delete => {
-                    self.delete(Cf::Kv, cmd.key.to_vec());
-                    self.revs.insert(cmd.key.clone(), None);
+                (Op::Delete, None) => Outcome::NotFound,
+                (Op::Delete, Some(old)) => {
+                    self.delete_value(index, &cmd.key, &old)?;
                     Outcome::Applied { rev: index }
                 }
             }
@@ -408,7 +405,7 @@ mod tests {
     impl Memory {
         /// Applies `entries` as one batch and makes its writes.
         fn apply(&mut self, window: u64, entries: &[Entry]) -> Vec<Outcome> {
-            let applied = apply(self, window, entries).expect("in memory");
+            let applied = apply(self, window, 0, entries).expect("in memory");
             for w in applied.writes {
                 match w {
                     Write::Put(cf, k, v) => self.0.insert((cf, k), v),
@@ -420,7 +417,11 @@ mod tests {
 
         fn rev(&self, key: &str) -> Option<u64> {
             let rec = self.get(Cf::Kv, key.as_bytes()).expect("in memory")?;
-            Some(decode_record(key.as_bytes(), &rec).expect("a record").rev)
+            Some(
+                super::super::records::decode_record(key.as_bytes(), &rec)
+                    .expect("a record")
+                    .rev,
+            )
         }
 
         fn tokens(&self) -> usize {
@@ -542,11 +543,11 @@ mod tests {
             index,
             payload: EntryPayload::Membership(Box::new(Membership::new(voters))),
         };
-        let applied = apply(&m, 10, &[record(1, 2), record(2, 3)]).unwrap();
+        let applied = apply(&m, 10, 0, &[record(1, 2), record(2, 3)]).unwrap();
         assert!(applied.members_changed);
         m.apply(10, &[record(1, 2), record(2, 3), config(3, vec![1, 2, 3])]);
         assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_some());
-        let applied = apply(&m, 10, &[config(4, vec![1, 2])]).unwrap();
+        let applied = apply(&m, 10, 0, &[config(4, vec![1, 2])]).unwrap();
         assert!(applied.members_changed);
         m.apply(10, &[config(4, vec![1, 2])]);
         assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_none());
@@ -632,6 +633,10 @@ mod tests {
         };
         let out = m.apply(10, &[junk]);
         assert!(matches!(out[..], [Outcome::Malformed(_)]));
-        assert_eq!(m.0.len(), 1);
+        // The applied index, and the revisions recorded unchanged (none).
+        let zero = 0u64.to_be_bytes().to_vec();
+        assert_eq!(m.0.len(), 3);
+        assert_eq!(m.get(Cf::Meta, b"revision").unwrap(), Some(zero.clone()));
+        assert_eq!(m.get(Cf::Meta, b"compacted").unwrap(), Some(zero));
     }
 }

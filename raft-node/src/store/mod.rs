@@ -3,8 +3,13 @@
 //! together with the applied index, so a restart neither loses nor
 //! re-applies an entry.
 //!
-//! - `kv`: key → record `version:u8 | crc32c:u32 | rev:u64 | value`; the CRC
-//!   covers rev and value, so a corrupted value is refused, not served.
+//! - `kv`: key → its latest record `2:u8 | crc32c:u32 | mod_rev:u64 |
+//!   create_rev:u64 | version:u64 | value`; the CRC covers every byte
+//!   after it, so a corrupted value is refused, not served. (Records of
+//!   version 1, `1 | crc32c | rev | value`, from earlier releases are
+//!   still read, as created at `rev` with version 1.)
+//! - `kv_meta` also holds the history (`h/`, `g/`), the current
+//!   `revision` and the `compacted` revision (see `history.rs`).
 //! - `kv_meta`: `applied` → u64; `i/<slot>` → the outcome of the first write
 //!   with that idempotency key; `x/<index:u64><slot>` → ordering index used
 //!   to forget tokens older than the idempotency window. The slot is the
@@ -13,21 +18,37 @@
 //! The batch is written without fsync: the Raft log is durable, and after a
 //! power loss the lost tail is re-applied from it, deterministically.
 //!
+//! Revisions work like etcd's: the revision of a change is the log index
+//! of the entry that made it (identical on every replica, strictly
+//! increasing, but not by exactly one as in etcd: entries that change no
+//! key, such as no-ops, configuration changes and failed preconditions,
+//! use up indexes without making a revision). Each key keeps its
+//! `create_revision`, `mod_revision` and `version`; a value replaced or
+//! deleted stays in the history (a delete as a tombstone), readable at
+//! past revisions until compacted. The history lives in `kv_meta`
+//! (layout in `history.rs`), so snapshots and backups carry it.
+//!
 //! The parts: `apply.rs` holds the rules of applying (preconditions,
-//! revisions, idempotency records), pure and tested without RocksDB;
-//! `records.rs` the record formats and key layout; `rocks.rs` the reads
-//! ([`KvReader`]) and the batch; `snapshots.rs` taking and installing
-//! snapshots.
+//! idempotency records), and `mvcc.rs` those of revisions and
+//! compaction, pure and tested without RocksDB; `records.rs` and
+//! `history.rs` the record formats and key layout; `rocks.rs` the reads
+//! ([`KvReader`]) and the batch; `at.rs` the reads at a past revision;
+//! `snapshots.rs` taking and installing snapshots.
 //!
 //! [`Command::idempotency_slot`]: crate::command::Command::idempotency_slot
 
 mod apply;
+mod at;
 mod backup;
+mod history;
+mod mvcc;
 mod records;
 mod rocks;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_revisions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +65,7 @@ use crate::command::Outcome;
 use records::INSTALLING_KEY;
 
 pub use backup::{snapshot_file, ExportRequest};
+pub use mvcc::Revisions;
 pub use rocks::KvReader;
 
 /// Column family of the data.
@@ -72,15 +94,38 @@ pub enum StoreError {
     /// read consistently until it is done.
     #[error("a snapshot from the leader is being installed; retry shortly")]
     Installing,
+    /// A read at a revision whose history was compacted.
+    #[error("revision {requested} is compacted: history is kept from revision {compacted}")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision still readable.
+        compacted: u64,
+    },
+    /// A read at a revision the store has not reached.
+    #[error("revision {requested} is in the future: the current revision is {current}")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's current revision.
+        current: u64,
+    },
 }
 
-/// A stored value and its revision.
+/// A stored value and its revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     /// The value.
     pub value: Bytes,
-    /// The revision (log index of the write that set it).
+    /// The key's `mod_revision`: the revision (log index) of the write
+    /// that set this value. Its `ETag`.
     pub rev: u64,
+    /// The key's `create_revision`: the revision of the write that created
+    /// it (since it was last deleted).
+    pub create_rev: u64,
+    /// The key's `version`: 1 when created, one more per write since;
+    /// a delete starts it over.
+    pub version: u64,
 }
 
 /// The state machine: applies commands to the store.
@@ -88,6 +133,9 @@ pub struct KvStateMachine {
     reader: KvReader,
     /// Idempotency tokens are remembered for this many log entries.
     idempotency_window_entries: u64,
+    /// History is compacted to this many log entries below the last
+    /// applied (0: only by command).
+    history_retention_entries: u64,
     /// Where snapshot files live; snapshots are refused without one.
     snapshot_dir: Option<PathBuf>,
     /// Bumped whenever the replicated member addresses may have changed.
@@ -114,12 +162,24 @@ impl KvStateMachine {
     ///
     /// [`StoreError::MissingColumnFamily`].
     pub fn new(db: Arc<DB>, idempotency_window_entries: u64) -> Result<Self, StoreError> {
+        let reader = KvReader::new(db)?;
+        reader.migrate_revisions()?;
         Ok(Self {
-            reader: KvReader::new(db)?,
+            reader,
             idempotency_window_entries,
+            history_retention_entries: 0,
             snapshot_dir: None,
             members_changed: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// Compacts the revision history automatically to `entries` log
+    /// entries below the last applied (0: only `POST /v1/kv/compact`
+    /// compacts). Like the idempotency window, every replica must use the
+    /// same value: the history is replicated state.
+    pub fn with_history_retention(mut self, entries: u64) -> Self {
+        self.history_retention_entries = entries;
+        self
     }
 
     /// Enables snapshots, kept in `dir` (created if missing), and finishes
@@ -155,7 +215,12 @@ impl KvStateMachine {
     /// Decides `entries` by the rules of [`apply`] and writes the result
     /// in one batch.
     fn apply_batch(&self, entries: &[Entry]) -> Result<Vec<Outcome>, StoreError> {
-        let applied = apply::apply(&self.reader, self.idempotency_window_entries, entries)?;
+        let applied = apply::apply(
+            &self.reader,
+            self.idempotency_window_entries,
+            self.history_retention_entries,
+            entries,
+        )?;
         self.reader.write(applied.writes)?;
         if applied.members_changed {
             self.members_changed.send_modify(|v| *v += 1);

@@ -1,5 +1,5 @@
 //! The store's record formats and key layout, pure: key-value records
-//! (`version | crc32c | rev | value`), idempotency records of both
+//! (`version | crc32c | mod_rev | create_rev | version | value`), idempotency records of both
 //! versions, and the keys of `kv_meta`.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -79,41 +79,74 @@ pub(super) fn decode_u64(v: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
 }
 
-const RECORD_VERSION: u8 = 1;
+/// Version of the key-value records of earlier releases:
+/// `1 | crc32c:u32 | rev:u64 | value`. Still read: such a key was created
+/// at `rev` (its history before is not known), with version 1.
+const RECORD_V1: u8 = 1;
+/// Version of the key-value records written now:
+/// `2 | crc32c:u32 | mod_rev:u64 | create_rev:u64 | version:u64 | value`.
+const RECORD_V2: u8 = 2;
 
-/// A key-value record: `version:u8 | crc32c:u32 | rev:u64 | value`.
-pub(super) fn encode_record(rev: u64, value: &[u8]) -> Vec<u8> {
+/// A key-value record (version 2) of `v`; the CRC covers every byte after
+/// itself.
+pub(super) fn encode_record(v: &Versioned) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(29 + v.value.len());
+    out.put_u8(RECORD_V2);
+    out.put_u32(0);
+    out.put_u64(v.rev);
+    out.put_u64(v.create_rev);
+    out.put_u64(v.version);
+    out.put_slice(&v.value);
+    let crc = crc32c::crc32c(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_be_bytes());
+    out.to_vec()
+}
+
+/// Reads a key-value record of either version, checking its checksum.
+pub(super) fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreError> {
+    let corrupt = |detail| StoreError::Corruption {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail,
+    };
+    let header = match rec.first() {
+        Some(&RECORD_V1) => 13,
+        Some(&RECORD_V2) => 29,
+        Some(_) => return Err(corrupt("unknown record version")),
+        None => return Err(corrupt("record too short")),
+    };
+    if rec.len() < header {
+        return Err(corrupt("record too short"));
+    }
+    let crc = u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]]);
+    if crc32c::crc32c(&rec[5..]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let u64_at = |at: usize| decode_u64(&rec[at..at + 8]).unwrap_or_default();
+    let rev = u64_at(5);
+    let (create_rev, version) = if header == 13 {
+        (rev, 1)
+    } else {
+        (u64_at(13), u64_at(21))
+    };
+    Ok(Versioned {
+        value: Bytes::copy_from_slice(&rec[header..]),
+        rev,
+        create_rev,
+        version,
+    })
+}
+
+/// A version-1 record, as earlier releases wrote (to test reading them).
+#[cfg(test)]
+pub(super) fn encode_record_v1(rev: u64, value: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(13 + value.len());
-    out.put_u8(RECORD_VERSION);
+    out.put_u8(RECORD_V1);
     out.put_u32(0);
     out.put_u64(rev);
     out.put_slice(value);
     let crc = crc32c::crc32c(&out[5..]);
     out[1..5].copy_from_slice(&crc.to_be_bytes());
     out.to_vec()
-}
-
-/// Reads a key-value record, checking its version and checksum.
-pub(super) fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreError> {
-    let corrupt = |detail| StoreError::Corruption {
-        key: String::from_utf8_lossy(key).into_owned(),
-        detail,
-    };
-    if rec.len() < 13 {
-        return Err(corrupt("record too short"));
-    }
-    if rec[0] != RECORD_VERSION {
-        return Err(corrupt("unknown record version"));
-    }
-    let crc = u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]]);
-    if crc32c::crc32c(&rec[5..]) != crc {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let rev = decode_u64(&rec[5..13]).ok_or_else(|| corrupt("record too short"))?;
-    Ok(Versioned {
-        value: Bytes::copy_from_slice(&rec[13..]),
-        rev,
-    })
 }
 
 /// First byte of an idempotency record of version 2 and later. Records of

@@ -53,7 +53,10 @@ impl KvReader {
 
     /// Runs `read`, failing with [`StoreError::Installing`] when it overlaps
     /// a snapshot install.
-    fn consistent<T>(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn consistent<T>(
+        &self,
+        read: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let before = self.install_seq.load(Ordering::Acquire);
         if before % 2 == 1 {
             return Err(StoreError::Installing);
@@ -235,9 +238,10 @@ impl KvReader {
 
     /// A digest of the replicated state, for comparing replicas at the
     /// same applied index: the number of keys, and a CRC-32C over every
-    /// key-value record (key, revision, value) and every replicated
+    /// key-value record (key, revisions, value) and every replicated
     /// bookkeeping record (idempotency tokens and their order, member
-    /// addresses), read from one RocksDB snapshot. Two replicas that
+    /// addresses, the revision history and the store's revisions), read
+    /// from one RocksDB snapshot. Two replicas that
     /// applied the same log agree on it byte for byte.
     ///
     /// # Errors

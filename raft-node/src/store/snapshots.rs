@@ -120,6 +120,15 @@ impl KvStateMachine {
             raft_log::record::encode_snapshot_meta(meta),
         );
         batch.delete_cf(cf, INSTALLING_KEY);
+        // A snapshot (or backup) of a release without revisions: its history
+        // starts at its index, like a store of that release (see
+        // `KvReader::migrate_revisions`).
+        let revisions = super::mvcc::stored_revisions(&self.reader).map_err(|e| e.to_string())?;
+        if revisions.is_none() {
+            let at = meta.last_log_id.index.to_be_bytes();
+            batch.put_cf(cf, super::history::REVISION_KEY, at);
+            batch.put_cf(cf, super::history::COMPACTED_KEY, at);
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
@@ -260,6 +269,7 @@ impl KvStateMachine {
         let this = KvStateMachine {
             reader: self.reader.clone(),
             idempotency_window_entries: self.idempotency_window_entries,
+            history_retention_entries: self.history_retention_entries,
             snapshot_dir: Some(dir),
             members_changed: self.members_changed.clone(),
         };

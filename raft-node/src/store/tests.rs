@@ -59,7 +59,7 @@ fn leave_version_1_put(
     let db = log.db();
     let kv = db.cf_handle(KV_CF).unwrap();
     let meta = db.cf_handle(KV_META_CF).unwrap();
-    db.put_cf(&kv, key, encode_record(index, value)).unwrap();
+    db.put_cf(&kv, key, encode_record_v1(index, value)).unwrap();
     let mut rec = index.to_be_bytes().to_vec();
     rec.extend_from_slice(&fingerprint.to_be_bytes());
     rec.extend_from_slice(&Outcome::Applied { rev: index }.encode());
@@ -129,7 +129,9 @@ async fn preconditions_idempotency_and_the_applied_index_survive_a_reopen() {
         r.get(b"a").unwrap(),
         Some(Versioned {
             value: Bytes::from("3"),
-            rev: 3
+            rev: 3,
+            create_rev: 1,
+            version: 2,
         })
     );
     // The token is remembered across the restart...
@@ -551,8 +553,12 @@ fn random_log(rng: &mut rand_chacha::ChaCha8Rng, len: u64) -> Vec<Entry> {
                     .unwrap(),
                 client_addr: format!("127.0.0.1:{}", rng.gen_range(8000..8004)),
             })),
+            // A compaction, often refused (compacted, or in the future).
+            11..=13 => EntryPayload::Normal(crate::command::encode_compact(
+                rng.gen_range(index.saturating_sub(30)..=index),
+            )),
             // A retry of an earlier command, same token and all.
-            11..=30 if !log.is_empty() => {
+            14..=30 if !log.is_empty() => {
                 let back = rng.gen_range(1..=log.len().min(12));
                 log[log.len() - back].payload.clone()
             }
@@ -620,10 +626,22 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let window = rng.gen_range(1..=6);
+    // History kept for a few entries, or until compacted by command.
+    let retention = [0, 1, 5, 20][rng.gen_range(0..4)];
     let len = rng.gen_range(60..=200);
     let log = random_log(&mut rng, len);
-    let ctx =
-        format!("seed {seed} (replay: KV_REPLAY_SEED={seed}), window {window}, {len} entries");
+    let ctx = format!(
+        "seed {seed} (replay: KV_REPLAY_SEED={seed}), window {window}, \
+         retention {retention}, {len} entries"
+    );
+    let store = |dir: &std::path::Path, window| {
+        let (log, sm) = store(dir, window);
+        (log, sm.with_history_retention(retention))
+    };
+    let snapshotting = |dir: &std::path::Path, window| {
+        let (log, sm) = snapshotting(dir, window);
+        (log, sm.with_history_retention(retention))
+    };
 
     // Replica A applies one entry at a time: the reference.
     let a_dir = tempfile::tempdir().unwrap();
@@ -695,7 +713,8 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
 /// apply the same random log in different batches, with restarts, or
 /// from a snapshot plus the rest of the log, answer every entry the
 /// same and hold byte-identical state (data, idempotency records,
-/// member records) after every batch. `KV_SEEDS` sets how many seeds
+/// member records, revisions, history and its compaction, by command
+/// and by retention) after every batch. `KV_SEEDS` sets how many seeds
 /// (40), `KV_REPLAY_SEED` replays one.
 #[tokio::test]
 async fn replicas_are_a_function_of_the_log_whatever_the_batches() {

@@ -1,0 +1,423 @@
+//! Revisions on RocksDB: each key's create/mod revision and version,
+//! reads and listings at past revisions, compaction (by command and by
+//! retention), corrupted history refused, snapshots carrying the history,
+//! and stores and snapshots of the release before revisions.
+
+use raft_core::{EntryPayload, LogId, Membership, StateMachine};
+use raft_log::{RocksLog, RocksLogOptions};
+
+use super::history::history_key;
+use super::records::encode_record_v1;
+use super::*;
+use crate::command::{encode_compact, Command, Op, Precondition};
+
+fn open(dir: &std::path::Path) -> RocksLog {
+    RocksLog::open(
+        dir,
+        RocksLogOptions {
+            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
+            ..RocksLogOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn store(dir: &std::path::Path, retention: u64) -> (RocksLog, KvStateMachine) {
+    let log = open(dir);
+    let sm = KvStateMachine::new(log.db().clone(), 100)
+        .unwrap()
+        .with_history_retention(retention)
+        .with_snapshot_dir(dir.join("snapshots"))
+        .unwrap();
+    (log, sm)
+}
+
+fn normal(index: u64, payload: Bytes) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(payload),
+    }
+}
+
+fn cmd(index: u64, key: &str, op: Op, precondition: Precondition) -> Entry {
+    let c = Command {
+        op,
+        key: Bytes::from(key.to_owned()),
+        precondition,
+        idempotency_key: None,
+        principal: None,
+    };
+    normal(index, c.encode())
+}
+
+fn put(index: u64, key: &str, value: &str) -> Entry {
+    cmd(
+        index,
+        key,
+        Op::Put(Bytes::from(value.to_owned())),
+        Precondition::None,
+    )
+}
+
+fn del(index: u64, key: &str) -> Entry {
+    cmd(index, key, Op::Delete, Precondition::None)
+}
+
+fn compact(index: u64, rev: u64) -> Entry {
+    normal(index, encode_compact(rev))
+}
+
+fn blank(index: u64) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Blank,
+    }
+}
+
+/// `(value, create, mod, version)` of `key` at `at`.
+fn at(r: &KvReader, key: &str, at: Option<u64>) -> Option<(String, u64, u64, u64)> {
+    let (v, _) = r.get_at(key.as_bytes(), at).unwrap();
+    v.map(|v| {
+        (
+            String::from_utf8(v.value.to_vec()).unwrap(),
+            v.create_rev,
+            v.rev,
+            v.version,
+        )
+    })
+}
+
+fn v(value: &str, create: u64, modified: u64, version: u64) -> Option<(String, u64, u64, u64)> {
+    Some((value.to_owned(), create, modified, version))
+}
+
+/// The keys and values of a listing of `prefix` at `rev`, and the
+/// revision it read.
+fn listing(r: &KvReader, prefix: &str, rev: Option<u64>) -> (Vec<(String, String)>, u64) {
+    let mut out = Vec::new();
+    let (_, read) = r
+        .scan_at(prefix.as_bytes(), None, rev, |k, v| {
+            out.push((
+                String::from_utf8(k.to_vec()).unwrap(),
+                String::from_utf8(v.value.to_vec()).unwrap(),
+            ));
+            true
+        })
+        .unwrap();
+    (out, read)
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_and_mod_revisions_and_version_follow_put_put_delete_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 0);
+    let r = sm.reader();
+    sm.apply(&[put(1, "k", "a")]).await.unwrap();
+    assert_eq!(at(&r, "k", None), v("a", 1, 1, 1));
+    // A blank entry and a failed precondition make no revision.
+    let out = sm
+        .apply(&[
+            blank(2),
+            cmd(3, "k", Op::Delete, Precondition::IfMatch(9)),
+            put(4, "k", "b"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[1], Outcome::PreconditionFailed { current: Some(1) });
+    assert_eq!(at(&r, "k", None), v("b", 1, 4, 2));
+    assert_eq!(r.revisions().unwrap().current, 4);
+    sm.apply(&[del(5, "k"), del(6, "k")]).await.unwrap();
+    assert_eq!(at(&r, "k", None), None);
+    // The second delete found nothing: no revision.
+    assert_eq!(r.revisions().unwrap().current, 5);
+    sm.apply(&[put(7, "k", "c")]).await.unwrap();
+    assert_eq!(at(&r, "k", None), v("c", 7, 7, 1), "a delete starts over");
+    assert_eq!(
+        r.revisions().unwrap(),
+        Revisions {
+            current: 7,
+            compacted: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn past_revisions_read_as_they_were_after_overwrites_and_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 0);
+    let r = sm.reader();
+    sm.apply(&[put(1, "a", "1"), put(2, "a", "2"), put(3, "b", "x")])
+        .await
+        .unwrap();
+    sm.apply(&[put(4, "a", "3"), del(5, "b"), put(6, "ab", "y")])
+        .await
+        .unwrap();
+    assert_eq!(at(&r, "a", Some(1)), v("1", 1, 1, 1));
+    assert_eq!(at(&r, "a", Some(2)), v("2", 1, 2, 2));
+    assert_eq!(at(&r, "a", Some(3)), v("2", 1, 2, 2));
+    assert_eq!(at(&r, "a", Some(6)), v("3", 1, 4, 3));
+    assert_eq!(at(&r, "b", Some(2)), None, "not created yet");
+    assert_eq!(at(&r, "b", Some(4)), v("x", 3, 3, 1));
+    assert_eq!(at(&r, "b", Some(5)), None, "deleted");
+    assert_eq!(at(&r, "b", None), None);
+    // Listings as of a revision, including a key deleted since.
+    assert_eq!(
+        listing(&r, "", Some(3)),
+        (pairs(&[("a", "2"), ("b", "x")]), 3)
+    );
+    assert_eq!(listing(&r, "a", Some(5)), (pairs(&[("a", "3")]), 5));
+    assert_eq!(
+        listing(&r, "a", None),
+        (pairs(&[("a", "3"), ("ab", "y")]), 6)
+    );
+    // Paging at a revision goes on after the cursor, keys deleted since
+    // included.
+    let mut page = Vec::new();
+    let (more, _) = r
+        .scan_at(b"", None, Some(4), |k, _| {
+            page.push(k.to_vec());
+            false
+        })
+        .unwrap();
+    assert!(more);
+    let mut rest = Vec::new();
+    r.scan_at(b"", Some(&page[0]), Some(4), |k, _| {
+        rest.push(k.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!((page, rest), (vec![b"a".to_vec()], vec![b"b".to_vec()]));
+}
+
+#[tokio::test]
+async fn compacted_revisions_are_gone_and_future_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 0);
+    let r = sm.reader();
+    let out = sm
+        .apply(&[
+            put(1, "a", "1"),
+            put(2, "a", "2"),
+            del(3, "a"),
+            put(4, "b", "1"),
+            compact(5, 3),
+            compact(6, 3),
+            compact(7, 9),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[4], Outcome::Compacted { revision: 3 });
+    let refused = Outcome::CompactRefused {
+        compacted: 3,
+        current: 4,
+    };
+    assert_eq!(out[5], refused, "already compacted");
+    assert_eq!(out[6], refused, "in the future");
+    assert!(matches!(
+        r.get_at(b"a", Some(2)),
+        Err(StoreError::Compacted {
+            requested: 2,
+            compacted: 3
+        })
+    ));
+    assert!(matches!(
+        r.scan_at(b"", None, Some(1), |_, _| true),
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        r.get_at(b"a", Some(5)),
+        Err(StoreError::FutureRevision {
+            requested: 5,
+            current: 4
+        })
+    ));
+    // At the compacted revision itself, reads still answer.
+    assert_eq!(at(&r, "a", Some(3)), None);
+    assert_eq!(listing(&r, "", Some(3)), (vec![], 3));
+    // Nothing of the history before is left: no `h/` nor `g/` record.
+    let meta = r.db.cf_handle(KV_META_CF).unwrap();
+    let left =
+        r.db.iterator_cf(meta, rocksdb::IteratorMode::Start)
+            .filter(|i| {
+                let (k, _) = i.as_ref().unwrap();
+                k.starts_with(b"h/") || k.starts_with(b"g/")
+            })
+            .count();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn retention_compacts_history_older_than_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 3);
+    let r = sm.reader();
+    let entries: Vec<Entry> = (1..=10).map(|i| put(i, "k", &format!("v{i}"))).collect();
+    sm.apply(&entries).await.unwrap();
+    assert_eq!(
+        r.revisions().unwrap(),
+        Revisions {
+            current: 10,
+            compacted: 7
+        }
+    );
+    assert_eq!(at(&r, "k", Some(7)), v("v7", 1, 7, 7));
+    assert!(matches!(
+        r.get_at(b"k", Some(6)),
+        Err(StoreError::Compacted { compacted: 7, .. })
+    ));
+    // Entries that change nothing do not compact past the current revision.
+    let blanks: Vec<Entry> = (11..=20).map(blank).collect();
+    sm.apply(&blanks).await.unwrap();
+    assert_eq!(r.revisions().unwrap().compacted, 10);
+    assert_eq!(at(&r, "k", Some(10)), v("v10", 1, 10, 10));
+}
+
+#[tokio::test]
+async fn a_corrupted_history_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 0);
+    let r = sm.reader();
+    sm.apply(&[put(1, "k", "old"), put(2, "k", "new")])
+        .await
+        .unwrap();
+    let meta = r.db.cf_handle(KV_META_CF).unwrap();
+    let hk = history_key(b"k", 1);
+    let mut rec = r.db.get_cf(meta, &hk).unwrap().unwrap();
+    *rec.last_mut().unwrap() ^= 0x20;
+    r.db.put_cf(meta, &hk, &rec).unwrap();
+    assert!(matches!(
+        r.get_at(b"k", Some(1)),
+        Err(StoreError::Corruption { .. })
+    ));
+    assert!(matches!(
+        r.scan_at(b"", None, Some(1), |_, _| true),
+        Err(StoreError::Corruption { .. })
+    ));
+    // The current value does not need the history.
+    assert_eq!(at(&r, "k", None), v("new", 1, 2, 2));
+}
+
+fn snapshot_meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        last_log_id: LogId::new(1, index),
+        membership: Membership::new(vec![1]),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_carries_the_history_and_the_compaction_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), 0);
+    sm.apply(&[
+        put(1, "a", "1"),
+        put(2, "a", "2"),
+        del(3, "a"),
+        put(4, "b", "1"),
+        put(5, "b", "2"),
+        compact(6, 2),
+    ])
+    .await
+    .unwrap();
+    let data = sm.build_snapshot(&snapshot_meta(6)).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_l2, mut follower) = store(other.path(), 0);
+    follower
+        .install_snapshot(&snapshot_meta(6), data)
+        .await
+        .unwrap();
+    let (a, b) = (sm.reader(), follower.reader());
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert_eq!(b.revisions().unwrap(), a.revisions().unwrap());
+    assert_eq!(at(&b, "a", Some(2)), v("2", 1, 2, 2));
+    assert_eq!(at(&b, "b", Some(4)), v("1", 4, 4, 1));
+    assert!(matches!(
+        b.get_at(b"a", Some(1)),
+        Err(StoreError::Compacted { .. })
+    ));
+    // Both go on alike.
+    sm.apply(&[put(7, "a", "3")]).await.unwrap();
+    follower.apply(&[put(7, "a", "3")]).await.unwrap();
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert_eq!(at(&b, "a", None), v("3", 7, 7, 1));
+}
+
+/// What the release before revisions left: a version-1 record and the
+/// applied index, no revisions.
+fn leave_previous_release(db: &rocksdb::DB, key: &[u8], value: &[u8], index: u64) {
+    let kv = db.cf_handle(KV_CF).unwrap();
+    let meta = db.cf_handle(KV_META_CF).unwrap();
+    db.put_cf(kv, key, encode_record_v1(index, value)).unwrap();
+    db.put_cf(meta, b"applied", index.to_be_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn a_store_of_the_release_before_revisions_is_migrated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        leave_previous_release(log.db(), b"k", b"old", 3);
+    }
+    let (_log, mut sm) = store(dir.path(), 0);
+    let r = sm.reader();
+    assert_eq!(
+        r.revisions().unwrap(),
+        Revisions {
+            current: 3,
+            compacted: 3
+        }
+    );
+    assert_eq!(at(&r, "k", None), v("old", 3, 3, 1));
+    assert!(matches!(
+        r.get_at(b"k", Some(2)),
+        Err(StoreError::Compacted { .. })
+    ));
+    sm.apply(&[put(4, "k", "new")]).await.unwrap();
+    assert_eq!(at(&r, "k", None), v("new", 3, 4, 2));
+    assert_eq!(at(&r, "k", Some(3)), v("old", 3, 3, 1));
+}
+
+#[tokio::test]
+async fn a_snapshot_of_the_release_before_revisions_installs_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.snap");
+    {
+        let log = open(&dir.path().join("old"));
+        leave_previous_release(log.db(), b"k", b"old", 5);
+        crate::snapshot::write(
+            log.db(),
+            KV_CF,
+            KV_META_CF,
+            super::records::is_replicated_meta,
+            &path,
+            || {},
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    }
+    // That release's magic (the records are the same format).
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[..8].copy_from_slice(b"RKVSNAP1");
+    std::fs::write(&path, bytes).unwrap();
+    let (_log, mut sm) = store(&dir.path().join("new"), 0);
+    let data: raft_core::SnapshotData =
+        std::sync::Arc::new(raft_core::FileSource::open(&path).unwrap());
+    sm.install_snapshot(&snapshot_meta(5), data).await.unwrap();
+    let r = sm.reader();
+    assert_eq!(at(&r, "k", None), v("old", 5, 5, 1));
+    assert_eq!(
+        r.revisions().unwrap(),
+        Revisions {
+            current: 5,
+            compacted: 5
+        }
+    );
+}
