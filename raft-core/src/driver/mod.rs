@@ -57,9 +57,12 @@
 //!   the state machine and the log fit together;
 //! - `run.rs`: the engine task's loop, its clock and background events;
 //!   `requests.rs`: client requests; `ready.rs`: acting on each `Ready`;
+//!   `wake.rs`: its wait for the next input; `armed.rs`: its waits on
+//!   `watch` channels, registered once rather than at every wait;
 //! - `tasks.rs`: the storage, apply and network tasks;
 //! - `handle.rs`: [`RaftHandle`].
 
+mod armed;
 mod config;
 mod error;
 mod handle;

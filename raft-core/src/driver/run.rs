@@ -8,7 +8,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::handle::Request;
 use super::tasks::{Event, StorageJob};
-use super::wake::{Inputs, Wake};
+use super::wake::{Inputs, Wake, Watches};
 use super::{Driver, ProposeError, SnapshotError};
 use crate::engine::{ProposalRefused, Role, WriteId};
 use crate::message::{Message, MessageBody};
@@ -124,8 +124,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let apply_tx = self.apply_tx.clone();
         self.publish_metrics();
         let mut calm = Calm::default();
+        let mut watches = Watches::default();
         loop {
             let inputs = Inputs {
+                watches: &mut watches,
                 shutdown: &mut shutdown,
                 fatal: &mut fatal,
                 persisted: &mut persisted,
