@@ -57,7 +57,12 @@ impl Armed {
             let wait = self.wait.get_or_insert_with(|| {
                 // A clone has seen what the loop's receiver has seen.
                 let mut rx = rx.clone();
-                Box::pin(async move { rx.changed().await })
+                // Unconstrained: out of cooperative budget, `changed()`
+                // returns pending without registering, and the polls that
+                // follow only look at the channel.
+                Box::pin(tokio::task::unconstrained(
+                    async move { rx.changed().await },
+                ))
             });
             let Poll::Ready(result) = wait.as_mut().poll(cx) else {
                 if !registered {
@@ -112,6 +117,36 @@ mod tests {
         assert_eq!(ready(&mut armed, &rx).await, Some(true));
         assert_eq!(*rx.borrow_and_update(), 3);
         assert_eq!(ready(&mut armed, &rx).await, Some(false));
+    }
+
+    /// A wait first polled when its task has spent its cooperative budget
+    /// (tokio's `changed()` then returns at once without registering) must
+    /// still register: later polls only look at the channel.
+    #[tokio::test]
+    async fn an_armed_wait_first_polled_out_of_budget_still_wakes_its_task() {
+        let (tx, rx) = watch::channel(0u64);
+        let waiter = tokio::spawn(async move {
+            let mut armed = Armed::new();
+            let mut spent = false;
+            poll_fn(|cx| {
+                if !spent {
+                    spent = true;
+                    // `consume_budget` is pending once none is left.
+                    loop {
+                        let mut unit = std::pin::pin!(tokio::task::consume_budget());
+                        if unit.as_mut().poll(cx).is_pending() {
+                            break;
+                        }
+                    }
+                }
+                armed.poll(&rx, cx)
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send(1).unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+        assert!(woke.is_ok(), "the change did not wake the waiting task");
     }
 
     #[tokio::test]
