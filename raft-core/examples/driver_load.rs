@@ -8,11 +8,16 @@
 //! figures are noisy; the CPU time per proposal is not.
 //!
 //! Run it with `cargo run --release -p raftkv-core --features test-util
-//! --example driver_load -- [CLIENTS,...] [SECONDS] [SNAPSHOT_EVERY]`
-//! (defaults: `1,64,256,1024 3 0`; one second of warm-up comes before each
-//! measurement). Like `raft-bench driver`, it takes no snapshots unless
+//! --example driver_load -- [CLIENTS,...] [SECONDS] [SNAPSHOT_EVERY]
+//! [WARM_UP_SECONDS]` (defaults: `1,64,256,1024 3 0 1`; the warm-up comes
+//! before each measurement). Like `raft-bench driver`, it takes no snapshots unless
 //! `SNAPSHOT_EVERY` (entries applied between two) is set, so the in-memory
 //! logs grow for the whole run.
+//!
+//! Under valgrind (`valgrind --tool=callgrind --fair-sched=yes`), which
+//! counts instructions repeatably on a busy machine, set
+//! `DRIVER_LOAD_TICK_MS=100` so that the slowed-down leader's heartbeats
+//! stay ahead of the followers' election timeouts (10 ms ticks otherwise).
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +48,12 @@ fn main() {
     let snapshot_every: u64 = args
         .next()
         .map_or(0, |s| s.parse().expect("entries between snapshots"));
+    let warm_up: f64 = args
+        .next()
+        .map_or(1.0, |s| s.parse().expect("warm-up seconds"));
+    let tick = Duration::from_millis(std::env::var("DRIVER_LOAD_TICK_MS").map_or(10, |t| {
+        t.parse().expect("DRIVER_LOAD_TICK_MS: milliseconds")
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,8 +62,10 @@ fn main() {
     let payload = Bytes::from_static(&[7u8; 8]);
     for n in clients {
         rt.block_on(async {
-            let cluster = DriverCluster::start_with_snapshots(snapshot_every).await;
-            let _ = cluster.run_for(n, Duration::from_secs(1), payload.clone()).await;
+            let cluster = DriverCluster::start_with(snapshot_every, tick).await;
+            let warm = cluster
+                .run_for(n, Duration::from_secs_f64(warm_up), payload.clone())
+                .await;
             let cpu0 = cpu_time();
             let t0 = Instant::now();
             let run = cluster
@@ -62,7 +75,7 @@ fn main() {
             let cpu = cpu_time().zip(cpu0).map(|(a, b)| a - b);
             let us = |q| run.latency_ns.value_at_quantile(q) as f64 / 1e3;
             println!(
-                "{n:>5} clients: {:>10.0} committed/s, p50 {:>7.1} µs, p99 {:>7.1} µs, CPU {} µs/proposal ({} failed)",
+                "{n:>5} clients: {:>10.0} committed/s, p50 {:>7.1} µs, p99 {:>7.1} µs, CPU {} µs/proposal ({} committed, {} failed; {} more in the warm-up)",
                 run.committed as f64 / elapsed.as_secs_f64(),
                 us(0.5),
                 us(0.99),
@@ -70,7 +83,9 @@ fn main() {
                     "{:.2}",
                     c.as_secs_f64() * 1e6 / run.committed.max(1) as f64
                 )),
+                run.committed,
                 run.failed,
+                warm.committed,
             );
             cluster.shutdown().await;
         });

@@ -30,8 +30,10 @@
 //!
 //! The engine counts time in ticks; the driver derives them from the
 //! monotonic clock, not from how often its timer fired. Before it hands
-//! the engine a request, a message or a timer wake-up, it ticks the engine
-//! once for every tick interval that passed since the last one it counted.
+//! the engine a message, a request other than a proposal, a batch of
+//! proposals or a timer wake-up, it ticks the engine once for every tick
+//! interval that passed since the last one it counted (a proposal judges
+//! no time, so the proposals of one batch share one clock reading).
 //! So an engine task that was held up (waiting on a full storage queue,
 //! starved of CPU, or the whole process stopped with SIGSTOP)
 //! learns how much time went by before it does anything else: a leader
@@ -55,11 +57,14 @@
 //!   the state machine and the log fit together;
 //! - `run.rs`: the engine task's loop, its clock and background events;
 //!   `requests.rs`: client requests; `ready.rs`: acting on each `Ready`;
+//!   `wake.rs`: its wait for the next input; `armed.rs`: its waits on
+//!   `watch` channels, registered once rather than at every wait;
 //! - `tasks.rs`: the storage, apply and network tasks;
 //! - `handle.rs`: [`RaftHandle`];
 //! - `forward.rs`: a follower forwarding proposals and reads to its
 //!   leader over the transport, and the outputs kept for their answers.
 
+mod armed;
 mod config;
 mod error;
 mod forward;
@@ -103,9 +108,9 @@ pub struct Raft<L, S, T> {
 /// What a waiting proposal is keyed by until its entry is applied.
 struct PendingProposal<R> {
     term: Term,
-    /// When the driver took it: `raft_proposal_commit_seconds` measures
-    /// from here to the commit.
-    proposed: std::time::Instant,
+    /// When the driver took it (the clock reading of its batch):
+    /// `raft_proposal_commit_seconds` measures from here to the commit.
+    proposed: tokio::time::Instant,
     reply: oneshot::Sender<Result<R, ProposeError>>,
 }
 
@@ -168,9 +173,15 @@ struct Driver<R, T> {
     sending: BTreeSet<NodeId>,
     /// Membership changes waiting to complete.
     changes: Vec<PendingChange>,
-    /// `raft_proposals_pending`, set at every proposal: the handle, not a
-    /// registry lookup each time.
+    /// `raft_proposals_pending`, set after every batch of requests: the
+    /// handle, not a registry lookup each time.
     pending_gauge: metrics::Gauge,
+    /// `raft_proposals_total`, counted at every proposal (the handle, as
+    /// for `pending_gauge`).
+    proposals_counter: metrics::Counter,
+    /// The engine task's latest clock reading (when it last caught up the
+    /// engine's ticks).
+    now: tokio::time::Instant,
     /// `raft_proposal_commit_seconds`, recorded for every proposal.
     commit_latency: metrics::Histogram,
     /// Requests forwarded to the leader, waiting for its answer.

@@ -130,7 +130,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             let mut upto = std::mem::replace(&mut self.proposals, above);
             let in_range = upto.split_off(&first);
             // In increasing index order, as the apply task expects.
-            let committed = std::time::Instant::now();
+            let committed = tokio::time::Instant::now();
             let latency = &self.commit_latency;
             waiters.extend(in_range.into_iter().map(|(index, p)| {
                 latency.record(

@@ -14,7 +14,22 @@ use crate::message::MessageBody;
 use crate::transport::Transport;
 use crate::types::NodeId;
 
+impl<R> Request<R> {
+    /// Whether handling this request depends on the time (a lease read
+    /// does; a proposal does not): the engine task then catches up its
+    /// ticks first, even in the middle of a batch.
+    pub(super) fn judges_time(&self) -> bool {
+        !matches!(self, Request::Propose { .. })
+    }
+}
+
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
+    /// After a batch of inputs: sets the gauges that count what it added
+    /// (once per batch rather than once per proposal).
+    pub(super) fn end_batch(&mut self) {
+        self.report_pending_proposals();
+    }
+
     pub(super) fn handle_request(&mut self, req: Request<R>) {
         let Some(req) = self.forward_request(req) else {
             return;
@@ -32,10 +47,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     let _ = reply.send(Err(ProposeError::Overloaded));
                 }
                 Some(Ok(id)) => {
-                    metrics::counter!("raft_proposals_total").increment(1);
+                    self.proposals_counter.increment(1);
                     let pending = PendingProposal {
                         term: id.term,
-                        proposed: std::time::Instant::now(),
+                        proposed: self.now,
                         reply,
                     };
                     if let Some(old) = self.proposals.insert(id.index, pending) {
@@ -45,7 +60,6 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                             .reply
                             .send(Err(ProposeError::Superseded { index: id.index }));
                     }
-                    self.report_pending_proposals();
                 }
                 Some(Err(Some(e))) => {
                     metrics::counter!("raft_proposals_rejected_total").increment(1);

@@ -214,6 +214,8 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             sending: BTreeSet::new(),
             changes: Vec::new(),
             pending_gauge: metrics::gauge!("raft_proposals_pending"),
+            proposals_counter: metrics::counter!("raft_proposals_total"),
+            now: tokio::time::Instant::now(),
             commit_latency: metrics::histogram!("raft_proposal_commit_seconds"),
             forwards: Default::default(),
         };

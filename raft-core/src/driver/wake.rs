@@ -10,6 +10,7 @@ use std::task::Poll;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Interval;
 
+use super::armed::Armed;
 use super::handle::Request;
 use super::tasks::Event;
 use crate::engine::WriteId;
@@ -39,8 +40,29 @@ pub(super) enum Wake<P, R> {
     Request(Request<R>),
 }
 
+/// The loop's waits on its `watch` channels, kept registered from one wait
+/// to the next (see `armed.rs`).
+pub(super) struct Watches {
+    shutdown: Armed,
+    fatal: Armed,
+    persisted: Armed,
+    applied: Armed,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        Self {
+            shutdown: Armed::new(),
+            fatal: Armed::new(),
+            persisted: Armed::new(),
+            applied: Armed::new(),
+        }
+    }
+}
+
 /// The inputs of the driver loop, borrowed for one wait.
 pub(super) struct Inputs<'a, R> {
+    pub(super) watches: &'a mut Watches,
     pub(super) shutdown: &'a mut watch::Receiver<bool>,
     pub(super) fatal: &'a mut watch::Receiver<Option<String>>,
     pub(super) persisted: &'a mut watch::Receiver<Option<WriteId>>,
@@ -64,8 +86,13 @@ impl<R> Inputs<'_, R> {
     pub(super) async fn next<A: Future>(self, apply_slot: Option<A>) -> Wake<A::Output, R> {
         let mut apply_slot = pin!(apply_slot);
         let mut open = Open::default();
-        let (ticker, events, inbound, requests) =
-            (self.ticker, self.events, self.inbound, self.requests);
+        let (ticker, events, inbound, requests, watches) = (
+            self.ticker,
+            self.events,
+            self.inbound,
+            self.requests,
+            self.watches,
+        );
         // First, without waiting: a loaded driver finds an input ready on
         // almost every turn, and a `watch` checked for a change costs an
         // atomic load where waiting on it registers with (and then leaves)
@@ -111,19 +138,15 @@ impl<R> Inputs<'_, R> {
         if let Some(wake) = ready {
             return wake;
         }
-        let mut shutdown = pin!(shutdown.changed());
-        let mut fatal = pin!(fatal.changed());
-        let mut persisted = pin!(persisted.changed());
-        let mut applied = pin!(applied.changed());
         poll_fn(|cx| {
-            if shutdown.as_mut().poll(cx).is_ready() {
+            if watches.shutdown.poll(shutdown, cx).is_ready() {
                 return Poll::Ready(Wake::Shutdown);
             }
-            if fatal.as_mut().poll(cx).is_ready() {
+            if watches.fatal.poll(fatal, cx).is_ready() {
                 return Poll::Ready(Wake::Fatal);
             }
             if open.persisted {
-                if let Poll::Ready(changed) = persisted.as_mut().poll(cx) {
+                if let Poll::Ready(changed) = watches.persisted.poll(persisted, cx) {
                     if changed.is_ok() {
                         return Poll::Ready(Wake::Persisted);
                     }
@@ -131,7 +154,7 @@ impl<R> Inputs<'_, R> {
                 }
             }
             if open.applied {
-                if let Poll::Ready(changed) = applied.as_mut().poll(cx) {
+                if let Poll::Ready(changed) = watches.applied.poll(applied, cx) {
                     if changed.is_ok() {
                         return Poll::Ready(Wake::Applied);
                     }
@@ -221,6 +244,7 @@ mod tests {
 
     /// The receiving ends, and the timer (it fires every hour).
     struct Receivers {
+        watches: Watches,
         shutdown: watch::Receiver<bool>,
         fatal: watch::Receiver<Option<String>>,
         persisted: watch::Receiver<Option<WriteId>>,
@@ -250,6 +274,7 @@ mod tests {
             requests,
         };
         let receivers = Receivers {
+            watches: Watches::default(),
             shutdown: shutdown_rx,
             fatal: fatal_rx,
             persisted: persisted_rx,
@@ -267,6 +292,7 @@ mod tests {
         /// does), with `slot` as the wait for the apply queue.
         async fn woken_by<A: Future>(&mut self, slot: Option<A>) -> &'static str {
             let inputs = Inputs {
+                watches: &mut self.watches,
                 shutdown: &mut self.shutdown,
                 fatal: &mut self.fatal,
                 persisted: &mut self.persisted,
