@@ -251,7 +251,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 // Not applied here yet: wait like a local proposal.
                 let pending = PendingProposal {
                     term: id.term,
-                    proposed: sent.at,
+                    proposed: sent.at.into(),
                     reply: sent.reply,
                 };
                 if let Some(old) = self.proposals.insert(id.index, pending) {
