@@ -54,6 +54,10 @@ type ReadReply = oneshot::Sender<Result<Index, ReadError>>;
 
 /// Requests this follower forwarded and waits to hear about.
 pub(super) struct Forwards<R> {
+    /// The next request id. A run starts at a random point of a 2^62
+    /// range, so an answer addressed to a previous run of this node (still
+    /// on its way when it restarted) names no request of this one: taken
+    /// for a new read, its older index would serve a stale read.
     next_id: u64,
     proposals: HashMap<u64, Sent<ProposeReply<R>>>,
     reads: HashMap<u64, Sent<ReadReply>>,
@@ -77,7 +81,7 @@ struct Sent<T> {
 impl<R> Default for Forwards<R> {
     fn default() -> Self {
         Self {
-            next_id: 1,
+            next_id: 1 + (rand::random::<u64>() >> 2),
             proposals: HashMap::new(),
             reads: HashMap::new(),
             retaining: false,
