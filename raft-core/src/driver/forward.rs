@@ -258,12 +258,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     proposed: sent.at,
                     reply: sent.reply,
                 };
-                if let Some(old) = self.proposals.insert(id.index, pending) {
-                    let _ = old
-                        .reply
-                        .send(Err(ProposeError::Superseded { index: id.index }));
-                }
-                self.report_pending_proposals();
+                self.wait_for_entry(id.index, pending);
             }
             ForwardProposeResult::Appended(id) => {
                 // Already handed to the state machine: claim its output.
@@ -290,6 +285,19 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             ForwardReadResult::Refused(reason) => Err(ReadError::from(reason)),
         };
         let _ = sent.reply.send(answer);
+    }
+
+    /// Makes `pending` wait for the apply of `index`. A proposal already
+    /// waiting there (appended by a leader of another term: a forwarded
+    /// one whose answer came first or later, or this node's own) is
+    /// answered [`ProposeError::OutcomeUnknown`]: an entry another leader
+    /// put at the same index does not prove that it will not commit (it
+    /// may itself be overwritten), and one index holds one waiter.
+    pub(super) fn wait_for_entry(&mut self, index: Index, pending: PendingProposal<R>) {
+        if let Some(old) = self.proposals.insert(index, pending) {
+            let _ = old.reply.send(Err(ProposeError::OutcomeUnknown { index }));
+        }
+        self.report_pending_proposals();
     }
 
     /// Gives up on requests unanswered for longer than the forward timeout.
