@@ -112,7 +112,7 @@ fn describe_counters() {
     describe_counter!(
         "raft_forward_refused_total",
         Unit::Count,
-        "Client requests not forwarded: too many forwarded requests waiting, by kind."
+        "Client requests not forwarded: too many forwarded requests (or bytes of commands) waiting, by kind."
     );
     describe_counter!(
         "raft_forward_ignored_total",

@@ -54,6 +54,10 @@ type ReadReply = oneshot::Sender<Result<Index, ReadError>>;
 
 /// Requests this follower forwarded and waits to hear about.
 pub(super) struct Forwards<R> {
+    /// The next request id. A run starts at a random point of a 2^62
+    /// range, so an answer addressed to a previous run of this node (still
+    /// on its way when it restarted) names no request of this one: taken
+    /// for a new read, its older index would serve a stale read.
     next_id: u64,
     proposals: HashMap<u64, Sent<ProposeReply<R>>>,
     reads: HashMap<u64, Sent<ReadReply>>,
@@ -77,7 +81,7 @@ struct Sent<T> {
 impl<R> Default for Forwards<R> {
     fn default() -> Self {
         Self {
-            next_id: 1,
+            next_id: 1 + (rand::random::<u64>() >> 2),
             proposals: HashMap::new(),
             reads: HashMap::new(),
             retaining: false,
@@ -254,12 +258,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     proposed: sent.at.into(),
                     reply: sent.reply,
                 };
-                if let Some(old) = self.proposals.insert(id.index, pending) {
-                    let _ = old
-                        .reply
-                        .send(Err(ProposeError::Superseded { index: id.index }));
-                }
-                self.report_pending_proposals();
+                self.wait_for_entry(id.index, pending);
             }
             ForwardProposeResult::Appended(id) => {
                 // Already handed to the state machine: claim its output.
@@ -286,6 +285,19 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             ForwardReadResult::Refused(reason) => Err(ReadError::from(reason)),
         };
         let _ = sent.reply.send(answer);
+    }
+
+    /// Makes `pending` wait for the apply of `index`. A proposal already
+    /// waiting there (appended by a leader of another term: a forwarded
+    /// one whose answer came first or later, or this node's own) is
+    /// answered [`ProposeError::OutcomeUnknown`]: an entry another leader
+    /// put at the same index does not prove that it will not commit (it
+    /// may itself be overwritten), and one index holds one waiter.
+    pub(super) fn wait_for_entry(&mut self, index: Index, pending: PendingProposal<R>) {
+        if let Some(old) = self.proposals.insert(index, pending) {
+            let _ = old.reply.send(Err(ProposeError::OutcomeUnknown { index }));
+        }
+        // The pending gauge is set once per batch of inputs (`end_batch`).
     }
 
     /// Gives up on requests unanswered for longer than the forward timeout.

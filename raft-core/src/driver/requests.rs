@@ -53,13 +53,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                         proposed: self.now,
                         reply,
                     };
-                    if let Some(old) = self.proposals.insert(id.index, pending) {
-                        // The old entry at this index was overwritten, so it
-                        // was never committed.
-                        let _ = old
-                            .reply
-                            .send(Err(ProposeError::Superseded { index: id.index }));
-                    }
+                    self.wait_for_entry(id.index, pending);
                 }
                 Some(Err(Some(e))) => {
                     metrics::counter!("raft_proposals_rejected_total").increment(1);

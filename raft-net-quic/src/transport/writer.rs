@@ -43,6 +43,18 @@ pub(super) async fn writer(
                 continue;
             }
         };
+        if !speaks_forwarding(&conn) {
+            // Queued while the peer spoke forwarding, but the connection was
+            // replaced by one that does not (the peer restarted as an older
+            // release, or with forwarding off): such a peer would refuse the
+            // frame and close the connection, so these are dropped here.
+            let before = batch.len();
+            batch.retain(|m| !is_forwarding(&m.body));
+            metrics.dropped.increment((before - batch.len()) as u64);
+            if batch.is_empty() {
+                continue;
+            }
+        }
         if stream.as_ref().map(|(id, _)| *id) != Some(conn.stable_id()) {
             stream = None;
             match conn.open_uni().await {
