@@ -240,3 +240,34 @@ async fn revisions_over_http_on_every_member_and_after_a_snapshot() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     common::assert_running_without_panic(&mut procs, "after the revisions test");
 }
+
+/// Automatic compaction is replicated state: a node that joins with
+/// another `--history-retention` than the cluster's would keep another
+/// history (answer `?revision=` where the others answer 410, and differ
+/// in the digest). It stops with an error naming the flag instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_with_another_history_retention_stops_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, _client, l) =
+        led_cluster(dir.path(), 1, &["--history-retention=5".to_string()]).await;
+    let lead = procs.iter().find(|p| p.id == l).unwrap();
+    let mut new = common::joiner(dir.path(), 2, &lead.http, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = new.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the joiner with --history-retention=100000 (cluster: 5) still runs; log:\n{}",
+            new.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = new.log_text();
+    assert!(
+        log.contains("--history-retention") && log.contains('5'),
+        "the error names the flag and the cluster's value; log:\n{log}"
+    );
+}
