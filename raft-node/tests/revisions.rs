@@ -240,3 +240,80 @@ async fn revisions_over_http_on_every_member_and_after_a_snapshot() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     common::assert_running_without_panic(&mut procs, "after the revisions test");
 }
+
+/// Automatic compaction is replicated state: a node that joins with
+/// another `--history-retention` than the cluster's would keep another
+/// history (answer `?revision=` where the others answer 410, and differ
+/// in the digest). It stops with an error naming the flag instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_with_another_history_retention_stops_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, _client, l) =
+        led_cluster(dir.path(), 1, &["--history-retention=5".to_string()]).await;
+    let lead = procs.iter().find(|p| p.id == l).unwrap();
+    let mut new = common::joiner(dir.path(), 2, &lead.http, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = new.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the joiner with --history-retention=100000 (cluster: 5) still runs; log:\n{}",
+            new.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = new.log_text();
+    assert!(
+        log.contains("--history-retention") && log.contains('5'),
+        "the error names the flag and the cluster's value; log:\n{log}"
+    );
+}
+
+/// A listing at a past revision reads the history of keys that no longer
+/// exist then: that work counts toward `--max-list-bytes` like the values
+/// read, so a prefix of many deleted keys is paged (short pages with a
+/// cursor), not read whole by one request whatever its `limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_at_a_revision_pages_through_deleted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, _client, l) =
+        led_cluster(dir.path(), 1, &["--max-list-bytes=1024".to_string()]).await;
+    let base = &procs.iter().find(|p| p.id == l).unwrap().http;
+    let c = http();
+    for i in 0..60 {
+        put(&c, base, &format!("d%2F{i:03}"), "v").await;
+    }
+    for i in 0..60 {
+        let r = c
+            .delete(format!("{base}/v1/kv/d%2F{i:03}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let now = put(&c, base, "e", "v").await;
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = format!("{base}/v1/kv?prefix=d%2F&limit=1000&revision={now}");
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let (status, page) = json_of(c.get(url).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["items"], json!([]), "every d/ key is deleted at {now}");
+        pages += 1;
+        if page["more"] != json!(true) {
+            break;
+        }
+        cursor = Some(page["next"].as_str().expect("a cursor").to_owned());
+        assert!(pages < 100, "the cursor moves on");
+    }
+    assert!(
+        pages > 1,
+        "60 deleted keys read in one page of a 1,024-byte listing"
+    );
+}

@@ -99,8 +99,9 @@ async fn membership_answer(
     }
 }
 
-/// A configuration, the member addresses and the cluster id (which a
-/// node joining with `--join` learns from the answer to its request).
+/// A configuration, the member addresses, the cluster id (which a node
+/// joining with `--join` learns from the answer to its request) and the
+/// idempotency window and history retention (which it must share).
 fn membership_json(state: &AppState, m: &Membership, members: &[Member]) -> serde_json::Value {
     json!({
         "cluster_id": state.transport.cluster_id().map(crate::node::cluster_id::to_hex),
@@ -111,6 +112,10 @@ fn membership_json(state: &AppState, m: &Membership, members: &[Member]) -> serd
             "joint": m.is_joint(),
         },
         "members": members,
+        // Replicated rules every node must share: a node joining with
+        // `--join` refuses to go on with other values.
+        "idempotency_window": state.cfg.idempotency_window,
+        "history_retention": state.cfg.history_retention,
     })
 }
 

@@ -81,6 +81,10 @@ struct PageRequest {
     at: Option<u64>,
 }
 
+/// What examining a key that has no value at a past revision counts
+/// toward `--max-list-bytes` besides the key: its history records read.
+const EXAMINED_KEY_COST: usize = 64;
+
 /// One item encoded, with a leading comma when it is not the first.
 fn encode_item(key: &[u8], v: &Versioned, keys_only: bool, first: bool) -> Vec<u8> {
     let value = &v.value[..];
@@ -125,7 +129,7 @@ fn list_page(
     let mut failure = None;
     let mut cut_short = false;
     let (more, revision) = reader
-        .scan_at(
+        .scan_at_examining(
             page.prefix.as_bytes(),
             page.after.as_deref(),
             page.at,
@@ -134,6 +138,14 @@ fn list_page(
                     failure = Some(ListFailure::Cancelled);
                     return false;
                 }
+                // A key with no value at a past revision: its history was
+                // read; that counts, and the next page goes on after it.
+                let Some(v) = v else {
+                    read += k.len() + EXAMINED_KEY_COST;
+                    last = Some(k.to_vec());
+                    cut_short = read >= page.max_bytes;
+                    return !cut_short;
+                };
                 let out = encode_item(k, &v, page.keys_only, count == 0);
                 if !limits.reserve_more(&mut budget, out.len()) {
                     if count == 0 {

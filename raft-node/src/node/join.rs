@@ -71,6 +71,7 @@ pub(super) async fn join(
     db: &rocksdb::DB,
 ) -> anyhow::Result<()> {
     let reply = ask_to_join(cfg).await?;
+    check_replicated_rules(cfg, &reply)?;
     // The cluster id first: this node dials the members from here on.
     if let Some(hex) = reply.get("cluster_id").and_then(|v| v.as_str()) {
         let id = super::cluster_id::parse(hex).with_context(|| {
@@ -91,5 +92,39 @@ pub(super) async fn join(
         members = directory.all().len(),
         "joined the cluster as a learner; catching up"
     );
+    Ok(())
+}
+
+/// Refuses to go on when the cluster forgets idempotency tokens or
+/// compacts revision history by another rule than this node's flags: both
+/// are replicated state, so this node would diverge from the others (a
+/// `?revision=` read answered where they answer 410, another digest).
+/// An answer without the fields (a release before them) is taken as is.
+fn check_replicated_rules(cfg: &NodeConfig, reply: &serde_json::Value) -> anyhow::Result<()> {
+    let rules = [
+        (
+            "--idempotency-window",
+            "idempotency_window",
+            cfg.idempotency_window,
+        ),
+        (
+            "--history-retention",
+            "history_retention",
+            cfg.history_retention,
+        ),
+    ];
+    for (flag, field, ours) in rules {
+        if let Some(theirs) = reply.get(field).and_then(serde_json::Value::as_u64) {
+            if theirs != ours {
+                bail!(
+                    "the cluster runs with {flag}={theirs} but this node was started with \
+                     {flag}={ours}; every node must use the same value. Node {id} is now a \
+                     learner that will not start: remove it (DELETE /v1/cluster/members/{id}), \
+                     then start it again with {flag}={theirs} and an empty data directory",
+                    id = cfg.id
+                );
+            }
+        }
+    }
     Ok(())
 }

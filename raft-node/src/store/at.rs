@@ -7,8 +7,8 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 
 use super::apply::{Cf, StoreView};
 use super::history::{
-    decode_history, decode_history_key, history_key, history_of, history_prefix, COMPACTED_KEY,
-    REVISION_KEY,
+    decode_history, decode_history_key, history_after, history_key, history_of, history_prefix,
+    COMPACTED_KEY, REVISION_KEY,
 };
 use super::mvcc::{stored_revisions, Revisions};
 use super::records::{decode_record, decode_u64};
@@ -175,18 +175,24 @@ impl AtView<'_> {
             )
             .map(|i| i.map(|(k, _)| k.to_vec()).map_err(StoreError::from))
             .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(prefix)));
-        let past = self
-            .db
-            .iterator_cf_opt(
-                meta,
-                self.opts(),
-                IteratorMode::From(&hist_start, Direction::Forward),
-            )
-            .take_while(move |i| i.as_ref().map_or(true, |(k, _)| k.starts_with(&hist_range)))
-            .map(|i| {
-                let (k, _) = i?;
-                decode_history_key(&k).map(|(key, _)| key)
-            });
+        // Each key once: past its first history record, a seek skips its
+        // other revisions, so a long history costs one step, not one per
+        // record.
+        let mut raw = self.db.raw_iterator_cf_opt(meta, self.opts());
+        raw.seek(&hist_start);
+        let past = std::iter::from_fn(move || {
+            let Some(k) = raw.key() else {
+                return raw.status().err().map(|e| Err(StoreError::from(e)));
+            };
+            if !k.starts_with(&hist_range) {
+                return None;
+            }
+            let decoded = decode_history_key(k).map(|(key, _)| key);
+            if let Ok(key) = &decoded {
+                raw.seek(history_after(key));
+            }
+            Some(decoded)
+        });
         let (mut keys, mut past) = (keys.peekable(), past.peekable());
         // The two sorted streams, merged (an error first).
         let mut merged = std::iter::from_fn(move || match (keys.peek(), past.peek()) {
@@ -293,6 +299,42 @@ impl KvReader {
                     return Ok((true, n));
                 }
                 stopped = !visit(&key, value);
+            }
+            Ok((false, n))
+        })
+    }
+
+    /// [`KvReader::scan_at`] that also shows `visit` each key it examines
+    /// that has no value at the revision (`None`: one with history but
+    /// created later or deleted then), so that a caller can bound the work
+    /// of a past revision's scan, which such keys make without items.
+    /// Once `visit` returns `false`, "more" is whether any key to examine
+    /// follows (found without reading further).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`KvReader::get_at`].
+    pub fn scan_at_examining(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        at: Option<u64>,
+        mut visit: impl FnMut(&[u8], Option<Versioned>) -> bool,
+    ) -> Result<(bool, u64), StoreError> {
+        self.consistent(|| {
+            let v = self.at_view();
+            let (n, _) = v.check(at)?;
+            if at.is_none() {
+                let more = v.scan_now(prefix, after, |k, val| visit(k, Some(val)))?;
+                return Ok((more, n));
+            }
+            let mut stopped = false;
+            for key in v.candidates(prefix, after)? {
+                let key = key?;
+                if stopped {
+                    return Ok((true, n));
+                }
+                stopped = !visit(&key, v.value_at(&key, n)?);
             }
             Ok((false, n))
         })

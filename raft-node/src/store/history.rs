@@ -61,6 +61,14 @@ pub(super) fn history_of(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The first history key after every revision of exactly `key` (the
+/// history of the next key, if any): escaped keys never hold `0x00 0x02`.
+pub(super) fn history_after(key: &[u8]) -> Vec<u8> {
+    let mut k = history_prefix(key);
+    k.extend_from_slice(&[0x00, 0x02]);
+    k
+}
+
 /// The history key of `key` at `rev`.
 pub(super) fn history_key(key: &[u8], rev: u64) -> Vec<u8> {
     let mut k = history_of(key);
@@ -200,6 +208,11 @@ mod tests {
         let g = garbage_key(5, &history_key(b"x\0y", 3));
         assert_eq!(history_of_garbage(&g).unwrap(), history_key(b"x\0y", 3));
         assert!(g < garbage_bound(6) && g >= garbage_bound(5));
+        // Past every revision of a key, before the next key's history.
+        for w in keys.windows(2) {
+            assert!(history_key(w[0], u64::MAX) < history_after(w[0]));
+            assert!(history_after(w[0]) <= history_key(w[1], 0), "{w:?}");
+        }
     }
 
     #[test]
