@@ -8,12 +8,15 @@
 //! lock: eight lock round trips per wait of a loop that waits thousands of
 //! times a second, for channels of which two almost never change. An
 //! [`Armed`] wait registers once and is only made again after its channel
-//! changed; while the channel has not changed and the waker is the same,
-//! checking it is an atomic load.
+//! changed (or its registration was spent, see [`Relay`]); while the
+//! channel has not changed, nothing woke the registration and the waker is
+//! the same, checking it is two atomic loads.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::sync::watch;
 
@@ -26,14 +29,36 @@ pub(super) struct Armed {
     /// last found the channel changed (or never polled).
     wait: Option<Pin<Box<dyn Future<Output = Changed> + Send>>>,
     /// The waker `wait` was last polled with.
-    waker: Option<Waker>,
+    relay: Option<Arc<Relay>>,
+}
+
+/// The waker an armed wait registers with the channel: it wakes the task
+/// and notes that the registration is used up. A change wakes a waiter
+/// once and unregisters it; the loop may then take the change without
+/// polling the wait (its first look at its inputs does not wait), and
+/// without this note would go on taking the spent registration for a live
+/// one, asleep through every later change until something else woke it.
+struct Relay {
+    task: Waker,
+    fired: AtomicBool,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
 }
 
 impl Armed {
     pub(super) fn new() -> Self {
         Self {
             wait: None,
-            waker: None,
+            relay: None,
         }
     }
 
@@ -47,11 +72,13 @@ impl Armed {
         cx: &mut Context<'_>,
     ) -> Poll<Changed> {
         loop {
-            let registered =
-                self.wait.is_some() && self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            // Registered for this task, and not woken since.
+            let registered = self.wait.is_some()
+                && self.relay.as_ref().is_some_and(|r| {
+                    !r.fired.load(Ordering::Acquire) && r.task.will_wake(cx.waker())
+                });
             if registered && matches!(rx.has_changed(), Ok(false)) {
-                // Registered with this task's waker, nothing new: the
-                // channel wakes the task when it changes.
+                // The channel wakes the task when it changes.
                 return Poll::Pending;
             }
             let wait = self.wait.get_or_insert_with(|| {
@@ -64,14 +91,27 @@ impl Armed {
                     async move { rx.changed().await },
                 ))
             });
-            let Poll::Ready(result) = wait.as_mut().poll(cx) else {
-                if !registered {
-                    self.waker = Some(cx.waker().clone());
+            let relay = match &self.relay {
+                Some(r) if r.task.will_wake(cx.waker()) => {
+                    // Cleared before the poll: a change after it either
+                    // shows in the poll or fires the relay again.
+                    r.fired.store(false, Ordering::Release);
+                    Arc::clone(r)
                 }
+                _ => {
+                    let r = Arc::new(Relay {
+                        task: cx.waker().clone(),
+                        fired: AtomicBool::new(false),
+                    });
+                    self.relay = Some(Arc::clone(&r));
+                    r
+                }
+            };
+            let waker = Waker::from(relay);
+            let Poll::Ready(result) = wait.as_mut().poll(&mut Context::from_waker(&waker)) else {
                 return Poll::Pending;
             };
             self.wait = None;
-            self.waker = None;
             if result.is_ok() && matches!(rx.has_changed(), Ok(false)) {
                 // A change the loop has taken meanwhile (through a check
                 // that did not wait): wait for the next one.
@@ -147,6 +187,46 @@ mod tests {
         tx.send(1).unwrap();
         let woke = tokio::time::timeout(Duration::from_secs(2), waiter).await;
         assert!(woke.is_ok(), "the change did not wake the waiting task");
+    }
+
+    /// As the loop waits: looks first, waits through `armed` if nothing is
+    /// new; takes the value.
+    async fn next(armed: &mut Armed, rx: &mut watch::Receiver<u64>) -> u64 {
+        poll_fn(|cx| {
+            if rx.has_changed().unwrap_or(true) {
+                return Poll::Ready(*rx.borrow_and_update());
+            }
+            armed.poll(rx, cx).map(|_| *rx.borrow_and_update())
+        })
+        .await
+    }
+
+    /// The loop's first look at its inputs takes a change without polling
+    /// the armed wait (`has_changed`, then `borrow_and_update`). The wait
+    /// registered before that change was woken by it and is registered no
+    /// more: the next change must still wake the task.
+    #[tokio::test]
+    async fn a_change_after_one_taken_without_the_armed_wait_still_wakes_its_task() {
+        let (tx, mut rx) = watch::channel(0u64);
+        let (took_tx, took_rx) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn(async move {
+            let mut armed = Armed::new();
+            assert_eq!(next(&mut armed, &mut rx).await, 1);
+            let _ = took_tx.send(());
+            next(&mut armed, &mut rx).await
+        });
+        tokio::task::yield_now().await;
+        tx.send(1).unwrap();
+        took_rx.await.expect("the waiter took the first change");
+        // The waiter is parked in its second wait (a current-thread
+        // runtime runs this task only once it is).
+        tx.send(2).unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+        assert_eq!(
+            woke.expect("the second change did not wake the waiting task")
+                .expect("task"),
+            2
+        );
     }
 
     #[tokio::test]

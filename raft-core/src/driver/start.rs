@@ -28,6 +28,9 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
     /// only when the log holds no configuration yet (a restarted node uses
     /// its own).
     ///
+    /// Install a `metrics` recorder first, if any: the metrics the driver
+    /// updates at every proposal are registered once, here.
+    ///
     /// # Errors
     ///
     /// [`StartError`] for an invalid configuration or unreadable storage.

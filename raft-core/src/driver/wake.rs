@@ -368,6 +368,73 @@ mod tests {
         assert_eq!(rx.woken_by(no_slot()).await, "pending");
     }
 
+    /// The loop as the driver runs it, in a task of its own: waits, and
+    /// reports what woke it (taking a watermark's new value); after a
+    /// request it is busy until `go` says so (handling a batch, it yields
+    /// or runs on another thread meanwhile).
+    fn spawn_loop(
+        mut rx: Receivers,
+        mut go: mpsc::UnboundedReceiver<()>,
+    ) -> mpsc::UnboundedReceiver<&'static str> {
+        let (woke_tx, woke) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let inputs = Inputs {
+                    watches: &mut rx.watches,
+                    shutdown: &mut rx.shutdown,
+                    fatal: &mut rx.fatal,
+                    persisted: &mut rx.persisted,
+                    applied: &mut rx.applied,
+                    ticker: &mut rx.ticker,
+                    events: &mut rx.events,
+                    inbound: &mut rx.inbound,
+                    requests: &mut rx.requests,
+                };
+                let wake = match inputs.next(no_slot()).await {
+                    Wake::Persisted => {
+                        rx.persisted.borrow_and_update();
+                        "persisted"
+                    }
+                    Wake::Request(_) => "request",
+                    Wake::Tick => "tick",
+                    _ => "other",
+                };
+                if woke_tx.send(wake).is_err() {
+                    return;
+                }
+                if wake == "request" && go.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        woke
+    }
+
+    /// A watermark that moves while the loop is busy is taken by the loop's
+    /// first look, without its registered wait (which that move woke, and
+    /// so unregistered): the next move must still wake the parked loop, not
+    /// wait for its timer (an hour here, on paused time).
+    #[tokio::test(start_paused = true)]
+    async fn a_watermark_moving_while_the_loop_is_busy_still_wakes_it_next_time() {
+        let (tx, rx) = sources();
+        let (go, go_rx) = mpsc::unbounded_channel();
+        let mut woke = spawn_loop(rx, go_rx);
+        let t0 = tokio::time::Instant::now();
+        // Parked, its waits registered; a request comes.
+        tokio::task::yield_now().await;
+        tx.requests.try_send(request()).unwrap();
+        assert_eq!(woke.recv().await, Some("request"));
+        // Busy with the request: the write it started becomes durable.
+        tx.persisted.send(None).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(woke.recv().await, Some("persisted"));
+        // Parked now; the next write becomes durable.
+        tokio::task::yield_now().await;
+        tx.persisted.send(None).unwrap();
+        assert_eq!(woke.recv().await, Some("persisted"));
+        assert_eq!(t0.elapsed(), Duration::ZERO, "woken at once, not by a tick");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn closed_sources_neither_wake_the_loop_nor_hide_the_others() {
         let (tx, mut rx) = sources();
