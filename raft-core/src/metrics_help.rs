@@ -82,113 +82,99 @@ fn describe_gauges() {
     );
 }
 
-fn describe_counters() {
-    describe_counter!(
+/// The counters: name and help text (all counted in `Unit::Count`).
+const COUNTER_HELP: &[(&str, &str)] = &[
+    (
         "raft_elections_started_total",
-        Unit::Count,
-        "Campaigns started, by kind (pre_candidate or candidate)."
-    );
-    describe_counter!(
+        "Campaigns started, by kind (pre_candidate or candidate).",
+    ),
+    (
         "raft_leader_changes_total",
-        Unit::Count,
         "New leaders (another node, or the same one in a later term) this node learned of since \
-         it started; the first leader after the start does not count."
-    );
-    describe_counter!(
+         it started; the first leader after the start does not count.",
+    ),
+    (
         "raft_proposals_total",
-        Unit::Count,
-        "Proposals appended to the log."
-    );
-    describe_counter!(
+        "Proposals appended to the log.",
+    ),
+    (
         "raft_proposals_rejected_total",
-        Unit::Count,
-        "Proposals refused (not the leader, overloaded, too large)."
-    );
-    describe_counter!(
+        "Proposals refused (not the leader, overloaded, too large).",
+    ),
+    (
         "raft_forwarded_total",
-        Unit::Count,
-        "Client requests this follower forwarded to its leader over the transport, by kind (propose, read)."
-    );
-    describe_counter!(
+        "Client requests this follower forwarded to its leader over the transport, by kind (propose, read).",
+    ),
+    (
         "raft_forward_refused_total",
-        Unit::Count,
-        "Client requests not forwarded: too many forwarded requests (or bytes of commands) waiting, by kind."
-    );
-    describe_counter!(
+        "Client requests not forwarded: too many forwarded requests (or bytes of commands) waiting, by kind.",
+    ),
+    (
         "raft_forward_ignored_total",
-        Unit::Count,
-        "Leader answers to forwarded requests no longer waited for (answered, timed out, or from another node)."
-    );
-    describe_counter!(
+        "Leader answers to forwarded requests no longer waited for (answered, timed out, or from another node).",
+    ),
+    (
         "raft_forward_timeouts_total",
-        Unit::Count,
-        "Forwarded requests given up after the forward timeout without the leader's answer."
-    );
-    describe_counter!(
+        "Forwarded requests given up after the forward timeout without the leader's answer.",
+    ),
+    (
         "raft_membership_changes_total",
-        Unit::Count,
-        "Membership changes started on this leader."
-    );
-    describe_counter!(
+        "Membership changes started on this leader.",
+    ),
+    (
         "raft_messages_sent_total",
-        Unit::Count,
-        "Messages handed to the transport."
-    );
-    describe_counter!(
+        "Messages handed to the transport.",
+    ),
+    (
         "raft_send_failures_total",
-        Unit::Count,
-        "Messages the transport refused."
-    );
-    describe_counter!(
+        "Messages the transport refused.",
+    ),
+    (
         "raft_outbound_dropped_total",
-        Unit::Count,
-        "Outbound messages dropped on a full queue."
-    );
-    describe_counter!(
+        "Outbound messages dropped on a full queue.",
+    ),
+    (
         "raft_inbound_dropped_total",
-        Unit::Count,
-        "Inbound messages dropped on a full queue."
-    );
-    describe_counter!(
+        "Inbound messages dropped on a full queue.",
+    ),
+    (
         "raft_messages_invalid_term_total",
-        Unit::Count,
-        "Peer messages refused for their term."
-    );
-    describe_counter!(
+        "Peer messages refused for their term.",
+    ),
+    (
         "raft_appends_deferred_total",
-        Unit::Count,
-        "Entries from the leader left for later because applying lags behind."
-    );
-    describe_counter!(
+        "Entries from the leader left for later because applying lags behind.",
+    ),
+    (
         "raft_ticks_late_total",
-        Unit::Count,
-        "Ticks the engine got late because its task was held up."
-    );
-    describe_counter!(
+        "Ticks the engine got late because its task was held up.",
+    ),
+    (
         "raft_entries_read_back_total",
-        Unit::Count,
-        "Entries a leader read back from storage for followers."
-    );
-    describe_counter!(
+        "Entries a leader read back from storage for followers.",
+    ),
+    (
         "raft_snapshots_built_total",
-        Unit::Count,
-        "Snapshots taken."
-    );
-    describe_counter!(
+        "Snapshots taken.",
+    ),
+    (
         "raft_snapshots_installed_total",
-        Unit::Count,
-        "Snapshots installed from a leader."
-    );
-    describe_counter!(
+        "Snapshots installed from a leader.",
+    ),
+    (
         "raft_snapshots_sent_total",
-        Unit::Count,
-        "Snapshots streamed to followers."
-    );
-    describe_counter!(
+        "Snapshots streamed to followers.",
+    ),
+    (
         "raft_snapshot_failures_total",
-        Unit::Count,
-        "Snapshot failures, by op (build or send)."
-    );
+        "Snapshot failures, by op (build or send).",
+    ),
+];
+
+fn describe_counters() {
+    for &(name, help) in COUNTER_HELP {
+        describe_counter!(name, Unit::Count, help);
+    }
 }
 
 fn describe_histograms() {
