@@ -101,6 +101,11 @@ pub enum Outcome {
         /// The store's current revision.
         current: u64,
     },
+    /// A transaction ran (see [`crate::txn`]).
+    Txn(Box<crate::txn::TxnResponse>),
+    /// A transaction was refused when applied (a range too large, see
+    /// [`crate::txn::TxnRefusal`]); nothing changed.
+    TxnRefused(String),
 }
 
 /// First byte of an entry that records a member's addresses (not a
@@ -402,6 +407,18 @@ impl Outcome {
                 out.put_u64(*compacted);
                 out.put_u64(*current);
             }
+            // Transactions carry no idempotency key, so their outcome is
+            // never stored: only whether it succeeded and its revision are
+            // encoded.
+            Outcome::Txn(t) => {
+                out.put_u8(9);
+                out.put_u8(u8::from(t.succeeded));
+                out.put_u64(t.revision);
+            }
+            Outcome::TxnRefused(m) => {
+                out.put_u8(10);
+                put_bytes(&mut out, m.as_bytes());
+            }
         }
         out.freeze()
     }
@@ -439,6 +456,22 @@ impl Outcome {
                 compacted: get_u64(&mut buf, "revision")?,
                 current: get_u64(&mut buf, "revision")?,
             },
+            9 => {
+                let succeeded = match get_u8(&mut buf, "succeeded")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError("succeeded")),
+                };
+                Outcome::Txn(Box::new(crate::txn::TxnResponse {
+                    succeeded,
+                    revision: get_u64(&mut buf, "revision")?,
+                    responses: Vec::new(),
+                }))
+            }
+            10 => {
+                let m = get_bytes(&mut buf, "message")?;
+                Outcome::TxnRefused(String::from_utf8_lossy(&m).into_owned())
+            }
             _ => return Err(DecodeError("outcome")),
         };
         Ok(o)
@@ -494,6 +527,12 @@ mod tests {
                 compacted: 4,
                 current: 8,
             },
+            Outcome::Txn(Box::new(crate::txn::TxnResponse {
+                succeeded: true,
+                revision: 7,
+                responses: Vec::new(),
+            })),
+            Outcome::TxnRefused("too large".into()),
         ];
         assert_eq!(decode_compact(&encode_compact(42)), Ok(42));
         assert!(decode_compact(&encode_compact(42)[..8]).is_err());

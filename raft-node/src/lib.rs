@@ -35,3 +35,4 @@ pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod txn;

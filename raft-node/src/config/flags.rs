@@ -152,6 +152,17 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_LIST_BYTES")]
     pub max_list_bytes: Option<usize>,
 
+    /// Most compares, and most operations in each branch, of a
+    /// transaction (etcd's --max-txn-ops). [default: 128]
+    #[arg(long, env = "RAFT_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
+
+    /// Most keys one range of a transaction (a compare, a range read or a
+    /// range delete) may cover; a transaction with a larger range is
+    /// refused and changes nothing. [default: 10000]
+    #[arg(long, env = "RAFT_MAX_TXN_RANGE_KEYS")]
+    pub max_txn_range_keys: Option<u32>,
+
     /// Client connections open at once (HTTP or HTTPS). At the cap a new
     /// connection replaces the one idle the longest; when every connection
     /// is serving a request it gets 503. [default: 4096]
@@ -425,6 +436,8 @@ impl RunArgs {
             max_concurrent_requests,
             max_list_limit,
             max_list_bytes,
+            max_txn_ops,
+            max_txn_range_keys,
             http_max_connections,
             http_header_timeout_ms,
             http_idle_timeout_ms,

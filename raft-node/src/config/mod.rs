@@ -96,8 +96,13 @@ pub struct NodeConfig {
     pub max_concurrent_requests: usize,
     /// Range listing limit.
     pub max_list_limit: usize,
-    /// Largest range-listing answer in bytes.
+    /// Largest range-listing answer in bytes; also the most bytes of keys
+    /// and values a transaction reads or deletes.
     pub max_list_bytes: usize,
+    /// Most compares, and operations per branch, of a transaction.
+    pub max_txn_ops: usize,
+    /// Most keys one range of a transaction may cover.
+    pub max_txn_range_keys: u32,
     /// Client connections open at once.
     pub http_max_connections: usize,
     /// From a request head's first byte to its end.
@@ -209,6 +214,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_list_limit", &self.max_list_limit)
             .field("max_list_bytes", &self.max_list_bytes)
+            .field("max_txn_ops", &self.max_txn_ops)
+            .field("max_txn_range_keys", &self.max_txn_range_keys)
             .field("http_max_connections", &self.http_max_connections)
             .field("http_header_timeout", &self.http_header_timeout)
             .field("http_idle_timeout", &self.http_idle_timeout)

@@ -129,6 +129,8 @@ impl RunArgs {
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(1024),
             max_list_limit: self.max_list_limit.unwrap_or(1000),
             max_list_bytes: self.max_list_bytes.unwrap_or(8 << 20),
+            max_txn_ops: self.max_txn_ops.unwrap_or(128),
+            max_txn_range_keys: self.max_txn_range_keys.unwrap_or(10_000),
             http_max_connections: self.http_max_connections.unwrap_or(4096),
             http_header_timeout: ms(self.http_header_timeout_ms, 10_000),
             http_idle_timeout: ms(self.http_idle_timeout_ms, 60_000),
@@ -318,6 +320,8 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
             usize::from(!cfg.backup_max_duration.is_zero()),
         ),
         ("--max-list-limit", cfg.max_list_limit),
+        ("--max-txn-ops", cfg.max_txn_ops),
+        ("--max-txn-range-keys", cfg.max_txn_range_keys as usize),
         ("--max-connections-per-peer", cfg.max_connections_per_peer),
         ("--peer-handshakes-per-ip", cfg.peer_handshakes_per_ip),
     ] {

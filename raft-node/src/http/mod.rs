@@ -4,7 +4,7 @@
 //! what needs the leader, once (a forwarded request is never forwarded again).
 //!
 //! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
-//! `cluster` (membership and leadership), `revisions` (revision headers,
+//! `cluster` (membership and leadership), `txn` (`POST /v1/txn`), `revisions` (revision headers,
 //! `?revision=`, `POST /v1/cluster/compact`), `ops` (status, health,
 //! metrics, snapshots), `backup` (`GET /v1/cluster/backup`); and the layers around them: `auth` (bearer
 //! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
@@ -21,6 +21,7 @@ mod limits;
 mod listing;
 mod ops;
 mod revisions;
+mod txn;
 
 use std::sync::Arc;
 
@@ -118,6 +119,7 @@ pub fn router(state: Shared) -> Router {
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route("/v1/txn", post(txn::txn))
         .route("/v1/cluster", get(ops::cluster))
         .route(
             "/v1/cluster/transfer-leader",

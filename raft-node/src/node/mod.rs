@@ -44,6 +44,8 @@ pub struct RunningNode {
     pub client_addr: SocketAddr,
     /// The peer address actually bound.
     pub peer_addr: SocketAddr,
+    /// The limits of transactions (from the settings).
+    pub txn_limits: crate::txn::TxnLimits,
     transport: QuicTransport,
     http_stop: watch::Sender<bool>,
     http: JoinHandle<()>,
@@ -351,6 +353,7 @@ pub async fn start(
         reader,
         client_addr,
         peer_addr,
+        txn_limits: crate::txn::TxnLimits::of(&cfg),
         transport,
         http_stop: http.stop,
         http: http.task,
@@ -361,6 +364,20 @@ pub async fn start(
 }
 
 impl RunningNode {
+    /// Runs a transaction ([`crate::txn`]) through this node: proposed like
+    /// every write (forwarded to the leader inside Raft from a follower),
+    /// answered from this node's apply of it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::txn::TxnError`].
+    pub async fn txn(
+        &self,
+        req: crate::txn::TxnRequest,
+    ) -> Result<crate::txn::TxnResponse, crate::txn::TxnError> {
+        crate::txn::propose(&self.raft, &self.txn_limits, req).await
+    }
+
     /// Graceful stop: a leader hands leadership to another voter first; the
     /// HTTP server stops taking requests and lets in-flight ones finish
     /// (they fail with 503 once Raft stops), then Raft, the transport and

@@ -21,6 +21,7 @@ use super::records::{
 };
 use super::{StoreError, Versioned};
 use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, COMPACT_TAG, MEMBER_TAG};
+use crate::txn::codec::TXN_TAG;
 
 /// The column family a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +57,20 @@ pub(super) trait StoreView {
     ///
     /// The store cannot be read.
     fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// At most `limit` keys of `cf` from `start` (inclusive) to `end`
+    /// (exclusive; `None`: to the last key), in order.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    fn keys_in(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
 /// What a batch of entries does.
@@ -103,6 +118,9 @@ pub(super) fn apply(
             }
             EntryPayload::Normal(data) if data.first() == Some(&COMPACT_TAG) => {
                 batch.compact_command(e.index, data)?
+            }
+            EntryPayload::Normal(data) if data.first() == Some(&TXN_TAG) => {
+                batch.txn_command(e.index, data)?
             }
             EntryPayload::Normal(data) => match Command::decode(data.clone()) {
                 Ok(cmd) => batch.command(e.index, &cmd)?,
@@ -398,6 +416,23 @@ mod tests {
                 .0
                 .range((cf, start.to_vec())..(cf, end.to_vec()))
                 .map(|((_, k), _)| k.clone())
+                .collect())
+        }
+
+        fn keys_in(
+            &self,
+            cf: Cf,
+            start: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<Vec<u8>>, StoreError> {
+            Ok(self
+                .0
+                .range((cf, start.to_vec())..)
+                .map(|((c, k), _)| (*c, k))
+                .take_while(|(c, k)| *c == cf && end.is_none_or(|e| k.as_slice() < e))
+                .take(limit)
+                .map(|(_, k)| k.clone())
                 .collect())
         }
     }

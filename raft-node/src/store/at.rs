@@ -55,6 +55,33 @@ impl StoreView for AtView<'_> {
         }
         Ok(out)
     }
+
+    fn keys_in(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let name = match cf {
+            Cf::Kv => KV_CF,
+            Cf::Meta => KV_META_CF,
+        };
+        let handle = self
+            .db
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))?;
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(start, Direction::Forward);
+        for item in self.db.iterator_cf_opt(handle, self.opts(), mode) {
+            let (k, _) = item?;
+            if out.len() >= limit || end.is_some_and(|e| k.as_ref() >= e) {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
 }
 
 impl AtView<'_> {

@@ -49,6 +49,9 @@ mod snapshots;
 mod tests;
 #[cfg(test)]
 mod tests_revisions;
+#[cfg(test)]
+mod tests_txn;
+mod txn;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -62,7 +62,7 @@ impl<V: StoreView> Batch<'_, V> {
     }
 
     /// The revisions before this point of the batch.
-    fn revisions(&mut self) -> Result<Revisions, StoreError> {
+    pub(super) fn revisions(&mut self) -> Result<Revisions, StoreError> {
         if let Some(r) = self.revisions {
             return Ok(r);
         }

@@ -330,4 +330,23 @@ impl StoreView for KvReader {
         }
         Ok(out)
     }
+
+    fn keys_in(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf_of(cf)?, mode) {
+            let (k, _) = item?;
+            if out.len() >= limit || end.is_some_and(|e| k.as_ref() >= e) {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
 }

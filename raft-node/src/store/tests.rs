@@ -557,6 +557,8 @@ fn random_log(rng: &mut rand_chacha::ChaCha8Rng, len: u64) -> Vec<Entry> {
             11..=13 => EntryPayload::Normal(crate::command::encode_compact(
                 rng.gen_range(index.saturating_sub(30)..=index),
             )),
+            // A transaction (sometimes refused: duplicate keys, limits).
+            31..=45 => EntryPayload::Normal(super::tests_txn::random_txn(rng, index)),
             // A retry of an earlier command, same token and all.
             14..=30 if !log.is_empty() => {
                 let back = rng.gen_range(1..=log.len().min(12));
@@ -714,7 +716,7 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
 /// from a snapshot plus the rest of the log, answer every entry the
 /// same and hold byte-identical state (data, idempotency records,
 /// member records, revisions, history and its compaction, by command
-/// and by retention) after every batch. `KV_SEEDS` sets how many seeds
+/// and by retention) after every batch; random transactions included. `KV_SEEDS` sets how many seeds
 /// (40), `KV_REPLAY_SEED` replays one.
 #[tokio::test]
 async fn replicas_are_a_function_of_the_log_whatever_the_batches() {
