@@ -102,3 +102,81 @@ async fn transactions_through_a_follower_and_a_compare_and_swap_race_with_one_wi
         json!(format!("client-{}", winners[0]))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keys_prefixes_and_every_refusal_as_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--max-txn-range-keys".to_owned(), "2".to_owned()];
+    let (procs, _client, _) = led_cluster(dir.path(), 1, &extra).await;
+    let node = &procs[0];
+
+    let (status, _, body) = txn(
+        node,
+        json!({"success": [
+            {"put": {"key": "jobs/1", "value_base64": "AP8="}},
+            {"put": {"key": "jobs/2", "value": "b"}},
+            {"range": {"key": "jobs/", "prefix": true}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let kvs = &body["responses"][2]["range"]["kvs"];
+    assert_eq!(kvs[0]["value_base64"], "AP8=", "{body}");
+    assert_eq!(kvs[1]["value"], "b", "{body}");
+
+    // A range over more keys than --max-txn-range-keys: 422, nothing
+    // applied.
+    txn(
+        node,
+        json!({"success": [{"put": {"key": "jobs/3", "value": "c"}}]}),
+    )
+    .await;
+    let (status, _, body) = txn(
+        node,
+        json!({"success": [{"delete_range": {"key": "jobs/", "prefix": true}}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["type"], "urn:raft-node:problem:txn-refused");
+    let (_, _, body) = txn(
+        node,
+        json!({"success": [{"range": {"key": "jobs/1", "range_end": "jobs/3", "count_only": true}}]}),
+    )
+    .await;
+    assert_eq!(body["responses"][0]["range"]["count"], 2, "{body}");
+
+    for (req, status, kind) in [
+        (
+            json!({"success": [{"put": {"key": "", "value": "x"}}]}),
+            400,
+            "empty-key",
+        ),
+        (
+            json!({"compare": [{"key": "a", "target": "lease", "result": "equal"}]}),
+            400,
+            "lease-unsupported",
+        ),
+        (json!({"success": [{"frobnicate": {}}]}), 400, "bad-request"),
+        (
+            json!({"success": [{"put": {"key": "a", "key_base64": "YQ=="}}]}),
+            400,
+            "bad-request",
+        ),
+    ] {
+        let (got, _, body) = txn(node, req.clone()).await;
+        assert_eq!(got, status, "{req}: {body}");
+        assert_eq!(
+            body["type"],
+            format!("urn:raft-node:problem:{kind}"),
+            "{req}"
+        );
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/txn", node.http))
+        .header("idempotency-key", "t1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+}

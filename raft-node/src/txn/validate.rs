@@ -188,3 +188,126 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Dels), TxnInval
     }
     Ok((puts, dels))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::txn::{Compare, CompareResult, DeleteRangeRequest, PutRequest};
+
+    fn put(k: &'static str) -> RequestOp {
+        RequestOp::Put(PutRequest {
+            key: Bytes::from_static(k.as_bytes()),
+            value: Bytes::new(),
+            prev_kv: false,
+        })
+    }
+
+    fn del(k: &'static str, end: &'static str) -> RequestOp {
+        RequestOp::DeleteRange(DeleteRangeRequest {
+            key: Bytes::from_static(k.as_bytes()),
+            range_end: Bytes::from_static(end.as_bytes()),
+            prev_kv: false,
+        })
+    }
+
+    fn ops(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure,
+        }
+    }
+
+    #[test]
+    fn etcds_duplicate_key_rule_on_one_path() {
+        let l = TxnLimits::default();
+        let dup = Err(TxnInvalid::DuplicateKey);
+        assert_eq!(check(&ops(vec![put("a"), put("a")], vec![]), &l), dup);
+        assert_eq!(check(&ops(vec![del("a", "c"), put("b")], vec![]), &l), dup);
+        assert_eq!(check(&ops(vec![put("b"), del("a", "\0")], vec![]), &l), dup);
+        // Two deletes may overlap; a put outside the range is fine; the
+        // two branches are two paths.
+        let fine = [
+            ops(vec![del("a", "c"), del("b", "d"), put("d")], vec![]),
+            ops(vec![put("a")], vec![put("a")]),
+            ops(
+                vec![RequestOp::Txn(ops(vec![put("a")], vec![put("a")]))],
+                vec![],
+            ),
+        ];
+        for t in fine {
+            assert_eq!(check(&t, &l), Ok(()), "{t:?}");
+        }
+        // A nested put of a key the outer path also puts or deletes.
+        let nested = |outer: RequestOp| {
+            ops(
+                vec![outer, RequestOp::Txn(ops(vec![], vec![put("a")]))],
+                vec![],
+            )
+        };
+        assert_eq!(check(&nested(put("a")), &l), dup);
+        assert_eq!(check(&nested(del("a", "")), &l), dup);
+    }
+
+    #[test]
+    fn counts_keys_values_and_leases_are_checked() {
+        let l = TxnLimits {
+            max_ops: 2,
+            max_key_bytes: 3,
+            max_value_bytes: 4,
+            ..TxnLimits::default()
+        };
+        let too_many = Err(TxnInvalid::TooManyOps { limit: 2 });
+        assert_eq!(
+            check(&ops(vec![put("a"), put("b"), put("c")], vec![]), &l),
+            too_many
+        );
+        assert_eq!(
+            check(&ops(vec![], vec![put("a"), put("b"), put("c")]), &l),
+            too_many
+        );
+        let nested = ops(
+            vec![RequestOp::Txn(ops(
+                vec![put("a"), put("b"), put("c")],
+                vec![],
+            ))],
+            vec![],
+        );
+        assert_eq!(check(&nested, &l), too_many);
+        let compare = |target| Compare {
+            key: Bytes::from_static(b"k"),
+            range_end: Bytes::new(),
+            target,
+            result: CompareResult::Equal,
+        };
+        let compares = TxnRequest {
+            compare: vec![compare(CompareTarget::Version(1)); 3],
+            ..TxnRequest::default()
+        };
+        assert_eq!(check(&compares, &l), too_many);
+        let lease = TxnRequest {
+            compare: vec![compare(CompareTarget::Lease(5))],
+            ..TxnRequest::default()
+        };
+        assert_eq!(check(&lease, &l), Err(TxnInvalid::LeaseUnsupported));
+        assert_eq!(
+            check(&ops(vec![put("long")], vec![]), &l),
+            Err(TxnInvalid::KeyTooLong { len: 4, limit: 3 })
+        );
+        let big = RequestOp::Put(PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"12345"),
+            prev_kv: false,
+        });
+        assert_eq!(
+            check(&ops(vec![big], vec![]), &l),
+            Err(TxnInvalid::ValueTooLarge { len: 5, limit: 4 })
+        );
+        assert_eq!(
+            check(&ops(vec![put("")], vec![]), &l),
+            Err(TxnInvalid::EmptyKey)
+        );
+    }
+}
