@@ -81,6 +81,7 @@ fn path(rng: &mut ChaCha8Rng) -> String {
             "/v1/cluster/voters/",
             "/v1/cluster/members/",
             "/v1/cluster/snapshot",
+            "/v1/txn",
             "/metrics",
             "/healthz",
             "/readyz",
