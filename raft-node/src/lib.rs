@@ -7,6 +7,8 @@
 //!   the data and the idempotency table are written in one batch;
 //!   [`snapshot`]: its snapshot files; [`backup`]: backup files, and
 //!   [`restore`]: `raft-node restore` and `recover --force-new-cluster`.
+//! - [`txn`]: multi-key transactions like etcd's `Txn`, transport-neutral
+//!   (`POST /v1/txn` and an etcd gRPC server map onto it).
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;

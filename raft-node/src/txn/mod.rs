@@ -36,6 +36,33 @@
 //! write (a follower forwards it to the leader inside Raft); [`put`] and
 //! [`delete_range`] are the one-operation transactions that etcd's `Put`
 //! and `DeleteRange` are.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use raft_node::txn::{Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, TxnRequest};
+//!
+//! // Set "color" to blue only if it is still at mod revision 7; else read it.
+//! let cas = TxnRequest {
+//!     compare: vec![Compare {
+//!         key: Bytes::from_static(b"color"),
+//!         range_end: Bytes::new(),
+//!         target: CompareTarget::ModRevision(7),
+//!         result: CompareResult::Equal,
+//!     }],
+//!     success: vec![RequestOp::Put(PutRequest {
+//!         key: Bytes::from_static(b"color"),
+//!         value: Bytes::from_static(b"blue"),
+//!         prev_kv: true,
+//!     })],
+//!     failure: vec![RequestOp::Range(RangeRequest {
+//!         key: Bytes::from_static(b"color"),
+//!         ..RangeRequest::default()
+//!     })],
+//! };
+//! // `node.txn(cas).await` on a `RunningNode`, or
+//! // `raft_node::txn::propose(&raft, &limits, cas).await`, runs it.
+//! # assert_eq!(cas.success.len(), 1);
+//! ```
 
 pub mod codec;
 mod propose;
