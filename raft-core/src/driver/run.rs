@@ -158,7 +158,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     self.engine.on_applied(index);
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
-                Wake::Tick => self.catch_up(&mut clock),
+                Wake::Tick => {
+                    self.catch_up(&mut clock);
+                    // Forwards the leader never answers expire on the
+                    // clock, not only at the next forward or answer.
+                    self.expire_forwards();
+                }
                 Wake::ApplySlot(permit) => {
                     let Ok(permit) = permit else { break };
                     if let Some(job) = self.apply_backlog.pop_front() {
