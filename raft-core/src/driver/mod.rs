@@ -60,12 +60,14 @@
 //!   `wake.rs`: its wait for the next input; `armed.rs`: its waits on
 //!   `watch` channels, registered once rather than at every wait;
 //! - `tasks.rs`: the storage, apply and network tasks;
-//! - `handle.rs`: [`RaftHandle`];
+//! - `handle.rs`: [`RaftHandle`]; `deadline.rs`: proposals' deadlines on
+//!   one shared timer per node;
 //! - `forward.rs`: a follower forwarding proposals and reads to its
 //!   leader over the transport, and the outputs kept for their answers.
 
 mod armed;
 mod config;
+mod deadline;
 mod error;
 mod forward;
 mod handle;

@@ -190,7 +190,9 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             failure: fatal_rx.clone(),
             storage_clock,
             request_timeout: driver.request_timeout,
+            deadlines: Arc::new(super::deadline::Deadlines::default()),
         };
+        tokio::spawn(Arc::clone(&handle.deadlines).run(handle.done.clone()));
         let mut driver_state = Driver {
             engine,
             cfg: driver,
