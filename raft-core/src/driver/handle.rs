@@ -58,8 +58,10 @@ pub(crate) enum Request<R> {
     Snapshot {
         reply: oneshot::Sender<Result<SnapshotMeta, SnapshotError>>,
     },
+    /// Boxed: the largest variant otherwise, and every proposal moved
+    /// through the queue would copy its size.
     IncomingSnapshot {
-        header: Message,
+        header: Box<Message>,
         data: SnapshotData,
     },
 }
@@ -287,7 +289,10 @@ impl<R: Send + 'static> RaftHandle<R> {
         }
         let copy = header.clone();
         self.requests
-            .try_send(Request::IncomingSnapshot { header, data })
+            .try_send(Request::IncomingSnapshot {
+                header: Box::new(header),
+                data,
+            })
             .map_err(|_| {
                 metrics::counter!("raft_inbound_dropped_total").increment(1);
                 copy

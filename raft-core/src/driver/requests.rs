@@ -114,7 +114,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 if let MessageBody::InstallSnapshot { meta } = &header.body {
                     if !self.engine.is_installing_snapshot() {
                         self.incoming = Some((meta.clone(), data));
-                        self.engine.step(header);
+                        self.engine.step(*header);
                     }
                 }
             }
