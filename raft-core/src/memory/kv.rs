@@ -43,8 +43,9 @@ pub enum KvResponse {
 #[derive(Debug, Default)]
 struct KvState {
     /// Key to (value, revision: the index of the entry that wrote it). A
-    /// hash map: a write looks its key up at every entry, while only
-    /// snapshots and [`MemKvReader::dump`] need the keys in order.
+    /// hash map (foldhash: fast, and no denial-of-service to fear from a
+    /// test double's keys): a write looks its key up at every entry, while
+    /// only snapshots and [`MemKvReader::dump`] need the keys in order.
     data: KvData,
     /// The index of the last applied entry.
     applied: Index,
@@ -53,7 +54,7 @@ struct KvState {
 }
 
 /// Key to (value, revision).
-type KvData = HashMap<String, (Bytes, Index)>;
+type KvData = HashMap<String, (Bytes, Index), foldhash::fast::RandomState>;
 
 /// Magic bytes that start a [`MemKv`] snapshot.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MKV1";
@@ -95,7 +96,7 @@ impl KvState {
         b.advance(4);
         let applied = b.get_u64_le();
         let count = b.get_u64_le();
-        let mut data = KvData::new();
+        let mut data = KvData::default();
         for _ in 0..count {
             need(&b, 4)?;
             let kl = b.get_u32_le() as usize;
