@@ -339,7 +339,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 // or may not be in it; those above may still be committed
                 // by a leader that holds their entries (nothing here would
                 // answer them on an idle cluster).
-                for (index, p) in std::mem::take(&mut self.proposals) {
+                for (index, p) in self.proposals.take_all() {
                     let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
                 }
                 self.report_pending_proposals();
