@@ -104,26 +104,33 @@ impl KvCommand {
     /// `bytes` is truncated, has an unknown tag, a key that is not UTF-8 or
     /// trailing bytes. Never panics, whatever the input.
     pub fn decode(bytes: &[u8]) -> Result<KvCommand, StateMachineError> {
-        let op = KvOp::decode(bytes).map_err(|e| StateMachineError::Invalid(e.to_string()))?;
+        let invalid = |e: KvInvalid| StateMachineError::Invalid(e.to_string());
+        let op = KvOp::decode(bytes).map_err(invalid)?;
+        let key = |k: &[u8]| key_str(k).map(str::to_owned).map_err(invalid);
         Ok(match op {
-            KvOp::Put { key, value } => KvCommand::Put {
-                key: key.to_owned(),
+            KvOp::Put { key: k, value } => KvCommand::Put {
+                key: key(k)?,
                 value: Bytes::copy_from_slice(value),
             },
-            KvOp::Delete { key } => KvCommand::Delete {
-                key: key.to_owned(),
-            },
+            KvOp::Delete { key: k } => KvCommand::Delete { key: key(k)? },
             KvOp::CompareAndSet {
-                key,
+                key: k,
                 expected,
                 value,
             } => KvCommand::CompareAndSet {
-                key: key.to_owned(),
+                key: key(k)?,
                 expected: expected.map(Bytes::copy_from_slice),
                 value: Bytes::copy_from_slice(value),
             },
         })
     }
+}
+
+/// `key` as a string: a key must be UTF-8.
+pub(super) fn key_str(key: &[u8]) -> Result<&str, KvInvalid> {
+    std::str::from_utf8(key).map_err(|e| KvInvalid::KeyNotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })
 }
 
 /// Why a payload is not a valid [`KvCommand`]: what
@@ -154,19 +161,20 @@ pub enum KvInvalid {
 }
 
 /// A decoded command borrowing its fields from the payload: what
-/// [`MemKv`](super::MemKv) applies without copying the key when it is
-/// already present.
+/// [`MemKv`](super::MemKv) applies without copying. Keys are not checked
+/// for UTF-8 here: a key already in the map was checked when it was
+/// written, so MemKv checks only keys it does not hold ([`key_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KvOp<'a> {
     Put {
-        key: &'a str,
+        key: &'a [u8],
         value: &'a [u8],
     },
     Delete {
-        key: &'a str,
+        key: &'a [u8],
     },
     CompareAndSet {
-        key: &'a str,
+        key: &'a [u8],
         expected: Option<&'a [u8]>,
         value: &'a [u8],
     },
@@ -178,14 +186,14 @@ impl<'a> KvOp<'a> {
         let mut input = Decoder { rest: bytes };
         let op = match input.u8("tag")? {
             TAG_PUT => KvOp::Put {
-                key: input.string("key")?,
+                key: input.field("key")?,
                 value: input.field("value")?,
             },
             TAG_DELETE => KvOp::Delete {
-                key: input.string("key")?,
+                key: input.field("key")?,
             },
             TAG_CAS => {
-                let key = input.string("key")?;
+                let key = input.field("key")?;
                 let expected = match input.u8("expected flag")? {
                     0 => None,
                     1 => Some(input.field("expected value")?),
@@ -232,12 +240,5 @@ impl<'a> Decoder<'a> {
             .ok_or(KvInvalid::Truncated(what))?;
         self.rest = rest;
         Ok(field)
-    }
-
-    fn string(&mut self, what: &'static str) -> Result<&'a str, KvInvalid> {
-        let field = self.field(what)?;
-        std::str::from_utf8(field).map_err(|e| KvInvalid::KeyNotUtf8 {
-            valid_up_to: e.valid_up_to(),
-        })
     }
 }

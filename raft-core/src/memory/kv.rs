@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::command::{KvInvalid, KvOp};
+use super::command::{key_str, KvInvalid, KvOp};
 use super::lock;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::{SnapshotBuild, StateMachine, StateMachineError};
@@ -53,8 +53,9 @@ struct KvState {
     snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
-/// Key to (value, revision).
-type KvData = HashMap<String, (Bytes, Index), foldhash::fast::RandomState>;
+/// Key (UTF-8, checked when written; a slice of the entry that wrote it)
+/// to (value, revision).
+type KvData = HashMap<Bytes, (Bytes, Index), foldhash::fast::RandomState>;
 
 /// Magic bytes that start a [`MemKv`] snapshot.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MKV1";
@@ -72,7 +73,7 @@ impl KvState {
         keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (k, (v, rev)) in keys {
             b.put_u32_le(k.len() as u32);
-            b.put_slice(k.as_bytes());
+            b.put_slice(k);
             b.put_u32_le(v.len() as u32);
             b.put_slice(v);
             b.put_u64_le(*rev);
@@ -101,8 +102,8 @@ impl KvState {
             need(&b, 4)?;
             let kl = b.get_u32_le() as usize;
             need(&b, kl)?;
-            let key = String::from_utf8(b.split_to(kl).to_vec())
-                .map_err(|_| "snapshot key is not UTF-8".to_string())?;
+            let key = b.split_to(kl);
+            key_str(&key).map_err(|_| "snapshot key is not UTF-8".to_string())?;
             need(&b, 4)?;
             let vl = b.get_u32_le() as usize;
             need(&b, vl + 8)?;
@@ -160,7 +161,7 @@ pub struct MemKvReader {
 impl MemKvReader {
     /// The value of `key` and its revision (the index that wrote it).
     pub fn get(&self, key: &str) -> Option<(Bytes, Index)> {
-        lock(&self.state).data.get(key).cloned()
+        lock(&self.state).data.get(key.as_bytes()).cloned()
     }
 
     /// The number of keys.
@@ -191,34 +192,43 @@ impl MemKvReader {
         let mut all: Vec<_> = lock(&self.state)
             .data
             .iter()
-            .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+            // Keys were checked when written: never lossy.
+            .map(|(k, (v, r))| (String::from_utf8_lossy(k).into_owned(), v.clone(), *r))
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
     }
 }
 
-/// Writes `value` under `key` as the entry at `index`, reusing the key's
-/// allocation when it is already present.
-fn write(data: &mut KvData, key: &str, value: Bytes, index: Index) {
+/// Writes `value` under `key` (a slice of `payload`) as the entry at
+/// `index`, reusing the key already in the map when there is one; a new
+/// key must be UTF-8.
+fn write(
+    data: &mut KvData,
+    payload: &Bytes,
+    key: &[u8],
+    value: Bytes,
+    index: Index,
+) -> Result<(), KvInvalid> {
     match data.get_mut(key) {
         Some(slot) => *slot = (value, index),
         None => {
-            data.insert(key.to_owned(), (value, index));
+            key_str(key)?;
+            data.insert(payload.slice_ref(key), (value, index));
         }
     }
+    Ok(())
 }
 
 /// Applies one command, decoded from `payload`, to `data` as the entry at
-/// `index`. Values are slices of `payload` (no copy).
+/// `index`. Keys and values are slices of `payload` (no copy).
 fn apply_command(data: &mut KvData, index: Index, payload: &Bytes, op: KvOp<'_>) -> KvResponse {
-    match op {
-        KvOp::Put { key, value } => {
-            write(data, key, payload.slice_ref(value), index);
-            KvResponse::Written { revision: index }
-        }
-        KvOp::Delete { key } => KvResponse::Deleted {
-            existed: data.remove(key).is_some(),
+    let result = match op {
+        KvOp::Put { key, value } => write(data, payload, key, payload.slice_ref(value), index)
+            .map(|()| KvResponse::Written { revision: index }),
+        KvOp::Delete { key } => match data.remove(key) {
+            Some(_) => Ok(KvResponse::Deleted { existed: true }),
+            None => key_str(key).map(|_| KvResponse::Deleted { existed: false }),
         },
         KvOp::CompareAndSet {
             key,
@@ -226,16 +236,22 @@ fn apply_command(data: &mut KvData, index: Index, payload: &Bytes, op: KvOp<'_>)
             value,
         } => {
             let current = data.get(key).map(|(v, _)| v);
-            if current.map(|v| &v[..]) == expected {
-                write(data, key, payload.slice_ref(value), index);
-                KvResponse::Written { revision: index }
-            } else {
-                KvResponse::CasFailed {
-                    current: current.cloned(),
+            if current.is_none() {
+                if let Err(e) = key_str(key) {
+                    return KvResponse::Invalid(e);
                 }
             }
+            if current.map(|v| &v[..]) == expected {
+                write(data, payload, key, payload.slice_ref(value), index)
+                    .map(|()| KvResponse::Written { revision: index })
+            } else {
+                Ok(KvResponse::CasFailed {
+                    current: current.cloned(),
+                })
+            }
         }
-    }
+    };
+    result.unwrap_or_else(KvResponse::Invalid)
 }
 
 #[async_trait]

@@ -414,3 +414,27 @@ async fn mem_kv_dumps_and_snapshots_keys_in_order() {
     let all = |d| async move { crate::snapshot::read_all(d, 1 << 20).await.unwrap() };
     assert_eq!(all(a.as_ref()).await, all(again.as_ref()).await);
 }
+
+/// A put or compare-and-set whose key is not UTF-8 writes nothing and says
+/// why, like a delete of such a key.
+#[tokio::test]
+async fn mem_kv_writes_no_key_that_is_not_utf8() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    let bad_put = [TAG_PUT, 1, 0, 0, 0, 0xff, 1, 0, 0, 0, b'v'];
+    let bad_cas = [TAG_CAS, 1, 0, 0, 0, 0xfe, 0, 1, 0, 0, 0, b'v'];
+    let entries: Vec<Entry> = [&bad_put[..], &bad_cas[..]]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Entry {
+            term: 1,
+            index: i as Index + 1,
+            payload: EntryPayload::Normal(Bytes::copy_from_slice(p)),
+        })
+        .collect();
+    let responses = kv.apply(&entries).await.unwrap();
+    let not_utf8 = KvResponse::Invalid(KvInvalid::KeyNotUtf8 { valid_up_to: 0 });
+    assert_eq!(responses, vec![not_utf8.clone(), not_utf8]);
+    assert!(reader.is_empty());
+    assert!(KvCommand::decode(&bad_put).is_err());
+}
