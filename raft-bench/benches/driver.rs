@@ -1,7 +1,8 @@
 //! Committed proposals per second through the whole in-memory stack: three
 //! `Raft<MemLog, MemKv, MemNetwork>` nodes on a tokio runtime with 2 worker
-//! threads, closed-loop clients each awaiting `RaftHandle::propose` with
-//! an 8-byte command on the leader, at 1, 64, 256 and 1,024 clients. Every
+//! threads, closed-loop clients each awaiting `RaftHandle::propose` of a
+//! `MemKv` put of an 8-byte value (under a key of its own) on the leader,
+//! at 1, 64, 256 and 1,024 clients. Every
 //! part of the driver a deployment runs is on the path (request queue,
 //! engine task, group commit, network task, apply task, the answer); the
 //! engine benchmark (`--bench engine`) is the algorithm alone. For

@@ -1,7 +1,8 @@
 //! The driver under load, for working on its cost: three `Raft<MemLog,
 //! MemKv, MemNetwork>` nodes in one process on a tokio runtime with 2
 //! worker threads, closed-loop clients each awaiting `RaftHandle::propose`
-//! of an 8-byte command on the leader (as `raft-bench driver` does),
+//! on the leader of a `KvCommand::Put` of an 8-byte value under a key of
+//! its own (as `raft-bench driver` does),
 //! printing per client count the committed proposals per second, the p50
 //! and p99 latency, and the process's CPU time (user + system) per
 //! committed proposal. On a machine shared with other work the wall-clock

@@ -50,8 +50,8 @@ pub(super) struct DriverArgs {
     /// Seconds measured per client count (after one second of warm-up).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(super) duration_s: u64,
-    /// Bytes per proposal (the state machine answers each; 0 is an empty
-    /// command).
+    /// Bytes of each proposal's value: each client proposes a `MemKv` put
+    /// of it under a key of its own (0: an empty value).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub(super) payload_bytes: u64,
     /// Worker threads of the tokio runtime the nodes and clients share.

@@ -64,6 +64,11 @@ pub struct DriverConfig {
     /// request before it gives up on it: a proposal then answers
     /// [`ProposeError::Timeout`](super::ProposeError::Timeout) (it may
     /// still be applied), a read [`ReadError::Timeout`](super::ReadError::Timeout).
+    /// The follower's engine task looks for expired requests on its clock
+    /// (every tick, at most every eighth of this timeout), so a request
+    /// with no answer is counted in `raft_forward_timeouts_total`, and the
+    /// outputs kept for it are dropped, at most that much after it expired,
+    /// whether or not more requests are forwarded.
     pub forward_timeout: Duration,
     /// Outputs of applied entries the state machine task keeps, while
     /// forwarded proposals wait for their answer, for an answer that

@@ -32,7 +32,7 @@
 //! node applied it and reads locally.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -255,7 +255,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 // Not applied here yet: wait like a local proposal.
                 let pending = PendingProposal {
                     term: id.term,
-                    proposed: sent.at.into(),
+                    proposed: sent.at,
                     reply: sent.reply,
                 };
                 self.wait_for_entry(id.index, pending);
@@ -300,8 +300,15 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         // The pending gauge is set once per batch of inputs (`end_batch`).
     }
 
-    /// Gives up on requests unanswered for longer than the forward timeout.
-    fn expire_forwards(&mut self) {
+    /// Gives up on requests unanswered for longer than the forward
+    /// timeout: answers them, counts them in `raft_forward_timeouts_total`
+    /// and, once no forwarded proposal waits, has the apply task drop the
+    /// outputs it kept. Runs at every new forward and answer, and on the
+    /// engine task's tick (so without any further forward traffic).
+    pub(super) fn expire_forwards(&mut self) {
+        if self.forwards.pending() == 0 {
+            return;
+        }
         let timeout = self.cfg.forward_timeout;
         let now = Instant::now();
         // A scan at most every eighth of the timeout: a request is given

@@ -7,11 +7,11 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::deadline::{until_expired, Deadlines, Ticket};
 use super::{MembershipError, ProposeError, ReadError, SnapshotError, TransferError};
 use crate::engine::{MembershipChange, Status};
 use crate::membership::Membership;
@@ -30,37 +30,6 @@ pub enum ReadConsistency {
     Lease,
     /// Whatever this node has applied, possibly stale; works on any node.
     Stale,
-}
-
-/// Decides, exactly once, whether a queued proposal is taken by the driver
-/// (and may commit) or abandoned by a caller that timed out first (and is
-/// then never proposed), so a timeout before the driver took it is a
-/// definite "not applied".
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Ticket(Arc<AtomicU8>);
-
-const PENDING: u8 = 0;
-const TAKEN: u8 = 1;
-const ABANDONED: u8 = 2;
-
-impl Ticket {
-    /// The driver takes the proposal; false when the caller gave up on it.
-    pub(crate) fn take(&self) -> bool {
-        self.0
-            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// The caller gives up; false when the driver already took it.
-    fn abandon(&self) -> bool {
-        self.0
-            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    fn taken(&self) -> bool {
-        self.0.load(Ordering::Acquire) == TAKEN
-    }
 }
 
 /// A request from a handle to the driver task.
@@ -89,8 +58,10 @@ pub(crate) enum Request<R> {
     Snapshot {
         reply: oneshot::Sender<Result<SnapshotMeta, SnapshotError>>,
     },
+    /// Boxed: the largest variant otherwise, and every proposal moved
+    /// through the queue would copy its size.
     IncomingSnapshot {
-        header: Message,
+        header: Box<Message>,
         data: SnapshotData,
     },
 }
@@ -125,6 +96,8 @@ pub struct RaftHandle<R> {
     pub(crate) failure: watch::Receiver<Option<String>>,
     pub(crate) storage_clock: std::sync::Arc<super::tasks::StorageClock>,
     pub(crate) request_timeout: Duration,
+    /// The node's proposals' deadlines, on one timer (see `deadline.rs`).
+    pub(crate) deadlines: Arc<Deadlines>,
 }
 
 impl<R> Clone for RaftHandle<R> {
@@ -139,6 +112,7 @@ impl<R> Clone for RaftHandle<R> {
             failure: self.failure.clone(),
             storage_clock: self.storage_clock.clone(),
             request_timeout: self.request_timeout,
+            deadlines: self.deadlines.clone(),
         }
     }
 }
@@ -157,16 +131,18 @@ impl<R: Send + 'static> RaftHandle<R> {
     /// A [`ProposeError`]; [`ProposeError::may_have_committed`] says whether
     /// the command may still take effect.
     pub async fn propose(&self, data: Bytes) -> Result<R, ProposeError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         let ticket = Ticket::default();
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        // The deadline on the node's shared timer, from now on: taken off
+        // again when this returns (or is dropped).
+        let _deadline = self.deadlines.register(&ticket, self.request_timeout);
         let req = Request::Propose {
             data,
             reply,
             ticket: ticket.clone(),
         };
-        // A queue with room takes it without a timer; a full one is waited
-        // on until the deadline.
+        // A queue with room takes it at once; a full one is waited on until
+        // the deadline.
         match self.requests.try_send(req) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -177,20 +153,21 @@ impl<R: Send + 'static> RaftHandle<R> {
                 return Err(ProposeError::ShuttingDown { appended: false });
             }
             Err(mpsc::error::TrySendError::Full(req)) => {
-                match tokio::time::timeout_at(deadline, self.requests.send(req)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(ProposeError::ShuttingDown { appended: false }),
+                let mut send = std::pin::pin!(self.requests.send(req));
+                match until_expired(&mut send, &ticket).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => return Err(ProposeError::ShuttingDown { appended: false }),
                     // Never reached the driver: nothing was appended.
-                    Err(_) => return Err(ProposeError::Overloaded),
+                    None => return Err(ProposeError::Overloaded),
                 }
             }
         }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::ShuttingDown {
+        match until_expired(&mut rx, &ticket).await {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ProposeError::ShuttingDown {
                 appended: !ticket.abandon() && ticket.taken(),
             }),
-            Err(_) => {
+            None => {
                 if ticket.abandon() {
                     // The driver never took it and now never will.
                     Err(ProposeError::Overloaded)
@@ -312,7 +289,10 @@ impl<R: Send + 'static> RaftHandle<R> {
         }
         let copy = header.clone();
         self.requests
-            .try_send(Request::IncomingSnapshot { header, data })
+            .try_send(Request::IncomingSnapshot {
+                header: Box::new(header),
+                data,
+            })
             .map_err(|_| {
                 metrics::counter!("raft_inbound_dropped_total").increment(1);
                 copy

@@ -60,15 +60,19 @@
 //!   `wake.rs`: its wait for the next input; `armed.rs`: its waits on
 //!   `watch` channels, registered once rather than at every wait;
 //! - `tasks.rs`: the storage, apply and network tasks;
-//! - `handle.rs`: [`RaftHandle`];
+//! - `handle.rs`: [`RaftHandle`]; `deadline.rs`: proposals' deadlines on
+//!   one shared timer per node;
 //! - `forward.rs`: a follower forwarding proposals and reads to its
-//!   leader over the transport, and the outputs kept for their answers.
+//!   leader over the transport, and the outputs kept for their answers;
+//! - `pending.rs`: the proposals waiting for their entries, by index.
 
 mod armed;
 mod config;
+mod deadline;
 mod error;
 mod forward;
 mod handle;
+mod pending;
 mod ready;
 mod recover;
 mod requests;
@@ -77,7 +81,7 @@ mod start;
 mod tasks;
 mod wake;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -135,7 +139,7 @@ struct Driver<R, T> {
     engine: Engine,
     cfg: DriverConfig,
     /// Proposals appended but not yet handed to the apply task, by index.
-    proposals: BTreeMap<Index, PendingProposal<R>>,
+    proposals: pending::ByIndex<PendingProposal<R>>,
     /// Reads waiting for the engine to confirm them.
     reads: HashMap<ReadId, (ReadConsistency, oneshot::Sender<Result<Index, ReadError>>)>,
     next_read_id: ReadId,

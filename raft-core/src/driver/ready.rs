@@ -119,34 +119,27 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         let last = entries.last().map_or(0, |e| e.index);
         let first = entries.first().map_or(0, |e| e.index);
         let mut waiters = Vec::new();
-        if self
-            .proposals
-            .first_key_value()
-            .is_some_and(|(&lowest, _)| lowest <= last)
-        {
-            // Split the map instead of removing key by key: the proposals up
-            // to `last` leave it in one go, those above stay.
-            let above = self.proposals.split_off(&(last + 1));
-            let mut upto = std::mem::replace(&mut self.proposals, above);
-            let in_range = upto.split_off(&first);
-            // In increasing index order, as the apply task expects.
+        if self.proposals.lowest().is_some_and(|lowest| lowest <= last) {
+            // The proposals up to `last` leave in one go (in increasing
+            // index order, as the apply task expects), those above stay.
             let committed = tokio::time::Instant::now();
             let latency = &self.commit_latency;
-            waiters.extend(in_range.into_iter().map(|(index, p)| {
+            for (index, p) in self.proposals.take_upto(last) {
+                if index < first {
+                    // Below this batch: can no longer be applied by us.
+                    let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                    continue;
+                }
                 latency.record(
                     committed
                         .saturating_duration_since(p.proposed)
                         .as_secs_f64(),
                 );
-                Waiter {
+                waiters.push(Waiter {
                     index,
                     term: p.term,
                     reply: p.reply,
-                }
-            }));
-            // Anything below `first` can no longer be applied by us.
-            for (index, p) in upto {
-                let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                });
             }
             self.report_pending_proposals();
         }
@@ -318,7 +311,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// would stay up on an idle cluster), yet another node may still hold
     /// them and commit them: their outcome is unknown.
     fn answer_overwritten(&mut self, from: Index) {
-        let gone = self.proposals.split_off(&from);
+        let gone = self.proposals.take_from(from);
         if gone.is_empty() {
             return;
         }

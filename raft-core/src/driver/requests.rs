@@ -114,7 +114,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 if let MessageBody::InstallSnapshot { meta } = &header.body {
                     if !self.engine.is_installing_snapshot() {
                         self.incoming = Some((meta.clone(), data));
-                        self.engine.step(header);
+                        self.engine.step(*header);
                     }
                 }
             }
@@ -228,7 +228,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
 
     pub(super) fn fail_all(&mut self, err: ProposeError) {
         self.fail_forwards();
-        for (_, p) in std::mem::take(&mut self.proposals) {
+        for (_, p) in self.proposals.take_all() {
             let _ = p.reply.send(Err(err.clone()));
         }
         self.report_pending_proposals();

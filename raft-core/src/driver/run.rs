@@ -158,7 +158,12 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     self.engine.on_applied(index);
                     metrics::gauge!("raft_applied_index").set(index as f64);
                 }
-                Wake::Tick => self.catch_up(&mut clock),
+                Wake::Tick => {
+                    self.catch_up(&mut clock);
+                    // Forwards the leader never answers expire on the
+                    // clock, not only at the next forward or answer.
+                    self.expire_forwards();
+                }
                 Wake::ApplySlot(permit) => {
                     let Ok(permit) = permit else { break };
                     if let Some(job) = self.apply_backlog.pop_front() {
@@ -334,7 +339,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                 // or may not be in it; those above may still be committed
                 // by a leader that holds their entries (nothing here would
                 // answer them on an idle cluster).
-                for (index, p) in std::mem::take(&mut self.proposals) {
+                for (index, p) in self.proposals.take_all() {
                     let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
                 }
                 self.report_pending_proposals();

@@ -1,7 +1,7 @@
 //! [`Raft::start`] in named phases: check the configuration, recover
 //! (`recover.rs`), load the log, build the engine, spawn the tasks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -190,11 +190,13 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             failure: fatal_rx.clone(),
             storage_clock,
             request_timeout: driver.request_timeout,
+            deadlines: Arc::new(super::deadline::Deadlines::default()),
         };
+        tokio::spawn(Arc::clone(&handle.deadlines).run(handle.done.clone()));
         let mut driver_state = Driver {
             engine,
             cfg: driver,
-            proposals: BTreeMap::new(),
+            proposals: Default::default(),
             reads: HashMap::new(),
             next_read_id: 1,
             transfer: None,

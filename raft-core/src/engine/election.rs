@@ -183,7 +183,7 @@ impl Engine {
                 leader_commit,
                 round,
                 ..
-            } => self.handle_append(msg.from, prev_log_id, &entries, leader_commit, round),
+            } => self.handle_append(msg.from, prev_log_id, entries, leader_commit, round),
             MessageBody::AppendEntriesResponse { round, result } => {
                 self.handle_append_response(msg.from, round, result)
             }

@@ -230,12 +230,12 @@ impl RaftLog {
     pub(crate) fn try_append(
         &mut self,
         prev: LogId,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
     ) -> Result<Index, AppendRefusal> {
         // Check the whole request's shape before touching anything: indexes
         // consecutive after `prev`, terms never decreasing.
         let mut expected = prev;
-        for e in entries {
+        for e in &entries {
             if Some(e.index) != expected.index.checked_add(1) || e.term < expected.term {
                 return Err(AppendRefusal::Malformed);
             }
@@ -267,12 +267,12 @@ impl RaftLog {
                 return Err(AppendRefusal::ConflictsWithCommitted(from));
             }
             self.truncate_suffix(from);
-            for e in &entries[i..] {
-                self.cached_bytes += cached_size(e);
+            for e in entries.drain(i..) {
+                self.cached_bytes += cached_size(&e);
                 if e.index > self.committed {
                     self.uncommitted_bytes += e.size_bytes();
                 }
-                self.entries.push_back(e.clone());
+                self.entries.push_back(e);
             }
             self.mark_dirty(from);
         }

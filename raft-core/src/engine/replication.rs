@@ -109,7 +109,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         prev: LogId,
-        entries: &[Entry],
+        entries: Vec<Entry>,
         leader_commit: Index,
         round: u64,
     ) {
@@ -134,9 +134,19 @@ impl Engine {
             );
             return;
         }
+        // The log takes the entries over (no copy); the membership ones,
+        // rare, are kept aside to update the membership history.
+        let appends = !entries.is_empty();
+        let memberships: Vec<Entry> = entries
+            .iter()
+            .filter(|e| matches!(e.payload, EntryPayload::Membership(_)))
+            .cloned()
+            .collect();
         match self.log.try_append(prev, entries) {
             Ok(last_new) => {
-                self.track_membership_entries(entries);
+                if appends {
+                    self.track_membership_entries(&memberships);
+                }
                 if self.installing.is_none() {
                     self.log.commit_to(leader_commit.min(last_new));
                 }
@@ -180,12 +190,10 @@ impl Engine {
         }
     }
 
-    /// Updates the membership history after a follower append: entries may
-    /// have replaced a suffix that held membership entries.
+    /// Updates the membership history after a follower append of entries
+    /// (of which `entries` are the membership ones, if any): they may have
+    /// replaced a suffix that held membership entries.
     pub(super) fn track_membership_entries(&mut self, entries: &[Entry]) {
-        if entries.is_empty() {
-            return;
-        }
         let before = self.membership_log.clone();
         let log = &self.log;
         self.membership_log.retain(|(i, m)| {

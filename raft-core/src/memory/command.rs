@@ -100,49 +100,117 @@ impl KvCommand {
     ///
     /// # Errors
     ///
-    /// A [`StateMachineError`] naming the problem when `bytes` is truncated,
-    /// has an unknown tag, a key that is not UTF-8 or trailing bytes. Never
-    /// panics, whatever the input.
+    /// A [`StateMachineError`] naming the problem ([`KvInvalid`]) when
+    /// `bytes` is truncated, has an unknown tag, a key that is not UTF-8 or
+    /// trailing bytes. Never panics, whatever the input.
     pub fn decode(bytes: &[u8]) -> Result<KvCommand, StateMachineError> {
-        let mut input = Decoder { rest: bytes };
-        let command = match input.u8("tag")? {
-            TAG_PUT => KvCommand::Put {
-                key: input.string("key")?,
-                value: input.bytes("value")?,
+        let invalid = |e: KvInvalid| StateMachineError::Invalid(e.to_string());
+        let op = KvOp::decode(bytes).map_err(invalid)?;
+        let key = |k: &[u8]| key_str(k).map(str::to_owned).map_err(invalid);
+        Ok(match op {
+            KvOp::Put { key: k, value } => KvCommand::Put {
+                key: key(k)?,
+                value: Bytes::copy_from_slice(value),
             },
-            TAG_DELETE => KvCommand::Delete {
-                key: input.string("key")?,
+            KvOp::Delete { key: k } => KvCommand::Delete { key: key(k)? },
+            KvOp::CompareAndSet {
+                key: k,
+                expected,
+                value,
+            } => KvCommand::CompareAndSet {
+                key: key(k)?,
+                expected: expected.map(Bytes::copy_from_slice),
+                value: Bytes::copy_from_slice(value),
+            },
+        })
+    }
+}
+
+/// `key` as a string: a key must be UTF-8.
+pub(super) fn key_str(key: &[u8]) -> Result<&str, KvInvalid> {
+    std::str::from_utf8(key).map_err(|e| KvInvalid::KeyNotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })
+}
+
+/// Why a payload is not a valid [`KvCommand`]: what
+/// [`KvResponse::Invalid`](super::KvResponse::Invalid) carries. Small and
+/// `Copy`, so that skipping an invalid entry costs no allocation; its
+/// `Display` names the problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvInvalid {
+    /// The payload ends inside the named field.
+    #[error("kv command: truncated {0}")]
+    Truncated(&'static str),
+    /// The first byte is no command's tag.
+    #[error("kv command: unknown tag {0}")]
+    UnknownTag(u8),
+    /// A compare-and-set's `expected` flag is neither 0 nor 1.
+    #[error("kv command: expected flag {0}, want 0 or 1")]
+    ExpectedFlag(u8),
+    /// The key is not UTF-8; valid up to the given byte.
+    #[error("kv command: key is not UTF-8 (valid up to byte {valid_up_to})")]
+    KeyNotUtf8 {
+        /// Bytes of the key that are valid UTF-8.
+        valid_up_to: usize,
+    },
+    /// Bytes follow the command.
+    #[error("kv command: {0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// A decoded command borrowing its fields from the payload: what
+/// [`MemKv`](super::MemKv) applies without copying. Keys are not checked
+/// for UTF-8 here: a key already in the map was checked when it was
+/// written, so MemKv checks only keys it does not hold ([`key_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KvOp<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    CompareAndSet {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+    },
+}
+
+impl<'a> KvOp<'a> {
+    /// Decodes `bytes` as [`KvCommand::decode`] does, borrowing the fields.
+    pub(super) fn decode(bytes: &'a [u8]) -> Result<KvOp<'a>, KvInvalid> {
+        let mut input = Decoder { rest: bytes };
+        let op = match input.u8("tag")? {
+            TAG_PUT => KvOp::Put {
+                key: input.field("key")?,
+                value: input.field("value")?,
+            },
+            TAG_DELETE => KvOp::Delete {
+                key: input.field("key")?,
             },
             TAG_CAS => {
-                let key = input.string("key")?;
+                let key = input.field("key")?;
                 let expected = match input.u8("expected flag")? {
                     0 => None,
-                    1 => Some(input.bytes("expected value")?),
-                    other => {
-                        return Err(StateMachineError::Invalid(format!(
-                            "kv command: expected flag {other}, want 0 or 1"
-                        )))
-                    }
+                    1 => Some(input.field("expected value")?),
+                    other => return Err(KvInvalid::ExpectedFlag(other)),
                 };
-                KvCommand::CompareAndSet {
+                KvOp::CompareAndSet {
                     key,
                     expected,
-                    value: input.bytes("value")?,
+                    value: input.field("value")?,
                 }
             }
-            other => {
-                return Err(StateMachineError::Invalid(format!(
-                    "kv command: unknown tag {other}"
-                )))
-            }
+            other => return Err(KvInvalid::UnknownTag(other)),
         };
         if !input.rest.is_empty() {
-            return Err(StateMachineError::Invalid(format!(
-                "kv command: {} trailing bytes",
-                input.rest.len()
-            )));
+            return Err(KvInvalid::TrailingBytes(input.rest.len()));
         }
-        Ok(command)
+        Ok(op)
     }
 }
 
@@ -153,43 +221,24 @@ struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
-    /// The error for input that ends inside `what`.
-    fn truncated(what: &str) -> StateMachineError {
-        StateMachineError::Invalid(format!("kv command: truncated {what}"))
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8, StateMachineError> {
-        let (&byte, rest) = self
-            .rest
-            .split_first()
-            .ok_or_else(|| Self::truncated(what))?;
+    fn u8(&mut self, what: &'static str) -> Result<u8, KvInvalid> {
+        let (&byte, rest) = self.rest.split_first().ok_or(KvInvalid::Truncated(what))?;
         self.rest = rest;
         Ok(byte)
     }
 
     /// Reads a length-prefixed byte string, borrowed from the input.
-    fn field(&mut self, what: &str) -> Result<&'a [u8], StateMachineError> {
+    fn field(&mut self, what: &'static str) -> Result<&'a [u8], KvInvalid> {
         let (len, rest) = self
             .rest
             .split_first_chunk::<4>()
-            .ok_or_else(|| Self::truncated(what))?;
-        let len = usize::try_from(u32::from_le_bytes(*len))
-            .map_err(|_| StateMachineError::Invalid(format!("kv command: {what} too long")))?;
+            .ok_or(KvInvalid::Truncated(what))?;
+        // A length beyond the input (or beyond usize) is a truncation.
+        let len = usize::try_from(u32::from_le_bytes(*len)).unwrap_or(usize::MAX);
         let (field, rest) = rest
             .split_at_checked(len)
-            .ok_or_else(|| Self::truncated(what))?;
+            .ok_or(KvInvalid::Truncated(what))?;
         self.rest = rest;
         Ok(field)
-    }
-
-    fn bytes(&mut self, what: &str) -> Result<Bytes, StateMachineError> {
-        self.field(what).map(Bytes::copy_from_slice)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, StateMachineError> {
-        let field = self.field(what)?;
-        std::str::from_utf8(field).map(str::to_owned).map_err(|e| {
-            StateMachineError::Invalid(format!("kv command: {what} is not UTF-8: {e}"))
-        })
     }
 }

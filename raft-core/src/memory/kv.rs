@@ -1,12 +1,13 @@
 //! [`MemKv`]: a key-value [`StateMachine`] in memory, and its reader.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{lock, KvCommand};
+use super::command::{key_str, KvInvalid, KvOp};
+use super::lock;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::{SnapshotBuild, StateMachine, StateMachineError};
 use crate::types::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
@@ -31,40 +32,48 @@ pub enum KvResponse {
         /// The key's value at the time (`None`: absent).
         current: Option<Bytes>,
     },
-    /// The entry's payload is not a valid [`KvCommand`]. It is skipped
+    /// The entry's payload is not a valid [`KvCommand`](super::KvCommand). It is skipped
     /// rather than failing the node: every replica decodes it the same way,
-    /// so every replica skips it.
-    Invalid(String),
+    /// so every replica skips it. Costs no allocation: the reason is a
+    /// [`KvInvalid`], formatted only when displayed.
+    Invalid(KvInvalid),
 }
 
 /// The state shared between a [`MemKv`] and its [`MemKvReader`]s.
 #[derive(Debug, Default)]
 struct KvState {
-    /// Key to (value, revision: the index of the entry that wrote it).
-    data: BTreeMap<String, (Bytes, Index)>,
+    /// Key to (value, revision: the index of the entry that wrote it). A
+    /// hash map (foldhash: fast, and no denial-of-service to fear from a
+    /// test double's keys): a write looks its key up at every entry, while
+    /// only snapshots and [`MemKvReader::dump`] need the keys in order.
+    data: KvData,
     /// The index of the last applied entry.
     applied: Index,
     /// The latest snapshot built or installed.
     snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
-/// Key to (value, revision).
-type KvData = BTreeMap<String, (Bytes, Index)>;
+/// Key (UTF-8, checked when written; a slice of the entry that wrote it)
+/// to (value, revision).
+type KvData = HashMap<Bytes, (Bytes, Index), foldhash::fast::RandomState>;
 
 /// Magic bytes that start a [`MemKv`] snapshot.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MKV1";
 
 impl KvState {
     /// Encodes the data: magic, applied index, key count, then each key,
-    /// value (u32-length-prefixed) and revision (u64), little-endian.
+    /// value (u32-length-prefixed) and revision (u64), little-endian, in
+    /// key order (so equal states encode to equal bytes).
     fn encode(&self) -> Bytes {
         let mut b = BytesMut::new();
         b.put_slice(SNAPSHOT_MAGIC);
         b.put_u64_le(self.applied);
         b.put_u64_le(self.data.len() as u64);
-        for (k, (v, rev)) in &self.data {
+        let mut keys: Vec<_> = self.data.iter().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, (v, rev)) in keys {
             b.put_u32_le(k.len() as u32);
-            b.put_slice(k.as_bytes());
+            b.put_slice(k);
             b.put_u32_le(v.len() as u32);
             b.put_slice(v);
             b.put_u64_le(*rev);
@@ -88,13 +97,13 @@ impl KvState {
         b.advance(4);
         let applied = b.get_u64_le();
         let count = b.get_u64_le();
-        let mut data = BTreeMap::new();
+        let mut data = KvData::default();
         for _ in 0..count {
             need(&b, 4)?;
             let kl = b.get_u32_le() as usize;
             need(&b, kl)?;
-            let key = String::from_utf8(b.split_to(kl).to_vec())
-                .map_err(|_| "snapshot key is not UTF-8".to_string())?;
+            let key = b.split_to(kl);
+            key_str(&key).map_err(|_| "snapshot key is not UTF-8".to_string())?;
             need(&b, 4)?;
             let vl = b.get_u32_le() as usize;
             need(&b, vl + 8)?;
@@ -111,7 +120,7 @@ impl KvState {
 
 /// A key-value [`StateMachine`] held in memory, for examples and driver tests.
 ///
-/// Commands are [`KvCommand`]s encoded in [`EntryPayload::Normal`] entries.
+/// Commands are [`KvCommand`](super::KvCommand)s encoded in [`EntryPayload::Normal`] entries.
 /// The data and the applied index sit behind one shared lock, so a
 /// [`MemKvReader`] sees them consistently while the driver owns the machine.
 /// Nothing survives the process: a new `MemKv` starts at applied index 0.
@@ -152,7 +161,7 @@ pub struct MemKvReader {
 impl MemKvReader {
     /// The value of `key` and its revision (the index that wrote it).
     pub fn get(&self, key: &str) -> Option<(Bytes, Index)> {
-        lock(&self.state).data.get(key).cloned()
+        lock(&self.state).data.get(key.as_bytes()).cloned()
     }
 
     /// The number of keys.
@@ -180,44 +189,69 @@ impl MemKvReader {
 
     /// Every key with its value and revision, in key order.
     pub fn dump(&self) -> Vec<(String, Bytes, Index)> {
-        lock(&self.state)
+        let mut all: Vec<_> = lock(&self.state)
             .data
             .iter()
-            .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
-            .collect()
+            // Keys were checked when written: never lossy.
+            .map(|(k, (v, r))| (String::from_utf8_lossy(k).into_owned(), v.clone(), *r))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 }
 
-/// Applies one command to `data` as the entry at `index`.
-fn apply_command(
-    data: &mut BTreeMap<String, (Bytes, Index)>,
+/// Writes `value` under `key` (a slice of `payload`) as the entry at
+/// `index`, reusing the key already in the map when there is one; a new
+/// key must be UTF-8.
+fn write(
+    data: &mut KvData,
+    payload: &Bytes,
+    key: &[u8],
+    value: Bytes,
     index: Index,
-    command: KvCommand,
-) -> KvResponse {
-    match command {
-        KvCommand::Put { key, value } => {
-            data.insert(key, (value, index));
-            KvResponse::Written { revision: index }
+) -> Result<(), KvInvalid> {
+    match data.get_mut(key) {
+        Some(slot) => *slot = (value, index),
+        None => {
+            key_str(key)?;
+            data.insert(payload.slice_ref(key), (value, index));
         }
-        KvCommand::Delete { key } => KvResponse::Deleted {
-            existed: data.remove(&key).is_some(),
+    }
+    Ok(())
+}
+
+/// Applies one command, decoded from `payload`, to `data` as the entry at
+/// `index`. Keys and values are slices of `payload` (no copy).
+fn apply_command(data: &mut KvData, index: Index, payload: &Bytes, op: KvOp<'_>) -> KvResponse {
+    let result = match op {
+        KvOp::Put { key, value } => write(data, payload, key, payload.slice_ref(value), index)
+            .map(|()| KvResponse::Written { revision: index }),
+        KvOp::Delete { key } => match data.remove(key) {
+            Some(_) => Ok(KvResponse::Deleted { existed: true }),
+            None => key_str(key).map(|_| KvResponse::Deleted { existed: false }),
         },
-        KvCommand::CompareAndSet {
+        KvOp::CompareAndSet {
             key,
             expected,
             value,
         } => {
-            let current = data.get(&key).map(|(v, _)| v);
-            if current == expected.as_ref() {
-                data.insert(key, (value, index));
-                KvResponse::Written { revision: index }
-            } else {
-                KvResponse::CasFailed {
-                    current: current.cloned(),
+            let current = data.get(key).map(|(v, _)| v);
+            if current.is_none() {
+                if let Err(e) = key_str(key) {
+                    return KvResponse::Invalid(e);
                 }
             }
+            if current.map(|v| &v[..]) == expected {
+                write(data, payload, key, payload.slice_ref(value), index)
+                    .map(|()| KvResponse::Written { revision: index })
+            } else {
+                Ok(KvResponse::CasFailed {
+                    current: current.cloned(),
+                })
+            }
         }
-    }
+    };
+    result.unwrap_or_else(KvResponse::Invalid)
 }
 
 #[async_trait]
@@ -248,10 +282,9 @@ impl StateMachine for MemKv {
         for entry in entries {
             let response = match &entry.payload {
                 EntryPayload::Blank | EntryPayload::Membership(_) => KvResponse::Done,
-                EntryPayload::Normal(bytes) => match KvCommand::decode(bytes) {
-                    Ok(command) => apply_command(&mut state.data, entry.index, command),
-                    Err(StateMachineError::Invalid(reason)) => KvResponse::Invalid(reason),
-                    Err(other) => KvResponse::Invalid(other.to_string()),
+                EntryPayload::Normal(bytes) => match KvOp::decode(bytes) {
+                    Ok(op) => apply_command(&mut state.data, entry.index, bytes, op),
+                    Err(reason) => KvResponse::Invalid(reason),
                 },
             };
             responses.push(response);

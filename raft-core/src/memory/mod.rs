@@ -14,7 +14,7 @@ mod kv;
 mod log;
 mod network;
 
-pub use command::KvCommand;
+pub use command::{KvCommand, KvInvalid};
 pub use kv::{KvResponse, MemKv, MemKvReader};
 pub use log::MemLog;
 pub use network::{MemNetwork, MemTransport};

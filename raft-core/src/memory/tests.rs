@@ -313,3 +313,128 @@ async fn kv_rejects_out_of_order_entries_and_applies_none() {
     assert_eq!(reader.get("a"), Some((Bytes::from_static(b"1"), 1)));
     assert!(kv.apply(&[]).await.unwrap().is_empty());
 }
+
+/// An entry that is not a command (the 8 bytes a load test might send) is
+/// skipped with a reason a caller can match on and print, and the next
+/// valid command still applies.
+#[tokio::test]
+async fn mem_kv_names_why_it_skipped_an_invalid_command() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    let entries = vec![
+        Entry {
+            term: 1,
+            index: 1,
+            payload: EntryPayload::Normal(Bytes::from_static(&[7u8; 8])),
+        },
+        Entry {
+            term: 1,
+            index: 2,
+            payload: EntryPayload::Normal(Bytes::from_static(&[TAG_DELETE, 1, 0, 0, 0, 0xff])),
+        },
+        Entry {
+            term: 1,
+            index: 3,
+            payload: EntryPayload::Normal(
+                KvCommand::Put {
+                    key: "k".to_owned(),
+                    value: Bytes::from_static(b"v"),
+                }
+                .encode(),
+            ),
+        },
+    ];
+    let responses = kv.apply(&entries).await.unwrap();
+    assert_eq!(responses[0], KvResponse::Invalid(KvInvalid::UnknownTag(7)));
+    assert_eq!(
+        responses[1],
+        KvResponse::Invalid(KvInvalid::KeyNotUtf8 { valid_up_to: 0 })
+    );
+    let KvResponse::Invalid(reason) = &responses[0] else {
+        unreachable!()
+    };
+    assert_eq!(reason.to_string(), "kv command: unknown tag 7");
+    assert_eq!(responses[2], KvResponse::Written { revision: 3 });
+    assert_eq!(reader.get("k"), Some((Bytes::from_static(b"v"), 3)));
+    assert_eq!(reader.applied_index(), 3);
+}
+
+/// Writing a key again replaces its value and revision, whatever the
+/// command that wrote it before.
+#[tokio::test]
+async fn mem_kv_overwrites_a_key_with_the_latest_value() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    let put = |index, value: &'static [u8]| Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(
+            KvCommand::Put {
+                key: "k".to_owned(),
+                value: Bytes::from_static(value),
+            }
+            .encode(),
+        ),
+    };
+    kv.apply(&[put(1, b"one"), put(2, b"two")]).await.unwrap();
+    assert_eq!(reader.get("k"), Some((Bytes::from_static(b"two"), 2)));
+    assert_eq!(reader.len(), 1);
+}
+
+/// The reader's dump and a snapshot list the keys in key order, whatever
+/// order they were written in, so equal states give equal snapshots.
+#[tokio::test]
+async fn mem_kv_dumps_and_snapshots_keys_in_order() {
+    let put = |index, key: &str| Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(
+            KvCommand::Put {
+                key: key.to_owned(),
+                value: Bytes::from_static(b"v"),
+            }
+            .encode(),
+        ),
+    };
+    let mut one = MemKv::new();
+    one.apply(&[put(1, "b"), put(2, "a"), put(3, "c")])
+        .await
+        .unwrap();
+    let keys: Vec<String> = one.reader().dump().into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    let meta = SnapshotMeta {
+        last_log_id: LogId { term: 1, index: 3 },
+        membership: membership(&[1]),
+    };
+    let a = one.build_snapshot(&meta).await.unwrap();
+    let mut reopened = MemKv::new();
+    reopened.install_snapshot(&meta, a.clone()).await.unwrap();
+    assert_eq!(reopened.reader().dump(), one.reader().dump());
+    let again = reopened.build_snapshot(&meta).await.unwrap();
+    let all = |d| async move { crate::snapshot::read_all(d, 1 << 20).await.unwrap() };
+    assert_eq!(all(a.as_ref()).await, all(again.as_ref()).await);
+}
+
+/// A put or compare-and-set whose key is not UTF-8 writes nothing and says
+/// why, like a delete of such a key.
+#[tokio::test]
+async fn mem_kv_writes_no_key_that_is_not_utf8() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    let bad_put = [TAG_PUT, 1, 0, 0, 0, 0xff, 1, 0, 0, 0, b'v'];
+    let bad_cas = [TAG_CAS, 1, 0, 0, 0, 0xfe, 0, 1, 0, 0, 0, b'v'];
+    let entries: Vec<Entry> = [&bad_put[..], &bad_cas[..]]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Entry {
+            term: 1,
+            index: i as Index + 1,
+            payload: EntryPayload::Normal(Bytes::copy_from_slice(p)),
+        })
+        .collect();
+    let responses = kv.apply(&entries).await.unwrap();
+    let not_utf8 = KvResponse::Invalid(KvInvalid::KeyNotUtf8 { valid_up_to: 0 });
+    assert_eq!(responses, vec![not_utf8.clone(), not_utf8]);
+    assert!(reader.is_empty());
+    assert!(KvCommand::decode(&bad_put).is_err());
+}

@@ -1,6 +1,9 @@
 //! The whole in-memory stack under load: three `Raft<MemLog, MemKv,
 //! MemNetwork>` nodes in one process, driven by closed-loop clients that
-//! each await `RaftHandle::propose` on the leader.
+//! each await `RaftHandle::propose` on the leader. Each client proposes a
+//! valid [`KvCommand::Put`] of the given value under a key of its own, as a
+//! real deployment's clients would (so [`MemKv`] applies every entry instead
+//! of skipping it as invalid).
 //!
 //! Unlike raftkv-bench's `engine_cluster`, which steps the sans-IO engine
 //! in a synchronous loop, this runs everything a deployment
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::memory::{KvResponse, MemKv, MemLog, MemNetwork};
+use crate::memory::{KvCommand, KvResponse, MemKv, MemLog, MemNetwork};
 use crate::{Config, DriverConfig, Membership, Raft, RaftHandle, Role};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -139,15 +142,17 @@ impl DriverCluster {
         panic!("no leader within 10 s");
     }
 
-    /// Runs `clients` closed-loop clients, each proposing `payload` and
+    /// Runs `clients` closed-loop clients, each proposing a
+    /// [`KvCommand::Put`] of `value` under its own key (`client-N`) and
     /// awaiting the answer, until `total` proposals were answered.
-    pub async fn run(&self, clients: usize, total: u64, payload: Bytes) -> DriverRun {
-        self.run_until(clients, Some(total), None, payload).await
+    pub async fn run(&self, clients: usize, total: u64, value: Bytes) -> DriverRun {
+        self.run_until(clients, Some(total), None, value).await
     }
 
-    /// Runs `clients` closed-loop clients for `duration`.
-    pub async fn run_for(&self, clients: usize, duration: Duration, payload: Bytes) -> DriverRun {
-        self.run_until(clients, None, Some(duration), payload).await
+    /// Runs `clients` closed-loop clients for `duration` (each proposing
+    /// as in [`run`](Self::run)).
+    pub async fn run_for(&self, clients: usize, duration: Duration, value: Bytes) -> DriverRun {
+        self.run_until(clients, None, Some(duration), value).await
     }
 
     async fn run_until(
@@ -155,7 +160,7 @@ impl DriverCluster {
         clients: usize,
         total: Option<u64>,
         duration: Option<Duration>,
-        payload: Bytes,
+        value: Bytes,
     ) -> DriverRun {
         let leader = self.leader().await;
         let clients = clients.max(1);
@@ -164,7 +169,11 @@ impl DriverCluster {
         let mut tasks = Vec::with_capacity(clients);
         for c in 0..clients {
             let h = leader.clone();
-            let payload = payload.clone();
+            let payload = KvCommand::Put {
+                key: format!("client-{c}"),
+                value: value.clone(),
+            }
+            .encode();
             let stop = stop.clone();
             // Each client's share of `total`, the remainder to the first.
             let quota =

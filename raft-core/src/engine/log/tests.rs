@@ -23,7 +23,7 @@ fn log_with(terms: &[Term]) -> RaftLog {
 #[test]
 fn conflicting_suffix_is_replaced_and_reported_for_truncation() {
     let mut log = log_with(&[1, 1, 2, 2]);
-    let last = log.try_append(LogId::new(1, 2), &[e(3, 3)]).unwrap();
+    let last = log.try_append(LogId::new(1, 2), vec![e(3, 3)]).unwrap();
     assert_eq!(last, 3);
     assert_eq!(log.last_log_id(), LogId::new(3, 3));
     assert_eq!(log.persisted(), 2);
@@ -35,7 +35,7 @@ fn conflicting_suffix_is_replaced_and_reported_for_truncation() {
 #[test]
 fn present_entries_are_not_rewritten() {
     let mut log = log_with(&[1, 1, 2]);
-    assert_eq!(log.try_append(LogId::new(1, 1), &[e(1, 2)]), Ok(2));
+    assert_eq!(log.try_append(LogId::new(1, 1), vec![e(1, 2)]), Ok(2));
     assert_eq!(
         log.last_index(),
         3,
@@ -60,14 +60,14 @@ fn stale_persist_notifications_are_ignored() {
     let (_, out) = log.take_unpersisted();
     assert_eq!(out.len(), 1);
     let w1 = log.register_write();
-    log.try_append(LogId::new(1, 1), &[e(2, 2)]).unwrap();
+    log.try_append(LogId::new(1, 1), vec![e(2, 2)]).unwrap();
     let (truncate, out) = log.take_unpersisted();
     assert_eq!((truncate, out), (Some(2), vec![e(2, 2)]));
     let w2 = log.register_write();
     // The same entry as write 1 again, from a third leader: the log now
     // looks as after write 1, but write 2 (which deleted it) is pending.
-    log.try_append(LogId::new(1, 1), &[e(3, 2)]).unwrap();
-    log.try_append(LogId::new(1, 1), &[e(1, 2)]).unwrap_or(0);
+    log.try_append(LogId::new(1, 1), vec![e(3, 2)]).unwrap();
+    log.try_append(LogId::new(1, 1), vec![e(1, 2)]).unwrap_or(0);
     let _ = log.take_unpersisted();
     let w3 = log.register_write();
     assert!(
@@ -141,7 +141,7 @@ proptest::proptest! {
                     let entries: Vec<Entry> = (1..=n + 1)
                         .map(|k| sized(term, prev_index + k, len / (k as usize + 1)))
                         .collect();
-                    let _ = log.try_append(prev, &entries);
+                    let _ = log.try_append(prev, entries.clone());
                 }
                 3 => {
                     let to = log.committed() + n + 1;

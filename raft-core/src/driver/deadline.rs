@@ -1,0 +1,339 @@
+//! Proposals' deadlines on one shared timer per node, instead of a tokio
+//! timer per proposal: registering a proposal is a push onto a queue
+//! ordered by deadline, and its answer takes it off again; one task sleeps
+//! until the earliest deadline and wakes the proposals that reach it.
+//!
+//! Every proposal of a node waits [`DriverConfig::request_timeout`](super::DriverConfig::request_timeout)
+//! from the moment it registers, and the clock is read under the queue's
+//! lock, so deadlines come in increasing order: the queue is a FIFO whose
+//! front is always the earliest deadline. A proposal answered before its
+//! deadline leaves a hole (found by binary search on its sequence number);
+//! holes at the front go at once, and the queue is compacted whenever holes
+//! outnumber live entries, so it holds at most about twice the proposals
+//! waiting, however long one of them waits.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// Entries the queue may hold beyond twice the live ones before it is
+/// compacted (so a small queue is never compacted at each answer).
+const SLACK: usize = 32;
+
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Decides, exactly once, whether a queued proposal is taken by the driver
+/// (and may commit) or abandoned by a caller that timed out first (and is
+/// then never proposed), so a timeout before the driver took it is a
+/// definite "not applied". Also where the shared timer tells the caller
+/// that its deadline passed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ticket(Arc<TicketState>);
+
+#[derive(Debug, Default)]
+struct TicketState {
+    state: AtomicU8,
+    timer: Mutex<TimerSlot>,
+}
+
+/// What the timer and the caller share: whether the deadline passed, and
+/// the caller's waker while it waits.
+#[derive(Debug, Default)]
+struct TimerSlot {
+    expired: bool,
+    waker: Option<Waker>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding a lock: a poisoned one is intact.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ticket {
+    /// The driver takes the proposal; false when the caller gave up on it.
+    pub(crate) fn take(&self) -> bool {
+        self.0
+            .state
+            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The caller gives up; false when the driver already took it.
+    pub(crate) fn abandon(&self) -> bool {
+        self.0
+            .state
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn taken(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == TAKEN
+    }
+
+    /// Whether the deadline passed; otherwise the timer will wake `waker`
+    /// when it does.
+    fn expired_or_wake(&self, waker: &Waker) -> bool {
+        let mut slot = lock(&self.0.timer);
+        if slot.expired {
+            return true;
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+        false
+    }
+
+    /// The deadline passed: wakes the caller.
+    fn expire(&self) {
+        let waker = {
+            let mut slot = lock(&self.0.timer);
+            slot.expired = true;
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// One registered deadline.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    deadline: Instant,
+    /// `None` once answered (a hole).
+    ticket: Option<Ticket>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// In increasing `seq`, hence increasing `deadline`.
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    /// Entries that are not holes.
+    live: usize,
+}
+
+impl Queue {
+    /// Drops the holes at the front, and all of them when they outnumber
+    /// the live entries.
+    fn tidy(&mut self) {
+        while self.entries.front().is_some_and(|e| e.ticket.is_none()) {
+            self.entries.pop_front();
+        }
+        if self.entries.len() > 2 * self.live + SLACK {
+            self.entries.retain(|e| e.ticket.is_some());
+        }
+    }
+}
+
+/// The deadlines of one node's waiting proposals, shared by its handles
+/// and its timer task.
+#[derive(Debug, Default)]
+pub(crate) struct Deadlines {
+    queue: Mutex<Queue>,
+    /// Wakes the timer task when the queue goes from empty to not.
+    changed: Notify,
+}
+
+/// A proposal's place in the queue; dropping it takes the proposal off.
+#[derive(Debug)]
+pub(crate) struct Registration<'a> {
+    deadlines: &'a Deadlines,
+    seq: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.deadlines.queue);
+        let Some(front) = q.entries.front() else {
+            return;
+        };
+        // Sequence numbers increase along the queue; an entry already
+        // expired (popped by the timer) or compacted away is not found.
+        let Some(at) = self.seq.checked_sub(front.seq) else {
+            return;
+        };
+        let at = match q.entries.get(at as usize) {
+            // No compaction since: the entry is at its offset.
+            Some(e) if e.seq == self.seq => Some(at as usize),
+            _ => q.entries.binary_search_by_key(&self.seq, |e| e.seq).ok(),
+        };
+        if let Some(at) = at {
+            if q.entries[at].ticket.take().is_some() {
+                q.live -= 1;
+            }
+            q.tidy();
+        }
+    }
+}
+
+impl Deadlines {
+    /// Registers `ticket` to expire `timeout` from now.
+    pub(crate) fn register(&self, ticket: &Ticket, timeout: Duration) -> Registration<'_> {
+        let mut q = lock(&self.queue);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let was_empty = q.live == 0;
+        q.entries.push_back(Entry {
+            seq,
+            deadline: Instant::now() + timeout,
+            ticket: Some(ticket.clone()),
+        });
+        q.live += 1;
+        drop(q);
+        if was_empty {
+            self.changed.notify_one();
+        }
+        Registration {
+            deadlines: self,
+            seq,
+        }
+    }
+
+    /// Expires the entries whose deadline is at or before `now`; returns the
+    /// earliest deadline left.
+    fn expire_until(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let next = {
+            let mut q = lock(&self.queue);
+            q.tidy();
+            while let Some(e) = q.entries.front() {
+                if e.deadline > now {
+                    break;
+                }
+                if let Some(t) = q.entries.pop_front().and_then(|e| e.ticket) {
+                    q.live -= 1;
+                    expired.push(t);
+                }
+                q.tidy();
+            }
+            q.entries.front().map(|e| e.deadline)
+        };
+        for t in expired {
+            t.expire();
+        }
+        next
+    }
+
+    /// The timer task: sleeps until the earliest deadline, expires what
+    /// reached it, until `done` says the node stopped.
+    pub(crate) async fn run(self: Arc<Self>, mut done: watch::Receiver<bool>) {
+        let mut stopped = std::pin::pin!(async move {
+            let _ = done.wait_for(|d| *d).await;
+        });
+        loop {
+            let next = self.expire_until(Instant::now());
+            // Whichever comes first: the earliest deadline (or, with none,
+            // a first registration), or the node's stop.
+            let mut woken = std::pin::pin!(async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => self.changed.notified().await,
+                }
+            });
+            let stop = std::future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                woken.as_mut().poll(cx).map(|()| false)
+            })
+            .await;
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for `rx` until `ticket` expires: `None` when it did first.
+pub(crate) async fn until_expired<F: Future + Unpin>(
+    rx: &mut F,
+    ticket: &Ticket,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx: &mut Context<'_>| {
+        if let Poll::Ready(out) = Pin::new(&mut *rx).poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if ticket.expired_or_wake(cx.waker()) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn len(d: &Deadlines) -> usize {
+        lock(&d.queue).entries.len()
+    }
+
+    /// Answered proposals leave the queue (or are compacted away), even
+    /// while an older one keeps waiting at its front.
+    #[test]
+    fn the_queue_holds_about_the_waiting_proposals_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = Deadlines::default();
+            let stuck = Ticket::default();
+            let _held = d.register(&stuck, Duration::from_secs(5));
+            for _ in 0..10_000 {
+                let t = Ticket::default();
+                let r = d.register(&t, Duration::from_secs(5));
+                drop(r);
+            }
+            assert!(len(&d) <= 2 + SLACK, "{} entries for 1 waiting", len(&d));
+            drop(_held);
+            assert_eq!(len(&d), 0);
+        });
+    }
+
+    /// Each ticket expires at its own deadline, in order, and not before.
+    #[test]
+    fn tickets_expire_at_their_own_deadlines() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = Deadlines::default();
+            let start = Instant::now();
+            let a = Ticket::default();
+            let _ra = d.register(&a, Duration::from_secs(1));
+            tokio::time::advance(Duration::from_millis(300)).await;
+            let b = Ticket::default();
+            let _rb = d.register(&b, Duration::from_secs(1));
+            let expired = |t: &Ticket| lock(&t.0.timer).expired;
+            assert_eq!(
+                d.expire_until(start + Duration::from_millis(999)),
+                Some(start + Duration::from_secs(1))
+            );
+            assert!(!expired(&a) && !expired(&b));
+            assert_eq!(
+                d.expire_until(start + Duration::from_secs(1)),
+                Some(start + Duration::from_millis(1300))
+            );
+            assert!(expired(&a) && !expired(&b));
+            assert_eq!(d.expire_until(start + Duration::from_millis(1300)), None);
+            assert!(expired(&b));
+        });
+    }
+}

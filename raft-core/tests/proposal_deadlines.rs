@@ -1,0 +1,89 @@
+//! Proposals' timeouts on the node's shared deadline timer: a proposal
+//! that cannot commit answers `Timeout` exactly `request_timeout` after it
+//! was made, and proposals made at different times each time out at their
+//! own deadline, however many wait and whichever are answered meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+use common::{leader_after_first_write, put, Node};
+use raft_core::memory::{KvResponse, MemKv, MemLog, MemNetwork};
+use raft_core::{Config, DriverConfig, Membership, ProposeError};
+use tokio::time::Instant;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn cluster(net: &MemNetwork) -> Vec<Node> {
+    let mut driver = DriverConfig::default();
+    driver.request_timeout = TIMEOUT;
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let bootstrap = Membership::new([1, 2, 3]);
+        let log = Arc::new(MemLog::new());
+        nodes.push(
+            Node::start(
+                net,
+                Config::new(id),
+                driver.clone(),
+                bootstrap,
+                log,
+                MemKv::new(),
+            )
+            .await,
+        );
+    }
+    nodes
+}
+
+/// A proposal the followers never receive times out after exactly the
+/// request timeout, with an unknown outcome.
+#[tokio::test(start_paused = true)]
+async fn a_proposal_that_cannot_commit_times_out_at_the_request_timeout() {
+    let net = MemNetwork::new();
+    let nodes = cluster(&net).await;
+    let (_, leader) = leader_after_first_write(&nodes).await;
+    net.hold("append_entries");
+    let started = Instant::now();
+    let err = leader.propose(put("a", "1")).await.unwrap_err();
+    assert_eq!(err, ProposeError::Timeout);
+    assert_eq!(started.elapsed(), TIMEOUT);
+}
+
+/// Proposals made every 150 ms, while none can commit, each time out
+/// `request_timeout` after its own start; once the followers receive
+/// entries again, a new proposal commits and the old ones' deadlines
+/// are gone.
+#[tokio::test(start_paused = true)]
+async fn proposals_made_at_different_times_time_out_at_their_own_deadlines() {
+    let net = MemNetwork::new();
+    let nodes = cluster(&net).await;
+    let (_, leader) = leader_after_first_write(&nodes).await;
+    net.hold("append_entries");
+    let mut waiting = Vec::new();
+    for i in 0..20u32 {
+        let h = leader.clone();
+        waiting.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = h.propose(put(&format!("k{i}"), "v")).await;
+            (i, result, started.elapsed(), started)
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut ends = Vec::new();
+    for w in waiting {
+        let (i, result, took, started) = w.await.expect("proposer");
+        assert_eq!(result, Err(ProposeError::Timeout), "proposal {i}");
+        assert_eq!(took, TIMEOUT, "proposal {i} timed out after {took:?}");
+        ends.push(started + took);
+    }
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "in the order made");
+
+    net.release();
+    let answer = leader.propose(put("after", "1")).await;
+    assert!(
+        matches!(answer, Ok(KvResponse::Written { .. })),
+        "{answer:?}"
+    );
+}
