@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Membership};
 
-use super::mvcc::Revisions;
+use super::mvcc::{Collector, Revisions};
 use super::records::{
     decode_order_key, decode_token_record, decode_u64, encode_token_record, member_key, order_key,
     token_key, Remembered, TokenRecord, APPLIED_KEY, APPLIED_MEMBERS_KEY, ORDER_PREFIX,
@@ -86,7 +86,9 @@ pub(super) struct Applied {
 
 /// Applies `entries` to the state `view` shows; idempotency records are
 /// remembered for `window` entries, history for `retention` entries
-/// (0: until compacted by command).
+/// (0: until compacted by command); after each entry at most
+/// `collect_per_entry` compacted history records are deleted (see
+/// `mvcc.rs`).
 ///
 /// # Errors
 ///
@@ -95,6 +97,7 @@ pub(super) fn apply(
     view: &impl StoreView,
     window: u64,
     retention: u64,
+    collect_per_entry: usize,
     entries: &[Entry],
 ) -> Result<Applied, StoreError> {
     let mut batch = Batch {
@@ -104,7 +107,7 @@ pub(super) fn apply(
         writes: Vec::new(),
         keys: HashMap::new(),
         revisions: None,
-        garbage: Vec::new(),
+        collector: Collector::new(collect_per_entry),
         tokens: HashMap::new(),
         applied_members: None,
         scoped_since: None,
@@ -130,6 +133,7 @@ pub(super) fn apply(
             _ => Outcome::Noop,
         };
         outcomes.push(outcome);
+        batch.after_entry(e.index)?;
     }
     if let Some(last) = entries.last() {
         batch.forget_expired_tokens(last.index)?;
@@ -159,9 +163,9 @@ pub(super) struct Batch<'v, V> {
     pub(super) keys: HashMap<Bytes, Option<Versioned>>,
     /// The store's revisions, as this batch changed them; `None` until read.
     pub(super) revisions: Option<Revisions>,
-    /// History records written by this batch, by the revision they are
-    /// needed until (not in the view yet, for a compaction in the batch).
-    pub(super) garbage: Vec<(u64, Vec<u8>)>,
+    /// Deletes the history records compaction released, a bounded number
+    /// per entry.
+    pub(super) collector: Collector,
     /// Idempotency records written by this batch, by slot.
     tokens: HashMap<Vec<u8>, TokenRecord>,
     /// The members of the configuration last applied (this batch's own
@@ -395,6 +399,7 @@ mod tests {
 
     use raft_core::{Entry, EntryPayload, Membership};
 
+    use super::super::mvcc::COLLECT_PER_ENTRY;
     use super::*;
 
     /// Both column families in memory; a batch's writes go in in order.
@@ -440,7 +445,7 @@ mod tests {
     impl Memory {
         /// Applies `entries` as one batch and makes its writes.
         fn apply(&mut self, window: u64, entries: &[Entry]) -> Vec<Outcome> {
-            let applied = apply(self, window, 0, entries).expect("in memory");
+            let applied = apply(self, window, 0, COLLECT_PER_ENTRY, entries).expect("in memory");
             for w in applied.writes {
                 match w {
                     Write::Put(cf, k, v) => self.0.insert((cf, k), v),
@@ -578,11 +583,11 @@ mod tests {
             index,
             payload: EntryPayload::Membership(Box::new(Membership::new(voters))),
         };
-        let applied = apply(&m, 10, 0, &[record(1, 2), record(2, 3)]).unwrap();
+        let applied = apply(&m, 10, 0, COLLECT_PER_ENTRY, &[record(1, 2), record(2, 3)]).unwrap();
         assert!(applied.members_changed);
         m.apply(10, &[record(1, 2), record(2, 3), config(3, vec![1, 2, 3])]);
         assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_some());
-        let applied = apply(&m, 10, 0, &[config(4, vec![1, 2])]).unwrap();
+        let applied = apply(&m, 10, 0, COLLECT_PER_ENTRY, &[config(4, vec![1, 2])]).unwrap();
         assert!(applied.members_changed);
         m.apply(10, &[config(4, vec![1, 2])]);
         assert!(m.get(Cf::Meta, &member_key(3)).unwrap().is_none());

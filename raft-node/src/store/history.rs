@@ -119,8 +119,19 @@ pub(super) fn garbage_key(superseded: u64, hist_key: &[u8]) -> Vec<u8> {
 }
 
 /// The first compaction order key of records superseded at `rev` or later.
+#[cfg(test)]
 pub(super) fn garbage_bound(rev: u64) -> Vec<u8> {
     garbage_key(rev, HISTORY_PREFIX)
+}
+
+/// The revision from which the record a compaction order key names is no
+/// longer needed.
+pub(super) fn garbage_superseded(g: &[u8]) -> Result<u64, StoreError> {
+    g.strip_prefix(GARBAGE_PREFIX)
+        .and_then(|r| r.get(..8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(g, "compaction order key"))
 }
 
 /// The history key a compaction order key names.

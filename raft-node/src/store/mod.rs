@@ -139,6 +139,9 @@ pub struct KvStateMachine {
     /// History is compacted to this many log entries below the last
     /// applied (0: only by command).
     history_retention_entries: u64,
+    /// Released history records deleted after each entry, at most
+    /// ([`mvcc::COLLECT_PER_ENTRY`]; smaller in tests).
+    collect_per_entry: usize,
     /// Where snapshot files live; snapshots are refused without one.
     snapshot_dir: Option<PathBuf>,
     /// Bumped whenever the replicated member addresses may have changed.
@@ -171,6 +174,7 @@ impl KvStateMachine {
             reader,
             idempotency_window_entries,
             history_retention_entries: 0,
+            collect_per_entry: mvcc::COLLECT_PER_ENTRY,
             snapshot_dir: None,
             members_changed: Arc::new(watch::channel(0).0),
         })
@@ -182,6 +186,14 @@ impl KvStateMachine {
     /// same value: the history is replicated state.
     pub fn with_history_retention(mut self, entries: u64) -> Self {
         self.history_retention_entries = entries;
+        self
+    }
+
+    /// Deletes at most `n` released history records after each entry, to
+    /// test collection that spans entries and batches.
+    #[cfg(test)]
+    pub(crate) fn with_collect_per_entry(mut self, n: usize) -> Self {
+        self.collect_per_entry = n;
         self
     }
 
@@ -222,6 +234,7 @@ impl KvStateMachine {
             &self.reader,
             self.idempotency_window_entries,
             self.history_retention_entries,
+            self.collect_per_entry,
             entries,
         )?;
         self.reader.write(applied.writes)?;

@@ -3,13 +3,27 @@
 //! behind, the store's current revision, and compaction (by command, and
 //! automatic by retention), all decided from the log alone so that every
 //! replica keeps the same history. The layout is in `history.rs`.
+//!
+//! Compaction takes effect at once (reads below the compacted revision are
+//! refused from that entry on), but the records it releases are deleted a
+//! bounded number at a time: after each applied entry, at most
+//! [`COLLECT_PER_ENTRY`] of them, in compaction order. So a compaction over
+//! millions of overwrites costs no more memory or time per entry than any
+//! other, and the records left meanwhile are never read: a read at or
+//! above the compacted revision finds the version live then first, and a
+//! key's tombstone goes only after every older record of that key (it
+//! sorts last among the records its delete released). Every replica
+//! deletes the same records after the same entry, whatever its batches,
+//! so replicas stay byte for byte equal.
+
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
 use super::apply::{Batch, Cf, StoreView};
 use super::history::{
-    encode_history, garbage_bound, garbage_key, history_key, history_of_garbage, COMPACTED_KEY,
-    REVISION_KEY,
+    encode_history, garbage_key, garbage_superseded, history_key, history_of_garbage,
+    COMPACTED_KEY, GARBAGE_PREFIX, REVISION_KEY,
 };
 use super::records::{decode_record, decode_u64, encode_record};
 use super::{StoreError, Versioned};
@@ -22,6 +36,50 @@ pub struct Revisions {
     pub current: u64,
     /// History is kept from this revision on (0: nothing compacted).
     pub compacted: u64,
+}
+
+/// Released history records deleted after each applied entry, at most.
+/// Part of the replicated format: every replica must delete the same
+/// records after the same entry (it shows in the store's digest), so this
+/// is a constant, not a setting. Above the records a write releases (two
+/// for a delete, one for an overwrite), so collection keeps up with any
+/// steady load; a transaction deleting a large range releases more, and
+/// the entries after it catch up.
+pub const COLLECT_PER_ENTRY: usize = 1024;
+
+/// How many compaction order keys one read of the view fetches.
+const FETCH: usize = 256;
+
+/// The deletion of released history records over one batch: those the
+/// view holds (fetched in order, a page at a time), then this batch's own
+/// (which the view does not show, and which sort after every record in
+/// it: they were released at this batch's indexes).
+#[derive(Debug)]
+pub(super) struct Collector {
+    /// Records deleted after each entry, at most.
+    per_entry: usize,
+    /// Compaction order keys fetched from the view and not deleted yet.
+    fetched: VecDeque<Vec<u8>>,
+    /// The last key fetched; the next page starts past it.
+    cursor: Option<Vec<u8>>,
+    /// The view holds no compaction order key past the cursor.
+    view_done: bool,
+    /// This batch's own history records, by (the revision they are needed
+    /// until, history key).
+    pub(super) own: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl Collector {
+    /// A collector deleting at most `per_entry` records after each entry.
+    pub(super) fn new(per_entry: usize) -> Self {
+        Self {
+            per_entry,
+            fetched: VecDeque::new(),
+            cursor: None,
+            view_done: false,
+            own: BTreeSet::new(),
+        }
+    }
 }
 
 /// The revisions stored in `kv_meta`, `None` when the store has none
@@ -109,7 +167,7 @@ impl<V: StoreView> Batch<'_, V> {
         let tomb = history_key(key, index);
         self.put(Cf::Meta, tomb.clone(), encode_history(&tomb, None));
         self.put(Cf::Meta, garbage_key(index, &tomb), Vec::new());
-        self.garbage.push((index, tomb));
+        self.collector.own.insert((index, tomb));
         self.delete(Cf::Kv, key.to_vec());
         self.keys.insert(key.clone(), None);
         self.changed(index)
@@ -120,7 +178,7 @@ impl<V: StoreView> Batch<'_, V> {
         let hk = history_key(key, old.rev);
         self.put(Cf::Meta, hk.clone(), encode_history(&hk, Some(old)));
         self.put(Cf::Meta, garbage_key(superseded, &hk), Vec::new());
-        self.garbage.push((superseded, hk));
+        self.collector.own.insert((superseded, hk));
     }
 
     fn changed(&mut self, index: u64) -> Result<(), StoreError> {
@@ -158,32 +216,79 @@ impl<V: StoreView> Batch<'_, V> {
         Ok(Outcome::Compacted { revision: rev })
     }
 
-    /// Forgets the history no read at `rev` or later needs.
+    /// Compacts to `rev`: from now on no read below it is answered, and the
+    /// records it releases are deleted after this and later entries.
     fn compact(&mut self, rev: u64) -> Result<(), StoreError> {
-        // Records needed until the compacted revision or before are gone
-        // already: the scan starts past them, not over their deletions.
-        let before = self.revisions()?.compacted;
-        let start = garbage_bound(before.saturating_add(1));
-        let end = garbage_bound(rev.saturating_add(1));
-        for g in self.view.keys_between(Cf::Meta, &start, &end)? {
-            let hk = history_of_garbage(&g)?;
-            self.delete(Cf::Meta, hk);
-            self.delete(Cf::Meta, g);
-        }
-        // This batch's own records are not in the view yet.
-        let (gone, kept) = std::mem::take(&mut self.garbage)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(s, _)| *s <= rev);
-        self.garbage = kept;
-        for (s, hk) in gone {
-            self.delete(Cf::Meta, garbage_key(s, &hk));
-            self.delete(Cf::Meta, hk);
-        }
         let r = self.revisions()?;
         self.revisions = Some(Revisions {
             compacted: rev,
             ..r
         });
+        Ok(())
+    }
+
+    /// After entry `index`: the retention's compaction, then the deletion of
+    /// at most [`COLLECT_PER_ENTRY`] released records. Both depend only on
+    /// the state after `index`, never on the batch.
+    pub(super) fn after_entry(&mut self, index: u64) -> Result<(), StoreError> {
+        self.compact_by_retention(index)?;
+        let compacted = self.revisions()?.compacted;
+        if compacted == 0 {
+            return Ok(());
+        }
+        for _ in 0..self.collector.per_entry {
+            if !self.collect_one(compacted)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the first released record (needed until `compacted` or
+    /// before), if any; answers whether it did.
+    fn collect_one(&mut self, compacted: u64) -> Result<bool, StoreError> {
+        if self.collector.fetched.is_empty() && !self.collector.view_done {
+            self.fetch_released()?;
+        }
+        if let Some(g) = self.collector.fetched.front() {
+            if garbage_superseded(g)? > compacted {
+                return Ok(false);
+            }
+            if let Some(g) = self.collector.fetched.pop_front() {
+                self.delete(Cf::Meta, history_of_garbage(&g)?);
+                self.delete(Cf::Meta, g);
+            }
+            return Ok(true);
+        }
+        match self.collector.own.first() {
+            Some((s, _)) if *s <= compacted => {}
+            _ => return Ok(false),
+        }
+        if let Some((s, hk)) = self.collector.own.pop_first() {
+            self.delete(Cf::Meta, garbage_key(s, &hk));
+            self.delete(Cf::Meta, hk);
+        }
+        Ok(true)
+    }
+
+    /// Fetches the view's next page of compaction order keys.
+    fn fetch_released(&mut self) -> Result<(), StoreError> {
+        let start = match &self.collector.cursor {
+            Some(c) => {
+                let mut s = c.clone();
+                s.push(0);
+                s
+            }
+            None => GARBAGE_PREFIX.to_vec(),
+        };
+        let mut end = GARBAGE_PREFIX.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let page = self.view.keys_in(Cf::Meta, &start, Some(&end), FETCH)?;
+        self.collector.view_done = page.len() < FETCH;
+        self.collector.cursor = page.last().cloned().or(self.collector.cursor.take());
+        self.collector.fetched.extend(page);
         Ok(())
     }
 

@@ -270,6 +270,7 @@ impl KvStateMachine {
             reader: self.reader.clone(),
             idempotency_window_entries: self.idempotency_window_entries,
             history_retention_entries: self.history_retention_entries,
+            collect_per_entry: self.collect_per_entry,
             snapshot_dir: Some(dir),
             members_changed: self.members_changed.clone(),
         };

@@ -630,19 +630,30 @@ async fn replicas_agree_whatever_the_batches(seed: u64) {
     let window = rng.gen_range(1..=6);
     // History kept for a few entries, or until compacted by command.
     let retention = [0, 1, 5, 20][rng.gen_range(0..4)];
+    // Released history deleted a few records per entry, so that deletion
+    // spans entries, batches and restarts; or all at once.
+    let collect = [1, 2, 3, crate::store::mvcc::COLLECT_PER_ENTRY][rng.gen_range(0..4)];
     let len = rng.gen_range(60..=200);
     let log = random_log(&mut rng, len);
     let ctx = format!(
         "seed {seed} (replay: KV_REPLAY_SEED={seed}), window {window}, \
-         retention {retention}, {len} entries"
+         retention {retention}, collect {collect}, {len} entries"
     );
     let store = |dir: &std::path::Path, window| {
         let (log, sm) = store(dir, window);
-        (log, sm.with_history_retention(retention))
+        (
+            log,
+            sm.with_history_retention(retention)
+                .with_collect_per_entry(collect),
+        )
     };
     let snapshotting = |dir: &std::path::Path, window| {
         let (log, sm) = snapshotting(dir, window);
-        (log, sm.with_history_retention(retention))
+        (
+            log,
+            sm.with_history_retention(retention)
+                .with_collect_per_entry(collect),
+        )
     };
 
     // Replica A applies one entry at a time: the reference.

@@ -255,6 +255,62 @@ async fn compacted_revisions_are_gone_and_future_ones_refused() {
     assert_eq!(left, 0);
 }
 
+/// The history records of `r` (`h/`) and their compaction order keys (`g/`).
+fn history_records(r: &KvReader) -> (usize, usize) {
+    let meta = r.db.cf_handle(KV_META_CF).unwrap();
+    let mut counts = (0, 0);
+    for item in r.db.iterator_cf(meta, rocksdb::IteratorMode::Start) {
+        let (k, _) = item.unwrap();
+        if k.starts_with(b"h/") {
+            counts.0 += 1;
+        } else if k.starts_with(b"g/") {
+            counts.1 += 1;
+        }
+    }
+    counts
+}
+
+/// A compaction over many overwrites takes effect at once but deletes its
+/// records a bounded number per entry, and reads at or above the
+/// compacted revision answer right while records are left.
+#[tokio::test]
+async fn a_large_compaction_is_collected_a_bounded_number_per_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, sm) = store(dir.path(), 0);
+    let mut sm = sm.with_collect_per_entry(3);
+    let r = sm.reader();
+    // 19 past versions of k, then d put, overwritten and deleted.
+    let mut writes: Vec<Entry> = (1..=20).map(|i| put(i, "k", &format!("v{i}"))).collect();
+    writes.extend([put(21, "d", "1"), put(22, "d", "2"), del(23, "d")]);
+    sm.apply(&writes).await.unwrap();
+    assert_eq!(history_records(&r), (22, 22));
+    let out = sm.apply(&[compact(24, 23)]).await.unwrap();
+    assert_eq!(out, vec![Outcome::Compacted { revision: 23 }]);
+    assert!(matches!(
+        r.get_at(b"k", Some(22)),
+        Err(StoreError::Compacted { compacted: 23, .. })
+    ));
+    let mut left = 22 - 3;
+    let mut index = 24;
+    loop {
+        assert_eq!(history_records(&r), (left, left), "after entry {index}");
+        assert_eq!(at(&r, "k", Some(23)), v("v20", 1, 20, 20), "after {index}");
+        assert_eq!(at(&r, "d", Some(23)), None, "after entry {index}");
+        assert_eq!(
+            listing(&r, "", Some(23)),
+            (pairs(&[("k", "v20")]), 23),
+            "after entry {index}"
+        );
+        if left == 0 {
+            break;
+        }
+        index += 1;
+        sm.apply(&[blank(index)]).await.unwrap();
+        left = left.saturating_sub(3);
+    }
+    assert_eq!(index, 31, "22 records at 3 per entry: entries 24 to 31");
+}
+
 #[tokio::test]
 async fn retention_compacts_history_older_than_its_entries() {
     let dir = tempfile::tempdir().unwrap();
