@@ -7,6 +7,7 @@
 //!   the data and the idempotency table are written in one batch;
 //!   [`snapshot`]: its snapshot files; [`backup`]: backup files, and
 //!   [`restore`]: `raft-node restore` and `recover --force-new-cluster`.
+//! - [`watch`]: streams of the store's changes from a revision on.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;
@@ -35,3 +36,4 @@ pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod watch;

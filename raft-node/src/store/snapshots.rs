@@ -272,6 +272,8 @@ impl KvStateMachine {
             history_retention_entries: self.history_retention_entries,
             snapshot_dir: Some(dir),
             members_changed: self.members_changed.clone(),
+            hub: self.hub.clone(),
+            watch_cfg: self.watch_cfg.clone(),
         };
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Refuse a bad file before anything is deleted.
