@@ -172,4 +172,33 @@ async fn a_watch_on_a_follower_sees_every_acknowledged_write_once_across_a_leade
         assert_eq!(seen.get(rev), Some(kv), "acknowledged write at {rev}");
     }
     assert_eq!(revs.first(), Some(&first), "from the start revision on");
+
+    // Compacted history: a watch from it is refused with the revision to
+    // start from, on every member still running.
+    let http = reqwest::Client::new();
+    let node = &procs[index(current)].http;
+    let r = http
+        .post(format!("{node}/v1/cluster/compact"))
+        .json(&serde_json::json!({ "revision": last }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    for p in procs.iter().filter(|p| p.child.is_some()) {
+        let url = format!(
+            "{}/v1/watch?key=w/&prefix=true&start_revision={last}",
+            p.http
+        );
+        // The compaction reaches each member as it applies it.
+        let body: Value = loop {
+            let r = http.get(&url).send().await.unwrap();
+            if r.status() == 410 {
+                break r.json().await.unwrap();
+            }
+            assert_eq!(r.status(), 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(body["type"], "urn:raft-node:problem:revision-compacted");
+        assert_eq!(body["compacted_revision"], last, "{body}");
+    }
 }
