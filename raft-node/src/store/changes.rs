@@ -87,25 +87,24 @@ impl KvReader {
         limit: usize,
     ) -> Result<ChangesPage, StoreError> {
         let limit = limit.max(1);
-        let mut heap = self.consistent(|| self.collect(range, after, upto, Some(limit)))?;
-        let Some(max) = heap.peek().map(|e| e.0.revision) else {
-            return Ok(ChangesPage {
-                events: Vec::new(),
-                through: upto,
-            });
-        };
-        let through = if heap.len() < limit {
+        // One more than the page: the first change left out tells whether
+        // the page's last revision is whole.
+        let mut heap = self.consistent(|| self.collect(range, after, upto, Some(limit + 1)))?;
+        let through = if heap.len() <= limit {
             upto
-        } else if heap.iter().any(|e| e.0.revision < max) {
-            // Only whole revisions: the last one may have more changes.
-            while heap.peek().is_some_and(|e| e.0.revision == max) {
+        } else {
+            let cut = heap.pop().map_or(upto, |e| e.0.revision);
+            // The changes at the cut revision go to the next page together.
+            while heap.peek().is_some_and(|e| e.0.revision == cut) {
                 heap.pop();
             }
-            max - 1
-        } else {
-            // One revision fills the page: take it whole.
-            heap = self.consistent(|| self.collect(range, max - 1, max, None))?;
-            max
+            if heap.is_empty() {
+                // One revision fills the page: take it whole.
+                heap = self.consistent(|| self.collect(range, cut - 1, cut, None))?;
+                cut
+            } else {
+                cut - 1
+            }
         };
         let events = heap.into_sorted_vec().into_iter().map(|e| e.0).collect();
         Ok(ChangesPage { events, through })
@@ -214,4 +213,95 @@ fn key_history(
         hist.next();
     }
     Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pages on RocksDB, with a revision that changes two keys written
+    //! directly (no command makes one yet).
+
+    use raft_core::{Entry, EntryPayload, StateMachine};
+    use raft_log::{RocksLog, RocksLogOptions};
+
+    use super::super::history::REVISION_KEY;
+    use super::super::records::encode_record;
+    use super::super::KvStateMachine;
+    use super::*;
+    use crate::command::{Command, Op, Precondition};
+    use crate::watch::EventKind;
+
+    fn put(index: u64, key: &str) -> Entry {
+        let c = Command {
+            op: Op::Put(Bytes::from(format!("v{index}"))),
+            key: Bytes::from(key.to_owned()),
+            precondition: Precondition::None,
+            idempotency_key: None,
+            principal: None,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(c.encode()),
+        }
+    }
+
+    fn revs(p: &ChangesPage) -> Vec<(u64, String)> {
+        p.events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, EventKind::Put);
+                (e.revision, String::from_utf8_lossy(&e.kv.key).into_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_end_on_whole_revisions_and_take_a_large_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RocksLog::open(
+            dir.path(),
+            RocksLogOptions {
+                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
+                ..RocksLogOptions::default()
+            },
+        )
+        .unwrap();
+        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        sm.apply(&[put(1, "a"), put(2, "b"), put(3, "a")])
+            .await
+            .unwrap();
+        // Revision 4 creates "x" and "y" together.
+        let db = log.db();
+        for key in ["x", "y"] {
+            let v = Versioned {
+                value: Bytes::from_static(b"v4"),
+                rev: 4,
+                create_rev: 4,
+                version: 1,
+            };
+            db.put_cf(db.cf_handle(KV_CF).unwrap(), key, encode_record(&v))
+                .unwrap();
+        }
+        let meta = db.cf_handle(KV_META_CF).unwrap();
+        db.put_cf(meta, REVISION_KEY, 4u64.to_be_bytes()).unwrap();
+        let r = sm.reader();
+        let all = KeyRange::prefix(Bytes::new());
+        let p = r.changes(&all, 0, 4, 2).unwrap();
+        assert_eq!(revs(&p), [(1, "a".into()), (2, "b".into())]);
+        assert_eq!(p.through, 2);
+        // Two changes at 4 and one at 3 do not fit two: 3 alone.
+        let p = r.changes(&all, 2, 4, 2).unwrap();
+        assert_eq!((revs(&p), p.through), (vec![(3, "a".into())], 3));
+        // A page of one still holds revision 4 whole.
+        let p = r.changes(&all, 3, 4, 1).unwrap();
+        assert_eq!(revs(&p), [(4, "x".into()), (4, "y".into())]);
+        assert_eq!(p.through, 4);
+        // The previous value comes with each change, from the history.
+        let p = r
+            .changes(&KeyRange::prefix(Bytes::from("a")), 2, 4, 10)
+            .unwrap();
+        let prev = p.events[0].prev_kv.as_ref().unwrap();
+        assert_eq!((prev.mod_revision, &prev.value[..]), (1, &b"v1"[..]));
+        assert_eq!(p.through, 4);
+    }
 }
