@@ -423,3 +423,31 @@ async fn closing_ends_every_watch_with_a_shutdown_cancel() {
     );
     assert_eq!(next(&mut w).await, None);
 }
+
+/// Replay speed: `cargo test -p raftkv-node --lib watch::tests::replay_speed
+/// -- --ignored --nocapture` (changes from the history per second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn replay_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store(dir.path(), small(1024, 1000, 64));
+    let n = 20_000u64;
+    for start in (1..=n).step_by(500) {
+        let batch: Vec<Entry> = (start..start + 500)
+            .map(|i| put(i, &format!("p/{:03}", i % 100)))
+            .collect();
+        sm.apply(&batch).await.unwrap();
+    }
+    let mut req = WatchRequest::key("p/");
+    req.range_end = Bytes::from("p0");
+    req.start_revision = 1;
+    let started = std::time::Instant::now();
+    let mut w = sm.watches().watch(req).unwrap();
+    let got = changes_through(&mut w, n).await.len();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replayed {got} changes of 100 keys in {secs:.2} s: {:.0}/s",
+        got as f64 / secs
+    );
+    assert_eq!(got as u64, n);
+}
