@@ -1,8 +1,9 @@
 //! Watches over HTTP on real node processes: a watch on a follower from a
 //! past revision while writes go through the leader, the leader killed
 //! with SIGKILL and writes going on through the next one, and a reconnect
-//! with `Last-Event-ID`; every acknowledged write arrives exactly once,
-//! in revision order.
+//! with `Last-Event-ID`; a follower paused while the log moves past it,
+//! which catches up by a snapshot with its watch open. Every acknowledged
+//! write arrives exactly once, in revision order.
 
 mod common;
 
@@ -201,4 +202,92 @@ async fn a_watch_on_a_follower_sees_every_acknowledged_write_once_across_a_leade
         assert_eq!(body["type"], "urn:raft-node:problem:revision-compacted");
         assert_eq!(body["compacted_revision"], last, "{body}");
     }
+}
+
+fn signal(p: &common::Proc, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(p.child.as_ref().unwrap().id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// `name{labels}` summed over the Prometheus text of `node`.
+async fn metric(node: &str, name: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("{node}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_that_installs_a_snapshot_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--watch-progress-interval-ms=200".to_string(),
+        "--snapshot-entries=20".to_string(),
+        "--snapshot-keep-entries=5".to_string(),
+    ];
+    let (procs, client, lead) = led_cluster(dir.path(), 3, &flags).await;
+    let leader_proc = procs.iter().find(|p| p.id == lead).unwrap();
+    let behind = procs.iter().find(|p| p.id != lead).unwrap();
+    let first = via(&client, leader_proc).put("w/first", "f").await.unwrap();
+    let mut acked = BTreeMap::from([(first, ("w/first".to_string(), "f".to_string()))]);
+    let (done_tx, done_rx) = watch::channel(None);
+    let reader = tokio::spawn(follow(behind.http.clone(), first, usize::MAX, done_rx));
+    // Paused while the log moves past it: it catches up by a snapshot,
+    // with its watch open.
+    common::wait_status(&client, behind, 30, "caught up", |s| s.applied >= first).await;
+    signal(behind, rustix::process::Signal::STOP);
+    let put = |i: usize| {
+        let node = via(&client, leader_proc);
+        async move {
+            let (k, v) = (format!("w/{i:03}"), format!("v{i}"));
+            let rev = node.put(&k, v.clone()).await.unwrap();
+            (rev, (k, v))
+        }
+    };
+    for i in 0..30 {
+        let (rev, kv) = put(i).await;
+        acked.insert(rev, kv);
+    }
+    // Entries sent to it so far may wait in its socket buffers. Once the
+    // peer connection has timed out (an election timeout of 200 ms), the
+    // leader sends it nothing more; the entries written then are gone
+    // from the leader's log by the time it resumes: it needs a snapshot.
+    let sent_before = *acked.keys().last().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 30..90 {
+        let (rev, kv) = put(i).await;
+        acked.insert(rev, kv);
+    }
+    let purged = |s: &raft_client::ClusterStatus| s.first_index > sent_before + 1;
+    common::wait_status(&client, leader_proc, 60, "log purged", purged).await;
+    signal(behind, rustix::process::Signal::CONT);
+    let last = *acked.keys().last().unwrap();
+    done_tx.send(Some(last)).unwrap();
+    let (changes, _) = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("the watch reaches the last write")
+        .unwrap();
+    assert!(
+        behind.log_text().contains("snapshot loaded into the store"),
+        "node {} caught up without a snapshot",
+        behind.id
+    );
+    let caught_up = metric(&behind.http, "raft_node_watch_catchups_total", "snapshot").await;
+    assert!(caught_up >= 1.0, "the watch caught up after the install");
+    let seen: BTreeMap<u64, (String, String)> = changes
+        .iter()
+        .map(|(r, _, k, v)| (*r, (k.clone(), v.clone())))
+        .collect();
+    let revs: Vec<u64> = changes.iter().map(|c| c.0).collect();
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once: {revs:?}"
+    );
+    assert_eq!(seen, acked, "every write, in order, exactly once");
 }
