@@ -3,6 +3,7 @@
 //! watcher; a watcher that falls more than the ring behind is told so and
 //! catches up from the history.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -26,9 +27,13 @@ pub(crate) enum Published {
 }
 
 /// The publishing side, held by the state machine.
+/// Shared by every [`super::Watches`] of the node: the count of open
+/// watches (for the node's limit) and the stop switch.
 #[derive(Debug, Clone)]
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<Published>>,
+    pub(super) open: Arc<AtomicUsize>,
+    pub(super) stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl WatchHub {
@@ -37,6 +42,8 @@ impl WatchHub {
     pub fn new(buffer: usize) -> Self {
         Self {
             tx: broadcast::channel(buffer.max(1)).0,
+            open: Arc::new(AtomicUsize::new(0)),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 

@@ -27,7 +27,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,8 +205,6 @@ pub struct Watches {
     hub: WatchHub,
     reader: KvReader,
     cfg: Arc<WatchConfig>,
-    open: Arc<AtomicUsize>,
-    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Watches {
@@ -216,21 +214,20 @@ impl Watches {
             hub,
             reader,
             cfg: Arc::new(cfg),
-            open: Arc::new(AtomicUsize::new(0)),
-            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
-    /// Ends every watch, open now or later, with
+    /// Ends every watch of the node, open now or later, with
     /// [`CancelReason::Shutdown`]: the node is stopping, and their
     /// connections can finish.
     pub fn close_all(&self) {
-        self.stopping.send_replace(true);
+        self.hub.stopping.send_replace(true);
     }
 
-    /// The watches open now.
+    /// The watches open now on the node (through every `Watches` of its
+    /// store).
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.hub.open.load(Ordering::Acquire)
     }
 
     /// Opens a watch; its changes come from a task of its own until the
@@ -243,7 +240,7 @@ impl Watches {
     pub fn watch(&self, req: WatchRequest) -> Result<WatchStream, WatchError> {
         let range = KeyRange::etcd(req.key.clone(), req.range_end.clone())
             .ok_or(WatchError::InvalidRange)?;
-        let slot = stream::Slot::take(&self.open, self.cfg.max_watchers).ok_or(
+        let slot = stream::Slot::take(&self.hub.open, self.cfg.max_watchers).ok_or(
             WatchError::TooManyWatchers {
                 limit: self.cfg.max_watchers,
             },
@@ -272,7 +269,7 @@ impl Watches {
             tx,
             next,
             seen: 0,
-            stop: self.stopping.subscribe(),
+            stop: self.hub.stopping.subscribe(),
             _slot: slot,
         };
         tokio::spawn(watcher.run(rx, revs.current));
