@@ -202,6 +202,23 @@ async fn a_watch_on_a_follower_sees_every_acknowledged_write_once_across_a_leade
         assert_eq!(body["type"], "urn:raft-node:problem:revision-compacted");
         assert_eq!(body["compacted_revision"], last, "{body}");
     }
+    // Bad input: a problem document, no stream.
+    let base = format!("{node}/v1/watch");
+    for (method, query, status) in [
+        (reqwest::Method::POST, "key=a", 405),
+        (reqwest::Method::GET, "prefix=true", 400),
+        (reqwest::Method::GET, "key=b&range_end=a", 400),
+        (reqwest::Method::GET, "key=a&start_revision=x", 400),
+        (reqwest::Method::GET, "key=a&unknown=1", 400),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{base}?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {query}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
 }
 
 fn signal(p: &common::Proc, sig: rustix::process::Signal) {
