@@ -9,6 +9,7 @@
 //!   [`restore`]: `raft-node restore` and `recover --force-new-cluster`.
 //! - [`txn`]: multi-key transactions like etcd's `Txn`, transport-neutral
 //!   (`POST /v1/txn` and an etcd gRPC server map onto it).
+//! - [`watch`]: streams of the store's changes from a revision on.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;
@@ -38,3 +39,4 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod txn;
+pub mod watch;

@@ -147,6 +147,34 @@ pub fn describe_node_metrics() {
     );
     describe_sampled();
     describe_process();
+    describe_watches();
+}
+
+/// The metrics of watches (`GET /v1/watch`).
+fn describe_watches() {
+    describe_gauge!(
+        "raft_node_watchers",
+        Unit::Count,
+        "Watches open on this node."
+    );
+    metrics::gauge!("raft_node_watchers").increment(0.0);
+    describe_counter!(
+        "raft_node_watch_events_sent_total",
+        Unit::Count,
+        "Key changes sent to watches."
+    );
+    metrics::counter!("raft_node_watch_events_sent_total").increment(0);
+    describe_counter!(
+        "raft_node_watchers_canceled_total",
+        Unit::Count,
+        "Watches the node canceled, by reason (compacted, store_error, shutdown)."
+    );
+    describe_counter!(
+        "raft_node_watch_catchups_total",
+        Unit::Count,
+        "Times a watch read changes it missed back from the history, by reason \
+         (lagged: it fell --watch-buffer-batches behind; snapshot: its node installed one)."
+    );
 }
 
 fn describe_sampled() {

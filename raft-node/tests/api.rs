@@ -84,6 +84,19 @@ async fn bearer_tokens_guard_the_api_and_the_admin_routes() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // A watch is a read: the user token, like any other.
+    let w = format!("{}/v1/watch?key=secret", follower.http);
+    assert_eq!(client.get(&w).send().await.unwrap().status(), 401);
+    let r = client
+        .get(&w)
+        .bearer_auth("user-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    drop(r);
+
     // Admin routes need the admin token.
     let t = format!("{}/v1/cluster/transfer-leader", follower.http);
     assert_eq!(client.post(&t).send().await.unwrap().status(), 401);

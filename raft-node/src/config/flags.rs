@@ -246,6 +246,33 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_HISTORY_RETENTION")]
     pub history_retention: Option<u64>,
 
+    /// Watches (`GET /v1/watch`) open at once on this node; one more gets
+    /// 503. [default: 10000]
+    #[arg(long, env = "RAFT_WATCH_MAX_WATCHERS")]
+    pub watch_max_watchers: Option<usize>,
+
+    /// Applied batches a watch may fall behind before it catches up from
+    /// the revision history instead (memory: this many batches of changes,
+    /// shared by all watches). [default: 1024]
+    #[arg(long, env = "RAFT_WATCH_BUFFER_BATCHES")]
+    pub watch_buffer_batches: Option<usize>,
+
+    /// Changes read from the history per page when a watch replays or
+    /// catches up. [default: 1000]
+    #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE")]
+    pub watch_replay_page: Option<usize>,
+
+    /// Responses queued per watch for a client that reads slowly, before
+    /// the watch waits (and, past the buffer, catches up later from the
+    /// history). [default: 16]
+    #[arg(long, env = "RAFT_WATCH_QUEUE")]
+    pub watch_queue: Option<usize>,
+
+    /// How often a watch with `progress_notify=true` reports the revision
+    /// it got to, in ms (0: never). [default: 5000]
+    #[arg(long, env = "RAFT_WATCH_PROGRESS_INTERVAL_MS")]
+    pub watch_progress_interval_ms: Option<u64>,
+
     /// Take a snapshot and compact the log after this many applied entries
     /// (0: never by count). [default: 100000]
     #[arg(long, env = "RAFT_SNAPSHOT_ENTRIES")]
@@ -453,6 +480,11 @@ impl RunArgs {
             backup_max_duration_ms,
             idempotency_window,
             history_retention,
+            watch_max_watchers,
+            watch_buffer_batches,
+            watch_replay_page,
+            watch_queue,
+            watch_progress_interval_ms,
             snapshot_entries,
             snapshot_mib,
             snapshot_keep_entries,

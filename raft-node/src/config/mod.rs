@@ -134,6 +134,8 @@ pub struct NodeConfig {
     /// Revision history kept, in log entries below the last applied (0:
     /// compacted only by command).
     pub history_retention: u64,
+    /// The limits of watches.
+    pub watch: crate::watch::WatchConfig,
     /// Snapshot after this many applied entries (0: never).
     pub snapshot_entries: u64,
     /// Snapshot after this many bytes of applied entries (0: never).
@@ -234,6 +236,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("backup_max_duration", &self.backup_max_duration)
             .field("idempotency_window", &self.idempotency_window)
             .field("history_retention", &self.history_retention)
+            .field("watch", &self.watch)
             .field("snapshot_entries", &self.snapshot_entries)
             .field("snapshot_bytes", &self.snapshot_bytes)
             .field("snapshot_keep_entries", &self.snapshot_keep_entries)

@@ -146,6 +146,16 @@ impl RunArgs {
             backup_max_duration: ms(self.backup_max_duration_ms, 3_600_000),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
             history_retention: self.history_retention.unwrap_or(100_000),
+            watch: crate::watch::WatchConfig {
+                max_watchers: self.watch_max_watchers.unwrap_or(10_000),
+                buffer: self.watch_buffer_batches.unwrap_or(1024),
+                replay_page: self.watch_replay_page.unwrap_or(1000),
+                queue: self.watch_queue.unwrap_or(16),
+                progress_interval: match self.watch_progress_interval_ms.unwrap_or(5000) {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms)),
+                },
+            },
             snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
@@ -324,6 +334,10 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
         ("--max-txn-range-keys", cfg.max_txn_range_keys as usize),
         ("--max-connections-per-peer", cfg.max_connections_per_peer),
         ("--peer-handshakes-per-ip", cfg.peer_handshakes_per_ip),
+        ("--watch-max-watchers", cfg.watch.max_watchers),
+        ("--watch-buffer-batches", cfg.watch.buffer),
+        ("--watch-replay-page", cfg.watch.replay_page),
+        ("--watch-queue", cfg.watch.queue),
     ] {
         if v == 0 {
             return Err(ConfigError(format!("{name} must be positive")));

@@ -6,7 +6,8 @@
 //! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
 //! `cluster` (membership and leadership), `txn` (`POST /v1/txn`), `revisions` (revision headers,
 //! `?revision=`, `POST /v1/cluster/compact`), `ops` (status, health,
-//! metrics, snapshots), `backup` (`GET /v1/cluster/backup`); and the layers around them: `auth` (bearer
+//! metrics, snapshots), `backup` (`GET /v1/cluster/backup`), `watch`
+//! (`GET /v1/watch`, server-sent events); and the layers around them: `auth` (bearer
 //! tokens), `limits` (bodies, deadlines, load shedding, request metrics)
 //! and `forwarding` (relaying to the leader). Handlers return
 //! `Result<_, Problem>`; each error type's response is in
@@ -22,6 +23,7 @@ mod listing;
 mod ops;
 mod revisions;
 mod txn;
+mod watch;
 
 use std::sync::Arc;
 
@@ -67,6 +69,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Slots and memory of the API's limits.
     pub limits: Arc<HttpLimits>,
+    /// Watches of this node's store (`GET /v1/watch`).
+    pub watches: crate::watch::Watches,
 }
 
 impl std::fmt::Debug for AppState {
@@ -153,10 +157,17 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             auth::authorize,
         ));
+    // Watches are long-lived: outside the request deadline and the
+    // concurrency limit (they have their own, `--watch-max-watchers`), but
+    // behind the token check like every read.
+    let watches = Router::new().route("/v1/watch", get(watch::watch)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::authorize),
+    );
     Router::new()
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .merge(watches)
         .merge(api)
         // The operator routes too answer a wrong method with a problem.
         .method_not_allowed_fallback(method_not_allowed)

@@ -52,6 +52,8 @@ pub struct RunningNode {
     forwarder: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     log_db: Arc<rocksdb::DB>,
+    /// Watches of the store, ended at shutdown.
+    watches: crate::watch::Watches,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -285,8 +287,11 @@ pub async fn start(
     let resolved = resolve::resolve_members(&cfg, &log)?;
     let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?
         .with_history_retention(cfg.history_retention)
-        .with_snapshot_dir(cfg.data_dir.join("snapshots"))?;
+        .with_snapshot_dir(cfg.data_dir.join("snapshots"))?
+        .with_watch_config(cfg.watch.clone());
     let reader = sm.reader();
+    let watches = sm.watches();
+    let watches_of_node = watches.clone();
     let members_changed = sm.members_changed();
     // Addresses replicated through the log win over the ones stored here.
     let directory = MemberDirectory::new(db.clone(), reader.clone(), resolved.members)?;
@@ -336,6 +341,7 @@ pub async fn start(
             .context("building the forwarding client")?,
         metrics,
         limits: Arc::new(crate::http::HttpLimits::new(&cfg)),
+        watches,
     };
     let http = serve(&cfg, state).await?;
     let client_addr = http.client_addr;
@@ -360,6 +366,7 @@ pub async fn start(
         forwarder: driver.forwarder,
         background,
         log_db: db,
+        watches: watches_of_node,
     })
 }
 
@@ -396,8 +403,10 @@ impl RunningNode {
                 }
             }
         }
-        // The server lets running requests finish for HTTP_SHUTDOWN_GRACE,
+        // Watches end (a `canceled` event), so their connections finish;
+        // the server lets running requests finish for HTTP_SHUTDOWN_GRACE,
         // then drops them.
+        self.watches.close_all();
         let _ = self.http_stop.send(true);
         let _ = self.http.await;
         self.raft.shutdown().await;

@@ -82,6 +82,9 @@ pub(super) struct Applied {
     pub(super) writes: Vec<Write>,
     /// Whether the replicated member addresses may have changed.
     pub(super) members_changed: bool,
+    /// The key changes, in apply order, for watchers (published once the
+    /// writes are in the store).
+    pub(super) events: Vec<crate::watch::Event>,
 }
 
 /// Applies `entries` to the state `view` shows; idempotency records are
@@ -112,6 +115,7 @@ pub(super) fn apply(
         applied_members: None,
         scoped_since: None,
         members_changed: false,
+        events: Vec::new(),
     };
     let mut outcomes = Vec::with_capacity(entries.len());
     for e in entries {
@@ -148,6 +152,7 @@ pub(super) fn apply(
         outcomes,
         writes: batch.writes,
         members_changed: batch.members_changed,
+        events: batch.events,
     })
 }
 
@@ -174,6 +179,8 @@ pub(super) struct Batch<'v, V> {
     /// The index of the first scoped token; `None` until read.
     scoped_since: Option<Option<u64>>,
     members_changed: bool,
+    /// Every key change, in apply order (see `mvcc.rs`).
+    pub(super) events: Vec<crate::watch::Event>,
 }
 
 impl<V: StoreView> Batch<'_, V> {

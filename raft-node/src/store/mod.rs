@@ -40,6 +40,7 @@
 mod apply;
 mod at;
 mod backup;
+mod changes;
 mod history;
 mod mvcc;
 mod records;
@@ -65,9 +66,11 @@ use rocksdb::DB;
 use tokio::sync::watch;
 
 use crate::command::Outcome;
+use crate::watch::{WatchConfig, WatchHub, Watches};
 use records::INSTALLING_KEY;
 
 pub use backup::{snapshot_file, ExportRequest};
+pub use changes::ChangesPage;
 pub use mvcc::Revisions;
 pub use rocks::KvReader;
 
@@ -146,6 +149,10 @@ pub struct KvStateMachine {
     snapshot_dir: Option<PathBuf>,
     /// Bumped whenever the replicated member addresses may have changed.
     members_changed: Arc<watch::Sender<u64>>,
+    /// Where applied changes are published for watches.
+    hub: WatchHub,
+    /// The limits of watches.
+    watch_cfg: WatchConfig,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -177,7 +184,21 @@ impl KvStateMachine {
             collect_per_entry: mvcc::COLLECT_PER_ENTRY,
             snapshot_dir: None,
             members_changed: Arc::new(watch::channel(0).0),
+            hub: WatchHub::new(WatchConfig::default().buffer),
+            watch_cfg: WatchConfig::default(),
         })
+    }
+
+    /// Sets the limits of watches (before any is opened).
+    pub fn with_watch_config(mut self, cfg: WatchConfig) -> Self {
+        self.hub = WatchHub::new(cfg.buffer);
+        self.watch_cfg = cfg;
+        self
+    }
+
+    /// Opens watches of this store's changes.
+    pub fn watches(&self) -> Watches {
+        Watches::new(self.hub.clone(), self.reader(), self.watch_cfg.clone())
     }
 
     /// Compacts the revision history automatically to `entries` log
@@ -238,6 +259,8 @@ impl KvStateMachine {
             entries,
         )?;
         self.reader.write(applied.writes)?;
+        // In the store now: watchers may read it back from the history.
+        self.hub.publish(applied.events);
         if applied.members_changed {
             self.members_changed.send_modify(|v| *v += 1);
         }
@@ -288,6 +311,10 @@ impl StateMachine for KvStateMachine {
         meta: &SnapshotMeta,
         data: SnapshotData,
     ) -> Result<(), StateMachineError> {
-        self.install(meta, data).await
+        self.install(meta, data).await?;
+        // Changes the snapshot covers were never published: watchers catch
+        // up from the history it carries.
+        self.hub.replaced();
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ use super::history::{
 use super::records::{decode_record, decode_u64, encode_record};
 use super::{StoreError, Versioned};
 use crate::command::{decode_compact, Outcome};
+use crate::watch::Event;
 
 /// The store's revisions as a batch sees them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,9 +148,10 @@ impl<V: StoreView> Batch<'_, V> {
             create_rev,
             version,
         };
-        if let Some(o) = old {
-            self.retire(key, &o, index);
+        if let Some(o) = &old {
+            self.retire(key, o, index);
         }
+        self.events.push(Event::put(key, &new, old.as_ref()));
         self.put(Cf::Kv, key.to_vec(), encode_record(&new));
         self.keys.insert(key.clone(), Some(new));
         self.changed(index)
@@ -164,6 +166,7 @@ impl<V: StoreView> Batch<'_, V> {
         old: &Versioned,
     ) -> Result<(), StoreError> {
         self.retire(key, old, index);
+        self.events.push(Event::delete(key, index, Some(old)));
         let tomb = history_key(key, index);
         self.put(Cf::Meta, tomb.clone(), encode_history(&tomb, None));
         self.put(Cf::Meta, garbage_key(index, &tomb), Vec::new());

@@ -273,6 +273,8 @@ impl KvStateMachine {
             collect_per_entry: self.collect_per_entry,
             snapshot_dir: Some(dir),
             members_changed: self.members_changed.clone(),
+            hub: self.hub.clone(),
+            watch_cfg: self.watch_cfg.clone(),
         };
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Refuse a bad file before anything is deleted.

@@ -1,0 +1,307 @@
+//! The changes of a key range between two revisions, read back from the
+//! history (`history.rs`) and the current records, for watches that start
+//! in the past or fall behind. Paged by revision with bounded memory: a
+//! page holds the `limit` first changes (whole revisions), found in one
+//! pass over the range's history; the next page starts after it.
+
+use std::collections::BinaryHeap;
+
+use bytes::Bytes;
+use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, DB};
+
+use super::history::{
+    decode_history, decode_history_key, history_after, history_of, history_prefix, HISTORY_PREFIX,
+};
+use super::mvcc::stored_revisions;
+use super::records::decode_record;
+use super::{KvReader, StoreError, Versioned, KV_CF, KV_META_CF};
+use crate::watch::{Event, KeyRange, RangeEnd};
+
+/// A page of changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesPage {
+    /// The changes, by revision, then key.
+    pub events: Vec<Event>,
+    /// Every change up to this revision (inclusive) is in this page or an
+    /// earlier one: the next page starts after it.
+    pub through: u64,
+}
+
+/// An event ordered by revision, then key.
+struct ByRevision(Event);
+
+impl ByRevision {
+    fn order(&self) -> (u64, &[u8]) {
+        (self.0.revision, &self.0.kv.key)
+    }
+}
+
+impl PartialEq for ByRevision {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+impl Eq for ByRevision {}
+impl PartialOrd for ByRevision {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByRevision {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+/// The history bounds of `range` in `kv_meta`.
+fn history_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
+    match &range.end {
+        RangeEnd::Single => (history_of(&range.start), history_after(&range.start)),
+        RangeEnd::Before(e) => (history_prefix(&range.start), history_prefix(e)),
+        RangeEnd::Unbounded => {
+            let mut end = HISTORY_PREFIX.to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            (history_prefix(&range.start), end)
+        }
+    }
+}
+
+impl KvReader {
+    /// The changes to keys in `range` with a revision in `(after, upto]`,
+    /// at most about `limit` of them (more only when one revision alone
+    /// holds more), as one page ending on a whole revision.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Compacted`] when the history no longer holds every
+    /// change after `after` (the compacted revision is above it),
+    /// [`StoreError::Installing`] while a snapshot replaces the data, and
+    /// the errors of reading the store.
+    pub fn changes(
+        &self,
+        range: &KeyRange,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        let limit = limit.max(1);
+        // One more than the page: the first change left out tells whether
+        // the page's last revision is whole.
+        let mut heap = self.consistent(|| self.collect(range, after, upto, Some(limit + 1)))?;
+        let through = if heap.len() <= limit {
+            upto
+        } else {
+            let cut = heap.pop().map_or(upto, |e| e.0.revision);
+            // The changes at the cut revision go to the next page together.
+            while heap.peek().is_some_and(|e| e.0.revision == cut) {
+                heap.pop();
+            }
+            if heap.is_empty() {
+                // One revision fills the page: take it whole.
+                heap = self.consistent(|| self.collect(range, cut - 1, cut, None))?;
+                cut
+            } else {
+                cut - 1
+            }
+        };
+        let events = heap.into_sorted_vec().into_iter().map(|e| e.0).collect();
+        Ok(ChangesPage { events, through })
+    }
+
+    /// One pass over `range`: the first `limit` changes in `(after, upto]`
+    /// by (revision, key), all of them when `limit` is `None`.
+    fn collect(
+        &self,
+        range: &KeyRange,
+        after: u64,
+        upto: u64,
+        limit: Option<usize>,
+    ) -> Result<BinaryHeap<ByRevision>, StoreError> {
+        let view = self.db.snapshot();
+        let opts = || {
+            let mut o = ReadOptions::default();
+            o.set_snapshot(&view);
+            o
+        };
+        let compacted = stored_revisions(self)?.unwrap_or_default().compacted;
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after + 1,
+                compacted,
+            });
+        }
+        let mut hist = self.db.raw_iterator_cf_opt(self.cf(KV_META_CF)?, opts());
+        let mut kv = self.db.raw_iterator_cf_opt(self.cf(KV_CF)?, opts());
+        let (hist_start, hist_end) = history_bounds(range);
+        hist.seek(&hist_start);
+        kv.seek(&range.start);
+        let mut heap = BinaryHeap::new();
+        let mut keep = |e: Event| {
+            if e.revision <= after || e.revision > upto {
+                return;
+            }
+            heap.push(ByRevision(e));
+            if limit.is_some_and(|l| heap.len() > l) {
+                heap.pop();
+            }
+        };
+        loop {
+            let next_hist = next_history_key(&hist, &hist_end, range)?;
+            let next_kv = next_kv_key(&kv, range)?;
+            let key = match (next_hist, next_kv) {
+                (None, None) => break,
+                (Some(h), Some(k)) => h.min(k),
+                (Some(h), None) => h,
+                (None, Some(k)) => k,
+            };
+            let key = Bytes::from(key);
+            let prev = key_history(&mut hist, &key, &mut keep)?;
+            if kv.key() == Some(&key[..]) {
+                let v = decode_record(&key, kv.value().unwrap_or_default())?;
+                keep(Event::put(&key, &v, prev.as_ref()));
+                kv.next();
+            }
+        }
+        hist.status()?;
+        kv.status()?;
+        Ok(heap)
+    }
+}
+
+type Raw<'a> = DBRawIteratorWithThreadMode<'a, DB>;
+
+/// The user key of the history record `hist` is on, when in `range`.
+fn next_history_key(
+    hist: &Raw<'_>,
+    end: &[u8],
+    range: &KeyRange,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match hist.key() {
+        Some(k) if k < end => {
+            let (key, _) = decode_history_key(k)?;
+            Ok(range.contains(&key).then_some(key))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The key `kv` is on, when in `range`.
+fn next_kv_key(kv: &Raw<'_>, range: &KeyRange) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(kv.key().filter(|k| range.contains(k)).map(<[u8]>::to_vec))
+}
+
+/// Visits the history of `key` (where `hist` is, if it is there) in
+/// revision order, each record as the change that made it; answers the
+/// last version (`None` after a tombstone or without history).
+fn key_history(
+    hist: &mut Raw<'_>,
+    key: &Bytes,
+    keep: &mut impl FnMut(Event),
+) -> Result<Option<Versioned>, StoreError> {
+    let own = history_of(key);
+    let mut prev: Option<Versioned> = None;
+    while let Some(k) = hist.key().filter(|k| k.starts_with(&own)) {
+        let (_, rev) = decode_history_key(k)?;
+        let past = decode_history(k, hist.value().unwrap_or_default())?;
+        match &past {
+            Some(v) => keep(Event::put(key, v, prev.as_ref())),
+            None => keep(Event::delete(key, rev, prev.as_ref())),
+        }
+        prev = past;
+        hist.next();
+    }
+    Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pages on RocksDB, with a revision that changes two keys written
+    //! directly (no command makes one yet).
+
+    use raft_core::{Entry, EntryPayload, StateMachine};
+    use raft_log::{RocksLog, RocksLogOptions};
+
+    use super::super::history::REVISION_KEY;
+    use super::super::records::encode_record;
+    use super::super::KvStateMachine;
+    use super::*;
+    use crate::command::{Command, Op, Precondition};
+    use crate::watch::EventKind;
+
+    fn put(index: u64, key: &str) -> Entry {
+        let c = Command {
+            op: Op::Put(Bytes::from(format!("v{index}"))),
+            key: Bytes::from(key.to_owned()),
+            precondition: Precondition::None,
+            idempotency_key: None,
+            principal: None,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(c.encode()),
+        }
+    }
+
+    fn revs(p: &ChangesPage) -> Vec<(u64, String)> {
+        p.events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, EventKind::Put);
+                (e.revision, String::from_utf8_lossy(&e.kv.key).into_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_end_on_whole_revisions_and_take_a_large_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RocksLog::open(
+            dir.path(),
+            RocksLogOptions {
+                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
+                ..RocksLogOptions::default()
+            },
+        )
+        .unwrap();
+        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        sm.apply(&[put(1, "a"), put(2, "b"), put(3, "a")])
+            .await
+            .unwrap();
+        // Revision 4 creates "x" and "y" together.
+        let db = log.db();
+        for key in ["x", "y"] {
+            let v = Versioned {
+                value: Bytes::from_static(b"v4"),
+                rev: 4,
+                create_rev: 4,
+                version: 1,
+            };
+            db.put_cf(db.cf_handle(KV_CF).unwrap(), key, encode_record(&v))
+                .unwrap();
+        }
+        let meta = db.cf_handle(KV_META_CF).unwrap();
+        db.put_cf(meta, REVISION_KEY, 4u64.to_be_bytes()).unwrap();
+        let r = sm.reader();
+        let all = KeyRange::prefix(Bytes::new());
+        let p = r.changes(&all, 0, 4, 2).unwrap();
+        assert_eq!(revs(&p), [(1, "a".into()), (2, "b".into())]);
+        assert_eq!(p.through, 2);
+        // Two changes at 4 and one at 3 do not fit two: 3 alone.
+        let p = r.changes(&all, 2, 4, 2).unwrap();
+        assert_eq!((revs(&p), p.through), (vec![(3, "a".into())], 3));
+        // A page of one still holds revision 4 whole.
+        let p = r.changes(&all, 3, 4, 1).unwrap();
+        assert_eq!(revs(&p), [(4, "x".into()), (4, "y".into())]);
+        assert_eq!(p.through, 4);
+        // The previous value comes with each change, from the history.
+        let p = r
+            .changes(&KeyRange::prefix(Bytes::from("a")), 2, 4, 10)
+            .unwrap();
+        let prev = p.events[0].prev_kv.as_ref().unwrap();
+        assert_eq!((prev.mod_revision, &prev.value[..]), (1, &b"v1"[..]));
+        assert_eq!(p.through, 4);
+    }
+}

@@ -1,0 +1,70 @@
+//! Where the store publishes its changes once they are in RocksDB: a
+//! broadcast ring of bounded length, so publishing never waits for a
+//! watcher; a watcher that falls more than the ring behind is told so and
+//! catches up from the history.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::Event;
+
+/// What the store publishes.
+#[derive(Debug)]
+pub(crate) enum Published {
+    /// The key changes of one applied batch, in apply order, and the
+    /// store's revision after it.
+    Changes {
+        /// The store's revision after the batch.
+        revision: u64,
+        /// The changes, by revision.
+        events: Vec<Event>,
+    },
+    /// A snapshot replaced the data: changes it covers were never
+    /// published, so every watcher catches up from the history.
+    Replaced,
+}
+
+/// The publishing side, held by the state machine.
+/// Shared by every [`super::Watches`] of the node: the count of open
+/// watches (for the node's limit) and the stop switch.
+#[derive(Debug, Clone)]
+pub struct WatchHub {
+    tx: broadcast::Sender<Arc<Published>>,
+    pub(super) open: Arc<AtomicUsize>,
+    pub(super) stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl WatchHub {
+    /// A hub whose watchers may fall `buffer` batches behind before they
+    /// catch up from the history (at least 1).
+    pub fn new(buffer: usize) -> Self {
+        Self {
+            tx: broadcast::channel(buffer.max(1)).0,
+            open: Arc::new(AtomicUsize::new(0)),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Publishes the changes of a batch now in the store. Never waits.
+    pub(crate) fn publish(&self, events: Vec<Event>) {
+        let Some(revision) = events.last().map(|e| e.revision) else {
+            return;
+        };
+        if self.tx.receiver_count() > 0 {
+            let _ = self
+                .tx
+                .send(Arc::new(Published::Changes { revision, events }));
+        }
+    }
+
+    /// Tells every watcher that a snapshot replaced the data.
+    pub(crate) fn replaced(&self) {
+        let _ = self.tx.send(Arc::new(Published::Replaced));
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,248 @@
+//! One watch's task: replay from the history, then the published
+//! changes, catching up from the history again whenever it fell behind.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+
+use super::hub::Published;
+use super::{
+    CancelReason, Event, EventKind, KeyRange, WatchConfig, WatchHub, WatchRequest, WatchResponse,
+};
+use crate::store::{KvReader, StoreError};
+
+/// A watch's place among the node's open watches; given back on drop.
+pub(super) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place when fewer than `limit` watches are open.
+    pub(super) fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()?;
+        metrics::gauge!("raft_node_watchers").increment(1.0);
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("raft_node_watchers").decrement(1.0);
+    }
+}
+
+/// How a watcher's live phase ended.
+enum Live {
+    /// It fell behind, or a snapshot replaced the data: catch up.
+    CatchUp,
+    /// The consumer went away.
+    Gone,
+    /// Canceled (sent).
+    Canceled,
+}
+
+/// What woke a live watcher.
+enum Wake {
+    Published(Result<Arc<Published>, RecvError>),
+    Tick,
+    Gone,
+    Stop,
+}
+
+/// Waits between tries while a snapshot install replaces the data.
+const INSTALL_RETRY: Duration = Duration::from_millis(50);
+
+pub(super) struct Watcher {
+    pub(super) hub: WatchHub,
+    pub(super) reader: KvReader,
+    pub(super) cfg: Arc<WatchConfig>,
+    pub(super) range: KeyRange,
+    pub(super) req: WatchRequest,
+    pub(super) tx: mpsc::Sender<WatchResponse>,
+    /// The first revision not sent yet.
+    pub(super) next: u64,
+    /// The latest store revision this watcher knows of.
+    pub(super) seen: u64,
+    /// Becomes `true` when the node stops.
+    pub(super) stop: tokio::sync::watch::Receiver<bool>,
+    pub(super) _slot: Slot,
+}
+
+impl Watcher {
+    /// Runs the watch: `rx` was subscribed before the store was at `upto`.
+    pub(super) async fn run(mut self, mut rx: broadcast::Receiver<Arc<Published>>, mut upto: u64) {
+        loop {
+            self.seen = self.seen.max(upto);
+            match self.replay(upto).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(reason) => return self.cancel(reason).await,
+            }
+            match self.live(&mut rx).await {
+                Live::CatchUp => {}
+                Live::Gone | Live::Canceled => return,
+            }
+            rx = self.hub.subscribe();
+            upto = match self.reader.revisions() {
+                Ok(r) => r.current,
+                Err(e) => return self.cancel(CancelReason::Store(e.to_string())).await,
+            };
+        }
+    }
+
+    async fn cancel(&self, reason: CancelReason) {
+        metrics::counter!("raft_node_watchers_canceled_total", "reason" => reason.label())
+            .increment(1);
+        let _ = self.tx.send(WatchResponse::Canceled(reason)).await;
+    }
+
+    /// Sends the changes from `next` to `upto` out of the history, page by
+    /// page; `false` when the consumer went away.
+    async fn replay(&mut self, upto: u64) -> Result<bool, CancelReason> {
+        while self.next <= upto {
+            if *self.stop.borrow() {
+                return Err(CancelReason::Shutdown);
+            }
+            let (reader, range) = (self.reader.clone(), self.range.clone());
+            let (after, page) = (self.next - 1, self.cfg.replay_page);
+            let read =
+                tokio::task::spawn_blocking(move || reader.changes(&range, after, upto, page))
+                    .await
+                    .map_err(|e| CancelReason::Store(format!("replay task failed: {e}")))?;
+            match read {
+                Ok(p) => {
+                    if !self.send_changes(&p.events, p.through).await {
+                        return Ok(false);
+                    }
+                }
+                Err(StoreError::Installing) => tokio::time::sleep(INSTALL_RETRY).await,
+                Err(StoreError::Compacted { compacted, .. }) => {
+                    return Err(CancelReason::Compacted { compacted })
+                }
+                Err(e) => return Err(CancelReason::Store(e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends `events` (by revision, from `next` on) grouped by revision,
+    /// filtered by the request; then every revision through `through` is
+    /// done. `false` when the consumer went away.
+    async fn send_changes(&mut self, events: &[Event], through: u64) -> bool {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let rev = first.revision;
+            let n = rest.iter().take_while(|e| e.revision == rev).count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            if rev < self.next {
+                continue;
+            }
+            let shown: Vec<Event> = group.iter().filter_map(|e| self.shown(e)).collect();
+            if !shown.is_empty() {
+                let count = shown.len() as u64;
+                let resp = WatchResponse::Changes {
+                    revision: rev,
+                    events: shown,
+                };
+                if self.tx.send(resp).await.is_err() {
+                    return false;
+                }
+                metrics::counter!("raft_node_watch_events_sent_total").increment(count);
+            }
+            self.next = rev + 1;
+        }
+        self.next = self.next.max(through + 1);
+        true
+    }
+
+    /// `e` as this watch shows it, if it does.
+    fn shown(&self, e: &Event) -> Option<Event> {
+        let wanted = match e.kind {
+            EventKind::Put => !self.req.no_put,
+            EventKind::Delete => !self.req.no_delete,
+        };
+        if !wanted || !self.range.contains(&e.kv.key) {
+            return None;
+        }
+        let mut e = e.clone();
+        if !self.req.prev_kv {
+            e.prev_kv = None;
+        }
+        Some(e)
+    }
+
+    /// Serves published changes until the watcher must catch up, is
+    /// canceled or its consumer goes away.
+    async fn live(&mut self, rx: &mut broadcast::Receiver<Arc<Published>>) -> Live {
+        let period = self
+            .cfg
+            .progress_interval
+            .filter(|_| self.req.progress_notify);
+        let mut ticks = period.map(|p| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let tick = async {
+                match ticks.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = {
+                let (tx, stop) = (&self.tx, &mut self.stop);
+                tokio::select! {
+                    msg = rx.recv() => Wake::Published(msg),
+                    _ = tick => Wake::Tick,
+                    () = tx.closed() => Wake::Gone,
+                    // Without its sender (all `Watches` dropped), never.
+                    Ok(_) = stop.wait_for(|s| *s) => Wake::Stop,
+                }
+            };
+            match wake {
+                Wake::Published(Ok(p)) => match &*p {
+                    Published::Changes { revision, events } => {
+                        self.seen = self.seen.max(*revision);
+                        if !self.send_changes(events, *revision).await {
+                            return Live::Gone;
+                        }
+                    }
+                    Published::Replaced => {
+                        metrics::counter!("raft_node_watch_catchups_total", "reason" => "snapshot")
+                            .increment(1);
+                        return Live::CatchUp;
+                    }
+                },
+                Wake::Published(Err(RecvError::Lagged(_))) => {
+                    metrics::counter!("raft_node_watch_catchups_total", "reason" => "lagged")
+                        .increment(1);
+                    return Live::CatchUp;
+                }
+                Wake::Published(Err(RecvError::Closed)) | Wake::Stop => {
+                    self.cancel(CancelReason::Shutdown).await;
+                    return Live::Canceled;
+                }
+                Wake::Tick => {
+                    // Live, everything up to the revision known was sent.
+                    let revision = self.seen;
+                    if self
+                        .tx
+                        .send(WatchResponse::Progress { revision })
+                        .await
+                        .is_err()
+                    {
+                        return Live::Gone;
+                    }
+                }
+                Wake::Gone => return Live::Gone,
+            }
+        }
+    }
+}
