@@ -157,9 +157,9 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
 
-    /// Most keys one range of a transaction (a compare, a range read or a
-    /// range delete) may cover; a transaction with a larger range is
-    /// refused and changes nothing. [default: 10000]
+    /// Most keys the ranges of one transaction (compares, range reads and
+    /// range deletes) may cover, all together; a transaction whose ranges
+    /// cover more is refused and changes nothing. [default: 10000]
     #[arg(long, env = "RAFT_MAX_TXN_RANGE_KEYS")]
     pub max_txn_range_keys: Option<u32>,
 

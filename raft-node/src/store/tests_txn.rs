@@ -427,6 +427,53 @@ async fn a_range_over_the_limit_is_refused_whatever_the_batch_changed_before() {
     assert_eq!(range_of(&s.txn(keys_only).await.responses[0]).count, 1);
 }
 
+/// The limit on keys bounds every range of a transaction together (ranges,
+/// range deletes and range compares): an entry of many ranges, nested past
+/// `--max-txn-ops` per level, must not make every replica's apply read
+/// ops × `--max-txn-range-keys` records.
+#[tokio::test]
+async fn the_ranges_of_one_transaction_share_one_budget_of_keys() {
+    let mut s = Store::new();
+    s.max_range_keys = 4;
+    s.txn(ops(vec![put("k1", "v"), put("k2", "v"), put("k3", "v")]))
+        .await;
+    let count = || {
+        RequestOp::Range(RangeRequest {
+            count_only: true,
+            ..range("k", "l")
+        })
+    };
+    let one = s.txn(ops(vec![count()])).await;
+    assert_eq!(range_of(&one.responses[0]).count, 3);
+    // Two ranges of 3 keys visit 6 > 4 keys.
+    assert!(matches!(
+        s.run(ops(vec![count(), count()])).await,
+        Outcome::TxnRefused(_)
+    ));
+    let nested = ops(vec![count(), RequestOp::Txn(ops(vec![count()]))]);
+    assert!(matches!(s.run(nested).await, Outcome::TxnRefused(_)));
+    // Compares over ranges visit keys too.
+    let over_range = Compare {
+        range_end: b("l"),
+        ..cmp("k", CompareTarget::Version(0), CompareResult::Greater)
+    };
+    let compares = TxnRequest {
+        compare: vec![over_range.clone(), over_range],
+        ..TxnRequest::default()
+    };
+    assert!(matches!(s.run(compares).await, Outcome::TxnRefused(_)));
+    // Single keys and empty ranges (an end before the key) cost nothing.
+    let cheap = ops(vec![
+        count(),
+        RequestOp::Range(range("k1", "")),
+        RequestOp::Range(range("k3", "k1")),
+        put("k2", "w"),
+    ]);
+    let r = s.txn(cheap).await;
+    assert_eq!(range_of(&r.responses[2]).count, 0);
+    assert_eq!(s.revision(), 6);
+}
+
 #[tokio::test]
 async fn a_snapshot_carries_the_effects_of_transactions() {
     let mut s = Store::new();

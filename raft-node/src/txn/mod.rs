@@ -25,12 +25,13 @@
 //!   "duplicate key given in txn request"), an empty key, a lease compare,
 //!   a key or value over the size limits, a request over
 //!   [`TxnLimits::max_request_bytes`].
-//! - **Refused when applied** ([`TxnRefusal`], nothing changes): a range
-//!   (in a compare, a `Range` or a `DeleteRange`) covering more than
-//!   [`TxnLimits::max_range_keys`] keys, or responses holding more than
-//!   [`TxnLimits::max_read_bytes`] of keys and values. Both limits travel
-//!   in the entry, so every replica applies the proposer's, and an apply
-//!   holds at most about that many keys in memory.
+//! - **Refused when applied** ([`TxnRefusal`], nothing changes): ranges
+//!   (in compares, `Range`s and `DeleteRange`s with a `range_end`)
+//!   covering more than [`TxnLimits::max_range_keys`] keys all together,
+//!   or responses holding more than [`TxnLimits::max_read_bytes`] of keys
+//!   and values. Both limits travel in the entry, so every replica applies
+//!   the proposer's, and an apply visits at most that many keys and holds
+//!   at most that many bytes, however many operations the entry holds.
 //!
 //! [`propose`] proposes a transaction through the same path as every
 //! write (a follower forwards it to the leader inside Raft); [`put`] and
@@ -248,8 +249,9 @@ pub struct KeyValue {
 /// Why a valid transaction was refused when applied; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnRefusal {
-    /// A range covers more keys than the limit.
-    #[error("a range of the transaction covers more than {limit} keys (--max-txn-range-keys); narrow it or use several transactions")]
+    /// The ranges of the transaction cover more keys than the limit, all
+    /// together.
+    #[error("the ranges of the transaction cover more than {limit} keys together (--max-txn-range-keys); narrow them or use several transactions")]
     RangeTooLarge {
         /// The limit.
         limit: u64,
@@ -268,7 +270,8 @@ pub struct TxnLimits {
     /// Most compares, and most operations in each branch
     /// (`--max-txn-ops`, etcd's `--max-txn-ops`, default 128).
     pub max_ops: usize,
-    /// Most keys a range of a transaction may cover
+    /// Most keys the ranges of a transaction (compares, reads and deletes
+    /// with a `range_end`) may cover, all together
     /// (`--max-txn-range-keys`, default 10000).
     pub max_range_keys: u32,
     /// Most bytes of keys and values in a transaction's responses
