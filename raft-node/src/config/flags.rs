@@ -153,7 +153,8 @@ pub struct RunArgs {
     pub max_list_bytes: Option<usize>,
 
     /// Most compares, and most operations in each branch, of a
-    /// transaction (etcd's --max-txn-ops). [default: 128]
+    /// transaction; a nested transaction gets what its parent's largest
+    /// list leaves (etcd's --max-txn-ops). [default: 128]
     #[arg(long, env = "RAFT_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
 

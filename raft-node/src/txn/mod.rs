@@ -20,7 +20,9 @@
 //!   log index as its revision; a transaction that changes nothing makes no
 //!   revision ([`TxnResponse::revision`] is then the store's revision).
 //! - **Refused** before the log ([`TxnInvalid`]): more than
-//!   [`TxnLimits::max_ops`] compares or operations in a list, a key put
+//!   [`TxnLimits::max_ops`] compares or operations in a list (in a nested
+//!   transaction: than its parent's largest list leaves, as in etcd), a
+//!   key put
 //!   twice or put inside a range the same path deletes (etcd's
 //!   "duplicate key given in txn request"), an empty key, a lease compare,
 //!   a key or value over the size limits, a request over
@@ -267,7 +269,8 @@ pub enum TxnRefusal {
 /// The limits of transactions (the node's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnLimits {
-    /// Most compares, and most operations in each branch
+    /// Most compares, and most operations in each branch; a nested
+    /// transaction gets what its parent's largest list leaves
     /// (`--max-txn-ops`, etcd's `--max-txn-ops`, default 128).
     pub max_ops: usize,
     /// Most keys the ranges of a transaction (compares, reads and deletes

@@ -13,7 +13,9 @@ pub const MAX_DEPTH: usize = 16;
 /// are etcd's where etcd has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnInvalid {
-    /// More compares, or operations in a branch, than the limit.
+    /// More compares, or operations in a branch, than the limit (for a
+    /// nested transaction: than the limit less its parent's largest list,
+    /// as in etcd).
     #[error(
         "etcdserver: too many operations in txn request (the limit is {limit}, --max-txn-ops)"
     )]
@@ -24,7 +26,7 @@ pub enum TxnInvalid {
     /// A key put twice, or put inside a range deleted, on one path.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
-    /// A `Range`, `Put` or `DeleteRange` with an empty key.
+    /// A compare, `Range`, `Put` or `DeleteRange` with an empty key.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
     /// A compare on a lease.
@@ -65,7 +67,7 @@ pub enum TxnInvalid {
 ///
 /// The first [`TxnInvalid`] found.
 pub(crate) fn check(req: &TxnRequest, limits: &TxnLimits) -> Result<(), TxnInvalid> {
-    check_shape(req, limits, 0)?;
+    check_shape(req, limits, limits.max_ops, 0)?;
     check_intervals(&req.success)?;
     check_intervals(&req.failure)?;
     Ok(())
@@ -89,8 +91,15 @@ fn check_op_key(key: &[u8], range_end: &[u8], limits: &TxnLimits) -> Result<(), 
     check_key(range_end, limits)
 }
 
-/// Counts, sizes, keys and depth, recursively.
-fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(), TxnInvalid> {
+/// Counts, sizes, keys and depth, recursively. As in etcd, a list holds at
+/// most `max_ops` items, and a nested transaction's lists at most what
+/// its parent's largest list leaves of that.
+fn check_shape(
+    req: &TxnRequest,
+    limits: &TxnLimits,
+    max_ops: usize,
+    depth: usize,
+) -> Result<(), TxnInvalid> {
     if depth >= MAX_DEPTH {
         return Err(TxnInvalid::TooDeep);
     }
@@ -99,12 +108,15 @@ fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(),
         .len()
         .max(req.success.len())
         .max(req.failure.len());
-    if most > limits.max_ops {
+    if most > max_ops {
         return Err(TxnInvalid::TooManyOps {
             limit: limits.max_ops,
         });
     }
     for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(TxnInvalid::EmptyKey);
+        }
         check_key(&c.key, limits)?;
         check_key(&c.range_end, limits)?;
         match &c.target {
@@ -131,7 +143,7 @@ fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(),
                 }
             }
             RequestOp::DeleteRange(d) => check_op_key(&d.key, &d.range_end, limits)?,
-            RequestOp::Txn(t) => check_shape(t, limits, depth + 1)?,
+            RequestOp::Txn(t) => check_shape(t, limits, max_ops - most, depth + 1)?,
         }
     }
     Ok(())
@@ -249,6 +261,55 @@ mod tests {
         };
         assert_eq!(check(&nested(put("a")), &l), dup);
         assert_eq!(check(&nested(del("a", "")), &l), dup);
+    }
+
+    /// As etcd: a nested transaction may hold only what its parent's
+    /// limit leaves (`--max-txn-ops` minus the parent's largest list), so
+    /// nesting does not multiply the limit; and a compare needs a key.
+    #[test]
+    fn nested_transactions_share_the_limit_and_compares_need_a_key() {
+        let l = TxnLimits {
+            max_ops: 4,
+            ..TxnLimits::default()
+        };
+        let too_many = Err(TxnInvalid::TooManyOps { limit: 4 });
+        let puts = |prefix: &str, n: usize| -> Vec<RequestOp> {
+            (0..n)
+                .map(|i| {
+                    RequestOp::Put(PutRequest {
+                        key: Bytes::from(format!("{prefix}{i}")),
+                        value: Bytes::new(),
+                        prev_kv: false,
+                    })
+                })
+                .collect()
+        };
+        // `outer` operations, the last a transaction of `inner` puts.
+        let nested = |outer: usize, inner: usize| {
+            let mut success = puts("o", outer - 1);
+            success.push(RequestOp::Txn(ops(puts("i", inner), vec![])));
+            ops(success, vec![])
+        };
+        assert_eq!(check(&nested(2, 2), &l), Ok(()));
+        assert_eq!(check(&nested(2, 3), &l), too_many);
+        assert_eq!(check(&nested(1, 3), &l), Ok(()));
+        let compare = |key: &'static str| Compare {
+            key: Bytes::from_static(key.as_bytes()),
+            range_end: Bytes::new(),
+            target: CompareTarget::Version(0),
+            result: CompareResult::Equal,
+        };
+        let compares = TxnRequest {
+            compare: vec![compare("a"); 3],
+            success: vec![RequestOp::Txn(ops(vec![put("m"), put("n")], vec![]))],
+            failure: vec![],
+        };
+        assert_eq!(check(&compares, &l), too_many);
+        let empty = TxnRequest {
+            compare: vec![compare("")],
+            ..TxnRequest::default()
+        };
+        assert_eq!(check(&empty, &l), Err(TxnInvalid::EmptyKey));
     }
 
     #[test]
