@@ -153,13 +153,14 @@ pub struct RunArgs {
     pub max_list_bytes: Option<usize>,
 
     /// Most compares, and most operations in each branch, of a
-    /// transaction (etcd's --max-txn-ops). [default: 128]
+    /// transaction; a nested transaction gets what its parent's largest
+    /// list leaves (etcd's --max-txn-ops). [default: 128]
     #[arg(long, env = "RAFT_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
 
-    /// Most keys one range of a transaction (a compare, a range read or a
-    /// range delete) may cover; a transaction with a larger range is
-    /// refused and changes nothing. [default: 10000]
+    /// Most keys the ranges of one transaction (compares, range reads and
+    /// range deletes) may cover, all together; a transaction whose ranges
+    /// cover more is refused and changes nothing. [default: 10000]
     #[arg(long, env = "RAFT_MAX_TXN_RANGE_KEYS")]
     pub max_txn_range_keys: Option<u32>,
 

@@ -101,7 +101,7 @@ pub struct NodeConfig {
     pub max_list_bytes: usize,
     /// Most compares, and operations per branch, of a transaction.
     pub max_txn_ops: usize,
-    /// Most keys one range of a transaction may cover.
+    /// Most keys the ranges of one transaction may cover, together.
     pub max_txn_range_keys: u32,
     /// Client connections open at once.
     pub http_max_connections: usize,

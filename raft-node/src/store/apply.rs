@@ -8,7 +8,7 @@
 //! how entries were split into batches: every replica stores and answers
 //! the same (the `replicas_are_a_function_of_the_log...` test checks it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, Membership};
@@ -108,7 +108,7 @@ pub(super) fn apply(
         window,
         retention,
         writes: Vec::new(),
-        keys: HashMap::new(),
+        keys: BTreeMap::new(),
         revisions: None,
         collector: Collector::new(collect_per_entry),
         tokens: HashMap::new(),
@@ -164,8 +164,9 @@ pub(super) struct Batch<'v, V> {
     /// History is compacted to this many entries below the last applied.
     pub(super) retention: u64,
     writes: Vec<Write>,
-    /// Records set (or deleted: `None`) by this batch, by key.
-    pub(super) keys: HashMap<Bytes, Option<Versioned>>,
+    /// Records set (or deleted: `None`) by this batch, by key, in key
+    /// order (a transaction's range reads the part it covers).
+    pub(super) keys: BTreeMap<Bytes, Option<Versioned>>,
     /// The store's revisions, as this batch changed them; `None` until read.
     pub(super) revisions: Option<Revisions>,
     /// Deletes the history records compaction released, a bounded number

@@ -427,6 +427,114 @@ async fn a_range_over_the_limit_is_refused_whatever_the_batch_changed_before() {
     assert_eq!(range_of(&s.txn(keys_only).await.responses[0]).count, 1);
 }
 
+/// The limit on keys bounds every range of a transaction together (ranges,
+/// range deletes and range compares): an entry of many ranges, nested past
+/// `--max-txn-ops` per level, must not make every replica's apply read
+/// ops × `--max-txn-range-keys` records.
+#[tokio::test]
+async fn the_ranges_of_one_transaction_share_one_budget_of_keys() {
+    let mut s = Store::new();
+    s.max_range_keys = 4;
+    s.txn(ops(vec![put("k1", "v"), put("k2", "v"), put("k3", "v")]))
+        .await;
+    let count = || {
+        RequestOp::Range(RangeRequest {
+            count_only: true,
+            ..range("k", "l")
+        })
+    };
+    let one = s.txn(ops(vec![count()])).await;
+    assert_eq!(range_of(&one.responses[0]).count, 3);
+    // Two ranges of 3 keys visit 6 > 4 keys.
+    assert!(matches!(
+        s.run(ops(vec![count(), count()])).await,
+        Outcome::TxnRefused(_)
+    ));
+    let nested = ops(vec![count(), RequestOp::Txn(ops(vec![count()]))]);
+    assert!(matches!(s.run(nested).await, Outcome::TxnRefused(_)));
+    // Compares over ranges visit keys too.
+    let over_range = Compare {
+        range_end: b("l"),
+        ..cmp("k", CompareTarget::Version(0), CompareResult::Greater)
+    };
+    let compares = TxnRequest {
+        compare: vec![over_range.clone(), over_range],
+        ..TxnRequest::default()
+    };
+    assert!(matches!(s.run(compares).await, Outcome::TxnRefused(_)));
+    // Single keys and empty ranges (an end before the key) cost nothing.
+    let cheap = ops(vec![
+        count(),
+        RequestOp::Range(range("k1", "")),
+        RequestOp::Range(range("k3", "k1")),
+        put("k2", "w"),
+    ]);
+    let r = s.txn(cheap).await;
+    assert_eq!(range_of(&r.responses[2]).count, 0);
+    assert_eq!(s.revision(), 6);
+}
+
+/// etcd (3.4) takes a put in one nested transaction and a delete of the
+/// same key in a later one: the key ends deleted at the transaction's
+/// revision, and reads at earlier revisions still see what was before.
+#[tokio::test]
+async fn a_key_put_then_deleted_in_one_transaction_ends_deleted_with_its_history() {
+    let mut s = Store::new();
+    s.put("k", "old").await; // 1
+    let nested = |op| RequestOp::Txn(ops(vec![op]));
+    let r = s
+        .txn(ops(vec![
+            nested(put("k", "mid")),
+            nested(delete("k", "", true)),
+            nested(put("n", "new")),
+            nested(delete("n", "", false)),
+        ]))
+        .await; // 2
+    assert_eq!(r.revision, 2);
+    match &r.responses[1] {
+        ResponseOp::Txn(t) => match &t.responses[0] {
+            ResponseOp::DeleteRange(d) => assert_eq!(d.prev_kvs, vec![kv("k", "mid", 1, 2, 2)]),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((s.get("k"), s.get("n")), (None, None));
+    let reader = s.sm.reader();
+    let at = |key: &str, rev| reader.get_at(key.as_bytes(), Some(rev)).unwrap().0;
+    assert_eq!(at("k", 1).unwrap().value, b("old"));
+    assert_eq!((at("k", 2), at("n", 1), at("n", 2)), (None, None, None));
+    // Put again: a new life of the key, created at its revision.
+    s.put("k", "again").await; // 3
+    let k = s.get("k").unwrap();
+    assert_eq!((k.create_rev, k.version), (3, 1));
+    // The same in a snapshot, and after compacting past it.
+    let meta = SnapshotMeta {
+        last_log_id: raft_core::LogId::new(1, 3),
+        membership: raft_core::Membership::new([1, 2, 3]),
+    };
+    let data = s.sm.build_snapshot(&meta).await.unwrap();
+    let mut other = Store::new();
+    other.sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(
+        other.sm.reader().digest().unwrap(),
+        s.sm.reader().digest().unwrap()
+    );
+    let compact = Entry {
+        term: 1,
+        index: 4,
+        payload: EntryPayload::Normal(crate::command::encode_compact(3)),
+    };
+    for store in [&mut s, &mut other] {
+        let out = store.apply(std::slice::from_ref(&compact)).await;
+        assert_eq!(out, vec![Outcome::Compacted { revision: 3 }]);
+    }
+    assert_eq!(
+        other.sm.reader().digest().unwrap(),
+        s.sm.reader().digest().unwrap()
+    );
+    assert_eq!(s.sm.reader().get_at(b"k", Some(3)).unwrap().0, Some(k));
+}
+
 #[tokio::test]
 async fn a_snapshot_carries_the_effects_of_transactions() {
     let mut s = Store::new();

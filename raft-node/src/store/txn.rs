@@ -4,13 +4,16 @@
 //! its limits, make its changes through `put_value` and `delete_value`,
 //! all at the entry's index.
 //!
-//! Memory per apply is bounded: a range holds at most `max_range_keys`
-//! keys (found with one bounded scan of the store plus this batch's own
-//! changes), and values are kept only for responses and deletes, at most
+//! Work and memory per apply are bounded: the ranges of a transaction
+//! (compares, reads and deletes with a `range_end`) visit at most
+//! `max_range_keys` keys all together, each found with one bounded scan of
+//! the store plus the part of this batch's own changes the range covers;
+//! values are kept only for responses and deletes, at most
 //! `max_read_bytes` of them. Both limits come from the entry, so every
 //! replica refuses the same transactions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use bytes::Bytes;
 
@@ -41,6 +44,8 @@ struct Plan<'b, 'v, V> {
     batch: &'b Batch<'v, V>,
     index: u64,
     max_range_keys: u64,
+    /// Keys the ranges of the transaction may still visit.
+    keys_left: u64,
     /// The budget of bytes below, whole.
     max_read_bytes: u64,
     /// Bytes of keys and values still allowed in responses and deletes.
@@ -65,10 +70,6 @@ fn key_value(key: &Bytes, v: &Versioned, with_value: bool) -> KeyValue {
     }
 }
 
-fn within(key: &[u8], start: &[u8], end: Option<&[u8]>) -> bool {
-    key >= start && end.is_none_or(|e| key < e)
-}
-
 impl<V: StoreView> Plan<'_, '_, V> {
     /// `key` as this transaction sees it (`with_local`) or as it was before.
     fn lookup(&self, key: &Bytes, with_local: bool) -> Result<Option<Versioned>, StoreError> {
@@ -80,10 +81,12 @@ impl<V: StoreView> Plan<'_, '_, V> {
         self.batch.current(key)
     }
 
-    /// Calls `f` on every live key of the range, in key order; refuses a
-    /// range of more than `max_range_keys` keys before calling it at all.
+    /// Calls `f` on every live key of the range, in key order. A range
+    /// (a non-empty `range_end`) takes its keys from the transaction's
+    /// budget of keys: the transaction is refused once its ranges together
+    /// cover more than `max_range_keys`.
     fn each_in_range(
-        &self,
+        &mut self,
         key: &Bytes,
         range_end: &[u8],
         with_local: bool,
@@ -96,30 +99,36 @@ impl<V: StoreView> Plan<'_, '_, V> {
             return Ok(());
         }
         let (start, end) = interval(key, range_end);
-        let end = end.as_deref();
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Ok(());
+        }
+        let bounds = (
+            Bound::Included(Bytes::from(start.clone())),
+            end.clone()
+                .map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e))),
+        );
         // Keys changed by this batch or transaction, which the store's
         // view does not show; its deleted ones may still be in the view.
         let mut candidates = BTreeSet::new();
         let mut hidden = 0usize;
-        let overlays = self
-            .batch
-            .keys
-            .iter()
-            .chain(self.local.iter().filter(|_| with_local));
-        for (k, v) in overlays {
-            if within(k, &start, end) {
-                hidden += usize::from(v.is_none());
-                candidates.insert(k.clone());
-            }
+        let local = self.local.range(bounds.clone()).filter(|_| with_local);
+        for (k, v) in self.batch.keys.range(bounds).chain(local) {
+            hidden += usize::from(v.is_none());
+            candidates.insert(k.clone());
         }
-        let max = usize::try_from(self.max_range_keys).unwrap_or(usize::MAX);
+        let max = usize::try_from(self.keys_left).unwrap_or(usize::MAX);
         let scan = max.saturating_add(hidden).saturating_add(1);
-        let stored = self.batch.view.keys_in(Cf::Kv, &start, end, scan)?;
+        let stored = self
+            .batch
+            .view
+            .keys_in(Cf::Kv, &start, end.as_deref(), scan)?;
         if stored.len() >= scan {
             // At least `max + 1` of them are live whatever the overlays.
             return Err(Stop::Refused(self.too_many_keys()));
         }
         candidates.extend(stored.into_iter().map(Bytes::from));
+        // The count first, so that the same limit refuses the range
+        // whatever the batch (before `f` charges any bytes).
         let mut live = Vec::new();
         for k in candidates {
             if self.lookup(&k, with_local)?.is_some() {
@@ -129,6 +138,7 @@ impl<V: StoreView> Plan<'_, '_, V> {
         if live.len() > max {
             return Err(Stop::Refused(self.too_many_keys()));
         }
+        self.keys_left -= live.len() as u64;
         for k in live {
             if let Some(v) = self.lookup(&k, with_local)? {
                 f(&k, v)?;
@@ -155,7 +165,7 @@ impl<V: StoreView> Plan<'_, '_, V> {
 
     /// Whether every compare of `req` holds on the state before the
     /// transaction.
-    fn holds(&self, req: &TxnRequest) -> Result<bool, Stop> {
+    fn holds(&mut self, req: &TxnRequest) -> Result<bool, Stop> {
         for c in &req.compare {
             let mut all = true;
             let mut any = false;
@@ -318,6 +328,7 @@ impl<V: StoreView> Batch<'_, V> {
             batch: self,
             index,
             max_range_keys: u64::from(cmd.max_range_keys),
+            keys_left: u64::from(cmd.max_range_keys),
             max_read_bytes: cmd.max_read_bytes,
             bytes_left: cmd.max_read_bytes,
             local: BTreeMap::new(),

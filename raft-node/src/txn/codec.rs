@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Decoding refuses unknown versions, tags and flag bits, truncation and
-//! trailing bytes, and never allocates more than the bytes it was given.
+//! trailing bytes, and allocates for the items that arrive, never for the
+//! counts an entry declares.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -208,8 +209,12 @@ fn get_flags(buf: &mut Bytes, known: u8, what: &'static str) -> Result<u8, Decod
     Ok(f)
 }
 
-/// A list of `n` items, each at least one byte: never more capacity than
-/// bytes left.
+/// Items a list reserves room for before they arrive: the list grows
+/// with the items actually decoded, never with the count declared (an
+/// item takes ten bytes or more of the entry but a hundred in memory).
+const LIST_RESERVE: usize = 16;
+
+/// A list of `n` items, each at least one byte.
 fn get_list<T>(
     buf: &mut Bytes,
     what: &'static str,
@@ -219,7 +224,7 @@ fn get_list<T>(
     if n > buf.remaining() {
         return Err(DecodeError(what));
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(LIST_RESERVE));
     for _ in 0..n {
         out.push(item(buf)?);
     }

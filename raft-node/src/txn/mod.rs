@@ -20,17 +20,20 @@
 //!   log index as its revision; a transaction that changes nothing makes no
 //!   revision ([`TxnResponse::revision`] is then the store's revision).
 //! - **Refused** before the log ([`TxnInvalid`]): more than
-//!   [`TxnLimits::max_ops`] compares or operations in a list, a key put
+//!   [`TxnLimits::max_ops`] compares or operations in a list (in a nested
+//!   transaction: than its parent's largest list leaves, as in etcd), a
+//!   key put
 //!   twice or put inside a range the same path deletes (etcd's
 //!   "duplicate key given in txn request"), an empty key, a lease compare,
 //!   a key or value over the size limits, a request over
 //!   [`TxnLimits::max_request_bytes`].
-//! - **Refused when applied** ([`TxnRefusal`], nothing changes): a range
-//!   (in a compare, a `Range` or a `DeleteRange`) covering more than
-//!   [`TxnLimits::max_range_keys`] keys, or responses holding more than
-//!   [`TxnLimits::max_read_bytes`] of keys and values. Both limits travel
-//!   in the entry, so every replica applies the proposer's, and an apply
-//!   holds at most about that many keys in memory.
+//! - **Refused when applied** ([`TxnRefusal`], nothing changes): ranges
+//!   (in compares, `Range`s and `DeleteRange`s with a `range_end`)
+//!   covering more than [`TxnLimits::max_range_keys`] keys all together,
+//!   or responses holding more than [`TxnLimits::max_read_bytes`] of keys
+//!   and values. Both limits travel in the entry, so every replica applies
+//!   the proposer's, and an apply visits at most that many keys and holds
+//!   at most that many bytes, however many operations the entry holds.
 //!
 //! [`propose`] proposes a transaction through the same path as every
 //! write (a follower forwards it to the leader inside Raft); [`put`] and
@@ -248,8 +251,9 @@ pub struct KeyValue {
 /// Why a valid transaction was refused when applied; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnRefusal {
-    /// A range covers more keys than the limit.
-    #[error("a range of the transaction covers more than {limit} keys (--max-txn-range-keys); narrow it or use several transactions")]
+    /// The ranges of the transaction cover more keys than the limit, all
+    /// together.
+    #[error("the ranges of the transaction cover more than {limit} keys together (--max-txn-range-keys); narrow them or use several transactions")]
     RangeTooLarge {
         /// The limit.
         limit: u64,
@@ -265,10 +269,12 @@ pub enum TxnRefusal {
 /// The limits of transactions (the node's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnLimits {
-    /// Most compares, and most operations in each branch
+    /// Most compares, and most operations in each branch; a nested
+    /// transaction gets what its parent's largest list leaves
     /// (`--max-txn-ops`, etcd's `--max-txn-ops`, default 128).
     pub max_ops: usize,
-    /// Most keys a range of a transaction may cover
+    /// Most keys the ranges of a transaction (compares, reads and deletes
+    /// with a `range_end`) may cover, all together
     /// (`--max-txn-range-keys`, default 10000).
     pub max_range_keys: u32,
     /// Most bytes of keys and values in a transaction's responses

@@ -2,7 +2,8 @@
 //! applied, so an entry that skipped them changes nothing): counts, sizes,
 //! empty keys, leases, and etcd's rule against a key written twice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 
 use super::{interval, CompareTarget, RequestOp, TxnLimits, TxnRequest};
 
@@ -13,7 +14,9 @@ pub const MAX_DEPTH: usize = 16;
 /// are etcd's where etcd has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnInvalid {
-    /// More compares, or operations in a branch, than the limit.
+    /// More compares, or operations in a branch, than the limit (for a
+    /// nested transaction: than the limit less its parent's largest list,
+    /// as in etcd).
     #[error(
         "etcdserver: too many operations in txn request (the limit is {limit}, --max-txn-ops)"
     )]
@@ -24,7 +27,7 @@ pub enum TxnInvalid {
     /// A key put twice, or put inside a range deleted, on one path.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
-    /// A `Range`, `Put` or `DeleteRange` with an empty key.
+    /// A compare, `Range`, `Put` or `DeleteRange` with an empty key.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
     /// A compare on a lease.
@@ -65,7 +68,7 @@ pub enum TxnInvalid {
 ///
 /// The first [`TxnInvalid`] found.
 pub(crate) fn check(req: &TxnRequest, limits: &TxnLimits) -> Result<(), TxnInvalid> {
-    check_shape(req, limits, 0)?;
+    check_shape(req, limits, limits.max_ops, 0)?;
     check_intervals(&req.success)?;
     check_intervals(&req.failure)?;
     Ok(())
@@ -89,8 +92,15 @@ fn check_op_key(key: &[u8], range_end: &[u8], limits: &TxnLimits) -> Result<(), 
     check_key(range_end, limits)
 }
 
-/// Counts, sizes, keys and depth, recursively.
-fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(), TxnInvalid> {
+/// Counts, sizes, keys and depth, recursively. As in etcd, a list holds at
+/// most `max_ops` items, and a nested transaction's lists at most what
+/// its parent's largest list leaves of that.
+fn check_shape(
+    req: &TxnRequest,
+    limits: &TxnLimits,
+    max_ops: usize,
+    depth: usize,
+) -> Result<(), TxnInvalid> {
     if depth >= MAX_DEPTH {
         return Err(TxnInvalid::TooDeep);
     }
@@ -99,12 +109,15 @@ fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(),
         .len()
         .max(req.success.len())
         .max(req.failure.len());
-    if most > limits.max_ops {
+    if most > max_ops {
         return Err(TxnInvalid::TooManyOps {
             limit: limits.max_ops,
         });
     }
     for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(TxnInvalid::EmptyKey);
+        }
         check_key(&c.key, limits)?;
         check_key(&c.range_end, limits)?;
         match &c.target {
@@ -131,21 +144,66 @@ fn check_shape(req: &TxnRequest, limits: &TxnLimits, depth: usize) -> Result<(),
                 }
             }
             RequestOp::DeleteRange(d) => check_op_key(&d.key, &d.range_end, limits)?,
-            RequestOp::Txn(t) => check_shape(t, limits, depth + 1)?,
+            RequestOp::Txn(t) => check_shape(t, limits, max_ops - most, depth + 1)?,
         }
     }
     Ok(())
 }
 
-/// Deleted ranges, `[start, end)` (`None`: unbounded).
+/// Deleted ranges `[start, end)` (`None`: unbounded), merged into
+/// disjoint ones by their start: a lookup or an insert is a logarithmic
+/// search, so checking a transaction of `n` operations takes `n log n`.
 #[derive(Default)]
-struct Dels(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+struct Dels(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
+/// The larger of two range ends (`None`: unbounded).
+fn max_end(a: Option<Vec<u8>>, b: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    Some(a?.max(b?))
+}
 
 impl Dels {
-    fn contains(&self, k: &[u8]) -> bool {
+    /// The range starting at or before `k` (the only one that may hold it).
+    fn before(&self, k: &[u8]) -> Option<(&Vec<u8>, &Option<Vec<u8>>)> {
         self.0
-            .iter()
-            .any(|(s, e)| s.as_slice() <= k && e.as_ref().is_none_or(|e| k < e.as_slice()))
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(k)))
+            .next_back()
+    }
+
+    fn contains(&self, k: &[u8]) -> bool {
+        self.before(k)
+            .is_some_and(|(_, e)| e.as_ref().is_none_or(|e| k < e.as_slice()))
+    }
+
+    /// Adds `[start, end)`, merged with the ranges it overlaps or touches.
+    fn insert(&mut self, (mut start, mut end): (Vec<u8>, Option<Vec<u8>>)) {
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return; // empty
+        }
+        if let Some((s, e)) = self.before(&start) {
+            if e.as_ref().is_none_or(|e| *e >= start) {
+                let (s, e) = (s.clone(), e.clone());
+                start = s;
+                end = max_end(end, e);
+            }
+        }
+        loop {
+            let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Included);
+            let next = self
+                .0
+                .range::<[u8], _>((Bound::Included(start.as_slice()), upper))
+                .next()
+                .map(|(s, e)| (s.clone(), e.clone()));
+            let Some((s, e)) = next else { break };
+            self.0.remove(&s);
+            end = max_end(end, e);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn extend(&mut self, other: Dels) {
+        for range in other.0 {
+            self.insert(range);
+        }
     }
 }
 
@@ -156,7 +214,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Dels), TxnInval
     let mut dels = Dels::default();
     for op in ops {
         if let RequestOp::DeleteRange(d) = op {
-            dels.0.push(interval(&d.key, &d.range_end));
+            dels.insert(interval(&d.key, &d.range_end));
         }
     }
     let mut puts: HashSet<&[u8]> = HashSet::new();
@@ -176,8 +234,8 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Dels), TxnInval
             }
             puts.insert(k);
         }
-        dels.0.extend(then_dels.0);
-        dels.0.extend(else_dels.0);
+        dels.extend(then_dels);
+        dels.extend(else_dels);
     }
     for op in ops {
         let RequestOp::Put(p) = op else { continue };
@@ -220,6 +278,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Merged deleted ranges hold exactly the keys of the ranges added
+        /// (against the list of ranges as a model), whatever they overlap.
+        #[test]
+        fn merged_deleted_ranges_hold_the_keys_of_the_ranges_added(
+            ranges in proptest::collection::vec((0u8..8, 0u8..10, proptest::bool::ANY), 0..12),
+        ) {
+            let mut dels = Dels::default();
+            let mut model = Vec::new();
+            for (start, end, bounded) in ranges {
+                let range = (vec![start], bounded.then(|| vec![end]));
+                model.push(range.clone());
+                dels.insert(range);
+            }
+            for k in 0u8..10 {
+                for key in [vec![k], vec![k, 0]] {
+                    let want = model.iter().any(|(s, e): &(Vec<u8>, Option<Vec<u8>>)| {
+                        *s <= key && e.as_ref().is_none_or(|e| key < *e)
+                    });
+                    proptest::prop_assert_eq!(dels.contains(&key), want, "{:?}", key);
+                }
+            }
+        }
+    }
+
     #[test]
     fn etcds_duplicate_key_rule_on_one_path() {
         let l = TxnLimits::default();
@@ -249,6 +332,55 @@ mod tests {
         };
         assert_eq!(check(&nested(put("a")), &l), dup);
         assert_eq!(check(&nested(del("a", "")), &l), dup);
+    }
+
+    /// As etcd: a nested transaction may hold only what its parent's
+    /// limit leaves (`--max-txn-ops` minus the parent's largest list), so
+    /// nesting does not multiply the limit; and a compare needs a key.
+    #[test]
+    fn nested_transactions_share_the_limit_and_compares_need_a_key() {
+        let l = TxnLimits {
+            max_ops: 4,
+            ..TxnLimits::default()
+        };
+        let too_many = Err(TxnInvalid::TooManyOps { limit: 4 });
+        let puts = |prefix: &str, n: usize| -> Vec<RequestOp> {
+            (0..n)
+                .map(|i| {
+                    RequestOp::Put(PutRequest {
+                        key: Bytes::from(format!("{prefix}{i}")),
+                        value: Bytes::new(),
+                        prev_kv: false,
+                    })
+                })
+                .collect()
+        };
+        // `outer` operations, the last a transaction of `inner` puts.
+        let nested = |outer: usize, inner: usize| {
+            let mut success = puts("o", outer - 1);
+            success.push(RequestOp::Txn(ops(puts("i", inner), vec![])));
+            ops(success, vec![])
+        };
+        assert_eq!(check(&nested(2, 2), &l), Ok(()));
+        assert_eq!(check(&nested(2, 3), &l), too_many);
+        assert_eq!(check(&nested(1, 3), &l), Ok(()));
+        let compare = |key: &'static str| Compare {
+            key: Bytes::from_static(key.as_bytes()),
+            range_end: Bytes::new(),
+            target: CompareTarget::Version(0),
+            result: CompareResult::Equal,
+        };
+        let compares = TxnRequest {
+            compare: vec![compare("a"); 3],
+            success: vec![RequestOp::Txn(ops(vec![put("m"), put("n")], vec![]))],
+            failure: vec![],
+        };
+        assert_eq!(check(&compares, &l), too_many);
+        let empty = TxnRequest {
+            compare: vec![compare("")],
+            ..TxnRequest::default()
+        };
+        assert_eq!(check(&empty, &l), Err(TxnInvalid::EmptyKey));
     }
 
     #[test]
