@@ -67,7 +67,7 @@ mod types;
 pub use config::{Config, ConfigError};
 pub use driver::{
     complete_interrupted_install, DriverConfig, DriverStatus, ProposeError, Raft, RaftHandle,
-    ReadConsistency, ReadError, StartError, TransferError,
+    ReadConsistency, ReadError, StartError, TransferError, MAX_REQUEST_TIMEOUT,
 };
 pub use engine::{ChangeError, Engine, InitialState, MembershipChange, Role};
 pub use membership::Membership;

@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use crate::config::ConfigError;
 
+/// The longest [`DriverConfig::request_timeout`] [`DriverConfig::validate`]
+/// accepts: one day. Every request's deadline is computed from it (and a
+/// snapshot's wait is twelve times it), so it must stay far from what a
+/// clock instant or a duration can hold.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Settings of the driver around the engine. Every queue is bounded here.
 ///
 /// Build it from [`DriverConfig::default`] and set the fields to change
@@ -13,7 +19,8 @@ use crate::config::ConfigError;
 pub struct DriverConfig {
     /// Wall-clock length of one engine tick.
     pub tick_interval: Duration,
-    /// How long `propose` and `read` wait before answering `Timeout`.
+    /// How long `propose` and `read` wait before answering `Timeout`:
+    /// positive and at most [`MAX_REQUEST_TIMEOUT`] (one day).
     pub request_timeout: Duration,
     /// Capacity of the queue of client requests into the engine task.
     pub request_queue_capacity: usize,
@@ -106,7 +113,8 @@ impl DriverConfig {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting that is out of range:
-    /// a capacity or bound of 0, or a zero tick interval.
+    /// a capacity or bound of 0, a zero tick interval, or a request
+    /// timeout of zero or above [`MAX_REQUEST_TIMEOUT`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (setting, value) in [
             ("request_queue_capacity", self.request_queue_capacity),
@@ -144,6 +152,12 @@ impl DriverConfig {
                 });
             }
         }
+        if self.request_timeout.is_zero() || self.request_timeout > MAX_REQUEST_TIMEOUT {
+            return Err(ConfigError {
+                setting: "request_timeout",
+                reason: format!("must be positive and at most {MAX_REQUEST_TIMEOUT:?}"),
+            });
+        }
         Ok(())
     }
 }
@@ -166,5 +180,25 @@ mod tests {
             ..DriverConfig::default()
         };
         assert_eq!(no_tick.validate().unwrap_err().setting, "tick_interval");
+    }
+
+    /// A request timeout of zero (every proposal would fail) or one no
+    /// deadline can hold (a proposal would panic computing it) is refused.
+    #[test]
+    fn validate_refuses_a_request_timeout_out_of_range() {
+        let with = |request_timeout| DriverConfig {
+            request_timeout,
+            ..DriverConfig::default()
+        };
+        for bad in [
+            Duration::ZERO,
+            MAX_REQUEST_TIMEOUT + Duration::from_nanos(1),
+            Duration::MAX,
+        ] {
+            let err = with(bad).validate().unwrap_err();
+            assert_eq!(err.setting, "request_timeout", "{bad:?}");
+        }
+        assert_eq!(with(MAX_REQUEST_TIMEOUT).validate(), Ok(()));
+        assert_eq!(with(Duration::from_nanos(1)).validate(), Ok(()));
     }
 }

@@ -86,7 +86,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use config::DriverConfig;
+pub use config::{DriverConfig, MAX_REQUEST_TIMEOUT};
 pub use error::{
     MembershipError, ProposeError, ReadError, SnapshotError, StartError, TransferError,
 };

@@ -161,7 +161,8 @@ pub enum KvInvalid {
 }
 
 /// A decoded command borrowing its fields from the payload: what
-/// [`MemKv`](super::MemKv) applies without copying. Keys are not checked
+/// [`MemKv`](super::MemKv) applies, copying only the key (when new) and
+/// the value it keeps. Keys are not checked
 /// for UTF-8 here: a key already in the map was checked when it was
 /// written, so MemKv checks only keys it does not hold ([`key_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,7 +53,7 @@ struct KvState {
     snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
-/// Key (UTF-8, checked when written; a slice of the entry that wrote it)
+/// Key (UTF-8, checked when written; a copy, as is the value)
 /// to (value, revision).
 type KvData = HashMap<Bytes, (Bytes, Index), foldhash::fast::RandomState>;
 
@@ -200,32 +200,48 @@ impl MemKvReader {
     }
 }
 
-/// Writes `value` under `key` (a slice of `payload`) as the entry at
-/// `index`, reusing the key already in the map when there is one; a new
-/// key must be UTF-8.
-fn write(
-    data: &mut KvData,
-    payload: &Bytes,
-    key: &[u8],
-    value: Bytes,
-    index: Index,
-) -> Result<(), KvInvalid> {
+/// Writes a copy of `value` under `key` as the entry at `index`, reusing
+/// the key already in the map when there is one; a new key must be UTF-8
+/// and is copied. Copies, not slices of the entry's payload: a payload may
+/// be a slice of a much larger buffer (a transport's frame of many
+/// entries), which the map would otherwise keep whole for as long as the
+/// key or value lives.
+fn write(data: &mut KvData, key: &[u8], value: &[u8], index: Index) -> Result<(), KvInvalid> {
     match data.get_mut(key) {
-        Some(slot) => *slot = (value, index),
+        Some(slot) => {
+            let old = std::mem::take(&mut slot.0);
+            *slot = (overwrite(old, value), index);
+        }
         None => {
             key_str(key)?;
-            data.insert(payload.slice_ref(key), (value, index));
+            let value = Bytes::copy_from_slice(value);
+            data.insert(Bytes::copy_from_slice(key), (value, index));
         }
     }
     Ok(())
 }
 
-/// Applies one command, decoded from `payload`, to `data` as the entry at
-/// `index`. Keys and values are slices of `payload` (no copy).
-fn apply_command(data: &mut KvData, index: Index, payload: &Bytes, op: KvOp<'_>) -> KvResponse {
+/// A copy of `value`, in the buffer of the `old` value it replaces when
+/// nothing else holds that buffer (no reader's or answer's copy) and it
+/// has room without much to spare (a key keeps no large buffer after a
+/// small write), else in a new buffer.
+fn overwrite(old: Bytes, value: &[u8]) -> Bytes {
+    match old.try_into_mut() {
+        Ok(mut buf) if (value.len()..=2 * value.len() + 64).contains(&buf.capacity()) => {
+            buf.clear();
+            buf.extend_from_slice(value);
+            buf.freeze()
+        }
+        _ => Bytes::copy_from_slice(value),
+    }
+}
+
+/// Applies one decoded command to `data` as the entry at `index`.
+fn apply_command(data: &mut KvData, index: Index, op: KvOp<'_>) -> KvResponse {
     let result = match op {
-        KvOp::Put { key, value } => write(data, payload, key, payload.slice_ref(value), index)
-            .map(|()| KvResponse::Written { revision: index }),
+        KvOp::Put { key, value } => {
+            write(data, key, value, index).map(|()| KvResponse::Written { revision: index })
+        }
         KvOp::Delete { key } => match data.remove(key) {
             Some(_) => Ok(KvResponse::Deleted { existed: true }),
             None => key_str(key).map(|_| KvResponse::Deleted { existed: false }),
@@ -242,8 +258,7 @@ fn apply_command(data: &mut KvData, index: Index, payload: &Bytes, op: KvOp<'_>)
                 }
             }
             if current.map(|v| &v[..]) == expected {
-                write(data, payload, key, payload.slice_ref(value), index)
-                    .map(|()| KvResponse::Written { revision: index })
+                write(data, key, value, index).map(|()| KvResponse::Written { revision: index })
             } else {
                 Ok(KvResponse::CasFailed {
                     current: current.cloned(),
@@ -283,7 +298,7 @@ impl StateMachine for MemKv {
             let response = match &entry.payload {
                 EntryPayload::Blank | EntryPayload::Membership(_) => KvResponse::Done,
                 EntryPayload::Normal(bytes) => match KvOp::decode(bytes) {
-                    Ok(op) => apply_command(&mut state.data, entry.index, bytes, op),
+                    Ok(op) => apply_command(&mut state.data, entry.index, op),
                     Err(reason) => KvResponse::Invalid(reason),
                 },
             };

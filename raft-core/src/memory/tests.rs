@@ -438,3 +438,43 @@ async fn mem_kv_writes_no_key_that_is_not_utf8() {
     assert!(reader.is_empty());
     assert!(KvCommand::decode(&bad_put).is_err());
 }
+
+/// MemKv holds copies of the keys and values it applies, never parts of
+/// the entries' payloads: a payload may be a slice of a much larger buffer
+/// (a transport's frame of many entries), which a key or value written
+/// once would otherwise keep in memory, whole, for as long as it lives.
+#[tokio::test]
+async fn mem_kv_keeps_no_part_of_the_buffers_its_entries_came_in() {
+    use bytes::{BufMut, BytesMut};
+    let put = put("k", b"v").encode();
+    let cas = KvCommand::CompareAndSet {
+        key: "c".to_owned(),
+        expected: None,
+        value: Bytes::from_static(b"w"),
+    }
+    .encode();
+    let mut frame = BytesMut::new();
+    frame.put_slice(&put);
+    frame.put_slice(&cas);
+    frame.put_bytes(0, 1 << 20);
+    let frame = frame.freeze();
+    let entry = |index, payload| Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(payload),
+    };
+    let entries = vec![
+        entry(1, frame.slice(..put.len())),
+        entry(2, frame.slice(put.len()..put.len() + cas.len())),
+    ];
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    kv.apply(&entries).await.unwrap();
+    drop(entries);
+    assert_eq!(reader.get("k"), Some((Bytes::from_static(b"v"), 1)));
+    assert_eq!(reader.get("c"), Some((Bytes::from_static(b"w"), 2)));
+    assert!(
+        frame.is_unique(),
+        "MemKv keeps the 1 MiB buffer its 2 small entries came in"
+    );
+}
