@@ -7,6 +7,7 @@
 //!   the data and the idempotency table are written in one batch;
 //!   [`snapshot`]: its snapshot files; [`backup`]: backup files, and
 //!   [`restore`]: `raft-node restore` and `recover --force-new-cluster`.
+//! - [`grpc`]: etcd's v3 gRPC API (`--grpc-listen`), beside the HTTP API.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;
@@ -25,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod members;
