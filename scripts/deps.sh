@@ -20,6 +20,9 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v file >/dev/null 2>&1 || need_apt+=(file)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# raft-node's etcd API test uses the etcd-client crate, whose build script
+# runs protoc (raft-node itself compiles its .proto files with protox).
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -27,6 +27,15 @@ pub struct DevArgs {
     /// Peer (QUIC) port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 7001)]
     pub peer_port: u16,
+    /// etcd gRPC port of node 1; node N listens on this + N - 1 (0: no
+    /// gRPC API).
+    #[arg(long, default_value_t = 2379)]
+    pub grpc_port: u16,
+}
+
+/// Node `id`'s gRPC address, when the dev cluster serves gRPC.
+fn grpc_addr(a: &DevArgs, id: u64) -> Option<String> {
+    (a.grpc_port != 0).then(|| format!("127.0.0.1:{}", a.grpc_port as u64 + id - 1))
 }
 
 fn node_command(a: &DevArgs, dir: &Path, id: u64, cluster: &str) -> NodeCommand {
@@ -37,6 +46,7 @@ fn node_command(a: &DevArgs, dir: &Path, id: u64, cluster: &str) -> NodeCommand 
         )
         .initial_cluster(cluster)
         .dev_certs(dir.join("certs"))
+        .args(grpc_addr(a, id).map(|g| format!("--grpc-listen={g}")))
 }
 
 /// Runs the dev cluster until Ctrl-C.
@@ -94,6 +104,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             a.client_port as u64 + id - 1,
             a.peer_port as u64 + id - 1,
             dir.join(format!("node-{id}.log")).display()
+        );
+    }
+    if a.grpc_port != 0 {
+        let endpoints: Vec<String> = ids.iter().filter_map(|&id| grpc_addr(&a, id)).collect();
+        println!(
+            "\netcd v3 API (gRPC): etcdctl --endpoints={} member list -w table",
+            endpoints.join(",")
         );
     }
     println!(

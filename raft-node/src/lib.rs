@@ -10,6 +10,7 @@
 //! - [`txn`]: multi-key transactions like etcd's `Txn`, transport-neutral
 //!   (`POST /v1/txn` and an etcd gRPC server map onto it).
 //! - [`watch`]: streams of the store's changes from a revision on.
+//! - [`grpc`]: etcd's v3 gRPC API (`--grpc-listen`), beside the HTTP API.
 //! - [`http`]: the HTTP API of docs/architecture.md, with leader forwarding and
 //!   `application/problem+json` errors ([`problem`]).
 //! - [`node`]: start and graceful stop of a node, in named phases;
@@ -28,6 +29,7 @@ pub mod command;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod members;

@@ -84,6 +84,16 @@ impl Problem {
         self.0.status
     }
 
+    /// Its kind: the last part of its `type` (`revision-compacted`, …).
+    pub fn kind(&self) -> &'static str {
+        self.0.kind
+    }
+
+    /// What went wrong, for people.
+    pub fn detail(&self) -> &str {
+        &self.0.detail
+    }
+
     /// 400: the request is malformed.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(

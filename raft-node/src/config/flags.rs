@@ -352,6 +352,27 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
 
+    /// Serve etcd's v3 gRPC API (KV, Maintenance, Cluster) on this
+    /// address, beside the HTTP API, with the same TLS and tokens (a token
+    /// as `authorization: Bearer <token>` metadata). [default: off]
+    #[arg(long, env = "RAFT_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Largest gRPC request message, bytes; larger ones fail with
+    /// RESOURCE_EXHAUSTED. [default: 1572864 (etcd's 1.5 MiB)]
+    #[arg(long, env = "RAFT_GRPC_MAX_REQUEST_BYTES")]
+    pub grpc_max_request_bytes: Option<usize>,
+
+    /// Calls (HTTP/2 streams) one gRPC connection may run at once.
+    /// [default: 128]
+    #[arg(long, env = "RAFT_GRPC_MAX_CONCURRENT_STREAMS")]
+    pub grpc_max_concurrent_streams: Option<u32>,
+
+    /// gRPC connections open at once; one more is closed at once.
+    /// [default: 1024]
+    #[arg(long, env = "RAFT_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -509,7 +530,11 @@ impl RunArgs {
             peer_retry_after_handshakes,
             peer_handshakes_per_ip,
             peer_reserved_connections,
-            join_admission_secs
+            join_admission_secs,
+            grpc_listen,
+            grpc_max_request_bytes,
+            grpc_max_concurrent_streams,
+            grpc_max_connections
         )
     }
 }

@@ -188,6 +188,16 @@ pub struct NodeConfig {
     /// How long a recorded address of a node not (yet) in the
     /// configuration admits it.
     pub join_admission: Duration,
+
+    // etcd's v3 gRPC API (raft-node/src/grpc).
+    /// Where etcd's v3 gRPC API listens (`None`: off).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Largest gRPC request message, bytes.
+    pub grpc_max_request_bytes: usize,
+    /// Concurrent HTTP/2 streams (calls) one gRPC connection may hold.
+    pub grpc_max_concurrent_streams: u32,
+    /// gRPC connections open at once.
+    pub grpc_max_connections: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -204,6 +214,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("grpc_listen", &self.grpc_listen)
             .field("tick", &self.tick)
             .field("election_ticks", &self.election_ticks)
             .field("heartbeat_ticks", &self.heartbeat_ticks)

@@ -549,3 +549,37 @@ fn the_id_comes_from_the_host_name_on_request_and_not_with_an_id() {
     let err = RunArgs { id: None, ..base() }.resolve().unwrap_err();
     assert!(err.0.contains("--id-from-hostname"), "{err}");
 }
+
+#[test]
+fn the_grpc_api_is_off_by_default_limited_and_never_more_open_than_http() {
+    let cfg = base().resolve().unwrap();
+    assert_eq!(cfg.grpc_listen, None);
+    assert_eq!(cfg.grpc_max_request_bytes, 1_572_864);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "grpc-listen = \"127.0.0.1:2379\"\n").unwrap();
+    let cfg = RunArgs {
+        config: Some(file),
+        ..base()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(cfg.grpc_listen, Some("127.0.0.1:2379".parse().unwrap()));
+    let err = RunArgs {
+        grpc_listen: Some("0.0.0.0:2379".parse().unwrap()),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(
+        err.0.contains("--grpc-listen") && err.0.contains("--insecure"),
+        "{err}"
+    );
+    let err = RunArgs {
+        grpc_max_request_bytes: Some(10),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(err.0.contains("--grpc-max-request-bytes"), "{err}");
+}

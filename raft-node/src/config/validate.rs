@@ -185,6 +185,10 @@ impl RunArgs {
             peer_handshakes_per_ip: self.peer_handshakes_per_ip.unwrap_or(8),
             peer_reserved_connections: self.peer_reserved_connections.unwrap_or(16),
             join_admission: Duration::from_secs(self.join_admission_secs.unwrap_or(300)),
+            grpc_listen: self.grpc_listen,
+            grpc_max_request_bytes: self.grpc_max_request_bytes.unwrap_or(1_572_864),
+            grpc_max_concurrent_streams: self.grpc_max_concurrent_streams.unwrap_or(128),
+            grpc_max_connections: self.grpc_max_connections.unwrap_or(1024),
         })
     }
 }
@@ -223,6 +227,7 @@ fn check_access(cfg: &NodeConfig) -> Result<(), ConfigError> {
             "--max-connections-per-peer must be at most 256 (the connection limit)".into(),
         ));
     }
+    check_grpc(cfg)?;
     if cfg.client_ca.is_some() && !cfg.client_tls {
         return Err(ConfigError("--client-ca needs --client-tls".into()));
     }
@@ -234,6 +239,31 @@ fn check_access(cfg: &NodeConfig) -> Result<(), ConfigError> {
             it open anyway",
             cfg.client_listen
         )));
+    }
+    Ok(())
+}
+
+/// The etcd gRPC API's limits, and that it listens no more openly than the
+/// HTTP API: beyond loopback only with authentication (or `--insecure`).
+fn check_grpc(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    if !(1024..=64 << 20).contains(&cfg.grpc_max_request_bytes) {
+        return Err(ConfigError(
+            "--grpc-max-request-bytes must be between 1024 and 67108864".into(),
+        ));
+    }
+    if cfg.grpc_max_concurrent_streams == 0 || cfg.grpc_max_connections == 0 {
+        return Err(ConfigError(
+            "--grpc-max-concurrent-streams and --grpc-max-connections must be positive".into(),
+        ));
+    }
+    if let Some(addr) = cfg.grpc_listen {
+        if !addr.ip().is_loopback() && !cfg.api_authenticated() && !cfg.insecure {
+            return Err(ConfigError(format!(
+                "--grpc-listen {addr} is reachable beyond this machine but the API has no \
+                authentication: give --auth-token-file (and --client-tls) or --client-tls \
+                with --client-ca, or pass --insecure to serve it open anyway"
+            )));
+        }
     }
     Ok(())
 }

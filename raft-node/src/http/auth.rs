@@ -82,12 +82,24 @@ pub(super) async fn authorize(State(state): State<Shared>, req: Request, next: N
         return Ok(next.run(req).await);
     }
     let admin = is_admin(req.method(), path);
-    let cfg = &state.cfg;
+    check_bearer(&state.cfg, req.headers(), admin)?;
+    Ok(next.run(req).await)
+}
+
+/// The token check of a request (of an admin route when `admin`): `Ok`
+/// when no token is configured for it or it presents an accepted one;
+/// 401 without a valid token, 403 for the user token on an admin route.
+/// The HTTP routes and the etcd gRPC API share it.
+pub(crate) fn check_bearer(
+    cfg: &NodeConfig,
+    headers: &HeaderMap,
+    admin: bool,
+) -> Result<(), Problem> {
     let accepted = accepted_tokens(cfg, admin);
     if accepted.is_empty() {
-        return Ok(next.run(req).await);
+        return Ok(());
     }
-    let Some(presented) = bearer(req.headers()) else {
+    let Some(presented) = bearer(headers) else {
         return Err(unauthorized(
             "this API needs `Authorization: Bearer <token>`",
         ));
@@ -96,7 +108,7 @@ pub(super) async fn authorize(State(state): State<Shared>, req: Request, next: N
         .iter()
         .any(|t| same_secret(t.as_bytes(), presented.as_bytes()))
     {
-        return Ok(next.run(req).await);
+        return Ok(());
     }
     let is_user_token = cfg
         .auth_token

@@ -66,7 +66,7 @@ impl HttpLimits {
     }
 
     /// A slot for a listing being read, now or never.
-    pub(super) fn listing_slot(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn listing_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.listings.clone().try_acquire_owned().ok()
     }
 
@@ -77,7 +77,7 @@ impl HttpLimits {
 }
 
 /// 503 for a request turned away by one of the API's limits.
-pub(super) fn overloaded(what: &str) -> Problem {
+pub(crate) fn overloaded(what: &str) -> Problem {
     metrics::counter!("raft_node_http_requests_shed_total").increment(1);
     Problem::unavailable(
         "overloaded",

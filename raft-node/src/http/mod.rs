@@ -40,8 +40,9 @@ use crate::members::MemberDirectory;
 use crate::problem::Problem;
 use crate::store::KvReader;
 
-pub(crate) use auth::principal;
+pub(crate) use auth::{check_bearer, principal};
 pub use forwarding::FORWARDED_HEADER;
+pub(crate) use limits::overloaded;
 pub use limits::HttpLimits;
 
 /// A handler's answer: its response (or the leader's, when forwarded), or

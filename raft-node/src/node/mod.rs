@@ -46,6 +46,8 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     /// The limits of transactions (from the settings).
     pub txn_limits: crate::txn::TxnLimits,
+    /// The etcd gRPC address actually bound (with `--grpc-listen`).
+    pub grpc_addr: Option<SocketAddr>,
     transport: QuicTransport,
     http_stop: watch::Sender<bool>,
     http: JoinHandle<()>,
@@ -226,9 +228,10 @@ async fn start_driver(
     })
 }
 
-/// The HTTP server's task and its stop switch.
+/// The HTTP server's task and its stop switch, and the gRPC server's.
 struct Serving {
     client_addr: SocketAddr,
+    grpc: Option<crate::grpc::GrpcServing>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -240,7 +243,12 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
         .with_context(|| format!("binding the client address {}", cfg.client_listen))?;
     let client_addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
-    let app = router(Arc::new(state));
+    let state = Arc::new(state);
+    let app = router(state.clone());
+    let grpc = match cfg.grpc_listen {
+        Some(addr) => Some(crate::grpc::serve(state, app.clone(), addr, stop_rx.clone()).await?),
+        None => None,
+    };
     let tls = if cfg.client_tls {
         let config = crate::client_tls::server_config(cfg).context("configuring HTTPS")?;
         Some(tokio_rustls::TlsAcceptor::from(config))
@@ -259,6 +267,7 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
     let task = tokio::spawn(crate::server::serve(listener, app, tls, limits, stop_rx));
     Ok(Serving {
         client_addr,
+        grpc,
         stop,
         task,
     })
@@ -343,9 +352,13 @@ pub async fn start(
         limits: Arc::new(crate::http::HttpLimits::new(&cfg)),
         watches,
     };
-    let http = serve(&cfg, state).await?;
+    let mut http = serve(&cfg, state).await?;
     let client_addr = http.client_addr;
-    tracing::info!(id, %client_addr, %peer_addr, https = cfg.client_tls, "node started");
+    let grpc_addr = http.grpc.as_ref().map(|g| g.addr);
+    if let Some(g) = http.grpc.take() {
+        background.push(g.task);
+    }
+    tracing::info!(id, %client_addr, %peer_addr, ?grpc_addr, https = cfg.client_tls, "node started");
     if resolved.joining {
         if let Err(e) = join::join(&cfg, &transport, &directory, &db).await {
             let _ = http.stop.send(true);
@@ -360,6 +373,7 @@ pub async fn start(
         client_addr,
         peer_addr,
         txn_limits: crate::txn::TxnLimits::of(&cfg),
+        grpc_addr,
         transport,
         http_stop: http.stop,
         http: http.task,

@@ -1,0 +1,251 @@
+//! The gRPC listener: plain or TLS (the HTTP API's `--client-tls`
+//! certificate and `--client-ca`, with ALPN `h2`), the bearer-token check
+//! of every call (`authorization: Bearer <token>` metadata), and the
+//! limits: `--grpc-max-request-bytes`, `--grpc-max-concurrent-streams`
+//! per connection and `--grpc-max-connections` (one more is closed at once).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::server::Connected;
+
+use super::pb::etcdserverpb::auth_server::AuthServer;
+use super::pb::etcdserverpb::cluster_server::ClusterServer;
+use super::pb::etcdserverpb::kv_server::KvServer;
+use super::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
+use super::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use super::pb::etcdserverpb::watch_server::{Watch, WatchServer};
+use super::{status_of, Ctx};
+use crate::config::NodeConfig;
+use crate::http::AppState;
+
+/// Accepted connections waiting for the server to take them.
+const ACCEPT_QUEUE: usize = 64;
+
+/// The running gRPC server.
+#[derive(Debug)]
+pub struct GrpcServing {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its task; it ends once the stop switch is set and running calls ended.
+    pub task: JoinHandle<()>,
+}
+
+/// A client connection: plain TCP or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// A connection and its slot of `--grpc-max-connections`, freed when the
+/// connection is dropped.
+struct Conn {
+    io: Io,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Watch: not implemented yet (every method answers `Unimplemented`).
+/// Integration point: the watch module serves this trait.
+#[derive(Debug, Clone, Copy)]
+struct NoWatch;
+#[tonic::async_trait]
+impl Watch for NoWatch {}
+
+/// Lease: not implemented yet (every method answers `Unimplemented`).
+#[derive(Debug, Clone, Copy)]
+struct NoLease;
+#[tonic::async_trait]
+impl Lease for NoLease {}
+
+/// The token check of every call: a valid user or admin token when tokens
+/// are configured (admin calls check the admin token again).
+#[derive(Clone)]
+struct Tokens(Arc<NodeConfig>);
+
+impl Interceptor for Tokens {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        crate::http::check_bearer(&self.0, &super::headers_of(req.metadata()), false)
+            .map_err(|p| status_of(&p))?;
+        Ok(req)
+    }
+}
+
+/// Accepts connections (a TLS handshake each on its own task, bounded by
+/// `--http-tls-handshake-timeout-ms`) and hands them to the server.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cfg: Arc<NodeConfig>,
+    tx: mpsc::Sender<io::Result<Conn>>,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.grpc_max_connections));
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = tx.closed() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("gRPC connection refused: --grpc-max-connections reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls.clone() else {
+            if tx
+                .send(Ok(Conn {
+                    io: Io::Plain(tcp),
+                    _slot: slot,
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        };
+        let tx = tx.clone();
+        let limit = cfg.http_tls_handshake_timeout;
+        tokio::spawn(async move {
+            if let Ok(Ok(s)) = tokio::time::timeout(limit, tls.accept(tcp)).await {
+                let _ = tx
+                    .send(Ok(Conn {
+                        io: Io::Tls(Box::new(s)),
+                        _slot: slot,
+                    }))
+                    .await;
+            }
+        });
+    }
+}
+
+/// Binds `--grpc-listen` and serves etcd's API there until `stop` is set.
+///
+/// # Errors
+///
+/// The address cannot be bound, or the TLS settings do not load.
+pub async fn serve(
+    state: Arc<AppState>,
+    http: axum::Router,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<GrpcServing> {
+    let cfg = state.cfg.clone();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let tls = if cfg.client_tls {
+        let base = crate::client_tls::server_config(&cfg).context("configuring gRPC TLS")?;
+        let mut config = (*base).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    } else {
+        None
+    };
+    let scheme = if cfg.client_tls { "https" } else { "http" };
+    let ctx = Ctx {
+        state,
+        http,
+        grpc_url: format!("{scheme}://{bound}"),
+    };
+    let max = cfg.grpc_max_request_bytes;
+    let tokens = Tokens(cfg.clone());
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(cfg.grpc_max_concurrent_streams))
+        .add_service(InterceptedService::new(
+            KvServer::new(ctx.clone()).max_decoding_message_size(max),
+            tokens.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            MaintenanceServer::new(ctx.clone()).max_decoding_message_size(max),
+            tokens.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(ctx.clone()).max_decoding_message_size(max),
+            tokens.clone(),
+        ))
+        // Logging in needs no token: it is how a client gets one.
+        .add_service(AuthServer::new(ctx.clone()).max_decoding_message_size(max))
+        .add_service(InterceptedService::new(
+            WatchServer::new(NoWatch).max_decoding_message_size(max),
+            tokens.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            LeaseServer::new(NoLease).max_decoding_message_size(max),
+            tokens,
+        ));
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    tokio::spawn(accept(listener, tls, cfg, tx));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "the gRPC server stopped");
+        }
+    });
+    Ok(GrpcServing { addr: bound, task })
+}
