@@ -2,7 +2,8 @@
 //! the `etcd-client` crate (a client written for etcd, not for raft-node):
 //! put/get, prefixes, limits, past revisions and compaction errors, delete,
 //! count_only/keys_only, serializable reads on a follower, writes through a
-//! follower, member list, status, snapshot; tokens; and hostile input
+//! follower, Put with prev_kv, prefix deletes, transactions (compare-and-swap
+//! races through every member), member list, status, snapshot; tokens; and hostile input
 //! (an oversized request, an empty key, a huge limit, garbage bytes).
 
 mod common;
@@ -13,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{cluster_with_env, free_tcp, leader, Proc};
-use etcd_client::{Client, ConnectOptions, DeleteOptions, Error, GetOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error, GetOptions, PutOptions, Txn,
+    TxnOp, TxnOpResponse,
+};
 use tonic::Code;
 
 const USER: &str = "user-token-0123456789abcdef";
@@ -195,14 +199,33 @@ async fn kv_through_etcd_client() {
     // Delete: one key, then none.
     assert_eq!(c.delete("fruit/cherry", None).await.unwrap().deleted(), 1);
     assert_eq!(c.delete("fruit/cherry", None).await.unwrap().deleted(), 0);
-    let e = c
-        .delete("fruit/", Some(DeleteOptions::new().with_prefix()))
+    // Put with prev_kv answers the value it replaced.
+    let put = c
+        .put(
+            "fruit/apple",
+            "gold",
+            Some(PutOptions::new().with_prev_key()),
+        )
         .await
-        .unwrap_err();
+        .unwrap();
+    let prev = put.prev_key().expect("the previous value");
+    assert_eq!((prev.value(), prev.version()), (&b"green"[..], 2));
+    // A prefix delete is one revision, and answers the values it deleted.
+    let del = c
+        .delete(
+            "fruit/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(del.deleted(), 2);
+    let mut gone: Vec<&[u8]> = del.prev_kvs().iter().map(|kv| kv.key()).collect();
+    gone.sort_unstable();
+    assert_eq!(gone, [&b"fruit/apple"[..], b"fruit/banana"]);
+    let after = values(&mut c, "fruit", GetOptions::new().with_prefix()).await;
     assert_eq!(
-        code(&e),
-        Code::InvalidArgument,
-        "range deletes are not supported yet"
+        after,
+        [("fruits".to_owned(), "not in the prefix".to_owned())]
     );
 
     // A write through a follower, read there at once, serializable too.
@@ -229,10 +252,7 @@ async fn kv_through_etcd_client() {
             && message(&e).contains("too large"),
         "{e:?}"
     );
-    assert_eq!(
-        values(&mut c, "fruit/apple", GetOptions::new()).await.len(),
-        1
-    );
+    assert_eq!(values(&mut c, "fruits", GetOptions::new()).await.len(), 1);
     common::assert_running_without_panic(&mut cluster.procs, "kv");
 }
 
@@ -281,9 +301,7 @@ async fn maintenance_and_cluster_through_etcd_client() {
     let info = raft_node::backup::verify(&file);
     assert!(info.is_ok(), "the snapshot verifies as a backup: {info:?}");
 
-    // Not implemented yet: Txn, Watch, Lease.
-    let e = c.txn(etcd_client::Txn::new()).await.unwrap_err();
-    assert_eq!(code(&e), Code::Unimplemented);
+    // Not implemented yet: Lease.
     let e = c.lease_grant(10, None).await.unwrap_err();
     assert_eq!(code(&e), Code::Unimplemented);
 
@@ -361,4 +379,91 @@ async fn tokens_guard_the_grpc_port() {
         .await;
     a.compact(rev, None).await.unwrap();
     a.defragment().await.unwrap();
+}
+
+/// etcd's Txn: compares on value and revisions, both branches, nested
+/// reads, and a compare-and-swap race through every member with exactly one
+/// winner; etcd's errors for a duplicate key and an empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_through_etcd_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let mut c = cluster.client(cluster.follower(), None).await;
+    let created = c.put("lock", "free", None).await.unwrap();
+    let rev = created.header().unwrap().revision();
+
+    // The compare holds: both puts at one revision, the read sees them.
+    let txn = Txn::new()
+        .when([
+            Compare::value("lock", CompareOp::Equal, "free"),
+            Compare::mod_revision("lock", CompareOp::Equal, rev),
+        ])
+        .and_then([
+            TxnOp::put("lock", "held", None),
+            TxnOp::put("owner", "me", None),
+            TxnOp::get("owner", None),
+        ])
+        .or_else([TxnOp::get("lock", None)]);
+    let r = c.txn(txn).await.unwrap();
+    assert!(r.succeeded());
+    let txn_rev = r.header().unwrap().revision();
+    assert!(txn_rev > rev);
+    match &r.op_responses()[2] {
+        TxnOpResponse::Get(g) => {
+            assert_eq!(g.kvs()[0].value(), b"me");
+            assert_eq!(g.kvs()[0].mod_revision(), txn_rev);
+        }
+        other => panic!("a get's response, not {other:?}"),
+    }
+    let owner = c.get("owner", None).await.unwrap();
+    assert_eq!(
+        owner.kvs()[0].mod_revision(),
+        txn_rev,
+        "one revision for both"
+    );
+
+    // The compare fails now: the failure branch runs, nothing changes.
+    let again = Txn::new()
+        .when([Compare::value("lock", CompareOp::Equal, "free")])
+        .and_then([TxnOp::put("lock", "stolen", None)])
+        .or_else([TxnOp::get("lock", None)]);
+    let r = c.txn(again).await.unwrap();
+    assert!(!r.succeeded());
+    match &r.op_responses()[0] {
+        TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"held"),
+        other => panic!("a get's response, not {other:?}"),
+    }
+
+    // A compare-and-swap race from every member: exactly one wins.
+    let current = c.get("lock", None).await.unwrap().kvs()[0].mod_revision();
+    let mut racers = Vec::new();
+    for (i, id) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+        let mut client = cluster.client(id, None).await;
+        racers.push(tokio::spawn(async move {
+            let cas = Txn::new()
+                .when([Compare::mod_revision("lock", CompareOp::Equal, current)])
+                .and_then([TxnOp::put("lock", format!("racer {i}"), None)]);
+            client.txn(cas).await.map(|r| r.succeeded())
+        }));
+    }
+    let mut wins = 0;
+    for r in racers {
+        if r.await.unwrap().expect("every racer gets an answer") {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one compare-and-swap wins");
+
+    // etcd's errors.
+    let dup = Txn::new().and_then([TxnOp::put("a", "1", None), TxnOp::put("a", "2", None)]);
+    let e = c.txn(dup).await.unwrap_err();
+    assert_eq!(code(&e), Code::InvalidArgument);
+    assert_eq!(
+        message(&e),
+        "etcdserver: duplicate key given in txn request"
+    );
+    let empty = Txn::new().and_then([TxnOp::put("", "1", None)]);
+    let e = c.txn(empty).await.unwrap_err();
+    assert_eq!(message(&e), "etcdserver: key is not provided");
+    common::assert_running_without_panic(&mut cluster.procs, "txn");
 }

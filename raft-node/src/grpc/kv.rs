@@ -1,7 +1,9 @@
 //! The `KV` service: Range straight from the store (linearizable through
 //! ReadIndex as the HTTP API reads, `serializable` from this node's applied
-//! state), Put and DeleteRange through the HTTP API's write path,
-//! Compact through its compaction. Txn answers `Unimplemented`.
+//! state), Put and DeleteRange of one key through the HTTP API's write
+//! path, Txn (and Put with `prev_kv`, DeleteRange of a range or with
+//! `prev_kv`) as a transaction entry (`txn.rs`), Compact through the
+//! HTTP API's compaction.
 
 use axum::body::Bytes;
 use axum::http::Method;
@@ -16,7 +18,7 @@ use super::pb::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use super::pb::mvccpb::KeyValue;
-use super::{status_of, store_status, to_i64, unimplemented, Ctx, NO_KEY, NO_LEADER};
+use super::{status_of, store_status, to_i64, txn, Ctx, NO_KEY, NO_LEADER};
 use crate::store::{KvReader, Versioned};
 
 /// Largest Range answer, whatever `--max-list-bytes` says: clients take
@@ -315,14 +317,23 @@ impl Kv for Ctx {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let meta = req.metadata().clone();
         let p = req.into_inner();
-        // Integration point: prev_kv comes with the transaction command.
-        if p.prev_kv || p.lease != 0 || p.ignore_value || p.ignore_lease {
-            return Err(Status::invalid_argument(
-                "raft-node: Put with prev_kv, lease, ignore_value or ignore_lease is not \
-                 supported yet",
-            ));
+        if p.prev_kv {
+            // The previous value comes with a one-put transaction.
+            self.check_user(&meta)?;
+            let put = txn::put_of(p)?;
+            let limits = txn::limits(&self.state.cfg);
+            let (resp, rev) = crate::txn::put(&self.state.raft, &limits, put)
+                .await
+                .map_err(txn::txn_status)?;
+            return Ok(Response::new(PutResponse {
+                header: Some(self.header(Some(rev)).await),
+                prev_kv: resp.prev_kv.map(txn::kv_out),
+            }));
         }
-        let rev = self.write_key(Method::PUT, &p.key, &meta, p.value).await?;
+        let p = txn::put_of(p)?;
+        let rev = self
+            .write_key(Method::PUT, &p.key, &meta, p.value.to_vec())
+            .await?;
         Ok(Response::new(PutResponse {
             header: Some(self.header(Some(rev)).await),
             prev_kv: None,
@@ -335,13 +346,23 @@ impl Kv for Ctx {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let meta = req.metadata().clone();
         let d = req.into_inner();
-        // Integration point: ranges and prev_kv come with the transaction
-        // command (one log entry deleting every key of the range).
         if !d.range_end.is_empty() || d.prev_kv {
-            return Err(Status::invalid_argument(
-                "raft-node: DeleteRange of a range or with prev_kv is not supported yet; \
-                 delete one key",
-            ));
+            // A range, or the deleted values: a one-delete transaction
+            // (one log entry deleting every key of the range).
+            self.check_user(&meta)?;
+            if d.key.is_empty() {
+                return Err(Status::invalid_argument(NO_KEY));
+            }
+            let limits = txn::limits(&self.state.cfg);
+            let (resp, rev) =
+                crate::txn::delete_range(&self.state.raft, &limits, txn::delete_of(d))
+                    .await
+                    .map_err(txn::txn_status)?;
+            return Ok(Response::new(DeleteRangeResponse {
+                header: Some(self.header(Some(rev)).await),
+                deleted: to_i64(resp.deleted),
+                prev_kvs: resp.prev_kvs.into_iter().map(txn::kv_out).collect(),
+            }));
         }
         let (deleted, rev) = match self
             .write_key(Method::DELETE, &d.key, &meta, Vec::new())
@@ -358,9 +379,20 @@ impl Kv for Ctx {
         }))
     }
 
-    async fn txn(&self, _req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        // Integration point: the transaction command maps here.
-        Err(unimplemented("Txn"))
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let meta = req.metadata().clone();
+        self.check_user(&meta)?;
+        let request = txn::txn_of(req.into_inner())?;
+        let limits = txn::limits(&self.state.cfg);
+        let resp = crate::txn::propose(&self.state.raft, &limits, request)
+            .await
+            .map_err(txn::txn_status)?;
+        let header = self.header(Some(resp.revision)).await;
+        Ok(Response::new(TxnResponse {
+            responses: txn::responses_out(resp.responses, &header),
+            header: Some(header),
+            succeeded: resp.succeeded,
+        }))
     }
 
     async fn compact(

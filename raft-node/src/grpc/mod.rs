@@ -3,7 +3,8 @@
 //! crate) work unchanged. The wire definitions are `proto/etcd/*.proto`
 //! (etcd's packages, messages and field numbers), compiled by `build.rs`.
 //!
-//! One file per service: `kv` (Range, Put, DeleteRange, Compact, Txn),
+//! One file per service: `kv` (Range, Put, DeleteRange, Compact, Txn;
+//! `txn` maps transactions onto [`crate::txn`]),
 //! `maintenance` (Status, Alarm, Defragment, Snapshot, MoveLeader),
 //! `cluster` (the member calls), `auth` (Authenticate: logging in with a
 //! token), `server` (listener, TLS, tokens, limits).
@@ -20,6 +21,7 @@ mod cluster;
 mod kv;
 mod maintenance;
 mod server;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +123,12 @@ impl Ctx {
             .transport
             .cluster_id()
             .map_or(0, |id| (id as u64) ^ ((id >> 64) as u64))
+    }
+
+    /// Calls not served by an HTTP route check the user token here.
+    fn check_user(&self, meta: &MetadataMap) -> Result<(), Status> {
+        crate::http::check_bearer(&self.state.cfg, &headers_of(meta), false)
+            .map_err(|p| status_of(&p))
     }
 
     /// Admin calls not served by an HTTP route check the admin token here.
