@@ -262,6 +262,12 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE")]
     pub watch_replay_page: Option<usize>,
 
+    /// Bytes of keys and values (previous ones included) read from the
+    /// history per page when a watch replays or catches up; a page holds
+    /// at least one whole revision. [default: 4194304]
+    #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE_BYTES")]
+    pub watch_replay_page_bytes: Option<usize>,
+
     /// Responses queued per watch for a client that reads slowly, before
     /// the watch waits (and, past the buffer, catches up later from the
     /// history). [default: 16]
@@ -483,6 +489,7 @@ impl RunArgs {
             watch_max_watchers,
             watch_buffer_batches,
             watch_replay_page,
+            watch_replay_page_bytes,
             watch_queue,
             watch_progress_interval_ms,
             snapshot_entries,

@@ -1,8 +1,9 @@
 //! The changes of a key range between two revisions, read back from the
 //! history (`history.rs`) and the current records, for watches that start
 //! in the past or fall behind. Paged by revision with bounded memory: a
-//! page holds the `limit` first changes (whole revisions), found in one
-//! pass over the range's history; the next page starts after it.
+//! page holds the first changes (whole revisions) that fit its
+//! [`PageLimit`] in count and in bytes, found in one pass over the range's
+//! history; the next page starts after it.
 
 use std::collections::BinaryHeap;
 
@@ -25,6 +26,69 @@ pub struct ChangesPage {
     /// Every change up to this revision (inclusive) is in this page or an
     /// earlier one: the next page starts after it.
     pub through: u64,
+}
+
+/// How much one page of changes may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Changes, at most.
+    pub events: usize,
+    /// Bytes of keys and values (with the previous ones) in the changes,
+    /// at most, counting [`EVENT_OVERHEAD`] more per change.
+    pub bytes: usize,
+}
+
+/// The bytes a change counts for beyond its keys and values.
+pub const EVENT_OVERHEAD: usize = 64;
+
+/// The bytes `e` counts for in a page: its key and value, its previous
+/// key and value, and [`EVENT_OVERHEAD`].
+pub fn event_bytes(e: &Event) -> usize {
+    let prev = e
+        .prev_kv
+        .as_ref()
+        .map_or(0, |p| p.key.len() + p.value.len());
+    EVENT_OVERHEAD + e.kv.key.len() + e.kv.value.len() + prev
+}
+
+/// The first changes found, by (revision, key), within a limit.
+struct Kept {
+    heap: BinaryHeap<ByRevision>,
+    bytes: usize,
+    /// The revision of the first change left out, if any was.
+    cut: Option<u64>,
+}
+
+impl Kept {
+    /// Keeps `e` if it is among the first that fit `limit` (all when
+    /// `None`); at least one change is kept whatever its size.
+    fn keep(&mut self, e: Event, limit: Option<PageLimit>) {
+        if let Some(l) = limit {
+            let full = self.heap.len() >= l.events || self.bytes >= l.bytes;
+            if full
+                && self
+                    .heap
+                    .peek()
+                    .is_some_and(|top| top.order() < (e.revision, &e.kv.key[..]))
+            {
+                self.left_out(e.revision);
+                return;
+            }
+        }
+        self.bytes += event_bytes(&e);
+        self.heap.push(ByRevision(e));
+        let Some(l) = limit else { return };
+        while self.heap.len() > l.events || (self.bytes > l.bytes && self.heap.len() > 1) {
+            if let Some(out) = self.heap.pop() {
+                self.bytes -= event_bytes(&out.0);
+                self.left_out(out.0.revision);
+            }
+        }
+    }
+
+    fn left_out(&mut self, revision: u64) {
+        self.cut = Some(self.cut.map_or(revision, |c| c.min(revision)));
+    }
 }
 
 /// An event ordered by revision, then key.
@@ -70,8 +134,9 @@ fn history_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
 
 impl KvReader {
     /// The changes to keys in `range` with a revision in `(after, upto]`,
-    /// at most about `limit` of them (more only when one revision alone
-    /// holds more), as one page ending on a whole revision.
+    /// the first that fit `limit` (more only when one revision alone does
+    /// not fit it: that revision whole), as one page ending on a whole
+    /// revision.
     ///
     /// # Errors
     ///
@@ -84,41 +149,47 @@ impl KvReader {
         range: &KeyRange,
         after: u64,
         upto: u64,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<ChangesPage, StoreError> {
-        let limit = limit.max(1);
-        // One more than the page: the first change left out tells whether
-        // the page's last revision is whole.
-        let mut heap = self.consistent(|| self.collect(range, after, upto, Some(limit + 1)))?;
-        let through = if heap.len() <= limit {
-            upto
-        } else {
-            let cut = heap.pop().map_or(upto, |e| e.0.revision);
-            // The changes at the cut revision go to the next page together.
-            while heap.peek().is_some_and(|e| e.0.revision == cut) {
-                heap.pop();
-            }
-            if heap.is_empty() {
-                // One revision fills the page: take it whole.
-                heap = self.consistent(|| self.collect(range, cut - 1, cut, None))?;
-                cut
-            } else {
-                cut - 1
+        let limit = PageLimit {
+            events: limit.events.max(1),
+            bytes: limit.bytes,
+        };
+        let kept = self.consistent(|| self.collect(range, after, upto, Some(limit)))?;
+        let mut heap = kept.heap;
+        // The first change left out tells whether the page's last revision
+        // is whole.
+        let through = match kept.cut {
+            None => upto,
+            Some(cut) => {
+                // The changes at the cut revision go to the next page together.
+                while heap.peek().is_some_and(|e| e.0.revision == cut) {
+                    heap.pop();
+                }
+                if heap.is_empty() {
+                    // One revision fills the page: take it whole.
+                    heap = self
+                        .consistent(|| self.collect(range, cut - 1, cut, None))?
+                        .heap;
+                    cut
+                } else {
+                    cut - 1
+                }
             }
         };
         let events = heap.into_sorted_vec().into_iter().map(|e| e.0).collect();
         Ok(ChangesPage { events, through })
     }
 
-    /// One pass over `range`: the first `limit` changes in `(after, upto]`
-    /// by (revision, key), all of them when `limit` is `None`.
+    /// One pass over `range`: the first changes in `(after, upto]` by
+    /// (revision, key) that fit `limit`, all of them when `None`.
     fn collect(
         &self,
         range: &KeyRange,
         after: u64,
         upto: u64,
-        limit: Option<usize>,
-    ) -> Result<BinaryHeap<ByRevision>, StoreError> {
+        limit: Option<PageLimit>,
+    ) -> Result<Kept, StoreError> {
         let view = self.db.snapshot();
         let opts = || {
             let mut o = ReadOptions::default();
@@ -137,14 +208,14 @@ impl KvReader {
         let (hist_start, hist_end) = history_bounds(range);
         hist.seek(&hist_start);
         kv.seek(&range.start);
-        let mut heap = BinaryHeap::new();
+        let mut kept = Kept {
+            heap: BinaryHeap::new(),
+            bytes: 0,
+            cut: None,
+        };
         let mut keep = |e: Event| {
-            if e.revision <= after || e.revision > upto {
-                return;
-            }
-            heap.push(ByRevision(e));
-            if limit.is_some_and(|l| heap.len() > l) {
-                heap.pop();
+            if e.revision > after && e.revision <= upto {
+                kept.keep(e, limit);
             }
         };
         loop {
@@ -166,7 +237,7 @@ impl KvReader {
         }
         hist.status()?;
         kv.status()?;
-        Ok(heap)
+        Ok(kept)
     }
 }
 
@@ -245,6 +316,14 @@ mod tests {
         }
     }
 
+    /// A limit of `events` changes, whatever their bytes.
+    fn n(events: usize) -> PageLimit {
+        PageLimit {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
     fn revs(p: &ChangesPage) -> Vec<(u64, String)> {
         p.events
             .iter()
@@ -253,6 +332,66 @@ mod tests {
                 (e.revision, String::from_utf8_lossy(&e.kv.key).into_owned())
             })
             .collect()
+    }
+
+    fn put_sized(index: u64, key: &str, bytes: usize) -> Entry {
+        let c = Command {
+            op: Op::Put(Bytes::from(vec![b'v'; bytes])),
+            key: Bytes::from(key.to_owned()),
+            precondition: Precondition::None,
+            idempotency_key: None,
+            principal: None,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(c.encode()),
+        }
+    }
+
+    /// Finding: a page was bounded in count only, so a watch replaying
+    /// 1 MiB values (and their 1 MiB previous values) held up to 2 GB per
+    /// page. Now a page also stops at a byte budget, keeping at least one
+    /// whole revision so that the replay always moves on.
+    #[tokio::test]
+    async fn a_page_is_bounded_in_bytes_and_still_holds_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RocksLog::open(
+            dir.path(),
+            RocksLogOptions {
+                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
+                ..RocksLogOptions::default()
+            },
+        )
+        .unwrap();
+        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        // Ten changes of 1,000-byte values, then one of 10,000 bytes.
+        for i in 1..=10 {
+            let key = if i % 2 == 0 { "a" } else { "b" };
+            sm.apply(&[put_sized(i, key, 1000)]).await.unwrap();
+        }
+        sm.apply(&[put_sized(11, "c", 10_000)]).await.unwrap();
+        let r = sm.reader();
+        let all = KeyRange::prefix(Bytes::new());
+        let budget = PageLimit {
+            events: 1000,
+            bytes: 4500,
+        };
+        let mut after = 0;
+        let mut got = Vec::new();
+        while after < 11 {
+            let p = r.changes(&all, after, 11, budget).unwrap();
+            let bytes: usize = p.events.iter().map(event_bytes).sum();
+            assert!(!p.events.is_empty() && p.through > after);
+            assert!(
+                bytes <= budget.bytes || p.events.len() == 1,
+                "a page of {} changes holds {bytes} bytes",
+                p.events.len()
+            );
+            got.extend(p.events.iter().map(|e| e.revision));
+            after = p.through;
+        }
+        assert_eq!(got, (1..=11).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -286,19 +425,19 @@ mod tests {
         db.put_cf(meta, REVISION_KEY, 4u64.to_be_bytes()).unwrap();
         let r = sm.reader();
         let all = KeyRange::prefix(Bytes::new());
-        let p = r.changes(&all, 0, 4, 2).unwrap();
+        let p = r.changes(&all, 0, 4, n(2)).unwrap();
         assert_eq!(revs(&p), [(1, "a".into()), (2, "b".into())]);
         assert_eq!(p.through, 2);
         // Two changes at 4 and one at 3 do not fit two: 3 alone.
-        let p = r.changes(&all, 2, 4, 2).unwrap();
+        let p = r.changes(&all, 2, 4, n(2)).unwrap();
         assert_eq!((revs(&p), p.through), (vec![(3, "a".into())], 3));
         // A page of one still holds revision 4 whole.
-        let p = r.changes(&all, 3, 4, 1).unwrap();
+        let p = r.changes(&all, 3, 4, n(1)).unwrap();
         assert_eq!(revs(&p), [(4, "x".into()), (4, "y".into())]);
         assert_eq!(p.through, 4);
         // The previous value comes with each change, from the history.
         let p = r
-            .changes(&KeyRange::prefix(Bytes::from("a")), 2, 4, 10)
+            .changes(&KeyRange::prefix(Bytes::from("a")), 2, 4, n(10))
             .unwrap();
         let prev = p.events[0].prev_kv.as_ref().unwrap();
         assert_eq!((prev.mod_revision, &prev.value[..]), (1, &b"v1"[..]));

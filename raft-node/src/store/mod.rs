@@ -70,7 +70,7 @@ use crate::watch::{WatchConfig, WatchHub, Watches};
 use records::INSTALLING_KEY;
 
 pub use backup::{snapshot_file, ExportRequest};
-pub use changes::ChangesPage;
+pub use changes::{event_bytes, ChangesPage, PageLimit, EVENT_OVERHEAD};
 pub use mvcc::Revisions;
 pub use rocks::KvReader;
 

@@ -8,7 +8,8 @@
 //!
 //! A watch ([`Watches::watch`]) first subscribes to the hub, then reads the
 //! store's revision `P`, replays the history from its start revision up to
-//! `P` (in pages of `replay_page` events, so memory stays bounded), and
+//! `P` (in pages of at most `replay_page` events and about
+//! `replay_page_bytes` bytes, so memory stays bounded), and
 //! then serves the published changes above `P`: nothing published after
 //! the subscription is missed, and nothing at or below `P` is sent twice.
 //! A watcher that falls more than `buffer` batches behind, or whose node
@@ -49,6 +50,10 @@ pub struct WatchConfig {
     pub buffer: usize,
     /// Changes read from the history per page when a watch replays.
     pub replay_page: usize,
+    /// Bytes of keys and values (with the previous ones, and 64 more per
+    /// change) read from the history per page when a watch replays; a
+    /// page holds at least one whole revision whatever its size.
+    pub replay_page_bytes: usize,
     /// How often a watch with `progress_notify` reports the revision it
     /// got to (`None`: never).
     pub progress_interval: Option<Duration>,
@@ -63,6 +68,7 @@ impl Default for WatchConfig {
             max_watchers: 10_000,
             buffer: 1024,
             replay_page: 1000,
+            replay_page_bytes: 4 << 20,
             progress_interval: Some(Duration::from_secs(5)),
             queue: 16,
         }

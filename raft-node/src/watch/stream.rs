@@ -12,7 +12,7 @@ use super::hub::Published;
 use super::{
     CancelReason, Event, EventKind, KeyRange, WatchConfig, WatchHub, WatchRequest, WatchResponse,
 };
-use crate::store::{KvReader, StoreError};
+use crate::store::{KvReader, PageLimit, StoreError};
 
 /// A watch's place among the node's open watches; given back on drop.
 pub(super) struct Slot(Arc<AtomicUsize>);
@@ -109,7 +109,11 @@ impl Watcher {
                 return Err(CancelReason::Shutdown);
             }
             let (reader, range) = (self.reader.clone(), self.range.clone());
-            let (after, page) = (self.next - 1, self.cfg.replay_page);
+            let page = PageLimit {
+                events: self.cfg.replay_page,
+                bytes: self.cfg.replay_page_bytes,
+            };
+            let after = self.next - 1;
             let read =
                 tokio::task::spawn_blocking(move || reader.changes(&range, after, upto, page))
                     .await

@@ -37,6 +37,7 @@ fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {
         max_watchers: 1000,
         buffer,
         replay_page: page,
+        replay_page_bytes: usize::MAX,
         progress_interval: None,
         queue,
     }
