@@ -268,6 +268,12 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE_BYTES")]
     pub watch_replay_page_bytes: Option<usize>,
 
+    /// Replay pages read at once on this node (each on a blocking thread,
+    /// beside the Raft log's reads); other replaying watches wait their
+    /// turn. [default: 4]
+    #[arg(long, env = "RAFT_WATCH_MAX_REPLAYS")]
+    pub watch_max_replays: Option<usize>,
+
     /// Responses queued per watch for a client that reads slowly, before
     /// the watch waits (and, past the buffer, catches up later from the
     /// history). [default: 16]
@@ -490,6 +496,7 @@ impl RunArgs {
             watch_buffer_batches,
             watch_replay_page,
             watch_replay_page_bytes,
+            watch_max_replays,
             watch_queue,
             watch_progress_interval_ms,
             snapshot_entries,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::Event;
+use super::{Event, WatchConfig};
 
 /// What the store publishes.
 #[derive(Debug)]
@@ -34,16 +34,20 @@ pub struct WatchHub {
     tx: broadcast::Sender<Arc<Published>>,
     pub(super) open: Arc<AtomicUsize>,
     pub(super) stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Places for replay pages read at once.
+    pub(super) replays: Arc<tokio::sync::Semaphore>,
 }
 
 impl WatchHub {
-    /// A hub whose watchers may fall `buffer` batches behind before they
-    /// catch up from the history (at least 1).
-    pub fn new(buffer: usize) -> Self {
+    /// A hub whose watchers may fall `cfg.buffer` batches behind before
+    /// they catch up from the history (at least 1), and read at most
+    /// `cfg.max_replays` replay pages at once (at least 1).
+    pub fn new(cfg: &WatchConfig) -> Self {
         Self {
-            tx: broadcast::channel(buffer.max(1)).0,
+            tx: broadcast::channel(cfg.buffer.max(1)).0,
             open: Arc::new(AtomicUsize::new(0)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            replays: Arc::new(tokio::sync::Semaphore::new(cfg.max_replays.max(1))),
         }
     }
 

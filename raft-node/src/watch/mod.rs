@@ -9,7 +9,9 @@
 //! A watch ([`Watches::watch`]) first subscribes to the hub, then reads the
 //! store's revision `P`, replays the history from its start revision up to
 //! `P` (in pages of at most `replay_page` events and about
-//! `replay_page_bytes` bytes, so memory stays bounded), and
+//! `replay_page_bytes` bytes, so memory stays bounded; at most
+//! `max_replays` pages are read at once on a node, so replays never crowd
+//! out the Raft log's reads on the blocking threads), and
 //! then serves the published changes above `P`: nothing published after
 //! the subscription is missed, and nothing at or below `P` is sent twice.
 //! A watcher that falls more than `buffer` batches behind, or whose node
@@ -54,6 +56,9 @@ pub struct WatchConfig {
     /// change) read from the history per page when a watch replays; a
     /// page holds at least one whole revision whatever its size.
     pub replay_page_bytes: usize,
+    /// Replay pages read at once on this node (each on a blocking thread,
+    /// shared with the Raft log's reads); other replaying watches wait.
+    pub max_replays: usize,
     /// How often a watch with `progress_notify` reports the revision it
     /// got to (`None`: never).
     pub progress_interval: Option<Duration>,
@@ -69,6 +74,7 @@ impl Default for WatchConfig {
             buffer: 1024,
             replay_page: 1000,
             replay_page_bytes: 4 << 20,
+            max_replays: 4,
             progress_interval: Some(Duration::from_secs(5)),
             queue: 16,
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 
 use super::hub::Published;
 use super::{
@@ -114,10 +114,15 @@ impl Watcher {
                 bytes: self.cfg.replay_page_bytes,
             };
             let after = self.next - 1;
-            let read =
-                tokio::task::spawn_blocking(move || reader.changes(&range, after, upto, page))
-                    .await
-                    .map_err(|e| CancelReason::Store(format!("replay task failed: {e}")))?;
+            let Some(place) = self.replay_place().await? else {
+                return Ok(false);
+            };
+            let read = tokio::task::spawn_blocking(move || {
+                let _place = place;
+                reader.changes(&range, after, upto, page)
+            })
+            .await
+            .map_err(|e| CancelReason::Store(format!("replay task failed: {e}")))?;
             match read {
                 Ok(p) => {
                     if !self.send_changes(&p.events, p.through).await {
@@ -132,6 +137,18 @@ impl Watcher {
             }
         }
         Ok(true)
+    }
+
+    /// A place to read a replay page (one of the node's `max_replays`);
+    /// `None` when the consumer went away meanwhile.
+    async fn replay_place(&mut self) -> Result<Option<OwnedSemaphorePermit>, CancelReason> {
+        let places = self.hub.replays.clone();
+        let (tx, stop) = (&self.tx, &mut self.stop);
+        tokio::select! {
+            place = places.acquire_owned() => place.map(Some).map_err(|_| CancelReason::Shutdown),
+            () = tx.closed() => Ok(None),
+            Ok(_) = stop.wait_for(|s| *s) => Err(CancelReason::Shutdown),
+        }
     }
 
     /// Sends `events` (by revision, from `next` on) grouped by revision,

@@ -38,6 +38,7 @@ fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {
         buffer,
         replay_page: page,
         replay_page_bytes: usize::MAX,
+        max_replays: 4,
         progress_interval: None,
         queue,
     }
@@ -384,6 +385,48 @@ async fn a_snapshot_install_catches_live_watchers_up_or_cancels_them() {
             compacted: 6
         }))
     );
+}
+
+/// Finding: every replaying watch read its pages on a blocking thread of
+/// its own, so a client opening thousands of watches from revision 1 over
+/// a long history filled tokio's blocking pool (512 threads on a node of a
+/// few cores), and the Raft log's reads, which run there too, waited
+/// behind them: the leader stopped replicating. Now at most
+/// `max_replays` pages are read at once on a node; other watches wait
+/// their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_read_at_most_the_nodes_limit_of_pages_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(8, 1, 8);
+    cfg.max_replays = 1;
+    let (_log, mut sm) = store(dir.path(), cfg);
+    for i in 1..=3 {
+        sm.apply(&[put(i, "a")]).await.unwrap();
+    }
+    let watches = sm.watches();
+    // Another watch's page being read holds the only place.
+    let busy = watches.hub.replays.clone().acquire_owned().await.unwrap();
+    let mut req = WatchRequest::key("a");
+    req.start_revision = 1;
+    let mut w = watches.watch(req).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        matches!(w.rx.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "nothing is read while the replay places are taken"
+    );
+    drop(busy);
+    assert_eq!(changes_through(&mut w, 3).await.len(), 3);
+    // A watch waiting for a place still ends at shutdown.
+    let busy = watches.hub.replays.clone().acquire_owned().await.unwrap();
+    let mut req = WatchRequest::key("a");
+    req.start_revision = 1;
+    let mut waiting = watches.watch(req).unwrap();
+    watches.close_all();
+    assert_eq!(
+        next(&mut waiting).await,
+        Some(WatchResponse::Canceled(CancelReason::Shutdown))
+    );
+    drop(busy);
 }
 
 #[tokio::test]
