@@ -257,6 +257,14 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_WATCH_BUFFER_BATCHES")]
     pub watch_buffer_batches: Option<usize>,
 
+    /// Bytes of changes (keys and values, previous ones included, 64 more
+    /// per change) a watch may fall behind before it lets go of them and
+    /// catches up from the revision history instead; with
+    /// --watch-buffer-batches, bounds the memory kept for slow watches.
+    /// [default: 67108864]
+    #[arg(long, env = "RAFT_WATCH_BUFFER_BYTES")]
+    pub watch_buffer_bytes: Option<usize>,
+
     /// Changes read from the history per page when a watch replays or
     /// catches up. [default: 1000]
     #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE")]
@@ -497,6 +505,7 @@ impl RunArgs {
             watch_replay_page,
             watch_replay_page_bytes,
             watch_max_replays,
+            watch_buffer_bytes,
             watch_queue,
             watch_progress_interval_ms,
             snapshot_entries,

@@ -39,6 +39,7 @@ fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {
         replay_page: page,
         replay_page_bytes: usize::MAX,
         max_replays: 4,
+        buffer_bytes: usize::MAX,
         progress_interval: None,
         queue,
     }
@@ -178,10 +179,10 @@ async fn replay_and_live_changes_meet_without_gap_or_duplicate_under_concurrent_
     let seed = seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm) = store(
-        dir.path(),
-        small(rng.gen_range(1..4), rng.gen_range(1..5), 2),
-    );
+    let mut cfg = small(rng.gen_range(1..4), rng.gen_range(1..5), 2);
+    // A change counts about 70 bytes: watchers let go of the ring often.
+    cfg.buffer_bytes = rng.gen_range(70..1000);
+    let (_log, mut sm) = store(dir.path(), cfg);
     let watches = sm.watches();
     let keys = ["a", "p/a", "p/m", "p/n", "p/z", "p/~", "q"];
     let mut model = Model::default();
@@ -298,6 +299,45 @@ async fn a_slow_watcher_catches_up_from_the_history() {
         model.put(i, "k");
         sm.apply(&[put(i, "k")]).await.unwrap();
     }
+    let got = changes_through(&mut w, 100).await;
+    let range = KeyRange::etcd(Bytes::from("k"), Bytes::new()).unwrap();
+    assert_eq!(got, model.expected(&range, 1, false));
+}
+
+/// Finding: the ring of published changes was bounded in batches only,
+/// and a published change is kept until every watcher has taken it, so a
+/// single watch whose client does not read (or that is replaying a long
+/// history) kept the last `buffer` batches of every key's changes, with
+/// their values and previous values, in memory: gigabytes with large
+/// values. Now a watcher more than `buffer_bytes` of published changes
+/// behind lets go of the ring and catches up from the history later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_is_not_read_lets_go_of_changes_past_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(1024, 1000, 1);
+    cfg.buffer_bytes = 2000;
+    let (_log, mut sm) = store(dir.path(), cfg);
+    let watches = sm.watches();
+    let mut w = watches.watch(WatchRequest::key("k")).unwrap();
+    let mut model = Model::default();
+    // Changes to other keys count too: the ring holds every change.
+    for i in 1..=100 {
+        let key = if i % 10 == 0 { "k" } else { "other" };
+        model.put(i, key);
+        sm.apply(&[put(i, key)]).await.unwrap();
+    }
+    // Nothing read: the ring lets go of what the watcher did not take.
+    let mut tries = 0;
+    while watches.hub.queued() > 0 {
+        tries += 1;
+        assert!(
+            tries < 6000,
+            "the ring still holds {} batches",
+            watches.hub.queued()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And the watch still gets every change, from the history.
     let got = changes_through(&mut w, 100).await;
     let range = KeyRange::etcd(Bytes::from("k"), Bytes::new()).unwrap();
     assert_eq!(got, model.expected(&range, 1, false));
