@@ -320,6 +320,9 @@ impl Watcher {
                     self.cancel(CancelReason::Shutdown).await;
                     return Live::Canceled;
                 }
+                // Not before the store got to the watch's start: a client
+                // resumes after the revision reported.
+                Wake::Tick if self.seen.saturating_add(1) < self.next => {}
                 Wake::Tick => {
                     // Live, everything up to the revision known was sent.
                     let revision = self.seen;

@@ -469,6 +469,38 @@ async fn replays_read_at_most_the_nodes_limit_of_pages_at_once() {
     drop(busy);
 }
 
+/// Finding: a watch starting past the current revision reported
+/// progress at the current revision, below its start; over HTTP that is
+/// the event id a client resumes after (`Last-Event-ID`), so a reconnect
+/// got changes from before the start it asked for. Now a watch reports
+/// progress only once the store reached its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_future_revision_reports_no_progress_below_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(8, 8, 8);
+    cfg.progress_interval = Some(Duration::from_millis(5));
+    let (_log, mut sm) = store(dir.path(), cfg);
+    for i in 1..=3 {
+        sm.apply(&[put(i, "other")]).await.unwrap();
+    }
+    let mut req = WatchRequest::key("k");
+    req.start_revision = 10;
+    req.progress_notify = true;
+    let mut w = sm.watches().watch(req).unwrap();
+    // Many progress periods pass before the store gets to the start.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 4..=10 {
+        sm.apply(&[put(i, "k")]).await.unwrap();
+    }
+    match next(&mut w).await {
+        Some(WatchResponse::Changes { revision, .. }) => assert_eq!(revision, 10),
+        Some(WatchResponse::Progress { revision }) => {
+            assert!(revision >= 9, "progress at {revision}, below the start 10")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn watches_past_the_limit_and_bad_ranges_are_refused() {
     let dir = tempfile::tempdir().unwrap();
