@@ -56,8 +56,9 @@ pub fn event_bytes(e: &Event) -> usize {
 struct Kept {
     heap: BinaryHeap<ByRevision>,
     bytes: usize,
-    /// The revision of the first change left out, if any was.
-    cut: Option<u64>,
+    /// The first change left out (revision, key), if any was: every
+    /// change kept comes before it, every later one is left out too.
+    cut: Option<(u64, Bytes)>,
     /// History records read.
     visited: usize,
 }
@@ -66,31 +67,29 @@ impl Kept {
     /// Keeps `e` if it is among the first that fit `limit` (all when
     /// `None`); at least one change is kept whatever its size.
     fn keep(&mut self, e: Event, limit: Option<PageLimit>) {
-        if let Some(l) = limit {
-            let full = self.heap.len() >= l.events || self.bytes >= l.bytes;
-            if full
-                && self
-                    .heap
-                    .peek()
-                    .is_some_and(|top| top.order() < (e.revision, &e.kv.key[..]))
-            {
-                self.left_out(e.revision);
-                return;
-            }
+        let Some(l) = limit else {
+            self.heap.push(ByRevision(e));
+            return;
+        };
+        // After the first left out: left out too (a smaller change found
+        // later may fit where that one did not, but the page must be a
+        // run of the first changes).
+        if self
+            .cut
+            .as_ref()
+            .is_some_and(|(rev, key)| (*rev, &key[..]) < (e.revision, &e.kv.key[..]))
+        {
+            return;
         }
         self.bytes += event_bytes(&e);
         self.heap.push(ByRevision(e));
-        let Some(l) = limit else { return };
         while self.heap.len() > l.events || (self.bytes > l.bytes && self.heap.len() > 1) {
             if let Some(out) = self.heap.pop() {
                 self.bytes -= event_bytes(&out.0);
-                self.left_out(out.0.revision);
+                // The last kept, so before the earlier first left out.
+                self.cut = Some((out.0.revision, out.0.kv.key));
             }
         }
-    }
-
-    fn left_out(&mut self, revision: u64) {
-        self.cut = Some(self.cut.map_or(revision, |c| c.min(revision)));
     }
 }
 
@@ -164,7 +163,7 @@ impl KvReader {
         // is whole.
         let through = match kept.cut {
             None => upto,
-            Some(cut) => {
+            Some((cut, _)) => {
                 // The changes at the cut revision go to the next page together.
                 while heap.peek().is_some_and(|e| e.0.revision == cut) {
                     heap.pop();
@@ -425,6 +424,84 @@ mod tests {
             after = p.through;
         }
         assert_eq!(got, (1..=11).collect::<Vec<_>>());
+    }
+
+    /// A page's changes, whatever order they are found in, are the longest
+    /// run of the first changes (by revision, key) that fits the limit (at
+    /// least one), and the cut is the revision of the first left out.
+    /// Randomized: `PAGE_SEED=<n>` replays a run.
+    #[test]
+    fn kept_changes_are_the_first_that_fit() {
+        use rand::{Rng, SeedableRng};
+        let seed = std::env::var("PAGE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("PAGE_SEED={seed}");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..500 {
+            let mut events: Vec<Event> = (0..rng.gen_range(0..30))
+                .map(|i| {
+                    let v = Versioned {
+                        value: Bytes::from(vec![b'v'; rng.gen_range(0..200)]),
+                        rev: rng.gen_range(1..10),
+                        create_rev: 1,
+                        version: 1,
+                    };
+                    Event::put(&Bytes::from(format!("k{i}")), &v, None)
+                })
+                .collect();
+            let limit = PageLimit {
+                events: rng.gen_range(1..12),
+                bytes: rng.gen_range(1..1500),
+            };
+            let mut kept = Kept {
+                heap: BinaryHeap::new(),
+                bytes: 0,
+                cut: None,
+                visited: 0,
+            };
+            for e in &events {
+                kept.keep(e.clone(), Some(limit));
+            }
+            events.sort_by(|a, b| (a.revision, &a.kv.key).cmp(&(b.revision, &b.kv.key)));
+            let (mut n, mut bytes) = (0, 0);
+            while n < events.len()
+                && (n == 0 || (n < limit.events && bytes + event_bytes(&events[n]) <= limit.bytes))
+            {
+                bytes += event_bytes(&events[n]);
+                n += 1;
+            }
+            let got: Vec<Event> = kept
+                .heap
+                .into_sorted_vec()
+                .into_iter()
+                .map(|e| e.0)
+                .collect();
+            let short = |v: &[Event]| -> Vec<(u64, String, usize)> {
+                v.iter()
+                    .map(|e| {
+                        (
+                            e.revision,
+                            String::from_utf8_lossy(&e.kv.key).into_owned(),
+                            event_bytes(e),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                short(&got),
+                short(&events[..n]),
+                "PAGE_SEED={seed} {limit:?} all {:?}",
+                short(&events)
+            );
+            assert_eq!(got, events[..n], "PAGE_SEED={seed}");
+            assert_eq!(
+                kept.cut.map(|c| c.0),
+                events.get(n).map(|e| e.revision),
+                "PAGE_SEED={seed}"
+            );
+        }
     }
 
     /// Finding: every page walked the whole history of every key in the

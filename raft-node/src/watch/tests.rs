@@ -182,6 +182,7 @@ async fn replay_and_live_changes_meet_without_gap_or_duplicate_under_concurrent_
     let mut cfg = small(rng.gen_range(1..4), rng.gen_range(1..5), 2);
     // A change counts about 70 bytes: watchers let go of the ring often.
     cfg.buffer_bytes = rng.gen_range(70..1000);
+    cfg.replay_page_bytes = rng.gen_range(70..600);
     let (_log, mut sm) = store(dir.path(), cfg);
     let watches = sm.watches();
     let keys = ["a", "p/a", "p/m", "p/n", "p/z", "p/~", "q"];
