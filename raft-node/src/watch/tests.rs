@@ -470,6 +470,53 @@ async fn replays_read_at_most_the_nodes_limit_of_pages_at_once() {
     drop(busy);
 }
 
+/// Records a compaction released but did not delete yet (a bounded number
+/// go after each entry) are never served: not as changes, not as the
+/// previous value of a change above the compacted revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_history_not_yet_deleted_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RocksLog::open(
+        dir.path(),
+        RocksLogOptions {
+            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
+            ..RocksLogOptions::default()
+        },
+    )
+    .unwrap();
+    let mut sm = KvStateMachine::new(log.db().clone(), 100)
+        .unwrap()
+        .with_collect_per_entry(1)
+        .with_watch_config(small(8, 2, 8));
+    let mut model = Model::default();
+    for i in 1..=10 {
+        model.put(i, "k");
+        sm.apply(&[put(i, "k")]).await.unwrap();
+    }
+    model.del(11, "k");
+    sm.apply(&[del(11, "k")]).await.unwrap();
+    for i in 12..=13 {
+        model.put(i, "k");
+        sm.apply(&[put(i, "k")]).await.unwrap();
+    }
+    // Releases the ten old values and the tombstone; one goes per entry.
+    sm.apply(&[compact(14, 11), put(15, "x")]).await.unwrap();
+    model.put(15, "x");
+    let mut req = WatchRequest::key("k");
+    req.range_end = Bytes::from("z");
+    req.start_revision = 12;
+    req.prev_kv = true;
+    let mut w = sm.watches().watch(req).unwrap();
+    let range = KeyRange::etcd(Bytes::from("k"), Bytes::from("z")).unwrap();
+    assert_eq!(
+        changes_through(&mut w, 15).await,
+        model.expected(&range, 12, true)
+    );
+    let r = sm.reader();
+    assert_eq!(r.get_at(b"k", Some(11)).unwrap().0, None);
+    assert_eq!(r.get_at(b"k", Some(12)).unwrap().0.unwrap().rev, 12);
+}
+
 /// Finding: a watch starting past the current revision reported
 /// progress at the current revision, below its start; over HTTP that is
 /// the event id a client resumes after (`Last-Event-ID`), so a reconnect
