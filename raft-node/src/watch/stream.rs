@@ -114,9 +114,13 @@ impl Watcher {
             }
             rx = Some(self.hub.subscribe());
             self.pos = *self.total.borrow();
-            upto = match self.reader.revisions() {
-                Ok(r) => r.current,
-                Err(e) => return self.cancel(CancelReason::Store(e.to_string())).await,
+            upto = loop {
+                match self.reader.revisions() {
+                    Ok(r) => break r.current,
+                    // Its end is published: caught up again after it.
+                    Err(StoreError::Installing) => tokio::time::sleep(INSTALL_RETRY).await,
+                    Err(e) => return self.cancel(CancelReason::Store(e.to_string())).await,
+                }
             };
         }
     }
