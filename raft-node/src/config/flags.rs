@@ -258,10 +258,30 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_WATCH_BUFFER_BATCHES")]
     pub watch_buffer_batches: Option<usize>,
 
+    /// Bytes of changes (keys and values, previous ones included, 64 more
+    /// per change) a watch may fall behind before it lets go of them and
+    /// catches up from the revision history instead; with
+    /// --watch-buffer-batches, bounds the memory kept for slow watches.
+    /// [default: 67108864]
+    #[arg(long, env = "RAFT_WATCH_BUFFER_BYTES")]
+    pub watch_buffer_bytes: Option<usize>,
+
     /// Changes read from the history per page when a watch replays or
     /// catches up. [default: 1000]
     #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE")]
     pub watch_replay_page: Option<usize>,
+
+    /// Bytes of keys and values (previous ones included) read from the
+    /// history per page when a watch replays or catches up; a page holds
+    /// at least one whole revision. [default: 4194304]
+    #[arg(long, env = "RAFT_WATCH_REPLAY_PAGE_BYTES")]
+    pub watch_replay_page_bytes: Option<usize>,
+
+    /// Replay pages read at once on this node (each on a blocking thread,
+    /// beside the Raft log's reads); other replaying watches wait their
+    /// turn. [default: 4]
+    #[arg(long, env = "RAFT_WATCH_MAX_REPLAYS")]
+    pub watch_max_replays: Option<usize>,
 
     /// Responses queued per watch for a client that reads slowly, before
     /// the watch waits (and, past the buffer, catches up later from the
@@ -505,6 +525,9 @@ impl RunArgs {
             watch_max_watchers,
             watch_buffer_batches,
             watch_replay_page,
+            watch_replay_page_bytes,
+            watch_max_replays,
+            watch_buffer_bytes,
             watch_queue,
             watch_progress_interval_ms,
             snapshot_entries,

@@ -150,6 +150,9 @@ impl RunArgs {
                 max_watchers: self.watch_max_watchers.unwrap_or(10_000),
                 buffer: self.watch_buffer_batches.unwrap_or(1024),
                 replay_page: self.watch_replay_page.unwrap_or(1000),
+                replay_page_bytes: self.watch_replay_page_bytes.unwrap_or(4 << 20),
+                max_replays: self.watch_max_replays.unwrap_or(4),
+                buffer_bytes: self.watch_buffer_bytes.unwrap_or(64 << 20),
                 queue: self.watch_queue.unwrap_or(16),
                 progress_interval: match self.watch_progress_interval_ms.unwrap_or(5000) {
                     0 => None,
@@ -367,6 +370,9 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
         ("--watch-max-watchers", cfg.watch.max_watchers),
         ("--watch-buffer-batches", cfg.watch.buffer),
         ("--watch-replay-page", cfg.watch.replay_page),
+        ("--watch-replay-page-bytes", cfg.watch.replay_page_bytes),
+        ("--watch-max-replays", cfg.watch.max_replays),
+        ("--watch-buffer-bytes", cfg.watch.buffer_bytes),
         ("--watch-queue", cfg.watch.queue),
     ] {
         if v == 0 {

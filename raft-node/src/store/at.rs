@@ -268,9 +268,11 @@ impl KvReader {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when RocksDB fails or a value is malformed.
+    /// [`StoreError::Installing`] while a snapshot replaces the data (its
+    /// revisions may be missing meanwhile), and [`StoreError`] when
+    /// RocksDB fails or a value is malformed.
     pub fn revisions(&self) -> Result<Revisions, StoreError> {
-        self.at_view().revisions()
+        self.consistent(|| self.at_view().revisions())
     }
 
     /// `key` as of revision `at` (now when `None`), and the revision read.

@@ -70,7 +70,7 @@ use crate::watch::{WatchConfig, WatchHub, Watches};
 use records::INSTALLING_KEY;
 
 pub use backup::{snapshot_file, ExportRequest};
-pub use changes::ChangesPage;
+pub use changes::{event_bytes, ChangesPage, PageLimit, EVENT_OVERHEAD};
 pub use mvcc::Revisions;
 pub use rocks::KvReader;
 
@@ -184,14 +184,14 @@ impl KvStateMachine {
             collect_per_entry: mvcc::COLLECT_PER_ENTRY,
             snapshot_dir: None,
             members_changed: Arc::new(watch::channel(0).0),
-            hub: WatchHub::new(WatchConfig::default().buffer),
+            hub: WatchHub::new(&WatchConfig::default()),
             watch_cfg: WatchConfig::default(),
         })
     }
 
     /// Sets the limits of watches (before any is opened).
     pub fn with_watch_config(mut self, cfg: WatchConfig) -> Self {
-        self.hub = WatchHub::new(cfg.buffer);
+        self.hub = WatchHub::new(&cfg);
         self.watch_cfg = cfg;
         self
     }

@@ -289,3 +289,36 @@ impl KvStateMachine {
         .map_err(err)
     }
 }
+
+#[cfg(test)]
+impl KvStateMachine {
+    /// Puts the store where a snapshot install is halfway through loading:
+    /// reads are marked as overlapping an install and the revisions are
+    /// gone (the load deleted the old data and has not written the new
+    /// yet). Answers what [`Self::end_install_halfway`] puts back.
+    pub(crate) fn begin_install_halfway(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use super::history::{COMPACTED_KEY, REVISION_KEY};
+        self.reader.install_seq.fetch_add(1, Ordering::AcqRel);
+        let db = &self.reader.db;
+        let cf = self.reader.cf(KV_META_CF).unwrap();
+        let mut saved = Vec::new();
+        for key in [REVISION_KEY, COMPACTED_KEY] {
+            if let Some(v) = db.get_cf(cf, key).unwrap() {
+                saved.push((key.to_vec(), v));
+                db.delete_cf(cf, key).unwrap();
+            }
+        }
+        saved
+    }
+
+    /// Ends what [`Self::begin_install_halfway`] began, with `saved` loaded.
+    pub(crate) fn end_install_halfway(&self, saved: Vec<(Vec<u8>, Vec<u8>)>) {
+        let cf = self.reader.cf(KV_META_CF).unwrap();
+        for (k, v) in saved {
+            self.reader.db.put_cf(cf, k, v).unwrap();
+        }
+        self.reader.install_seq.fetch_add(1, Ordering::AcqRel);
+        // As `install_snapshot` does once the data is replaced.
+        self.hub.replaced();
+    }
+}

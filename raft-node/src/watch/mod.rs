@@ -8,10 +8,15 @@
 //!
 //! A watch ([`Watches::watch`]) first subscribes to the hub, then reads the
 //! store's revision `P`, replays the history from its start revision up to
-//! `P` (in pages of `replay_page` events, so memory stays bounded), and
+//! `P` (in pages of at most `replay_page` events and about
+//! `replay_page_bytes` bytes, so memory stays bounded; at most
+//! `max_replays` pages are read at once on a node, so replays never crowd
+//! out the Raft log's reads on the blocking threads), and
 //! then serves the published changes above `P`: nothing published after
 //! the subscription is missed, and nothing at or below `P` is sent twice.
-//! A watcher that falls more than `buffer` batches behind, or whose node
+//! A watcher that falls more than `buffer` batches or `buffer_bytes` bytes
+//! of changes behind (its client reads slowly, or it is replaying a long
+//! history), or whose node
 //! installs a snapshot from the leader, does the same again from the
 //! revision it got to (etcd's "unsynced" watchers); when the history it
 //! needs was compacted meanwhile, it is canceled with the compacted
@@ -49,6 +54,18 @@ pub struct WatchConfig {
     pub buffer: usize,
     /// Changes read from the history per page when a watch replays.
     pub replay_page: usize,
+    /// Bytes of keys and values (with the previous ones, and 64 more per
+    /// change) read from the history per page when a watch replays; a
+    /// page holds at least one whole revision whatever its size.
+    pub replay_page_bytes: usize,
+    /// Bytes of published changes (counted as replay pages count them) a
+    /// watcher may fall behind before it lets go of them and catches up
+    /// from the history instead: with `buffer`, what bounds the memory
+    /// of published changes kept for slow watchers.
+    pub buffer_bytes: usize,
+    /// Replay pages read at once on this node (each on a blocking thread,
+    /// shared with the Raft log's reads); other replaying watches wait.
+    pub max_replays: usize,
     /// How often a watch with `progress_notify` reports the revision it
     /// got to (`None`: never).
     pub progress_interval: Option<Duration>,
@@ -63,6 +80,9 @@ impl Default for WatchConfig {
             max_watchers: 10_000,
             buffer: 1024,
             replay_page: 1000,
+            replay_page_bytes: 4 << 20,
+            max_replays: 4,
+            buffer_bytes: 64 << 20,
             progress_interval: Some(Duration::from_secs(5)),
             queue: 16,
         }
@@ -269,6 +289,8 @@ impl Watches {
             tx,
             next,
             seen: 0,
+            pos: *self.hub.total.borrow(),
+            total: self.hub.total.subscribe(),
             stop: self.hub.stopping.subscribe(),
             _slot: slot,
         };

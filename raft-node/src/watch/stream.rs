@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 
 use super::hub::Published;
 use super::{
     CancelReason, Event, EventKind, KeyRange, WatchConfig, WatchHub, WatchRequest, WatchResponse,
 };
-use crate::store::{KvReader, StoreError};
+use crate::store::{KvReader, PageLimit, StoreError};
 
 /// A watch's place among the node's open watches; given back on drop.
 pub(super) struct Slot(Arc<AtomicUsize>);
@@ -46,6 +46,22 @@ enum Live {
     Canceled,
 }
 
+/// Counts a watcher that fell behind the ring and catches up.
+fn count_lagged() {
+    metrics::counter!("raft_node_watch_catchups_total", "reason" => "lagged").increment(1);
+}
+
+/// How sending changes ended.
+enum Sent {
+    /// All sent.
+    All,
+    /// The watcher fell more than `buffer_bytes` behind the ring while it
+    /// waited for its consumer: it catches up from the history.
+    Lagging,
+    /// The consumer went away.
+    Gone,
+}
+
 /// What woke a live watcher.
 enum Wake {
     Published(Result<Arc<Published>, RecvError>),
@@ -68,6 +84,11 @@ pub(super) struct Watcher {
     pub(super) next: u64,
     /// The latest store revision this watcher knows of.
     pub(super) seen: u64,
+    /// The bytes of changes published up to what this watcher took from
+    /// the ring (or up to its subscription).
+    pub(super) pos: u64,
+    /// The bytes of changes published so far.
+    pub(super) total: tokio::sync::watch::Receiver<u64>,
     /// Becomes `true` when the node stops.
     pub(super) stop: tokio::sync::watch::Receiver<bool>,
     pub(super) _slot: Slot,
@@ -75,22 +96,31 @@ pub(super) struct Watcher {
 
 impl Watcher {
     /// Runs the watch: `rx` was subscribed before the store was at `upto`.
-    pub(super) async fn run(mut self, mut rx: broadcast::Receiver<Arc<Published>>, mut upto: u64) {
+    pub(super) async fn run(mut self, rx: broadcast::Receiver<Arc<Published>>, mut upto: u64) {
+        let mut rx = Some(rx);
         loop {
             self.seen = self.seen.max(upto);
-            match self.replay(upto).await {
+            match self.replay(upto, &mut rx).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(reason) => return self.cancel(reason).await,
             }
-            match self.live(&mut rx).await {
-                Live::CatchUp => {}
-                Live::Gone | Live::Canceled => return,
+            // Without the ring (let go of while replaying), catch up again.
+            if let Some(rx) = rx.as_mut() {
+                match self.live(rx).await {
+                    Live::CatchUp => {}
+                    Live::Gone | Live::Canceled => return,
+                }
             }
-            rx = self.hub.subscribe();
-            upto = match self.reader.revisions() {
-                Ok(r) => r.current,
-                Err(e) => return self.cancel(CancelReason::Store(e.to_string())).await,
+            rx = Some(self.hub.subscribe());
+            self.pos = *self.total.borrow();
+            upto = loop {
+                match self.reader.revisions() {
+                    Ok(r) => break r.current,
+                    // Its end is published: caught up again after it.
+                    Err(StoreError::Installing) => tokio::time::sleep(INSTALL_RETRY).await,
+                    Err(e) => return self.cancel(CancelReason::Store(e.to_string())).await,
+                }
             };
         }
     }
@@ -101,25 +131,56 @@ impl Watcher {
         let _ = self.tx.send(WatchResponse::Canceled(reason)).await;
     }
 
+    /// More than `buffer_bytes` of changes were published past what this
+    /// watcher took from the ring.
+    fn lagging(&self) -> bool {
+        self.total.borrow().saturating_sub(self.pos) > self.cfg.buffer_bytes as u64
+    }
+
+    /// Lets go of the ring: what it holds for this watcher is freed.
+    fn let_go(rx: &mut Option<broadcast::Receiver<Arc<Published>>>) {
+        if rx.take().is_some() {
+            count_lagged();
+        }
+    }
+
     /// Sends the changes from `next` to `upto` out of the history, page by
-    /// page; `false` when the consumer went away.
-    async fn replay(&mut self, upto: u64) -> Result<bool, CancelReason> {
+    /// page; `false` when the consumer went away. Lets go of the ring `rx`
+    /// when it falls too far behind meanwhile.
+    async fn replay(
+        &mut self,
+        upto: u64,
+        rx: &mut Option<broadcast::Receiver<Arc<Published>>>,
+    ) -> Result<bool, CancelReason> {
         while self.next <= upto {
             if *self.stop.borrow() {
                 return Err(CancelReason::Shutdown);
             }
             let (reader, range) = (self.reader.clone(), self.range.clone());
-            let (after, page) = (self.next - 1, self.cfg.replay_page);
-            let read =
-                tokio::task::spawn_blocking(move || reader.changes(&range, after, upto, page))
-                    .await
-                    .map_err(|e| CancelReason::Store(format!("replay task failed: {e}")))?;
+            let page = PageLimit {
+                events: self.cfg.replay_page,
+                bytes: self.cfg.replay_page_bytes,
+            };
+            let after = self.next - 1;
+            let Some(place) = self.replay_place().await? else {
+                return Ok(false);
+            };
+            let read = tokio::task::spawn_blocking(move || {
+                let _place = place;
+                reader.changes(&range, after, upto, page)
+            })
+            .await
+            .map_err(|e| CancelReason::Store(format!("replay task failed: {e}")))?;
             match read {
-                Ok(p) => {
-                    if !self.send_changes(&p.events, p.through).await {
-                        return Ok(false);
+                Ok(p) => match self.send_changes(&p.events, p.through, rx.is_some()).await {
+                    Sent::All => {
+                        if self.lagging() {
+                            Self::let_go(rx);
+                        }
                     }
-                }
+                    Sent::Lagging => Self::let_go(rx),
+                    Sent::Gone => return Ok(false),
+                },
                 Err(StoreError::Installing) => tokio::time::sleep(INSTALL_RETRY).await,
                 Err(StoreError::Compacted { compacted, .. }) => {
                     return Err(CancelReason::Compacted { compacted })
@@ -130,10 +191,24 @@ impl Watcher {
         Ok(true)
     }
 
+    /// A place to read a replay page (one of the node's `max_replays`);
+    /// `None` when the consumer went away meanwhile.
+    async fn replay_place(&mut self) -> Result<Option<OwnedSemaphorePermit>, CancelReason> {
+        let places = self.hub.replays.clone();
+        let (tx, stop) = (&self.tx, &mut self.stop);
+        tokio::select! {
+            place = places.acquire_owned() => place.map(Some).map_err(|_| CancelReason::Shutdown),
+            () = tx.closed() => Ok(None),
+            Ok(_) = stop.wait_for(|s| *s) => Err(CancelReason::Shutdown),
+        }
+    }
+
     /// Sends `events` (by revision, from `next` on) grouped by revision,
     /// filtered by the request; then every revision through `through` is
-    /// done. `false` when the consumer went away.
-    async fn send_changes(&mut self, events: &[Event], through: u64) -> bool {
+    /// done. Stops early when the consumer went away, or, while
+    /// `holding` the ring, when it falls too far behind waiting for the
+    /// consumer.
+    async fn send_changes(&mut self, events: &[Event], through: u64, holding: bool) -> Sent {
         let mut rest = events;
         while let Some(first) = rest.first() {
             let rev = first.revision;
@@ -150,15 +225,22 @@ impl Watcher {
                     revision: rev,
                     events: shown,
                 };
-                if self.tx.send(resp).await.is_err() {
-                    return false;
+                let (pos, budget) = (self.pos, self.cfg.buffer_bytes as u64);
+                let (tx, total) = (&self.tx, &mut self.total);
+                tokio::select! {
+                    sent = tx.send(resp) => if sent.is_err() {
+                        return Sent::Gone;
+                    },
+                    Ok(_) = total.wait_for(|t| t.saturating_sub(pos) > budget), if holding => {
+                        return Sent::Lagging;
+                    }
                 }
                 metrics::counter!("raft_node_watch_events_sent_total").increment(count);
             }
             self.next = rev + 1;
         }
         self.next = self.next.max(through + 1);
-        true
+        Sent::All
     }
 
     /// `e` as this watch shows it, if it does.
@@ -208,10 +290,24 @@ impl Watcher {
             };
             match wake {
                 Wake::Published(Ok(p)) => match &*p {
-                    Published::Changes { revision, events } => {
+                    Published::Changes {
+                        revision,
+                        events,
+                        end,
+                    } => {
+                        self.pos = *end;
+                        if self.lagging() {
+                            count_lagged();
+                            return Live::CatchUp;
+                        }
                         self.seen = self.seen.max(*revision);
-                        if !self.send_changes(events, *revision).await {
-                            return Live::Gone;
+                        match self.send_changes(events, *revision, true).await {
+                            Sent::All => {}
+                            Sent::Lagging => {
+                                count_lagged();
+                                return Live::CatchUp;
+                            }
+                            Sent::Gone => return Live::Gone,
                         }
                     }
                     Published::Replaced => {
@@ -221,14 +317,16 @@ impl Watcher {
                     }
                 },
                 Wake::Published(Err(RecvError::Lagged(_))) => {
-                    metrics::counter!("raft_node_watch_catchups_total", "reason" => "lagged")
-                        .increment(1);
+                    count_lagged();
                     return Live::CatchUp;
                 }
                 Wake::Published(Err(RecvError::Closed)) | Wake::Stop => {
                     self.cancel(CancelReason::Shutdown).await;
                     return Live::Canceled;
                 }
+                // Not before the store got to the watch's start: a client
+                // resumes after the revision reported.
+                Wake::Tick if self.seen.saturating_add(1) < self.next => {}
                 Wake::Tick => {
                     // Live, everything up to the revision known was sent.
                     let revision = self.seen;

@@ -15,6 +15,8 @@ use super::*;
 use crate::command::{encode_compact, Command, Op, Precondition};
 use crate::store::{KvStateMachine, KV_CF, KV_META_CF};
 
+mod limits;
+
 fn store(dir: &std::path::Path, cfg: WatchConfig) -> (RocksLog, KvStateMachine) {
     let log = RocksLog::open(
         dir,
@@ -37,6 +39,9 @@ fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {
         max_watchers: 1000,
         buffer,
         replay_page: page,
+        replay_page_bytes: usize::MAX,
+        max_replays: 4,
+        buffer_bytes: usize::MAX,
         progress_interval: None,
         queue,
     }
@@ -176,10 +181,11 @@ async fn replay_and_live_changes_meet_without_gap_or_duplicate_under_concurrent_
     let seed = seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm) = store(
-        dir.path(),
-        small(rng.gen_range(1..4), rng.gen_range(1..5), 2),
-    );
+    let mut cfg = small(rng.gen_range(1..4), rng.gen_range(1..5), 2);
+    // A change counts about 70 bytes: watchers let go of the ring often.
+    cfg.buffer_bytes = rng.gen_range(70..1000);
+    cfg.replay_page_bytes = rng.gen_range(70..600);
+    let (_log, mut sm) = store(dir.path(), cfg);
     let watches = sm.watches();
     let keys = ["a", "p/a", "p/m", "p/n", "p/z", "p/~", "q"];
     let mut model = Model::default();
