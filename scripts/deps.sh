@@ -23,6 +23,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # raft-node's etcd API test uses the etcd-client crate, whose build script
 # runs protoc (raft-node itself compiles its .proto files with protox).
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# raft-node's etcdctl test drives Debian's etcdctl 3.4 against a cluster.
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
