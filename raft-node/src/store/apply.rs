@@ -56,7 +56,9 @@ pub(super) trait StoreView {
     /// # Errors
     ///
     /// The store cannot be read.
-    fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.keys_in(cf, start, Some(end), usize::MAX)
+    }
 
     /// At most `limit` keys of `cf` from `start` (inclusive) to `end`
     /// (exclusive; `None`: to the last key), in order.
@@ -417,19 +419,6 @@ mod tests {
     impl StoreView for Memory {
         fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self.0.get(&(cf, key.to_vec())).cloned())
-        }
-
-        fn keys_between(
-            &self,
-            cf: Cf,
-            start: &[u8],
-            end: &[u8],
-        ) -> Result<Vec<Vec<u8>>, StoreError> {
-            Ok(self
-                .0
-                .range((cf, start.to_vec())..(cf, end.to_vec()))
-                .map(|((_, k), _)| k.clone())
-                .collect())
         }
 
         fn keys_in(

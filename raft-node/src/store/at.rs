@@ -35,27 +35,6 @@ impl StoreView for AtView<'_> {
         Ok(self.db.get_cf_opt(handle, key, &self.opts())?)
     }
 
-    fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let name = match cf {
-            Cf::Kv => KV_CF,
-            Cf::Meta => KV_META_CF,
-        };
-        let handle = self
-            .db
-            .cf_handle(name)
-            .ok_or(StoreError::MissingColumnFamily(name))?;
-        let mut out = Vec::new();
-        let mode = IteratorMode::From(start, Direction::Forward);
-        for item in self.db.iterator_cf_opt(handle, self.opts(), mode) {
-            let (k, _) = item?;
-            if k.as_ref() >= end {
-                break;
-            }
-            out.push(k.to_vec());
-        }
-        Ok(out)
-    }
-
     fn keys_in(
         &self,
         cf: Cf,

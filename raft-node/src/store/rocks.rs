@@ -316,21 +316,6 @@ impl StoreView for KvReader {
         }
     }
 
-    fn keys_between(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf_of(cf)?,
-            IteratorMode::From(start, Direction::Forward),
-        ) {
-            let (k, _) = item?;
-            if k.as_ref() >= end {
-                break;
-            }
-            out.push(k.to_vec());
-        }
-        Ok(out)
-    }
-
     fn keys_in(
         &self,
         cf: Cf,
