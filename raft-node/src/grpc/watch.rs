@@ -197,6 +197,9 @@ impl Session {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 let now = self.current();
+                // Watches that ended on their own are no longer held back.
+                let open = &self.watches;
+                self.sent.retain(|id, _| open.contains_key(id));
                 let revision = self.sent.values().copied().min().unwrap_or(now).min(now);
                 let r = PbResponse {
                     header: Some(self.header(revision)),
@@ -215,12 +218,12 @@ impl Session {
             return Err(format!("watch_id {asked} is negative"));
         }
         if asked > 0 {
-            if self.sent.contains_key(&asked) {
+            if self.watches.contains_key(&asked) {
                 return Err(format!("watch_id {asked} is in use on this stream"));
             }
             return Ok(asked);
         }
-        while self.sent.contains_key(&self.next_id) {
+        while self.watches.contains_key(&self.next_id) {
             self.next_id = self.next_id.wrapping_add(1).max(0);
         }
         let id = self.next_id;
@@ -236,7 +239,7 @@ impl Session {
             Err(reason) => return self.refuse(c.watch_id, now, reason, 0).await,
         };
         let limit = self.ctx.state.cfg.grpc_max_watches_per_stream;
-        if self.sent.len() >= limit {
+        if self.watches.len() >= limit {
             let reason = format!(
                 "this stream holds its limit of {limit} watches (--grpc-max-watches-per-stream)"
             );
