@@ -4,69 +4,21 @@
 //! count_only/keys_only, serializable reads on a follower, writes through a
 //! follower, Put with prev_kv, prefix deletes, transactions (compare-and-swap
 //! races through every member), member list, status, snapshot; tokens; and hostile input
+//! (watches: `etcd_grpc_watch.rs`)
 //! (an oversized request, an empty key, a huge limit, garbage bytes).
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{cluster_with_env, free_tcp, leader, Proc};
+use common::etcd::{Cluster, ADMIN, USER};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error, GetOptions, PutOptions, Txn,
     TxnOp, TxnOpResponse,
 };
 use tonic::Code;
-
-const USER: &str = "user-token-0123456789abcdef";
-const ADMIN: &str = "admin-token-0123456789abcdef";
-
-/// A cluster whose node `i` serves gRPC at `grpc[i]`.
-struct Cluster {
-    procs: Vec<Proc>,
-    grpc: Vec<SocketAddr>,
-    leader: u64,
-}
-
-impl Cluster {
-    async fn start(dir: &Path, extra: &[String]) -> Self {
-        let grpc: Vec<SocketAddr> = (0..3).map(|_| free_tcp()).collect();
-        let listen = grpc.clone();
-        let procs = cluster_with_env(dir, 3, extra, &[], "http", move |id| {
-            let addr = listen[usize::try_from(id - 1).unwrap()];
-            vec![("RAFT_GRPC_LISTEN".into(), PathBuf::from(addr.to_string()))]
-        });
-        let mut http = common::builder_of(&procs);
-        if extra.iter().any(|a| a.starts_with("--admin-token-file")) {
-            http = http.token(ADMIN);
-        }
-        let leader = leader(&http.build().unwrap(), &procs, None).await;
-        Self {
-            procs,
-            grpc,
-            leader,
-        }
-    }
-
-    /// The gRPC address of node `id`.
-    fn addr(&self, id: u64) -> SocketAddr {
-        self.grpc[usize::try_from(id - 1).unwrap()]
-    }
-
-    /// A follower's id.
-    fn follower(&self) -> u64 {
-        (1..=3).find(|id| *id != self.leader).unwrap()
-    }
-
-    async fn client(&self, id: u64, opts: Option<ConnectOptions>) -> Client {
-        let url = format!("http://{}", self.addr(id));
-        Client::connect([url], opts)
-            .await
-            .expect("etcd-client connects")
-    }
-}
 
 fn code(e: &Error) -> Code {
     match e {
@@ -346,6 +298,8 @@ async fn tokens_guard_the_grpc_port() {
     assert_eq!(code(&e), Code::Unauthenticated);
     let e = anon.put("k", "v", None).await.unwrap_err();
     assert_eq!(code(&e), Code::Unauthenticated);
+    let e = anon.watch("k", None).await.unwrap_err();
+    assert_eq!(code(&e), Code::Unauthenticated);
 
     // A wrong password: etcd's answer.
     let wrong = Client::connect(
@@ -364,6 +318,8 @@ async fn tokens_guard_the_grpc_port() {
         .client(id, Some(ConnectOptions::new().with_user("user", USER)))
         .await;
     u.put("k", "v", None).await.unwrap();
+    let mut w = u.watch("k", None).await.unwrap();
+    assert!(w.message().await.unwrap().unwrap().created());
     assert_eq!(values(&mut u, "k", GetOptions::new()).await.len(), 1);
     let rev = u.status().await.unwrap().header().unwrap().revision();
     let e = u.compact(rev, None).await.unwrap_err();

@@ -393,6 +393,11 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_GRPC_MAX_CONNECTIONS")]
     pub grpc_max_connections: Option<usize>,
 
+    /// Watches one gRPC Watch stream may hold open at once; one more is
+    /// refused (created, then canceled). [default: 1000]
+    #[arg(long, env = "RAFT_GRPC_MAX_WATCHES_PER_STREAM")]
+    pub grpc_max_watches_per_stream: Option<usize>,
+
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -557,7 +562,8 @@ impl RunArgs {
             grpc_listen,
             grpc_max_request_bytes,
             grpc_max_concurrent_streams,
-            grpc_max_connections
+            grpc_max_connections,
+            grpc_max_watches_per_stream
         )
     }
 }

@@ -198,6 +198,8 @@ pub struct NodeConfig {
     pub grpc_max_concurrent_streams: u32,
     /// gRPC connections open at once.
     pub grpc_max_connections: usize,
+    /// Watches one gRPC Watch stream may hold open at once.
+    pub grpc_max_watches_per_stream: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {

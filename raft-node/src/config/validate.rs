@@ -192,6 +192,7 @@ impl RunArgs {
             grpc_max_request_bytes: self.grpc_max_request_bytes.unwrap_or(1_572_864),
             grpc_max_concurrent_streams: self.grpc_max_concurrent_streams.unwrap_or(128),
             grpc_max_connections: self.grpc_max_connections.unwrap_or(1024),
+            grpc_max_watches_per_stream: self.grpc_max_watches_per_stream.unwrap_or(1000),
         })
     }
 }
@@ -254,9 +255,14 @@ fn check_grpc(cfg: &NodeConfig) -> Result<(), ConfigError> {
             "--grpc-max-request-bytes must be between 1024 and 67108864".into(),
         ));
     }
-    if cfg.grpc_max_concurrent_streams == 0 || cfg.grpc_max_connections == 0 {
+    if cfg.grpc_max_concurrent_streams == 0
+        || cfg.grpc_max_connections == 0
+        || cfg.grpc_max_watches_per_stream == 0
+    {
         return Err(ConfigError(
-            "--grpc-max-concurrent-streams and --grpc-max-connections must be positive".into(),
+            "--grpc-max-concurrent-streams, --grpc-max-connections and \
+             --grpc-max-watches-per-stream must be positive"
+                .into(),
         ));
     }
     if let Some(addr) = cfg.grpc_listen {

@@ -7,8 +7,8 @@
 //! `txn` maps transactions onto [`crate::txn`]),
 //! `maintenance` (Status, Alarm, Defragment, Snapshot, MoveLeader),
 //! `cluster` (the member calls), `auth` (Authenticate: logging in with a
-//! token), `server` (listener, TLS, tokens, limits).
-//! Watch and Lease answer `Unimplemented`.
+//! token), `watch` (the Watch stream over [`crate::watch`]), `server`
+//! (listener, TLS, tokens, limits). Lease answers `Unimplemented`.
 //!
 //! Reads go straight to the store. Writes and admin calls go through the
 //! HTTP API's own handlers, called in-process (no socket): the same write
@@ -22,6 +22,7 @@ mod kv;
 mod maintenance;
 mod server;
 mod txn;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

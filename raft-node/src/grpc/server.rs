@@ -3,6 +3,7 @@
 //! of every call (`authorization: Bearer <token>` metadata), and the
 //! limits: `--grpc-max-request-bytes`, `--grpc-max-concurrent-streams`
 //! per connection and `--grpc-max-connections` (one more is closed at once).
+//! (`--grpc-max-watches-per-stream` is the Watch service's, in `watch.rs`.)
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use super::pb::etcdserverpb::cluster_server::ClusterServer;
 use super::pb::etcdserverpb::kv_server::KvServer;
 use super::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
 use super::pb::etcdserverpb::maintenance_server::MaintenanceServer;
-use super::pb::etcdserverpb::watch_server::{Watch, WatchServer};
+use super::pb::etcdserverpb::watch_server::WatchServer;
 use super::{status_of, Ctx};
 use crate::config::NodeConfig;
 use crate::http::AppState;
@@ -96,13 +97,6 @@ impl AsyncWrite for Conn {
         }
     }
 }
-
-/// Watch: not implemented yet (every method answers `Unimplemented`).
-/// Integration point: the watch module serves this trait.
-#[derive(Debug, Clone, Copy)]
-struct NoWatch;
-#[tonic::async_trait]
-impl Watch for NoWatch {}
 
 /// Lease: not implemented yet (every method answers `Unimplemented`).
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +220,7 @@ pub async fn serve(
         // Logging in needs no token: it is how a client gets one.
         .add_service(AuthServer::new(ctx.clone()).max_decoding_message_size(max))
         .add_service(InterceptedService::new(
-            WatchServer::new(NoWatch).max_decoding_message_size(max),
+            WatchServer::new(ctx.clone()).max_decoding_message_size(max),
             tokens.clone(),
         ))
         .add_service(InterceptedService::new(

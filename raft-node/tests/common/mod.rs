@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use raft_client::launcher::{initial_cluster, NodeCommand};
 use raft_client::{Client, ClientBuilder, ClusterStatus, RetryPolicy};
 
+pub mod etcd;
 pub mod raw_peer;
 
 pub struct Proc {
