@@ -2,8 +2,8 @@
 //! etcd, not for raft-node) against a 3-node cluster's etcd gRPC API:
 //! put, get with prefixes and past revisions, del, txn in its interactive
 //! syntax, a prefix delete with previous values, member list, endpoint
-//! status, compaction, and writes through the surviving members after the
-//! leader is killed.
+//! status, compaction, writes through the surviving members after the
+//! leader is killed, and `etcdctl watch` on a follower across that kill.
 //!
 //! `scripts/deps.sh` installs etcdctl; set `ETCDCTL` to use another binary.
 
@@ -67,17 +67,39 @@ async fn ok(endpoints: &[SocketAddr], args: &[&str]) -> String {
     r.out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcdctl_works_against_a_three_node_cluster() {
-    let dir = tempfile::tempdir().unwrap();
+/// A 3-node cluster serving etcd's API: its processes, the gRPC address
+/// of each node, and the leader's id.
+async fn start(dir: &std::path::Path) -> (Vec<common::Proc>, Vec<SocketAddr>, u64) {
     let grpc: Vec<SocketAddr> = (0..3).map(|_| free_tcp()).collect();
     let listen = grpc.clone();
-    let mut procs = cluster_with_env(dir.path(), 3, &[], &[], "http", move |id| {
+    let procs = cluster_with_env(dir, 3, &[], &[], "http", move |id| {
         let addr = listen[usize::try_from(id - 1).unwrap()];
         vec![("RAFT_GRPC_LISTEN".into(), PathBuf::from(addr.to_string()))]
     });
     let http = common::client_of(&procs);
-    let first_leader = leader(&http, &procs, None).await;
+    let leader = leader(&http, &procs, None).await;
+    (procs, grpc, leader)
+}
+
+/// Puts `key` through `endpoints` until one attempt is acknowledged, each
+/// attempt with its own value (an attempt that timed out may still have
+/// been applied); answers the acknowledged value.
+async fn put_until_acknowledged(endpoints: &[SocketAddr], key: &str) -> String {
+    for attempt in 0..30 {
+        let value = format!("{key}-{attempt}");
+        let r = etcdctl(endpoints, &["put", key, &value], None).await;
+        if r.ok {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("no write of {key} acknowledged in 30 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_a_three_node_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, grpc, first_leader) = start(dir.path()).await;
     let all = grpc.clone();
 
     // put, get with a prefix, get as JSON (etcd's revisions).
@@ -163,16 +185,107 @@ async fn etcdctl_works_against_a_three_node_cluster() {
         .filter(|id| *id != first_leader)
         .map(|id| grpc[usize::try_from(id - 1).unwrap()])
         .collect();
-    let mut wrote = None;
-    for _ in 0..30 {
-        let r = etcdctl(&survivors, &["put", "after", "failover"], None).await;
-        if r.ok {
-            wrote = Some(r);
+    let value = put_until_acknowledged(&survivors, "after").await;
+    assert_eq!(
+        ok(&survivors, &["get", "after"]).await,
+        format!("after\n{value}")
+    );
+    assert_eq!(ok(&survivors, &["get", "greeting"]).await, "greeting\nbye");
+}
+
+/// `etcdctl watch` on a follower from a revision, while writes go through
+/// the leader, the leader is killed, and writes go on through the new one:
+/// every acknowledged write appears exactly once, in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_on_a_follower_sees_every_write_across_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, grpc, first_leader) = start(dir.path()).await;
+    let follower = (1..=3u64).find(|id| *id != first_leader).unwrap();
+    let at = |id: u64| grpc[usize::try_from(id - 1).unwrap()];
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&grpc, &["get", "none", "-w", "json"]).await).unwrap();
+    // etcd leaves a zero revision out of its JSON.
+    let from = (json["header"]["revision"].as_i64().unwrap_or(0) + 1).to_string();
+
+    let program = std::env::var("ETCDCTL").unwrap_or_else(|_| "etcdctl".into());
+    let mut watch = tokio::process::Command::new(&program)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", at(follower)))
+        .args(["watch", "--prefix", "w/", "--rev", &from, "-w", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcdctl starts (scripts/deps.sh installs Debian's etcd-client)");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let stdout = watch.stdout.take().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let key = format!("w/{i}");
+        acknowledged.push((key.clone(), put_until_acknowledged(&grpc, &key).await));
+    }
+    procs[usize::try_from(first_leader - 1).unwrap()].kill9();
+    let survivors: Vec<SocketAddr> = (1..=3u64)
+        .filter(|id| *id != first_leader)
+        .map(at)
+        .collect();
+    for i in 5..10 {
+        let key = format!("w/{i}");
+        acknowledged.push((key.clone(), put_until_acknowledged(&survivors, &key).await));
+    }
+
+    // Every event the watch printed, as (key, value, mod_revision).
+    let events = || -> Vec<(String, String, i64)> {
+        let b64 = |v: &serde_json::Value| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        };
+        let mut out = Vec::new();
+        for line in lines.lock().unwrap().iter() {
+            let Ok(resp) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            for e in resp["Events"].as_array().into_iter().flatten() {
+                let kv = &e["kv"];
+                out.push((
+                    b64(&kv["key"]),
+                    b64(&kv["value"]),
+                    kv["mod_revision"].as_i64().unwrap(),
+                ));
+            }
+        }
+        out
+    };
+    for _ in 0..100 {
+        let seen = events();
+        if acknowledged
+            .iter()
+            .all(|(k, v)| seen.iter().any(|(sk, sv, _)| sk == k && sv == v))
+        {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(wrote.expect("a write after the failover").out, "OK");
-    assert_eq!(ok(&survivors, &["get", "after"]).await, "after\nfailover");
-    assert_eq!(ok(&survivors, &["get", "greeting"]).await, "greeting\nbye");
+    let _ = watch.kill().await;
+    let seen = events();
+    for (k, v) in &acknowledged {
+        let n = seen.iter().filter(|(sk, sv, _)| sk == k && sv == v).count();
+        assert_eq!(n, 1, "{k}={v} seen {n} times in {seen:?}");
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].2 < w[1].2),
+        "events in revision order: {seen:?}"
+    );
 }
