@@ -393,6 +393,13 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_GRPC_MAX_CONNECTIONS")]
     pub grpc_max_connections: Option<usize>,
 
+    /// A gRPC connection that sent nothing for this long is sent an HTTP/2
+    /// PING, and closed when it does not answer within as long again (a
+    /// new connection must send the HTTP/2 preface within
+    /// `--http-tls-handshake-timeout-ms`). [default: 60000]
+    #[arg(long, env = "RAFT_GRPC_KEEPALIVE_MS")]
+    pub grpc_keepalive_ms: Option<u64>,
+
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -557,7 +564,8 @@ impl RunArgs {
             grpc_listen,
             grpc_max_request_bytes,
             grpc_max_concurrent_streams,
-            grpc_max_connections
+            grpc_max_connections,
+            grpc_keepalive_ms
         )
     }
 }

@@ -198,6 +198,9 @@ pub struct NodeConfig {
     pub grpc_max_concurrent_streams: u32,
     /// gRPC connections open at once.
     pub grpc_max_connections: usize,
+    /// Silence after which a gRPC connection is pinged, and the time it has
+    /// to answer.
+    pub grpc_keepalive: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {

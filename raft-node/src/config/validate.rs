@@ -192,6 +192,7 @@ impl RunArgs {
             grpc_max_request_bytes: self.grpc_max_request_bytes.unwrap_or(1_572_864),
             grpc_max_concurrent_streams: self.grpc_max_concurrent_streams.unwrap_or(128),
             grpc_max_connections: self.grpc_max_connections.unwrap_or(1024),
+            grpc_keepalive: ms(self.grpc_keepalive_ms, 60_000),
         })
     }
 }
