@@ -423,3 +423,86 @@ async fn transactions_through_etcd_client() {
     assert_eq!(message(&e), "etcdserver: key is not provided");
     common::assert_running_without_panic(&mut cluster.procs, "txn");
 }
+
+/// Reads from `s` until the server closes it; `true` when it did within
+/// `guard` (a client that sends nothing must not keep its slot forever).
+async fn closed_by_server(mut s: tokio::net::TcpStream, guard: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(guard, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_hold_the_grpc_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "--grpc-max-connections=2".to_owned(),
+        "--http-tls-handshake-timeout-ms=300".to_owned(),
+        "--grpc-keepalive-ms=300".to_owned(),
+    ];
+    let cluster = Cluster::start(dir.path(), &extra).await;
+    let addr = cluster.addr(cluster.leader);
+    // Two connections that never send a byte, and one that sends the
+    // HTTP/2 preface and then nothing (never answering a ping): each takes
+    // one of the two connection slots until the server drops it.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut preface = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut preface,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    )
+    .await
+    .unwrap();
+    // The guard only turns a hang into a failure; the server's deadlines
+    // are a fraction of it.
+    let guard = Duration::from_secs(60);
+    assert!(
+        closed_by_server(silent, guard).await,
+        "a connection that never sent a byte was kept"
+    );
+    assert!(
+        closed_by_server(preface, guard).await,
+        "a connection that went silent after the preface was kept"
+    );
+    // The slots are free again: a real client is served.
+    let mut c = cluster.client(cluster.leader, None).await;
+    c.put("k", "v", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_header_revision_is_the_revision_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &[]).await;
+    let mut writer = cluster.client(cluster.leader, None).await;
+    let mut reader = cluster.client(cluster.leader, None).await;
+    writer.put("hot", "0", None).await.unwrap();
+    // Only `hot` is ever written, so the revision a read is at is `hot`'s
+    // mod_revision; a header above it would make a client that watches
+    // from `header.revision + 1` (etcd's Get-then-Watch) miss writes.
+    let writes = tokio::spawn(async move {
+        for i in 1..=300 {
+            writer.put("hot", i.to_string(), None).await.unwrap();
+        }
+    });
+    let mut reads = 0;
+    while !writes.is_finished() || reads < 50 {
+        let r = reader.get("hot", None).await.unwrap();
+        let header = r.header().unwrap().revision();
+        let kv_rev = r.kvs()[0].mod_revision();
+        assert_eq!(
+            header, kv_rev,
+            "read {reads}: the header's revision is not the revision read"
+        );
+        reads += 1;
+    }
+    writes.await.unwrap();
+}

@@ -397,6 +397,12 @@ pub struct RunArgs {
     /// refused (created, then canceled). [default: 1000]
     #[arg(long, env = "RAFT_GRPC_MAX_WATCHES_PER_STREAM")]
     pub grpc_max_watches_per_stream: Option<usize>,
+    /// A gRPC connection that sent nothing for this long is sent an HTTP/2
+    /// PING, and closed when it does not answer within as long again (a
+    /// new connection must send the HTTP/2 preface within
+    /// `--http-tls-handshake-timeout-ms`). [default: 60000]
+    #[arg(long, env = "RAFT_GRPC_KEEPALIVE_MS")]
+    pub grpc_keepalive_ms: Option<u64>,
 
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
@@ -563,7 +569,8 @@ impl RunArgs {
             grpc_max_request_bytes,
             grpc_max_concurrent_streams,
             grpc_max_connections,
-            grpc_max_watches_per_stream
+            grpc_max_watches_per_stream,
+            grpc_keepalive_ms
         )
     }
 }

@@ -200,6 +200,9 @@ pub struct NodeConfig {
     pub grpc_max_connections: usize,
     /// Watches one gRPC Watch stream may hold open at once.
     pub grpc_max_watches_per_stream: usize,
+    /// Silence after which a gRPC connection is pinged, and the time it has
+    /// to answer.
+    pub grpc_keepalive: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {

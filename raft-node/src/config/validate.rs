@@ -193,6 +193,7 @@ impl RunArgs {
             grpc_max_concurrent_streams: self.grpc_max_concurrent_streams.unwrap_or(128),
             grpc_max_connections: self.grpc_max_connections.unwrap_or(1024),
             grpc_max_watches_per_stream: self.grpc_max_watches_per_stream.unwrap_or(1000),
+            grpc_keepalive: ms(self.grpc_keepalive_ms, 60_000),
         })
     }
 }

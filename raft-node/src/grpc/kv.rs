@@ -298,6 +298,7 @@ impl Kv for Ctx {
             ))
         })?;
         let reader = self.state.reader.clone();
+        let at = q.at;
         let result = tokio::task::spawn_blocking(move || {
             let r = read_range(&reader, &q);
             drop(slot);
@@ -305,9 +306,20 @@ impl Kv for Ctx {
         })
         .await
         .map_err(|e| Status::internal(format!("the range task failed: {e}")))??;
-        let current = self.state.reader.revisions().ok().map(|r| r.current);
+        // A read of the latest state answers the revision it read at, as
+        // etcd does (a later write must not show in the header: a client
+        // watching from `header.revision + 1` would miss it); a read of a
+        // past revision answers the current one.
+        let revision = match at {
+            None => result.revision,
+            Some(_) => self
+                .state
+                .reader
+                .revisions()
+                .map_or(result.revision, |r| r.current),
+        };
         Ok(Response::new(RangeResponse {
-            header: Some(self.header(current.or(Some(result.revision))).await),
+            header: Some(self.header(Some(revision)).await),
             count: to_i64(result.count),
             more: result.more,
             kvs: result.kvs,

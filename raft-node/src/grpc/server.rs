@@ -2,9 +2,13 @@
 //! certificate and `--client-ca`, with ALPN `h2`), the bearer-token check
 //! of every call (`authorization: Bearer <token>` metadata), and the
 //! limits: `--grpc-max-request-bytes`, `--grpc-max-concurrent-streams`
-//! per connection and `--grpc-max-connections` (one more is closed at once).
+//! per connection and `--grpc-max-connections` (one more is closed at once),
+//! and the deadlines that free a connection's slot: the HTTP/2 preface
+//! within `--http-tls-handshake-timeout-ms`, and an HTTP/2 PING answered
+//! within `--grpc-keepalive-ms` once nothing came for that long.
 //! (`--grpc-max-watches-per-stream` is the Watch service's, in `watch.rs`.)
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -48,11 +52,28 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// The HTTP/2 client preface (`PRI * HTTP/2.0...`), bytes.
+const PREFACE_LEN: usize = 24;
+
 /// A connection and its slot of `--grpc-max-connections`, freed when the
 /// connection is dropped.
 struct Conn {
     io: Io,
     _slot: OwnedSemaphorePermit,
+    /// Until the preface is read: its deadline and the bytes still missing.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl Conn {
+    /// A connection whose client has `limit` to send the HTTP/2 preface; a
+    /// silent one fails its read then, so the server drops it.
+    fn new(io: Io, slot: OwnedSemaphorePermit, limit: std::time::Duration) -> Self {
+        Self {
+            io,
+            _slot: slot,
+            preface: Some((Box::pin(tokio::time::sleep(limit)), PREFACE_LEN)),
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -66,10 +87,27 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if let Some((deadline, _)) = &mut this.preface {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within --http-tls-handshake-timeout-ms",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let r = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let (Poll::Ready(Ok(())), Some((_, missing))) = (&r, &mut this.preface) {
+            *missing = missing.saturating_sub(buf.filled().len() - before);
+            if *missing == 0 {
+                this.preface = None;
+            }
         }
+        r
     }
 }
 
@@ -144,14 +182,8 @@ async fn accept(
         };
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls.clone() else {
-            if tx
-                .send(Ok(Conn {
-                    io: Io::Plain(tcp),
-                    _slot: slot,
-                }))
-                .await
-                .is_err()
-            {
+            let conn = Conn::new(Io::Plain(tcp), slot, cfg.http_tls_handshake_timeout);
+            if tx.send(Ok(conn)).await.is_err() {
                 return;
             }
             continue;
@@ -160,12 +192,8 @@ async fn accept(
         let limit = cfg.http_tls_handshake_timeout;
         tokio::spawn(async move {
             if let Ok(Ok(s)) = tokio::time::timeout(limit, tls.accept(tcp)).await {
-                let _ = tx
-                    .send(Ok(Conn {
-                        io: Io::Tls(Box::new(s)),
-                        _slot: slot,
-                    }))
-                    .await;
+                let conn = Conn::new(Io::Tls(Box::new(s)), slot, limit);
+                let _ = tx.send(Ok(conn)).await;
             }
         });
     }
@@ -205,6 +233,10 @@ pub async fn serve(
     let tokens = Tokens(cfg.clone());
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(cfg.grpc_max_concurrent_streams))
+        // A connection silent this long is pinged, and dropped when the
+        // ping is not answered within as long again.
+        .http2_keepalive_interval(Some(cfg.grpc_keepalive))
+        .http2_keepalive_timeout(Some(cfg.grpc_keepalive))
         .add_service(InterceptedService::new(
             KvServer::new(ctx.clone()).max_decoding_message_size(max),
             tokens.clone(),
