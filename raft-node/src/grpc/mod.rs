@@ -14,7 +14,7 @@
 //! HTTP API's own handlers, called in-process (no socket): the same write
 //! path (forwarding from followers), the same token rules (admin for
 //! member changes, compaction, snapshots), the same limits and errors,
-//! which [`status_of`] turns into etcd's gRPC codes and messages.
+//! which `status_of` turns into etcd's gRPC codes and messages.
 
 mod auth;
 mod cluster;
