@@ -5,12 +5,16 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use super::handle::Request;
 use super::recover::recover;
+use super::tasks::{ApplyJob, Event, StorageJob};
 use super::{tasks, Driver, DriverConfig, Raft, RaftHandle, StartError};
 use crate::config::Config;
-use crate::engine::{Engine, InitialState};
+use crate::engine::{Engine, InitialState, WriteId};
 use crate::membership::Membership;
+use crate::message::Message;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, StorageError, StoredState};
@@ -140,79 +144,126 @@ struct Parts<L, S: StateMachine, T> {
     latest_snapshot: Option<(SnapshotMeta, SnapshotData)>,
 }
 
+/// The channels joining a node's tasks and its handle.
+struct Channels<R> {
+    req: (mpsc::Sender<Request<R>>, mpsc::Receiver<Request<R>>),
+    inbound: (mpsc::Sender<Message>, mpsc::Receiver<Message>),
+    out: (mpsc::Sender<Vec<Message>>, mpsc::Receiver<Vec<Message>>),
+    persist: (mpsc::Sender<StorageJob>, mpsc::Receiver<StorageJob>),
+    apply: (mpsc::Sender<ApplyJob<R>>, mpsc::Receiver<ApplyJob<R>>),
+    persisted: (
+        watch::Sender<Option<WriteId>>,
+        watch::Receiver<Option<WriteId>>,
+    ),
+    applied: (watch::Sender<Index>, watch::Receiver<Index>),
+    fatal: (
+        watch::Sender<Option<String>>,
+        watch::Receiver<Option<String>>,
+    ),
+    shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
+    done: (watch::Sender<bool>, watch::Receiver<bool>),
+    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+}
+
+impl<R> Channels<R> {
+    /// The channels, bounded as `driver` says; `applied` starts the
+    /// applied watermark.
+    fn new(driver: &DriverConfig, applied: Index) -> Self {
+        Self {
+            req: mpsc::channel(driver.request_queue_capacity),
+            inbound: mpsc::channel(driver.inbound_queue_capacity),
+            out: mpsc::channel(driver.outbound_queue_capacity),
+            persist: mpsc::channel(driver.storage_queue_capacity),
+            apply: mpsc::channel(driver.apply_queue_capacity),
+            persisted: watch::channel(None),
+            applied: watch::channel(applied),
+            fatal: watch::channel(None),
+            shutdown: watch::channel(false),
+            done: watch::channel(false),
+            events: mpsc::unbounded_channel(),
+        }
+    }
+}
+
+/// The receiving ends the engine task's loop waits on.
+struct EngineInputs<R> {
+    requests: mpsc::Receiver<Request<R>>,
+    inbound: mpsc::Receiver<Message>,
+    events: mpsc::UnboundedReceiver<Event>,
+    persisted: watch::Receiver<Option<WriteId>>,
+    fatal: watch::Receiver<Option<String>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The storage, apply and network tasks, which the engine task waits for
+/// (or stops) when it ends.
+struct Background {
+    storage: JoinHandle<()>,
+    apply: JoinHandle<()>,
+    network: JoinHandle<()>,
+}
+
 impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
     /// Spawns the storage, apply, network and engine tasks, joined by
     /// bounded channels, and returns the handle to them.
     fn spawn(self) -> RaftHandle<S::Response> {
-        let (engine, driver) = (self.engine, self.driver);
-        let id = engine.id();
-        let (req_tx, req_rx) = mpsc::channel(driver.request_queue_capacity);
-        let (in_tx, in_rx) = mpsc::channel(driver.inbound_queue_capacity);
-        let (out_tx, out_rx) = mpsc::channel(driver.outbound_queue_capacity);
-        let (persist_tx, persist_rx) = mpsc::channel(driver.storage_queue_capacity);
-        let (apply_tx, apply_rx) = mpsc::channel(driver.apply_queue_capacity);
-        let (persisted_tx, persisted_rx) = watch::channel(None);
-        let (applied_tx, applied_rx) = watch::channel(self.applied);
-        let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(false);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-
+        let ch = Channels::new(&self.driver, self.applied);
         let log = Arc::new(self.log);
         let reader: Arc<dyn LogStorage> = log.clone();
         let transport = Arc::new(self.transport);
         let storage_clock = Arc::new(tasks::StorageClock::new());
-        let storage_task = tokio::spawn(tasks::storage_task(
-            log,
-            persist_rx,
-            out_tx.clone(),
-            persisted_tx,
-            fatal_tx.clone(),
-            events_tx.clone(),
-            storage_clock.clone(),
-        ));
-        let apply_task = tokio::spawn(tasks::apply_task(
-            self.state_machine,
-            apply_rx,
-            applied_tx,
-            fatal_tx,
-            events_tx.clone(),
-        ));
-        let network_task = tokio::spawn(tasks::network_task(Arc::clone(&transport), out_rx));
-
+        let background = Background {
+            storage: tokio::spawn(tasks::storage_task(
+                log,
+                ch.persist.1,
+                ch.out.0.clone(),
+                ch.persisted.0,
+                ch.fatal.0.clone(),
+                ch.events.0.clone(),
+                storage_clock.clone(),
+            )),
+            apply: tokio::spawn(tasks::apply_task(
+                self.state_machine,
+                ch.apply.1,
+                ch.applied.0,
+                ch.fatal.0,
+                ch.events.0.clone(),
+            )),
+            network: tokio::spawn(tasks::network_task(Arc::clone(&transport), ch.out.1)),
+        };
         let handle = RaftHandle {
-            id,
-            requests: req_tx,
-            inbound: in_tx,
-            applied: applied_rx.clone(),
-            shutdown: shutdown_tx,
-            done: done_rx,
-            failure: fatal_rx.clone(),
+            id: self.engine.id(),
+            requests: ch.req.0,
+            inbound: ch.inbound.0,
+            applied: ch.applied.1.clone(),
+            shutdown: ch.shutdown.0,
+            done: ch.done.1,
+            failure: ch.fatal.1.clone(),
             storage_clock,
-            request_timeout: driver.request_timeout,
+            request_timeout: self.driver.request_timeout,
             deadlines: Arc::new(super::deadline::Deadlines::default()),
         };
         tokio::spawn(Arc::clone(&handle.deadlines).run(handle.done.clone()));
-        let mut driver_state = Driver {
-            engine,
-            cfg: driver,
+        let driver = Driver {
+            engine: self.engine,
+            cfg: self.driver,
             proposals: Default::default(),
             reads: HashMap::new(),
             next_read_id: 1,
             transfer: None,
-            out_tx,
-            persist_tx,
-            apply_tx,
+            out_tx: ch.out.0,
+            persist_tx: ch.persist.0,
+            apply_tx: ch.apply.0,
             apply_backlog: VecDeque::new(),
             backlog_reported: 0,
             unapplied: VecDeque::new(),
             unapplied_bytes: 0,
             reader,
-            applied: applied_rx,
+            applied: ch.applied.1,
             last_soft: None,
             known_leader: None,
             transport,
-            events_tx,
+            events_tx: ch.events.0,
             snapshot: self.latest_snapshot,
             snapshot_waiters: Vec::new(),
             incoming: None,
@@ -224,25 +275,44 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             commit_latency: metrics::histogram!("raft_proposal_commit_seconds"),
             forwards: Default::default(),
         };
-        tokio::spawn(async move {
-            driver_state
-                .run(
-                    req_rx,
-                    in_rx,
-                    events_rx,
-                    persisted_rx,
-                    fatal_rx,
-                    shutdown_rx,
-                )
-                .await;
-            // Closing the queues lets the storage task finish what it holds.
-            drop(driver_state);
-            let _ = storage_task.await;
-            let _ = apply_task.await;
-            network_task.abort();
-            let _ = done_tx.send(true);
-            tracing::info!(id, "raft node stopped");
-        });
+        let inputs = EngineInputs {
+            requests: ch.req.1,
+            inbound: ch.inbound.1,
+            events: ch.events.1,
+            persisted: ch.persisted.1,
+            fatal: ch.fatal.1,
+            shutdown: ch.shutdown.1,
+        };
+        tokio::spawn(run_engine(driver, inputs, background, ch.done.0));
         handle
     }
+}
+
+/// The engine task: runs the loop, then lets the storage task finish what
+/// it holds, waits for the apply task, stops the network task and reports
+/// the node stopped through `done`.
+async fn run_engine<R: Send + 'static, T: Transport>(
+    mut driver: Driver<R, T>,
+    inputs: EngineInputs<R>,
+    background: Background,
+    done: watch::Sender<bool>,
+) {
+    let id = driver.engine.id();
+    driver
+        .run(
+            inputs.requests,
+            inputs.inbound,
+            inputs.events,
+            inputs.persisted,
+            inputs.fatal,
+            inputs.shutdown,
+        )
+        .await;
+    // Closing the queues lets the storage task finish what it holds.
+    drop(driver);
+    let _ = background.storage.await;
+    let _ = background.apply.await;
+    background.network.abort();
+    let _ = done.send(true);
+    tracing::info!(id, "raft node stopped");
 }
