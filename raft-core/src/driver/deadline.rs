@@ -15,95 +15,22 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::ticket::{Expire, Ticket};
+
 /// Entries the queue may hold beyond twice the live ones before it is
 /// compacted (so a small queue is never compacted at each answer).
 const SLACK: usize = 32;
 
-const PENDING: u8 = 0;
-const TAKEN: u8 = 1;
-const ABANDONED: u8 = 2;
-
-/// Decides, exactly once, whether a queued proposal is taken by the driver
-/// (and may commit) or abandoned by a caller that timed out first (and is
-/// then never proposed), so a timeout before the driver took it is a
-/// definite "not applied". Also where the shared timer tells the caller
-/// that its deadline passed.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Ticket(Arc<TicketState>);
-
-#[derive(Debug, Default)]
-struct TicketState {
-    state: AtomicU8,
-    timer: Mutex<TimerSlot>,
-}
-
-/// What the timer and the caller share: whether the deadline passed, and
-/// the caller's waker while it waits.
-#[derive(Debug, Default)]
-struct TimerSlot {
-    expired: bool,
-    waker: Option<Waker>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here panics while holding a lock: a poisoned one is intact.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Ticket {
-    /// The driver takes the proposal; false when the caller gave up on it.
-    pub(crate) fn take(&self) -> bool {
-        self.0
-            .state
-            .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// The caller gives up; false when the driver already took it.
-    pub(crate) fn abandon(&self) -> bool {
-        self.0
-            .state
-            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    pub(crate) fn taken(&self) -> bool {
-        self.0.state.load(Ordering::Acquire) == TAKEN
-    }
-
-    /// Whether the deadline passed; otherwise the timer will wake `waker`
-    /// when it does.
-    fn expired_or_wake(&self, waker: &Waker) -> bool {
-        let mut slot = lock(&self.0.timer);
-        if slot.expired {
-            return true;
-        }
-        match &slot.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => slot.waker = Some(waker.clone()),
-        }
-        false
-    }
-
-    /// The deadline passed: wakes the caller.
-    fn expire(&self) {
-        let waker = {
-            let mut slot = lock(&self.0.timer);
-            slot.expired = true;
-            slot.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
 }
 
 /// One registered deadline.
@@ -112,7 +39,7 @@ struct Entry {
     seq: u64,
     deadline: Instant,
     /// `None` once answered (a hole).
-    ticket: Option<Ticket>,
+    ticket: Option<Arc<dyn Expire>>,
 }
 
 #[derive(Debug, Default)]
@@ -180,7 +107,11 @@ impl Drop for Registration<'_> {
 
 impl Deadlines {
     /// Registers `ticket` to expire `timeout` from now.
-    pub(crate) fn register(&self, ticket: &Ticket, timeout: Duration) -> Registration<'_> {
+    pub(crate) fn register<R: Send + 'static>(
+        &self,
+        ticket: &Ticket<R>,
+        timeout: Duration,
+    ) -> Registration<'_> {
         let mut q = lock(&self.queue);
         let seq = q.next_seq;
         q.next_seq += 1;
@@ -188,7 +119,7 @@ impl Deadlines {
         q.entries.push_back(Entry {
             seq,
             deadline: Instant::now() + timeout,
-            ticket: Some(ticket.clone()),
+            ticket: Some(ticket.expirable()),
         });
         q.live += 1;
         drop(q);
@@ -257,9 +188,9 @@ impl Deadlines {
 }
 
 /// Waits for `rx` until `ticket` expires: `None` when it did first.
-pub(crate) async fn until_expired<F: Future + Unpin>(
+pub(crate) async fn until_expired<F: Future + Unpin, R>(
     rx: &mut F,
-    ticket: &Ticket,
+    ticket: &Ticket<R>,
 ) -> Option<F::Output> {
     std::future::poll_fn(|cx: &mut Context<'_>| {
         if let Poll::Ready(out) = Pin::new(&mut *rx).poll(cx) {
@@ -292,10 +223,10 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let d = Deadlines::default();
-            let stuck = Ticket::default();
+            let stuck = Ticket::<()>::default();
             let _held = d.register(&stuck, Duration::from_secs(5));
             for _ in 0..10_000 {
-                let t = Ticket::default();
+                let t = Ticket::<()>::default();
                 let r = d.register(&t, Duration::from_secs(5));
                 drop(r);
             }
@@ -316,12 +247,12 @@ mod tests {
         rt.block_on(async {
             let d = Deadlines::default();
             let start = Instant::now();
-            let a = Ticket::default();
+            let a = Ticket::<()>::default();
             let _ra = d.register(&a, Duration::from_secs(1));
             tokio::time::advance(Duration::from_millis(300)).await;
-            let b = Ticket::default();
+            let b = Ticket::<()>::default();
             let _rb = d.register(&b, Duration::from_secs(1));
-            let expired = |t: &Ticket| lock(&t.0.timer).expired;
+            let expired = |t: &Ticket<()>| t.expired_or_wake(std::task::Waker::noop());
             assert_eq!(
                 d.expire_until(start + Duration::from_millis(999)),
                 Some(start + Duration::from_secs(1))

@@ -48,7 +48,7 @@ use crate::transport::Transport;
 use crate::types::{Index, NodeId, Term};
 
 /// A reply channel of a proposal.
-type ProposeReply<R> = oneshot::Sender<Result<R, ProposeError>>;
+type ProposeReply<R> = super::ticket::Reply<R>;
 /// A reply channel of a read.
 type ReadReply = oneshot::Sender<Result<Index, ReadError>>;
 
@@ -139,13 +139,9 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// back, to be handled here.
     pub(super) fn forward_request(&mut self, req: Request<R>) -> Option<Request<R>> {
         match req {
-            Request::Propose {
-                data,
-                reply,
-                ticket,
-            } if self.forward_target().is_some() => {
+            Request::Propose { data, reply } if self.forward_target().is_some() => {
                 // A caller that timed out before this was taken: drop it.
-                if ticket.take() {
+                if reply.take() {
                     self.forward_proposal(data, reply);
                 }
                 None

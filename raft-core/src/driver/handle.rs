@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::deadline::{until_expired, Deadlines, Ticket};
+use super::deadline::{until_expired, Deadlines};
+use super::ticket::{Reply, Ticket};
 use super::{MembershipError, ProposeError, ReadError, SnapshotError, TransferError};
 use crate::engine::{MembershipChange, Status};
 use crate::membership::Membership;
@@ -37,8 +38,8 @@ pub enum ReadConsistency {
 pub(crate) enum Request<R> {
     Propose {
         data: Bytes,
-        reply: oneshot::Sender<Result<R, ProposeError>>,
-        ticket: Ticket,
+        /// The driver's end of the caller's ticket (see `ticket.rs`).
+        reply: Reply<R>,
     },
     Read {
         consistency: ReadConsistency,
@@ -131,15 +132,15 @@ impl<R: Send + 'static> RaftHandle<R> {
     /// A [`ProposeError`]; [`ProposeError::may_have_committed`] says whether
     /// the command may still take effect.
     pub async fn propose(&self, data: Bytes) -> Result<R, ProposeError> {
-        let (reply, mut rx) = oneshot::channel();
+        // One allocation carries the answer, the deadline and whether the
+        // driver took the proposal (see `ticket.rs`).
         let ticket = Ticket::default();
         // The deadline on the node's shared timer, from now on: taken off
         // again when this returns (or is dropped).
         let _deadline = self.deadlines.register(&ticket, self.request_timeout);
         let req = Request::Propose {
             data,
-            reply,
-            ticket: ticket.clone(),
+            reply: ticket.reply(),
         };
         // A queue with room takes it at once; a full one is waited on until
         // the deadline.
@@ -162,7 +163,7 @@ impl<R: Send + 'static> RaftHandle<R> {
                 }
             }
         }
-        match until_expired(&mut rx, &ticket).await {
+        match ticket.answer().await {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(ProposeError::ShuttingDown {
                 appended: !ticket.abandon() && ticket.taken(),

@@ -60,8 +60,9 @@
 //!   `wake.rs`: its wait for the next input; `armed.rs`: its waits on
 //!   `watch` channels, registered once rather than at every wait;
 //! - `tasks.rs`: the storage, apply and network tasks;
-//! - `handle.rs`: [`RaftHandle`]; `deadline.rs`: proposals' deadlines on
-//!   one shared timer per node;
+//! - `handle.rs`: [`RaftHandle`]; `ticket.rs`: a proposal's ticket, which
+//!   carries its answer; `deadline.rs`: proposals' deadlines on one shared
+//!   timer per node;
 //! - `forward.rs`: a follower forwarding proposals and reads to its
 //!   leader over the transport, and the outputs kept for their answers;
 //! - `pending.rs`: the proposals waiting for their entries, by index.
@@ -79,6 +80,7 @@ mod requests;
 mod run;
 mod start;
 mod tasks;
+mod ticket;
 mod wake;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -115,7 +117,7 @@ struct PendingProposal<R> {
     /// When the driver took it (the clock reading of its batch):
     /// `raft_proposal_commit_seconds` measures from here to the commit.
     proposed: tokio::time::Instant,
-    reply: oneshot::Sender<Result<R, ProposeError>>,
+    reply: ticket::Reply<R>,
 }
 
 /// A membership change waiting to complete.

@@ -35,11 +35,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             return;
         };
         match req {
-            Request::Propose {
-                data,
-                reply,
-                ticket,
-            } => match ticket.take().then(|| self.propose(data)) {
+            Request::Propose { data, reply } => match reply.take().then(|| self.propose(data)) {
                 // The caller timed out before this was taken: drop it.
                 None => {}
                 Some(Err(None)) => {

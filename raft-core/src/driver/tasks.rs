@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::forward::Retained;
 use super::send_messages;
@@ -60,7 +60,7 @@ pub(crate) struct PersistJob {
 pub(crate) struct Waiter<R> {
     pub(crate) index: Index,
     pub(crate) term: Term,
-    pub(crate) reply: oneshot::Sender<Result<R, ProposeError>>,
+    pub(crate) reply: super::ticket::Reply<R>,
 }
 
 /// Work for the apply task, done strictly in order.
@@ -482,7 +482,7 @@ mod tests {
         use super::{apply_task, ApplyJob, Waiter};
         use crate::driver::ProposeError;
         use crate::memory::{KvCommand, KvResponse, MemKv};
-        use tokio::sync::{mpsc, oneshot, watch};
+        use tokio::sync::{mpsc, watch};
 
         let put = |term, index: Index| Entry {
             term,
@@ -502,8 +502,9 @@ mod tests {
         let task = tokio::spawn(apply_task(MemKv::new(), jobs, applied_tx, fatal, events));
         let mut answers = Vec::new();
         let mut wait = |index, term| {
-            let (reply, rx) = oneshot::channel();
-            answers.push((index, rx));
+            let ticket = crate::driver::ticket::Ticket::default();
+            let reply = ticket.reply();
+            answers.push((index, ticket));
             Waiter { index, term, reply }
         };
         let first = ApplyJob::Entries {
@@ -520,8 +521,9 @@ mod tests {
         jobs_tx.send(first).await.unwrap();
         jobs_tx.send(second).await.unwrap();
         let mut got = Vec::new();
-        for (index, rx) in answers {
-            got.push((index, rx.await.expect("answered")));
+        for (index, ticket) in answers {
+            let answer = ticket.answer().await.expect("no deadline");
+            got.push((index, answer.expect("answered")));
         }
         assert_eq!(
             got,
