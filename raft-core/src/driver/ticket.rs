@@ -218,10 +218,17 @@ impl<R> Reply<R> {
         self.0.as_ref().is_some_and(Ticket::take)
     }
 
-    /// Answers the caller (who may have stopped waiting).
-    pub(crate) fn send(mut self, answer: Answer<R>) {
-        if let Some(t) = self.0.take() {
-            t.settle(Outcome::Answered(answer));
+    /// Answers the caller; gives the answer back when the caller is known
+    /// to have stopped waiting (as a `oneshot` sender does).
+    pub(crate) fn send(mut self, answer: Answer<R>) -> Result<(), Answer<R>> {
+        match self.0.take() {
+            // Nobody else holds the ticket: the caller and its deadline
+            // are gone.
+            Some(t) if Arc::strong_count(&t.0) > 1 => {
+                t.settle(Outcome::Answered(answer));
+                Ok(())
+            }
+            _ => Err(answer),
         }
     }
 }
@@ -253,7 +260,7 @@ mod tests {
         let reply = t.reply();
         assert!(reply.take() && t.taken() && !t.abandon());
         assert_eq!(outcome(&t).await, None, "nothing answered yet");
-        reply.send(Ok(7));
+        assert_eq!(reply.send(Ok(7)), Ok(()));
         assert_eq!(outcome(&t).await, Some(Some(Ok(Ok(7)))));
     }
 
@@ -271,13 +278,19 @@ mod tests {
         t.expirable().expire();
         assert_eq!(outcome(&t).await, Some(None));
         let t = Ticket::<u32>::default();
-        t.reply().send(Err(ProposeError::Overloaded));
+        t.reply().send(Err(ProposeError::Overloaded)).unwrap();
         t.expirable().expire();
         assert_eq!(
             outcome(&t).await,
             Some(Some(Ok(Err(ProposeError::Overloaded))))
         );
         drop(reply);
+    }
+
+    #[test]
+    fn an_answer_to_a_caller_that_is_gone_comes_back() {
+        let reply = Ticket::<u32>::default().reply();
+        assert_eq!(reply.send(Ok(1)), Err(Ok(1)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -295,7 +308,7 @@ mod tests {
         let reply = t.reply();
         let waiter = tokio::spawn(async move { poll_fn(|cx| t.poll_answer(cx)).await });
         tokio::task::yield_now().await;
-        reply.send(Ok(3));
+        reply.send(Ok(3)).unwrap();
         let woke = tokio::time::timeout(Duration::from_secs(10), waiter).await;
         assert_eq!(woke.expect("woken").expect("task"), Some(Ok(Ok(3))));
     }
