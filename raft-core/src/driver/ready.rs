@@ -13,6 +13,47 @@ use crate::storage::LogWrite;
 use crate::transport::Transport;
 use crate::types::{Entry, Index};
 
+/// `raft_proposal_commit_seconds` for the proposals of one commit: the
+/// proposals of one batch of requests share their clock reading, so each
+/// run of equal readings is one duration, recorded as many times as it
+/// has proposals (a duration per proposal was a measurable share of its
+/// cost).
+struct CommitLatency<'a> {
+    histogram: &'a metrics::Histogram,
+    committed: tokio::time::Instant,
+    /// The current run: its clock reading and its proposals.
+    run: Option<(tokio::time::Instant, usize)>,
+}
+
+impl<'a> CommitLatency<'a> {
+    fn new(histogram: &'a metrics::Histogram) -> Self {
+        Self {
+            histogram,
+            committed: tokio::time::Instant::now(),
+            run: None,
+        }
+    }
+
+    /// Counts a proposal taken at `proposed`.
+    fn add(&mut self, proposed: tokio::time::Instant) {
+        match &mut self.run {
+            Some((at, n)) if *at == proposed => *n += 1,
+            _ => {
+                self.flush();
+                self.run = Some((proposed, 1));
+            }
+        }
+    }
+
+    /// Records the current run.
+    fn flush(&mut self) {
+        if let Some((at, n)) = self.run.take() {
+            let seconds = self.committed.saturating_duration_since(at).as_secs_f64();
+            self.histogram.record_many(seconds, n);
+        }
+    }
+}
+
 impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// Drains the engine's output. Returns false when the node must stop.
     pub(super) async fn process_ready(&mut self) -> bool {
@@ -122,25 +163,21 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
         if self.proposals.lowest().is_some_and(|lowest| lowest <= last) {
             // The proposals up to `last` leave in one go (in increasing
             // index order, as the apply task expects), those above stay.
-            let committed = tokio::time::Instant::now();
-            let latency = &self.commit_latency;
+            let mut latency = CommitLatency::new(&self.commit_latency);
             for (index, p) in self.proposals.take_upto(last) {
                 if index < first {
                     // Below this batch: can no longer be applied by us.
                     let _ = p.reply.send(Err(ProposeError::Superseded { index }));
                     continue;
                 }
-                latency.record(
-                    committed
-                        .saturating_duration_since(p.proposed)
-                        .as_secs_f64(),
-                );
+                latency.add(p.proposed);
                 waiters.push(Waiter {
                     index,
                     term: p.term,
                     reply: p.reply,
                 });
             }
+            latency.flush();
             self.report_pending_proposals();
         }
         metrics::gauge!("raft_commit_index").set(self.engine.commit_index() as f64);
@@ -332,5 +369,43 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     /// (or answered otherwise).
     pub(super) fn report_pending_proposals(&self) {
         self.pending_gauge.set(self.proposals.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitLatency;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::time::Duration;
+
+    /// Every proposal is one sample of its own commit latency, also when
+    /// the proposals of one batch (one clock reading) are recorded together.
+    #[tokio::test(start_paused = true)]
+    async fn each_committed_proposal_is_one_sample_of_its_own_latency() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let histogram = metrics::with_local_recorder(&recorder, || metrics::histogram!("h"));
+        let t0 = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let t1 = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let mut latency = CommitLatency::new(&histogram);
+        for at in [t0, t0, t1, t1, t1, t0] {
+            latency.add(at);
+        }
+        latency.flush();
+        let mut samples: Vec<f64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .flat_map(|(.., value)| match value {
+                DebugValue::Histogram(h) => {
+                    h.into_iter().map(|v| v.into_inner()).collect::<Vec<_>>()
+                }
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        assert_eq!(samples, [0.002, 0.002, 0.002, 0.003, 0.003, 0.003]);
     }
 }
