@@ -191,17 +191,32 @@ impl RaftLog {
             self.evicted_to
         );
         let from = (start - self.offset.index - 1) as usize;
-        let count = ((end - start + 1) as usize).min(max_entries.max(1));
-        let mut out = Vec::with_capacity(count);
-        let mut bytes = 0u64;
-        for e in self.entries.range(from..from + count) {
-            let size = e.size_bytes();
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
+        let mut count = ((end - start + 1) as usize).min(max_entries.max(1));
+        if max_bytes != u64::MAX {
+            // How many fit, before any is cloned: the copy is then one
+            // tight loop over (at most) two slices.
+            let mut bytes = 0u64;
+            let fit = self.entries.range(from..from + count).position(|e| {
+                bytes += e.size_bytes();
+                bytes > max_bytes
+            });
+            if let Some(fit) = fit {
+                count = fit.max(1);
             }
-            bytes += size;
-            out.push(e.clone());
         }
+        // The deque's two slices, cut to `from..from + count`.
+        let (head, tail) = self.entries.as_slices();
+        let to = from + count;
+        let (a, b) = if to <= head.len() {
+            (&head[from..to], &tail[..0])
+        } else if from >= head.len() {
+            (&head[..0], &tail[from - head.len()..to - head.len()])
+        } else {
+            (&head[from..], &tail[..to - head.len()])
+        };
+        let mut out = Vec::with_capacity(count);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
         out
     }
 

@@ -203,3 +203,63 @@ fn only_durable_committed_entries_are_applied() {
     assert_eq!(log.take_committed(100), vec![e(1, 2)]);
     assert!(!log.has_committed());
 }
+
+mod slices {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn normal(index: Index, len: usize) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(bytes::Bytes::from(vec![0u8; len])),
+        }
+    }
+
+    proptest! {
+        /// A slice holds the entries of its range in order, at most
+        /// `max_entries` and `max_bytes` of them but at least one, also
+        /// when the log's entries wrap around the end of its buffer.
+        #[test]
+        fn a_slice_is_the_longest_prefix_of_its_range_within_the_limits(
+            sizes in proptest::collection::vec(0usize..40, 1..24),
+            compacted in 0usize..24,
+            start in 0u64..30,
+            end in 0u64..30,
+            max_entries in 0usize..30,
+            max_bytes in prop_oneof![0u64..400, Just(u64::MAX)],
+        ) {
+            let n = sizes.len();
+            let compacted = compacted.min(n);
+            // Room for every entry, so those appended after the compaction
+            // go into the front of the buffer that it freed.
+            let mut initial = Vec::with_capacity(n);
+            initial.extend((0..n).map(|i| normal(i as Index + 1, sizes[i])));
+            let mut log = RaftLog::restore(LogId::default(), initial, n as Index);
+            log.set_applied(n as Index);
+            log.compact(compacted as Index);
+            let mut model: Vec<Entry> = (compacted..n)
+                .map(|i| normal(i as Index + 1, sizes[i]))
+                .collect();
+            for (i, &size) in sizes.iter().enumerate().take(compacted.saturating_sub(1)) {
+                let e = normal((n + i) as Index + 1, size);
+                log.append_own(e.clone());
+                model.push(e);
+            }
+            let got = log.slice_to(start, end, max_entries, max_bytes);
+            let mut want = Vec::new();
+            let mut bytes = 0;
+            for e in model.iter().filter(|e| e.index >= start && e.index <= end) {
+                if want.len() == max_entries.max(1) {
+                    break;
+                }
+                if !want.is_empty() && bytes + e.size_bytes() > max_bytes {
+                    break;
+                }
+                bytes += e.size_bytes();
+                want.push(e.clone());
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+}
