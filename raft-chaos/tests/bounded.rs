@@ -29,6 +29,7 @@ use raft_chaos::cluster::NodeSettings;
 use raft_chaos::nemesis::NemesisConfig;
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig, RunSummary};
+use raft_chaos::watch::WatchConfig;
 
 /// The variable `name` as a number, or `default` when it is not set; a
 /// value that does not parse is a mistake in the command, not a default.
@@ -169,6 +170,7 @@ fn bounded_chaos_runs_find_no_violation() {
             clients: ClientConfig::default(),
             nemesis: NemesisConfig::default(),
             node: NodeSettings::default(),
+            watch: WatchConfig::default(),
             keep: false,
         };
         match runtime.block_on(run_seed(&cfg)) {
@@ -226,6 +228,7 @@ fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
             ..NemesisConfig::default()
         },
         node: NodeSettings::default(),
+        watch: WatchConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);
@@ -282,6 +285,7 @@ fn a_run_whose_writes_outlive_a_small_idempotency_window_keeps_replicas_equal() 
             idempotency_window: Some(window),
             ..NodeSettings::default()
         },
+        watch: WatchConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);
