@@ -110,6 +110,11 @@ struct RunArgs {
     /// (0: only when its connection fails).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     watch_switch_s: u64,
+    /// A negative control: watchers resume one revision past the last
+    /// they got, so each resume loses one; the run must fail with `watch`
+    /// violations (missing writes), which shows the watch check can.
+    #[arg(long)]
+    watch_resume_past_last: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -204,6 +209,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 watchers: a.watchers,
                 idle_timeout: Duration::from_millis(a.watch_idle_ms),
                 switch_s_max: a.watch_switch_s,
+                resume_past_last: a.watch_resume_past_last,
             },
             keep: a.keep,
         };

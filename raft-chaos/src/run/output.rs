@@ -231,8 +231,13 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         .idempotency_window
         .map(|w| format!(" --idempotency-window {w}"))
         .unwrap_or_default();
+    let resume = if cfg.watch.resume_past_last {
+        " --watch-resume-past-last"
+    } else {
+        ""
+    };
     format!(
-        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {} --out {} --raft-node {}",
+        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --out {} --raft-node {}",
         cfg.nodes,
         cfg.seed,
         cfg.duration.as_secs(),

@@ -43,6 +43,9 @@ pub struct WatchConfig {
     /// A watcher moves to another member on its own after a random 1 to
     /// this many seconds (0: only when its connection fails).
     pub switch_s_max: u64,
+    /// A negative control: resume one revision past the last `id` seen,
+    /// so each resume loses a revision; such runs must fail.
+    pub resume_past_last: bool,
 }
 
 impl Default for WatchConfig {
@@ -51,6 +54,7 @@ impl Default for WatchConfig {
             watchers: 3,
             idle_timeout: Duration::from_secs(5),
             switch_s_max: 8,
+            resume_past_last: false,
         }
     }
 }

@@ -117,7 +117,8 @@ impl Watcher {
         }
         let mut req = http.get(format!("{url}/v1/watch")).query(&query);
         if last > 0 {
-            req = req.header("Last-Event-ID", last.to_string());
+            let resume = last + u64::from(self.cfg.resume_past_last);
+            req = req.header("Last-Event-ID", resume.to_string());
         }
         let mut stop = self.stop.clone();
         let resp = tokio::select! {
