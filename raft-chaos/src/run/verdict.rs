@@ -134,16 +134,10 @@ pub(super) fn check_watches(
         findings.extend(f);
     }
     for f in findings {
-        let at = f
-            .revision
-            .map(|r| format!(" (revision {r})"))
-            .unwrap_or_default();
+        // The detail names the watcher and the revision.
         found.violations.push(Violation {
             check: "watch",
-            detail: format!(
-                "{}{at}; watches.json has every watcher's deliveries",
-                f.detail
-            ),
+            detail: format!("{}; watches.json has every watcher's deliveries", f.detail),
             key: f.key,
             focus: Vec::new(),
         });
