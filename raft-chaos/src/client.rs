@@ -49,6 +49,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::ChaosError;
+use crate::watch::check::{Change, WriteOutcome, WriteRecord};
 
 /// The node URLs the workers pick from, updated when nodes are replaced.
 pub type SharedUrls = Arc<RwLock<Vec<String>>>;
@@ -105,6 +106,9 @@ pub struct Recorder {
     repeats: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     /// Repeated writes applied again inside the idempotency window.
     repeat_violations: Arc<Mutex<Vec<String>>>,
+    /// Every write with its outcome and revision, private keys too (for
+    /// the watch checker).
+    writes: Arc<Mutex<Vec<WriteRecord>>>,
 }
 
 impl Recorder {
@@ -116,7 +120,31 @@ impl Recorder {
             unexpected: Arc::default(),
             repeats: Arc::default(),
             repeat_violations: Arc::default(),
+            writes: Arc::default(),
         }
+    }
+
+    /// Records a write for the watch checker: acknowledged at `rev`, or
+    /// the outcome of a failure.
+    pub fn push_write(&self, client: u64, key: &str, change: Change, rev: Result<u64, &Outcome>) {
+        let outcome = match rev {
+            Ok(r) => WriteOutcome::Acked(r),
+            Err(Outcome::Failed) => WriteOutcome::Failed,
+            Err(_) => WriteOutcome::Unknown,
+        };
+        if let Ok(mut w) = self.writes.lock() {
+            w.push(WriteRecord {
+                client,
+                key: key.as_bytes().to_vec(),
+                change,
+                outcome,
+            });
+        }
+    }
+
+    /// Every write recorded so far.
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        self.writes.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// Microseconds since the start of the run.
@@ -396,6 +424,9 @@ impl Worker {
             Ok(_) => Outcome::WriteOk,
             Err(e) => failure_outcome(&self.rec, "write", e),
         };
+        let put = Change::Put(value.clone());
+        let rev = result.as_ref().map(|r| *r).map_err(|_| &outcome);
+        self.rec.push_write(self.id, key, put, rev);
         self.record(key, Op::Write(value.clone()), invoke, outcome);
         if let (Some(t), Ok(rev)) = (token, result) {
             self.sent.push_back((epoch, key.to_owned(), value, t, rev));
@@ -420,17 +451,28 @@ impl Worker {
         let key = format!("r{}-{}", self.id, self.seq);
         let token = format!("p{}-{}", self.id, self.seq);
         let opts = WriteOptions::default().idempotency_key(token.clone());
-        let Ok(first) = c.put_with(&key, value.clone(), &opts).await else {
-            return;
+        let put = || Change::Put(value.clone());
+        let first = match c.put_with(&key, value.clone(), &opts).await {
+            Ok(first) => first,
+            Err(e) => {
+                let outcome = failure_outcome(&self.rec, "write", &e);
+                self.rec.push_write(self.id, &key, put(), Err(&outcome));
+                return;
+            }
         };
+        self.rec.push_write(self.id, &key, put(), Ok(first));
         match c.put_with(&key, value.clone(), &opts).await {
             Ok(rev) if rev == first => self.rec.repeat("recognised"),
             Ok(rev) => {
                 self.rec.repeat("applied again");
+                self.rec.push_write(self.id, &key, put(), Ok(rev));
                 self.rec
                     .repeat_violation(&key, &token, &value, first, rev, window, self.id);
             }
-            Err(_) => {}
+            Err(e) => {
+                let outcome = failure_outcome(&self.rec, "write", &e);
+                self.rec.push_write(self.id, &key, put(), Err(&outcome));
+            }
         }
     }
 
@@ -453,9 +495,16 @@ impl Worker {
                 self.rec.repeat("applied again");
                 self.rec
                     .repeat_violation(&key, &token, &value, first_rev, rev, window, self.id);
+                let put = Change::Put(value.clone());
+                self.rec.push_write(self.id, &key, put, Ok(rev));
                 Outcome::WriteOk
             }
-            Err(e) => failure_outcome(&self.rec, "write", &e),
+            Err(e) => {
+                let outcome = failure_outcome(&self.rec, "write", &e);
+                let put = Change::Put(value.clone());
+                self.rec.push_write(self.id, &key, put, Err(&outcome));
+                outcome
+            }
         };
         self.record(&key, Op::Write(value), invoke, outcome);
     }
@@ -469,8 +518,16 @@ impl Worker {
                 self.record(key, Op::Read, invoke, Outcome::ReadOk(None));
                 return;
             }
-            Ok(Some(_)) => Outcome::DeleteOk,
-            Err(e) => failure_outcome(&self.rec, "write", &e),
+            Ok(Some(rev)) => {
+                self.rec.push_write(self.id, key, Change::Delete, Ok(rev));
+                Outcome::DeleteOk
+            }
+            Err(e) => {
+                let outcome = failure_outcome(&self.rec, "write", &e);
+                self.rec
+                    .push_write(self.id, key, Change::Delete, Err(&outcome));
+                outcome
+            }
         };
         self.record(key, Op::Delete, invoke, outcome);
     }
@@ -482,10 +539,18 @@ impl Worker {
             None => (None, None),
         };
         let invoke = self.rec.now_us();
+        let put = Change::Put(new.clone());
         let outcome = match c.compare_and_set(key, rev, new.clone()).await {
-            Ok(CasResult::Swapped(_)) => Outcome::CasOk,
+            Ok(CasResult::Swapped(r)) => {
+                self.rec.push_write(self.id, key, put, Ok(r));
+                Outcome::CasOk
+            }
             Ok(CasResult::Mismatch(_)) => Outcome::CasFailed,
-            Err(e) => failure_outcome(&self.rec, "write", &e),
+            Err(e) => {
+                let outcome = failure_outcome(&self.rec, "write", &e);
+                self.rec.push_write(self.id, key, put, Err(&outcome));
+                outcome
+            }
         };
         self.record(key, Op::Cas { expected, new }, invoke, outcome);
     }

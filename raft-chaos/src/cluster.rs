@@ -177,6 +177,9 @@ pub struct NodeSettings {
     pub snapshot_keep_entries: u64,
     /// `--idempotency-window` (the node's default when `None`).
     pub idempotency_window: Option<u64>,
+    /// `--watch-progress-interval-ms`: short, so the watchers learn soon
+    /// how far they got when their keys see no change.
+    pub watch_progress_interval_ms: u64,
 }
 
 impl Default for NodeSettings {
@@ -189,6 +192,7 @@ impl Default for NodeSettings {
             snapshot_entries: 400,
             snapshot_keep_entries: 50,
             idempotency_window: None,
+            watch_progress_interval_ms: 500,
         }
     }
 }
@@ -280,6 +284,7 @@ impl Cluster {
             .flag("request-timeout-ms", st.request_timeout_ms)
             .flag("snapshot-entries", st.snapshot_entries)
             .flag("snapshot-keep-entries", st.snapshot_keep_entries)
+            .flag("watch-progress-interval-ms", st.watch_progress_interval_ms)
             // The API listens on the namespace's 10.x address, open: the
             // test network is this machine's own, and the checker's
             // clients carry no token.

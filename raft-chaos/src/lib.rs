@@ -10,7 +10,9 @@
 //! from a seed, asking the nodes for their status and changing the
 //! membership through [`probe`]; after healing, the checks ([`check`]) decide
 //! whether the history is linearizable, whether an acknowledged write was
-//! lost, and whether all replicas hold the same data. What a failing run
+//! lost, and whether all replicas hold the same data; watchers ([`watch`])
+//! follow the changes over `GET /v1/watch` throughout, and must have seen
+//! every acknowledged write exactly once, in revision order. What a failing run
 //! leaves (history JSON, node logs, an HTML timeline) is written by
 //! [`report`]; [`summary`] adds up the seeds of a soak.
 //!
@@ -29,5 +31,6 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod summary;
+pub mod watch;
 
 pub use error::ChaosError;

@@ -13,6 +13,7 @@ use raft_chaos::cluster::NodeSettings;
 use raft_chaos::nemesis::{NemesisConfig, FAULT_KINDS};
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig};
+use raft_chaos::watch::WatchConfig;
 
 /// Fault injection on real raft-node clusters with a linearizability check.
 #[derive(Debug, Parser)]
@@ -93,6 +94,27 @@ struct RunArgs {
     /// past it [default: off, the node's default window].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     idempotency_window: Option<u64>,
+    /// Watchers that follow the changes over `GET /v1/watch` for the whole
+    /// run (every key, the prefix `e1`, the range `[e0-k3, e1-k2)`, in
+    /// turn), each of which must deliver every acknowledged write of its
+    /// keys exactly once, in revision order; 0 leaves the watch check out.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=64))]
+    watchers: u64,
+    /// A watch connection silent this long (no change, progress or
+    /// keep-alive; the nodes report progress every 500 ms) is given up for
+    /// the next member, resuming with `Last-Event-ID`.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    watch_idle_ms: u64,
+    /// A watcher moves on to the next member on its own after a random 1
+    /// to this many seconds, so resuming is exercised between faults too
+    /// (0: only when its connection fails).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    watch_switch_s: u64,
+    /// A negative control: watchers resume one revision past the last
+    /// they got, so each resume loses one; the run must fail with `watch`
+    /// violations (missing writes), which shows the watch check can.
+    #[arg(long)]
+    watch_resume_past_last: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -182,6 +204,12 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             node: NodeSettings {
                 idempotency_window: a.idempotency_window,
                 ..NodeSettings::default()
+            },
+            watch: WatchConfig {
+                watchers: a.watchers,
+                idle_timeout: Duration::from_millis(a.watch_idle_ms),
+                switch_s_max: a.watch_switch_s,
+                resume_past_last: a.watch_resume_past_last,
             },
             keep: a.keep,
         };

@@ -34,6 +34,10 @@ pub struct Totals {
     pub relayed_datagrams: u64,
     /// HTTP results outside the contract, by description.
     pub unexpected_http: BTreeMap<String, u64>,
+    /// Key changes the watchers received, all watchers together.
+    pub watch_changes: u64,
+    /// Watch connections the watchers made (each resume is one more).
+    pub watch_connections: u64,
 }
 
 impl Totals {
@@ -83,6 +87,10 @@ impl Totals {
             self.faults.get("replace").copied().unwrap_or(0),
             self.relayed_datagrams,
         );
+        s += &format!(
+            "watches: {} changes received over {} connections\n",
+            self.watch_changes, self.watch_connections
+        );
         if !self.unexpected_http.is_empty() {
             s += &format!(
                 "HTTP results outside the contract: {}\n",
@@ -118,6 +126,16 @@ fn seed_ranges(seeds: &[u64]) -> String {
         i = j + 1;
     }
     out.join(", ")
+}
+
+/// The changes and connections of a run's `watches: …` note.
+fn watch_counts(note: &str) -> Option<(u64, u64)> {
+    let rest = note.strip_prefix("watches: ")?;
+    let number_after = |word: &str| {
+        let at = rest.rfind(word)? + word.len();
+        rest[at..].split(' ').next()?.parse::<u64>().ok()
+    };
+    Some((number_after(" got ")?, number_after(" over ")?))
 }
 
 fn add_counts(into: &mut BTreeMap<String, u64>, v: &Value) {
@@ -190,6 +208,10 @@ pub fn summarize_seeds(dir: &Path, keep: impl Fn(u64) -> bool) -> Result<Totals,
             {
                 t.relayed_datagrams += n;
             }
+            if let Some((changes, connections)) = watch_counts(note) {
+                t.watch_changes += changes;
+                t.watch_connections += connections;
+            }
         }
         let checks: Vec<String> = v["violations"]
             .as_array()
@@ -226,7 +248,8 @@ mod tests {
                 "faults": {"kill": 2, "replace": 2, "delay": 1},
                 "notes": ["membership: replaced node 1 by node 6",
                           "membership: node 2 could not be removed in 40s; left as it was",
-                          "delay relay: 1200 node-to-node datagrams delayed, 0 dropped for a full queue"],
+                          "delay relay: 1200 node-to-node datagrams delayed, 0 dropped for a full queue",
+                          "watches: 3 watchers (every key; keys [\"e1\", \"e2\")) got 2173 changes over 14 connections, up to revision 1303"],
                 "unexpected_http": {}, "violations": []
             }),
         );
@@ -251,6 +274,7 @@ mod tests {
         assert_eq!(t.faults_total(), 6);
         assert_eq!(t.replacements_completed, 1);
         assert_eq!(t.relayed_datagrams, 1200);
+        assert_eq!((t.watch_changes, t.watch_connections), (2173, 14));
         assert_eq!(t.failed[&8], vec!["lost-write".to_string()]);
         assert!((t.fault_s - 120.0).abs() < 1e-9);
         let only_7 = summarize_seeds(dir.path(), |s| s == 7).unwrap();

@@ -1,7 +1,7 @@
 //! The bounded chaos configuration CI runs: 3 seeds of 30 s each on a
 //! 3-node cluster of real `raft-node` processes in network namespaces, with
-//! every fault the nemesis has; it passes only when no run finds a
-//! violation. A shorter run with only delay faults shows the delay relay
+//! every fault the nemesis has and 3 watchers following `GET /v1/watch`
+//! (the watch check); it passes only when no run finds a violation. A shorter run with only delay faults shows the delay relay
 //! carries the nodes' traffic, and a run with an idempotency window of 50
 //! entries shows repeated writes recognised inside it and applied again
 //! past it, with equal replicas.
@@ -29,6 +29,7 @@ use raft_chaos::cluster::NodeSettings;
 use raft_chaos::nemesis::NemesisConfig;
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig, RunSummary};
+use raft_chaos::watch::WatchConfig;
 
 /// The variable `name` as a number, or `default` when it is not set; a
 /// value that does not parse is a mistake in the command, not a default.
@@ -138,6 +139,17 @@ fn run_passing(cfg: &RunConfig) -> RunSummary {
     s
 }
 
+/// The key changes the watchers got, from the run's `watches:` note.
+fn watched_changes(s: &RunSummary) -> u64 {
+    s.notes
+        .iter()
+        .find_map(|n| n.strip_prefix("watches: "))
+        .and_then(|n| n.rsplit(" got ").next())
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn bounded_chaos_runs_find_no_violation() {
     if !netns::available_for_tests("bounded_chaos_runs_find_no_violation") {
@@ -169,6 +181,7 @@ fn bounded_chaos_runs_find_no_violation() {
             clients: ClientConfig::default(),
             nemesis: NemesisConfig::default(),
             node: NodeSettings::default(),
+            watch: WatchConfig::default(),
             keep: false,
         };
         match runtime.block_on(run_seed(&cfg)) {
@@ -179,6 +192,11 @@ fn bounded_chaos_runs_find_no_violation() {
                 assert!(
                     total > 0 && acked > 0,
                     "seed {seed}: no operation succeeded: {}",
+                    s.render()
+                );
+                assert!(
+                    watched_changes(&s) > 0,
+                    "seed {seed}: the watchers got no change: {}",
                     s.render()
                 );
                 if !s.passed() {
@@ -226,6 +244,7 @@ fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
             ..NemesisConfig::default()
         },
         node: NodeSettings::default(),
+        watch: WatchConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);
@@ -282,6 +301,7 @@ fn a_run_whose_writes_outlive_a_small_idempotency_window_keeps_replicas_equal() 
             idempotency_window: Some(window),
             ..NodeSettings::default()
         },
+        watch: WatchConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);

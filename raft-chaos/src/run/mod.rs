@@ -20,6 +20,7 @@ use crate::cluster::{Cluster, NodeSettings};
 use crate::error::ChaosError;
 use crate::nemesis::NemesisConfig;
 use crate::probe::Probe;
+use crate::watch::{WatchConfig, Watchers};
 
 mod converge;
 mod output;
@@ -50,9 +51,15 @@ pub struct RunConfig {
     pub nemesis: NemesisConfig,
     /// Node settings.
     pub node: NodeSettings,
+    /// The watchers of the watch checker.
+    pub watch: WatchConfig,
     /// Keep node logs and data even when the run passes.
     pub keep: bool,
 }
+
+/// Time for every watcher to get to the store's revision after the run
+/// converged.
+const WATCH_CATCH_UP_BUDGET: Duration = Duration::from_secs(30);
 
 /// How long the cluster has to agree on a leader after it starts.
 const FIRST_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,20 +76,27 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     let (mut cluster, probe) = start_cluster(cfg, &dir).await?;
     let rec = Recorder::new(Instant::now());
     let clients = Clients::start(cfg, &cluster, &rec)?;
+    let watchers = Watchers::start(&cfg.watch, cfg.seed, cfg.duration, &clients.urls);
     let mut found = Findings::default();
     let (mut events, harness_error) =
         schedule::run(cfg, &mut cluster, &probe, &rec, &clients.urls, &mut found).await;
     clients.stop().await;
     schedule::heal(&mut cluster, &rec, &mut events, harness_error, &mut found);
     let finals = converge::converge(&cluster, &probe, &rec, &mut found).await?;
+    let node_urls: Vec<String> = cluster.urls().into_iter().map(|(_, u)| u).collect();
+    let watched = watchers.finish(&node_urls, WATCH_CATCH_UP_BUDGET).await;
     found.check_exits(&mut cluster);
     let history = verdict::check_history(cfg, &rec, finals, &mut found).await;
+    verdict::check_watches(cfg, &rec, &watched, &mut found);
     // Stop the nodes before reading their logs: they are complete then.
     let logs = cluster.logs();
     drop(cluster);
     verdict::check_logs(&logs, &mut found);
     let summary = output::summarize(cfg, started, &history, &events, &rec, found, dir);
     output::write_outputs(&summary, &history, &events, cfg)?;
+    if !summary.passed() || cfg.keep {
+        output::write_watches(&summary.dir, &watched)?;
+    }
     Ok(summary)
 }
 

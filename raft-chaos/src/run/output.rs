@@ -16,6 +16,7 @@ use crate::client::Recorder;
 use crate::error::ChaosError;
 use crate::nemesis::FaultEvent;
 use crate::report;
+use crate::watch::{log_json, WatchOutcome};
 
 /// Lines of one violation's explanation printed in the summary (the whole
 /// of it is in `summary.json`).
@@ -195,6 +196,19 @@ pub(super) fn write_outputs(
     Ok(())
 }
 
+/// Writes `watches.json`: what every watcher saw (deliveries, connections,
+/// cancels) and the revision they had to get to.
+pub(super) fn write_watches(dir: &Path, watched: &WatchOutcome) -> Result<(), ChaosError> {
+    if watched.logs.is_empty() {
+        return Ok(());
+    }
+    let logs: Vec<serde_json::Value> = watched.logs.iter().map(log_json).collect();
+    report::write_json(
+        &dir.join("watches.json"),
+        &json!({ "target_revision": watched.target, "watchers": logs }),
+    )
+}
+
 fn remove_quietly(p: &Path) {
     let _ = std::fs::remove_dir_all(p);
 }
@@ -217,8 +231,13 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         .idempotency_window
         .map(|w| format!(" --idempotency-window {w}"))
         .unwrap_or_default();
+    let resume = if cfg.watch.resume_past_last {
+        " --watch-resume-past-last"
+    } else {
+        ""
+    };
     format!(
-        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --out {} --raft-node {}",
+        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --out {} --raft-node {}",
         cfg.nodes,
         cfg.seed,
         cfg.duration.as_secs(),
@@ -226,6 +245,9 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         cfg.clients.keys,
         cfg.clients.read_consistency,
         cfg.nemesis.replace_p,
+        cfg.watch.watchers,
+        cfg.watch.idle_timeout.as_millis(),
+        cfg.watch.switch_s_max,
         cfg.out.display(),
         cfg.raft_node.display()
     )

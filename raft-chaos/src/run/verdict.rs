@@ -11,6 +11,11 @@ use super::RunConfig;
 use crate::check::{self, Violation};
 use crate::client::Recorder;
 use crate::cluster::Cluster;
+use crate::watch::check::{check_watch, WatchFinding, WriteIndex, WriteOutcome};
+use crate::watch::WatchOutcome;
+
+/// Findings of the watch checker shown per watcher; the rest are counted.
+const WATCH_FINDINGS_MAX: usize = 20;
 
 /// Violations and notes so far.
 #[derive(Debug, Default)]
@@ -87,6 +92,76 @@ pub(super) async fn check_history(
         }
     }
     history
+}
+
+/// The watch checker (see [`crate::watch`]): every watcher's deliveries
+/// against the clients' writes, as `watch` violations, or a note of what
+/// the watchers saw.
+pub(super) fn check_watches(
+    cfg: &RunConfig,
+    rec: &Recorder,
+    watched: &WatchOutcome,
+    found: &mut Findings,
+) {
+    if watched.logs.is_empty() {
+        return;
+    }
+    let writes = rec.writes();
+    let ix = WriteIndex::new(&writes);
+    let acked = writes
+        .iter()
+        .filter(|w| matches!(w.outcome, WriteOutcome::Acked(_)));
+    let max_acked = acked.filter_map(|w| match w.outcome {
+        WriteOutcome::Acked(r) => Some(r),
+        _ => None,
+    });
+    let target = watched
+        .target
+        .unwrap_or_else(|| max_acked.max().unwrap_or(0));
+    let mut findings: Vec<WatchFinding> = ix.conflicts().to_vec();
+    for log in &watched.logs {
+        let mut f = check_watch(&ix, log, target, false);
+        if f.len() > WATCH_FINDINGS_MAX {
+            let more = f.len() - WATCH_FINDINGS_MAX;
+            f.truncate(WATCH_FINDINGS_MAX);
+            f.push(WatchFinding {
+                watcher: log.watcher,
+                key: None,
+                revision: None,
+                detail: format!("watcher {}: {more} more findings", log.watcher),
+            });
+        }
+        findings.extend(f);
+    }
+    for f in findings {
+        // The detail names the watcher and the revision.
+        found.violations.push(Violation {
+            check: "watch",
+            detail: format!("{}; watches.json has every watcher's deliveries", f.detail),
+            key: f.key,
+            focus: Vec::new(),
+        });
+    }
+    let events: usize = watched
+        .logs
+        .iter()
+        .map(|l| l.deliveries.iter().map(|d| d.events.len()).sum::<usize>())
+        .sum();
+    let connections: usize = watched.logs.iter().map(|l| l.connections.len()).sum();
+    let ranges: Vec<String> = watched
+        .logs
+        .iter()
+        .map(|l| l.range.as_ref().map(|r| r.describe()).unwrap_or_default())
+        .collect();
+    found.notes.push(format!(
+        "watches: {} watchers ({}) got {events} changes over {connections} connections, up to revision {target}{}",
+        cfg.watch.watchers,
+        ranges.join("; "),
+        match watched.target {
+            Some(_) => "",
+            None => " (the highest acknowledged: no node told the store's)",
+        }
+    ));
 }
 
 /// A `node-panicked` violation for each log (by node id) that shows a
