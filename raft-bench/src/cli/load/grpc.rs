@@ -110,12 +110,15 @@ async fn connect(host: &str) -> anyhow::Result<KvClient<H2>> {
     Ok(KvClient::with_origin(H2(sender), origin))
 }
 
+/// A connection's generation and the client on it.
+type Open = (u64, KvClient<H2>);
+
 /// A connection to one member, opened on first use and again after it
 /// fails; the clients given the same `Conn` share it (HTTP/2 streams).
 pub(crate) struct Conn {
     host: String,
     /// The open connection with its generation, and the next generation.
-    state: tokio::sync::Mutex<(Option<(u64, KvClient<H2>)>, u64)>,
+    state: tokio::sync::Mutex<(Option<Open>, u64)>,
 }
 
 impl Conn {
@@ -128,7 +131,7 @@ impl Conn {
 
     /// The open connection, opened now if there is none (one attempt, at
     /// most `timeout`; `None` when it fails).
-    async fn get(&self, timeout: Duration) -> Option<(u64, KvClient<H2>)> {
+    async fn get(&self, timeout: Duration) -> Option<Open> {
         let mut s = self.state.lock().await;
         if let Some(open) = &s.0 {
             return Some(open.clone());
@@ -193,7 +196,7 @@ fn answer_kind(status: &tonic::Status) -> String {
 /// One client's closed loop until the run ends: one call outstanding, each
 /// sent once.
 pub(super) async fn client(conn: &Conn, val: Bytes, timeout: Duration, tally: &mut Tally) {
-    let mut kv: Option<(u64, KvClient<H2>)> = None;
+    let mut kv: Option<Open> = None;
     while !tally.over() {
         let (generation, c) = match &mut kv {
             Some(k) => k,
