@@ -31,20 +31,21 @@ fn raft_node() -> PathBuf {
 }
 
 /// A `--base-port` whose ports (clients at `base..`, peers at
-/// `base + 100..`) are free now, from below the kernel's ephemeral range
-/// (nothing takes those without asking for them), and different in each
-/// test process, so two test runs at once do not collide. `slot` (0 or 1)
-/// keeps this file's two tests apart.
+/// `base + 100..`, gRPC at `base + 400..`) are free now, from below the
+/// kernel's ephemeral range (nothing takes those without asking for them),
+/// and different in each test process, so two test runs at once do not
+/// collide. `slot` (0, 1 or 2) keeps this file's tests apart.
 fn base_port(slot: u16) -> u16 {
     let free = |base: u16| {
         (0..3).all(|i| {
             std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && std::net::UdpSocket::bind(("127.0.0.1", base + 100 + i)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", base + 400 + i)).is_ok()
         })
     };
-    let start = u16::try_from(std::process::id() % 20).expect("below 20");
-    (0..20u16)
-        .map(|k| 10_000 + ((start + k) % 20) * 1000 + slot * 500)
+    let start = u16::try_from(std::process::id() % 14).expect("below 14");
+    (0..14u16)
+        .map(|k| 10_000 + ((start + k) % 14) * 1500 + slot * 500)
         .find(|&b| free(b))
         .expect("a free range of ports below 32768")
 }
@@ -100,6 +101,7 @@ fn throughput_reports_writes_latency_and_per_node_usage() {
     assert_eq!(t.len(), 2, "one measurement per client count: {r:#}");
     for (m, clients) in t.iter().zip([1, 8]) {
         assert_eq!(m["system"], "raft");
+        assert_eq!(m["protocol"], "http", "the default protocol: {m:#}");
         assert_eq!(m["clients"], clients);
         let ops = m["ops"].as_u64().expect("ops");
         assert!(ops > 0, "no successful operations: {m:#}");
@@ -155,6 +157,50 @@ fn throughput_reports_writes_latency_and_per_node_usage() {
     }
 }
 
+/// `--protocol grpc` drives raft-node through etcd's v3 gRPC API (the
+/// members get `--grpc-listen`): writes and linearizable reads succeed,
+/// none fails, and the report says which protocol was used. (etcd is not
+/// installed for the tests; the same client code drives it.)
+#[test]
+fn grpc_throughput_drives_raft_node_through_the_etcd_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = run_json(
+        &[
+            "throughput",
+            "--protocol",
+            "grpc",
+            "--nodes",
+            "1",
+            "--clients",
+            "1,4",
+            "--warmup-s",
+            "1",
+            "--duration-s",
+            "2",
+            "--read-percent",
+            "50",
+        ],
+        dir.path(),
+        base_port(2),
+    );
+    let t = r["throughput"].as_array().expect("throughput array");
+    assert_eq!(t.len(), 2, "one measurement per client count: {r:#}");
+    for (m, clients) in t.iter().zip([1, 4]) {
+        assert_eq!(m["system"], "raft");
+        assert_eq!(m["protocol"], "grpc");
+        assert_eq!(m["clients"], clients);
+        assert!(
+            m["ops"].as_u64().expect("ops") > 0,
+            "no successful calls: {m:#}"
+        );
+        assert!(
+            m["errors"].as_object().expect("errors").is_empty(),
+            "a healthy member gave errors: {m:#}"
+        );
+        assert_eq!(m["nodes"].as_array().expect("nodes").len(), 1);
+    }
+}
+
 #[test]
 fn election_trials_measure_a_new_leader_after_each_fault() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -200,6 +246,10 @@ fn impossible_settings_are_refused_before_anything_starts() {
             "--keys must be positive",
         ),
         (&["election", "--trials", "0"][..], "--trials"),
+        (
+            &["throughput", "--grpc-connections", "2"][..],
+            "--grpc-connections needs --protocol grpc",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
             .args(args)

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use super::election::Fault;
+use super::load::Protocol;
 use super::System;
 
 /// `raft-bench`: cluster benchmarks of raft-node, side by side with etcd.
@@ -95,8 +96,9 @@ pub(super) struct Common {
     /// Members per cluster.
     #[arg(long, default_value_t = 3)]
     pub(super) nodes: usize,
-    /// First port: raft-node uses BASE.., BASE+100..; etcd BASE+200..,
-    /// BASE+300...
+    /// First port: raft-node uses BASE.. (HTTP), BASE+100.. (peers),
+    /// BASE+400.. (gRPC); etcd BASE+200.. (HTTP and gRPC), BASE+300..
+    /// (peers).
     #[arg(long, default_value_t = 21000)]
     pub(super) base_port: u16,
     /// The raft-node binary [default: next to raft-bench, else on PATH].
@@ -168,6 +170,17 @@ pub(super) struct LoadArgs {
     /// the leader.
     #[arg(long, value_enum, default_value_t = Via::All)]
     pub(super) via: Via,
+    /// The API the clients use, the same on both systems' side: `http`
+    /// (raft-node's /v1/kv, etcd's v3 JSON gateway; each client on its own
+    /// HTTP/1.1 connection) or `grpc` (etcd's v3 gRPC API on both:
+    /// KV.Put and linearizable KV.Range, one generated client).
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    pub(super) protocol: Protocol,
+    /// With `--protocol grpc`: HTTP/2 connections the clients share,
+    /// spread over the members as clients are (0: one per client, as over
+    /// HTTP/1.1).
+    #[arg(long, default_value_t = 0)]
+    pub(super) grpc_connections: usize,
 }
 
 /// Which members the load generator's clients connect to.
@@ -189,7 +202,8 @@ pub(super) struct ThroughputArgs {
     /// The system to start and measure.
     #[arg(long, value_enum, default_value_t = System::Raft)]
     pub(super) target: System,
-    /// Measure running endpoints (client URLs, comma-separated) of
+    /// Measure running endpoints (client URLs, comma-separated; with
+    /// `--protocol grpc` their gRPC URLs, `http://host:port`) of
     /// `--target`'s kind instead of starting a cluster.
     #[arg(long, value_delimiter = ',')]
     pub(super) endpoints: Vec<String>,
@@ -252,6 +266,15 @@ pub(super) fn check_load(l: &LoadArgs) -> anyhow::Result<()> {
     }
     if l.keys == 0 {
         anyhow::bail!("--keys must be positive");
+    }
+    if l.grpc_connections > CLIENTS_MAX {
+        anyhow::bail!(
+            "--grpc-connections must be at most {CLIENTS_MAX} (0: one per client), got {}",
+            l.grpc_connections
+        );
+    }
+    if l.grpc_connections != 0 && l.protocol != Protocol::Grpc {
+        anyhow::bail!("--grpc-connections needs --protocol grpc");
     }
     Ok(())
 }

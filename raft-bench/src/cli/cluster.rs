@@ -28,9 +28,9 @@ pub struct ClusterOptions {
     pub system: System,
     /// Number of members (3 or 5).
     pub nodes: usize,
-    /// Ports used: raft-node clients at `base`, peers at `base + 100`;
-    /// etcd clients at `base + 200`, peers at `base + 300` (plus the member
-    /// index).
+    /// Ports used: raft-node clients at `base`, peers at `base + 100`,
+    /// gRPC at `base + 400`; etcd clients (HTTP and gRPC on one port) at
+    /// `base + 200`, peers at `base + 300` (plus the member index).
     pub base_port: u16,
     /// The server binary.
     pub binary: PathBuf,
@@ -52,6 +52,8 @@ struct Member {
     id: u64,
     /// Base URL of its client API.
     url: String,
+    /// URL of its etcd v3 gRPC API (etcd serves it on the client port).
+    grpc_url: String,
     /// Command-line arguments, kept for restarts.
     args: Vec<String>,
     /// Where its stdout and stderr go.
@@ -162,6 +164,11 @@ impl LocalCluster {
     /// Client base URLs, by member index.
     pub fn urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.url.clone()).collect()
+    }
+
+    /// etcd v3 gRPC URLs (`http://host:port`), by member index.
+    pub fn grpc_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.grpc_url.clone()).collect()
     }
 
     /// Number of members.
@@ -492,6 +499,7 @@ fn raft_members(opts: &ClusterOptions, dir: &Path) -> anyhow::Result<Vec<Member>
     }
     let client = |id: u64| opts.base_port as u64 + id - 1;
     let peer = |id: u64| opts.base_port as u64 + 100 + id - 1;
+    let grpc = |id: u64| opts.base_port as u64 + 400 + id - 1;
     let cluster = initial_cluster(ids.iter().map(|&id| {
         (
             id,
@@ -514,11 +522,13 @@ fn raft_members(opts: &ClusterOptions, dir: &Path) -> anyhow::Result<Vec<Member>
             .tick_ms(tick_ms)
             .heartbeat_ticks((opts.heartbeat_ms / tick_ms).max(1))
             .election_ticks((opts.election_ms / tick_ms).max(2))
+            .flag("grpc-listen", format!("127.0.0.1:{}", grpc(id)))
             .args(opts.extra_args.iter().cloned())
             .to_args();
         members.push(Member {
             id,
             url: format!("http://127.0.0.1:{}", client(id)),
+            grpc_url: format!("http://127.0.0.1:{}", grpc(id)),
             args,
             log: dir.join(format!("node-{id}.log")),
             child: None,
@@ -573,6 +583,7 @@ fn etcd_members(opts: &ClusterOptions, dir: &Path) -> Vec<Member> {
             Member {
                 id,
                 url: format!("http://127.0.0.1:{}", client(id)),
+                grpc_url: format!("http://127.0.0.1:{}", client(id)),
                 args,
                 log: dir.join(format!("etcd-{id}.log")),
                 child: None,

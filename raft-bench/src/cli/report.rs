@@ -79,6 +79,8 @@ pub struct ThroughputResult {
     pub read_percent: u8,
     /// Which members the clients used.
     pub via: super::Via,
+    /// The API the clients used.
+    pub protocol: super::load::Protocol,
     /// Measured seconds.
     pub duration_s: f64,
     /// Successful operations in the window.

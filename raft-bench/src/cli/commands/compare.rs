@@ -28,7 +28,7 @@ pub(in crate::cli) async fn run(a: CompareArgs, command: String) -> anyhow::Resu
             eprintln!("\n== round {} of {rounds}: {system}", round + 1);
             let mut c = start(&a.common, system).await?;
             if !a.no_throughput {
-                let urls = c.urls();
+                let urls = throughput::endpoints(&c, a.load.protocol);
                 for &n in &a.load.clients {
                     let t =
                         throughput::measure(Some(&c), system, &urls, &a.load, &a.common, n, round)
@@ -57,11 +57,15 @@ pub(in crate::cli) async fn run(a: CompareArgs, command: String) -> anyhow::Resu
         }
     }
     finish(&r, &a.common)?;
-    let ratios = report::ratio_table(&r);
+    let ratios = format!(
+        "\nraft-node / etcd, protocol {}:\n{}",
+        super::protocol_name(a.load.protocol),
+        report::ratio_table(&r)
+    );
     if a.common.json {
-        eprintln!("\nraft-node / etcd:\n{ratios}");
+        eprintln!("{ratios}");
     } else {
-        println!("\nraft-node / etcd:\n{ratios}");
+        println!("{ratios}");
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use indicatif::ProgressBar;
 
 use super::args::{Common, Via};
 use super::cluster::{self, ClusterOptions, LocalCluster};
+use super::load::Protocol;
 use super::report::{self, Machine, Report, Settings};
 use super::{plot, System};
 
@@ -100,7 +101,7 @@ pub(super) fn finish(r: &Report, c: &Common) -> anyhow::Result<()> {
     let mut text = String::new();
     if !r.throughput.is_empty() {
         text.push_str(&format!(
-            "\nthroughput: {} members, {} B values, {}% reads, clients on {}, fsync {}\n",
+            "\nthroughput: {} members, {} B values, {}% reads, clients on {}, protocol {}, fsync {}\n",
             r.settings.nodes,
             r.throughput[0].value_bytes,
             r.throughput[0].read_percent,
@@ -108,6 +109,7 @@ pub(super) fn finish(r: &Report, c: &Common) -> anyhow::Result<()> {
                 Via::All => "every member",
                 Via::Leader => "the leader",
             },
+            protocol_name(r.throughput[0].protocol),
             if r.settings.fsync {
                 "on"
             } else {
@@ -135,6 +137,14 @@ pub(super) fn finish(r: &Report, c: &Common) -> anyhow::Result<()> {
         println!("\nreport and plots in {}", c.out.display());
     }
     Ok(())
+}
+
+/// How a report names the protocol the clients used.
+pub(super) fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http (raft-node /v1/kv, etcd v3 JSON gateway)",
+        Protocol::Grpc => "grpc (etcd v3 KV.Put / KV.Range on both)",
+    }
 }
 
 fn write_outputs(r: &Report, out: &Path) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{finish, new_report, start};
 use crate::cli::args::{check_load, Common, LoadArgs, ThroughputArgs, Via};
 use crate::cli::cluster::LocalCluster;
-use crate::cli::load::{self, Workload};
+use crate::cli::load::{self, Protocol, Workload};
 use crate::cli::report::{Percentiles, ThroughputResult};
 use crate::cli::System;
 
@@ -21,7 +21,7 @@ pub(in crate::cli) async fn run(a: ThroughputArgs, command: String) -> anyhow::R
     let mut r = new_report(command, &a.common, &[a.target])?;
     if a.endpoints.is_empty() {
         let mut c = start(&a.common, a.target).await?;
-        let urls = c.urls();
+        let urls = endpoints(&c, a.load.protocol);
         for &n in &a.load.clients {
             let t = measure(Some(&c), a.target, &urls, &a.load, &a.common, n, 0).await?;
             r.throughput.push(t);
@@ -36,6 +36,14 @@ pub(in crate::cli) async fn run(a: ThroughputArgs, command: String) -> anyhow::R
         }
     }
     finish(&r, &a.common)
+}
+
+/// The endpoints the load generator uses on `c` for `protocol`.
+pub(super) fn endpoints(c: &LocalCluster, protocol: Protocol) -> Vec<String> {
+    match protocol {
+        Protocol::Http => c.urls(),
+        Protocol::Grpc => c.grpc_urls(),
+    }
 }
 
 /// One throughput measurement with `clients` clients.
@@ -57,6 +65,8 @@ pub(super) async fn measure(
         duration: Duration::from_secs(l.duration_s),
         request_timeout: Duration::from_millis(l.request_timeout_ms),
         seed: c.seed ^ u64::from(round) << 32,
+        protocol: l.protocol,
+        grpc_connections: l.grpc_connections,
     };
     let leader = match &cluster {
         Some(cl) => cl.leader().await?,
@@ -123,6 +133,7 @@ pub(super) async fn measure(
         value_bytes: l.value_bytes,
         read_percent: l.read_percent,
         via: l.via,
+        protocol: l.protocol,
         duration_s: out.elapsed_s,
         ops: out.ops,
         ops_per_s: out.ops as f64 / out.elapsed_s,
