@@ -78,6 +78,9 @@ struct JsonPut {
     value_base64: Option<String>,
     #[serde(default)]
     prev_kv: bool,
+    /// Attach the key to this lease (0 or absent: none).
+    #[serde(default)]
+    lease: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +221,7 @@ fn op_of(op: JsonOp) -> Result<RequestOp, Problem> {
             key: either(p.key, p.key_base64, "key")?.unwrap_or_default(),
             value: either(p.value, p.value_base64, "value")?.unwrap_or_default(),
             prev_kv: p.prev_kv,
+            lease: p.lease,
         }),
         JsonOp::DeleteRange(d) => {
             let (key, range_end) = key_range!(d).resolve()?;
@@ -386,6 +390,7 @@ pub(super) async fn txn(
             };
             forward(&state, leader, relay).await
         }
+        Err(TxnError::Lease(r)) => Err(super::lease::problem(&r)),
         Err(TxnError::Propose(e)) => Err(e.into()),
         Err(e @ TxnError::Unexpected(_)) => Err(Problem::storage(e.to_string())),
     }
