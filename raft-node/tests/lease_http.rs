@@ -29,7 +29,7 @@ fn lease_header(r: &Response) -> Option<u64> {
 async fn problem(r: Response) -> String {
     let v: Value = r.json().await.unwrap();
     let t = v["type"].as_str().unwrap_or_default();
-    t.rsplit('/').next().unwrap_or_default().to_owned()
+    t.rsplit(':').next().unwrap_or_default().to_owned()
 }
 
 async fn grant(c: &Client, base: &str, body: Value) -> Response {
