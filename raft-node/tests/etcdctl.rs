@@ -342,7 +342,7 @@ async fn etcdctl_leases() {
     let lease = format!("--lease={id}");
     assert_eq!(ok(&all, &["put", &lease, "short", "v"]).await, "OK");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ok(&all, &["get", "short"]).await != "" {
+    while !ok(&all, &["get", "short"]).await.is_empty() {
         assert!(std::time::Instant::now() < deadline, "short never expired");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
