@@ -78,6 +78,15 @@ async fn leases_over_http() {
     assert_eq!((r.status().as_u16(), lease_header(&r)), (200, Some(id)));
     let r = c.get(format!("{follower}/v1/kv/a")).send().await.unwrap();
     assert_eq!(lease_header(&r), Some(id));
+    let list: Value = c
+        .get(format!("{follower}/v1/kv?prefix=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["lease"], id, "{list}");
     let r = c
         .put(format!("{base}/v1/kv/b?lease=999999"))
         .body("1")

@@ -256,6 +256,9 @@ struct KvOut {
     create_revision: u64,
     mod_revision: u64,
     version: u64,
+    /// The key's lease, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,6 +282,7 @@ fn kv_out(kv: &KeyValue) -> KvOut {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
+        lease: (kv.lease != 0).then_some(kv.lease),
         value,
         value_base64,
     }
