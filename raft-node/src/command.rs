@@ -63,6 +63,17 @@ pub enum Op {
     Put(Bytes),
     /// Remove the key.
     Delete,
+    /// Set the key to the value and attach it to a lease (see
+    /// [`crate::lease`]).
+    PutLeased {
+        /// The value.
+        value: Bytes,
+        /// The lease (not 0).
+        lease: u64,
+        /// The proposer's `--max-keys-per-lease`: the put is refused when
+        /// the lease already holds that many keys.
+        max_keys: u32,
+    },
 }
 
 /// The result of applying a command (or of an entry that carries none).
@@ -106,6 +117,22 @@ pub enum Outcome {
     /// A transaction was refused when applied (a range too large, see
     /// [`crate::txn::TxnRefusal`]); nothing changed.
     TxnRefused(String),
+    /// A lease was granted.
+    LeaseGranted {
+        /// Its id.
+        id: u64,
+        /// Its TTL, in seconds.
+        ttl_secs: u64,
+    },
+    /// A lease was revoked; `rev` is the revision that deleted its keys
+    /// (the store's revision when it had none).
+    LeaseRevoked {
+        /// The revision after the revoke.
+        rev: u64,
+    },
+    /// A lease operation, or a put or transaction with a lease, was
+    /// refused; nothing changed.
+    LeaseRefused(crate::lease::LeaseRefusal),
 }
 
 /// First byte of an entry that records a member's addresses (not a
@@ -296,6 +323,7 @@ impl Command {
         match &self.op {
             Op::Put(_) => out.put_u8(1),
             Op::Delete => out.put_u8(2),
+            Op::PutLeased { .. } => out.put_u8(3),
         }
         match self.precondition {
             Precondition::None => out.put_u8(0),
@@ -316,8 +344,18 @@ impl Command {
             }
         }
         put_bytes(&mut out, &self.key);
-        if let Op::Put(v) = &self.op {
-            put_bytes(&mut out, v);
+        match &self.op {
+            Op::Put(v) => put_bytes(&mut out, v),
+            Op::PutLeased {
+                value,
+                lease,
+                max_keys,
+            } => {
+                put_bytes(&mut out, value);
+                out.put_u64(*lease);
+                out.put_u32(*max_keys);
+            }
+            Op::Delete => {}
         }
         out.freeze()
     }
@@ -362,6 +400,22 @@ impl Command {
         let op = match op {
             1 => Op::Put(get_bytes(&mut buf, "value")?),
             2 => Op::Delete,
+            3 => {
+                let value = get_bytes(&mut buf, "value")?;
+                let lease = get_u64(&mut buf, "lease")?;
+                if buf.remaining() < 4 {
+                    return Err(DecodeError("max keys per lease"));
+                }
+                let max_keys = buf.get_u32();
+                if lease == 0 || lease > crate::lease::MAX_LEASE_ID {
+                    return Err(DecodeError("lease"));
+                }
+                Op::PutLeased {
+                    value,
+                    lease,
+                    max_keys,
+                }
+            }
             _ => return Err(DecodeError("op")),
         };
         if buf.has_remaining() {
@@ -419,6 +473,21 @@ impl Outcome {
                 out.put_u8(10);
                 put_bytes(&mut out, m.as_bytes());
             }
+            Outcome::LeaseGranted { id, ttl_secs } => {
+                out.put_u8(11);
+                out.put_u64(*id);
+                out.put_u64(*ttl_secs);
+            }
+            Outcome::LeaseRevoked { rev } => {
+                out.put_u8(12);
+                out.put_u64(*rev);
+            }
+            Outcome::LeaseRefused(r) => {
+                let (code, limit) = r.code();
+                out.put_u8(13);
+                out.put_u8(code);
+                out.put_u64(limit);
+            }
         }
         out.freeze()
     }
@@ -472,6 +541,21 @@ impl Outcome {
                 let m = get_bytes(&mut buf, "message")?;
                 Outcome::TxnRefused(String::from_utf8_lossy(&m).into_owned())
             }
+            11 => Outcome::LeaseGranted {
+                id: get_u64(&mut buf, "lease id")?,
+                ttl_secs: get_u64(&mut buf, "lease ttl")?,
+            },
+            12 => Outcome::LeaseRevoked {
+                rev: get_u64(&mut buf, "revision")?,
+            },
+            13 => {
+                let code = get_u8(&mut buf, "lease refusal")?;
+                let limit = get_u64(&mut buf, "lease refusal limit")?;
+                Outcome::LeaseRefused(
+                    crate::lease::LeaseRefusal::from_code(code, limit)
+                        .ok_or(DecodeError("lease refusal"))?,
+                )
+            }
             _ => return Err(DecodeError("outcome")),
         };
         Ok(o)
@@ -506,6 +590,17 @@ mod tests {
                 idempotency_key: Some("abc".into()),
                 principal: Some("admin".into()),
             },
+            Command {
+                op: Op::PutLeased {
+                    value: Bytes::from_static(b"v"),
+                    lease: 7,
+                    max_keys: 10,
+                },
+                key: Bytes::from_static(b"k"),
+                precondition: Precondition::None,
+                idempotency_key: None,
+                principal: None,
+            },
         ];
         for c in cmds {
             let enc = c.encode();
@@ -533,6 +628,9 @@ mod tests {
                 responses: Vec::new(),
             })),
             Outcome::TxnRefused("too large".into()),
+            Outcome::LeaseGranted { id: 3, ttl_secs: 9 },
+            Outcome::LeaseRevoked { rev: 12 },
+            Outcome::LeaseRefused(crate::lease::LeaseRefusal::TooManyKeys { limit: 2 }),
         ];
         assert_eq!(decode_compact(&encode_compact(42)), Ok(42));
         assert!(decode_compact(&encode_compact(42)[..8]).is_err());

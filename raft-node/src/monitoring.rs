@@ -105,6 +105,23 @@ pub fn describe_node_metrics() {
         Unit::Count,
         "Open HTTP connections."
     );
+    describe_gauge!(
+        "raft_node_leases",
+        Unit::Count,
+        "Leases live, as the leader's expiry task last read them."
+    );
+    describe_counter!(
+        "raft_node_leases_expired_total",
+        Unit::Count,
+        "Expired leases this node revoked as leader."
+    );
+    describe_counter!(
+        "raft_node_leases_revoked_total",
+        Unit::Count,
+        "Leases revoked by a client through this node."
+    );
+    metrics::counter!("raft_node_leases_expired_total").increment(0);
+    metrics::counter!("raft_node_leases_revoked_total").increment(0);
     describe_counter!(
         "raft_node_http_connections_closed_total",
         Unit::Count,

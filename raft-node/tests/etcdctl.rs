@@ -289,3 +289,63 @@ async fn etcdctl_watch_on_a_follower_sees_every_write_across_a_leader_kill() {
         "events in revision order: {seen:?}"
     );
 }
+
+/// The lease id (hex, as etcdctl prints it) of `lease grant`'s output
+/// `lease <hex> granted with TTL(<n>s)`.
+fn granted_id(out: &str) -> String {
+    let mut words = out.split_whitespace();
+    assert_eq!(words.next(), Some("lease"), "{out}");
+    words.next().expect("an id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_procs, grpc, _leader) = start(dir.path()).await;
+    let all = grpc.clone();
+
+    // grant, put with the lease, keep-alive once, time to live with keys,
+    // list, revoke: the key goes with the lease.
+    let out = ok(&all, &["lease", "grant", "30"]).await;
+    assert!(out.ends_with("granted with TTL(30s)"), "{out}");
+    let id = granted_id(&out);
+    let lease = format!("--lease={id}");
+    assert_eq!(ok(&all, &["put", &lease, "leased", "v"]).await, "OK");
+    assert_eq!(ok(&all, &["put", &lease, "leased2", "v"]).await, "OK");
+    let out = ok(&all, &["lease", "keep-alive", "--once", &id]).await;
+    assert_eq!(out, format!("lease {id} keepalived with TTL(30)"));
+    let out = ok(&all, &["lease", "timetolive", &id, "--keys"]).await;
+    assert!(
+        out.starts_with(&format!("lease {id} granted with TTL(30s), remaining(")),
+        "{out}"
+    );
+    assert!(out.ends_with("attached keys([leased leased2])"), "{out}");
+    let out = ok(&all, &["lease", "list"]).await;
+    assert_eq!(out, format!("found 1 leases\n{id}"));
+    let out = ok(&all, &["lease", "revoke", &id]).await;
+    assert_eq!(out, format!("lease {id} revoked"));
+    assert_eq!(ok(&all, &["get", "leased"]).await, "");
+    assert_eq!(ok(&all, &["get", "leased2"]).await, "");
+    let r = etcdctl(&all, &["lease", "revoke", &id], None).await;
+    assert!(
+        !r.ok && r.err.contains("requested lease not found"),
+        "{r:?}"
+    );
+    let r = etcdctl(&all, &["put", &lease, "nope", "v"], None).await;
+    assert!(
+        !r.ok && r.err.contains("requested lease not found"),
+        "{r:?}"
+    );
+
+    // A key with a short lease expires on its own.
+    let id = granted_id(&ok(&all, &["lease", "grant", "2"]).await);
+    let lease = format!("--lease={id}");
+    assert_eq!(ok(&all, &["put", &lease, "short", "v"]).await, "OK");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ok(&all, &["get", "short"]).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "short never expired");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = ok(&all, &["lease", "timetolive", &id]).await;
+    assert_eq!(out, format!("lease {id} already expired"));
+}

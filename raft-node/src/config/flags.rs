@@ -164,6 +164,23 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_MAX_TXN_RANGE_KEYS")]
     pub max_txn_range_keys: Option<u32>,
 
+    /// Most leases the cluster holds at once; a grant beyond it is refused
+    /// (the limit travels in the grant's log entry, so every replica
+    /// decides alike). [default: 100000]
+    #[arg(long, env = "RAFT_MAX_LEASES")]
+    pub max_leases: Option<u64>,
+
+    /// Most keys attached to one lease; a put that would attach one more
+    /// is refused and changes nothing (the limit travels in the put's log
+    /// entry). [default: 10000]
+    #[arg(long, env = "RAFT_MAX_KEYS_PER_LEASE")]
+    pub max_keys_per_lease: Option<u32>,
+
+    /// Most expired leases the leader revokes per second (etcd: 1000);
+    /// the rest wait for the next second. [default: 1000]
+    #[arg(long, env = "RAFT_LEASE_REVOKES_PER_SECOND")]
+    pub lease_revokes_per_second: Option<u32>,
+
     /// Client connections open at once (HTTP or HTTPS). At the cap a new
     /// connection replaces the one idle the longest; when every connection
     /// is serving a request it gets 503. [default: 4096]
@@ -518,6 +535,9 @@ impl RunArgs {
             max_list_bytes,
             max_txn_ops,
             max_txn_range_keys,
+            max_leases,
+            max_keys_per_lease,
+            lease_revokes_per_second,
             http_max_connections,
             http_header_timeout_ms,
             http_idle_timeout_ms,

@@ -103,6 +103,12 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     /// Most keys the ranges of one transaction may cover, together.
     pub max_txn_range_keys: u32,
+    /// Most leases at once (`--max-leases`).
+    pub max_leases: u64,
+    /// Most keys attached to one lease (`--max-keys-per-lease`).
+    pub max_keys_per_lease: u32,
+    /// Expired leases the leader revokes per second, at most.
+    pub lease_revokes_per_second: u32,
     /// Client connections open at once.
     pub http_max_connections: usize,
     /// From a request head's first byte to its end.
@@ -234,6 +240,9 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_list_bytes", &self.max_list_bytes)
             .field("max_txn_ops", &self.max_txn_ops)
             .field("max_txn_range_keys", &self.max_txn_range_keys)
+            .field("max_leases", &self.max_leases)
+            .field("max_keys_per_lease", &self.max_keys_per_lease)
+            .field("lease_revokes_per_second", &self.lease_revokes_per_second)
             .field("http_max_connections", &self.http_max_connections)
             .field("http_header_timeout", &self.http_header_timeout)
             .field("http_idle_timeout", &self.http_idle_timeout)

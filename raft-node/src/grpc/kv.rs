@@ -113,7 +113,7 @@ fn key_value(k: &[u8], v: Versioned, keys_only: bool) -> KeyValue {
         } else {
             v.value.to_vec()
         },
-        lease: 0,
+        lease: to_i64(v.lease),
     }
 }
 
@@ -253,19 +253,23 @@ impl Ctx {
         }
     }
 
-    /// A write through the HTTP API's route for `key`; answers the revision
-    /// it made.
+    /// A write through the HTTP API's route for `key` (a put attaching
+    /// the key to `lease` when not 0); answers the revision it made.
     async fn write_key(
         &self,
         method: Method,
         key: &[u8],
         meta: &tonic::metadata::MetadataMap,
         value: Vec<u8>,
+        lease: u64,
     ) -> Result<u64, Status> {
         if key.is_empty() {
             return Err(Status::invalid_argument(NO_KEY));
         }
-        let path = format!("/v1/kv/{}", encode_key(key));
+        let mut path = format!("/v1/kv/{}", encode_key(key));
+        if lease != 0 {
+            path.push_str(&format!("?lease={lease}"));
+        }
         let (headers, _) = self
             .call_json(method, &path, meta, Bytes::from(value))
             .await?;
@@ -344,7 +348,7 @@ impl Kv for Ctx {
         }
         let p = txn::put_of(p)?;
         let rev = self
-            .write_key(Method::PUT, &p.key, &meta, p.value.to_vec())
+            .write_key(Method::PUT, &p.key, &meta, p.value.to_vec(), p.lease)
             .await?;
         Ok(Response::new(PutResponse {
             header: Some(self.header(Some(rev)).await),
@@ -377,7 +381,7 @@ impl Kv for Ctx {
             }));
         }
         let (deleted, rev) = match self
-            .write_key(Method::DELETE, &d.key, &meta, Vec::new())
+            .write_key(Method::DELETE, &d.key, &meta, Vec::new(), 0)
             .await
         {
             Ok(rev) => (1, Some(rev)),

@@ -7,8 +7,10 @@
 //! `txn` maps transactions onto [`crate::txn`]),
 //! `maintenance` (Status, Alarm, Defragment, Snapshot, MoveLeader),
 //! `cluster` (the member calls), `auth` (Authenticate: logging in with a
-//! token), `watch` (the Watch stream over [`crate::watch`]), `server`
-//! (listener, TLS, tokens, limits). Lease answers `Unimplemented`.
+//! token), `watch` (the Watch stream over [`crate::watch`]), `lease`
+//! (grant, revoke, the KeepAlive stream, TimeToLive and Leases over the
+//! HTTP API's `/v1/leases` routes, see [`crate::lease`]), `server`
+//! (listener, TLS, tokens, limits).
 //!
 //! Reads go straight to the store. Writes and admin calls go through the
 //! HTTP API's own handlers, called in-process (no socket): the same write
@@ -19,6 +21,7 @@
 mod auth;
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod server;
 mod txn;
@@ -72,6 +75,8 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const TIMED_OUT: &str = "etcdserver: request timed out";
 /// etcd's message for an empty key.
 pub const NO_KEY: &str = "etcdserver: key is not provided";
+/// etcd's message for a lease that does not exist.
+pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
 
 /// What every service needs: the HTTP API's state and routes.
 #[derive(Clone)]
@@ -240,6 +245,12 @@ fn status_from(status: StatusCode, kind: &str, detail: &str) -> Status {
         "no-leader" => return Status::unavailable(NO_LEADER),
         "outcome-unknown" => return Status::unavailable(TIMED_OUT),
         "unknown-member" => return Status::not_found("etcdserver: member not found"),
+        "lease-not-found" => return Status::not_found(LEASE_NOT_FOUND),
+        "lease-exists" => return Status::failed_precondition("etcdserver: lease already exists"),
+        "lease-ttl-too-large" => return Status::out_of_range("etcdserver: too large lease TTL"),
+        "too-many-leases" | "too-many-keys-on-lease" => {
+            return Status::resource_exhausted(format!("raft-node: {kind}: {detail}"))
+        }
         _ => {}
     }
     let code = match status {

@@ -27,7 +27,7 @@ use tonic::transport::server::Connected;
 use super::pb::etcdserverpb::auth_server::AuthServer;
 use super::pb::etcdserverpb::cluster_server::ClusterServer;
 use super::pb::etcdserverpb::kv_server::KvServer;
-use super::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
+use super::pb::etcdserverpb::lease_server::LeaseServer;
 use super::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use super::pb::etcdserverpb::watch_server::WatchServer;
 use super::{status_of, Ctx};
@@ -135,12 +135,6 @@ impl AsyncWrite for Conn {
         }
     }
 }
-
-/// Lease: not implemented yet (every method answers `Unimplemented`).
-#[derive(Debug, Clone, Copy)]
-struct NoLease;
-#[tonic::async_trait]
-impl Lease for NoLease {}
 
 /// The token check of every call: a valid user or admin token when tokens
 /// are configured (admin calls check the admin token again).
@@ -256,7 +250,7 @@ pub async fn serve(
             tokens.clone(),
         ))
         .add_service(InterceptedService::new(
-            LeaseServer::new(NoLease).max_decoding_message_size(max),
+            LeaseServer::new(ctx.clone()).max_decoding_message_size(max),
             tokens,
         ));
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);

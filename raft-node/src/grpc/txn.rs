@@ -79,18 +79,21 @@ fn range_of(r: pb::RangeRequest) -> Result<t::RangeRequest, Status> {
     })
 }
 
-/// etcd's `PutRequest` as a [`t::PutRequest`]: leases and the `ignore_*`
-/// flags are refused (raft-node has no leases yet).
+/// etcd's `PutRequest` as a [`t::PutRequest`]: the `ignore_*` flags are
+/// refused, and a negative lease id (etcd's ids are positive).
 pub(super) fn put_of(p: pb::PutRequest) -> Result<t::PutRequest, Status> {
-    if p.lease != 0 || p.ignore_value || p.ignore_lease {
+    if p.ignore_value || p.ignore_lease {
         return Err(Status::invalid_argument(
-            "raft-node: Put with lease, ignore_value or ignore_lease is not supported yet",
+            "raft-node: Put with ignore_value or ignore_lease is not supported yet",
         ));
     }
+    let lease =
+        u64::try_from(p.lease).map_err(|_| Status::not_found(crate::grpc::LEASE_NOT_FOUND))?;
     Ok(t::PutRequest {
         key: Bytes::from(p.key),
         value: Bytes::from(p.value),
         prev_kv: p.prev_kv,
+        lease,
     })
 }
 
@@ -139,7 +142,7 @@ pub(super) fn kv_out(kv: t::KeyValue) -> mvccpb::KeyValue {
         mod_revision: to_i64(kv.mod_revision),
         version: to_i64(kv.version),
         value: kv.value.to_vec(),
-        lease: 0,
+        lease: to_i64(kv.lease),
     }
 }
 
@@ -192,6 +195,7 @@ pub(super) fn txn_status(e: TxnError) -> Status {
         }
         // This node knows no leader it can forward to.
         TxnError::Propose(ProposeError::NotLeader { .. }) => Status::unavailable(NO_LEADER),
+        TxnError::Lease(r) => super::lease::lease_status(&r),
         TxnError::Propose(e) => status_of(&Problem::from(e)),
         e @ TxnError::Unexpected(_) => Status::internal(e.to_string()),
     }

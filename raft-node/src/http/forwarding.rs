@@ -26,8 +26,9 @@ const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 5] = [
 ];
 
 /// The answer headers relayed back to the client.
-const RELAYED_ANSWER_HEADERS: [&str; 8] = [
+const RELAYED_ANSWER_HEADERS: [&str; 9] = [
     "content-type",
+    "raft-lease",
     "etag",
     "retry-after",
     "x-raft-leader",

@@ -158,6 +158,7 @@ fn write_answer(outcome: Outcome) -> Answer {
         )
         .with("current_rev", current)),
         Outcome::NotFound => Err(no_such_key()),
+        Outcome::LeaseRefused(r) => Err(super::lease::problem(&r)),
         Outcome::IdempotencyConflict => Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
@@ -213,14 +214,28 @@ async fn write(
     }
 }
 
-/// `PUT /v1/kv/{key}`: sets the value.
+/// The query of a put: the lease to attach the key to, or a TTL to grant
+/// one with.
+#[derive(Debug, Deserialize)]
+pub(super) struct PutParams {
+    lease: Option<String>,
+    ttl: Option<u64>,
+}
+
+/// `PUT /v1/kv/{key}[?lease=ID | ?ttl=SECS]`: sets the value; with `lease`
+/// attaches the key to that lease (404 `lease-not-found` when it does not
+/// exist), with `ttl` grants a lease of that TTL first and attaches the
+/// key to it (two log entries: a crash between them leaves a lease with no
+/// key, which simply expires). The lease is answered in `Raft-Lease`.
 pub(super) async fn put_key(
     State(state): State<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    params: Result<Query<PutParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    let Query(params) = params.map_err(|e| Problem::bad_request(format!("bad query: {e}")))?;
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -235,8 +250,34 @@ pub(super) async fn put_key(
         }
         Err(r) => return Err(Problem::bad_request(format!("cannot read the body: {r}"))),
     };
-    let op = Op::Put(body.clone());
-    write(state, method, uri, headers, body, op).await
+    let lease = match (params.lease.as_deref(), params.ttl) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request("give either lease or ttl, not both"))
+        }
+        (Some("0"), None) | (None, None) => 0,
+        (Some(id), None) => id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id <= crate::lease::MAX_LEASE_ID)
+            .ok_or_else(|| Problem::bad_request(format!("lease must be a lease id, got {id:?}")))?,
+        (None, Some(ttl)) => super::lease::grant_lease(&state, 0, ttl).await?.0,
+    };
+    let op = if lease == 0 {
+        Op::Put(body.clone())
+    } else {
+        Op::PutLeased {
+            value: body.clone(),
+            lease,
+            max_keys: state.cfg.max_keys_per_lease,
+        }
+    };
+    let mut resp = write(state, method, uri, headers, body, op).await?;
+    // A forwarded put carries the leader's answer (and lease) already.
+    if lease != 0 && resp.status().is_success() && !resp.headers().contains_key("raft-lease") {
+        resp.headers_mut()
+            .insert("raft-lease", HeaderValue::from(lease));
+    }
+    Ok(resp)
 }
 
 /// `DELETE /v1/kv/{key}`: deletes the key (404 when it does not exist).

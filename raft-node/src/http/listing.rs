@@ -31,6 +31,9 @@ struct ListItem<'a> {
     create_revision: u64,
     mod_revision: u64,
     version: u64,
+    /// The key's lease, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +102,7 @@ fn encode_item(key: &[u8], v: &Versioned, keys_only: bool, first: bool) -> Vec<u
         create_revision: v.create_rev,
         mod_revision: v.rev,
         version: v.version,
+        lease: (v.lease != 0).then_some(v.lease),
         value: text,
         value_base64: (!keys_only && text.is_none())
             .then(|| base64::engine::general_purpose::STANDARD.encode(value)),

@@ -4,7 +4,8 @@
 //! what needs the leader, once (a forwarded request is never forwarded again).
 //!
 //! One file per resource: `kv` (one key), `listing` (`GET /v1/kv`),
-//! `cluster` (membership and leadership), `txn` (`POST /v1/txn`), `revisions` (revision headers,
+//! `cluster` (membership and leadership), `txn` (`POST /v1/txn`), `lease`
+//! (`/v1/leases`), `revisions` (revision headers,
 //! `?revision=`, `POST /v1/cluster/compact`), `ops` (status, health,
 //! metrics, snapshots), `backup` (`GET /v1/cluster/backup`), `watch`
 //! (`GET /v1/watch`, server-sent events); and the layers around them: `auth` (bearer
@@ -18,6 +19,7 @@ mod backup;
 mod cluster;
 mod forwarding;
 mod kv;
+pub(crate) mod lease;
 mod limits;
 mod listing;
 mod ops;
@@ -72,6 +74,8 @@ pub struct AppState {
     pub limits: Arc<HttpLimits>,
     /// Watches of this node's store (`GET /v1/watch`).
     pub watches: crate::watch::Watches,
+    /// The leader's lease deadlines (keep-alives reset them).
+    pub lessor: crate::lease::Lessor,
 }
 
 impl std::fmt::Debug for AppState {
@@ -125,6 +129,12 @@ pub fn router(state: Shared) -> Router {
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/leases", get(lease::list).post(lease::grant))
+        .route(
+            "/v1/leases/{id}",
+            get(lease::time_to_live).delete(lease::revoke),
+        )
+        .route("/v1/leases/{id}/keepalive", post(lease::keep_alive))
         .route("/v1/cluster", get(ops::cluster))
         .route(
             "/v1/cluster/transfer-leader",

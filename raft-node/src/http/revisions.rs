@@ -30,6 +30,8 @@ pub(super) const CREATE_REVISION: HeaderName = HeaderName::from_static("raft-cre
 pub(super) const MOD_REVISION: HeaderName = HeaderName::from_static("raft-mod-revision");
 /// A key's `version`.
 pub(super) const VERSION: HeaderName = HeaderName::from_static("raft-version");
+/// The lease a key is attached to (absent: none).
+pub(super) const LEASE: HeaderName = HeaderName::from_static("raft-lease");
 
 fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
@@ -67,6 +69,9 @@ pub(super) fn with_key_revisions(resp: &mut Response, v: &Versioned) {
     h.insert(CREATE_REVISION, number(v.create_rev));
     h.insert(MOD_REVISION, number(v.rev));
     h.insert(VERSION, number(v.version));
+    if v.lease != 0 {
+        h.insert(LEASE, number(v.lease));
+    }
 }
 
 #[derive(Debug, Deserialize)]

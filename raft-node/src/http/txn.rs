@@ -78,6 +78,9 @@ struct JsonPut {
     value_base64: Option<String>,
     #[serde(default)]
     prev_kv: bool,
+    /// Attach the key to this lease (0 or absent: none).
+    #[serde(default)]
+    lease: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +221,7 @@ fn op_of(op: JsonOp) -> Result<RequestOp, Problem> {
             key: either(p.key, p.key_base64, "key")?.unwrap_or_default(),
             value: either(p.value, p.value_base64, "value")?.unwrap_or_default(),
             prev_kv: p.prev_kv,
+            lease: p.lease,
         }),
         JsonOp::DeleteRange(d) => {
             let (key, range_end) = key_range!(d).resolve()?;
@@ -252,6 +256,9 @@ struct KvOut {
     create_revision: u64,
     mod_revision: u64,
     version: u64,
+    /// The key's lease, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,6 +282,7 @@ fn kv_out(kv: &KeyValue) -> KvOut {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
+        lease: (kv.lease != 0).then_some(kv.lease),
         value,
         value_base64,
     }
@@ -386,6 +394,7 @@ pub(super) async fn txn(
             };
             forward(&state, leader, relay).await
         }
+        Err(TxnError::Lease(r)) => Err(super::lease::problem(&r)),
         Err(TxnError::Propose(e)) => Err(e.into()),
         Err(e @ TxnError::Unexpected(_)) => Err(Problem::storage(e.to_string())),
     }

@@ -339,6 +339,12 @@ pub async fn start(
         directory.clone(),
         cfg.join_admission,
     ));
+    let lessor = crate::lease::Lessor::new();
+    background.push(lessor.spawn(
+        raft.clone(),
+        reader.clone(),
+        crate::lease::LeaseLimits::of(&cfg),
+    ));
     let state = AppState {
         id,
         raft: raft.clone(),
@@ -351,6 +357,7 @@ pub async fn start(
         metrics,
         limits: Arc::new(crate::http::HttpLimits::new(&cfg)),
         watches,
+        lessor: lessor.clone(),
     };
     let mut http = serve(&cfg, state).await?;
     let client_addr = http.client_addr;

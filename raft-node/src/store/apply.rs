@@ -21,6 +21,7 @@ use super::records::{
 };
 use super::{StoreError, Versioned};
 use crate::command::{Command, Fingerprint, Op, Outcome, Precondition, COMPACT_TAG, MEMBER_TAG};
+use crate::lease::{LEASE_GRANT_TAG, LEASE_REVOKE_TAG};
 use crate::txn::codec::TXN_TAG;
 
 /// The column family a write goes to.
@@ -118,6 +119,7 @@ pub(super) fn apply(
         scoped_since: None,
         members_changed: false,
         events: Vec::new(),
+        leases: super::lease::LeaseOverlay::default(),
     };
     let mut outcomes = Vec::with_capacity(entries.len());
     for e in entries {
@@ -130,6 +132,12 @@ pub(super) fn apply(
             }
             EntryPayload::Normal(data) if data.first() == Some(&TXN_TAG) => {
                 batch.txn_command(e.index, data)?
+            }
+            EntryPayload::Normal(data) if data.first() == Some(&LEASE_GRANT_TAG) => {
+                batch.lease_grant(e.index, data)?
+            }
+            EntryPayload::Normal(data) if data.first() == Some(&LEASE_REVOKE_TAG) => {
+                batch.lease_revoke(e.index, e.term, data)?
             }
             EntryPayload::Normal(data) => match Command::decode(data.clone()) {
                 Ok(cmd) => batch.command(e.index, &cmd)?,
@@ -184,6 +192,8 @@ pub(super) struct Batch<'v, V> {
     members_changed: bool,
     /// Every key change, in apply order (see `mvcc.rs`).
     pub(super) events: Vec<crate::watch::Event>,
+    /// This batch's changes to the leases (see `lease.rs`).
+    pub(super) leases: super::lease::LeaseOverlay,
 }
 
 impl<V: StoreView> Batch<'_, V> {
@@ -346,9 +356,23 @@ impl<V: StoreView> Batch<'_, V> {
         } else {
             match (&cmd.op, old) {
                 (Op::Put(value), old) => {
-                    self.put_value(index, &cmd.key, old, value)?;
+                    self.put_value(index, &cmd.key, old, value, 0)?;
                     Outcome::Applied { rev: index }
                 }
+                (
+                    Op::PutLeased {
+                        value,
+                        lease,
+                        max_keys,
+                    },
+                    old,
+                ) => match self.may_attach(*lease, old.as_ref(), 0, *max_keys)? {
+                    Ok(()) => {
+                        self.put_value(index, &cmd.key, old, value, *lease)?;
+                        Outcome::Applied { rev: index }
+                    }
+                    Err(r) => Outcome::LeaseRefused(r),
+                },
                 (Op::Delete, None) => Outcome::NotFound,
                 (Op::Delete, Some(old)) => {
                     self.delete_value(index, &cmd.key, &old)?;

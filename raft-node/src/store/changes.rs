@@ -447,6 +447,7 @@ mod tests {
                         rev: rng.gen_range(1..10),
                         create_rev: 1,
                         version: 1,
+                        lease: 0,
                     };
                     Event::put(&Bytes::from(format!("k{i}")), &v, None)
                 })
@@ -562,6 +563,7 @@ mod tests {
                 rev: 4,
                 create_rev: 4,
                 version: 1,
+                lease: 0,
             };
             db.put_cf(db.cf_handle(KV_CF).unwrap(), key, encode_record(&v))
                 .unwrap();

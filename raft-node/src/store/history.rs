@@ -190,6 +190,7 @@ pub(super) fn decode_history(hist_key: &[u8], rec: &[u8]) -> Result<Option<Versi
             rev,
             create_rev: u64_at(6),
             version: u64_at(14),
+            lease: 0,
         })),
         _ => Err(bad("unknown history record kind")),
     }
@@ -233,6 +234,7 @@ mod tests {
             rev: 4,
             create_rev: 2,
             version: 3,
+            lease: 0,
         };
         let hk = history_key(b"k", 4);
         let rec = encode_history(&hk, Some(&v));

@@ -5,9 +5,14 @@
 //!
 //! - `kv`: key → its latest record `2:u8 | crc32c:u32 | mod_rev:u64 |
 //!   create_rev:u64 | version:u64 | value`; the CRC covers every byte
-//!   after it, so a corrupted value is refused, not served. (Records of
+//!   after it, so a corrupted value is refused, not served. A key attached
+//!   to a lease has a version 3 record, `3 | crc32c | mod_rev | create_rev
+//!   | version | lease:u64 | value`. (Records of
 //!   version 1, `1 | crc32c | rev | value`, from earlier releases are
 //!   still read, as created at `rev` with version 1.)
+//! - `kv_meta` also holds the leases (`l/<id:u64>` → `1 | ttl:u64 |
+//!   keys:u64`), the index of their keys (`a/<id:u64><key>`) and their
+//!   count (`lease_count`); see `lease.rs`.
 //! - `kv_meta` also holds the history (`h/`, `g/`), the current
 //!   `revision` and the `compacted` revision (see `history.rs`).
 //! - `kv_meta`: `applied` → u64; `i/<slot>` → the outcome of the first write
@@ -42,12 +47,15 @@ mod at;
 mod backup;
 mod changes;
 mod history;
+mod lease;
 mod mvcc;
 mod records;
 mod rocks;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lease;
 #[cfg(test)]
 mod tests_revisions;
 #[cfg(test)]
@@ -132,6 +140,9 @@ pub struct Versioned {
     /// The key's `version`: 1 when created, one more per write since;
     /// a delete starts it over.
     pub version: u64,
+    /// The lease the key is attached to (0: none). Only the current
+    /// record knows it: past versions read from the history show 0.
+    pub lease: u64,
 }
 
 /// The state machine: applies commands to the store.

@@ -130,13 +130,16 @@ impl<V: StoreView> Batch<'_, V> {
         Ok(r)
     }
 
-    /// Sets `key` to `value` at `index`, over `old`.
+    /// Sets `key` to `value` at `index`, over `old`, attached to `lease`
+    /// (0: none; the caller checked that it exists). The key leaves the
+    /// lease it had.
     pub(super) fn put_value(
         &mut self,
         index: u64,
         key: &Bytes,
         old: Option<Versioned>,
         value: &Bytes,
+        lease: u64,
     ) -> Result<(), StoreError> {
         let (create_rev, version) = match &old {
             Some(o) => (o.create_rev, o.version + 1),
@@ -147,7 +150,9 @@ impl<V: StoreView> Batch<'_, V> {
             rev: index,
             create_rev,
             version,
+            lease,
         };
+        self.reattach(key, old.as_ref().map_or(0, |o| o.lease), lease)?;
         if let Some(o) = &old {
             self.retire(key, o, index);
         }
@@ -165,6 +170,7 @@ impl<V: StoreView> Batch<'_, V> {
         key: &Bytes,
         old: &Versioned,
     ) -> Result<(), StoreError> {
+        self.reattach(key, old.lease, 0)?;
         self.retire(key, old, index);
         self.events.push(Event::delete(key, index, Some(old)));
         let tomb = history_key(key, index);

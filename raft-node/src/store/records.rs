@@ -86,16 +86,24 @@ const RECORD_V1: u8 = 1;
 /// Version of the key-value records written now:
 /// `2 | crc32c:u32 | mod_rev:u64 | create_rev:u64 | version:u64 | value`.
 const RECORD_V2: u8 = 2;
+/// Version of the records of keys attached to a lease:
+/// `3 | crc32c:u32 | mod_rev:u64 | create_rev:u64 | version:u64 |
+/// lease:u64 | value`. A key without a lease keeps version 2, byte for
+/// byte as before.
+const RECORD_V3: u8 = 3;
 
 /// A key-value record (version 2) of `v`; the CRC covers every byte after
 /// itself.
 pub(super) fn encode_record(v: &Versioned) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(29 + v.value.len());
-    out.put_u8(RECORD_V2);
+    let mut out = BytesMut::with_capacity(37 + v.value.len());
+    out.put_u8(if v.lease == 0 { RECORD_V2 } else { RECORD_V3 });
     out.put_u32(0);
     out.put_u64(v.rev);
     out.put_u64(v.create_rev);
     out.put_u64(v.version);
+    if v.lease != 0 {
+        out.put_u64(v.lease);
+    }
     out.put_slice(&v.value);
     let crc = crc32c::crc32c(&out[5..]);
     out[1..5].copy_from_slice(&crc.to_be_bytes());
@@ -111,6 +119,7 @@ pub(super) fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreEr
     let header = match rec.first() {
         Some(&RECORD_V1) => 13,
         Some(&RECORD_V2) => 29,
+        Some(&RECORD_V3) => 37,
         Some(_) => return Err(corrupt("unknown record version")),
         None => return Err(corrupt("record too short")),
     };
@@ -133,6 +142,7 @@ pub(super) fn decode_record(key: &[u8], rec: &[u8]) -> Result<Versioned, StoreEr
         rev,
         create_rev,
         version,
+        lease: if header == 37 { u64_at(29) } else { 0 },
     })
 }
 

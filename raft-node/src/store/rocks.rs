@@ -220,6 +220,26 @@ impl KvReader {
         self.meta_record(SNAPSHOT_META_KEY)
     }
 
+    /// Visits the `kv_meta` records from `start` (inclusive) to `end`
+    /// (exclusive), in key order.
+    pub(super) fn meta_scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let cf = self.cf(KV_META_CF)?;
+        let mode = IteratorMode::From(start, Direction::Forward);
+        for item in self.db.iterator_cf(cf, mode) {
+            let (k, v) = item?;
+            if k.as_ref() >= end {
+                break;
+            }
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn meta_record(
         &self,
         key: &'static [u8],

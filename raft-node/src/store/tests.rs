@@ -132,6 +132,7 @@ async fn preconditions_idempotency_and_the_applied_index_survive_a_reopen() {
             rev: 3,
             create_rev: 1,
             version: 2,
+            lease: 0,
         })
     );
     // The token is remembered across the restart...
@@ -559,6 +560,29 @@ fn random_log(rng: &mut rand_chacha::ChaCha8Rng, len: u64) -> Vec<Entry> {
             )),
             // A transaction (sometimes refused: duplicate keys, limits).
             31..=45 => EntryPayload::Normal(super::tests_txn::random_txn(rng, index)),
+            // A lease grant: a chosen id (often in use), or one chosen at
+            // apply; often beyond a small lease limit.
+            46..=50 => EntryPayload::Normal(
+                crate::lease::LeaseGrant {
+                    id: rng.gen_range(0..=3),
+                    ttl_secs: rng.gen_range(1..=10),
+                    max_leases: rng.gen_range(1..=4),
+                }
+                .encode(),
+            ),
+            // A revoke of a small id or one chosen at apply, by a client or
+            // for an expiry (of this term or another: then it is a no-op).
+            51..=55 => EntryPayload::Normal(
+                crate::lease::LeaseRevoke {
+                    id: if rng.gen_bool(0.7) {
+                        rng.gen_range(1..=3)
+                    } else {
+                        rng.gen_range(index.saturating_sub(20).max(1)..=index)
+                    },
+                    expiry_term: rng.gen_range(0..=2),
+                }
+                .encode(),
+            ),
             // A retry of an earlier command, same token and all.
             14..=30 if !log.is_empty() => {
                 let back = rng.gen_range(1..=log.len().min(12));
@@ -566,10 +590,14 @@ fn random_log(rng: &mut rand_chacha::ChaCha8Rng, len: u64) -> Vec<Entry> {
             }
             _ => {
                 let key = format!("k{}", rng.gen_range(0..4));
-                let op = if rng.gen_bool(0.25) {
-                    Op::Delete
-                } else {
-                    Op::Put(Bytes::from(format!("v{index}")))
+                let op = match rng.gen_range(0..8) {
+                    0 | 1 => Op::Delete,
+                    2 => Op::PutLeased {
+                        value: Bytes::from(format!("v{index}")),
+                        lease: rng.gen_range(1..=3),
+                        max_keys: rng.gen_range(1..=3),
+                    },
+                    _ => Op::Put(Bytes::from(format!("v{index}"))),
                 };
                 let precondition = match rng.gen_range(0..6) {
                     0 => Precondition::IfNoneMatch,

@@ -57,6 +57,7 @@ impl Store {
         let cmd = TxnCommand {
             max_range_keys: self.max_range_keys,
             max_read_bytes: self.max_read_bytes,
+            max_keys_per_lease: 10,
             request,
         };
         let e = Entry {
@@ -116,6 +117,7 @@ fn put(key: &str, value: &str) -> RequestOp {
         key: b(key),
         value: b(value),
         prev_kv: false,
+        lease: 0,
     })
 }
 
@@ -151,6 +153,7 @@ fn kv(key: &str, value: &str, create: u64, m: u64, version: u64) -> KeyValue {
         mod_revision: m,
         version,
         value: b(value),
+        lease: 0,
     }
 }
 
@@ -333,6 +336,7 @@ async fn put_answers_the_previous_value_when_asked() {
             key: b("k"),
             value: b("v2"),
             prev_kv: true,
+            lease: 0,
         })]))
         .await;
     match &r.responses[0] {
@@ -581,6 +585,11 @@ pub(super) fn random_txn(rng: &mut rand_chacha::ChaCha8Rng, index: u64) -> Bytes
                     key: key(rng),
                     value: Bytes::from(format!("t{index}")),
                     prev_kv: rng.gen_bool(0.5),
+                    lease: if rng.gen_bool(0.2) {
+                        rng.gen_range(1..=3)
+                    } else {
+                        0
+                    },
                 }),
                 4..=5 => RequestOp::DeleteRange(DeleteRangeRequest {
                     key: key(rng),
@@ -631,6 +640,7 @@ pub(super) fn random_txn(rng: &mut rand_chacha::ChaCha8Rng, index: u64) -> Bytes
     let cmd = TxnCommand {
         max_range_keys: rng.gen_range(1..=5),
         max_read_bytes: rng.gen_range(0..40),
+        max_keys_per_lease: rng.gen_range(1..=3),
         request: txn(rng, index, 0),
     };
     cmd.encode()

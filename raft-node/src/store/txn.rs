@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::apply::{Batch, Cf, StoreView};
 use super::{StoreError, Versioned};
 use crate::command::Outcome;
+use crate::lease::LeaseRefusal;
 use crate::txn::codec::TxnCommand;
 use crate::txn::{
     interval, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
@@ -30,6 +31,7 @@ use crate::txn::{
 /// Why planning stopped.
 enum Stop {
     Refused(TxnRefusal),
+    Lease(LeaseRefusal),
     Store(StoreError),
 }
 
@@ -52,8 +54,12 @@ struct Plan<'b, 'v, V> {
     bytes_left: u64,
     /// This transaction's changes so far (`None`: deleted).
     local: BTreeMap<Bytes, Option<Versioned>>,
-    /// The changes, in order: a value put, or a delete.
-    changes: Vec<(Bytes, Option<Bytes>)>,
+    /// The changes, in order: a value put (with its lease), or a delete.
+    changes: Vec<(Bytes, Option<(Bytes, u64)>)>,
+    /// Most keys attached to one lease (from the entry).
+    max_keys_per_lease: u32,
+    /// Keys this transaction attaches to each lease, so far.
+    attaching: BTreeMap<u64, u64>,
 }
 
 fn key_value(key: &Bytes, v: &Versioned, with_value: bool) -> KeyValue {
@@ -67,6 +73,7 @@ fn key_value(key: &Bytes, v: &Versioned, with_value: bool) -> KeyValue {
         } else {
             Bytes::new()
         },
+        lease: v.lease,
     }
 }
 
@@ -206,14 +213,17 @@ impl<V: StoreView> Plan<'_, '_, V> {
                         }
                         None => None,
                     };
+                    self.check_lease(p.lease, old.as_ref())?;
                     let new = Versioned {
                         value: p.value.clone(),
                         rev: self.index,
                         create_rev: old.as_ref().map_or(self.index, |o| o.create_rev),
                         version: old.as_ref().map_or(1, |o| o.version + 1),
+                        lease: p.lease,
                     };
                     self.local.insert(p.key.clone(), Some(new));
-                    self.changes.push((p.key.clone(), Some(p.value.clone())));
+                    self.changes
+                        .push((p.key.clone(), Some((p.value.clone(), p.lease))));
                     ResponseOp::Put(PutResponse { prev_kv })
                 }
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)?),
@@ -225,6 +235,27 @@ impl<V: StoreView> Plan<'_, '_, V> {
             revision: 0,
             responses,
         })
+    }
+
+    /// Whether a put may attach a key whose record is `old` to `lease`
+    /// (0: none): the lease exists and, with this transaction's other
+    /// attachments, holds no more than the limit. (Keys the transaction
+    /// detaches from it are not counted off.)
+    fn check_lease(&mut self, lease: u64, old: Option<&Versioned>) -> Result<(), Stop> {
+        if lease == 0 {
+            return Ok(());
+        }
+        let extra = self.attaching.get(&lease).copied().unwrap_or(0);
+        if let Err(r) = self
+            .batch
+            .may_attach(lease, old, extra, self.max_keys_per_lease)?
+        {
+            return Err(Stop::Lease(r));
+        }
+        if old.is_none_or(|o| o.lease != lease) {
+            *self.attaching.entry(lease).or_default() += 1;
+        }
+        Ok(())
     }
 
     fn range(&mut self, r: &RangeRequest) -> Result<RangeResponse, Stop> {
@@ -283,8 +314,7 @@ fn compare(c: &Compare, v: Option<&Versioned>) -> bool {
         (CompareTarget::Version(n), v) => as_i64(v.map_or(0, |v| v.version)).cmp(n),
         (CompareTarget::CreateRevision(n), v) => as_i64(v.map_or(0, |v| v.create_rev)).cmp(n),
         (CompareTarget::ModRevision(n), v) => as_i64(v.map_or(0, |v| v.rev)).cmp(n),
-        // Refused before it is applied; never holds.
-        (CompareTarget::Lease(_), _) => return false,
+        (CompareTarget::Lease(n), v) => as_i64(v.map_or(0, |v| v.lease)).cmp(n),
     };
     match c.result {
         CompareResult::Equal => ord.is_eq(),
@@ -333,17 +363,20 @@ impl<V: StoreView> Batch<'_, V> {
             bytes_left: cmd.max_read_bytes,
             local: BTreeMap::new(),
             changes: Vec::new(),
+            max_keys_per_lease: cmd.max_keys_per_lease,
+            attaching: BTreeMap::new(),
         };
         let mut resp = match plan.txn(&cmd.request) {
             Ok(resp) => resp,
             Err(Stop::Refused(r)) => return Ok(Outcome::TxnRefused(r.to_string())),
+            Err(Stop::Lease(r)) => return Ok(Outcome::LeaseRefused(r)),
             Err(Stop::Store(e)) => return Err(e),
         };
         let changes = std::mem::take(&mut plan.changes);
         for (key, value) in &changes {
             let old = self.current(key)?;
             match (value, old) {
-                (Some(value), old) => self.put_value(index, key, old, value)?,
+                (Some((value, lease)), old) => self.put_value(index, key, old, value, *lease)?,
                 (None, Some(old)) => self.delete_value(index, key, &old)?,
                 (None, None) => {}
             }

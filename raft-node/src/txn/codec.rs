@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! entry   = TXN_TAG:u8 | version:u8 (1) | max_range_keys:u32 | max_read_bytes:u64 | txn
+//!         | TXN_TAG:u8 | version:u8 (2) | max_range_keys:u32 | max_read_bytes:u64
+//!           | max_keys_per_lease:u32 | txn     (version 2: some put has a lease)
 //! txn     = n:u32 compare*n | n:u32 op*n (success) | n:u32 op*n (failure)
 //! compare = result:u8 | target:u8 | operand | key:bytes | range_end:bytes
 //!           (operand: i64, or bytes for a value)
 //! op      = 1 | key:bytes | range_end:bytes | limit:u64 | flags:u8   (range: 1 keys_only, 2 count_only)
-//!         | 2 | key:bytes | value:bytes | flags:u8                   (put: 1 prev_kv)
+//!         | 2 | key:bytes | value:bytes | flags:u8 [| lease:u64]     (put: 1 prev_kv, 2 lease follows)
 //!         | 3 | key:bytes | range_end:bytes | flags:u8               (delete: 1 prev_kv)
 //!         | 4 | txn                                                  (nested, at most MAX_DEPTH deep)
 //! bytes   = len:u32 | len bytes;  integers big-endian
@@ -28,8 +30,10 @@ use crate::command::DecodeError;
 
 /// First byte of an entry that holds a transaction.
 pub const TXN_TAG: u8 = 0x82;
-/// Format version of a transaction entry.
+/// Format version of a transaction entry without leases.
 const TXN_VERSION: u8 = 1;
+/// Format version of a transaction entry with a put attaching a lease.
+const TXN_VERSION_LEASED: u8 = 2;
 
 /// A transaction as the log carries it: the request and the apply-time
 /// limits of the node that proposed it (so every replica applies the same).
@@ -39,6 +43,9 @@ pub struct TxnCommand {
     pub max_range_keys: u32,
     /// Most bytes of keys and values in the responses.
     pub max_read_bytes: u64,
+    /// Most keys attached to one lease (only encoded when a put of the
+    /// transaction has a lease).
+    pub max_keys_per_lease: u32,
     /// The transaction.
     pub request: TxnRequest,
 }
@@ -47,10 +54,18 @@ impl TxnCommand {
     /// The entry payload.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
+        let leased = has_lease(&self.request);
         out.put_u8(TXN_TAG);
-        out.put_u8(TXN_VERSION);
+        out.put_u8(if leased {
+            TXN_VERSION_LEASED
+        } else {
+            TXN_VERSION
+        });
         out.put_u32(self.max_range_keys);
         out.put_u64(self.max_read_bytes);
+        if leased {
+            out.put_u32(self.max_keys_per_lease);
+        }
         put_txn(&mut out, &self.request);
         out.freeze()
     }
@@ -64,21 +79,43 @@ impl TxnCommand {
         if get_u8(&mut buf, "txn tag")? != TXN_TAG {
             return Err(DecodeError("txn tag"));
         }
-        if get_u8(&mut buf, "txn version")? != TXN_VERSION {
-            return Err(DecodeError("unknown txn version"));
-        }
+        let leased = match get_u8(&mut buf, "txn version")? {
+            TXN_VERSION => false,
+            TXN_VERSION_LEASED => true,
+            _ => return Err(DecodeError("unknown txn version")),
+        };
         let max_range_keys = get_u32(&mut buf, "max range keys")?;
         let max_read_bytes = get_u64(&mut buf, "max read bytes")?;
+        let max_keys_per_lease = if leased {
+            get_u32(&mut buf, "max keys per lease")?
+        } else {
+            0
+        };
         let request = get_txn(&mut buf, 0)?;
         if buf.has_remaining() {
             return Err(DecodeError("trailing bytes"));
         }
+        // Each layout has one encoding: version 2 exactly when a put has a
+        // lease.
+        if has_lease(&request) != leased {
+            return Err(DecodeError("txn version does not match its leases"));
+        }
         Ok(Self {
             max_range_keys,
             max_read_bytes,
+            max_keys_per_lease,
             request,
         })
     }
+}
+
+/// Whether a put of `t` (nested ones too) attaches a lease.
+fn has_lease(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
+        RequestOp::Put(p) => p.lease != 0,
+        RequestOp::Txn(t) => has_lease(t),
+        _ => false,
+    })
 }
 
 fn put_bytes(out: &mut BytesMut, b: &[u8]) {
@@ -149,7 +186,10 @@ fn put_op(out: &mut BytesMut, op: &RequestOp) {
             out.put_u8(2);
             put_bytes(out, &p.key);
             put_bytes(out, &p.value);
-            out.put_u8(u8::from(p.prev_kv));
+            out.put_u8(u8::from(p.prev_kv) | (u8::from(p.lease != 0) << 1));
+            if p.lease != 0 {
+                out.put_u64(p.lease);
+            }
         }
         RequestOp::DeleteRange(d) => {
             out.put_u8(3);
@@ -284,11 +324,26 @@ fn get_op(buf: &mut Bytes, depth: usize) -> Result<RequestOp, DecodeError> {
                 count_only: f & 2 != 0,
             })
         }
-        2 => RequestOp::Put(PutRequest {
-            key: get_bytes(buf, "put key")?,
-            value: get_bytes(buf, "put value")?,
-            prev_kv: get_flags(buf, 1, "put flags")? != 0,
-        }),
+        2 => {
+            let key = get_bytes(buf, "put key")?;
+            let value = get_bytes(buf, "put value")?;
+            let f = get_flags(buf, 0b11, "put flags")?;
+            let lease = if f & 2 != 0 {
+                let l = get_u64(buf, "put lease")?;
+                if l == 0 || l > crate::lease::MAX_LEASE_ID {
+                    return Err(DecodeError("put lease"));
+                }
+                l
+            } else {
+                0
+            };
+            RequestOp::Put(PutRequest {
+                key,
+                value,
+                prev_kv: f & 1 != 0,
+                lease,
+            })
+        }
         3 => RequestOp::DeleteRange(DeleteRangeRequest {
             key: get_bytes(buf, "delete key")?,
             range_end: get_bytes(buf, "delete range end")?,
@@ -312,6 +367,7 @@ mod tests {
         TxnCommand {
             max_range_keys: 10,
             max_read_bytes: 4096,
+            max_keys_per_lease: 0,
             request: TxnRequest {
                 compare: vec![Compare {
                     key: b("k"),
@@ -324,6 +380,7 @@ mod tests {
                         key: b("k"),
                         value: b("v"),
                         prev_kv: true,
+                        lease: 0,
                     }),
                     RequestOp::Txn(TxnRequest {
                         compare: vec![],
@@ -379,9 +436,11 @@ mod tests {
         let mut longer = enc.to_vec();
         longer.push(0);
         assert!(TxnCommand::decode(longer.into()).is_err());
-        let mut v2 = enc.to_vec();
-        v2[1] = 2;
-        assert!(TxnCommand::decode(v2.into()).is_err());
+        for version in [2, 3] {
+            let mut other = enc.to_vec();
+            other[1] = version;
+            assert!(TxnCommand::decode(other.into()).is_err());
+        }
         // A flag bit nobody defined.
         let mut flags = enc.to_vec();
         let put_flags = enc.iter().position(|&x| x == b'v').unwrap() + 1;
@@ -401,9 +460,42 @@ mod tests {
         let cmd = TxnCommand {
             max_range_keys: 1,
             max_read_bytes: 1,
+            max_keys_per_lease: 0,
             request: t,
         };
         assert!(TxnCommand::decode(cmd.encode()).is_err());
+    }
+
+    /// A put with a lease makes a version 2 entry, pinned too.
+    #[test]
+    fn a_leased_put_makes_a_pinned_version_2_entry() {
+        let cmd = TxnCommand {
+            max_range_keys: 10,
+            max_read_bytes: 4096,
+            max_keys_per_lease: 7,
+            request: TxnRequest {
+                success: vec![RequestOp::Put(PutRequest {
+                    key: b("k"),
+                    value: b("v"),
+                    prev_kv: false,
+                    lease: 5,
+                })],
+                ..TxnRequest::default()
+            },
+        };
+        let golden: &[u8] = b"\x82\x02\x00\x00\x00\x0a\x00\x00\x00\x00\x00\x00\x10\x00\
+            \x00\x00\x00\x07\
+            \x00\x00\x00\x00\
+            \x00\x00\x00\x01\
+            \x02\x00\x00\x00\x01k\x00\x00\x00\x01v\x02\x00\x00\x00\x00\x00\x00\x00\x05\
+            \x00\x00\x00\x00";
+        assert_eq!(cmd.encode().as_ref(), golden);
+        assert_eq!(TxnCommand::decode(Bytes::from_static(golden)).unwrap(), cmd);
+        // The same put in a version 1 entry is refused.
+        let mut v1 = golden.to_vec();
+        v1[1] = 1;
+        v1.drain(14..18);
+        assert!(TxnCommand::decode(v1.into()).is_err());
     }
 
     proptest! {

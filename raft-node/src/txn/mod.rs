@@ -56,6 +56,7 @@
 //!         key: Bytes::from_static(b"color"),
 //!         value: Bytes::from_static(b"blue"),
 //!         prev_kv: true,
+//!         lease: 0,
 //!     })],
 //!     failure: vec![RequestOp::Range(RangeRequest {
 //!         key: Bytes::from_static(b"color"),
@@ -168,6 +169,9 @@ pub struct PutRequest {
     pub value: Bytes,
     /// Answer the key's previous value.
     pub prev_kv: bool,
+    /// Attach the key to this lease (0: none; a put without a lease
+    /// detaches the key from the one it had).
+    pub lease: u64,
 }
 
 /// A delete inside a transaction.
@@ -246,6 +250,8 @@ pub struct KeyValue {
     pub version: u64,
     /// The value (empty with `keys_only`).
     pub value: Bytes,
+    /// The lease the key is attached to (0: none).
+    pub lease: u64,
 }
 
 /// Why a valid transaction was refused when applied; nothing changed.
@@ -287,6 +293,9 @@ pub struct TxnLimits {
     /// Largest encoded transaction (`--max-key-bytes` plus
     /// `--max-value-bytes`: one entry always fits a peer frame).
     pub max_request_bytes: usize,
+    /// Most keys attached to one lease (`--max-keys-per-lease`, default
+    /// 10000); travels in the entry.
+    pub max_keys_per_lease: u32,
 }
 
 impl Default for TxnLimits {
@@ -298,6 +307,7 @@ impl Default for TxnLimits {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             max_request_bytes: 1024 + (1 << 20),
+            max_keys_per_lease: 10_000,
         }
     }
 }
@@ -312,6 +322,7 @@ impl TxnLimits {
             max_key_bytes: cfg.max_key_bytes,
             max_value_bytes: cfg.max_value_bytes,
             max_request_bytes: cfg.max_key_bytes.saturating_add(cfg.max_value_bytes),
+            max_keys_per_lease: cfg.max_keys_per_lease,
         }
     }
 }

@@ -29,6 +29,11 @@ pub enum TxnError {
     /// send the request to the leader itself.
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// Refused when applied for its lease (a put with a lease that does
+    /// not exist, or one holding `--max-keys-per-lease` keys); nothing
+    /// changed.
+    #[error("{0}")]
+    Lease(crate::lease::LeaseRefusal),
     /// The state machine answered something else (a bug).
     #[error("unexpected outcome of a transaction: {0}")]
     Unexpected(String),
@@ -48,6 +53,7 @@ pub async fn propose(
     let cmd = TxnCommand {
         max_range_keys: limits.max_range_keys,
         max_read_bytes: limits.max_read_bytes,
+        max_keys_per_lease: limits.max_keys_per_lease,
         request: req,
     };
     let data = cmd.encode();
@@ -61,6 +67,7 @@ pub async fn propose(
     match raft.propose(data).await? {
         Outcome::Txn(resp) => Ok(*resp),
         Outcome::TxnRefused(why) => Err(TxnError::Refused(why)),
+        Outcome::LeaseRefused(r) => Err(TxnError::Lease(r)),
         other => Err(TxnError::Unexpected(format!("{other:?}"))),
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             key: Bytes::from_static(k.as_bytes()),
             value: Bytes::new(),
             prev_kv: false,
+            lease: 0,
         })
     }
 
@@ -351,6 +352,7 @@ mod tests {
                         key: Bytes::from(format!("{prefix}{i}")),
                         value: Bytes::new(),
                         prev_kv: false,
+                        lease: 0,
                     })
                 })
                 .collect()
@@ -432,6 +434,7 @@ mod tests {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"12345"),
             prev_kv: false,
+            lease: 0,
         });
         assert_eq!(
             check(&ops(vec![big], vec![]), &l),
