@@ -3,6 +3,7 @@
 //! was made, and proposals made at different times each time out at their
 //! own deadline, however many wait and whichever are answered meanwhile.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,5 +86,31 @@ async fn proposals_made_at_different_times_time_out_at_their_own_deadlines() {
     assert!(
         matches!(answer, Ok(KvResponse::Written { .. })),
         "{answer:?}"
+    );
+}
+
+/// A caller that stops waiting (drops its `propose` future) while its
+/// proposal still waits in the node's request queue gave it up: the
+/// proposal is never appended, so nothing applies a command nobody waits
+/// for.
+#[tokio::test(start_paused = true)]
+async fn a_proposal_dropped_before_the_driver_took_it_is_never_applied() {
+    let net = MemNetwork::new();
+    let nodes = cluster(&net).await;
+    let (id, leader) = leader_after_first_write(&nodes).await;
+    let node = &nodes[id as usize - 1];
+    {
+        let mut dropped = std::pin::pin!(leader.propose(put("gone", "1")));
+        // One poll puts the request in the queue; the engine task has not
+        // run since (one thread, and this test does not yield).
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(dropped.as_mut().poll(cx)));
+        assert!(first.await.is_pending(), "waits for the driver");
+    }
+    leader.propose(put("kept", "1")).await.expect("commits");
+    assert!(node.reader.get("kept").is_some());
+    assert_eq!(
+        node.reader.get("gone"),
+        None,
+        "the dropped proposal was applied"
     );
 }

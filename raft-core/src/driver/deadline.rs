@@ -158,13 +158,23 @@ impl Deadlines {
     }
 
     /// The timer task: sleeps until the earliest deadline, expires what
-    /// reached it, until `done` says the node stopped.
+    /// reached it, until `done` says the node stopped and no deadline is
+    /// left. It outlives the node's stop while deadlines remain: a
+    /// proposal that entered the request queue as the engine task stopped
+    /// reading it is never answered (nor dropped while a handle holds the
+    /// queue), and only its deadline ends its caller's wait. Nothing
+    /// registers a deadline that could be so stranded after the stop: the
+    /// queue is closed by then.
     pub(crate) async fn run(self: Arc<Self>, mut done: watch::Receiver<bool>) {
-        let mut stopped = std::pin::pin!(async move {
+        let mut stop = std::pin::pin!(async move {
             let _ = done.wait_for(|d| *d).await;
         });
+        let mut stopped = false;
         loop {
             let next = self.expire_until(Instant::now());
+            if stopped && next.is_none() {
+                return;
+            }
             // Whichever comes first: the earliest deadline (or, with none,
             // a first registration), or the node's stop.
             let mut woken = std::pin::pin!(async {
@@ -173,16 +183,14 @@ impl Deadlines {
                     None => self.changed.notified().await,
                 }
             });
-            let stop = std::future::poll_fn(|cx| {
-                if stopped.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(true);
+            std::future::poll_fn(|cx| {
+                if !stopped && stop.as_mut().poll(cx).is_ready() {
+                    stopped = true;
+                    return Poll::Ready(());
                 }
-                woken.as_mut().poll(cx).map(|()| false)
+                woken.as_mut().poll(cx)
             })
             .await;
-            if stop {
-                return;
-            }
         }
     }
 }
@@ -266,5 +274,34 @@ mod tests {
             assert_eq!(d.expire_until(start + Duration::from_millis(1300)), None);
             assert!(expired(&b));
         });
+    }
+
+    /// A proposal can reach the request queue after the engine task
+    /// stopped reading it (its send took a place in the queue just before
+    /// the queue closed): then nothing answers it, nor drops it, while a
+    /// handle holds the queue. Its deadline still ends the caller's wait,
+    /// also when it falls after the node reported itself stopped; the
+    /// timer task then ends once no deadline is left.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_ends_a_wait_that_outlives_the_node() {
+        let d = Arc::new(Deadlines::default());
+        let (done_tx, done_rx) = watch::channel(false);
+        let timer = tokio::spawn(Arc::clone(&d).run(done_rx));
+        let (requests, engine_end) = tokio::sync::mpsc::channel(1);
+        let ticket = Ticket::<()>::default();
+        let registration = d.register(&ticket, Duration::from_secs(5));
+        let place = requests.reserve().await.expect("queue open");
+        drop(engine_end);
+        done_tx.send(true).expect("timer listens");
+        tokio::task::yield_now().await;
+        place.send(ticket.reply());
+        let waited = tokio::time::timeout(Duration::from_secs(60), ticket.answer()).await;
+        assert_eq!(waited, Ok(None), "the deadline ended the wait");
+        drop(registration);
+        tokio::time::timeout(Duration::from_secs(60), timer)
+            .await
+            .expect("the timer task ends")
+            .expect("timer task");
+        drop(requests);
     }
 }

@@ -118,6 +118,16 @@ impl<R> Clone for RaftHandle<R> {
     }
 }
 
+/// Abandons a proposal's ticket when dropped: a no-op once the driver
+/// took the proposal (see `Ticket::abandon`).
+struct GiveUpOnDrop<'a, R>(&'a Ticket<R>);
+
+impl<R> Drop for GiveUpOnDrop<'_, R> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 impl<R: Send + 'static> RaftHandle<R> {
     /// This node's id.
     pub fn id(&self) -> NodeId {
@@ -126,6 +136,10 @@ impl<R: Send + 'static> RaftHandle<R> {
 
     /// Proposes a command and waits until it is applied, returning the state
     /// machine's response.
+    ///
+    /// Dropping the returned future before the node took the proposal out
+    /// of its request queue gives the proposal up (it is never appended);
+    /// dropping it later leaves the outcome unknown.
     ///
     /// # Errors
     ///
@@ -138,6 +152,9 @@ impl<R: Send + 'static> RaftHandle<R> {
         // The deadline on the node's shared timer, from now on: taken off
         // again when this returns (or is dropped).
         let _deadline = self.deadlines.register(&ticket, self.request_timeout);
+        // A caller that stops waiting (drops this future) before the driver
+        // took the proposal gives it up: it is then never proposed.
+        let _give_up = GiveUpOnDrop(&ticket);
         let req = Request::Propose {
             data,
             reply: ticket.reply(),
