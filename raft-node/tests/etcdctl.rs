@@ -184,6 +184,22 @@ async fn etcdctl_works_against_a_three_node_cluster() {
         .map(|s| s["Status"]["leader"].as_u64().unwrap())
         .collect();
     assert_eq!(leaders, [first_leader; 3], "{status}");
+    // --cluster: etcdctl dials the member list's URLs, sending each whole
+    // URL as HTTP/2 :authority (only the answering member has one).
+    let r = etcdctl(
+        &grpc[..1],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        None,
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let status: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(
+        status[0]["Endpoint"],
+        format!("http://{}", grpc[0]),
+        "{status}"
+    );
+    assert_eq!(status[0]["Status"]["leader"], first_leader, "{status}");
 
     // Compaction: the past revision is gone, with etcd's message.
     let now = serde_json::from_str::<serde_json::Value>(
