@@ -12,6 +12,10 @@
 //! footer    b"RKVBKEND" | SHA-256 of every byte before the footer (32 bytes)
 //! ```
 //!
+//! The same bytes in etcd's snapshot envelope (zeros up to a multiple of
+//! [`ENVELOPE_ALIGN`] bytes, then the SHA-256 of all before it: what
+//! `etcdctl snapshot save` writes) are read as well.
+//!
 //! A file whose footer is missing (a download cut short), whose SHA-256,
 //! header or any record fails its check, is refused by [`verify`] before
 //! anything is written anywhere.
@@ -33,6 +37,13 @@ pub const MAGIC: &[u8; 8] = b"RKVBKUP1";
 const FOOTER_MAGIC: &[u8; 8] = b"RKVBKEND";
 /// Footer length: its magic and the SHA-256.
 pub const FOOTER_BYTES: u64 = 8 + 32;
+/// etcd's snapshot envelope, which a backup saved through etcd's gRPC
+/// `Maintenance.Snapshot` (`etcdctl snapshot save`) comes in: after the
+/// backup, zeros up to a multiple of this many bytes, then the SHA-256 of
+/// everything before it (etcd's data is a bbolt file of whole pages;
+/// etcdctl 3.4 refuses a download whose size is not such a multiple plus
+/// 32). [`verify`] reads a backup in it as well as a bare one.
+pub const ENVELOPE_ALIGN: u64 = 512;
 /// Largest header accepted.
 const HEADER_MAX: u32 = 1 << 20;
 /// Largest index or term a header may name: a restored log counts up from
@@ -300,21 +311,19 @@ fn read_header(r: &mut impl Read, path: &Path) -> Result<(BackupHeader, u64), Ba
 /// [`BackupError`], naming what is wrong.
 pub fn verify(path: &Path) -> Result<VerifiedBackup, BackupError> {
     let mut file = File::open(path).map_err(io_err(path))?;
-    let bytes = file.metadata().map_err(io_err(path))?.len();
+    let size = file.metadata().map_err(io_err(path))?.len();
     let min = 8 + 4 + 4 + FOOTER_BYTES;
-    if bytes < min {
-        return Err(corrupted(path, format!("only {bytes} bytes: truncated")));
+    if size < min {
+        return Err(corrupted(path, format!("only {size} bytes: truncated")));
     }
-    let mut footer = [0u8; FOOTER_BYTES as usize];
-    file.seek(SeekFrom::Start(bytes - FOOTER_BYTES))
-        .and_then(|_| file.read_exact(&mut footer))
-        .map_err(io_err(path))?;
-    if &footer[..8] != FOOTER_MAGIC {
-        return Err(corrupted(
-            path,
-            "no end marker: the file is truncated (an interrupted download?) or not a backup",
-        ));
-    }
+    let (bytes, footer) =
+        match find_footer(&mut file, size, path)? {
+            Some(found) => found,
+            None => return Err(corrupted(
+                path,
+                "no end marker: the file is truncated (an interrupted download?) or not a backup",
+            )),
+        };
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     let mut r = HashingReader {
         inner: BufReader::with_capacity(1 << 20, file).take(bytes - FOOTER_BYTES),
@@ -326,6 +335,9 @@ pub fn verify(path: &Path) -> Result<VerifiedBackup, BackupError> {
     if digest.as_slice() != &footer[8..] {
         return Err(corrupted(path, "SHA-256 mismatch"));
     }
+    if bytes != size {
+        check_envelope(path, bytes, size)?;
+    }
     Ok(VerifiedBackup {
         header,
         records,
@@ -333,6 +345,77 @@ pub fn verify(path: &Path) -> Result<VerifiedBackup, BackupError> {
         sha256: hex(&digest),
         snapshot_offset,
     })
+}
+
+/// Where the backup in `file` ends, and its footer: at the end of the
+/// file, or inside etcd's snapshot envelope (what etcd's
+/// `Maintenance.Snapshot` sends, so `etcdctl snapshot save` writes): the
+/// backup, zeros up to a multiple of 512 bytes, the SHA-256 of everything
+/// before it. `None` when neither holds a footer.
+fn find_footer(
+    file: &mut File,
+    size: u64,
+    path: &Path,
+) -> Result<Option<(u64, [u8; FOOTER_BYTES as usize])>, BackupError> {
+    let align = ENVELOPE_ALIGN;
+    let tail_len = size.min(FOOTER_BYTES + align - 1 + 32);
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    file.seek(SeekFrom::Start(size - tail_len))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(io_err(path))?;
+    let footer_at = |end: usize| -> Option<[u8; FOOTER_BYTES as usize]> {
+        let start = end.checked_sub(FOOTER_BYTES as usize)?;
+        let f = &tail[start..end];
+        (&f[..8] == FOOTER_MAGIC).then(|| f.try_into().ok())?
+    };
+    if let Some(f) = footer_at(tail.len()) {
+        return Ok(Some((size, f)));
+    }
+    if size % align != 32 {
+        return Ok(None);
+    }
+    // The backup ends where the zeros before the checksum start.
+    let body = &tail[..tail.len() - 32];
+    let zeros = body.iter().rev().take_while(|b| **b == 0).count();
+    for pad in 0..=zeros.min(usize::try_from(align).unwrap_or(0) - 1) {
+        let end = body.len() - pad;
+        if let Some(f) = footer_at(end) {
+            return Ok(Some((size - 32 - pad as u64, f)));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks etcd's envelope around a backup of `bytes` bytes: the SHA-256 of
+/// the file's first `size - 32` bytes ends it.
+fn check_envelope(path: &Path, bytes: u64, size: u64) -> Result<(), BackupError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut hash = Sha256::new();
+    let copied = io::copy(&mut (&mut r).take(size - 32), &mut HashWriter(&mut hash))
+        .map_err(io_err(path))?;
+    let mut sum = [0u8; 32];
+    r.read_exact(&mut sum).map_err(io_err(path))?;
+    if copied != size - 32 || hash.finalize().as_slice() != sum {
+        return Err(corrupted(
+            path,
+            format!("etcd snapshot checksum mismatch after the backup's {bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Feeds what is written to a hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Copies the snapshot stream of a verified backup to `dest` (synced);
@@ -418,6 +501,39 @@ mod tests {
             std::fs::write(&path, &good[..cut]).unwrap();
             let e = verify(&path).unwrap_err().to_string();
             assert!(e.contains("corrupted"), "cut at {cut}: {e}");
+        }
+    }
+
+    /// `bare` in etcd's snapshot envelope: zeros to a multiple of 512
+    /// bytes, then the SHA-256 of all before.
+    fn enveloped(bare: &[u8]) -> Vec<u8> {
+        let mut out = bare.to_vec();
+        out.resize(bare.len().div_ceil(512) * 512, 0);
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    #[test]
+    fn a_backup_in_etcds_envelope_verifies_and_extracts_and_any_flipped_bit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let bare = std::fs::read(&path).unwrap();
+        let good = enveloped(&bare);
+        assert_eq!(good.len() % 512, 32);
+        std::fs::write(&path, &good).unwrap();
+        let v = verify(&path).unwrap();
+        assert_eq!((v.header, v.records), (header(), 0));
+        let dest = dir.path().join("snap");
+        extract_snapshot(&path, &verify(&path).unwrap(), &dest).unwrap();
+        let snap = std::fs::read(&dest).unwrap();
+        assert!(bare.windows(snap.len()).any(|w| w == snap.as_slice()));
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let e = verify(&path).unwrap_err().to_string();
+            assert!(e.contains("corrupted"), "byte {i}: {e}");
         }
     }
 }

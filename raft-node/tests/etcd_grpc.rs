@@ -18,6 +18,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Error, GetOptions, PutOptions, Txn,
     TxnOp, TxnOpResponse,
 };
+use sha2::Digest;
 use tonic::Code;
 
 fn code(e: &Error) -> Code {
@@ -226,6 +227,7 @@ async fn maintenance_and_cluster_through_etcd_client() {
     assert_eq!(s.leader(), cluster.leader);
     assert!(s.raft_term() > 0 && s.raft_index() > 0 && !s.is_learner());
     assert!(s.version().starts_with("3."), "{}", s.version());
+    assert!(s.db_size() > 0, "dbSize is the store's RocksDB size");
     assert!(c
         .alarm(
             etcd_client::AlarmAction::Get,
@@ -248,6 +250,10 @@ async fn maintenance_and_cluster_through_etcd_client() {
     }
     assert!(bytes.starts_with(b"RKVBKUP1"), "a raft-node backup");
     assert_eq!(last_remaining, 0);
+    // In etcd's envelope: padded to 512 bytes, then the SHA-256 of the rest.
+    assert_eq!(bytes.len() % 512, 32);
+    let (data, sum) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(sha2::Sha256::digest(data).as_slice(), sum);
     let file = dir.path().join("snap.bak");
     std::fs::write(&file, &bytes).unwrap();
     let info = raft_node::backup::verify(&file);
@@ -289,6 +295,8 @@ async fn tokens_guard_the_grpc_port() {
         format!("--auth-token-file={}", user.display()),
         format!("--admin-token-file={}", admin.display()),
     ];
+    let mut extra = extra.to_vec();
+    extra.push("--grpc-auth-failures-per-sec=2".into());
     let cluster = Cluster::start(dir.path(), &extra).await;
     let id = cluster.leader;
 
@@ -335,6 +343,61 @@ async fn tokens_guard_the_grpc_port() {
         .await;
     a.compact(rev, None).await.unwrap();
     a.defragment().await.unwrap();
+
+    // Guessing passwords is slowed down: past --grpc-auth-failures-per-sec
+    // (2 here), attempts fail at once without being looked at.
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = Client::connect(
+            [format!("http://{}", cluster.addr(id))],
+            Some(ConnectOptions::new().with_user("admin", "a-guess-0123456789")),
+        )
+        .await;
+        let e = r.err().expect("a guess is refused");
+        if code(&e) == Code::ResourceExhausted {
+            limited = Some(message(&e));
+            break;
+        }
+        assert_eq!(code(&e), Code::InvalidArgument, "{e:?}");
+    }
+    let limited = limited.expect("guesses are limited");
+    assert!(
+        limited.contains("--grpc-auth-failures-per-sec"),
+        "{limited}"
+    );
+}
+
+/// A Snapshot client that stops reading: after
+/// --grpc-snapshot-send-timeout-ms without taking a chunk, the stream ends
+/// with an error (never a clean end of a cut snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_reader_that_stalls_gets_an_error_not_a_cut_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--grpc-snapshot-send-timeout-ms=300".to_owned()];
+    let cluster = Cluster::start(dir.path(), &extra).await;
+    let mut c = cluster.client(cluster.leader, None).await;
+    // Far more than the HTTP/2 windows and queues hold.
+    let value = "x".repeat(512 << 10);
+    for i in 0..32 {
+        c.put(format!("big/{i}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let mut stream = c.snapshot().await.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let e = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stalled stream ended as if whole"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(code(&e), Code::Unavailable, "{e:?}");
+    assert!(
+        message(&e).contains("--grpc-snapshot-send-timeout-ms"),
+        "{e:?}"
+    );
 }
 
 /// etcd's Txn: compares on value and revisions, both branches, nested

@@ -155,6 +155,15 @@ async fn compacted_starts_and_many_watches_on_one_stream() {
     assert!(z.created() && z.canceled(), "{z:?}");
     assert!(z.cancel_reason().contains("--grpc-max-watches-per-stream"));
 
+    // A create with an id in use is refused with watch_id -1, as etcd
+    // does: the live watch 7 is not reported canceled, and goes on.
+    w.watch("y2", Some(WatchOptions::new().with_watch_id(7)))
+        .await
+        .unwrap();
+    let dup = next(&mut w).await;
+    assert!(dup.created() && dup.canceled(), "{dup:?}");
+    assert_eq!(dup.watch_id(), -1, "{dup:?}");
+
     // Each watch's events carry its id.
     let ry = c
         .put("y", "y1", Some(PutOptions::new()))

@@ -2,7 +2,7 @@
 //! etcd, not for raft-node) against a 3-node cluster's etcd gRPC API:
 //! put, get with prefixes and past revisions, del, txn in its interactive
 //! syntax, a prefix delete with previous values, member list, endpoint
-//! status, compaction, writes through the surviving members after the
+//! status, snapshot save (restored by `raft-node restore`), compaction, writes through the surviving members after the
 //! leader is killed, and `etcdctl watch` on a follower across that kill.
 //!
 //! `scripts/deps.sh` installs etcdctl; set `ETCDCTL` to use another binary.
@@ -96,6 +96,27 @@ async fn put_until_acknowledged(endpoints: &[SocketAddr], key: &str) -> String {
     panic!("no write of {key} acknowledged in 30 attempts");
 }
 
+/// `etcdctl snapshot save FILE` from `endpoint`, then `raft-node restore`
+/// of FILE into a new data directory.
+async fn snapshot_save_and_restore(dir: &std::path::Path, endpoint: SocketAddr) {
+    let file = dir.join("etcdctl.snapshot");
+    let path = file.to_str().unwrap();
+    let r = etcdctl(&[endpoint], &["snapshot", "save", path], None).await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out.contains(&format!("Snapshot saved at {path}")),
+        "{r:?}"
+    );
+    let restored = std::process::Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .arg("restore")
+        .arg(format!("--from={path}"))
+        .arg(format!("--data-dir={}", dir.join("restored").display()))
+        .args(["--id=1", "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2"])
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_works_against_a_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +184,22 @@ async fn etcdctl_works_against_a_three_node_cluster() {
         .map(|s| s["Status"]["leader"].as_u64().unwrap())
         .collect();
     assert_eq!(leaders, [first_leader; 3], "{status}");
+    // --cluster: etcdctl dials the member list's URLs, sending each whole
+    // URL as HTTP/2 :authority (only the answering member has one).
+    let r = etcdctl(
+        &grpc[..1],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        None,
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let status: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(
+        status[0]["Endpoint"],
+        format!("http://{}", grpc[0]),
+        "{status}"
+    );
+    assert_eq!(status[0]["Status"]["leader"], first_leader, "{status}");
 
     // Compaction: the past revision is gone, with etcd's message.
     let now = serde_json::from_str::<serde_json::Value>(
@@ -178,6 +215,10 @@ async fn etcdctl_works_against_a_three_node_cluster() {
         r.err.contains("required revision has been compacted"),
         "{r:?}"
     );
+
+    // snapshot save through one member (etcdctl asks exactly one): the
+    // download is in etcd's envelope, which `raft-node restore` reads.
+    snapshot_save_and_restore(dir.path(), grpc[0]).await;
 
     // The leader killed: the other members elect one and take writes.
     procs[usize::try_from(first_leader - 1).unwrap()].kill9();

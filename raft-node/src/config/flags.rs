@@ -420,6 +420,17 @@ pub struct RunArgs {
     /// `--http-tls-handshake-timeout-ms`). [default: 60000]
     #[arg(long, env = "RAFT_GRPC_KEEPALIVE_MS")]
     pub grpc_keepalive_ms: Option<u64>,
+    /// A gRPC Snapshot stream whose client takes no chunk for this long
+    /// ends with an error (UNAVAILABLE), and the snapshot it held is
+    /// released. [default: 60000]
+    #[arg(long, env = "RAFT_GRPC_SNAPSHOT_SEND_TIMEOUT_MS")]
+    pub grpc_snapshot_send_timeout_ms: Option<u64>,
+    /// Failed gRPC `Auth.Authenticate` calls a node answers per second
+    /// (with a burst of as many); more fail at once with
+    /// RESOURCE_EXHAUSTED, so tokens cannot be guessed quickly.
+    /// [default: 10]
+    #[arg(long, env = "RAFT_GRPC_AUTH_FAILURES_PER_SEC")]
+    pub grpc_auth_failures_per_sec: Option<u32>,
 
     /// Log format: `human` or `json`. [default: human]
     #[arg(long, env = "RAFT_LOG_FORMAT")]
@@ -590,7 +601,9 @@ impl RunArgs {
             grpc_max_concurrent_streams,
             grpc_max_connections,
             grpc_max_watches_per_stream,
-            grpc_keepalive_ms
+            grpc_keepalive_ms,
+            grpc_snapshot_send_timeout_ms,
+            grpc_auth_failures_per_sec
         )
     }
 }

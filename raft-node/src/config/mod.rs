@@ -209,6 +209,11 @@ pub struct NodeConfig {
     /// Silence after which a gRPC connection is pinged, and the time it has
     /// to answer.
     pub grpc_keepalive: Duration,
+    /// How long a gRPC Snapshot stream may wait for its client to take a
+    /// chunk before it ends with an error.
+    pub grpc_snapshot_send_timeout: Duration,
+    /// Failed `Auth.Authenticate` calls answered per second (and burst).
+    pub grpc_auth_failures_per_sec: u32,
 }
 
 impl std::fmt::Debug for NodeConfig {

@@ -19,6 +19,7 @@
 //! which `status_of` turns into etcd's gRPC codes and messages.
 
 mod auth;
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -86,6 +87,8 @@ pub(crate) struct Ctx {
     http: axum::Router,
     /// This node's gRPC URL, as the member list shows it.
     grpc_url: String,
+    /// Login attempts (`--grpc-auth-failures-per-sec`).
+    auth_attempts: Arc<auth::AttemptBucket>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -5,7 +5,8 @@
 //! per connection and `--grpc-max-connections` (one more is closed at once),
 //! and the deadlines that free a connection's slot: the HTTP/2 preface
 //! within `--http-tls-handshake-timeout-ms`, and an HTTP/2 PING answered
-//! within `--grpc-keepalive-ms` once nothing came for that long.
+//! within `--grpc-keepalive-ms` once nothing came for that long. What a
+//! client sends goes through `authority` (etcdctl's URL `:authority`).
 //! (`--grpc-max-watches-per-stream` is the Watch service's, in `watch.rs`.)
 
 use std::future::Future;
@@ -62,16 +63,20 @@ struct Conn {
     _slot: OwnedSemaphorePermit,
     /// Until the preface is read: its deadline and the bytes still missing.
     preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// What the client sends, with etcdctl's URL authorities mended.
+    inbound: super::authority::Rewriter,
 }
 
 impl Conn {
     /// A connection whose client has `limit` to send the HTTP/2 preface; a
     /// silent one fails its read then, so the server drops it.
-    fn new(io: Io, slot: OwnedSemaphorePermit, limit: std::time::Duration) -> Self {
+    fn new(io: Io, slot: OwnedSemaphorePermit, cfg: &NodeConfig) -> Self {
+        let limit = cfg.http_tls_handshake_timeout;
         Self {
             io,
             _slot: slot,
             preface: Some((Box::pin(tokio::time::sleep(limit)), PREFACE_LEN)),
+            inbound: super::authority::Rewriter::new(cfg.grpc_max_request_bytes),
         }
     }
 }
@@ -96,18 +101,31 @@ impl AsyncRead for Conn {
                 )));
             }
         }
-        let before = buf.filled().len();
-        let r = match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
-        if let (Poll::Ready(Ok(())), Some((_, missing))) = (&r, &mut this.preface) {
-            *missing = missing.saturating_sub(buf.filled().len() - before);
-            if *missing == 0 {
-                this.preface = None;
+        loop {
+            if this.inbound.ready() {
+                let n = this.inbound.take(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
             }
+            let mut raw = [0u8; 8192];
+            let mut raw = ReadBuf::new(&mut raw);
+            let r = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_read(cx, &mut raw),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut raw),
+            };
+            match r {
+                Poll::Ready(Ok(())) if raw.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if let Some((_, missing)) = &mut this.preface {
+                *missing = missing.saturating_sub(raw.filled().len());
+                if *missing == 0 {
+                    this.preface = None;
+                }
+            }
+            this.inbound.feed(raw.filled())?;
         }
-        r
     }
 }
 
@@ -176,17 +194,18 @@ async fn accept(
         };
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls.clone() else {
-            let conn = Conn::new(Io::Plain(tcp), slot, cfg.http_tls_handshake_timeout);
+            let conn = Conn::new(Io::Plain(tcp), slot, &cfg);
             if tx.send(Ok(conn)).await.is_err() {
                 return;
             }
             continue;
         };
         let tx = tx.clone();
-        let limit = cfg.http_tls_handshake_timeout;
+        let cfg = cfg.clone();
         tokio::spawn(async move {
+            let limit = cfg.http_tls_handshake_timeout;
             if let Ok(Ok(s)) = tokio::time::timeout(limit, tls.accept(tcp)).await {
-                let conn = Conn::new(Io::Tls(Box::new(s)), slot, limit);
+                let conn = Conn::new(Io::Tls(Box::new(s)), slot, &cfg);
                 let _ = tx.send(Ok(conn)).await;
             }
         });
@@ -222,6 +241,9 @@ pub async fn serve(
         state,
         http,
         grpc_url: format!("{scheme}://{bound}"),
+        auth_attempts: Arc::new(super::auth::AttemptBucket::new(
+            cfg.grpc_auth_failures_per_sec,
+        )),
     };
     let max = cfg.grpc_max_request_bytes;
     let tokens = Tokens(cfg.clone());

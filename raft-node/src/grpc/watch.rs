@@ -9,7 +9,8 @@
 //!   `progress_notify`; `watch_id` chosen by the client, or by the server
 //!   when 0; `fragment` is ignored) and answers `created` with its id, then
 //!   the watch's events, one response per revision. A watch that cannot
-//!   open (a bad range, a client-chosen id in use, the stream's
+//!   open (a bad range, a client-chosen id in use or negative: with
+//!   `watch_id` -1, as etcd; the stream's
 //!   `--grpc-max-watches-per-stream` or the node's `--watch-max-watchers`
 //!   reached) answers `created` and `canceled` at once with a
 //!   `cancel_reason`; a compacted start revision answers `created`, then
@@ -236,7 +237,9 @@ impl Session {
         let now = self.current();
         let id = match self.id_for(c.watch_id) {
             Ok(id) => id,
-            Err(reason) => return self.refuse(c.watch_id, now, reason, 0).await,
+            // etcd answers -1 (no watch): answering the id asked for would
+            // tell the client that its live watch of that id ended.
+            Err(reason) => return self.refuse(-1, now, reason, 0).await,
         };
         let limit = self.ctx.state.cfg.grpc_max_watches_per_stream;
         if self.watches.len() >= limit {

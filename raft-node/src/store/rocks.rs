@@ -68,6 +68,24 @@ impl KvReader {
         Ok(out)
     }
 
+    /// Bytes the key-value store takes in RocksDB: its live SST files and
+    /// its memtables (an estimate; etcd's `dbSize`). 0 for what cannot be
+    /// read.
+    pub fn disk_size(&self) -> u64 {
+        [KV_CF, KV_META_CF]
+            .into_iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .flat_map(|cf| {
+                [
+                    "rocksdb.live-sst-files-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ]
+                .map(|p| self.db.property_int_value_cf(cf, p).ok().flatten())
+            })
+            .map(Option::unwrap_or_default)
+            .fold(0, u64::saturating_add)
+    }
+
     pub(super) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
