@@ -31,12 +31,15 @@
 //!
 //! A revoke for an expiry names the term of the leader that decided it
 //! (`expiry_term`; 0 for a client's revoke). It applies only when its
-//! entry has that term: a revoke an old leader proposed that reaches the
-//! log through a newer leader (which extended every lease when elected)
-//! changes nothing.
-//!
-//! ```text
-//! ```
+//! entry has that term, which discards a revoke whose proposer started
+//! another term between deciding and appending it. An entry keeps the
+//! term it was appended in, so an old leader's revoke that a newer leader
+//! commits still applies: what keeps the newer leader's promises is that
+//! a keep-alive answers only after a ReadIndex, which waits for an entry
+//! of the leader's own term to commit, so every older revoke that will
+//! ever apply has applied and the keep-alive finds the lease gone. The
+//! leader also refuses a keep-alive while its own revoke of the lease may
+//! still apply ([`Lessor::keep_alive`]).
 
 pub mod lessor;
 
