@@ -2,8 +2,10 @@
 //! expired leases (like etcd's lessor).
 //!
 //! - Only the leader keeps deadlines (monotonic [`Instant`]s). When a
-//!   node becomes leader, every lease gets its full TTL from then on (etcd
-//!   extends leases on a leader change: the old leader's clock is gone).
+//!   node becomes leader, every lease gets its full TTL and an election
+//!   timeout from then on (etcd extends leases so on a leader change: the
+//!   old leader's clock is gone, and a keep-alive it answered just before
+//!   the election must still hold).
 //!   A node that stops leading forgets them.
 //! - A keep-alive on the leader ([`Lessor::keep_alive`]) resets a lease's
 //!   deadline to now + its TTL; nothing goes through the log. It is refused
@@ -157,9 +159,9 @@ impl Lessor {
         true
     }
 
-    /// Takes the store's leases: a new one gets its full TTL from now, a
-    /// gone one is dropped.
-    fn sync(&self, term: u64, leases: &[crate::lease::LeaseInfo]) {
+    /// Takes the store's leases: a new one gets its full TTL and `extend`
+    /// from now, a gone one is dropped.
+    fn sync(&self, term: u64, leases: &[crate::lease::LeaseInfo], extend: Duration) {
         let now = Instant::now();
         let mut d = self.lock();
         if d.term != Some(term) {
@@ -170,7 +172,7 @@ impl Lessor {
         d.revoking.retain(|id| live.contains(id));
         for l in leases {
             let ttl = Duration::from_secs(l.ttl_secs);
-            d.leases.entry(l.id).or_insert((now + ttl, ttl));
+            d.leases.entry(l.id).or_insert((now + ttl + extend, ttl));
         }
     }
 
@@ -252,13 +254,23 @@ impl Lessor {
             let term = status.term;
             if self.lead(term) {
                 scanned = None;
-                tracing::info!(term, "leading: every lease gets its full TTL from now");
+                tracing::info!(
+                    term,
+                    "leading: every lease gets its full TTL and an election timeout from now"
+                );
             }
             if scanned.is_none_or(|at| at.elapsed() >= RESCAN) {
                 match reader.leases() {
                     Ok(leases) => {
                         metrics::gauge!("raft_node_leases").set(leases.len() as f64);
-                        self.sync(term, &leases);
+                        // The first reading of this term extends every
+                        // lease; later ones only add new leases.
+                        let extend = if scanned.is_none() {
+                            limits.election
+                        } else {
+                            Duration::ZERO
+                        };
+                        self.sync(term, &leases, extend);
                         scanned = Some(Instant::now());
                     }
                     Err(e) => {
@@ -315,7 +327,7 @@ mod tests {
     fn only_the_leader_of_the_current_term_holds_deadlines() {
         let l = Lessor::new();
         assert!(l.lead(3));
-        l.sync(3, &[info(1, 0), info(2, 100)]);
+        l.sync(3, &[info(1, 0), info(2, 100)], Duration::ZERO);
         // A TTL of 0 is past at once; one of 100 s is not.
         assert_eq!(l.take_expired(3, 10), vec![1]);
         // Being revoked: not taken again until its revoke ends.
@@ -345,11 +357,11 @@ mod tests {
         let l = Lessor::new();
         l.lead(1);
         let many: Vec<LeaseInfo> = (1..=10).map(|id| info(id, 0)).collect();
-        l.sync(1, &many);
+        l.sync(1, &many, Duration::ZERO);
         assert_eq!(l.take_expired(1, 3).len(), 3);
         assert_eq!(l.take_expired(1, 100).len(), 7);
         // A lease gone from the store is dropped.
-        l.sync(1, &[]);
+        l.sync(1, &[], Duration::ZERO);
         for id in 1..=10 {
             l.revoked(1, id, RevokeEnd::NotApplied);
         }
@@ -362,7 +374,7 @@ mod tests {
     fn a_lease_whose_revoke_may_still_apply_is_not_kept_alive() {
         let l = Lessor::new();
         assert!(l.lead(3));
-        l.sync(3, &[info(1, 0), info(2, 0)]);
+        l.sync(3, &[info(1, 0), info(2, 0)], Duration::ZERO);
         assert_eq!(l.take_expired(3, 10), vec![1, 2]);
         assert!(!l.keep_alive(3, 1, 100), "promised a TTL while revoking");
         // Timed out (it may still commit): still refused, not proposed twice.
@@ -373,11 +385,11 @@ mod tests {
         assert!(l.keep_alive(3, 2, 100));
         assert!(l.take_expired(3, 10).is_empty());
         // The store shows lease 1 gone: forgotten.
-        l.sync(3, &[info(2, 100)]);
+        l.sync(3, &[info(2, 100)], Duration::ZERO);
         assert!(l.remaining(3, 1).is_none());
         // A revoke of an older term ending changes nothing of this term.
         assert!(l.lead(4));
-        l.sync(4, &[info(2, 0)]);
+        l.sync(4, &[info(2, 0)], Duration::ZERO);
         assert_eq!(l.take_expired(4, 10), vec![2]);
         l.revoked(3, 2, RevokeEnd::NotApplied);
         assert!(!l.keep_alive(4, 2, 100));
@@ -397,5 +409,25 @@ mod tests {
         assert_eq!(RevokeEnd::of(&Err(E::Timeout)), RevokeEnd::Unknown);
         let unknown = Err(E::OutcomeUnknown { index: 4 });
         assert_eq!(RevokeEnd::of(&unknown), RevokeEnd::Unknown);
+    }
+
+    /// A new leader's first reading of the leases gives each its TTL and an
+    /// election timeout, as etcd's promotion does.
+    #[test]
+    fn a_new_leader_extends_every_lease_by_an_election_timeout() {
+        let l = Lessor::new();
+        assert!(l.lead(2));
+        l.sync(2, &[info(1, 0)], Duration::from_secs(100));
+        assert!(l.take_expired(2, 10).is_empty(), "expired at once");
+        assert!(l
+            .remaining(2, 1)
+            .is_some_and(|r| r > Duration::from_secs(90)));
+        // The longest TTL does not overflow the clock.
+        l.sync(
+            2,
+            &[info(2, crate::lease::MAX_TTL_SECS)],
+            Duration::from_secs(100),
+        );
+        assert!(l.keep_alive(2, 2, crate::lease::MAX_TTL_SECS));
     }
 }

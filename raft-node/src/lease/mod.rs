@@ -19,8 +19,8 @@
 //!
 //! What is not replicated: the deadlines. Only the leader keeps them, in
 //! memory ([`lessor`]); it proposes a [`LeaseRevoke`] for a lease whose
-//! deadline passed. A new leader gives every lease its full TTL again, as
-//! etcd does.
+//! deadline passed. A new leader gives every lease its full TTL and an
+//! election timeout again, as etcd does.
 //!
 //! The entries (strict and versioned, as every command of the log):
 //!
@@ -160,6 +160,11 @@ pub struct LeaseLimits {
     /// Shortest TTL: a grant asking less gets this (etcd: about three
     /// election timeouts, in seconds rounded up).
     pub min_ttl_secs: u64,
+    /// The election timeout: a node that becomes leader gives every lease
+    /// this much on top of its TTL (as etcd's promotion does), so a
+    /// keep-alive the old leader answered just before the election is
+    /// still kept.
+    pub election: std::time::Duration,
 }
 
 impl Default for LeaseLimits {
@@ -169,6 +174,7 @@ impl Default for LeaseLimits {
             max_keys_per_lease: 10_000,
             revokes_per_second: 1000,
             min_ttl_secs: 1,
+            election: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -189,6 +195,7 @@ impl LeaseLimits {
             min_ttl_secs: u64::try_from(min_ms.div_ceil(1000))
                 .unwrap_or(u64::MAX)
                 .max(1),
+            election,
         }
     }
 
