@@ -182,3 +182,50 @@ async fn leases_over_http() {
     let r = c.get(format!("{base}/v1/leases/abc")).send().await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// `PUT ?ttl=` grants a new lease each time it is sent, so a retry with
+/// the same `Idempotency-Key` could never match the first attempt (it
+/// answered 422 and left a lease behind): the combination is refused
+/// before anything is written; `PUT ?lease=` retries idempotently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_put_cannot_carry_an_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, _client, lead) = led_cluster(dir.path(), 1, &[]).await;
+    let c = http();
+    let base = procs[usize::try_from(lead - 1).unwrap()].http.clone();
+    let put = |url: String| {
+        c.put(url)
+            .header("idempotency-key", "retry-me")
+            .body("v")
+            .send()
+    };
+    let r = put(format!("{base}/v1/kv/k?ttl=40")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(problem(r).await, "bad-request");
+    let leases: Value = c
+        .get(format!("{base}/v1/leases"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leases["leases"], json!([]), "a lease was granted");
+    let r = c.get(format!("{base}/v1/kv/k")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A lease granted first, then a put naming it: retried, same answer.
+    let g: Value = grant(&c, &base, json!({ "ttl": 40 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = g["id"].as_u64().unwrap();
+    let mut revs = Vec::new();
+    for _ in 0..2 {
+        let r = put(format!("{base}/v1/kv/k?lease={id}")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(lease_header(&r), Some(id));
+        revs.push(r.headers()["raft-revision"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(revs[0], revs[1]);
+}

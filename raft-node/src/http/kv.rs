@@ -226,7 +226,8 @@ pub(super) struct PutParams {
 /// attaches the key to that lease (404 `lease-not-found` when it does not
 /// exist), with `ttl` grants a lease of that TTL first and attaches the
 /// key to it (two log entries: a crash between them leaves a lease with no
-/// key, which simply expires). The lease is answered in `Raft-Lease`.
+/// key, which simply expires; refused with an `Idempotency-Key`, as a
+/// retry would grant another lease). The lease is answered in `Raft-Lease`.
 pub(super) async fn put_key(
     State(state): State<Shared>,
     method: Method,
@@ -260,6 +261,13 @@ pub(super) async fn put_key(
             .ok()
             .filter(|id| *id <= crate::lease::MAX_LEASE_ID)
             .ok_or_else(|| Problem::bad_request(format!("lease must be a lease id, got {id:?}")))?,
+        (None, Some(_)) if headers.contains_key("idempotency-key") => {
+            // Each attempt grants another lease, so a retry never matches.
+            return Err(Problem::bad_request(
+                "PUT ?ttl= grants a new lease on every attempt and cannot be retried \
+                 with an Idempotency-Key: grant with POST /v1/leases, then PUT ?lease=ID",
+            ));
+        }
         (None, Some(ttl)) => super::lease::grant_lease(&state, 0, ttl).await?.0,
     };
     let op = if lease == 0 {

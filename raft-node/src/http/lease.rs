@@ -189,7 +189,8 @@ async fn confirmed_leader(
 
 /// `POST /v1/leases/{id}/keepalive`: on the leader, the lease lives its
 /// full TTL from now; 200 `{"id": ID, "ttl": SECS}`, 404 for a lease that
-/// does not exist (any more).
+/// does not exist (any more), 503 `lease-expiring` while the revoke of an
+/// expired lease may still apply (a retry then finds it gone, or kept).
 pub(super) async fn keep_alive(
     State(state): State<Shared>,
     Path(id): Path<String>,
@@ -206,7 +207,13 @@ pub(super) async fn keep_alive(
         .reader
         .lease(id)?
         .ok_or_else(|| problem(&LeaseRefusal::NotFound))?;
-    state.lessor.keep_alive(term, id, lease.ttl_secs);
+    if !state.lessor.keep_alive(term, id, lease.ttl_secs) {
+        return Err(Problem::unavailable(
+            "lease-expiring",
+            "Lease expiring",
+            "the lease expired and its revoke is in progress, or leadership changed; retry",
+        ));
+    }
     Ok(Json(json!({ "id": id, "ttl": lease.ttl_secs })).into_response())
 }
 

@@ -19,8 +19,8 @@
 //!
 //! What is not replicated: the deadlines. Only the leader keeps them, in
 //! memory ([`lessor`]); it proposes a [`LeaseRevoke`] for a lease whose
-//! deadline passed. A new leader gives every lease its full TTL again, as
-//! etcd does.
+//! deadline passed. A new leader gives every lease its full TTL and an
+//! election timeout again, as etcd does.
 //!
 //! The entries (strict and versioned, as every command of the log):
 //!
@@ -31,12 +31,15 @@
 //!
 //! A revoke for an expiry names the term of the leader that decided it
 //! (`expiry_term`; 0 for a client's revoke). It applies only when its
-//! entry has that term: a revoke an old leader proposed that reaches the
-//! log through a newer leader (which extended every lease when elected)
-//! changes nothing.
-//!
-//! ```text
-//! ```
+//! entry has that term, which discards a revoke whose proposer started
+//! another term between deciding and appending it. An entry keeps the
+//! term it was appended in, so an old leader's revoke that a newer leader
+//! commits still applies: what keeps the newer leader's promises is that
+//! a keep-alive answers only after a ReadIndex, which waits for an entry
+//! of the leader's own term to commit, so every older revoke that will
+//! ever apply has applied and the keep-alive finds the lease gone. The
+//! leader also refuses a keep-alive while its own revoke of the lease may
+//! still apply ([`Lessor::keep_alive`]).
 
 pub mod lessor;
 
@@ -157,6 +160,11 @@ pub struct LeaseLimits {
     /// Shortest TTL: a grant asking less gets this (etcd: about three
     /// election timeouts, in seconds rounded up).
     pub min_ttl_secs: u64,
+    /// The election timeout: a node that becomes leader gives every lease
+    /// this much on top of its TTL (as etcd's promotion does), so a
+    /// keep-alive the old leader answered just before the election is
+    /// still kept.
+    pub election: std::time::Duration,
 }
 
 impl Default for LeaseLimits {
@@ -166,6 +174,7 @@ impl Default for LeaseLimits {
             max_keys_per_lease: 10_000,
             revokes_per_second: 1000,
             min_ttl_secs: 1,
+            election: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -186,6 +195,7 @@ impl LeaseLimits {
             min_ttl_secs: u64::try_from(min_ms.div_ceil(1000))
                 .unwrap_or(u64::MAX)
                 .max(1),
+            election,
         }
     }
 
