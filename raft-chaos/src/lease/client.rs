@@ -60,6 +60,10 @@ impl LeaseClient {
         let url = format!("{}{path}", self.url());
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
+            if path == "/v1/leases" {
+                // A grant's body is JSON, and the node requires it said so.
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
             req = req.body(b);
         }
         match req.send().await {
