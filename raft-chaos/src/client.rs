@@ -147,6 +147,11 @@ impl Recorder {
         self.writes.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
+    /// The zero of the recorder's clock.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// Microseconds since the start of the run.
     pub fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64

@@ -24,6 +24,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod lease;
 pub mod nemesis;
 pub mod netns;
 pub mod probe;

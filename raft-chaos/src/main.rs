@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raft_chaos::client::ClientConfig;
 use raft_chaos::cluster::NodeSettings;
+use raft_chaos::lease::LeaseConfig;
 use raft_chaos::nemesis::{NemesisConfig, FAULT_KINDS};
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig};
@@ -115,6 +116,27 @@ struct RunArgs {
     /// violations (missing writes), which shows the watch check can.
     #[arg(long)]
     watch_resume_past_last: bool,
+    /// Lease clients that grant short leases, attach keys and keep them
+    /// alive, let them expire or revoke them, reading the keys
+    /// throughout: a key must not vanish while a keep-alive promised its
+    /// lease, and every lease must be gone with its keys within its TTL +
+    /// `--lease-bound-s` after convergence; 0 leaves the lease check out.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    lease_clients: u64,
+    /// The TTL the lease clients ask for, in seconds (the nodes clamp it
+    /// up to three election timeouts: 2 s here; the clients use the TTL
+    /// returned).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_ttl_s: u64,
+    /// After convergence, every lease must be gone with its keys within
+    /// its TTL + this many seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    lease_bound_s: u64,
+    /// A negative control: the lease clients believe every TTL is this
+    /// many seconds longer (keeping alive at a third of it), so the run
+    /// must fail with `lease` violations.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    lease_believe_extra_s: u64,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -210,6 +232,12 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 idle_timeout: Duration::from_millis(a.watch_idle_ms),
                 switch_s_max: a.watch_switch_s,
                 resume_past_last: a.watch_resume_past_last,
+            },
+            lease: LeaseConfig {
+                clients: a.lease_clients,
+                ttl_s: a.lease_ttl_s,
+                bound_s: a.lease_bound_s,
+                believe_extra_s: a.lease_believe_extra_s,
             },
             keep: a.keep,
         };

@@ -1,7 +1,8 @@
 //! The bounded chaos configuration CI runs: 3 seeds of 30 s each on a
 //! 3-node cluster of real `raft-node` processes in network namespaces, with
 //! every fault the nemesis has and 3 watchers following `GET /v1/watch`
-//! (the watch check); it passes only when no run finds a violation. A shorter run with only delay faults shows the delay relay
+//! (the watch check) and 2 lease clients (the lease check, each seed must
+//! get some lease granted); it passes only when no run finds a violation. A shorter run with only delay faults shows the delay relay
 //! carries the nodes' traffic, and a run with an idempotency window of 50
 //! entries shows repeated writes recognised inside it and applied again
 //! past it, with equal replicas.
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use raft_chaos::client::ClientConfig;
 use raft_chaos::cluster::NodeSettings;
+use raft_chaos::lease::LeaseConfig;
 use raft_chaos::nemesis::NemesisConfig;
 use raft_chaos::netns;
 use raft_chaos::run::{replay_command, run_seed, RunConfig, RunSummary};
@@ -139,6 +141,17 @@ fn run_passing(cfg: &RunConfig) -> RunSummary {
     s
 }
 
+/// The leases the lease clients were granted, from the run's `leases:`
+/// note.
+fn leases_granted(s: &RunSummary) -> u64 {
+    s.notes
+        .iter()
+        .find_map(|n| n.strip_prefix("leases: "))
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The key changes the watchers got, from the run's `watches:` note.
 fn watched_changes(s: &RunSummary) -> u64 {
     s.notes
@@ -182,6 +195,7 @@ fn bounded_chaos_runs_find_no_violation() {
             nemesis: NemesisConfig::default(),
             node: NodeSettings::default(),
             watch: WatchConfig::default(),
+            lease: LeaseConfig::default(),
             keep: false,
         };
         match runtime.block_on(run_seed(&cfg)) {
@@ -197,6 +211,11 @@ fn bounded_chaos_runs_find_no_violation() {
                 assert!(
                     watched_changes(&s) > 0,
                     "seed {seed}: the watchers got no change: {}",
+                    s.render()
+                );
+                assert!(
+                    leases_granted(&s) > 0,
+                    "seed {seed}: no lease was granted: {}",
                     s.render()
                 );
                 if !s.passed() {
@@ -245,6 +264,7 @@ fn a_run_with_only_delay_faults_relays_node_traffic_and_finds_no_violation() {
         },
         node: NodeSettings::default(),
         watch: WatchConfig::default(),
+        lease: LeaseConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);
@@ -302,6 +322,7 @@ fn a_run_whose_writes_outlive_a_small_idempotency_window_keeps_replicas_equal() 
             ..NodeSettings::default()
         },
         watch: WatchConfig::default(),
+        lease: LeaseConfig::default(),
         keep: false,
     };
     let s = run_passing(&cfg);

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::client::{ClientConfig, Recorder, SharedUrls, Worker};
 use crate::cluster::{Cluster, NodeSettings};
 use crate::error::ChaosError;
+use crate::lease::{LeaseClients, LeaseConfig};
 use crate::nemesis::NemesisConfig;
 use crate::probe::Probe;
 use crate::watch::{WatchConfig, Watchers};
@@ -53,6 +54,8 @@ pub struct RunConfig {
     pub node: NodeSettings,
     /// The watchers of the watch checker.
     pub watch: WatchConfig,
+    /// The lease clients of the lease checker.
+    pub lease: LeaseConfig,
     /// Keep node logs and data even when the run passes.
     pub keep: bool,
 }
@@ -77,17 +80,21 @@ pub async fn run_seed(cfg: &RunConfig) -> Result<RunSummary, ChaosError> {
     let rec = Recorder::new(Instant::now());
     let clients = Clients::start(cfg, &cluster, &rec)?;
     let watchers = Watchers::start(&cfg.watch, cfg.seed, cfg.duration, &clients.urls);
+    let leases = LeaseClients::start(&cfg.lease, cfg.seed, rec.start(), &clients.urls);
     let mut found = Findings::default();
     let (mut events, harness_error) =
         schedule::run(cfg, &mut cluster, &probe, &rec, &clients.urls, &mut found).await;
     clients.stop().await;
+    let leases = leases.stop().await;
     schedule::heal(&mut cluster, &rec, &mut events, harness_error, &mut found);
     let finals = converge::converge(&cluster, &probe, &rec, &mut found).await?;
     let node_urls: Vec<String> = cluster.urls().into_iter().map(|(_, u)| u).collect();
     let watched = watchers.finish(&node_urls, WATCH_CATCH_UP_BUDGET).await;
+    let leftovers = crate::lease::liveness(&leases, &node_urls, cfg.lease.bound_s).await;
     found.check_exits(&mut cluster);
     let history = verdict::check_history(cfg, &rec, finals, &mut found).await;
     verdict::check_watches(cfg, &rec, &watched, &mut found);
+    verdict::check_leases(cfg, &leases, &leftovers, &watched, &mut found);
     // Stop the nodes before reading their logs: they are complete then.
     let logs = cluster.logs();
     drop(cluster);

@@ -237,7 +237,7 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         ""
     };
     format!(
-        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --out {} --raft-node {}",
+        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --lease-clients {} --lease-ttl-s {} --lease-bound-s {} --lease-believe-extra-s {} --out {} --raft-node {}",
         cfg.nodes,
         cfg.seed,
         cfg.duration.as_secs(),
@@ -248,6 +248,10 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         cfg.watch.watchers,
         cfg.watch.idle_timeout.as_millis(),
         cfg.watch.switch_s_max,
+        cfg.lease.clients,
+        cfg.lease.ttl_s,
+        cfg.lease.bound_s,
+        cfg.lease.believe_extra_s,
         cfg.out.display(),
         cfg.raft_node.display()
     )

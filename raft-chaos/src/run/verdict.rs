@@ -11,7 +11,10 @@ use super::RunConfig;
 use crate::check::{self, Violation};
 use crate::client::Recorder;
 use crate::cluster::Cluster;
-use crate::watch::check::{check_watch, WatchFinding, WriteIndex, WriteOutcome};
+use crate::lease::check::{self as lease, LeaseRecord, Leftover, Plan};
+use crate::watch::check::{
+    check_watch, KeyRange, WatchFinding, WatchLog, WriteIndex, WriteOutcome,
+};
 use crate::watch::WatchOutcome;
 
 /// Findings of the watch checker shown per watcher; the rest are counted.
@@ -120,7 +123,8 @@ pub(super) fn check_watches(
         .unwrap_or_else(|| max_acked.max().unwrap_or(0));
     let mut findings: Vec<WatchFinding> = ix.conflicts().to_vec();
     for log in &watched.logs {
-        let mut f = check_watch(&ix, log, target, false);
+        let log = without_lease_keys(log);
+        let mut f = check_watch(&ix, &log, target, false);
         if f.len() > WATCH_FINDINGS_MAX {
             let more = f.len() - WATCH_FINDINGS_MAX;
             f.truncate(WATCH_FINDINGS_MAX);
@@ -162,6 +166,64 @@ pub(super) fn check_watches(
             None => " (the highest acknowledged: no node told the store's)",
         }
     ));
+}
+
+/// `log` without the lease clients' keys (expiry deletes them, which no
+/// client's write explains).
+fn without_lease_keys(log: &WatchLog) -> WatchLog {
+    let mut log = log.clone();
+    for d in &mut log.deliveries {
+        d.events
+            .retain(|e| !e.key.starts_with(crate::lease::KEY_PREFIX.as_bytes()));
+    }
+    log.deliveries.retain(|d| !d.events.is_empty());
+    log
+}
+
+/// The lease checker (see [`crate::lease`]): safety and revokes per
+/// lease, liveness from what was left after convergence, as `lease`
+/// violations, or a note of what the lease clients did.
+pub(super) fn check_leases(
+    cfg: &RunConfig,
+    leases: &[LeaseRecord],
+    leftovers: &[Leftover],
+    watched: &WatchOutcome,
+    found: &mut Findings,
+) {
+    if cfg.lease.clients == 0 {
+        return;
+    }
+    let all = watched
+        .logs
+        .iter()
+        .find(|l| l.range.as_ref().is_some_and(|r| *r == KeyRange::all()));
+    let mut details = Vec::new();
+    for l in leases {
+        details.extend(lease::check_safety(l));
+        if let Some(log) = all {
+            details.extend(lease::check_revoke(l, log));
+        }
+    }
+    details.extend(lease::check_liveness(leftovers, cfg.lease.bound_s));
+    let count = |p: Plan| leases.iter().filter(|l| l.plan == p).count();
+    let keepalives: usize = leases.iter().map(|l| l.promises.len() - 1).sum();
+    let reads: usize = leases.iter().map(|l| l.reads.len()).sum();
+    found.notes.push(format!(
+        "leases: {} granted ({} kept alive, {} never, {} revoked, {} revokes acknowledged), {keepalives} keep-alives acknowledged, {reads} key reads",
+        leases.len(),
+        count(Plan::KeepAlive),
+        count(Plan::Never),
+        count(Plan::Revoke),
+        leases.iter().filter(|l| l.revoked.is_some()).count(),
+    ));
+    let more = details.len().saturating_sub(WATCH_FINDINGS_MAX);
+    details.truncate(WATCH_FINDINGS_MAX);
+    if more > 0 {
+        details.push(format!("{more} more lease findings"));
+    }
+    for d in details {
+        found.violation("lease", d);
+    }
 }
 
 /// A `node-panicked` violation for each log (by node id) that shows a
