@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Runs seeds SEED..SEED+SEEDS one after the other.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Removes namespaces, links and processes that dead runs left behind.
     Cleanup,
     /// Adds up the seeds of an output directory: seeds, time, operations,
@@ -180,7 +180,7 @@ fn real_main() -> anyhow::Result<bool> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(run(a))
+            runtime.block_on(run(*a))
         }
     }
 }
