@@ -96,6 +96,28 @@ async fn put_until_acknowledged(endpoints: &[SocketAddr], key: &str) -> String {
     panic!("no write of {key} acknowledged in 30 attempts");
 }
 
+/// The gRPC client URLs `member list -w json` through `endpoint` shows,
+/// sorted, once every member shows one (each member records its own after
+/// it started; a minute at most, then what is there).
+async fn all_client_urls(endpoint: &[SocketAddr]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(endpoint, &["member", "list", "-w", "json"]).await).unwrap();
+        let members = list["members"].as_array().unwrap();
+        let mut urls: Vec<String> = members
+            .iter()
+            .flat_map(|m| m["clientURLs"].as_array().cloned().unwrap_or_default())
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect();
+        urls.sort();
+        if urls.len() == members.len() || tokio::time::Instant::now() >= deadline {
+            return urls;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `etcdctl snapshot save FILE` from `endpoint`, then `raft-node restore`
 /// of FILE into a new data directory.
 async fn snapshot_save_and_restore(dir: &std::path::Path, endpoint: SocketAddr) {
@@ -184,8 +206,14 @@ async fn etcdctl_works_against_a_three_node_cluster() {
         .map(|s| s["Status"]["leader"].as_u64().unwrap())
         .collect();
     assert_eq!(leaders, [first_leader; 3], "{status}");
+    // Every member records its gRPC URL through the log, so any member's
+    // list shows all three (each member records its own once it has
+    // started: wait for that).
+    let urls = all_client_urls(&grpc[..1]).await;
+    let want: Vec<String> = grpc.iter().map(|a| format!("http://{a}")).collect();
+    assert_eq!(urls, want);
     // --cluster: etcdctl dials the member list's URLs, sending each whole
-    // URL as HTTP/2 :authority (only the answering member has one).
+    // URL as HTTP/2 :authority.
     let r = etcdctl(
         &grpc[..1],
         &["endpoint", "status", "--cluster", "-w", "json"],
@@ -194,12 +222,17 @@ async fn etcdctl_works_against_a_three_node_cluster() {
     .await;
     assert!(r.ok, "{r:?}");
     let status: serde_json::Value = serde_json::from_str(&r.out).unwrap();
-    assert_eq!(
-        status[0]["Endpoint"],
-        format!("http://{}", grpc[0]),
-        "{status}"
-    );
-    assert_eq!(status[0]["Status"]["leader"], first_leader, "{status}");
+    let mut endpoints: Vec<String> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Endpoint"].as_str().unwrap().to_owned())
+        .collect();
+    endpoints.sort();
+    assert_eq!(endpoints, want, "{status}");
+    for s in status.as_array().unwrap() {
+        assert_eq!(s["Status"]["leader"], first_leader, "{status}");
+    }
 
     // Compaction: the past revision is gone, with etcd's message.
     let now = serde_json::from_str::<serde_json::Value>(

@@ -395,6 +395,13 @@ pub struct RunArgs {
     #[arg(long, env = "RAFT_GRPC_LISTEN", value_name = "ADDR")]
     pub grpc_listen: Option<SocketAddr>,
 
+    /// The gRPC address (`host:port`) other members list in
+    /// `Cluster.MemberList` for clients to reach this node's gRPC API at.
+    /// [default: `--grpc-listen`, with the host of the client advertise
+    /// address when it listens on an unspecified address]
+    #[arg(long, env = "RAFT_GRPC_ADVERTISE", value_name = "HOST:PORT")]
+    pub grpc_advertise: Option<String>,
+
     /// Largest gRPC request message, bytes; larger ones fail with
     /// RESOURCE_EXHAUSTED. [default: 1572864 (etcd's 1.5 MiB)]
     #[arg(long, env = "RAFT_GRPC_MAX_REQUEST_BYTES")]
@@ -597,6 +604,7 @@ impl RunArgs {
             peer_reserved_connections,
             join_admission_secs,
             grpc_listen,
+            grpc_advertise,
             grpc_max_request_bytes,
             grpc_max_concurrent_streams,
             grpc_max_connections,

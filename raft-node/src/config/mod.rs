@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use flags::RunArgs;
 pub use security::read_token;
-pub use validate::{check_client_addr, parse_initial_cluster};
+pub use validate::{check_client_addr, grpc_url_of, parse_initial_cluster};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
@@ -47,6 +47,11 @@ pub struct Member {
     pub peer_addr: PeerAddr,
     /// HTTP address (`host:port`), where requests are forwarded to.
     pub client_addr: String,
+    /// etcd gRPC client URL (`http://host:port` or `https://host:port`)
+    /// when the member serves the gRPC API and has published it; records
+    /// from earlier releases have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_url: Option<String>,
 }
 
 /// Fully resolved settings. Its `Debug` output never shows the tokens.

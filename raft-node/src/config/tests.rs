@@ -583,3 +583,55 @@ fn the_grpc_api_is_off_by_default_limited_and_never_more_open_than_http() {
     .unwrap_err();
     assert!(err.0.contains("--grpc-max-request-bytes"), "{err}");
 }
+
+#[test]
+fn the_grpc_url_others_list_is_the_flag_else_the_listen_address() {
+    assert_eq!(base().resolve().unwrap().advertise.grpc_url, None);
+    let with = |listen: &str, adv: Option<&str>| RunArgs {
+        grpc_listen: Some(listen.parse().unwrap()),
+        grpc_advertise: adv.map(Into::into),
+        client_advertise: Some("node1.example:8080".into()),
+        insecure: Some(true),
+        ..base()
+    };
+    let url = |a: RunArgs| a.resolve().unwrap().advertise.grpc_url;
+    assert_eq!(
+        url(with("127.0.0.1:2379", None)).as_deref(),
+        Some("http://127.0.0.1:2379")
+    );
+    // An unspecified listen address: the client advertise host.
+    assert_eq!(
+        url(with("0.0.0.0:2379", None)).as_deref(),
+        Some("http://node1.example:2379")
+    );
+    assert_eq!(
+        url(with("0.0.0.0:2379", Some("grpc.example:443"))).as_deref(),
+        Some("http://grpc.example:443")
+    );
+    for bad in ["0.0.0.0:2379", "grpc.example", "user@h:1"] {
+        let err = with("0.0.0.0:2379", Some(bad)).resolve().unwrap_err();
+        assert!(err.0.contains("--grpc-advertise"), "{bad}: {err}");
+    }
+    let err = RunArgs {
+        grpc_advertise: Some("h:1".into()),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(err.0.contains("--grpc-listen"), "{err}");
+}
+
+#[test]
+fn member_records_without_a_grpc_url_read_as_before() {
+    let old = r#"{"id":2,"peer_addr":"h:7000","client_addr":"h:8080"}"#;
+    let m: Member = serde_json::from_str(old).unwrap();
+    assert_eq!(m.grpc_url, None);
+    // Written back without the field, as an earlier release wrote it.
+    assert_eq!(serde_json::to_string(&m).unwrap(), old);
+    let new = Member {
+        grpc_url: Some("http://h:2379".into()),
+        ..m
+    };
+    let text = serde_json::to_string(&new).unwrap();
+    assert_eq!(serde_json::from_str::<Member>(&text).unwrap(), new);
+}

@@ -50,9 +50,14 @@ impl RunArgs {
                 .clone()
                 .or(listed.map(|m| m.client_addr.clone()))
                 .unwrap_or_else(|| client_listen.to_string()),
+            grpc_url: None,
         };
         check_client_addr(&advertise.client_addr)
             .map_err(|e| ConfigError(format!("--client-advertise: {e}")))?;
+        let advertise = Member {
+            grpc_url: self.grpc_url(&advertise.client_addr)?,
+            ..advertise
+        };
         if let Some(m) = listed {
             let same = m.client_addr == advertise.client_addr
                 && same_place(&m.peer_addr, &advertise.peer_addr);
@@ -76,6 +81,41 @@ impl RunArgs {
             ));
         }
         Ok(advertise)
+    }
+
+    /// This node's gRPC URL as the others list it: `--grpc-advertise`, else
+    /// derived from `--grpc-listen` (see [`grpc_url_of`]); none without
+    /// `--grpc-listen`, or when it names port 0 (the node derives it once
+    /// bound).
+    fn grpc_url(&self, client_addr: &str) -> Result<Option<String>, ConfigError> {
+        let scheme = grpc_scheme(self.client_tls.unwrap_or(false));
+        match (self.grpc_listen, &self.grpc_advertise) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(ConfigError(
+                "--grpc-advertise needs --grpc-listen (the gRPC API is off)".into(),
+            )),
+            (Some(_), Some(a)) => {
+                check_client_addr(a).map_err(|e| {
+                    ConfigError(format!(
+                        "--grpc-advertise: {}",
+                        e.replacen("client", "gRPC", 1)
+                    ))
+                })?;
+                if a.starts_with("0.0.0.0:") || a.starts_with("[::]:") {
+                    return Err(ConfigError(
+                        "--grpc-advertise is an unspecified address, which no client can dial"
+                            .into(),
+                    ));
+                }
+                Ok(Some(format!("{scheme}://{a}")))
+            }
+            (Some(listen), None) if listen.port() == 0 => Ok(None),
+            (Some(listen), None) => Ok(Some(grpc_url_of(
+                self.client_tls.unwrap_or(false),
+                listen,
+                client_addr,
+            ))),
+        }
     }
 
     /// The settings with their defaults, file sizes in bytes and tokens
@@ -432,6 +472,28 @@ fn mib_bytes_or_zero(name: &str, v: Option<u64>, default: u64) -> Result<u64, Co
     Ok(mib << 20)
 }
 
+/// The gRPC URL of a node listening on `listen`: that address, or the
+/// host of `client_addr` with its port when it is unspecified
+/// (`0.0.0.0`, `::`).
+pub fn grpc_url_of(tls: bool, listen: std::net::SocketAddr, client_addr: &str) -> String {
+    let scheme = grpc_scheme(tls);
+    if !listen.ip().is_unspecified() {
+        return format!("{scheme}://{listen}");
+    }
+    let host = client_addr
+        .rsplit_once(':')
+        .map_or(client_addr, |(host, _)| host);
+    format!("{scheme}://{host}:{}", listen.port())
+}
+
+fn grpc_scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Checks a client address, kept as written: `host:port` as a peer
 /// address is written (a host name, an IPv4 address or a bracketed IPv6
 /// one, a port from 1 to 65535). It goes into URLs (a follower forwards to
@@ -505,6 +567,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
             id,
             peer_addr,
             client_addr,
+            grpc_url: None,
         });
     }
     if members.is_empty() {

@@ -70,11 +70,13 @@ impl Ctx {
                     peer_ur_ls: addrs
                         .map(|a| vec![format!("https://{}", a.peer_addr)])
                         .unwrap_or_default(),
-                    // Other members' gRPC addresses are not replicated.
+                    // Each member records its own gRPC URL through the log;
+                    // one that has not (an earlier release, or no gRPC
+                    // API) lists none.
                     client_ur_ls: if id == self.state.id {
                         vec![self.grpc_url.clone()]
                     } else {
-                        Vec::new()
+                        addrs.and_then(|a| a.grpc_url.clone()).into_iter().collect()
                     },
                     is_learner: m.learners().contains(&id),
                 }

@@ -43,6 +43,9 @@ const ACCEPT_QUEUE: usize = 64;
 pub struct GrpcServing {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The URL clients reach it at, as `Cluster.MemberList` lists it
+    /// (`--grpc-advertise`, else derived from the address bound).
+    pub url: String,
     /// Its task; it ends once the stop switch is set and running calls ended.
     pub task: JoinHandle<()>,
 }
@@ -236,11 +239,13 @@ pub async fn serve(
     } else {
         None
     };
-    let scheme = if cfg.client_tls { "https" } else { "http" };
+    let url = cfg.advertise.grpc_url.clone().unwrap_or_else(|| {
+        crate::config::grpc_url_of(cfg.client_tls, bound, &cfg.advertise.client_addr)
+    });
     let ctx = Ctx {
         state,
         http,
-        grpc_url: format!("{scheme}://{bound}"),
+        grpc_url: url.clone(),
         auth_attempts: Arc::new(super::auth::AttemptBucket::new(
             cfg.grpc_auth_failures_per_sec,
         )),
@@ -289,5 +294,9 @@ pub async fn serve(
             tracing::warn!(error = %e, "the gRPC server stopped");
         }
     });
-    Ok(GrpcServing { addr: bound, task })
+    Ok(GrpcServing {
+        addr: bound,
+        url,
+        task,
+    })
 }

@@ -74,6 +74,8 @@ struct LearnerBody {
     id: NodeId,
     peer_addr: raft_net_quic::PeerAddr,
     client_addr: String,
+    #[serde(default)]
+    grpc_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +83,9 @@ struct LearnerBody {
 struct AddressBody {
     peer_addr: raft_net_quic::PeerAddr,
     client_addr: String,
+    /// Absent: the member's recorded gRPC URL stays.
+    #[serde(default)]
+    grpc_url: Option<String>,
 }
 
 /// The answer to a membership change: the resulting configuration, the
@@ -135,7 +140,7 @@ fn learner(body: &[u8]) -> Result<Member, Problem> {
     if req.id == 0 {
         return Err(Problem::bad_request("node id 0 is reserved"));
     }
-    member(req.id, req.peer_addr, req.client_addr)
+    member(req.id, req.peer_addr, req.client_addr, req.grpc_url)
 }
 
 /// The member `id` at these addresses, or 400.
@@ -143,9 +148,13 @@ fn member(
     id: NodeId,
     peer_addr: raft_net_quic::PeerAddr,
     client_addr: String,
+    grpc_url: Option<String>,
 ) -> Result<Member, Problem> {
     if let Err(e) = crate::config::check_client_addr(&client_addr) {
         return Err(Problem::bad_request(format!("client_addr: {e}")));
+    }
+    if let Some(url) = &grpc_url {
+        check_grpc_url(url).map_err(|e| Problem::bad_request(format!("grpc_url: {e}")))?;
     }
     if peer_addr.is_unspecified() {
         return Err(Problem::bad_request(
@@ -156,7 +165,22 @@ fn member(
         id,
         peer_addr,
         client_addr,
+        grpc_url,
     })
+}
+
+/// Checks a gRPC URL: `http://` or `https://`, then a valid, dialable
+/// `host:port`, and nothing after it.
+fn check_grpc_url(url: &str) -> Result<(), String> {
+    let addr = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("it must start with http:// or https://")?;
+    crate::config::check_client_addr(addr).map_err(|e| e.replacen("client", "gRPC", 1))?;
+    if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
+        return Err("an unspecified address (0.0.0.0 or ::), which no client can dial".into());
+    }
+    Ok(())
 }
 
 /// How a member's addresses are recorded.
@@ -296,9 +320,10 @@ pub(super) async fn promote(
     change_by_id(&state, &raw, MembershipChange::Promote, relay).await
 }
 
-/// `PUT /v1/cluster/members/{id} {"peer_addr", "client_addr"}`: records
-/// new addresses of a member (voter or learner) through the log, without
-/// removing it: every node dials the new peer address from then on.
+/// `PUT /v1/cluster/members/{id} {"peer_addr", "client_addr"[, "grpc_url"]}`:
+/// records new addresses of a member (voter or learner) through the log,
+/// without removing it: every node dials the new peer address from then
+/// on. Without `grpc_url` the recorded one stays.
 /// Repeating it with the same addresses succeeds; 404 for a node that is
 /// not a member; 422 `peer-unreachable` when the node does not answer as
 /// itself at a new peer address (`?force=true` records it anyway).
@@ -317,7 +342,7 @@ pub(super) async fn update_member(
             "body must be {{\"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"}}: {e}"
         ))
     })?;
-    let member = member(id, req.peer_addr, req.client_addr)?;
+    let mut member = member(id, req.peer_addr, req.client_addr, req.grpc_url)?;
     let relay = || Relay {
         method: Method::PUT,
         ..post(&uri, &headers, body.clone())
@@ -330,6 +355,12 @@ pub(super) async fn update_member(
         return Err(not_a_member(id, "not in the configuration"));
     }
     let known = known_members(&state);
+    if member.grpc_url.is_none() {
+        member.grpc_url = known
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.grpc_url.clone());
+    }
     let force = uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "force=true"));
@@ -388,4 +419,60 @@ pub(super) async fn remove_member(
         ..post(&uri, &headers, Bytes::new())
     };
     change_by_id(&state, &raw, MembershipChange::Remove, relay).await
+}
+
+/// Records this node's `grpc_url` through the log as
+/// `PUT /v1/cluster/members/{id}` would, with the peer and client
+/// addresses the cluster knows for it (its advertised ones when it knows
+/// none), forwarded to the leader when this node is not it.
+///
+/// # Errors
+///
+/// The update was refused or could not be made (retry later).
+pub(crate) async fn publish_own_addresses(
+    state: std::sync::Arc<AppState>,
+    grpc_url: Option<String>,
+) -> Result<(), String> {
+    let id = state.cfg.advertise.id;
+    let me = known_members(&state)
+        .into_iter()
+        .find(|m| m.id == id)
+        .unwrap_or_else(|| state.cfg.advertise.clone());
+    let body = json!({
+        "peer_addr": me.peer_addr,
+        "client_addr": me.client_addr,
+        "grpc_url": grpc_url,
+    });
+    let uri: Uri = format!("/v1/cluster/members/{id}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let mut headers = HeaderMap::new();
+    if let Some(t) = state
+        .cfg
+        .admin_token
+        .as_ref()
+        .or(state.cfg.auth_token.as_ref())
+    {
+        let value = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        headers.insert(axum::http::header::AUTHORIZATION, value);
+    }
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let answer = update_member(
+        State(state.clone()),
+        Path(id.to_string()),
+        uri,
+        headers,
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    match answer {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(format!("answered {}", resp.status())),
+        Err(p) => Err(format!("{p:?}")),
+    }
 }

@@ -17,6 +17,7 @@
 mod auth;
 mod backup;
 mod cluster;
+pub(crate) use cluster::publish_own_addresses;
 mod forwarding;
 mod kv;
 pub(crate) mod lease;

@@ -231,7 +231,8 @@ async fn start_driver(
 /// The HTTP server's task and its stop switch, and the gRPC server's.
 struct Serving {
     client_addr: SocketAddr,
-    grpc: Option<crate::grpc::GrpcServing>,
+    /// The gRPC server, and the task publishing its URL to the cluster.
+    grpc: Option<(crate::grpc::GrpcServing, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -246,7 +247,11 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
     let state = Arc::new(state);
     let app = router(state.clone());
     let grpc = match cfg.grpc_listen {
-        Some(addr) => Some(crate::grpc::serve(state, app.clone(), addr, stop_rx.clone()).await?),
+        Some(addr) => {
+            let g = crate::grpc::serve(state.clone(), app.clone(), addr, stop_rx.clone()).await?;
+            let publish = tasks::publish_grpc_url(state, g.url.clone());
+            Some((g, publish))
+        }
         None => None,
     };
     let tls = if cfg.client_tls {
@@ -361,9 +366,10 @@ pub async fn start(
     };
     let mut http = serve(&cfg, state).await?;
     let client_addr = http.client_addr;
-    let grpc_addr = http.grpc.as_ref().map(|g| g.addr);
-    if let Some(g) = http.grpc.take() {
+    let grpc_addr = http.grpc.as_ref().map(|(g, _)| g.addr);
+    if let Some((g, publish)) = http.grpc.take() {
         background.push(g.task);
+        background.push(publish);
     }
     tracing::info!(id, %client_addr, %peer_addr, ?grpc_addr, https = cfg.client_tls, "node started");
     if resolved.joining {

@@ -3,6 +3,7 @@
 //! dial, peers allowed in, and the member directory).
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{NodeId, RaftHandle};
@@ -12,11 +13,15 @@ use tokio::task::JoinHandle;
 
 use crate::command::Outcome;
 use crate::config::Member;
+use crate::http::AppState;
 use crate::members::MemberDirectory;
 use crate::store::KvReader;
 
 /// How often the configuration in force is checked for changes.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
+
+/// The pause between two attempts to record this node's gRPC URL.
+const PUBLISH_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How often the storage stall watch looks.
 const STALL_POLL: Duration = Duration::from_millis(500);
@@ -220,4 +225,35 @@ fn follow_membership(
             }
         }
     }
+}
+
+/// Records this node's gRPC URL (`url`) with its addresses through the log
+/// (as `PUT /v1/cluster/members/{id}` does), retrying until it is recorded,
+/// so every member's `Cluster.MemberList` lists it. Nothing is proposed
+/// when the member directory has it already (a restart with the same
+/// address).
+pub(super) fn publish_grpc_url(state: Arc<AppState>, url: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let id = state.id;
+        let mut attempt = 0u32;
+        loop {
+            let recorded = state.members.with_replicated();
+            let mine = recorded.iter().find(|m| m.id == id);
+            if mine.is_some_and(|m| m.grpc_url.as_deref() == Some(url.as_str())) {
+                tracing::debug!(id, %url, "the gRPC URL is recorded");
+                return;
+            }
+            attempt += 1;
+            match crate::http::publish_own_addresses(state.clone(), Some(url.clone())).await {
+                Ok(()) => {
+                    tracing::info!(id, %url, "recorded this node's gRPC URL");
+                    return;
+                }
+                // Expected while there is no leader yet or this node is
+                // still joining.
+                Err(e) => tracing::debug!(id, attempt, error = %e, "gRPC URL not recorded yet"),
+            }
+            tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+        }
+    })
 }

@@ -593,6 +593,7 @@ mod tests {
             id,
             peer_addr: "127.0.0.1:7000".parse().unwrap(),
             client_addr: "127.0.0.1:8080".into(),
+            grpc_url: None,
         };
         let record = |index: u64, id: u64| Entry {
             term: 1,
@@ -622,6 +623,7 @@ mod tests {
             id,
             peer_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             client_addr: "127.0.0.1:8080".into(),
+            grpc_url: None,
         };
         let entry = |index: u64, payload: Bytes| Entry {
             term: 1,
@@ -668,6 +670,7 @@ mod tests {
             id: 3,
             peer_addr: "raft-2.raft:7000".parse().unwrap(),
             client_addr: "raft-2.raft:8080".into(),
+            grpc_url: None,
         };
         // A record written by an earlier release (the member alone) is a
         // plain record.

@@ -553,6 +553,7 @@ fn random_log(rng: &mut rand_chacha::ChaCha8Rng, len: u64) -> Vec<Entry> {
                     .parse()
                     .unwrap(),
                 client_addr: format!("127.0.0.1:{}", rng.gen_range(8000..8004)),
+                grpc_url: None,
             })),
             // A compaction, often refused (compacted, or in the future).
             11..=13 => EntryPayload::Normal(crate::command::encode_compact(
