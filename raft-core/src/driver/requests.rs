@@ -111,6 +111,13 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
                     if !self.engine.is_installing_snapshot() {
                         self.incoming = Some((meta.clone(), data));
                         self.engine.step(*header);
+                        if !self.engine.is_installing_snapshot() {
+                            // Refused (an older term, or everything it covers
+                            // is already here): let the data go now, so a
+                            // transport's file is deleted, not kept until the
+                            // next snapshot arrives.
+                            self.incoming = None;
+                        }
                     }
                 }
             }
