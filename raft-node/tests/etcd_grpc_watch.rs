@@ -1,8 +1,9 @@
 //! etcd's gRPC Watch stream (`--grpc-listen`) on a real 3-node cluster,
 //! through the `etcd-client` crate: a prefix watched on a follower from a
 //! past revision while the leader writes (every event once, in revision
-//! order, with its previous value), cancel, progress requests, a compacted
-//! start revision, several watches on one stream and the per-stream limit.
+//! order, with its previous value), cancel, progress requests (also for a
+//! watch whose keys do not change), a compacted start revision, several
+//! watches on one stream and the per-stream limit.
 
 mod common;
 
@@ -111,6 +112,52 @@ async fn a_follower_streams_a_prefix_from_a_past_revision() {
     w.cancel(id).await.unwrap();
     let c = next(&mut w).await;
     assert!(c.canceled() && c.watch_id() == id, "{c:?}");
+    common::assert_running_without_panic(&mut cluster.procs, "watch");
+}
+
+/// A progress request on a stream whose watch covers keys nobody writes
+/// tells the revision the store reached (every change up to it was
+/// looked at and none is the watch's), not the revision the watch opened
+/// at: a client learns how current its view is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_request_reaches_past_a_quiet_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let mut c = cluster.client(cluster.leader, None).await;
+    let mut w = c.watch("quiet", None).await.unwrap();
+    let created = next(&mut w).await;
+    assert!(created.created(), "{created:?}");
+    let opened = created.header().unwrap().revision();
+    let mut last = 0;
+    for i in 0..5 {
+        last = put(&mut c, "busy", &format!("v{i}")).await;
+    }
+    assert!(last > opened);
+    // The watch takes the changes in the background: ask until it has
+    // looked at all of them (or give up after 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut reached = 0;
+    while reached < last && std::time::Instant::now() < deadline {
+        w.request_progress().await.unwrap();
+        let p = next(&mut w).await;
+        assert_eq!(p.watch_id(), -1, "{p:?}");
+        assert!(p.events().is_empty(), "the quiet key has no events: {p:?}");
+        reached = p.header().unwrap().revision();
+        assert!(
+            reached <= last,
+            "progress {reached} past the store's {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reached, last,
+        "progress stayed at {reached} (opened at {opened}), the store is at {last}"
+    );
+    // A change of the watched key still arrives after that progress.
+    let r = put(&mut c, "quiet", "now").await;
+    let m = next(&mut w).await;
+    assert_eq!(m.header().unwrap().revision(), r, "{m:?}");
+    assert_eq!(m.events().len(), 1, "{m:?}");
     common::assert_running_without_panic(&mut cluster.procs, "watch");
 }
 

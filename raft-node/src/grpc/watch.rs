@@ -19,7 +19,8 @@
 //! - `WatchCancelRequest` ends a watch and answers `canceled`.
 //! - `WatchProgressRequest` answers a progress response (`watch_id` -1, as
 //!   etcd 3.4 does): every watch of the stream sent its changes up to the
-//!   header's revision.
+//!   header's revision (the lowest any watch of the stream has looked at;
+//!   a watch on keys nobody writes moves on with the store).
 //!
 //! Responses wait in a queue of `--watch-queue` entries for the client; a
 //! client that does not read holds the stream's watches at their own
@@ -198,6 +199,9 @@ impl Session {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 let now = self.current();
+                if !self.catch_up().await {
+                    return false;
+                }
                 // Watches that ended on their own are no longer held back.
                 let open = &self.watches;
                 self.sent.retain(|id, _| open.contains_key(id));
@@ -211,6 +215,35 @@ impl Session {
             }
             None => true,
         }
+    }
+
+    /// Before a progress response: sends what every watch has waiting and
+    /// counts, for each, every revision through which it had looked at the
+    /// changes as sent (a watch on keys nobody writes still moves on).
+    /// `false` when the client went away.
+    async fn catch_up(&mut self) -> bool {
+        let queue = self.ctx.state.cfg.watch.queue.max(1);
+        let mut waiting = Vec::with_capacity(self.watches.len());
+        for (id, stream) in self.watches.iter_mut() {
+            // Read before taking: every change through `mark` is among the
+            // first `queue` responses waiting (the stream holds no more).
+            let mark = stream.sent_through();
+            let taken: Vec<_> = std::iter::from_fn(|| stream.try_next())
+                .take(queue)
+                .collect();
+            waiting.push((*id, mark, taken));
+        }
+        for (id, mark, taken) in waiting {
+            for r in taken {
+                if !self.response(id, r).await {
+                    return false;
+                }
+            }
+            if let Some(sent) = self.sent.get_mut(&id) {
+                *sent = (*sent).max(mark);
+            }
+        }
+        true
     }
 
     /// The id of a new watch: the client's, or the next free one.

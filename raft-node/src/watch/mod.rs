@@ -199,12 +199,27 @@ pub enum WatchError {
 #[derive(Debug)]
 pub struct WatchStream {
     rx: mpsc::Receiver<WatchResponse>,
+    sent_through: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl WatchStream {
     /// The next response; `None` after a cancel or when the node stops.
     pub async fn next(&mut self) -> Option<WatchResponse> {
         self.rx.recv().await
+    }
+
+    /// The next response if one is waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<WatchResponse> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The revision through which the watch has put every change of its
+    /// keys in this stream: read it, then take what is waiting (at most
+    /// the stream's queue length, see [`WatchStream::try_next`]), and
+    /// every change of the watch up to it was delivered. Past the store's
+    /// current revision while a watch waits for its start revision.
+    pub fn sent_through(&self) -> u64 {
+        self.sent_through.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -280,6 +295,7 @@ impl Watches {
             n => n,
         };
         let (tx, out) = mpsc::channel(self.cfg.queue.max(1));
+        let sent_through = Arc::new(std::sync::atomic::AtomicU64::new(next - 1));
         let watcher = stream::Watcher {
             hub: self.hub.clone(),
             reader: self.reader.clone(),
@@ -288,6 +304,7 @@ impl Watches {
             req,
             tx,
             next,
+            sent_through: sent_through.clone(),
             seen: 0,
             pos: *self.hub.total.borrow(),
             total: self.hub.total.subscribe(),
@@ -295,6 +312,9 @@ impl Watches {
             _slot: slot,
         };
         tokio::spawn(watcher.run(rx, revs.current));
-        Ok(WatchStream { rx: out })
+        Ok(WatchStream {
+            rx: out,
+            sent_through,
+        })
     }
 }

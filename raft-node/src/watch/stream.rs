@@ -1,7 +1,7 @@
 //! One watch's task: replay from the history, then the published
 //! changes, catching up from the history again whenever it fell behind.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub(super) struct Watcher {
     pub(super) tx: mpsc::Sender<WatchResponse>,
     /// The first revision not sent yet.
     pub(super) next: u64,
+    /// `next - 1`, for the consumer: every change through it is in `tx`
+    /// (stored after the send).
+    pub(super) sent_through: Arc<AtomicU64>,
     /// The latest store revision this watcher knows of.
     pub(super) seen: u64,
     /// The bytes of changes published up to what this watcher took from
@@ -237,10 +240,17 @@ impl Watcher {
                 }
                 metrics::counter!("raft_node_watch_events_sent_total").increment(count);
             }
-            self.next = rev + 1;
+            self.advance(rev + 1);
         }
-        self.next = self.next.max(through + 1);
+        self.advance(self.next.max(through + 1));
         Sent::All
+    }
+
+    /// Every revision before `next` was sent (or is not this watch's).
+    fn advance(&mut self, next: u64) {
+        self.next = next;
+        self.sent_through
+            .store(next.saturating_sub(1), Ordering::Release);
     }
 
     /// `e` as this watch shows it, if it does.
