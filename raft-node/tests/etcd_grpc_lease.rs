@@ -96,7 +96,10 @@ async fn leases_through_etcd_client() {
 
     // A watch on the prefix sees the expiry's delete.
     let mut events = f
-        .watch("ka/", Some(WatchOptions::new().with_prefix()))
+        .watch(
+            "ka/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
         .await
         .unwrap();
 
@@ -129,10 +132,12 @@ async fn leases_through_etcd_client() {
             .iter()
             .find(|e| e.event_type() == EventType::Delete)
         {
-            break e.kv().unwrap().key().to_vec();
+            let prev_lease = e.prev_kv().map(|p| p.lease());
+            break (e.kv().unwrap().key().to_vec(), prev_lease);
         }
     };
-    assert_eq!(deleted, b"ka/key");
+    // The deleted version names the lease it was attached to.
+    assert_eq!(deleted, (b"ka/key".to_vec(), Some(id)));
     let ttl = c.lease_time_to_live(id, None).await.unwrap();
     assert_eq!(ttl.ttl(), -1);
     // A keep-alive of a lease that is gone answers TTL 0, which the

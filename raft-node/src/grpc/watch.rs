@@ -392,7 +392,7 @@ fn kv_of(kv: &KeyValue) -> mvccpb::KeyValue {
         mod_revision: to_i64(kv.mod_revision),
         version: to_i64(kv.version),
         value: kv.value.to_vec(),
-        ..mvccpb::KeyValue::default()
+        lease: to_i64(kv.lease),
     }
 }
 

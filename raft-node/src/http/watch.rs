@@ -157,6 +157,9 @@ fn kv_json(kv: &KeyValue) -> Value {
     o.insert("mod_revision".into(), json!(kv.mod_revision));
     o.insert("version".into(), json!(kv.version));
     put_bytes(&mut o, "value", &kv.value);
+    if kv.lease != 0 {
+        o.insert("lease".into(), json!(kv.lease));
+    }
     Value::Object(o)
 }
 
@@ -263,6 +266,7 @@ mod tests {
             mod_revision: 2,
             version: 2,
             value: Bytes::from_static(b"text"),
+            lease: 0,
         };
         let j = kv_json(&kv);
         assert_eq!(j["key_base64"], "/w==");

@@ -4,9 +4,12 @@
 //! - `h/<escaped key><rev:u64>` → a past version of `key` whose
 //!   `mod_revision` is `rev`, or a tombstone when `rev` is the revision of
 //!   the delete: `version:u8 | crc32c:u32 | kind:u8 | create_rev:u64 |
-//!   version:u64 | value`. The CRC covers the history key and every byte
-//!   after itself, so a record that is damaged, or moved under another key
-//!   or revision, is refused.
+//!   version:u64 | value` (record version 1), or for a version written
+//!   with a lease `2 | crc32c | kind | create_rev | version | lease:u64 |
+//!   value` (record version 2; versions without a lease are still written
+//!   as 1, byte for byte as before leases). The CRC covers the history key
+//!   and every byte after itself, so a record that is damaged, or moved
+//!   under another key or revision, is refused.
 //! - `g/<superseded:u64><escaped key><rev:u64>` → empty: the revision from
 //!   which the history record is no longer needed (the revision of the
 //!   write that replaced or deleted it; a tombstone's own revision).
@@ -33,6 +36,8 @@ pub(super) const REVISION_KEY: &[u8] = b"revision";
 pub(super) const COMPACTED_KEY: &[u8] = b"compacted";
 
 const HISTORY_RECORD_VERSION: u8 = 1;
+/// A record that names the version's lease.
+const HISTORY_RECORD_VERSION_LEASED: u8 = 2;
 const KIND_VALUE: u8 = 1;
 const KIND_TOMBSTONE: u8 = 2;
 /// End of an escaped key.
@@ -148,16 +153,23 @@ pub(super) fn history_of_garbage(g: &[u8]) -> Result<Vec<u8>, StoreError> {
 /// A history record: `past` is the version replaced (its `rev` is in the
 /// key), `None` a tombstone.
 pub(super) fn encode_history(hist_key: &[u8], past: Option<&Versioned>) -> Vec<u8> {
-    let (kind, create, version, value): (u8, u64, u64, &[u8]) = match past {
-        Some(v) => (KIND_VALUE, v.create_rev, v.version, &v.value),
-        None => (KIND_TOMBSTONE, 0, 0, &[]),
+    let (kind, create, version, lease, value): (u8, u64, u64, u64, &[u8]) = match past {
+        Some(v) => (KIND_VALUE, v.create_rev, v.version, v.lease, &v.value),
+        None => (KIND_TOMBSTONE, 0, 0, 0, &[]),
     };
-    let mut out = Vec::with_capacity(22 + value.len());
-    out.push(HISTORY_RECORD_VERSION);
+    let mut out = Vec::with_capacity(30 + value.len());
+    out.push(if lease == 0 {
+        HISTORY_RECORD_VERSION
+    } else {
+        HISTORY_RECORD_VERSION_LEASED
+    });
     out.extend_from_slice(&[0; 4]);
     out.push(kind);
     out.extend_from_slice(&create.to_be_bytes());
     out.extend_from_slice(&version.to_be_bytes());
+    if lease != 0 {
+        out.extend_from_slice(&lease.to_be_bytes());
+    }
     out.extend_from_slice(value);
     let crc = crc32c::crc32c_append(crc32c::crc32c(hist_key), &out[5..]);
     out[1..5].copy_from_slice(&crc.to_be_bytes());
@@ -172,11 +184,14 @@ pub(super) fn encode_history(hist_key: &[u8], past: Option<&Versioned>) -> Vec<u
 pub(super) fn decode_history(hist_key: &[u8], rec: &[u8]) -> Result<Option<Versioned>, StoreError> {
     let (key, rev) = decode_history_key(hist_key)?;
     let bad = |detail| corrupt(&key, detail);
-    if rec.len() < 22 {
+    let header = match rec.first() {
+        Some(&HISTORY_RECORD_VERSION) => 22,
+        Some(&HISTORY_RECORD_VERSION_LEASED) => 30,
+        Some(_) => return Err(bad("unknown history record version")),
+        None => return Err(bad("history record too short")),
+    };
+    if rec.len() < header {
         return Err(bad("history record too short"));
-    }
-    if rec[0] != HISTORY_RECORD_VERSION {
-        return Err(bad("unknown history record version"));
     }
     let crc = u32::from_be_bytes([rec[1], rec[2], rec[3], rec[4]]);
     if crc32c::crc32c_append(crc32c::crc32c(hist_key), &rec[5..]) != crc {
@@ -186,11 +201,11 @@ pub(super) fn decode_history(hist_key: &[u8], rec: &[u8]) -> Result<Option<Versi
     match rec[5] {
         KIND_TOMBSTONE => Ok(None),
         KIND_VALUE => Ok(Some(Versioned {
-            value: Bytes::copy_from_slice(&rec[22..]),
+            value: Bytes::copy_from_slice(&rec[header..]),
             rev,
             create_rev: u64_at(6),
             version: u64_at(14),
-            lease: 0,
+            lease: if header == 30 { u64_at(22) } else { 0 },
         })),
         _ => Err(bad("unknown history record kind")),
     }
@@ -252,5 +267,42 @@ mod tests {
             decode_history(&tomb, &encode_history(&tomb, None)).unwrap(),
             None
         );
+    }
+
+    /// A version without a lease is written as record version 1, byte for
+    /// byte as before leases; one with a lease as version 2, which keeps
+    /// it. A version 2 record cut short is refused, not misread.
+    #[test]
+    fn a_leased_version_keeps_its_lease_and_others_keep_their_bytes() {
+        let hk = history_key(b"k", 4);
+        let mut v = Versioned {
+            value: Bytes::from_static(b"old"),
+            rev: 4,
+            create_rev: 2,
+            version: 3,
+            lease: 0,
+        };
+        let plain = encode_history(&hk, Some(&v));
+        let mut golden = vec![1, 0, 0, 0, 0, 1];
+        golden.extend_from_slice(&2u64.to_be_bytes());
+        golden.extend_from_slice(&3u64.to_be_bytes());
+        golden.extend_from_slice(b"old");
+        assert_eq!(plain[0], 1);
+        assert_eq!(&plain[5..], &golden[5..], "the layout of record version 1");
+        v.lease = 0x0102_0304_0506_0708;
+        let leased = encode_history(&hk, Some(&v));
+        assert_eq!(leased[0], 2);
+        assert_eq!(&leased[22..30], &v.lease.to_be_bytes());
+        assert_eq!(&leased[30..], b"old");
+        assert_eq!(decode_history(&hk, &leased).unwrap(), Some(v));
+        for cut in [0, 1, 21, 29] {
+            assert!(matches!(
+                decode_history(&hk, &leased[..cut]),
+                Err(StoreError::Corruption { .. })
+            ));
+        }
+        let mut unknown = leased.clone();
+        unknown[0] = 3;
+        assert!(decode_history(&hk, &unknown).is_err());
     }
 }

@@ -331,3 +331,41 @@ async fn a_snapshot_carries_the_leases_and_their_keys() {
         a.sm.reader().digest().unwrap()
     );
 }
+
+/// Past versions keep the lease they were written with: a read at a past
+/// revision and the change history (what watches replay) show it, as the
+/// current record does; a key written without a lease shows 0.
+#[tokio::test]
+async fn past_versions_and_changes_keep_their_lease() {
+    let mut s = Store::new();
+    s.grant(5, 10, 100).await;
+    s.put("a", 5, 10).await;
+    let leased = s.sm.reader().revisions().unwrap().current;
+    s.put("a", 0, 10).await;
+    let unleased = s.sm.reader().revisions().unwrap().current;
+    s.put("a", 5, 10).await;
+    s.revoke(5).await;
+    let r = s.sm.reader();
+    let at = |rev| r.get_at(b"a", Some(rev)).unwrap().0.map(|v| v.lease);
+    assert_eq!(at(leased), Some(5), "the version written with lease 5");
+    assert_eq!(at(unleased), Some(0), "the version written without one");
+    let all = crate::watch::KeyRange::prefix(Bytes::new());
+    let limit = PageLimit {
+        events: 100,
+        bytes: 1 << 20,
+    };
+    let page = r.changes(&all, leased - 1, s.next - 1, limit).unwrap();
+    let seen: Vec<_> = page
+        .events
+        .iter()
+        .map(|e| (e.kv.lease, e.prev_kv.as_ref().map(|p| p.lease)))
+        .collect();
+    // Put with 5, put without (over 5), put with 5 (over 0), the revoke's
+    // delete (over 5).
+    assert_eq!(
+        seen,
+        vec![(5, None), (0, Some(5)), (5, Some(0)), (0, Some(5))],
+        "{:?}",
+        page.events
+    );
+}

@@ -28,6 +28,8 @@ pub struct KeyValue {
     pub version: u64,
     /// The value (empty in a delete event).
     pub value: Bytes,
+    /// The lease the key was attached to (0: none, and in a delete event).
+    pub lease: u64,
 }
 
 impl KeyValue {
@@ -39,6 +41,7 @@ impl KeyValue {
             mod_revision: v.rev,
             version: v.version,
             value: v.value.clone(),
+            lease: v.lease,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Event {
                 mod_revision: revision,
                 version: 0,
                 value: Bytes::new(),
+                lease: 0,
             },
             prev_kv: old.map(|o| KeyValue::of(key, o)),
         }
