@@ -153,7 +153,10 @@ fn an_expired_leases_keys_must_all_be_deleted_at_one_revision() {
     let split = log_with_deletes(&[("lease-c1-l1-k0", 40), ("lease-c1-l1-k1", 41)]);
     let f = check_revoke(&l, &split);
     assert_eq!(f.len(), 1, "{f:?}");
-    assert!(f[0].contains("lease-c1-l1-k1") && f[0].contains("40"), "{f:?}");
+    assert!(
+        f[0].contains("lease-c1-l1-k1") && f[0].contains("40"),
+        "{f:?}"
+    );
     // One key deleted, the other never (the watch got past the delete).
     let half = log_with_deletes(&[("lease-c1-l1-k1", 40)]);
     let f = check_revoke(&l, &half);
