@@ -427,3 +427,45 @@ async fn original_members_restarted_with_join_come_back_as_themselves() {
     }
     assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
 }
+
+/// A joiner repeats its `POST /v1/cluster/learners` (its first answer was
+/// lost, or it restarted before recording that it joined) after it already
+/// published its gRPC URL (`PUT /v1/cluster/members/{id}` with `grpc_url`,
+/// which a node serving gRPC does as soon as it is a member): the repeat,
+/// with the same addresses and no URL, succeeds and keeps the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_join_after_the_grpc_url_was_published_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = cluster_with(dir.path(), 3, &flags(&[]), &[], "http");
+    let client = client_of(&procs);
+    let l = leader(&client, &procs, None).await;
+    let base = by_id(&procs, l).http.clone();
+    let http = reqwest::Client::new();
+    let join = serde_json::json!({
+        "id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
+    });
+    let publish = serde_json::json!({
+        "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
+        "grpc_url": "http://127.0.0.1:9",
+    });
+    let learners = format!("{base}/v1/cluster/learners");
+    let r = http.post(&learners).json(&join).send().await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = http
+        .put(format!("{base}/v1/cluster/members/9"))
+        .json(&publish)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = http.post(&learners).json(&join).send().await.unwrap();
+    let status = r.status();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {answer:#}");
+    let nine = answer["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == 9))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(nine["grpc_url"], "http://127.0.0.1:9", "{answer:#}");
+}

@@ -139,16 +139,11 @@ pub fn check_safety(l: &LeaseRecord) -> Vec<String> {
     out
 }
 
-/// Revoked leases: every attached key deleted at the revoke's revision,
-/// as the watch `log` (which must cover the keys) saw it, when it got
-/// that far.
+/// Every attached key deleted at one revision, as the watch `log` (which
+/// must cover the keys) saw it: a revoked lease's at the revoke's
+/// revision, when the watch got that far; any other (expired) lease's at
+/// the first revision the watch saw one of them deleted.
 pub fn check_revoke(l: &LeaseRecord, log: &WatchLog) -> Vec<String> {
-    let Some((_, rev)) = l.revoked else {
-        return Vec::new();
-    };
-    if log.reached < rev || log.start_revision > rev {
-        return Vec::new();
-    }
     let mut deleted: BTreeMap<&[u8], Vec<u64>> = BTreeMap::new();
     for d in &log.deliveries {
         for e in &d.events {
@@ -157,12 +152,33 @@ pub fn check_revoke(l: &LeaseRecord, log: &WatchLog) -> Vec<String> {
             }
         }
     }
+    let rev = match l.revoked {
+        Some((_, rev)) if log.reached < rev || log.start_revision > rev => return Vec::new(),
+        Some((_, rev)) => rev,
+        None => {
+            // Only the lease deletes its keys, each put once.
+            let first = l
+                .keys
+                .iter()
+                .filter_map(|k| deleted.get(k.as_bytes())?.iter().min().copied())
+                .min();
+            match first {
+                Some(rev) => rev,
+                None => return Vec::new(),
+            }
+        }
+    };
+    let what = if l.revoked.is_some() {
+        "revoked"
+    } else {
+        "expired (a key deleted)"
+    };
     let mut out = Vec::new();
     for k in &l.keys {
         let revs = deleted.get(k.as_bytes()).cloned().unwrap_or_default();
         if !revs.contains(&rev) {
             out.push(format!(
-                "lease {} (client {}) revoked at revision {rev}, but watcher {} saw key {k} deleted at {revs:?}",
+                "lease {} (client {}) {what} at revision {rev}, but watcher {} saw key {k} deleted at {revs:?}",
                 l.id, l.client, log.watcher
             ));
         }

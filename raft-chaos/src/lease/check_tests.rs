@@ -110,6 +110,7 @@ fn log_with_deletes(deletes: &[(&str, u64)]) -> WatchLog {
         .map(|(k, r)| Delivery {
             revision: *r,
             node: "n1".into(),
+            reached_before: 0,
             events: vec![WatchedEvent {
                 key: k.as_bytes().to_vec(),
                 change: Change::Delete,
@@ -139,6 +140,28 @@ fn revoked_keys_must_all_be_deleted_at_the_revoke_revision() {
     let mut short = split.clone();
     short.reached = 39;
     assert!(check_revoke(&l, &short).is_empty());
+}
+
+#[test]
+fn an_expired_leases_keys_must_all_be_deleted_at_one_revision() {
+    // No revoke: the leader's expiry deletes the keys, at a revision the
+    // client never learns.
+    let l = record();
+    let good = log_with_deletes(&[("lease-c1-l1-k0", 40), ("lease-c1-l1-k1", 40)]);
+    assert!(check_revoke(&l, &good).is_empty());
+    assert!(check_revoke(&l, &log_with_deletes(&[])).is_empty());
+    let split = log_with_deletes(&[("lease-c1-l1-k0", 40), ("lease-c1-l1-k1", 41)]);
+    let f = check_revoke(&l, &split);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("lease-c1-l1-k1") && f[0].contains("40"),
+        "{f:?}"
+    );
+    // One key deleted, the other never (the watch got past the delete).
+    let half = log_with_deletes(&[("lease-c1-l1-k1", 40)]);
+    let f = check_revoke(&l, &half);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("lease-c1-l1-k0"), "{f:?}");
 }
 
 #[test]

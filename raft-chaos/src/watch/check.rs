@@ -8,8 +8,9 @@
 //! and at the revision the write was acknowledged with; a write whose
 //! outcome is unknown at most once; and nothing else: no write that
 //! definitely failed, nothing no client wrote, no key outside its range.
-//! Revisions strictly increase along a watch, and a progress report never
-//! goes back below a revision already delivered.
+//! Revisions strictly increase along a watch, a progress report never
+//! goes back below a revision already delivered, and no change at or
+//! below a progress report's revision comes after it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -132,6 +133,9 @@ pub struct Delivery {
     pub events: Vec<WatchedEvent>,
     /// The node that sent it (its URL).
     pub node: String,
+    /// How far the watch was told it had got (`WatchLog::reached`, by a
+    /// change or a progress event) when this arrived.
+    pub reached_before: u64,
 }
 
 /// What one watcher saw during a run.
@@ -391,6 +395,17 @@ pub fn check_watch(
                 format!(
                     "revision {} is below the watch's start revision {}",
                     d.revision, log.start_revision
+                ),
+            );
+        }
+        if d.revision > last && d.revision <= d.reached_before {
+            p.find(
+                &key,
+                d.revision,
+                format!(
+                    "revision {} (from {}) after the watch was told it had every change up to revision {} \
+                     (by a change or a progress event): nothing at or below such a revision may follow",
+                    d.revision, d.node, d.reached_before
                 ),
             );
         }

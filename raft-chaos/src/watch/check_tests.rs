@@ -37,10 +37,13 @@ fn watch(range: KeyRange, got: &[(u64, &str, Option<&str>)], reached: u64) -> Wa
         start_revision: 1,
         deliveries: got
             .iter()
-            .map(|&(revision, k, v)| Delivery {
+            .enumerate()
+            .map(|(i, &(revision, k, v))| Delivery {
                 revision,
                 events: vec![ev(k, v)],
                 node: "n1".into(),
+                // No progress event: as far as the deliveries before it.
+                reached_before: got[..i].iter().map(|g| g.0).max().unwrap_or(0),
             })
             .collect(),
         reached,
@@ -187,6 +190,30 @@ fn revisions_out_of_order_fail() {
         "a",
         2,
         "revision 2 (from n1) after revision 3",
+    );
+}
+
+#[test]
+fn a_change_below_a_progress_report_already_received_fails() {
+    // A progress event to revision 5 arrived after revision 3: the watch
+    // had every change up to 5, yet the delete at 5 came after it.
+    let mut log = watch(
+        KeyRange::all(),
+        &[
+            (2, "a", Some("v1")),
+            (3, "b", Some("v2")),
+            (5, "a", None),
+            (6, "a", Some("v3")),
+        ],
+        6,
+    );
+    assert_eq!(run(&writes(), &log, 6), vec![]);
+    log.deliveries[2].reached_before = 5;
+    only(
+        &run(&writes(), &log, 6),
+        "a",
+        5,
+        "after the watch was told it had every change up to revision 5",
     );
 }
 
@@ -366,6 +393,7 @@ fn a_watch_from_a_later_start_needs_no_earlier_write_and_must_not_show_one() {
             revision: 3,
             events: vec![ev("b", Some("v2"))],
             node: "n2".into(),
+            reached_before: 0,
         },
     );
     only(

@@ -200,7 +200,7 @@ pub fn log_json(log: &WatchLog) -> Value {
                     Change::Delete => json!({"delete": text(&e.key)}),
                 })
                 .collect();
-            json!({"revision": d.revision, "node": d.node, "events": events})
+            json!({"revision": d.revision, "node": d.node, "reached_before": d.reached_before, "events": events})
         })
         .collect();
     json!({

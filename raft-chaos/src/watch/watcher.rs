@@ -196,11 +196,13 @@ impl Watcher {
                     );
                 }
                 self.with_log(|l| {
+                    let reached_before = l.reached;
                     l.reached = l.reached.max(rev);
                     l.deliveries.push(Delivery {
                         revision: rev,
                         events,
                         node: url.to_owned(),
+                        reached_before,
                     });
                 });
                 None

@@ -46,6 +46,10 @@ struct Block {
     stream: u32,
     end_stream: bool,
     bytes: Vec<u8>,
+    /// Bytes its frames took on the wire, frame headers and padding
+    /// included: what `--grpc-max-request-bytes` bounds, so a flood of
+    /// empty CONTINUATION frames ends the connection.
+    wire: usize,
 }
 
 /// The rewriting of one connection's inbound bytes.
@@ -144,6 +148,12 @@ impl Rewriter {
                 self.passing = len;
                 continue;
             }
+            if len > MAX_FRAME {
+                // The server refuses it too (FRAME_SIZE_ERROR): not buffered.
+                return Err(bad(format!(
+                    "a header frame above HTTP/2's frame size ({MAX_FRAME} bytes)"
+                )));
+            }
             if len > self.max_block {
                 return Err(bad("a header frame above --grpc-max-request-bytes"));
             }
@@ -178,6 +188,7 @@ impl Rewriter {
                 stream,
                 end_stream: flags & END_STREAM != 0,
                 bytes: Vec::new(),
+                wire: 0,
             });
             &p[start..end]
         } else {
@@ -187,8 +198,11 @@ impl Rewriter {
             }
         };
         let block = self.block.as_mut().expect("set above");
-        if block.bytes.len() + fragment.len() > self.max_block {
-            return Err(bad("a header block above --grpc-max-request-bytes"));
+        block.wire += FRAME_HEADER + p.len();
+        if block.wire > self.max_block {
+            return Err(bad(
+                "a header block above --grpc-max-request-bytes (its frames' headers counted)",
+            ));
         }
         block.bytes.extend_from_slice(fragment);
         if flags & END_HEADERS != 0 {
@@ -201,10 +215,25 @@ impl Rewriter {
     /// Decodes a whole header block, mends its `:authority`, and writes it
     /// out again as HEADERS and CONTINUATION frames.
     fn rewrite(&mut self, block: &Block) -> io::Result<()> {
-        let mut headers = self
-            .decoder
-            .decode(&block.bytes)
+        // A few bytes can name a 4 KiB entry of the dynamic table: the
+        // decoded list (counted as HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE
+        // counts it, 32 bytes more per field) is bounded too.
+        let max = self.max_block;
+        let mut headers = Vec::new();
+        let mut size = 0usize;
+        self.decoder
+            .decode_with_cb(&block.bytes, |n, v| {
+                size = size.saturating_add(n.len() + v.len() + 32);
+                if size <= max {
+                    headers.push((n.into_owned(), v.into_owned()));
+                }
+            })
             .map_err(|e| bad(format!("an undecodable header block: {e}")))?;
+        if size > max {
+            return Err(bad(
+                "a header block that decodes to more than --grpc-max-request-bytes",
+            ));
+        }
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" {
                 if let Some(mended) = mend(value) {
@@ -363,6 +392,72 @@ mod tests {
         expected[1][3].1 = b"127.0.0.1:2379".to_vec();
         assert_eq!(server_view(&out), expected);
         assert_eq!(&out[..PREFACE_LEN + 15], &bytes[..PREFACE_LEN + 15]);
+    }
+
+    /// A client preface, then HEADERS on stream 1 carrying `block`, cut in
+    /// one HEADERS frame and CONTINUATIONs of `frame` bytes (at least 1).
+    fn raw_block(block: &[u8], frame: usize) -> Vec<u8> {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let parts: Vec<&[u8]> = if block.is_empty() {
+            vec![&[][..]]
+        } else {
+            block.chunks(frame).collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let flags = if i + 1 == parts.len() { END_HEADERS } else { 0 };
+            let len = u32::try_from(part.len()).unwrap().to_be_bytes();
+            out.extend_from_slice(&[len[1], len[2], len[3], kind, flags, 0, 0, 0, 1]);
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn a_small_block_that_decodes_to_a_huge_header_list_closes_the_connection() {
+        // One 4000-byte header into the dynamic table, then 60 000 one-byte
+        // references to it: 64 KiB on the wire, 240 MB decoded.
+        let mut block = vec![0x40, 3];
+        block.extend_from_slice(b"x-a");
+        block.extend_from_slice(&[0x7F, 0xA1, 0x1E]); // 127 + 3873 = 4000
+        block.extend_from_slice(&[b'v'; 4000]);
+        block.extend_from_slice(&[0x80 | 62; 60_000]);
+        let mut r = Rewriter::new(64 << 10);
+        let e = r.feed(&raw_block(&block, MAX_FRAME)).unwrap_err();
+        assert!(e.to_string().contains("decodes to more than"), "{e}");
+        // Nothing of the block went on to the server.
+        assert_eq!(r.output.len(), PREFACE_LEN);
+    }
+
+    #[test]
+    fn a_flood_of_empty_continuations_closes_the_connection() {
+        // The block's bytes stay 1, but every frame is 9 more bytes read.
+        let mut bytes = raw_block(&[0x82], MAX_FRAME);
+        bytes[PREFACE_LEN + 4] = 0; // no END_HEADERS on the HEADERS frame
+        let mut r = Rewriter::new(64 << 10);
+        r.feed(&bytes).unwrap();
+        let empty = [0, 0, 0, CONTINUATION, 0, 0, 0, 0, 1];
+        let flood: Vec<u8> = empty.iter().copied().cycle().take(9 * 100_000).collect();
+        let e = r.feed(&flood).unwrap_err();
+        assert!(e.to_string().contains("--grpc-max-request-bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_header_frame_above_the_servers_frame_size_closes_the_connection() {
+        // The HTTP/2 server refuses such a frame itself (FRAME_SIZE_ERROR):
+        // it is not buffered whole and cut into frames it would take.
+        let mut block = vec![0x40, 3];
+        block.extend_from_slice(b"x-a");
+        block.extend_from_slice(&[0x7F, 0xA1, 0x9B, 0x01]); // 127 + 19 873
+        block.extend_from_slice(&[b'v'; 20_000]);
+        let e = Rewriter::new(1 << 20)
+            .feed(&raw_block(&block, 1 << 20))
+            .unwrap_err();
+        assert!(e.to_string().contains("frame size"), "{e}");
+        // Cut in frames the server takes, the same block passes.
+        let mut r = Rewriter::new(1 << 20);
+        r.feed(&raw_block(&block, MAX_FRAME)).unwrap();
+        assert!(r.ready());
     }
 
     #[test]

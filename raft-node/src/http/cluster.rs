@@ -262,21 +262,35 @@ fn check_new_learner(s: &DriverStatus, member: &Member, known: &[Member]) -> Res
     }
 }
 
-/// `POST /v1/cluster/learners {"id", "peer_addr", "client_addr"}`: records
-/// the node's addresses through the log, then adds it as a learner.
-/// Repeating the request for a learner with the same addresses succeeds.
+/// `POST /v1/cluster/learners {"id", "peer_addr", "client_addr"[, "grpc_url"]}`:
+/// records the node's addresses through the log, then adds it as a learner.
+/// Repeating the request for a learner with the same addresses succeeds
+/// (without `grpc_url`, whatever gRPC URL it published since).
 pub(super) async fn add_learner(
     State(state): State<Shared>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let member = learner(&body)?;
+    let mut member = learner(&body)?;
     let s = driver_status(&state).await?;
     if s.engine.role != Role::Leader {
         return forward(&state, s.engine.leader, post(&uri, &headers, body)).await;
     }
     let known = known_members(&state);
+    if member.grpc_url.is_none() {
+        // As for `PUT /v1/cluster/members/{id}`: without `grpc_url` the
+        // recorded one stays, so a joiner repeating its request after it
+        // published its gRPC URL asks for what is recorded.
+        member.grpc_url = known
+            .iter()
+            .find(|m| {
+                m.id == member.id
+                    && m.peer_addr == member.peer_addr
+                    && m.client_addr == member.client_addr
+            })
+            .and_then(|m| m.grpc_url.clone());
+    }
     check_new_learner(&s, &member, &known)?;
     let relay = post(&uri, &headers, body.clone());
     if let Some(forwarded) = record_addresses(&state, &member, &known, Record::New, relay).await? {
