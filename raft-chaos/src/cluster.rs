@@ -21,6 +21,8 @@ use crate::relay::Relay;
 pub const CLIENT_PORT: u16 = 8080;
 /// Port of the peer transport (QUIC) in every namespace.
 pub const PEER_PORT: u16 = 7000;
+/// Port of etcd's gRPC API (`--grpc-listen`) in every namespace.
+pub const GRPC_PORT: u16 = 2379;
 /// Node ids certificates are made for: the initial nodes and those that
 /// replace removed ones.
 pub const CERT_IDS_MAX: u64 = 24;
@@ -51,6 +53,9 @@ pub struct NodeProc {
     pub state: NodeState,
     /// Its HTTP base URL, reachable from the root namespace.
     pub url: String,
+    /// Its gRPC URL (`http://<ip>:2379`), reachable from the root
+    /// namespace: [`grpc_url_of`] its `url`.
+    pub grpc_url: String,
     /// Its log file (stdout and stderr, appended across restarts).
     pub log: PathBuf,
     /// How it exited on its own, when the harness found that out while
@@ -285,7 +290,9 @@ impl Cluster {
             .flag("snapshot-entries", st.snapshot_entries)
             .flag("snapshot-keep-entries", st.snapshot_keep_entries)
             .flag("watch-progress-interval-ms", st.watch_progress_interval_ms)
-            // The API listens on the namespace's 10.x address, open: the
+            // etcd's gRPC API beside it, for the gRPC watchers.
+            .flag("grpc-listen", format!("{ip}:{GRPC_PORT}"))
+            // The APIs listen on the namespace's 10.x address, open: the
             // test network is this machine's own, and the checker's
             // clients carry no token.
             .arg("--insecure");
@@ -300,6 +307,7 @@ impl Cluster {
             child: None,
             state: NodeState::Down,
             url: format!("http://{ip}:{CLIENT_PORT}"),
+            grpc_url: format!("http://{ip}:{GRPC_PORT}"),
             log: self.dir.join(format!("node-{id}.log")),
             crash: None,
         };
@@ -425,6 +433,17 @@ impl Cluster {
     }
 }
 
+/// The gRPC URL of the node whose HTTP base URL is `url`
+/// (`http://<ip>:8080`): every node serves both at the same ports of its
+/// own namespace's address. `None` for a URL of another form.
+pub fn grpc_url_of(url: &str) -> Option<String> {
+    let host = url
+        .strip_prefix("http://")?
+        .strip_suffix(&format!(":{CLIENT_PORT}"))?;
+    (!host.is_empty() && !host.contains(['/', ':', '@']))
+        .then(|| format!("http://{host}:{GRPC_PORT}"))
+}
+
 /// A node's log as text; bytes that are not UTF-8 become U+FFFD instead of
 /// hiding the rest.
 pub fn read_log(path: &Path) -> String {
@@ -447,6 +466,7 @@ mod tests {
             child: Some(Command::new(program).args(args).spawn().expect("spawn")),
             state: NodeState::Running,
             url: String::new(),
+            grpc_url: String::new(),
             log: PathBuf::new(),
             crash: None,
         }
@@ -471,6 +491,23 @@ mod tests {
         let crash = n.unexpected_exit().expect("the earlier exit is reported");
         assert!(crash.contains('3'), "{crash}");
         assert_eq!(n.unexpected_exit(), None);
+    }
+
+    #[test]
+    fn the_grpc_url_is_the_http_urls_host_at_the_grpc_port() {
+        assert_eq!(
+            grpc_url_of("http://10.77.3.2:8080").as_deref(),
+            Some("http://10.77.3.2:2379")
+        );
+        for other in [
+            "https://10.77.3.2:8080",
+            "http://10.77.3.2:8081",
+            "http://10.77.3.2",
+            "http://:8080",
+            "http://a/b:8080",
+        ] {
+            assert_eq!(grpc_url_of(other), None, "{other}");
+        }
     }
 
     #[test]

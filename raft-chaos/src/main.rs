@@ -101,9 +101,16 @@ struct RunArgs {
     /// keys exactly once, in revision order; 0 leaves the watch check out.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=64))]
     watchers: u64,
+    /// How many of the watchers follow etcd's gRPC `Watch.Watch` stream
+    /// (each member serves it on port 2379 of its address) instead of
+    /// `GET /v1/watch`, checked the same way; which ones rotates with the
+    /// seed. At least `--watchers`: all of them; 0: SSE only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=64))]
+    grpc_watchers: u64,
     /// A watch connection silent this long (no change, progress or
     /// keep-alive; the nodes report progress every 500 ms) is given up for
-    /// the next member, resuming with `Last-Event-ID`.
+    /// the next member, resuming with `Last-Event-ID` (gRPC: with
+    /// `start_revision` one past the last revision seen).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     watch_idle_ms: u64,
     /// A watcher moves on to the next member on its own after a random 1
@@ -111,8 +118,8 @@ struct RunArgs {
     /// (0: only when its connection fails).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     watch_switch_s: u64,
-    /// A negative control: watchers resume one revision past the last
-    /// they got, so each resume loses one; the run must fail with `watch`
+    /// A negative control: watchers (SSE and gRPC) resume one revision
+    /// past the last they got, so each resume loses one; the run must fail with `watch`
     /// violations (missing writes), which shows the watch check can.
     #[arg(long)]
     watch_resume_past_last: bool,
@@ -229,6 +236,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             },
             watch: WatchConfig {
                 watchers: a.watchers,
+                grpc_watchers: a.grpc_watchers,
                 idle_timeout: Duration::from_millis(a.watch_idle_ms),
                 switch_s_max: a.watch_switch_s,
                 resume_past_last: a.watch_resume_past_last,

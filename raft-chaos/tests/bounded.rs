@@ -1,6 +1,7 @@
 //! The bounded chaos configuration CI runs: 3 seeds of 30 s each on a
 //! 3-node cluster of real `raft-node` processes in network namespaces, with
 //! every fault the nemesis has and 3 watchers following `GET /v1/watch`
+//! or, one of them (which rotates with the seed), etcd's gRPC `Watch.Watch`
 //! (the watch check) and 2 lease clients (the lease check, each seed must
 //! get some lease granted); it passes only when no run finds a violation. A shorter run with only delay faults shows the delay relay
 //! carries the nodes' traffic, and a run with an idempotency window of 50

@@ -237,7 +237,7 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         ""
     };
     format!(
-        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --lease-clients {} --lease-ttl-s {} --lease-bound-s {} --lease-believe-extra-s {} --out {} --raft-node {}",
+        "raft-chaos run --nodes {} --seed {} --seeds 1 --duration-s {} --workers {} --keys {} --read-consistency {} --replace-p {}{faults}{window} --watchers {} --grpc-watchers {} --watch-idle-ms {} --watch-switch-s {}{resume} --lease-clients {} --lease-ttl-s {} --lease-bound-s {} --lease-believe-extra-s {} --out {} --raft-node {}",
         cfg.nodes,
         cfg.seed,
         cfg.duration.as_secs(),
@@ -246,6 +246,7 @@ pub fn replay_command(cfg: &RunConfig) -> String {
         cfg.clients.read_consistency,
         cfg.nemesis.replace_p,
         cfg.watch.watchers,
+        cfg.watch.grpc_watchers,
         cfg.watch.idle_timeout.as_millis(),
         cfg.watch.switch_s_max,
         cfg.lease.clients,

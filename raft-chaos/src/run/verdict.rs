@@ -155,7 +155,10 @@ pub(super) fn check_watches(
     let ranges: Vec<String> = watched
         .logs
         .iter()
-        .map(|l| l.range.as_ref().map(|r| r.describe()).unwrap_or_default())
+        .map(|l| {
+            let range = l.range.as_ref().map(KeyRange::describe).unwrap_or_default();
+            format!("{range} via {}", l.front.name())
+        })
         .collect();
     found.notes.push(format!(
         "watches: {} watchers ({}) got {events} changes over {connections} connections, up to revision {target}{}",

@@ -138,11 +138,33 @@ pub struct Delivery {
     pub reached_before: u64,
 }
 
+/// The watch API a watcher follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchFront {
+    /// `GET /v1/watch`, server-sent events.
+    #[default]
+    Sse,
+    /// etcd's v3 gRPC `Watch.Watch` stream.
+    Grpc,
+}
+
+impl WatchFront {
+    /// Its name in notes and `watches.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchFront::Sse => "SSE",
+            WatchFront::Grpc => "gRPC",
+        }
+    }
+}
+
 /// What one watcher saw during a run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WatchLog {
     /// The watcher's number (from 1).
     pub watcher: u64,
+    /// The API it follows.
+    pub front: WatchFront,
     /// Its keys.
     pub range: Option<KeyRange>,
     /// The first revision it asked for.
@@ -150,10 +172,12 @@ pub struct WatchLog {
     /// The change events, in the order they arrived.
     pub deliveries: Vec<Delivery>,
     /// The last revision it was told it has every change up to (the last
-    /// `id`, of a change or a progress event).
+    /// `id`, of a change or a progress event; over gRPC the last event's
+    /// `mod_revision` or a progress response's header revision).
     pub reached: u64,
     /// The connections it made: (node URL, `Last-Event-ID` sent, how it
-    /// ended).
+    /// ended); over gRPC the node's gRPC URL and the last revision seen
+    /// (the watch started one past it).
     pub connections: Vec<(String, u64, String)>,
     /// Cancels it got that were not a node shutting down, and answers
     /// refusing it (410 `revision-compacted`): (node, reason,

@@ -1,6 +1,11 @@
 //! The watch checker: watchers follow the store's changes over
-//! `GET /v1/watch` (server-sent events) for the whole run, and [`check`]
-//! decides whether what they saw matches the writes the clients made.
+//! `GET /v1/watch` (server-sent events) or etcd's gRPC `Watch.Watch`
+//! stream ([`grpc`]) for the whole run, and [`check`] decides whether what
+//! they saw matches the writes the clients made.
+//!
+//! [`WatchConfig::grpc_watchers`] of the watchers follow gRPC, the others
+//! SSE; which ones rotates with the seed ([`front_of`]), so across seeds
+//! every range is watched through both front ends.
 //!
 //! Watcher `w` (from 1) watches every key, the prefix `e1` (the keys of
 //! epoch 1, and 10–19, …) or the range `[e0-k3, e1-k2)` (part of epoch 0's
@@ -13,11 +18,15 @@
 //! [`WatchConfig::idle_timeout`] (a paused node), when the node cancels the
 //! watch (shutting down), and on its own after a random 1 to
 //! [`WatchConfig::switch_s_max`] seconds, so resuming is exercised even
-//! between faults. After the run has healed and converged,
+//! between faults. A gRPC watcher resumes the same way: a new stream on
+//! the next member whose `WatchCreateRequest` starts one past the last
+//! revision it saw (of a change or a progress response), after a stream
+//! error, a silent stream or a `canceled` response. After the run has healed and converged,
 //! [`Watchers::finish`] waits until every watcher got to the store's
 //! revision, and stops them.
 
 pub mod check;
+pub mod grpc;
 pub mod sse;
 mod watcher;
 
@@ -30,13 +39,16 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use crate::client::SharedUrls;
-use check::{Change, KeyRange, WatchLog};
+use check::{Change, KeyRange, WatchFront, WatchLog};
 
 /// Settings of the watchers.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     /// Number of watchers (0: no watch check).
     pub watchers: u64,
+    /// How many of them follow etcd's gRPC `Watch.Watch` instead of
+    /// `GET /v1/watch` (all of them when at least `watchers`).
+    pub grpc_watchers: u64,
     /// A connection silent this long (no event, no keep-alive) is given up
     /// for another member.
     pub idle_timeout: Duration,
@@ -52,6 +64,7 @@ impl Default for WatchConfig {
     fn default() -> Self {
         Self {
             watchers: 3,
+            grpc_watchers: 1,
             idle_timeout: Duration::from_secs(5),
             switch_s_max: 8,
             resume_past_last: false,
@@ -65,6 +78,21 @@ pub fn range_of(w: u64) -> KeyRange {
         0 => KeyRange::all(),
         1 => KeyRange::prefix("e1"),
         _ => KeyRange::between("e0-k3", "e1-k2"),
+    }
+}
+
+/// The front end watcher `w` (from 1) of `watchers` follows in the run of
+/// `seed` when `grpc` of them follow gRPC: those whose turn, rotated by
+/// the seed, comes first.
+pub fn front_of(w: u64, watchers: u64, grpc: u64, seed: u64) -> WatchFront {
+    if watchers == 0 || w == 0 {
+        return WatchFront::Sse;
+    }
+    let turn = (w - 1 + seed % watchers) % watchers;
+    if turn < grpc.min(watchers) {
+        WatchFront::Grpc
+    } else {
+        WatchFront::Sse
     }
 }
 
@@ -87,9 +115,9 @@ pub struct WatchOutcome {
 }
 
 impl Watchers {
-    /// Starts `cfg.watchers` watchers on the nodes of `urls`, staggered
-    /// over the first half of `duration`; their choices follow from
-    /// `seed`.
+    /// Starts `cfg.watchers` watchers on the nodes of `urls` (HTTP URLs; a
+    /// gRPC watcher follows the same node's gRPC URL), staggered over the
+    /// first half of `duration`; their choices follow from `seed`.
     pub fn start(cfg: &WatchConfig, seed: u64, duration: Duration, urls: &SharedUrls) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut w = Watchers {
@@ -101,6 +129,7 @@ impl Watchers {
         for i in 1..=n {
             let log = Arc::new(Mutex::new(WatchLog {
                 watcher: i,
+                front: front_of(i, n, cfg.grpc_watchers, seed),
                 range: Some(range_of(i)),
                 start_revision: 1,
                 ..WatchLog::default()
@@ -205,6 +234,7 @@ pub fn log_json(log: &WatchLog) -> Value {
         .collect();
     json!({
         "watcher": log.watcher,
+        "front": log.front.name(),
         "range": log.range.as_ref().map(KeyRange::describe),
         "start_revision": log.start_revision,
         "reached": log.reached,
@@ -213,4 +243,27 @@ pub fn log_json(log: &WatchLog) -> Value {
         "errors": log.errors,
         "deliveries": deliveries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grpc_watchers_rotate_with_the_seed_and_are_as_many_as_asked() {
+        let grpc_of = |watchers: u64, grpc: u64, seed: u64| -> Vec<u64> {
+            (1..=watchers)
+                .filter(|&w| front_of(w, watchers, grpc, seed) == WatchFront::Grpc)
+                .collect()
+        };
+        // Seeds 1, 2, 3 of the bounded run: each range once over gRPC.
+        assert_eq!(grpc_of(3, 1, 1), [3]);
+        assert_eq!(grpc_of(3, 1, 2), [2]);
+        assert_eq!(grpc_of(3, 1, 3), [1]);
+        assert_eq!(grpc_of(3, 2, 1).len(), 2);
+        assert_eq!(grpc_of(3, 0, 7), Vec::<u64>::new());
+        assert_eq!(grpc_of(3, 9, 7), [1, 2, 3]);
+        assert_eq!(grpc_of(1, 1, 4), [1]);
+        assert_eq!(front_of(1, 0, 1, 1), WatchFront::Sse);
+    }
 }
