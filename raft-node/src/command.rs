@@ -90,7 +90,9 @@ pub enum Outcome {
         /// The key's current revision.
         current: Option<u64>,
     },
-    /// A delete of an absent key; nothing changed.
+    /// A delete of an absent key, or a transaction with a put keeping the
+    /// value or lease (`ignore_value`, `ignore_lease`) of an absent key;
+    /// nothing changed.
     NotFound,
     /// The entry's payload is not a valid command; nothing changed.
     Malformed(String),

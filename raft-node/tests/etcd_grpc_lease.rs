@@ -3,8 +3,9 @@
 //! keep-alive stream that keeps a key past its TTL, expiry once it stops
 //! (seen by a watch), revoke deleting every attached key at one revision,
 //! time-to-live with keys, the lease list, keep-alives through a follower;
-//! and a lease that survives `kill -9` of the leader (its TTL starts over
-//! on the new leader) and still expires there.
+//! a lease that survives `kill -9` of the leader (its TTL starts over
+//! on the new leader) and still expires there; `LEASE` compares in a Txn
+//! and puts with `ignore_value` / `ignore_lease`, with etcd's errors.
 
 mod common;
 
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Cluster;
 use etcd_client::{
-    Client, Error, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, Error, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tonic::Code;
 
@@ -222,4 +223,133 @@ async fn a_lease_survives_the_leaders_kill_and_still_expires() {
     // And without keep-alives it expires there.
     gone_within(&mut c, "held", 60).await;
     assert_eq!(c.lease_time_to_live(id, None).await.unwrap().ttl(), -1);
+}
+
+/// The value and lease of `key` (which must exist).
+async fn value_and_lease(c: &mut Client, key: &str) -> (String, i64) {
+    let r = c.get(key, None).await.unwrap();
+    let kv = &r.kvs()[0];
+    (kv.value_str().unwrap().to_owned(), kv.lease())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_compares_and_puts_keeping_the_value_or_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let mut c = cluster.client(cluster.follower(), None).await;
+    let id = c.lease_grant(60, None).await.unwrap().id();
+    let id2 = c.lease_grant(60, None).await.unwrap().id();
+    c.put("tl/a", "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    c.put("tl/b", "v", None).await.unwrap();
+
+    // LEASE compares: the key's lease id, 0 without one or when absent;
+    // with a range, every key must hold.
+    let holds = |cmp: Compare| Txn::new().when([cmp]);
+    let prefix = |cmp: Compare| cmp.with_prefix();
+    for (cmp, want) in [
+        (Compare::lease("tl/a", CompareOp::Equal, id), true),
+        (Compare::lease("tl/a", CompareOp::Equal, id2), false),
+        (Compare::lease("tl/a", CompareOp::Greater, id - 1), true),
+        (Compare::lease("tl/a", CompareOp::Less, id), false),
+        (Compare::lease("tl/a", CompareOp::NotEqual, 0), true),
+        (Compare::lease("tl/b", CompareOp::Equal, 0), true),
+        (Compare::lease("tl/missing", CompareOp::Equal, 0), true),
+        (Compare::lease("tl/missing", CompareOp::Greater, 0), false),
+        (prefix(Compare::lease("tl/", CompareOp::Less, id + 1)), true),
+        (prefix(Compare::lease("tl/", CompareOp::Greater, 0)), false),
+    ] {
+        let r = c.txn(holds(cmp.clone())).await.unwrap();
+        assert_eq!(r.succeeded(), want, "{cmp:?}");
+    }
+    // A compare-and-swap on the lease: the put runs only while it holds.
+    let cas = |lease: i64| {
+        Txn::new()
+            .when([Compare::lease("tl/a", CompareOp::Equal, lease)])
+            .and_then([TxnOp::put("tl/owner", format!("{lease}"), None)])
+    };
+    assert!(!c.txn(cas(id2)).await.unwrap().succeeded());
+    assert!(c.txn(cas(id)).await.unwrap().succeeded());
+    assert_eq!(value_and_lease(&mut c, "tl/owner").await.0, id.to_string());
+
+    // ignore_value keeps the value (here moving the key to lease id2);
+    // ignore_lease keeps the lease; both keep both. Each is a new
+    // revision of the key.
+    let keep_value = PutOptions::new().with_ignore_value();
+    let r = c
+        .put(
+            "tl/a",
+            "",
+            Some(keep_value.clone().with_lease(id2).with_prev_key()),
+        )
+        .await
+        .unwrap();
+    let prev = r.prev_key().expect("prev_kv");
+    assert_eq!((prev.value(), prev.lease()), (&b"v"[..], id));
+    assert_eq!(value_and_lease(&mut c, "tl/a").await, ("v".into(), id2));
+    let keep_lease = PutOptions::new().with_ignore_lease();
+    c.put("tl/a", "w", Some(keep_lease.clone())).await.unwrap();
+    assert_eq!(value_and_lease(&mut c, "tl/a").await, ("w".into(), id2));
+    let both = keep_value.clone().with_ignore_lease();
+    let before = c.get("tl/a", None).await.unwrap().kvs()[0].version();
+    let r = c.put("tl/a", "", Some(both)).await.unwrap();
+    let got = c.get("tl/a", None).await.unwrap();
+    let kv = &got.kvs()[0];
+    assert_eq!((kv.value(), kv.lease()), (&b"w"[..], id2));
+    assert_eq!(kv.version(), before + 1);
+    assert_eq!(kv.mod_revision(), r.header().unwrap().revision());
+    // Without ignore_lease a put detaches the key, as etcd.
+    c.put("tl/a", "", Some(keep_value.clone())).await.unwrap();
+    assert_eq!(value_and_lease(&mut c, "tl/a").await, ("w".into(), 0));
+
+    // Inside a Txn too.
+    let txn = Txn::new().and_then([
+        TxnOp::put("tl/a", "", Some(keep_value.clone().with_lease(id))),
+        TxnOp::get("tl/a", None),
+    ]);
+    let r = c.txn(txn).await.unwrap();
+    match &r.op_responses()[1] {
+        TxnOpResponse::Get(g) => {
+            assert_eq!((g.kvs()[0].value(), g.kvs()[0].lease()), (&b"w"[..], id));
+        }
+        other => panic!("a get's response, not {other:?}"),
+    }
+
+    // etcd's errors: a value or lease given with the flag that keeps it,
+    // a key that does not exist (nothing applied, also the other puts of
+    // a transaction).
+    let invalid = |m: &str| (Code::InvalidArgument, m.to_owned());
+    let e = c
+        .put("tl/a", "x", Some(keep_value.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: value is provided"));
+    let e = c
+        .put("tl/a", "x", Some(keep_lease.clone().with_lease(id)))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: lease is provided"));
+    let e = c
+        .put("tl/none", "", Some(keep_value.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: key not found"));
+    let e = c
+        .put("tl/none", "x", Some(keep_lease.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: key not found"));
+    let txn = Txn::new().and_then([
+        TxnOp::put("tl/c", "new", None),
+        TxnOp::put("tl/none", "x", Some(keep_lease.clone())),
+    ]);
+    let e = c.txn(txn).await.unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: key not found"));
+    let txn = Txn::new().and_then([TxnOp::put("tl/a", "x", Some(keep_value))]);
+    let e = c.txn(txn).await.unwrap_err();
+    assert_eq!(status(&e), invalid("etcdserver: value is provided"));
+    assert!(!exists(&mut c, "tl/none").await && !exists(&mut c, "tl/c").await);
+    assert_eq!(value_and_lease(&mut c, "tl/a").await, ("w".into(), id));
+    common::assert_running_without_panic(&mut cluster.procs, "txn lease");
 }

@@ -1,6 +1,7 @@
 //! `POST /v1/txn` on a 3-node cluster, through a follower: a transaction
 //! over several keys, its errors as problems, and a compare-and-swap race
-//! between several clients that exactly one wins.
+//! between several clients that exactly one wins; `lease` compares and
+//! puts keeping the key's value or lease.
 
 mod common;
 
@@ -154,7 +155,17 @@ async fn binary_keys_prefixes_and_every_refusal_as_a_problem() {
         (
             json!({"compare": [{"key": "a", "target": "lease", "result": "equal"}]}),
             400,
-            "lease-unsupported",
+            "bad-request",
+        ),
+        (
+            json!({"success": [{"put": {"key": "a", "value": "x", "ignore_value": true}}]}),
+            400,
+            "value-provided",
+        ),
+        (
+            json!({"success": [{"put": {"key": "a", "lease": 7, "ignore_lease": true}}]}),
+            400,
+            "lease-provided",
         ),
         (json!({"success": [{"frobnicate": {}}]}), 400, "bad-request"),
         (
@@ -179,4 +190,93 @@ async fn binary_keys_prefixes_and_every_refusal_as_a_problem() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_compares_and_puts_keeping_the_value_or_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, _client, lead) = led_cluster(dir.path(), 3, &[]).await;
+    let node = procs.iter().find(|p| p.id != lead).unwrap();
+    let grant = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/leases", node.http))
+            .json(&json!({"ttl": 60}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+    };
+    let (id, id2) = (grant().await, grant().await);
+    let (status, _, body) = txn(
+        node,
+        json!({"success": [
+            {"put": {"key": "l/a", "value": "v", "lease": id}},
+            {"put": {"key": "l/b", "value": "v"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // `lease` compares: the key's lease, 0 without one or when absent.
+    let holds = |compare: Value| async move {
+        let (status, _, body) = txn(node, json!({"compare": [compare]})).await;
+        assert_eq!(status, 200, "{body}");
+        body["succeeded"].as_bool().unwrap()
+    };
+    let lease_of = |key: &str, result: &str, lease: u64| json!({"key": key, "target": "lease", "result": result, "lease": lease});
+    assert!(holds(lease_of("l/a", "equal", id)).await);
+    assert!(!holds(lease_of("l/a", "equal", id2)).await);
+    assert!(holds(lease_of("l/a", "greater", id - 1)).await);
+    assert!(holds(lease_of("l/b", "equal", 0)).await);
+    assert!(holds(lease_of("l/none", "equal", 0)).await);
+    assert!(!holds(lease_of("l/none", "not_equal", 0)).await);
+    let mut over = lease_of("l/", "less", id + 1);
+    over["prefix"] = json!(true);
+    assert!(holds(over.clone()).await);
+    over["result"] = json!("greater");
+    over["lease"] = json!(0);
+    assert!(!holds(over).await);
+
+    // ignore_value keeps the value, ignore_lease the lease.
+    let (status, rev, body) = txn(
+        node,
+        json!({"success": [
+            {"put": {"key": "l/a", "ignore_value": true, "lease": id2, "prev_kv": true}},
+            {"put": {"key": "l/b", "value": "w", "ignore_lease": true}},
+            {"range": {"key": "l/", "prefix": true}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["responses"][0]["put"]["prev_kv"]["lease"], json!(id));
+    let kvs = &body["responses"][2]["range"]["kvs"];
+    assert_eq!(
+        (&kvs[0]["value"], &kvs[0]["lease"], &kvs[0]["mod_revision"]),
+        (&json!("v"), &json!(id2), &json!(rev.unwrap())),
+        "{body}"
+    );
+    assert_eq!(
+        (&kvs[1]["value"], &kvs[1]["lease"]),
+        (&json!("w"), &Value::Null)
+    );
+
+    // A key that does not exist: 404, nothing applied.
+    let (status, _, body) = txn(
+        node,
+        json!({"success": [
+            {"put": {"key": "l/c", "value": "x"}},
+            {"put": {"key": "l/none", "ignore_value": true}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["type"], "urn:raft-node:problem:not-found");
+    let (_, _, body) = txn(
+        node,
+        json!({"success": [{"range": {"key": "l/c"}}, {"range": {"key": "l/none"}}]}),
+    )
+    .await;
+    assert_eq!(body["responses"][0]["range"]["count"], 0, "{body}");
+    assert_eq!(body["responses"][1]["range"]["count"], 0, "{body}");
 }

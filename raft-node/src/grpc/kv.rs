@@ -333,8 +333,9 @@ impl Kv for Ctx {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let meta = req.metadata().clone();
         let p = req.into_inner();
-        if p.prev_kv {
-            // The previous value comes with a one-put transaction.
+        if p.prev_kv || p.ignore_value || p.ignore_lease {
+            // The previous value, or keeping the key's value or lease as
+            // the entry finds it, comes with a one-put transaction.
             self.check_user(&meta)?;
             let put = txn::put_of(p)?;
             let limits = txn::limits(&self.state.cfg);

@@ -79,12 +79,20 @@ fn range_of(r: pb::RangeRequest) -> Result<t::RangeRequest, Status> {
     })
 }
 
-/// etcd's `PutRequest` as a [`t::PutRequest`]: the `ignore_*` flags are
-/// refused, and a negative lease id (etcd's ids are positive).
+/// etcd's `PutRequest` as a [`t::PutRequest`]. As etcd: no value with
+/// `ignore_value`, no lease with `ignore_lease` (an empty key is refused
+/// first, later); a negative lease id does not exist (etcd's ids are
+/// positive).
 pub(super) fn put_of(p: pb::PutRequest) -> Result<t::PutRequest, Status> {
-    if p.ignore_value || p.ignore_lease {
+    let keyed = !p.key.is_empty();
+    if keyed && p.ignore_value && !p.value.is_empty() {
         return Err(Status::invalid_argument(
-            "raft-node: Put with ignore_value or ignore_lease is not supported yet",
+            t::TxnInvalid::ValueProvided.to_string(),
+        ));
+    }
+    if keyed && p.ignore_lease && p.lease != 0 {
+        return Err(Status::invalid_argument(
+            t::TxnInvalid::LeaseProvided.to_string(),
         ));
     }
     let lease =
@@ -94,6 +102,8 @@ pub(super) fn put_of(p: pb::PutRequest) -> Result<t::PutRequest, Status> {
         value: Bytes::from(p.value),
         prev_kv: p.prev_kv,
         lease,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
     })
 }
 
@@ -196,6 +206,8 @@ pub(super) fn txn_status(e: TxnError) -> Status {
         // This node knows no leader it can forward to.
         TxnError::Propose(ProposeError::NotLeader { .. }) => Status::unavailable(NO_LEADER),
         TxnError::Lease(r) => super::lease::lease_status(&r),
+        // etcd's ErrGRPCKeyNotFound.
+        TxnError::KeyNotFound => Status::invalid_argument(TxnError::KeyNotFound.to_string()),
         TxnError::Propose(e) => status_of(&Problem::from(e)),
         e @ TxnError::Unexpected(_) => Status::internal(e.to_string()),
     }

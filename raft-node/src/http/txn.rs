@@ -50,6 +50,8 @@ struct JsonCompare {
     mod_revision: Option<i64>,
     value: Option<String>,
     value_base64: Option<String>,
+    /// The lease id a `lease` compare compares with (0: no lease).
+    lease: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +83,12 @@ struct JsonPut {
     /// Attach the key to this lease (0 or absent: none).
     #[serde(default)]
     lease: u64,
+    /// Keep the key's value (no `value` may be given; the key must exist).
+    #[serde(default)]
+    ignore_value: bool,
+    /// Keep the key's lease (no `lease` may be given; the key must exist).
+    #[serde(default)]
+    ignore_lease: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,10 +198,11 @@ fn compare_of(c: JsonCompare) -> Result<Compare, Problem> {
             "value" => CompareTarget::Value(either(c.value, c.value_base64, "value")?.ok_or_else(
                 || Problem::bad_request("a value compare needs \"value\" or \"value_base64\""),
             )?),
-            "lease" => return Err(invalid(TxnInvalid::LeaseUnsupported)),
+            "lease" => CompareTarget::Lease(operand(c.lease, "lease")?),
             other => {
                 return Err(Problem::bad_request(format!(
-                    "target must be version, create_revision, mod_revision or value; got {other:?}"
+                    "target must be version, create_revision, mod_revision, value or lease; \
+                     got {other:?}"
                 )))
             }
         };
@@ -222,6 +231,8 @@ fn op_of(op: JsonOp) -> Result<RequestOp, Problem> {
             value: either(p.value, p.value_base64, "value")?.unwrap_or_default(),
             prev_kv: p.prev_kv,
             lease: p.lease,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
         }),
         JsonOp::DeleteRange(d) => {
             let (key, range_end) = key_range!(d).resolve()?;
@@ -329,10 +340,15 @@ fn invalid(e: TxnInvalid) -> Problem {
             "Duplicate key in transaction",
         ),
         TxnInvalid::EmptyKey => (StatusCode::BAD_REQUEST, "empty-key", "Empty key"),
-        TxnInvalid::LeaseUnsupported => (
+        TxnInvalid::ValueProvided => (
             StatusCode::BAD_REQUEST,
-            "lease-unsupported",
-            "Leases not supported",
+            "value-provided",
+            "Value given with ignore_value",
+        ),
+        TxnInvalid::LeaseProvided => (
+            StatusCode::BAD_REQUEST,
+            "lease-provided",
+            "Lease given with ignore_lease",
         ),
         TxnInvalid::KeyTooLong { .. } => (StatusCode::URI_TOO_LONG, "key-too-long", "Key too long"),
         TxnInvalid::ValueTooLarge { .. } => (
@@ -395,6 +411,12 @@ pub(super) async fn txn(
             forward(&state, leader, relay).await
         }
         Err(TxnError::Lease(r)) => Err(super::lease::problem(&r)),
+        Err(TxnError::KeyNotFound) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such key",
+            "a put with ignore_value or ignore_lease needs the key to exist; nothing was applied",
+        )),
         Err(TxnError::Propose(e)) => Err(e.into()),
         Err(e @ TxnError::Unexpected(_)) => Err(Problem::storage(e.to_string())),
     }

@@ -60,6 +60,8 @@ mod tests_lease;
 mod tests_revisions;
 #[cfg(test)]
 mod tests_txn;
+#[cfg(test)]
+mod tests_txn_lease;
 mod txn;
 
 use std::path::PathBuf;

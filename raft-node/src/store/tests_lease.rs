@@ -110,8 +110,8 @@ impl Store {
                 RequestOp::Put(PutRequest {
                     key: Bytes::from((*k).to_owned()),
                     value: Bytes::from_static(b"t"),
-                    prev_kv: false,
                     lease: *lease,
+                    ..PutRequest::default()
                 })
             })
             .collect();

@@ -116,8 +116,7 @@ fn put(key: &str, value: &str) -> RequestOp {
     RequestOp::Put(PutRequest {
         key: b(key),
         value: b(value),
-        prev_kv: false,
-        lease: 0,
+        ..PutRequest::default()
     })
 }
 
@@ -336,7 +335,7 @@ async fn put_answers_the_previous_value_when_asked() {
             key: b("k"),
             value: b("v2"),
             prev_kv: true,
-            lease: 0,
+            ..PutRequest::default()
         })]))
         .await;
     match &r.responses[0] {
@@ -373,10 +372,13 @@ async fn a_key_written_twice_or_an_empty_key_is_refused_and_changes_nothing() {
         ops(vec![delete("a", "b", false), put("a1", "2")]),
         ops(vec![put("", "1")]),
         ops(vec![RequestOp::Range(range("", "\0"))]),
-        TxnRequest {
-            compare: vec![cmp("a", CompareTarget::Lease(1), CompareResult::Equal)],
-            ..TxnRequest::default()
-        },
+        // A put both giving and keeping the value.
+        ops(vec![RequestOp::Put(PutRequest {
+            key: b("a"),
+            value: b("1"),
+            ignore_value: true,
+            ..PutRequest::default()
+        })]),
     ] {
         assert!(
             matches!(s.run(req.clone()).await, Outcome::TxnRefused(_)),
@@ -581,16 +583,28 @@ pub(super) fn random_txn(rng: &mut rand_chacha::ChaCha8Rng, index: u64) -> Bytes
     fn ops(rng: &mut rand_chacha::ChaCha8Rng, index: u64, depth: u32) -> Vec<RequestOp> {
         (0..rng.gen_range(0..4))
             .map(|_| match rng.gen_range(0..10) {
-                0..=3 => RequestOp::Put(PutRequest {
-                    key: key(rng),
-                    value: Bytes::from(format!("t{index}")),
-                    prev_kv: rng.gen_bool(0.5),
-                    lease: if rng.gen_bool(0.2) {
-                        rng.gen_range(1..=3)
-                    } else {
-                        0
-                    },
-                }),
+                0..=3 => {
+                    // Sometimes keeping the key's value or lease (as the
+                    // entry finds it: absent keys fail the transaction).
+                    let ignore_value = rng.gen_bool(0.15);
+                    let ignore_lease = rng.gen_bool(0.15);
+                    RequestOp::Put(PutRequest {
+                        key: key(rng),
+                        value: if ignore_value {
+                            Bytes::new()
+                        } else {
+                            Bytes::from(format!("t{index}"))
+                        },
+                        prev_kv: rng.gen_bool(0.5),
+                        lease: if !ignore_lease && rng.gen_bool(0.2) {
+                            rng.gen_range(1..=3)
+                        } else {
+                            0
+                        },
+                        ignore_value,
+                        ignore_lease,
+                    })
+                }
                 4..=5 => RequestOp::DeleteRange(DeleteRangeRequest {
                     key: key(rng),
                     range_end: end(rng),
@@ -611,10 +625,11 @@ pub(super) fn random_txn(rng: &mut rand_chacha::ChaCha8Rng, index: u64) -> Bytes
         let compare = (0..rng.gen_range(0..3))
             .map(|_| {
                 let n = rng.gen_range(0..=index as i64 + 1);
-                let target = match rng.gen_range(0..4) {
+                let target = match rng.gen_range(0..5) {
                     0 => CompareTarget::Version(rng.gen_range(0..4)),
                     1 => CompareTarget::CreateRevision(n),
                     2 => CompareTarget::ModRevision(n),
+                    3 => CompareTarget::Lease(rng.gen_range(0..=3)),
                     _ => CompareTarget::Value(Bytes::from(format!("t{n}"))),
                 };
                 let result = [

@@ -32,6 +32,8 @@ use crate::txn::{
 enum Stop {
     Refused(TxnRefusal),
     Lease(LeaseRefusal),
+    /// A put keeping the value or lease of a key that does not exist.
+    KeyNotFound,
     Store(StoreError),
 }
 
@@ -205,6 +207,22 @@ impl<V: StoreView> Plan<'_, '_, V> {
                 RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
                 RequestOp::Put(p) => {
                     let old = self.lookup(&p.key, true)?;
+                    // Keeping the value or lease takes them from the key as
+                    // this entry finds it (etcd: "key not found" without).
+                    let keep = p.ignore_value || p.ignore_lease;
+                    let kept = match old.as_ref() {
+                        Some(o) if keep => Some(o),
+                        None if keep => return Err(Stop::KeyNotFound),
+                        _ => None,
+                    };
+                    let value = match kept {
+                        Some(o) if p.ignore_value => o.value.clone(),
+                        _ => p.value.clone(),
+                    };
+                    let lease = match kept {
+                        Some(o) if p.ignore_lease => o.lease,
+                        _ => p.lease,
+                    };
                     let prev_kv = match old.as_ref().filter(|_| p.prev_kv) {
                         Some(o) => {
                             let limit = self.max_read_bytes;
@@ -213,17 +231,16 @@ impl<V: StoreView> Plan<'_, '_, V> {
                         }
                         None => None,
                     };
-                    self.check_lease(p.lease, old.as_ref())?;
+                    self.check_lease(lease, old.as_ref())?;
                     let new = Versioned {
-                        value: p.value.clone(),
+                        value: value.clone(),
                         rev: self.index,
                         create_rev: old.as_ref().map_or(self.index, |o| o.create_rev),
                         version: old.as_ref().map_or(1, |o| o.version + 1),
-                        lease: p.lease,
+                        lease,
                     };
                     self.local.insert(p.key.clone(), Some(new));
-                    self.changes
-                        .push((p.key.clone(), Some((p.value.clone(), p.lease))));
+                    self.changes.push((p.key.clone(), Some((value, lease))));
                     ResponseOp::Put(PutResponse { prev_kv })
                 }
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)?),
@@ -304,8 +321,8 @@ impl<V: StoreView> Plan<'_, '_, V> {
 }
 
 /// Whether `c` holds for a key whose record is `v` (`None`: absent).
-/// Absent keys have version and revisions 0; a value compare on one is
-/// false whatever the result asked, as in etcd.
+/// Absent keys have version, revisions and lease 0; a value compare on one
+/// is false whatever the result asked, as in etcd.
 fn compare(c: &Compare, v: Option<&Versioned>) -> bool {
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let ord = match (&c.target, v) {
@@ -342,8 +359,9 @@ impl<V: StoreView> Batch<'_, V> {
             Err(err) => return Ok(Outcome::Malformed(err.to_string())),
         };
         // The proposer checked the request against its limits; the rules
-        // the apply relies on (a key changed once, no lease, no empty key)
-        // are checked again, so that no entry can break them.
+        // the apply relies on (a key changed once, no empty key, no value or
+        // lease both given and kept) are checked again, so that no entry can
+        // break them.
         let unbounded = TxnLimits {
             max_ops: usize::MAX,
             max_key_bytes: usize::MAX,
@@ -370,6 +388,7 @@ impl<V: StoreView> Batch<'_, V> {
             Ok(resp) => resp,
             Err(Stop::Refused(r)) => return Ok(Outcome::TxnRefused(r.to_string())),
             Err(Stop::Lease(r)) => return Ok(Outcome::LeaseRefused(r)),
+            Err(Stop::KeyNotFound) => return Ok(Outcome::NotFound),
             Err(Stop::Store(e)) => return Err(e),
         };
         let changes = std::mem::take(&mut plan.changes);

@@ -5,15 +5,27 @@
 //! entry   = TXN_TAG:u8 | version:u8 (1) | max_range_keys:u32 | max_read_bytes:u64 | txn
 //!         | TXN_TAG:u8 | version:u8 (2) | max_range_keys:u32 | max_read_bytes:u64
 //!           | max_keys_per_lease:u32 | txn     (version 2: some put has a lease)
+//!         | TXN_TAG:u8 | version:u8 (3) | max_range_keys:u32 | max_read_bytes:u64
+//!           | max_keys_per_lease:u32 | txn     (version 3: a lease compare, or a
+//!                                              put with ignore_value or ignore_lease)
 //! txn     = n:u32 compare*n | n:u32 op*n (success) | n:u32 op*n (failure)
 //! compare = result:u8 | target:u8 | operand | key:bytes | range_end:bytes
-//!           (operand: i64, or bytes for a value)
+//!           (operand: i64, or bytes for a value; target 4, the lease, only
+//!           in version 3)
 //! op      = 1 | key:bytes | range_end:bytes | limit:u64 | flags:u8   (range: 1 keys_only, 2 count_only)
-//!         | 2 | key:bytes | value:bytes | flags:u8 [| lease:u64]     (put: 1 prev_kv, 2 lease follows)
+//!         | 2 | key:bytes | value:bytes | flags:u8 [| lease:u64]     (put: 1 prev_kv, 2 lease follows,
+//!                                                                   version 3 also: 4 ignore_value,
+//!                                                                   8 ignore_lease)
 //!         | 3 | key:bytes | range_end:bytes | flags:u8               (delete: 1 prev_kv)
 //!         | 4 | txn                                                  (nested, at most MAX_DEPTH deep)
 //! bytes   = len:u32 | len bytes;  integers big-endian
 //! ```
+//!
+//! Each transaction has one encoding: the lowest version that can hold
+//! it. Versions 1 and 2 are read exactly as before version 3 existed,
+//! except that a lease compare in one (which no release ever proposed: it
+//! was refused before the log) is now refused as malformed rather than
+//! when applied; either way nothing changes.
 //!
 //! Decoding refuses unknown versions, tags and flag bits, truncation and
 //! trailing bytes, and allocates for the items that arrive, never for the
@@ -34,6 +46,9 @@ pub const TXN_TAG: u8 = 0x82;
 const TXN_VERSION: u8 = 1;
 /// Format version of a transaction entry with a put attaching a lease.
 const TXN_VERSION_LEASED: u8 = 2;
+/// Format version of a transaction entry with a lease compare or a put
+/// that keeps the key's value or lease (`ignore_value`, `ignore_lease`).
+const TXN_VERSION_KEEPING: u8 = 3;
 
 /// A transaction as the log carries it: the request and the apply-time
 /// limits of the node that proposed it (so every replica applies the same).
@@ -43,8 +58,8 @@ pub struct TxnCommand {
     pub max_range_keys: u32,
     /// Most bytes of keys and values in the responses.
     pub max_read_bytes: u64,
-    /// Most keys attached to one lease (only encoded when a put of the
-    /// transaction has a lease).
+    /// Most keys attached to one lease (only encoded in versions 2 and 3;
+    /// 0 after decoding a version 1 entry).
     pub max_keys_per_lease: u32,
     /// The transaction.
     pub request: TxnRequest,
@@ -54,16 +69,12 @@ impl TxnCommand {
     /// The entry payload.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
-        let leased = has_lease(&self.request);
+        let version = version_of(&self.request);
         out.put_u8(TXN_TAG);
-        out.put_u8(if leased {
-            TXN_VERSION_LEASED
-        } else {
-            TXN_VERSION
-        });
+        out.put_u8(version);
         out.put_u32(self.max_range_keys);
         out.put_u64(self.max_read_bytes);
-        if leased {
+        if version != TXN_VERSION {
             out.put_u32(self.max_keys_per_lease);
         }
         put_txn(&mut out, &self.request);
@@ -79,26 +90,28 @@ impl TxnCommand {
         if get_u8(&mut buf, "txn tag")? != TXN_TAG {
             return Err(DecodeError("txn tag"));
         }
-        let leased = match get_u8(&mut buf, "txn version")? {
-            TXN_VERSION => false,
-            TXN_VERSION_LEASED => true,
-            _ => return Err(DecodeError("unknown txn version")),
-        };
+        let version = get_u8(&mut buf, "txn version")?;
+        if !matches!(
+            version,
+            TXN_VERSION | TXN_VERSION_LEASED | TXN_VERSION_KEEPING
+        ) {
+            return Err(DecodeError("unknown txn version"));
+        }
         let max_range_keys = get_u32(&mut buf, "max range keys")?;
         let max_read_bytes = get_u64(&mut buf, "max read bytes")?;
-        let max_keys_per_lease = if leased {
-            get_u32(&mut buf, "max keys per lease")?
-        } else {
+        let max_keys_per_lease = if version == TXN_VERSION {
             0
+        } else {
+            get_u32(&mut buf, "max keys per lease")?
         };
-        let request = get_txn(&mut buf, 0)?;
+        let request = get_txn(&mut buf, version, 0)?;
         if buf.has_remaining() {
             return Err(DecodeError("trailing bytes"));
         }
-        // Each layout has one encoding: version 2 exactly when a put has a
-        // lease.
-        if has_lease(&request) != leased {
-            return Err(DecodeError("txn version does not match its leases"));
+        // Each transaction has one encoding: the lowest version that holds
+        // it.
+        if version_of(&request) != version {
+            return Err(DecodeError("txn version does not match its content"));
         }
         Ok(Self {
             max_range_keys,
@@ -109,6 +122,18 @@ impl TxnCommand {
     }
 }
 
+/// The version an entry holding `t` is encoded in: the lowest that can
+/// hold it.
+fn version_of(t: &TxnRequest) -> u8 {
+    if keeps(t) {
+        TXN_VERSION_KEEPING
+    } else if has_lease(t) {
+        TXN_VERSION_LEASED
+    } else {
+        TXN_VERSION
+    }
+}
+
 /// Whether a put of `t` (nested ones too) attaches a lease.
 fn has_lease(t: &TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).any(|op| match op {
@@ -116,6 +141,19 @@ fn has_lease(t: &TxnRequest) -> bool {
         RequestOp::Txn(t) => has_lease(t),
         _ => false,
     })
+}
+
+/// Whether `t` (nested ones too) needs version 3: a lease compare, or a
+/// put keeping the key's value or lease.
+fn keeps(t: &TxnRequest) -> bool {
+    t.compare
+        .iter()
+        .any(|c| matches!(c.target, CompareTarget::Lease(_)))
+        || t.success.iter().chain(&t.failure).any(|op| match op {
+            RequestOp::Put(p) => p.ignore_value || p.ignore_lease,
+            RequestOp::Txn(t) => keeps(t),
+            _ => false,
+        })
 }
 
 fn put_bytes(out: &mut BytesMut, b: &[u8]) {
@@ -186,7 +224,12 @@ fn put_op(out: &mut BytesMut, op: &RequestOp) {
             out.put_u8(2);
             put_bytes(out, &p.key);
             put_bytes(out, &p.value);
-            out.put_u8(u8::from(p.prev_kv) | (u8::from(p.lease != 0) << 1));
+            out.put_u8(
+                u8::from(p.prev_kv)
+                    | (u8::from(p.lease != 0) << 1)
+                    | (u8::from(p.ignore_value) << 2)
+                    | (u8::from(p.ignore_lease) << 3),
+            );
             if p.lease != 0 {
                 out.put_u64(p.lease);
             }
@@ -271,13 +314,13 @@ fn get_list<T>(
     Ok(out)
 }
 
-fn get_txn(buf: &mut Bytes, depth: usize) -> Result<TxnRequest, DecodeError> {
+fn get_txn(buf: &mut Bytes, version: u8, depth: usize) -> Result<TxnRequest, DecodeError> {
     if depth >= MAX_DEPTH {
         return Err(DecodeError("transactions nested too deep"));
     }
-    let compare = get_list(buf, "compares", get_compare)?;
-    let success = get_list(buf, "success ops", |b| get_op(b, depth))?;
-    let failure = get_list(buf, "failure ops", |b| get_op(b, depth))?;
+    let compare = get_list(buf, "compares", |b| get_compare(b, version))?;
+    let success = get_list(buf, "success ops", |b| get_op(b, version, depth))?;
+    let failure = get_list(buf, "failure ops", |b| get_op(b, version, depth))?;
     Ok(TxnRequest {
         compare,
         success,
@@ -285,7 +328,7 @@ fn get_txn(buf: &mut Bytes, depth: usize) -> Result<TxnRequest, DecodeError> {
     })
 }
 
-fn get_compare(buf: &mut Bytes) -> Result<Compare, DecodeError> {
+fn get_compare(buf: &mut Bytes, version: u8) -> Result<Compare, DecodeError> {
     let result = match get_u8(buf, "compare result")? {
         0 => CompareResult::Equal,
         1 => CompareResult::Greater,
@@ -298,7 +341,7 @@ fn get_compare(buf: &mut Bytes) -> Result<Compare, DecodeError> {
         1 => CompareTarget::CreateRevision(get_i64(buf, "create revision")?),
         2 => CompareTarget::ModRevision(get_i64(buf, "mod revision")?),
         3 => CompareTarget::Value(get_bytes(buf, "compared value")?),
-        4 => CompareTarget::Lease(get_i64(buf, "lease")?),
+        4 if version >= TXN_VERSION_KEEPING => CompareTarget::Lease(get_i64(buf, "lease")?),
         _ => return Err(DecodeError("compare target")),
     };
     Ok(Compare {
@@ -309,7 +352,7 @@ fn get_compare(buf: &mut Bytes) -> Result<Compare, DecodeError> {
     })
 }
 
-fn get_op(buf: &mut Bytes, depth: usize) -> Result<RequestOp, DecodeError> {
+fn get_op(buf: &mut Bytes, version: u8, depth: usize) -> Result<RequestOp, DecodeError> {
     Ok(match get_u8(buf, "op")? {
         1 => {
             let key = get_bytes(buf, "range key")?;
@@ -327,7 +370,12 @@ fn get_op(buf: &mut Bytes, depth: usize) -> Result<RequestOp, DecodeError> {
         2 => {
             let key = get_bytes(buf, "put key")?;
             let value = get_bytes(buf, "put value")?;
-            let f = get_flags(buf, 0b11, "put flags")?;
+            let known = if version >= TXN_VERSION_KEEPING {
+                0b1111
+            } else {
+                0b11
+            };
+            let f = get_flags(buf, known, "put flags")?;
             let lease = if f & 2 != 0 {
                 let l = get_u64(buf, "put lease")?;
                 if l == 0 || l > crate::lease::MAX_LEASE_ID {
@@ -342,6 +390,8 @@ fn get_op(buf: &mut Bytes, depth: usize) -> Result<RequestOp, DecodeError> {
                 value,
                 prev_kv: f & 1 != 0,
                 lease,
+                ignore_value: f & 4 != 0,
+                ignore_lease: f & 8 != 0,
             })
         }
         3 => RequestOp::DeleteRange(DeleteRangeRequest {
@@ -349,7 +399,7 @@ fn get_op(buf: &mut Bytes, depth: usize) -> Result<RequestOp, DecodeError> {
             range_end: get_bytes(buf, "delete range end")?,
             prev_kv: get_flags(buf, 1, "delete flags")? != 0,
         }),
-        4 => RequestOp::Txn(get_txn(buf, depth + 1)?),
+        4 => RequestOp::Txn(get_txn(buf, version, depth + 1)?),
         _ => return Err(DecodeError("op")),
     })
 }
@@ -380,7 +430,7 @@ mod tests {
                         key: b("k"),
                         value: b("v"),
                         prev_kv: true,
-                        lease: 0,
+                        ..PutRequest::default()
                     }),
                     RequestOp::Txn(TxnRequest {
                         compare: vec![],
@@ -477,8 +527,8 @@ mod tests {
                 success: vec![RequestOp::Put(PutRequest {
                     key: b("k"),
                     value: b("v"),
-                    prev_kv: false,
                     lease: 5,
+                    ..PutRequest::default()
                 })],
                 ..TxnRequest::default()
             },
@@ -498,12 +548,118 @@ mod tests {
         assert!(TxnCommand::decode(v1.into()).is_err());
     }
 
+    /// A lease compare, or a put keeping the key's value or lease, makes a
+    /// version 3 entry, pinned too; versions 1 and 2 cannot hold them.
+    #[test]
+    fn lease_compares_and_kept_values_or_leases_make_a_pinned_version_3_entry() {
+        let cmd = TxnCommand {
+            max_range_keys: 10,
+            max_read_bytes: 4096,
+            max_keys_per_lease: 7,
+            request: TxnRequest {
+                compare: vec![Compare {
+                    key: b("k"),
+                    range_end: Bytes::new(),
+                    target: CompareTarget::Lease(9),
+                    result: CompareResult::Greater,
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: b("k"),
+                    value: Bytes::new(),
+                    prev_kv: true,
+                    lease: 0,
+                    ignore_value: true,
+                    ignore_lease: true,
+                })],
+                failure: vec![RequestOp::Put(PutRequest {
+                    key: b("k"),
+                    value: b("v"),
+                    lease: 5,
+                    ignore_value: false,
+                    ignore_lease: false,
+                    prev_kv: false,
+                })],
+            },
+        };
+        let golden: &[u8] = b"\x82\x03\x00\x00\x00\x0a\x00\x00\x00\x00\x00\x00\x10\x00\
+            \x00\x00\x00\x07\
+            \x00\x00\x00\x01\
+            \x01\x04\x00\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x01k\x00\x00\x00\x00\
+            \x00\x00\x00\x01\
+            \x02\x00\x00\x00\x01k\x00\x00\x00\x00\x0d\
+            \x00\x00\x00\x01\
+            \x02\x00\x00\x00\x01k\x00\x00\x00\x01v\x02\x00\x00\x00\x00\x00\x00\x00\x05";
+        assert_eq!(cmd.encode().as_ref(), golden);
+        assert_eq!(TxnCommand::decode(Bytes::from_static(golden)).unwrap(), cmd);
+        // The same content as version 2 (which has the same header) is
+        // refused: its lease compare and put flags 4 and 8 are unknown there.
+        let mut v2 = golden.to_vec();
+        v2[1] = 2;
+        assert!(TxnCommand::decode(v2.into()).is_err());
+        // Each part alone needs version 3 too.
+        for (i, part) in [
+            TxnRequest {
+                compare: cmd.request.compare.clone(),
+                ..TxnRequest::default()
+            },
+            TxnRequest {
+                success: cmd.request.success.clone(),
+                ..TxnRequest::default()
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let one = TxnCommand {
+                request: part,
+                ..cmd.clone()
+            };
+            let enc = one.encode();
+            assert_eq!(enc[1], 3, "part {i}");
+            assert_eq!(TxnCommand::decode(enc.clone()).unwrap(), one, "part {i}");
+            let mut older = enc.to_vec();
+            older[1] = 2;
+            assert!(TxnCommand::decode(older.into()).is_err(), "part {i}");
+        }
+        // A version 3 entry of what version 1 or 2 holds is refused (one
+        // encoding per transaction).
+        for lower in [sample(), {
+            let mut leased = sample();
+            leased.max_keys_per_lease = 7;
+            leased.request.failure = cmd.request.failure.clone();
+            leased
+        }] {
+            let enc = lower.encode();
+            let mut v3 = enc.to_vec();
+            if v3[1] == 1 {
+                v3.splice(14..14, [0, 0, 0, 7]);
+            }
+            v3[1] = 3;
+            assert!(TxnCommand::decode(v3.into()).is_err());
+        }
+    }
+
+    /// A version 1 entry with a lease compare (target 4) never came from
+    /// a proposer: it is refused as malformed.
+    #[test]
+    fn a_lease_compare_in_a_version_1_entry_is_refused() {
+        let mut raw = sample().encode().to_vec();
+        // The first compare's target byte follows its result byte.
+        assert_eq!(raw[18..20], [0, 0]);
+        raw[19] = 4;
+        assert!(TxnCommand::decode(raw.into()).is_err());
+    }
+
     proptest! {
         /// Decoding random bytes (also behind a valid header) never panics
         /// nor allocates past its input; what decodes re-encodes the same.
         #[test]
         fn decoding_random_bytes_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
-            for head in [&b""[..], &b"\x82\x01\0\0\0\x01\0\0\0\0\0\0\0\x01"[..]] {
+            for head in [
+                &b""[..],
+                &b"\x82\x01\0\0\0\x01\0\0\0\0\0\0\0\x01"[..],
+                &b"\x82\x03\0\0\0\x01\0\0\0\0\0\0\0\x01\0\0\0\x01"[..],
+            ] {
                 let mut raw = head.to_vec();
                 raw.extend_from_slice(&tail);
                 if let Ok(cmd) = TxnCommand::decode(raw.clone().into()) {

@@ -10,12 +10,17 @@
 //! - **Compares** see the state before the transaction (nested
 //!   transactions' compares too, as in etcd). A compare with a `range_end`
 //!   holds only if it holds for every key in the range. An absent key (or
-//!   an empty range) has version, create and mod revision 0, and a
-//!   [`CompareTarget::Value`] compare on it is always false, whatever the
-//!   result asked.
+//!   an empty range) has version, create and mod revision 0 and no lease
+//!   (0), and a [`CompareTarget::Value`] compare on it is always false,
+//!   whatever the result asked. A [`CompareTarget::Lease`] compare looks
+//!   at the id of the lease the key is attached to (0: none).
 //! - **Operations** run in order, and each sees the ones before it: a
 //!   [`RequestOp::Range`] after a [`RequestOp::Put`] of the same
-//!   transaction returns the new value.
+//!   transaction returns the new value. A put with
+//!   [`PutRequest::ignore_value`] or [`PutRequest::ignore_lease`] keeps
+//!   the key's value or lease as the entry finds it when applied; on an
+//!   absent key it makes the whole transaction fail, nothing changed
+//!   ([`TxnError::KeyNotFound`], etcd's "key not found").
 //! - **One revision**: every change of the transaction gets the entry's
 //!   log index as its revision; a transaction that changes nothing makes no
 //!   revision ([`TxnResponse::revision`] is then the store's revision).
@@ -24,8 +29,9 @@
 //!   transaction: than its parent's largest list leaves, as in etcd), a
 //!   key put
 //!   twice or put inside a range the same path deletes (etcd's
-//!   "duplicate key given in txn request"), an empty key, a lease compare,
-//!   a key or value over the size limits, a request over
+//!   "duplicate key given in txn request"), an empty key, a put with
+//!   `ignore_value` and a value or `ignore_lease` and a lease, a key or
+//!   value over the size limits, a request over
 //!   [`TxnLimits::max_request_bytes`].
 //! - **Refused when applied** ([`TxnRefusal`], nothing changes): ranges
 //!   (in compares, `Range`s and `DeleteRange`s with a `range_end`)
@@ -56,7 +62,7 @@
 //!         key: Bytes::from_static(b"color"),
 //!         value: Bytes::from_static(b"blue"),
 //!         prev_kv: true,
-//!         lease: 0,
+//!         ..PutRequest::default()
 //!     })],
 //!     failure: vec![RequestOp::Range(RangeRequest {
 //!         key: Bytes::from_static(b"color"),
@@ -114,8 +120,8 @@ pub enum CompareTarget {
     /// The key's value (bytes, compared lexicographically); false on an
     /// absent key.
     Value(Bytes),
-    /// The key's lease: not supported (leases do not exist yet), refused
-    /// with [`TxnInvalid::LeaseUnsupported`].
+    /// The id of the lease the key is attached to (0 when it has none or
+    /// is absent).
     Lease(i64),
 }
 
@@ -172,6 +178,12 @@ pub struct PutRequest {
     /// Attach the key to this lease (0: none; a put without a lease
     /// detaches the key from the one it had).
     pub lease: u64,
+    /// Keep the key's current value (etcd's `ignore_value`): `value` must
+    /// be empty, and the key must exist when the entry applies.
+    pub ignore_value: bool,
+    /// Keep the key's current lease (etcd's `ignore_lease`): `lease` must
+    /// be 0, and the key must exist when the entry applies.
+    pub ignore_lease: bool,
 }
 
 /// A delete inside a transaction.

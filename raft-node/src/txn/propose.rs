@@ -34,6 +34,11 @@ pub enum TxnError {
     /// changed.
     #[error("{0}")]
     Lease(crate::lease::LeaseRefusal),
+    /// A put with `ignore_value` or `ignore_lease` found no key to keep
+    /// the value or lease of when applied (etcd's "key not found");
+    /// nothing changed.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
     /// The state machine answered something else (a bug).
     #[error("unexpected outcome of a transaction: {0}")]
     Unexpected(String),
@@ -68,6 +73,7 @@ pub async fn propose(
         Outcome::Txn(resp) => Ok(*resp),
         Outcome::TxnRefused(why) => Err(TxnError::Refused(why)),
         Outcome::LeaseRefused(r) => Err(TxnError::Lease(r)),
+        Outcome::NotFound => Err(TxnError::KeyNotFound),
         other => Err(TxnError::Unexpected(format!("{other:?}"))),
     }
 }

@@ -1,6 +1,7 @@
 //! The checks a transaction passes before it is proposed (and again when
 //! applied, so an entry that skipped them changes nothing): counts, sizes,
-//! empty keys, leases, and etcd's rule against a key written twice.
+//! empty keys, puts that both give and ignore a value or lease, and etcd's
+//! rule against a key written twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
@@ -30,9 +31,12 @@ pub enum TxnInvalid {
     /// A compare, `Range`, `Put` or `DeleteRange` with an empty key.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
-    /// A compare on a lease.
-    #[error("lease compares are not supported: raft-node has no leases yet")]
-    LeaseUnsupported,
+    /// A put with `ignore_value` that gives a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A put with `ignore_lease` that gives a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     /// A key or range end over `--max-key-bytes`.
     #[error("a key of {len} bytes is over the limit of {limit} (--max-key-bytes)")]
     KeyTooLong {
@@ -120,15 +124,13 @@ fn check_shape(
         }
         check_key(&c.key, limits)?;
         check_key(&c.range_end, limits)?;
-        match &c.target {
-            CompareTarget::Lease(_) => return Err(TxnInvalid::LeaseUnsupported),
-            CompareTarget::Value(v) if v.len() > limits.max_value_bytes => {
+        if let CompareTarget::Value(v) = &c.target {
+            if v.len() > limits.max_value_bytes {
                 return Err(TxnInvalid::ValueTooLarge {
                     len: v.len(),
                     limit: limits.max_value_bytes,
-                })
+                });
             }
-            _ => {}
         }
     }
     for op in req.success.iter().chain(&req.failure) {
@@ -136,6 +138,13 @@ fn check_shape(
             RequestOp::Range(r) => check_op_key(&r.key, &r.range_end, limits)?,
             RequestOp::Put(p) => {
                 check_op_key(&p.key, &[], limits)?;
+                // etcd's order: the key, then the value, then the lease.
+                if p.ignore_value && !p.value.is_empty() {
+                    return Err(TxnInvalid::ValueProvided);
+                }
+                if p.ignore_lease && p.lease != 0 {
+                    return Err(TxnInvalid::LeaseProvided);
+                }
                 if p.value.len() > limits.max_value_bytes {
                     return Err(TxnInvalid::ValueTooLarge {
                         len: p.value.len(),
@@ -257,9 +266,7 @@ mod tests {
     fn put(k: &'static str) -> RequestOp {
         RequestOp::Put(PutRequest {
             key: Bytes::from_static(k.as_bytes()),
-            value: Bytes::new(),
-            prev_kv: false,
-            lease: 0,
+            ..PutRequest::default()
         })
     }
 
@@ -350,9 +357,7 @@ mod tests {
                 .map(|i| {
                     RequestOp::Put(PutRequest {
                         key: Bytes::from(format!("{prefix}{i}")),
-                        value: Bytes::new(),
-                        prev_kv: false,
-                        lease: 0,
+                        ..PutRequest::default()
                     })
                 })
                 .collect()
@@ -425,7 +430,37 @@ mod tests {
             compare: vec![compare(CompareTarget::Lease(5))],
             ..TxnRequest::default()
         };
-        assert_eq!(check(&lease, &l), Err(TxnInvalid::LeaseUnsupported));
+        assert_eq!(check(&lease, &l), Ok(()));
+        // ignore_value with a value, ignore_lease with a lease: etcd's
+        // errors, the value's first; an empty key before both.
+        let ignoring = |key: &'static str, value: &'static str, lease, iv, il| {
+            ops(
+                vec![RequestOp::Put(PutRequest {
+                    key: Bytes::from_static(key.as_bytes()),
+                    value: Bytes::from_static(value.as_bytes()),
+                    lease,
+                    ignore_value: iv,
+                    ignore_lease: il,
+                    ..PutRequest::default()
+                })],
+                vec![],
+            )
+        };
+        assert_eq!(check(&ignoring("k", "", 0, true, true), &l), Ok(()));
+        assert_eq!(
+            check(&ignoring("k", "v", 5, true, true), &l),
+            Err(TxnInvalid::ValueProvided)
+        );
+        assert_eq!(
+            check(&ignoring("k", "", 5, true, true), &l),
+            Err(TxnInvalid::LeaseProvided)
+        );
+        assert_eq!(check(&ignoring("k", "v", 0, false, true), &l), Ok(()));
+        assert_eq!(check(&ignoring("k", "", 5, true, false), &l), Ok(()));
+        assert_eq!(
+            check(&ignoring("", "v", 5, true, true), &l),
+            Err(TxnInvalid::EmptyKey)
+        );
         assert_eq!(
             check(&ops(vec![put("long")], vec![]), &l),
             Err(TxnInvalid::KeyTooLong { len: 4, limit: 3 })
@@ -433,8 +468,7 @@ mod tests {
         let big = RequestOp::Put(PutRequest {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"12345"),
-            prev_kv: false,
-            lease: 0,
+            ..PutRequest::default()
         });
         assert_eq!(
             check(&ops(vec![big], vec![]), &l),
