@@ -90,9 +90,8 @@ mod tests {
         assert_eq!(successor(b""), b"\0");
         assert_eq!(successor(b"a"), b"a\0");
         assert_eq!(successor(b"a\xff"), b"a\xff\0");
-        let a: &[u8] = b"a";
-        let next = successor(a);
-        assert!(a < &next[..] && &next[..] < &b"a\0\0"[..] && &next[..] < &b"a\x01"[..]);
+        let next = successor(b"a");
+        assert!(b"a".to_vec() < next && next < b"a\0\0".to_vec() && next < b"a\x01".to_vec());
     }
 
     #[test]
