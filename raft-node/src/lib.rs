@@ -32,6 +32,7 @@ pub mod dev;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod keys;
 pub mod lease;
 pub mod members;
 pub mod monitoring;

@@ -12,6 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::raw_http::get_json;
 use common::{builder_of, client_of, leader, via, Proc};
 use raft_client::{Client, ReadConsistency, RetryPolicy};
 use serde_json::Value;
@@ -269,14 +270,7 @@ async fn bad_input_gets_the_documented_status_and_a_lone_node_answers_503() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let listed: Value = client
-        .get(format!("{}/v1/kv?prefix=bin", p.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&client, format!("{}/v1/kv?prefix=bin", p.http)).await;
     assert_eq!(listed["items"][0]["key"], "bin%FF%00key");
 
     // Malformed headers and parameters: 400, nothing applied.

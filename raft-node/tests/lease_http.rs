@@ -6,30 +6,15 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::led_cluster;
+use common::raw_http::{get_json, problem_kind};
+use common::{by_id, led_cluster, raw_http};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
-
-fn http() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 fn lease_header(r: &Response) -> Option<u64> {
     r.headers()
         .get("raft-lease")
         .map(|v| v.to_str().unwrap().parse().unwrap())
-}
-
-/// The problem type of an error answer, without its prefix.
-async fn problem(r: Response) -> String {
-    let v: Value = r.json().await.unwrap();
-    let t = v["type"].as_str().unwrap_or_default();
-    t.rsplit(':').next().unwrap_or_default().to_owned()
 }
 
 async fn grant(c: &Client, base: &str, body: Value) -> Response {
@@ -44,8 +29,8 @@ async fn grant(c: &Client, base: &str, body: Value) -> Response {
 async fn leases_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let (procs, _client, lead) = led_cluster(dir.path(), 3, &[]).await;
-    let c = http();
-    let base = procs[usize::try_from(lead - 1).unwrap()].http.clone();
+    let c = raw_http::client();
+    let base = by_id(&procs, lead).http.clone();
     let follower = procs.iter().find(|p| p.id != lead).unwrap().http.clone();
 
     // Grant: the TTL asked, or the minimum (three 0.4 s election timeouts
@@ -65,7 +50,7 @@ async fn leases_over_http() {
     assert_eq!(r.json::<Value>().await.unwrap()["id"], 777);
     let r = grant(&c, &base, json!({ "ttl": 30, "id": 777 })).await;
     assert_eq!(r.status(), 409);
-    assert_eq!(problem(r).await, "lease-exists");
+    assert_eq!(problem_kind(r).await, "lease-exists");
 
     // PUT ?lease=: the key shows its lease; a missing lease is a 404 and
     // writes nothing.
@@ -78,14 +63,7 @@ async fn leases_over_http() {
     assert_eq!((r.status().as_u16(), lease_header(&r)), (200, Some(id)));
     let r = c.get(format!("{follower}/v1/kv/a")).send().await.unwrap();
     assert_eq!(lease_header(&r), Some(id));
-    let list: Value = c
-        .get(format!("{follower}/v1/kv?prefix=a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&c, format!("{follower}/v1/kv?prefix=a")).await;
     assert_eq!(list["items"][0]["lease"], id, "{list}");
     let r = c
         .put(format!("{base}/v1/kv/b?lease=999999"))
@@ -94,7 +72,7 @@ async fn leases_over_http() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(problem(r).await, "lease-not-found");
+    assert_eq!(problem_kind(r).await, "lease-not-found");
     let r = c.get(format!("{base}/v1/kv/b")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 
@@ -133,14 +111,7 @@ async fn leases_over_http() {
     );
 
     // The list.
-    let list: Value = c
-        .get(format!("{follower}/v1/leases"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&c, format!("{follower}/v1/leases")).await;
     let ids: Vec<u64> = list["leases"]
         .as_array()
         .unwrap()
@@ -177,7 +148,7 @@ async fn leases_over_http() {
             .unwrap(),
     ] {
         assert_eq!(r.status(), 404);
-        assert_eq!(problem(r).await, "lease-not-found");
+        assert_eq!(problem_kind(r).await, "lease-not-found");
     }
     let r = c.get(format!("{base}/v1/leases/abc")).send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -191,8 +162,8 @@ async fn leases_over_http() {
 async fn a_ttl_put_cannot_carry_an_idempotency_key() {
     let dir = tempfile::tempdir().unwrap();
     let (procs, _client, lead) = led_cluster(dir.path(), 1, &[]).await;
-    let c = http();
-    let base = procs[usize::try_from(lead - 1).unwrap()].http.clone();
+    let c = raw_http::client();
+    let base = by_id(&procs, lead).http.clone();
     let put = |url: String| {
         c.put(url)
             .header("idempotency-key", "retry-me")
@@ -201,15 +172,8 @@ async fn a_ttl_put_cannot_carry_an_idempotency_key() {
     };
     let r = put(format!("{base}/v1/kv/k?ttl=40")).await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(problem(r).await, "bad-request");
-    let leases: Value = c
-        .get(format!("{base}/v1/leases"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(problem_kind(r).await, "bad-request");
+    let leases = get_json(&c, format!("{base}/v1/leases")).await;
     assert_eq!(leases["leases"], json!([]), "a lease was granted");
     let r = c.get(format!("{base}/v1/kv/k")).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{builder_of, cluster_with, joiner, leader, status_of, via, wait_status, Proc};
+use common::{builder_of, by_id, cluster_with, joiner, leader, status_of, via, wait_status, Proc};
 use raft_client::{Client, RetryPolicy};
 
 fn flags(extra: &[&str]) -> Vec<String> {
@@ -27,10 +27,6 @@ fn client_of(procs: &[Proc]) -> Client {
         .request_timeout(Duration::from_secs(60))
         .build()
         .unwrap()
-}
-
-fn by_id(procs: &[Proc], id: u64) -> &Proc {
-    procs.iter().find(|p| p.id == id).expect("known node")
 }
 
 /// Writes `count` values of `size` bytes under `prefix`, through `p`, and

@@ -10,16 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{leader, led_cluster};
+use common::{leader, led_cluster, raw_http};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
-
-fn http() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 fn header(r: &Response, name: &str) -> u64 {
     r.headers()
@@ -81,7 +74,7 @@ async fn revisions_over_http_on_every_member_and_after_a_snapshot() {
         "--snapshot-keep-entries=5".to_string(),
     ];
     let (mut procs, client, lead) = led_cluster(dir.path(), 3, &flags).await;
-    let c = http();
+    let c = raw_http::client();
     let l = &procs.iter().find(|p| p.id == lead).unwrap().http.clone();
     let f = &procs.iter().find(|p| p.id != lead).unwrap().http.clone();
 
@@ -282,7 +275,7 @@ async fn a_listing_at_a_revision_pages_through_deleted_keys() {
     let (procs, _client, l) =
         led_cluster(dir.path(), 1, &["--max-list-bytes=1024".to_string()]).await;
     let base = &procs.iter().find(|p| p.id == l).unwrap().http;
-    let c = http();
+    let c = raw_http::client();
     for i in 0..60 {
         put(&c, base, &format!("d%2F{i:03}"), "v").await;
     }

@@ -13,13 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client_of, leader, via, Proc};
+use common::{by_id, client_of, leader, via, Proc};
 use raft_client::{Client, ReadConsistency, RetryPolicy};
 use serde_json::Value;
-
-fn by_id(procs: &[Proc], id: u64) -> &Proc {
-    procs.iter().find(|p| p.id == id).expect("node")
-}
 
 /// Writes `value` at `key` through `p`, asking again while the answer is
 /// not a success (elections under way), for up to 60 s.

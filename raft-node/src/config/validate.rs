@@ -1,6 +1,7 @@
 //! From the settings as given to a [`NodeConfig`]: defaults, this node's
 //! advertised addresses, and the checks that name a bad setting.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,12 +32,7 @@ impl RunArgs {
     /// `--initial-cluster` entry, else the listen addresses; never an
     /// unspecified address.
     fn advertise(&self, id: NodeId, initial_cluster: &[Member]) -> Result<Member, ConfigError> {
-        let client_listen = self
-            .client_listen
-            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal"));
-        let peer_listen = self
-            .peer_listen
-            .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal"));
+        let (client_listen, peer_listen) = self.listen_addrs();
         let listed = initial_cluster.iter().find(|m| m.id == id);
         let advertise = Member {
             id,
@@ -118,6 +114,57 @@ impl RunArgs {
         }
     }
 
+    /// The client and peer listen addresses: the flags, else
+    /// `127.0.0.1:8080` and `127.0.0.1:7000`.
+    fn listen_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let client = self
+            .client_listen
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal"));
+        let peer = self
+            .peer_listen
+            .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal"));
+        (client, peer)
+    }
+
+    /// The data directory: `--data-dir` with `{id}` replaced, else
+    /// `data/node-<id>`.
+    fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.data_dir.as_ref().map_or_else(
+            || PathBuf::from(format!("data/node-{id}")),
+            |d| substitute_id(d, id),
+        )
+    }
+
+    /// The peer TLS files (CA, certificate, key), all required; `{id}` in
+    /// the certificate's and the key's path replaced.
+    fn tls_files(&self, id: NodeId) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
+        let required = |v: &Option<PathBuf>, flag: &str, env: &str| {
+            v.clone().ok_or_else(|| {
+                ConfigError(format!(
+                    "{flag} ({env}) is required (see `raft-node certs`)"
+                ))
+            })
+        };
+        let ca = required(&self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?;
+        let cert = required(&self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?;
+        let key = required(&self.tls_key, "--tls-key", "RAFT_TLS_KEY")?;
+        Ok((ca, substitute_id(&cert, id), substitute_id(&key, id)))
+    }
+
+    /// The watch limits with their defaults.
+    fn watch_config(&self) -> crate::watch::WatchConfig {
+        crate::watch::WatchConfig {
+            max_watchers: self.watch_max_watchers.unwrap_or(10_000),
+            buffer: self.watch_buffer_batches.unwrap_or(1024),
+            replay_page: self.watch_replay_page.unwrap_or(1000),
+            replay_page_bytes: self.watch_replay_page_bytes.unwrap_or(4 << 20),
+            max_replays: self.watch_max_replays.unwrap_or(4),
+            buffer_bytes: self.watch_buffer_bytes.unwrap_or(64 << 20),
+            queue: self.watch_queue.unwrap_or(16),
+            progress_interval: ms_or_off(self.watch_progress_interval_ms, 5000),
+        }
+    }
+
     /// The settings with their defaults, file sizes in bytes and tokens
     /// read.
     fn into_config(
@@ -126,43 +173,28 @@ impl RunArgs {
         initial_cluster: Vec<Member>,
         advertise: Member,
     ) -> Result<NodeConfig, ConfigError> {
-        let required = |v: Option<PathBuf>, flag: &str, env: &str| {
-            v.ok_or_else(|| {
-                ConfigError(format!(
-                    "{flag} ({env}) is required (see `raft-node certs`)"
-                ))
-            })
-        };
+        let (client_listen, peer_listen) = self.listen_addrs();
+        let (tls_ca, tls_cert, tls_key) = self.tls_files(id)?;
         Ok(NodeConfig {
             advertise,
             id,
-            data_dir: self.data_dir.map_or_else(
-                || PathBuf::from(format!("data/node-{id}")),
-                |d| substitute_id(&d, id),
-            ),
-            client_listen: self
-                .client_listen
-                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
-            peer_listen: self
-                .peer_listen
-                .unwrap_or_else(|| "127.0.0.1:7000".parse().expect("literal")),
+            data_dir: self.data_dir(id),
+            client_listen,
+            peer_listen,
             initial_cluster,
             initial_cluster_token: self
                 .initial_cluster_token
                 .clone()
                 .unwrap_or_else(|| crate::node::cluster_id::DEFAULT_TOKEN.to_owned()),
-            tls_ca: required(self.tls_ca, "--tls-ca", "RAFT_TLS_CA")?,
-            tls_cert: substitute_id(&required(self.tls_cert, "--tls-cert", "RAFT_TLS_CERT")?, id),
-            tls_key: substitute_id(&required(self.tls_key, "--tls-key", "RAFT_TLS_KEY")?, id),
+            tls_ca,
+            tls_cert,
+            tls_key,
             tick: Duration::from_millis(self.tick_ms.unwrap_or(50)),
             election_ticks: self.election_ticks.unwrap_or(20),
             heartbeat_ticks: self.heartbeat_ticks.unwrap_or(2),
             request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(5000)),
             failure_exit_delay: Duration::from_millis(self.failure_exit_delay_ms.unwrap_or(1000)),
-            storage_stall_timeout: match self.storage_stall_timeout_ms.unwrap_or(10_000) {
-                0 => None,
-                ms => Some(Duration::from_millis(ms)),
-            },
+            storage_stall_timeout: ms_or_off(self.storage_stall_timeout_ms, 10_000),
             metrics_sample_interval: ms(self.metrics_sample_interval_ms, 5000),
             max_key_bytes: self.max_key_bytes.unwrap_or(1024),
             max_value_bytes: self.max_value_bytes.unwrap_or(1 << 20),
@@ -189,19 +221,7 @@ impl RunArgs {
             backup_max_duration: ms(self.backup_max_duration_ms, 3_600_000),
             idempotency_window: self.idempotency_window.unwrap_or(100_000),
             history_retention: self.history_retention.unwrap_or(100_000),
-            watch: crate::watch::WatchConfig {
-                max_watchers: self.watch_max_watchers.unwrap_or(10_000),
-                buffer: self.watch_buffer_batches.unwrap_or(1024),
-                replay_page: self.watch_replay_page.unwrap_or(1000),
-                replay_page_bytes: self.watch_replay_page_bytes.unwrap_or(4 << 20),
-                max_replays: self.watch_max_replays.unwrap_or(4),
-                buffer_bytes: self.watch_buffer_bytes.unwrap_or(64 << 20),
-                queue: self.watch_queue.unwrap_or(16),
-                progress_interval: match self.watch_progress_interval_ms.unwrap_or(5000) {
-                    0 => None,
-                    ms => Some(Duration::from_millis(ms)),
-                },
-            },
+            watch: self.watch_config(),
             snapshot_entries: self.snapshot_entries.unwrap_or(100_000),
             snapshot_bytes: self.snapshot_mib.unwrap_or(256).saturating_mul(1 << 20),
             snapshot_keep_entries: self.snapshot_keep_entries.unwrap_or(5_000),
@@ -452,6 +472,14 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
 /// A duration in milliseconds, or its default.
 fn ms(v: Option<u64>, default_ms: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default_ms))
+}
+
+/// A duration in milliseconds where 0 turns the feature off (`None`).
+fn ms_or_off(v: Option<u64>, default_ms: u64) -> Option<Duration> {
+    match v.unwrap_or(default_ms) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
 }
 
 /// A size in MiB between 1 and 65536, as bytes.

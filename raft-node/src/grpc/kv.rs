@@ -19,6 +19,7 @@ use super::pb::etcdserverpb::{
 };
 use super::pb::mvccpb::KeyValue;
 use super::{status_of, store_status, to_i64, txn, Ctx, NO_KEY, NO_LEADER};
+use crate::keys::{prefix_end, successor};
 use crate::store::{KvReader, Versioned};
 
 /// Largest Range answer, whatever `--max-list-bytes` says: clients take
@@ -42,11 +43,7 @@ impl KeyRange {
     /// from `key` on, otherwise `[key, range_end)`.
     pub(super) fn new(key: &[u8], range_end: &[u8]) -> Self {
         let (end, prefix) = match range_end {
-            [] => {
-                let mut end = key.to_vec();
-                end.push(0);
-                (Some(end), key.to_vec())
-            }
+            [] => (Some(successor(key)), key.to_vec()),
             [0] => (None, Vec::new()),
             // A prefix range: `end` is `key` with its last byte plus one.
             end if prefix_end(key).as_deref() == Some(end) => (Some(end.to_vec()), key.to_vec()),
@@ -70,16 +67,6 @@ impl KeyRange {
     fn beyond(&self, k: &[u8]) -> bool {
         self.end.as_deref().is_some_and(|e| k >= e)
     }
-}
-
-/// The end of the range of keys that start with `prefix` (etcd's
-/// `GetPrefixRangeEnd`): its last byte below 0xff plus one, the bytes after
-/// it dropped; `None` when every byte is 0xff.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|b| *b < 0xff)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(end)
 }
 
 /// What a Range asks for, checked.

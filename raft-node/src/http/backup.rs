@@ -39,7 +39,7 @@ use raft_core::{NodeId, ReadConsistency, ReadError, Role};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::forwarding::{leader_address, leader_url, FORWARDED_HEADER};
+use super::forwarding::{leader_address, leader_url, no_leader, FORWARDED_HEADER};
 use super::limits::overloaded;
 use super::{Answer, AppState, Shared};
 use crate::backup::BackupHeader;
@@ -220,11 +220,9 @@ async fn relay_from_leader<T: Send + 'static>(
         req = req.header(header::AUTHORIZATION, v);
     }
     let mut resp = req.send().await.map_err(|e| {
-        Problem::unavailable(
-            "no-leader",
-            "No leader",
-            format!("cannot get the backup from the leader (node {leader} at {addr}): {e}"),
-        )
+        no_leader(format!(
+            "cannot get the backup from the leader (node {leader} at {addr}): {e}"
+        ))
     })?;
     let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {

@@ -61,10 +61,8 @@ pub(super) async fn transfer_leader(
 fn post<'a>(uri: &'a Uri, headers: &'a HeaderMap, body: Bytes) -> Relay<'a> {
     Relay {
         method: Method::POST,
-        uri,
-        headers,
         body,
-        is_write: false,
+        ..Relay::read(uri, headers)
     }
 }
 
@@ -307,6 +305,12 @@ pub(super) async fn add_learner(
     membership_answer(&state, result, post(&uri, &headers, body)).await
 }
 
+/// A node id of a path: a number from 1 on.
+fn node_id(raw: &str) -> Result<NodeId, Problem> {
+    super::path_id(raw, NodeId::MAX)
+        .ok_or_else(|| Problem::bad_request(format!("{raw:?} is not a node id")))
+}
+
 /// Parses `raw` as a node id, then runs the change `make(id)` and answers
 /// with the resulting configuration (or the error, forwarded to the leader
 /// when this node is not it).
@@ -316,9 +320,7 @@ async fn change_by_id(
     make: fn(NodeId) -> MembershipChange,
     relay: Relay<'_>,
 ) -> Answer {
-    let Some(id) = raw.parse::<NodeId>().ok().filter(|id| *id > 0) else {
-        return Err(Problem::bad_request(format!("{raw:?} is not a node id")));
-    };
+    let id = node_id(raw)?;
     let result = state.raft.change_membership(make(id)).await;
     membership_answer(state, result, relay).await
 }
@@ -348,9 +350,7 @@ pub(super) async fn update_member(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let Some(id) = raw.parse::<NodeId>().ok().filter(|id| *id > 0) else {
-        return Err(Problem::bad_request(format!("{raw:?} is not a node id")));
-    };
+    let id = node_id(&raw)?;
     let req: AddressBody = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(format!(
             "body must be {{\"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"}}: {e}"

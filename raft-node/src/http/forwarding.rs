@@ -59,10 +59,27 @@ impl<'a> Relay<'a> {
             is_write: false,
         }
     }
+
+    /// A write of `body` with `method`: an answer lost on the way makes
+    /// its outcome unknown.
+    pub(super) fn write(method: Method, uri: &'a Uri, headers: &'a HeaderMap, body: Bytes) -> Self {
+        Self {
+            method,
+            body,
+            is_write: true,
+            ..Self::read(uri, headers)
+        }
+    }
 }
 
-fn no_leader(detail: String) -> Problem {
+/// 503 `no-leader`: no leader to serve or forward the request to.
+pub(super) fn no_leader(detail: impl Into<String>) -> Problem {
     Problem::unavailable("no-leader", "No leader", detail)
+}
+
+/// 500 for an outcome the command applied cannot have.
+pub(super) fn unexpected(outcome: &impl std::fmt::Debug) -> Problem {
+    Problem::storage(format!("unexpected outcome {outcome:?}"))
 }
 
 /// The leader's client address, or why the request cannot go there.
@@ -72,9 +89,7 @@ pub(super) fn leader_address(
     headers: &HeaderMap,
 ) -> Result<(NodeId, String), Problem> {
     let Some(leader) = leader.filter(|l| *l != state.id) else {
-        return Err(no_leader(
-            "no leader is known right now; retry shortly".into(),
-        ));
+        return Err(no_leader("no leader is known right now; retry shortly"));
     };
     if headers.contains_key(FORWARDED_HEADER) {
         return Err(no_leader(format!("this node is not the leader (leader: {leader}) and the request was already forwarded once")));

@@ -13,7 +13,7 @@ use raft_core::{ProposeError, ReadConsistency, ReadError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::forwarding::{forward, Relay};
+use super::forwarding::{forward, unexpected, Relay};
 use super::revisions::{problem_at, revision_param, with_key_revisions, with_revision};
 use super::{Answer, AppState, Shared};
 use crate::command::{Command, Op, Outcome, Precondition};
@@ -165,7 +165,7 @@ fn write_answer(outcome: Outcome) -> Answer {
             "Idempotency key reused",
             "this Idempotency-Key was used for a different request; nothing was applied",
         )),
-        other => Err(Problem::storage(format!("unexpected outcome {other:?}"))),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -201,13 +201,7 @@ async fn write(
             write_answer(outcome).map_err(|p| problem_at(p, current))
         }
         Err(ProposeError::NotLeader { leader }) => {
-            let relay = Relay {
-                method,
-                uri: &uri,
-                headers: &headers,
-                body,
-                is_write: true,
-            };
+            let relay = Relay::write(method, &uri, &headers, body);
             forward(&state, leader, relay).await
         }
         Err(e) => Err(e.into()),

@@ -18,7 +18,7 @@ use raft_core::{ProposeError, ReadConsistency, Role};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::forwarding::{forward, Relay};
+use super::forwarding::{forward, no_leader, unexpected, Relay};
 use super::kv::{ready_to_read, show_key};
 use super::revisions::with_revision;
 use super::{Answer, AppState, Shared};
@@ -58,14 +58,11 @@ pub(crate) fn problem(r: &LeaseRefusal) -> Problem {
 
 /// A lease id of a path or body: 1 to `i64::MAX`.
 fn lease_id(raw: &str) -> Result<u64, Problem> {
-    raw.parse::<u64>()
-        .ok()
-        .filter(|id| (1..=MAX_LEASE_ID).contains(id))
-        .ok_or_else(|| {
-            Problem::bad_request(format!(
-                "a lease id is a number from 1 to {MAX_LEASE_ID}, got {raw:?}"
-            ))
-        })
+    super::path_id(raw, MAX_LEASE_ID).ok_or_else(|| {
+        Problem::bad_request(format!(
+            "a lease id is a number from 1 to {MAX_LEASE_ID}, got {raw:?}"
+        ))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,12 +97,10 @@ pub(super) async fn grant_lease(
     match state.raft.propose(grant.encode()).await {
         Ok(Outcome::LeaseGranted { id, ttl_secs }) => Ok((id, ttl_secs)),
         Ok(Outcome::LeaseRefused(r)) => Err(problem(&r)),
-        Ok(other) => Err(Problem::storage(format!("unexpected outcome {other:?}"))),
-        Err(ProposeError::NotLeader { .. }) => Err(Problem::unavailable(
-            "no-leader",
-            "No leader",
-            "no leader is known right now; retry shortly",
-        )),
+        Ok(other) => Err(unexpected(&other)),
+        Err(ProposeError::NotLeader { .. }) => {
+            Err(no_leader("no leader is known right now; retry shortly"))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -140,15 +135,9 @@ pub(super) async fn revoke(
             Ok(resp)
         }
         Ok(Outcome::LeaseRefused(r)) => Err(problem(&r)),
-        Ok(other) => Err(Problem::storage(format!("unexpected outcome {other:?}"))),
+        Ok(other) => Err(unexpected(&other)),
         Err(ProposeError::NotLeader { leader }) => {
-            let relay = Relay {
-                method,
-                uri: &uri,
-                headers: &headers,
-                body: Bytes::new(),
-                is_write: true,
-            };
+            let relay = Relay::write(method, &uri, &headers, Bytes::new());
             forward(&state, leader, relay).await
         }
         Err(e) => Err(e.into()),
@@ -168,10 +157,7 @@ async fn confirmed_leader(
         let leader = state.raft.status().await.and_then(|s| s.engine.leader);
         let relay = Relay {
             method,
-            uri,
-            headers,
-            body: Bytes::new(),
-            is_write: false,
+            ..Relay::read(uri, headers)
         };
         return forward(state, leader, relay).await.map(Err);
     };
@@ -179,11 +165,7 @@ async fn confirmed_leader(
     // Still the leader of the same term once the read confirmed it.
     match state.raft.status().await.map(|s| s.engine) {
         Some(now) if now.role == Role::Leader && now.term == status.term => Ok(Ok(status.term)),
-        _ => Err(Problem::unavailable(
-            "no-leader",
-            "No leader",
-            "leadership changed during the request; retry",
-        )),
+        _ => Err(no_leader("leadership changed during the request; retry")),
     }
 }
 

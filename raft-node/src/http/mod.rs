@@ -109,6 +109,12 @@ async fn no_such_route(uri: Uri) -> Problem {
     )
 }
 
+/// An id in a path (a node's, a lease's): a decimal number from 1 to
+/// `max`; `None` for anything else.
+fn path_id(raw: &str, max: u64) -> Option<u64> {
+    raw.parse::<u64>().ok().filter(|id| (1..=max).contains(id))
+}
+
 /// The API's routes, limits and request metrics.
 ///
 /// `/v1/...` requests pass, outermost first: the token check, the body
@@ -185,4 +191,29 @@ pub fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(limits::record_metrics))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_id;
+
+    #[test]
+    fn a_path_id_is_a_decimal_number_from_one_to_the_maximum() {
+        assert_eq!(path_id("1", 10), Some(1));
+        assert_eq!(path_id("10", 10), Some(10));
+        assert_eq!(path_id("18446744073709551615", u64::MAX), Some(u64::MAX));
+        for bad in [
+            "0",
+            "11",
+            "",
+            "-1",
+            "+1 ",
+            "abc",
+            "1.0",
+            "0x1",
+            "18446744073709551616",
+        ] {
+            assert_eq!(path_id(bad, 10), None, "{bad:?}");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use raft_core::ProposeError;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::forwarding::{forward, Relay};
+use super::forwarding::{forward, unexpected, Relay};
 use super::{Answer, Shared};
 use crate::command::{encode_compact, Outcome};
 use crate::problem::Problem;
@@ -113,15 +113,9 @@ pub(super) async fn compact(
             },
             Some(current),
         )),
-        Ok(other) => Err(Problem::storage(format!("unexpected outcome {other:?}"))),
+        Ok(other) => Err(unexpected(&other)),
         Err(ProposeError::NotLeader { leader }) => {
-            let relay = Relay {
-                method: Method::POST,
-                uri: &uri,
-                headers: &headers,
-                body,
-                is_write: true,
-            };
+            let relay = Relay::write(Method::POST, &uri, &headers, body);
             forward(&state, leader, relay).await
         }
         Err(e) => Err(e.into()),

@@ -36,9 +36,10 @@ use serde_json::{json, Value};
 
 use super::limits::overloaded;
 use super::{Answer, Shared};
+use crate::keys::prefix_end;
 use crate::problem::Problem;
 use crate::watch::{
-    prefix_end, CancelReason, Event, EventKind, KeyValue, WatchError, WatchRequest, WatchResponse,
+    CancelReason, Event, EventKind, KeyValue, WatchError, WatchRequest, WatchResponse,
 };
 
 /// The query of `GET /v1/watch`.

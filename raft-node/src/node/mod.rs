@@ -278,6 +278,78 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
     })
 }
 
+/// Phase 3, after the members are resolved: the key-value state machine on
+/// the store, with its history retention, snapshot directory and watch
+/// limits.
+fn open_state_machine(cfg: &NodeConfig, db: &Arc<rocksdb::DB>) -> anyhow::Result<KvStateMachine> {
+    Ok(KvStateMachine::new(db.clone(), cfg.idempotency_window)?
+        .with_history_retention(cfg.history_retention)
+        .with_snapshot_dir(cfg.data_dir.join("snapshots"))?
+        .with_watch_config(cfg.watch.clone()))
+}
+
+/// What runs beside the driver until shutdown, in this order: the metrics
+/// sampler, the storage stall watch (with `--storage-stall-timeout-ms`),
+/// the tasks following the members' addresses and the configuration, and
+/// the lessor revoking expired leases.
+fn spawn_background(
+    cfg: &Arc<NodeConfig>,
+    raft: &RaftHandle<Outcome>,
+    reader: &KvReader,
+    members_changed: tokio::sync::watch::Receiver<u64>,
+    transport: &QuicTransport,
+    directory: &MemberDirectory,
+    lessor: &crate::lease::Lessor,
+) -> Vec<JoinHandle<()>> {
+    let id = cfg.id;
+    let mut background = vec![crate::monitoring::spawn_sampler(
+        crate::monitoring::SamplerConfig {
+            id,
+            data_dir: cfg.data_dir.clone(),
+            tls_cert: cfg.tls_cert.clone(),
+            tls_ca: cfg.tls_ca.clone(),
+            interval: cfg.metrics_sample_interval,
+        },
+        raft.clone(),
+    )];
+    if let Some(limit) = cfg.storage_stall_timeout {
+        background.push(tasks::watch_storage_stalls(raft.clone(), limit));
+    }
+    background.push(tasks::follow_addresses(
+        id,
+        members_changed,
+        reader.clone(),
+        transport.clone(),
+        directory.clone(),
+    ));
+    background.push(tasks::follow_configuration(
+        id,
+        raft.clone(),
+        reader.clone(),
+        transport.clone(),
+        directory.clone(),
+        cfg.join_admission,
+    ));
+    background.push(lessor.spawn(
+        raft.clone(),
+        reader.clone(),
+        crate::lease::LeaseLimits::of(cfg),
+    ));
+    background
+}
+
+/// Stops what [`start`] started when it fails after serving: the API, Raft
+/// and the transport.
+async fn stop_started(
+    http_stop: &watch::Sender<bool>,
+    raft: &RaftHandle<Outcome>,
+    transport: &QuicTransport,
+) {
+    let _ = http_stop.send(true);
+    raft.shutdown().await;
+    transport.shutdown().await;
+}
+
 /// Opens the store, joins the cluster and serves the API until
 /// [`RunningNode::shutdown`].
 ///
@@ -299,10 +371,7 @@ pub async fn start(
         tracing::warn!(%record, "this store was recovered with `raft-node recover --force-new-cluster`: its cluster was rebuilt around this node alone");
     }
     let resolved = resolve::resolve_members(&cfg, &log)?;
-    let sm = KvStateMachine::new(db.clone(), cfg.idempotency_window)?
-        .with_history_retention(cfg.history_retention)
-        .with_snapshot_dir(cfg.data_dir.join("snapshots"))?
-        .with_watch_config(cfg.watch.clone());
+    let sm = open_state_machine(&cfg, &db)?;
     let reader = sm.reader();
     let watches = sm.watches();
     let watches_of_node = watches.clone();
@@ -315,40 +384,16 @@ pub async fn start(
     let peer_addr = transport.local_addr()?;
     let driver = start_driver(&cfg, resolved.bootstrap, log, sm, peers).await?;
     let raft = driver.raft.clone();
-    let mut background = vec![driver.snapshots];
-    background.push(crate::monitoring::spawn_sampler(
-        crate::monitoring::SamplerConfig {
-            id,
-            data_dir: cfg.data_dir.clone(),
-            tls_cert: cfg.tls_cert.clone(),
-            tls_ca: cfg.tls_ca.clone(),
-            interval: cfg.metrics_sample_interval,
-        },
-        raft.clone(),
-    ));
-    if let Some(limit) = cfg.storage_stall_timeout {
-        background.push(tasks::watch_storage_stalls(raft.clone(), limit));
-    }
-    background.push(tasks::follow_addresses(
-        id,
-        members_changed,
-        reader.clone(),
-        transport.clone(),
-        directory.clone(),
-    ));
-    background.push(tasks::follow_configuration(
-        id,
-        raft.clone(),
-        reader.clone(),
-        transport.clone(),
-        directory.clone(),
-        cfg.join_admission,
-    ));
     let lessor = crate::lease::Lessor::new();
-    background.push(lessor.spawn(
-        raft.clone(),
-        reader.clone(),
-        crate::lease::LeaseLimits::of(&cfg),
+    let mut background = vec![driver.snapshots];
+    background.extend(spawn_background(
+        &cfg,
+        &raft,
+        &reader,
+        members_changed,
+        &transport,
+        &directory,
+        &lessor,
     ));
     let state = AppState {
         id,
@@ -374,9 +419,7 @@ pub async fn start(
     tracing::info!(id, %client_addr, %peer_addr, ?grpc_addr, https = cfg.client_tls, "node started");
     if resolved.joining {
         if let Err(e) = join::join(&cfg, &transport, &directory, &db).await {
-            let _ = http.stop.send(true);
-            raft.shutdown().await;
-            transport.shutdown().await;
+            stop_started(&http.stop, &raft, &transport).await;
             return Err(e);
         }
     }

@@ -13,6 +13,7 @@ use super::history::{
 use super::mvcc::{stored_revisions, Revisions};
 use super::records::{decode_record, decode_u64};
 use super::{KvReader, StoreError, Versioned, KV_CF, KV_META_CF};
+use crate::keys::scan_start;
 
 type View<'a> = SnapshotWithThreadMode<'a, DB>;
 
@@ -111,7 +112,7 @@ impl AtView<'_> {
             .db
             .cf_handle(KV_CF)
             .ok_or(StoreError::MissingColumnFamily(KV_CF))?;
-        let start = kv_start(prefix, after);
+        let start = scan_start(prefix, after);
         let mode = IteratorMode::From(&start, Direction::Forward);
         let mut stopped = false;
         for item in self.db.iterator_cf_opt(kv, self.opts(), mode) {
@@ -166,7 +167,7 @@ impl AtView<'_> {
             .db
             .cf_handle(KV_META_CF)
             .ok_or(StoreError::MissingColumnFamily(KV_META_CF))?;
-        let kv_start = kv_start(prefix, after);
+        let kv_start = scan_start(prefix, after);
         let hist_start = match after {
             Some(a) if a >= prefix => history_key(a, u64::MAX),
             _ => history_prefix(prefix),
@@ -219,19 +220,6 @@ impl AtView<'_> {
                 }
             }
         }))
-    }
-}
-
-/// Where a scan of `prefix` after `after` starts in `kv`: the smallest key
-/// greater than `after`, or the prefix.
-fn kv_start(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
-    match after {
-        Some(a) if a >= prefix => {
-            let mut s = a.to_vec();
-            s.push(0);
-            s
-        }
-        _ => prefix.to_vec(),
     }
 }
 

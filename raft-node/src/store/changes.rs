@@ -324,11 +324,10 @@ mod tests {
     //! directly (no command makes one yet).
 
     use raft_core::{Entry, EntryPayload, StateMachine};
-    use raft_log::{RocksLog, RocksLogOptions};
 
     use super::super::history::REVISION_KEY;
     use super::super::records::encode_record;
-    use super::super::KvStateMachine;
+    use super::super::test_support::store;
     use super::*;
     use crate::command::{Command, Op, Precondition};
     use crate::watch::EventKind;
@@ -388,15 +387,7 @@ mod tests {
     #[tokio::test]
     async fn a_page_is_bounded_in_bytes_and_still_holds_one_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RocksLog::open(
-            dir.path(),
-            RocksLogOptions {
-                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-                ..RocksLogOptions::default()
-            },
-        )
-        .unwrap();
-        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let (_log, mut sm) = store(dir.path(), 100);
         // Ten changes of 1,000-byte values, then one of 10,000 bytes.
         for i in 1..=10 {
             let key = if i % 2 == 0 { "a" } else { "b" };
@@ -513,15 +504,7 @@ mod tests {
     #[tokio::test]
     async fn a_page_reads_only_the_records_of_its_revisions() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RocksLog::open(
-            dir.path(),
-            RocksLogOptions {
-                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-                ..RocksLogOptions::default()
-            },
-        )
-        .unwrap();
-        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let (_log, mut sm) = store(dir.path(), 100);
         let batch: Vec<Entry> = (1..=1000).map(|i| put(i, "k")).collect();
         sm.apply(&batch).await.unwrap();
         let r = sm.reader();
@@ -543,15 +526,7 @@ mod tests {
     #[tokio::test]
     async fn pages_end_on_whole_revisions_and_take_a_large_one_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RocksLog::open(
-            dir.path(),
-            RocksLogOptions {
-                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-                ..RocksLogOptions::default()
-            },
-        )
-        .unwrap();
-        let mut sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let (log, mut sm) = store(dir.path(), 100);
         sm.apply(&[put(1, "a"), put(2, "b"), put(3, "a")])
             .await
             .unwrap();

@@ -20,6 +20,7 @@ use super::apply::{Batch, Cf, StoreView};
 use super::records::decode_u64;
 use super::{KvReader, StoreError, Versioned};
 use crate::command::Outcome;
+use crate::keys::prefix_end;
 use crate::lease::{LeaseGrant, LeaseInfo, LeaseRefusal, LeaseRevoke, MAX_LEASE_ID, MAX_TTL_SECS};
 
 /// Prefix of the lease records.
@@ -315,8 +316,7 @@ impl KvReader {
     ///
     /// [`StoreError`] when RocksDB fails or a record is corrupted.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
-        let mut end = LEASE_PREFIX.to_vec();
-        end[1] += 1;
+        let end = prefix_end(LEASE_PREFIX).expect("b\"l/\" has an end");
         let mut out = Vec::new();
         self.meta_scan(LEASE_PREFIX, &end, |k, v| {
             let Some(id) = k.get(LEASE_PREFIX.len()..).and_then(decode_u64) else {

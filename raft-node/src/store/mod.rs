@@ -53,6 +53,8 @@ mod records;
 mod rocks;
 mod snapshots;
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_lease;

@@ -28,6 +28,7 @@ use super::history::{
 use super::records::{decode_record, decode_u64, encode_record};
 use super::{StoreError, Versioned};
 use crate::command::{decode_compact, Outcome};
+use crate::keys::{prefix_end, successor};
 use crate::watch::Event;
 
 /// The store's revisions as a batch sees them.
@@ -283,17 +284,10 @@ impl<V: StoreView> Batch<'_, V> {
     /// Fetches the view's next page of compaction order keys.
     fn fetch_released(&mut self) -> Result<(), StoreError> {
         let start = match &self.collector.cursor {
-            Some(c) => {
-                let mut s = c.clone();
-                s.push(0);
-                s
-            }
+            Some(c) => successor(c),
             None => GARBAGE_PREFIX.to_vec(),
         };
-        let mut end = GARBAGE_PREFIX.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
+        let end = prefix_end(GARBAGE_PREFIX).expect("b\"g/\" has an end");
         let page = self.view.keys_in(Cf::Meta, &start, Some(&end), FETCH)?;
         self.collector.view_done = page.len() < FETCH;
         self.collector.cursor = page.last().cloned().or(self.collector.cursor.take());

@@ -15,6 +15,7 @@ use super::records::{
 };
 use super::{StoreError, Versioned, KV_CF, KV_META_CF};
 use crate::config::Member;
+use crate::keys::scan_start;
 
 /// Read access to the store, cheap to clone.
 #[derive(Clone)]
@@ -156,15 +157,7 @@ impl KvReader {
     ) -> Result<bool, StoreError> {
         self.consistent(|| {
             let cf = self.cf(KV_CF)?;
-            let start = match after {
-                // The smallest key greater than `after`.
-                Some(a) if a >= prefix => {
-                    let mut s = a.to_vec();
-                    s.push(0);
-                    s
-                }
-                _ => prefix.to_vec(),
-            };
+            let start = scan_start(prefix, after);
             let snapshot = self.db.snapshot();
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_snapshot(&snapshot);

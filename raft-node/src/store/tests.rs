@@ -4,46 +4,13 @@
 //! batches).
 
 use super::records::*;
+use super::test_support::{snapshotting, snapshotting_in, store};
 use super::*;
 use crate::command::{Command, Op, Precondition};
 use raft_core::EntryPayload;
 use raft_core::FileSource;
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 use rocksdb::WriteBatch;
-
-fn open(dir: &std::path::Path) -> RocksLog {
-    RocksLog::open(
-        dir,
-        RocksLogOptions {
-            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-            ..RocksLogOptions::default()
-        },
-    )
-    .unwrap()
-}
-
-/// A store in `dir` and its state machine, which remembers idempotency
-/// tokens for `window` entries.
-fn store(dir: &std::path::Path, window: u64) -> (RocksLog, KvStateMachine) {
-    let log = open(dir);
-    let sm = KvStateMachine::new(log.db().clone(), window).unwrap();
-    (log, sm)
-}
-
-/// [`store`] with snapshots enabled, in `snapshots`.
-fn snapshotting_in(
-    dir: &std::path::Path,
-    window: u64,
-    snapshots: &std::path::Path,
-) -> (RocksLog, KvStateMachine) {
-    let (log, sm) = store(dir, window);
-    (log, sm.with_snapshot_dir(snapshots).unwrap())
-}
-
-/// A store in `dir` and its state machine, with snapshots enabled.
-fn snapshotting(dir: &std::path::Path, window: u64) -> (RocksLog, KvStateMachine) {
-    snapshotting_in(dir, window, &dir.join("snapshots"))
-}
 
 /// What the previous release (idempotency records of version 1) left after
 /// applying a put of `value` at `key` with `token` as entry `index`: the

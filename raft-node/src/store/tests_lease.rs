@@ -4,8 +4,9 @@
 //! leases to another replica.
 
 use raft_core::{EntryPayload, StateMachine};
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 
+use super::test_support::snapshotting;
 use super::*;
 use crate::command::{Command, Op, Precondition};
 use crate::lease::{LeaseGrant, LeaseInfo, LeaseRefusal, LeaseRevoke};
@@ -23,18 +24,7 @@ struct Store {
 impl Store {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = RocksLog::open(
-            dir.path(),
-            RocksLogOptions {
-                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-                ..RocksLogOptions::default()
-            },
-        )
-        .unwrap();
-        let sm = KvStateMachine::new(log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(dir.path().join("snapshots"))
-            .unwrap();
+        let (log, sm) = snapshotting(dir.path(), 100);
         Self {
             _log: log,
             sm,

@@ -4,32 +4,19 @@
 //! and stores and snapshots of the release before revisions.
 
 use raft_core::{EntryPayload, LogId, Membership, StateMachine};
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 
 use super::history::history_key;
 use super::records::encode_record_v1;
+use super::test_support::{open_log, snapshotting};
 use super::*;
 use crate::command::{encode_compact, Command, Op, Precondition};
 
-fn open(dir: &std::path::Path) -> RocksLog {
-    RocksLog::open(
-        dir,
-        RocksLogOptions {
-            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-            ..RocksLogOptions::default()
-        },
-    )
-    .unwrap()
-}
-
+/// A store in `dir` with snapshots, compacting its history to `retention`
+/// entries below the last applied (0: never on its own).
 fn store(dir: &std::path::Path, retention: u64) -> (RocksLog, KvStateMachine) {
-    let log = open(dir);
-    let sm = KvStateMachine::new(log.db().clone(), 100)
-        .unwrap()
-        .with_history_retention(retention)
-        .with_snapshot_dir(dir.join("snapshots"))
-        .unwrap();
-    (log, sm)
+    let (log, sm) = snapshotting(dir, 100);
+    (log, sm.with_history_retention(retention))
 }
 
 fn normal(index: u64, payload: Bytes) -> Entry {
@@ -419,7 +406,7 @@ fn leave_previous_release(db: &rocksdb::DB, key: &[u8], value: &[u8], index: u64
 async fn a_store_of_the_release_before_revisions_is_migrated_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = open(dir.path());
+        let log = open_log(dir.path());
         leave_previous_release(log.db(), b"k", b"old", 3);
     }
     let (_log, mut sm) = store(dir.path(), 0);
@@ -446,7 +433,7 @@ async fn a_snapshot_of_the_release_before_revisions_installs_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.snap");
     {
-        let log = open(&dir.path().join("old"));
+        let log = open_log(&dir.path().join("old"));
         leave_previous_release(log.db(), b"k", b"old", 5);
         crate::snapshot::write(
             log.db(),

@@ -5,25 +5,15 @@
 //! effects.
 
 use raft_core::{EntryPayload, StateMachine};
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 
+use super::test_support::snapshotting;
 use super::*;
 use crate::txn::codec::TxnCommand;
 use crate::txn::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
     RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
-
-fn open(dir: &std::path::Path) -> RocksLog {
-    RocksLog::open(
-        dir,
-        RocksLogOptions {
-            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-            ..RocksLogOptions::default()
-        },
-    )
-    .unwrap()
-}
 
 /// A store with snapshots, and its transaction entries' limits.
 struct Store {
@@ -38,11 +28,7 @@ struct Store {
 impl Store {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        let sm = KvStateMachine::new(log.db().clone(), 100)
-            .unwrap()
-            .with_snapshot_dir(dir.path().join("snapshots"))
-            .unwrap();
+        let (log, sm) = snapshotting(dir.path(), 100);
         Self {
             _log: log,
             sm,

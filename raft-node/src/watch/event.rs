@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::keys::prefix_end;
 use crate::store::Versioned;
 
 /// What a change did.
@@ -144,19 +145,6 @@ impl KeyRange {
     }
 }
 
-/// The first key after every key starting with `prefix` (etcd's
-/// `GetPrefixRangeEnd`), `None` when there is none (empty or all `0xFF`).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +164,5 @@ mod tests {
         assert!(p.contains(b"a\xff\xff") && !p.contains(b"b"));
         assert_eq!(p.end, RangeEnd::Before(b(b"b")));
         assert_eq!(KeyRange::prefix(b(b"")).end, RangeEnd::Unbounded);
-        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

@@ -39,7 +39,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub use event::{prefix_end, Event, EventKind, KeyRange, KeyValue, RangeEnd};
+/// Re-exported from [`crate::keys`], where it lives.
+pub use crate::keys::prefix_end;
+pub use event::{Event, EventKind, KeyRange, KeyValue, RangeEnd};
 pub use hub::WatchHub;
 
 use crate::store::{KvReader, StoreError};

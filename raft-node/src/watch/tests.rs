@@ -8,30 +8,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, LogId, Membership, SnapshotMeta, StateMachine};
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::command::{encode_compact, Command, Op, Precondition};
-use crate::store::{KvStateMachine, KV_CF, KV_META_CF};
+use crate::store::{test_support, KvStateMachine};
 
 mod limits;
 
 fn store(dir: &std::path::Path, cfg: WatchConfig) -> (RocksLog, KvStateMachine) {
-    let log = RocksLog::open(
-        dir,
-        RocksLogOptions {
-            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-            ..RocksLogOptions::default()
-        },
-    )
-    .unwrap();
-    let sm = KvStateMachine::new(log.db().clone(), 100)
-        .unwrap()
-        .with_snapshot_dir(dir.join("snapshots"))
-        .unwrap()
-        .with_watch_config(cfg);
-    (log, sm)
+    let (log, sm) = test_support::snapshotting(dir, 100);
+    (log, sm.with_watch_config(cfg))
 }
 
 fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {

@@ -23,6 +23,7 @@ use raft_client::launcher::{initial_cluster, NodeCommand};
 use raft_client::{Client, ClientBuilder, ClusterStatus, RetryPolicy};
 
 pub mod etcd;
+pub mod raw_http;
 pub mod raw_peer;
 
 pub struct Proc {
@@ -282,6 +283,14 @@ pub async fn leader(client: &Client, procs: &[Proc], except: Option<u64>) -> u64
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The node of `procs` whose id is `id`.
+pub fn by_id(procs: &[Proc], id: u64) -> &Proc {
+    procs
+        .iter()
+        .find(|p| p.id == id)
+        .expect("a node of this cluster")
 }
 
 /// `n` nodes over HTTP with the `extra` flags ([`cluster_with`]), a client

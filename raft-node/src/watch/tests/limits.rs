@@ -3,6 +3,7 @@
 //! start; and released history not yet deleted never served.
 
 use super::*;
+use crate::store::test_support;
 
 /// Finding: the ring of published changes was bounded in batches only,
 /// and a published change is kept until every watcher has taken it, so a
@@ -93,16 +94,8 @@ async fn replays_read_at_most_the_nodes_limit_of_pages_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_history_not_yet_deleted_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let log = RocksLog::open(
-        dir.path(),
-        RocksLogOptions {
-            extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-            ..RocksLogOptions::default()
-        },
-    )
-    .unwrap();
-    let mut sm = KvStateMachine::new(log.db().clone(), 100)
-        .unwrap()
+    let (_log, sm) = test_support::store(dir.path(), 100);
+    let mut sm = sm
         .with_collect_per_entry(1)
         .with_watch_config(small(8, 2, 8));
     let mut model = Model::default();
