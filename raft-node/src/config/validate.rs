@@ -12,6 +12,13 @@ use super::identity::{hostname, resolve_id, substitute_id};
 use super::security::read_token;
 use super::{ConfigError, Member, NodeConfig, RunArgs, ENTRY_BYTES_MAX};
 
+/// Ceiling of `--max-keys-per-lease`.
+const MAX_KEYS_PER_LEASE_CEILING: u64 = 1_000_000;
+/// Ceiling of `--lease-revokes-per-second`.
+const LEASE_REVOKES_PER_SECOND_CEILING: u64 = 100_000;
+/// Ceiling of `--max-leases`.
+const MAX_LEASES_CEILING: u64 = 10_000_000;
+
 impl RunArgs {
     /// Applies the defaults and checks the result.
     pub(super) fn finish(self) -> Result<NodeConfig, ConfigError> {
@@ -458,6 +465,29 @@ fn check_limits(cfg: &NodeConfig) -> Result<(), ConfigError> {
     ] {
         if v == 0 {
             return Err(ConfigError(format!("{name} must be positive")));
+        }
+    }
+    // A revoke deletes every key of its lease in one entry's apply, and the
+    // leader proposes up to the revoke rate each second: past these, one
+    // entry could stall every replica. An id-0 grant looks past the ids in
+    // use, fewer than `--max-leases`.
+    for (name, v, max) in [
+        (
+            "--max-keys-per-lease",
+            u64::from(cfg.max_keys_per_lease),
+            MAX_KEYS_PER_LEASE_CEILING,
+        ),
+        (
+            "--lease-revokes-per-second",
+            u64::from(cfg.lease_revokes_per_second),
+            LEASE_REVOKES_PER_SECOND_CEILING,
+        ),
+        ("--max-leases", cfg.max_leases, MAX_LEASES_CEILING),
+    ] {
+        if v > max {
+            return Err(ConfigError(format!(
+                "{name} must be at most {max}, got {v}"
+            )));
         }
     }
     if !cfg.initial_cluster.is_empty() && !cfg.initial_cluster.iter().any(|m| m.id == cfg.id) {

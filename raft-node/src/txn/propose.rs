@@ -123,14 +123,8 @@ fn one(op: RequestOp) -> TxnRequest {
 }
 
 /// The key one past every key that starts with `prefix` (etcd's
-/// `GetPrefixRangeEnd`): `\0` (every key) when there is none.
+/// `GetPrefixRangeEnd`) as a transaction's `range_end`: `\0` (every key)
+/// when there is none.
 pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
+    crate::keys::prefix_end(prefix).map_or(Bytes::from_static(b"\0"), Bytes::from)
 }

@@ -158,3 +158,53 @@ fn rocksdb_memory_sizes_default_and_are_bounded() {
         assert!(err.0.contains("--write-buffer-mib"), "{err}");
     }
 }
+
+/// The lease limits have ceilings: a revoke deletes every key of its lease
+/// in one log entry's apply, and the leader proposes up to the revoke rate
+/// each second, so values past them would let one entry stall every
+/// replica (or exhaust its memory). The ceilings themselves are accepted.
+#[test]
+fn lease_limits_have_ceilings() {
+    for (args, flag) in [
+        (
+            RunArgs {
+                max_keys_per_lease: Some(1_000_001),
+                ..base()
+            },
+            "--max-keys-per-lease",
+        ),
+        (
+            RunArgs {
+                lease_revokes_per_second: Some(100_001),
+                ..base()
+            },
+            "--lease-revokes-per-second",
+        ),
+        (
+            RunArgs {
+                max_leases: Some(10_000_001),
+                ..base()
+            },
+            "--max-leases",
+        ),
+    ] {
+        let err = args.resolve().unwrap_err();
+        assert!(err.0.contains(flag), "{err}");
+    }
+    let cfg = RunArgs {
+        max_keys_per_lease: Some(1_000_000),
+        lease_revokes_per_second: Some(100_000),
+        max_leases: Some(10_000_000),
+        ..base()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(
+        (
+            cfg.max_keys_per_lease,
+            cfg.lease_revokes_per_second,
+            cfg.max_leases
+        ),
+        (1_000_000, 100_000, 10_000_000)
+    );
+}
