@@ -212,15 +212,81 @@ fn encode_member_record(record: &MemberRecord) -> Bytes {
     out.freeze()
 }
 
-/// Decodes what [`encode_member`] or [`encode_member_update`] wrote.
+/// A member's gRPC URL as a node publishes it (member record version 2,
+/// `"v": 2`): it sets the gRPC URL of member `id` and nothing else, so a
+/// node publishing its URL never changes the addresses recorded for it
+/// (which may be newer than what the node knows). `grpc_url` absent means
+/// "no gRPC URL" (the node serves none): the recorded one is cleared.
+/// `peer_addr` and `client_addr` are recorded only when the member has no
+/// record yet (an original member, known from `--initial-cluster`); the
+/// leader sets them only then. Applied only while `id` is in the
+/// configuration last applied. Earlier releases read a record with both
+/// addresses as a plain record, and refuse one without them as malformed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcUrlRecord {
+    /// The record version: [`GRPC_URL_RECORD_VERSION`].
+    pub v: u8,
+    /// The member.
+    pub id: raft_core::NodeId,
+    /// Its gRPC URL; none clears the recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_url: Option<String>,
+    /// Its peer address, recorded only when it has no record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<raft_net_quic::PeerAddr>,
+    /// Its client address, recorded only when it has no record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+}
+
+/// The version field of a [`GrpcUrlRecord`]; records without one are
+/// version 1 ([`MemberRecord`]).
+pub const GRPC_URL_RECORD_VERSION: u8 = 2;
+
+/// A decoded member entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEntry {
+    /// A member's addresses (version 1: every record before version 2).
+    Addresses(MemberRecord),
+    /// A member's gRPC URL alone (version 2).
+    GrpcUrl(GrpcUrlRecord),
+}
+
+/// Encodes a member's gRPC URL alone (see [`GrpcUrlRecord`]).
+pub fn encode_grpc_url(record: &GrpcUrlRecord) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(MEMBER_TAG);
+    out.put_slice(&serde_json::to_vec(record).expect("a member serializes"));
+    out.freeze()
+}
+
+/// Decodes what [`encode_member`], [`encode_member_update`] or
+/// [`encode_grpc_url`] wrote.
 ///
 /// # Errors
 ///
-/// [`DecodeError`] when it is not a member record.
-pub fn decode_member(data: &[u8]) -> Result<MemberRecord, DecodeError> {
+/// [`DecodeError`] when it is not a member record, or one of a later
+/// version.
+pub fn decode_member(data: &[u8]) -> Result<MemberEntry, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default)]
+        v: Option<u8>,
+    }
     match data.split_first() {
         Some((&MEMBER_TAG, json)) => {
-            serde_json::from_slice(json).map_err(|_| DecodeError("member record"))
+            let version: Version =
+                serde_json::from_slice(json).map_err(|_| DecodeError("member record"))?;
+            match version.v {
+                None | Some(1) => serde_json::from_slice(json)
+                    .map(MemberEntry::Addresses)
+                    .map_err(|_| DecodeError("member record")),
+                Some(GRPC_URL_RECORD_VERSION) => serde_json::from_slice(json)
+                    .map(MemberEntry::GrpcUrl)
+                    .map_err(|_| DecodeError("member gRPC URL record")),
+                Some(_) => Err(DecodeError("member record of an unknown version")),
+            }
         }
         _ => Err(DecodeError("member record tag")),
     }

@@ -79,11 +79,21 @@ struct LearnerBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddressBody {
-    peer_addr: raft_net_quic::PeerAddr,
-    client_addr: String,
-    /// Absent: the member's recorded gRPC URL stays.
+    /// With `client_addr`: new addresses. Without both: the gRPC URL alone.
     #[serde(default)]
-    grpc_url: Option<String>,
+    peer_addr: Option<raft_net_quic::PeerAddr>,
+    #[serde(default)]
+    client_addr: Option<String>,
+    /// Absent: the member's recorded gRPC URL stays; `null`: it is
+    /// cleared (the member serves no gRPC API).
+    #[serde(default, deserialize_with = "present")]
+    grpc_url: Option<Option<String>>,
+}
+
+/// A field that may be `null`: present (`Some`, of `None` for `null`) as
+/// distinct from absent (`None`, through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// The answer to a membership change: the resulting configuration, the
@@ -339,7 +349,9 @@ pub(super) async fn promote(
 /// `PUT /v1/cluster/members/{id} {"peer_addr", "client_addr"[, "grpc_url"]}`:
 /// records new addresses of a member (voter or learner) through the log,
 /// without removing it: every node dials the new peer address from then
-/// on. Without `grpc_url` the recorded one stays.
+/// on. Without `grpc_url` the recorded one stays; `null` clears it.
+/// `{"grpc_url": ...}` alone records the gRPC URL and nothing else (see
+/// [`update_grpc_url`]).
 /// Repeating it with the same addresses succeeds; 404 for a node that is
 /// not a member; 422 `peer-unreachable` when the node does not answer as
 /// itself at a new peer address (`?force=true` records it anyway).
@@ -351,16 +363,21 @@ pub(super) async fn update_member(
     body: Bytes,
 ) -> Answer {
     let id = node_id(&raw)?;
-    let req: AddressBody = serde_json::from_slice(&body).map_err(|e| {
-        Problem::bad_request(format!(
-            "body must be {{\"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"}}: {e}"
-        ))
-    })?;
-    let mut member = member(id, req.peer_addr, req.client_addr, req.grpc_url)?;
+    const SHAPE: &str = "body must be {\"peer_addr\": \"host:port\", \"client_addr\": \"host:port\"[, \"grpc_url\": \"http(s)://host:port\" or null]} or {\"grpc_url\": \"http(s)://host:port\" or null}";
+    let req: AddressBody =
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("{SHAPE}: {e}")))?;
     let relay = || Relay {
         method: Method::PUT,
         ..post(&uri, &headers, body.clone())
     };
+    let (peer_addr, client_addr) = match (req.peer_addr, req.client_addr, &req.grpc_url) {
+        (Some(p), Some(c), _) => (p, c),
+        (None, None, Some(url)) => {
+            return update_grpc_url(&state, id, url.clone(), relay()).await;
+        }
+        _ => return Err(Problem::bad_request(SHAPE)),
+    };
+    let mut member = member(id, peer_addr, client_addr, req.grpc_url.clone().flatten())?;
     let s = driver_status(&state).await?;
     if s.engine.role != Role::Leader {
         return forward(&state, s.engine.leader, relay()).await;
@@ -369,7 +386,7 @@ pub(super) async fn update_member(
         return Err(not_a_member(id, "not in the configuration"));
     }
     let known = known_members(&state);
-    if member.grpc_url.is_none() {
+    if req.grpc_url.is_none() {
         member.grpc_url = known
             .iter()
             .find(|m| m.id == id)
@@ -395,6 +412,72 @@ pub(super) async fn update_member(
         *m = member;
     }
     Ok(Json(membership_json(&state, &s.engine.membership, &members)).into_response())
+}
+
+/// `PUT /v1/cluster/members/{id} {"grpc_url": URL or null}`: records
+/// member `id`'s gRPC URL (`null`: none) and nothing else, as a version 2
+/// record ([`crate::command::GrpcUrlRecord`]): the addresses recorded for
+/// it stay, whatever the sender knows of them. What a node sends to
+/// publish its own URL.
+async fn update_grpc_url(
+    state: &AppState,
+    id: NodeId,
+    grpc_url: Option<String>,
+    relay: Relay<'_>,
+) -> Answer {
+    if let Some(url) = &grpc_url {
+        check_grpc_url(url).map_err(|e| Problem::bad_request(format!("grpc_url: {e}")))?;
+    }
+    let s = driver_status(state).await?;
+    if s.engine.role != Role::Leader {
+        return forward(state, s.engine.leader, relay).await;
+    }
+    if !s.engine.membership.contains(id) {
+        return Err(not_a_member(id, "not in the configuration"));
+    }
+    let known = known_members(state);
+    let Some(mine) = known.iter().find(|m| m.id == id) else {
+        return Err(not_a_member(id, "no addresses are known for it"));
+    };
+    if mine.grpc_url != grpc_url {
+        // The addresses go along only for a member without a replicated
+        // record (an original member), where they are what everyone knows.
+        let replicated = state.reader.members().map_err(|e| {
+            Problem::unavailable("store-error", "Could not read members", e.to_string())
+        })?;
+        let has_record = replicated.iter().any(|m| m.id == id);
+        let record = crate::command::GrpcUrlRecord {
+            v: crate::command::GRPC_URL_RECORD_VERSION,
+            id,
+            grpc_url: grpc_url.clone(),
+            peer_addr: (!has_record).then(|| mine.peer_addr.clone()),
+            client_addr: (!has_record).then(|| mine.client_addr.clone()),
+        };
+        match state
+            .raft
+            .propose(crate::command::encode_grpc_url(&record))
+            .await
+        {
+            Ok(Outcome::NotFound) => {
+                return Err(not_a_member(
+                    id,
+                    "it was removed before its gRPC URL was recorded",
+                ))
+            }
+            Ok(_) => {}
+            Err(ProposeError::NotLeader { leader }) => return forward(state, leader, relay).await,
+            Err(e) => {
+                return Err(Problem::unavailable(
+                    "propose-failed",
+                    "Could not record the gRPC URL",
+                    e.to_string(),
+                ))
+            }
+        }
+        tracing::info!(id, grpc_url = ?grpc_url, "member gRPC URL recorded");
+    }
+    let members = known_members(state);
+    Ok(Json(membership_json(state, &s.engine.membership, &members)).into_response())
 }
 
 /// 422 `peer-unreachable` unless `member` answers at its new peer address
@@ -435,31 +518,34 @@ pub(super) async fn remove_member(
     change_by_id(&state, &raw, MembershipChange::Remove, relay).await
 }
 
-/// Records this node's `grpc_url` through the log as
-/// `PUT /v1/cluster/members/{id}` would, with the peer and client
-/// addresses the cluster knows for it (its advertised ones when it knows
-/// none), forwarded to the leader when this node is not it.
+/// Why a node's gRPC URL was not published.
+#[derive(Debug)]
+pub(crate) enum PublishError {
+    /// The leader answered that this node is not a member (404): removed,
+    /// or not yet added (joining).
+    NotMember,
+    /// Anything else (no leader yet, an older leader refusing the request,
+    /// ...): retry later.
+    Other(String),
+}
+
+/// Records this node's gRPC URL (`None`: it serves none) through the log
+/// as `PUT /v1/cluster/members/{id} {"grpc_url": ...}` does: the URL alone,
+/// never an address (what this node knows of its own may be stale),
+/// forwarded to the leader when this node is not it.
 ///
 /// # Errors
 ///
-/// The update was refused or could not be made (retry later).
-pub(crate) async fn publish_own_addresses(
+/// The update was refused or could not be made.
+pub(crate) async fn publish_own_grpc_url(
     state: std::sync::Arc<AppState>,
     grpc_url: Option<String>,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let id = state.cfg.advertise.id;
-    let me = known_members(&state)
-        .into_iter()
-        .find(|m| m.id == id)
-        .unwrap_or_else(|| state.cfg.advertise.clone());
-    let body = json!({
-        "peer_addr": me.peer_addr,
-        "client_addr": me.client_addr,
-        "grpc_url": grpc_url,
-    });
+    let body = json!({ "grpc_url": grpc_url });
     let uri: Uri = format!("/v1/cluster/members/{id}")
         .parse()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| PublishError::Other(format!("{e}")))?;
     let mut headers = HeaderMap::new();
     if let Some(t) = state
         .cfg
@@ -469,7 +555,7 @@ pub(crate) async fn publish_own_addresses(
     {
         let value = format!("Bearer {t}")
             .parse()
-            .map_err(|_| "the token is not a valid header value".to_owned())?;
+            .map_err(|_| PublishError::Other("the token is not a valid header value".into()))?;
         headers.insert(axum::http::header::AUTHORIZATION, value);
     }
     headers.insert(
@@ -486,7 +572,9 @@ pub(crate) async fn publish_own_addresses(
     .await;
     match answer {
         Ok(resp) if resp.status().is_success() => Ok(()),
-        Ok(resp) => Err(format!("answered {}", resp.status())),
-        Err(p) => Err(format!("{p:?}")),
+        Ok(resp) if resp.status() == StatusCode::NOT_FOUND => Err(PublishError::NotMember),
+        Ok(resp) => Err(PublishError::Other(format!("answered {}", resp.status()))),
+        Err(p) if p.status() == StatusCode::NOT_FOUND => Err(PublishError::NotMember),
+        Err(p) => Err(PublishError::Other(format!("{p:?}"))),
     }
 }

@@ -17,7 +17,7 @@
 mod auth;
 mod backup;
 mod cluster;
-pub(crate) use cluster::publish_own_addresses;
+pub(crate) use cluster::{publish_own_grpc_url, PublishError};
 mod forwarding;
 mod kv;
 pub(crate) mod lease;

@@ -233,6 +233,8 @@ struct Serving {
     client_addr: SocketAddr,
     /// The gRPC server, and the task publishing its URL to the cluster.
     grpc: Option<(crate::grpc::GrpcServing, JoinHandle<()>)>,
+    /// Without a gRPC server: the task publishing "no gRPC URL".
+    publish_none: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -249,11 +251,16 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
     let grpc = match cfg.grpc_listen {
         Some(addr) => {
             let g = crate::grpc::serve(state.clone(), app.clone(), addr, stop_rx.clone()).await?;
-            let publish = tasks::publish_grpc_url(state, g.url.clone());
+            let publish = tasks::publish_grpc_url(state.clone(), Some(g.url.clone()));
             Some((g, publish))
         }
         None => None,
     };
+    // Without a gRPC listener: "no gRPC URL", so a URL recorded before
+    // (a restart without `--grpc-listen`) is cleared.
+    let publish_none = grpc
+        .is_none()
+        .then(|| tasks::publish_grpc_url(state.clone(), None));
     let tls = if cfg.client_tls {
         let config = crate::client_tls::server_config(cfg).context("configuring HTTPS")?;
         Some(tokio_rustls::TlsAcceptor::from(config))
@@ -273,6 +280,7 @@ async fn serve(cfg: &Arc<NodeConfig>, state: AppState) -> anyhow::Result<Serving
     Ok(Serving {
         client_addr,
         grpc,
+        publish_none,
         stop,
         task,
     })
@@ -414,6 +422,9 @@ pub async fn start(
     let grpc_addr = http.grpc.as_ref().map(|(g, _)| g.addr);
     if let Some((g, publish)) = http.grpc.take() {
         background.push(g.task);
+        background.push(publish);
+    }
+    if let Some(publish) = http.publish_none.take() {
         background.push(publish);
     }
     tracing::info!(id, %client_addr, %peer_addr, ?grpc_addr, https = cfg.client_tls, "node started");

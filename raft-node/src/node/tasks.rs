@@ -20,8 +20,19 @@ use crate::store::KvReader;
 /// How often the configuration in force is checked for changes.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 
-/// The pause between two attempts to record this node's gRPC URL.
-const PUBLISH_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The pause after a first attempt to record this node's gRPC URL that did
+/// not show it recorded; it doubles after each, up to
+/// [`PUBLISH_MAX_PAUSE`].
+const PUBLISH_FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause between two attempts to record this node's gRPC URL.
+const PUBLISH_MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// How many times the leader may accept this node's gRPC URL (each time a
+/// log entry) without the URL showing up recorded before the node stops
+/// trying and says so: a leader of an earlier release accepts the request
+/// and records no URL.
+const PUBLISH_MAX_ACCEPTED: u32 = 5;
 
 /// How often the storage stall watch looks.
 const STALL_POLL: Duration = Duration::from_millis(500);
@@ -227,33 +238,180 @@ fn follow_membership(
     }
 }
 
-/// Records this node's gRPC URL (`url`) with its addresses through the log
-/// (as `PUT /v1/cluster/members/{id}` does), retrying until it is recorded,
-/// so every member's `Cluster.MemberList` lists it. Nothing is proposed
-/// when the member directory has it already (a restart with the same
-/// address).
-pub(super) fn publish_grpc_url(state: Arc<AppState>, url: String) -> JoinHandle<()> {
+/// What the publishing task does after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PublishStep {
+    /// Try again after this pause.
+    Retry(Duration),
+    /// Stop: the URL is recorded.
+    Recorded,
+    /// Stop: this node was a member and is not any more.
+    Removed,
+    /// Stop: the leader accepted the URL [`PUBLISH_MAX_ACCEPTED`] times
+    /// and it never showed up recorded.
+    GaveUp,
+}
+
+/// The publishing task's state: the attempts so far.
+#[derive(Debug, Clone, Default)]
+struct PublishPolicy {
+    /// Attempts made.
+    attempts: u32,
+    /// Attempts the leader accepted.
+    accepted: u32,
+}
+
+impl PublishPolicy {
+    /// The pause after `attempts` attempts: doubling from
+    /// [`PUBLISH_FIRST_PAUSE`], at most [`PUBLISH_MAX_PAUSE`].
+    fn pause(attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(16);
+        PUBLISH_FIRST_PAUSE
+            .saturating_mul(1 << doublings)
+            .min(PUBLISH_MAX_PAUSE)
+    }
+
+    /// The next step once the URL is seen `recorded` or not, after an
+    /// attempt that answered `outcome` (none when no attempt was made
+    /// yet); `was_member` says whether this node has been in its applied
+    /// configuration (a 404 before that is a node still joining).
+    fn next(
+        &mut self,
+        recorded: bool,
+        outcome: Option<&Result<(), crate::http::PublishError>>,
+        was_member: bool,
+    ) -> PublishStep {
+        if recorded {
+            return PublishStep::Recorded;
+        }
+        match outcome {
+            None => return PublishStep::Retry(Duration::ZERO),
+            Some(Ok(())) => self.accepted += 1,
+            Some(Err(crate::http::PublishError::NotMember)) if was_member => {
+                return PublishStep::Removed
+            }
+            Some(Err(_)) => {}
+        }
+        if self.accepted >= PUBLISH_MAX_ACCEPTED {
+            return PublishStep::GaveUp;
+        }
+        self.attempts += 1;
+        PublishStep::Retry(Self::pause(self.attempts))
+    }
+}
+
+/// Records this node's gRPC URL (`url`; none for a node without a gRPC
+/// listener, which clears a URL recorded before) through the log, the URL
+/// alone (`PUT /v1/cluster/members/{id} {"grpc_url": ...}`), so every
+/// member's `Cluster.MemberList` lists it. Nothing is proposed when the
+/// member directory has it already (a restart with the same address).
+/// Retries with a doubling pause (up to [`PUBLISH_MAX_PAUSE`]) until the
+/// URL shows up recorded; stops when this node was removed, and after
+/// [`PUBLISH_MAX_ACCEPTED`] accepted attempts that recorded nothing (a
+/// leader of an earlier release), with a warning.
+pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let id = state.id;
-        let mut attempt = 0u32;
+        let mut policy = PublishPolicy::default();
+        let mut outcome = None;
+        let mut was_member = false;
         loop {
-            let recorded = state.members.with_replicated();
-            let mine = recorded.iter().find(|m| m.id == id);
-            if mine.is_some_and(|m| m.grpc_url.as_deref() == Some(url.as_str())) {
-                tracing::debug!(id, %url, "the gRPC URL is recorded");
-                return;
+            let recorded = state
+                .members
+                .with_replicated()
+                .iter()
+                .any(|m| m.id == id && m.grpc_url == url);
+            if let Some(s) = state.raft.status().await {
+                was_member |= s.engine.membership.contains(id);
             }
-            attempt += 1;
-            match crate::http::publish_own_addresses(state.clone(), Some(url.clone())).await {
-                Ok(()) => {
-                    tracing::info!(id, %url, "recorded this node's gRPC URL");
+            match policy.next(recorded, outcome.as_ref(), was_member) {
+                PublishStep::Recorded => {
+                    tracing::info!(id, grpc_url = ?url, "this node's gRPC URL is recorded");
                     return;
                 }
+                PublishStep::Removed => {
+                    tracing::info!(
+                        id,
+                        "not a member any more: this node's gRPC URL is not published"
+                    );
+                    return;
+                }
+                PublishStep::GaveUp => {
+                    tracing::warn!(
+                        id,
+                        grpc_url = ?url,
+                        accepted = PUBLISH_MAX_ACCEPTED,
+                        "the leader accepted this node's gRPC URL {PUBLISH_MAX_ACCEPTED} times \
+                         without recording it (a leader of an earlier release?); not trying \
+                         again until this node restarts"
+                    );
+                    return;
+                }
+                PublishStep::Retry(pause) => tokio::time::sleep(pause).await,
+            }
+            let answer = crate::http::publish_own_grpc_url(state.clone(), url.clone()).await;
+            if let Err(e) = &answer {
                 // Expected while there is no leader yet or this node is
                 // still joining.
-                Err(e) => tracing::debug!(id, attempt, error = %e, "gRPC URL not recorded yet"),
+                let why = match e {
+                    crate::http::PublishError::NotMember => "not a member (yet)",
+                    crate::http::PublishError::Other(why) => why.as_str(),
+                };
+                tracing::debug!(id, error = why, "gRPC URL not recorded yet");
             }
-            tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+            outcome = Some(answer);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{PublishPolicy, PublishStep, PUBLISH_MAX_ACCEPTED, PUBLISH_MAX_PAUSE};
+    use crate::http::PublishError;
+
+    /// Finding B3: the publish retried every second forever, also for a
+    /// removed node and under a leader that records no URL.
+    #[test]
+    fn publishing_backs_off_stops_when_removed_and_gives_up_on_a_leader_that_records_nothing() {
+        let other = || Err(PublishError::Other("no leader".into()));
+        // Failures back off, doubling up to the cap.
+        let mut p = PublishPolicy::default();
+        assert_eq!(
+            p.next(false, None, true),
+            PublishStep::Retry(Duration::ZERO)
+        );
+        let pauses: Vec<Duration> = (0..10)
+            .map(|_| match p.next(false, Some(&other()), true) {
+                PublishStep::Retry(d) => d,
+                s => panic!("{s:?}"),
+            })
+            .collect();
+        let secs: Vec<u64> = pauses.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        assert!(pauses.iter().all(|d| *d <= PUBLISH_MAX_PAUSE));
+        // Recorded: stop.
+        assert_eq!(p.next(true, Some(&Ok(())), true), PublishStep::Recorded);
+        // A 404 for a node that was a member: removed, stop.
+        let mut p = PublishPolicy::default();
+        assert_eq!(
+            p.next(false, Some(&Err(PublishError::NotMember)), true),
+            PublishStep::Removed
+        );
+        // A 404 before it ever was one: still joining, retry.
+        assert!(matches!(
+            p.next(false, Some(&Err(PublishError::NotMember)), false),
+            PublishStep::Retry(_)
+        ));
+        // A leader that accepts and records nothing: give up after the limit.
+        let mut p = PublishPolicy::default();
+        for _ in 1..PUBLISH_MAX_ACCEPTED {
+            assert!(matches!(
+                p.next(false, Some(&Ok(())), true),
+                PublishStep::Retry(_)
+            ));
+        }
+        assert_eq!(p.next(false, Some(&Ok(())), true), PublishStep::GaveUp);
+    }
 }

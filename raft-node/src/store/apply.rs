@@ -209,7 +209,8 @@ impl<V: StoreView> Batch<'_, V> {
     /// `PUT /v1/cluster/members/{id}`, which only applies to a member).
     fn member_record(&mut self, data: &Bytes) -> Result<Outcome, StoreError> {
         let rec = match crate::command::decode_member(data) {
-            Ok(rec) => rec,
+            Ok(crate::command::MemberEntry::Addresses(rec)) => rec,
+            Ok(crate::command::MemberEntry::GrpcUrl(rec)) => return self.grpc_url_record(rec),
             Err(err) => return Ok(Outcome::Malformed(err.to_string())),
         };
         if rec.only_if_member {
@@ -224,6 +225,55 @@ impl<V: StoreView> Batch<'_, V> {
         self.put(Cf::Meta, member_key(rec.member.id), record);
         self.members_changed = true;
         Ok(Outcome::Noop)
+    }
+
+    /// A member's gRPC URL alone (version 2): the other fields of its
+    /// record stay as they are; the addresses the entry carries are only
+    /// recorded for a member without a record. `NotFound` for a node not
+    /// in the configuration last applied, or one with neither a record nor
+    /// addresses.
+    fn grpc_url_record(
+        &mut self,
+        rec: crate::command::GrpcUrlRecord,
+    ) -> Result<Outcome, StoreError> {
+        let members = self.applied_members()?;
+        if members.is_some_and(|m| !m.contains(&rec.id)) {
+            return Ok(Outcome::NotFound);
+        }
+        let key = member_key(rec.id);
+        let recorded: Option<crate::config::Member> = self
+            .meta_value(&key)?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        let member = match (recorded, rec.peer_addr, rec.client_addr) {
+            (Some(m), _, _) => crate::config::Member {
+                grpc_url: rec.grpc_url,
+                ..m
+            },
+            (None, Some(peer_addr), Some(client_addr)) => crate::config::Member {
+                id: rec.id,
+                peer_addr,
+                client_addr,
+                grpc_url: rec.grpc_url,
+            },
+            (None, _, _) => return Ok(Outcome::NotFound),
+        };
+        let record = serde_json::to_vec(&member).unwrap_or_default();
+        self.put(Cf::Meta, key, record);
+        self.members_changed = true;
+        Ok(Outcome::Noop)
+    }
+
+    /// The value of `key` in `Cf::Meta` as this batch leaves it: its own
+    /// writes first, then the store.
+    fn meta_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        for w in self.writes.iter().rev() {
+            match w {
+                Write::Put(Cf::Meta, k, v) if k == key => return Ok(Some(v.clone())),
+                Write::Delete(Cf::Meta, k) if k == key => return Ok(None),
+                _ => {}
+            }
+        }
+        self.view.get(Cf::Meta, key)
     }
 
     /// The members of the configuration last applied: this batch's own
@@ -676,15 +726,160 @@ mod tests {
         // plain record.
         let mut old = vec![crate::command::MEMBER_TAG];
         old.extend(serde_json::to_vec(&member).unwrap());
-        let rec = crate::command::decode_member(&old).unwrap();
+        let Ok(crate::command::MemberEntry::Addresses(rec)) = crate::command::decode_member(&old)
+        else {
+            panic!("an old record decodes as addresses");
+        };
         assert_eq!((rec.member, rec.only_if_member), (member.clone(), false));
         // An update reads as the member for a release that knows no
         // updates (it ignores the extra field).
         let new = crate::command::encode_member_update(&member);
-        let rec = crate::command::decode_member(&new).unwrap();
+        let Ok(crate::command::MemberEntry::Addresses(rec)) = crate::command::decode_member(&new)
+        else {
+            panic!("an update decodes as addresses");
+        };
         assert!(rec.only_if_member);
         let as_old: crate::config::Member = serde_json::from_slice(&new[1..]).unwrap();
         assert_eq!(as_old, member);
+    }
+
+    /// Finding B2/B4: a node publishing its gRPC URL sent its peer and
+    /// client addresses along, from its own (possibly stale) records, and
+    /// reverted an address change it had not applied yet; and a URL could
+    /// not be cleared. A version 2 record sets the URL alone; none clears it.
+    #[test]
+    fn a_published_grpc_url_changes_no_address_and_none_clears_it() {
+        use crate::command::{encode_grpc_url, GrpcUrlRecord, GRPC_URL_RECORD_VERSION};
+        let mut m = Memory::default();
+        let member = |id: u64, port: u16, url: Option<&str>| crate::config::Member {
+            id,
+            peer_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            client_addr: format!("127.0.0.1:{}", port + 1000),
+            grpc_url: url.map(Into::into),
+        };
+        let entry = |index: u64, payload: Bytes| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(payload),
+        };
+        let publish = |index, id, url: Option<&str>, fallback: Option<(u16, u16)>| {
+            entry(
+                index,
+                encode_grpc_url(&GrpcUrlRecord {
+                    v: GRPC_URL_RECORD_VERSION,
+                    id,
+                    grpc_url: url.map(Into::into),
+                    peer_addr: fallback.map(|(p, _)| format!("127.0.0.1:{p}").parse().unwrap()),
+                    client_addr: fallback.map(|(_, c)| format!("127.0.0.1:{c}")),
+                }),
+            )
+        };
+        let stored = |m: &Memory, id| -> Option<crate::config::Member> {
+            m.get(Cf::Meta, &member_key(id))
+                .unwrap()
+                .map(|v| serde_json::from_slice(&v).unwrap())
+        };
+        let config = Entry {
+            term: 1,
+            index: 2,
+            payload: EntryPayload::Membership(Box::new(Membership::new(vec![1, 2, 3]))),
+        };
+        // An admin moved node 3 to port 7001 (while it was down); its
+        // publish, carrying the addresses it knew (7000, as fallback), sets
+        // the URL and keeps the new addresses.
+        m.apply(
+            10,
+            &[
+                entry(
+                    1,
+                    crate::command::encode_member_update(&member(3, 7001, None)),
+                ),
+                config,
+            ],
+        );
+        let out = m.apply(
+            10,
+            &[publish(3, 3, Some("http://h:2379"), Some((7000, 8000)))],
+        );
+        assert_eq!(out, vec![Outcome::Noop]);
+        assert_eq!(stored(&m, 3), Some(member(3, 7001, Some("http://h:2379"))));
+        // Restarted without a gRPC listener: the URL is cleared, nothing else.
+        m.apply(10, &[publish(4, 3, None, None)]);
+        assert_eq!(stored(&m, 3), Some(member(3, 7001, None)));
+        // An original member without a record: the addresses it carries
+        // are recorded with the URL.
+        m.apply(
+            10,
+            &[publish(5, 2, Some("http://h2:2379"), Some((7100, 8100)))],
+        );
+        assert_eq!(stored(&m, 2), Some(member(2, 7100, Some("http://h2:2379"))));
+        // In the same batch as an address update: the update's addresses.
+        m.apply(
+            10,
+            &[
+                entry(
+                    6,
+                    crate::command::encode_member_update(&member(2, 7200, None)),
+                ),
+                publish(7, 2, Some("http://h2:1"), Some((7100, 8100))),
+            ],
+        );
+        assert_eq!(stored(&m, 2), Some(member(2, 7200, Some("http://h2:1"))));
+        // Not a member: refused, nothing recorded.
+        assert_eq!(
+            m.apply(
+                10,
+                &[publish(8, 9, Some("http://h9:1"), Some((7900, 8900)))]
+            ),
+            vec![Outcome::NotFound]
+        );
+        assert_eq!(stored(&m, 9), None);
+        // A member with neither a record nor addresses: refused.
+        assert_eq!(
+            m.apply(10, &[publish(9, 1, Some("http://h1:1"), None)]),
+            vec![Outcome::NotFound]
+        );
+        assert_eq!(stored(&m, 1), None);
+    }
+
+    /// The encoding of a version 2 record, byte for byte, and how each
+    /// release reads it.
+    #[test]
+    fn grpc_url_records_golden_and_across_releases() {
+        use crate::command::{decode_member, encode_grpc_url, GrpcUrlRecord, MemberEntry};
+        let with_addrs = GrpcUrlRecord {
+            v: 2,
+            id: 3,
+            grpc_url: Some("http://h:2379".into()),
+            peer_addr: Some("raft-2.raft:7000".parse().unwrap()),
+            client_addr: Some("raft-2.raft:8080".into()),
+        };
+        let bytes = encode_grpc_url(&with_addrs);
+        assert_eq!(
+            &bytes[..],
+            &b"\x80{\"v\":2,\"id\":3,\"grpc_url\":\"http://h:2379\",\
+               \"peer_addr\":\"raft-2.raft:7000\",\"client_addr\":\"raft-2.raft:8080\"}"[..]
+        );
+        assert_eq!(decode_member(&bytes), Ok(MemberEntry::GrpcUrl(with_addrs)));
+        // An earlier release reads one with addresses as a plain record.
+        let as_old: crate::config::Member = serde_json::from_slice(&bytes[1..]).unwrap();
+        assert_eq!(as_old.grpc_url.as_deref(), Some("http://h:2379"));
+        // "No gRPC URL": the URL is absent.
+        let clear = encode_grpc_url(&GrpcUrlRecord {
+            v: 2,
+            id: 3,
+            grpc_url: None,
+            peer_addr: None,
+            client_addr: None,
+        });
+        assert_eq!(&clear[..], &b"\x80{\"v\":2,\"id\":3}"[..]);
+        // Version 1 records (no "v", or "v": 1) still decode as addresses.
+        let v1 = b"\x80{\"id\":3,\"peer_addr\":\"raft-2.raft:7000\",\"client_addr\":\"raft-2.raft:8080\",\"only_if_member\":true}";
+        assert!(matches!(decode_member(v1), Ok(MemberEntry::Addresses(r)) if r.only_if_member));
+        // A later version, or junk in a version 2 record, is malformed.
+        assert!(decode_member(b"\x80{\"v\":3,\"id\":3}").is_err());
+        assert!(decode_member(b"\x80{\"v\":2,\"id\":3,\"x\":1}").is_err());
+        assert!(decode_member(b"\x80{\"v\":2}").is_err());
     }
 
     #[test]

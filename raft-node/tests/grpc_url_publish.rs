@@ -1,0 +1,113 @@
+//! How a member publishes its etcd gRPC URL through the log: the URL alone
+//! (an address change made while the node was down stays), and "no gRPC
+//! URL" for a node restarted without `--grpc-listen`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::etcd::Cluster;
+use common::free_tcp;
+
+/// The client URLs `MemberList` (asked of node `via`) lists for member `id`.
+async fn client_urls(cluster: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
+    let mut c = cluster.client(via, None).await;
+    let list = c.member_list().await.ok()?;
+    list.members()
+        .iter()
+        .find(|m| m.id() == id)
+        .map(|m| m.client_urls().to_vec())
+}
+
+/// Waits (up to 40 s: the publish backs off from 1 s) until `MemberList`
+/// lists `want` for member `id`.
+async fn wait_urls(cluster: &Cluster, via: u64, id: u64, want: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let got = client_urls(cluster, via, id).await;
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "MemberList lists {got:?} for node {id}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Node `id`'s addresses as node `via` knows them (`GET /v1/cluster`).
+async fn addresses(http: &reqwest::Client, via: &str, id: u64) -> serde_json::Value {
+    let s: serde_json::Value = http
+        .get(format!("{via}/v1/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == id))
+        .map(|m| m["addresses"].clone())
+        .unwrap_or_default()
+}
+
+/// Findings B2 and B4: a node restarted after an admin changed its client
+/// address (while it was down) published its gRPC URL with the addresses
+/// it knew, and could revert the change; and a node restarted without a
+/// gRPC listener stayed listed with its dead URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_the_grpc_url_keeps_the_addresses_and_no_listener_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let leader = cluster.leader;
+    let f = cluster.follower();
+    let fi = usize::try_from(f - 1).unwrap();
+    let leader_http = cluster.procs[usize::try_from(leader - 1).unwrap()]
+        .http
+        .clone();
+    let url = |a: std::net::SocketAddr| format!("http://{a}");
+    wait_urls(&cluster, leader, f, &[url(cluster.addr(f))]).await;
+
+    // Node f stops; an admin records another client address for it (the
+    // same port under another name: it keeps working).
+    let http = reqwest::Client::new();
+    let before = addresses(&http, &leader_http, f).await;
+    let peer = before["peer"].as_str().unwrap().to_owned();
+    let client = before["client"].as_str().unwrap().to_owned();
+    let moved = client.replace("127.0.0.1", "localhost");
+    assert_ne!(moved, client);
+    cluster.procs[fi].sigterm();
+    let r = http
+        .put(format!("{leader_http}/v1/cluster/members/{f}"))
+        .json(&serde_json::json!({ "peer_addr": peer, "client_addr": moved }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+
+    // It restarts with a new gRPC port: the new URL is listed, and the
+    // client address stays the admin's.
+    let grpc = free_tcp();
+    cluster.grpc[fi] = grpc;
+    cluster.procs[fi].env = vec![("RAFT_GRPC_LISTEN".into(), PathBuf::from(grpc.to_string()))];
+    cluster.procs[fi].start();
+    wait_urls(&cluster, leader, f, &[url(grpc)]).await;
+    assert_eq!(
+        addresses(&http, &leader_http, f).await["client"],
+        moved.as_str()
+    );
+
+    // It restarts without a gRPC listener: it is listed with no client URL.
+    cluster.procs[fi].sigterm();
+    cluster.procs[fi].env.clear();
+    cluster.procs[fi].start();
+    wait_urls(&cluster, leader, f, &[]).await;
+    let after = addresses(&http, &leader_http, f).await;
+    assert_eq!(
+        (after["peer"].as_str(), after["client"].as_str()),
+        (Some(peer.as_str()), Some(moved.as_str()))
+    );
+}
