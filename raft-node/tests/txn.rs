@@ -167,6 +167,13 @@ async fn binary_keys_prefixes_and_every_refusal_as_a_problem() {
             400,
             "lease-provided",
         ),
+        // A lease id over i64::MAX names no lease (etcd's ids are int64):
+        // refused before the log, as the gRPC API refuses a negative one.
+        (
+            json!({"success": [{"put": {"key": "a", "value": "x", "lease": 9_223_372_036_854_775_808u64}}]}),
+            404,
+            "lease-not-found",
+        ),
         (json!({"success": [{"frobnicate": {}}]}), 400, "bad-request"),
         (
             json!({"success": [{"put": {"key": "a", "key_base64": "YQ=="}}]}),

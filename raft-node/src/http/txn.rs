@@ -226,14 +226,23 @@ fn op_of(op: JsonOp) -> Result<RequestOp, Problem> {
                 count_only: r.count_only,
             })
         }
-        JsonOp::Put(p) => RequestOp::Put(PutRequest {
-            key: either(p.key, p.key_base64, "key")?.unwrap_or_default(),
-            value: either(p.value, p.value_base64, "value")?.unwrap_or_default(),
-            prev_kv: p.prev_kv,
-            lease: p.lease,
-            ignore_value: p.ignore_value,
-            ignore_lease: p.ignore_lease,
-        }),
+        JsonOp::Put(p) => {
+            // etcd's lease ids are int64: a larger id names no lease, and
+            // a transaction entry cannot carry it (every replica would
+            // apply the entry as malformed, and the client get a 500).
+            // With `ignore_lease`, the lease given is refused as such.
+            if p.lease > crate::lease::MAX_LEASE_ID && !p.ignore_lease {
+                return Err(super::lease::problem(&crate::lease::LeaseRefusal::NotFound));
+            }
+            RequestOp::Put(PutRequest {
+                key: either(p.key, p.key_base64, "key")?.unwrap_or_default(),
+                value: either(p.value, p.value_base64, "value")?.unwrap_or_default(),
+                prev_kv: p.prev_kv,
+                lease: p.lease,
+                ignore_value: p.ignore_value,
+                ignore_lease: p.ignore_lease,
+            })
+        }
         JsonOp::DeleteRange(d) => {
             let (key, range_end) = key_range!(d).resolve()?;
             RequestOp::DeleteRange(DeleteRangeRequest {

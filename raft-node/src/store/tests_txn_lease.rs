@@ -289,3 +289,44 @@ async fn an_entry_giving_and_keeping_a_value_or_lease_is_refused_when_applied() 
     let out = s.run(ops(vec![keeping("k", "", 9, true, false)])).await;
     assert_eq!(out, Outcome::LeaseRefused(LeaseRefusal::NotFound));
 }
+
+/// A put keeping the lease of a key already on it attaches no new key:
+/// it is not refused when the lease holds `--max-keys-per-lease` keys,
+/// and the lease's key count does not grow; a second key still is.
+#[tokio::test]
+async fn keeping_the_lease_of_a_lease_at_its_key_limit_counts_no_new_key() {
+    let mut s = Store::new();
+    s.grant(5).await;
+    s.put("k", "v", 5).await;
+    let at_limit = |request| TxnCommand {
+        max_range_keys: 100,
+        max_read_bytes: 1 << 20,
+        max_keys_per_lease: 1,
+        request,
+    };
+    let out = s
+        .apply(at_limit(ops(vec![keeping("k", "w", 0, false, true)])).encode())
+        .await;
+    assert!(matches!(out, Outcome::Txn(_)), "{out:?}");
+    let v = s.get("k").unwrap();
+    assert_eq!((v.value.clone(), v.lease), (b("w"), 5));
+    assert_eq!(s.keys_of(5), vec![b("k")]);
+    let out = s
+        .apply(
+            at_limit(ops(vec![RequestOp::Put(PutRequest {
+                key: b("k2"),
+                lease: 5,
+                ..PutRequest::default()
+            })]))
+            .encode(),
+        )
+        .await;
+    assert!(
+        matches!(
+            out,
+            Outcome::LeaseRefused(LeaseRefusal::TooManyKeys { limit: 1 })
+        ),
+        "{out:?}"
+    );
+    assert_eq!(s.keys_of(5), vec![b("k")]);
+}
