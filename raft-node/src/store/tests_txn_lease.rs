@@ -4,7 +4,7 @@
 //! the entry finds, so every replica decides alike.
 
 use raft_core::{EntryPayload, StateMachine};
-use raft_log::{RocksLog, RocksLogOptions};
+use raft_log::RocksLog;
 
 use super::*;
 use crate::lease::{LeaseGrant, LeaseRefusal};
@@ -25,15 +25,7 @@ struct Store {
 impl Store {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = RocksLog::open(
-            dir.path(),
-            RocksLogOptions {
-                extra_column_families: vec![KV_CF.into(), KV_META_CF.into()],
-                ..RocksLogOptions::default()
-            },
-        )
-        .unwrap();
-        let sm = KvStateMachine::new(log.db().clone(), 100).unwrap();
+        let (log, sm) = super::test_support::store(dir.path(), 100);
         Self {
             _log: log,
             sm,
