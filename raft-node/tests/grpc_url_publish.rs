@@ -111,3 +111,43 @@ async fn publishing_the_grpc_url_keeps_the_addresses_and_no_listener_clears_it()
         (Some(peer.as_str()), Some(moved.as_str()))
     );
 }
+
+/// Review finding (MEDIUM): a node that restarts finds its gRPC URL in its
+/// own applied store and proposed nothing, but that store can be behind the
+/// log: here another URL was committed while the node was paused (it never
+/// received it), so after the restart the stale record was taken for the
+/// truth and the cluster went on listing the other URL once the node caught
+/// up. A node publishes its URL at least once per start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_committed_while_the_node_was_paused_is_replaced_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let leader = cluster.leader;
+    let f = cluster.follower();
+    let fi = usize::try_from(f - 1).unwrap();
+    let leader_http = cluster.procs[usize::try_from(leader - 1).unwrap()]
+        .http
+        .clone();
+    let mine = format!("http://{}", cluster.addr(f));
+    wait_urls(&cluster, leader, f, std::slice::from_ref(&mine)).await;
+
+    // Node f is paused; another URL for it is committed by the other two.
+    let pid = cluster.procs[fi].child.as_ref().expect("running").id();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let other = "http://127.0.0.1:1".to_owned();
+    let r = reqwest::Client::new()
+        .put(format!("{leader_http}/v1/cluster/members/{f}"))
+        .json(&serde_json::json!({ "grpc_url": other }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    wait_urls(&cluster, leader, f, std::slice::from_ref(&other)).await;
+
+    // It dies without having seen that entry and restarts with its own
+    // URL: the cluster lists its own URL again.
+    cluster.procs[fi].kill9();
+    cluster.procs[fi].start();
+    wait_urls(&cluster, leader, f, std::slice::from_ref(&mine)).await;
+}

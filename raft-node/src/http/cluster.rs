@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use raft_core::driver::MembershipError;
 use raft_core::{
-    ChangeError, DriverStatus, Membership, MembershipChange, NodeId, ProposeError, Role,
-    TransferError,
+    ChangeError, DriverStatus, Membership, MembershipChange, NodeId, ProposeError, ReadConsistency,
+    ReadError, Role, TransferError,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -434,6 +434,14 @@ async fn update_grpc_url(
     }
     if !s.engine.membership.contains(id) {
         return Err(not_a_member(id, "not in the configuration"));
+    }
+    // What this leader has applied can be behind its log (entries of an
+    // earlier term it has not applied yet, one of them another URL for
+    // this member): compare only after a read barrier.
+    match state.raft.read(ReadConsistency::Linearizable).await {
+        Ok(_) => {}
+        Err(ReadError::NotLeader { leader }) => return forward(state, leader, relay).await,
+        Err(e) => return Err(e.into()),
     }
     let known = known_members(state);
     let Some(mine) = known.iter().find(|m| m.id == id) else {

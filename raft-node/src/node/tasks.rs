@@ -30,8 +30,10 @@ const PUBLISH_MAX_PAUSE: Duration = Duration::from_secs(60);
 
 /// How many times the leader may accept this node's gRPC URL (each time a
 /// log entry) without the URL showing up recorded before the node stops
-/// trying and says so: a leader of an earlier release accepts the request
-/// and records no URL.
+/// trying and says so: something else changes the URL each time (an
+/// admin's `PUT /v1/cluster/members/{id}`), or this node's store does not
+/// catch up. (A leader of an earlier release refuses the request with a
+/// 400; that counts as a failure and is retried, backing off.)
 const PUBLISH_MAX_ACCEPTED: u32 = 5;
 
 /// How often the storage stall watch looks.
@@ -248,7 +250,7 @@ enum PublishStep {
     /// Stop: this node was a member and is not any more.
     Removed,
     /// Stop: the leader accepted the URL [`PUBLISH_MAX_ACCEPTED`] times
-    /// and it never showed up recorded.
+    /// and it never showed up recorded in this node's store.
     GaveUp,
 }
 
@@ -275,15 +277,18 @@ impl PublishPolicy {
     /// attempt that answered `outcome` (none when no attempt was made
     /// yet); `was_member` says whether this node has been in its applied
     /// configuration (a 404 before that is a node still joining).
+    ///
+    /// The URL counts as recorded only after the leader accepted an
+    /// attempt of this process: this node's own store can be behind the
+    /// log (another URL committed while it was down or cut off), so the
+    /// URL is published at least once per start, and the leader compares
+    /// it with what it has applied after a read barrier.
     fn next(
         &mut self,
         recorded: bool,
         outcome: Option<&Result<(), crate::http::PublishError>>,
         was_member: bool,
     ) -> PublishStep {
-        if recorded {
-            return PublishStep::Recorded;
-        }
         match outcome {
             None => return PublishStep::Retry(Duration::ZERO),
             Some(Ok(())) => self.accepted += 1,
@@ -291,6 +296,9 @@ impl PublishPolicy {
                 return PublishStep::Removed
             }
             Some(Err(_)) => {}
+        }
+        if recorded && self.accepted > 0 {
+            return PublishStep::Recorded;
         }
         if self.accepted >= PUBLISH_MAX_ACCEPTED {
             return PublishStep::GaveUp;
@@ -300,15 +308,25 @@ impl PublishPolicy {
     }
 }
 
+/// Whether `status` shows node `id` in a committed configuration: only
+/// then does a 404 from the leader mean it was removed. A configuration
+/// not yet committed (a joiner's learner entry) can still be truncated
+/// by a new leader, and the node added again later.
+fn counts_as_member(membership: &raft_core::Membership, committed: bool, id: NodeId) -> bool {
+    committed && membership.contains(id)
+}
+
 /// Records this node's gRPC URL (`url`; none for a node without a gRPC
 /// listener, which clears a URL recorded before) through the log, the URL
 /// alone (`PUT /v1/cluster/members/{id} {"grpc_url": ...}`), so every
-/// member's `Cluster.MemberList` lists it. Nothing is proposed when the
-/// member directory has it already (a restart with the same address).
-/// Retries with a doubling pause (up to [`PUBLISH_MAX_PAUSE`]) until the
-/// URL shows up recorded; stops when this node was removed, and after
-/// [`PUBLISH_MAX_ACCEPTED`] accepted attempts that recorded nothing (a
-/// leader of an earlier release), with a warning.
+/// member's `Cluster.MemberList` lists it. Published at least once per
+/// start (this node's own store may be behind the log); the leader
+/// proposes nothing when what it has applied, after a read barrier,
+/// /// already has it (a restart with the same address). Retries with a
+/// doubling pause (up to [`PUBLISH_MAX_PAUSE`]) until the URL shows up
+/// recorded; stops when this node was removed from a committed
+/// configuration, and after [`PUBLISH_MAX_ACCEPTED`] accepted attempts
+/// that this node never saw recorded, with a warning.
 pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let id = state.id;
@@ -322,7 +340,8 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                 .iter()
                 .any(|m| m.id == id && m.grpc_url == url);
             if let Some(s) = state.raft.status().await {
-                was_member |= s.engine.membership.contains(id);
+                was_member |=
+                    counts_as_member(&s.engine.membership, s.engine.membership_committed, id);
             }
             match policy.next(recorded, outcome.as_ref(), was_member) {
                 PublishStep::Recorded => {
@@ -342,8 +361,8 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                         grpc_url = ?url,
                         accepted = PUBLISH_MAX_ACCEPTED,
                         "the leader accepted this node's gRPC URL {PUBLISH_MAX_ACCEPTED} times \
-                         without recording it (a leader of an earlier release?); not trying \
-                         again until this node restarts"
+                         and this node never saw it recorded (changed again by someone \
+                         else?); not trying again until this node restarts"
                     );
                     return;
                 }
@@ -368,8 +387,40 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
 mod tests {
     use std::time::Duration;
 
-    use super::{PublishPolicy, PublishStep, PUBLISH_MAX_ACCEPTED, PUBLISH_MAX_PAUSE};
+    use super::{
+        counts_as_member, PublishPolicy, PublishStep, PUBLISH_MAX_ACCEPTED, PUBLISH_MAX_PAUSE,
+    };
     use crate::http::PublishError;
+
+    /// Review finding (MEDIUM): the URL found in this node's own store
+    /// ended the publishing before any attempt, but that store can be
+    /// behind the log. It counts only after an attempt the leader accepted.
+    #[test]
+    fn the_own_store_is_not_trusted_before_an_accepted_attempt() {
+        let mut p = PublishPolicy::default();
+        assert_eq!(p.next(true, None, true), PublishStep::Retry(Duration::ZERO));
+        let failed = Err(PublishError::Other("no leader".into()));
+        assert!(matches!(
+            p.next(true, Some(&failed), true),
+            PublishStep::Retry(_)
+        ));
+        assert_eq!(p.next(true, Some(&Ok(())), true), PublishStep::Recorded);
+    }
+
+    /// Review finding (MEDIUM): a joiner whose learner entry was not yet
+    /// committed (a new leader may truncate it) took the leader's 404 for
+    /// a removal and stopped publishing for good.
+    #[test]
+    fn only_a_committed_configuration_makes_a_404_a_removal() {
+        let with_joiner = raft_core::Membership::with_learners([1, 2, 3], [4]);
+        assert!(!counts_as_member(&with_joiner, false, 4));
+        assert!(counts_as_member(&with_joiner, true, 4));
+        assert!(!counts_as_member(
+            &raft_core::Membership::new([1, 2, 3]),
+            true,
+            4
+        ));
+    }
 
     /// Finding B3: the publish retried every second forever, also for a
     /// removed node and under a leader that records no URL.
