@@ -337,15 +337,20 @@ pub(super) fn is_transport(status: &tonic::Status) -> bool {
     false
 }
 
-/// Whether an error answer says the request itself is wrong (a bug of the
-/// harness or the node, recorded), rather than the node or the connection
-/// being unable to serve it now (a kill, a pause, a partition, a node
-/// without leader: the watcher moves on).
+/// Whether an error answer says the request itself is wrong, or that the
+/// node failed serving it (`Internal`, `Unknown`: what a 500 is over SSE),
+/// a bug of the harness or the node, recorded, rather than the node or the
+/// connection being unable to serve it now (a kill, a pause, a partition,
+/// a node without leader: the watcher moves on). A lost connection, which
+/// tonic reports as `Unknown` or `Internal` too, is told apart by its
+/// source ([`is_transport`]).
 pub(super) fn is_refusal(status: &tonic::Status) -> bool {
     !is_transport(status)
         && matches!(
             status.code(),
-            Code::InvalidArgument
+            Code::Internal
+                | Code::Unknown
+                | Code::InvalidArgument
                 | Code::NotFound
                 | Code::AlreadyExists
                 | Code::PermissionDenied
@@ -551,6 +556,56 @@ mod tests {
                 reason: SHUTDOWN_REASON.into()
             })
         );
+    }
+
+    /// An `Internal` or `Unknown` answer of a member (a failure inside
+    /// the node, as a 500 over SSE) is recorded, as a refusal is; the
+    /// member being unable to serve now, and a lost connection (which
+    /// tonic also reports as `Unknown` or `Internal`, with the connection
+    /// error as its source), are not.
+    #[tokio::test]
+    async fn an_internal_or_unknown_answer_is_recorded_a_lost_connection_is_not() {
+        for recorded in [
+            tonic::Status::internal("the range task failed"),
+            tonic::Status::unknown("a panic in the handler"),
+            tonic::Status::invalid_argument("bad range"),
+        ] {
+            assert!(is_refusal(&recorded), "{recorded:?}");
+        }
+        for passing in [
+            tonic::Status::unavailable("etcdserver: no leader"),
+            tonic::Status::deadline_exceeded("etcdserver: request timed out"),
+            tonic::Status::cancelled("the node is stopping"),
+        ] {
+            assert!(!is_refusal(&passing), "{passing:?}");
+        }
+        // A connection the member dropped: its HTTP/2 connection fails,
+        // and the stream's status is made from that error as tonic makes
+        // it for a response body that fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { drop(listener.accept().await) });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        accept.await.unwrap();
+        let lost = match hyper::client::conn::http2::handshake::<_, _, tonic::body::Body>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        {
+            Err(e) => e,
+            Ok((_sender, conn)) => conn.await.unwrap_err(),
+        };
+        let status = tonic::Status::from_error(Box::new(Transport(lost)));
+        assert!(
+            matches!(
+                status.code(),
+                Code::Unknown | Code::Internal | Code::Unavailable
+            ),
+            "{status:?}"
+        );
+        assert!(is_transport(&status), "{status:?}");
+        assert!(!is_refusal(&status), "{status:?}");
     }
 
     #[test]

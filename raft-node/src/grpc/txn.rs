@@ -199,6 +199,10 @@ pub(super) fn txn_status(e: TxnError) -> Status {
     match e {
         // etcd's own messages where it has one (duplicate key, too many
         // operations, key not provided); ours otherwise.
+        // etcd's ErrGRPCLeaseNotFound, as for a lease that does not exist.
+        TxnError::Invalid(t::TxnInvalid::LeaseNotFound) => {
+            super::lease::lease_status(&crate::lease::LeaseRefusal::NotFound)
+        }
         TxnError::Invalid(i) => Status::invalid_argument(i.to_string()),
         TxnError::Refused(why) => {
             Status::invalid_argument(format!("raft-node: {why}; nothing was applied"))

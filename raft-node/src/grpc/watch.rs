@@ -20,7 +20,11 @@
 //! - `WatchProgressRequest` answers a progress response (`watch_id` -1, as
 //!   etcd 3.4 does): every watch of the stream sent its changes up to the
 //!   header's revision (the lowest any watch of the stream has looked at;
-//!   a watch on keys nobody writes moves on with the store).
+//!   a watch on keys nobody writes moves on with the store). It never goes
+//!   below a revision the stream's progress responses reported, nor is 0
+//!   once the store has revisions: it waits while a snapshot install
+//!   replaces the data or a watch opened since from an older revision
+//!   catches up (etcd answers once every watch is synced).
 //!
 //! Responses wait in a queue of `--watch-queue` entries for the client; a
 //! client that does not read holds the stream's watches at their own
@@ -29,9 +33,11 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -43,12 +49,17 @@ use super::pb::etcdserverpb::{
 };
 use super::pb::mvccpb;
 use super::{to_i64, Ctx};
+use crate::store::KvReader;
 use crate::watch::{
     CancelReason, Event, EventKind, KeyValue, WatchError, WatchRequest, WatchResponse, WatchStream,
 };
 
 /// The id etcd 3.4 gives progress responses to a `WatchProgressRequest`.
 const PROGRESS_ID: i64 = -1;
+
+/// How long a `WatchProgressRequest` that cannot be answered yet waits
+/// before it is tried again.
+const PROGRESS_RETRY: Duration = Duration::from_millis(50);
 
 type Out = Result<PbResponse, Status>;
 type Responses = Pin<Box<dyn Stream<Item = Out> + Send + 'static>>;
@@ -68,6 +79,7 @@ impl Watch for Ctx {
             sent: HashMap::new(),
             next_id: 0,
             term: 0,
+            progress: Progress::default(),
         };
         tokio::spawn(session.run(req.into_inner()));
         Ok(Response::new(Box::pin(
@@ -88,6 +100,61 @@ struct Session {
     next_id: i64,
     /// The Raft term for headers, refreshed on each request.
     term: u64,
+    /// The stream's answers to `WatchProgressRequest`s.
+    progress: Progress,
+}
+
+/// The answers of one stream to its `WatchProgressRequest`s.
+#[derive(Debug, Default)]
+struct Progress {
+    /// When a request that could not be answered yet is tried again
+    /// (`None`: no request waits).
+    retry_at: Option<Instant>,
+    /// The highest revision a progress response of the stream reported.
+    reported: u64,
+}
+
+impl Progress {
+    /// The revision a progress response answers now, when the store is at
+    /// `now` (`None`: unknown, a snapshot install is replacing the data)
+    /// and the stream's open watches sent every change up to the
+    /// revisions `sent`: the lowest of them (at most `now`).
+    ///
+    /// `None`, and the request waits ([`PROGRESS_RETRY`], then again),
+    /// while `now` is unknown, while the answer would be below a revision
+    /// the stream reported (a watch opened since from an older revision
+    /// has not caught up), or 0 while the store has revisions (a watch
+    /// has sent nothing yet): as etcd, which answers only once every
+    /// watch of the stream is synced. Requests made while one waits get
+    /// that one answer.
+    fn answer(&mut self, now: Option<u64>, sent: impl Iterator<Item = u64>) -> Option<u64> {
+        let revision = now.map(|now| (sent.min().unwrap_or(now).min(now), now));
+        match revision {
+            Some((revision, now)) if revision >= self.reported && (revision > 0 || now == 0) => {
+                self.retry_at = None;
+                self.reported = revision;
+                Some(revision)
+            }
+            _ => {
+                self.retry_at = Some(Instant::now() + PROGRESS_RETRY);
+                None
+            }
+        }
+    }
+}
+
+/// The store's current revision (`None`: it cannot be read now, as while
+/// a snapshot install replaces the data).
+fn store_revision(reader: &KvReader) -> Option<u64> {
+    reader.revisions().ok().map(|r| r.current)
+}
+
+/// Waits until `at` (forever when `None`).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the session loop woke for.
@@ -95,6 +162,8 @@ enum Next {
     Request(Option<PbRequest>),
     Failed(Status),
     Response(i64, WatchResponse),
+    /// Time to try a waiting `WatchProgressRequest` again.
+    Progress,
     Gone,
 }
 
@@ -109,6 +178,7 @@ impl Session {
                 Some((id, r)) = self.watches.next(), if !self.watches.is_empty() => {
                     Next::Response(id, r)
                 }
+                () = until(self.progress.retry_at) => Next::Progress,
                 () = self.tx.closed() => Next::Gone,
             };
             let sent = match next {
@@ -123,6 +193,7 @@ impl Session {
                     return;
                 }
                 Next::Response(id, r) => self.response(id, r).await,
+                Next::Progress => self.answer_progress().await,
                 Next::Gone => return,
             };
             if !sent {
@@ -139,6 +210,7 @@ impl Session {
                     Some((id, r)) => if !self.response(id, r).await { return },
                     None => return,
                 },
+                () = until(self.progress.retry_at) => if !self.answer_progress().await { return },
                 () = self.tx.closed() => return,
             }
         }
@@ -159,12 +231,7 @@ impl Session {
     }
 
     fn current(&self) -> u64 {
-        self.ctx
-            .state
-            .reader
-            .revisions()
-            .map(|r| r.current)
-            .unwrap_or(0)
+        store_revision(&self.ctx.state.reader).unwrap_or(0)
     }
 
     async fn refresh_term(&mut self) {
@@ -197,24 +264,31 @@ impl Session {
                 };
                 self.send(r).await
             }
-            Some(RequestUnion::ProgressRequest(_)) => {
-                let now = self.current();
-                if !self.catch_up().await {
-                    return false;
-                }
-                // Watches that ended on their own are no longer held back.
-                let open = &self.watches;
-                self.sent.retain(|id, _| open.contains_key(id));
-                let revision = self.sent.values().copied().min().unwrap_or(now).min(now);
-                let r = PbResponse {
-                    header: Some(self.header(revision)),
-                    watch_id: PROGRESS_ID,
-                    ..PbResponse::default()
-                };
-                self.send(r).await
-            }
+            Some(RequestUnion::ProgressRequest(_)) => self.answer_progress().await,
             None => true,
         }
+    }
+
+    /// Answers a `WatchProgressRequest` if it can be answered now (else it
+    /// waits, see [`Progress::answer`]); `false` when the client went
+    /// away.
+    async fn answer_progress(&mut self) -> bool {
+        let now = store_revision(&self.ctx.state.reader);
+        if !self.catch_up().await {
+            return false;
+        }
+        // Watches that ended on their own are no longer held back.
+        let open = &self.watches;
+        self.sent.retain(|id, _| open.contains_key(id));
+        let Some(revision) = self.progress.answer(now, self.sent.values().copied()) else {
+            return true;
+        };
+        let r = PbResponse {
+            header: Some(self.header(revision)),
+            watch_id: PROGRESS_ID,
+            ..PbResponse::default()
+        };
+        self.send(r).await
     }
 
     /// Before a progress response: sends what every watch has waiting and
@@ -405,5 +479,104 @@ fn event_of(e: &Event) -> mvccpb::Event {
         r#type: kind as i32,
         kv: Some(kv_of(&e.kv)),
         prev_kv: e.prev_kv.as_ref().map(kv_of),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use raft_core::{Entry, EntryPayload, StateMachine};
+
+    use super::*;
+    use crate::command::{Command, Op, Precondition};
+    use crate::store::test_support;
+
+    fn put(index: u64, key: &str) -> Entry {
+        let c = Command {
+            op: Op::Put(Bytes::from(format!("v{index}"))),
+            key: Bytes::from(key.to_owned()),
+            precondition: Precondition::None,
+            idempotency_key: None,
+            principal: None,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(c.encode()),
+        }
+    }
+
+    /// Takes what `w` sends until it sent every change through `rev`.
+    async fn through(w: &mut WatchStream, rev: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while w.sent_through() < rev {
+                let _ = tokio::time::timeout(Duration::from_millis(20), w.next()).await;
+            }
+        })
+        .await
+        .expect("the watch got there");
+    }
+
+    /// While a snapshot install replaces the data the store's revision
+    /// cannot be read: a `WatchProgressRequest` then waits (as etcd's
+    /// waits for its watches to be synced) and is answered once the
+    /// install is over, never with revision 0 or below a revision the
+    /// stream reported. A watch opened from an older revision holds the
+    /// answer back until it caught up.
+    #[tokio::test]
+    async fn progress_during_a_snapshot_install_waits_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = test_support::store(dir.path(), 100);
+        sm.apply(&[put(1, "a"), put(2, "b"), put(3, "a")])
+            .await
+            .unwrap();
+        let reader = sm.reader();
+        let mut watch = crate::watch::WatchRequest::key("a");
+        watch.start_revision = 1;
+        let mut w = sm.watches().watch(watch.clone()).unwrap();
+        through(&mut w, 3).await;
+        let mut p = Progress::default();
+        assert_eq!(
+            p.answer(store_revision(&reader), [w.sent_through()].into_iter()),
+            Some(3)
+        );
+
+        let saved = sm.begin_install_halfway();
+        assert_eq!(store_revision(&reader), None);
+        let during = p.answer(store_revision(&reader), [w.sent_through()].into_iter());
+        assert_eq!(during, None, "answered {during:?} while installing");
+        assert!(p.retry_at.is_some(), "the request waits");
+        sm.end_install_halfway(saved);
+        assert_eq!(p.answer(store_revision(&reader), [3].into_iter()), Some(3));
+        assert_eq!(p.retry_at, None);
+
+        // A watch opened from revision 2 has sent nothing yet: the answer
+        // waits until it got to the revision reported.
+        watch.start_revision = 2;
+        let mut late = sm.watches().watch(watch).unwrap();
+        let behind = p.answer(store_revision(&reader), [3, 1].into_iter());
+        assert_eq!(behind, None, "answered {behind:?} after reporting 3");
+        through(&mut late, 3).await;
+        assert_eq!(
+            p.answer(
+                store_revision(&reader),
+                [3, late.sent_through()].into_iter()
+            ),
+            Some(3)
+        );
+        // Nor 0 when the store has revisions: a watch from revision 1 that
+        // sent nothing yet holds a first answer back too.
+        let mut fresh = Progress::default();
+        assert_eq!(fresh.answer(Some(3), [0].into_iter()), None);
+        assert_eq!(fresh.answer(Some(3), [2].into_iter()), Some(2));
+        // An empty store answers 0; a stream without watches, the store's.
+        assert_eq!(
+            Progress::default().answer(Some(0), [0].into_iter()),
+            Some(0)
+        );
+        assert_eq!(
+            Progress::default().answer(Some(3), std::iter::empty()),
+            Some(3)
+        );
     }
 }

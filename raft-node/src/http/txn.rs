@@ -338,6 +338,9 @@ fn response_json(r: &TxnResponse) -> serde_json::Value {
 /// The problem of a transaction refused before it was proposed.
 fn invalid(e: TxnInvalid) -> Problem {
     let (status, kind, title) = match &e {
+        TxnInvalid::LeaseNotFound => {
+            return super::lease::problem(&crate::lease::LeaseRefusal::NotFound)
+        }
         TxnInvalid::TooManyOps { .. } => (
             StatusCode::BAD_REQUEST,
             "too-many-ops",

@@ -180,7 +180,9 @@ pub(super) fn encode_history(hist_key: &[u8], past: Option<&Versioned>) -> Vec<u
 ///
 /// # Errors
 ///
-/// [`StoreError::Corruption`] when the key or record fails its checks.
+/// [`StoreError::Corruption`] when the key or record fails its checks,
+/// or is a record never written (version 2 of a tombstone, or naming
+/// lease 0).
 pub(super) fn decode_history(hist_key: &[u8], rec: &[u8]) -> Result<Option<Versioned>, StoreError> {
     let (key, rev) = decode_history_key(hist_key)?;
     let bad = |detail| corrupt(&key, detail);
@@ -198,14 +200,20 @@ pub(super) fn decode_history(hist_key: &[u8], rec: &[u8]) -> Result<Option<Versi
         return Err(bad("history record checksum mismatch"));
     }
     let u64_at = |at: usize| u64::from_be_bytes(rec[at..at + 8].try_into().unwrap_or([0; 8]));
+    let leased = rec[0] == HISTORY_RECORD_VERSION_LEASED;
     match rec[5] {
+        // Version 2 is written only for a live version with a lease.
+        KIND_TOMBSTONE if leased => Err(bad("history record version 2 of a tombstone")),
         KIND_TOMBSTONE => Ok(None),
+        KIND_VALUE if leased && u64_at(22) == 0 => {
+            Err(bad("history record version 2 without a lease"))
+        }
         KIND_VALUE => Ok(Some(Versioned {
             value: Bytes::copy_from_slice(&rec[header..]),
             rev,
             create_rev: u64_at(6),
             version: u64_at(14),
-            lease: if header == 30 { u64_at(22) } else { 0 },
+            lease: if leased { u64_at(22) } else { 0 },
         })),
         _ => Err(bad("unknown history record kind")),
     }
@@ -304,5 +312,57 @@ mod tests {
         let mut unknown = leased.clone();
         unknown[0] = 3;
         assert!(decode_history(&hk, &unknown).is_err());
+    }
+
+    /// `rec` with its CRC set for `hk`, as a writer would seal it.
+    fn sealed(hk: &[u8], mut rec: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c_append(crc32c::crc32c(hk), &rec[5..]);
+        rec[1..5].copy_from_slice(&crc.to_be_bytes());
+        rec
+    }
+
+    /// Record version 2 is written only for a live version with a lease:
+    /// a version 2 record naming lease 0, or a version 2 tombstone, was
+    /// never written, so it is refused as corrupt (with a valid CRC too),
+    /// not read as a version without a lease or as a delete.
+    #[test]
+    fn a_version_2_record_without_lease_or_of_a_tombstone_is_corrupt() {
+        let hk = history_key(b"k", 4);
+        let leased = |kind: u8, lease: u64| {
+            let mut rec = vec![2, 0, 0, 0, 0, kind];
+            rec.extend_from_slice(&2u64.to_be_bytes());
+            rec.extend_from_slice(&3u64.to_be_bytes());
+            rec.extend_from_slice(&lease.to_be_bytes());
+            rec.extend_from_slice(b"old");
+            sealed(&hk, rec)
+        };
+        // The record as the writer seals it decodes.
+        assert_eq!(
+            decode_history(&hk, &leased(KIND_VALUE, 9))
+                .unwrap()
+                .map(|v| v.lease),
+            Some(9)
+        );
+        for (rec, detail) in [
+            (
+                leased(KIND_VALUE, 0),
+                "history record version 2 without a lease",
+            ),
+            (
+                leased(KIND_TOMBSTONE, 9),
+                "history record version 2 of a tombstone",
+            ),
+            (
+                leased(KIND_TOMBSTONE, 0),
+                "history record version 2 of a tombstone",
+            ),
+        ] {
+            match decode_history(&hk, &rec) {
+                Err(StoreError::Corruption { key, detail: d }) => {
+                    assert_eq!((key.as_str(), d), ("k", detail));
+                }
+                other => panic!("{rec:?} decoded as {other:?}"),
+            }
+        }
     }
 }

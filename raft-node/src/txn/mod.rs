@@ -30,9 +30,10 @@
 //!   key put
 //!   twice or put inside a range the same path deletes (etcd's
 //!   "duplicate key given in txn request"), an empty key, a put with
-//!   `ignore_value` and a value or `ignore_lease` and a lease, a key or
-//!   value over the size limits, a request over
-//!   [`TxnLimits::max_request_bytes`].
+//!   `ignore_value` and a value or `ignore_lease` and a lease, a put's
+//!   lease id above `i64::MAX` (etcd's ids are `int64`: answered as a
+//!   lease that does not exist), a key or value over the size limits, a
+//!   request over [`TxnLimits::max_request_bytes`].
 //! - **Refused when applied** ([`TxnRefusal`], nothing changes): ranges
 //!   (in compares, `Range`s and `DeleteRange`s with a `range_end`)
 //!   covering more than [`TxnLimits::max_range_keys`] keys all together,

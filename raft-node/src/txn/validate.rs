@@ -1,7 +1,7 @@
 //! The checks a transaction passes before it is proposed (and again when
 //! applied, so an entry that skipped them changes nothing): counts, sizes,
-//! empty keys, puts that both give and ignore a value or lease, and etcd's
-//! rule against a key written twice.
+//! empty keys, puts that both give and ignore a value or lease, lease ids
+//! above etcd's `int64`, and etcd's rule against a key written twice.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
@@ -37,6 +37,11 @@ pub enum TxnInvalid {
     /// A put with `ignore_lease` that gives a lease.
     #[error("etcdserver: lease is provided")]
     LeaseProvided,
+    /// A put attaching a lease id above `i64::MAX`: etcd's lease ids are
+    /// `int64`, so it names no lease (and a transaction entry cannot carry
+    /// it). Answered as a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
     /// A key or range end over `--max-key-bytes`.
     #[error("a key of {len} bytes is over the limit of {limit} (--max-key-bytes)")]
     KeyTooLong {
@@ -144,6 +149,9 @@ fn check_shape(
                 }
                 if p.ignore_lease && p.lease != 0 {
                     return Err(TxnInvalid::LeaseProvided);
+                }
+                if p.lease > crate::lease::MAX_LEASE_ID {
+                    return Err(TxnInvalid::LeaseNotFound);
                 }
                 if p.value.len() > limits.max_value_bytes {
                     return Err(TxnInvalid::ValueTooLarge {
@@ -388,6 +396,44 @@ mod tests {
             ..TxnRequest::default()
         };
         assert_eq!(check(&empty, &l), Err(TxnInvalid::EmptyKey));
+    }
+
+    /// A put's lease id above `i64::MAX` is refused before the log, as a
+    /// lease that does not exist, whoever built the transaction (not only
+    /// `POST /v1/txn`), at any depth; `i64::MAX` itself is an id. With
+    /// `ignore_lease`, etcd's "lease is provided" comes first.
+    #[test]
+    fn a_lease_id_above_i64_max_is_refused_before_the_log() {
+        let l = TxnLimits::default();
+        let leased = |lease: u64, ignore_lease: bool| {
+            RequestOp::Put(PutRequest {
+                key: Bytes::from_static(b"k"),
+                lease,
+                ignore_lease,
+                ..PutRequest::default()
+            })
+        };
+        let max = crate::lease::MAX_LEASE_ID;
+        assert_eq!(max, i64::MAX as u64);
+        assert_eq!(check(&ops(vec![leased(max, false)], vec![]), &l), Ok(()));
+        for lease in [max + 1, u64::MAX] {
+            let refused = Err(TxnInvalid::LeaseNotFound);
+            assert_eq!(check(&ops(vec![leased(lease, false)], vec![]), &l), refused);
+            assert_eq!(check(&ops(vec![], vec![leased(lease, false)]), &l), refused);
+            let nested = ops(
+                vec![RequestOp::Txn(ops(vec![], vec![leased(lease, false)]))],
+                vec![],
+            );
+            assert_eq!(check(&nested, &l), refused);
+            assert_eq!(
+                check(&ops(vec![leased(lease, true)], vec![]), &l),
+                Err(TxnInvalid::LeaseProvided)
+            );
+        }
+        assert_eq!(
+            TxnInvalid::LeaseNotFound.to_string(),
+            crate::grpc::LEASE_NOT_FOUND
+        );
     }
 
     #[test]
