@@ -405,6 +405,11 @@ fn answer<R>(
     waiters: Vec<Waiter<R>>,
     retained: &mut Retained<R>,
 ) {
+    if waiters.is_empty() && !retained.is_on() {
+        // Nobody waits on these entries here and no forwarded proposal
+        // wants their outputs (a follower's batch): nothing to walk.
+        return;
+    }
     // Waiters come in increasing index order, as the entries do: walk
     // both together.
     let mut waiters = waiters.into_iter().peekable();
