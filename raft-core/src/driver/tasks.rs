@@ -1,6 +1,5 @@
 //! The storage, apply and network tasks of the driver.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -406,6 +405,11 @@ fn answer<R>(
     waiters: Vec<Waiter<R>>,
     retained: &mut Retained<R>,
 ) {
+    if waiters.is_empty() && !retained.is_on() {
+        // Nobody waits on these entries here and no forwarded proposal
+        // wants their outputs (a follower's batch): nothing to walk.
+        return;
+    }
     // Waiters come in increasing index order, as the entries do: walk
     // both together.
     let mut waiters = waiters.into_iter().peekable();
@@ -442,20 +446,50 @@ pub(crate) async fn network_task<T: Transport>(
     mut batches: mpsc::Receiver<Vec<Message>>,
 ) {
     while let Some(batch) = batches.recv().await {
-        let mut by_peer: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
-        for m in batch {
-            by_peer.entry(m.to).or_default().push(m);
-        }
-        for (to, msgs) in by_peer {
-            let n = msgs.len() as u64;
-            if let Err(e) = transport.send(to, msgs).await {
-                tracing::debug!(to, error = %e, "send failed");
-                metrics::counter!("raft_send_failures_total").increment(n);
-            } else {
-                metrics::counter!("raft_messages_sent_total").increment(n);
+        match single_recipient(&batch) {
+            Some(to) => send_to(&*transport, to, batch).await,
+            None => {
+                for (to, msgs) in by_peer(batch) {
+                    send_to(&*transport, to, msgs).await;
+                }
             }
         }
     }
+}
+
+/// Hands `msgs` to the transport for `to`, counting them.
+async fn send_to<T: Transport>(transport: &T, to: NodeId, msgs: Vec<Message>) {
+    let n = msgs.len() as u64;
+    if let Err(e) = transport.send(to, msgs).await {
+        tracing::debug!(to, error = %e, "send failed");
+        metrics::counter!("raft_send_failures_total").increment(n);
+    } else {
+        metrics::counter!("raft_messages_sent_total").increment(n);
+    }
+}
+
+/// The recipient of every message of `batch`, when they all have the same
+/// one (a follower's answers to its leader, a leader's appends in a
+/// cluster of two): the batch then goes to the transport as it is.
+fn single_recipient(batch: &[Message]) -> Option<NodeId> {
+    let to = batch.first()?.to;
+    batch.iter().all(|m| m.to == to).then_some(to)
+}
+
+/// `batch` grouped by recipient, in increasing recipient order, each
+/// group in the batch's order. The groups are found by a linear search:
+/// the recipients are a handful of peers, and a map allocated per batch
+/// cost more than the search.
+fn by_peer(batch: Vec<Message>) -> Vec<(NodeId, Vec<Message>)> {
+    let mut groups: Vec<(NodeId, Vec<Message>)> = Vec::new();
+    for m in batch {
+        match groups.iter_mut().find(|(to, _)| *to == m.to) {
+            Some((_, msgs)) => msgs.push(m),
+            None => groups.push((m.to, vec![m])),
+        }
+    }
+    groups.sort_unstable_by_key(|(to, _)| *to);
+    groups
 }
 
 #[cfg(test)]
@@ -539,6 +573,36 @@ mod tests {
         applied.wait_for(|a| *a == 6).await.unwrap();
         drop(jobs_tx);
         task.await.unwrap();
+    }
+
+    /// The network task hands each recipient its messages in the order
+    /// the engine emitted them, recipients in increasing id order, and a
+    /// batch for a single recipient whole.
+    #[test]
+    fn a_batch_goes_out_grouped_by_recipient_in_order() {
+        use super::{by_peer, single_recipient};
+        use crate::message::{Message, MessageBody};
+        let msg = |to, term| Message {
+            from: 1,
+            to,
+            term,
+            body: MessageBody::TimeoutNow,
+        };
+        let batch = vec![msg(3, 1), msg(2, 2), msg(3, 3), msg(5, 4), msg(2, 5)];
+        assert_eq!(single_recipient(&batch), None);
+        let grouped: Vec<(u64, Vec<u64>)> = by_peer(batch)
+            .into_iter()
+            .map(|(to, msgs)| {
+                assert!(msgs.iter().all(|m| m.to == to));
+                (to, msgs.iter().map(|m| m.term).collect())
+            })
+            .collect();
+        assert_eq!(
+            grouped,
+            vec![(2, vec![2, 5]), (3, vec![1, 3]), (5, vec![4])]
+        );
+        assert_eq!(single_recipient(&[msg(4, 1), msg(4, 2)]), Some(4));
+        assert_eq!(single_recipient(&[]), None);
     }
 
     /// A model of durable storage applying writes one at a time, as

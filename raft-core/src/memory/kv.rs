@@ -54,8 +54,11 @@ struct KvState {
 }
 
 /// Key (UTF-8, checked when written; a copy, as is the value)
-/// to (value, revision).
-type KvData = HashMap<Bytes, (Bytes, Index), foldhash::fast::RandomState>;
+/// to (value, revision). A value is a vector of its own, not `Bytes`: an
+/// overwrite copies the new value into the old one's buffer in place
+/// (taking a `Bytes` buffer back for reuse, and sharing it again, cost
+/// more than the rest of the write); reads copy it out.
+type KvData = HashMap<Bytes, (Vec<u8>, Index), foldhash::fast::RandomState>;
 
 /// Magic bytes that start a [`MemKv`] snapshot.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MKV1";
@@ -107,7 +110,7 @@ impl KvState {
             need(&b, 4)?;
             let vl = b.get_u32_le() as usize;
             need(&b, vl + 8)?;
-            let value = b.split_to(vl);
+            let value = b.split_to(vl).to_vec();
             let rev = b.get_u64_le();
             data.insert(key, (value, rev));
         }
@@ -161,7 +164,10 @@ pub struct MemKvReader {
 impl MemKvReader {
     /// The value of `key` and its revision (the index that wrote it).
     pub fn get(&self, key: &str) -> Option<(Bytes, Index)> {
-        lock(&self.state).data.get(key.as_bytes()).cloned()
+        lock(&self.state)
+            .data
+            .get(key.as_bytes())
+            .map(|(v, r)| (Bytes::copy_from_slice(v), *r))
     }
 
     /// The number of keys.
@@ -193,7 +199,13 @@ impl MemKvReader {
             .data
             .iter()
             // Keys were checked when written: never lossy.
-            .map(|(k, (v, r))| (String::from_utf8_lossy(k).into_owned(), v.clone(), *r))
+            .map(|(k, (v, r))| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    Bytes::copy_from_slice(v),
+                    *r,
+                )
+            })
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
@@ -209,30 +221,26 @@ impl MemKvReader {
 fn write(data: &mut KvData, key: &[u8], value: &[u8], index: Index) -> Result<(), KvInvalid> {
     match data.get_mut(key) {
         Some(slot) => {
-            let old = std::mem::take(&mut slot.0);
-            *slot = (overwrite(old, value), index);
+            overwrite(&mut slot.0, value);
+            slot.1 = index;
         }
         None => {
             key_str(key)?;
-            let value = Bytes::copy_from_slice(value);
-            data.insert(Bytes::copy_from_slice(key), (value, index));
+            data.insert(Bytes::copy_from_slice(key), (value.to_vec(), index));
         }
     }
     Ok(())
 }
 
-/// A copy of `value`, in the buffer of the `old` value it replaces when
-/// nothing else holds that buffer (no reader's or answer's copy) and it
-/// has room without much to spare (a key keeps no large buffer after a
-/// small write), else in a new buffer.
-fn overwrite(old: Bytes, value: &[u8]) -> Bytes {
-    match old.try_into_mut() {
-        Ok(mut buf) if (value.len()..=2 * value.len() + 64).contains(&buf.capacity()) => {
-            buf.clear();
-            buf.extend_from_slice(value);
-            buf.freeze()
-        }
-        _ => Bytes::copy_from_slice(value),
+/// Replaces `old` by a copy of `value`: in `old`'s buffer when it has room
+/// without much to spare (a key keeps no large buffer after a small
+/// write), else in a new buffer.
+fn overwrite(old: &mut Vec<u8>, value: &[u8]) {
+    if (value.len()..=2 * value.len() + 64).contains(&old.capacity()) {
+        old.clear();
+        old.extend_from_slice(value);
+    } else {
+        *old = value.to_vec();
     }
 }
 
@@ -251,17 +259,17 @@ fn apply_command(data: &mut KvData, index: Index, op: KvOp<'_>) -> KvResponse {
             expected,
             value,
         } => {
-            let current = data.get(key).map(|(v, _)| v);
+            let current = data.get(key).map(|(v, _)| &v[..]);
             if current.is_none() {
                 if let Err(e) = key_str(key) {
                     return KvResponse::Invalid(e);
                 }
             }
-            if current.map(|v| &v[..]) == expected {
+            if current == expected {
                 write(data, key, value, index).map(|()| KvResponse::Written { revision: index })
             } else {
                 Ok(KvResponse::CasFailed {
-                    current: current.cloned(),
+                    current: current.map(Bytes::copy_from_slice),
                 })
             }
         }
@@ -324,7 +332,8 @@ impl StateMachine for MemKv {
         Ok(Arc::new(data))
     }
 
-    /// Copies the data (the view) and encodes the copy off the apply task.
+    /// Copies the data (the view: keys shared, values copied) and encodes
+    /// the copy off the apply task.
     async fn begin_snapshot(
         &mut self,
         meta: &SnapshotMeta,

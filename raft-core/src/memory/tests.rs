@@ -478,3 +478,44 @@ async fn mem_kv_keeps_no_part_of_the_buffers_its_entries_came_in() {
         "MemKv keeps the 1 MiB buffer its 2 small entries came in"
     );
 }
+
+/// A value read before its key is written again keeps what it read, and
+/// the key then holds the new value, whether it is as long as the old one,
+/// much longer or much shorter (MemKv writes over its own copy of a value
+/// in place when it fits).
+#[tokio::test]
+async fn mem_kv_overwrites_leave_values_already_read_as_they_were() {
+    let mut kv = MemKv::new();
+    let reader = kv.reader();
+    let put = |index, value: Vec<u8>| Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Normal(
+            KvCommand::Put {
+                key: "k".to_owned(),
+                value: Bytes::from(value),
+            }
+            .encode(),
+        ),
+    };
+    kv.apply(&[put(1, b"one".to_vec())]).await.unwrap();
+    let first = reader.get("k");
+    let values = [
+        b"two".to_vec(),
+        vec![7; 4096],
+        b"x".to_vec(),
+        b"end".to_vec(),
+    ];
+    let mut read = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        kv.apply(&[put(i as Index + 2, v.clone())]).await.unwrap();
+        read.push(reader.get("k"));
+    }
+    assert_eq!(first, Some((Bytes::from_static(b"one"), 1)));
+    let expected: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Some((Bytes::from(v.clone()), i as Index + 2)))
+        .collect();
+    assert_eq!(read, expected);
+}
