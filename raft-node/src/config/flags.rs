@@ -432,6 +432,11 @@ pub struct RunArgs {
     /// released. [default: 60000]
     #[arg(long, env = "RAFT_GRPC_SNAPSHOT_SEND_TIMEOUT_MS")]
     pub grpc_snapshot_send_timeout_ms: Option<u64>,
+    /// How often a node checks, once its gRPC URL is recorded, that it
+    /// still is (no log entry unless another URL was recorded since; the
+    /// node's own URL wins). [default: 60000]
+    #[arg(long, env = "RAFT_GRPC_URL_CHECK_INTERVAL_MS")]
+    pub grpc_url_check_interval_ms: Option<u64>,
     /// Failed gRPC `Auth.Authenticate` calls a node answers per second
     /// (with a burst of as many); more fail at once with
     /// RESOURCE_EXHAUSTED, so tokens cannot be guessed quickly.
@@ -611,6 +616,7 @@ impl RunArgs {
             grpc_max_watches_per_stream,
             grpc_keepalive_ms,
             grpc_snapshot_send_timeout_ms,
+            grpc_url_check_interval_ms,
             grpc_auth_failures_per_sec
         )
     }

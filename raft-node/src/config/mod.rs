@@ -217,6 +217,9 @@ pub struct NodeConfig {
     /// How long a gRPC Snapshot stream may wait for its client to take a
     /// chunk before it ends with an error.
     pub grpc_snapshot_send_timeout: Duration,
+    /// How often a node checks that its recorded gRPC URL is still its
+    /// own.
+    pub grpc_url_check_interval: Duration,
     /// Failed `Auth.Authenticate` calls answered per second (and burst).
     pub grpc_auth_failures_per_sec: u32,
 }

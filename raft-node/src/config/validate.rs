@@ -265,6 +265,7 @@ impl RunArgs {
             grpc_max_watches_per_stream: self.grpc_max_watches_per_stream.unwrap_or(1000),
             grpc_keepalive: ms(self.grpc_keepalive_ms, 60_000),
             grpc_snapshot_send_timeout: ms(self.grpc_snapshot_send_timeout_ms, 60_000),
+            grpc_url_check_interval: ms(self.grpc_url_check_interval_ms, 60_000),
             grpc_auth_failures_per_sec: self.grpc_auth_failures_per_sec.unwrap_or(10),
         })
     }
@@ -332,11 +333,13 @@ fn check_grpc(cfg: &NodeConfig) -> Result<(), ConfigError> {
         || cfg.grpc_max_connections == 0
         || cfg.grpc_max_watches_per_stream == 0
         || cfg.grpc_snapshot_send_timeout.is_zero()
+        || cfg.grpc_url_check_interval.is_zero()
         || cfg.grpc_auth_failures_per_sec == 0
     {
         return Err(ConfigError(
             "--grpc-max-concurrent-streams, --grpc-max-connections, \
-             --grpc-max-watches-per-stream, --grpc-snapshot-send-timeout-ms and \
+             --grpc-max-watches-per-stream, --grpc-snapshot-send-timeout-ms, \
+             --grpc-url-check-interval-ms and \
              --grpc-auth-failures-per-sec must be positive"
                 .into(),
         ));

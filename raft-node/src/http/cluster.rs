@@ -57,13 +57,12 @@ pub(super) async fn transfer_leader(
     }
 }
 
-/// An admin request to relay as it came.
+/// An admin request to relay as it came: a change, so an answer lost on
+/// the way (the leader's handler can outlast the forwarding timeout: a
+/// read barrier, then a proposal) makes its outcome unknown (504), not
+/// "not applied".
 fn post<'a>(uri: &'a Uri, headers: &'a HeaderMap, body: Bytes) -> Relay<'a> {
-    Relay {
-        method: Method::POST,
-        body,
-        ..Relay::read(uri, headers)
-    }
+    Relay::write(Method::POST, uri, headers, body)
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +191,30 @@ fn check_grpc_url(url: &str) -> Result<(), String> {
 }
 
 /// How a member's addresses are recorded.
+/// The member records replicated through the log, read on the leader
+/// after a read barrier (ReadIndex), so they hold every record committed
+/// before the request: what this leader has applied can be behind its log
+/// (entries of an earlier term), and its member directory can still hold
+/// a member whose removal applied (it forgets on its next poll). `Err`
+/// holds the answer of the leader this was forwarded to.
+async fn applied_records(
+    state: &AppState,
+    relay: Relay<'_>,
+) -> Result<Result<Vec<Member>, axum::response::Response>, Problem> {
+    match state.raft.read(ReadConsistency::Linearizable).await {
+        Ok(_) => {}
+        Err(ReadError::NotLeader { leader }) => {
+            return forward(state, leader, relay).await.map(Err)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state
+        .reader
+        .members()
+        .map(Ok)
+        .map_err(|e| Problem::unavailable("store-error", "Could not read members", e.to_string()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Record {
     /// A node about to become a learner: recorded as it is.
@@ -201,18 +224,24 @@ enum Record {
     Update,
 }
 
-/// Records `member`'s addresses through the log, unless `known` holds
-/// them already.
+/// Records `member`'s addresses through the log, unless its replicated
+/// record holds them already (read after a barrier: see
+/// [`applied_records`]).
 async fn record_addresses(
     state: &AppState,
     member: &Member,
-    known: &[Member],
     kind: Record,
     relay: Relay<'_>,
 ) -> Result<Option<axum::response::Response>, Problem> {
-    if known.contains(member) {
+    let relay_again = relay.clone();
+    let records = match applied_records(state, relay).await? {
+        Ok(records) => records,
+        Err(forwarded) => return Ok(Some(forwarded)),
+    };
+    if records.contains(member) {
         return Ok(None);
     }
+    let relay = relay_again;
     let entry = match kind {
         Record::New => crate::command::encode_member(member),
         Record::Update => crate::command::encode_member_update(member),
@@ -301,7 +330,7 @@ pub(super) async fn add_learner(
     }
     check_new_learner(&s, &member, &known)?;
     let relay = post(&uri, &headers, body.clone());
-    if let Some(forwarded) = record_addresses(&state, &member, &known, Record::New, relay).await? {
+    if let Some(forwarded) = record_addresses(&state, &member, Record::New, relay).await? {
         return Ok(forwarded);
     }
     let result = if s.engine.membership.learners().contains(&member.id) {
@@ -401,9 +430,7 @@ pub(super) async fn update_member(
     if moved && !force {
         check_reachable(&state, &member).await?;
     }
-    if let Some(forwarded) =
-        record_addresses(&state, &member, &known, Record::Update, relay()).await?
-    {
+    if let Some(forwarded) = record_addresses(&state, &member, Record::Update, relay()).await? {
         return Ok(forwarded);
     }
     tracing::info!(id, peer = %member.peer_addr, client = %member.client_addr, "member addresses updated");
@@ -435,25 +462,23 @@ async fn update_grpc_url(
     if !s.engine.membership.contains(id) {
         return Err(not_a_member(id, "not in the configuration"));
     }
-    // What this leader has applied can be behind its log (entries of an
-    // earlier term it has not applied yet, one of them another URL for
-    // this member): compare only after a read barrier.
-    match state.raft.read(ReadConsistency::Linearizable).await {
-        Ok(_) => {}
-        Err(ReadError::NotLeader { leader }) => return forward(state, leader, relay).await,
-        Err(e) => return Err(e.into()),
-    }
+    // Compared with the replicated record only, read after a barrier
+    // (see `applied_records`).
+    let replicated = match applied_records(state, relay.clone()).await? {
+        Ok(records) => records,
+        Err(forwarded) => return Ok(forwarded),
+    };
     let known = known_members(state);
     let Some(mine) = known.iter().find(|m| m.id == id) else {
         return Err(not_a_member(id, "no addresses are known for it"));
     };
-    if mine.grpc_url != grpc_url {
+    let recorded = replicated.iter().find(|m| m.id == id);
+    if recorded.map(|m| &m.grpc_url) != Some(&grpc_url) {
         // The addresses go along only for a member without a replicated
-        // record (an original member), where they are what everyone knows.
-        let replicated = state.reader.members().map_err(|e| {
-            Problem::unavailable("store-error", "Could not read members", e.to_string())
-        })?;
-        let has_record = replicated.iter().any(|m| m.id == id);
+        // record (an original member, or one removed and added again
+        // before its directory entry was forgotten), where they are what
+        // everyone knows.
+        let has_record = recorded.is_some();
         let record = crate::command::GrpcUrlRecord {
             v: crate::command::GRPC_URL_RECORD_VERSION,
             id,

@@ -39,6 +39,7 @@ const RELAYED_ANSWER_HEADERS: [&str; 9] = [
 ];
 
 /// A request to send on to the leader.
+#[derive(Clone)]
 pub(super) struct Relay<'a> {
     pub(super) method: Method,
     pub(super) uri: &'a Uri,

@@ -28,12 +28,12 @@ const PUBLISH_FIRST_PAUSE: Duration = Duration::from_secs(1);
 /// The longest pause between two attempts to record this node's gRPC URL.
 const PUBLISH_MAX_PAUSE: Duration = Duration::from_secs(60);
 
-/// How many times the leader may accept this node's gRPC URL (each time a
-/// log entry) without the URL showing up recorded before the node stops
-/// trying and says so: something else changes the URL each time (an
-/// admin's `PUT /v1/cluster/members/{id}`), or this node's store does not
-/// catch up. (A leader of an earlier release refuses the request with a
-/// 400; that counts as a failure and is retried, backing off.)
+/// How many times in a row the leader may accept this node's gRPC URL
+/// without the URL showing up recorded in this node's store before the
+/// node warns (it goes on trying): something else changes the URL each
+/// time (an admin's `PUT /v1/cluster/members/{id}`), or this node's store
+/// is far behind. (A leader of an earlier release refuses the request
+/// with a 400; that counts as a failure and is retried, backing off.)
 const PUBLISH_MAX_ACCEPTED: u32 = 5;
 
 /// How often the storage stall watch looks.
@@ -243,27 +243,42 @@ fn follow_membership(
 /// What the publishing task does after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PublishStep {
-    /// Try again after this pause.
+    /// Not seen recorded: try again after this pause.
     Retry(Duration),
-    /// Stop: the URL is recorded.
-    Recorded,
-    /// Stop: this node was a member and is not any more.
+    /// Seen recorded after an attempt the leader accepted: check again
+    /// after this pause (`--grpc-url-check-interval-ms`), in case another
+    /// URL committed since (a request of an earlier run of this node that
+    /// was still on its way, an admin's `PUT`).
+    Recorded(Duration),
+    /// Stop: this node was in a committed configuration and is not any
+    /// more.
     Removed,
-    /// Stop: the leader accepted the URL [`PUBLISH_MAX_ACCEPTED`] times
-    /// and it never showed up recorded in this node's store.
-    GaveUp,
 }
 
-/// The publishing task's state: the attempts so far.
-#[derive(Debug, Clone, Default)]
+/// The publishing task's state.
+#[derive(Debug, Clone)]
 struct PublishPolicy {
-    /// Attempts made.
+    /// The pause between two checks once the URL is recorded.
+    check: Duration,
+    /// Attempts made since the URL was last seen recorded.
     attempts: u32,
-    /// Attempts the leader accepted.
-    accepted: u32,
+    /// Attempts the leader accepted since the URL was last seen recorded.
+    unseen: u32,
+    /// Whether the leader has accepted an attempt of this process.
+    confirmed: bool,
 }
 
 impl PublishPolicy {
+    /// A policy that checks a recorded URL again every `check`.
+    fn new(check: Duration) -> Self {
+        Self {
+            check,
+            attempts: 0,
+            unseen: 0,
+            confirmed: false,
+        }
+    }
+
     /// The pause after `attempts` attempts: doubling from
     /// [`PUBLISH_FIRST_PAUSE`], at most [`PUBLISH_MAX_PAUSE`].
     fn pause(attempts: u32) -> Duration {
@@ -273,45 +288,54 @@ impl PublishPolicy {
             .min(PUBLISH_MAX_PAUSE)
     }
 
-    /// The next step once the URL is seen `recorded` or not, after an
-    /// attempt that answered `outcome` (none when no attempt was made
-    /// yet); `was_member` says whether this node has been in its applied
-    /// configuration (a 404 before that is a node still joining).
+    /// The next step once the URL is seen `recorded` or not in this
+    /// node's store, after an attempt that answered `outcome` (none when
+    /// no attempt was made yet); `was_member` says whether this node has
+    /// been in a committed configuration (a 404 before that is a node
+    /// still joining).
     ///
     /// The URL counts as recorded only after the leader accepted an
     /// attempt of this process: this node's own store can be behind the
     /// log (another URL committed while it was down or cut off), so the
     /// URL is published at least once per start, and the leader compares
-    /// it with what it has applied after a read barrier.
+    /// it with its replicated record after a read barrier.
     fn next(
         &mut self,
         recorded: bool,
         outcome: Option<&Result<(), crate::http::PublishError>>,
         was_member: bool,
     ) -> PublishStep {
+        let accepted = matches!(outcome, Some(Ok(())));
         match outcome {
             None => return PublishStep::Retry(Duration::ZERO),
-            Some(Ok(())) => self.accepted += 1,
             Some(Err(crate::http::PublishError::NotMember)) if was_member => {
                 return PublishStep::Removed
             }
-            Some(Err(_)) => {}
+            _ => {}
         }
-        if recorded && self.accepted > 0 {
-            return PublishStep::Recorded;
+        self.confirmed |= accepted;
+        if recorded && self.confirmed {
+            self.attempts = 0;
+            self.unseen = 0;
+            return PublishStep::Recorded(self.check);
         }
-        if self.accepted >= PUBLISH_MAX_ACCEPTED {
-            return PublishStep::GaveUp;
-        }
+        self.unseen += u32::from(accepted);
         self.attempts += 1;
         PublishStep::Retry(Self::pause(self.attempts))
     }
+
+    /// Whether the leader has just accepted the URL
+    /// [`PUBLISH_MAX_ACCEPTED`] times in a row without this node seeing
+    /// it recorded (worth a warning, once).
+    fn stuck(&self) -> bool {
+        self.unseen == PUBLISH_MAX_ACCEPTED
+    }
 }
 
-/// Whether `status` shows node `id` in a committed configuration: only
-/// then does a 404 from the leader mean it was removed. A configuration
-/// not yet committed (a joiner's learner entry) can still be truncated
-/// by a new leader, and the node added again later.
+/// Whether a configuration (`membership`, `committed` or not) holds node
+/// `id` for good: only then does a 404 from the leader mean it was
+/// removed. A configuration not yet committed (a joiner's learner entry)
+/// can still be truncated by a new leader, and the node added again later.
 fn counts_as_member(membership: &raft_core::Membership, committed: bool, id: NodeId) -> bool {
     committed && membership.contains(id)
 }
@@ -321,18 +345,21 @@ fn counts_as_member(membership: &raft_core::Membership, committed: bool, id: Nod
 /// alone (`PUT /v1/cluster/members/{id} {"grpc_url": ...}`), so every
 /// member's `Cluster.MemberList` lists it. Published at least once per
 /// start (this node's own store may be behind the log); the leader
-/// proposes nothing when what it has applied, after a read barrier,
-/// /// already has it (a restart with the same address). Retries with a
-/// doubling pause (up to [`PUBLISH_MAX_PAUSE`]) until the URL shows up
-/// recorded; stops when this node was removed from a committed
-/// configuration, and after [`PUBLISH_MAX_ACCEPTED`] accepted attempts
-/// that this node never saw recorded, with a warning.
+/// proposes nothing when its replicated record, read after a read
+/// barrier, has it already (a restart with the same address). Retries
+/// with a doubling pause (up to [`PUBLISH_MAX_PAUSE`]) until the URL shows
+/// up recorded, then checks again every `--grpc-url-check-interval-ms`
+/// (no log entry unless another URL was recorded since: the node's own
+/// URL wins); stops when this node was removed from a committed
+/// configuration. Warns when the leader accepted it
+/// [`PUBLISH_MAX_ACCEPTED`] times in a row without this node seeing it.
 pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let id = state.id;
-        let mut policy = PublishPolicy::default();
+        let mut policy = PublishPolicy::new(state.cfg.grpc_url_check_interval);
         let mut outcome = None;
         let mut was_member = false;
+        let mut seen = false;
         loop {
             let recorded = state
                 .members
@@ -344,9 +371,12 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                     counts_as_member(&s.engine.membership, s.engine.membership_committed, id);
             }
             match policy.next(recorded, outcome.as_ref(), was_member) {
-                PublishStep::Recorded => {
-                    tracing::info!(id, grpc_url = ?url, "this node's gRPC URL is recorded");
-                    return;
+                PublishStep::Recorded(pause) => {
+                    if !seen {
+                        tracing::info!(id, grpc_url = ?url, "this node's gRPC URL is recorded");
+                    }
+                    seen = true;
+                    tokio::time::sleep(pause).await;
                 }
                 PublishStep::Removed => {
                     tracing::info!(
@@ -355,18 +385,27 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                     );
                     return;
                 }
-                PublishStep::GaveUp => {
-                    tracing::warn!(
-                        id,
-                        grpc_url = ?url,
-                        accepted = PUBLISH_MAX_ACCEPTED,
-                        "the leader accepted this node's gRPC URL {PUBLISH_MAX_ACCEPTED} times \
-                         and this node never saw it recorded (changed again by someone \
-                         else?); not trying again until this node restarts"
-                    );
-                    return;
+                PublishStep::Retry(pause) => {
+                    if seen {
+                        tracing::info!(
+                            id,
+                            grpc_url = ?url,
+                            "another gRPC URL was recorded for this node; recording its own again"
+                        );
+                    }
+                    seen = false;
+                    if policy.stuck() {
+                        tracing::warn!(
+                            id,
+                            grpc_url = ?url,
+                            accepted = PUBLISH_MAX_ACCEPTED,
+                            "the leader accepted this node's gRPC URL {PUBLISH_MAX_ACCEPTED} \
+                             times and this node never saw it recorded (changed again by \
+                             someone else, or this node's store is far behind?); still trying"
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
                 }
-                PublishStep::Retry(pause) => tokio::time::sleep(pause).await,
             }
             let answer = crate::http::publish_own_grpc_url(state.clone(), url.clone()).await;
             if let Err(e) = &answer {
@@ -392,19 +431,24 @@ mod tests {
     };
     use crate::http::PublishError;
 
+    const CHECK: Duration = Duration::from_secs(60);
+
     /// Review finding (MEDIUM): the URL found in this node's own store
     /// ended the publishing before any attempt, but that store can be
     /// behind the log. It counts only after an attempt the leader accepted.
     #[test]
     fn the_own_store_is_not_trusted_before_an_accepted_attempt() {
-        let mut p = PublishPolicy::default();
+        let mut p = PublishPolicy::new(CHECK);
         assert_eq!(p.next(true, None, true), PublishStep::Retry(Duration::ZERO));
         let failed = Err(PublishError::Other("no leader".into()));
         assert!(matches!(
             p.next(true, Some(&failed), true),
             PublishStep::Retry(_)
         ));
-        assert_eq!(p.next(true, Some(&Ok(())), true), PublishStep::Recorded);
+        assert_eq!(
+            p.next(true, Some(&Ok(())), true),
+            PublishStep::Recorded(CHECK)
+        );
     }
 
     /// Review finding (MEDIUM): a joiner whose learner entry was not yet
@@ -423,12 +467,15 @@ mod tests {
     }
 
     /// Finding B3: the publish retried every second forever, also for a
-    /// removed node and under a leader that records no URL.
+    /// removed node. Review finding (MEDIUM): once recorded it stopped, so
+    /// a URL committed after it (a request of the node's earlier run still
+    /// on its way) stayed; it checks again every interval, and publishes
+    /// again when another URL shows up.
     #[test]
-    fn publishing_backs_off_stops_when_removed_and_gives_up_on_a_leader_that_records_nothing() {
+    fn publishing_backs_off_stops_when_removed_and_checks_again_once_recorded() {
         let other = || Err(PublishError::Other("no leader".into()));
         // Failures back off, doubling up to the cap.
-        let mut p = PublishPolicy::default();
+        let mut p = PublishPolicy::new(CHECK);
         assert_eq!(
             p.next(false, None, true),
             PublishStep::Retry(Duration::ZERO)
@@ -442,10 +489,23 @@ mod tests {
         let secs: Vec<u64> = pauses.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
         assert!(pauses.iter().all(|d| *d <= PUBLISH_MAX_PAUSE));
-        // Recorded: stop.
-        assert_eq!(p.next(true, Some(&Ok(())), true), PublishStep::Recorded);
+        // Recorded: check again after the interval; a failed check of a
+        // recorded URL waits for the next one.
+        assert_eq!(
+            p.next(true, Some(&Ok(())), true),
+            PublishStep::Recorded(CHECK)
+        );
+        assert_eq!(
+            p.next(true, Some(&other()), true),
+            PublishStep::Recorded(CHECK)
+        );
+        // Another URL shows up: publish again, from the first pause.
+        assert_eq!(
+            p.next(false, Some(&Ok(())), true),
+            PublishStep::Retry(Duration::from_secs(1))
+        );
         // A 404 for a node that was a member: removed, stop.
-        let mut p = PublishPolicy::default();
+        let mut p = PublishPolicy::new(CHECK);
         assert_eq!(
             p.next(false, Some(&Err(PublishError::NotMember)), true),
             PublishStep::Removed
@@ -455,14 +515,19 @@ mod tests {
             p.next(false, Some(&Err(PublishError::NotMember)), false),
             PublishStep::Retry(_)
         ));
-        // A leader that accepts and records nothing: give up after the limit.
-        let mut p = PublishPolicy::default();
-        for _ in 1..PUBLISH_MAX_ACCEPTED {
-            assert!(matches!(
-                p.next(false, Some(&Ok(())), true),
-                PublishStep::Retry(_)
-            ));
-        }
-        assert_eq!(p.next(false, Some(&Ok(())), true), PublishStep::GaveUp);
+        // Accepted and never seen recorded: a warning once, after the
+        // limit, and it goes on.
+        let mut p = PublishPolicy::new(CHECK);
+        let stuck: Vec<bool> = (0..PUBLISH_MAX_ACCEPTED + 2)
+            .map(|_| {
+                assert!(matches!(
+                    p.next(false, Some(&Ok(())), true),
+                    PublishStep::Retry(_)
+                ));
+                p.stuck()
+            })
+            .collect();
+        let at = usize::try_from(PUBLISH_MAX_ACCEPTED - 1).unwrap();
+        assert!(stuck[at] && stuck.iter().filter(|s| **s).count() == 1);
     }
 }
