@@ -164,7 +164,7 @@ async fn a_url_recorded_after_the_nodes_own_is_replaced_at_the_next_check() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(
         dir.path(),
-        &["--grpc-url-check-interval-ms".into(), "500".into()],
+        &["--grpc-url-check-interval-ms".into(), "1000".into()],
     )
     .await;
     let leader = cluster.leader;

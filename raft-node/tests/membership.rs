@@ -501,26 +501,31 @@ async fn a_learner_removed_and_added_again_at_once_is_known_to_every_node() {
         let r = http.post(&learners).json(&join).send().await.unwrap();
         assert!(r.status().is_success(), "{:?}", r.text().await);
         // Every node learns the addresses again (polls run every 200 ms).
-        tokio::time::sleep(Duration::from_millis(600)).await;
         for p in &procs {
-            let s: serde_json::Value = http
-                .get(format!("{}/v1/cluster", p.http))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let nine = s["members"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["id"] == 9))
-                .map(|m| m["addresses"]["peer"].clone());
-            assert_eq!(
-                nine,
-                Some(serde_json::json!("127.0.0.1:9")),
-                "round {round}: node {} lists no addresses for learner 9: {s:#}",
-                p.id
-            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let s: serde_json::Value = http
+                    .get(format!("{}/v1/cluster", p.http))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let nine = s["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|m| m["id"] == 9))
+                    .map(|m| m["addresses"]["peer"].clone());
+                if nine == Some(serde_json::json!("127.0.0.1:9")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: node {} lists no addresses for learner 9: {s:#}",
+                    p.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

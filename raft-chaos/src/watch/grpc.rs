@@ -324,9 +324,18 @@ pub(super) async fn open(
     }
 }
 
+/// What the generated client answers when the connection is not ready
+/// for a call (it died after the HTTP/2 handshake: a member killed just
+/// after it accepted, a connection over `--grpc-max-connections` closed at
+/// once): `Unknown` with this message and no source.
+const NOT_READY: &str = "Service was not ready";
+
 /// Whether a failed call failed on the connection rather than in the
 /// node.
 pub(super) fn is_transport(status: &tonic::Status) -> bool {
+    if status.code() == Code::Unknown && status.message().starts_with(NOT_READY) {
+        return true;
+    }
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
         if e.is::<Transport>() || e.is::<hyper::Error>() {
@@ -573,6 +582,9 @@ mod tests {
             assert!(is_refusal(&recorded), "{recorded:?}");
         }
         for passing in [
+            // Review finding (MEDIUM): the connection died before the call
+            // (the generated client's readiness check), no source.
+            tonic::Status::unknown(format!("{NOT_READY}: transport error: connection closed")),
             tonic::Status::unavailable("etcdserver: no leader"),
             tonic::Status::deadline_exceeded("etcdserver: request timed out"),
             tonic::Status::cancelled("the node is stopping"),

@@ -434,7 +434,8 @@ pub struct RunArgs {
     pub grpc_snapshot_send_timeout_ms: Option<u64>,
     /// How often a node checks, once its gRPC URL is recorded, that it
     /// still is (no log entry unless another URL was recorded since; the
-    /// node's own URL wins). [default: 60000]
+    /// node's own URL wins, up to 3 times). At least 1000.
+    /// [default: 60000]
     #[arg(long, env = "RAFT_GRPC_URL_CHECK_INTERVAL_MS")]
     pub grpc_url_check_interval_ms: Option<u64>,
     /// Failed gRPC `Auth.Authenticate` calls a node answers per second

@@ -324,6 +324,13 @@ fn check_access(cfg: &NodeConfig) -> Result<(), ConfigError> {
 /// The etcd gRPC API's limits, and that it listens no more openly than the
 /// HTTP API: beyond loopback only with authentication (or `--insecure`).
 fn check_grpc(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    if cfg.grpc_url_check_interval < Duration::from_secs(1) {
+        // Each check is a forwarded request and a read barrier on the
+        // leader.
+        return Err(ConfigError(
+            "--grpc-url-check-interval-ms must be at least 1000".into(),
+        ));
+    }
     if !(1024..=64 << 20).contains(&cfg.grpc_max_request_bytes) {
         return Err(ConfigError(
             "--grpc-max-request-bytes must be between 1024 and 67108864".into(),
@@ -333,13 +340,11 @@ fn check_grpc(cfg: &NodeConfig) -> Result<(), ConfigError> {
         || cfg.grpc_max_connections == 0
         || cfg.grpc_max_watches_per_stream == 0
         || cfg.grpc_snapshot_send_timeout.is_zero()
-        || cfg.grpc_url_check_interval.is_zero()
         || cfg.grpc_auth_failures_per_sec == 0
     {
         return Err(ConfigError(
             "--grpc-max-concurrent-streams, --grpc-max-connections, \
-             --grpc-max-watches-per-stream, --grpc-snapshot-send-timeout-ms, \
-             --grpc-url-check-interval-ms and \
+             --grpc-max-watches-per-stream, --grpc-snapshot-send-timeout-ms and \
              --grpc-auth-failures-per-sec must be positive"
                 .into(),
         ));

@@ -36,6 +36,12 @@ const PUBLISH_MAX_PAUSE: Duration = Duration::from_secs(60);
 /// with a 400; that counts as a failure and is retried, backing off.)
 const PUBLISH_MAX_ACCEPTED: u32 = 5;
 
+/// How many times a node records its gRPC URL again after it saw another
+/// one replace it before it stops, with a warning, until its next start:
+/// two processes with one node id (an old instance left running after a
+/// move) would otherwise take turns for good, two log entries a check.
+const PUBLISH_MAX_REPLACED: u32 = 3;
+
 /// How often the storage stall watch looks.
 const STALL_POLL: Duration = Duration::from_millis(500);
 
@@ -253,6 +259,9 @@ enum PublishStep {
     /// Stop: this node was in a committed configuration and is not any
     /// more.
     Removed,
+    /// Stop: another URL replaced this node's [`PUBLISH_MAX_REPLACED`]
+    /// times.
+    Contested,
 }
 
 /// The publishing task's state.
@@ -266,6 +275,10 @@ struct PublishPolicy {
     unseen: u32,
     /// Whether the leader has accepted an attempt of this process.
     confirmed: bool,
+    /// Whether the URL was seen recorded at the last step.
+    seen: bool,
+    /// How many times another URL replaced it after it was seen.
+    replaced: u32,
 }
 
 impl PublishPolicy {
@@ -276,6 +289,8 @@ impl PublishPolicy {
             attempts: 0,
             unseen: 0,
             confirmed: false,
+            seen: false,
+            replaced: 0,
         }
     }
 
@@ -317,7 +332,14 @@ impl PublishPolicy {
         if recorded && self.confirmed {
             self.attempts = 0;
             self.unseen = 0;
+            self.seen = true;
             return PublishStep::Recorded(self.check);
+        }
+        if std::mem::take(&mut self.seen) {
+            self.replaced += 1;
+            if self.replaced >= PUBLISH_MAX_REPLACED {
+                return PublishStep::Contested;
+            }
         }
         self.unseen += u32::from(accepted);
         self.attempts += 1;
@@ -385,6 +407,17 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                     );
                     return;
                 }
+                PublishStep::Contested => {
+                    tracing::warn!(
+                        id,
+                        grpc_url = ?url,
+                        times = PUBLISH_MAX_REPLACED,
+                        "another gRPC URL was recorded for this node {PUBLISH_MAX_REPLACED} times \
+                         after its own (another process with this node's id? an admin's PUT?); \
+                         not recording it again until this node restarts"
+                    );
+                    return;
+                }
                 PublishStep::Retry(pause) => {
                     if seen {
                         tracing::info!(
@@ -428,6 +461,7 @@ mod tests {
 
     use super::{
         counts_as_member, PublishPolicy, PublishStep, PUBLISH_MAX_ACCEPTED, PUBLISH_MAX_PAUSE,
+        PUBLISH_MAX_REPLACED,
     };
     use crate::http::PublishError;
 
@@ -449,6 +483,34 @@ mod tests {
             p.next(true, Some(&Ok(())), true),
             PublishStep::Recorded(CHECK)
         );
+    }
+
+    /// Review finding (MEDIUM): two processes with one node id (an old
+    /// instance left running after a move) each recorded its URL again
+    /// after every check, for good: a node stops after its URL was
+    /// replaced [`PUBLISH_MAX_REPLACED`] times.
+    #[test]
+    fn a_node_whose_url_keeps_being_replaced_stops_recording_it() {
+        let mut p = PublishPolicy::new(CHECK);
+        assert_eq!(
+            p.next(false, None, true),
+            PublishStep::Retry(Duration::ZERO)
+        );
+        let mut steps = Vec::new();
+        for _ in 0..PUBLISH_MAX_REPLACED {
+            // Recorded, then replaced at the next check.
+            assert_eq!(
+                p.next(true, Some(&Ok(())), true),
+                PublishStep::Recorded(CHECK)
+            );
+            steps.push(p.next(false, Some(&Ok(())), true));
+        }
+        let last = steps.pop();
+        assert!(
+            steps.iter().all(|s| matches!(s, PublishStep::Retry(_))),
+            "{steps:?}"
+        );
+        assert_eq!(last, Some(PublishStep::Contested));
     }
 
     /// Review finding (MEDIUM): a joiner whose learner entry was not yet

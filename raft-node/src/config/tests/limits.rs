@@ -208,3 +208,27 @@ fn lease_limits_have_ceilings() {
         (1_000_000, 100_000, 10_000_000)
     );
 }
+
+/// Review finding (LOW): `--grpc-url-check-interval-ms 1` was accepted:
+/// every node would send the leader a request and a read barrier each
+/// millisecond. At least a second.
+#[test]
+fn the_grpc_url_check_interval_has_a_floor() {
+    let err = RunArgs {
+        grpc_url_check_interval_ms: Some(999),
+        ..base()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(err.0.contains("--grpc-url-check-interval-ms"), "{err}");
+    let cfg = RunArgs {
+        grpc_url_check_interval_ms: Some(1000),
+        ..base()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(
+        cfg.grpc_url_check_interval,
+        std::time::Duration::from_secs(1)
+    );
+}
