@@ -473,7 +473,11 @@ async fn update_grpc_url(
         return Err(not_a_member(id, "no addresses are known for it"));
     };
     let recorded = replicated.iter().find(|m| m.id == id);
-    if recorded.map(|m| &m.grpc_url) != Some(&grpc_url) {
+    // No record is no gRPC URL: a node without a gRPC listener proposes
+    // nothing for it (an HTTP-only cluster's members add no entries at
+    // their first start).
+    let current = recorded.and_then(|m| m.grpc_url.as_ref());
+    if current != grpc_url.as_ref() {
         // The addresses go along only for a member without a replicated
         // record (an original member, or one removed and added again
         // before its directory entry was forgotten), where they are what
