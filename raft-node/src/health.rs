@@ -221,6 +221,18 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
                 "{cause} (the node requires a client certificate, --client-ca: give --cert and \
                  --key, or RAFT_TLS_CERT and RAFT_TLS_KEY as the node has them)"
             )
+        } else if url.starts_with("https://")
+            && (args.cert.is_none() || args.key.is_none())
+            && (e.is_connect() || e.is_request())
+        {
+            // Under TLS 1.3 the node's refusal of a client without a
+            // certificate can come after the client's side of the
+            // handshake: the connection then fails before the request,
+            // without the alert ("connection was not ready").
+            format!(
+                "{cause} (if the node requires a client certificate, --client-ca: give --cert \
+                 and --key, or RAFT_TLS_CERT and RAFT_TLS_KEY as the node has them)"
+            )
         } else {
             cause
         };
