@@ -66,11 +66,14 @@ impl Queue {
 
 /// The deadlines of one node's waiting proposals, shared by its handles
 /// and its timer task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Deadlines {
     queue: Mutex<Queue>,
     /// Wakes the timer task when the queue goes from empty to not.
     changed: Notify,
+    /// How long every proposal waits: one for all, so that deadlines come
+    /// in the order of registration (the queue is a FIFO).
+    timeout: Duration,
 }
 
 /// A proposal's place in the queue; dropping it takes the proposal off.
@@ -106,19 +109,24 @@ impl Drop for Registration<'_> {
 }
 
 impl Deadlines {
-    /// Registers `ticket` to expire `timeout` from now.
-    pub(crate) fn register<R: Send + 'static>(
-        &self,
-        ticket: &Ticket<R>,
-        timeout: Duration,
-    ) -> Registration<'_> {
+    /// A node's deadlines, each `timeout` after its registration.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            queue: Mutex::default(),
+            changed: Notify::new(),
+            timeout,
+        }
+    }
+
+    /// Registers `ticket` to expire the node's request timeout from now.
+    pub(crate) fn register<R: Send + 'static>(&self, ticket: &Ticket<R>) -> Registration<'_> {
         let mut q = lock(&self.queue);
         let seq = q.next_seq;
         q.next_seq += 1;
         let was_empty = q.live == 0;
         q.entries.push_back(Entry {
             seq,
-            deadline: Instant::now() + timeout,
+            deadline: Instant::now() + self.timeout,
             ticket: Some(ticket.expirable()),
         });
         q.live += 1;
@@ -230,12 +238,12 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let d = Deadlines::default();
+            let d = Deadlines::new(Duration::from_secs(5));
             let stuck = Ticket::<()>::default();
-            let _held = d.register(&stuck, Duration::from_secs(5));
+            let _held = d.register(&stuck);
             for _ in 0..10_000 {
                 let t = Ticket::<()>::default();
-                let r = d.register(&t, Duration::from_secs(5));
+                let r = d.register(&t);
                 drop(r);
             }
             assert!(len(&d) <= 2 + SLACK, "{} entries for 1 waiting", len(&d));
@@ -253,13 +261,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let d = Deadlines::default();
+            let d = Deadlines::new(Duration::from_secs(1));
             let start = Instant::now();
             let a = Ticket::<()>::default();
-            let _ra = d.register(&a, Duration::from_secs(1));
+            let _ra = d.register(&a);
             tokio::time::advance(Duration::from_millis(300)).await;
             let b = Ticket::<()>::default();
-            let _rb = d.register(&b, Duration::from_secs(1));
+            let _rb = d.register(&b);
             let expired = |t: &Ticket<()>| t.expired_or_wake(std::task::Waker::noop());
             assert_eq!(
                 d.expire_until(start + Duration::from_millis(999)),
@@ -284,12 +292,12 @@ mod tests {
     /// timer task then ends once no deadline is left.
     #[tokio::test(start_paused = true)]
     async fn a_deadline_ends_a_wait_that_outlives_the_node() {
-        let d = Arc::new(Deadlines::default());
+        let d = Arc::new(Deadlines::new(Duration::from_secs(5)));
         let (done_tx, done_rx) = watch::channel(false);
         let timer = tokio::spawn(Arc::clone(&d).run(done_rx));
         let (requests, engine_end) = tokio::sync::mpsc::channel(1);
         let ticket = Ticket::<()>::default();
-        let registration = d.register(&ticket, Duration::from_secs(5));
+        let registration = d.register(&ticket);
         let place = requests.reserve().await.expect("queue open");
         drop(engine_end);
         done_tx.send(true).expect("timer listens");

@@ -151,7 +151,7 @@ impl<R: Send + 'static> RaftHandle<R> {
         let ticket = Ticket::default();
         // The deadline on the node's shared timer, from now on: taken off
         // again when this returns (or is dropped).
-        let _deadline = self.deadlines.register(&ticket, self.request_timeout);
+        let _deadline = self.deadlines.register(&ticket);
         // A caller that stops waiting (drops this future) before the driver
         // took the proposal gives it up: it is then never proposed.
         let _give_up = GiveUpOnDrop(&ticket);
@@ -186,11 +186,16 @@ impl<R: Send + 'static> RaftHandle<R> {
                 appended: !ticket.abandon() && ticket.taken(),
             }),
             None => {
-                if ticket.abandon() {
+                if !ticket.abandon() {
+                    Err(ProposeError::Timeout)
+                } else if self.requests.is_closed() {
+                    // Queued just as the node stopped reading its queue
+                    // (stranded there, neither taken nor dropped): the
+                    // node stopped, not overloaded. Never appended.
+                    Err(ProposeError::ShuttingDown { appended: false })
+                } else {
                     // The driver never took it and now never will.
                     Err(ProposeError::Overloaded)
-                } else {
-                    Err(ProposeError::Timeout)
                 }
             }
         }
@@ -417,5 +422,64 @@ impl<R: Send + 'static> RaftHandle<R> {
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle on queues no engine task reads, with the receiving end of
+    /// its request queue, and the node's deadline timer running.
+    fn unserved(timeout: Duration) -> (RaftHandle<()>, mpsc::Receiver<Request<()>>) {
+        let (requests, engine_end) = mpsc::channel(4);
+        let (inbound, _) = mpsc::channel(1);
+        let (_, applied) = watch::channel(0);
+        let (shutdown, _) = watch::channel(false);
+        let (_, done) = watch::channel(false);
+        let (_, failure) = watch::channel(None);
+        let handle = RaftHandle {
+            id: 1,
+            requests,
+            inbound,
+            applied,
+            shutdown,
+            done,
+            failure,
+            storage_clock: Arc::new(super::super::tasks::StorageClock::new()),
+            request_timeout: timeout,
+            deadlines: Arc::new(Deadlines::new(timeout)),
+        };
+        tokio::spawn(Arc::clone(&handle.deadlines).run(handle.done.clone()));
+        (handle, engine_end)
+    }
+
+    /// A proposal that reached the request queue just as the node stopped
+    /// reading it (the queue closed with the proposal inside, neither
+    /// taken nor dropped) ends at its deadline as `ShuttingDown`, not as
+    /// `Overloaded`: the node stopped, and nothing was appended.
+    #[tokio::test(start_paused = true)]
+    async fn a_proposal_stranded_at_shutdown_reports_shutting_down() {
+        let timeout = Duration::from_secs(2);
+        let (handle, mut engine_end) = unserved(timeout);
+        let mut proposal = std::pin::pin!(handle.propose(Bytes::from_static(b"x")));
+        let first = std::future::poll_fn(|cx| Poll::Ready(proposal.as_mut().poll(cx)));
+        assert!(first.await.is_pending(), "queued, waiting for an answer");
+        // The node stops taking requests; what is queued stays there.
+        engine_end.close();
+        let started = tokio::time::Instant::now();
+        let answer = proposal.await;
+        assert_eq!(answer, Err(ProposeError::ShuttingDown { appended: false }));
+        assert_eq!(started.elapsed(), timeout, "ended by its deadline");
+    }
+
+    /// The same proposal on a node that still reads its queue but never
+    /// got to it is refused as `Overloaded` at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_proposal_never_taken_by_a_running_node_is_overloaded() {
+        let timeout = Duration::from_secs(2);
+        let (handle, _engine_end) = unserved(timeout);
+        let answer = handle.propose(Bytes::from_static(b"x")).await;
+        assert_eq!(answer, Err(ProposeError::Overloaded));
     }
 }

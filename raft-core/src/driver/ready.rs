@@ -154,7 +154,7 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
     }
 
     /// Hands committed entries to the apply task, with the proposals that
-    /// wait for them; answers proposals below them as superseded. Returns
+    /// wait for them; answers proposals below them as of unknown outcome. Returns
     /// false when the apply task is gone.
     pub(super) fn hand_out_committed(&mut self, entries: Vec<Entry>) -> bool {
         let last = entries.last().map_or(0, |e| e.index);
@@ -166,8 +166,10 @@ impl<R: Send + 'static, T: Transport> Driver<R, T> {
             let mut latency = CommitLatency::new(&self.commit_latency);
             for (index, p) in self.proposals.take_upto(last) {
                 if index < first {
-                    // Below this batch: can no longer be applied by us.
-                    let _ = p.reply.send(Err(ProposeError::Superseded { index }));
+                    // Below this batch, yet never handed out with its
+                    // entry: this node cannot tell whether the entry there
+                    // is the proposal's.
+                    let _ = p.reply.send(Err(ProposeError::OutcomeUnknown { index }));
                     continue;
                 }
                 latency.add(p.proposed);

@@ -28,6 +28,10 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Raft<L, S, T> {
     /// Loads the node's state from `log` and `state_machine`, spawns its
     /// tasks on the current tokio runtime and returns its handle.
     ///
+    /// The node lives on that runtime: its tasks, including the timer that
+    /// ends proposals at their deadline, stop with it. Handles may be used
+    /// from other runtimes while it runs.
+    ///
     /// `bootstrap` is the initial configuration of a new cluster; it is used
     /// only when the log holds no configuration yet (a restarted node uses
     /// its own).
@@ -241,7 +245,7 @@ impl<L: LogStorage, S: StateMachine, T: Transport> Parts<L, S, T> {
             failure: ch.fatal.1.clone(),
             storage_clock,
             request_timeout: self.driver.request_timeout,
-            deadlines: Arc::new(super::deadline::Deadlines::default()),
+            deadlines: Arc::new(super::deadline::Deadlines::new(self.driver.request_timeout)),
         };
         tokio::spawn(Arc::clone(&handle.deadlines).run(handle.done.clone()));
         let driver = Driver {

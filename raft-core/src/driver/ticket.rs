@@ -220,6 +220,10 @@ impl<R> Reply<R> {
 
     /// Answers the caller; gives the answer back when the caller is known
     /// to have stopped waiting (as a `oneshot` sender does).
+    ///
+    /// Best effort: `Ok` does not promise that anyone reads the answer (the
+    /// deadline timer may briefly hold the ticket of a caller already
+    /// gone), so nothing may count on an `Ok` to hand an answer over.
     pub(crate) fn send(mut self, answer: Answer<R>) -> Result<(), Answer<R>> {
         match self.0.take() {
             // Nobody else holds the ticket: the caller and its deadline
