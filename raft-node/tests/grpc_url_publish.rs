@@ -1,6 +1,7 @@
 //! How a member publishes its etcd gRPC URL through the log: the URL alone
-//! (an address change made while the node was down stays), and "no gRPC
-//! URL" for a node restarted without `--grpc-listen`.
+//! (an address change made while the node was down stays), "no gRPC URL"
+//! for a node restarted without `--grpc-listen`, and no entry at all for
+//! the members of an HTTP-only cluster, which have none recorded.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::etcd::Cluster;
-use common::free_tcp;
 use common::raw_http::{listed_member, send_json};
+use common::{by_id, free_tcp, led_cluster, status_of};
 
 /// The client URLs `MemberList` (asked of node `via`) lists for member `id`.
 async fn client_urls(cluster: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
@@ -177,4 +178,57 @@ async fn a_url_recorded_after_the_nodes_own_is_replaced_at_the_next_check() {
     for via in 1..=3 {
         wait_urls(&cluster, via, f, std::slice::from_ref(&mine)).await;
     }
+}
+
+/// Finding (fuzz_http's slow-reader test filled
+/// `--max-concurrent-requests=2` with them): each member of a cluster
+/// without a gRPC listener published "no gRPC URL" at its first start,
+/// and the leader proposed a log entry for each, though nothing was
+/// recorded to clear (no record is no gRPC URL). The first start of an
+/// HTTP-only cluster writes nothing but each leader's first entry (at most
+/// one a term), and its members' checks write nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_only_cluster_adds_no_log_entries_for_grpc_urls_at_its_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, client, lead) = led_cluster(
+        dir.path(),
+        3,
+        &["--grpc-url-check-interval-ms=1000".to_string()],
+    )
+    .await;
+    // Every member has published "no gRPC URL" and seen it as it should
+    // be (what it logs once the leader answered it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &procs {
+        while !p.log_text().contains("this node's gRPC URL is recorded") {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never published \"no gRPC URL\"; log:\n{}",
+                p.id,
+                p.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The leader committed each publication before it answered it.
+    let leader = by_id(&procs, lead);
+    let first = status_of(&client, leader).await;
+    assert!(
+        first.commit <= first.term,
+        "{} entries committed by term {}: more than a leader's first entry a term; status {:#}",
+        first.commit,
+        first.term,
+        first.raw
+    );
+    // Two checks of every member later: nothing more either (but a new
+    // leader's first entry).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let then = status_of(&client, leader).await;
+    assert!(
+        then.commit - first.commit <= then.term - first.term,
+        "{} entries committed over two checks of each member, in {} new terms; status {:#}",
+        then.commit - first.commit,
+        then.term - first.term,
+        then.raw
+    );
 }
