@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::raw_http::{json_of, send_json};
 use common::{free_tcp, free_udp, node_command, proc_for, Proc};
 use raft_client::launcher::initial_cluster;
 use raft_client::{Backup, BackupConsistency, Client, Error, ListOptions, ReadConsistency};
@@ -64,17 +65,13 @@ async fn everything_at(url: &str, prefix: &str, rev: u64) -> BTreeMap<String, (S
     let mut all = BTreeMap::new();
     let mut cursor = String::new();
     loop {
-        let page: serde_json::Value = http
-            .get(format!(
+        let page = json_of(
+            http.get(format!(
                 "{url}/v1/kv?prefix={prefix}&revision={rev}&consistency=stale&limit=1000{cursor}"
             ))
-            .bearer_auth(USER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .bearer_auth(USER),
+        )
+        .await;
         assert_eq!(page["revision"], rev, "{page}");
         for item in page["items"].as_array().unwrap() {
             let key = item["key"].as_str().unwrap().replace("%2F", "/");
@@ -91,13 +88,12 @@ async fn everything_at(url: &str, prefix: &str, rev: u64) -> BTreeMap<String, (S
 /// Compacts the revision history up to `rev` through node `url`: the
 /// values deleted before are gone from the store, and from backups.
 async fn compact_history(url: &str, rev: u64) {
-    let r = reqwest::Client::new()
-        .post(format!("{url}/v1/cluster/compact"))
-        .json(&serde_json::json!({ "revision": rev }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (status, body) = send_json(
+        reqwest::Client::new().post(format!("{url}/v1/cluster/compact")),
+        &serde_json::json!({ "revision": rev }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// Acknowledged writes: when the answer came, key, value.

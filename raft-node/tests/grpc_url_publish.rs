@@ -1,14 +1,16 @@
 //! How a member publishes its etcd gRPC URL through the log: the URL alone
-//! (an address change made while the node was down stays), and "no gRPC
-//! URL" for a node restarted without `--grpc-listen`.
+//! (an address change made while the node was down stays), "no gRPC URL"
+//! for a node restarted without `--grpc-listen`, and no entry at all for
+//! the members of an HTTP-only cluster, which have none recorded.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::etcd::Cluster;
-use common::free_tcp;
+use common::raw_http::{listed_member, send_json};
+use common::{by_id, free_tcp, led_cluster, status_of};
 
 /// The client URLs `MemberList` (asked of node `via`) lists for member `id`.
 async fn client_urls(cluster: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
@@ -39,19 +41,29 @@ async fn wait_urls(cluster: &Cluster, via: u64, id: u64, want: &[String]) {
 
 /// Node `id`'s addresses as node `via` knows them (`GET /v1/cluster`).
 async fn addresses(http: &reqwest::Client, via: &str, id: u64) -> serde_json::Value {
-    let s: serde_json::Value = http
-        .get(format!("{via}/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    s["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["id"] == id))
-        .map(|m| m["addresses"].clone())
-        .unwrap_or_default()
+    listed_member(http, via, id).await.0["addresses"].clone()
+}
+
+/// A 3-node cluster serving gRPC with the `extra` flags
+/// ([`Cluster::start`]), one of its followers, and its leader's HTTP URL.
+async fn with_follower(dir: &Path, extra: &[String]) -> (Cluster, u64, String) {
+    let cluster = Cluster::start(dir, extra).await;
+    let f = cluster.follower();
+    let leader_http = cluster.procs[usize::try_from(cluster.leader - 1).unwrap()]
+        .http
+        .clone();
+    (cluster, f, leader_http)
+}
+
+/// `PUT /v1/cluster/members/{id}` with `body` through `leader_http`,
+/// which must succeed.
+async fn put_member(leader_http: &str, id: u64, body: serde_json::Value) {
+    let (status, text) = send_json(
+        reqwest::Client::new().put(format!("{leader_http}/v1/cluster/members/{id}")),
+        &body,
+    )
+    .await;
+    assert!(status.is_success(), "{status}: {text}");
 }
 
 /// Findings B2 and B4: a node restarted after an admin changed its client
@@ -61,13 +73,9 @@ async fn addresses(http: &reqwest::Client, via: &str, id: u64) -> serde_json::Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_the_grpc_url_keeps_the_addresses_and_no_listener_clears_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let (mut cluster, f, leader_http) = with_follower(dir.path(), &[]).await;
     let leader = cluster.leader;
-    let f = cluster.follower();
     let fi = usize::try_from(f - 1).unwrap();
-    let leader_http = cluster.procs[usize::try_from(leader - 1).unwrap()]
-        .http
-        .clone();
     let url = |a: std::net::SocketAddr| format!("http://{a}");
     wait_urls(&cluster, leader, f, &[url(cluster.addr(f))]).await;
 
@@ -80,13 +88,12 @@ async fn publishing_the_grpc_url_keeps_the_addresses_and_no_listener_clears_it()
     let moved = client.replace("127.0.0.1", "localhost");
     assert_ne!(moved, client);
     cluster.procs[fi].sigterm();
-    let r = http
-        .put(format!("{leader_http}/v1/cluster/members/{f}"))
-        .json(&serde_json::json!({ "peer_addr": peer, "client_addr": moved }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_member(
+        &leader_http,
+        f,
+        serde_json::json!({ "peer_addr": peer, "client_addr": moved }),
+    )
+    .await;
 
     // It restarts with a new gRPC port: the new URL is listed, and the
     // client address stays the admin's.
@@ -121,13 +128,9 @@ async fn publishing_the_grpc_url_keeps_the_addresses_and_no_listener_clears_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_committed_while_the_node_was_paused_is_replaced_after_its_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), &[]).await;
+    let (mut cluster, f, leader_http) = with_follower(dir.path(), &[]).await;
     let leader = cluster.leader;
-    let f = cluster.follower();
     let fi = usize::try_from(f - 1).unwrap();
-    let leader_http = cluster.procs[usize::try_from(leader - 1).unwrap()]
-        .http
-        .clone();
     let mine = format!("http://{}", cluster.addr(f));
     wait_urls(&cluster, leader, f, std::slice::from_ref(&mine)).await;
 
@@ -136,13 +139,7 @@ async fn a_url_committed_while_the_node_was_paused_is_replaced_after_its_restart
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     let other = "http://127.0.0.1:1".to_owned();
-    let r = reqwest::Client::new()
-        .put(format!("{leader_http}/v1/cluster/members/{f}"))
-        .json(&serde_json::json!({ "grpc_url": other }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_member(&leader_http, f, serde_json::json!({ "grpc_url": other })).await;
     wait_urls(&cluster, leader, f, std::slice::from_ref(&other)).await;
 
     // It dies without having seen that entry and restarts with its own
@@ -162,29 +159,76 @@ async fn a_url_committed_while_the_node_was_paused_is_replaced_after_its_restart
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_recorded_after_the_nodes_own_is_replaced_at_the_next_check() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(
+    let (cluster, f, leader_http) = with_follower(
         dir.path(),
         &["--grpc-url-check-interval-ms".into(), "1000".into()],
     )
     .await;
-    let leader = cluster.leader;
-    let f = cluster.follower();
-    let leader_http = cluster.procs[usize::try_from(leader - 1).unwrap()]
-        .http
-        .clone();
     let mine = format!("http://{}", cluster.addr(f));
     // The node has seen its URL recorded (after its first pause of 1 s at
     // the most) and gone quiet.
     wait_urls(&cluster, f, f, std::slice::from_ref(&mine)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = reqwest::Client::new()
-        .put(format!("{leader_http}/v1/cluster/members/{f}"))
-        .json(&serde_json::json!({ "grpc_url": "http://127.0.0.1:1" }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_member(
+        &leader_http,
+        f,
+        serde_json::json!({ "grpc_url": "http://127.0.0.1:1" }),
+    )
+    .await;
     for via in 1..=3 {
         wait_urls(&cluster, via, f, std::slice::from_ref(&mine)).await;
     }
+}
+
+/// Finding (fuzz_http's slow-reader test filled
+/// `--max-concurrent-requests=2` with them): each member of a cluster
+/// without a gRPC listener published "no gRPC URL" at its first start,
+/// and the leader proposed a log entry for each, though nothing was
+/// recorded to clear (no record is no gRPC URL). The first start of an
+/// HTTP-only cluster writes nothing but each leader's first entry (at most
+/// one a term), and its members' checks write nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_only_cluster_adds_no_log_entries_for_grpc_urls_at_its_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, client, lead) = led_cluster(
+        dir.path(),
+        3,
+        &["--grpc-url-check-interval-ms=1000".to_string()],
+    )
+    .await;
+    // Every member has published "no gRPC URL" and seen it as it should
+    // be (what it logs once the leader answered it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &procs {
+        while !p.log_text().contains("this node's gRPC URL is recorded") {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never published \"no gRPC URL\"; log:\n{}",
+                p.id,
+                p.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The leader committed each publication before it answered it.
+    let leader = by_id(&procs, lead);
+    let first = status_of(&client, leader).await;
+    assert!(
+        first.commit <= first.term,
+        "{} entries committed by term {}: more than a leader's first entry a term; status {:#}",
+        first.commit,
+        first.term,
+        first.raw
+    );
+    // Two checks of every member later: nothing more either (but a new
+    // leader's first entry).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let then = status_of(&client, leader).await;
+    assert!(
+        then.commit - first.commit <= then.term - first.term,
+        "{} entries committed over two checks of each member, in {} new terms; status {:#}",
+        then.commit - first.commit,
+        then.term - first.term,
+        then.raw
+    );
 }

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw_http::{send_json, wait_listed};
 use common::{builder_of, by_id, cluster_with, joiner, leader, status_of, via, wait_status, Proc};
 use raft_client::{Client, RetryPolicy};
 
@@ -424,6 +425,30 @@ async fn original_members_restarted_with_join_come_back_as_themselves() {
     assert_same_digest(&client, &procs.iter().collect::<Vec<_>>()).await;
 }
 
+/// Learner 9's `POST /v1/cluster/learners` body: addresses nobody listens
+/// at (it is never started).
+fn join_nine() -> serde_json::Value {
+    serde_json::json!({
+        "id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
+    })
+}
+
+/// A 3-node cluster over HTTP to which learner 9 ([`join_nine`]) was
+/// added through its leader; the nodes and the leader's URL.
+async fn cluster_with_learner_nine(dir: &std::path::Path) -> (Vec<Proc>, String) {
+    let procs = cluster_with(dir, 3, &flags(&[]), &[], "http");
+    let client = client_of(&procs);
+    let l = leader(&client, &procs, None).await;
+    let base = by_id(&procs, l).http.clone();
+    let (status, body) = send_json(
+        reqwest::Client::new().post(format!("{base}/v1/cluster/learners")),
+        &join_nine(),
+    )
+    .await;
+    assert!(status.is_success(), "{status}: {body}");
+    (procs, base)
+}
+
 /// A joiner repeats its `POST /v1/cluster/learners` (its first answer was
 /// lost, or it restarted before recording that it joined) after it already
 /// published its gRPC URL (`PUT /v1/cluster/members/{id}` with `grpc_url`,
@@ -432,29 +457,21 @@ async fn original_members_restarted_with_join_come_back_as_themselves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_join_after_the_grpc_url_was_published_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    let procs = cluster_with(dir.path(), 3, &flags(&[]), &[], "http");
-    let client = client_of(&procs);
-    let l = leader(&client, &procs, None).await;
-    let base = by_id(&procs, l).http.clone();
+    let (_procs, base) = cluster_with_learner_nine(dir.path()).await;
     let http = reqwest::Client::new();
-    let join = serde_json::json!({
-        "id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
-    });
     let publish = serde_json::json!({
         "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
         "grpc_url": "http://127.0.0.1:9",
     });
-    let learners = format!("{base}/v1/cluster/learners");
-    let r = http.post(&learners).json(&join).send().await.unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let (status, body) =
+        send_json(http.put(format!("{base}/v1/cluster/members/9")), &publish).await;
+    assert!(status.is_success(), "{status}: {body}");
     let r = http
-        .put(format!("{base}/v1/cluster/members/9"))
-        .json(&publish)
+        .post(format!("{base}/v1/cluster/learners"))
+        .json(&join_nine())
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    let r = http.post(&learners).json(&join).send().await.unwrap();
     let status = r.status();
     let answer: serde_json::Value = r.json().await.unwrap();
     assert!(status.is_success(), "{status}: {answer:#}");
@@ -475,17 +492,8 @@ async fn a_repeated_join_after_the_grpc_url_was_published_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_removed_and_added_again_at_once_is_known_to_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let procs = cluster_with(dir.path(), 3, &flags(&[]), &[], "http");
-    let client = client_of(&procs);
-    let l = leader(&client, &procs, None).await;
-    let base = by_id(&procs, l).http.clone();
+    let (procs, base) = cluster_with_learner_nine(dir.path()).await;
     let http = reqwest::Client::new();
-    let join = serde_json::json!({
-        "id": 9, "peer_addr": "127.0.0.1:9", "client_addr": "127.0.0.1:9",
-    });
-    let learners = format!("{base}/v1/cluster/learners");
-    let r = http.post(&learners).json(&join).send().await.unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
     for round in 0..12 {
         // Let every node's directory catch up with the addition.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -498,34 +506,20 @@ async fn a_learner_removed_and_added_again_at_once_is_known_to_every_node() {
         // Within a poll's length of the removal: some nodes' directories
         // have forgotten the learner, some not yet.
         tokio::time::sleep(Duration::from_millis(60 + 11 * round)).await;
-        let r = http.post(&learners).json(&join).send().await.unwrap();
-        assert!(r.status().is_success(), "{:?}", r.text().await);
+        let (status, body) = send_json(
+            http.post(format!("{base}/v1/cluster/learners")),
+            &join_nine(),
+        )
+        .await;
+        assert!(status.is_success(), "{status}: {body}");
         // Every node learns the addresses again (polls run every 200 ms).
-        for p in &procs {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let s: serde_json::Value = http
-                    .get(format!("{}/v1/cluster", p.http))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let nine = s["members"]
-                    .as_array()
-                    .and_then(|m| m.iter().find(|m| m["id"] == 9))
-                    .map(|m| m["addresses"]["peer"].clone());
-                if nine == Some(serde_json::json!("127.0.0.1:9")) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "round {round}: node {} lists no addresses for learner 9: {s:#}",
-                    p.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        wait_listed(
+            &http,
+            &procs,
+            9,
+            &format!("round {round}: its addresses"),
+            |nine| nine["addresses"]["peer"] == "127.0.0.1:9",
+        )
+        .await;
     }
 }

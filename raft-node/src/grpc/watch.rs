@@ -484,27 +484,10 @@ fn event_of(e: &Event) -> mvccpb::Event {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use raft_core::{Entry, EntryPayload, StateMachine};
+    use raft_core::StateMachine;
 
     use super::*;
-    use crate::command::{Command, Op, Precondition};
-    use crate::store::test_support;
-
-    fn put(index: u64, key: &str) -> Entry {
-        let c = Command {
-            op: Op::Put(Bytes::from(format!("v{index}"))),
-            key: Bytes::from(key.to_owned()),
-            precondition: Precondition::None,
-            idempotency_key: None,
-            principal: None,
-        };
-        Entry {
-            term: 1,
-            index,
-            payload: EntryPayload::Normal(c.encode()),
-        }
-    }
+    use crate::store::test_support::{self, put};
 
     /// Takes what `w` sends until it sent every change through `rev`.
     async fn through(w: &mut WatchStream, rev: u64) {

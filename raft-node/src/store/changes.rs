@@ -323,29 +323,14 @@ mod tests {
     //! Pages on RocksDB, with a revision that changes two keys written
     //! directly (no command makes one yet).
 
-    use raft_core::{Entry, EntryPayload, StateMachine};
+    use raft_core::{Entry, StateMachine};
 
     use super::super::history::REVISION_KEY;
     use super::super::records::encode_record;
-    use super::super::test_support::store;
+    use super::super::test_support::{entry, put, store};
     use super::*;
-    use crate::command::{Command, Op, Precondition};
+    use crate::command::Op;
     use crate::watch::EventKind;
-
-    fn put(index: u64, key: &str) -> Entry {
-        let c = Command {
-            op: Op::Put(Bytes::from(format!("v{index}"))),
-            key: Bytes::from(key.to_owned()),
-            precondition: Precondition::None,
-            idempotency_key: None,
-            principal: None,
-        };
-        Entry {
-            term: 1,
-            index,
-            payload: EntryPayload::Normal(c.encode()),
-        }
-    }
 
     /// A limit of `events` changes, whatever their bytes.
     fn n(events: usize) -> PageLimit {
@@ -366,18 +351,7 @@ mod tests {
     }
 
     fn put_sized(index: u64, key: &str, bytes: usize) -> Entry {
-        let c = Command {
-            op: Op::Put(Bytes::from(vec![b'v'; bytes])),
-            key: Bytes::from(key.to_owned()),
-            precondition: Precondition::None,
-            idempotency_key: None,
-            principal: None,
-        };
-        Entry {
-            term: 1,
-            index,
-            payload: EntryPayload::Normal(c.encode()),
-        }
+        entry(index, key, Op::Put(Bytes::from(vec![b'v'; bytes])))
     }
 
     /// Finding: a page was bounded in count only, so a watch replaying

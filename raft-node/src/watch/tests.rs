@@ -12,8 +12,9 @@ use raft_log::RocksLog;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::command::{encode_compact, Command, Op, Precondition};
-use crate::store::{test_support, KvStateMachine};
+use crate::command::{encode_compact, Op};
+use crate::store::test_support::{self, entry, put};
+use crate::store::KvStateMachine;
 
 mod limits;
 
@@ -33,25 +34,6 @@ fn small(buffer: usize, page: usize, queue: usize) -> WatchConfig {
         progress_interval: None,
         queue,
     }
-}
-
-fn entry(index: u64, key: &str, op: Op) -> Entry {
-    let c = Command {
-        op,
-        key: Bytes::from(key.to_owned()),
-        precondition: Precondition::None,
-        idempotency_key: None,
-        principal: None,
-    };
-    Entry {
-        term: 1,
-        index,
-        payload: EntryPayload::Normal(c.encode()),
-    }
-}
-
-fn put(index: u64, key: &str) -> Entry {
-    entry(index, key, Op::Put(Bytes::from(format!("v{index}"))))
 }
 
 fn del(index: u64, key: &str) -> Entry {
