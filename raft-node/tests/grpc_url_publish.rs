@@ -169,12 +169,19 @@ async fn a_url_recorded_after_the_nodes_own_is_replaced_at_the_next_check() {
     // the most) and gone quiet.
     wait_urls(&cluster, f, f, std::slice::from_ref(&mine)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    put_member(
-        &leader_http,
-        f,
-        serde_json::json!({ "grpc_url": "http://127.0.0.1:1" }),
-    )
-    .await;
+    // Paused while another URL is recorded, so that the other members are
+    // seen to list it before the node's next check replaces it.
+    let fi = usize::try_from(f - 1).unwrap();
+    let pid = cluster.procs[fi].child.as_ref().expect("running").id();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let other = "http://127.0.0.1:1".to_owned();
+    put_member(&leader_http, f, serde_json::json!({ "grpc_url": other })).await;
+    for via in (1..=3).filter(|&via| via != f) {
+        wait_urls(&cluster, via, f, std::slice::from_ref(&other)).await;
+    }
+    // It goes on running (no restart): its next check records its own URL.
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     for via in 1..=3 {
         wait_urls(&cluster, via, f, std::slice::from_ref(&mine)).await;
     }
