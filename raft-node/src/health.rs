@@ -223,12 +223,15 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
             )
         } else if url.starts_with("https://")
             && (args.cert.is_none() || args.key.is_none())
-            && (e.is_connect() || e.is_request())
+            && e.is_request()
+            && !e.is_connect()
         {
             // Under TLS 1.3 the node's refusal of a client without a
             // certificate can come after the client's side of the
-            // handshake: the connection then fails before the request,
-            // without the alert ("connection was not ready").
+            // handshake: the connection, made, then fails before the
+            // request, without the alert ("connection was not ready").
+            // A connection that could not be made (refused: a node that
+            // is down) says nothing of certificates.
             format!(
                 "{cause} (if the node requires a client certificate, --client-ca: give --cert \
                  and --key, or RAFT_TLS_CERT and RAFT_TLS_KEY as the node has them)"
@@ -329,5 +332,29 @@ mod tests {
             "{\"ready\": false, \"leader\": null}"
         );
         assert_eq!(one_line(&"x".repeat(1000)).len(), REASON_BODY_CHARS);
+    }
+
+    /// Review finding (LOW): the client-certificate hint of a failure
+    /// before the request also named a refused connection (a node that is
+    /// down), sending the operator after certificates.
+    #[tokio::test]
+    async fn a_refused_https_connection_does_not_mention_a_client_certificate() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        raft_net_quic::certs::write_dev_certs(dir.path(), &[1], &[]).unwrap();
+        let args = HealthArgs {
+            ready: false,
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+            timeout_ms: 5000,
+            cacert: Some(dir.path().join("ca.pem")),
+            cert: None,
+            key: None,
+        };
+        let err = run(args).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(!err.contains("client certificate"), "{err}");
     }
 }
