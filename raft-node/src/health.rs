@@ -357,4 +357,42 @@ mod tests {
         assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(!err.contains("client certificate"), "{err}");
     }
+
+    /// The case of the hint (305c7ea): a connection that was made, then
+    /// closed before the answer (TLS 1.3: the node refuses a client without
+    /// a certificate after the client's side of the handshake) still
+    /// mentions the client certificate.
+    #[tokio::test]
+    async fn an_https_connection_closed_after_the_handshake_mentions_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["127.0.0.1".to_owned()];
+        let files = raft_net_quic::certs::write_dev_certs(dir.path(), &[1], &names).unwrap();
+        let (_, cert, key_file) = &files.nodes[0];
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs(cert).unwrap(), key(key_file).unwrap())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // The handshake completes; the connection closes unanswered.
+                drop(acceptor.accept(tcp).await);
+            }
+        });
+        let args = HealthArgs {
+            ready: false,
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+            timeout_ms: 5000,
+            cacert: Some(dir.path().join("ca.pem")),
+            cert: None,
+            key: None,
+        };
+        let err = run(args).await.unwrap_err().to_string();
+        eprintln!("closed after the handshake: {err}");
+        assert!(err.contains("client certificate"), "{err}");
+    }
 }
