@@ -244,6 +244,55 @@ pub struct GrpcUrlRecord {
 /// version 1 ([`MemberRecord`]).
 pub const GRPC_URL_RECORD_VERSION: u8 = 2;
 
+/// A member's addresses that keep its recorded gRPC URL (member record
+/// version 3, `"v": 3`): what `POST /v1/cluster/learners` and `PUT
+/// /v1/cluster/members/{id}` record when the request carries no
+/// `grpc_url`. Which URL stays is decided when the entry applies, from
+/// the record then: the URL the node published last, even one committed
+/// after the leader read the record (version 1 carried the URL the leader
+/// read, and could put back one the node had just replaced). An update
+/// (`only_if_member`, applied only while `id` is in the configuration
+/// last applied) keeps the recorded URL whatever the recorded addresses; a
+/// learner's record keeps it only when the recorded addresses are the
+/// same ones (a node at other addresses is another process). Releases
+/// before version 2 read it as a plain record without a URL; those with
+/// version 2 refuse it as malformed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRecord {
+    /// The record version: [`ADDRESS_RECORD_VERSION`].
+    pub v: u8,
+    /// The member.
+    pub id: raft_core::NodeId,
+    /// Its peer address.
+    pub peer_addr: raft_net_quic::PeerAddr,
+    /// Its client address.
+    pub client_addr: String,
+    /// Applied only if the node is still a member when the entry applies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_if_member: bool,
+}
+
+/// The version field of an [`AddressRecord`].
+pub const ADDRESS_RECORD_VERSION: u8 = 3;
+
+/// Encodes a member's addresses that keep its recorded gRPC URL (see
+/// [`AddressRecord`]); `update` for a member's new addresses
+/// (`only_if_member`).
+pub fn encode_member_addresses(member: &crate::config::Member, update: bool) -> Bytes {
+    let record = AddressRecord {
+        v: ADDRESS_RECORD_VERSION,
+        id: member.id,
+        peer_addr: member.peer_addr.clone(),
+        client_addr: member.client_addr.clone(),
+        only_if_member: update,
+    };
+    let mut out = BytesMut::new();
+    out.put_u8(MEMBER_TAG);
+    out.put_slice(&serde_json::to_vec(&record).expect("a member serializes"));
+    out.freeze()
+}
+
 /// A decoded member entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberEntry {
@@ -251,6 +300,8 @@ pub enum MemberEntry {
     Addresses(MemberRecord),
     /// A member's gRPC URL alone (version 2).
     GrpcUrl(GrpcUrlRecord),
+    /// A member's addresses keeping its recorded gRPC URL (version 3).
+    AddressesKeepingUrl(AddressRecord),
 }
 
 /// Encodes a member's gRPC URL alone (see [`GrpcUrlRecord`]).
@@ -261,8 +312,8 @@ pub fn encode_grpc_url(record: &GrpcUrlRecord) -> Bytes {
     out.freeze()
 }
 
-/// Decodes what [`encode_member`], [`encode_member_update`] or
-/// [`encode_grpc_url`] wrote.
+/// Decodes what [`encode_member`], [`encode_member_update`],
+/// [`encode_grpc_url`] or [`encode_member_addresses`] wrote.
 ///
 /// # Errors
 ///
@@ -285,6 +336,9 @@ pub fn decode_member(data: &[u8]) -> Result<MemberEntry, DecodeError> {
                 Some(GRPC_URL_RECORD_VERSION) => serde_json::from_slice(json)
                     .map(MemberEntry::GrpcUrl)
                     .map_err(|_| DecodeError("member gRPC URL record")),
+                Some(ADDRESS_RECORD_VERSION) => serde_json::from_slice(json)
+                    .map(MemberEntry::AddressesKeepingUrl)
+                    .map_err(|_| DecodeError("member address record")),
                 Some(_) => Err(DecodeError("member record of an unknown version")),
             }
         }

@@ -223,12 +223,15 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
             )
         } else if url.starts_with("https://")
             && (args.cert.is_none() || args.key.is_none())
-            && (e.is_connect() || e.is_request())
+            && e.is_request()
+            && !e.is_connect()
         {
             // Under TLS 1.3 the node's refusal of a client without a
             // certificate can come after the client's side of the
-            // handshake: the connection then fails before the request,
-            // without the alert ("connection was not ready").
+            // handshake: the connection, made, then fails before the
+            // request, without the alert ("connection was not ready").
+            // A connection that could not be made (refused: a node that
+            // is down) says nothing of certificates.
             format!(
                 "{cause} (if the node requires a client certificate, --client-ca: give --cert \
                  and --key, or RAFT_TLS_CERT and RAFT_TLS_KEY as the node has them)"
@@ -329,5 +332,67 @@ mod tests {
             "{\"ready\": false, \"leader\": null}"
         );
         assert_eq!(one_line(&"x".repeat(1000)).len(), REASON_BODY_CHARS);
+    }
+
+    /// Review finding (LOW): the client-certificate hint of a failure
+    /// before the request also named a refused connection (a node that is
+    /// down), sending the operator after certificates.
+    #[tokio::test]
+    async fn a_refused_https_connection_does_not_mention_a_client_certificate() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        raft_net_quic::certs::write_dev_certs(dir.path(), &[1], &[]).unwrap();
+        let args = HealthArgs {
+            ready: false,
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+            timeout_ms: 5000,
+            cacert: Some(dir.path().join("ca.pem")),
+            cert: None,
+            key: None,
+        };
+        let err = run(args).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(!err.contains("client certificate"), "{err}");
+    }
+
+    /// The case of the hint (305c7ea): a connection that was made, then
+    /// closed before the answer (TLS 1.3: the node refuses a client without
+    /// a certificate after the client's side of the handshake) still
+    /// mentions the client certificate.
+    #[tokio::test]
+    async fn an_https_connection_closed_after_the_handshake_mentions_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["127.0.0.1".to_owned()];
+        let files = raft_net_quic::certs::write_dev_certs(dir.path(), &[1], &names).unwrap();
+        let (_, cert, key_file) = &files.nodes[0];
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs(cert).unwrap(), key(key_file).unwrap())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // The handshake completes; the connection closes unanswered.
+                drop(acceptor.accept(tcp).await);
+            }
+        });
+        let args = HealthArgs {
+            ready: false,
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+            timeout_ms: 5000,
+            cacert: Some(dir.path().join("ca.pem")),
+            cert: None,
+            key: None,
+        };
+        let err = run(args).await.unwrap_err().to_string();
+        eprintln!("closed after the handshake: {err}");
+        assert!(err.contains("client certificate"), "{err}");
     }
 }

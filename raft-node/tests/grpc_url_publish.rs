@@ -239,3 +239,89 @@ async fn an_http_only_cluster_adds_no_log_entries_for_grpc_urls_at_its_first_sta
         then.raw
     );
 }
+
+/// The client URLs `MemberList`, asked of the node serving gRPC at `grpc`,
+/// lists for member `id`.
+async fn client_urls_at(grpc: std::net::SocketAddr, id: u64) -> Option<Vec<String>> {
+    let mut c = etcd_client::Client::connect([format!("http://{grpc}")], None)
+        .await
+        .ok()?;
+    let list = c.member_list().await.ok()?;
+    list.members()
+        .iter()
+        .find(|m| m.id() == id)
+        .map(|m| m.client_urls().to_vec())
+}
+
+/// Review finding (MEDIUM): a 404 after the node had been a member ended
+/// its publishing for good, so a node removed and added again with the same
+/// addresses while it ran (its new record has no URL) was never listed
+/// with its URL again. The task waits until the node is a member again and
+/// publishes anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_and_added_again_while_running_lists_its_url_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = vec!["--grpc-url-check-interval-ms".into(), "1000".into()];
+    let cluster = Cluster::start(dir.path(), &extra).await;
+    let leader_http = cluster.procs[usize::try_from(cluster.leader - 1).unwrap()]
+        .http
+        .clone();
+    // Node 4 joins as a learner, serving gRPC.
+    let (peer, client, grpc) = (common::free_udp(), free_tcp(), free_tcp());
+    let cmd = common::node_command(dir.path(), 4, peer, client)
+        .join(&leader_http)
+        .args(extra.iter().cloned());
+    let mut learner = common::proc_for(dir.path(), &cmd, format!("http://{client}"));
+    learner.env = vec![("RAFT_GRPC_LISTEN".into(), PathBuf::from(grpc.to_string()))];
+    learner.start();
+    let mine = vec![format!("http://{grpc}")];
+    let everywhere = |want: Vec<String>| {
+        let cluster = &cluster;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut got = Vec::new();
+                for via in 1..=3 {
+                    got.push(client_urls(cluster, via, 4).await);
+                }
+                got.push(client_urls_at(grpc, 4).await);
+                if got.iter().all(|g| g.as_deref() == Some(&want[..])) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nodes 1 to 4 list {got:?} for node 4, not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    everywhere(mine.clone()).await;
+    let http = reqwest::Client::new();
+    let recorded = addresses(&http, &leader_http, 4).await;
+    let (peer_addr, client_addr) = (
+        recorded["peer"].as_str().unwrap().to_owned(),
+        recorded["client"].as_str().unwrap().to_owned(),
+    );
+
+    // Removed while it runs; it checks its URL every second meanwhile.
+    let r = http
+        .delete(format!("{leader_http}/v1/cluster/members/4"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Added again with the same addresses (and no gRPC URL): every node
+    // lists its URL again.
+    let r = http
+        .post(format!("{leader_http}/v1/cluster/learners"))
+        .json(&serde_json::json!({ "id": 4, "peer_addr": peer_addr, "client_addr": client_addr }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    everywhere(mine).await;
+    learner.kill9();
+}

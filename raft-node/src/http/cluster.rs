@@ -226,11 +226,16 @@ enum Record {
 
 /// Records `member`'s addresses through the log, unless its replicated
 /// record holds them already (read after a barrier: see
-/// [`applied_records`]).
+/// [`applied_records`]). With `keep_url` (a request without `grpc_url`)
+/// `member.grpc_url` is not recorded: the entry keeps whatever URL is
+/// recorded when it applies (a version 3 record,
+/// [`crate::command::AddressRecord`]), so a URL the node publishes while
+/// this request is on its way stays.
 async fn record_addresses(
     state: &AppState,
     member: &Member,
     kind: Record,
+    keep_url: bool,
     relay: Relay<'_>,
 ) -> Result<Option<axum::response::Response>, Problem> {
     let relay_again = relay.clone();
@@ -238,13 +243,20 @@ async fn record_addresses(
         Ok(records) => records,
         Err(forwarded) => return Ok(Some(forwarded)),
     };
-    if records.contains(member) {
+    let recorded = records.iter().any(|r| {
+        r.id == member.id
+            && r.peer_addr == member.peer_addr
+            && r.client_addr == member.client_addr
+            && (keep_url || r.grpc_url == member.grpc_url)
+    });
+    if recorded {
         return Ok(None);
     }
     let relay = relay_again;
-    let entry = match kind {
-        Record::New => crate::command::encode_member(member),
-        Record::Update => crate::command::encode_member_update(member),
+    let entry = match (kind, keep_url) {
+        (Record::New, false) => crate::command::encode_member(member),
+        (Record::Update, false) => crate::command::encode_member_update(member),
+        (kind, true) => crate::command::encode_member_addresses(member, kind == Record::Update),
     };
     match state.raft.propose(entry).await {
         Ok(Outcome::NotFound) => Err(not_a_member(
@@ -315,10 +327,12 @@ pub(super) async fn add_learner(
         return forward(&state, s.engine.leader, post(&uri, &headers, body)).await;
     }
     let known = known_members(&state);
-    if member.grpc_url.is_none() {
+    let keep_url = member.grpc_url.is_none();
+    if keep_url {
         // As for `PUT /v1/cluster/members/{id}`: without `grpc_url` the
         // recorded one stays, so a joiner repeating its request after it
-        // published its gRPC URL asks for what is recorded.
+        // published its gRPC URL asks for what is recorded. (Only for the
+        // checks: the entry keeps the URL recorded when it applies.)
         member.grpc_url = known
             .iter()
             .find(|m| {
@@ -330,7 +344,8 @@ pub(super) async fn add_learner(
     }
     check_new_learner(&s, &member, &known)?;
     let relay = post(&uri, &headers, body.clone());
-    if let Some(forwarded) = record_addresses(&state, &member, Record::New, relay).await? {
+    if let Some(forwarded) = record_addresses(&state, &member, Record::New, keep_url, relay).await?
+    {
         return Ok(forwarded);
     }
     let result = if s.engine.membership.learners().contains(&member.id) {
@@ -415,12 +430,9 @@ pub(super) async fn update_member(
         return Err(not_a_member(id, "not in the configuration"));
     }
     let known = known_members(&state);
-    if req.grpc_url.is_none() {
-        member.grpc_url = known
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.grpc_url.clone());
-    }
+    // Without `grpc_url` the URL recorded when the entry applies stays
+    // (not the one read here: the node may publish another meanwhile).
+    let keep_url = req.grpc_url.is_none();
     let force = uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "force=true"));
@@ -430,10 +442,29 @@ pub(super) async fn update_member(
     if moved && !force {
         check_reachable(&state, &member).await?;
     }
-    if let Some(forwarded) = record_addresses(&state, &member, Record::Update, relay()).await? {
+    if let Some(forwarded) =
+        record_addresses(&state, &member, Record::Update, keep_url, relay()).await?
+    {
         return Ok(forwarded);
     }
     tracing::info!(id, peer = %member.peer_addr, client = %member.client_addr, "member addresses updated");
+    if keep_url {
+        // The URL the record kept, as this leader applied it.
+        member.grpc_url = state
+            .reader
+            .members()
+            .ok()
+            .and_then(|r| r.into_iter().find(|m| m.id == id))
+            .map_or_else(
+                || {
+                    known
+                        .iter()
+                        .find(|m| m.id == id)
+                        .and_then(|m| m.grpc_url.clone())
+                },
+                |m| m.grpc_url,
+            );
+    }
     let mut members = known_members(&state);
     if let Some(m) = members.iter_mut().find(|m| m.id == id) {
         *m = member;
@@ -561,9 +592,21 @@ pub(crate) enum PublishError {
     /// The leader answered that this node is not a member (404): removed,
     /// or not yet added (joining).
     NotMember,
-    /// Anything else (no leader yet, an older leader refusing the request,
-    /// ...): retry later.
+    /// Refused (400, 401, 403: a token the leader does not take, an older
+    /// leader refusing the request): retried, with a warning when it
+    /// lasts.
+    Refused(StatusCode),
+    /// Anything else (no leader yet, ...): retry later.
     Other(String),
+}
+
+/// Whether an answer to the publish request is a refusal (see
+/// [`PublishError::Refused`]).
+fn refusal(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    )
 }
 
 /// Records this node's gRPC URL (`None`: it serves none) through the log
@@ -610,8 +653,10 @@ pub(crate) async fn publish_own_grpc_url(
     match answer {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) if resp.status() == StatusCode::NOT_FOUND => Err(PublishError::NotMember),
+        Ok(resp) if refusal(resp.status()) => Err(PublishError::Refused(resp.status())),
         Ok(resp) => Err(PublishError::Other(format!("answered {}", resp.status()))),
         Err(p) if p.status() == StatusCode::NOT_FOUND => Err(PublishError::NotMember),
+        Err(p) if refusal(p.status()) => Err(PublishError::Refused(p.status())),
         Err(p) => Err(PublishError::Other(format!("{p:?}"))),
     }
 }

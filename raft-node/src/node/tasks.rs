@@ -42,6 +42,17 @@ const PUBLISH_MAX_ACCEPTED: u32 = 5;
 /// move) would otherwise take turns for good, two log entries a check.
 const PUBLISH_MAX_REPLACED: u32 = 3;
 
+/// How many checks in a row must find this node's gRPC URL still recorded
+/// before the replacements counted against [`PUBLISH_MAX_REPLACED`] are
+/// forgotten: replacements weeks apart (an admin's `PUT` now and then)
+/// are not two processes taking turns, and must not end the self-repair.
+const PUBLISH_QUIET_CHECKS: u32 = 10;
+
+/// How many refusals in a row (400, 401, 403: a token the leader does not
+/// take, a leader of an earlier release) before the node warns, once per
+/// run of refusals (it goes on trying).
+const PUBLISH_MAX_REFUSED: u32 = 5;
+
 /// How often the storage stall watch looks.
 const STALL_POLL: Duration = Duration::from_millis(500);
 
@@ -256,8 +267,9 @@ enum PublishStep {
     /// URL committed since (a request of an earlier run of this node that
     /// was still on its way, an admin's `PUT`).
     Recorded(Duration),
-    /// Stop: this node was in a committed configuration and is not any
-    /// more.
+    /// This node was in a committed configuration and its own committed
+    /// configuration no longer holds it: wait until it is a member again,
+    /// then publish anew.
     Removed,
     /// Stop: another URL replaced this node's [`PUBLISH_MAX_REPLACED`]
     /// times.
@@ -277,8 +289,29 @@ struct PublishPolicy {
     confirmed: bool,
     /// Whether the URL was seen recorded at the last step.
     seen: bool,
-    /// How many times another URL replaced it after it was seen.
+    /// How many times another URL replaced it after it was seen (forgotten
+    /// after [`PUBLISH_QUIET_CHECKS`] checks without one).
     replaced: u32,
+    /// Checks in a row that found the URL recorded.
+    quiet: u32,
+    /// Attempts refused in a row (400, 401, 403).
+    refused: u32,
+}
+
+/// Where this node stands in the configuration, as its publishing task
+/// sees it: only a removal its own committed configuration shows makes a
+/// 404 from the leader a removal (the leader answers from its latest
+/// configuration, which may never commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Never seen in a committed configuration: still joining.
+    Joining,
+    /// In its committed configuration, or it was and its latest
+    /// configuration is not committed yet (a removal that may be undone).
+    Member,
+    /// It was in a committed configuration, and its latest one, committed,
+    /// does not hold it.
+    Removed,
 }
 
 impl PublishPolicy {
@@ -291,6 +324,8 @@ impl PublishPolicy {
             confirmed: false,
             seen: false,
             replaced: 0,
+            quiet: 0,
+            refused: 0,
         }
     }
 
@@ -305,9 +340,8 @@ impl PublishPolicy {
 
     /// The next step once the URL is seen `recorded` or not in this
     /// node's store, after an attempt that answered `outcome` (none when
-    /// no attempt was made yet); `was_member` says whether this node has
-    /// been in a committed configuration (a 404 before that is a node
-    /// still joining).
+    /// no attempt was made yet); `standing` says where this node stands
+    /// (a 404 is a removal only when it is [`Standing::Removed`]).
     ///
     /// The URL counts as recorded only after the leader accepted an
     /// attempt of this process: this node's own store can be behind the
@@ -318,24 +352,31 @@ impl PublishPolicy {
         &mut self,
         recorded: bool,
         outcome: Option<&Result<(), crate::http::PublishError>>,
-        was_member: bool,
+        standing: Standing,
     ) -> PublishStep {
         let accepted = matches!(outcome, Some(Ok(())));
         match outcome {
             None => return PublishStep::Retry(Duration::ZERO),
-            Some(Err(crate::http::PublishError::NotMember)) if was_member => {
+            Some(Err(crate::http::PublishError::NotMember)) if standing == Standing::Removed => {
                 return PublishStep::Removed
             }
-            _ => {}
+            Some(Err(crate::http::PublishError::Refused(_))) => self.refused += 1,
+            Some(_) => self.refused = 0,
         }
         self.confirmed |= accepted;
         if recorded && self.confirmed {
             self.attempts = 0;
             self.unseen = 0;
-            self.seen = true;
+            if std::mem::replace(&mut self.seen, true) {
+                self.quiet += 1;
+                if self.quiet >= PUBLISH_QUIET_CHECKS {
+                    self.replaced = 0;
+                }
+            }
             return PublishStep::Recorded(self.check);
         }
         if std::mem::take(&mut self.seen) {
+            self.quiet = 0;
             self.replaced += 1;
             if self.replaced >= PUBLISH_MAX_REPLACED {
                 return PublishStep::Contested;
@@ -352,6 +393,13 @@ impl PublishPolicy {
     fn stuck(&self) -> bool {
         self.unseen == PUBLISH_MAX_ACCEPTED
     }
+
+    /// Whether the leader has just refused the URL
+    /// [`PUBLISH_MAX_REFUSED`] times in a row (worth a warning, once per
+    /// run of refusals).
+    fn refusing(&self) -> bool {
+        self.refused == PUBLISH_MAX_REFUSED
+    }
 }
 
 /// Whether a configuration (`membership`, `committed` or not) holds node
@@ -360,6 +408,28 @@ impl PublishPolicy {
 /// can still be truncated by a new leader, and the node added again later.
 fn counts_as_member(membership: &raft_core::Membership, committed: bool, id: NodeId) -> bool {
     committed && membership.contains(id)
+}
+
+/// Where node `id` stands given its latest configuration (`membership`,
+/// `committed` or not) and whether it `was_member` of a committed one
+/// before. A latest configuration without it that is not committed yet
+/// (the leader appended its removal) may still be truncated: it stays a
+/// member until the removal commits.
+fn standing(
+    membership: &raft_core::Membership,
+    committed: bool,
+    id: NodeId,
+    was_member: bool,
+) -> Standing {
+    if counts_as_member(membership, committed, id) {
+        Standing::Member
+    } else if !was_member {
+        Standing::Joining
+    } else if committed {
+        Standing::Removed
+    } else {
+        Standing::Member
+    }
 }
 
 /// Records this node's gRPC URL (`url`; none for a node without a gRPC
@@ -382,17 +452,33 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
         let mut outcome = None;
         let mut was_member = false;
         let mut seen = false;
+        // Where this node stands, from its own configuration (`None`: the
+        // driver did not answer).
+        let standing_now = |was_member: bool| {
+            let state = state.clone();
+            async move {
+                let s = state.raft.status().await?;
+                Some(standing(
+                    &s.engine.membership,
+                    s.engine.membership_committed,
+                    id,
+                    was_member,
+                ))
+            }
+        };
         loop {
             let recorded = state
                 .members
                 .with_replicated()
                 .iter()
                 .any(|m| m.id == id && m.grpc_url == url);
-            if let Some(s) = state.raft.status().await {
-                was_member |=
-                    counts_as_member(&s.engine.membership, s.engine.membership_committed, id);
-            }
-            match policy.next(recorded, outcome.as_ref(), was_member) {
+            let now = standing_now(was_member).await.unwrap_or(if was_member {
+                Standing::Member
+            } else {
+                Standing::Joining
+            });
+            was_member |= now == Standing::Member;
+            match policy.next(recorded, outcome.as_ref(), now) {
                 PublishStep::Recorded(pause) => {
                     if !seen {
                         tracing::info!(id, grpc_url = ?url, "this node's gRPC URL is recorded");
@@ -403,9 +489,19 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                 PublishStep::Removed => {
                     tracing::info!(
                         id,
-                        "not a member any more: this node's gRPC URL is not published"
+                        "not a member any more: this node's gRPC URL is not published \
+                         until it is added again"
                     );
-                    return;
+                    // A node removed and added again (with the same
+                    // addresses, while it runs) publishes its URL anew.
+                    while standing_now(true).await != Some(Standing::Member) {
+                        tokio::time::sleep(PUBLISH_FIRST_PAUSE).await;
+                    }
+                    tracing::info!(id, "a member again: publishing this node's gRPC URL");
+                    policy = PublishPolicy::new(state.cfg.grpc_url_check_interval);
+                    outcome = None;
+                    seen = false;
+                    continue;
                 }
                 PublishStep::Contested => {
                     tracing::warn!(
@@ -427,6 +523,16 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                         );
                     }
                     seen = false;
+                    if policy.refusing() {
+                        tracing::warn!(
+                            id,
+                            grpc_url = ?url,
+                            refused = PUBLISH_MAX_REFUSED,
+                            "the leader refused this node's gRPC URL {PUBLISH_MAX_REFUSED} \
+                             times in a row (a token it does not take, --admin-token? a \
+                             leader of an earlier release?); still trying"
+                        );
+                    }
                     if policy.stuck() {
                         tracing::warn!(
                             id,
@@ -445,10 +551,11 @@ pub(super) fn publish_grpc_url(state: Arc<AppState>, url: Option<String>) -> Joi
                 // Expected while there is no leader yet or this node is
                 // still joining.
                 let why = match e {
-                    crate::http::PublishError::NotMember => "not a member (yet)",
-                    crate::http::PublishError::Other(why) => why.as_str(),
+                    crate::http::PublishError::NotMember => "not a member (yet)".to_owned(),
+                    crate::http::PublishError::Refused(status) => format!("refused: {status}"),
+                    crate::http::PublishError::Other(why) => why.clone(),
                 };
-                tracing::debug!(id, error = why, "gRPC URL not recorded yet");
+                tracing::debug!(id, error = %why, "gRPC URL not recorded yet");
             }
             outcome = Some(answer);
         }
@@ -460,8 +567,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        counts_as_member, PublishPolicy, PublishStep, PUBLISH_MAX_ACCEPTED, PUBLISH_MAX_PAUSE,
-        PUBLISH_MAX_REPLACED,
+        counts_as_member, standing, PublishPolicy, PublishStep, Standing, PUBLISH_MAX_ACCEPTED,
+        PUBLISH_MAX_PAUSE, PUBLISH_MAX_REFUSED, PUBLISH_MAX_REPLACED, PUBLISH_QUIET_CHECKS,
     };
     use crate::http::PublishError;
 
@@ -473,14 +580,17 @@ mod tests {
     #[test]
     fn the_own_store_is_not_trusted_before_an_accepted_attempt() {
         let mut p = PublishPolicy::new(CHECK);
-        assert_eq!(p.next(true, None, true), PublishStep::Retry(Duration::ZERO));
+        assert_eq!(
+            p.next(true, None, Standing::Member),
+            PublishStep::Retry(Duration::ZERO)
+        );
         let failed = Err(PublishError::Other("no leader".into()));
         assert!(matches!(
-            p.next(true, Some(&failed), true),
+            p.next(true, Some(&failed), Standing::Member),
             PublishStep::Retry(_)
         ));
         assert_eq!(
-            p.next(true, Some(&Ok(())), true),
+            p.next(true, Some(&Ok(())), Standing::Member),
             PublishStep::Recorded(CHECK)
         );
     }
@@ -493,17 +603,17 @@ mod tests {
     fn a_node_whose_url_keeps_being_replaced_stops_recording_it() {
         let mut p = PublishPolicy::new(CHECK);
         assert_eq!(
-            p.next(false, None, true),
+            p.next(false, None, Standing::Member),
             PublishStep::Retry(Duration::ZERO)
         );
         let mut steps = Vec::new();
         for _ in 0..PUBLISH_MAX_REPLACED {
             // Recorded, then replaced at the next check.
             assert_eq!(
-                p.next(true, Some(&Ok(())), true),
+                p.next(true, Some(&Ok(())), Standing::Member),
                 PublishStep::Recorded(CHECK)
             );
-            steps.push(p.next(false, Some(&Ok(())), true));
+            steps.push(p.next(false, Some(&Ok(())), Standing::Member));
         }
         let last = steps.pop();
         assert!(
@@ -539,11 +649,11 @@ mod tests {
         // Failures back off, doubling up to the cap.
         let mut p = PublishPolicy::new(CHECK);
         assert_eq!(
-            p.next(false, None, true),
+            p.next(false, None, Standing::Member),
             PublishStep::Retry(Duration::ZERO)
         );
         let pauses: Vec<Duration> = (0..10)
-            .map(|_| match p.next(false, Some(&other()), true) {
+            .map(|_| match p.next(false, Some(&other()), Standing::Member) {
                 PublishStep::Retry(d) => d,
                 s => panic!("{s:?}"),
             })
@@ -554,27 +664,35 @@ mod tests {
         // Recorded: check again after the interval; a failed check of a
         // recorded URL waits for the next one.
         assert_eq!(
-            p.next(true, Some(&Ok(())), true),
+            p.next(true, Some(&Ok(())), Standing::Member),
             PublishStep::Recorded(CHECK)
         );
         assert_eq!(
-            p.next(true, Some(&other()), true),
+            p.next(true, Some(&other()), Standing::Member),
             PublishStep::Recorded(CHECK)
         );
         // Another URL shows up: publish again, from the first pause.
         assert_eq!(
-            p.next(false, Some(&Ok(())), true),
+            p.next(false, Some(&Ok(())), Standing::Member),
             PublishStep::Retry(Duration::from_secs(1))
         );
         // A 404 for a node that was a member: removed, stop.
         let mut p = PublishPolicy::new(CHECK);
         assert_eq!(
-            p.next(false, Some(&Err(PublishError::NotMember)), true),
+            p.next(
+                false,
+                Some(&Err(PublishError::NotMember)),
+                Standing::Removed
+            ),
             PublishStep::Removed
         );
         // A 404 before it ever was one: still joining, retry.
         assert!(matches!(
-            p.next(false, Some(&Err(PublishError::NotMember)), false),
+            p.next(
+                false,
+                Some(&Err(PublishError::NotMember)),
+                Standing::Joining
+            ),
             PublishStep::Retry(_)
         ));
         // Accepted and never seen recorded: a warning once, after the
@@ -583,7 +701,7 @@ mod tests {
         let stuck: Vec<bool> = (0..PUBLISH_MAX_ACCEPTED + 2)
             .map(|_| {
                 assert!(matches!(
-                    p.next(false, Some(&Ok(())), true),
+                    p.next(false, Some(&Ok(())), Standing::Member),
                     PublishStep::Retry(_)
                 ));
                 p.stuck()
@@ -591,5 +709,103 @@ mod tests {
             .collect();
         let at = usize::try_from(PUBLISH_MAX_ACCEPTED - 1).unwrap();
         assert!(stuck[at] && stuck.iter().filter(|s| **s).count() == 1);
+    }
+
+    /// Review finding (MEDIUM): the leader answers 404 from its latest
+    /// configuration, which may not commit (a removal truncated later):
+    /// the task ended for good and the node, still a member, never
+    /// repaired its URL. A 404 is a removal only when the node's own
+    /// committed configuration no longer holds it.
+    #[test]
+    fn a_404_while_the_own_committed_configuration_holds_the_node_is_retried() {
+        let mut p = PublishPolicy::new(CHECK);
+        assert_eq!(
+            p.next(false, None, Standing::Member),
+            PublishStep::Retry(Duration::ZERO)
+        );
+        let not_member = Err(PublishError::NotMember);
+        assert!(matches!(
+            p.next(false, Some(&not_member), Standing::Member),
+            PublishStep::Retry(_)
+        ));
+        // The leader appended Remove(4); node 4 has it, not committed: still
+        // a member (the entry may be truncated).
+        let without = raft_core::Membership::new([1, 2, 3]);
+        let with = raft_core::Membership::new([1, 2, 3, 4]);
+        assert_eq!(standing(&without, false, 4, true), Standing::Member);
+        assert_eq!(standing(&with, true, 4, true), Standing::Member);
+        assert_eq!(standing(&with, false, 4, true), Standing::Member);
+        // Committed: removed.
+        assert_eq!(standing(&without, true, 4, true), Standing::Removed);
+        assert_eq!(
+            p.next(false, Some(&not_member), Standing::Removed),
+            PublishStep::Removed
+        );
+        // Never a member of a committed configuration: joining.
+        assert_eq!(standing(&without, true, 4, false), Standing::Joining);
+        assert_eq!(standing(&with, false, 4, false), Standing::Joining);
+    }
+
+    /// Review finding (LOW): the replacement count never went down, so 3
+    /// replacements weeks apart (an admin's `PUT` now and then) ended the
+    /// self-repair until the next restart. It is forgotten after
+    /// [`PUBLISH_QUIET_CHECKS`] checks that found the URL recorded.
+    #[test]
+    fn replacements_far_apart_do_not_stop_the_checks() {
+        let mut p = PublishPolicy::new(CHECK);
+        p.next(false, None, Standing::Member);
+        for round in 0..3 * PUBLISH_MAX_REPLACED {
+            for _ in 0..=PUBLISH_QUIET_CHECKS {
+                assert_eq!(
+                    p.next(true, Some(&Ok(())), Standing::Member),
+                    PublishStep::Recorded(CHECK),
+                    "round {round}"
+                );
+            }
+            // Replaced by someone else: recorded again.
+            assert!(
+                matches!(
+                    p.next(false, Some(&Ok(())), Standing::Member),
+                    PublishStep::Retry(_)
+                ),
+                "round {round}"
+            );
+        }
+    }
+
+    /// Review finding (LOW): refusals of the publish request (a token the
+    /// leader does not take) were only logged at debug level. The node
+    /// warns after [`PUBLISH_MAX_REFUSED`] in a row, once per run.
+    #[test]
+    fn refusals_in_a_row_are_worth_one_warning_per_run() {
+        let refused = || Err(PublishError::Refused(axum::http::StatusCode::FORBIDDEN));
+        let other = || Err(PublishError::Other("no leader".into()));
+        let mut p = PublishPolicy::new(CHECK);
+        p.next(false, None, Standing::Member);
+        let warn = |p: &mut PublishPolicy, outcome: Result<(), PublishError>| {
+            assert!(matches!(
+                p.next(false, Some(&outcome), Standing::Member),
+                PublishStep::Retry(_)
+            ));
+            p.refusing()
+        };
+        let warnings: Vec<bool> = (0..2 * PUBLISH_MAX_REFUSED)
+            .map(|_| warn(&mut p, refused()))
+            .collect();
+        let at = usize::try_from(PUBLISH_MAX_REFUSED - 1).unwrap();
+        assert!(warnings[at] && warnings.iter().filter(|w| **w).count() == 1);
+        // Another answer ends the run; the next run warns again.
+        assert!(!warn(&mut p, other()));
+        let again: Vec<bool> = (0..PUBLISH_MAX_REFUSED)
+            .map(|_| warn(&mut p, refused()))
+            .collect();
+        assert_eq!(again.iter().filter(|w| **w).count(), 1);
+        // Refusals not in a row: no warning.
+        let mut p = PublishPolicy::new(CHECK);
+        p.next(false, None, Standing::Member);
+        for _ in 0..3 * PUBLISH_MAX_REFUSED {
+            assert!(!warn(&mut p, refused()));
+            assert!(!warn(&mut p, other()));
+        }
     }
 }

@@ -211,6 +211,9 @@ impl<V: StoreView> Batch<'_, V> {
         let rec = match crate::command::decode_member(data) {
             Ok(crate::command::MemberEntry::Addresses(rec)) => rec,
             Ok(crate::command::MemberEntry::GrpcUrl(rec)) => return self.grpc_url_record(rec),
+            Ok(crate::command::MemberEntry::AddressesKeepingUrl(rec)) => {
+                return self.address_record(rec)
+            }
             Err(err) => return Ok(Outcome::Malformed(err.to_string())),
         };
         if rec.only_if_member {
@@ -256,6 +259,43 @@ impl<V: StoreView> Batch<'_, V> {
                 grpc_url: rec.grpc_url,
             },
             (None, _, _) => return Ok(Outcome::NotFound),
+        };
+        let record = serde_json::to_vec(&member).unwrap_or_default();
+        self.put(Cf::Meta, key, record);
+        self.members_changed = true;
+        Ok(Outcome::Noop)
+    }
+
+    /// A member's addresses keeping its recorded gRPC URL (version 3):
+    /// the URL of the record as it is when the entry applies stays (for a
+    /// learner's record, only when the recorded addresses are the same).
+    /// `NotFound` for an update of a node not in the configuration last
+    /// applied.
+    fn address_record(
+        &mut self,
+        rec: crate::command::AddressRecord,
+    ) -> Result<Outcome, StoreError> {
+        if rec.only_if_member {
+            let members = self.applied_members()?;
+            if members.is_some_and(|m| !m.contains(&rec.id)) {
+                return Ok(Outcome::NotFound);
+            }
+        }
+        let key = member_key(rec.id);
+        let recorded: Option<crate::config::Member> = self
+            .meta_value(&key)?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        let grpc_url = recorded
+            .filter(|m| {
+                rec.only_if_member
+                    || (m.peer_addr == rec.peer_addr && m.client_addr == rec.client_addr)
+            })
+            .and_then(|m| m.grpc_url);
+        let member = crate::config::Member {
+            id: rec.id,
+            peer_addr: rec.peer_addr,
+            client_addr: rec.client_addr,
+            grpc_url,
         };
         let record = serde_json::to_vec(&member).unwrap_or_default();
         self.put(Cf::Meta, key, record);
@@ -880,6 +920,170 @@ mod tests {
         assert!(decode_member(b"\x80{\"v\":3,\"id\":3}").is_err());
         assert!(decode_member(b"\x80{\"v\":2,\"id\":3,\"x\":1}").is_err());
         assert!(decode_member(b"\x80{\"v\":2}").is_err());
+    }
+
+    /// Review finding (MEDIUM): an address update without `grpc_url`
+    /// carried the URL the leader read before its read barrier, as a
+    /// version 1 record replacing the whole member: a URL the node
+    /// published in between was put back to the old one. A version 3
+    /// record keeps the URL recorded when it applies.
+    #[test]
+    fn an_address_update_without_grpc_url_keeps_the_url_recorded_when_it_applies() {
+        use crate::command::{encode_grpc_url, encode_member_addresses, GrpcUrlRecord};
+        let mut m = Memory::default();
+        let member = |id: u64, port: u16, url: Option<&str>| crate::config::Member {
+            id,
+            peer_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            client_addr: format!("127.0.0.1:{}", port + 1000),
+            grpc_url: url.map(Into::into),
+        };
+        let entry = |index: u64, payload: Bytes| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Normal(payload),
+        };
+        let publish = |index, id, url: &str| {
+            entry(
+                index,
+                encode_grpc_url(&GrpcUrlRecord {
+                    v: crate::command::GRPC_URL_RECORD_VERSION,
+                    id,
+                    grpc_url: Some(url.into()),
+                    peer_addr: None,
+                    client_addr: None,
+                }),
+            )
+        };
+        let stored = |m: &Memory, id| -> Option<crate::config::Member> {
+            m.get(Cf::Meta, &member_key(id))
+                .unwrap()
+                .map(|v| serde_json::from_slice(&v).unwrap())
+        };
+        let config = |index: u64, voters: Vec<u64>| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Membership(Box::new(Membership::new(voters))),
+        };
+        m.apply(
+            10,
+            &[
+                entry(1, crate::command::encode_member(&member(3, 7000, None))),
+                config(2, vec![1, 2, 3]),
+                publish(3, 3, "http://old:2379"),
+            ],
+        );
+        // The admin's update (proposed while U_old was recorded) commits
+        // after node 3 published U_new: U_new stays, with the new addresses.
+        let out = m.apply(
+            10,
+            &[
+                publish(4, 3, "http://new:2379"),
+                entry(5, encode_member_addresses(&member(3, 7001, None), true)),
+            ],
+        );
+        assert_eq!(out, vec![Outcome::Noop, Outcome::Noop]);
+        assert_eq!(
+            stored(&m, 3),
+            Some(member(3, 7001, Some("http://new:2379")))
+        );
+        // The same across batches (the URL read from the store).
+        m.apply(10, &[publish(6, 3, "http://newer:2379")]);
+        m.apply(
+            10,
+            &[entry(
+                7,
+                encode_member_addresses(&member(3, 7002, None), true),
+            )],
+        );
+        assert_eq!(
+            stored(&m, 3),
+            Some(member(3, 7002, Some("http://newer:2379")))
+        );
+        // An update of a removed node is refused and records nothing.
+        m.apply(10, &[config(8, vec![1, 2])]);
+        assert_eq!(
+            m.apply(
+                10,
+                &[entry(
+                    9,
+                    encode_member_addresses(&member(3, 7003, None), true)
+                )]
+            ),
+            vec![Outcome::NotFound]
+        );
+        assert_eq!(stored(&m, 3), None);
+        // A learner's record keeps the URL only at the same addresses.
+        m.apply(
+            10,
+            &[
+                entry(10, encode_member_addresses(&member(4, 7400, None), false)),
+                publish(11, 4, "http://h4:1"),
+            ],
+        );
+        // (node 4 is no member yet: the publish is refused.)
+        assert_eq!(stored(&m, 4), Some(member(4, 7400, None)));
+        m.apply(
+            10,
+            &[config(12, vec![1, 2, 4]), publish(13, 4, "http://h4:1")],
+        );
+        m.apply(
+            10,
+            &[entry(
+                14,
+                encode_member_addresses(&member(4, 7400, None), false),
+            )],
+        );
+        assert_eq!(stored(&m, 4), Some(member(4, 7400, Some("http://h4:1"))));
+        m.apply(
+            10,
+            &[entry(
+                15,
+                encode_member_addresses(&member(4, 7401, None), false),
+            )],
+        );
+        assert_eq!(stored(&m, 4), Some(member(4, 7401, None)));
+    }
+
+    /// The encoding of a version 3 record, byte for byte; version 1 and 2
+    /// records decode as before.
+    #[test]
+    fn address_records_keeping_the_url_golden() {
+        use crate::command::{decode_member, encode_member_addresses, AddressRecord, MemberEntry};
+        let member = crate::config::Member {
+            id: 3,
+            peer_addr: "raft-2.raft:7000".parse().unwrap(),
+            client_addr: "raft-2.raft:8080".into(),
+            grpc_url: Some("http://ignored:1".into()),
+        };
+        let update = encode_member_addresses(&member, true);
+        assert_eq!(
+            &update[..],
+            &b"\x80{\"v\":3,\"id\":3,\"peer_addr\":\"raft-2.raft:7000\",\
+               \"client_addr\":\"raft-2.raft:8080\",\"only_if_member\":true}"[..]
+        );
+        assert_eq!(
+            decode_member(&update),
+            Ok(MemberEntry::AddressesKeepingUrl(AddressRecord {
+                v: 3,
+                id: 3,
+                peer_addr: member.peer_addr.clone(),
+                client_addr: member.client_addr.clone(),
+                only_if_member: true,
+            }))
+        );
+        let new = encode_member_addresses(&member, false);
+        assert_eq!(
+            &new[..],
+            &b"\x80{\"v\":3,\"id\":3,\"peer_addr\":\"raft-2.raft:7000\",\
+               \"client_addr\":\"raft-2.raft:8080\"}"[..]
+        );
+        // Without its addresses, or with junk: malformed.
+        assert!(decode_member(b"\x80{\"v\":3,\"id\":3}").is_err());
+        assert!(decode_member(
+            b"\x80{\"v\":3,\"id\":3,\"peer_addr\":\"h:1\",\"client_addr\":\"h:2\",\"x\":1}"
+        )
+        .is_err());
+        assert!(decode_member(b"\x80{\"v\":4,\"id\":3}").is_err());
     }
 
     #[test]
