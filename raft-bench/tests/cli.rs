@@ -34,18 +34,19 @@ fn raft_node() -> PathBuf {
 /// `base + 100..`, gRPC at `base + 400..`) are free now, from below the
 /// kernel's ephemeral range (nothing takes those without asking for them),
 /// and different in each test process, so two test runs at once do not
-/// collide. `slot` (0, 1 or 2) keeps this file's tests apart.
+/// collide. `slot` (0 to 3) keeps this file's tests apart; four members
+/// (three and a learner) fit.
 fn base_port(slot: u16) -> u16 {
     let free = |base: u16| {
-        (0..3).all(|i| {
+        (0..4).all(|i| {
             std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
                 && std::net::UdpSocket::bind(("127.0.0.1", base + 100 + i)).is_ok()
                 && std::net::TcpListener::bind(("127.0.0.1", base + 400 + i)).is_ok()
         })
     };
-    let start = u16::try_from(std::process::id() % 14).expect("below 14");
-    (0..14u16)
-        .map(|k| 10_000 + ((start + k) % 14) * 1500 + slot * 500)
+    let start = u16::try_from(std::process::id() % 11).expect("below 11");
+    (0..11u16)
+        .map(|k| 10_000 + ((start + k) % 11) * 2000 + slot * 500)
         .find(|&b| free(b))
         .expect("a free range of ports below 32768")
 }
@@ -250,6 +251,45 @@ fn impossible_settings_are_refused_before_anything_starts() {
             &["throughput", "--grpc-connections", "2"][..],
             "--grpc-connections needs --protocol grpc",
         ),
+        (
+            &["scaling", "--value-sizes", "128,0"][..],
+            "--value-sizes values must be between 1 and 1048576, got 0",
+        ),
+        (
+            &["scaling", "--value-sizes", "2000000"][..],
+            "raft-node takes values up to --max-value-bytes=1048576",
+        ),
+        (
+            &[
+                "scaling",
+                "--sweep",
+                "value-size",
+                "--value-sizes",
+                "4096",
+                "--raft-arg=--max-value-bytes=1024",
+            ][..],
+            "--value-sizes values must be between 1 and 1024, got 4096",
+        ),
+        (
+            &["scaling", "--member-counts", "3,10"][..],
+            "--member-counts values must be between 1 and 9, got 10",
+        ),
+        (
+            &["scaling", "--key-counts", "1000,1000"][..],
+            "--key-counts lists a value twice",
+        ),
+        (
+            &["scaling", "--key-counts", "x"][..],
+            "invalid value 'x' for '--key-counts",
+        ),
+        (
+            &["scaling", "--sweep", "keys", "--value-bytes", "1000000"][..],
+            "too large to fill the store with",
+        ),
+        (
+            &["scaling", "--sweep", "disk"][..],
+            "invalid value 'disk' for '--sweep",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_raft-bench"))
             .args(args)
@@ -280,4 +320,106 @@ fn a_missing_binary_is_a_clear_error() {
         err.contains("/nonexistent/raft-node does not exist"),
         "unclear error: {err}"
     );
+}
+
+/// `scaling` with tiny settings: every point of the three sweeps is in the
+/// report, with sane numbers, and the plots are written.
+#[test]
+fn scaling_reports_every_point_of_the_three_sweeps() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = run_json(
+        &[
+            "scaling",
+            "--value-sizes",
+            "128,4096",
+            "--member-counts",
+            "3",
+            "--key-counts",
+            "1000,3000",
+            "--clients",
+            "4",
+            "--warmup-s",
+            "1",
+            "--duration-s",
+            "1",
+        ],
+        dir.path(),
+        base_port(3),
+    );
+    let bw = r["disk"]["mb_per_s"].as_f64().expect("the fsync bandwidth");
+    assert!(bw > 0.0, "{r:#}");
+    let v = r["value_size"].as_array().expect("value_size");
+    let sizes: Vec<u64> = v
+        .iter()
+        .map(|p| p["value_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [128, 4096], "{r:#}");
+    for p in v {
+        let ops = p["ops"].as_u64().expect("ops");
+        assert!(ops > 0, "no writes: {p:#}");
+        let mb = p["mb_per_s"].as_f64().unwrap();
+        let want = p["ops_per_s"].as_f64().unwrap() * p["value_bytes"].as_f64().unwrap() / 1e6;
+        assert!(
+            (mb - want).abs() < 1e-9,
+            "MB/s is ops/s times the value size: {p:#}"
+        );
+        let frac = p["fsync_bandwidth_fraction"].as_f64().unwrap();
+        assert!((frac - mb / bw).abs() < 1e-9, "{p:#}");
+        let lat = &p["latency_ms"];
+        assert!(0.0 < lat["p50"].as_f64().unwrap());
+        assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+        assert_eq!(p["nodes"].as_array().unwrap().len(), 3);
+    }
+    let m = r["members"].as_array().expect("members");
+    assert_eq!(m.len(), 1, "{r:#}");
+    assert_eq!(m[0]["members"], 3);
+    assert!(m[0]["ops"].as_u64().unwrap() > 0, "{:#}", m[0]);
+    let cpu = m[0]["nodes"].as_array().unwrap();
+    assert_eq!(cpu.len(), 3);
+    assert!(
+        cpu.iter()
+            .all(|n| n["cpu_us_per_write"].as_f64().unwrap() > 0.0),
+        "{cpu:?}"
+    );
+    let k = r["keys"].as_array().expect("keys");
+    let counts: Vec<u64> = k.iter().map(|p| p["keys"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [1000, 3000], "{r:#}");
+    for p in k {
+        assert!(p["write"]["ops"].as_u64().unwrap() > 0, "no writes: {p:#}");
+        assert!(p["read"]["ops"].as_u64().unwrap() > 0, "no reads: {p:#}");
+        assert!(p["read"]["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+        assert!(p["disk_bytes_per_key"].as_f64().unwrap() > 0.0, "{p:#}");
+        let nodes = p["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3);
+        for n in nodes {
+            assert!(n["peak_rss_mib"].as_f64().unwrap() > 1.0, "{n}");
+            assert!(n["disk_bytes"].as_u64().unwrap() > 0, "{n}");
+        }
+        assert!(p["snapshot"]["build_s"].as_f64().unwrap() > 0.0, "{p:#}");
+        let snap = p["snapshot"]["index"].as_u64().unwrap();
+        let l = &p["learner"];
+        assert_eq!(l["id"], 4, "the learner is the fourth node: {l}");
+        assert!(
+            l["applied_index"].as_u64().unwrap() >= l["target_index"].as_u64().unwrap(),
+            "the learner caught up: {l}"
+        );
+        assert!(l["target_index"].as_u64().unwrap() >= snap, "{p:#}");
+        assert!(
+            l["snapshot_index"].as_u64().is_some(),
+            "the learner installed a snapshot: {l}"
+        );
+        assert!(l["catch_up_s"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    for f in [
+        "scaling.json",
+        "scaling-value-size.svg",
+        "scaling-members.svg",
+        "scaling-keys.svg",
+    ] {
+        let body = std::fs::read_to_string(dir.path().join(f))
+            .unwrap_or_else(|e| panic!("{f} not written: {e}"));
+        if f.ends_with(".svg") {
+            assert!(body.contains("<svg"), "{f} is not an SVG");
+        }
+    }
 }

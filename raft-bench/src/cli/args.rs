@@ -36,6 +36,11 @@ pub(super) enum Cmd {
     /// Write latency before and while every member takes a snapshot of a
     /// large store, and whether it costs an election (raft-node only).
     Snapshot(SnapshotArgs),
+    /// How cost grows: throughput and latency against value size, against
+    /// members, and against stored keys (with RSS, disk bytes per key,
+    /// snapshot build and learner catch-up times), each point on a fresh
+    /// raft-node cluster.
+    Scaling(ScalingArgs),
     /// Committed proposals per second and latency of the whole in-memory
     /// stack in this process: three `Raft<MemLog, MemKv, MemNetwork>`
     /// nodes on a tokio runtime, closed-loop clients proposing on the
@@ -88,6 +93,73 @@ pub(super) struct SnapshotArgs {
     /// Only the leader takes a snapshot (else every member at once).
     #[arg(long)]
     pub(super) leader_only: bool,
+}
+
+/// One of `raft-bench scaling`'s sweeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Sweep {
+    /// Throughput and latency against `--value-sizes`.
+    ValueSize,
+    /// Throughput, latency and CPU against `--member-counts`.
+    Members,
+    /// Latency, RSS, disk, snapshot and learner catch-up against
+    /// `--key-counts`.
+    Keys,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ScalingArgs {
+    #[command(flatten)]
+    pub(super) common: Common,
+    /// The sweeps to run; every point of each starts a fresh cluster.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "value-size,members,keys"
+    )]
+    pub(super) sweep: Vec<Sweep>,
+    /// Value sizes of the value-size sweep, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,8192,65536")]
+    pub(super) value_sizes: Vec<u64>,
+    /// Cluster sizes of the members sweep.
+    #[arg(long, value_delimiter = ',', default_value = "3,5,7")]
+    pub(super) member_counts: Vec<u64>,
+    /// Store sizes of the keys sweep, keys.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,100000,1000000,10000000"
+    )]
+    pub(super) key_counts: Vec<u64>,
+    /// Concurrent clients of every measurement.
+    #[arg(long, default_value_t = 64)]
+    pub(super) clients: usize,
+    /// Bytes per value in the members and keys sweeps.
+    #[arg(long, default_value_t = 128)]
+    pub(super) value_bytes: u64,
+    /// Distinct keys the value-size and members sweeps write to.
+    #[arg(long, default_value_t = 10_000)]
+    pub(super) keys: u64,
+    /// Seconds of load before each measurement.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub(super) warmup_s: u64,
+    /// Seconds measured per point (the keys sweep measures writes, then
+    /// reads, this long each).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(super) duration_s: u64,
+    /// Transactions in flight while filling the store (each puts up to
+    /// raft-node's `--max-txn-ops` keys).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(super) fill_clients: u64,
+    /// Longest wait for a snapshot to be built, and for the new learner
+    /// to catch up, seconds.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(super) step_timeout_s: u64,
+    /// A request slower than this counts as an error, ms.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(super) request_timeout_ms: u64,
 }
 
 /// Settings every command shares.

@@ -12,6 +12,7 @@ pub mod load;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+mod scaling;
 pub mod snapshot;
 
 mod args;
@@ -54,5 +55,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Snapshot(a) => commands::snapshot::run(a, command).await,
         Cmd::Election(a) => commands::election::run(a, command).await,
         Cmd::Compare(a) => commands::compare::run(a, command).await,
+        Cmd::Scaling(a) => scaling::run(a, command).await,
     }
 }

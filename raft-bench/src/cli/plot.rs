@@ -19,7 +19,7 @@ fn colour(system: System, shade: usize) -> RGBColor {
     RGBColor(lift(r), lift(g), lift(b))
 }
 
-fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e}")
 }
 
@@ -62,7 +62,7 @@ fn distinct<T: Ord>(report: &Report, system: System, f: impl Fn(&ThroughputResul
 }
 
 /// Draws the legend in the usual frame.
-fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+pub(crate) fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
     position: SeriesLabelPosition,
 ) -> anyhow::Result<()>

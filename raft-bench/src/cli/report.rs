@@ -203,7 +203,7 @@ impl Machine {
     }
 }
 
-fn fmt_errors(e: &BTreeMap<String, u64>) -> String {
+pub(crate) fn fmt_errors(e: &BTreeMap<String, u64>) -> String {
     if e.is_empty() {
         return "0".into();
     }

@@ -143,7 +143,7 @@ async fn views(nodes: &[raft_client::Client]) -> anyhow::Result<Vec<View>> {
 
 /// A client of each member alone (sharing connections), for the control
 /// requests: one attempt each, 10 s per request, no idempotency keys.
-fn member_clients(urls: &[String]) -> anyhow::Result<Vec<raft_client::Client>> {
+pub(crate) fn member_clients(urls: &[String]) -> anyhow::Result<Vec<raft_client::Client>> {
     let base = raft_client::Client::builder(urls.iter().cloned())
         .request_timeout(Duration::from_secs(10))
         .retry(raft_client::RetryPolicy::none())
@@ -437,19 +437,9 @@ async fn ask_snapshots(
         let node = node.clone();
         let floor = before[i].snapshot.unwrap_or(0);
         asks.push(tokio::spawn(async move {
-            // The request may time out on a large store; the build goes on.
-            let _ = node.snapshot().await;
-            loop {
-                if let Ok(v) = view(&node).await {
-                    if v.snapshot.is_some_and(|s| s > floor) {
-                        return Some((v.snapshot, asked_at.elapsed().as_secs_f64()));
-                    }
-                }
-                if asked_at.elapsed() > Duration::from_secs(3600) {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            build_snapshot(&node, floor, asked_at, Duration::from_secs(3600))
+                .await
+                .map(|(index, s)| (Some(index), s))
         }));
     }
     let mut built = Vec::new();
@@ -461,6 +451,35 @@ async fn ask_snapshots(
         built.push(r);
     }
     built
+}
+
+/// Asks `node` for a snapshot and waits, up to `limit` after `asked_at`,
+/// until it holds one above `floor`: its index and the seconds since
+/// `asked_at`.
+pub(crate) async fn build_snapshot(
+    node: &raft_client::Client,
+    floor: u64,
+    asked_at: Instant,
+    limit: Duration,
+) -> Option<(u64, f64)> {
+    // The request may time out on a large store; the build goes on.
+    let _ = node.snapshot().await;
+    loop {
+        if let Ok(v) = view(node).await {
+            if let Some(s) = v.snapshot.filter(|&s| s > floor) {
+                return Some((s, asked_at.elapsed().as_secs_f64()));
+            }
+        }
+        if asked_at.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The index of the snapshot `node` holds (0: none).
+pub(crate) async fn snapshot_index(node: &raft_client::Client) -> anyhow::Result<u64> {
+    Ok(view(node).await?.snapshot.unwrap_or(0))
 }
 
 /// The windows' statistics and each member's outcome.

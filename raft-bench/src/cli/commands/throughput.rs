@@ -39,7 +39,7 @@ pub(in crate::cli) async fn run(a: ThroughputArgs, command: String) -> anyhow::R
 }
 
 /// The endpoints the load generator uses on `c` for `protocol`.
-pub(super) fn endpoints(c: &LocalCluster, protocol: Protocol) -> Vec<String> {
+pub(in crate::cli) fn endpoints(c: &LocalCluster, protocol: Protocol) -> Vec<String> {
     match protocol {
         Protocol::Http => c.urls(),
         Protocol::Grpc => c.grpc_urls(),
@@ -47,7 +47,7 @@ pub(super) fn endpoints(c: &LocalCluster, protocol: Protocol) -> Vec<String> {
 }
 
 /// One throughput measurement with `clients` clients.
-pub(super) async fn measure(
+pub(in crate::cli) async fn measure(
     cluster: Option<&LocalCluster>,
     system: System,
     endpoints: &[String],

@@ -111,6 +111,12 @@ pub(crate) fn value(len: usize, rng: &mut ChaCha8Rng) -> Bytes {
         .into()
 }
 
+/// The name of key `i` of the workload's key space (`raft-bench
+/// scaling` fills a store with these keys before reading them).
+pub(crate) fn key_name(i: u64) -> String {
+    format!("k{i:08}")
+}
+
 /// One client's choices (keys, reads or writes) and what it counted, in
 /// the measured window only.
 pub(crate) struct Tally {
@@ -156,7 +162,7 @@ impl Tally {
 
     /// The next operation: a key, and whether it is a write.
     pub(crate) fn next_op(&mut self) -> (String, bool) {
-        let key = format!("k{:08}", self.rng.gen_range(0..self.keys));
+        let key = key_name(self.rng.gen_range(0..self.keys));
         let write = self.rng.gen_range(0..100u8) >= self.read_percent;
         (key, write)
     }

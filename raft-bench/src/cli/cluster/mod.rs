@@ -7,6 +7,9 @@
 //! randomized from 150 ms), data in a directory on the same disk, fsync on,
 //! and pre-vote on.
 
+mod learner;
+mod members;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -14,8 +17,10 @@ pub use super::binaries::{find_binary, install_etcd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use raft_client::launcher::{initial_cluster, NodeCommand};
 use serde::Serialize;
+
+pub use learner::{CatchUp, Learner};
+use members::{etcd_members, raft_members};
 use serde_json::Value;
 
 use super::procstat::{self, ProcSample};
@@ -182,41 +187,21 @@ impl LocalCluster {
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .with_context(|| format!("opening {}", m.log.display()))?;
-        let child = Command::new(&self.opts.binary)
-            .args(&m.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {}", self.opts.binary.display()))?;
-        m.child = Some(child);
-        m.paused = false;
-        Ok(())
+        start_process(&self.opts.binary, &mut self.members[i])
+    }
+
+    /// Where member `i` keeps its data.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        let id = self.members[i].id;
+        self.dir().join(match self.opts.system {
+            System::Raft => format!("node-{id}"),
+            System::Etcd => format!("etcd-{id}"),
+        })
     }
 
     /// Fails when a member that should be running has exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        for m in &mut self.members {
-            if let Some(c) = &mut m.child {
-                if let Some(status) = c.try_wait()? {
-                    m.child = None;
-                    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                    bail!(
-                        "member {} exited ({status}); the end of its log:\n  {}",
-                        m.id,
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
-                    );
-                }
-            }
-        }
-        Ok(())
+        self.members.iter_mut().try_for_each(check_running)
     }
 
     /// Sends `signal` to member `i`.
@@ -469,6 +454,43 @@ impl LocalCluster {
     }
 }
 
+/// Starts `m`'s process, its output appended to its log.
+fn start_process(binary: &Path, m: &mut Member) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&m.log)
+        .with_context(|| format!("opening {}", m.log.display()))?;
+    let child = Command::new(binary)
+        .args(&m.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    m.child = Some(child);
+    m.paused = false;
+    Ok(())
+}
+
+/// Fails, with the end of its log, when `m` should be running and has
+/// exited.
+fn check_running(m: &mut Member) -> anyhow::Result<()> {
+    if let Some(c) = &mut m.child {
+        if let Some(status) = c.try_wait()? {
+            m.child = None;
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "member {} exited ({status}); the end of its log:\n  {}",
+                m.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for m in &mut self.members {
@@ -478,118 +500,4 @@ impl Drop for LocalCluster {
             }
         }
     }
-}
-
-fn raft_members(opts: &ClusterOptions, dir: &Path) -> anyhow::Result<Vec<Member>> {
-    let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
-    let certs = dir.join("certs");
-    let id_list: Vec<String> = ids.iter().map(u64::to_string).collect();
-    let out = Command::new(&opts.binary)
-        .args(["certs", "--dir"])
-        .arg(&certs)
-        .args(["--nodes", &id_list.join(",")])
-        .output()
-        .with_context(|| format!("running {} certs", opts.binary.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} certs failed: {}",
-            opts.binary.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let client = |id: u64| opts.base_port as u64 + id - 1;
-    let peer = |id: u64| opts.base_port as u64 + 100 + id - 1;
-    let grpc = |id: u64| opts.base_port as u64 + 400 + id - 1;
-    let cluster = initial_cluster(ids.iter().map(|&id| {
-        (
-            id,
-            format!("127.0.0.1:{}", peer(id)),
-            format!("127.0.0.1:{}", client(id)),
-        )
-    }));
-    // Ticks of 10 ms give the heartbeat and the election timeout a 10 ms
-    // resolution (raft-node randomizes the timeout in [E, 2E) ticks).
-    let tick_ms = 10;
-    let mut members = Vec::new();
-    for &id in &ids {
-        let args = NodeCommand::new(id, dir.join(format!("node-{id}")))
-            .listen(
-                format!("127.0.0.1:{}", client(id)),
-                format!("127.0.0.1:{}", peer(id)),
-            )
-            .initial_cluster(cluster.clone())
-            .dev_certs(&certs)
-            .tick_ms(tick_ms)
-            .heartbeat_ticks((opts.heartbeat_ms / tick_ms).max(1))
-            .election_ticks((opts.election_ms / tick_ms).max(2))
-            .flag("grpc-listen", format!("127.0.0.1:{}", grpc(id)))
-            .args(opts.extra_args.iter().cloned())
-            .to_args();
-        members.push(Member {
-            id,
-            url: format!("http://127.0.0.1:{}", client(id)),
-            grpc_url: format!("http://127.0.0.1:{}", grpc(id)),
-            args,
-            log: dir.join(format!("node-{id}.log")),
-            child: None,
-            paused: false,
-            member_id: id,
-        });
-    }
-    Ok(members)
-}
-
-fn etcd_members(opts: &ClusterOptions, dir: &Path) -> Vec<Member> {
-    let client = |id: u64| opts.base_port as u64 + 200 + id - 1;
-    let peer = |id: u64| opts.base_port as u64 + 300 + id - 1;
-    let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
-    let cluster: Vec<String> = ids
-        .iter()
-        .map(|&id| format!("e{id}=http://127.0.0.1:{}", peer(id)))
-        .collect();
-    let cluster = cluster.join(",");
-    ids.iter()
-        .map(|&id| {
-            let mut args: Vec<String> = vec![
-                "--name".into(),
-                format!("e{id}"),
-                "--data-dir".into(),
-                dir.join(format!("etcd-{id}")).display().to_string(),
-                "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{}", client(id)),
-                "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{}", client(id)),
-                "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{}", peer(id)),
-                "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{}", peer(id)),
-                "--initial-cluster".into(),
-                cluster.clone(),
-                "--initial-cluster-state".into(),
-                "new".into(),
-                "--initial-cluster-token".into(),
-                "raft-bench".into(),
-                // etcd randomizes the election timeout in [E, 2E) with the
-                // heartbeat as its tick, like raft-node.
-                "--heartbeat-interval".into(),
-                opts.heartbeat_ms.to_string(),
-                "--election-timeout".into(),
-                opts.election_ms.to_string(),
-                "--pre-vote=true".into(),
-                "--logger=zap".into(),
-                "--log-outputs=stderr".into(),
-            ];
-            args.extend(opts.extra_args.iter().cloned());
-            Member {
-                id,
-                url: format!("http://127.0.0.1:{}", client(id)),
-                grpc_url: format!("http://127.0.0.1:{}", client(id)),
-                args,
-                log: dir.join(format!("etcd-{id}.log")),
-                child: None,
-                paused: false,
-                member_id: 0,
-            }
-        })
-        .collect()
 }
